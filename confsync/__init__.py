@@ -1,0 +1,3 @@
+"""confsync: keep local configuration files in step with etcd."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from confsync.cli import main
+
+raise SystemExit(main())

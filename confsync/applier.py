@@ -1,0 +1,147 @@
+"""The apply step: stage beside `dest`, check, set mode/owner, fsync, rename, fsync the directory.
+
+Whatever fails, `dest` stays byte-for-byte as it was: the only write to it is the final rename,
+and the staged file is removed on every failure path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from confsync.commands import run_command, substitute
+from confsync.errors import ResourceError
+from confsync.resources import Resource
+
+DEFAULT_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What is at `dest` now: its bytes and metadata, or nothing."""
+
+    content: bytes | None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> FileState:
+        try:
+            with path.open("rb") as fh:
+                st = os.fstat(fh.fileno())
+                return cls(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            return cls(None)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The desired file: content plus the metadata it must end up with."""
+
+    content: bytes
+    mode: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_resource(cls, resource: Resource, content: bytes, current: FileState) -> Target:
+        # Unset mode/owner keep what the file has (or defaults for a new file), like confd.
+        return cls(
+            content,
+            resource.mode if resource.mode is not None else (current.mode or DEFAULT_MODE),
+            resource.uid if resource.uid is not None else (
+                current.uid if current.uid is not None else os.geteuid()),
+            resource.gid if resource.gid is not None else (
+                current.gid if current.gid is not None else os.getegid()),
+        )
+
+    def matches(self, current: FileState) -> bool:
+        return (current.content == self.content and current.mode == self.mode
+                and current.uid == self.uid and current.gid == self.gid)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
+    """Write `content` to a new 0600 file in `directory`, fsync'd; return its path."""
+    fd, name = tempfile.mkstemp(prefix=f".{resource.dest.name}.", suffix=".confsync",
+                                dir=directory)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    os.close(fd)
+    return Path(name)
+
+
+def run_check(resource: Resource, staged: Path) -> None:
+    """Run `check_cmd` on the staged file; raise ResourceError(step='check') with its output."""
+    if not resource.check_cmd:
+        return
+    argv = substitute(resource.check_cmd, staged, resource.dest)
+    result = run_command(argv, resource.check_timeout)
+    if not result.ok:
+        raise ResourceError(resource.name, "check", result.describe(argv))
+
+
+def install(resource: Resource, target: Target, check: bool = True) -> None:
+    """Stage, check, chown/chmod, rename over `dest`, fsync the directory."""
+    directory = resource.dest.parent
+    try:
+        staged = write_staged(resource, directory, target.content)
+    except OSError as exc:
+        raise ResourceError(resource.name, "stage",
+                            f"cannot write a staged file in {directory}: {exc.strerror}") from None
+    try:
+        if check:
+            run_check(resource, staged)
+        try:
+            if (target.uid, target.gid) != (os.geteuid(), os.getegid()):
+                os.chown(staged, target.uid, target.gid)
+            os.chmod(staged, target.mode)  # after chown: chown clears set-id bits
+        except OSError as exc:
+            raise ResourceError(resource.name, "install",
+                                f"cannot set owner {target.uid}:{target.gid} and mode "
+                                f"{target.mode:04o}: {exc.strerror}") from None
+        try:
+            os.replace(staged, resource.dest)
+        except OSError as exc:
+            raise ResourceError(resource.name, "install",
+                                f"cannot rename into {resource.dest}: {exc.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise
+    try:
+        _fsync_dir(directory)
+    except OSError as exc:
+        raise ResourceError(resource.name, "install",
+                            f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
+
+
+def restore(resource: Resource, previous: FileState) -> None:
+    """Put back what was at `dest` before (used when the reload into the new file failed)."""
+    if previous.content is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(resource.dest)
+        return
+    install(resource, Target(previous.content, previous.mode or DEFAULT_MODE,
+                             previous.uid if previous.uid is not None else os.geteuid(),
+                             previous.gid if previous.gid is not None else os.getegid()),
+            check=False)

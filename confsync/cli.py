@@ -1,0 +1,117 @@
+"""Command line: `confsync once | check | watch`. Exit codes: 0 ok, 1 a resource failed,
+2 bad configuration or usage, 3 the store is unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from confsync import __version__
+from confsync.errors import (
+    EXIT_BAD_CONFIG,
+    EXIT_OK,
+    EXIT_RESOURCE_FAILED,
+    EXIT_STORE_UNAVAILABLE,
+    ConfigError,
+    StoreUnavailable,
+)
+
+log = logging.getLogger("confsync")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options")
+    g.add_argument("--config", metavar="PATH",
+                   help="main config file (default /etc/confsync/confsync.toml, if present)")
+    g.add_argument("--confdir", metavar="DIR", help="directory holding conf.d/ and templates/")
+    g.add_argument("--backend", choices=("etcd", "file", "env"))
+    g.add_argument("--endpoints", metavar="URL,...", help="etcd endpoints, comma-separated")
+    g.add_argument("--prefix", metavar="P", help="prefix prepended to every resource's keys")
+    g.add_argument("--file", metavar="PATH", action="append", dest="file_paths",
+                   help="data file for the file backend (YAML, JSON or TOML); repeatable")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    g.add_argument("--log-format", choices=("text", "json"))
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="confsync", description="Keep local configuration files in step with etcd.")
+    parser.add_argument("--version", action="version", version=f"confsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("once", parents=[common],
+                   help="render every resource once; exit 0 only if all succeeded")
+    check = sub.add_parser("check", parents=[common],
+                           help="render to a temporary place, check, show the diff; "
+                                "write and reload nothing")
+    check.add_argument("--diff", action="store_true", default=True,
+                       help="show the unified diff against each dest (the default)")
+    check.add_argument("--no-diff", action="store_false", dest="diff",
+                       help="only say which resources would change")
+    check.add_argument("--data", metavar="FIXTURE", type=Path,
+                       help="render against this YAML/JSON/TOML fixture instead of the store")
+    watch = sub.add_parser("watch", parents=[common],
+                           help="run as a daemon: watch the store and keep files in step")
+    watch.add_argument("--wait-min", metavar="DURATION",
+                       help="quiet period before rendering a change (e.g. 100ms)")
+    watch.add_argument("--wait-max", metavar="DURATION",
+                       help="longest a change waits while changes keep coming (e.g. 2s)")
+    return parser
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "config": args.config,
+        "confdir": args.confdir,
+        "backend": args.backend,
+        "etcd.endpoints": args.endpoints,
+        "prefix": args.prefix,
+        "file_paths": args.file_paths,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "watch.wait_min": getattr(args, "wait_min", None),
+        "watch.wait_max": getattr(args, "wait_max", None),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from confsync.logs import setup_logging
+    from confsync.settings import load_settings
+
+    try:
+        settings = load_settings(_cli_values(args))
+    except ConfigError as exc:
+        setup_logging("info", "text")
+        log.error("configuration: %s", exc)
+        return EXIT_BAD_CONFIG
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "watch":
+            from confsync.daemon import run_daemon
+
+            return run_daemon(settings)
+        from confsync.oneshot import run_check, run_once
+
+        if args.command == "once":
+            return run_once(settings)
+        return run_check(settings, show_diff=args.diff, data=args.data, out=sys.stdout)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return EXIT_BAD_CONFIG
+    except StoreUnavailable as exc:
+        log.error("store unavailable: %s", exc)
+        return EXIT_STORE_UNAVAILABLE
+    except KeyboardInterrupt:
+        return EXIT_RESOURCE_FAILED
+
+
+__all__ = ["EXIT_OK", "build_parser", "main"]

@@ -1,0 +1,44 @@
+"""Parse operator-friendly durations ("250ms", "2s", "1m30s") into seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds. Bare numbers are seconds; strings take Go-style unit suffixes.
+
+    Raises ValueError with a message that says what was expected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '250ms' or '2s', found {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"expected a non-negative duration, found {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as '250ms' or '2s', found {value!r}")
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if seconds < 0:
+            raise ValueError(f"expected a non-negative duration, found {value!r}")
+        return seconds
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"expected a duration such as '250ms', '2s' or '1m30s', found {value!r}"
+        )
+    return total

@@ -1,0 +1,155 @@
+"""Filters that turn data into config tokens only when the data is what it claims to be.
+
+A value that is not an address, a port or an identifier fails the render with the reason, so a
+hostile value (a newline, a space, `#`, a second directive) never reaches the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_IDENTIFIER = 128
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
+)
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*\Z")
+
+
+class InvalidValue(ValueError):
+    """A value failed validation; the message says what was expected."""
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(value: object, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidValue(f"expected {what}, found {_show(value)}")
+    return str(value)
+
+
+def ipaddr(value: object) -> str:
+    """An IPv4 or IPv6 address, normalised (IPv6 compressed, no brackets, no zone)."""
+    text = _text(value, "an IP address")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidValue(f"expected an IP address, found {_show(value)}") from None
+
+
+def port(value: object) -> int:
+    """A TCP/UDP port 1-65535."""
+    text = _text(value, "a port number")
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
+        raise InvalidValue(f"expected a port number 1-65535, found {_show(value)}")
+    return int(text)
+
+
+def hostname(value: object) -> str:
+    """A DNS name (letters, digits, hyphens, dots), or an IP address."""
+    text = _text(value, "a host name")
+    try:
+        return ipaddr(text)
+    except InvalidValue:
+        pass
+    if not _HOSTNAME.match(text):
+        raise InvalidValue(f"expected a host name or IP address, found {_show(value)}")
+    return text
+
+
+def addrport(address: object, port_value: object) -> str:
+    """An IP address and a port as one token: '10.0.0.1:80', '[2001:db8::1]:80'."""
+    ip = ipaddr(address)
+    return f"[{ip}]:{port(port_value)}" if ":" in ip else f"{ip}:{port(port_value)}"
+
+
+def hostport(value: object) -> str:
+    """'10.0.0.1:80', '[2001:db8::1]:443' or 'name:80' -> normalised 'host:port'."""
+    text = _text(value, "host:port")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise InvalidValue(f"expected host:port, found {_show(value)}")
+    if host.startswith("[") and host.endswith("]"):
+        address = ipaddr(host[1:-1])
+        return f"[{address}]:{port(port_text)}"
+    if ":" in host:
+        raise InvalidValue(f"expected [IPv6]:port with brackets, found {_show(value)}")
+    return f"{hostname(host)}:{port(port_text)}"
+
+
+def identifier(value: object) -> str:
+    """A name safe as a config token: letters, digits, and _ . : - ; up to 128 characters."""
+    text = _text(value, "an identifier")
+    if len(text) > MAX_IDENTIFIER or not _IDENTIFIER.match(text):
+        raise InvalidValue(
+            f"expected an identifier (letters, digits, _ . : -, at most {MAX_IDENTIFIER} "
+            f"characters, starting with a letter or digit), found {_show(value)}"
+        )
+    return text
+
+
+def urlpath(value: object) -> str:
+    """An absolute URL path with no spaces, quotes or control characters."""
+    text = _text(value, "a URL path")
+    if len(text) > 1024 or not _PATH.match(text):
+        raise InvalidValue(f"expected a URL path such as /healthz, found {_show(value)}")
+    return text
+
+
+def integer(value: object, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number, optionally bounded: `{{ w | integer(0, 256) }}`."""
+    text = _text(value, "a whole number")
+    try:
+        number = int(text, 10)
+    except ValueError:
+        raise InvalidValue(f"expected a whole number, found {_show(value)}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise InvalidValue(f"expected a whole number from {minimum} to {maximum}, "
+                           f"found {_show(value)}")
+    return number
+
+
+def oneof(value: object, *choices: str) -> str:
+    """One of a fixed set of words: `{{ s.balance | oneof("roundrobin", "leastconn") }}`."""
+    if value not in choices:
+        raise InvalidValue(f"expected one of {', '.join(choices)}, found {_show(value)}")
+    return str(value)
+
+
+_FILEPATH = re.compile(r"/[A-Za-z0-9._/@+-]*\Z")
+
+
+def filepath(value: object) -> str:
+    """An absolute file path made of safe characters (no spaces, quotes or '..')."""
+    text = _text(value, "an absolute file path")
+    if len(text) > 1024 or not _FILEPATH.match(text) or "/../" in text + "/":
+        raise InvalidValue(f"expected an absolute file path such as /run/haproxy/admin.sock, "
+                           f"found {_show(value)}")
+    return text
+
+
+def duration(value: object) -> str:
+    """An HAProxy/Go-style duration token: digits with an optional unit (us ms s m h d)."""
+    text = _text(value, "a duration")
+    if not re.fullmatch(r"[0-9]{1,9}(us|ms|s|m|h|d)?", text):
+        raise InvalidValue(f"expected a duration such as 30s or 500ms, found {_show(value)}")
+    return text
+
+
+VALIDATING_FILTERS = {
+    "addrport": addrport,
+    "filepath": filepath,
+    "duration": duration,
+    "ipaddr": ipaddr,
+    "port": port,
+    "hostname": hostname,
+    "hostport": hostport,
+    "identifier": identifier,
+    "urlpath": urlpath,
+    "integer": integer,
+    "oneof": oneof,
+}

@@ -1,0 +1,99 @@
+"""The in-memory copy of every watched key at a known revision.
+
+Snapshots load it, watch batches update it incrementally; templates read it. A change never
+re-reads the store. Keys are kept sorted too, so prefix and glob queries are bisections rather
+than scans: a 5,000-server template reads its keys in one range walk.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from confsync.stores import ChangeBatch, Snapshot
+
+
+@dataclass(frozen=True)
+class BadValue:
+    """A value that is not UTF-8 text. Kept (the key exists) but never rendered."""
+
+    raw: bytes
+
+    def reason(self) -> str:
+        return f"value is not valid UTF-8 text ({len(self.raw)} bytes)"
+
+
+Value = str | BadValue
+
+
+def decode(raw: bytes) -> Value:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return BadValue(raw)
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest string above every string that starts with `prefix`."""
+    return prefix + "\U0010ffff"
+
+
+class Mirror:
+    def __init__(self) -> None:
+        self.revision = 0
+        self._values: dict[str, Value] = {}
+        self._keys: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def load(self, snapshot: Snapshot) -> set[str]:
+        """Replace everything with `snapshot`; return the keys whose value changed."""
+        new = {k: decode(v) for k, v in snapshot.values.items()}
+        changed = {k for k in new.keys() | self._values.keys()
+                   if new.get(k) != self._values.get(k)}
+        self._values = new
+        self._keys = sorted(new)
+        self.revision = snapshot.revision
+        return changed
+
+    def apply(self, batch: ChangeBatch) -> set[str]:
+        """Apply one watch batch as a whole; return the keys whose value changed."""
+        changed: set[str] = set()
+        for change in batch.changes:
+            old = self._values.get(change.key)
+            if change.value is None:
+                if old is None:
+                    continue
+                del self._values[change.key]
+                index = bisect.bisect_left(self._keys, change.key)
+                del self._keys[index]
+            else:
+                value = decode(change.value)
+                if old == value:
+                    continue
+                if old is None:
+                    bisect.insort(self._keys, change.key)
+                self._values[change.key] = value
+            changed.add(change.key)
+        self.revision = max(self.revision, batch.revision)
+        return changed
+
+    def get(self, key: str) -> Value | None:
+        return self._values.get(key)
+
+    def keys_with_prefix(self, prefix: str) -> Iterator[str]:
+        lo = bisect.bisect_left(self._keys, prefix)
+        hi = bisect.bisect_left(self._keys, prefix_end(prefix), lo)
+        return iter(self._keys[lo:hi])
+
+    def count(self, prefixes: Iterable[str]) -> int:
+        total = 0
+        for prefix in prefixes:
+            lo = bisect.bisect_left(self._keys, prefix)
+            total += bisect.bisect_left(self._keys, prefix_end(prefix), lo) - lo
+        return total
+
+    def as_dict(self) -> Mapping[str, Value]:
+        return self._values

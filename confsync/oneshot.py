@@ -1,0 +1,96 @@
+"""`confsync once` and `confsync check`: one snapshot, one pass, an exit code that tells."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TextIO
+
+from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, EXIT_RESOURCE_FAILED
+from confsync.mirror import Mirror
+from confsync.renderer import Renderer
+from confsync.resources import Resource, ResourceSet, load_resources
+from confsync.settings import Settings
+from confsync.stores import Store, merge_prefixes, open_store
+from confsync.sync import FAILED, UPDATED, Outcome, Syncer
+
+log = logging.getLogger("confsync")
+
+
+def load_resource_set(settings: Settings) -> ResourceSet:
+    """Load conf.d; log each bad file (the good ones still run)."""
+    resource_set = load_resources(settings.confdir, settings.prefix)
+    for error in resource_set.errors:
+        log.error("configuration: %s", error)
+    return resource_set
+
+
+def snapshot_mirror(store: Store, resources: tuple[Resource, ...]) -> Mirror:
+    prefixes = merge_prefixes(p for r in resources for p in r.watched_prefixes)
+    mirror = Mirror()
+    mirror.load(store.snapshot(prefixes))
+    return mirror
+
+
+def report(outcome: Outcome, revision: int) -> None:
+    res = outcome.resource
+    fields = {"resource": res.name, "dest": str(res.dest), "revision": revision,
+              "outcome": outcome.status, "seconds": round(outcome.seconds, 4)}
+    if outcome.status == FAILED and outcome.error is not None:
+        log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
+    elif outcome.status == UPDATED:
+        log.info("resource %s: wrote %s%s", res.name, res.dest,
+                 f" ({outcome.reload})" if outcome.reload else "", extra=fields)
+    else:
+        log.info("resource %s: %s is up to date", res.name, res.dest, extra=fields)
+
+
+def _exit_code(resource_set: ResourceSet, outcomes: list[Outcome]) -> int:
+    if resource_set.errors:
+        return EXIT_BAD_CONFIG
+    return EXIT_RESOURCE_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
+
+
+def run_once(settings: Settings) -> int:
+    resource_set = load_resource_set(settings)
+    if not resource_set.resources:
+        return EXIT_BAD_CONFIG
+    store = open_store(settings)
+    try:
+        mirror = snapshot_mirror(store, resource_set.resources)
+    finally:
+        store.close()
+    syncer = Syncer(Renderer(settings.confdir / "templates"), mirror)
+    outcomes = syncer.apply(resource_set.resources)
+    for outcome in outcomes:
+        report(outcome, mirror.revision)
+    return _exit_code(resource_set, outcomes)
+
+
+def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextIO) -> int:
+    resource_set = load_resource_set(settings)
+    if not resource_set.resources:
+        return EXIT_BAD_CONFIG
+    if data is not None:
+        from confsync.stores.file import FileStore
+
+        store: Store = FileStore([data])
+    else:
+        store = open_store(settings)
+    try:
+        mirror = snapshot_mirror(store, resource_set.resources)
+    finally:
+        store.close()
+    syncer = Syncer(Renderer(settings.confdir / "templates"), mirror)
+    outcomes = syncer.plan(resource_set.resources)
+    for outcome in outcomes:
+        name = outcome.resource.name
+        if outcome.status == FAILED:
+            out.write(f"# {name}: FAILED: {outcome.error}\n")
+        elif outcome.status == UPDATED:
+            out.write(f"# {name}: would change {outcome.resource.dest}\n")
+            if show_diff:
+                out.write(outcome.diff or "(mode or owner only)\n")
+        else:
+            out.write(f"# {name}: {outcome.resource.dest} is up to date\n")
+    return _exit_code(resource_set, outcomes)

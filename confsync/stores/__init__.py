@@ -1,0 +1,89 @@
+"""Stores: the only code that talks to a data source.
+
+A store gives a snapshot of several prefixes read at one revision, and a watch that delivers
+change batches tagged with their revision. Backends are imported lazily so `confsync once`
+with the file backend never pays for gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from confsync.settings import Settings
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every key under the asked prefixes, all read at `revision`."""
+
+    revision: int
+    values: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    value: bytes | None  # None: the key was deleted
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """All changes of one watch response; an empty batch is a progress notification."""
+
+    revision: int
+    changes: tuple[Change, ...]
+    # The watched prefix this batch belongs to. Watches of several prefixes share a stream but
+    # are not ordered against each other, so resume points are tracked per prefix.
+    prefix: str = ""
+
+
+# The watch sink gets batches in revision order, or one exception after which the watch is dead:
+# StoreUnavailable (resume from last revision + 1) or RevisionCompacted (take a fresh snapshot).
+WatchSink = Callable[[ChangeBatch | Exception], None]
+
+
+class WatchHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Store(Protocol):
+    name: str
+
+    def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
+
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+        """Start delivering changes after `start_revision - 1` to `sink` from a store thread.
+
+        The sink must only enqueue: rendering on the store's thread would stall the stream.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def merge_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """Drop prefixes covered by a shorter one, so one key is never delivered twice."""
+    merged: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if merged and prefix.startswith(merged[-1]):
+            continue
+        merged.append(prefix)
+    return tuple(merged)
+
+
+def open_store(settings: Settings) -> Store:
+    """Build the configured backend; only here do backend modules get imported."""
+    if settings.backend == "etcd":
+        from confsync.stores.etcd import EtcdStore
+
+        return EtcdStore(settings.etcd)
+    if settings.backend == "file":
+        from confsync.stores.file import FileStore
+
+        return FileStore(settings.file_paths)
+    from confsync.stores.env import EnvStore
+
+    return EnvStore()

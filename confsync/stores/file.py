@@ -1,0 +1,135 @@
+"""The file backend: YAML, JSON or TOML files flattened to `/a/b` keys (lists by index).
+
+For demos, containers without etcd, and tests of pure logic. Changes are seen with watchdog;
+each re-read that changes anything bumps a local revision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from confsync.errors import StoreUnavailable
+from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+
+log = logging.getLogger(__name__)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, bytes]:
+    """Nested mappings and lists to flat keys; scalars as text (true/false, like confd)."""
+    out: dict[str, bytes] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}/{key}"))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}/{index}"))
+    elif data is None:
+        out[prefix or "/"] = b""
+    elif isinstance(data, bool):
+        out[prefix or "/"] = b"true" if data else b"false"
+    else:
+        out[prefix or "/"] = str(data).encode("utf-8")
+    return out
+
+
+def read_data_file(path: Path) -> dict[str, bytes]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StoreUnavailable(f"file backend: cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(raw)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            import yaml  # lazy: only the file backend pays for it
+
+            data = yaml.safe_load(raw)
+    except Exception as exc:  # any parser's error is a bad data file, reported with its path
+        raise StoreUnavailable(f"file backend: cannot parse {path}: {exc}") from None
+    return flatten(data) if data is not None else {}
+
+
+class FileStore:
+    name = "file"
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = tuple(paths)
+        self._lock = threading.Lock()
+        self._revision = 0
+        self._values: dict[str, bytes] | None = None
+
+    def _read_all(self) -> dict[str, bytes]:
+        values: dict[str, bytes] = {}
+        for path in self._paths:
+            values.update(read_data_file(path))
+        return values
+
+    def _refresh(self) -> tuple[int, dict[str, bytes], dict[str, bytes]]:
+        """Re-read; return (revision, new values, old values). Bumps the revision on change."""
+        new = self._read_all()
+        with self._lock:
+            old = self._values or {}
+            if self._values is None or new != old:
+                self._revision += 1
+                self._values = new
+            return self._revision, new, old
+
+    def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        revision, values, _ = self._refresh()
+        return Snapshot(revision, {k: v for k, v in values.items()
+                                   if any(k.startswith(p) for p in prefixes)})
+
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watched = {p.resolve() for p in self._paths}
+        store = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                paths = {Path(str(event.src_path)).resolve()}
+                if getattr(event, "dest_path", ""):
+                    paths.add(Path(str(event.dest_path)).resolve())
+                if not paths & watched or event.event_type in ("opened", "closed_no_write"):
+                    return
+                try:
+                    revision, new, old = store._refresh()
+                except StoreUnavailable as exc:
+                    # A half-written or broken file: keep the mirror as it is, the watch lives on.
+                    log.error("%s; keeping the last good data", exc)
+                    return
+                changes = tuple(
+                    Change(k, new.get(k))
+                    for k in sorted(set(new) | set(old))
+                    if new.get(k) != old.get(k) and any(k.startswith(p) for p in prefixes)
+                )
+                if changes:
+                    sink(ChangeBatch(revision, changes, prefixes[0] if prefixes else ""))
+
+        observer = Observer()
+        for directory in {p.parent for p in watched}:
+            observer.schedule(Handler(), str(directory), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return _ObserverHandle(observer)
+
+    def close(self) -> None:
+        return None
+
+
+class _ObserverHandle:
+    def __init__(self, observer: Any) -> None:
+        self._observer = observer
+
+    def cancel(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)

@@ -1,0 +1,132 @@
+"""One pass over a set of resources: render, guard, apply, then one reload per reload action.
+
+Used by `confsync once`, `confsync check` and every batch of the watch loop. Each resource
+fails on its own; the others go on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confsync.applier import FileState, Target, install, restore, run_check, write_staged
+from confsync.errors import ResourceError
+from confsync.mirror import Mirror
+from confsync.reload import ReloadFailed, reload_key, reload_resource
+from confsync.renderer import Renderer
+from confsync.resources import Resource
+
+log = logging.getLogger(__name__)
+
+UNCHANGED, UPDATED, FAILED = "unchanged", "updated", "failed"
+
+
+@dataclass
+class Outcome:
+    resource: Resource
+    status: str
+    error: ResourceError | None = None
+    diff: str = ""
+    reload: str = ""
+    seconds: float = 0.0
+    previous: FileState | None = field(default=None, repr=False)
+
+
+def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
+    old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
+    new_lines = new.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(old_lines, new_lines, f"{resource.dest} (current)",
+                                        f"{resource.dest} (rendered)"))
+
+
+class Syncer:
+    def __init__(self, renderer: Renderer, mirror: Mirror) -> None:
+        self.renderer = renderer
+        self.mirror = mirror
+
+    def render(self, resource: Resource) -> bytes:
+        """Render and guard; raise ResourceError naming the step."""
+        count = self.mirror.count(resource.watched_prefixes)
+        if count < resource.min_keys:
+            raise ResourceError(resource.name, "guard",
+                                f"only {count} keys under {', '.join(resource.watched_prefixes)}, "
+                                f"min_keys is {resource.min_keys}; keeping the last good file")
+        return self.renderer.render(resource, self.mirror).encode("utf-8")
+
+    def apply(self, resources: Sequence[Resource]) -> list[Outcome]:
+        """Write what changed, then reload each affected target once."""
+        outcomes = [self._apply_one(r) for r in resources]
+        groups: dict[tuple[object, ...], list[Outcome]] = {}
+        for outcome in outcomes:
+            key = reload_key(outcome.resource)
+            if outcome.status == UPDATED and key is not None:
+                groups.setdefault(key, []).append(outcome)
+        for group in groups.values():
+            self._reload(group)
+        return outcomes
+
+    def _apply_one(self, resource: Resource) -> Outcome:
+        start = time.monotonic()
+        try:
+            content = self.render(resource)
+            current = FileState.read(resource.dest)
+            target = Target.for_resource(resource, content, current)
+            if target.matches(current):
+                return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
+            install(resource, target)
+        except ResourceError as exc:
+            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
+        except OSError as exc:
+            return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
+                                                           f"{exc.filename}: {exc.strerror}"))
+        return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
+                       diff=_diff(resource, current.content, content))
+
+    def _reload(self, group: list[Outcome]) -> None:
+        first = group[0].resource
+        try:
+            done = reload_resource(first)
+        except ReloadFailed as exc:
+            # Roll the whole group back to what the target was running, and reload into that.
+            for outcome in group:
+                if outcome.previous is not None:
+                    try:
+                        restore(outcome.resource, outcome.previous)
+                    except ResourceError as rexc:
+                        log.error("%s (while rolling back)", rexc)
+                outcome.status = FAILED
+                outcome.error = ResourceError(outcome.resource.name, "reload",
+                                              f"{exc}; previous file restored")
+            try:
+                reload_resource(first)
+            except ReloadFailed as again:
+                log.error("resource %s: reload after rollback failed too: %s", first.name, again)
+            return
+        for outcome in group:
+            outcome.reload = done
+
+    def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
+        """Render to a temporary place, run the check there, diff against `dest`; write nothing."""
+        outcomes = []
+        with tempfile.TemporaryDirectory(prefix="confsync-check-") as tmp:
+            for resource in resources:
+                start = time.monotonic()
+                try:
+                    content = self.render(resource)
+                    staged = write_staged(resource, Path(tmp), content)
+                    run_check(resource, staged)
+                except ResourceError as exc:
+                    outcomes.append(Outcome(resource, FAILED, exc))
+                    continue
+                current = FileState.read(resource.dest)
+                target = Target.for_resource(resource, content, current)
+                status = UNCHANGED if target.matches(current) else UPDATED
+                outcomes.append(Outcome(resource, status, diff=_diff(resource, current.content,
+                                                                     content),
+                                        seconds=time.monotonic() - start))
+        return outcomes
