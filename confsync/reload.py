@@ -44,8 +44,25 @@ def find_process(pidfile: Path | None, process: str | None) -> int | None:
     return min(roots or candidates)[1] if candidates else None
 
 
-def reload_resource(resource: Resource) -> str:
-    """Perform the resource's reload action; return a short description of what was done."""
+def reload_resource(resource: Resource, previous: bytes | None = None,
+                    content: bytes | None = None) -> str:
+    """Perform the resource's reload action; return a short description of what was done.
+
+    `previous` is the file the target was running and `content` the one just written (None:
+    unknown). HAProxy resources (`master_socket` set or `reload_strategy = "runtime"`) use them
+    to choose between a runtime API update and a confirmed reload.
+    """
+    if resource.master_socket is not None or resource.reload_strategy == "runtime":
+        from confsync.haproxy.control import HAProxyReloadFailed, apply
+
+        try:
+            return apply(resource, previous, content, lambda: _plain_reload(resource))
+        except HAProxyReloadFailed as exc:
+            raise ReloadFailed(str(exc)) from None
+    return _plain_reload(resource)
+
+
+def _plain_reload(resource: Resource) -> str:
     if resource.reload_cmd:
         argv = substitute(resource.reload_cmd, resource.dest, resource.dest)
         result = run_command(argv, resource.reload_timeout)
@@ -72,6 +89,8 @@ def reload_resource(resource: Resource) -> str:
 
 def reload_key(resource: Resource) -> tuple[object, ...] | None:
     """Resources whose reload is the same action share one reload per batch; None: no reload."""
+    if resource.master_socket is not None:
+        return ("haproxy-master", resource.master_socket)
     if resource.reload_cmd:
         return ("cmd", tuple(substitute(resource.reload_cmd, resource.dest, resource.dest)))
     if resource.reload_signal is not None:

@@ -48,6 +48,8 @@ class Resource:
     min_keys: int = 0
     reload_strategy: str = "reload"
     runtime_socket: Path | None = None
+    # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
+    master_socket: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -62,7 +64,8 @@ class Resource:
     @property
     def reload_identity(self) -> tuple[object, ...]:
         """Resources with the same reload action reload once per batch."""
-        return (self.reload_cmd, self.reload_signal, self.pidfile, self.process)
+        return (self.reload_cmd, self.reload_signal, self.pidfile, self.process,
+                self.master_socket)
 
 
 def normalise_prefix(prefix: str) -> str:
@@ -156,7 +159,7 @@ _KNOWN_KEYS = frozenset(
         "src", "dest", "keys", "prefix", "mode", "owner", "group", "uid", "gid",
         "check_cmd", "reload_cmd", "check_timeout", "reload_timeout", "reload_signal",
         "pidfile", "process", "wait_min", "wait_max", "min_keys", "reload_strategy",
-        "runtime_socket",
+        "runtime_socket", "master_socket",
     }
 )  # fmt: skip
 
@@ -243,6 +246,12 @@ def parse_resource(
     if "runtime_socket" in table:
         kwargs["runtime_socket"] = Path(
             _expect_str(where, "template.runtime_socket", table["runtime_socket"]))
+    if "master_socket" in table:
+        kwargs["master_socket"] = Path(
+            _expect_str(where, "template.master_socket", table["master_socket"]))
+        if kwargs.get("reload_cmd"):
+            raise ConfigError(where, "give reload_cmd or master_socket, not both (the master "
+                              "CLI reloads HAProxy itself)", "template.master_socket")
     if kwargs.get("reload_cmd") and kwargs.get("reload_signal"):
         raise ConfigError(where, "give reload_cmd or reload_signal, not both",
                           "template.reload_signal")

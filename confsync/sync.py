@@ -35,6 +35,7 @@ class Outcome:
     reload: str = ""
     seconds: float = 0.0
     previous: FileState | None = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)  # what was written, when UPDATED
 
 
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
@@ -85,12 +86,15 @@ class Syncer:
             return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
                                                            f"{exc.filename}: {exc.strerror}"))
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
-                       diff=_diff(resource, current.content, content))
+                       content=content, diff=_diff(resource, current.content, content))
 
     def _reload(self, group: list[Outcome]) -> None:
         first = group[0].resource
+        # A lone resource tells the reloader what changed (HAProxy runtime updates, bind checks).
+        previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
+        content = group[0].content if len(group) == 1 else None
         try:
-            done = reload_resource(first)
+            done = reload_resource(first, previous, content)
         except ReloadFailed as exc:
             # Roll the whole group back to what the target was running, and reload into that.
             for outcome in group:
@@ -103,7 +107,7 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; previous file restored")
             try:
-                reload_resource(first)
+                reload_resource(first, content, previous)
             except ReloadFailed as again:
                 log.error("resource %s: reload after rollback failed too: %s", first.name, again)
             return

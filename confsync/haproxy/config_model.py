@@ -1,0 +1,170 @@
+"""A small parser for rendered HAProxy configs: enough to tell a pool change from a structural one.
+
+It understands the shape our templates produce (sections, `bind`, `server`, `default-server`,
+`balance`, `stats socket`, `server-state-file`), not HAProxy's whole grammar: anything it does not
+model is compared verbatim, so an unknown difference is always treated as structural (a reload).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SECTION_KEYWORDS = frozenset({"global", "defaults", "frontend", "backend", "listen", "peers",
+                              "resolvers", "userlist", "mailers", "program", "http-errors",
+                              "ring", "cache"})
+# Algorithms with which HAProxy 2.6 accepts `add server` / `del server` at runtime.
+DYNAMIC_BALANCE = frozenset({"roundrobin", "leastconn", "first", "random"})
+
+
+@dataclass(frozen=True)
+class Server:
+    """One `server` line: the fields the runtime API can change, and the rest verbatim."""
+
+    name: str
+    address: str  # IP (IPv6 without brackets)
+    port: int
+    weight: int = 1
+    disabled: bool = False
+    options: tuple[str, ...] = ()  # every other token, in order
+
+    @property
+    def addr_port(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else \
+            f"{self.address}:{self.port}"
+
+
+@dataclass
+class Backend:
+    name: str
+    balance: str = "roundrobin"
+    default_server: tuple[str, ...] = ()
+    servers: dict[str, Server] = field(default_factory=dict)
+
+
+@dataclass
+class HAProxyConfig:
+    """What a rendered config means to the reloader."""
+
+    # Every non-blank, non-comment line except `server` lines of backends, in order: two
+    # configs with equal skeletons differ only in their servers.
+    skeleton: list[str] = field(default_factory=list)
+    backends: dict[str, Backend] = field(default_factory=dict)
+    binds: list[str] = field(default_factory=list)
+    stats_socket: str | None = None
+    state_file: str | None = None
+    # Server lines the model could not read (a hostname, an unknown option shape): structural.
+    opaque: list[str] = field(default_factory=list)
+
+
+def split_addr_port(token: str) -> tuple[str, int] | None:
+    """'10.0.0.1:80' / '[2001:db8::1]:80' -> (address, port); None for anything else."""
+    host, sep, port = token.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        return None
+    return host, int(port)
+
+
+def _parse_server(tokens: list[str]) -> Server | None:
+    if len(tokens) < 3:
+        return None
+    where = split_addr_port(tokens[2])
+    if where is None:
+        return None
+    weight, disabled, options = 1, False, []
+    rest = iter(tokens[3:])
+    for token in rest:
+        if token == "weight":
+            value = next(rest, "")
+            if not value.isdigit():
+                return None
+            weight = int(value)
+        elif token == "disabled":
+            disabled = True
+        else:
+            options.append(token)
+    return Server(tokens[1], where[0], where[1], weight, disabled, tuple(options))
+
+
+def parse(text: str) -> HAProxyConfig:
+    config = HAProxyConfig()
+    section: tuple[str, str] = ("", "")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = line.split()
+        if not raw[:1].isspace() and tokens[0] in SECTION_KEYWORDS:
+            section = (tokens[0], tokens[1] if len(tokens) > 1 else "")
+            if section[0] == "backend":
+                config.backends[section[1]] = Backend(section[1])
+            config.skeleton.append(line)
+            continue
+        kind, name = section
+        if kind == "backend":
+            backend = config.backends[name]
+            if tokens[0] == "server":
+                server = _parse_server(tokens)
+                if server is None or server.name in backend.servers:
+                    config.opaque.append(line)
+                    config.skeleton.append(line)
+                else:
+                    backend.servers[server.name] = server
+                continue
+            if tokens[0] == "balance" and len(tokens) > 1:
+                backend.balance = tokens[1]
+            elif tokens[0] == "default-server":
+                backend.default_server = tuple(tokens[1:])
+        elif kind in ("frontend", "listen") and tokens[0] == "bind" and len(tokens) > 1:
+            config.binds.append(tokens[1])
+        elif kind == "global":
+            if tokens[:2] == ["stats", "socket"] and len(tokens) > 2:
+                config.stats_socket = tokens[2]
+            elif tokens[0] == "server-state-file" and len(tokens) > 1:
+                config.state_file = tokens[1]
+        config.skeleton.append(line)
+    return config
+
+
+@dataclass(frozen=True)
+class ServerChange:
+    """One runtime operation on one server of one backend."""
+
+    action: str  # "add" | "delete" | "update"
+    backend: str
+    old: Server | None
+    new: Server | None
+
+
+def runtime_changes(old: HAProxyConfig, new: HAProxyConfig) -> list[ServerChange] | None:
+    """The server changes that turn `old` into `new`, or None when a reload is needed.
+
+    A reload is needed when anything but servers differs, when a server's other options
+    change, or when a server is added to or removed from a backend whose balance algorithm
+    does not allow `add server` / `del server`.
+    """
+    if old.skeleton != new.skeleton or old.opaque or new.opaque:
+        return None
+    changes: list[ServerChange] = []
+    for name, backend in new.backends.items():
+        before = old.backends[name]
+        dynamic = backend.balance in DYNAMIC_BALANCE
+        for server in backend.servers.values():
+            previous = before.servers.get(server.name)
+            if previous is None:
+                if not dynamic:
+                    return None
+                changes.append(ServerChange("add", name, None, server))
+            elif previous != server:
+                if previous.options != server.options:
+                    return None
+                changes.append(ServerChange("update", name, previous, server))
+        for server in before.servers.values():
+            if server.name not in backend.servers:
+                if not dynamic:
+                    return None
+                changes.append(ServerChange("delete", name, server, None))
+    return changes

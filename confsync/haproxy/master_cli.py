@@ -1,0 +1,82 @@
+"""The master CLI (`haproxy -W -S <socket>`): trigger a reload and confirm it with `show proc`.
+
+Measured on 2.6: signals sent while a reload runs can be lost, so reloads are serialised and each
+one is confirmed (the master's reload counter goes up, its failed counter does not) before the
+next is sent. A failed reload (a config that passed `-c` but cannot bind) keeps the old workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confsync.haproxy.sockets import SocketUnavailable, query
+
+_MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.MULTILINE)
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+class ReloadNotConfirmed(Exception):
+    """The reload failed, or was not seen to finish in time."""
+
+
+@dataclass(frozen=True)
+class MasterStatus:
+    pid: int
+    reloads: int
+    failed: int
+
+
+def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
+    text = query(path, "show proc", retry_for=retry_for)
+    match = _MASTER_LINE.search(text)
+    if match is None:
+        raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
+    return MasterStatus(int(match[1]), int(match[2]), int(match[3]))
+
+
+def _lock(path: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(path), threading.Lock())
+
+
+def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
+                     timeout: float = 30.0) -> tuple[MasterStatus, float]:
+    """Reload (by `trigger`, default `reload` on the master CLI) and wait until it is confirmed.
+
+    Returns the master's status after the reload and the seconds it took. Raises
+    SocketUnavailable when no master answers, ReloadNotConfirmed when the reload failed or
+    did not finish within `timeout`. One reload per master at a time within this process.
+    """
+    with _lock(path):
+        before = show_proc(path)
+        start = time.monotonic()
+        if trigger is None:
+            # The master re-executes and may drop the connection: expected.
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                query(path, "reload", retry_for=0.5)
+        else:
+            trigger()
+        deadline = start + timeout
+        while True:
+            try:
+                status = show_proc(path, retry_for=max(0.1, deadline - time.monotonic()))
+            except SocketUnavailable:
+                raise ReloadNotConfirmed(f"master CLI {path} stopped answering after the "
+                                         "reload") from None
+            if status.failed > before.failed:
+                raise ReloadNotConfirmed(
+                    f"HAProxy rejected the new configuration (reload failed, reloads "
+                    f"{status.reloads}, failed {status.failed}); the old workers keep serving")
+            if status.reloads > before.reloads:
+                return status, time.monotonic() - start
+            if time.monotonic() >= deadline:
+                raise ReloadNotConfirmed(f"reload not confirmed within {timeout:.0f}s "
+                                         f"(reload counter stayed at {status.reloads})")
+            time.sleep(0.01)

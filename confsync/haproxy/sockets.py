@@ -1,0 +1,46 @@
+"""Request/response over HAProxy's UNIX sockets (master CLI and admin/stats socket).
+
+Both answer one command per connection once the client half-closes its write side, then close.
+The master CLI refuses connections for about 50 ms while it re-executes during a reload, so a
+refused or missing socket is retried until `retry_for` runs out.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+
+class SocketUnavailable(OSError):
+    """Nothing answered on the socket within the retry window (HAProxy not running?)."""
+
+
+def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float = 2.0) -> str:
+    """Send one command, half-close, read the answer until EOF."""
+    if "\n" in command or "\r" in command:
+        raise ValueError(f"refusing a multi-line socket command: {command!r}")
+    deadline = time.monotonic() + retry_for
+    delay = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise SocketUnavailable(exc.errno, f"{path}: {exc.strerror}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        with sock:
+            sock.sendall(command.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", "replace")
