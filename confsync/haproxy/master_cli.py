@@ -60,7 +60,7 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
         if trigger is None:
             # The master re-executes and may drop the connection: expected.
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                query(path, "reload", retry_for=0.5)
+                query(path, "reload", retry_for=0.5, idempotent=False)
         else:
             trigger()
         deadline = start + timeout

@@ -16,8 +16,13 @@ class SocketUnavailable(OSError):
     """Nothing answered on the socket within the retry window (HAProxy not running?)."""
 
 
-def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float = 2.0) -> str:
-    """Send one command, half-close, read the answer until EOF."""
+def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float = 2.0,
+          idempotent: bool = True) -> str:
+    """Send one command, half-close, read the answer until EOF.
+
+    An `idempotent` command (a `show ...`) is also retried when the connection is reset
+    mid-answer, which the master CLI does when a reload starts.
+    """
     if "\n" in command or "\r" in command:
         raise ValueError(f"refusing a multi-line socket command: {command!r}")
     deadline = time.monotonic() + retry_for
@@ -38,9 +43,15 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
             sock.close()
             raise
         with sock:
-            sock.sendall(command.encode() + b"\n")
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            try:
+                sock.sendall(command.encode() + b"\n")
+                sock.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except (ConnectionResetError, BrokenPipeError):
+                if not idempotent or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                continue
             return b"".join(chunks).decode("utf-8", "replace")

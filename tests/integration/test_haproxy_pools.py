@@ -1,0 +1,207 @@
+"""Dynamic HAProxy pools end to end: etcd -> confsync -> a real master-worker HAProxy -> backends.
+
+Each test owns an HAProxy on a free loopback port, a key prefix in the session's etcd and small
+HTTP backends that answer with their own name. Updates are driven by `stack.sync()` (today one
+`confsync once` per change). Every load loop is bounded in count; every wait in time.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.http_backends import HTTPBackend
+
+pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, HTTPBackend]]:
+    servers = {name: HTTPBackend(name).start() for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def _stack(haproxy: str, etcd: EtcdMember, strategy: str) -> HAProxyStack:
+    return HAProxyStack(haproxy, etcd.endpoint, strategy=strategy)
+
+
+@pytest.fixture
+def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    s = _stack(haproxy_binary, etcd, "runtime")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def reload_stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    s = _stack(haproxy_binary, etcd, "reload")
+    yield s
+    s.stop()
+
+
+def _running(stack: HAProxyStack, backends: dict[str, HTTPBackend], *names: str,
+             **config: object) -> None:
+    stack.put_basics(**config)
+    for name in names:
+        stack.put_instance("web", name, backends[name].port)
+    stack.sync_ok()
+    stack.start()
+
+
+def test_put_instance_takes_traffic_delete_stops_it_without_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a")
+    assert spread(stack.port, 6) == {"a": 6}
+    reloads = stack.status().reloads
+
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 10) == {"a": 5, "b": 5}
+
+    stack.delete("/services/web/instances/a")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 6) == {"b": 6}
+    assert "server a " not in stack.cfg.read_text()  # the file says the same as the runtime
+    assert stack.status().reloads == reloads  # pool changes never reloaded
+
+    stack.delete("/services/web/instances/b")
+    stack.sync_ok()
+    assert spread(stack.port, 3) == {"status:503": 3}  # an empty pool answers 503
+
+
+def test_address_change_moves_traffic_without_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a")
+    reloads = stack.status().reloads
+    stack.put_instance("web", "a", backends["c"].port)  # same instance id, new port
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"c": 4}
+    assert stack.status().reloads == reloads
+
+
+def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a", "b")
+    stack.put_instance("web", "b", backends["b"].port, weight=30)
+    stack.put_instance("web", "a", backends["a"].port, weight=10)
+    stack.sync_ok()
+    seen = spread(stack.port, 80)
+    assert 15 <= seen["a"] <= 25 and seen["a"] + seen["b"] == 80, seen  # 1:3
+
+    stack.put_instance("web", "b", backends["b"].port, weight=30, state="drain")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 8) == {"a": 8}
+
+    stack.put_instance("web", "b", backends["b"].port, state="ready")
+    stack.put_instance("web", "a", backends["a"].port, state="maint")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 8) == {"b": 8}
+    assert "disabled" in stack.cfg.read_text()
+
+
+@pytest.mark.parametrize("hostile", [
+    {"address": "127.0.0.1\n    server evil 127.0.0.1:1", "port": 80},
+    {"address": "127.0.0.1 backup", "port": 80},
+    {"address": "127.0.0.1", "port": "80 # comment"},
+    {"address": "127.0.0.1", "port": 80, "weight": 100000},
+    {"address": "1" * 200_000, "port": 80},
+], ids=["newline", "space", "hash", "weight", "huge"])
+def test_hostile_value_changes_nothing_and_is_reported(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], hostile: dict[str, object]) -> None:
+    _running(stack, backends, "a", "b")
+    before = stack.cfg.read_bytes()
+    reloads = stack.status().reloads
+
+    stack.put("/services/web/instances/b", hostile)
+    result = stack.sync()
+    assert result.returncode == 1
+    assert f"key {stack.prefix}/services/web/instances/b: expected" in result.stderr
+    assert stack.cfg.read_bytes() == before
+    assert spread(stack.port, 10) == {"a": 5, "b": 5}
+    assert stack.status().reloads == reloads
+
+
+def test_structural_change_reloads_once_confirmed_and_keeps_health_state(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    dead = free_port()
+    _running(stack, backends, "a", check_interval="100ms")
+    stack.put("/services/web/instances/dead", {"address": "127.0.0.1", "port": dead})
+    assert "runtime API" in stack.sync_ok()
+    down = "be_web 2 dead 127.0.0.1 0 "  # be_name srv_id srv_name srv_addr srv_op_state=STOPPED
+    wait_for(lambda: down in stack.admin_command("show servers state be_web"), timeout=5)
+    before = stack.status()
+
+    # A new routed service is structural: one reload, confirmed by the master.
+    stack.put("/services/api/config", {"path_prefix": "/api", "check_path": "/"})
+    stack.put_instance("api", "c", backends["c"].port)
+    out = stack.sync_ok()
+    assert "reloaded HAProxy" in out and "confirmed" in out
+    after = stack.status()
+    assert (after.reloads, after.failed) == (before.reloads + 1, before.failed)
+    assert spread(stack.port, 3, path="/api/x") == {"c": 3}
+    # The dead server is still known DOWN right after the reload: its state was carried over.
+    assert down in stack.admin_command("show servers state be_web")
+    assert spread(stack.port, 6) == {"a": 6}
+
+
+def test_reload_strategy_reloads_for_pool_changes(
+        reload_stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(reload_stack, backends, "a")
+    before = reload_stack.status()
+    reload_stack.put_instance("web", "b", backends["b"].port)
+    assert "reloaded HAProxy" in reload_stack.sync_ok()
+    assert reload_stack.status().reloads == before.reloads + 1
+    assert spread(reload_stack.port, 10) == {"a": 5, "b": 5}
+
+
+def test_static_balance_adds_servers_by_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a", balance="static-rr")
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "reloaded HAProxy" in stack.sync_ok()  # static-rr has no add server
+    assert stack.status().reloads == reloads + 1
+    assert spread(stack.port, 10) == {"a": 5, "b": 5}
+    stack.put_instance("web", "b", backends["b"].port, weight=0)  # weight works in static-rr
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 4}
+
+
+def test_runtime_failure_falls_back_to_a_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a", "b")
+    # Someone removes b behind confsync's back: the next runtime update of b cannot apply.
+    stack.admin_command("set server be_web/b state maint")
+    assert "Server deleted" in stack.admin_command("del server be_web/b")
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port, weight=50)
+    out = stack.sync_ok()
+    assert "runtime API failed" in out and "reloaded HAProxy" in out
+    assert stack.status().reloads == reloads + 1
+    assert set(spread(stack.port, 9)) == {"a", "b"}
+
+
+def test_bind_on_a_held_port_is_refused_and_the_file_restored(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a")
+    before = stack.cfg.read_bytes()
+    status = stack.status()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        stack.put("/haproxy/frontends/main", {"bind": [f"127.0.0.1:{stack.port}",
+                                                       f"127.0.0.1:{taken}"],
+                                              "default_service": "web"})
+        result = stack.sync()
+    assert result.returncode == 1
+    assert f"port {taken} is held by" in result.stderr and "previous file restored" in \
+        result.stderr
+    assert stack.cfg.read_bytes() == before
+    assert stack.status().failed == status.failed
+    assert http_get(stack.port) == (200, "a")

@@ -1,0 +1,184 @@
+"""A real master-worker HAProxy for tests and benchmarks, plus a confsync setup that drives it.
+
+`HAProxyStack` owns a temp dir with a confdir (the shipped template, a resource pointing at the
+stack's files), sockets, pidfile and the HAProxy process; `sync()` runs one confsync pass. Today
+that is `python -m confsync once`; when the watch daemon lands, a daemon-backed stack only has to
+replace `sync()` with "wait until the daemon has applied revision R".
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyetcd
+
+from confsync.haproxy.master_cli import MasterStatus, show_proc
+from confsync.haproxy.sockets import query
+from tests.support.etcd_server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "templates" / "haproxy" / "templates" / "haproxy.cfg.tmpl"
+
+
+def http_get(port: int, path: str = "/", host: str | None = None,
+             timeout: float = 2.0) -> tuple[int, str]:
+    """One request on a new connection: (status, body); (0, reason) when it failed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host} if host else {})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+def spread(port: int, count: int, path: str = "/", host: str | None = None) -> Counter[str]:
+    """Who served `count` requests (bodies of 200s; other outcomes as 'status:N')."""
+    seen: Counter[str] = Counter()
+    for _ in range(count):
+        status, body = http_get(port, path, host)
+        seen[body if status == 200 else f"status:{status}"] += 1
+    return seen
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll until `predicate()` is truthy (returned) or `timeout` runs out (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class HAProxyStack:
+    """HAProxy + confsync resource + etcd key prefix, all private to one test."""
+
+    haproxy: str
+    etcd_endpoint: str
+    strategy: str = "runtime"
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
+    prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    client: Any = None
+    last_sync: subprocess.CompletedProcess[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.confdir = self.base / "confdir"
+        (self.confdir / "conf.d").mkdir(parents=True)
+        (self.confdir / "templates").mkdir()
+        self.cfg = self.base / "haproxy.cfg"
+        self.master = self.base / "master.sock"
+        self.admin = self.base / "admin.sock"
+        self.state = self.base / "server-state"
+        self.pidfile = self.base / "haproxy.pid"
+        (self.confdir / "conf.d" / "haproxy.toml").write_text(
+            "[template]\n"
+            f'src = "{TEMPLATE}"\n'
+            f'dest = "{self.cfg}"\n'
+            'keys = ["/services", "/haproxy"]\n'
+            'mode = "0644"\n'
+            f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
+            f'reload_strategy = "{self.strategy}"\n'
+            f'master_socket = "{self.master}"\n'
+            'reload_timeout = "10s"\n'
+            "min_keys = 1\n")
+        host, _, port = self.etcd_endpoint.split("://", 1)[-1].rpartition(":")
+        self.client = pyetcd.client(host=host, port=int(port), timeout=5)
+
+    # ---- etcd data (keys relative to the stack's prefix)
+
+    def put(self, key: str, value: Any) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        self.client.put(self.prefix + key, text)
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self.prefix + key)
+
+    def put_instance(self, service: str, name: str, port: int, **extra: Any) -> None:
+        self.put(f"/services/{service}/instances/{name}",
+                 {"address": "127.0.0.1", "port": port, **extra})
+
+    def put_basics(self, service: str = "web", **config: Any) -> None:
+        self.put("/haproxy/global", {"admin_socket": str(self.admin), "maxconn": 2000,
+                                     "state_file": str(self.state), "hard_stop_after": "5s"})
+        self.put("/haproxy/frontends/main", {"bind": [f"127.0.0.1:{self.port}"],
+                                             "default_service": service})
+        self.put(f"/services/{service}/config", {"check_path": "/healthz", **config})
+
+    # ---- confsync
+
+    def sync(self) -> subprocess.CompletedProcess[str]:
+        """One confsync pass over the stack's prefix; the result (returncode, stderr) is kept."""
+        self.last_sync = subprocess.run(
+            [sys.executable, "-m", "confsync", "once", "--confdir", str(self.confdir),
+             "--backend", "etcd", "--endpoints", self.etcd_endpoint, "--prefix", self.prefix,
+             "--log-level", "info"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        return self.last_sync
+
+    def sync_ok(self) -> str:
+        result = self.sync()
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    # ---- HAProxy
+
+    def start(self) -> None:
+        """Start HAProxy on the file confsync wrote; wait until its master answers."""
+        log = (self.base / "haproxy.log").open("ab")
+        self.proc = subprocess.Popen(
+            [self.haproxy, "-W", "-S", str(self.master), "-f", str(self.cfg),
+             "-p", str(self.pidfile)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        try:
+            wait_for(lambda: self.proc is not None and self.proc.poll() is None
+                     and self.master.exists() and self.admin.exists(), timeout=10)
+            wait_for(lambda: http_get(self.port)[0] != 0, timeout=10)
+        except AssertionError:
+            raise AssertionError(f"HAProxy did not start; its log:\n{self.log()}") from None
+
+    def status(self) -> MasterStatus:
+        return show_proc(self.master)
+
+    def admin_command(self, command: str) -> str:
+        return query(self.admin, command)
+
+    def log(self) -> str:
+        path = self.base / "haproxy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self.client is not None:
+            self.client.delete_prefix(self.prefix)
+            self.client.close()
+            self.client = None
+        shutil.rmtree(self.base, ignore_errors=True)
