@@ -7,6 +7,7 @@ model is compared verbatim, so an unknown difference is always treated as struct
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 SECTION_KEYWORDS = frozenset({"global", "defaults", "frontend", "backend", "listen", "peers",
@@ -57,15 +58,19 @@ class HAProxyConfig:
 
 
 def split_addr_port(token: str) -> tuple[str, int] | None:
-    """'10.0.0.1:80' / '[2001:db8::1]:80' -> (address, port); None for anything else."""
+    """'10.0.0.1:80' / '[2001:db8::1]:80' -> (address, port); None for anything else.
+
+    Host names are not modelled: `set server ... addr` takes an IP, and names resolve at start.
+    """
     host, sep, port = token.rpartition(":")
     if not sep or not port.isdigit():
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host:
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
         return None
-    return host, int(port)
 
 
 def _parse_server(tokens: list[str]) -> Server | None:

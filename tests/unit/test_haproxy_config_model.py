@@ -1,0 +1,100 @@
+"""The config model tells pool-only changes (runtime API) from structural ones (reload)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from confsync.haproxy.config_model import Server, parse, runtime_changes
+from confsync.haproxy.control import HAProxyReloadFailed, _bind_endpoints, check_binds_free
+
+BASE = """\
+global
+    master-worker
+    stats socket /run/a.sock mode 600 level admin
+    server-state-file /var/lib/haproxy/state
+defaults
+    mode http
+frontend fe_main
+    bind 127.0.0.1:8080
+    default_backend be_web
+backend be_web
+    balance {balance}
+    default-server inter 2s fall 3 rise 2
+{servers}
+"""
+
+
+def cfg(*servers: str, balance: str = "roundrobin") -> str:
+    return BASE.format(balance=balance, servers="\n".join(f"    {s}" for s in servers))
+
+
+def test_parse_reads_servers_binds_sockets() -> None:
+    model = parse(cfg("server a 10.0.0.1:80 weight 10 check",
+                      "server b [2001:db8::1]:81 weight 0 check disabled"))
+    assert model.binds == ["127.0.0.1:8080"]
+    assert model.stats_socket == "/run/a.sock"
+    assert model.state_file == "/var/lib/haproxy/state"
+    be = model.backends["be_web"]
+    assert be.default_server == ("inter", "2s", "fall", "3", "rise", "2")
+    assert be.servers["a"] == Server("a", "10.0.0.1", 80, 10, False, ("check",))
+    assert be.servers["b"] == Server("b", "2001:db8::1", 81, 0, True, ("check",))
+    assert be.servers["b"].addr_port == "[2001:db8::1]:81"
+
+
+def test_pool_changes_are_runtime_changes() -> None:
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 10 check"))
+    new = parse(cfg("server a 10.0.0.9:81 weight 5 check disabled",
+                    "server c 10.0.0.3:80 weight 10 check"))
+    changes = runtime_changes(old, new)
+    assert changes is not None
+    assert [(c.action, (c.old or c.new).name) for c in changes] == [  # type: ignore[union-attr]
+        ("update", "a"), ("add", "c"), ("delete", "b")]
+
+
+def test_comment_only_change_needs_nothing() -> None:
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check"))
+    new = parse("# a comment\n" + cfg("server a 10.0.0.1:80 weight 10 check"))
+    assert runtime_changes(old, new) == []
+
+
+@pytest.mark.parametrize("old_servers, new_servers, balance", [
+    (["server a 10.0.0.1:80 weight 1 check"], ["server a 10.0.0.1:80 weight 1"], "roundrobin"),
+    ([], ["server a 10.0.0.1:80 weight 1 check"], "static-rr"),
+    (["server a 10.0.0.1:80 weight 1 check"], [], "source"),
+    (["server a 10.0.0.1:80 weight 1 check"], ["server a web.example:80 weight 1 check"],
+     "roundrobin"),
+], ids=["options", "add-static", "delete-source", "hostname"])
+def test_structural_changes_need_a_reload(old_servers: list[str], new_servers: list[str],
+                                          balance: str) -> None:
+    old = parse(cfg(*old_servers, balance=balance))
+    new = parse(cfg(*new_servers, balance=balance))
+    assert runtime_changes(old, new) is None
+
+
+def test_any_other_line_is_structural() -> None:
+    old = parse(cfg("server a 10.0.0.1:80 weight 1 check"))
+    new = parse(cfg("server a 10.0.0.1:80 weight 1 check").replace("8080", "8081"))
+    assert runtime_changes(old, new) is None
+    new_backend = parse(cfg("server a 10.0.0.1:80 weight 1 check") + "backend be_api\n")
+    assert runtime_changes(old, new_backend) is None
+
+
+def test_bind_tokens() -> None:
+    assert _bind_endpoints("127.0.0.1:80") == [(socket.AF_INET, "127.0.0.1", 80)]
+    assert _bind_endpoints("[::1]:81") == [(socket.AF_INET6, "::1", 81)]
+    assert [p for _, _, p in _bind_endpoints("127.0.0.1:80-82")] == [80, 81, 82]
+    assert _bind_endpoints("unix@/run/x.sock") == []
+    assert _bind_endpoints("/run/x.sock") == []
+
+
+def test_bind_on_a_port_held_elsewhere_is_refused() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        model = parse(cfg().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+        with pytest.raises(HAProxyReloadFailed, match=f"port {port} is held by"):
+            check_binds_free(None, model, master_pid=None)
+    check_binds_free(None, model, master_pid=None)  # free again

@@ -1,0 +1,61 @@
+"""The socket client speaks HAProxy's CLI protocol: answer after half-close, retry refusals."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from confsync.haproxy.master_cli import show_proc
+from confsync.haproxy.sockets import SocketUnavailable, query
+
+SHOW_PROC = """#<PID>          <type>          <reloads>       <uptime>        <version>
+4899            master          3 [failed: 1]   0d00h00m20s     2.6.12-1+deb12u4
+# workers
+5060            worker          0               0d00h00m00s     2.6.12-1+deb12u4
+"""
+
+
+def _serve_once(path: Path, answer: str, delay: float = 0.0) -> threading.Thread:
+    """A UNIX server that binds after `delay` and, like HAProxy, answers only after EOF."""
+
+    def run() -> None:
+        time.sleep(delay)
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+            server.listen()
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(1024):  # returns b"" only after the client's SHUT_WR
+                    data += chunk
+                conn.sendall(answer.encode() if data == b"show proc\n" else b"Unknown\n")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_query_waits_for_a_socket_that_appears_and_parses_show_proc() -> None:
+    path = Path(tempfile.mkdtemp(prefix="hxs")) / "m.sock"
+    thread = _serve_once(path, SHOW_PROC, delay=0.1)  # refused/missing for 100 ms, as in a reload
+    status = show_proc(path, retry_for=2.0)
+    thread.join(2)
+    assert (status.pid, status.reloads, status.failed) == (4899, 3, 1)
+
+
+def test_query_gives_up_when_nothing_answers() -> None:
+    path = Path(tempfile.mkdtemp(prefix="hxs")) / "none.sock"
+    start = time.monotonic()
+    with pytest.raises(SocketUnavailable):
+        query(path, "show proc", retry_for=0.2)
+    assert time.monotonic() - start < 1.0
+
+
+def test_query_refuses_multi_line_commands() -> None:
+    with pytest.raises(ValueError):
+        query("/nonexistent", "show proc\nreload")

@@ -1,0 +1,129 @@
+"""The shipped HAProxy template: valid output, and hostile values in any field fail the render.
+
+Rendered in-process (Renderer + Mirror + Syncer, the code `confsync once` runs) so each hostile
+value costs milliseconds; the end-to-end version runs against a real HAProxy in
+tests/integration/test_haproxy_pools.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confsync.mirror import Mirror
+from confsync.renderer import Renderer
+from confsync.resources import parse_resource
+from confsync.stores import Snapshot
+from confsync.sync import FAILED, UPDATED, Syncer
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "templates" / "haproxy" / "templates"
+
+GOOD: dict[str, Any] = {
+    "/haproxy/global": {"maxconn": 1000, "admin_socket": "/tmp/a.sock",
+                        "state_file": "/tmp/state"},
+    "/haproxy/frontends/main": {"bind": ["127.0.0.1:8080"], "default_service": "web"},
+    "/services/web/config": {"balance": "roundrobin", "check_path": "/healthz"},
+    "/services/web/instances/web-1": {"address": "10.0.0.11", "port": 8080, "weight": 100},
+    "/services/api/config": {"hosts": ["api.example.com"], "path_prefix": "/api"},
+    "/services/api/instances/api-1": {"address": "2001:db8::1", "port": 9000, "state": "drain"},
+}
+
+
+def _syncer(data: dict[str, Any]) -> Syncer:
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {k: (v if isinstance(v, str) else json.dumps(v)).encode()
+                             for k, v in data.items()}))
+    return Syncer(Renderer(TEMPLATES), mirror)
+
+
+def _resource(dest: Path) -> Any:
+    return parse_resource(Path("haproxy.toml"), {"template": {
+        "src": "haproxy.cfg.tmpl", "dest": str(dest), "keys": ["/services", "/haproxy"],
+        "min_keys": 1}}, TEMPLATES)
+
+
+def test_good_data_renders_a_config_haproxy_accepts(tmp_path: Path, haproxy_binary: str) -> None:
+    dest = tmp_path / "haproxy.cfg"
+    [outcome] = _syncer(GOOD).apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    text = dest.read_text()
+    assert "    server web-1 10.0.0.11:8080 weight 100 check\n" in text
+    assert "    server api-1 [2001:db8::1]:9000 weight 0 check\n" in text  # drain
+    assert "    use_backend be_api if host_api path_api\n" in text
+    check = subprocess.run([haproxy_binary, "-c", "-f", str(dest)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    # The only warning allowed: the state file does not exist before the first reload.
+    warnings = [line for line in check.stderr.splitlines() if "WARNING" in line]
+    assert all("server state file" in line for line in warnings), warnings
+
+
+def test_empty_service_is_a_backend_without_servers(tmp_path: Path) -> None:
+    data = {k: v for k, v in GOOD.items() if "/instances/" not in k}
+    dest = tmp_path / "haproxy.cfg"
+    [outcome] = _syncer(data).apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    assert "backend be_web\n" in dest.read_text() and "\n    server " not in dest.read_text()
+
+
+INSTANCE = "/services/web/instances/web-1"
+HOSTILE = [
+    (INSTANCE, {"address": "10.0.0.11\n    server evil 10.6.6.6:80", "port": 80},
+     "expected an IP address"),
+    (INSTANCE, {"address": "10.0.0.11 backup", "port": 80}, "expected an IP address"),
+    (INSTANCE, {"address": "10.0.0.11", "port": "80 # x"}, "expected a port number"),
+    (INSTANCE, {"address": "10.0.0.11", "port": 80, "weight": "1 check"}, "whole number"),
+    (INSTANCE, {"address": "10.0.0.11", "port": 80, "weight": 999}, "a weight from 0 to 256"),
+    (INSTANCE, {"address": "10.0.0.11", "port": 70000}, "a port from 1 to 65535"),
+    (INSTANCE, {"address": "10.0.0.11", "port": 80, "state": "ready\n"}, "ready, drain, maint"),
+    (INSTANCE, {"address": "1" * 1_000_000, "port": 80}, "expected an IP address"),
+    (INSTANCE, {"address": "10.0.0.11"}, '"port"'),
+    (INSTANCE, "[1, 2]", "a JSON object"),
+    (INSTANCE, "{not json", "not valid JSON"),
+    ("/services/web/config", {"balance": "roundrobin\n    server x 1.2.3.4:80"}, "one of"),
+    ("/services/web/config", {"check_path": "/ok #"}, "URL path"),
+    ("/services/web/config", {"check_interval": "2s fall 1"}, "duration"),
+    ("/services/api/config", {"hosts": ["a.example.com b.example.com"]}, "host name"),
+    ("/services/api/config", {"path_prefix": "/api\r\nuse_backend x"}, "URL path"),
+    ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80 ssl crt /x"]}, "port number"),
+    ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80"], "default_service": "web x"},
+     "identifier"),
+    ("/haproxy/global", {"admin_socket": "/run/a.sock level admin"}, "file path"),
+    ("/haproxy/global", {"maxconn": 0}, "maxconn from 1 to 1000000"),
+]
+
+
+@pytest.mark.parametrize("key, value, reason", HOSTILE,
+                         ids=[f"{k.rsplit('/', 1)[-1]}-{i}" for i, (k, _, _) in
+                              enumerate(HOSTILE)])
+def test_hostile_value_fails_render_names_key_and_keeps_file(
+        tmp_path: Path, key: str, value: Any, reason: str) -> None:
+    dest = tmp_path / "haproxy.cfg"
+    [good] = _syncer(GOOD).apply([_resource(dest)])
+    assert good.status == UPDATED
+    before = dest.read_bytes()
+
+    [outcome] = _syncer({**GOOD, key: value}).apply([_resource(dest)])
+    assert outcome.status == FAILED
+    assert outcome.error is not None and outcome.error.step == "render"
+    message = str(outcome.error)
+    assert f"key {key}:" in message and reason in message, message
+    assert dest.read_bytes() == before
+
+
+def test_demo_renders_and_passes_haproxy_check(tmp_path: Path, haproxy_binary: str) -> None:
+    (tmp_path / "demo-out").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "confsync", "once", "--confdir", str(REPO / "templates" / "demo"),
+         "--backend", "file", "--file", str(REPO / "templates/haproxy/data/services.yaml")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    check = subprocess.run([haproxy_binary, "-c", "-f", str(tmp_path / "demo-out/haproxy.cfg")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
