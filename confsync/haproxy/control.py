@@ -96,8 +96,10 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
     `haproxy -c` passes such a config, and the reload then pauses every listener for about 2 s
     and fails (measured on 2.6). Ports held by this HAProxy itself are fine.
     """
-    ours = _family(master_pid)
+    ours: set[int] | None = None
     for token in new.binds:
+        if old is not None and token in old.binds:
+            continue  # the running config binds it already
         try:
             endpoints = _bind_endpoints(token)
         except OSError as exc:
@@ -112,10 +114,9 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                     if exc.errno != errno.EADDRINUSE:
                         raise HAProxyReloadFailed(f"bind {token}: {exc.strerror}") from None
             pid, name = _port_holder(port)
+            ours = _family(master_pid) if ours is None else ours
             if pid is not None and pid in ours:
-                continue
-            if pid is None and old is not None and token in old.binds:
-                continue  # cannot see the holder; the running config binds it already
+                continue  # moved from another frontend, or the previous file is unknown
             raise HAProxyReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it")
@@ -160,7 +161,7 @@ def apply(resource: Resource, previous: bytes | None, content: bytes | None,
             if not changes:
                 return "no server change; nothing to reload"
             try:
-                sent = apply_changes(admin, new, changes)
+                sent = apply_changes(admin, old, new, changes)
             except RuntimeApplyFailed as exc:
                 why = f"runtime API failed ({exc})"
                 log.warning("resource %s: %s; reloading instead", resource.name, why)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +61,27 @@ def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) 
                      "weight", str(server.weight), *server.options])
 
 
-def apply_changes(admin: AdminSocket, new: HAProxyConfig, changes: list[ServerChange],
-                  delete_wait: float = 2.0) -> list[str]:
-    """Apply `changes` in order; return the commands sent. Raises RuntimeApplyFailed."""
+def runtime_servers(admin: AdminSocket, backend: str) -> dict[str, list[str]]:
+    """The servers HAProxy has in `backend` now: name -> `show servers state` fields."""
+    text = query(admin.path, f"show servers state {backend}", timeout=admin.timeout,
+                 retry_for=0.2)
+    servers = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > _PORT and not line.startswith("#") and fields[_BE_NAME] == backend:
+            servers[fields[_SRV_NAME]] = fields
+    return servers
+
+
+def apply_changes(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
+                  changes: list[ServerChange]) -> list[str]:
+    """Apply `changes` in order; return the commands sent. Raises RuntimeApplyFailed.
+
+    A removed server goes to maintenance (no new traffic at once) and is deleted when HAProxy
+    allows it, which it does not while the server has connections, idle ones of the reuse pool
+    included: then it stays "parked" in maintenance and a later pass deletes it, or revives it
+    if the same instance comes back. Parked servers are not in the file, so a reload drops them.
+    """
     sent: list[str] = []
 
     def run(command: str) -> str:
@@ -72,24 +89,41 @@ def apply_changes(admin: AdminSocket, new: HAProxyConfig, changes: list[ServerCh
         sent.append(command)
         return answer
 
+    def update(ref: str, before: Server | None, server: Server) -> None:
+        if server.disabled and (before is None or not before.disabled):
+            run(f"set server {ref} state maint")
+        if before is None or (before.address, before.port) != (server.address, server.port):
+            run(f"set server {ref} addr {server.address} port {server.port}")
+        if before is None or before.weight != server.weight:
+            run(f"set server {ref} weight {server.weight}")
+        if not server.disabled and (before is None or before.disabled):
+            run(f"set server {ref} state ready")
+
+    parked: dict[str, set[str]] = {}
+    for backend in {c.backend for c in changes if c.action != "update"}:
+        try:
+            live = runtime_servers(admin, backend)
+        except OSError as exc:
+            raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
+        known = old.backends[backend].servers if backend in old.backends else {}
+        parked[backend] = {name for name in live if name not in known}
+    for backend, names in parked.items():
+        for name in sorted(names - set(new.backends[backend].servers)):
+            with contextlib.suppress(RuntimeApplyFailed):  # still busy: next pass
+                run(f"del server {backend}/{name}")
+
     for change in changes:
         be = change.backend
         if change.action == "update":
-            old, server = change.old, change.new
-            assert old is not None and server is not None
-            ref = f"{be}/{server.name}"
-            if server.disabled and not old.disabled:
-                run(f"set server {ref} state maint")
-            if (old.address, old.port) != (server.address, server.port):
-                run(f"set server {ref} addr {server.address} port {server.port}")
-            if old.weight != server.weight:
-                run(f"set server {ref} weight {server.weight}")
-            if old.disabled and not server.disabled:
-                run(f"set server {ref} state ready")
+            assert change.new is not None
+            update(f"{be}/{change.new.name}", change.old, change.new)
         elif change.action == "add":
             server = change.new
             assert server is not None
             ref = f"{be}/{server.name}"
+            if server.name in parked.get(be, ()):
+                update(ref, None, server)  # a parked server comes back: revive it
+                continue
             run(_add_command(be, server, new.backends[be].default_server))
             if "check" in server.options:
                 run(f"enable health {ref}")
@@ -99,26 +133,13 @@ def apply_changes(admin: AdminSocket, new: HAProxyConfig, changes: list[ServerCh
             assert change.old is not None
             ref = f"{be}/{change.old.name}"
             run(f"set server {ref} state maint")
-            _delete(admin, ref, delete_wait)
-            sent.append(f"del server {ref}")
+            try:
+                run(f"del server {ref}")
+            except RuntimeApplyFailed as exc:
+                if "connection" not in str(exc).lower():
+                    raise
+                log.debug("%s parked in maintenance until its connections close", ref)
     return sent
-
-
-def _delete(admin: AdminSocket, ref: str, wait: float) -> None:
-    """`del server` once its connections are gone (in maintenance it gets no new ones).
-
-    Sessions are never shut down here: if they outlive `wait`, the caller reloads instead, and
-    the old worker finishes them.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            admin.command(f"del server {ref}")
-            return
-        except RuntimeApplyFailed as exc:
-            if "connection" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.02)
 
 
 def save_server_state(admin: AdminSocket, state_file: Path, new: HAProxyConfig) -> int:

@@ -205,3 +205,29 @@ def test_bind_on_a_held_port_is_refused_and_the_file_restored(
     assert stack.cfg.read_bytes() == before
     assert stack.status().failed == status.failed
     assert http_get(stack.port) == (200, "a")
+
+
+def test_removed_instance_coming_back_is_served_again_without_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a", "b")
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}  # leaves idle connections to b in the pool
+    reloads = stack.status().reloads
+    stack.delete("/services/web/instances/b")
+    stack.sync_ok()  # b is deleted, or parked in maintenance while its idle connections last
+    assert spread(stack.port, 4) == {"a": 4}
+    stack.put_instance("web", "b", backends["b"].port, weight=100)
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}
+    assert stack.status().reloads == reloads
+
+
+def test_reload_never_restores_a_stale_runtime_address(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a")
+    # A runtime change nobody wrote into etcd: the saved state must not carry it over a reload
+    # (HAProxy 2.6 would let the state file override the address in the config).
+    stack.admin_command(f"set server be_web/a addr 127.0.0.1 port {backends['c'].port}")
+    assert spread(stack.port, 2) == {"c": 2}
+    stack.put("/services/api/config", {"path_prefix": "/api"})
+    assert "reloaded HAProxy" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 4}
