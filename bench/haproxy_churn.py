@@ -189,7 +189,7 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
     backends = ctx.Process(target=_backends_process, args=(names, port_queue, stop_backends))
     backends.start()
     ports = dict(zip(names, port_queue.get(timeout=10), strict=True))
-    stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy)
+    stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy, check=not args.no_check)
     applier: Applier | None = None
     load: mp.Process | None = None
     inbox: mp.Queue[tuple[str, float] | None] = ctx.Queue()
@@ -229,7 +229,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         reloads = stack.status().reloads - reloads_before
         print(f"\n== strategy {strategy}: {elapsed:.1f} s, {changes} pool changes "
               f"(1 put + 1 delete every {args.interval * 1000:.0f} ms), {args.threads} client "
-              f"threads paced to {args.rate:.0f} req/s, new connection per request")
+              f"threads paced to {args.rate:.0f} req/s, new connection per request"
+              f"{', NO haproxy -c' if args.no_check else ''}")
         print(f"requests:            {requests} ({requests / elapsed:.0f}/s)")
         print(f"failed requests:     {sum(failed.values())} {failed or ''}")
         print(f"reloads done:        {reloads} (confsync passes: {applier.passes}, "
@@ -265,6 +266,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400.0,
                         help="requests per second, all client threads together (paced)")
     parser.add_argument("--max-requests", type=int, default=300_000)
+    parser.add_argument("--no-check", action="store_true",
+                        help="no `haproxy -c` on staged files (what the runtime path would cost "
+                             "if it skipped the check for server-only diffs)")
     parser.add_argument("--backends", type=int, default=8)
     parser.add_argument("--pool", type=int, default=4)
     args = parser.parse_args()

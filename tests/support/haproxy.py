@@ -75,6 +75,7 @@ class HAProxyStack:
     haproxy: str
     etcd_endpoint: str
     strategy: str = "runtime"
+    check: bool = True  # run `haproxy -c` on each staged file (the shipped resource does)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -97,8 +98,9 @@ class HAProxyStack:
             f'dest = "{self.cfg}"\n'
             'keys = ["/services", "/haproxy"]\n'
             'mode = "0644"\n'
-            f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
-            f'reload_strategy = "{self.strategy}"\n'
+            + (f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
+               if self.check else "")
+            + f'reload_strategy = "{self.strategy}"\n'
             f'master_socket = "{self.master}"\n'
             'reload_timeout = "10s"\n'
             "min_keys = 1\n")

@@ -98,3 +98,16 @@ def test_bind_on_a_port_held_elsewhere_is_refused() -> None:
         with pytest.raises(HAProxyReloadFailed, match=f"port {port} is held by"):
             check_binds_free(None, model, master_pid=None)
     check_binds_free(None, model, master_pid=None)  # free again
+
+
+def test_server_only_change_allows_skipping_the_check_only_when_safe() -> None:
+    from confsync.haproxy.control import server_only_change
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    assert server_only_change(old, cfg("server a 10.0.0.2:81 weight 0 check disabled",
+                                       "server b 10.0.0.3:80 weight 5 check").encode())
+    assert not server_only_change(None, old)
+    assert not server_only_change(old, cfg("server a 10.0.0.1:80 weight 300 check").encode())
+    assert not server_only_change(old, cfg("server a 10.0.0.1:80 weight 1 check",
+                                           "server b 10.0.0.3:80 weight 5 backup").encode())
+    assert not server_only_change(old, old.replace(b"8080", b"8081"))
