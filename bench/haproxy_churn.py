@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
     ports = dict(zip(names, port_queue.get(timeout=10), strict=True))
     stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy, check=not args.no_check)
     applier: Applier | None = None
-    load: mp.Process | None = None
+    load: BaseProcess | None = None
     inbox: mp.Queue[tuple[str, float] | None] = ctx.Queue()
     outbox: mp.Queue[tuple[int, dict[str, int], list[float]]] = ctx.Queue()
     try:

@@ -13,7 +13,12 @@ log = logging.getLogger(__name__)
 
 
 class ReloadFailed(Exception):
-    pass
+    """The reload failed. `untouched`: nothing was sent to the target (it still runs the
+    previous file), so restoring the file needs no second reload."""
+
+    def __init__(self, message: str, untouched: bool = False) -> None:
+        super().__init__(message)
+        self.untouched = untouched
 
 
 def find_process(pidfile: Path | None, process: str | None) -> int | None:
@@ -58,7 +63,7 @@ def reload_resource(resource: Resource, previous: bytes | None = None,
         try:
             return apply(resource, previous, content, lambda: _plain_reload(resource))
         except HAProxyReloadFailed as exc:
-            raise ReloadFailed(str(exc)) from None
+            raise ReloadFailed(str(exc), untouched=exc.untouched) from None
     return _plain_reload(resource)
 
 

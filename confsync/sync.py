@@ -106,6 +106,8 @@ class Syncer:
                 outcome.status = FAILED
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; previous file restored")
+            if exc.untouched:
+                return  # the target never saw the new file: nothing to reload back
             try:
                 reload_resource(first, content, previous)
             except ReloadFailed as again:

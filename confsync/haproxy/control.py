@@ -35,7 +35,14 @@ log = logging.getLogger(__name__)
 
 
 class HAProxyReloadFailed(Exception):
-    """The new config could not go live; the caller restores the previous file."""
+    """The new config could not go live; the caller restores the previous file.
+
+    `untouched`: refused before anything was sent to HAProxy (a bind check).
+    """
+
+    def __init__(self, message: str, untouched: bool = False) -> None:
+        super().__init__(message)
+        self.untouched = untouched
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -103,7 +110,8 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
         try:
             endpoints = _bind_endpoints(token)
         except OSError as exc:
-            raise HAProxyReloadFailed(f"bind {token}: cannot resolve: {exc}") from None
+            raise HAProxyReloadFailed(f"bind {token}: cannot resolve: {exc}",
+                                      untouched=True) from None
         for family, address, port in endpoints:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,14 +120,16 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                     continue
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
-                        raise HAProxyReloadFailed(f"bind {token}: {exc.strerror}") from None
+                        raise HAProxyReloadFailed(f"bind {token}: {exc.strerror}",
+                                                  untouched=True) from None
             pid, name = _port_holder(port)
             ours = _family(master_pid) if ours is None else ours
             if pid is not None and pid in ours:
                 continue  # moved from another frontend, or the previous file is unknown
             raise HAProxyReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
-                f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it")
+                f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",
+                untouched=True)
 
 
 def server_only_change(previous: bytes | None, content: bytes) -> bool:
@@ -194,7 +204,12 @@ def apply(resource: Resource, previous: bytes | None, content: bytes | None,
                 return f"runtime API: {len(sent)} command(s) on {admin.path}, no reload"
     elif resource.reload_strategy == "runtime":
         why = "no previous file or admin socket"
-    return _reload(resource, old, new, admin, fallback, why)
+    try:
+        return _reload(resource, old, new, admin, fallback, why)
+    except HAProxyReloadFailed as exc:
+        if exc.untouched and why.startswith("runtime API failed"):
+            raise HAProxyReloadFailed(str(exc)) from None  # some runtime commands went through
+        raise
 
 
 def _reload(resource: Resource, old: HAProxyConfig | None, new: HAProxyConfig,
