@@ -157,20 +157,21 @@ def server_only_change(previous: bytes | None, content: bytes) -> bool:
     return True
 
 
-def _signal_trigger(resource: Resource) -> Callable[[], None] | None:
+def _signal_trigger(resource: Resource) -> tuple[Callable[[], None] | None, str]:
+    """How to trigger the reload: `reload_signal` to the master if set and found, else the CLI."""
     from confsync.reload import find_process
 
     if resource.reload_signal is None:
-        return None
+        return None, "`reload` on the master CLI"
     pid = find_process(resource.pidfile, resource.process)
     if pid is None:
-        return None
+        return None, "`reload` on the master CLI (no process for the signal)"
     sig: signal.Signals = resource.reload_signal
 
     def send() -> None:
         os.kill(pid, sig)
 
-    return send
+    return send, f"{sig.name} to pid {pid}"
 
 
 def apply(resource: Resource, previous: bytes | None, content: bytes | None,
@@ -242,10 +243,10 @@ def _reload(resource: Resource, old: HAProxyConfig | None, new: HAProxyConfig,
         log.warning("resource %s: no HAProxy master answers on %s; file updated, HAProxy will "
                     "read it when it starts", resource.name, master)
         return f"no HAProxy master on {master}"
+    trigger, how = _signal_trigger(resource)
     try:
-        status, seconds = reload_confirmed(master, _signal_trigger(resource),
-                                           timeout=resource.reload_timeout)
+        status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
     except (ReloadNotConfirmed, SocketUnavailable) as exc:
         raise HAProxyReloadFailed(str(exc)) from None
-    return (f"reloaded HAProxy ({why}), confirmed in {seconds * 1000:.0f} ms "
+    return (f"reloaded HAProxy ({why}) by {how}, confirmed in {seconds * 1000:.0f} ms "
             f"(reload #{status.reloads}, failed {status.failed})")

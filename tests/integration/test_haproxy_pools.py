@@ -232,3 +232,18 @@ def test_reload_never_restores_a_stale_runtime_address(
     stack.put("/services/api/config", {"path_prefix": "/api"})
     assert "reloaded HAProxy" in stack.sync_ok()
     assert spread(stack.port, 4) == {"a": 4}
+
+
+def test_sigusr2_reload_is_confirmed_too(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend]) -> None:
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", signal=True)
+    try:
+        _running(stack, backends, "a")
+        before = stack.status()
+        stack.put_instance("web", "b", backends["b"].port)
+        out = stack.sync_ok()
+        assert f"by SIGUSR2 to pid {before.pid}, confirmed" in out
+        assert stack.status().reloads == before.reloads + 1
+        assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    finally:
+        stack.stop()

@@ -76,6 +76,7 @@ class HAProxyStack:
     etcd_endpoint: str
     strategy: str = "runtime"
     check: bool = True  # run `haproxy -c` on each staged file (the shipped resource does)
+    signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -102,7 +103,8 @@ class HAProxyStack:
                if self.check else "")
             + f'reload_strategy = "{self.strategy}"\n'
             f'master_socket = "{self.master}"\n'
-            'reload_timeout = "10s"\n'
+            + (f'reload_signal = "SIGUSR2"\npidfile = "{self.pidfile}"\n' if self.signal else "")
+            + 'reload_timeout = "10s"\n'
             "min_keys = 1\n")
         host, _, port = self.etcd_endpoint.split("://", 1)[-1].rpartition(":")
         self.client = pyetcd.client(host=host, port=int(port), timeout=5)
