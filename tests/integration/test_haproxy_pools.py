@@ -247,3 +247,26 @@ def test_sigusr2_reload_is_confirmed_too(
         assert spread(stack.port, 4) == {"a": 2, "b": 2}
     finally:
         stack.stop()
+
+
+def test_a_reload_haproxy_rejects_is_reported_not_confirmed(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed
+
+    _running(stack, backends, "a")
+    before = stack.status()
+    good = stack.cfg.read_text()
+    with socket.socket() as squatter:  # written by hand: confsync's bind check would refuse it
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        stack.cfg.write_text(good.replace(f"bind 127.0.0.1:{stack.port}",
+                                          f"bind 127.0.0.1:{stack.port}\n"
+                                          f"    bind 127.0.0.1:{squatter.getsockname()[1]}"))
+        with pytest.raises(ReloadNotConfirmed, match="rejected"):
+            reload_confirmed(stack.master, timeout=10)
+    assert stack.status().failed == before.failed + 1
+    assert http_get(stack.port) == (200, "a")  # the old workers kept serving
+    stack.cfg.write_text(good)
+    status, _ = reload_confirmed(stack.master, timeout=10)
+    assert status.reloads == before.reloads + 2
+    assert http_get(stack.port) == (200, "a")
