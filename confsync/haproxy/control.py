@@ -24,8 +24,8 @@ from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, sh
 from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
-    apply_changes,
     drop_server_state,
+    reconcile,
     save_server_state,
 )
 from confsync.haproxy.sockets import SocketUnavailable
@@ -192,17 +192,17 @@ def apply(resource: Resource, previous: bytes | None, content: bytes | None,
     admin = AdminSocket(admin_path) if admin_path is not None else None
     why = "structural change"
     if resource.reload_strategy == "runtime" and old is not None and admin is not None:
-        changes = runtime_changes(old, new)
-        if changes is not None:
-            if not changes:
-                return "no server change; nothing to reload"
+        if runtime_changes(old, new) is not None:
             try:
-                sent = apply_changes(admin, old, new, changes)
+                sent = reconcile(admin, new)
             except RuntimeApplyFailed as exc:
                 why = f"runtime API failed ({exc})"
                 log.warning("resource %s: %s; reloading instead", resource.name, why)
             else:
-                return f"runtime API: {len(sent)} command(s) on {admin.path}, no reload"
+                if sent is not None:
+                    return (f"runtime API: {len(sent)} command(s) on {admin.path}, no reload"
+                            if sent else "servers already as in the file; nothing to reload")
+                why = "servers added or removed where the balance algorithm needs a reload"
     elif resource.reload_strategy == "runtime":
         why = "no previous file or admin socket"
     try:

@@ -15,13 +15,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from confsync.haproxy.config_model import HAProxyConfig, Server, ServerChange
+from confsync.haproxy.config_model import DYNAMIC_BALANCE, HAProxyConfig, Server
 from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
 
 # Admin-state bits that mean maintenance (forced, inherited, config, resolution).
 _MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20
+# Admin-state bits that mean drain (forced, inherited).
+_DRAIN_BITS = 0x08 | 0x10
 # Columns of `show servers state` (version 1), as HAProxy 2.6 prints them.
 _BE_NAME, _SRV_NAME, _SRV_ADDR, _ADMIN, _UWEIGHT, _PORT = 1, 3, 4, 6, 7, 18
 
@@ -50,8 +52,39 @@ class AdminSocket:
         return answer
 
 
-def _state(server: Server) -> str:
-    return "maint" if server.disabled else "ready"
+@dataclass(frozen=True)
+class LiveServer:
+    """A server as the running HAProxy has it (`show servers state`)."""
+
+    address: str
+    port: int
+    weight: int
+    maint: bool
+    drain: bool
+
+
+def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
+    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
+    try:
+        text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.2)
+    except OSError as exc:
+        raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
+    backends: dict[str, dict[str, LiveServer]] = {}
+    for line in lines[1:]:
+        fields = line.split()
+        if line.startswith("#") or len(fields) <= _PORT:
+            continue
+        try:
+            admin_state = int(fields[_ADMIN])
+            server = LiveServer(fields[_SRV_ADDR], int(fields[_PORT]), int(fields[_UWEIGHT]),
+                                bool(admin_state & _MAINT_BITS), bool(admin_state & _DRAIN_BITS))
+        except ValueError:
+            continue
+        backends.setdefault(fields[_BE_NAME], {})[fields[_SRV_NAME]] = server
+    return backends
 
 
 def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) -> str:
@@ -61,84 +94,80 @@ def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) 
                      "weight", str(server.weight), *server.options])
 
 
-def runtime_servers(admin: AdminSocket, backend: str) -> dict[str, list[str]]:
-    """The servers HAProxy has in `backend` now: name -> `show servers state` fields."""
-    text = query(admin.path, f"show servers state {backend}", timeout=admin.timeout,
-                 retry_for=0.2)
-    servers = {}
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > _PORT and not line.startswith("#") and fields[_BE_NAME] == backend:
-            servers[fields[_SRV_NAME]] = fields
-    return servers
+def plan_reconcile(new: HAProxyConfig,
+                   live: dict[str, dict[str, LiveServer]]) -> tuple[list[str], list[str]] | None:
+    """Commands that bring the running servers to what `new` says, or None if only a reload can.
 
-
-def apply_changes(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
-                  changes: list[ServerChange]) -> list[str]:
-    """Apply `changes` in order; return the commands sent. Raises RuntimeApplyFailed.
-
-    A removed server goes to maintenance (no new traffic at once) and is deleted when HAProxy
-    allows it, which it does not while the server has connections, idle ones of the reuse pool
-    included: then it stays "parked" in maintenance and a later pass deletes it, or revives it
-    if the same instance comes back. Parked servers are not in the file, so a reload drops them.
+    Returns (commands, removals): the commands add and update servers; `removals` are servers to
+    take out (maintenance, then `del server`), done last so a pool never empties on the way.
+    Reconciling against the live state rather than the previous file also heals drift (a
+    runtime edit by someone else, a pass interrupted after the file was written).
     """
-    sent: list[str] = []
-
-    def run(command: str) -> str:
-        answer = admin.command(command)
-        sent.append(command)
-        return answer
-
-    def update(ref: str, before: Server | None, server: Server) -> None:
-        if server.disabled and (before is None or not before.disabled):
-            run(f"set server {ref} state maint")
-        if before is None or (before.address, before.port) != (server.address, server.port):
-            run(f"set server {ref} addr {server.address} port {server.port}")
-        if before is None or before.weight != server.weight:
-            run(f"set server {ref} weight {server.weight}")
-        if not server.disabled and (before is None or before.disabled):
-            run(f"set server {ref} state ready")
-
-    parked: dict[str, set[str]] = {}
-    for backend in {c.backend for c in changes if c.action != "update"}:
-        try:
-            live = runtime_servers(admin, backend)
-        except OSError as exc:
-            raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
-        known = old.backends[backend].servers if backend in old.backends else {}
-        parked[backend] = {name for name in live if name not in known}
-    for backend, names in parked.items():
-        for name in sorted(names - set(new.backends[backend].servers)):
-            with contextlib.suppress(RuntimeApplyFailed):  # still busy: next pass
-                run(f"del server {backend}/{name}")
-
-    for change in changes:
-        be = change.backend
-        if change.action == "update":
-            assert change.new is not None
-            update(f"{be}/{change.new.name}", change.old, change.new)
-        elif change.action == "add":
-            server = change.new
-            assert server is not None
-            ref = f"{be}/{server.name}"
-            if server.name in parked.get(be, ()):
-                update(ref, None, server)  # a parked server comes back: revive it
+    commands: list[str] = []
+    removals: list[str] = []
+    for name, backend in new.backends.items():
+        running = live.get(name)
+        if running is None:
+            return None
+        dynamic = backend.balance in DYNAMIC_BALANCE
+        for server in backend.servers.values():
+            ref = f"{name}/{server.name}"
+            now = running.get(server.name)
+            if now is None:
+                if not dynamic:
+                    return None
+                commands.append(_add_command(name, server, backend.default_server))
+                if "check" in server.options:
+                    commands.append(f"enable health {ref}")
+                if not server.disabled:
+                    commands.append(f"set server {ref} state ready")
                 continue
-            run(_add_command(be, server, new.backends[be].default_server))
-            if "check" in server.options:
-                run(f"enable health {ref}")
-            if not server.disabled:
-                run(f"set server {ref} state ready")
-        else:
-            assert change.old is not None
-            ref = f"{be}/{change.old.name}"
-            run(f"set server {ref} state maint")
-            try:
-                run(f"del server {ref}")
-            except RuntimeApplyFailed as exc:
-                if "connection" not in str(exc).lower():
-                    raise
-                log.debug("%s parked in maintenance until its connections close", ref)
+            if server.disabled and not now.maint:
+                commands.append(f"set server {ref} state maint")
+            if (now.address, now.port) != (server.address, server.port):
+                commands.append(f"set server {ref} addr {server.address} port {server.port}")
+            if now.weight != server.weight:
+                commands.append(f"set server {ref} weight {server.weight}")
+            if not server.disabled and (now.maint or now.drain):
+                commands.append(f"set server {ref} state ready")
+        for server_name in running:
+            if server_name not in backend.servers:
+                if not dynamic:
+                    return None
+                removals.append(f"{name}/{server_name}")
+    return commands, removals
+
+
+def reconcile(admin: AdminSocket, new: HAProxyConfig) -> list[str] | None:
+    """Apply `plan_reconcile`; return the commands sent, or None when a reload is needed.
+
+    A removed server goes to maintenance at once (no new traffic) and is deleted when HAProxy
+    allows it, which it does not while the server has connections, idle ones of the reuse pool
+    included: then it stays in maintenance, out of the file, and a later pass deletes it (or
+    brings it back if the same instance returns). A reload drops it in any case.
+    Raises RuntimeApplyFailed when a command fails.
+    """
+    live = live_servers(admin)
+    plan = plan_reconcile(new, live)
+    if plan is None:
+        return None
+    commands, removals = plan
+    sent: list[str] = []
+    for command in commands:
+        admin.command(command)
+        sent.append(command)
+    for ref in removals:
+        backend, _, name = ref.partition("/")
+        if not live[backend][name].maint:
+            admin.command(f"set server {ref} state maint")
+            sent.append(f"set server {ref} state maint")
+        try:
+            admin.command(f"del server {ref}")
+            sent.append(f"del server {ref}")
+        except RuntimeApplyFailed as exc:
+            if "connection" not in str(exc).lower():
+                raise
+            log.debug("%s stays in maintenance until its connections close", ref)
     return sent
 
 

@@ -175,16 +175,14 @@ def test_static_balance_adds_servers_by_reload(
 
 def test_runtime_failure_falls_back_to_a_reload(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
-    _running(stack, backends, "a", "b")
-    # Someone removes b behind confsync's back: the next runtime update of b cannot apply.
-    stack.admin_command("set server be_web/b state maint")
-    assert "Server deleted" in stack.admin_command("del server be_web/b")
+    _running(stack, backends, "a", "b", balance="static-rr")
     reloads = stack.status().reloads
+    # static-rr takes only 0% or 100% as a runtime weight: the command fails, a reload applies it.
     stack.put_instance("web", "b", backends["b"].port, weight=50)
     out = stack.sync_ok()
     assert "runtime API failed" in out and "reloaded HAProxy" in out
     assert stack.status().reloads == reloads + 1
-    assert set(spread(stack.port, 9)) == {"a", "b"}
+    assert spread(stack.port, 9) == {"a": 6, "b": 3}
 
 
 def test_bind_on_a_held_port_is_refused_and_the_file_restored(
@@ -270,3 +268,28 @@ def test_a_reload_haproxy_rejects_is_reported_not_confirmed(
     status, _ = reload_confirmed(stack.master, timeout=10)
     assert status.reloads == before.reloads + 2
     assert http_get(stack.port) == (200, "a")
+
+
+def test_instance_registered_in_maint_goes_ready_without_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    stack.put_instance("web", "b", backends["b"].port, state="maint")
+    _running(stack, backends, "a")  # b starts `disabled` in the config
+    assert spread(stack.port, 4) == {"a": 4}
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port, state="ready")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    assert stack.status().reloads == reloads
+
+
+def test_drift_behind_confsyncs_back_is_healed_at_the_next_change(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    _running(stack, backends, "a", "b")
+    stack.admin_command("set server be_web/b state maint")
+    assert "Server deleted" in stack.admin_command("del server be_web/b")
+    stack.admin_command("set server be_web/a weight 1")
+    reloads = stack.status().reloads
+    stack.put_instance("web", "c", backends["c"].port)
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 9) == {"a": 3, "b": 3, "c": 3}  # b re-added, a's weight reset
+    assert stack.status().reloads == reloads

@@ -111,3 +111,31 @@ def test_server_only_change_allows_skipping_the_check_only_when_safe() -> None:
     assert not server_only_change(old, cfg("server a 10.0.0.1:80 weight 1 check",
                                            "server b 10.0.0.3:80 weight 5 backup").encode())
     assert not server_only_change(old, old.replace(b"8080", b"8081"))
+
+
+def test_reconcile_plans_against_the_live_servers() -> None:
+    from confsync.haproxy.runtime import LiveServer, plan_reconcile
+
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check",
+                    "server b 10.0.0.2:80 weight 10 check disabled",
+                    "server c 10.0.0.3:80 weight 10 check"))
+    live = {"be_web": {
+        "a": LiveServer("10.0.0.9", 80, 10, maint=False, drain=True),  # moved, drained by hand
+        "b": LiveServer("10.0.0.2", 80, 10, maint=False, drain=False),
+        "z": LiveServer("10.0.0.26", 80, 10, maint=True, drain=False),  # left over
+    }}
+    plan = plan_reconcile(new, live)
+    assert plan is not None
+    commands, removals = plan
+    assert commands == [
+        "set server be_web/a addr 10.0.0.1 port 80",
+        "set server be_web/a state ready",
+        "set server be_web/b state maint",
+        "add server be_web/c 10.0.0.3:80 inter 2s fall 3 rise 2 weight 10 check",
+        "enable health be_web/c",
+        "set server be_web/c state ready",
+    ]
+    assert removals == ["be_web/z"]
+    assert plan_reconcile(new, {}) is None  # a backend HAProxy does not have: reload
+    static = parse(cfg("server a 10.0.0.1:80 weight 10 check", balance="static-rr"))
+    assert plan_reconcile(static, {"be_web": {}}) is None  # no add server with static-rr
