@@ -18,6 +18,7 @@ next pass (no extra debounce), so the reload path does at most one reload per pa
 from __future__ import annotations
 
 import argparse
+import http.client
 import multiprocessing as mp
 import queue
 import re
@@ -117,8 +118,10 @@ class Load:
     applier for the GIL; time.monotonic() is CLOCK_MONOTONIC, shared by all processes.
     """
 
-    def __init__(self, port: int, threads: int, max_requests: int, rate: float) -> None:
+    def __init__(self, port: int, threads: int, max_requests: int, rate: float,
+                 keepalive: bool = False) -> None:
         self.port = port
+        self.keepalive = keepalive
         self.gap = threads / rate  # each thread paces itself to rate / threads per second
         self.max_requests = max_requests
         self.lock = threading.Lock()
@@ -133,14 +136,33 @@ class Load:
         with self.lock:
             self.pending[name] = put_at
 
+    def _get(self, conn: http.client.HTTPConnection | None) -> tuple[int, str, bool]:
+        """One request: (status, body, connection still usable)."""
+        if conn is None:
+            status, body = http_get(self.port, timeout=5)
+            return status, body, False
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            return response.status, response.read().decode(), not response.will_close
+        except OSError as exc:
+            conn.close()
+            return 0, f"{type(exc).__name__}: {exc}", False
+
     def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
         while not self.stop.is_set():
+            if self.keepalive and conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             with self.lock:
                 if self.requests >= self.max_requests:
                     return
                 self.requests += 1
             sent = time.monotonic()
-            status, body = http_get(self.port, timeout=5)
+            status, body, reusable = self._get(conn)
+            if conn is not None and not reusable:
+                conn.close()
+                conn = None
             done = time.monotonic()
             time.sleep(max(0.0, sent + self.gap - done))
             with self.lock:
@@ -153,10 +175,10 @@ class Load:
                     del self.pending[body]
 
 
-def _load_process(port: int, threads: int, max_requests: int, rate: float,
+def _load_process(port: int, threads: int, max_requests: int, rate: float, keepalive: bool,
                   inbox: mp.Queue[tuple[str, float] | None],
                   outbox: mp.Queue[tuple[int, dict[str, int], list[float]]]) -> None:
-    load = Load(port, threads, max_requests, rate)
+    load = Load(port, threads, max_requests, rate, keepalive)
     for thread in load.threads:
         thread.start()
     while (item := inbox.get()) is not None:
@@ -206,8 +228,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         applier.start()
         reloads_before = stack.status().reloads
         load = ctx.Process(target=_load_process,
-                           args=(stack.port, args.threads, args.max_requests, args.rate, inbox,
-                                 outbox))
+                           args=(stack.port, args.threads, args.max_requests, args.rate,
+                                 args.keepalive, inbox, outbox))
         load.start()
         changes = 0
         start = time.monotonic()
@@ -230,7 +252,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         reloads = stack.status().reloads - reloads_before
         print(f"\n== strategy {strategy}: {elapsed:.1f} s, {changes} pool changes "
               f"(1 put + 1 delete every {args.interval * 1000:.0f} ms), {args.threads} client "
-              f"threads paced to {args.rate:.0f} req/s, new connection per request"
+              f"threads paced to {args.rate:.0f} req/s, "
+              f"{'keep-alive connections' if args.keepalive else 'new connection per request'}"
               f"{', NO haproxy -c' if args.no_check else ''}")
         print(f"requests:            {requests} ({requests / elapsed:.0f}/s)")
         print(f"failed requests:     {sum(failed.values())} {failed or ''}")
@@ -267,6 +290,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400.0,
                         help="requests per second, all client threads together (paced)")
     parser.add_argument("--max-requests", type=int, default=300_000)
+    parser.add_argument("--keepalive", action="store_true",
+                        help="clients keep connections open (reconnect only when told to close)")
     parser.add_argument("--no-check", action="store_true",
                         help="no `haproxy -c` on staged files (what the runtime path would cost "
                              "if it skipped the check for server-only diffs)")
