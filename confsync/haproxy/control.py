@@ -190,7 +190,7 @@ def apply(resource: Resource, previous: bytes | None, content: bytes | None,
     old = parse(previous.decode("utf-8", "replace")) if previous is not None else None
     admin_path = resource.runtime_socket or (Path(new.stats_socket) if new.stats_socket else None)
     admin = AdminSocket(admin_path) if admin_path is not None else None
-    why = "structural change"
+    why = "structural change" if resource.reload_strategy == "runtime" else "reload strategy"
     if resource.reload_strategy == "runtime" and old is not None and admin is not None:
         if runtime_changes(old, new) is not None:
             try:
