@@ -56,11 +56,11 @@ class KV:
     value: str
 
     @property
-    def Key(self) -> str:  # noqa: N802 - confd templates say .Key
+    def Key(self) -> str:
         return self.key
 
     @property
-    def Value(self) -> str:  # noqa: N802 - confd templates say .Value
+    def Value(self) -> str:
         return self.value
 
 
@@ -195,7 +195,7 @@ class TemplateData:
 
     def _trace(self, data: Any, key: str) -> None:
         if isinstance(data, str):
-            self.provenance.setdefault(data, key)
+            self.provenance[data] = key  # latest wins: renders are sequential
         elif isinstance(data, dict):
             for value in data.values():
                 self._trace(value, key)
@@ -275,8 +275,8 @@ class Renderer:
             try:
                 return check(value, *args)
             except InvalidValue as exc:
-                key = ctx["__confsync_data"].provenance.get(value) if isinstance(value, str) \
-                    else None
+                bad = exc.value if exc.value is not None else value
+                key = ctx["__confsync_data"].provenance.get(bad) if isinstance(bad, str) else None
                 raise RenderFailure(f"key {key}: {exc}" if key else str(exc), key) from None
 
         return traced
