@@ -45,7 +45,7 @@ class Resource:
     process: str | None = None
     wait_min: float | None = None
     wait_max: float | None = None
-    min_keys: int = 0
+    min_keys: int | None = None  # None: only refuse to go from some keys to none
     reload_strategy: str = "reload"
     runtime_socket: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
