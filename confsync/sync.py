@@ -7,10 +7,10 @@ fails on its own; the others go on.
 from __future__ import annotations
 
 import difflib
-from collections import Counter
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -117,3 +117,20 @@ def test_mirror_apply_incremental(tmp_path: Path) -> None:
     assert mirror.revision == 6
     assert renderer.render(res, mirror) == "2,3"
     assert mirror.apply(ChangeBatch(7, (Change("/s/zz", None),))) == set()
+
+
+def test_child_names_jump_subtrees_and_see_leaf_and_dir_of_same_name(tmp_path: Path) -> None:
+    data = {"/s/a": "leaf", "/s/a/x": "1", "/s/a/y/z": "2", "/s/b/1": "3", "/s/c": "4",
+            "/s/c0/q": "5", "/t/x": "6"}
+    out = render(tmp_path, "{{ ls('/s') | join(',') }}|{{ lsdir('/s') | join(',') }}|"
+                           "{{ ls('/s/a') | join(',') }}|{{ ls('/nope') | join(',') }}", data)
+    assert out == "a,b,c,c0|a,b,c0|x,y|"
+
+
+def test_fromjson_cache_is_per_resource_and_follows_changes(tmp_path: Path) -> None:
+    renderer, res, mirror = make(tmp_path, "{% for kv in gets('/i/*') %}"
+                                 "{{ (kv.value | fromjson)['a'] }},{% endfor %}",
+                                 {"/i/1": '{"a": 1}', "/i/2": '{"a": 2}'})
+    assert renderer.render(res, mirror) == "1,2,"
+    mirror.apply(ChangeBatch(6, (Change("/i/2", b'{"a": 3}'),)))
+    assert renderer.render(res, mirror) == "1,3,"
