@@ -295,6 +295,7 @@ class Renderer:
         self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
+        self._compiled: dict[Path, jinja2.Template] = {}
 
     def _data(self) -> TemplateData:
         assert self._current is not None, "fromjson used outside a render"
@@ -307,7 +308,10 @@ class Renderer:
             return str(src).lstrip("/")
 
     def compile(self, resource: Resource) -> jinja2.Template:
-        """Load and compile once (cached by Jinja); a syntax error names file and line."""
+        """Load and compile once; a syntax error names file and line."""
+        compiled = self._compiled.get(resource.src)
+        if compiled is not None:
+            return compiled
         jinja2 = self._jinja
         try:
             template = self.env.get_template(self._name(resource.src))
@@ -323,6 +327,7 @@ class Renderer:
                                 f"cannot read template {resource.src}: {exc.strerror}") from None
         if template.filename:
             self._template_files.add(template.filename)
+        self._compiled[resource.src] = template
         return template
 
     def render(self, resource: Resource, mirror: Mirror) -> str:

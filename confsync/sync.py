@@ -15,7 +15,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confsync.applier import FileState, Target, install, restore, run_check, write_staged
+from confsync.applier import (
+    DestCache,
+    FileState,
+    Target,
+    install,
+    restore,
+    run_check,
+    write_staged,
+)
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
 from confsync.reload import ReloadFailed, reload_key, reload_resource
@@ -68,6 +76,7 @@ class Syncer:
         self.mirror = mirror
         # Keys each resource saw at its last successful render: the default guard's memory.
         self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
+        self.dests = DestCache()
 
     def render(self, resource: Resource) -> bytes:
         """Render and guard; raise ResourceError naming the step.
@@ -105,11 +114,13 @@ class Syncer:
         start = time.monotonic()
         try:
             content = self.render(resource)
-            current = FileState.read(resource.dest)
+            current = self.dests.current(resource.dest)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
             install(resource, target)
+            self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
+                                                         target.gid))
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
         except OSError as exc:
