@@ -335,7 +335,7 @@ class Renderer:
         template = self.compile(resource)
         data = TemplateData(mirror, resource, self._json_caches.get(resource.name))
         context: dict[str, Any] = data.functions()
-        context["fromjson"] = data.fromjson
+        context["fromjson"] = context["json"] = data.fromjson  # `json` is confd's name
         self._current = data
         try:
             text = template.render(context)
