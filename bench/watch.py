@@ -17,7 +17,6 @@ import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from bench.common import (
     REPO,
     client,
     haproxy_confdir,
-    instance,
     load_instances,
     start_etcd,
     summary,

@@ -245,6 +245,10 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def _fromjson_outside_render(text: str) -> Any:
+    return json.loads(text)
+
+
 def _base(path: str) -> str:
     return path.rpartition("/")[2]
 
@@ -287,19 +291,15 @@ class Renderer:
             cache_size=-1,
         )
         self.env.filters.update(VALIDATING_FILTERS)
-        # Bound to the render in progress (renders run one at a time, on the loop's thread).
-        self._current: TemplateData | None = None
-        self.env.filters["fromjson"] = lambda text: self._data().fromjson(text)
+        # `fromjson` is rebound to each render's data (renders run one at a time, on the loop's
+        # thread; a template looks its filters up when its render starts).
+        self.env.filters["fromjson"] = _fromjson_outside_render
         self.env.filters["multiline"] = Multiline
         self.env.filters["base"] = _base
         self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
         self._compiled: dict[Path, jinja2.Template] = {}
-
-    def _data(self) -> TemplateData:
-        assert self._current is not None, "fromjson used outside a render"
-        return self._current
 
     def _name(self, src: Path) -> str:
         try:
@@ -336,13 +336,13 @@ class Renderer:
         data = TemplateData(mirror, resource, self._json_caches.get(resource.name))
         context: dict[str, Any] = data.functions()
         context["fromjson"] = context["json"] = data.fromjson  # `json` is confd's name
-        self._current = data
+        self.env.filters["fromjson"] = data.fromjson
         try:
             text = template.render(context)
         except Exception as exc:
             raise self._explain(resource, data, exc) from None
         finally:
-            self._current = None
+            self.env.filters["fromjson"] = _fromjson_outside_render
         self._json_caches[resource.name] = data.json_used
         return text
 

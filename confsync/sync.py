@@ -6,7 +6,6 @@ fails on its own; the others go on.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import tempfile
 import time
@@ -63,6 +62,7 @@ class Outcome:
 
 
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
+    import difflib  # lazy: only `check` and diff logging need it
     old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
     new_lines = new.decode("utf-8", "replace").splitlines(keepends=True)
     return "".join(difflib.unified_diff(old_lines, new_lines, f"{resource.dest} (current)",
