@@ -11,6 +11,7 @@ Safety is the default, not something each template must remember:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -243,6 +244,28 @@ def _finalize(value: Any) -> Any:
     if not text.isprintable() and (bad := _UNSAFE.search(text)):
         raise UnsafeOutput(text, bad.group())
     return value
+
+
+def _bytecode_cache(jinja2: Any) -> Any:
+    """Compiled templates cached by source checksum in a private per-user temp directory, so
+    repeated `confsync once` runs skip compilation. Strictly best effort: a read-only or full
+    /tmp means no cache, never a failed render."""
+
+    class BestEffortCache(jinja2.FileSystemBytecodeCache):  # type: ignore[misc]
+        def load_bytecode(self, bucket: Any) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
+    try:
+        return BestEffortCache()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _fromjson_outside_render(text: str) -> Any:
