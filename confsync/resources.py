@@ -45,27 +45,21 @@ class Resource:
     process: str | None = None
     wait_min: float | None = None
     wait_max: float | None = None
-    min_keys: int = 0
+    min_keys: int | None = None  # None: only refuse to go from some keys to none
     reload_strategy: str = "reload"
     runtime_socket: Path | None = None
     # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
     master_socket: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Absolute store prefixes this resource reads; derived once, used on every change.
+    watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def watched_prefixes(self) -> tuple[str, ...]:
-        """Absolute store prefixes this resource reads."""
-        return tuple(join_key(self.prefix, k) for k in self.keys)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "watched_prefixes",
+                           tuple(join_key(self.prefix, k) for k in self.keys))
 
     def covers(self, key: str) -> bool:
         """True when a change to absolute `key` can change this resource's output."""
-        return any(key.startswith(p) for p in self.watched_prefixes)
-
-    @property
-    def reload_identity(self) -> tuple[object, ...]:
-        """Resources with the same reload action reload once per batch."""
-        return (self.reload_cmd, self.reload_signal, self.pidfile, self.process,
-                self.master_socket)
+        return key.startswith(self.watched_prefixes)
 
 
 def normalise_prefix(prefix: str) -> str:
@@ -108,11 +102,10 @@ def _parse_mode(source: str, value: Any) -> int:
     # confd writes mode as a string ("0644"); a TOML integer 644 is also read as octal digits,
     # because nobody means decimal 644 (= 0o1204).
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-    if text is None or not text.isdigit() or any(c in "89" for c in text):
-        raise ConfigError(source, f"expected an octal mode such as \"0644\", found {value!r}", "mode")
+    if text is None or not text.isdigit() or any(c in "89" for c in text) or int(text, 8) > 0o7777:
+        raise ConfigError(source, f"expected an octal mode such as \"0644\" (at most 07777), "
+                          f"found {value!r}", "template.mode")
     mode = int(text, 8)
-    if mode > 0o7777:
-        raise ConfigError(source, f"expected an octal mode up to 07777, found {value!r}", "mode")
     return mode
 
 

@@ -38,6 +38,7 @@ class WatchSettings:
     wait_min: float = 0.1
     wait_max: float = 2.0
     interval: float = 0.0  # periodic full resync; 0 = off
+    confdir: bool = False  # watch conf.d/ and templates/ and reload on edits, like SIGHUP
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ def _paths(value: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in _list(value))
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                    "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, found {value!r}")
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -109,6 +119,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("watch.wait_min", "watch", "wait_min", parse_duration),
     ("watch.wait_max", "watch", "wait_max", parse_duration),
     ("watch.interval", "watch", "interval", parse_duration),
+    ("watch.confdir", "watch", "confdir", _bool),
 )
 
 
