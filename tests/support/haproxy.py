@@ -131,12 +131,15 @@ class HAProxyStack:
 
     # ---- confsync
 
+    def cli_args(self) -> list[str]:
+        """The options `confsync once` and `confsync watch` share for this stack."""
+        return ["--confdir", str(self.confdir), "--backend", "etcd", "--endpoints",
+                self.etcd_endpoint, "--prefix", self.prefix, "--log-level", "info"]
+
     def sync(self) -> subprocess.CompletedProcess[str]:
         """One confsync pass over the stack's prefix; the result (returncode, stderr) is kept."""
         self.last_sync = subprocess.run(
-            [sys.executable, "-m", "confsync", "once", "--confdir", str(self.confdir),
-             "--backend", "etcd", "--endpoints", self.etcd_endpoint, "--prefix", self.prefix,
-             "--log-level", "info"],
+            [sys.executable, "-m", "confsync", "once", *self.cli_args()],
             capture_output=True, text=True, timeout=60, cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         return self.last_sync

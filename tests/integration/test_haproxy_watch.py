@@ -1,0 +1,95 @@
+"""The same pools driven by the daemon: `confsync watch` follows etcd, HAProxy follows confsync.
+
+No explicit sync step here: a put or delete in etcd is all a test does, then it waits (bounded)
+for the traffic to show the change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember
+from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.http_backends import HTTPBackend
+
+pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, HTTPBackend]]:
+    servers = {name: HTTPBackend(name).start() for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def watched(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+            tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess]]:
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime")
+    daemon: WatchProcess | None = None
+    try:
+        stack.put_basics()
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.sync_ok()
+        stack.start()
+        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                              log=tmp_path / "watch.log")
+        daemon.wait_log("watching ", timeout=15)
+        yield stack, daemon
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        stack.stop()
+
+
+def _served_by(port: int, name: str) -> bool:
+    return any(http_get(port)[1] == name for _ in range(6))
+
+
+def test_watch_applies_pool_changes_without_reload(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend]) -> None:
+    stack, daemon = watched
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port)
+    wait_for(lambda: _served_by(stack.port, "b"), timeout=10)
+    stack.delete("/services/web/instances/a")
+    wait_for(lambda: spread(stack.port, 4) == {"b": 4}, timeout=10)
+    stack.put_instance("web", "b", backends["b"].port, state="drain")
+    stack.put_instance("web", "c", backends["c"].port)
+    wait_for(lambda: spread(stack.port, 4) == {"c": 4}, timeout=10)
+    assert stack.status().reloads == reloads
+    assert "runtime API" in daemon.output()
+
+
+def test_watch_reports_hostile_value_and_traffic_goes_on(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend]) -> None:
+    stack, daemon = watched
+    before = stack.cfg.read_bytes()
+    stack.put("/services/web/instances/b", {"address": "127.0.0.1\n    server x 1.2.3.4:1",
+                                            "port": backends["b"].port})
+    daemon.wait_log(f"key {stack.prefix}/services/web/instances/b: expected an IP address")
+    assert stack.cfg.read_bytes() == before
+    assert spread(stack.port, 4) == {"a": 4}
+    stack.put_instance("web", "b", backends["b"].port)  # fixed: applied as usual
+    wait_for(lambda: _served_by(stack.port, "b"), timeout=10)
+
+
+def test_watch_reloads_once_for_a_structural_change(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend]) -> None:
+    stack, daemon = watched
+    before = stack.status()
+    put = stack.client.transactions.put
+    stack.client.transaction(compare=[], failure=[], success=[  # one revision, one batch
+        put(f"{stack.prefix}/services/api/config", json.dumps({"path_prefix": "/api"})),
+        put(f"{stack.prefix}/services/api/instances/c",
+            json.dumps({"address": "127.0.0.1", "port": backends["c"].port}))])
+    wait_for(lambda: http_get(stack.port, "/api/x") == (200, "c"), timeout=10)
+    daemon.wait_log("reloaded HAProxy")
+    after = stack.status()
+    assert (after.reloads, after.failed) == (before.reloads + 1, before.failed)
