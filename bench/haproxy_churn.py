@@ -8,11 +8,13 @@ oldest leaves (an etcd delete). Client threads send requests on new connections,
 `--seconds` and `--max-requests`. Prints requests, failed requests, reloads done, and put -> first
 request served by the new instance (p50/p99; only requests *sent* after the put count).
 
-How updates are applied: until `confsync watch` lands, this script runs the daemon's data path
-in-process: one etcd snapshot into a Mirror, an etcd watch from the next revision, each batch of
-watch events applied to the mirror, then `Syncer.apply` (render, `haproxy -c` on the staged file,
-rename, runtime API or confirmed reload). Changes that arrive during a pass are coalesced into the
-next pass (no extra debounce), so the reload path does at most one reload per pass.
+How updates are applied (`--driver`):
+- `inprocess` (default): the daemon's data path in this process, timed pass by pass: one etcd
+  snapshot into a Mirror, an etcd watch from the next revision, each set of queued watch batches
+  applied to the mirror, then `Syncer.apply` (render, `haproxy -c` on the staged file, rename,
+  runtime API or confirmed reload). Changes that arrive during a pass are coalesced into the next
+  pass, so the reload path does at most one reload per pass.
+- `daemon`: a real `confsync watch` subprocess (`--wait-min`, default 10 ms; `--wait-max 1s`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from confsync.resources import load_resources  # noqa: E402
 from confsync.settings import load_settings  # noqa: E402
 from confsync.stores import ChangeBatch, merge_prefixes, open_store  # noqa: E402
 from confsync.sync import FAILED, Syncer  # noqa: E402
+from tests.support.daemon import WatchProcess  # noqa: E402
 from tests.support.etcd_server import find_etcd, start_single  # noqa: E402
 from tests.support.haproxy import HAProxyStack, http_get  # noqa: E402
 from tests.support.http_backends import HTTPBackend  # noqa: E402
@@ -214,6 +217,7 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
     ports = dict(zip(names, port_queue.get(timeout=10), strict=True))
     stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy, check=not args.no_check)
     applier: Applier | None = None
+    daemon: WatchProcess | None = None
     load: BaseProcess | None = None
     inbox: mp.Queue[tuple[str, float] | None] = ctx.Queue()
     outbox: mp.Queue[tuple[int, dict[str, int], list[float]]] = ctx.Queue()
@@ -222,10 +226,17 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         pool = names[:args.pool]
         for name in pool:
             stack.put_instance("web", name, ports[name])
-        applier = Applier(stack)
-        applier.initial()
-        stack.start()
-        applier.start()
+        if args.driver == "daemon":
+            stack.sync_ok()
+            stack.start()
+            daemon = WatchProcess(*stack.cli_args(), "--wait-min", args.wait_min,
+                                  "--wait-max", "1s", log=stack.base / "watch.log")
+            daemon.wait_log("watching ", timeout=20)
+        else:
+            applier = Applier(stack)
+            applier.initial()
+            stack.start()
+            applier.start()
         reloads_before = stack.status().reloads
         load = ctx.Process(target=_load_process,
                            args=(stack.port, args.threads, args.max_requests, args.rate,
@@ -250,24 +261,33 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         inbox.put(None)
         requests, failed, latencies = outbox.get(timeout=30)
         reloads = stack.status().reloads - reloads_before
-        print(f"\n== strategy {strategy}: {elapsed:.1f} s, {changes} pool changes "
-              f"(1 put + 1 delete every {args.interval * 1000:.0f} ms), {args.threads} client "
-              f"threads paced to {args.rate:.0f} req/s, "
+        print(f"\n== strategy {strategy}, driver {args.driver}: {elapsed:.1f} s, {changes} pool "
+              f"changes (1 put + 1 delete every {args.interval * 1000:.0f} ms), "
+              f"{args.threads} client threads paced to {args.rate:.0f} req/s, "
               f"{'keep-alive connections' if args.keepalive else 'new connection per request'}"
               f"{', NO haproxy -c' if args.no_check else ''}")
         print(f"requests:            {requests} ({requests / elapsed:.0f}/s)")
         print(f"failed requests:     {sum(failed.values())} {failed or ''}")
-        print(f"reloads done:        {reloads} (confsync passes: {applier.passes}, "
-              f"actions: {dict(applier.actions)})")
+        if applier is not None:
+            print(f"reloads done:        {reloads} (confsync passes: {applier.passes}, "
+                  f"actions: {dict(applier.actions)})")
+        else:
+            assert daemon is not None
+            log = daemon.output()
+            print(f"reloads done:        {reloads} (confsync watch --wait-min {args.wait_min}: "
+                  f"{log.count('runtime API: ')} runtime updates, "
+                  f"{log.count('reloaded HAProxy')} reloads, {log.count(' failed: ')} failures)")
         print(f"put -> first served: p50 {_pct(latencies, 0.5)}, p99 {_pct(latencies, 0.99)}, "
               f"max {_pct(latencies, 1.0)} ({len(latencies)} of {changes} joins observed; "
               f"mean {statistics.fmean(latencies) * 1000 if latencies else 0:.1f} ms)")
-        print(f"confsync pass:       p50 {_pct(applier.pass_s, 0.5)}, p99 "
-              f"{_pct(applier.pass_s, 0.99)} (render + haproxy -c + rename: p50 "
-              f"{_pct(applier.install_s, 0.5)}; reload until confirmed: p50 "
-              f"{_pct(applier.reload_s, 0.5)})")
-        if applier.failures:
-            print(f"confsync failures:   {len(applier.failures)}; first: {applier.failures[0]}")
+        if applier is not None:
+            print(f"confsync pass:       p50 {_pct(applier.pass_s, 0.5)}, p99 "
+                  f"{_pct(applier.pass_s, 0.99)} (render + haproxy -c + rename: p50 "
+                  f"{_pct(applier.install_s, 0.5)}; reload until confirmed: p50 "
+                  f"{_pct(applier.reload_s, 0.5)})")
+            if applier.failures:
+                print(f"confsync failures:   {len(applier.failures)}; first: "
+                      f"{applier.failures[0]}")
     finally:
         if load is not None and load.is_alive():
             inbox.put(None)
@@ -276,6 +296,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
                 load.kill()
         if applier is not None:
             applier.close()
+        if daemon is not None:
+            daemon.stop()
         stack.stop()
         stop_backends.set()
         backends.join(10)
@@ -290,6 +312,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400.0,
                         help="requests per second, all client threads together (paced)")
     parser.add_argument("--max-requests", type=int, default=300_000)
+    parser.add_argument("--driver", choices=("inprocess", "daemon"), default="inprocess",
+                        help="inprocess: the watch data path in this process, timed pass by "
+                             "pass; daemon: a `confsync watch` subprocess")
+    parser.add_argument("--wait-min", default="10ms",
+                        help="the daemon's quiet period (--driver daemon)")
     parser.add_argument("--keepalive", action="store_true",
                         help="clients keep connections open (reconnect only when told to close)")
     parser.add_argument("--no-check", action="store_true",
