@@ -105,13 +105,12 @@ def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBa
     assert "disabled" in stack.cfg.read_text()
 
 
+# End to end for three shapes; tests/unit/test_haproxy_template.py covers every field.
 @pytest.mark.parametrize("hostile", [
     {"address": "127.0.0.1\n    server evil 127.0.0.1:1", "port": 80},
-    {"address": "127.0.0.1 backup", "port": 80},
     {"address": "127.0.0.1", "port": "80 # comment"},
-    {"address": "127.0.0.1", "port": 80, "weight": 100000},
     {"address": "1" * 200_000, "port": 80},
-], ids=["newline", "space", "hash", "weight", "huge"])
+], ids=["newline", "hash", "huge"])
 def test_hostile_value_changes_nothing_and_is_reported(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], hostile: dict[str, object]) -> None:
     _running(stack, backends, "a", "b")
