@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,16 +42,24 @@ def _serve_once(path: Path, answer: str, delay: float = 0.0) -> threading.Thread
     return thread
 
 
-def test_query_waits_for_a_socket_that_appears_and_parses_show_proc() -> None:
-    path = Path(tempfile.mkdtemp(prefix="hxs")) / "m.sock"
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for UNIX sockets (pytest's tmp_path can exceed the 108-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="hxs"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_query_waits_for_a_socket_that_appears_and_parses_show_proc(sockdir: Path) -> None:
+    path = sockdir / "m.sock"
     thread = _serve_once(path, SHOW_PROC, delay=0.1)  # refused/missing for 100 ms, as in a reload
     status = show_proc(path, retry_for=2.0)
     thread.join(2)
     assert (status.pid, status.reloads, status.failed) == (4899, 3, 1)
 
 
-def test_query_gives_up_when_nothing_answers() -> None:
-    path = Path(tempfile.mkdtemp(prefix="hxs")) / "none.sock"
+def test_query_gives_up_when_nothing_answers(sockdir: Path) -> None:
+    path = sockdir / "none.sock"
     start = time.monotonic()
     with pytest.raises(SocketUnavailable):
         query(path, "show proc", retry_for=0.2)
