@@ -6,6 +6,7 @@ another, and every error names where the bad value came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -81,6 +82,27 @@ def _paths(value: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in _list(value))
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9500', '[::1]:9500', 'localhost:9500', ':9500' (any address) -> (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9500, found {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    elif ":" in host:
+        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:9500, found {text!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def _address(value: Any) -> str:
+    """A listen address, or "" for off."""
+    text = _str(value).strip()
+    if text:
+        parse_host_port(text)
+    return text
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -97,7 +119,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("prefix", "", "prefix", _str),
     ("log_level", "", "log_level", _choice(*LOG_LEVELS)),
     ("log_format", "", "log_format", _choice(*LOG_FORMATS)),
-    ("metrics_address", "", "metrics_address", _str),
+    ("metrics_address", "", "metrics_address", _address),
     ("etcd.endpoints", "etcd", "endpoints", _list),
     ("etcd.ca_cert", "etcd", "ca_cert", _path),
     ("etcd.cert", "etcd", "cert", _path),

@@ -1,0 +1,103 @@
+"""A real HTTP scrape of /metrics, /health and /ready on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from confsync.metrics import Metrics, MetricsServer, start_metrics
+from confsync.resources import Resource
+from confsync.sync import UPDATED, Outcome
+
+
+class Clock:
+    now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def get(url: str, accept: str = "") -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, MetricsServer, Clock, str]]:
+    clock = Clock()
+    metrics = Metrics(clock=clock)
+    server = MetricsServer(metrics, "127.0.0.1:0", health_max_age=5.0).start()
+    yield metrics, server, clock, f"http://127.0.0.1:{server.port}"
+    server.close()
+
+
+def test_scrape_health_ready(served: tuple[Metrics, MetricsServer, Clock, str]) -> None:
+    metrics, _, clock, base = served
+    web = Resource(name="web", source=Path("/x/web.toml"), src=Path("/x/t"),
+                   dest=Path("/x/web.cfg"), keys=("/a",), prefix="", reload_cmd=("true",))
+    metrics.started([web])
+    status, _, body = get(base + "/ready")
+    assert status == 503 and "first render not finished" in json.loads(body)["reasons"]
+
+    metrics.watch_connected(1)
+    metrics.batch_applied(9, ["/a/x"], [Outcome(web, UPDATED, seconds=0.2, reload="ran true")])
+    metrics.ready(9)
+    metrics.heartbeat()
+
+    status, ctype, body = get(base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body) for s in family.samples}
+    assert samples[("confsync_applies_total",
+                    (("outcome", "updated"), ("resource", "web")))] == 1
+    assert samples[("confsync_reloads_total", (("outcome", "ok"), ("resource", "web")))] == 1
+    assert samples[("confsync_apply_duration_seconds_bucket",
+                    (("le", "0.25"), ("resource", "web")))] == 1
+    assert samples[("confsync_applied_revision", ())] == 9
+    assert ("confsync_resource_last_success_timestamp_seconds", (("resource", "web"),)) in samples
+
+    status, ctype, _ = get(base + "/metrics", accept="application/openmetrics-text")
+    assert status == 200 and ctype.startswith("application/openmetrics-text")
+
+    status, ctype, body = get(base + "/ready")
+    assert (status, ctype) == (200, "application/json") and json.loads(body)["revision"] == 9
+    assert get(base + "/health")[0] == 200
+
+    metrics.watch_lost("etcd down")
+    assert get(base + "/ready")[0] == 503
+    clock.now += 6  # no heartbeat for longer than health_max_age: the loop is stuck
+    status, _, body = get(base + "/health")
+    assert status == 503 and json.loads(body)["ok"] is False
+    assert get(base + "/nope")[0] == 404
+
+
+def test_start_metrics_binds_loopback_and_closes() -> None:
+    _, server = start_metrics("127.0.0.1:0")
+    try:
+        assert server._server.server_address[0] == "127.0.0.1"
+        assert get(f"http://127.0.0.1:{server.port}/health")[0] == 200
+    finally:
+        server.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=2)
+
+
+def test_ipv6_loopback() -> None:
+    try:
+        server = MetricsServer(Metrics(), "[::1]:0").start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert get(f"http://[::1]:{server.port}/metrics")[0] == 200
+    finally:
+        server.close()
