@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
+import signal
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +44,21 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class ExecSettings:
+    """Exec mode (`confsync watch --exec CMD`): the supervised child; see confsync.supervisor."""
+
+    command: tuple[str, ...] = ()  # empty: exec mode off
+    reload_signal: signal.Signals = signal.SIGHUP
+    stop_signal: signal.Signals = signal.SIGTERM
+    forward_signals: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+    stop_timeout: float = 10.0
+    restart_delay: float = 1.0
+    restart_delay_max: float = 30.0
+    crash_limit: int = 5
+    crash_window: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
     confdir: Path = Path("/etc/confsync")
@@ -53,6 +70,7 @@ class Settings:
     file_paths: tuple[Path, ...] = ()
     watch: WatchSettings = field(default_factory=WatchSettings)
     metrics_address: str = ""
+    exec: ExecSettings = field(default_factory=ExecSettings)
 
 
 # ---- value converters: (raw value, where) -> typed value; raise ValueError with what was expected
@@ -103,6 +121,37 @@ def _address(value: Any) -> str:
     return text
 
 
+def _command(value: Any) -> tuple[str, ...]:
+    """A command line: a string is split like a shell would (no shell runs), or an argv list."""
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a command string or a list of strings, found {value!r}")
+
+
+def _signal(value: Any) -> signal.Signals:
+    name = _str(value).strip().upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    if name not in signal.Signals.__members__:
+        raise ValueError(f"expected a signal name such as \"SIGHUP\", found {value!r}")
+    return signal.Signals[name]
+
+
+def _signals(value: Any) -> tuple[signal.Signals, ...]:
+    return tuple(_signal(v) for v in _list(value))
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
+    return number
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -131,6 +180,15 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("watch.wait_min", "watch", "wait_min", parse_duration),
     ("watch.wait_max", "watch", "wait_max", parse_duration),
     ("watch.interval", "watch", "interval", parse_duration),
+    ("exec.command", "exec", "command", _command),
+    ("exec.reload_signal", "exec", "reload_signal", _signal),
+    ("exec.stop_signal", "exec", "stop_signal", _signal),
+    ("exec.forward_signals", "exec", "forward_signals", _signals),
+    ("exec.stop_timeout", "exec", "stop_timeout", parse_duration),
+    ("exec.restart_delay", "exec", "restart_delay", parse_duration),
+    ("exec.restart_delay_max", "exec", "restart_delay_max", parse_duration),
+    ("exec.crash_limit", "exec", "crash_limit", _positive_int),
+    ("exec.crash_window", "exec", "crash_window", parse_duration),
 )
 
 
@@ -196,9 +254,11 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if watch.wait_max < watch.wait_min:
         raise ConfigError("watch", f"wait_max ({watch.wait_max}s) is below wait_min "
                           f"({watch.wait_min}s)", "wait_max")
+    exec_settings = ExecSettings(**{k.split(".", 1)[1]: v for k, v in values.items()
+                                    if k.startswith("exec.")})
     top = {k: v for k, v in values.items() if "." not in k}
     settings = Settings(config_path=config_path if config_path.exists() else None,
-                        etcd=etcd, watch=watch, **top)
+                        etcd=etcd, watch=watch, exec=exec_settings, **top)
     if settings.backend == "file" and not settings.file_paths:
         raise ConfigError("file backend", "needs at least one data file: set [file] paths, "
                           "CONFSYNC_FILE_PATHS or --file", "paths")
