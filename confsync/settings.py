@@ -18,6 +18,7 @@ from typing import Any
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.logs import register_secret
 
 DEFAULT_CONFIG = Path("/etc/confsync/confsync.toml")
 BACKENDS = ("etcd", "file", "env")
@@ -270,7 +271,9 @@ def read_password(settings: EtcdSettings) -> str | None:
     if settings.password_file is None:
         return None
     try:
-        return settings.password_file.read_text().rstrip("\n")
+        password = settings.password_file.read_text().rstrip("\n")
     except OSError as exc:
         raise ConfigError(str(settings.password_file), f"cannot read password: {exc.strerror}",
                           "etcd.password_file") from None
+    register_secret(password)
+    return password
