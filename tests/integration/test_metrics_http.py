@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -101,3 +102,54 @@ def test_ipv6_loopback() -> None:
         assert get(f"http://[::1]:{server.port}/metrics")[0] == 200
     finally:
         server.close()
+
+
+def test_observers_compose_as_the_daemon_will_wire_them(tmp_path: Path) -> None:
+    """Fan-out to sd_notify, metrics, the audit log and an exec child, in the recommended order
+    (child first so READY=1 follows its start), on real sockets and a real process."""
+    import socket
+    import sys
+
+    from confsync.events import Observers
+    from confsync.logs import ApplyLog
+    from confsync.sdnotify import SystemdNotify
+    from confsync.supervisor import ExecPolicy, Supervisor
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(2)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+    sd = SystemdNotify.from_environ(env)
+    assert sd is not None
+    marker = tmp_path / "child-started"
+    child = Supervisor(ExecPolicy(argv=(sys.executable, "-c",
+                                        f"import pathlib, time; pathlib.Path({str(marker)!r})"
+                                        ".touch(); time.sleep(30)")))
+    metrics, server = start_metrics("127.0.0.1:0")
+    web = Resource(name="web", source=Path("/x/web.toml"), src=Path("/x/t"),
+                   dest=Path("/x/web.cfg"), keys=("/a",), prefix="")
+    fan = Observers([child, sd, metrics, ApplyLog()])
+    try:
+        fan.started([web])
+        fan.snapshot_loaded(5, 1)
+        fan.batch_applied(5, ["/a/x"], [Outcome(web, UPDATED)])
+        fan.ready(5)
+        fan.watch_connected(6)
+        fan.heartbeat()
+        assert child.running
+        received = [notify.recv(1000).decode() for _ in range(4)]
+        assert received[0] == "STATUS=starting; revision 0"
+        assert received[2].startswith("READY=1\nSTATUS=watching; revision 5")
+        assert received[3] == "WATCHDOG=1"
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), "the child ran"
+        assert get(f"http://127.0.0.1:{server.port}/ready")[0] == 200
+        fan.stopping()
+        assert notify.recv(1000).decode().startswith("STOPPING=1")
+        assert child.stop(timeout=5) == 128 + 15
+    finally:
+        server.close()
+        notify.close()
+        child.stop(timeout=1)

@@ -160,3 +160,15 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+def test_check_and_reload_durations_when_outcome_carries_them(m: Metrics) -> None:
+    """Outcome has no per-step timings yet; once it does (check_seconds, reload_seconds),
+    the histograms fill without a change here."""
+    web = resource("web", check_cmd=("true",), reload_cmd=("true",))
+    outcome = Outcome(web, UPDATED, seconds=0.3, reload="ran `true`")
+    outcome.check_seconds = 0.2  # type: ignore[attr-defined]
+    outcome.reload_seconds = 0.05  # type: ignore[attr-defined]
+    m.batch_applied(3, ["/a/x"], [outcome])
+    assert v(m, "confsync_check_duration_seconds_sum", resource="web") == pytest.approx(0.2)
+    assert v(m, "confsync_reload_duration_seconds_sum", resource="web") == pytest.approx(0.05)
