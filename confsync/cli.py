@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "watch":
             from confsync.daemon import run_daemon
 
-            return run_daemon(settings)
+            return run_daemon(settings, _cli_values(args))
         from confsync.oneshot import run_check, run_once
 
         if args.command == "once":

@@ -6,6 +6,7 @@ from the data can ever reach a command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -58,10 +59,8 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         out, _ = proc.communicate()
         return CommandResult(False, None,
                              f"`{' '.join(argv)}` timed out after {timeout:g}s and was killed"

@@ -6,19 +6,25 @@ hostile value (a newline, a space, `#`, a second directive) never reaches the fi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from collections.abc import Callable
 
 MAX_IDENTIFIER = 128
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
-_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*\Z")
+_PATH = re.compile(r"/[A-Za-z0-9._~!&*+,=:@%/?-]*\Z")  # no quotes, $, ;, #, spaces
 
 
 class InvalidValue(ValueError):
-    """A value failed validation; the message says what was expected."""
+    """A value failed validation; the message says what was expected, `value` what was found."""
+
+    def __init__(self, message: str, value: object = None) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 def _show(value: object) -> str:
@@ -28,24 +34,38 @@ def _show(value: object) -> str:
 
 def _text(value: object, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidValue(f"expected {what}, found {_show(value)}")
+        raise InvalidValue(f"expected {what}, found {_show(value)}", value)
     return str(value)
+
+
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}\Z")
+
+
+@functools.lru_cache(maxsize=65536)
+def _ip(text: str) -> str | None:
+    if _IPV4.match(text):  # already canonical: the fast path for the common case
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def ipaddr(value: object) -> str:
     """An IPv4 or IPv6 address, normalised (IPv6 compressed, no brackets, no zone)."""
     text = _text(value, "an IP address")
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise InvalidValue(f"expected an IP address, found {_show(value)}") from None
+    ip = _ip(text)
+    if ip is None:
+        raise InvalidValue(f"expected an IP address, found {_show(value)}", value)
+    return ip
 
 
 def port(value: object) -> int:
     """A TCP/UDP port 1-65535."""
     text = _text(value, "a port number")
     if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
-        raise InvalidValue(f"expected a port number 1-65535, found {_show(value)}")
+        raise InvalidValue(f"expected a port number 1-65535, found {_show(value)}", value)
     return int(text)
 
 
@@ -57,7 +77,7 @@ def hostname(value: object) -> str:
     except InvalidValue:
         pass
     if not _HOSTNAME.match(text):
-        raise InvalidValue(f"expected a host name or IP address, found {_show(value)}")
+        raise InvalidValue(f"expected a host name or IP address, found {_show(value)}", value)
     return text
 
 
@@ -72,12 +92,12 @@ def hostport(value: object) -> str:
     text = _text(value, "host:port")
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise InvalidValue(f"expected host:port, found {_show(value)}")
+        raise InvalidValue(f"expected host:port, found {_show(value)}", value)
     if host.startswith("[") and host.endswith("]"):
         address = ipaddr(host[1:-1])
         return f"[{address}]:{port(port_text)}"
     if ":" in host:
-        raise InvalidValue(f"expected [IPv6]:port with brackets, found {_show(value)}")
+        raise InvalidValue(f"expected [IPv6]:port with brackets, found {_show(value)}", value)
     return f"{hostname(host)}:{port(port_text)}"
 
 
@@ -87,7 +107,7 @@ def identifier(value: object) -> str:
     if len(text) > MAX_IDENTIFIER or not _IDENTIFIER.match(text):
         raise InvalidValue(
             f"expected an identifier (letters, digits, _ . : -, at most {MAX_IDENTIFIER} "
-            f"characters, starting with a letter or digit), found {_show(value)}"
+            f"characters, starting with a letter or digit), found {_show(value)}", value
         )
     return text
 
@@ -96,7 +116,7 @@ def urlpath(value: object) -> str:
     """An absolute URL path with no spaces, quotes or control characters."""
     text = _text(value, "a URL path")
     if len(text) > 1024 or not _PATH.match(text):
-        raise InvalidValue(f"expected a URL path such as /healthz, found {_show(value)}")
+        raise InvalidValue(f"expected a URL path such as /healthz, found {_show(value)}", value)
     return text
 
 
@@ -106,17 +126,17 @@ def integer(value: object, minimum: int | None = None, maximum: int | None = Non
     try:
         number = int(text, 10)
     except ValueError:
-        raise InvalidValue(f"expected a whole number, found {_show(value)}") from None
+        raise InvalidValue(f"expected a whole number, found {_show(value)}", value) from None
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise InvalidValue(f"expected a whole number from {minimum} to {maximum}, "
-                           f"found {_show(value)}")
+                           f"found {_show(value)}", value)
     return number
 
 
 def oneof(value: object, *choices: str) -> str:
     """One of a fixed set of words: `{{ s.balance | oneof("roundrobin", "leastconn") }}`."""
     if value not in choices:
-        raise InvalidValue(f"expected one of {', '.join(choices)}, found {_show(value)}")
+        raise InvalidValue(f"expected one of {', '.join(choices)}, found {_show(value)}", value)
     return str(value)
 
 
@@ -128,7 +148,7 @@ def filepath(value: object) -> str:
     text = _text(value, "an absolute file path")
     if len(text) > 1024 or not _FILEPATH.match(text) or "/../" in text + "/":
         raise InvalidValue(f"expected an absolute file path such as /run/haproxy/admin.sock, "
-                           f"found {_show(value)}")
+                           f"found {_show(value)}", value)
     return text
 
 
@@ -136,11 +156,26 @@ def duration(value: object) -> str:
     """An HAProxy/Go-style duration token: digits with an optional unit (us ms s m h d)."""
     text = _text(value, "a duration")
     if not re.fullmatch(r"[0-9]{1,9}(us|ms|s|m|h|d)?", text):
-        raise InvalidValue(f"expected a duration such as 30s or 500ms, found {_show(value)}")
+        raise InvalidValue(f"expected a duration such as 30s or 500ms, found {_show(value)}", value)
     return text
 
 
-VALIDATING_FILTERS = {
+def _memo(check: Callable[..., object]) -> Callable[..., object]:
+    """Validators are pure: remember good answers (a re-render of 5,000 unchanged servers then
+    costs a dict lookup each). Rejections are not cached; unhashable values skip the cache."""
+    cached = functools.lru_cache(maxsize=65536)(check)
+
+    @functools.wraps(check)
+    def memoized(*args: object) -> object:
+        try:
+            return cached(*args)
+        except TypeError:
+            return check(*args)
+
+    return memoized
+
+
+_CHECKS: dict[str, Callable[..., object]] = {
     "addrport": addrport,
     "filepath": filepath,
     "duration": duration,
@@ -153,3 +188,4 @@ VALIDATING_FILTERS = {
     "integer": integer,
     "oneof": oneof,
 }
+VALIDATING_FILTERS = {name: _memo(check) for name, check in _CHECKS.items()}

@@ -88,6 +88,28 @@ class Mirror:
         hi = bisect.bisect_left(self._keys, prefix_end(prefix), lo)
         return iter(self._keys[lo:hi])
 
+    def child_names(self, base: str) -> Iterator[tuple[str, bool]]:
+        """(name, has_children) for each direct child of `base` (which ends with '/').
+
+        Jumps over each child's subtree with a bisection, so listing 10 services with 5,000
+        instances each costs 10 steps, not 50,000.
+        """
+        keys = self._keys
+        lo = bisect.bisect_left(keys, base)
+        hi = bisect.bisect_left(keys, prefix_end(base), lo)
+        while lo < hi:
+            head, sep, _ = keys[lo][len(base):].partition("/")
+            if not sep:
+                # a leaf; a directory of the same name may follow ("a" < "a/...")
+                nxt = lo + 1
+                is_dir = nxt < hi and keys[nxt].startswith(base + head + "/")
+                yield head, is_dir
+                lo = bisect.bisect_left(keys, prefix_end(base + head + "/"), nxt, hi) \
+                    if is_dir else nxt
+                continue
+            yield head, True
+            lo = bisect.bisect_left(keys, prefix_end(base + head + "/"), lo, hi)
+
     def count(self, prefixes: Iterable[str]) -> int:
         total = 0
         for prefix in prefixes:

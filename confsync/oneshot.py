@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -32,10 +33,17 @@ def snapshot_mirror(store: Store, resources: tuple[Resource, ...]) -> Mirror:
     return mirror
 
 
-def report(outcome: Outcome, revision: int) -> None:
+def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
+    """One log event per resource and apply, with the fields a collector wants."""
     res = outcome.resource
-    fields = {"resource": res.name, "dest": str(res.dest), "revision": revision,
-              "outcome": outcome.status, "seconds": round(outcome.seconds, 4)}
+    fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
+                                 "revision": revision, "outcome": outcome.status,
+                                 "seconds": round(outcome.seconds, 4)}
+    if changed_keys:
+        fields["changed_keys"] = list(changed_keys[:20])
+        fields["changed_count"] = len(changed_keys)
+    if outcome.status == UPDATED:
+        fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
     if outcome.status == FAILED and outcome.error is not None:
         log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
     elif outcome.status == UPDATED:

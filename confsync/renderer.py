@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
-import posixpath
 import re
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue
@@ -48,19 +46,18 @@ class Multiline(str):
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 
 
-@dataclass(frozen=True)
-class KV:
+class KV(NamedTuple):
     """A key (relative to the resource prefix) and its value, as confd's `gets` returns."""
 
     key: str
     value: str
 
     @property
-    def Key(self) -> str:  # noqa: N802 - confd templates say .Key
+    def Key(self) -> str:
         return self.key
 
     @property
-    def Value(self) -> str:  # noqa: N802 - confd templates say .Value
+    def Value(self) -> str:
         return self.value
 
 
@@ -104,15 +101,23 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
+_MISSING = object()
+
+
 class TemplateData:
     """The confd-named functions, bound to one resource's view of the mirror for one render."""
 
-    def __init__(self, mirror: Mirror, resource: Resource) -> None:
+    def __init__(self, mirror: Mirror, resource: Resource,
+                 json_cache: dict[str, Any] | None = None) -> None:
         self._mirror = mirror
         self._prefix = resource.prefix
         self._roots = resource.watched_prefixes
         # value -> key it came from, so a filter rejecting a value can name the key.
         self.provenance: dict[str, str] = {}
+        # Parsed JSON by text, from the previous render of this resource and for the next one:
+        # a one-key change to a 5,000-instance pool parses one document, not 5,000.
+        self._json_previous = json_cache or {}
+        self.json_used: dict[str, Any] = {}
 
     def _full(self, key: str) -> str:
         return join_key(self._prefix, key)
@@ -137,8 +142,11 @@ class TemplateData:
     def _matching(self, pattern: str) -> list[str]:
         full_pattern = self._full(pattern)
         regex = glob_regex(full_pattern)
-        return [k for k in self._mirror.keys_with_prefix(literal_prefix(full_pattern))
-                if regex.match(k) and self._visible(k)]
+        literal = literal_prefix(full_pattern)
+        keys = self._mirror.keys_with_prefix(literal)
+        if self._visible(literal):  # every match is under one of our roots
+            return [k for k in keys if regex.match(k)]
+        return [k for k in keys if regex.match(k) and self._visible(k)]
 
     def getv(self, key: str, default: str | None = None) -> str:
         value = self._value(self._full(key))
@@ -156,66 +164,98 @@ class TemplateData:
         full = self._full(key)
         return self._visible(full) and self._mirror.get(full) is not None
 
+    def _values(self, keys: list[str]) -> list[str]:
+        values = []
+        get = self._mirror.get
+        for key in keys:  # keys come from _matching: visible and present
+            value = get(key)
+            if isinstance(value, BadValue):
+                raise RenderFailure(f"key {key}: {value.reason()}", key)
+            assert value is not None
+            self.provenance[value] = key
+            values.append(value)
+        return values
+
     def gets(self, pattern: str) -> list[KV]:
-        return [KV(self._relative(k), self._value(k) or "") for k in self._matching(pattern)]
+        keys = self._matching(pattern)
+        cut = len(self._prefix)
+        return [KV(k[cut:], v) for k, v in zip(keys, self._values(keys), strict=True)]
 
     def getvs(self, pattern: str) -> list[str]:
-        return sorted(self._value(k) or "" for k in self._matching(pattern))
+        return sorted(self._values(self._matching(pattern)))
 
-    def _children(self, directory: str) -> tuple[set[str], set[str]]:
+    def _children(self, directory: str) -> list[tuple[str, bool]]:
         base = self._full(directory).rstrip("/") + "/"
-        names: set[str] = set()
-        dirs: set[str] = set()
-        for key in self._mirror.keys_with_prefix(base):
-            if not self._visible(key):
-                continue
-            head, sep, _ = key[len(base):].partition("/")
-            if head:
-                names.add(head)
-                if sep:
-                    dirs.add(head)
-        return names, dirs
+        if not any(base.startswith(r) or r.startswith(base) for r in self._roots):
+            return []
+        return [(name, is_dir) for name, is_dir in self._mirror.child_names(base)
+                if name and self._visible(base + name + ("/" if is_dir else ""))]
 
     def ls(self, directory: str) -> list[str]:
-        return sorted(self._children(directory)[0])
+        return [name for name, _ in self._children(directory)]
 
     def lsdir(self, directory: str) -> list[str]:
-        return sorted(self._children(directory)[1])
+        return [name for name, is_dir in self._children(directory) if is_dir]
 
     def fromjson(self, text: str) -> Any:
-        key = self.provenance.get(text)
+        """Parse JSON. Results are shared between renders: templates treat them as read-only."""
+        if isinstance(text, str):
+            parsed = self._json_previous.get(text, _MISSING)
+            if parsed is not _MISSING:
+                self.json_used[text] = parsed
+                return parsed
         try:
-            data = json.loads(text)
+            parsed = json.loads(text)
+            if isinstance(text, str):
+                self.json_used[text] = parsed
+            return parsed
         except (TypeError, ValueError) as exc:
+            key = self.provenance.get(text) if isinstance(text, str) else None
             raise RenderFailure(f"{'key ' + key + ': ' if key else ''}value is not valid JSON: "
                                 f"{exc}", key) from None
-        if key:
-            self._trace(data, key)
-        return data
 
-    def _trace(self, data: Any, key: str) -> None:
-        if isinstance(data, str):
-            self.provenance.setdefault(data, key)
-        elif isinstance(data, dict):
-            for value in data.values():
-                self._trace(value, key)
-        elif isinstance(data, list):
-            for value in data:
-                self._trace(value, key)
+    def key_of(self, value: object) -> str | None:
+        """The key a rejected value most likely came from: looked up only when a render fails.
+
+        Exact match first; else the most recently read value that contains it (a field of a
+        JSON document). Nothing is tracked per value on the happy path.
+        """
+        if isinstance(value, str) and value in self.provenance:
+            return self.provenance[value]
+        needles = {str(value), json.dumps(value)} if not isinstance(value, str) else {
+            value, json.dumps(value)[1:-1]}
+        for text, key in reversed(self.provenance.items()):
+            if any(n and n in text for n in needles):
+                return key
+        return None
 
     def functions(self) -> dict[str, Callable[..., Any]]:
         return {"getv": self.getv, "get": self.get, "exists": self.exists, "gets": self.gets,
                 "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir}
 
 
-def _unsafe_output(text: str, provenance: dict[str, str]) -> RenderFailure:
-    bad = _UNSAFE.search(text)
-    assert bad is not None
-    key = next((k for v, k in provenance.items() if _UNSAFE.search(v) and v in text), None)
-    return RenderFailure(
-        f"{'key ' + key + ': ' if key else ''}output value contains a line break or control "
-        f"character (U+{ord(bad.group()):04X}): {text[:60]!r}; refusing to write it (a template "
-        f"that really emits several lines from one value says so with '| multiline')", key)
+def _finalize(value: Any) -> Any:
+    """Runs on every `{{ expression }}`: text that could start a new config line is refused."""
+    kind = type(value)
+    if kind is int or kind is Multiline:
+        return value
+    text = value if kind is str else str(value)
+    if not text.isprintable() and (bad := _UNSAFE.search(text)):
+        raise UnsafeOutput(text, bad.group())
+    return value
+
+
+def _base(path: str) -> str:
+    return path.rpartition("/")[2]
+
+
+class UnsafeOutput(Exception):
+    def __init__(self, text: str, char: str) -> None:
+        self.text = text
+        super().__init__(
+            f"output value contains a line break or control character (U+{ord(char):04X}): "
+            f"{text[:60]!r}; refusing to write it (a template that really emits several lines "
+            f"from one value says so with '| multiline')")
 
 
 def _template_location(tb: types.TracebackType | None, templates: set[str]) -> str:
@@ -243,43 +283,22 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             auto_reload=False,
+            finalize=_finalize,
             cache_size=-1,
         )
-        self.env.finalize = self._finalizer()
-        for name, check in VALIDATING_FILTERS.items():
-            self.env.filters[name] = self._traced_filter(check)
-        self.env.filters["fromjson"] = jinja2.pass_context(
-            lambda ctx, text: ctx["__confsync_data"].fromjson(text))
+        self.env.filters.update(VALIDATING_FILTERS)
+        # Bound to the render in progress (renders run one at a time, on the loop's thread).
+        self._current: TemplateData | None = None
+        self.env.filters["fromjson"] = lambda text: self._data().fromjson(text)
         self.env.filters["multiline"] = Multiline
-        self.env.filters["base"] = posixpath.basename
-        self.env.filters["dirname"] = posixpath.dirname
+        self.env.filters["base"] = _base
+        self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
         self._template_files: set[str] = set()
+        self._json_caches: dict[str, dict[str, Any]] = {}
 
-    def _finalizer(self) -> Callable[..., Any]:
-        @self._jinja.pass_context
-        def finalize(ctx: Any, value: Any) -> Any:
-            if isinstance(value, Multiline):
-                return value
-            text = value if isinstance(value, str) else str(value)
-            if not text.isprintable() and _UNSAFE.search(text):
-                raise _unsafe_output(text, ctx["__confsync_data"].provenance)
-            return value
-
-        return finalize
-
-    def _traced_filter(self, check: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap a validating filter so its error names the key the value came from."""
-
-        @self._jinja.pass_context
-        def traced(ctx: Any, value: Any, *args: Any) -> Any:
-            try:
-                return check(value, *args)
-            except InvalidValue as exc:
-                key = ctx["__confsync_data"].provenance.get(value) if isinstance(value, str) \
-                    else None
-                raise RenderFailure(f"key {key}: {exc}" if key else str(exc), key) from None
-
-        return traced
+    def _data(self) -> TemplateData:
+        assert self._current is not None, "fromjson used outside a render"
+        return self._current
 
     def _name(self, src: Path) -> str:
         try:
@@ -309,19 +328,30 @@ class Renderer:
     def render(self, resource: Resource, mirror: Mirror) -> str:
         """Render `resource` against the mirror, or raise ResourceError(step='render')."""
         template = self.compile(resource)
-        data = TemplateData(mirror, resource)
+        data = TemplateData(mirror, resource, self._json_caches.get(resource.name))
         context: dict[str, Any] = data.functions()
         context["fromjson"] = data.fromjson
-        context["__confsync_data"] = data  # for filters that name the key at fault
+        self._current = data
         try:
-            return template.render(context)
+            text = template.render(context)
         except Exception as exc:
             raise self._explain(resource, data, exc) from None
+        finally:
+            self._current = None
+        self._json_caches[resource.name] = data.json_used
+        return text
 
     def _explain(self, resource: Resource, data: TemplateData, exc: Exception) -> ResourceError:
         where = _template_location(exc.__traceback__, self._template_files) or str(resource.src)
-        if isinstance(exc, RenderFailure | InvalidValue):
+        if isinstance(exc, RenderFailure):
             reason = str(exc)
+        elif isinstance(exc, InvalidValue):
+            key = data.key_of(exc.value)
+            reason = f"key {key}: {exc}" if key else str(exc)
+        elif isinstance(exc, UnsafeOutput):
+            key = next((k for v, k in reversed(data.provenance.items())
+                        if not v.isprintable() and _UNSAFE.search(v) and v in exc.text), None)
+            reason = f"key {key}: {exc}" if key else str(exc)
         elif isinstance(exc, self._jinja.TemplateSyntaxError):
             where = f"{exc.filename}:{exc.lineno}"
             reason = f"template syntax error: {exc.message}"

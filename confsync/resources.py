@@ -45,7 +45,7 @@ class Resource:
     process: str | None = None
     wait_min: float | None = None
     wait_max: float | None = None
-    min_keys: int = 0
+    min_keys: int | None = None  # None: only refuse to go from some keys to none
     reload_strategy: str = "reload"
     runtime_socket: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -105,11 +105,10 @@ def _parse_mode(source: str, value: Any) -> int:
     # confd writes mode as a string ("0644"); a TOML integer 644 is also read as octal digits,
     # because nobody means decimal 644 (= 0o1204).
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-    if text is None or not text.isdigit() or any(c in "89" for c in text):
-        raise ConfigError(source, f"expected an octal mode such as \"0644\", found {value!r}", "mode")
+    if text is None or not text.isdigit() or any(c in "89" for c in text) or int(text, 8) > 0o7777:
+        raise ConfigError(source, f"expected an octal mode such as \"0644\" (at most 07777), "
+                          f"found {value!r}", "template.mode")
     mode = int(text, 8)
-    if mode > 0o7777:
-        raise ConfigError(source, f"expected an octal mode up to 07777, found {value!r}", "mode")
     return mode
 
 

@@ -42,6 +42,7 @@ class WatchSettings:
     wait_min: float = 0.1
     wait_max: float = 2.0
     interval: float = 0.0  # periodic full resync; 0 = off
+    confdir: bool = False  # watch conf.d/ and templates/ and reload on edits, like SIGHUP
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,15 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                    "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, found {value!r}")
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -181,6 +191,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("watch.wait_min", "watch", "wait_min", parse_duration),
     ("watch.wait_max", "watch", "wait_max", parse_duration),
     ("watch.interval", "watch", "interval", parse_duration),
+    ("watch.confdir", "watch", "confdir", _bool),
     ("exec.command", "exec", "command", _command),
     ("exec.reload_signal", "exec", "reload_signal", _signal),
     ("exec.stop_signal", "exec", "stop_signal", _signal),
@@ -190,6 +201,8 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("exec.restart_delay_max", "exec", "restart_delay_max", parse_duration),
     ("exec.crash_limit", "exec", "crash_limit", _positive_int),
     ("exec.crash_window", "exec", "crash_window", parse_duration),
+
+
 )
 
 

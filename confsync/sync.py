@@ -10,6 +10,7 @@ import difflib
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,26 @@ class Outcome:
     resource: Resource
     status: str
     error: ResourceError | None = None
-    diff: str = ""
     reload: str = ""
     seconds: float = 0.0
     previous: FileState | None = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)  # what was rendered
+
+    @property
+    def diff(self) -> str:
+        """Unified diff from the previous file; computed on demand (it is costly on big files)."""
+        if self.content is None:
+            return ""
+        old = self.previous.content if self.previous is not None else None
+        return _diff(self.resource, old, self.content)
+
+    def line_changes(self) -> tuple[int, int]:
+        """(lines added, lines removed), as a multiset difference: O(n), no diff alignment."""
+        if self.content is None:
+            return 0, 0
+        old = Counter((self.previous.content or b"").splitlines()) if self.previous else Counter()
+        new = Counter(self.content.splitlines())
+        return sum((new - old).values()), sum((old - new).values())
 
 
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
@@ -45,18 +62,32 @@ def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
 
 
 class Syncer:
-    def __init__(self, renderer: Renderer, mirror: Mirror) -> None:
+    def __init__(self, renderer: Renderer, mirror: Mirror,
+                 last_counts: dict[str, int] | None = None) -> None:
         self.renderer = renderer
         self.mirror = mirror
+        # Keys each resource saw at its last successful render: the default guard's memory.
+        self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
 
     def render(self, resource: Resource) -> bytes:
-        """Render and guard; raise ResourceError naming the step."""
+        """Render and guard; raise ResourceError naming the step.
+
+        The guard keeps the last good file when the data looks like a blip: fewer keys than
+        `min_keys`, or (by default) none at all where the last render had some.
+        """
         count = self.mirror.count(resource.watched_prefixes)
-        if count < resource.min_keys:
+        where = ", ".join(resource.watched_prefixes)
+        if resource.min_keys is not None and count < resource.min_keys:
             raise ResourceError(resource.name, "guard",
-                                f"only {count} keys under {', '.join(resource.watched_prefixes)}, "
-                                f"min_keys is {resource.min_keys}; keeping the last good file")
-        return self.renderer.render(resource, self.mirror).encode("utf-8")
+                                f"only {count} keys under {where}, min_keys is "
+                                f"{resource.min_keys}; keeping the last good file")
+        if resource.min_keys is None and count == 0 and self.last_counts.get(resource.name):
+            raise ResourceError(resource.name, "guard",
+                                f"all {self.last_counts[resource.name]} keys under {where} "
+                                f"vanished; keeping the last good file (min_keys = 0 allows it)")
+        content = self.renderer.render(resource, self.mirror).encode("utf-8")
+        self.last_counts[resource.name] = count
+        return content
 
     def apply(self, resources: Sequence[Resource]) -> list[Outcome]:
         """Write what changed, then reload each affected target once."""
@@ -85,7 +116,7 @@ class Syncer:
             return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
                                                            f"{exc.filename}: {exc.strerror}"))
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
-                       diff=_diff(resource, current.content, content))
+                       content=content)
 
     def _reload(self, group: list[Outcome]) -> None:
         first = group[0].resource
@@ -126,7 +157,6 @@ class Syncer:
                 current = FileState.read(resource.dest)
                 target = Target.for_resource(resource, content, current)
                 status = UNCHANGED if target.matches(current) else UPDATED
-                outcomes.append(Outcome(resource, status, diff=_diff(resource, current.content,
-                                                                     content),
-                                        seconds=time.monotonic() - start))
+                outcomes.append(Outcome(resource, status, seconds=time.monotonic() - start,
+                                        previous=current, content=content))
         return outcomes

