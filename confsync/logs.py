@@ -1,8 +1,7 @@
 """Log setup: human text on a terminal, one JSON object per line for collectors.
 
 Secrets (the etcd password) are registered when read and masked in every formatted line, whatever
-code path logged them. `ApplyLog` is the audit trail: one event per apply, with key names and line
-counts but never values or diffs, since rendered files routinely hold credentials.
+code path logged them: a library's error message or a traceback is as dangerous as our own text.
 """
 
 from __future__ import annotations
@@ -11,18 +10,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from confsync.events import Observer
-
-if TYPE_CHECKING:
-    from confsync.resources import Resource
-    from confsync.sync import Outcome
-
-log = logging.getLogger("confsync")
 MASK = "********"
-MAX_KEYS_LOGGED = 20
 _secrets: set[str] = set()
 
 
@@ -79,78 +69,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
-
-def diff_stats(diff: str) -> tuple[int, int]:
-    """(lines added, lines removed) of a unified diff, headers excluded."""
-    added = removed = 0
-    for line in diff.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            added += 1
-        elif line.startswith("-") and not line.startswith("---"):
-            removed += 1
-    return added, removed
-
-
-class ApplyLog(Observer):
-    """The daemon's audit trail: one event per apply, plus the watch's state changes."""
-
-    def __init__(self) -> None:
-        self._resources: Sequence[Resource] = ()
-
-    def started(self, resources: Sequence[Resource]) -> None:
-        self._resources = resources
-        log.info("loaded %d resources", len(resources), extra={"resources": len(resources)})
-
-    def snapshot_loaded(self, revision: int, keys: int) -> None:
-        log.info("snapshot at revision %d: %d keys", revision, keys,
-                 extra={"revision": revision, "keys": keys})
-
-    def watch_connected(self, revision: int) -> None:
-        log.info("watching from revision %d", revision, extra={"revision": revision})
-
-    def watch_lost(self, reason: str) -> None:
-        log.warning("watch lost: %s", reason, extra={"reason": reason})
-
-    def ready(self, revision: int) -> None:
-        log.info("ready: every resource rendered at revision %d", revision,
-                 extra={"revision": revision})
-
-    def config_reloaded(self, ok: bool, message: str) -> None:
-        if ok:
-            log.info("configuration reloaded: %s", message)
-        else:
-            log.error("configuration reload refused, the previous one runs on: %s", message)
-
-    def stopping(self) -> None:
-        log.info("stopping")
-
-    def batch_applied(self, revision: int, changed_keys: Sequence[str],
-                      outcomes: Sequence[Outcome]) -> None:
-        for outcome in outcomes:
-            self.log_outcome(outcome, revision, changed_keys)
-
-    @staticmethod
-    def log_outcome(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
-        res = outcome.resource
-        keys = [k for k in changed_keys if res.covers(k)]
-        added, removed = diff_stats(outcome.diff)
-        fields: dict[str, Any] = {
-            "event": "apply", "resource": res.name, "dest": str(res.dest), "revision": revision,
-            "outcome": outcome.status, "seconds": round(outcome.seconds, 4),
-            "changed_keys": keys[:MAX_KEYS_LOGGED], "changed_keys_total": len(keys),
-            "lines_added": added, "lines_removed": removed,
-        }
-        reload_seconds = getattr(outcome, "reload_seconds", None)
-        if outcome.reload:
-            fields["reload"] = outcome.reload
-        if isinstance(reload_seconds, float | int):
-            fields["reload_seconds"] = round(reload_seconds, 4)
-        if outcome.status == "failed" and outcome.error is not None:
-            fields["step"] = outcome.error.step
-            fields["error"] = outcome.error.reason  # includes check_cmd output when it failed
-            log.error("%s", outcome.error, extra=fields)
-        elif outcome.status == "updated":
-            log.info("resource %s: wrote %s (+%d -%d lines)%s", res.name, res.dest, added,
-                     removed, f"; {outcome.reload}" if outcome.reload else "", extra=fields)
-        else:
-            log.debug("resource %s: %s is up to date", res.name, res.dest, extra=fields)

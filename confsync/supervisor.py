@@ -5,10 +5,12 @@ The daemon drives one `Supervisor` from its loop thread:
 tick (reaps, restarts after backoff, detects a crash loop), `forward(sig)` for signals meant for
 the child, and `stop(timeout)` on shutdown, whose return value is confsync's exit status.
 
-Why the loop thread only: `poll()` reaps with waitpid(), and as PID 1 with waitpid(-1). A reap
-running concurrently with `subprocess.run()` (check_cmd, reload_cmd) would steal that command's
-exit status and Python would report it as 0, a failed check passing. So there is no reaping in a
-signal handler; SIGCHLD only wakes the loop (`on_sigchld`).
+Why the loop thread only, and no SIGCHLD handler: `poll()` reaps with waitpid(), and as PID 1
+with waitpid(-1). A reap running concurrently with `subprocess.run()` (check_cmd, reload_cmd) would
+steal that command's exit status and Python would report it as 0: a failed check passing. And a
+Python signal handler runs on the main thread between any two bytecodes, so one that takes a lock
+(an Event, a Queue, logging) can deadlock against the code it interrupted. The loop ticks at least
+once a second, so zombies live at most that long and a dead child is noticed within a tick.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,8 @@ class Supervisor(Observer):
 
     def __init__(self, policy: ExecPolicy, env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 reap_all: bool | None = None) -> None:
+                 reap_all: bool | None = None,
+                 on_give_up: Callable[[str], None] | None = None) -> None:
         if not policy.argv:
             raise ValueError("exec mode needs a command")
         self.policy = policy
@@ -87,10 +89,12 @@ class Supervisor(Observer):
         self._quick_deaths = 0
         self._restart_at: float | None = None
         self._stopping = False
-        self.wakeup = threading.Event()  # set by SIGCHLD; the loop may wait on it
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.restarts = 0
+        # Called once when the crash-loop limit is hit (or the command cannot start): the
+        # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
+        self.on_give_up = on_give_up
 
     # ---- lifecycle
 
@@ -129,24 +133,25 @@ class Supervisor(Observer):
         log.info("exec: sent %s to pid %d", signal.Signals(signum).name, self.proc.pid)
         return True
 
-    def on_sigchld(self, signum: int = signal.SIGCHLD, frame: object = None) -> None:
-        """Signal handler: wake the loop; `poll()` does the reaping on the loop thread."""
-        self.wakeup.set()
+    def _relay(self, signum: int, frame: object) -> None:
+        """Signal handler: os.kill only; no locks, no logging (see the module docstring)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
 
     def install_signal_handlers(self) -> None:
-        """SIGCHLD wakes the loop; the configured forward signals go to the child as they come.
+        """Relay the configured forward signals to the child as they arrive.
 
-        The daemon keeps its own SIGTERM/SIGINT (stop) and SIGHUP (config reload); list SIGHUP
-        in forward_signals and the daemon should also call `forward(SIGHUP)` when it gets one.
+        The daemon keeps its own SIGTERM/SIGINT (stop) and SIGHUP (config reload); a SIGHUP listed
+        in forward_signals is passed on from `reloading_config`.
         """
-        signal.signal(signal.SIGCHLD, self.on_sigchld)
         for signum in self.policy.forward_signals:
             if signum not in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(signum, lambda s, _f: self.forward(s))
+                signal.signal(signum, self._relay)
 
     def poll(self) -> None:
         """Reap, notice a dead child, restart it when its backoff has passed."""
-        self.wakeup.clear()
         self._reap()
         if self.proc is not None and self.proc.returncode is not None and not self._stopping:
             self._died(self.proc.returncode)
@@ -185,14 +190,19 @@ class Supervisor(Observer):
         reason = why or (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
                          else f"exited {returncode}")
         if len(self._deaths) >= self.policy.crash_limit:
-            self.gave_up = (f"child {reason}; {len(self._deaths)} deaths within "
-                            f"{self.policy.crash_window:g}s: crash loop, giving up")
-            log.error("exec: %s", self.gave_up)
+            self._give_up(f"child {reason}; {len(self._deaths)} deaths within "
+                          f"{self.policy.crash_window:g}s: crash loop, giving up")
             return
         delay = min(self.policy.restart_delay * 2 ** max(self._quick_deaths - 1, 0),
                     self.policy.restart_delay_max)
         self._restart_at = now + delay
         log.warning("exec: child %s after %.1fs; restarting in %.1fs", reason, uptime, delay)
+
+    def _give_up(self, why: str) -> None:
+        self.gave_up = why
+        log.error("exec: %s", why)
+        if self.on_give_up is not None:
+            self.on_give_up(why)
 
     def stop(self, timeout: float | None = None, signum: int | None = None) -> int:
         """Stop the child (stop_signal, then SIGKILL after `timeout`); return the exit status.
@@ -228,8 +238,7 @@ class Supervisor(Observer):
             self.start()
         except OSError as exc:  # a missing binary is a configuration error: fail fast
             self.last_status = 127
-            self.gave_up = f"cannot start `{self.policy.argv[0]}`: {exc.strerror}"
-            log.error("exec: %s", self.gave_up)
+            self._give_up(f"cannot start `{self.policy.argv[0]}`: {exc.strerror}")
 
     def batch_applied(self, revision: int, changed_keys: Sequence[str],
                       outcomes: Sequence[Outcome]) -> None:
@@ -240,3 +249,8 @@ class Supervisor(Observer):
 
     def heartbeat(self) -> None:
         self.poll()
+
+    def reloading_config(self) -> None:
+        """SIGHUP reaches the daemon (it reloads its own config); pass it on when configured."""
+        if signal.SIGHUP in self.policy.forward_signals:
+            self.forward(signal.SIGHUP)

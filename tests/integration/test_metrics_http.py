@@ -111,7 +111,6 @@ def test_observers_compose_as_the_daemon_will_wire_them(tmp_path: Path) -> None:
     import sys
 
     from confsync.events import Observers
-    from confsync.logs import ApplyLog
     from confsync.sdnotify import SystemdNotify
     from confsync.supervisor import ExecPolicy, Supervisor
 
@@ -128,7 +127,7 @@ def test_observers_compose_as_the_daemon_will_wire_them(tmp_path: Path) -> None:
     metrics, server = start_metrics("127.0.0.1:0")
     web = Resource(name="web", source=Path("/x/web.toml"), src=Path("/x/t"),
                    dest=Path("/x/web.cfg"), keys=("/a",), prefix="")
-    fan = Observers([child, sd, metrics, ApplyLog()])
+    fan = Observers([child, sd, metrics])
     try:
         fan.started([web])
         fan.snapshot_loaded(5, 1)

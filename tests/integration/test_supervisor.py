@@ -165,7 +165,7 @@ DRIVER = textwrap.dedent("""
     os.kill(os.getpid(), signal.SIGUSR2)     # forwarded by the handler
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        sup.wakeup.wait(0.05)
+        time.sleep(0.05)
         sup.poll()
     me = psutil.Process()
     zombies = [c.pid for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
