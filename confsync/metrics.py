@@ -30,6 +30,8 @@ from prometheus_client import (
     Info,
     make_wsgi_app,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from confsync import __version__
 from confsync.events import Observer
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
     from confsync.resources import Resource
+    from confsync.supervisor import Supervisor
     from confsync.sync import Outcome
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,10 @@ class Metrics(Observer):
         self.heartbeat_ts = Gauge(
             "heartbeat_timestamp_seconds", "Unix time of the loop's last heartbeat",
             namespace=ns, registry=r)
+
+    def track_exec(self, supervisor: Supervisor) -> None:
+        """Export the exec-mode child's state, read at scrape time."""
+        self.registry.register(_ExecCollector(supervisor))
 
     # ---- state for /health and /ready
 
@@ -283,6 +290,24 @@ class Metrics(Observer):
 
     def config_reloaded(self, ok: bool, message: str) -> None:
         self.config_reloads.labels("ok" if ok else "refused").inc()
+
+
+class _ExecCollector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        sup = self.supervisor
+        yield GaugeMetricFamily("confsync_exec_child_up", "1 while the exec-mode child runs",
+                                value=1 if sup.running else 0)
+        yield CounterMetricFamily("confsync_exec_restarts", "Exec-mode child restarts",
+                                  value=sup.restarts)
+        yield GaugeMetricFamily("confsync_exec_crash_loop",
+                                "1 once confsync gave up on a crash-looping child",
+                                value=1 if sup.gave_up is not None else 0)
 
 
 # ---- HTTP

@@ -16,6 +16,7 @@ import os
 import signal
 from types import TracebackType
 
+from confsync.errors import ConfigError
 from confsync.events import Observer
 from confsync.metrics import Metrics, MetricsServer
 from confsync.sdnotify import SystemdNotify
@@ -36,17 +37,24 @@ class Ops:
     @classmethod
     def from_settings(cls, settings: Settings) -> Ops:
         """sd_notify if systemd asked for it, metrics if `metrics_address` is set, and the
-        supervisor if `exec.command` is. Raises OSError if the metrics address cannot be bound."""
+        supervisor if `exec.command` is. A metrics address that cannot be bound is a ConfigError
+        (exit 2): better to fail at start than to run unobserved."""
         notify = SystemdNotify.from_environ()
         metrics = server = None
         if settings.metrics_address:
             metrics = Metrics()
-            server = MetricsServer(metrics, settings.metrics_address).start()
+            try:
+                server = MetricsServer(metrics, settings.metrics_address).start()
+            except OSError as exc:
+                raise ConfigError("metrics_address", f"cannot listen on "
+                                  f"{settings.metrics_address}: {exc.strerror}") from None
         supervisor = None
         if settings.exec.command:
             supervisor = Supervisor(policy_from_settings(settings.exec),
                                     on_give_up=lambda _why: os.kill(os.getpid(), signal.SIGTERM))
             supervisor.install_signal_handlers()
+            if metrics is not None:
+                metrics.track_exec(supervisor)
         return cls(notify, metrics, server, supervisor)
 
     @property

@@ -172,3 +172,22 @@ def test_check_and_reload_durations_when_outcome_carries_them(m: Metrics) -> Non
     m.batch_applied(3, ["/a/x"], [outcome])
     assert v(m, "confsync_check_duration_seconds_sum", resource="web") == pytest.approx(0.2)
     assert v(m, "confsync_reload_duration_seconds_sum", resource="web") == pytest.approx(0.05)
+
+
+def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
+    import sys
+
+    from confsync.supervisor import ExecPolicy, Supervisor
+
+    m = Metrics()
+    sup = Supervisor(ExecPolicy(argv=(sys.executable, "-c", "import time; time.sleep(30)")))
+    m.track_exec(sup)
+    assert v(m, "confsync_exec_child_up") == 0
+    sup.start()
+    try:
+        assert v(m, "confsync_exec_child_up") == 1
+        assert v(m, "confsync_exec_restarts_total") == 0
+        assert v(m, "confsync_exec_crash_loop") == 0
+    finally:
+        sup.stop(timeout=5)
+    assert v(m, "confsync_exec_child_up") == 0
