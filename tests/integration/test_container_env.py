@@ -40,7 +40,9 @@ def _as_nobody() -> list[str]:
 def run_clean(env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
     """Nothing inherited but PATH: the environment a container starts with."""
     base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1"}
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # an empty config: the host's /etc/confsync/confsync.toml, if any, must not count
+            "CONFSYNC_CONFIG": "/dev/null"}
     start = time.monotonic()
     done = subprocess.run([*_as_nobody(), sys.executable, "-m", "confsync", "once"],
                           env={**base, **env}, cwd=cwd, capture_output=True, text=True,
