@@ -7,11 +7,13 @@ etcdctl shipped next to the etcd binary. Simple tokens with a 2 s TTL make expir
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,22 @@ from confsync.stores.etcd import EtcdStore
 from tests.support.certs import Pki, make_pki
 from tests.support.etcd_server import EtcdMember, start_single
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.etcd
+
+
+def text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 PASSWORD = "s3cret-Pa55-do-not-log"
 ROOT = "root:r00t-pw"
@@ -55,10 +72,8 @@ class SecureEtcd:
         return EtcdSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def secure_etcd(etcd_binary: str,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
-    base = tmp_path_factory.mktemp("etcd-tls")
+def start_secure(etcd_binary: str, base: Path) -> SecureEtcd:
+    """A TLS etcd with auth on: root, and `reader` with read access to /tls/ only."""
     pki = make_pki(base / "pki")
     member = start_single(etcd_binary, base / "etcd", scheme="https", extra_args=[
         "--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key),
@@ -80,9 +95,18 @@ def secure_etcd(etcd_binary: str,
         ctl("put", "/tls/backend/a", "10.0.0.1:80")
         ctl("put", "/tls/backend/b", "10.0.0.2:80")
         ctl("put", "/secret/x", "not for readers")
-        yield etcd
-    finally:
+    except BaseException:
         member.stop()
+        raise
+    return etcd
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(etcd_binary: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
+    etcd = start_secure(etcd_binary, tmp_path_factory.mktemp("etcd-tls"))
+    yield etcd
+    etcd.member.stop()
 
 
 def _confdir(tmp_path: Path, keys: str = "/tls/backend") -> Path:
@@ -174,3 +198,51 @@ def test_expired_token_is_renewed_by_reconnecting(secure_etcd: SecureEtcd) -> No
         secure_etcd.ctl("del", "/tls/backend/c")
         stale.close()
         store.close()
+
+
+WATCH_DRIVER = """
+import sys
+from confsync.daemon import run_daemon
+from confsync.logs import setup_logging
+from confsync.ops import Ops
+from confsync.settings import load_settings
+settings = load_settings({})
+setup_logging(settings.log_level, settings.log_format)
+with Ops.from_settings(settings) as ops:
+    sys.exit(ops.exit_code(run_daemon(settings, {}, ops.observers)))
+"""
+
+
+def test_watch_through_tls_auth_across_token_expiry_and_etcd_restart(
+        etcd_binary: str, tmp_path: Path) -> None:
+    etcd = start_secure(etcd_binary, tmp_path / "etcd")
+    out = tmp_path / "out.txt"
+    driver = tmp_path / "driver.py"
+    driver.write_text(WATCH_DRIVER)
+    log = tmp_path / "confsync.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONFSYNC_", "NOTIFY_"))}
+    env.update({"PYTHONPATH": str(REPO), "CONFSYNC_CONFIG": str(
+        _config(tmp_path, etcd, etcd.password_file)), "CONFSYNC_LOG_FORMAT": "text",
+        "CONFSYNC_WATCH_WAIT_MIN": "20ms"})
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "b=10.0.0.2:80" in text(out), "the first render")
+        time.sleep(TOKEN_TTL + 1)  # every token issued so far has expired
+        etcd.ctl("put", "/tls/backend/c", "10.0.0.3:80")
+        wait_for(lambda: "c=10.0.0.3:80" in text(out), "a change after token expiry")
+        etcd.member.kill()  # etcd forgets all simple tokens; the watch must resume anew
+        etcd.member.start()
+        etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
+        wait_for(lambda: "d=10.0.0.4:80" in text(out), "a change after etcd restarted", 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        etcd.member.stop()
+    output = text(log)
+    assert "Traceback" not in output, output
+    assert PASSWORD not in output
