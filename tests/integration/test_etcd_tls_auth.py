@@ -56,12 +56,27 @@ class SecureEtcd:
     password_file: Path
 
     def ctl(self, *args: str, user: str | None = ROOT) -> str:
-        argv = [self.etcdctl, "--endpoints", self.member.endpoint, "--cacert",
+        argv = [self.etcdctl, "--command-timeout=15s", "--endpoints", self.member.endpoint,
+                "--cacert",
                 str(self.pki.ca_cert), "--cert", str(self.pki.client_cert), "--key",
                 str(self.pki.client_key), *(["--user", user] if user else []), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def wait_serving(self, timeout: float = 20.0) -> None:
+        """An open port is not a leader: wait until etcd answers (after a start or restart)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(
+                [self.etcdctl, "--command-timeout=2s", "--endpoints", self.member.endpoint,
+                 "--cacert", str(self.pki.ca_cert), "--cert", str(self.pki.client_cert),
+                 "--key", str(self.pki.client_key), "endpoint", "health"],
+                capture_output=True, text=True, timeout=10)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                assert done.returncode == 0, done.stderr
+                return
+            time.sleep(0.1)
 
     def settings(self, **kw: object) -> EtcdSettings:
         values: dict[str, object] = dict(
@@ -84,6 +99,7 @@ def start_secure(etcd_binary: str, base: Path) -> SecureEtcd:
     password_file.chmod(0o600)
     etcd = SecureEtcd(member, pki, str(Path(etcd_binary).with_name("etcdctl")), password_file)
     try:
+        etcd.wait_serving()
         ctl = etcd.ctl
         ctl("user", "add", "root", "--new-user-password=" + ROOT.split(":", 1)[1], user=None)
         ctl("user", "grant-role", "root", "root", user=None)
@@ -234,6 +250,7 @@ def test_watch_through_tls_auth_across_token_expiry_and_etcd_restart(
         wait_for(lambda: "c=10.0.0.3:80" in text(out), "a change after token expiry")
         etcd.member.kill()  # etcd forgets all simple tokens; the watch must resume anew
         etcd.member.start()
+        etcd.wait_serving()
         etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
         wait_for(lambda: "d=10.0.0.4:80" in text(out), "a change after etcd restarted", 30)
         proc.send_signal(signal.SIGTERM)
