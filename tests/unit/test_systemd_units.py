@@ -78,3 +78,16 @@ def test_verify_would_catch_a_typo(unit_dir: Path) -> None:
         text.replace("NoNewPrivileges=", "NoNewPrivilegs=").replace("Type=notify", "Type=nope"))
     done = verify(unit_dir, "broken.service")
     assert "NoNewPrivilegs" in done.stderr and "nope" in done.stderr
+
+
+@pytest.mark.parametrize("unit", ["confsync.service", "confsync@haproxy.service"])
+def test_hardening_score_stays_ok(unit_dir: Path, unit: str) -> None:
+    """`systemd-analyze security` rates exposure 0-10; ours is 2.5 ("OK"). Fail above 3.0
+    so a lost directive shows up here, not in an audit."""
+    assert ANALYZE is not None
+    done = subprocess.run([ANALYZE, "security", "--offline=yes", "--threshold=30",
+                           str(unit_dir / unit)], capture_output=True, text=True, timeout=60)
+    if "Unknown option" in done.stderr or "unrecognized option" in done.stderr:
+        pytest.skip("systemd-analyze security --offline needs systemd 250+")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "Overall exposure level" in done.stdout
