@@ -7,9 +7,9 @@ and the staged file is removed on every failure path.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +31,57 @@ class FileState:
 
     @classmethod
     def read(cls, path: Path) -> FileState:
+        return _read_with_signature(path)[1]
+
+
+Signature = tuple[int, ...]
+
+
+def _signature(st: os.stat_result) -> Signature:
+    # Any write, chmod, chown or replacement changes one of these.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid, st.st_gid)
+
+
+def _read_with_signature(path: Path) -> tuple[Signature | None, FileState]:
+    try:
+        with path.open("rb") as fh:
+            st = os.fstat(fh.fileno())
+            state = FileState(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            return _signature(st), state
+    except FileNotFoundError:
+        return None, FileState(None)
+
+
+class DestCache:
+    """What each dest held after our last look, so an unchanged file is not read again.
+
+    A stat signature (inode, size, mtime, ctime, mode, owner) validates the memory: if anyone
+    else touched the file, it is read afresh.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[Signature, FileState]] = {}
+
+    def current(self, path: Path) -> FileState:
+        known = self._known.get(path)
+        if known is not None:
+            try:
+                if _signature(os.stat(path)) == known[0]:
+                    return known[1]
+            except FileNotFoundError:
+                self._known.pop(path, None)
+                return FileState(None)
+        signature, state = _read_with_signature(path)
+        if signature is not None:
+            self._known[path] = (signature, state)
+        return state
+
+    def remember(self, path: Path, state: FileState) -> None:
         try:
-            with path.open("rb") as fh:
-                st = os.fstat(fh.fileno())
-                return cls(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            self._known[path] = (_signature(os.stat(path)), state)
         except FileNotFoundError:
-            return cls(None)
+            self._known.pop(path, None)
 
 
 @dataclass(frozen=True)
@@ -73,21 +118,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_staged_names = itertools.count()
+
+
 def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
-    """Write `content` to a new 0600 file in `directory`, fsync'd; return its path."""
-    fd, name = tempfile.mkstemp(prefix=f".{resource.dest.name}.", suffix=".confsync",
-                                dir=directory)
+    """Write `content` to a new 0600 file in `directory`, data synced; return its path.
+
+    The name is unique per process and attempt; O_EXCL makes a clash an error, never a reuse.
+    """
+    while True:
+        name = directory / f".{resource.dest.name}.{os.getpid()}.{next(_staged_names)}.confsync"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            break
+        except FileExistsError:
+            continue  # a leftover from a crashed run with the same pid
     try:
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        os.fdatasync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(name)
         raise
     os.close(fd)
-    return Path(name)
+    return name
 
 
 def run_check(resource: Resource, staged: Path) -> None:

@@ -30,7 +30,7 @@ from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Store, merge_prefixes, open_store
-from confsync.sync import FAILED, Outcome, Syncer
+from confsync.sync import Outcome, Syncer
 from confsync.watcher import BatchReceived, SnapshotTaken, StoreFollower, StreamState
 
 log = logging.getLogger("confsync")
@@ -329,5 +329,3 @@ def run_daemon(settings: Settings, cli_values: Mapping[str, Any] | None = None,
              __import__("confsync").__version__, settings.backend, os.getpid())
     return daemon.run()
 
-
-__all__ = ["FAILED", "Daemon", "run_daemon"]

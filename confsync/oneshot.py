@@ -59,26 +59,14 @@ def _exit_code(resource_set: ResourceSet, outcomes: list[Outcome]) -> int:
     return EXIT_RESOURCE_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
 
 
-def run_once(settings: Settings) -> int:
+def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, Syncer] | None:
+    """Load conf.d and take one snapshot (of the store, or of a fixture file).
+
+    None when no resource loaded at all (the errors are already logged).
+    """
     resource_set = load_resource_set(settings)
     if not resource_set.resources:
-        return EXIT_BAD_CONFIG
-    store = open_store(settings)
-    try:
-        mirror = snapshot_mirror(store, resource_set.resources)
-    finally:
-        store.close()
-    syncer = Syncer(Renderer(settings.confdir / "templates"), mirror)
-    outcomes = syncer.apply(resource_set.resources)
-    for outcome in outcomes:
-        report(outcome, mirror.revision)
-    return _exit_code(resource_set, outcomes)
-
-
-def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextIO) -> int:
-    resource_set = load_resource_set(settings)
-    if not resource_set.resources:
-        return EXIT_BAD_CONFIG
+        return None
     if data is not None:
         from confsync.stores.file import FileStore
 
@@ -89,7 +77,25 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
         mirror = snapshot_mirror(store, resource_set.resources)
     finally:
         store.close()
-    syncer = Syncer(Renderer(settings.confdir / "templates"), mirror)
+    return resource_set, Syncer(Renderer(settings.confdir / "templates"), mirror)
+
+
+def run_once(settings: Settings) -> int:
+    prepared = prepare(settings)
+    if prepared is None:
+        return EXIT_BAD_CONFIG
+    resource_set, syncer = prepared
+    outcomes = syncer.apply(resource_set.resources)
+    for outcome in outcomes:
+        report(outcome, syncer.mirror.revision)
+    return _exit_code(resource_set, outcomes)
+
+
+def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextIO) -> int:
+    prepared = prepare(settings, data)
+    if prepared is None:
+        return EXIT_BAD_CONFIG
+    resource_set, syncer = prepared
     outcomes = syncer.plan(resource_set.resources)
     for outcome in outcomes:
         name = outcome.resource.name

@@ -11,6 +11,7 @@ Safety is the default, not something each template must remember:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -245,6 +246,32 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def _bytecode_cache(jinja2: Any) -> Any:
+    """Compiled templates cached by source checksum in a private per-user temp directory, so
+    repeated `confsync once` runs skip compilation. Strictly best effort: a read-only or full
+    /tmp means no cache, never a failed render."""
+
+    class BestEffortCache(jinja2.FileSystemBytecodeCache):  # type: ignore[misc]
+        def load_bytecode(self, bucket: Any) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, EOFError, ValueError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
+    try:
+        return BestEffortCache()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _fromjson_outside_render(text: str) -> Any:
+    return json.loads(text)
+
+
 def _base(path: str) -> str:
     return path.rpartition("/")[2]
 
@@ -287,18 +314,15 @@ class Renderer:
             cache_size=-1,
         )
         self.env.filters.update(VALIDATING_FILTERS)
-        # Bound to the render in progress (renders run one at a time, on the loop's thread).
-        self._current: TemplateData | None = None
-        self.env.filters["fromjson"] = lambda text: self._data().fromjson(text)
+        # `fromjson` is rebound to each render's data (renders run one at a time, on the loop's
+        # thread; a template looks its filters up when its render starts).
+        self.env.filters["fromjson"] = _fromjson_outside_render
         self.env.filters["multiline"] = Multiline
         self.env.filters["base"] = _base
         self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
-
-    def _data(self) -> TemplateData:
-        assert self._current is not None, "fromjson used outside a render"
-        return self._current
+        self._compiled: dict[Path, jinja2.Template] = {}
 
     def _name(self, src: Path) -> str:
         try:
@@ -307,7 +331,10 @@ class Renderer:
             return str(src).lstrip("/")
 
     def compile(self, resource: Resource) -> jinja2.Template:
-        """Load and compile once (cached by Jinja); a syntax error names file and line."""
+        """Load and compile once; a syntax error names file and line."""
+        compiled = self._compiled.get(resource.src)
+        if compiled is not None:
+            return compiled
         jinja2 = self._jinja
         try:
             template = self.env.get_template(self._name(resource.src))
@@ -323,6 +350,7 @@ class Renderer:
                                 f"cannot read template {resource.src}: {exc.strerror}") from None
         if template.filename:
             self._template_files.add(template.filename)
+        self._compiled[resource.src] = template
         return template
 
     def render(self, resource: Resource, mirror: Mirror) -> str:
@@ -330,14 +358,14 @@ class Renderer:
         template = self.compile(resource)
         data = TemplateData(mirror, resource, self._json_caches.get(resource.name))
         context: dict[str, Any] = data.functions()
-        context["fromjson"] = data.fromjson
-        self._current = data
+        context["fromjson"] = context["json"] = data.fromjson  # `json` is confd's name
+        self.env.filters["fromjson"] = data.fromjson
         try:
             text = template.render(context)
         except Exception as exc:
             raise self._explain(resource, data, exc) from None
         finally:
-            self._current = None
+            self.env.filters["fromjson"] = _fromjson_outside_render
         self._json_caches[resource.name] = data.json_used
         return text
 

@@ -48,21 +48,16 @@ class Resource:
     min_keys: int | None = None  # None: only refuse to go from some keys to none
     reload_strategy: str = "reload"
     runtime_socket: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Absolute store prefixes this resource reads; derived once, used on every change.
+    watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def watched_prefixes(self) -> tuple[str, ...]:
-        """Absolute store prefixes this resource reads."""
-        return tuple(join_key(self.prefix, k) for k in self.keys)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "watched_prefixes",
+                           tuple(join_key(self.prefix, k) for k in self.keys))
 
     def covers(self, key: str) -> bool:
         """True when a change to absolute `key` can change this resource's output."""
-        return any(key.startswith(p) for p in self.watched_prefixes)
-
-    @property
-    def reload_identity(self) -> tuple[object, ...]:
-        """Resources with the same reload action reload once per batch."""
-        return (self.reload_cmd, self.reload_signal, self.pidfile, self.process)
+        return key.startswith(self.watched_prefixes)
 
 
 def normalise_prefix(prefix: str) -> str:

@@ -6,7 +6,6 @@ fails on its own; the others go on.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import tempfile
 import time
@@ -15,7 +14,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confsync.applier import FileState, Target, install, restore, run_check, write_staged
+from confsync.applier import (
+    DestCache,
+    FileState,
+    Target,
+    install,
+    restore,
+    run_check,
+    write_staged,
+)
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
 from confsync.reload import ReloadFailed, reload_key, reload_resource
@@ -55,6 +62,7 @@ class Outcome:
 
 
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
+    import difflib  # lazy: only `check` and diff logging need it
     old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
     new_lines = new.decode("utf-8", "replace").splitlines(keepends=True)
     return "".join(difflib.unified_diff(old_lines, new_lines, f"{resource.dest} (current)",
@@ -68,6 +76,7 @@ class Syncer:
         self.mirror = mirror
         # Keys each resource saw at its last successful render: the default guard's memory.
         self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
+        self.dests = DestCache()
 
     def render(self, resource: Resource) -> bytes:
         """Render and guard; raise ResourceError naming the step.
@@ -105,11 +114,13 @@ class Syncer:
         start = time.monotonic()
         try:
             content = self.render(resource)
-            current = FileState.read(resource.dest)
+            current = self.dests.current(resource.dest)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
             install(resource, target)
+            self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
+                                                         target.gid))
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
         except OSError as exc:

@@ -68,6 +68,7 @@ class EtcdStore:
         self._lock = threading.Lock()
         self._client: MultiEndpointEtcd3Client | None = None
         self._credentials = self._build_credentials()
+        self._rotation = 0  # each new client starts at the next endpoint
 
     # ---- clients
 
@@ -107,16 +108,26 @@ class EtcdStore:
         return endpoints
 
     def new_client(self) -> MultiEndpointEtcd3Client:
-        """A fresh client (and so a fresh auth token and fresh endpoint state)."""
+        """A fresh client (and so a fresh auth token and fresh endpoint state).
+
+        Clients are made after failures, so each starts at the next endpoint in the list: a
+        reconnect after a member died moves on instead of picking the dead one at random.
+        """
         password = read_password(self._settings)
+        endpoints = self._endpoints()
+        first = endpoints[self._rotation % len(endpoints)]
+        self._rotation += 1
+        ordered = [first] + [e for e in endpoints if e is not first]
         try:
-            return MultiEndpointEtcd3Client(
-                endpoints=self._endpoints(), timeout=self._settings.timeout,
+            client = MultiEndpointEtcd3Client(
+                endpoints=ordered, timeout=self._settings.timeout,
                 user=self._settings.user if password is not None else None,
                 password=password, failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
             raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
                                    f"cannot connect: {_describe(exc)}") from None
+        client._current_endpoint_label = first.netloc  # the client picks at random otherwise
+        return client
 
     def _shared_client(self) -> MultiEndpointEtcd3Client:
         with self._lock:

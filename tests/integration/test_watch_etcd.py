@@ -283,3 +283,18 @@ def test_hanging_reload_times_out_and_watching_goes_on(
     w.wait_log("timed out after 0.3s", count=2)
     assert w.proc.poll() is None
     assert w.stop() == 0
+
+
+def test_etcd_down_at_start_is_degraded_not_fatal(
+        etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    client(etcd_private.endpoint).put(prefix + "/k/a", "1")
+    etcd_private.stop()
+    dest = list_resource(tmp_path)
+    dest.write_text("last good\n")
+    w = start_watch(watchers, tmp_path, etcd_private.endpoint, prefix)
+    w.wait_log("degraded", timeout=15)
+    assert w.proc.poll() is None
+    assert read(dest) == "last good\n"
+    etcd_private.start()
+    wait_for(lambda: read(dest) == "/k/a=1\n", timeout=20, what="render once etcd is up")

@@ -134,3 +134,11 @@ def test_fromjson_cache_is_per_resource_and_follows_changes(tmp_path: Path) -> N
     assert renderer.render(res, mirror) == "1,2,"
     mirror.apply(ChangeBatch(6, (Change("/i/2", b'{"a": 3}'),)))
     assert renderer.render(res, mirror) == "1,3,"
+
+
+def test_unwritable_bytecode_cache_dir_never_fails_a_render(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "ro"
+    blocked.write_text("a file where the cache directory would go")
+    monkeypatch.setattr("tempfile.tempdir", str(blocked))  # mkdir under a file fails
+    assert render(tmp_path, "{{ getv('/a') }}", {"/a": "ok"}) == "ok"

@@ -1,0 +1,34 @@
+"""`confsync check`: a plan that writes nothing, against live data or a fixture (golden files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.cli import REPO, confsync, write_resource
+
+
+def test_check_against_a_fixture_renders_the_shipped_haproxy_template(tmp_path: Path) -> None:
+    dest = tmp_path / "haproxy.cfg"
+    confdir = tmp_path / "cd"
+    (confdir / "conf.d").mkdir(parents=True)
+    (confdir / "conf.d" / "haproxy.toml").write_text(
+        f'[template]\nsrc = "{REPO}/templates/haproxy/templates/haproxy.cfg.tmpl"\n'
+        f'dest = "{dest}"\nkeys = ["/services", "/haproxy"]\n')
+    result = confsync("check", "--confdir", str(confdir), "--backend", "env",
+                      "--data", str(REPO / "templates/haproxy/data/services.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "would change" in result.stdout
+    assert "+    server web-1 10.0.0.11:8080 weight 100 check" in result.stdout
+    assert "+    server api-2 [2001:db8::22]:9000 weight 100 check disabled" in result.stdout
+    assert not dest.exists()
+
+
+def test_check_reports_failures_and_exits_1(tmp_path: Path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text('{"app": {"port": "eighty"}}')
+    write_resource(tmp_path, "app", "port {{ getv('/app/port') | port }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/app"]')
+    result = confsync("check", "--confdir", str(tmp_path), "--backend", "env", "--data", str(data))
+    assert result.returncode == 1
+    assert "app: FAILED" in result.stdout and "key /app/port: expected a port number" in result.stdout
+    assert not (tmp_path / "out").exists()

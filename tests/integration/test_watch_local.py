@@ -1,0 +1,98 @@
+"""The daemon with local sources: the file backend, conf.d watching, and the periodic resync."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from confsync.daemon import Daemon
+from confsync.settings import Settings, WatchSettings
+from confsync.stores import WatchHandle, WatchSink
+from confsync.stores.file import FileStore
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+
+
+def test_file_backend_rerenders_when_its_file_changes(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  port: 8080\n")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') | port }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file", "--file", str(data),
+                     "--wait-min", "0", log=tmp_path / "log")
+    try:
+        wait_for(lambda: read(dest) == "port 8080\n", what="first render")
+        data.write_text("app:\n  port: 9090\n")
+        wait_for(lambda: read(dest) == "port 9090\n", what="re-render on file change")
+        data.write_text("app:\n  port: [broken\n")  # unparsable: keep the last good data
+        w.wait_log("keeping the last good data")
+        assert read(dest) == "port 9090\n"
+        w.signal(signal.SIGINT)
+        assert w.proc.wait(timeout=10) == 0
+    finally:
+        w.stop()
+
+
+def test_confdir_watching_reloads_resources_on_edit(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  name: x\n")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "v1 {{ getv('/app/name') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file", "--file", str(data),
+                     log=tmp_path / "log", env={"CONFSYNC_WATCH_CONFDIR": "true"})
+    try:
+        wait_for(lambda: read(dest) == "v1 x\n", what="first render")
+        (tmp_path / "cd" / "templates" / "app.tmpl").write_text("v2 {{ getv('/app/name') }}\n")
+        wait_for(lambda: read(dest) == "v2 x\n", what="template edit picked up")
+        (tmp_path / "cd" / "templates" / "app.tmpl").write_text("v3 {{ getv('/app/nope') }}\n")
+        w.wait_log("configuration reload refused")
+        assert read(dest) == "v2 x\n"
+    finally:
+        w.stop()
+
+
+class DeafFileStore(FileStore):
+    """A file store whose watch never delivers: only the periodic resync can see changes."""
+
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+        class Nothing:
+            def cancel(self) -> None:
+                return None
+
+        return Nothing()
+
+
+def test_periodic_resync_logs_and_fixes_drift(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    settings = Settings(confdir=tmp_path / "cd", backend="file", file_paths=(data,),
+                        watch=WatchSettings(wait_min=0, wait_max=0, interval=0.3))
+    daemon = Daemon(settings)
+    daemon.store = DeafFileStore([data])
+    daemon.follower = daemon._new_follower()
+    daemon._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    caplog.set_level(logging.INFO)
+    thread.start()
+    try:
+        wait_for(lambda: read(dest) == "one\n", what="first render")
+        data.write_text("app:\n  v: two\n")
+        wait_for(lambda: read(dest) == "two\n", what="resync fixed the drift")
+        assert "resync snapshot at revision" in caplog.text
+        assert "keys differed from the mirror" in caplog.text
+    finally:
+        daemon.stopping = True
+        daemon.events.put(None)
+        thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -1,0 +1,78 @@
+"""The apply step on real files: never a partial dest, staged files always cleaned up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from confsync.applier import DestCache, FileState, Target, install, restore
+from confsync.errors import ResourceError
+from confsync.resources import Resource
+
+
+def resource(tmp_path: Path, **kw: object) -> Resource:
+    return Resource(name="r", source=tmp_path / "r.toml", src=tmp_path / "t", dest=tmp_path / "d",
+                    keys=("/",), prefix="", **kw)  # type: ignore[arg-type]
+
+
+def target(content: bytes, mode: int = 0o640) -> Target:
+    return Target(content, mode, os.geteuid(), os.getegid())
+
+
+def test_install_sets_mode_and_leaves_no_staged_file(tmp_path: Path) -> None:
+    res = resource(tmp_path)
+    install(res, target(b"new\n"))
+    assert res.dest.read_bytes() == b"new\n"
+    assert res.dest.stat().st_mode & 0o7777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+@pytest.mark.parametrize("check", [("false",), ("sleep", "5"), ("/nonexistent/tool",)])
+def test_failed_check_keeps_dest_byte_for_byte(tmp_path: Path, check: tuple[str, ...]) -> None:
+    res = resource(tmp_path, check_cmd=check, check_timeout=0.2)
+    res.dest.write_bytes(b"old\n")
+    before = res.dest.stat()
+    with pytest.raises(ResourceError) as err:
+        install(res, target(b"new\n"))
+    assert err.value.step == "check"
+    assert res.dest.read_bytes() == b"old\n"
+    assert res.dest.stat().st_mtime_ns == before.st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_check_sees_the_staged_file_not_dest(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    res = resource(tmp_path, check_cmd=("sh", "-c", f'cat "$0" > {seen}', "{{src}}"))
+    install(res, target(b"staged content\n"))
+    assert seen.read_bytes() == b"staged content\n"
+
+
+def test_missing_directory_is_a_stage_error(tmp_path: Path) -> None:
+    res = Resource(name="r", source=tmp_path / "r.toml", src=tmp_path / "t",
+                   dest=tmp_path / "no" / "d", keys=("/",), prefix="")
+    with pytest.raises(ResourceError, match="stage failed"):
+        install(res, target(b"x"))
+
+
+def test_dest_cache_notices_an_outside_edit(tmp_path: Path) -> None:
+    res = resource(tmp_path)
+    cache = DestCache()
+    install(res, target(b"ours\n"))
+    cache.remember(res.dest, FileState(b"ours\n", 0o640, os.geteuid(), os.getegid()))
+    assert cache.current(res.dest).content == b"ours\n"
+    res.dest.write_bytes(b"someone else\n")
+    assert cache.current(res.dest).content == b"someone else\n"
+    res.dest.unlink()
+    assert cache.current(res.dest).content is None
+
+
+def test_restore_previous_and_absent(tmp_path: Path) -> None:
+    res = resource(tmp_path)
+    install(res, target(b"new\n"))
+    restore(res, FileState(b"old\n", 0o600, os.geteuid(), os.getegid()))
+    assert res.dest.read_bytes() == b"old\n"
+    assert res.dest.stat().st_mode & 0o777 == 0o600
+    restore(res, FileState(None))
+    assert not res.dest.exists()

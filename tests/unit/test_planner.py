@@ -1,0 +1,57 @@
+"""Debounce and backoff: pure logic, clock passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confsync.planner import Planner
+from confsync.resources import Resource
+from confsync.watcher import Backoff
+
+
+def res(name: str, wait_min: float | None = None, wait_max: float | None = None) -> Resource:
+    return Resource(name=name, source=Path(f"{name}.toml"), src=Path("t"), dest=Path(f"/{name}"),
+                    keys=("/",), prefix="", wait_min=wait_min, wait_max=wait_max)
+
+
+def test_quiet_period_then_due() -> None:
+    p = Planner(wait_min=0.1, wait_max=1.0)
+    a = res("a")
+    p.touch([a], now=0.0)
+    assert p.due(0.05) == []
+    p.touch([a], now=0.08)  # a new change restarts the quiet period
+    assert p.due(0.15) == []
+    assert p.next_deadline() == 0.18
+    assert p.due(0.18) == [a]
+    assert p.due(10) == []
+    assert p.debounced == 1
+
+
+def test_wait_max_caps_a_never_quiet_stream() -> None:
+    p = Planner(wait_min=0.1, wait_max=0.5)
+    a = res("a")
+    t = 0.0
+    due = []
+    while t < 2.0 and not due:
+        p.touch([a], now=t)
+        t += 0.05
+        due = p.due(t)
+    assert due == [a]
+    assert 0.5 <= t < 0.6
+
+
+def test_per_resource_windows() -> None:
+    p = Planner(wait_min=1.0, wait_max=5.0)
+    fast, slow = res("fast", wait_min=0.0), res("slow")
+    p.touch([fast, slow], now=0.0)
+    assert p.due(0.0) == [fast]
+    assert p.due(1.0) == [slow]
+
+
+def test_backoff_grows_caps_and_resets() -> None:
+    b = Backoff(base=0.1, cap=2.0)
+    delays = [b.next() for _ in range(10)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert all(1.0 <= d <= 2.0 for d in delays[5:])  # capped, with jitter in [cap/2, cap]
+    b.reset()
+    assert b.next() <= 0.1
