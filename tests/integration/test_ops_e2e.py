@@ -5,6 +5,7 @@ logs the signals it gets, and confsync's exit status taken from the child.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -40,8 +41,9 @@ DRIVER = textwrap.dedent("""
 """)
 
 CHILD = textwrap.dedent("""
-    import signal, sys, time
+    import os, signal, sys, time
     log = open(sys.argv[1], "a", buffering=1)
+    log.write(f"pid {os.getpid()}\\n")
     if len(sys.argv) > 2:
         log.write("crash\\n"); sys.exit(int(sys.argv[2]))
     def on(sig, frame):
@@ -54,6 +56,14 @@ CHILD = textwrap.dedent("""
     while True:
         time.sleep(0.05)
 """)
+
+
+def kill_children(child_log: Path) -> None:
+    """The child has its own process group: if a test kills confsync, kill the child too."""
+    for line in text(child_log).splitlines():
+        if line.startswith("pid "):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[1]), signal.SIGKILL)
 
 
 def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
@@ -169,6 +179,7 @@ def test_watch_with_notify_metrics_and_exec_child(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+            kill_children(child_log)
         notify.sock.close()
     log = text(tmp / "confsync.log")
     assert "Traceback" not in log, log
@@ -186,6 +197,8 @@ def test_crash_looping_child_stops_confsync(setup: tuple[dict[str, str], Path, s
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+            kill_children(tmp / "child.log")
     assert text(tmp / "child.log").count("crash") == 3
     assert "crash loop" in text(tmp / "confsync.log")
     assert time.monotonic() - start_time < 15

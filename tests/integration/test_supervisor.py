@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,24 @@ CHILD = textwrap.dedent("""
     while True:
         time.sleep(0.05)
 """)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Children have their own process group: a failing test must not leave one running."""
+    started: list[Supervisor] = []
+    original = Supervisor.start
+
+    def start(self: Supervisor) -> None:
+        started.append(self)
+        original(self)
+
+    monkeypatch.setattr(Supervisor, "start", start)
+    yield
+    for sup in started:
+        if sup.proc is not None and sup.proc.poll() is None:
+            sup.proc.kill()
+            sup.proc.wait()
 
 
 def lines(path: Path) -> list[str]:
