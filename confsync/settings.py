@@ -6,7 +6,10 @@ another, and every error names where the bad value came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shlex
+import signal
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Any
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.logs import register_secret
 
 DEFAULT_CONFIG = Path("/etc/confsync/confsync.toml")
 BACKENDS = ("etcd", "file", "env")
@@ -42,6 +46,21 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class ExecSettings:
+    """Exec mode (`confsync watch --exec CMD`): the supervised child; see confsync.supervisor."""
+
+    command: tuple[str, ...] = ()  # empty: exec mode off
+    reload_signal: signal.Signals = signal.SIGHUP
+    stop_signal: signal.Signals = signal.SIGTERM
+    forward_signals: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+    stop_timeout: float = 10.0
+    restart_delay: float = 1.0
+    restart_delay_max: float = 30.0
+    crash_limit: int = 5
+    crash_window: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     config_path: Path | None = None
     confdir: Path = Path("/etc/confsync")
@@ -53,6 +72,7 @@ class Settings:
     file_paths: tuple[Path, ...] = ()
     watch: WatchSettings = field(default_factory=WatchSettings)
     metrics_address: str = ""
+    exec: ExecSettings = field(default_factory=ExecSettings)
 
 
 # ---- value converters: (raw value, where) -> typed value; raise ValueError with what was expected
@@ -82,6 +102,58 @@ def _paths(value: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in _list(value))
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9500', '[::1]:9500', 'localhost:9500', ':9500' (any address) -> (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9500, found {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    elif ":" in host:
+        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:9500, found {text!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def _address(value: Any) -> str:
+    """A listen address, or "" for off."""
+    text = _str(value).strip()
+    if text:
+        parse_host_port(text)
+    return text
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command line: a string is split like a shell would (no shell runs), or an argv list."""
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a command string or a list of strings, found {value!r}")
+
+
+def _signal(value: Any) -> signal.Signals:
+    name = _str(value).strip().upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    if name not in signal.Signals.__members__:
+        raise ValueError(f"expected a signal name such as \"SIGHUP\", found {value!r}")
+    return signal.Signals[name]
+
+
+def _signals(value: Any) -> tuple[signal.Signals, ...]:
+    return tuple(_signal(v) for v in _list(value))
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
+    return number
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -107,7 +179,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("prefix", "", "prefix", _str),
     ("log_level", "", "log_level", _choice(*LOG_LEVELS)),
     ("log_format", "", "log_format", _choice(*LOG_FORMATS)),
-    ("metrics_address", "", "metrics_address", _str),
+    ("metrics_address", "", "metrics_address", _address),
     ("etcd.endpoints", "etcd", "endpoints", _list),
     ("etcd.ca_cert", "etcd", "ca_cert", _path),
     ("etcd.cert", "etcd", "cert", _path),
@@ -120,6 +192,17 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("watch.wait_max", "watch", "wait_max", parse_duration),
     ("watch.interval", "watch", "interval", parse_duration),
     ("watch.confdir", "watch", "confdir", _bool),
+    ("exec.command", "exec", "command", _command),
+    ("exec.reload_signal", "exec", "reload_signal", _signal),
+    ("exec.stop_signal", "exec", "stop_signal", _signal),
+    ("exec.forward_signals", "exec", "forward_signals", _signals),
+    ("exec.stop_timeout", "exec", "stop_timeout", parse_duration),
+    ("exec.restart_delay", "exec", "restart_delay", parse_duration),
+    ("exec.restart_delay_max", "exec", "restart_delay_max", parse_duration),
+    ("exec.crash_limit", "exec", "crash_limit", _positive_int),
+    ("exec.crash_window", "exec", "crash_window", parse_duration),
+
+
 )
 
 
@@ -185,9 +268,11 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if watch.wait_max < watch.wait_min:
         raise ConfigError("watch", f"wait_max ({watch.wait_max}s) is below wait_min "
                           f"({watch.wait_min}s)", "wait_max")
+    exec_settings = ExecSettings(**{k.split(".", 1)[1]: v for k, v in values.items()
+                                    if k.startswith("exec.")})
     top = {k: v for k, v in values.items() if "." not in k}
     settings = Settings(config_path=config_path if config_path.exists() else None,
-                        etcd=etcd, watch=watch, **top)
+                        etcd=etcd, watch=watch, exec=exec_settings, **top)
     if settings.backend == "file" and not settings.file_paths:
         raise ConfigError("file backend", "needs at least one data file: set [file] paths, "
                           "CONFSYNC_FILE_PATHS or --file", "paths")
@@ -199,7 +284,9 @@ def read_password(settings: EtcdSettings) -> str | None:
     if settings.password_file is None:
         return None
     try:
-        return settings.password_file.read_text().rstrip("\n")
+        password = settings.password_file.read_text().rstrip("\n")
     except OSError as exc:
         raise ConfigError(str(settings.password_file), f"cannot read password: {exc.strerror}",
                           "etcd.password_file") from None
+    register_secret(password)
+    return password

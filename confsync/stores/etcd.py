@@ -53,6 +53,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _token_expired(exc: BaseException) -> bool:
+    """UNAUTHENTICATED ("invalid auth token"): the token timed out (--auth-token-ttl) or etcd
+    restarted and forgot it. A fresh client authenticates again."""
+    code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+    return code == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in str(exc)
+
+
 class EtcdStore:
     name = "etcd"
 
@@ -137,23 +144,35 @@ class EtcdStore:
     # ---- snapshot
 
     def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
-        """All prefixes at one revision: the first read fixes it, the rest are read at it."""
-        client = self._shared_client()
+        """All prefixes at one revision: the first read fixes it, the rest are read at it.
+
+        The client never refreshes its auth token, so once the token's TTL has passed every
+        call fails UNAUTHENTICATED: then authenticate again with a new client, once.
+        """
+        for attempt in (1, 2):
+            client = self._shared_client()
+            try:
+                return self._read(client, prefixes)
+            except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
+                self._drop_client()
+                if attempt == 1 and _token_expired(exc):
+                    log.info("etcd auth token expired or revoked; authenticating again")
+                    continue
+                raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
+                                       f"read failed: {_describe(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _read(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str]) -> Snapshot:
         values: dict[str, bytes] = {}
         revision = 0
-        try:
-            for prefix in prefixes:
-                key = prefix.encode()
-                kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-                response = client.get_range_response(key, _range_end(key), **kwargs)
-                if not revision:
-                    revision = int(response.header.revision)
-                for kv in response.kvs:
-                    values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
-        except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
-            self._drop_client()
-            raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
-                                   f"read failed: {_describe(exc)}") from None
+        for prefix in prefixes:
+            key = prefix.encode()
+            kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+            response = client.get_range_response(key, _range_end(key), **kwargs)
+            if not revision:
+                revision = int(response.header.revision)
+            for kv in response.kvs:
+                values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
         if not prefixes:
             revision = self._current_revision(client)
         return Snapshot(revision, values)

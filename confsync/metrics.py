@@ -1,0 +1,383 @@
+"""Prometheus metrics and health endpoints, fed by the daemon's observer events.
+
+`Metrics` is an Observer that keeps its own CollectorRegistry (never the global one: two daemons
+in one test process, or a library user's own metrics, must not collide). `MetricsServer` serves
+`/metrics`, `/health` and `/ready` from a small threaded WSGI server built on prometheus-client's
+own WSGI app, so content negotiation (OpenMetrics, gzip, `name[]=` filters) comes from the library.
+
+Per-resource freshness is exported as a timestamp gauge (`..._last_success_timestamp_seconds`),
+the Prometheus convention: alert on `time() - confsync_resource_last_success_timestamp_seconds`.
+A "seconds since" gauge would be stale between scrapes and wrong once the process stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    make_wsgi_app,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from confsync import __version__
+from confsync.events import Observer
+from confsync.settings import parse_host_port as parse_address
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from confsync.resources import Resource
+    from confsync.supervisor import Supervisor
+    from confsync.sync import Outcome
+
+log = logging.getLogger(__name__)
+
+# Steps at which an apply can fail (ResourceError.step), in pipeline order.
+STEPS = ("render", "guard", "stage", "check", "install", "reload")
+_AFTER_CHECK = {"install", "reload"}
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+HEALTH_MAX_AGE = 10.0  # /health fails when the loop has not beaten for this long
+
+
+class Metrics(Observer):
+    """The collectors and the readiness state they imply. Thread-safe for HTTP readers."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._resources: dict[str, Resource] = {}
+        self._failing: set[str] = set()
+        self._ready_seen = False
+        self._connected = False
+        self._connections = 0
+        self._last_beat = clock()
+        self._applied_revision = 0
+        self._current_revision = 0
+        r = self.registry
+        ns = "confsync"
+
+        Info("build", "confsync version", namespace=ns, registry=r).info({"version": __version__})
+        self.applies = Counter(
+            "applies", "Apply attempts per resource and outcome (unchanged, updated, failed)",
+            ["resource", "outcome"], namespace=ns, registry=r)
+        self.apply_seconds = Histogram(
+            "apply_duration_seconds", "Render, check and install time per resource",
+            ["resource"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
+        self.renders = Counter(
+            "renders", "Template renders per resource and outcome (ok, failed)",
+            ["resource", "outcome"], namespace=ns, registry=r)
+        self.checks = Counter(
+            "checks", "check_cmd runs per resource and outcome (ok, failed)",
+            ["resource", "outcome"], namespace=ns, registry=r)
+        self.check_seconds = Histogram(
+            "check_duration_seconds", "check_cmd run time", ["resource"], namespace=ns,
+            registry=r, buckets=DURATION_BUCKETS)
+        self.reloads = Counter(
+            "reloads", "Reloads (reload_cmd, signal, exec child) per resource and outcome",
+            ["resource", "outcome"], namespace=ns, registry=r)
+        self.reload_seconds = Histogram(
+            "reload_duration_seconds", "Reload time per resource", ["resource"], namespace=ns,
+            registry=r, buckets=DURATION_BUCKETS)
+        self.runtime_updates = Counter(
+            "runtime_updates", "Runtime-API updates (reload_strategy=runtime) per resource and "
+            "outcome", ["resource", "outcome"], namespace=ns, registry=r)
+        self.runtime_seconds = Histogram(
+            "runtime_update_duration_seconds", "Runtime-API update time per resource",
+            ["resource"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
+        self.failures = Counter(
+            "apply_failures", "Failed applies per resource and step (render, guard, stage, "
+            "check, install, reload)", ["resource", "step"], namespace=ns, registry=r)
+        self.guard_trips = Counter(
+            "guard_trips", "Renders refused by the min_keys guard (last good file kept)",
+            ["resource"], namespace=ns, registry=r)
+        self.last_success = Gauge(
+            "resource_last_success_timestamp_seconds", "Unix time of the last successful apply "
+            "(unchanged or updated)", ["resource"], namespace=ns, registry=r)
+        self.resource_ok = Gauge(
+            "resource_ok", "1 when the resource's last apply succeeded", ["resource"],
+            namespace=ns, registry=r)
+        self.batches = Counter(
+            "batches", "Debounced batches applied", namespace=ns, registry=r)
+        self.debounced_changes = Counter(
+            "debounced_changes", "Key changes delivered to the renderer in debounced batches",
+            namespace=ns, registry=r)
+        self.changes = Counter(
+            "changes_received", "Key changes received from the store (before debouncing)",
+            namespace=ns, registry=r)
+        self.watch_reconnects = Counter(
+            "watch_reconnects", "Watch streams re-opened after the first", namespace=ns,
+            registry=r)
+        self.watch_losses = Counter(
+            "watch_lost", "Watch streams lost", namespace=ns, registry=r)
+        self.watch_up = Gauge(
+            "watch_connected", "1 while a watch stream is open", namespace=ns, registry=r)
+        self.snapshots = Counter(
+            "snapshots", "Full snapshots loaded (start, compaction, resync)", namespace=ns,
+            registry=r)
+        self.current_revision = Gauge(
+            "store_revision", "Newest store revision seen", namespace=ns, registry=r)
+        self.applied_revision = Gauge(
+            "applied_revision", "Store revision of the last applied batch", namespace=ns,
+            registry=r)
+        self.config_reloads = Counter(
+            "config_reloads", "Configuration reloads (SIGHUP) per outcome (ok, refused)",
+            ["outcome"], namespace=ns, registry=r)
+        self.resources_gauge = Gauge(
+            "resources", "Resources loaded", namespace=ns, registry=r)
+        self.ready_gauge = Gauge(
+            "ready", "1 when /ready answers 200", namespace=ns, registry=r)
+        self.heartbeat_ts = Gauge(
+            "heartbeat_timestamp_seconds", "Unix time of the loop's last heartbeat",
+            namespace=ns, registry=r)
+
+    def track_exec(self, supervisor: Supervisor) -> None:
+        """Export the exec-mode child's state, read at scrape time."""
+        self.registry.register(_ExecCollector(supervisor))
+
+    # ---- state for /health and /ready
+
+    def _revision_seen(self, revision: int) -> None:
+        with self._lock:
+            if revision <= self._current_revision:
+                return
+            self._current_revision = revision
+        self.current_revision.set(revision)
+
+    def health(self, max_age: float = HEALTH_MAX_AGE) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            age = self._clock() - self._last_beat
+        return age <= max_age, {"heartbeat_age_seconds": round(age, 3), "max_age": max_age}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: first full render done, watch connected, and no resource's last apply failed.
+
+        Resources left out of a batch were not affected by it, so their last good render is as
+        current as the batch's revision; only a failed apply leaves a file behind the data.
+        """
+        with self._lock:
+            reasons = []
+            if not self._ready_seen:
+                reasons.append("first render not finished")
+            if not self._connected:
+                reasons.append("watch not connected")
+            if self._failing:
+                reasons.append("failing: " + ", ".join(sorted(self._failing)))
+            detail = {"revision": self._applied_revision, "resources": len(self._resources),
+                      "reasons": reasons}
+            return not reasons, detail
+
+    def _update_ready(self) -> None:
+        ok, _ = self.readiness()
+        self.ready_gauge.set(1 if ok else 0)
+
+    # ---- observer
+
+    def started(self, resources: Sequence[Resource]) -> None:
+        with self._lock:
+            self._resources = {r.name: r for r in resources}
+            self._failing &= set(self._resources)
+        self.resources_gauge.set(len(resources))
+        self._update_ready()
+
+    def snapshot_loaded(self, revision: int, keys: int) -> None:
+        self.snapshots.inc()
+        self._revision_seen(revision)
+
+    def watch_connected(self, revision: int) -> None:
+        with self._lock:
+            self._connections += 1
+            if self._connections > 1:
+                self.watch_reconnects.inc()
+            self._connected = True
+        self.watch_up.set(1)
+        self._update_ready()
+
+    def watch_lost(self, reason: str) -> None:
+        with self._lock:
+            self._connected = False
+        self.watch_losses.inc()
+        self.watch_up.set(0)
+        self._update_ready()
+
+    def changes_received(self, revision: int, keys: int) -> None:
+        """Optional hook: a watch batch arrived (before debouncing)."""
+        self.changes.inc(keys)
+        self._revision_seen(revision)
+
+    def batch_applied(self, revision: int, changed_keys: Sequence[str],
+                      outcomes: Sequence[Outcome]) -> None:
+        self.batches.inc()
+        self.debounced_changes.inc(len(changed_keys))
+        self._revision_seen(revision)
+        self.applied_revision.set(revision)
+        now = self._wall()
+        with self._lock:
+            self._applied_revision = max(self._applied_revision, revision)
+        for outcome in outcomes:
+            self._count(outcome, now)
+        self._update_ready()
+
+    def _count(self, outcome: Outcome, now: float) -> None:
+        resource = outcome.resource
+        name = resource.name
+        step = outcome.error.step if outcome.error is not None else None
+        self.applies.labels(name, outcome.status).inc()
+        self.apply_seconds.labels(name).observe(outcome.seconds)
+        with self._lock:
+            if outcome.status == "failed":
+                self._failing.add(name)
+            else:
+                self._failing.discard(name)
+        if outcome.status == "failed":
+            self.failures.labels(name, step or "unknown").inc()
+            self.resource_ok.labels(name).set(0)
+        else:
+            self.last_success.labels(name).set(now)
+            self.resource_ok.labels(name).set(1)
+        if step == "guard":
+            self.guard_trips.labels(name).inc()
+        if step != "guard":  # a guard trip is refused before rendering
+            self.renders.labels(name, "failed" if step == "render" else "ok").inc()
+        # A check ran when the staged file existed: the apply got to the check step or past it.
+        if resource.check_cmd and outcome.status != "unchanged" and step not in (
+                "render", "guard", "stage"):
+            self.checks.labels(name, "failed" if step == "check" else "ok").inc()
+            seconds = getattr(outcome, "check_seconds", None)
+            if isinstance(seconds, float | int):
+                self.check_seconds.labels(name).observe(seconds)
+        # A reload ran when the file was installed and an action was taken, or it failed.
+        reloaded = (outcome.status == "updated" and outcome.reload
+                    and outcome.reload != "no reload configured") or step == "reload"
+        if reloaded:
+            runtime = getattr(resource, "reload_strategy", "reload") == "runtime"
+            counter, histogram = ((self.runtime_updates, self.runtime_seconds) if runtime
+                                  else (self.reloads, self.reload_seconds))
+            counter.labels(name, "failed" if step == "reload" else "ok").inc()
+            seconds = getattr(outcome, "reload_seconds", None)
+            if isinstance(seconds, float | int):
+                histogram.labels(name).observe(seconds)
+
+    def ready(self, revision: int) -> None:
+        with self._lock:
+            self._ready_seen = True
+            self._applied_revision = max(self._applied_revision, revision)
+        self._revision_seen(revision)
+        self.applied_revision.set(revision)
+        self._update_ready()
+
+    def heartbeat(self) -> None:
+        with self._lock:
+            self._last_beat = self._clock()
+        self.heartbeat_ts.set(self._wall())
+
+    def config_reloaded(self, ok: bool, message: str) -> None:
+        self.config_reloads.labels("ok" if ok else "refused").inc()
+
+
+class _ExecCollector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        sup = self.supervisor
+        yield GaugeMetricFamily("confsync_exec_child_up", "1 while the exec-mode child runs",
+                                value=1 if sup.running else 0)
+        yield CounterMetricFamily("confsync_exec_restarts", "Exec-mode child restarts",
+                                  value=sup.restarts)
+        yield GaugeMetricFamily("confsync_exec_crash_loop",
+                                "1 once confsync gave up on a crash-looping child",
+                                value=1 if sup.gave_up is not None else 0)
+
+
+# ---- HTTP
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """`/metrics`, `/health`, `/ready` on one address, served from a daemon thread."""
+
+    def __init__(self, metrics: Metrics, address: str,
+                 health_max_age: float = HEALTH_MAX_AGE) -> None:
+        self.metrics = metrics
+        host, port = parse_address(address)
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._routes = {
+            "/health": lambda: metrics.health(health_max_age),
+            "/healthz": lambda: metrics.health(health_max_age),
+            "/ready": metrics.readiness,
+            "/readyz": metrics.readiness,
+        }
+        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        self._server = make_server(host, port, self._app, server_class, _QuietHandler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        check = self._routes.get(path)
+        if check is None:
+            if path in ("/metrics", "/"):
+                return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found; try /metrics, /health or /ready\n"]
+        ok, detail = check()
+        body = json.dumps({"ok": ok, **detail}).encode() + b"\n"
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                        ("Content-Length", str(len(body)))])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    def start(self) -> MetricsServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
+                                        name="confsync-metrics", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def start_metrics(address: str, metrics: Metrics | None = None) -> tuple[Metrics, MetricsServer]:
+    """What the daemon calls when `metrics_address` is set: the observer and its running server."""
+    metrics = metrics if metrics is not None else Metrics()
+    return metrics, MetricsServer(metrics, address).start()

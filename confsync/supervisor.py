@@ -1,0 +1,256 @@
+"""Exec mode: confsync runs the service it configures (`confsync watch --exec "haproxy -W ..."`).
+
+The daemon drives one `Supervisor` from its loop thread:
+`start()` after the first full render, `reload()` when a batch changed files, `poll()` on every
+tick (reaps, restarts after backoff, detects a crash loop), `forward(sig)` for signals meant for
+the child, and `stop(timeout)` on shutdown, whose return value is confsync's exit status.
+
+Why the loop thread only, and no SIGCHLD handler: `poll()` reaps with waitpid(), and as PID 1
+with waitpid(-1). A reap running concurrently with `subprocess.run()` (check_cmd, reload_cmd) would
+steal that command's exit status and Python would report it as 0: a failed check passing. And a
+Python signal handler runs on the main thread between any two bytecodes, so one that takes a lock
+(an Event, a Queue, logging) can deadlock against the code it interrupted. The loop ticks at least
+once a second, so zombies live at most that long and a dead child is noticed within a tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from confsync.events import Observer
+from confsync.sdnotify import NOTIFY_ENV
+
+if TYPE_CHECKING:
+    from confsync.settings import ExecSettings
+    from confsync.sync import Outcome
+
+log = logging.getLogger(__name__)
+
+EXIT_CRASH_LOOP = 1  # confsync's status when it gives up on a crash-looping child
+
+
+@dataclass(frozen=True)
+class ExecPolicy:
+    """How the child is treated; defaults suit HAProxy's master-worker mode (-W)."""
+
+    argv: tuple[str, ...]
+    reload_signal: signal.Signals = signal.SIGHUP
+    stop_signal: signal.Signals = signal.SIGTERM
+    forward_signals: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+    stop_timeout: float = 10.0
+    restart_delay: float = 1.0  # first backoff; doubles per quick death
+    restart_delay_max: float = 30.0
+    crash_limit: int = 5  # this many deaths ...
+    crash_window: float = 60.0  # ... within this many seconds: give up
+    stable_after: float = 10.0  # a child that lived this long resets the backoff
+
+
+def policy_from_settings(settings: ExecSettings) -> ExecPolicy:
+    return ExecPolicy(
+        argv=settings.command, reload_signal=settings.reload_signal,
+        stop_signal=settings.stop_signal, forward_signals=settings.forward_signals,
+        stop_timeout=settings.stop_timeout, restart_delay=settings.restart_delay,
+        restart_delay_max=settings.restart_delay_max, crash_limit=settings.crash_limit,
+        crash_window=settings.crash_window)
+
+
+def exit_status(returncode: int) -> int:
+    """Popen's returncode as a shell reports it: 128+N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor(Observer):
+    """One child process, kept running. Not thread-safe: call from the daemon's loop thread."""
+
+    def __init__(self, policy: ExecPolicy, env: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 reap_all: bool | None = None,
+                 on_give_up: Callable[[str], None] | None = None) -> None:
+        if not policy.argv:
+            raise ValueError("exec mode needs a command")
+        self.policy = policy
+        base = dict(os.environ if env is None else env)
+        self._env = {k: v for k, v in base.items() if k not in NOTIFY_ENV}
+        self._clock = clock
+        # PID 1 inherits orphans (HAProxy's old workers, a shell's children): reap them all.
+        self.reap_all = os.getpid() == 1 if reap_all is None else reap_all
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
+        self._deaths: deque[float] = deque()
+        self._quick_deaths = 0
+        self._restart_at: float | None = None
+        self._stopping = False
+        self.last_status: int | None = None
+        self.gave_up: str | None = None  # set when the crash-loop limit was hit
+        self.restarts = 0
+        # Called once when the crash-loop limit is hit (or the command cannot start): the
+        # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
+        self.on_give_up = on_give_up
+
+    # ---- lifecycle
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def start(self) -> None:
+        """Start the child (a no-op if it runs). Raises OSError if it cannot be executed."""
+        if self.running or self.gave_up is not None:
+            return
+        # Own process group: a terminal's ^C reaches confsync once, and we decide what the
+        # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).
+        self.proc = subprocess.Popen(list(self.policy.argv), env=self._env,
+                                     stdin=subprocess.DEVNULL, process_group=0)
+        self._started_at = self._clock()
+        self._restart_at = None
+        log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
+                 extra={"pid": self.proc.pid})
+
+    def reload(self) -> bool:
+        """Send the reload signal; False when no child runs (it will read the new files)."""
+        return self.forward(self.policy.reload_signal)
+
+    def forward(self, signum: int) -> bool:
+        if not self.running or self.proc is None:
+            return False
+        try:
+            os.kill(self.proc.pid, signum)
+        except ProcessLookupError:
+            return False
+        log.info("exec: sent %s to pid %d", signal.Signals(signum).name, self.proc.pid)
+        return True
+
+    def _relay(self, signum: int, frame: object) -> None:
+        """Signal handler: os.kill only; no locks, no logging (see the module docstring)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+
+    def install_signal_handlers(self) -> None:
+        """Relay the configured forward signals to the child as they arrive.
+
+        The daemon keeps its own SIGTERM/SIGINT (stop) and SIGHUP (config reload); a SIGHUP listed
+        in forward_signals is passed on from `reloading_config`.
+        """
+        for signum in self.policy.forward_signals:
+            if signum not in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(signum, self._relay)
+
+    def poll(self) -> None:
+        """Reap, notice a dead child, restart it when its backoff has passed."""
+        self._reap()
+        if self.proc is not None and self.proc.returncode is not None and not self._stopping:
+            self._died(self.proc.returncode)
+        if (self.proc is None and self._restart_at is not None and not self._stopping
+                and self._clock() >= self._restart_at and self.gave_up is None):
+            self.restarts += 1
+            try:
+                self.start()
+            except OSError as exc:
+                self._died(127, f"cannot start: {exc.strerror}")
+
+    def _reap(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.poll()  # waitpid(child, WNOHANG)
+        while self.reap_all:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.proc is not None and pid == self.proc.pid:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+            else:
+                log.debug("reaped orphan pid %d (status %d)", pid, status)
+
+    def _died(self, returncode: int, why: str = "") -> None:
+        now = self._clock()
+        uptime = now - self._started_at
+        self.last_status = exit_status(returncode)
+        self.proc = None
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > self.policy.crash_window:
+            self._deaths.popleft()
+        self._quick_deaths = 0 if uptime >= self.policy.stable_after else self._quick_deaths + 1
+        reason = why or (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
+                         else f"exited {returncode}")
+        if len(self._deaths) >= self.policy.crash_limit:
+            self._give_up(f"child {reason}; {len(self._deaths)} deaths within "
+                          f"{self.policy.crash_window:g}s: crash loop, giving up")
+            return
+        delay = min(self.policy.restart_delay * 2 ** max(self._quick_deaths - 1, 0),
+                    self.policy.restart_delay_max)
+        self._restart_at = now + delay
+        log.warning("exec: child %s after %.1fs; restarting in %.1fs", reason, uptime, delay)
+
+    def _give_up(self, why: str) -> None:
+        self.gave_up = why
+        log.error("exec: %s", why)
+        if self.on_give_up is not None:
+            self.on_give_up(why)
+
+    def stop(self, timeout: float | None = None, signum: int | None = None) -> int:
+        """Stop the child (stop_signal, then SIGKILL after `timeout`); return the exit status.
+
+        The status is the child's own (128+N if a signal killed it), so `docker stop` and
+        systemd see what the service said. After a crash loop it is EXIT_CRASH_LOOP at least.
+        """
+        self._stopping = True
+        timeout = self.policy.stop_timeout if timeout is None else timeout
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum or self.policy.stop_signal)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("exec: pid %d still running after %.0fs; SIGKILL", proc.pid, timeout)
+                proc.kill()
+                proc.wait()
+        if proc is not None and proc.returncode is not None:
+            self.last_status = exit_status(proc.returncode)
+        self.proc = None
+        self._reap()
+        status = self.last_status if self.last_status is not None else 0
+        if self.gave_up is not None:
+            return status or EXIT_CRASH_LOOP
+        return status
+
+    # ---- observer: the daemon can simply add the supervisor to its observers
+
+    def ready(self, revision: int) -> None:
+        try:
+            self.start()
+        except OSError as exc:  # a missing binary is a configuration error: fail fast
+            self.last_status = 127
+            self._give_up(f"cannot start `{self.policy.argv[0]}`: {exc.strerror}")
+
+    def batch_applied(self, revision: int, changed_keys: Sequence[str],
+                      outcomes: Sequence[Outcome]) -> None:
+        """Reload once per batch when a file that has no reload action of its own changed."""
+        if any(o.status == "updated" and not o.resource.reload_cmd
+               and o.resource.reload_signal is None for o in outcomes):
+            self.reload()
+
+    def heartbeat(self) -> None:
+        self.poll()
+
+    def reloading_config(self) -> None:
+        """SIGHUP reaches the daemon (it reloads its own config); pass it on when configured."""
+        if signal.SIGHUP in self.policy.forward_signals:
+            self.forward(signal.SIGHUP)

@@ -1,0 +1,265 @@
+"""etcd with TLS (client certificates required) and auth on: confsync reads through both.
+
+Certificates are made at test time (tests/support/certs.py); users and roles are created with the
+etcdctl shipped next to the etcd binary. Simple tokens with a 2 s TTL make expiry testable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from confsync.settings import EtcdSettings
+from confsync.stores import ChangeBatch
+from confsync.stores.etcd import EtcdStore
+from tests.support.certs import Pki, make_pki
+from tests.support.etcd_server import EtcdMember, start_single
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.etcd
+
+
+def text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+PASSWORD = "s3cret-Pa55-do-not-log"
+ROOT = "root:r00t-pw"
+TOKEN_TTL = 2
+
+
+@dataclass
+class SecureEtcd:
+    member: EtcdMember
+    pki: Pki
+    etcdctl: str
+    password_file: Path
+
+    def ctl(self, *args: str, user: str | None = ROOT) -> str:
+        argv = [self.etcdctl, "--command-timeout=15s", "--endpoints", self.member.endpoint,
+                "--cacert",
+                str(self.pki.ca_cert), "--cert", str(self.pki.client_cert), "--key",
+                str(self.pki.client_key), *(["--user", user] if user else []), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def wait_serving(self, timeout: float = 20.0) -> None:
+        """An open port is not a leader: wait until etcd answers (after a start or restart)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(
+                [self.etcdctl, "--command-timeout=2s", "--endpoints", self.member.endpoint,
+                 "--cacert", str(self.pki.ca_cert), "--cert", str(self.pki.client_cert),
+                 "--key", str(self.pki.client_key), "endpoint", "health"],
+                capture_output=True, text=True, timeout=10)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                assert done.returncode == 0, done.stderr
+                return
+            time.sleep(0.1)
+
+    def settings(self, **kw: object) -> EtcdSettings:
+        values: dict[str, object] = dict(
+            endpoints=(self.member.endpoint,), ca_cert=self.pki.ca_cert,
+            cert=self.pki.client_cert, key=self.pki.client_key, user="reader",
+            password_file=self.password_file, timeout=3.0)
+        values.update(kw)
+        return EtcdSettings(**values)  # type: ignore[arg-type]
+
+
+def start_secure(etcd_binary: str, base: Path) -> SecureEtcd:
+    """A TLS etcd with auth on: root, and `reader` with read access to /tls/ only."""
+    pki = make_pki(base / "pki")
+    member = start_single(etcd_binary, base / "etcd", scheme="https", extra_args=[
+        "--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key),
+        "--trusted-ca-file", str(pki.ca_cert), "--client-cert-auth",
+        "--auth-token", "simple", "--auth-token-ttl", str(TOKEN_TTL)])
+    password_file = base / "password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    etcd = SecureEtcd(member, pki, str(Path(etcd_binary).with_name("etcdctl")), password_file)
+    try:
+        etcd.wait_serving()
+        ctl = etcd.ctl
+        ctl("user", "add", "root", "--new-user-password=" + ROOT.split(":", 1)[1], user=None)
+        ctl("user", "grant-role", "root", "root", user=None)
+        ctl("role", "add", "reader", user=None)
+        ctl("role", "grant-permission", "reader", "--prefix=true", "read", "/tls/", user=None)
+        ctl("user", "add", "reader", "--new-user-password=" + PASSWORD, user=None)
+        ctl("user", "grant-role", "reader", "reader", user=None)
+        ctl("auth", "enable", user=None)
+        ctl("put", "/tls/backend/a", "10.0.0.1:80")
+        ctl("put", "/tls/backend/b", "10.0.0.2:80")
+        ctl("put", "/secret/x", "not for readers")
+    except BaseException:
+        member.stop()
+        raise
+    return etcd
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(etcd_binary: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
+    etcd = start_secure(etcd_binary, tmp_path_factory.mktemp("etcd-tls"))
+    yield etcd
+    etcd.member.stop()
+
+
+def _confdir(tmp_path: Path, keys: str = "/tls/backend") -> Path:
+    confdir = tmp_path / "conf"
+    (confdir / "conf.d").mkdir(parents=True)
+    (confdir / "templates").mkdir()
+    (confdir / "templates" / "b.tmpl").write_text(
+        "{% for kv in gets('/*') %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}")
+    (confdir / "conf.d" / "b.toml").write_text(
+        f'[template]\nsrc = "b.tmpl"\ndest = "{tmp_path / "out.txt"}"\nkeys = ["/"]\n'
+        f'prefix = "{keys}"\n')
+    return confdir
+
+
+def _config(tmp_path: Path, etcd: SecureEtcd, password_file: Path) -> Path:
+    config = tmp_path / "confsync.toml"
+    config.write_text(
+        f'confdir = "{_confdir(tmp_path)}"\nbackend = "etcd"\nlog_level = "debug"\n'
+        f'log_format = "json"\n[etcd]\nendpoints = ["{etcd.member.endpoint}"]\n'
+        f'ca_cert = "{etcd.pki.ca_cert}"\ncert = "{etcd.pki.client_cert}"\n'
+        f'key = "{etcd.pki.client_key}"\nuser = "reader"\npassword_file = "{password_file}"\n'
+        f'timeout = "3s"\n')
+    return config
+
+
+def _once(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "confsync", "once", "--config", str(config),
+                           *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_once_renders_through_tls_and_password_file(secure_etcd: SecureEtcd,
+                                                    tmp_path: Path) -> None:
+    done = _once(_config(tmp_path, secure_etcd, secure_etcd.password_file))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_text() == "a=10.0.0.1:80\nb=10.0.0.2:80\n"
+    assert PASSWORD not in done.stdout + done.stderr
+    # json logs: one object per line, the apply event among them
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(e.get("resource") == "b" and e.get("outcome") == "updated" for e in events)
+
+
+def test_wrong_password_is_exit_3_and_never_logged(secure_etcd: SecureEtcd,
+                                                   tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("Wr0ng-pa55word-also-secret\n")
+    done = _once(_config(tmp_path, secure_etcd, wrong))
+    assert done.returncode == 3, done.stderr
+    assert "authentication failed" in done.stderr
+    assert "Wr0ng-pa55word" not in done.stderr and PASSWORD not in done.stderr
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_client_certificate_is_required(secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    store = EtcdStore(secure_etcd.settings(cert=None, key=None))
+    with pytest.raises(Exception, match="etcd"):
+        store.snapshot(["/tls/"])
+    store.close()
+
+
+def test_role_limits_what_is_read(secure_etcd: SecureEtcd) -> None:
+    store = EtcdStore(secure_etcd.settings())
+    try:
+        assert set(store.snapshot(["/tls/"]).values) == {"/tls/backend/a", "/tls/backend/b"}
+        with pytest.raises(Exception, match="permission denied"):
+            store.snapshot(["/secret/"])
+    finally:
+        store.close()
+
+
+def test_expired_token_is_renewed_by_reconnecting(secure_etcd: SecureEtcd) -> None:
+    store = EtcdStore(secure_etcd.settings())
+    stale = store.new_client()  # what the store would keep using without the fix
+    events: queue.Queue[ChangeBatch | Exception] = queue.Queue()
+    try:
+        first = store.snapshot(["/tls/"])
+        watch = store.watch(["/tls/"], first.revision + 1, events.put)
+        time.sleep(TOKEN_TTL + 1.5)  # simple tokens expire after TTL seconds unused
+        with pytest.raises(grpc.RpcError) as raw:
+            stale.get_prefix_response(b"/tls/")
+        assert raw.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the problem is real
+        again = store.snapshot(["/tls/"])  # same store: re-authenticates and succeeds
+        assert again.values == first.values
+        # an open watch keeps its authorisation past the token's TTL
+        secure_etcd.ctl("put", "/tls/backend/c", "10.0.0.3:80")
+        batch = events.get(timeout=5)
+        assert isinstance(batch, ChangeBatch) and batch.changes[0].key == "/tls/backend/c"
+        watch.cancel()
+    finally:
+        secure_etcd.ctl("del", "/tls/backend/c")
+        stale.close()
+        store.close()
+
+
+WATCH_DRIVER = """
+import sys
+from confsync.daemon import run_daemon
+from confsync.logs import setup_logging
+from confsync.ops import Ops
+from confsync.settings import load_settings
+settings = load_settings({})
+setup_logging(settings.log_level, settings.log_format)
+with Ops.from_settings(settings) as ops:
+    sys.exit(ops.exit_code(run_daemon(settings, {}, ops.observers)))
+"""
+
+
+def test_watch_through_tls_auth_across_token_expiry_and_etcd_restart(
+        etcd_binary: str, tmp_path: Path) -> None:
+    etcd = start_secure(etcd_binary, tmp_path / "etcd")
+    out = tmp_path / "out.txt"
+    driver = tmp_path / "driver.py"
+    driver.write_text(WATCH_DRIVER)
+    log = tmp_path / "confsync.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONFSYNC_", "NOTIFY_"))}
+    env.update({"PYTHONPATH": str(REPO), "CONFSYNC_CONFIG": str(
+        _config(tmp_path, etcd, etcd.password_file)), "CONFSYNC_LOG_FORMAT": "text",
+        "CONFSYNC_WATCH_WAIT_MIN": "20ms"})
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "b=10.0.0.2:80" in text(out), "the first render")
+        time.sleep(TOKEN_TTL + 1)  # every token issued so far has expired
+        etcd.ctl("put", "/tls/backend/c", "10.0.0.3:80")
+        wait_for(lambda: "c=10.0.0.3:80" in text(out), "a change after token expiry")
+        etcd.member.kill()  # etcd forgets all simple tokens; the watch must resume anew
+        etcd.member.start()
+        etcd.wait_serving()
+        etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
+        wait_for(lambda: "d=10.0.0.4:80" in text(out), "a change after etcd restarted", 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        etcd.member.stop()
+    output = text(log)
+    assert "Traceback" not in output, output
+    assert PASSWORD not in output

@@ -1,0 +1,193 @@
+"""Metrics derived from batch outcomes, read back from the registry the way a scrape would."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from confsync.errors import ResourceError
+from confsync.metrics import Metrics, parse_address
+from confsync.resources import Resource
+from confsync.sync import FAILED, UNCHANGED, UPDATED, Outcome
+
+
+def resource(name: str, **kw: object) -> Resource:
+    return Resource(name=name, source=Path(f"/x/{name}.toml"), src=Path("/x/t"),
+                    dest=Path(f"/x/{name}.conf"), keys=("/a",), prefix="", **kw)  # type: ignore[arg-type]
+
+
+def fail(r: Resource, step: str) -> Outcome:
+    return Outcome(r, FAILED, ResourceError(r.name, step, "boom"), seconds=0.01)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def m(clock: Clock) -> Metrics:
+    return Metrics(clock=clock, wall=lambda: 1_700_000_000.0)
+
+
+def v(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_outcomes_by_resource_outcome_and_step(m: Metrics) -> None:
+    web = resource("web", check_cmd=("true",), reload_cmd=("true",))
+    api = resource("api", reload_strategy="runtime", reload_signal=signal.SIGUSR2, process="x")
+    plain = resource("plain")
+    m.started([web, api, plain])
+    m.batch_applied(7, ["/a/1", "/a/2", "/a/3"], [
+        Outcome(web, UPDATED, seconds=0.02, reload="ran `true` in 1 ms"),
+        Outcome(api, UPDATED, seconds=0.03, reload="sent SIGUSR2 to pid 5"),
+        Outcome(plain, UNCHANGED, seconds=0.001),
+    ])
+    assert v(m, "confsync_applies_total", resource="web", outcome="updated") == 1
+    assert v(m, "confsync_applies_total", resource="plain", outcome="unchanged") == 1
+    assert v(m, "confsync_apply_duration_seconds_count", resource="web") == 1
+    assert v(m, "confsync_apply_duration_seconds_sum", resource="api") == pytest.approx(0.03)
+    assert v(m, "confsync_renders_total", resource="plain", outcome="ok") == 1
+    assert v(m, "confsync_checks_total", resource="web", outcome="ok") == 1
+    assert v(m, "confsync_checks_total", resource="plain", outcome="ok") is None
+    assert v(m, "confsync_reloads_total", resource="web", outcome="ok") == 1
+    assert v(m, "confsync_runtime_updates_total", resource="api", outcome="ok") == 1
+    assert v(m, "confsync_reloads_total", resource="api", outcome="ok") is None
+    assert v(m, "confsync_resource_last_success_timestamp_seconds",
+             resource="plain") == 1_700_000_000.0
+    assert v(m, "confsync_debounced_changes_total") == 3
+    assert v(m, "confsync_batches_total") == 1
+    assert v(m, "confsync_applied_revision") == 7
+
+    m.batch_applied(8, ["/a/1"], [fail(web, "check"), fail(plain, "guard"),
+                                  fail(api, "reload")])
+    assert v(m, "confsync_checks_total", resource="web", outcome="failed") == 1
+    assert v(m, "confsync_apply_failures_total", resource="web", step="check") == 1
+    assert v(m, "confsync_reloads_total", resource="web", outcome="failed") is None
+    assert v(m, "confsync_guard_trips_total", resource="plain") == 1
+    assert v(m, "confsync_renders_total", resource="plain", outcome="ok") == 1, \
+        "a guard trip is not a render"
+    assert v(m, "confsync_runtime_updates_total", resource="api", outcome="failed") == 1
+    assert v(m, "confsync_resource_ok", resource="web") == 0
+    # the timestamp of the last success stays where it was
+    assert v(m, "confsync_resource_last_success_timestamp_seconds",
+             resource="plain") == 1_700_000_000.0
+
+    m.batch_applied(9, ["/a/1"], [fail(plain, "render")])
+    assert v(m, "confsync_renders_total", resource="plain", outcome="failed") == 1
+
+
+def test_revisions_and_watch(m: Metrics) -> None:
+    m.snapshot_loaded(10, 5)
+    m.watch_connected(11)
+    m.changes_received(15, 4)
+    assert v(m, "confsync_store_revision") == 15
+    m.batch_applied(12, ["/a"], [])
+    assert v(m, "confsync_store_revision") == 15, "never goes backwards"
+    assert v(m, "confsync_applied_revision") == 12
+    assert v(m, "confsync_changes_received_total") == 4
+    assert v(m, "confsync_watch_reconnects_total") == 0
+    m.watch_lost("boom")
+    assert v(m, "confsync_watch_connected") == 0
+    m.watch_connected(16)
+    m.watch_lost("boom")
+    m.watch_connected(16)
+    assert v(m, "confsync_watch_reconnects_total") == 2
+    assert v(m, "confsync_watch_lost_total") == 2
+    assert v(m, "confsync_snapshots_total") == 1
+
+
+def test_readiness(m: Metrics) -> None:
+    a, b = resource("a"), resource("b")
+    m.started([a, b])
+    assert m.readiness()[0] is False
+    m.batch_applied(3, [], [Outcome(a, UPDATED), fail(b, "render")])
+    m.ready(3)
+    m.watch_connected(4)
+    ok, detail = m.readiness()
+    assert not ok and detail["reasons"] == ["failing: b"]
+    m.batch_applied(5, ["/a/x"], [Outcome(b, UPDATED)])
+    assert m.readiness() == (True, {"revision": 5, "resources": 2, "reasons": []})
+    assert v(m, "confsync_ready") == 1
+    m.watch_lost("etcd gone")
+    assert m.readiness()[1]["reasons"] == ["watch not connected"]
+    assert v(m, "confsync_ready") == 0
+    # a config reload that drops the failing resource clears it
+    m.watch_connected(6)
+    m.batch_applied(6, [], [fail(b, "check")])
+    m.started([a])
+    assert m.readiness()[0] is True
+
+
+def test_health_follows_heartbeats(m: Metrics, clock: Clock) -> None:
+    m.heartbeat()
+    assert m.health(10.0)[0] is True
+    clock.now += 10.5
+    ok, detail = m.health(10.0)
+    assert not ok and detail["heartbeat_age_seconds"] == 10.5
+    m.heartbeat()
+    assert m.health(10.0)[0] is True
+
+
+def test_own_registry_so_instances_do_not_collide() -> None:
+    first, second = Metrics(), Metrics()
+    first.batches.inc()
+    assert second.registry.get_sample_value("confsync_batches_total") == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:9500", ("127.0.0.1", 9500)),
+    ("[::1]:9500", ("::1", 9500)),
+    (":9500", ("0.0.0.0", 9500)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9500", "::1:9500", "host:", "host:99999", "[nope]:1"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+def test_check_and_reload_durations_when_outcome_carries_them(m: Metrics) -> None:
+    """Outcome has no per-step timings yet; once it does (check_seconds, reload_seconds),
+    the histograms fill without a change here."""
+    web = resource("web", check_cmd=("true",), reload_cmd=("true",))
+    outcome = Outcome(web, UPDATED, seconds=0.3, reload="ran `true`")
+    outcome.check_seconds = 0.2  # type: ignore[attr-defined]
+    outcome.reload_seconds = 0.05  # type: ignore[attr-defined]
+    m.batch_applied(3, ["/a/x"], [outcome])
+    assert v(m, "confsync_check_duration_seconds_sum", resource="web") == pytest.approx(0.2)
+    assert v(m, "confsync_reload_duration_seconds_sum", resource="web") == pytest.approx(0.05)
+
+
+def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
+    import sys
+
+    from confsync.supervisor import ExecPolicy, Supervisor
+
+    m = Metrics()
+    sup = Supervisor(ExecPolicy(argv=(sys.executable, "-c", "import time; time.sleep(30)")))
+    m.track_exec(sup)
+    assert v(m, "confsync_exec_child_up") == 0
+    sup.start()
+    try:
+        assert v(m, "confsync_exec_child_up") == 1
+        assert v(m, "confsync_exec_restarts_total") == 0
+        assert v(m, "confsync_exec_crash_loop") == 0
+    finally:
+        sup.stop(timeout=5)
+    assert v(m, "confsync_exec_child_up") == 0
