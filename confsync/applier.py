@@ -146,18 +146,26 @@ def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
     return name
 
 
-def run_check(resource: Resource, staged: Path) -> None:
-    """Run `check_cmd` on the staged file; raise ResourceError(step='check') with its output."""
+def run_check(resource: Resource, staged: Path) -> float | None:
+    """Run `check_cmd` on the staged file; raise ResourceError(step='check') with its output.
+
+    Returns how long the check took (None: no check configured).
+    """
     if not resource.check_cmd:
-        return
+        return None
     argv = substitute(resource.check_cmd, staged, resource.dest)
     result = run_command(argv, resource.check_timeout)
     if not result.ok:
         raise ResourceError(resource.name, "check", result.describe(argv))
+    return result.seconds
 
 
-def install(resource: Resource, target: Target, check: bool = True) -> None:
-    """Stage, check, chown/chmod, rename over `dest`, fsync the directory."""
+def install(resource: Resource, target: Target, check: bool = True) -> float | None:
+    """Stage, check, chown/chmod, rename over `dest`, fsync the directory.
+
+    Returns the check's duration (None when there was none).
+    """
+    check_seconds = None
     directory = resource.dest.parent
     try:
         staged = write_staged(resource, directory, target.content)
@@ -166,7 +174,7 @@ def install(resource: Resource, target: Target, check: bool = True) -> None:
                             f"cannot write a staged file in {directory}: {exc.strerror}") from None
     try:
         if check:
-            run_check(resource, staged)
+            check_seconds = run_check(resource, staged)
         try:
             if (target.uid, target.gid) != (os.geteuid(), os.getegid()):
                 os.chown(staged, target.uid, target.gid)
@@ -189,6 +197,7 @@ def install(resource: Resource, target: Target, check: bool = True) -> None:
     except OSError as exc:
         raise ResourceError(resource.name, "install",
                             f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
+    return check_seconds
 
 
 def restore(resource: Resource, previous: FileState) -> None:

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quiet period before rendering a change (e.g. 100ms)")
     watch.add_argument("--wait-max", metavar="DURATION",
                        help="longest a change waits while changes keep coming (e.g. 2s)")
+    watch.add_argument("--exec", metavar="COMMAND", dest="exec_command",
+                       help="run COMMAND as a supervised child after the first full render; "
+                            "it gets the reload signal on change (see docs/operations.md)")
+    watch.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve /metrics, /health and /ready here (e.g. 127.0.0.1:9500)")
     return parser
 
 
@@ -77,6 +82,8 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
         "log_format": args.log_format,
         "watch.wait_min": getattr(args, "wait_min", None),
         "watch.wait_max": getattr(args, "wait_max", None),
+        "exec.command": getattr(args, "exec_command", None),
+        "metrics_address": getattr(args, "metrics_address", None),
     }
 
 
@@ -97,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "watch":
             from confsync.daemon import run_daemon
+            from confsync.ops import Ops
 
-            return run_daemon(settings, _cli_values(args))
+            with Ops.from_settings(settings) as ops:
+                return ops.exit_code(run_daemon(settings, _cli_values(args), ops.observers))
         from confsync.oneshot import run_check, run_once
 
         if args.command == "once":

@@ -75,7 +75,8 @@ class Daemon:
     def __init__(self, settings: Settings, cli_values: Mapping[str, Any] | None = None,
                  observers: Sequence[Observer] = ()) -> None:
         self.cli_values = dict(cli_values or {})
-        self.events: queue.Queue[object] = queue.Queue()
+        # SimpleQueue: its put() is safe from a signal handler (Queue.put can deadlock there).
+        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.observers = Observers(observers)
         self.mirror = Mirror()
         self.snapshot_floor = 0  # batches at or below the last snapshot's revision are in it
@@ -162,6 +163,7 @@ class Daemon:
             return  # already part of the snapshot the mirror holds
         changed = self.mirror.apply(batch)
         if changed:
+            self.observers.changes_received(batch.revision, len(changed))
             self._touch_covering(changed)
 
     def _on_snapshot(self, event: SnapshotTaken) -> None:
@@ -292,6 +294,7 @@ class Daemon:
             self.follower.start()
         else:
             self.apply(list(state.resources))
+        self.observers.started(state.resources)  # observers forget resources that are gone
         log.info("configuration reloaded: %d resources", len(state.resources))
         self.observers.config_reloaded(True, f"{len(state.resources)} resources")
         return True

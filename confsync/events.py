@@ -32,6 +32,9 @@ class Observer:
     def watch_lost(self, reason: str) -> None:
         """The stream broke; the loop backs off and resumes. Until then: degraded."""
 
+    def changes_received(self, revision: int, keys: int) -> None:
+        """A watch batch changed `keys` keys of the mirror (before debouncing)."""
+
     def batch_applied(self, revision: int, changed_keys: Sequence[str],
                       outcomes: Sequence[Outcome]) -> None:
         """One debounced batch was rendered/applied (outcomes hold status, error, reload)."""
@@ -79,6 +82,9 @@ class Observers(Observer):
 
     def watch_lost(self, reason: str) -> None:
         self._each("watch_lost", reason)
+
+    def changes_received(self, revision: int, keys: int) -> None:
+        self._each("changes_received", revision, keys)
 
     def batch_applied(self, revision: int, changed_keys: Sequence[str],
                       outcomes: Sequence[Outcome]) -> None:

@@ -43,6 +43,8 @@ class Outcome:
     seconds: float = 0.0
     previous: FileState | None = field(default=None, repr=False)
     content: bytes | None = field(default=None, repr=False)  # what was rendered
+    check_seconds: float | None = None
+    reload_seconds: float | None = None
 
     @property
     def diff(self) -> str:
@@ -118,7 +120,7 @@ class Syncer:
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
-            install(resource, target)
+            check_seconds = install(resource, target)
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
         except ResourceError as exc:
@@ -127,16 +129,19 @@ class Syncer:
             return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
                                                            f"{exc.filename}: {exc.strerror}"))
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
-                       content=content)
+                       content=content, check_seconds=check_seconds)
 
     def _reload(self, group: list[Outcome]) -> None:
         first = group[0].resource
         # A lone resource tells the reloader what changed (HAProxy runtime updates, bind checks).
         previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
         content = group[0].content if len(group) == 1 else None
+        started = time.monotonic()
         try:
             done = reload_resource(first, previous, content)
         except ReloadFailed as exc:
+            for outcome in group:
+                outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
             for outcome in group:
                 if outcome.previous is not None:
@@ -156,6 +161,7 @@ class Syncer:
             return
         for outcome in group:
             outcome.reload = done
+            outcome.reload_seconds = time.monotonic() - started
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""

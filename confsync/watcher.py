@@ -60,7 +60,7 @@ class Backoff:
 class StoreFollower(threading.Thread):
     """Follows `prefixes` in `store` and posts SnapshotTaken/BatchReceived/StreamState to `out`."""
 
-    def __init__(self, store: Store, prefixes: Sequence[str], out: queue.Queue[object],
+    def __init__(self, store: Store, prefixes: Sequence[str], out: queue.SimpleQueue[object],
                  resync_interval: float = 0.0, backoff: Backoff | None = None) -> None:
         super().__init__(name="confsync-follower", daemon=True)
         self.store = store
