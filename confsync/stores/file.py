@@ -94,32 +94,36 @@ class FileStore:
         watched = {p.resolve() for p in self._paths}
         store = self
 
+        def refresh() -> None:
+            try:
+                revision, new, old = store._refresh()
+            except StoreUnavailable as exc:
+                # A half-written or broken file: keep the mirror as it is, the watch lives on.
+                log.error("%s; keeping the last good data", exc)
+                return
+            changes = tuple(
+                Change(k, new.get(k))
+                for k in sorted(set(new) | set(old))
+                if new.get(k) != old.get(k) and any(k.startswith(p) for p in prefixes)
+            )
+            if changes:
+                sink(ChangeBatch(revision, changes))
+
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 paths = {Path(str(event.src_path)).resolve()}
                 if getattr(event, "dest_path", ""):
                     paths.add(Path(str(event.dest_path)).resolve())
-                if not paths & watched or event.event_type in ("opened", "closed_no_write"):
-                    return
-                try:
-                    revision, new, old = store._refresh()
-                except StoreUnavailable as exc:
-                    # A half-written or broken file: keep the mirror as it is, the watch lives on.
-                    log.error("%s; keeping the last good data", exc)
-                    return
-                changes = tuple(
-                    Change(k, new.get(k))
-                    for k in sorted(set(new) | set(old))
-                    if new.get(k) != old.get(k) and any(k.startswith(p) for p in prefixes)
-                )
-                if changes:
-                    sink(ChangeBatch(revision, changes, prefixes[0] if prefixes else ""))
+                if paths & watched and event.event_type not in ("opened", "closed_no_write"):
+                    refresh()
 
         observer = Observer()
         for directory in {p.parent for p in watched}:
             observer.schedule(Handler(), str(directory), recursive=False)
         observer.daemon = True
         observer.start()
+        # A change between the snapshot and the observer's start raised no event: look once.
+        refresh()
         return _ObserverHandle(observer)
 
     def close(self) -> None:
