@@ -47,6 +47,9 @@ class Resource:
     wait_max: float | None = None
     min_keys: int | None = None  # None: only refuse to go from some keys to none
     reload_strategy: str = "reload"
+    # runtime strategy only: false lets a change that touches nothing but HAProxy server lines
+    # skip check_cmd when the file it replaces passed the check in this process.
+    check_server_changes: bool = True
     runtime_socket: Path | None = None
     # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
     master_socket: Path | None = None
@@ -152,7 +155,7 @@ _KNOWN_KEYS = frozenset(
         "src", "dest", "keys", "prefix", "mode", "owner", "group", "uid", "gid",
         "check_cmd", "reload_cmd", "check_timeout", "reload_timeout", "reload_signal",
         "pidfile", "process", "wait_min", "wait_max", "min_keys", "reload_strategy",
-        "runtime_socket", "master_socket",
+        "runtime_socket", "master_socket", "check_server_changes",
     }
 )  # fmt: skip
 
@@ -236,6 +239,12 @@ def parse_resource(
             raise ConfigError(where, f"expected one of {RELOAD_STRATEGIES}, found {value!r}",
                               "template.reload_strategy")
         kwargs["reload_strategy"] = value
+    if "check_server_changes" in table:
+        value = table["check_server_changes"]
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, found {value!r}",
+                              "template.check_server_changes")
+        kwargs["check_server_changes"] = value
     if "runtime_socket" in table:
         kwargs["runtime_socket"] = Path(
             _expect_str(where, "template.runtime_socket", table["runtime_socket"]))

@@ -79,6 +79,8 @@ class Syncer:
         # Keys each resource saw at its last successful render: the default guard's memory.
         self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
         self.dests = DestCache()
+        # dest -> the bytes this process installed there after a passing check.
+        self.checked: dict[Path, bytes] = {}
 
     def render(self, resource: Resource) -> bytes:
         """Render and guard; raise ResourceError naming the step.
@@ -120,7 +122,9 @@ class Syncer:
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
-            check_seconds = install(resource, target)
+            check_seconds = install(resource, target, check=self._needs_check(resource, current,
+                                                                              content))
+            self.checked[resource.dest] = content
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
         except ResourceError as exc:
@@ -130,6 +134,17 @@ class Syncer:
                                                            f"{exc.filename}: {exc.strerror}"))
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
                        content=content, check_seconds=check_seconds)
+
+    def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
+        """Always, unless the resource opted out for HAProxy server-only changes and the file
+        being replaced is one this process installed after a passing check."""
+        if resource.check_server_changes or resource.reload_strategy != "runtime":
+            return True
+        if current.content is None or self.checked.get(resource.dest) != current.content:
+            return True
+        from confsync.haproxy.control import server_only_change
+
+        return not server_only_change(current.content, content)
 
     def _reload(self, group: list[Outcome]) -> None:
         first = group[0].resource

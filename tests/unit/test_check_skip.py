@@ -1,0 +1,63 @@
+"""`check_server_changes = false`: server-only changes skip the check only after a checked file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from confsync.mirror import Mirror
+from confsync.renderer import Renderer
+from confsync.resources import Resource
+from confsync.stores import Change, ChangeBatch, Snapshot
+from confsync.sync import UPDATED, Syncer
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "templates/haproxy/templates/haproxy.cfg.tmpl"
+
+
+def server(weight: int) -> bytes:
+    return json.dumps({"address": "10.0.0.1", "port": 80, "weight": weight}).encode()
+
+
+def setup(tmp_path: Path, opt_out: bool) -> tuple[Syncer, Resource, Path]:
+    count = tmp_path / "checks"
+    res = Resource(name="h", source=tmp_path / "h.toml", src=TEMPLATE, dest=tmp_path / "h.cfg",
+                   keys=("/services", "/haproxy"), prefix="", reload_strategy="runtime",
+                   check_server_changes=not opt_out,
+                   check_cmd=("sh", "-c", f"echo c >> {count}"))
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {"/services/web/instances/a": server(10),
+                             "/haproxy/frontends/main": b'{"bind": ["127.0.0.1:8080"]}'}))
+    return Syncer(Renderer(TEMPLATE.parent), mirror), res, count
+
+
+def checks(count: Path) -> int:
+    return count.read_text().count("c") if count.exists() else 0
+
+
+def change(syncer: Syncer, rev: int, key: str, value: bytes) -> None:
+    syncer.mirror.apply(ChangeBatch(rev, (Change(key, value),)))
+
+
+def test_server_only_changes_skip_the_check_when_opted_out(tmp_path: Path) -> None:
+    syncer, res, count = setup(tmp_path, opt_out=True)
+    assert syncer.apply([res])[0].status == UPDATED
+    assert checks(count) == 1  # a file this process has not checked: always checked
+    change(syncer, 2, "/services/web/instances/a", server(20))
+    assert syncer.apply([res])[0].status == UPDATED
+    assert checks(count) == 1  # weight only: proven equivalent, no check
+    change(syncer, 3, "/haproxy/frontends/other", b'{"bind": ["127.0.0.1:8081"]}')
+    syncer.apply([res])
+    assert checks(count) == 2  # structural: checked
+    res.dest.write_text(res.dest.read_text() + "# edited by hand\n")
+    change(syncer, 4, "/services/web/instances/a", server(30))
+    syncer.apply([res])
+    assert checks(count) == 3  # the file being replaced is not ours: checked
+
+
+def test_default_checks_every_change(tmp_path: Path) -> None:
+    syncer, res, count = setup(tmp_path, opt_out=False)
+    syncer.apply([res])
+    change(syncer, 2, "/services/web/instances/a", server(20))
+    syncer.apply([res])
+    assert checks(count) == 2
