@@ -28,13 +28,18 @@ class InvalidValue(ValueError):
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(value: object, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidValue(f"expected {what}, found {_show(value)}", value)
+        missing = type(value).__name__.endswith("Undefined")  # a template's missing field
+        raise InvalidValue(f"expected {what}, found "
+                           f"{'nothing (a missing field)' if missing else _show(value)}", value)
     return str(value)
 
 
@@ -63,7 +68,7 @@ def ipaddr(value: object) -> str:
 
 def port(value: object) -> int:
     """A TCP/UDP port 1-65535."""
-    text = _text(value, "a port number")
+    text = _text(value, "a port number 1-65535")
     if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
         raise InvalidValue(f"expected a port number 1-65535, found {_show(value)}", value)
     return int(text)
@@ -168,9 +173,10 @@ def _memo(check: Callable[..., object]) -> Callable[..., object]:
     @functools.wraps(check)
     def memoized(*args: object) -> object:
         try:
-            return cached(*args)
-        except TypeError:
+            hash(args)
+        except Exception:  # a list, a dict, or a template's Undefined: validate uncached
             return check(*args)
+        return cached(*args)
 
     return memoized
 

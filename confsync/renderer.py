@@ -103,6 +103,8 @@ def literal_prefix(pattern: str) -> str:
 
 
 _MISSING = object()
+_JSON_KINDS: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list,
+                                                   "string": str, "number": (int, float)}
 
 
 class TemplateData:
@@ -198,22 +200,26 @@ class TemplateData:
     def lsdir(self, directory: str) -> list[str]:
         return [name for name, is_dir in self._children(directory) if is_dir]
 
-    def fromjson(self, text: str) -> Any:
-        """Parse JSON. Results are shared between renders: templates treat them as read-only."""
-        if isinstance(text, str):
-            parsed = self._json_previous.get(text, _MISSING)
-            if parsed is not _MISSING:
-                self.json_used[text] = parsed
-                return parsed
-        try:
-            parsed = json.loads(text)
-            if isinstance(text, str):
-                self.json_used[text] = parsed
-            return parsed
-        except (TypeError, ValueError) as exc:
+    def fromjson(self, text: str, expect: str | None = None) -> Any:
+        """Parse JSON; `expect="object"` (or "array") also fails unless it is one.
+
+        Results are shared between renders: templates treat them as read-only.
+        """
+        parsed = self._json_previous.get(text, _MISSING) if isinstance(text, str) else _MISSING
+        if parsed is _MISSING:
+            try:
+                parsed = json.loads(text)
+            except (TypeError, ValueError) as exc:
+                key = self.provenance.get(text) if isinstance(text, str) else None
+                raise RenderFailure(f"{'key ' + key + ': ' if key else ''}value is not valid "
+                                    f"JSON: {exc}", key) from None
+        if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
             key = self.provenance.get(text) if isinstance(text, str) else None
-            raise RenderFailure(f"{'key ' + key + ': ' if key else ''}value is not valid JSON: "
-                                f"{exc}", key) from None
+            raise RenderFailure(f"{'key ' + key + ': ' if key else ''}expected a JSON {expect}, "
+                                f"found {text[:60]!r}", key)
+        if isinstance(text, str):
+            self.json_used[text] = parsed
+        return parsed
 
     def key_of(self, value: object) -> str | None:
         """The key a rejected value most likely came from: looked up only when a render fails.
@@ -223,6 +229,8 @@ class TemplateData:
         """
         if isinstance(value, str) and value in self.provenance:
             return self.provenance[value]
+        if not isinstance(value, str | int | float | bool):
+            return None  # a missing field, a list...: the caller falls back to the last key read
         needles = {str(value), json.dumps(value)} if not isinstance(value, str) else {
             value, json.dumps(value)[1:-1]}
         for text, key in reversed(self.provenance.items()):
@@ -268,7 +276,7 @@ def _bytecode_cache(jinja2: Any) -> Any:
         return None
 
 
-def _fromjson_outside_render(text: str) -> Any:
+def _fromjson_outside_render(text: str, expect: str | None = None) -> Any:
     return json.loads(text)
 
 
@@ -387,4 +395,7 @@ class Renderer:
             reason = f"undefined: {exc.message}"
         else:
             reason = f"{type(exc).__name__}: {exc}"
+        if "key " not in reason and data.provenance:
+            # Most failures inside a loop come from the value read last: say which it was.
+            reason += f" (last key read: {next(reversed(data.provenance.values()))})"
         return ResourceError(resource.name, "render", f"{where}: {reason}")
