@@ -173,10 +173,11 @@ def _memo(check: Callable[..., object]) -> Callable[..., object]:
     @functools.wraps(check)
     def memoized(*args: object) -> object:
         try:
-            hash(args)
-        except Exception:  # a list, a dict, or a template's Undefined: validate uncached
+            return cached(*args)
+        except InvalidValue:
+            raise
+        except Exception:  # unhashable: a list, a dict, or a template's Undefined
             return check(*args)
-        return cached(*args)
 
     return memoized
 

@@ -111,7 +111,8 @@ class TemplateData:
     """The confd-named functions, bound to one resource's view of the mirror for one render."""
 
     def __init__(self, mirror: Mirror, resource: Resource,
-                 json_cache: dict[str, Any] | None = None) -> None:
+                 json_cache: dict[str, Any] | None = None,
+                 kv_cache: dict[str, KV] | None = None) -> None:
         self._mirror = mirror
         self._prefix = resource.prefix
         self._roots = resource.watched_prefixes
@@ -121,6 +122,8 @@ class TemplateData:
         # a one-key change to a 5,000-instance pool parses one document, not 5,000.
         self._json_previous = json_cache or {}
         self.json_used: dict[str, Any] = {}
+        # KV items by key, reused while the mirror holds the very same value object.
+        self.kv_cache: dict[str, KV] = kv_cache if kv_cache is not None else {}
 
     def _full(self, key: str) -> str:
         return join_key(self._prefix, key)
@@ -182,7 +185,14 @@ class TemplateData:
     def gets(self, pattern: str) -> list[KV]:
         keys = self._matching(pattern)
         cut = len(self._prefix)
-        return [KV(k[cut:], v) for k, v in zip(keys, self._values(keys), strict=True)]
+        cache = self.kv_cache
+        items = []
+        for key, value in zip(keys, self._values(keys), strict=True):
+            kv = cache.get(key)
+            if kv is None or kv[1] is not value:
+                kv = cache[key] = KV(key[cut:], value)
+            items.append(kv)
+        return items
 
     def getvs(self, pattern: str) -> list[str]:
         return sorted(self._values(self._matching(pattern)))
@@ -330,6 +340,7 @@ class Renderer:
         self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
+        self._kv_caches: dict[str, dict[str, KV]] = {}
         self._compiled: dict[Path, jinja2.Template] = {}
 
     def _name(self, src: Path) -> str:
@@ -364,7 +375,10 @@ class Renderer:
     def render(self, resource: Resource, mirror: Mirror) -> str:
         """Render `resource` against the mirror, or raise ResourceError(step='render')."""
         template = self.compile(resource)
-        data = TemplateData(mirror, resource, self._json_caches.get(resource.name))
+        kv_cache = self._kv_caches.setdefault(resource.name, {})
+        if len(kv_cache) > 2 * len(mirror):
+            kv_cache.clear()  # keys deleted since: drop them now and then
+        data = TemplateData(mirror, resource, self._json_caches.get(resource.name), kv_cache)
         context: dict[str, Any] = data.functions()
         context["fromjson"] = context["json"] = data.fromjson  # `json` is confd's name
         self.env.filters["fromjson"] = data.fromjson
