@@ -216,7 +216,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
     backends = ctx.Process(target=_backends_process, args=(names, port_queue, stop_backends))
     backends.start()
     ports = dict(zip(names, port_queue.get(timeout=10), strict=True))
-    stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy, check=not args.no_check)
+    stack = HAProxyStack(haproxy, etcd_endpoint, strategy=strategy, check=not args.no_check,
+                         check_server_changes=not args.skip_server_checks)
     applier: Applier | None = None
     daemon: WatchProcess | None = None
     load: BaseProcess | None = None
@@ -266,7 +267,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
               f"changes (1 put + 1 delete every {args.interval * 1000:.0f} ms), "
               f"{args.threads} client threads paced to {args.rate:.0f} req/s, "
               f"{'keep-alive connections' if args.keepalive else 'new connection per request'}"
-              f"{', NO haproxy -c' if args.no_check else ''}")
+              f"{', NO haproxy -c' if args.no_check else ''}"
+              f"{', check_server_changes = false' if args.skip_server_checks else ''}")
         print(f"requests:            {requests} ({requests / elapsed:.0f}/s)")
         print(f"failed requests:     {sum(failed.values())} {failed or ''}")
         if applier is not None:
@@ -323,6 +325,9 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true",
                         help="no `haproxy -c` on staged files (what the runtime path would cost "
                              "if it skipped the check for server-only diffs)")
+    parser.add_argument("--skip-server-checks", action="store_true",
+                        help="check_server_changes = false: `haproxy -c` runs, except for "
+                             "server-only changes proven equivalent to a checked file")
     parser.add_argument("--backends", type=int, default=8)
     parser.add_argument("--pool", type=int, default=4)
     args = parser.parse_args()

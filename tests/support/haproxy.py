@@ -76,6 +76,7 @@ class HAProxyStack:
     etcd_endpoint: str
     strategy: str = "runtime"
     check: bool = True  # run `haproxy -c` on each staged file (the shipped resource does)
+    check_server_changes: bool = True  # false: proven server-only changes skip the check
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
@@ -101,6 +102,7 @@ class HAProxyStack:
             'mode = "0644"\n'
             + (f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
                if self.check else "")
+            + ("check_server_changes = false\n" if not self.check_server_changes else "")
             + f'reload_strategy = "{self.strategy}"\n'
             f'master_socket = "{self.master}"\n'
             + (f'reload_signal = "SIGUSR2"\npidfile = "{self.pidfile}"\n' if self.signal else "")
