@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.etcd_server import EtcdMember, find_etcd, start_single
+from tests.support.http_backends import HTTPBackend
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +47,15 @@ def haproxy_binary() -> str:
     if binary is None:
         pytest.fail("no haproxy binary: `apt-get install haproxy` (the CI script does)")
     return binary
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, HTTPBackend]]:
+    """Three small HTTP servers on loopback that answer with their own name."""
+    servers = {name: HTTPBackend(name).start() for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.stop()
 
 
 @pytest.fixture

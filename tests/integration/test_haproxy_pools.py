@@ -20,14 +20,6 @@ from tests.support.http_backends import HTTPBackend
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
 
-@pytest.fixture
-def backends() -> Iterator[dict[str, HTTPBackend]]:
-    servers = {name: HTTPBackend(name).start() for name in ("a", "b", "c")}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
 def _stack(haproxy: str, etcd: EtcdMember, strategy: str) -> HAProxyStack:
     return HAProxyStack(haproxy, etcd.endpoint, strategy=strategy)
 

@@ -21,14 +21,6 @@ pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
 
 @pytest.fixture
-def backends() -> Iterator[dict[str, HTTPBackend]]:
-    servers = {name: HTTPBackend(name).start() for name in ("a", "b", "c")}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
-@pytest.fixture
 def watched(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
             tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess]]:
     stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime")
