@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,8 +55,3 @@ def backends() -> Iterator[dict[str, HTTPBackend]]:
     yield servers
     for server in servers.values():
         server.stop()
-
-
-@pytest.fixture
-def confsync_cmd() -> list[str]:
-    return [sys.executable, "-m", "confsync"]
