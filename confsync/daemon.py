@@ -278,8 +278,10 @@ class Daemon:
         self.syncer = Syncer(state.renderer, self.mirror, self.syncer.last_counts)
         self.planner.wait_min = settings.watch.wait_min
         self.planner.wait_max = settings.watch.wait_max
-        known = {r.name for r in state.resources}
-        self.planner.forget(n for n in list(self.pending_keys) if n not in known)
+        # Pending renders hold the old Resource objects; every resource is rendered anew below
+        # (or after the new snapshot), so nothing pending may fire with an old definition.
+        self.planner.clear()
+        self.pending_keys.clear()
         if restart:
             self.follower.stop()
             self.follower.join(timeout=10)

@@ -56,9 +56,9 @@ class Planner:
     def next_deadline(self) -> float | None:
         return min((self._deadline(p) for p in self._pending.values()), default=None)
 
-    def forget(self, names: Iterable[str]) -> None:
-        for name in names:
-            self._pending.pop(name, None)
+    def clear(self) -> None:
+        """Drop everything pending: the caller is about to render every resource anyway."""
+        self._pending.clear()
 
     def __len__(self) -> int:
         return len(self._pending)

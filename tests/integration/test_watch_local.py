@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from confsync.daemon import Daemon
+from confsync.daemon import Daemon, SignalReceived
 from confsync.settings import Settings, WatchSettings
 from confsync.stores import WatchHandle, WatchSink
 from confsync.stores.file import FileStore
@@ -96,3 +97,32 @@ def test_periodic_resync_logs_and_fixes_drift(tmp_path: Path,
         daemon.events.put(None)
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_reload_drops_renders_pending_under_the_old_definition(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    old_dest, new_dest = tmp_path / "old.conf", tmp_path / "new.conf"
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{old_dest}"\nkeys = ["/app"]')
+    settings = Settings(confdir=tmp_path / "cd", backend="file", file_paths=(data,),
+                        watch=WatchSettings(wait_min=1.0, wait_max=2.0))
+    daemon = Daemon(settings, {"confdir": str(tmp_path / "cd"), "backend": "file",
+                               "file_paths": [str(data)], "watch.wait_min": "1s"})
+    daemon._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_for(lambda: read(old_dest) == "one\n", what="first render")
+        data.write_text("app:\n  v: two\n")
+        wait_for(lambda: len(daemon.planner) == 1, what="a pending render of the old definition")
+        write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                       f'dest = "{new_dest}"\nkeys = ["/app"]')
+        daemon.events.put(SignalReceived(signal.SIGHUP))
+        wait_for(lambda: read(new_dest) == "two\n", what="the new definition rendered")
+        time.sleep(2.5)  # past wait_max: a stale pending render would have fired by now
+        assert read(old_dest) == "one\n"
+    finally:
+        daemon.stopping = True
+        daemon.events.put(None)
+        thread.join(timeout=10)
