@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue
-from confsync.mirror import BadValue, Mirror
+from confsync.mirror import BadValue, Mirror, Value
 from confsync.resources import Resource, join_key
 
 if TYPE_CHECKING:
@@ -30,11 +30,7 @@ if TYPE_CHECKING:
 
 
 class RenderFailure(Exception):
-    """Raised inside a template; carries the key at fault when one is known."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        self.key = key
-        super().__init__(message)
+    """Raised inside a template; the message names the key at fault when one is known."""
 
 
 class Multiline(str):
@@ -115,6 +111,9 @@ class TemplateData:
                  kv_cache: dict[str, KV] | None = None) -> None:
         self._mirror = mirror
         self._prefix = resource.prefix
+        # Only keys under the resource's own prefixes are visible: anything else would not
+        # re-render it when it changes.
+        self._visible = resource.covers
         self._roots = resource.watched_prefixes
         # value -> key it came from, so a filter rejecting a value can name the key.
         self.provenance: dict[str, str] = {}
@@ -128,22 +127,16 @@ class TemplateData:
     def _full(self, key: str) -> str:
         return join_key(self._prefix, key)
 
-    def _visible(self, full: str) -> bool:
-        # Only keys under the resource's own prefixes: anything else would not re-render it.
-        return any(full.startswith(root) for root in self._roots)
-
-    def _value(self, full: str) -> str | None:
-        if not self._visible(full):
-            return None
-        value = self._mirror.get(full)
+    def _checked(self, key: str, value: Value) -> str:
+        """Text of a present value: records where it came from, refuses undecodable bytes."""
         if isinstance(value, BadValue):
-            raise RenderFailure(f"key {full}: {value.reason()}", full)
-        if value is not None:
-            self.provenance[value] = full
+            raise RenderFailure(f"key {key}: {value.reason()}")
+        self.provenance[value] = key
         return value
 
-    def _relative(self, full: str) -> str:
-        return full[len(self._prefix):] if self._prefix else full
+    def _value(self, full: str) -> str | None:
+        value = self._mirror.get(full) if self._visible(full) else None
+        return None if value is None else self._checked(full, value)
 
     def _matching(self, pattern: str) -> list[str]:
         full_pattern = self._full(pattern)
@@ -158,8 +151,7 @@ class TemplateData:
         value = self._value(self._full(key))
         if value is None:
             if default is None:
-                raise RenderFailure(f"key {self._full(key)} not found (getv without default)",
-                                    self._full(key))
+                raise RenderFailure(f"key {self._full(key)} not found (getv without default)")
             return default
         return value
 
@@ -171,16 +163,9 @@ class TemplateData:
         return self._visible(full) and self._mirror.get(full) is not None
 
     def _values(self, keys: list[str]) -> list[str]:
-        values = []
         get = self._mirror.get
-        for key in keys:  # keys come from _matching: visible and present
-            value = get(key)
-            if isinstance(value, BadValue):
-                raise RenderFailure(f"key {key}: {value.reason()}", key)
-            assert value is not None
-            self.provenance[value] = key
-            values.append(value)
-        return values
+        # keys come from _matching: visible and present
+        return [self._checked(key, get(key)) for key in keys]  # type: ignore[arg-type]
 
     def gets(self, pattern: str) -> list[KV]:
         keys = self._matching(pattern)
@@ -220,16 +205,16 @@ class TemplateData:
             try:
                 parsed = json.loads(text)
             except (TypeError, ValueError) as exc:
-                key = self.provenance.get(text) if isinstance(text, str) else None
-                raise RenderFailure(f"{'key ' + key + ': ' if key else ''}value is not valid "
-                                    f"JSON: {exc}", key) from None
+                raise self._about(text, f"value is not valid JSON: {exc}") from None
         if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
-            key = self.provenance.get(text) if isinstance(text, str) else None
-            raise RenderFailure(f"{'key ' + key + ': ' if key else ''}expected a JSON {expect}, "
-                                f"found {text[:60]!r}", key)
+            raise self._about(text, f"expected a JSON {expect}, found {text[:60]!r}")
         if isinstance(text, str):
             self.json_used[text] = parsed
         return parsed
+
+    def _about(self, text: object, message: str) -> RenderFailure:
+        key = self.provenance.get(text) if isinstance(text, str) else None
+        return RenderFailure(f"key {key}: {message}" if key else message)
 
     def key_of(self, value: object) -> str | None:
         """The key a rejected value most likely came from: looked up only when a render fails.
