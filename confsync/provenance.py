@@ -31,9 +31,15 @@ class KeyedStr(str):
 class KeyedInt(int):
     source_key: str
 
+    def __str__(self) -> str:  # `| string` keeps the key
+        return tag(int.__str__(self), self.source_key)  # type: ignore[no-any-return]
+
 
 class KeyedFloat(float):
     source_key: str
+
+    def __str__(self) -> str:
+        return tag(float.__repr__(self), self.source_key)  # type: ignore[no-any-return]
 
 
 # JSON true/false/null cannot be tagged (bool is final, None a singleton): remember which key the
@@ -83,6 +89,12 @@ for _name in ("__getitem__", "strip", "lstrip", "rstrip", "lower", "upper", "cas
               "rpartition", "removeprefix", "removesuffix", "zfill", "center", "ljust", "rjust",
               "expandtabs"):
     setattr(KeyedStr, _name, _retagging(_name))
+
+
+# Error messages (Jinja's "'dict object' has no attribute ...") read as for plain values.
+for _keyed, _plain in ((KeyedStr, str), (KeyedInt, int), (KeyedFloat, float), (KeyedDict, dict),
+                       (KeyedList, list)):
+    _keyed.__module__, _keyed.__name__ = "builtins", _plain.__name__
 
 
 def tag(value: Any, key: str) -> Any:

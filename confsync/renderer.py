@@ -453,6 +453,10 @@ class Renderer:
                     exc.key = source_key(self)  # type: ignore[attr-defined]
                     raise
 
+        # StrictUndefined aliases its dunders (__str__, __iter__, ...) to the base method.
+        for name, member in vars(jinja2.StrictUndefined).items():
+            if member is jinja2.Undefined._fail_with_undefined_error:
+                setattr(KeyedUndefined, name, KeyedUndefined._fail_with_undefined_error)
         self._keyed_undefined = KeyedUndefined
         # `fromjson` is rebound to each render's data (renders run one at a time, on the loop's
         # thread; a template looks its filters up when its render starts).

@@ -26,7 +26,7 @@ from confsync.applier import (
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
 from confsync.reload import ReloadFailed, reload_key, reload_resource
-from confsync.renderer import Renderer
+from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class Outcome:
     content: bytes | None = field(default=None, repr=False)  # what was rendered
     check_seconds: float | None = None
     reload_seconds: float | None = None
+    # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
+    warnings: tuple[RenderWarning, ...] = ()
 
     @property
     def diff(self) -> str:
@@ -83,6 +85,9 @@ class Syncer:
         self.checked: dict[Path, bytes] = {}
 
     def render(self, resource: Resource) -> bytes:
+        return self.render_with_warnings(resource)[0]
+
+    def render_with_warnings(self, resource: Resource) -> tuple[bytes, tuple[RenderWarning, ...]]:
         """Render and guard; raise ResourceError naming the step.
 
         The guard keeps the last good file when the data looks like a blip: fewer keys than
@@ -98,9 +103,10 @@ class Syncer:
             raise ResourceError(resource.name, "guard",
                                 f"all {self.last_counts[resource.name]} keys under {where} "
                                 f"vanished; keeping the last good file (min_keys = 0 allows it)")
-        content = self.renderer.render(resource, self.mirror).encode("utf-8")
+        rendered = self.renderer.render_result(resource, self.mirror)
+        content = rendered.text.encode("utf-8")
         self.last_counts[resource.name] = count
-        return content
+        return content, rendered.warnings
 
     def apply(self, resources: Sequence[Resource]) -> list[Outcome]:
         """Write what changed, then reload each affected target once."""
@@ -116,24 +122,28 @@ class Syncer:
 
     def _apply_one(self, resource: Resource) -> Outcome:
         start = time.monotonic()
+        warnings: tuple[RenderWarning, ...] = ()
         try:
-            content = self.render(resource)
+            content, warnings = self.render_with_warnings(resource)
             current = self.dests.current(resource.dest)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
-                return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
+                return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
+                               warnings=warnings)
             check_seconds = install(resource, target, check=self._needs_check(resource, current,
                                                                               content))
             self.checked[resource.dest] = content
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
         except ResourceError as exc:
-            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
+            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start,
+                           warnings=warnings)
         except OSError as exc:
             return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
-                                                           f"{exc.filename}: {exc.strerror}"))
+                                                           f"{exc.filename}: {exc.strerror}"),
+                           warnings=warnings)
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
-                       content=content, check_seconds=check_seconds)
+                       content=content, check_seconds=check_seconds, warnings=warnings)
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
         """Always, unless the resource opted out for HAProxy server-only changes and the file
@@ -185,7 +195,7 @@ class Syncer:
             for resource in resources:
                 start = time.monotonic()
                 try:
-                    content = self.render(resource)
+                    content, warnings = self.render_with_warnings(resource)
                     staged = write_staged(resource, Path(tmp), content)
                     run_check(resource, staged)
                 except ResourceError as exc:
@@ -195,5 +205,5 @@ class Syncer:
                 target = Target.for_resource(resource, content, current)
                 status = UNCHANGED if target.matches(current) else UPDATED
                 outcomes.append(Outcome(resource, status, seconds=time.monotonic() - start,
-                                        previous=current, content=content))
+                                        previous=current, content=content, warnings=warnings))
         return outcomes
