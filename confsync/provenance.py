@@ -59,7 +59,9 @@ class KeyedDict(dict[Any, Any]):
         return value
 
     def get(self, name: Any, default: Any = None) -> Any:
-        return self[name] if name in self else default
+        if name in self:
+            return self[name]
+        return default
 
 
 class KeyedList(list[Any]):
@@ -125,7 +127,7 @@ def source_key(value: object) -> str | None:
         key = getattr(getattr(value, "_undefined_obj", None), SOURCE, None)
         return key if isinstance(key, str) else None
     if value is None or isinstance(value, bool):
-        return _last_untagged[1] if _last_untagged[0] is value else None  # type: ignore[no-any-return]
+        return _last_untagged[1] if _last_untagged[0] is value else None
     key = getattr(value, SOURCE, None)
     return key if isinstance(key, str) else None
 

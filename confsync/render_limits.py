@@ -26,14 +26,14 @@ _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
 _set_async_exc.restype = ctypes.c_int
 
 
-class RenderTimeout(BaseException):  # noqa: N818
+class RenderTimeout(BaseException):
     """Raised into a render that overran its deadline.
 
     A BaseException, so that no `except Exception` in a filter or in Jinja swallows it.
     """
 
 
-class OutputTooLarge(Exception):  # noqa: N818
+class OutputTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"rendered output exceeds max_output_size ({format_size(limit)}); "
                          f"stopped rendering")
@@ -56,8 +56,8 @@ class Deadline:
             self._due = time.monotonic() + seconds
             self._fired = False
             if self._watchdog is None:
-                self._watchdog = threading.Thread(target=self._watch, name="confsync-render-deadline",
-                                                  daemon=True)
+                self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                                  name="confsync-render-deadline")
                 self._watchdog.start()
             elif self._due < self._sleeping_until:
                 self._cond.notify()

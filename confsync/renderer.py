@@ -441,7 +441,7 @@ class Renderer:
         self._attributing_filters = {name: _attributing(check)
                                      for name, check in VALIDATING_FILTERS.items()}
 
-        class KeyedUndefined(jinja2.StrictUndefined):  # type: ignore[misc]
+        class KeyedUndefined(jinja2.StrictUndefined):
             """A missing field of a tagged document names the document's key."""
 
             __slots__ = ()

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from confsync.durations import parse_duration
-from confsync.render_limits import parse_size
 from confsync.errors import ConfigError
+from confsync.render_limits import parse_size
 
 RELOAD_STRATEGIES = ("reload", "runtime")
 

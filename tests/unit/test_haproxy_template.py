@@ -130,7 +130,7 @@ def test_hostile_structural_value_fails_render_names_key_and_keeps_file(
                          ids=[str(i) for i in range(len(HOSTILE_INSTANCE))])
 def test_hostile_instance_is_left_out_and_reported_others_update(
         tmp_path: Path, value: Any, reason: str) -> None:
-    dest, before = _good_file(tmp_path)
+    dest, _ = _good_file(tmp_path)
     data = {**GOOD, INSTANCE: value,
             "/services/web/instances/web-2": {"address": "10.0.0.12", "port": 8080},
             "/services/api/instances/api-2": {"address": "10.0.0.13", "port": 9000}}
