@@ -544,16 +544,23 @@ class Renderer:
             context.update(hook(data))
         self.env.filters["fromjson"] = data.fromjson
         try:
-            return join_capped(template.generate(context), limit)
+            # What `template.render` does, but joined under the size cap.
+            return join_capped(template.root_render_func(template.new_context(context)), limit)
+        except (OutputTooLarge, RenderTimeout):
+            raise
+        except Exception:
+            # Jinja rewrites the traceback so that its frames carry template lines.
+            self.env.handle_exception()
+            raise  # not reached: handle_exception raises
         finally:
             self.env.filters["fromjson"] = _fromjson_outside_render
 
     def _render_leaving_out(self, template: jinja2.Template, resource: Resource,
                             mirror: Mirror) -> Rendered:
         limit = resource.max_output_size or self.max_output_size
-        remembered = self._left_out.get(resource.name, {})
+        remembered = self._left_out.get(resource.name)
         left_out = {key: reason for key, (value, reason) in remembered.items()
-                    if mirror.get(key) is value}
+                    if mirror.get(key) is value} if remembered else {}
         new = 0
         try:
             while True:
@@ -576,23 +583,28 @@ class Renderer:
                     new += 1
                     continue
                 if not text.isascii():
-                    self._refuse_undecodable(resource, text)
+                    self._refuse_undecodable(resource, mirror, text)
                 self._json_caches[resource.name] = data.json_used
+                if not left_out:
+                    return Rendered(text)
                 return Rendered(text, tuple(RenderWarning(key, reason)
                                             for key, reason in sorted(left_out.items())))
         finally:
-            self._left_out[resource.name] = {key: (mirror.get(key), reason)
-                                             for key, reason in left_out.items()}
+            if left_out or remembered:
+                self._left_out[resource.name] = {key: (mirror.get(key), reason)
+                                                 for key, reason in left_out.items()}
 
-    def _refuse_undecodable(self, resource: Resource, text: str) -> None:
+    def _refuse_undecodable(self, resource: Resource, mirror: Mirror, text: str) -> None:
         """Last line of defence (`multiline` output is not checked by `finalize`)."""
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
+            bad = [show_key(key) for prefix in resource.watched_prefixes
+                   for key in mirror.keys_with_prefix(prefix) if show_key(key) != key]
             raise ResourceError(resource.name, "render",
                                 f"rendered text is not UTF-8 at character {exc.start} (a "
-                                f"'multiline' value holds bytes of a key that is not UTF-8)"
-                                ) from None
+                                f"'multiline' value holds bytes of a key that is not UTF-8; "
+                                f"such keys here: {', '.join(bad[:5]) or 'none'})") from None
 
     def _explain(self, template: jinja2.Template, resource: Resource, mirror: Mirror,
                  left_out: Collection[str], data: TemplateData,
