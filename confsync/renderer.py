@@ -6,7 +6,11 @@ Safety is the default, not something each template must remember:
   the render, so a value can never add a line to a config (templates that really want
   multi-line text say so with `| multiline`);
 - validating filters (`ipaddr`, `port`, `hostport`, `identifier`, ...) reject anything that is
-  not what it claims to be; errors name the key the value came from.
+  not what it claims to be; errors name the key the value came from, found by rendering once
+  more with key-tagged values (confsync.provenance) only after a render failed;
+- `gets(..., skip_invalid=True)` leaves out an item whose value is refused, as a warning;
+- renders are bounded in time and output size (confsync.render_limits), and templates load only
+  from the templates directory (plus each resource's explicit `src`): templates are code.
 """
 
 from __future__ import annotations
@@ -413,8 +417,9 @@ FunctionsHook = Callable[[TemplateData], Mapping[str, Callable[..., Any]]]
 
 
 class Renderer:
-    # An item refused this many times in one render (each costs two renders) fails it: the next
-    # render goes on from there, since refused items are remembered while their value stays.
+    # At most this many new items are left out in one render (each costs two more renders);
+    # past it the render fails, and the next one goes on from there: items left out are
+    # remembered while their value stays the same.
     MAX_NEW_LEFT_OUT = 32
 
     def __init__(self, templates_dir: Path, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT,
