@@ -105,6 +105,8 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
     outcomes = syncer.plan(resource_set.resources)
     for outcome in outcomes:
         name = outcome.resource.name
+        for warning in outcome.warnings:
+            out.write(f"# {name}: WARNING: {warning}\n")
         if outcome.status == FAILED:
             out.write(f"# {name}: FAILED: {outcome.error}\n")
         elif outcome.status == UPDATED:

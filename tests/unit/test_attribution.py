@@ -243,3 +243,16 @@ def test_value_mixed_from_several_keys_says_last_key_read(tmp_path: Path) -> Non
                             {"/a": "1", "/b": "x"})
     assert "expected a port number" in message
     assert "key /" not in message and "(last key read: /b)" in message, message
+
+
+def test_many_bad_instances_are_left_out_over_two_renders(tmp_path: Path) -> None:
+    renderer, res = _haproxy(SHIPPED.parent, tmp_path)
+    bad = {f"/services/web/instances/b{i:02d}": {"address": "10.0.0.1", "port": 0}
+           for i in range(Renderer.MAX_NEW_LEFT_OUT + 5)}
+    mirror = _mirror({**BASE, **bad, "/services/web/instances/ok": {"address": "10.0.0.9",
+                                                                    "port": 80}})
+    with pytest.raises(ResourceError, match=r"and 32 other values refused in this render"):
+        renderer.render(res, mirror)
+    rendered = renderer.render_result(res, mirror)  # goes on from the remembered ones
+    assert sorted(w.key for w in rendered.warnings) == sorted(bad)
+    assert "server ok 10.0.0.9:80" in rendered.text
