@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 DEFAULT_RENDER_TIMEOUT = 30.0
 DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024
@@ -40,52 +41,57 @@ class OutputTooLarge(Exception):
 
 
 class Deadline:
-    """Arm before a render, disarm after; `RenderTimeout` is raised into the armed thread."""
+    """Arm before a render, disarm after; `RenderTimeout` is raised into the armed thread.
+
+    One per process (`DEADLINE`), one watchdog thread for all renderers and threads.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._thread_id = 0
-        self._due = 0.0  # 0: disarmed
-        self._fired = False
+        self._armed: dict[int, list[Any]] = {}  # thread id -> [due, fired]
         self._sleeping_until = float("inf")
         self._watchdog: threading.Thread | None = None
 
     def arm(self, seconds: float) -> None:
+        due = time.monotonic() + seconds
         with self._cond:
-            self._thread_id = threading.get_ident()
-            self._due = time.monotonic() + seconds
-            self._fired = False
+            self._armed[threading.get_ident()] = [due, False]
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, daemon=True,
                                                   name="confsync-render-deadline")
                 self._watchdog.start()
-            elif self._due < self._sleeping_until:
+            elif due < self._sleeping_until:
                 self._cond.notify()
 
     def disarm(self) -> bool:
         """True when the deadline fired; a timeout not yet delivered is cancelled."""
+        thread_id = threading.get_ident()
         with self._cond:
-            fired = self._fired
-            if fired:
-                _set_async_exc(self._thread_id, None)
-            self._due = 0.0
-            self._fired = False
-            return fired
+            entry = self._armed.pop(thread_id, None)
+            if entry is not None and entry[1]:
+                _set_async_exc(thread_id, None)
+                return True
+            return False
 
     def _watch(self) -> None:
         with self._cond:
             while True:
-                due = self._due
                 now = time.monotonic()
-                if not due or self._fired:
-                    self._sleeping_until = float("inf")
-                    self._cond.wait()
-                elif now < due:
-                    self._sleeping_until = due
-                    self._cond.wait(due - now)
-                else:
-                    self._fired = True
-                    _set_async_exc(self._thread_id, id(RenderTimeout))
+                next_due = float("inf")
+                for thread_id, entry in self._armed.items():
+                    due, fired = entry
+                    if fired:
+                        continue
+                    if due <= now:
+                        entry[1] = True
+                        _set_async_exc(thread_id, id(RenderTimeout))
+                    else:
+                        next_due = min(next_due, due)
+                self._sleeping_until = next_due
+                self._cond.wait(None if next_due == float("inf") else next_due - now)
+
+
+DEADLINE = Deadline()
 
 
 def join_capped(chunks: Iterator[str], limit: int) -> str:

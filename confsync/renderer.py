@@ -30,9 +30,9 @@ from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
 from confsync.provenance import forget, show_key, source_key, tag
 from confsync.render_limits import (
+    DEADLINE,
     DEFAULT_MAX_OUTPUT_SIZE,
     DEFAULT_RENDER_TIMEOUT,
-    Deadline,
     OutputTooLarge,
     RenderTimeout,
     join_capped,
@@ -477,7 +477,7 @@ class Renderer:
         # resource -> {key: (its value when refused, reason)}: still left out while unchanged.
         self._left_out: dict[str, dict[str, tuple[Value | None, str]]] = {}
         self._compiled: dict[Path, jinja2.Template] = {}
-        self._deadline = Deadline()
+        self._deadline = DEADLINE
 
     def add_functions(self, hook: FunctionsHook) -> None:
         """Register more template functions: `hook(data)` returns {name: callable}."""

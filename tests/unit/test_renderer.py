@@ -268,3 +268,34 @@ def test_function_hooks_extend_the_template_functions(tmp_path: Path) -> None:
     renderer, res, mirror = make(tmp_path, "{{ shout(getv('/a')) }}", {"/a": "hi"})
     renderer.add_functions(lambda data: {"shout": lambda text: text.upper() + "!"})
     assert renderer.render(res, mirror) == "HI!"
+
+
+def test_deadlines_of_concurrent_renders_are_per_thread(tmp_path: Path) -> None:
+    import threading
+
+    renderer, res, mirror = _limited(tmp_path, "{% for i in range(10**12) %}{% endfor %}",
+                                     render_timeout=0.3)
+    ok_dir = tmp_path / "ok"
+    ok_dir.mkdir()
+    fine, fine_res, _ = make(ok_dir, "{% for i in range(300000) %}{% endfor %}{{ getv('/a') }}",
+                             {"/a": "1"})
+    results: dict[str, object] = {}
+
+    def loop_forever() -> None:
+        try:
+            renderer.render(res, mirror)
+        except ResourceError as exc:
+            results["forever"] = str(exc)
+
+    def slow_but_fine() -> None:
+        for _ in range(5):
+            results["fine"] = Renderer(fine.templates_dir, render_timeout=60).render(
+                fine_res, mirror)
+
+    threads = [threading.Thread(target=loop_forever), threading.Thread(target=slow_but_fine)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert "render_timeout (0.3s)" in str(results["forever"])
+    assert results["fine"] == "1"
