@@ -201,7 +201,9 @@ class Syncer:
             try:
                 reload_resource(first, content, previous)
             except Exception as again:
-                log.error("resource %s: reload after rollback failed too: %s", first.name, again)
+                log.error("resource %s: reload after rollback failed too: %s", first.name,
+                          again if isinstance(again, ReloadFailed)
+                          else _unexpected(first, "reload", again).reason)
             return
         for outcome in group:
             outcome.reload = done
