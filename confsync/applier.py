@@ -130,6 +130,10 @@ def _staged_name(dest: Path, pid: int, attempt: int) -> str:
     return f".{dest.name}.{pid}.{attempt}{STAGED_SUFFIX}"
 
 
+# What _staged_name makes: the dest's name is everything before the last two numbers.
+_STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
+
+
 def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
@@ -144,17 +148,15 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
         by_directory.setdefault(dest.parent, set()).add(dest.name)
     removed = []
     for directory, names in by_directory.items():
-        patterns = [re.compile(rf"\.{re.escape(name)}\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
-                    for name in names]
         try:
             entries = os.listdir(directory)
         except OSError:
             continue  # a missing or unreadable directory is reported by the apply itself
         for entry in entries:
-            match = next((m for p in patterns if (m := p.fullmatch(entry))), None)
-            if match is None:
+            match = _STAGED.fullmatch(entry)
+            if match is None or match[1] not in names:
                 continue
-            pid = int(match[1])
+            pid = int(match[2])
             if pid == os.getpid() or psutil.pid_exists(pid):
                 continue
             path = directory / entry
