@@ -299,3 +299,24 @@ def test_deadlines_of_concurrent_renders_are_per_thread(tmp_path: Path) -> None:
         thread.join(60)
     assert "render_timeout (0.3s)" in str(results["forever"])
     assert results["fine"] == "1"
+
+
+def test_render_limits_settings_and_resource_fields(tmp_path: Path) -> None:
+    from confsync.errors import ConfigError
+    from confsync.resources import parse_resource
+    from confsync.settings import load_settings
+
+    settings = load_settings({"config": None}, {"CONFSYNC_CONFIG": "",
+                                                "CONFSYNC_RENDER_TIMEOUT": "2s",
+                                                "CONFSYNC_MAX_OUTPUT_SIZE": "1MiB"})
+    assert (settings.render_timeout, settings.max_output_size) == (2.0, 1024 * 1024)
+    with pytest.raises(ConfigError, match="RENDER_TIMEOUT: expected a duration above 0"):
+        load_settings({}, {"CONFSYNC_RENDER_TIMEOUT": "0"})
+    (tmp_path / "t.tmpl").write_text("")
+    table = {"src": "t.tmpl", "dest": str(tmp_path / "out"), "keys": ["/a"]}
+    res = parse_resource(tmp_path / "r.toml", {"template": {
+        **table, "render_timeout": "250ms", "max_output_size": 4096}}, tmp_path)
+    assert (res.render_timeout, res.max_output_size) == (0.25, 4096)
+    with pytest.raises(ConfigError, match=r"template\.max_output_size"):
+        parse_resource(tmp_path / "r.toml", {"template": {**table, "max_output_size": "lots"}},
+                       tmp_path)
