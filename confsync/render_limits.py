@@ -11,7 +11,6 @@ catastrophic regex, `"x" * 10**10`) is not interrupted: templates are trusted li
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import re
 import threading
@@ -22,9 +21,17 @@ from typing import Any
 DEFAULT_RENDER_TIMEOUT = 30.0
 DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
-_set_async_exc.restype = ctypes.c_int
+def _set_async_exc(thread_id: int, exc_class: int | None) -> None:
+    """Raise the class whose id is `exc_class` in thread `thread_id` (None: cancel it).
+
+    ctypes is imported here, when a deadline fires: about 3 ms that `once` need not pay.
+    """
+    import ctypes
+
+    function = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    function.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+    function.restype = ctypes.c_int
+    function(thread_id, exc_class)
 
 
 class RenderTimeout(BaseException):
