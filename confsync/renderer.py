@@ -529,6 +529,10 @@ class Renderer:
                 self._deadline.disarm()
         except RenderTimeout:
             self._deadline.disarm()
+            # It may have landed while the attribution render's swaps were being undone.
+            self.env.filters.update(VALIDATING_FILTERS)
+            self.env.filters["fromjson"] = _fromjson_outside_render
+            self.env.undefined = self._jinja.StrictUndefined
             raise ResourceError(resource.name, "render",
                                 f"{template.filename or resource.src}: render took longer than "
                                 f"render_timeout ({timeout:g}s); stopped it") from None
