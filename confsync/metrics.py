@@ -256,12 +256,13 @@ class Metrics(Observer):
                 self._failing.add(name)
             else:
                 self._failing.discard(name)
-            rendered = outcome.status != "failed" or step not in ("render", "guard")
-            if rendered and outcome.warnings:
+            # What the file in place left out: a failed apply left the previous file.
+            installed = outcome.status != "failed"
+            if installed and outcome.warnings:
                 self._left_out[name] = [show_key(w.key) for w in outcome.warnings]
-            elif rendered:
+            elif installed:
                 self._left_out.pop(name, None)
-        if rendered:
+        if installed:
             self.values_left_out.labels(name).set(len(outcome.warnings))
         if outcome.status == "failed":
             self.failures.labels(name, step or "unknown").inc()
