@@ -630,7 +630,7 @@ class Renderer:
         forget()
         again: Exception | None = None
         try:
-            self._run(template, attributing, self.max_output_size)
+            self._run(template, attributing, resource.max_output_size or self.max_output_size)
         except Exception as second:
             again = second
         finally:
