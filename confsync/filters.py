@@ -25,14 +25,26 @@ class InvalidValue(ValueError):
     def __init__(self, message: str, value: object = None) -> None:
         super().__init__(message)
         self.value = value
+        self.key: str | None = None  # where the value came from, when the renderer knows
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _show(value: object) -> str:
+    """A short printable form; text holding bytes that are not UTF-8 (kept as surrogates)
+    shows them escaped as bytes, like `'k\\xff'`."""
     try:
-        text = repr(value)
+        if isinstance(value, str) and not value.isprintable() and _SURROGATE.search(value):
+            text = repr(value.encode("utf-8", "surrogateescape"))[1:]
+        else:
+            text = repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+show_value = _show
 
 
 def _text(value: object, what: str) -> str:

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from confsync import __version__
 from confsync.events import Observer
+from confsync.provenance import show_key
 from confsync.settings import parse_host_port as parse_address
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class Metrics(Observer):
         self._lock = threading.Lock()
         self._resources: dict[str, Resource] = {}
         self._failing: set[str] = set()
+        # resource -> keys its last render left out (refused instance values): /ready detail.
+        self._left_out: dict[str, list[str]] = {}
         self._ready_seen = False
         self._connected = False
         self._connections = 0
@@ -105,6 +108,10 @@ class Metrics(Observer):
         self.failures = Counter(
             "apply_failures", "Failed applies per resource and step (render, guard, stage, "
             "check, install, reload)", ["resource", "step"], namespace=ns, registry=r)
+        self.values_left_out = Gauge(
+            "values_left_out", "Values the resource's last render left out because a filter "
+            "refused them (gets skip_invalid); the keys are in /ready", ["resource"],
+            namespace=ns, registry=r)
         self.guard_trips = Counter(
             "guard_trips", "Renders refused by the min_keys guard (last good file kept)",
             ["resource"], namespace=ns, registry=r)
@@ -180,8 +187,10 @@ class Metrics(Observer):
                 reasons.append("watch not connected")
             if self._failing:
                 reasons.append("failing: " + ", ".join(sorted(self._failing)))
-            detail = {"revision": self._applied_revision, "resources": len(self._resources),
-                      "reasons": reasons}
+            detail: dict[str, Any] = {"revision": self._applied_revision,
+                                      "resources": len(self._resources), "reasons": reasons}
+            if self._left_out:  # reported, not failing: the rest of the file is current
+                detail["left_out"] = {name: list(keys) for name, keys in self._left_out.items()}
             return not reasons, detail
 
     def _update_ready(self) -> None:
@@ -194,6 +203,7 @@ class Metrics(Observer):
         with self._lock:
             self._resources = {r.name: r for r in resources}
             self._failing &= set(self._resources)
+            self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
         self.resources_gauge.set(len(resources))
         self._update_ready()
 
@@ -246,6 +256,14 @@ class Metrics(Observer):
                 self._failing.add(name)
             else:
                 self._failing.discard(name)
+            # What the file in place left out: a failed apply left the previous file.
+            installed = outcome.status != "failed"
+            if installed and outcome.warnings:
+                self._left_out[name] = [show_key(w.key) for w in outcome.warnings]
+            elif installed:
+                self._left_out.pop(name, None)
+        if installed:
+            self.values_left_out.labels(name).set(len(outcome.warnings))
         if outcome.status == "failed":
             self.failures.labels(name, step or "unknown").inc()
             self.resource_ok.labels(name).set(0)

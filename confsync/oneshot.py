@@ -14,6 +14,7 @@ from confsync.errors import (
     EXIT_WOULD_CHANGE,
 )
 from confsync.mirror import Mirror
+from confsync.provenance import show_key
 from confsync.renderer import Renderer
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
@@ -49,6 +50,9 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) ->
         fields["changed_count"] = len(changed_keys)
     if outcome.status == UPDATED:
         fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
+    for warning in outcome.warnings:
+        log.warning("resource %s: %s", res.name, warning,
+                    extra={**fields, "step": "render", "key": show_key(warning.key)})
     if outcome.status == FAILED and outcome.error is not None:
         log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
     elif outcome.status == UPDATED:
@@ -82,7 +86,9 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
         mirror = snapshot_mirror(store, resource_set.resources)
     finally:
         store.close()
-    return resource_set, Syncer(Renderer(settings.confdir / "templates"), mirror)
+    renderer = Renderer(settings.confdir / "templates", render_timeout=settings.render_timeout,
+                        max_output_size=settings.max_output_size)
+    return resource_set, Syncer(renderer, mirror)
 
 
 def run_once(settings: Settings) -> int:
@@ -104,6 +110,8 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
     outcomes = syncer.plan(resource_set.resources)
     for outcome in outcomes:
         name = outcome.resource.name
+        for warning in outcome.warnings:
+            out.write(f"# {name}: WARNING: {warning}\n")
         if outcome.status == FAILED:
             out.write(f"# {name}: FAILED: {outcome.error}\n")
         elif outcome.status == UPDATED:

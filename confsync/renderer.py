@@ -6,7 +6,11 @@ Safety is the default, not something each template must remember:
   the render, so a value can never add a line to a config (templates that really want
   multi-line text say so with `| multiline`);
 - validating filters (`ipaddr`, `port`, `hostport`, `identifier`, ...) reject anything that is
-  not what it claims to be; errors name the key the value came from.
+  not what it claims to be; errors name the key the value came from, found by rendering once
+  more with key-tagged values (confsync.provenance) only after a render failed;
+- `gets(..., skip_invalid=True)` leaves out an item whose value is refused, as a warning;
+- renders are bounded in time and output size (confsync.render_limits), and templates load only
+  from the templates directory (plus each resource's explicit `src`): templates are code.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import functools
 import json
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confsync.errors import ResourceError
-from confsync.filters import VALIDATING_FILTERS, InvalidValue
+from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
+from confsync.provenance import forget, show_key, source_key, tag
+from confsync.render_limits import (
+    DEADLINE,
+    DEFAULT_MAX_OUTPUT_SIZE,
+    DEFAULT_RENDER_TIMEOUT,
+    OutputTooLarge,
+    RenderTimeout,
+    join_capped,
+)
 from confsync.resources import Resource, join_key
 
 if TYPE_CHECKING:
@@ -30,7 +44,27 @@ if TYPE_CHECKING:
 
 
 class RenderFailure(Exception):
-    """Raised inside a template; the message names the key at fault when one is known."""
+    """Raised inside a template; `key` is the key at fault when it is known."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class RenderWarning:
+    """A value left out of a render (its item skipped), and why."""
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"key {show_key(self.key)}: {self.reason}; left out"
+
+
+class Rendered(NamedTuple):
+    text: str
+    warnings: tuple[RenderWarning, ...] = ()
 
 
 class Multiline(str):
@@ -39,8 +73,9 @@ class Multiline(str):
     __slots__ = ()
 
 
-# Characters that end or split a line in some parser: C0 controls but tab, DEL, NEL, LS, PS.
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+# Characters that end or split a line in some parser: C0 controls but tab, DEL, NEL, LS, PS;
+# and lone surrogates, which stand for bytes of a key that is not UTF-8.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
 
 
 class KV(NamedTuple):
@@ -104,35 +139,46 @@ _JSON_KINDS: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list
 
 
 class TemplateData:
-    """The confd-named functions, bound to one resource's view of the mirror for one render."""
+    """The confd-named functions, bound to one resource's view of the mirror for one render.
+
+    Two modes. The normal one hands out plain values and tracks nothing but the last key read.
+    The attribution mode, used only to explain a render that already failed, hands out values
+    tagged with their key (see confsync.provenance), so the error names the key exactly.
+    """
 
     def __init__(self, mirror: Mirror, resource: Resource,
                  json_cache: dict[str, Any] | None = None,
-                 kv_cache: dict[str, KV] | None = None) -> None:
+                 kv_cache: dict[str, KV] | None = None, *, attributing: bool = False,
+                 left_out: Collection[str] = ()) -> None:
         self._mirror = mirror
         self._prefix = resource.prefix
         # Only keys under the resource's own prefixes are visible: anything else would not
         # re-render it when it changes.
         self._visible = resource.covers
         self._roots = resource.watched_prefixes
-        # value -> key it came from, so a filter rejecting a value can name the key.
-        self.provenance: dict[str, str] = {}
+        self.attributing = attributing
+        self.last_key: str | None = None
+        # Keys handed out by `gets(..., skip_invalid=True)`: a refused value of one of them
+        # leaves that item out instead of failing the render.
+        self.skippable: set[str] = set()
+        self._left_out = left_out
         # Parsed JSON by text, from the previous render of this resource and for the next one:
         # a one-key change to a 5,000-instance pool parses one document, not 5,000.
-        self._json_previous = json_cache or {}
+        self._json_previous = {} if attributing else (json_cache or {})
         self.json_used: dict[str, Any] = {}
         # KV items by key, reused while the mirror holds the very same value object.
-        self.kv_cache: dict[str, KV] = kv_cache if kv_cache is not None else {}
+        self.kv_cache: dict[str, KV] = kv_cache if kv_cache is not None and not attributing \
+            else {}
 
     def _full(self, key: str) -> str:
         return join_key(self._prefix, key)
 
     def _checked(self, key: str, value: Value) -> str:
-        """Text of a present value: records where it came from, refuses undecodable bytes."""
+        """Text of a present value; refuses undecodable bytes (tagged when attributing)."""
+        self.last_key = key
         if isinstance(value, BadValue):
-            raise RenderFailure(f"key {key}: {value.reason()}")
-        self.provenance[value] = key
-        return value
+            raise RenderFailure(value.reason(), key)
+        return tag(value, key) if self.attributing else value
 
     def _value(self, full: str) -> str | None:
         value = self._mirror.get(full) if self._visible(full) else None
@@ -151,12 +197,15 @@ class TemplateData:
         value = self._value(self._full(key))
         if value is None:
             if default is None:
-                raise RenderFailure(f"key {self._full(key)} not found (getv without default)")
+                full = self._full(key)
+                raise RenderFailure(f"key {show_key(full)} not found (getv without default)",
+                                    full)
             return default
         return value
 
     def get(self, key: str) -> KV:
-        return KV(key, self.getv(key))
+        value = self.getv(key)
+        return KV(tag(key, self._full(key)) if self.attributing else key, value)
 
     def exists(self, key: str) -> bool:
         full = self._full(key)
@@ -165,11 +214,23 @@ class TemplateData:
     def _values(self, keys: list[str]) -> list[str]:
         get = self._mirror.get
         # keys come from _matching: visible and present
-        return [self._checked(key, get(key)) for key in keys]  # type: ignore[arg-type]
+        values = [self._checked(key, get(key)) for key in keys]  # type: ignore[arg-type]
+        if keys:
+            self.last_key = keys[-1]
+        return values
 
-    def gets(self, pattern: str) -> list[KV]:
+    def gets(self, pattern: str, skip_invalid: bool = False) -> list[KV]:
+        """Items whose keys match; with `skip_invalid`, an item whose value a filter refuses
+        is left out of the render (and reported) instead of failing it."""
         keys = self._matching(pattern)
+        if skip_invalid and self._left_out:
+            keys = [k for k in keys if k not in self._left_out]
         cut = len(self._prefix)
+        if self.attributing:
+            if skip_invalid:
+                self.skippable.update(keys)
+            return [KV(tag(key[cut:], key), value)
+                    for key, value in zip(keys, self._values(keys), strict=True)]
         cache = self.kv_cache
         items = []
         for key, value in zip(keys, self._values(keys), strict=True):
@@ -186,8 +247,11 @@ class TemplateData:
         base = self._full(directory).rstrip("/") + "/"
         if not any(base.startswith(r) or r.startswith(base) for r in self._roots):
             return []
-        return [(name, is_dir) for name, is_dir in self._mirror.child_names(base)
-                if name and self._visible(base + name + ("/" if is_dir else ""))]
+        names = [(name, is_dir) for name, is_dir in self._mirror.child_names(base)
+                 if name and self._visible(base + name + ("/" if is_dir else ""))]
+        if self.attributing:
+            return [(tag(name, base + name), is_dir) for name, is_dir in names]
+        return names
 
     def ls(self, directory: str) -> list[str]:
         return [name for name, _ in self._children(directory)]
@@ -200,42 +264,32 @@ class TemplateData:
 
         Results are shared between renders: templates treat them as read-only.
         """
+        if self.attributing:
+            key = source_key(text)
+            try:
+                parsed = json.loads(text)
+            except (TypeError, ValueError) as exc:
+                raise RenderFailure(f"value is not valid JSON: {exc}", key) from None
+            if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
+                raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}", key)
+            return tag(parsed, key) if key is not None else parsed
         parsed = self._json_previous.get(text, _MISSING) if isinstance(text, str) else _MISSING
         if parsed is _MISSING:
             try:
                 parsed = json.loads(text)
             except (TypeError, ValueError) as exc:
-                raise self._about(text, f"value is not valid JSON: {exc}") from None
+                raise RenderFailure(f"value is not valid JSON: {exc}") from None
         if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
-            raise self._about(text, f"expected a JSON {expect}, found {text[:60]!r}")
+            raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}")
         if isinstance(text, str):
             self.json_used[text] = parsed
         return parsed
 
-    def _about(self, text: object, message: str) -> RenderFailure:
-        key = self.provenance.get(text) if isinstance(text, str) else None
-        return RenderFailure(f"key {key}: {message}" if key else message)
-
-    def key_of(self, value: object) -> str | None:
-        """The key a rejected value most likely came from: looked up only when a render fails.
-
-        Exact match first; else the most recently read value that contains it (a field of a
-        JSON document). Nothing is tracked per value on the happy path.
-        """
-        if isinstance(value, str) and value in self.provenance:
-            return self.provenance[value]
-        if not isinstance(value, str | int | float | bool):
-            return None  # a missing field, a list...: the caller falls back to the last key read
-        needles = {str(value), json.dumps(value)} if not isinstance(value, str) else {
-            value, json.dumps(value)[1:-1]}
-        for text, key in reversed(self.provenance.items()):
-            if any(n and n in text for n in needles):
-                return key
-        return None
-
     def functions(self) -> dict[str, Callable[..., Any]]:
+        """What templates call by name; `Renderer.functions` hooks can add more."""
         return {"getv": self.getv, "get": self.get, "exists": self.exists, "gets": self.gets,
-                "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir}
+                "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir,
+                "fromjson": self.fromjson, "json": self.fromjson}  # `json` is confd's name
 
 
 def _finalize(value: Any) -> Any:
@@ -245,7 +299,7 @@ def _finalize(value: Any) -> Any:
         return value
     text = value if kind is str else str(value)
     if not text.isprintable() and (bad := _UNSAFE.search(text)):
-        raise UnsafeOutput(text, bad.group())
+        raise UnsafeOutput(value, text, bad.group())
     return value
 
 
@@ -279,13 +333,23 @@ def _base(path: str) -> str:
     return path.rpartition("/")[2]
 
 
+def _dirname(path: str) -> str:
+    return path.rpartition("/")[0] or "/"
+
+
 class UnsafeOutput(Exception):
-    def __init__(self, text: str, char: str) -> None:
+    def __init__(self, value: object, text: str, char: str) -> None:
+        self.value = value
         self.text = text
-        super().__init__(
-            f"output value contains a line break or control character (U+{ord(char):04X}): "
-            f"{text[:60]!r}; refusing to write it (a template that really emits several lines "
-            f"from one value says so with '| multiline')")
+        if "\ud800" <= char <= "\udfff":
+            message = (f"output value is not UTF-8 text (it holds bytes of a key or value that "
+                       f"is not UTF-8): {show_value(text)}; refusing to write it")
+        else:
+            message = (f"output value contains a line break or control character "
+                       f"(U+{ord(char):04X}): {show_value(text)}; refusing to write it (a "
+                       f"template that really emits several lines from one value says so with "
+                       f"'| multiline')")
+        super().__init__(message)
 
 
 def _template_location(tb: types.TracebackType | None, templates: set[str]) -> str:
@@ -299,14 +363,76 @@ def _template_location(tb: types.TracebackType | None, templates: set[str]) -> s
     return where
 
 
+def _attributing(check: Callable[..., Any]) -> Callable[..., Any]:
+    """A validating filter that, when it refuses a value, records the key the value came from:
+    the refused value's own tag, else the piped value's (`hostport` refusing the port part of
+    a tagged 'host:port' string)."""
+
+    @functools.wraps(check)
+    def attributed(*args: Any) -> Any:
+        try:
+            return check(*args)
+        except InvalidValue as exc:
+            key = source_key(exc.value)
+            if key is None and args and not any(exc.value is arg for arg in args[1:]):
+                key = source_key(args[0])
+            exc.key = key
+            raise
+
+    return attributed
+
+
+def _failure_key(exc: BaseException) -> str | None:
+    """The key an exception raised during an attribution render names, when it is known."""
+    if isinstance(exc, RenderFailure | InvalidValue):
+        return exc.key
+    if isinstance(exc, UnsafeOutput):
+        return source_key(exc.value)
+    key = getattr(exc, "key", None)  # UndefinedError from _KeyedUndefined
+    return key if isinstance(key, str) else None
+
+
+def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) -> Any:
+    """Templates are code: serve the templates directory (no absolute names, no '..') and the
+    absolute `src` files that resources name explicitly, nothing else on the filesystem."""
+
+    class RootedLoader(jinja2.BaseLoader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._directory = jinja2.FileSystemLoader(str(templates_dir))
+
+        def get_source(self, environment: Any, template: str) -> tuple[str, str, Any]:
+            path = explicit.get(template)
+            if path is None:
+                return self._directory.get_source(environment, template)  # type: ignore[no-any-return]
+            try:
+                source = path.read_text("utf-8")
+            except FileNotFoundError:
+                raise jinja2.TemplateNotFound(template) from None
+            return source, str(path), lambda: True
+
+    return RootedLoader()
+
+
+FunctionsHook = Callable[[TemplateData], Mapping[str, Callable[..., Any]]]
+
+
 class Renderer:
-    def __init__(self, templates_dir: Path) -> None:
+    # At most this many new items are left out in one render (each costs two more renders);
+    # past it the render fails, and the next one goes on from there: items left out are
+    # remembered while their value stays the same.
+    MAX_NEW_LEFT_OUT = 32
+
+    def __init__(self, templates_dir: Path, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT,
+                 max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE) -> None:
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
 
         self._jinja = jinja2
         self.templates_dir = templates_dir.absolute()
+        self.render_timeout = render_timeout
+        self.max_output_size = max_output_size
+        self._explicit: dict[str, Path] = {}
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader([str(self.templates_dir), "/"]),
+            loader=_rooted_loader(jinja2, self.templates_dir, self._explicit),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
@@ -317,22 +443,52 @@ class Renderer:
             cache_size=-1,
         )
         self.env.filters.update(VALIDATING_FILTERS)
+        self._attributing_filters = {name: _attributing(check)
+                                     for name, check in VALIDATING_FILTERS.items()}
+
+        class KeyedUndefined(jinja2.StrictUndefined):
+            """A missing field of a tagged document names the document's key."""
+
+            __slots__ = ()
+
+            def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return super()._fail_with_undefined_error(*args, **kwargs)
+                except jinja2.UndefinedError as exc:
+                    exc.key = source_key(self)  # type: ignore[attr-defined]
+                    raise
+
+        # StrictUndefined aliases its dunders (__str__, __iter__, ...) to the base method.
+        for name, member in vars(jinja2.StrictUndefined).items():
+            if member is jinja2.Undefined._fail_with_undefined_error:
+                setattr(KeyedUndefined, name, KeyedUndefined._fail_with_undefined_error)
+        self._keyed_undefined = KeyedUndefined
         # `fromjson` is rebound to each render's data (renders run one at a time, on the loop's
         # thread; a template looks its filters up when its render starts).
         self.env.filters["fromjson"] = _fromjson_outside_render
         self.env.filters["multiline"] = Multiline
         self.env.filters["base"] = _base
-        self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
+        self.env.filters["dirname"] = _dirname
+        # Extra template functions (each called with the render's TemplateData).
+        self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
         self._kv_caches: dict[str, dict[str, KV]] = {}
+        # resource -> {key: (its value when refused, reason)}: still left out while unchanged.
+        self._left_out: dict[str, dict[str, tuple[Value | None, str]]] = {}
         self._compiled: dict[Path, jinja2.Template] = {}
+        self._deadline = DEADLINE
+
+    def add_functions(self, hook: FunctionsHook) -> None:
+        """Register more template functions: `hook(data)` returns {name: callable}."""
+        self.function_hooks.append(hook)
 
     def _name(self, src: Path) -> str:
         try:
             return str(src.relative_to(self.templates_dir))
         except ValueError:
-            return str(src).lstrip("/")
+            self._explicit[str(src)] = src  # an absolute `src` outside the templates directory
+            return str(src)
 
     def compile(self, resource: Resource) -> jinja2.Template:
         """Load and compile once; a syntax error names file and line."""
@@ -359,42 +515,155 @@ class Renderer:
 
     def render(self, resource: Resource, mirror: Mirror) -> str:
         """Render `resource` against the mirror, or raise ResourceError(step='render')."""
+        return self.render_result(resource, mirror).text
+
+    def render_result(self, resource: Resource, mirror: Mirror) -> Rendered:
+        """Render, with the values left out (see `gets(..., skip_invalid=True)`) as warnings."""
         template = self.compile(resource)
+        timeout = resource.render_timeout or self.render_timeout
+        self._deadline.arm(timeout)
+        try:
+            try:
+                return self._render_leaving_out(template, resource, mirror)
+            finally:
+                self._deadline.disarm()
+        except RenderTimeout:
+            self._deadline.disarm()
+            # It may have landed while the attribution render's swaps were being undone.
+            self.env.filters.update(VALIDATING_FILTERS)
+            self.env.filters["fromjson"] = _fromjson_outside_render
+            self.env.undefined = self._jinja.StrictUndefined
+            raise ResourceError(resource.name, "render",
+                                f"{template.filename or resource.src}: render took longer than "
+                                f"render_timeout ({timeout:g}s); stopped it") from None
+
+    def _data(self, resource: Resource, mirror: Mirror, left_out: Collection[str],
+              attributing: bool) -> TemplateData:
+        if attributing:
+            return TemplateData(mirror, resource, attributing=True, left_out=left_out)
         kv_cache = self._kv_caches.setdefault(resource.name, {})
         if len(kv_cache) > 2 * len(mirror):
             kv_cache.clear()  # keys deleted since: drop them now and then
-        data = TemplateData(mirror, resource, self._json_caches.get(resource.name), kv_cache)
+        return TemplateData(mirror, resource, self._json_caches.get(resource.name), kv_cache,
+                            left_out=left_out)
+
+    def _run(self, template: jinja2.Template, data: TemplateData, limit: int) -> str:
         context: dict[str, Any] = data.functions()
-        context["fromjson"] = context["json"] = data.fromjson  # `json` is confd's name
+        for hook in self.function_hooks:
+            context.update(hook(data))
         self.env.filters["fromjson"] = data.fromjson
         try:
-            text = template.render(context)
-        except Exception as exc:
-            raise self._explain(resource, data, exc) from None
+            # What `template.render` does, but joined under the size cap.
+            return join_capped(template.root_render_func(template.new_context(context)), limit)
+        except (OutputTooLarge, RenderTimeout):
+            raise
+        except Exception:
+            # Jinja rewrites the traceback so that its frames carry template lines.
+            self.env.handle_exception()
+            raise  # not reached: handle_exception raises
         finally:
             self.env.filters["fromjson"] = _fromjson_outside_render
-        self._json_caches[resource.name] = data.json_used
-        return text
 
-    def _explain(self, resource: Resource, data: TemplateData, exc: Exception) -> ResourceError:
-        where = _template_location(exc.__traceback__, self._template_files) or str(resource.src)
-        if isinstance(exc, RenderFailure):
-            reason = str(exc)
-        elif isinstance(exc, InvalidValue):
-            key = data.key_of(exc.value)
-            reason = f"key {key}: {exc}" if key else str(exc)
-        elif isinstance(exc, UnsafeOutput):
-            key = next((k for v, k in reversed(data.provenance.items())
-                        if not v.isprintable() and _UNSAFE.search(v) and v in exc.text), None)
-            reason = f"key {key}: {exc}" if key else str(exc)
-        elif isinstance(exc, self._jinja.TemplateSyntaxError):
-            where = f"{exc.filename}:{exc.lineno}"
-            reason = f"template syntax error: {exc.message}"
-        elif isinstance(exc, self._jinja.UndefinedError):
-            reason = f"undefined: {exc.message}"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        if "key " not in reason and data.provenance:
-            # Most failures inside a loop come from the value read last: say which it was.
-            reason += f" (last key read: {next(reversed(data.provenance.values()))})"
-        return ResourceError(resource.name, "render", f"{where}: {reason}")
+    def _render_leaving_out(self, template: jinja2.Template, resource: Resource,
+                            mirror: Mirror) -> Rendered:
+        limit = resource.max_output_size or self.max_output_size
+        remembered = self._left_out.get(resource.name)
+        left_out = {key: reason for key, (value, reason) in remembered.items()
+                    if mirror.get(key) is value} if remembered else {}
+        new = 0
+        try:
+            while True:
+                data = self._data(resource, mirror, left_out, attributing=False)
+                try:
+                    text = self._run(template, data, limit)
+                except OutputTooLarge as exc:
+                    raise ResourceError(resource.name, "render",
+                                        f"{template.filename or resource.src}: {exc}") from None
+                except Exception as exc:
+                    message, key, skippable = self._explain(template, resource, mirror,
+                                                            left_out, data, exc)
+                    if key is None or not skippable or key in left_out:
+                        raise ResourceError(resource.name, "render", message) from None
+                    if new >= self.MAX_NEW_LEFT_OUT:
+                        raise ResourceError(resource.name, "render",
+                                            f"{message} (and {new} other values refused in this "
+                                            f"render; the next render goes on)") from None
+                    left_out[key] = message.partition(f"key {show_key(key)}: ")[2] or message
+                    new += 1
+                    continue
+                if not text.isascii():
+                    self._refuse_undecodable(resource, mirror, text)
+                self._json_caches[resource.name] = data.json_used
+                if not left_out:
+                    return Rendered(text)
+                return Rendered(text, tuple(RenderWarning(key, reason)
+                                            for key, reason in sorted(left_out.items())))
+        finally:
+            if left_out or remembered:
+                self._left_out[resource.name] = {key: (mirror.get(key), reason)
+                                                 for key, reason in left_out.items()}
+
+    def _refuse_undecodable(self, resource: Resource, mirror: Mirror, text: str) -> None:
+        """Last line of defence (`multiline` output is not checked by `finalize`)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = [show_key(key) for prefix in resource.watched_prefixes
+                   for key in mirror.keys_with_prefix(prefix) if show_key(key) != key]
+            raise ResourceError(resource.name, "render",
+                                f"rendered text is not UTF-8 at character {exc.start} (a "
+                                f"'multiline' value holds bytes of a key that is not UTF-8; "
+                                f"such keys here: {', '.join(bad[:5]) or 'none'})") from None
+
+    def _explain(self, template: jinja2.Template, resource: Resource, mirror: Mirror,
+                 left_out: Collection[str], data: TemplateData,
+                 exc: Exception) -> tuple[str, str | None, bool]:
+        """(message, key at fault or None, whether that key's item may be left out).
+
+        Renders once more with values tagged by key, so the key named is the one the refused
+        value came from: never a guess.
+        """
+        attributing = self._data(resource, mirror, left_out, attributing=True)
+        filters = {name: self.env.filters[name] for name in self._attributing_filters}
+        self.env.filters.update(self._attributing_filters)
+        self.env.undefined = self._keyed_undefined
+        forget()
+        again: Exception | None = None
+        try:
+            self._run(template, attributing, resource.max_output_size or self.max_output_size)
+        except Exception as second:
+            again = second
+        finally:
+            self.env.filters.update(filters)
+            self.env.undefined = self._jinja.StrictUndefined
+        # The attribution render fails the same way: it tells the key. Otherwise (it should
+        # not happen) fall back to the first failure and the last key read.
+        same = again is not None and type(again) is type(exc)
+        failure = again if same and again is not None else exc
+        key = _failure_key(failure) if same else None
+        where = (_template_location(failure.__traceback__, self._template_files)
+                 or str(resource.src))
+        reason = self._reason(failure)
+        if isinstance(failure, self._jinja.TemplateSyntaxError):
+            where = f"{failure.filename}:{failure.lineno}"
+        if key is not None:
+            named = reason if reason.startswith(f"key {show_key(key)} ") else \
+                f"key {show_key(key)}: {reason}"
+            return f"{where}: {named}", key, key in attributing.skippable
+        last = attributing.last_key if same else data.last_key
+        if last is not None:
+            reason += f" (last key read: {show_key(last)})"
+        return f"{where}: {reason}", None, False
+
+    def _reason(self, exc: Exception) -> str:
+        jinja2 = self._jinja
+        if isinstance(exc, RenderFailure | InvalidValue | UnsafeOutput):
+            return str(exc)
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            return f"template syntax error: {exc.message}"
+        if isinstance(exc, jinja2.TemplateNotFound):
+            return (f"template {exc.name!r} not found under {self.templates_dir} (templates "
+                    f"include only files there)")
+        if isinstance(exc, jinja2.UndefinedError):
+            return f"undefined: {exc.message}"
+        return f"{type(exc).__name__}: {exc}"

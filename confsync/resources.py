@@ -19,6 +19,7 @@ from typing import Any
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.render_limits import parse_size
 
 RELOAD_STRATEGIES = ("reload", "runtime")
 
@@ -53,6 +54,9 @@ class Resource:
     runtime_socket: Path | None = None
     # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
     master_socket: Path | None = None
+    # Render limits; None: the global defaults (settings `render_timeout`, `max_output_size`).
+    render_timeout: float | None = None
+    max_output_size: int | None = None
     # Absolute store prefixes this resource reads; derived once, used on every change.
     watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -193,6 +197,7 @@ _KNOWN_KEYS = frozenset(
         "check_cmd", "reload_cmd", "check_timeout", "reload_timeout", "reload_signal",
         "pidfile", "process", "wait_min", "wait_max", "min_keys", "reload_strategy",
         "runtime_socket", "master_socket", "check_server_changes",
+        "render_timeout", "max_output_size",
     }
 )  # fmt: skip
 
@@ -252,9 +257,16 @@ def parse_resource(
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
             kwargs[key] = _split_cmd(where, f"template.{key}", table[key])
-    for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max"):
+    for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max", "render_timeout"):
         if key in table:
             kwargs[key] = _duration(where, f"template.{key}", table[key])
+    if kwargs.get("render_timeout") == 0:
+        raise ConfigError(where, "expected a duration above 0", "template.render_timeout")
+    if "max_output_size" in table:
+        try:
+            kwargs["max_output_size"] = parse_size(table["max_output_size"])
+        except ValueError as exc:
+            raise ConfigError(where, str(exc), "template.max_output_size") from None
     if "reload_signal" in table:
         kwargs["reload_signal"] = _parse_signal(where, table["reload_signal"])
         if "pidfile" not in table and "process" not in table:

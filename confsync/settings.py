@@ -19,6 +19,7 @@ from typing import Any
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
 from confsync.logs import register_secret
+from confsync.render_limits import DEFAULT_MAX_OUTPUT_SIZE, DEFAULT_RENDER_TIMEOUT, parse_size
 
 DEFAULT_CONFIG = Path("/etc/confsync/confsync.toml")
 BACKENDS = ("etcd", "file", "env")
@@ -73,6 +74,9 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     metrics_address: str = ""
     exec: ExecSettings = field(default_factory=ExecSettings)
+    # Render limits for every resource (a resource's own `render_timeout`/`max_output_size` win).
+    render_timeout: float = DEFAULT_RENDER_TIMEOUT
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
 
 
 # ---- value converters: (raw value, where) -> typed value; raise ValueError with what was expected
@@ -154,6 +158,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, found {value!r}")
+    return seconds
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -180,6 +191,8 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("log_level", "", "log_level", _choice(*LOG_LEVELS)),
     ("log_format", "", "log_format", _choice(*LOG_FORMATS)),
     ("metrics_address", "", "metrics_address", _address),
+    ("render_timeout", "", "render_timeout", _positive_duration),
+    ("max_output_size", "", "max_output_size", parse_size),
     ("etcd.endpoints", "etcd", "endpoints", _list),
     ("etcd.ca_cert", "etcd", "ca_cert", _path),
     ("etcd.cert", "etcd", "cert", _path),

@@ -27,7 +27,7 @@ from confsync.applier import (
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
 from confsync.reload import ReloadFailed, reload_key, reload_resource
-from confsync.renderer import Renderer
+from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class Outcome:
     content: bytes | None = field(default=None, repr=False)  # what was rendered
     check_seconds: float | None = None
     reload_seconds: float | None = None
+    # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
+    warnings: tuple[RenderWarning, ...] = ()
 
     @property
     def diff(self) -> str:
@@ -91,11 +93,12 @@ class Syncer:
             self._swept.update(new)
             remove_stale_staged(new)
 
-    def _render_against(self, resource: Resource, current: FileState) -> bytes:
+    def _render_against(self, resource: Resource,
+                        current: FileState) -> tuple[bytes, tuple[RenderWarning, ...]]:
         """render(); with no memory of an earlier render (`once`, `check`, a daemon's start),
         the file at dest is the memory: zero keys may not replace a non-empty file."""
         remembered = resource.name in self.last_counts
-        content = self.render(resource)
+        content, warnings = self.render_with_warnings(resource)
         if (not remembered and resource.min_keys is None and self.last_counts[resource.name] == 0
                 and current.content and content != current.content):
             del self.last_counts[resource.name]
@@ -103,9 +106,12 @@ class Syncer:
                                 f"no keys under {', '.join(resource.watched_prefixes)}, and "
                                 f"{resource.dest} is not empty; keeping it (min_keys = 0 "
                                 f"allows rendering from no keys)")
-        return content
+        return content, warnings
 
     def render(self, resource: Resource) -> bytes:
+        return self.render_with_warnings(resource)[0]
+
+    def render_with_warnings(self, resource: Resource) -> tuple[bytes, tuple[RenderWarning, ...]]:
         """Render and guard; raise ResourceError naming the step.
 
         The guard keeps the last good file when the data looks like a blip: fewer keys than
@@ -121,9 +127,10 @@ class Syncer:
             raise ResourceError(resource.name, "guard",
                                 f"all {self.last_counts[resource.name]} keys under {where} "
                                 f"vanished; keeping the last good file (min_keys = 0 allows it)")
-        content = self.renderer.render(resource, self.mirror).encode("utf-8")
+        rendered = self.renderer.render_result(resource, self.mirror)
+        content = rendered.text.encode("utf-8")
         self.last_counts[resource.name] = count
-        return content
+        return content, rendered.warnings
 
     def apply(self, resources: Sequence[Resource]) -> list[Outcome]:
         """Write what changed, then reload each affected target once."""
@@ -141,13 +148,15 @@ class Syncer:
     def _apply_one(self, resource: Resource) -> Outcome:
         start = time.monotonic()
         step = "stage"  # what an exception no step turned into a ResourceError is blamed on
+        warnings: tuple[RenderWarning, ...] = ()
         try:
             current = self.dests.current(resource.dest)
             step = "render"
-            content = self._render_against(resource, current)
+            content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
-                return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
+                return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
+                               warnings=warnings)
             step = "install"
             check_seconds = install(resource, target, check=self._needs_check(resource, current,
                                                                               content))
@@ -155,12 +164,13 @@ class Syncer:
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
         except ResourceError as exc:
-            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
+            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start,
+                           warnings=warnings)
         except Exception as exc:  # OSError (dest is a directory...) or anything unexpected
             return Outcome(resource, FAILED, _unexpected(resource, step, exc),
-                           seconds=time.monotonic() - start)
+                           seconds=time.monotonic() - start, warnings=warnings)
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
-                       content=content, check_seconds=check_seconds)
+                       content=content, check_seconds=check_seconds, warnings=warnings)
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
         """Always, unless the resource opted out for HAProxy server-only changes and the file
@@ -232,7 +242,7 @@ class Syncer:
                                     f"{directory}: no such directory")
             current = FileState.read(resource.dest)
             step = "render"
-            content = self._render_against(resource, current)
+            content, warnings = self._render_against(resource, current)
             step = "stage"
             staged = write_staged(resource, tmp, content)
             step = "check"
@@ -245,7 +255,7 @@ class Syncer:
         target = Target.for_resource(resource, content, current)
         status = UNCHANGED if target.matches(current) else UPDATED
         return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
-                       content=content)
+                       content=content, warnings=warnings)
 
 
 def _unexpected(resource: Resource, step: str, exc: Exception) -> ResourceError:

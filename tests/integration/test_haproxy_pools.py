@@ -103,16 +103,33 @@ def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBa
     {"address": "127.0.0.1", "port": "80 # comment"},
     {"address": "1" * 200_000, "port": 80},
 ], ids=["newline", "hash", "huge"])
-def test_hostile_value_changes_nothing_and_is_reported(
+def test_hostile_instance_is_left_out_reported_and_the_pool_goes_on(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], hostile: dict[str, object]) -> None:
+    _running(stack, backends, "a", "b")
+    reloads = stack.status().reloads
+
+    stack.put("/services/web/instances/b", hostile)
+    stack.put_instance("web", "c", backends["c"].port)  # joins in the same pass
+    result = stack.sync()
+    assert result.returncode == 0, result.stderr
+    assert f"key {stack.prefix}/services/web/instances/b: expected" in result.stderr
+    assert "; left out" in result.stderr
+    text = stack.cfg.read_text()
+    assert "server b " not in text and "evil" not in text and "server c " in text
+    assert spread(stack.port, 10) == {"a": 5, "c": 5}
+    assert stack.status().reloads == reloads  # runtime API: b out, c in
+
+
+def test_hostile_structural_value_changes_nothing_and_is_reported(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     _running(stack, backends, "a", "b")
     before = stack.cfg.read_bytes()
     reloads = stack.status().reloads
 
-    stack.put("/services/web/instances/b", hostile)
+    stack.put("/services/web/config", {"check_path": "/ok\n    server evil 127.0.0.1:1"})
     result = stack.sync()
     assert result.returncode == 1
-    assert f"key {stack.prefix}/services/web/instances/b: expected" in result.stderr
+    assert f"key {stack.prefix}/services/web/config: expected a URL path" in result.stderr
     assert stack.cfg.read_bytes() == before
     assert spread(stack.port, 10) == {"a": 5, "b": 5}
     assert stack.status().reloads == reloads

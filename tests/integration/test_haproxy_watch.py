@@ -68,6 +68,9 @@ def test_watch_reports_hostile_value_and_traffic_goes_on(
     daemon.wait_log(f"key {stack.prefix}/services/web/instances/b: expected an IP address")
     assert stack.cfg.read_bytes() == before
     assert spread(stack.port, 4) == {"a": 4}
+    stack.put_instance("web", "c", backends["c"].port)  # b stays bad: the pool still updates
+    wait_for(lambda: _served_by(stack.port, "c"), timeout=10)
+    assert "server b " not in stack.cfg.read_text()
     stack.put_instance("web", "b", backends["b"].port)  # fixed: applied as usual
     wait_for(lambda: _served_by(stack.port, "b"), timeout=10)
 

@@ -73,24 +73,29 @@ def test_empty_service_is_a_backend_without_servers(tmp_path: Path) -> None:
 
 
 INSTANCE = "/services/web/instances/web-1"
+# Instance values: the instance is left out (and reported); every other server stays.
+HOSTILE_INSTANCE = [
+    ({"address": "10.0.0.11\n    server evil 10.6.6.6:80", "port": 80}, "expected an IP address"),
+    ({"address": "10.0.0.11 backup", "port": 80}, "expected an IP address"),
+    ({"address": "10.0.0.11", "port": "80 # x"}, "expected a port number"),
+    ({"address": "10.0.0.11", "port": 80, "weight": "1 check"}, "whole number"),
+    ({"address": "10.0.0.11", "port": 80, "weight": 999}, "whole number from 0 to 256"),
+    ({"address": "10.0.0.11", "port": 70000}, "port number 1-65535"),
+    ({"address": "10.0.0.11", "port": 80, "state": "ready\n"}, "ready, drain, maint"),
+    ({"address": "1" * 1_000_000, "port": 80}, "expected an IP address"),
+    ({"address": "10.0.0.11"}, "port number 1-65535, found nothing"),
+    ({"address": "10.0.0.11", "port": True}, "port number 1-65535, found True"),
+    ("[1, 2]", "a JSON object"),
+    ("{not json", "not valid JSON"),
+]
+# Structural values: the whole render fails, the file stays.
 HOSTILE = [
-    (INSTANCE, {"address": "10.0.0.11\n    server evil 10.6.6.6:80", "port": 80},
-     "expected an IP address"),
-    (INSTANCE, {"address": "10.0.0.11 backup", "port": 80}, "expected an IP address"),
-    (INSTANCE, {"address": "10.0.0.11", "port": "80 # x"}, "expected a port number"),
-    (INSTANCE, {"address": "10.0.0.11", "port": 80, "weight": "1 check"}, "whole number"),
-    (INSTANCE, {"address": "10.0.0.11", "port": 80, "weight": 999}, "whole number from 0 to 256"),
-    (INSTANCE, {"address": "10.0.0.11", "port": 70000}, "port number 1-65535"),
-    (INSTANCE, {"address": "10.0.0.11", "port": 80, "state": "ready\n"}, "ready, drain, maint"),
-    (INSTANCE, {"address": "1" * 1_000_000, "port": 80}, "expected an IP address"),
-    (INSTANCE, {"address": "10.0.0.11"}, "port number 1-65535, found nothing"),
-    (INSTANCE, "[1, 2]", "a JSON object"),
-    (INSTANCE, "{not json", "not valid JSON"),
     ("/services/web/config", {"balance": "roundrobin\n    server x 1.2.3.4:80"}, "one of"),
     ("/services/web/config", {"check_path": "/ok #"}, "URL path"),
     ("/services/web/config", {"check_interval": "2s fall 1"}, "duration"),
     ("/services/api/config", {"hosts": ["a.example.com b.example.com"]}, "host name"),
     ("/services/api/config", {"path_prefix": "/api\r\nuse_backend x"}, "URL path"),
+    ("/services/api/config", "[]", "a JSON object"),
     ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80 ssl crt /x"]}, "port number"),
     ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80"], "default_service": "web x"},
      "identifier"),
@@ -99,24 +104,71 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("key, value, reason", HOSTILE,
-                         ids=[f"{k.rsplit('/', 1)[-1]}-{i}" for i, (k, _, _) in
-                              enumerate(HOSTILE)])
-def test_hostile_value_fails_render_names_key_and_keeps_file(
-        tmp_path: Path, key: str, value: Any, reason: str) -> None:
+def _good_file(tmp_path: Path) -> tuple[Path, bytes]:
     dest = tmp_path / "haproxy.cfg"
     [good] = _syncer(GOOD).apply([_resource(dest)])
     assert good.status == UPDATED
-    before = dest.read_bytes()
+    return dest, dest.read_bytes()
 
+
+@pytest.mark.parametrize("key, value, reason", HOSTILE,
+                         ids=[f"{k.rsplit('/', 1)[-1]}-{i}" for i, (k, _, _) in
+                              enumerate(HOSTILE)])
+def test_hostile_structural_value_fails_render_names_key_and_keeps_file(
+        tmp_path: Path, key: str, value: Any, reason: str) -> None:
+    dest, before = _good_file(tmp_path)
     [outcome] = _syncer({**GOOD, key: value}).apply([_resource(dest)])
     assert outcome.status == FAILED
     assert outcome.error is not None and outcome.error.step == "render"
     message = str(outcome.error)
-    # The key is named outright, or (for a missing field) as the key the template read last.
-    assert (f"key {key}:" in message or f"last key read: {key})" in message), message
+    assert f"key {key}:" in message, message
     assert reason in message, message
     assert dest.read_bytes() == before
+
+
+@pytest.mark.parametrize("value, reason", HOSTILE_INSTANCE,
+                         ids=[str(i) for i in range(len(HOSTILE_INSTANCE))])
+def test_hostile_instance_is_left_out_and_reported_others_update(
+        tmp_path: Path, value: Any, reason: str) -> None:
+    dest, _ = _good_file(tmp_path)
+    data = {**GOOD, INSTANCE: value,
+            "/services/web/instances/web-2": {"address": "10.0.0.12", "port": 8080},
+            "/services/api/instances/api-2": {"address": "10.0.0.13", "port": 9000}}
+    [outcome] = _syncer(data).apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    [warning] = outcome.warnings
+    assert warning.key == INSTANCE and reason in warning.reason, warning
+    text = dest.read_text()
+    assert "server web-1 " not in text and "evil" not in text
+    assert "    server web-2 10.0.0.12:8080 weight 100 check\n" in text
+    assert "    server api-2 10.0.0.13:9000 weight 100 check\n" in text
+    assert "    server api-1 [2001:db8::1]:9000 weight 0 check\n" in text
+
+
+def test_every_instance_bad_leaves_an_empty_backend(tmp_path: Path) -> None:
+    dest, _ = _good_file(tmp_path)
+    data = {**GOOD, INSTANCE: {"address": "x", "port": 80},
+            "/services/web/instances/web-2": {"address": "10.0.0.12", "port": 0}}
+    [outcome] = _syncer(data).apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    assert [w.key for w in outcome.warnings] == [INSTANCE, "/services/web/instances/web-2"]
+    text = dest.read_text()
+    assert "backend be_web\n" in text and "server web-" not in text
+    assert "server api-1 " in text
+
+
+def test_an_instance_left_out_comes_back_when_fixed(tmp_path: Path) -> None:
+    dest, _ = _good_file(tmp_path)
+    syncer = _syncer({**GOOD, INSTANCE: {"address": "10.0.0.11", "port": 0}})
+    [outcome] = syncer.apply([_resource(dest)])
+    assert [w.key for w in outcome.warnings] == [INSTANCE]
+    [again] = syncer.apply([_resource(dest)])  # remembered: still left out, still reported
+    assert again.status == "unchanged" and [w.key for w in again.warnings] == [INSTANCE]
+    syncer.mirror.load(Snapshot(2, {k: (v if isinstance(v, str) else json.dumps(v)).encode()
+                                    for k, v in GOOD.items()}))
+    [fixed] = syncer.apply([_resource(dest)])
+    assert fixed.status == UPDATED and fixed.warnings == ()
+    assert "    server web-1 10.0.0.11:8080 weight 100 check\n" in dest.read_text()
 
 
 def test_demo_renders_and_passes_haproxy_check(tmp_path: Path, haproxy_binary: str) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
+from confsync.render_limits import parse_size
 from confsync.renderer import Renderer, glob_regex
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
@@ -142,3 +146,177 @@ def test_unwritable_bytecode_cache_dir_never_fails_a_render(tmp_path: Path,
     blocked.write_text("a file where the cache directory would go")
     monkeypatch.setattr("tempfile.tempdir", str(blocked))  # mkdir under a file fails
     assert render(tmp_path, "{{ getv('/a') }}", {"/a": "ok"}) == "ok"
+
+
+# ---- render limits (issue 13 item 15)
+
+def _limited(tmp_path: Path, template: str, **limits: object) -> tuple[Renderer, Resource, Mirror]:
+    renderer, res, mirror = make(tmp_path, template, {"/a": "1"})
+    return Renderer(renderer.templates_dir, **limits), res, mirror  # type: ignore[arg-type]
+
+
+def test_a_plain_range_loop_is_stopped_by_the_render_timeout(tmp_path: Path) -> None:
+    renderer, res, mirror = _limited(tmp_path, "{% for i in range(10**12) %}{% endfor %}",
+                                     render_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(ResourceError, match=r"render took longer than render_timeout \(0.3s\)"):
+        renderer.render(res, mirror)
+    assert time.monotonic() - started < 20  # generous: a loaded machine
+    # The renderer is still usable, and no stray timeout lands in later work.
+    res2 = Resource(name="ok", source=res.source, src=res.src.with_name("ok.tmpl"),
+                    dest=res.dest, keys=res.keys, prefix="")
+    res2.src.write_text("{{ getv('/a') }}")
+    for _ in range(200):
+        assert renderer.render(res2, mirror) == "1"
+    time.sleep(0.5)
+
+
+def test_a_per_resource_timeout_wins_and_loops_in_filters_stop_too(tmp_path: Path) -> None:
+    renderer, res, mirror = _limited(
+        tmp_path, "{% for i in range(10**12) %}{{ (i % 65535 + 1) | string | port }}{% endfor %}",
+        render_timeout=3600)
+    res = dataclasses.replace(res, render_timeout=0.2)
+    with pytest.raises(ResourceError, match=r"render_timeout \(0.2s\)"):
+        renderer.render(res, mirror)
+
+
+def test_the_timeout_never_fires_after_a_render_finished(tmp_path: Path) -> None:
+    renderer, res, mirror = _limited(tmp_path, "{{ getv('/a') }}", render_timeout=0.05)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # renders that end just around their deadline
+        assert renderer.render(res, mirror) == "1"
+        time.sleep(0.01)
+
+
+def test_output_cap(tmp_path: Path) -> None:
+    renderer, res, mirror = _limited(tmp_path, "{% for i in range(10**9) %}{{ 'x' * 100 }}"
+                                     "{% endfor %}", max_output_size=100_000)
+    with pytest.raises(ResourceError, match=r"exceeds max_output_size \(100000 bytes\)"):
+        renderer.render(res, mirror)
+    small = dataclasses.replace(res, max_output_size=2 * 1024 * 1024)
+    renderer, res, mirror = _limited(tmp_path, "{{ 'x' * 2097152 }}")
+    assert len(renderer.render(small, mirror)) == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("text, size", [(1000, 1000), ("64MiB", 64 * 1024**2), ("500kB", 500_000),
+                                        ("1 GiB", 1024**3)])
+def test_parse_size(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", [0, -1, "10 parsecs", "", True, 1.5])
+def test_parse_size_refuses(text: object) -> None:
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_size(text)
+
+
+# ---- templates are code: the loader serves the templates directory only (issue 13 item 18)
+
+@pytest.mark.parametrize("include", ["/etc/passwd", "../secret", "x/../../secret",
+                                     "/{tmp}/secret"])
+def test_include_cannot_leave_the_templates_directory(tmp_path: Path, include: str) -> None:
+    (tmp_path / "secret").write_text("s3cret")
+    include = include.replace("/{tmp}", str(tmp_path))
+    with pytest.raises(ResourceError, match=r"not found under .*templates include only") as err:
+        render(tmp_path, f'{{% include "{include}" %}}', {})
+    assert "s3cret" not in str(err.value)
+
+
+def test_includes_inside_the_directory_and_an_absolute_src_work(tmp_path: Path) -> None:
+    renderer, res, mirror = make(tmp_path, '{% include "parts/head.tmpl" %}|{{ getv("/a") }}',
+                                 {"/a": "1"})
+    (renderer.templates_dir / "parts").mkdir()
+    (renderer.templates_dir / "parts" / "head.tmpl").write_text("head")
+    assert renderer.render(res, mirror) == "head|1"
+    outside = tmp_path / "elsewhere" / "own.tmpl"
+    outside.parent.mkdir()
+    outside.write_text('{% include "parts/head.tmpl" %}+own')
+    own = dataclasses.replace(res, name="own", src=outside)
+    assert renderer.render(own, mirror) == "head+own"
+
+
+# ---- keys that are not UTF-8 (issue 13 item 1): stores keep their bytes as surrogates
+
+BAD_KEY = b"/k/b\xff".decode("utf-8", "surrogateescape")
+
+
+def test_emitting_a_non_utf8_key_fails_naming_it_escaped(tmp_path: Path) -> None:
+    data = {"/k/a": "1", BAD_KEY: "2"}
+    with pytest.raises(ResourceError, match=re.escape("key '/k/b\\xff': output value is not UTF-8")):
+        render(tmp_path, "{% for kv in gets('/k/*') %}{{ kv.key }}{% endfor %}", data)
+    with pytest.raises(ResourceError, match=re.escape("key '/k/b\\xff': expected an identifier")):
+        render(tmp_path, "{% for n in ls('/k') %}{{ n | identifier }}{% endfor %}", data)
+    with pytest.raises(ResourceError, match=re.escape("'/k/b\\xff'")):
+        render(tmp_path, "{% for kv in gets('/k/*') %}{{ kv.key | multiline }}{% endfor %}", data)
+
+
+def test_a_template_that_never_emits_the_bad_key_is_not_affected(tmp_path: Path) -> None:
+    data = {"/k/a": "1", BAD_KEY: "2", "/o/x": "x"}
+    assert render(tmp_path, "{{ getv('/o/x') }}{{ getvs('/k/*') | join(',') }}", data) == "x1,2"
+
+
+def test_undecodable_value_of_a_skippable_item_is_left_out(tmp_path: Path) -> None:
+    renderer, res, mirror = make(tmp_path, "{% for kv in gets('/k/*', skip_invalid=True) %}"
+                                 "{{ kv.value }}{% endfor %}", {"/k/a": "1", "/k/b": b"\xff"})
+    rendered = renderer.render_result(res, mirror)
+    assert rendered.text == "1"
+    assert [str(w) for w in rendered.warnings] == [
+        "key /k/b: value is not valid UTF-8 text (1 bytes); left out"]
+
+
+def test_function_hooks_extend_the_template_functions(tmp_path: Path) -> None:
+    renderer, res, mirror = make(tmp_path, "{{ shout(getv('/a')) }}", {"/a": "hi"})
+    renderer.add_functions(lambda data: {"shout": lambda text: text.upper() + "!"})
+    assert renderer.render(res, mirror) == "HI!"
+
+
+def test_deadlines_of_concurrent_renders_are_per_thread(tmp_path: Path) -> None:
+    import threading
+
+    renderer, res, mirror = _limited(tmp_path, "{% for i in range(10**12) %}{% endfor %}",
+                                     render_timeout=0.3)
+    ok_dir = tmp_path / "ok"
+    ok_dir.mkdir()
+    fine, fine_res, _ = make(ok_dir, "{% for i in range(300000) %}{% endfor %}{{ getv('/a') }}",
+                             {"/a": "1"})
+    results: dict[str, object] = {}
+
+    def loop_forever() -> None:
+        try:
+            renderer.render(res, mirror)
+        except ResourceError as exc:
+            results["forever"] = str(exc)
+
+    def slow_but_fine() -> None:
+        for _ in range(5):
+            results["fine"] = Renderer(fine.templates_dir, render_timeout=60).render(
+                fine_res, mirror)
+
+    threads = [threading.Thread(target=loop_forever), threading.Thread(target=slow_but_fine)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert "render_timeout (0.3s)" in str(results["forever"])
+    assert results["fine"] == "1"
+
+
+def test_render_limits_settings_and_resource_fields(tmp_path: Path) -> None:
+    from confsync.errors import ConfigError
+    from confsync.resources import parse_resource
+    from confsync.settings import load_settings
+
+    settings = load_settings({"config": None}, {"CONFSYNC_CONFIG": "",
+                                                "CONFSYNC_RENDER_TIMEOUT": "2s",
+                                                "CONFSYNC_MAX_OUTPUT_SIZE": "1MiB"})
+    assert (settings.render_timeout, settings.max_output_size) == (2.0, 1024 * 1024)
+    with pytest.raises(ConfigError, match="RENDER_TIMEOUT: expected a duration above 0"):
+        load_settings({}, {"CONFSYNC_RENDER_TIMEOUT": "0"})
+    (tmp_path / "t.tmpl").write_text("")
+    table = {"src": "t.tmpl", "dest": str(tmp_path / "out"), "keys": ["/a"]}
+    res = parse_resource(tmp_path / "r.toml", {"template": {
+        **table, "render_timeout": "250ms", "max_output_size": 4096}}, tmp_path)
+    assert (res.render_timeout, res.max_output_size) == (0.25, 4096)
+    with pytest.raises(ConfigError, match=r"template\.max_output_size"):
+        parse_resource(tmp_path / "r.toml", {"template": {**table, "max_output_size": "lots"}},
+                       tmp_path)
