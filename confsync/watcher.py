@@ -2,8 +2,9 @@
 
 It takes the snapshot, opens the watch from snapshot revision + 1, and when the stream breaks it
 backs off (capped, jittered) and resumes from the last delivered revision + 1 with a new client,
-so no event is ever lost or applied twice. A compacted revision means a fresh snapshot. It hands
-everything to the daemon's queue in order; it never renders.
+so no event is ever lost or applied twice. A compacted revision means a fresh snapshot; so does
+a store reset (another cluster, or revisions gone back), whose snapshot also replaces the
+resume points. It hands everything to the daemon's queue in order; it never renders.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confsync.errors import RevisionCompacted, StoreUnavailable
+from confsync.errors import RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SnapshotTaken:
     snapshot: Snapshot
-    reason: str  # "start", "compacted", "resync"
+    reason: str  # "start", "compacted", "resync", "reset"
+    cause: StoreReset | None = None  # for "reset": old and new cluster id and revisions
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class StoreFollower(threading.Thread):
         # Last revision delivered per watched prefix: watches of several prefixes share one
         # stream but are not ordered against each other, so each resumes from its own point.
         self._last: dict[str, int] = {}
+        self._cluster_id = 0  # of the last snapshot
+        self._pending_reset: StoreReset | None = None
         self.reconnects = 0
 
     # ---- called from the store's thread
@@ -103,10 +107,34 @@ class StoreFollower(threading.Thread):
             self._degraded(str(exc))
             return None
         with self._lock:
+            cause = self._pending_reset if reason == "reset" else self._reset_by(snapshot)
+            self._pending_reset = None
+            if cause is not None and reason != "reset":
+                log.warning("%s snapshot: %s", reason, cause)
+            if cause is not None or reason == "reset":
+                # Another history: its revisions replace ours (a max() would keep the old ones).
+                reason = "reset"
+                self._last.clear()
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
-            self.out.put(SnapshotTaken(snapshot, reason))
+            self._cluster_id = snapshot.cluster_id or self._cluster_id
+            self.out.put(SnapshotTaken(snapshot, reason, cause=cause))
         return snapshot
+
+    def _reset_by(self, snapshot: Snapshot) -> StoreReset | None:
+        """A snapshot from another cluster, or older than what was delivered: a reset."""
+        highest = max(self._last.values(), default=0)
+        known = self._cluster_id
+        if ((known and snapshot.cluster_id and snapshot.cluster_id != known)
+                or snapshot.revision < highest):
+            return StoreReset(known, snapshot.cluster_id, highest, snapshot.revision)
+        return None
+
+    def _on_reset(self, reset: StoreReset) -> str:
+        log.warning("watch: %s; taking a fresh snapshot", reset)
+        with self._lock:
+            self._pending_reset = reset
+        return "reset"
 
     def _degraded(self, reason: str) -> None:
         self.out.put(StreamState(False, self._resume_revision() - 1, reason))
@@ -131,6 +159,9 @@ class StoreFollower(threading.Thread):
                             "snapshot", start, exc.compacted_revision)
                 reason = "compacted"
                 continue
+            except StoreReset as exc:
+                reason = self._on_reset(exc)
+                continue
             except StoreUnavailable as exc:
                 self._degraded(str(exc))
                 continue
@@ -143,6 +174,8 @@ class StoreFollower(threading.Thread):
                 log.warning("watch: revision compacted (up to %d); taking a fresh snapshot",
                             error.compacted_revision)
                 reason = "compacted"
+            elif isinstance(error, StoreReset):
+                reason = self._on_reset(error)
             else:
                 self._degraded(str(error))
 
