@@ -49,6 +49,10 @@ ENDPOINT_RETRY_SECONDS = 1.0
 # election timeouts after the member lost its leader (a partitioned member otherwise serves a
 # watch that will never see another event).
 REQUIRE_LEADER = ("hasleader", "true")
+# While a watch is open, its server's identity and revision are checked this often (one tiny
+# linearizable read). A gRPC proxy that reconnects upstream to a recreated etcd keeps our stream
+# open and silent; so does a member whose leader loss the proxy does not report.
+POSITION_CHECK_SECONDS = 10.0
 
 
 class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
@@ -284,13 +288,18 @@ class EtcdStore:
 
 
 class _EtcdWatch:
-    """A watch session. After its first error it reports once and goes quiet for good."""
+    """A watch session. After its first error it reports once and goes quiet for good.
+
+    A small thread re-checks the server's position every POSITION_CHECK_SECONDS: an open
+    stream alone cannot tell a silent cluster from a replaced one behind a proxy.
+    """
 
     def __init__(self, store: EtcdStore, prefixes: Sequence[str], start_revision: int,
                  sink: WatchSink) -> None:
         self._sink = sink
         self._lock = threading.Lock()
         self._dead = False
+        self._closed = threading.Event()
         self._store = store
         self._client = store.new_client()
         self._endpoints = store._describe_endpoints()
@@ -312,6 +321,22 @@ class _EtcdWatch:
             store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
                                    f"{_describe(exc)}") from None
+        threading.Thread(target=self._check_position, name="confsync-etcd-check",
+                         daemon=True).start()
+
+    def _check_position(self) -> None:
+        while not self._closed.wait(POSITION_CHECK_SECONDS):
+            try:
+                self._store.check_position(self._client, 0)
+            except StoreReset as exc:
+                self._report(exc)
+            except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
+                if not self._closed.is_set():
+                    self._report(StoreUnavailable(f"etcd {self._endpoints}: position check "
+                                                  f"failed: {_describe(exc)}"))
+            with self._lock:
+                if self._dead:
+                    return
 
     def _report(self, item: ChangeBatch | Exception) -> None:
         with self._lock:
@@ -345,6 +370,7 @@ class _EtcdWatch:
             self._report(ChangeBatch(revision, changes, prefix))
 
     def cancel(self) -> None:
+        self._closed.set()
         with self._lock:
             self._dead = True
         try:
