@@ -243,9 +243,11 @@ class EtcdStore:
             self._cluster_id, self._highest_revision = cluster_id, revision
         return Snapshot(revision, values, cluster_id)
 
-    def _current_position(self, client: MultiEndpointEtcd3Client) -> tuple[int, int]:
-        """(cluster id, current revision), by a linearizable read of one key."""
-        response = client.get_response(b"\0")
+    def _current_position(self, client: MultiEndpointEtcd3Client,
+                          key: bytes = b"\0") -> tuple[int, int]:
+        """(cluster id, current revision), by a linearizable read of one key (a key inside a
+        watched prefix: a role allowed to read only those may read it)."""
+        response = client.get_response(key)
         return int(response.header.cluster_id), int(response.header.revision)
 
     # ---- the history followed
@@ -260,12 +262,13 @@ class EtcdStore:
             self._highest_revision = max(self._highest_revision, revision)
             return None
 
-    def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int) -> None:
+    def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int,
+                       key: bytes) -> None:
         """Raise StoreReset unless the server is the cluster we followed and has every revision
         we delivered (`start_revision - 1`) or saw. A recreated etcd (new cluster id) or one
         restored from an older backup (revision back in time) would otherwise accept a watch
         "from revision N+1" and stay silent until its own history passed N."""
-        cluster_id, revision = self._current_position(client)
+        cluster_id, revision = self._current_position(client, key)
         reset = self._saw(cluster_id, revision)
         if reset is not None:
             raise reset
@@ -303,8 +306,9 @@ class _EtcdWatch:
         self._store = store
         self._client = store.new_client()
         self._endpoints = store._describe_endpoints()
+        self._position_key = prefixes[0].encode() if prefixes else b"\0"
         try:
-            store.check_position(self._client, start_revision)
+            store.check_position(self._client, start_revision, self._position_key)
             for prefix in prefixes:
                 key = prefix.encode()
                 self._client.add_watch_callback(
@@ -327,7 +331,7 @@ class _EtcdWatch:
     def _check_position(self) -> None:
         while not self._closed.wait(POSITION_CHECK_SECONDS):
             try:
-                self._store.check_position(self._client, 0)
+                self._store.check_position(self._client, 0, self._position_key)
             except StoreReset as exc:
                 self._report(exc)
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
