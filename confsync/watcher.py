@@ -22,6 +22,11 @@ from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
 
+# A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
+# moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
+# this before re-reading, so the cluster sees a spread instead of a herd.
+RESNAPSHOT_JITTER = 3.0
+
 
 @dataclass(frozen=True)
 class SnapshotTaken:
@@ -101,6 +106,10 @@ class StoreFollower(threading.Thread):
         self._errors.put(None)
 
     def _snapshot(self, reason: str) -> Snapshot | None:
+        if reason in ("compacted", "reset"):
+            delay = random.uniform(0, RESNAPSHOT_JITTER)
+            self._stop_event.wait(delay)
+            log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
         try:
             snapshot = self.store.snapshot(self.prefixes)
         except StoreUnavailable as exc:
