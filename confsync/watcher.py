@@ -81,7 +81,6 @@ class StoreFollower(threading.Thread):
         # Last revision delivered per watched prefix: watches of several prefixes share one
         # stream but are not ordered against each other, so each resumes from its own point.
         self._last: dict[str, int] = {}
-        self._cluster_id = 0  # of the last snapshot
         self._pending_reset: StoreReset | None = None
         self.reconnects = 0
 
@@ -116,28 +115,14 @@ class StoreFollower(threading.Thread):
             self._degraded(str(exc))
             return None
         with self._lock:
-            cause = self._pending_reset if reason == "reset" else self._reset_by(snapshot)
-            self._pending_reset = None
-            if cause is not None and reason != "reset":
-                log.warning("%s snapshot: %s", reason, cause)
-            if cause is not None or reason == "reset":
+            cause, self._pending_reset = self._pending_reset, None
+            if reason == "reset":
                 # Another history: its revisions replace ours (a max() would keep the old ones).
-                reason = "reset"
                 self._last.clear()
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
-            self._cluster_id = snapshot.cluster_id or self._cluster_id
             self.out.put(SnapshotTaken(snapshot, reason, cause=cause))
         return snapshot
-
-    def _reset_by(self, snapshot: Snapshot) -> StoreReset | None:
-        """A snapshot from another cluster, or older than what was delivered: a reset."""
-        highest = max(self._last.values(), default=0)
-        known = self._cluster_id
-        if ((known and snapshot.cluster_id and snapshot.cluster_id != known)
-                or snapshot.revision < highest):
-            return StoreReset(known, snapshot.cluster_id, highest, snapshot.revision)
-        return None
 
     def _on_reset(self, reset: StoreReset) -> str:
         log.warning("watch: %s; taking a fresh snapshot", reset)

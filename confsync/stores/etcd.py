@@ -8,9 +8,10 @@ converts and hands over.
 
 Disasters it guards against: every call carries etcd's require-leader metadata, so a member cut
 off from its quorum ends our watch ("etcdserver: no leader") instead of keeping it silently open,
-and we fail over. Every reconnect compares the cluster id and the current revision with what this
-store has seen: a recreated cluster or one restored from an older backup raises StoreReset
-instead of waiting for revisions that now mean something else. Reads are linearizable (etcd's
+and we fail over. Every reconnect, and every POSITION_CHECK_SECONDS while a watch is open,
+compares the cluster id and the current revision with what this store has seen: a recreated
+cluster or one restored from an older backup raises StoreReset instead of waiting for revisions
+that now mean something else. Reads are linearizable (etcd's
 default, `serializable=False`): a snapshot never predates a write acknowledged before it.
 """
 
@@ -100,6 +101,7 @@ class EtcdStore:
         # The history followed: cluster id and the highest revision seen in any response.
         self._cluster_id = 0
         self._highest_revision = 0
+        self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
 
     # ---- clients
 
@@ -237,10 +239,7 @@ class EtcdStore:
                 values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
         if not prefixes:
             cluster_id, revision = self._current_position(client)
-        with self._lock:
-            # The snapshot is the history from now on (the follower decides whether it was a
-            # reset): a lower revision after a restore must not keep the old high-water mark.
-            self._cluster_id, self._highest_revision = cluster_id, revision
+        self._adopt(cluster_id, revision)
         return Snapshot(revision, values, cluster_id)
 
     def _current_position(self, client: MultiEndpointEtcd3Client,
@@ -252,11 +251,24 @@ class EtcdStore:
 
     # ---- the history followed
 
+    def _adopt(self, cluster_id: int, revision: int) -> None:
+        """A snapshot's position becomes the history followed: the first one, the one after a
+        StoreReset (a lower revision must not keep the old high-water mark), or one that agrees
+        with it. One that disagrees otherwise changes nothing: the watch's next position check
+        raises the StoreReset, so the follower also replaces its resume points."""
+        with self._lock:
+            if self._reset_pending or not self._cluster_id:
+                self._cluster_id, self._highest_revision = cluster_id, revision
+                self._reset_pending = False
+            elif cluster_id in (0, self._cluster_id) and revision >= self._highest_revision:
+                self._highest_revision = revision
+
     def _saw(self, cluster_id: int, revision: int) -> StoreReset | None:
         """Record a response header; a StoreReset when it belongs to another history."""
         with self._lock:
             known = self._cluster_id
             if known and cluster_id and cluster_id != known:
+                self._reset_pending = True
                 return StoreReset(known, cluster_id, self._highest_revision, revision)
             self._cluster_id = cluster_id or known
             self._highest_revision = max(self._highest_revision, revision)
@@ -275,6 +287,8 @@ class EtcdStore:
         with self._lock:
             highest = max(self._highest_revision, start_revision - 1)
         if revision < highest:
+            with self._lock:
+                self._reset_pending = True
             raise StoreReset(cluster_id, cluster_id, highest, revision)
 
     # ---- watch
