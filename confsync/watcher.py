@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
 # moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
 # this before re-reading, so the cluster sees a spread instead of a herd.
-RESNAPSHOT_JITTER = 3.0
+RESNAPSHOT_JITTER = 4.0
 
 
 @dataclass(frozen=True)
