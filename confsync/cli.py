@@ -31,6 +31,8 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--confdir", metavar="DIR", help="directory holding conf.d/ and templates/")
     g.add_argument("--backend", choices=("etcd", "file", "env"))
     g.add_argument("--endpoints", metavar="URL,...", help="etcd endpoints, comma-separated")
+    g.add_argument("--srv-domain", metavar="DOMAIN",
+                   help="find etcd endpoints in DNS SRV records of DOMAIN (instead of --endpoints)")
     g.add_argument("--prefix", metavar="P", help="prefix prepended to every resource's keys")
     g.add_argument("--file", metavar="PATH", action="append", dest="file_paths",
                    help="data file for the file backend (YAML, JSON or TOML); repeatable")
@@ -76,6 +78,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
         "confdir": args.confdir,
         "backend": args.backend,
         "etcd.endpoints": args.endpoints,
+        "etcd.srv_domain": args.srv_domain,
         "prefix": args.prefix,
         "file_paths": args.file_paths,
         "log_level": args.log_level,

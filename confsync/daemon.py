@@ -174,6 +174,8 @@ class Daemon:
                       snapshot.revision, self.mirror.revision)
             return
         first = not self.ready
+        if event.cause is not None:  # "reset": loaded even below the mirror's revision
+            self._on_store_reset(event)
         changed = self.mirror.load(snapshot)
         self.snapshot_floor = snapshot.revision
         self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
@@ -185,11 +187,26 @@ class Daemon:
             self.observers.ready(snapshot.revision)
             return
         if changed:
-            level = logging.WARNING if event.reason == "resync" else logging.INFO
+            level = logging.WARNING if event.reason in ("resync", "reset") else logging.INFO
             log.log(level, "%s snapshot at revision %d: %d keys differed from the mirror",
                     event.reason, snapshot.revision, len(changed),
                     extra={"revision": snapshot.revision, "changed": len(changed)})
             self._touch_covering(changed)
+
+    def _on_store_reset(self, event: SnapshotTaken) -> None:
+        """A recreated or restored store: say so loudly; the normal render path (and its
+        guards: min_keys, some keys -> none) then decides what reaches the files."""
+        reset = event.cause
+        assert reset is not None
+        log.warning("store reset: cluster id %x -> %x, revision %d -> %d (mirror at %d); the "
+                    "new snapshot replaces the mirror", reset.old_cluster, reset.new_cluster,
+                    reset.old_revision, reset.new_revision, self.mirror.revision,
+                    extra={"old_cluster_id": f"{reset.old_cluster:x}",
+                           "new_cluster_id": f"{reset.new_cluster:x}",
+                           "old_revision": reset.old_revision,
+                           "new_revision": event.snapshot.revision})
+        self.observers.store_reset(reset.old_cluster, reset.new_cluster, reset.old_revision,
+                                   event.snapshot.revision)
 
     def _on_stream_state(self, event: StreamState) -> None:
         if event.connected:

@@ -35,6 +35,24 @@ class RevisionCompacted(ConfsyncError):
         super().__init__(f"revision compacted up to {compacted_revision}")
 
 
+class StoreReset(ConfsyncError):
+    """The store is not the history we followed: another cluster (recreated etcd), or a revision
+    below one we already saw (restored from an older backup). Resuming would wait for revisions
+    that mean something else, so a fresh snapshot replaces the mirror."""
+
+    def __init__(self, old_cluster: int, new_cluster: int, old_revision: int,
+                 new_revision: int) -> None:
+        self.old_cluster = old_cluster
+        self.new_cluster = new_cluster
+        self.old_revision = old_revision
+        self.new_revision = new_revision
+        what = (f"cluster id changed from {old_cluster:x} to {new_cluster:x}"
+                if old_cluster and new_cluster and old_cluster != new_cluster
+                else f"cluster {new_cluster:x} is at revision {new_revision}, below revision "
+                     f"{old_revision} already seen (restored from an older backup?)")
+        super().__init__(f"store reset: {what}; revision {old_revision} -> {new_revision}")
+
+
 class ResourceError(ConfsyncError):
     """One resource failed at one step; the others go on. Exit code 1."""
 

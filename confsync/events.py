@@ -54,6 +54,11 @@ class Observer:
     def stopping(self) -> None:
         """SIGTERM/SIGINT: the apply in flight finishes, then the loop exits."""
 
+    def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
+                    new_revision: int) -> None:
+        """The store was recreated or restored; a snapshot of the new history replaces the
+        mirror (revisions may go down)."""
+
 
 class Observers(Observer):
     """Fan-out to several observers; one failing observer never stops the loop."""
@@ -104,3 +109,7 @@ class Observers(Observer):
 
     def stopping(self) -> None:
         self._each("stopping")
+
+    def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
+                    new_revision: int) -> None:
+        self._each("store_reset", old_cluster, new_cluster, old_revision, new_revision)

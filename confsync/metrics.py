@@ -139,6 +139,9 @@ class Metrics(Observer):
         self.snapshots = Counter(
             "snapshots", "Full snapshots loaded (start, compaction, resync)", namespace=ns,
             registry=r)
+        self.store_resets = Counter(
+            "store_resets", "Store resets seen: another cluster id, or revisions gone back "
+            "(recreated or restored etcd); each replaced the mirror", namespace=ns, registry=r)
         self.current_revision = Gauge(
             "store_revision", "Newest store revision seen", namespace=ns, registry=r)
         self.applied_revision = Gauge(
@@ -210,6 +213,15 @@ class Metrics(Observer):
     def snapshot_loaded(self, revision: int, keys: int) -> None:
         self.snapshots.inc()
         self._revision_seen(revision)
+
+    def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
+                    new_revision: int) -> None:
+        self.store_resets.inc()
+        with self._lock:  # revisions start again: the high-water marks do too
+            self._current_revision = new_revision
+            self._applied_revision = new_revision
+        self.current_revision.set(new_revision)
+        self.applied_revision.set(new_revision)
 
     def watch_connected(self, revision: int) -> None:
         with self._lock:

@@ -36,6 +36,9 @@ class EtcdSettings:
     user: str | None = None
     password_file: Path | None = None
     timeout: float = 5.0
+    # DNS SRV discovery (confsync.stores.srv): when set, replaces `endpoints`.
+    srv_domain: str = ""
+    srv_nameserver: str = ""  # host:port of the DNS server to ask; "" = the system's resolver
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("etcd.user", "etcd", "user", _str),
     ("etcd.password_file", "etcd", "password_file", _path),
     ("etcd.timeout", "etcd", "timeout", parse_duration),
+    ("etcd.srv_domain", "etcd", "srv_domain", _str),
+    ("etcd.srv_nameserver", "etcd", "srv_nameserver", _address),
     ("file_paths", "file", "paths", _paths),
     ("watch.wait_min", "watch", "wait_min", parse_duration),
     ("watch.wait_max", "watch", "wait_max", parse_duration),

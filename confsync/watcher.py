@@ -2,8 +2,9 @@
 
 It takes the snapshot, opens the watch from snapshot revision + 1, and when the stream breaks it
 backs off (capped, jittered) and resumes from the last delivered revision + 1 with a new client,
-so no event is ever lost or applied twice. A compacted revision means a fresh snapshot. It hands
-everything to the daemon's queue in order; it never renders.
+so no event is ever lost or applied twice. A compacted revision means a fresh snapshot; so does
+a store reset (another cluster, or revisions gone back), whose snapshot also replaces the
+resume points. It hands everything to the daemon's queue in order; it never renders.
 """
 
 from __future__ import annotations
@@ -16,16 +17,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confsync.errors import RevisionCompacted, StoreUnavailable
+from confsync.errors import RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
+
+# A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
+# moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
+# this before re-reading, so the cluster sees a spread instead of a herd.
+RESNAPSHOT_JITTER = 4.0
 
 
 @dataclass(frozen=True)
 class SnapshotTaken:
     snapshot: Snapshot
-    reason: str  # "start", "compacted", "resync"
+    reason: str  # "start", "compacted", "resync", "reset"
+    cause: StoreReset | None = None  # for "reset": old and new cluster id and revisions
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class StoreFollower(threading.Thread):
         # Last revision delivered per watched prefix: watches of several prefixes share one
         # stream but are not ordered against each other, so each resumes from its own point.
         self._last: dict[str, int] = {}
+        self._pending_reset: StoreReset | None = None
         self.reconnects = 0
 
     # ---- called from the store's thread
@@ -97,16 +105,30 @@ class StoreFollower(threading.Thread):
         self._errors.put(None)
 
     def _snapshot(self, reason: str) -> Snapshot | None:
+        if reason in ("compacted", "reset"):
+            delay = random.uniform(0, RESNAPSHOT_JITTER)
+            self._stop_event.wait(delay)
+            log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
         try:
             snapshot = self.store.snapshot(self.prefixes)
         except StoreUnavailable as exc:
             self._degraded(str(exc))
             return None
         with self._lock:
+            cause, self._pending_reset = self._pending_reset, None
+            if reason == "reset":
+                # Another history: its revisions replace ours (a max() would keep the old ones).
+                self._last.clear()
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
-            self.out.put(SnapshotTaken(snapshot, reason))
+            self.out.put(SnapshotTaken(snapshot, reason, cause=cause))
         return snapshot
+
+    def _on_reset(self, reset: StoreReset) -> str:
+        log.warning("watch: %s; taking a fresh snapshot", reset)
+        with self._lock:
+            self._pending_reset = reset
+        return "reset"
 
     def _degraded(self, reason: str) -> None:
         self.out.put(StreamState(False, self._resume_revision() - 1, reason))
@@ -131,6 +153,9 @@ class StoreFollower(threading.Thread):
                             "snapshot", start, exc.compacted_revision)
                 reason = "compacted"
                 continue
+            except StoreReset as exc:
+                reason = self._on_reset(exc)
+                continue
             except StoreUnavailable as exc:
                 self._degraded(str(exc))
                 continue
@@ -143,6 +168,8 @@ class StoreFollower(threading.Thread):
                 log.warning("watch: revision compacted (up to %d); taking a fresh snapshot",
                             error.compacted_revision)
                 reason = "compacted"
+            elif isinstance(error, StoreReset):
+                reason = self._on_reset(error)
             else:
                 self._degraded(str(error))
 

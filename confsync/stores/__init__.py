@@ -21,6 +21,9 @@ class Snapshot:
 
     revision: int
     values: dict[str, bytes]
+    # The store's identity (etcd's header.cluster_id; 0 where there is none). A snapshot from
+    # another cluster is a different history: its revisions cannot be compared with ours.
+    cluster_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class ChangeBatch:
 
 
 # The watch sink gets batches in revision order, or one exception after which the watch is dead:
-# StoreUnavailable (resume from last revision + 1) or RevisionCompacted (take a fresh snapshot).
+# StoreUnavailable (resume from last revision + 1), RevisionCompacted (take a fresh snapshot) or
+# StoreReset (another cluster, or revisions went back: a fresh snapshot replaces the mirror).
 WatchSink = Callable[[ChangeBatch | Exception], None]
 
 
@@ -57,7 +61,9 @@ class Store(Protocol):
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
         """Start delivering changes after `start_revision - 1` to `sink` from a store thread.
 
-        The sink must only enqueue: rendering on the store's thread would stall the stream.
+        Raises StoreUnavailable, RevisionCompacted, or StoreReset when the store is no longer
+        the history `start_revision` belongs to. The sink must only enqueue: rendering on the
+        store's thread would stall the stream.
         """
         ...
 

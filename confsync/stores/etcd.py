@@ -5,6 +5,14 @@ watch by itself, a failed endpoint is refused for `time_retry` seconds, half-ope
 only noticed with HTTP/2 pings, and all watches of one client share one stream and one callback
 thread. So: a new client per watch session, keepalive options always on, and the callback only
 converts and hands over.
+
+Disasters it guards against: every call carries etcd's require-leader metadata, so a member cut
+off from its quorum ends our watch ("etcdserver: no leader") instead of keeping it silently open,
+and we fail over. Every reconnect, and every POSITION_CHECK_SECONDS while a watch is open,
+compares the cluster id and the current revision with what this store has seen: a recreated
+cluster or one restored from an older backup raises StoreReset instead of waiting for revisions
+that now mean something else. Reads are linearizable (etcd's
+default, `serializable=False`): a snapshot never predates a write acknowledged before it.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pyetcd
 import pyetcd.exceptions
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
-from confsync.errors import ConfigError, RevisionCompacted, StoreUnavailable
+from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 
@@ -38,6 +46,24 @@ GRPC_OPTIONS: list[tuple[str, Any]] = [
 ]
 # After an error an endpoint is skipped this long; the client's default is 300 s.
 ENDPOINT_RETRY_SECONDS = 1.0
+# etcd's WithRequireLeader: the server refuses calls, and cancels open watch streams a few
+# election timeouts after the member lost its leader (a partitioned member otherwise serves a
+# watch that will never see another event).
+REQUIRE_LEADER = ("hasleader", "true")
+# While a watch is open, its server's identity and revision are checked this often (one tiny
+# linearizable read). A gRPC proxy that reconnects upstream to a recreated etcd keeps our stream
+# open and silent; so does a member whose leader loss the proxy does not report.
+POSITION_CHECK_SECONDS = 10.0
+
+
+class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
+    """The library's client with the require-leader metadata on every call, watches included
+    (its watcher takes the client's `metadata`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        token: tuple[tuple[str, str], ...] = getattr(self, "metadata", None) or ()
+        self.metadata = (*token, REQUIRE_LEADER)
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -67,17 +93,27 @@ class EtcdStore:
         self._settings = settings
         self._lock = threading.Lock()
         self._client: MultiEndpointEtcd3Client | None = None
-        self._credentials = self._build_credentials()
-        self._rotation = 0  # each new client starts at the next endpoint
+        self._credentials_cache: dict[bool, grpc.ChannelCredentials | None] = {}
+        if not settings.srv_domain:
+            self._credentials(settings.endpoints)  # bad TLS settings fail at start
+        self._rotation = 0  # after a failure, the next client starts at the next endpoint
+        self._rotation_lock = threading.Lock()
+        # The history followed: cluster id and the highest revision seen in any response.
+        self._cluster_id = 0
+        self._highest_revision = 0
+        self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
 
     # ---- clients
 
-    def _build_credentials(self) -> grpc.ChannelCredentials | None:
+    def _credentials(self, urls: Sequence[str]) -> grpc.ChannelCredentials | None:
+        secure = self._settings.ca_cert is not None or any(
+            urlsplit(e).scheme == "https" for e in urls)
+        if secure not in self._credentials_cache:
+            self._credentials_cache[secure] = self._build_credentials() if secure else None
+        return self._credentials_cache[secure]
+
+    def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings
-        secure = s.ca_cert is not None or any(
-            urlsplit(e).scheme == "https" for e in s.endpoints)
-        if not secure:
-            return None
         if (s.cert is None) != (s.key is None):
             raise ConfigError("etcd", "give both cert and key for client TLS, or neither", "cert")
 
@@ -95,39 +131,61 @@ class EtcdStore:
             certificate_chain=read(s.cert, "client certificate"),
         )
 
+    def endpoint_urls(self) -> tuple[str, ...]:
+        """The configured endpoints, or those DNS SRV records name now (`srv_domain`)."""
+        s = self._settings
+        if not s.srv_domain:
+            return s.endpoints
+        from confsync.stores.srv import resolve_endpoints
+
+        return resolve_endpoints(s.srv_domain, s.srv_nameserver, s.timeout)
+
+    def _describe_endpoints(self) -> str:
+        s = self._settings
+        return f"SRV {s.srv_domain}" if s.srv_domain else ", ".join(s.endpoints)
+
     def _endpoints(self) -> list[Endpoint]:
         endpoints = []
-        for url in self._settings.endpoints:
+        urls = self.endpoint_urls()
+        credentials = self._credentials(urls)
+        for url in urls:
             parts = urlsplit(url if "://" in url else "http://" + url)
             if not parts.hostname or parts.scheme not in ("http", "https"):
                 raise ConfigError("etcd", f"expected an endpoint such as "
                                   f"http://127.0.0.1:2379, found {url!r}", "endpoints")
             endpoints.append(Endpoint(
-                parts.hostname, parts.port or 2379, secure=self._credentials is not None,
-                creds=self._credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
+                parts.hostname, parts.port or 2379, secure=credentials is not None,
+                creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
         return endpoints
 
     def new_client(self) -> MultiEndpointEtcd3Client:
         """A fresh client (and so a fresh auth token and fresh endpoint state).
 
-        Clients are made after failures, so each starts at the next endpoint in the list: a
-        reconnect after a member died moves on instead of picking the dead one at random.
+        It starts at the endpoint after the last one that failed (`endpoint_failed`): a
+        reconnect after a member died or lost its leader moves on instead of picking the dead
+        one at random, and while nothing fails every client talks to the same member.
         """
         password = read_password(self._settings)
         endpoints = self._endpoints()
-        first = endpoints[self._rotation % len(endpoints)]
-        self._rotation += 1
+        with self._rotation_lock:
+            first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]
         try:
-            client = MultiEndpointEtcd3Client(
+            client = _Client(
                 endpoints=ordered, timeout=self._settings.timeout,
                 user=self._settings.user if password is not None else None,
                 password=password, failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
-            raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
+            self.endpoint_failed()
+            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
                                    f"cannot connect: {_describe(exc)}") from None
         client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
+
+    def endpoint_failed(self) -> None:
+        """The endpoint in use failed: the next client starts at the next one."""
+        with self._rotation_lock:
+            self._rotation += 1
 
     def _shared_client(self) -> MultiEndpointEtcd3Client:
         with self._lock:
@@ -146,10 +204,10 @@ class EtcdStore:
     def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         """All prefixes at one revision: the first read fixes it, the rest are read at it.
 
-        Each endpoint is tried in turn (each new client starts at the next one), so one dead
-        member does not fail `once`. The client never refreshes its auth token, so once the
-        token's TTL has passed every call fails UNAUTHENTICATED: then authenticate again with
-        a new client, once.
+        Each endpoint is tried in turn (after a failure a new client starts at the next one),
+        so one dead member does not fail `once`. The client never refreshes its auth token, so
+        once the token's TTL has passed every call fails UNAUTHENTICATED: then authenticate
+        again with a new client, once.
         """
         endpoints = len(self._settings.endpoints)
         reauthenticated = False
@@ -165,31 +223,84 @@ class EtcdStore:
                     reauthenticated = True
                     log.info("etcd auth token expired or revoked; authenticating again")
                     continue
+                if not isinstance(exc, StoreUnavailable):  # (new_client moved on already)
+                    self.endpoint_failed()
                 failures.append(str(exc) if isinstance(exc, StoreUnavailable)
                                 else _describe(exc))
                 if len(failures) < endpoints:
                     log.warning("etcd read failed (%s); trying the next endpoint", failures[-1])
-        raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
+        raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
                                f"read failed: {'; '.join(dict.fromkeys(failures))}")
 
     def _read(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str]) -> Snapshot:
+        # Linearizable ranges (the library's default, serializable=False): the member confirms
+        # with the leader that it has applied everything committed before answering.
         values: dict[str, bytes] = {}
-        revision = 0
+        revision = cluster_id = 0
         for prefix in prefixes:
             key = prefix.encode()
-            kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+            kwargs: dict[str, Any] = {"serializable": False}  # explicit: never stale
+            if revision:
+                kwargs["revision"] = revision
             response = client.get_range_response(key, _range_end(key), **kwargs)
             if not revision:
                 revision = int(response.header.revision)
+                cluster_id = int(response.header.cluster_id)
             for kv in response.kvs:
                 values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
         if not prefixes:
-            revision = self._current_revision(client)
-        return Snapshot(revision, values)
+            cluster_id, revision = self._current_position(client)
+        self._adopt(cluster_id, revision)
+        return Snapshot(revision, values, cluster_id)
 
-    def _current_revision(self, client: MultiEndpointEtcd3Client) -> int:
-        response = client.get_response(b"\0")
-        return int(response.header.revision)
+    def _current_position(self, client: MultiEndpointEtcd3Client,
+                          key: bytes = b"\0") -> tuple[int, int]:
+        """(cluster id, current revision), by a linearizable read of one key (a key inside a
+        watched prefix: a role allowed to read only those may read it)."""
+        response = client.get_response(key)
+        return int(response.header.cluster_id), int(response.header.revision)
+
+    # ---- the history followed
+
+    def _adopt(self, cluster_id: int, revision: int) -> None:
+        """A snapshot's position becomes the history followed: the first one, the one after a
+        StoreReset (a lower revision must not keep the old high-water mark), or one that agrees
+        with it. One that disagrees otherwise changes nothing: the watch's next position check
+        raises the StoreReset, so the follower also replaces its resume points."""
+        with self._lock:
+            if self._reset_pending or not self._cluster_id:
+                self._cluster_id, self._highest_revision = cluster_id, revision
+                self._reset_pending = False
+            elif cluster_id in (0, self._cluster_id) and revision >= self._highest_revision:
+                self._highest_revision = revision
+
+    def _saw(self, cluster_id: int, revision: int) -> StoreReset | None:
+        """Record a response header; a StoreReset when it belongs to another history."""
+        with self._lock:
+            known = self._cluster_id
+            if known and cluster_id and cluster_id != known:
+                self._reset_pending = True
+                return StoreReset(known, cluster_id, self._highest_revision, revision)
+            self._cluster_id = cluster_id or known
+            self._highest_revision = max(self._highest_revision, revision)
+            return None
+
+    def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int,
+                       key: bytes) -> None:
+        """Raise StoreReset unless the server is the cluster we followed and has every revision
+        we delivered (`start_revision - 1`) or saw. A recreated etcd (new cluster id) or one
+        restored from an older backup (revision back in time) would otherwise accept a watch
+        "from revision N+1" and stay silent until its own history passed N."""
+        cluster_id, revision = self._current_position(client, key)
+        reset = self._saw(cluster_id, revision)
+        if reset is not None:
+            raise reset
+        with self._lock:
+            highest = max(self._highest_revision, start_revision - 1)
+        if revision < highest:
+            with self._lock:
+                self._reset_pending = True
+            raise StoreReset(cluster_id, cluster_id, highest, revision)
 
     # ---- watch
 
@@ -205,16 +316,24 @@ class EtcdStore:
 
 
 class _EtcdWatch:
-    """A watch session. After its first error it reports once and goes quiet for good."""
+    """A watch session. After its first error it reports once and goes quiet for good.
+
+    A small thread re-checks the server's position every POSITION_CHECK_SECONDS: an open
+    stream alone cannot tell a silent cluster from a replaced one behind a proxy.
+    """
 
     def __init__(self, store: EtcdStore, prefixes: Sequence[str], start_revision: int,
                  sink: WatchSink) -> None:
         self._sink = sink
         self._lock = threading.Lock()
         self._dead = False
+        self._closed = threading.Event()
+        self._store = store
         self._client = store.new_client()
-        self._endpoints = ", ".join(store._settings.endpoints)
+        self._endpoints = store._describe_endpoints()
+        self._position_key = prefixes[0].encode() if prefixes else b"\0"
         try:
+            store.check_position(self._client, start_revision, self._position_key)
             for prefix in prefixes:
                 key = prefix.encode()
                 self._client.add_watch_callback(
@@ -223,10 +342,30 @@ class _EtcdWatch:
         except pyetcd.exceptions.RevisionCompactedError as exc:
             self.cancel()
             raise RevisionCompacted(int(exc.compacted_revision)) from None
+        except StoreReset:
+            self.cancel()
+            raise
         except Exception as exc:
             self.cancel()
+            store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
                                    f"{_describe(exc)}") from None
+        threading.Thread(target=self._check_position, name="confsync-etcd-check",
+                         daemon=True).start()
+
+    def _check_position(self) -> None:
+        while not self._closed.wait(POSITION_CHECK_SECONDS):
+            try:
+                self._store.check_position(self._client, 0, self._position_key)
+            except StoreReset as exc:
+                self._report(exc)
+            except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
+                if not self._closed.is_set():
+                    self._report(StoreUnavailable(f"etcd {self._endpoints}: position check "
+                                                  f"failed: {_describe(exc)}"))
+            with self._lock:
+                if self._dead:
+                    return
 
     def _report(self, item: ChangeBatch | Exception) -> None:
         with self._lock:
@@ -234,6 +373,8 @@ class _EtcdWatch:
                 return
             if isinstance(item, Exception):
                 self._dead = True
+        if isinstance(item, StoreUnavailable):
+            self._store.endpoint_failed()
         self._sink(item)
 
     def _on_response(self, prefix: str, response: Any) -> None:
@@ -244,6 +385,11 @@ class _EtcdWatch:
             why = _describe(response) if response is not None else "stream ended"
             self._report(StoreUnavailable(f"etcd {self._endpoints}: watch lost: {why}"))
         else:
+            header = response.header
+            reset = self._store._saw(int(header.cluster_id), int(header.revision))
+            if reset is not None:  # e.g. a gRPC proxy that reconnected to a recreated cluster
+                self._report(reset)
+                return
             changes = tuple(
                 Change(ev.key.decode("utf-8", "surrogateescape"),
                        None if isinstance(ev, pyetcd.events.DeleteEvent) else bytes(ev.value))
@@ -253,6 +399,7 @@ class _EtcdWatch:
             self._report(ChangeBatch(revision, changes, prefix))
 
     def cancel(self) -> None:
+        self._closed.set()
         with self._lock:
             self._dead = True
         try:

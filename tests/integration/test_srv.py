@@ -1,0 +1,98 @@
+"""Endpoints from DNS SRV records (`srv_domain`), served by a local DNS server on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, StoreUnavailable
+from confsync.stores.srv import resolve_endpoints
+from tests.support.cli import confsync, write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.dns_server import SrvServer
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember, free_port
+
+DOMAIN = "etcd.confsync.test"
+PLAIN = f"_etcd-client._tcp.{DOMAIN}"
+SSL = f"_etcd-client-ssl._tcp.{DOMAIN}"
+
+
+@pytest.fixture
+def dns() -> Iterator[SrvServer]:
+    with SrvServer({}) as server:
+        yield server
+
+
+def resource(tmp_path: Path, prefix: str) -> Path:
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "r", "{{ getv('/k/a') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]\nprefix = "{prefix}"')
+    return dest
+
+
+def test_once_finds_etcd_by_srv(etcd: EtcdMember, dns: SrvServer, tmp_path: Path) -> None:
+    prefix = f"/srv-{uuid.uuid4().hex[:8]}"
+    client(etcd.endpoint).put(prefix + "/k/a", "from-srv")
+    # Priority first: the live member (10) before a dead port (20).
+    dns.resolver.records[PLAIN] = [(20, 10, free_port(), "localhost."),
+                                   (10, 10, etcd.client_port, "localhost.")]
+    dest = resource(tmp_path, prefix)
+    result = confsync("once", "--confdir", str(tmp_path / "cd"), "--srv-domain", DOMAIN,
+                      env={"CONFSYNC_ETCD_SRV_NAMESERVER": dns.address})
+    assert result.returncode == EXIT_OK, result.stderr
+    assert read(dest) == "from-srv\n"
+
+
+def test_watch_follows_the_records_on_reconnect(
+        etcd_binary: str, etcd_private: EtcdMember, dns: SrvServer, tmp_path: Path) -> None:
+    """The records are read again for every new client: when the member they name dies and
+    the records move to another etcd, the watch follows (as a fresh cluster: a reset)."""
+    prefix = "/srv"
+    client(etcd_private.endpoint).put(prefix + "/k/a", "first")
+    dns.resolver.records[PLAIN] = [(10, 10, etcd_private.client_port, "localhost.")]
+    dest = resource(tmp_path, prefix)
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'[etcd]\nsrv_domain = "{DOMAIN}"\nsrv_nameserver = "{dns.address}"\n')
+    w = WatchProcess("--config", str(config), "--confdir", str(tmp_path / "cd"), "--wait-min",
+                     "0", log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: read(dest) == "first\n", timeout=15, what=f"first render\n{w.output()}")
+        other = EtcdMember(etcd_binary, tmp_path / "other" / "data", token="other")
+        (tmp_path / "other").mkdir()
+        other.start()
+        try:
+            client(other.endpoint).put(prefix + "/k/a", "second")
+            dns.resolver.records[PLAIN] = [(10, 10, other.client_port, "localhost.")]
+            etcd_private.stop()
+            wait_for(lambda: read(dest) == "second\n", timeout=30,
+                     what=f"the member the records name now\n{w.output()[-3000:]}")
+        finally:
+            other.stop()
+    finally:
+        w.stop()
+
+
+def test_ssl_records_come_first(dns: SrvServer) -> None:
+    dns.resolver.records[PLAIN] = [(10, 10, 2379, "plain.example.")]
+    dns.resolver.records[SSL] = [(10, 5, 2379, "b.example."), (10, 50, 2379, "a.example."),
+                                 (5, 1, 2380, "first.example.")]
+    assert resolve_endpoints(DOMAIN, dns.address) == (
+        "https://first.example:2380", "https://a.example:2379", "https://b.example:2379")
+    del dns.resolver.records[SSL]
+    assert resolve_endpoints(DOMAIN, dns.address) == ("http://plain.example:2379",)
+
+
+def test_no_records_is_store_unavailable_naming_the_domain(dns: SrvServer,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match=DOMAIN):
+        resolve_endpoints(DOMAIN, dns.address)
+    resource(tmp_path, "/none")
+    result = confsync("once", "--confdir", str(tmp_path / "cd"), "--srv-domain", DOMAIN,
+                      env={"CONFSYNC_ETCD_SRV_NAMESERVER": dns.address,
+                           "CONFSYNC_ETCD_TIMEOUT": "2s"})
+    assert result.returncode == EXIT_STORE_UNAVAILABLE
+    assert DOMAIN in result.stderr
