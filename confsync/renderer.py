@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from confsync.confd_funcs import register as register_confd_functions
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue
 from confsync.mirror import BadValue, Mirror, Value
@@ -323,6 +324,7 @@ class Renderer:
         self.env.filters["multiline"] = Multiline
         self.env.filters["base"] = _base
         self.env.filters["dirname"] = lambda path: path.rpartition("/")[0] or "/"
+        register_confd_functions(self.env)
         self._template_files: set[str] = set()
         self._json_caches: dict[str, dict[str, Any]] = {}
         self._kv_caches: dict[str, dict[str, KV]] = {}
