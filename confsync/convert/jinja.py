@@ -301,10 +301,10 @@ class Emitter:
                 only = node.orelse[0] if len(node.orelse) == 1 else None
                 if isinstance(only, g.If) and not only.pipe.decls:
                     self._if(only, ctx, "elif")
-                    return
-                self.tag("else")
-                with self.scope():
-                    self._nodes(node.orelse, ctx)
+                else:
+                    self.tag("else")
+                    with self.scope():
+                        self._nodes(node.orelse, ctx)
         if opener == "if":
             self.tag("endif")
 

@@ -213,7 +213,7 @@ def _format_one(value: Any, flags: str, width: str | None, prec: str | None, ver
         return "[" + " ".join(_format_one(v, flags, width, prec, verb) for v in value) + "]"
     bad = f"%!{verb}({_go_type(value)}={go_str(value) if value is not None else ''})"
     if value is None:
-        return f"%!{verb}(<nil>)"
+        return _pad("<nil>", flags, width) if verb == "v" else f"%!{verb}(<nil>)"
     pyflags = "".join(c for c in flags if c in "-+ 0#")
     if verb == "v":
         text = go_str(value)
