@@ -365,7 +365,8 @@ class Parser:
             raise self.fail(end[0].pos, f"unexpected {{{{{end[1]}}}}}")
         return ParsedTemplate(self.filename, body, self.defines, self.define_pos)
 
-    def _list(self, top: bool = False) -> tuple[list[Node], tuple[_Segment, str] | None]:
+    def _list(self, top: bool = False,
+              opener: tuple[Pos, str] | None = None) -> tuple[list[Node], tuple[_Segment, str] | None]:
         """Nodes up to an `end` or `else` (returned, with which), or to the end of the file."""
         nodes: list[Node] = []
         while self.index < len(self.segments):
@@ -402,13 +403,13 @@ class Parser:
             else:
                 nodes.append(Action(seg.pos, _PipeParser(self, seg.pos, toks).pipeline(True)))
         if not top:
-            raise self.fail(self.segments[-1].pos if self.segments else Pos(1, 1),
-                            "unexpected EOF (missing {{end}})")
+            pos, word = opener or (Pos(1, 1), "action")
+            raise self.fail(pos, f"unexpected EOF: this {{{{{word}}}}} has no {{{{end}}}}")
         return nodes, None
 
     def _control(self, seg: _Segment, word: str) -> Node:
         pipe = _PipeParser(self, seg.pos, seg.tokens[1:]).pipeline(True, allow_range=word)
-        body, end = self._list()
+        body, end = self._list(opener=(seg.pos, word))
         assert end is not None
         orelse: list[Node] | None = None
         end_seg, kind = end
@@ -425,7 +426,7 @@ class Parser:
                 nested = self._control_shared_end(word)
                 orelse = [nested]
             else:
-                orelse, end2 = self._list()
+                orelse, end2 = self._list(opener=(seg.pos, word))
                 assert end2 is not None
                 if end2[1] != "end":
                     raise self.fail(end2[0].pos, "expected {{end}}")
@@ -448,7 +449,7 @@ class Parser:
             pipe = None
         else:
             name, pipe = self._template_args(seg, toks)
-        body, end = self._list()
+        body, end = self._list(opener=(seg.pos, word))
         assert end is not None
         if end[1] != "end":
             raise self.fail(end[0].pos, f"unexpected {{{{else}}}} in {word}")

@@ -411,6 +411,8 @@ class Emitter:
     def command(self, cmd: g.Command, ctx: _Ctx, piped: _Result | None) -> _Result:
         head, rest = cmd.args[0], cmd.args[1:]
         if isinstance(head, g.Identifier):
+            if head.name in _REFUSED_FUNCS:
+                raise self.fail(head.pos, f"{head.name} (refused: {_REFUSED_FUNCS[head.name]})")
             args = [self.operand(a, ctx) for a in rest]
             if piped is not None:
                 args.append(piped)

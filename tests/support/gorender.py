@@ -38,17 +38,25 @@ def go_available() -> bool:
     return shutil.which("go") is not None
 
 
-def render_go(go_text: str, data: dict[str, str], env: dict[str, str] | None = None) -> str:
-    """Go's own output for the template (needs `go`); raises on a Go error."""
+def build_gotmpl(out_dir: Path) -> Path:
+    """Compile the Go reference renderer (needs `go`, no network: it uses only the stdlib)."""
+    import os
+
+    binary = out_dir / "gotmpl"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GOTMPL, check=True,
+                   capture_output=True, env={**os.environ, "GOFLAGS": "-mod=mod",
+                                             "GOCACHE": str(out_dir / "gocache")})
+    return binary
+
+
+def render_go(binary: Path, go_text: str, data: dict[str, str],
+              env: dict[str, str] | None = None) -> str:
+    """Go's own output for the template; raises on a Go error."""
     import os
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "t.tmpl").write_text(go_text)
         (Path(tmp) / "data.json").write_text(json.dumps(data))
-        binary = Path(tmp) / "gotmpl"
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=GOTMPL, check=True,
-                       capture_output=True, env={**os.environ, "GOFLAGS": "-mod=mod",
-                                                 "GOCACHE": str(Path(tmp) / "cache")})
         done = subprocess.run([str(binary), str(Path(tmp) / "t.tmpl"),
                                str(Path(tmp) / "data.json")], capture_output=True,
                               env={**os.environ, **(env or {})})
