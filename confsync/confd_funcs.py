@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -249,14 +250,14 @@ class SRV(NamedTuple):
 
 def lookup_srv(service: str, proto: str, name: str) -> list[SRV]:
     """`_service._proto.name` SRV records sorted as confd sorts them; [] when none resolve."""
-    try:
-        import dns.resolver  # optional: only templates using lookupSRV need dnspython
+    try:  # optional: only templates using lookupSRV need dnspython
+        resolver = importlib.import_module("dns.resolver")
     except ImportError:
         raise TemplateFunctionError("lookupSRV needs the dnspython package "
                                     "(pip install dnspython)") from None
     query = f"_{service}._{proto}.{name}" if service or proto else name
     try:
-        answer = dns.resolver.resolve(query, "SRV")
+        answer = resolver.resolve(query, "SRV")
     except Exception:
         return []
     records = [SRV(str(r.target), r.port, r.priority, r.weight) for r in answer]
@@ -282,7 +283,7 @@ class GoTime:
     def __init__(self, moment: _dt.datetime) -> None:
         self._moment = moment
 
-    def Format(self, layout: str) -> str:  # noqa: N802 - Go's method name
+    def Format(self, layout: str) -> str:
         tokens = sorted(_GO_LAYOUT, key=lambda t: -len(t[0]))
         out: list[str] = []
         i = 0
@@ -312,10 +313,10 @@ class GoTime:
             return f"{m.day:2d}"
         return m.strftime(directive)
 
-    def Unix(self) -> int:  # noqa: N802
+    def Unix(self) -> int:
         return int(self._moment.timestamp())
 
-    def UTC(self) -> GoTime:  # noqa: N802
+    def UTC(self) -> GoTime:
         return GoTime(self._moment.astimezone(_dt.UTC))
 
     def __str__(self) -> str:

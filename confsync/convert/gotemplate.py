@@ -244,7 +244,7 @@ class _Lexer:
             text = src[i:text_end]
             if trim_next:
                 text = text.lstrip(_SPACE)
-            trim_left = start >= 0 and src.startswith("{{- ", start) or any(
+            trim_left = (start >= 0 and src.startswith("{{- ", start)) or any(
                 start >= 0 and src.startswith("{{-" + c, start) for c in "\t\r\n")
             if trim_left:
                 text = text.rstrip(_SPACE)
@@ -365,8 +365,8 @@ class Parser:
             raise self.fail(end[0].pos, f"unexpected {{{{{end[1]}}}}}")
         return ParsedTemplate(self.filename, body, self.defines, self.define_pos)
 
-    def _list(self, top: bool = False,
-              opener: tuple[Pos, str] | None = None) -> tuple[list[Node], tuple[_Segment, str] | None]:
+    def _list(self, top: bool = False, opener: tuple[Pos, str] | None = None
+              ) -> tuple[list[Node], tuple[_Segment, str] | None]:
         """Nodes up to an `end` or `else` (returned, with which), or to the end of the file."""
         nodes: list[Node] = []
         while self.index < len(self.segments):
@@ -430,8 +430,11 @@ class Parser:
                 assert end2 is not None
                 if end2[1] != "end":
                     raise self.fail(end2[0].pos, "expected {{end}}")
-        cls = {"if": If, "range": Range, "with": With}[word]
-        return cls(seg.pos, pipe, body, orelse)  # type: ignore[no-any-return]
+        if word == "if":
+            return If(seg.pos, pipe, body, orelse)
+        if word == "range":
+            return Range(seg.pos, pipe, body, orelse)
+        return With(seg.pos, pipe, body, orelse)
 
     def _control_shared_end(self, word: str) -> Node:
         seg = self.segments[self.index]
