@@ -239,6 +239,25 @@ def lookup_ipv6(name: str) -> list[str]:
     return [ip for ip in lookup_ip(name) if ":" in ip]
 
 
+def _iface_address(name: str, family: socket.AddressFamily) -> str:
+    import psutil
+
+    for addr in psutil.net_if_addrs().get(name, []):
+        if addr.family == family:
+            return str(addr.address).split("%")[0]
+    return ""
+
+
+def lookup_iface_ipv4(name: str) -> str:
+    """The first IPv4 address of network interface `name`, "" if none (abtreece/confd)."""
+    return _iface_address(name, socket.AF_INET)
+
+
+def lookup_iface_ipv6(name: str) -> str:
+    """The first IPv6 address of network interface `name`, "" if none (abtreece/confd)."""
+    return _iface_address(name, socket.AF_INET6)
+
+
 class SRV(NamedTuple):
     """One SRV record, with Go's field names (`.Target`, `.Port`, `.Priority`, `.Weight`)."""
 
@@ -371,6 +390,8 @@ CONFD_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "atoi": atoi,
     # abtreece/confd additions in common use
     "trimPrefix": trim_prefix,
+    "lookupIfaceIPV4": lookup_iface_ipv4,
+    "lookupIfaceIPV6": lookup_iface_ipv6,
     "hostname": hostname,
     "toJson": to_json,
     "sha256sum": sha256sum,

@@ -27,7 +27,7 @@ def test_atoi_accepts_what_go_accepts(text: str, value: int) -> None:
     assert f.atoi(text) == value
 
 
-@pytest.mark.parametrize("text", ["", " 1", "1_000", "1.5", "0x10", "١"])
+@pytest.mark.parametrize("text", ["", " 1", "1_000", "1.5", "0x10", "\u0661"])
 def test_atoi_refuses_what_go_refuses(text: str) -> None:
     with pytest.raises(f.TemplateFunctionError, match="invalid syntax"):
         f.atoi(text)
@@ -70,6 +70,7 @@ def test_lookups_and_file_exists(tmp_path: Path) -> None:
     assert f.lookup_ip("localhost")  # /etc/hosts
     assert all("." in ip for ip in f.lookup_ipv4("localhost"))
     assert f.lookup_ip("no-such-host.invalid") == []
+    assert f.lookup_iface_ipv4("lo") == "127.0.0.1" and f.lookup_iface_ipv4("nope0") == ""
     assert f.file_exists(str(tmp_path)) and not f.file_exists(str(tmp_path / "nope"))
 
 
