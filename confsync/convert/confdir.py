@@ -211,6 +211,8 @@ def convert_confdir(old: Path, new: Path) -> Report:
             report.converted.append(f"templates/{src}")
         if report.refusals:
             raise ConvertError("refused, nothing written:\n  " + "\n  ".join(report.refusals))
+        # mkdtemp made it 0700; a confdir holding an etcd password stays private to the group
+        os.chmod(work, 0o750 if (work / "etcd-password").exists() else 0o755)
         if new.exists():
             new.rmdir()
         os.rename(work, new)
