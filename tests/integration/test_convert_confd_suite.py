@@ -8,6 +8,7 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.support.cli import confsync
 from tests.support.etcd_client import client
@@ -66,8 +67,16 @@ def test_convert_refuses_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_check_compares_with_confds_output(tmp_path: Path) -> None:
     old, _ = _confd_confdir(tmp_path, "http://127.0.0.1:1", "")
+    # the data as nested YAML-style mappings, the shape confd's file backend reads too
+    nested: dict[str, Any] = {}
+    for key, value in json.loads((SUITE / "data.json").read_text()).items():
+        *parents, leaf = key.strip("/").split("/")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     data = tmp_path / "data.json"
-    data.write_text((SUITE / "data.json").read_text())
+    data.write_text(json.dumps(nested))
     expect = tmp_path / "expect"
     shutil.copytree(SUITE / "expect", expect)
     new = tmp_path / "confsync"
