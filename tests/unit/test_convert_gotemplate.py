@@ -4,11 +4,14 @@ whitespace controlled per tag) and the output confsync renders from it, which is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
-from tests.support.gorender import convert_and_render
+from tests.support.gorender import build_gotmpl, convert_and_render, go_available, render_go
 
 DATA = {"/a": "x", "/l/1": "one", "/l/2": "two",
         "/j": '{"n": 8080, "big": 1000000, "f": 0.5, "l": [1, "s", null]}'}
@@ -121,6 +124,19 @@ CASES = [
 def test_construct(name: str, go: str, jinja: str, output: str) -> None:
     assert convert_template("t.tmpl", go) == jinja
     assert convert_and_render(go, DATA) == output
+
+
+@pytest.fixture(scope="module")
+def gotmpl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if not go_available():
+        pytest.skip("go is not installed: expected outputs are checked against confsync only")
+    yield build_gotmpl(tmp_path_factory.mktemp("gotmpl"))
+
+
+@pytest.mark.parametrize("name, go, output", [(c[0], c[1], c[3]) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_expected_output_is_gos(name: str, go: str, output: str, gotmpl: Path) -> None:
+    assert render_go(gotmpl, go, DATA) == output
 
 
 REFUSALS = [
