@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "it gets the reload signal on change (see docs/operations.md)")
     watch.add_argument("--metrics-address", metavar="HOST:PORT",
                        help="serve /metrics, /health and /ready here (e.g. 127.0.0.1:9500)")
+    from confsync.convert.cli import add_parser as add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 
@@ -93,6 +96,10 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        from confsync.convert.cli import run as run_convert
+
+        return run_convert(args)
 
     from confsync.logs import setup_logging
     from confsync.settings import load_settings

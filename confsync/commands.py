@@ -1,7 +1,7 @@
 """Run an operator's check or reload command: argv only, never a shell, always a timeout.
 
-Only `{{src}}` and `{{dest}}` are substituted, and only whole argv elements change, so nothing
-from the data can ever reach a command line.
+Only `{{src}}` and `{{dest}}` (or confd's spelling, `{{.src}}` and `{{.dest}}`) are substituted,
+and only whole argv elements change, so nothing from the data can ever reach a command line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(src|dest)\s*\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
+_ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 MAX_OUTPUT = 4000  # characters of command output kept in an error
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ class CommandResult:
 def substitute(argv: Sequence[str], src: Path, dest: Path) -> list[str]:
     values = {"src": str(src), "dest": str(dest)}
     return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in argv]
+
+
+def unknown_placeholder(arg: str) -> str | None:
+    """The first `{{...}}` in `arg` that is not a src/dest placeholder (checked at load time, so
+    a confd command using other template syntax is an error, not a literal argument)."""
+    for match in _ANY_PLACEHOLDER.finditer(arg):
+        if not _PLACEHOLDER.fullmatch(match.group()):
+            return match.group()
+    return None
 
 
 def _tail(data: bytes) -> str:

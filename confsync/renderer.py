@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from confsync.confd_funcs import register as register_confd_functions
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
@@ -469,6 +470,7 @@ class Renderer:
         self.env.filters["multiline"] = Multiline
         self.env.filters["base"] = _base
         self.env.filters["dirname"] = _dirname
+        register_confd_functions(self.env)
         # Extra template functions (each called with the render's TemplateData).
         self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()

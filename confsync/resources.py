@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confsync.commands import unknown_placeholder
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
 from confsync.render_limits import parse_size
@@ -123,6 +124,10 @@ def _split_cmd(source: str, key: str, value: Any) -> tuple[str, ...]:
         raise ConfigError(source, f"expected a command string or list, found {value!r}", key)
     if not argv and value:
         raise ConfigError(source, "expected a command, found an empty one", key)
+    for arg in [value] if isinstance(value, str) else argv:
+        if (bad := unknown_placeholder(arg)) is not None:
+            raise ConfigError(source, f"{bad} is not substituted: only {{{{src}}}} and "
+                              f"{{{{dest}}}} (or {{{{.src}}}}, {{{{.dest}}}}) are", key)
     return argv
 
 

@@ -1,0 +1,411 @@
+"""confd's template functions under confd's names, with confd's (Go's) semantics.
+
+A confd user's habits carry over: `split`, `join`, `map`, `getenv`, `atoi`, `add`, ... behave as
+in confd (Go's integer division truncates toward zero, `atoi` refuses what Go's `strconv.Atoi`
+refuses, `parseBool` accepts exactly Go's spellings). Functions doing I/O (`getenv`, `lookupIP`,
+`lookupSRV`, `fileExists`, `datetime`) return data like any value: their output still goes
+through the renderer's line-break check. The key-value functions (`getv`, `gets`, ...) live in
+the renderer, bound to each resource's view of the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+
+class TemplateFunctionError(ValueError):
+    """A confd function was called with arguments confd would also refuse."""
+
+
+class GoMap(dict[str, Any]):
+    """A Go map[string]interface{}: a missing key reads as nil, as in Go templates."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _ints(*values: Any) -> list[int]:
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TemplateFunctionError(f"expected an integer, found {value!r} (use atoi to "
+                                        f"turn a string into one)")
+        out.append(value)
+    return out
+
+
+def add(a: int, b: int) -> int:
+    x, y = _ints(a, b)
+    return x + y
+
+
+def sub(a: int, b: int) -> int:
+    x, y = _ints(a, b)
+    return x - y
+
+
+def mul(a: int, b: int) -> int:
+    x, y = _ints(a, b)
+    return x * y
+
+
+def div(a: int, b: int) -> int:
+    """Go's integer division: truncates toward zero (-7 / 2 == -3)."""
+    x, y = _ints(a, b)
+    if y == 0:
+        raise TemplateFunctionError("integer divide by zero")
+    quotient = abs(x) // abs(y)
+    return quotient if (x >= 0) == (y >= 0) else -quotient
+
+
+def mod(a: int, b: int) -> int:
+    """Go's remainder: takes the sign of the dividend (-7 % 2 == -1)."""
+    x, y = _ints(a, b)
+    if y == 0:
+        raise TemplateFunctionError("integer divide by zero")
+    return x - div(x, y) * y
+
+
+def seq(first: int, last: int) -> list[int]:
+    """GNU seq: seq(3, 5) == [3, 4, 5]; empty when first > last (as in confd)."""
+    x, y = _ints(first, last)
+    return list(range(x, y + 1))
+
+
+_ATOI = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def atoi(text: str) -> int:
+    if not isinstance(text, str) or not _ATOI.match(text):
+        raise TemplateFunctionError(f'strconv.Atoi: parsing {text!r}: invalid syntax')
+    return int(text)
+
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def parse_bool(text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise TemplateFunctionError(f"strconv.ParseBool: parsing {text!r}: invalid syntax")
+
+
+def split(text: str, sep: str) -> list[str]:
+    """Go's strings.Split: an empty separator splits into characters."""
+    return list(text) if sep == "" else text.split(sep)
+
+
+def join(items: Iterable[str], sep: str) -> str:
+    return sep.join(items)
+
+
+def replace(text: str, old: str, new: str, count: int) -> str:
+    """Go's strings.Replace: a negative count replaces every occurrence."""
+    return text.replace(old, new, count if count >= 0 else -1)
+
+
+def trim_suffix(text: str, suffix: str) -> str:
+    return text.removesuffix(suffix)
+
+
+def trim_prefix(text: str, prefix: str) -> str:
+    return text.removeprefix(prefix)
+
+
+def contains(text: str, sub_text: str) -> bool:
+    return sub_text in text
+
+
+def base(path: str) -> str:
+    """Go's path.Base: trailing slashes dropped, "" -> ".", "/" -> "/"."""
+    if path == "":
+        return "."
+    stripped = path.rstrip("/")
+    if stripped == "":
+        return "/"
+    return stripped.rpartition("/")[2]
+
+
+def clean(path: str) -> str:
+    """Go's path.Clean (lexical: '.', '..', doubled slashes)."""
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    out = "/".join(parts)
+    return ("/" + out) if rooted else (out or ".")
+
+
+def dir_(path: str) -> str:
+    """Go's path.Dir: everything but the last element, cleaned."""
+    return clean(path[:path.rfind("/") + 1])
+
+
+def getenv(key: str, default: str = "") -> str:
+    """The variable's value; the default (else "") when it is unset or empty, as in confd."""
+    return os.environ.get(key) or default
+
+
+def create_map(*pairs: Any) -> dict[str, Any]:
+    """confd's `map "k1" v1 "k2" v2`."""
+    if len(pairs) % 2:
+        raise TemplateFunctionError("invalid map call")
+    out = GoMap()
+    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+        if not isinstance(key, str):
+            raise TemplateFunctionError("map keys must be strings")
+        out[key] = value
+    return out
+
+
+def json_array(text: str) -> list[Any]:
+    try:
+        parsed = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise TemplateFunctionError(f"value is not valid JSON: {exc}") from None
+    if not isinstance(parsed, list):
+        raise TemplateFunctionError(f"expected a JSON array, found {str(text)[:60]!r}")
+    return parsed
+
+
+def base64_encode(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def base64_decode(text: str) -> str:
+    try:
+        return base64.b64decode(text.encode(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError) as exc:
+        raise TemplateFunctionError(f"illegal base64 data: {exc}") from None
+
+
+def reverse(items: list[Any]) -> list[Any]:
+    """In place, returning the same list, as confd does."""
+    items.reverse()
+    return items
+
+
+def sort_by_length(items: list[str]) -> list[str]:
+    items.sort(key=len)
+    return items
+
+
+def sort_kv_by_length(items: list[Any]) -> list[Any]:
+    items.sort(key=lambda kv: len(kv.key))
+    return items
+
+
+def file_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def lookup_ip(name: str) -> list[str]:
+    """Addresses of `name`, sorted as strings; [] when it does not resolve (as in confd)."""
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({str(info[4][0]).split("%")[0] for info in infos})
+
+
+def lookup_ipv4(name: str) -> list[str]:
+    return [ip for ip in lookup_ip(name) if "." in ip]
+
+
+def lookup_ipv6(name: str) -> list[str]:
+    return [ip for ip in lookup_ip(name) if ":" in ip]
+
+
+def _iface_address(name: str, family: socket.AddressFamily) -> str:
+    import psutil
+
+    for addr in psutil.net_if_addrs().get(name, []):
+        if addr.family == family:
+            return str(addr.address).split("%")[0]
+    return ""
+
+
+def lookup_iface_ipv4(name: str) -> str:
+    """The first IPv4 address of network interface `name`, "" if none (abtreece/confd)."""
+    return _iface_address(name, socket.AF_INET)
+
+
+def lookup_iface_ipv6(name: str) -> str:
+    """The first IPv6 address of network interface `name`, "" if none (abtreece/confd)."""
+    return _iface_address(name, socket.AF_INET6)
+
+
+class SRV(NamedTuple):
+    """One SRV record, with Go's field names (`.Target`, `.Port`, `.Priority`, `.Weight`)."""
+
+    Target: str
+    Port: int
+    Priority: int
+    Weight: int
+
+
+def lookup_srv(service: str, proto: str, name: str) -> list[SRV]:
+    """`_service._proto.name` SRV records sorted as confd sorts them; [] when none resolve."""
+    try:  # optional: only templates using lookupSRV need dnspython
+        resolver = importlib.import_module("dns.resolver")
+    except ImportError:
+        raise TemplateFunctionError("lookupSRV needs the dnspython package "
+                                    "(pip install dnspython)") from None
+    query = f"_{service}._{proto}.{name}" if service or proto else name
+    try:
+        answer = resolver.resolve(query, "SRV")
+    except Exception:
+        return []
+    records = [SRV(str(r.target), r.port, r.priority, r.weight) for r in answer]
+    return sorted(records, key=lambda r: f"{r.Target}{r.Port}{r.Priority}{r.Weight}")
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+_GO_LAYOUT = [
+    ("2006", "%Y"), ("01", "%m"), ("02", "%d"), ("15", "%H"), ("03", "%I"), ("04", "%M"),
+    ("05", "%S"), ("06", "%y"), ("Jan", "%b"), ("Mon", "%a"), ("January", "%B"),
+    ("Monday", "%A"), ("PM", "%p"), ("MST", "%Z"), ("-0700", "%z"), ("Z07:00", "Z07:00"),
+    ("-07:00", "-07:00"), (".000000000", ".%N9"), (".000000", ".%f"), (".000", ".%N3"),
+    ("_2", "%e"),
+]
+
+
+class GoTime:
+    """What confd's `datetime` returns (Go's time.Time), with the methods templates call."""
+
+    def __init__(self, moment: _dt.datetime) -> None:
+        self._moment = moment
+
+    def Format(self, layout: str) -> str:
+        tokens = sorted(_GO_LAYOUT, key=lambda t: -len(t[0]))
+        out: list[str] = []
+        i = 0
+        m = self._moment
+        while i < len(layout):
+            for token, directive in tokens:
+                if layout.startswith(token, i):
+                    out.append(self._directive(directive, m))
+                    i += len(token)
+                    break
+            else:
+                out.append(layout[i])
+                i += 1
+        return "".join(out)
+
+    @staticmethod
+    def _directive(directive: str, m: _dt.datetime) -> str:
+        if directive.startswith(".%N"):
+            digits = int(directive[3:])
+            return "." + f"{m.microsecond:06d}000"[:digits]
+        if directive in ("Z07:00", "-07:00"):
+            offset = m.strftime("%z")
+            if directive == "Z07:00" and offset in ("+0000", ""):
+                return "Z"
+            return f"{offset[:3]}:{offset[3:]}" if offset else ""
+        if directive == "%e":
+            return f"{m.day:2d}"
+        return m.strftime(directive)
+
+    def Unix(self) -> int:
+        return int(self._moment.timestamp())
+
+    def UTC(self) -> GoTime:
+        return GoTime(self._moment.astimezone(_dt.UTC))
+
+    def __str__(self) -> str:
+        return self.Format("2006-01-02 15:04:05.000000000 -0700 MST")
+
+
+def datetime() -> GoTime:
+    """The current local time; `{{ datetime().Format("2006-01-02") }}` as in Go."""
+    return GoTime(_dt.datetime.now().astimezone())
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256sum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# confd's name -> implementation. `json` is the renderer's (it knows which key a value came from).
+CONFD_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "base": base,
+    "dir": dir_,
+    "split": split,
+    "join": join,
+    "jsonArray": json_array,
+    "map": create_map,
+    "getenv": getenv,
+    "datetime": datetime,
+    "toUpper": str.upper,
+    "toLower": str.lower,
+    "contains": contains,
+    "replace": replace,
+    "trimSuffix": trim_suffix,
+    "lookupIP": lookup_ip,
+    "lookupIPV4": lookup_ipv4,
+    "lookupIPV6": lookup_ipv6,
+    "lookupSRV": lookup_srv,
+    "fileExists": file_exists,
+    "base64Encode": base64_encode,
+    "base64Decode": base64_decode,
+    "parseBool": parse_bool,
+    "reverse": reverse,
+    "sortByLength": sort_by_length,
+    "sortKVByLength": sort_kv_by_length,
+    "add": add,
+    "sub": sub,
+    "div": div,
+    "mod": mod,
+    "mul": mul,
+    "seq": seq,
+    "atoi": atoi,
+    # abtreece/confd additions in common use
+    "trimPrefix": trim_prefix,
+    "lookupIfaceIPV4": lookup_iface_ipv4,
+    "lookupIfaceIPV6": lookup_iface_ipv6,
+    "hostname": hostname,
+    "toJson": to_json,
+    "sha256sum": sha256sum,
+}
+
+
+def register(env: Any) -> None:
+    """Make every confd function a Jinja global, and a filter where no filter has the name
+    (`{{ x | split(",") }}` reads well; Jinja's own `join`, `replace`, `reverse` stay Jinja's)."""
+    from confsync.convert.runtime import RUNTIME_FUNCTIONS, go_str
+
+    env.globals.update(CONFD_FUNCTIONS)
+    env.globals.update(RUNTIME_FUNCTIONS)
+    env.filters["go_str"] = go_str
+    for name, function in CONFD_FUNCTIONS.items():
+        if name not in env.filters and name not in ("datetime", "hostname", "map"):
+            env.filters[name] = function

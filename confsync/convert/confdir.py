@@ -1,0 +1,222 @@
+"""`confsync convert CONFD_CONFDIR NEW_CONFDIR`: a whole confd confdir in one step.
+
+Resources (`conf.d/*.toml`) keep their fields; templates are translated from Go text/template
+to Jinja2 (jinja.py); `confd.toml` becomes `confsync.toml`. Everything is written to a temporary
+directory beside NEW_CONFDIR and renamed into place at the end, so a refusal anywhere leaves
+nothing half-converted. What has no counterpart is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confsync.convert.gotemplate import GoTemplateError
+from confsync.convert.jinja import convert_template
+
+# Characters that mean confd's `sh -c` did real shell work in a command.
+_SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~]|\[\[")
+_RESOURCE_FIELDS = ("src", "dest", "keys", "prefix", "mode", "uid", "gid", "owner", "group")
+_CONFD_SRC = re.compile(r"\{\{\s*\.(src|dest)\s*\}\}")
+_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning",
+               "error": "error", "fatal": "error", "panic": "error"}
+
+
+class ConvertError(Exception):
+    """The confdir cannot be converted; nothing was written."""
+
+
+@dataclass
+class Report:
+    converted: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # no counterpart / changed meaning
+    refusals: list[str] = field(default_factory=list)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _command(value: Any, where: str, report: Report) -> Any:
+    """confd runs commands with `sh -c`; confsync splits them and runs no shell. A command that
+    uses shell syntax keeps working as an explicit `["sh", "-c", ...]`."""
+    if not isinstance(value, str):
+        return value
+    text = _CONFD_SRC.sub(lambda m: "{{" + m.group(1) + "}}", value)
+    if _SHELL_SYNTAX.search(text):
+        report.notes.append(f"{where}: uses shell syntax; kept as [\"sh\", \"-c\", ...] "
+                            "(confsync runs no shell otherwise); review it")
+        return ["sh", "-c", text]
+    try:
+        shlex.split(text)
+    except ValueError:
+        report.notes.append(f"{where}: cannot be split like a shell would; kept under sh -c")
+        return ["sh", "-c", text]
+    return text
+
+
+def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
+    """(new TOML text, template src) for one confd resource file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{path}: cannot read: {exc}") from None
+    table = data.get("template")
+    if not isinstance(table, dict) or "src" not in table:
+        raise ConvertError(f"{path}: no [template] table with src")
+    lines = ["[template]"]
+    for key, value in table.items():
+        where = f"{path.name}: template.{key}"
+        if key in ("check_cmd", "reload_cmd"):
+            lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
+        elif key == "prefix" and global_prefix:
+            report.notes.append(f"{where}: dropped; confd replaces a resource prefix with the "
+                                f"global prefix {global_prefix!r}, which confsync.toml keeps")
+        elif key in _RESOURCE_FIELDS:
+            lines.append(f"{key} = {_toml_value(value)}")
+        else:
+            report.notes.append(f"{where}: no counterpart in confsync, dropped")
+    for extra in set(data) - {"template"}:
+        report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
+    return "\n".join(lines) + "\n", str(table["src"])
+
+
+def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
+                        report: Report) -> tuple[str, str | None]:
+    """(confsync.toml text, global prefix) from a confd.toml."""
+    try:
+        conf = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{path}: cannot read: {exc}") from None
+    top: list[str] = [f"confdir = {_toml_value(str(new_confdir))}"]
+    etcd: list[str] = []
+    file_paths: list[str] = []
+    prefix = conf.get("prefix") or None
+    backend = conf.get("backend", "etcd")
+    if backend == "etcdv3":
+        top.append('backend = "etcd"')
+    elif backend in ("env", "file"):
+        top.append(f'backend = "{backend}"')
+    else:
+        top.append('backend = "etcd"')
+        report.notes.append(f"confd.toml: backend {backend!r} has no counterpart (confsync "
+                            "reads etcd v3, files and the environment); set to etcd, review it")
+    for key, value in conf.items():
+        where = f"confd.toml: {key}"
+        if key in ("backend", "confdir"):
+            continue
+        if key == "prefix":
+            if value:
+                top.append(f"prefix = {_toml_value(value)}")
+        elif key == "nodes":
+            nodes = [v if "://" in v else f"http://{v}" for v in value]
+            if backend == "etcdv3":
+                etcd.append(f"endpoints = {_toml_value(nodes)}")
+        elif key in ("client_cert", "client_key", "client_cakeys"):
+            name = {"client_cert": "cert", "client_key": "key", "client_cakeys": "ca_cert"}[key]
+            etcd.append(f"{name} = {_toml_value(value)}")
+        elif key == "username":
+            etcd.append(f"user = {_toml_value(value)}")
+        elif key == "password":
+            secret = out_dir / "etcd-password"
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(value))
+            etcd.append(f"password_file = {_toml_value(str(new_confdir / 'etcd-password'))}")
+            report.notes.append(f"{where}: moved to {new_confdir / 'etcd-password'} (mode 0600); "
+                                "confsync never keeps a password in its config")
+        elif key == "file" and backend == "file":
+            file_paths = value if isinstance(value, list) else [value]
+        elif key == "log-level":
+            level = _LOG_LEVELS.get(str(value).lower())
+            if level:
+                top.append(f'log_level = "{level}"')
+            else:
+                report.notes.append(f"{where}: {value!r} has no counterpart, dropped")
+        elif key == "interval":
+            report.notes.append(f"{where}: confsync watches etcd instead of polling; "
+                                "[watch] interval is only a safety resync (off by default)")
+        elif key == "watch":
+            report.notes.append(f"{where}: confsync always watches under `confsync watch`; "
+                                "`confsync once` is confd -onetime")
+        else:
+            report.notes.append(f"{where}: no counterpart in confsync, dropped")
+    text = "\n".join(top) + "\n"
+    if etcd and backend == "etcdv3":
+        text += "\n[etcd]\n" + "\n".join(etcd) + "\n"
+    if file_paths:
+        text += f"\n[file]\npaths = {_toml_value(file_paths)}\n"
+    return text, prefix
+
+
+def convert_confdir(old: Path, new: Path) -> Report:
+    """Convert everything or nothing. Raises ConvertError listing every refusal."""
+    old, new = old.absolute(), new.absolute()
+    if not (old / "conf.d").is_dir():
+        raise ConvertError(f"{old / 'conf.d'}: not a directory (is {old} a confd confdir?)")
+    if new.exists() and (not new.is_dir() or any(new.iterdir())):
+        raise ConvertError(f"{new}: exists and is not empty; choose a new directory")
+    report = Report()
+    new.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{new.name}.", dir=new.parent))
+    try:
+        (work / "conf.d").mkdir()
+        (work / "templates").mkdir()
+        global_prefix = None
+        if (old / "confd.toml").is_file():
+            text, global_prefix = convert_main_config(old / "confd.toml", new, work, report)
+            (work / "confsync.toml").write_text(text)
+            report.converted.append("confd.toml -> confsync.toml")
+        sources: dict[str, str] = {}
+        for path in sorted((old / "conf.d").glob("*.toml")):
+            text, src = convert_resource(path, global_prefix, report)
+            (work / "conf.d" / path.name).write_text(text)
+            sources.setdefault(src, path.name)
+            report.converted.append(f"conf.d/{path.name}")
+        for src, resource in sources.items():
+            template = Path(src) if Path(src).is_absolute() else old / "templates" / src
+            if Path(src).is_absolute():
+                report.notes.append(f"{resource}: template {src} is absolute; converted copy "
+                                    "not written (convert it with its own confdir)")
+                continue
+            try:
+                source = template.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                report.refusals.append(f"{template}: cannot read: {exc}")
+                continue
+            try:
+                jinja = convert_template(str(template), source)
+            except GoTemplateError as exc:
+                report.refusals.append(str(exc))
+                continue
+            target = work / "templates" / src
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(jinja)
+            report.converted.append(f"templates/{src}")
+        if report.refusals:
+            raise ConvertError("refused, nothing written:\n  " + "\n  ".join(report.refusals))
+        # mkdtemp made it 0700; a confdir holding an etcd password stays private to the group
+        os.chmod(work, 0o750 if (work / "etcd-password").exists() else 0o755)
+        if new.exists():
+            new.rmdir()
+        os.rename(work, new)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return report

@@ -1,0 +1,3 @@
+module confsync.test/gotmpl
+
+go 1.19

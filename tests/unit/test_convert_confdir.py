@@ -1,0 +1,81 @@
+"""`confsync convert` of resources and confd.toml: fields mapped, the rest reported."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from confsync.convert.confdir import ConvertError, convert_confdir
+from confsync.resources import load_resources
+from confsync.settings import load_settings
+
+
+def _confd(tmp_path: Path, confd_toml: str, resource: str) -> Path:
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "templates" / "a.tmpl").write_text('{{ getv "/a" }}\n')
+    (old / "confd.toml").write_text(confd_toml)
+    (old / "conf.d" / "a.toml").write_text(
+        f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/a.conf"\nkeys = ["/a"]\n{resource}')
+    return old
+
+
+def test_main_config_tls_auth_and_what_has_no_counterpart(tmp_path: Path) -> None:
+    old = _confd(tmp_path, '''backend = "etcdv3"
+nodes = ["127.0.0.1:2379", "https://10.0.0.2:2379"]
+prefix = "/prod"
+client_cert = "/etc/confd/client.pem"
+client_key = "/etc/confd/client-key.pem"
+client_cakeys = "/etc/confd/ca.pem"
+username = "confd"
+password = "s3cret"
+log-level = "warn"
+interval = 60
+srv_record = "_etcd._tcp.example.com"
+''', 'prefix = "/app"\ncheck_cmd = "nginx -t -c {{.src}}"\n'
+     'reload_cmd = "systemctl reload nginx && logger reloaded"\nkeep_stage_file = true\n')
+    new = tmp_path / "new"
+    report = convert_confdir(old, new)
+    main = tomllib.loads((new / "confsync.toml").read_text())
+    assert main["backend"] == "etcd" and main["prefix"] == "/prod"
+    assert main["log_level"] == "warning" and main["confdir"] == str(new)
+    assert main["etcd"] == {
+        "endpoints": ["http://127.0.0.1:2379", "https://10.0.0.2:2379"],
+        "cert": "/etc/confd/client.pem", "key": "/etc/confd/client-key.pem",
+        "ca_cert": "/etc/confd/ca.pem", "user": "confd",
+        "password_file": str(new / "etcd-password")}
+    secret = new / "etcd-password"
+    assert secret.read_text() == "s3cret" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert "s3cret" not in (new / "confsync.toml").read_text()
+    notes = "\n".join(report.notes)
+    for expected in ("confd.toml: interval", "confd.toml: srv_record", "template.prefix: dropped",
+                     "template.keep_stage_file: no counterpart", "template.reload_cmd: uses shell"):
+        assert expected in notes
+    resource = tomllib.loads((new / "conf.d" / "a.toml").read_text())["template"]
+    assert resource["check_cmd"] == "nginx -t -c {{src}}"
+    assert resource["reload_cmd"] == ["sh", "-c", "systemctl reload nginx && logger reloaded"]
+    assert "prefix" not in resource
+    # what it wrote loads as confsync configuration
+    settings = load_settings({"config": str(new / "confsync.toml")})
+    loaded = load_resources(settings.confdir, settings.prefix)
+    assert loaded.errors == () and loaded.resources[0].prefix == "/prod"
+
+
+def test_existing_target_is_never_overwritten(tmp_path: Path) -> None:
+    old = _confd(tmp_path, 'backend = "etcdv3"\n', "")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "keep").write_text("x")
+    with pytest.raises(ConvertError, match="not empty"):
+        convert_confdir(old, new)
+    assert [p.name for p in new.iterdir()] == ["keep"]
+
+
+def test_other_backends_are_reported(tmp_path: Path) -> None:
+    old = _confd(tmp_path, 'backend = "consul"\nnodes = ["127.0.0.1:8500"]\n', "")
+    report = convert_confdir(old, tmp_path / "new")
+    assert any("backend 'consul' has no counterpart" in n for n in report.notes)
