@@ -54,6 +54,12 @@ class Observer:
     def stopping(self) -> None:
         """SIGTERM/SIGINT: the apply in flight finishes, then the loop exits."""
 
+    def part_failed(self, part: str, reason: str) -> None:
+        """A thread of the daemon (`follower`, `local-files`) died; the loop restarts it."""
+
+    def part_recovered(self, part: str) -> None:
+        """A part that had failed runs again."""
+
 
 class Observers(Observer):
     """Fan-out to several observers; one failing observer never stops the loop."""
@@ -104,3 +110,9 @@ class Observers(Observer):
 
     def stopping(self) -> None:
         self._each("stopping")
+
+    def part_failed(self, part: str, reason: str) -> None:
+        self._each("part_failed", part, reason)
+
+    def part_recovered(self, part: str) -> None:
+        self._each("part_recovered", part)

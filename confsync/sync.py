@@ -81,6 +81,9 @@ class Syncer:
         self.dests = DestCache()
         # dest -> the bytes this process installed there after a passing check.
         self.checked: dict[Path, bytes] = {}
+        # Resources whose file may be installed but whose reload did not happen or failed: the
+        # next apply reloads them even when the file already matches.
+        self.reload_owed: set[str] = set()
 
     def render(self, resource: Resource) -> bytes:
         """Render and guard; raise ResourceError naming the step.
@@ -121,6 +124,10 @@ class Syncer:
             current = self.dests.current(resource.dest)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
+                if resource.name in self.reload_owed and reload_key(resource) is not None:
+                    # Installed earlier, never made live: reload it (as a new file).
+                    return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
+                                   content=content)
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
             check_seconds = install(resource, target, check=self._needs_check(resource, current,
                                                                               content))
@@ -155,6 +162,7 @@ class Syncer:
         try:
             done = reload_resource(first, previous, content)
         except ReloadFailed as exc:
+            self.reload_owed.update(o.resource.name for o in group)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
@@ -174,6 +182,7 @@ class Syncer:
             except ReloadFailed as again:
                 log.error("resource %s: reload after rollback failed too: %s", first.name, again)
             return
+        self.reload_owed.difference_update(o.resource.name for o in group)
         for outcome in group:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
