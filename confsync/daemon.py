@@ -145,10 +145,10 @@ class Daemon:
         interval = settings.watch.interval
         self.next_interval_at: float | None = time.monotonic() + interval if interval else None
 
-    def _new_follower(self, store: Store, prefixes: tuple[str, ...],
+    def _new_follower(self, store: Store | None = None, prefixes: tuple[str, ...] | None = None,
                       resume: Mapping[str, int] | None = None,
                       first_snapshot: str = "start") -> StoreFollower:
-        return StoreFollower(store, prefixes, self.events,
+        return StoreFollower(store or self.store, prefixes or self.state.prefixes, self.events,
                              resync_interval=self.state.settings.watch.interval,
                              generation=self.generation, resume=resume,
                              first_snapshot=first_snapshot)
