@@ -336,15 +336,14 @@ class Daemon:
     def apply(self, resources: list[Resource]) -> list[Outcome]:
         try:
             outcomes = self.syncer.apply(resources)
-        except Exception as exc:
-            # A bug, not a bad input: count the batch as failed (and owe its reloads, a file may
-            # be installed already) so the retry below makes it good.
-            log.exception("internal error while applying %s",
+        except Exception:
+            # A bug, not a bad input. Some files of the batch may be installed already: owe
+            # their reloads, and apply each resource alone so one crashing resource fails
+            # alone (and is retried below) while the others go on.
+            log.exception("internal error while applying %s; applying them one by one",
                           ", ".join(r.name for r in resources))
             self.syncer.reload_owed.update(r.name for r in resources)
-            outcomes = [Outcome(r, FAILED, ResourceError(r.name, "internal",
-                                                         f"{type(exc).__name__}: {exc}"))
-                        for r in resources]
+            outcomes = [self._apply_alone(r) for r in resources]
         revision = self.mirror.revision
         now = time.monotonic()
         changed_keys: set[str] = set()
@@ -367,6 +366,14 @@ class Daemon:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
         return outcomes
+
+    def _apply_alone(self, resource: Resource) -> Outcome:
+        try:
+            return self.syncer.apply([resource])[0]
+        except Exception as exc:  # reported (and retried) by the caller like any failure
+            log.debug("resource %s: internal error", resource.name, exc_info=True)
+            return Outcome(resource, FAILED, ResourceError(resource.name, "internal",
+                                                           f"{type(exc).__name__}: {exc}"))
 
     # ---- the daemon's own threads
 
