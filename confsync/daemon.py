@@ -252,7 +252,8 @@ class Daemon:
         if generation is not None and generation != self.generation:
             log.debug("dropped %s from a stopped store follower", type(event).__name__)
             return
-        if isinstance(event, (BatchReceived, SnapshotTaken, StreamState)) and self.pending:
+        if isinstance(event, (BatchReceived, SnapshotTaken, StreamState)) and \
+                self.pending is not None:
             self._on_pending_event(event)
         elif isinstance(event, BatchReceived):
             self._on_batch(event)
@@ -556,6 +557,8 @@ class Daemon:
         self.syncer.reload_owed = owed & {r.name for r in state.resources}
         self.planner.wait_min = state.settings.watch.wait_min
         self.planner.wait_max = state.settings.watch.wait_max
+        interval = state.settings.watch.interval
+        self.next_interval_at = time.monotonic() + interval if interval else None
         # Pending renders hold the old Resource objects; every resource is rendered anew below
         # (or after the first snapshot), so nothing pending may fire with an old definition.
         self.planner.clear()
