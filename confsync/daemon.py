@@ -194,8 +194,12 @@ class Daemon:
 
     def _iterate(self) -> None:
         now = time.monotonic()
-        deadlines = [d for d in (self.planner.next_deadline(), self.reload_config_at,
-                                 self.next_interval_at) if d is not None]
+        # Nothing renders before the mirror holds a snapshot of the running set's prefixes, so
+        # render deadlines only count once it does (a passed one would spin the loop).
+        settled = self.ready and self.pending is None
+        deadlines = [d for d in (self.reload_config_at, *((self.planner.next_deadline(),
+                                                           self.next_interval_at) if settled
+                                                          else ())) if d is not None]
         timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
         try:
             self._handle(self.events.get(timeout=timeout))
@@ -209,7 +213,6 @@ class Daemon:
         if self.reload_config_at is not None and now >= self.reload_config_at:
             self.reload_config_at = None
             self.reload_config()
-        # Nothing renders before the mirror holds a snapshot of the running set's prefixes.
         settled = self.ready and self.pending is None
         if settled and self.next_interval_at is not None and now >= self.next_interval_at:
             self.next_interval_at = now + self.state.settings.watch.interval

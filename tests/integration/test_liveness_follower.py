@@ -145,3 +145,16 @@ def test_a_dead_follower_thread_is_noticed_restarted_and_resumed(tmp_path: Path)
         daemon.events.put(__import__("confsync.daemon").daemon.SignalReceived(signal.SIGTERM))
         thread.join(timeout=20)
     assert not thread.is_alive() and daemon.exit_code == 0
+
+
+def test_health_is_red_while_a_part_is_dead() -> None:
+    from confsync.metrics import Metrics
+
+    m = Metrics()
+    m.heartbeat()
+    assert m.health()[0] is True
+    m.part_failed("follower", "the store follower thread died")
+    ok, detail = m.health()
+    assert not ok and detail["failed_parts"] == {"follower": "the store follower thread died"}
+    m.part_recovered("follower")
+    assert m.health()[0] is True
