@@ -4,6 +4,7 @@ items 5 and 6), against real etcd servers and the real `confsync watch`."""
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -158,3 +159,71 @@ def test_health_is_red_while_a_part_is_dead() -> None:
     assert not ok and detail["failed_parts"] == {"follower": "the store follower thread died"}
     m.part_recovered("follower")
     assert m.health()[0] is True
+
+
+def _file_daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from confsync.daemon import Daemon
+    from confsync.settings import Settings, WatchSettings
+
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    settings = Settings(confdir=tmp_path / "cd", backend="file", file_paths=(data,),
+                        watch=WatchSettings(wait_min=0, wait_max=0))
+    daemon = Daemon(settings)
+    daemon._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return daemon, data, dest
+
+
+def test_a_loop_error_is_logged_resynced_and_survived(tmp_path: Path) -> None:
+    import threading
+
+    from confsync.daemon import SignalReceived
+
+    daemon, data, dest = _file_daemon(tmp_path)
+    real = daemon._on_batch
+    calls: list[object] = []
+
+    def failing_once(event):  # type: ignore[no-untyped-def]
+        calls.append(event)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        real(event)
+
+    daemon._on_batch = failing_once  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_for(lambda: read(dest) == "one\n", what="first render")
+        data.write_text("app:\n  v: two\n")  # this batch is lost to the bug; the resync heals
+        wait_for(lambda: read(dest) == "two\n", timeout=15, what="resynced after the error")
+        data.write_text("app:\n  v: three\n")
+        wait_for(lambda: read(dest) == "three\n", timeout=15, what="following again")
+    finally:
+        daemon.events.put(SignalReceived(signal.SIGTERM))
+        thread.join(timeout=20)
+    assert daemon.exit_code == 0 and len(calls) >= 2
+
+
+def test_a_loop_that_keeps_failing_exits_70(tmp_path: Path) -> None:
+    import threading
+
+    from confsync.daemon import EXIT_INTERNAL_ERROR
+
+    daemon, data, _ = _file_daemon(tmp_path)
+
+    def always(event):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug that stays")
+
+    daemon._on_snapshot = always  # type: ignore[method-assign]
+    daemon._on_batch = always  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    for i in range(6):
+        time.sleep(0.3)
+        data.write_text(f"app:\n  v: v{i}\n")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert daemon.exit_code == EXIT_INTERNAL_ERROR
