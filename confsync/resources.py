@@ -80,14 +80,41 @@ def join_key(prefix: str, key: str) -> str:
 _Validator = Callable[[str, Any], Any]
 
 
+# Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
+# subshells, background jobs, command substitution with backticks).
+SHELL_OPERATOR_CHARS = "();<>|&`"
+
+
+def _shell_operator(command: str) -> str | None:
+    """The first unquoted shell operator in `command` (None: plain argv).
+
+    shlex's punctuation mode splits runs of these characters out of unquoted text only, so
+    `sh -c 'a && b'` passes and `a && b`, `x;y`, `>f`, `$(id)` do not. A standalone argument
+    that is only quoted operator characters (`';'`) is refused too: write the command as a
+    list for such a literal.
+    """
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=SHELL_OPERATOR_CHARS)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    for token in lexer:
+        if token and all(c in SHELL_OPERATOR_CHARS for c in token):
+            return token
+    return None
+
+
 def _split_cmd(source: str, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         argv = tuple(value)
     elif isinstance(value, str):
         try:
             argv = tuple(shlex.split(value))
+            operator = _shell_operator(value)
         except ValueError as exc:
             raise ConfigError(source, f"cannot split command {value!r}: {exc}", key) from None
+        if operator is not None:
+            raise ConfigError(source, f"{operator!r} is shell syntax, but commands run without "
+                              f"a shell; write sh -c '...' to use one (or give the command as "
+                              f"a list for a literal {operator!r} argument): {value!r}", key)
     else:
         raise ConfigError(source, f"expected a command string or list, found {value!r}", key)
     if not argv and value:
@@ -112,24 +139,34 @@ def _parse_mode(source: str, value: Any) -> int:
     return mode
 
 
-def _parse_user(source: str, value: Any) -> int:
+# uid_t/gid_t are 32-bit unsigned, and (uid_t)-1 means "leave unchanged" to chown(2).
+MAX_ID = 2**32 - 2
+
+
+def _parse_id(source: str, key: str, value: int) -> int:
+    if not 0 <= value <= MAX_ID:
+        raise ConfigError(source, f"expected a numeric id from 0 to {MAX_ID}, found {value}", key)
+    return value
+
+
+def _parse_user(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    name = _expect_str(source, "owner", value)
+        return _parse_id(source, key, value)
+    name = _expect_str(source, key, value)
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
-        raise ConfigError(source, f"no such user {name!r} on this system", "owner") from None
+        raise ConfigError(source, f"no such user {name!r} on this system", key) from None
 
 
-def _parse_group(source: str, value: Any) -> int:
+def _parse_group(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    name = _expect_str(source, "group", value)
+        return _parse_id(source, key, value)
+    name = _expect_str(source, key, value)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ConfigError(source, f"no such group {name!r} on this system", "group") from None
+        raise ConfigError(source, f"no such group {name!r} on this system", key) from None
 
 
 def _parse_signal(source: str, value: Any) -> signal.Signals:
@@ -208,10 +245,10 @@ def parse_resource(
         raise ConfigError(where, "give group or gid, not both", "template.gid")
     for key in ("owner", "uid"):
         if key in table:
-            kwargs["uid"] = _parse_user(where, table[key])
+            kwargs["uid"] = _parse_user(where, f"template.{key}", table[key])
     for key in ("group", "gid"):
         if key in table:
-            kwargs["gid"] = _parse_group(where, table[key])
+            kwargs["gid"] = _parse_group(where, f"template.{key}", table[key])
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
             kwargs[key] = _split_cmd(where, f"template.{key}", table[key])
