@@ -6,14 +6,21 @@ that arrives during a render or a reload waits in the queue and starts the next 
 
     queue --> mirror.apply --> planner.touch (debounce) --> syncer.apply (render, check, swap,
                                                               one reload per target)
+
+Nothing here may die quietly. The loop checks its threads every heartbeat and restarts a dead
+one (the follower resumes from the revisions it had delivered); an unexpected error in the loop
+itself is logged with its traceback and followed by a resync, and if errors keep coming the
+daemon exits with EXIT_INTERNAL_ERROR so the service manager starts it afresh.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError, StoreUnavailable
+from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.events import Observer, Observers
 from confsync.mirror import Mirror
 from confsync.oneshot import report
@@ -29,14 +36,23 @@ from confsync.planner import Planner
 from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
-from confsync.stores import Store, merge_prefixes, open_store
-from confsync.sync import Outcome, Syncer
-from confsync.watcher import BatchReceived, SnapshotTaken, StoreFollower, StreamState
+from confsync.stores import Snapshot, Store, merge_prefixes, open_store
+from confsync.sync import FAILED, UPDATED, Outcome, Syncer
+from confsync.watcher import Backoff, BatchReceived, SnapshotTaken, StoreFollower, StreamState
 
 log = logging.getLogger("confsync")
 
 HEARTBEAT_SECONDS = 1.0
 LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit before reloading
+# `watch` exits with this (sysexits' EX_SOFTWARE) when it cannot recover from its own errors.
+EXIT_INTERNAL_ERROR = 70
+LOOP_ERROR_LIMIT = 5  # unexpected loop errors within LOOP_ERROR_WINDOW before exiting
+LOOP_ERROR_WINDOW = 60.0
+PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
+# Failed steps retried with backoff: their cause is outside the data (a check that depends on
+# the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
+# are functions of the data and templates; a change to either renders again anyway.
+RETRY_STEPS = frozenset({"stage", "check", "install", "reload", "internal"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,14 @@ class ResourceSetState:
     prefixes: tuple[str, ...]
 
 
+@dataclass
+class PendingReload:
+    """A new resource set waiting for the snapshot of its (different) prefixes or store."""
+
+    state: ResourceSetState
+    store: Store
+
+
 def _store_identity(settings: Settings) -> tuple[object, ...]:
     return (settings.backend, settings.etcd, settings.file_paths)
 
@@ -72,6 +96,14 @@ def build_state(settings: Settings) -> tuple[ResourceSetState, tuple[str, ...]]:
     return ResourceSetState(settings, loaded.resources, renderer, prefixes), loaded.errors
 
 
+def _renders(renderer: Renderer, resource: Resource, mirror: Mirror) -> bool:
+    try:
+        renderer.render(resource, mirror)
+    except ResourceError:
+        return False
+    return True
+
+
 class Daemon:
     def __init__(self, settings: Settings, cli_values: Mapping[str, Any] | None = None,
                  observers: Sequence[Observer] = ()) -> None:
@@ -82,11 +114,24 @@ class Daemon:
         self.mirror = Mirror()
         self.snapshot_floor = 0  # batches at or below the last snapshot's revision are in it
         self.stopping = False
+        self.exit_code = EXIT_OK
         self.ready = False
         self.connected = False
         self.pending_keys: dict[str, set[str]] = {}
         self.reload_config_at: float | None = None
+        self.pending: PendingReload | None = None
+        # Events carry the generation of the follower that posted them; only the current
+        # follower's count (a stopped one may still have work queued).
+        self.generation = 0
         self._local_observer: Any = None
+        self._local_paths: tuple[str, ...] = ()
+        self._repairing: set[str] = set()  # resources re-rendered by the interval
+        self._loop_errors: collections.deque[float] = collections.deque()
+        self._follower_restart_at: float | None = None
+        self._follower_deaths = 0
+        self._part_backoff = Backoff(base=1.0, cap=30.0)
+        self._failed_parts: set[str] = set()
+        self._last_beat = 0.0
         state, errors = build_state(settings)
         if errors:
             for error in errors:
@@ -97,45 +142,44 @@ class Daemon:
         self.syncer = Syncer(state.renderer, self.mirror)
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
         self.store: Store = open_store(settings)
-        self.follower = self._new_follower()
+        self.follower = self._new_follower(self.store, state.prefixes)
+        interval = settings.watch.interval
+        self.next_interval_at: float | None = time.monotonic() + interval if interval else None
 
-    def _new_follower(self) -> StoreFollower:
-        return StoreFollower(self.store, self.state.prefixes, self.events,
-                             resync_interval=self.state.settings.watch.interval)
+    def _new_follower(self, store: Store | None = None, prefixes: tuple[str, ...] | None = None,
+                      resume: Mapping[str, int] | None = None,
+                      first_snapshot: str = "start") -> StoreFollower:
+        return StoreFollower(store or self.store, prefixes or self.state.prefixes, self.events,
+                             resync_interval=self.state.settings.watch.interval,
+                             generation=self.generation, resume=resume,
+                             first_snapshot=first_snapshot)
+
+    def _replace_follower(self, store: Store, prefixes: tuple[str, ...],
+                          first_snapshot: str) -> None:
+        """Stop the follower, and start one for `prefixes` whose events alone count from now."""
+        self.follower.stop()
+        self.follower.join(timeout=10)
+        self.generation += 1
+        self.follower = self._new_follower(store, prefixes, first_snapshot=first_snapshot)
+        self._follower_restart_at = None
+        self.follower.start()
 
     # ---- the loop
 
     def run(self) -> int:
         self._install_signal_handlers()
+        previous_hook = threading.excepthook
+        threading.excepthook = _log_thread_death
         self.observers.started(self.state.resources)
         if self.state.settings.watch.confdir:
             self._watch_local_files()
         self.follower.start()
-        last_beat = 0.0
         try:
             while not self.stopping:
-                now = time.monotonic()
-                deadlines = [d for d in (self.planner.next_deadline(), self.reload_config_at)
-                             if d is not None]
-                timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
                 try:
-                    self._handle(self.events.get(timeout=timeout))
-                    while True:  # drain: everything already queued joins this batch
-                        self._handle(self.events.get_nowait())
-                except queue.Empty:
-                    pass
-                if self.stopping:
-                    break
-                now = time.monotonic()
-                if self.reload_config_at is not None and now >= self.reload_config_at:
-                    self.reload_config_at = None
-                    self.reload_config()
-                due = self.planner.due(now)
-                if due:
-                    self.apply(due)
-                if now - last_beat >= HEARTBEAT_SECONDS:
-                    self.observers.heartbeat()
-                    last_beat = now
+                    self._iterate()
+                except Exception:
+                    self._loop_failed()
         finally:
             self.observers.stopping()
             self.follower.stop()
@@ -143,11 +187,79 @@ class Daemon:
                 self._local_observer.stop()
             self.follower.join(timeout=5)
             self.store.close()
+            if self.pending is not None and self.pending.store is not self.store:
+                self.pending.store.close()
+            threading.excepthook = previous_hook
         log.info("confsync stopped")
-        return EXIT_OK
+        return self.exit_code
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        # Nothing renders before the mirror holds a snapshot of the running set's prefixes, so
+        # render deadlines only count once it does (a passed one would spin the loop).
+        settled = self.ready and self.pending is None
+        deadlines = [d for d in (self.reload_config_at, *((self.planner.next_deadline(),
+                                                           self.next_interval_at) if settled
+                                                          else ())) if d is not None]
+        timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
+        try:
+            self._handle(self.events.get(timeout=timeout))
+            while not self.stopping:  # drain: everything already queued joins this batch
+                self._handle(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        if self.stopping:
+            return
+        now = time.monotonic()
+        if self.reload_config_at is not None and now >= self.reload_config_at:
+            self.reload_config_at = None
+            self.reload_config()
+        settled = self.ready and self.pending is None
+        if settled and self.next_interval_at is not None and now >= self.next_interval_at:
+            self.next_interval_at = now + self.state.settings.watch.interval
+            self._touch_all(repair=True)
+        due = self.planner.due(now) if settled else []
+        if due:
+            self.apply(due)
+        if now - self._last_beat >= HEARTBEAT_SECONDS:
+            self._check_parts(now)
+            self.observers.heartbeat()
+            self._last_beat = now
+
+    def _loop_failed(self) -> None:
+        """An unexpected error in the loop: log it, resync (an event may be lost), go on; exit
+        non-zero when it keeps happening, rather than run on as a zombie."""
+        now = time.monotonic()
+        self._loop_errors.append(now)
+        while self._loop_errors and self._loop_errors[0] < now - LOOP_ERROR_WINDOW:
+            self._loop_errors.popleft()
+        count = len(self._loop_errors)
+        log.exception("watch loop: unexpected error (%d in the last %.0fs)", count,
+                      LOOP_ERROR_WINDOW)
+        if count >= LOOP_ERROR_LIMIT:
+            log.critical("watch loop: giving up after %d unexpected errors; exiting with status "
+                         "%d so the service manager starts confsync afresh", count,
+                         EXIT_INTERNAL_ERROR)
+            self.exit_code = EXIT_INTERNAL_ERROR
+            self.stopping = True
+            return
+        try:
+            self.follower.request_resync()
+            if self.ready and self.pending is None:
+                self._touch_all()
+        except Exception:
+            log.exception("watch loop: recovering from the error failed too")
+        time.sleep(min(5.0, 0.2 * 2 ** count))
 
     def _handle(self, event: object) -> None:
-        if isinstance(event, BatchReceived):
+        generation = getattr(event, "generation", None)
+        if generation is not None and generation != self.generation:
+            log.debug("dropped %s from a stopped store follower", type(event).__name__)
+            return
+        if isinstance(event, (BatchReceived, SnapshotTaken, StreamState)) and \
+                self.pending is not None:
+            self._on_pending_event(event)
+        elif isinstance(event, BatchReceived):
             self._on_batch(event)
         elif isinstance(event, SnapshotTaken):
             self._on_snapshot(event)
@@ -169,9 +281,9 @@ class Daemon:
 
     def _on_snapshot(self, event: SnapshotTaken) -> None:
         snapshot = event.snapshot
-        if event.reason == "resync" and snapshot.revision < self.mirror.revision:
-            log.debug("resync snapshot at %d is older than the mirror (%d); skipped",
-                      snapshot.revision, self.mirror.revision)
+        if event.reason in ("resync", "resume") and snapshot.revision < self.mirror.revision:
+            log.debug("%s snapshot at %d is older than the mirror (%d); skipped",
+                      event.reason, snapshot.revision, self.mirror.revision)
             return
         first = not self.ready
         if event.cause is not None:  # "reset": loaded even below the mirror's revision
@@ -180,11 +292,7 @@ class Daemon:
         self.snapshot_floor = snapshot.revision
         self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
         if first:
-            log.info("snapshot at revision %d: %d keys; rendering %d resources",
-                     snapshot.revision, len(self.mirror), len(self.state.resources))
-            self.apply(list(self.state.resources))
-            self.ready = True
-            self.observers.ready(snapshot.revision)
+            self._first_render(snapshot)
             return
         if changed:
             level = logging.WARNING if event.reason in ("resync", "reset") else logging.INFO
@@ -208,12 +316,21 @@ class Daemon:
         self.observers.store_reset(reset.old_cluster, reset.new_cluster, reset.old_revision,
                                    event.snapshot.revision)
 
+    def _first_render(self, snapshot: Snapshot) -> None:
+        log.info("snapshot at revision %d: %d keys; rendering %d resources",
+                 snapshot.revision, len(self.mirror), len(self.state.resources))
+        self.apply(list(self.state.resources))
+        self.ready = True
+        self.observers.ready(snapshot.revision)
+
     def _on_stream_state(self, event: StreamState) -> None:
         if event.connected:
             if not self.connected:
                 log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
                          event.revision + 1)
             self.connected = True
+            self._follower_deaths = 0
+            self._part_backoff.reset()
             self.observers.watch_connected(event.revision)
             return
         if self.connected or not self.ready:
@@ -230,18 +347,110 @@ class Daemon:
                 affected.append(resource)
         self.planner.touch(affected, time.monotonic())
 
+    def _touch_all(self, repair: bool = False) -> None:
+        """Render every resource again (from the mirror): a hand-edited dest is rewritten."""
+        if repair:
+            self._repairing.update(r.name for r in self.state.resources)
+        self.planner.touch(self.state.resources, time.monotonic())
+
     # ---- render, check, swap, reload
 
     def apply(self, resources: list[Resource]) -> list[Outcome]:
-        outcomes = self.syncer.apply(resources)
+        try:
+            outcomes = self.syncer.apply(resources)
+        except Exception:
+            # A bug, not a bad input. Some files of the batch may be installed already: owe
+            # their reloads, and apply each resource alone so one crashing resource fails
+            # alone (and is retried below) while the others go on.
+            log.exception("internal error while applying %s; applying them one by one",
+                          ", ".join(r.name for r in resources))
+            self.syncer.reload_owed.update(r.name for r in resources)
+            outcomes = [self._apply_alone(r) for r in resources]
         revision = self.mirror.revision
+        now = time.monotonic()
         changed_keys: set[str] = set()
         for outcome in outcomes:
-            keys = self.pending_keys.pop(outcome.resource.name, set())
+            name = outcome.resource.name
+            keys = self.pending_keys.pop(name, set())
             changed_keys |= keys
             report(outcome, revision, sorted(keys))
+            if name in self._repairing:
+                self._repairing.discard(name)
+                if outcome.status == UPDATED and not keys:
+                    log.warning("resource %s: %s differed from its render without a data change"
+                                " (edited outside confsync?); rewritten", name,
+                                outcome.resource.dest, extra={"resource": name})
+            if outcome.error is not None and outcome.error.step in RETRY_STEPS:
+                delay = self.planner.retry(outcome.resource, now)
+                log.info("resource %s: trying again in %.1fs", name, delay,
+                         extra={"resource": name, "retry_in": round(delay, 2)})
+            else:
+                self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
         return outcomes
+
+    def _apply_alone(self, resource: Resource) -> Outcome:
+        try:
+            return self.syncer.apply([resource])[0]
+        except Exception as exc:  # reported (and retried) by the caller like any failure
+            log.debug("resource %s: internal error", resource.name, exc_info=True)
+            return Outcome(resource, FAILED, ResourceError(resource.name, "internal",
+                                                           f"{type(exc).__name__}: {exc}"))
+
+    # ---- the daemon's own threads
+
+    def _check_parts(self, now: float) -> None:
+        """Every heartbeat: restart a dead follower or local-files watcher (never a zombie)."""
+        if not self.follower.is_alive() and not self.stopping:
+            self._follower_dead(now)
+        if self.state.settings.watch.confdir:
+            try:
+                self._check_local_files()
+            except Exception as exc:
+                log.exception("conf.d/templates watcher: cannot restart it")
+                self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
+            else:
+                self._part_recovered("local-files")
+
+    def _follower_dead(self, now: float) -> None:
+        if self._follower_restart_at is None:
+            self._follower_deaths += 1
+            reason = "the store follower thread died"
+            self._part_failed("follower", reason)
+            self.connected = False
+            self.observers.watch_lost(reason)
+            if self._follower_deaths > PART_RESTART_LIMIT:
+                log.critical("%s %d times without connecting; exiting with status %d",
+                             reason, self._follower_deaths, EXIT_INTERNAL_ERROR)
+                self.exit_code = EXIT_INTERNAL_ERROR
+                self.stopping = True
+                return
+            delay = self._part_backoff.next()
+            log.error("%s; restarting it in %.1fs", reason, delay)
+            self._follower_restart_at = now + delay
+            return
+        if now < self._follower_restart_at:
+            return
+        dead = self.follower
+        self.follower = StoreFollower(dead.store, dead.prefixes, self.events,
+                                      resync_interval=dead.resync_interval,
+                                      generation=dead.generation, resume=dead.positions(),
+                                      first_snapshot="start" if not self.ready else "resume")
+        self._follower_restart_at = None
+        self.follower.start()
+        log.info("store follower restarted from revision %d",
+                 min(dead.positions().values(), default=0) + 1)
+        self._part_recovered("follower")
+
+    def _part_failed(self, part: str, reason: str) -> None:
+        if part not in self._failed_parts:
+            self._failed_parts.add(part)
+            self.observers.part_failed(part, reason)
+
+    def _part_recovered(self, part: str) -> None:
+        if part in self._failed_parts:
+            self._failed_parts.discard(part)
+            self.observers.part_recovered(part)
 
     # ---- signals and configuration reloads
 
@@ -262,7 +471,14 @@ class Daemon:
             self.stopping = True
 
     def reload_config(self) -> bool:
-        """Load settings, conf.d and templates anew; switch only if the new set renders."""
+        """Load settings, conf.d and templates anew and switch to them, unless they are broken.
+
+        Refused: configuration errors (settings, resource files, template syntax) and resources
+        that render with their running definition but fail with the new one. A resource that
+        fails on its data (a bad value in etcd) fails the same either way: the set is taken and
+        the failure reported per resource, as `once` does. New prefixes or a new store are read
+        by a new follower first; nothing renders until its snapshot is in.
+        """
         self.observers.reloading_config()
         try:
             settings = load_settings(self.cli_values)
@@ -271,53 +487,123 @@ class Daemon:
                 raise ConfigError(str(settings.confdir), "; ".join(errors))
             if not state.resources:
                 raise ConfigError(str(settings.confdir), "no template resources")
+            for resource in state.resources:
+                state.renderer.compile(resource)  # a syntax error is a configuration error
             store_changed = _store_identity(settings) != _store_identity(self.state.settings)
             new_store = open_store(settings) if store_changed else self.store
-            try:
-                if store_changed or state.prefixes != self.state.prefixes:
-                    trial = Mirror()
-                    trial.load(new_store.snapshot(state.prefixes))
-                else:
-                    trial = self.mirror
-                trial_syncer = Syncer(state.renderer, trial)
-                for resource in state.resources:
-                    trial_syncer.render(resource)
-            except BaseException:
-                if new_store is not self.store:
-                    new_store.close()
-                raise
-        except (ConfigError, ResourceError, StoreUnavailable) as exc:
-            log.error("configuration reload refused, the running set stays: %s", exc)
-            self.observers.config_reloaded(False, str(exc))
+        except (ConfigError, ResourceError) as exc:
+            self._refuse(str(exc))
             return False
+        dropped = self.pending is not None
+        if dropped:  # a newer reload replaces one still waiting for its snapshot
+            self._drop_pending()
+        if not store_changed and state.prefixes == self.state.prefixes:
+            if dropped:  # the running set's follower was stopped for the dropped one
+                self._replace_follower(self.store, self.state.prefixes, "resume")
+            return self._judge_and_switch(state, self.mirror)
+        self.pending = PendingReload(state, new_store)
+        self._replace_follower(new_store, state.prefixes, "start")
+        log.info("configuration reload: reading a snapshot of %s before switching",
+                 ", ".join(state.prefixes))
+        return True
 
-        restart = store_changed or state.prefixes != self.state.prefixes
-        self.state = state
-        self.syncer = Syncer(state.renderer, self.mirror, self.syncer.last_counts)
-        self.planner.wait_min = settings.watch.wait_min
-        self.planner.wait_max = settings.watch.wait_max
-        # Pending renders hold the old Resource objects; every resource is rendered anew below
-        # (or after the new snapshot), so nothing pending may fire with an old definition.
-        self.planner.clear()
-        self.pending_keys.clear()
-        if restart:
+    def _on_pending_event(self, event: object) -> None:
+        assert self.pending is not None
+        if isinstance(event, SnapshotTaken):
+            pending, self.pending = self.pending, None
+            mirror = Mirror()
+            mirror.load(event.snapshot)
+            if not self._judge_and_switch(pending.state, mirror, pending.store,
+                                          event.snapshot):
+                self._abandon(pending)
+        elif isinstance(event, StreamState) and not event.connected:
+            pending, self.pending = self.pending, None
+            self._refuse(f"cannot read the new prefixes: {event.reason}")
+            self._abandon(pending)
+
+    def _abandon(self, pending: PendingReload) -> None:
+        """Back to the running set: a new follower for its prefixes, starting with a snapshot
+        (a change made while the reload was pending is not lost)."""
+        if pending.store is not self.store:
+            pending.store.close()
+        self._replace_follower(self.store, self.state.prefixes, "resume")
+
+    def _drop_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
             self.follower.stop()
             self.follower.join(timeout=10)
-            if store_changed:
-                self.store.close()
-                self.store = new_store
-            self.ready = False  # the next snapshot renders everything
-            self.snapshot_floor = 0
-            self.mirror = Mirror()
-            self.syncer.mirror = self.mirror
-            self.follower = self._new_follower()
-            self.follower.start()
-        else:
-            self.apply(list(state.resources))
+            if pending.store is not self.store:
+                pending.store.close()
+
+    def _refuse(self, reason: str) -> None:
+        log.error("configuration reload refused, the running set stays: %s", reason)
+        self.observers.config_reloaded(False, reason)
+
+    def _judge(self, state: ResourceSetState, mirror: Mirror) -> tuple[str | None, list[str]]:
+        """(why the new set is refused or None, names failing on their data)."""
+        if not self.ready:
+            return None, []  # no data yet to judge against: the first snapshot renders all
+        running = {r.name: r for r in self.state.resources}
+        data_failures = []
+        for resource in state.resources:
+            try:
+                state.renderer.render(resource, mirror)
+            except ResourceError as exc:
+                old = running.get(resource.name)
+                # The running definition, on the same data where the mirror has it.
+                old_mirror = mirror if all(p.startswith(state.prefixes)
+                                           for p in (old.watched_prefixes if old else ())) \
+                    else self.mirror
+                if old is not None and _renders(self.state.renderer, old, old_mirror):
+                    return f"{exc} (the running definition renders)", []
+                data_failures.append(resource.name)
+        return None, data_failures
+
+    def _judge_and_switch(self, state: ResourceSetState, mirror: Mirror,
+                          store: Store | None = None, snapshot: Snapshot | None = None) -> bool:
+        refused, data_failures = self._judge(state, mirror)
+        if refused is not None:
+            self._refuse(refused)
+            return False
+        self.state = state
+        if store is not None and store is not self.store:
+            self.store.close()
+            self.store = store
+        if snapshot is not None:
+            self.mirror = mirror
+            self.snapshot_floor = snapshot.revision
+        owed = self.syncer.reload_owed
+        self.syncer = Syncer(state.renderer, self.mirror, self.syncer.last_counts)
+        self.syncer.reload_owed = owed & {r.name for r in state.resources}
+        self.planner.wait_min = state.settings.watch.wait_min
+        self.planner.wait_max = state.settings.watch.wait_max
+        interval = state.settings.watch.interval
+        self.next_interval_at = time.monotonic() + interval if interval else None
+        # Pending renders hold the old Resource objects; every resource is rendered anew below
+        # (or after the first snapshot), so nothing pending may fire with an old definition.
+        self.planner.clear()
+        self.pending_keys.clear()
+        self._repairing.clear()
         self.observers.started(state.resources)  # observers forget resources that are gone
-        log.info("configuration reloaded: %d resources", len(state.resources))
-        self.observers.config_reloaded(True, f"{len(state.resources)} resources")
+        if snapshot is not None:
+            self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
+        if self.ready:
+            self.apply(list(state.resources))
+        elif snapshot is not None:
+            self._first_render(snapshot)
+        note = f" ({len(data_failures)} failing on their data: {', '.join(data_failures)})" \
+            if data_failures else ""
+        log.info("configuration reloaded: %d resources%s", len(state.resources), note)
+        self.observers.config_reloaded(True, f"{len(state.resources)} resources{note}")
         return True
+
+    # ---- conf.d and templates
+
+    def _local_dirs(self) -> tuple[str, ...]:
+        confdir = Path(self.state.settings.confdir)
+        return tuple(str(confdir / sub) for sub in ("conf.d", "templates")
+                     if (confdir / sub).is_dir())
 
     def _watch_local_files(self) -> None:
         """Treat edits under conf.d/ and templates/ like a SIGHUP (after a short quiet)."""
@@ -332,13 +618,36 @@ class Daemon:
                     events.put(LocalFilesChanged(str(event.src_path)))
 
         observer = FsObserver()
-        for sub in ("conf.d", "templates"):
-            path = Path(self.state.settings.confdir) / sub
-            if path.is_dir():
-                observer.schedule(Handler(), str(path), recursive=True)
+        self._local_paths = self._local_dirs()
+        for path in self._local_paths:
+            observer.schedule(Handler(), path, recursive=True)
         observer.daemon = True
         observer.start()
         self._local_observer = observer
+
+    def _check_local_files(self) -> None:
+        """Restart the conf.d/templates watcher when it (or one of its emitters) died, or when
+        a directory came or went; a reload follows, as edits may have been missed."""
+        observer = self._local_observer
+        alive = observer is not None and observer.is_alive() and all(
+            e.is_alive() for e in observer.emitters)
+        if alive and self._local_dirs() == self._local_paths:
+            return
+        log.warning("conf.d/templates watcher %s; restarting it",
+                    "stopped" if not alive else "sees a directory come or go")
+        if observer is not None:
+            observer.stop()
+        self._watch_local_files()
+        self.events.put(LocalFilesChanged("(watcher restarted)"))
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    """A thread ended by an exception: log it with its traceback (the loop restarts the part)."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("thread %s died: %s", name, args.exc_value,
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def run_daemon(settings: Settings, cli_values: Mapping[str, Any] | None = None,

@@ -59,6 +59,12 @@ class Observer:
         """The store was recreated or restored; a snapshot of the new history replaces the
         mirror (revisions may go down)."""
 
+    def part_failed(self, part: str, reason: str) -> None:
+        """A thread of the daemon (`follower`, `local-files`) died; the loop restarts it."""
+
+    def part_recovered(self, part: str) -> None:
+        """A part that had failed runs again."""
+
 
 class Observers(Observer):
     """Fan-out to several observers; one failing observer never stops the loop."""
@@ -113,3 +119,9 @@ class Observers(Observer):
     def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
                     new_revision: int) -> None:
         self._each("store_reset", old_cluster, new_cluster, old_revision, new_revision)
+
+    def part_failed(self, part: str, reason: str) -> None:
+        self._each("part_failed", part, reason)
+
+    def part_recovered(self, part: str) -> None:
+        self._each("part_recovered", part)

@@ -70,6 +70,8 @@ class Metrics(Observer):
         self._left_out: dict[str, list[str]] = {}
         self._ready_seen = False
         self._connected = False
+        self._lost_reason = ""
+        self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
         self._connections = 0
         self._last_beat = clock()
         self._applied_revision = 0
@@ -172,9 +174,14 @@ class Metrics(Observer):
         self.current_revision.set(revision)
 
     def health(self, max_age: float = HEALTH_MAX_AGE) -> tuple[bool, dict[str, Any]]:
+        """Healthy: the loop beats and none of the daemon's threads is dead."""
         with self._lock:
             age = self._clock() - self._last_beat
-        return age <= max_age, {"heartbeat_age_seconds": round(age, 3), "max_age": max_age}
+            failed = dict(self._failed_parts)
+        detail: dict[str, Any] = {"heartbeat_age_seconds": round(age, 3), "max_age": max_age}
+        if failed:
+            detail["failed_parts"] = failed
+        return age <= max_age and not failed, detail
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: first full render done, watch connected, and no resource's last apply failed.
@@ -194,6 +201,8 @@ class Metrics(Observer):
                                       "resources": len(self._resources), "reasons": reasons}
             if self._left_out:  # reported, not failing: the rest of the file is current
                 detail["left_out"] = {name: list(keys) for name, keys in self._left_out.items()}
+            if not self._connected and self._lost_reason:
+                detail["watch_lost"] = self._lost_reason
             return not reasons, detail
 
     def _update_ready(self) -> None:
@@ -235,6 +244,7 @@ class Metrics(Observer):
     def watch_lost(self, reason: str) -> None:
         with self._lock:
             self._connected = False
+            self._lost_reason = reason
         self.watch_losses.inc()
         self.watch_up.set(0)
         self._update_ready()
@@ -321,6 +331,14 @@ class Metrics(Observer):
     def config_reloaded(self, ok: bool, message: str) -> None:
         self.config_reloads.labels("ok" if ok else "refused").inc()
 
+    def part_failed(self, part: str, reason: str) -> None:
+        with self._lock:
+            self._failed_parts[part] = reason
+
+    def part_recovered(self, part: str) -> None:
+        with self._lock:
+            self._failed_parts.pop(part, None)
+
 
 class _ExecCollector(Collector):
     def __init__(self, supervisor: Supervisor) -> None:
@@ -373,6 +391,7 @@ class MetricsServer:
         server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
         self._server = make_server(host, port, self._app, server_class, _QuietHandler)
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -393,14 +412,26 @@ class MetricsServer:
                         ("Content-Length", str(len(body)))])
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
+    def _serve(self) -> None:
+        """serve_forever, started again if it ever raises (a bug must not end /health)."""
+        while not self._closing:
+            try:
+                self._server.serve_forever(0.1)
+                return
+            except Exception:
+                log.exception("metrics server failed; serving again in 1s")
+                time.sleep(1.0)
+
     def start(self) -> MetricsServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
-                                        name="confsync-metrics", daemon=True)
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name="confsync-metrics",
+                                        daemon=True)
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
         return self
 
     def close(self) -> None:
+        self._closing = True
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

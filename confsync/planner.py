@@ -1,8 +1,10 @@
-"""Debounce: which resources to render now.
+"""Debounce and retry: which resources to render now.
 
 A resource becomes due when no change touched it for `wait_min` (the quiet period), or when
-`wait_max` has passed since its first pending change, whichever comes first. Pure logic with the
-clock passed in, so it is tested without sleeping.
+`wait_max` has passed since its first pending change, whichever comes first. A resource whose
+apply failed for a reason outside its data (check, disk, reload) is due again after a capped,
+jittered exponential backoff, until an apply succeeds. Pure logic with the clock passed in, so
+it is tested without sleeping.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confsync.resources import Resource
+from confsync.watcher import Backoff
+
+RETRY_BASE = 1.0  # seconds before the first retry of a failed apply
+RETRY_CAP = 30.0  # the longest wait between two retries
 
 
 @dataclass
@@ -20,11 +26,22 @@ class _Pending:
     last: float
 
 
+@dataclass
+class _Retry:
+    resource: Resource
+    at: float
+    backoff: Backoff
+
+
 class Planner:
-    def __init__(self, wait_min: float, wait_max: float) -> None:
+    def __init__(self, wait_min: float, wait_max: float, retry_base: float = RETRY_BASE,
+                 retry_cap: float = RETRY_CAP) -> None:
         self.wait_min = wait_min
         self.wait_max = wait_max
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
         self._pending: dict[str, _Pending] = {}
+        self._retries: dict[str, _Retry] = {}
         self.debounced = 0  # changes folded into an already pending render
 
     def _windows(self, resource: Resource) -> tuple[float, float]:
@@ -46,19 +63,52 @@ class Planner:
         wait_min, wait_max = self._windows(pending.resource)
         return min(pending.last + wait_min, pending.first + wait_max)
 
+    def retry(self, resource: Resource, now: float) -> float:
+        """Schedule another try of a failed apply; return the delay chosen.
+
+        Each consecutive failure doubles the wait (jittered, capped at `retry_cap`); a change
+        touching the resource meanwhile renders it at its debounce deadline as usual.
+        """
+        entry = self._retries.get(resource.name)
+        backoff = entry.backoff if entry is not None else Backoff(self.retry_base,
+                                                                  self.retry_cap)
+        delay = backoff.next()
+        self._retries[resource.name] = _Retry(resource, now + delay, backoff)
+        return delay
+
+    def settled(self, name: str) -> None:
+        """The last apply worked (or failed on its data): no retry, and a fresh backoff."""
+        self._retries.pop(name, None)
+
+    def retrying(self, name: str) -> bool:
+        return name in self._retries
+
     def due(self, now: float) -> list[Resource]:
-        """Pop and return every resource whose deadline has passed."""
-        ready = [p for p in self._pending.values() if self._deadline(p) <= now]
-        for pending in ready:
-            del self._pending[pending.resource.name]
-        return [p.resource for p in ready]
+        """Pop and return every resource whose debounce or retry deadline has passed."""
+        ready = {p.resource.name: p.resource for p in self._pending.values()
+                 if self._deadline(p) <= now}
+        for name in ready:
+            del self._pending[name]
+        for name, entry in self._retries.items():
+            if entry.at <= now and name not in ready and name not in self._pending:
+                ready[name] = entry.resource
+        for name in ready:
+            fired = self._retries.get(name)
+            if fired is not None:
+                fired.at = float("inf")  # keeps its backoff until `retry` or `settled`
+        return list(ready.values())
 
     def next_deadline(self) -> float | None:
-        return min((self._deadline(p) for p in self._pending.values()), default=None)
+        deadlines = [self._deadline(p) for p in self._pending.values()]
+        deadlines += [r.at for r in self._retries.values() if r.at != float("inf")]
+        return min(deadlines, default=None)
 
     def clear(self) -> None:
-        """Drop everything pending: the caller is about to render every resource anyway."""
+        """Drop everything pending and every retry: the caller is about to render every
+        resource anyway (and with new definitions)."""
         self._pending.clear()
+        self._retries.clear()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(1 for r in self._retries.values()
+                                        if r.at != float("inf"))

@@ -84,6 +84,9 @@ class Syncer:
         self.dests = DestCache()
         # dest -> the bytes this process installed there after a passing check.
         self.checked: dict[Path, bytes] = {}
+        # Resources whose file may be installed but whose reload did not happen or failed: the
+        # next apply reloads them even when the file already matches.
+        self.reload_owed: set[str] = set()
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
 
     def _sweep(self, resources: Iterable[Resource]) -> None:
@@ -155,6 +158,10 @@ class Syncer:
             content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
+                if resource.name in self.reload_owed and reload_key(resource) is not None:
+                    # Installed earlier, never made live: reload it (as a new file).
+                    return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
+                                   content=content, warnings=warnings)
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
                                warnings=warnings)
             step = "install"
@@ -194,6 +201,7 @@ class Syncer:
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
+            self.reload_owed.update(o.resource.name for o in group)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
@@ -215,6 +223,7 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             return
+        self.reload_owed.difference_update(o.resource.name for o in group)
         for outcome in group:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started

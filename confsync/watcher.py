@@ -5,6 +5,11 @@ backs off (capped, jittered) and resumes from the last delivered revision + 1 wi
 so no event is ever lost or applied twice. A compacted revision means a fresh snapshot; so does
 a store reset (another cluster, or revisions gone back), whose snapshot also replaces the
 resume points. It hands everything to the daemon's queue in order; it never renders.
+
+It never dies of an error: an unexpected exception (a bug, or a ConfigError such as an unreadable
+`password_file` met while reconnecting) is logged, reported as a lost stream, and the follower
+starts over after a backoff from the revisions it had delivered. Every event carries the
+follower's `generation`, so the daemon can drop what a stopped follower had already queued.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from confsync.errors import RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
@@ -31,13 +36,15 @@ RESNAPSHOT_JITTER = 4.0
 @dataclass(frozen=True)
 class SnapshotTaken:
     snapshot: Snapshot
-    reason: str  # "start", "compacted", "resync", "reset"
+    reason: str  # "start", "compacted", "resync", "resume", "reset"
+    generation: int = 0
     cause: StoreReset | None = None  # for "reset": old and new cluster id and revisions
 
 
 @dataclass(frozen=True)
 class BatchReceived:
     batch: ChangeBatch
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class StreamState:
     connected: bool
     revision: int
     reason: str = ""
+    generation: int = 0
+
+
+_RESYNC_NOW = object()  # wakes `_follow` for an immediate resync snapshot
 
 
 class Backoff:
@@ -68,21 +79,39 @@ class StoreFollower(threading.Thread):
     """Follows `prefixes` in `store` and posts SnapshotTaken/BatchReceived/StreamState to `out`."""
 
     def __init__(self, store: Store, prefixes: Sequence[str], out: queue.SimpleQueue[object],
-                 resync_interval: float = 0.0, backoff: Backoff | None = None) -> None:
-        super().__init__(name="confsync-follower", daemon=True)
+                 resync_interval: float = 0.0, backoff: Backoff | None = None,
+                 generation: int = 0, resume: Mapping[str, int] | None = None,
+                 first_snapshot: str = "start") -> None:
+        """`resume`: revisions a previous follower of the same prefixes delivered; when they
+        cover every prefix, the watch resumes from them without a snapshot."""
+        super().__init__(name=f"confsync-follower-{generation}", daemon=True)
         self.store = store
         self.prefixes = tuple(prefixes)
         self.out = out
         self.resync_interval = resync_interval
         self.backoff = backoff or Backoff()
+        self.generation = generation
         self._stop_event = threading.Event()
-        self._errors: queue.Queue[Exception | None] = queue.Queue()
+        self._errors: queue.Queue[object] = queue.Queue()
         self._lock = threading.Lock()
         # Last revision delivered per watched prefix: watches of several prefixes share one
         # stream but are not ordered against each other, so each resumes from its own point.
-        self._last: dict[str, int] = {}
+        self._last: dict[str, int] = {p: r for p, r in (resume or {}).items()
+                                      if p in self.prefixes and r > 0}
+        self._first_snapshot: str | None = (
+            None if set(self._last) == set(self.prefixes) else first_snapshot)
         self._pending_reset: StoreReset | None = None
         self.reconnects = 0
+        self.internal_errors = 0  # unexpected exceptions survived (each logged with traceback)
+
+    def positions(self) -> dict[str, int]:
+        """The last revision delivered per prefix (what a successor resumes from)."""
+        with self._lock:
+            return dict(self._last)
+
+    def request_resync(self) -> None:
+        """Take a fresh snapshot now (the daemon lost track of its mirror)."""
+        self._errors.put(_RESYNC_NOW)
 
     # ---- called from the store's thread
 
@@ -96,7 +125,7 @@ class StoreFollower(threading.Thread):
                 return  # replayed by a resume: already delivered
             for key in keys:
                 self._last[key] = max(self._last.get(key, 0), item.revision)
-            self.out.put(BatchReceived(item))
+            self.out.put(BatchReceived(item, self.generation))
 
     # ---- the thread
 
@@ -105,14 +134,16 @@ class StoreFollower(threading.Thread):
         self._errors.put(None)
 
     def _snapshot(self, reason: str) -> Snapshot | None:
+        """Post a snapshot; on failure post the lost stream and return None (no waiting)."""
         if reason in ("compacted", "reset"):
             delay = random.uniform(0, RESNAPSHOT_JITTER)
-            self._stop_event.wait(delay)
+            if self._stop_event.wait(delay):
+                return None
             log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
         try:
             snapshot = self.store.snapshot(self.prefixes)
-        except StoreUnavailable as exc:
-            self._degraded(str(exc))
+        except (StoreUnavailable, ConfigError) as exc:
+            self._lost(str(exc))
             return None
         with self._lock:
             cause, self._pending_reset = self._pending_reset, None
@@ -121,7 +152,7 @@ class StoreFollower(threading.Thread):
                 self._last.clear()
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
-            self.out.put(SnapshotTaken(snapshot, reason, cause=cause))
+            self.out.put(SnapshotTaken(snapshot, reason, self.generation, cause=cause))
         return snapshot
 
     def _on_reset(self, reset: StoreReset) -> str:
@@ -130,8 +161,11 @@ class StoreFollower(threading.Thread):
             self._pending_reset = reset
         return "reset"
 
+    def _lost(self, reason: str) -> None:
+        self.out.put(StreamState(False, self._resume_revision() - 1, reason, self.generation))
+
     def _degraded(self, reason: str) -> None:
-        self.out.put(StreamState(False, self._resume_revision() - 1, reason))
+        self._lost(reason)
         self._stop_event.wait(self.backoff.next())
 
     def _resume_revision(self) -> int:
@@ -139,27 +173,44 @@ class StoreFollower(threading.Thread):
             return min(self._last.values(), default=0) + 1
 
     def run(self) -> None:
-        reason: str | None = "start"
+        """Follow until stopped. Each unexpected error is logged with its traceback, reported
+        as a lost stream, and followed by a fresh start (after a backoff) from `_last`."""
         while not self._stop_event.is_set():
-            if reason is not None:
-                if self._snapshot(reason) is None:
+            try:
+                self._run()
+                return
+            except Exception as exc:
+                self.internal_errors += 1
+                delay = self.backoff.next()
+                log.exception("store follower: unexpected error; restarting it in %.1fs from "
+                              "revision %d", delay, self._resume_revision())
+                self._lost(f"internal error: {type(exc).__name__}: {exc}")
+                self._stop_event.wait(delay)
+
+    def _run(self) -> None:
+        while not self._stop_event.is_set():
+            if self._first_snapshot is not None:
+                if self._snapshot(self._first_snapshot) is None:
+                    self._stop_event.wait(self.backoff.next())
                     continue
-                reason = None
+                self._first_snapshot = None
             start = self._resume_revision()
             try:
                 handle = self.store.watch(self.prefixes, start, self._sink)
             except RevisionCompacted as exc:
                 log.warning("watch from revision %d: compacted (up to %d); taking a fresh "
                             "snapshot", start, exc.compacted_revision)
-                reason = "compacted"
+                self._first_snapshot = "compacted"
                 continue
             except StoreReset as exc:
-                reason = self._on_reset(exc)
+                self._first_snapshot = self._on_reset(exc)
                 continue
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, ConfigError) as exc:
+                if isinstance(exc, ConfigError):
+                    log.error("store follower: %s; retrying", exc)
                 self._degraded(str(exc))
                 continue
-            self.out.put(StreamState(True, start - 1))
+            self.out.put(StreamState(True, start - 1, generation=self.generation))
             error = self._follow(handle)
             if error is None:
                 return
@@ -167,29 +218,51 @@ class StoreFollower(threading.Thread):
             if isinstance(error, RevisionCompacted):
                 log.warning("watch: revision compacted (up to %d); taking a fresh snapshot",
                             error.compacted_revision)
-                reason = "compacted"
+                self._first_snapshot = "compacted"
             elif isinstance(error, StoreReset):
-                reason = self._on_reset(error)
+                self._first_snapshot = self._on_reset(error)
             else:
                 self._degraded(str(error))
 
     def _follow(self, handle: WatchHandle) -> Exception | None:
-        """Block until the watch fails (return its error) or we are stopped (return None)."""
+        """Block until the watch fails (return its error) or we are stopped (return None).
+
+        A failed resync says so (a lost stream: the data can no longer be vouched for) and is
+        retried with its own backoff; the next one that works says the stream is back, so one
+        failed resync never leaves the daemon degraded for good.
+        """
         connected_at = time.monotonic()
-        next_resync = connected_at + self.resync_interval if self.resync_interval else None
+        interval = self.resync_interval
+        next_resync = connected_at + interval if interval else None
+        resync_backoff = Backoff(base=min(1.0, interval or 1.0), cap=max(interval, 1.0))
+        resync_failed = False
         try:
             while True:
                 timeout = None if next_resync is None else max(0.0, next_resync - time.monotonic())
                 try:
                     error = self._errors.get(timeout=timeout)
                 except queue.Empty:
-                    self._snapshot("resync")
-                    next_resync = time.monotonic() + self.resync_interval
+                    error = _RESYNC_NOW
+                if error is _RESYNC_NOW:
+                    snapshot = self._snapshot("resync")
+                    if snapshot is None:
+                        resync_failed = True
+                        retry = resync_backoff.next()
+                        next_resync = time.monotonic() + (min(retry, interval) if interval
+                                                          else retry)
+                        continue
+                    if resync_failed:
+                        resync_failed = False
+                        resync_backoff.reset()
+                        self.out.put(StreamState(True, snapshot.revision,
+                                                 generation=self.generation))
+                    next_resync = time.monotonic() + interval if interval else None
                     continue
                 if error is None or self._stop_event.is_set():
                     return None
                 if time.monotonic() - connected_at > 5:
                     self.backoff.reset()  # a stream that lived a while starts a fresh backoff
+                assert isinstance(error, Exception)
                 return error
         finally:
             handle.cancel()

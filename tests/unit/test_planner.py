@@ -55,3 +55,40 @@ def test_backoff_grows_caps_and_resets() -> None:
     assert all(1.0 <= d <= 2.0 for d in delays[5:])  # capped, with jitter in [cap/2, cap]
     b.reset()
     assert b.next() <= 0.1
+
+
+def test_failed_apply_is_retried_with_growing_capped_backoff() -> None:
+    p = Planner(wait_min=0.0, wait_max=0.0, retry_base=1.0, retry_cap=8.0)
+    a = res("a")
+    now = 0.0
+    delays = []
+    for _ in range(8):
+        delays.append(p.retry(a, now))
+        deadline = p.next_deadline()
+        assert deadline is not None
+        assert p.due(deadline - 0.001) == []
+        assert p.due(deadline) == [a]
+        now = deadline
+    assert 0.5 <= delays[0] <= 1.0
+    assert all(4.0 <= d <= 8.0 for d in delays[4:])  # capped
+    assert p.next_deadline() is None  # fired: nothing until the next outcome says retry
+    p.settled("a")
+    assert p.retry(a, now) <= 1.0  # a success starts a fresh backoff
+
+
+def test_a_change_renders_at_its_debounce_deadline_and_the_retry_does_not_fire_twice() -> None:
+    p = Planner(wait_min=0.1, wait_max=1.0, retry_base=10.0, retry_cap=10.0)
+    a = res("a")
+    p.retry(a, now=0.0)
+    p.touch([a], now=1.0)
+    assert p.next_deadline() == 1.1
+    assert p.due(1.1) == [a]
+    assert p.due(100.0) == []  # the retry entry went with it
+    assert not p.retrying("x")
+
+
+def test_clear_drops_retries_too() -> None:
+    p = Planner(wait_min=0.0, wait_max=0.0)
+    p.retry(res("a"), now=0.0)
+    p.clear()
+    assert p.next_deadline() is None and p.due(1e9) == [] and len(p) == 0

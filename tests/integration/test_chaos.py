@@ -1,0 +1,296 @@
+"""Chaos: the real `confsync watch` against a real etcd while a seeded random driver injects
+bounded faults (issue 13). The daemon never exits, /health and /ready tell the truth, and once
+the faults stop every dest equals a render of etcd's final state.
+
+Faults: etcd SIGKILL + restart, SIGSTOP/SIGCONT, compaction, non-UTF-8 keys and values, bad
+values, a full disk under one dest (a 64 KiB tmpfs; skipped when it cannot be mounted), failing
+checks and reloads (flag files), and SIGHUPs that edit the resource set (one edit changes the
+watched prefixes). `CONFSYNC_CHAOS_SECONDS` (default 60) sets how long faults go on;
+`CONFSYNC_CHAOS_SEED` replays a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import confsync, write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.http_probe import probe
+
+pytestmark = pytest.mark.etcd
+
+CHAOS_SECONDS = float(os.environ.get("CONFSYNC_CHAOS_SECONDS", "60"))
+LIST_VARIANTS = {
+    "eq": "{% for kv in gets('/k/*') %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
+    "colon": "{% for kv in gets('/k/*') %}{{ kv.key | base }}: {{ kv.value }}\n{% endfor %}",
+}
+
+
+@dataclass
+class Chaos:
+    tmp: Path
+    etcd: EtcdMember
+    prefix: str
+    rng: random.Random
+    disk: Path | None
+    actions: list[str] = field(default_factory=list)
+    down: list[tuple[float, float]] = field(default_factory=list)  # etcd killed, not yet back
+    variant: str = "eq"
+
+    @property
+    def cd(self) -> Path:
+        return self.tmp / "cd"
+
+    def flag(self, name: str) -> Path:
+        return self.tmp / f"{name}.flag"
+
+    def put(self, key: str | bytes, value: str | bytes) -> None:
+        full = (self.prefix.encode() + key) if isinstance(key, bytes) else self.prefix + key
+        with contextlib.suppress(Exception):  # etcd is down or frozen: that is the point
+            client(self.etcd.endpoint, timeout=2).put(full, value)
+
+    def write_list(self) -> None:
+        write_resource(self.cd, "list", LIST_VARIANTS[self.variant],
+                       f'dest = "{self.tmp / "list.out"}"\nkeys = ["/k"]\n'
+                       f'check_cmd = ["sh", "-c", "test ! -e {self.flag("check")}"]\n'
+                       f'reload_cmd = ["sh", "-c", "test ! -e {self.flag("reload")}"]')
+
+    # ---- the faults; each leaves things as they were or heals later
+
+    def kill_restart(self) -> None:
+        self.etcd.kill()
+        down_at = time.monotonic()
+        time.sleep(self.rng.uniform(0.2, 4.0))
+        self.etcd.start()
+        self.down.append((down_at, time.monotonic()))
+
+    def freeze(self) -> None:
+        self.etcd.freeze()
+        try:
+            time.sleep(self.rng.uniform(0.5, 3.0))
+        finally:
+            self.etcd.thaw()
+
+    def compact(self) -> None:
+        with contextlib.suppress(Exception):
+            c = client(self.etcd.endpoint, timeout=2)
+            revision = c.put(self.prefix + "/k/compact", str(time.time())).header.revision
+            c.compact(revision)
+
+    def raw_keys(self) -> None:
+        n = self.rng.randrange(5)
+        if self.rng.random() < 0.5:
+            self.put(b"/n/a\xff" + str(n).encode(), "v")  # a non-UTF-8 key, sorted first
+        else:
+            self.put("/n/ok", b"\xc3\x28")  # a non-UTF-8 value under a plain key
+
+    def bad_value(self) -> None:
+        self.put(f"/p/s{self.rng.randrange(4)}", self.rng.choice(["http", "99999", "1\n2", ""]))
+
+    def good_values(self) -> None:
+        for _ in range(self.rng.randrange(1, 6)):
+            section = self.rng.choice(["k", "k", "d", "e", "p"])
+            value = str(self.rng.randrange(1, 65535))
+            self.put(f"/{section}/s{self.rng.randrange(6)}", value)
+
+    def full_disk(self) -> None:
+        if self.disk is None:
+            return
+        filler = self.disk / "filler"
+        if filler.exists():
+            filler.unlink()
+            return
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def toggle_flag(self) -> None:
+        flag = self.flag(self.rng.choice(["check", "reload"]))
+        if flag.exists():
+            flag.unlink()
+        else:
+            flag.touch()
+
+    def sighup(self, w: WatchProcess) -> None:
+        extra = self.cd / "conf.d" / "extra.toml"
+        if self.rng.random() < 0.5:
+            if extra.exists():
+                extra.unlink()  # the watched prefixes change
+            else:
+                write_resource(self.cd, "extra", "{% for kv in gets('/e/*') %}{{ kv.value }}\n"
+                               "{% endfor %}", f'dest = "{self.tmp / "extra.out"}"\n'
+                               f'keys = ["/e"]\nmin_keys = 0')
+        else:
+            self.variant = "colon" if self.variant == "eq" else "eq"
+            self.write_list()
+        w.signal(signal.SIGHUP)
+
+    def heal(self) -> None:
+        """Faults stop: etcd up, flags gone, disk free, the bad and raw keys replaced."""
+        self.etcd.thaw()
+        if self.etcd.proc is None or self.etcd.proc.poll() is not None:
+            self.etcd.start()
+        for name in ("check", "reload"):
+            self.flag(name).unlink(missing_ok=True)
+        if self.disk is not None:
+            (self.disk / "filler").unlink(missing_ok=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                c = client(self.etcd.endpoint, timeout=3)
+                c.delete_prefix(self.prefix + "/n/")
+                for i in range(4):
+                    c.put(f"{self.prefix}/p/s{i}", str(8000 + i))
+                c.put(self.prefix + "/n/ok", "fine")
+                c.put(self.prefix + "/k/final", "1")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+def make_confdir(chaos: Chaos) -> None:
+    chaos.write_list()
+    disk_dir = chaos.disk if chaos.disk is not None else chaos.tmp
+    write_resource(chaos.cd, "ports", "{% for kv in gets('/p/*') %}server {{ kv.key | base }} "
+                   "127.0.0.1:{{ kv.value | port }}\n{% endfor %}",
+                   f'dest = "{chaos.tmp / "ports.out"}"\nkeys = ["/p"]\nmin_keys = 0')
+    write_resource(chaos.cd, "disk", "{% for kv in gets('/d/*') %}{{ kv.key | base }} "
+                   "{{ kv.value }} {{ 'x' * 2000 }}\n{% endfor %}",
+                   f'dest = "{disk_dir / "disk.out"}"\nkeys = ["/d"]\nmin_keys = 0')
+    write_resource(chaos.cd, "raw", "{% for kv in gets('/n/*') %}{{ kv.key | base }}="
+                   "{{ kv.value }}\n{% endfor %}",
+                   f'dest = "{chaos.tmp / "raw.out"}"\nkeys = ["/n"]\nmin_keys = 0')
+
+
+def expected_list(chaos: Chaos) -> str:
+    c = client(chaos.etcd.endpoint)
+    items = sorted((m.key.decode().rpartition("/")[2], v.decode())
+                   for v, m in c.get_prefix(chaos.prefix + "/k/"))
+    sep = "=" if chaos.variant == "eq" else ": "
+    return "".join(f"{k}{sep}{v}\n" for k, v in items)
+
+
+def converged(chaos: Chaos) -> tuple[bool, str]:
+    """`confsync check` renders etcd's state with the same conf.d: nothing would change."""
+    done = confsync("check", "--no-diff", "--confdir", str(chaos.cd), "--endpoints",
+                    chaos.etcd.endpoint, "--prefix", chaos.prefix, timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("# ")]
+    resources = len(list((chaos.cd / "conf.d").glob("*.toml")))
+    ok = (len(lines) == resources and all(line.endswith("is up to date") for line in lines)
+          and read(chaos.tmp / "list.out") == expected_list(chaos))
+    return ok, done.stdout + done.stderr
+
+
+def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
+    seed = int(os.environ.get("CONFSYNC_CHAOS_SEED", str(random.randrange(1 << 30))))
+    print(f"chaos seed {seed} (CONFSYNC_CHAOS_SEED={seed} replays it)")
+    disk: Path | None = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        print(f"full-disk faults skipped: cannot mount a tmpfs ({mounted.stderr.strip()})")
+        disk = None
+    chaos = Chaos(tmp_path, etcd_private, f"/chaos-{uuid.uuid4().hex[:6]}", random.Random(seed),
+                  disk)
+    for section in ("k", "d", "e", "p"):
+        for i in range(3):
+            chaos.put(f"/{section}/s{i}", str(8000 + i))
+    chaos.put("/n/ok", "fine")
+    make_confdir(chaos)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = WatchProcess("--confdir", str(chaos.cd), "--endpoints", etcd_private.endpoint,
+                     "--prefix", chaos.prefix, "--wait-min", "50ms", "--wait-max", "1s",
+                     "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_ETCD_TIMEOUT": "2s", "CONFSYNC_WATCH_INTERVAL": "10s"})
+    samples: list[tuple[float, int, int]] = []
+    stop_sampling = threading.Event()
+
+    def sampler() -> None:
+        while not stop_sampling.is_set():
+            now = time.monotonic()
+            samples.append((now, probe(base, "/health", 3)[0], probe(base, "/ready", 3)[0]))
+            stop_sampling.wait(0.3)
+
+    sampling = threading.Thread(target=sampler, daemon=True)
+    try:
+        wait_for(lambda: probe(base, "/ready")[0] == 200, 30, what="first render, /ready 200")
+        sampling.start()
+        faults = {
+            "kill": chaos.kill_restart, "freeze": chaos.freeze, "compact": chaos.compact,
+            "raw": chaos.raw_keys, "bad": chaos.bad_value, "good": chaos.good_values,
+            "disk": chaos.full_disk, "flag": chaos.toggle_flag,
+            "sighup": lambda: chaos.sighup(w),
+        }
+        weights = {"kill": 1, "freeze": 1, "compact": 1, "raw": 1, "bad": 2, "good": 6,
+                   "disk": 1, "flag": 2, "sighup": 2}
+        names = list(faults)
+        end = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < end:
+            name = chaos.rng.choices(names, [weights[n] for n in names])[0]
+            chaos.actions.append(name)
+            faults[name]()
+            chaos.good_values()
+            time.sleep(chaos.rng.uniform(0.05, 0.6))
+            assert w.proc.poll() is None, f"confsync exited after {chaos.actions[-10:]}:\n" \
+                                          f"{w.output()[-4000:]}"
+        chaos.heal()
+        healed = time.monotonic()
+        time.sleep(1.0)  # the last SIGHUP is handled
+        out = w.output()
+        if out.rfind("configuration reload refused") > out.rfind("configuration reloaded"):
+            # The last edit was refused (its snapshot failed while etcd was down): load it now.
+            # Otherwise no SIGHUP here, so failed applies must heal by their own retries.
+            w.signal(signal.SIGHUP)
+        # Retries back off up to 30 s; give convergence a little more than that.
+        wait_for(lambda: converged(chaos)[0], 90, interval=2.0,
+                 what=f"convergence after {chaos.actions}\n{converged(chaos)[1]}\n"
+                      f"{w.output()[-4000:]}")
+        convergence = time.monotonic() - healed
+        wait_for(lambda: probe(base, "/ready")[0] == 200, 30,
+                 what=f"/ready 200 after convergence: {probe(base, '/ready')}")
+        assert probe(base, "/health")[0] == 200
+    finally:
+        stop_sampling.set()
+        if sampling.is_alive():
+            sampling.join(timeout=10)
+        alive = w.proc.poll() is None
+        code = w.stop()
+        if disk is not None:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert alive, w.output()[-4000:]
+    assert code == 0, w.output()[-4000:]
+    output = w.output()
+    # /health: the loop and its threads lived through it all.
+    assert samples and all(h == 200 for _, h, _ in samples), \
+        [s for s in samples if s[1] != 200][:10]
+    # /ready: never 200 while etcd was down (after a grace for the stream to notice).
+    for start, end in chaos.down:
+        lying = [s for s in samples if start + 3.0 < s[0] < end and s[2] == 200]
+        assert not lying, f"/ready 200 while etcd was down: {lying}"
+    assert "Traceback" not in output or "UnicodeEncodeError" in output, output[-4000:]
+    print(f"chaos: {len(chaos.actions)} actions "
+          f"({', '.join(f'{n} {chaos.actions.count(n)}' for n in sorted(set(chaos.actions)))}),"
+          f" {len(samples)} health/ready samples, converged {convergence:.1f} s after the "
+          f"faults stopped")

@@ -1,0 +1,132 @@
+"""Failed applies are retried until the file is installed and reloaded, and `watch.interval`
+re-renders every resource (issue 13, item 7), against real etcd and the real `confsync watch`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+
+TEMPLATE = "value={{ getv('/k/v') }}\n"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/rt-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[WatchProcess]]:
+    started: list[WatchProcess] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember, prefix: str,
+          env: dict[str, str] | None = None) -> WatchProcess:
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", log=tmp_path / "watch.log", env=env)
+    watchers.append(w)
+    return w
+
+
+def test_failed_check_is_retried_until_it_passes(etcd: EtcdMember, tmp_path: Path, prefix: str,
+                                                  watchers: list[WatchProcess]) -> None:
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, flag = tmp_path / "out.conf", tmp_path / "check-fails"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\n'
+                   f'check_cmd = ["sh", "-c", "test ! -e {flag}"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    flag.touch()
+    c.put(prefix + "/k/v", "2")
+    w.wait_log("check failed", timeout=20, count=2)  # the change, then at least one retry
+    assert read(dest) == "value=1\n"
+    flag.unlink()  # nothing in etcd changes from here on
+    wait_for(lambda: read(dest) == "value=2\n", 45, what=f"a retry\n{w.output()[-2000:]}")
+    assert w.proc.poll() is None
+
+
+def test_failed_reload_is_retried_until_the_file_is_live(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, flag, live = tmp_path / "out.conf", tmp_path / "reload-fails", tmp_path / "live"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\n'
+                   f'reload_cmd = ["sh", "-c", "test ! -e {flag} && cp {dest} {live}"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(live) == "value=1\n", 20, what="first render and reload")
+    flag.touch()
+    c.put(prefix + "/k/v", "2")
+    w.wait_log("reload failed", timeout=20, count=2)
+    assert read(live) == "value=1\n" and read(dest) == "value=1\n"  # rolled back
+    flag.unlink()
+    wait_for(lambda: read(live) == "value=2\n", 45, what=f"a retry\n{w.output()[-2000:]}")
+    assert read(dest) == "value=2\n"
+
+
+def test_interval_repairs_a_hand_edited_dest(etcd: EtcdMember, tmp_path: Path, prefix: str,
+                                             watchers: list[WatchProcess]) -> None:
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w = start(watchers, tmp_path, etcd, prefix, env={"CONFSYNC_WATCH_INTERVAL": "1s"})
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    dest.write_text("value=edited by hand\n")
+    wait_for(lambda: read(dest) == "value=1\n", 20, what=f"repair\n{w.output()[-2000:]}")
+    w.wait_log("edited outside confsync", timeout=5)
+
+
+def fill(path: Path) -> None:
+    """Write until the file system is full (unbuffered: nothing left to flush at close)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_is_retried_once_space_is_back(etcd: EtcdMember, tmp_path: Path, prefix: str,
+                                                 watchers: list[WatchProcess]) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        c = client(etcd.endpoint)
+        c.put(prefix + "/k/v", "1")
+        dest = disk / "out.conf"
+        write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+        w = start(watchers, tmp_path, etcd, prefix)
+        wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+        filler = disk / "filler"
+        fill(filler)
+        c.put(prefix + "/k/v", "2" * 5000)
+        w.wait_log("stage failed", timeout=20)
+        assert read(dest) == "value=1\n"
+        filler.unlink()
+        wait_for(lambda: read(dest) == "value=" + "2" * 5000 + "\n", 45,
+                 what=f"a retry once space is back\n{w.output()[-2000:]}")
+    finally:
+        for w in watchers:
+            w.stop()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

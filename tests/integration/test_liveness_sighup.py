@@ -1,0 +1,153 @@
+"""SIGHUP against real etcd (issue 13, items 8 and 9): bad data never blocks a reload, a broken
+edit still does, and a reload that changes the watched prefixes never writes a partial file."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+
+LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/hup-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[WatchProcess]]:
+    started: list[WatchProcess] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember,
+          prefix: str) -> WatchProcess:
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", log=tmp_path / "watch.log")
+    watchers.append(w)
+    return w
+
+
+def test_bad_data_in_one_resource_does_not_block_adding_another(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    c = client(etcd.endpoint)
+    c.put(prefix + "/a/v", "fine")
+    c.put(prefix + "/b/port", "not-a-port")
+    c.put(prefix + "/c/v", "new")
+    cd = tmp_path / "cd"
+    a, b, new = tmp_path / "a.out", tmp_path / "b.out", tmp_path / "c.out"
+    write_resource(cd, "a", "{{ getv('/a/v') }}\n", f'dest = "{a}"\nkeys = ["/a"]')
+    write_resource(cd, "b", "port {{ getv('/b/port') | port }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(a) == "fine\n", 20, what="first render")
+    w.wait_log("resource b: render failed")
+
+    # c reads a new prefix (the follower is replaced) ...
+    write_resource(cd, "c", "{{ getv('/c/v') }}\n", f'dest = "{new}"\nkeys = ["/c"]')
+    w.signal(signal.SIGHUP)
+    wait_for(lambda: read(new) == "new\n", 20, what=f"c rendered\n{w.output()[-2000:]}")
+    w.wait_log("configuration reloaded")
+    assert "refused" not in w.output()
+    w.wait_log("resource b: render failed", count=2)  # still reported, per resource
+    assert not b.exists()
+
+    # ... and an edit within the same prefixes goes the other path: taken as well.
+    write_resource(cd, "c", "c={{ getv('/c/v') }}\n", f'dest = "{new}"\nkeys = ["/c"]')
+    w.signal(signal.SIGHUP)
+    wait_for(lambda: read(new) == "c=new\n", 20, what="c edited")
+    w.wait_log("resource b: render failed", count=3)
+    assert w.proc.poll() is None
+
+
+def test_an_edit_that_breaks_a_rendering_resource_is_refused(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    c = client(etcd.endpoint)
+    c.put(prefix + "/b/port", "8080")
+    c.put(prefix + "/c/v", "new")
+    cd = tmp_path / "cd"
+    b, new = tmp_path / "b.out", tmp_path / "c.out"
+    write_resource(cd, "b", "port {{ getv('/b/port') | port }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(b) == "port 8080\n", 20, what="first render")
+
+    # b renders with its running definition and fails with the new one: refused, c waits.
+    write_resource(cd, "b", "port {{ getv('/b/missing') }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    write_resource(cd, "c", "{{ getv('/c/v') }}\n", f'dest = "{new}"\nkeys = ["/c"]')
+    w.signal(signal.SIGHUP)
+    w.wait_log("configuration reload refused")
+    assert "renders" in w.output().split("configuration reload refused")[-1]
+    # A template syntax error is a configuration error: refused too.
+    write_resource(cd, "b", "port {{ getv('/b/port') | port }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    write_resource(cd, "c", "{% if %}\n", f'dest = "{new}"\nkeys = ["/c"]')
+    w.signal(signal.SIGHUP)
+    w.wait_log("configuration reload refused", count=2)
+    assert "syntax error" in w.output().split("configuration reload refused")[-1]
+    # The running set still follows its data.
+    c.put(prefix + "/b/port", "9090")
+    wait_for(lambda: read(b) == "port 9090\n", 20, what="the running set follows")
+    assert not new.exists()
+
+
+def test_prefix_changing_sighups_never_write_a_partial_file(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A writer keeps changing three keys while SIGHUPs switch between two resource sets with
+    different prefixes. Every file ever installed (each reload records its line count) holds
+    all three entries: nothing queued by a stopped follower lands on a mirror without them."""
+    c = client(etcd.endpoint)
+    for name in "abc":
+        c.put(f"{prefix}/k/{name}", "0")
+    c.put(prefix + "/x/v", "x")
+    for i in range(60):  # a slow snapshot of the new prefixes widens the window
+        c.put(f"{prefix}/x/bulk/{i}", "b" * 100_000)
+    cd = tmp_path / "cd"
+    dest, counts = tmp_path / "list.out", tmp_path / "counts"
+    body = (f'dest = "{dest}"\nkeys = ["/k"]\n'
+            f'reload_cmd = ["sh", "-c", "wc -l < {dest} >> {counts}"]')
+    write_resource(cd, "list", LIST, body)
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(dest).count("\n") == 3, 20, what="first render")
+
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            n += 1
+            try:
+                c.put(f"{prefix}/k/{'abc'[n % 3]}", str(n))
+            except Exception:
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for i in range(8):
+            if i % 2 == 0:
+                write_resource(cd, "other", "{{ getv('/x/v') }}\n",
+                               f'dest = "{tmp_path / "other.out"}"\nkeys = ["/x"]')
+            else:
+                (cd / "conf.d" / "other.toml").unlink()
+            w.signal(signal.SIGHUP)
+            w.wait_log("configuration reloaded", count=i + 1, timeout=20)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    lines = [int(x) for x in read(counts).split()]
+    assert len(lines) > 10, lines
+    assert min(lines) == 3, f"a file with fewer than 3 entries was installed: {lines}"
+    assert "refused" not in w.output()
+    assert w.proc.poll() is None

@@ -1,0 +1,19 @@
+"""GET /health and /ready of a running `confsync watch` (its --metrics-address)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def probe(base: str, path: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body); (0, {}) when nothing answers."""
+    try:
+        with urllib.request.urlopen(base + path, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except (OSError, ValueError):
+        return 0, {}
