@@ -24,9 +24,9 @@ from typing import Any
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError, StoreUnavailable
 from confsync.events import Observer, Observers
 from confsync.mirror import Mirror
-from confsync.oneshot import report
 from confsync.planner import Planner
 from confsync.renderer import Renderer
+from confsync.report import report
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Store, merge_prefixes, open_store
@@ -215,7 +215,7 @@ class Daemon:
     # ---- render, check, swap, reload
 
     def apply(self, resources: list[Resource]) -> list[Outcome]:
-        outcomes = self.syncer.apply(resources)
+        outcomes = self.syncer.apply(resources, heartbeat=self.observers.heartbeat)
         revision = self.mirror.revision
         changed_keys: set[str] = set()
         for outcome in outcomes:

@@ -1,12 +1,15 @@
 """Template resources: one `[template]` TOML file each under `<confdir>/conf.d/`.
 
 Field names follow confd so resource files port over; unknown keys are errors (confd ignores
-typos silently, which is how a misspelt `check_cmd` ends up never running).
+typos silently, which is how a misspelt `check_cmd` ends up never running). A reload plugin's
+settings live in its own table beside `[template]` (e.g. `[haproxy]`, see confsync/targets.py);
+this module hands that table to the plugin and keeps what it returns, knowing nothing of it.
 """
 
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 import shlex
@@ -19,8 +22,9 @@ from typing import Any
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.targets import PluginConfig, legacy_keys, plugin, plugin_tables
 
-RELOAD_STRATEGIES = ("reload", "runtime")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,8 @@ class Resource:
     wait_min: float | None = None
     wait_max: float | None = None
     min_keys: int | None = None  # None: only refuse to go from some keys to none
-    reload_strategy: str = "reload"
-    # runtime strategy only: false lets a change that touches nothing but HAProxy server lines
-    # skip check_cmd when the file it replaces passed the check in this process.
-    check_server_changes: bool = True
-    runtime_socket: Path | None = None
-    # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
-    master_socket: Path | None = None
+    # A reload plugin's own table (e.g. [haproxy]), as the plugin parsed it; None: plain reload.
+    plugin: PluginConfig | None = None
     # Absolute store prefixes this resource reads; derived once, used on every change.
     watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -154,8 +153,7 @@ _KNOWN_KEYS = frozenset(
     {
         "src", "dest", "keys", "prefix", "mode", "owner", "group", "uid", "gid",
         "check_cmd", "reload_cmd", "check_timeout", "reload_timeout", "reload_signal",
-        "pidfile", "process", "wait_min", "wait_max", "min_keys", "reload_strategy",
-        "runtime_socket", "master_socket", "check_server_changes",
+        "pidfile", "process", "wait_min", "wait_max", "min_keys",
     }
 )  # fmt: skip
 
@@ -165,16 +163,19 @@ def parse_resource(
 ) -> Resource:
     """Validate one resource file's parsed TOML; every error names the file and the key."""
     src_name = str(source)
-    unknown_tables = set(data) - {"template"}
+    known_tables = {"template", *plugin_tables()}
+    unknown_tables = set(data) - known_tables
     if unknown_tables:
-        raise ConfigError(src_name, "unknown table or key (expected only [template])",
+        raise ConfigError(src_name, "unknown table or key (expected [template], or a plugin "
+                          f"table: {', '.join(f'[{t}]' for t in plugin_tables())})",
                           sorted(unknown_tables)[0])
     table = data.get("template")
     if not isinstance(table, dict):
         raise ConfigError(src_name, "missing [template] table")
     where = src_name
+    moved = legacy_keys()
     for key in table:
-        if key not in _KNOWN_KEYS:
+        if key not in _KNOWN_KEYS and key not in moved:
             raise ConfigError(where, f"unknown key (known keys: {', '.join(sorted(_KNOWN_KEYS))})",
                               f"template.{key}")
     for required in ("src", "dest", "keys"):
@@ -233,32 +234,45 @@ def parse_resource(
             raise ConfigError(where, f"expected a whole number >= 0, found {value!r}",
                               "template.min_keys")
         kwargs["min_keys"] = value
-    if "reload_strategy" in table:
-        value = table["reload_strategy"]
-        if value not in RELOAD_STRATEGIES:
-            raise ConfigError(where, f"expected one of {RELOAD_STRATEGIES}, found {value!r}",
-                              "template.reload_strategy")
-        kwargs["reload_strategy"] = value
-    if "check_server_changes" in table:
-        value = table["check_server_changes"]
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"expected true or false, found {value!r}",
-                              "template.check_server_changes")
-        kwargs["check_server_changes"] = value
-    if "runtime_socket" in table:
-        kwargs["runtime_socket"] = Path(
-            _expect_str(where, "template.runtime_socket", table["runtime_socket"]))
-    if "master_socket" in table:
-        kwargs["master_socket"] = Path(
-            _expect_str(where, "template.master_socket", table["master_socket"]))
-        if kwargs.get("reload_cmd"):
-            raise ConfigError(where, "give reload_cmd or master_socket, not both (the master "
-                              "CLI reloads HAProxy itself)", "template.master_socket")
     if kwargs.get("reload_cmd") and kwargs.get("reload_signal"):
         raise ConfigError(where, "give reload_cmd or reload_signal, not both",
                           "template.reload_signal")
+    kwargs["plugin"] = _parse_plugin(where, data, table, kwargs, moved)
     return Resource(name=source.stem, source=source, src=src, dest=dest, keys=tuple(keys),
                     prefix=prefix, **kwargs)
+
+
+def _parse_plugin(where: str, data: dict[str, Any], table: dict[str, Any],
+                  parsed: dict[str, Any], moved: dict[str, str]) -> PluginConfig | None:
+    """The one plugin table of the file, if any, parsed by its plugin.
+
+    Keys that once lived in `[template]` (e.g. `master_socket`) are still read from there,
+    with a warning saying where they belong now.
+    """
+    names = [name for name in plugin_tables() if name in data]
+    legacy = {key: moved[key] for key in table if key in moved}
+    for owner in legacy.values():
+        if owner not in names:
+            names.append(owner)
+    if len(names) > 1:
+        raise ConfigError(where, "one reload plugin table per resource", names[1])
+    if not names:
+        return None
+    name = names[0]
+    own = data.get(name, {})
+    if not isinstance(own, dict):
+        raise ConfigError(where, "expected a table", name)
+    if legacy:
+        both = sorted(set(legacy) & set(own))
+        if both:
+            raise ConfigError(where, f"given in [template] and in [{name}]; keep the [{name}] "
+                              "one", f"template.{both[0]}")
+        log.warning("%s: %s in [template] is deprecated; move %s to a [%s] table", where,
+                    ", ".join(sorted(legacy)), "it" if len(legacy) == 1 else "them", name)
+        own = {**own, **{key: table[key] for key in legacy}}
+    settings = plugin(name).parse(where, own, parsed, "template" if legacy and not
+                                  data.get(name) else name)
+    return PluginConfig(name, settings)
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from confsync.backoff import Backoff
 from confsync.errors import RevisionCompacted, StoreUnavailable
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Backoff", "BatchReceived", "SnapshotTaken", "StoreFollower", "StreamState"]
 
 
 @dataclass(frozen=True)
@@ -38,23 +40,6 @@ class StreamState:
     connected: bool
     revision: int
     reason: str = ""
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: d/2 + uniform(0, d/2), d = base * 2^n <= cap."""
-
-    def __init__(self, base: float = 0.1, cap: float = 10.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempts = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2.0**self.attempts)
-        self.attempts = min(self.attempts + 1, 30)
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 class StoreFollower(threading.Thread):

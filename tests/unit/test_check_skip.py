@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
 from confsync.sync import UPDATED, Syncer
+from confsync.targets import PluginConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates/haproxy/templates/haproxy.cfg.tmpl"
@@ -22,8 +24,10 @@ def server(weight: int) -> bytes:
 def setup(tmp_path: Path, opt_out: bool) -> tuple[Syncer, Resource, Path]:
     count = tmp_path / "checks"
     res = Resource(name="h", source=tmp_path / "h.toml", src=TEMPLATE, dest=tmp_path / "h.cfg",
-                   keys=("/services", "/haproxy"), prefix="", reload_strategy="runtime",
-                   check_server_changes=not opt_out,
+                   keys=("/services", "/haproxy"), prefix="",
+                   plugin=PluginConfig("haproxy", HAProxySettings(
+                       strategy=Strategy.RUNTIME, runtime_socket=tmp_path / "no-admin.sock",
+                       check_server_changes=not opt_out)), reload_cmd=("true",),
                    check_cmd=("sh", "-c", f"echo c >> {count}"))
     mirror = Mirror()
     mirror.load(Snapshot(1, {"/services/web/instances/a": server(10),
