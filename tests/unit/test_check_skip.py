@@ -65,3 +65,18 @@ def test_default_checks_every_change(tmp_path: Path) -> None:
     change(syncer, 2, "/services/web/instances/a", server(20))
     syncer.apply([res])
     assert checks(count) == 2
+
+
+def test_proofs_are_anchored_on_the_last_checked_file(tmp_path: Path) -> None:
+    """A file installed by a proof is never the base of the next proof."""
+    syncer, res, count = setup(tmp_path, opt_out=True)
+    syncer.apply([res])
+    anchor = res.dest.read_bytes()
+    change(syncer, 2, "/services/web/instances/a", server(20))
+    syncer.apply([res])
+    assert checks(count) == 1 and res.dest.read_bytes() != anchor  # skipped by a proof
+    assert syncer.checked[res.dest] == anchor  # ... and not recorded as checked
+    change(syncer, 3, "/services/web/instances/b", server(5))
+    syncer.apply([res])
+    assert checks(count) == 1  # proven against the anchor again
+    assert syncer.checked[res.dest] == anchor
