@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# The new config could not go live; `untouched`: refused before anything reached HAProxy.
-HAProxyReloadFailed = ReloadFailed
-
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
     """(family, address, port) for each port of a TCP `bind` token; [] for UNIX/abns/fd binds."""
