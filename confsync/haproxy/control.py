@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
     """(family, address, port) for each port of a TCP `bind` token; [] for UNIX/abns/fd binds."""
     family = socket.AF_UNSPEC
@@ -109,8 +108,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
         try:
             endpoints = _bind_endpoints(token)
         except OSError as exc:
-            raise ReloadFailed(f"bind {token}: cannot resolve: {exc}",
-                                      untouched=True) from None
+            raise ReloadFailed(f"bind {token}: cannot resolve: {exc}", untouched=True) from None
         for family, address, port in endpoints:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -120,7 +118,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         raise ReloadFailed(f"bind {token}: {exc.strerror}",
-                                                  untouched=True) from None
+                                           untouched=True) from None
             pid, name = _port_holder(port)
             ours = _family(master_pid) if ours is None else ours
             if pid is not None and pid in ours:
