@@ -12,15 +12,13 @@ import grp
 import logging
 import os
 import pwd
-import shlex
 import signal
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confsync.durations import parse_duration
+from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
 from confsync.targets import PluginConfig, legacy_keys, plugin, plugin_tables
 
@@ -76,77 +74,26 @@ def join_key(prefix: str, key: str) -> str:
     return (prefix + key) if prefix else key
 
 
-_Validator = Callable[[str, Any], Any]
-
-
-def _split_cmd(source: str, key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        argv = tuple(value)
-    elif isinstance(value, str):
-        try:
-            argv = tuple(shlex.split(value))
-        except ValueError as exc:
-            raise ConfigError(source, f"cannot split command {value!r}: {exc}", key) from None
-    else:
-        raise ConfigError(source, f"expected a command string or list, found {value!r}", key)
-    if not argv and value:
-        raise ConfigError(source, "expected a command, found an empty one", key)
-    return argv
-
-
-def _expect_str(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(source, f"expected a non-empty string, found {value!r}", key)
-    return value
-
-
-def _parse_mode(source: str, value: Any) -> int:
-    # confd writes mode as a string ("0644"); a TOML integer 644 is also read as octal digits,
-    # because nobody means decimal 644 (= 0o1204).
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-    if text is None or not text.isdigit() or any(c in "89" for c in text) or int(text, 8) > 0o7777:
-        raise ConfigError(source, f"expected an octal mode such as \"0644\" (at most 07777), "
-                          f"found {value!r}", "template.mode")
-    mode = int(text, 8)
-    return mode
-
-
 def _parse_user(source: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    name = _expect_str(source, "owner", value)
+    name = tv.convert(source, "template.owner", tv.nonempty, value)
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
-        raise ConfigError(source, f"no such user {name!r} on this system", "owner") from None
+        raise ConfigError(source, f"no such user {name!r} on this system",
+                          "template.owner") from None
 
 
 def _parse_group(source: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    name = _expect_str(source, "group", value)
+    name = tv.convert(source, "template.group", tv.nonempty, value)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ConfigError(source, f"no such group {name!r} on this system", "group") from None
-
-
-def _parse_signal(source: str, value: Any) -> signal.Signals:
-    name = _expect_str(source, "reload_signal", value).upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return signal.Signals[name]
-    except KeyError:
-        raise ConfigError(
-            source, f"expected a signal name such as \"SIGHUP\", found {value!r}", "reload_signal"
-        ) from None
-
-
-def _duration(source: str, key: str, value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(source, str(exc), key) from None
+        raise ConfigError(source, f"no such group {name!r} on this system",
+                          "template.group") from None
 
 
 _KNOWN_KEYS = frozenset(
@@ -182,11 +129,11 @@ def parse_resource(
         if required not in table:
             raise ConfigError(where, "required key is missing", f"template.{required}")
 
-    src = Path(_expect_str(where, "template.src", table["src"]))
+    src = Path(tv.convert(where, "template.src", tv.nonempty, table["src"]))
     src = Path(os.path.abspath(src if src.is_absolute() else templates_dir / src))
     if not src.is_file():
         raise ConfigError(where, f"template file {src} does not exist", "template.src")
-    dest = Path(_expect_str(where, "template.dest", table["dest"]))
+    dest = Path(tv.convert(where, "template.dest", tv.nonempty, table["dest"]))
     dest = dest if dest.is_absolute() else Path.cwd() / dest
 
     keys = table["keys"]
@@ -202,7 +149,7 @@ def parse_resource(
 
     kwargs: dict[str, Any] = {}
     if "mode" in table:
-        kwargs["mode"] = _parse_mode(where, table["mode"])
+        kwargs["mode"] = tv.convert(where, "template.mode", tv.octal_mode, table["mode"])
     if "uid" in table and "owner" in table:
         raise ConfigError(where, "give owner or uid, not both", "template.uid")
     if "gid" in table and "group" in table:
@@ -215,25 +162,24 @@ def parse_resource(
             kwargs["gid"] = _parse_group(where, table[key])
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
-            kwargs[key] = _split_cmd(where, f"template.{key}", table[key])
+            kwargs[key] = tv.convert(where, f"template.{key}", tv.command, table[key])
     for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max"):
         if key in table:
-            kwargs[key] = _duration(where, f"template.{key}", table[key])
+            kwargs[key] = tv.convert(where, f"template.{key}", tv.duration, table[key])
     if "reload_signal" in table:
-        kwargs["reload_signal"] = _parse_signal(where, table["reload_signal"])
+        kwargs["reload_signal"] = tv.convert(where, "template.reload_signal", tv.signal_name,
+                                             table["reload_signal"])
         if "pidfile" not in table and "process" not in table:
             raise ConfigError(where, "reload_signal needs pidfile or process to find the target",
                               "template.reload_signal")
     if "pidfile" in table:
-        kwargs["pidfile"] = Path(_expect_str(where, "template.pidfile", table["pidfile"]))
+        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_path,
+                                       table["pidfile"])
     if "process" in table:
-        kwargs["process"] = _expect_str(where, "template.process", table["process"])
+        kwargs["process"] = tv.convert(where, "template.process", tv.nonempty, table["process"])
     if "min_keys" in table:
-        value = table["min_keys"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(where, f"expected a whole number >= 0, found {value!r}",
-                              "template.min_keys")
-        kwargs["min_keys"] = value
+        kwargs["min_keys"] = tv.convert(where, "template.min_keys", tv.non_negative_int,
+                                        table["min_keys"])
     if kwargs.get("reload_cmd") and kwargs.get("reload_signal"):
         raise ConfigError(where, "give reload_cmd or reload_signal, not both",
                           "template.reload_signal")

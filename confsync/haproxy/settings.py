@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
 
 
@@ -36,13 +37,6 @@ class HAProxySettings:
 _KEYS = ("master_socket", "reload_strategy", "check_server_changes", "runtime_socket")
 
 
-def _path(source: str, key: str, value: Any) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(source, f"expected a non-empty path, found {value!r}", key)
-    return Path(value)
-
-
-
 def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str, Any],
                    where: str) -> HAProxySettings:
     """Validate the table; every error names the file and `<where>.<key>`."""
@@ -52,27 +46,21 @@ def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str,
                               f"{where}.{key}")
     kwargs: dict[str, Any] = {}
     if "master_socket" in table:
-        kwargs["master_socket"] = _path(source, f"{where}.master_socket",
-                                        table["master_socket"])
+        kwargs["master_socket"] = tv.convert(source, f"{where}.master_socket",
+                                             tv.nonempty_path, table["master_socket"])
         if template.get("reload_cmd"):
             raise ConfigError(source, "give reload_cmd or master_socket, not both (the "
                               "master CLI reloads HAProxy itself)", f"{where}.master_socket")
     if "reload_strategy" in table:
-        try:
-            kwargs["strategy"] = Strategy(table["reload_strategy"])
-        except ValueError:
-            raise ConfigError(source, f"expected one of {[s.value for s in Strategy]}, "
-                              f"found {table['reload_strategy']!r}",
-                              f"{where}.reload_strategy") from None
+        strategy = tv.convert(source, f"{where}.reload_strategy",
+                              tv.choice(*(s.value for s in Strategy)), table["reload_strategy"])
+        kwargs["strategy"] = Strategy(strategy)
     if "check_server_changes" in table:
-        value = table["check_server_changes"]
-        if not isinstance(value, bool):
-            raise ConfigError(source, f"expected true or false, found {value!r}",
-                              f"{where}.check_server_changes")
-        kwargs["check_server_changes"] = value
+        kwargs["check_server_changes"] = tv.convert(source, f"{where}.check_server_changes",
+                                                    tv.boolean, table["check_server_changes"])
     if "runtime_socket" in table:
-        kwargs["runtime_socket"] = _path(source, f"{where}.runtime_socket",
-                                         table["runtime_socket"])
+        kwargs["runtime_socket"] = tv.convert(source, f"{where}.runtime_socket",
+                                              tv.nonempty_path, table["runtime_socket"])
     settings = HAProxySettings(**kwargs)
     if (settings.master_socket is None and not template.get("reload_cmd")
             and template.get("reload_signal") is None):
