@@ -71,3 +71,15 @@ def test_runtime_strategy_with_a_reload_signal_is_fine(tmp_path: Path) -> None:
                 {"reload_signal": "SIGUSR2", "process": "haproxy"})
     target = target_for(res)
     assert target is not None and target.key() == CommandReloader(res).key()
+
+
+def test_the_pipeline_imports_no_plugin() -> None:
+    """The core knows the reload interface only; a plugin loads when a resource names its table."""
+    import subprocess
+    import sys
+
+    code = ("import sys, confsync.daemon, confsync.oneshot, confsync.sync, confsync.resources; "
+            "print(sorted(m for m in sys.modules if m.startswith('confsync.haproxy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
