@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
+import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from confsync.errors import ResourceError
 from confsync.resources import Resource
 
 DEFAULT_MODE = 0o644
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,53 @@ def _fsync_dir(directory: Path) -> None:
 
 
 _staged_names = itertools.count()
+STAGED_SUFFIX = ".confsync"
+
+
+def _staged_name(dest: Path, pid: int, attempt: int) -> str:
+    return f".{dest.name}.{pid}.{attempt}{STAGED_SUFFIX}"
+
+
+# What _staged_name makes: the dest's name is everything before the last two numbers.
+_STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
+
+
+def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
+    """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
+
+    A SIGKILL between staging and rename leaves one behind; nothing else ever removes it.
+    Only exact matches of our naming are touched, and never a file of a live pid. Returns the
+    files removed.
+    """
+    import psutil  # lazy, as in reload.py
+
+    by_directory: dict[Path, set[str]] = {}
+    for dest in dests:
+        by_directory.setdefault(dest.parent, set()).add(dest.name)
+    removed = []
+    for directory, names in by_directory.items():
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue  # a missing or unreadable directory is reported by the apply itself
+        for entry in entries:
+            match = _STAGED.fullmatch(entry)
+            if match is None or match[1] not in names:
+                continue
+            pid = int(match[2])
+            if pid == os.getpid() or psutil.pid_exists(pid):
+                continue
+            path = directory / entry
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue
+                os.unlink(path)
+            except OSError as exc:
+                log.warning("cannot remove stale staged file %s: %s", path, exc.strerror)
+                continue
+            log.info("removed stale staged file %s (its writer, pid %d, is gone)", path, pid)
+            removed.append(path)
+    return removed
 
 
 def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
@@ -127,7 +178,7 @@ def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
     The name is unique per process and attempt; O_EXCL makes a clash an error, never a reuse.
     """
     while True:
-        name = directory / f".{resource.dest.name}.{os.getpid()}.{next(_staged_names)}.confsync"
+        name = directory / _staged_name(resource.dest, os.getpid(), next(_staged_names))
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break
@@ -179,10 +230,11 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
             if (target.uid, target.gid) != (os.geteuid(), os.getegid()):
                 os.chown(staged, target.uid, target.gid)
             os.chmod(staged, target.mode)  # after chown: chown clears set-id bits
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: an id beyond uid_t
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ResourceError(resource.name, "install",
                                 f"cannot set owner {target.uid}:{target.gid} and mode "
-                                f"{target.mode:04o}: {exc.strerror}") from None
+                                f"{target.mode:04o}: {reason}") from None
         try:
             os.replace(staged, resource.dest)
         except OSError as exc:

@@ -1,5 +1,5 @@
 """Command line: `confsync once | check | watch`. Exit codes: 0 ok, 1 a resource failed,
-2 bad configuration or usage, 3 the store is unreachable."""
+2 bad configuration or usage, 3 the store is unreachable, 4 (`check`) changes are pending."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render every resource once; exit 0 only if all succeeded")
     check = sub.add_parser("check", parents=[common],
                            help="render to a temporary place, check, show the diff; "
-                                "write and reload nothing")
+                                "write and reload nothing; exit 4 when something would change")
     check.add_argument("--diff", action="store_true", default=True,
                        help="show the unified diff against each dest (the default)")
     check.add_argument("--no-diff", action="store_false", dest="diff",

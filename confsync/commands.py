@@ -7,17 +7,21 @@ from the data can ever reach a command line.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(src|dest)\s*\}\}")
 MAX_OUTPUT = 4000  # characters of command output kept in an error
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,24 +51,53 @@ def _tail(data: bytes) -> str:
     return text if len(text) <= MAX_OUTPUT else "..." + text[-MAX_OUTPUT:]
 
 
-def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
-    """Run with stdin closed, stdout+stderr captured; on timeout kill its whole process group."""
-    start = time.monotonic()
+def _read_tail(fh: IO[bytes]) -> bytes:
+    """The last bytes written to the output file so far (a background child may still write)."""
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, size - 4 * MAX_OUTPUT))
+    return fh.read(4 * MAX_OUTPUT)
+
+
+def _output_file(program: str) -> IO[bytes] | None:
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return tempfile.TemporaryFile()
     except OSError as exc:
-        return CommandResult(False, None, f"cannot run `{argv[0]}`: {exc.strerror}",
-                             time.monotonic() - start)
+        log.warning("no temporary file for the output of `%s` (%s); its output is not kept",
+                    program, exc.strerror)
+        return None
+
+
+def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
+    """Run with stdin closed, stdout+stderr captured; on timeout kill its whole process group.
+
+    Output goes to an unlinked temporary file, not a pipe: a command that leaves a daemonized
+    child holding its stdout would otherwise block us until that child exits. Only the
+    command's own exit is waited for, and its status decides.
+    """
+    start = time.monotonic()
+    out = _output_file(argv[0])
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return CommandResult(False, None,
-                             f"`{' '.join(argv)}` timed out after {timeout:g}s and was killed"
-                             + (f"; output: {_tail(out)}" if out else ""),
+        try:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                    stdout=out if out is not None else subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            return CommandResult(False, None, f"cannot run `{argv[0]}`: {exc.strerror}",
+                                 time.monotonic() - start)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            output = _tail(_read_tail(out)) if out is not None else ""
+            return CommandResult(False, None,
+                                 f"`{' '.join(argv)}` timed out after {timeout:g}s and was killed"
+                                 + (f"; output: {output}" if output else ""),
+                                 time.monotonic() - start)
+        output = _tail(_read_tail(out)) if out is not None else ""
+        return CommandResult(proc.returncode == 0, proc.returncode, output,
                              time.monotonic() - start)
-    return CommandResult(proc.returncode == 0, proc.returncode, _tail(out),
-                         time.monotonic() - start)
+    finally:
+        if out is not None:
+            out.close()

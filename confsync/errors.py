@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_RESOURCE_FAILED = 1
 EXIT_BAD_CONFIG = 2
 EXIT_STORE_UNAVAILABLE = 3
+EXIT_WOULD_CHANGE = 4  # `confsync check` only: everything renders and checks, some dest differs
 
 
 class ConfsyncError(Exception):

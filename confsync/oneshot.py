@@ -6,7 +6,12 @@ import logging
 from pathlib import Path
 from typing import TextIO
 
-from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, EXIT_RESOURCE_FAILED
+from confsync.errors import (
+    EXIT_BAD_CONFIG,
+    EXIT_OK,
+    EXIT_RESOURCE_FAILED,
+    EXIT_WOULD_CHANGE,
+)
 from confsync.mirror import Mirror
 from confsync.renderer import Renderer
 from confsync.report import report
@@ -87,4 +92,7 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
                 out.write(outcome.diff or "(mode or owner only)\n")
         else:
             out.write(f"# {name}: {outcome.resource.dest} is up to date\n")
-    return _exit_code(resource_set, outcomes)
+    code = _exit_code(resource_set, outcomes)
+    if code == EXIT_OK and any(o.status == UPDATED for o in outcomes):
+        return EXIT_WOULD_CHANGE  # scripts and CI tell "pending changes" from "in step"
+    return code

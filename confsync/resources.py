@@ -74,26 +74,34 @@ def join_key(prefix: str, key: str) -> str:
     return (prefix + key) if prefix else key
 
 
-def _parse_user(source: str, value: Any) -> int:
+# uid_t/gid_t are 32-bit unsigned, and (uid_t)-1 means "leave unchanged" to chown(2).
+MAX_ID = 2**32 - 2
+
+
+def _parse_id(source: str, key: str, value: int) -> int:
+    if not 0 <= value <= MAX_ID:
+        raise ConfigError(source, f"expected a numeric id from 0 to {MAX_ID}, found {value}", key)
+    return value
+
+
+def _parse_user(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    name = tv.convert(source, "template.owner", tv.nonempty, value)
+        return _parse_id(source, key, value)
+    name = tv.convert(source, key, tv.nonempty, value)
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
-        raise ConfigError(source, f"no such user {name!r} on this system",
-                          "template.owner") from None
+        raise ConfigError(source, f"no such user {name!r} on this system", key) from None
 
 
-def _parse_group(source: str, value: Any) -> int:
+def _parse_group(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    name = tv.convert(source, "template.group", tv.nonempty, value)
+        return _parse_id(source, key, value)
+    name = tv.convert(source, key, tv.nonempty, value)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ConfigError(source, f"no such group {name!r} on this system",
-                          "template.group") from None
+        raise ConfigError(source, f"no such group {name!r} on this system", key) from None
 
 
 _KNOWN_KEYS = frozenset(
@@ -156,13 +164,14 @@ def parse_resource(
         raise ConfigError(where, "give group or gid, not both", "template.gid")
     for key in ("owner", "uid"):
         if key in table:
-            kwargs["uid"] = _parse_user(where, table[key])
+            kwargs["uid"] = _parse_user(where, f"template.{key}", table[key])
     for key in ("group", "gid"):
         if key in table:
-            kwargs["gid"] = _parse_group(where, table[key])
+            kwargs["gid"] = _parse_group(where, f"template.{key}", table[key])
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
-            kwargs[key] = tv.convert(where, f"template.{key}", tv.command, table[key])
+            kwargs[key] = tv.convert(where, f"template.{key}", tv.optional_command_strict,
+                                     table[key])
     for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max"):
         if key in table:
             kwargs[key] = tv.convert(where, f"template.{key}", tv.duration, table[key])

@@ -21,6 +21,7 @@ from confsync.applier import (
     FileState,
     Target,
     install,
+    remove_stale_staged,
     restore,
     run_check,
     write_staged,
@@ -101,6 +102,7 @@ class Syncer:
         # dest -> the bytes this process installed last (checked or proven).
         self.installed: dict[Path, bytes] = {}
         self._targets: dict[Resource, ReloadTarget | None] = {}
+        self._swept: set[Path] = set()  # dests whose stale staged files were looked for
 
     def target(self, resource: Resource) -> ReloadTarget | None:
         """The resource's reload target, kept for the life of this Syncer (targets hold state,
@@ -108,6 +110,27 @@ class Syncer:
         if resource not in self._targets:
             self._targets[resource] = target_for(resource)
         return self._targets[resource]
+
+    def _sweep(self, resources: Iterable[Resource]) -> None:
+        """Remove staged files a killed run left beside each dest, the first time we see it."""
+        new = [r.dest for r in resources if r.dest not in self._swept]
+        if new:
+            self._swept.update(new)
+            remove_stale_staged(new)
+
+    def _render_against(self, resource: Resource, current: FileState) -> bytes:
+        """render(); with no memory of an earlier render (`once`, `check`, a daemon's start),
+        the file at dest is the memory: zero keys may not replace a non-empty file."""
+        remembered = resource.name in self.last_counts
+        content = self.render(resource)
+        if (not remembered and resource.min_keys is None and self.last_counts[resource.name] == 0
+                and current.content and content != current.content):
+            del self.last_counts[resource.name]
+            raise ResourceError(resource.name, "guard",
+                                f"no keys under {', '.join(resource.watched_prefixes)}, and "
+                                f"{resource.dest} is not empty; keeping it (min_keys = 0 "
+                                f"allows rendering from no keys)")
+        return content
 
     def render(self, resource: Resource) -> bytes:
         """Render and guard; raise ResourceError naming the step.
@@ -137,6 +160,7 @@ class Syncer:
         reload), so a long batch never starves the systemd watchdog.
         """
         beat = heartbeat or _no_beat
+        self._sweep(resources)
         outcomes = []
         for resource in resources:
             outcomes.append(self._apply_one(resource))
@@ -153,12 +177,15 @@ class Syncer:
 
     def _apply_one(self, resource: Resource) -> Outcome:
         start = time.monotonic()
+        step = "stage"  # what an exception no step turned into a ResourceError is blamed on
         try:
-            content = self.render(resource)
             current = self.dests.current(resource.dest)
+            step = "render"
+            content = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start)
+            step = "install"
             check = self._needs_check(resource, current, content)
             check_seconds = install(resource, target, check=check)
             if check:
@@ -168,9 +195,9 @@ class Syncer:
                                                          target.gid))
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
-        except OSError as exc:
-            return Outcome(resource, FAILED, ResourceError(resource.name, "stage",
-                                                           f"{exc.filename}: {exc.strerror}"))
+        except Exception as exc:  # OSError (dest is a directory...) or anything unexpected
+            return Outcome(resource, FAILED, _unexpected(resource, step, exc),
+                           seconds=time.monotonic() - start)
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
                        content=content, check_seconds=check_seconds)
 
@@ -196,7 +223,9 @@ class Syncer:
         started = time.monotonic()
         try:
             done = target.reload(previous, content)
-        except ReloadFailed as exc:
+        except Exception as raised:  # a socket timeout or refusal must not kill the daemon
+            exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
+                _unexpected(first, "reload", raised).reason)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
@@ -204,7 +233,7 @@ class Syncer:
                 if outcome.previous is not None:
                     try:
                         restore(outcome.resource, outcome.previous)
-                    except ResourceError as rexc:
+                    except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
                 outcome.status = FAILED
                 outcome.error = ResourceError(outcome.resource.name, "reload",
@@ -214,8 +243,10 @@ class Syncer:
             beat()
             try:
                 target.reload(content, previous)
-            except ReloadFailed as again:
-                log.error("resource %s: reload after rollback failed too: %s", first.name, again)
+            except Exception as again:
+                log.error("resource %s: reload after rollback failed too: %s", first.name,
+                          again if isinstance(again, ReloadFailed)
+                          else _unexpected(first, "reload", again).reason)
             return
         for outcome in group:
             outcome.reload = done
@@ -223,20 +254,50 @@ class Syncer:
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""
-        outcomes = []
-        with tempfile.TemporaryDirectory(prefix="confsync-check-") as tmp:
-            for resource in resources:
-                start = time.monotonic()
-                try:
-                    content = self.render(resource)
-                    staged = write_staged(resource, Path(tmp), content)
-                    run_check(resource, staged)
-                except ResourceError as exc:
-                    outcomes.append(Outcome(resource, FAILED, exc))
-                    continue
-                current = FileState.read(resource.dest)
-                target = Target.for_resource(resource, content, current)
-                status = Status.UNCHANGED if target.matches(current) else Status.UPDATED
-                outcomes.append(Outcome(resource, status, seconds=time.monotonic() - start,
-                                        previous=current, content=content))
-        return outcomes
+        resources = list(resources)
+        self._sweep(resources)
+        try:
+            tmp = tempfile.TemporaryDirectory(prefix="confsync-check-")
+        except OSError as exc:
+            return [Outcome(r, FAILED, ResourceError(
+                r.name, "check", f"cannot create a temporary directory: {exc.strerror}"))
+                for r in resources]
+        with tmp:
+            return [self._plan_one(resource, Path(tmp.name)) for resource in resources]
+
+    def _plan_one(self, resource: Resource, tmp: Path) -> Outcome:
+        start = time.monotonic()
+        step = "stage"
+        try:
+            directory = resource.dest.parent
+            if not directory.is_dir():  # `once` could not stage there either
+                raise ResourceError(resource.name, "stage", f"cannot write a staged file in "
+                                    f"{directory}: no such directory")
+            current = FileState.read(resource.dest)
+            step = "render"
+            content = self._render_against(resource, current)
+            step = "stage"
+            staged = write_staged(resource, tmp, content)
+            step = "check"
+            run_check(resource, staged)
+        except ResourceError as exc:
+            return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
+        except Exception as exc:  # OSError (dest is a directory, temp dir full...) or unexpected
+            return Outcome(resource, FAILED, _unexpected(resource, step, exc),
+                           seconds=time.monotonic() - start)
+        target = Target.for_resource(resource, content, current)
+        status = UNCHANGED if target.matches(current) else UPDATED
+        return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
+                       content=content)
+
+
+def _unexpected(resource: Resource, step: str, exc: Exception) -> ResourceError:
+    """A per-resource error for an exception no step turned into one: one resource fails,
+    the pass (and the daemon) goes on."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = f"{where}{exc.strerror}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    log.debug("resource %s: %s step raised", resource.name, step, exc_info=exc)
+    return ResourceError(resource.name, step, reason)

@@ -65,25 +65,60 @@ def paths(value: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in string_list(value))
 
 
-def command(value: Any, allow_empty: bool = False) -> tuple[str, ...]:
+# Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
+# subshells, background jobs, command substitution with backticks).
+SHELL_OPERATOR_CHARS = "();<>|&`"
+
+
+def shell_operator(command: str) -> str | None:
+    """The first unquoted shell operator in `command` (None: plain argv).
+
+    shlex's punctuation mode splits runs of these characters out of unquoted text only, so
+    `sh -c 'a && b'` passes and `a && b`, `x;y`, `>f`, `$(id)` do not. A standalone argument
+    that is only quoted operator characters (`';'`) is refused too: write the command as a
+    list for such a literal.
+    """
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=SHELL_OPERATOR_CHARS)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    for token in lexer:
+        if token and all(c in SHELL_OPERATOR_CHARS for c in token):
+            return token
+    return None
+
+
+def command(value: Any, allow_empty: bool = False, refuse_shell: bool = True) -> tuple[str, ...]:
     """A command line: a string is split like a shell would (no shell ever runs), or an argv
-    list. Empty only with `allow_empty` (a setting that turns something off)."""
+    list. "" or [] only with `allow_empty` (meaning "none"). With
+    `refuse_shell`, a string holding shell syntax (`&&`, `;`, `>` ...) is an error: it would
+    reach the program as literal arguments."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         argv = tuple(value)
     elif isinstance(value, str):
         try:
             argv = tuple(shlex.split(value))
+            operator = shell_operator(value) if refuse_shell else None
         except ValueError as exc:
             raise ValueError(f"cannot split command {value!r}: {exc}") from None
+        if operator is not None:
+            raise ValueError(f"{operator!r} is shell syntax, but commands run without a shell; "
+                             f"write sh -c '...' to use one (or give the command as a list for "
+                             f"a literal {operator!r} argument): {value!r}")
     else:
         raise ValueError(f"expected a command string or a list of strings, found {value!r}")
-    if not argv and not allow_empty:
+    if not argv and (value or not allow_empty):  # "" / [] is "none"; "  " is a mistake
         raise ValueError("expected a command, found an empty one")
     return argv
 
 
-def optional_command(value: Any) -> tuple[str, ...]:
+def optional_command_strict(value: Any) -> tuple[str, ...]:
+    """check_cmd / reload_cmd: "" means none; shell syntax is refused."""
     return command(value, allow_empty=True)
+
+
+def optional_command(value: Any) -> tuple[str, ...]:
+    """The exec-mode command ("" turns exec mode off)."""
+    return command(value, allow_empty=True, refuse_shell=False)
 
 
 def signal_name(value: Any) -> signal.Signals:

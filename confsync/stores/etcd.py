@@ -146,21 +146,31 @@ class EtcdStore:
     def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         """All prefixes at one revision: the first read fixes it, the rest are read at it.
 
-        The client never refreshes its auth token, so once the token's TTL has passed every
-        call fails UNAUTHENTICATED: then authenticate again with a new client, once.
+        Each endpoint is tried in turn (each new client starts at the next one), so one dead
+        member does not fail `once`. The client never refreshes its auth token, so once the
+        token's TTL has passed every call fails UNAUTHENTICATED: then authenticate again with
+        a new client, once.
         """
-        for attempt in (1, 2):
-            client = self._shared_client()
+        endpoints = len(self._settings.endpoints)
+        reauthenticated = False
+        failures: list[str] = []
+        while len(failures) < max(1, endpoints):
             try:
-                return self._read(client, prefixes)
+                return self._read(self._shared_client(), prefixes)
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
                 self._drop_client()
-                if attempt == 1 and _token_expired(exc):
+                if isinstance(exc, ConfigError):
+                    raise
+                if not reauthenticated and _token_expired(exc):
+                    reauthenticated = True
                     log.info("etcd auth token expired or revoked; authenticating again")
                     continue
-                raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
-                                       f"read failed: {_describe(exc)}") from None
-        raise AssertionError("unreachable")
+                failures.append(str(exc) if isinstance(exc, StoreUnavailable)
+                                else _describe(exc))
+                if len(failures) < endpoints:
+                    log.warning("etcd read failed (%s); trying the next endpoint", failures[-1])
+        raise StoreUnavailable(f"etcd {', '.join(self._settings.endpoints)}: "
+                               f"read failed: {'; '.join(dict.fromkeys(failures))}")
 
     def _read(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str]) -> Snapshot:
         values: dict[str, bytes] = {}

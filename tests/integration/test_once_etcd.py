@@ -189,7 +189,7 @@ def test_check_shows_diff_and_writes_nothing(etcd: EtcdMember, tmp_path: Path,
                    f'reload_cmd = ["sh", "-c", "echo r >> {reload_log}"]')
     result = confsync("check", "--confdir", str(tmp_path), "--endpoints", etcd.endpoint,
                       "--prefix", prefix)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # would change
     assert "-port 8080\n+port 9090" in result.stdout
     assert dest.read_text() == "port 8080\n"
     assert not reload_log.exists()

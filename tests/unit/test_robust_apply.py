@@ -1,0 +1,93 @@
+"""Issue 13, items 3, 16 and 17 at the apply step, on real files and real child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confsync.applier import Target, install, remove_stale_staged
+from confsync.commands import run_command
+from confsync.errors import ResourceError
+from confsync.resources import Resource
+
+
+def resource(tmp_path: Path, **kw: object) -> Resource:
+    return Resource(name="r", source=tmp_path / "r.toml", src=tmp_path / "t",
+                    dest=tmp_path / "app.conf", keys=("/",), prefix="", **kw)  # type: ignore[arg-type]
+
+
+def test_an_id_beyond_uid_t_at_chown_is_a_resource_error(tmp_path: Path) -> None:
+    res = resource(tmp_path)
+    res.dest.write_bytes(b"old\n")
+    with pytest.raises(ResourceError) as err:
+        install(res, Target(b"new\n", 0o644, 99_999_999_999, os.getegid()))
+    assert err.value.step == "install" and "99999999999" in str(err.value)
+    assert res.dest.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]  # staged file removed
+
+
+@pytest.fixture
+def background_pids(tmp_path: Path) -> Iterator[Path]:
+    """A file the commands under test append their background child's pid to; killed after."""
+    pids = tmp_path / "bg.pids"
+    yield pids
+    for line in pids.read_text().split() if pids.exists() else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_background_child_holding_the_output_does_not_block(background_pids: Path,
+                                                              status: int) -> None:
+    script = f"echo started; sleep 60 & echo $! >> {background_pids}; exit {status}"
+    started = time.monotonic()
+    result = run_command(["sh", "-c", script], timeout=20)
+    elapsed = time.monotonic() - started
+    # The command's own status decides; the child still runs (it is not ours to kill).
+    assert (result.ok, result.returncode) == (status == 0, status)
+    assert result.output == "started"
+    assert elapsed < 15, f"waited {elapsed:.1f}s for the background child"
+    os.kill(int(background_pids.read_text().split()[0]), 0)  # still alive
+
+
+def test_output_is_kept_and_timeouts_still_kill(tmp_path: Path) -> None:
+    result = run_command(["sh", "-c", "echo partial; exec sleep 30"], timeout=0.5)
+    assert result.returncode is None and not result.ok
+    assert "timed out" in result.output and "partial" in result.output
+    loud = run_command(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo end"
+                        "; exit 1"], timeout=20)
+    assert loud.returncode == 1 and loud.output.endswith("end") and len(loud.output) < 5000
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_staged_files_of_dead_pids_are_removed(tmp_path: Path) -> None:
+    dead, live = _dead_pid(), os.getppid()
+    keep = [
+        f".app.conf.{live}.0.confsync",  # a live writer
+        f".app.conf.{os.getpid()}.3.confsync",  # ours
+        f".app.conf.{dead}.0.confsync.bak",  # not exactly our pattern
+        f".app.conf.{dead}.x.confsync",
+        f"app.conf.{dead}.0.confsync",
+        f".other.conf.{dead}.0.confsync",  # beside a file we do not manage
+        "app.conf",
+    ]
+    stale = [f".app.conf.{dead}.0.confsync", f".app.conf.{dead}.17.confsync"]
+    for name in keep + stale:
+        (tmp_path / name).write_text("x")
+    (tmp_path / f".app.conf.{dead}.9.confsync").mkdir()  # not a regular file: left alone
+    removed = remove_stale_staged([tmp_path / "app.conf", tmp_path / "missing-dir" / "x"])
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*keep, f".app.conf.{dead}.9.confsync"])

@@ -1,0 +1,74 @@
+"""Issue 13 at the Syncer: an exception from the reload step, a missing temp dir in `check`,
+and the empty-store guard's memory when nothing was rendered before (items 2, 4, 12)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from confsync.haproxy.settings import HAProxySettings
+from confsync.mirror import Mirror
+from confsync.renderer import Renderer
+from confsync.resources import Resource
+from confsync.stores import Snapshot
+from confsync.sync import FAILED, UNCHANGED, UPDATED, Syncer
+from confsync.targets import PluginConfig
+
+
+def _setup(tmp_path: Path, data: dict[str, bytes], **kw: object) -> tuple[Syncer, Resource]:
+    (tmp_path / "t.tmpl").write_text("{% for kv in gets('/pool/*') %}server {{ kv.value }}\n"
+                                     "{% endfor %}")
+    res = Resource(name="pool", source=tmp_path / "pool.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "pool.cfg", keys=("/pool",), prefix="",
+                   **kw)  # type: ignore[arg-type]
+    mirror = Mirror()
+    mirror.load(Snapshot(1, data))
+    return Syncer(Renderer(tmp_path), mirror), res
+
+
+def test_an_oserror_from_the_haproxy_master_socket_is_a_reload_failure(tmp_path: Path) -> None:
+    # connect() on this path raises a plain OSError ("AF_UNIX path too long").
+    master = tmp_path / ("d" * 120) / "master.sock"
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"},
+                         plugin=PluginConfig("haproxy", HAProxySettings(master_socket=master)))
+    res.dest.write_text("server 10.0.0.1:80\n")
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    assert outcome.error.step == "reload"
+    assert "previous file restored" in str(outcome.error)
+    assert res.dest.read_text() == "server 10.0.0.1:80\n"
+
+
+def test_check_without_a_temp_dir_fails_each_resource(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    (outcome,) = syncer.plan([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    assert outcome.error.step == "check" and "temporary directory" in str(outcome.error)
+
+
+def test_zero_keys_never_replace_a_non_empty_file_without_memory(tmp_path: Path) -> None:
+    syncer, res = _setup(tmp_path, {})
+    res.dest.write_text("server 10.0.0.1:80\n")
+    for outcome in (*syncer.plan([res]), *syncer.apply([res]), *syncer.apply([res])):
+        assert outcome.status == FAILED and outcome.error is not None
+        assert outcome.error.step == "guard", outcome.error
+    assert res.dest.read_text() == "server 10.0.0.1:80\n"
+    # data arrives: rendered; then it vanishes: the in-process memory guards as before
+    syncer.mirror.load(Snapshot(2, {"/pool/a": b"10.0.0.2:80"}))
+    assert [o.status for o in syncer.apply([res])] == [UPDATED]
+    syncer.mirror.load(Snapshot(3, {}))
+    assert [o.status for o in syncer.apply([res])] == [FAILED]
+
+
+def test_zero_keys_render_where_the_file_is_empty_or_equal(tmp_path: Path) -> None:
+    syncer, res = _setup(tmp_path, {})
+    res.dest.write_text("")
+    assert [o.status for o in syncer.apply([res])] == [UNCHANGED]
+    syncer, res = _setup(tmp_path, {}, min_keys=0)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    assert [o.status for o in syncer.apply([res])] == [UPDATED]
+    assert res.dest.read_text() == ""
