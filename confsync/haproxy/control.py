@@ -241,7 +241,7 @@ class HAProxyController(ReloadTarget):
             try:
                 if admin is None:
                     raise RuntimeApplyFailed("no admin socket")
-                kept = save_server_state(admin, state_file, old, new)
+                kept = save_server_state(admin, state_file, old, new, self.parked)
                 log.debug("resource %s: saved state of %d server(s) to %s", resource.name,
                           kept, state_file)
             except (OSError, RuntimeApplyFailed) as exc:

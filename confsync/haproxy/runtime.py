@@ -190,7 +190,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
 
 
 def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig | None,
-                      new: HAProxyConfig) -> int:
+                      new: HAProxyConfig, parked: Iterable[str] = ()) -> int:
     """Write `show servers state` to `state_file` for the reload into `new`; return lines kept.
 
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
@@ -199,7 +199,7 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     reload is the health-check state. A server that is no `server` line of either file (a
     `server-template` slot filled at runtime) keeps its whole state: it is not ours to reset.
     """
-    ours = managed(old) if old is not None else set()
+    ours = managed(old, parked) if old is not None else set(parked)
     text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.5)
     lines = text.splitlines()
     if not lines or not lines[0].strip().isdigit():
