@@ -102,9 +102,9 @@ class Applier(threading.Thread):
             for outcome in outcomes:
                 if outcome.status == FAILED:
                     self.failures.append(str(outcome.error))
-                elif outcome.reload:
-                    self.actions[outcome.reload.split(" (")[0].split(":")[0]] += 1
-                    confirmed = re.search(r"confirmed in (\d+) ms", outcome.reload)
+                elif outcome.reload is not None:
+                    self.actions[outcome.reload.kind.value] += 1
+                    confirmed = re.search(r"confirmed in (\d+) ms", outcome.reload.detail)
                     if confirmed:
                         self.reload_s.append(int(confirmed[1]) / 1000)
 

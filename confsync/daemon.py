@@ -31,9 +31,9 @@ from typing import Any
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.events import Observer, Observers
 from confsync.mirror import Mirror
-from confsync.oneshot import report
 from confsync.planner import Planner
 from confsync.renderer import Renderer
+from confsync.report import report
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
@@ -357,7 +357,7 @@ class Daemon:
 
     def apply(self, resources: list[Resource]) -> list[Outcome]:
         try:
-            outcomes = self.syncer.apply(resources)
+            outcomes = self.syncer.apply(resources, heartbeat=self.observers.heartbeat)
         except Exception:
             # A bug, not a bad input. Some files of the batch may be installed already: owe
             # their reloads, and apply each resource alone so one crashing resource fails

@@ -37,6 +37,8 @@ from confsync import __version__
 from confsync.events import Observer
 from confsync.provenance import show_key
 from confsync.settings import parse_host_port as parse_address
+from confsync.sync import Status
+from confsync.targets import ReloadKind
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -102,8 +104,8 @@ class Metrics(Observer):
             "reload_duration_seconds", "Reload time per resource", ["resource"], namespace=ns,
             registry=r, buckets=DURATION_BUCKETS)
         self.runtime_updates = Counter(
-            "runtime_updates", "Runtime-API updates (reload_strategy=runtime) per resource and "
-            "outcome", ["resource", "outcome"], namespace=ns, registry=r)
+            "runtime_updates", "Changes applied to the running service without a reload "
+            "(HAProxy runtime API) per resource", ["resource", "outcome"], namespace=ns, registry=r)
         self.runtime_seconds = Histogram(
             "runtime_update_duration_seconds", "Runtime-API update time per resource",
             ["resource"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
@@ -271,22 +273,22 @@ class Metrics(Observer):
         resource = outcome.resource
         name = resource.name
         step = outcome.error.step if outcome.error is not None else None
-        self.applies.labels(name, outcome.status).inc()
+        self.applies.labels(name, outcome.status.value).inc()
         self.apply_seconds.labels(name).observe(outcome.seconds)
+        failed = outcome.status is Status.FAILED
         with self._lock:
-            if outcome.status == "failed":
+            if failed:
                 self._failing.add(name)
             else:
                 self._failing.discard(name)
             # What the file in place left out: a failed apply left the previous file.
-            installed = outcome.status != "failed"
-            if installed and outcome.warnings:
+            if not failed and outcome.warnings:
                 self._left_out[name] = [show_key(w.key) for w in outcome.warnings]
-            elif installed:
+            elif not failed:
                 self._left_out.pop(name, None)
-        if installed:
+        if not failed:
             self.values_left_out.labels(name).set(len(outcome.warnings))
-        if outcome.status == "failed":
+        if failed:
             self.failures.labels(name, step or "unknown").inc()
             self.resource_ok.labels(name).set(0)
         else:
@@ -297,23 +299,23 @@ class Metrics(Observer):
         if step != "guard":  # a guard trip is refused before rendering
             self.renders.labels(name, "failed" if step == "render" else "ok").inc()
         # A check ran when the staged file existed: the apply got to the check step or past it.
-        if resource.check_cmd and outcome.status != "unchanged" and step not in (
+        if resource.check_cmd and outcome.status is not Status.UNCHANGED and step not in (
                 "render", "guard", "stage"):
             self.checks.labels(name, "failed" if step == "check" else "ok").inc()
-            seconds = getattr(outcome, "check_seconds", None)
-            if isinstance(seconds, float | int):
-                self.check_seconds.labels(name).observe(seconds)
-        # A reload ran when the file was installed and an action was taken, or it failed.
-        reloaded = (outcome.status == "updated" and outcome.reload
-                    and outcome.reload != "no reload configured") or step == "reload"
-        if reloaded:
-            runtime = getattr(resource, "reload_strategy", "reload") == "runtime"
-            counter, histogram = ((self.runtime_updates, self.runtime_seconds) if runtime
+            if outcome.check_seconds is not None:
+                self.check_seconds.labels(name).observe(outcome.check_seconds)
+        # A reload step counts when it acted (reloaded, or applied through a runtime API) or
+        # failed; "nothing to do" results (no action configured, target already in step,
+        # nothing running) do not.
+        kind = outcome.reload.kind if outcome.reload is not None else ReloadKind.NONE
+        if step == "reload" or (outcome.status is Status.UPDATED and (
+                kind.reloaded or kind is ReloadKind.RUNTIME)):
+            counter, histogram = ((self.runtime_updates, self.runtime_seconds)
+                                  if kind is ReloadKind.RUNTIME
                                   else (self.reloads, self.reload_seconds))
             counter.labels(name, "failed" if step == "reload" else "ok").inc()
-            seconds = getattr(outcome, "reload_seconds", None)
-            if isinstance(seconds, float | int):
-                histogram.labels(name).observe(seconds)
+            if outcome.reload_seconds is not None:
+                histogram.labels(name).observe(outcome.reload_seconds)
 
     def ready(self, revision: int) -> None:
         with self._lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -14,8 +13,8 @@ from confsync.errors import (
     EXIT_WOULD_CHANGE,
 )
 from confsync.mirror import Mirror
-from confsync.provenance import show_key
 from confsync.renderer import Renderer
+from confsync.report import report
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
 from confsync.stores import Store, merge_prefixes, open_store
@@ -37,29 +36,6 @@ def snapshot_mirror(store: Store, resources: tuple[Resource, ...]) -> Mirror:
     mirror = Mirror()
     mirror.load(store.snapshot(prefixes))
     return mirror
-
-
-def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
-    """One log event per resource and apply, with the fields a collector wants."""
-    res = outcome.resource
-    fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
-                                 "revision": revision, "outcome": outcome.status,
-                                 "seconds": round(outcome.seconds, 4)}
-    if changed_keys:
-        fields["changed_keys"] = list(changed_keys[:20])
-        fields["changed_count"] = len(changed_keys)
-    if outcome.status == UPDATED:
-        fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
-    for warning in outcome.warnings:
-        log.warning("resource %s: %s", res.name, warning,
-                    extra={**fields, "step": "render", "key": show_key(warning.key)})
-    if outcome.status == FAILED and outcome.error is not None:
-        log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
-    elif outcome.status == UPDATED:
-        log.info("resource %s: wrote %s%s", res.name, res.dest,
-                 f" ({outcome.reload})" if outcome.reload else "", extra=fields)
-    else:
-        log.info("resource %s: %s is up to date", res.name, res.dest, extra=fields)
 
 
 def _exit_code(resource_set: ResourceSet, outcomes: list[Outcome]) -> int:

@@ -1,28 +1,30 @@
 """Template resources: one `[template]` TOML file each under `<confdir>/conf.d/`.
 
 Field names follow confd so resource files port over; unknown keys are errors (confd ignores
-typos silently, which is how a misspelt `check_cmd` ends up never running).
+typos silently, which is how a misspelt `check_cmd` ends up never running). A reload plugin's
+settings live in its own table beside `[template]` (e.g. `[haproxy]`, see confsync/targets.py);
+this module hands that table to the plugin and keeps what it returns, knowing nothing of it.
 """
 
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
-import shlex
 import signal
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confsync import tomlvalues as tv
 from confsync.commands import unknown_placeholder
-from confsync.durations import parse_duration
 from confsync.errors import ConfigError
 from confsync.render_limits import parse_size
+from confsync.targets import PluginConfig, legacy_keys, plugin, plugin_tables
 
-RELOAD_STRATEGIES = ("reload", "runtime")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,8 @@ class Resource:
     wait_min: float | None = None
     wait_max: float | None = None
     min_keys: int | None = None  # None: only refuse to go from some keys to none
-    reload_strategy: str = "reload"
-    # runtime strategy only: false lets a change that touches nothing but HAProxy server lines
-    # skip check_cmd when the file it replaces passed the check in this process.
-    check_server_changes: bool = True
-    runtime_socket: Path | None = None
-    # HAProxy master CLI (`haproxy -W -S <path>`): reloads through it are confirmed.
-    master_socket: Path | None = None
+    # A reload plugin's own table (e.g. [haproxy]), as the plugin parsed it; None: plain reload.
+    plugin: PluginConfig | None = None
     # Render limits; None: the global defaults (settings `render_timeout`, `max_output_size`).
     render_timeout: float | None = None
     max_output_size: int | None = None
@@ -82,72 +79,6 @@ def join_key(prefix: str, key: str) -> str:
     return (prefix + key) if prefix else key
 
 
-_Validator = Callable[[str, Any], Any]
-
-
-# Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
-# subshells, background jobs, command substitution with backticks).
-SHELL_OPERATOR_CHARS = "();<>|&`"
-
-
-def _shell_operator(command: str) -> str | None:
-    """The first unquoted shell operator in `command` (None: plain argv).
-
-    shlex's punctuation mode splits runs of these characters out of unquoted text only, so
-    `sh -c 'a && b'` passes and `a && b`, `x;y`, `>f`, `$(id)` do not. A standalone argument
-    that is only quoted operator characters (`';'`) is refused too: write the command as a
-    list for such a literal.
-    """
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=SHELL_OPERATOR_CHARS)
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    for token in lexer:
-        if token and all(c in SHELL_OPERATOR_CHARS for c in token):
-            return token
-    return None
-
-
-def _split_cmd(source: str, key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        argv = tuple(value)
-    elif isinstance(value, str):
-        try:
-            argv = tuple(shlex.split(value))
-            operator = _shell_operator(value)
-        except ValueError as exc:
-            raise ConfigError(source, f"cannot split command {value!r}: {exc}", key) from None
-        if operator is not None:
-            raise ConfigError(source, f"{operator!r} is shell syntax, but commands run without "
-                              f"a shell; write sh -c '...' to use one (or give the command as "
-                              f"a list for a literal {operator!r} argument): {value!r}", key)
-    else:
-        raise ConfigError(source, f"expected a command string or list, found {value!r}", key)
-    if not argv and value:
-        raise ConfigError(source, "expected a command, found an empty one", key)
-    for arg in [value] if isinstance(value, str) else argv:
-        if (bad := unknown_placeholder(arg)) is not None:
-            raise ConfigError(source, f"{bad} is not substituted: only {{{{src}}}} and "
-                              f"{{{{dest}}}} (or {{{{.src}}}}, {{{{.dest}}}}) are", key)
-    return argv
-
-
-def _expect_str(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(source, f"expected a non-empty string, found {value!r}", key)
-    return value
-
-
-def _parse_mode(source: str, value: Any) -> int:
-    # confd writes mode as a string ("0644"); a TOML integer 644 is also read as octal digits,
-    # because nobody means decimal 644 (= 0o1204).
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-    if text is None or not text.isdigit() or any(c in "89" for c in text) or int(text, 8) > 0o7777:
-        raise ConfigError(source, f"expected an octal mode such as \"0644\" (at most 07777), "
-                          f"found {value!r}", "template.mode")
-    mode = int(text, 8)
-    return mode
-
-
 # uid_t/gid_t are 32-bit unsigned, and (uid_t)-1 means "leave unchanged" to chown(2).
 MAX_ID = 2**32 - 2
 
@@ -161,7 +92,7 @@ def _parse_id(source: str, key: str, value: int) -> int:
 def _parse_user(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return _parse_id(source, key, value)
-    name = _expect_str(source, key, value)
+    name = tv.convert(source, key, tv.nonempty, value)
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
@@ -171,37 +102,18 @@ def _parse_user(source: str, key: str, value: Any) -> int:
 def _parse_group(source: str, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return _parse_id(source, key, value)
-    name = _expect_str(source, key, value)
+    name = tv.convert(source, key, tv.nonempty, value)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise ConfigError(source, f"no such group {name!r} on this system", key) from None
 
 
-def _parse_signal(source: str, value: Any) -> signal.Signals:
-    name = _expect_str(source, "reload_signal", value).upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return signal.Signals[name]
-    except KeyError:
-        raise ConfigError(
-            source, f"expected a signal name such as \"SIGHUP\", found {value!r}", "reload_signal"
-        ) from None
-
-
-def _duration(source: str, key: str, value: Any) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(source, str(exc), key) from None
-
-
 _KNOWN_KEYS = frozenset(
     {
         "src", "dest", "keys", "prefix", "mode", "owner", "group", "uid", "gid",
         "check_cmd", "reload_cmd", "check_timeout", "reload_timeout", "reload_signal",
-        "pidfile", "process", "wait_min", "wait_max", "min_keys", "reload_strategy",
-        "runtime_socket", "master_socket", "check_server_changes",
+        "pidfile", "process", "wait_min", "wait_max", "min_keys",
         "render_timeout", "max_output_size",
     }
 )  # fmt: skip
@@ -212,27 +124,30 @@ def parse_resource(
 ) -> Resource:
     """Validate one resource file's parsed TOML; every error names the file and the key."""
     src_name = str(source)
-    unknown_tables = set(data) - {"template"}
+    known_tables = {"template", *plugin_tables()}
+    unknown_tables = set(data) - known_tables
     if unknown_tables:
-        raise ConfigError(src_name, "unknown table or key (expected only [template])",
+        raise ConfigError(src_name, "unknown table or key (expected [template], or a plugin "
+                          f"table: {', '.join(f'[{t}]' for t in plugin_tables())})",
                           sorted(unknown_tables)[0])
     table = data.get("template")
     if not isinstance(table, dict):
         raise ConfigError(src_name, "missing [template] table")
     where = src_name
+    moved = legacy_keys()
     for key in table:
-        if key not in _KNOWN_KEYS:
+        if key not in _KNOWN_KEYS and key not in moved:
             raise ConfigError(where, f"unknown key (known keys: {', '.join(sorted(_KNOWN_KEYS))})",
                               f"template.{key}")
     for required in ("src", "dest", "keys"):
         if required not in table:
             raise ConfigError(where, "required key is missing", f"template.{required}")
 
-    src = Path(_expect_str(where, "template.src", table["src"]))
+    src = Path(tv.convert(where, "template.src", tv.nonempty, table["src"]))
     src = Path(os.path.abspath(src if src.is_absolute() else templates_dir / src))
     if not src.is_file():
         raise ConfigError(where, f"template file {src} does not exist", "template.src")
-    dest = Path(_expect_str(where, "template.dest", table["dest"]))
+    dest = Path(tv.convert(where, "template.dest", tv.nonempty, table["dest"]))
     dest = dest if dest.is_absolute() else Path.cwd() / dest
 
     keys = table["keys"]
@@ -248,7 +163,7 @@ def parse_resource(
 
     kwargs: dict[str, Any] = {}
     if "mode" in table:
-        kwargs["mode"] = _parse_mode(where, table["mode"])
+        kwargs["mode"] = tv.convert(where, "template.mode", tv.octal_mode, table["mode"])
     if "uid" in table and "owner" in table:
         raise ConfigError(where, "give owner or uid, not both", "template.uid")
     if "gid" in table and "group" in table:
@@ -261,58 +176,75 @@ def parse_resource(
             kwargs["gid"] = _parse_group(where, f"template.{key}", table[key])
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
-            kwargs[key] = _split_cmd(where, f"template.{key}", table[key])
-    for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max", "render_timeout"):
+            raw = table[key]
+            kwargs[key] = tv.convert(where, f"template.{key}", tv.optional_command_strict, raw)
+            for arg in [raw] if isinstance(raw, str) else kwargs[key]:
+                if (bad := unknown_placeholder(arg)) is not None:
+                    raise ConfigError(where, f"{bad} is not substituted: only {{{{src}}}} and "
+                                      f"{{{{dest}}}} (or {{{{.src}}}}, {{{{.dest}}}}) are",
+                                      f"template.{key}")
+    for key in ("check_timeout", "reload_timeout", "wait_min", "wait_max"):
         if key in table:
-            kwargs[key] = _duration(where, f"template.{key}", table[key])
-    if kwargs.get("render_timeout") == 0:
-        raise ConfigError(where, "expected a duration above 0", "template.render_timeout")
+            kwargs[key] = tv.convert(where, f"template.{key}", tv.duration, table[key])
+    if "render_timeout" in table:
+        kwargs["render_timeout"] = tv.convert(where, "template.render_timeout",
+                                              tv.positive_duration, table["render_timeout"])
     if "max_output_size" in table:
-        try:
-            kwargs["max_output_size"] = parse_size(table["max_output_size"])
-        except ValueError as exc:
-            raise ConfigError(where, str(exc), "template.max_output_size") from None
+        kwargs["max_output_size"] = tv.convert(where, "template.max_output_size", parse_size,
+                                               table["max_output_size"])
     if "reload_signal" in table:
-        kwargs["reload_signal"] = _parse_signal(where, table["reload_signal"])
+        kwargs["reload_signal"] = tv.convert(where, "template.reload_signal", tv.signal_name,
+                                             table["reload_signal"])
         if "pidfile" not in table and "process" not in table:
             raise ConfigError(where, "reload_signal needs pidfile or process to find the target",
                               "template.reload_signal")
     if "pidfile" in table:
-        kwargs["pidfile"] = Path(_expect_str(where, "template.pidfile", table["pidfile"]))
+        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_path,
+                                       table["pidfile"])
     if "process" in table:
-        kwargs["process"] = _expect_str(where, "template.process", table["process"])
+        kwargs["process"] = tv.convert(where, "template.process", tv.nonempty, table["process"])
     if "min_keys" in table:
-        value = table["min_keys"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(where, f"expected a whole number >= 0, found {value!r}",
-                              "template.min_keys")
-        kwargs["min_keys"] = value
-    if "reload_strategy" in table:
-        value = table["reload_strategy"]
-        if value not in RELOAD_STRATEGIES:
-            raise ConfigError(where, f"expected one of {RELOAD_STRATEGIES}, found {value!r}",
-                              "template.reload_strategy")
-        kwargs["reload_strategy"] = value
-    if "check_server_changes" in table:
-        value = table["check_server_changes"]
-        if not isinstance(value, bool):
-            raise ConfigError(where, f"expected true or false, found {value!r}",
-                              "template.check_server_changes")
-        kwargs["check_server_changes"] = value
-    if "runtime_socket" in table:
-        kwargs["runtime_socket"] = Path(
-            _expect_str(where, "template.runtime_socket", table["runtime_socket"]))
-    if "master_socket" in table:
-        kwargs["master_socket"] = Path(
-            _expect_str(where, "template.master_socket", table["master_socket"]))
-        if kwargs.get("reload_cmd"):
-            raise ConfigError(where, "give reload_cmd or master_socket, not both (the master "
-                              "CLI reloads HAProxy itself)", "template.master_socket")
+        kwargs["min_keys"] = tv.convert(where, "template.min_keys", tv.non_negative_int,
+                                        table["min_keys"])
     if kwargs.get("reload_cmd") and kwargs.get("reload_signal"):
         raise ConfigError(where, "give reload_cmd or reload_signal, not both",
                           "template.reload_signal")
+    kwargs["plugin"] = _parse_plugin(where, data, table, kwargs, moved)
     return Resource(name=source.stem, source=source, src=src, dest=dest, keys=tuple(keys),
                     prefix=prefix, **kwargs)
+
+
+def _parse_plugin(where: str, data: dict[str, Any], table: dict[str, Any],
+                  parsed: dict[str, Any], moved: dict[str, str]) -> PluginConfig | None:
+    """The one plugin table of the file, if any, parsed by its plugin.
+
+    Keys that once lived in `[template]` (e.g. `master_socket`) are still read from there,
+    with a warning saying where they belong now.
+    """
+    names = [name for name in plugin_tables() if name in data]
+    legacy = {key: moved[key] for key in table if key in moved}
+    for owner in legacy.values():
+        if owner not in names:
+            names.append(owner)
+    if len(names) > 1:
+        raise ConfigError(where, "one reload plugin table per resource", names[1])
+    if not names:
+        return None
+    name = names[0]
+    own = data.get(name, {})
+    if not isinstance(own, dict):
+        raise ConfigError(where, "expected a table", name)
+    if legacy:
+        both = sorted(set(legacy) & set(own))
+        if both:
+            raise ConfigError(where, f"given in [template] and in [{name}]; keep the [{name}] "
+                              "one", f"template.{both[0]}")
+        log.warning("%s: %s in [template] is deprecated; move %s to a [%s] table", where,
+                    ", ".join(sorted(legacy)), "it" if len(legacy) == 1 else "them", name)
+        own = {**own, **{key: table[key] for key in legacy}}
+    settings = plugin(name).parse(where, own, parsed, "template" if legacy and not
+                                  data.get(name) else name)
+    return PluginConfig(name, settings)
 
 
 @dataclass(frozen=True)

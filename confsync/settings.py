@@ -6,9 +6,7 @@ another, and every error names where the bad value came from.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import shlex
 import signal
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confsync.durations import parse_duration
+from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
 from confsync.logs import register_secret
 from confsync.render_limits import DEFAULT_MAX_OUTPUT_SIZE, DEFAULT_RENDER_TIMEOUT, parse_size
+from confsync.tomlvalues import parse_host_port
+
+__all__ = ["BACKENDS", "DEFAULT_CONFIG", "LOG_FORMATS", "LOG_LEVELS", "EtcdSettings",
+           "ExecSettings", "Settings", "WatchSettings", "env_name", "load_settings",
+           "parse_host_port", "read_password"]
 
 DEFAULT_CONFIG = Path("/etc/confsync/confsync.toml")
 BACKENDS = ("etcd", "file", "env")
@@ -82,143 +85,39 @@ class Settings:
     max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
 
 
-# ---- value converters: (raw value, where) -> typed value; raise ValueError with what was expected
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, found {value!r}")
-    return value
-
-
-def _path(value: Any) -> Path:
-    return Path(_str(value)).expanduser()
-
-
-def _list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value]
-    else:
-        raise ValueError(f"expected a list of strings (or comma-separated), found {value!r}")
-    return tuple(v for v in items if v)
-
-
-def _paths(value: Any) -> tuple[Path, ...]:
-    return tuple(Path(p).expanduser() for p in _list(value))
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9500', '[::1]:9500', 'localhost:9500', ':9500' (any address) -> (host, port)."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"expected host:port such as 127.0.0.1:9500, found {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)  # raises ValueError
-    elif ":" in host:
-        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:9500, found {text!r}")
-    return host or "0.0.0.0", int(port_text)
-
-
-def _address(value: Any) -> str:
-    """A listen address, or "" for off."""
-    text = _str(value).strip()
-    if text:
-        parse_host_port(text)
-    return text
-
-
-def _command(value: Any) -> tuple[str, ...]:
-    """A command line: a string is split like a shell would (no shell runs), or an argv list."""
-    if isinstance(value, str):
-        return tuple(shlex.split(value))
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"expected a command string or a list of strings, found {value!r}")
-
-
-def _signal(value: Any) -> signal.Signals:
-    name = _str(value).strip().upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    if name not in signal.Signals.__members__:
-        raise ValueError(f"expected a signal name such as \"SIGHUP\", found {value!r}")
-    return signal.Signals[name]
-
-
-def _signals(value: Any) -> tuple[signal.Signals, ...]:
-    return tuple(_signal(v) for v in _list(value))
-
-
-def _positive_int(value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if isinstance(value, bool) or number < 1:
-        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
-    return number
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above 0, found {value!r}")
-    return seconds
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
-                                                    "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ValueError(f"expected true or false, found {value!r}")
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, found {value!r}")
-        return str(value)
-
-    return convert
-
-
 # (attribute path, TOML table, TOML key, converter). The env name is CONFSYNC_<TABLE>_<KEY>.
 _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
-    ("confdir", "", "confdir", _path),
-    ("backend", "", "backend", _choice(*BACKENDS)),
-    ("prefix", "", "prefix", _str),
-    ("log_level", "", "log_level", _choice(*LOG_LEVELS)),
-    ("log_format", "", "log_format", _choice(*LOG_FORMATS)),
-    ("metrics_address", "", "metrics_address", _address),
-    ("render_timeout", "", "render_timeout", _positive_duration),
+    ("confdir", "", "confdir", tv.path),
+    ("backend", "", "backend", tv.choice(*BACKENDS)),
+    ("prefix", "", "prefix", tv.string),
+    ("log_level", "", "log_level", tv.choice(*LOG_LEVELS)),
+    ("log_format", "", "log_format", tv.choice(*LOG_FORMATS)),
+    ("metrics_address", "", "metrics_address", tv.listen_address),
+    ("render_timeout", "", "render_timeout", tv.positive_duration),
     ("max_output_size", "", "max_output_size", parse_size),
-    ("etcd.endpoints", "etcd", "endpoints", _list),
-    ("etcd.ca_cert", "etcd", "ca_cert", _path),
-    ("etcd.cert", "etcd", "cert", _path),
-    ("etcd.key", "etcd", "key", _path),
-    ("etcd.user", "etcd", "user", _str),
-    ("etcd.password_file", "etcd", "password_file", _path),
-    ("etcd.timeout", "etcd", "timeout", parse_duration),
-    ("etcd.srv_domain", "etcd", "srv_domain", _str),
-    ("etcd.srv_nameserver", "etcd", "srv_nameserver", _address),
-    ("file_paths", "file", "paths", _paths),
-    ("watch.wait_min", "watch", "wait_min", parse_duration),
-    ("watch.wait_max", "watch", "wait_max", parse_duration),
-    ("watch.interval", "watch", "interval", parse_duration),
-    ("watch.confdir", "watch", "confdir", _bool),
-    ("exec.command", "exec", "command", _command),
-    ("exec.reload_signal", "exec", "reload_signal", _signal),
-    ("exec.stop_signal", "exec", "stop_signal", _signal),
-    ("exec.forward_signals", "exec", "forward_signals", _signals),
-    ("exec.stop_timeout", "exec", "stop_timeout", parse_duration),
-    ("exec.restart_delay", "exec", "restart_delay", parse_duration),
-    ("exec.restart_delay_max", "exec", "restart_delay_max", parse_duration),
-    ("exec.crash_limit", "exec", "crash_limit", _positive_int),
-    ("exec.crash_window", "exec", "crash_window", parse_duration),
+    ("etcd.endpoints", "etcd", "endpoints", tv.string_list),
+    ("etcd.ca_cert", "etcd", "ca_cert", tv.path),
+    ("etcd.cert", "etcd", "cert", tv.path),
+    ("etcd.key", "etcd", "key", tv.path),
+    ("etcd.user", "etcd", "user", tv.string),
+    ("etcd.password_file", "etcd", "password_file", tv.path),
+    ("etcd.timeout", "etcd", "timeout", tv.duration),
+    ("etcd.srv_domain", "etcd", "srv_domain", tv.string),
+    ("etcd.srv_nameserver", "etcd", "srv_nameserver", tv.listen_address),
+    ("file_paths", "file", "paths", tv.paths),
+    ("watch.wait_min", "watch", "wait_min", tv.duration),
+    ("watch.wait_max", "watch", "wait_max", tv.duration),
+    ("watch.interval", "watch", "interval", tv.duration),
+    ("watch.confdir", "watch", "confdir", tv.flag),
+    ("exec.command", "exec", "command", tv.optional_command),
+    ("exec.reload_signal", "exec", "reload_signal", tv.signal_name),
+    ("exec.stop_signal", "exec", "stop_signal", tv.signal_name),
+    ("exec.forward_signals", "exec", "forward_signals", tv.signals),
+    ("exec.stop_timeout", "exec", "stop_timeout", tv.duration),
+    ("exec.restart_delay", "exec", "restart_delay", tv.duration),
+    ("exec.restart_delay_max", "exec", "restart_delay_max", tv.duration),
+    ("exec.crash_limit", "exec", "crash_limit", tv.positive_int),
+    ("exec.crash_window", "exec", "crash_window", tv.duration),
 
 
 )
@@ -230,10 +129,7 @@ def env_name(table: str, key: str) -> str:
 
 def _set(values: dict[str, Any], attr: str, raw: Any, convert: Callable[[Any], Any],
          source: str, key: str) -> None:
-    try:
-        values[attr] = convert(raw)
-    except ValueError as exc:
-        raise ConfigError(source, str(exc), key) from None
+    values[attr] = tv.convert(source, key, convert, raw)
 
 
 def _from_file(path: Path, values: dict[str, Any]) -> None:

@@ -26,8 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from confsync.backoff import Backoff
 from confsync.events import Observer
+from confsync.reload import has_reload_action
 from confsync.sdnotify import NOTIFY_ENV
+from confsync.sync import Status
 
 if TYPE_CHECKING:
     from confsync.settings import ExecSettings
@@ -86,7 +89,8 @@ class Supervisor(Observer):
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self._deaths: deque[float] = deque()
-        self._quick_deaths = 0
+        # Restart delays: restart_delay, doubling per quick death up to restart_delay_max.
+        self._backoff = Backoff(policy.restart_delay, policy.restart_delay_max, jitter=False)
         self._restart_at: float | None = None
         self._stopping = False
         self.last_status: int | None = None
@@ -186,15 +190,15 @@ class Supervisor(Observer):
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.policy.crash_window:
             self._deaths.popleft()
-        self._quick_deaths = 0 if uptime >= self.policy.stable_after else self._quick_deaths + 1
+        if uptime >= self.policy.stable_after:
+            self._backoff.reset()  # a child that ran a while starts a fresh backoff
         reason = why or (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
                          else f"exited {returncode}")
         if len(self._deaths) >= self.policy.crash_limit:
             self._give_up(f"child {reason}; {len(self._deaths)} deaths within "
                           f"{self.policy.crash_window:g}s: crash loop, giving up")
             return
-        delay = min(self.policy.restart_delay * 2 ** max(self._quick_deaths - 1, 0),
-                    self.policy.restart_delay_max)
+        delay = self._backoff.next()
         self._restart_at = now + delay
         log.warning("exec: child %s after %.1fs; restarting in %.1fs", reason, uptime, delay)
 
@@ -242,9 +246,14 @@ class Supervisor(Observer):
 
     def batch_applied(self, revision: int, changed_keys: Sequence[str],
                       outcomes: Sequence[Outcome]) -> None:
-        """Reload once per batch when a file that has no reload action of its own changed."""
-        if any(o.status == "updated" and not o.resource.reload_cmd
-               and o.resource.reload_signal is None for o in outcomes):
+        """Reload once per batch when a file that has no reload action of its own changed.
+
+        A resource with its own action (reload_cmd, reload_signal, or a plugin table such as
+        [haproxy] with a master socket) was reloaded or updated by it already: a signal on top
+        would be a second, unconfirmed reload.
+        """
+        if any(o.status is Status.UPDATED and not has_reload_action(o.resource)
+               for o in outcomes):
             self.reload()
 
     def heartbeat(self) -> None:

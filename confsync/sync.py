@@ -1,7 +1,8 @@
 """One pass over a set of resources: render, guard, apply, then one reload per reload action.
 
 Used by `confsync once`, `confsync check` and every batch of the watch loop. Each resource
-fails on its own; the others go on.
+fails on its own; the others go on. Reloads go through the `ReloadTarget` interface
+(confsync/targets.py): this module knows no particular service.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from confsync.applier import (
@@ -26,21 +28,31 @@ from confsync.applier import (
 )
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
-from confsync.reload import ReloadFailed, reload_key, reload_resource
+from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
+from confsync.targets import ReloadFailed, ReloadResult, ReloadTarget
 
 log = logging.getLogger(__name__)
 
-UNCHANGED, UPDATED, FAILED = "unchanged", "updated", "failed"
+
+class Status(StrEnum):
+    """What one apply did to one resource (a StrEnum: logs and metric labels use its value)."""
+
+    UNCHANGED = "unchanged"
+    UPDATED = "updated"
+    FAILED = "failed"
+
+
+UNCHANGED, UPDATED, FAILED = Status.UNCHANGED, Status.UPDATED, Status.FAILED
 
 
 @dataclass
 class Outcome:
     resource: Resource
-    status: str
+    status: Status
     error: ResourceError | None = None
-    reload: str = ""
+    reload: ReloadResult | None = None  # what the reload step did (None: no reload ran)
     seconds: float = 0.0
     previous: FileState | None = field(default=None, repr=False)
     content: bytes | None = field(default=None, repr=False)  # what was rendered
@@ -66,6 +78,10 @@ class Outcome:
         return sum((new - old).values()), sum((old - new).values())
 
 
+def _no_beat() -> None:
+    pass
+
+
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
     import difflib  # lazy: only `check` and diff logging need it
     old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
@@ -82,12 +98,23 @@ class Syncer:
         # Keys each resource saw at its last successful render: the default guard's memory.
         self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
         self.dests = DestCache()
-        # dest -> the bytes this process installed there after a passing check.
+        # dest -> the last bytes that passed check_cmd in this process and were installed: the
+        # anchor every proof for skipping a check starts from (proofs never chain).
         self.checked: dict[Path, bytes] = {}
         # Resources whose file may be installed but whose reload did not happen or failed: the
         # next apply reloads them even when the file already matches.
         self.reload_owed: set[str] = set()
+        # dest -> the bytes this process installed last (checked or proven).
+        self.installed: dict[Path, bytes] = {}
+        self._targets: dict[Resource, ReloadTarget | None] = {}
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
+
+    def target(self, resource: Resource) -> ReloadTarget | None:
+        """The resource's reload target, kept for the life of this Syncer (targets hold state,
+        e.g. HAProxy servers waiting to be deleted)."""
+        if resource not in self._targets:
+            self._targets[resource] = target_for(resource)
+        return self._targets[resource]
 
     def _sweep(self, resources: Iterable[Resource]) -> None:
         """Remove staged files a killed run left beside each dest, the first time we see it."""
@@ -135,17 +162,27 @@ class Syncer:
         self.last_counts[resource.name] = count
         return content, rendered.warnings
 
-    def apply(self, resources: Sequence[Resource]) -> list[Outcome]:
-        """Write what changed, then reload each affected target once."""
+    def apply(self, resources: Sequence[Resource],
+              heartbeat: Callable[[], None] | None = None) -> list[Outcome]:
+        """Write what changed, then reload each affected target once.
+
+        `heartbeat` is called after every step (each resource's render/check/install, each
+        reload), so a long batch never starves the systemd watchdog.
+        """
+        beat = heartbeat or _no_beat
         self._sweep(resources)
-        outcomes = [self._apply_one(r) for r in resources]
-        groups: dict[tuple[object, ...], list[Outcome]] = {}
+        outcomes = []
+        for resource in resources:
+            outcomes.append(self._apply_one(resource))
+            beat()
+        groups: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         for outcome in outcomes:
-            key = reload_key(outcome.resource)
-            if outcome.status == UPDATED and key is not None:
-                groups.setdefault(key, []).append(outcome)
-        for group in groups.values():
-            self._reload(group)
+            target = self.target(outcome.resource)
+            if outcome.status is Status.UPDATED and target is not None:
+                groups.setdefault(target.key(), (target, []))[1].append(outcome)
+        for target, group in groups.values():
+            self._reload(target, group, beat)
+            beat()
         return outcomes
 
     def _apply_one(self, resource: Resource) -> Outcome:
@@ -158,16 +195,18 @@ class Syncer:
             content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
-                if resource.name in self.reload_owed and reload_key(resource) is not None:
+                if resource.name in self.reload_owed and self.target(resource) is not None:
                     # Installed earlier, never made live: reload it (as a new file).
                     return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
                                    content=content, warnings=warnings)
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
                                warnings=warnings)
             step = "install"
-            check_seconds = install(resource, target, check=self._needs_check(resource, current,
-                                                                              content))
-            self.checked[resource.dest] = content
+            check = self._needs_check(resource, current, content)
+            check_seconds = install(resource, target, check=check)
+            if check:
+                self.checked[resource.dest] = content
+            self.installed[resource.dest] = content
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
         except ResourceError as exc:
@@ -180,24 +219,27 @@ class Syncer:
                        content=content, check_seconds=check_seconds, warnings=warnings)
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
-        """Always, unless the resource opted out for HAProxy server-only changes and the file
-        being replaced is one this process installed after a passing check."""
-        if resource.check_server_changes or resource.reload_strategy != "runtime":
+        """Always, unless the reload target proves `content` valid from the last file that
+        passed the check here, and the file being replaced is the one this process installed
+        (so nobody edited it behind our back)."""
+        if not resource.check_cmd:
+            return True  # nothing to skip
+        checked = self.checked.get(resource.dest)
+        target = self.target(resource)
+        if (target is None or checked is None or current.content is None
+                or self.installed.get(resource.dest) != current.content):
             return True
-        if current.content is None or self.checked.get(resource.dest) != current.content:
-            return True
-        from confsync.haproxy.control import server_only_change
+        return not target.may_skip_check(current.content, content, checked)
 
-        return not server_only_change(current.content, content)
-
-    def _reload(self, group: list[Outcome]) -> None:
+    def _reload(self, target: ReloadTarget, group: list[Outcome],
+                beat: Callable[[], None]) -> None:
         first = group[0].resource
-        # A lone resource tells the reloader what changed (HAProxy runtime updates, bind checks).
+        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks).
         previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
         content = group[0].content if len(group) == 1 else None
         started = time.monotonic()
         try:
-            done = reload_resource(first, previous, content)
+            done = target.reload(previous, content)
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
@@ -216,8 +258,9 @@ class Syncer:
                                               f"{exc}; previous file restored")
             if exc.untouched:
                 return  # the target never saw the new file: nothing to reload back
+            beat()
             try:
-                reload_resource(first, content, previous)
+                target.reload(content, previous)
             except Exception as again:
                 log.error("resource %s: reload after rollback failed too: %s", first.name,
                           again if isinstance(again, ReloadFailed)

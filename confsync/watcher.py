@@ -22,10 +22,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from confsync.backoff import Backoff
 from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Backoff", "BatchReceived", "SnapshotTaken", "StoreFollower", "StreamState"]
 
 # A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
 # moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
@@ -56,23 +59,6 @@ class StreamState:
 
 
 _RESYNC_NOW = object()  # wakes `_follow` for an immediate resync snapshot
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: d/2 + uniform(0, d/2), d = base * 2^n <= cap."""
-
-    def __init__(self, base: float = 0.1, cap: float = 10.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempts = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2.0**self.attempts)
-        self.attempts = min(self.attempts + 1, 30)
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 class StoreFollower(threading.Thread):

@@ -8,6 +8,7 @@ model is compared verbatim, so an unknown difference is always treated as struct
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 SECTION_KEYWORDS = frozenset({"global", "defaults", "frontend", "backend", "listen", "peers",
@@ -173,3 +174,18 @@ def runtime_changes(old: HAProxyConfig, new: HAProxyConfig) -> list[ServerChange
                     return None
                 changes.append(ServerChange("delete", name, server, None))
     return changes
+
+
+# Characters that can be part of a server name (HAProxy's identifier set): a name found with
+# none of them on either side is a reference (`use-server a`, `track be/a`, `srv_conn(be/a)`).
+_NAME_CHARS = "A-Za-z0-9_.:-"
+
+
+def mentions(text: str, name: str) -> bool:
+    """True when `name` occurs in `text` as a whole token (not as part of a longer name).
+
+    Deliberately broad: a weight or an option that happens to equal a server's name counts too,
+    which only costs a check that could have been skipped.
+    """
+    pattern = rf"(?<![{_NAME_CHARS}]){re.escape(name)}(?![{_NAME_CHARS}])"
+    return re.search(pattern, text) is not None

@@ -1,10 +1,12 @@
-"""Decide how a new HAProxy config goes live: runtime API, confirmed reload, or nothing.
+"""The HAProxy reload target: how a new config goes live (runtime API, confirmed reload).
 
 - `reload_strategy = "runtime"` and only servers changed inside existing backends: apply them
   on the admin socket, no reload (the file is written all the same).
 - Otherwise, or when a runtime command fails: refuse binds on ports another process holds, save
   the server state for the new config, reload through the master CLI (or SIGUSR2 to the master)
   and wait for `show proc` to confirm it.
+- With `check_server_changes = false`, `may_skip_check` proves a file valid from the last file
+  that passed `haproxy -c`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
-from confsync.haproxy.config_model import HAProxyConfig, parse, runtime_changes
+from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
 from confsync.haproxy.runtime import (
     AdminSocket,
@@ -28,21 +31,16 @@ from confsync.haproxy.runtime import (
     reconcile,
     save_server_state,
 )
+from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.resources import Resource
+from confsync.processes import find_process
+from confsync.reload import CommandReloader
+from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+
+if TYPE_CHECKING:
+    from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
-
-
-class HAProxyReloadFailed(Exception):
-    """The new config could not go live; the caller restores the previous file.
-
-    `untouched`: refused before anything was sent to HAProxy (a bind check).
-    """
-
-    def __init__(self, message: str, untouched: bool = False) -> None:
-        super().__init__(message)
-        self.untouched = untouched
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -98,7 +96,7 @@ def _family(master_pid: int | None) -> set[int]:
 
 def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                      master_pid: int | None) -> None:
-    """Raise HAProxyReloadFailed if a `bind` of `new` is on a port another process holds.
+    """Raise ReloadFailed if a `bind` of `new` is on a port another process holds.
 
     `haproxy -c` passes such a config, and the reload then pauses every listener for about 2 s
     and fails (measured on 2.6). Ports held by this HAProxy itself are fine.
@@ -110,8 +108,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
         try:
             endpoints = _bind_endpoints(token)
         except OSError as exc:
-            raise HAProxyReloadFailed(f"bind {token}: cannot resolve: {exc}",
-                                      untouched=True) from None
+            raise ReloadFailed(f"bind {token}: cannot resolve: {exc}", untouched=True) from None
         for family, address, port in endpoints:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -120,36 +117,41 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                     continue
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
-                        raise HAProxyReloadFailed(f"bind {token}: {exc.strerror}",
-                                                  untouched=True) from None
+                        raise ReloadFailed(f"bind {token}: {exc.strerror}",
+                                           untouched=True) from None
             pid, name = _port_holder(port)
             ours = _family(master_pid) if ours is None else ours
             if pid is not None and pid in ours:
                 continue  # moved from another frontend, or the previous file is unknown
-            raise HAProxyReloadFailed(
+            raise ReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",
                 untouched=True)
 
 
-def server_only_change(previous: bytes | None, content: bytes) -> bool:
-    """True when `content` differs from `previous` only in servers the runtime API can apply.
+def server_only_change(checked: bytes | None, content: bytes) -> bool:
+    """True when `content` is valid because `checked` passed `haproxy -c` and they differ only
+    in servers the runtime API can apply.
 
-    Meant for the applier: such a file needs no `haproxy -c` (about 40-80 ms, most of the
-    put -> served latency) when `previous` passed it, because everything else is byte-equal and
-    each server line is re-validated here (IP, port, weight range, same options as before).
+    Everything else is byte-equal; each added or changed server line re-validates here (IP,
+    port, weight range, options some server of `checked` already had); and no removed server is
+    still named anywhere in `content` (`use-server`, `track`, a sample fetch ...: HAProxy would
+    refuse the file). Saves `haproxy -c` (about 40-80 ms, most of the put -> served latency).
     """
-    if previous is None:
+    if checked is None:
         return False
-    old = parse(previous.decode("utf-8", "replace"))
-    new = parse(content.decode("utf-8", "replace"))
+    old = parse(checked.decode("utf-8", "replace"))
+    text = content.decode("utf-8", "replace")
+    new = parse(text)
     changes = runtime_changes(old, new)
-    if not changes:
-        return changes is not None
+    if changes is None:
+        return False
     known_options = {s.options for b in old.backends.values() for s in b.servers.values()}
     for change in changes:
         server = change.new
         if server is None:
+            if change.old is not None and mentions(text, change.old.name):
+                return False
             continue
         if not (0 < server.port < 65536 and 0 <= server.weight <= 256) or (
                 server.options not in known_options):
@@ -157,96 +159,122 @@ def server_only_change(previous: bytes | None, content: bytes) -> bool:
     return True
 
 
-def _signal_trigger(resource: Resource) -> tuple[Callable[[], None] | None, str]:
-    """How to trigger the reload: `reload_signal` to the master if set and found, else the CLI."""
-    from confsync.reload import find_process
+class HAProxyController(ReloadTarget):
+    """The reload target of a resource with a `[haproxy]` table."""
 
-    if resource.reload_signal is None:
-        return None, "`reload` on the master CLI"
-    pid = find_process(resource.pidfile, resource.process)
-    if pid is None:
-        return None, "`reload` on the master CLI (no process for the signal)"
-    sig: signal.Signals = resource.reload_signal
+    def __init__(self, resource: Resource, settings: HAProxySettings) -> None:
+        self.resource = resource
+        self.settings = settings
+        # reload_cmd / reload_signal without a master socket: unconfirmed, as for any service.
+        self.fallback = CommandReloader(resource)
+        # Servers this target removed from the file but HAProxy could not delete yet (open
+        # connections): parked in maintenance, deleted by a later pass. "backend/server".
+        self.parked: set[str] = set()
 
-    def send() -> None:
-        os.kill(pid, sig)
+    def key(self) -> Hashable:
+        if self.settings.master_socket is not None:
+            return ("haproxy-master", self.settings.master_socket)
+        return self.fallback.key()
 
-    return send, f"{sig.name} to pid {pid}"
+    def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
+        if self.settings.check_server_changes or self.settings.strategy is not Strategy.RUNTIME:
+            return False
+        return server_only_change(checked, content)
 
-
-def apply(resource: Resource, previous: bytes | None, content: bytes | None,
-          fallback: Callable[[], str]) -> str:
-    """Make the file at `resource.dest` (== `content`) live; return what was done.
-
-    `previous` is the file HAProxy was running (None: unknown). `fallback` is the generic
-    reload (command or unconfirmed signal) used when no master socket is configured.
-    """
-    if content is None:
-        try:
-            content = resource.dest.read_bytes()
-        except OSError as exc:
-            raise HAProxyReloadFailed(f"cannot read {resource.dest}: {exc.strerror}") from None
-    new = parse(content.decode("utf-8", "replace"))
-    old = parse(previous.decode("utf-8", "replace")) if previous is not None else None
-    admin_path = resource.runtime_socket or (Path(new.stats_socket) if new.stats_socket else None)
-    admin = AdminSocket(admin_path) if admin_path is not None else None
-    why = "structural change" if resource.reload_strategy == "runtime" else "reload strategy"
-    if resource.reload_strategy == "runtime" and old is not None and admin is not None:
-        if runtime_changes(old, new) is not None:
+    def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
+        """Make the file at `dest` (== `content`) live. `previous`: what HAProxy ran (None:
+        unknown)."""
+        resource = self.resource
+        if content is None:
             try:
-                sent = reconcile(admin, new)
-            except RuntimeApplyFailed as exc:
-                why = f"runtime API failed ({exc})"
-                log.warning("resource %s: %s; reloading instead", resource.name, why)
-            else:
-                if sent is not None:
-                    return (f"runtime API: {len(sent)} command(s) on {admin.path}, no reload"
-                            if sent else "servers already as in the file; nothing to reload")
-                why = "servers added or removed where the balance algorithm needs a reload"
-    elif resource.reload_strategy == "runtime":
-        why = "no previous file or admin socket"
-    try:
-        return _reload(resource, old, new, admin, fallback, why)
-    except HAProxyReloadFailed as exc:
-        if exc.untouched and why.startswith("runtime API failed"):
-            raise HAProxyReloadFailed(str(exc)) from None  # some runtime commands went through
-        raise
-
-
-def _reload(resource: Resource, old: HAProxyConfig | None, new: HAProxyConfig,
-            admin: AdminSocket | None, fallback: Callable[[], str], why: str) -> str:
-    master = resource.master_socket
-    master_pid = None
-    if master is not None:
+                content = resource.dest.read_bytes()
+            except OSError as exc:
+                raise ReloadFailed(f"cannot read {resource.dest}: {exc.strerror}") from None
+        new = parse(content.decode("utf-8", "replace"))
+        old = parse(previous.decode("utf-8", "replace")) if previous is not None else None
+        admin_path = self.settings.runtime_socket or (
+            Path(new.stats_socket) if new.stats_socket else None)
+        admin = AdminSocket(admin_path) if admin_path is not None else None
+        runtime = self.settings.strategy is Strategy.RUNTIME
+        why = "structural change" if runtime else "reload strategy"
+        if runtime and old is not None and admin is not None:
+            if runtime_changes(old, new) is not None:
+                try:
+                    sent = reconcile(admin, old, new, self.parked)
+                except RuntimeApplyFailed as exc:
+                    why = f"runtime API failed ({exc})"
+                    log.warning("resource %s: %s; reloading instead", resource.name, why)
+                else:
+                    if sent:
+                        return ReloadResult(ReloadKind.RUNTIME, f"runtime API: {len(sent)} "
+                                            f"command(s) on {admin.path}, no reload")
+                    if sent is not None:
+                        return ReloadResult(ReloadKind.IN_STEP, "servers already as in the "
+                                            "file; nothing to reload")
+                    why = "servers added or removed where the balance algorithm needs a reload"
+        elif runtime:
+            why = "no previous file or admin socket"
         try:
-            master_pid = show_proc(master, retry_for=0.5).pid
-        except SocketUnavailable:
-            master_pid = None
-        except ReloadNotConfirmed as exc:
-            raise HAProxyReloadFailed(str(exc)) from None
-    check_binds_free(old, new, master_pid)
-    if new.state_file:
-        state_file = Path(new.state_file)
+            result = self._reload(old, new, admin, why)
+        except ReloadFailed as exc:
+            if exc.untouched and why.startswith("runtime API failed"):
+                raise ReloadFailed(str(exc)) from None  # some runtime commands went through
+            raise
+        self.parked.clear()  # a reload drops every server the file does not name
+        return result
+
+    def _reload(self, old: HAProxyConfig | None, new: HAProxyConfig,
+                admin: AdminSocket | None, why: str) -> ReloadResult:
+        resource = self.resource
+        master = self.settings.master_socket
+        master_pid = None
+        if master is not None:
+            try:
+                master_pid = show_proc(master, retry_for=0.5).pid
+            except SocketUnavailable:
+                master_pid = None
+            except ReloadNotConfirmed as exc:
+                raise ReloadFailed(str(exc)) from None
+        check_binds_free(old, new, master_pid)
+        if new.state_file:
+            state_file = Path(new.state_file)
+            try:
+                if admin is None:
+                    raise RuntimeApplyFailed("no admin socket")
+                kept = save_server_state(admin, state_file, old, new, self.parked)
+                log.debug("resource %s: saved state of %d server(s) to %s", resource.name,
+                          kept, state_file)
+            except (OSError, RuntimeApplyFailed) as exc:
+                # A stale state file would override addresses from the new config: remove it.
+                log.debug("resource %s: no server state saved (%s)", resource.name, exc)
+                drop_server_state(state_file)
+        if master is None:
+            return self.fallback.reload(None, None)
+        if master_pid is None:
+            log.warning("resource %s: no HAProxy master answers on %s; file updated, HAProxy "
+                        "will read it when it starts", resource.name, master)
+            return ReloadResult(ReloadKind.NO_TARGET, f"no HAProxy master on {master}")
+        trigger, how = self._trigger()
         try:
-            if admin is None:
-                raise RuntimeApplyFailed("no admin socket")
-            kept = save_server_state(admin, state_file, new)
-            log.debug("resource %s: saved state of %d server(s) to %s", resource.name, kept,
-                      state_file)
-        except (OSError, RuntimeApplyFailed) as exc:
-            # A stale state file would override addresses from the new config: remove it.
-            log.debug("resource %s: no server state saved (%s)", resource.name, exc)
-            drop_server_state(state_file)
-    if master is None:
-        return fallback()
-    if master_pid is None:
-        log.warning("resource %s: no HAProxy master answers on %s; file updated, HAProxy will "
-                    "read it when it starts", resource.name, master)
-        return f"no HAProxy master on {master}"
-    trigger, how = _signal_trigger(resource)
-    try:
-        status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
-    except (ReloadNotConfirmed, SocketUnavailable) as exc:
-        raise HAProxyReloadFailed(str(exc)) from None
-    return (f"reloaded HAProxy ({why}) by {how}, confirmed in {seconds * 1000:.0f} ms "
-            f"(reload #{status.reloads}, failed {status.failed})")
+            status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
+        except (ReloadNotConfirmed, SocketUnavailable) as exc:
+            raise ReloadFailed(str(exc)) from None
+        return ReloadResult(ReloadKind.CONFIRMED,
+                            f"reloaded HAProxy ({why}) by {how}, confirmed in "
+                            f"{seconds * 1000:.0f} ms (reload #{status.reloads}, failed "
+                            f"{status.failed})")
+
+    def _trigger(self) -> tuple[Callable[[], None] | None, str]:
+        """How to reload: `reload_signal` to the master if set and found, else the CLI."""
+        resource = self.resource
+        if resource.reload_signal is None:
+            return None, "`reload` on the master CLI"
+        pid = find_process(resource.pidfile, resource.process)
+        if pid is None:
+            return None, "`reload` on the master CLI (no process for the signal)"
+        sig: signal.Signals = resource.reload_signal
+
+        def send() -> None:
+            os.kill(pid, sig)
+
+        return send, f"{sig.name} to pid {pid}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,12 +95,23 @@ def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) 
                      "weight", str(server.weight), *server.options])
 
 
-def plan_reconcile(new: HAProxyConfig,
-                   live: dict[str, dict[str, LiveServer]]) -> tuple[list[str], list[str]] | None:
+def managed(old: HAProxyConfig, parked: Iterable[str] = ()) -> set[str]:
+    """"backend/server" of every server confsync may remove: the `server` lines of the file
+    HAProxy runs, and servers it removed earlier that are still parked in maintenance.
+
+    Never a `server-template` slot, a server of another file or one added at runtime by
+    someone else: those are not ours to take out.
+    """
+    return {f"{b.name}/{name}" for b in old.backends.values() for name in b.servers} | set(parked)
+
+
+def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
+                   removable: set[str]) -> tuple[list[str], list[str]] | None:
     """Commands that bring the running servers to what `new` says, or None if only a reload can.
 
     Returns (commands, removals): the commands add and update servers; `removals` are servers to
-    take out (maintenance, then `del server`), done last so a pool never empties on the way.
+    take out (maintenance, then `del server`), done last so a pool never empties on the way;
+    only servers in `removable` (see `managed`) are ever taken out.
     Reconciling against the live state rather than the previous file also heals drift (a
     runtime edit by someone else, a pass interrupted after the file was written).
     """
@@ -131,27 +143,31 @@ def plan_reconcile(new: HAProxyConfig,
             if not server.disabled and (now.maint or now.drain):
                 commands.append(f"set server {ref} state ready")
         for server_name in running:
-            if server_name not in backend.servers:
+            if server_name not in backend.servers and f"{name}/{server_name}" in removable:
                 if not dynamic:
                     return None
                 removals.append(f"{name}/{server_name}")
     return commands, removals
 
 
-def reconcile(admin: AdminSocket, new: HAProxyConfig) -> list[str] | None:
+def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
+              parked: set[str]) -> list[str] | None:
     """Apply `plan_reconcile`; return the commands sent, or None when a reload is needed.
 
-    A removed server goes to maintenance at once (no new traffic) and is deleted when HAProxy
-    allows it, which it does not while the server has connections, idle ones of the reuse pool
-    included: then it stays in maintenance, out of the file, and a later pass deletes it (or
-    brings it back if the same instance returns). A reload drops it in any case.
+    `old` is the file HAProxy runs. A removed server goes to maintenance at once (no new
+    traffic) and is deleted when HAProxy allows it, which it does not while the server has
+    connections, idle ones of the reuse pool included: then it stays in maintenance, out of the
+    file, recorded in `parked`, and a later pass deletes it (or brings it back if the same
+    instance returns). A reload drops it in any case.
     Raises RuntimeApplyFailed when a command fails.
     """
     live = live_servers(admin)
-    plan = plan_reconcile(new, live)
+    plan = plan_reconcile(new, live, managed(old, parked))
     if plan is None:
         return None
     commands, removals = plan
+    parked.difference_update(f"{name}/{server}" for name, backend in new.backends.items()
+                             for server in backend.servers)
     sent: list[str] = []
     for command in commands:
         admin.command(command)
@@ -164,20 +180,26 @@ def reconcile(admin: AdminSocket, new: HAProxyConfig) -> list[str] | None:
         try:
             admin.command(f"del server {ref}")
             sent.append(f"del server {ref}")
+            parked.discard(ref)
         except RuntimeApplyFailed as exc:
             if "connection" not in str(exc).lower():
                 raise
+            parked.add(ref)
             log.debug("%s stays in maintenance until its connections close", ref)
     return sent
 
 
-def save_server_state(admin: AdminSocket, state_file: Path, new: HAProxyConfig) -> int:
+def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig | None,
+                      new: HAProxyConfig, parked: Iterable[str] = ()) -> int:
     """Write `show servers state` to `state_file` for the reload into `new`; return lines kept.
 
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
-    config (measured), so a line is kept only where the new config agrees on address, port,
-    weight and maintenance: what it carries across the reload is the health-check state.
+    config (measured), so for a server of ours (a `server` line) a line is kept only where the
+    new config agrees on address, port, weight and maintenance: what it carries across the
+    reload is the health-check state. A server that is no `server` line of either file (a
+    `server-template` slot filled at runtime) keeps its whole state: it is not ours to reset.
     """
+    ours = managed(old, parked) if old is not None else set(parked)
     text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.5)
     lines = text.splitlines()
     if not lines or not lines[0].strip().isdigit():
@@ -194,6 +216,9 @@ def save_server_state(admin: AdminSocket, state_file: Path, new: HAProxyConfig) 
         backend = new.backends.get(fields[_BE_NAME])
         server = backend.servers.get(fields[_SRV_NAME]) if backend else None
         if server is None:
+            if backend is not None and f"{backend.name}/{fields[_SRV_NAME]}" not in ours:
+                kept.append(line)  # not ours (a server-template slot): its state stays
+                count += 1
             continue
         maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
         if (fields[_SRV_ADDR], fields[_PORT], fields[_UWEIGHT], maint) != (

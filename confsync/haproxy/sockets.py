@@ -11,6 +11,8 @@ import socket
 import time
 from pathlib import Path
 
+from confsync.backoff import Backoff
+
 
 class SocketUnavailable(OSError):
     """Nothing answered on the socket within the retry window (HAProxy not running?)."""
@@ -26,7 +28,7 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
     if "\n" in command or "\r" in command:
         raise ValueError(f"refusing a multi-line socket command: {command!r}")
     deadline = time.monotonic() + retry_for
-    delay = 0.005
+    backoff = Backoff(base=0.005, cap=0.05, jitter=False)
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -36,8 +38,7 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
             sock.close()
             if time.monotonic() >= deadline:
                 raise SocketUnavailable(exc.errno, f"{path}: {exc.strerror}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            time.sleep(backoff.next())
             continue
         except BaseException:
             sock.close()
@@ -52,6 +53,6 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
             except (ConnectionResetError, BrokenPipeError):
                 if not idempotent or time.monotonic() >= deadline:
                     raise
-                time.sleep(delay)
+                time.sleep(backoff.next())
                 continue
             return b"".join(chunks).decode("utf-8", "replace")

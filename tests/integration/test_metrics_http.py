@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from confsync.metrics import Metrics, MetricsServer, start_metrics
 from confsync.resources import Resource
 from confsync.sync import UPDATED, Outcome
+from confsync.targets import ReloadKind, ReloadResult
 
 
 class Clock:
@@ -51,7 +52,8 @@ def test_scrape_health_ready(served: tuple[Metrics, MetricsServer, Clock, str]) 
     assert status == 503 and "first render not finished" in json.loads(body)["reasons"]
 
     metrics.watch_connected(1)
-    metrics.batch_applied(9, ["/a/x"], [Outcome(web, UPDATED, seconds=0.2, reload="ran true")])
+    metrics.batch_applied(9, ["/a/x"], [Outcome(web, UPDATED, seconds=0.2,
+                                                    reload=ReloadResult(ReloadKind.COMMAND))])
     metrics.ready(9)
     metrics.heartbeat()
 

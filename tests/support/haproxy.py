@@ -78,6 +78,7 @@ class HAProxyStack:
     check: bool = True  # run `haproxy -c` on each staged file (the shipped resource does)
     check_server_changes: bool = True  # false: proven server-only changes skip the check
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
+    template: Path = TEMPLATE  # the shipped one; tests of other template shapes pass their own
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -96,18 +97,19 @@ class HAProxyStack:
         self.pidfile = self.base / "haproxy.pid"
         (self.confdir / "conf.d" / "haproxy.toml").write_text(
             "[template]\n"
-            f'src = "{TEMPLATE}"\n'
+            f'src = "{self.template}"\n'
             f'dest = "{self.cfg}"\n'
             'keys = ["/services", "/haproxy"]\n'
             'mode = "0644"\n'
             + (f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
                if self.check else "")
-            + ("check_server_changes = false\n" if not self.check_server_changes else "")
-            + f'reload_strategy = "{self.strategy}"\n'
-            f'master_socket = "{self.master}"\n'
             + (f'reload_signal = "SIGUSR2"\npidfile = "{self.pidfile}"\n' if self.signal else "")
             + 'reload_timeout = "10s"\n'
-            "min_keys = 1\n")
+            "min_keys = 1\n"
+            "[haproxy]\n"
+            + ("check_server_changes = false\n" if not self.check_server_changes else "")
+            + f'reload_strategy = "{self.strategy}"\n'
+            f'master_socket = "{self.master}"\n')
         host, _, port = self.etcd_endpoint.split("://", 1)[-1].rpartition(":")
         self.client = pyetcd.client(host=host, port=int(port), timeout=5)
 

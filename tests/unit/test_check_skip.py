@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
 from confsync.sync import UPDATED, Syncer
+from confsync.targets import PluginConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates/haproxy/templates/haproxy.cfg.tmpl"
@@ -22,8 +24,10 @@ def server(weight: int) -> bytes:
 def setup(tmp_path: Path, opt_out: bool) -> tuple[Syncer, Resource, Path]:
     count = tmp_path / "checks"
     res = Resource(name="h", source=tmp_path / "h.toml", src=TEMPLATE, dest=tmp_path / "h.cfg",
-                   keys=("/services", "/haproxy"), prefix="", reload_strategy="runtime",
-                   check_server_changes=not opt_out,
+                   keys=("/services", "/haproxy"), prefix="",
+                   plugin=PluginConfig("haproxy", HAProxySettings(
+                       strategy=Strategy.RUNTIME, runtime_socket=tmp_path / "no-admin.sock",
+                       check_server_changes=not opt_out)), reload_cmd=("true",),
                    check_cmd=("sh", "-c", f"echo c >> {count}"))
     mirror = Mirror()
     mirror.load(Snapshot(1, {"/services/web/instances/a": server(10),
@@ -61,3 +65,18 @@ def test_default_checks_every_change(tmp_path: Path) -> None:
     change(syncer, 2, "/services/web/instances/a", server(20))
     syncer.apply([res])
     assert checks(count) == 2
+
+
+def test_proofs_are_anchored_on_the_last_checked_file(tmp_path: Path) -> None:
+    """A file installed by a proof is never the base of the next proof."""
+    syncer, res, count = setup(tmp_path, opt_out=True)
+    syncer.apply([res])
+    anchor = res.dest.read_bytes()
+    change(syncer, 2, "/services/web/instances/a", server(20))
+    syncer.apply([res])
+    assert checks(count) == 1 and res.dest.read_bytes() != anchor  # skipped by a proof
+    assert syncer.checked[res.dest] == anchor  # ... and not recorded as checked
+    change(syncer, 3, "/services/web/instances/b", server(5))
+    syncer.apply([res])
+    assert checks(count) == 1  # proven against the anchor again
+    assert syncer.checked[res.dest] == anchor

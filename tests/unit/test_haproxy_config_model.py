@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from confsync.haproxy.config_model import Server, parse, runtime_changes
-from confsync.haproxy.control import HAProxyReloadFailed, _bind_endpoints, check_binds_free
+from confsync.haproxy.control import _bind_endpoints, check_binds_free
+from confsync.targets import ReloadFailed
 
 BASE = """\
 global
@@ -95,7 +96,7 @@ def test_bind_on_a_port_held_elsewhere_is_refused() -> None:
         held.listen()
         port = held.getsockname()[1]
         model = parse(cfg().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
-        with pytest.raises(HAProxyReloadFailed, match=f"port {port} is held by"):
+        with pytest.raises(ReloadFailed, match=f"port {port} is held by"):
             check_binds_free(None, model, master_pid=None)
     check_binds_free(None, model, master_pid=None)  # free again
 
@@ -113,6 +114,26 @@ def test_server_only_change_allows_skipping_the_check_only_when_safe() -> None:
     assert not server_only_change(old, old.replace(b"8080", b"8081"))
 
 
+@pytest.mark.parametrize("reference", [
+    "use-server a if { path_beg /a }",
+    "http-request set-var(txn.n) srv_conn(be_web/a)",
+], ids=["use-server", "sample-fetch"])
+def test_deleting_a_server_still_referenced_is_never_proven(reference: str) -> None:
+    from confsync.haproxy.control import server_only_change
+
+    both = cfg(reference, "server a 10.0.0.1:80 weight 10 check",
+               "server b 10.0.0.2:80 weight 10 check").encode()
+    assert not server_only_change(both, cfg(reference, "server b 10.0.0.2:80 weight 10 check")
+                                  .encode())
+    tracked = cfg("server a 10.0.0.1:80 weight 10 check",
+                  "server b 10.0.0.2:80 weight 10 track be_web/a").encode()
+    assert not server_only_change(tracked, cfg("server b 10.0.0.2:80 weight 10 track be_web/a")
+                                  .encode())
+    # A name that only shares a prefix with a remaining token is no reference.
+    ab = cfg("server a 10.0.0.1:80 weight 10 check", "server ab 10.0.0.2:80 weight 10 check")
+    assert server_only_change(ab.encode(), cfg("server ab 10.0.0.2:80 weight 10 check").encode())
+
+
 def test_reconcile_plans_against_the_live_servers() -> None:
     from confsync.haproxy.runtime import LiveServer, plan_reconcile
 
@@ -123,8 +144,9 @@ def test_reconcile_plans_against_the_live_servers() -> None:
         "a": LiveServer("10.0.0.9", 80, 10, maint=False, drain=True),  # moved, drained by hand
         "b": LiveServer("10.0.0.2", 80, 10, maint=False, drain=False),
         "z": LiveServer("10.0.0.26", 80, 10, maint=True, drain=False),  # left over
+        "slot1": LiveServer("10.0.0.30", 80, 1, maint=False, drain=False),  # server-template
     }}
-    plan = plan_reconcile(new, live)
+    plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
     assert plan is not None
     commands, removals = plan
     assert commands == [
@@ -135,7 +157,16 @@ def test_reconcile_plans_against_the_live_servers() -> None:
         "enable health be_web/c",
         "set server be_web/c state ready",
     ]
-    assert removals == ["be_web/z"]
-    assert plan_reconcile(new, {}) is None  # a backend HAProxy does not have: reload
+    assert removals == ["be_web/z"]  # never slot1: not a server line confsync wrote
+    assert plan_reconcile(new, {}, set()) is None  # a backend HAProxy does not have: reload
     static = parse(cfg("server a 10.0.0.1:80 weight 10 check", balance="static-rr"))
-    assert plan_reconcile(static, {"be_web": {}}) is None  # no add server with static-rr
+    assert plan_reconcile(static, {"be_web": {}}, set()) is None  # no add server with static-rr
+
+
+def test_only_server_lines_and_parked_servers_are_managed() -> None:
+    from confsync.haproxy.runtime import managed
+
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check",
+                    "server-template slot 1-3 10.0.0.9:80 disabled"))
+    assert managed(old) == {"be_web/a"}
+    assert managed(old, {"be_web/gone"}) == {"be_web/a", "be_web/gone"}

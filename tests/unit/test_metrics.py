@@ -11,6 +11,7 @@ from confsync.errors import ResourceError
 from confsync.metrics import Metrics, parse_address
 from confsync.resources import Resource
 from confsync.sync import FAILED, UNCHANGED, UPDATED, Outcome
+from confsync.targets import ReloadKind, ReloadResult
 
 
 def resource(name: str, **kw: object) -> Resource:
@@ -46,12 +47,14 @@ def v(m: Metrics, name: str, **labels: str) -> float | None:
 
 def test_outcomes_by_resource_outcome_and_step(m: Metrics) -> None:
     web = resource("web", check_cmd=("true",), reload_cmd=("true",))
-    api = resource("api", reload_strategy="runtime", reload_signal=signal.SIGUSR2, process="x")
+    api = resource("api", reload_signal=signal.SIGUSR2, process="x")
     plain = resource("plain")
     m.started([web, api, plain])
     m.batch_applied(7, ["/a/1", "/a/2", "/a/3"], [
-        Outcome(web, UPDATED, seconds=0.02, reload="ran `true` in 1 ms"),
-        Outcome(api, UPDATED, seconds=0.03, reload="sent SIGUSR2 to pid 5"),
+        Outcome(web, UPDATED, seconds=0.02,
+                reload=ReloadResult(ReloadKind.COMMAND, "ran `true` in 1 ms")),
+        Outcome(api, UPDATED, seconds=0.03,
+                reload=ReloadResult(ReloadKind.RUNTIME, "runtime API: 1 command(s)")),
         Outcome(plain, UNCHANGED, seconds=0.001),
     ])
     assert v(m, "confsync_applies_total", resource="web", outcome="updated") == 1
@@ -78,7 +81,7 @@ def test_outcomes_by_resource_outcome_and_step(m: Metrics) -> None:
     assert v(m, "confsync_guard_trips_total", resource="plain") == 1
     assert v(m, "confsync_renders_total", resource="plain", outcome="ok") == 1, \
         "a guard trip is not a render"
-    assert v(m, "confsync_runtime_updates_total", resource="api", outcome="failed") == 1
+    assert v(m, "confsync_reloads_total", resource="api", outcome="failed") == 1
     assert v(m, "confsync_resource_ok", resource="web") == 0
     # the timestamp of the last success stays where it was
     assert v(m, "confsync_resource_last_success_timestamp_seconds",
@@ -163,12 +166,10 @@ def test_parse_address_rejects(text: str) -> None:
 
 
 def test_check_and_reload_durations_when_outcome_carries_them(m: Metrics) -> None:
-    """Outcome has no per-step timings yet; once it does (check_seconds, reload_seconds),
-    the histograms fill without a change here."""
     web = resource("web", check_cmd=("true",), reload_cmd=("true",))
-    outcome = Outcome(web, UPDATED, seconds=0.3, reload="ran `true`")
-    outcome.check_seconds = 0.2  # type: ignore[attr-defined]
-    outcome.reload_seconds = 0.05  # type: ignore[attr-defined]
+    outcome = Outcome(web, UPDATED, seconds=0.3,
+                      reload=ReloadResult(ReloadKind.COMMAND, "ran `true`"),
+                      check_seconds=0.2, reload_seconds=0.05)
     m.batch_applied(3, ["/a/x"], [outcome])
     assert v(m, "confsync_check_duration_seconds_sum", resource="web") == pytest.approx(0.2)
     assert v(m, "confsync_reload_duration_seconds_sum", resource="web") == pytest.approx(0.05)

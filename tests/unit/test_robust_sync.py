@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from confsync.haproxy.settings import HAProxySettings
 from confsync.mirror import Mirror
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
 from confsync.sync import FAILED, UNCHANGED, UPDATED, Syncer
+from confsync.targets import PluginConfig
 
 
 def _setup(tmp_path: Path, data: dict[str, bytes], **kw: object) -> tuple[Syncer, Resource]:
@@ -29,7 +31,8 @@ def _setup(tmp_path: Path, data: dict[str, bytes], **kw: object) -> tuple[Syncer
 def test_an_oserror_from_the_haproxy_master_socket_is_a_reload_failure(tmp_path: Path) -> None:
     # connect() on this path raises a plain OSError ("AF_UNIX path too long").
     master = tmp_path / ("d" * 120) / "master.sock"
-    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"}, master_socket=master)
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"},
+                         plugin=PluginConfig("haproxy", HAProxySettings(master_socket=master)))
     res.dest.write_text("server 10.0.0.1:80\n")
     (outcome,) = syncer.apply([res])
     assert outcome.status == FAILED and outcome.error is not None

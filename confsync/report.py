@@ -1,0 +1,37 @@
+"""One log event per resource and apply, shared by `confsync once` and the watch loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from confsync.provenance import show_key
+from confsync.sync import Outcome, Status
+
+log = logging.getLogger("confsync")
+
+
+def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
+    """One log event per resource and apply, with the fields a collector wants."""
+    res = outcome.resource
+    fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
+                                 "revision": revision, "outcome": outcome.status.value,
+                                 "seconds": round(outcome.seconds, 4)}
+    if changed_keys:
+        fields["changed_keys"] = list(changed_keys[:20])
+        fields["changed_count"] = len(changed_keys)
+    if outcome.status is Status.UPDATED:
+        fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
+        if outcome.reload is not None:
+            fields["reload"] = outcome.reload.kind.value
+    for warning in outcome.warnings:
+        log.warning("resource %s: %s", res.name, warning,
+                    extra={**fields, "step": "render", "key": show_key(warning.key)})
+    if outcome.status is Status.FAILED and outcome.error is not None:
+        log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
+    elif outcome.status is Status.UPDATED:
+        done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
+        log.info("resource %s: wrote %s%s", res.name, res.dest, f" ({done})" if done else "",
+                 extra=fields)
+    else:
+        log.info("resource %s: %s is up to date", res.name, res.dest, extra=fields)

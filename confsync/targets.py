@@ -1,0 +1,120 @@
+"""The reload interface: what the sync step asks of whatever it reloads, and what it gets back.
+
+Two implementations: the plain command/signal reloader (confsync/reload.py) and plugins that
+own a table of the resource file (`[haproxy]`: confsync/haproxy/). The core (resources, sync)
+only knows this module; a plugin is found by its table name and imported when a resource uses
+it, so nothing in the pipeline imports a plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from confsync.resources import Resource
+
+
+class ReloadKind(Enum):
+    """What a reload step did."""
+
+    NONE = "none"  # the resource has no reload action
+    COMMAND = "command"  # reload_cmd ran
+    SIGNAL = "signal"  # reload_signal was sent
+    CONFIRMED = "confirmed"  # a reload the target confirmed (HAProxy's master CLI)
+    RUNTIME = "runtime"  # applied to the running target without a reload (HAProxy runtime API)
+    IN_STEP = "in-step"  # the target already runs what the file says: nothing sent
+    NO_TARGET = "no-target"  # nothing runs to reload; it reads the file when it starts
+
+    @property
+    def reloaded(self) -> bool:
+        """The target re-read its configuration."""
+        return self in (ReloadKind.COMMAND, ReloadKind.SIGNAL, ReloadKind.CONFIRMED)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    kind: ReloadKind
+    detail: str = ""  # for people: "ran `systemctl reload app` in 12 ms"
+
+    def __str__(self) -> str:
+        return self.detail or self.kind.value
+
+
+NO_RELOAD = ReloadResult(ReloadKind.NONE, "")
+
+
+class ReloadFailed(Exception):
+    """The reload failed. `untouched`: nothing was sent to the target (it still runs the
+    previous file), so restoring the file needs no second reload."""
+
+    def __init__(self, message: str, untouched: bool = False) -> None:
+        super().__init__(message)
+        self.untouched = untouched
+
+
+class ReloadTarget(Protocol):
+    """One thing a resource reloads. Resources whose targets have equal keys reload once."""
+
+    def key(self) -> Hashable:
+        """Resources whose reload is the same action share one reload per batch."""
+        ...
+
+    def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
+        """Make the installed file live. `previous` is what the target ran and `content` the
+        file just installed (None: unknown, several resources share the reload). Raises
+        ReloadFailed."""
+        ...
+
+    def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
+        """True when `content` is proven valid without `check_cmd`: `checked` passed the check
+        in this process and `previous` is the file installed after it. Default: never."""
+        return False
+
+
+# ---- plugins: a resource-file table of their own, and the target built from it
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A plugin's parsed table, carried on the Resource (settings must be hashable)."""
+
+    table: str
+    settings: Hashable
+
+
+class TargetPlugin(Protocol):
+    def parse(self, source: str, table: Mapping[str, Any], template: Mapping[str, Any],
+              where: str) -> Hashable:
+        """Validate the plugin's table (`where`: its name in errors, e.g. "haproxy").
+        `template` holds the parsed `[template]` fields (reload_cmd, reload_signal, ...).
+        Raise ConfigError naming file and key."""
+        ...
+
+    def target(self, resource: Resource) -> ReloadTarget:
+        ...
+
+
+# table name -> (module holding `PLUGIN`, keys once spelt in [template], still accepted)
+_PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "haproxy": ("confsync.haproxy.plugin",
+                ("master_socket", "reload_strategy", "check_server_changes", "runtime_socket")),
+}
+
+
+def plugin_tables() -> tuple[str, ...]:
+    return tuple(_PLUGINS)
+
+
+def legacy_keys() -> dict[str, str]:
+    """`[template]` key -> the plugin table it belongs to now."""
+    return {key: table for table, (_, keys) in _PLUGINS.items() for key in keys}
+
+
+def plugin(table: str) -> TargetPlugin:
+    module = importlib.import_module(_PLUGINS[table][0])
+    found: TargetPlugin = module.PLUGIN
+    return found

@@ -1,0 +1,219 @@
+"""Typed values from TOML files and `CONFSYNC_*` strings: one set of converters for the main
+config (settings.py), the resource files (resources.py) and plugin tables.
+
+Each converter takes the raw value and returns the typed one, or raises ValueError saying what
+it expected and what it found; `convert` turns that into a ConfigError naming file and key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confsync.durations import parse_duration
+from confsync.errors import ConfigError
+
+T = TypeVar("T")
+
+duration = parse_duration
+
+
+def positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, found {value!r}")
+    return seconds
+
+
+def convert(source: str, key: str, converter: Callable[[Any], T], value: Any) -> T:
+    """`converter(value)`, with a ValueError reported as a ConfigError for `source` and `key`."""
+    try:
+        return converter(value)
+    except ValueError as exc:
+        raise ConfigError(source, str(exc), key) from None
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, found {value!r}")
+    return value
+
+
+def nonempty(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, found {value!r}")
+    return value
+
+
+def path(value: Any) -> Path:
+    return Path(string(value)).expanduser()
+
+
+def nonempty_path(value: Any) -> Path:
+    return Path(nonempty(value)).expanduser()
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings, or one comma-separated string (the environment's form)."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ValueError(f"expected a list of strings (or comma-separated), found {value!r}")
+    return tuple(v for v in items if v)
+
+
+def paths(value: Any) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser() for p in string_list(value))
+
+
+# Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
+# subshells, background jobs, command substitution with backticks).
+SHELL_OPERATOR_CHARS = "();<>|&`"
+
+
+def shell_operator(command: str) -> str | None:
+    """The first unquoted shell operator in `command` (None: plain argv).
+
+    shlex's punctuation mode splits runs of these characters out of unquoted text only, so
+    `sh -c 'a && b'` passes and `a && b`, `x;y`, `>f`, `$(id)` do not. A standalone argument
+    that is only quoted operator characters (`';'`) is refused too: write the command as a
+    list for such a literal.
+    """
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=SHELL_OPERATOR_CHARS)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    for token in lexer:
+        if token and all(c in SHELL_OPERATOR_CHARS for c in token):
+            return token
+    return None
+
+
+def command(value: Any, allow_empty: bool = False, refuse_shell: bool = True) -> tuple[str, ...]:
+    """A command line: a string is split like a shell would (no shell ever runs), or an argv
+    list. "" or [] only with `allow_empty` (meaning "none"). With
+    `refuse_shell`, a string holding shell syntax (`&&`, `;`, `>` ...) is an error: it would
+    reach the program as literal arguments."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = tuple(value)
+    elif isinstance(value, str):
+        try:
+            argv = tuple(shlex.split(value))
+            operator = shell_operator(value) if refuse_shell else None
+        except ValueError as exc:
+            raise ValueError(f"cannot split command {value!r}: {exc}") from None
+        if operator is not None:
+            raise ValueError(f"{operator!r} is shell syntax, but commands run without a shell; "
+                             f"write sh -c '...' to use one (or give the command as a list for "
+                             f"a literal {operator!r} argument): {value!r}")
+    else:
+        raise ValueError(f"expected a command string or a list of strings, found {value!r}")
+    if not argv and (value or not allow_empty):  # "" / [] is "none"; "  " is a mistake
+        raise ValueError("expected a command, found an empty one")
+    return argv
+
+
+def optional_command_strict(value: Any) -> tuple[str, ...]:
+    """check_cmd / reload_cmd: "" means none; shell syntax is refused."""
+    return command(value, allow_empty=True)
+
+
+def optional_command(value: Any) -> tuple[str, ...]:
+    """The exec-mode command ("" turns exec mode off)."""
+    return command(value, allow_empty=True, refuse_shell=False)
+
+
+def signal_name(value: Any) -> signal.Signals:
+    """"SIGHUP", "hup", "HUP" -> signal.SIGHUP."""
+    name = string(value).strip().upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    if name not in signal.Signals.__members__:
+        raise ValueError(f"expected a signal name such as \"SIGHUP\", found {value!r}")
+    return signal.Signals[name]
+
+
+def signals(value: Any) -> tuple[signal.Signals, ...]:
+    return tuple(signal_name(v) for v in string_list(value))
+
+
+def positive_int(value: Any) -> int:
+    """At least 1; a string of digits is accepted (the environment's form)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
+    return number
+
+
+def non_negative_int(value: Any) -> int:
+    """0 or more, a TOML integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, found {value!r}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    """A TOML true/false."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, found {value!r}")
+    return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def flag(value: Any) -> bool:
+    """true/false, or the words an environment variable says it with ("yes", "off", "1" ...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(f"expected true or false, found {value!r}")
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    def convert_choice(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, found {value!r}")
+        return str(value)
+
+    return convert_choice
+
+
+def octal_mode(value: Any) -> int:
+    """File mode: "0644", or 644 (a TOML integer is read as octal digits too, because nobody
+    means decimal 644 = 0o1204)."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    if text is None or not text.isdigit() or any(c in "89" for c in text) or int(text, 8) > 0o7777:
+        raise ValueError(f"expected an octal mode such as \"0644\" (at most 07777), "
+                         f"found {value!r}")
+    return int(text, 8)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9500', '[::1]:9500', 'localhost:9500', ':9500' (any address) -> (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9500, found {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    elif ":" in host:
+        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:9500, found {text!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def listen_address(value: Any) -> str:
+    """A listen address (host:port), or "" for off."""
+    text = string(value).strip()
+    if text:
+        parse_host_port(text)
+    return text
