@@ -69,7 +69,7 @@ class Registrar:
         self._revision: dict[str, int] = {}  # mod revision of our last write per key
         self._conflicts: dict[str, str] = {}
         self._client: Any = None
-        self._lease: Any = None
+        self._lease: int | None = None  # its id
         self._next_keepalive = 0.0
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
@@ -159,21 +159,27 @@ class Registrar:
         if self._client is None:
             self._client = self._new_client()
         if self._lease is None:
-            if not self._has_work():
-                return  # nothing to publish: no lease needed yet
-            self._lease = self._client.lease(self.ttl)
-            granted = int(self._lease.ttl)
+            if not self._has_work():  # nothing to publish: no lease needed yet
+                if not self.connected:
+                    self._client.get("/")  # is etcd there? (for /ready and the status line)
+                    self._connected()
+                return
+            lease = self._client.lease(self.ttl)
+            self._lease, granted = int(lease.id), int(lease.ttl)
             self._next_keepalive = time.monotonic() + max(granted / 3, 0.2)
             with self._lock:
                 self._written.clear()  # keys on an old lease are gone or about to go
-            self._report(RegistrarEvent("lease_granted", detail=f"lease {self._lease.id:x}, "
+            self._report(RegistrarEvent("lease_granted", detail=f"lease {self._lease:x}, "
                                         f"ttl {granted}s"))
+        elif now >= self._next_keepalive:
+            self._keepalive()
+        self._connected()
+        self._converge()
+
+    def _connected(self) -> None:
         if not self.connected:
             self.connected = True
             self._report(RegistrarEvent("connected"))
-        if now >= self._next_keepalive:
-            self._keepalive()
-        self._converge()
 
     def _has_work(self) -> bool:
         with self._lock:
@@ -181,7 +187,7 @@ class Registrar:
 
     def _keepalive(self) -> None:
         try:
-            responses = self._lease.refresh()
+            responses = list(self._client.refresh_lease(self._lease))
         except Exception:
             self.keepalive_failures += 1
             self._report(RegistrarEvent("keepalive_failed"))
@@ -191,7 +197,7 @@ class Registrar:
             self.keepalive_failures += 1
             self._report(RegistrarEvent("keepalive_failed", detail="lease expired"))
             log.warning("register: lease %x expired or was revoked; granting a new one and "
-                        "registering again", self._lease.id)
+                        "registering again", self._lease)
             self._lease = None
             with self._lock:
                 self._written.clear()
@@ -283,11 +289,11 @@ class Registrar:
         try:
             if self._client is None:
                 self._client = self._new_client()
-            self._client.revoke_lease(self._lease.id)
-            log.info("register: lease %x revoked", self._lease.id)
+            self._client.revoke_lease(self._lease)
+            log.info("register: lease %x revoked", self._lease)
         except Exception as exc:
             log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
-                        self._lease.id, exc, self.ttl)
+                        self._lease, exc, self.ttl)
         finally:
             if self._client is not None:
                 try:
