@@ -79,7 +79,7 @@ def test_load_refuses_two_files_for_one_key(tmp_path: Path) -> None:
     directory.mkdir()
     for name in ("a", "b"):
         (directory / f"{name}.toml").write_text('service = "web"\nport = 80\nid = "x"\n')
-    with pytest.raises(ConfigError, match="registered by .*a.toml too"):
+    with pytest.raises(ConfigError, match=r"b.toml: key: .* registered by .*a.toml too"):
         load_registrations(tmp_path, "", "h", lambda: "127.0.0.1")
 
 
