@@ -21,6 +21,7 @@ keep-alive), loopback only, bounded by `--max-seconds`. Scenarios, one after the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -37,8 +38,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-import contextlib
 
 from bench.haproxy_churn import _load_process, _pct  # noqa: E402
 from confsync.haproxy.runtime import AdminSocket, live_servers  # noqa: E402
