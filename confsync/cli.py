@@ -1,5 +1,6 @@
-"""Command line: `confsync once | check | watch`. Exit codes: 0 ok, 1 a resource failed,
-2 bad configuration or usage, 3 the store is unreachable, 4 (`check`) changes are pending."""
+"""Command line: `confsync once | check | watch | register | convert`. Exit codes: 0 ok, 1 a
+resource failed, 2 bad configuration or usage, 3 the store is unreachable, 4 (`check`) changes
+are pending."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "it gets the reload signal on change (see docs/operations.md)")
     watch.add_argument("--metrics-address", metavar="HOST:PORT",
                        help="serve /metrics, /health and /ready here (e.g. 127.0.0.1:9500)")
+    register = sub.add_parser("register", parents=[common],
+                              help="register this node's instances (register.d/*.toml) in etcd "
+                                   "on a lease, health-checked, drained on SIGTERM")
+    register.add_argument("--exec", metavar="COMMAND", dest="exec_command",
+                          help="run the service as a child: registered once its checks pass, "
+                               "drained before it is stopped, deregistered when it dies; "
+                               "confsync exits with its status")
+    register.add_argument("--metrics-address", metavar="HOST:PORT",
+                          help="serve /metrics, /health and /ready here")
+    register.add_argument("--hostname", metavar="NAME",
+                          help="the host name recorded as the keys' owner and used in default "
+                               "ids (default: CONFSYNC_REGISTER_HOSTNAME, else the system's)")
     from confsync.convert.cli import add_parser as add_convert_parser
 
     add_convert_parser(sub)
@@ -112,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     setup_logging(settings.log_level, settings.log_format)
     try:
+        if args.command == "register":
+            from confsync.register.run import run_register
+
+            return run_register(settings, args.hostname)
         if args.command == "watch":
             from confsync.daemon import run_daemon
             from confsync.ops import Ops

@@ -19,7 +19,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -376,10 +376,20 @@ class _ThreadingWSGIServer6(_ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
+class HealthSource(Protocol):
+    """What MetricsServer serves: a registry and the two probes (Metrics, RegisterMetrics)."""
+
+    registry: CollectorRegistry
+
+    def health(self, max_age: float = ...) -> tuple[bool, dict[str, Any]]: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+
 class MetricsServer:
     """`/metrics`, `/health`, `/ready` on one address, served from a daemon thread."""
 
-    def __init__(self, metrics: Metrics, address: str,
+    def __init__(self, metrics: HealthSource, address: str,
                  health_max_age: float = HEALTH_MAX_AGE) -> None:
         self.metrics = metrics
         host, port = parse_address(address)

@@ -55,6 +55,7 @@ class ExecPolicy:
     crash_limit: int = 5  # this many deaths ...
     crash_window: float = 60.0  # ... within this many seconds: give up
     stable_after: float = 10.0  # a child that lived this long resets the backoff
+    restart: bool = True  # False: a dead child stays dead (`exited`); `confsync register` exits
 
 
 def policy_from_settings(settings: ExecSettings) -> ExecPolicy:
@@ -95,6 +96,7 @@ class Supervisor(Observer):
         self._stopping = False
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
+        self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
         # Called once when the crash-loop limit is hit (or the command cannot start): the
         # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
@@ -194,6 +196,10 @@ class Supervisor(Observer):
             self._backoff.reset()  # a child that ran a while starts a fresh backoff
         reason = why or (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
                          else f"exited {returncode}")
+        if not self.policy.restart:
+            self.exited = True
+            log.warning("exec: child %s after %.1fs", reason, uptime)
+            return
         if len(self._deaths) >= self.policy.crash_limit:
             self._give_up(f"child {reason}; {len(self._deaths)} deaths within "
                           f"{self.policy.crash_window:g}s: crash loop, giving up")

@@ -43,6 +43,21 @@ def test_contract_directives(name: str) -> None:
         assert one["ExecStart"].endswith("--config /etc/confsync/%i/confsync.toml")
 
 
+def test_register_unit_contract() -> None:
+    d = directives(UNITS / "confsync-register.service")
+    one = {k: v[-1] for k, v in d.items()}
+    assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
+    assert one["ExecStart"] == "/usr/bin/confsync register --config /etc/confsync/confsync.toml"
+    assert one["RestartPreventExitStatus"] == "2"
+    assert int(one["TimeoutStopSec"].rstrip("s")) >= 5 + 10, "above drain + exec stop_timeout"
+    assert int(one["WatchdogSec"].rstrip("s")) >= 10
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups"):
+        assert one[key] == "yes", key
+    assert one["ProtectSystem"] == "strict" and "ReadWritePaths" not in d
+    assert one["CapabilityBoundingSet"] == "", "a registrar needs no capabilities"
+
+
 def verify(unit_dir: Path, unit: str) -> subprocess.CompletedProcess[str]:
     assert ANALYZE is not None
     return subprocess.run([ANALYZE, "verify", "--man=no", str(unit_dir / unit)],
@@ -66,7 +81,8 @@ def unit_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("unit", ["confsync.service", "confsync@haproxy.service"])
+@pytest.mark.parametrize("unit", ["confsync.service", "confsync@haproxy.service",
+                                  "confsync-register.service"])
 def test_systemd_analyze_verify(unit_dir: Path, unit: str) -> None:
     done = verify(unit_dir, unit)
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
@@ -80,7 +96,8 @@ def test_verify_would_catch_a_typo(unit_dir: Path) -> None:
     assert "NoNewPrivilegs" in done.stderr and "nope" in done.stderr
 
 
-@pytest.mark.parametrize("unit", ["confsync.service", "confsync@haproxy.service"])
+@pytest.mark.parametrize("unit", ["confsync.service", "confsync@haproxy.service",
+                                  "confsync-register.service"])
 def test_hardening_score_stays_ok(unit_dir: Path, unit: str) -> None:
     """`systemd-analyze security` rates exposure 0-10; ours is 2.5 ("OK"). Fail above 3.0
     so a lost directive shows up here, not in an audit."""

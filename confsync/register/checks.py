@@ -1,0 +1,153 @@
+"""Health checks of the local service: http, tcp, exec probes with rise/fall hysteresis.
+
+Each check runs on a thread of its own at its interval (a probe blocks for up to its timeout,
+and one slow check must not delay another or the registrar's loop) and reports every result to
+a callback; the loop owns all state. Probes never go through a shell or a proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from confsync.register.config import CheckSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    registration: str
+    index: int  # position of the check in its file
+    ok: bool
+    seconds: float
+    detail: str  # why it failed, or what it saw
+
+
+class Hysteresis:
+    """Up after `rise` passes in a row, down after `fall` failures in a row; starts down, so an
+    instance is published only once it has proved itself."""
+
+    def __init__(self, rise: int, fall: int) -> None:
+        self.rise = rise
+        self.fall = fall
+        self.up = False
+        self._streak = 0  # consecutive results that disagree with `up`
+
+    def observe(self, ok: bool) -> bool:
+        """Record one result; True when `up` changed."""
+        if ok == self.up:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak >= (self.rise if ok else self.fall):
+            self.up = ok
+            self._streak = 0
+            return True
+        return False
+
+
+def probe_http(spec: CheckSpec) -> tuple[bool, str]:
+    parts = urlsplit(spec.url)
+    host = parts.hostname or "127.0.0.1"
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=spec.timeout,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", path, headers={"User-Agent": "confsync-register",
+                                           "Connection": "close"})
+        response = conn.getresponse()
+        response.read(65536)
+        status = response.status
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"GET {spec.url}: {type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    ok = status in spec.expect_status if spec.expect_status else 200 <= status < 400
+    return ok, f"GET {spec.url}: {status}"
+
+
+def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:
+    try:
+        with socket.create_connection((spec.host, spec.port), timeout=spec.timeout):
+            return True, f"connect {spec.target}: ok"
+    except OSError as exc:
+        return False, f"connect {spec.target}: {exc.strerror or exc}"
+
+
+def probe_exec(spec: CheckSpec) -> tuple[bool, str]:
+    try:
+        proc = subprocess.Popen(list(spec.command), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                process_group=0)
+    except OSError as exc:
+        return False, f"cannot run `{spec.target}`: {exc.strerror}"
+    try:
+        _, err = proc.communicate(timeout=spec.timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the probe and anything it started
+        proc.communicate()
+        return False, f"`{spec.target}` timed out after {spec.timeout:g}s"
+    if proc.returncode == 0:
+        return True, f"`{spec.target}` exited 0"
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] if err else []
+    return False, f"`{spec.target}` exited {proc.returncode}" + (f": {tail[0][:200]}"
+                                                                 if tail else "")
+
+
+PROBES: dict[str, Callable[[CheckSpec], tuple[bool, str]]] = {
+    "http": probe_http, "tcp": probe_tcp, "exec": probe_exec}
+
+
+class CheckRunner:
+    """Runs one check every `interval` on its own thread until `stop()`."""
+
+    def __init__(self, registration: str, index: int, spec: CheckSpec,
+                 report: Callable[[Result], None]) -> None:
+        self.registration = registration
+        self.index = index
+        self.spec = spec
+        self._report = report
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"check-{registration}-{index}")
+
+    def start(self) -> CheckRunner:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        probe = PROBES[self.spec.type]
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                ok, detail = probe(self.spec)
+            except Exception as exc:  # a probe bug must not kill the check thread
+                ok, detail = False, f"probe failed: {type(exc).__name__}: {exc}"
+            self._report(Result(self.registration, self.index, ok,
+                                time.monotonic() - started, detail))
+            next_at = max(next_at + self.spec.interval, time.monotonic())
+            self._stop.wait(next_at - time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)

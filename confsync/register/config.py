@@ -1,0 +1,301 @@
+"""Registration files: `<confdir>/register.d/<name>.toml`, one instance each.
+
+    service = "web"
+    port = 8080
+    # id = "<hostname>-<port>"   address = "<local address used to reach etcd>"
+    weight = 100
+    ttl = "10s"                 # the lease; a dead registrar's key is gone after this
+    drain = "5s"                # SIGTERM: state "drain" this long, then delete
+    on_unhealthy = "delete"     # or "maint"
+    maintenance_file = "/var/lib/web/maintenance"
+    [extra]                     # more JSON fields in the value
+    zone = "eu-1"
+    [[check]]
+    type = "http"               # http | tcp | exec
+    path = "/healthz"
+
+Unknown keys are errors, like conf.d. The value is validated with the template's own schema
+(confsync.instances) here, at load time: a bad file is exit 2, never a published value.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confsync.durations import parse_duration
+from confsync.errors import ConfigError
+from confsync.filters import InvalidValue, identifier, port
+from confsync.instances import SCHEMA_FIELDS, instance_key, validate_instance
+from confsync.resources import join_key
+
+CHECK_TYPES = ("http", "tcp", "exec")
+ON_UNHEALTHY = ("delete", "maint")
+RESERVED_FIELDS = (*SCHEMA_FIELDS, "host")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    type: str
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    url: str = ""  # http
+    expect_status: tuple[int, ...] = ()  # http: empty = 200-399
+    host: str = ""  # tcp
+    port: int = 0  # tcp
+    command: tuple[str, ...] = ()  # exec
+
+    @property
+    def target(self) -> str:
+        """What it probes, for logs and metric labels."""
+        if self.type == "http":
+            return self.url
+        if self.type == "tcp":
+            return f"{self.host}:{self.port}"
+        return " ".join(self.command)
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str  # the file name without .toml
+    source: Path
+    service: str
+    instance_id: str
+    key: str  # full etcd key (global prefix included)
+    address: str
+    port: int
+    weight: int = 100
+    ttl: int = 10
+    drain: float = 5.0
+    on_unhealthy: str = "delete"
+    maintenance_file: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    checks: tuple[CheckSpec, ...] = ()
+
+    def value(self, state: str, host: str) -> dict[str, Any]:
+        """The JSON document published for `state`; `host` records the owner."""
+        return {"address": self.address, "port": self.port, "weight": self.weight,
+                "state": state, **self.extra, "host": host}
+
+
+_TOP = {"service", "id", "address", "port", "weight", "key", "ttl", "drain", "on_unhealthy",
+        "maintenance_file", "extra", "check"}
+_CHECK = {"type", "interval", "timeout", "rise", "fall", "url", "path", "expect_status",
+          "host", "port", "command"}
+
+
+class _Reader:
+    """Typed access to one TOML table; every error names the file and the key."""
+
+    def __init__(self, source: Path, table: dict[str, Any], where: str = "") -> None:
+        self.source = source
+        self.table = table
+        self.where = where
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(str(self.source), message, self.where + key)
+
+    def get(self, key: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
+        if key not in self.table:
+            return default
+        try:
+            return convert(self.table[key])
+        except (ValueError, TypeError) as exc:
+            raise self.error(key, str(exc)) from None
+
+
+def _positive(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, found {value!r}")
+    return value
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        argv = tuple(shlex.split(value))
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = tuple(value)
+    else:
+        raise ValueError(f"expected a command string or a list of strings, found {value!r}")
+    if not argv:
+        raise ValueError("expected a command, found an empty one")
+    return argv
+
+
+def _statuses(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599
+                            for v in items):
+        raise ValueError(f"expected HTTP status codes (100-599), found {value!r}")
+    return tuple(items)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, found {value!r}")
+        return str(value)
+    return convert
+
+
+def _unknown(reader: _Reader, known: set[str]) -> None:
+    for key in reader.table:
+        if key not in known:
+            raise reader.error(key, "unknown key")
+
+
+def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
+    _unknown(reader, _CHECK)
+    kind = reader.get("type", _choice(*CHECK_TYPES))
+    if kind is None:
+        raise reader.error("type", f"missing: one of {', '.join(CHECK_TYPES)}")
+    interval = reader.get("interval", parse_duration, 1.0)
+    if interval <= 0:
+        raise reader.error("interval", "must be above 0")
+    timeout = reader.get("timeout", parse_duration, min(interval, 1.0))
+    if timeout <= 0:
+        raise reader.error("timeout", "must be above 0")
+    spec: dict[str, Any] = {"type": kind, "interval": interval, "timeout": timeout,
+                            "rise": reader.get("rise", _positive, 2),
+                            "fall": reader.get("fall", _positive, 3)}
+    host = f"[{address}]" if ":" in address else address
+    allowed = {"http": {"url", "path", "expect_status"}, "tcp": {"host", "port"},
+               "exec": {"command"}}[kind]
+    for key in _CHECK - {"type", "interval", "timeout", "rise", "fall"} - allowed:
+        if key in reader.table:
+            raise reader.error(key, f"not a setting of a {kind} check")
+    if kind == "http":
+        url = reader.get("url", _text)
+        path = reader.get("path", _text)
+        if url and path:
+            raise reader.error("path", "give url or path, not both")
+        if url is None:
+            path = path or "/"
+            if not path.startswith("/"):
+                raise reader.error("path", f"expected an absolute path such as /healthz, "
+                                   f"found {path!r}")
+            url = f"http://{host}:{port_number}{path}"
+        elif not url.startswith(("http://", "https://")):
+            raise reader.error("url", f"expected an http:// or https:// URL, found {url!r}")
+        spec["url"] = url
+        spec["expect_status"] = reader.get("expect_status", _statuses, ())
+    elif kind == "tcp":
+        spec["host"] = reader.get("host", _text, address)
+        spec["port"] = reader.get("port", port, port_number)
+    else:
+        command = reader.get("command", _command)
+        if command is None:
+            raise reader.error("command", "missing: the probe to run (argv list or string; no "
+                               "shell runs it)")
+        spec["command"] = command
+    return CheckSpec(**spec)
+
+
+def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: str,
+                       local_address: Callable[[], str]) -> Registration:
+    """One file's table -> Registration. Raises ConfigError naming the file and the key."""
+    r = _Reader(path, data)
+    _unknown(r, _TOP)
+    service = r.get("service", identifier)
+    if service is None:
+        raise r.error("service", "missing: the service this instance belongs to")
+    port_number = r.get("port", port)
+    if port_number is None:
+        raise r.error("port", "missing: the port the service listens on")
+    instance_id = r.get("id", identifier)
+    if instance_id is None:
+        try:
+            instance_id = identifier(f"{hostname}-{port_number}")
+        except InvalidValue as exc:
+            raise r.error("id", f"the default <hostname>-<port> is not usable: {exc}") from None
+    address = r.get("address", _text)
+    if address is None:
+        address = local_address()
+    ttl_seconds = r.get("ttl", parse_duration, 10.0)
+    if ttl_seconds < 1:
+        raise r.error("ttl", f"must be at least 1s (etcd leases count whole seconds), found "
+                      f"{ttl_seconds:g}s")
+    key = r.get("key", _text, instance_key(service, instance_id))
+    if not key.startswith("/") or "//" in key or key.endswith("/"):
+        raise r.error("key", f"expected an absolute key such as /services/web/instances/a, "
+                      f"found {key!r}")
+    extra = r.get("extra", lambda v: dict(v) if isinstance(v, dict) else _no_table(v), {})
+    for name in extra:
+        if name in RESERVED_FIELDS:
+            raise r.error(f"extra.{name}", f"{name!r} is set by confsync register, not by extra")
+    maintenance = r.get("maintenance_file", lambda v: Path(_text(v)).expanduser())
+    checks_raw = data.get("check", [])
+    if not isinstance(checks_raw, list) or not all(isinstance(c, dict) for c in checks_raw):
+        raise r.error("check", "expected [[check]] tables")
+    registration = Registration(
+        name=path.stem, source=path, service=service, instance_id=instance_id,
+        key=join_key(prefix, key), address=address, port=port_number,
+        weight=r.get("weight", lambda v: v, 100), ttl=math.ceil(ttl_seconds),
+        drain=r.get("drain", parse_duration, 5.0),
+        on_unhealthy=r.get("on_unhealthy", _choice(*ON_UNHEALTHY), "delete"),
+        maintenance_file=maintenance, extra=extra,
+        checks=tuple(_check(_Reader(path, c, f"check[{i}]."), address, port_number)
+                     for i, c in enumerate(checks_raw)))
+    # The template's own validators, on the value as it will be published.
+    try:
+        validate_instance(key, registration.value("ready", hostname))
+    except InvalidValue as exc:
+        raise ConfigError(str(path), f"would publish {registration.key} with a value the "
+                          f"HAProxy template refuses: {exc}",
+                          _toml_key(str(exc).split(":", 1)[0], data, extra)) from None
+    return registration
+
+
+def _toml_key(field_name: str, data: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The file's key behind a refused field of the value."""
+    if field_name.startswith("id "):
+        return "id" if "id" in data else "key"
+    if field_name in extra or field_name.startswith("field name"):
+        return "extra." + field_name.split("'")[1] if "'" in field_name else "extra." + field_name
+    return field_name
+
+
+def _no_table(value: Any) -> dict[str, Any]:
+    raise ValueError(f"expected a table ([extra]), found {value!r}")
+
+
+def load_registrations(confdir: Path, prefix: str, hostname: str,
+                       local_address: Callable[[], str]) -> list[Registration]:
+    """Every `register.d/*.toml`, sorted by name. The first bad file raises ConfigError; keys
+    claimed twice are an error too (one owner per key)."""
+    directory = confdir / "register.d"
+    if not directory.is_dir():
+        raise ConfigError(str(directory), "no such directory: put one <name>.toml per "
+                          "registration there")
+    found: list[Registration] = []
+    keys: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        registration = parse_registration(path, data, prefix, hostname, local_address)
+        if registration.key in keys:
+            raise ConfigError(str(path), f"key {registration.key} is registered by "
+                              f"{keys[registration.key]} too", "key")
+        keys[registration.key] = path
+        found.append(registration)
+    if not found:
+        raise ConfigError(str(directory), "no registrations (*.toml) found")
+    return found

@@ -1,0 +1,120 @@
+"""Prometheus metrics and /health, /ready for `confsync register` (served by MetricsServer).
+
+Own registry, like confsync.metrics. Ready means: etcd reachable, no key held by another host,
+not stopping. Healthy means: the loop beat within HEALTH_MAX_AGE.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from confsync import __version__
+from confsync.metrics import DURATION_BUCKETS, HEALTH_MAX_AGE
+from confsync.register.config import Registration
+
+STATES = ("absent", "ready", "drain", "maint")
+
+
+class RegisterMetrics:
+    def __init__(self, registrations: Sequence[Registration],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._beat = clock()
+        self._connected = False
+        self._stopping = False
+        self._conflicts: dict[str, str] = {}
+        self._states = {r.name: "absent" for r in registrations}
+        r, ns = self.registry, "confsync_register"
+        Info("build", "confsync version", namespace="confsync", registry=r).info(
+            {"version": __version__})
+        self.state = Gauge("state", "1 for the state each registration publishes now "
+                           "(absent, ready, drain, maint)",
+                           ["registration", "service", "id", "state"], namespace=ns, registry=r)
+        self.state_changes = Counter("state_changes", "Published state changes",
+                                     ["registration"], namespace=ns, registry=r)
+        self.check_up = Gauge("check_up", "1 while a check is up (after rise/fall)",
+                              ["registration", "check"], namespace=ns, registry=r)
+        self.checks = Counter("checks", "Check results by outcome (ok, failed)",
+                              ["registration", "check", "outcome"], namespace=ns, registry=r)
+        self.check_seconds = Histogram("check_duration_seconds", "Check probe time",
+                                       ["registration", "check"], namespace=ns, registry=r,
+                                       buckets=DURATION_BUCKETS)
+        self.keepalive_failures = Counter("lease_keepalive_failures", "Lease keepalives that "
+                                          "failed (etcd unreachable, or the lease had expired)",
+                                          namespace=ns, registry=r)
+        self.leases = Counter("leases_granted", "Leases granted (more than one: the lease was "
+                              "lost and everything registered again)", namespace=ns, registry=r)
+        self.conflicts = Counter("conflicts", "Writes refused because another host holds the "
+                                 "key", ["registration"], namespace=ns, registry=r)
+        self.connected = Gauge("etcd_connected", "1 while etcd answers", namespace=ns,
+                               registry=r)
+        self.heartbeat = Gauge("heartbeat_timestamp_seconds", "Unix time of the loop's last "
+                               "heartbeat", namespace=ns, registry=r)
+        for reg in registrations:
+            for state in STATES:
+                self.state.labels(reg.name, reg.service, reg.instance_id, state).set(
+                    1 if state == "absent" else 0)
+            for index in range(len(reg.checks)):
+                self.check_up.labels(reg.name, str(index)).set(0)
+
+    # ---- fed by the loop
+
+    def beat(self) -> None:
+        with self._lock:
+            self._beat = self._clock()
+        self.heartbeat.set(time.time())
+
+    def published(self, registration: Registration, state: str) -> None:
+        for name in STATES:
+            self.state.labels(registration.name, registration.service,
+                              registration.instance_id, name).set(1 if name == state else 0)
+        self.state_changes.labels(registration.name).inc()
+        with self._lock:
+            self._states[registration.name] = state
+
+    def check(self, registration: str, index: int, ok: bool, seconds: float, up: bool) -> None:
+        self.checks.labels(registration, str(index), "ok" if ok else "failed").inc()
+        self.check_seconds.labels(registration, str(index)).observe(seconds)
+        self.check_up.labels(registration, str(index)).set(1 if up else 0)
+
+    def etcd(self, connected: bool) -> None:
+        with self._lock:
+            self._connected = connected
+        self.connected.set(1 if connected else 0)
+
+    def conflict(self, registration: str, owner: str | None) -> None:
+        with self._lock:
+            if owner is None:
+                self._conflicts.pop(registration, None)
+                return
+            self._conflicts[registration] = owner
+        self.conflicts.labels(registration).inc()
+
+    def stopping(self) -> None:
+        with self._lock:
+            self._stopping = True
+
+    # ---- probes
+
+    def health(self, max_age: float = HEALTH_MAX_AGE) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            age = self._clock() - self._beat
+        return age <= max_age, {"heartbeat_age_seconds": round(age, 3), "max_age": max_age}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            reasons = []
+            if not self._connected:
+                reasons.append("etcd not connected")
+            for name, owner in sorted(self._conflicts.items()):
+                reasons.append(f"{name}: key held by {owner}")
+            if self._stopping:
+                reasons.append("stopping")
+            return not reasons, {"registrations": dict(self._states), "reasons": reasons}

@@ -1,0 +1,306 @@
+"""The etcd side of `confsync register`: one lease, its keepalive, and ownership-checked writes.
+
+The loop says what each key should hold (`want(key, value)`, None for absent); a thread of its
+own converges etcd to that, so a slow or unreachable etcd never delays the checks, a drain or a
+dead child. Every write is a transaction: create when absent, replace only when the value there
+names our host (a registrar restarted on this host takes its key over at once), never overwrite
+another host's live key. When etcd is back after an outage, or the lease was lost (expired,
+revoked, etcd recreated), a new lease is granted and every key written again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confsync.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.2
+
+
+@dataclass(frozen=True)
+class Conflict:
+    key: str
+    owner: str  # the other host, or a description of a value without one
+
+
+@dataclass(frozen=True)
+class RegistrarEvent:
+    """What the registrar tells the loop: kind is connected, lost, written, conflict,
+    keepalive_failed or lease_granted."""
+
+    kind: str
+    key: str = ""
+    detail: str = ""
+    value: dict[str, Any] | None = None
+
+
+def owner_of(raw: bytes) -> str:
+    """The host recorded in a registration value ("" when it has none)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return ""
+    host = value.get("host") if isinstance(value, dict) else None
+    return host if isinstance(host, str) else ""
+
+
+class Registrar:
+    """Converges etcd to the wanted registrations. `want` and `close` are thread-safe."""
+
+    def __init__(self, new_client: Callable[[], Any], host: str, ttl: int,
+                 report: Callable[[RegistrarEvent], None]) -> None:
+        self._new_client = new_client
+        self.host = host
+        self.ttl = ttl
+        self._report = report
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._wanted: dict[str, bytes | None] = {}
+        self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
+        self._revision: dict[str, int] = {}  # mod revision of our last write per key
+        self._conflicts: dict[str, str] = {}
+        self._client: Any = None
+        self._lease: int | None = None  # its id
+        self._next_keepalive = 0.0
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_MIN
+        self.connected = False
+        self.keepalive_failures = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
+
+    # ---- the loop's side
+
+    def start(self) -> Registrar:
+        self._thread.start()
+        return self
+
+    def want(self, key: str, value: dict[str, Any] | None) -> None:
+        encoded = None if value is None else json.dumps(value, sort_keys=True).encode()
+        with self._lock:
+            if self._wanted.get(key, None) == encoded and key in self._wanted:
+                return
+            self._wanted[key] = encoded
+        self._wake.set()
+
+    def settled(self) -> bool:
+        """True when etcd holds what is wanted (as far as this registrar knows)."""
+        with self._lock:
+            return all(self._written.get(k) == v for k, v in self._wanted.items()
+                       if k not in self._conflicts)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.settled():
+                return True
+            self._wake.set()
+            time.sleep(0.01)
+        return self.settled()
+
+    def close(self, timeout: float) -> None:
+        """Stop the thread and revoke the lease (best effort): keys still on it go at once."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def conflicts(self, keys: Sequence[str]) -> list[Conflict]:
+        """Keys held by another host now (a read, at start). Raises StoreUnavailable."""
+        client = self._new_client()
+        try:
+            found = []
+            for key in keys:
+                raw, _ = client.get(key)
+                if raw is not None and owner_of(raw) != self.host:
+                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw)))
+            return found
+        except Exception as exc:
+            raise StoreUnavailable(f"reading {', '.join(keys)}: {type(exc).__name__}: "
+                                   f"{exc}") from None
+        finally:
+            client.close()
+
+    # ---- the thread
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                closing = self._closing
+            if closing:
+                self._shutdown()
+                return
+            now = time.monotonic()
+            if now >= self._retry_at:
+                try:
+                    self._step(now)
+                    self._retry_delay = RETRY_MIN
+                except Exception as exc:  # grpc, pyetcd and ValueError alike: etcd trouble
+                    self._lost(exc)
+            now = time.monotonic()
+            if self._retry_at > now:
+                until = self._retry_at
+            elif self._lease is not None:
+                until = self._next_keepalive
+            else:
+                until = now + 1.0  # no lease: only a want() or close() gives work
+            self._wake.wait(max(0.0, until - now))
+            self._wake.clear()
+
+    def _step(self, now: float) -> None:
+        if self._client is None:
+            self._client = self._new_client()
+        if self._lease is None:
+            if not self._has_work():  # nothing to publish: no lease needed yet
+                if not self.connected:
+                    self._client.get("/")  # is etcd there? (for /ready and the status line)
+                    self._connected()
+                return
+            lease = self._client.lease(self.ttl)
+            self._lease, granted = int(lease.id), int(lease.ttl)
+            self._next_keepalive = time.monotonic() + max(granted / 3, 0.2)
+            with self._lock:
+                self._written.clear()  # keys on an old lease are gone or about to go
+            self._report(RegistrarEvent("lease_granted", detail=f"lease {self._lease:x}, "
+                                        f"ttl {granted}s"))
+        elif now >= self._next_keepalive:
+            self._keepalive()
+        self._connected()
+        self._converge()
+
+    def _connected(self) -> None:
+        if not self.connected:
+            self.connected = True
+            self._report(RegistrarEvent("connected"))
+
+    def _has_work(self) -> bool:
+        with self._lock:
+            return any(v is not None for v in self._wanted.values())
+
+    def _keepalive(self) -> None:
+        try:
+            responses = list(self._client.refresh_lease(self._lease))
+        except Exception:
+            self.keepalive_failures += 1
+            self._report(RegistrarEvent("keepalive_failed"))
+            raise
+        ttl = int(responses[0].TTL) if responses else 0
+        if ttl <= 0:  # expired or revoked meanwhile: its keys are gone
+            self.keepalive_failures += 1
+            self._report(RegistrarEvent("keepalive_failed", detail="lease expired"))
+            log.warning("register: lease %x expired or was revoked; granting a new one and "
+                        "registering again", self._lease)
+            self._lease = None
+            with self._lock:
+                self._written.clear()
+            self._step(time.monotonic())
+            return
+        self._next_keepalive = time.monotonic() + max(ttl / 3, 0.2)
+
+    def _converge(self) -> None:
+        with self._lock:
+            todo = [(k, v) for k, v in self._wanted.items() if self._written.get(k) != v
+                    or (k in self._conflicts)]
+        for key, value in todo:
+            self._write(key, value)
+
+    def _write(self, key: str, value: bytes | None) -> None:
+        c = self._client
+        t = c.transactions
+        last = self._revision.get(key)
+        for _ in range(5):
+            if value is not None:
+                guard = [t.mod(key) == last] if last else [t.version(key) == 0]
+                ok, responses = c.transaction(compare=guard,
+                                              success=[t.put(key, value, lease=self._lease)],
+                                              failure=[t.get(key)])
+            else:
+                guard = [t.mod(key) == last] if last else [t.version(key) > 0]
+                ok, responses = c.transaction(compare=guard, success=[t.delete(key)],
+                                              failure=[t.get(key)])
+            if ok:
+                revision = int(responses[0].response_put.header.revision if value is not None
+                               else responses[0].response_delete_range.header.revision)
+                self._done(key, value, revision if value is not None else None)
+                return
+            current = responses[0] if responses else []
+            if not current:  # absent
+                if value is None:
+                    self._done(key, None, None)
+                    return
+                last = None
+                continue
+            raw, meta = current[0]
+            owner = owner_of(raw)
+            if owner != self.host:
+                self._conflict(key, owner or _no_owner(raw))
+                return
+            last = int(meta.mod_revision)  # ours (an earlier run of this host): take it over
+        raise StoreUnavailable(f"{key}: changed under us five times in a row")
+
+    def _done(self, key: str, value: bytes | None, revision: int | None) -> None:
+        with self._lock:
+            self._written[key] = value
+            conflict = self._conflicts.pop(key, None)
+        if revision is None:
+            self._revision.pop(key, None)
+        else:
+            self._revision[key] = revision
+        if conflict is not None:
+            log.info("register: %s is ours again (was held by %s)", key, conflict)
+        self._report(RegistrarEvent("written", key=key,
+                                    value=None if value is None else json.loads(value)))
+
+    def _conflict(self, key: str, owner: str) -> None:
+        with self._lock:
+            known = self._conflicts.get(key)
+            self._conflicts[key] = owner
+        self._revision.pop(key, None)
+        if known != owner:
+            self._report(RegistrarEvent("conflict", key=key, detail=owner))
+        self._retry_at = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
+
+    def _lost(self, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        if self.connected:
+            self.connected = False
+            self._report(RegistrarEvent("lost", detail=reason))
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as close_exc:
+                log.debug("closing etcd client: %s", close_exc)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
+
+    def _shutdown(self) -> None:
+        """Revoke the lease: whatever is still registered goes with it."""
+        if self._lease is None:
+            return
+        try:
+            if self._client is None:
+                self._client = self._new_client()
+            self._client.revoke_lease(self._lease)
+            log.info("register: lease %x revoked", self._lease)
+        except Exception as exc:
+            log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
+                        self._lease, exc, self.ttl)
+        finally:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception as close_exc:
+                    log.debug("closing etcd client: %s", close_exc)
+
+
+def _no_owner(raw: bytes) -> str:
+    return f"a value without a host field ({raw[:60]!r})"

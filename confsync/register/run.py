@@ -1,0 +1,334 @@
+"""`confsync register`: the loop that turns check results, a maintenance file, signals and the
+exec child's life into what each registration publishes.
+
+One thread (this one) owns all state. Check threads, the registrar's etcd thread, the child
+watcher and signal handlers only put items on a SimpleQueue (safe from a signal handler), so a
+decision never races another. Exit: 0 after a drained stop, 2 for a bad registration or a key
+another host holds at start, the child's status in exec mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from confsync.errors import ConfigError, StoreUnavailable
+from confsync.metrics import MetricsServer
+from confsync.register.checks import CheckRunner, Result
+from confsync.register.config import Registration, load_registrations
+from confsync.register.metrics import RegisterMetrics
+from confsync.register.registrar import Registrar, RegistrarEvent
+from confsync.register.state import ABSENT, InstanceState
+from confsync.sdnotify import Notifier, watchdog_interval
+from confsync.settings import Settings
+from confsync.stores.etcd import EtcdStore
+from confsync.supervisor import Supervisor, policy_from_settings
+
+log = logging.getLogger("confsync.register")
+
+HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
+TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
+STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
+
+
+def local_address(endpoints: Sequence[str]) -> str:
+    """The source address the kernel picks to reach the first resolvable etcd endpoint (a UDP
+    connect sends nothing)."""
+    for url in endpoints:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        try:
+            infos = socket.getaddrinfo(parts.hostname, parts.port or 2379,
+                                       type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError):
+            continue
+        for family, _, _, _, address in infos:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                try:
+                    sock.connect(address)
+                except OSError:
+                    continue
+                return str(sock.getsockname()[0])
+    raise ConfigError("register", "cannot tell the local address used to reach etcd; set "
+                      "`address` in the registration", "address")
+
+
+def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
+    """Wakes the loop the moment the child exits (pidfd readable), so its key goes at once."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # no pidfd (old kernel): the loop's tick notices within TICK
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
+    events.put(("child",))
+
+
+class RegisterLoop:
+    def __init__(self, settings: Settings, registrations: list[Registration], host: str,
+                 metrics: RegisterMetrics, supervisor: Supervisor | None,
+                 notifier: Notifier | None) -> None:
+        self.settings = settings
+        self.host = host
+        self.instances = {r.name: InstanceState(r) for r in registrations}
+        self.by_key = {r.key: self.instances[r.name] for r in registrations}
+        self.metrics = metrics
+        self.supervisor = supervisor
+        self.notifier = notifier
+        self.watchdog = watchdog_interval() if notifier is not None else None
+        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        ttl = min(r.ttl for r in registrations)
+        # Calls must give up well within the lease's keepalive period.
+        etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
+                                                              max(ttl / 3, 0.5)))
+        self.store = EtcdStore(etcd)
+        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put)
+        self.runners = [CheckRunner(r.name, i, spec, self.events.put)
+                        for r in registrations for i, spec in enumerate(r.checks)]
+        self.stopping = False
+        self._stop_deadline = 0.0
+        self._last_ping = 0.0
+        self._status = ""
+
+    # ---- start
+
+    def refuse_conflicts(self) -> None:
+        """A key another host holds now is exit 2 at start (never a silent overwrite)."""
+        try:
+            conflicts = self.registrar.conflicts(list(self.by_key))
+        except StoreUnavailable as exc:
+            log.warning("register: etcd unreachable at start (%s); registering when it is "
+                        "back", exc)
+            return
+        if conflicts:
+            c = conflicts[0]
+            source = self.by_key[c.key].registration.source
+            raise ConfigError(str(source), f"{c.key} is registered by host {c.owner!r} (this "
+                              f"host is {self.host!r}); refusing to take over another host's "
+                              "live registration: remove it there, or pick another id", "key")
+
+    def start(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.start()
+            assert self.supervisor.pid is not None
+            threading.Thread(target=_watch_child, args=(self.supervisor.pid, self.events),
+                             daemon=True, name="child-watch").start()
+        for runner in self.runners:
+            runner.start()
+        self.registrar.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, f: self.events.put(("signal", s)))
+        signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
+        if self.supervisor is not None:
+            self.supervisor.install_signal_handlers()
+        self._notify("READY=1")
+        log.info("register: %d registration(s) for host %s: %s", len(self.instances), self.host,
+                 ", ".join(f"{i.registration.key}" for i in self.instances.values()))
+
+    # ---- loop
+
+    def run(self) -> int:
+        self.start()
+        while True:
+            try:
+                item: object | None = self.events.get(timeout=TICK)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                self._handle(item)
+                try:
+                    item = self.events.get_nowait()
+                except queue.Empty:
+                    item = None
+            self._poll()
+            self._publish()
+            self._beat()
+            if self.stopping and self._stopped():
+                break
+        return self._finish()
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, Result):
+            state = self.instances[item.registration]
+            changed = state.observe(item)
+            up = state.checks[item.index].up
+            self.metrics.check(item.registration, item.index, item.ok, item.seconds, up)
+            if changed:
+                log.info("register: %s check %d %s: %s", item.registration, item.index,
+                         "up" if up else "down", item.detail)
+        elif isinstance(item, RegistrarEvent):
+            self._registrar_event(item)
+        elif isinstance(item, tuple) and item[0] == "signal":
+            if self.stopping:
+                log.info("register: second stop signal: deleting now, no more drain")
+                for state in self.instances.values():
+                    state.drain_until = 0.0
+            else:
+                self._stop(f"{signal.Signals(item[1]).name}")
+        elif isinstance(item, tuple) and item[0] == "hup":
+            if self.supervisor is not None and signal.SIGHUP in \
+                    self.supervisor.policy.forward_signals:
+                self.supervisor.forward(signal.SIGHUP)
+            else:
+                log.info("register: SIGHUP ignored; restart to apply register.d changes")
+
+    def _registrar_event(self, event: RegistrarEvent) -> None:
+        state = self.by_key.get(event.key)
+        name = state.registration.name if state is not None else ""
+        if event.kind == "connected":
+            self.metrics.etcd(True)
+            log.info("register: etcd connected")
+        elif event.kind == "lost":
+            self.metrics.etcd(False)
+            log.warning("register: etcd unreachable (%s); checks go on, registering again when "
+                        "it is back", event.detail)
+        elif event.kind == "lease_granted":
+            self.metrics.leases.inc()
+            log.info("register: %s", event.detail)
+        elif event.kind == "keepalive_failed":
+            self.metrics.keepalive_failures.inc()
+        elif event.kind == "conflict" and state is not None:
+            self.metrics.conflict(name, event.detail)
+            log.error("register: %s: %s is registered by host %r (this host is %r); not "
+                      "overwriting it, retrying", state.registration.source, event.key,
+                      event.detail, self.host,
+                      extra={"key": event.key, "owner": event.detail})
+        elif event.kind == "written" and state is not None:
+            self.metrics.conflict(name, None)
+            log.debug("register: %s %s", "wrote" if event.value else "deleted", event.key)
+
+    def _stop(self, why: str) -> None:
+        self.stopping = True
+        self.metrics.stopping()
+        self._notify("STOPPING=1")
+        now = time.monotonic()
+        for state in self.instances.values():
+            state.start_drain(now)
+        longest = max((s.drain_until or now) - now for s in self.instances.values())
+        self._stop_deadline = now + longest + STOP_GRACE
+        log.info("register: %s: draining for %.1fs, then deregistering", why, longest)
+
+    def _poll(self) -> None:
+        for state in self.instances.values():
+            path = state.registration.maintenance_file
+            if path is not None:
+                state.maintenance = path.exists()
+        sup = self.supervisor
+        if sup is not None:
+            sup.poll()
+            if sup.exited and not any(s.child_gone for s in self.instances.values()):
+                for state in self.instances.values():
+                    state.child_gone = True
+                if not self.stopping:
+                    self._stop("exec child exited")
+
+    def _publish(self) -> None:
+        now = time.monotonic()
+        for state in self.instances.values():
+            target, why = state.desired(now)
+            if target == state.published:
+                continue
+            reg = state.registration
+            log.info("register: %s %s: %s -> %s (%s)", reg.service, reg.instance_id,
+                     state.published, target, why,
+                     extra={"event": "register_state", "service": reg.service,
+                            "id": reg.instance_id, "key": reg.key, "from": state.published,
+                            "to": target, "reason": why})
+            state.published = target
+            self.metrics.published(reg, target)
+            self.registrar.want(reg.key, None if target == ABSENT else reg.value(target,
+                                                                                   self.host))
+        self._update_status()
+
+    def _stopped(self) -> bool:
+        if any(s.published != ABSENT for s in self.instances.values()):
+            return False
+        if self.registrar.settled() or not self.registrar.connected:
+            return True
+        return time.monotonic() >= self._stop_deadline
+
+    def _finish(self) -> int:
+        status = 0
+        if self.supervisor is not None:
+            status = self.supervisor.stop()
+            log.info("exec: child exited with status %d", status, extra={"status": status})
+        for runner in self.runners:
+            runner.stop()
+        self.registrar.close(timeout=self.store_timeout())
+        return status
+
+    def store_timeout(self) -> float:
+        return min(self.settings.etcd.timeout, STOP_GRACE) + 1.0
+
+    # ---- sd_notify
+
+    def _notify(self, *fields: str) -> None:
+        if self.notifier is not None:
+            self.notifier.send(*fields)
+
+    def _beat(self) -> None:
+        self.metrics.beat()
+        now = time.monotonic()
+        if self.watchdog is not None and now - self._last_ping >= self.watchdog:
+            self._notify("WATCHDOG=1")
+            self._last_ping = now
+
+    def _update_status(self) -> None:
+        parts = [f"{s.registration.name}={s.published}" for s in self.instances.values()]
+        text = ("stopping; " if self.stopping else "") + " ".join(parts) + (
+            "" if self.registrar.connected else "; etcd unreachable")
+        if text != self._status:
+            self._status = text
+            self._notify(f"STATUS={text}")
+
+
+def run_register(settings: Settings, hostname: str | None = None) -> int:
+    if settings.backend != "etcd":
+        raise ConfigError("backend", f"confsync register writes to etcd; backend is "
+                          f"{settings.backend!r}", "backend")
+    host = hostname or os.environ.get(HOSTNAME_ENV) or socket.gethostname()
+    registrations = load_registrations(settings.confdir, settings.prefix, host,
+                                       lambda: local_address(settings.etcd.endpoints))
+    notifier = Notifier.from_environ()  # before the child starts: it must not inherit it
+    metrics = RegisterMetrics(registrations)
+    server = None
+    if settings.metrics_address:
+        try:
+            server = MetricsServer(metrics, settings.metrics_address).start()
+        except OSError as exc:
+            raise ConfigError("metrics_address", f"cannot listen on {settings.metrics_address}:"
+                              f" {exc.strerror}") from None
+    supervisor = None
+    if settings.exec.command:
+        policy = dataclasses.replace(policy_from_settings(settings.exec), restart=False)
+        supervisor = Supervisor(policy)
+    loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier)
+    try:
+        loop.refuse_conflicts()
+        try:
+            return loop.run()
+        except OSError as exc:
+            if supervisor is not None and supervisor.pid is None:
+                raise ConfigError("exec", f"cannot start `{settings.exec.command[0]}`: "
+                                  f"{exc.strerror}", "command") from None
+            raise
+    finally:
+        if supervisor is not None and supervisor.running:
+            supervisor.stop()
+        if server is not None:
+            server.close()
+        if notifier is not None:
+            notifier.close()
+        with contextlib.suppress(Exception):
+            loop.store.close()

@@ -1,0 +1,308 @@
+"""`confsync register` against a real etcd: the lease, checks, maintenance, drain, ownership."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confsync.instances import validate_instance
+from tests.support.daemon import wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.http_backends import HTTPBackend
+from tests.support.register import RegisterProcess, published, write_registration
+
+pytestmark = [pytest.mark.etcd]
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/r{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def backend() -> Iterator[HTTPBackend]:
+    server = HTTPBackend("web").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[RegisterProcess]]:
+    started: list[RegisterProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def _registration(port: int, **fields: Any) -> str:
+    checks = fields.pop("checks", '[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n')
+    settings = {"service": "web", "port": port, "id": "web-1", "ttl": "2s", "drain": "1s",
+                **fields}
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()) + checks
+
+
+def _start(procs: list[RegisterProcess], tmp_path: Path, etcd: EtcdMember, prefix: str,
+           *args: str, name: str = "r") -> RegisterProcess:
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix, *args,
+                           log=tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc
+
+
+def _key(prefix: str) -> str:
+    return f"{prefix}/services/web/instances/web-1"
+
+
+def test_registration_appears_with_the_template_schema_and_owner(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, weight=50))
+    _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    value = published(c, _key(prefix))
+    assert value == {"address": "127.0.0.1", "port": backend.port, "weight": 50,
+                     "state": "ready", "host": "node-a"}
+    validate_instance("/services/web/instances/web-1", value)
+    _raw, meta = c.get(_key(prefix))
+    assert meta.lease_id != 0, "the key lives on a lease"
+
+
+def test_sigkill_of_the_registrar_drops_the_key_within_ttl_plus_1s(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    write_registration(tmp_path / "conf", "web", _registration(backend.port))
+    proc = _start(procs, tmp_path, etcd, prefix)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    time.sleep(1.5)  # a few keepalives went out: the TTL counts from the last one
+    proc.proc.kill()
+    killed = time.monotonic()
+    wait_for(lambda: published(c, _key(prefix)) is None, timeout=10, interval=0.05,
+             what="key gone")
+    assert time.monotonic() - killed <= 2 + 1 + 0.5, "ttl (2s) + 1s, with polling slack"
+
+
+def test_etcd_down_longer_than_ttl_then_back_registers_again(
+        etcd_private: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    maint = tmp_path / "maint"
+    write_registration(tmp_path / "conf", "web",
+                       _registration(backend.port, maintenance_file=str(maint)))
+    proc = _start(procs, tmp_path, etcd_private, prefix)
+    c = client(etcd_private.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    c.close()
+    etcd_private.kill()
+    maint.touch()  # changes while etcd is away are published when it is back
+    wait_for(lambda: "etcd unreachable" in proc.output(), timeout=15, what="outage noticed")
+    time.sleep(3.5)  # longer than the 2 s ttl
+    etcd_private.start()
+    c = client(etcd_private.endpoint)
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("state") == "maint", timeout=20,
+             what="registered again, in maintenance")
+    # The lease is lost meanwhile (revoked here, as when it expires): a new lease, a fresh put.
+    _, meta = c.get(_key(prefix))
+    c.revoke_lease(meta.lease_id)
+    wait_for(lambda: published(c, _key(prefix)) is not None
+             and c.get(_key(prefix))[1].lease_id != meta.lease_id, timeout=10,
+             what="registered again on a new lease")
+    assert "expired or was revoked" in proc.output()
+    assert proc.proc.poll() is None
+
+
+class _Scripted(ThreadingHTTPServer):
+    daemon_threads = True
+    script: list[int]
+    served: int
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    server: _Scripted
+
+    def do_GET(self) -> None:
+        s = self.server
+        status = s.script[s.served] if s.served < len(s.script) else s.script[-1]
+        s.served += 1
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_rise_and_fall_hysteresis_on_a_flapping_check(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    ok, bad = 200, 500
+    # rise 3, fall 3: up after 3 passes; short failure runs (1 or 2) change nothing; 3 take
+    # it down; 2 passes are not enough to come back, the third is.
+    script = [ok, ok, ok, bad, bad, ok, bad, ok, bad, bad, ok, bad, bad, bad, ok, ok, bad, ok,
+              ok, ok]
+    server = _Scripted(("127.0.0.1", 0), _ScriptedHandler)
+    server.script, server.served = script, 0
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        write_registration(tmp_path / "conf", "web", _registration(
+            server.server_address[1], checks='[[check]]\ntype = "http"\npath = "/healthz"\n'
+            'interval = "100ms"\nrise = 3\nfall = 3\n'))
+        proc = _start(procs, tmp_path, etcd, prefix)
+        wait_for(lambda: server.served > len(script) + 3, timeout=30, what="script played")
+        wait_for(lambda: proc.output().count(" -> ready (") == 2, timeout=5,
+                 what="second registration")
+        log = proc.output()
+        assert log.count("absent -> ready (") == 2, log
+        assert log.count("ready -> absent (") == 1, log
+        c = client(etcd.endpoint)
+        wait_for(lambda: published(c, _key(prefix)) is not None, timeout=5, what="registered")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_maintenance_file_and_on_unhealthy_maint(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    maint = tmp_path / "maint"
+    write_registration(tmp_path / "conf", "web", _registration(
+        backend.port, maintenance_file=str(maint), on_unhealthy="maint",
+        checks=f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick"]\n'
+               'interval = "100ms"\nrise = 1\nfall = 1\n'))
+    _start(procs, tmp_path, etcd, prefix)
+    c = client(etcd.endpoint)
+
+    def state() -> str | None:
+        return (published(c, _key(prefix)) or {}).get("state")
+
+    wait_for(lambda: state() == "ready", timeout=15, what="ready")
+    maint.touch()
+    wait_for(lambda: state() == "maint", timeout=5, what="maint while the file exists")
+    maint.unlink()
+    wait_for(lambda: state() == "ready", timeout=5, what="ready again")
+    (tmp_path / "sick").touch()  # the exec check fails: on_unhealthy = "maint" keeps the key
+    wait_for(lambda: state() == "maint", timeout=5, what="maint while unhealthy")
+
+
+def test_sigterm_drains_then_deletes_then_exits_0(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, drain="1500ms"))
+    proc = _start(procs, tmp_path, etcd, prefix)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    seen: list[tuple[float, str | None]] = []
+    events, cancel = c.watch(_key(prefix))
+    proc.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    for event in events:
+        value = json.loads(event.value) if event.value else None
+        seen.append((time.monotonic() - sent, value["state"] if value else None))
+        if value is None:
+            break
+    cancel()
+    assert [s for _, s in seen] == ["drain", None], seen
+    assert seen[1][0] - seen[0][0] >= 1.3, f"drained about 1.5 s: {seen}"
+    assert proc.wait() == 0
+    assert c.get(_key(prefix))[0] is None
+
+
+def test_registrar_of_another_host_is_refused_same_host_takes_over(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    path = write_registration(tmp_path / "conf", "web", _registration(backend.port, ttl="10s"))
+    first = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a", name="a")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    other = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                            log=tmp_path / "b.log", env={"CONFSYNC_REGISTER_HOSTNAME": "node-b"})
+    procs.append(other)
+    assert other.wait() == 2
+    out = other.output()
+    assert str(path) in out and _key(prefix) in out and "'node-a'" in out, out
+    assert published(c, _key(prefix))["host"] == "node-a"  # type: ignore[index]
+    # The same host restarted (the old process killed, its 10 s lease still live): taken over
+    # at once, on the new process's lease.
+    _, before = c.get(_key(prefix))
+    first.proc.kill()
+    restarted = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a", name="a2")
+    wait_for(lambda: c.get(_key(prefix))[1] is not None
+             and c.get(_key(prefix))[1].lease_id != before.lease_id, timeout=8,
+             what="taken over before the old lease's ttl")
+    assert restarted.proc.poll() is None
+
+
+@pytest.mark.parametrize(("body", "key", "reason"), [
+    ('address = "10.0.0.1\\n    server evil 10.6.6.6:80"', "address", "expected an IP address"),
+    ('address = "10.0.0.1 backup"', "address", "expected an IP address"),
+    ('id = "web 1"', "id", "expected an identifier"),
+    ("weight = 1000", "weight", "from 0 to 256"),
+    ('key = "/services/web/instances/a b"', "key", "expected an identifier"),
+    ('[extra]\nnote = "a\\nserver x"', "extra.note", "printable"),
+    ('[extra]\nstate = "drain"', "extra.state", "set by confsync register"),
+    ('colour = "red"', "colour", "unknown key"),
+])
+def test_hostile_registration_values_are_refused_exit_2(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, body: str, key: str,
+        reason: str) -> None:
+    path = write_registration(tmp_path / "conf", "bad", f'service = "web"\nport = 8080\n{body}\n')
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                           log=tmp_path / "bad.log")
+    try:
+        assert proc.wait() == 2
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert f"{path}: {key}: " in out and reason in out, out
+    assert list(client(etcd.endpoint).get_prefix(prefix)) == []
+
+
+def test_exec_child_death_deregisters_at_once_and_passes_its_status(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    port = free_port()
+    write_registration(tmp_path / "conf", "web", _registration(port, ttl="30s"))
+    child = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
+    proc = _start(procs, tmp_path, etcd, prefix, "--exec", child)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=20, what="registration")
+    pid = int(proc.output().split("as pid ")[1].split()[0])
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: published(c, _key(prefix)) is None, timeout=5, interval=0.01,
+             what="key gone")
+    assert time.monotonic() - killed < 1.0, "at once, not after the 30 s ttl"
+    assert proc.wait() == 128 + signal.SIGKILL
+
+
+def test_exec_sigterm_drains_before_stopping_the_child(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    port = free_port()
+    write_registration(tmp_path / "conf", "web", _registration(port, drain="1s"))
+    child = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
+    proc = _start(procs, tmp_path, etcd, prefix, "--exec", child)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=20, what="registration")
+    proc.signal(signal.SIGTERM)
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("state") == "drain", timeout=5,
+             what="drain")
+    # The child still serves while draining.
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    status = proc.wait()
+    assert published(c, _key(prefix)) is None
+    assert status in (0, 128 + signal.SIGTERM)  # http.server dies of SIGTERM: 143
+    log = proc.output()
+    assert log.index("drain -> absent") < log.index("child exited with status")

@@ -1,0 +1,117 @@
+"""register.d parsing, rise/fall hysteresis and the state a registration publishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confsync.errors import ConfigError
+from confsync.register.checks import Hysteresis, Result
+from confsync.register.config import load_registrations, parse_registration
+from confsync.register.state import ABSENT, InstanceState
+
+
+def _parse(data: dict[str, Any], prefix: str = "/p") -> Any:
+    return parse_registration(Path("/etc/confsync/register.d/web.toml"), data, prefix,
+                              "node1.example", lambda: "10.0.0.5")
+
+
+def test_defaults() -> None:
+    r = _parse({"service": "web", "port": 8080})
+    assert (r.name, r.instance_id, r.address, r.weight, r.ttl, r.drain, r.on_unhealthy) == (
+        "web", "node1.example-8080", "10.0.0.5", 100, 10, 5.0, "delete")
+    assert r.key == "/p/services/web/instances/node1.example-8080"
+    assert r.value("ready", "node1.example") == {
+        "address": "10.0.0.5", "port": 8080, "weight": 100, "state": "ready",
+        "host": "node1.example"}
+
+
+def test_checks_and_extra() -> None:
+    r = _parse({"service": "web", "port": 8080, "address": "2001:db8::1", "ttl": "2500ms",
+                "extra": {"zone": "eu-1"},
+                "check": [{"type": "http", "path": "/healthz", "interval": "200ms"},
+                          {"type": "tcp"},
+                          {"type": "exec", "command": "check-web --quick 'a b'",
+                           "rise": 1, "fall": 5, "timeout": "3s"}]})
+    http, tcp, exe = r.checks
+    assert http.url == "http://[2001:db8::1]:8080/healthz" and http.timeout == 0.2
+    assert (tcp.host, tcp.port, tcp.rise, tcp.fall) == ("2001:db8::1", 8080, 2, 3)
+    assert exe.command == ("check-web", "--quick", "a b") and (exe.rise, exe.fall) == (1, 5)
+    assert r.ttl == 3  # whole seconds, rounded up
+    assert r.value("drain", "h")["zone"] == "eu-1"
+
+
+@pytest.mark.parametrize(("data", "key", "reason"), [
+    ({"port": 80}, "service", "missing"),
+    ({"service": "web"}, "port", "missing"),
+    ({"service": "web", "port": 80, "colour": "red"}, "colour", "unknown key"),
+    ({"service": "web x", "port": 80}, "service", "expected an identifier"),
+    ({"service": "web", "port": 70000}, "port", "port number"),
+    ({"service": "web", "port": 80, "address": "10.0.0.1\nserver x"}, "address",
+     "expected an IP address"),
+    ({"service": "web", "port": 80, "weight": -1}, "weight", "from 0 to 256"),
+    ({"service": "web", "port": 80, "ttl": "500ms"}, "ttl", "at least 1s"),
+    ({"service": "web", "port": 80, "on_unhealthy": "ignore"}, "on_unhealthy", "one of"),
+    ({"service": "web", "port": 80, "key": "/services/web/instances/"}, "key", "absolute key"),
+    ({"service": "web", "port": 80, "extra": {"host": "x"}}, "extra.host", "set by confsync"),
+    ({"service": "web", "port": 80, "extra": {"a b": 1}}, "extra.a b", "identifier"),
+    ({"service": "web", "port": 80, "extra": {"list": [1]}}, "extra.list", "a string, number"),
+    ({"service": "web", "port": 80, "check": [{"type": "ping"}]}, "check[0].type", "one of"),
+    ({"service": "web", "port": 80, "check": [{"type": "tcp", "url": "http://x/"}]},
+     "check[0].url", "not a setting of a tcp check"),
+    ({"service": "web", "port": 80, "check": [{"type": "exec"}]}, "check[0].command",
+     "missing"),
+    ({"service": "web", "port": 80, "check": [{"type": "http", "rise": 0}]}, "check[0].rise",
+     "at least 1"),
+])
+def test_errors_name_file_and_key(data: dict[str, Any], key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _parse(data)
+    text = str(err.value)
+    assert text.startswith(f"/etc/confsync/register.d/web.toml: {key}: "), text
+    assert reason in text, text
+
+
+def test_load_refuses_two_files_for_one_key(tmp_path: Path) -> None:
+    directory = tmp_path / "register.d"
+    directory.mkdir()
+    for name in ("a", "b"):
+        (directory / f"{name}.toml").write_text('service = "web"\nport = 80\nid = "x"\n')
+    with pytest.raises(ConfigError, match=r"b.toml: key: .* registered by .*a.toml too"):
+        load_registrations(tmp_path, "", "h", lambda: "127.0.0.1")
+
+
+def test_hysteresis_needs_rise_passes_and_fall_failures_in_a_row() -> None:
+    h = Hysteresis(rise=2, fall=3)
+    seen = [(h.observe(ok), h.up)[1] for ok in
+            (True, False, True, True, False, False, True, False, False, False, True)]
+    assert seen == [False, False, False, True, True, True, True, True, True, False, False]
+
+
+def _result(ok: bool) -> Result:
+    return Result("web", 0, ok, 0.01, "GET /: 200" if ok else "GET /: 500")
+
+
+def test_state_precedence() -> None:
+    r = _parse({"service": "web", "port": 80, "drain": "2s", "maintenance_file": "/m",
+                "check": [{"type": "tcp", "rise": 1, "fall": 1}]})
+    s = InstanceState(r)
+    assert s.desired(0)[0] == ABSENT  # not proven healthy yet
+    s.observe(_result(True))
+    assert s.desired(0)[0] == "ready"
+    s.maintenance = True
+    assert s.desired(0)[0] == "maint"
+    s.maintenance = False
+    s.published = "ready"
+    s.start_drain(10.0)
+    assert s.desired(11.0)[0] == "drain"
+    s.published = "drain"
+    assert s.desired(12.0) == (ABSENT, "drained")
+    maint = InstanceState(_parse({"service": "web", "port": 80, "on_unhealthy": "maint",
+                                  "check": [{"type": "tcp"}]}))
+    assert maint.desired(0)[0] == "maint"
+    gone = InstanceState(r)
+    gone.child_gone = True
+    assert gone.desired(0) == (ABSENT, "exec child exited")
