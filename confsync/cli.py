@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_register(settings, args.hostname)
         if args.command == "watch":
             from confsync.daemon import run_daemon
-            from confsync.ops import Ops
+            from confsync.ops.wiring import Ops
 
             with Ops.from_settings(settings) as ops:
                 return ops.exit_code(run_daemon(settings, _cli_values(args), ops.observers))

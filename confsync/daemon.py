@@ -29,11 +29,11 @@ from types import FrameType
 from typing import Any
 
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
-from confsync.events import Observer, Observers
 from confsync.mirror import Mirror
+from confsync.ops.events import Observer, Observers
+from confsync.ops.report import report
 from confsync.planner import Planner
 from confsync.renderer import Renderer
-from confsync.report import report
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store

@@ -13,8 +13,8 @@ from confsync.errors import (
     EXIT_WOULD_CHANGE,
 )
 from confsync.mirror import Mirror
+from confsync.ops.report import report
 from confsync.renderer import Renderer
-from confsync.report import report
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
 from confsync.stores import Store, merge_prefixes, open_store

@@ -54,7 +54,7 @@ class WatchSettings:
 
 @dataclass(frozen=True)
 class ExecSettings:
-    """Exec mode (`confsync watch --exec CMD`): the supervised child; see confsync.supervisor."""
+    """Exec mode (`confsync watch --exec CMD`): the supervised child (confsync.ops.supervisor)."""
 
     command: tuple[str, ...] = ()  # empty: exec mode off
     reload_signal: signal.Signals = signal.SIGHUP

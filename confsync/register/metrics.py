@@ -1,6 +1,6 @@
 """Prometheus metrics and /health, /ready for `confsync register` (served by MetricsServer).
 
-Own registry, like confsync.metrics. Ready means: etcd reachable, no key held by another host,
+Own registry, like confsync.ops.metrics. Ready means: etcd reachable, no key held by another host,
 not stopping. Healthy means: the loop beat within HEALTH_MAX_AGE.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from confsync import __version__
-from confsync.metrics import DURATION_BUCKETS, HEALTH_MAX_AGE
+from confsync.ops.metrics import DURATION_BUCKETS, HEALTH_MAX_AGE
 from confsync.register.config import Registration
 
 STATES = ("absent", "ready", "drain", "maint")

@@ -23,16 +23,16 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from confsync.errors import ConfigError, StoreUnavailable
-from confsync.metrics import MetricsServer
+from confsync.ops.metrics import MetricsServer
+from confsync.ops.sdnotify import Notifier, watchdog_interval
+from confsync.ops.supervisor import Supervisor, policy_from_settings
 from confsync.register.checks import CheckRunner, Result
 from confsync.register.config import Registration, load_registrations
 from confsync.register.metrics import RegisterMetrics
 from confsync.register.registrar import Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
-from confsync.sdnotify import Notifier, watchdog_interval
 from confsync.settings import Settings
 from confsync.stores.etcd import EtcdStore
-from confsync.supervisor import Supervisor, policy_from_settings
 
 log = logging.getLogger("confsync.register")
 

@@ -95,7 +95,7 @@ def test_a_dead_follower_thread_is_noticed_restarted_and_resumed(tmp_path: Path)
     import threading
 
     from confsync.daemon import Daemon
-    from confsync.events import Observer
+    from confsync.ops.events import Observer
     from confsync.settings import Settings, WatchSettings
     from confsync.stores.file import FileStore
 
@@ -149,7 +149,7 @@ def test_a_dead_follower_thread_is_noticed_restarted_and_resumed(tmp_path: Path)
 
 
 def test_health_is_red_while_a_part_is_dead() -> None:
-    from confsync.metrics import Metrics
+    from confsync.ops.metrics import Metrics
 
     m = Metrics()
     m.heartbeat()

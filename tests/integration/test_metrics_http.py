@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from confsync.metrics import Metrics, MetricsServer, start_metrics
+from confsync.ops.metrics import Metrics, MetricsServer, start_metrics
 from confsync.resources import Resource
 from confsync.sync import UPDATED, Outcome
 from confsync.targets import ReloadKind, ReloadResult
@@ -112,9 +112,9 @@ def test_observers_compose_as_the_daemon_will_wire_them(tmp_path: Path) -> None:
     import socket
     import sys
 
-    from confsync.events import Observers
-    from confsync.sdnotify import SystemdNotify
-    from confsync.supervisor import ExecPolicy, Supervisor
+    from confsync.ops.events import Observers
+    from confsync.ops.sdnotify import SystemdNotify
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
 
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))

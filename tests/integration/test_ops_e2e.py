@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent("""
     import sys
     from confsync.daemon import run_daemon
     from confsync.logs import setup_logging
-    from confsync.ops import Ops
+    from confsync.ops.wiring import Ops
     from confsync.settings import load_settings
     settings = load_settings({})
     setup_logging(settings.log_level, settings.log_format)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from confsync.errors import ResourceError
+from confsync.ops.supervisor import ExecPolicy, Supervisor
 from confsync.resources import Resource
-from confsync.supervisor import ExecPolicy, Supervisor
 from confsync.sync import FAILED, UPDATED, Outcome
 
 CHILD = textwrap.dedent("""
@@ -173,7 +173,7 @@ def test_missing_binary_gives_up_at_once(tmp_path: Path) -> None:
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys, time
     import psutil
-    from confsync.supervisor import ExecPolicy, Supervisor
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
     script, log, reap = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     sup = Supervisor(ExecPolicy(argv=(sys.executable, script, log, "orphans"),
                                 forward_signals=(signal.SIGUSR2,)), reap_all=reap)
@@ -225,8 +225,8 @@ def test_reaps_orphans_as_pid1_and_forwards_signals(child: tuple[Path, Path],
 
 def test_policy_from_config_and_environment(tmp_path: Path) -> None:
     from confsync.errors import ConfigError
+    from confsync.ops.supervisor import policy_from_settings
     from confsync.settings import load_settings
-    from confsync.supervisor import policy_from_settings
 
     config = tmp_path / "confsync.toml"
     config.write_text('[exec]\ncommand = "haproxy -W -db -f \'/etc/haproxy/my cfg\'"\n'

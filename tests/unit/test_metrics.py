@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from confsync.errors import ResourceError
-from confsync.metrics import Metrics, parse_address
+from confsync.ops.metrics import Metrics, parse_address
 from confsync.resources import Resource
 from confsync.sync import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.targets import ReloadKind, ReloadResult
@@ -178,7 +178,7 @@ def test_check_and_reload_durations_when_outcome_carries_them(m: Metrics) -> Non
 def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     import sys
 
-    from confsync.supervisor import ExecPolicy, Supervisor
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
 
     m = Metrics()
     sup = Supervisor(ExecPolicy(argv=(sys.executable, "-c", "import time; time.sleep(30)")))

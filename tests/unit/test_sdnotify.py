@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from confsync.errors import ResourceError
+from confsync.ops.sdnotify import Notifier, SystemdNotify, watchdog_interval
 from confsync.resources import Resource
-from confsync.sdnotify import Notifier, SystemdNotify, watchdog_interval
 from confsync.sync import FAILED, UPDATED, Outcome
 
 

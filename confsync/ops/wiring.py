@@ -17,11 +17,11 @@ import signal
 from types import TracebackType
 
 from confsync.errors import ConfigError
-from confsync.events import Observer
-from confsync.metrics import Metrics, MetricsServer
-from confsync.sdnotify import SystemdNotify
+from confsync.ops.events import Observer
+from confsync.ops.metrics import Metrics, MetricsServer
+from confsync.ops.sdnotify import SystemdNotify
+from confsync.ops.supervisor import Supervisor, policy_from_settings
 from confsync.settings import Settings
-from confsync.supervisor import Supervisor, policy_from_settings
 
 log = logging.getLogger(__name__)
 

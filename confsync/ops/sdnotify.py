@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING
 
-from confsync.events import Observer
+from confsync.ops.events import Observer
 
 if TYPE_CHECKING:
     from confsync.resources import Resource

@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from confsync import __version__
-from confsync.events import Observer
+from confsync.ops.events import Observer
 from confsync.provenance import show_key
 from confsync.settings import parse_host_port as parse_address
 from confsync.sync import Status
@@ -43,8 +43,8 @@ from confsync.targets import ReloadKind
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
+    from confsync.ops.supervisor import Supervisor
     from confsync.resources import Resource
-    from confsync.supervisor import Supervisor
     from confsync.sync import Outcome
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from confsync.backoff import Backoff
-from confsync.events import Observer
+from confsync.ops.events import Observer
+from confsync.ops.sdnotify import NOTIFY_ENV
 from confsync.reload import has_reload_action
-from confsync.sdnotify import NOTIFY_ENV
 from confsync.sync import Status
 
 if TYPE_CHECKING:
