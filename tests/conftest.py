@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, find_etcd, start_single
 from tests.support.http_backends import HTTPBackend
 
@@ -55,3 +57,18 @@ def backends() -> Iterator[dict[str, HTTPBackend]]:
     yield servers
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of the test's own, so tests sharing the session's etcd never meet."""
+    return f"/t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[WatchProcess]]:
+    """`confsync watch` processes a test starts; every one is stopped after the test."""
+    started: list[WatchProcess] = []
+    yield started
+    for w in started:
+        w.stop()

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,19 +22,6 @@ from tests.support.etcd_server import EtcdMember, free_port, start_cluster
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 POOL = "{% for kv in gets('/g/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/d-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watchers() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def start_watch(watchers: list[WatchProcess], tmp_path: Path, endpoints: str, prefix: str,

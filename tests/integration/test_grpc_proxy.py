@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +24,6 @@ def proxy(etcd_binary: str, etcd_private: EtcdMember, tmp_path: Path) -> Iterato
     p = GrpcProxy(etcd_binary, [etcd_private], tmp_path / "proxy.log").start()
     yield p
     p.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/p-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,6 @@ from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/rt-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watchers() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember, prefix: str,

@@ -6,11 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -18,19 +14,6 @@ from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/hup-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watchers() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember,

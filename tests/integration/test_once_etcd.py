@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,6 @@ from confsync.stores.etcd import EtcdStore
 from tests.support.cli import REPO, confsync, write_resource
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/t-{uuid.uuid4().hex[:8]}"
 
 
 def test_three_resources_one_failing_check(etcd: EtcdMember, tmp_path: Path, prefix: str) -> None:

@@ -8,11 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -20,19 +16,6 @@ from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/rs-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watchers() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def _resources(confdir: Path, out: Path) -> None:

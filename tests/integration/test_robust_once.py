@@ -4,7 +4,6 @@ against a real etcd, each as an operator would run them."""
 from __future__ import annotations
 
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,6 @@ from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 
 pytestmark = pytest.mark.etcd
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/t-{uuid.uuid4().hex[:8]}"
 
 
 def _args(command: str, confdir: Path, etcd: EtcdMember, prefix: str) -> list[str]:

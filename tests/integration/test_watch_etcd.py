@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,19 +23,6 @@ def expected_from_etcd(endpoint: str, prefix: str) -> str:
     c = client(endpoint)
     items = sorted((m.key.decode(), v.decode()) for v, m in c.get_prefix(prefix + "/k/"))
     return "".join(f"{k[len(prefix):]}={v}\n" for k, v in items)
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/w-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watchers() -> Iterator[list[WatchProcess]]:
-    started: list[WatchProcess] = []
-    yield started
-    for w in started:
-        w.stop()
 
 
 def start_watch(watchers: list[WatchProcess], tmp_path: Path, endpoints: str, prefix: str,
