@@ -13,7 +13,6 @@ import logging
 import os
 import pwd
 import signal
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,18 +265,13 @@ def load_resources(confdir: Path, global_prefix: str = "") -> ResourceSet:
     dests: dict[Path, str] = {}
     for path in sorted(confd.glob("*.toml")):
         try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
+            data = tv.read_toml(path)
             res = parse_resource(path, data, templates_dir, global_prefix)
             if res.dest in dests:
                 raise ConfigError(str(path), f"dest {res.dest} is also written by resource "
                                   f"{dests[res.dest]}", "template.dest")
-        except tomllib.TOMLDecodeError as exc:
-            errors.append(f"{path}: not valid TOML: {exc}")
         except ConfigError as exc:
             errors.append(str(exc))
-        except OSError as exc:
-            errors.append(f"{path}: cannot read: {exc.strerror}")
         else:
             dests[res.dest] = res.name
             resources.append(res)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,13 +132,7 @@ def _set(values: dict[str, Any], attr: str, raw: Any, convert: Callable[[Any], A
 
 
 def _from_file(path: Path, values: dict[str, Any]) -> None:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    data = tv.read_toml(path)
     known = {(table, key) for _, table, key, _ in _SCHEMA}
     tables = {table for _, table, _, _ in _SCHEMA if table}
     for name, value in data.items():

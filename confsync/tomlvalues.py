@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import signal
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,17 @@ from confsync.errors import ConfigError
 T = TypeVar("T")
 
 duration = parse_duration
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A whole TOML file; a ConfigError naming the file when it cannot be read or parsed."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
 
 
 def positive_duration(value: Any) -> float:

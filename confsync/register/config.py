@@ -21,14 +21,12 @@ Unknown keys are errors, like conf.d. The value is validated with the template's
 from __future__ import annotations
 
 import math
-import shlex
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confsync.durations import parse_duration
+from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
 from confsync.filters import InvalidValue, identifier, port
 from confsync.instances import SCHEMA_FIELDS, instance_key, validate_instance
@@ -111,44 +109,12 @@ class _Reader:
             raise self.error(key, str(exc)) from None
 
 
-def _positive(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, found {value!r}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, found {value!r}")
-    return value
-
-
-def _command(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        argv = tuple(shlex.split(value))
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        argv = tuple(value)
-    else:
-        raise ValueError(f"expected a command string or a list of strings, found {value!r}")
-    if not argv:
-        raise ValueError("expected a command, found an empty one")
-    return argv
-
-
 def _statuses(value: Any) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599
                             for v in items):
         raise ValueError(f"expected HTTP status codes (100-599), found {value!r}")
     return tuple(items)
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, found {value!r}")
-        return str(value)
-    return convert
 
 
 def _unknown(reader: _Reader, known: set[str]) -> None:
@@ -159,18 +125,14 @@ def _unknown(reader: _Reader, known: set[str]) -> None:
 
 def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
     _unknown(reader, _CHECK)
-    kind = reader.get("type", _choice(*CHECK_TYPES))
+    kind = reader.get("type", tv.choice(*CHECK_TYPES))
     if kind is None:
         raise reader.error("type", f"missing: one of {', '.join(CHECK_TYPES)}")
-    interval = reader.get("interval", parse_duration, 1.0)
-    if interval <= 0:
-        raise reader.error("interval", "must be above 0")
-    timeout = reader.get("timeout", parse_duration, min(interval, 1.0))
-    if timeout <= 0:
-        raise reader.error("timeout", "must be above 0")
+    interval = reader.get("interval", tv.positive_duration, 1.0)
+    timeout = reader.get("timeout", tv.positive_duration, min(interval, 1.0))
     spec: dict[str, Any] = {"type": kind, "interval": interval, "timeout": timeout,
-                            "rise": reader.get("rise", _positive, 2),
-                            "fall": reader.get("fall", _positive, 3)}
+                            "rise": reader.get("rise", tv.positive_int, 2),
+                            "fall": reader.get("fall", tv.positive_int, 3)}
     host = f"[{address}]" if ":" in address else address
     allowed = {"http": {"url", "path", "expect_status"}, "tcp": {"host", "port"},
                "exec": {"command"}}[kind]
@@ -178,8 +140,8 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
         if key in reader.table:
             raise reader.error(key, f"not a setting of a {kind} check")
     if kind == "http":
-        url = reader.get("url", _text)
-        path = reader.get("path", _text)
+        url = reader.get("url", tv.string)
+        path = reader.get("path", tv.string)
         if url and path:
             raise reader.error("path", "give url or path, not both")
         if url is None:
@@ -193,10 +155,10 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
         spec["url"] = url
         spec["expect_status"] = reader.get("expect_status", _statuses, ())
     elif kind == "tcp":
-        spec["host"] = reader.get("host", _text, address)
+        spec["host"] = reader.get("host", tv.string, address)
         spec["port"] = reader.get("port", port, port_number)
     else:
-        command = reader.get("command", _command)
+        command = reader.get("command", tv.command)
         if command is None:
             raise reader.error("command", "missing: the probe to run (argv list or string; no "
                                "shell runs it)")
@@ -221,14 +183,14 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
             instance_id = identifier(f"{hostname}-{port_number}")
         except InvalidValue as exc:
             raise r.error("id", f"the default <hostname>-<port> is not usable: {exc}") from None
-    address = r.get("address", _text)
+    address = r.get("address", tv.string)
     if address is None:
         address = local_address()
-    ttl_seconds = r.get("ttl", parse_duration, 10.0)
+    ttl_seconds = r.get("ttl", tv.duration, 10.0)
     if ttl_seconds < 1:
         raise r.error("ttl", f"must be at least 1s (etcd leases count whole seconds), found "
                       f"{ttl_seconds:g}s")
-    key = r.get("key", _text, instance_key(service, instance_id))
+    key = r.get("key", tv.string, instance_key(service, instance_id))
     if not key.startswith("/") or "//" in key or key.endswith("/"):
         raise r.error("key", f"expected an absolute key such as /services/web/instances/a, "
                       f"found {key!r}")
@@ -236,7 +198,7 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
     for name in extra:
         if name in RESERVED_FIELDS:
             raise r.error(f"extra.{name}", f"{name!r} is set by confsync register, not by extra")
-    maintenance = r.get("maintenance_file", lambda v: Path(_text(v)).expanduser())
+    maintenance = r.get("maintenance_file", tv.path)
     checks_raw = data.get("check", [])
     if not isinstance(checks_raw, list) or not all(isinstance(c, dict) for c in checks_raw):
         raise r.error("check", "expected [[check]] tables")
@@ -244,8 +206,8 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
         name=path.stem, source=path, service=service, instance_id=instance_id,
         key=join_key(prefix, key), address=address, port=port_number,
         weight=r.get("weight", lambda v: v, 100), ttl=math.ceil(ttl_seconds),
-        drain=r.get("drain", parse_duration, 5.0),
-        on_unhealthy=r.get("on_unhealthy", _choice(*ON_UNHEALTHY), "delete"),
+        drain=r.get("drain", tv.duration, 5.0),
+        on_unhealthy=r.get("on_unhealthy", tv.choice(*ON_UNHEALTHY), "delete"),
         maintenance_file=maintenance, extra=extra,
         checks=tuple(_check(_Reader(path, c, f"check[{i}]."), address, port_number)
                      for i, c in enumerate(checks_raw)))
@@ -283,13 +245,7 @@ def load_registrations(confdir: Path, prefix: str, hostname: str,
     found: list[Registration] = []
     keys: dict[str, Path] = {}
     for path in sorted(directory.glob("*.toml")):
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        data = tv.read_toml(path)
         registration = parse_registration(path, data, prefix, hostname, local_address)
         if registration.key in keys:
             raise ConfigError(str(path), f"key {registration.key} is registered by "
