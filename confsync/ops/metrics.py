@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from confsync import __version__
+from confsync.errors import ConfigError
 from confsync.ops.events import Observer
 from confsync.provenance import show_key
 from confsync.settings import parse_host_port as parse_address
@@ -404,6 +405,16 @@ class MetricsServer:
         self._server = make_server(host, port, self._app, server_class, _QuietHandler)
         self._thread: threading.Thread | None = None
         self._closing = False
+
+    @classmethod
+    def listen(cls, metrics: HealthSource, address: str) -> MetricsServer:
+        """Bound and serving, or a ConfigError (exit 2): better to fail at start than to run
+        unobserved."""
+        try:
+            return cls(metrics, address).start()
+        except OSError as exc:
+            raise ConfigError("metrics_address", f"cannot listen on {address}: "
+                              f"{exc.strerror}") from None
 
     @property
     def port(self) -> int:

@@ -16,7 +16,6 @@ import os
 import signal
 from types import TracebackType
 
-from confsync.errors import ConfigError
 from confsync.ops.events import Observer
 from confsync.ops.metrics import Metrics, MetricsServer
 from confsync.ops.sdnotify import SystemdNotify
@@ -43,11 +42,7 @@ class Ops:
         metrics = server = None
         if settings.metrics_address:
             metrics = Metrics()
-            try:
-                server = MetricsServer(metrics, settings.metrics_address).start()
-            except OSError as exc:
-                raise ConfigError("metrics_address", f"cannot listen on "
-                                  f"{settings.metrics_address}: {exc.strerror}") from None
+            server = MetricsServer.listen(metrics, settings.metrics_address)
         supervisor = None
         if settings.exec.command:
             supervisor = Supervisor(policy_from_settings(settings.exec),

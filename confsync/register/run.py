@@ -304,11 +304,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     metrics = RegisterMetrics(registrations)
     server = None
     if settings.metrics_address:
-        try:
-            server = MetricsServer(metrics, settings.metrics_address).start()
-        except OSError as exc:
-            raise ConfigError("metrics_address", f"cannot listen on {settings.metrics_address}:"
-                              f" {exc.strerror}") from None
+        server = MetricsServer.listen(metrics, settings.metrics_address)
     supervisor = None
     if settings.exec.command:
         policy = dataclasses.replace(policy_from_settings(settings.exec), restart=False)
