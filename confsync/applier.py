@@ -134,6 +134,19 @@ def _staged_name(dest: Path, pid: int, attempt: int) -> str:
 _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 
 
+def _pid_exists(pid: int) -> bool:
+    """psutil.pid_exists without importing psutil (every `once` runs this): signal 0 tells."""
+    if pid <= 0:
+        return True  # never a writer of ours; leave its file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
@@ -141,8 +154,6 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     Only exact matches of our naming are touched, and never a file of a live pid. Returns the
     files removed.
     """
-    import psutil  # lazy, as in reload.py
-
     by_directory: dict[Path, set[str]] = {}
     for dest in dests:
         by_directory.setdefault(dest.parent, set()).add(dest.name)
@@ -157,7 +168,7 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             if match is None or match[1] not in names:
                 continue
             pid = int(match[2])
-            if pid == os.getpid() or psutil.pid_exists(pid):
+            if pid == os.getpid() or _pid_exists(pid):
                 continue
             path = directory / entry
             try:

@@ -17,7 +17,7 @@ from confsync.ops.report import report
 from confsync.renderer import Renderer
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
-from confsync.stores import Store, merge_prefixes, open_store
+from confsync.stores import Store, merge_prefixes, open_snapshot_store
 from confsync.sync import FAILED, UPDATED, Outcome, Syncer
 
 log = logging.getLogger("confsync")
@@ -57,7 +57,7 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
 
         store: Store = FileStore([data])
     else:
-        store = open_store(settings)
+        store = open_snapshot_store(settings)
     try:
         mirror = snapshot_mirror(store, resource_set.resources)
     finally:

@@ -1,8 +1,9 @@
 """Stores: the only code that talks to a data source.
 
 A store gives a snapshot of several prefixes read at one revision, and a watch that delivers
-change batches tagged with their revision. Backends are imported lazily so `confsync once`
-with the file backend never pays for gRPC.
+change batches tagged with their revision. Backends are imported lazily, and `once`/`check`
+read etcd through its JSON gateway (`open_snapshot_store`), so a one-shot run never pays for
+gRPC.
 """
 
 from __future__ import annotations
@@ -93,3 +94,13 @@ def open_store(settings: Settings) -> Store:
     from confsync.stores.env import EnvStore
 
     return EnvStore()
+
+
+def open_snapshot_store(settings: Settings) -> Store:
+    """The backend for one snapshot and no watch (`once`, `check`): etcd through its JSON
+    gateway, so a one-shot run never imports gRPC unless the gateway is missing."""
+    if settings.backend == "etcd":
+        from confsync.stores.etcd_gateway import EtcdGatewayStore
+
+        return EtcdGatewayStore(settings.etcd)
+    return open_store(settings)

@@ -22,7 +22,6 @@ import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import pyetcd
@@ -32,6 +31,14 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+from confsync.stores.endpoints import (
+    check_client_pair,
+    describe_endpoints,
+    endpoint_urls,
+    read_tls_file,
+    split_endpoint,
+    uses_tls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,55 +113,35 @@ class EtcdStore:
     # ---- clients
 
     def _credentials(self, urls: Sequence[str]) -> grpc.ChannelCredentials | None:
-        secure = self._settings.ca_cert is not None or any(
-            urlsplit(e).scheme == "https" for e in urls)
+        secure = uses_tls(self._settings, urls)
         if secure not in self._credentials_cache:
             self._credentials_cache[secure] = self._build_credentials() if secure else None
         return self._credentials_cache[secure]
 
     def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings
-        if (s.cert is None) != (s.key is None):
-            raise ConfigError("etcd", "give both cert and key for client TLS, or neither", "cert")
-
-        def read(path: Any, what: str) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return bytes(path.read_bytes())
-            except OSError as exc:
-                raise ConfigError(str(path), f"cannot read {what}: {exc.strerror}") from None
-
+        check_client_pair(s)
         return grpc.ssl_channel_credentials(
-            root_certificates=read(s.ca_cert, "CA certificate"),
-            private_key=read(s.key, "client key"),
-            certificate_chain=read(s.cert, "client certificate"),
+            root_certificates=read_tls_file(s.ca_cert, "CA certificate"),
+            private_key=read_tls_file(s.key, "client key"),
+            certificate_chain=read_tls_file(s.cert, "client certificate"),
         )
 
     def endpoint_urls(self) -> tuple[str, ...]:
         """The configured endpoints, or those DNS SRV records name now (`srv_domain`)."""
-        s = self._settings
-        if not s.srv_domain:
-            return s.endpoints
-        from confsync.stores.srv import resolve_endpoints
-
-        return resolve_endpoints(s.srv_domain, s.srv_nameserver, s.timeout)
+        return endpoint_urls(self._settings)
 
     def _describe_endpoints(self) -> str:
-        s = self._settings
-        return f"SRV {s.srv_domain}" if s.srv_domain else ", ".join(s.endpoints)
+        return describe_endpoints(self._settings)
 
     def _endpoints(self) -> list[Endpoint]:
         endpoints = []
         urls = self.endpoint_urls()
         credentials = self._credentials(urls)
         for url in urls:
-            parts = urlsplit(url if "://" in url else "http://" + url)
-            if not parts.hostname or parts.scheme not in ("http", "https"):
-                raise ConfigError("etcd", f"expected an endpoint such as "
-                                  f"http://127.0.0.1:2379, found {url!r}", "endpoints")
+            host, port = split_endpoint(url)
             endpoints.append(Endpoint(
-                parts.hostname, parts.port or 2379, secure=credentials is not None,
+                host, port, secure=credentials is not None,
                 creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
         return endpoints
 

@@ -1,0 +1,58 @@
+"""What both etcd read paths (gRPC `etcd.py`, JSON gateway `etcd_gateway.py`) agree on: which
+endpoints to ask, whether to speak TLS, and which TLS files to load.
+
+Kept free of heavy imports: `confsync once` reaches it without gRPC, and DNS (`srv.py`) is only
+imported when `srv_domain` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from confsync.errors import ConfigError
+from confsync.settings import EtcdSettings
+
+
+def endpoint_urls(settings: EtcdSettings) -> tuple[str, ...]:
+    """The configured endpoints, or those DNS SRV records name now (`srv_domain`)."""
+    if not settings.srv_domain:
+        return settings.endpoints
+    from confsync.stores.srv import resolve_endpoints
+
+    return resolve_endpoints(settings.srv_domain, settings.srv_nameserver, settings.timeout)
+
+
+def describe_endpoints(settings: EtcdSettings) -> str:
+    """How errors name the endpoints: the list, or the SRV domain they came from."""
+    return f"SRV {settings.srv_domain}" if settings.srv_domain else ", ".join(settings.endpoints)
+
+
+def split_endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of an endpoint URL; a bare `host:port` is taken as http."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        raise ConfigError("etcd", f"expected an endpoint such as http://127.0.0.1:2379, found "
+                          f"{url!r}", "endpoints")
+    return parts.hostname, parts.port or 2379
+
+
+def uses_tls(settings: EtcdSettings, urls: Sequence[str]) -> bool:
+    """TLS for every endpoint when any is https:// or a CA is given (one channel setting)."""
+    return settings.ca_cert is not None or any(urlsplit(u).scheme == "https" for u in urls)
+
+
+def check_client_pair(settings: EtcdSettings) -> None:
+    if (settings.cert is None) != (settings.key is None):
+        raise ConfigError("etcd", "give both cert and key for client TLS, or neither", "cert")
+
+
+def read_tls_file(path: Path | None, what: str) -> bytes | None:
+    """A CA, certificate or key file's bytes; an unreadable one is a configuration error."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read {what}: {exc.strerror}") from None

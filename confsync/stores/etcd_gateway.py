@@ -1,0 +1,307 @@
+"""A light read path for `confsync once` and `confsync check`: etcd's own JSON gateway.
+
+Why: a one-shot run spends more time importing gRPC, protobuf and the etcd client (80-110 ms)
+than reading 5,000 keys. etcd serves the same API as JSON over HTTP/1.1 on its client URL
+(grpc-gateway, on by default in etcd 3.5), which the standard library speaks.
+
+What it keeps from the gRPC store (`etcd.py`):
+- **One revision for all prefixes, in one round trip**: one `POST /v3/kv/txn` whose success
+  branch holds one RangeRequest per merged prefix. A txn is atomic, so every range is read at
+  the txn's revision (more than MAX_TXN_OPS prefixes: further txns read at that revision).
+- **Never stale**: the ranges are linearizable (the gateway's default, `serializable` unset),
+  and every request carries `Grpc-Metadata-Hasleader: true`, which the gateway passes on as
+  gRPC metadata `hasleader=true`: a member cut off from its quorum answers "no leader" at once
+  and the next endpoint is asked.
+- **The same settings and errors**: TLS (CA, client cert and key), user + password_file
+  (`POST /v3/auth/authenticate`, the token in `Authorization`), `etcd.timeout` per endpoint,
+  endpoints tried in turn (or from DNS SRV), StoreUnavailable (exit 3) naming each endpoint
+  and why, ConfigError (exit 2) for unusable TLS files.
+- **Cluster identity**: the snapshot carries the header's cluster id. A one-shot run has no
+  earlier history to compare it with, so the store-reset check of the watch does not apply.
+
+When no endpoint serves the gateway (HTTP 404 from an `etcd grpc-proxy`, a non-HTTP or
+non-JSON answer), it reads through the gRPC store instead, asking only the endpoints that
+answered: an endpoint that timed out is not waited for twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from confsync.errors import ConfigError, StoreUnavailable
+from confsync.settings import EtcdSettings, read_password
+from confsync.stores import Snapshot
+from confsync.stores.endpoints import (
+    check_client_pair,
+    describe_endpoints,
+    endpoint_urls,
+    read_tls_file,
+    split_endpoint,
+    uses_tls,
+)
+
+if TYPE_CHECKING:
+    import ssl
+
+    from confsync.stores import WatchHandle, WatchSink
+
+log = logging.getLogger(__name__)
+
+# etcd's default --max-txn-ops. More merged prefixes than this take several txns.
+MAX_TXN_OPS = 128
+# grpc-gateway passes `Grpc-Metadata-<name>` headers on as gRPC metadata: etcd's require-leader.
+REQUIRE_LEADER_HEADER = ("Grpc-Metadata-Hasleader", "true")
+# HTTP statuses that mean "no gateway here" (grpc-proxy answers 404 to every /v3 path).
+NO_GATEWAY_STATUSES = frozenset({404, 405, 501})
+# gRPC status UNAUTHENTICATED: the token is unknown (expired, or the member restarted).
+UNAUTHENTICATED = 16
+
+
+class _NoGateway(Exception):
+    """The endpoint answered, but not as etcd's JSON gateway: gRPC may still work there."""
+
+
+class _EndpointFailed(Exception):
+    """The endpoint could not be asked, or etcd answered with an error."""
+
+
+class _InvalidToken(_EndpointFailed):
+    pass
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The end of `prefix`'s range: its last byte below 0xff incremented, the rest dropped.
+    b"\\0" (every key after `prefix`) when there is no such byte."""
+    for i in reversed(range(len(prefix))):
+        if prefix[i] < 0xFF:
+            return prefix[:i] + bytes([prefix[i] + 1])
+    return b"\0"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def range_ops(prefixes: Sequence[str], revision: int = 0) -> list[dict[str, Any]]:
+    """Txn ops: one linearizable RangeRequest per prefix, at `revision` when given."""
+    ops = []
+    for prefix in prefixes:
+        key = prefix.encode("utf-8", "surrogateescape")
+        request: dict[str, Any] = {"key": _b64(key), "range_end": _b64(_range_end(key))}
+        if revision:
+            request["revision"] = str(revision)
+        ops.append({"request_range": request})
+    return ops
+
+
+def _error_text(status: int, body: bytes) -> tuple[int | None, str]:
+    """(gRPC code, message) of a gateway error body, or (None, the start of the text)."""
+    try:
+        answer = json.loads(body)
+        return int(answer.get("code", 0)), str(answer.get("message") or answer.get("error"))
+    except (ValueError, AttributeError, TypeError):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return None, f"HTTP {status}" + (f": {text}" if text else "")
+
+
+class _Connection:
+    """One endpoint, one keep-alive HTTP/1.1 connection, one deadline for all its requests."""
+
+    def __init__(self, url: str, context: ssl.SSLContext | None, timeout: float) -> None:
+        host, port = split_endpoint(url)
+        self.url = url
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.headers = {"Content-Type": "application/json", REQUIRE_LEADER_HEADER[0]:
+                        REQUIRE_LEADER_HEADER[1]}
+        self.conn: http.client.HTTPConnection = (
+            http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+            if context is not None else http.client.HTTPConnection(host, port, timeout=timeout))
+
+    def post(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _EndpointFailed(f"no answer within {self.timeout:g}s")
+        self.conn.timeout = remaining
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(remaining)
+        try:
+            self.conn.request("POST", path, json.dumps(request).encode(), self.headers)
+            response = self.conn.getresponse()
+            body = response.read()
+        except TimeoutError:
+            raise _EndpointFailed(f"no answer within {self.timeout:g}s") from None
+        except (http.client.RemoteDisconnected, http.client.BadStatusLine) as exc:
+            # A gRPC-only server drops an HTTP/1.1 request (or answers with HTTP/2 frames).
+            raise _NoGateway(f"no HTTP/1.1 answer ({type(exc).__name__})") from None
+        except http.client.HTTPException as exc:
+            raise _EndpointFailed(f"bad HTTP answer: {type(exc).__name__}: {exc}") from None
+        except OSError as exc:  # refused, unreachable, TLS handshake or certificate failure
+            raise _EndpointFailed(exc.strerror or str(exc) or type(exc).__name__) from None
+        if response.status in NO_GATEWAY_STATUSES:
+            raise _NoGateway(f"{path} answered HTTP {response.status}")
+        if response.status != 200:
+            code, message = _error_text(response.status, body)
+            if code == UNAUTHENTICATED:
+                raise _InvalidToken(message)
+            raise _EndpointFailed(message)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise _NoGateway(f"{path} answered HTTP 200 without JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("header"), dict):
+            raise _NoGateway(f"{path} answered JSON that is not an etcd response")
+        return answer
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class EtcdGatewayStore:
+    """Snapshots through the JSON gateway; `watch` is the gRPC store's (a stream needs it)."""
+
+    name = "etcd"
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self._settings = settings
+        self._contexts: dict[bool, ssl.SSLContext | None] = {}
+        if not settings.srv_domain:
+            self._tls_context(settings.endpoints)  # bad TLS settings fail at start
+
+    def _tls_context(self, urls: Sequence[str]) -> ssl.SSLContext | None:
+        secure = uses_tls(self._settings, urls)
+        if secure not in self._contexts:
+            self._contexts[secure] = self._build_context() if secure else None
+        return self._contexts[secure]
+
+    def _build_context(self) -> ssl.SSLContext:
+        import ssl
+
+        s = self._settings
+        check_client_pair(s)
+        ca = read_tls_file(s.ca_cert, "CA certificate")
+        try:
+            context = ssl.create_default_context(cadata=ca.decode("ascii", "replace")
+                                                 if ca is not None else None)
+        except ssl.SSLError as exc:
+            raise ConfigError(str(s.ca_cert), f"not a usable CA certificate: {exc}") from None
+        if s.cert is not None and s.key is not None:
+            read_tls_file(s.cert, "client certificate")  # the same error as gRPC's when unreadable
+            read_tls_file(s.key, "client key")
+            try:
+                context.load_cert_chain(s.cert, s.key)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(str(s.cert), f"client certificate and key {s.key} are not "
+                                  f"a usable pair: {exc}") from None
+        return context
+
+    def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        """Every key under `prefixes` at one revision, from the first endpoint that serves.
+
+        Raises StoreUnavailable when no endpoint served (each is given `etcd.timeout`), after
+        trying gRPC on those that answered without a gateway.
+        """
+        urls = endpoint_urls(self._settings)
+        context = self._tls_context(urls)
+        password = read_password(self._settings)
+        failures: list[str] = []
+        gatewayless: list[str] = []
+        for index, url in enumerate(urls):
+            try:
+                return self._read(url, context, prefixes, password)
+            except _NoGateway as exc:
+                log.debug("etcd %s: no JSON gateway (%s)", url, exc)
+                gatewayless.append(url)
+            except _EndpointFailed as exc:
+                failures.append(f"{url}: {exc}")
+                if index + 1 < len(urls):
+                    log.warning("etcd read failed (%s); trying the next endpoint", failures[-1])
+        if gatewayless:
+            return self._grpc_snapshot(gatewayless, prefixes, failures)
+        raise StoreUnavailable(f"etcd {describe_endpoints(self._settings)}: read failed: "
+                               f"{'; '.join(failures)}")
+
+    def _read(self, url: str, context: ssl.SSLContext | None, prefixes: Sequence[str],
+              password: str | None) -> Snapshot:
+        user = self._settings.user if password is not None else None
+        connection = _Connection(url, context, self._settings.timeout)
+        try:
+            if user is not None:
+                self._authenticate(connection, user, password or "")
+            try:
+                return self._ranges(connection, prefixes)
+            except _InvalidToken:
+                if user is None:
+                    raise
+                log.info("etcd auth token expired or revoked; authenticating again")
+                self._authenticate(connection, user, password or "")
+                return self._ranges(connection, prefixes)
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _authenticate(connection: _Connection, user: str, password: str) -> None:
+        """Get a token; it goes with every later request on this connection."""
+        connection.headers.pop("Authorization", None)  # not the stale one
+        try:
+            answer = connection.post("/v3/auth/authenticate",
+                                     {"name": user, "password": password})
+        except _InvalidToken as exc:  # never retried: the password itself is refused
+            raise _EndpointFailed(str(exc)) from None
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise _EndpointFailed("authentication answered without a token")
+        connection.headers["Authorization"] = token
+
+    @staticmethod
+    def _ranges(connection: _Connection, prefixes: Sequence[str]) -> Snapshot:
+        values: dict[str, bytes] = {}
+        revision = cluster_id = 0
+        # No prefix at all still takes one (empty) txn: the snapshot's revision and cluster.
+        for start in range(0, max(1, len(prefixes)), MAX_TXN_OPS):
+            chunk = prefixes[start:start + MAX_TXN_OPS]
+            answer = connection.post("/v3/kv/txn", {"success": range_ops(chunk, revision)})
+            if not revision:
+                header = answer["header"]
+                revision = int(header.get("revision", 0))
+                cluster_id = int(header.get("cluster_id", 0))
+            responses = answer.get("responses", ())
+            if len(responses) != len(chunk):
+                raise _EndpointFailed(f"txn answered {len(responses)} ranges for {len(chunk)}")
+            b64decode = base64.b64decode
+            for response in responses:
+                for kv in response.get("response_range", {}).get("kvs", ()):
+                    key = b64decode(kv["key"]).decode("utf-8", "surrogateescape")
+                    values[key] = b64decode(kv.get("value", ""))
+        return Snapshot(revision, values, cluster_id)
+
+    def _grpc_snapshot(self, urls: list[str], prefixes: Sequence[str],
+                       failures: list[str]) -> Snapshot:
+        """The gRPC store's snapshot, from the endpoints that answered without a gateway."""
+        log.debug("etcd JSON gateway not served by %s; reading through gRPC", ", ".join(urls))
+        from confsync.stores.etcd import EtcdStore
+
+        store = EtcdStore(replace(self._settings, endpoints=tuple(urls), srv_domain=""))
+        try:
+            return store.snapshot(prefixes)
+        except StoreUnavailable as exc:
+            if not failures:
+                raise
+            raise StoreUnavailable(f"{exc}; {'; '.join(failures)}") from None
+        finally:
+            store.close()
+
+    def watch(self, prefixes: Sequence[str], start_revision: int,
+              sink: WatchSink) -> WatchHandle:
+        """Not this store's job: a watch is a gRPC stream (open_store gives EtcdStore)."""
+        raise NotImplementedError("EtcdGatewayStore reads snapshots only; watch with EtcdStore")
+
+    def close(self) -> None:
+        """Nothing stays open between snapshots."""
