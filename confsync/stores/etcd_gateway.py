@@ -19,9 +19,12 @@ What it keeps from the gRPC store (`etcd.py`):
 - **Cluster identity**: the snapshot carries the header's cluster id. A one-shot run has no
   earlier history to compare it with, so the store-reset check of the watch does not apply.
 
-When no endpoint serves the gateway (HTTP 404 from an `etcd grpc-proxy`, a non-HTTP or
-non-JSON answer), it reads through the gRPC store instead, asking only the endpoints that
-answered: an endpoint that timed out is not waited for twice.
+When no endpoint serves through the gateway, it reads through the gRPC store instead, asking
+only the endpoints that answered: an endpoint that timed out is not waited for twice. Gateways
+that do not serve: none at all (HTTP 404 from an `etcd grpc-proxy`, a non-HTTP or non-JSON
+answer); etcd refusing a client certificate with a CommonName when client-cert-auth and auth
+are both on (HTTP 400: the gateway cannot pass the certificate's identity on); a gateway whose
+own gRPC connection to etcd fails (its server certificate lacks the clientAuth usage).
 """
 
 from __future__ import annotations
@@ -60,12 +63,15 @@ MAX_TXN_OPS = 128
 REQUIRE_LEADER_HEADER = ("Grpc-Metadata-Hasleader", "true")
 # HTTP statuses that mean "no gateway here" (grpc-proxy answers 404 to every /v3 path).
 NO_GATEWAY_STATUSES = frozenset({404, 405, 501})
+# How etcd's own errors start; any other error is the gateway's (see _Connection.post).
+ETCD_ERRORS = ("etcdserver:", "auth:", "mvcc:")
 # gRPC status UNAUTHENTICATED: the token is unknown (expired, or the member restarted).
 UNAUTHENTICATED = 16
 
 
 class _NoGateway(Exception):
-    """The endpoint answered, but not as etcd's JSON gateway: gRPC may still work there."""
+    """The endpoint answered, but its JSON gateway is missing or refused: gRPC may still work
+    there."""
 
 
 class _EndpointFailed(Exception):
@@ -151,7 +157,12 @@ class _Connection:
             code, message = _error_text(response.status, body)
             if code == UNAUTHENTICATED:
                 raise _InvalidToken(message)
-            raise _EndpointFailed(message)
+            if message.startswith(ETCD_ERRORS):
+                raise _EndpointFailed(message)  # etcd's own answer: gRPC would get the same
+            # The gateway itself refused or failed: a client certificate with a CommonName
+            # under client-cert-auth + auth (HTTP 400), or its own gRPC dial to etcd failed
+            # (a server certificate without clientAuth). gRPC may still work there.
+            raise _NoGateway(f"{path} answered {message}")
         try:
             answer = json.loads(body)
         except ValueError:
@@ -217,7 +228,7 @@ class EtcdGatewayStore:
             try:
                 return self._read(url, context, prefixes, password)
             except _NoGateway as exc:
-                log.debug("etcd %s: no JSON gateway (%s)", url, exc)
+                log.debug("etcd %s: JSON gateway not usable (%s)", url, exc)
                 gatewayless.append(url)
             except _EndpointFailed as exc:
                 failures.append(f"{url}: {exc}")

@@ -87,9 +87,9 @@ class SecureEtcd:
         return EtcdSettings(**values)  # type: ignore[arg-type]
 
 
-def start_secure(etcd_binary: str, base: Path) -> SecureEtcd:
+def start_secure(etcd_binary: str, base: Path, server_client_auth: bool = True) -> SecureEtcd:
     """A TLS etcd with auth on: root, and `reader` with read access to /tls/ only."""
-    pki = make_pki(base / "pki")
+    pki = make_pki(base / "pki", server_client_auth=server_client_auth)
     member = start_single(etcd_binary, base / "etcd", scheme="https", extra_args=[
         "--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key),
         "--trusted-ca-file", str(pki.ca_cert), "--client-cert-auth",
