@@ -7,7 +7,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,21 +31,27 @@ def instance(i: int) -> str:
                        "port": 8080, "weight": 100, "state": "ready"})
 
 
-def load_instances(endpoint: str, prefix: str, count: int, service: str = "web") -> None:
-    """Put `count` instances with transactions of 128 puts (fast and realistic)."""
+def put_many(endpoint: str, items: Iterable[tuple[str, str]]) -> None:
+    """Put every (key, value) with transactions of 128 puts (etcd's --max-txn-ops)."""
     c = client(endpoint, timeout=30)
-    c.put(f"{prefix}/haproxy/frontends/main", json.dumps({"bind": ["127.0.0.1:18080"],
-                                                          "default_service": service}))
-    c.put(f"{prefix}/services/{service}/config", json.dumps({"check_path": "/healthz"}))
     ops = []
-    for i in range(count):
-        ops.append(c.transactions.put(f"{prefix}/services/{service}/instances/i{i:05d}",
-                                      instance(i)))
+    for key, value in items:
+        ops.append(c.transactions.put(key, value))
         if len(ops) == 128:
             c.transaction(compare=[], success=ops, failure=[])
             ops = []
     if ops:
         c.transaction(compare=[], success=ops, failure=[])
+
+
+def load_instances(endpoint: str, prefix: str, count: int, service: str = "web") -> None:
+    """A frontend, a service config and `count` instances of `service` (the HAProxy schema)."""
+    put_many(endpoint, [
+        (f"{prefix}/haproxy/frontends/main", json.dumps({"bind": ["127.0.0.1:18080"],
+                                                        "default_service": service})),
+        (f"{prefix}/services/{service}/config", json.dumps({"check_path": "/healthz"})),
+        *((f"{prefix}/services/{service}/instances/i{i:05d}", instance(i))
+          for i in range(count))])
 
 
 def haproxy_confdir(base: Path, dest: Path, extra: str = "") -> Path:
@@ -55,13 +63,28 @@ def haproxy_confdir(base: Path, dest: Path, extra: str = "") -> Path:
     return confdir
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
-    """Run a command; return (wall seconds, peak RSS in KiB, exit code) for that process alone."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
-    return time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+    """Run a command; return (wall seconds, peak RSS in KiB, exit code) for that process alone.
+
+    The RSS comes from GNU time (`apt-get install time`), not from our own wait4: a child's
+    ru_maxrss starts with the high-water mark of the process it was forked from (the kernel
+    keeps it across exec), so measured from this bench, with etcd's client loaded, even
+    /bin/true would "peak" at this process's 40+ MB.
+    """
+    if not Path(GNU_TIME).exists():
+        sys.exit(f"bench: {GNU_TIME} is missing (apt-get install time)")
+    with tempfile.NamedTemporaryFile(prefix="bench-rss-") as out:
+        start = time.perf_counter()
+        done = subprocess.run([GNU_TIME, "-f", "%M", "-o", out.name, *argv],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, **(env or {})})
+        seconds = time.perf_counter() - start
+        # "Command exited with non-zero status N" comes first when it failed.
+        peak = int(Path(out.name).read_text().split()[-1])
+    return seconds, peak, done.returncode
 
 
 def pct(values: list[float], q: float) -> float:

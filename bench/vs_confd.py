@@ -1,0 +1,255 @@
+"""confsync beside confd 0.17 on the same etcd (issue 11), one table.
+
+(a) `once`: 5,000 keys -> a 5,000-line file; wall and peak RSS of the process alone, median of
+    --runs (each run writes the file: dest removed first). The two renders are compared.
+(b) `watch`, small template, wait_min 0: put -> file renamed into place, p50/p99.
+(c) `watch`, 5,000 servers: confsync renders the shipped, validating HAProxy template; confd a
+    plain Go template of the same 5,000 server lines (confd cannot run the Jinja one).
+(d) HAProxy pool join through `confsync watch` (bench/haproxy_churn.py --driver daemon, runtime
+    strategy, the shipped resource's check_server_changes = false), at --wait-min 10ms and 0.
+
+confd columns are skipped when --confd does not name an executable. Loopback only, bounded.
+    python -m bench.vs_confd [--confd /tmp/confd-bin/confd] [--runs 9] [--samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import (
+    REPO,
+    haproxy_confdir,
+    load_instances,
+    pct,
+    put_many,
+    run_measured,
+    start_etcd,
+)
+from bench.watch import put_to_file, small_resource, start_confsync, wait_until
+
+CONFD_FIVE_THOUSAND = (
+    '{{range gets "/services/web/instances/*"}}{{$i := json .Value}}'
+    "    server {{base .Key}} {{$i.address}}:{{$i.port}} weight {{$i.weight}} check\n{{end}}")
+
+
+def confd_resource(confdir: Path, name: str, template: str, dest: Path, keys: list[str],
+                   reload_cmd: str = "") -> Path:
+    """A confd confdir with one template resource (confd's own TOML and Go template)."""
+    (confdir / "conf.d").mkdir(parents=True, exist_ok=True)
+    (confdir / "templates").mkdir(parents=True, exist_ok=True)
+    (confdir / "templates" / f"{name}.tmpl").write_text(template)
+    (confdir / "conf.d" / f"{name}.toml").write_text(
+        f'[template]\nsrc = "{name}.tmpl"\ndest = "{dest}"\nkeys = {json.dumps(keys)}\n'
+        + (f"reload_cmd = {json.dumps(reload_cmd)}\n" if reload_cmd else ""))
+    return confdir
+
+
+def confd_argv(confd: str, endpoint: str, confdir: Path, prefix: str, *mode: str) -> list[str]:
+    return [confd, *mode, "-backend", "etcdv3", "-node", endpoint, "-confdir", str(confdir),
+            "-prefix", prefix, "-log-level", "error"]
+
+
+def start_confd(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {pct(values, 99) * 1000:.1f} ms"
+
+
+# ---- (a) once
+
+
+def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
+               runs: int) -> dict[str, str]:
+    put_many(endpoint, ((f"/o/svc/k{i:05d}", f"10.{i >> 8 & 255}.{i & 255}.1:8080")
+                        for i in range(keys)))
+    mine, theirs = base / "once-confsync.conf", base / "once-confd.conf"
+    cs_dir, cd_dir = base / "once-cs", base / "once-cd"
+    (cs_dir / "conf.d").mkdir(parents=True)
+    (cs_dir / "templates").mkdir()
+    (cs_dir / "templates" / "list.tmpl").write_text(
+        "{% for kv in gets('/svc/*') %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}")
+    (cs_dir / "conf.d" / "list.toml").write_text(
+        f'[template]\nsrc = "list.tmpl"\ndest = "{mine}"\nkeys = ["/svc"]\n')
+    confd_resource(cd_dir, "list", '{{range gets "/svc/*"}}server {{base .Key}} {{.Value}}\n'
+                   "{{end}}", theirs, ["/svc"])
+    commands = {"confsync": ([sys.executable, "-m", "confsync", "once", "--confdir",
+                              str(cs_dir), "--endpoints", endpoint, "--prefix", "/o",
+                              "--log-level", "error"], mine)}
+    if confd:
+        commands["confd"] = (confd_argv(confd, endpoint, cd_dir, "/o", "-onetime"), theirs)
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    rss: dict[str, list[int]] = {name: [] for name in commands}
+    for _ in range(runs):  # alternating, so both see the same noise
+        for name, (argv, dest) in commands.items():
+            dest.unlink(missing_ok=True)
+            seconds, peak, code = run_measured(argv)
+            assert code == 0, f"{name} once exited {code}"
+            walls[name].append(seconds)
+            rss[name].append(peak)
+    lines = mine.read_text().count("\n")
+    assert lines == keys, f"confsync rendered {lines} lines"
+    if confd:
+        assert theirs.read_text() == mine.read_text(), "confd and confsync rendered differently"
+    startup, _, _ = run_measured([sys.executable, "-c", "pass"])
+    print(f"(a) once, {keys} keys -> {lines}-line file, {runs} runs each "
+          f"(python -c pass: {startup:.3f} s)")
+    return {name: f"{statistics.median(walls[name]):.3f} s (min {min(walls[name]):.3f}), "
+                  f"{statistics.median(rss[name]) / 1024:.0f} MB" for name in commands}
+
+
+# ---- (b), (c) watch
+
+
+def measure_watch(start: Callable[[], subprocess.Popen[bytes]], dest: Path, endpoint: str,
+                  key: str, make_value: Callable[[int], str], samples: int) -> list[float]:
+    """Start a watcher, wait for its first render, then time put -> file."""
+    proc = start()
+    try:
+        wait_until(dest.exists, timeout=60)
+        put_to_file(endpoint, key, make_value, dest, 5)  # warm-up, not counted
+        return put_to_file(endpoint, key, make_value, dest, samples)
+    finally:
+        stop(proc)
+
+
+def bench_small(base: Path, endpoint: str, confd: str | None, samples: int) -> dict[str, str]:
+    put_many(endpoint, [("/s/small/v", "init")])
+    out: dict[str, str] = {}
+    cs, cd = base / "small-cs", base / "small-cd"
+    dest_cs, dest_cd = cs / "out" / "small.conf", cd / "out" / "small.conf"
+    dest_cs.parent.mkdir(parents=True)
+    dest_cd.parent.mkdir(parents=True)
+    small_resource(cs, dest_cs, cs / "reloads")
+    out["confsync"] = ms(measure_watch(
+        lambda: start_confsync(cs, endpoint, "/s", base / "small-cs.log", "--wait-min", "0"),
+        dest_cs, endpoint, "/s/small/v", lambda i: f"v{i}", samples))
+    if confd:
+        confd_resource(cd, "small", 'value = {{getv "/small/v"}}\n', dest_cd, ["/small"],
+                       f"sh -c 'echo r >> {cd / 'reloads'}'")
+        out["confd"] = ms(measure_watch(
+            lambda: start_confd(confd_argv(confd, endpoint, cd, "/s", "-watch"),
+                                base / "small-cd.log"),
+            dest_cd, endpoint, "/s/small/v", lambda i: f"w{i}", samples))
+    print(f"(b) watch, small template, put -> file, {samples} samples")
+    return out
+
+
+def bench_five_thousand(base: Path, endpoint: str, confd: str | None,
+                        samples: int) -> dict[str, str]:
+    load_instances(endpoint, "/h", 5000)
+    key = "/h/services/web/instances/i00042"
+
+    def value(i: int) -> str:
+        return json.dumps({"address": f"10.200.{i // 250}.{i % 250}", "port": 8080,
+                           "weight": 100, "state": "ready"})
+
+    out: dict[str, str] = {}
+    dest_cs = base / "h-cs" / "haproxy.cfg"
+    dest_cs.parent.mkdir()
+    cs = haproxy_confdir(base / "h-cs", dest_cs)
+    out["confsync"] = ms(measure_watch(
+        lambda: start_confsync(cs, endpoint, "/h", base / "h-cs.log", "--wait-min", "0"),
+        dest_cs, endpoint, key, value, samples))
+    if confd:
+        dest_cd = base / "h-cd" / "haproxy.cfg"
+        dest_cd.parent.mkdir()
+        cd = confd_resource(base / "h-cd" / "confdir", "servers", CONFD_FIVE_THOUSAND, dest_cd,
+                            ["/services"])
+        out["confd"] = ms(measure_watch(
+            lambda: start_confd(confd_argv(confd, endpoint, cd, "/h", "-watch"),
+                                base / "h-cd.log"),
+            dest_cd, endpoint, key, lambda i: value(i + 1000), samples))
+    print(f"(c) watch, 5,000 servers, put -> file, {samples} samples (confsync: shipped HAProxy "
+          f"template; confd: Go template of the server lines)")
+    return out
+
+
+# ---- (d) HAProxy
+
+
+def bench_haproxy(seconds: float, wait_mins: list[str]) -> dict[str, str]:
+    out = {}
+    for wait_min in wait_mins:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "haproxy_churn.py"), "--driver", "daemon",
+             "--strategy", "runtime", "--skip-server-checks", "--seconds", str(seconds),
+             "--wait-min", wait_min], capture_output=True, text=True, timeout=seconds + 180,
+            cwd=REPO)
+        served = re.search(r"put -> first served: (p50 [\d.]+ ms, p99 [\d.]+ ms)", done.stdout)
+        failed = re.search(r"failed requests:\s+(\d+)", done.stdout)
+        out[f"wait_min {wait_min}"] = (
+            f"{served[1]}, {failed[1] if failed else '?'} failed requests" if served
+            else f"no result (exit {done.returncode}): {done.stdout[-300:]}{done.stderr[-300:]}")
+    print(f"(d) HAProxy pool join, confsync watch (runtime strategy), {seconds:.0f} s of churn")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--confd", default="/tmp/confd-bin/confd",
+                        help="confd 0.17 binary; its columns are skipped when absent")
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=5000)
+    parser.add_argument("--haproxy-seconds", type=float, default=20.0)
+    parser.add_argument("--wait-min", action="append", dest="wait_mins",
+                        help="(d) daemon --wait-min values (default: 10ms and 0)")
+    parser.add_argument("--only", choices=("once", "small", "5000", "haproxy"), action="append",
+                        help="run only these figures (repeatable)")
+    args = parser.parse_args()
+    if args.runs > 50 or args.samples > 1000 or args.haproxy_seconds > 120:
+        parser.error("bounded benchmark: at most 50 runs, 1,000 samples, 120 s of churn")
+    confd = args.confd if args.confd and os.access(args.confd, os.X_OK) else None
+    if confd is None:
+        print(f"confd not found at {args.confd}: confd columns skipped")
+    only = set(args.only or ("once", "small", "5000", "haproxy"))
+    rows: list[tuple[str, dict[str, str]]] = []
+    with tempfile.TemporaryDirectory(prefix="confsync-vs-confd-") as tmp:
+        base = Path(tmp)
+        etcd = start_etcd(base / "etcd")
+        try:
+            if "once" in only:
+                rows.append(("once", bench_once(base, etcd.endpoint, confd, args.keys,
+                                                args.runs)))
+            if "small" in only:
+                rows.append(("watch small", bench_small(base, etcd.endpoint, confd,
+                                                        args.samples)))
+            if "5000" in only:
+                rows.append(("watch 5,000", bench_five_thousand(base, etcd.endpoint, confd,
+                                                                args.samples)))
+        finally:
+            etcd.stop()
+    if "haproxy" in only:
+        rows.append(("haproxy join", bench_haproxy(args.haproxy_seconds,
+                                                   args.wait_mins or ["10ms", "0"])))
+    load = os.getloadavg()[0]
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, load average {load:.2f}")
+    for name, results in rows:
+        for column, text in results.items():
+            print(f"  {name:<13} {column:<14} {text}")
+
+
+if __name__ == "__main__":
+    main()
