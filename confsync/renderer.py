@@ -320,8 +320,13 @@ def _bytecode_cache(jinja2: Any) -> Any:
             with contextlib.suppress(OSError):
                 super().dump_bytecode(bucket)
 
+    from confsync import __version__
+
     try:
-        return BestEffortCache()
+        # Our own file names, with the version: the cache key is the template's name and
+        # source only, and this Environment's options (finalize, trim_blocks, ...) shape the
+        # compiled code, so another Jinja user or another confsync must never load ours.
+        return BestEffortCache(pattern=f"__confsync_{__version__}_%s.cache")
     except (OSError, RuntimeError):
         return None
 
@@ -442,6 +447,7 @@ class Renderer:
             auto_reload=False,
             finalize=_finalize,
             cache_size=-1,
+            bytecode_cache=_bytecode_cache(jinja2),
         )
         self.env.filters.update(VALIDATING_FILTERS)
         self._attributing_filters = {name: _attributing(check)

@@ -30,6 +30,7 @@ own gRPC connection to etcd fails (its server certificate lacks the clientAuth u
 from __future__ import annotations
 
 import base64
+import binascii
 import http.client
 import json
 import logging
@@ -286,7 +287,7 @@ class EtcdGatewayStore:
             responses = answer.get("responses", ())
             if len(responses) != len(chunk):
                 raise _EndpointFailed(f"txn answered {len(responses)} ranges for {len(chunk)}")
-            b64decode = base64.b64decode
+            b64decode = binascii.a2b_base64  # base64.b64decode's checks cost 2x for 10,000
             for response in responses:
                 for kv in response.get("response_range", {}).get("kvs", ()):
                     key = b64decode(kv["key"]).decode("utf-8", "surrogateescape")
