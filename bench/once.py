@@ -13,7 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import haproxy_confdir, load_instances, run_measured, start_etcd
+from bench.common import (
+    compile_sources,
+    haproxy_confdir,
+    load_instances,
+    run_measured,
+    start_etcd,
+)
 
 
 def main() -> None:
@@ -21,6 +27,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
+    compile_sources()
     with tempfile.TemporaryDirectory(prefix="confsync-bench-") as tmp:
         base = Path(tmp)
         etcd = start_etcd(base / "etcd")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.common import (
     REPO,
+    compile_sources,
     haproxy_confdir,
     load_instances,
     pct,
@@ -225,6 +226,7 @@ def main() -> None:
     if confd is None:
         print(f"confd not found at {args.confd}: confd columns skipped")
     only = set(args.only or ("once", "small", "5000", "haproxy"))
+    compile_sources()
     rows: list[tuple[str, dict[str, str]]] = []
     with tempfile.TemporaryDirectory(prefix="confsync-vs-confd-") as tmp:
         base = Path(tmp)

@@ -223,6 +223,12 @@ class EtcdGatewayStore:
         urls = endpoint_urls(self._settings)
         context = self._tls_context(urls)
         password = read_password(self._settings)
+        if password is not None and self._settings.user and context is None:
+            # gRPC refuses to send the token over a plain channel; never send the password.
+            raise StoreUnavailable(
+                f"etcd {describe_endpoints(self._settings)}: user {self._settings.user!r} "
+                f"needs TLS (https:// endpoints or ca_cert): credentials are never sent over "
+                f"plain HTTP")
         failures: list[str] = []
         gatewayless: list[str] = []
         for index, url in enumerate(urls):

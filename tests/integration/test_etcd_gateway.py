@@ -292,12 +292,16 @@ def test_fallback_asks_only_the_endpoints_that_answered(
     assert time.monotonic() - start < 1.8  # the frozen member was not waited for twice
 
 
-def test_an_answer_that_is_not_etcd_is_named(tmp_path: Path) -> None:
-    """A web server that answers 200 with HTML: no gateway, and no gRPC either; exit 3."""
+@pytest.fixture
+def web_page() -> Iterator[tuple[str, list[str]]]:
+    """A web server that answers every POST with 200 and HTML; (its URL, the paths asked)."""
     import http.server
+
+    asked: list[str] = []
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            asked.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.end_headers()
@@ -308,13 +312,28 @@ def test_an_answer_that_is_not_etcd_is_named(tmp_path: Path) -> None:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with pytest.raises(StoreUnavailable, match=f"etcd {url}: read failed"):
-            gateway(url, timeout=2.0).snapshot(["/x"])
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_answer_that_is_not_etcd_is_named(web_page: tuple[str, list[str]]) -> None:
+    """HTML with 200: no gateway, and no gRPC either (exit 3), both named."""
+    url, asked = web_page
+    with pytest.raises(StoreUnavailable, match=f"etcd {url}: read failed"):
+        gateway(url, timeout=2.0).snapshot(["/x"])
+    assert asked == ["/v3/kv/txn"]
+
+
+def test_no_password_over_plain_http(web_page: tuple[str, list[str]], tmp_path: Path) -> None:
+    """As with gRPC (which refuses to send the token over a plain channel): auth needs TLS,
+    and the password is not sent at all."""
+    url, asked = web_page
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    with pytest.raises(StoreUnavailable, match="needs TLS"):
+        gateway(url, user="reader", password_file=password).snapshot(["/x"])
+    assert asked == []
 
 
 # ---- TLS and auth
