@@ -37,7 +37,7 @@ from confsync.stores.endpoints import (
     endpoint_urls,
     read_tls_file,
     split_endpoint,
-    uses_tls,
+    tls_for,
 )
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,7 @@ class EtcdStore:
     # ---- clients
 
     def _credentials(self, urls: Sequence[str]) -> grpc.ChannelCredentials | None:
-        secure = uses_tls(self._settings, urls)
-        if secure not in self._credentials_cache:
-            self._credentials_cache[secure] = self._build_credentials() if secure else None
-        return self._credentials_cache[secure]
+        return tls_for(self._credentials_cache, self._settings, urls, self._build_credentials)
 
     def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings

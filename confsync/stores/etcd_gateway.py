@@ -48,7 +48,7 @@ from confsync.stores.endpoints import (
     endpoint_urls,
     read_tls_file,
     split_endpoint,
-    uses_tls,
+    tls_for,
 )
 
 if TYPE_CHECKING:
@@ -188,10 +188,7 @@ class EtcdGatewayStore:
             self._tls_context(settings.endpoints)  # bad TLS settings fail at start
 
     def _tls_context(self, urls: Sequence[str]) -> ssl.SSLContext | None:
-        secure = uses_tls(self._settings, urls)
-        if secure not in self._contexts:
-            self._contexts[secure] = self._build_context() if secure else None
-        return self._contexts[secure]
+        return tls_for(self._contexts, self._settings, urls, self._build_context)
 
     def _build_context(self) -> ssl.SSLContext:
         import ssl
