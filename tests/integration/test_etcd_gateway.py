@@ -44,7 +44,8 @@ from tests.support.grpc_proxy import GrpcProxy
 pytestmark = pytest.mark.etcd
 
 GRPC_SNAPSHOT = EtcdStore.snapshot  # the reference, whatever no_grpc_fallback patches
-HEAVY = ("grpc", "pyetcd", "google", "psutil", "prometheus_client", "watchdog", "dns")
+HEAVY = ("grpc", "pyetcd", "google", "psutil", "prometheus_client", "watchdog", "dns",
+         "http", "email", "ssl")  # the last three: 13 ms a plain-HTTP run does without
 
 
 @pytest.fixture
