@@ -20,8 +20,6 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
-
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
 from confsync.haproxy.runtime import (
@@ -70,6 +68,8 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
 
 def _port_holder(port: int) -> tuple[int | None, str]:
     """Pid and name of the process listening on TCP `port`, as far as psutil can tell."""
+    import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
+
     try:
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
@@ -87,6 +87,8 @@ def _port_holder(port: int) -> tuple[int | None, str]:
 def _family(master_pid: int | None) -> set[int]:
     if master_pid is None:
         return set()
+    import psutil
+
     try:
         master = psutil.Process(master_pid)
         return {master_pid, *(p.pid for p in master.children(recursive=True))}
