@@ -65,7 +65,7 @@ MAX_TXN_OPS = 128
 REQUIRE_LEADER_HEADER = ("Grpc-Metadata-Hasleader", "true")
 # HTTP statuses that mean "no gateway here" (grpc-proxy answers 404 to every /v3 path).
 NO_GATEWAY_STATUSES = frozenset({404, 405, 501})
-# How etcd's own errors start; any other error is the gateway's (see _Connection.post).
+# How etcd's own errors start; any other error is the gateway's (see _answer).
 ETCD_ERRORS = ("etcdserver:", "auth:", "mvcc:")
 # gRPC status UNAUTHENTICATED: the token is unknown (expired, or the member restarted).
 UNAUTHENTICATED = 16
