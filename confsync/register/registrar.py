@@ -6,6 +6,11 @@ dead child. Every write is a transaction: create when absent, replace only when 
 names our host (a registrar restarted on this host takes its key over at once), never overwrite
 another host's live key. When etcd is back after an outage, or the lease was lost (expired,
 revoked, etcd recreated), a new lease is granted and every key written again.
+
+A live lease does not prove the keys are still there: an operator's `etcdctl del`, a restore
+from a backup that still holds the lease, or another writer can take a key away while the
+keepalives go on succeeding. So after every keepalive the keys written are read back (one
+transaction) and any that is missing, different or on another lease is written again.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ class Registrar:
                                         f"ttl {granted}s"))
         elif now >= self._next_keepalive:
             self._keepalive()
+            self._verify()
         self._connected()
         self._converge()
 
@@ -204,6 +210,32 @@ class Registrar:
             self._step(time.monotonic())
             return
         self._next_keepalive = time.monotonic() + max(ttl / 3, 0.2)
+
+    def _verify(self) -> None:
+        """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
+        if self._lease is None:
+            return
+        with self._lock:
+            keys = [k for k, v in self._written.items() if v is not None]
+        if not keys:
+            return
+        t = self._client.transactions
+        _, responses = self._client.transaction(compare=[], success=[t.get(k) for k in keys],
+                                                failure=[])
+        for key, found in zip(keys, responses, strict=True):
+            raw, meta = found[0] if found else (None, None)
+            with self._lock:
+                expected = self._written.get(key)
+                if expected is None:
+                    continue
+                intact = (raw == expected and meta is not None
+                          and int(meta.lease_id) == self._lease)
+                if intact:
+                    continue
+                del self._written[key]
+            self._revision.pop(key, None)
+            log.warning("register: %s %s; writing it again", key,
+                        "was deleted" if raw is None else "was changed under us")
 
     def _converge(self) -> None:
         with self._lock:

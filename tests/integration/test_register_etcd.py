@@ -124,6 +124,29 @@ def test_etcd_down_longer_than_ttl_then_back_registers_again(
     assert proc.proc.poll() is None
 
 
+def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """An `etcdctl del`, or a restore that keeps the lease but not the key, must not leave a
+    healthy instance out of its pool for good while the keepalives go on succeeding."""
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, ttl="3s"))
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    value = published(c, _key(prefix))
+    c.delete(_key(prefix))
+    wait_for(lambda: published(c, _key(prefix)) == value, timeout=5, interval=0.05,
+             what="deleted key written again within a keepalive period")
+    stale = {**value, "state": "drain"}  # type: ignore[dict-item]
+    c.put(_key(prefix), json.dumps(stale))  # no lease, stale content, still our host
+    wait_for(lambda: published(c, _key(prefix)) == value
+             and c.get(_key(prefix))[1].lease_id != 0, timeout=5, interval=0.05,
+             what="changed key written again, on the lease")
+    out = proc.output()
+    assert "was deleted; writing it again" in out and "was changed under us" in out, out
+    assert proc.proc.poll() is None
+
+
 class _Scripted(ThreadingHTTPServer):
     daemon_threads = True
     script: list[int]
