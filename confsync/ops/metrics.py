@@ -12,6 +12,7 @@ A "seconds since" gauge would be stale between scrapes and wrong once the proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -216,9 +217,17 @@ class Metrics(Observer):
 
     def started(self, resources: Sequence[Resource]) -> None:
         with self._lock:
+            removed = set(self._resources) - {r.name for r in resources}
             self._resources = {r.name: r for r in resources}
             self._failing &= set(self._resources)
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
+        # A resource dropped by a config reload must not keep its state gauges: a stale
+        # `resource_ok 0` or an ageing last-success timestamp would alert forever on a file
+        # nobody manages any more. (Counters keep their totals, as counters do.)
+        for name in removed:
+            for gauge in (self.resource_ok, self.last_success, self.values_left_out):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
         self.resources_gauge.set(len(resources))
         self._update_ready()
 
