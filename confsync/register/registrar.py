@@ -88,6 +88,16 @@ class Registrar:
         self._thread.start()
         return self
 
+    def revive(self) -> None:
+        """Called by the loop each tick: a registrar thread killed by a bug is started again
+        (its lease, keys and wants are kept), never left dead under a green /health."""
+        with self._lock:
+            if self._closing or self._thread.is_alive() or self._thread.ident is None:
+                return
+        log.error("register: the etcd thread stopped unexpectedly; starting it again")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
+        self._thread.start()
+
     def want(self, key: str, value: dict[str, Any] | None) -> None:
         encoded = None if value is None else json.dumps(value, sort_keys=True).encode()
         with self._lock:
@@ -137,6 +147,13 @@ class Registrar:
     # ---- the thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("register: the etcd thread failed")
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 closing = self._closing

@@ -96,6 +96,7 @@ class RegisterLoop:
         self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
+        self._stall_reported: dict[CheckRunner, float] = {}
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_ping = 0.0
@@ -220,6 +221,16 @@ class RegisterLoop:
         log.info("register: %s: draining for %.1fs, then deregistering", why, longest)
 
     def _poll(self) -> None:
+        now = time.monotonic()
+        for runner in self.runners:
+            stalled = runner.stalled(now)
+            if stalled is None:
+                self._stall_reported.pop(runner, None)
+            elif now - self._stall_reported.get(runner, 0.0) >= runner.spec.interval:
+                # A failure per interval while it stays silent: `fall` of them take it down.
+                self._stall_reported[runner] = now
+                self._handle(stalled)
+        self.registrar.revive()
         for state in self.instances.values():
             path = state.registration.maintenance_file
             if path is not None:

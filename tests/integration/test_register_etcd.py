@@ -197,6 +197,63 @@ def test_rise_and_fall_hysteresis_on_a_flapping_check(
         server.server_close()
 
 
+class _Trickling(ThreadingHTTPServer):
+    daemon_threads = True
+    trickle = False
+    stop = threading.Event()
+
+
+class _TricklingHandler(BaseHTTPRequestHandler):
+    """Healthy until told to trickle: then a header byte every 0.2 s, each well within the
+    probe's socket timeout, so only a deadline on the whole probe notices."""
+
+    server: _Trickling
+
+    def do_GET(self) -> None:
+        if not self.server.trickle:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        while not self.server.stop.wait(0.2):
+            try:
+                self.wfile.write(b"X")
+                self.wfile.flush()
+            except OSError:
+                return
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_probe_that_hangs_past_its_timeout_takes_the_instance_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    server = _Trickling(("127.0.0.1", 0), _TricklingHandler)
+    server.stop = threading.Event()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        write_registration(tmp_path / "conf", "web", _registration(
+            server.server_address[1], checks='[[check]]\ntype = "http"\npath = "/"\n'
+            'interval = "100ms"\ntimeout = "500ms"\nrise = 1\nfall = 2\n'))
+        proc = _start(procs, tmp_path, etcd, prefix)
+        c = client(etcd.endpoint)
+        wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+        server.trickle = True
+        hung = time.monotonic()
+        # interval 0.1 + timeout 0.5 + grace 1 s, then fall = 2 stalled results 0.1 s apart.
+        wait_for(lambda: published(c, _key(prefix)) is None, timeout=8, interval=0.05,
+                 what="a hung probe counted as failing")
+        assert time.monotonic() - hung < 4.0
+        assert "is stuck" in proc.output()
+        assert proc.proc.poll() is None
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_maintenance_file_and_on_unhealthy_maint(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
