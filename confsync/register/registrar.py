@@ -61,8 +61,12 @@ class Registrar:
     """Converges etcd to the wanted registrations. `want` and `close` are thread-safe."""
 
     def __init__(self, new_client: Callable[[], Any], host: str, ttl: int,
-                 report: Callable[[RegistrarEvent], None]) -> None:
+                 report: Callable[[RegistrarEvent], None],
+                 endpoint_failed: Callable[[], None] = lambda: None) -> None:
         self._new_client = new_client
+        # Told on every failure, so the next client starts at the next endpoint: a member that
+        # hangs must not take every retry (and with them the lease) down with it.
+        self._endpoint_failed = endpoint_failed
         self.host = host
         self.ttl = ttl
         self._report = report
@@ -328,6 +332,8 @@ class Registrar:
                 client.close()
             except Exception as close_exc:
                 log.debug("closing etcd client: %s", close_exc)
+        if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
+            self._endpoint_failed()
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
 

@@ -93,7 +93,8 @@ class RegisterLoop:
         etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
                                                               max(ttl / 3, 0.5)))
         self.store = EtcdStore(etcd)
-        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put)
+        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put,
+                                   endpoint_failed=self.store.endpoint_failed)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         self._stall_reported: dict[CheckRunner, float] = {}

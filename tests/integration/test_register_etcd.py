@@ -20,7 +20,7 @@ import pytest
 from confsync.instances import validate_instance
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.etcd_server import EtcdMember, free_port, start_cluster
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess, published, write_registration
 
@@ -145,6 +145,52 @@ def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
     out = proc.output()
     assert "was deleted; writing it again" in out and "was changed under us" in out, out
     assert proc.proc.poll() is None
+
+
+@pytest.fixture
+def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
+    members = start_cluster(etcd_binary, tmp_path / "cluster")
+    try:
+        wait_for(lambda: _cluster_answers(members[1]), timeout=30, what="cluster quorum")
+        yield members
+    finally:
+        for m in members:
+            m.stop()
+
+
+def _cluster_answers(member: EtcdMember) -> bool:
+    try:
+        client(member.endpoint, timeout=1).put("/health", "ok")
+        return True
+    except Exception:
+        return False
+
+
+def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
+        cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The member the registrar talks to hangs (SIGSTOP: no answer, no error) while the other
+    two keep quorum: keepalives must move on to them before the lease runs out."""
+    a, b, _ = cluster
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, ttl="3s"))
+    proc = RegisterProcess(tmp_path / "conf", ",".join(m.endpoint for m in cluster),
+                           "--prefix", prefix, log=tmp_path / "r.log")
+    procs.append(proc)
+    cb = client(b.endpoint)
+    wait_for(lambda: published(cb, _key(prefix)) is not None, timeout=15, what="registration")
+    lease = cb.get(_key(prefix))[1].lease_id
+    a.freeze()
+    try:
+        gone = []
+        deadline = time.monotonic() + 10  # more than three ttls
+        while time.monotonic() < deadline:
+            if published(cb, _key(prefix)) is None:
+                gone.append(round(deadline - time.monotonic(), 1))
+            time.sleep(0.2)
+        assert not gone, f"out of the pool while a quorum was up\n{proc.output()[-3000:]}"
+        assert cb.get(_key(prefix))[1].lease_id == lease, "the same lease, kept alive"
+    finally:
+        a.thaw()
 
 
 class _Scripted(ThreadingHTTPServer):
