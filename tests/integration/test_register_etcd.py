@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import pytest
 from confsync.instances import validate_instance
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess, published, write_registration
 
@@ -147,25 +148,6 @@ def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
     assert proc.proc.poll() is None
 
 
-@pytest.fixture
-def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
-    members = start_cluster(etcd_binary, tmp_path / "cluster")
-    try:
-        wait_for(lambda: _cluster_answers(members[1]), timeout=30, what="cluster quorum")
-        yield members
-    finally:
-        for m in members:
-            m.stop()
-
-
-def _cluster_answers(member: EtcdMember) -> bool:
-    try:
-        client(member.endpoint, timeout=1).put("/health", "ok")
-        return True
-    except Exception:
-        return False
-
-
 def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
         cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -223,12 +205,9 @@ def test_rise_and_fall_hysteresis_on_a_flapping_check(
               ok, ok]
     server = _Scripted(("127.0.0.1", 0), _ScriptedHandler)
     server.script, server.served = script, 0
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    try:
+    with _serving(server) as port:
         write_registration(tmp_path / "conf", "web", _registration(
-            server.server_address[1], checks='[[check]]\ntype = "http"\npath = "/healthz"\n'
-            'interval = "100ms"\nrise = 3\nfall = 3\n'))
+            port, checks=_http_check(rise=3, fall=3)))
         proc = _start(procs, tmp_path, etcd, prefix)
         wait_for(lambda: server.served > len(script) + 3, timeout=30, what="script played")
         wait_for(lambda: proc.output().count(" -> ready (") == 2, timeout=5,
@@ -238,9 +217,23 @@ def test_rise_and_fall_hysteresis_on_a_flapping_check(
         assert log.count("ready -> absent (") == 1, log
         c = client(etcd.endpoint)
         wait_for(lambda: published(c, _key(prefix)) is not None, timeout=5, what="registered")
+
+
+@contextlib.contextmanager
+def _serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """Serve on a thread; yield the port; shut down after."""
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _http_check(**fields: Any) -> str:
+    settings = {"type": "http", "path": "/healthz", "interval": "100ms", **fields}
+    return "[[check]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
 
 
 class _Trickling(ThreadingHTTPServer):
@@ -277,27 +270,23 @@ def test_a_probe_that_hangs_past_its_timeout_takes_the_instance_down(
         etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
     server = _Trickling(("127.0.0.1", 0), _TricklingHandler)
     server.stop = threading.Event()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    try:
+    with _serving(server) as port:
         write_registration(tmp_path / "conf", "web", _registration(
-            server.server_address[1], checks='[[check]]\ntype = "http"\npath = "/"\n'
-            'interval = "100ms"\ntimeout = "500ms"\nrise = 1\nfall = 2\n'))
+            port, checks=_http_check(timeout="500ms", rise=1, fall=2)))
         proc = _start(procs, tmp_path, etcd, prefix)
         c = client(etcd.endpoint)
         wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
         server.trickle = True
         hung = time.monotonic()
-        # interval 0.1 + timeout 0.5 + grace 1 s, then fall = 2 stalled results 0.1 s apart.
-        wait_for(lambda: published(c, _key(prefix)) is None, timeout=8, interval=0.05,
-                 what="a hung probe counted as failing")
+        try:
+            # interval 0.1 + timeout 0.5 + grace 1 s, then fall = 2 stalled results 0.1 s apart.
+            wait_for(lambda: published(c, _key(prefix)) is None, timeout=8, interval=0.05,
+                     what="a hung probe counted as failing")
+        finally:
+            server.stop.set()
         assert time.monotonic() - hung < 4.0
         assert "is stuck" in proc.output()
         assert proc.proc.poll() is None
-    finally:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_maintenance_file_and_on_unhealthy_maint(
