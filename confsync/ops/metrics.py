@@ -73,6 +73,7 @@ class Metrics(Observer):
         # resource -> keys its last render left out (refused instance values): /ready detail.
         self._left_out: dict[str, list[str]] = {}
         self._ready_seen = False
+        self._exec: Supervisor | None = None  # exec mode: the child is part of being ready
         self._connected = False
         self._lost_reason = ""
         self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
@@ -167,6 +168,7 @@ class Metrics(Observer):
     def track_exec(self, supervisor: Supervisor) -> None:
         """Export the exec-mode child's state, read at scrape time."""
         self.registry.register(_ExecCollector(supervisor))
+        self._exec = supervisor
 
     # ---- state for /health and /ready
 
@@ -201,6 +203,10 @@ class Metrics(Observer):
                 reasons.append("watch not connected")
             if self._failing:
                 reasons.append("failing: " + ", ".join(sorted(self._failing)))
+            # In exec mode confsync is the service's supervisor: files in place while the
+            # service is down (restarting after a crash) is not ready.
+            if self._exec is not None and self._ready_seen and not self._exec.running:
+                reasons.append("exec child not running")
             detail: dict[str, Any] = {"revision": self._applied_revision,
                                       "resources": len(self._resources), "reasons": reasons}
             if self._left_out:  # reported, not failing: the rest of the file is current

@@ -198,12 +198,19 @@ def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     m = Metrics()
     sup = Supervisor(ExecPolicy(argv=(sys.executable, "-c", "import time; time.sleep(30)")))
     m.track_exec(sup)
+    m.started([])
+    m.watch_connected(1)
+    m.ready(1)
     assert v(m, "confsync_exec_child_up") == 0
+    assert "exec child not running" in m.readiness()[1]["reasons"]
     sup.start()
     try:
         assert v(m, "confsync_exec_child_up") == 1
         assert v(m, "confsync_exec_restarts_total") == 0
         assert v(m, "confsync_exec_crash_loop") == 0
+        assert m.readiness()[0], m.readiness()
     finally:
         sup.stop(timeout=5)
     assert v(m, "confsync_exec_child_up") == 0
+    ok, detail = m.readiness()
+    assert not ok and detail["reasons"] == ["exec child not running"]
