@@ -34,6 +34,9 @@ RETRY_MIN = 0.2
 class Conflict:
     key: str
     owner: str  # the other host, or a description of a value without one
+    # The granted TTL of the lease the key lives on; 0 when it has none (it never goes by
+    # itself). A live registrar renews its lease; a dead host's key goes within this time.
+    lease_ttl: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,13 @@ class Registrar:
         try:
             found = []
             for key in keys:
-                raw, _ = client.get(key)
+                raw, meta = client.get(key)
                 if raw is not None and owner_of(raw) != self.host:
-                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw)))
+                    lease_ttl = 0
+                    if meta is not None and int(meta.lease_id):
+                        info = client.get_lease_info(int(meta.lease_id))
+                        lease_ttl = max(int(info.grantedTTL), 0)
+                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
             return found
         except Exception as exc:
             raise StoreUnavailable(f"reading {', '.join(keys)}: {type(exc).__name__}: "

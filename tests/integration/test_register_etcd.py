@@ -345,8 +345,9 @@ def test_registrar_of_another_host_is_refused_same_host_takes_over(
     other = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
                             log=tmp_path / "b.log", env={"CONFSYNC_REGISTER_HOSTNAME": "node-b"})
     procs.append(other)
-    assert other.wait() == 2
+    assert other.wait(timeout=30) == 2  # after one lease ttl: node-a kept renewing it
     out = other.output()
+    assert "waiting up to 11s for its lease to lapse" in out, out
     assert str(path) in out and _key(prefix) in out and "'node-a'" in out, out
     assert published(c, _key(prefix))["host"] == "node-a"  # type: ignore[index]
     # The same host restarted (the old process killed, its 10 s lease still live): taken over
@@ -358,6 +359,26 @@ def test_registrar_of_another_host_is_refused_same_host_takes_over(
              and c.get(_key(prefix))[1].lease_id != before.lease_id, timeout=8,
              what="taken over before the old lease's ttl")
     assert restarted.proc.poll() is None
+
+
+def test_a_dead_hosts_leftover_key_is_waited_out_not_refused(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """A host that died (or was replaced) leaves its key until its lease lapses; a registrar
+    starting meanwhile with the same id must not exit 2 for good (the unit does not restart
+    exit 2)."""
+    write_registration(tmp_path / "conf", "web", _registration(backend.port))
+    c = client(etcd.endpoint)
+    lease = c.lease(3)  # never renewed: its registrar is gone
+    c.put(_key(prefix), json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100,
+                                    "state": "ready", "host": "node-old"}), lease=lease)
+    started = time.monotonic()
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-new")
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("host") == "node-new", timeout=10,
+             what="registered once the dead host's lease lapsed")
+    assert time.monotonic() - started < 3 + 1 + 3, "within the old lease's ttl, plus slack"
+    assert proc.proc.poll() is None
+    assert "'node-old'" in proc.output()
 
 
 @pytest.mark.parametrize(("body", "key", "reason"), [
