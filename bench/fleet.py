@@ -30,6 +30,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from bench.common import REPO, client, pct
+from tests.support.etcd_client import has_quorum
 from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster
 from tests.support.grpc_proxy import GrpcProxy
 
@@ -57,14 +58,6 @@ def wait_until(predicate, timeout: float = DEADLINE, what: str = "condition") ->
             return
         time.sleep(0.02)
     raise TimeoutError(f"bench: timed out waiting for {what}")
-
-
-def healthy(member: EtcdMember) -> bool:
-    try:
-        client(member.endpoint, timeout=1).put("/fleet-health", "ok")
-        return True
-    except Exception:
-        return False
 
 
 class Fleet:
@@ -164,7 +157,8 @@ def outage(fleet: Fleet, members: list[EtcdMember], down: float,
         m.start(wait=False)
     for m in members:
         m.wait_ready()
-    wait_until(lambda: healthy(members[0]), what="quorum after the outage")
+    wait_until(lambda: has_quorum(members[0].endpoint, "/fleet-health"),
+               what="quorum after the outage")
     c = client(members[0].endpoint)
     marker = f"after-outage-{compact}"
     c.put(f"{PREFIX}/k/n", marker)
@@ -194,7 +188,7 @@ def run_mode(mode: str, args: argparse.Namespace, binary: str, base: Path) -> No
     proxy: GrpcProxy | None = None
     fleet: Fleet | None = None
     try:
-        wait_until(lambda: healthy(members[0]), what="cluster quorum")
+        wait_until(lambda: has_quorum(members[0].endpoint, "/fleet-health"), what="cluster quorum")
         c = client(members[0].endpoint)
         c.put(f"{PREFIX}/k/n", "start")
         endpoints = ",".join(m.endpoint for m in members)

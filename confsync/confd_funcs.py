@@ -184,6 +184,8 @@ def create_map(*pairs: Any) -> dict[str, Any]:
 def json_array(text: str) -> list[Any]:
     try:
         parsed = json.loads(text)
+    except RecursionError:
+        raise TemplateFunctionError("value is not valid JSON: nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise TemplateFunctionError(f"value is not valid JSON: {exc}") from None
     if not isinstance(parsed, list):

@@ -177,6 +177,16 @@ def duration(value: object) -> str:
     return text
 
 
+def array(value: object) -> list[object]:
+    """A JSON array, for `{% for h in cfg.get("hosts", []) | array %}`: a string where a list
+    belongs would otherwise be iterated character by character."""
+    if not isinstance(value, list | tuple):
+        missing = type(value).__name__.endswith("Undefined")
+        raise InvalidValue(f"expected a list (a JSON array), found "
+                           f"{'nothing (a missing field)' if missing else _show(value)}", value)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _memo(check: Callable[..., object]) -> Callable[..., object]:
     """Validators are pure: remember good answers (a re-render of 5,000 unchanged servers then
     costs a dict lookup each). Rejections are not cached; unhashable values skip the cache."""
@@ -196,6 +206,7 @@ def _memo(check: Callable[..., object]) -> Callable[..., object]:
 
 _CHECKS: dict[str, Callable[..., object]] = {
     "addrport": addrport,
+    "array": array,
     "filepath": filepath,
     "duration": duration,
     "ipaddr": ipaddr,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import WatchProcess
-from tests.support.etcd_server import EtcdMember, find_etcd, start_single
+from tests.support.daemon import WatchProcess, wait_for
+from tests.support.etcd_client import has_quorum
+from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
 from tests.support.http_backends import HTTPBackend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,18 @@ def etcd(etcd_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     member = start_single(etcd_binary, tmp_path_factory.mktemp("etcd"))
     yield member
     member.stop()
+
+
+@pytest.fixture
+def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
+    """A 3-member cluster of the test's own (members get stopped, frozen, restarted)."""
+    members = start_cluster(etcd_binary, tmp_path / "cluster")
+    try:
+        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="cluster quorum")
+        yield members
+    finally:
+        for m in members:
+            m.stop()
 
 
 @pytest.fixture

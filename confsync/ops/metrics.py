@@ -12,6 +12,7 @@ A "seconds since" gauge would be stale between scrapes and wrong once the proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -72,6 +73,7 @@ class Metrics(Observer):
         # resource -> keys its last render left out (refused instance values): /ready detail.
         self._left_out: dict[str, list[str]] = {}
         self._ready_seen = False
+        self._exec: Supervisor | None = None  # exec mode: the child is part of being ready
         self._connected = False
         self._lost_reason = ""
         self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
@@ -166,6 +168,7 @@ class Metrics(Observer):
     def track_exec(self, supervisor: Supervisor) -> None:
         """Export the exec-mode child's state, read at scrape time."""
         self.registry.register(_ExecCollector(supervisor))
+        self._exec = supervisor
 
     # ---- state for /health and /ready
 
@@ -200,6 +203,10 @@ class Metrics(Observer):
                 reasons.append("watch not connected")
             if self._failing:
                 reasons.append("failing: " + ", ".join(sorted(self._failing)))
+            # In exec mode confsync is the service's supervisor: files in place while the
+            # service is down (restarting after a crash) is not ready.
+            if self._exec is not None and self._ready_seen and not self._exec.running:
+                reasons.append("exec child not running")
             detail: dict[str, Any] = {"revision": self._applied_revision,
                                       "resources": len(self._resources), "reasons": reasons}
             if self._left_out:  # reported, not failing: the rest of the file is current
@@ -216,9 +223,17 @@ class Metrics(Observer):
 
     def started(self, resources: Sequence[Resource]) -> None:
         with self._lock:
+            removed = set(self._resources) - {r.name for r in resources}
             self._resources = {r.name: r for r in resources}
             self._failing &= set(self._resources)
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
+        # A resource dropped by a config reload must not keep its state gauges: a stale
+        # `resource_ok 0` or an ageing last-success timestamp would alert forever on a file
+        # nobody manages any more. (Counters keep their totals, as counters do.)
+        for name in removed:
+            for gauge in (self.resource_ok, self.last_success, self.values_left_out):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
         self.resources_gauge.set(len(resources))
         self._update_ready()
 

@@ -115,6 +115,12 @@ PROBES: dict[str, Callable[[CheckSpec], tuple[bool, str]]] = {
     "http": probe_http, "tcp": probe_tcp, "exec": probe_exec}
 
 
+# A probe still running this long after interval + timeout is reported as a failure by the loop
+# (see CheckRunner.stalled): a socket timeout bounds each read, not the whole probe, so a
+# service that trickles its answer a byte at a time would otherwise freeze the check "up".
+STALL_GRACE = 1.0
+
+
 class CheckRunner:
     """Runs one check every `interval` on its own thread until `stop()`."""
 
@@ -127,6 +133,7 @@ class CheckRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"check-{registration}-{index}")
+        self._last_result = time.monotonic()  # read by the loop thread (a float: atomic)
 
     def start(self) -> CheckRunner:
         self._thread.start()
@@ -141,10 +148,21 @@ class CheckRunner:
                 ok, detail = probe(self.spec)
             except Exception as exc:  # a probe bug must not kill the check thread
                 ok, detail = False, f"probe failed: {type(exc).__name__}: {exc}"
+            self._last_result = time.monotonic()
             self._report(Result(self.registration, self.index, ok,
-                                time.monotonic() - started, detail))
+                                self._last_result - started, detail))
             next_at = max(next_at + self.spec.interval, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
+
+    def stalled(self, now: float) -> Result | None:
+        """A failed result when no result came for interval + timeout + grace (a hung probe or a
+        dead thread); None while the check reports in time."""
+        silent = now - self._last_result
+        if silent <= self.spec.interval + self.spec.timeout + STALL_GRACE:
+            return None
+        state = "has stopped" if not self._thread.is_alive() else "is stuck"
+        return Result(self.registration, self.index, False, silent,
+                      f"no result for {silent:.1f}s: the probe of {self.spec.target} {state}")
 
     def stop(self) -> None:
         self._stop.set()

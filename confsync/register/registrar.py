@@ -6,6 +6,11 @@ dead child. Every write is a transaction: create when absent, replace only when 
 names our host (a registrar restarted on this host takes its key over at once), never overwrite
 another host's live key. When etcd is back after an outage, or the lease was lost (expired,
 revoked, etcd recreated), a new lease is granted and every key written again.
+
+A live lease does not prove the keys are still there: an operator's `etcdctl del`, a restore
+from a backup that still holds the lease, or another writer can take a key away while the
+keepalives go on succeeding. So after every keepalive the keys written are read back (one
+transaction) and any that is missing, different or on another lease is written again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ RETRY_MIN = 0.2
 class Conflict:
     key: str
     owner: str  # the other host, or a description of a value without one
+    # The granted TTL of the lease the key lives on; 0 when it has none (it never goes by
+    # itself). A live registrar renews its lease; a dead host's key goes within this time.
+    lease_ttl: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,12 @@ class Registrar:
     """Converges etcd to the wanted registrations. `want` and `close` are thread-safe."""
 
     def __init__(self, new_client: Callable[[], Any], host: str, ttl: int,
-                 report: Callable[[RegistrarEvent], None]) -> None:
+                 report: Callable[[RegistrarEvent], None],
+                 endpoint_failed: Callable[[], None] = lambda: None) -> None:
         self._new_client = new_client
+        # Told on every failure, so the next client starts at the next endpoint: a member that
+        # hangs must not take every retry (and with them the lease) down with it.
+        self._endpoint_failed = endpoint_failed
         self.host = host
         self.ttl = ttl
         self._report = report
@@ -82,6 +94,16 @@ class Registrar:
     def start(self) -> Registrar:
         self._thread.start()
         return self
+
+    def revive(self) -> None:
+        """Called by the loop each tick: a registrar thread killed by a bug is started again
+        (its lease, keys and wants are kept), never left dead under a green /health."""
+        with self._lock:
+            if self._closing or self._thread.is_alive() or self._thread.ident is None:
+                return
+        log.error("register: the etcd thread stopped unexpectedly; starting it again")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
+        self._thread.start()
 
     def want(self, key: str, value: dict[str, Any] | None) -> None:
         encoded = None if value is None else json.dumps(value, sort_keys=True).encode()
@@ -119,9 +141,13 @@ class Registrar:
         try:
             found = []
             for key in keys:
-                raw, _ = client.get(key)
+                raw, meta = client.get(key)
                 if raw is not None and owner_of(raw) != self.host:
-                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw)))
+                    lease_ttl = 0
+                    if meta is not None and int(meta.lease_id):
+                        info = client.get_lease_info(int(meta.lease_id))
+                        lease_ttl = max(int(info.grantedTTL), 0)
+                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
             return found
         except Exception as exc:
             raise StoreUnavailable(f"reading {', '.join(keys)}: {type(exc).__name__}: "
@@ -132,6 +158,13 @@ class Registrar:
     # ---- the thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("register: the etcd thread failed")
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 closing = self._closing
@@ -173,6 +206,7 @@ class Registrar:
                                         f"ttl {granted}s"))
         elif now >= self._next_keepalive:
             self._keepalive()
+            self._verify()
         self._connected()
         self._converge()
 
@@ -204,6 +238,32 @@ class Registrar:
             self._step(time.monotonic())
             return
         self._next_keepalive = time.monotonic() + max(ttl / 3, 0.2)
+
+    def _verify(self) -> None:
+        """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
+        if self._lease is None:
+            return
+        with self._lock:
+            keys = [k for k, v in self._written.items() if v is not None]
+        if not keys:
+            return
+        t = self._client.transactions
+        _, responses = self._client.transaction(compare=[], success=[t.get(k) for k in keys],
+                                                failure=[])
+        for key, found in zip(keys, responses, strict=True):
+            raw, meta = found[0] if found else (None, None)
+            with self._lock:
+                expected = self._written.get(key)
+                if expected is None:
+                    continue
+                intact = (raw == expected and meta is not None
+                          and int(meta.lease_id) == self._lease)
+                if intact:
+                    continue
+                del self._written[key]
+            self._revision.pop(key, None)
+            log.warning("register: %s %s; writing it again", key,
+                        "was deleted" if raw is None else "was changed under us")
 
     def _converge(self) -> None:
         with self._lock:
@@ -279,6 +339,8 @@ class Registrar:
                 client.close()
             except Exception as close_exc:
                 log.debug("closing etcd client: %s", close_exc)
+        if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
+            self._endpoint_failed()
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
 

@@ -93,9 +93,11 @@ class RegisterLoop:
         etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
                                                               max(ttl / 3, 0.5)))
         self.store = EtcdStore(etcd)
-        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put)
+        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put,
+                                   endpoint_failed=self.store.endpoint_failed)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
+        self._stall_reported: dict[CheckRunner, float] = {}
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_ping = 0.0
@@ -104,9 +106,22 @@ class RegisterLoop:
     # ---- start
 
     def refuse_conflicts(self) -> None:
-        """A key another host holds now is exit 2 at start (never a silent overwrite)."""
+        """A key another host holds is exit 2 at start (never a silent overwrite), once it is
+        clear that host is alive: a key on a lease is given one lease TTL (plus a second) to go
+        by itself, since a host that died or was replaced leaves its key until then, and a
+        refusal here is not retried (exit 2 is not restarted by the unit)."""
         try:
             conflicts = self.registrar.conflicts(list(self.by_key))
+            leased = [c for c in conflicts if c.lease_ttl]
+            if leased and len(leased) == len(conflicts):
+                wait = max(c.lease_ttl for c in leased) + 1.0
+                log.warning("register: %s is registered by host %r; waiting up to %.0fs for "
+                            "its lease to lapse (a host that is gone stops renewing it)",
+                            leased[0].key, leased[0].owner, wait)
+                deadline = time.monotonic() + wait
+                while conflicts and time.monotonic() < deadline:
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    conflicts = self.registrar.conflicts(list(self.by_key))
         except StoreUnavailable as exc:
             log.warning("register: etcd unreachable at start (%s); registering when it is "
                         "back", exc)
@@ -220,6 +235,16 @@ class RegisterLoop:
         log.info("register: %s: draining for %.1fs, then deregistering", why, longest)
 
     def _poll(self) -> None:
+        now = time.monotonic()
+        for runner in self.runners:
+            stalled = runner.stalled(now)
+            if stalled is None:
+                self._stall_reported.pop(runner, None)
+            elif now - self._stall_reported.get(runner, 0.0) >= runner.spec.interval:
+                # A failure per interval while it stays silent: `fall` of them take it down.
+                self._stall_reported[runner] = now
+                self._handle(stalled)
+        self.registrar.revive()
         for state in self.instances.values():
             path = state.registration.maintenance_file
             if path is not None:

@@ -7,9 +7,8 @@ imported when `srv_domain` is set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from confsync.errors import ConfigError
@@ -39,22 +38,9 @@ def split_endpoint(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 2379
 
 
-T = TypeVar("T")
-
-
 def uses_tls(settings: EtcdSettings, urls: Sequence[str]) -> bool:
     """TLS for every endpoint when any is https:// or a CA is given (one channel setting)."""
     return settings.ca_cert is not None or any(urlsplit(u).scheme == "https" for u in urls)
-
-
-def tls_for(cache: dict[bool, T | None], settings: EtcdSettings, urls: Sequence[str],
-            build: Callable[[], T]) -> T | None:
-    """The TLS material for `urls` (None: plain), built once per answer of `uses_tls` (SRV
-    records may switch between http and https)."""
-    secure = uses_tls(settings, urls)
-    if secure not in cache:
-        cache[secure] = build() if secure else None
-    return cache[secure]
 
 
 def check_client_pair(settings: EtcdSettings) -> None:

@@ -37,7 +37,7 @@ from confsync.stores.endpoints import (
     endpoint_urls,
     read_tls_file,
     split_endpoint,
-    tls_for,
+    uses_tls,
 )
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ class EtcdStore:
         self._settings = settings
         self._lock = threading.Lock()
         self._client: MultiEndpointEtcd3Client | None = None
-        self._credentials_cache: dict[bool, grpc.ChannelCredentials | None] = {}
+        # Built credentials by the TLS files' identity: certificates rotated on disk (a short-
+        # lived client certificate renewed by cert-manager or Vault, a new CA bundle) are read
+        # again by the next client, so a months-long daemon never needs a restart for them.
+        self._credentials_cache: dict[tuple[object, ...], grpc.ChannelCredentials | None] = {}
         if not settings.srv_domain:
             self._credentials(settings.endpoints)  # bad TLS settings fail at start
         self._rotation = 0  # after a failure, the next client starts at the next endpoint
@@ -113,7 +116,26 @@ class EtcdStore:
     # ---- clients
 
     def _credentials(self, urls: Sequence[str]) -> grpc.ChannelCredentials | None:
-        return tls_for(self._credentials_cache, self._settings, urls, self._build_credentials)
+        if not uses_tls(self._settings, urls):
+            return None
+        identity = self._tls_files_identity()
+        cached = self._credentials_cache.get(identity)
+        if cached is None:
+            cached = self._build_credentials()
+            self._credentials_cache.clear()  # only the files as they are now
+            self._credentials_cache[identity] = cached
+        return cached
+
+    def _tls_files_identity(self) -> tuple[object, ...]:
+        """(inode, size, mtime) of each TLS file: a rewrite or a rename over it changes it."""
+        identity: list[object] = []
+        for path in (self._settings.ca_cert, self._settings.cert, self._settings.key):
+            try:
+                st = path.stat() if path is not None else None
+            except OSError:
+                st = None  # unreadable: building the credentials says why
+            identity.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(identity)
 
     def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings

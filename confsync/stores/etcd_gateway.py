@@ -49,7 +49,7 @@ from confsync.stores.endpoints import (
     endpoint_urls,
     read_tls_file,
     split_endpoint,
-    tls_for,
+    uses_tls,
 )
 
 if TYPE_CHECKING:
@@ -279,7 +279,11 @@ class EtcdGatewayStore:
             self._tls_context(settings.endpoints)  # bad TLS settings fail at start
 
     def _tls_context(self, urls: Sequence[str]) -> ssl.SSLContext | None:
-        return tls_for(self._contexts, self._settings, urls, self._build_context)
+        """Built once per store: a store reads one snapshot, so the files are read once."""
+        secure = uses_tls(self._settings, urls)
+        if secure not in self._contexts:
+            self._contexts[secure] = self._build_context() if secure else None
+        return self._contexts[secure]
 
     def _build_context(self) -> ssl.SSLContext:
         import ssl

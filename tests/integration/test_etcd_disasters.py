@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,8 @@ from confsync.settings import EtcdSettings
 from confsync.stores.etcd import EtcdStore
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
-from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster
+from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_server import EtcdMember, free_port
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 POOL = "{% for kv in gets('/g/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
@@ -169,23 +168,6 @@ def test_restore_from_older_snapshot_without_bump_revision(
              what="following the restored cluster")
 
 
-@pytest.fixture
-def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
-    members = start_cluster(etcd_binary, tmp_path / "cluster")
-    wait_for(lambda: _healthy(members[0]), timeout=30, what="cluster quorum")
-    yield members
-    for m in members:
-        m.stop()
-
-
-def _healthy(member: EtcdMember) -> bool:
-    try:
-        client(member.endpoint, timeout=1).put("/health", "ok")
-        return True
-    except Exception:
-        return False
-
-
 def _is_leader(member: EtcdMember) -> bool:
     status = client(member.endpoint).maintenancestub.Status(etcdrpc.StatusRequest(), 5)
     return bool(status.leader == status.header.member_id)
@@ -223,7 +205,7 @@ def test_member_without_leader_is_degraded_and_resumes_exactly(
     c.start(wait=False)
     b.wait_ready()
     c.wait_ready()
-    wait_for(lambda: _healthy(a), timeout=30, what="quorum again")
+    wait_for(lambda: has_quorum(a.endpoint), timeout=30, what="quorum again")
     ca = client(a.endpoint)
     for i in range(10):
         ca.put(f"{prefix}/k/n{i}", str(i))

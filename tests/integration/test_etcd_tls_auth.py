@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from confsync.errors import StoreUnavailable
 from confsync.settings import EtcdSettings
 from confsync.stores import ChangeBatch
 from confsync.stores.etcd import EtcdStore
@@ -180,6 +181,31 @@ def test_client_certificate_is_required(secure_etcd: SecureEtcd, tmp_path: Path)
     with pytest.raises(Exception, match="etcd"):
         store.snapshot(["/tls/"])
     store.close()
+
+
+def test_client_certificate_renewed_on_disk_is_used_without_a_restart(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """Short-lived client certificates are renewed in place (cert-manager, Vault): the next
+    client of a running store must read the new files, not the ones it built at start."""
+    live = tmp_path / "live"
+    live.mkdir()
+    untrusted = make_pki(tmp_path / "other")  # a certificate the server does not accept
+    cert, key = live / "client.pem", live / "client-key.pem"
+    cert.write_bytes(untrusted.client_cert.read_bytes())
+    key.write_bytes(untrusted.client_key.read_bytes())
+    store = EtcdStore(secure_etcd.settings(cert=cert, key=key))
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.snapshot(["/tls/"])
+        # The renewal: written to a temporary name and renamed over, as renewers do.
+        for source, dest in ((secure_etcd.pki.client_cert, cert),
+                             (secure_etcd.pki.client_key, key)):
+            staged = dest.with_suffix(".new")
+            staged.write_bytes(source.read_bytes())
+            staged.replace(dest)
+        assert set(store.snapshot(["/tls/"]).values) == {"/tls/backend/a", "/tls/backend/b"}
+    finally:
+        store.close()
 
 
 def test_role_limits_what_is_read(secure_etcd: SecureEtcd) -> None:

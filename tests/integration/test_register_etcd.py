@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,6 +125,56 @@ def test_etcd_down_longer_than_ttl_then_back_registers_again(
     assert proc.proc.poll() is None
 
 
+def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """An `etcdctl del`, or a restore that keeps the lease but not the key, must not leave a
+    healthy instance out of its pool for good while the keepalives go on succeeding."""
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, ttl="3s"))
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
+    value = published(c, _key(prefix))
+    c.delete(_key(prefix))
+    wait_for(lambda: published(c, _key(prefix)) == value, timeout=5, interval=0.05,
+             what="deleted key written again within a keepalive period")
+    stale = {**value, "state": "drain"}  # type: ignore[dict-item]
+    c.put(_key(prefix), json.dumps(stale))  # no lease, stale content, still our host
+    wait_for(lambda: published(c, _key(prefix)) == value
+             and c.get(_key(prefix))[1].lease_id != 0, timeout=5, interval=0.05,
+             what="changed key written again, on the lease")
+    out = proc.output()
+    assert "was deleted; writing it again" in out and "was changed under us" in out, out
+    assert proc.proc.poll() is None
+
+
+def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
+        cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The member the registrar talks to hangs (SIGSTOP: no answer, no error) while the other
+    two keep quorum: keepalives must move on to them before the lease runs out."""
+    a, b, _ = cluster
+    write_registration(tmp_path / "conf", "web", _registration(backend.port, ttl="3s"))
+    proc = RegisterProcess(tmp_path / "conf", ",".join(m.endpoint for m in cluster),
+                           "--prefix", prefix, log=tmp_path / "r.log")
+    procs.append(proc)
+    cb = client(b.endpoint)
+    wait_for(lambda: published(cb, _key(prefix)) is not None, timeout=15, what="registration")
+    lease = cb.get(_key(prefix))[1].lease_id
+    a.freeze()
+    try:
+        gone = []
+        deadline = time.monotonic() + 10  # more than three ttls
+        while time.monotonic() < deadline:
+            if published(cb, _key(prefix)) is None:
+                gone.append(round(deadline - time.monotonic(), 1))
+            time.sleep(0.2)
+        assert not gone, f"out of the pool while a quorum was up\n{proc.output()[-3000:]}"
+        assert cb.get(_key(prefix))[1].lease_id == lease, "the same lease, kept alive"
+    finally:
+        a.thaw()
+
+
 class _Scripted(ThreadingHTTPServer):
     daemon_threads = True
     script: list[int]
@@ -154,12 +205,9 @@ def test_rise_and_fall_hysteresis_on_a_flapping_check(
               ok, ok]
     server = _Scripted(("127.0.0.1", 0), _ScriptedHandler)
     server.script, server.served = script, 0
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    try:
+    with _serving(server) as port:
         write_registration(tmp_path / "conf", "web", _registration(
-            server.server_address[1], checks='[[check]]\ntype = "http"\npath = "/healthz"\n'
-            'interval = "100ms"\nrise = 3\nfall = 3\n'))
+            port, checks=_http_check(rise=3, fall=3)))
         proc = _start(procs, tmp_path, etcd, prefix)
         wait_for(lambda: server.served > len(script) + 3, timeout=30, what="script played")
         wait_for(lambda: proc.output().count(" -> ready (") == 2, timeout=5,
@@ -169,9 +217,76 @@ def test_rise_and_fall_hysteresis_on_a_flapping_check(
         assert log.count("ready -> absent (") == 1, log
         c = client(etcd.endpoint)
         wait_for(lambda: published(c, _key(prefix)) is not None, timeout=5, what="registered")
+
+
+@contextlib.contextmanager
+def _serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """Serve on a thread; yield the port; shut down after."""
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _http_check(**fields: Any) -> str:
+    settings = {"type": "http", "path": "/healthz", "interval": "100ms", **fields}
+    return "[[check]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+
+
+class _Trickling(ThreadingHTTPServer):
+    daemon_threads = True
+    trickle = False
+    stop = threading.Event()
+
+
+class _TricklingHandler(BaseHTTPRequestHandler):
+    """Healthy until told to trickle: then a header byte every 0.2 s, each well within the
+    probe's socket timeout, so only a deadline on the whole probe notices."""
+
+    server: _Trickling
+
+    def do_GET(self) -> None:
+        if not self.server.trickle:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        while not self.server.stop.wait(0.2):
+            try:
+                self.wfile.write(b"X")
+                self.wfile.flush()
+            except OSError:
+                return
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_probe_that_hangs_past_its_timeout_takes_the_instance_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    server = _Trickling(("127.0.0.1", 0), _TricklingHandler)
+    server.stop = threading.Event()
+    with _serving(server) as port:
+        write_registration(tmp_path / "conf", "web", _registration(
+            port, checks=_http_check(timeout="500ms", rise=1, fall=2)))
+        proc = _start(procs, tmp_path, etcd, prefix)
+        c = client(etcd.endpoint)
+        wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+        server.trickle = True
+        hung = time.monotonic()
+        try:
+            # interval 0.1 + timeout 0.5 + grace 1 s, then fall = 2 stalled results 0.1 s apart.
+            wait_for(lambda: published(c, _key(prefix)) is None, timeout=8, interval=0.05,
+                     what="a hung probe counted as failing")
+        finally:
+            server.stop.set()
+        assert time.monotonic() - hung < 4.0
+        assert "is stuck" in proc.output()
+        assert proc.proc.poll() is None
 
 
 def test_maintenance_file_and_on_unhealthy_maint(
@@ -230,8 +345,9 @@ def test_registrar_of_another_host_is_refused_same_host_takes_over(
     other = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
                             log=tmp_path / "b.log", env={"CONFSYNC_REGISTER_HOSTNAME": "node-b"})
     procs.append(other)
-    assert other.wait() == 2
+    assert other.wait(timeout=30) == 2  # after one lease ttl: node-a kept renewing it
     out = other.output()
+    assert "waiting up to 11s for its lease to lapse" in out, out
     assert str(path) in out and _key(prefix) in out and "'node-a'" in out, out
     assert published(c, _key(prefix))["host"] == "node-a"  # type: ignore[index]
     # The same host restarted (the old process killed, its 10 s lease still live): taken over
@@ -243,6 +359,26 @@ def test_registrar_of_another_host_is_refused_same_host_takes_over(
              and c.get(_key(prefix))[1].lease_id != before.lease_id, timeout=8,
              what="taken over before the old lease's ttl")
     assert restarted.proc.poll() is None
+
+
+def test_a_dead_hosts_leftover_key_is_waited_out_not_refused(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """A host that died (or was replaced) leaves its key until its lease lapses; a registrar
+    starting meanwhile with the same id must not exit 2 for good (the unit does not restart
+    exit 2)."""
+    write_registration(tmp_path / "conf", "web", _registration(backend.port))
+    c = client(etcd.endpoint)
+    lease = c.lease(3)  # never renewed: its registrar is gone
+    c.put(_key(prefix), json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100,
+                                    "state": "ready", "host": "node-old"}), lease=lease)
+    started = time.monotonic()
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-new")
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("host") == "node-new", timeout=10,
+             what="registered once the dead host's lease lapsed")
+    assert time.monotonic() - started < 3 + 1 + 3, "within the old lease's ttl, plus slack"
+    assert proc.proc.poll() is None
+    assert "'node-old'" in proc.output()
 
 
 @pytest.mark.parametrize(("body", "key", "reason"), [

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
-from tests.support.etcd_client import client
+from tests.support.etcd_client import client, has_quorum
 from tests.support.etcd_server import EtcdMember, start_cluster
 
 LIST_TEMPLATE = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
@@ -141,18 +141,10 @@ def test_stream_frozen_by_sigstop_is_detected_and_recovered(
 def cluster(etcd_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         list[EtcdMember]]:
     members = start_cluster(etcd_binary, tmp_path_factory.mktemp("cluster"))
-    wait_for(lambda: _cluster_healthy(members), timeout=20, what="cluster quorum")
+    wait_for(lambda: has_quorum(members[0].endpoint), timeout=20, what="cluster quorum")
     yield members
     for m in members:
         m.stop()
-
-
-def _cluster_healthy(members: list[EtcdMember]) -> bool:
-    try:
-        client(members[0].endpoint, timeout=1).put("/health", "ok")
-        return True
-    except Exception:
-        return False
 
 
 def _member_in_use(pid: int, members: list[EtcdMember]) -> EtcdMember:
@@ -179,7 +171,7 @@ def test_cluster_member_in_use_killed_keeps_following(
     used.kill()
     try:
         survivor = next(m for m in cluster if m is not used)
-        wait_for(lambda: _cluster_healthy([survivor]), timeout=15, what="quorum of two")
+        wait_for(lambda: has_quorum(survivor.endpoint), timeout=15, what="quorum of two")
         client(survivor.endpoint).put(prefix + "/k/a", "2")
         wait_for(lambda: read(dest) == "/k/a=2\n", timeout=20,
                  what=f"following another member\n{w.output()[-2000:]}")
@@ -200,7 +192,7 @@ def test_compaction_while_disconnected_resyncs(
     a.kill()
     w.wait_log("degraded", timeout=15)
     cb = client(b.endpoint)
-    wait_for(lambda: _cluster_healthy([b]), timeout=15, what="quorum of two")
+    wait_for(lambda: has_quorum(b.endpoint), timeout=15, what="quorum of two")
     cb.put(prefix + "/k/a", "2")
     cb.delete(prefix + "/k/gone")
     cb.put(prefix + "/k/new", "3")

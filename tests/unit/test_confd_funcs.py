@@ -40,6 +40,14 @@ def test_parse_bool_spellings() -> None:
         f.parse_bool("yes")
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[1, 2", "not valid JSON"), ('{"a": 1}', "expected a JSON array"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply")])
+def test_json_array_refuses_with_a_template_error(text: str, reason: str) -> None:
+    with pytest.raises(f.TemplateFunctionError, match=reason):
+        f.json_array(text)
+
+
 def test_strings_and_paths() -> None:
     assert f.split("a,b,,c", ",") == ["a", "b", "", "c"] and f.split("ab", "") == ["a", "b"]
     assert f.split("", ",") == [""]

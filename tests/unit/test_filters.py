@@ -43,3 +43,11 @@ def test_port_range_and_bounds() -> None:
         filters.integer("300", 0, 256)
     with pytest.raises(InvalidValue, match="one of"):
         filters.oneof("evil", "roundrobin", "leastconn")
+
+
+def test_array_takes_lists_and_refuses_everything_else() -> None:
+    array = filters.array
+    assert array(["a", "b"]) == ["a", "b"] and array(("a",)) == ["a"]
+    for value in ("a.example.com", None, 3, {"a": 1}):
+        with pytest.raises(InvalidValue, match="expected a list"):
+            array(value)

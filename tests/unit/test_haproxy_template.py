@@ -87,6 +87,7 @@ HOSTILE_INSTANCE = [
     ({"address": "10.0.0.11", "port": True}, "port number 1-65535, found True"),
     ("[1, 2]", "a JSON object"),
     ("{not json", "not valid JSON"),
+    ('{"address": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ]
 # Structural values: the whole render fails, the file stays.
 HOSTILE = [
@@ -94,9 +95,13 @@ HOSTILE = [
     ("/services/web/config", {"check_path": "/ok #"}, "URL path"),
     ("/services/web/config", {"check_interval": "2s fall 1"}, "duration"),
     ("/services/api/config", {"hosts": ["a.example.com b.example.com"]}, "host name"),
+    ("/services/api/config", {"hosts": "a.example.com\r\nuse_backend x"}, "expected a list"),
+    ("/services/api/config", {"hosts": None}, "expected a list"),
     ("/services/api/config", {"path_prefix": "/api\r\nuse_backend x"}, "URL path"),
     ("/services/api/config", "[]", "a JSON object"),
+    ("/services/api/config", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80 ssl crt /x"]}, "port number"),
+    ("/haproxy/frontends/main", {"bind": "127.0.0.1:80"}, "expected a list"),
     ("/haproxy/frontends/main", {"bind": ["127.0.0.1:80"], "default_service": "web x"},
      "identifier"),
     ("/haproxy/global", {"admin_socket": "/run/a.sock level admin"}, "file path"),

@@ -91,6 +91,21 @@ def test_outcomes_by_resource_outcome_and_step(m: Metrics) -> None:
     assert v(m, "confsync_renders_total", resource="plain", outcome="failed") == 1
 
 
+def test_a_resource_dropped_by_a_config_reload_leaves_no_state_gauges(m: Metrics) -> None:
+    web, old = resource("web"), resource("old")
+    m.started([web, old])
+    m.batch_applied(3, ["/a/1"], [Outcome(web, UPDATED, seconds=0.01), fail(old, "check")])
+    assert v(m, "confsync_resource_ok", resource="old") == 0
+    m.started([web])  # SIGHUP: "old" is no longer managed
+    for name in ("confsync_resource_ok", "confsync_resource_last_success_timestamp_seconds",
+                 "confsync_values_left_out"):
+        assert v(m, name, resource="old") is None, name
+    assert v(m, "confsync_resource_ok", resource="web") == 1
+    assert v(m, "confsync_apply_failures_total", resource="old", step="check") == 1
+    _, detail = m.readiness()
+    assert not any("old" in reason for reason in detail["reasons"]), detail
+
+
 def test_revisions_and_watch(m: Metrics) -> None:
     m.snapshot_loaded(10, 5)
     m.watch_connected(11)
@@ -183,12 +198,19 @@ def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     m = Metrics()
     sup = Supervisor(ExecPolicy(argv=(sys.executable, "-c", "import time; time.sleep(30)")))
     m.track_exec(sup)
+    m.started([])
+    m.watch_connected(1)
+    m.ready(1)
     assert v(m, "confsync_exec_child_up") == 0
+    assert "exec child not running" in m.readiness()[1]["reasons"]
     sup.start()
     try:
         assert v(m, "confsync_exec_child_up") == 1
         assert v(m, "confsync_exec_restarts_total") == 0
         assert v(m, "confsync_exec_crash_loop") == 0
+        assert m.readiness()[0], m.readiness()
     finally:
         sup.stop(timeout=5)
     assert v(m, "confsync_exec_child_up") == 0
+    ok, detail = m.readiness()
+    assert not ok and detail["reasons"] == ["exec child not running"]

@@ -1,0 +1,65 @@
+"""The registrar's thread against a fake etcd client: it never stays dead."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from confsync.register.registrar import Registrar, RegistrarEvent
+
+
+class _Client:
+    """Enough of the etcd3 client for a registrar with nothing to publish."""
+
+    def __init__(self, up: threading.Event) -> None:
+        self._up = up
+
+    def get(self, key: str) -> tuple[None, None]:
+        if not self._up.is_set():
+            raise ConnectionError("etcd down")
+        return None, None
+
+    def close(self) -> None:
+        pass
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_thread_killed_by_a_bug_is_started_again_by_revive() -> None:
+    up = threading.Event()
+    events: list[RegistrarEvent] = []
+
+    def report(event: RegistrarEvent) -> None:
+        events.append(event)
+        if event.kind == "lost" and len([e for e in events if e.kind == "lost"]) == 1:
+            raise RuntimeError("a bug in an event handler")
+
+    def new_client() -> _Client:
+        if not up.is_set():
+            raise ConnectionError("etcd down")
+        return _Client(up)
+
+    registrar = Registrar(new_client, "node-a", 3, report)
+    registrar.connected = True  # so the first failure reports "lost" (and the bug fires)
+    registrar.start()
+    try:
+        assert _wait(lambda: not registrar._thread.is_alive()), "the bug kills the thread"
+        up.set()
+        registrar.revive()
+        assert _wait(lambda: registrar.connected), "revived: connected again"
+        assert any(e.kind == "connected" for e in events)
+    finally:
+        registrar.close(timeout=2)
+    registrar.revive()  # closing: nothing is started again
+    assert not registrar._thread.is_alive()
