@@ -82,7 +82,7 @@ def ms(values: list[float]) -> str:
 
 
 def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
-               runs: int) -> dict[str, str]:
+               runs: int, confsync: list[str]) -> dict[str, str]:
     put_many(endpoint, ((f"/o/svc/k{i:05d}", f"10.{i >> 8 & 255}.{i & 255}.1:8080")
                         for i in range(keys)))
     mine, theirs = base / "once-confsync.conf", base / "once-confd.conf"
@@ -95,7 +95,7 @@ def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
         f'[template]\nsrc = "list.tmpl"\ndest = "{mine}"\nkeys = ["/svc"]\n')
     confd_resource(cd_dir, "list", '{{range gets "/svc/*"}}server {{base .Key}} {{.Value}}\n'
                    "{{end}}", theirs, ["/svc"])
-    commands = {"confsync": ([sys.executable, "-m", "confsync", "once", "--confdir",
+    commands = {"confsync": ([*confsync, "once", "--confdir",
                               str(cs_dir), "--endpoints", endpoint, "--prefix", "/o",
                               "--log-level", "error"], mine)}
     if confd:
@@ -217,6 +217,9 @@ def main() -> None:
     parser.add_argument("--haproxy-seconds", type=float, default=20.0)
     parser.add_argument("--wait-min", action="append", dest="wait_mins",
                         help="(d) daemon --wait-min values (default: 10ms and 0)")
+    parser.add_argument("--confsync", help="(a) a confsync executable to time, e.g. the "
+                        "console script of a regular (not editable) install; default: this "
+                        "checkout through `python -m confsync`")
     parser.add_argument("--only", choices=("once", "small", "5000", "haproxy"), action="append",
                         help="run only these figures (repeatable)")
     args = parser.parse_args()
@@ -233,8 +236,10 @@ def main() -> None:
         etcd = start_etcd(base / "etcd")
         try:
             if "once" in only:
+                confsync = [args.confsync] if args.confsync else [sys.executable, "-m",
+                                                                  "confsync"]
                 rows.append(("once", bench_once(base, etcd.endpoint, confd, args.keys,
-                                                args.runs)))
+                                                args.runs, confsync)))
             if "small" in only:
                 rows.append(("watch small", bench_small(base, etcd.endpoint, confd,
                                                         args.samples)))
