@@ -31,7 +31,8 @@ from confsync.register.config import Registration, load_registrations
 from confsync.register.metrics import RegisterMetrics
 from confsync.register.registrar import Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
-from confsync.settings import Settings
+from confsync.settings import EtcdSettings, Settings
+from confsync.stores.endpoints import endpoint_urls
 from confsync.stores.etcd import EtcdStore
 
 log = logging.getLogger("confsync.register")
@@ -60,6 +61,13 @@ def local_address(endpoints: Sequence[str]) -> str:
                 return str(sock.getsockname()[0])
     raise ConfigError("register", "cannot tell the local address used to reach etcd; set "
                       "`address` in the registration", "address")
+
+
+def default_address(etcd: EtcdSettings) -> str:
+    """The address a registration publishes when it names none: the one this host uses to
+    reach etcd, whose endpoints may come from DNS SRV records (the static `endpoints` then
+    still hold their loopback default, which would publish 127.0.0.1 to every consumer)."""
+    return local_address(endpoint_urls(etcd))
 
 
 def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
@@ -324,7 +332,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
                           f"{settings.backend!r}", "backend")
     host = hostname or os.environ.get(HOSTNAME_ENV) or socket.gethostname()
     registrations = load_registrations(settings.confdir, settings.prefix, host,
-                                       lambda: local_address(settings.etcd.endpoints))
+                                       lambda: default_address(settings.etcd))
     notifier = Notifier.from_environ()  # before the child starts: it must not inherit it
     metrics = RegisterMetrics(registrations)
     server = None
