@@ -96,3 +96,21 @@ def test_no_records_is_store_unavailable_naming_the_domain(dns: SrvServer,
                            "CONFSYNC_ETCD_TIMEOUT": "2s"})
     assert result.returncode == EXIT_STORE_UNAVAILABLE
     assert DOMAIN in result.stderr
+
+
+def test_grpc_snapshot_tries_every_member_the_records_name(etcd: EtcdMember,
+                                                           dns: SrvServer) -> None:
+    """The watch's snapshot (gRPC store) with the first-priority member dead: the next one the
+    records name serves it, in the same call (not only after a retry)."""
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    prefix = f"/srv-{uuid.uuid4().hex[:8]}"
+    client(etcd.endpoint).put(prefix + "/k/a", "second member")
+    dns.resolver.records[PLAIN] = [(10, 10, free_port(), "localhost."),
+                                   (20, 10, etcd.client_port, "localhost.")]
+    store = EtcdStore(EtcdSettings(srv_domain=DOMAIN, srv_nameserver=dns.address, timeout=2.0))
+    try:
+        assert store.snapshot([prefix + "/"]).values == {prefix + "/k/a": b"second member"}
+    finally:
+        store.close()
