@@ -380,6 +380,10 @@ class _ExecCollector(Collector):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that connects and sends nothing (a port scan, a half-open probe) would hold a
+    # thread and a descriptor for the daemon's life: every connection gets this long per read.
+    timeout = 10.0
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics http: " + format, *args)
 

@@ -154,3 +154,25 @@ def test_observers_compose_as_the_daemon_will_wire_them(tmp_path: Path) -> None:
         server.close()
         notify.close()
         child.stop(timeout=1)
+
+
+def test_a_silent_connection_is_closed_not_kept_forever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that send nothing must not pile up threads and descriptors for months."""
+    import socket
+
+    from confsync.ops import metrics as metrics_module
+
+    default = metrics_module._QuietHandler.timeout
+    assert default is not None and 0 < default <= 60, "connections get a read timeout"
+    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 0.3)  # the same, faster
+    server = MetricsServer(Metrics(), "127.0.0.1:0").start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+            started = time.monotonic()
+            assert silent.recv(1) == b"", "the server closes it"
+            assert time.monotonic() - started < 3
+        status, _, _ = get(f"http://127.0.0.1:{server.port}/health")
+        assert status == 200
+    finally:
+        server.close()
