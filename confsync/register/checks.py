@@ -136,7 +136,8 @@ class CheckRunner:
         self._last_result = time.monotonic()  # read by the loop thread (a float: atomic)
 
     def start(self) -> CheckRunner:
-        self._thread.start()
+        self._last_result = time.monotonic()  # silence is counted from the start, not from
+        self._thread.start()                  # construction (a start may wait for a lease)
         return self
 
     def _run(self) -> None:

@@ -215,10 +215,8 @@ class EtcdStore:
         once the token's TTL has passed every call fails UNAUTHENTICATED: then authenticate
         again with a new client, once.
         """
-        # Every member gets its turn: with srv_domain, those the records name now (the static
-        # `endpoints` then hold only their unused default).
-        endpoints = (len(self.endpoint_urls()) if self._settings.srv_domain
-                     else len(self._settings.endpoints))
+        # Every member gets its turn: with srv_domain, those the records name now.
+        endpoints = len(self.endpoint_urls())
         reauthenticated = False
         failures: list[str] = []
         while len(failures) < max(1, endpoints):
