@@ -8,6 +8,7 @@ a callback; the loop owns all state. Probes never go through a shell or a proxy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import logging
 import os
@@ -64,7 +65,7 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=spec.timeout,
-                                           context=ssl.create_default_context())
+                                           context=_tls_context(spec, _file_identity(spec)))
     else:
         conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
     try:
@@ -80,6 +81,27 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
         conn.close()
     ok = status in spec.expect_status if spec.expect_status else 200 <= status < 400
     return ok, f"GET {spec.url}: {status}"
+
+
+def _file_identity(spec: CheckSpec) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the check's CA file: a renewed bundle makes a new context."""
+    try:
+        st = spec.ca_file.stat() if spec.ca_file is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_context(spec: CheckSpec, ca_identity: tuple[int, int, int] | None) -> ssl.SSLContext:
+    """One context per check and CA file version (a probe every interval need not re-read
+    the file, and a renewed one is picked up)."""
+    context = ssl.create_default_context(
+        cafile=str(spec.ca_file) if spec.ca_file is not None else None)
+    if spec.tls_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:

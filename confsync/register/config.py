@@ -46,6 +46,10 @@ class CheckSpec:
     fall: int = 3
     url: str = ""  # http
     expect_status: tuple[int, ...] = ()  # http: empty = 200-399
+    # https: verify against this CA bundle instead of the system's; or not at all (a local
+    # service's self-signed certificate, probed on an address its name does not cover).
+    ca_file: Path | None = None
+    tls_skip_verify: bool = False
     host: str = ""  # tcp
     port: int = 0  # tcp
     command: tuple[str, ...] = ()  # exec
@@ -86,7 +90,7 @@ class Registration:
 _TOP = {"service", "id", "address", "port", "weight", "key", "ttl", "drain", "on_unhealthy",
         "maintenance_file", "extra", "check"}
 _CHECK = {"type", "interval", "timeout", "rise", "fall", "url", "path", "expect_status",
-          "host", "port", "command"}
+          "ca_file", "tls_skip_verify", "host", "port", "command"}
 
 
 class _Reader:
@@ -134,7 +138,8 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
                             "rise": reader.get("rise", tv.positive_int, 2),
                             "fall": reader.get("fall", tv.positive_int, 3)}
     host = f"[{address}]" if ":" in address else address
-    allowed = {"http": {"url", "path", "expect_status"}, "tcp": {"host", "port"},
+    allowed = {"http": {"url", "path", "expect_status", "ca_file", "tls_skip_verify"},
+               "tcp": {"host", "port"},
                "exec": {"command"}}[kind]
     for key in _CHECK - {"type", "interval", "timeout", "rise", "fall"} - allowed:
         if key in reader.table:
@@ -154,6 +159,15 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
             raise reader.error("url", f"expected an http:// or https:// URL, found {url!r}")
         spec["url"] = url
         spec["expect_status"] = reader.get("expect_status", _statuses, ())
+        spec["ca_file"] = reader.get("ca_file", lambda v: Path(tv.nonempty(v)))
+        spec["tls_skip_verify"] = reader.get("tls_skip_verify", tv.boolean, False)
+        if (spec["ca_file"] or spec["tls_skip_verify"]) and not url.startswith("https://"):
+            key = "ca_file" if spec["ca_file"] else "tls_skip_verify"
+            raise reader.error(key, "only for an https:// url")
+        if spec["ca_file"] and spec["tls_skip_verify"]:
+            raise reader.error("tls_skip_verify", "give ca_file or tls_skip_verify, not both")
+        if spec["ca_file"] is not None and not spec["ca_file"].is_file():
+            raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
     elif kind == "tcp":
         spec["host"] = reader.get("host", tv.string, address)
         spec["port"] = reader.get("port", port, port_number)
