@@ -337,6 +337,11 @@ class _EtcdWatch:
         self._closed = threading.Event()
         self._store = store
         self._client = store.new_client()
+        # The position checks' client: the stream's own at first, a fresh one (authenticated
+        # again) once its token has expired. An open stream keeps its authorisation, but a
+        # unary call after a JWT's fixed lifetime, or a simple token's TTL between checks,
+        # is refused: that is not a lost watch.
+        self._check_client = self._client
         self._endpoints = store._describe_endpoints()
         self._position_key = prefixes[0].encode() if prefixes else b"\0"
         try:
@@ -363,7 +368,13 @@ class _EtcdWatch:
     def _check_position(self) -> None:
         while not self._closed.wait(POSITION_CHECK_SECONDS):
             try:
-                self._store.check_position(self._client, 0, self._position_key)
+                try:
+                    self._store.check_position(self._check_client, 0, self._position_key)
+                except Exception as exc:
+                    if not _token_expired(exc) or self._closed.is_set():
+                        raise
+                    self._renew_check_client()
+                    self._store.check_position(self._check_client, 0, self._position_key)
             except StoreReset as exc:
                 self._report(exc)
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
@@ -373,6 +384,17 @@ class _EtcdWatch:
             with self._lock:
                 if self._dead:
                     return
+
+    def _renew_check_client(self) -> None:
+        log.debug("etcd auth token of the position check expired; authenticating again")
+        fresh = self._store.new_client()
+        with self._lock:
+            old, self._check_client = self._check_client, fresh
+            closed = self._dead
+        if old is not self._client:
+            _close_quietly(old)
+        if closed:  # cancelled meanwhile: cancel() may have missed the new one
+            _close_quietly(fresh)
 
     def _report(self, item: ChangeBatch | Exception) -> None:
         with self._lock:
@@ -409,7 +431,14 @@ class _EtcdWatch:
         self._closed.set()
         with self._lock:
             self._dead = True
-        try:
-            self._client.close()
-        except Exception as exc:  # closing a broken channel must not stop a resume
-            log.debug("closing etcd watch client: %s", _describe(exc))
+            check_client = self._check_client
+        _close_quietly(self._client)
+        if check_client is not self._client:
+            _close_quietly(check_client)
+
+
+def _close_quietly(client: MultiEndpointEtcd3Client) -> None:
+    try:
+        client.close()
+    except Exception as exc:  # closing a broken channel must not stop a resume
+        log.debug("closing etcd watch client: %s", _describe(exc))

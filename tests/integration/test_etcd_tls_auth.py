@@ -242,6 +242,30 @@ def test_expired_token_is_renewed_by_reconnecting(secure_etcd: SecureEtcd) -> No
         store.close()
 
 
+def test_position_checks_outlive_the_token_and_the_watch_stays_up(
+        secure_etcd: SecureEtcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that runs after the token expired (a JWT's fixed lifetime, or here a simple
+    token's TTL between checks) authenticates again; the watch is not reported lost."""
+    from confsync.stores import etcd as etcd_store
+
+    monkeypatch.setattr(etcd_store, "POSITION_CHECK_SECONDS", TOKEN_TTL + 1.0)
+    store = EtcdStore(secure_etcd.settings())
+    events: queue.Queue[ChangeBatch | Exception] = queue.Queue()
+    try:
+        first = store.snapshot(["/tls/"])
+        watch = store.watch(["/tls/"], first.revision + 1, events.put)
+        time.sleep(3 * (TOKEN_TTL + 1.0) + 0.5)  # three position checks, each after expiry
+        secure_etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
+        item = events.get(timeout=5)
+        assert isinstance(item, ChangeBatch), item
+        assert item.changes[0].key == "/tls/backend/d"
+        assert events.empty()
+        watch.cancel()
+    finally:
+        secure_etcd.ctl("del", "/tls/backend/d")
+        store.close()
+
+
 WATCH_DRIVER = """
 import sys
 from confsync.daemon import run_daemon
