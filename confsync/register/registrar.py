@@ -65,8 +65,12 @@ class Registrar:
 
     def __init__(self, new_client: Callable[[], Any], host: str, ttl: int,
                  report: Callable[[RegistrarEvent], None],
-                 endpoint_failed: Callable[[], None] = lambda: None) -> None:
+                 endpoint_failed: Callable[[], None] = lambda: None,
+                 token_expired: Callable[[BaseException], bool] = lambda exc: False) -> None:
         self._new_client = new_client
+        # An expired auth token (a JWT's fixed lifetime, a simple token's TTL between
+        # keepalives) is not an outage: a new client authenticates again, quietly and at once.
+        self._token_expired = token_expired
         # Told on every failure, so the next client starts at the next endpoint: a member that
         # hangs must not take every retry (and with them the lease) down with it.
         self._endpoint_failed = endpoint_failed
@@ -86,6 +90,7 @@ class Registrar:
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
         self.connected = False
+        self._reauthenticated = False
         self.keepalive_failures = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
 
@@ -177,7 +182,12 @@ class Registrar:
                     self._step(now)
                     self._retry_delay = RETRY_MIN
                 except Exception as exc:  # grpc, pyetcd and ValueError alike: etcd trouble
+                    if self._token_expired(exc) and not self._reauthenticated:
+                        self._reauthenticate()
+                        continue
                     self._lost(exc)
+                else:
+                    self._reauthenticated = False
             now = time.monotonic()
             if self._retry_at > now:
                 until = self._retry_at
@@ -222,9 +232,10 @@ class Registrar:
     def _keepalive(self) -> None:
         try:
             responses = list(self._client.refresh_lease(self._lease))
-        except Exception:
-            self.keepalive_failures += 1
-            self._report(RegistrarEvent("keepalive_failed"))
+        except Exception as exc:
+            if not self._token_expired(exc):  # (an expired token is renewed, not a failure)
+                self.keepalive_failures += 1
+                self._report(RegistrarEvent("keepalive_failed"))
             raise
         ttl = int(responses[0].TTL) if responses else 0
         if ttl <= 0:  # expired or revoked meanwhile: its keys are gone
@@ -327,6 +338,17 @@ class Registrar:
         if known != owner:
             self._report(RegistrarEvent("conflict", key=key, detail=owner))
         self._retry_at = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
+
+    def _reauthenticate(self) -> None:
+        """Once per failure streak: a token refused twice in a row is a real problem."""
+        log.debug("register: etcd auth token expired; authenticating again")
+        self._reauthenticated = True
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as close_exc:
+                log.debug("closing etcd client: %s", close_exc)
 
     def _lost(self, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}".strip()

@@ -33,7 +33,7 @@ from confsync.register.registrar import Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
 from confsync.settings import EtcdSettings, Settings
 from confsync.stores.endpoints import endpoint_urls
-from confsync.stores.etcd import EtcdStore
+from confsync.stores.etcd import EtcdStore, token_expired
 
 log = logging.getLogger("confsync.register")
 
@@ -102,7 +102,8 @@ class RegisterLoop:
                                                               max(ttl / 3, 0.5)))
         self.store = EtcdStore(etcd)
         self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put,
-                                   endpoint_failed=self.store.endpoint_failed)
+                                   endpoint_failed=self.store.endpoint_failed,
+                                   token_expired=token_expired)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         self._stall_reported: dict[CheckRunner, float] = {}

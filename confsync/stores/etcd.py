@@ -86,7 +86,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _token_expired(exc: BaseException) -> bool:
+def token_expired(exc: BaseException) -> bool:
     """UNAUTHENTICATED ("invalid auth token"): the token timed out (--auth-token-ttl) or etcd
     restarted and forgot it. A fresh client authenticates again."""
     code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
@@ -226,7 +226,7 @@ class EtcdStore:
                 self._drop_client()
                 if isinstance(exc, ConfigError):
                     raise
-                if not reauthenticated and _token_expired(exc):
+                if not reauthenticated and token_expired(exc):
                     reauthenticated = True
                     log.info("etcd auth token expired or revoked; authenticating again")
                     continue
@@ -371,7 +371,7 @@ class _EtcdWatch:
                 try:
                     self._store.check_position(self._check_client, 0, self._position_key)
                 except Exception as exc:
-                    if not _token_expired(exc) or self._closed.is_set():
+                    if not token_expired(exc) or self._closed.is_set():
                         raise
                     self._renew_check_client()
                     self._store.check_position(self._check_client, 0, self._position_key)

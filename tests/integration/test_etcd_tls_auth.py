@@ -266,6 +266,47 @@ def test_position_checks_outlive_the_token_and_the_watch_stays_up(
         store.close()
 
 
+def test_registrar_renews_an_expired_token_without_an_outage(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """Keepalives every 3 s, tokens that expire after 2 s unused: every keepalive meets an
+    expired token. That is renewed quietly, never reported as etcd unreachable."""
+    import socket
+
+    from tests.support.register import RegisterProcess, published, write_registration
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    password = tmp_path / "root-password"
+    password.write_text(ROOT.split(":", 1)[1] + "\n")
+    password.chmod(0o600)
+    config = tmp_path / "confsync.toml"
+    config.write_text(
+        f'[etcd]\nca_cert = "{secure_etcd.pki.ca_cert}"\ncert = "{secure_etcd.pki.client_cert}"\n'
+        f'key = "{secure_etcd.pki.client_key}"\nuser = "root"\npassword_file = "{password}"\n')
+    write_registration(tmp_path / "conf", "web", (
+        f'service = "web"\nid = "web-1"\nport = {listener.getsockname()[1]}\nttl = "9s"\n'
+        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
+    proc = RegisterProcess(tmp_path / "conf", secure_etcd.member.endpoint, "--config",
+                           str(config), "--prefix", "/tls-reg", "--hostname", "node-a",
+                           log=tmp_path / "r.log")
+    key = "/tls-reg/services/web/instances/web-1"
+    try:
+        store = EtcdStore(secure_etcd.settings(user="root", password_file=password))
+        client = store.new_client()
+        wait_for(lambda: published(client, key) is not None, what="registered", timeout=15)
+        lease = client.get(key)[1].lease_id
+        time.sleep(10)  # three keepalives, each after the token expired
+        client = store.new_client()  # (the test's own token expired too)
+        assert client.get(key)[1].lease_id == lease, "kept alive all along"
+        out = proc.output()
+        assert "auth token expired" in out, out[-2000:]
+        assert "etcd unreachable" not in out, out[-2000:]
+        client.close()
+        store.close()
+    finally:
+        proc.stop()
+        listener.close()
+
+
 WATCH_DRIVER = """
 import sys
 from confsync.daemon import run_daemon
