@@ -343,28 +343,27 @@ class Registrar:
         """Once per failure streak: a token refused twice in a row is a real problem."""
         log.debug("register: etcd auth token expired; authenticating again")
         self._reauthenticated = True
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception as close_exc:
-                log.debug("closing etcd client: %s", close_exc)
+        self._drop_client()
 
     def _lost(self, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}".strip()
         if self.connected:
             self.connected = False
             self._report(RegistrarEvent("lost", detail=reason))
+        self._drop_client()
+        if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
+            self._endpoint_failed()
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
+
+    def _drop_client(self) -> None:
+        """Close the client (best effort); the next step makes a new one."""
         client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
             except Exception as close_exc:
                 log.debug("closing etcd client: %s", close_exc)
-        if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
-            self._endpoint_failed()
-        self._retry_at = time.monotonic() + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
 
     def _shutdown(self) -> None:
         """Revoke the lease: whatever is still registered goes with it."""
@@ -379,11 +378,7 @@ class Registrar:
             log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
                         self._lease, exc, self.ttl)
         finally:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                except Exception as close_exc:
-                    log.debug("closing etcd client: %s", close_exc)
+            self._drop_client()
 
 
 def _no_owner(raw: bytes) -> str:
