@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from confsync.fileversion import FileVersion, file_version
 from confsync.register.config import CheckSpec
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=spec.timeout,
-                                           context=_tls_context(spec, _file_identity(spec)))
+                                           context=_tls_context(spec, file_version(spec.ca_file)))
     else:
         conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
     try:
@@ -83,17 +84,8 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
     return ok, f"GET {spec.url}: {status}"
 
 
-def _file_identity(spec: CheckSpec) -> tuple[int, int, int] | None:
-    """(inode, size, mtime) of the check's CA file: a renewed bundle makes a new context."""
-    try:
-        st = spec.ca_file.stat() if spec.ca_file is not None else None
-    except OSError:
-        return None
-    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 @functools.lru_cache(maxsize=64)
-def _tls_context(spec: CheckSpec, ca_identity: tuple[int, int, int] | None) -> ssl.SSLContext:
+def _tls_context(spec: CheckSpec, ca_version: FileVersion | None) -> ssl.SSLContext:
     """One context per check and CA file version (a probe every interval need not re-read
     the file, and a renewed one is picked up)."""
     context = ssl.create_default_context(

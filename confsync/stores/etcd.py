@@ -29,6 +29,7 @@ import pyetcd.exceptions
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
 from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 from confsync.stores.endpoints import (
@@ -103,7 +104,8 @@ class EtcdStore:
         # Built credentials by the TLS files' identity: certificates rotated on disk (a short-
         # lived client certificate renewed by cert-manager or Vault, a new CA bundle) are read
         # again by the next client, so a months-long daemon never needs a restart for them.
-        self._credentials_cache: dict[tuple[object, ...], grpc.ChannelCredentials | None] = {}
+        self._credentials_cache: dict[tuple[FileVersion | None, ...],
+                                      grpc.ChannelCredentials | None] = {}
         if not settings.srv_domain:
             self._credentials(settings.endpoints)  # bad TLS settings fail at start
         self._rotation = 0  # after a failure, the next client starts at the next endpoint
@@ -126,16 +128,9 @@ class EtcdStore:
             self._credentials_cache[identity] = cached
         return cached
 
-    def _tls_files_identity(self) -> tuple[object, ...]:
-        """(inode, size, mtime) of each TLS file: a rewrite or a rename over it changes it."""
-        identity: list[object] = []
-        for path in (self._settings.ca_cert, self._settings.cert, self._settings.key):
-            try:
-                st = path.stat() if path is not None else None
-            except OSError:
-                st = None  # unreadable: building the credentials says why
-            identity.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(identity)
+    def _tls_files_identity(self) -> tuple[FileVersion | None, ...]:
+        s = self._settings
+        return tuple(file_version(path) for path in (s.ca_cert, s.cert, s.key))
 
     def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings
