@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
+from confsync.fswatch import start_observer
 from confsync.mirror import Mirror
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
@@ -608,7 +609,6 @@ class Daemon:
     def _watch_local_files(self) -> None:
         """Treat edits under conf.d/ and templates/ like a SIGHUP (after a short quiet)."""
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer as FsObserver
 
         events = self.events
 
@@ -617,13 +617,9 @@ class Daemon:
                 if event.event_type not in ("opened", "closed_no_write"):
                     events.put(LocalFilesChanged(str(event.src_path)))
 
-        observer = FsObserver()
         self._local_paths = self._local_dirs()
-        for path in self._local_paths:
-            observer.schedule(Handler(), path, recursive=True)
-        observer.daemon = True
-        observer.start()
-        self._local_observer = observer
+        self._local_observer = start_observer(Handler(), self._local_paths, recursive=True,
+                                              what="conf.d/templates watcher")
 
     def _check_local_files(self) -> None:
         """Restart the conf.d/templates watcher when it (or one of its emitters) died, or when

@@ -89,7 +89,8 @@ class FileStore:
 
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
+
+        from confsync.fswatch import start_observer
 
         watched = {p.resolve() for p in self._paths}
         store = self
@@ -117,11 +118,8 @@ class FileStore:
                 if paths & watched and event.event_type not in ("opened", "closed_no_write"):
                     refresh()
 
-        observer = Observer()
-        for directory in {p.parent for p in watched}:
-            observer.schedule(Handler(), str(directory), recursive=False)
-        observer.daemon = True
-        observer.start()
+        observer = start_observer(Handler(), sorted({str(p.parent) for p in watched}),
+                                  recursive=False, what="file backend")
         # A change between the snapshot and the observer's start raised no event: look once.
         refresh()
         return _ObserverHandle(observer)

@@ -4,9 +4,14 @@ which ends watchdog's emitter for the old one (issue 13, item 5)."""
 
 from __future__ import annotations
 
+import errno
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -63,3 +68,78 @@ def test_metrics_server_serves_again_after_an_unexpected_error() -> None:
         assert len(calls) == 2
     finally:
         server.close()
+
+
+# A user namespace of its own with an inotify budget of 0: as on a host where other programs of
+# the same user hold all `max_user_instances`, without taking them from anyone else here.
+NO_INOTIFY = ("unshare", "--user", "--map-root-user", "sh", "-c",
+              'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"', "sh")
+
+
+def _no_inotify_available() -> bool:
+    try:
+        probe = subprocess.run([*NO_INOTIFY, sys.executable, "-c",
+                                "import ctypes; raise SystemExit(ctypes.CDLL(None).inotify_init())"],
+                               capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 255  # inotify_init() == -1: the budget is really 0
+
+
+@pytest.mark.skipif(not _no_inotify_available(),
+                    reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
+def test_without_inotify_the_daemon_polls_instead_of_exiting(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    cd = tmp_path / "cd"
+    write_resource(cd, "app", "a {{ getv('/app/v') }}\n",
+                   f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'confdir = "{cd}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
+                      f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    w = WatchProcess("--config", str(config), log=tmp_path / "watch.log", wrapper=NO_INOTIFY)
+    try:
+        wait_for(lambda: read(tmp_path / "out") == "a one\n", 20, what="first render")
+        w.wait_log("conf.d/templates watcher: cannot watch with inotify")
+        w.wait_log("file backend: cannot watch with inotify")
+        data.write_text("app:\n  v: two\n")  # the file backend's data, seen by polling
+        wait_for(lambda: read(tmp_path / "out") == "a two\n", 10, what="data change polled")
+        (cd / "templates" / "app.tmpl").write_text("b {{ getv('/app/v') }}\n")
+        wait_for(lambda: read(tmp_path / "out") == "b two\n", 10, what="template edit polled")
+        assert w.proc.poll() is None
+    finally:
+        code = w.stop()
+    assert code == 0, w.output()[-2000:]
+
+
+def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> None:
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers.polling import PollingObserver
+
+    from confsync.fswatch import start_observer
+
+    class Exhausted:
+        """watchdog's inotify observer on a host with no inotify instances left."""
+
+        daemon = False
+
+        def schedule(self, *args: object, **kwargs: object) -> None:
+            raise OSError(errno.EMFILE, "inotify instance limit reached")
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    seen: list[str] = []
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            seen.append(str(event.src_path))
+
+    observer = start_observer(Handler(), [str(tmp_path)], recursive=False, what="test",
+                              native=Exhausted)
+    try:
+        assert isinstance(observer, PollingObserver) and observer.is_alive()
+        (tmp_path / "new").write_text("x")
+        wait_for(lambda: str(tmp_path / "new") in seen, 5, what="the polled event")
+    finally:
+        observer.stop()

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.support.cli import REPO
@@ -31,12 +31,13 @@ def read(path: Path) -> str:
 
 
 class WatchProcess:
-    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
         full_env.update(env or {})
         self._log_fh = log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "confsync", "watch", *args],
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "confsync", "watch", *args],
                                      stdout=self._log_fh, stderr=subprocess.STDOUT,
                                      env=full_env, cwd=REPO)
 
