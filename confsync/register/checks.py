@@ -7,21 +7,18 @@ a callback; the loop owns all state. Probes never go through a shell or a proxy.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import logging
-import os
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from confsync.commands import run_command
 from confsync.fileversion import FileVersion, file_version
 from confsync.register.config import CheckSpec
 
@@ -105,24 +102,17 @@ def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:
 
 
 def probe_exec(spec: CheckSpec) -> tuple[bool, str]:
-    try:
-        proc = subprocess.Popen(list(spec.command), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                process_group=0)
-    except OSError as exc:
-        return False, f"cannot run `{spec.target}`: {exc.strerror}"
-    try:
-        _, err = proc.communicate(timeout=spec.timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the probe and anything it started
-        proc.communicate()
-        return False, f"`{spec.target}` timed out after {spec.timeout:g}s"
-    if proc.returncode == 0:
+    """The command's own exit status decides, as for a resource's check or reload command (the
+    same runner: argv only, a timeout that kills its process group, and output in a file, so
+    a probe that leaves a daemonized child holding stderr cannot hang the check forever)."""
+    result = run_command(spec.command, spec.timeout)
+    if result.ok:
         return True, f"`{spec.target}` exited 0"
-    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] if err else []
-    return False, f"`{spec.target}` exited {proc.returncode}" + (f": {tail[0][:200]}"
-                                                                 if tail else "")
+    if result.returncode is None:  # timed out (and killed) or could not start
+        return False, result.output[:300]
+    tail = result.output.splitlines()[-1:]
+    return False, f"`{spec.target}` exited {result.returncode}" + (f": {tail[0][:200]}"
+                                                                   if tail else "")
 
 
 PROBES: dict[str, Callable[[CheckSpec], tuple[bool, str]]] = {
