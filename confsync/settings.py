@@ -41,6 +41,10 @@ class EtcdSettings:
     # DNS SRV discovery (confsync.stores.srv): when set, replaces `endpoints`.
     srv_domain: str = ""
     srv_nameserver: str = ""  # host:port of the DNS server to ask; "" = the system's resolver
+    # A watch stream that brings neither an event nor a progress notification for this long
+    # is taken as lost and reopened (0 = never). etcd sends progress notifications every 10
+    # min by default (--experimental-watch-progress-notify-interval); keep this above that.
+    silence_limit: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("etcd.timeout", "etcd", "timeout", tv.duration),
     ("etcd.srv_domain", "etcd", "srv_domain", tv.string),
     ("etcd.srv_nameserver", "etcd", "srv_nameserver", tv.listen_address),
+    ("etcd.silence_limit", "etcd", "silence_limit", tv.duration),
     ("file_paths", "file", "paths", tv.paths),
     ("watch.wait_min", "watch", "wait_min", tv.duration),
     ("watch.wait_max", "watch", "wait_max", tv.duration),

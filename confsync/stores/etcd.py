@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -338,6 +339,10 @@ class _EtcdWatch:
         # is refused: that is not a lost watch.
         self._check_client = self._client
         self._endpoints = store._describe_endpoints()
+        # When each prefix's watch last brought anything (an event or a progress notification):
+        # watchers sharing one stream can starve one by one.
+        started = time.monotonic()
+        self._last_heard = dict.fromkeys(prefixes, started)
         self._position_key = prefixes[0].encode() if prefixes else b"\0"
         try:
             store.check_position(self._client, start_revision, self._position_key)
@@ -361,7 +366,19 @@ class _EtcdWatch:
                          daemon=True).start()
 
     def _check_position(self) -> None:
-        while not self._closed.wait(POSITION_CHECK_SECONDS):
+        silence_limit = self._store._settings.silence_limit
+        period = min(POSITION_CHECK_SECONDS, silence_limit / 2 or POSITION_CHECK_SECONDS)
+        while not self._closed.wait(period):
+            prefix, heard = min(self._last_heard.items(), key=lambda item: item[1],
+                                default=("", time.monotonic()))
+            silent = time.monotonic() - heard
+            if silence_limit and silent > silence_limit:
+                # etcd's own watchers can starve on a busy stream without a word (etcd issue
+                # 17529): the stream and its pings live, and the data goes stale forever.
+                self._report(StoreUnavailable(
+                    f"etcd {self._endpoints}: watch of {prefix} silent for {silent:.0f}s (no "
+                    f"event, no progress notification; etcd.silence_limit {silence_limit:g}s)"))
+                return
             try:
                 try:
                     self._store.check_position(self._check_client, 0, self._position_key)
@@ -403,6 +420,7 @@ class _EtcdWatch:
 
     def _on_response(self, prefix: str, response: Any) -> None:
         # Runs on the client's callback thread: convert and hand over, nothing more.
+        self._last_heard[prefix] = time.monotonic()
         if isinstance(response, pyetcd.exceptions.RevisionCompactedError):
             self._report(RevisionCompacted(int(response.compacted_revision)))
         elif response is None or isinstance(response, BaseException):

@@ -8,6 +8,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_etcd_tls_auth import _config, start_secure
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -227,3 +229,83 @@ def test_a_loop_that_keeps_failing_exits_70(tmp_path: Path) -> None:
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert daemon.exit_code == EXIT_INTERNAL_ERROR
+
+
+def test_a_starved_watch_is_reopened_and_what_it_missed_arrives(
+        etcd_private: EtcdMember, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd can starve a watcher without a word (etcd issue 17529): the stream and its pings
+    live on, no event and no progress notification comes, and the files go stale forever.
+    Here the first session's responses are swallowed; `etcd.silence_limit` reopens the watch
+    from the mirror's revision, and the change made meanwhile is rendered."""
+    import threading
+
+    from confsync.daemon import Daemon
+    from confsync.settings import EtcdSettings, Settings, WatchSettings
+    from confsync.stores import etcd as etcd_store
+
+    sessions: list[object] = []
+    real_init, real_on_response = etcd_store._EtcdWatch.__init__, etcd_store._EtcdWatch._on_response
+
+    def recording_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sessions.append(self)
+        real_init(self, *args, **kwargs)
+
+    def starving(self, prefix, response):  # type: ignore[no-untyped-def]
+        if self is not sessions[0]:
+            real_on_response(self, prefix, response)
+
+    monkeypatch.setattr(etcd_store._EtcdWatch, "__init__", recording_init)
+    monkeypatch.setattr(etcd_store._EtcdWatch, "_on_response", starving)
+    prefix = f"/s-{uuid.uuid4().hex[:8]}"
+    c = client(etcd_private.endpoint)
+    c.put(prefix + "/app/v", "one")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    settings = Settings(confdir=tmp_path / "cd", prefix=prefix,
+                        etcd=EtcdSettings(endpoints=(etcd_private.endpoint,), silence_limit=1.0),
+                        watch=WatchSettings(wait_min=0, wait_max=0))
+    daemon = Daemon(settings)
+    daemon._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_for(lambda: read(dest) == "one\n", 20, what="first render")
+        c.put(prefix + "/app/v", "two")  # the starved session never tells
+        wait_for(lambda: read(dest) == "two\n", 20, what="the missed change, after a reopen")
+        assert len(sessions) >= 2
+        c.put(prefix + "/app/v", "three")  # and the new session follows
+        wait_for(lambda: read(dest) == "three\n", 10, what="the reopened watch following")
+    finally:
+        daemon.stopping = True
+        daemon.events.put(None)
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+
+
+def test_progress_notifications_keep_a_quiet_watch_open(etcd_binary: str,
+                                                        tmp_path: Path) -> None:
+    """No false alarm: a watch that sees no change but gets etcd's progress notifications (every
+    300 ms here, 10 min by default) is never reopened, for each of two prefixes."""
+    from tests.support.etcd_server import start_single
+
+    member = start_single(etcd_binary, tmp_path / "etcd",
+                          ["--experimental-watch-progress-notify-interval", "300ms"])
+    for name in ("a", "b"):
+        write_resource(tmp_path / "cd", name, f"{{{{ getv('/{name}', 'none') }}}}\n",
+                       f'dest = "{tmp_path / name}.out"\nkeys = ["/{name}"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", member.endpoint,
+                     "--prefix", "/quiet", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_ETCD_SILENCE_LIMIT": "1.5s"})
+    try:
+        wait_for(lambda: read(tmp_path / "b.out") == "none\n", 20, what="first render")
+        w.wait_log("watching")
+        time.sleep(4.5)  # three silence limits without a change
+        assert "silent for" not in w.output(), w.output()[-2000:]
+        assert w.output().count(" from revision ") == 1, w.output()[-2000:]
+        client(member.endpoint).put("/quiet/a", "x")
+        wait_for(lambda: read(tmp_path / "a.out") == "x\n", 10, what="the watch still follows")
+    finally:
+        code = w.stop()
+        member.stop()
+    assert code == 0, w.output()[-2000:]
