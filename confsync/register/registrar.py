@@ -86,6 +86,8 @@ class Registrar:
         self._conflicts: dict[str, str] = {}
         self._client: Any = None
         self._lease: int | None = None  # its id
+        self._lease_ttl = 0  # as granted
+        self._lease_alive_at = 0.0  # when etcd last said the lease lives (grant or keepalive)
         self._next_keepalive = 0.0
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
@@ -209,6 +211,7 @@ class Registrar:
                 return
             lease = self._client.lease(self.ttl)
             self._lease, granted = int(lease.id), int(lease.ttl)
+            self._lease_ttl, self._lease_alive_at = granted, time.monotonic()
             self._next_keepalive = time.monotonic() + max(granted / 3, 0.2)
             with self._lock:
                 self._written.clear()  # keys on an old lease are gone or about to go
@@ -236,6 +239,7 @@ class Registrar:
             if not self._token_expired(exc):  # (an expired token is renewed, not a failure)
                 self.keepalive_failures += 1
                 self._report(RegistrarEvent("keepalive_failed"))
+                self._forget_lapsed_lease()
             raise
         ttl = int(responses[0].TTL) if responses else 0
         if ttl <= 0:  # expired or revoked meanwhile: its keys are gone
@@ -248,7 +252,22 @@ class Registrar:
                 self._written.clear()
             self._step(time.monotonic())
             return
-        self._next_keepalive = time.monotonic() + max(ttl / 3, 0.2)
+        self._lease_alive_at = time.monotonic()
+        self._next_keepalive = self._lease_alive_at + max(ttl / 3, 0.2)
+
+    def _forget_lapsed_lease(self) -> None:
+        """No keepalive got through for a whole TTL: the lease is gone whatever the calls
+        say, so the next call that works grants a new one and writes every key again (a
+        keepalive that keeps failing must not hold the registration out for good)."""
+        silent = time.monotonic() - self._lease_alive_at
+        if self._lease is None or silent <= self._lease_ttl:
+            return
+        log.warning("register: no keepalive of lease %x got through for %.1fs (ttl %ds); "
+                    "granting a new one and registering again", self._lease, silent,
+                    self._lease_ttl)
+        self._lease = None
+        with self._lock:
+            self._written.clear()
 
     def _verify(self) -> None:
         """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""

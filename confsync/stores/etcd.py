@@ -21,7 +21,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -73,6 +73,35 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         token: tuple[tuple[str, str], ...] = getattr(self, "metadata", None) or ()
         self.metadata = (*token, REQUIRE_LEADER)
+
+    def refresh_lease(self, lease_id: int) -> Iterator[Any]:
+        """One lease keepalive: the first answer, then the call is cancelled.
+
+        The library's sends its request, half-closes and reads to the end of the stream.
+        Through etcd's gRPC proxy that end is an error ("context canceled", after the answer
+        has come): every keepalive through a proxy failed, and every registration lapsed
+        after one TTL. So the request stream stays open until the answer is in, and the
+        answer is what counts.
+        """
+        answered = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield pyetcd.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+            answered.wait(self.timeout)
+
+        call = self.leasestub.LeaseKeepAlive(requests(), self.timeout,
+                                             credentials=self.call_credentials,
+                                             metadata=self.metadata)
+        response = None
+        try:
+            response = next(call, None)
+        except grpc.RpcError as exc:
+            self._manage_grpc_errors(exc)  # the library's own translation and failover
+        finally:
+            answered.set()
+            call.cancel()
+        if response is not None:
+            yield response
 
 
 def _range_end(prefix: bytes) -> bytes:

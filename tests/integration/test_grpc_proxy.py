@@ -4,6 +4,7 @@ proxy restarts, and a fresh snapshot when etcd compacted meanwhile."""
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,45 @@ def test_etcd_recreated_behind_the_proxy(etcd_private: EtcdMember, proxy: GrpcPr
     wait_for(lambda: read(dest) == "/k/b=new\n", timeout=30,
              what=f"following the recreated etcd behind the proxy\n{w.output()[-3000:]}")
     assert "store reset" in w.output()
+
+
+def test_register_through_the_proxy_keeps_its_lease_and_survives_a_proxy_restart(
+        etcd_private: EtcdMember, proxy: GrpcProxy, prefix: str, tmp_path: Path) -> None:
+    """A fleet's registrars talk to the proxy too. Every keepalive through it failed ("context
+    canceled": the library half-closed the stream before the answer), so each key vanished
+    after one TTL and never came back. Now: registered for many TTLs, through a proxy restart,
+    and a SIGKILLed registrar's key still goes after its TTL."""
+    from tests.support.register import RegisterProcess, published, write_registration
+
+    write_registration(tmp_path / "reg", "web", (
+        f'service = "web"\nport = {etcd_private.client_port}\naddress = "127.0.0.1"\n'
+        'id = "web-1"\nttl = "2s"\ndrain = "0s"\n'
+        '[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n'))
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd_private.endpoint)
+    reg = RegisterProcess(tmp_path / "reg", proxy.endpoint, "--prefix", prefix,
+                          log=tmp_path / "register.log")
+    try:
+        wait_for(lambda: published(c, key) is not None, 15, what="registration via the proxy")
+        lease = c.get(key)[1].lease_id
+        for _ in range(12):  # 6 s: three TTLs, each second checked
+            time.sleep(0.5)
+            assert published(c, key) is not None, f"key gone\n{reg.output()[-3000:]}"
+        assert c.get(key)[1].lease_id == lease, "kept alive: the same lease"
+        assert "keepalive failed" not in reg.output() and "unreachable" not in reg.output()
+
+        proxy.stop()
+        proxy.start()
+        time.sleep(3)  # longer than the TTL: the lease lives only if keepalives got through
+        wait_for(lambda: published(c, key) is not None, 10,
+                 what=f"registered after the proxy restart\n{reg.output()[-3000:]}")
+        for _ in range(6):
+            time.sleep(0.5)
+            assert published(c, key) is not None, f"key gone\n{reg.output()[-3000:]}"
+
+        reg.proc.kill()
+        killed = time.monotonic()
+        wait_for(lambda: published(c, key) is None, 10, interval=0.05, what="key gone")
+        assert time.monotonic() - killed <= 2 + 1 + 0.5, "ttl (2s) + 1s, with polling slack"
+    finally:
+        reg.stop()

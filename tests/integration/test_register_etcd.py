@@ -451,3 +451,39 @@ def test_exec_sigterm_drains_before_stopping_the_child(
     assert status in (0, 128 + signal.SIGTERM)  # http.server dies of SIGTERM: 143
     log = proc.output()
     assert log.index("drain -> absent") < log.index("child exited with status")
+
+
+def test_a_keepalive_that_keeps_failing_gets_a_new_lease_within_a_ttl(
+        etcd: EtcdMember, prefix: str) -> None:
+    """Keepalives alone fail (as they all did through a gRPC proxy) while every other call
+    works: the lease lapses and the key goes with it. The registrar must not go on refreshing a
+    lease that is gone: after one TTL without a keepalive it grants a new one and writes again."""
+    from confsync.register.registrar import Registrar, RegistrarEvent
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+
+    def keepalive_refused(lease_id: int) -> Any:
+        raise ConnectionError("keepalive refused")
+
+    def new_client() -> Any:
+        c = store.new_client()
+        c.refresh_lease = keepalive_refused
+        return c
+
+    events: list[RegistrarEvent] = []
+    registrar = Registrar(new_client, "node-a", 2, events.append).start()
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    try:
+        registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+        wait_for(lambda: published(c, key) is not None, 10, what="first registration")
+        first = c.get(key)[1].lease_id
+        wait_for(lambda: sum(e.kind == "lease_granted" for e in events) >= 2, 10,
+                 what="a new lease once the first had lapsed")
+        wait_for(lambda: published(c, key) is not None and c.get(key)[1].lease_id != first,
+                 10, what="the key written again on the new lease")
+    finally:
+        registrar.close(timeout=5)
+        store.close()
