@@ -135,14 +135,28 @@ class CheckRunner:
         self.spec = spec
         self._report = report
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"check-{registration}-{index}")
+        self._thread = self._new_thread()
         self._last_result = time.monotonic()  # read by the loop thread (a float: atomic)
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, daemon=True,
+                                name=f"check-{self.registration}-{self.index}")
 
     def start(self) -> CheckRunner:
         self._last_result = time.monotonic()  # silence is counted from the start, not from
         self._thread.start()                  # construction (a start may wait for a lease)
         return self
+
+    def revive(self) -> bool:
+        """Called by the loop each tick: a check thread that died (what no `except Exception`
+        catches) is started again, else its check would count as failing for good."""
+        if self._stop.is_set() or self._thread.is_alive() or self._thread.ident is None:
+            return False
+        log.error("register: check %s of %s stopped unexpectedly; starting it again",
+                  self.index, self.registration)
+        self._thread = self._new_thread()
+        self._thread.start()
+        return True
 
     def _run(self) -> None:
         probe = PROBES[self.spec.type]

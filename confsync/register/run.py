@@ -246,6 +246,7 @@ class RegisterLoop:
     def _poll(self) -> None:
         now = time.monotonic()
         for runner in self.runners:
+            runner.revive()
             stalled = runner.stalled(now)
             if stalled is None:
                 self._stall_reported.pop(runner, None)

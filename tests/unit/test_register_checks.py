@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from confsync.register.checks import probe_exec
 from confsync.register.config import CheckSpec
 
@@ -54,3 +56,36 @@ def test_a_hanging_probe_is_killed_at_its_timeout_with_its_group() -> None:
 def test_a_missing_program_is_a_failed_probe_not_an_exception() -> None:
     ok, detail = _probe_within(CheckSpec("exec", command=("/nonexistent/check",)), 5.0)
     assert not ok and "cannot run `/nonexistent/check`" in detail, detail
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_check_thread_that_died_is_started_again_by_revive() -> None:
+    from confsync.register.checks import CheckRunner, Result
+
+    class Fatal(BaseException):
+        """What no `except Exception` in the check thread catches."""
+
+    results: list[Result] = []
+
+    def report(result: Result) -> None:
+        if not results:
+            results.append(result)
+            raise Fatal("a bug in the report path")
+        results.append(result)
+
+    runner = CheckRunner("web", 0, CheckSpec("exec", interval=0.05, command=("true",)), report)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while runner._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not runner._thread.is_alive(), "the bug killed the check thread"
+        assert runner.revive()
+        deadline = time.monotonic() + 5
+        while len(results) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(results) >= 3 and results[-1].ok, "revived: probing again"
+    finally:
+        runner.stop()
+    runner.join(2)
+    assert not runner.revive(), "a stopped check is not started again"
