@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import pyetcd
 import pyetcd.exceptions
+import pyetcd.watch
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
 from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
@@ -64,14 +65,47 @@ REQUIRE_LEADER = ("hasleader", "true")
 POSITION_CHECK_SECONDS = 10.0
 
 
+class WatchCanceled(Exception):
+    """etcd cancelled a watch: refused at creation (the role may not read the prefix any more)
+    or ended by the server. The reason is etcd's, e.g. "etcdserver: permission denied"."""
+
+
+class _Watcher(pyetcd.watch.Watcher):  # type: ignore[misc]
+    """The library's watcher, except that a watch etcd cancels is an error, never silence.
+
+    etcd refuses a watch it may not serve (permission denied) with a response that is both
+    "created" and "canceled", on the stream that carries our other watches; the library takes it
+    for a created watch (under the watch id it asked for, 0, which may be another watch's) and
+    drops every later cancel: the prefix would stay silently unwatched under a connected stream.
+    """
+
+    def _handle_response(self, rs: Any) -> None:
+        if not rs.canceled or rs.compact_revision:  # (compaction: the library reports it)
+            super()._handle_response(rs)
+            return
+        error = WatchCanceled(rs.cancel_reason or "watch canceled by etcd")
+        with self._lock:
+            if rs.created and self._new_watch is not None:
+                self._new_watch.err = error  # add_callback raises it
+                self._new_watch_cond.notify_all()
+                return
+            callback = self._callbacks.pop(rs.watch_id, None)
+        if callback is not None:  # (None: a watch we cancelled ourselves)
+            callback(error)
+
+
 class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
     """The library's client with the require-leader metadata on every call, watches included
-    (its watcher takes the client's `metadata`)."""
+    (its watcher takes the client's `metadata`), and a watcher that reports cancelled watches."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         token: tuple[tuple[str, str], ...] = getattr(self, "metadata", None) or ()
         self.metadata = (*token, REQUIRE_LEADER)
+
+    def get_watcher(self) -> pyetcd.watch.Watcher:
+        return _Watcher(pyetcd.etcdrpc.WatchStub(self.channel), timeout=self.timeout,
+                        call_credentials=self.call_credentials, metadata=self.metadata)
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -343,13 +377,18 @@ class _EtcdWatch:
             store.check_position(self._client, start_revision, self._position_key)
             for prefix in prefixes:
                 key = prefix.encode()
-                self._client.add_watch_callback(
-                    key, functools.partial(self._on_response, prefix), range_end=_range_end(key),
-                    start_revision=start_revision, progress_notify=True)
+                try:
+                    self._client.add_watch_callback(
+                        key, functools.partial(self._on_response, prefix),
+                        range_end=_range_end(key), start_revision=start_revision,
+                        progress_notify=True)
+                except WatchCanceled as exc:
+                    raise StoreUnavailable(f"etcd {self._endpoints}: watch of {prefix} "
+                                           f"refused: {exc}") from None
         except pyetcd.exceptions.RevisionCompactedError as exc:
             self.cancel()
             raise RevisionCompacted(int(exc.compacted_revision)) from None
-        except StoreReset:
+        except (StoreReset, StoreUnavailable):
             self.cancel()
             raise
         except Exception as exc:
