@@ -34,6 +34,7 @@ from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 from confsync.stores.endpoints import (
+    auth_not_enabled,
     check_client_pair,
     describe_endpoints,
     endpoint_urls,
@@ -194,7 +195,8 @@ class EtcdStore:
         return endpoints
 
     def new_client(self) -> MultiEndpointEtcd3Client:
-        """A fresh client (and so a fresh auth token and fresh endpoint state).
+        """A fresh client (and so a fresh auth token and fresh endpoint state; no token while
+        etcd's auth is switched off).
 
         It starts at the endpoint after the last one that failed (`endpoint_failed`): a
         reconnect after a member died or lost its leader moves on instead of picking the dead
@@ -205,11 +207,17 @@ class EtcdStore:
         with self._rotation_lock:
             first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]
+        user = self._settings.user if password is not None else None
         try:
-            client = _Client(
-                endpoints=ordered, timeout=self._settings.timeout,
-                user=self._settings.user if password is not None else None,
-                password=password, failover=True)
+            try:
+                client = _Client(endpoints=ordered, timeout=self._settings.timeout, user=user,
+                                 password=password, failover=True)
+            except grpc.RpcError as exc:
+                if user is None or not auth_not_enabled(exc):
+                    raise
+                log.debug("etcd auth is disabled; connecting without a token")
+                client = _Client(endpoints=ordered, timeout=self._settings.timeout,
+                                 failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
             self.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "

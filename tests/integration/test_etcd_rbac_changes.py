@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -156,3 +157,36 @@ def test_watch_refused_for_one_prefix_is_reported_not_silent(
              what="convergence after the grant")
     wait_for(lambda: daemon.ready()[0] == 200, 5, what="ready again")
     assert daemon.dest.read_bytes() == before + b"/tlz/y=10.0.1.2:80\n"
+
+
+def test_auth_disabled_then_enabled_keeps_following(
+        daemon: Daemon, secure_etcd: SecureEtcd, tmp_path: Path) -> None:  # noqa: F811
+    """`etcdctl auth disable` makes etcd drop every token and refuse to authenticate anyone
+    ("authentication is not enabled") while it serves everyone: confsync reconnects without a
+    token instead of staying degraded until auth is back; `once` reads too. After `auth
+    enable` it authenticates again by itself."""
+    etcd = secure_etcd
+    etcd.ctl("auth", "disable")
+    try:
+        time.sleep(2.5)  # position checks (every 1 s) meet the dropped token and reconnect
+        etcd.ctl("put", "/tls/backend/c", "10.0.0.3:80", user=None)
+        wait_for(lambda: b"/tls/backend/c=10.0.0.3:80" in daemon.dest.read_bytes(), 10,
+                 what="a change while auth is off")
+        assert daemon.ready()[0] == 200, daemon.ready()
+        once = subprocess.run(
+            [sys.executable, "-m", "confsync", "once", "--config",
+             str(tmp_path / "confsync.toml")], cwd=REPO, capture_output=True, text=True,
+            timeout=60, env={**{k: v for k, v in os.environ.items()
+                                if not k.startswith("CONFSYNC_")}, "PYTHONPATH": str(REPO)})
+        assert once.returncode == 0, once.stderr
+    finally:
+        etcd.ctl("auth", "enable", user=None, check=False)
+    try:
+        time.sleep(2.5)  # the token-less position check is refused: authenticate again
+        etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
+        wait_for(lambda: b"/tls/backend/d=10.0.0.4:80" in daemon.dest.read_bytes(), 15,
+                 what="a change after auth is on again")
+        wait_for(lambda: daemon.ready()[0] == 200, 10, what="ready with auth on")
+    finally:
+        etcd.ctl("del", "/tls/backend/c")
+        etcd.ctl("del", "/tls/backend/d")
