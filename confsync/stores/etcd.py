@@ -29,7 +29,13 @@ import pyetcd.exceptions
 import pyetcd.watch
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
-from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    RevisionCompacted,
+    StoreReset,
+    StoreUnavailable,
+)
 from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
@@ -194,15 +200,16 @@ class EtcdStore:
                 creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
         return endpoints
 
-    def new_client(self) -> MultiEndpointEtcd3Client:
+    def new_client(self, authenticate: bool = True) -> MultiEndpointEtcd3Client:
         """A fresh client (and so a fresh auth token and fresh endpoint state; no token while
-        etcd's auth is switched off).
+        etcd's auth is switched off, or with `authenticate=False`: etcd serves lease keepalives
+        without one). Raises AuthenticationFailed when etcd refuses the user and password.
 
         It starts at the endpoint after the last one that failed (`endpoint_failed`): a
         reconnect after a member died or lost its leader moves on instead of picking the dead
         one at random, and while nothing fails every client talks to the same member.
         """
-        password = read_password(self._settings)
+        password = read_password(self._settings) if authenticate else None
         endpoints = self._endpoints()
         with self._rotation_lock:
             first = endpoints[self._rotation % len(endpoints)]
@@ -220,8 +227,9 @@ class EtcdStore:
                                  failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
             self.endpoint_failed()
-            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
-                                   f"cannot connect: {_describe(exc)}") from None
+            refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
+            raise (AuthenticationFailed if refused else StoreUnavailable)(
+                f"etcd {self._describe_endpoints()}: cannot connect: {_describe(exc)}") from None
         client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
 

@@ -8,10 +8,14 @@ roles back as it found them, so the module's etcd can be shared.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from tests.integration.test_etcd_tls_auth import (
 from tests.support.daemon import wait_for as _wait_for
 from tests.support.etcd_server import free_port
 from tests.support.http_probe import probe
+from tests.support.register import RegisterProcess, write_registration
 
 pytestmark = pytest.mark.etcd
 
@@ -190,3 +195,134 @@ def test_auth_disabled_then_enabled_keeps_following(
     finally:
         etcd.ctl("del", "/tls/backend/c")
         etcd.ctl("del", "/tls/backend/d")
+
+
+# ---- confsync register
+
+REG_PASSWORD = "Reg-pa55-do-not-log"
+REG_KEY = "/reg/services/web/instances/web-1"
+REG_TTL = 3  # keepalives every second
+
+
+class Registered:
+    """`confsync register` as user `registrar` (readwrite on /reg/ only), one instance whose
+    TCP check passes while `listener` is open."""
+
+    def __init__(self, etcd: SecureEtcd, tmp_path: Path) -> None:
+        self.etcd = etcd
+        self.listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.password_file = tmp_path / "registrar-password"
+        self.password_file.write_text(REG_PASSWORD + "\n")
+        self.password_file.chmod(0o600)
+        config = tmp_path / "register.toml"
+        config.write_text(
+            f'[etcd]\nca_cert = "{etcd.pki.ca_cert}"\ncert = "{etcd.pki.client_cert}"\n'
+            f'key = "{etcd.pki.client_key}"\nuser = "registrar"\n'
+            f'password_file = "{self.password_file}"\ntimeout = "2s"\n')
+        write_registration(tmp_path / "conf", "web", (
+            f'service = "web"\nid = "web-1"\nport = {self.port}\n'
+            f'ttl = "{REG_TTL}s"\n[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n'
+            'fall = 1\n'))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.proc = RegisterProcess(
+            tmp_path / "conf", etcd.member.endpoint, "--config", str(config), "--prefix",
+            "/reg", "--hostname", "node-a", "--metrics-address",
+            self.url.removeprefix("http://"), log=tmp_path / "register.log")
+
+    def key(self) -> tuple[str, int] | None:
+        """(published state, lease id) of the instance's key, read as root."""
+        for kv in json.loads(self.etcd.ctl("get", REG_KEY, "-w", "json")).get("kvs") or []:
+            value = json.loads(base64.b64decode(kv["value"]))
+            return str(value["state"]), int(kv.get("lease", 0))
+        return None
+
+    def ready(self) -> tuple[int, dict[str, object]]:
+        return probe(self.url, "/ready", timeout=2)
+
+    def reasons(self) -> str:
+        return " ".join(str(r) for r in self.ready()[1].get("reasons", []) or [])
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+    def check_down(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        self.listener = None
+
+    def check_up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+
+
+@pytest.fixture
+def registered(secure_etcd: SecureEtcd, tmp_path: Path) -> Iterator[Registered]:  # noqa: F811
+    etcd = secure_etcd
+    etcd.ctl("role", "add", "registrar")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite", "/reg/")
+    etcd.ctl("user", "add", "registrar", "--new-user-password=" + REG_PASSWORD)
+    etcd.ctl("user", "grant-role", "registrar", "registrar")
+    running = Registered(etcd, tmp_path)
+    try:
+        wait_for(lambda: running.key() is not None and running.ready()[0] == 200, 15,
+                 what="registered")
+        yield running
+    finally:
+        running.proc.stop()
+        if running.listener is not None:
+            running.listener.close()
+        etcd.ctl("auth", "enable", user=None, check=False)
+        etcd.ctl("user", "delete", "registrar", check=False)
+        etcd.ctl("role", "delete", "registrar")
+        etcd.ctl("del", "--prefix", "/reg/")
+        output = running.proc.output()
+        assert "Traceback" not in output, output[-3000:]
+        assert REG_PASSWORD not in output and "N3w-pa55" not in output
+
+
+def test_register_keeps_a_healthy_instance_while_its_password_is_refused(
+        registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """The password is changed in etcd before the file: confsync cannot authenticate, says so
+    in /ready, and keeps renewing the lease (etcd serves keepalives without a token), so the
+    healthy instance stays in the pool; once the file holds the new password it is ready."""
+    state, lease = registered.key() or ("", 0)
+    secure_etcd.ctl("user", "passwd", "registrar", "--interactive=false",
+                    stdin="N3w-pa55\n")
+    time.sleep(2 * REG_TTL)  # twice the lease's TTL without an authenticated call
+    assert registered.key() == (state, lease), "still registered, on the same lease"
+    assert registered.proc.proc.poll() is None
+    assert registered.ready()[0] == 503
+    assert "authentication failed" in registered.reasons()
+    registered.password_file.write_text("N3w-pa55\n")
+    wait_for(lambda: registered.ready()[0] == 200, 10, what="ready with the new password")
+    assert registered.key() == (state, lease)
+
+
+def test_register_lets_a_stale_key_lapse_when_etcd_refuses_the_change(
+        registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """Write permission revoked, then the instance's check goes down: confsync cannot delete
+    its key, and must not keep it alive by renewing the lease (a dead instance in the pool).
+    It says why in /ready meanwhile; with the permission back, it registers again by itself."""
+    etcd = secure_etcd
+    etcd.ctl("role", "revoke-permission", "registrar", "/reg/", "--prefix=true")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "read", "/reg/")
+    registered.check_down()
+    seen: list[tuple[int, str]] = []  # /ready while the stale key is there
+
+    def lapsed() -> bool:
+        seen.append((registered.ready()[0], registered.reasons()))
+        return registered.key() is None
+
+    wait_for(lapsed, REG_TTL + 2, what="the stale key lapsing")
+    assert registered.proc.proc.poll() is None
+    assert (503, "etcd not connected: PERMISSION_DENIED: etcdserver: permission denied") in seen
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite", "/reg/")
+    wait_for(lambda: registered.ready()[0] == 200, 10, what="ready with the permission back")
+    assert registered.key() is None  # (the check is still down)
+    registered.check_up()
+    wait_for(lambda: registered.key() is not None, 5, what="registered again")
+    assert registered.key() == ("ready", registered.key()[1])  # type: ignore[index]
