@@ -326,3 +326,35 @@ def test_register_lets_a_stale_key_lapse_when_etcd_refuses_the_change(
     registered.check_up()
     wait_for(lambda: registered.key() is not None, 5, what="registered again")
     assert registered.key() == ("ready", registered.key()[1])  # type: ignore[index]
+
+
+def test_register_registers_again_at_once_after_an_admin_revokes_its_lease(
+        registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """`etcdctl lease revoke` deletes the key at once: the next keepalive (within ttl/3)
+    finds the lease gone, and the key is back under a new lease; the metrics count both."""
+    _, lease = registered.key() or ("", 0)
+    secure_etcd.ctl("lease", "revoke", f"{lease:x}")
+    assert registered.key() is None
+    wait_for(lambda: registered.key() is not None, REG_TTL / 3 + 1.5,
+             what="registered again under a new lease")
+    state, new_lease = registered.key() or ("", 0)
+    assert state == "ready" and new_lease != lease
+    assert registered.metric("confsync_register_leases_granted_total") == 2
+    assert registered.metric("confsync_register_lease_keepalive_failures_total") >= 1
+    assert registered.ready()[0] == 200
+    assert probe(registered.url, "/health")[0] == 200
+
+
+def test_register_keeps_its_lease_while_auth_is_disabled_and_enabled_again(
+        registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """With auth off, etcd refuses to authenticate anyone: the registrar connects without a
+    token instead of losing its lease; with auth on again it authenticates by itself."""
+    _, lease = registered.key() or ("", 0)
+    secure_etcd.ctl("auth", "disable")
+    time.sleep(2 * REG_TTL)
+    assert registered.key() == ("ready", lease)
+    assert registered.ready()[0] == 200
+    secure_etcd.ctl("auth", "enable", user=None)
+    time.sleep(2 * REG_TTL)
+    assert registered.key() == ("ready", lease)
+    wait_for(lambda: registered.ready()[0] == 200, 5, what="ready with auth on")
