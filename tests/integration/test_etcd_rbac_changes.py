@@ -71,12 +71,15 @@ class Daemon:
         (confdir / "conf.d" / "pool.toml").write_text(
             f'[template]\nsrc = "pool.tmpl"\ndest = "{self.dest}"\n'
             'keys = ["/tls/backend/", "/tlz/"]\n')
+        self.password_file = tmp_path / "password"  # its own: a test may change it
+        self.password_file.write_text(PASSWORD + "\n")
+        self.password_file.chmod(0o600)
         config = tmp_path / "confsync.toml"
         config.write_text(
             f'confdir = "{confdir}"\nbackend = "etcd"\nlog_level = "debug"\n'
             f'[etcd]\nendpoints = ["{etcd.member.endpoint}"]\nca_cert = "{etcd.pki.ca_cert}"\n'
             f'cert = "{etcd.pki.client_cert}"\nkey = "{etcd.pki.client_key}"\n'
-            f'user = "reader"\npassword_file = "{etcd.password_file}"\ntimeout = "3s"\n'
+            f'user = "reader"\npassword_file = "{self.password_file}"\ntimeout = "3s"\n'
             '[watch]\nwait_min = "20ms"\n')
         driver = tmp_path / "driver.py"
         driver.write_text(WATCH_DRIVER)
@@ -197,6 +200,47 @@ def test_auth_disabled_then_enabled_keeps_following(
         etcd.ctl("del", "/tls/backend/d")
 
 
+def test_watch_across_a_password_change_and_a_recreated_user(
+        daemon: Daemon, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """The password changed in etcd before the file, then the user deleted and re-created:
+    each time /ready names the refused login, the process stays up and keeps the file, and it
+    logs in again by itself (the file is read at every reconnect), then catches up."""
+    etcd = secure_etcd
+    before = daemon.dest.read_bytes()
+    try:
+        etcd.ctl("user", "passwd", "reader", "--interactive=false", stdin="N3w-pa55\n")
+        wait_for(lambda: "authentication failed" in daemon.lost(), 10,
+                 what="/ready naming the refused password")
+        etcd.ctl("put", "/tls/backend/c", "10.0.0.3:80")
+        time.sleep(1.5)  # a few refused logins
+        assert daemon.ready()[0] == 503 and daemon.alive()
+        assert daemon.dest.read_bytes() == before
+        daemon.password_file.write_text("N3w-pa55\n")
+        wait_for(lambda: b"/tls/backend/c=10.0.0.3:80" in daemon.dest.read_bytes(), 15,
+                 what="caught up with the new password")
+        wait_for(lambda: daemon.ready()[0] == 200, 5, what="ready with the new password")
+
+        with_c = daemon.dest.read_bytes()
+        etcd.ctl("user", "delete", "reader")
+        wait_for(lambda: "authentication failed" in daemon.lost(), 10,
+                 what="/ready naming the deleted user")
+        etcd.ctl("put", "/tls/backend/d", "10.0.0.4:80")
+        time.sleep(1.5)
+        assert daemon.ready()[0] == 503 and daemon.alive()
+        assert daemon.dest.read_bytes() == with_c
+        etcd.ctl("user", "add", "reader", "--new-user-password=N3w-pa55")
+        etcd.ctl("user", "grant-role", "reader", "reader")
+        wait_for(lambda: b"/tls/backend/d=10.0.0.4:80" in daemon.dest.read_bytes(), 15,
+                 what="caught up with the re-created user")
+        wait_for(lambda: daemon.ready()[0] == 200, 5, what="ready with the re-created user")
+    finally:
+        etcd.ctl("user", "add", "reader", "--new-user-password=" + PASSWORD, check=False)
+        etcd.ctl("user", "grant-role", "reader", "reader")
+        etcd.ctl("user", "passwd", "reader", "--interactive=false", stdin=PASSWORD + "\n")
+        etcd.ctl("del", "/tls/backend/c")
+        etcd.ctl("del", "/tls/backend/d")
+
+
 # ---- confsync register
 
 REG_PASSWORD = "Reg-pa55-do-not-log"
@@ -222,7 +266,7 @@ class Registered:
             f'password_file = "{self.password_file}"\ntimeout = "2s"\n')
         write_registration(tmp_path / "conf", "web", (
             f'service = "web"\nid = "web-1"\nport = {self.port}\n'
-            f'ttl = "{REG_TTL}s"\n[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n'
+            f'ttl = "{REG_TTL}s"\ndrain = "0s"\n[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n'
             'fall = 1\n'))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.proc = RegisterProcess(
