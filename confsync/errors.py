@@ -27,6 +27,12 @@ class StoreUnavailable(ConfsyncError):
     """The data source could not be reached (or answered with an error). Exit code 3."""
 
 
+class AuthenticationFailed(StoreUnavailable):
+    """etcd answered and refused the user and password (a changed password not yet in the
+    password file, a deleted user): not an unreachable etcd, and no retry fixes it by itself
+    until the credentials are fixed."""
+
+
 class RevisionCompacted(ConfsyncError):
     """The store cannot replay from the asked revision any more; a fresh snapshot is needed."""
 

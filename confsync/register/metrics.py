@@ -28,6 +28,7 @@ class RegisterMetrics:
         self._lock = threading.Lock()
         self._beat = clock()
         self._connected = False
+        self._why = ""
         self._stopping = False
         self._conflicts: dict[str, str] = {}
         self._states = {r.name: "absent" for r in registrations}
@@ -84,9 +85,12 @@ class RegisterMetrics:
         self.check_seconds.labels(registration, str(index)).observe(seconds)
         self.check_up.labels(registration, str(index)).set(1 if up else 0)
 
-    def etcd(self, connected: bool) -> None:
+    def etcd(self, connected: bool, why: str = "") -> None:
+        """`why`: the error that cut etcd off (permission denied, authentication failed, ...),
+        shown in /ready."""
         with self._lock:
             self._connected = connected
+            self._why = why
         self.connected.set(1 if connected else 0)
 
     def conflict(self, registration: str, owner: str | None) -> None:
@@ -112,7 +116,7 @@ class RegisterMetrics:
         with self._lock:
             reasons = []
             if not self._connected:
-                reasons.append("etcd not connected")
+                reasons.append("etcd not connected" + (f": {self._why}" if self._why else ""))
             for name, owner in sorted(self._conflicts.items()):
                 reasons.append(f"{name}: key held by {owner}")
             if self._stopping:

@@ -7,6 +7,14 @@ names our host (a registrar restarted on this host takes its key over at once), 
 another host's live key. When etcd is back after an outage, or the lease was lost (expired,
 revoked, etcd recreated), a new lease is granted and every key written again.
 
+The lease never keeps a stale key alive. When a key etcd holds says what is no longer wanted
+and the change cannot be written (etcd refuses: a write permission revoked, credentials
+refused), the lease is left to lapse and its keys go with it: a "ready" must not outlive the
+check that went down. When only the credentials are refused (a password changed before its
+file, a deleted user) and nothing etcd holds is stale, the lease is renewed without a token
+(etcd serves keepalives without one), so a healthy instance does not fall out of the pool over
+a password.
+
 A live lease does not prove the keys are still there: an operator's `etcdctl del`, a restore
 from a backup that still holds the lease, or another writer can take a key away while the
 keepalives go on succeeding. So after every keepalive the keys written are read back (one
@@ -23,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confsync.errors import StoreUnavailable
+from confsync.errors import AuthenticationFailed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,11 @@ class Registrar:
     def __init__(self, new_client: Callable[[], Any], host: str, ttl: int,
                  report: Callable[[RegistrarEvent], None],
                  endpoint_failed: Callable[[], None] = lambda: None,
-                 token_expired: Callable[[BaseException], bool] = lambda exc: False) -> None:
+                 token_expired: Callable[[BaseException], bool] = lambda exc: False,
+                 keepalive_client: Callable[[], Any] | None = None) -> None:
         self._new_client = new_client
+        # A client without a token, for keepalives while the credentials are refused.
+        self._keepalive_client = keepalive_client
         # An expired auth token (a JWT's fixed lifetime, a simple token's TTL between
         # keepalives) is not an outage: a new client authenticates again, quietly and at once.
         self._token_expired = token_expired
@@ -86,8 +97,7 @@ class Registrar:
         self._conflicts: dict[str, str] = {}
         self._client: Any = None
         self._lease: int | None = None  # its id
-        self._lease_ttl = 0  # as granted
-        self._lease_alive_at = 0.0  # when etcd last said the lease lives (grant or keepalive)
+        self._lease_expires = 0.0  # monotonic: the last renewal (or the grant) plus its TTL
         self._next_keepalive = 0.0
         self._retry_at = 0.0
         self._retry_delay = RETRY_MIN
@@ -202,44 +212,90 @@ class Registrar:
 
     def _step(self, now: float) -> None:
         if self._client is None:
-            self._client = self._new_client()
+            try:
+                self._client = self._new_client()
+            except AuthenticationFailed:
+                self._renew_without_token(now)
+                raise
+        if self._lease is not None and now >= self._lease_expires:
+            # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
+            # lease should hold): gone whatever the other calls say, so start over.
+            log.warning("register: lease %x lapsed (not renewed for its TTL); starting over "
+                        "with a new lease", self._lease)
+            self._forget_lease()
         if self._lease is None:
             if not self._has_work():  # nothing to publish: no lease needed yet
                 if not self.connected:
-                    self._client.get("/")  # is etcd there? (for /ready and the status line)
+                    # Is etcd there? (for /ready and the status line; a call any role may make)
+                    self._client.status()
                     self._connected()
                 return
             lease = self._client.lease(self.ttl)
             self._lease, granted = int(lease.id), int(lease.ttl)
-            self._lease_ttl, self._lease_alive_at = granted, time.monotonic()
-            self._next_keepalive = time.monotonic() + max(granted / 3, 0.2)
+            self._renewed(granted)
             with self._lock:
                 self._written.clear()  # keys on an old lease are gone or about to go
             self._report(RegistrarEvent("lease_granted", detail=f"lease {self._lease:x}, "
                                         f"ttl {granted}s"))
         elif now >= self._next_keepalive:
-            self._keepalive()
+            if self._stale():
+                self._converge()  # a stale key that cannot be fixed is not kept alive
+            self._keepalive(self._client)
+            if self._lease is None:  # it had expired or was revoked: register again at once
+                self._step(time.monotonic())
+                return
             self._verify()
-        self._connected()
         self._converge()
+        self._connected()  # (only now: a refused write is no connection to report)
+
+    def _renewed(self, ttl: int) -> None:
+        now = time.monotonic()
+        self._lease_expires = now + ttl
+        self._next_keepalive = now + max(ttl / 3, 0.2)
+
+    def _forget_lease(self) -> None:
+        self._lease = None
+        with self._lock:
+            self._written.clear()
+
+    def _renew_without_token(self, now: float) -> None:
+        """Credentials refused: renew the lease anyway while no key it holds is stale."""
+        if (self._lease is None or self._keepalive_client is None
+                or now < self._next_keepalive or now >= self._lease_expires or self._stale()):
+            return
+        client = self._keepalive_client()
+        try:
+            self._keepalive(client)
+            if self._lease is not None:
+                log.debug("register: lease %x renewed without a token", self._lease)
+        except Exception as exc:
+            log.debug("register: lease keepalive without a token failed: %s", _describe(exc))
+        finally:
+            client.close()
 
     def _connected(self) -> None:
         if not self.connected:
             self.connected = True
             self._report(RegistrarEvent("connected"))
 
+    def _stale(self) -> bool:
+        """A key etcd holds under our lease says what is no longer wanted."""
+        with self._lock:
+            return any(v is not None and self._wanted.get(k) != v
+                       for k, v in self._written.items())
+
     def _has_work(self) -> bool:
         with self._lock:
             return any(v is not None for v in self._wanted.values())
 
-    def _keepalive(self) -> None:
+    def _keepalive(self, client: Any) -> None:
+        """Renew the lease; when it had expired or was revoked, forget it (and its keys)."""
         try:
-            responses = list(self._client.refresh_lease(self._lease))
+            responses = list(client.refresh_lease(self._lease))
         except Exception as exc:
             if not self._token_expired(exc):  # (an expired token is renewed, not a failure)
                 self.keepalive_failures += 1
                 self._report(RegistrarEvent("keepalive_failed"))
-                self._forget_lapsed_lease()
             raise
         ttl = int(responses[0].TTL) if responses else 0
         if ttl <= 0:  # expired or revoked meanwhile: its keys are gone
@@ -247,27 +303,9 @@ class Registrar:
             self._report(RegistrarEvent("keepalive_failed", detail="lease expired"))
             log.warning("register: lease %x expired or was revoked; granting a new one and "
                         "registering again", self._lease)
-            self._lease = None
-            with self._lock:
-                self._written.clear()
-            self._step(time.monotonic())
+            self._forget_lease()
             return
-        self._lease_alive_at = time.monotonic()
-        self._next_keepalive = self._lease_alive_at + max(ttl / 3, 0.2)
-
-    def _forget_lapsed_lease(self) -> None:
-        """No keepalive got through for a whole TTL: the lease is gone whatever the calls
-        say, so the next call that works grants a new one and writes every key again (a
-        keepalive that keeps failing must not hold the registration out for good)."""
-        silent = time.monotonic() - self._lease_alive_at
-        if self._lease is None or silent <= self._lease_ttl:
-            return
-        log.warning("register: no keepalive of lease %x got through for %.1fs (ttl %ds); "
-                    "granting a new one and registering again", self._lease, silent,
-                    self._lease_ttl)
-        self._lease = None
-        with self._lock:
-            self._written.clear()
+        self._renewed(ttl)
 
     def _verify(self) -> None:
         """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
@@ -365,7 +403,7 @@ class Registrar:
         self._drop_client()
 
     def _lost(self, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}".strip()
+        reason = _describe(exc)
         if self.connected:
             self.connected = False
             self._report(RegistrarEvent("lost", detail=reason))
@@ -388,16 +426,32 @@ class Registrar:
         """Revoke the lease: whatever is still registered goes with it."""
         if self._lease is None:
             return
-        try:
-            if self._client is None:
-                self._client = self._new_client()
-            self._client.revoke_lease(self._lease)
-            log.info("register: lease %x revoked", self._lease)
-        except Exception as exc:
-            log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
-                        self._lease, exc, self.ttl)
-        finally:
-            self._drop_client()
+        for attempt in (1, 2):  # the second after an expired token: a stop is often idle long
+            try:
+                if self._client is None:
+                    self._client = self._new_client()
+                self._client.revoke_lease(self._lease)
+                log.info("register: lease %x revoked", self._lease)
+                break
+            except Exception as exc:
+                self._drop_client()
+                if attempt == 1 and self._token_expired(exc):
+                    continue
+                log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
+                            self._lease, _describe(exc), self.ttl)
+                break
+        self._drop_client()
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: a gRPC error's status and etcd's words, e.g. "PERMISSION_DENIED: etcdserver:
+    permission denied" (its repr spans lines and repeats them)."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{getattr(code(), 'name', code())}: {details()}"
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 def _no_owner(raw: bytes) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -101,9 +102,10 @@ class RegisterLoop:
         etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
                                                               max(ttl / 3, 0.5)))
         self.store = EtcdStore(etcd)
-        self.registrar = Registrar(self.store.new_client, host, ttl, self.events.put,
-                                   endpoint_failed=self.store.endpoint_failed,
-                                   token_expired=token_expired)
+        self.registrar = Registrar(
+            self.store.new_client, host, ttl, self.events.put,
+            endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,
+            keepalive_client=functools.partial(self.store.new_client, authenticate=False))
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         self._stall_reported: dict[CheckRunner, float] = {}
@@ -214,7 +216,7 @@ class RegisterLoop:
             self.metrics.etcd(True)
             log.info("register: etcd connected")
         elif event.kind == "lost":
-            self.metrics.etcd(False)
+            self.metrics.etcd(False, event.detail)
             log.warning("register: etcd unreachable (%s); checks go on, registering again when "
                         "it is back", event.detail)
         elif event.kind == "lease_granted":

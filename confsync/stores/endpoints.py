@@ -1,5 +1,6 @@
 """What both etcd read paths (gRPC `etcd.py`, JSON gateway `etcd_gateway.py`) agree on: which
-endpoints to ask, whether to speak TLS, and which TLS files to load.
+endpoints to ask, whether to speak TLS, which TLS files to load, and what an authentication
+refused because auth is off looks like.
 
 Kept free of heavy imports: `confsync once` reaches it without gRPC, and DNS (`srv.py`) is only
 imported when `srv_domain` is set.
@@ -13,6 +14,18 @@ from urllib.parse import urlsplit
 
 from confsync.errors import ConfigError
 from confsync.settings import EtcdSettings
+
+# etcd's answer to Authenticate while its auth is off (`etcdctl auth disable`). It then serves
+# every client without a token, so confsync connects without one, as etcd's own Go client does:
+# an operator switching auth off and on again is not an outage.
+AUTH_NOT_ENABLED = "authentication is not enabled"
+
+
+def auth_not_enabled(error: BaseException | str) -> bool:
+    """True when etcd refused to authenticate only because its auth is switched off."""
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else str(error)
+    return AUTH_NOT_ENABLED in str(text)
 
 
 def endpoint_urls(settings: EtcdSettings) -> tuple[str, ...]:

@@ -27,13 +27,21 @@ from typing import Any
 import grpc
 import pyetcd
 import pyetcd.exceptions
+import pyetcd.watch
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
-from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    RevisionCompacted,
+    StoreReset,
+    StoreUnavailable,
+)
 from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 from confsync.stores.endpoints import (
+    auth_not_enabled,
     check_client_pair,
     describe_endpoints,
     endpoint_urls,
@@ -65,9 +73,38 @@ REQUIRE_LEADER = ("hasleader", "true")
 POSITION_CHECK_SECONDS = 10.0
 
 
+class WatchCanceled(Exception):
+    """etcd cancelled a watch: refused at creation (the role may not read the prefix any more)
+    or ended by the server. The reason is etcd's, e.g. "etcdserver: permission denied"."""
+
+
+class _Watcher(pyetcd.watch.Watcher):  # type: ignore[misc]
+    """The library's watcher, except that a watch etcd cancels is an error, never silence.
+
+    etcd refuses a watch it may not serve (permission denied) with a response that is both
+    "created" and "canceled", on the stream that carries our other watches; the library takes it
+    for a created watch (under the watch id it asked for, 0, which may be another watch's) and
+    drops every later cancel: the prefix would stay silently unwatched under a connected stream.
+    """
+
+    def _handle_response(self, rs: Any) -> None:
+        if not rs.canceled or rs.compact_revision:  # (compaction: the library reports it)
+            super()._handle_response(rs)
+            return
+        error = WatchCanceled(rs.cancel_reason or "watch canceled by etcd")
+        with self._lock:
+            if rs.created and self._new_watch is not None:
+                self._new_watch.err = error  # add_callback raises it
+                self._new_watch_cond.notify_all()
+                return
+            callback = self._callbacks.pop(rs.watch_id, None)
+        if callback is not None:  # (None: a watch we cancelled ourselves)
+            callback(error)
+
+
 class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
     """The library's client with the require-leader metadata on every call, watches included
-    (its watcher takes the client's `metadata`)."""
+    (its watcher takes the client's `metadata`), and a watcher that reports cancelled watches."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,6 +139,10 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
             call.cancel()
         if response is not None:
             yield response
+
+    def get_watcher(self) -> pyetcd.watch.Watcher:
+        return _Watcher(pyetcd.etcdrpc.WatchStub(self.channel), timeout=self.timeout,
+                        call_credentials=self.call_credentials, metadata=self.metadata)
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -189,27 +230,36 @@ class EtcdStore:
                 creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
         return endpoints
 
-    def new_client(self) -> MultiEndpointEtcd3Client:
-        """A fresh client (and so a fresh auth token and fresh endpoint state).
+    def new_client(self, authenticate: bool = True) -> MultiEndpointEtcd3Client:
+        """A fresh client (and so a fresh auth token and fresh endpoint state; no token while
+        etcd's auth is switched off, or with `authenticate=False`: etcd serves lease keepalives
+        without one). Raises AuthenticationFailed when etcd refuses the user and password.
 
         It starts at the endpoint after the last one that failed (`endpoint_failed`): a
         reconnect after a member died or lost its leader moves on instead of picking the dead
         one at random, and while nothing fails every client talks to the same member.
         """
-        password = read_password(self._settings)
+        password = read_password(self._settings) if authenticate else None
         endpoints = self._endpoints()
         with self._rotation_lock:
             first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]
+        user = self._settings.user if password is not None else None
         try:
-            client = _Client(
-                endpoints=ordered, timeout=self._settings.timeout,
-                user=self._settings.user if password is not None else None,
-                password=password, failover=True)
+            try:
+                client = _Client(endpoints=ordered, timeout=self._settings.timeout, user=user,
+                                 password=password, failover=True)
+            except grpc.RpcError as exc:
+                if user is None or not auth_not_enabled(exc):
+                    raise
+                log.debug("etcd auth is disabled; connecting without a token")
+                client = _Client(endpoints=ordered, timeout=self._settings.timeout,
+                                 failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
             self.endpoint_failed()
-            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
-                                   f"cannot connect: {_describe(exc)}") from None
+            refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
+            raise (AuthenticationFailed if refused else StoreUnavailable)(
+                f"etcd {self._describe_endpoints()}: cannot connect: {_describe(exc)}") from None
         client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
 
@@ -377,13 +427,18 @@ class _EtcdWatch:
             store.check_position(self._client, start_revision, self._position_key)
             for prefix in prefixes:
                 key = prefix.encode()
-                self._client.add_watch_callback(
-                    key, functools.partial(self._on_response, prefix), range_end=_range_end(key),
-                    start_revision=start_revision, progress_notify=True)
+                try:
+                    self._client.add_watch_callback(
+                        key, functools.partial(self._on_response, prefix),
+                        range_end=_range_end(key), start_revision=start_revision,
+                        progress_notify=True)
+                except WatchCanceled as exc:
+                    raise StoreUnavailable(f"etcd {self._endpoints}: watch of {prefix} "
+                                           f"refused: {exc}") from None
         except pyetcd.exceptions.RevisionCompactedError as exc:
             self.cancel()
             raise RevisionCompacted(int(exc.compacted_revision)) from None
-        except StoreReset:
+        except (StoreReset, StoreUnavailable):
             self.cancel()
             raise
         except Exception as exc:

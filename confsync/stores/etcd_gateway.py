@@ -44,6 +44,7 @@ from confsync.errors import ConfigError, StoreUnavailable
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores import Snapshot
 from confsync.stores.endpoints import (
+    auth_not_enabled,
     check_client_pair,
     describe_endpoints,
     endpoint_urls,
@@ -361,13 +362,19 @@ class EtcdGatewayStore:
 
     @staticmethod
     def _authenticate(connection: _Connection, user: str, password: str) -> None:
-        """Get a token; it goes with every later request on this connection."""
+        """Get a token; it goes with every later request on this connection (none while
+        etcd's auth is switched off)."""
         connection.headers.pop("Authorization", None)  # not the stale one
         try:
             answer = connection.post("/v3/auth/authenticate",
                                      {"name": user, "password": password})
         except _InvalidToken as exc:  # never retried: the password itself is refused
             raise _EndpointFailed(str(exc)) from None
+        except _EndpointFailed as exc:
+            if not auth_not_enabled(str(exc)):
+                raise
+            log.debug("etcd auth is disabled; reading without a token")
+            return
         token = answer.get("token")
         if not isinstance(token, str) or not token:
             raise _EndpointFailed("authentication answered without a token")

@@ -56,13 +56,14 @@ class SecureEtcd:
     etcdctl: str
     password_file: Path
 
-    def ctl(self, *args: str, user: str | None = ROOT) -> str:
+    def ctl(self, *args: str, user: str | None = ROOT, check: bool = True,
+            stdin: str | None = None) -> str:
         argv = [self.etcdctl, "--command-timeout=15s", "--endpoints", self.member.endpoint,
                 "--cacert",
                 str(self.pki.ca_cert), "--cert", str(self.pki.client_cert), "--key",
                 str(self.pki.client_key), *(["--user", user] if user else []), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, input=stdin)
+        assert done.returncode == 0 or not check, done.stderr
         return done.stdout
 
     def wait_serving(self, timeout: float = 20.0) -> None:
