@@ -17,15 +17,21 @@ from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 
 
-def test_edits_after_conf_d_was_replaced_still_reload(tmp_path: Path) -> None:
+def _watched_file_backend(tmp_path: Path, template: str) -> tuple[Path, Path, Path]:
+    """(config, data file, confdir): the file backend with `watch.confdir` on, one resource
+    `app` rendering `template` to tmp_path/out from data /app/v = one."""
     data = tmp_path / "data.yaml"
     data.write_text("app:\n  v: one\n")
     cd = tmp_path / "cd"
-    write_resource(cd, "app", "{{ getv('/app/v') }}\n",
-                   f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
+    write_resource(cd, "app", template, f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
     config = tmp_path / "confsync.toml"
     config.write_text(f'confdir = "{cd}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
                       f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    return config, data, cd
+
+
+def test_edits_after_conf_d_was_replaced_still_reload(tmp_path: Path) -> None:
+    config, _, cd = _watched_file_backend(tmp_path, "{{ getv('/app/v') }}\n")
     w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
     try:
         wait_for(lambda: read(tmp_path / "out") == "one\n", 20, what="first render")
@@ -89,14 +95,7 @@ def _no_inotify_available() -> bool:
 @pytest.mark.skipif(not _no_inotify_available(),
                     reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
 def test_without_inotify_the_daemon_polls_instead_of_exiting(tmp_path: Path) -> None:
-    data = tmp_path / "data.yaml"
-    data.write_text("app:\n  v: one\n")
-    cd = tmp_path / "cd"
-    write_resource(cd, "app", "a {{ getv('/app/v') }}\n",
-                   f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
-    config = tmp_path / "confsync.toml"
-    config.write_text(f'confdir = "{cd}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
-                      f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    config, data, cd = _watched_file_backend(tmp_path, "a {{ getv('/app/v') }}\n")
     w = WatchProcess("--config", str(config), log=tmp_path / "watch.log", wrapper=NO_INOTIFY)
     try:
         wait_for(lambda: read(tmp_path / "out") == "a one\n", 20, what="first render")
