@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import tomllib
 from collections.abc import Sequence
@@ -92,7 +93,13 @@ class FileStore:
 
         from confsync.fswatch import start_observer
 
-        watched = {p.resolve() for p in self._paths}
+        # The paths as given, not resolved: a Kubernetes ConfigMap's data.yaml links through
+        # ..data to a directory that each update replaces (a new one, a rename of ..data, the
+        # old one deleted), so a watch of the resolved directory goes deaf after one update.
+        # A symlink to a file elsewhere gets that directory watched as well.
+        given = {Path(os.path.abspath(p)) for p in self._paths}
+        directories = {str(p.parent) for p in given} | {
+            str(p.resolve().parent) for p in given if p.resolve().parent.is_dir()}
         store = self
 
         def refresh() -> None:
@@ -110,16 +117,24 @@ class FileStore:
             if changes:
                 sink(ChangeBatch(revision, changes))
 
+        def concerns_us(touched: set[Path]) -> bool:
+            if touched & given or any(t.name.startswith("..") for t in touched):
+                return True  # a data file itself, or Kubernetes' ..data swap
+            current = {p.resolve() for p in given}  # where the links point now
+            return bool({t.resolve() for t in touched} & current)
+
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = {Path(str(event.src_path)).resolve()}
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                touched = {Path(str(event.src_path))}
                 if getattr(event, "dest_path", ""):
-                    paths.add(Path(str(event.dest_path)).resolve())
-                if paths & watched and event.event_type not in ("opened", "closed_no_write"):
-                    refresh()
+                    touched.add(Path(str(event.dest_path)))
+                if concerns_us(touched):
+                    refresh()  # (compares contents: a false alarm changes nothing)
 
-        observer = start_observer(Handler(), sorted({str(p.parent) for p in watched}),
-                                  recursive=False, what="file backend")
+        observer = start_observer(Handler(), sorted(directories), recursive=False,
+                                  what="file backend")
         # A change between the snapshot and the observer's start raised no event: look once.
         refresh()
         return _ObserverHandle(observer)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import shutil
 import signal
 import threading
 import time
@@ -126,3 +129,42 @@ def test_reload_drops_renders_pending_under_the_old_definition(tmp_path: Path) -
         daemon.stopping = True
         daemon.events.put(None)
         thread.join(timeout=10)
+
+
+def _reads(path: Path, text: str) -> bool:
+    return read(path) == text
+
+
+def test_file_backend_follows_kubernetes_configmap_updates(tmp_path: Path) -> None:
+    """A ConfigMap volume: data.yaml -> ..data/data.yaml, ..data -> ..<timestamp>; an update
+    writes a new timestamped directory, swaps ..data by rename and deletes the old one. The
+    watch used to follow the resolved directory, which the first update deletes: every later
+    update was missed."""
+    cm = tmp_path / "configmap"
+    cm.mkdir()
+
+    def publish(version: str) -> None:
+        target = cm / f"..2026_{version}"
+        target.mkdir()
+        (target / "data.yaml").write_text(f"app:\n  v: {version}\n")
+        old = os.readlink(cm / "..data") if (cm / "..data").is_symlink() else None
+        (cm / "..data_tmp").symlink_to(target.name)
+        os.replace(cm / "..data_tmp", cm / "..data")
+        if old is not None:
+            shutil.rmtree(cm / old)
+
+    publish("one")
+    (cm / "data.yaml").symlink_to("..data/data.yaml")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file",
+                     "--file", str(cm / "data.yaml"), "--wait-min", "0", log=tmp_path / "log")
+    try:
+        wait_for(lambda: read(dest) == "one\n", what="first render")
+        for version in ("two", "three", "four"):
+            publish(version)
+            wait_for(functools.partial(_reads, dest, f"{version}\n"), 10,
+                     what=f"ConfigMap update to {version}\n{w.output()[-2000:]}")
+    finally:
+        w.stop()
