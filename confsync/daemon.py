@@ -602,8 +602,10 @@ class Daemon:
     # ---- conf.d and templates
 
     def _local_dirs(self) -> tuple[str, ...]:
+        """conf.d and templates, resolved: a Kubernetes ConfigMap links them through ..data to
+        a directory each update replaces, and a watch follows the directory, not the link."""
         confdir = Path(self.state.settings.confdir)
-        return tuple(str(confdir / sub) for sub in ("conf.d", "templates")
+        return tuple(os.path.realpath(confdir / sub) for sub in ("conf.d", "templates")
                      if (confdir / sub).is_dir())
 
     def _watch_local_files(self) -> None:

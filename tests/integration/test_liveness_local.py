@@ -5,6 +5,8 @@ which ends watchdog's emitter for the old one (issue 13, item 5)."""
 from __future__ import annotations
 
 import errno
+import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import write_resource
-from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.daemon import WatchProcess, read, reads, wait_for
 
 
 def _watched_file_backend(tmp_path: Path, template: str) -> tuple[Path, Path, Path]:
@@ -142,3 +144,41 @@ def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> 
         wait_for(lambda: str(tmp_path / "new") in seen, 5, what="the polled event")
     finally:
         observer.stop()
+
+
+def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path: Path) -> None:
+    """conf.d -> ..data/conf.d and templates -> ..data/templates, ..data swapped to a new
+    directory by each update (the kubelet's atomic writer), the old one deleted. The watcher
+    followed the deleted directory and every update after the first start was missed."""
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    dest = tmp_path / "out"
+
+    def publish(version: str) -> None:
+        target = cm / f"..2026_{version}"
+        write_resource(target, "app", f"{version} {{{{ getv('/app/v') }}}}\n",
+                       f'dest = "{dest}"\nkeys = ["/app"]')
+        old = os.readlink(cm / "..data") if (cm / "..data").is_symlink() else None
+        (cm / "..data_tmp").symlink_to(target.name)
+        os.replace(cm / "..data_tmp", cm / "..data")
+        if old is not None:
+            shutil.rmtree(cm / old)
+
+    publish("one")
+    (cm / "conf.d").symlink_to("..data/conf.d")
+    (cm / "templates").symlink_to("..data/templates")
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: x\n")
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'confdir = "{cm}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
+                      f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: read(dest) == "one x\n", 20, what="first render")
+        for version in ("two", "three"):
+            publish(version)
+            wait_for(functools.partial(reads, dest, f"{version} x\n"), 10,
+                     what=f"the update to {version}\n{w.output()[-2000:]}")
+    finally:
+        code = w.stop()
+    assert code == 0

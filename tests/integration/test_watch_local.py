@@ -19,7 +19,7 @@ from confsync.settings import Settings, WatchSettings
 from confsync.stores import WatchHandle, WatchSink
 from confsync.stores.file import FileStore
 from tests.support.cli import write_resource
-from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.daemon import WatchProcess, read, reads, wait_for
 
 
 def test_file_backend_rerenders_when_its_file_changes(tmp_path: Path) -> None:
@@ -131,10 +131,6 @@ def test_reload_drops_renders_pending_under_the_old_definition(tmp_path: Path) -
         thread.join(timeout=10)
 
 
-def _reads(path: Path, text: str) -> bool:
-    return read(path) == text
-
-
 def test_file_backend_follows_kubernetes_configmap_updates(tmp_path: Path) -> None:
     """A ConfigMap volume: data.yaml -> ..data/data.yaml, ..data -> ..<timestamp>; an update
     writes a new timestamped directory, swaps ..data by rename and deletes the old one. The
@@ -164,7 +160,7 @@ def test_file_backend_follows_kubernetes_configmap_updates(tmp_path: Path) -> No
         wait_for(lambda: read(dest) == "one\n", what="first render")
         for version in ("two", "three", "four"):
             publish(version)
-            wait_for(functools.partial(_reads, dest, f"{version}\n"), 10,
+            wait_for(functools.partial(reads, dest, f"{version}\n"), 10,
                      what=f"ConfigMap update to {version}\n{w.output()[-2000:]}")
     finally:
         w.stop()

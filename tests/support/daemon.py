@@ -30,6 +30,11 @@ def read(path: Path) -> str:
         return ""
 
 
+def reads(path: Path, text: str) -> bool:
+    """For wait_for(functools.partial(reads, dest, expected)) inside a loop."""
+    return read(path) == text
+
+
 class WatchProcess:
     def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None,
                  wrapper: Sequence[str] = ()) -> None:
