@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from confsync import children
+
 _PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 MAX_OUTPUT = 4000  # characters of command output kept in an error
@@ -88,9 +90,9 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     out = _output_file(argv[0])
     try:
         try:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
-                                    stdout=out if out is not None else subprocess.DEVNULL,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = children.start(argv, stdin=subprocess.DEVNULL,
+                                  stdout=out if out is not None else subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             return CommandResult(False, None, f"cannot run `{argv[0]}`: {exc.strerror}",
                                  time.monotonic() - start)
@@ -105,6 +107,8 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
                                  f"`{' '.join(argv)}` timed out after {timeout:g}s and was killed"
                                  + (f"; output: {output}" if output else ""),
                                  time.monotonic() - start)
+        finally:
+            children.done(proc)
         output = _tail(_read_tail(out)) if out is not None else ""
         return CommandResult(proc.returncode == 0, proc.returncode, output,
                              time.monotonic() - start)

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from confsync import children
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer
 from confsync.mirror import Mirror
@@ -112,6 +113,7 @@ class Daemon:
         # SimpleQueue: its put() is safe from a signal handler (Queue.put can deadlock there).
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.observers = Observers(observers)
+        self._init = children.is_init()  # PID 1 of a container: orphans are ours to reap
         self.mirror = Mirror()
         self.snapshot_floor = 0  # batches at or below the last snapshot's revision are in it
         self.stopping = False
@@ -401,7 +403,10 @@ class Daemon:
     # ---- the daemon's own threads
 
     def _check_parts(self, now: float) -> None:
-        """Every heartbeat: restart a dead follower or local-files watcher (never a zombie)."""
+        """Every heartbeat: restart a dead follower or local-files watcher (never a zombie),
+        and as PID 1 reap the orphans confsync inherits."""
+        if self._init:
+            children.reap_orphans()
         if not self.follower.is_alive() and not self.stopping:
             self._follower_dead(now)
         if self.state.settings.watch.confdir:

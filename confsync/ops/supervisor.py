@@ -5,12 +5,12 @@ The daemon drives one `Supervisor` from its loop thread:
 tick (reaps, restarts after backoff, detects a crash loop), `forward(sig)` for signals meant for
 the child, and `stop(timeout)` on shutdown, whose return value is confsync's exit status.
 
-Why the loop thread only, and no SIGCHLD handler: `poll()` reaps with waitpid(), and as PID 1
-with waitpid(-1). A reap running concurrently with `subprocess.run()` (check_cmd, reload_cmd) would
-steal that command's exit status and Python would report it as 0: a failed check passing. And a
+Why the loop thread only, and no SIGCHLD handler: `poll()` reaps its child with waitpid(), and a
 Python signal handler runs on the main thread between any two bytecodes, so one that takes a lock
 (an Event, a Queue, logging) can deadlock against the code it interrupted. The loop ticks at least
-once a second, so zombies live at most that long and a dead child is noticed within a tick.
+once a second, so a dead child is noticed within a tick. Orphans that PID 1 inherits are reaped
+by the loops too (confsync.children), never with a blanket waitpid(-1), which would steal the
+status of a command another thread waits for.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from confsync import children
 from confsync.backoff import Backoff
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
@@ -77,7 +78,6 @@ class Supervisor(Observer):
 
     def __init__(self, policy: ExecPolicy, env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 reap_all: bool | None = None,
                  on_give_up: Callable[[str], None] | None = None) -> None:
         if not policy.argv:
             raise ValueError("exec mode needs a command")
@@ -85,8 +85,6 @@ class Supervisor(Observer):
         base = dict(os.environ if env is None else env)
         self._env = {k: v for k, v in base.items() if k not in NOTIFY_ENV}
         self._clock = clock
-        # PID 1 inherits orphans (HAProxy's old workers, a shell's children): reap them all.
-        self.reap_all = os.getpid() == 1 if reap_all is None else reap_all
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self._deaths: deque[float] = deque()
@@ -118,8 +116,8 @@ class Supervisor(Observer):
             return
         # Own process group: a terminal's ^C reaches confsync once, and we decide what the
         # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).
-        self.proc = subprocess.Popen(list(self.policy.argv), env=self._env,
-                                     stdin=subprocess.DEVNULL, process_group=0)
+        self.proc = children.start(self.policy.argv, env=self._env,
+                                   stdin=subprocess.DEVNULL, process_group=0)
         self._started_at = self._clock()
         self._restart_at = None
         log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
@@ -172,17 +170,8 @@ class Supervisor(Observer):
     def _reap(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.poll()  # waitpid(child, WNOHANG)
-        while self.reap_all:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if self.proc is not None and pid == self.proc.pid:
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-            else:
-                log.debug("reaped orphan pid %d (status %d)", pid, status)
+            if self.proc.returncode is not None:
+                children.done(self.proc)
 
     def _died(self, returncode: int, why: str = "") -> None:
         now = self._clock()
@@ -234,8 +223,8 @@ class Supervisor(Observer):
                 proc.wait()
         if proc is not None and proc.returncode is not None:
             self.last_status = exit_status(proc.returncode)
+            children.done(proc)
         self.proc = None
-        self._reap()
         status = self.last_status if self.last_status is not None else 0
         if self.gave_up is not None:
             return status or EXIT_CRASH_LOOP

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from confsync import children
 from confsync.errors import ConfigError, StoreUnavailable
 from confsync.ops.metrics import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
@@ -109,6 +110,7 @@ class RegisterLoop:
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         self._stall_reported: dict[CheckRunner, float] = {}
+        self._init = children.is_init()
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_ping = 0.0
@@ -247,6 +249,8 @@ class RegisterLoop:
 
     def _poll(self) -> None:
         now = time.monotonic()
+        if self._init:
+            children.reap_orphans()  # PID 1 of a container inherits every orphan
         for runner in self.runners:
             runner.revive()
             stalled = runner.stalled(now)

@@ -173,10 +173,11 @@ def test_missing_binary_gives_up_at_once(tmp_path: Path) -> None:
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys, time
     import psutil
+    from confsync import children
     from confsync.ops.supervisor import ExecPolicy, Supervisor
     script, log, reap = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     sup = Supervisor(ExecPolicy(argv=(sys.executable, script, log, "orphans"),
-                                forward_signals=(signal.SIGUSR2,)), reap_all=reap)
+                                forward_signals=(signal.SIGUSR2,)))
     sup.install_signal_handlers()
     sup.start()
     while "ready" not in (open(log).read() if os.path.exists(log) else ""):
@@ -186,6 +187,8 @@ DRIVER = textwrap.dedent("""
     while time.monotonic() < deadline:
         time.sleep(0.05)
         sup.poll()
+        if reap:  # what the watch and register loops do each tick as PID 1
+            children.reap_orphans()
     me = psutil.Process()
     zombies = [c.pid for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
     status = sup.stop(timeout=5)

@@ -1,0 +1,67 @@
+"""The processes confsync starts, and reaping every other child when confsync is PID 1.
+
+In a container without an init, confsync is PID 1 and inherits every orphan: a reload
+command's background child, a check script's leftovers, HAProxy's old workers. Unreaped, each
+stays a zombie holding a PID until the container's pid limit is reached, months later. But a
+blanket waitpid(-1) would also take the exit status of a command another thread is waiting for
+(an exec probe, a check command), and Python then reports it as 0: a failed check passing. So
+every process confsync starts is registered here until its owner has waited for it, and only
+the others are reaped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+# Held while starting a process and while reaping: a child is never seen before it is ours.
+_lock = threading.Lock()
+_ours: set[int] = set()
+
+
+def start(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen, registered as ours until `done(proc)`."""
+    with _lock:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(list(argv), **popen)
+        _ours.add(proc.pid)
+    return proc
+
+
+def done(proc: subprocess.Popen[bytes]) -> None:
+    """Its owner has waited for it (or given it up): no longer protected from reaping."""
+    with _lock:
+        _ours.discard(proc.pid)
+
+
+def is_init() -> bool:
+    """PID 1 (a container without an init): orphans are ours to reap."""
+    return os.getpid() == 1
+
+
+def reap_orphans() -> list[int]:
+    """Reap every exited child confsync did not start; return their pids.
+
+    Cheap enough for every loop tick: it reads this process's children from /proc (few as
+    PID 1 of a container) and asks each one with WNOHANG.
+    """
+    import psutil
+
+    reaped: list[int] = []
+    with _lock:
+        try:
+            children = [c.pid for c in psutil.Process().children()]
+        except psutil.Error:
+            return reaped
+        for pid in children:
+            if pid in _ours:
+                continue
+            try:
+                found, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not (or no longer) our child
+                continue
+            if found:
+                reaped.append(found)
+    return reaped
