@@ -1,5 +1,5 @@
-"""One capped exponential backoff for every retry loop: the store follower, HAProxy's sockets
-and the exec-mode child's restarts."""
+"""One capped exponential backoff for every retry loop: the store follower, the registrar,
+HAProxy's sockets and the exec-mode child's restarts."""
 
 from __future__ import annotations
 

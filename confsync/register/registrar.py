@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from confsync.backoff import Backoff
 from confsync.errors import AuthenticationFailed, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ class Registrar:
         self._lease_expires = 0.0  # monotonic: the last renewal (or the grant) plus its TTL
         self._next_keepalive = 0.0
         self._retry_at = 0.0
-        self._retry_delay = RETRY_MIN
+        # Jittered: after an etcd outage a fleet's registrars must not retry in lockstep.
+        self._retry = Backoff(RETRY_MIN, max(ttl / 3, 1.0))
         self.connected = False
         self._reauthenticated = False
         self.keepalive_failures = 0
@@ -192,7 +194,7 @@ class Registrar:
             if now >= self._retry_at:
                 try:
                     self._step(now)
-                    self._retry_delay = RETRY_MIN
+                    self._retry.reset()
                 except Exception as exc:  # grpc, pyetcd and ValueError alike: etcd trouble
                     if self._token_expired(exc) and not self._reauthenticated:
                         self._reauthenticate()
@@ -410,8 +412,7 @@ class Registrar:
         self._drop_client()
         if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
             self._endpoint_failed()
-        self._retry_at = time.monotonic() + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, max(self.ttl / 3, 1.0))
+        self._retry_at = time.monotonic() + self._retry.next()
 
     def _drop_client(self) -> None:
         """Close the client (best effort); the next step makes a new one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -63,3 +64,28 @@ def test_a_thread_killed_by_a_bug_is_started_again_by_revive() -> None:
         registrar.close(timeout=2)
     registrar.revive()  # closing: nothing is started again
     assert not registrar._thread.is_alive()
+
+
+def test_registrars_retry_an_unreachable_etcd_out_of_step() -> None:
+    """A fleet that lost etcd together must not hammer it together when it is back: the
+    retry delays are jittered (they used to double exactly, in lockstep across nodes)."""
+    calls: list[list[float]] = [[], []]
+
+    def unreachable(log: list[float]) -> Any:
+        def new_client() -> Any:
+            log.append(time.monotonic())
+            raise ConnectionError("etcd down")
+        return new_client
+
+    registrars = [Registrar(unreachable(log), "node-a", 9, lambda event: None)
+                  for log in calls]
+    for r in registrars:
+        r.start()
+    try:
+        assert _wait(lambda: min(len(c) for c in calls) >= 5, timeout=10)
+    finally:
+        for r in registrars:
+            r.close(timeout=2)
+    gaps = [[b - a for a, b in itertools.pairwise(c)][:4] for c in calls]
+    assert all(g <= 3.0 + 0.1 for g in gaps[0] + gaps[1]), "capped at ttl/3"
+    assert max(abs(a - b) for a, b in zip(gaps[0], gaps[1], strict=True)) > 0.01, gaps
