@@ -122,6 +122,9 @@ class Daemon:
         self.connected = False
         self.pending_keys: dict[str, set[str]] = {}
         self.reload_config_at: float | None = None
+        # A reload whose new prefixes could not be read (etcd away) is tried again: refusing it
+        # for good would leave the files' new definition unapplied once etcd is back.
+        self._reload_retry = Backoff(base=1.0, cap=30.0)
         self.pending: PendingReload | None = None
         # Events carry the generation of the follower that posted them; only the current
         # follower's count (a stopped one may still have work queued).
@@ -498,6 +501,7 @@ class Daemon:
             store_changed = _store_identity(settings) != _store_identity(self.state.settings)
             new_store = open_store(settings) if store_changed else self.store
         except (ConfigError, ResourceError) as exc:
+            self._reload_retry.reset()  # broken files wait for the next edit or SIGHUP
             self._refuse(str(exc))
             return False
         dropped = self.pending is not None
@@ -524,8 +528,11 @@ class Daemon:
                 self._abandon(pending)
         elif isinstance(event, StreamState) and not event.connected:
             pending, self.pending = self.pending, None
-            self._refuse(f"cannot read the new prefixes: {event.reason}")
+            delay = self._reload_retry.next()
+            self._refuse(f"cannot read the new prefixes: {event.reason}; the reload is tried "
+                         f"again in {delay:.1f}s")
             self._abandon(pending)
+            self.reload_config_at = time.monotonic() + delay
 
     def _abandon(self, pending: PendingReload) -> None:
         """Back to the running set: a new follower for its prefixes, starting with a snapshot
@@ -600,6 +607,7 @@ class Daemon:
             self._first_render(snapshot)
         note = f" ({len(data_failures)} failing on their data: {', '.join(data_failures)})" \
             if data_failures else ""
+        self._reload_retry.reset()
         log.info("configuration reloaded: %d resources%s", len(state.resources), note)
         self.observers.config_reloaded(True, f"{len(state.resources)} resources{note}")
         return True

@@ -134,3 +134,34 @@ def test_prefix_changing_sighups_never_write_a_partial_file(
     assert min(lines) == 3, f"a file with fewer than 3 entries was installed: {lines}"
     assert "refused" not in w.output()
     assert w.proc.poll() is None
+
+
+def test_a_sighup_while_etcd_is_away_is_applied_once_it_is_back(
+        etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    """A reload with new prefixes needs a snapshot of them. etcd frozen at that moment used to
+    refuse the reload for good: the new resource stayed unapplied until another SIGHUP. Now the
+    running set keeps following, and the reload is tried again until it succeeds."""
+    c = client(etcd_private.endpoint)
+    c.put(prefix + "/a/v", "one")
+    c.put(prefix + "/b/v", "bee")
+    cd = tmp_path / "cd"
+    a, b = tmp_path / "a.out", tmp_path / "b.out"
+    write_resource(cd, "a", "{{ getv('/a/v') }}\n", f'dest = "{a}"\nkeys = ["/a"]')
+    w = WatchProcess("--confdir", str(cd), "--endpoints", etcd_private.endpoint, "--prefix",
+                     prefix, "--wait-min", "0", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_ETCD_TIMEOUT": "1s"})
+    watchers.append(w)
+    wait_for(lambda: read(a) == "one\n", 20, what="first render")
+    etcd_private.freeze()
+    try:
+        write_resource(cd, "b", "{{ getv('/b/v') }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+        w.signal(signal.SIGHUP)
+        w.wait_log("the reload is tried again", timeout=15)
+    finally:
+        etcd_private.thaw()
+    wait_for(lambda: read(b) == "bee\n", 40,
+             what=f"the reload applied once etcd was back\n{w.output()[-3000:]}")
+    c.put(prefix + "/a/v", "two")  # and both resources follow
+    wait_for(lambda: read(a) == "two\n", 20, what="the running set still follows")
+    assert w.proc.poll() is None
