@@ -60,9 +60,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def escape_controls(text: str) -> str:
+    """`text` with every character that is not printable written as its escape (\\n, \\x1b)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message are escaped. Messages quote
+    keys, values and servers' errors, any of which may hold a line break; the journal would
+    take the rest of it as a line of its own, so data could forge log lines. (A traceback,
+    appended after the message, keeps its lines.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable():
+            record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    inner = JsonFormatter() if fmt == "json" else logging.Formatter(
+    inner = JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(levelname)s %(message)s")
     handler.setFormatter(RedactingFormatter(inner))
     root = logging.getLogger()

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from confsync.logs import escape_controls
+
 SOURCE = "source_key"
 
 
 def show_key(key: str) -> str:
-    """A key as an operator reads it; a key that is not UTF-8 shows its bytes escaped."""
+    """A key as an operator reads it: a key that is not UTF-8 shows its bytes escaped, and
+    one with a line break or another control character shows it escaped (an etcd key may hold
+    any bytes; in a message it must not start a line of its own)."""
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
         return repr(key.encode("utf-8", "surrogateescape"))[1:]
-    return key
+    return key if key.isprintable() else escape_controls(key)
 
 
 class KeyedStr(str):

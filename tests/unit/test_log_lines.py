@@ -1,0 +1,34 @@
+"""Data never forges log lines: a key or value with a line break stays inside its own record."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from confsync.provenance import show_key
+from tests.support.cli import REPO, write_resource
+
+FORGED = "2026-12-06 06:00:00,000 ERROR forged line"
+
+
+def test_a_hostile_key_and_value_stay_on_one_log_line(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text(f'svc:\n  "x\\n{FORGED}": "80\\nfake"\n')
+    write_resource(tmp_path / "cd", "l", "{% for kv in gets('/svc/*') %}{{ kv.value | port }}\n"
+                   "{% endfor %}", f'dest = "{tmp_path / "out"}"\nkeys = ["/svc"]')
+    done = subprocess.run([sys.executable, "-m", "confsync", "once", "--confdir",
+                           str(tmp_path / "cd"), "--backend", "file", "--file", str(data)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert not any(line.startswith(FORGED) for line in lines), done.stderr
+    failed = [line for line in lines if "render failed" in line]
+    assert len(failed) == 1 and f"/svc/x\\n{FORGED}" in failed[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_show_key_escapes_control_characters_and_keeps_ordinary_keys() -> None:
+    assert show_key("/services/web/instances/a-1") == "/services/web/instances/a-1"
+    assert show_key("/k/a\nb\x1b[31m") == "/k/a\\nb\\x1b[31m"
+    assert show_key("/k/\udcff") == "'/k/\\xff'"  # not UTF-8: its bytes
