@@ -6,12 +6,19 @@ outside event is over, what HAProxy serves is what etcd says, with no manual act
 
 from __future__ import annotations
 
+import json
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.etcd_server import EtcdMember
-from tests.support.haproxy import HAProxyStack, spread
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -50,3 +57,79 @@ def test_runtime_changes_survive_a_reload_or_restart_by_someone_else(
     state = stack.admin_command("show servers state be_web")
     assert f" {backends['c'].port} " in state and f" {backends['b'].port} " not in state, state
     assert spread(stack.port, 6) == {"c": 6}
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _not_running(port: int) -> bool:
+    return any(r.startswith("not running: haproxy") for r in _ready(port)[1]["reasons"])
+
+
+def _metric(port: int, line: str) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        return line in answer.read().decode().splitlines()
+
+
+@pytest.fixture
+def daemon(stack: HAProxyStack, tmp_path: Path) -> Iterator[tuple[WatchProcess, int]]:
+    """`confsync watch` on the stack with /ready and /metrics; HAProxy is the test's business."""
+    stack.put_basics()
+    metrics = free_port()
+    process = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "watch.log")
+    try:
+        yield process, metrics
+    finally:
+        process.stop()
+
+
+def _checks(haproxy: str, path: Path) -> bool:
+    return subprocess.run([haproxy, "-c", "-q", "-f", str(path)], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("when", ["stopped", "not-yet-started"])
+def test_changes_while_haproxy_is_down_are_reported_and_served_once_it_is_back(
+        stack: HAProxyStack, daemon: tuple[WatchProcess, int],
+        backends: dict[str, HTTPBackend], haproxy_binary: str, when: str) -> None:
+    watch, metrics = daemon
+    stack.put_instance("web", "a", backends["a"].port)
+    watch.wait_log("watching /", timeout=15)
+    wait_for(lambda: stack.cfg.exists() and "server a " in stack.cfg.read_text(), timeout=10)
+    if when == "stopped":  # running, then stopped by someone else
+        stack.start()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        stack.halt()
+    # else: boot order, confsync first and HAProxy a few seconds later
+
+    unserved = f"resource haproxy: wrote {stack.cfg} (no HAProxy master"
+    writes = watch.output().count(unserved)
+    txn = stack.client.transactions
+    stack.client.transaction(compare=[], failure=[], success=[  # one revision, one write
+        txn.put(f"{stack.prefix}/services/web/instances/b",
+                json.dumps({"address": "127.0.0.1", "port": backends["b"].port})),
+        txn.delete(f"{stack.prefix}/services/web/instances/a")])
+    watch.wait_log(unserved, count=writes + 1)
+    # The file is current (kept, not rolled back, valid) and confsync says nothing serves it.
+    text = stack.cfg.read_text()
+    assert "server b " in text and "server a " not in text
+    assert _checks(haproxy_binary, stack.cfg)
+    assert _ready(metrics)[0] == 503 and _not_running(metrics)
+    assert _metric(metrics, 'confsync_reload_target_up{resource="haproxy"} 0.0')
+
+    stack.start()  # by someone else, from the file on disk
+    assert spread(stack.port, 4) == {"b": 4}
+    # confsync asks again (retry backoff) and finds it: ready again, no manual action.
+    wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+    assert _metric(metrics, 'confsync_reload_target_up{resource="haproxy"} 1.0')
+    # And pool changes reach it through the runtime API as usual.
+    stack.put_instance("web", "c", backends["c"].port)
+    wait_for(lambda: spread(stack.port, 4) == {"b": 2, "c": 2}, timeout=10)
+    assert "Traceback" not in watch.output()
