@@ -133,3 +133,32 @@ def test_changes_while_haproxy_is_down_are_reported_and_served_once_it_is_back(
     stack.put_instance("web", "c", backends["c"].port)
     wait_for(lambda: spread(stack.port, 4) == {"b": 2, "c": 2}, timeout=10)
     assert "Traceback" not in watch.output()
+
+
+def test_outside_reload_while_a_removed_server_is_parked(
+        stack: HAProxyStack, daemon: tuple[WatchProcess, int],
+        backends: dict[str, HTTPBackend]) -> None:
+    watch, metrics = daemon
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.put_instance("web", "b", backends["b"].port)
+    watch.wait_log("watching /", timeout=15)
+    wait_for(lambda: stack.cfg.exists() and "server b " in stack.cfg.read_text(), timeout=10)
+    stack.start()
+    wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}  # leaves idle connections to b
+    stack.delete("/services/web/instances/b")
+    wait_for(lambda: spread(stack.port, 4) == {"a": 4}, timeout=10)
+    parked = [line.split() for line in stack.admin_command("show servers state be_web")
+              .splitlines() if " b " in line]
+    assert parked and int(parked[0][6]) & 1, parked  # still there, in maintenance
+
+    stack.reload_by_signal()  # `systemctl reload haproxy` while b is parked
+    reloads = stack.status().reloads
+    assert spread(stack.port, 4) == {"a": 4}
+    stack.put_instance("web", "b", backends["c"].port)  # the same id comes back elsewhere
+    wait_for(lambda: spread(stack.port, 4) == {"a": 2, "c": 2}, timeout=10)
+    stack.delete("/services/web/instances/a")
+    wait_for(lambda: spread(stack.port, 4) == {"c": 4}, timeout=10)
+    assert stack.status().reloads == reloads  # all through the runtime API
+    assert _ready(metrics)[0] == 200
+    assert "Traceback" not in watch.output()
