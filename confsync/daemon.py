@@ -40,6 +40,7 @@ from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
 from confsync.sync import FAILED, UPDATED, Outcome, Syncer
+from confsync.targets import ReloadKind
 from confsync.watcher import Backoff, BatchReceived, SnapshotTaken, StoreFollower, StreamState
 
 log = logging.getLogger("confsync")
@@ -390,6 +391,12 @@ class Daemon:
                 delay = self.planner.retry(outcome.resource, now)
                 log.info("resource %s: trying again in %.1fs", name, delay,
                          extra={"resource": name, "retry_in": round(delay, 2)})
+            elif outcome.reload is not None and outcome.reload.kind is ReloadKind.NO_TARGET:
+                # Nothing tells us when the service starts: ask again (backoff, capped), so
+                # /ready turns true and the target is checked against the file once it runs.
+                delay = self.planner.retry(outcome.resource, now)
+                log.info("resource %s: nothing running to reload; asking again in %.1fs", name,
+                         delay, extra={"resource": name, "retry_in": round(delay, 2)})
             else:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)

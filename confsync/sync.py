@@ -31,7 +31,7 @@ from confsync.mirror import Mirror
 from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
-from confsync.targets import ReloadFailed, ReloadResult, ReloadTarget
+from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class Syncer:
         # Resources whose file may be installed but whose reload did not happen or failed: the
         # next apply reloads them even when the file already matches.
         self.reload_owed: set[str] = set()
+        # Resources whose last reload found nothing running (the target reads the installed
+        # file when it starts): the next apply asks the target again, against that file.
+        self.not_running: set[str] = set()
         # dest -> the bytes this process installed last (checked or proven).
         self.installed: dict[Path, bytes] = {}
         self._targets: dict[Resource, ReloadTarget | None] = {}
@@ -199,6 +202,10 @@ class Syncer:
                     # Installed earlier, never made live: reload it (as a new file).
                     return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
                                    content=content, warnings=warnings)
+                if resource.name in self.not_running and self.target(resource) is not None:
+                    # Nothing ran to reload: whatever runs now started from this file.
+                    return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
+                                   previous=current, content=content, warnings=warnings)
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
                                warnings=warnings)
             step = "install"
@@ -238,12 +245,14 @@ class Syncer:
         previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
         content = group[0].content if len(group) == 1 else None
         started = time.monotonic()
+        names = {o.resource.name for o in group}
+        self.not_running -= names
         try:
             done = target.reload(previous, content)
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
-            self.reload_owed.update(o.resource.name for o in group)
+            self.reload_owed.update(names)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
@@ -266,7 +275,9 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             return
-        self.reload_owed.difference_update(o.resource.name for o in group)
+        self.reload_owed -= names
+        if done.kind is ReloadKind.NO_TARGET:
+            self.not_running |= names
         for outcome in group:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started

@@ -207,6 +207,8 @@ class HAProxyController(ReloadTarget):
                     why = f"runtime API failed ({exc})"
                     log.warning("resource %s: %s; reloading instead", resource.name, why)
                 else:
+                    if sent is not None:
+                        self._save_state(admin, old, new)
                     if sent:
                         return ReloadResult(ReloadKind.RUNTIME, f"runtime API: {len(sent)} "
                                             f"command(s) on {admin.path}, no reload")
@@ -238,18 +240,7 @@ class HAProxyController(ReloadTarget):
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
         check_binds_free(old, new, master_pid)
-        if new.state_file:
-            state_file = Path(new.state_file)
-            try:
-                if admin is None:
-                    raise RuntimeApplyFailed("no admin socket")
-                kept = save_server_state(admin, state_file, old, new, self.parked)
-                log.debug("resource %s: saved state of %d server(s) to %s", resource.name,
-                          kept, state_file)
-            except (OSError, RuntimeApplyFailed) as exc:
-                # A stale state file would override addresses from the new config: remove it.
-                log.debug("resource %s: no server state saved (%s)", resource.name, exc)
-                drop_server_state(state_file)
+        self._save_state(admin, old, new)
         if master is None:
             return self.fallback.reload(None, None)
         if master_pid is None:
@@ -265,6 +256,29 @@ class HAProxyController(ReloadTarget):
                             f"reloaded HAProxy ({why}) by {how}, confirmed in "
                             f"{seconds * 1000:.0f} ms (reload #{status.reloads}, failed "
                             f"{status.failed})")
+
+    def _save_state(self, admin: AdminSocket | None, old: HAProxyConfig | None,
+                    new: HAProxyConfig) -> None:
+        """Make the server-state file agree with `new` (and keep what HAProxy knows of health).
+
+        Called before each of our reloads and after each runtime pass: HAProxy loads the file
+        at *every* start and reload, also those of others (`systemctl reload` or `restart`, an
+        OOM restart), and 2.6 lets it override the config's address, port and maintenance. A
+        file saved at our last reload would bring back what runtime changes replaced since.
+        """
+        if not new.state_file:
+            return
+        state_file = Path(new.state_file)
+        try:
+            if admin is None:
+                raise RuntimeApplyFailed("no admin socket")
+            kept = save_server_state(admin, state_file, old, new, self.parked)
+            log.debug("resource %s: saved state of %d server(s) to %s", self.resource.name,
+                      kept, state_file)
+        except (OSError, RuntimeApplyFailed) as exc:
+            # A stale state file would override addresses from the new config: remove it.
+            log.debug("resource %s: no server state saved (%s)", self.resource.name, exc)
+            drop_server_state(state_file)
 
     def _trigger(self) -> tuple[Callable[[], None] | None, str]:
         """How to reload: `reload_signal` to the master if set and found, else the CLI."""

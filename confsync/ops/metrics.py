@@ -72,6 +72,8 @@ class Metrics(Observer):
         self._failing: set[str] = set()
         # resource -> keys its last render left out (refused instance values): /ready detail.
         self._left_out: dict[str, list[str]] = {}
+        # resource -> why its last reload step found nothing running (file current, not served).
+        self._not_running: dict[str, str] = {}
         self._ready_seen = False
         self._exec: Supervisor | None = None  # exec mode: the child is part of being ready
         self._connected = False
@@ -128,6 +130,10 @@ class Metrics(Observer):
         self.resource_ok = Gauge(
             "resource_ok", "1 when the resource's last apply succeeded", ["resource"],
             namespace=ns, registry=r)
+        self.target_up = Gauge(
+            "reload_target_up", "0 when the resource's last reload step found nothing running "
+            "to reload (the file is current but not served), 1 when it found it",
+            ["resource"], namespace=ns, registry=r)
         self.batches = Counter(
             "batches", "Debounced batches applied", namespace=ns, registry=r)
         self.debounced_changes = Counter(
@@ -203,6 +209,9 @@ class Metrics(Observer):
                 reasons.append("watch not connected")
             if self._failing:
                 reasons.append("failing: " + ", ".join(sorted(self._failing)))
+            # Like the exec child: a current file that nothing serves is not ready.
+            reasons.extend(f"not running: {name} ({why})"
+                           for name, why in sorted(self._not_running.items()))
             # In exec mode confsync is the service's supervisor: files in place while the
             # service is down (restarting after a crash) is not ready.
             if self._exec is not None and self._ready_seen and not self._exec.running:
@@ -227,11 +236,14 @@ class Metrics(Observer):
             self._resources = {r.name: r for r in resources}
             self._failing &= set(self._resources)
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
+            self._not_running = {n: w for n, w in self._not_running.items()
+                                 if n in self._resources}
         # A resource dropped by a config reload must not keep its state gauges: a stale
         # `resource_ok 0` or an ageing last-success timestamp would alert forever on a file
         # nobody manages any more. (Counters keep their totals, as counters do.)
         for name in removed:
-            for gauge in (self.resource_ok, self.last_success, self.values_left_out):
+            for gauge in (self.resource_ok, self.last_success, self.values_left_out,
+                          self.target_up):
                 with contextlib.suppress(KeyError):
                     gauge.remove(name)
         self.resources_gauge.set(len(resources))
@@ -324,6 +336,13 @@ class Metrics(Observer):
         # failed; "nothing to do" results (no action configured, target already in step,
         # nothing running) do not.
         kind = outcome.reload.kind if outcome.reload is not None else ReloadKind.NONE
+        if kind is not ReloadKind.NONE:
+            with self._lock:
+                if kind is ReloadKind.NO_TARGET:
+                    self._not_running[name] = str(outcome.reload)
+                else:
+                    self._not_running.pop(name, None)
+            self.target_up.labels(name).set(0 if kind is ReloadKind.NO_TARGET else 1)
         if step == "reload" or (outcome.status is Status.UPDATED and (
                 kind.reloaded or kind is ReloadKind.RUNTIME)):
             counter, histogram = ((self.runtime_updates, self.runtime_seconds)

@@ -31,7 +31,10 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) ->
         log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
     elif outcome.status is Status.UPDATED:
         done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
-        log.info("resource %s: wrote %s%s", res.name, res.dest, f" ({done})" if done else "",
+        # Equal bytes: the file was in place already and only its target was asked again.
+        verb = "wrote" if outcome.previous is None or (
+            outcome.previous.content != outcome.content) else "already wrote"
+        log.info("resource %s: %s %s%s", res.name, verb, res.dest, f" ({done})" if done else "",
                  extra=fields)
     else:
         log.info("resource %s: %s is up to date", res.name, res.dest, extra=fields)

@@ -180,7 +180,8 @@ class HAProxyStack:
         path = self.base / "haproxy.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop HAProxy (as `systemctl stop` or a crash would); its files stay."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -188,6 +189,20 @@ class HAProxyStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        """A new master on the file on disk, as `systemctl restart haproxy` would start."""
+        self.halt()
+        self.start()
+
+    def reload_by_signal(self) -> None:
+        """SIGUSR2 to the master, as `systemctl reload haproxy` sends; wait until it took."""
+        before = self.status()
+        os.kill(before.pid, signal.SIGUSR2)
+        wait_for(lambda: self.status().reloads > before.reloads, timeout=10)
+
+    def stop(self) -> None:
+        self.halt()
         if self.client is not None:
             self.client.delete_prefix(self.prefix)
             self.client.close()
