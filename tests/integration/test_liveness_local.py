@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import write_resource
+from tests.support.configmap import swap_data
 from tests.support.daemon import WatchProcess, read, reads, wait_for
 
 
@@ -158,11 +158,7 @@ def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path
         target = cm / f"..2026_{version}"
         write_resource(target, "app", f"{version} {{{{ getv('/app/v') }}}}\n",
                        f'dest = "{dest}"\nkeys = ["/app"]')
-        old = os.readlink(cm / "..data") if (cm / "..data").is_symlink() else None
-        (cm / "..data_tmp").symlink_to(target.name)
-        os.replace(cm / "..data_tmp", cm / "..data")
-        if old is not None:
-            shutil.rmtree(cm / old)
+        swap_data(cm, target)
 
     publish("one")
     (cm / "conf.d").symlink_to("..data/conf.d")

@@ -17,9 +17,9 @@ LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 
 
 def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember,
-          prefix: str) -> WatchProcess:
+          prefix: str, env: dict[str, str] | None = None) -> WatchProcess:
     w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", log=tmp_path / "watch.log")
+                     "--prefix", prefix, "--wait-min", "0", log=tmp_path / "watch.log", env=env)
     watchers.append(w)
     return w
 
@@ -148,10 +148,7 @@ def test_a_sighup_while_etcd_is_away_is_applied_once_it_is_back(
     cd = tmp_path / "cd"
     a, b = tmp_path / "a.out", tmp_path / "b.out"
     write_resource(cd, "a", "{{ getv('/a/v') }}\n", f'dest = "{a}"\nkeys = ["/a"]')
-    w = WatchProcess("--confdir", str(cd), "--endpoints", etcd_private.endpoint, "--prefix",
-                     prefix, "--wait-min", "0", log=tmp_path / "watch.log",
-                     env={"CONFSYNC_ETCD_TIMEOUT": "1s"})
-    watchers.append(w)
+    w = start(watchers, tmp_path, etcd_private, prefix, env={"CONFSYNC_ETCD_TIMEOUT": "1s"})
     wait_for(lambda: read(a) == "one\n", 20, what="first render")
     etcd_private.freeze()
     try:

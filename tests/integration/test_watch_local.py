@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shutil
 import signal
 import threading
 import time
@@ -19,6 +17,7 @@ from confsync.settings import Settings, WatchSettings
 from confsync.stores import WatchHandle, WatchSink
 from confsync.stores.file import FileStore
 from tests.support.cli import write_resource
+from tests.support.configmap import swap_data
 from tests.support.daemon import WatchProcess, read, reads, wait_for
 
 
@@ -143,11 +142,7 @@ def test_file_backend_follows_kubernetes_configmap_updates(tmp_path: Path) -> No
         target = cm / f"..2026_{version}"
         target.mkdir()
         (target / "data.yaml").write_text(f"app:\n  v: {version}\n")
-        old = os.readlink(cm / "..data") if (cm / "..data").is_symlink() else None
-        (cm / "..data_tmp").symlink_to(target.name)
-        os.replace(cm / "..data_tmp", cm / "..data")
-        if old is not None:
-            shutil.rmtree(cm / old)
+        swap_data(cm, target)
 
     publish("one")
     (cm / "data.yaml").symlink_to("..data/data.yaml")
