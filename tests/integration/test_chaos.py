@@ -5,7 +5,7 @@ the faults stop every dest equals a render of etcd's final state.
 Faults: etcd SIGKILL + restart, SIGSTOP/SIGCONT, compaction, non-UTF-8 keys and values, bad
 values, a full disk under one dest (a 64 KiB tmpfs; skipped when it cannot be mounted), failing
 checks and reloads (flag files), and SIGHUPs that edit the resource set (one edit changes the
-watched prefixes). `CONFSYNC_CHAOS_SECONDS` (default 60) sets how long faults go on;
+watched prefixes). `CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on;
 `CONFSYNC_CHAOS_SEED` replays a run.
 """
 
@@ -32,7 +32,7 @@ from tests.support.http_probe import probe
 
 pytestmark = pytest.mark.etcd
 
-CHAOS_SECONDS = float(os.environ.get("CONFSYNC_CHAOS_SECONDS", "60"))
+CHAOS_SECONDS = float(os.environ.get("CONFSYNC_CHAOS_SECONDS", "45"))
 LIST_VARIANTS = {
     "eq": "{% for kv in gets('/k/*') %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
     "colon": "{% for kv in gets('/k/*') %}{{ kv.key | base }}: {{ kv.value }}\n{% endfor %}",
