@@ -33,6 +33,20 @@ class AuthenticationFailed(StoreUnavailable):
     until the credentials are fixed."""
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an operator: our own errors as they are, a gRPC error as its status and
+    etcd's words ("PERMISSION_DENIED: etcdserver: permission denied"; its repr spans lines and
+    repeats them), anything else as its type and text."""
+    if isinstance(exc, ConfsyncError):
+        return str(exc)
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        status = code()
+        return f"{getattr(status, 'name', status)}: {details()}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class RevisionCompacted(ConfsyncError):
     """The store cannot replay from the asked revision any more; a fresh snapshot is needed."""
 

@@ -36,6 +36,7 @@ from confsync.errors import (
     RevisionCompacted,
     StoreReset,
     StoreUnavailable,
+    describe_error,
 )
 from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
@@ -149,15 +150,6 @@ def _range_end(prefix: bytes) -> bytes:
     return bytes(pyetcd.utils.prefix_range_end(prefix))
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else ""
-        return f"{getattr(code, 'name', code)}: {details}"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def token_expired(exc: BaseException) -> bool:
     """UNAUTHENTICATED ("invalid auth token"): the token timed out (--auth-token-ttl) or etcd
     restarted and forgot it. A fresh client authenticates again."""
@@ -259,7 +251,8 @@ class EtcdStore:
             self.endpoint_failed()
             refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
             raise (AuthenticationFailed if refused else StoreUnavailable)(
-                f"etcd {self._describe_endpoints()}: cannot connect: {_describe(exc)}") from None
+                f"etcd {self._describe_endpoints()}: cannot connect: "
+                f"{describe_error(exc)}") from None
         client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
 
@@ -308,7 +301,7 @@ class EtcdStore:
                 if not isinstance(exc, StoreUnavailable):  # (new_client moved on already)
                     self.endpoint_failed()
                 failures.append(str(exc) if isinstance(exc, StoreUnavailable)
-                                else _describe(exc))
+                                else describe_error(exc))
                 if len(failures) < endpoints:
                     log.warning("etcd read failed (%s); trying the next endpoint", failures[-1])
         raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
@@ -445,7 +438,7 @@ class _EtcdWatch:
             self.cancel()
             store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
-                                   f"{_describe(exc)}") from None
+                                   f"{describe_error(exc)}") from None
         threading.Thread(target=self._check_position, name="confsync-etcd-check",
                          daemon=True).start()
 
@@ -476,7 +469,7 @@ class _EtcdWatch:
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
                 if not self._closed.is_set():
                     self._report(StoreUnavailable(f"etcd {self._endpoints}: position check "
-                                                  f"failed: {_describe(exc)}"))
+                                                  f"failed: {describe_error(exc)}"))
             with self._lock:
                 if self._dead:
                     return
@@ -508,7 +501,7 @@ class _EtcdWatch:
         if isinstance(response, pyetcd.exceptions.RevisionCompactedError):
             self._report(RevisionCompacted(int(response.compacted_revision)))
         elif response is None or isinstance(response, BaseException):
-            why = _describe(response) if response is not None else "stream ended"
+            why = describe_error(response) if response is not None else "stream ended"
             self._report(StoreUnavailable(f"etcd {self._endpoints}: watch lost: {why}"))
         else:
             header = response.header
@@ -538,4 +531,4 @@ def _close_quietly(client: MultiEndpointEtcd3Client) -> None:
     try:
         client.close()
     except Exception as exc:  # closing a broken channel must not stop a resume
-        log.debug("closing etcd watch client: %s", _describe(exc))
+        log.debug("closing etcd watch client: %s", describe_error(exc))
