@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confsync.backoff import Backoff
-from confsync.errors import AuthenticationFailed, StoreUnavailable
+from confsync.errors import AuthenticationFailed, StoreUnavailable, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +154,42 @@ class Registrar:
         self._wake.set()
         self._thread.join(timeout)
 
-    def conflicts(self, keys: Sequence[str]) -> list[Conflict]:
-        """Keys held by another host now (a read, at start). Raises StoreUnavailable."""
+    def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False) -> list[Conflict]:
+        """Keys held by another host now (a read, at start). Raises StoreUnavailable.
+
+        With `wait_out_leases`, keys that all live on leases get one lease TTL (plus a second)
+        to lapse first, re-read every 0.5 s on the same client: a host that died or was
+        replaced leaves its key until then.
+        """
         client = self._new_client()
         try:
-            found = []
-            for key in keys:
-                raw, meta = client.get(key)
-                if raw is not None and owner_of(raw) != self.host:
-                    lease_ttl = 0
-                    if meta is not None and int(meta.lease_id):
-                        info = client.get_lease_info(int(meta.lease_id))
-                        lease_ttl = max(int(info.grantedTTL), 0)
-                    found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
+            found = self._held_by_others(client, keys)
+            if wait_out_leases and found and all(c.lease_ttl for c in found):
+                wait = max(c.lease_ttl for c in found) + 1.0
+                log.warning("register: %s is registered by host %r; waiting up to %.0fs for "
+                            "its lease to lapse (a host that is gone stops renewing it)",
+                            found[0].key, found[0].owner, wait)
+                deadline = time.monotonic() + wait
+                while found and time.monotonic() < deadline:
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    found = self._held_by_others(client, keys)
             return found
         except Exception as exc:
-            raise StoreUnavailable(f"reading {', '.join(keys)}: {type(exc).__name__}: "
-                                   f"{exc}") from None
+            raise StoreUnavailable(f"reading {', '.join(keys)}: {describe_error(exc)}") from None
         finally:
             client.close()
+
+    def _held_by_others(self, client: Any, keys: Sequence[str]) -> list[Conflict]:
+        found = []
+        for key in keys:
+            raw, meta = client.get(key)
+            if raw is not None and owner_of(raw) != self.host:
+                lease_ttl = 0
+                if meta is not None and int(meta.lease_id):
+                    info = client.get_lease_info(int(meta.lease_id))
+                    lease_ttl = max(int(info.grantedTTL), 0)
+                found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
+        return found
 
     # ---- the thread
 
@@ -271,7 +288,7 @@ class Registrar:
             if self._lease is not None:
                 log.debug("register: lease %x renewed without a token", self._lease)
         except Exception as exc:
-            log.debug("register: lease keepalive without a token failed: %s", _describe(exc))
+            log.debug("register: lease keepalive without a token failed: %s", describe_error(exc))
         finally:
             client.close()
 
@@ -405,7 +422,7 @@ class Registrar:
         self._drop_client()
 
     def _lost(self, exc: BaseException) -> None:
-        reason = _describe(exc)
+        reason = describe_error(exc)
         if self.connected:
             self.connected = False
             self._report(RegistrarEvent("lost", detail=reason))
@@ -439,20 +456,9 @@ class Registrar:
                 if attempt == 1 and self._token_expired(exc):
                     continue
                 log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
-                            self._lease, _describe(exc), self.ttl)
+                            self._lease, describe_error(exc), self.ttl)
                 break
         self._drop_client()
-
-
-def _describe(exc: BaseException) -> str:
-    """One line: a gRPC error's status and etcd's words, e.g. "PERMISSION_DENIED: etcdserver:
-    permission denied" (its repr spans lines and repeats them)."""
-    if isinstance(exc, StoreUnavailable):
-        return str(exc)
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):
-        return f"{getattr(code(), 'name', code())}: {details()}"
-    return f"{type(exc).__name__}: {exc}".strip()
 
 
 def _no_owner(raw: bytes) -> str:

@@ -124,17 +124,7 @@ class RegisterLoop:
         by itself, since a host that died or was replaced leaves its key until then, and a
         refusal here is not retried (exit 2 is not restarted by the unit)."""
         try:
-            conflicts = self.registrar.conflicts(list(self.by_key))
-            leased = [c for c in conflicts if c.lease_ttl]
-            if leased and len(leased) == len(conflicts):
-                wait = max(c.lease_ttl for c in leased) + 1.0
-                log.warning("register: %s is registered by host %r; waiting up to %.0fs for "
-                            "its lease to lapse (a host that is gone stops renewing it)",
-                            leased[0].key, leased[0].owner, wait)
-                deadline = time.monotonic() + wait
-                while conflicts and time.monotonic() < deadline:
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-                    conflicts = self.registrar.conflicts(list(self.by_key))
+            conflicts = self.registrar.conflicts(list(self.by_key), wait_out_leases=True)
         except StoreUnavailable as exc:
             log.warning("register: etcd unreachable at start (%s); registering when it is "
                         "back", exc)
