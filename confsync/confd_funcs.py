@@ -181,13 +181,19 @@ def create_map(*pairs: Any) -> dict[str, Any]:
     return out
 
 
+def not_json(exc: Exception) -> str:
+    """Why a value is refused as JSON; a hostile nesting depth is refused like a syntax error
+    (Python's parser recurses, so `[[[[...` ends in RecursionError, not ValueError)."""
+    if isinstance(exc, RecursionError):
+        return "value is not valid JSON: nested too deeply"
+    return f"value is not valid JSON: {exc}"
+
+
 def json_array(text: str) -> list[Any]:
     try:
         parsed = json.loads(text)
-    except RecursionError:
-        raise TemplateFunctionError("value is not valid JSON: nested too deeply") from None
-    except (TypeError, ValueError) as exc:
-        raise TemplateFunctionError(f"value is not valid JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TemplateFunctionError(not_json(exc)) from None
     if not isinstance(parsed, list):
         raise TemplateFunctionError(f"expected a JSON array, found {str(text)[:60]!r}")
     return parsed

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from confsync.confd_funcs import not_json
 from confsync.confd_funcs import register as register_confd_functions
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
@@ -270,7 +271,7 @@ class TemplateData:
             try:
                 parsed = json.loads(text)
             except (TypeError, ValueError, RecursionError) as exc:
-                raise RenderFailure(_not_json(exc), key) from None
+                raise RenderFailure(not_json(exc), key) from None
             if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
                 raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}", key)
             return tag(parsed, key) if key is not None else parsed
@@ -279,7 +280,7 @@ class TemplateData:
             try:
                 parsed = json.loads(text)
             except (TypeError, ValueError, RecursionError) as exc:
-                raise RenderFailure(_not_json(exc)) from None
+                raise RenderFailure(not_json(exc)) from None
         if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
             raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}")
         if isinstance(text, str):
@@ -291,14 +292,6 @@ class TemplateData:
         return {"getv": self.getv, "get": self.get, "exists": self.exists, "gets": self.gets,
                 "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir,
                 "fromjson": self.fromjson, "json": self.fromjson}  # `json` is confd's name
-
-
-def _not_json(exc: Exception) -> str:
-    """Why a value is refused as JSON; a hostile nesting depth is refused like a syntax error
-    (Python's parser recurses, so `[[[[...` ends in RecursionError, not ValueError)."""
-    if isinstance(exc, RecursionError):
-        return "value is not valid JSON: nested too deeply"
-    return f"value is not valid JSON: {exc}"
 
 
 def _finalize(value: Any) -> Any:
