@@ -19,7 +19,7 @@ POLL_INTERVAL = 1.0  # seconds between scans when inotify is not available
 
 def start_observer(handler: Any, paths: Sequence[str], *, recursive: bool,
                    what: str, native: Any = None) -> Any:
-    """An started, daemonic observer calling `handler` for events under `paths`.
+    """A started, daemonic observer calling `handler` for events under `paths`.
 
     `native` is the observer class to try first (watchdog's platform default when None)."""
     if native is None:
