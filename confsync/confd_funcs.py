@@ -409,11 +409,7 @@ CONFD_FUNCTIONS: dict[str, Callable[..., Any]] = {
 def register(env: Any) -> None:
     """Make every confd function a Jinja global, and a filter where no filter has the name
     (`{{ x | split(",") }}` reads well; Jinja's own `join`, `replace`, `reverse` stay Jinja's)."""
-    from confsync.convert.runtime import RUNTIME_FUNCTIONS, go_str
-
     env.globals.update(CONFD_FUNCTIONS)
-    env.globals.update(RUNTIME_FUNCTIONS)
-    env.filters["go_str"] = go_str
     for name, function in CONFD_FUNCTIONS.items():
         if name not in env.filters and name not in ("datetime", "hostname", "map"):
             env.filters[name] = function

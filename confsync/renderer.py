@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confsync.confd_funcs import not_json
 from confsync.confd_funcs import register as register_confd_functions
+from confsync.convert.runtime import register as register_converted_runtime
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
@@ -478,6 +479,7 @@ class Renderer:
         self.env.filters["base"] = _base
         self.env.filters["dirname"] = _dirname
         register_confd_functions(self.env)
+        register_converted_runtime(self.env)
         # Extra template functions (each called with the render's TemplateData).
         self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()

@@ -326,3 +326,9 @@ RUNTIME_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "go_urlquery": go_urlquery,
     "go_printf": go_printf,
 }
+
+
+def register(env: Any) -> None:
+    """Make the runtime of converted templates Jinja globals (and `go_str` a filter too)."""
+    env.globals.update(RUNTIME_FUNCTIONS)
+    env.filters["go_str"] = go_str

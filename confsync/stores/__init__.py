@@ -3,82 +3,29 @@
 A store gives a snapshot of several prefixes read at one revision, and a watch that delivers
 change batches tagged with their revision. Backends are imported lazily, and `once`/`check`
 read etcd through its JSON gateway (`open_snapshot_store`), so a one-shot run never pays for
-gRPC.
+gRPC. The types every backend shares live in confsync.stores.base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from confsync.stores.base import (
+    Change,
+    ChangeBatch,
+    Snapshot,
+    Store,
+    WatchHandle,
+    WatchSink,
+    merge_prefixes,
+)
 
 if TYPE_CHECKING:
     from confsync.settings import Settings
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """Every key under the asked prefixes, all read at `revision`."""
-
-    revision: int
-    values: dict[str, bytes]
-    # The store's identity (etcd's header.cluster_id; 0 where there is none). A snapshot from
-    # another cluster is a different history: its revisions cannot be compared with ours.
-    cluster_id: int = 0
-
-
-@dataclass(frozen=True)
-class Change:
-    key: str
-    value: bytes | None  # None: the key was deleted
-
-
-@dataclass(frozen=True)
-class ChangeBatch:
-    """All changes of one watch response; an empty batch is a progress notification."""
-
-    revision: int
-    changes: tuple[Change, ...]
-    # The watched prefix this batch belongs to. Watches of several prefixes share a stream but
-    # are not ordered against each other, so resume points are tracked per prefix.
-    prefix: str = ""
-
-
-# The watch sink gets batches in revision order, or one exception after which the watch is dead:
-# StoreUnavailable (resume from last revision + 1), RevisionCompacted (take a fresh snapshot) or
-# StoreReset (another cluster, or revisions went back: a fresh snapshot replaces the mirror).
-WatchSink = Callable[[ChangeBatch | Exception], None]
-
-
-class WatchHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Store(Protocol):
-    name: str
-
-    def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
-
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
-        """Start delivering changes after `start_revision - 1` to `sink` from a store thread.
-
-        Raises StoreUnavailable, RevisionCompacted, or StoreReset when the store is no longer
-        the history `start_revision` belongs to. The sink must only enqueue: rendering on the
-        store's thread would stall the stream.
-        """
-        ...
-
-    def close(self) -> None: ...
-
-
-def merge_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
-    """Drop prefixes covered by a shorter one, so one key is never delivered twice."""
-    merged: list[str] = []
-    for prefix in sorted(set(prefixes)):
-        if merged and prefix.startswith(merged[-1]):
-            continue
-        merged.append(prefix)
-    return tuple(merged)
+__all__ = ["Change", "ChangeBatch", "Snapshot", "Store", "WatchHandle", "WatchSink",
+           "merge_prefixes", "open_snapshot_store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

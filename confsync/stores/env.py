@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from confsync.stores import Snapshot, WatchHandle, WatchSink
+from confsync.stores.base import Snapshot, WatchHandle, WatchSink
 
 
 class _NoWatch:

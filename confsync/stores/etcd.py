@@ -40,7 +40,7 @@ from confsync.errors import (
 )
 from confsync.fileversion import FileVersion, file_version
 from confsync.settings import EtcdSettings, read_password
-from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 from confsync.stores.endpoints import (
     auth_not_enabled,
     check_client_pair,

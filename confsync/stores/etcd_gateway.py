@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from confsync.errors import ConfigError, StoreUnavailable
 from confsync.settings import EtcdSettings, read_password
-from confsync.stores import Snapshot
+from confsync.stores.base import Snapshot
 from confsync.stores.endpoints import (
     auth_not_enabled,
     check_client_pair,
@@ -56,7 +56,7 @@ from confsync.stores.endpoints import (
 if TYPE_CHECKING:
     import ssl
 
-    from confsync.stores import WatchHandle, WatchSink
+    from confsync.stores.base import WatchHandle, WatchSink
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from confsync.errors import StoreUnavailable
-from confsync.stores import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 
 log = logging.getLogger(__name__)
 
