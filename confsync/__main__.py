@@ -1,3 +1,3 @@
-from confsync.cli import main
+from confsync.cli import entry
 
-raise SystemExit(main())
+entry()

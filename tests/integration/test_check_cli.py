@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.cli import REPO, confsync, write_resource
@@ -31,4 +34,28 @@ def test_check_reports_failures_and_exits_1(tmp_path: Path) -> None:
     result = confsync("check", "--confdir", str(tmp_path), "--backend", "env", "--data", str(data))
     assert result.returncode == 1
     assert "app: FAILED" in result.stdout and "key /app/port: expected a port number" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_diff_larger_than_a_pipe_arrives_whole(tmp_path: Path) -> None:
+    """One-shot commands leave with os._exit (no interpreter teardown): what they printed must
+    still be flushed, the short last line included, well past a pipe's 64 KiB buffer, and the
+    exit code kept."""
+    data = tmp_path / "d.yaml"
+    data.write_text("x: hello\n")
+    write_resource(tmp_path, "big", "{% for i in range(20000) %}line {{ i }} {{ getv('/x') }}\n"
+                   "{% endfor %}", f'dest = "{tmp_path}/out"\nkeys = ["/x"]')
+    write_resource(tmp_path, "small", "{{ getv('/x') }}\n", f'dest = "{tmp_path}/small"\n'
+                   'keys = ["/x"]')
+    (tmp_path / "small").write_text("hello\n")
+    env = {k: v for k, v in os.environ.items()  # block-buffered stdout, as on most machines
+           if k != "PYTHONUNBUFFERED" and not k.startswith("CONFSYNC_")}
+    result = subprocess.run([sys.executable, "-m", "confsync", "check", "--confdir",
+                             str(tmp_path), "--backend", "file", "--file", str(data)],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert result.returncode == 4, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(result.stdout) > 256 * 1024
+    assert sum(line.startswith("+line ") for line in lines) == 20000
+    assert lines[-1] == f"# small: {tmp_path}/small is up to date"
     assert not (tmp_path / "out").exists()
