@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,10 @@ class CheckSpec:
     host: str = ""  # tcp
     port: int = 0  # tcp
     command: tuple[str, ...] = ()  # exec
+    # The url (http, built from `path`) or host (tcp) is the registration's address, not
+    # written in the file: it moves with a detected address (see address.py).
+    follows_address: bool = False
+    path: str = ""  # http with follows_address: the path the url is built from
 
     @property
     def target(self) -> str:
@@ -62,6 +66,15 @@ class CheckSpec:
         if self.type == "tcp":
             return f"{self.host}:{self.port}"
         return " ".join(self.command)
+
+    def with_address(self, address: str, port_number: int) -> CheckSpec:
+        """This check for a registration moved to `address`: a url or host derived from the old
+        address is derived again; one written in the file stays as written."""
+        if not self.follows_address:
+            return self
+        if self.type == "http":
+            return replace(self, url=_http_url(address, port_number, self.path))
+        return replace(self, host=address)
 
 
 @dataclass(frozen=True)
@@ -80,11 +93,18 @@ class Registration:
     maintenance_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     checks: tuple[CheckSpec, ...] = ()
+    # No `address` in the file: it is the one this host uses to reach etcd, and follows it.
+    address_detected: bool = False
 
     def value(self, state: str, host: str) -> dict[str, Any]:
         """The JSON document published for `state`; `host` records the owner."""
         return {"address": self.address, "port": self.port, "weight": self.weight,
                 "state": state, **self.extra, "host": host}
+
+    def with_address(self, address: str) -> Registration:
+        """This registration publishing `address`, its derived checks probing it."""
+        return replace(self, address=address,
+                       checks=tuple(c.with_address(address, self.port) for c in self.checks))
 
 
 _TOP = {"service", "id", "address", "port", "weight", "key", "ttl", "drain", "on_unhealthy",
@@ -127,6 +147,11 @@ def _unknown(reader: _Reader, known: set[str]) -> None:
             raise reader.error(key, "unknown key")
 
 
+def _http_url(address: str, port_number: int, path: str) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port_number}{path}"
+
+
 def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
     _unknown(reader, _CHECK)
     kind = reader.get("type", tv.choice(*CHECK_TYPES))
@@ -137,7 +162,6 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
     spec: dict[str, Any] = {"type": kind, "interval": interval, "timeout": timeout,
                             "rise": reader.get("rise", tv.positive_int, 2),
                             "fall": reader.get("fall", tv.positive_int, 3)}
-    host = f"[{address}]" if ":" in address else address
     allowed = {"http": {"url", "path", "expect_status", "ca_file", "tls_skip_verify"},
                "tcp": {"host", "port"},
                "exec": {"command"}}[kind]
@@ -154,7 +178,9 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
             if not path.startswith("/"):
                 raise reader.error("path", f"expected an absolute path such as /healthz, "
                                    f"found {path!r}")
-            url = f"http://{host}:{port_number}{path}"
+            url = _http_url(address, port_number, path)
+            spec["follows_address"] = True
+            spec["path"] = path
         elif not url.startswith(("http://", "https://")):
             raise reader.error("url", f"expected an http:// or https:// URL, found {url!r}")
         spec["url"] = url
@@ -170,6 +196,7 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
             raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
     elif kind == "tcp":
         spec["host"] = reader.get("host", tv.string, address)
+        spec["follows_address"] = "host" not in reader.table
         spec["port"] = reader.get("port", port, port_number)
     else:
         command = reader.get("command", tv.command)
@@ -198,6 +225,7 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
         except InvalidValue as exc:
             raise r.error("id", f"the default <hostname>-<port> is not usable: {exc}") from None
     address = r.get("address", tv.string)
+    detected = address is None
     if address is None:
         address = local_address()
     ttl_seconds = r.get("ttl", tv.duration, 10.0)
@@ -222,7 +250,7 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
         weight=r.get("weight", lambda v: v, 100), ttl=math.ceil(ttl_seconds),
         drain=r.get("drain", tv.duration, 5.0),
         on_unhealthy=r.get("on_unhealthy", tv.choice(*ON_UNHEALTHY), "delete"),
-        maintenance_file=maintenance, extra=extra,
+        maintenance_file=maintenance, extra=extra, address_detected=detected,
         checks=tuple(_check(_Reader(path, c, f"check[{i}]."), address, port_number)
                      for i, c in enumerate(checks_raw)))
     # The template's own validators, on the value as it will be published.
