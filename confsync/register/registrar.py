@@ -92,6 +92,7 @@ class Registrar:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
+        self._reconnect = False
         self._wanted: dict[str, bytes | None] = {}
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
         self._revision: dict[str, int] = {}  # mod revision of our last write per key
@@ -130,6 +131,14 @@ class Registrar:
             if self._wanted.get(key, None) == encoded and key in self._wanted:
                 return
             self._wanted[key] = encoded
+        self._wake.set()
+
+    def reconnect(self) -> None:
+        """This host's address changed: a connection made from the old one can be dead without
+        a word (no reset comes from an address that is gone), so the next call, at once, goes
+        on a new client instead of waiting for a timeout first. The lease is kept."""
+        with self._lock:
+            self._reconnect = True
         self._wake.set()
 
     def settled(self) -> bool:
@@ -207,6 +216,11 @@ class Registrar:
             if closing:
                 self._shutdown()
                 return
+            with self._lock:
+                reconnect, self._reconnect = self._reconnect, False
+            if reconnect:  # (a retry waiting for its backoff goes now, too)
+                self._drop_client()
+                self._retry_at = 0.0
             now = time.monotonic()
             if now >= self._retry_at:
                 try:

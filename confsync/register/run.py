@@ -20,21 +20,26 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from confsync import children
 from confsync.errors import ConfigError, StoreUnavailable
+from confsync.instances import validate_instance
 from confsync.ops.metrics import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
 from confsync.ops.supervisor import Supervisor, policy_from_settings
+from confsync.register.address import (
+    AddressChanged,
+    AddressFollower,
+    default_address,
+    detect_address,
+    warn_if_loopback,
+)
 from confsync.register.checks import CheckRunner, Result
 from confsync.register.config import Registration, load_registrations
 from confsync.register.metrics import RegisterMetrics
 from confsync.register.registrar import Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
-from confsync.settings import EtcdSettings, Settings
-from confsync.stores.endpoints import endpoint_urls
+from confsync.settings import Settings
 from confsync.stores.etcd import EtcdStore, token_expired
 
 log = logging.getLogger("confsync.register")
@@ -42,34 +47,6 @@ log = logging.getLogger("confsync.register")
 HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
 TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
 STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
-
-
-def local_address(endpoints: Sequence[str]) -> str:
-    """The source address the kernel picks to reach the first resolvable etcd endpoint (a UDP
-    connect sends nothing)."""
-    for url in endpoints:
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 2379,
-                                       type=socket.SOCK_DGRAM)
-        except (OSError, UnicodeError):
-            continue
-        for family, _, _, _, address in infos:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                try:
-                    sock.connect(address)
-                except OSError:
-                    continue
-                return str(sock.getsockname()[0])
-    raise ConfigError("register", "cannot tell the local address used to reach etcd; set "
-                      "`address` in the registration", "address")
-
-
-def default_address(etcd: EtcdSettings) -> str:
-    """The address a registration publishes when it names none: the one this host uses to
-    reach etcd, whose endpoints may come from DNS SRV records (the static `endpoints` then
-    still hold their loopback default, which would publish 127.0.0.1 to every consumer)."""
-    return local_address(endpoint_urls(etcd))
 
 
 def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
@@ -109,6 +86,12 @@ class RegisterLoop:
             keepalive_client=functools.partial(self.store.new_client, authenticate=False))
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
+        # Registrations that name no address publish this host's, and follow it.
+        detected = [r.address for r in registrations if r.address_detected]
+        self.address: AddressFollower | None = None
+        if detected:
+            self.address = AddressFollower(functools.partial(detect_address, settings.etcd),
+                                           detected[0], self.events.put)
         self._stall_reported: dict[CheckRunner, float] = {}
         self._init = children.is_init()
         self.stopping = False
@@ -145,6 +128,9 @@ class RegisterLoop:
         for runner in self.runners:
             runner.start()
         self.registrar.start()
+        if self.address is not None:
+            warn_if_loopback(self.address.current, self._detected_keys())
+            self.address.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, f: self.events.put(("signal", s)))
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
@@ -187,6 +173,8 @@ class RegisterLoop:
                          "up" if up else "down", item.detail)
         elif isinstance(item, RegistrarEvent):
             self._registrar_event(item)
+        elif isinstance(item, AddressChanged):
+            self._address_changed(item)
         elif isinstance(item, tuple) and item[0] == "signal":
             if self.stopping:
                 log.info("register: second stop signal: deleting now, no more drain")
@@ -226,6 +214,43 @@ class RegisterLoop:
             self.metrics.conflict(name, None)
             log.debug("register: %s %s", "wrote" if event.value else "deleted", event.key)
 
+    def _detected_keys(self) -> list[str]:
+        return [s.registration.key for s in self.instances.values()
+                if s.registration.address_detected]
+
+    def _address_changed(self, change: AddressChanged) -> None:
+        """This host's address is another one: the registrations that name none publish the new
+        one at once (a key absent now stays absent), and their checks derived from the address
+        probe it; the checks keep their up/down state."""
+        moved = [s for s in self.instances.values()
+                 if s.registration.address_detected and s.registration.address != change.new]
+        if not moved:
+            return
+        try:
+            validate_instance(moved[0].registration.key,
+                              moved[0].registration.with_address(change.new).value("ready",
+                                                                                   self.host))
+        except ValueError as exc:
+            log.warning("register: this host's address is now %s, which cannot be published "
+                        "(%s); still publishing %s", change.new, exc, change.old)
+            return
+        keys = [s.registration.key for s in moved]
+        log.warning("register: this host's address changed from %s to %s; publishing %s for %s",
+                    change.old, change.new, change.new, ", ".join(keys),
+                    extra={"event": "register_address", "from": change.old, "to": change.new,
+                           "keys": keys})
+        self.registrar.reconnect()
+        for state in moved:
+            reg = state.registration = state.registration.with_address(change.new)
+            for runner in self.runners:
+                if runner.registration == reg.name and runner.spec.follows_address:
+                    runner.spec = reg.checks[runner.index]  # read by its thread per probe
+                    log.info("register: %s check %d now probes %s", reg.name, runner.index,
+                             runner.spec.target)
+            if state.published != ABSENT:
+                self.registrar.want(reg.key, reg.value(state.published, self.host))
+        warn_if_loopback(change.new, keys)
+
     def _stop(self, why: str) -> None:
         self.stopping = True
         self.metrics.stopping()
@@ -251,6 +276,8 @@ class RegisterLoop:
                 self._stall_reported[runner] = now
                 self._handle(stalled)
         self.registrar.revive()
+        if self.address is not None:
+            self.address.revive()
         for state in self.instances.values():
             path = state.registration.maintenance_file
             if path is not None:
@@ -296,6 +323,8 @@ class RegisterLoop:
             log.info("exec: child exited with status %d", status, extra={"status": status})
         for runner in self.runners:
             runner.stop()
+        if self.address is not None:
+            self.address.stop()
         self.registrar.close(timeout=self.store_timeout())
         return status
 
@@ -329,8 +358,9 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
         raise ConfigError("backend", f"confsync register writes to etcd; backend is "
                           f"{settings.backend!r}", "backend")
     host = hostname or os.environ.get(HOSTNAME_ENV) or socket.gethostname()
+    # Asked once for every file that names no address: they all publish the same one.
     registrations = load_registrations(settings.confdir, settings.prefix, host,
-                                       lambda: default_address(settings.etcd))
+                                       functools.cache(lambda: default_address(settings.etcd)))
     notifier = Notifier.from_environ()  # before the child starts: it must not inherit it
     metrics = RegisterMetrics(registrations)
     server = None

@@ -89,3 +89,31 @@ def test_registrars_retry_an_unreachable_etcd_out_of_step() -> None:
     gaps = [[b - a for a, b in itertools.pairwise(c)][:4] for c in calls]
     assert all(g <= 3.0 + 0.1 for g in gaps[0] + gaps[1]), "capped at ttl/3"
     assert max(abs(a - b) for a, b in zip(gaps[0], gaps[1], strict=True)) > 0.01, gaps
+
+
+def test_reconnect_drops_the_client_and_makes_a_new_one_at_once() -> None:
+    """After an address change the connection made from the old address may hang without a
+    word: `reconnect` makes the next call on a new client instead of after a timeout."""
+    up = threading.Event()
+    up.set()
+    made: list[_Client] = []
+    closed: list[_Client] = []
+
+    class Client(_Client):
+        def close(self) -> None:
+            closed.append(self)
+
+    def new_client() -> _Client:
+        made.append(Client(up))
+        return made[-1]
+
+    registrar = Registrar(new_client, "node-a", 30, lambda event: None)
+    registrar.start()
+    try:
+        assert _wait(lambda: registrar.connected)
+        assert len(made) == 1
+        registrar.reconnect()
+        assert _wait(lambda: len(made) == 2, timeout=0.5), "not after the idle wait (1 s)"
+        assert closed == [made[0]]
+    finally:
+        registrar.close(timeout=2)
