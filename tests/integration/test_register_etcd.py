@@ -71,12 +71,17 @@ def test_registration_appears_with_the_template_schema_and_owner(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
     write_registration(tmp_path / "conf", "web", _registration(backend.port, weight=50))
-    _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
     c = client(etcd.endpoint)
     wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registration")
     value = published(c, _key(prefix))
     assert value == {"address": "127.0.0.1", "port": backend.port, "weight": 50,
                      "state": "ready", "host": "node-a"}
+    # Detected from an etcd on this host: published, with a warning that only this host
+    # can reach it.
+    assert (f"WARNING register: publishing 127.0.0.1, a loopback address (the one this host "
+            f"uses to reach etcd), for {_key(prefix)}: only consumers on this host can reach "
+            "it; set `address` in the registration") in proc.output()
     validate_instance("/services/web/instances/web-1", value)
     _raw, meta = c.get(_key(prefix))
     assert meta.lease_id != 0, "the key lives on a lease"

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,13 @@ class RegisterProcess:
     """`confsync register` in its own process group (an --exec child dies with it in cleanup)."""
 
     def __init__(self, confdir: Path, endpoint: str, *args: str, log: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> None:
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
         full_env.update(env or {})
         self._log_fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "confsync", "register", "--confdir", str(confdir),
+            [*wrapper, sys.executable, "-m", "confsync", "register", "--confdir", str(confdir),
              "--endpoints", endpoint, "--log-level", "debug", *args],
             stdout=self._log_fh, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
             start_new_session=True)
