@@ -15,6 +15,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,6 +29,10 @@ log = logging.getLogger("confsync.register")
 
 POLL_INTERVAL = 10.0  # the detection runs again this often even when the kernel says nothing
 SETTLE = 0.2  # after an address event, wait for the burst (new address added, old removed)
+# Address events come all the time on some hosts (a Kubernetes node adds a veth, and its
+# link-local address, per pod): they start a detection (maybe a DNS or SRV query) at most this
+# often.
+MIN_GAP = 1.0
 # rtnetlink multicast groups: IPv4 and IPv6 addresses added or removed (linux/rtnetlink.h).
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
@@ -113,6 +118,7 @@ class AddressFollower:
         self._failing = Backoff(min(1.0, interval), interval)
         self._stop = threading.Event()
         self._thread = self._new_thread()
+        self._last_check = float("-inf")
 
     def _new_thread(self) -> threading.Thread:
         return threading.Thread(target=self._run, daemon=True, name="address")
@@ -134,6 +140,7 @@ class AddressFollower:
 
     def check(self) -> float:
         """One detection; the seconds until the next one."""
+        self._last_check = time.monotonic()
         try:
             new = self._detect()
         except Exception as exc:  # DNS, no route, a bug: keep publishing the last address
@@ -158,7 +165,8 @@ class AddressFollower:
                     self._stop.wait(delay)
                 elif select.select([events], [], [], delay)[0]:
                     _drain(events)
-                    self._stop.wait(SETTLE)  # the rest of the burst comes meanwhile
+                    # The rest of the burst comes meanwhile; and never more often than MIN_GAP.
+                    self._stop.wait(max(SETTLE, self._last_check + MIN_GAP - time.monotonic()))
                     _drain(events)
                 if not self._stop.is_set():
                     delay = self.check()

@@ -4,7 +4,9 @@ tests/integration/test_register_address.py)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from confsync.register import address as address_module
 from confsync.register.address import (
     AddressChanged,
     AddressFollower,
@@ -118,6 +121,32 @@ def test_the_follower_thread_polls_and_posts_to_the_queue() -> None:
     finally:
         follower.stop()
     assert reported == [AddressChanged("10.0.0.5", "10.0.0.9")]
+
+
+def test_a_storm_of_address_events_starts_a_detection_at_most_once_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Kubernetes node adds an address per pod: events must not become a DNS query each."""
+    events, kernel = socket.socketpair()
+    events.setblocking(False)  # as the netlink socket is
+    monkeypatch.setattr(address_module, "_address_events", lambda: events)
+    detections: list[float] = []
+
+    def detect() -> str:
+        detections.append(time.monotonic())
+        return "10.0.0.5"
+
+    follower = AddressFollower(detect, "10.0.0.5", lambda change: None, interval=60).start()
+    try:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # an event every 20 ms for 2.5 s
+            kernel.send(b"x")
+            time.sleep(0.02)
+    finally:
+        follower.stop()
+        kernel.close()
+    assert 2 <= len(detections) <= 4, detections  # one per second (each ~0.2 s after an event)
+    gaps = [b - a for a, b in itertools.pairwise(detections)]
+    assert min(gaps) >= 0.95, gaps
 
 
 class _Registrar:
