@@ -511,6 +511,12 @@ class Daemon:
             self._reload_retry.reset()  # broken files wait for the next edit or SIGHUP
             self._refuse(str(exc))
             return False
+        except Exception as exc:  # a bug or an unforeseen file error: refused all the same,
+            # so systemd's RELOADING=1 is always answered and the running set goes on
+            log.exception("configuration reload: unexpected error while loading")
+            self._reload_retry.reset()
+            self._refuse(f"{type(exc).__name__}: {exc}")
+            return False
         dropped = self.pending is not None
         if dropped:  # a newer reload replaces one still waiting for its snapshot
             self._drop_pending()

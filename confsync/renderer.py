@@ -517,6 +517,10 @@ class Renderer:
         except OSError as exc:
             raise ResourceError(resource.name, "render",
                                 f"cannot read template {resource.src}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:  # a ValueError, raised by the loader's read
+            raise ResourceError(resource.name, "render",
+                                f"cannot read template {resource.src}: not UTF-8 ({exc.reason} "
+                                f"at byte {exc.start})") from None
         if template.filename:
             self._template_files.add(template.filename)
         self._compiled[resource.src] = template

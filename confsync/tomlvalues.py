@@ -30,6 +30,9 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes before parsing: not a TOMLDecodeError
+        raise ConfigError(str(path), f"not valid TOML: not UTF-8 ({exc.reason} at byte "
+                                     f"{exc.start})") from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
 

@@ -1,0 +1,58 @@
+"""`confsync watch` over months: what the filesystem under it does (files replaced by garbage,
+its working directory deleted, dests that are links, directories that go away), with a real
+daemon and the file backend. Each case must end with the daemon alive, honest in /ready, and
+the files converged once the fault is gone."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_server import free_port
+from tests.support.http_probe import probe
+
+
+def _start(tmp_path: Path, confdir: Path, data: Path, *extra: str, cwd: Path | None = None,
+           env: dict[str, str] | None = None) -> tuple[WatchProcess, str]:
+    port = free_port()
+    w = WatchProcess("--confdir", str(confdir), "--backend", "file", "--file", str(data),
+                     "--wait-min", "0", "--metrics-address", f"127.0.0.1:{port}", *extra,
+                     log=tmp_path / "watch.log", cwd=cwd, env=env)
+    return w, f"http://127.0.0.1:{port}"
+
+
+def test_non_utf8_template_or_resource_file_is_refused_not_a_loop_error(tmp_path: Path) -> None:
+    """A template or conf.d file replaced by bytes that are not UTF-8 is a broken file like any
+    other: the reload is refused with a reason and the running set goes on. It used to escape
+    as a UnicodeDecodeError into the loop ("unexpected error"; five in a minute: exit 70), and
+    left systemd's RELOADING=1 unanswered."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v1 {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    template, resource = confdir / "templates" / "app.tmpl", confdir / "conf.d" / "app.toml"
+    good_resource = resource.read_bytes()
+    w, base = _start(tmp_path, confdir, data)
+    try:
+        wait_for(lambda: read(dest) == "v1 one\n", what="first render")
+        for broken in (template, resource):
+            good = broken.read_bytes()
+            for attempt in range(1, 4):
+                broken.write_bytes(b"\xff\xfe" + good)
+                w.signal(signal.SIGHUP)
+                w.wait_log("not UTF-8", count=attempt + (3 if broken is resource else 0))
+            broken.write_bytes(good)
+        assert "watch loop: unexpected error" not in w.output()
+        assert w.output().count("configuration reload refused") == 6
+        assert probe(base, "/ready")[0] == 200
+        template.write_text("v2 {{ getv('/app/v') }}\n")
+        assert resource.read_bytes() == good_resource
+        w.signal(signal.SIGHUP)
+        wait_for(lambda: read(dest) == "v2 one\n", what="the fixed set applied")
+        assert w.proc.poll() is None
+    finally:
+        assert w.stop() == 0
+
