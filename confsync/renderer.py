@@ -30,6 +30,7 @@ from confsync.confd_funcs import register as register_confd_functions
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
+from confsync.paths import absolute
 from confsync.provenance import forget, show_key, source_key, tag
 from confsync.render_limits import (
     DEADLINE,
@@ -434,7 +435,7 @@ class Renderer:
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
 
         self._jinja = jinja2
-        self.templates_dir = templates_dir.absolute()
+        self.templates_dir = absolute(templates_dir)
         self.render_timeout = render_timeout
         self.max_output_size = max_output_size
         self._explicit: dict[str, Path] = {}

@@ -5,6 +5,8 @@ the files converged once the fault is gone."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -56,3 +58,35 @@ def test_non_utf8_template_or_resource_file_is_refused_not_a_loop_error(tmp_path
     finally:
         assert w.stop() == 0
 
+
+def test_watch_survives_its_working_directory_deleted_and_recreated(tmp_path: Path) -> None:
+    """Relative paths (confdir, data file, dest) mean the directory confsync started in, by
+    name: deleting it (a package upgrade replacing it) must not turn each SIGHUP into an
+    unexpected loop error (os.getcwd() fails), nor, once it is recreated, leave confsync
+    writing into the deleted one."""
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    write_resource(work / "cd", "app", "v {{ getv('/app/v') }}\n",
+                   'dest = "out/app.conf"\nkeys = ["/app"]')
+    (work / "data.yaml").write_text("app:\n  v: one\n")
+    saved = tmp_path / "saved"
+    shutil.copytree(work, saved)
+    w, base = _start(tmp_path, Path("cd"), Path("data.yaml"), cwd=work,
+                     env={"CONFSYNC_WATCH_INTERVAL": "1s"})
+    try:
+        wait_for(lambda: read(work / "out" / "app.conf") == "v one\n", what="first render")
+        shutil.rmtree(work)
+        for sent in range(1, 7):  # more than the loop's error limit (5 in a minute)
+            w.signal(signal.SIGHUP)
+            w.wait_log("configuration reload refused", count=sent)
+        shutil.copytree(saved, work)  # the directory is back, under the same name
+        (work / "data.yaml").write_text("app:\n  v: two\n")
+        w.signal(signal.SIGHUP)
+        wait_for(lambda: read(work / "out" / "app.conf") == "v two\n", timeout=10,
+                 what="the new data in the recreated directory")
+        assert "watch loop: unexpected error" not in w.output()
+        assert w.proc.poll() is None
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+    finally:
+        assert w.stop() == 0
+    assert os.path.exists(work / "out" / "app.conf")
