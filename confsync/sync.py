@@ -25,6 +25,7 @@ from confsync.applier import (
     restore,
     run_check,
     write_staged,
+    written_path,
 )
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
@@ -124,7 +125,7 @@ class Syncer:
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
-            remove_stale_staged(new)
+            remove_stale_staged({written_path(dest) for dest in new} | set(new))
 
     def _render_against(self, resource: Resource,
                         current: FileState) -> tuple[bytes, tuple[RenderWarning, ...]]:
@@ -299,7 +300,7 @@ class Syncer:
         start = time.monotonic()
         step = "stage"
         try:
-            directory = resource.dest.parent
+            directory = written_path(resource.dest).parent
             if not directory.is_dir():  # `once` could not stage there either
                 raise ResourceError(resource.name, "stage", f"cannot write a staged file in "
                                     f"{directory}: no such directory")
@@ -307,7 +308,7 @@ class Syncer:
             step = "render"
             content, warnings = self._render_against(resource, current)
             step = "stage"
-            staged = write_staged(resource, tmp, content)
+            staged = write_staged(resource.dest, tmp, content)
             step = "check"
             run_check(resource, staged)
         except ResourceError as exc:

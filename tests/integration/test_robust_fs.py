@@ -90,3 +90,43 @@ def test_watch_survives_its_working_directory_deleted_and_recreated(tmp_path: Pa
     finally:
         assert w.stop() == 0
     assert os.path.exists(work / "out" / "app.conf")
+
+
+def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: Path) -> None:
+    """/etc/app/app.conf -> /srv/conf/app.conf (a config repository, a package's alternative):
+    the target is what gets written, checked on its staged copy, rolled back after a failed
+    reload and retried; the link stays a link throughout. Before, the rename replaced the link
+    with a plain file and the target went stale."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    etc, srv = tmp_path / "etc", tmp_path / "srv"
+    etc.mkdir()
+    srv.mkdir()
+    target, link = srv / "app.conf", etc / "app.conf"
+    target.write_text("old\n")
+    link.symlink_to(Path("..") / "srv" / "app.conf")  # relative, as `ln -s` makes them
+    flag = tmp_path / "reload-fails"
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n",
+                   f'dest = "{link}"\nkeys = ["/app"]\n'
+                   f'check_cmd = ["sh", "-c", "test ! -L \\"$0\\" && grep -q \'^v \' \\"$0\\"", '
+                   f'"{{{{src}}}}"]\n'
+                   f'reload_cmd = ["sh", "-c", "test ! -e {flag}"]')
+    w, base = _start(tmp_path, confdir, data)
+    try:
+        wait_for(lambda: read(target) == "v one\n", what="the link's target written")
+        assert link.is_symlink() and read(link) == "v one\n"
+        assert probe(base, "/ready")[0] == 200
+        flag.touch()
+        data.write_text("app:\n  v: two\n")
+        w.wait_log("previous file restored")
+        assert link.is_symlink() and read(target) == "v one\n"
+        assert probe(base, "/ready")[0] == 503
+        flag.unlink()
+        wait_for(lambda: read(target) == "v two\n", what="retried into the target")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready again")
+        assert link.is_symlink() and os.readlink(link) == "../srv/app.conf"
+        assert sorted(p.name for p in etc.iterdir()) == ["app.conf"]
+        assert sorted(p.name for p in srv.iterdir()) == ["app.conf"]
+    finally:
+        assert w.stop() == 0
