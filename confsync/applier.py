@@ -88,6 +88,10 @@ class DestCache:
             self._known.pop(path, None)
 
 
+class NotDurable(ResourceError):
+    """The new file is in place (renamed over `dest`), but its directory could not be synced."""
+
+
 @dataclass(frozen=True)
 class Target:
     """The desired file: content plus the metadata it must end up with."""
@@ -273,8 +277,8 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
     try:
         _fsync_dir(directory)
     except OSError as exc:
-        raise ResourceError(resource.name, "install",
-                            f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
+        raise NotDurable(resource.name, "install",
+                         f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
     return check_seconds
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from confsync.applier import (
     DestCache,
     FileState,
+    NotDurable,
     Target,
     install,
     remove_stale_staged,
@@ -211,7 +212,13 @@ class Syncer:
                                warnings=warnings)
             step = "install"
             check = self._needs_check(resource, current, content)
-            check_seconds = install(resource, target, check=check)
+            try:
+                check_seconds = install(resource, target, check=check)
+            except NotDurable:
+                # The file is live on disk but its target never reloaded into it: without
+                # this the retry would find the file "up to date" and never reload.
+                self.reload_owed.add(resource.name)
+                raise
             if check:
                 self.checked[resource.dest] = content
             self.installed[resource.dest] = content
