@@ -265,14 +265,16 @@ class Syncer:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
             for outcome in group:
+                rolled_back = "previous file restored"
                 if outcome.previous is not None:
                     try:
                         restore(outcome.resource, outcome.previous)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
+                        rolled_back = "the previous file could not be restored"
                 outcome.status = FAILED
                 outcome.error = ResourceError(outcome.resource.name, "reload",
-                                              f"{exc}; previous file restored")
+                                              f"{exc}; {rolled_back}")
             if exc.untouched:
                 return  # the target never saw the new file: nothing to reload back
             beat()

@@ -100,3 +100,22 @@ def test_a_dest_renamed_but_not_synced_is_reloaded_by_the_retry(
     assert reloads.read_text() == "x\n"
     (outcome,) = syncer.apply([res])
     assert outcome.status == UNCHANGED and reloads.read_text() == "x\n"
+
+
+def test_a_rollback_that_cannot_write_does_not_claim_the_file_was_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload failed and the disk filled up before the rollback: the error used to say
+    "previous file restored" whatever happened. The retry reloads what is there."""
+    from confsync import sync
+
+    def no_space(resource: Resource, previous: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"}, reload_cmd=("false",))
+    res.dest.write_text("server 10.0.0.1:80\n")
+    monkeypatch.setattr(sync, "restore", no_space)
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    assert outcome.error.step == "reload"
+    assert outcome.error.reason.endswith("the previous file could not be restored")
+    assert res.dest.read_text() == "server 10.0.0.2:80\n" and res.name in syncer.reload_owed
