@@ -49,7 +49,7 @@ def test_non_utf8_template_or_resource_file_is_refused_not_a_loop_error(tmp_path
             broken.write_bytes(good)
         assert "watch loop: unexpected error" not in w.output()
         assert w.output().count("configuration reload refused") == 6
-        assert probe(base, "/ready")[0] == 200
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
         template.write_text("v2 {{ getv('/app/v') }}\n")
         assert resource.read_bytes() == good_resource
         w.signal(signal.SIGHUP)
@@ -116,12 +116,12 @@ def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: P
     try:
         wait_for(lambda: read(target) == "v one\n", what="the link's target written")
         assert link.is_symlink() and read(link) == "v one\n"
-        assert probe(base, "/ready")[0] == 200
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
         flag.touch()
         data.write_text("app:\n  v: two\n")
         w.wait_log("previous file restored")
         assert link.is_symlink() and read(target) == "v one\n"
-        assert probe(base, "/ready")[0] == 503
+        wait_for(lambda: probe(base, "/ready")[0] == 503, what="not ready")
         flag.unlink()
         wait_for(lambda: read(target) == "v two\n", what="retried into the target")
         wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready again")
