@@ -130,3 +130,31 @@ def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: P
         assert sorted(p.name for p in srv.iterdir()) == ["app.conf"]
     finally:
         assert w.stop() == 0
+
+
+def test_file_backend_data_directory_deleted_and_recreated(tmp_path: Path) -> None:
+    """`rm -rf /etc/data && mkdir /etc/data && cp ...`: the watch's emitter for the deleted
+    directory stopped with it, so the daemon went deaf for good, /ready still 200. Now the
+    loss is reported and the directory watched again once it is back."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = data_dir / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    w, base = _start(tmp_path, confdir, data)
+    try:
+        wait_for(lambda: read(dest) == "v one\n", what="first render")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        shutil.rmtree(data_dir)
+        wait_for(lambda: probe(base, "/ready")[0] == 503, what="the lost watch reported")
+        assert "was deleted" in str(probe(base, "/ready")[1])
+        data_dir.mkdir()
+        data.write_text("app:\n  v: two\n")
+        wait_for(lambda: read(dest) == "v two\n", what="the recreated directory read")
+        data.write_text("app:\n  v: three\n")
+        wait_for(lambda: read(dest) == "v three\n", what="and watched again")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready again")
+    finally:
+        assert w.stop() == 0
