@@ -10,6 +10,8 @@ import shutil
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_server import free_port
@@ -158,3 +160,36 @@ def test_file_backend_data_directory_deleted_and_recreated(tmp_path: Path) -> No
         wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready again")
     finally:
         assert w.stop() == 0
+
+
+def test_a_default_config_file_that_vanishes_is_not_replaced_by_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with /etc/confsync/confsync.toml found at its default place (no --config): a
+    SIGHUP while it is gone used to load the built-in defaults (here: the etcd backend on
+    127.0.0.1 instead of the file backend) as if that were the configuration."""
+    from confsync import settings as settings_module
+    from confsync.daemon import Daemon
+    from confsync.settings import load_settings
+
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n",
+                   f'dest = "{tmp_path / "out.conf"}"\nkeys = ["/app"]')
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'backend = "file"\n[file]\npaths = ["{data}"]\n')
+    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG", config)
+    monkeypatch.delenv("CONFSYNC_CONFIG", raising=False)
+    cli = {"confdir": str(confdir)}
+    settings = load_settings(cli, environ={})
+    assert settings.config_path == config
+    daemon = Daemon(settings, cli)
+    daemon.follower.start()
+    try:
+        config.unlink()
+        assert daemon.reload_config() is False
+        assert daemon.pending is None and daemon.state.settings is settings
+    finally:
+        daemon.follower.stop()
+        daemon.follower.join(timeout=10)
+        daemon.store.close()
