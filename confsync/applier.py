@@ -88,6 +88,10 @@ class DestCache:
             self._known.pop(path, None)
 
 
+class NotDurable(ResourceError):
+    """The new file is in place (renamed over `dest`), but its directory could not be synced."""
+
+
 @dataclass(frozen=True)
 class Target:
     """The desired file: content plus the metadata it must end up with."""
@@ -112,6 +116,18 @@ class Target:
     def matches(self, current: FileState) -> bool:
         return (current.content == self.content and current.mode == self.mode
                 and current.uid == self.uid and current.gid == self.gid)
+
+
+def written_path(dest: Path) -> Path:
+    """The file an apply replaces: `dest`, or, when `dest` is a symbolic link, the file it
+    points to (followed to the end, created when missing), so the link stays a link.
+
+    Config repositories and packaging often link /etc/<service>/<file> to a managed copy; a
+    rename over the link itself would turn it into a plain file and leave its target stale.
+    """
+    if not dest.is_symlink():
+        return dest
+    return Path(os.path.realpath(dest))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -183,13 +199,14 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     return removed
 
 
-def write_staged(resource: Resource, directory: Path, content: bytes) -> Path:
-    """Write `content` to a new 0600 file in `directory`, data synced; return its path.
+def write_staged(dest: Path, directory: Path, content: bytes) -> Path:
+    """Write `content` to a new 0600 file in `directory` named after `dest`, data synced;
+    return its path.
 
     The name is unique per process and attempt; O_EXCL makes a clash an error, never a reuse.
     """
     while True:
-        name = directory / _staged_name(resource.dest, os.getpid(), next(_staged_names))
+        name = directory / _staged_name(dest, os.getpid(), next(_staged_names))
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break
@@ -223,14 +240,16 @@ def run_check(resource: Resource, staged: Path) -> float | None:
 
 
 def install(resource: Resource, target: Target, check: bool = True) -> float | None:
-    """Stage, check, chown/chmod, rename over `dest`, fsync the directory.
+    """Stage, check, chown/chmod, rename over `dest` (over its target when it is a link),
+    fsync the directory.
 
     Returns the check's duration (None when there was none).
     """
     check_seconds = None
-    directory = resource.dest.parent
+    path = written_path(resource.dest)
+    directory = path.parent
     try:
-        staged = write_staged(resource, directory, target.content)
+        staged = write_staged(path, directory, target.content)
     except OSError as exc:
         raise ResourceError(resource.name, "stage",
                             f"cannot write a staged file in {directory}: {exc.strerror}") from None
@@ -247,10 +266,10 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
                                 f"cannot set owner {target.uid}:{target.gid} and mode "
                                 f"{target.mode:04o}: {reason}") from None
         try:
-            os.replace(staged, resource.dest)
+            os.replace(staged, path)
         except OSError as exc:
             raise ResourceError(resource.name, "install",
-                                f"cannot rename into {resource.dest}: {exc.strerror}") from None
+                                f"cannot rename into {path}: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
@@ -258,8 +277,8 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
     try:
         _fsync_dir(directory)
     except OSError as exc:
-        raise ResourceError(resource.name, "install",
-                            f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
+        raise NotDurable(resource.name, "install",
+                         f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
     return check_seconds
 
 
@@ -267,7 +286,7 @@ def restore(resource: Resource, previous: FileState) -> None:
     """Put back what was at `dest` before (used when the reload into the new file failed)."""
     if previous.content is None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(resource.dest)
+            os.unlink(written_path(resource.dest))  # a link stays, dangling as it was
         return
     install(resource, Target(previous.content, previous.mode or DEFAULT_MODE,
                              previous.uid if previous.uid is not None else os.geteuid(),

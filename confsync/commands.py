@@ -71,6 +71,15 @@ def _read_tail(fh: IO[bytes]) -> bytes:
 
 
 def _output_file(program: str) -> IO[bytes] | None:
+    """Where a command's output goes: an anonymous in-memory file (memfd) where the kernel has
+    them. It lives on no filesystem, so a full, read-only or missing /tmp cannot fail the
+    command's writes (a check that prints, then minds its write errors, failed with them)."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        try:
+            return open(memfd_create("confsync-output", os.MFD_CLOEXEC), "w+b")
+        except OSError:
+            pass  # no memfd (seccomp, old kernel): a temporary file instead
     try:
         return tempfile.TemporaryFile()
     except OSError as exc:
@@ -82,9 +91,9 @@ def _output_file(program: str) -> IO[bytes] | None:
 def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     """Run with stdin closed, stdout+stderr captured; on timeout kill its whole process group.
 
-    Output goes to an unlinked temporary file, not a pipe: a command that leaves a daemonized
-    child holding its stdout would otherwise block us until that child exits. Only the
-    command's own exit is waited for, and its status decides.
+    Output goes to an anonymous file (see _output_file), not a pipe: a command that leaves a
+    daemonized child holding its stdout would otherwise block us until that child exits. Only
+    the command's own exit is waited for, and its status decides.
     """
     start = time.monotonic()
     out = _output_file(argv[0])

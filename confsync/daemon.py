@@ -111,6 +111,10 @@ class Daemon:
     def __init__(self, settings: Settings, cli_values: Mapping[str, Any] | None = None,
                  observers: Sequence[Observer] = ()) -> None:
         self.cli_values = dict(cli_values or {})
+        if settings.config_path is not None and not self.cli_values.get("config"):
+            # The file found at the default place is this daemon's config from now on: should
+            # it vanish (a package upgrade half done), a reload is refused, not run on defaults.
+            self.cli_values["config"] = str(settings.config_path)
         # SimpleQueue: its put() is safe from a signal handler (Queue.put can deadlock there).
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.observers = Observers(observers)
@@ -510,6 +514,12 @@ class Daemon:
         except (ConfigError, ResourceError) as exc:
             self._reload_retry.reset()  # broken files wait for the next edit or SIGHUP
             self._refuse(str(exc))
+            return False
+        except Exception as exc:  # a bug or an unforeseen file error: refused all the same,
+            # so systemd's RELOADING=1 is always answered and the running set goes on
+            log.exception("configuration reload: unexpected error while loading")
+            self._reload_retry.reset()
+            self._refuse(f"{type(exc).__name__}: {exc}")
             return False
         dropped = self.pending is not None
         if dropped:  # a newer reload replaces one still waiting for its snapshot

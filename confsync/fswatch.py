@@ -26,6 +26,8 @@ def start_observer(handler: Any, paths: Sequence[str], *, recursive: bool,
         from watchdog.observers import Observer as native
     try:
         return _start(native(), handler, paths, recursive)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        raise  # polling cannot watch what is not there either: the caller says what is missing
     except OSError as exc:
         from watchdog.observers.polling import PollingObserver
 

@@ -31,6 +31,7 @@ from confsync.convert.runtime import register as register_converted_runtime
 from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
+from confsync.paths import absolute
 from confsync.provenance import forget, show_key, source_key, tag
 from confsync.render_limits import (
     DEADLINE,
@@ -435,7 +436,7 @@ class Renderer:
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
 
         self._jinja = jinja2
-        self.templates_dir = templates_dir.absolute()
+        self.templates_dir = absolute(templates_dir)
         self.render_timeout = render_timeout
         self.max_output_size = max_output_size
         self._explicit: dict[str, Path] = {}
@@ -519,6 +520,10 @@ class Renderer:
         except OSError as exc:
             raise ResourceError(resource.name, "render",
                                 f"cannot read template {resource.src}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:  # a ValueError, raised by the loader's read
+            raise ResourceError(resource.name, "render",
+                                f"cannot read template {resource.src}: not UTF-8 ({exc.reason} "
+                                f"at byte {exc.start})") from None
         if template.filename:
             self._template_files.add(template.filename)
         self._compiled[resource.src] = template

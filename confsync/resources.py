@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grp
 import logging
-import os
 import pwd
 import signal
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 from confsync import tomlvalues as tv
 from confsync.commands import unknown_placeholder
 from confsync.errors import ConfigError
+from confsync.paths import absolute
 from confsync.render_limits import parse_size
 from confsync.targets import PluginConfig, legacy_keys, plugin, plugin_tables
 
@@ -143,11 +143,11 @@ def parse_resource(
             raise ConfigError(where, "required key is missing", f"template.{required}")
 
     src = Path(tv.convert(where, "template.src", tv.nonempty, table["src"]))
-    src = Path(os.path.abspath(src if src.is_absolute() else templates_dir / src))
+    src = absolute(src if src.is_absolute() else templates_dir / src)
     if not src.is_file():
         raise ConfigError(where, f"template file {src} does not exist", "template.src")
     dest = Path(tv.convert(where, "template.dest", tv.nonempty, table["dest"]))
-    dest = dest if dest.is_absolute() else Path.cwd() / dest
+    dest = absolute(dest)
 
     keys = table["keys"]
     if isinstance(keys, str):

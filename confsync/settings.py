@@ -16,6 +16,7 @@ from typing import Any
 from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
 from confsync.logs import register_secret
+from confsync.paths import absolute
 from confsync.render_limits import DEFAULT_MAX_OUTPUT_SIZE, DEFAULT_RENDER_TIMEOUT, parse_size
 from confsync.tomlvalues import parse_host_port
 
@@ -160,7 +161,7 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     config_arg = cli.get("config") or environ.get("CONFSYNC_CONFIG")
-    config_path = Path(config_arg) if config_arg else DEFAULT_CONFIG
+    config_path = absolute(Path(config_arg)) if config_arg else DEFAULT_CONFIG
     if config_path.exists() or config_arg:
         if not config_path.exists():
             raise ConfigError(str(config_path), "config file does not exist")

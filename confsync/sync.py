@@ -19,12 +19,14 @@ from pathlib import Path
 from confsync.applier import (
     DestCache,
     FileState,
+    NotDurable,
     Target,
     install,
     remove_stale_staged,
     restore,
     run_check,
     write_staged,
+    written_path,
 )
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
@@ -124,7 +126,7 @@ class Syncer:
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
-            remove_stale_staged(new)
+            remove_stale_staged({written_path(dest) for dest in new} | set(new))
 
     def _render_against(self, resource: Resource,
                         current: FileState) -> tuple[bytes, tuple[RenderWarning, ...]]:
@@ -210,7 +212,13 @@ class Syncer:
                                warnings=warnings)
             step = "install"
             check = self._needs_check(resource, current, content)
-            check_seconds = install(resource, target, check=check)
+            try:
+                check_seconds = install(resource, target, check=check)
+            except NotDurable:
+                # The file is live on disk but its target never reloaded into it: without
+                # this the retry would find the file "up to date" and never reload.
+                self.reload_owed.add(resource.name)
+                raise
             if check:
                 self.checked[resource.dest] = content
             self.installed[resource.dest] = content
@@ -257,14 +265,16 @@ class Syncer:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
             for outcome in group:
+                rolled_back = "previous file restored"
                 if outcome.previous is not None:
                     try:
                         restore(outcome.resource, outcome.previous)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
+                        rolled_back = "the previous file could not be restored"
                 outcome.status = FAILED
                 outcome.error = ResourceError(outcome.resource.name, "reload",
-                                              f"{exc}; previous file restored")
+                                              f"{exc}; {rolled_back}")
             if exc.untouched:
                 return  # the target never saw the new file: nothing to reload back
             beat()
@@ -299,7 +309,7 @@ class Syncer:
         start = time.monotonic()
         step = "stage"
         try:
-            directory = resource.dest.parent
+            directory = written_path(resource.dest).parent
             if not directory.is_dir():  # `once` could not stage there either
                 raise ResourceError(resource.name, "stage", f"cannot write a staged file in "
                                     f"{directory}: no such directory")
@@ -307,7 +317,7 @@ class Syncer:
             step = "render"
             content, warnings = self._render_against(resource, current)
             step = "stage"
-            staged = write_staged(resource, tmp, content)
+            staged = write_staged(resource.dest, tmp, content)
             step = "check"
             run_check(resource, staged)
         except ResourceError as exc:

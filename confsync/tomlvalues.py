@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.paths import absolute
 
 T = TypeVar("T")
 
@@ -30,6 +31,9 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes before parsing: not a TOMLDecodeError
+        raise ConfigError(str(path), f"not valid TOML: not UTF-8 ({exc.reason} at byte "
+                                     f"{exc.start})") from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
 
@@ -62,7 +66,8 @@ def nonempty(value: Any) -> str:
 
 
 def path(value: Any) -> Path:
-    return Path(string(value)).expanduser()
+    """A file or directory; a relative one is taken from the directory confsync started in."""
+    return absolute(Path(string(value)).expanduser())
 
 
 def nonempty_path(value: Any) -> Path:
@@ -81,7 +86,7 @@ def string_list(value: Any) -> tuple[str, ...]:
 
 
 def paths(value: Any) -> tuple[Path, ...]:
-    return tuple(Path(p).expanduser() for p in string_list(value))
+    return tuple(absolute(Path(p).expanduser()) for p in string_list(value))
 
 
 # Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,

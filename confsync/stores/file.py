@@ -98,7 +98,8 @@ class FileStore:
         # old one deleted), so a watch of the resolved directory goes deaf after one update.
         # A symlink to a file elsewhere gets that directory watched as well.
         given = {Path(os.path.abspath(p)) for p in self._paths}
-        directories = {str(p.parent) for p in given} | {
+        named = {str(p.parent) for p in given}
+        directories = named | {
             str(p.resolve().parent) for p in given if p.resolve().parent.is_dir()}
         store = self
 
@@ -127,14 +128,27 @@ class FileStore:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                deleted = str(event.src_path)
+                if event.event_type == "deleted" and deleted in named:
+                    # Its emitter stops with it: a directory recreated under the same name
+                    # would go unwatched for good. Fail the watch; the follower starts a new
+                    # one (reporting the loss meanwhile) once the directory is back. (A link's
+                    # target directory going away is a ConfigMap update: ..data says so.)
+                    sink(StoreUnavailable(f"file backend: {deleted} was deleted; "
+                                          f"watching it again once it is back"))
+                    return
                 touched = {Path(str(event.src_path))}
                 if getattr(event, "dest_path", ""):
                     touched.add(Path(str(event.dest_path)))
                 if concerns_us(touched):
                     refresh()  # (compares contents: a false alarm changes nothing)
 
-        observer = start_observer(Handler(), sorted(directories), recursive=False,
-                                  what="file backend")
+        try:
+            observer = start_observer(Handler(), sorted(directories), recursive=False,
+                                      what="file backend")
+        except OSError as exc:  # a directory that is gone: a lost watch, tried again
+            raise StoreUnavailable(f"file backend: cannot watch {', '.join(sorted(directories))}"
+                                   f": {exc.strerror or exc}") from None
         # A change between the snapshot and the observer's start raised no event: look once.
         refresh()
         return _ObserverHandle(observer)

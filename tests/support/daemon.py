@@ -37,14 +37,14 @@ def reads(path: Path, text: str) -> bool:
 
 class WatchProcess:
     def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None,
-                 wrapper: Sequence[str] = ()) -> None:
+                 wrapper: Sequence[str] = (), cwd: Path | None = None) -> None:
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
         full_env.update(env or {})
         self._log_fh = log.open("ab")
         self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "confsync", "watch", *args],
                                      stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=REPO)
+                                     env=full_env, cwd=cwd or REPO)
 
     def output(self) -> str:
         return read(self.log)

@@ -76,3 +76,18 @@ def test_restore_previous_and_absent(tmp_path: Path) -> None:
     assert res.dest.stat().st_mode & 0o777 == 0o600
     restore(res, FileState(None))
     assert not res.dest.exists()
+
+
+def test_a_dangling_link_gets_its_target_and_a_restore_keeps_the_link(tmp_path: Path) -> None:
+    """A dest linking to a file not yet there: the target is created (a chain of links is
+    followed to its end); rolling back to "no file" removes the target, never the link."""
+    res = resource(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "middle").symlink_to("real/conf")
+    res.dest.symlink_to("middle")
+    install(res, target(b"new\n"))
+    assert res.dest.is_symlink() and (tmp_path / "middle").is_symlink()
+    assert (tmp_path / "real" / "conf").read_bytes() == b"new\n"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["conf"]
+    restore(res, FileState(None))
+    assert res.dest.is_symlink() and not (tmp_path / "real" / "conf").exists()

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,36 @@ def test_stale_staged_files_of_dead_pids_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [*keep, f".app.conf.{dead}.9.confsync"])
+
+
+@pytest.fixture
+def full_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """$TMPDIR on a tmpfs of 64 KiB that fills up after confsync started (tempfile tested and
+    cached the directory while it still had room)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tmp"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(mount))
+        with contextlib.suppress(OSError), (mount / "fill").open("wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_check_that_prints_passes_while_tmp_is_full(tmp_path: Path, full_tmpdir: Path) -> None:
+    """Command output used to go to a file in $TMPDIR: once /tmp filled up, every write of a
+    check failed, and a check that minds its writes (set -e, Python's print at exit) failed a
+    valid file, stalling the resource until /tmp was cleaned up. Its reason was lost too."""
+    ok = resource(tmp_path, check_cmd=("sh", "-c", 'set -e; echo "checking $0"; test -s "$0"',
+                                       "{{src}}"))
+    install(ok, Target(b"new\n", 0o644, os.geteuid(), os.getegid()))
+    assert ok.dest.read_bytes() == b"new\n"
+    result = run_command(["sh", "-c", "echo 'line 3: unknown keyword' >&2; exit 1"], 5)
+    assert not result.ok and result.output == "line 3: unknown keyword"

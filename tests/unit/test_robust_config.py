@@ -93,3 +93,13 @@ def test_quoted_operators_and_plain_commands_stay_legal(tmp_path: Path, command:
 def test_a_list_is_argv_as_given(tmp_path: Path) -> None:
     names, errors = _load(tmp_path, 'reload_cmd = ["find", "/x", "-exec", "touch", "{}", ";"]')
     assert errors == () and names == ["bad", "good"]
+
+
+def test_a_resource_file_that_is_not_utf8_is_one_bad_file(tmp_path: Path) -> None:
+    """tomllib decodes before it parses, so such a file raised UnicodeDecodeError (not a
+    TOMLDecodeError) through load_resources: a traceback at start, a loop error at SIGHUP."""
+    _load(tmp_path, "")
+    (tmp_path / "conf.d" / "bad.toml").write_bytes(b"\xff\xfe[template]\n")
+    loaded = load_resources(tmp_path)
+    assert [r.name for r in loaded.resources] == ["good"]
+    assert len(loaded.errors) == 1 and "bad.toml: not valid TOML: not UTF-8" in loaded.errors[0]

@@ -72,3 +72,50 @@ def test_zero_keys_render_where_the_file_is_empty_or_equal(tmp_path: Path) -> No
     res.dest.write_text("server 10.0.0.1:80\n")
     assert [o.status for o in syncer.apply([res])] == [UPDATED]
     assert res.dest.read_text() == ""
+
+
+def test_a_dest_renamed_but_not_synced_is_reloaded_by_the_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory fsync fails after the rename (EIO): the file is in place, the reload did
+    not run. The retry used to find the file equal to its render and report it up to date, so
+    the service never loaded it while /ready said all was well."""
+    from confsync import applier
+
+    reloads = tmp_path / "reloads"
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"},
+                         reload_cmd=("sh", "-c", f"echo x >> {reloads}"))
+    real_fsync_dir = applier._fsync_dir
+
+    def failing_fsync_dir(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(applier, "_fsync_dir", failing_fsync_dir)
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    assert outcome.error.step == "install" and "cannot fsync" in outcome.error.reason
+    assert res.dest.read_text() == "server 10.0.0.2:80\n" and not reloads.exists()
+    monkeypatch.setattr(applier, "_fsync_dir", real_fsync_dir)
+    (outcome,) = syncer.apply([res])  # the retry
+    assert outcome.status == UPDATED and outcome.reload is not None
+    assert reloads.read_text() == "x\n"
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UNCHANGED and reloads.read_text() == "x\n"
+
+
+def test_a_rollback_that_cannot_write_does_not_claim_the_file_was_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload failed and the disk filled up before the rollback: the error used to say
+    "previous file restored" whatever happened. The retry reloads what is there."""
+    from confsync import sync
+
+    def no_space(resource: Resource, previous: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"}, reload_cmd=("false",))
+    res.dest.write_text("server 10.0.0.1:80\n")
+    monkeypatch.setattr(sync, "restore", no_space)
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    assert outcome.error.step == "reload"
+    assert outcome.error.reason.endswith("the previous file could not be restored")
+    assert res.dest.read_text() == "server 10.0.0.2:80\n" and res.name in syncer.reload_owed
