@@ -7,6 +7,7 @@ and the staged file is removed on every failure path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -124,9 +125,25 @@ def written_path(dest: Path) -> Path:
 
     Config repositories and packaging often link /etc/<service>/<file> to a managed copy; a
     rename over the link itself would turn it into a plain file and leave its target stale.
+    Only links owned by root or by confsync's own user are followed (raises PermissionError
+    otherwise), as the kernel's protected_symlinks does: someone who can only plant a link
+    beside a dest must not get a root daemon to write the file of their choice.
     """
     if not dest.is_symlink():
         return dest
+    link = dest
+    for _ in range(40):  # the kernel's own limit on links in one path
+        try:
+            info = link.lstat()
+        except FileNotFoundError:  # a dangling link: its target is created
+            break
+        if not stat.S_ISLNK(info.st_mode):
+            break
+        if info.st_uid not in (0, os.geteuid()):
+            raise PermissionError(errno.EPERM, f"{link} is a symbolic link owned by uid "
+                                  f"{info.st_uid}; confsync follows only links owned by root "
+                                  f"or by its own user (uid {os.geteuid()})", str(dest))
+        link = link.parent / os.readlink(link)
     return Path(os.path.realpath(dest))
 
 
@@ -246,7 +263,10 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
     Returns the check's duration (None when there was none).
     """
     check_seconds = None
-    path = written_path(resource.dest)
+    try:
+        path = written_path(resource.dest)
+    except OSError as exc:
+        raise ResourceError(resource.name, "stage", exc.strerror or str(exc)) from None
     directory = path.parent
     try:
         staged = write_staged(path, directory, target.content)

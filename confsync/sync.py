@@ -126,7 +126,7 @@ class Syncer:
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
-            remove_stale_staged({written_path(dest) for dest in new} | set(new))
+            remove_stale_staged({path for dest in new for path in _beside(dest)})
 
     def _render_against(self, resource: Resource,
                         current: FileState) -> tuple[bytes, tuple[RenderWarning, ...]]:
@@ -329,6 +329,14 @@ class Syncer:
         status = UNCHANGED if target.matches(current) else UPDATED
         return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
                        content=content, warnings=warnings)
+
+
+def _beside(dest: Path) -> set[Path]:
+    """Where staged files of `dest` are written: beside it, and beside its target if a link."""
+    try:
+        return {dest, written_path(dest)}
+    except OSError:  # a link not followed: the apply reports it
+        return {dest}
 
 
 def _unexpected(resource: Resource, step: str, exc: Exception) -> ResourceError:

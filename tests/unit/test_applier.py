@@ -91,3 +91,24 @@ def test_a_dangling_link_gets_its_target_and_a_restore_keeps_the_link(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["conf"]
     restore(res, FileState(None))
     assert res.dest.is_symlink() and not (tmp_path / "real" / "conf").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a link owned by another user needs root")
+def test_a_link_owned_by_another_user_is_not_followed(tmp_path: Path) -> None:
+    """As the kernel's protected_symlinks: a link someone else planted beside a dest must not
+    get a root daemon to write the file it points to."""
+    res = resource(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    res.dest.symlink_to(victim)
+    os.lchown(res.dest, 65534, 65534)
+    with pytest.raises(ResourceError) as failed:
+        install(res, target(b"new\n"))
+    assert failed.value.step == "stage"
+    assert "owned by uid 65534" in str(failed.value)
+    assert victim.read_bytes() == b"precious\n"
+    assert res.dest.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        res.dest.name, "victim"]
+    os.lchown(res.dest, 0, 0)  # the same link, owned by root: followed
+    install(res, target(b"new\n"))
+    assert victim.read_bytes() == b"new\n" and res.dest.is_symlink()
