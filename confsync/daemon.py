@@ -31,6 +31,7 @@ from typing import Any
 from confsync import children
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer
+from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
@@ -139,6 +140,7 @@ class Daemon:
         self._part_backoff = Backoff(base=1.0, cap=30.0)
         self._failed_parts: set[str] = set()
         self._last_beat = 0.0
+        self._degraded_warnings = Repeats()
         state, errors = build_state(settings)
         if errors:
             for error in errors:
@@ -340,7 +342,9 @@ class Daemon:
             self._part_backoff.reset()
             self.observers.watch_connected(event.revision)
             return
-        if self.connected or not self.ready:
+        if self.connected or (not self.ready and self._degraded_warnings.due(event.reason)):
+            # (Before the first snapshot every retry fails anew: the same reason is repeated
+            # at most every 5 minutes, not at each retry for as long as etcd stays away.)
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
         self.observers.watch_lost(event.reason)
