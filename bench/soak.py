@@ -55,8 +55,11 @@ def figures(pid: int) -> dict[str, float]:
                 "children": len(proc.children(recursive=True))}
 
 
-def show(label: str, pid: int, extra: str = "") -> dict[str, float]:
+def show(label: str, pid: int, extra: str | Callable[[], str] = "") -> dict[str, float]:
+    """Print the figures, then `extra` (a callable: asked after they were taken, so that a
+    request to /metrics is not counted as one of the process's threads)."""
     f = figures(pid)
+    extra = extra() if callable(extra) else extra
     print(f"{label:>12}: fds {f['fds']:>3}  threads {f['threads']:>3}  rss {f['rss_mb']:>6} MB"
           f"  children {f['children']}  {extra}", flush=True)
     return f
@@ -123,15 +126,15 @@ class Watch:
 
 def cycles(args: argparse.Namespace, w: Watch, one: Callable[[int], None]) -> None:
     time.sleep(args.settle)
-    first = show("start", w.proc.proc.pid, f"metrics {metric_lines(w.port)} "
-                 f"log {w.log_lines()}")
+    first = show("start", w.proc.proc.pid,
+                 lambda: f"metrics {metric_lines(w.port)} log {w.log_lines()}")
     for i in range(1, args.cycles + 1):
         one(i)
         w.caught_up()
         if i % args.every == 0 or i == args.cycles:
             time.sleep(args.settle)
             show(f"cycle {i}", w.proc.proc.pid,
-                 f"metrics {metric_lines(w.port)} log {w.log_lines()}")
+                 lambda: f"metrics {metric_lines(w.port)} log {w.log_lines()}")
     last = figures(w.proc.proc.pid)
     print("delta:", {k: round(last[k] - first[k], 1) for k in first}, flush=True)
 
@@ -272,7 +275,7 @@ fall = 1
     try:
         wait_for(registered, DEADLINE, what="registered")
         time.sleep(args.settle)
-        first = show("start", proc.proc.pid, f"metrics {metric_lines(port)}")
+        first = show("start", proc.proc.pid, lambda: f"metrics {metric_lines(port)}")
         for i in range(1, args.cycles + 1):
             flag.unlink()
             wait_for(lambda: not registered(), DEADLINE, what="deregistered")
@@ -286,7 +289,7 @@ fall = 1
             if i % args.every == 0 or i == args.cycles:
                 time.sleep(args.settle)
                 show(f"cycle {i}", proc.proc.pid,
-                     f"metrics {metric_lines(port)} log {len(proc.output().splitlines())}")
+                     lambda: f"metrics {metric_lines(port)} log {len(proc.output().splitlines())}")
         last = figures(proc.proc.pid)
         print("delta:", {k: round(last[k] - first[k], 1) for k in first}, flush=True)
     finally:
@@ -326,7 +329,7 @@ def scenario_haproxy(args: argparse.Namespace, base: Path, binary: str) -> None:
 
         wait_for(lambda: served("i0", True), DEADLINE, what="first render")
         time.sleep(args.settle)
-        first = show("start", proc.proc.pid, f"metrics {metric_lines(port)}")
+        first = show("start", proc.proc.pid, lambda: f"metrics {metric_lines(port)}")
         for i in range(1, args.cycles + 1):
             joining, leaving = f"j{i}", f"j{i - 1}" if i > 1 else "i0"
             stack.put_instance("web", joining, 21000 + i % 1000)
@@ -339,7 +342,7 @@ def scenario_haproxy(args: argparse.Namespace, base: Path, binary: str) -> None:
                      what=f"{joining} in, {leaving} out")
             if i % args.every == 0 or i == args.cycles:
                 time.sleep(args.settle)
-                show(f"cycle {i}", watch.proc.pid, f"metrics {metric_lines(port)} "
+                show(f"cycle {i}", watch.proc.pid, lambda: f"metrics {metric_lines(port)} "
                      f"log {len(watch.output().splitlines())}")
         last = figures(proc.proc.pid)
         print("delta:", {k: round(last[k] - first[k], 1) for k in first}, flush=True)
