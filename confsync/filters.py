@@ -11,7 +11,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 MAX_IDENTIFIER = 128
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
@@ -59,52 +59,31 @@ def _text(value: object, what: str) -> str:
 
 T = TypeVar("T")
 
-# Remembered answers of the validators: one not asked for since the newer generation began
-# is dropped when a newer one begins (at the first new value after MEMO_AGE seconds, or at
-# MEMO_MAX answers).
+# Remembered answers are dropped every MEMO_AGE seconds (at the first new value after it):
 MEMO_AGE = 600.0
 MEMO_MAX = 65536
 _clock = time.monotonic
 
 
-class Memo(Generic[T]):
-    """A pure function's answers for the values renders still ask about, in two generations.
+def _aging_cache(function: Callable[..., T]) -> Callable[..., T]:
+    """`function` behind an LRU cache that is emptied at the first miss after MEMO_AGE
+    seconds, so it holds the values renders ask about now, not every value they ever asked
+    about. Instance addresses and ids that come and go over months (new pods, new hosts)
+    filled a plain cache of MEMO_MAX answers per validator and stayed (about 80 MB once
+    full). A hit costs what it did (the C cache alone); after a clear, one render computes
+    its answers again (5,000 servers: about 17 ms more, once per MEMO_AGE at most)."""
+    since = _clock()
 
-    A hit in the older generation moves the answer to the newer one; at a new value, once the
-    newer one is MEMO_AGE old or holds MEMO_MAX answers, it becomes the older and the older is
-    dropped. So the memory follows the values in use: instance ids and addresses that come and
-    go over months (new pods, new hosts) are forgotten after two MEMO_AGEs with changes, where
-    a fixed-size cache per validator kept the last 65,536 of each for good (about 80 MB once
-    full). Without new values nothing is added, so nothing needs dropping; the clock is read
-    only for a new value, never on the hot path of a re-render.
-    Exceptions are not remembered; unhashable arguments are not looked up.
-    """
-
-    def __init__(self, function: Callable[..., T]) -> None:
-        self._function = function
-        self.newer: dict[tuple[object, ...], T] = {}  # (read directly for speed)
-        self._older: dict[tuple[object, ...], T] = {}
-        self._since = _clock()
-
-    def __call__(self, *args: object) -> T:
-        try:
-            return self.newer[args]
-        except KeyError:
-            pass
-        except Exception:  # unhashable: a list, a dict, or a template's Undefined
-            return self._function(*args)
-        try:
-            answer = self._older.pop(args)
-        except KeyError:
-            answer = self._function(*args)
+    def answer(*args: object) -> T:  # the cache calls it on a miss only
+        nonlocal since
         now = _clock()
-        if now - self._since >= MEMO_AGE or len(self.newer) >= MEMO_MAX:
-            self._older, self.newer, self._since = self.newer, {}, now
-        self.newer[args] = answer
-        return answer
+        if now - since >= MEMO_AGE:
+            since = now
+            cached.cache_clear()
+        return function(*args)
 
-    def __len__(self) -> int:
-        return len(self.newer) + len(self._older)
+    cached = functools.lru_cache(maxsize=MEMO_MAX)(answer)
+    return cached
 
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -120,7 +99,7 @@ def _parse_ip(text: str) -> str | None:
         return None
 
 
-_ip = Memo(_parse_ip)
+_ip = _aging_cache(_parse_ip)
 
 
 def ipaddr(value: object) -> str:
@@ -244,14 +223,16 @@ def array(value: object) -> list[object]:
 def _memo(check: Callable[..., object]) -> Callable[..., object]:
     """Validators are pure: remember good answers (a re-render of 5,000 unchanged servers then
     costs a dict lookup each). Rejections are not cached; unhashable values skip the cache."""
-    cached = Memo(check)
+    cached = _aging_cache(check)
 
     @functools.wraps(check)
     def memoized(*args: object) -> object:
         try:
-            return cached.newer[args]  # the hit, inline: most calls of a re-render
-        except Exception:  # not there (or unhashable): Memo sorts it out
             return cached(*args)
+        except InvalidValue:
+            raise
+        except Exception:  # unhashable: a list, a dict, or a template's Undefined
+            return check(*args)
 
     return memoized
 
