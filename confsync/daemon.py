@@ -31,6 +31,7 @@ from typing import Any
 from confsync import children
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer
+from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
@@ -143,6 +144,8 @@ class Daemon:
         self._part_backoff = Backoff(base=1.0, cap=30.0)
         self._failed_parts: set[str] = set()
         self._last_beat = 0.0
+        self._degraded_warnings = Repeats()
+        self._reload_warnings = Repeats()
         state, errors = build_state(settings)
         if errors:
             for error in errors:
@@ -344,7 +347,9 @@ class Daemon:
             self._part_backoff.reset()
             self.observers.watch_connected(event.revision)
             return
-        if self.connected or not self.ready:
+        if self.connected or (not self.ready and self._degraded_warnings.due(event.reason)):
+            # (Before the first snapshot every retry fails anew: the same reason is repeated
+            # at most every 5 minutes, not at each retry for as long as etcd stays away.)
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
         self.observers.watch_lost(event.reason)
@@ -530,8 +535,10 @@ class Daemon:
             return self._judge_and_switch(state, self.mirror)
         self.pending = PendingReload(state, new_store)
         self._replace_follower(new_store, state.prefixes, "start")
-        log.info("configuration reload: reading a snapshot of %s before switching",
-                 ", ".join(state.prefixes))
+        # (A retry while etcd is away says so in its refusal, below, not in a line of its own.)
+        log.log(logging.DEBUG if self._reload_retry.attempts else logging.INFO,
+                "configuration reload: reading a snapshot of %s before switching",
+                ", ".join(state.prefixes))
         return True
 
     def _on_pending_event(self, event: object) -> None:
@@ -546,8 +553,11 @@ class Daemon:
         elif isinstance(event, StreamState) and not event.connected:
             pending, self.pending = self.pending, None
             delay = self._reload_retry.next()
-            self._refuse(f"cannot read the new prefixes: {event.reason}; the reload is tried "
-                         f"again in {delay:.1f}s")
+            why = f"cannot read the new prefixes: {event.reason}"
+            # The first refusal, then the same one at most every 5 minutes: a retry every
+            # 30 s for as long as etcd stays away would log 240 lines an hour.
+            logged = self._reload_warnings.due(why) or self._reload_retry.attempts == 1
+            self._refuse(f"{why}; the reload is tried again in {delay:.1f}s", logged)
             self._abandon(pending)
             self.reload_config_at = time.monotonic() + delay
 
@@ -566,8 +576,9 @@ class Daemon:
             if pending.store is not self.store:
                 pending.store.close()
 
-    def _refuse(self, reason: str) -> None:
-        log.error("configuration reload refused, the running set stays: %s", reason)
+    def _refuse(self, reason: str, logged: bool = True) -> None:
+        log.log(logging.ERROR if logged else logging.DEBUG,
+                "configuration reload refused, the running set stays: %s", reason)
         self.observers.config_reloaded(False, reason)
 
     def _judge(self, state: ResourceSetState, mirror: Mirror) -> tuple[str | None, list[str]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 MAX_IDENTIFIER = 128
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
@@ -55,18 +57,49 @@ def _text(value: object, what: str) -> str:
     return str(value)
 
 
+T = TypeVar("T")
+
+# Remembered answers are dropped every MEMO_AGE seconds (at the first new value after it):
+MEMO_AGE = 600.0
+MEMO_MAX = 65536
+_clock = time.monotonic
+
+
+def _aging_cache(function: Callable[..., T]) -> Callable[..., T]:
+    """`function` behind an LRU cache that is emptied at the first miss after MEMO_AGE
+    seconds, so it holds the values renders ask about now, not every value they ever asked
+    about. Instance addresses and ids that come and go over months (new pods, new hosts)
+    filled a plain cache of MEMO_MAX answers per validator and stayed (about 80 MB once
+    full). A hit costs what it did (the C cache alone); after a clear, one render computes
+    its answers again (5,000 servers: about 17 ms more, once per MEMO_AGE at most)."""
+    since = _clock()
+
+    def answer(*args: object) -> T:  # the cache calls it on a miss only
+        nonlocal since
+        now = _clock()
+        if now - since >= MEMO_AGE:
+            since = now
+            cached.cache_clear()
+        return function(*args)
+
+    cached = functools.lru_cache(maxsize=MEMO_MAX)(answer)
+    return cached
+
+
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}\Z")
 
 
-@functools.lru_cache(maxsize=65536)
-def _ip(text: str) -> str | None:
+def _parse_ip(text: str) -> str | None:
     if _IPV4.match(text):  # already canonical: the fast path for the common case
         return text
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+_ip = _aging_cache(_parse_ip)
 
 
 def ipaddr(value: object) -> str:
@@ -190,7 +223,7 @@ def array(value: object) -> list[object]:
 def _memo(check: Callable[..., object]) -> Callable[..., object]:
     """Validators are pure: remember good answers (a re-render of 5,000 unchanged servers then
     costs a dict lookup each). Rejections are not cached; unhashable values skip the cache."""
-    cached = functools.lru_cache(maxsize=65536)(check)
+    cached = _aging_cache(check)
 
     @functools.wraps(check)
     def memoized(*args: object) -> object:

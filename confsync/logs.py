@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 MASK = "********"
@@ -58,6 +60,34 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class Repeats:
+    """Which of the warnings a retry loop repeats to log: each message the first time, then
+    the same message again at most once every `every` seconds. A store that stays away for
+    hours must not write a line per retry (hundreds to thousands an hour) to the journal.
+
+    Thread-safe. Messages not logged for `every` are forgotten, so error texts that change
+    from retry to retry do not pile up.
+    """
+
+    def __init__(self, every: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._logged: dict[str, float] = {}  # message -> when it was last logged
+
+    def due(self, message: str) -> bool:
+        """True when `message` should be logged now (and it is counted as logged)."""
+        now = self._clock()
+        with self._lock:
+            for old in [m for m, at in self._logged.items() if now - at >= self.every]:
+                del self._logged[old]
+            if message in self._logged:
+                return False
+            self._logged[message] = now
+            return True
 
 
 def escape_controls(text: str) -> str:

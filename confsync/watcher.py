@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from confsync.backoff import Backoff
 from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.logs import Repeats
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class StoreFollower(threading.Thread):
         self._pending_reset: StoreReset | None = None
         self.reconnects = 0
         self.internal_errors = 0  # unexpected exceptions survived (each logged with traceback)
+        self._config_errors = Repeats()  # (an unreadable password_file fails every retry)
 
     def positions(self) -> dict[str, int]:
         """The last revision delivered per prefix (what a successor resumes from)."""
@@ -192,7 +194,7 @@ class StoreFollower(threading.Thread):
                 self._first_snapshot = self._on_reset(exc)
                 continue
             except (StoreUnavailable, ConfigError) as exc:
-                if isinstance(exc, ConfigError):
+                if isinstance(exc, ConfigError) and self._config_errors.due(str(exc)):
                     log.error("store follower: %s; retrying", exc)
                 self._degraded(str(exc))
                 continue

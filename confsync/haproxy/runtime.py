@@ -162,6 +162,11 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
     Raises RuntimeApplyFailed when a command fails.
     """
     live = live_servers(admin)
+    # A parked server HAProxy no longer has (restarted or reloaded by someone else) is gone:
+    # forgotten, or names would pile up over months of churn, and one reused by someone
+    # else's runtime `add server` would count as ours to remove.
+    parked.intersection_update(f"{name}/{server}" for name, servers in live.items()
+                               for server in servers)
     plan = plan_reconcile(new, live, managed(old, parked))
     if plan is None:
         return None

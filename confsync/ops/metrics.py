@@ -13,10 +13,12 @@ A "seconds since" gauge would be stale between scrapes and wrong once the proces
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -398,10 +400,37 @@ class _ExecCollector(Collector):
 # ---- HTTP
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, every read within one deadline: a per-read timeout alone lets a
+    client that sends a byte now and then hold its thread forever."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    # A client that connects and sends nothing (a port scan, a half-open probe) would hold a
-    # thread and a descriptor for the daemon's life: every connection gets this long per read.
+    # A client that connects and sends nothing (a port scan, a half-open probe), or sends its
+    # request a byte at a time, would hold a thread and a descriptor for the daemon's life:
+    # every connection gets this long for its whole request.
     timeout = 10.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # (the socket's own file: left open, it would keep the fd alive)
+        deadline = time.monotonic() + (self.timeout or 0.0)
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics http: " + format, *args)
@@ -409,6 +438,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for every client that timed out or
+        # reset its connection: a port scan would fill the journal, around the log format.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("metrics http: %s: %s: %s", client_address[0], type(exc).__name__, exc)
+        else:
+            log.error("metrics http: request from %s failed", client_address[0], exc_info=True)
 
 
 class _ThreadingWSGIServer6(_ThreadingWSGIServer):

@@ -39,6 +39,7 @@ from confsync.errors import (
     describe_error,
 )
 from confsync.fileversion import FileVersion, file_version
+from confsync.logs import Repeats
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 from confsync.stores.endpoints import (
@@ -177,6 +178,8 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
+        # A follower retrying its snapshot while etcd is away would warn per endpoint per try.
+        self._read_warnings = Repeats()
 
     # ---- clients
 
@@ -303,7 +306,9 @@ class EtcdStore:
                 failures.append(str(exc) if isinstance(exc, StoreUnavailable)
                                 else describe_error(exc))
                 if len(failures) < endpoints:
-                    log.warning("etcd read failed (%s); trying the next endpoint", failures[-1])
+                    message = f"etcd read failed ({failures[-1]}); trying the next endpoint"
+                    log.log(logging.WARNING if self._read_warnings.due(message)
+                            else logging.DEBUG, "%s", message)
         raise StoreUnavailable(f"etcd {self._describe_endpoints()}: "
                                f"read failed: {'; '.join(dict.fromkeys(failures))}")
 

@@ -162,3 +162,30 @@ def test_a_sighup_while_etcd_is_away_is_applied_once_it_is_back(
     c.put(prefix + "/a/v", "two")  # and both resources follow
     wait_for(lambda: read(a) == "two\n", 20, what="the running set still follows")
     assert w.proc.poll() is None
+
+
+def test_reload_retried_while_etcd_is_away_does_not_flood_the_log(
+        etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    """A reload with new prefixes is retried (1-30 s apart) while etcd is away: two lines per
+    retry, for hours, was 240 lines an hour. The first refusal is logged, and the same one again
+    at most every 5 minutes; the retries go on and the reload applies once etcd is back."""
+    c = client(etcd_private.endpoint)
+    c.put(prefix + "/a/v", "one")
+    c.put(prefix + "/b/v", "bee")
+    cd = tmp_path / "cd"
+    a, b = tmp_path / "a.out", tmp_path / "b.out"
+    write_resource(cd, "a", "{{ getv('/a/v') }}\n", f'dest = "{a}"\nkeys = ["/a"]')
+    w = start(watchers, tmp_path, etcd_private, prefix)
+    wait_for(lambda: read(a) == "one\n", 20, what="first render")
+    etcd_private.kill()
+    write_resource(cd, "b", "{{ getv('/b/v') }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    w.signal(signal.SIGHUP)
+    w.wait_log("the reload is tried again", timeout=10)
+    time.sleep(7)  # retries after about 1, 2 and 4 s
+    log = w.output()
+    assert log.count("configuration reload refused") == 1, log
+    assert log.count("configuration reload: reading a snapshot") == 1, log
+    etcd_private.start()
+    wait_for(lambda: read(b) == "bee\n", 20,
+             what=f"the reload applied once etcd was back\n{w.output()[-3000:]}")

@@ -176,3 +176,47 @@ def test_a_silent_connection_is_closed_not_kept_forever(
         assert status == 200
     finally:
         server.close()
+
+
+def test_a_trickling_request_is_cut_off_and_leaves_no_traceback(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The timeout is for the whole request, not for each read: a client that sends a byte
+    now and then (a slowloris, a broken proxy) must not hold a thread for the daemon's life,
+    and a client cut off must not print a traceback on stderr (around the log format)."""
+    import socket
+    import threading
+
+    from confsync.ops import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 1.0)
+    server = MetricsServer(Metrics(), "127.0.0.1:0").start()
+    before = threading.active_count()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 4 and not closed:
+                try:
+                    slow.sendall(b"G")  # a byte every 0.3 s: each read well within 1 s
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.3)
+                slow.setblocking(False)
+                try:
+                    closed = slow.recv(1) == b""
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed = True
+                slow.setblocking(True)
+            assert closed, "a request still arriving after its deadline is cut off"
+            assert time.monotonic() - started < 3
+        deadline = time.monotonic() + 3
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= before, "its thread is gone"
+        assert get(f"http://127.0.0.1:{server.port}/health")[0] == 200
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -276,3 +276,25 @@ def test_etcd_down_at_start_is_degraded_not_fatal(
     assert read(dest) == "last good\n"
     etcd_private.start()
     wait_for(lambda: read(dest) == "/k/a=1\n", timeout=20, what="render once etcd is up")
+
+
+def test_etcd_down_at_start_does_not_flood_the_log(
+        etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    """Every retry of the first snapshot fails while etcd is away: one warning per endpoint
+    per retry (a retry every 5-10 s) was thousands of lines an hour. The same warning is now
+    repeated at most every 5 minutes; the retries go on and it renders once etcd is back."""
+    from tests.support.etcd_server import free_port
+
+    client(etcd_private.endpoint).put(prefix + "/k/a", "1")
+    etcd_private.stop()
+    dest = list_resource(tmp_path)
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    w = start_watch(watchers, tmp_path, ",".join([*dead, etcd_private.endpoint]), prefix,
+                    "--log-level", "info")
+    w.wait_log("degraded", timeout=15)
+    time.sleep(5)  # retries after 0.1, 0.2, 0.4, 0.8, 1.6 and 3.2 s (jittered)
+    warnings = [line for line in w.output().splitlines() if " WARNING " in line]
+    assert len(warnings) <= 3, "\n".join(warnings)  # one try: two failovers and the verdict
+    etcd_private.start()
+    wait_for(lambda: read(dest) == "/k/a=1\n", timeout=20, what="render once etcd is up")

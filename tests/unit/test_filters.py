@@ -51,3 +51,34 @@ def test_array_takes_lists_and_refuses_everything_else() -> None:
     for value in ("a.example.com", None, 3, {"a": 1}):
         with pytest.raises(InvalidValue, match="expected a list"):
             array(value)
+
+
+def test_remembered_answers_follow_the_values_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validators remember good answers, for re-renders. Instance addresses and ids that come
+    and go over months must be forgotten once no render asks about them: a fixed-size cache
+    per validator kept the last 65,536 of each for good (about 80 MB once full)."""
+    import gc
+    import time
+    import tracemalloc
+
+    from confsync import filters
+
+    now = [time.monotonic()]
+    monkeypatch.setattr(filters, "_clock", lambda: now[0], raising=False)
+    hostport = filters.VALIDATING_FILTERS["hostport"]
+    current = [f"10.9.0.{i}:8080" for i in range(5)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20000):  # months of pods: each address seen for a while, then gone
+            hostport(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:{8000 + i % 1000}")
+        for step in range(3):  # later renders ask about the pool as it is now, as it changes
+            now[0] += 601.0
+            current.append(f"10.9.1.{step}:8080")
+            for value in current:
+                assert hostport(value) == value
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 100_000, f"{retained} bytes still held for 20,000 departed values"

@@ -170,3 +170,24 @@ def test_only_server_lines_and_parked_servers_are_managed() -> None:
                     "server-template slot 1-3 10.0.0.9:80 disabled"))
     assert managed(old) == {"be_web/a"}
     assert managed(old, {"be_web/gone"}) == {"be_web/a", "be_web/gone"}
+
+
+def test_parked_servers_haproxy_no_longer_has_are_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server parked in maintenance (it had connections) and then dropped by a restart or
+    reload that was not confsync's stays out of `parked`, which would otherwise grow with
+    every such churn for the daemon's life."""
+    from pathlib import Path
+
+    from confsync.haproxy import runtime
+    from confsync.haproxy.runtime import AdminSocket, LiveServer, reconcile
+
+    live = {"be_web": {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False),
+                       "b": LiveServer("10.0.0.2", 80, 10, maint=True, drain=False)}}
+    monkeypatch.setattr(runtime, "live_servers", lambda admin: live)
+    sent: list[str] = []
+    monkeypatch.setattr(AdminSocket, "command", lambda self, command: sent.append(command))
+    config = parse(cfg("server a 10.0.0.1:80 weight 10 check"))
+    parked = {"be_web/b", "be_web/gone1", "be_web/gone2", "be_other/x"}
+    sent_now = reconcile(AdminSocket(Path("/nonexistent")), config, config, parked)
+    assert sent_now == ["del server be_web/b"] and parked == set()

@@ -32,3 +32,21 @@ def test_show_key_escapes_control_characters_and_keeps_ordinary_keys() -> None:
     assert show_key("/services/web/instances/a-1") == "/services/web/instances/a-1"
     assert show_key("/k/a\nb\x1b[31m") == "/k/a\\nb\\x1b[31m"
     assert show_key("/k/\udcff") == "'/k/\\xff'"  # not UTF-8: its bytes
+
+
+def test_repeats_lets_a_message_through_once_per_period() -> None:
+    from confsync.logs import Repeats
+
+    now = [0.0]
+    repeats = Repeats(every=300.0, clock=lambda: now[0])
+    assert repeats.due("etcd down")
+    assert repeats.due("other reason")
+    now[0] = 299.0
+    assert not repeats.due("etcd down") and not repeats.due("other reason")
+    now[0] = 300.0
+    assert repeats.due("etcd down")
+    assert not repeats.due("etcd down")
+    for i in range(1000):  # texts that change every retry are forgotten, not kept
+        now[0] += 1.0
+        repeats.due(f"error {i}")
+    assert len(repeats._logged) <= 301
