@@ -65,7 +65,7 @@ MEMO_MAX = 65536
 _clock = time.monotonic
 
 
-def _aging_cache(function: Callable[..., T]) -> Callable[..., T]:
+def _aging_cache(function: Callable[..., T], typed: bool = False) -> Callable[..., T]:
     """`function` behind an LRU cache that is emptied at the first miss after MEMO_AGE
     seconds, so it holds the values renders ask about now, not every value they ever asked
     about. Instance addresses and ids that come and go over months (new pods, new hosts)
@@ -82,7 +82,7 @@ def _aging_cache(function: Callable[..., T]) -> Callable[..., T]:
             cached.cache_clear()
         return function(*args)
 
-    cached = functools.lru_cache(maxsize=MEMO_MAX)(answer)
+    cached = functools.lru_cache(maxsize=MEMO_MAX, typed=typed)(answer)
     return cached
 
 
@@ -222,8 +222,12 @@ def array(value: object) -> list[object]:
 
 def _memo(check: Callable[..., object]) -> Callable[..., object]:
     """Validators are pure: remember good answers (a re-render of 5,000 unchanged servers then
-    costs a dict lookup each). Rejections are not cached; unhashable values skip the cache."""
-    cached = _aging_cache(check)
+    costs a dict lookup each). Rejections are not cached; unhashable values skip the cache.
+
+    A validator of several arguments keys its answers by type too: its key is a tuple, where
+    `(a, True) == (a, 1)` and `(1.0,) == (1,)`, so `addrport(a, true)` would have taken the
+    answer for port 1 (a single argument of type int or str is its own key: no clash)."""
+    cached = _aging_cache(check, typed=check.__code__.co_argcount > 1)
 
     @functools.wraps(check)
     def memoized(*args: object) -> object:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from confsync import filters
-from confsync.filters import InvalidValue
+from confsync.filters import VALIDATING_FILTERS, InvalidValue
 
 
 @pytest.mark.parametrize("fn,value,expected", [
@@ -82,3 +82,18 @@ def test_remembered_answers_follow_the_values_in_use(monkeypatch: pytest.MonkeyP
     finally:
         tracemalloc.stop()
     assert retained < 100_000, f"{retained} bytes still held for 20,000 departed values"
+
+
+def test_an_answer_for_1_is_never_taken_for_true() -> None:
+    """JSON `true` where a port or a number belongs is refused, even right after the same
+    address with port 1 (or the number 1) was accepted and remembered."""
+    addrport = VALIDATING_FILTERS["addrport"]
+    integer = VALIDATING_FILTERS["integer"]
+    port = VALIDATING_FILTERS["port"]
+    assert addrport("10.0.0.1", 1) == "10.0.0.1:1"
+    assert integer(1, 0, 10) == 1
+    assert port(1) == 1
+    for call in (lambda: addrport("10.0.0.1", True), lambda: integer(True, 0, 10),
+                 lambda: port(True)):
+        with pytest.raises(InvalidValue):
+            call()
