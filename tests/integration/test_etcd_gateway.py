@@ -461,13 +461,10 @@ def test_once_and_check_end_to_end_without_grpc(etcd: EtcdMember, tmp_path: Path
     assert check.returncode == EXIT_WOULD_CHANGE, check.stderr
     assert "+server 10.0.0.2:80" in check.stdout
 
-    probe = (
-        "import runpy, sys, json\n"
-        "sys.argv = ['confsync', *sys.argv[1:]]\n"
-        "try:\n"
-        "    runpy.run_module('confsync', run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    code = exc.code\n"
+    probe = (  # main(), not the entry point: that one leaves a one-shot run with os._exit
+        "import sys, json\n"
+        "from confsync.cli import main\n"
+        "code = main(sys.argv[1:])\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(json.dumps({'code': code, 'heavy': heavy}))\n")
     done = subprocess.run([sys.executable, "-c", probe, "once", *args], capture_output=True,
