@@ -1,9 +1,9 @@
 """The reload interface: what the sync step asks of whatever it reloads, and what it gets back.
 
-Two implementations: the plain command/signal reloader (confsync/reload.py) and plugins that
-own a table of the resource file (`[haproxy]`: confsync/haproxy/). The core (resources, sync)
-only knows this module; a plugin is found by its table name and imported when a resource uses
-it, so nothing in the pipeline imports a plugin.
+Two implementations: the plain command/signal reloader (confsync/command_reload.py) and
+plugins that own a table of the resource file (`[haproxy]`: confsync/haproxy/). The core
+(resources, sync) only knows this module; a plugin is found by its table name and imported
+when a resource uses it, so nothing in the pipeline imports a plugin.
 """
 
 from __future__ import annotations

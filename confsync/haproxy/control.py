@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from confsync.command_reload import CommandReloader
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
 from confsync.haproxy.runtime import (
@@ -32,7 +33,6 @@ from confsync.haproxy.runtime import (
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
 from confsync.processes import find_process
-from confsync.reload import CommandReloader
 from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
