@@ -13,13 +13,33 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from confsync.commands import run_command, substitute
-from confsync.processes import find_process
-from confsync.targets import NO_RELOAD, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+from confsync.processes import find_process, started_at
+from confsync.targets import (
+    NO_RELOAD,
+    UNKNOWN_PROBE,
+    Liveness,
+    Probe,
+    ReloadFailed,
+    ReloadKind,
+    ReloadResult,
+    ReloadTarget,
+)
 
 if TYPE_CHECKING:
     from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
+
+
+def process_probe(pid: int | None, what: str, since: float | None) -> Probe:
+    """A probe's answer from the process that would be reloaded (None: none runs)."""
+    if pid is None:
+        return Probe(Liveness.DOWN, f"no process for {what}")
+    started = started_at(pid)
+    if since is not None and started is not None and started > since:
+        return Probe(Liveness.STARTED_SINCE, f"pid {pid} ({what}) started after the file was "
+                     "in place")
+    return Probe(Liveness.RUNNING, f"pid {pid} ({what}) runs")
 
 
 class CommandReloader(ReloadTarget):
@@ -35,6 +55,14 @@ class CommandReloader(ReloadTarget):
         if r.reload_signal is not None:
             return ("signal", r.reload_signal, r.pidfile, r.process)
         return ("none", r.name)
+
+    def probe(self, since: float | None, quick: bool = False) -> Probe:
+        """A signal target is looked up as for a reload; a reload command cannot be asked."""
+        resource = self.resource
+        if resource.reload_cmd or resource.reload_signal is None:
+            return UNKNOWN_PROBE
+        target = str(resource.pidfile or resource.process)
+        return process_probe(find_process(resource.pidfile, resource.process), target, since)
 
     def reload(self, previous: bytes | None = None,
                content: bytes | None = None) -> ReloadResult:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from confsync.command_reload import CommandReloader
+from confsync.command_reload import CommandReloader, process_probe
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
 from confsync.haproxy.runtime import (
@@ -32,8 +32,8 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.processes import find_process
-from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+from confsync.processes import find_process, started_at
+from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
     from confsync.resources import Resource
@@ -94,6 +94,16 @@ def _family(master_pid: int | None) -> set[int]:
         return {master_pid, *(p.pid for p in master.children(recursive=True))}
     except psutil.Error:
         return set()
+
+
+def _master_started(pid: int) -> float | None:
+    """When the HAProxy master `pid` started (`boot_clock()` seconds); None when that pid is not
+    an HAProxy process here (another PID namespace: `show proc` gives the pid HAProxy sees)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return started_at(pid) if name.startswith("haproxy") else None
 
 
 def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
@@ -172,11 +182,50 @@ class HAProxyController(ReloadTarget):
         # Servers this target removed from the file but HAProxy could not delete yet (open
         # connections): parked in maintenance, deleted by a later pass. "backend/server".
         self.parked: set[str] = set()
+        # The master last seen answering: (pid, start time). A master that lives on while its
+        # CLI does not answer is reloading, not gone; a new one has no parked servers.
+        self._master: tuple[int, float] | None = None
 
     def key(self) -> Hashable:
         if self.settings.master_socket is not None:
             return ("haproxy-master", self.settings.master_socket)
         return self.fallback.key()
+
+    def _seen(self, pid: int) -> float | None:
+        started = _master_started(pid)
+        if self._master is not None and (pid, started) != self._master:
+            self.parked.clear()  # another master: it started from the file, without them
+        self._master = (pid, started) if started is not None else None
+        return started
+
+    def probe(self, since: float | None, quick: bool = False) -> Probe:
+        """`show proc` on the master CLI (no reload, nothing sent to the workers). A master
+        that started after `since` read the file in place then."""
+        master = self.settings.master_socket
+        if master is None:
+            return self.fallback.probe(since, quick)
+        try:
+            status = show_proc(master, retry_for=0.0 if quick else 0.5)
+        except SocketUnavailable:
+            seen = self._master
+            if seen is not None and _master_started(seen[0]) == seen[1]:
+                return Probe(Liveness.RUNNING, f"HAProxy master pid {seen[0]} runs; its CLI "
+                             f"on {master} does not answer (reloading?)")
+            self._master = None
+            if self.resource.reload_signal is not None and (
+                    self.resource.pidfile or self.resource.process):
+                found = process_probe(find_process(self.resource.pidfile,
+                                                   self.resource.process), "HAProxy", since)
+                if found.liveness is not Liveness.DOWN:
+                    return found
+            return Probe(Liveness.DOWN, f"no HAProxy master on {master}")
+        except ReloadNotConfirmed as exc:  # something answers, not as a master would
+            return Probe(Liveness.RUNNING, str(exc))
+        started = self._seen(status.pid)
+        if since is not None and started is not None and started > since:
+            return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
+                         "after the file was in place")
+        return Probe(Liveness.RUNNING, f"HAProxy master pid {status.pid} answers on {master}")
 
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
         if self.settings.check_server_changes or self.settings.strategy is not Strategy.RUNTIME:
@@ -236,9 +285,15 @@ class HAProxyController(ReloadTarget):
             try:
                 master_pid = show_proc(master, retry_for=0.5).pid
             except SocketUnavailable:
-                master_pid = None
+                seen = self._master
+                if seen is not None and _master_started(seen[0]) == seen[1]:
+                    master_pid = seen[0]  # alive, its CLI busy (a reload): confirm ours anyway
+                else:
+                    master_pid, self._master = None, None
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
+            else:
+                self._seen(master_pid)
         check_binds_free(old, new, master_pid)
         self._save_state(admin, old, new)
         if master is None:

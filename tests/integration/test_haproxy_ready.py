@@ -1,0 +1,183 @@
+"""/ready tells whether HAProxy serves the file, also when confsync has nothing to apply.
+
+`confsync watch` started on a dest that is already up to date has nothing to reload, and a
+HAProxy stopped by someone else between two changes gets no reload either: in both cases the
+target is asked (`show proc` on the master CLI, nothing reloaded) whether it runs. And an outage
+of HAProxy costs no reload: a master that started after the file was in place read it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.http_backends import HTTPBackend
+
+pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except urllib.error.URLError:
+        return 0, {"reasons": ["metrics server not listening yet"]}
+
+
+def _not_running(port: int) -> bool:
+    status, body = _ready(port)
+    return status == 503 and any(r.startswith("not running: haproxy") for r in body["reasons"])
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        return str(answer.read().decode())
+
+
+UP = 'confsync_reload_target_up{resource="haproxy"}'
+
+
+def _reloads(port: int) -> float:
+    """Reloads confsync made (confirmed, ok)."""
+    for line in _metrics(port).splitlines():
+        if line.startswith("confsync_reloads_total{") and 'resource="haproxy"' in line \
+                and 'outcome="ok"' in line:
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def _watch(stack: HAProxyStack, tmp_path: Path) -> tuple[WatchProcess, int]:
+    metrics = free_port()
+    process = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "watch.log")
+    return process, metrics
+
+
+@pytest.fixture(params=["reload", "runtime"])
+def stack(request: pytest.FixtureRequest, haproxy_binary: str,
+          etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy=request.param)
+    yield s
+    s.stop()
+
+
+def test_a_start_on_a_current_file_asks_whether_haproxy_runs(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()  # the file is current before `watch` starts; HAProxy is not running
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        assert "wrote" not in watch.output()  # nothing to apply, so nothing to reload
+        wait_for(lambda: _not_running(metrics), timeout=5)
+        assert f"{UP} 0.0" in _metrics(metrics).splitlines()
+
+        stack.start()  # by someone else, from the file on disk
+        started = time.monotonic()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0  # it read the file
+        assert spread(stack.port, 4) == {"a": 4}
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
+
+
+def test_a_start_with_haproxy_running_is_ready_without_a_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0
+    finally:
+        watch.stop()
+
+
+def test_haproxy_stopped_between_changes_is_reported_and_costs_no_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Stopped with nothing to apply: /ready 503 within seconds; started again: 200, and no
+    reload (the new master read the current file)."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        stack.start()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        reloads = _reloads(metrics)
+        stack.halt()
+        stopped = time.monotonic()
+        wait_for(lambda: _not_running(metrics), timeout=5, interval=0.01)
+        print(f"HAProxy stopped -> /ready 503: {time.monotonic() - stopped:.3f} s")
+        assert f"{UP} 0.0" in _metrics(metrics).splitlines()
+        stack.start()
+        started = time.monotonic()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == reloads
+        assert spread(stack.port, 4) == {"a": 4}
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_outages_with_changes_cost_no_extra_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Reload strategy, 3 outages, the pool changed during each: HAProxy serves each new pool
+    once it is back, and confsync reloads nothing for it (it had: one per outage)."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        stack.start()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        unserved = f"resource haproxy: wrote {stack.cfg} (no HAProxy master"
+        names = ["b", "c", "a"]
+        for i, name in enumerate(names):
+            stack.halt()
+            writes = watch.output().count(unserved)
+            txn = stack.client.transactions
+            stack.client.transaction(compare=[], failure=[], success=[
+                txn.delete(f"{stack.prefix}/services/web/instances/{names[i - 1]}"),
+                txn.put(f"{stack.prefix}/services/web/instances/{name}", json.dumps(
+                    {"address": "127.0.0.1", "port": backends[name].port}))])
+            watch.wait_log(unserved, count=writes + 1)
+            assert _not_running(metrics)
+            stack.start()
+            started = time.monotonic()
+            wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+            print(f"outage {i + 1}: HAProxy start -> /ready 200: "
+                  f"{time.monotonic() - started:.3f} s")
+            assert spread(stack.port, 4) == {name: 4}  # the file changed during the outage
+            assert stack.status().reloads == 0, f"outage {i + 1}: reloaded after the start"
+        assert _reloads(metrics) == 0
+        assert "reloaded HAProxy" not in watch.output()
+        # A change with HAProxy up still reloads (confirmed), once.
+        stack.put_instance("web", "b", backends["b"].port)
+        wait_for(lambda: spread(stack.port, 4) == {"a": 2, "b": 2}, timeout=10)
+        assert stack.status().reloads == 1 and _reloads(metrics) == 1
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
