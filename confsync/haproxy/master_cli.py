@@ -53,17 +53,23 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
     Returns the master's status after the reload and the seconds it took. Raises
     SocketUnavailable when no master answers, ReloadNotConfirmed when the reload failed or
     did not finish within `timeout`. One reload per master at a time within this process.
+
+    A reload by someone else (`systemctl reload`: SIGUSR2 to the master) may be under way: the
+    master CLI then refuses connections while the new process loads the configuration, for as
+    long as that takes, so reading the counters and sending `reload` wait for it up to
+    `timeout` (not a fixed half second, which failed our reload on a slow-loading file).
     """
     with _lock(path):
-        before = show_proc(path)
+        deadline = time.monotonic() + timeout
+        before = show_proc(path, retry_for=max(2.0, timeout))
         start = time.monotonic()
         if trigger is None:
             # The master re-executes and may drop the connection: expected.
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                query(path, "reload", retry_for=0.5, idempotent=False)
+                query(path, "reload", retry_for=max(0.5, deadline - time.monotonic()),
+                      idempotent=False)
         else:
             trigger()
-        deadline = start + timeout
         while True:
             try:
                 status = show_proc(path, retry_for=max(0.1, deadline - time.monotonic()))
