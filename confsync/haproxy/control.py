@@ -33,7 +33,7 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.processes import find_process, started_at
+from confsync.processes import boot_clock, find_process, started_at
 from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
@@ -276,6 +276,7 @@ class HAProxyController(ReloadTarget):
         """Make the file at `dest` (== `content`) live. `previous`: what HAProxy ran (None:
         unknown)."""
         resource = self.resource
+        entered = boot_clock()  # the file is in place: a master started after this read it
         if content is None:
             try:
                 content = resource.dest.read_bytes()
@@ -308,7 +309,7 @@ class HAProxyController(ReloadTarget):
         elif runtime:
             why = "no previous file or admin socket"
         try:
-            result = self._reload(old, new, admin, why)
+            result = self._reload(old, new, admin, why, entered)
         except ReloadFailed as exc:
             if exc.untouched and why.startswith("runtime API failed"):
                 raise ReloadFailed(str(exc)) from None  # some runtime commands went through
@@ -317,7 +318,7 @@ class HAProxyController(ReloadTarget):
         return result
 
     def _reload(self, old: HAProxyConfig | None, new: HAProxyConfig,
-                admin: AdminSocket | None, why: str) -> ReloadResult:
+                admin: AdminSocket | None, why: str, entered: float) -> ReloadResult:
         resource = self.resource
         master = self.settings.master_socket
         master_pid = None
@@ -332,6 +333,11 @@ class HAProxyController(ReloadTarget):
                 raise ReloadFailed(str(exc)) from None
             else:
                 self._seen(master_pid)
+            started = _master_started(master_pid) if master_pid is not None else None
+            if started is not None and started > entered:
+                # Started (by someone else) while this step ran: it read this very file.
+                return ReloadResult(ReloadKind.IN_STEP, f"HAProxy master pid {master_pid} "
+                                    "started after the file was in place; nothing to reload")
         check_binds_free(old, new, master_pid)
         self._save_state(admin, old, new)
         if master is None:

@@ -181,3 +181,45 @@ def test_outages_with_changes_cost_no_extra_reload(
         assert "Traceback" not in watch.output()
     finally:
         watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy started (by someone else) after the file was installed, while confsync's reload
+    step looks for its master: it read the new file, so the step reloads nothing."""
+
+    from confsync.haproxy import control
+    from confsync.haproxy.settings import HAProxySettings
+    from confsync.resources import Resource
+    from confsync.targets import PluginConfig, ReloadKind
+
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()  # installed while nothing runs
+    settings = HAProxySettings(master_socket=stack.master)
+    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=stack.cfg,
+                        dest=stack.cfg, keys=("/x",), prefix="", reload_timeout=10.0,
+                        plugin=PluginConfig("haproxy", settings))
+    controller = control.HAProxyController(resource, settings)
+    real = control.show_proc
+    started: list[bool] = []
+
+    def start_then_show_proc(path: Path, retry_for: float = 2.0) -> Any:
+        if not started:
+            started.append(True)
+            time.sleep(0.03)  # a clock tick (10 ms) later: within one, it cannot be told apart
+            stack.start()
+        return real(path, retry_for=retry_for)
+
+    monkeypatch.setattr(control, "show_proc", start_then_show_proc)
+    content = stack.cfg.read_bytes()
+    result = controller.reload(None, content)
+    assert started and result.kind is ReloadKind.IN_STEP, result
+    assert stack.status().reloads == 0
+    assert spread(stack.port, 4) == {"a": 4}
+    # A master that started before the step (may run an older file) is reloaded as before.
+    monkeypatch.undo()
+    result = controller.reload(None, content)
+    assert result.kind is ReloadKind.CONFIRMED and stack.status().reloads == 1, result
