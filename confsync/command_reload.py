@@ -47,6 +47,9 @@ class CommandReloader(ReloadTarget):
 
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
+        # The process a probe found last, (pid, start time): looked at again before the
+        # process table is (a `process` name is found by a scan of every process).
+        self._last: tuple[int, float] | None = None
 
     def key(self) -> Hashable:
         r = self.resource
@@ -57,12 +60,25 @@ class CommandReloader(ReloadTarget):
         return ("none", r.name)
 
     def probe(self, since: float | None, quick: bool = False) -> Probe:
-        """A signal target is looked up as for a reload; a reload command cannot be asked."""
+        """A signal target is looked up as for a reload; a reload command cannot be asked.
+
+        The process found last is checked first (one /proc read); a `process` name is not
+        searched for in a `quick` probe (a scan of every process, each second while it is
+        down, is not cheap): the apply's own probe, on the retry backoff, finds it."""
         resource = self.resource
         if resource.reload_cmd or resource.reload_signal is None:
             return UNKNOWN_PROBE
         target = str(resource.pidfile or resource.process)
-        return process_probe(find_process(resource.pidfile, resource.process), target, since)
+        last = self._last
+        if last is not None and resource.pidfile is None and started_at(last[0]) == last[1]:
+            pid: int | None = last[0]
+        elif quick and resource.pidfile is None:
+            return UNKNOWN_PROBE
+        else:
+            pid = find_process(resource.pidfile, resource.process)
+        started = started_at(pid) if pid is not None else None
+        self._last = (pid, started) if pid is not None and started is not None else None
+        return process_probe(pid, target, since)
 
     def reload(self, previous: bytes | None = None,
                content: bytes | None = None) -> ReloadResult:

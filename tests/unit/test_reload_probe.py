@@ -5,6 +5,7 @@ HAProxy plugin stay apart (neither imports the other)."""
 from __future__ import annotations
 
 import ast
+import time
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -164,3 +165,33 @@ def test_the_reload_step_and_the_haproxy_plugin_do_not_import_each_other() -> No
     assert not any(name.startswith("confsync.haproxy") for name in reload_imports)
     assert "confsync.reload" not in control_imports
     assert "confsync.sync" not in control_imports and "confsync.daemon" not in control_imports
+
+
+def test_a_signal_target_is_probed_through_its_pidfile_and_a_command_is_not(
+        tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from confsync.command_reload import CommandReloader
+
+    pidfile = tmp_path / "app.pid"
+    res = Resource(name="app", source=tmp_path / "app.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "app.cfg", keys=("/app",), prefix="",
+                   reload_signal=signal.SIGHUP, pidfile=pidfile)
+    reloader = CommandReloader(res)
+    assert reloader.probe(None).liveness is Liveness.DOWN
+    since = boot_clock()
+    time.sleep(0.02)  # a clock tick and more
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        pidfile.write_text(f"{child.pid}\n")
+        assert reloader.probe(since).liveness is Liveness.STARTED_SINCE
+        assert reloader.probe(boot_clock()).liveness is Liveness.RUNNING
+    finally:
+        child.kill()
+        child.wait()
+    assert reloader.probe(since).liveness is Liveness.DOWN
+    command = Resource(name="cmd", source=tmp_path / "cmd.toml", src=tmp_path / "t.tmpl",
+                       dest=tmp_path / "cmd.cfg", keys=("/app",), prefix="",
+                       reload_cmd=("true",))
+    assert CommandReloader(command).probe(since).liveness is Liveness.UNKNOWN
