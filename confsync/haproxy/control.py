@@ -349,7 +349,9 @@ class HAProxyController(ReloadTarget):
         trigger, how = self._trigger()
         try:
             status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
-        except (ReloadNotConfirmed, SocketUnavailable) as exc:
+        except SocketUnavailable as exc:  # no answer before anything was sent
+            raise ReloadFailed(str(exc), untouched=True) from None
+        except ReloadNotConfirmed as exc:
             raise ReloadFailed(str(exc)) from None
         return ReloadResult(ReloadKind.CONFIRMED,
                             f"reloaded HAProxy ({why}) by {how}, confirmed in "

@@ -51,8 +51,9 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
     """Reload (by `trigger`, default `reload` on the master CLI) and wait until it is confirmed.
 
     Returns the master's status after the reload and the seconds it took. Raises
-    SocketUnavailable when no master answers, ReloadNotConfirmed when the reload failed or
-    did not finish within `timeout`. One reload per master at a time within this process.
+    SocketUnavailable when no master answers (nothing was sent), ReloadNotConfirmed when the
+    reload failed or did not finish within `timeout`. One reload per master at a time within
+    this process.
 
     A reload by someone else (`systemctl reload`: SIGUSR2 to the master) may be under way: the
     master CLI then refuses connections while the new process loads the configuration, for as
