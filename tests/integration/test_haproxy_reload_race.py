@@ -9,10 +9,14 @@ serves the file confsync installed, and no reload of confsync's is left in fligh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,11 +28,12 @@ from confsync.haproxy.master_cli import MasterStatus, show_proc
 from confsync.haproxy.settings import HAProxySettings
 from confsync.resources import Resource
 from confsync.targets import PluginConfig, ReloadKind
-from tests.support.etcd_server import free_port
-from tests.support.haproxy import http_get, wait_for
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, http_get, wait_for
 from tests.support.http_backends import HTTPBackend
 
-pytestmark = [pytest.mark.haproxy]
+pytestmark = [pytest.mark.haproxy, pytest.mark.etcd]
 
 PATTERNS = 200_000
 
@@ -176,3 +181,94 @@ def test_an_outside_reload_racing_ours_neither_fails_nor_confirms_it(
         print(f"{trigger} generation {generation}: {result} (call took {took:.2f} s)")
     end = show_proc(slow.master)
     assert end.failed == start.failed and end.pid == start.pid
+
+
+def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """The product path (real etcd, `confsync watch`, reload strategy): someone reloads the
+    slow-loading HAProxy (100,000 expressions) every 0.4 s, so its CLI refuses more often than
+    not, while each etcd change needs a reload. Every reload of confsync's is confirmed, none
+    fails or is rolled back, and the last generation is served with /ready 200. (A guard of
+    the daemon's path: the code before the fix got through it too on most runs; the cases
+    above are the ones that fail it.)"""
+    patterns = tmp_path / "hosts.lst"
+    patterns.write_text("".join(f"^host{i}[a-z]+\\.example\\.(com|org)$\n"
+                                for i in range(PATTERNS // 2)))
+    template = tmp_path / "slow.cfg.tmpl"
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", template=template)
+    template.write_text(
+        "global\n"
+        f"    stats socket {stack.admin} level admin\n"
+        "    hard-stop-after 2s\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n"
+        "    timeout connect 1s\n"
+        "frontend main\n"
+        f"    bind 127.0.0.1:{stack.port}\n"
+        f"    http-request deny if {{ hdr(host) -m reg -f {patterns} }}\n"
+        '    http-response set-header X-Generation {{ getv("/haproxy/generation") | integer(0, 1000) }}\n'
+        "    default_backend web\n"
+        "backend web\n"
+        f"    server a 127.0.0.1:{backends['a'].port}\n")
+    metrics = free_port()
+    stack.put("/haproxy/generation", "0")
+    watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                         "--metrics-address", f"127.0.0.1:{metrics}",
+                         log=tmp_path / "watch.log")
+    storm = threading.Event()
+    outside: list[int] = []
+
+    def reload_storm() -> None:
+        while not storm.wait(0.4):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(stack.pidfile.read_text().split()[0]), signal.SIGUSR2)
+                outside.append(1)
+
+    thread = threading.Thread(target=reload_storm, daemon=True)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        wait_for(lambda: stack.cfg.exists(), timeout=10)
+        stack.start()
+        wait_for(lambda: _ready(metrics) == 200, timeout=10)
+        calm = len(watch.output())  # before HAProxy started, "no HAProxy master" was right
+        thread.start()
+        for generation in range(1, 5):
+            stack.put("/haproxy/generation", str(generation))
+            watch.wait_log("confirmed in", count=generation, timeout=15)
+            time.sleep(0.3)
+        storm.set()
+        thread.join()
+        wait_for(lambda: _generation(stack.port) == "4", timeout=10)
+        wait_for(lambda: _ready(metrics) == 200, timeout=10)
+        log = watch.output()[calm:]
+        print(f"{len(outside)} outside reloads; confsync: {log.count('confirmed in')} confirmed")
+        for bad in ("previous file restored", "no HAProxy master", "reload failed",
+                    "Traceback"):
+            assert bad not in log, log
+    finally:
+        storm.set()
+        watch.stop()
+        stack.stop()
+
+
+def _ready(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except urllib.error.URLError:
+        return 0
+
+
+def _generation(port: int) -> str | None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().getheader("X-Generation")
+    except OSError:
+        return None
+    finally:
+        connection.close()
