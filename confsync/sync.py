@@ -278,10 +278,12 @@ class Syncer:
         return not target.may_skip_check(current.content, content, checked)
 
     def _reload(self, target: ReloadTarget, group: list[Outcome],
-                beat: Callable[[], None]) -> None:
+                beat: Callable[[], None], runs_previous: bool = True) -> None:
         first = group[0].resource
-        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks).
-        previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
+        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks);
+        # not when what the target runs is unknown (`runs_previous` false: a full reload).
+        previous = group[0].previous.content if (
+            runs_previous and len(group) == 1 and group[0].previous) else None
         content = group[0].content if len(group) == 1 else None
         started = time.monotonic()
         names = {o.resource.name for o in group}
@@ -344,7 +346,9 @@ class Syncer:
         Nothing runs: NO_TARGET, asked again later. It runs and started after the file was in
         place: it read this file, nothing to reload (an outage of the target costs no reload).
         It runs, at the first look: in step, as far as anyone can tell. It runs but may have
-        started before the file was in place after finding nothing (or cannot say): reload.
+        started before the file was in place after finding nothing (or cannot say), or it
+        loaded its configuration before the file was written (STALE: a confsync killed between
+        installing and reloading, at the first look): reload.
         """
         names = {o.resource.name for o in group}
         recovering = bool(names & self.not_running)
@@ -358,10 +362,13 @@ class Syncer:
                 ReloadKind.IN_STEP, f"{found.detail}; it read this file, nothing to reload"))
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
-        elif recovering:  # it may run a file older than this one: make this one live
+        elif recovering or found.liveness is Liveness.STALE:  # make this one live
+            log.warning("resource %s: %s; reloading", group[0].resource.name,
+                        found.detail or "its reload target may run an older file")
             for outcome in group:
                 outcome.status = UPDATED
-            self._reload(target, group, beat)
+            # What it runs is not the previous file: no runtime-API shortcut, a full reload.
+            self._reload(target, group, beat, runs_previous=False)
 
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
         names = {o.resource.name for o in group}

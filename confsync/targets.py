@@ -53,6 +53,7 @@ class Liveness(Enum):
     DOWN = "down"  # nothing runs: it reads the file when it starts
     STARTED_SINCE = "started-since"  # runs, started after the time asked about: read that file
     RUNNING = "running"  # runs, since before the time asked about (or since when is unknown)
+    STALE = "stale"  # runs a configuration it loaded before the file was last written: reload
     UNKNOWN = "unknown"  # the target cannot be asked (a reload command)
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -265,7 +266,30 @@ class HAProxyController(ReloadTarget):
         if since is not None and started is not None and started > since:
             return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
                          "after the file was in place")
+        stale = None if quick else self._stale(status.worker)
+        if stale is not None:
+            return Probe(Liveness.STALE, stale)
         return Probe(Liveness.RUNNING, f"HAProxy master pid {status.pid} answers on {master}")
+
+    def _stale(self, worker: int | None) -> str | None:
+        """Why HAProxy surely runs a configuration older than the file at dest, else None.
+
+        Its current worker is forked after the configuration is loaded, at every start and
+        reload: a worker that started more than a second before dest was last written never
+        read it (a confsync killed between installing a file and reloading, say). The margin
+        covers turning the file's wall-clock mtime into boot-clock time."""
+        started = _master_started(worker) if worker is not None else None
+        if started is None:
+            return None
+        try:
+            mtime = self.resource.dest.stat().st_mtime
+        except OSError:
+            return None
+        written = boot_clock() - (time.time() - mtime)
+        if started >= written - 1.0:
+            return None
+        return (f"HAProxy worker pid {worker} loaded its configuration "
+                f"{written - started:.1f}s before {self.resource.dest} was written")
 
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
         if self.settings.check_server_changes or self.settings.strategy is not Strategy.RUNTIME:

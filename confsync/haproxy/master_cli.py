@@ -18,6 +18,7 @@ from pathlib import Path
 from confsync.haproxy.sockets import SocketUnavailable, query
 
 _MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.MULTILINE)
+_WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)\s", re.MULTILINE)
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -31,6 +32,8 @@ class MasterStatus:
     pid: int
     reloads: int
     failed: int
+    # The worker forked at the last (re)load: the one that has seen no reload (0), if listed.
+    worker: int | None = None
 
 
 def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
@@ -38,7 +41,9 @@ def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
     match = _MASTER_LINE.search(text)
     if match is None:
         raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
-    return MasterStatus(int(match[1]), int(match[2]), int(match[3]))
+    current = [int(w[1]) for w in _WORKER_LINE.finditer(text) if w[2] == "0"]
+    return MasterStatus(int(match[1]), int(match[2]), int(match[3]),
+                        max(current) if current else None)
 
 
 def _lock(path: Path) -> threading.Lock:

@@ -9,6 +9,10 @@ of HAProxy costs no reload: a master that started after the file was in place re
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import REPO
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
@@ -223,3 +228,43 @@ def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
     monkeypatch.undo()
     result = controller.reload(None, content)
     assert result.kind is ReloadKind.CONFIRMED and stack.status().reloads == 1, result
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_a_start_reloads_an_haproxy_that_never_loaded_the_current_file(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """A confsync killed between installing a file and reloading leaves HAProxy on the older
+    one, with the file current: the next `watch` must not take that for in step. HAProxy's
+    current worker started (loaded its configuration) before the file was written: reload."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    time.sleep(1.2)  # the worker's start is then surely older than the next write
+    txn = stack.client.transactions
+    stack.client.transaction(compare=[], failure=[], success=[
+        txn.put(f"{stack.prefix}/services/web/instances/b",
+                json.dumps({"address": "127.0.0.1", "port": backends["b"].port})),
+        txn.delete(f"{stack.prefix}/services/web/instances/a")])
+    # Installed, never loaded, as if confsync died before reloading: the same resource with a
+    # master socket nobody serves writes the file.
+    elsewhere = tmp_path / "confdir"
+    shutil.copytree(stack.confdir, elsewhere)
+    toml = elsewhere / "conf.d" / "haproxy.toml"
+    toml.write_text(toml.read_text().replace(str(stack.master), str(tmp_path / "none.sock")))
+    args = stack.cli_args()
+    args[args.index("--confdir") + 1] = str(elsewhere)
+    once = subprocess.run([sys.executable, "-m", "confsync", "once", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert once.returncode == 0 and "no HAProxy master" in once.stderr, once.stderr
+    assert "server b " in stack.cfg.read_text() and spread(stack.port, 4) == {"a": 4}
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: spread(stack.port, 4) == {"b": 4}, timeout=15)
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        assert stack.status().reloads == 1 and _reloads(metrics) == 1
+        assert "loaded its configuration" in watch.output()
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
