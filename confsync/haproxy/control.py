@@ -266,7 +266,10 @@ class HAProxyController(ReloadTarget):
         if since is not None and started is not None and started > since:
             return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
                          "after the file was in place")
-        stale = None if quick else self._stale(status.worker)
+        # With the runtime strategy a file newer than the worker is the rule (changes applied
+        # without a reload), so only the reload strategy can tell a file never loaded.
+        stale = None if quick or self.settings.strategy is not Strategy.RELOAD else (
+            self._stale(status.worker))
         if stale is not None:
             return Probe(Liveness.STALE, stale)
         return Probe(Liveness.RUNNING, f"HAProxy master pid {status.pid} answers on {master}")
