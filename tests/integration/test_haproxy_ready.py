@@ -268,3 +268,25 @@ def test_a_start_reloads_an_haproxy_that_never_loaded_the_current_file(
         assert "Traceback" not in watch.output()
     finally:
         watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["runtime"], indirect=True)
+def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Runtime strategy: a file newer than HAProxy's worker is the rule (changed without a
+    reload), not a sign that HAProxy never read it."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    time.sleep(1.2)
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "runtime API" in stack.sync_ok()
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        time.sleep(1.5)  # a heartbeat's probe too
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0
+        assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    finally:
+        watch.stop()
