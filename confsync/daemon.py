@@ -41,7 +41,7 @@ from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
 from confsync.sync import FAILED, UPDATED, Outcome, Syncer
-from confsync.targets import ReloadKind
+from confsync.targets import ReloadKind, ReloadResult
 from confsync.watcher import Backoff, BatchReceived, SnapshotTaken, StoreFollower, StreamState
 
 log = logging.getLogger("confsync")
@@ -153,7 +153,7 @@ class Daemon:
         if not state.resources:
             raise ConfigError(str(settings.confdir), "no valid template resources to run")
         self.state = state
-        self.syncer = Syncer(state.renderer, self.mirror)
+        self.syncer = Syncer(state.renderer, self.mirror, probe=True)
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
         self.store: Store = open_store(settings)
         self.follower = self._new_follower(self.store, state.prefixes)
@@ -237,6 +237,8 @@ class Daemon:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
+            if settled:
+                self._check_targets(now)
             self.observers.heartbeat()
             self._last_beat = now
 
@@ -437,6 +439,27 @@ class Daemon:
             else:
                 self._part_recovered("local-files")
 
+    def _check_targets(self, now: float) -> None:
+        """Every heartbeat: ask each reload target whether it runs (one `show proc` for
+        HAProxy). Stopped by someone else, nothing else would notice: /ready would say 200
+        while nothing serves the file; it is then reported not running. One not running is
+        looked at quickly, and applied again as soon as it answers (no reload when it started
+        from the current file), so /ready turns 200 within about a second of its start."""
+        syncer = self.syncer
+        resources = [r for r in self.state.resources
+                     if r.name in syncer.not_running or not self.planner.retrying(r.name)]
+        down, up = syncer.check_targets(resources)
+        for resource, found in down:
+            delay = self.planner.retry(resource, now)
+            log.warning("resource %s: its reload target stopped (%s); the file is current, "
+                        "asking again in %.1fs", resource.name, found, delay,
+                        extra={"resource": resource.name, "retry_in": round(delay, 2)})
+            self.observers.target_probed(resource, ReloadResult(ReloadKind.NO_TARGET,
+                                                                found.detail))
+        if up:  # started: the apply path asks it properly (did it read the current file?)
+            log.info("%s: reload target answers again", ", ".join(r.name for r in up))
+            self.planner.touch(up, now)
+
     def _follower_dead(self, now: float) -> None:
         if self._follower_restart_at is None:
             self._follower_deaths += 1
@@ -614,9 +637,13 @@ class Daemon:
         if snapshot is not None:
             self.mirror = mirror
             self.snapshot_floor = snapshot.revision
-        owed = self.syncer.reload_owed
-        self.syncer = Syncer(state.renderer, self.mirror, self.syncer.last_counts)
-        self.syncer.reload_owed = owed & {r.name for r in state.resources}
+        old, names = self.syncer, {r.name for r in state.resources}
+        self.syncer = Syncer(state.renderer, self.mirror, old.last_counts, probe=True)
+        self.syncer.reload_owed = old.reload_owed & names
+        # Still nothing running: the next apply asks again, against the time each file has
+        # been in place (not reloading what the service read when it started).
+        self.syncer.not_running = old.not_running & names
+        self.syncer.in_place = dict(old.in_place)
         self.planner.wait_min = state.settings.watch.wait_min
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval

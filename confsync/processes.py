@@ -1,9 +1,28 @@
-"""Finding the process a reload signal goes to. A leaf module: both reload paths use it."""
+"""Finding the process a reload signal goes to, and when a process started. A leaf module:
+both reload paths use it."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+
+def boot_clock() -> float:
+    """Seconds since boot (CLOCK_BOOTTIME): the clock of the kernel's process start times, so
+    "did this process start after that moment" needs no wall clock (which may jump)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def started_at(pid: int) -> float | None:
+    """When process `pid` started, in `boot_clock()` seconds, rounded down to the kernel's
+    clock tick (so a value above a time means it surely started after it); None if unknown."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+        fields = data[data.rindex(b")") + 2:].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def find_process(pidfile: Path | None, process: str | None) -> int | None:

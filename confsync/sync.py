@@ -30,10 +30,19 @@ from confsync.applier import (
 )
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
+from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
-from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+from confsync.targets import (
+    UNKNOWN_PROBE,
+    Liveness,
+    Probe,
+    ReloadFailed,
+    ReloadKind,
+    ReloadResult,
+    ReloadTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,9 @@ class Outcome:
     reload_seconds: float | None = None
     # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
     warnings: tuple[RenderWarning, ...] = ()
+    # The file was in place already, and its target is to be asked whether it runs (probed,
+    # not reloaded): at its first apply in this process, and while it found nothing running.
+    probe: bool = field(default=False, repr=False)
 
     @property
     def diff(self) -> str:
@@ -94,9 +106,12 @@ def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
 
 class Syncer:
     def __init__(self, renderer: Renderer, mirror: Mirror,
-                 last_counts: dict[str, int] | None = None) -> None:
+                 last_counts: dict[str, int] | None = None, probe: bool = False) -> None:
         self.renderer = renderer
         self.mirror = mirror
+        # The daemon's Syncer (`probe`) asks the target of a file found current at its first
+        # apply whether it runs (`once` reloads only what it wrote, and asks nothing).
+        self.probe_first = probe
         # Keys each resource saw at its last successful render: the default guard's memory.
         self.last_counts: dict[str, int] = last_counts if last_counts is not None else {}
         self.dests = DestCache()
@@ -111,6 +126,11 @@ class Syncer:
         self.not_running: set[str] = set()
         # dest -> the bytes this process installed last (checked or proven).
         self.installed: dict[Path, bytes] = {}
+        # dest -> `boot_clock()` time since which it holds what this process installed (or
+        # found equal to its render): a target that started after that read this file.
+        self.in_place: dict[Path, float] = {}
+        # Resources whose target this Syncer asked (reloaded or probed) at least once.
+        self.asked: set[str] = set()
         self._targets: dict[Resource, ReloadTarget | None] = {}
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
 
@@ -181,12 +201,25 @@ class Syncer:
             outcomes.append(self._apply_one(resource))
             beat()
         groups: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
+        probes: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         for outcome in outcomes:
             target = self.target(outcome.resource)
-            if outcome.status is Status.UPDATED and target is not None:
+            if target is None:
+                continue
+            if outcome.status is Status.UPDATED:
                 groups.setdefault(target.key(), (target, []))[1].append(outcome)
+            elif outcome.probe:
+                probes.setdefault(target.key(), (target, []))[1].append(outcome)
         for target, group in groups.values():
             self._reload(target, group, beat)
+            beat()
+        for key, (target, group) in probes.items():
+            reloaded = groups.get(key)
+            done = reloaded[1][0].reload if reloaded is not None else None
+            if done is not None:  # the same target was just reloaded: that is the answer
+                self._settle(group, done)
+            else:
+                self._probe(target, group, beat)
             beat()
         return outcomes
 
@@ -196,20 +229,25 @@ class Syncer:
         warnings: tuple[RenderWarning, ...] = ()
         try:
             current = self.dests.current(resource.dest)
+            seen = boot_clock()  # the file read (or known unchanged) is in place since
             step = "render"
             content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
-                if resource.name in self.reload_owed and self.target(resource) is not None:
+                self.in_place.setdefault(resource.dest, seen)
+                has_target = self.target(resource) is not None
+                if resource.name in self.reload_owed and has_target:
                     # Installed earlier, never made live: reload it (as a new file).
                     return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
                                    content=content, warnings=warnings)
-                if resource.name in self.not_running and self.target(resource) is not None:
-                    # Nothing ran to reload: whatever runs now started from this file.
-                    return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
-                                   previous=current, content=content, warnings=warnings)
+                # Never asked in this process (a start that finds the file current), or nothing
+                # ran to reload: ask the target whether it runs, and whether it read this file.
+                probe = has_target and (resource.name in self.not_running or (
+                    self.probe_first and resource.name not in self.asked))
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
-                               warnings=warnings)
+                               previous=current if probe else None,
+                               content=content if probe else None, warnings=warnings,
+                               probe=probe)
             step = "install"
             check = self._needs_check(resource, current, content)
             try:
@@ -217,8 +255,10 @@ class Syncer:
             except NotDurable:
                 # The file is live on disk but its target never reloaded into it: without
                 # this the retry would find the file "up to date" and never reload.
+                self.in_place[resource.dest] = boot_clock()
                 self.reload_owed.add(resource.name)
                 raise
+            self.in_place[resource.dest] = boot_clock()
             if check:
                 self.checked[resource.dest] = content
             self.installed[resource.dest] = content
@@ -247,14 +287,17 @@ class Syncer:
         return not target.may_skip_check(current.content, content, checked)
 
     def _reload(self, target: ReloadTarget, group: list[Outcome],
-                beat: Callable[[], None]) -> None:
+                beat: Callable[[], None], runs_previous: bool = True) -> None:
         first = group[0].resource
-        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks).
-        previous = group[0].previous.content if len(group) == 1 and group[0].previous else None
+        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks);
+        # not when what the target runs is unknown (`runs_previous` false: a full reload).
+        previous = group[0].previous.content if (
+            runs_previous and len(group) == 1 and group[0].previous) else None
         content = group[0].content if len(group) == 1 else None
         started = time.monotonic()
         names = {o.resource.name for o in group}
         self.not_running -= names
+        self.asked |= names
         try:
             done = target.reload(previous, content)
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
@@ -291,6 +334,90 @@ class Syncer:
         for outcome in group:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
+
+    def _ask(self, target: ReloadTarget, group: Sequence[Outcome], quick: bool = False) -> Probe:
+        """The target's probe for the group's files (an error is an unknown answer)."""
+        since = max(self.in_place.get(o.resource.dest, boot_clock()) for o in group)
+        probe = getattr(target, "probe", None)  # a duck-typed target may lack it
+        if probe is None:
+            return UNKNOWN_PROBE
+        try:
+            found: Probe = probe(since, quick=True) if quick else probe(since)
+        except Exception as exc:  # a probe must never fail an apply, nor the daemon
+            log.warning("resource %s: cannot ask its reload target whether it runs: %s",
+                        group[0].resource.name,
+                        _unexpected(group[0].resource, "reload", exc).reason)
+            return UNKNOWN_PROBE
+        return found
+
+    def _probe(self, target: ReloadTarget, group: list[Outcome],
+               beat: Callable[[], None]) -> None:
+        """Outcomes whose file was in place already: ask the target instead of reloading it.
+
+        Nothing runs: NO_TARGET, asked again later. It runs and started after the file was in
+        place: it read this file, nothing to reload (an outage of the target costs no reload).
+        It runs, at the first look: in step, as far as anyone can tell. It runs but may have
+        started before the file was in place after finding nothing (or cannot say), or it
+        loaded its configuration before the file was written (STALE: a confsync killed between
+        installing and reloading, at the first look): reload.
+        """
+        names = {o.resource.name for o in group}
+        recovering = bool(names & self.not_running)
+        found = self._ask(target, group)
+        self.asked |= names
+        if found.liveness is Liveness.DOWN:
+            self.not_running |= names
+            self._settle(group, ReloadResult(ReloadKind.NO_TARGET, found.detail))
+        elif found.liveness is Liveness.STARTED_SINCE:
+            self._settle(group, ReloadResult(
+                ReloadKind.IN_STEP, f"{found.detail}; it read this file, nothing to reload"))
+        elif not recovering and found.liveness is Liveness.RUNNING:
+            self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
+        elif recovering or found.liveness is Liveness.STALE:  # make this one live
+            log.warning("resource %s: %s; reloading", group[0].resource.name,
+                        found.detail or "its reload target may run an older file")
+            for outcome in group:
+                outcome.status = UPDATED
+            # What it runs is not the previous file: no runtime-API shortcut, a full reload.
+            self._reload(target, group, beat, runs_previous=False)
+
+    def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
+        names = {o.resource.name for o in group}
+        if done.kind is ReloadKind.NO_TARGET:
+            self.not_running |= names
+        else:
+            self.not_running -= names
+        self.asked |= names
+        for outcome in group:
+            outcome.reload = done
+
+    def check_targets(self, resources: Iterable[Resource]
+                      ) -> tuple[list[tuple[Resource, Probe]], list[Resource]]:
+        """Between applies, ask each resource's target whether it runs: nothing else would
+        notice a service stopped, or started, by someone else.
+
+        Returns the resources whose target stopped (`not_running` from now on) and those whose
+        target was not running and now answers (a quick look: the next apply asks properly,
+        against the time its file was in place, and settles it).
+        """
+        probes: dict[tuple[bool, Hashable], tuple[ReloadTarget, list[Outcome]]] = {}
+        for resource in resources:
+            name = resource.name
+            target = self.target(resource)
+            if target is None or name not in self.asked or name in self.reload_owed:
+                continue
+            probes.setdefault((name in self.not_running, target.key()),
+                              (target, []))[1].append(Outcome(resource, UNCHANGED))
+        down: list[tuple[Resource, Probe]] = []
+        up: list[Resource] = []
+        for (was_down, _), (target, group) in probes.items():
+            found = self._ask(target, group, quick=was_down)
+            if was_down and found.liveness not in (Liveness.DOWN, Liveness.UNKNOWN):
+                up.extend(o.resource for o in group)
+            elif not was_down and found.liveness is Liveness.DOWN:
+                self.not_running |= {o.resource.name for o in group}
+                down.extend((o.resource, found) for o in group)
+        return down, up
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""

@@ -1,9 +1,9 @@
 """The reload interface: what the sync step asks of whatever it reloads, and what it gets back.
 
-Two implementations: the plain command/signal reloader (confsync/reload.py) and plugins that
-own a table of the resource file (`[haproxy]`: confsync/haproxy/). The core (resources, sync)
-only knows this module; a plugin is found by its table name and imported when a resource uses
-it, so nothing in the pipeline imports a plugin.
+Two implementations: the plain command/signal reloader (confsync/command_reload.py) and
+plugins that own a table of the resource file (`[haproxy]`: confsync/haproxy/). The core
+(resources, sync) only knows this module; a plugin is found by its table name and imported
+when a resource uses it, so nothing in the pipeline imports a plugin.
 """
 
 from __future__ import annotations
@@ -47,6 +47,28 @@ class ReloadResult:
 NO_RELOAD = ReloadResult(ReloadKind.NONE, "")
 
 
+class Liveness(Enum):
+    """What a probe found: whether the target runs, and whether it read the file in place."""
+
+    DOWN = "down"  # nothing runs: it reads the file when it starts
+    STARTED_SINCE = "started-since"  # runs, started after the time asked about: read that file
+    RUNNING = "running"  # runs, since before the time asked about (or since when is unknown)
+    STALE = "stale"  # runs a configuration it loaded before the file was last written: reload
+    UNKNOWN = "unknown"  # the target cannot be asked (a reload command)
+
+
+@dataclass(frozen=True)
+class Probe:
+    liveness: Liveness
+    detail: str = ""  # for people: "HAProxy master pid 812 answers on /run/haproxy-master.sock"
+
+    def __str__(self) -> str:
+        return self.detail or self.liveness.value
+
+
+UNKNOWN_PROBE = Probe(Liveness.UNKNOWN, "")
+
+
 class ReloadFailed(Exception):
     """The reload failed. `untouched`: nothing was sent to the target (it still runs the
     previous file), so restoring the file needs no second reload."""
@@ -68,6 +90,14 @@ class ReloadTarget(Protocol):
         file just installed (None: unknown, several resources share the reload). Raises
         ReloadFailed."""
         ...
+
+    def probe(self, since: float | None, quick: bool = False) -> Probe:
+        """Ask whether the target runs, sending it nothing that changes it (no reload, no
+        runtime command). `since`: a `processes.boot_clock()` time at which the installed file
+        was in place; STARTED_SINCE says the target started after it, so it read that file.
+        `quick`: one look, no waiting out a busy socket (a DOWN may then be wrong). Default:
+        UNKNOWN (the caller then reloads where it needs to be sure)."""
+        return UNKNOWN_PROBE
 
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
         """True when `content` is proven valid without `check_cmd`: `checked` passed the check

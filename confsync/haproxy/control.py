@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from confsync.command_reload import CommandReloader, process_probe
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
 from confsync.haproxy.runtime import (
@@ -31,9 +34,8 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.processes import find_process
-from confsync.reload import CommandReloader
-from confsync.targets import ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+from confsync.processes import boot_clock, find_process, started_at
+from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
     from confsync.resources import Resource
@@ -94,6 +96,39 @@ def _family(master_pid: int | None) -> set[int]:
         return {master_pid, *(p.pid for p in master.children(recursive=True))}
     except psutil.Error:
         return set()
+
+
+def _master_started(pid: int) -> float | None:
+    """When the HAProxy master `pid` started (`boot_clock()` seconds); None when that pid is not
+    an HAProxy process here (another PID namespace: `show proc` gives the pid HAProxy sees)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return started_at(pid) if name.startswith("haproxy") else None
+
+
+def find_master(master_socket: Path) -> int | None:
+    """The pid of the HAProxy master started with `-S <master_socket>`, from the process table:
+    for when its CLI does not answer, which it does not while it re-executes for a reload
+    (measured on 2.6: refused for the whole load of the new configuration, 0.7 s for one with
+    100,000 regular expressions). None when no such process runs."""
+    import psutil
+
+    wanted = str(master_socket)
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid"]):
+        info = proc.info
+        argv = info["cmdline"] or []
+        if not argv or not (info["name"] or "").startswith("haproxy"):
+            continue
+        for flag, value in itertools.pairwise(argv):
+            if flag == "-S" and value.split(",")[0] == wanted:
+                found.append((info["create_time"] or 0.0, proc.pid, info["ppid"]))
+                break
+    pids = {pid for _, pid, _ in found}
+    masters = [f for f in found if f[2] not in pids]  # the workers share the master's argv
+    return min(masters or found)[1] if found else None
 
 
 def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
@@ -172,11 +207,92 @@ class HAProxyController(ReloadTarget):
         # Servers this target removed from the file but HAProxy could not delete yet (open
         # connections): parked in maintenance, deleted by a later pass. "backend/server".
         self.parked: set[str] = set()
+        # The master last seen answering: (pid, start time). A master that lives on while its
+        # CLI does not answer is reloading, not gone; a new one has no parked servers.
+        self._master: tuple[int, float] | None = None
 
     def key(self) -> Hashable:
         if self.settings.master_socket is not None:
             return ("haproxy-master", self.settings.master_socket)
         return self.fallback.key()
+
+    def _alive_master(self) -> int | None:
+        """The master whose CLI just did not answer, if it lives: the one last seen, else
+        one found in the process table by its `-S` socket."""
+        seen = self._master
+        if seen is not None and _master_started(seen[0]) == seen[1]:
+            return seen[0]
+        self._master = None
+        master = self.settings.master_socket
+        pid = find_master(master) if master is not None else None
+        if pid is not None:
+            self._seen(pid)
+        return pid
+
+    def _seen(self, pid: int) -> float | None:
+        started = _master_started(pid)
+        if self._master is not None and (pid, started) != self._master:
+            self.parked.clear()  # another master: it started from the file, without them
+        self._master = (pid, started) if started is not None else None
+        return started
+
+    def probe(self, since: float | None, quick: bool = False) -> Probe:
+        """`show proc` on the master CLI (no reload, nothing sent to the workers). A master
+        that started after `since` read the file in place then."""
+        master = self.settings.master_socket
+        if master is None:
+            return self.fallback.probe(since, quick)
+        try:
+            status = show_proc(master, retry_for=0.0 if quick else 0.5)
+        except SocketUnavailable:
+            pid = None if quick else self._alive_master()
+            if pid is not None:
+                started = _master_started(pid)
+                busy = f"its CLI on {master} does not answer (reloading?)"
+                if since is not None and started is not None and started > since:
+                    return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {pid} started "
+                                 f"after the file was in place; {busy}")
+                return Probe(Liveness.RUNNING, f"HAProxy master pid {pid} runs; {busy}")
+            if not quick and self.resource.reload_signal is not None and (
+                    self.resource.pidfile or self.resource.process):
+                found = process_probe(find_process(self.resource.pidfile,
+                                                   self.resource.process), "HAProxy", since)
+                if found.liveness is not Liveness.DOWN:
+                    return found
+            return Probe(Liveness.DOWN, f"no HAProxy master on {master}")
+        except ReloadNotConfirmed as exc:  # something answers, not as a master would
+            return Probe(Liveness.RUNNING, str(exc))
+        started = self._seen(status.pid)
+        if since is not None and started is not None and started > since:
+            return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
+                         "after the file was in place")
+        # With the runtime strategy a file newer than the worker is the rule (changes applied
+        # without a reload), so only the reload strategy can tell a file never loaded.
+        stale = None if quick or self.settings.strategy is not Strategy.RELOAD else (
+            self._stale(status.worker))
+        if stale is not None:
+            return Probe(Liveness.STALE, stale)
+        return Probe(Liveness.RUNNING, f"HAProxy master pid {status.pid} answers on {master}")
+
+    def _stale(self, worker: int | None) -> str | None:
+        """Why HAProxy surely runs a configuration older than the file at dest, else None.
+
+        Its current worker is forked after the configuration is loaded, at every start and
+        reload: a worker that started more than a second before dest was last written never
+        read it (a confsync killed between installing a file and reloading, say). The margin
+        covers turning the file's wall-clock mtime into boot-clock time."""
+        started = _master_started(worker) if worker is not None else None
+        if started is None:
+            return None
+        try:
+            mtime = self.resource.dest.stat().st_mtime
+        except OSError:
+            return None
+        written = boot_clock() - (time.time() - mtime)  # wall clock: a file's mtime's age
+        if started >= written - 1.0:
+            return None
+        return (f"HAProxy worker pid {worker} loaded its configuration "
+                f"{written - started:.1f}s before {self.resource.dest} was written")
 
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
         if self.settings.check_server_changes or self.settings.strategy is not Strategy.RUNTIME:
@@ -187,6 +303,7 @@ class HAProxyController(ReloadTarget):
         """Make the file at `dest` (== `content`) live. `previous`: what HAProxy ran (None:
         unknown)."""
         resource = self.resource
+        entered = boot_clock()  # the file is in place: a master started after this read it
         if content is None:
             try:
                 content = resource.dest.read_bytes()
@@ -219,7 +336,7 @@ class HAProxyController(ReloadTarget):
         elif runtime:
             why = "no previous file or admin socket"
         try:
-            result = self._reload(old, new, admin, why)
+            result = self._reload(old, new, admin, why, entered)
         except ReloadFailed as exc:
             if exc.untouched and why.startswith("runtime API failed"):
                 raise ReloadFailed(str(exc)) from None  # some runtime commands went through
@@ -228,7 +345,7 @@ class HAProxyController(ReloadTarget):
         return result
 
     def _reload(self, old: HAProxyConfig | None, new: HAProxyConfig,
-                admin: AdminSocket | None, why: str) -> ReloadResult:
+                admin: AdminSocket | None, why: str, entered: float) -> ReloadResult:
         resource = self.resource
         master = self.settings.master_socket
         master_pid = None
@@ -236,9 +353,18 @@ class HAProxyController(ReloadTarget):
             try:
                 master_pid = show_proc(master, retry_for=0.5).pid
             except SocketUnavailable:
-                master_pid = None
+                # Alive but not answering: re-executing for a reload (someone else's). Ours
+                # waits for its CLI (reload_confirmed), rather than find "nothing running".
+                master_pid = self._alive_master()
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
+            else:
+                self._seen(master_pid)
+            started = _master_started(master_pid) if master_pid is not None else None
+            if started is not None and started > entered:
+                # Started (by someone else) while this step ran: it read this very file.
+                return ReloadResult(ReloadKind.IN_STEP, f"HAProxy master pid {master_pid} "
+                                    "started after the file was in place; nothing to reload")
         check_binds_free(old, new, master_pid)
         self._save_state(admin, old, new)
         if master is None:
@@ -250,7 +376,9 @@ class HAProxyController(ReloadTarget):
         trigger, how = self._trigger()
         try:
             status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
-        except (ReloadNotConfirmed, SocketUnavailable) as exc:
+        except SocketUnavailable as exc:  # no answer before anything was sent
+            raise ReloadFailed(str(exc), untouched=True) from None
+        except ReloadNotConfirmed as exc:
             raise ReloadFailed(str(exc)) from None
         return ReloadResult(ReloadKind.CONFIRMED,
                             f"reloaded HAProxy ({why}) by {how}, confirmed in "

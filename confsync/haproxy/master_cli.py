@@ -18,6 +18,7 @@ from pathlib import Path
 from confsync.haproxy.sockets import SocketUnavailable, query
 
 _MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.MULTILINE)
+_WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)\s", re.MULTILINE)
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -31,6 +32,8 @@ class MasterStatus:
     pid: int
     reloads: int
     failed: int
+    # The worker forked at the last (re)load: the one that has seen no reload (0), if listed.
+    worker: int | None = None
 
 
 def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
@@ -38,7 +41,9 @@ def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
     match = _MASTER_LINE.search(text)
     if match is None:
         raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
-    return MasterStatus(int(match[1]), int(match[2]), int(match[3]))
+    current = [int(w[1]) for w in _WORKER_LINE.finditer(text) if w[2] == "0"]
+    return MasterStatus(int(match[1]), int(match[2]), int(match[3]),
+                        max(current) if current else None)
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -51,19 +56,26 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
     """Reload (by `trigger`, default `reload` on the master CLI) and wait until it is confirmed.
 
     Returns the master's status after the reload and the seconds it took. Raises
-    SocketUnavailable when no master answers, ReloadNotConfirmed when the reload failed or
-    did not finish within `timeout`. One reload per master at a time within this process.
+    SocketUnavailable when no master answers (nothing was sent), ReloadNotConfirmed when the
+    reload failed or did not finish within `timeout`. One reload per master at a time within
+    this process.
+
+    A reload by someone else (`systemctl reload`: SIGUSR2 to the master) may be under way: the
+    master CLI then refuses connections while the new process loads the configuration, for as
+    long as that takes, so reading the counters and sending `reload` wait for it up to
+    `timeout` (not a fixed half second, which failed our reload on a slow-loading file).
     """
     with _lock(path):
-        before = show_proc(path)
+        deadline = time.monotonic() + timeout
+        before = show_proc(path, retry_for=max(2.0, timeout))
         start = time.monotonic()
         if trigger is None:
             # The master re-executes and may drop the connection: expected.
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                query(path, "reload", retry_for=0.5, idempotent=False)
+                query(path, "reload", retry_for=max(0.5, deadline - time.monotonic()),
+                      idempotent=False)
         else:
             trigger()
-        deadline = start + timeout
         while True:
             try:
                 status = show_proc(path, retry_for=max(0.1, deadline - time.monotonic()))

@@ -50,9 +50,11 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
-            except (ConnectionResetError, BrokenPipeError):
-                if not idempotent or time.monotonic() >= deadline:
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                if not idempotent:
                     raise
+                if time.monotonic() >= deadline:  # dropped each time: no answer either
+                    raise SocketUnavailable(exc.errno, f"{path}: {exc.strerror}") from None
                 time.sleep(backoff.next())
                 continue
             return b"".join(chunks).decode("utf-8", "replace")

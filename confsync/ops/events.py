@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from confsync.resources import Resource
     from confsync.sync import Outcome
+    from confsync.targets import ReloadResult
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class Observer:
 
     def part_recovered(self, part: str) -> None:
         """A part that had failed runs again."""
+
+    def target_probed(self, resource: Resource, result: ReloadResult) -> None:
+        """Between applies, the resource's reload target was found not running (NO_TARGET:
+        stopped by someone else); applies report what they find in their outcomes."""
 
 
 class Observers(Observer):
@@ -125,3 +130,6 @@ class Observers(Observer):
 
     def part_recovered(self, part: str) -> None:
         self._each("part_recovered", part)
+
+    def target_probed(self, resource: Resource, result: ReloadResult) -> None:
+        self._each("target_probed", resource, result)

@@ -42,7 +42,7 @@ from confsync.ops.events import Observer
 from confsync.provenance import show_key
 from confsync.settings import parse_host_port as parse_address
 from confsync.sync import Status
-from confsync.targets import ReloadKind
+from confsync.targets import ReloadKind, ReloadResult
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -338,13 +338,8 @@ class Metrics(Observer):
         # failed; "nothing to do" results (no action configured, target already in step,
         # nothing running) do not.
         kind = outcome.reload.kind if outcome.reload is not None else ReloadKind.NONE
-        if kind is not ReloadKind.NONE:
-            with self._lock:
-                if kind is ReloadKind.NO_TARGET:
-                    self._not_running[name] = str(outcome.reload)
-                else:
-                    self._not_running.pop(name, None)
-            self.target_up.labels(name).set(0 if kind is ReloadKind.NO_TARGET else 1)
+        if outcome.reload is not None and kind is not ReloadKind.NONE:
+            self._target_seen(name, outcome.reload)
         if step == "reload" or (outcome.status is Status.UPDATED and (
                 kind.reloaded or kind is ReloadKind.RUNTIME)):
             counter, histogram = ((self.runtime_updates, self.runtime_seconds)
@@ -353,6 +348,23 @@ class Metrics(Observer):
             counter.labels(name, "failed" if step == "reload" else "ok").inc()
             if outcome.reload_seconds is not None:
                 histogram.labels(name).observe(outcome.reload_seconds)
+
+    def _target_seen(self, name: str, result: ReloadResult) -> None:
+        """What the resource's reload step or probe found: its target runs, or nothing does."""
+        down = result.kind is ReloadKind.NO_TARGET
+        with self._lock:
+            if down:
+                self._not_running[name] = str(result)
+            else:
+                self._not_running.pop(name, None)
+        self.target_up.labels(name).set(0 if down else 1)
+
+    def target_probed(self, resource: Resource, result: ReloadResult) -> None:
+        with self._lock:
+            if resource.name not in self._resources:
+                return  # dropped by a configuration reload meanwhile
+        self._target_seen(resource.name, result)
+        self._update_ready()
 
     def ready(self, revision: int) -> None:
         with self._lock:

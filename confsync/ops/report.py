@@ -37,4 +37,10 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) ->
         log.info("resource %s: %s %s%s", res.name, verb, res.dest, f" ({done})" if done else "",
                  extra=fields)
     else:
-        log.info("resource %s: %s is up to date", res.name, res.dest, extra=fields)
+        # A file found current whose target was asked whether it runs (at the start, and while
+        # nothing ran): what it found.
+        done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
+        if done:
+            fields["reload"] = outcome.reload.kind.value if outcome.reload else ""
+        log.info("resource %s: %s is up to date%s", res.name, res.dest,
+                 f" ({done})" if done else "", extra=fields)

@@ -214,3 +214,26 @@ def test_exec_child_state_is_read_at_scrape_time(tmp_path: Path) -> None:
     assert v(m, "confsync_exec_child_up") == 0
     ok, detail = m.readiness()
     assert not ok and detail["reasons"] == ["exec child not running"]
+
+
+def test_a_target_found_stopped_between_changes_is_not_ready(m: Metrics) -> None:
+    a = resource("a")
+    m.started([a])
+    m.batch_applied(3, [], [Outcome(a, UNCHANGED, reload=ReloadResult(ReloadKind.IN_STEP,
+                                                                        "master answers"))])
+    m.ready(3)
+    m.watch_connected(3)
+    assert m.readiness()[0] is True and v(m, "confsync_reload_target_up", resource="a") == 1
+    m.target_probed(a, ReloadResult(ReloadKind.NO_TARGET, "no HAProxy master on /x"))
+    ok, detail = m.readiness()
+    assert not ok and detail["reasons"] == ["not running: a (no HAProxy master on /x)"]
+    assert v(m, "confsync_reload_target_up", resource="a") == 0
+    assert v(m, "confsync_ready") == 0
+    # the next apply finds it again (probed: in step, nothing reloaded)
+    m.batch_applied(4, [], [Outcome(a, UNCHANGED, reload=ReloadResult(
+        ReloadKind.IN_STEP, "started after the file was in place"))])
+    assert m.readiness()[0] is True and v(m, "confsync_reload_target_up", resource="a") == 1
+    assert v(m, "confsync_reloads_total", resource="a", outcome="ok") is None
+    m.started([])  # dropped by a configuration reload: a late probe result is ignored
+    m.target_probed(a, ReloadResult(ReloadKind.NO_TARGET, "gone"))
+    assert m.readiness()[1]["reasons"] == []

@@ -1,0 +1,292 @@
+"""/ready tells whether HAProxy serves the file, also when confsync has nothing to apply.
+
+`confsync watch` started on a dest that is already up to date has nothing to reload, and a
+HAProxy stopped by someone else between two changes gets no reload either: in both cases the
+target is asked (`show proc` on the master CLI, nothing reloaded) whether it runs. And an outage
+of HAProxy costs no reload: a master that started after the file was in place read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import REPO
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.http_backends import HTTPBackend
+
+pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except urllib.error.URLError:
+        return 0, {"reasons": ["metrics server not listening yet"]}
+
+
+def _not_running(port: int) -> bool:
+    status, body = _ready(port)
+    return status == 503 and any(r.startswith("not running: haproxy") for r in body["reasons"])
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        return str(answer.read().decode())
+
+
+UP = 'confsync_reload_target_up{resource="haproxy"}'
+
+
+def _reloads(port: int) -> float:
+    """Reloads confsync made (confirmed, ok)."""
+    for line in _metrics(port).splitlines():
+        if line.startswith("confsync_reloads_total{") and 'resource="haproxy"' in line \
+                and 'outcome="ok"' in line:
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def _watch(stack: HAProxyStack, tmp_path: Path) -> tuple[WatchProcess, int]:
+    metrics = free_port()
+    process = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "watch.log")
+    return process, metrics
+
+
+@pytest.fixture(params=["reload", "runtime"])
+def stack(request: pytest.FixtureRequest, haproxy_binary: str,
+          etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy=request.param)
+    yield s
+    s.stop()
+
+
+def test_a_start_on_a_current_file_asks_whether_haproxy_runs(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()  # the file is current before `watch` starts; HAProxy is not running
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        assert "wrote" not in watch.output()  # nothing to apply, so nothing to reload
+        wait_for(lambda: _not_running(metrics), timeout=5)
+        assert f"{UP} 0.0" in _metrics(metrics).splitlines()
+
+        stack.start()  # by someone else, from the file on disk
+        started = time.monotonic()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0  # it read the file
+        assert spread(stack.port, 4) == {"a": 4}
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
+
+
+def test_a_start_with_haproxy_running_is_ready_without_a_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0
+    finally:
+        watch.stop()
+
+
+def test_haproxy_stopped_between_changes_is_reported_and_costs_no_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Stopped with nothing to apply: /ready 503 within seconds; started again: 200, and no
+    reload (the new master read the current file)."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        stack.start()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        reloads = _reloads(metrics)
+        stack.halt()
+        stopped = time.monotonic()
+        wait_for(lambda: _not_running(metrics), timeout=5, interval=0.01)
+        print(f"HAProxy stopped -> /ready 503: {time.monotonic() - stopped:.3f} s")
+        assert f"{UP} 0.0" in _metrics(metrics).splitlines()
+        stack.start()
+        started = time.monotonic()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
+        assert f"{UP} 1.0" in _metrics(metrics).splitlines()
+        assert stack.status().reloads == 0 and _reloads(metrics) == reloads
+        assert spread(stack.port, 4) == {"a": 4}
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_outages_with_changes_cost_no_extra_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Reload strategy, 3 outages, the pool changed during each: HAProxy serves each new pool
+    once it is back, and confsync reloads nothing for it (it had: one per outage)."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        stack.start()
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        unserved = f"resource haproxy: wrote {stack.cfg} (no HAProxy master"
+        names = ["b", "c", "a"]
+        for i, name in enumerate(names):
+            stack.halt()
+            writes = watch.output().count(unserved)
+            txn = stack.client.transactions
+            stack.client.transaction(compare=[], failure=[], success=[
+                txn.delete(f"{stack.prefix}/services/web/instances/{names[i - 1]}"),
+                txn.put(f"{stack.prefix}/services/web/instances/{name}", json.dumps(
+                    {"address": "127.0.0.1", "port": backends[name].port}))])
+            watch.wait_log(unserved, count=writes + 1)
+            assert _not_running(metrics)
+            stack.start()
+            started = time.monotonic()
+            wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+            print(f"outage {i + 1}: HAProxy start -> /ready 200: "
+                  f"{time.monotonic() - started:.3f} s")
+            assert spread(stack.port, 4) == {name: 4}  # the file changed during the outage
+            assert stack.status().reloads == 0, f"outage {i + 1}: reloaded after the start"
+        assert _reloads(metrics) == 0
+        assert "reloaded HAProxy" not in watch.output()
+        # A change with HAProxy up still reloads (confirmed), once.
+        stack.put_instance("web", "b", backends["b"].port)
+        wait_for(lambda: spread(stack.port, 4) == {"a": 2, "b": 2}, timeout=10)
+        assert stack.status().reloads == 1 and _reloads(metrics) == 1
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy started (by someone else) after the file was installed, while confsync's reload
+    step looks for its master: it read the new file, so the step reloads nothing."""
+
+    from confsync.haproxy import control
+    from confsync.haproxy.settings import HAProxySettings
+    from confsync.resources import Resource
+    from confsync.targets import PluginConfig, ReloadKind
+
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()  # installed while nothing runs
+    settings = HAProxySettings(master_socket=stack.master)
+    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=stack.cfg,
+                        dest=stack.cfg, keys=("/x",), prefix="", reload_timeout=10.0,
+                        plugin=PluginConfig("haproxy", settings))
+    controller = control.HAProxyController(resource, settings)
+    real = control.show_proc
+    started: list[bool] = []
+
+    def start_then_show_proc(path: Path, retry_for: float = 2.0) -> Any:
+        if not started:
+            started.append(True)
+            time.sleep(0.03)  # a clock tick (10 ms) later: within one, it cannot be told apart
+            stack.start()
+        return real(path, retry_for=retry_for)
+
+    monkeypatch.setattr(control, "show_proc", start_then_show_proc)
+    content = stack.cfg.read_bytes()
+    result = controller.reload(None, content)
+    assert started and result.kind is ReloadKind.IN_STEP, result
+    assert stack.status().reloads == 0
+    assert spread(stack.port, 4) == {"a": 4}
+    # A master that started before the step (may run an older file) is reloaded as before.
+    monkeypatch.undo()
+    result = controller.reload(None, content)
+    assert result.kind is ReloadKind.CONFIRMED and stack.status().reloads == 1, result
+
+
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+def test_a_start_reloads_an_haproxy_that_never_loaded_the_current_file(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """A confsync killed between installing a file and reloading leaves HAProxy on the older
+    one, with the file current: the next `watch` must not take that for in step. HAProxy's
+    current worker started (loaded its configuration) before the file was written: reload."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    time.sleep(1.2)  # the worker's start is then surely older than the next write
+    txn = stack.client.transactions
+    stack.client.transaction(compare=[], failure=[], success=[
+        txn.put(f"{stack.prefix}/services/web/instances/b",
+                json.dumps({"address": "127.0.0.1", "port": backends["b"].port})),
+        txn.delete(f"{stack.prefix}/services/web/instances/a")])
+    # Installed, never loaded, as if confsync died before reloading: the same resource with a
+    # master socket nobody serves writes the file.
+    elsewhere = tmp_path / "confdir"
+    shutil.copytree(stack.confdir, elsewhere)
+    toml = elsewhere / "conf.d" / "haproxy.toml"
+    toml.write_text(toml.read_text().replace(str(stack.master), str(tmp_path / "none.sock")))
+    args = stack.cli_args()
+    args[args.index("--confdir") + 1] = str(elsewhere)
+    once = subprocess.run([sys.executable, "-m", "confsync", "once", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert once.returncode == 0 and "no HAProxy master" in once.stderr, once.stderr
+    assert "server b " in stack.cfg.read_text() and spread(stack.port, 4) == {"a": 4}
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: spread(stack.port, 4) == {"b": 4}, timeout=15)
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        assert stack.status().reloads == 1 and _reloads(metrics) == 1
+        assert "loaded its configuration" in watch.output()
+        assert "Traceback" not in watch.output()
+    finally:
+        watch.stop()
+
+
+@pytest.mark.parametrize("stack", ["runtime"], indirect=True)
+def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Runtime strategy: a file newer than HAProxy's worker is the rule (changed without a
+    reload), not a sign that HAProxy never read it."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    time.sleep(1.2)
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "runtime API" in stack.sync_ok()
+    watch, metrics = _watch(stack, tmp_path)
+    try:
+        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        time.sleep(1.5)  # a heartbeat's probe too
+        assert stack.status().reloads == 0 and _reloads(metrics) == 0
+        assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    finally:
+        watch.stop()

@@ -1,0 +1,219 @@
+"""The probe step of the Syncer: a file already in place gets its target asked, not reloaded,
+and a target found again reloads only when it may run an older file. The reload step and the
+HAProxy plugin stay apart (neither imports the other)."""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+
+import confsync
+from confsync.mirror import Mirror
+from confsync.processes import boot_clock, started_at
+from confsync.renderer import Renderer
+from confsync.resources import Resource
+from confsync.stores import Snapshot
+from confsync.sync import UNCHANGED, UPDATED, Syncer
+from confsync.targets import Liveness, Probe, ReloadKind, ReloadResult
+
+
+class FakeTarget:
+    """Answers probes with `liveness`; a reload finds it running unless `down`."""
+
+    def __init__(self, liveness: Liveness) -> None:
+        self.liveness = liveness
+        self.reloads = 0
+        self.probes: list[float | None] = []
+
+    def key(self) -> Hashable:
+        return "fake"
+
+    def probe(self, since: float | None, quick: bool = False) -> Probe:
+        self.probes.append(since)
+        return Probe(self.liveness, f"fake {self.liveness.value}")
+
+    def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
+        if self.liveness is Liveness.DOWN:
+            return ReloadResult(ReloadKind.NO_TARGET, "nothing runs")
+        self.reloads += 1
+        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
+
+    def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
+        return False
+
+
+def _setup(tmp_path: Path, liveness: Liveness,
+           probe: bool = True) -> tuple[Syncer, Resource, FakeTarget, Mirror]:
+    (tmp_path / "t.tmpl").write_text("{% for kv in gets('/pool/*') %}server {{ kv.value }}\n"
+                                     "{% endfor %}")
+    res = Resource(name="pool", source=tmp_path / "pool.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "pool.cfg", keys=("/pool",), prefix="",
+                   reload_cmd=("true",))
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {"/pool/a": b"10.0.0.1:80"}))
+    syncer = Syncer(Renderer(tmp_path), mirror, probe=probe)
+    target = FakeTarget(liveness)
+    syncer._targets[res] = target
+    return syncer, res, target, mirror
+
+
+@pytest.mark.parametrize("liveness", [x for x in Liveness if x is not Liveness.STALE])
+def test_a_current_file_at_the_start_is_probed_never_reloaded(tmp_path: Path,
+                                                              liveness: Liveness) -> None:
+    syncer, res, target, _ = _setup(tmp_path, liveness)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UNCHANGED and target.reloads == 0 and len(target.probes) == 1
+    expected = {Liveness.DOWN: ReloadKind.NO_TARGET, Liveness.UNKNOWN: None}.get(
+        liveness, ReloadKind.IN_STEP)
+    assert (outcome.reload.kind if outcome.reload else None) == expected
+    assert (res.name in syncer.not_running) == (liveness is Liveness.DOWN)
+    syncer.apply([res])  # asked once; later applies ask only while it is down
+    assert len(target.probes) == (2 if liveness is Liveness.DOWN else 1)
+
+
+def test_a_target_that_loaded_before_the_file_was_written_is_reloaded_in_full(
+        tmp_path: Path) -> None:
+    """STALE (say, confsync was killed between installing and reloading): a reload, with no
+    previous file named (what it runs is not the previous file: no runtime-API shortcut)."""
+    syncer, res, target, _ = _setup(tmp_path, Liveness.STALE)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    seen: list[bytes | None] = []
+    real = target.reload
+
+    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
+        seen.append(previous)
+        return real(previous, content)
+
+    target.reload = reload  # type: ignore[method-assign]
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UPDATED and outcome.reload is not None
+    assert outcome.reload.kind is ReloadKind.CONFIRMED and seen == [None]
+    target.liveness = Liveness.RUNNING
+    (outcome,) = syncer.apply([res])  # asked once: no more reloads
+    assert outcome.status == UNCHANGED and target.reloads == 1
+
+
+def test_once_asks_nothing(tmp_path: Path) -> None:
+    syncer, res, target, _ = _setup(tmp_path, Liveness.DOWN, probe=False)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UNCHANGED and outcome.reload is None and target.probes == []
+
+
+def test_an_outage_costs_no_reload_when_the_target_started_after_the_file(
+        tmp_path: Path) -> None:
+    syncer, res, target, mirror = _setup(tmp_path, Liveness.DOWN)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    syncer.apply([res])
+    mirror.load(Snapshot(2, {"/pool/b": b"10.0.0.2:80"}))  # changed while nothing runs
+    before = boot_clock()
+    (written,) = syncer.apply([res])
+    assert written.status == UPDATED and written.reload is not None
+    assert written.reload.kind is ReloadKind.NO_TARGET and res.name in syncer.not_running
+    target.liveness = Liveness.STARTED_SINCE
+    (back,) = syncer.apply([res])
+    assert back.status == UNCHANGED and back.reload is not None
+    assert back.reload.kind is ReloadKind.IN_STEP and target.reloads == 0
+    assert target.probes[-1] is not None and target.probes[-1] >= before  # since the install
+    assert res.name not in syncer.not_running
+
+
+def test_a_target_that_may_run_an_older_file_is_reloaded(tmp_path: Path) -> None:
+    """Found again, but started before the file was in place (it began starting while
+    confsync found nothing, or its socket did not answer): reload, as before."""
+    syncer, res, target, mirror = _setup(tmp_path, Liveness.DOWN)
+    mirror.load(Snapshot(2, {"/pool/b": b"10.0.0.2:80"}))
+    syncer.apply([res])
+    for liveness in (Liveness.RUNNING, Liveness.UNKNOWN):
+        syncer.not_running.add(res.name)
+        target.liveness = liveness
+        reloads = target.reloads
+        (back,) = syncer.apply([res])
+        assert back.status == UPDATED and back.reload is not None
+        assert back.reload.kind is ReloadKind.CONFIRMED and target.reloads == reloads + 1
+        assert res.name not in syncer.not_running
+
+
+def test_check_targets_reports_a_stop_and_a_start(tmp_path: Path) -> None:
+    syncer, res, target, _ = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    syncer.apply([res])
+    assert syncer.check_targets([res]) == ([], [])
+    target.liveness = Liveness.DOWN
+    down, up = syncer.check_targets([res])
+    assert [r.name for r, _ in down] == ["pool"] and up == []
+    assert res.name in syncer.not_running
+    assert syncer.check_targets([res]) == ([], [])  # still down: reported once
+    target.liveness = Liveness.STARTED_SINCE
+    assert syncer.check_targets([res]) == ([], [res])  # the next apply settles it
+    assert target.reloads == 0
+
+
+def test_started_at_is_on_the_boot_clock() -> None:
+    import os
+    import subprocess
+
+    before = boot_clock()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = started_at(child.pid)
+        assert started is not None and before - 0.011 <= started <= boot_clock()
+        assert started_at(os.getpid()) is not None and started_at(0) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_reload_step_and_the_haproxy_plugin_do_not_import_each_other() -> None:
+    root = Path(confsync.__file__).parent
+    reload_imports = _imports(root / "reload.py")
+    control_imports = _imports(root / "haproxy" / "control.py")
+    assert not any(name.startswith("confsync.haproxy") for name in reload_imports)
+    assert "confsync.reload" not in control_imports
+    assert "confsync.sync" not in control_imports and "confsync.daemon" not in control_imports
+
+
+def test_a_signal_target_is_probed_through_its_pidfile_and_a_command_is_not(
+        tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from confsync.command_reload import CommandReloader
+
+    pidfile = tmp_path / "app.pid"
+    res = Resource(name="app", source=tmp_path / "app.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "app.cfg", keys=("/app",), prefix="",
+                   reload_signal=signal.SIGHUP, pidfile=pidfile)
+    reloader = CommandReloader(res)
+    assert reloader.probe(None).liveness is Liveness.DOWN
+    since = boot_clock()
+    time.sleep(0.02)  # a clock tick and more
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        pidfile.write_text(f"{child.pid}\n")
+        assert reloader.probe(since).liveness is Liveness.STARTED_SINCE
+        assert reloader.probe(boot_clock()).liveness is Liveness.RUNNING
+    finally:
+        child.kill()
+        child.wait()
+    assert reloader.probe(since).liveness is Liveness.DOWN
+    command = Resource(name="cmd", source=tmp_path / "cmd.toml", src=tmp_path / "t.tmpl",
+                       dest=tmp_path / "cmd.cfg", keys=("/app",), prefix="",
+                       reload_cmd=("true",))
+    assert CommandReloader(command).probe(since).liveness is Liveness.UNKNOWN
