@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +19,7 @@ from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import haproxy_not_running, ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -59,16 +59,8 @@ def test_runtime_changes_survive_a_reload_or_restart_by_someone_else(
     assert spread(stack.port, 6) == {"c": 6}
 
 
-def _ready(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
-def _not_running(port: int) -> bool:
-    return any(r.startswith("not running: haproxy") for r in _ready(port)[1]["reasons"])
 
 
 def _metric(port: int, line: str) -> bool:
@@ -105,7 +97,7 @@ def test_changes_while_haproxy_is_down_are_reported_and_served_once_it_is_back(
     wait_for(lambda: stack.cfg.exists() and "server a " in stack.cfg.read_text(), timeout=10)
     if when == "stopped":  # running, then stopped by someone else
         stack.start()
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         stack.halt()
     # else: boot order, confsync first and HAProxy a few seconds later
 
@@ -121,13 +113,13 @@ def test_changes_while_haproxy_is_down_are_reported_and_served_once_it_is_back(
     text = stack.cfg.read_text()
     assert "server b " in text and "server a " not in text
     assert _checks(haproxy_binary, stack.cfg)
-    assert _ready(metrics)[0] == 503 and _not_running(metrics)
+    assert ready(metrics)[0] == 503 and haproxy_not_running(metrics)
     assert _metric(metrics, 'confsync_reload_target_up{resource="haproxy"} 0.0')
 
     stack.start()  # by someone else, from the file on disk
     assert spread(stack.port, 4) == {"b": 4}
     # confsync asks again (retry backoff) and finds it: ready again, no manual action.
-    wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
     assert _metric(metrics, 'confsync_reload_target_up{resource="haproxy"} 1.0')
     # And pool changes reach it through the runtime API as usual.
     stack.put_instance("web", "c", backends["c"].port)
@@ -144,7 +136,7 @@ def test_outside_reload_while_a_removed_server_is_parked(
     watch.wait_log("watching /", timeout=15)
     wait_for(lambda: stack.cfg.exists() and "server b " in stack.cfg.read_text(), timeout=10)
     stack.start()
-    wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
     assert spread(stack.port, 6) == {"a": 3, "b": 3}  # leaves idle connections to b
     stack.delete("/services/web/instances/b")
     wait_for(lambda: spread(stack.port, 4) == {"a": 4}, timeout=10)
@@ -163,5 +155,5 @@ def test_outside_reload_while_a_removed_server_is_parked(
     stack.delete("/services/web/instances/a")
     wait_for(lambda: spread(stack.port, 4) == {"c": 4}, timeout=10)
     assert stack.status().reloads == reloads  # all through the runtime API
-    assert _ready(metrics)[0] == 200
+    assert ready(metrics)[0] == 200
     assert "Traceback" not in watch.output()

@@ -27,23 +27,13 @@ from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import haproxy_not_running, ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
 
-def _ready(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except urllib.error.URLError:
-        return 0, {"reasons": ["metrics server not listening yet"]}
 
 
-def _not_running(port: int) -> bool:
-    status, body = _ready(port)
-    return status == 503 and any(r.startswith("not running: haproxy") for r in body["reasons"])
 
 
 def _metrics(port: int) -> str:
@@ -88,12 +78,12 @@ def test_a_start_on_a_current_file_asks_whether_haproxy_runs(
     try:
         watch.wait_log("watching /", timeout=15)
         assert "wrote" not in watch.output()  # nothing to apply, so nothing to reload
-        wait_for(lambda: _not_running(metrics), timeout=5)
+        wait_for(lambda: haproxy_not_running(metrics), timeout=5)
         assert f"{UP} 0.0" in _metrics(metrics).splitlines()
 
         stack.start()  # by someone else, from the file on disk
         started = time.monotonic()
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=5, interval=0.01)
         print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
         assert f"{UP} 1.0" in _metrics(metrics).splitlines()
         assert stack.status().reloads == 0 and _reloads(metrics) == 0  # it read the file
@@ -111,7 +101,7 @@ def test_a_start_with_haproxy_running_is_ready_without_a_reload(
     stack.start()
     watch, metrics = _watch(stack, tmp_path)
     try:
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
         assert f"{UP} 1.0" in _metrics(metrics).splitlines()
         assert stack.status().reloads == 0 and _reloads(metrics) == 0
     finally:
@@ -128,16 +118,16 @@ def test_haproxy_stopped_between_changes_is_reported_and_costs_no_reload(
     try:
         watch.wait_log("watching /", timeout=15)
         stack.start()
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         reloads = _reloads(metrics)
         stack.halt()
         stopped = time.monotonic()
-        wait_for(lambda: _not_running(metrics), timeout=5, interval=0.01)
+        wait_for(lambda: haproxy_not_running(metrics), timeout=5, interval=0.01)
         print(f"HAProxy stopped -> /ready 503: {time.monotonic() - stopped:.3f} s")
         assert f"{UP} 0.0" in _metrics(metrics).splitlines()
         stack.start()
         started = time.monotonic()
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=5, interval=0.01)
         print(f"HAProxy start -> /ready 200: {time.monotonic() - started:.3f} s")
         assert f"{UP} 1.0" in _metrics(metrics).splitlines()
         assert stack.status().reloads == 0 and _reloads(metrics) == reloads
@@ -157,7 +147,7 @@ def test_outages_with_changes_cost_no_extra_reload(
     try:
         watch.wait_log("watching /", timeout=15)
         stack.start()
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         unserved = f"resource haproxy: wrote {stack.cfg} (no HAProxy master"
         names = ["b", "c", "a"]
         for i, name in enumerate(names):
@@ -169,10 +159,10 @@ def test_outages_with_changes_cost_no_extra_reload(
                 txn.put(f"{stack.prefix}/services/web/instances/{name}", json.dumps(
                     {"address": "127.0.0.1", "port": backends[name].port}))])
             watch.wait_log(unserved, count=writes + 1)
-            assert _not_running(metrics)
+            assert haproxy_not_running(metrics)
             stack.start()
             started = time.monotonic()
-            wait_for(lambda: _ready(metrics)[0] == 200, timeout=5, interval=0.01)
+            wait_for(lambda: ready(metrics)[0] == 200, timeout=5, interval=0.01)
             print(f"outage {i + 1}: HAProxy start -> /ready 200: "
                   f"{time.monotonic() - started:.3f} s")
             assert spread(stack.port, 4) == {name: 4}  # the file changed during the outage
@@ -262,7 +252,7 @@ def test_a_start_reloads_an_haproxy_that_never_loaded_the_current_file(
     watch, metrics = _watch(stack, tmp_path)
     try:
         wait_for(lambda: spread(stack.port, 4) == {"b": 4}, timeout=15)
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         assert stack.status().reloads == 1 and _reloads(metrics) == 1
         assert "loaded its configuration" in watch.output()
         assert "Traceback" not in watch.output()
@@ -284,7 +274,7 @@ def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
     assert "runtime API" in stack.sync_ok()
     watch, metrics = _watch(stack, tmp_path)
     try:
-        wait_for(lambda: _ready(metrics)[0] == 200, timeout=15)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
         time.sleep(1.5)  # a heartbeat's probe too
         assert stack.status().reloads == 0 and _reloads(metrics) == 0
         assert spread(stack.port, 4) == {"a": 2, "b": 2}

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, wait_for
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.haproxy, pytest.mark.etcd]
 
@@ -229,7 +228,7 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
         watch.wait_log("watching /", timeout=15)
         wait_for(lambda: stack.cfg.exists(), timeout=10)
         stack.start()
-        wait_for(lambda: _ready(metrics) == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         calm = len(watch.output())  # before HAProxy started, "no HAProxy master" was right
         thread.start()
         for generation in range(1, 5):
@@ -239,7 +238,7 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
         storm.set()
         thread.join()
         wait_for(lambda: _generation(stack.port) == "4", timeout=10)
-        wait_for(lambda: _ready(metrics) == 200, timeout=10)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
         log = watch.output()[calm:]
         print(f"{len(outside)} outside reloads; confsync: {log.count('confirmed in')} confirmed")
         for bad in ("previous file restored", "no HAProxy master", "reload failed",
@@ -251,14 +250,6 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
         stack.stop()
 
 
-def _ready(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except urllib.error.URLError:
-        return 0
 
 
 def _generation(port: int) -> str | None:

@@ -17,3 +17,15 @@ def probe(base: str, path: str, timeout: float = 5.0) -> tuple[int, dict[str, An
         return exc.code, json.loads(exc.read() or b"{}")
     except (OSError, ValueError):
         return 0, {}
+
+
+def ready(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """/ready of a watch whose metrics server listens on 127.0.0.1:`port`."""
+    return probe(f"http://127.0.0.1:{port}", "/ready", timeout)
+
+
+def haproxy_not_running(port: int) -> bool:
+    """/ready says 503 because the HAProxy of a resource does not run."""
+    status, body = ready(port)
+    return status == 503 and any(str(r).startswith("not running: haproxy")
+                                 for r in body.get("reasons", []))
