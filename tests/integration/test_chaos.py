@@ -201,6 +201,8 @@ def converged(chaos: Chaos) -> tuple[bool, str]:
     return ok, done.stdout + done.stderr
 
 
+# The faults, then up to a minute to converge and the checks: a longer run gets a longer limit.
+@pytest.mark.timeout(CHAOS_SECONDS + 120)
 def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     seed = int(os.environ.get("CONFSYNC_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"chaos seed {seed} (CONFSYNC_CHAOS_SEED={seed} replays it)")
