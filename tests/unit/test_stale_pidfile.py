@@ -1,0 +1,131 @@
+"""A pidfile outlives its process and its number goes to another one: a reload signal must
+never reach that one (confsync itself, its parent, a zombie, a program of another name).
+Real processes and real signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from confsync.command_reload import CommandReloader
+from confsync.processes import find_process, state
+from confsync.resources import Resource
+from confsync.targets import ReloadKind
+
+
+def resource(tmp_path: Path, pidfile: Path, process: str | None = None) -> Resource:
+    return Resource(name="app", source=tmp_path / "app.toml", src=tmp_path / "t.tmpl",
+                    dest=tmp_path / "app.cfg", keys=("/app",), prefix="",
+                    reload_signal=signal.SIGUSR1, pidfile=pidfile, process=process)
+
+
+@pytest.fixture
+def usr1_count() -> Iterator[list[int]]:
+    """SIGUSR1s this test process receives (it must receive none)."""
+    got: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.fixture
+def named_sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `sleep` under a name of its own, so a name search finds it and nothing else."""
+    binary = tmp_path / "cs-target-app"
+    shutil.copy("/bin/sleep", binary)
+    proc = subprocess.Popen([str(binary), "30"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_pidfile_naming_confsync_itself_gets_no_signal(
+        tmp_path: Path, usr1_count: list[int], caplog: pytest.LogCaptureFixture) -> None:
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # a restarted container: the old number is ours
+    with caplog.at_level(logging.WARNING, logger="confsync.processes"):
+        result = CommandReloader(resource(tmp_path, pidfile)).reload()
+    time.sleep(0.05)
+    assert usr1_count == []
+    assert result.kind is ReloadKind.NO_TARGET
+    assert "confsync itself: a stale pidfile" in caplog.text
+
+
+def test_a_pidfile_naming_confsyncs_parent_is_refused(tmp_path: Path) -> None:
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{os.getppid()}\n")  # systemd or the container's init
+    assert find_process(pidfile, None) is None
+
+
+def test_a_pidfile_naming_a_zombie_is_no_target(tmp_path: Path) -> None:
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while state(child.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state(child.pid) == "Z"
+        pidfile = tmp_path / "app.pid"
+        pidfile.write_text(str(child.pid))
+        assert find_process(pidfile, None) is None
+    finally:
+        child.wait()
+
+
+def test_a_pidfile_naming_another_program_falls_back_to_the_name(
+        tmp_path: Path, named_sleeper: subprocess.Popen[bytes]) -> None:
+    other = subprocess.Popen(["sleep", "30"])  # took the number of the target's old pid
+    try:
+        pidfile = tmp_path / "app.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        assert find_process(pidfile, None) == other.pid  # nothing to check it against
+        assert find_process(pidfile, "cs-target-app") == named_sleeper.pid
+        assert find_process(pidfile, "cs-target-none") is None
+        pidfile.write_text(f"{named_sleeper.pid}\n")
+        assert find_process(pidfile, "cs-target-app") == named_sleeper.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_signal_goes_to_the_named_process_not_the_stale_pid(
+        tmp_path: Path, usr1_count: list[int]) -> None:
+    binary = tmp_path / "cs-usr1-target"
+    shutil.copy("/bin/sleep", binary)
+    target = subprocess.Popen([str(binary), "30"])  # SIGUSR1 ends a sleep: seen by its exit
+    try:
+        pidfile = tmp_path / "app.pid"
+        pidfile.write_text(f"{os.getpid()}\n")
+        result = CommandReloader(resource(tmp_path, pidfile, "cs-usr1-target")).reload()
+        assert result.kind is ReloadKind.SIGNAL and str(target.pid) in result.detail
+        assert target.wait(timeout=5) == -signal.SIGUSR1
+        assert usr1_count == []
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_a_refused_pidfile_is_logged_once_per_pid(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{os.getppid()}\n")
+    with caplog.at_level(logging.WARNING, logger="confsync.processes"):
+        for _ in range(5):
+            assert find_process(pidfile, None) is None
+    assert caplog.text.count("a stale pidfile") == 1
