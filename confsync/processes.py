@@ -64,10 +64,11 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     A pidfile outlives its process (a crash, SIGKILL, a container restarted with its writable
     layer and /run kept), and its number is handed to another process sooner or later; in a
     container, where pids are small, almost at once. A signal sent there (SIGHUP, SIGUSR2)
-    reloads or kills the wrong program. So the pid is refused when it is confsync itself or its
-    parent (the service manager or the container's init: never a reload target), a zombie, or,
-    with `process` set too, a process of another name (start-stop-daemon's --pidfile with
-    --exec/--name). Each refusal is logged, at most every 5 minutes per pidfile and pid.
+    reloads or kills the wrong program. So the pid is refused when it is confsync itself, a
+    zombie, or, with `process` set too, a process of another name (start-stop-daemon's
+    --pidfile with --name). confsync's parent is not refused as such: an HAProxy master that
+    runs confsync in a `program` section is its parent and the right target. Each refusal is
+    logged, at most every 5 minutes per pidfile and pid.
     """
     try:
         text = pidfile.read_text().split()
@@ -77,8 +78,8 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     if pid <= 0:
         return None
     why = None
-    if pid in (os.getpid(), os.getppid()):
-        why = "confsync itself" if pid == os.getpid() else "confsync's parent"
+    if pid == os.getpid():
+        why = "confsync itself"
     else:
         names = _names(pid)
         if names is None or state(pid) in (None, "Z", "X"):

@@ -1,5 +1,5 @@
 """A pidfile outlives its process and its number goes to another one: a reload signal must
-never reach that one (confsync itself, its parent, a zombie, a program of another name).
+never reach that one (confsync itself, a zombie, a program of another name).
 Real processes and real signals."""
 
 from __future__ import annotations
@@ -68,10 +68,14 @@ def test_a_pidfile_naming_confsync_itself_gets_no_signal(
     assert "confsync itself: a stale pidfile" in caplog.text
 
 
-def test_a_pidfile_naming_confsyncs_parent_is_refused(tmp_path: Path) -> None:
+def test_confsyncs_parent_is_signalled_only_under_its_name(
+        tmp_path: Path, named_sleeper: subprocess.Popen[bytes]) -> None:
+    """An HAProxy master running confsync in a `program` section is its parent and the target;
+    a stale number that is now the parent (the container's init) is caught by the name."""
     pidfile = tmp_path / "app.pid"
-    pidfile.write_text(f"{os.getppid()}\n")  # systemd or the container's init
-    assert find_process(pidfile, None) is None
+    pidfile.write_text(f"{os.getppid()}\n")
+    assert find_process(pidfile, None) == os.getppid()
+    assert find_process(pidfile, "cs-target-app") == named_sleeper.pid
 
 
 def test_a_pidfile_naming_a_zombie_is_no_target(tmp_path: Path) -> None:
@@ -124,7 +128,7 @@ def test_the_signal_goes_to_the_named_process_not_the_stale_pid(
 def test_a_refused_pidfile_is_logged_once_per_pid(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pidfile = tmp_path / "app.pid"
-    pidfile.write_text(f"{os.getppid()}\n")
+    pidfile.write_text(f"{os.getpid()}\n")
     with caplog.at_level(logging.WARNING, logger="confsync.processes"):
         for _ in range(5):
             assert find_process(pidfile, None) is None
