@@ -82,6 +82,17 @@ class DestCache:
             self._known[path] = (signature, state)
         return state
 
+    def changed(self, path: Path) -> bool:
+        """True when `path` is known and no longer what was seen last (rewritten, replaced,
+        chmodded, chowned or deleted by someone else); one stat, nothing read."""
+        known = self._known.get(path)
+        if known is None:
+            return False
+        try:
+            return _signature(os.stat(path)) != known[0]
+        except OSError:
+            return True
+
     def remember(self, path: Path, state: FileState) -> None:
         try:
             self._known[path] = (_signature(os.stat(path)), state)

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from confsync import children
+from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer
 from confsync.logs import Repeats
@@ -137,7 +138,11 @@ class Daemon:
         self.generation = 0
         self._local_observer: Any = None
         self._local_paths: tuple[str, ...] = ()
-        self._repairing: set[str] = set()  # resources re-rendered by the interval
+        # Resources re-rendered because their dest may differ from the render (the interval,
+        # or a dest someone else changed): a rewrite without a data change is reported.
+        self._repairing: set[str] = set()
+        self.drift = DriftGuard()
+        self._drift_warnings = Repeats()
         self._loop_errors: collections.deque[float] = collections.deque()
         self._follower_restart_at: float | None = None
         self._follower_deaths = 0
@@ -238,6 +243,7 @@ class Daemon:
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
             if settled:
+                self._check_dests(now)
                 self._check_targets(now)
             self.observers.heartbeat()
             self._last_beat = now
@@ -438,6 +444,28 @@ class Daemon:
                 self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
             else:
                 self._part_recovered("local-files")
+
+    def _check_dests(self, now: float) -> None:
+        """Every heartbeat: a dest someone else changed (a package upgrade's own file, a hand
+        edit, a deletion) is rendered again, so the service is not left on a file that is not
+        etcd's until the next data change; one stat per resource. See drift.py."""
+        planner = self.planner
+        resources = [r for r in self.state.resources
+                     if not planner.retrying(r.name) and not planner.pending(r.name)]
+        repair = []
+        for resource in self.syncer.drifted(resources):
+            if self.drift.may_repair(resource.name, now):
+                repair.append(resource)
+            elif self._drift_warnings.due(resource.name):
+                log.warning("resource %s: %s keeps being changed by someone else (another "
+                            "writer?); rewriting it again in %.0fs", resource.name,
+                            resource.dest, self.drift.delay(resource.name, now),
+                            extra={"resource": resource.name})
+        if repair:
+            log.info("%s: dest changed on disk; rendering again",
+                     ", ".join(r.name for r in repair))
+            self._repairing.update(r.name for r in repair)
+            planner.touch(repair, now)
 
     def _check_targets(self, now: float) -> None:
         """Every heartbeat: ask each reload target whether it runs (one `show proc` for
@@ -653,6 +681,7 @@ class Daemon:
         self.planner.clear()
         self.pending_keys.clear()
         self._repairing.clear()
+        self.drift.keep(names)
         self.observers.started(state.resources)  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))

@@ -83,6 +83,10 @@ class Planner:
     def retrying(self, name: str) -> bool:
         return name in self._retries
 
+    def pending(self, name: str) -> bool:
+        """A render of `name` waits for its debounce deadline."""
+        return name in self._pending
+
     def due(self, now: float) -> list[Resource]:
         """Pop and return every resource whose debounce or retry deadline has passed."""
         ready = {p.resource.name: p.resource for p in self._pending.values()

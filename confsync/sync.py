@@ -163,6 +163,10 @@ class Syncer:
                                 f"allows rendering from no keys)")
         return content, warnings
 
+    def drifted(self, resources: Iterable[Resource]) -> list[Resource]:
+        """Resources whose dest someone else changed since this Syncer last looked at it."""
+        return [r for r in resources if self.dests.changed(r.dest)]
+
     def render(self, resource: Resource) -> bytes:
         return self.render_with_warnings(resource)[0]
 

@@ -157,3 +157,34 @@ def test_outside_reload_while_a_removed_server_is_parked(
     assert stack.status().reloads == reloads  # all through the runtime API
     assert ready(metrics)[0] == 200
     assert "Traceback" not in watch.output()
+
+
+def test_a_package_upgrade_that_replaces_the_config_and_restarts_haproxy_is_undone(
+        stack: HAProxyStack, daemon: tuple[WatchProcess, int],
+        backends: dict[str, HTTPBackend]) -> None:
+    """`apt-get upgrade haproxy` taking the maintainer's haproxy.cfg (or a config-management
+    run writing its own) and restarting HAProxy: nothing in etcd changes, yet within about a
+    heartbeat HAProxy serves etcd's pool again."""
+    watch, metrics = daemon
+    stack.put_instance("web", "a", backends["a"].port)
+    watch.wait_log("watching /", timeout=15)
+    wait_for(lambda: stack.cfg.exists() and "server a " in stack.cfg.read_text(), timeout=10)
+    stack.start()
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
+    assert spread(stack.port, 4) == {"a": 4}
+
+    packaged = stack.cfg.with_name("haproxy.cfg.dpkg-new")
+    packaged.write_text(
+        "global\n"
+        f"    stats socket {stack.admin} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
+        "    timeout server 5s\n"
+        f"frontend main\n    bind 127.0.0.1:{stack.port}\n    default_backend be_pkg\n"
+        f"backend be_pkg\n    server b 127.0.0.1:{backends['b'].port}\n")
+    packaged.replace(stack.cfg)
+    stack.restart()  # the package's postinst
+    wait_for(lambda: "server a " in stack.cfg.read_text(), timeout=5)
+    wait_for(lambda: spread(stack.port, 4) == {"a": 4}, timeout=10)
+    watch.wait_log("edited outside confsync", timeout=5)
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
+    assert "Traceback" not in watch.output()

@@ -1,0 +1,104 @@
+"""A dest someone else changes (a package upgrade's own file, a hand edit, a deletion) is put
+back within about a heartbeat, with no `[watch] interval` and no data change; a change that
+renders equal writes and reloads nothing; two writers do not make a reload loop."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+
+
+class Stack:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data.yaml"
+        self.dest = base / "out.conf"
+        self.reloads = base / "reloads"
+        self.data.write_text("app:\n  port: 8080\n")
+        write_resource(base / "cd", "app", "port {{ getv('/app/port') | port }}\n",
+                       f'dest = "{self.dest}"\nkeys = ["/app"]\n'
+                       f'reload_cmd = ["sh", "-c", "echo r >> {self.reloads}"]')
+        self.watch = WatchProcess("--confdir", str(base / "cd"), "--backend", "file",
+                                  "--file", str(self.data), "--wait-min", "0",
+                                  log=base / "log")
+
+    def reload_count(self) -> int:
+        return read(self.reloads).count("r") if self.reloads.exists() else 0
+
+    def replace_dest(self, text: str) -> None:
+        """As dpkg or an editor does: a new file renamed over the dest."""
+        staged = self.dest.with_name("out.conf.dpkg-new")
+        staged.write_text(text)
+        os.replace(staged, self.dest)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    try:
+        wait_for(lambda: read(s.dest) == "port 8080\n", what="first render")
+        wait_for(lambda: s.reload_count() == 1, what="first reload")
+        yield s
+    finally:
+        s.watch.stop()
+
+
+def test_a_replaced_dest_is_rewritten_and_reloaded_without_an_interval(stack: Stack) -> None:
+    stack.replace_dest("port 80  # the package's default\n")
+    started = time.monotonic()
+    wait_for(lambda: read(stack.dest) == "port 8080\n", timeout=5, what="the dest put back")
+    took = time.monotonic() - started
+    wait_for(lambda: stack.reload_count() == 2, timeout=5, what="a reload of the repaired file")
+    stack.watch.wait_log("edited outside confsync", timeout=5)
+    assert took < 3.0, f"repaired after {took:.1f}s"
+
+
+def test_a_deleted_dest_is_written_again(stack: Stack) -> None:
+    stack.dest.unlink()
+    wait_for(lambda: read(stack.dest) == "port 8080\n", timeout=5, what="the dest written again")
+    wait_for(lambda: stack.reload_count() == 2, timeout=5, what="a reload")
+
+
+def test_a_touch_or_chmod_the_resource_does_not_set_writes_and_reloads_nothing(
+        stack: Stack) -> None:
+    inode = stack.dest.stat().st_ino
+    os.utime(stack.dest)
+    os.chmod(stack.dest, 0o640)
+    stack.watch.wait_log("dest changed on disk; rendering again", timeout=5)
+    time.sleep(1.5)  # a heartbeat and more: nothing more may happen
+    assert stack.dest.stat().st_ino == inode and stack.reload_count() == 1
+    assert stack.dest.stat().st_mode & 0o777 == 0o640
+    assert "edited outside confsync" not in stack.watch.output()
+
+
+def test_two_writers_do_not_make_a_reload_loop(stack: Stack) -> None:
+    """Another writer puts its file back every 100 ms for 6 s: repairs follow a doubling gap
+    (at about 0, 1, 3 s), not one per heartbeat, and the last word is etcd's once it stops."""
+    done = threading.Event()
+
+    def other_writer() -> None:
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline and not done.is_set():
+            stack.replace_dest("port 81  # the other writer's\n")
+            time.sleep(0.1)
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        writer.join(timeout=10)
+    finally:
+        done.set()
+        writer.join()
+    repairs = stack.reload_count() - 1
+    assert 2 <= repairs <= 4, f"{repairs} reloads for a 6 s fight"
+    stack.watch.wait_log("keeps being changed by someone else", timeout=1)
+    # The fight is over: the next allowed repair (within the 4 s gap) puts etcd's file back.
+    wait_for(lambda: read(stack.dest) == "port 8080\n", timeout=8, what="the last repair")
