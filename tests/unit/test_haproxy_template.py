@@ -72,6 +72,42 @@ def test_empty_service_is_a_backend_without_servers(tmp_path: Path) -> None:
     assert "backend be_web\n" in dest.read_text() and "\n    server " not in dest.read_text()
 
 
+@pytest.mark.parametrize("last_key", ["none", "instance deleted"])
+def test_a_default_service_with_no_key_is_a_503_backend_haproxy_accepts(
+        tmp_path: Path, haproxy_binary: str, last_key: str) -> None:
+    """The README's first steps (a frontend, no instance registered yet) and a pool whose last
+    instance left, with no /services/<svc>/config key: `default_backend be_web` must name a
+    backend, or every render fails its check and HAProxy keeps the dead servers."""
+    data: dict[str, Any] = {"/haproxy/global": GOOD["/haproxy/global"],
+                            "/haproxy/frontends/main": GOOD["/haproxy/frontends/main"]}
+    syncer, dest = _syncer(data), tmp_path / "haproxy.cfg"
+    if last_key == "instance deleted":
+        data["/services/web/instances/web-1"] = GOOD["/services/web/instances/web-1"]
+        syncer = _syncer(data)
+        [first] = syncer.apply([_resource(dest)])
+        assert "server web-1 " in dest.read_text(), first.error
+        syncer = _syncer({k: v for k, v in data.items() if "/instances/" not in k})
+    [outcome] = syncer.apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    text = dest.read_text()
+    assert "    default_backend be_web\n" in text and "backend be_web\n" in text
+    assert "\n    server " not in text
+    check = subprocess.run([haproxy_binary, "-c", "-f", str(dest)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_services_with_keys_render_as_before_beside_a_default_one(tmp_path: Path) -> None:
+    data = {**GOOD, "/haproxy/frontends/other": {"bind": ["127.0.0.1:8081"],
+                                                 "default_service": "zz-fallback"}}
+    dest = tmp_path / "haproxy.cfg"
+    [outcome] = _syncer(data).apply([_resource(dest)])
+    assert outcome.status == UPDATED, outcome.error
+    text = dest.read_text()
+    backends = [line for line in text.splitlines() if line.startswith("backend ")]
+    assert backends == ["backend be_api", "backend be_web", "backend be_zz-fallback"]
+
+
 INSTANCE = "/services/web/instances/web-1"
 # Instance values: the instance is left out (and reported); every other server stays.
 HOSTILE_INSTANCE = [
