@@ -32,6 +32,7 @@ class RegisterMetrics:
         self._stopping = False
         self._conflicts: dict[str, str] = {}
         self._states = {r.name: "absent" for r in registrations}
+        self._why_state = {r.name: "no check result yet" for r in registrations}
         r, ns = self.registry, "confsync_register"
         Info("build", "confsync version", namespace="confsync", registry=r).info(
             {"version": __version__})
@@ -80,6 +81,11 @@ class RegisterMetrics:
         with self._lock:
             self._states[registration.name] = state
 
+    def explain(self, registration: str, why: str) -> None:
+        """Why `registration` is in its state now (shown under `why` in /ready)."""
+        with self._lock:
+            self._why_state[registration] = why
+
     def check(self, registration: str, index: int, ok: bool, seconds: float, up: bool) -> None:
         self.checks.labels(registration, str(index), "ok" if ok else "failed").inc()
         self.check_seconds.labels(registration, str(index)).observe(seconds)
@@ -121,4 +127,7 @@ class RegisterMetrics:
                 reasons.append(f"{name}: key held by {owner}")
             if self._stopping:
                 reasons.append("stopping")
-            return not reasons, {"registrations": dict(self._states), "reasons": reasons}
+            # Why each registration is in its state ("check 1 down: ..."): an instance held
+            # back by its own checks is the registrar working, not a reason for 503.
+            return not reasons, {"registrations": dict(self._states), "reasons": reasons,
+                                 "why": dict(self._why_state)}

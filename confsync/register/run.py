@@ -169,8 +169,9 @@ class RegisterLoop:
             up = state.checks[item.index].up
             self.metrics.check(item.registration, item.index, item.ok, item.seconds, up)
             if changed:
-                log.info("register: %s check %d %s: %s", item.registration, item.index,
-                         "up" if up else "down", item.detail)
+                log.log(logging.INFO if up else logging.WARNING,
+                        "register: %s check %d %s: %s", item.registration, item.index,
+                        "up" if up else "down", item.detail)
         elif isinstance(item, RegistrarEvent):
             self._registrar_event(item)
         elif isinstance(item, AddressChanged):
@@ -295,6 +296,7 @@ class RegisterLoop:
         now = time.monotonic()
         for state in self.instances.values():
             target, why = state.desired(now)
+            self.metrics.explain(state.registration.name, why)
             if target == state.published:
                 continue
             reg = state.registration

@@ -16,13 +16,16 @@ from confsync.register.config import Registration
 ABSENT = "absent"  # the state name used in events and metrics for "no key"
 
 
+NOT_RUN = "not run yet"
+
+
 class InstanceState:
     """Live state of one registration; owned by the loop thread."""
 
     def __init__(self, registration: Registration) -> None:
         self.registration = registration
         self.checks = [Hysteresis(c.rise, c.fall) for c in registration.checks]
-        self.last_detail = ["not run yet"] * len(registration.checks)
+        self.last_detail = [NOT_RUN] * len(registration.checks)
         self.maintenance = False
         self.child_gone = False
         self.drain_until: float | None = None
@@ -33,9 +36,12 @@ class InstanceState:
         return all(h.up for h in self.checks)
 
     def observe(self, result: Result) -> bool:
-        """One check result; True when that check went up or down."""
+        """One check result; True when it is worth a log line: the check went up or down, or
+        its first result failed (checks start down, so one that fails from the start never
+        changes: without this, a registration held back by it was never explained)."""
+        first = self.last_detail[result.index] is NOT_RUN
         self.last_detail[result.index] = result.detail
-        return self.checks[result.index].observe(result.ok)
+        return self.checks[result.index].observe(result.ok) or (first and not result.ok)
 
     def start_drain(self, now: float) -> None:
         """SIGTERM: a ready instance drains for `drain` seconds; anything else goes at once."""

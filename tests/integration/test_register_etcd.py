@@ -492,3 +492,36 @@ def test_a_keepalive_that_keeps_failing_gets_a_new_lease_within_a_ttl(
     finally:
         registrar.close(timeout=5)
         store.close()
+
+
+def test_a_check_that_never_passes_is_logged_and_explained_in_ready(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The README's example with its self-test script missing: checks start down, so one that
+    fails from the start never went up or down and the instance stayed unregistered without a
+    word. Its first failure is a WARNING, and /ready's `why` names it (200: the registrar works;
+    the service is what is unhealthy)."""
+    from tests.support.http_probe import ready
+
+    missing = tmp_path / "web-selftest"
+    write_registration(tmp_path / "conf", "web", _registration(
+        backend.port, checks=_http_check(rise=1)
+        + f'[[check]]\ntype = "exec"\ncommand = ["{missing}"]\ninterval = "100ms"\n'))
+    metrics = free_port()
+    proc = _start(procs, tmp_path, etcd, prefix, "--metrics-address", f"127.0.0.1:{metrics}")
+    wait_for(lambda: "check 1 down" in proc.output(), timeout=15, what="the failing check")
+    line = next(x for x in proc.output().splitlines() if "check 1 down" in x)
+    assert "WARNING" in line and str(missing) in line, line
+
+    def why() -> str:
+        return str(ready(metrics)[1].get("why", {}).get("web", ""))
+
+    wait_for(lambda: why().startswith("check 1 down"), timeout=10, what=f"/ready {why()!r}")
+    assert ready(metrics)[0] == 200
+    assert published(client(etcd.endpoint), _key(prefix)) is None
+    missing.write_text("#!/bin/sh\nexit 0\n")
+    missing.chmod(0o755)
+    wait_for(lambda: published(client(etcd.endpoint), _key(prefix)) is not None, timeout=15,
+             what="registered once the check passes")
+    wait_for(lambda: why().startswith("checks passing"), timeout=5, what=f"/ready {why()!r}")
+    assert proc.output().count("check 1 down") == 1  # not a line per failed run
