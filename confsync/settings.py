@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,18 @@ class EtcdSettings:
     # is taken as lost and reopened (0 = never). etcd sends progress notifications every 10
     # min by default (--experimental-watch-progress-notify-interval); keep this above that.
     silence_limit: float = 900.0
+
+    def uses_tls(self, urls: Sequence[str]) -> bool:
+        """TLS for every endpoint when any is https:// or a CA is given (one channel setting)."""
+        return self.ca_cert is not None or any(u.lower().startswith("https://") for u in urls)
+
+    def credentials_in_clear(self, urls: Sequence[str]) -> bool:
+        """A user and password would travel over plain HTTP/gRPC to `urls`: refused."""
+        return bool(self.user) and self.password_file is not None and not self.uses_tls(urls)
+
+
+CLEAR_CREDENTIALS = ("needs TLS (https:// endpoints or ca_cert): the password is never sent "
+                     "in clear text")
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,9 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     top = {k: v for k, v in values.items() if "." not in k}
     settings = Settings(config_path=config_path if config_path.exists() else None,
                         etcd=etcd, watch=watch, exec=exec_settings, **top)
+    if settings.backend == "etcd" and not etcd.srv_domain and \
+            etcd.credentials_in_clear(etcd.endpoints):
+        raise ConfigError("etcd", f"user {etcd.user!r} {CLEAR_CREDENTIALS}", "user")
     if settings.backend == "file" and not settings.file_paths:
         raise ConfigError("file backend", "needs at least one data file: set [file] paths, "
                           "CONFSYNC_FILE_PATHS or --file", "paths")

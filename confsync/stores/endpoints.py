@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from confsync.errors import ConfigError
-from confsync.settings import EtcdSettings
+from confsync.settings import CLEAR_CREDENTIALS, EtcdSettings
 
 # etcd's answer to Authenticate while its auth is off (`etcdctl auth disable`). It then serves
 # every client without a token, so confsync connects without one, as etcd's own Go client does:
@@ -51,9 +51,12 @@ def split_endpoint(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 2379
 
 
-def uses_tls(settings: EtcdSettings, urls: Sequence[str]) -> bool:
-    """TLS for every endpoint when any is https:// or a CA is given (one channel setting)."""
-    return settings.ca_cert is not None or any(urlsplit(u).scheme == "https" for u in urls)
+def refuse_clear_credentials(settings: EtcdSettings, urls: Sequence[str]) -> None:
+    """Never send the password unencrypted. Static endpoints are refused when the settings
+    load; endpoints named by DNS SRV records are known only here."""
+    if settings.credentials_in_clear(urls):
+        raise ConfigError(f"etcd {describe_endpoints(settings)}",
+                          f"user {settings.user!r} {CLEAR_CREDENTIALS}", "user")
 
 
 def check_client_pair(settings: EtcdSettings) -> None:

@@ -48,8 +48,8 @@ from confsync.stores.endpoints import (
     describe_endpoints,
     endpoint_urls,
     read_tls_file,
+    refuse_clear_credentials,
     split_endpoint,
-    uses_tls,
 )
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class EtcdStore:
     # ---- clients
 
     def _credentials(self, urls: Sequence[str]) -> grpc.ChannelCredentials | None:
-        if not uses_tls(self._settings, urls):
+        if not self._settings.uses_tls(urls):
             return None
         identity = self._tls_files_identity()
         cached = self._credentials_cache.get(identity)
@@ -214,9 +214,8 @@ class EtcdStore:
     def _describe_endpoints(self) -> str:
         return describe_endpoints(self._settings)
 
-    def _endpoints(self) -> list[Endpoint]:
+    def _endpoints(self, urls: Sequence[str]) -> list[Endpoint]:
         endpoints = []
-        urls = self.endpoint_urls()
         credentials = self._credentials(urls)
         for url in urls:
             host, port = split_endpoint(url)
@@ -234,8 +233,11 @@ class EtcdStore:
         reconnect after a member died or lost its leader moves on instead of picking the dead
         one at random, and while nothing fails every client talks to the same member.
         """
+        urls = self.endpoint_urls()
+        if authenticate:
+            refuse_clear_credentials(self._settings, urls)
         password = read_password(self._settings) if authenticate else None
-        endpoints = self._endpoints()
+        endpoints = self._endpoints(urls)
         with self._rotation_lock:
             first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]

@@ -49,8 +49,8 @@ from confsync.stores.endpoints import (
     describe_endpoints,
     endpoint_urls,
     read_tls_file,
+    refuse_clear_credentials,
     split_endpoint,
-    uses_tls,
 )
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ class EtcdGatewayStore:
 
     def _tls_context(self, urls: Sequence[str]) -> ssl.SSLContext | None:
         """Built once per store: a store reads one snapshot, so the files are read once."""
-        secure = uses_tls(self._settings, urls)
+        secure = self._settings.uses_tls(urls)
         if secure not in self._contexts:
             self._contexts[secure] = self._build_context() if secure else None
         return self._contexts[secure]
@@ -318,13 +318,8 @@ class EtcdGatewayStore:
         """
         urls = endpoint_urls(self._settings)
         context = self._tls_context(urls)
+        refuse_clear_credentials(self._settings, urls)
         password = read_password(self._settings)
-        if password is not None and self._settings.user and context is None:
-            # gRPC refuses to send the token over a plain channel; never send the password.
-            raise StoreUnavailable(
-                f"etcd {describe_endpoints(self._settings)}: user {self._settings.user!r} "
-                f"needs TLS (https:// endpoints or ca_cert): credentials are never sent over "
-                f"plain HTTP")
         failures: list[str] = []
         gatewayless: list[str] = []
         for index, url in enumerate(urls):

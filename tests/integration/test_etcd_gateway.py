@@ -324,14 +324,45 @@ def test_an_answer_that_is_not_etcd_is_named(web_page: tuple[str, list[str]]) ->
 
 
 def test_no_password_over_plain_http(web_page: tuple[str, list[str]], tmp_path: Path) -> None:
-    """As with gRPC (which refuses to send the token over a plain channel): auth needs TLS,
-    and the password is not sent at all."""
+    """Auth needs TLS, and the password is not sent at all: a configuration error, checked
+    again where DNS SRV records name the endpoints (they are known only then)."""
     url, asked = web_page
     password = tmp_path / "password"
     password.write_text("plain-http-Pa55-gw\n")  # registered as a secret: unlike any word
-    with pytest.raises(StoreUnavailable, match="needs TLS"):
+    with pytest.raises(ConfigError, match="needs TLS"):
         gateway(url, user="reader", password_file=password).snapshot(["/x"])
+    settings = EtcdSettings(endpoints=(url,), user="reader", password_file=password)
+    with pytest.raises(ConfigError, match="needs TLS"):
+        EtcdStore(settings).new_client()
     assert asked == []
+
+
+@pytest.mark.parametrize("command", ["once", "watch", "register"])
+def test_no_command_sends_a_password_in_clear_text(tmp_path: Path, command: str) -> None:
+    """`watch` and `register` (gRPC) sent the password in an Authenticate call over a plain
+    channel; `once` refused it as "store unavailable" (exit 3). Each is now exit 2 at start,
+    and nothing reaches the endpoint."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    password = tmp_path / "password"
+    password.write_text("clear-text-Pa55-cmd\n")
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'[etcd]\nendpoints = ["http://127.0.0.1:{listener.getsockname()[1]}"]\n'
+                      f'user = "reader"\npassword_file = "{password}"\n')
+    write_resource(tmp_path / "cd", "app", "x\n", f'dest = "{tmp_path}/out"\nkeys = ["/x"]')
+    try:
+        result = confsync(command, "--config", str(config), "--confdir", str(tmp_path / "cd"),
+                          timeout=30)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+    assert result.returncode == 2, result.stderr
+    assert "needs TLS" in result.stderr and "clear-text-Pa55-cmd" not in result.stderr
 
 
 # ---- TLS and auth

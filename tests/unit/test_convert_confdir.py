@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from confsync.convert.confdir import ConvertError, convert_confdir
+from confsync.errors import ConfigError
 from confsync.resources import load_resources
 from confsync.settings import load_settings
 
@@ -79,3 +80,13 @@ def test_other_backends_are_reported(tmp_path: Path) -> None:
     old = _confd(tmp_path, 'backend = "consul"\nnodes = ["127.0.0.1:8500"]\n', "")
     report = convert_confdir(old, tmp_path / "new")
     assert any("backend 'consul' has no counterpart" in n for n in report.notes)
+
+
+def test_a_password_over_plain_http_nodes_is_flagged(tmp_path: Path) -> None:
+    """confd sent it in clear text; confsync refuses (exit 2), so the report says so first."""
+    old = _confd(tmp_path, 'backend = "etcdv3"\nnodes = ["10.0.0.1:2379"]\nusername = "u"\n'
+                 'password = "p"\n', 'prefix = ""\n')
+    report = convert_confdir(old, tmp_path / "new")
+    assert any("never sends a password unencrypted" in n for n in report.notes), report.notes
+    with pytest.raises(ConfigError, match="needs TLS"):
+        load_settings({"config": str(tmp_path / "new" / "confsync.toml")})
