@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_convert(args)
 
     from confsync.logs import setup_logging
-    from confsync.settings import load_settings
+    from confsync.settings import load_settings, unknown_environment
 
     try:
         settings = load_settings(_cli_values(args))
@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("configuration: %s", exc)
         return EXIT_BAD_CONFIG
     setup_logging(settings.log_level, settings.log_format)
+    for name, near in unknown_environment():
+        log.warning("environment: %s is not a confsync setting, ignored%s", name,
+                    f" (did you mean {near}?)" if near else "")
     try:
         if args.command == "register":
             from confsync.register.run import run_register

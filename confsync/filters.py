@@ -146,9 +146,9 @@ def hostport(value: object) -> str:
     if host.startswith("[") and host.endswith("]"):
         address = ipaddr(host[1:-1])
         return f"[{address}]:{port(port_text)}"
-    if ":" in host:
+    if ":" in host and host.isprintable():
         raise InvalidValue(f"expected [IPv6]:port with brackets, found {_show(value)}", value)
-    return f"{hostname(host)}:{port(port_text)}"
+    return f"{hostname(host)}:{port(port_text)}"  # hostname names a line break or space
 
 
 def identifier(value: object) -> str:

@@ -144,6 +144,31 @@ def env_name(table: str, key: str) -> str:
     return "CONFSYNC_" + (f"{table}_{key}" if table else key).upper()
 
 
+# Read elsewhere: the config file's path, and register's owner host name (register/run.py).
+OTHER_ENVIRONMENT = ("CONFSYNC_CONFIG", "CONFSYNC_REGISTER_HOSTNAME")
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """CONFSYNC_* variables that are no setting, each with the closest one that is (or None).
+
+    A config file's unknown key is an error, but a misspelt variable (CONFSYNC_ETCD_ENDPOINT)
+    was silently ignored: confsync then ran against 127.0.0.1:2379. Reported, not refused:
+    the environment is shared with other tools, and the env backend's data may use the prefix.
+    """
+    environ = os.environ if environ is None else environ
+    known = {env_name(table, key) for _, table, key, _ in _SCHEMA} | set(OTHER_ENVIRONMENT)
+    unknown = sorted(n for n in environ if n.startswith("CONFSYNC_") and n not in known)
+    if not unknown:
+        return []
+    import difflib  # only when there is something to report
+
+    found = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        found.append((name, near[0] if near else None))
+    return found
+
+
 def _set(values: dict[str, Any], attr: str, raw: Any, convert: Callable[[Any], Any],
          source: str, key: str) -> None:
     values[attr] = tv.convert(source, key, convert, raw)

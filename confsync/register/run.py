@@ -259,9 +259,14 @@ class RegisterLoop:
         now = time.monotonic()
         for state in self.instances.values():
             state.start_drain(now)
-        longest = max((s.drain_until or now) - now for s in self.instances.values())
+        # An instance whose exec child is gone leaves at once (nothing serves to drain).
+        longest = max(((s.drain_until or now) - now for s in self.instances.values()
+                       if not s.child_gone), default=0.0)
         self._stop_deadline = now + longest + STOP_GRACE
-        log.info("register: %s: draining for %.1fs, then deregistering", why, longest)
+        if longest > 0:
+            log.info("register: %s: draining for %.1fs, then deregistering", why, longest)
+        else:
+            log.info("register: %s: deregistering now", why)
 
     def _poll(self) -> None:
         now = time.monotonic()

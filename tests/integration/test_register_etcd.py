@@ -435,6 +435,7 @@ def test_exec_child_death_deregisters_at_once_and_passes_its_status(
              what="key gone")
     assert time.monotonic() - killed < 1.0, "at once, not after the 30 s ttl"
     assert proc.wait() == 128 + signal.SIGKILL
+    assert "deregistering now" in proc.output() and "draining for" not in proc.output()
 
 
 def test_exec_sigterm_drains_before_stopping_the_child(

@@ -9,7 +9,7 @@ import pytest
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
 from confsync.resources import load_resources, normalise_prefix
-from confsync.settings import load_settings
+from confsync.settings import load_settings, unknown_environment
 
 
 @pytest.mark.parametrize("text,seconds", [("250ms", 0.25), ("2s", 2.0), ("1m30s", 90.0),
@@ -122,3 +122,22 @@ def test_normalise_prefix() -> None:
     assert normalise_prefix("/a/b/") == "/a/b"
     assert normalise_prefix("a//b") == "/a/b"
     assert normalise_prefix("/") == ""
+
+
+def test_a_misspelt_environment_variable_is_reported_with_the_likely_one() -> None:
+    env = {"CONFSYNC_ETCD_ENDPOINT": "http://10.0.0.1:2379", "CONFSYNC_PREFIX": "/p",
+           "CONFSYNC_CONFIG": "/x", "CONFSYNC_SOMETHING_ELSE": "1", "HOME": "/root"}
+    assert unknown_environment(env) == [("CONFSYNC_ETCD_ENDPOINT", "CONFSYNC_ETCD_ENDPOINTS"),
+                                        ("CONFSYNC_SOMETHING_ELSE", None)]
+    assert unknown_environment({"CONFSYNC_PREFIX": "/p"}) == []
+
+
+def test_the_cli_warns_of_a_misspelt_variable(tmp_path: Path) -> None:
+    from tests.support.cli import confsync, write_resource
+
+    write_resource(tmp_path / "cd", "app", "x\n", f'dest = "{tmp_path}/out"\nkeys = ["/x"]')
+    result = confsync("once", "--confdir", str(tmp_path / "cd"), "--backend", "env",
+                      env={"CONFSYNC_ETCD_ENDPOINT": "http://10.0.0.1:2379"})
+    assert result.returncode == 0, result.stderr
+    assert ("CONFSYNC_ETCD_ENDPOINT is not a confsync setting, ignored (did you mean "
+            "CONFSYNC_ETCD_ENDPOINTS?)") in result.stderr

@@ -97,3 +97,11 @@ def test_an_answer_for_1_is_never_taken_for_true() -> None:
                  lambda: port(True)):
         with pytest.raises(InvalidValue):
             call()
+
+
+def test_a_host_port_with_a_line_break_is_named_as_such() -> None:
+    """Not "expected [IPv6]:port with brackets" for an injection attempt: the host is bad."""
+    with pytest.raises(filters.InvalidValue, match=r"expected a host name or IP address.*\\n"):
+        filters.hostport("10.0.0.9:80\nbackdoor 1.2.3.4:1")
+    with pytest.raises(filters.InvalidValue, match=r"\[IPv6\]:port with brackets"):
+        filters.hostport("2001:db8::1:80")

@@ -47,7 +47,7 @@ def test_register_unit_contract() -> None:
     d = directives(UNITS / "confsync-register.service")
     one = {k: v[-1] for k, v in d.items()}
     assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
-    assert one["ExecStart"] == "/usr/bin/confsync register --config /etc/confsync/confsync.toml"
+    assert one["ExecStart"] == "/usr/local/bin/confsync register --config /etc/confsync/confsync.toml"
     assert one["RestartPreventExitStatus"] == "2"
     assert int(one["TimeoutStopSec"].rstrip("s")) >= 5 + 10, "above drain + exec stop_timeout"
     assert int(one["WatchdogSec"].rstrip("s")) >= 10
@@ -71,9 +71,9 @@ def unit_dir(tmp_path: Path) -> Path:
         pytest.skip("systemd-analyze not installed (Debian: apt-get install systemd)")
     confsync = Path(sys.executable).with_name("confsync")
     if not confsync.exists():
-        confsync = Path(shutil.which("confsync") or "/usr/bin/confsync")
+        confsync = Path(shutil.which("confsync") or "/usr/local/bin/confsync")
     for unit in UNITS.glob("*.service"):
-        text = unit.read_text().replace("/usr/bin/confsync", str(confsync))
+        text = unit.read_text().replace("/usr/local/bin/confsync", str(confsync))
         (tmp_path / unit.name).write_text(text)
     # verify needs an instance name for a template
     (tmp_path / "confsync@haproxy.service").write_text(
