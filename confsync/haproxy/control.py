@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How long a `show proc` that only asks (the probe, the look before a reload) waits for an
+# answer: a master that runs answers in milliseconds; a stopped one (SIGSTOP, a paused VM)
+# accepts the connection and never does, and the probe runs on the daemon's loop every second.
+ASK_TIMEOUT = 1.0
+
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
     """(family, address, port) for each port of a TCP `bind` token; [] for UNIX/abns/fd binds."""
@@ -243,12 +248,12 @@ class HAProxyController(ReloadTarget):
         if master is None:
             return self.fallback.probe(since, quick)
         try:
-            status = show_proc(master, retry_for=0.0 if quick else 0.5)
+            status = show_proc(master, retry_for=0.0 if quick else 0.5, timeout=ASK_TIMEOUT)
         except SocketUnavailable:
             pid = None if quick else self._alive_master()
             if pid is not None:
                 started = _master_started(pid)
-                busy = f"its CLI on {master} does not answer (reloading?)"
+                busy = f"its CLI on {master} does not answer (reloading, or stopped?)"
                 if since is not None and started is not None and started > since:
                     return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {pid} started "
                                  f"after the file was in place; {busy}")
@@ -351,10 +356,11 @@ class HAProxyController(ReloadTarget):
         master_pid = None
         if master is not None:
             try:
-                master_pid = show_proc(master, retry_for=0.5).pid
+                master_pid = show_proc(master, retry_for=0.5, timeout=ASK_TIMEOUT).pid
             except SocketUnavailable:
-                # Alive but not answering: re-executing for a reload (someone else's). Ours
-                # waits for its CLI (reload_confirmed), rather than find "nothing running".
+                # Alive but not answering: re-executing for a reload (someone else's), or
+                # stopped. Ours waits for its CLI (reload_confirmed), rather than find
+                # "nothing running" or fail (and roll back) over a master that was paused.
                 master_pid = self._alive_master()
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
