@@ -34,7 +34,7 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.processes import boot_clock, find_process, started_at
+from confsync.processes import boot_clock, find_process, started_at, state
 from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # answer: a master that runs answers in milliseconds; a stopped one (SIGSTOP, a paused VM)
 # accepts the connection and never does, and the probe runs on the daemon's loop every second.
 ASK_TIMEOUT = 1.0
+_STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -249,11 +250,14 @@ class HAProxyController(ReloadTarget):
             return self.fallback.probe(since, quick)
         try:
             status = show_proc(master, retry_for=0.0 if quick else 0.5, timeout=ASK_TIMEOUT)
-        except SocketUnavailable:
+        except SocketUnavailable as exc:
             pid = None if quick else self._alive_master()
+            if pid is None and not quick and exc.errno == errno.ETIMEDOUT:
+                raise  # something holds the socket and does not answer: not known to be down
             if pid is not None:
                 started = _master_started(pid)
-                busy = f"its CLI on {master} does not answer (reloading, or stopped?)"
+                busy = f"its CLI on {master} does not answer " + (
+                    "(the process is stopped)" if state(pid) in _STOPPED else "(reloading?)")
                 if since is not None and started is not None and started > since:
                     return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {pid} started "
                                  f"after the file was in place; {busy}")
@@ -357,15 +361,28 @@ class HAProxyController(ReloadTarget):
         if master is not None:
             try:
                 master_pid = show_proc(master, retry_for=0.5, timeout=ASK_TIMEOUT).pid
-            except SocketUnavailable:
+            except SocketUnavailable as exc:
                 # Alive but not answering: re-executing for a reload (someone else's), or
-                # stopped. Ours waits for its CLI (reload_confirmed), rather than find
-                # "nothing running" or fail (and roll back) over a master that was paused.
+                # stopped (below). Ours waits for its CLI (reload_confirmed), rather than find
+                # "nothing running", or fail and roll back over a master that was paused.
                 master_pid = self._alive_master()
+                if master_pid is None and exc.errno == errno.ETIMEDOUT:
+                    # A socket that takes connections and never answers, and no master of it
+                    # runs: nothing to wait for, and nothing was sent.
+                    raise ReloadFailed(str(exc), untouched=True) from None
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
             else:
                 self._seen(master_pid)
+            if master_pid is not None and state(master_pid) in _STOPPED:
+                # Stopped (SIGSTOP, `docker pause`, a debugger): it would take `reload` into
+                # its backlog and act on it whenever it runs again. Like no master: the file
+                # stays (checked), the probe asks every second, and once the master answers
+                # the file is made live by one reload.
+                log.warning("resource %s: HAProxy master pid %d is stopped; file updated, "
+                            "reloading when it runs again", resource.name, master_pid)
+                return ReloadResult(ReloadKind.NO_TARGET,
+                                    f"HAProxy master pid {master_pid} is stopped")
             started = _master_started(master_pid) if master_pid is not None else None
             if started is not None and started > entered:
                 # Started (by someone else) while this step ran: it read this very file.

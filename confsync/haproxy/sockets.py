@@ -30,16 +30,20 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
 
     An `idempotent` command (a `show ...`) is also retried when the connection is reset
     mid-answer, which the master CLI does when a reload starts, or when no answer came within
-    `timeout` (a stopped process): at most `retry_for` + `timeout` in all. A command that is
-    not idempotent raises TimeoutError then: it may have been read.
+    `timeout` (a stopped process): in all at most `timeout` or `retry_for`, whichever is
+    longer (plus the backoff). A command that is not idempotent raises TimeoutError then: it
+    may have been read.
     """
     if "\n" in command or "\r" in command:
         raise ValueError(f"refusing a multi-line socket command: {command!r}")
     deadline = time.monotonic() + retry_for
     backoff = Backoff(base=0.005, cap=0.05, jitter=False)
+    first = True  # the first attempt gets all of `timeout`; a retry no more than what is left
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        sock.settimeout(timeout if first else min(timeout,
+                                                  max(0.05, deadline - time.monotonic())))
+        first = False
         try:
             sock.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError) as exc:
@@ -67,10 +71,10 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
             except TimeoutError:
                 if not idempotent:
                     raise TimeoutError(f"{path}: no answer to `{command.split()[0]}` within "
-                                       f"{timeout:g}s") from None
+                                       f"{sock.gettimeout():g}s") from None
                 if time.monotonic() >= deadline:
-                    raise SocketUnavailable(errno.ETIMEDOUT, f"{path}: no answer within "
-                                            f"{timeout:g}s (process stopped?)") from None
+                    raise SocketUnavailable(errno.ETIMEDOUT, f"{path}: no answer (process "
+                                            "stopped?)") from None
                 continue  # the wait was the pause; a stopped process queues the next one
             except (ConnectionResetError, BrokenPipeError) as exc:
                 if not idempotent:

@@ -51,27 +51,33 @@ def _running(stack: HAProxyStack, tmp_path: Path,
 
 
 @pytest.mark.parametrize("stack", ["reload"], indirect=True)
-def test_a_reload_waits_for_a_stopped_master_instead_of_rolling_back(
+def test_a_change_for_a_stopped_master_goes_live_by_one_reload_when_it_runs(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
-    """A change while the master is stopped for 6.5 s (longer than a socket's 5 s wait) is
-    reloaded once, as soon as it runs again. Before, the first `show proc` timed out, the
-    reload counted as failed, the good file was rolled back and HAProxy reloaded into the old
-    one when it resumed: two reloads, an error, and /ready 503 meanwhile."""
-    watch, _ = _running(stack, tmp_path, backends)
+    """A change while the master is stopped for 6.5 s (longer than a socket's 5 s wait): the
+    checked file stays, `/ready` says the master is stopped (its workers serve the old pool),
+    the loop is not held, and one reload makes it live once the master runs. Before, the first
+    `show proc` timed out, the reload counted as failed, the good file was rolled back and
+    HAProxy reloaded into the old one when it resumed: two reloads and an error."""
+    watch, metrics = _running(stack, tmp_path, backends)
     try:
         assert stack.proc is not None
         before = stack.status().reloads
         os.kill(stack.proc.pid, signal.SIGSTOP)
         try:
             stack.put_instance("web", "b", backends["b"].port)
-            time.sleep(6.5)
+            wait_for(lambda: str(backends["b"].port) in stack.cfg.read_text(), timeout=5)
+            wait_for(lambda: any("is stopped" in str(r) for r in
+                                 ready(metrics)[1].get("reasons", [])), timeout=5)
+            time.sleep(max(0.0, 6.5))
+            assert str(backends["b"].port) in stack.cfg.read_text()  # kept, not rolled back
+            assert ready(metrics)[0] == 503
         finally:
             os.kill(stack.proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
         wait_for(lambda: "b" in spread(stack.port, 4), timeout=15, interval=0.05)
         print(f"SIGCONT -> new pool served: {time.monotonic() - resumed:.2f} s")
         assert time.monotonic() - resumed < 3.0
-        watch.wait_log("reloaded HAProxy", timeout=5)
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=5)
         out = watch.output()
         assert "previous file restored" not in out and "rollback" not in out, out
         assert stack.status().reloads == before + 1, out

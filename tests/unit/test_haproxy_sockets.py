@@ -83,8 +83,8 @@ def test_a_socket_that_accepts_and_never_answers_is_unavailable_in_bounded_time(
         server.bind(str(path))
         server.listen(64)  # never accepts: the kernel completes each connect into the backlog
         started = time.monotonic()
-        with pytest.raises(SocketUnavailable, match=re.escape("no answer within 0.2s")):
+        with pytest.raises(SocketUnavailable, match=re.escape("no answer (process stopped?)")):
             show_proc(path, retry_for=0.5, timeout=0.2)
-        assert 0.5 <= time.monotonic() - started < 1.5  # retry_for + at most one timeout
+        assert 0.5 <= time.monotonic() - started < 0.8  # retry_for: a retry gets what is left
         with pytest.raises(TimeoutError, match=re.escape(f"{path}: no answer to `reload`")):
             query(path, "reload", timeout=0.2, idempotent=False)
