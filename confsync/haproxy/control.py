@@ -370,19 +370,20 @@ class HAProxyController(ReloadTarget):
                     # A socket that takes connections and never answers, and no master of it
                     # runs: nothing to wait for, and nothing was sent.
                     raise ReloadFailed(str(exc), untouched=True) from None
+                if master_pid is not None and state(master_pid) in _STOPPED:
+                    # Stopped (SIGSTOP, a debugger): it would take `reload` into its backlog
+                    # and act on it whenever it runs again. Like no master: the file stays
+                    # (checked), the probe asks every second, and once the master answers the
+                    # file is made live by one reload. (A cgroup freezer, `docker pause`,
+                    # leaves no such state: that master is waited for by reload_confirmed.)
+                    log.warning("resource %s: HAProxy master pid %d is stopped; file updated, "
+                                "reloading when it runs again", resource.name, master_pid)
+                    return ReloadResult(ReloadKind.NO_TARGET,
+                                        f"HAProxy master pid {master_pid} is stopped")
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
             else:
                 self._seen(master_pid)
-            if master_pid is not None and state(master_pid) in _STOPPED:
-                # Stopped (SIGSTOP, `docker pause`, a debugger): it would take `reload` into
-                # its backlog and act on it whenever it runs again. Like no master: the file
-                # stays (checked), the probe asks every second, and once the master answers
-                # the file is made live by one reload.
-                log.warning("resource %s: HAProxy master pid %d is stopped; file updated, "
-                            "reloading when it runs again", resource.name, master_pid)
-                return ReloadResult(ReloadKind.NO_TARGET,
-                                    f"HAProxy master pid {master_pid} is stopped")
             started = _master_started(master_pid) if master_pid is not None else None
             if started is not None and started > entered:
                 # Started (by someone else) while this step ran: it read this very file.
