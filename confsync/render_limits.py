@@ -7,6 +7,11 @@ the next bytecode boundary, so any Python-level loop stops. The happy path costs
 trip per render: the watchdog sleeps until the earliest deadline and is woken only when a new
 deadline is earlier than the one it sleeps towards. A template stuck inside one long C call (a
 catastrophic regex, `"x" * 10**10`) is not interrupted: templates are trusted like code.
+
+The deadline counts the time the process runs: while a render is armed the watchdog wakes every
+quarter second, and a wake-up much later than asked for (the process was stopped: SIGSTOP, a
+paused VM) moves every armed deadline on by that much, instead of stopping on SIGCONT a render
+that had used little of its time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from typing import Any
 
 DEFAULT_RENDER_TIMEOUT = 30.0
 DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024
+# While a render is armed the watchdog wakes at least this often, so that a stop of the whole
+# process (SIGSTOP, a VM paused for live migration, a debugger) shows as a wake-up later than
+# asked for by more than _LATE: the monotonic clock ran on meanwhile, the render did not, and
+# that time is not counted against it.
+_TICK = 0.25
+_LATE = 0.5
 
 def _set_async_exc(thread_id: int, exc_class: int | None) -> None:
     """Raise the class whose id is `exc_class` in thread `thread_id` (None: cancel it).
@@ -82,8 +93,14 @@ class Deadline:
 
     def _watch(self) -> None:
         with self._cond:
+            wake_at: float | None = None  # when the last wait was to end
             while True:
                 now = time.monotonic()
+                if wake_at is not None and now - wake_at > _LATE:
+                    # The process was stopped: without this, every armed render would be
+                    # stopped on SIGCONT however little of its time it had used.
+                    for entry in self._armed.values():
+                        entry[0] += now - wake_at
                 next_due = float("inf")
                 for thread_id, entry in self._armed.items():
                     due, fired = entry
@@ -95,7 +112,12 @@ class Deadline:
                     else:
                         next_due = min(next_due, due)
                 self._sleeping_until = next_due
-                self._cond.wait(None if next_due == float("inf") else next_due - now)
+                if next_due == float("inf"):
+                    wake_at = None
+                    self._cond.wait()
+                else:
+                    wake_at = min(next_due, now + _TICK)
+                    self._cond.wait(wake_at - now)
 
 
 DEADLINE = Deadline()

@@ -34,13 +34,19 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
-from confsync.processes import boot_clock, find_process, started_at
+from confsync.processes import boot_clock, find_process, started_at, state
 from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
 if TYPE_CHECKING:
     from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
+
+# How long a `show proc` that only asks (the probe, the look before a reload) waits for an
+# answer: a master that runs answers in milliseconds; a stopped one (SIGSTOP, a paused VM)
+# accepts the connection and never does, and the probe runs on the daemon's loop every second.
+ASK_TIMEOUT = 1.0
+_STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -243,12 +249,15 @@ class HAProxyController(ReloadTarget):
         if master is None:
             return self.fallback.probe(since, quick)
         try:
-            status = show_proc(master, retry_for=0.0 if quick else 0.5)
-        except SocketUnavailable:
+            status = show_proc(master, retry_for=0.0 if quick else 0.5, timeout=ASK_TIMEOUT)
+        except SocketUnavailable as exc:
             pid = None if quick else self._alive_master()
+            if pid is None and not quick and exc.errno == errno.ETIMEDOUT:
+                raise  # something holds the socket and does not answer: not known to be down
             if pid is not None:
                 started = _master_started(pid)
-                busy = f"its CLI on {master} does not answer (reloading?)"
+                busy = f"its CLI on {master} does not answer " + (
+                    "(the process is stopped)" if state(pid) in _STOPPED else "(reloading?)")
                 if since is not None and started is not None and started > since:
                     return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {pid} started "
                                  f"after the file was in place; {busy}")
@@ -351,11 +360,26 @@ class HAProxyController(ReloadTarget):
         master_pid = None
         if master is not None:
             try:
-                master_pid = show_proc(master, retry_for=0.5).pid
-            except SocketUnavailable:
-                # Alive but not answering: re-executing for a reload (someone else's). Ours
-                # waits for its CLI (reload_confirmed), rather than find "nothing running".
+                master_pid = show_proc(master, retry_for=0.5, timeout=ASK_TIMEOUT).pid
+            except SocketUnavailable as exc:
+                # Alive but not answering: re-executing for a reload (someone else's), or
+                # stopped (below). Ours waits for its CLI (reload_confirmed), rather than find
+                # "nothing running", or fail and roll back over a master that was paused.
                 master_pid = self._alive_master()
+                if master_pid is None and exc.errno == errno.ETIMEDOUT:
+                    # A socket that takes connections and never answers, and no master of it
+                    # runs: nothing to wait for, and nothing was sent.
+                    raise ReloadFailed(str(exc), untouched=True) from None
+                if master_pid is not None and state(master_pid) in _STOPPED:
+                    # Stopped (SIGSTOP, a debugger): it would take `reload` into its backlog
+                    # and act on it whenever it runs again. Like no master: the file stays
+                    # (checked), the probe asks every second, and once the master answers the
+                    # file is made live by one reload. (A cgroup freezer, `docker pause`,
+                    # leaves no such state: that master is waited for by reload_confirmed.)
+                    log.warning("resource %s: HAProxy master pid %d is stopped; file updated, "
+                                "reloading when it runs again", resource.name, master_pid)
+                    return ReloadResult(ReloadKind.NO_TARGET,
+                                        f"HAProxy master pid {master_pid} is stopped")
             except ReloadNotConfirmed as exc:
                 raise ReloadFailed(str(exc)) from None
             else:

@@ -36,8 +36,11 @@ class MasterStatus:
     worker: int | None = None
 
 
-def show_proc(path: Path, retry_for: float = 2.0) -> MasterStatus:
-    text = query(path, "show proc", retry_for=retry_for)
+def show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> MasterStatus:
+    """The master's counters. Raises SocketUnavailable when no master answers within
+    `retry_for` (each wait for an answer bounded by `timeout`: a stopped master accepts
+    connections and never answers)."""
+    text = query(path, "show proc", timeout=timeout, retry_for=retry_for)
     match = _MASTER_LINE.search(text)
     if match is None:
         raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
@@ -64,6 +67,8 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
     master CLI then refuses connections while the new process loads the configuration, for as
     long as that takes, so reading the counters and sending `reload` wait for it up to
     `timeout` (not a fixed half second, which failed our reload on a slow-loading file).
+    A stopped master (SIGSTOP, a paused VM) is waited for the same way: it is found by its
+    process, and its CLI answers once it runs again.
     """
     with _lock(path):
         deadline = time.monotonic() + timeout
@@ -71,9 +76,12 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
         start = time.monotonic()
         if trigger is None:
             # The master re-executes and may drop the connection: expected.
-            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                query(path, "reload", retry_for=max(0.5, deadline - time.monotonic()),
-                      idempotent=False)
+            try:
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    query(path, "reload", retry_for=max(0.5, deadline - time.monotonic()),
+                          idempotent=False)
+            except TimeoutError as exc:  # sent; whether the master read it, nobody knows
+                raise ReloadNotConfirmed(str(exc)) from None
         else:
             trigger()
         while True:

@@ -3,10 +3,16 @@
 Both answer one command per connection once the client half-closes its write side, then close.
 The master CLI refuses connections for about 50 ms while it re-executes during a reload, so a
 refused or missing socket is retried until `retry_for` runs out.
+
+A stopped HAProxy (SIGSTOP, a paused VM, a debugger) refuses nothing: the kernel accepts the
+connection into the listen backlog and the answer never comes. `timeout` bounds each wait for
+it; an idempotent command is asked again while `retry_for` lasts, then it is the same
+SocketUnavailable as a socket nobody listens on (nothing was done).
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from pathlib import Path
@@ -23,15 +29,21 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
     """Send one command, half-close, read the answer until EOF.
 
     An `idempotent` command (a `show ...`) is also retried when the connection is reset
-    mid-answer, which the master CLI does when a reload starts.
+    mid-answer, which the master CLI does when a reload starts, or when no answer came within
+    `timeout` (a stopped process): in all at most `timeout` or `retry_for`, whichever is
+    longer (plus the backoff). A command that is not idempotent raises TimeoutError then: it
+    may have been read.
     """
     if "\n" in command or "\r" in command:
         raise ValueError(f"refusing a multi-line socket command: {command!r}")
     deadline = time.monotonic() + retry_for
     backoff = Backoff(base=0.005, cap=0.05, jitter=False)
+    first = True  # the first attempt gets all of `timeout`; a retry no more than what is left
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        sock.settimeout(timeout if first else min(timeout,
+                                                  max(0.05, deadline - time.monotonic())))
+        first = False
         try:
             sock.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError) as exc:
@@ -39,6 +51,12 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
             if time.monotonic() >= deadline:
                 raise SocketUnavailable(exc.errno, f"{path}: {exc.strerror}") from None
             time.sleep(backoff.next())
+            continue
+        except TimeoutError:  # a full backlog: a process stopped for long (nothing was sent)
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise SocketUnavailable(errno.ETIMEDOUT, f"{path}: not accepting connections "
+                                        f"(process stopped?)") from None
             continue
         except BaseException:
             sock.close()
@@ -50,6 +68,14 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
+            except TimeoutError:
+                if not idempotent:
+                    raise TimeoutError(f"{path}: no answer to `{command.split()[0]}` within "
+                                       f"{sock.gettimeout():g}s") from None
+                if time.monotonic() >= deadline:
+                    raise SocketUnavailable(errno.ETIMEDOUT, f"{path}: no answer (process "
+                                            "stopped?)") from None
+                continue  # the wait was the pause; a stopped process queues the next one
             except (ConnectionResetError, BrokenPipeError) as exc:
                 if not idempotent:
                     raise

@@ -137,6 +137,9 @@ class CheckRunner:
         self._stop = threading.Event()
         self._thread = self._new_thread()
         self._last_result = time.monotonic()  # read by the loop thread (a float: atomic)
+        # Silence before this (monotonic) time is not the probe's: the whole process was
+        # stopped (see `excuse`). Written by the loop thread only.
+        self._excused = 0.0
 
     def _new_thread(self) -> threading.Thread:
         return threading.Thread(target=self._run, daemon=True,
@@ -173,10 +176,17 @@ class CheckRunner:
             next_at = max(next_at + self.spec.interval, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
 
+    def excuse(self, now: float) -> None:
+        """The whole process was stopped until `now` (SIGSTOP, a paused VM, a debugger): the
+        probe thread was stopped with it, so the silence so far says nothing about the probe.
+        It gets a fresh interval + timeout + grace from now; a probe that is really stuck is
+        still reported then."""
+        self._excused = now
+
     def stalled(self, now: float) -> Result | None:
         """A failed result when no result came for interval + timeout + grace (a hung probe or a
         dead thread); None while the check reports in time."""
-        silent = now - self._last_result
+        silent = now - max(self._last_result, self._excused)
         if silent <= self.spec.interval + self.spec.timeout + STALL_GRACE:
             return None
         state = "has stopped" if not self._thread.is_alive() else "is stuck"

@@ -47,6 +47,9 @@ log = logging.getLogger("confsync.register")
 HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
 TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
 STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
+# The loop polls every TICK; a gap this long means the process was not running (SIGSTOP, a VM
+# paused for live migration, a debugger): every thread was stopped, the probes included.
+PAUSE_GAP = 1.0
 
 
 def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
@@ -97,6 +100,7 @@ class RegisterLoop:
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_ping = 0.0
+        self._last_poll = time.monotonic()
         self._status = ""
 
     # ---- start
@@ -270,6 +274,7 @@ class RegisterLoop:
 
     def _poll(self) -> None:
         now = time.monotonic()
+        self._paused(now)
         if self._init:
             children.reap_orphans()  # PID 1 of a container inherits every orphan
         for runner in self.runners:
@@ -296,6 +301,22 @@ class RegisterLoop:
                     state.child_gone = True
                 if not self.stopping:
                     self._stop("exec child exited")
+
+    def _paused(self, now: float) -> None:
+        """After a stop of the whole process, a check's silence is not a stuck probe.
+
+        The monotonic clock runs on while the process is stopped, so on SIGCONT every check
+        looked silent for the whole stop, and the loop (usually first to wake) reported each
+        as stuck before its thread could probe: with `fall = 1` a healthy instance was
+        deleted and written again, a flap every consumer saw, though its lease was alive."""
+        gap, self._last_poll = now - self._last_poll, now
+        if gap < PAUSE_GAP:
+            return
+        log.warning("register: this process did not run for %.1fs (stopped: SIGSTOP, a paused "
+                    "VM?); the checks' silence meanwhile does not count against them", gap,
+                    extra={"event": "register_paused", "seconds": round(gap, 1)})
+        for runner in self.runners:
+            runner.excuse(now)
 
     def _publish(self) -> None:
         now = time.monotonic()

@@ -201,12 +201,12 @@ def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
     real = control.show_proc
     started: list[bool] = []
 
-    def start_then_show_proc(path: Path, retry_for: float = 2.0) -> Any:
+    def start_then_show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> Any:
         if not started:
             started.append(True)
             time.sleep(0.03)  # a clock tick (10 ms) later: within one, it cannot be told apart
             stack.start()
-        return real(path, retry_for=retry_for)
+        return real(path, retry_for=retry_for, timeout=timeout)
 
     monkeypatch.setattr(control, "show_proc", start_then_show_proc)
     content = stack.cfg.read_bytes()

@@ -4,13 +4,17 @@ templates confined to the templates directory, one bad instance never freezing t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support.cli import confsync, write_resource
+from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
@@ -193,3 +197,36 @@ def test_watch_bad_instance_is_left_out_reported_and_others_keep_updating(
     wait_for(lambda: read(out) == "a 81\nb 82\nc 83\n", what="b fixed", timeout=20)
     wait_for(lambda: "left_out" not in ready(), what="/ready cleared", timeout=20)
     assert w.proc.poll() is None
+
+
+def test_a_stop_of_the_process_mid_render_is_not_counted_against_render_timeout(
+        tmp_path: Path) -> None:
+    """The deadline is on the monotonic clock, which runs on while the process is stopped
+    (SIGSTOP, a paused VM, a debugger): on SIGCONT the deadline thread found the deadline long
+    past and stopped a render that had used a third of its time. A render failure is not
+    retried (it depends only on data and templates), so the file stayed stale until the next
+    change. Now the time the process was stopped is not counted."""
+    (tmp_path / "data.yaml").write_text("a: {x: 1}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    # About 2 s of work on the development machine, well within its 6 s render_timeout.
+    write_resource(tmp_path, "slow", "{% set ns = namespace(n=0) %}{% for i in range(4000000) %}"
+                   "{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }} {{ getv('/a/x') }}\n",
+                   f'dest = "{out}/slow"\nkeys = ["/a"]\nrender_timeout = "6s"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "confsync", "once", "--confdir", str(tmp_path), "--backend",
+         "file", "--file", str(tmp_path / "data.yaml")], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.8)  # started (imports take about 0.2 s) and rendering
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(7.0)  # past the deadline, had the clock counted the stop
+        proc.send_signal(signal.SIGCONT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert (out / "slow").read_text() == "4000000 1\n"

@@ -64,7 +64,7 @@ def test_once_with_a_hung_master_socket_fails_the_resource_and_rolls_back(
         result = stack.sync()
     assert result.returncode == 1, result.stderr
     _assert_reload_failure_reported(result.stderr)
-    assert "TimeoutError" in result.stderr
+    assert "no answer (process stopped?)" in result.stderr  # naming the socket
     assert stack.cfg.read_bytes() == before
     assert not list(stack.cfg.parent.glob(".haproxy.cfg.*"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import tempfile
@@ -69,3 +70,21 @@ def test_query_gives_up_when_nothing_answers(sockdir: Path) -> None:
 def test_query_refuses_multi_line_commands() -> None:
     with pytest.raises(ValueError):
         query("/nonexistent", "show proc\nreload")
+
+
+def test_a_socket_that_accepts_and_never_answers_is_unavailable_in_bounded_time(
+        sockdir: Path) -> None:
+    """A stopped HAProxy (SIGSTOP) queues connections in the backlog and never answers: an
+    idempotent command is asked again while `retry_for` lasts, then it is SocketUnavailable
+    (nothing was done), as for a socket nobody listens on; one that is not idempotent may have
+    been read, and raises TimeoutError naming the socket."""
+    path = sockdir / "m.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(64)  # never accepts: the kernel completes each connect into the backlog
+        started = time.monotonic()
+        with pytest.raises(SocketUnavailable, match=re.escape("no answer (process stopped?)")):
+            show_proc(path, retry_for=0.5, timeout=0.2)
+        assert 0.5 <= time.monotonic() - started < 0.8  # retry_for: a retry gets what is left
+        with pytest.raises(TimeoutError, match=re.escape(f"{path}: no answer to `reload`")):
+            query(path, "reload", timeout=0.2, idempotent=False)
