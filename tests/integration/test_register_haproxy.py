@@ -112,3 +112,28 @@ def test_a_backend_that_dies_mid_request_is_retried_on_another_server(
     finally:
         stopping.set()
         crasher.close()
+
+
+def test_a_pool_with_no_config_key_empties_to_a_503_and_takes_the_next_instance(
+        stack: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """The README's steps put no /services/web/config key. The pool emptying (here: the last
+    registrar killed, its key gone with its lease) must give a 503 backend, not a file that
+    fails its check while HAProxy keeps serving the dead server."""
+    s, watch = stack
+    s.delete("/services/web/config")
+    s.delete("/services/web/instances/c")
+    wait_for(lambda: http_get(s.port)[0] == 503, timeout=10)
+    first = _registrar(s, tmp_path, "a", backends["a"].port)
+    try:
+        wait_for(lambda: spread(s.port, 4) == {"a": 4}, timeout=20)
+        first.proc.kill()  # node loss: the key goes when the 3 s lease runs out
+        wait_for(lambda: http_get(s.port)[0] == 503, timeout=10)
+    finally:
+        first.stop()
+    second = _registrar(s, tmp_path, "b", backends["b"].port)
+    try:
+        wait_for(lambda: spread(s.port, 4) == {"b": 4}, timeout=20)
+    finally:
+        second.stop()
+    assert "check failed" not in watch.output()
