@@ -17,8 +17,12 @@ a password.
 
 A live lease does not prove the keys are still there: an operator's `etcdctl del`, a restore
 from a backup that still holds the lease, or another writer can take a key away while the
-keepalives go on succeeding. So after every keepalive the keys written are read back (one
-transaction) and any that is missing, different or on another lease is written again.
+keepalives go on succeeding. So after every keepalive the keys written are read back and any
+that is missing, different or on another lease is written again. The read-back is plain range
+reads, not a transaction: while etcd's NOSPACE alarm is raised (its backend quota is full) it
+refuses every transaction, a read-only one too (etcd 3.5), but serves reads and keepalives; a
+read-back by transaction turned every keepalive of a healthy registration into "etcd
+unreachable" and back.
 """
 
 from __future__ import annotations
@@ -346,13 +350,9 @@ class Registrar:
             return
         with self._lock:
             keys = [k for k, v in self._written.items() if v is not None]
-        if not keys:
-            return
-        t = self._client.transactions
-        _, responses = self._client.transaction(compare=[], success=[t.get(k) for k in keys],
-                                                failure=[])
-        for key, found in zip(keys, responses, strict=True):
-            raw, meta = found[0] if found else (None, None)
+        for key in keys:
+            # One linearizable range per key (see the module docstring: no transaction).
+            raw, meta = self._client.get(key, serializable=False)
             with self._lock:
                 expected = self._written.get(key)
                 if expected is None:
