@@ -80,8 +80,14 @@ class Registrar:
                  report: Callable[[RegistrarEvent], None],
                  endpoint_failed: Callable[[], None] = lambda: None,
                  token_expired: Callable[[BaseException], bool] = lambda exc: False,
-                 keepalive_client: Callable[[], Any] | None = None) -> None:
+                 keepalive_client: Callable[[], Any] | None = None,
+                 learn_members: Callable[[Any, bool], None] = lambda client, fresh: None,
+                 ) -> None:
         self._new_client = new_client
+        # Given the client after each keepalive: the store learns the cluster's members
+        # (rate-limited there), so replaced members do not leave it with no endpoint.
+        self._learn_members = learn_members
+        self._client_fresh = False  # no keepalive on this client yet
         # A client without a token, for keepalives while the credentials are refused.
         self._keepalive_client = keepalive_client
         # An expired auth token (a JWT's fixed lifetime, a simple token's TTL between
@@ -254,6 +260,7 @@ class Registrar:
             except AuthenticationFailed:
                 self._renew_without_token(now)
                 raise
+            self._client_fresh = True
         if self._lease is not None and now >= self._lease_expires:
             # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
             # lease should hold): gone whatever the other calls say, so start over.
@@ -282,6 +289,8 @@ class Registrar:
                 self._step(time.monotonic())
                 return
             self._verify()
+            self._learn_members(self._client, self._client_fresh)
+            self._client_fresh = False
         self._converge()
         self._connected()  # (only now: a refused write is no connection to report)
 
