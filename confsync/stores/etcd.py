@@ -231,7 +231,7 @@ class EtcdStore:
         return urls + tuple(url for url in members if url not in urls)
 
     def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
-        """Ask the cluster for its voting members' client URLs, to try after the configured
+        """Ask the cluster for its members' client URLs, to try after the configured
         endpoints: members replaced one by one would otherwise leave a long-running daemon
         with no endpoint that is still a member. `fresh`: a new connection (after a failure
         the membership may just have changed); else at most every MEMBERS_REFRESH_SECONDS.
@@ -253,8 +253,9 @@ class EtcdStore:
             response = client.clusterstub.MemberList(
                 pyetcd.etcdrpc.MemberListRequest(), client.timeout,
                 credentials=client.call_credentials, metadata=client.metadata)
-            # A learner serves no reads or watches (the client's stubs may predate the field);
-            # a member added but not started yet has no client URL.
+            # A learner serves no reads or watches: left out where the client's stubs know
+            # the field (etcd-sdk-python's predate it; a learner then costs one failed try
+            # when it comes up). A member added but not started yet has no client URL.
             urls = tuple(dict.fromkeys(
                 str(url) for member in response.members
                 if not getattr(member, "isLearner", False)
