@@ -238,8 +238,9 @@ class EtcdStore:
 
         Only with static endpoints (DNS SRV records follow the cluster already), and only URLs
         of the configured scheme: an http:// member must not turn the channel's TLS off, nor
-        carry a password in clear. Best effort: a failure is logged at debug and changes
-        nothing (a role may not be allowed to list members)."""
+        carry a password in clear. Only a list that names an endpoint in use (configured or
+        learned before): a gRPC proxy may pass etcd's own list on. Best effort: a failure is
+        logged at debug and changes nothing (a role may not be allowed to list members)."""
         if self._settings.srv_domain:
             return
         now = time.monotonic()
@@ -260,10 +261,19 @@ class EtcdStore:
                 str(url) for member in response.members
                 if not getattr(member, "isLearner", False)
                 for url in member.clientURLs if urlsplit(url).scheme.lower() in schemes))
+            listed = {_netloc(str(url)) for member in response.members
+                      for url in member.clientURLs}
         except Exception as exc:  # grpc errors alike: the configured endpoints still count
             log.debug("etcd member list failed: %s", describe_error(exc))
             return
-        if not urls:
+        with self._members_lock:
+            in_use = {_netloc(url) for url in (*configured, *self._members)}
+        if not urls or not listed & in_use:
+            # Not the cluster we talk to directly: a gRPC proxy passing etcd's list on (its
+            # members taken as endpoints would send a fleet around the proxy at its next
+            # restart, for good), or members advertising other names than we were given.
+            log.debug("etcd member list names no endpoint in use; not used: %s",
+                      ", ".join(urls))
             return
         with self._members_lock:
             known, self._members = self._members, urls
@@ -600,6 +610,12 @@ class _EtcdWatch:
         _close_quietly(self._client)
         if check_client is not self._client:
             _close_quietly(check_client)
+
+
+def _netloc(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of an endpoint URL, for telling the same endpoint spelled apart."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _close_quietly(client: MultiEndpointEtcd3Client) -> None:
