@@ -17,8 +17,12 @@ a password.
 
 A live lease does not prove the keys are still there: an operator's `etcdctl del`, a restore
 from a backup that still holds the lease, or another writer can take a key away while the
-keepalives go on succeeding. So after every keepalive the keys written are read back (one
-transaction) and any that is missing, different or on another lease is written again.
+keepalives go on succeeding. So after every keepalive the keys written are read back and any
+that is missing, different or on another lease is written again. The read-back is plain range
+reads, not a transaction: while etcd's NOSPACE alarm is raised (its backend quota is full) it
+refuses every transaction, a read-only one too (etcd 3.5), but serves reads and keepalives; a
+read-back by transaction turned every keepalive of a healthy registration into "etcd
+unreachable" and back.
 """
 
 from __future__ import annotations
@@ -76,8 +80,14 @@ class Registrar:
                  report: Callable[[RegistrarEvent], None],
                  endpoint_failed: Callable[[], None] = lambda: None,
                  token_expired: Callable[[BaseException], bool] = lambda exc: False,
-                 keepalive_client: Callable[[], Any] | None = None) -> None:
+                 keepalive_client: Callable[[], Any] | None = None,
+                 learn_members: Callable[[Any, bool], None] = lambda client, fresh: None,
+                 ) -> None:
         self._new_client = new_client
+        # Given the client after each keepalive: the store learns the cluster's members
+        # (rate-limited there), so replaced members do not leave it with no endpoint.
+        self._learn_members = learn_members
+        self._client_fresh = False  # no keepalive on this client yet
         # A client without a token, for keepalives while the credentials are refused.
         self._keepalive_client = keepalive_client
         # An expired auth token (a JWT's fixed lifetime, a simple token's TTL between
@@ -250,6 +260,7 @@ class Registrar:
             except AuthenticationFailed:
                 self._renew_without_token(now)
                 raise
+            self._client_fresh = True
         if self._lease is not None and now >= self._lease_expires:
             # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
             # lease should hold): gone whatever the other calls say, so start over.
@@ -278,6 +289,8 @@ class Registrar:
                 self._step(time.monotonic())
                 return
             self._verify()
+            self._learn_members(self._client, self._client_fresh)
+            self._client_fresh = False
         self._converge()
         self._connected()  # (only now: a refused write is no connection to report)
 
@@ -346,13 +359,9 @@ class Registrar:
             return
         with self._lock:
             keys = [k for k, v in self._written.items() if v is not None]
-        if not keys:
-            return
-        t = self._client.transactions
-        _, responses = self._client.transaction(compare=[], success=[t.get(k) for k in keys],
-                                                failure=[])
-        for key, found in zip(keys, responses, strict=True):
-            raw, meta = found[0] if found else (None, None)
+        for key in keys:
+            # One linearizable range per key (see the module docstring: no transaction).
+            raw, meta = self._client.get(key, serializable=False)
             with self._lock:
                 expected = self._written.get(key)
                 if expected is None:

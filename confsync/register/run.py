@@ -86,7 +86,8 @@ class RegisterLoop:
         self.registrar = Registrar(
             self.store.new_client, host, ttl, self.events.put,
             endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,
-            keepalive_client=functools.partial(self.store.new_client, authenticate=False))
+            keepalive_client=functools.partial(self.store.new_client, authenticate=False),
+            learn_members=self.store.learn_members)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         # Registrations that name no address publish this host's, and follow it.

@@ -13,6 +13,12 @@ compares the cluster id and the current revision with what this store has seen: 
 cluster or one restored from an older backup raises StoreReset instead of waiting for revisions
 that now mean something else. Reads are linearizable (etcd's
 default, `serializable=False`): a snapshot never predates a write acknowledged before it.
+
+Static endpoints outlive the members they name: an operator replaces members one by one
+(`member remove`, `member add` on new hosts), and once every configured one is gone a
+daemon would be cut off from a healthy cluster for good, its registrations lapsed. So a
+running watch or registrar asks the cluster for its members' client URLs (MemberList, every
+MEMBERS_REFRESH_SECONDS) and tries them after the configured endpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pyetcd
@@ -73,6 +80,10 @@ REQUIRE_LEADER = ("hasleader", "true")
 # linearizable read). A gRPC proxy that reconnects upstream to a recreated etcd keeps our stream
 # open and silent; so does a member whose leader loss the proxy does not report.
 POSITION_CHECK_SECONDS = 10.0
+# A running watch or registrar asks for the cluster's members on each new connection and at
+# most this often while connected (one MemberList call, which a member answers from memory);
+# their client URLs are tried after the configured endpoints.
+MEMBERS_REFRESH_SECONDS = 10.0
 
 
 class WatchCanceled(Exception):
@@ -180,6 +191,10 @@ class EtcdStore:
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
         # A follower retrying its snapshot while etcd is away would warn per endpoint per try.
         self._read_warnings = Repeats()
+        # The cluster's members' client URLs, as etcd last listed them (`learn_members`).
+        self._members: tuple[str, ...] = ()
+        self._members_asked = -MEMBERS_REFRESH_SECONDS
+        self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
 
     # ---- clients
 
@@ -208,8 +223,68 @@ class EtcdStore:
         )
 
     def endpoint_urls(self) -> tuple[str, ...]:
-        """The configured endpoints, or those DNS SRV records name now (`srv_domain`)."""
-        return endpoint_urls(self._settings)
+        """The configured endpoints, or those DNS SRV records name now (`srv_domain`); then
+        the members etcd listed that they do not name (`learn_members`)."""
+        urls = endpoint_urls(self._settings)
+        with self._members_lock:
+            members = self._members
+        return urls + tuple(url for url in members if url not in urls)
+
+    def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
+        """Ask the cluster for its members' client URLs, to try after the configured
+        endpoints: members replaced one by one would otherwise leave a long-running daemon
+        with no endpoint that is still a member. `fresh`: a new connection (after a failure
+        the membership may just have changed); else at most every MEMBERS_REFRESH_SECONDS.
+
+        Only with static endpoints (DNS SRV records follow the cluster already), and only URLs
+        of the configured scheme: an http:// member must not turn the channel's TLS off, nor
+        carry a password in clear. Only a list that names an endpoint in use (configured or
+        learned before): a gRPC proxy may pass etcd's own list on. Best effort: a failure is
+        logged at debug and changes nothing (a role may not be allowed to list members)."""
+        if self._settings.srv_domain:
+            return
+        now = time.monotonic()
+        with self._members_lock:
+            if not fresh and now - self._members_asked < MEMBERS_REFRESH_SECONDS:
+                return
+            self._members_asked = now
+        configured = self._settings.endpoints
+        schemes = {urlsplit(url).scheme.lower() for url in configured}
+        try:
+            response = client.clusterstub.MemberList(
+                pyetcd.etcdrpc.MemberListRequest(), client.timeout,
+                credentials=client.call_credentials, metadata=client.metadata)
+            # A learner serves no reads or watches: left out where the client's stubs know
+            # the field (etcd-sdk-python's predate it; a learner then costs one failed try
+            # when it comes up). A member added but not started yet has no client URL.
+            urls = tuple(dict.fromkeys(
+                str(url) for member in response.members
+                if not getattr(member, "isLearner", False)
+                for url in member.clientURLs if urlsplit(url).scheme.lower() in schemes))
+            listed = {_netloc(str(url)) for member in response.members
+                      for url in member.clientURLs}
+        except Exception as exc:  # grpc errors alike: the configured endpoints still count
+            log.debug("etcd member list failed: %s", describe_error(exc))
+            return
+        with self._members_lock:
+            in_use = {_netloc(url) for url in (*configured, *self._members)}
+        if not urls or not listed & in_use:
+            # Not the cluster we talk to directly: a gRPC proxy passing etcd's list on (its
+            # members taken as endpoints would send a fleet around the proxy at its next
+            # restart, for good), or members advertising other names than we were given.
+            log.debug("etcd member list names no endpoint in use; not used: %s",
+                      ", ".join(urls))
+            return
+        with self._members_lock:
+            known, self._members = self._members, urls
+        if set(urls) == set(known) or set(urls) <= set(configured):
+            return
+        gone = [url for url in configured if url not in urls]
+        log.log(logging.WARNING if gone else logging.INFO,
+                "etcd members not in etcd.endpoints: %s%s; they are tried after the "
+                "configured endpoints (update etcd.endpoints)",
+                ", ".join(url for url in urls if url not in configured),
+                f" (configured but no member any more: {', '.join(gone)})" if gone else "")
 
     def _describe_endpoints(self) -> str:
         return describe_endpoints(self._settings)
@@ -452,6 +527,7 @@ class _EtcdWatch:
     def _check_position(self) -> None:
         silence_limit = self._store._settings.silence_limit
         period = min(POSITION_CHECK_SECONDS, silence_limit / 2 or POSITION_CHECK_SECONDS)
+        self._store.learn_members(self._check_client, fresh=True)
         while not self._closed.wait(period):
             prefix, heard = min(self._last_heard.items(), key=lambda item: item[1],
                                 default=("", time.monotonic()))
@@ -477,6 +553,8 @@ class _EtcdWatch:
                 if not self._closed.is_set():
                     self._report(StoreUnavailable(f"etcd {self._endpoints}: position check "
                                                   f"failed: {describe_error(exc)}"))
+            else:
+                self._store.learn_members(self._check_client)
             with self._lock:
                 if self._dead:
                     return
@@ -532,6 +610,12 @@ class _EtcdWatch:
         _close_quietly(self._client)
         if check_client is not self._client:
             _close_quietly(check_client)
+
+
+def _netloc(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of an endpoint URL, for telling the same endpoint spelled apart."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _close_quietly(client: MultiEndpointEtcd3Client) -> None:

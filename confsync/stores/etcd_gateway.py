@@ -16,6 +16,10 @@ What it keeps from the gRPC store (`etcd.py`):
   (`POST /v3/auth/authenticate`, the token in `Authorization`), `etcd.timeout` per endpoint,
   endpoints tried in turn (or from DNS SRV), StoreUnavailable (exit 3) naming each endpoint
   and why, ConfigError (exit 2) for unusable TLS files.
+- **Reads while etcd's NOSPACE alarm is raised.** A full backend quota makes etcd (3.5) refuse
+  every txn, a read-only one too, while it still serves ranges: then each prefix is read with
+  its own `POST /v3/kv/range`, the first fixing the revision the others are read at (still one
+  revision, a round trip per prefix). `once` exited 3, "store unavailable", with etcd serving.
 - **Cluster identity**: the snapshot carries the header's cluster id. A one-shot run has no
   earlier history to compare it with, so the store-reset check of the watch does not apply.
 
@@ -70,6 +74,9 @@ NO_GATEWAY_STATUSES = frozenset({404, 405, 501})
 ETCD_ERRORS = ("etcdserver:", "auth:", "mvcc:")
 # gRPC status UNAUTHENTICATED: the token is unknown (expired, or the member restarted).
 UNAUTHENTICATED = 16
+# gRPC status RESOURCE_EXHAUSTED with this message: the NOSPACE alarm (a full backend quota).
+RESOURCE_EXHAUSTED = 8
+NO_SPACE = "database space exceeded"
 
 
 class _NoGateway(Exception):
@@ -83,6 +90,10 @@ class _EndpointFailed(Exception):
 
 class _InvalidToken(_EndpointFailed):
     pass
+
+
+class _NoSpace(_EndpointFailed):
+    """etcd's NOSPACE alarm refused a txn: it refuses every txn, but still serves ranges."""
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -256,6 +267,8 @@ def _answer(path: str, status: int, body: bytes) -> dict[str, Any]:
         code, message = _error_text(status, body)
         if code == UNAUTHENTICATED:
             raise _InvalidToken(message)
+        if code == RESOURCE_EXHAUSTED and NO_SPACE in message:
+            raise _NoSpace(message)
         if message.startswith(ETCD_ERRORS):
             raise _EndpointFailed(message)  # etcd's own answer: gRPC would get the same
         # The gateway itself refused or failed: a client certificate with a CommonName under
@@ -269,6 +282,14 @@ def _answer(path: str, status: int, body: bytes) -> dict[str, Any]:
     if not isinstance(answer, dict) or not isinstance(answer.get("header"), dict):
         raise _NoGateway(f"{path} answered JSON that is not an etcd response")
     return answer
+
+
+def _take_kvs(range_response: dict[str, Any], values: dict[str, bytes]) -> None:
+    """Decode a RangeResponse's key-values into `values`."""
+    b64decode = binascii.a2b_base64  # base64.b64decode's checks cost 2x for 10,000
+    for kv in range_response.get("kvs", ()):
+        key = b64decode(kv["key"]).decode("utf-8", "surrogateescape")
+        values[key] = b64decode(kv.get("value", ""))
 
 
 class EtcdGatewayStore:
@@ -382,7 +403,12 @@ class EtcdGatewayStore:
         # No prefix at all still takes one (empty) txn: the snapshot's revision and cluster.
         for start in range(0, max(1, len(prefixes)), MAX_TXN_OPS):
             chunk = prefixes[start:start + MAX_TXN_OPS]
-            answer = connection.post("/v3/kv/txn", {"success": range_ops(chunk, revision)})
+            try:
+                answer = connection.post("/v3/kv/txn", {"success": range_ops(chunk, revision)})
+            except _NoSpace:
+                log.debug("etcd %s: txn refused (NOSPACE alarm); reading range by range",
+                          connection.url)
+                return EtcdGatewayStore._ranges_one_by_one(connection, prefixes)
             if not revision:
                 header = answer["header"]
                 revision = int(header.get("revision", 0))
@@ -390,11 +416,27 @@ class EtcdGatewayStore:
             responses = answer.get("responses", ())
             if len(responses) != len(chunk):
                 raise _EndpointFailed(f"txn answered {len(responses)} ranges for {len(chunk)}")
-            b64decode = binascii.a2b_base64  # base64.b64decode's checks cost 2x for 10,000
             for response in responses:
-                for kv in response.get("response_range", {}).get("kvs", ()):
-                    key = b64decode(kv["key"]).decode("utf-8", "surrogateescape")
-                    values[key] = b64decode(kv.get("value", ""))
+                _take_kvs(response.get("response_range", {}), values)
+        return Snapshot(revision, values, cluster_id)
+
+    @staticmethod
+    def _ranges_one_by_one(connection: _Connection, prefixes: Sequence[str]) -> Snapshot:
+        """The same snapshot without a txn (refused under the NOSPACE alarm): one range per
+        prefix, the first fixing the revision that the others are read at."""
+        values: dict[str, bytes] = {}
+        revision = cluster_id = 0
+        # No prefix: one key's range, for the revision and the cluster id alone.
+        for op in range_ops(prefixes) if prefixes else [{"request_range": {"key": _b64(b"\0")}}]:
+            request = dict(op["request_range"])
+            if revision:
+                request["revision"] = str(revision)
+            answer = connection.post("/v3/kv/range", request)
+            if not revision:
+                header = answer["header"]
+                revision = int(header.get("revision", 0))
+                cluster_id = int(header.get("cluster_id", 0))
+            _take_kvs(answer, values)
         return Snapshot(revision, values, cluster_id)
 
     def _grpc_snapshot(self, urls: list[str], prefixes: Sequence[str],

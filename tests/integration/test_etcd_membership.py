@@ -1,0 +1,102 @@
+"""Routine membership changes under a running `confsync watch` and `confsync register`.
+
+Members are replaced one by one (`etcdctl member remove`, `member add` on a new host): static
+`etcd.endpoints` then name members that are gone. A daemon that only knew those was cut off
+from a healthy cluster for good (its files stale, its registrations lapsed) until restarted
+with new settings; it now learns the members' client URLs from the cluster and tries them
+after the configured ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+from tests.support.http_backends import HTTPBackend
+from tests.support.register import RegisterProcess, published, write_registration
+
+pytestmark = [pytest.mark.etcd]
+
+
+def _etcdctl(etcd_binary: str) -> str:
+    tool = Path(etcd_binary).with_name("etcdctl")
+    found = str(tool) if tool.is_file() else shutil.which("etcdctl")
+    if found is None:
+        pytest.skip(f"no etcdctl next to {etcd_binary}")
+    return found
+
+
+def remove_member(etcdctl: str, victim: EtcdMember, through: EtcdMember) -> None:
+    """`etcdctl member remove`, retried while etcd refuses it as unsafe ("unhealthy
+    cluster": its members have not been connected for 5 s yet)."""
+    listed = subprocess.run([etcdctl, "--endpoints", through.endpoint, "member", "list",
+                             "-w", "json"], capture_output=True, text=True, timeout=10, check=True)
+    member_id = next(m["ID"] for m in json.loads(listed.stdout)["members"]
+                     if m["name"] == victim.name)
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run([etcdctl, "--endpoints", through.endpoint, "member", "remove",
+                               format(member_id, "x")], capture_output=True, text=True,
+                              timeout=10)
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.3)
+
+
+def _put(member: EtcdMember, key: str, value: str) -> bool:
+    """One put; False while the cluster elects a leader after the removal."""
+    try:
+        client(member.endpoint).put(key, value)
+        return True
+    except Exception:
+        return False
+
+
+def test_watch_and_register_outlive_the_removal_of_their_only_configured_member(
+        etcd_binary: str, cluster: list[EtcdMember], tmp_path: Path) -> None:
+    gone, m1, _ = cluster
+    etcdctl = _etcdctl(etcd_binary)
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "list",
+                   "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}",
+                   f'dest = "{dest}"\nkeys = ["/k"]\nmin_keys = 0')
+    backend = HTTPBackend("web").start()
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "2s"\n'
+                       '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
+    c = client(m1.endpoint)
+    c.put("/k/a", "1")
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", gone.endpoint,
+                     "--wait-min", "0", log=tmp_path / "watch.log")
+    r = RegisterProcess(tmp_path / "conf", gone.endpoint, "--hostname", "node-a",
+                        log=tmp_path / "reg.log")
+    key = "/services/web/instances/web-1"
+    try:
+        wait_for(lambda: read(dest) == "/k/a=1\n", timeout=15, what="first render")
+        wait_for(lambda: published(c, key) is not None, timeout=15, what="registration")
+        time.sleep(1)  # a keepalive or two: the registrar asks for the members after one
+        remove_member(etcdctl, gone, through=m1)
+        gone.stop()  # (it stops by itself once it learns it was removed)
+        wait_for(lambda: _put(m1, "/k/a", "2"), timeout=15, what="a put after the removal")
+        wait_for(lambda: read(dest) == "/k/a=2\n", timeout=15,
+                 what=f"the watch following the remaining members\n{w.output()[-2000:]}")
+        wait_for(lambda: "etcd connected" in r.output().split("etcd unreachable")[-1]
+                 and "etcd unreachable" in r.output(), timeout=15,
+                 what=f"the registrar back on another member\n{r.output()[-2000:]}")
+        time.sleep(3)  # longer than the TTL: the lease is renewed through another member
+        assert published(client(m1.endpoint), key) is not None
+        assert "no member any more" in w.output()  # and the operator is told
+    finally:
+        w.stop()
+        r.stop()
+        backend.stop()
