@@ -665,13 +665,8 @@ class Daemon:
         if snapshot is not None:
             self.mirror = mirror
             self.snapshot_floor = snapshot.revision
-        old, names = self.syncer, {r.name for r in state.resources}
-        self.syncer = Syncer(state.renderer, self.mirror, old.last_counts, probe=True)
-        self.syncer.reload_owed = old.reload_owed & names
-        # Still nothing running: the next apply asks again, against the time each file has
-        # been in place (not reloading what the service read when it started).
-        self.syncer.not_running = old.not_running & names
-        self.syncer.in_place = dict(old.in_place)
+        names = {r.name for r in state.resources}
+        self.syncer = self.syncer.successor(state.renderer, self.mirror, state.resources)
         self.planner.wait_min = state.settings.watch.wait_min
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval

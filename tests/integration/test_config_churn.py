@@ -7,8 +7,10 @@ that stay must survive the reload.
 from __future__ import annotations
 
 import signal
+import threading
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, spread
+from tests.support.http_backends import HTTPBackend
 
 pytestmark = pytest.mark.etcd
 
@@ -67,3 +71,118 @@ def test_a_removed_resource_leaves_no_metric_series(
     assert 'confsync_reloads_total{outcome="ok",resource="keep"} 2.0' in text, text
     assert "confsync_resources 1.0" in text
     assert read(tmp_path / "gone.out") == "/x/1=one\n/x/2=two\n", "a removed dest is left alone"
+
+
+def test_a_resource_added_back_is_judged_as_at_a_start(
+        watch: tuple[WatchProcess, int], etcd: EtcdMember, tmp_path: Path, prefix: str) -> None:
+    """The guard's memory (keys at the last render) of a removed resource stayed for the
+    daemon's life: added back months later on a prefix still empty and a new dest, it was
+    refused as "all 1 keys vanished" though it never rendered that dest, where a daemon
+    started afresh renders it."""
+    process, _ = watch
+    confdir = tmp_path / "confdir"
+    (confdir / "conf.d" / "gone.toml").unlink()
+    process.signal(signal.SIGHUP)
+    process.wait_log("configuration reloaded: 1 resources")
+    new_dest = tmp_path / "new.out"
+    write_resource(confdir, "gone", "header\n" + LIST.replace("/x/", "/y/"),
+                   f'dest = "{new_dest}"\nkeys = ["/y"]\n')
+    process.signal(signal.SIGHUP)
+    process.wait_log("configuration reloaded: 2 resources")
+    wait_for(lambda: read(new_dest) == "header\n", 10,
+             what=f"the new dest rendered; log:\n{process.output()[-2000:]}")
+    assert "vanished" not in process.output()
+    # The guard still holds for a resource that stays: its keys going away keep its file.
+    client(etcd.endpoint).delete(f"{prefix}/x/1")
+    process.wait_log("all 1 keys under")
+    assert read(tmp_path / "keep.out") == "/x/1=one\n"
+
+
+class _Holding(BaseHTTPRequestHandler):
+    """Answers health checks; holds any other request until `release` is set, then closes
+    (HTTP/1.0): a server with a request in flight, which HAProxy refuses to delete."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.path != "/healthz":
+            self.release.wait(20)
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"held")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.haproxy
+def test_a_server_parked_in_maintenance_is_deleted_after_a_sighup(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """A server removed while it has a request in flight is parked in maintenance and deleted
+    by a later pass. The list of parked servers lived in the reload target, and every SIGHUP
+    made new targets: a server parked before a SIGHUP stayed in HAProxy (in maintenance)
+    until the next reload, which with the runtime strategy may be months away."""
+    _Holding.release = threading.Event()
+    holding = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    holding.daemon_threads = True
+    threading.Thread(target=holding.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime")
+    process: WatchProcess | None = None
+    requests: list[threading.Thread] = []
+    try:
+        stack.put_basics(check_interval="200ms")
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.put_instance("web", "h", int(holding.server_address[1]))
+        stack.sync_ok()
+        stack.start()
+        process = WatchProcess(*stack.cli_args(), "--wait-min", "0s",
+                               log=tmp_path / "watch.log")
+        process.wait_log("watching /", timeout=15)
+
+        def servers() -> str:
+            return stack.admin_command("show servers state be_web")
+
+        def up(name: str) -> bool:  # srv_op_state 2: running (its health check passes)
+            return any(f[3] == name and f[5] == "2" for f in map(str.split, servers()
+                                                                  .splitlines()) if len(f) > 5)
+
+        wait_for(lambda: up("a") and up("h"), 10, what="a and h up")
+        for _ in range(4):  # round robin: some of them held by h
+            thread = threading.Thread(target=spread, args=(stack.port, 1, "/slow"),
+                                      daemon=True)
+            thread.start()
+            requests.append(thread)
+        def held() -> bool:  # `show stat` CSV: pxname, svname, qcur, qmax, scur, ...
+            return any(row[:2] == ["be_web", "h"] and int(row[4] or 0) > 0 for row in (
+                line.split(",") for line in stack.admin_command("show stat").splitlines()))
+
+        wait_for(held, 10, what="a request in flight on h")
+        stack.delete("/services/web/instances/h")
+        wait_for(lambda: "server h " not in stack.cfg.read_text(), 10, what="h out of the file")
+        process.wait_log("runtime API")
+        assert " h " in servers(), "h has a request in flight: parked, not deleted"
+        process.signal(signal.SIGHUP)  # nothing changed: a config-management run
+        process.wait_log("configuration reloaded: 1 resources")
+        _Holding.release.set()
+        for thread in requests:
+            thread.join(10)
+        reloads = stack.status().reloads
+
+        weights = iter(range(50, 100))
+
+        def h_gone() -> bool:  # each call a change of a: a runtime pass over the servers
+            stack.put_instance("web", "a", backends["a"].port, weight=next(weights))
+            return " h " not in servers()
+
+        wait_for(h_gone, 8, interval=0.5, what="h deleted")
+        assert stack.status().reloads == reloads, "through the runtime API"
+    finally:
+        _Holding.release.set()
+        if process is not None:
+            process.stop()
+        stack.stop()
+        holding.shutdown()
+        holding.server_close()
