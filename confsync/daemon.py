@@ -444,6 +444,13 @@ class Daemon:
                 self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
             else:
                 self._part_recovered("local-files")
+        elif self._local_observer is not None:
+            # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
+            # watcher used to go on reloading at every edit, its inotify watches held).
+            self._local_observer.stop()
+            self._local_observer, self._local_paths = None, ()
+            self._part_recovered("local-files")
+            log.info("conf.d/templates watcher stopped ([watch] confdir = false)")
 
     def _check_dests(self, now: float) -> None:
         """Every heartbeat: a dest someone else changed (a package upgrade's own file, a hand

@@ -6,8 +6,10 @@ that stay must survive the reload.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,3 +188,45 @@ def test_a_server_parked_in_maintenance_is_deleted_after_a_sighup(
         stack.stop()
         holding.shutdown()
         holding.server_close()
+
+
+def inotify_watches(pid: int) -> int:
+    """Watches held by the process's inotify instances (`inotify wd:` lines of its fdinfo)."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == "anon_inode:inotify":
+                total += Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().count("inotify wd:")
+        except OSError:
+            pass  # closed meanwhile
+    return total
+
+
+def test_turning_watch_confdir_off_stops_the_watcher(
+        etcd: EtcdMember, tmp_path: Path, prefix: str) -> None:
+    """`[watch] confdir = false` taken by a SIGHUP: the conf.d/templates watcher went on
+    reloading at every edit (and holding its inotify watches) until a restart."""
+    confdir = tmp_path / "confdir"
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'confdir = "{confdir}"\n[watch]\nwait_min = "0s"\nconfdir = true\n')
+    client(etcd.endpoint).put(f"{prefix}/x/1", "one")
+    dest = tmp_path / "out"
+    write_resource(confdir, "r", "v1\n" + LIST, f'dest = "{dest}"\nkeys = ["/x"]\n')
+    process = WatchProcess("--config", str(config), "--endpoints", etcd.endpoint, "--prefix",
+                           prefix, log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: read(dest) == "v1\n/x/1=one\n", 20, what="first render")
+        (confdir / "templates" / "r.tmpl").write_text("v2\n" + LIST)  # followed: no SIGHUP
+        wait_for(lambda: read(dest) == "v2\n/x/1=one\n", 10, what="the edit followed")
+        assert inotify_watches(process.proc.pid) > 0
+        config.write_text(f'confdir = "{confdir}"\n[watch]\nwait_min = "0s"\nconfdir = false\n')
+        process.signal(signal.SIGHUP)
+        process.wait_log("configuration reloaded", count=2)
+        wait_for(lambda: inotify_watches(process.proc.pid) == 0, 5, what="watches released")
+        (confdir / "templates" / "r.tmpl").write_text("v3\n" + LIST)
+        time.sleep(1.5)  # the watcher reloaded 0.5 s after an edit
+        assert read(dest) == "v2\n/x/1=one\n", "an edit waits for a SIGHUP"
+        process.signal(signal.SIGHUP)
+        wait_for(lambda: read(dest) == "v3\n/x/1=one\n", 10, what="the SIGHUP's reload")
+    finally:
+        process.stop()
