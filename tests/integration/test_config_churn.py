@@ -23,6 +23,7 @@ from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import probe
 
 pytestmark = pytest.mark.etcd
 
@@ -228,5 +229,52 @@ def test_turning_watch_confdir_off_stops_the_watcher(
         assert read(dest) == "v2\n/x/1=one\n", "an edit waits for a SIGHUP"
         process.signal(signal.SIGHUP)
         wait_for(lambda: read(dest) == "v3\n/x/1=one\n", 10, what="the SIGHUP's reload")
+    finally:
+        process.stop()
+
+
+def test_a_sighup_storm_while_etcd_does_not_answer_keeps_the_loop_beating(
+        etcd_private: EtcdMember, tmp_path: Path, prefix: str) -> None:
+    """Each SIGHUP was a reload of its own, and one that replaced a reload still reading its
+    new prefixes from an etcd that does not answer (a black hole, a frozen VM) stopped its
+    follower mid-read: the loop waited out the read's timeout once per SIGHUP. 10 SIGHUPs in
+    a burst held it 10 timeouts (20 s here, 5 s each at the default): /health 503 after 10 s,
+    systemd's watchdog kill at 90. SIGHUPs queued together are one reload now, and one that
+    finds an earlier reload reading waits for that read to end."""
+    c = client(etcd_private.endpoint)
+    for n in range(12):
+        c.put(f"{prefix}/p{n}/v", str(n))
+    confdir, dest = tmp_path / "confdir", tmp_path / "out"
+
+    def define(n: int) -> None:
+        write_resource(confdir, "m", "{{ getv('/v') }}\n",
+                       f'dest = "{dest}"\nprefix = "/p{n}"\nkeys = ["/v"]\n')
+
+    define(0)
+    port = free_port()
+    process = WatchProcess("--confdir", str(confdir), "--endpoints", etcd_private.endpoint,
+                           "--prefix", prefix, "--wait-min", "0s", "--metrics-address",
+                           f"127.0.0.1:{port}", log=tmp_path / "watch.log",
+                           env={"CONFSYNC_ETCD_TIMEOUT": "2s"})
+    try:
+        wait_for(lambda: read(dest) == "0\n", 20, what="first render")
+        etcd_private.freeze()
+        try:
+            for n in range(1, 11):  # config management, retried in a loop, each a new prefix
+                define(n)
+                process.signal(signal.SIGHUP)
+                time.sleep(0.01)
+            worst, until = 0.0, time.monotonic() + 8
+            while time.monotonic() < until:
+                _, body = probe(f"http://127.0.0.1:{port}", "/health", timeout=2)
+                worst = max(worst, float(body.get("heartbeat_age_seconds", 0.0)))
+                time.sleep(0.2)
+        finally:
+            etcd_private.thaw()
+        assert worst < 5, f"the loop stood still {worst:.1f}s\n{process.output()[-3000:]}"
+        process.signal(signal.SIGHUP)  # etcd back: the last definition applies now
+        wait_for(lambda: read(dest) == "10\n", 15, what=f"the last definition applied\n"
+                 f"{process.output()[-3000:]}")
+        assert process.proc.poll() is None
     finally:
         process.stop()
