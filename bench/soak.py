@@ -1,4 +1,4 @@
-"""Soak: do reconnect cycles give back what they took? Figures per cycle, no assertions.
+"""Soak: do reconnect and reload cycles give back what they took? Figures, no assertions.
 
     python bench/soak.py restart --cycles 60      # etcd SIGKILL + restart (same data dir)
     python bench/soak.py freeze --cycles 20       # SIGSTOP longer than the keepalive timeouts
@@ -8,6 +8,8 @@
     python bench/soak.py register --cycles 40     # the registrar, its exec check flapping
     python bench/soak.py http --cycles 200        # half-open and partial requests on /health
     python bench/soak.py haproxy --cycles 60      # watch driving HAProxy: joins, reloads, restarts
+    python bench/soak.py churn --cycles 500       # conf.d/templates edited, SIGHUP each cycle
+    python bench/soak.py churn --confdir-watch    # the same edits seen by [watch] confdir = true
 
 Each scenario starts its own etcd and a real `confsync watch` (or `confsync register`) with
 `--metrics-address`, and prints the process's descriptors, threads, RSS and children (psutil)
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -354,10 +358,107 @@ def scenario_haproxy(args: argparse.Namespace, base: Path, binary: str) -> None:
         shutil.rmtree(stack.base, ignore_errors=True)
 
 
+def inotify_watches(pid: int) -> int:
+    """Watches held by the process's inotify instances (the `inotify wd:` lines of fdinfo)."""
+    total = 0
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == "anon_inode:inotify":
+                text = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                total += text.count("inotify wd:")
+    return total
+
+
+def etcd_watchers(endpoint: str) -> int:
+    """The watchers etcd holds (all clients): its etcd_debugging_mvcc_watcher_total gauge."""
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    return -1
+
+
+def scenario_churn(args: argparse.Namespace, base: Path, binary: str) -> None:
+    """Configuration churn: every cycle edits the template of `k`, moves resource `moving` to
+    another of 8 prefixes, adds a resource on a prefix never watched before (its own reload
+    command) and removes the one added 4 cycles before,
+    then sends SIGHUP (or, with --confdir-watch, lets `[watch] confdir = true` see the edits).
+    Caught up means the edited template and a fresh put are in the file."""
+    confdir = base / "confdir"
+    etcd = start_single(binary, base / "etcd")
+    config = base / "confsync.toml"
+    config.write_text(f'confdir = "{confdir}"\n[watch]\nwait_min = "0s"\n'
+                      f'confdir = {"true" if args.confdir_watch else "false"}\n')
+    dest = base / "out.txt"
+    port = free_port()
+    c = client(etcd.endpoint)
+    for p in range(8):
+        c.put(f"/p{p}/v", str(p))
+
+    def template(i: int) -> str:
+        return (f"cycle={i}\n" + "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n"
+                "{% endfor %}")
+
+    def edit(i: int) -> None:
+        write_resource(confdir, "k", template(i), f'dest = "{dest}"\nkeys = ["/k"]\n')
+        write_resource(confdir, "moving", "{{ getv('/v') }}\n",
+                       f'dest = "{base / "moving.txt"}"\nprefix = "/p{i % 8}"\nkeys = ["/v"]\n')
+        c.put(f"/q{i}/v", str(i))  # a prefix never watched before
+        write_resource(confdir, f"r{i}", "{{ getv('/v') }}\n",
+                       f'dest = "{base / f"r{i}.txt"}"\nprefix = "/q{i}"\n'
+                       f'keys = ["/v"]\nreload_cmd = "true r{i}"\n')
+        gone = f"r{i - 4}"
+        for old in (confdir / "conf.d" / f"{gone}.toml", confdir / "templates" / f"{gone}.tmpl"):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+    n = [0]
+
+    def caught_up(i: int) -> None:
+        n[0] += 1
+        client(etcd.endpoint).put("/k/n", str(n[0]))
+        wait_for(lambda: read(dest).startswith(f"cycle={i}\n") and f"/k/n={n[0]}\n" in read(dest),
+                 DEADLINE, what=f"cycle {i} and /k/n={n[0]} in the file")
+        wait_for(lambda: read(base / f"r{i}.txt") == f"{i}\n", DEADLINE,
+                 what=f"r{i} rendered")
+        wait_for(lambda: http_get(port, "/ready")[0] == 200, DEADLINE, what="/ready")
+
+    edit(0)
+    proc = WatchProcess("--config", str(config), "--endpoints", etcd.endpoint,
+                        "--metrics-address", f"127.0.0.1:{port}", log=base / "watch.log")
+    pid = proc.proc.pid
+
+    def extra() -> str:
+        return (f"inotify {inotify_watches(pid)} etcd_watchers {etcd_watchers(etcd.endpoint)} "
+                f"metrics {metric_lines(port)} log {len(proc.output().splitlines())}")
+
+    try:
+        caught_up(0)
+        time.sleep(args.settle)
+        first = show("start", pid, extra)
+        started = time.monotonic()
+        for i in range(1, args.cycles + 1):
+            edit(i)
+            if not args.confdir_watch:
+                proc.signal(signal.SIGHUP)
+            caught_up(i)
+            if i % args.every == 0 or i == args.cycles:
+                time.sleep(args.settle)
+                show(f"cycle {i}", pid, extra)
+        last = figures(pid)
+        print(f"{args.cycles} cycles in {time.monotonic() - started:.0f}s; delta:",
+              {k: round(last[k] - first[k], 1) for k in first}, flush=True)
+    finally:
+        proc.stop()
+        etcd.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["restart", "freeze", "compact", "recreate",
-                                             "outage", "register", "http", "haproxy"])
+                                             "outage", "register", "http", "haproxy",
+                                             "churn"])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--every", type=int, default=10, help="print figures every N cycles")
     parser.add_argument("--down", type=float, default=1.0,
@@ -369,6 +470,8 @@ def main() -> None:
                         help="register: also an http check, its server stopped with the flag")
     parser.add_argument("--etcd-too", action="store_true",
                         help="register: restart etcd every 4th cycle as well")
+    parser.add_argument("--confdir-watch", action="store_true",
+                        help="churn: [watch] confdir = true, no SIGHUP")
     args = parser.parse_args()
     binary = find_etcd()
     if binary is None:
@@ -379,7 +482,8 @@ def main() -> None:
             scenario_watch(args, base, binary)
         else:
             {"outage": scenario_outage, "http": scenario_http, "haproxy": scenario_haproxy,
-             "register": scenario_register}[args.scenario](args, base, binary)
+             "register": scenario_register,
+             "churn": scenario_churn}[args.scenario](args, base, binary)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(base)

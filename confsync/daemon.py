@@ -49,6 +49,9 @@ log = logging.getLogger("confsync")
 
 HEARTBEAT_SECONDS = 1.0
 LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit before reloading
+# A reload requested while an earlier one reads its new prefixes waits at most this long for
+# that read to end, rather than stop its follower mid-read (which blocks the loop).
+PENDING_PATIENCE = 15.0
 # `watch` exits with this (sysexits' EX_SOFTWARE) when it cannot recover from its own errors.
 EXIT_INTERNAL_ERROR = 70
 LOOP_ERROR_LIMIT = 5  # unexpected loop errors within LOOP_ERROR_WINDOW before exiting
@@ -86,6 +89,7 @@ class PendingReload:
 
     state: ResourceSetState
     store: Store
+    snapshot_in: bool = False  # its snapshot came after a newer reload was due: not applied
 
 
 def _store_identity(settings: Settings) -> tuple[object, ...]:
@@ -217,9 +221,9 @@ class Daemon:
         # Nothing renders before the mirror holds a snapshot of the running set's prefixes, so
         # render deadlines only count once it does (a passed one would spin the loop).
         settled = self.ready and self.pending is None
-        deadlines = [d for d in (self.reload_config_at, *((self.planner.next_deadline(),
-                                                           self.next_interval_at) if settled
-                                                          else ())) if d is not None]
+        deadlines = [d for d in (self._reload_deadline(), *((self.planner.next_deadline(),
+                                                             self.next_interval_at) if settled
+                                                            else ())) if d is not None]
         timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
         try:
             self._handle(self.events.get(timeout=timeout))
@@ -230,7 +234,8 @@ class Daemon:
         if self.stopping:
             return
         now = time.monotonic()
-        if self.reload_config_at is not None and now >= self.reload_config_at:
+        deadline = self._reload_deadline()
+        if deadline is not None and now >= deadline:
             self.reload_config_at = None
             self.reload_config()
         settled = self.ready and self.pending is None
@@ -247,6 +252,17 @@ class Daemon:
                 self._check_targets(now)
             self.observers.heartbeat()
             self._last_beat = now
+
+    def _reload_deadline(self) -> float | None:
+        """When the requested config reload runs. One that finds an earlier reload still
+        reading its snapshot waits for that read to end (it posts its snapshot or its failure
+        within the store's timeout), up to PENDING_PATIENCE: stopping its follower mid-read
+        held the loop until the read timed out (about 5 s against a black-holed etcd), once
+        per SIGHUP."""
+        at = self.reload_config_at
+        if at is None or self.pending is None or self.pending.snapshot_in:
+            return at
+        return at + PENDING_PATIENCE
 
     def _loop_failed(self) -> None:
         """An unexpected error in the loop: log it, resync (an event may be lost), go on; exit
@@ -444,6 +460,13 @@ class Daemon:
                 self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
             else:
                 self._part_recovered("local-files")
+        elif self._local_observer is not None:
+            # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
+            # watcher used to go on reloading at every edit, its inotify watches held).
+            self._local_observer.stop()
+            self._local_observer, self._local_paths = None, ()
+            self._part_recovered("local-files")
+            log.info("conf.d/templates watcher stopped ([watch] confdir = false)")
 
     def _check_dests(self, now: float) -> None:
         """Every heartbeat: a dest someone else changed (a package upgrade's own file, a hand
@@ -540,8 +563,17 @@ class Daemon:
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            log.info("SIGHUP: reloading configuration")
-            self.reload_config()
+            # Reloaded once the queue is drained: SIGHUPs that arrived together (a storm, or
+            # several while a reload waited on the store) are one reload of the files as they
+            # are then. One at a time, a reload that waits on a black-holed etcd (about 5 s to
+            # stop its follower) held the loop for 5 s per SIGHUP: 20 in a second, over 60 s
+            # without a heartbeat, and systemd's watchdog kills at 90.
+            now = time.monotonic()
+            if self.reload_config_at is not None and self.reload_config_at <= now:
+                log.debug("SIGHUP: a reload is already due; taken together")
+            else:
+                log.info("SIGHUP: reloading configuration")
+            self.reload_config_at = now
         else:
             log.info("%s: finishing and exiting", signal.Signals(signum).name)
             self.stopping = True
@@ -595,6 +627,12 @@ class Daemon:
     def _on_pending_event(self, event: object) -> None:
         assert self.pending is not None
         if isinstance(event, SnapshotTaken):
+            if self.reload_config_at is not None and self.reload_config_at <= time.monotonic():
+                # Superseded while it read: not applied; the due reload drops it (its follower,
+                # done reading, stops at once) and reads the files as they are now.
+                log.debug("configuration reload: snapshot of a superseded reload dropped")
+                self.pending.snapshot_in = True
+                return
             pending, self.pending = self.pending, None
             mirror = Mirror()
             mirror.load(event.snapshot)
@@ -610,7 +648,9 @@ class Daemon:
             logged = self._reload_warnings.due(why) or self._reload_retry.attempts == 1
             self._refuse(f"{why}; the reload is tried again in {delay:.1f}s", logged)
             self._abandon(pending)
-            self.reload_config_at = time.monotonic() + delay
+            retry_at = time.monotonic() + delay
+            # (A SIGHUP or an edit already waiting keeps its earlier time.)
+            self.reload_config_at = min(retry_at, self.reload_config_at or retry_at)
 
     def _abandon(self, pending: PendingReload) -> None:
         """Back to the running set: a new follower for its prefixes, starting with a snapshot
@@ -665,13 +705,8 @@ class Daemon:
         if snapshot is not None:
             self.mirror = mirror
             self.snapshot_floor = snapshot.revision
-        old, names = self.syncer, {r.name for r in state.resources}
-        self.syncer = Syncer(state.renderer, self.mirror, old.last_counts, probe=True)
-        self.syncer.reload_owed = old.reload_owed & names
-        # Still nothing running: the next apply asks again, against the time each file has
-        # been in place (not reloading what the service read when it started).
-        self.syncer.not_running = old.not_running & names
-        self.syncer.in_place = dict(old.in_place)
+        names = {r.name for r in state.resources}
+        self.syncer = self.syncer.successor(state.renderer, self.mirror, state.resources)
         self.planner.wait_min = state.settings.watch.wait_min
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval

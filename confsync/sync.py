@@ -134,6 +134,31 @@ class Syncer:
         self._targets: dict[Resource, ReloadTarget | None] = {}
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
 
+    def successor(self, renderer: Renderer, mirror: Mirror,
+                  resources: Sequence[Resource]) -> Syncer:
+        """The Syncer of a new resource set (a config reload), carrying over what is still
+        true of `resources` and nothing of a resource that is gone.
+
+        Kept: the guard's memory and owed reloads by name, when each file has been in place by
+        dest, and the reload target of a resource whose definition did not change (it holds
+        state: HAProxy servers parked in maintenance, deleted by a later pass, were left in
+        HAProxy for good by any SIGHUP that came first). A removed resource's memory is
+        dropped: months of added and removed resources must not pile up, and one added back
+        later starts as at a daemon's start (the file at dest is the guard's memory).
+        """
+        kept = set(resources)
+        names = {r.name for r in resources}
+        dests = {r.dest for r in resources}
+        new = Syncer(renderer, mirror, {n: c for n, c in self.last_counts.items() if n in names},
+                     probe=self.probe_first)
+        new.reload_owed = self.reload_owed & names
+        # Still nothing running: the next apply asks again, against the time each file has
+        # been in place (not reloading what the service read when it started).
+        new.not_running = self.not_running & names
+        new.in_place = {d: t for d, t in self.in_place.items() if d in dests}
+        new._targets = {r: t for r, t in self._targets.items() if r in kept}
+        return new
+
     def target(self, resource: Resource) -> ReloadTarget | None:
         """The resource's reload target, kept for the life of this Syncer (targets hold state,
         e.g. HAProxy servers waiting to be deleted)."""

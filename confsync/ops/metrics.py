@@ -12,7 +12,6 @@ A "seconds since" gauge would be stale between scrapes and wrong once the proces
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -34,6 +33,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from confsync import __version__
@@ -136,6 +136,13 @@ class Metrics(Observer):
             "reload_target_up", "0 when the resource's last reload step found nothing running "
             "to reload (the file is current but not served), 1 when it found it",
             ["resource"], namespace=ns, registry=r)
+        # Every metric with a `resource` label: a resource a config reload drops is removed
+        # from each.
+        self._per_resource: tuple[MetricWrapperBase, ...] = (
+            self.applies, self.apply_seconds, self.renders, self.checks, self.check_seconds,
+            self.reloads, self.reload_seconds, self.runtime_updates, self.runtime_seconds,
+            self.failures, self.values_left_out, self.guard_trips, self.last_success,
+            self.resource_ok, self.target_up)
         self.batches = Counter(
             "batches", "Debounced batches applied", namespace=ns, registry=r)
         self.debounced_changes = Counter(
@@ -240,16 +247,26 @@ class Metrics(Observer):
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
             self._not_running = {n: w for n, w in self._not_running.items()
                                  if n in self._resources}
-        # A resource dropped by a config reload must not keep its state gauges: a stale
-        # `resource_ok 0` or an ageing last-success timestamp would alert forever on a file
-        # nobody manages any more. (Counters keep their totals, as counters do.)
+        # A resource dropped by a config reload leaves no series: a stale `resource_ok 0` or
+        # an ageing last-success timestamp would alert forever on a file nobody manages any
+        # more, and its counters and histograms (about 40 lines per resource) made /metrics
+        # grow with every name a resource ever had: conf.d generated per service, renamed
+        # and removed for months, is an unbounded cardinality. One added back starts from
+        # zero, which Prometheus takes for a counter reset.
         for name in removed:
-            for gauge in (self.resource_ok, self.last_success, self.values_left_out,
-                          self.target_up):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(name)
+            self._forget(name)
         self.resources_gauge.set(len(resources))
         self._update_ready()
+
+    def _forget(self, name: str) -> None:
+        """Remove every series labelled with resource `name` (any outcome or step)."""
+        for metric in self._per_resource:
+            labelnames = metric._labelnames  # what labels() takes, in its order
+            series = {tuple(sample.labels[n] for n in labelnames)
+                      for family in metric.collect() for sample in family.samples
+                      if sample.labels.get("resource") == name}
+            for values in series:
+                metric.remove(*values)
 
     def snapshot_loaded(self, revision: int, keys: int) -> None:
         self.snapshots.inc()

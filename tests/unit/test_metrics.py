@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from confsync.errors import ResourceError
 from confsync.ops.metrics import Metrics, parse_address
@@ -91,17 +92,18 @@ def test_outcomes_by_resource_outcome_and_step(m: Metrics) -> None:
     assert v(m, "confsync_renders_total", resource="plain", outcome="failed") == 1
 
 
-def test_a_resource_dropped_by_a_config_reload_leaves_no_state_gauges(m: Metrics) -> None:
-    web, old = resource("web"), resource("old")
+def test_a_resource_dropped_by_a_config_reload_leaves_no_series(m: Metrics) -> None:
+    web, old = resource("web"), resource("old", check_cmd=("true",))
     m.started([web, old])
-    m.batch_applied(3, ["/a/1"], [Outcome(web, UPDATED, seconds=0.01), fail(old, "check")])
-    assert v(m, "confsync_resource_ok", resource="old") == 0
-    m.started([web])  # SIGHUP: "old" is no longer managed
-    for name in ("confsync_resource_ok", "confsync_resource_last_success_timestamp_seconds",
-                 "confsync_values_left_out"):
-        assert v(m, name, resource="old") is None, name
-    assert v(m, "confsync_resource_ok", resource="web") == 1
+    m.batch_applied(3, ["/a/1"], [Outcome(web, UPDATED, seconds=0.01), fail(old, "check"),
+                                  Outcome(old, UPDATED, seconds=0.01, check_seconds=0.01)])
+    assert v(m, "confsync_resource_ok", resource="old") == 1
     assert v(m, "confsync_apply_failures_total", resource="old", step="check") == 1
+    m.started([web])  # SIGHUP: "old" is no longer managed
+    scraped = generate_latest(m.registry).decode()
+    assert 'resource="old"' not in scraped, scraped
+    assert v(m, "confsync_resource_ok", resource="web") == 1
+    assert v(m, "confsync_applies_total", resource="web", outcome="updated") == 1
     _, detail = m.readiness()
     assert not any("old" in reason for reason in detail["reasons"]), detail
 
