@@ -20,42 +20,37 @@ def boot_clock() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first);
+    None if there is no such process."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+        return data[data.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
 def started_at(pid: int) -> float | None:
     """When process `pid` started, in `boot_clock()` seconds, rounded down to the kernel's
     clock tick (so a value above a time means it surely started after it); None if unknown."""
+    fields = _stat_fields(pid)
     try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-        fields = data[data.rindex(b")") + 2:].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks
-    except (OSError, ValueError, IndexError):
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None  # starttime
+    except (ValueError, IndexError):
         return None
 
 
 def state(pid: int) -> str | None:
     """The kernel's one-letter state of `pid` ('R', 'S', 'Z' ...), None if there is no such
     process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-        return data[data.rindex(b")") + 2:][:1].decode()
-    except (OSError, ValueError):
-        return None
+    fields = _stat_fields(pid)
+    return fields[0].decode() if fields else None
 
 
-def _names(pid: int) -> tuple[str, str] | None:
-    """(kernel name, basename of argv[0]) of `pid`, None if it is gone."""
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return comm, os.path.basename(argv[0].decode(errors="replace")) if argv else ""
-
-
-def _matches(process: str, names: tuple[str, str]) -> bool:
-    # The kernel cuts a process's name to 15 characters; psutil's process_iter compares the
-    # same `name` (which it completes from argv[0]), so a long name matches there and here.
-    comm, argv0 = names
-    return process in (comm, argv0) or (len(comm) == 15 and process.startswith(comm))
+def _is_named(process: str, name: str, cmdline: list[str]) -> bool:
+    """`process` is the process's name (psutil's, completed past the kernel's 15 characters)
+    or the basename of its argv[0]."""
+    return process in (name, os.path.basename(cmdline[0]) if cmdline else "")
 
 
 def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
@@ -77,15 +72,22 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         return None
     if pid <= 0:
         return None
+    import psutil  # lazy: only signal-reloading resources pay for it
+
     why = None
     if pid == os.getpid():
         why = "confsync itself"
     else:
-        names = _names(pid)
-        if names is None or state(pid) in (None, "Z", "X"):
-            return None  # gone, or exited and not yet reaped: nothing runs to be signalled
-        if process is not None and not _matches(process, names):
-            why = f"{names[0]!r}, not {process!r}"
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None  # exited, not yet reaped: nothing runs to be signalled
+                name, cmdline = proc.name(), proc.cmdline()
+        except psutil.Error:
+            return None  # gone
+        if process is not None and not _is_named(process, name, cmdline):
+            why = f"{name!r}, not {process!r}"
     if why is None:
         return pid
     message = f"{pidfile} names pid {pid}, which is {why}: a stale pidfile, not used"
@@ -114,8 +116,7 @@ def find_process(pidfile: Path | None, process: str | None) -> int | None:
         info = proc.info
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        argv0 = os.path.basename(info["cmdline"][0]) if info["cmdline"] else ""
-        if process in (info["name"], argv0):
+        if _is_named(process, info["name"], info["cmdline"] or []):
             candidates.append((info["create_time"] or 0.0, proc.pid, info["ppid"]))
     pids = {pid for _, pid, _ in candidates}
     roots = [c for c in candidates if c[2] not in pids]  # skip workers of a matching master
