@@ -144,8 +144,10 @@ def env_name(table: str, key: str) -> str:
     return "CONFSYNC_" + (f"{table}_{key}" if table else key).upper()
 
 
-# Read elsewhere: the config file's path, and register's owner host name (register/run.py).
-OTHER_ENVIRONMENT = ("CONFSYNC_CONFIG", "CONFSYNC_REGISTER_HOSTNAME")
+# Register's owner host name (read by register/run.py), and with the config file's path the
+# variables that are no setting of the schema.
+REGISTER_HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
+OTHER_ENVIRONMENT = ("CONFSYNC_CONFIG", REGISTER_HOSTNAME_ENV)
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

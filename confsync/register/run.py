@@ -39,12 +39,11 @@ from confsync.register.config import Registration, load_registrations
 from confsync.register.metrics import RegisterMetrics
 from confsync.register.registrar import Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
-from confsync.settings import Settings
+from confsync.settings import REGISTER_HOSTNAME_ENV, Settings
 from confsync.stores.etcd import EtcdStore, token_expired
 
 log = logging.getLogger("confsync.register")
 
-HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
 TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
 STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
 # The loop polls every TICK; a gap this long means the process was not running (SIGSTOP, a VM
@@ -386,7 +385,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     if settings.backend != "etcd":
         raise ConfigError("backend", f"confsync register writes to etcd; backend is "
                           f"{settings.backend!r}", "backend")
-    host = hostname or os.environ.get(HOSTNAME_ENV) or socket.gethostname()
+    host = hostname or os.environ.get(REGISTER_HOSTNAME_ENV) or socket.gethostname()
     # Asked once for every file that names no address: they all publish the same one.
     registrations = load_registrations(settings.confdir, settings.prefix, host,
                                        functools.cache(lambda: default_address(settings.etcd)))
