@@ -132,6 +132,7 @@ class Syncer:
         # Resources whose target this Syncer asked (reloaded or probed) at least once.
         self.asked: set[str] = set()
         self._targets: dict[Resource, ReloadTarget | None] = {}
+        self._dests_of: dict[str, Path] = {}  # resource name -> dest, as last applied
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
 
     def successor(self, renderer: Renderer, mirror: Mirror,
@@ -139,8 +140,11 @@ class Syncer:
         """The Syncer of a new resource set (a config reload), carrying over what is still
         true of `resources` and nothing of a resource that is gone.
 
-        Kept: the guard's memory and owed reloads by name, when each file has been in place by
-        dest, and the reload target of a resource whose definition did not change (it holds
+        Kept: the guard's memory by name; owed reloads by name and by dest (a resource renamed,
+        or its file moved to another conf.d file, while its reload was owed still owes it: the
+        file at dest was installed and never made live, and its render now matches it, so
+        nothing else would reload it); when each file has been in place by dest; and the reload
+        target of a resource whose definition did not change (it holds
         state: HAProxy servers parked in maintenance, deleted by a later pass, were left in
         HAProxy for good by any SIGHUP that came first). A removed resource's memory is
         dropped: months of added and removed resources must not pile up, and one added back
@@ -151,12 +155,15 @@ class Syncer:
         dests = {r.dest for r in resources}
         new = Syncer(renderer, mirror, {n: c for n, c in self.last_counts.items() if n in names},
                      probe=self.probe_first)
-        new.reload_owed = self.reload_owed & names
+        owed_dests = {self._dests_of[n] for n in self.reload_owed if n in self._dests_of}
+        new.reload_owed = {r.name for r in resources
+                           if r.name in self.reload_owed or r.dest in owed_dests}
         # Still nothing running: the next apply asks again, against the time each file has
         # been in place (not reloading what the service read when it started).
         new.not_running = self.not_running & names
         new.in_place = {d: t for d, t in self.in_place.items() if d in dests}
         new._targets = {r: t for r, t in self._targets.items() if r in kept}
+        new._dests_of = {n: d for n, d in self._dests_of.items() if n in names}
         return new
 
     def target(self, resource: Resource) -> ReloadTarget | None:
@@ -256,6 +263,7 @@ class Syncer:
         start = time.monotonic()
         step = "stage"  # what an exception no step turned into a ResourceError is blamed on
         warnings: tuple[RenderWarning, ...] = ()
+        self._dests_of[resource.name] = resource.dest
         try:
             current = self.dests.current(resource.dest)
             seen = boot_clock()  # the file read (or known unchanged) is in place since

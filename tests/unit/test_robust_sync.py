@@ -119,3 +119,36 @@ def test_a_rollback_that_cannot_write_does_not_claim_the_file_was_restored(
     assert outcome.error.step == "reload"
     assert outcome.error.reason.endswith("the previous file could not be restored")
     assert res.dest.read_text() == "server 10.0.0.2:80\n" and res.name in syncer.reload_owed
+
+
+def test_a_reload_owed_survives_a_rename_of_its_resource(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file was installed and its reload owed (the rollback could not write), then a
+    SIGHUP renamed the resource (pool.toml -> web.toml, same dest). The successor used to carry
+    owed reloads by name only: the renamed resource found its render equal to the file and
+    never reloaded, so the service ran the old file while /ready said all was well."""
+    import dataclasses
+
+    from confsync import sync
+
+    reloads = tmp_path / "reloads"
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"},
+                         reload_cmd=("sh", "-c", f"echo x >> {reloads}; test -e {tmp_path}/ok"))
+    res.dest.write_text("server 10.0.0.1:80\n")
+
+    def no_space(resource: Resource, previous: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sync, "restore", no_space)
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and res.dest.read_text() == "server 10.0.0.2:80\n"
+    monkeypatch.undo()
+    (tmp_path / "ok").touch()
+    renamed = dataclasses.replace(res, name="web", source=tmp_path / "web.toml")
+    after = syncer.successor(syncer.renderer, syncer.mirror, [renamed])
+    reloads.unlink()
+    (outcome,) = after.apply([renamed])
+    assert outcome.status == UPDATED and outcome.reload is not None
+    assert reloads.read_text() == "x\n"
+    (outcome,) = after.apply([renamed])
+    assert outcome.status == UNCHANGED and reloads.read_text() == "x\n"
