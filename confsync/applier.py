@@ -93,6 +93,12 @@ class DestCache:
         except OSError:
             return True
 
+    def peek(self, path: Path) -> tuple[FileState | None, FileState]:
+        """(What was seen last, or None; what is there now), read without updating the memory,
+        so `changed` still says the file changed."""
+        known = self._known.get(path)
+        return (known[1] if known is not None else None), _read_with_signature(path)[1]
+
     def remember(self, path: Path, state: FileState) -> None:
         try:
             self._known[path] = (_signature(os.stat(path)), state)

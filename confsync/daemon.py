@@ -147,6 +147,9 @@ class Daemon:
         self._repairing: set[str] = set()
         self.drift = DriftGuard()
         self._drift_warnings = Repeats()
+        # Resources whose dest another writer changed and whose repair waits its turn: /ready
+        # says so meanwhile (the service may be running the other writer's file).
+        self._drift_held: frozenset[str] = frozenset()
         self._loop_errors: collections.deque[float] = collections.deque()
         self._follower_restart_at: float | None = None
         self._follower_deaths = 0
@@ -476,14 +479,21 @@ class Daemon:
         resources = [r for r in self.state.resources
                      if not planner.retrying(r.name) and not planner.pending(r.name)]
         repair = []
+        held = set()
         for resource in self.syncer.drifted(resources):
             if self.drift.may_repair(resource.name, now):
                 repair.append(resource)
-            elif self._drift_warnings.due(resource.name):
+                continue
+            if self.syncer.foreign(resource):
+                held.add(resource.name)
+            if self._drift_warnings.due(resource.name):
                 log.warning("resource %s: %s keeps being changed by someone else (another "
                             "writer?); rewriting it again in %.0fs", resource.name,
                             resource.dest, self.drift.delay(resource.name, now),
                             extra={"resource": resource.name})
+        if held != self._drift_held:
+            self._drift_held = frozenset(held)
+            self.observers.drift_held(sorted(held))
         if repair:
             log.info("%s: dest changed on disk; rendering again",
                      ", ".join(r.name for r in repair))
@@ -717,6 +727,7 @@ class Daemon:
         self.pending_keys.clear()
         self._repairing.clear()
         self.drift.keep(names)
+        self._drift_held = frozenset()
         self.observers.started(state.resources)  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))

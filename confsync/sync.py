@@ -199,6 +199,18 @@ class Syncer:
         """Resources whose dest someone else changed since this Syncer last looked at it."""
         return [r for r in resources if self.dests.changed(r.dest)]
 
+    def foreign(self, resource: Resource) -> bool:
+        """Its dest is not what this Syncer last left there, as the resource sees it: other
+        bytes, or a mode or owner it sets (a touch, or a chmod of a mode it leaves alone, is
+        not); one read. How a drifted dest whose repair has to wait is told apart."""
+        try:
+            last, now = self.dests.peek(resource.dest)
+        except OSError:
+            return True
+        if last is None or last.content is None:
+            return True
+        return not Target.for_resource(resource, last.content, now).matches(now)
+
     def render(self, resource: Resource) -> bytes:
         return self.render_with_warnings(resource)[0]
 

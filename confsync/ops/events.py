@@ -66,6 +66,10 @@ class Observer:
     def part_recovered(self, part: str) -> None:
         """A part that had failed runs again."""
 
+    def drift_held(self, names: Sequence[str]) -> None:
+        """These resources' dests hold another writer's file until their spaced repair (all
+        of them: an empty list means none)."""
+
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         """Between applies, the resource's reload target was found not running (NO_TARGET:
         stopped by someone else); applies report what they find in their outcomes."""
@@ -130,6 +134,9 @@ class Observers(Observer):
 
     def part_recovered(self, part: str) -> None:
         self._each("part_recovered", part)
+
+    def drift_held(self, names: Sequence[str]) -> None:
+        self._each("drift_held", names)
 
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         self._each("target_probed", resource, result)

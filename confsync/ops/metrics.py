@@ -81,6 +81,8 @@ class Metrics(Observer):
         self._connected = False
         self._lost_reason = ""
         self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
+        # Resources whose dest holds another writer's file while its repair waits (drift.py).
+        self._drift_held: list[str] = []
         self._connections = 0
         self._last_beat = clock()
         self._applied_revision = 0
@@ -205,7 +207,8 @@ class Metrics(Observer):
         return age <= max_age and not failed, detail
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready: first full render done, watch connected, and no resource's last apply failed.
+        """Ready: first full render done, watch connected, no resource's last apply failed,
+        every reload target runs, and no dest holds another writer's file awaiting its repair.
 
         Resources left out of a batch were not affected by it, so their last good render is as
         current as the batch's revision; only a failed apply leaves a file behind the data.
@@ -221,6 +224,11 @@ class Metrics(Observer):
             # Like the exec child: a current file that nothing serves is not ready.
             reasons.extend(f"not running: {name} ({why})"
                            for name, why in sorted(self._not_running.items()))
+            # Another writer keeps replacing these files; the service may run its file until
+            # the next spaced repair.
+            if self._drift_held:
+                reasons.append("changed by someone else, repair waiting: "
+                               + ", ".join(self._drift_held))
             # In exec mode confsync is the service's supervisor: files in place while the
             # service is down (restarting after a crash) is not ready.
             if self._exec is not None and self._ready_seen and not self._exec.running:
@@ -247,6 +255,7 @@ class Metrics(Observer):
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
             self._not_running = {n: w for n, w in self._not_running.items()
                                  if n in self._resources}
+            self._drift_held = [n for n in self._drift_held if n in self._resources]
         # A resource dropped by a config reload leaves no series: a stale `resource_ok 0` or
         # an ageing last-success timestamp would alert forever on a file nobody manages any
         # more, and its counters and histograms (about 40 lines per resource) made /metrics
@@ -406,6 +415,11 @@ class Metrics(Observer):
     def part_recovered(self, part: str) -> None:
         with self._lock:
             self._failed_parts.pop(part, None)
+
+    def drift_held(self, names: Sequence[str]) -> None:
+        with self._lock:
+            self._drift_held = list(names)
+        self._update_ready()
 
 
 class _ExecCollector(Collector):

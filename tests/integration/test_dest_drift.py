@@ -102,3 +102,56 @@ def test_two_writers_do_not_make_a_reload_loop(stack: Stack) -> None:
     stack.watch.wait_log("keeps being changed by someone else", timeout=1)
     # The fight is over: the next allowed repair (within the 4 s gap) puts etcd's file back.
     wait_for(lambda: read(stack.dest) == "port 8080\n", timeout=8, what="the last repair")
+
+
+def test_ready_says_so_while_another_writers_file_waits_for_its_repair(tmp_path: Path) -> None:
+    """Between spaced repairs the dest holds the other writer's file, which the service may
+    be running: /ready used to answer 200 throughout. It answers 503 with the reason until
+    the repair puts etcd's file back, and a touch (same bytes) is not reported."""
+    from tests.support.etcd_server import free_port
+    from tests.support.http_probe import probe
+
+    s = Stack(tmp_path)
+    s.watch.stop()
+    port = free_port()
+    s.watch = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file",
+                           "--file", str(s.data), "--wait-min", "0",
+                           "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "log2")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        done = threading.Event()
+
+        def other_writer() -> None:  # puts its file back every 100 ms, for at most 8 s
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline and not done.is_set():
+                s.replace_dest("port 81  # the other writer's\n")
+                time.sleep(0.1)
+
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        try:
+            # Repairs at about 0 and 1 s, then one waits 2 s: /ready tells meanwhile.
+            held: list[dict[str, object]] = []
+
+            def not_ready() -> bool:
+                status, body = probe(base, "/ready")
+                if status == 503:
+                    held.append(body)
+                return status == 503
+
+            wait_for(not_ready, timeout=6, what="503 while held")
+        finally:
+            done.set()
+            writer.join()
+        reasons = held[0]["reasons"]
+        assert isinstance(reasons, list)
+        assert any("changed by someone else, repair waiting: app" in r for r in reasons), held
+        wait_for(lambda: read(s.dest) == "port 8080\n", timeout=5, what="the spaced repair")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, timeout=3, what="200 after it")
+        # Same bytes written anew (a config-management run): nothing to report or repair.
+        s.replace_dest("port 8080\n")
+        time.sleep(1.5)
+        assert probe(base, "/ready")[0] == 200
+    finally:
+        s.watch.stop()

@@ -152,3 +152,26 @@ def test_a_reload_owed_survives_a_rename_of_its_resource(
     assert reloads.read_text() == "x\n"
     (outcome,) = after.apply([renamed])
     assert outcome.status == UNCHANGED and reloads.read_text() == "x\n"
+
+
+def test_foreign_tells_another_writers_file_from_a_touch_or_an_unset_mode(
+        tmp_path: Path) -> None:
+    """What /ready reports while a drift repair waits: other bytes, or a mode the resource
+    sets; not the same bytes written anew, nor a mode it leaves to the file."""
+    import os
+
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"})
+    assert [o.status for o in syncer.apply([res])] == [UPDATED]
+    assert not syncer.foreign(res)
+    (tmp_path / "new").write_text("server 10.0.0.2:80\n")
+    os.replace(tmp_path / "new", res.dest)  # same bytes, new inode: changed, not foreign
+    os.chmod(res.dest, 0o600)  # a mode the resource does not set
+    assert syncer.drifted([res]) == [res] and not syncer.foreign(res)
+    res.dest.write_text("server 10.9.9.9:80\n")
+    assert syncer.foreign(res)
+    res.dest.unlink()
+    assert syncer.foreign(res)
+    syncer, moded = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"}, mode=0o644)
+    assert [o.status for o in syncer.apply([moded])] == [UPDATED]
+    os.chmod(moded.dest, 0o600)
+    assert syncer.foreign(moded)
