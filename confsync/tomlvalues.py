@@ -162,9 +162,10 @@ def positive_int(value: Any) -> int:
     """At least 1; a string of digits is accepted (the environment's form)."""
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
         number = 0
-    if isinstance(value, bool) or number < 1:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) \
+            or number < 1:
         raise ValueError(f"expected a whole number of at least 1, found {value!r}")
     return number
 
