@@ -65,13 +65,26 @@ def nonempty(value: Any) -> str:
     return value
 
 
+def path_text(text: str) -> str:
+    """A path's text; a NUL in it is refused here (the OS would refuse every use of it, with a
+    ValueError far from the setting that named it)."""
+    if "\0" in text:
+        raise ValueError(f"a path cannot contain a NUL character, found {text!r}")
+    return text
+
+
+def nonempty_path_text(value: Any) -> str:
+    """A non-empty path as written (no ~ expansion, not made absolute)."""
+    return path_text(nonempty(value))
+
+
 def path(value: Any) -> Path:
     """A file or directory; a relative one is taken from the directory confsync started in."""
-    return absolute(Path(string(value)).expanduser())
+    return absolute(Path(path_text(string(value))).expanduser())
 
 
 def nonempty_path(value: Any) -> Path:
-    return Path(nonempty(value)).expanduser()
+    return Path(path_text(nonempty(value))).expanduser()
 
 
 def string_list(value: Any) -> tuple[str, ...]:
@@ -86,7 +99,7 @@ def string_list(value: Any) -> tuple[str, ...]:
 
 
 def paths(value: Any) -> tuple[Path, ...]:
-    return tuple(absolute(Path(p).expanduser()) for p in string_list(value))
+    return tuple(absolute(Path(path_text(p)).expanduser()) for p in string_list(value))
 
 
 # Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
@@ -132,6 +145,10 @@ def command(value: Any, allow_empty: bool = False, refuse_shell: bool = True) ->
         raise ValueError(f"expected a command string or a list of strings, found {value!r}")
     if not argv and (value or not allow_empty):  # "" / [] is "none"; "  " is a mistake
         raise ValueError("expected a command, found an empty one")
+    if argv and not argv[0]:
+        raise ValueError(f"expected a program to run, found an empty one: {value!r}")
+    if any("\0" in arg for arg in argv):  # exec() refuses it at every run, far from here
+        raise ValueError(f"a command cannot contain a NUL character, found {value!r}")
     return argv
 
 

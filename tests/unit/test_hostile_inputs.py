@@ -10,6 +10,7 @@ import pytest
 
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
+from confsync.resources import load_resources
 from confsync.settings import load_settings
 
 # -- durations, numbers (confsync.toml, CONFSYNC_*, resource files) -------------------------
@@ -44,3 +45,59 @@ def test_crash_limit_that_is_no_whole_number_is_refused(tmp_path: Path, value: s
     cfg.write_text(f"[exec]\ncrash_limit = {value}\n")
     with pytest.raises(ConfigError, match=r"exec\.crash_limit: expected a whole number"):
         load_settings({"config": str(cfg)}, {})
+
+
+# -- NUL characters in paths and commands ------------------------------------------------
+
+
+def test_a_nul_in_a_data_file_path_is_a_config_error(tmp_path: Path) -> None:
+    # Before: accepted, then `once` died with "ValueError: embedded null byte".
+    cfg = tmp_path / "confsync.toml"
+    cfg.write_text('backend = "file"\n[file]\npaths = ["/tmp/a\\u0000b"]\n')
+    with pytest.raises(ConfigError, match=r"file\.paths: a path cannot contain a NUL"):
+        load_settings({"config": str(cfg)}, {})
+
+
+def _load(tmp_path: Path, body: str, bad_file: bytes | None = None) -> tuple[list[str],
+                                                                            tuple[str, ...]]:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_bytes(bad_file if bad_file is not None else (
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n{body}\n'
+    ).encode())
+    (tmp_path / "conf.d" / "good.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/good"\nkeys = ["/b"]\n')
+    loaded = load_resources(tmp_path)
+    return [r.name for r in loaded.resources], loaded.errors
+
+
+@pytest.mark.parametrize("body,key,what", [
+    ('owner = "root\\u0000"', "template.owner", "no such user"),
+    ('group = "a\\u0000b"', "template.group", "no such group"),
+    ('uid = "\\u0000"', "template.uid", "no such user"),
+    ('gid = "\\u0000"', "template.gid", "no such group"),
+    ('check_cmd = "true\\u0000"', "template.check_cmd", "cannot contain a NUL"),
+    ('reload_cmd = ["kill", "\\u0000"]', "template.reload_cmd", "cannot contain a NUL"),
+    ('check_cmd = [""]', "template.check_cmd", "expected a program to run"),
+    ('reload_cmd = ["", "x"]', "template.reload_cmd", "expected a program to run"),
+])
+def test_nul_names_and_commands_are_refused_at_load(tmp_path: Path, body: str, key: str,
+                                                    what: str) -> None:
+    # Before: a NUL in owner/group was a ValueError out of load_resources (a traceback, and
+    # no resource rendered at all); in a command it failed every apply with "ValueError:
+    # embedded null byte", and an empty program with "cannot run ``", retried for ever.
+    names, errors = _load(tmp_path, body)
+    assert names == ["good"]
+    (error,) = errors
+    assert "bad.toml" in error and key in error and what in error, error
+
+
+def test_a_nul_in_dest_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_text(
+        '[template]\nsrc = "t.tmpl"\ndest = "/tmp/x\\u0000y"\nkeys = ["/a"]\n')
+    (error,) = load_resources(tmp_path).errors
+    assert "bad.toml: template.dest: a path cannot contain a NUL" in error, error
