@@ -7,9 +7,12 @@ it expected and what it found; `convert` turns that into a ConfigError naming fi
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import shlex
 import signal
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +30,38 @@ duration = parse_duration
 def read_toml(path: Path) -> dict[str, Any]:
     """A whole TOML file; a ConfigError naming the file when it cannot be read or parsed."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+        return parse_toml(read_regular_file(path))
+    except ValueError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes before parsing: not a TOMLDecodeError
-        raise ConfigError(str(path), f"not valid TOML: not UTF-8 ({exc.reason} at byte "
-                                     f"{exc.start})") from None
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of `path`, which must be a regular file: opened without blocking, so a FIFO
+    (or a device) named like a config file is refused instead of hanging the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read()
+
+
+def parse_toml(raw: bytes) -> dict[str, Any]:
+    """TOML bytes; every way they can be bad is a ValueError saying how.
+
+    tomllib raises TOMLDecodeError (a ValueError) for syntax, but a plain ValueError for an
+    integer of over 4,300 digits, and RecursionError for arrays or inline tables nested a
+    thousand deep; bytes that are not UTF-8 fail before parsing.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("arrays or tables nested too deeply") from None
 
 
 def positive_duration(value: Any) -> float:

@@ -4,6 +4,7 @@ names the file and key, and the other resources go on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ def test_a_nul_in_dest_is_refused_at_load(tmp_path: Path) -> None:
         '[template]\nsrc = "t.tmpl"\ndest = "/tmp/x\\u0000y"\nkeys = ["/a"]\n')
     (error,) = load_resources(tmp_path).errors
     assert "bad.toml: template.dest: a path cannot contain a NUL" in error, error
+
+
+# -- TOML files that tomllib cannot parse its usual way ----------------------------------
+
+
+@pytest.mark.parametrize("raw,what", [
+    (b"a = " + b"[" * 3000 + b"]" * 3000 + b"\n", "nested too deeply"),
+    (b"a = " + b"{b=" * 3000 + b"1" + b"}" * 3000 + b"\n", "nested too deeply"),
+    (b"[template]\nmode = " + b"7" * 5000 + b"\n", "4300 digits"),
+])
+def test_toml_that_used_to_escape_as_a_traceback_is_one_bad_file(tmp_path: Path, raw: bytes,
+                                                                 what: str) -> None:
+    # Before: RecursionError / ValueError out of load_resources: no resource rendered.
+    names, errors = _load(tmp_path, "", bad_file=raw)
+    assert names == ["good"]
+    (error,) = errors
+    assert "bad.toml: not valid TOML" in error and what in error, error
+
+
+def test_a_fifo_in_conf_d_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # Before: open() of the FIFO blocked for ever: `once` and a SIGHUP hung.
+    (tmp_path / "conf.d").mkdir()
+    os.mkfifo(tmp_path / "conf.d" / "fifo.toml")
+    with pytest.raises(ConfigError, match=r"fifo\.toml: cannot read: not a regular file"):
+        load_settings({"config": str(tmp_path / "conf.d" / "fifo.toml")}, {})
+    (error,) = load_resources(tmp_path).errors
+    assert "fifo.toml: cannot read: not a regular file" in error
