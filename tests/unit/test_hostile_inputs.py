@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from confsync.durations import parse_duration
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, StoreUnavailable
 from confsync.resources import load_resources
 from confsync.settings import load_settings
+from confsync.stores.file import read_data_file
 
 # -- durations, numbers (confsync.toml, CONFSYNC_*, resource files) -------------------------
 
@@ -129,3 +130,21 @@ def test_a_fifo_in_conf_d_is_refused_not_waited_on(tmp_path: Path) -> None:
         load_settings({"config": str(tmp_path / "conf.d" / "fifo.toml")}, {})
     (error,) = load_resources(tmp_path).errors
     assert "fifo.toml: cannot read: not a regular file" in error
+
+
+# -- file backend data ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,what", [
+    ("app: &a\n  - *a\n", "nested more than 200 levels"),  # an alias inside itself
+    ('a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'  # 10**7 keys from six lines
+     + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+               for i in range(6)), "more than 1000000 keys"),
+])
+def test_yaml_aliases_cannot_hang_or_crash_the_file_backend(tmp_path: Path, text: str,
+                                                            what: str) -> None:
+    # Before: RecursionError traceback / a hang expanding 10**7 keys.
+    data = tmp_path / "data.yaml"
+    data.write_text(text)
+    with pytest.raises(StoreUnavailable, match=f"data.yaml: .*{what}"):
+        read_data_file(data)
