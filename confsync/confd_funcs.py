@@ -76,19 +76,35 @@ def mod(a: int, b: int) -> int:
     return x - div(x, y) * y
 
 
+# The longest list seq() makes. The list is built in one C call, which no render_timeout
+# stops, and its bounds may come from the store (`seq(1, atoi(getv("/n")))`): seq(1, 10**9)
+# would take gigabytes and minutes.
+MAX_SEQ = 1_000_000
+
+
 def seq(first: int, last: int) -> list[int]:
     """GNU seq: seq(3, 5) == [3, 4, 5]; empty when first > last (as in confd)."""
     x, y = _ints(first, last)
+    if y - x >= MAX_SEQ:
+        raise TemplateFunctionError(f"seq({x}, {y}): more than {MAX_SEQ:,} numbers")
     return list(range(x, y + 1))
 
 
 _ATOI = re.compile(r"[+-]?[0-9]+\Z")
+_INT64 = (-(2**63), 2**63 - 1)  # Go's int on the 64-bit platforms confd runs on
 
 
 def atoi(text: str) -> int:
     if not isinstance(text, str) or not _ATOI.match(text):
         raise TemplateFunctionError(f'strconv.Atoi: parsing {text!r}: invalid syntax')
-    return int(text)
+    # Go refuses what does not fit an int; Python's int() refuses over 4,300 digits with an
+    # error about its own settings.
+    digits = text.lstrip("+-").lstrip("0")
+    value = int(text) if len(digits) <= 19 else None
+    if value is None or not _INT64[0] <= value <= _INT64[1]:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise TemplateFunctionError(f"strconv.Atoi: parsing {shown!r}: value out of range")
+    return value
 
 
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})

@@ -94,7 +94,7 @@ def _parse_user(source: str, key: str, value: Any) -> int:
     name = tv.convert(source, key, tv.nonempty, value)
     try:
         return pwd.getpwnam(name).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name, which no name has
         raise ConfigError(source, f"no such user {name!r} on this system", key) from None
 
 
@@ -104,7 +104,7 @@ def _parse_group(source: str, key: str, value: Any) -> int:
     name = tv.convert(source, key, tv.nonempty, value)
     try:
         return grp.getgrnam(name).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name, which no name has
         raise ConfigError(source, f"no such group {name!r} on this system", key) from None
 
 
@@ -142,11 +142,11 @@ def parse_resource(
         if required not in table:
             raise ConfigError(where, "required key is missing", f"template.{required}")
 
-    src = Path(tv.convert(where, "template.src", tv.nonempty, table["src"]))
+    src = Path(tv.convert(where, "template.src", tv.nonempty_path_text, table["src"]))
     src = absolute(src if src.is_absolute() else templates_dir / src)
     if not src.is_file():
         raise ConfigError(where, f"template file {src} does not exist", "template.src")
-    dest = Path(tv.convert(where, "template.dest", tv.nonempty, table["dest"]))
+    dest = Path(tv.convert(where, "template.dest", tv.nonempty_path_text, table["dest"]))
     dest = absolute(dest)
 
     keys = table["keys"]

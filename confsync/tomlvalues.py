@@ -7,9 +7,12 @@ it expected and what it found; `convert` turns that into a ConfigError naming fi
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import shlex
 import signal
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +30,38 @@ duration = parse_duration
 def read_toml(path: Path) -> dict[str, Any]:
     """A whole TOML file; a ConfigError naming the file when it cannot be read or parsed."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+        return parse_toml(read_regular_file(path))
+    except ValueError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes before parsing: not a TOMLDecodeError
-        raise ConfigError(str(path), f"not valid TOML: not UTF-8 ({exc.reason} at byte "
-                                     f"{exc.start})") from None
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of `path`, which must be a regular file: opened without blocking, so a FIFO
+    (or a device) named like a config file is refused instead of hanging the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read()
+
+
+def parse_toml(raw: bytes) -> dict[str, Any]:
+    """TOML bytes; every way they can be bad is a ValueError saying how.
+
+    tomllib raises TOMLDecodeError (a ValueError) for syntax, but a plain ValueError for an
+    integer of over 4,300 digits, and RecursionError for arrays or inline tables nested a
+    thousand deep; bytes that are not UTF-8 fail before parsing.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("arrays or tables nested too deeply") from None
 
 
 def positive_duration(value: Any) -> float:
@@ -65,13 +91,26 @@ def nonempty(value: Any) -> str:
     return value
 
 
+def path_text(text: str) -> str:
+    """A path's text; a NUL in it is refused here (the OS would refuse every use of it, with a
+    ValueError far from the setting that named it)."""
+    if "\0" in text:
+        raise ValueError(f"a path cannot contain a NUL character, found {text!r}")
+    return text
+
+
+def nonempty_path_text(value: Any) -> str:
+    """A non-empty path as written (no ~ expansion, not made absolute)."""
+    return path_text(nonempty(value))
+
+
 def path(value: Any) -> Path:
     """A file or directory; a relative one is taken from the directory confsync started in."""
-    return absolute(Path(string(value)).expanduser())
+    return absolute(Path(path_text(string(value))).expanduser())
 
 
 def nonempty_path(value: Any) -> Path:
-    return Path(nonempty(value)).expanduser()
+    return Path(path_text(nonempty(value))).expanduser()
 
 
 def string_list(value: Any) -> tuple[str, ...]:
@@ -86,7 +125,7 @@ def string_list(value: Any) -> tuple[str, ...]:
 
 
 def paths(value: Any) -> tuple[Path, ...]:
-    return tuple(absolute(Path(p).expanduser()) for p in string_list(value))
+    return tuple(absolute(Path(path_text(p)).expanduser()) for p in string_list(value))
 
 
 # Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,
@@ -132,6 +171,10 @@ def command(value: Any, allow_empty: bool = False, refuse_shell: bool = True) ->
         raise ValueError(f"expected a command string or a list of strings, found {value!r}")
     if not argv and (value or not allow_empty):  # "" / [] is "none"; "  " is a mistake
         raise ValueError("expected a command, found an empty one")
+    if argv and not argv[0]:
+        raise ValueError(f"expected a program to run, found an empty one: {value!r}")
+    if any("\0" in arg for arg in argv):  # exec() refuses it at every run, far from here
+        raise ValueError(f"a command cannot contain a NUL character, found {value!r}")
     return argv
 
 
@@ -162,9 +205,10 @@ def positive_int(value: Any) -> int:
     """At least 1; a string of digits is accepted (the environment's form)."""
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a TOML inf
         number = 0
-    if isinstance(value, bool) or number < 1:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) \
+            or number < 1:
         raise ValueError(f"expected a whole number of at least 1, found {value!r}")
     return number
 

@@ -14,13 +14,14 @@ import re
 import shlex
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confsync import tomlvalues as tv
 from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
+from confsync.errors import ConfigError
 
 # Characters that mean confd's `sh -c` did real shell work in a command.
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~]|\[\[")
@@ -74,9 +75,9 @@ def _command(value: Any, where: str, report: Report) -> Any:
 def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
     """(new TOML text, template src) for one confd resource file."""
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"{path}: cannot read: {exc}") from None
+        data = tv.read_toml(path)
+    except ConfigError as exc:  # unreadable, not UTF-8, not TOML, nested too deeply
+        raise ConvertError(str(exc)) from None
     table = data.get("template")
     if not isinstance(table, dict) or "src" not in table:
         raise ConvertError(f"{path}: no [template] table with src")
@@ -101,9 +102,9 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
                         report: Report) -> tuple[str, str | None]:
     """(confsync.toml text, global prefix) from a confd.toml."""
     try:
-        conf = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"{path}: cannot read: {exc}") from None
+        conf = tv.read_toml(path)
+    except ConfigError as exc:  # unreadable, not UTF-8, not TOML, nested too deeply
+        raise ConvertError(str(exc)) from None
     top: list[str] = [f"confdir = {_toml_value(str(new_confdir))}"]
     etcd: list[str] = []
     file_paths: list[str] = []
@@ -117,7 +118,11 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
         top.append('backend = "etcd"')
         report.notes.append(f"confd.toml: backend {backend!r} has no counterpart (confsync "
                             "reads etcd v3, files and the environment); set to etcd, review it")
-    nodes = [v if "://" in v else f"http://{v}" for v in conf.get("nodes", [])]
+    raw_nodes = conf.get("nodes", [])
+    if not isinstance(raw_nodes, list) or not all(isinstance(v, str) for v in raw_nodes):
+        raise ConvertError(f"{path}: nodes: expected a list of strings such as "
+                           f"[\"127.0.0.1:2379\"], found {raw_nodes!r}")
+    nodes = [v if "://" in v else f"http://{v}" for v in raw_nodes]
     for key, value in conf.items():
         where = f"confd.toml: {key}"
         if key in ("backend", "confdir"):

@@ -551,4 +551,8 @@ def to_jinja(parsed: g.ParsedTemplate) -> str:
 
 
 def convert_template(filename: str, source: str) -> str:
-    return to_jinja(g.parse(filename, source))
+    try:
+        return to_jinja(g.parse(filename, source))
+    except RecursionError:  # parser and emitter recurse per nested action, as Go's do
+        raise g.GoTemplateError(filename, 1, 1, "actions or parentheses nested too deeply "
+                                "to convert") from None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
@@ -152,6 +153,21 @@ def _http_url(address: str, port_number: int, path: str) -> str:
     return f"http://{host}:{port_number}{path}"
 
 
+def _bad_url(url: str) -> str | None:
+    """Why the probe could never GET `url` (None: it can): each probe would fail with the same
+    error instead of the file being refused with it."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"a URL cannot contain spaces or control characters, found {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is no port)
+    except ValueError as exc:
+        return f"not a usable URL ({exc}): {url!r}"
+    if not parts.hostname:
+        return f"expected a host in the URL, found {url!r}"
+    return None
+
+
 def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
     _unknown(reader, _CHECK)
     kind = reader.get("type", tv.choice(*CHECK_TYPES))
@@ -183,6 +199,8 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
             spec["path"] = path
         elif not url.startswith(("http://", "https://")):
             raise reader.error("url", f"expected an http:// or https:// URL, found {url!r}")
+        if (bad := _bad_url(url)) is not None:
+            raise reader.error("path" if spec.get("path") else "url", bad)
         spec["url"] = url
         spec["expect_status"] = reader.get("expect_status", _statuses, ())
         spec["ca_file"] = reader.get("ca_file", lambda v: Path(tv.nonempty(v)))
@@ -195,7 +213,7 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
         if spec["ca_file"] is not None and not spec["ca_file"].is_file():
             raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
     elif kind == "tcp":
-        spec["host"] = reader.get("host", tv.string, address)
+        spec["host"] = reader.get("host", tv.nonempty, address)
         spec["follows_address"] = "host" not in reader.table
         spec["port"] = reader.get("port", port, port_number)
     else:
@@ -237,10 +255,13 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
         raise r.error("key", f"expected an absolute key such as /services/web/instances/a, "
                       f"found {key!r}")
     extra = r.get("extra", lambda v: dict(v) if isinstance(v, dict) else _no_table(v), {})
-    for name in extra:
+    for name, value in extra.items():
         if name in RESERVED_FIELDS:
             raise r.error(f"extra.{name}", f"{name!r} is set by confsync register, not by extra")
-    maintenance = r.get("maintenance_file", tv.path)
+        if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN/Infinity
+            raise r.error(f"extra.{name}", f"expected a finite number, found {value!r}")
+    # "" would be the start directory, which exists: maintenance for good.
+    maintenance = r.get("maintenance_file", lambda v: tv.path(tv.nonempty(v)))
     checks_raw = data.get("check", [])
     if not isinstance(checks_raw, list) or not all(isinstance(c, dict) for c in checks_raw):
         raise r.error("check", "expected [[check]] tables")

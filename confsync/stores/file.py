@@ -21,22 +21,43 @@ from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, Wat
 log = logging.getLogger(__name__)
 
 
+# What a data file may hold once flattened. A YAML alias can be used many times over (nine
+# levels of nine aliases are 387 million keys from a few lines) or inside itself (`a: &a [*a]`):
+# the limits make either a bad data file instead of a hang or a RecursionError.
+MAX_DEPTH = 200
+MAX_KEYS = 1_000_000
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, bytes]:
-    """Nested mappings and lists to flat keys; scalars as text (true/false, like confd)."""
+    """Nested mappings and lists to flat keys; scalars as text (true/false, like confd).
+
+    ValueError when the data nests deeper than MAX_DEPTH or flattens to over MAX_KEYS keys.
+    """
     out: dict[str, bytes] = {}
+    _flatten(data, prefix, out, 0)
+    return out
+
+
+def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        where = prefix if len(prefix) <= 60 else prefix[:60] + "..."
+        raise ValueError(f"{where}: nested more than {MAX_DEPTH} levels deep (a YAML alias "
+                         f"inside itself?)")
     if isinstance(data, dict):
         for key, value in data.items():
-            out.update(flatten(value, f"{prefix}/{key}"))
+            _flatten(value, f"{prefix}/{key}", out, depth + 1)
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            out.update(flatten(value, f"{prefix}/{index}"))
-    elif data is None:
-        out[prefix or "/"] = b""
-    elif isinstance(data, bool):
-        out[prefix or "/"] = b"true" if data else b"false"
+            _flatten(value, f"{prefix}/{index}", out, depth + 1)
     else:
-        out[prefix or "/"] = str(data).encode("utf-8")
-    return out
+        if len(out) >= MAX_KEYS:
+            raise ValueError(f"more than {MAX_KEYS} keys (YAML aliases used over and over?)")
+        if data is None:
+            out[prefix or "/"] = b""
+        elif isinstance(data, bool):
+            out[prefix or "/"] = b"true" if data else b"false"
+        else:
+            out[prefix or "/"] = str(data).encode("utf-8")
 
 
 def read_data_file(path: Path) -> dict[str, bytes]:
@@ -53,9 +74,9 @@ def read_data_file(path: Path) -> dict[str, bytes]:
             import yaml  # lazy: only the file backend pays for it
 
             data = yaml.safe_load(raw)
+        return flatten(data) if data is not None else {}
     except Exception as exc:  # any parser's error is a bad data file, reported with its path
         raise StoreUnavailable(f"file backend: cannot parse {path}: {exc}") from None
-    return flatten(data) if data is not None else {}
 
 
 class FileStore:

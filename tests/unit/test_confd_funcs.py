@@ -33,6 +33,25 @@ def test_atoi_refuses_what_go_refuses(text: str) -> None:
         f.atoi(text)
 
 
+@pytest.mark.parametrize("text", ["9223372036854775808", "-9223372036854775809", "9" * 5000])
+def test_atoi_refuses_what_does_not_fit_gos_int(text: str) -> None:
+    # Found by fuzzing: 5,000 digits from the store were "ValueError: Exceeds the limit (4300
+    # digits) ... use sys.set_int_max_str_digits()"; 20 digits were taken (Go refuses them).
+    with pytest.raises(f.TemplateFunctionError, match="value out of range"):
+        f.atoi(text)
+    assert f.atoi("-9223372036854775808") == -(2**63) and f.atoi("+0009") == 9
+
+
+def test_seq_from_store_bounds_cannot_take_the_machine() -> None:
+    # Found by fuzzing: seq(1, 10**30) was an OverflowError; seq(1, 10**9) builds a list of
+    # a billion ints in one C call that render_timeout cannot stop.
+    with pytest.raises(f.TemplateFunctionError, match=r"more than 1,000,000 numbers"):
+        f.seq(1, 10**9)
+    with pytest.raises(f.TemplateFunctionError, match=r"more than 1,000,000 numbers"):
+        f.seq(0, 10**30)
+    assert len(f.seq(1, 1_000_000)) == 1_000_000
+
+
 def test_parse_bool_spellings() -> None:
     assert all(f.parse_bool(t) for t in ("1", "t", "T", "TRUE", "true", "True"))
     assert not any(f.parse_bool(t) for t in ("0", "f", "F", "FALSE", "false", "False"))

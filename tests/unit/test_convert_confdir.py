@@ -90,3 +90,20 @@ def test_a_password_over_plain_http_nodes_is_flagged(tmp_path: Path) -> None:
     assert any("never sends a password unencrypted" in n for n in report.notes), report.notes
     with pytest.raises(ConfigError, match="needs TLS"):
         load_settings({"config": str(tmp_path / "new" / "confsync.toml")})
+
+
+@pytest.mark.parametrize("confd_toml,resource,what", [
+    ("nodes = [1]\n", "", r"confd\.toml: nodes: expected a list of strings"),
+    ('nodes = "127.0.0.1:2379"\n', "", r"confd\.toml: nodes: expected a list of strings"),
+    ("a = " + "{b=" * 3000 + "1" + "}" * 3000 + "\n", "", r"confd\.toml: .*nested too deeply"),
+    ("", "a = " + "[" * 3000 + "]" * 3000 + "\n", r"a\.toml: .*nested too deeply"),
+    ("", "mode = " + "7" * 5000 + "\n", r"a\.toml: not valid TOML"),
+])
+def test_malformed_confd_files_are_refused_not_a_traceback(tmp_path: Path, confd_toml: str,
+                                                           resource: str, what: str) -> None:
+    # Found by fuzzing: a TypeError (nodes = [1]) or RecursionError out of `confsync
+    # convert`; a string of nodes was taken character by character.
+    old = _confd(tmp_path, confd_toml, resource)
+    with pytest.raises(ConvertError, match=what):
+        convert_confdir(old, tmp_path / "new")
+    assert not (tmp_path / "new").exists()

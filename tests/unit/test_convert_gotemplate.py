@@ -176,3 +176,11 @@ def test_converted_output_keeps_the_line_break_check() -> None:
 def test_carriage_returns_in_text_survive() -> None:
     go = 'a\r\n{{ getv "/a" }}\r\n'
     assert convert_and_render(go, {"/a": "v"}) == "a\r\nv\r\n"
+
+
+@pytest.mark.parametrize("go", ["{{ if 1 }}" * 3000 + "{{ end }}" * 3000,
+                                "{{ range ls \"/\" }}" * 3000 + "{{ end }}" * 3000])
+def test_nesting_too_deep_to_convert_is_a_refusal_not_a_recursion_error(go: str) -> None:
+    # Found by fuzzing: a RecursionError traceback out of `confsync convert`.
+    with pytest.raises(GoTemplateError, match=r"t\.tmpl:1:1: .*nested too deeply"):
+        convert_template("t.tmpl", go)

@@ -72,6 +72,25 @@ def test_checks_and_extra() -> None:
      "missing"),
     ({"service": "web", "port": 80, "check": [{"type": "http", "rise": 0}]}, "check[0].rise",
      "at least 1"),
+    # Found by fuzzing: each used to load, then fail every probe (never registered) with an
+    # error that named no file or key, or publish what is no JSON, or mean "maintenance".
+    ({"service": "web", "port": 80, "check": [{"type": "http", "url": "http://[::1/"}]},
+     "check[0].url", "not a usable URL"),
+    ({"service": "web", "port": 80, "check": [{"type": "http", "url": "https://h:99999/"}]},
+     "check[0].url", "Port out of range"),
+    ({"service": "web", "port": 80, "check": [{"type": "http", "url": "http://:80/"}]},
+     "check[0].url", "expected a host"),
+    ({"service": "web", "port": 80, "check": [{"type": "http", "path": "/health z"}]},
+     "check[0].path", "spaces or control characters"),
+    ({"service": "web", "port": 80, "check": [{"type": "http", "path": "/h\r\nX: y"}]},
+     "check[0].path", "spaces or control characters"),
+    ({"service": "web", "port": 80, "check": [{"type": "tcp", "host": ""}]}, "check[0].host",
+     "non-empty"),
+    ({"service": "web", "port": 80, "extra": {"load": float("nan")}}, "extra.load",
+     "finite number"),
+    ({"service": "web", "port": 80, "extra": {"load": float("inf")}}, "extra.load",
+     "finite number"),
+    ({"service": "web", "port": 80, "maintenance_file": ""}, "maintenance_file", "non-empty"),
 ])
 def test_errors_name_file_and_key(data: dict[str, Any], key: str, reason: str) -> None:
     with pytest.raises(ConfigError) as err:
