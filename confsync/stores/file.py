@@ -56,6 +56,8 @@ def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
             out[prefix or "/"] = b""
         elif isinstance(data, bool):
             out[prefix or "/"] = b"true" if data else b"false"
+        elif isinstance(data, bytes):  # YAML's !!binary: the bytes, as etcd would hold them
+            out[prefix or "/"] = data
         else:
             out[prefix or "/"] = str(data).encode("utf-8")
 

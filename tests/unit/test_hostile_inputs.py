@@ -148,3 +148,10 @@ def test_yaml_aliases_cannot_hang_or_crash_the_file_backend(tmp_path: Path, text
     data.write_text(text)
     with pytest.raises(StoreUnavailable, match=f"data.yaml: .*{what}"):
         read_data_file(data)
+
+
+def test_a_yaml_binary_value_is_its_bytes_not_their_python_repr(tmp_path: Path) -> None:
+    """`!!binary` used to render as b'...' (the Python repr of the bytes)."""
+    data = tmp_path / "data.yaml"
+    data.write_text("cert: !!binary aGVsbG8K\nraw: !!binary //4=\n")
+    assert read_data_file(data) == {"/cert": b"hello\n", "/raw": b"\xff\xfe"}
