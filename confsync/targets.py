@@ -139,6 +139,11 @@ def plugin_tables() -> tuple[str, ...]:
     return tuple(_PLUGINS)
 
 
+def plugin_modules() -> tuple[str, ...]:
+    """The modules `plugin()` imports by name (the long-running commands import them at start)."""
+    return tuple(module for module, _ in _PLUGINS.values())
+
+
 def legacy_keys() -> dict[str, str]:
     """`[template]` key -> the plugin table it belongs to now."""
     return {key: table for table, (_, keys) in _PLUGINS.items() for key in keys}

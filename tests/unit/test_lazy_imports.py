@@ -1,0 +1,198 @@
+"""`watch` and `register` import at start every module they could first need later.
+
+A module imported inside a function is loaded when that function first runs: for a daemon that
+may be days after its start, after an operator upgraded confsync (or Jinja2, psutil, ...) in
+place, and then the new version's file (or none, mid-upgrade) meets the old code in memory.
+So every function-level import in a module the long-running commands load must be in
+`confsync.cli.LAZY_MODULES`, which they import up front. Add a lazy import on a daemon path
+without adding it there and these tests fail, naming the file and line.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import confsync
+from confsync.cli import LAZY_MODULES
+from confsync.targets import plugin_modules
+
+PACKAGE = Path(confsync.__file__).parent
+REPO = PACKAGE.parent
+# What `confsync watch` and `confsync register` import before they start (cli.main).
+DAEMON_ROOTS = ("confsync.cli", "confsync.daemon", "confsync.ops.wiring", "confsync.register.run")
+# cli.main dispatches: its own function-level imports run at start or are another command's.
+START_UP_ONLY = ("confsync.cli",)
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # where the statement is
+    line: int
+    target: str  # the module it loads
+    names: tuple[str, ...] = ()  # `from target import names` (some may be submodules)
+    lazy: bool = False  # inside a function: runs when that function first does
+    dynamic: bool = False  # importlib.import_module(<not a literal>)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(module: str, source: str, is_package: bool) -> list[Import]:
+    """Every import a module runs (not `if TYPE_CHECKING:` ones), marked lazy when inside a
+    function; `importlib.import_module("x")` and `__import__("x")` count as imports of x."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for orelse in child.orelse:
+                    visit(orelse, lazy)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend(Import(module, child.lineno, alias.name, lazy=lazy)
+                             for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parents = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*parents, *([child.module] if child.module else [])])
+                found.append(Import(module, child.lineno, base,
+                                    tuple(alias.name for alias in child.names), lazy=lazy))
+            elif isinstance(child, ast.Call) and ast.unparse(child.func) in (
+                    "importlib.import_module", "import_module", "__import__"):
+                argument = child.args[0] if child.args else None
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    found.append(Import(module, child.lineno, argument.value, lazy=lazy))
+                else:
+                    found.append(Import(module, child.lineno, "", lazy=lazy, dynamic=True))
+            visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                    ast.Lambda)))
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def daemon_imports() -> list[Import]:
+    """The imports of every confsync module the long-running commands can load, eagerly or
+    lazily (closed over both: a lazily imported module's own imports count too)."""
+    modules = package_modules()
+    seen: set[str] = set()
+    todo = list(DAEMON_ROOTS)
+    found: list[Import] = []
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parents run first
+        for imp in imports_of(name, modules[name].read_text(), modules[name].name == "__init__.py"):
+            found.append(imp)
+            if name in START_UP_ONLY and imp.lazy:
+                continue
+            todo.extend([imp.target, *(f"{imp.target}.{n}" for n in imp.names)])
+    return found
+
+
+def is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def needed(imp: Import) -> list[str]:
+    """The modules an import statement loads: `from a.b import c` loads a.b, and a.b.c when c
+    is a submodule."""
+    return [imp.target, *(f"{imp.target}.{n}" for n in imp.names if is_module(f"{imp.target}.{n}"))]
+
+
+@functools.cache
+def loaded_after_preload() -> frozenset[str]:
+    """sys.modules of a fresh interpreter that did what `watch` and `register` do at start."""
+    code = ("import json, sys\n"
+            "import confsync.cli, confsync.daemon, confsync.ops.wiring, confsync.register.run\n"
+            "confsync.cli.preload_lazy_modules()\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, check=True)
+    return frozenset(json.loads(done.stdout))
+
+
+def test_every_lazy_import_on_a_daemon_path_is_imported_at_start() -> None:
+    loaded = loaded_after_preload()
+    lazy = [imp for imp in daemon_imports()
+            if imp.lazy and not imp.dynamic and imp.module not in START_UP_ONLY]
+    missing = sorted({f"{imp.module.replace('.', '/')}.py:{imp.line}: {name}"
+                      for imp in lazy for name in needed(imp) if name not in loaded})
+    assert missing == [], (
+        "imported inside a function on a path `watch` or `register` can take, and not "
+        f"imported at their start: add each to confsync.cli.LAZY_MODULES: {missing}")
+
+
+def test_modules_imported_by_name_are_the_plugins_and_are_imported_at_start() -> None:
+    dynamic = sorted((imp.module, imp.line) for imp in daemon_imports()
+                     if imp.dynamic and imp.module not in START_UP_ONLY)
+    assert [module for module, _ in dynamic] == ["confsync.targets"], (
+        f"an import by a computed name on a daemon path: {dynamic}; list what it can load in "
+        "confsync.cli.LAZY_MODULES and teach this test about it")
+    assert set(plugin_modules()) <= set(LAZY_MODULES)
+
+
+def test_the_scan_sees_lazy_imports() -> None:
+    """The check above can fail: it finds the lazy imports we know of, and tells a function's
+    import from a module-level one, a TYPE_CHECKING one and an import by name."""
+    found = {(imp.module, imp.target) for imp in daemon_imports() if imp.lazy}
+    assert {("confsync.renderer", "jinja2"), ("confsync.processes", "psutil"),
+            ("confsync.stores", "confsync.stores.file"),
+            ("confsync.render_limits", "ctypes")} <= found
+    source = ("from typing import TYPE_CHECKING\nimport os\nif TYPE_CHECKING:\n    import typed\n"
+              "def f():\n    import late\n    from .sib import thing\n"
+              "    importlib.import_module('named')\n    importlib.import_module(x)\n")
+    got = imports_of("pkg.mod", source, is_package=False)
+    assert [(i.target, i.names, i.lazy, i.dynamic) for i in got] == [
+        ("typing", ("TYPE_CHECKING",), False, False), ("os", (), False, False),
+        ("late", (), True, False), ("pkg.sib", ("thing",), True, False),
+        ("named", (), True, False), ("", (), True, True)]
+
+
+def test_a_missing_lazy_module_would_be_reported() -> None:
+    loaded = loaded_after_preload() - {"confsync.stores.file"}
+    lazy = [imp for imp in daemon_imports() if imp.lazy and not imp.dynamic]
+    assert any("confsync.stores.file" in needed(imp) and "confsync.stores.file" not in loaded
+               for imp in lazy)
+
+
+def test_one_shot_commands_stay_lazy(tmp_path: Path) -> None:
+    """`once` imports none of it but what its run needs (Jinja2 to render, the file backend it
+    reads): its start-up time is the point of the laziness."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "a.tmpl").write_text('{{ getv("/a") }}\n')
+    (tmp_path / "conf.d" / "a.toml").write_text(
+        f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/a.conf"\nkeys = ["/a"]\n')
+    (tmp_path / "data.json").write_text('{"a": "1"}')
+    code = ("import json, sys\n"
+            "from confsync.cli import LAZY_MODULES, main\n"
+            "code = main(sys.argv[1:])\n"
+            "print(json.dumps([code, [m for m in LAZY_MODULES if m in sys.modules]]))\n")
+    done = subprocess.run([sys.executable, "-c", code, "once", "--confdir", str(tmp_path),
+                           "--backend", "file", "--file", str(tmp_path / "data.json")],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        0, ["confsync.stores.file", "jinja2"]], done.stderr
+    assert (tmp_path / "a.conf").read_text() == "1\n"
