@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
 import os
 import sys
@@ -131,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("environment: %s is not a confsync setting, ignored%s", name,
                     f" (did you mean {near}?)" if near else "")
     if args.command in LONG_RUNNING_COMMANDS:
+        from confsync.preload import preload_lazy_modules
+
         try:
             preload_lazy_modules()
         except ImportError as exc:
@@ -165,61 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that do a fixed amount of work and exit: no collector, no interpreter teardown.
 ONE_SHOT_COMMANDS = ("once", "check")
-# Commands that run for months: they import everything up front (LAZY_MODULES).
+# Commands that run for months: they import up front what they could need later (preload.py).
 LONG_RUNNING_COMMANDS = ("watch", "register")
-
-# Every module `watch` or `register` could otherwise import for the first time long after its
-# start. confsync imports these inside functions, where only some runs need them, so that a
-# one-shot `once` or `check` does not pay for them (and their dependencies) at start. A daemon
-# must not wait: an operator upgrades confsync (`pip install` into its venv) or its packages
-# under a running daemon and restarts it later, and a module first imported after that comes
-# from the new files (or from none, while pip has removed the old ones and not yet written the
-# new): a SIGHUP adding the first [haproxy] resource was refused with ModuleNotFoundError, and
-# every failing render was reported as "No module named 'jinja2.debug'" instead of its reason
-# (docs/operations.md, "Upgrading in place"). So the long-running commands import them all
-# before they start, and a broken installation is an error at start, not days later.
-# tests/unit/test_lazy_imports.py fails when a function-level import on a daemon path is missing.
-LAZY_MODULES = (
-    # confsync's own: plugins (by [table] name, confsync.targets) and the stores a SIGHUP can
-    # switch to
-    "confsync.haproxy.plugin",
-    "confsync.stores.env",
-    "confsync.stores.etcd",
-    "confsync.stores.etcd_gateway",
-    "confsync.stores.file",
-    "confsync.stores.srv",
-    "confsync.fswatch",
-    # the first failing render or template syntax error (Jinja2 imports this inside a function)
-    "jinja2",
-    "jinja2.debug",
-    # reload_signal targets, lookupIface*, reaping as PID 1
-    "psutil",
-    # the file backend, [watch] confdir
-    "yaml",
-    "watchdog.events",
-    "watchdog.observers",
-    "watchdog.observers.polling",
-    # srv_domain and lookupSRV; dnspython imports a record type's module when first met
-    "dns.resolver",
-    "dns.rdtypes.IN.SRV",
-    "dns.rdtypes.IN.A",
-    "dns.rdtypes.IN.AAAA",
-    "dns.rdtypes.ANY.CNAME",
-    # the standard library's: a render_timeout that fires, diffs and suggestions, TLS
-    # endpoints, host names given to socket calls
-    "ctypes",
-    "difflib",
-    "ssl",
-    "encodings.idna",
-)
-
-
-def preload_lazy_modules() -> None:
-    """Import LAZY_MODULES (ImportError: the installation is incomplete or broken)."""
-    for name in LAZY_MODULES:
-        importlib.import_module(name)
-
-
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -246,5 +194,5 @@ def entry() -> NoReturn:
     os._exit(code)
 
 
-__all__ = ["EXIT_OK", "LAZY_MODULES", "LONG_RUNNING_COMMANDS", "ONE_SHOT_COMMANDS", "build_parser",
-           "entry", "main", "preload_lazy_modules"]
+__all__ = ["EXIT_OK", "LONG_RUNNING_COMMANDS", "ONE_SHOT_COMMANDS", "build_parser", "entry",
+           "main"]

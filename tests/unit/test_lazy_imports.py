@@ -4,7 +4,7 @@ A module imported inside a function is loaded when that function first runs: for
 may be days after its start, after an operator upgraded confsync (or Jinja2, psutil, ...) in
 place, and then the new version's file (or none, mid-upgrade) meets the old code in memory.
 So every function-level import in a module the long-running commands load must be in
-`confsync.cli.LAZY_MODULES`, which they import up front. Add a lazy import on a daemon path
+`confsync.preload.LAZY_MODULES`, which they import up front. Add a lazy import on a daemon path
 without adding it there and these tests fail, naming the file and line.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import confsync
-from confsync.cli import LAZY_MODULES
+from confsync.preload import LAZY_MODULES
 from confsync.targets import plugin_modules
 
 PACKAGE = Path(confsync.__file__).parent
@@ -126,7 +126,8 @@ def loaded_after_preload() -> frozenset[str]:
     """sys.modules of a fresh interpreter that did what `watch` and `register` do at start."""
     code = ("import json, sys\n"
             "import confsync.cli, confsync.daemon, confsync.ops.wiring, confsync.register.run\n"
-            "confsync.cli.preload_lazy_modules()\n"
+            "import confsync.preload\n"
+            "confsync.preload.preload_lazy_modules()\n"
             "print(json.dumps(sorted(sys.modules)))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO, check=True)
@@ -141,7 +142,7 @@ def test_every_lazy_import_on_a_daemon_path_is_imported_at_start() -> None:
                       for imp in lazy for name in needed(imp) if name not in loaded})
     assert missing == [], (
         "imported inside a function on a path `watch` or `register` can take, and not "
-        f"imported at their start: add each to confsync.cli.LAZY_MODULES: {missing}")
+        f"imported at their start: add each to confsync.preload.LAZY_MODULES: {missing}")
 
 
 def test_modules_imported_by_name_are_the_plugins_and_are_imported_at_start() -> None:
@@ -149,7 +150,7 @@ def test_modules_imported_by_name_are_the_plugins_and_are_imported_at_start() ->
                      if imp.dynamic and imp.module not in START_UP_ONLY)
     assert [module for module, _ in dynamic] == ["confsync.targets"], (
         f"an import by a computed name on a daemon path: {dynamic}; list what it can load in "
-        "confsync.cli.LAZY_MODULES and teach this test about it")
+        "confsync.preload.LAZY_MODULES and teach this test about it")
     assert set(plugin_modules()) <= set(LAZY_MODULES)
 
 
@@ -187,7 +188,8 @@ def test_one_shot_commands_stay_lazy(tmp_path: Path) -> None:
         f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/a.conf"\nkeys = ["/a"]\n')
     (tmp_path / "data.json").write_text('{"a": "1"}')
     code = ("import json, sys\n"
-            "from confsync.cli import LAZY_MODULES, main\n"
+            "from confsync.cli import main\n"
+            "from confsync.preload import LAZY_MODULES\n"
             "code = main(sys.argv[1:])\n"
             "print(json.dumps([code, [m for m in LAZY_MODULES if m in sys.modules]]))\n")
     done = subprocess.run([sys.executable, "-c", code, "once", "--confdir", str(tmp_path),
