@@ -774,8 +774,11 @@ class Daemon:
             e.is_alive() for e in observer.emitters)
         if alive and self._local_dirs() == self._local_paths:
             return
-        log.warning("conf.d/templates watcher %s; restarting it",
-                    "stopped" if not alive else "sees a directory come or go")
+        if observer is None:  # turned on by a config reload ([watch] confdir = true)
+            log.info("conf.d/templates watcher started ([watch] confdir = true)")
+        else:
+            log.warning("conf.d/templates watcher %s; restarting it",
+                        "stopped" if not alive else "sees a directory come or go")
         if observer is not None:
             observer.stop()
         self._watch_local_files()

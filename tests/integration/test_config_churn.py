@@ -229,6 +229,13 @@ def test_turning_watch_confdir_off_stops_the_watcher(
         assert read(dest) == "v2\n/x/1=one\n", "an edit waits for a SIGHUP"
         process.signal(signal.SIGHUP)
         wait_for(lambda: read(dest) == "v3\n/x/1=one\n", 10, what="the SIGHUP's reload")
+        # Turned on again: edits are followed, and it is not reported as a dead watcher.
+        config.write_text(f'confdir = "{confdir}"\n[watch]\nwait_min = "0s"\nconfdir = true\n')
+        process.signal(signal.SIGHUP)
+        process.wait_log("conf.d/templates watcher started", timeout=10)
+        (confdir / "templates" / "r.tmpl").write_text("v4\n" + LIST)
+        wait_for(lambda: read(dest) == "v4\n/x/1=one\n", 10, what="the edit followed again")
+        assert "watcher stopped; restarting" not in process.output()
     finally:
         process.stop()
 
