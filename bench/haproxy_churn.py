@@ -39,11 +39,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from confsync.mirror import Mirror  # noqa: E402
+from confsync.outcome import FAILED  # noqa: E402
 from confsync.renderer import Renderer  # noqa: E402
 from confsync.resources import load_resources  # noqa: E402
 from confsync.settings import load_settings  # noqa: E402
 from confsync.stores import ChangeBatch, merge_prefixes, open_store  # noqa: E402
-from confsync.sync import FAILED, Syncer  # noqa: E402
+from confsync.sync import Syncer  # noqa: E402
 from tests.support.daemon import WatchProcess  # noqa: E402
 from tests.support.etcd_server import find_etcd, start_single  # noqa: E402
 from tests.support.haproxy import HAProxyStack, http_get  # noqa: E402

@@ -36,12 +36,13 @@ from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
+from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.planner import Planner
 from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
-from confsync.sync import FAILED, UPDATED, Outcome, Syncer
+from confsync.sync import Syncer
 from confsync.targets import ReloadKind, ReloadResult
 from confsync.watcher import Backoff, BatchReceived, SnapshotTaken, StoreFollower, StreamState
 

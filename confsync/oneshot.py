@@ -20,7 +20,8 @@ from confsync.settings import Settings
 from confsync.stores import Store, merge_prefixes, open_snapshot_store
 
 if TYPE_CHECKING:
-    from confsync.sync import Outcome, Syncer
+    from confsync.outcome import Outcome
+    from confsync.sync import Syncer
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ def snapshot_mirror(store: Store, resources: tuple[Resource, ...]) -> Mirror:
 
 
 def _exit_code(resource_set: ResourceSet, outcomes: list[Outcome]) -> int:
-    from confsync.sync import FAILED
+    from confsync.outcome import FAILED
 
     if resource_set.errors:
         return EXIT_BAD_CONFIG
@@ -123,7 +124,7 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
     prepared = prepare(settings, data)
     if prepared is None:
         return EXIT_BAD_CONFIG
-    from confsync.sync import FAILED, UPDATED
+    from confsync.outcome import FAILED, UPDATED
 
     resource_set, syncer = prepared
     outcomes = syncer.plan(resource_set.resources)

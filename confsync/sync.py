@@ -10,10 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from confsync.applier import (
@@ -30,6 +27,7 @@ from confsync.applier import (
 )
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
+from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
@@ -47,61 +45,8 @@ from confsync.targets import (
 log = logging.getLogger(__name__)
 
 
-class Status(StrEnum):
-    """What one apply did to one resource (a StrEnum: logs and metric labels use its value)."""
-
-    UNCHANGED = "unchanged"
-    UPDATED = "updated"
-    FAILED = "failed"
-
-
-UNCHANGED, UPDATED, FAILED = Status.UNCHANGED, Status.UPDATED, Status.FAILED
-
-
-@dataclass
-class Outcome:
-    resource: Resource
-    status: Status
-    error: ResourceError | None = None
-    reload: ReloadResult | None = None  # what the reload step did (None: no reload ran)
-    seconds: float = 0.0
-    previous: FileState | None = field(default=None, repr=False)
-    content: bytes | None = field(default=None, repr=False)  # what was rendered
-    check_seconds: float | None = None
-    reload_seconds: float | None = None
-    # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
-    warnings: tuple[RenderWarning, ...] = ()
-    # The file was in place already, and its target is to be asked whether it runs (probed,
-    # not reloaded): at its first apply in this process, and while it found nothing running.
-    probe: bool = field(default=False, repr=False)
-
-    @property
-    def diff(self) -> str:
-        """Unified diff from the previous file; computed on demand (it is costly on big files)."""
-        if self.content is None:
-            return ""
-        old = self.previous.content if self.previous is not None else None
-        return _diff(self.resource, old, self.content)
-
-    def line_changes(self) -> tuple[int, int]:
-        """(lines added, lines removed), as a multiset difference: O(n), no diff alignment."""
-        if self.content is None:
-            return 0, 0
-        old = Counter((self.previous.content or b"").splitlines()) if self.previous else Counter()
-        new = Counter(self.content.splitlines())
-        return sum((new - old).values()), sum((old - new).values())
-
-
 def _no_beat() -> None:
     pass
-
-
-def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:
-    import difflib  # lazy: only `check` and diff logging need it
-    old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
-    new_lines = new.decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(old_lines, new_lines, f"{resource.dest} (current)",
-                                        f"{resource.dest} (rendered)"))
 
 
 class Syncer:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from confsync.outcome import Outcome
     from confsync.resources import Resource
-    from confsync.sync import Outcome
     from confsync.targets import ReloadResult
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from confsync.outcome import Outcome, Status
 from confsync.provenance import show_key
-from confsync.sync import Outcome, Status
 
 log = logging.getLogger("confsync")
 

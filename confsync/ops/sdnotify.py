@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from confsync.ops.events import Observer
 
 if TYPE_CHECKING:
+    from confsync.outcome import Outcome
     from confsync.resources import Resource
-    from confsync.sync import Outcome
 
 log = logging.getLogger(__name__)
 

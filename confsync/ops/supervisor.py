@@ -30,12 +30,12 @@ from confsync import children
 from confsync.backoff import Backoff
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
+from confsync.outcome import Status
 from confsync.reload import has_reload_action
-from confsync.sync import Status
 
 if TYPE_CHECKING:
+    from confsync.outcome import Outcome
     from confsync.settings import ExecSettings
-    from confsync.sync import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import signal
 from types import TracebackType
 
 from confsync.ops.events import Observer
-from confsync.ops.metrics import Metrics, MetricsServer
+from confsync.ops.http import MetricsServer
+from confsync.ops.metrics import Metrics
 from confsync.ops.sdnotify import SystemdNotify
 from confsync.ops.supervisor import Supervisor, policy_from_settings
 from confsync.settings import Settings

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from confsync import __version__
-from confsync.ops.metrics import DURATION_BUCKETS, HEALTH_MAX_AGE
+from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE
 from confsync.register.config import Registration
 
 STATES = ("absent", "ready", "drain", "maint")

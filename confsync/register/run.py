@@ -24,7 +24,7 @@ import time
 from confsync import children
 from confsync.errors import ConfigError, StoreUnavailable
 from confsync.instances import validate_instance
-from confsync.ops.metrics import MetricsServer
+from confsync.ops.http import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
 from confsync.ops.supervisor import Supervisor, policy_from_settings
 from confsync.register.address import (

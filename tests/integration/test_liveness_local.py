@@ -53,7 +53,8 @@ def test_edits_after_conf_d_was_replaced_still_reload(tmp_path: Path) -> None:
 
 
 def test_metrics_server_serves_again_after_an_unexpected_error() -> None:
-    from confsync.ops.metrics import Metrics, MetricsServer
+    from confsync.ops.http import MetricsServer
+    from confsync.ops.metrics import Metrics
     from tests.support.http_probe import probe
 
     metrics = Metrics()

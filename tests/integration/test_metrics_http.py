@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from confsync.ops.metrics import Metrics, MetricsServer, start_metrics
+from confsync.ops.http import MetricsServer
+from confsync.ops.metrics import Metrics, start_metrics
+from confsync.outcome import UPDATED, Outcome
 from confsync.resources import Resource
-from confsync.sync import UPDATED, Outcome
 from confsync.targets import ReloadKind, ReloadResult
 
 
@@ -161,11 +162,11 @@ def test_a_silent_connection_is_closed_not_kept_forever(
     """Connections that send nothing must not pile up threads and descriptors for months."""
     import socket
 
-    from confsync.ops import metrics as metrics_module
+    from confsync.ops import http as http_module
 
-    default = metrics_module._QuietHandler.timeout
+    default = http_module._QuietHandler.timeout
     assert default is not None and 0 < default <= 60, "connections get a read timeout"
-    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 0.3)  # the same, faster
+    monkeypatch.setattr(http_module._QuietHandler, "timeout", 0.3)  # the same, faster
     server = MetricsServer(Metrics(), "127.0.0.1:0").start()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
@@ -186,9 +187,9 @@ def test_a_trickling_request_is_cut_off_and_leaves_no_traceback(
     import socket
     import threading
 
-    from confsync.ops import metrics as metrics_module
+    from confsync.ops import http as http_module
 
-    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 1.0)
+    monkeypatch.setattr(http_module._QuietHandler, "timeout", 1.0)
     server = MetricsServer(Metrics(), "127.0.0.1:0").start()
     before = threading.active_count()
     try:

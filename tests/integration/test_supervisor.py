@@ -18,8 +18,8 @@ import pytest
 
 from confsync.errors import ResourceError
 from confsync.ops.supervisor import ExecPolicy, Supervisor
+from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.resources import Resource
-from confsync.sync import FAILED, UPDATED, Outcome
 
 CHILD = textwrap.dedent("""
     import os, signal, sys, time

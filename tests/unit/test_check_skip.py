@@ -7,10 +7,11 @@ from pathlib import Path
 
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
+from confsync.outcome import UPDATED
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
-from confsync.sync import UPDATED, Syncer
+from confsync.sync import Syncer
 from confsync.targets import PluginConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from confsync.mirror import Mirror
+from confsync.outcome import FAILED, UPDATED
 from confsync.renderer import Renderer
 from confsync.resources import parse_resource
 from confsync.stores import Snapshot
-from confsync.sync import FAILED, UPDATED, Syncer
+from confsync.sync import Syncer
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates" / "haproxy" / "templates"

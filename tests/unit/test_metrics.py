@@ -9,9 +9,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from confsync.errors import ResourceError
-from confsync.ops.metrics import Metrics, parse_address
+from confsync.ops.http import parse_address
+from confsync.ops.metrics import Metrics
+from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.resources import Resource
-from confsync.sync import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.targets import ReloadKind, ReloadResult
 
 

@@ -13,11 +13,12 @@ import pytest
 
 import confsync
 from confsync.mirror import Mirror
+from confsync.outcome import UNCHANGED, UPDATED
 from confsync.processes import boot_clock, started_at
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
-from confsync.sync import UNCHANGED, UPDATED, Syncer
+from confsync.sync import Syncer
 from confsync.targets import Liveness, Probe, ReloadKind, ReloadResult
 
 

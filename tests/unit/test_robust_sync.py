@@ -10,10 +10,11 @@ import pytest
 
 from confsync.haproxy.settings import HAProxySettings
 from confsync.mirror import Mirror
+from confsync.outcome import FAILED, UNCHANGED, UPDATED
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
-from confsync.sync import FAILED, UNCHANGED, UPDATED, Syncer
+from confsync.sync import Syncer
 from confsync.targets import PluginConfig
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from confsync.errors import ResourceError
 from confsync.ops.sdnotify import Notifier, SystemdNotify, watchdog_interval
+from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.resources import Resource
-from confsync.sync import FAILED, UPDATED, Outcome
 
 
 def resource(name: str) -> Resource:
