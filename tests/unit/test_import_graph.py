@@ -97,3 +97,18 @@ def test_no_module_imports_itself_back() -> None:
 
 def test_a_cycle_would_be_found() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_registrar_does_not_load_the_render_path() -> None:
+    """`register` shares the store, settings, supervisor and metrics server with `watch`, not
+    its render path: it loaded sync, renderer and mirror through the metrics server and the
+    supervisor (memory on every node, and one more thing a registrar could break on)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, confsync.cli, confsync.register.run\n"
+            "print(sorted(m for m in sys.modules if m in ('confsync.sync', 'confsync.renderer',"
+            " 'confsync.mirror', 'confsync.daemon', 'jinja2')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
