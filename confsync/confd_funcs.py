@@ -27,6 +27,12 @@ class TemplateFunctionError(ValueError):
     """A confd function was called with arguments confd would also refuse."""
 
 
+class LookupUnavailable(TemplateFunctionError):
+    """A DNS lookup failed for now (a resolver timeout, SERVFAIL, no server answering): not an
+    answer. confd returns no addresses then, and a template rendered with none drops every
+    server it resolves, so the render fails instead: the last file stays, and it is retried."""
+
+
 class GoMap(dict[str, Any]):
     """A Go map[string]interface{}: a missing key reads as nil, as in Go templates."""
 
@@ -246,12 +252,25 @@ def file_exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+# getaddrinfo's answers that a name has no address (as in confd: []); anything else
+# (EAI_AGAIN, EAI_FAIL, a system error) is a lookup that failed for now.
+_NO_ADDRESS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA",
+                                                          "EAI_ADDRFAMILY", "EAI_SERVICE")
+                        if hasattr(socket, name))
+
+
 def lookup_ip(name: str) -> list[str]:
-    """Addresses of `name`, sorted as strings; [] when it does not resolve (as in confd)."""
+    """Addresses of `name`, sorted as strings; [] when it does not resolve (as in confd).
+    LookupUnavailable when the resolver failed (confd: []): see that class."""
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
+    except UnicodeError:  # not a name any resolver takes
         return []
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) and exc.errno in _NO_ADDRESS:
+            return []
+        raise LookupUnavailable(f"lookupIP({name!r}): DNS lookup failed for now "
+                                f"({exc.strerror or exc}); keeping the last file") from None
     return sorted({str(info[4][0]).split("%")[0] for info in infos})
 
 
@@ -299,9 +318,13 @@ def lookup_srv(service: str, proto: str, name: str) -> list[SRV]:
         raise TemplateFunctionError("lookupSRV needs the dnspython package "
                                     "(pip install dnspython)") from None
     query = f"_{service}._{proto}.{name}" if service or proto else name
+    timeout = importlib.import_module("dns.exception").Timeout
     try:
         answer = resolver.resolve(query, "SRV")
-    except Exception:
+    except (resolver.NoNameservers, timeout) as exc:  # SERVFAIL everywhere, no answer in time
+        raise LookupUnavailable(f"lookupSRV({query!r}): DNS lookup failed for now "
+                                f"({type(exc).__name__}); keeping the last file") from None
+    except Exception:  # NXDOMAIN, no SRV records, a name no resolver takes: an answer (confd)
         return []
     records = [SRV(str(r.target), r.port, r.priority, r.weight) for r in answer]
     return sorted(records, key=lambda r: f"{r.Target}{r.Port}{r.Priority}{r.Weight}")

@@ -424,7 +424,8 @@ class Daemon:
                     log.warning("resource %s: %s differed from its render without a data change"
                                 " (edited outside confsync?); rewritten", name,
                                 outcome.resource.dest, extra={"resource": name})
-            if outcome.error is not None and outcome.error.step in RETRY_STEPS:
+            if outcome.error is not None and (outcome.error.step in RETRY_STEPS
+                                              or outcome.error.retry):
                 delay = self.planner.retry(outcome.resource, now)
                 log.info("resource %s: trying again in %.1fs", name, delay,
                          extra={"resource": name, "retry_in": round(delay, 2)})

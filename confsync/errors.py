@@ -76,8 +76,11 @@ class StoreReset(ConfsyncError):
 class ResourceError(ConfsyncError):
     """One resource failed at one step; the others go on. Exit code 1."""
 
-    def __init__(self, resource: str, step: str, reason: str) -> None:
+    def __init__(self, resource: str, step: str, reason: str, retry: bool = False) -> None:
         self.resource = resource
         self.step = step
         self.reason = reason
+        # Failed for a reason outside the data and the template (a DNS lookup in the template
+        # that failed for now): the daemon tries again, as it does a failed check or reload.
+        self.retry = retry
         super().__init__(f"resource {resource}: {step} failed: {reason}")

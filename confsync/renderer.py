@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from confsync.confd_funcs import not_json
+from confsync.confd_funcs import LookupUnavailable, not_json
 from confsync.confd_funcs import register as register_confd_functions
 from confsync.convert.runtime import register as register_converted_runtime
 from confsync.errors import ResourceError
@@ -599,7 +599,8 @@ class Renderer:
                     message, key, skippable = self._explain(template, resource, mirror,
                                                             left_out, data, exc)
                     if key is None or not skippable or key in left_out:
-                        raise ResourceError(resource.name, "render", message) from None
+                        raise ResourceError(resource.name, "render", message,
+                                            retry=isinstance(exc, LookupUnavailable)) from None
                     if new >= self.MAX_NEW_LEFT_OUT:
                         raise ResourceError(resource.name, "render",
                                             f"{message} (and {new} other values refused in this "

@@ -96,9 +96,46 @@ def test_getenv_default_when_unset_or_empty(monkeypatch: pytest.MonkeyPatch) -> 
 def test_lookups_and_file_exists(tmp_path: Path) -> None:
     assert f.lookup_ip("localhost")  # /etc/hosts
     assert all("." in ip for ip in f.lookup_ipv4("localhost"))
-    assert f.lookup_ip("no-such-host.invalid") == []
     assert f.lookup_iface_ipv4("lo") == "127.0.0.1" and f.lookup_iface_ipv4("nope0") == ""
     assert f.file_exists(str(tmp_path)) and not f.file_exists(str(tmp_path / "nope"))
+
+
+def test_a_name_without_addresses_is_none_and_a_failed_lookup_is_no_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """confd returns [] for both; a resolver failure (EAI_AGAIN: a timeout, SERVFAIL) raises
+    instead, so a render during a resolver hiccup does not drop every resolved server."""
+    import socket
+
+    def answer(errno: int) -> object:
+        def getaddrinfo(*args: object, **kwargs: object) -> object:
+            raise socket.gaierror(errno, "from the test")
+        return getaddrinfo
+
+    for no_address in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        monkeypatch.setattr(socket, "getaddrinfo", answer(no_address))
+        assert f.lookup_ip("db.example") == [] and f.lookup_ipv4("db.example") == []
+    for failed in (socket.EAI_AGAIN, socket.EAI_FAIL):
+        monkeypatch.setattr(socket, "getaddrinfo", answer(failed))
+        with pytest.raises(f.LookupUnavailable, match="DNS lookup failed for now"):
+            f.lookup_ip("db.example")
+
+
+def test_lookup_srv_tells_no_records_from_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dns.exception
+    import dns.resolver
+
+    def raising(exc: Exception) -> object:
+        def resolve(*args: object, **kwargs: object) -> object:
+            raise exc
+        return resolve
+
+    for none in (dns.resolver.NXDOMAIN(), dns.resolver.NoAnswer()):
+        monkeypatch.setattr(dns.resolver, "resolve", raising(none))
+        assert f.lookup_srv("etcd", "tcp", "example.com") == []
+    for failed in (dns.resolver.NoNameservers(), dns.exception.Timeout()):
+        monkeypatch.setattr(dns.resolver, "resolve", raising(failed))
+        with pytest.raises(f.LookupUnavailable):
+            f.lookup_srv("etcd", "tcp", "example.com")
 
 
 def test_datetime_formats_with_go_layouts() -> None:
