@@ -37,12 +37,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
 
 
+# /dev/null (Linux's character device 1:3): `--config /dev/null` is the usual way to say "no
+# configuration file", and it reads as an empty one.
+_NULL_DEVICE = (1, 3)
+
+
 def read_regular_file(path: Path) -> bytes:
-    """The bytes of `path`, which must be a regular file: opened without blocking, so a FIFO
-    (or a device) named like a config file is refused instead of hanging the reader."""
+    """The bytes of `path`, which must be a regular file (or /dev/null, read as empty): opened
+    without blocking, so a FIFO or a device named like a config file (/dev/zero would never
+    end) is refused instead of hanging the reader."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        device = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if stat.S_ISCHR(st.st_mode) and device == _NULL_DEVICE:
+            return b""
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
         return fh.read()
 

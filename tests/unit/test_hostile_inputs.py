@@ -155,3 +155,14 @@ def test_a_yaml_binary_value_is_its_bytes_not_their_python_repr(tmp_path: Path) 
     data = tmp_path / "data.yaml"
     data.write_text("cert: !!binary aGVsbG8K\nraw: !!binary //4=\n")
     assert read_data_file(data) == {"/cert": b"hello\n", "/raw": b"\xff\xfe"}
+
+
+def test_dev_null_is_an_empty_config_file_and_other_devices_are_refused(tmp_path: Path) -> None:
+    """`--config /dev/null` (no config file) must keep working; /dev/zero would never end."""
+    from confsync.tomlvalues import read_toml
+
+    assert read_toml(Path("/dev/null")) == {}
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_toml(Path("/dev/zero"))
+    settings = load_settings({"config": "/dev/null"}, environ={})
+    assert settings.backend == "etcd"
