@@ -729,7 +729,7 @@ class Daemon:
         self.pending_keys.clear()
         self._repairing.clear()
         self.drift.keep(names)
-        self._drift_held = frozenset()
+        self._drift_held &= names  # as the observers' own copy (`started` below)
         self.observers.started(state.resources)  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
