@@ -248,8 +248,8 @@ class Registrar:
                 until = self._retry_at
             elif self._lease is not None:
                 until = self._next_keepalive
-            else:
-                until = now + 1.0  # no lease: only a want() or close() gives work
+            else:  # no lease: a want() or close() gives work, or the next ask of etcd
+                until = min(now + 1.0, self._next_keepalive)
             self._wake.wait(max(0.0, until - now))
             self._wake.clear()
 
@@ -269,9 +269,13 @@ class Registrar:
             self._forget_lease()
         if self._lease is None:
             if not self._has_work():  # nothing to publish: no lease needed yet
-                if not self.connected:
-                    # Is etcd there? (for /ready and the status line; a call any role may make)
+                if not self.connected or now >= self._next_keepalive:
+                    # Is etcd there? (for /ready and the status line; a call any role may
+                    # make.) Asked as often as a lease would be renewed: with nothing
+                    # registered no other call is made, and an etcd that went away meanwhile
+                    # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
+                    self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
                 return
             lease = self._client.lease(self.ttl)

@@ -130,6 +130,30 @@ def test_etcd_down_longer_than_ttl_then_back_registers_again(
     assert proc.proc.poll() is None
 
 
+def test_ready_notices_etcd_gone_while_nothing_is_registered(
+        etcd_private: EtcdMember, prefix: str, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """With every check down there is no lease, so no keepalive: nothing else asked etcd, and
+    /ready said 200 (etcd reachable) for as long as etcd stayed away (found by
+    test_register_chaos.py, seed 11)."""
+    from tests.support.http_probe import ready
+
+    write_registration(tmp_path / "conf", "web", _registration(free_port(), ttl="3s"))
+    metrics = free_port()
+    _start(procs, tmp_path, etcd_private, prefix, "--metrics-address", f"127.0.0.1:{metrics}")
+    wait_for(lambda: ready(metrics)[1].get("why", {}).get("web", "").startswith("check 0 down"),
+             timeout=15, what="the check down, nothing registered")
+    assert ready(metrics)[0] == 200
+    etcd_private.kill()
+    # A probe every ttl/3 (1 s), failing within the call timeout (1 s), and slack.
+    wait_for(lambda: ready(metrics)[0] == 503, timeout=6, interval=0.1,
+             what=f"/ready 503 with etcd gone: {ready(metrics)}")
+    assert "etcd not connected" in ready(metrics)[1]["reasons"][0]
+    etcd_private.start()
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10, interval=0.1,
+             what=f"/ready 200 with etcd back: {ready(metrics)}")
+
+
 def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
