@@ -275,8 +275,11 @@ class Registrar:
                     # registered no other call is made, and an etcd that went away meanwhile
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
+                    self._verify_absent()
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
+                if self._stale():
+                    self._converge()
                 return
             lease = self._client.lease(self.ttl)
             self._lease, granted = int(lease.id), int(lease.ttl)
@@ -293,6 +296,7 @@ class Registrar:
                 self._step(time.monotonic())
                 return
             self._verify()
+            self._verify_absent()
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
@@ -378,6 +382,29 @@ class Registrar:
             self._revision.pop(key, None)
             log.warning("register: %s %s; writing it again", key,
                         "was deleted" if raw is None else "was changed under us")
+
+    def _verify_absent(self) -> None:
+        """Read the keys wanted absent: one holding this host's value on no lease (a backup
+        restored, a hand-made copy) never goes by itself, and a "ready" there sent traffic to
+        an instance whose checks are down for as long as they stayed down. It is ours (it
+        names this host): deleted, guarded by its revision. A key on a lease (an earlier run
+        of this host killed with SIGKILL) is left to go with that lease within its TTL, so a
+        restart does not take a healthy instance out while its checks rise again; another
+        host's value is not ours to touch."""
+        with self._lock:
+            keys = [k for k, v in self._wanted.items() if v is None
+                    and k not in self._conflicts and self._written.get(k) is None]
+        for key in keys:
+            raw, meta = self._client.get(key, serializable=False)
+            if raw is None or meta is None or int(meta.lease_id) or owner_of(raw) != self.host:
+                continue
+            with self._lock:
+                if key not in self._wanted or self._wanted[key] is not None:
+                    continue  # wanted meanwhile: `_converge` takes it over
+                self._written[key] = raw  # stale: `_converge` deletes it
+            self._revision[key] = int(meta.mod_revision)
+            log.warning("register: %s holds this host's value on no lease, but it is not "
+                        "registered now; deleting it", key)
 
     def _converge(self) -> None:
         with self._lock:

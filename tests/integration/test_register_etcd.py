@@ -177,6 +177,44 @@ def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
     assert proc.proc.poll() is None
 
 
+@pytest.mark.parametrize("at_start", [False, True], ids=["while-running", "at-start"])
+def test_this_hosts_value_on_no_lease_is_deleted_while_the_checks_are_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess],
+        at_start: bool) -> None:
+    """A "ready" naming this host, on no lease (a backup restored, a hand-made copy), while
+    the instance's checks are down: no lease takes it away, and the read-back only covered
+    keys that were registered, so it stayed, sending traffic to an unhealthy instance for as
+    long as the checks stayed down (found by test_register_chaos.py). A key on a lease (an
+    earlier run killed) is left to its lease: a restart must not flap a healthy instance."""
+    sick = tmp_path / "sick"
+    sick.touch()
+    write_registration(tmp_path / "conf", "web", _registration(free_port(), ttl="3s", checks=(
+        f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
+        'interval = "100ms"\nrise = 1\nfall = 1\n')))
+    c = client(etcd.endpoint)
+    stale = json.dumps({"address": "127.0.0.1", "port": 80, "weight": 100, "state": "ready",
+                        "host": "node-a"})
+    if at_start:
+        c.put(_key(prefix), stale)
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    if not at_start:
+        sick.unlink()
+        wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+        sick.touch()
+        wait_for(lambda: published(c, _key(prefix)) is None, timeout=5, what="deregistered")
+        c.put(_key(prefix), stale)
+    # Read back every ttl/3 (1 s), with slack.
+    wait_for(lambda: published(c, _key(prefix)) is None, timeout=4, interval=0.05,
+             what=f"the stale value deleted\n{proc.output()[-2000:]}")
+    assert "holds this host's value on no lease" in proc.output()
+    # Another host's value is not ours to delete.
+    other = stale.replace("node-a", "node-b")
+    c.put(_key(prefix), other)
+    time.sleep(2.5)
+    assert c.get(_key(prefix))[0] == other.encode()
+    assert proc.proc.poll() is None
+
+
 def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
         cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
