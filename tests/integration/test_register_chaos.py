@@ -246,19 +246,36 @@ class Chaos:
 
     # ---- etcd faults
 
+    def away(self) -> None:
+        """While etcd is away: a time shorter or longer than the leases, and maybe a local
+        fault meanwhile (its outcome must be published once etcd is back)."""
+        wait = self.rng.choice([self.rng.uniform(0.2, 2.0), self.rng.uniform(3.0, 7.0)])
+        if self.rng.random() < 0.5:
+            first = self.rng.uniform(0, wait)
+            time.sleep(first)
+            wait -= first
+            local = self.rng.choice([self.service_updown, self.service_mode, self.toggle_flag,
+                                     self.restart, self.freeze_registrar])
+            self.actions.append(f"({local.__name__})")
+            began = time.monotonic()
+            local()
+            wait -= time.monotonic() - began
+        time.sleep(max(0.0, wait))
+
     def kill_etcd(self) -> None:
         self.etcd.kill()
         away = time.monotonic()
-        time.sleep(self.rng.choice([self.rng.uniform(0.2, 2.0), self.rng.uniform(3.0, 7.0)]))
-        self.etcd.start()
+        try:
+            self.away()
+        finally:
+            self.etcd.start()
         self.etcd_away.append((away, time.monotonic()))
 
     def freeze_etcd(self) -> None:
         self.etcd.freeze()
         away = time.monotonic()
         try:
-            time.sleep(self.rng.choice([self.rng.uniform(0.3, 2.0),
-                                        self.rng.uniform(3.0, 7.0)]))
+            self.away()
         finally:
             self.etcd.thaw()
         self.etcd_away.append((away, time.monotonic()))
