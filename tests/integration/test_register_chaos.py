@@ -430,6 +430,17 @@ class Chaos:
             r.proc.signal(signal.SIGCONT)
         r.paused.append((began, time.monotonic() + 1.0))
 
+    def settle(self) -> None:
+        """A pause in the faults: the invariants of the end must hold mid-run too (a later
+        fault or the final heal must not be what hides a registrar stuck in a wrong state)."""
+        deadline = time.monotonic() + 30
+        while self.intruders:
+            self.evict_intruders()
+            assert time.monotonic() < deadline, "cannot evict the intruders"
+            time.sleep(0.2)
+        wait_for(lambda: not mismatches(self), CONVERGE_SECONDS, interval=0.5,
+                 what=f"convergence mid-run after {self.actions}:\n{mismatches(self)}")
+
     # ---- the end
 
     def heal(self) -> None:
@@ -575,11 +586,11 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
             "intrude": chaos.intrude, "evict": chaos.evict_intruders,
             "updown": chaos.service_updown, "mode": chaos.service_mode,
             "flag": chaos.toggle_flag, "edit": chaos.edit, "restart": chaos.restart,
-            "stop": chaos.freeze_registrar,
+            "stop": chaos.freeze_registrar, "settle": chaos.settle,
         }
         weights = {"kill": 1, "freeze": 1, "compact": 1, "revoke": 2, "delete": 2, "stale": 2,
                    "intrude": 1, "evict": 1, "updown": 3, "mode": 3, "flag": 4, "edit": 1,
-                   "restart": 1, "stop": 1}
+                   "restart": 1, "stop": 1, "settle": 1}
         names = list(faults)
         end = time.monotonic() + CHAOS_SECONDS
         while time.monotonic() < end:
