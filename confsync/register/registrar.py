@@ -424,9 +424,21 @@ class Registrar:
                                               success=[t.put(key, value, lease=self._lease)],
                                               failure=[t.get(key)])
             else:
-                guard = [t.mod(key) == last] if last else [t.version(key) > 0]
-                ok, responses = c.transaction(compare=guard, success=[t.delete(key)],
-                                              failure=[t.get(key)])
+                # Only a value of ours is deleted: guarded by the revision of our last write,
+                # or of this host's value read just now. (An unguarded delete, after a
+                # conflict had forgotten that revision, took away the key another host had
+                # registered meanwhile.)
+                if not last:
+                    raw, meta = c.get(key, serializable=False)
+                    if raw is None:
+                        self._done(key, None, None)
+                        return
+                    if owner_of(raw) != self.host:
+                        self._not_ours(key, owner_of(raw) or _no_owner(raw))
+                        return
+                    last = int(meta.mod_revision)
+                ok, responses = c.transaction(compare=[t.mod(key) == last],
+                                              success=[t.delete(key)], failure=[t.get(key)])
             if ok:
                 revision = int(responses[0].response_put.header.revision if value is not None
                                else responses[0].response_delete_range.header.revision)
@@ -442,7 +454,10 @@ class Registrar:
             raw, meta = current[0]
             owner = owner_of(raw)
             if owner != self.host:
-                self._conflict(key, owner or _no_owner(raw))
+                if value is None:
+                    self._not_ours(key, owner or _no_owner(raw))
+                else:
+                    self._conflict(key, owner or _no_owner(raw))
                 return
             last = int(meta.mod_revision)  # ours (an earlier run of this host): take it over
         raise StoreUnavailable(f"{key}: changed under us five times in a row")
@@ -459,6 +474,15 @@ class Registrar:
             log.info("register: %s is ours again (was held by %s)", key, conflict)
         self._report(RegistrarEvent("written", key=key,
                                     value=None if value is None else json.loads(value)))
+
+    def _not_ours(self, key: str, owner: str) -> None:
+        """To be absent, and another host holds it: nothing of ours is there, so nothing is
+        refused (no conflict: that is a value of ours that cannot be written) and nothing is
+        deleted."""
+        with self._lock:
+            self._conflicts.pop(key, None)
+        log.info("register: %s is registered by host %r; not ours to delete", key, owner)
+        self._done(key, None, None)
 
     def _conflict(self, key: str, owner: str) -> None:
         with self._lock:

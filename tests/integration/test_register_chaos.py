@@ -224,6 +224,7 @@ class Chaos:
     actions: list[str] = field(default_factory=list)
     etcd_away: list[tuple[float, float]] = field(default_factory=list)
     intruders: set[str] = field(default_factory=set)
+    trampled: list[str] = field(default_factory=list)  # other hosts' values we did not keep
 
     def flag(self, name: str) -> Path:
         return self.tmp / f"{name}.flag"
@@ -296,7 +297,11 @@ class Chaos:
 
     def delete_key(self) -> None:
         key = self.pick_key()
-        self.etcd_call(lambda c: c.delete(key))
+
+        def go(c: Any) -> None:
+            c.delete(key)
+            self.intruders.discard(key)
+        self.etcd_call(go)
 
     def overwrite_own(self) -> None:
         """A stale value of the owner's own (a restored backup, a hand edit), on no lease;
@@ -332,6 +337,8 @@ class Chaos:
                 raw, _ = c.get(key)
                 if raw is not None and json.loads(raw).get("host") == INTRUDER:
                     c.delete(key)
+                else:  # a registrar never deletes or replaces another host's value
+                    self.trampled.append(f"{key}: {raw!r} after {self.actions[-8:]}")
                 self.intruders.discard(key)
         self.etcd_call(go)
 
@@ -645,6 +652,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         sick = [s for s in samples if s[0] == r.host and s[3] != 200
                 and not any(a - 0.5 < s[2] and s[1] < b + 0.5 for a, b in r.paused)]
         assert not sick, f"{r.host} /health: {sick[:10]}"
+    assert not chaos.trampled, f"another host's value deleted or replaced: {chaos.trampled}"
     # /ready: never 200 while etcd was away (after the grace to notice).
     for start, stop in chaos.etcd_away:
         lying = [s for s in samples if start + READY_GRACE < s[1] and s[2] < stop

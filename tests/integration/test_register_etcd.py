@@ -215,6 +215,42 @@ def test_this_hosts_value_on_no_lease_is_deleted_while_the_checks_are_down(
     assert proc.proc.poll() is None
 
 
+def test_another_hosts_value_is_never_deleted_when_the_checks_go_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """Another host registers the key (a moved instance, an operator) and this one's checks
+    go down before its read-back noticed: the delete was refused (the key changed), the
+    conflict forgot the revision it was guarded with, and the retry deleted unguarded,
+    taking the other host's registration away (found by test_register_chaos.py)."""
+    sick = tmp_path / "sick"
+    write_registration(tmp_path / "conf", "web", _registration(80, ttl="3s", checks=(
+        f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
+        'interval = "100ms"\nrise = 1\nfall = 1\n')))
+    from tests.support.http_probe import ready
+
+    metrics = free_port()
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a",
+                  "--metrics-address", f"127.0.0.1:{metrics}")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    other = json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100, "state": "ready",
+                        "host": "node-b"})
+    c.put(_key(prefix), other)
+    sick.touch()  # down within 0.1-0.2 s: well before the next read-back (ttl/3 = 1 s)
+    time.sleep(3.0)  # read-backs and retries: three keepalive periods
+    assert c.get(_key(prefix))[0] == other.encode(), proc.output()[-2000:]
+    assert "is registered by host 'node-b'; not ours to delete" in proc.output()
+    # Nothing of ours is refused: to be absent is what this registrar wants.
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=5, what=f"/ready {ready(metrics)}")
+    # Once this host's checks pass again, the other host's live key is a conflict.
+    sick.unlink()
+    wait_for(lambda: ready(metrics)[0] == 503, timeout=5, what=f"/ready {ready(metrics)}")
+    assert c.get(_key(prefix))[0] == other.encode()
+    c.delete(_key(prefix))
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("host") == "node-a", timeout=5,
+             what="ours again once the other host's key is gone")
+    assert proc.proc.poll() is None
+
+
 def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
         cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
