@@ -184,7 +184,7 @@ def test_this_hosts_value_on_no_lease_is_deleted_while_the_checks_are_down(
     """A "ready" naming this host, on no lease (a backup restored, a hand-made copy), while
     the instance's checks are down: no lease takes it away, and the read-back only covered
     keys that were registered, so it stayed, sending traffic to an unhealthy instance for as
-    long as the checks stayed down (found by test_register_chaos.py). A key on a lease (an
+    long as the checks stayed down (test_register_chaos.py, seed 12). A key on a lease (an
     earlier run killed) is left to its lease: a restart must not flap a healthy instance."""
     sick = tmp_path / "sick"
     sick.touch()
@@ -220,7 +220,8 @@ def test_another_hosts_value_is_never_deleted_when_the_checks_go_down(
     """Another host registers the key (a moved instance, an operator) and this one's checks
     go down before its read-back noticed: the delete was refused (the key changed), the
     conflict forgot the revision it was guarded with, and the retry deleted unguarded,
-    taking the other host's registration away (found by test_register_chaos.py)."""
+    taking the other host's registration away (found reading the code behind a
+    test_register_chaos.py run; that test now checks other hosts' values are kept)."""
     sick = tmp_path / "sick"
     write_registration(tmp_path / "conf", "web", _registration(80, ttl="3s", checks=(
         f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
