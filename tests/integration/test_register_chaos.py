@@ -7,7 +7,8 @@ call for (absent otherwise), on its registrar's current lease, and /ready says s
 Two registrars share the prefix: host node-a (an http registration; a tcp + exec one with
 `on_unhealthy = "maint"` and a detected address; a third, exec-checked, that edits add and
 remove) and host node-b (one http registration of the same service). Faults: etcd SIGKILL +
-restart and SIGSTOP/SIGCONT (shorter and longer than the lease), compaction, the lease revoked
+restart, SIGSTOP/SIGCONT (shorter and longer than the lease) and recreated (a new data dir),
+compaction, the lease revoked
 from outside, a key deleted or overwritten from outside (with this host's stale value, or with
 another host's), backends down/up, failing (500) and hanging (a trickled answer, an exec probe
 that sleeps), maintenance files and a failing exec check toggled, register.d edits with SIGHUP
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -279,6 +281,18 @@ class Chaos:
             self.away()
         finally:
             self.etcd.thaw()
+        self.etcd_away.append((away, time.monotonic()))
+
+    def wipe_etcd(self) -> None:
+        """etcd recreated (a new data dir: a new cluster id, revisions from 1, no leases)."""
+        self.etcd.kill()
+        away = time.monotonic()
+        shutil.rmtree(self.etcd.data_dir)
+        self.intruders.clear()
+        try:
+            self.away()
+        finally:
+            self.etcd.start()
         self.etcd_away.append((away, time.monotonic()))
 
     def compact(self) -> None:
@@ -588,14 +602,15 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
                  what=f"first registration: {mismatches(chaos)}")
         sampling.start()
         faults: dict[str, Callable[[], None]] = {
-            "kill": chaos.kill_etcd, "freeze": chaos.freeze_etcd, "compact": chaos.compact,
+            "kill": chaos.kill_etcd, "freeze": chaos.freeze_etcd, "wipe": chaos.wipe_etcd,
+            "compact": chaos.compact,
             "revoke": chaos.revoke, "delete": chaos.delete_key, "stale": chaos.overwrite_own,
             "intrude": chaos.intrude, "evict": chaos.evict_intruders,
             "updown": chaos.service_updown, "mode": chaos.service_mode,
             "flag": chaos.toggle_flag, "edit": chaos.edit, "restart": chaos.restart,
             "stop": chaos.freeze_registrar, "settle": chaos.settle,
         }
-        weights = {"kill": 1, "freeze": 1, "compact": 1, "revoke": 2, "delete": 2, "stale": 2,
+        weights = {"kill": 1, "freeze": 1, "wipe": 1, "compact": 1, "revoke": 2, "delete": 2, "stale": 2,
                    "intrude": 1, "evict": 1, "updown": 3, "mode": 3, "flag": 4, "edit": 1,
                    "restart": 1, "stop": 1, "settle": 1}
         names = list(faults)
