@@ -107,6 +107,10 @@ class Registrar:
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
         self._revision: dict[str, int] = {}  # mod revision of our last write per key
         self._conflicts: dict[str, str] = {}
+        # When each key another host holds is tried again (monotonic). Per key: a conflict
+        # used to hold the whole registrar back for ttl/3, so every other registration's
+        # change (a check down, a drain, an exec child gone) waited too.
+        self._conflict_retry: dict[str, float] = {}
         self._client: Any = None
         self._lease: int | None = None  # its id
         self._lease_expires = 0.0  # monotonic: the last renewal (or the grant) plus its TTL
@@ -141,6 +145,7 @@ class Registrar:
             if self._wanted.get(key, None) == encoded and key in self._wanted:
                 return
             self._wanted[key] = encoded
+            self._conflict_retry.pop(key, None)  # another value: tried at once
         self._wake.set()
 
     def reconnect(self) -> None:
@@ -244,12 +249,16 @@ class Registrar:
                 else:
                     self._reauthenticated = False
             now = time.monotonic()
+            with self._lock:
+                retries = list(self._conflict_retry.values())
             if self._retry_at > now:
                 until = self._retry_at
             elif self._lease is not None:
                 until = self._next_keepalive
             else:  # no lease: a want() or close() gives work, or the next ask of etcd
                 until = min(now + 1.0, self._next_keepalive)
+            if retries and self._retry_at <= now:
+                until = min(until, *retries)
             self._wake.wait(max(0.0, until - now))
             self._wake.clear()
 
@@ -278,8 +287,7 @@ class Registrar:
                     self._verify_absent()
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
-                if self._stale():
-                    self._converge()
+                self._converge()  # a stale value of ours to delete; conflicts to clear
                 return
             lease = self._client.lease(self.ttl)
             self._lease, granted = int(lease.id), int(lease.ttl)
@@ -407,9 +415,11 @@ class Registrar:
                         "registered now; deleting it", key)
 
     def _converge(self) -> None:
+        now = time.monotonic()
         with self._lock:
-            todo = [(k, v) for k, v in self._wanted.items() if self._written.get(k) != v
-                    or (k in self._conflicts)]
+            todo = [(k, v) for k, v in self._wanted.items()
+                    if (self._written.get(k) != v or k in self._conflicts)
+                    and self._conflict_retry.get(k, 0.0) <= now]
         for key, value in todo:
             self._write(key, value)
 
@@ -466,6 +476,7 @@ class Registrar:
         with self._lock:
             self._written[key] = value
             conflict = self._conflicts.pop(key, None)
+            self._conflict_retry.pop(key, None)
         if revision is None:
             self._revision.pop(key, None)
         else:
@@ -488,10 +499,10 @@ class Registrar:
         with self._lock:
             known = self._conflicts.get(key)
             self._conflicts[key] = owner
+            self._conflict_retry[key] = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
         self._revision.pop(key, None)
         if known != owner:
             self._report(RegistrarEvent("conflict", key=key, detail=owner))
-        self._retry_at = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
 
     def _reauthenticate(self) -> None:
         """Once per failure streak: a token refused twice in a row is a real problem."""

@@ -252,6 +252,35 @@ def test_another_hosts_value_is_never_deleted_when_the_checks_go_down(
     assert proc.proc.poll() is None
 
 
+def test_a_conflict_on_one_key_does_not_delay_the_others(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """A key another host holds is retried every ttl/3; that retry used to hold the whole
+    registrar back, so every change of its other registrations (a check down: the instance
+    out of the pool) waited for it, up to ttl/3 (4 s here, 10 s at ttl 30 s)."""
+    for name in ("x", "y"):
+        write_registration(tmp_path / "conf", name, _registration(
+            80, service=name, ttl="12s", checks=(
+                f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick-'
+                f'{name}"]\ninterval = "100ms"\nrise = 1\nfall = 1\n')))
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    c = client(etcd.endpoint)
+    kx, ky = (f"{prefix}/services/{n}/instances/web-1" for n in ("x", "y"))
+    wait_for(lambda: published(c, kx) is not None and published(c, ky) is not None,
+             timeout=15, what="both registered")
+    c.put(kx, json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100, "state": "ready",
+                          "host": "node-b"}))
+    wait_for(lambda: "is registered by host 'node-b'" in proc.output(), timeout=10,
+             what="the conflict")  # (read back within ttl/3)
+    for want_present in (False, True):
+        sick = tmp_path / "sick-y"
+        sick.unlink() if want_present else sick.touch()
+        changed = time.monotonic()
+        wait_for(lambda w=want_present: (published(c, ky) is not None) == w, timeout=10,
+                 interval=0.02, what="y changed")
+        assert time.monotonic() - changed < 2.0, "not held back by x's conflict (ttl/3 = 4 s)"
+    assert published(c, kx)["host"] == "node-b"  # type: ignore[index]
+
+
 def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
         cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
