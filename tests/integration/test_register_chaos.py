@@ -1,20 +1,23 @@
 """Chaos for `confsync register`: real registrars against a real etcd while a seeded random
 driver injects bounded faults. The registrars never exit on their own and never log a
-Traceback, /health stays 200 while they run, /ready is never 200 while etcd is away, and once
-the faults stop every key is in etcd with exactly the value its checks and maintenance file
-call for (absent otherwise), on its registrar's current lease, and /ready says so.
+Traceback, /health stays 200 while they run, /ready is never 200 while etcd is away, another
+host's value is never deleted or replaced, and whenever the faults pause (mid-run `settle`s,
+and at the end) every key is in etcd with exactly the value its checks and maintenance file
+call for (absent otherwise), on its registrar's current live lease, and /ready is 200 listing
+those states. At the end, another host's value on a registered key must turn /ready 503.
 
 Two registrars share the prefix: host node-a (an http registration; a tcp + exec one with
 `on_unhealthy = "maint"` and a detected address; a third, exec-checked, that edits add and
 remove) and host node-b (one http registration of the same service). Faults: etcd SIGKILL +
 restart, SIGSTOP/SIGCONT (shorter and longer than the lease) and recreated (a new data dir),
-compaction, the lease revoked
-from outside, a key deleted or overwritten from outside (with this host's stale value, or with
-another host's), backends down/up, failing (500) and hanging (a trickled answer, an exec probe
-that sleeps), maintenance files and a failing exec check toggled, register.d edits with SIGHUP
-(documented as ignored: applied at the next restart), restarts (SIGTERM: exit 0; SIGKILL), and
-a registrar SIGSTOPped (shorter and longer than its lease). A 1-node etcd cannot lose its
-leader, so that fault is not here (test_register_etcd.py freezes a member of a cluster).
+sometimes with a local fault while it is away; compaction; the lease revoked from outside; a
+key deleted or overwritten from outside (with this host's stale value, also where it was
+absent, or with another host's); services down/up, failing (500) and hanging (a trickled
+answer, an exec probe that sleeps); maintenance files and a failing exec check toggled;
+register.d edits (added, removed, ttl, weight, port) with SIGHUP, which is documented as
+ignored: applied at the next restart; restarts (SIGTERM: exit 0; SIGKILL); a registrar
+SIGSTOPped (shorter and longer than its lease). A 1-node etcd cannot lose its leader, so that
+fault is not here (test_register_etcd.py freezes a member of a cluster).
 
 `CONFSYNC_REGISTER_CHAOS_SECONDS` (default 30) sets how long the faults go on;
 `CONFSYNC_REGISTER_CHAOS_SEED` replays a run.
