@@ -120,6 +120,7 @@ class Registrar:
         self._retry = Backoff(RETRY_MIN, max(ttl / 3, 1.0))
         self.connected = False
         self._reauthenticated = False
+        self._regranted = False
         self.keepalive_failures = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
 
@@ -245,9 +246,14 @@ class Registrar:
                     if self._token_expired(exc) and not self._reauthenticated:
                         self._reauthenticate()
                         continue
+                    if _lease_not_found(exc) and self._lease is not None \
+                            and not self._regranted:
+                        self._lease_gone()
+                        continue
                     self._lost(exc)
                 else:
                     self._reauthenticated = False
+                    self._regranted = False
             now = time.monotonic()
             with self._lock:
                 retries = list(self._conflict_retry.values())
@@ -504,6 +510,17 @@ class Registrar:
         if known != owner:
             self._report(RegistrarEvent("conflict", key=key, detail=owner))
 
+    def _lease_gone(self) -> None:
+        """A write on our lease was refused because etcd no longer has it (revoked from
+        outside, or etcd recreated) before a keepalive said so. Not an outage: a new lease and
+        every key written again, at once. (It was taken for etcd unreachable: /ready 503, the
+        endpoint given up, and the writes retried on the dead lease until the next keepalive,
+        up to ttl/3 later.) Once per failure streak."""
+        log.warning("register: lease %x is gone (revoked, or etcd recreated); granting a new "
+                    "one and registering again", self._lease)
+        self._regranted = True
+        self._forget_lease()
+
     def _reauthenticate(self) -> None:
         """Once per failure streak: a token refused twice in a row is a real problem."""
         log.debug("register: etcd auth token expired; authenticating again")
@@ -548,6 +565,11 @@ class Registrar:
                             self._lease, describe_error(exc), self.ttl)
                 break
         self._drop_client()
+
+
+def _lease_not_found(exc: BaseException) -> bool:
+    """etcd's answer to a put on a lease it does not have (NOT_FOUND)."""
+    return "requested lease not found" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:

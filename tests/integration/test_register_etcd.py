@@ -154,6 +154,36 @@ def test_ready_notices_etcd_gone_while_nothing_is_registered(
              what=f"/ready 200 with etcd back: {ready(metrics)}")
 
 
+def test_a_write_on_a_lease_revoked_from_outside_registers_again_at_once(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """The lease revoked (or etcd recreated) and a change to write before the next keepalive:
+    etcd refuses the put (NOT_FOUND: requested lease not found). That was taken for etcd
+    unreachable (a WARNING, /ready 503, the endpoint given up) and retried on the dead lease
+    until the keepalive, ttl/3 later, noticed (found by test_register_chaos.py, seed 41)."""
+    from tests.support.http_probe import ready
+
+    maint = tmp_path / "maint"
+    write_registration(tmp_path / "conf", "web", _registration(
+        80, ttl="12s", maintenance_file=str(maint), checks=""))
+    metrics = free_port()
+    proc = _start(procs, tmp_path, etcd, prefix, "--metrics-address", f"127.0.0.1:{metrics}")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    # Just granted: the next keepalive is about ttl/3 = 4 s away.
+    c.revoke_lease(c.get(_key(prefix))[1].lease_id)
+    maint.touch()
+    changed = time.monotonic()
+    statuses = []
+    while (published(c, _key(prefix)) or {}).get("state") != "maint":
+        statuses.append(ready(metrics)[0])
+        assert time.monotonic() - changed < 10, proc.output()[-2000:]
+        time.sleep(0.05)
+    assert time.monotonic() - changed < 2.0, "at once, not at the next keepalive (4 s)"
+    assert c.get(_key(prefix))[1].lease_id != 0
+    assert "is gone (revoked, or etcd recreated)" in proc.output()
+    assert "etcd unreachable" not in proc.output() and 503 not in statuses, proc.output()
+
+
 def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
