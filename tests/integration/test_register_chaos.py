@@ -26,6 +26,7 @@ fault is not here (test_register_etcd.py freezes a member of a cluster).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -679,6 +680,16 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         lying = [s for s in samples if start + READY_GRACE < s[1] and s[2] < stop
                  and s[4] == 200]
         assert not lying, f"/ready 200 while etcd was away ({stop - start:.1f}s): {lying}"
+    # "etcd unreachable" only when it was (or the registrar itself was stopped meanwhile):
+    # etcd refusing one call is not an outage.
+    offset = time.time() - time.monotonic()
+    for r in chaos.registrars.values():
+        windows = [*chaos.etcd_away, *r.paused]
+        for stamp, line in re.findall(r"^(\S+ \S+) WARNING (register: etcd unreachable.*)$",
+                                      r.all_output(), re.MULTILINE):
+            at = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() - offset
+            assert any(a - 0.5 < at < b + 5.0 for a, b in windows), \
+                f"{r.host} at {stamp}, etcd up: {line}"
     print(f"register chaos: {len(chaos.actions)} actions "
           f"({', '.join(f'{n} {chaos.actions.count(n)}' for n in sorted(set(chaos.actions)))}),"
           f" {len(samples)} samples, converged {convergence:.1f} s after the faults stopped")
