@@ -514,8 +514,9 @@ class Registrar:
         """A write on our lease was refused because etcd no longer has it (revoked from
         outside, or etcd recreated) before a keepalive said so. Not an outage: a new lease and
         every key written again, at once. (It was taken for etcd unreachable: /ready 503, the
-        endpoint given up, and the writes retried on the dead lease until the next keepalive,
-        up to ttl/3 later.) Once per failure streak."""
+        endpoint given up, and the write retried on the dead lease; the keepalive that would
+        have noticed comes only after a stale key is written, so it never came, and the lease
+        was given up only when its whole TTL had run out.) Once per failure streak."""
         log.warning("register: lease %x is gone (revoked, or etcd recreated); granting a new "
                     "one and registering again", self._lease)
         self._regranted = True
