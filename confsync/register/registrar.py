@@ -107,6 +107,10 @@ class Registrar:
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
         self._revision: dict[str, int] = {}  # mod revision of our last write per key
         self._conflicts: dict[str, str] = {}
+        # When each key another host holds is tried again (monotonic). Per key: a conflict
+        # used to hold the whole registrar back for ttl/3, so every other registration's
+        # change (a check down, a drain, an exec child gone) waited too.
+        self._conflict_retry: dict[str, float] = {}
         self._client: Any = None
         self._lease: int | None = None  # its id
         self._lease_expires = 0.0  # monotonic: the last renewal (or the grant) plus its TTL
@@ -116,6 +120,7 @@ class Registrar:
         self._retry = Backoff(RETRY_MIN, max(ttl / 3, 1.0))
         self.connected = False
         self._reauthenticated = False
+        self._regranted = False
         self.keepalive_failures = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")
 
@@ -141,6 +146,7 @@ class Registrar:
             if self._wanted.get(key, None) == encoded and key in self._wanted:
                 return
             self._wanted[key] = encoded
+            self._conflict_retry.pop(key, None)  # another value: tried at once
         self._wake.set()
 
     def reconnect(self) -> None:
@@ -240,16 +246,25 @@ class Registrar:
                     if self._token_expired(exc) and not self._reauthenticated:
                         self._reauthenticate()
                         continue
+                    if _lease_not_found(exc) and self._lease is not None \
+                            and not self._regranted:
+                        self._lease_gone()
+                        continue
                     self._lost(exc)
                 else:
                     self._reauthenticated = False
+                    self._regranted = False
             now = time.monotonic()
+            with self._lock:
+                retries = list(self._conflict_retry.values())
             if self._retry_at > now:
                 until = self._retry_at
             elif self._lease is not None:
                 until = self._next_keepalive
-            else:
-                until = now + 1.0  # no lease: only a want() or close() gives work
+            else:  # no lease: a want() or close() gives work, or the next ask of etcd
+                until = min(now + 1.0, self._next_keepalive)
+            if retries and self._retry_at <= now:
+                until = min(until, *retries)
             self._wake.wait(max(0.0, until - now))
             self._wake.clear()
 
@@ -269,10 +284,16 @@ class Registrar:
             self._forget_lease()
         if self._lease is None:
             if not self._has_work():  # nothing to publish: no lease needed yet
-                if not self.connected:
-                    # Is etcd there? (for /ready and the status line; a call any role may make)
+                if not self.connected or now >= self._next_keepalive:
+                    # Is etcd there? (for /ready and the status line; a call any role may
+                    # make.) Asked as often as a lease would be renewed: with nothing
+                    # registered no other call is made, and an etcd that went away meanwhile
+                    # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
+                    self._verify_absent()
+                    self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
+                self._converge()  # a stale value of ours to delete; conflicts to clear
                 return
             lease = self._client.lease(self.ttl)
             self._lease, granted = int(lease.id), int(lease.ttl)
@@ -289,6 +310,7 @@ class Registrar:
                 self._step(time.monotonic())
                 return
             self._verify()
+            self._verify_absent()
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
@@ -375,10 +397,35 @@ class Registrar:
             log.warning("register: %s %s; writing it again", key,
                         "was deleted" if raw is None else "was changed under us")
 
-    def _converge(self) -> None:
+    def _verify_absent(self) -> None:
+        """Read the keys wanted absent: one holding this host's value on no lease (a backup
+        restored, a hand-made copy) never goes by itself, and a "ready" there sent traffic to
+        an instance whose checks are down for as long as they stayed down. It is ours (it
+        names this host): deleted, guarded by its revision. A key on a lease (an earlier run
+        of this host killed with SIGKILL) is left to go with that lease within its TTL, so a
+        restart does not take a healthy instance out while its checks rise again; another
+        host's value is not ours to touch."""
         with self._lock:
-            todo = [(k, v) for k, v in self._wanted.items() if self._written.get(k) != v
-                    or (k in self._conflicts)]
+            keys = [k for k, v in self._wanted.items() if v is None
+                    and k not in self._conflicts and self._written.get(k) is None]
+        for key in keys:
+            raw, meta = self._client.get(key, serializable=False)
+            if raw is None or meta is None or int(meta.lease_id) or owner_of(raw) != self.host:
+                continue
+            with self._lock:
+                if key not in self._wanted or self._wanted[key] is not None:
+                    continue  # wanted meanwhile: `_converge` takes it over
+                self._written[key] = raw  # stale: `_converge` deletes it
+            self._revision[key] = int(meta.mod_revision)
+            log.warning("register: %s holds this host's value on no lease, but it is not "
+                        "registered now; deleting it", key)
+
+    def _converge(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            todo = [(k, v) for k, v in self._wanted.items()
+                    if (self._written.get(k) != v or k in self._conflicts)
+                    and self._conflict_retry.get(k, 0.0) <= now]
         for key, value in todo:
             self._write(key, value)
 
@@ -393,9 +440,21 @@ class Registrar:
                                               success=[t.put(key, value, lease=self._lease)],
                                               failure=[t.get(key)])
             else:
-                guard = [t.mod(key) == last] if last else [t.version(key) > 0]
-                ok, responses = c.transaction(compare=guard, success=[t.delete(key)],
-                                              failure=[t.get(key)])
+                # Only a value of ours is deleted: guarded by the revision of our last write,
+                # or of this host's value read just now. (An unguarded delete, after a
+                # conflict had forgotten that revision, took away the key another host had
+                # registered meanwhile.)
+                if not last:
+                    raw, meta = c.get(key, serializable=False)
+                    if raw is None:
+                        self._done(key, None, None)
+                        return
+                    if owner_of(raw) != self.host:
+                        self._not_ours(key, owner_of(raw) or _no_owner(raw))
+                        return
+                    last = int(meta.mod_revision)
+                ok, responses = c.transaction(compare=[t.mod(key) == last],
+                                              success=[t.delete(key)], failure=[t.get(key)])
             if ok:
                 revision = int(responses[0].response_put.header.revision if value is not None
                                else responses[0].response_delete_range.header.revision)
@@ -411,7 +470,10 @@ class Registrar:
             raw, meta = current[0]
             owner = owner_of(raw)
             if owner != self.host:
-                self._conflict(key, owner or _no_owner(raw))
+                if value is None:
+                    self._not_ours(key, owner or _no_owner(raw))
+                else:
+                    self._conflict(key, owner or _no_owner(raw))
                 return
             last = int(meta.mod_revision)  # ours (an earlier run of this host): take it over
         raise StoreUnavailable(f"{key}: changed under us five times in a row")
@@ -420,6 +482,7 @@ class Registrar:
         with self._lock:
             self._written[key] = value
             conflict = self._conflicts.pop(key, None)
+            self._conflict_retry.pop(key, None)
         if revision is None:
             self._revision.pop(key, None)
         else:
@@ -429,14 +492,35 @@ class Registrar:
         self._report(RegistrarEvent("written", key=key,
                                     value=None if value is None else json.loads(value)))
 
+    def _not_ours(self, key: str, owner: str) -> None:
+        """To be absent, and another host holds it: nothing of ours is there, so nothing is
+        refused (no conflict: that is a value of ours that cannot be written) and nothing is
+        deleted."""
+        with self._lock:
+            self._conflicts.pop(key, None)
+        log.info("register: %s is registered by host %r; not ours to delete", key, owner)
+        self._done(key, None, None)
+
     def _conflict(self, key: str, owner: str) -> None:
         with self._lock:
             known = self._conflicts.get(key)
             self._conflicts[key] = owner
+            self._conflict_retry[key] = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
         self._revision.pop(key, None)
         if known != owner:
             self._report(RegistrarEvent("conflict", key=key, detail=owner))
-        self._retry_at = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
+
+    def _lease_gone(self) -> None:
+        """A write on our lease was refused because etcd no longer has it (revoked from
+        outside, or etcd recreated) before a keepalive said so. Not an outage: a new lease and
+        every key written again, at once. (It was taken for etcd unreachable: /ready 503, the
+        endpoint given up, and the write retried on the dead lease; the keepalive that would
+        have noticed comes only after a stale key is written, so it never came, and the lease
+        was given up only when its whole TTL had run out.) Once per failure streak."""
+        log.warning("register: lease %x is gone (revoked, or etcd recreated); granting a new "
+                    "one and registering again", self._lease)
+        self._regranted = True
+        self._forget_lease()
 
     def _reauthenticate(self) -> None:
         """Once per failure streak: a token refused twice in a row is a real problem."""
@@ -482,6 +566,11 @@ class Registrar:
                             self._lease, describe_error(exc), self.ttl)
                 break
         self._drop_client()
+
+
+def _lease_not_found(exc: BaseException) -> bool:
+    """etcd's answer to a put on a lease it does not have (NOT_FOUND)."""
+    return "requested lease not found" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:

@@ -87,6 +87,10 @@ class RegisterLoop:
             endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,
             keepalive_client=functools.partial(self.store.new_client, authenticate=False),
             learn_members=self.store.learn_members)
+        # Every key is wanted absent until its checks pass: a value of this host's left there
+        # on no lease is deleted by the registrar's read-back (see Registrar._verify_absent).
+        for key in self.by_key:
+            self.registrar.want(key, None)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
         # Registrations that name no address publish this host's, and follow it.

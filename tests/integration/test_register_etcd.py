@@ -130,6 +130,60 @@ def test_etcd_down_longer_than_ttl_then_back_registers_again(
     assert proc.proc.poll() is None
 
 
+def test_ready_notices_etcd_gone_while_nothing_is_registered(
+        etcd_private: EtcdMember, prefix: str, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """With every check down there is no lease, so no keepalive: nothing else asked etcd, and
+    /ready said 200 (etcd reachable) for as long as etcd stayed away (found by
+    test_register_chaos.py, seed 11)."""
+    from tests.support.http_probe import ready
+
+    write_registration(tmp_path / "conf", "web", _registration(free_port(), ttl="3s"))
+    metrics = free_port()
+    _start(procs, tmp_path, etcd_private, prefix, "--metrics-address", f"127.0.0.1:{metrics}")
+    wait_for(lambda: ready(metrics)[1].get("why", {}).get("web", "").startswith("check 0 down"),
+             timeout=15, what="the check down, nothing registered")
+    assert ready(metrics)[0] == 200
+    etcd_private.kill()
+    # A probe every ttl/3 (1 s), failing within the call timeout (1 s), and slack.
+    wait_for(lambda: ready(metrics)[0] == 503, timeout=6, interval=0.1,
+             what=f"/ready 503 with etcd gone: {ready(metrics)}")
+    assert "etcd not connected" in ready(metrics)[1]["reasons"][0]
+    etcd_private.start()
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=10, interval=0.1,
+             what=f"/ready 200 with etcd back: {ready(metrics)}")
+
+
+def test_a_write_on_a_lease_revoked_from_outside_registers_again_at_once(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """The lease revoked (or etcd recreated) and a change to write before the next keepalive:
+    etcd refuses the put (NOT_FOUND: requested lease not found). That was taken for etcd
+    unreachable (a WARNING, /ready 503, the endpoint given up) and retried on the dead lease
+    until the keepalive, ttl/3 later, noticed (found by test_register_chaos.py, seed 41)."""
+    from tests.support.http_probe import ready
+
+    maint = tmp_path / "maint"
+    write_registration(tmp_path / "conf", "web", _registration(
+        80, ttl="12s", maintenance_file=str(maint), checks=""))
+    metrics = free_port()
+    proc = _start(procs, tmp_path, etcd, prefix, "--metrics-address", f"127.0.0.1:{metrics}")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    # Just granted: the next keepalive is about ttl/3 = 4 s away.
+    c.revoke_lease(c.get(_key(prefix))[1].lease_id)
+    maint.touch()
+    changed = time.monotonic()
+    statuses = []
+    while (published(c, _key(prefix)) or {}).get("state") != "maint":
+        statuses.append(ready(metrics)[0])
+        assert time.monotonic() - changed < 10, proc.output()[-2000:]
+        time.sleep(0.05)
+    assert time.monotonic() - changed < 2.0, "at once, not at the next keepalive (4 s)"
+    assert c.get(_key(prefix))[1].lease_id != 0
+    assert "is gone (revoked, or etcd recreated)" in proc.output()
+    assert "etcd unreachable" not in proc.output() and 503 not in statuses, proc.output()
+
+
 def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -151,6 +205,110 @@ def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
     out = proc.output()
     assert "was deleted; writing it again" in out and "was changed under us" in out, out
     assert proc.proc.poll() is None
+
+
+@pytest.mark.parametrize("at_start", [False, True], ids=["while-running", "at-start"])
+def test_this_hosts_value_on_no_lease_is_deleted_while_the_checks_are_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess],
+        at_start: bool) -> None:
+    """A "ready" naming this host, on no lease (a backup restored, a hand-made copy), while
+    the instance's checks are down: no lease takes it away, and the read-back only covered
+    keys that were registered, so it stayed, sending traffic to an unhealthy instance for as
+    long as the checks stayed down (test_register_chaos.py, seed 12). A key on a lease (an
+    earlier run killed) is left to its lease: a restart must not flap a healthy instance."""
+    sick = tmp_path / "sick"
+    sick.touch()
+    write_registration(tmp_path / "conf", "web", _registration(free_port(), ttl="3s", checks=(
+        f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
+        'interval = "100ms"\nrise = 1\nfall = 1\n')))
+    c = client(etcd.endpoint)
+    stale = json.dumps({"address": "127.0.0.1", "port": 80, "weight": 100, "state": "ready",
+                        "host": "node-a"})
+    if at_start:
+        c.put(_key(prefix), stale)
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    if not at_start:
+        sick.unlink()
+        wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+        sick.touch()
+        wait_for(lambda: published(c, _key(prefix)) is None, timeout=5, what="deregistered")
+        c.put(_key(prefix), stale)
+    # Read back every ttl/3 (1 s), with slack.
+    wait_for(lambda: published(c, _key(prefix)) is None, timeout=4, interval=0.05,
+             what=f"the stale value deleted\n{proc.output()[-2000:]}")
+    assert "holds this host's value on no lease" in proc.output()
+    # Another host's value is not ours to delete.
+    other = stale.replace("node-a", "node-b")
+    c.put(_key(prefix), other)
+    time.sleep(2.5)
+    assert c.get(_key(prefix))[0] == other.encode()
+    assert proc.proc.poll() is None
+
+
+def test_another_hosts_value_is_never_deleted_when_the_checks_go_down(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """Another host registers the key (a moved instance, an operator) and this one's checks
+    go down before its read-back noticed: the delete was refused (the key changed), the
+    conflict forgot the revision it was guarded with, and the retry deleted unguarded,
+    taking the other host's registration away (found reading the code behind a
+    test_register_chaos.py run; that test now checks other hosts' values are kept)."""
+    sick = tmp_path / "sick"
+    write_registration(tmp_path / "conf", "web", _registration(80, ttl="3s", checks=(
+        f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
+        'interval = "100ms"\nrise = 1\nfall = 1\n')))
+    from tests.support.http_probe import ready
+
+    metrics = free_port()
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a",
+                  "--metrics-address", f"127.0.0.1:{metrics}")
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    other = json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100, "state": "ready",
+                        "host": "node-b"})
+    c.put(_key(prefix), other)
+    sick.touch()  # down within 0.1-0.2 s: well before the next read-back (ttl/3 = 1 s)
+    time.sleep(3.0)  # read-backs and retries: three keepalive periods
+    assert c.get(_key(prefix))[0] == other.encode(), proc.output()[-2000:]
+    assert "is registered by host 'node-b'; not ours to delete" in proc.output()
+    # Nothing of ours is refused: to be absent is what this registrar wants.
+    wait_for(lambda: ready(metrics)[0] == 200, timeout=5, what=f"/ready {ready(metrics)}")
+    # Once this host's checks pass again, the other host's live key is a conflict.
+    sick.unlink()
+    wait_for(lambda: ready(metrics)[0] == 503, timeout=5, what=f"/ready {ready(metrics)}")
+    assert c.get(_key(prefix))[0] == other.encode()
+    c.delete(_key(prefix))
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("host") == "node-a", timeout=5,
+             what="ours again once the other host's key is gone")
+    assert proc.proc.poll() is None
+
+
+def test_a_conflict_on_one_key_does_not_delay_the_others(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """A key another host holds is retried every ttl/3; that retry used to hold the whole
+    registrar back, so every change of its other registrations (a check down: the instance
+    out of the pool) waited for it, up to ttl/3 (4 s here, 10 s at ttl 30 s)."""
+    for name in ("x", "y"):
+        write_registration(tmp_path / "conf", name, _registration(
+            80, service=name, ttl="12s", checks=(
+                f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick-'
+                f'{name}"]\ninterval = "100ms"\nrise = 1\nfall = 1\n')))
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-a")
+    c = client(etcd.endpoint)
+    kx, ky = (f"{prefix}/services/{n}/instances/web-1" for n in ("x", "y"))
+    wait_for(lambda: published(c, kx) is not None and published(c, ky) is not None,
+             timeout=15, what="both registered")
+    c.put(kx, json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100, "state": "ready",
+                          "host": "node-b"}))
+    wait_for(lambda: "is registered by host 'node-b'" in proc.output(), timeout=10,
+             what="the conflict")  # (read back within ttl/3)
+    for want_present in (False, True):
+        sick = tmp_path / "sick-y"
+        sick.unlink() if want_present else sick.touch()
+        changed = time.monotonic()
+        wait_for(lambda w=want_present: (published(c, ky) is not None) == w, timeout=10,
+                 interval=0.02, what="y changed")
+        assert time.monotonic() - changed < 2.0, "not held back by x's conflict (ttl/3 = 4 s)"
+    assert published(c, kx)["host"] == "node-b"  # type: ignore[index]
 
 
 def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
