@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.chaos import inject_faults
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
@@ -247,16 +248,14 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         }
         weights = {"kill": 1, "freeze": 1, "compact": 1, "raw": 1, "bad": 2, "good": 6,
                    "disk": 1, "flag": 2, "sighup": 2}
-        names = list(faults)
-        end = time.monotonic() + CHAOS_SECONDS
-        while time.monotonic() < end:
-            name = chaos.rng.choices(names, [weights[n] for n in names])[0]
-            chaos.actions.append(name)
-            faults[name]()
+
+        def alive() -> None:
             chaos.good_values()
             time.sleep(chaos.rng.uniform(0.05, 0.6))
             assert w.proc.poll() is None, f"confsync exited after {chaos.actions[-10:]}:\n" \
                                           f"{w.output()[-4000:]}"
+
+        inject_faults(chaos.rng, faults, weights, CHAOS_SECONDS, chaos.actions, alive)
         chaos.heal()
         healed = time.monotonic()
         time.sleep(1.0)  # the last SIGHUP is handled

@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.chaos import inject_faults
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
@@ -620,16 +621,14 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         weights = {"kill": 1, "freeze": 1, "wipe": 1, "compact": 1, "revoke": 2, "delete": 2, "stale": 2,
                    "intrude": 1, "evict": 1, "updown": 3, "mode": 3, "flag": 4, "edit": 1,
                    "restart": 1, "stop": 1, "settle": 1}
-        names = list(faults)
-        end = time.monotonic() + CHAOS_SECONDS
-        while time.monotonic() < end:
-            name = chaos.rng.choices(names, [weights[n] for n in names])[0]
-            chaos.actions.append(name)
-            faults[name]()
+
+        def alive() -> None:
             time.sleep(chaos.rng.uniform(0.05, 0.8))
             for r in chaos.registrars.values():
                 assert r.alive(), f"{r.host} exited after {chaos.actions[-10:]}:\n" \
                                   f"{r.output()[-4000:]}"
+
+        inject_faults(chaos.rng, faults, weights, CHAOS_SECONDS, chaos.actions, alive)
         chaos.heal()
         healed = time.monotonic()
         wait_for(lambda: not mismatches(chaos), CONVERGE_SECONDS, interval=0.5,
