@@ -105,7 +105,10 @@ class Registrar:
         self._reconnect = False
         self._wanted: dict[str, bytes | None] = {}
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
-        self._revision: dict[str, int] = {}  # mod revision of our last write per key
+        # Per key, the mod revision and value of our last write (or of this host's value read
+        # to take over). Writes are guarded by both: a revision alone also matched another
+        # host's value in a recreated etcd, whose revisions start again from 1.
+        self._revision: dict[str, tuple[int, bytes]] = {}
         self._conflicts: dict[str, str] = {}
         # When each key another host holds is tried again (monotonic). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
@@ -416,7 +419,7 @@ class Registrar:
                 if key not in self._wanted or self._wanted[key] is not None:
                     continue  # wanted meanwhile: `_converge` takes it over
                 self._written[key] = raw  # stale: `_converge` deletes it
-            self._revision[key] = int(meta.mod_revision)
+            self._revision[key] = (int(meta.mod_revision), raw)
             log.warning("register: %s holds this host's value on no lease, but it is not "
                         "registered now; deleting it", key)
 
@@ -435,7 +438,8 @@ class Registrar:
         last = self._revision.get(key)
         for _ in range(5):
             if value is not None:
-                guard = [t.mod(key) == last] if last else [t.version(key) == 0]
+                guard = [t.mod(key) == last[0], t.value(key) == last[1]] if last else [
+                    t.version(key) == 0]
                 ok, responses = c.transaction(compare=guard,
                                               success=[t.put(key, value, lease=self._lease)],
                                               failure=[t.get(key)])
@@ -452,9 +456,10 @@ class Registrar:
                     if owner_of(raw) != self.host:
                         self._not_ours(key, owner_of(raw) or _no_owner(raw))
                         return
-                    last = int(meta.mod_revision)
-                ok, responses = c.transaction(compare=[t.mod(key) == last],
-                                              success=[t.delete(key)], failure=[t.get(key)])
+                    last = (int(meta.mod_revision), raw)
+                ok, responses = c.transaction(
+                    compare=[t.mod(key) == last[0], t.value(key) == last[1]],
+                    success=[t.delete(key)], failure=[t.get(key)])
             if ok:
                 revision = int(responses[0].response_put.header.revision if value is not None
                                else responses[0].response_delete_range.header.revision)
@@ -475,7 +480,7 @@ class Registrar:
                 else:
                     self._conflict(key, owner or _no_owner(raw))
                 return
-            last = int(meta.mod_revision)  # ours (an earlier run of this host): take it over
+            last = (int(meta.mod_revision), raw)  # ours (an earlier run of this host)
         raise StoreUnavailable(f"{key}: changed under us five times in a row")
 
     def _done(self, key: str, value: bytes | None, revision: int | None) -> None:
@@ -483,10 +488,10 @@ class Registrar:
             self._written[key] = value
             conflict = self._conflicts.pop(key, None)
             self._conflict_retry.pop(key, None)
-        if revision is None:
+        if revision is None or value is None:
             self._revision.pop(key, None)
         else:
-            self._revision[key] = revision
+            self._revision[key] = (revision, value)
         if conflict is not None:
             log.info("register: %s is ours again (was held by %s)", key, conflict)
         self._report(RegistrarEvent("written", key=key,

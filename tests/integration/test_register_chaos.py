@@ -232,6 +232,7 @@ class Chaos:
     etcd_away: list[tuple[float, float]] = field(default_factory=list)
     intruders: set[str] = field(default_factory=set)
     trampled: list[str] = field(default_factory=list)  # other hosts' values we did not keep
+    intruded: dict[str, str] = field(default_factory=dict)  # key -> when
 
     def flag(self, name: str) -> Path:
         return self.tmp / f"{name}.flag"
@@ -345,19 +346,26 @@ class Chaos:
         key = self.pick_key()
 
         def go(c: Any) -> None:
-            c.put(key, json.dumps({"address": "10.9.9.9", "port": 80, "weight": 1,
-                                   "state": "ready", "host": INTRUDER}))
+            revision = c.put(key, json.dumps({"address": "10.9.9.9", "port": 80, "weight": 1,
+                                              "state": "ready", "host": INTRUDER}))
             self.intruders.add(key)
+            self.intruded[key] = f"put at revision {revision.header.revision}, " \
+                                 f"{time.strftime('%H:%M:%S')}"
         self.etcd_call(go)
 
     def evict_intruders(self) -> None:
         def go(c: Any) -> None:
             for key in list(self.intruders):
-                raw, _ = c.get(key)
+                raw, meta = c.get(key)
                 if raw is not None and json.loads(raw).get("host") == INTRUDER:
                     c.delete(key)
                 else:  # a registrar never deletes or replaces another host's value
-                    self.trampled.append(f"{key}: {raw!r} after {self.actions[-8:]}")
+                    where = "" if meta is None else (
+                        f" (created {meta.create_revision}, modified {meta.mod_revision}, "
+                        f"lease {meta.lease_id:x})")
+                    self.trampled.append(f"{key}: {raw!r}{where}, intruder "
+                                         f"{self.intruded.get(key)}, {time.strftime('%X')}, "
+                                         f"after {self.actions[-8:]}")
                 self.intruders.discard(key)
         self.etcd_call(go)
 

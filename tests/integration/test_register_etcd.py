@@ -184,6 +184,41 @@ def test_a_write_on_a_lease_revoked_from_outside_registers_again_at_once(
     assert "etcd unreachable" not in proc.output() and 503 not in statuses, proc.output()
 
 
+def test_a_recreated_etcd_reusing_our_revision_for_another_hosts_value(
+        etcd_private: EtcdMember, prefix: str, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """etcd recreated (a new data dir): revisions start again from 1, so another host's value
+    can sit at the very revision of our last write in the old cluster. Writes guarded by the
+    revision alone then replaced it (test_register_chaos.py, seed 63)."""
+    import shutil
+
+    write_registration(tmp_path / "conf", "web", _registration(80, ttl="3s", checks=""))
+    proc = _start(procs, tmp_path, etcd_private, prefix, "--hostname", "node-a")
+    c = client(etcd_private.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    ours = int(c.get(_key(prefix))[1].mod_revision)
+    c.close()
+    proc.signal(signal.SIGSTOP)  # so that nothing is written before the other host
+    try:
+        etcd_private.kill()
+        shutil.rmtree(etcd_private.data_dir)
+        etcd_private.start()
+        c = client(etcd_private.endpoint)
+        other = json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100, "state": "ready",
+                            "host": "node-b"})
+        revision = int(c.get_response(f"{prefix}/filler").header.revision)
+        while revision < ours - 1:
+            revision = int(c.put(f"{prefix}/filler", "x").header.revision)
+        c.put(_key(prefix), other)
+        assert int(c.get(_key(prefix))[1].mod_revision) == ours
+    finally:
+        proc.signal(signal.SIGCONT)
+    wait_for(lambda: "is registered by host 'node-b'" in proc.output(), timeout=10,
+             what=f"the conflict reported\n{proc.output()[-2000:]}")
+    time.sleep(1.0)
+    assert c.get(_key(prefix))[0] == other.encode(), proc.output()[-2000:]
+
+
 def test_a_key_deleted_or_changed_under_a_live_lease_is_written_again(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
