@@ -781,7 +781,6 @@ class Daemon:
         else:
             log.warning("conf.d/templates watcher %s; restarting it",
                         "stopped" if not alive else "sees a directory come or go")
-        if observer is not None:
             observer.stop()
         self._watch_local_files()
         self.events.put(LocalFilesChanged("(watcher restarted)"))
