@@ -4,6 +4,7 @@ renders equal writes and reloads nothing; two writers do not make a reload loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from tests.support.daemon import WatchProcess, read, wait_for
 
 
 class Stack:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *watch_args: str) -> None:
         self.base = base
         self.data = base / "data.yaml"
         self.dest = base / "out.conf"
@@ -27,7 +28,7 @@ class Stack:
                        f'dest = "{self.dest}"\nkeys = ["/app"]\n'
                        f'reload_cmd = ["sh", "-c", "echo r >> {self.reloads}"]')
         self.watch = WatchProcess("--confdir", str(base / "cd"), "--backend", "file",
-                                  "--file", str(self.data), "--wait-min", "0",
+                                  "--file", str(self.data), "--wait-min", "0", *watch_args,
                                   log=base / "log")
 
     def reload_count(self) -> int:
@@ -38,6 +39,26 @@ class Stack:
         staged = self.dest.with_name("out.conf.dpkg-new")
         staged.write_text(text)
         os.replace(staged, self.dest)
+
+    @contextlib.contextmanager
+    def other_writer(self, seconds: float) -> Iterator[threading.Thread]:
+        """Another writer putting its own file back every 100 ms, for at most `seconds` and
+        no longer than the block."""
+        done = threading.Event()
+
+        def write() -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not done.is_set():
+                self.replace_dest("port 81  # the other writer's\n")
+                time.sleep(0.1)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            yield writer
+        finally:
+            done.set()
+            writer.join()
 
 
 @pytest.fixture
@@ -82,21 +103,8 @@ def test_a_touch_or_chmod_the_resource_does_not_set_writes_and_reloads_nothing(
 def test_two_writers_do_not_make_a_reload_loop(stack: Stack) -> None:
     """Another writer puts its file back every 100 ms for 6 s: repairs follow a doubling gap
     (at about 0, 1, 3 s), not one per heartbeat, and the last word is etcd's once it stops."""
-    done = threading.Event()
-
-    def other_writer() -> None:
-        deadline = time.monotonic() + 6.0
-        while time.monotonic() < deadline and not done.is_set():
-            stack.replace_dest("port 81  # the other writer's\n")
-            time.sleep(0.1)
-
-    writer = threading.Thread(target=other_writer)
-    writer.start()
-    try:
+    with stack.other_writer(6.0) as writer:
         writer.join(timeout=10)
-    finally:
-        done.set()
-        writer.join()
     repairs = stack.reload_count() - 1
     assert 2 <= repairs <= 4, f"{repairs} reloads for a 6 s fight"
     stack.watch.wait_log("keeps being changed by someone else", timeout=1)
@@ -111,39 +119,22 @@ def test_ready_says_so_while_another_writers_file_waits_for_its_repair(tmp_path:
     from tests.support.etcd_server import free_port
     from tests.support.http_probe import probe
 
-    s = Stack(tmp_path)
-    s.watch.stop()
     port = free_port()
-    s.watch = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file",
-                           "--file", str(s.data), "--wait-min", "0",
-                           "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "log2")
+    s = Stack(tmp_path, "--metrics-address", f"127.0.0.1:{port}")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
-        done = threading.Event()
+        held: list[dict[str, object]] = []
 
-        def other_writer() -> None:  # puts its file back every 100 ms, for at most 8 s
-            deadline = time.monotonic() + 8.0
-            while time.monotonic() < deadline and not done.is_set():
-                s.replace_dest("port 81  # the other writer's\n")
-                time.sleep(0.1)
+        def not_ready() -> bool:
+            status, body = probe(base, "/ready")
+            if status == 503:
+                held.append(body)
+            return status == 503
 
-        writer = threading.Thread(target=other_writer)
-        writer.start()
-        try:
+        with s.other_writer(8.0):
             # Repairs at about 0 and 1 s, then one waits 2 s: /ready tells meanwhile.
-            held: list[dict[str, object]] = []
-
-            def not_ready() -> bool:
-                status, body = probe(base, "/ready")
-                if status == 503:
-                    held.append(body)
-                return status == 503
-
             wait_for(not_ready, timeout=6, what="503 while held")
-        finally:
-            done.set()
-            writer.join()
         reasons = held[0]["reasons"]
         assert isinstance(reasons, list)
         assert any("changed by someone else, repair waiting: app" in r for r in reasons), held
