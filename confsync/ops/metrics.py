@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Steps at which an apply can fail (ResourceError.step), in pipeline order.
 STEPS = ("render", "guard", "stage", "check", "install", "reload")
@@ -77,62 +78,58 @@ class Metrics(Observer):
         self._current_revision = 0
         r = self.registry
         ns = "confsync"
+        # Every metric with a `resource` label and its label names: a resource a config
+        # reload drops is removed from each.
+        self._per_resource: list[tuple[MetricWrapperBase, tuple[str, ...]]] = []
 
         Info("build", "confsync version", namespace=ns, registry=r).info({"version": __version__})
-        self.applies = Counter(
+        self.applies = self._labelled(Counter,
             "applies", "Apply attempts per resource and outcome (unchanged, updated, failed)",
             ["resource", "outcome"], namespace=ns, registry=r)
-        self.apply_seconds = Histogram(
+        self.apply_seconds = self._labelled(Histogram,
             "apply_duration_seconds", "Render, check and install time per resource",
             ["resource"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
-        self.renders = Counter(
+        self.renders = self._labelled(Counter,
             "renders", "Template renders per resource and outcome (ok, failed)",
             ["resource", "outcome"], namespace=ns, registry=r)
-        self.checks = Counter(
+        self.checks = self._labelled(Counter,
             "checks", "check_cmd runs per resource and outcome (ok, failed)",
             ["resource", "outcome"], namespace=ns, registry=r)
-        self.check_seconds = Histogram(
+        self.check_seconds = self._labelled(Histogram,
             "check_duration_seconds", "check_cmd run time", ["resource"], namespace=ns,
             registry=r, buckets=DURATION_BUCKETS)
-        self.reloads = Counter(
+        self.reloads = self._labelled(Counter,
             "reloads", "Reloads (reload_cmd, signal, exec child) per resource and outcome",
             ["resource", "outcome"], namespace=ns, registry=r)
-        self.reload_seconds = Histogram(
+        self.reload_seconds = self._labelled(Histogram,
             "reload_duration_seconds", "Reload time per resource", ["resource"], namespace=ns,
             registry=r, buckets=DURATION_BUCKETS)
-        self.runtime_updates = Counter(
+        self.runtime_updates = self._labelled(Counter,
             "runtime_updates", "Changes applied to the running service without a reload "
             "(HAProxy runtime API) per resource", ["resource", "outcome"], namespace=ns, registry=r)
-        self.runtime_seconds = Histogram(
+        self.runtime_seconds = self._labelled(Histogram,
             "runtime_update_duration_seconds", "Runtime-API update time per resource",
             ["resource"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
-        self.failures = Counter(
+        self.failures = self._labelled(Counter,
             "apply_failures", "Failed applies per resource and step (render, guard, stage, "
             "check, install, reload)", ["resource", "step"], namespace=ns, registry=r)
-        self.values_left_out = Gauge(
+        self.values_left_out = self._labelled(Gauge,
             "values_left_out", "Values the resource's last render left out because a filter "
             "refused them (gets skip_invalid); the keys are in /ready", ["resource"],
             namespace=ns, registry=r)
-        self.guard_trips = Counter(
+        self.guard_trips = self._labelled(Counter,
             "guard_trips", "Renders refused by the min_keys guard (last good file kept)",
             ["resource"], namespace=ns, registry=r)
-        self.last_success = Gauge(
+        self.last_success = self._labelled(Gauge,
             "resource_last_success_timestamp_seconds", "Unix time of the last successful apply "
             "(unchanged or updated)", ["resource"], namespace=ns, registry=r)
-        self.resource_ok = Gauge(
+        self.resource_ok = self._labelled(Gauge,
             "resource_ok", "1 when the resource's last apply succeeded", ["resource"],
             namespace=ns, registry=r)
-        self.target_up = Gauge(
+        self.target_up = self._labelled(Gauge,
             "reload_target_up", "0 when the resource's last reload step found nothing running "
             "to reload (the file is current but not served), 1 when it found it",
             ["resource"], namespace=ns, registry=r)
-        # Every metric with a `resource` label: a resource a config reload drops is removed
-        # from each.
-        self._per_resource: tuple[MetricWrapperBase, ...] = (
-            self.applies, self.apply_seconds, self.renders, self.checks, self.check_seconds,
-            self.reloads, self.reload_seconds, self.runtime_updates, self.runtime_seconds,
-            self.failures, self.values_left_out, self.guard_trips, self.last_success,
-            self.resource_ok, self.target_up)
         self.batches = Counter(
             "batches", "Debounced batches applied", namespace=ns, registry=r)
         self.debounced_changes = Counter(
@@ -255,10 +252,17 @@ class Metrics(Observer):
         self.resources_gauge.set(len(resources))
         self._update_ready()
 
+    def _labelled(self, kind: type[M], name: str, documentation: str, labelnames: list[str],
+                  **kwargs: Any) -> M:
+        """A metric labelled by resource, remembered with its label names in the order
+        `remove` takes them (prometheus_client keeps them only in a private attribute)."""
+        metric = kind(name, documentation, labelnames, **kwargs)
+        self._per_resource.append((metric, tuple(labelnames)))
+        return metric
+
     def _forget(self, name: str) -> None:
         """Remove every series labelled with resource `name` (any outcome or step)."""
-        for metric in self._per_resource:
-            labelnames = metric._labelnames  # what labels() takes, in its order
+        for metric, labelnames in self._per_resource:
             series = {tuple(sample.labels[n] for n in labelnames)
                       for family in metric.collect() for sample in family.samples
                       if sample.labels.get("resource") == name}
