@@ -505,12 +505,19 @@ def test_maintenance_file_and_on_unhealthy_maint(
         backend.port, maintenance_file=str(maint), on_unhealthy="maint",
         checks=f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick"]\n'
                'interval = "100ms"\nrise = 1\nfall = 1\n'))
-    _start(procs, tmp_path, etcd, prefix)
+    (tmp_path / "sick").touch()  # never healthy yet: not registered, not even as "maint"
+    proc = _start(procs, tmp_path, etcd, prefix)
     c = client(etcd.endpoint)
 
     def state() -> str | None:
         return (published(c, _key(prefix)) or {}).get("state")
 
+    # (The state change would be logged at the first tick, before the check's first result.)
+    wait_for(lambda: "check 0 down" in proc.output() and "etcd connected" in proc.output(),
+             timeout=15, what="the first failure, with etcd connected")
+    assert "-> maint" not in proc.output()
+    assert published(c, _key(prefix)) is None
+    (tmp_path / "sick").unlink()
     wait_for(lambda: state() == "ready", timeout=15, what="ready")
     maint.touch()
     wait_for(lambda: state() == "maint", timeout=5, what="maint while the file exists")
