@@ -553,7 +553,12 @@ class Registrar:
                 log.debug("closing etcd client: %s", close_exc)
 
     def _shutdown(self) -> None:
-        """Revoke the lease: whatever is still registered goes with it."""
+        """Revoke the lease: whatever is still registered goes with it.
+
+        A lease etcd no longer has (revoked from outside, expired while the process was
+        stopped, etcd recreated) took its keys with it: that is said as such, not as a failure
+        (it was a WARNING that the keys would go after the TTL, on every such stop). A revoke
+        that fails while keys of ours are on the lease is one; with none left it is not."""
         if self._lease is None:
             return
         for attempt in (1, 2):  # the second after an expired token: a stop is often idle long
@@ -567,10 +572,24 @@ class Registrar:
                 self._drop_client()
                 if attempt == 1 and self._token_expired(exc):
                     continue
-                log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
-                            self._lease, describe_error(exc), self.ttl)
+                self._not_revoked(exc)
                 break
         self._drop_client()
+
+    def _not_revoked(self, exc: BaseException) -> None:
+        if _lease_not_found(exc):
+            log.info("register: lease %x was gone already (revoked from outside, expired, or "
+                     "etcd recreated); nothing is left on it", self._lease)
+            return
+        with self._lock:
+            held = sorted(k for k, v in self._written.items() if v is not None)
+        if held:
+            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
+                        "when it lapses: %s", self._lease, describe_error(exc), self.ttl,
+                        ", ".join(held))
+        else:
+            log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
+                     "it lapses within %ss", self._lease, describe_error(exc), self.ttl)
 
 
 def _lease_not_found(exc: BaseException) -> bool:

@@ -185,6 +185,43 @@ def test_a_write_on_a_lease_revoked_from_outside_registers_again_at_once(
     assert "etcd unreachable" not in proc.output() and 503 not in statuses, proc.output()
 
 
+def test_a_stop_after_the_lease_was_revoked_from_outside_is_no_failure(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The lease gone before the stop (revoked, expired while the process was stopped, etcd
+    recreated): its keys went with it. The final revoke's NOT_FOUND was logged as a WARNING
+    that the keys would go after the TTL."""
+    write_registration(tmp_path / "conf", "web",
+                       _registration(backend.port, ttl="30s", drain="0s"))
+    proc = _start(procs, tmp_path, etcd, prefix)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    lease = c.get(_key(prefix))[1].lease_id
+    c.revoke_lease(lease)  # the next keepalive is ttl/3 = 10 s away: the stop comes first
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert f"lease {lease:x} was gone already" in proc.output()
+    assert "could not revoke" not in proc.output()
+
+
+def test_a_stop_with_etcd_gone_warns_which_keys_outlive_it(
+        etcd_private: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """A revoke that really fails while a key is on the lease still warns, naming the key."""
+    write_registration(tmp_path / "conf", "web",
+                       _registration(backend.port, ttl="30s", drain="0s"))
+    proc = _start(procs, tmp_path, etcd_private, prefix)
+    c = client(etcd_private.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    c.close()
+    etcd_private.kill()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    line = next((x for x in proc.output().splitlines() if "could not revoke" in x), "")
+    assert " WARNING register: could not revoke" in line, proc.output()
+    assert line.endswith(f"its keys go within 30s, when it lapses: {_key(prefix)}"), line
+
+
 def test_a_recreated_etcd_reusing_our_revision_for_another_hosts_value(
         etcd_private: EtcdMember, prefix: str, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
