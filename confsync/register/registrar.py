@@ -424,11 +424,16 @@ class Registrar:
                         "registered now; deleting it", key)
 
     def _converge(self) -> None:
+        """Write what differs. A value only ever goes on the lease: with none held (nothing was
+        to publish when this step began) a value wanted meanwhile waits for the next step,
+        which grants one (want() wakes it). It was put on no lease, to be put again on a new
+        one a moment later; a registrar killed in between left a key that never goes."""
         now = time.monotonic()
         with self._lock:
             todo = [(k, v) for k, v in self._wanted.items()
                     if (self._written.get(k) != v or k in self._conflicts)
-                    and self._conflict_retry.get(k, 0.0) <= now]
+                    and self._conflict_retry.get(k, 0.0) <= now
+                    and (v is None or self._lease is not None)]
         for key, value in todo:
             self._write(key, value)
 

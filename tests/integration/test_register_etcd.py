@@ -397,6 +397,7 @@ def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
     cb = client(b.endpoint)
     wait_for(lambda: published(cb, _key(prefix)) is not None, timeout=15, what="registration")
     lease = cb.get(_key(prefix))[1].lease_id
+    assert lease != 0, "written on the lease only (it was once put on none first)"
     a.freeze()
     try:
         gone, answered = [], 0
@@ -764,3 +765,46 @@ def test_a_check_that_never_passes_is_logged_and_explained_in_ready(
              what="registered once the check passes")
     wait_for(lambda: why().startswith("checks passing"), timeout=5, what=f"/ready {why()!r}")
     assert proc.output().count("check 1 down") == 1  # not a line per failed run
+
+
+def test_a_value_wanted_while_no_lease_is_held_is_only_ever_written_on_a_lease(
+        etcd: EtcdMember, prefix: str) -> None:
+    """With nothing to publish the registrar holds no lease and asks etcd every ttl/3 whether
+    it is there; a check that went up during that ask had its value put on no lease (then put
+    again on a new lease). A registrar killed between the two leaves a "ready" that never goes
+    (found as test_a_frozen_first_endpoint_never_lets_the_lease_lapse reading lease 0, under
+    load). The want arrives here inside the ask itself, deterministically."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    asked = threading.Event()
+
+    def new_client() -> Any:
+        c = store.new_client()
+        status = c.status
+
+        def status_then_a_check_goes_up() -> Any:
+            answer = status()
+            if not asked.is_set():
+                asked.set()
+                registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+            return answer
+
+        c.status = status_then_a_check_goes_up
+        return c
+
+    registrar = Registrar(new_client, "node-a", 30, lambda event: None)
+    registrar.want(key, None)
+    registrar.start()
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: asked.is_set() and registrar.flush(0.1), 10, what="registered")
+        _raw, meta = c.get(key)
+        assert meta.lease_id != 0
+        assert meta.version == 1, "written once, on the lease (not first on none)"
+    finally:
+        registrar.close(timeout=5)
+        store.close()
