@@ -294,9 +294,7 @@ class RegisterLoop:
         if self.address is not None:
             self.address.revive()
         for state in self.instances.values():
-            path = state.registration.maintenance_file
-            if path is not None:
-                state.maintenance = path.exists()
+            self._look_for_maintenance(state)
         sup = self.supervisor
         if sup is not None:
             sup.poll()
@@ -305,6 +303,31 @@ class RegisterLoop:
                     state.child_gone = True
                 if not self.stopping:
                     self._stop("exec child exited")
+
+    @staticmethod
+    def _look_for_maintenance(state: InstanceState) -> None:
+        """A maintenance file that cannot be looked up (its directory made unreadable to us:
+        the shipped unit runs without CAP_DAC_OVERRIDE) keeps the last known state, said once.
+        The stat's error went out of the loop: the registrar died at every start and the
+        healthy instance fell out of the pool over a directory's mode."""
+        path = state.registration.maintenance_file
+        if path is None:
+            return
+        try:
+            state.maintenance = path.exists()
+            error = None
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+        if error == state.maintenance_error:
+            return
+        if error is not None:
+            log.warning("register: %s: cannot tell whether the maintenance file %s exists (%s); "
+                        "keeping %s", state.registration.name, path, error,
+                        "maintenance" if state.maintenance else "no maintenance")
+        else:
+            log.info("register: %s: the maintenance file %s can be looked up again",
+                     state.registration.name, path)
+        state.maintenance_error = error
 
     def _paused(self, now: float) -> None:
         """After a stop of the whole process, a check's silence is not a stuck probe.

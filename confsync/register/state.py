@@ -28,6 +28,7 @@ class InstanceState:
         self.checks = [Hysteresis(c.rise, c.fall) for c in registration.checks]
         self.last_detail = [NOT_RUN] * len(registration.checks)
         self.maintenance = False
+        self.maintenance_error: str | None = None  # why the file cannot be looked up now
         self.child_gone = False
         self.drain_until: float | None = None
         # Every check has been up at once since start. Before, `on_unhealthy = "maint"`
@@ -58,7 +59,15 @@ class InstanceState:
             self.drain_until = now + (self.registration.drain if ready else 0.0)
 
     def desired(self, now: float) -> tuple[str, str]:
-        """(state or ABSENT, why)."""
+        """(state or ABSENT, why); why says so when the maintenance file cannot be looked up
+        (its last known state is kept)."""
+        state, why = self._desired(now)
+        if self.maintenance_error is not None:
+            why += (f"; cannot tell whether the maintenance file exists "
+                    f"({self.maintenance_error})")
+        return state, why
+
+    def _desired(self, now: float) -> tuple[str, str]:
         if self.child_gone:
             return ABSENT, "exec child exited"
         if self.drain_until is not None:

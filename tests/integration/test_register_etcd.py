@@ -808,3 +808,44 @@ def test_a_value_wanted_while_no_lease_is_held_is_only_ever_written_on_a_lease(
     finally:
         registrar.close(timeout=5)
         store.close()
+
+
+_NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+           "--inh-caps=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowns a directory to another user")
+def test_a_maintenance_file_that_cannot_be_looked_up_keeps_the_last_state(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The maintenance file's directory made unreadable to the registrar (the service's own
+    0700 directory; the shipped unit runs it without CAP_DAC_OVERRIDE): stat's EACCES went out
+    of the loop, the registrar died with a traceback at every start and the healthy instance
+    fell out of the pool. Now its last known state is kept, with a WARNING and in /ready's
+    `why`, until it can look."""
+    from tests.support.http_probe import ready
+
+    web = tmp_path / "web"
+    web.mkdir()
+    os.chown(web, 65534, 65534)
+    write_registration(tmp_path / "conf", "web", _registration(
+        backend.port, maintenance_file=str(web / "maint")))
+    metrics = free_port()
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "r.log", wrapper=_NO_DAC)
+    procs.append(proc)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    web.chmod(0o700)
+    wait_for(lambda: "cannot tell whether" in proc.output() or proc.proc.poll() is not None,
+             timeout=5, what="the maintenance file's lookup refused")
+    assert proc.proc.poll() is None, proc.output()[-2000:]
+    assert (published(c, _key(prefix)) or {}).get("state") == "ready"
+    wait_for(lambda: "Permission denied" in str(ready(metrics)[1].get("why", {}).get("web")),
+             timeout=5, what=f"/ready's why names it: {ready(metrics)}")
+    (web / "maint").touch()
+    web.chmod(0o755)
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("state") == "maint", timeout=5,
+             what="maint once the file can be seen")
+    assert proc.output().count("cannot tell whether") == 1  # once, not a line per tick
