@@ -407,21 +407,27 @@ class Registrar:
         names this host): deleted, guarded by its revision. A key on a lease (an earlier run
         of this host killed with SIGKILL) is left to go with that lease within its TTL, so a
         restart does not take a healthy instance out while its checks rise again; another
-        host's value is not ours to touch."""
+        host's value is not ours to touch. One on our own lease is a write that etcd committed
+        but whose answer was lost (a timeout): never recorded, so never deleted, it was kept
+        alive by our keepalives for as long as the checks stayed down."""
         with self._lock:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
             raw, meta = self._client.get(key, serializable=False)
-            if raw is None or meta is None or int(meta.lease_id) or owner_of(raw) != self.host:
+            if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
+            lease = int(meta.lease_id)
+            if lease and lease != self._lease:
+                continue  # an earlier run's lease: the key goes with it
             with self._lock:
                 if key not in self._wanted or self._wanted[key] is not None:
                     continue  # wanted meanwhile: `_converge` takes it over
                 self._written[key] = raw  # stale: `_converge` deletes it
             self._revision[key] = (int(meta.mod_revision), raw)
-            log.warning("register: %s holds this host's value on no lease, but it is not "
-                        "registered now; deleting it", key)
+            log.warning("register: %s holds this host's value on %s, but it is not registered "
+                        "now; deleting it", key, "no lease" if not lease else
+                        "our lease (a write whose answer was lost)")
 
     def _converge(self) -> None:
         """Write what differs. A value only ever goes on the lease: with none held (nothing was

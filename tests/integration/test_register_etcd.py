@@ -849,3 +849,47 @@ def test_a_maintenance_file_that_cannot_be_looked_up_keeps_the_last_state(
     wait_for(lambda: (published(c, _key(prefix)) or {}).get("state") == "maint", timeout=5,
              what="maint once the file can be seen")
     assert proc.output().count("cannot tell whether") == 1  # once, not a line per tick
+
+
+def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
+        etcd: EtcdMember, prefix: str) -> None:
+    """A put that etcd committed but whose answer never came (a timeout on a loaded machine, a
+    connection cut after the commit) is not recorded as written; when the check went down
+    before the retry, nothing was to delete as far as the registrar knew, and the read-back
+    left a key on a lease alone (taken for an earlier run's): a "ready" that our own
+    keepalives kept alive for as long as the check stayed down."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    lost = threading.Event()
+
+    def new_client() -> Any:
+        c = store.new_client()
+        transaction = c.transaction
+
+        def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
+            answer = transaction(*args, **kwargs)
+            if not lost.is_set():
+                lost.set()
+                registrar.want(key, None)  # the check goes down before the retry
+                raise TimeoutError("the answer was lost")
+            return answer
+
+        c.transaction = answer_lost_once
+        return c
+
+    registrar = Registrar(new_client, "node-a", 3, lambda event: None)
+    registrar.start()
+    c = client(etcd.endpoint)
+    try:
+        registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+        wait_for(lambda: lost.is_set(), 10, what="the put")
+        assert published(c, key) is not None, "committed"
+        # Read back after the next keepalive (ttl/3 = 1 s), with slack.
+        wait_for(lambda: published(c, key) is None, 5, what="the stale key deleted")
+    finally:
+        registrar.close(timeout=5)
+        store.close()
