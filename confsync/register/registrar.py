@@ -208,6 +208,9 @@ class Registrar:
             client.close()
 
     def _held_by_others(self, client: Any, keys: Sequence[str]) -> list[Conflict]:
+        """A key whose lease lapsed between its read and its lease's (TTL -1: gone, and the
+        key with it) is none: it was taken for a key on no lease, refused at once (exit 2,
+        not restarted), as a replaced node's lease ran out just then."""
         found = []
         for key in keys:
             raw, meta = client.get(key)
@@ -215,6 +218,8 @@ class Registrar:
                 lease_ttl = 0
                 if meta is not None and int(meta.lease_id):
                     info = client.get_lease_info(int(meta.lease_id))
+                    if int(info.TTL) < 0:
+                        continue
                     lease_ttl = max(int(info.grantedTTL), 0)
                 found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
         return found

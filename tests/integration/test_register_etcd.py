@@ -893,3 +893,37 @@ def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
     finally:
         registrar.close(timeout=5)
         store.close()
+
+
+def test_a_conflict_whose_lease_lapses_while_it_is_read_is_no_conflict(
+        etcd: EtcdMember, prefix: str) -> None:
+    """At start, a key another host holds is read, then its lease's TTL. A lease that lapsed
+    between the two (a replaced node's, just then) answered TTL 0, taken for a key on no lease:
+    refused at once, exit 2, which the unit does not restart: the new node never registered."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    lease = c.lease(30)
+    c.put(key, json.dumps({"address": "127.0.0.1", "port": 80, "host": "node-b"}), lease=lease)
+
+    def new_client() -> Any:
+        new = store.new_client()
+        lease_info = new.get_lease_info
+
+        def lapsing_just_now(lease_id: int) -> Any:
+            c.revoke_lease(lease_id)  # as when its TTL runs out between the two reads
+            return lease_info(lease_id)
+
+        new.get_lease_info = lapsing_just_now
+        return new
+
+    registrar = Registrar(new_client, "node-a", 3, lambda event: None)
+    try:
+        assert registrar.conflicts([key], wait_out_leases=True) == []
+    finally:
+        store.close()
+    assert published(c, key) is None
