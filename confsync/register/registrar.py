@@ -284,9 +284,11 @@ class Registrar:
                 self._renew_without_token(now)
                 raise
             self._client_fresh = True
-        if self._lease is not None and now >= self._lease_expires:
+        if self._lease is not None and now >= self._lease_expires \
+                and not self._still_held() and self._lease is not None:
             # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
-            # lease should hold): gone whatever the other calls say, so start over.
+            # lease should hold): gone whatever the other calls say, so start over. (None
+            # now: etcd said it is gone, and `_keepalive` said so.)
             log.warning("register: lease %x lapsed (not renewed for its TTL); starting over "
                         "with a new lease", self._lease)
             self._forget_lease()
@@ -323,6 +325,27 @@ class Registrar:
             self._client_fresh = False
         self._converge()
         self._connected()  # (only now: a refused write is no connection to report)
+
+    def _still_held(self) -> bool:
+        """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
+        lease when it is elected, so after a frozen leader (the member we talked to) the lease
+        outlives our count; it was given up anyway, and every key moved to a new lease. One
+        keepalive asks. Not while a key on it is stale (that one must lapse), and a keepalive
+        that fails (etcd unreachable, or keepalives alone refused, as through a broken proxy)
+        still means start over."""
+        if self._stale():
+            return False
+        try:
+            self._keepalive(self._client)
+        except Exception as exc:
+            log.debug("register: lease %x not renewed past its TTL: %s", self._lease,
+                      describe_error(exc))
+            return False
+        if self._lease is None:
+            return False  # gone: `_keepalive` said so and forgot it
+        log.info("register: lease %x renewed after %ss without a keepalive; etcd still held it",
+                 self._lease, self.ttl)
+        return True
 
     def _renewed(self, ttl: int) -> None:
         now = time.monotonic()

@@ -927,3 +927,59 @@ def test_a_conflict_whose_lease_lapses_while_it_is_read_is_no_conflict(
     finally:
         store.close()
     assert published(c, key) is None
+
+
+def test_a_lease_etcd_still_holds_is_kept_after_a_ttl_without_keepalives(
+        etcd: EtcdMember, prefix: str) -> None:
+    """No keepalive got through for a whole TTL, but etcd kept the lease: a new leader extends
+    every lease when it is elected, so a frozen leader's election (the registrar talking to
+    it) leaves the lease alive though the registrar's own clock says it ran out. It was given
+    up anyway and the key moved to a new lease (what failed
+    test_a_frozen_first_endpoint_never_lets_the_lease_lapse now and then). A keepalive now asks
+    first; a lease etcd no longer has, or one no keepalive reaches, is still replaced."""
+    from confsync.register.registrar import Registrar, RegistrarEvent
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    frozen = threading.Event()
+    renewed_after: list[int] = []  # keepalives answered after the thaw
+
+    def new_client() -> Any:
+        if frozen.is_set():
+            raise ConnectionError("no answer (a frozen leader, then no leader)")
+        new = store.new_client()
+        refresh = new.refresh_lease
+
+        def refresh_counted(lease_id: int) -> Any:
+            answers = list(refresh(lease_id))
+            renewed_after.append(lease_id)
+            return iter(answers)
+
+        new.refresh_lease = refresh_counted
+        return new
+
+    events: list[RegistrarEvent] = []
+    registrar = Registrar(new_client, "node-a", 2, events.append).start()
+    try:
+        registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+        wait_for(lambda: published(c, key) is not None, 10, what="registered")
+        lease = c.get(key)[1].lease_id
+        frozen.set()
+        registrar.reconnect()  # every call fails from now on
+        # etcd keeps it alive meanwhile (as the new leader's extension does), past its TTL.
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            list(c.refresh_lease(lease))
+            time.sleep(0.3)
+        wait_for(lambda: not registrar.connected, 5, what="the outage noticed")
+        renewed_after.clear()
+        frozen.clear()
+        wait_for(lambda: renewed_after, 10, what="a keepalive answered after the thaw")
+        assert c.get(key)[1].lease_id == lease
+        assert sum(e.kind == "lease_granted" for e in events) == 1
+    finally:
+        registrar.close(timeout=5)
+        store.close()
