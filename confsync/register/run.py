@@ -173,6 +173,7 @@ class RegisterLoop:
     def _handle(self, item: object) -> None:
         if isinstance(item, Result):
             state = self.instances[item.registration]
+            proven = state.proven
             changed = state.observe(item)
             up = state.checks[item.index].up
             self.metrics.check(item.registration, item.index, item.ok, item.seconds, up)
@@ -180,6 +181,9 @@ class RegisterLoop:
                 log.log(logging.INFO if up else logging.WARNING,
                         "register: %s check %d %s: %s", item.registration, item.index,
                         "up" if up else "down", item.detail)
+            if state.proven and not proven and state.registration.on_unhealthy == "maint":
+                log.info("register: %s: every check is up for the first time; from now on a "
+                         "check down publishes maint (on_unhealthy)", item.registration)
         elif isinstance(item, RegistrarEvent):
             self._registrar_event(item)
         elif isinstance(item, AddressChanged):
