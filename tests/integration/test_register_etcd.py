@@ -864,7 +864,8 @@ def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
 
     store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
     key = f"{prefix}/services/web/instances/web-1"
-    lost = threading.Event()
+    other = f"{prefix}/services/web/instances/web-2"
+    armed, lost = threading.Event(), threading.Event()
 
     def new_client() -> Any:
         c = store.new_client()
@@ -872,7 +873,7 @@ def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
 
         def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
             answer = transaction(*args, **kwargs)
-            if not lost.is_set():
+            if armed.is_set() and not lost.is_set():
                 lost.set()
                 registrar.want(key, None)  # the check goes down before the retry
                 raise TimeoutError("the answer was lost")
@@ -885,9 +886,13 @@ def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
     registrar.start()
     c = client(etcd.endpoint)
     try:
+        # Another key first, so that a lease is held when the put is made.
+        registrar.want(other, {"address": "127.0.0.1", "port": 81, "host": "node-a"})
+        wait_for(lambda: registrar.flush(0.1), 10, what="a lease held")
+        armed.set()
         registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
         wait_for(lambda: lost.is_set(), 10, what="the put")
-        assert published(c, key) is not None, "committed"
+        assert c.get(key)[1].lease_id == c.get(other)[1].lease_id, "committed, on the lease"
         # Read back after the next keepalive (ttl/3 = 1 s), with slack.
         wait_for(lambda: published(c, key) is None, 5, what="the stale key deleted")
     finally:
