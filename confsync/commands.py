@@ -7,6 +7,7 @@ and only whole argv elements change, so nothing from the data can ever reach a c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -24,6 +25,9 @@ from confsync import children
 _PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 MAX_OUTPUT = 4000  # characters of command output kept in an error
+# The most a command (and whatever it leaves running) may write to its output file, which is
+# memory (see _output_file). Writes past it fail (EPERM).
+OUTPUT_CAP = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -64,22 +68,40 @@ def _tail(data: bytes) -> str:
 
 
 def _read_tail(fh: IO[bytes]) -> bytes:
-    """The last bytes written to the output file so far (a background child may still write)."""
-    size = fh.seek(0, os.SEEK_END)
-    fh.seek(max(0, size - 4 * MAX_OUTPUT))
-    return fh.read(4 * MAX_OUTPUT)
+    """The last bytes written to the output file so far (a background child may still write).
+    The end is the command's write offset (it shares the file description), not the size: a
+    capped file has its full size from the start."""
+    end = os.lseek(fh.fileno(), 0, os.SEEK_CUR)
+    fh.seek(max(0, end - 4 * MAX_OUTPUT))
+    tail = fh.read(min(end, 4 * MAX_OUTPUT))
+    if end >= OUTPUT_CAP:
+        tail += f"\n(output past {OUTPUT_CAP >> 20} MiB refused)".encode()
+    return tail
 
 
 def _output_file(program: str) -> IO[bytes] | None:
     """Where a command's output goes: an anonymous in-memory file (memfd) where the kernel has
     them. It lives on no filesystem, so a full, read-only or missing /tmp cannot fail the
-    command's writes (a check that prints, then minds its write errors, failed with them)."""
+    command's writes (a check that prints, then minds its write errors, failed with them).
+
+    It is memory, so it is capped (OUTPUT_CAP, sealed against growth): a command printing
+    without end (`yes`, a whole journal) filled 2.6 GB in a 1 s check timeout, and a background
+    child it left holding its output (a reload's daemon logging to stdout) grew it for as long
+    as it ran."""
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is not None:
         try:
-            return open(memfd_create("confsync-output", os.MFD_CLOEXEC), "w+b")
+            fd = memfd_create("confsync-output", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         except OSError:
             pass  # no memfd (seccomp, old kernel): a temporary file instead
+        else:
+            try:
+                os.ftruncate(fd, OUTPUT_CAP)  # (sparse: memory is used as it is written)
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+            except OSError:
+                os.close(fd)
+            else:
+                return open(fd, "w+b")
     try:
         return tempfile.TemporaryFile()
     except OSError as exc:

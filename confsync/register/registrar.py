@@ -208,6 +208,9 @@ class Registrar:
             client.close()
 
     def _held_by_others(self, client: Any, keys: Sequence[str]) -> list[Conflict]:
+        """A key whose lease lapsed between its read and its lease's (TTL -1: gone, and the
+        key with it) is none: it was taken for a key on no lease, refused at once (exit 2,
+        not restarted), as a replaced node's lease ran out just then."""
         found = []
         for key in keys:
             raw, meta = client.get(key)
@@ -215,6 +218,8 @@ class Registrar:
                 lease_ttl = 0
                 if meta is not None and int(meta.lease_id):
                     info = client.get_lease_info(int(meta.lease_id))
+                    if int(info.TTL) < 0:
+                        continue
                     lease_ttl = max(int(info.grantedTTL), 0)
                 found.append(Conflict(key, owner_of(raw) or _no_owner(raw), lease_ttl))
         return found
@@ -279,9 +284,11 @@ class Registrar:
                 self._renew_without_token(now)
                 raise
             self._client_fresh = True
-        if self._lease is not None and now >= self._lease_expires:
+        if self._lease is not None and now >= self._lease_expires \
+                and not self._still_held() and self._lease is not None:
             # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
-            # lease should hold): gone whatever the other calls say, so start over.
+            # lease should hold): gone whatever the other calls say, so start over. (None
+            # now: etcd said it is gone, and `_keepalive` said so.)
             log.warning("register: lease %x lapsed (not renewed for its TTL); starting over "
                         "with a new lease", self._lease)
             self._forget_lease()
@@ -318,6 +325,27 @@ class Registrar:
             self._client_fresh = False
         self._converge()
         self._connected()  # (only now: a refused write is no connection to report)
+
+    def _still_held(self) -> bool:
+        """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
+        lease when it is elected, so after a frozen leader (the member we talked to) the lease
+        outlives our count; it was given up anyway, and every key moved to a new lease. One
+        keepalive asks. Not while a key on it is stale (that one must lapse), and a keepalive
+        that fails (etcd unreachable, or keepalives alone refused, as through a broken proxy)
+        still means start over."""
+        if self._stale():
+            return False
+        try:
+            self._keepalive(self._client)
+        except Exception as exc:
+            log.debug("register: lease %x not renewed past its TTL: %s", self._lease,
+                      describe_error(exc))
+            return False
+        if self._lease is None:
+            return False  # gone: `_keepalive` said so and forgot it
+        log.info("register: lease %x renewed after %ss without a keepalive; etcd still held it",
+                 self._lease, self.ttl)
+        return True
 
     def _renewed(self, ttl: int) -> None:
         now = time.monotonic()
@@ -407,28 +435,39 @@ class Registrar:
         names this host): deleted, guarded by its revision. A key on a lease (an earlier run
         of this host killed with SIGKILL) is left to go with that lease within its TTL, so a
         restart does not take a healthy instance out while its checks rise again; another
-        host's value is not ours to touch."""
+        host's value is not ours to touch. One on our own lease is a write that etcd committed
+        but whose answer was lost (a timeout): never recorded, so never deleted, it was kept
+        alive by our keepalives for as long as the checks stayed down."""
         with self._lock:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
             raw, meta = self._client.get(key, serializable=False)
-            if raw is None or meta is None or int(meta.lease_id) or owner_of(raw) != self.host:
+            if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
+            lease = int(meta.lease_id)
+            if lease and lease != self._lease:
+                continue  # an earlier run's lease: the key goes with it
             with self._lock:
                 if key not in self._wanted or self._wanted[key] is not None:
                     continue  # wanted meanwhile: `_converge` takes it over
                 self._written[key] = raw  # stale: `_converge` deletes it
             self._revision[key] = (int(meta.mod_revision), raw)
-            log.warning("register: %s holds this host's value on no lease, but it is not "
-                        "registered now; deleting it", key)
+            log.warning("register: %s holds this host's value on %s, but it is not registered "
+                        "now; deleting it", key, "no lease" if not lease else
+                        "our lease (a write whose answer was lost)")
 
     def _converge(self) -> None:
+        """Write what differs. A value only ever goes on the lease: with none held (nothing was
+        to publish when this step began) a value wanted meanwhile waits for the next step,
+        which grants one (want() wakes it). It was put on no lease, to be put again on a new
+        one a moment later; a registrar killed in between left a key that never goes."""
         now = time.monotonic()
         with self._lock:
             todo = [(k, v) for k, v in self._wanted.items()
                     if (self._written.get(k) != v or k in self._conflicts)
-                    and self._conflict_retry.get(k, 0.0) <= now]
+                    and self._conflict_retry.get(k, 0.0) <= now
+                    and (v is None or self._lease is not None)]
         for key, value in todo:
             self._write(key, value)
 
@@ -553,7 +592,12 @@ class Registrar:
                 log.debug("closing etcd client: %s", close_exc)
 
     def _shutdown(self) -> None:
-        """Revoke the lease: whatever is still registered goes with it."""
+        """Revoke the lease: whatever is still registered goes with it.
+
+        A lease etcd no longer has (revoked from outside, expired while the process was
+        stopped, etcd recreated) took its keys with it: that is said as such, not as a failure
+        (it was a WARNING that the keys would go after the TTL, on every such stop). A revoke
+        that fails while keys of ours are on the lease is one; with none left it is not."""
         if self._lease is None:
             return
         for attempt in (1, 2):  # the second after an expired token: a stop is often idle long
@@ -567,10 +611,24 @@ class Registrar:
                 self._drop_client()
                 if attempt == 1 and self._token_expired(exc):
                     continue
-                log.warning("register: could not revoke lease %x (%s); its keys go after %ss",
-                            self._lease, describe_error(exc), self.ttl)
+                self._not_revoked(exc)
                 break
         self._drop_client()
+
+    def _not_revoked(self, exc: BaseException) -> None:
+        if _lease_not_found(exc):
+            log.info("register: lease %x was gone already (revoked from outside, expired, or "
+                     "etcd recreated); nothing is left on it", self._lease)
+            return
+        with self._lock:
+            held = sorted(k for k, v in self._written.items() if v is not None)
+        if held:
+            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
+                        "when it lapses: %s", self._lease, describe_error(exc), self.ttl,
+                        ", ".join(held))
+        else:
+            log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
+                     "it lapses within %ss", self._lease, describe_error(exc), self.ttl)
 
 
 def _lease_not_found(exc: BaseException) -> bool:

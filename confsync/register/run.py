@@ -173,6 +173,7 @@ class RegisterLoop:
     def _handle(self, item: object) -> None:
         if isinstance(item, Result):
             state = self.instances[item.registration]
+            proven = state.proven
             changed = state.observe(item)
             up = state.checks[item.index].up
             self.metrics.check(item.registration, item.index, item.ok, item.seconds, up)
@@ -180,6 +181,9 @@ class RegisterLoop:
                 log.log(logging.INFO if up else logging.WARNING,
                         "register: %s check %d %s: %s", item.registration, item.index,
                         "up" if up else "down", item.detail)
+            if state.proven and not proven and state.registration.on_unhealthy == "maint":
+                log.info("register: %s: every check is up for the first time; from now on a "
+                         "check down publishes maint (on_unhealthy)", item.registration)
         elif isinstance(item, RegistrarEvent):
             self._registrar_event(item)
         elif isinstance(item, AddressChanged):
@@ -294,9 +298,7 @@ class RegisterLoop:
         if self.address is not None:
             self.address.revive()
         for state in self.instances.values():
-            path = state.registration.maintenance_file
-            if path is not None:
-                state.maintenance = path.exists()
+            self._look_for_maintenance(state)
         sup = self.supervisor
         if sup is not None:
             sup.poll()
@@ -305,6 +307,31 @@ class RegisterLoop:
                     state.child_gone = True
                 if not self.stopping:
                     self._stop("exec child exited")
+
+    @staticmethod
+    def _look_for_maintenance(state: InstanceState) -> None:
+        """A maintenance file that cannot be looked up (its directory made unreadable to us:
+        the shipped unit runs without CAP_DAC_OVERRIDE) keeps the last known state, said once.
+        The stat's error went out of the loop: the registrar died at every start and the
+        healthy instance fell out of the pool over a directory's mode."""
+        path = state.registration.maintenance_file
+        if path is None:
+            return
+        try:
+            state.maintenance = path.exists()
+            error = None
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+        if error == state.maintenance_error:
+            return
+        if error is not None:
+            log.warning("register: %s: cannot tell whether the maintenance file %s exists (%s); "
+                        "keeping %s", state.registration.name, path, error,
+                        "maintenance" if state.maintenance else "no maintenance")
+        else:
+            log.info("register: %s: the maintenance file %s can be looked up again",
+                     state.registration.name, path)
+        state.maintenance_error = error
 
     def _paused(self, now: float) -> None:
         """After a stop of the whole process, a check's silence is not a stuck probe.

@@ -4,6 +4,7 @@
     draining, drain time over               -> absent
     draining (was ready)                    -> "drain"
     maintenance file exists                 -> "maint"   (operator intent beats health)
+    a check is down, never healthy yet      -> absent    (not registered until `rise` passes)
     a check is down                         -> absent, or "maint" with on_unhealthy = "maint"
     otherwise                               -> "ready"
 """
@@ -27,8 +28,14 @@ class InstanceState:
         self.checks = [Hysteresis(c.rise, c.fall) for c in registration.checks]
         self.last_detail = [NOT_RUN] * len(registration.checks)
         self.maintenance = False
+        self.maintenance_error: str | None = None  # why the file cannot be looked up now
         self.child_gone = False
         self.drain_until: float | None = None
+        # Every check has been up at once since start. Before, `on_unhealthy = "maint"`
+        # published "maint" from the first tick (checks start down): an instance that had never
+        # passed a check was in every pool's server list, and its failures reported as a
+        # maintenance an operator never asked for.
+        self.proven = False
         self.published = ABSENT  # the last state we decided on
 
     @property
@@ -41,7 +48,9 @@ class InstanceState:
         changes: without this, a registration held back by it was never explained)."""
         first = self.last_detail[result.index] is NOT_RUN
         self.last_detail[result.index] = result.detail
-        return self.checks[result.index].observe(result.ok) or (first and not result.ok)
+        changed = self.checks[result.index].observe(result.ok)
+        self.proven = self.proven or self.healthy
+        return changed or (first and not result.ok)
 
     def start_drain(self, now: float) -> None:
         """SIGTERM: a ready instance drains for `drain` seconds; anything else goes at once."""
@@ -50,7 +59,15 @@ class InstanceState:
             self.drain_until = now + (self.registration.drain if ready else 0.0)
 
     def desired(self, now: float) -> tuple[str, str]:
-        """(state or ABSENT, why)."""
+        """(state or ABSENT, why); why says so when the maintenance file cannot be looked up
+        (its last known state is kept)."""
+        state, why = self._desired(now)
+        if self.maintenance_error is not None:
+            why += (f"; cannot tell whether the maintenance file exists "
+                    f"({self.maintenance_error})")
+        return state, why
+
+    def _desired(self, now: float) -> tuple[str, str]:
         if self.child_gone:
             return ABSENT, "exec child exited"
         if self.drain_until is not None:
@@ -62,7 +79,9 @@ class InstanceState:
         down = [i for i, h in enumerate(self.checks) if not h.up]
         if down:
             why = f"check {down[0]} down: {self.last_detail[down[0]]}"
-            return ("maint", why) if self.registration.on_unhealthy == "maint" else (ABSENT, why)
+            if self.registration.on_unhealthy == "maint" and self.proven:
+                return "maint", why
+            return ABSENT, why
         if self.checks:
             return "ready", "checks passing: " + "; ".join(self.last_detail)
         return "ready", "registered (no checks)"

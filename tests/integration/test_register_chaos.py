@@ -219,6 +219,10 @@ class Registrar:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.proc.poll() is None
 
+    def proven(self, reg: Reg) -> bool:
+        """Every check of `reg` has been up at once in this incarnation (from its log)."""
+        return f"register: {reg.name}: every check is up for the first time" in self.output()
+
 
 @dataclass
 class Chaos:
@@ -475,8 +479,7 @@ class Chaos:
             self.evict_intruders()
             assert time.monotonic() < deadline, "cannot evict the intruders"
             time.sleep(0.2)
-        wait_for(lambda: not mismatches(self), CONVERGE_SECONDS, interval=0.5,
-                 what=f"convergence mid-run after {self.actions}:\n{mismatches(self)}")
+        converge(self, CONVERGE_SECONDS, f"convergence mid-run after {self.actions}")
 
     # ---- the end
 
@@ -511,8 +514,10 @@ def expected(chaos: Chaos) -> dict[str, tuple[str, dict[str, Any] | None]]:
                 state: str | None = "maint"
             elif healthy:
                 state = "ready"
+            elif reg.on_unhealthy == "maint" and r.proven(reg):
+                state = "maint"
             else:
-                state = "maint" if reg.on_unhealthy == "maint" else None
+                state = None  # (with on_unhealthy = "maint" too, until it has been up once)
             value = None if state is None else {
                 "address": "127.0.0.1", "port": reg.port, "weight": reg.weight,
                 "state": state, **reg.extra, "host": r.host}
@@ -550,6 +555,15 @@ def mismatches(chaos: Chaos) -> list[str]:
         if status != 200 or body.get("registrations") != states:
             problems.append(f"{r.host} /ready {status} {body}, expected 200 with {states}")
     return problems
+
+
+def converge(chaos: Chaos, seconds: float, what: str) -> None:
+    """Wait for no mismatch; on a timeout, say what differs then (a message built before the
+    wait showed what differed at its start, which was no help)."""
+    try:
+        wait_for(lambda: not mismatches(chaos), seconds, interval=0.5, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{mismatches(chaos)}") from None
 
 
 def job_registration(chaos: Chaos) -> Reg:
@@ -614,8 +628,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     try:
         for r in chaos.registrars.values():
             r.start(etcd_private.endpoint, chaos.prefix)
-        wait_for(lambda: not mismatches(chaos), 30,
-                 what=f"first registration: {mismatches(chaos)}")
+        converge(chaos, 30, "first registration")
         sampling.start()
         faults: dict[str, Callable[[], None]] = {
             "kill": chaos.kill_etcd, "freeze": chaos.freeze_etcd, "wipe": chaos.wipe_etcd,
@@ -639,8 +652,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         inject_faults(chaos.rng, faults, weights, CHAOS_SECONDS, chaos.actions, alive)
         chaos.heal()
         healed = time.monotonic()
-        wait_for(lambda: not mismatches(chaos), CONVERGE_SECONDS, interval=0.5,
-                 what=f"convergence after {chaos.actions}:\n{mismatches(chaos)}")
+        converge(chaos, CONVERGE_SECONDS, f"convergence after {chaos.actions}")
         convergence = time.monotonic() - healed
         # And it stays so (no late flap: a stale lease expiring, a retry undoing a write).
         for _ in range(4):
@@ -661,8 +673,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
                      f"conflict: {probe(r.base, '/ready')}")
             assert f"{name}: key held by {INTRUDER}" in probe(r.base, "/ready")[1]["reasons"]
             chaos.evict_intruders()
-            wait_for(lambda: not mismatches(chaos), 15, interval=0.5,
-                     what=f"the key ours again: {mismatches(chaos)}")
+            converge(chaos, 15, "the key ours again")
     finally:
         stop_sampling.set()
         if sampling.is_alive():

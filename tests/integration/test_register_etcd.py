@@ -185,6 +185,43 @@ def test_a_write_on_a_lease_revoked_from_outside_registers_again_at_once(
     assert "etcd unreachable" not in proc.output() and 503 not in statuses, proc.output()
 
 
+def test_a_stop_after_the_lease_was_revoked_from_outside_is_no_failure(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The lease gone before the stop (revoked, expired while the process was stopped, etcd
+    recreated): its keys went with it. The final revoke's NOT_FOUND was logged as a WARNING
+    that the keys would go after the TTL."""
+    write_registration(tmp_path / "conf", "web",
+                       _registration(backend.port, ttl="30s", drain="0s"))
+    proc = _start(procs, tmp_path, etcd, prefix)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    lease = c.get(_key(prefix))[1].lease_id
+    c.revoke_lease(lease)  # the next keepalive is ttl/3 = 10 s away: the stop comes first
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert f"lease {lease:x} was gone already" in proc.output()
+    assert "could not revoke" not in proc.output()
+
+
+def test_a_stop_with_etcd_gone_warns_which_keys_outlive_it(
+        etcd_private: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """A revoke that really fails while a key is on the lease still warns, naming the key."""
+    write_registration(tmp_path / "conf", "web",
+                       _registration(backend.port, ttl="30s", drain="0s"))
+    proc = _start(procs, tmp_path, etcd_private, prefix)
+    c = client(etcd_private.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    c.close()
+    etcd_private.kill()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    line = next((x for x in proc.output().splitlines() if "could not revoke" in x), "")
+    assert " WARNING register: could not revoke" in line, proc.output()
+    assert line.endswith(f"its keys go within 30s, when it lapses: {_key(prefix)}"), line
+
+
 def test_a_recreated_etcd_reusing_our_revision_for_another_hosts_value(
         etcd_private: EtcdMember, prefix: str, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -360,6 +397,7 @@ def test_a_frozen_first_endpoint_never_lets_the_lease_lapse(
     cb = client(b.endpoint)
     wait_for(lambda: published(cb, _key(prefix)) is not None, timeout=15, what="registration")
     lease = cb.get(_key(prefix))[1].lease_id
+    assert lease != 0, "written on the lease only (it was once put on none first)"
     a.freeze()
     try:
         gone, answered = [], 0
@@ -505,12 +543,19 @@ def test_maintenance_file_and_on_unhealthy_maint(
         backend.port, maintenance_file=str(maint), on_unhealthy="maint",
         checks=f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick"]\n'
                'interval = "100ms"\nrise = 1\nfall = 1\n'))
-    _start(procs, tmp_path, etcd, prefix)
+    (tmp_path / "sick").touch()  # never healthy yet: not registered, not even as "maint"
+    proc = _start(procs, tmp_path, etcd, prefix)
     c = client(etcd.endpoint)
 
     def state() -> str | None:
         return (published(c, _key(prefix)) or {}).get("state")
 
+    # (The state change would be logged at the first tick, before the check's first result.)
+    wait_for(lambda: "check 0 down" in proc.output() and "etcd connected" in proc.output(),
+             timeout=15, what="the first failure, with etcd connected")
+    assert "-> maint" not in proc.output()
+    assert published(c, _key(prefix)) is None
+    (tmp_path / "sick").unlink()
     wait_for(lambda: state() == "ready", timeout=15, what="ready")
     maint.touch()
     wait_for(lambda: state() == "maint", timeout=5, what="maint while the file exists")
@@ -720,3 +765,226 @@ def test_a_check_that_never_passes_is_logged_and_explained_in_ready(
              what="registered once the check passes")
     wait_for(lambda: why().startswith("checks passing"), timeout=5, what=f"/ready {why()!r}")
     assert proc.output().count("check 1 down") == 1  # not a line per failed run
+
+
+def test_a_value_wanted_while_no_lease_is_held_is_only_ever_written_on_a_lease(
+        etcd: EtcdMember, prefix: str) -> None:
+    """With nothing to publish the registrar holds no lease and asks etcd every ttl/3 whether
+    it is there; a check that went up during that ask had its value put on no lease (then put
+    again on a new lease). A registrar killed between the two leaves a "ready" that never goes
+    (found as test_a_frozen_first_endpoint_never_lets_the_lease_lapse reading lease 0, under
+    load). The want arrives here inside the ask itself, deterministically."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    asked = threading.Event()
+
+    def new_client() -> Any:
+        c = store.new_client()
+        status = c.status
+
+        def status_then_a_check_goes_up() -> Any:
+            answer = status()
+            if not asked.is_set():
+                asked.set()
+                registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+            return answer
+
+        c.status = status_then_a_check_goes_up
+        return c
+
+    registrar = Registrar(new_client, "node-a", 30, lambda event: None)
+    registrar.want(key, None)
+    registrar.start()
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: asked.is_set() and registrar.flush(0.1), 10, what="registered")
+        _raw, meta = c.get(key)
+        assert meta.lease_id != 0
+        assert meta.version == 1, "written once, on the lease (not first on none)"
+    finally:
+        registrar.close(timeout=5)
+        store.close()
+
+
+_NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+           "--inh-caps=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowns a directory to another user")
+def test_a_maintenance_file_that_cannot_be_looked_up_keeps_the_last_state(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The maintenance file's directory made unreadable to the registrar (the service's own
+    0700 directory; the shipped unit runs it without CAP_DAC_OVERRIDE): stat's EACCES went out
+    of the loop, the registrar died with a traceback at every start and the healthy instance
+    fell out of the pool. Now its last known state is kept, with a WARNING and in /ready's
+    `why`, until it can look."""
+    from tests.support.http_probe import ready
+
+    web = tmp_path / "web"
+    web.mkdir()
+    os.chown(web, 65534, 65534)
+    write_registration(tmp_path / "conf", "web", _registration(
+        backend.port, maintenance_file=str(web / "maint")))
+    metrics = free_port()
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "r.log", wrapper=_NO_DAC)
+    procs.append(proc)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
+    web.chmod(0o700)
+    wait_for(lambda: "cannot tell whether" in proc.output() or proc.proc.poll() is not None,
+             timeout=5, what="the maintenance file's lookup refused")
+    assert proc.proc.poll() is None, proc.output()[-2000:]
+    assert (published(c, _key(prefix)) or {}).get("state") == "ready"
+    wait_for(lambda: "Permission denied" in str(ready(metrics)[1].get("why", {}).get("web")),
+             timeout=5, what=f"/ready's why names it: {ready(metrics)}")
+    (web / "maint").touch()
+    web.chmod(0o755)
+    wait_for(lambda: (published(c, _key(prefix)) or {}).get("state") == "maint", timeout=5,
+             what="maint once the file can be seen")
+    assert proc.output().count("cannot tell whether") == 1  # once, not a line per tick
+
+
+def test_a_put_whose_answer_was_lost_is_not_kept_alive_once_unwanted(
+        etcd: EtcdMember, prefix: str) -> None:
+    """A put that etcd committed but whose answer never came (a timeout on a loaded machine, a
+    connection cut after the commit) is not recorded as written; when the check went down
+    before the retry, nothing was to delete as far as the registrar knew, and the read-back
+    left a key on a lease alone (taken for an earlier run's): a "ready" that our own
+    keepalives kept alive for as long as the check stayed down."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    other = f"{prefix}/services/web/instances/web-2"
+    armed, lost = threading.Event(), threading.Event()
+
+    def new_client() -> Any:
+        c = store.new_client()
+        transaction = c.transaction
+
+        def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
+            answer = transaction(*args, **kwargs)
+            if armed.is_set() and not lost.is_set():
+                lost.set()
+                registrar.want(key, None)  # the check goes down before the retry
+                raise TimeoutError("the answer was lost")
+            return answer
+
+        c.transaction = answer_lost_once
+        return c
+
+    registrar = Registrar(new_client, "node-a", 3, lambda event: None)
+    registrar.start()
+    c = client(etcd.endpoint)
+    try:
+        # Another key first, so that a lease is held when the put is made.
+        registrar.want(other, {"address": "127.0.0.1", "port": 81, "host": "node-a"})
+        wait_for(lambda: registrar.flush(0.1), 10, what="a lease held")
+        armed.set()
+        registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+        wait_for(lambda: lost.is_set(), 10, what="the put")
+        assert c.get(key)[1].lease_id == c.get(other)[1].lease_id, "committed, on the lease"
+        # Read back after the next keepalive (ttl/3 = 1 s), with slack.
+        wait_for(lambda: published(c, key) is None, 5, what="the stale key deleted")
+    finally:
+        registrar.close(timeout=5)
+        store.close()
+
+
+def test_a_conflict_whose_lease_lapses_while_it_is_read_is_no_conflict(
+        etcd: EtcdMember, prefix: str) -> None:
+    """At start, a key another host holds is read, then its lease's TTL. A lease that lapsed
+    between the two (a replaced node's, just then) answered TTL 0, taken for a key on no lease:
+    refused at once, exit 2, which the unit does not restart: the new node never registered."""
+    from confsync.register.registrar import Registrar
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    lease = c.lease(30)
+    c.put(key, json.dumps({"address": "127.0.0.1", "port": 80, "host": "node-b"}), lease=lease)
+
+    def new_client() -> Any:
+        new = store.new_client()
+        lease_info = new.get_lease_info
+
+        def lapsing_just_now(lease_id: int) -> Any:
+            c.revoke_lease(lease_id)  # as when its TTL runs out between the two reads
+            return lease_info(lease_id)
+
+        new.get_lease_info = lapsing_just_now
+        return new
+
+    registrar = Registrar(new_client, "node-a", 3, lambda event: None)
+    try:
+        assert registrar.conflicts([key], wait_out_leases=True) == []
+    finally:
+        store.close()
+    assert published(c, key) is None
+
+
+def test_a_lease_etcd_still_holds_is_kept_after_a_ttl_without_keepalives(
+        etcd: EtcdMember, prefix: str) -> None:
+    """No keepalive got through for a whole TTL, but etcd kept the lease: a new leader extends
+    every lease when it is elected, so a frozen leader's election (the registrar talking to
+    it) leaves the lease alive though the registrar's own clock says it ran out. It was given
+    up anyway and the key moved to a new lease (what failed
+    test_a_frozen_first_endpoint_never_lets_the_lease_lapse now and then). A keepalive now asks
+    first; a lease etcd no longer has, or one no keepalive reaches, is still replaced."""
+    from confsync.register.registrar import Registrar, RegistrarEvent
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    frozen = threading.Event()
+    renewed_after: list[int] = []  # keepalives answered after the thaw
+
+    def new_client() -> Any:
+        if frozen.is_set():
+            raise ConnectionError("no answer (a frozen leader, then no leader)")
+        new = store.new_client()
+        refresh = new.refresh_lease
+
+        def refresh_counted(lease_id: int) -> Any:
+            answers = list(refresh(lease_id))
+            renewed_after.append(lease_id)
+            return iter(answers)
+
+        new.refresh_lease = refresh_counted
+        return new
+
+    events: list[RegistrarEvent] = []
+    registrar = Registrar(new_client, "node-a", 2, events.append).start()
+    try:
+        registrar.want(key, {"address": "127.0.0.1", "port": 80, "host": "node-a"})
+        wait_for(lambda: published(c, key) is not None, 10, what="registered")
+        lease = c.get(key)[1].lease_id
+        frozen.set()
+        registrar.reconnect()  # every call fails from now on
+        # etcd keeps it alive meanwhile (as the new leader's extension does), past its TTL.
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            list(c.refresh_lease(lease))
+            time.sleep(0.3)
+        wait_for(lambda: not registrar.connected, 5, what="the outage noticed")
+        renewed_after.clear()
+        frozen.clear()
+        wait_for(lambda: renewed_after, 10, what="a keepalive answered after the thaw")
+        assert c.get(key)[1].lease_id == lease
+        assert sum(e.kind == "lease_granted" for e in events) == 1
+    finally:
+        registrar.close(timeout=5)
+        store.close()

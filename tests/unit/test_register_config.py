@@ -135,9 +135,25 @@ def test_state_precedence() -> None:
     assert s.desired(11.0)[0] == "drain"
     s.published = "drain"
     assert s.desired(12.0) == (ABSENT, "drained")
-    maint = InstanceState(_parse({"service": "web", "port": 80, "on_unhealthy": "maint",
-                                  "check": [{"type": "tcp"}]}))
-    assert maint.desired(0)[0] == "maint"
     gone = InstanceState(r)
     gone.child_gone = True
     assert gone.desired(0) == (ABSENT, "exec child exited")
+
+
+def test_on_unhealthy_maint_is_absent_until_the_checks_have_been_up_once() -> None:
+    """`maint` is for an instance that was healthy and failed; one that never passed its
+    checks is not registered at all (it was published "maint" from the first tick)."""
+    s = InstanceState(_parse({"service": "web", "port": 80, "on_unhealthy": "maint",
+                              "maintenance_file": "/m",
+                              "check": [{"type": "tcp", "rise": 2, "fall": 1}]}))
+    assert s.desired(0)[0] == ABSENT
+    s.observe(_result(False))
+    s.observe(_result(True))  # one pass of two: still not up
+    assert s.desired(0)[0] == ABSENT
+    s.maintenance = True  # the operator's file wins whatever the checks say
+    assert s.desired(0)[0] == "maint"
+    s.maintenance = False
+    s.observe(_result(True))
+    assert s.desired(0)[0] == "ready"
+    s.observe(_result(False))
+    assert s.desired(0) == ("maint", "check 0 down: GET /: 500")

@@ -125,3 +125,26 @@ def test_a_check_that_prints_passes_while_tmp_is_full(tmp_path: Path, full_tmpdi
     assert ok.dest.read_bytes() == b"new\n"
     result = run_command(["sh", "-c", "echo 'line 3: unknown keyword' >&2; exit 1"], 5)
     assert not result.ok and result.output == "line 3: unknown keyword"
+
+
+def test_a_background_child_printing_without_end_is_capped(background_pids: Path) -> None:
+    """The output file is memory: a child left holding it and printing (a reload's daemon
+    logging to stdout, `yes`) grew it without bound for as long as it ran. Past the cap (16 MiB)
+    its writes fail, and the command's result says the output was cut."""
+    cap = 16 * 1024 * 1024
+    result = run_command(["sh", "-c", f"yes & echo $! >> {background_pids}; exit 0"], 20)
+    assert result.ok
+    out = Path(f"/proc/{background_pids.read_text().split()[0]}/fd/1")
+
+    def size() -> int | None:
+        try:
+            return out.stat().st_size
+        except FileNotFoundError:  # it exited: its writes were refused
+            return None
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (size() or 0) <= cap and size() is not None:
+        time.sleep(0.01)
+    assert (size() or 0) <= cap
+    loud = run_command(["yes"], timeout=0.5)
+    assert loud.output.endswith("(output past 16 MiB refused)"), loud.output[-200:]
