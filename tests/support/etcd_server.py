@@ -121,22 +121,50 @@ class EtcdMember:
             self.proc.wait(timeout=10)
 
 
+def _start(members: list[EtcdMember]) -> RuntimeError | None:
+    """Start and wait for every member; on failure stop those started and return why.
+
+    A port taken between free_port() and etcd's bind (another test process got it) makes a
+    member exit; left running, the others leaked past the test (and its fixture's teardown)."""
+    try:
+        for m in members:
+            m.start(wait=False)
+        for m in members:
+            m.wait_ready()
+        return None
+    except RuntimeError as exc:
+        for m in members:
+            m.stop()
+        return exc
+
+
+ATTEMPTS = 3  # fresh ports each time
+
+
 def start_single(binary: str, base: Path, extra_args: list[str] | None = None,
                  scheme: str = "http") -> EtcdMember:
     base.mkdir(parents=True, exist_ok=True)
-    member = EtcdMember(binary, base / "data", extra_args=list(extra_args or []), scheme=scheme)
-    member.start()
-    return member
+    for _ in range(ATTEMPTS):
+        shutil.rmtree(base / "data", ignore_errors=True)
+        member = EtcdMember(binary, base / "data", extra_args=list(extra_args or []),
+                            scheme=scheme)
+        error = _start([member])
+        if error is None:
+            return member
+    raise error
 
 
 def start_cluster(binary: str, base: Path, size: int = 3) -> list[EtcdMember]:
     base.mkdir(parents=True, exist_ok=True)
-    members = [EtcdMember(binary, base / f"m{i}", name=f"m{i}") for i in range(size)]
-    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    for m in members:
-        m.initial_cluster = cluster
-        m.token = f"confsync-cluster-{members[0].peer_port}"
-        m.start(wait=False)
-    for m in members:
-        m.wait_ready()
-    return members
+    for _ in range(ATTEMPTS):
+        for i in range(size):
+            shutil.rmtree(base / f"m{i}", ignore_errors=True)
+        members = [EtcdMember(binary, base / f"m{i}", name=f"m{i}") for i in range(size)]
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        for m in members:
+            m.initial_cluster = cluster
+            m.token = f"confsync-cluster-{members[0].peer_port}"
+        error = _start(members)
+        if error is None:
+            return members
+    raise error
