@@ -225,6 +225,11 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     top = {k: v for k, v in values.items() if "." not in k}
     settings = Settings(config_path=config_path if config_path.exists() else None,
                         etcd=etcd, watch=watch, exec=exec_settings, **top)
+    if etcd.srv_domain and "etcd.endpoints" in values:
+        # SRV records replace endpoints: one set on the command line to point at another
+        # cluster was ignored without a word while the file's srv_domain won.
+        raise ConfigError("etcd", "endpoints and srv_domain are both set, and srv_domain's SRV "
+                          "records would replace the endpoints: set only one", "srv_domain")
     if settings.backend == "etcd" and not etcd.srv_domain and \
             etcd.credentials_in_clear(etcd.endpoints):
         raise ConfigError("etcd", f"user {etcd.user!r} {CLEAR_CREDENTIALS}", "user")

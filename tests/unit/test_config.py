@@ -51,6 +51,18 @@ def test_bad_env_value_names_variable() -> None:
         load_settings({}, {"CONFSYNC_WATCH_WAIT_MIN": "soon"})
 
 
+def test_endpoints_with_srv_domain_is_an_error_not_a_silent_choice(tmp_path: Path) -> None:
+    """SRV records replace endpoints: an --endpoints given to point at another cluster was
+    ignored while the file's srv_domain won."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[etcd]\nsrv_domain = "example.com"\n')
+    with pytest.raises(ConfigError, match=r"etcd: srv_domain: endpoints and srv_domain are both"):
+        load_settings({"config": str(cfg), "etcd.endpoints": "http://10.0.0.9:2379"}, {})
+    assert load_settings({"config": str(cfg)}, {}).etcd.srv_domain == "example.com"
+    assert load_settings({"etcd.endpoints": "http://10.0.0.9:2379"},
+                         {"CONFSYNC_ETCD_SRV_DOMAIN": ""}).etcd.endpoints == ("http://10.0.0.9:2379",)
+
+
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings({"config": str(tmp_path / "nope.toml")}, {})
