@@ -131,8 +131,24 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
             if value:
                 top.append(f"prefix = {_toml_value(value)}")
         elif key == "nodes":
-            if backend == "etcdv3":
+            if backend == "etcdv3" and conf.get("srv_domain"):
+                report.notes.append(f"{where}: dropped: confd used srv_domain's SRV records "
+                                    "instead, and so does confsync (the two together are an "
+                                    "error there)")
+            elif backend == "etcdv3":
                 etcd.append(f"endpoints = {_toml_value(nodes)}")
+        elif key == "srv_domain":
+            if value:
+                etcd.append(f"srv_domain = {_toml_value(value)}")
+                report.notes.append(f"{where}: confsync asks _etcd-client-ssl._tcp and "
+                                    f"_etcd-client._tcp, then confd's _etcdv3._tcp under it "
+                                    "(https for that one when ca_cert or cert is set)")
+        elif key == "scheme":
+            if str(value).lower() == "https" and not (conf.get("client_cakeys")
+                                                      or conf.get("client_cert")):
+                report.notes.append(f"{where}: confsync takes https for SRV endpoints when "
+                                    "ca_cert or cert is set; set ca_cert (system CAs: give "
+                                    "their bundle)")
         elif key in ("client_cert", "client_key", "client_cakeys"):
             name = {"client_cert": "cert", "client_key": "key", "client_cakeys": "ca_cert"}[key]
             etcd.append(f"{name} = {_toml_value(value)}")

@@ -34,7 +34,8 @@ def endpoint_urls(settings: EtcdSettings) -> tuple[str, ...]:
         return settings.endpoints
     from confsync.stores.srv import resolve_endpoints
 
-    return resolve_endpoints(settings.srv_domain, settings.srv_nameserver, settings.timeout)
+    return resolve_endpoints(settings.srv_domain, settings.srv_nameserver, settings.timeout,
+                             tls=settings.ca_cert is not None or settings.cert is not None)
 
 
 def describe_endpoints(settings: EtcdSettings) -> str:

@@ -86,6 +86,18 @@ def test_ssl_records_come_first(dns: SrvServer) -> None:
     assert resolve_endpoints(DOMAIN, dns.address) == ("http://plain.example:2379",)
 
 
+def test_confds_own_record_is_found_when_etcds_are_missing(dns: SrvServer) -> None:
+    """confd asks `_<backend>._tcp.<domain>`: a zone written for confd's etcdv3 backend had no
+    `_etcd-client` records, and confsync found no etcd at all (the README said the records
+    were the same)."""
+    confd = f"_etcdv3._tcp.{DOMAIN}"
+    dns.resolver.records[confd] = [(10, 10, 2379, "c.example.")]
+    assert resolve_endpoints(DOMAIN, dns.address) == ("http://c.example:2379",)
+    assert resolve_endpoints(DOMAIN, dns.address, tls=True) == ("https://c.example:2379",)
+    dns.resolver.records[PLAIN] = [(10, 10, 2379, "plain.example.")]
+    assert resolve_endpoints(DOMAIN, dns.address) == ("http://plain.example:2379",)
+
+
 def test_no_records_is_store_unavailable_naming_the_domain(dns: SrvServer,
                                                            tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match=DOMAIN):

@@ -66,6 +66,20 @@ srv_record = "_etcd._tcp.example.com"
     assert loaded.errors == () and loaded.resources[0].prefix == "/prod"
 
 
+def test_srv_domain_is_kept_and_wins_over_nodes_as_in_confd(tmp_path: Path) -> None:
+    """confd's srv_domain was dropped as having no counterpart (confsync has one), leaving the
+    nodes, or the default endpoint, where confd had asked DNS."""
+    old = _confd(tmp_path, 'backend = "etcdv3"\nnodes = ["127.0.0.1:2379"]\n'
+                           'srv_domain = "example.com"\n', "")
+    new = tmp_path / "new"
+    report = convert_confdir(old, new)
+    main = tomllib.loads((new / "confsync.toml").read_text())
+    assert main["etcd"] == {"srv_domain": "example.com"}
+    notes = "\n".join(report.notes)
+    assert "confd.toml: nodes: dropped" in notes and "_etcdv3._tcp" in notes
+    assert load_settings({"config": str(new / "confsync.toml")}).etcd.srv_domain == "example.com"
+
+
 def test_existing_target_is_never_overwritten(tmp_path: Path) -> None:
     old = _confd(tmp_path, 'backend = "etcdv3"\n', "")
     new = tmp_path / "new"
