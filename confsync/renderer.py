@@ -549,9 +549,13 @@ class Renderer:
             self.env.filters.update(VALIDATING_FILTERS)
             self.env.filters["fromjson"] = _fromjson_outside_render
             self.env.undefined = self._jinja.StrictUndefined
+            # Retried: how long a render takes depends on the machine too (a loaded host, a
+            # big template), not only on the data; without a retry the file stayed stale, and
+            # /ready 503, until the next data change.
             raise ResourceError(resource.name, "render",
                                 f"{template.filename or resource.src}: render took longer than "
-                                f"render_timeout ({timeout:g}s); stopped it") from None
+                                f"render_timeout ({timeout:g}s); stopped it",
+                                retry=True) from None
 
     def _data(self, resource: Resource, mirror: Mirror, left_out: Collection[str],
               attributing: bool) -> TemplateData:
