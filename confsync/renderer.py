@@ -42,6 +42,7 @@ from confsync.render_limits import (
     join_capped,
 )
 from confsync.resources import Resource, join_key
+from confsync.template_args import TemplateFunctionError, checked, wrong_argument
 
 if TYPE_CHECKING:
     import jinja2
@@ -268,32 +269,35 @@ class TemplateData:
 
         Results are shared between renders: templates treat them as read-only.
         """
+        if not isinstance(text, str):  # (a filter per item: not through `checked`)
+            raise wrong_argument("fromjson", self.fromjson, (text,), {}) or TypeError(text)
         if self.attributing:
             key = source_key(text)
             try:
                 parsed = json.loads(text)
-            except (TypeError, ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise RenderFailure(not_json(exc), key) from None
             if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
                 raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}", key)
             return tag(parsed, key) if key is not None else parsed
-        parsed = self._json_previous.get(text, _MISSING) if isinstance(text, str) else _MISSING
+        parsed = self._json_previous.get(text, _MISSING)
         if parsed is _MISSING:
             try:
                 parsed = json.loads(text)
-            except (TypeError, ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise RenderFailure(not_json(exc)) from None
         if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
             raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}")
-        if isinstance(text, str):
-            self.json_used[text] = parsed
+        self.json_used[text] = parsed
         return parsed
 
     def functions(self) -> dict[str, Callable[..., Any]]:
-        """What templates call by name; `Renderer.functions` hooks can add more."""
-        return {"getv": self.getv, "get": self.get, "exists": self.exists, "gets": self.gets,
-                "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir,
-                "fromjson": self.fromjson, "json": self.fromjson}  # `json` is confd's name
+        """What templates call by name; `Renderer.functions` hooks can add more. A wrong
+        argument (`getv(["/a"])`) fails naming the function and the argument."""
+        return {name: checked(name, function) for name, function in (
+            ("getv", self.getv), ("get", self.get), ("exists", self.exists),
+            ("gets", self.gets), ("getvs", self.getvs), ("ls", self.ls), ("lsdir", self.lsdir),
+            ("fromjson", self.fromjson), ("json", self.fromjson))}  # `json` is confd's name
 
 
 def _finalize(value: Any) -> Any:
@@ -339,11 +343,17 @@ def _fromjson_outside_render(text: str, expect: str | None = None) -> Any:
 
 
 def _base(path: str) -> str:
-    return path.rpartition("/")[2]
+    try:  # (a filter per item: not through `checked`)
+        return path.rpartition("/")[2]
+    except AttributeError:
+        raise wrong_argument("base", _base, (path,), {}) or TypeError(path) from None
 
 
 def _dirname(path: str) -> str:
-    return path.rpartition("/")[0] or "/"
+    try:
+        return path.rpartition("/")[0] or "/"
+    except AttributeError:
+        raise wrong_argument("dirname", _dirname, (path,), {}) or TypeError(path) from None
 
 
 class UnsafeOutput(Exception):
@@ -395,6 +405,8 @@ def _failure_key(exc: BaseException) -> str | None:
     """The key an exception raised during an attribution render names, when it is known."""
     if isinstance(exc, RenderFailure | InvalidValue):
         return exc.key
+    if isinstance(exc, TemplateFunctionError):  # the argument at fault
+        return source_key(exc.value)
     if isinstance(exc, UnsafeOutput):
         return source_key(exc.value)
     key = getattr(exc, "key", None)  # UndefinedError from _KeyedUndefined
@@ -569,9 +581,9 @@ class Renderer:
 
     def _run(self, template: jinja2.Template, data: TemplateData, limit: int) -> str:
         context: dict[str, Any] = data.functions()
+        self.env.filters["fromjson"] = data.fromjson
         for hook in self.function_hooks:
             context.update(hook(data))
-        self.env.filters["fromjson"] = data.fromjson
         try:
             # What `template.render` does, but joined under the size cap.
             return join_capped(template.root_render_func(template.new_context(context)), limit)
@@ -670,7 +682,12 @@ class Renderer:
         if key is not None:
             named = reason if reason.startswith(f"key {show_key(key)} ") else \
                 f"key {show_key(key)}: {reason}"
-            return f"{where}: {named}", key, key in attributing.skippable
+            # A template function's refusal names the key but leaves no item out: the wrong
+            # argument may be the template's (`add(kv.value, 1)` without `atoi`), which would
+            # leave every item out of the file; filters and `fromjson` judge values.
+            skippable = key in attributing.skippable and not isinstance(
+                failure, TemplateFunctionError)
+            return f"{where}: {named}", key, skippable
         last = attributing.last_key if same else data.last_key
         if last is not None:
             reason += f" (last key read: {show_key(last)})"
@@ -678,7 +695,7 @@ class Renderer:
 
     def _reason(self, exc: Exception) -> str:
         jinja2 = self._jinja
-        if isinstance(exc, RenderFailure | InvalidValue | UnsafeOutput):
+        if isinstance(exc, RenderFailure | InvalidValue | UnsafeOutput | TemplateFunctionError):
             return str(exc)
         if isinstance(exc, jinja2.TemplateSyntaxError):
             return f"template syntax error: {exc.message}"
