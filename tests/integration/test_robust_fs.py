@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from tests.support.http_probe import probe
 
 
 def _start(tmp_path: Path, confdir: Path, data: Path, *extra: str, cwd: Path | None = None,
-           env: dict[str, str] | None = None) -> tuple[WatchProcess, str]:
+           env: dict[str, str] | None = None,
+           wrapper: tuple[str, ...] = ()) -> tuple[WatchProcess, str]:
     port = free_port()
     w = WatchProcess("--confdir", str(confdir), "--backend", "file", "--file", str(data),
                      "--wait-min", "0", "--metrics-address", f"127.0.0.1:{port}", *extra,
-                     log=tmp_path / "watch.log", cwd=cwd, env=env)
+                     log=tmp_path / "watch.log", cwd=cwd, env=env, wrapper=wrapper)
     return w, f"http://127.0.0.1:{port}"
 
 
@@ -130,6 +132,49 @@ def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: P
         assert link.is_symlink() and os.readlink(link) == "../srv/app.conf"
         assert sorted(p.name for p in etc.iterdir()) == ["app.conf"]
         assert sorted(p.name for p in srv.iterdir()) == ["app.conf"]
+    finally:
+        assert w.stop() == 0
+
+
+def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_fixed(
+        tmp_path: Path) -> None:
+    """One file bind-mounted over dest (`docker run -v ./haproxy.cfg:/etc/haproxy/haproxy.cfg`)
+    cannot be replaced by a rename (EBUSY). The error used to be "cannot rename into ...:
+    Device or resource busy"; now it says the dest is a mount point and what to do, neither
+    file is touched, /ready says failing, and the retry installs the file once the operator
+    mounts it differently (here: unmounts it), with no data change."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs unshare and nsenter (util-linux)")
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    etc, host = tmp_path / "etc", tmp_path / "host"
+    etc.mkdir()
+    host.mkdir()
+    dest, mounted = etc / "app.conf", host / "app.conf"
+    dest.write_text("under the mount\n")
+    mounted.write_text("the host's file\n")
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    # A mount namespace of the daemon's own (private: nothing reaches the host's mounts),
+    # with the file bind-mounted over dest before confsync starts.
+    namespace = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(mounted), str(dest))
+    w, base = _start(tmp_path, confdir, data, wrapper=namespace)
+    try:
+        w.wait_log(f"cannot rename into {dest}: it is a mount point", count=2)  # and a retry
+        assert "Mount its directory" in w.output()
+        status, body = probe(base, "/ready")
+        assert status == 503 and "failing: app" in body["reasons"], body
+        assert read(mounted) == "the host's file\n" and read(dest) == "under the mount\n"
+        subprocess.run(["nsenter", "-t", str(w.proc.pid), "-m", "umount", str(dest)],
+                       check=True)  # the operator fixes the mount
+        wait_for(lambda: read(dest) == "v one\n", timeout=45,
+                 what=f"retried after the mount is gone\n{w.output()[-2000:]}")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        assert read(mounted) == "the host's file\n"
+        assert sorted(p.name for p in etc.iterdir()) == ["app.conf"]  # no staged file left
     finally:
         assert w.stop() == 0
 
