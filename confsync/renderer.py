@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
+import stat
 import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -413,18 +415,57 @@ def _failure_key(exc: BaseException) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def read_templates(directory: Path) -> dict[str, bytes | OSError]:
+    """Every file under `directory` (following links to directories, each directory once), by
+    its template name ('sub/x.tmpl'): the bytes, or why they could not be read.
+
+    Read when a Renderer is made, so that one resource set renders the templates as they were
+    when it was loaded: an `{% include %}` that a render had not needed yet used to be read
+    from disk at its first use, and so could be an edit waiting for its SIGHUP, or one that a
+    SIGHUP had refused as broken, beside a main template of the running set.
+    """
+    files: dict[str, bytes | OSError] = {}
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        relative = Path(root).relative_to(directory)
+        for name in names:
+            path = Path(root) / name
+            try:
+                if not stat.S_ISREG(path.stat().st_mode):
+                    continue  # a FIFO would block the read; a device is no template
+                data: bytes | OSError = path.read_bytes()
+            except FileNotFoundError:
+                continue  # a dangling link, or gone meanwhile
+            except OSError as exc:
+                data = exc
+            files[(relative / name).as_posix()] = data
+    return files
+
+
 def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) -> Any:
-    """Templates are code: serve the templates directory (no absolute names, no '..') and the
-    absolute `src` files that resources name explicitly, nothing else on the filesystem."""
+    """Templates are code: serve the templates directory (no absolute names, no '..'), as read
+    when the loader was made, and the absolute `src` files that resources name explicitly,
+    nothing else on the filesystem."""
+    from jinja2.loaders import split_template_path
+
+    files = read_templates(templates_dir)
 
     class RootedLoader(jinja2.BaseLoader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._directory = jinja2.FileSystemLoader(str(templates_dir))
-
         def get_source(self, environment: Any, template: str) -> tuple[str, str, Any]:
             path = explicit.get(template)
             if path is None:
-                return self._directory.get_source(environment, template)  # type: ignore[no-any-return]
+                name = "/".join(split_template_path(template))  # refuses '..'
+                found = files.get(name)
+                if found is None:
+                    raise jinja2.TemplateNotFound(template)
+                if isinstance(found, OSError):
+                    raise OSError(found.errno, found.strerror, found.filename)
+                return found.decode("utf-8"), str(templates_dir / name), lambda: True
             try:
                 source = path.read_text("utf-8")
             except FileNotFoundError:

@@ -179,6 +179,37 @@ def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_
         assert w.stop() == 0
 
 
+def test_an_include_edited_on_disk_waits_for_the_reload_like_its_main_template(
+        tmp_path: Path) -> None:
+    """The running set renders its templates as they were when it was loaded. An include
+    that no render had needed yet was read from disk at its first use: an edit waiting for
+    its SIGHUP (here a broken one) failed a data change's render, beside the old main."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "{% if exists('/app/x') %}{% include 'part.tmpl' %}"
+                   "{% endif %}v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    part = confdir / "templates" / "part.tmpl"
+    part.write_text("part one\n")
+    w, base = _start(tmp_path, confdir, data)
+    try:
+        wait_for(lambda: read(dest) == "v one\n", what="first render")
+        part.write_text("{% broken %}\n")  # edited, no SIGHUP yet
+        data.write_text("app:\n  v: two\n  x: on\n")
+        wait_for(lambda: read(dest) == "part one\nv two\n",
+                 what=f"the include as loaded\n{w.output()[-2000:]}")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        w.signal(signal.SIGHUP)  # the edit is judged as a set: refused, the running set stays
+        w.wait_log("configuration reload refused")
+        assert "Encountered unknown tag 'broken'" in w.output()
+        part.write_text("part two\n")
+        w.signal(signal.SIGHUP)
+        wait_for(lambda: read(dest) == "part two\nv two\n", what="the fixed include")
+    finally:
+        assert w.stop() == 0
+
+
 def test_file_backend_data_directory_deleted_and_recreated(tmp_path: Path) -> None:
     """`rm -rf /etc/data && mkdir /etc/data && cp ...`: the watch's emitter for the deleted
     directory stopped with it, so the daemon went deaf for good, /ready still 200. Now the
