@@ -327,6 +327,22 @@ def _mount_points() -> set[str]:
             for f in fields if len(f) > 4}
 
 
+def _is_mount_point(path: Path) -> bool | None:
+    """Whether `path` is a mount point of this process (None: cannot tell)."""
+    try:
+        return str(path) in _mount_points()
+    except OSError:
+        return None
+
+
+def _mount_point_refused(path: Path, certain: bool) -> str:
+    what = "is a mount point" if certain else "is busy (a mount point?)"
+    return (f"cannot rename into {path}: it {what} (one file bind-mounted there, as `docker "
+            f"run -v ./{path.name}:{path}` makes), which a rename cannot replace; the file is "
+            f"unchanged (confsync never writes a live file in place). Mount its directory "
+            f"{path.parent} instead, or set dest to a path that is not a mount point")
+
+
 def _rename_failed(path: Path, exc: OSError) -> str:
     """Why the final rename failed, in an operator's words. A file that is itself a mount
     point (one file bind-mounted into a container: `docker run -v ./haproxy.cfg:/etc/haproxy/
@@ -334,15 +350,17 @@ def _rename_failed(path: Path, exc: OSError) -> str:
     the service read a half-written file: say so, and what to do instead."""
     if exc.errno != errno.EBUSY:
         return f"cannot rename into {path}: {exc.strerror}"
+    return _mount_point_refused(path, bool(_is_mount_point(path)))
+
+
+def unreplaceable(dest: Path) -> str | None:
+    """Why a new file could not be renamed over `dest` (it is a mount point), or None: what
+    `confsync check` says for a dest that would change, as `once` would fail."""
     try:
-        mounted = str(path) in _mount_points()
+        path = written_path(dest)
     except OSError:
-        mounted = False
-    what = "is a mount point" if mounted else "is busy (a mount point?)"
-    return (f"cannot rename into {path}: it {what} (one file bind-mounted there, as `docker "
-            f"run -v ./{path.name}:{path}` makes), which a rename cannot replace; the file is "
-            f"unchanged (confsync never writes a live file in place). Mount its directory "
-            f"{path.parent} instead, or set dest to a path that is not a mount point")
+        return None  # the apply says why
+    return _mount_point_refused(path, True) if _is_mount_point(path) else None
 
 
 def restore(resource: Resource, previous: FileState) -> None:

@@ -9,11 +9,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import REPO, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_server import free_port
 from tests.support.http_probe import probe
@@ -136,6 +137,50 @@ def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: P
         assert w.stop() == 0
 
 
+def _dest_under_a_mount(tmp_path: Path) -> tuple[Path, Path, Path, Path, tuple[str, ...]]:
+    """(data file, confdir, dest, the file mounted over dest, a command prefix that runs
+    confsync in a mount namespace of its own where that file is bind-mounted over dest).
+    The namespace is private: nothing reaches the host's mounts. Skips without root."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs unshare and nsenter (util-linux)")
+    etc, host = tmp_path / "etc", tmp_path / "host"
+    etc.mkdir()
+    host.mkdir()
+    dest, mounted = etc / "app.conf", host / "app.conf"
+    dest.write_text("under the mount\n")
+    mounted.write_text("the host's file\n")
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    namespace = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(mounted), str(dest))
+    return data, confdir, dest, mounted, namespace
+
+
+def test_check_and_once_say_a_dest_that_is_a_mount_point_cannot_be_replaced(
+        tmp_path: Path) -> None:
+    """`confsync check` used to pass (exit 4, "would change") for a dest `once` cannot replace;
+    it fails that resource with the same reason now. A file already equal needs no rename."""
+    data, confdir, dest, mounted, namespace = _dest_under_a_mount(tmp_path)
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*namespace, sys.executable, "-m", "confsync", command,
+                               "--confdir", str(confdir), "--backend", "file", "--file",
+                               str(data)], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    for command in ("check", "once"):
+        done = run(command)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert f"cannot rename into {dest}: it is a mount point" in done.stdout + done.stderr
+    assert read(mounted) == "the host's file\n" and read(dest) == "under the mount\n"
+    mounted.write_text("v one\n")
+    assert run("check").returncode == 0 and run("once").returncode == 0
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
+
+
 def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_fixed(
         tmp_path: Path) -> None:
     """One file bind-mounted over dest (`docker run -v ./haproxy.cfg:/etc/haproxy/haproxy.cfg`)
@@ -143,24 +188,7 @@ def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_
     Device or resource busy"; now it says the dest is a mount point and what to do, neither
     file is touched, /ready says failing, and the retry installs the file once the operator
     mounts it differently (here: unmounts it), with no data change."""
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts need root")
-    if not (shutil.which("unshare") and shutil.which("nsenter")):
-        pytest.skip("needs unshare and nsenter (util-linux)")
-    data = tmp_path / "data.yaml"
-    data.write_text("app:\n  v: one\n")
-    etc, host = tmp_path / "etc", tmp_path / "host"
-    etc.mkdir()
-    host.mkdir()
-    dest, mounted = etc / "app.conf", host / "app.conf"
-    dest.write_text("under the mount\n")
-    mounted.write_text("the host's file\n")
-    confdir = tmp_path / "cd"
-    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
-    # A mount namespace of the daemon's own (private: nothing reaches the host's mounts),
-    # with the file bind-mounted over dest before confsync starts.
-    namespace = ("unshare", "-m", "--propagation", "private", "sh", "-c",
-                 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(mounted), str(dest))
+    data, confdir, dest, mounted, namespace = _dest_under_a_mount(tmp_path)
     w, base = _start(tmp_path, confdir, data, wrapper=namespace)
     try:
         w.wait_log(f"cannot rename into {dest}: it is a mount point", count=2)  # and a retry
@@ -174,7 +202,7 @@ def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_
                  what=f"retried after the mount is gone\n{w.output()[-2000:]}")
         wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
         assert read(mounted) == "the host's file\n"
-        assert sorted(p.name for p in etc.iterdir()) == ["app.conf"]  # no staged file left
+        assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]  # nothing staged
     finally:
         assert w.stop() == 0
 
