@@ -305,8 +305,7 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
         try:
             os.replace(staged, path)
         except OSError as exc:
-            raise ResourceError(resource.name, "install",
-                                f"cannot rename into {path}: {exc.strerror}") from None
+            raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
@@ -317,6 +316,51 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
         raise NotDurable(resource.name, "install",
                          f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
     return check_seconds
+
+
+def _mount_points() -> set[str]:
+    """Mount points of this process's mount namespace (/proc/self/mountinfo, field 5, with
+    its octal escapes of space, tab, newline and backslash undone)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+        fields = [line.split(" ") for line in fh]
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f[4])
+            for f in fields if len(f) > 4}
+
+
+def _is_mount_point(path: Path) -> bool | None:
+    """Whether `path` is a mount point of this process (None: cannot tell)."""
+    try:
+        return str(path) in _mount_points()
+    except OSError:
+        return None
+
+
+def _mount_point_refused(path: Path, certain: bool) -> str:
+    what = "is a mount point" if certain else "is busy (a mount point?)"
+    return (f"cannot rename into {path}: it {what} (one file bind-mounted there, as `docker "
+            f"run -v ./{path.name}:{path}` makes), which a rename cannot replace; the file is "
+            f"unchanged (confsync never writes a live file in place). Mount its directory "
+            f"{path.parent} instead, or set dest to a path that is not a mount point")
+
+
+def _rename_failed(path: Path, exc: OSError) -> str:
+    """Why the final rename failed, in an operator's words. A file that is itself a mount
+    point (one file bind-mounted into a container: `docker run -v ./haproxy.cfg:/etc/haproxy/
+    haproxy.cfg`) can never be replaced by a rename, only written in place, which would let
+    the service read a half-written file: say so, and what to do instead."""
+    if exc.errno != errno.EBUSY:
+        return f"cannot rename into {path}: {exc.strerror}"
+    return _mount_point_refused(path, bool(_is_mount_point(path)))
+
+
+def unreplaceable(dest: Path) -> str | None:
+    """Why a new file could not be renamed over `dest` (it is a mount point), or None: what
+    `confsync check` says for a dest that would change, as `once` would fail."""
+    try:
+        path = written_path(dest)
+    except OSError:
+        return None  # the apply says why
+    return _mount_point_refused(path, True) if _is_mount_point(path) else None
 
 
 def restore(resource: Resource, previous: FileState) -> None:

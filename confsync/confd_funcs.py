@@ -22,9 +22,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-
-class TemplateFunctionError(ValueError):
-    """A confd function was called with arguments confd would also refuse."""
+from confsync.template_args import TemplateFunctionError, checked_all, got
 
 
 class LookupUnavailable(TemplateFunctionError):
@@ -147,6 +145,14 @@ def trim_prefix(text: str, prefix: str) -> str:
     return text.removeprefix(prefix)
 
 
+def to_upper(text: str) -> str:
+    return text.upper()
+
+
+def to_lower(text: str) -> str:
+    return text.lower()
+
+
 def contains(text: str, sub_text: str) -> bool:
     return sub_text in text
 
@@ -196,9 +202,10 @@ def create_map(*pairs: Any) -> dict[str, Any]:
     if len(pairs) % 2:
         raise TemplateFunctionError("invalid map call")
     out = GoMap()
-    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+    for position, (key, value) in enumerate(zip(pairs[::2], pairs[1::2], strict=True)):
         if not isinstance(key, str):
-            raise TemplateFunctionError("map keys must be strings")
+            raise TemplateFunctionError(f"argument {2 * position + 1} (a key) must be a string, "
+                                        f"got {got(key)}", key)
         out[key] = value
     return out
 
@@ -350,6 +357,9 @@ class GoTime:
         self._moment = moment
 
     def Format(self, layout: str) -> str:
+        if not isinstance(layout, str):
+            raise TemplateFunctionError(f"datetime().Format: argument 1 (layout) must be a "
+                                        f"string, got {got(layout)}", layout)
         tokens = sorted(_GO_LAYOUT, key=lambda t: -len(t[0]))
         out: list[str] = []
         i = 0
@@ -412,8 +422,8 @@ CONFD_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "map": create_map,
     "getenv": getenv,
     "datetime": datetime,
-    "toUpper": str.upper,
-    "toLower": str.lower,
+    "toUpper": to_upper,
+    "toLower": to_lower,
     "contains": contains,
     "replace": replace,
     "trimSuffix": trim_suffix,
@@ -445,10 +455,18 @@ CONFD_FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+# Functions that would answer a wrong argument type instead of failing (`fileExists(1)`: file
+# descriptor 1 exists; `lookupSRV(1, 2, 3)`: no records): their arguments are checked first.
+_CHECKED_FIRST = ("fileExists", "lookupIP", "lookupIPV4", "lookupIPV6", "lookupSRV",
+                  "lookupIfaceIPV4", "lookupIfaceIPV6")
+
+
 def register(env: Any) -> None:
     """Make every confd function a Jinja global, and a filter where no filter has the name
-    (`{{ x | split(",") }}` reads well; Jinja's own `join`, `replace`, `reverse` stay Jinja's)."""
-    env.globals.update(CONFD_FUNCTIONS)
-    for name, function in CONFD_FUNCTIONS.items():
+    (`{{ x | split(",") }}` reads well; Jinja's own `join`, `replace`, `reverse` stay Jinja's).
+    A failure names the function and the argument at fault (confsync.template_args)."""
+    functions = checked_all(CONFD_FUNCTIONS, before=_CHECKED_FIRST)
+    env.globals.update(functions)
+    for name, function in functions.items():
         if name not in env.filters and name not in ("datetime", "hostname", "map"):
             env.filters[name] = function

@@ -60,7 +60,8 @@ LOOP_ERROR_WINDOW = 60.0
 PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
 # Failed steps retried with backoff: their cause is outside the data (a check that depends on
 # the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
-# are functions of the data and templates; a change to either renders again anyway.
+# are functions of the data and templates (a change to either renders again anyway), except
+# those marked `ResourceError.retry` (a render timeout, a DNS lookup failing for now).
 RETRY_STEPS = frozenset({"stage", "check", "install", "reload", "internal"})
 
 

@@ -81,6 +81,7 @@ class ResourceError(ConfsyncError):
         self.step = step
         self.reason = reason
         # Failed for a reason outside the data and the template (a DNS lookup in the template
-        # that failed for now): the daemon tries again, as it does a failed check or reload.
+        # that failed for now, a render stopped by render_timeout on a loaded machine): the
+        # daemon tries again, as it does a failed check or reload.
         self.retry = retry
         super().__init__(f"resource {resource}: {step} failed: {reason}")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
+import stat
 import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from confsync.render_limits import (
     join_capped,
 )
 from confsync.resources import Resource, join_key
+from confsync.template_args import TemplateFunctionError, checked, wrong_argument
 
 if TYPE_CHECKING:
     import jinja2
@@ -268,32 +271,35 @@ class TemplateData:
 
         Results are shared between renders: templates treat them as read-only.
         """
+        if not isinstance(text, str):  # (a filter per item: not through `checked`)
+            raise wrong_argument("fromjson", self.fromjson, (text,), {}) or TypeError(text)
         if self.attributing:
             key = source_key(text)
             try:
                 parsed = json.loads(text)
-            except (TypeError, ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise RenderFailure(not_json(exc), key) from None
             if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
                 raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}", key)
             return tag(parsed, key) if key is not None else parsed
-        parsed = self._json_previous.get(text, _MISSING) if isinstance(text, str) else _MISSING
+        parsed = self._json_previous.get(text, _MISSING)
         if parsed is _MISSING:
             try:
                 parsed = json.loads(text)
-            except (TypeError, ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise RenderFailure(not_json(exc)) from None
         if expect is not None and not isinstance(parsed, _JSON_KINDS[expect]):
             raise RenderFailure(f"expected a JSON {expect}, found {text[:60]!r}")
-        if isinstance(text, str):
-            self.json_used[text] = parsed
+        self.json_used[text] = parsed
         return parsed
 
     def functions(self) -> dict[str, Callable[..., Any]]:
-        """What templates call by name; `Renderer.functions` hooks can add more."""
-        return {"getv": self.getv, "get": self.get, "exists": self.exists, "gets": self.gets,
-                "getvs": self.getvs, "ls": self.ls, "lsdir": self.lsdir,
-                "fromjson": self.fromjson, "json": self.fromjson}  # `json` is confd's name
+        """What templates call by name; `Renderer.functions` hooks can add more. A wrong
+        argument (`getv(["/a"])`) fails naming the function and the argument."""
+        return {name: checked(name, function) for name, function in (
+            ("getv", self.getv), ("get", self.get), ("exists", self.exists),
+            ("gets", self.gets), ("getvs", self.getvs), ("ls", self.ls), ("lsdir", self.lsdir),
+            ("fromjson", self.fromjson), ("json", self.fromjson))}  # `json` is confd's name
 
 
 def _finalize(value: Any) -> Any:
@@ -339,11 +345,17 @@ def _fromjson_outside_render(text: str, expect: str | None = None) -> Any:
 
 
 def _base(path: str) -> str:
-    return path.rpartition("/")[2]
+    try:  # (a filter per item: not through `checked`)
+        return path.rpartition("/")[2]
+    except AttributeError:
+        raise wrong_argument("base", _base, (path,), {}) or TypeError(path) from None
 
 
 def _dirname(path: str) -> str:
-    return path.rpartition("/")[0] or "/"
+    try:
+        return path.rpartition("/")[0] or "/"
+    except AttributeError:
+        raise wrong_argument("dirname", _dirname, (path,), {}) or TypeError(path) from None
 
 
 class UnsafeOutput(Exception):
@@ -395,24 +407,65 @@ def _failure_key(exc: BaseException) -> str | None:
     """The key an exception raised during an attribution render names, when it is known."""
     if isinstance(exc, RenderFailure | InvalidValue):
         return exc.key
+    if isinstance(exc, TemplateFunctionError):  # the argument at fault
+        return source_key(exc.value)
     if isinstance(exc, UnsafeOutput):
         return source_key(exc.value)
     key = getattr(exc, "key", None)  # UndefinedError from _KeyedUndefined
     return key if isinstance(key, str) else None
 
 
+def read_templates(directory: Path) -> dict[str, bytes | OSError]:
+    """Every file under `directory` (following links to directories, each directory once), by
+    its template name ('sub/x.tmpl'): the bytes, or why they could not be read.
+
+    Read when a Renderer is made, so that one resource set renders the templates as they were
+    when it was loaded: an `{% include %}` that a render had not needed yet used to be read
+    from disk at its first use, and so could be an edit waiting for its SIGHUP, or one that a
+    SIGHUP had refused as broken, beside a main template of the running set.
+    """
+    files: dict[str, bytes | OSError] = {}
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        relative = Path(root).relative_to(directory)
+        for name in names:
+            path = Path(root) / name
+            try:
+                if not stat.S_ISREG(path.stat().st_mode):
+                    continue  # a FIFO would block the read; a device is no template
+                data: bytes | OSError = path.read_bytes()
+            except FileNotFoundError:
+                continue  # a dangling link, or gone meanwhile
+            except OSError as exc:
+                data = exc
+            files[(relative / name).as_posix()] = data
+    return files
+
+
 def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) -> Any:
-    """Templates are code: serve the templates directory (no absolute names, no '..') and the
-    absolute `src` files that resources name explicitly, nothing else on the filesystem."""
+    """Templates are code: serve the templates directory (no absolute names, no '..'), as read
+    when the loader was made, and the absolute `src` files that resources name explicitly,
+    nothing else on the filesystem."""
+    from jinja2.loaders import split_template_path
+
+    files = read_templates(templates_dir)
 
     class RootedLoader(jinja2.BaseLoader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._directory = jinja2.FileSystemLoader(str(templates_dir))
-
         def get_source(self, environment: Any, template: str) -> tuple[str, str, Any]:
             path = explicit.get(template)
             if path is None:
-                return self._directory.get_source(environment, template)  # type: ignore[no-any-return]
+                name = "/".join(split_template_path(template))  # refuses '..'
+                found = files.get(name)
+                if found is None:
+                    raise jinja2.TemplateNotFound(template)
+                if isinstance(found, OSError):
+                    raise OSError(found.errno, found.strerror, found.filename)
+                return found.decode("utf-8"), str(templates_dir / name), lambda: True
             try:
                 source = path.read_text("utf-8")
             except FileNotFoundError:
@@ -549,9 +602,13 @@ class Renderer:
             self.env.filters.update(VALIDATING_FILTERS)
             self.env.filters["fromjson"] = _fromjson_outside_render
             self.env.undefined = self._jinja.StrictUndefined
+            # Retried: how long a render takes depends on the machine too (a loaded host, a
+            # big template), not only on the data; without a retry the file stayed stale, and
+            # /ready 503, until the next data change.
             raise ResourceError(resource.name, "render",
                                 f"{template.filename or resource.src}: render took longer than "
-                                f"render_timeout ({timeout:g}s); stopped it") from None
+                                f"render_timeout ({timeout:g}s); stopped it",
+                                retry=True) from None
 
     def _data(self, resource: Resource, mirror: Mirror, left_out: Collection[str],
               attributing: bool) -> TemplateData:
@@ -565,9 +622,9 @@ class Renderer:
 
     def _run(self, template: jinja2.Template, data: TemplateData, limit: int) -> str:
         context: dict[str, Any] = data.functions()
+        self.env.filters["fromjson"] = data.fromjson
         for hook in self.function_hooks:
             context.update(hook(data))
-        self.env.filters["fromjson"] = data.fromjson
         try:
             # What `template.render` does, but joined under the size cap.
             return join_capped(template.root_render_func(template.new_context(context)), limit)
@@ -666,7 +723,12 @@ class Renderer:
         if key is not None:
             named = reason if reason.startswith(f"key {show_key(key)} ") else \
                 f"key {show_key(key)}: {reason}"
-            return f"{where}: {named}", key, key in attributing.skippable
+            # A template function's refusal names the key but leaves no item out: the wrong
+            # argument may be the template's (`add(kv.value, 1)` without `atoi`), which would
+            # leave every item out of the file; filters and `fromjson` judge values.
+            skippable = key in attributing.skippable and not isinstance(
+                failure, TemplateFunctionError)
+            return f"{where}: {named}", key, skippable
         last = attributing.last_key if same else data.last_key
         if last is not None:
             reason += f" (last key read: {show_key(last)})"
@@ -674,7 +736,7 @@ class Renderer:
 
     def _reason(self, exc: Exception) -> str:
         jinja2 = self._jinja
-        if isinstance(exc, RenderFailure | InvalidValue | UnsafeOutput):
+        if isinstance(exc, RenderFailure | InvalidValue | UnsafeOutput | TemplateFunctionError):
             return str(exc)
         if isinstance(exc, jinja2.TemplateSyntaxError):
             return f"template syntax error: {exc.message}"

@@ -22,6 +22,7 @@ from confsync.applier import (
     remove_stale_staged,
     restore,
     run_check,
+    unreplaceable,
     write_staged,
     written_path,
 )
@@ -448,6 +449,10 @@ class Syncer:
                            seconds=time.monotonic() - start)
         target = Target.for_resource(resource, content, current)
         status = UNCHANGED if target.matches(current) else UPDATED
+        refused = unreplaceable(resource.dest) if status is UPDATED else None
+        if refused is not None:  # `once` would fail at its rename
+            return Outcome(resource, FAILED, ResourceError(resource.name, "install", refused),
+                           seconds=time.monotonic() - start)
         return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
                        content=content, warnings=warnings)
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from confsync.confd_funcs import GoMap, TemplateFunctionError
+from confsync.confd_funcs import GoMap
+from confsync.template_args import TemplateFunctionError, checked, checked_all
 
 
 class GoFormatError(TemplateFunctionError):
@@ -330,5 +331,5 @@ RUNTIME_FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 def register(env: Any) -> None:
     """Make the runtime of converted templates Jinja globals (and `go_str` a filter too)."""
-    env.globals.update(RUNTIME_FUNCTIONS)
-    env.filters["go_str"] = go_str
+    env.globals.update(checked_all(RUNTIME_FUNCTIONS))
+    env.filters["go_str"] = checked("go_str", go_str)

@@ -12,15 +12,17 @@ import pytest
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.http_probe import ready
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
 
 
 def start(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember, prefix: str,
-          env: dict[str, str] | None = None) -> WatchProcess:
+          env: dict[str, str] | None = None, *args: str) -> WatchProcess:
     w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", log=tmp_path / "watch.log", env=env)
+                     "--prefix", prefix, "--wait-min", "0", *args, log=tmp_path / "watch.log",
+                     env=env)
     watchers.append(w)
     return w
 
@@ -61,6 +63,33 @@ def test_failed_reload_is_retried_until_the_file_is_live(
     flag.unlink()
     wait_for(lambda: read(live) == "value=2\n", 45, what=f"a retry\n{w.output()[-2000:]}")
     assert read(dest) == "value=2\n"
+
+
+def test_a_render_stopped_by_render_timeout_is_retried_without_a_data_change(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A render that overran render_timeout once (a loaded machine, a big template) is tried
+    again with the retry backoff, /ready 503 meanwhile; it used to wait for the next change."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, slow = tmp_path / "out.conf", tmp_path / "machine-is-busy"
+    # The run time depends on something outside the data: a file standing for a busy machine.
+    write_resource(tmp_path / "cd", "app",
+                   f"{{% if fileExists('{slow}') %}}{{% for i in range(10**12) %}}{{% endfor %}}"
+                   f"{{% endif %}}{TEMPLATE}",
+                   f'dest = "{dest}"\nkeys = ["/k"]\nrender_timeout = "1s"')
+    port = free_port()
+    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
+    wait_for(lambda: read(dest) == "value=1\n" and ready(port)[0] == 200, 20,
+             what="first render, ready")
+    slow.touch()
+    c.put(prefix + "/k/v", "2")
+    w.wait_log("render_timeout (1s)", timeout=20, count=2)  # the change, then a retry
+    status, body = ready(port)
+    assert status == 503 and "failing: app" in body["reasons"], body
+    assert read(dest) == "value=1\n"
+    slow.unlink()  # the machine is quiet again; nothing in etcd changes from here on
+    wait_for(lambda: read(dest) == "value=2\n", 45, what=f"a retry\n{w.output()[-2000:]}")
+    wait_for(lambda: ready(port)[0] == 200, 10, what="ready again")
 
 
 def test_interval_repairs_a_hand_edited_dest(etcd: EtcdMember, tmp_path: Path, prefix: str,

@@ -8,22 +8,25 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import REPO, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_server import free_port
 from tests.support.http_probe import probe
 
 
 def _start(tmp_path: Path, confdir: Path, data: Path, *extra: str, cwd: Path | None = None,
-           env: dict[str, str] | None = None) -> tuple[WatchProcess, str]:
+           env: dict[str, str] | None = None,
+           wrapper: tuple[str, ...] = ()) -> tuple[WatchProcess, str]:
     port = free_port()
     w = WatchProcess("--confdir", str(confdir), "--backend", "file", "--file", str(data),
                      "--wait-min", "0", "--metrics-address", f"127.0.0.1:{port}", *extra,
-                     log=tmp_path / "watch.log", cwd=cwd, env=env)
+                     log=tmp_path / "watch.log", cwd=cwd, env=env, wrapper=wrapper)
     return w, f"http://127.0.0.1:{port}"
 
 
@@ -130,6 +133,107 @@ def test_a_dest_that_is_a_link_keeps_the_link_and_updates_its_target(tmp_path: P
         assert link.is_symlink() and os.readlink(link) == "../srv/app.conf"
         assert sorted(p.name for p in etc.iterdir()) == ["app.conf"]
         assert sorted(p.name for p in srv.iterdir()) == ["app.conf"]
+    finally:
+        assert w.stop() == 0
+
+
+def _dest_under_a_mount(tmp_path: Path) -> tuple[Path, Path, Path, Path, tuple[str, ...]]:
+    """(data file, confdir, dest, the file mounted over dest, a command prefix that runs
+    confsync in a mount namespace of its own where that file is bind-mounted over dest).
+    The namespace is private: nothing reaches the host's mounts. Skips without root."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs unshare and nsenter (util-linux)")
+    etc, host = tmp_path / "etc", tmp_path / "host"
+    etc.mkdir()
+    host.mkdir()
+    dest, mounted = etc / "app.conf", host / "app.conf"
+    dest.write_text("under the mount\n")
+    mounted.write_text("the host's file\n")
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    namespace = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(mounted), str(dest))
+    return data, confdir, dest, mounted, namespace
+
+
+def test_check_and_once_say_a_dest_that_is_a_mount_point_cannot_be_replaced(
+        tmp_path: Path) -> None:
+    """`confsync check` used to pass (exit 4, "would change") for a dest `once` cannot replace;
+    it fails that resource with the same reason now. A file already equal needs no rename."""
+    data, confdir, dest, mounted, namespace = _dest_under_a_mount(tmp_path)
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*namespace, sys.executable, "-m", "confsync", command,
+                               "--confdir", str(confdir), "--backend", "file", "--file",
+                               str(data)], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    for command in ("check", "once"):
+        done = run(command)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert f"cannot rename into {dest}: it is a mount point" in done.stdout + done.stderr
+    assert read(mounted) == "the host's file\n" and read(dest) == "under the mount\n"
+    mounted.write_text("v one\n")
+    assert run("check").returncode == 0 and run("once").returncode == 0
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]
+
+
+def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_fixed(
+        tmp_path: Path) -> None:
+    """One file bind-mounted over dest (`docker run -v ./haproxy.cfg:/etc/haproxy/haproxy.cfg`)
+    cannot be replaced by a rename (EBUSY). The error used to be "cannot rename into ...:
+    Device or resource busy"; now it says the dest is a mount point and what to do, neither
+    file is touched, /ready says failing, and the retry installs the file once the operator
+    mounts it differently (here: unmounts it), with no data change."""
+    data, confdir, dest, mounted, namespace = _dest_under_a_mount(tmp_path)
+    w, base = _start(tmp_path, confdir, data, wrapper=namespace)
+    try:
+        w.wait_log(f"cannot rename into {dest}: it is a mount point", count=2)  # and a retry
+        assert "Mount its directory" in w.output()
+        status, body = probe(base, "/ready")
+        assert status == 503 and "failing: app" in body["reasons"], body
+        assert read(mounted) == "the host's file\n" and read(dest) == "under the mount\n"
+        subprocess.run(["nsenter", "-t", str(w.proc.pid), "-m", "umount", str(dest)],
+                       check=True)  # the operator fixes the mount
+        wait_for(lambda: read(dest) == "v one\n", timeout=45,
+                 what=f"retried after the mount is gone\n{w.output()[-2000:]}")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        assert read(mounted) == "the host's file\n"
+        assert sorted(p.name for p in dest.parent.iterdir()) == ["app.conf"]  # nothing staged
+    finally:
+        assert w.stop() == 0
+
+
+def test_an_include_edited_on_disk_waits_for_the_reload_like_its_main_template(
+        tmp_path: Path) -> None:
+    """The running set renders its templates as they were when it was loaded. An include
+    that no render had needed yet was read from disk at its first use: an edit waiting for
+    its SIGHUP (here a broken one) failed a data change's render, beside the old main."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    dest = tmp_path / "out.conf"
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", "{% if exists('/app/x') %}{% include 'part.tmpl' %}"
+                   "{% endif %}v {{ getv('/app/v') }}\n", f'dest = "{dest}"\nkeys = ["/app"]')
+    part = confdir / "templates" / "part.tmpl"
+    part.write_text("part one\n")
+    w, base = _start(tmp_path, confdir, data)
+    try:
+        wait_for(lambda: read(dest) == "v one\n", what="first render")
+        part.write_text("{% broken %}\n")  # edited, no SIGHUP yet
+        data.write_text("app:\n  v: two\n  x: on\n")
+        wait_for(lambda: read(dest) == "part one\nv two\n",
+                 what=f"the include as loaded\n{w.output()[-2000:]}")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, what="ready")
+        w.signal(signal.SIGHUP)  # the edit is judged as a set: refused, the running set stays
+        w.wait_log("configuration reload refused")
+        assert "Encountered unknown tag 'broken'" in w.output()
+        part.write_text("part two\n")
+        w.signal(signal.SIGHUP)
+        wait_for(lambda: read(dest) == "part two\nv two\n", what="the fixed include")
     finally:
         assert w.stop() == 0
 

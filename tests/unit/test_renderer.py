@@ -155,7 +155,33 @@ def _limited(tmp_path: Path, template: str, **limits: object) -> tuple[Renderer,
     return Renderer(renderer.templates_dir, **limits), res, mirror  # type: ignore[arg-type]
 
 
+def test_an_include_renders_as_it_was_when_the_renderer_was_made(tmp_path: Path) -> None:
+    """One resource set, one version of its templates: an include a render had not needed yet
+    used to be read from disk at its first use (an edit waiting for its SIGHUP, or one a
+    SIGHUP refused), beside the main template as loaded."""
+    parts = tmp_path / "templates" / "parts"
+    parts.mkdir(parents=True)
+    (parts / "part.tmpl").write_text("old part\n")
+    (parts / "other.tmpl").write_text("old other\n")
+    template = ("{% if exists('/x') %}{% include 'parts/part.tmpl' %}{% endif %}"
+                "{% include 'parts/' ~ getv('/which', 'none') ~ '.tmpl' ignore missing %}main\n")
+    renderer, res, mirror = make(tmp_path, template, {})
+    assert renderer.render(res, mirror) == "main\n"
+    (parts / "part.tmpl").write_text("{% broken %}")
+    (parts / "other.tmpl").unlink()
+    (parts / "new.tmpl").write_text("added later\n")
+    mirror.load(Snapshot(6, {"/x": b"1", "/which": b"other"}))
+    assert renderer.render(res, mirror) == "old part\nold other\nmain\n"
+    mirror.load(Snapshot(7, {"/which": b"new"}))
+    assert renderer.render(res, mirror) == "main\n"  # not in the set as loaded
+    mirror.load(Snapshot(8, {"/x": b"1"}))
+    with pytest.raises(ResourceError, match=r"part\.tmpl:1: template syntax error"):
+        Renderer(renderer.templates_dir).render(res, mirror)  # the next set reads the edit
+
+
 def test_a_plain_range_loop_is_stopped_by_the_render_timeout(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "ok.tmpl").write_text("{{ getv('/a') }}")
     renderer, res, mirror = _limited(tmp_path, "{% for i in range(10**12) %}{% endfor %}",
                                      render_timeout=0.3)
     started = time.monotonic()
@@ -165,7 +191,6 @@ def test_a_plain_range_loop_is_stopped_by_the_render_timeout(tmp_path: Path) -> 
     # The renderer is still usable, and no stray timeout lands in later work.
     res2 = Resource(name="ok", source=res.source, src=res.src.with_name("ok.tmpl"),
                     dest=res.dest, keys=res.keys, prefix="")
-    res2.src.write_text("{{ getv('/a') }}")
     for _ in range(200):
         assert renderer.render(res2, mirror) == "1"
     time.sleep(0.5)
@@ -223,10 +248,10 @@ def test_include_cannot_leave_the_templates_directory(tmp_path: Path, include: s
 
 
 def test_includes_inside_the_directory_and_an_absolute_src_work(tmp_path: Path) -> None:
+    (tmp_path / "templates" / "parts").mkdir(parents=True)
+    (tmp_path / "templates" / "parts" / "head.tmpl").write_text("head")
     renderer, res, mirror = make(tmp_path, '{% include "parts/head.tmpl" %}|{{ getv("/a") }}',
                                  {"/a": "1"})
-    (renderer.templates_dir / "parts").mkdir()
-    (renderer.templates_dir / "parts" / "head.tmpl").write_text("head")
     assert renderer.render(res, mirror) == "head|1"
     outside = tmp_path / "elsewhere" / "own.tmpl"
     outside.parent.mkdir()
