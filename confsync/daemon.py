@@ -194,11 +194,16 @@ class Daemon:
 
     # ---- the loop
 
+    def _started(self) -> None:
+        """Tell the observers what now runs, and how late a heartbeat may be on its account."""
+        self.observers.started(self.state.resources)
+        self.observers.step_bound(self.syncer.step_bound(self.state.resources))
+
     def run(self) -> int:
         self._install_signal_handlers()
         previous_hook = threading.excepthook
         threading.excepthook = _log_thread_death
-        self.observers.started(self.state.resources)
+        self._started()
         if self.state.settings.watch.confdir:
             self._watch_local_files()
         self.follower.start()
@@ -731,7 +736,7 @@ class Daemon:
         self._repairing.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
-        self.observers.started(state.resources)  # observers forget resources that are gone
+        self._started()  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
         if self.ready:

@@ -119,6 +119,17 @@ class Syncer:
             self._targets[resource] = target_for(resource)
         return self._targets[resource]
 
+    def step_bound(self, resources: Iterable[Resource]) -> float:
+        """The longest step between two heartbeats of `apply` by the timeouts that bound it:
+        a resource's render and check, or one reload."""
+        bound = 0.0
+        for resource in resources:
+            render = resource.render_timeout or self.renderer.render_timeout
+            bound = max(bound, render + (resource.check_timeout if resource.check_cmd else 0.0))
+            if self.target(resource) is not None:
+                bound = max(bound, resource.reload_timeout)
+        return bound
+
     def _sweep(self, resources: Iterable[Resource]) -> None:
         """Remove staged files a killed run left beside each dest, the first time we see it."""
         new = [r.dest for r in resources if r.dest not in self._swept]

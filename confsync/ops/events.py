@@ -44,7 +44,13 @@ class Observer:
         """The first full render finished (every resource tried once)."""
 
     def heartbeat(self) -> None:
-        """The loop is alive; called at least once a second."""
+        """The loop is alive; called at least once a second, and after every step of an
+        apply."""
+
+    def step_bound(self, seconds: float) -> None:
+        """The longest one step of an apply may take by its timeouts (a resource's render and
+        check, or a reload), for the resources that now run: a heartbeat may be that late
+        without the loop being stuck."""
 
     def reloading_config(self) -> None:
         """SIGHUP (or a conf.d change) is being handled."""
@@ -115,6 +121,9 @@ class Observers(Observer):
 
     def heartbeat(self) -> None:
         self._each("heartbeat")
+
+    def step_bound(self, seconds: float) -> None:
+        self._each("step_bound", seconds)
 
     def reloading_config(self) -> None:
         self._each("reloading_config")

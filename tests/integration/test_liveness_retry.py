@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.http_probe import ready
+from tests.support.http_probe import probe, ready
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
 
@@ -144,3 +145,31 @@ def test_full_disk_is_retried_once_space_is_back(etcd: EtcdMember, tmp_path: Pat
         for w in watchers:
             w.stop()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_health_stays_up_through_a_check_that_takes_longer_than_its_max_age(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A step bounded by its timeout is no stuck loop: /health said 503 after 10 s of a 12 s
+    check (check_timeout 20 s), and a liveness probe restarted a daemon that was only
+    waiting, at every apply that ran the same check."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, slow, started = tmp_path / "out.conf", tmp_path / "slow", tmp_path / "check-started"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\ncheck_timeout = "20s"\n'
+                   f'check_cmd = ["sh", "-c", "test ! -e {slow} || (touch {started}; sleep 12.5)"]')
+    port = free_port()
+    start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    slow.touch()
+    c.put(prefix + "/k/v", "2")
+    wait_for(started.exists, 20, what="the slow check")
+    since = time.monotonic()
+    statuses = []
+    while read(dest) != "value=2\n" and time.monotonic() - since < 30:
+        statuses.append((round(time.monotonic() - since, 1),
+                         probe(f"http://127.0.0.1:{port}", "/health")[0]))
+        time.sleep(0.5)
+    assert read(dest) == "value=2\n"
+    assert any(at > 10.5 for at, _ in statuses), statuses  # asked past the 10 s max age
+    assert all(status == 200 for _, status in statuses), statuses

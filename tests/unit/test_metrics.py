@@ -161,6 +161,21 @@ def test_health_follows_heartbeats(m: Metrics, clock: Clock) -> None:
     assert m.health(10.0)[0] is True
 
 
+def test_a_heartbeat_may_be_late_by_the_longest_bounded_step(m: Metrics, clock: Clock) -> None:
+    """A check_cmd of 25 s (30 s allowed) is no stuck loop: /health said 503 after 10 s."""
+    m.step_bound(30.0)
+    m.heartbeat()
+    clock.now += 25
+    assert m.health(10.0)[0] is True
+    clock.now += 15.5  # past every bound: stuck
+    ok, detail = m.health(10.0)
+    assert not ok and detail["max_age"] == 40.0
+    m.step_bound(0.0)  # a SIGHUP removed the slow resource
+    m.heartbeat()
+    clock.now += 10.5
+    assert m.health(10.0)[0] is False
+
+
 def test_own_registry_so_instances_do_not_collide() -> None:
     first, second = Metrics(), Metrics()
     first.batches.inc()
