@@ -432,7 +432,8 @@ class Daemon:
                                 outcome.resource.dest, extra={"resource": name})
             if outcome.error is not None and (outcome.error.step in RETRY_STEPS
                                               or outcome.error.retry):
-                delay = self.planner.retry(outcome.resource, now)
+                delay = self.planner.retry(outcome.resource, now,
+                                           outcome.seconds + (outcome.reload_seconds or 0.0))
                 log.info("resource %s: trying again in %.1fs", name, delay,
                          extra={"resource": name, "retry_in": round(delay, 2)})
             elif outcome.reload is not None and outcome.reload.kind is ReloadKind.NO_TARGET:

@@ -16,7 +16,12 @@ from confsync.resources import Resource
 from confsync.watcher import Backoff
 
 RETRY_BASE = 1.0  # seconds before the first retry of a failed apply
-RETRY_CAP = 30.0  # the longest wait between two retries
+RETRY_CAP = 30.0  # the longest wait between two retries (but see RETRY_SHARE)
+# A retry waits at least this many times what the failed try cost the loop, so a failure that
+# keeps the loop busy (a template that always runs into render_timeout, a check_cmd that always
+# times out) takes at most a tenth of its time: every 30 s, a 30 s timeout held every other
+# resource for half of it.
+RETRY_SHARE = 9.0
 
 
 @dataclass
@@ -63,16 +68,17 @@ class Planner:
         wait_min, wait_max = self._windows(pending.resource)
         return min(pending.last + wait_min, pending.first + wait_max)
 
-    def retry(self, resource: Resource, now: float) -> float:
+    def retry(self, resource: Resource, now: float, cost: float = 0.0) -> float:
         """Schedule another try of a failed apply; return the delay chosen.
 
-        Each consecutive failure doubles the wait (jittered, capped at `retry_cap`); a change
+        Each consecutive failure doubles the wait (jittered, capped at `retry_cap`), and it is
+        at least RETRY_SHARE times the `cost` (seconds) of the try that failed; a change
         touching the resource meanwhile renders it at its debounce deadline as usual.
         """
         entry = self._retries.get(resource.name)
         backoff = entry.backoff if entry is not None else Backoff(self.retry_base,
                                                                   self.retry_cap)
-        delay = backoff.next()
+        delay = max(backoff.next(), RETRY_SHARE * cost)
         self._retries[resource.name] = _Retry(resource, now + delay, backoff)
         return delay
 

@@ -77,14 +77,14 @@ def test_a_render_stopped_by_render_timeout_is_retried_without_a_data_change(
     write_resource(tmp_path / "cd", "app",
                    f"{{% if fileExists('{slow}') %}}{{% for i in range(10**12) %}}{{% endfor %}}"
                    f"{{% endif %}}{TEMPLATE}",
-                   f'dest = "{dest}"\nkeys = ["/k"]\nrender_timeout = "1s"')
+                   f'dest = "{dest}"\nkeys = ["/k"]\nrender_timeout = "0.3s"')
     port = free_port()
     w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
     wait_for(lambda: read(dest) == "value=1\n" and ready(port)[0] == 200, 20,
              what="first render, ready")
     slow.touch()
     c.put(prefix + "/k/v", "2")
-    w.wait_log("render_timeout (1s)", timeout=20, count=2)  # the change, then a retry
+    w.wait_log("render_timeout (0.3s)", timeout=20, count=2)  # the change, then a retry
     status, body = ready(port)
     assert status == 503 and "failing: app" in body["reasons"], body
     assert read(dest) == "value=1\n"

@@ -76,6 +76,14 @@ def test_failed_apply_is_retried_with_growing_capped_backoff() -> None:
     assert p.retry(a, now) <= 1.0  # a success starts a fresh backoff
 
 
+def test_a_costly_failure_takes_at_most_a_tenth_of_the_loop() -> None:
+    """A template that always runs into a 30 s render_timeout, retried every 30 s, held every
+    other resource for half the loop's time."""
+    p = Planner(wait_min=0.0, wait_max=0.0, retry_base=1.0, retry_cap=30.0)
+    assert p.retry(res("slow"), 0.0, cost=30.0) == 270.0
+    assert p.retry(res("quick"), 0.0, cost=0.01) <= 1.0  # cheap failures: the usual backoff
+
+
 def test_a_change_renders_at_its_debounce_deadline_and_the_retry_does_not_fire_twice() -> None:
     p = Planner(wait_min=0.1, wait_max=1.0, retry_base=10.0, retry_cap=10.0)
     a = res("a")
