@@ -37,7 +37,7 @@ from confsync.mirror import Mirror
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
 from confsync.outcome import FAILED, UPDATED, Outcome
-from confsync.planner import Planner
+from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
@@ -660,16 +660,22 @@ class Daemon:
                 self._abandon(pending)
         elif isinstance(event, StreamState) and not event.connected:
             pending, self.pending = self.pending, None
-            delay = self._reload_retry.next()
-            why = f"cannot read the new prefixes: {event.reason}"
-            # The first refusal, then the same one at most every 5 minutes: a retry every
-            # 30 s for as long as etcd stays away would log 240 lines an hour.
-            logged = self._reload_warnings.due(why) or self._reload_retry.attempts == 1
-            self._refuse(f"{why}; the reload is tried again in {delay:.1f}s", logged)
+            self._refuse_for_now(f"cannot read the new prefixes: {event.reason}")
             self._abandon(pending)
-            retry_at = time.monotonic() + delay
-            # (A SIGHUP or an edit already waiting keeps its earlier time.)
-            self.reload_config_at = min(retry_at, self.reload_config_at or retry_at)
+
+    def _refuse_for_now(self, why: str, cost: float = 0.0) -> None:
+        """Refused for a reason that passes (etcd away, DNS failing for now, a render stopped
+        by render_timeout on a loaded machine): the reload is tried again with backoff, at
+        least RETRY_SHARE times what this try took (a runaway new template must not hold the
+        loop)."""
+        delay = max(self._reload_retry.next(), RETRY_SHARE * cost)
+        # The first refusal, then the same one at most every 5 minutes: a retry every
+        # 30 s for as long as etcd stays away would log 240 lines an hour.
+        logged = self._reload_warnings.due(why) or self._reload_retry.attempts == 1
+        self._refuse(f"{why}; the reload is tried again in {delay:.1f}s", logged)
+        retry_at = time.monotonic() + delay
+        # (A SIGHUP or an edit already waiting keeps its earlier time.)
+        self.reload_config_at = min(retry_at, self.reload_config_at or retry_at)
 
     def _abandon(self, pending: PendingReload) -> None:
         """Back to the running set: a new follower for its prefixes, starting with a snapshot
@@ -691,10 +697,12 @@ class Daemon:
                 "configuration reload refused, the running set stays: %s", reason)
         self.observers.config_reloaded(False, reason)
 
-    def _judge(self, state: ResourceSetState, mirror: Mirror) -> tuple[str | None, list[str]]:
-        """(why the new set is refused or None, names failing on their data)."""
+    def _judge(self, state: ResourceSetState,
+               mirror: Mirror) -> tuple[str | None, bool, list[str]]:
+        """(why the new set is refused or None, whether that may pass, names failing on their
+        data)."""
         if not self.ready:
-            return None, []  # no data yet to judge against: the first snapshot renders all
+            return None, False, []  # no data yet to judge against: the first snapshot renders
         running = {r.name: r for r in self.state.resources}
         data_failures = []
         for resource in state.resources:
@@ -707,15 +715,21 @@ class Daemon:
                                            for p in (old.watched_prefixes if old else ())) \
                     else self.mirror
                 if old is not None and _renders(self.state.renderer, old, old_mirror):
-                    return f"{exc} (the running definition renders)", []
+                    # A failure for now (DNS, a loaded machine) is no broken set: refused for
+                    # good, the new files waited for the next SIGHUP or edit.
+                    return f"{exc} (the running definition renders)", exc.retry, []
                 data_failures.append(resource.name)
-        return None, data_failures
+        return None, False, data_failures
 
     def _judge_and_switch(self, state: ResourceSetState, mirror: Mirror,
                           store: Store | None = None, snapshot: Snapshot | None = None) -> bool:
-        refused, data_failures = self._judge(state, mirror)
+        began = time.monotonic()
+        refused, for_now, data_failures = self._judge(state, mirror)
         if refused is not None:
-            self._refuse(refused)
+            if for_now:
+                self._refuse_for_now(refused, time.monotonic() - began)
+            else:
+                self._refuse(refused)
             return False
         self.state = state
         if store is not None and store is not self.store:

@@ -189,3 +189,28 @@ def test_reload_retried_while_etcd_is_away_does_not_flood_the_log(
     etcd_private.start()
     wait_for(lambda: read(b) == "bee\n", 20,
              what=f"the reload applied once etcd was back\n{w.output()[-3000:]}")
+
+
+def test_an_edit_refused_for_a_failure_that_passes_is_tried_again(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A new definition whose render fails for now (here render_timeout on a "busy machine";
+    a DNS lookup failing for now is the same) while the running one renders: refused, and
+    tried again with backoff. It was refused for good: the edit waited for another SIGHUP."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/b/v", "1")
+    cd = tmp_path / "cd"
+    b, busy = tmp_path / "b.out", tmp_path / "machine-is-busy"
+    write_resource(cd, "b", "{{ getv('/b/v') }}\n", f'dest = "{b}"\nkeys = ["/b"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(b) == "1\n", 20, what="first render")
+    busy.touch()
+    write_resource(cd, "b",
+                   f"{{% if fileExists('{busy}') %}}{{% for i in range(10**12) %}}{{% endfor %}}"
+                   "{% endif %}v={{ getv('/b/v') }}\n",
+                   f'dest = "{b}"\nkeys = ["/b"]\nrender_timeout = "0.3s"')
+    w.signal(signal.SIGHUP)
+    w.wait_log("the reload is tried again in")
+    assert read(b) == "1\n"
+    busy.unlink()  # quiet again; no SIGHUP, no edit, no data change from here on
+    wait_for(lambda: read(b) == "v=1\n", 30, what=f"the reload tried again\n{w.output()[-2000:]}")
+    w.wait_log("configuration reloaded")
