@@ -332,10 +332,13 @@ def _bytecode_cache(jinja2: Any) -> Any:
     from confsync import __version__
 
     try:
-        # Our own file names, with the version: the cache key is the template's name and
-        # source only, and this Environment's options (finalize, trim_blocks, ...) shape the
-        # compiled code, so another Jinja user or another confsync must never load ours.
-        return BestEffortCache(pattern=f"__confsync_{__version__}_%s.cache")
+        # Our own file names, with our version and Jinja2's: the cache key is the template's
+        # name and source only, and this Environment's options (finalize, trim_blocks, ...) and
+        # Jinja2's code generator shape the compiled code, so another Jinja user, another
+        # confsync or an upgraded Jinja2 (whose bytecode format number rarely moves) must never
+        # load ours.
+        return BestEffortCache(
+            pattern=f"__confsync_{__version__}_jinja2_{jinja2.__version__}_%s.cache")
     except (OSError, RuntimeError):
         return None
 

@@ -148,6 +148,18 @@ def test_unwritable_bytecode_cache_dir_never_fails_a_render(tmp_path: Path,
     assert render(tmp_path, "{{ getv('/a') }}", {"/a": "ok"}) == "ok"
 
 
+def test_compiled_templates_are_cached_per_confsync_and_jinja2_version(tmp_path: Path) -> None:
+    """The cache is keyed by template name and source only: code compiled by another Jinja2
+    (whose bytecode format number rarely moves) must not be loaded after an upgrade."""
+    import jinja2
+
+    from confsync import __version__
+
+    renderer = Renderer(tmp_path)
+    pattern = renderer.env.bytecode_cache.pattern
+    assert __version__ in pattern and f"jinja2_{jinja2.__version__}" in pattern
+
+
 # ---- render limits (issue 13 item 15)
 
 def _limited(tmp_path: Path, template: str, **limits: object) -> tuple[Renderer, Resource, Mirror]:
