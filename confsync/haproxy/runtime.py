@@ -21,8 +21,10 @@ from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
 
-# Admin-state bits that mean maintenance (forced, inherited, config, resolution).
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20
+# Admin-state bits that mean maintenance: forced, inherited, resolution (HAProxy's
+# SRV_ADMF_MAINT). Not 0x04, "disabled in the config": a server loaded `disabled` and set
+# ready at runtime keeps that bit alone and serves (measured on 2.6: admin state 4, running).
+_MAINT_BITS = 0x01 | 0x02 | 0x20
 # Admin-state bits that mean drain (forced, inherited).
 _DRAIN_BITS = 0x08 | 0x10
 # Columns of `show servers state` (version 1), as HAProxy 2.6 prints them.

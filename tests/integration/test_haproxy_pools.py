@@ -290,6 +290,26 @@ def test_instance_registered_in_maint_goes_ready_without_reload(
     assert stack.status().reloads == reloads
 
 
+def test_an_instance_that_started_in_maint_goes_back_to_maint_and_stops_serving(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """A server HAProxy loaded `disabled` and that `set server ... state ready` took out of
+    maintenance keeps the config's flag alone (admin state 4, CMAINT, which HAProxy does not
+    count as maintenance: it serves). It was read as "in maintenance": the instance going back
+    to maint sent nothing and went on serving, and every pass sent it `state ready` again."""
+    stack.put_instance("web", "b", backends["b"].port, state="maint")
+    _running(stack, backends, "a")  # b starts `disabled` in the config
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port, state="ready")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    stack.put_instance("web", "a", backends["a"].port, weight=50)  # b as it is
+    assert "runtime API: 1 command(s)" in stack.sync_ok()  # a's weight, nothing for b
+    stack.put_instance("web", "b", backends["b"].port, state="maint")
+    stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 4}
+    assert stack.status().reloads == reloads
+
+
 def test_drift_behind_confsyncs_back_is_healed_at_the_next_change(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     _running(stack, backends, "a", "b")
