@@ -217,6 +217,17 @@ class HAProxyController(ReloadTarget):
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
 
+    def take_over(self, earlier: ReloadTarget) -> None:
+        """Servers `earlier` parked are this resource's to delete still, when both drive the
+        same HAProxy (same sockets): a SIGHUP that edited the resource (a timeout, its check)
+        left them in maintenance in HAProxy until its next reload."""
+        if not isinstance(earlier, HAProxyController) or (
+                (earlier.settings.master_socket, earlier.settings.runtime_socket)
+                != (self.settings.master_socket, self.settings.runtime_socket)):
+            return
+        self.parked |= earlier.parked
+        self._master = self._master or earlier._master
+
     def key(self) -> Hashable:
         if self.settings.master_socket is not None:
             return ("haproxy-master", self.settings.master_socket)
