@@ -66,15 +66,23 @@ class LiveServer:
     drain: bool
 
 
-def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
-    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
+def _servers_state(admin: AdminSocket, retry_for: float) -> list[str]:
+    """The lines of `show servers state` (the version first); RuntimeApplyFailed when HAProxy
+    does not answer or answers something else (an error text, a level too low)."""
     try:
-        text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.2)
+        text = query(admin.path, "show servers state", timeout=admin.timeout,
+                     retry_for=retry_for)
     except OSError as exc:
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
+    return lines
+
+
+def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
+    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
+    lines = _servers_state(admin, retry_for=0.2)
     backends: dict[str, dict[str, LiveServer]] = {}
     for line in lines[1:]:
         fields = line.split()
@@ -199,6 +207,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
 def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig | None,
                       new: HAProxyConfig, parked: Iterable[str] = ()) -> int:
     """Write `show servers state` to `state_file` for the reload into `new`; return lines kept.
+    RuntimeApplyFailed when HAProxy does not answer, OSError when the file cannot be written.
 
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
     config (measured), so for a server of ours (a `server` line) a line is kept only where the
@@ -207,10 +216,7 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     `server-template` slot filled at runtime) keeps its whole state: it is not ours to reset.
     """
     ours = managed(old, parked) if old is not None else set(parked)
-    text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.5)
-    lines = text.splitlines()
-    if not lines or not lines[0].strip().isdigit():
-        raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
+    lines = _servers_state(admin, retry_for=0.5)
     kept = [lines[0]]
     count = 0
     for line in lines[1:]:
