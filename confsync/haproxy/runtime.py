@@ -213,9 +213,13 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     config (measured), so for a server of ours (a `server` line) a line is kept only where the
     new config agrees on address, port, weight and maintenance: what it carries across the
     reload is the health-check state. A server that is no `server` line of either file (a
-    `server-template` slot filled at runtime) keeps its whole state: it is not ours to reset.
+    `server-template` slot filled at runtime, a server of another file HAProxy loads) keeps
+    its whole state: it is not ours to reset.
     """
     ours = managed(old, parked) if old is not None else set(parked)
+    # Backends of other files HAProxy loads (`-f ours.cfg -f theirs.cfg`) are in neither of our
+    # files. Not known without the previous file: a backend this change removed looks the same.
+    known = set(old.backends) | set(new.backends) if old is not None else None
     lines = _servers_state(admin, retry_for=0.5)
     kept = [lines[0]]
     count = 0
@@ -229,9 +233,11 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
         backend = new.backends.get(fields[_BE_NAME])
         server = backend.servers.get(fields[_SRV_NAME]) if backend else None
         if server is None:
-            if backend is not None and f"{backend.name}/{fields[_SRV_NAME]}" not in ours:
-                kept.append(line)  # not ours (a server-template slot): its state stays
-                count += 1
+            if f"{fields[_BE_NAME]}/{fields[_SRV_NAME]}" not in ours and (
+                    backend is not None or (known is not None
+                                            and fields[_BE_NAME] not in known)):
+                kept.append(line)  # not ours (a server-template slot, a server of another
+                count += 1  # file): its state stays
             continue
         maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
         if (fields[_SRV_ADDR], fields[_PORT], fields[_UWEIGHT], maint) != (

@@ -95,6 +95,7 @@ class HAProxyStack:
     check_server_changes: bool = True  # false: proven server-only changes skip the check
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     template: Path = TEMPLATE  # the shipped one; tests of other template shapes pass their own
+    others: tuple[Path, ...] = ()  # more files HAProxy loads (`-f`) that confsync does not write
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -177,6 +178,7 @@ class HAProxyStack:
         log = (self.base / "haproxy.log").open("ab")
         self.proc = subprocess.Popen(
             [self.haproxy, "-W", "-S", str(self.master), "-f", str(self.cfg),
+             *(arg for other in self.others for arg in ("-f", str(other))),
              "-p", str(self.pidfile)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
