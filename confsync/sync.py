@@ -92,7 +92,8 @@ class Syncer:
         nothing else would reload it); when each file has been in place by dest; and the reload
         target of a resource whose definition did not change (it holds
         state: HAProxy servers parked in maintenance, deleted by a later pass, were left in
-        HAProxy for good by any SIGHUP that came first). A removed resource's memory is
+        HAProxy for good by any SIGHUP that came first), and for one whose definition was
+        edited (same dest) a new target that takes that state over. A removed resource's memory is
         dropped: months of added and removed resources must not pile up, and one added back
         later starts as at a daemon's start (the file at dest is the guard's memory).
         """
@@ -109,6 +110,14 @@ class Syncer:
         new.not_running = self.not_running & names
         new.in_place = {d: t for d, t in self.in_place.items() if d in dests}
         new._targets = {r: t for r, t in self._targets.items() if r in kept}
+        by_dest = {r.dest: t for r, t in self._targets.items() if r not in kept}
+        for resource in resources:
+            earlier = by_dest.get(resource.dest)
+            if resource not in new._targets and earlier is not None:
+                target = new.target(resource)
+                take_over = getattr(target, "take_over", None)  # duck-typed targets may lack it
+                if take_over is not None:
+                    take_over(earlier)
         new._dests_of = {n: d for n, d in self._dests_of.items() if n in names}
         return new
 

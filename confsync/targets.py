@@ -104,6 +104,12 @@ class ReloadTarget(Protocol):
         in this process and `previous` is the file installed after it. Default: never."""
         return False
 
+    def take_over(self, earlier: ReloadTarget) -> None:
+        """Take what `earlier`, the target of this resource before its definition was edited
+        (same dest), knows about the running service and nothing else can tell (HAProxy
+        servers parked in maintenance). Default: nothing to take."""
+        return None
+
 
 # ---- plugins: a resource-file table of their own, and the target built from it
 

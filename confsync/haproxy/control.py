@@ -34,6 +34,7 @@ from confsync.haproxy.runtime import (
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
+from confsync.logs import Repeats
 from confsync.processes import boot_clock, find_process, started_at, state
 from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 # accepts the connection and never does, and the probe runs on the daemon's loop every second.
 ASK_TIMEOUT = 1.0
 _STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
+# A state file that cannot be saved is so at every pass: said once every 5 minutes.
+_STATE_WARNINGS = Repeats()
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -216,6 +219,17 @@ class HAProxyController(ReloadTarget):
         # The master last seen answering: (pid, start time). A master that lives on while its
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
+
+    def take_over(self, earlier: ReloadTarget) -> None:
+        """Servers `earlier` parked are this resource's to delete still, when both drive the
+        same HAProxy (same sockets): a SIGHUP that edited the resource (a timeout, its check)
+        left them in maintenance in HAProxy until its next reload."""
+        if not isinstance(earlier, HAProxyController) or (
+                (earlier.settings.master_socket, earlier.settings.runtime_socket)
+                != (self.settings.master_socket, self.settings.runtime_socket)):
+            return
+        self.parked |= earlier.parked
+        self._master = self._master or earlier._master
 
     def key(self) -> Hashable:
         if self.settings.master_socket is not None:
@@ -421,16 +435,41 @@ class HAProxyController(ReloadTarget):
         if not new.state_file:
             return
         state_file = Path(new.state_file)
+        name = self.resource.name
+        unwritable = None
         try:
             if admin is None:
                 raise RuntimeApplyFailed("no admin socket")
             kept = save_server_state(admin, state_file, old, new, self.parked)
-            log.debug("resource %s: saved state of %d server(s) to %s", self.resource.name,
-                      kept, state_file)
-        except (OSError, RuntimeApplyFailed) as exc:
-            # A stale state file would override addresses from the new config: remove it.
-            log.debug("resource %s: no server state saved (%s)", self.resource.name, exc)
+            log.debug("resource %s: saved state of %d server(s) to %s", name, kept, state_file)
+            return
+        except RuntimeApplyFailed as exc:  # HAProxy does not answer: nothing to save
+            log.debug("resource %s: no server state saved (%s)", name, exc)
+        except OSError as exc:  # a read-only /var/lib/haproxy (ProtectSystem=strict), say
+            unwritable = exc.strerror or str(exc)
+        # A stale state file would override addresses from the new config: remove it. Neither
+        # failing is a failed pass (it was: the runtime changes made were rolled back, and
+        # every retry did the same); HAProxy's servers are as the file says all the same.
+        try:
             drop_server_state(state_file)
+        except OSError as exc:
+            # (unlink on a read-only mount fails for a file that is not there too: EROFS)
+            if os.path.lexists(state_file):
+                self._warn(f"resource {name}: cannot save HAProxy's server state to "
+                           f"{state_file} ({unwritable or 'HAProxy did not answer'}) nor "
+                           f"remove it ({exc.strerror}): HAProxy's next start or reload loads "
+                           "it as it is, and servers changed since take its address, weight "
+                           "and maintenance")
+                return
+        if unwritable is not None:
+            self._warn(f"resource {name}: cannot save HAProxy's server state to {state_file} "
+                       f"({unwritable}): servers' health is not carried across reloads (make "
+                       "its directory writable to confsync: ReadWritePaths=)")
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        if _STATE_WARNINGS.due(message):
+            log.warning("%s", message)
 
     def _trigger(self) -> tuple[Callable[[], None] | None, str]:
         """How to reload: `reload_signal` to the master if set and found, else the CLI."""

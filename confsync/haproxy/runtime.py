@@ -21,8 +21,10 @@ from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
 
-# Admin-state bits that mean maintenance (forced, inherited, config, resolution).
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20
+# Admin-state bits that mean maintenance: forced, inherited, resolution (HAProxy's
+# SRV_ADMF_MAINT). Not 0x04, "disabled in the config": a server loaded `disabled` and set
+# ready at runtime keeps that bit alone and serves (measured on 2.6: admin state 4, running).
+_MAINT_BITS = 0x01 | 0x02 | 0x20
 # Admin-state bits that mean drain (forced, inherited).
 _DRAIN_BITS = 0x08 | 0x10
 # Columns of `show servers state` (version 1), as HAProxy 2.6 prints them.
@@ -64,15 +66,23 @@ class LiveServer:
     drain: bool
 
 
-def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
-    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
+def _servers_state(admin: AdminSocket, retry_for: float) -> list[str]:
+    """The lines of `show servers state` (the version first); RuntimeApplyFailed when HAProxy
+    does not answer or answers something else (an error text, a level too low)."""
     try:
-        text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.2)
+        text = query(admin.path, "show servers state", timeout=admin.timeout,
+                     retry_for=retry_for)
     except OSError as exc:
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
+    return lines
+
+
+def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
+    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
+    lines = _servers_state(admin, retry_for=0.2)
     backends: dict[str, dict[str, LiveServer]] = {}
     for line in lines[1:]:
         fields = line.split()
@@ -197,18 +207,20 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
 def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig | None,
                       new: HAProxyConfig, parked: Iterable[str] = ()) -> int:
     """Write `show servers state` to `state_file` for the reload into `new`; return lines kept.
+    RuntimeApplyFailed when HAProxy does not answer, OSError when the file cannot be written.
 
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
     config (measured), so for a server of ours (a `server` line) a line is kept only where the
     new config agrees on address, port, weight and maintenance: what it carries across the
     reload is the health-check state. A server that is no `server` line of either file (a
-    `server-template` slot filled at runtime) keeps its whole state: it is not ours to reset.
+    `server-template` slot filled at runtime, a server of another file HAProxy loads) keeps
+    its whole state: it is not ours to reset.
     """
     ours = managed(old, parked) if old is not None else set(parked)
-    text = query(admin.path, "show servers state", timeout=admin.timeout, retry_for=0.5)
-    lines = text.splitlines()
-    if not lines or not lines[0].strip().isdigit():
-        raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
+    # Backends of other files HAProxy loads (`-f ours.cfg -f theirs.cfg`) are in neither of our
+    # files. Not known without the previous file: a backend this change removed looks the same.
+    known = set(old.backends) | set(new.backends) if old is not None else None
+    lines = _servers_state(admin, retry_for=0.5)
     kept = [lines[0]]
     count = 0
     for line in lines[1:]:
@@ -221,9 +233,11 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
         backend = new.backends.get(fields[_BE_NAME])
         server = backend.servers.get(fields[_SRV_NAME]) if backend else None
         if server is None:
-            if backend is not None and f"{backend.name}/{fields[_SRV_NAME]}" not in ours:
-                kept.append(line)  # not ours (a server-template slot): its state stays
-                count += 1
+            if f"{fields[_BE_NAME]}/{fields[_SRV_NAME]}" not in ours and (
+                    backend is not None or (known is not None
+                                            and fields[_BE_NAME] not in known)):
+                kept.append(line)  # not ours (a server-template slot, a server of another
+                count += 1  # file): its state stays
             continue
         maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
         if (fields[_SRV_ADDR], fields[_PORT], fields[_UWEIGHT], maint) != (

@@ -120,13 +120,16 @@ class _Holding(BaseHTTPRequestHandler):
 
 
 @pytest.mark.haproxy
+@pytest.mark.parametrize("edit", [False, True], ids=["unchanged", "definition-edited"])
 def test_a_server_parked_in_maintenance_is_deleted_after_a_sighup(
         haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
-        tmp_path: Path) -> None:
+        tmp_path: Path, edit: bool) -> None:
     """A server removed while it has a request in flight is parked in maintenance and deleted
     by a later pass. The list of parked servers lived in the reload target, and every SIGHUP
     made new targets: a server parked before a SIGHUP stayed in HAProxy (in maintenance)
-    until the next reload, which with the runtime strategy may be months away."""
+    until the next reload, which with the runtime strategy may be months away. A SIGHUP that
+    edits the resource itself (a timeout, its check) makes it a new resource with a new
+    target, which still takes over what the old one had parked."""
     _Holding.release = threading.Event()
     holding = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
     holding.daemon_threads = True
@@ -167,7 +170,12 @@ def test_a_server_parked_in_maintenance_is_deleted_after_a_sighup(
         wait_for(lambda: "server h " not in stack.cfg.read_text(), 10, what="h out of the file")
         process.wait_log("runtime API")
         assert " h " in servers(), "h has a request in flight: parked, not deleted"
-        process.signal(signal.SIGHUP)  # nothing changed: a config-management run
+        if edit:
+            resource = stack.confdir / "conf.d" / "haproxy.toml"
+            text = resource.read_text()
+            assert 'reload_timeout = "10s"' in text
+            resource.write_text(text.replace('reload_timeout = "10s"', 'reload_timeout = "11s"'))
+        process.signal(signal.SIGHUP)  # a config-management run
         process.wait_log("configuration reloaded: 1 resources")
         _Holding.release.set()
         for thread in requests:

@@ -63,6 +63,31 @@ def test_runtime_changes_survive_a_reload_or_restart_by_someone_else(
 
 
 
+def test_servers_of_another_file_keep_their_saved_state(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """HAProxy loads a second file confsync does not write (`-f haproxy.cfg -f other.cfg`).
+    Saving the server state for our file dropped every line of the other file's backends,
+    so after any reload its servers lost what HAProxy knew of them: one known DOWN was sent
+    traffic again until its checks failed anew (a slot filled at runtime came back empty)."""
+    other = stack.base / "other.cfg"
+    other.write_text(f"backend be_other\n    balance roundrobin\n"
+                     f"    server x 127.0.0.1:{free_port()} check inter 100ms\n")
+    stack.others = (other,)
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    down = "be_other 1 x 127.0.0.1 0 "  # srv_op_state 0: stopped (its checks fail)
+    wait_for(lambda: down in stack.admin_command("show servers state be_other"), timeout=5)
+
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "runtime API" in stack.sync_ok()  # saves the state file
+    assert down in stack.state.read_text()
+    stack.reload_by_signal()
+    assert down in stack.admin_command("show servers state be_other")
+    assert spread(stack.port, 4) == {"a": 2, "b": 2}
+
+
 def _metric(port: int, line: str) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
         return line in answer.read().decode().splitlines()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.haproxy import HAProxyStack, http_get, readonly_wrapper, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -287,6 +287,56 @@ def test_instance_registered_in_maint_goes_ready_without_reload(
     stack.put_instance("web", "b", backends["b"].port, state="ready")
     assert "runtime API" in stack.sync_ok()
     assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    assert stack.status().reloads == reloads
+
+
+def test_an_instance_that_started_in_maint_goes_back_to_maint_and_stops_serving(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """A server HAProxy loaded `disabled` and that `set server ... state ready` took out of
+    maintenance keeps the config's flag alone (admin state 4, CMAINT, which HAProxy does not
+    count as maintenance: it serves). It was read as "in maintenance": the instance going back
+    to maint sent nothing and went on serving, and every pass sent it `state ready` again."""
+    stack.put_instance("web", "b", backends["b"].port, state="maint")
+    _running(stack, backends, "a")  # b starts `disabled` in the config
+    reloads = stack.status().reloads
+    stack.put_instance("web", "b", backends["b"].port, state="ready")
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    stack.put_instance("web", "a", backends["a"].port, weight=50)  # b as it is
+    assert "runtime API: 1 command(s)" in stack.sync_ok()  # a's weight, nothing for b
+    stack.put_instance("web", "b", backends["b"].port, state="maint")
+    stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 4}
+    assert stack.status().reloads == reloads
+
+
+def test_a_state_file_confsync_may_not_write_fails_no_runtime_change(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The shipped unit (ProtectSystem=strict) left the template's state file directory,
+    /var/lib/haproxy, read-only to confsync. Saving the server state after a runtime pass
+    failed, and so did removing the file (EROFS, even for a file that is not there): the
+    pass counted as a failed reload, the file was rolled back and HAProxy's servers with it,
+    and every retry did the same. Now the change stands and a warning names the file."""
+    readonly = stack.base / "readonly"
+    readonly.mkdir()
+    wrapper = readonly_wrapper(readonly)
+    if wrapper is None:
+        pytest.skip("needs root and unshare for a read-only bind mount")
+    stack.put_basics()
+    stack.put("/haproxy/global", {"admin_socket": str(stack.admin), "maxconn": 2000,
+                                  "state_file": str(readonly / "server-state")})
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    reloads = stack.status().reloads
+
+    stack.put_instance("web", "b", backends["b"].port)
+    result = stack.sync(wrapper)
+    assert result.returncode == 0, result.stderr
+    assert "runtime API" in result.stderr
+    assert f"server state to {readonly / 'server-state'}" in result.stderr
+    assert "server b " in stack.cfg.read_text()
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}
     assert stack.status().reloads == reloads
 
 

@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,21 @@ def spread(port: int, count: int, path: str = "/", host: str | None = None) -> C
     return seen
 
 
+def readonly_wrapper(directory: Path) -> list[str] | None:
+    """A command prefix that runs a command with `directory` read-only to it alone (a bind mount
+    in a mount namespace of its own), as systemd's ProtectSystem=strict leaves what a unit's
+    ReadWritePaths do not name; None where this process may not do that (not root, no
+    unshare)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0"',
+                            str(directory)], capture_output=True, timeout=10)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"',
+            str(directory)]
+
+
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll until `predicate()` is truthy (returned) or `timeout` runs out (AssertionError)."""
     deadline = time.monotonic() + timeout
@@ -79,6 +95,7 @@ class HAProxyStack:
     check_server_changes: bool = True  # false: proven server-only changes skip the check
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     template: Path = TEMPLATE  # the shipped one; tests of other template shapes pass their own
+    others: tuple[Path, ...] = ()  # more files HAProxy loads (`-f`) that confsync does not write
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -140,10 +157,11 @@ class HAProxyStack:
         return ["--confdir", str(self.confdir), "--backend", "etcd", "--endpoints",
                 self.etcd_endpoint, "--prefix", self.prefix, "--log-level", "info"]
 
-    def sync(self) -> subprocess.CompletedProcess[str]:
-        """One confsync pass over the stack's prefix; the result (returncode, stderr) is kept."""
+    def sync(self, wrapper: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """One confsync pass over the stack's prefix; the result (returncode, stderr) is kept.
+        `wrapper`: a command confsync runs under (`readonly_wrapper`, say)."""
         self.last_sync = subprocess.run(
-            [sys.executable, "-m", "confsync", "once", *self.cli_args()],
+            [*wrapper, sys.executable, "-m", "confsync", "once", *self.cli_args()],
             capture_output=True, text=True, timeout=60, cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         return self.last_sync
@@ -160,6 +178,7 @@ class HAProxyStack:
         log = (self.base / "haproxy.log").open("ab")
         self.proc = subprocess.Popen(
             [self.haproxy, "-W", "-S", str(self.master), "-f", str(self.cfg),
+             *(arg for other in self.others for arg in ("-f", str(other))),
              "-p", str(self.pidfile)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
