@@ -59,6 +59,7 @@ class WatchProcess:
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a test that stopped it may have failed
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
