@@ -40,6 +40,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_CRASH_LOOP = 1  # confsync's status when it gives up on a crash-looping child
+# Signals whose default action leaves a process alive: safe to send before it has a handler.
+_HARMLESS_BY_DEFAULT = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether `pid` catches or ignores `signum` (/proc/PID/status SigCgt, SigIgn).
+
+    A process that is still starting (HAProxy parsing its configuration, an interpreter before
+    its first line, a shell before its `exec`) has the default action, which for SIGHUP, SIGUSR1
+    and SIGUSR2 is to terminate. True when it cannot be told (no /proc): sent as before.
+    """
+    if signum in _HARMLESS_BY_DEFAULT:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        mask = int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
+        return True
+    return bool(mask >> (signum - 1) & 1)
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,10 @@ class Supervisor(Observer):
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
+        # A reload due while the child could not take it yet (still starting): sent by poll()
+        # once it handles the signal; dropped if it dies (its successor reads the files).
+        self.reload_held = False
+        self._held_warned = False
         # Called once when the crash-loop limit is hit (or the command cannot start): the
         # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
         self.on_give_up = on_give_up
@@ -124,7 +148,19 @@ class Supervisor(Observer):
                  extra={"pid": self.proc.pid})
 
     def reload(self) -> bool:
-        """Send the reload signal; False when no child runs (it will read the new files)."""
+        """Send the reload signal; False when no child runs (it will read the new files).
+
+        A child that does not handle the signal yet is still starting: the signal would kill
+        it (the default action), so the reload is held until it does (see poll()).
+        """
+        if self.running and self.proc is not None and \
+                not handles(self.proc.pid, self.policy.reload_signal):
+            if not self.reload_held:
+                log.info("exec: pid %d does not handle %s yet (starting); reload held until it "
+                         "does", self.proc.pid, self.policy.reload_signal.name)
+            self.reload_held = True
+            return True
+        self.reload_held = False
         return self.forward(self.policy.reload_signal)
 
     def forward(self, signum: int) -> bool:
@@ -159,6 +195,7 @@ class Supervisor(Observer):
         self._reap()
         if self.proc is not None and self.proc.returncode is not None and not self._stopping:
             self._died(self.proc.returncode)
+        self._send_held_reload()
         if (self.proc is None and self._restart_at is not None and not self._stopping
                 and self._clock() >= self._restart_at and self.gave_up is None):
             self.restarts += 1
@@ -173,11 +210,26 @@ class Supervisor(Observer):
             if self.proc.returncode is not None:
                 children.done(self.proc)
 
+    def _send_held_reload(self) -> None:
+        """A held reload goes out once the child handles the signal; said once if that takes
+        longer than stable_after (a child that never handles it is never killed by it)."""
+        if not self.reload_held or not self.running or self.proc is None:
+            return
+        if handles(self.proc.pid, self.policy.reload_signal):
+            self.reload()
+        elif not self._held_warned and \
+                self._clock() - self._started_at >= self.policy.stable_after:
+            self._held_warned = True
+            log.warning("exec: pid %d still does not handle %s after %.0fs; the reload stays "
+                        "held (sending it would kill the child)", self.proc.pid,
+                        self.policy.reload_signal.name, self._clock() - self._started_at)
+
     def _died(self, returncode: int, why: str = "") -> None:
         now = self._clock()
         uptime = now - self._started_at
         self.last_status = exit_status(returncode)
         self.proc = None
+        self.reload_held = self._held_warned = False  # the next child reads the files at start
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.policy.crash_window:
             self._deaths.popleft()

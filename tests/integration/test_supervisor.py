@@ -28,6 +28,8 @@ CHILD = textwrap.dedent("""
     log.write(f"start {os.getpid()} {time.monotonic()}\\n")
     if mode.startswith("exit"):
         sys.exit(int(mode[4:]))
+    while mode == "gated" and not os.path.exists(sys.argv[1] + ".go"):  # still starting
+        time.sleep(0.01)
     def on(sig, frame):
         log.write(f"signal {signal.Signals(sig).name}\\n")
         if sig == signal.SIGTERM:
@@ -161,6 +163,39 @@ def test_a_long_lived_child_resets_backoff(child: tuple[Path, Path]) -> None:
         sup.poll()
         assert sup.running
     sup.stop()
+
+
+def test_a_reload_due_while_the_child_starts_waits_until_it_handles_the_signal(
+        child: tuple[Path, Path]) -> None:
+    """SIGHUP's default action is to terminate: sent before the child installed its handler
+    (HAProxy parsing its configuration), a reload killed it, and enough such batches during a
+    rolling deploy made a crash loop that ended confsync."""
+    from confsync.ops.metrics import Metrics
+
+    script, log = child
+    sup = Supervisor(policy(script, log, "gated"))
+    metrics = Metrics()
+    metrics.track_exec(sup)
+    metrics.ready(1)
+    web = Resource(name="web", source=Path("/x/w.toml"), src=Path("/x/t"),
+                   dest=Path("/x/w.cfg"), keys=("/a",), prefix="")
+    sup.start()
+    wait_for(lambda: any(x.startswith("start") for x in lines(log)))  # no handler yet
+    sup.batch_applied(2, ["/a/x"], [Outcome(web, UPDATED)])
+    time.sleep(0.1)  # a signal sent would have killed it by now
+    sup.poll()
+    assert sup.running, f"the reload killed the starting child: {lines(log)}"
+    assert sup.reload_held
+    assert any("reload waits" in r for r in metrics.readiness()[1]["reasons"])
+    Path(f"{log}.go").touch()
+    deadline = time.monotonic() + 5
+    while "signal SIGHUP" not in lines(log) and time.monotonic() < deadline:
+        sup.poll()
+        time.sleep(0.02)
+    assert lines(log).count("signal SIGHUP") == 1, "the held reload is delivered, once"
+    assert sup.running and sup.restarts == 0 and not sup.reload_held
+    assert not any("reload waits" in r for r in metrics.readiness()[1]["reasons"])
+    assert sup.stop(timeout=5) == 7
 
 
 def test_missing_binary_gives_up_at_once(tmp_path: Path) -> None:
