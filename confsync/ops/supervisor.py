@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from confsync import children
 from confsync.backoff import Backoff
+from confsync.ops import procgroup
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
 from confsync.outcome import Status
@@ -258,6 +259,10 @@ class Supervisor(Observer):
     def stop(self, timeout: float | None = None, signum: int | None = None) -> int:
         """Stop the child (stop_signal, then SIGKILL after `timeout`); return the exit status.
 
+        What the child started goes too (its process group, confsync.ops.procgroup): SIGKILL
+        reaches the whole group, and processes a child that exited in time left behind get
+        stop_signal, then SIGKILL at the same deadline.
+
         The status is the child's own (128+N if a signal killed it), so `docker stop` and
         systemd see what the service said. After a crash loop it is EXIT_CRASH_LOOP at least.
         """
@@ -265,14 +270,23 @@ class Supervisor(Observer):
         timeout = self.policy.stop_timeout if timeout is None else timeout
         proc = self.proc
         if proc is not None and proc.returncode is None:
+            signum = signum or self.policy.stop_signal
+            deadline = time.monotonic() + timeout
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum or self.policy.stop_signal)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("exec: pid %d still running after %.0fs; SIGKILL", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
+                os.kill(proc.pid, signum)
+            # Waited for without reaping: until reaped, its pid names its process group.
+            if procgroup.wait_exited(proc.pid, deadline):
+                left = procgroup.stop_leftovers(proc.pid, signum, deadline)
+                if left:
+                    log.warning("exec: pid %d exited leaving %d process(es) of its group "
+                                "(%s); sent them %s, SIGKILL after the stop timeout", proc.pid,
+                                len(left), " ".join(map(str, left)), signal.Signals(signum).name)
+            else:
+                log.warning("exec: pid %d still running after %.0fs; SIGKILL to its process "
+                            "group", proc.pid, timeout)
+                procgroup.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()  # in case it left its group
+            proc.wait()
         if proc is not None and proc.returncode is not None:
             self.last_status = exit_status(proc.returncode)
             children.done(proc)

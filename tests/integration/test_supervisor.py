@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from confsync.errors import ResourceError
@@ -22,7 +24,7 @@ from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.resources import Resource
 
 CHILD = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, signal, subprocess, sys, time
     log = open(sys.argv[1], "a", buffering=1)
     mode = sys.argv[2] if len(sys.argv) > 2 else "serve"
     log.write(f"start {os.getpid()} {time.monotonic()}\\n")
@@ -36,7 +38,14 @@ CHILD = textwrap.dedent("""
             sys.exit(7)
     for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(s, on)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode.startswith("stubborn") else on)
+    if mode in ("family", "stubborn-family"):  # a helper in its group that ignores SIGTERM
+        helper = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                   "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                   "print('helper', flush=True); time.sleep(60)"],
+                                  stdout=subprocess.PIPE, text=True)
+        helper.stdout.readline()
+        log.write(f"helper {helper.pid}\\n")
     if mode == "orphans":  # leave two orphans behind that exit soon: they become zombies
         os.system("(sleep 0.1 &) ; (sleep 0.1 &)")
     log.write("ready\\n")
@@ -125,6 +134,35 @@ def test_stop_kills_a_child_that_ignores_sigterm(child: tuple[Path, Path]) -> No
     start = time.monotonic()
     assert sup.stop(timeout=0.5) == 128 + signal.SIGKILL
     assert 0.4 < time.monotonic() - start < 3
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # its new parent reaps it
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize(("mode", "status"), [("stubborn-family", 128 + signal.SIGKILL),
+                                              ("family", 7)])
+def test_stop_takes_the_childs_process_group_along(child: tuple[Path, Path], mode: str,
+                                                   status: int) -> None:
+    """A helper the child started in its group used to outlive confsync: SIGKILL after
+    stop_timeout reached the child alone, and a child that exited on SIGTERM without passing
+    it on left the helper running (outside a container or cgroup, for good)."""
+    script, log = child
+    sup = Supervisor(policy(script, log, mode))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    helper = int(next(x for x in lines(log) if x.startswith("helper")).split()[1])
+    try:
+        start = time.monotonic()
+        assert sup.stop(timeout=1) == status
+        assert time.monotonic() - start < 4
+        wait_for(lambda: _gone(helper), 2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
 
 
 def test_restart_with_backoff_then_crash_loop(child: tuple[Path, Path]) -> None:
