@@ -113,6 +113,7 @@ class Supervisor(Observer):
         self._backoff = Backoff(policy.restart_delay, policy.restart_delay_max, jitter=False)
         self._restart_at: float | None = None
         self._stopping = False
+        self._stop_sent: tuple[int, float] | None = None  # (pid, when) of the stop signal
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
@@ -271,9 +272,8 @@ class Supervisor(Observer):
         proc = self.proc
         if proc is not None and proc.returncode is None:
             signum = signum or self.policy.stop_signal
-            deadline = time.monotonic() + timeout
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum)
+            sent_at = self._send_stop(signum)
+            deadline = sent_at + timeout
             # Waited for without reaping: until reaped, its pid names its process group.
             if procgroup.wait_exited(proc.pid, deadline):
                 left = procgroup.stop_leftovers(proc.pid, signum, deadline)
@@ -296,7 +296,26 @@ class Supervisor(Observer):
             return status or EXIT_CRASH_LOOP
         return status
 
+    def _send_stop(self, signum: int) -> float:
+        """Send the stop signal once per child; return when it was sent."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return time.monotonic()
+        if self._stop_sent is None or self._stop_sent[0] != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+            self._stop_sent = (proc.pid, time.monotonic())
+        return self._stop_sent[1]
+
     # ---- observer: the daemon can simply add the supervisor to its observers
+
+    def stopping(self) -> None:
+        """confsync is stopping: the child gets its stop signal now, and its stop_timeout
+        counts from here. Sent by stop() after the daemon's own shutdown (a store follower's
+        join alone may take 5 s against an unanswering etcd), it came that much later, and
+        `docker stop`'s 10 s grace ran out before the child's own."""
+        self._send_stop(self.policy.stop_signal)
 
     def ready(self, revision: int) -> None:
         try:

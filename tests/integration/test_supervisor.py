@@ -165,6 +165,20 @@ def test_stop_takes_the_childs_process_group_along(child: tuple[Path, Path], mod
             os.kill(helper, signal.SIGKILL)
 
 
+def test_the_child_gets_its_stop_signal_as_confsync_starts_stopping(
+        child: tuple[Path, Path]) -> None:
+    """The daemon's `stopping` event sends it, once; stop() (after the daemon's own shutdown,
+    which may take seconds) only waits, from the same start: the child's grace is not cut."""
+    script, log = child
+    sup = Supervisor(policy(script, log))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    sup.stopping()
+    wait_for(lambda: "signal SIGTERM" in lines(log), 3)
+    assert sup.stop(timeout=5) == 7
+    assert lines(log).count("signal SIGTERM") == 1
+
+
 def test_restart_with_backoff_then_crash_loop(child: tuple[Path, Path]) -> None:
     script, log = child
     sup = Supervisor(policy(script, log, "exit3", restart_delay=0.1, restart_delay_max=0.4,
