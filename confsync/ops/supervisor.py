@@ -204,6 +204,10 @@ class Supervisor(Observer):
             try:
                 self.start()
             except OSError as exc:
+                # It lived 0 s, not since the last start: a child that ran for days then cannot
+                # be started again (fork's EAGAIN, its binary mid-upgrade) backs off as a quick
+                # death does, instead of a reset backoff per attempt.
+                self._started_at = self._clock()
                 self._died(127, f"cannot start: {exc.strerror}")
 
     def _reap(self) -> None:

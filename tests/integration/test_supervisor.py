@@ -250,6 +250,28 @@ def test_a_reload_due_while_the_child_starts_waits_until_it_handles_the_signal(
     assert sup.stop(timeout=5) == 7
 
 
+def test_a_restart_that_cannot_start_backs_off(tmp_path: Path) -> None:
+    """After a long-lived child, each failed start counted the old child's uptime: the backoff
+    was reset at every attempt (1 s, 1 s, 1 s ...) instead of growing."""
+    binary = tmp_path / "svc"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    now = [0.0]
+    sup = Supervisor(ExecPolicy(argv=(str(binary),), restart_delay=1, crash_limit=99,
+                                stable_after=10), clock=lambda: now[0])
+    sup.start()
+    now[0] += 20
+    sup.proc.wait(5)  # type: ignore[union-attr]
+    sup.poll()
+    binary.unlink()  # mid-upgrade
+    for expected_delay in (1, 2, 4):
+        assert sup._restart_at == pytest.approx(now[0] + expected_delay)
+        now[0] = sup._restart_at
+        sup.poll()
+        assert not sup.running and sup.last_status == 127
+    sup.stop()
+
+
 def test_missing_binary_gives_up_at_once(tmp_path: Path) -> None:
     sup = Supervisor(ExecPolicy(argv=(str(tmp_path / "no-such-binary"),)))
     sup.ready(1)
