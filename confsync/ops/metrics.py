@@ -228,6 +228,9 @@ class Metrics(Observer):
             # service is down (restarting after a crash) is not ready.
             if self._exec is not None and self._ready_seen and not self._exec.running:
                 reasons.append("exec child not running")
+            elif self._exec is not None and self._exec.reload_held:
+                reasons.append("exec child starting: its reload waits until it handles "
+                               f"{self._exec.policy.reload_signal.name}")
             detail: dict[str, Any] = {"revision": self._applied_revision,
                                       "resources": len(self._resources), "reasons": reasons}
             if self._left_out:  # reported, not failing: the rest of the file is current

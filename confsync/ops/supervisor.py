@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from confsync import children
 from confsync.backoff import Backoff
+from confsync.ops import procgroup
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
 from confsync.outcome import Status
@@ -40,6 +41,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_CRASH_LOOP = 1  # confsync's status when it gives up on a crash-looping child
+# Signals whose default action leaves a process alive: safe to send before it has a handler.
+_HARMLESS_BY_DEFAULT = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH})
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether `pid` catches or ignores `signum` (/proc/PID/status SigCgt, SigIgn).
+
+    A process that is still starting (HAProxy parsing its configuration, an interpreter before
+    its first line, a shell before its `exec`) has the default action, which for SIGHUP, SIGUSR1
+    and SIGUSR2 is to terminate. True when it cannot be told (no /proc): sent as before.
+    """
+    if signum in _HARMLESS_BY_DEFAULT:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        mask = int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
+        return True
+    return bool(mask >> (signum - 1) & 1)
 
 
 @dataclass(frozen=True)
@@ -92,10 +113,15 @@ class Supervisor(Observer):
         self._backoff = Backoff(policy.restart_delay, policy.restart_delay_max, jitter=False)
         self._restart_at: float | None = None
         self._stopping = False
+        self._stop_sent: tuple[int, float] | None = None  # (pid, when) of the stop signal
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
+        # A reload due while the child could not take it yet (still starting): sent by poll()
+        # once it handles the signal; dropped if it dies (its successor reads the files).
+        self.reload_held = False
+        self._held_warned = False
         # Called once when the crash-loop limit is hit (or the command cannot start): the
         # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
         self.on_give_up = on_give_up
@@ -124,7 +150,19 @@ class Supervisor(Observer):
                  extra={"pid": self.proc.pid})
 
     def reload(self) -> bool:
-        """Send the reload signal; False when no child runs (it will read the new files)."""
+        """Send the reload signal; False when no child runs (it will read the new files).
+
+        A child that does not handle the signal yet is still starting: the signal would kill
+        it (the default action), so the reload is held until it does (see poll()).
+        """
+        if self.running and self.proc is not None and \
+                not handles(self.proc.pid, self.policy.reload_signal):
+            if not self.reload_held:
+                log.info("exec: pid %d does not handle %s yet (starting); reload held until it "
+                         "does", self.proc.pid, self.policy.reload_signal.name)
+            self.reload_held = True
+            return True
+        self.reload_held = False
         return self.forward(self.policy.reload_signal)
 
     def forward(self, signum: int) -> bool:
@@ -159,12 +197,17 @@ class Supervisor(Observer):
         self._reap()
         if self.proc is not None and self.proc.returncode is not None and not self._stopping:
             self._died(self.proc.returncode)
+        self._send_held_reload()
         if (self.proc is None and self._restart_at is not None and not self._stopping
                 and self._clock() >= self._restart_at and self.gave_up is None):
             self.restarts += 1
             try:
                 self.start()
             except OSError as exc:
+                # It lived 0 s, not since the last start: a child that ran for days then cannot
+                # be started again (fork's EAGAIN, its binary mid-upgrade) backs off as a quick
+                # death does, instead of a reset backoff per attempt.
+                self._started_at = self._clock()
                 self._died(127, f"cannot start: {exc.strerror}")
 
     def _reap(self) -> None:
@@ -173,11 +216,26 @@ class Supervisor(Observer):
             if self.proc.returncode is not None:
                 children.done(self.proc)
 
+    def _send_held_reload(self) -> None:
+        """A held reload goes out once the child handles the signal; said once if that takes
+        longer than stable_after (a child that never handles it is never killed by it)."""
+        if not self.reload_held or not self.running or self.proc is None:
+            return
+        if handles(self.proc.pid, self.policy.reload_signal):
+            self.reload()
+        elif not self._held_warned and \
+                self._clock() - self._started_at >= self.policy.stable_after:
+            self._held_warned = True
+            log.warning("exec: pid %d still does not handle %s after %.0fs; the reload stays "
+                        "held (sending it would kill the child)", self.proc.pid,
+                        self.policy.reload_signal.name, self._clock() - self._started_at)
+
     def _died(self, returncode: int, why: str = "") -> None:
         now = self._clock()
         uptime = now - self._started_at
         self.last_status = exit_status(returncode)
         self.proc = None
+        self.reload_held = self._held_warned = False  # the next child reads the files at start
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.policy.crash_window:
             self._deaths.popleft()
@@ -206,6 +264,10 @@ class Supervisor(Observer):
     def stop(self, timeout: float | None = None, signum: int | None = None) -> int:
         """Stop the child (stop_signal, then SIGKILL after `timeout`); return the exit status.
 
+        What the child started goes too (its process group, confsync.ops.procgroup): SIGKILL
+        reaches the whole group, and processes a child that exited in time left behind get
+        stop_signal, then SIGKILL at the same deadline.
+
         The status is the child's own (128+N if a signal killed it), so `docker stop` and
         systemd see what the service said. After a crash loop it is EXIT_CRASH_LOOP at least.
         """
@@ -213,14 +275,22 @@ class Supervisor(Observer):
         timeout = self.policy.stop_timeout if timeout is None else timeout
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signum or self.policy.stop_signal)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("exec: pid %d still running after %.0fs; SIGKILL", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
+            signum = signum or self.policy.stop_signal
+            sent_at = self._send_stop(signum)
+            deadline = sent_at + timeout
+            # Waited for without reaping: until reaped, its pid names its process group.
+            if procgroup.wait_exited(proc.pid, deadline):
+                left = procgroup.stop_leftovers(proc.pid, signum, deadline)
+                if left:
+                    log.warning("exec: pid %d exited leaving %d process(es) of its group "
+                                "(%s); sent them %s, SIGKILL after the stop timeout", proc.pid,
+                                len(left), " ".join(map(str, left)), signal.Signals(signum).name)
+            else:
+                log.warning("exec: pid %d still running after %.0fs; SIGKILL to its process "
+                            "group", proc.pid, timeout)
+                procgroup.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()  # in case it left its group
+            proc.wait()
         if proc is not None and proc.returncode is not None:
             self.last_status = exit_status(proc.returncode)
             children.done(proc)
@@ -230,7 +300,26 @@ class Supervisor(Observer):
             return status or EXIT_CRASH_LOOP
         return status
 
+    def _send_stop(self, signum: int) -> float:
+        """Send the stop signal once per child; return when it was sent."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return time.monotonic()
+        if self._stop_sent is None or self._stop_sent[0] != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+            self._stop_sent = (proc.pid, time.monotonic())
+        return self._stop_sent[1]
+
     # ---- observer: the daemon can simply add the supervisor to its observers
+
+    def stopping(self) -> None:
+        """confsync is stopping: the child gets its stop signal now, and its stop_timeout
+        counts from here. Sent by stop() after the daemon's own shutdown (a store follower's
+        join alone may take 5 s against an unanswering etcd), it came that much later, and
+        `docker stop`'s 10 s grace ran out before the child's own."""
+        self._send_stop(self.policy.stop_signal)
 
     def ready(self, revision: int) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from confsync.errors import ResourceError
@@ -22,19 +24,28 @@ from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.resources import Resource
 
 CHILD = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, signal, subprocess, sys, time
     log = open(sys.argv[1], "a", buffering=1)
     mode = sys.argv[2] if len(sys.argv) > 2 else "serve"
     log.write(f"start {os.getpid()} {time.monotonic()}\\n")
     if mode.startswith("exit"):
         sys.exit(int(mode[4:]))
+    while mode == "gated" and not os.path.exists(sys.argv[1] + ".go"):  # still starting
+        time.sleep(0.01)
     def on(sig, frame):
         log.write(f"signal {signal.Signals(sig).name}\\n")
         if sig == signal.SIGTERM:
             sys.exit(7)
     for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(s, on)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode.startswith("stubborn") else on)
+    if mode in ("family", "stubborn-family"):  # a helper in its group that ignores SIGTERM
+        helper = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                                   "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                   "print('helper', flush=True); time.sleep(60)"],
+                                  stdout=subprocess.PIPE, text=True)
+        helper.stdout.readline()
+        log.write(f"helper {helper.pid}\\n")
     if mode == "orphans":  # leave two orphans behind that exit soon: they become zombies
         os.system("(sleep 0.1 &) ; (sleep 0.1 &)")
     log.write("ready\\n")
@@ -125,6 +136,49 @@ def test_stop_kills_a_child_that_ignores_sigterm(child: tuple[Path, Path]) -> No
     assert 0.4 < time.monotonic() - start < 3
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # its new parent reaps it
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize(("mode", "status"), [("stubborn-family", 128 + signal.SIGKILL),
+                                              ("family", 7)])
+def test_stop_takes_the_childs_process_group_along(child: tuple[Path, Path], mode: str,
+                                                   status: int) -> None:
+    """A helper the child started in its group used to outlive confsync: SIGKILL after
+    stop_timeout reached the child alone, and a child that exited on SIGTERM without passing
+    it on left the helper running (outside a container or cgroup, for good)."""
+    script, log = child
+    sup = Supervisor(policy(script, log, mode))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    helper = int(next(x for x in lines(log) if x.startswith("helper")).split()[1])
+    try:
+        start = time.monotonic()
+        assert sup.stop(timeout=1) == status
+        assert time.monotonic() - start < 4
+        wait_for(lambda: _gone(helper), 2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
+
+
+def test_the_child_gets_its_stop_signal_as_confsync_starts_stopping(
+        child: tuple[Path, Path]) -> None:
+    """The daemon's `stopping` event sends it, once; stop() (after the daemon's own shutdown,
+    which may take seconds) only waits, from the same start: the child's grace is not cut."""
+    script, log = child
+    sup = Supervisor(policy(script, log))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    sup.stopping()
+    wait_for(lambda: "signal SIGTERM" in lines(log), 3)
+    assert sup.stop(timeout=5) == 7
+    assert lines(log).count("signal SIGTERM") == 1
+
+
 def test_restart_with_backoff_then_crash_loop(child: tuple[Path, Path]) -> None:
     script, log = child
     sup = Supervisor(policy(script, log, "exit3", restart_delay=0.1, restart_delay_max=0.4,
@@ -160,6 +214,61 @@ def test_a_long_lived_child_resets_backoff(child: tuple[Path, Path]) -> None:
         now[0] = sup._restart_at
         sup.poll()
         assert sup.running
+    sup.stop()
+
+
+def test_a_reload_due_while_the_child_starts_waits_until_it_handles_the_signal(
+        child: tuple[Path, Path]) -> None:
+    """SIGHUP's default action is to terminate: sent before the child installed its handler
+    (HAProxy parsing its configuration), a reload killed it, and enough such batches during a
+    rolling deploy made a crash loop that ended confsync."""
+    from confsync.ops.metrics import Metrics
+
+    script, log = child
+    sup = Supervisor(policy(script, log, "gated"))
+    metrics = Metrics()
+    metrics.track_exec(sup)
+    metrics.ready(1)
+    web = Resource(name="web", source=Path("/x/w.toml"), src=Path("/x/t"),
+                   dest=Path("/x/w.cfg"), keys=("/a",), prefix="")
+    sup.start()
+    wait_for(lambda: any(x.startswith("start") for x in lines(log)))  # no handler yet
+    sup.batch_applied(2, ["/a/x"], [Outcome(web, UPDATED)])
+    time.sleep(0.1)  # a signal sent would have killed it by now
+    sup.poll()
+    assert sup.running, f"the reload killed the starting child: {lines(log)}"
+    assert sup.reload_held
+    assert any("reload waits" in r for r in metrics.readiness()[1]["reasons"])
+    Path(f"{log}.go").touch()
+    deadline = time.monotonic() + 5
+    while "signal SIGHUP" not in lines(log) and time.monotonic() < deadline:
+        sup.poll()
+        time.sleep(0.02)
+    assert lines(log).count("signal SIGHUP") == 1, "the held reload is delivered, once"
+    assert sup.running and sup.restarts == 0 and not sup.reload_held
+    assert not any("reload waits" in r for r in metrics.readiness()[1]["reasons"])
+    assert sup.stop(timeout=5) == 7
+
+
+def test_a_restart_that_cannot_start_backs_off(tmp_path: Path) -> None:
+    """After a long-lived child, each failed start counted the old child's uptime: the backoff
+    was reset at every attempt (1 s, 1 s, 1 s ...) instead of growing."""
+    binary = tmp_path / "svc"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    now = [0.0]
+    sup = Supervisor(ExecPolicy(argv=(str(binary),), restart_delay=1, crash_limit=99,
+                                stable_after=10), clock=lambda: now[0])
+    sup.start()
+    now[0] += 20
+    sup.proc.wait(5)  # type: ignore[union-attr]
+    sup.poll()
+    binary.unlink()  # mid-upgrade
+    for expected_delay in (1, 2, 4):
+        assert sup._restart_at == pytest.approx(now[0] + expected_delay)
+        now[0] = sup._restart_at
+        sup.poll()
+        assert not sup.running and sup.last_status == 127
     sup.stop()
 
 

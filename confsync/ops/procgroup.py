@@ -1,0 +1,76 @@
+"""The exec child's process group at stop: what the child started goes with it.
+
+The child leads its own group, and what it starts (a shell's command, HAProxy's workers, a
+script's helpers) is in that group unless it moved itself out. Signalling the child alone left
+those behind: after stop_timeout's SIGKILL (the child cannot pass anything on) or after a
+wrapper exited on stop_signal without passing it on. Outside a container's PID namespace or a
+systemd cgroup nobody else cleans them up, and they keep the service's ports.
+
+The group is only signalled while its leader is unreaped (alive or a zombie): the leader's pid
+names the group until then, so it cannot be a new process's pid that happens to be equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from confsync import children
+
+POLL = 0.02
+
+
+def exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, without reaping it (it keeps naming its group)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def wait_exited(pid: int, deadline: float) -> bool:
+    """Wait (not reap) until `pid` exits or `deadline` (monotonic) passes."""
+    while not exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def members(pgid: int, leader: int) -> list[int]:
+    """The live processes of group `pgid` other than `leader` (zombies do not count)."""
+    import psutil
+
+    found = []
+    for pid in psutil.pids():
+        if pid == leader:
+            continue
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def stop_leftovers(leader: int, signum: int, deadline: float) -> list[int]:
+    """The leader has exited (unreaped): send `signum` to what is left of its group, wait
+    until `deadline`, SIGKILL what remains. Returns the pids that were left."""
+    left = members(leader, leader)
+    if not left:
+        return []
+    killpg(leader, signum)
+    while members(leader, leader) and time.monotonic() < deadline:
+        if children.is_init():
+            children.reap_orphans()  # as PID 1 the leftovers are ours to reap
+        time.sleep(POLL)
+    if members(leader, leader):
+        killpg(leader, signal.SIGKILL)
+    return left
