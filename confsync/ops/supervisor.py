@@ -121,7 +121,6 @@ class Supervisor(Observer):
         # A reload due while the child could not take it yet (still starting): sent by poll()
         # once it handles the signal; dropped if it dies (its successor reads the files).
         self.reload_held = False
-        self._held_warned = False
         # Called once when the crash-loop limit is hit (or the command cannot start): the
         # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
         self.on_give_up = on_give_up
@@ -217,25 +216,28 @@ class Supervisor(Observer):
                 children.done(self.proc)
 
     def _send_held_reload(self) -> None:
-        """A held reload goes out once the child handles the signal; said once if that takes
-        longer than stable_after (a child that never handles it is never killed by it)."""
+        """A held reload goes out once the child handles the signal, or once it has run for
+        stable_after without a handler: then it never will, and the signal ends it as it
+        always did, to be restarted on the new files (held for good, the new files never went
+        live: a service that takes no reload signal was never told)."""
         if not self.reload_held or not self.running or self.proc is None:
             return
         if handles(self.proc.pid, self.policy.reload_signal):
             self.reload()
-        elif not self._held_warned and \
-                self._clock() - self._started_at >= self.policy.stable_after:
-            self._held_warned = True
-            log.warning("exec: pid %d still does not handle %s after %.0fs; the reload stays "
-                        "held (sending it would kill the child)", self.proc.pid,
-                        self.policy.reload_signal.name, self._clock() - self._started_at)
+        elif self._clock() - self._started_at >= self.policy.stable_after:
+            log.warning("exec: pid %d still does not handle %s after %.0fs; sending it anyway "
+                        "(it ends the child, which is restarted on the new files)",
+                        self.proc.pid, self.policy.reload_signal.name,
+                        self._clock() - self._started_at)
+            self.reload_held = False
+            self.forward(self.policy.reload_signal)
 
     def _died(self, returncode: int, why: str = "") -> None:
         now = self._clock()
         uptime = now - self._started_at
         self.last_status = exit_status(returncode)
         self.proc = None
-        self.reload_held = self._held_warned = False  # the next child reads the files at start
+        self.reload_held = False  # the next child reads the files at start
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.policy.crash_window:
             self._deaths.popleft()

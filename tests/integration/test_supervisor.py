@@ -355,3 +355,25 @@ def test_policy_from_config_and_environment(tmp_path: Path) -> None:
                       ("CONFSYNC_EXEC_COMMAND", "haproxy '-f")):
         with pytest.raises(ConfigError, match=name):
             load_settings({"config": str(config)}, {name: bad})
+
+
+def test_a_child_that_never_handles_its_reload_signal_gets_it_after_stable_after(
+        child: tuple[Path, Path]) -> None:
+    """Held for good, the new files never reached a service that takes no reload signal: after
+    stable_after it is sent as it always was (it ends the child, restarted on the new files)."""
+    script, log = child
+    sup = Supervisor(policy(script, log, "gated", stable_after=3.0, restart_delay=0.05))
+    web = Resource(name="web", source=Path("/x/w.toml"), src=Path("/x/t"),
+                   dest=Path("/x/w.cfg"), keys=("/a",), prefix="")
+    sup.start()
+    wait_for(lambda: any(x.startswith("start") for x in lines(log)))  # no handler, ever
+    sup.batch_applied(2, ["/a/x"], [Outcome(web, UPDATED)])
+    sup.poll()
+    assert sup.running and sup.reload_held  # not before stable_after
+    deadline = time.monotonic() + 10
+    while sup.restarts == 0 and time.monotonic() < deadline:
+        sup.poll()
+        time.sleep(0.02)
+    assert sup.restarts == 1 and sup.last_status == 128 + signal.SIGHUP
+    assert not sup.reload_held
+    sup.stop(timeout=2)
