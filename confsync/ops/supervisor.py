@@ -324,6 +324,12 @@ class Supervisor(Observer):
         self._send_stop(self.policy.stop_signal)
 
     def ready(self, revision: int) -> None:
+        """The first full render of a set: start the child. Not one that died and waits out
+        its restart backoff (poll() restarts it), nor one that may not restart: a SIGHUP that
+        changes prefixes renders a set again, and started it at once, uncounted, so a crash
+        loop met no backoff and no crash_limit."""
+        if self._restart_at is not None or self.exited:
+            return
         try:
             self.start()
         except OSError as exc:  # a missing binary is a configuration error: fail fast

@@ -377,3 +377,18 @@ def test_a_child_that_never_handles_its_reload_signal_gets_it_after_stable_after
     assert sup.restarts == 1 and sup.last_status == 128 + signal.SIGHUP
     assert not sup.reload_held
     sup.stop(timeout=2)
+
+
+def test_a_sets_first_render_does_not_restart_a_child_waiting_out_its_backoff(
+        child: tuple[Path, Path]) -> None:
+    """A SIGHUP that changes prefixes renders its set anew (`ready` again): a crashed child
+    was started at once, uncounted, past its restart backoff and crash_limit."""
+    script, log = child
+    sup = Supervisor(policy(script, log, "exit3", restart_delay=30.0))
+    sup.ready(1)
+    wait_for(lambda: sup.proc is not None and sup.proc.poll() is not None)
+    sup.poll()  # its death: a restart in 30 s
+    assert not sup.running
+    sup.ready(2)  # the reloaded set's first render
+    assert not sup.running and sup.restarts == 0
+    assert sum(x.startswith("start") for x in lines(log)) == 1
