@@ -15,15 +15,36 @@ from confsync.logs import escape_controls
 SOURCE = "source_key"
 
 
-def show_key(key: str) -> str:
-    """A key as an operator reads it: a key that is not UTF-8 shows its bytes escaped, and
-    one with a line break or another control character shows it escaped (an etcd key may hold
-    any bytes; in a message it must not start a line of its own)."""
+SHOWN_KEY_MAX = 200  # characters of a key in a message; a longer one keeps its ends
+
+
+def plain_key(key: str) -> bool:
+    """UTF-8 and printable: shown as it is (if not too long)."""
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        return repr(key.encode("utf-8", "surrogateescape"))[1:]
-    return key if key.isprintable() else escape_controls(key)
+        return False
+    return key.isprintable()
+
+
+def show_key(key: str) -> str:
+    """A key as an operator reads it: a key that is not UTF-8 shows its bytes escaped, and
+    one with a line break or another control character shows it escaped (an etcd key may hold
+    any bytes; in a message it must not start a line of its own). A key of up to etcd's
+    1.5 MiB request was repeated whole in every message about it (a log line per render):
+    past SHOWN_KEY_MAX it keeps its two ends and says how long it is."""
+    if plain_key(key):
+        shown = key
+    else:
+        try:
+            key.encode("utf-8")
+            shown = escape_controls(key)
+        except UnicodeEncodeError:
+            shown = repr(key.encode("utf-8", "surrogateescape"))[1:]
+    if len(shown) <= SHOWN_KEY_MAX:
+        return shown
+    end = (SHOWN_KEY_MAX - 30) // 2
+    return f"{shown[:end]}...({len(key)} characters)...{shown[-end:]}"
 
 
 class KeyedStr(str):

@@ -34,7 +34,7 @@ from confsync.errors import ResourceError
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
 from confsync.paths import absolute
-from confsync.provenance import forget, show_key, source_key, tag
+from confsync.provenance import forget, plain_key, show_key, source_key, tag
 from confsync.render_limits import (
     DEADLINE,
     DEFAULT_MAX_OUTPUT_SIZE,
@@ -686,7 +686,7 @@ class Renderer:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = [show_key(key) for prefix in resource.watched_prefixes
-                   for key in mirror.keys_with_prefix(prefix) if show_key(key) != key]
+                   for key in mirror.keys_with_prefix(prefix) if not plain_key(key)]
             raise ResourceError(resource.name, "render",
                                 f"rendered text is not UTF-8 at character {exc.start} (a "
                                 f"'multiline' value holds bytes of a key that is not UTF-8; "

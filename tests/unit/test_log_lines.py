@@ -34,6 +34,16 @@ def test_show_key_escapes_control_characters_and_keeps_ordinary_keys() -> None:
     assert show_key("/k/\udcff") == "'/k/\\xff'"  # not UTF-8: its bytes
 
 
+def test_a_long_key_is_shown_by_its_two_ends_and_its_length() -> None:
+    """A key of up to etcd's 1.5 MiB request was repeated whole in every message about it."""
+    key = "/services/web/" + "x" * 100_000 + "/tail"
+    shown = show_key(key)
+    assert len(shown) <= 220
+    assert shown.startswith("/services/web/xx") and shown.endswith("xx/tail")
+    assert f"({len(key)} characters)" in shown
+    assert show_key("/k/" + "a" * 190) == "/k/" + "a" * 190  # up to 200: whole
+
+
 def test_repeats_lets_a_message_through_once_per_period() -> None:
     from confsync.logs import Repeats
 
