@@ -114,6 +114,8 @@ class Supervisor(Observer):
         self._restart_at: float | None = None
         self._stopping = False
         self._stop_sent: tuple[int, float] | None = None  # (pid, when) of the stop signal
+        # When a child that died on its own was found to leave processes in its group.
+        self._leftovers_since: float | None = None
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
@@ -133,7 +135,11 @@ class Supervisor(Observer):
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        """Alive: not reaped, and not an exited child kept unreaped while its group is
+        cleaned up (see _reap)."""
+        proc = self.proc
+        return proc is not None and proc.returncode is None and not (
+            self._leftovers_since is not None and procgroup.exited(proc.pid))
 
     def start(self) -> None:
         """Start the child (a no-op if it runs). Raises OSError if it cannot be executed."""
@@ -210,10 +216,37 @@ class Supervisor(Observer):
                 self._died(127, f"cannot start: {exc.strerror}")
 
     def _reap(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.poll()  # waitpid(child, WNOHANG)
-            if self.proc.returncode is not None:
-                children.done(self.proc)
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if not self._stopping and procgroup.exited(proc.pid) and not self._group_gone(proc.pid):
+            return  # reaped once what it left in its group is gone
+        proc.poll()  # waitpid(child, WNOHANG)
+        if proc.returncode is not None:
+            children.done(proc)
+
+    def _group_gone(self, pid: int) -> bool:
+        """The child died on its own: what it started in its group (a wrapper's service, helpers)
+        goes before it is reaped and restarted, or they keep its ports and every restart fails
+        to bind (a crash loop, and confsync gave up). Meanwhile the dead child stays unreaped,
+        so its pid still names its group and cannot be anyone else's: stop_signal at once,
+        SIGKILL after stop_timeout, checked on every poll without waiting."""
+        left = procgroup.members(pid, pid)
+        now = self._clock()
+        if not left:
+            self._leftovers_since = None
+            return True
+        if self._leftovers_since is None:
+            self._leftovers_since = now
+            log.warning("exec: pid %d exited leaving %d process(es) of its group (%s); sending "
+                        "them %s before it is restarted", pid, len(left),
+                        " ".join(map(str, left)), self.policy.stop_signal.name)
+            procgroup.killpg(pid, self.policy.stop_signal)
+        elif now - self._leftovers_since >= self.policy.stop_timeout:
+            procgroup.killpg(pid, signal.SIGKILL)
+        if children.is_init():
+            children.reap_orphans()  # as PID 1 the leftovers are ours to reap
+        return False
 
     def _send_held_reload(self) -> None:
         """A held reload goes out once the child handles the signal, or once it has run for

@@ -392,3 +392,33 @@ def test_a_sets_first_render_does_not_restart_a_child_waiting_out_its_backoff(
     sup.ready(2)  # the reloaded set's first render
     assert not sup.running and sup.restarts == 0
     assert sum(x.startswith("start") for x in lines(log)) == 1
+
+
+def test_a_child_that_dies_on_its_own_takes_its_group_along_before_the_restart(
+        child: tuple[Path, Path]) -> None:
+    """A helper the crashed child started kept running (holding the service's port, so every
+    restart failed to bind, and the crash loop ended confsync): it gets stop_signal, SIGKILL
+    after stop_timeout, and only then is the child reaped and restarted."""
+    script, log = child
+    sup = Supervisor(policy(script, log, "stubborn-family", stop_timeout=0.5,
+                            restart_delay=0.05))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    helper = int(next(x for x in lines(log) if x.startswith("helper")).split()[1])
+    try:
+        assert sup.pid is not None
+        os.kill(sup.pid, signal.SIGKILL)  # the crash
+        wait_for(lambda: (sup.poll(), not sup.running)[1])  # dead, while its group is cleaned
+        deadline = time.monotonic() + 10
+        while sup.restarts == 0 and time.monotonic() < deadline:
+            helper_alive = not _gone(helper)
+            sup.poll()
+            assert not (helper_alive and sup.restarts), "restarted beside the old helper"
+            time.sleep(0.02)
+        assert sup.restarts == 1, "restarted once its group was gone"
+        assert _gone(helper), "the helper outlived its crashed child"
+        assert sup.last_status == 128 + signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
+        sup.stop(timeout=2)
