@@ -181,6 +181,10 @@ def entry() -> NoReturn:
     one_shot = bool(argv) and argv[0] in ONE_SHOT_COMMANDS
     if one_shot:
         gc.disable()
+    elif argv and argv[0] in LONG_RUNNING_COMMANDS:
+        from confsync.ops import held_signals
+
+        held_signals.hold()
     code = main(argv)
     if not one_shot:
         sys.exit(code)

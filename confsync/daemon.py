@@ -34,6 +34,7 @@ from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer
 from confsync.logs import Repeats
 from confsync.mirror import Mirror
+from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
 from confsync.outcome import FAILED, UPDATED, Outcome
@@ -579,6 +580,8 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, handler)
+        for held in held_signals.take():  # a SIGHUP while confsync was starting
+            handler(held, None)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:

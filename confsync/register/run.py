@@ -24,6 +24,7 @@ import time
 from confsync import children
 from confsync.errors import ConfigError, StoreUnavailable
 from confsync.instances import validate_instance
+from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
 from confsync.ops.supervisor import Supervisor, policy_from_settings
@@ -142,6 +143,8 @@ class RegisterLoop:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, f: self.events.put(("signal", s)))
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
+        for held in held_signals.take():  # a SIGHUP while confsync was starting
+            self.events.put(("hup", held))
         if self.supervisor is not None:
             self.supervisor.install_signal_handlers()
         self._notify("READY=1")

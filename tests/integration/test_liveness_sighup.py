@@ -214,3 +214,29 @@ def test_an_edit_refused_for_a_failure_that_passes_is_tried_again(
     busy.unlink()  # quiet again; no SIGHUP, no edit, no data change from here on
     wait_for(lambda: read(b) == "v=1\n", 30, what=f"the reload tried again\n{w.output()[-2000:]}")
     w.wait_log("configuration reloaded")
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def test_a_sighup_while_starting_is_held_and_taken_as_a_reload(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """SIGHUP's default action ends the process: one sent while confsync imported and set up
+    (before the loop's own handler) ended it with status 129."""
+    client(etcd.endpoint).put(prefix + "/k/a", "1")
+    out = tmp_path / "out"
+    write_resource(tmp_path / "cd", "r", LIST, f'dest = "{out}"\nkeys = ["/k"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    # gRPC's extension is loaded by the start-up preload: past entry(), before the loop.
+    wait_for(lambda: "cygrpc" in _maps(w.proc.pid) or w.proc.poll() is not None, 30,
+             what="gRPC loaded")
+    w.signal(signal.SIGHUP)
+    wait_for(lambda: read(out) == "/k/a=1\n" or w.proc.poll() is not None, 20,
+             what=f"first render\n{w.output()[-2000:]}")
+    assert w.proc.poll() is None, f"exited with {w.proc.returncode}:\n{w.output()[-2000:]}"
+    w.wait_log("SIGHUP: reloading configuration")
+    assert w.stop() == 0

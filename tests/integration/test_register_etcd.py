@@ -988,3 +988,25 @@ def test_a_lease_etcd_still_holds_is_kept_after_a_ttl_without_keepalives(
     finally:
         registrar.close(timeout=5)
         store.close()
+
+
+def test_a_sighup_while_starting_does_not_end_the_registrar(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """SIGHUP's default action ends the process: one sent before the registrar's own handler
+    (while it imported and set up) ended it with status 129, and the node never registered."""
+    write_registration(tmp_path / "conf", "web", _registration(backend.port))
+    proc = _start(procs, tmp_path, etcd, prefix)
+
+    def grpc_loaded() -> bool:  # by the start-up preload: past entry(), before the loop
+        with contextlib.suppress(OSError):
+            return "cygrpc" in Path(f"/proc/{proc.proc.pid}/maps").read_text()
+        return False
+
+    wait_for(lambda: grpc_loaded() or proc.proc.poll() is not None, 30, what="gRPC loaded")
+    proc.signal(signal.SIGHUP)
+    c = client(etcd.endpoint)
+    wait_for(lambda: published(c, _key(prefix)) is not None or proc.proc.poll() is not None,
+             timeout=15, what="registration")
+    assert proc.proc.poll() is None, f"exited with {proc.proc.returncode}:\n{proc.output()}"
+    wait_for(lambda: "SIGHUP ignored" in proc.output(), 10, what="the held SIGHUP taken")
