@@ -10,10 +10,8 @@ from typing import Any
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, EXIT_RESOURCE_FAILED
 
 
-def add_parser(sub: Any) -> None:
-    convert = sub.add_parser(
-        "convert", help="translate a confd confdir (Go templates, resources, confd.toml) "
-        "into a confsync confdir")
+def add_parser(sub: Any, help: str) -> None:
+    convert = sub.add_parser("convert", help=help)
     convert.add_argument("confd_confdir", type=Path, metavar="CONFD_CONFDIR")
     convert.add_argument("new_confdir", type=Path, metavar="NEW_CONFDIR")
     convert.add_argument("--check", action="store_true",
