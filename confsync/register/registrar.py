@@ -301,6 +301,11 @@ class Registrar:
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
                     self._verify_absent()
+                    # The members too, as after a keepalive: an instance whose checks stay
+                    # down for months holds no lease, and its configured members may all be
+                    # replaced meanwhile (it could never register once its checks passed).
+                    self._learn_members(self._client, self._client_fresh)
+                    self._client_fresh = False
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
