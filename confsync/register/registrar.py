@@ -473,8 +473,20 @@ class Registrar:
                     if (self._written.get(k) != v or k in self._conflicts)
                     and self._conflict_retry.get(k, 0.0) <= now
                     and (v is None or self._lease is not None)]
+        refused: Exception | None = None
         for key, value in todo:
-            self._write(key, value)
+            try:
+                self._write(key, value)
+            except Exception as exc:
+                # etcd refusing this key (the role may not write it) says nothing about the
+                # others: they are written all the same, then the refusal is reported. It
+                # used to end the step at every try, and the keys after it (a file sorted
+                # later) were never registered, nor their changes ever written.
+                if not _permission_denied(exc):
+                    raise
+                refused = refused or exc
+        if refused is not None:
+            raise refused
 
     def _write(self, key: str, value: bytes | None) -> None:
         c = self._client
@@ -639,6 +651,11 @@ class Registrar:
 def _lease_not_found(exc: BaseException) -> bool:
     """etcd's answer to a put on a lease it does not have (NOT_FOUND)."""
     return "requested lease not found" in describe_error(exc)
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    """etcd's answer to a write the role may not make (PERMISSION_DENIED): about one key."""
+    return "PERMISSION_DENIED" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:
