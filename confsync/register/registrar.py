@@ -122,6 +122,11 @@ class Registrar:
         # Jittered: after an etcd outage a fleet's registrars must not retry in lockstep.
         self._retry = Backoff(RETRY_MIN, max(ttl / 3, 1.0))
         self.connected = False
+        # A "lost" was reported since the last "connected". Not `connected` alone: a registrar
+        # refused from its first call on (a role that may read but not write, a password
+        # refused) never reported one, so /ready said "etcd not connected" without a reason
+        # and the log said nothing at all.
+        self._said_lost = False
         self._reauthenticated = False
         self._regranted = False
         self.keepalive_failures = 0
@@ -380,6 +385,7 @@ class Registrar:
     def _connected(self) -> None:
         if not self.connected:
             self.connected = True
+            self._said_lost = False
             self._report(RegistrarEvent("connected"))
 
     def _stale(self) -> bool:
@@ -591,8 +597,9 @@ class Registrar:
 
     def _lost(self, exc: BaseException) -> None:
         reason = describe_error(exc)
-        if self.connected:
+        if not self._said_lost:
             self.connected = False
+            self._said_lost = True
             self._report(RegistrarEvent("lost", detail=reason))
         self._drop_client()
         if not isinstance(exc, StoreUnavailable):  # (the store moved on already)

@@ -407,13 +407,15 @@ def test_register_keeps_its_lease_while_auth_is_disabled_and_enabled_again(
 def test_a_registration_etcd_refuses_does_not_hold_back_the_others(
         secure_etcd: SecureEtcd, tmp_path: Path) -> None:  # noqa: F811
     """The role may write web's key and not api's (a file added before its permission, a
-    permission revoked): api is refused, and /ready says so, while web is registered and
-    follows its checks. The refused write ended the whole step, before web's write, at every
-    try: web was never registered."""
+    permission revoked): api is refused, and /ready and the log say so, while web is
+    registered and follows its checks. The refused write ended the whole step, before web's
+    write, at every try: web was never registered. And a registrar refused from its first
+    write on never said why: "lost" was only reported after a "connected"."""
     etcd = secure_etcd
     etcd.ctl("role", "add", "registrar")
     etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite",
              "/reg/services/web/")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "read", "/reg/")
     etcd.ctl("user", "add", "registrar", "--new-user-password=" + REG_PASSWORD)
     etcd.ctl("user", "grant-role", "registrar", "registrar")
     write_registration(tmp_path / "conf", "api", (  # sorted before web: written first
@@ -423,6 +425,8 @@ def test_a_registration_etcd_refuses_does_not_hold_back_the_others(
     try:
         wait_for(lambda: running.key() is not None, 15, what="web registered")
         assert running.key() == ("ready", running.key()[1])  # type: ignore[index]
+        wait_for(lambda: "permission denied" in running.reasons(), 10, what="/ready says why")
+        assert "WARNING register: etcd unreachable (PERMISSION_DENIED" in running.proc.output()
         assert not etcd.ctl("get", "/reg/services/api/instances/api-1")
         running.check_down()
         wait_for(lambda: running.key() is None, 10, what="web deleted with its check down")
