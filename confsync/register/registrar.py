@@ -187,12 +187,14 @@ class Registrar:
         self._wake.set()
         self._thread.join(timeout)
 
-    def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False) -> list[Conflict]:
+    def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
+                  waiting: Callable[[], None] = lambda: None) -> list[Conflict]:
         """Keys held by another host now (a read, at start). Raises StoreUnavailable.
 
         With `wait_out_leases`, keys that all live on leases get one lease TTL (plus a second)
         to lapse first, re-read every 0.5 s on the same client: a host that died or was
-        replaced leaves its key until then.
+        replaced leaves its key until then. `waiting` is called at each re-read (the caller's
+        heartbeat: the wait is work, not a hang).
         """
         client = self._new_client()
         try:
@@ -204,6 +206,7 @@ class Registrar:
                             found[0].key, found[0].owner, wait)
                 deadline = time.monotonic() + wait
                 while found and time.monotonic() < deadline:
+                    waiting()
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                     found = self._held_by_others(client, keys)
             return found
