@@ -122,6 +122,11 @@ class Registrar:
         # Jittered: after an etcd outage a fleet's registrars must not retry in lockstep.
         self._retry = Backoff(RETRY_MIN, max(ttl / 3, 1.0))
         self.connected = False
+        # A "lost" was reported since the last "connected". Not `connected` alone: a registrar
+        # refused from its first call on (a role that may read but not write, a password
+        # refused) never reported one, so /ready said "etcd not connected" without a reason
+        # and the log said nothing at all.
+        self._said_lost = False
         self._reauthenticated = False
         self._regranted = False
         self.keepalive_failures = 0
@@ -182,12 +187,14 @@ class Registrar:
         self._wake.set()
         self._thread.join(timeout)
 
-    def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False) -> list[Conflict]:
+    def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
+                  waiting: Callable[[], None] = lambda: None) -> list[Conflict]:
         """Keys held by another host now (a read, at start). Raises StoreUnavailable.
 
         With `wait_out_leases`, keys that all live on leases get one lease TTL (plus a second)
         to lapse first, re-read every 0.5 s on the same client: a host that died or was
-        replaced leaves its key until then.
+        replaced leaves its key until then. `waiting` is called at each re-read (the caller's
+        heartbeat: the wait is work, not a hang).
         """
         client = self._new_client()
         try:
@@ -199,6 +206,7 @@ class Registrar:
                             found[0].key, found[0].owner, wait)
                 deadline = time.monotonic() + wait
                 while found and time.monotonic() < deadline:
+                    waiting()
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                     found = self._held_by_others(client, keys)
             return found
@@ -301,6 +309,11 @@ class Registrar:
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
                     self._verify_absent()
+                    # The members too, as after a keepalive: an instance whose checks stay
+                    # down for months holds no lease, and its configured members may all be
+                    # replaced meanwhile (it could never register once its checks passed).
+                    self._learn_members(self._client, self._client_fresh)
+                    self._client_fresh = False
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
@@ -375,6 +388,7 @@ class Registrar:
     def _connected(self) -> None:
         if not self.connected:
             self.connected = True
+            self._said_lost = False
             self._report(RegistrarEvent("connected"))
 
     def _stale(self) -> bool:
@@ -468,8 +482,20 @@ class Registrar:
                     if (self._written.get(k) != v or k in self._conflicts)
                     and self._conflict_retry.get(k, 0.0) <= now
                     and (v is None or self._lease is not None)]
+        refused: Exception | None = None
         for key, value in todo:
-            self._write(key, value)
+            try:
+                self._write(key, value)
+            except Exception as exc:
+                # etcd refusing this key (the role may not write it) says nothing about the
+                # others: they are written all the same, then the refusal is reported. It
+                # used to end the step at every try, and the keys after it (a file sorted
+                # later) were never registered, nor their changes ever written.
+                if not _permission_denied(exc):
+                    raise
+                refused = refused or exc
+        if refused is not None:
+            raise refused
 
     def _write(self, key: str, value: bytes | None) -> None:
         c = self._client
@@ -574,8 +600,9 @@ class Registrar:
 
     def _lost(self, exc: BaseException) -> None:
         reason = describe_error(exc)
-        if self.connected:
+        if not self._said_lost:
             self.connected = False
+            self._said_lost = True
             self._report(RegistrarEvent("lost", detail=reason))
         self._drop_client()
         if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
@@ -634,6 +661,11 @@ class Registrar:
 def _lease_not_found(exc: BaseException) -> bool:
     """etcd's answer to a put on a lease it does not have (NOT_FOUND)."""
     return "requested lease not found" in describe_error(exc)
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    """etcd's answer to a write the role may not make (PERMISSION_DENIED): about one key."""
+    return "PERMISSION_DENIED" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:

@@ -116,7 +116,10 @@ class RegisterLoop:
         by itself, since a host that died or was replaced leaves its key until then, and a
         refusal here is not retried (exit 2 is not restarted by the unit)."""
         try:
-            conflicts = self.registrar.conflicts(list(self.by_key), wait_out_leases=True)
+            # /health beats through the wait (a lease TTL, maybe long): it once went 503
+            # after 10 s, and a liveness probe restarted a registrar that was only waiting.
+            conflicts = self.registrar.conflicts(list(self.by_key), wait_out_leases=True,
+                                                 waiting=self.metrics.beat)
         except StoreUnavailable as exc:
             log.warning("register: etcd unreachable at start (%s); registering when it is "
                         "back", exc)

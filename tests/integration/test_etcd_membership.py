@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess, published, write_registration
 
@@ -100,3 +101,33 @@ def test_watch_and_register_outlive_the_removal_of_their_only_configured_member(
         w.stop()
         r.stop()
         backend.stop()
+
+
+def test_a_registrar_with_nothing_registered_outlives_the_removal_of_its_only_member(
+        etcd_binary: str, cluster: list[EtcdMember], tmp_path: Path) -> None:
+    """A registration whose checks are down holds no lease, so no keepalive ever asked for the
+    members: a standby instance whose configured member was replaced meanwhile could never
+    register once its checks passed (etcd unreachable for good)."""
+    gone, m1, _ = cluster
+    etcdctl = _etcdctl(etcd_binary)
+    port = free_port()  # nothing listens yet: the tcp check is down
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {port}\nid = "web-1"\nttl = "2s"\n'
+                       '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
+    r = RegisterProcess(tmp_path / "conf", gone.endpoint, "--hostname", "node-a",
+                        log=tmp_path / "reg.log")
+    key = "/services/web/instances/web-1"
+    listener = None
+    try:
+        wait_for(lambda: "etcd connected" in r.output(), timeout=15, what="connected")
+        time.sleep(1.5)  # a few asks of etcd (every ttl/3) while nothing is registered
+        remove_member(etcdctl, gone, through=m1)
+        gone.stop()
+        wait_for(lambda: _put(m1, "/k/a", "2"), timeout=15, what="a put after the removal")
+        listener = socket.create_server(("127.0.0.1", port))  # the check passes now
+        wait_for(lambda: published(client(m1.endpoint), key) is not None, timeout=20,
+                 what=f"registered through another member\n{r.output()[-2000:]}")
+    finally:
+        r.stop()
+        if listener is not None:
+            listener.close()

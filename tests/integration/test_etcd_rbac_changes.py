@@ -402,3 +402,42 @@ def test_register_keeps_its_lease_while_auth_is_disabled_and_enabled_again(
     time.sleep(2 * REG_TTL)
     assert registered.key() == ("ready", lease)
     wait_for(lambda: registered.ready()[0] == 200, 5, what="ready with auth on")
+
+
+def test_a_registration_etcd_refuses_does_not_hold_back_the_others(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:  # noqa: F811
+    """The role may write web's key and not api's (a file added before its permission, a
+    permission revoked): api is refused, and /ready and the log say so, while web is
+    registered and follows its checks. The refused write ended the whole step, before web's
+    write, at every try: web was never registered. And a registrar refused from its first
+    write on never said why: "lost" was only reported after a "connected"."""
+    etcd = secure_etcd
+    etcd.ctl("role", "add", "registrar")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite",
+             "/reg/services/web/")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "read", "/reg/")
+    etcd.ctl("user", "add", "registrar", "--new-user-password=" + REG_PASSWORD)
+    etcd.ctl("user", "grant-role", "registrar", "registrar")
+    write_registration(tmp_path / "conf", "api", (  # sorted before web: written first
+        'service = "api"\nid = "api-1"\nport = 9\nttl = "3s"\ndrain = "0s"\n'
+        '[[check]]\ntype = "exec"\ncommand = ["true"]\ninterval = "100ms"\nrise = 1\n'))
+    running = Registered(etcd, tmp_path)
+    try:
+        wait_for(lambda: running.key() is not None, 15, what="web registered")
+        assert running.key() == ("ready", running.key()[1])  # type: ignore[index]
+        wait_for(lambda: "permission denied" in running.reasons(), 10, what="/ready says why")
+        assert "WARNING register: etcd unreachable (PERMISSION_DENIED" in running.proc.output()
+        assert not etcd.ctl("get", "/reg/services/api/instances/api-1")
+        running.check_down()
+        wait_for(lambda: running.key() is None, 10, what="web deleted with its check down")
+        assert running.proc.proc.poll() is None
+    finally:
+        running.proc.stop()
+        if running.listener is not None:
+            running.listener.close()
+        etcd.ctl("user", "delete", "registrar", check=False)
+        etcd.ctl("role", "delete", "registrar")
+        etcd.ctl("del", "--prefix", "/reg/")
+        output = running.proc.output()
+        assert "Traceback" not in output, output[-3000:]
+        assert REG_PASSWORD not in output

@@ -634,6 +634,33 @@ def test_a_dead_hosts_leftover_key_is_waited_out_not_refused(
     assert "'node-old'" in proc.output()
 
 
+def test_health_stays_200_while_a_dead_hosts_lease_is_waited_out(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """The wait for a dead host's lease (its TTL, before the loop starts) is the registrar
+    working: /health must not fail meanwhile. Nothing beat during it, so /health answered 503
+    once it passed 10 s, and a liveness probe restarted a registrar that was only waiting (a
+    restart waits again)."""
+    from tests.support.http_probe import probe
+
+    write_registration(tmp_path / "conf", "web", _registration(backend.port))
+    c = client(etcd.endpoint)
+    lease = c.lease(15)  # never renewed: its registrar is gone
+    c.put(_key(prefix), json.dumps({"address": "10.0.0.9", "port": 80, "weight": 100,
+                                    "state": "ready", "host": "node-old"}), lease=lease)
+    metrics = f"http://127.0.0.1:{free_port()}"
+    proc = _start(procs, tmp_path, etcd, prefix, "--hostname", "node-new",
+                  "--metrics-address", metrics.removeprefix("http://"))
+    statuses: list[int] = []
+    deadline = time.monotonic() + 40
+    while (published(c, _key(prefix)) or {}).get("host") != "node-new":
+        assert time.monotonic() < deadline and proc.proc.poll() is None, proc.output()[-2000:]
+        statuses.append(probe(metrics, "/health", timeout=2)[0])
+        time.sleep(0.2)
+    assert "waiting up to" in proc.output()
+    assert 200 in statuses and 503 not in statuses, statuses
+
+
 @pytest.mark.parametrize(("body", "key", "reason"), [
     ('address = "10.0.0.1\\n    server evil 10.6.6.6:80"', "address", "expected an IP address"),
     ('address = "10.0.0.1 backup"', "address", "expected an IP address"),
