@@ -49,13 +49,30 @@ def _signature(st: os.stat_result) -> Signature:
 
 
 def _read_with_signature(path: Path) -> tuple[Signature | None, FileState]:
+    # Only a regular file is read: opening a FIFO waits for a writer (the whole loop with it,
+    # for good), and a device is opened with its side effects and read for as long as it
+    # gives (/dev/zero). Anything else at dest is no file of ours, and is never renamed over
+    # (a FIFO, or /dev/null through a link). Looked at before opening, and again once open
+    # (O_NONBLOCK: a FIFO put there in between does not block either).
     try:
-        with path.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            state = FileState(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-            return _signature(st), state
+        _regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, FileState(None)
+    with open(fd, "rb") as fh:
+        st = _regular(os.fstat(fd), path)
+        state = FileState(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        return _signature(st), state
+
+
+def _regular(st: os.stat_result, path: Path) -> os.stat_result:
+    """`st`, or the error that says why the file at `path` is not one confsync replaces."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device); "
+                      "confsync only replaces regular files", str(path))
+    return st
 
 
 class DestCache:
