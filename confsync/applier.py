@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,12 @@ def _staged_name(dest: Path, pid: int, attempt: int) -> str:
 _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 
 
+# When this module was imported (wall clock, as file times are): every staged file this
+# process writes is written later. One named with our own pid but older is a predecessor's
+# that had the same pid (a container's PID 1 started again after a SIGKILL), not ours.
+_IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
+
+
 def _pid_exists(pid: int) -> bool:
     """psutil.pid_exists without importing psutil (every `once` runs this): signal 0 tells."""
     if pid <= 0:
@@ -218,8 +225,8 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
     A SIGKILL between staging and rename leaves one behind; nothing else ever removes it.
-    Only exact matches of our naming are touched, and never a file of a live pid. Returns the
-    files removed.
+    Only exact matches of our naming are touched, and never a file of a live pid (our own pid
+    only for a file older than this process). Returns the files removed.
     """
     by_directory: dict[Path, set[str]] = {}
     for dest in dests:
@@ -235,11 +242,13 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             if match is None or match[1] not in names:
                 continue
             pid = int(match[2])
-            if pid == os.getpid() or _pid_exists(pid):
+            if pid != os.getpid() and _pid_exists(pid):
                 continue
             path = directory / entry
             try:
-                if not stat.S_ISREG(os.lstat(path).st_mode):
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or (
+                        pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
                     continue
                 os.unlink(path)
             except OSError as exc:
