@@ -717,9 +717,14 @@ class Daemon:
         running = {r.name: r for r in self.state.resources}
         data_failures = []
         for resource in state.resources:
+            # Each render may take up to render_timeout, the lateness /health allows one step
+            # (as between the steps of an apply): a set of several slow templates judged
+            # without a beat turned /health 503, and had systemd's watchdog kill confsync.
+            self.observers.heartbeat()
             try:
                 state.renderer.render(resource, mirror)
             except ResourceError as exc:
+                self.observers.heartbeat()
                 old = running.get(resource.name)
                 # The running definition, on the same data where the mirror has it.
                 old_mirror = mirror if all(p.startswith(state.prefixes)

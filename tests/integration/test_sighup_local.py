@@ -1,4 +1,4 @@
-"""A configuration reload that supersedes another one still reading its new prefixes."""
+"""Configuration reloads (SIGHUP) against a local file store: superseded reloads, heartbeats."""
 
 from __future__ import annotations
 
@@ -75,3 +75,55 @@ def test_a_broken_reload_after_a_superseded_one_keeps_the_running_set_following(
         daemon.events.put(None)
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_reload_beats_between_the_renders_that_judge_the_new_set(tmp_path: Path) -> None:
+    """A SIGHUP renders every resource of the new set before switching. No heartbeat came
+    between those renders, though each may take up to render_timeout: /health allows one
+    step's bound of lateness, so a set of a few slow templates (or many) turned /health 503,
+    and systemd's watchdog killed confsync, at each SIGHUP."""
+    from confsync.ops.events import Observer
+
+    class Recorder(Observer):
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def heartbeat(self) -> None:
+            self.events.append("beat")
+
+        def reloading_config(self) -> None:
+            self.events.append("reloading")
+
+        def started(self, resources: object) -> None:
+            self.events.append("started")
+
+        def config_reloaded(self, ok: bool, message: str) -> None:
+            self.events.append(f"reloaded {ok}")
+
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: one\n")
+    confdir = tmp_path / "cd"
+    names = [f"app{i}" for i in range(4)]
+    for name in names:
+        write_resource(confdir, name, "{{ getv('/app/v') }}\n",
+                       f'dest = "{tmp_path / name}"\nkeys = ["/app"]')
+    settings = Settings(confdir=confdir, backend="file", file_paths=(data,),
+                        watch=WatchSettings(wait_min=0, wait_max=0))
+    recorder = Recorder()
+    daemon = Daemon(settings, {"confdir": str(confdir), "backend": "file",
+                               "file_paths": [str(data)]}, [recorder])
+    daemon._install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_for(lambda: all(read(tmp_path / n) == "one\n" for n in names), what="first render")
+        daemon.events.put(SignalReceived(signal.SIGHUP))
+        wait_for(lambda: "reloaded True" in recorder.events, what="the reload")
+    finally:
+        daemon.stopping = True
+        daemon.events.put(None)
+        thread.join(timeout=10)
+    events = recorder.events
+    start = events.index("reloading")
+    judged = events[start:events.index("started", start)]
+    assert judged.count("beat") >= len(names), judged
