@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,30 @@ def _signature(st: os.stat_result) -> Signature:
 
 
 def _read_with_signature(path: Path) -> tuple[Signature | None, FileState]:
+    # Only a regular file is read: opening a FIFO waits for a writer (the whole loop with it,
+    # for good), and a device is opened with its side effects and read for as long as it
+    # gives (/dev/zero). Anything else at dest is no file of ours, and is never renamed over
+    # (a FIFO, or /dev/null through a link). Looked at before opening, and again once open
+    # (O_NONBLOCK: a FIFO put there in between does not block either).
     try:
-        with path.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            state = FileState(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-            return _signature(st), state
+        _regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, FileState(None)
+    with open(fd, "rb") as fh:
+        st = _regular(os.fstat(fd), path)
+        state = FileState(fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        return _signature(st), state
+
+
+def _regular(st: os.stat_result, path: Path) -> os.stat_result:
+    """`st`, or the error that says why the file at `path` is not one confsync replaces."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device); "
+                      "confsync only replaces regular files", str(path))
+    return st
 
 
 class DestCache:
@@ -184,6 +202,12 @@ def _staged_name(dest: Path, pid: int, attempt: int) -> str:
 _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 
 
+# When this module was imported (wall clock, as file times are): every staged file this
+# process writes is written later. One named with our own pid but older is a predecessor's
+# that had the same pid (a container's PID 1 started again after a SIGKILL), not ours.
+_IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
+
+
 def _pid_exists(pid: int) -> bool:
     """psutil.pid_exists without importing psutil (every `once` runs this): signal 0 tells."""
     if pid <= 0:
@@ -201,8 +225,8 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
     A SIGKILL between staging and rename leaves one behind; nothing else ever removes it.
-    Only exact matches of our naming are touched, and never a file of a live pid. Returns the
-    files removed.
+    Only exact matches of our naming are touched, and never a file of a live pid (our own pid
+    only for a file older than this process). Returns the files removed.
     """
     by_directory: dict[Path, set[str]] = {}
     for dest in dests:
@@ -218,11 +242,13 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             if match is None or match[1] not in names:
                 continue
             pid = int(match[2])
-            if pid == os.getpid() or _pid_exists(pid):
+            if pid != os.getpid() and _pid_exists(pid):
                 continue
             path = directory / entry
             try:
-                if not stat.S_ISREG(os.lstat(path).st_mode):
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or (
+                        pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
                     continue
                 os.unlink(path)
             except OSError as exc:

@@ -624,12 +624,14 @@ class Daemon:
         except (ConfigError, ResourceError) as exc:
             self._reload_retry.reset()  # broken files wait for the next edit or SIGHUP
             self._refuse(str(exc))
+            self._keep_running_set()
             return False
         except Exception as exc:  # a bug or an unforeseen file error: refused all the same,
             # so systemd's RELOADING=1 is always answered and the running set goes on
             log.exception("configuration reload: unexpected error while loading")
             self._reload_retry.reset()
             self._refuse(f"{type(exc).__name__}: {exc}")
+            self._keep_running_set()
             return False
         dropped = self.pending is not None
         if dropped:  # a newer reload replaces one still waiting for its snapshot
@@ -687,6 +689,15 @@ class Daemon:
             pending.store.close()
         self._replace_follower(self.store, self.state.prefixes, "resume")
 
+    def _keep_running_set(self) -> None:
+        """A reload refused while an earlier one waits for its snapshot: that one read files
+        the refused ones have replaced, so it is dropped too and the running set's own
+        follower comes back. (It was left pending, its follower, watching the other prefixes,
+        in charge: their events were dropped and nothing rendered until a good reload.)"""
+        if self.pending is not None:
+            self._drop_pending()
+            self._replace_follower(self.store, self.state.prefixes, "resume")
+
     def _drop_pending(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None:
@@ -709,9 +720,14 @@ class Daemon:
         running = {r.name: r for r in self.state.resources}
         data_failures = []
         for resource in state.resources:
+            # Each render may take up to render_timeout, the lateness /health allows one step
+            # (as between the steps of an apply): a set of several slow templates judged
+            # without a beat turned /health 503, and had systemd's watchdog kill confsync.
+            self.observers.heartbeat()
             try:
                 state.renderer.render(resource, mirror)
             except ResourceError as exc:
+                self.observers.heartbeat()
                 old = running.get(resource.name)
                 # The running definition, on the same data where the mirror has it.
                 old_mirror = mirror if all(p.startswith(state.prefixes)

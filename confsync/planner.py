@@ -110,7 +110,10 @@ class Planner:
 
     def next_deadline(self) -> float | None:
         deadlines = [self._deadline(p) for p in self._pending.values()]
-        deadlines += [r.at for r in self._retries.values() if r.at != float("inf")]
+        # A retry of a resource with a change pending fires with that change (`due`): its own
+        # time, passed, would have the loop wait with a timeout of 0 (spin) until then.
+        deadlines += [r.at for name, r in self._retries.items()
+                      if r.at != float("inf") and name not in self._pending]
         return min(deadlines, default=None)
 
     def clear(self) -> None:

@@ -11,6 +11,7 @@ A "seconds since" gauge would be stale between scrapes and wrong once the proces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from confsync.ops.events import Observer
 from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE, MetricsServer
 from confsync.outcome import Status
 from confsync.provenance import show_key
+from confsync.reload import has_reload_action
 from confsync.targets import ReloadKind, ReloadResult
 
 if TYPE_CHECKING:
@@ -251,8 +253,11 @@ class Metrics(Observer):
             self._resources = {r.name: r for r in resources}
             self._failing &= set(self._resources)
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
+            # One that reloads nothing now (its reload action removed by a config reload) has
+            # no target that could be down: nothing would ever ask it again to clear this.
+            untargeted = {n for n, r in self._resources.items() if not has_reload_action(r)}
             self._not_running = {n: w for n, w in self._not_running.items()
-                                 if n in self._resources}
+                                 if n in self._resources and n not in untargeted}
             self._drift_held = [n for n in self._drift_held if n in self._resources]
         # A resource dropped by a config reload leaves no series: a stale `resource_ok 0` or
         # an ageing last-success timestamp would alert forever on a file nobody manages any
@@ -262,6 +267,9 @@ class Metrics(Observer):
         # zero, which Prometheus takes for a counter reset.
         for name in removed:
             self._forget(name)
+        for name in untargeted:
+            with contextlib.suppress(KeyError):
+                self.target_up.remove(name)
         self.resources_gauge.set(len(resources))
         self._update_ready()
 

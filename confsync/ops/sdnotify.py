@@ -178,6 +178,12 @@ class SystemdNotify(Observer):
             self._last_ping = now
 
     def reloading_config(self) -> None:
+        if not self._ready:
+            # Still starting (a SIGHUP or a conf.d edit before the first render): no reload
+            # to bracket for systemd, whose start ends only with the first render's READY=1.
+            self.notifier.send("STATUS=reloading configuration")
+            self._status = ""
+            return
         # MONOTONIC_USEC lets systemd (253+) match this RELOADING=1 to the reload it started.
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={usec}",
@@ -186,12 +192,15 @@ class SystemdNotify(Observer):
 
     def config_reloaded(self, ok: bool, message: str) -> None:
         # READY=1 ends the reload either way: a refused config leaves the old one running.
+        # Not before the first render: READY=1 would end a Type=notify start there, and the
+        # units ordered after confsync would start on files it has not written yet.
+        ready = ("READY=1",) if self._ready else ()
         extra = () if ok else (f"STATUS=config reload refused: {message}"[:200],)
         if extra:
-            self.notifier.send("READY=1", *extra)
+            self.notifier.send(*ready, *extra)
             self._status = extra[0][len("STATUS="):]
         else:
-            self._update_status("READY=1")
+            self._update_status(*ready)
 
     def stopping(self) -> None:
         self.notifier.send("STOPPING=1", "STATUS=stopping")

@@ -255,3 +255,23 @@ def test_a_target_found_stopped_between_changes_is_not_ready(m: Metrics) -> None
     m.started([])  # dropped by a configuration reload: a late probe result is ignored
     m.target_probed(a, ReloadResult(ReloadKind.NO_TARGET, "gone"))
     assert m.readiness()[1]["reasons"] == []
+
+
+def test_a_reload_action_removed_by_a_config_reload_is_no_target_not_running(m: Metrics) -> None:
+    """A resource whose signal target was not running, edited to reload nothing (the service
+    is reloaded by something else now): /ready said `not running` about it for the daemon's
+    life, and `reload_target_up` stayed 0, as nothing else ever asked that target again."""
+    signalled = resource("web", reload_signal=signal.SIGHUP, process="no-such-process")
+    m.started([signalled])
+    m.ready(1)
+    m.watch_connected(1)
+    m.batch_applied(2, ["/a"], [Outcome(signalled, UPDATED, seconds=0.01, reload=ReloadResult(
+        ReloadKind.NO_TARGET, "no process for no-such-process"))])
+    assert not m.readiness()[0]
+    plain = resource("web")  # SIGHUP: the same resource, no reload action any more
+    m.started([plain])
+    m.batch_applied(3, [], [Outcome(plain, UNCHANGED, seconds=0.01)])
+    ok, detail = m.readiness()
+    assert ok, detail
+    assert 'confsync_reload_target_up{resource="web"}' not in \
+        generate_latest(m.registry).decode()

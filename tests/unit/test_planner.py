@@ -100,3 +100,20 @@ def test_clear_drops_retries_too() -> None:
     p.retry(res("a"), now=0.0)
     p.clear()
     assert p.next_deadline() is None and p.due(1e9) == [] and len(p) == 0
+
+
+def test_a_retry_due_while_a_change_waits_gives_no_deadline_in_the_past() -> None:
+    """The retry of a failing resource came due while a change to it waited for its quiet
+    period: not fired (the change renders it at its debounce deadline), but still offered as
+    the next deadline, already past. The loop waited for it with a timeout of 0 and spun a
+    core until the change's deadline (up to wait_max, or a resource's own longer window),
+    at every retry of a resource whose keys keep changing."""
+    p = Planner(wait_min=1.0, wait_max=5.0, retry_base=1.0, retry_cap=1.0)
+    a = res("a")
+    at = p.retry(a, now=0.0)
+    p.touch([a], now=at - 0.1)
+    now = at + 0.01
+    assert p.due(now) == []
+    deadline = p.next_deadline()
+    assert deadline is not None and deadline > now
+    assert p.due(deadline) == [a]

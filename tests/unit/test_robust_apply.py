@@ -148,3 +148,19 @@ def test_a_background_child_printing_without_end_is_capped(background_pids: Path
     assert (size() or 0) <= cap
     loud = run_command(["yes"], timeout=0.5)
     assert loud.output.endswith("(output past 16 MiB refused)"), loud.output[-200:]
+
+
+def test_a_staged_file_a_predecessor_with_our_pid_left_is_removed(tmp_path: Path) -> None:
+    """A container's PID 1 (or any pid a restart hands out again) killed between staging and
+    renaming left `.<dest>.<pid>.<n>.confsync`; the next confsync had the same pid and kept
+    it for good, taking it for its own: one more full copy of the config per such kill. One
+    written before this process started is a predecessor's; one written since is kept."""
+    before = tmp_path / f".app.conf.{os.getpid()}.0.confsync"
+    since = tmp_path / f".app.conf.{os.getpid()}.1.confsync"
+    before.write_text("x")
+    since.write_text("x")
+    an_hour_ago = time.time() - 3600
+    os.utime(before, (an_hour_ago, an_hour_ago))
+    removed = remove_stale_staged([tmp_path / "app.conf"])
+    assert removed == [before]
+    assert since.exists() and not before.exists()

@@ -176,3 +176,34 @@ def test_foreign_tells_another_writers_file_from_a_touch_or_an_unset_mode(
     assert [o.status for o in syncer.apply([moded])] == [UPDATED]
     os.chmod(moded.dest, 0o600)
     assert syncer.foreign(moded)
+
+
+def test_a_dest_that_is_a_fifo_fails_its_resource_and_never_blocks_the_others(
+        tmp_path: Path) -> None:
+    """A FIFO at a dest (mkfifo by mistake, a log pipe at the wrong path) was opened to be
+    read: that blocks until someone writes to it, so the loop, every other resource and the
+    heartbeat stopped for good. It fails its own resource, and stays a FIFO."""
+    import os
+    import stat
+    import threading
+
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"})
+    other = Resource(name="other", source=tmp_path / "other.toml", src=tmp_path / "t.tmpl",
+                     dest=tmp_path / "other.cfg", keys=("/pool",), prefix="")
+    os.mkfifo(res.dest)
+    outcomes: list[object] = []
+    applying = threading.Thread(target=lambda: outcomes.extend(syncer.apply([res, other])),
+                                daemon=True)
+    applying.start()
+    applying.join(timeout=30)
+    if applying.is_alive():  # unblock the stuck read, so the thread ends with the test
+        fd = os.open(res.dest, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        applying.join(timeout=10)
+        pytest.fail("the apply blocked on the FIFO")
+    first, second = outcomes
+    assert first.status == FAILED and first.error is not None  # type: ignore[attr-defined]
+    assert "not a regular file" in str(first.error), first.error  # type: ignore[attr-defined]
+    assert second.status == UPDATED  # type: ignore[attr-defined]
+    assert (tmp_path / "other.cfg").read_text() == "server 10.0.0.2:80\n"
+    assert stat.S_ISFIFO(os.lstat(res.dest).st_mode)

@@ -137,3 +137,23 @@ def test_no_watchdog_when_not_asked(listener: Listener) -> None:
     obs = SystemdNotify(Notifier(listener.address), watchdog_seconds=None)
     obs.heartbeat()
     assert listener.messages(timeout=0.1) == []
+
+
+def test_a_reload_before_the_first_render_sends_no_ready(listener: Listener) -> None:
+    """READY=1 ends a Type=notify unit's start (units ordered after it start then): a SIGHUP
+    or conf.d edit while the first snapshot was still awaited (etcd down at boot) answered its
+    reload with READY=1, so the service started before confsync had written its file."""
+    obs = SystemdNotify.from_environ({"NOTIFY_SOCKET": listener.address})
+    assert obs is not None
+    obs.started([resource("a")])
+    for ok in (True, False):
+        obs.reloading_config()
+        obs.config_reloaded(ok, "conf.d/x.toml: unknown key")
+    early = listener.messages(timeout=0.2)
+    assert all("READY" not in m and "RELOADING" not in m for m in early), early
+    obs.ready(42)
+    assert listener.messages()[-1]["READY"] == "1"
+    obs.reloading_config()
+    assert listener.messages()[-1]["RELOADING"] == "1"
+    obs.config_reloaded(True, "1 resources")
+    assert listener.messages()[-1]["READY"] == "1"
