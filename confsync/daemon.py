@@ -551,14 +551,22 @@ class Daemon:
         if now < self._follower_restart_at:
             return
         dead = self.follower
+        # A resync the dead one still owed (a loop error meanwhile): a snapshot first, not a
+        # resume from its positions, which count the event the loop lost as delivered.
+        owed = dead.resync_owed()
+        first = "start" if not self.ready else "resync" if owed else "resume"
         self.follower = StoreFollower(dead.store, dead.prefixes, self.events,
                                       resync_interval=dead.resync_interval,
-                                      generation=dead.generation, resume=dead.positions(),
-                                      first_snapshot="start" if not self.ready else "resume")
+                                      generation=dead.generation,
+                                      resume=None if owed else dead.positions(),
+                                      first_snapshot=first)
         self._follower_restart_at = None
         self.follower.start()
-        log.info("store follower restarted from revision %d",
-                 min(dead.positions().values(), default=0) + 1)
+        if owed:
+            log.info("store follower restarted with a fresh snapshot (a resync was owed)")
+        else:
+            log.info("store follower restarted from revision %d",
+                     min(dead.positions().values(), default=0) + 1)
         self._part_recovered("follower")
 
     def _part_failed(self, part: str, reason: str) -> None:

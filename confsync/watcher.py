@@ -88,6 +88,10 @@ class StoreFollower(threading.Thread):
         self._first_snapshot: str | None = (
             None if set(self._last) == set(self.prefixes) else first_snapshot)
         self._pending_reset: StoreReset | None = None
+        # Resyncs requested, and the last request a taken snapshot answers (read after it):
+        # a request left unanswered by a follower that died is owed by its successor.
+        self._resync_requests = 0
+        self._resync_answered = 0
         self.reconnects = 0
         self.internal_errors = 0  # unexpected exceptions survived (each logged with traceback)
         self._config_errors = Repeats()  # (an unreadable password_file fails every retry)
@@ -99,7 +103,16 @@ class StoreFollower(threading.Thread):
 
     def request_resync(self) -> None:
         """Take a fresh snapshot now (the daemon lost track of its mirror)."""
+        with self._lock:
+            self._resync_requests += 1
         self._errors.put(_RESYNC_NOW)
+
+    def resync_owed(self) -> bool:
+        """Whether a requested resync has no snapshot read after it yet (a successor of a dead
+        follower must then start with one, not resume: the loop lost track of an event that
+        this follower's positions already count as delivered)."""
+        with self._lock:
+            return self._resync_answered < self._resync_requests
 
     # ---- called from the store's thread
 
@@ -128,6 +141,8 @@ class StoreFollower(threading.Thread):
             if self._stop_event.wait(delay):
                 return None
             log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
+        with self._lock:
+            answers = self._resync_requests
         try:
             snapshot = self.store.snapshot(self.prefixes)
         except (StoreUnavailable, ConfigError) as exc:
@@ -140,6 +155,7 @@ class StoreFollower(threading.Thread):
                 self._last.clear()
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
+            self._resync_answered = max(self._resync_answered, answers)
             self.out.put(SnapshotTaken(snapshot, reason, self.generation, cause=cause))
         return snapshot
 

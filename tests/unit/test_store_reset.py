@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from confsync import watcher
 from confsync.errors import StoreReset
 from confsync.stores import Snapshot, WatchSink
 from confsync.watcher import SnapshotTaken, StoreFollower, StreamState
+from tests.support.cli import write_resource
 
 
 class _Handle:
@@ -63,3 +65,79 @@ def test_reset_replaces_resume_points_with_the_new_snapshot(
     assert isinstance(connected, StreamState) and connected.connected
     # Watched from the new snapshot's revision + 1, not from the old history's 41.
     assert store.watch_starts == [41, 4]
+
+
+class _CountingStore:
+    """Snapshots at rising revisions; `during_read` runs inside a read (a request meanwhile)."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.revision = 10
+        self.during_read: list[object] = []
+
+    def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
+        for call in self.during_read:
+            call()  # type: ignore[operator]
+        self.during_read = []
+        self.revision += 1
+        return Snapshot(self.revision, {"/k/a": b"v"})
+
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> _Handle:
+        return _Handle()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_resync_is_owed_until_a_snapshot_read_after_its_request() -> None:
+    store = _CountingStore()
+    follower = StoreFollower(store, ["/k/"], queue.SimpleQueue())
+    assert not follower.resync_owed()
+    follower.request_resync()
+    assert follower.resync_owed()
+    # A read already under way when the request came does not answer it ...
+    store.during_read = [follower.request_resync]
+    assert follower._snapshot("resync") is not None
+    assert follower.resync_owed()
+    # ... one started after it does.
+    assert follower._snapshot("resync") is not None
+    assert not follower.resync_owed()
+
+
+def test_the_successor_of_a_dead_follower_that_owed_a_resync_starts_with_a_snapshot(
+        tmp_path: Path) -> None:
+    """A loop error asks the follower for a resync (the loop may have lost an event); a follower
+    dead at that moment never took it, and its successor resumed from positions that count the
+    lost event as delivered: the files stayed stale until the next change of those keys."""
+    from confsync.daemon import Daemon
+    from confsync.settings import Settings, WatchSettings
+
+    data = tmp_path / "data.yaml"
+    data.write_text("k:\n  a: v\n")
+    write_resource(tmp_path / "cd", "k", "{{ getv('/k/a') }}\n",
+                   f'dest = "{tmp_path / "out"}"\nkeys = ["/k"]')
+    daemon = Daemon(Settings(confdir=tmp_path / "cd", backend="file", file_paths=(data,),
+                             watch=WatchSettings(wait_min=0, wait_max=0)))
+    daemon.ready = True
+    for owed in (False, True):
+        dead = StoreFollower(_CountingStore(), ["/k/"], daemon.events,
+                             resume={"/k/": 7})  # never started: not alive
+        if owed:
+            dead.request_resync()
+        daemon.follower = dead
+        daemon._follower_restart_at = 0.0  # its restart is due
+        daemon._check_parts(1.0)
+        successor = daemon.follower
+        try:
+            assert successor is not dead and successor.is_alive()
+            if owed:
+                event = daemon.events.get(timeout=5)
+                assert isinstance(event, SnapshotTaken) and event.reason == "resync"
+            else:
+                assert successor.positions() == {"/k/": 7}
+        finally:
+            successor.stop()
+            successor.join(timeout=5)
+        while not daemon.events.empty():
+            daemon.events.get_nowait()
