@@ -28,7 +28,7 @@ _FUNCS: dict[str, tuple[str, str]] = {
     "getvs": ("getvs", "list_str"), "exists": ("exists", "bool"), "ls": ("ls", "list_str"),
     "lsdir": ("lsdir", "list_str"), "json": ("go_json", "map"),
     "jsonArray": ("go_json_array", "list"), "base": ("base", "str"), "dir": ("dir", "str"),
-    "split": ("split", "list_str"), "join": ("join", "str"), "map": ("map", "map"),
+    "split": ("split", "list_str"), "join": ("go_join", "str"), "map": ("map", "map"),
     "getenv": ("getenv", "str"), "datetime": ("datetime", "time"), "toUpper": ("toUpper", "str"),
     "toLower": ("toLower", "str"), "contains": ("contains", "bool"),
     "replace": ("replace", "str"), "trimSuffix": ("trimSuffix", "str"),
@@ -36,7 +36,7 @@ _FUNCS: dict[str, tuple[str, str]] = {
     "lookupIPV4": ("lookupIPV4", "list_str"), "lookupIPV6": ("lookupIPV6", "list_str"),
     "lookupSRV": ("lookupSRV", "list_srv"), "fileExists": ("fileExists", "bool"),
     "base64Encode": ("base64Encode", "str"), "base64Decode": ("base64Decode", "str"),
-    "parseBool": ("parseBool", "bool"), "reverse": ("reverse", "same"),
+    "parseBool": ("parseBool", "bool"), "reverse": ("go_reverse", "same"),
     "sortByLength": ("sortByLength", "list_str"), "sortKVByLength": ("sortKVByLength", "list_kv"),
     "add": ("add", "int"), "sub": ("sub", "int"), "div": ("div", "int"), "mod": ("mod", "int"),
     "mul": ("mul", "int"), "seq": ("seq", "list_int"), "atoi": ("atoi", "int"),
@@ -418,6 +418,9 @@ class Emitter:
             if piped is not None:
                 args.append(piped)
             return self.call(head, args)
+        if isinstance(head, g.Nil):
+            # Go fails `{{nil}}`, `{{with nil}}`, `{{range nil}}` at run time
+            raise self.fail(head.pos, "nil is not a command")
         if rest or piped is not None:
             # a method call: `.Format "x"`, `datetime.Format "x"`, `$t.Format "x"`
             fields = getattr(head, "fields", None)

@@ -115,16 +115,47 @@ def go_values(value: Any) -> list[Any]:
     return [v for _, v in go_items(value)]
 
 
+class GoList(list[Any]):
+    """A JSON array: Go's []interface{}, which confd's `join` refuses and `reverse` leaves as it
+    is (they take []string), whatever the elements are."""
+
+
+def _go_number(text: str) -> float:
+    """A JSON number as Go's float64; one out of its range is an error (as json.Unmarshal)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} out of range of float64")
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"invalid character {constant[0]!r} looking for beginning of value")
+
+
+def _go_lists(value: Any) -> Any:
+    if isinstance(value, list):
+        return GoList(_go_lists(v) for v in value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _go_lists(item)
+    return value
+
+
 def go_json(text: str) -> Any:
-    """confd's `json`/`jsonArray`: numbers are Go's float64, a missing field is nil."""
+    """confd's `json`/`jsonArray`: numbers are Go's float64, a missing field is nil, arrays are
+    []interface{}; NaN, Infinity and numbers beyond float64 are refused (Python took them)."""
     try:
-        return json.loads(text, parse_int=float, object_pairs_hook=GoMap)
-    except (TypeError, ValueError) as exc:
+        parsed = json.loads(text, parse_int=_go_number, parse_float=_go_number,
+                            parse_constant=_not_json, object_pairs_hook=GoMap)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TemplateFunctionError(f"value is not valid JSON: {exc}") from None
+    return _go_lists(parsed)
 
 
 def go_json_object(text: str) -> Any:
     parsed = go_json(text)
+    if parsed is None:  # `null` unmarshals into a nil map, no error: prints map[], ranges empty
+        return GoMap()
     if not isinstance(parsed, dict):
         raise TemplateFunctionError(f"expected a JSON object, found {str(text)[:60]!r}")
     return parsed
@@ -132,9 +163,33 @@ def go_json_object(text: str) -> Any:
 
 def go_json_array(text: str) -> Any:
     parsed = go_json(text)
+    if parsed is None:  # a nil slice, as in Go
+        return GoList()
     if not isinstance(parsed, list):
         raise TemplateFunctionError(f"expected a JSON array, found {str(text)[:60]!r}")
     return parsed
+
+
+def go_reverse(values: Any) -> Any:
+    """confd's Reverse: reverses a []string in place; anything else comes back as it is: a
+    JSON array, seq's []int, a string, and `gets`' items too (memkv.KVPairs, a named type that
+    Reverse's `case []memkv.KVPair` does not match: measured with confd 0.17)."""
+    if isinstance(values, list) and not isinstance(values, GoList) and all(
+            isinstance(v, str) for v in values):
+        values.reverse()
+    return values
+
+
+def go_join(values: Any, sep: str) -> str:
+    """strings.Join: only a []string (a JSON array is []interface{} to Go, refused)."""
+    if isinstance(values, GoList) or not isinstance(values, list | tuple) or not all(
+            isinstance(v, str) for v in values):
+        raise TemplateFunctionError(f"wrong type for value; expected []string; got "
+                                    f"{_go_type(values)}")
+    if not isinstance(sep, str):
+        raise TemplateFunctionError(f"wrong type for value; expected string; got "
+                                    f"{_go_type(sep)}")
+    return sep.join(values)
 
 
 def _print_operands(args: tuple[Any, ...], spaced: bool) -> str:
@@ -210,6 +265,8 @@ def _go_type(value: Any) -> str:
         return "map[string]interface {}"
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return "memkv.KVPair" if type(value).__name__ == "KV" else "net.SRV"
+    if isinstance(value, GoList):
+        return "[]interface {}"
     if isinstance(value, list | tuple):
         if value and all(isinstance(v, str) for v in value):
             return "[]string"
@@ -498,6 +555,8 @@ RUNTIME_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "go_values": go_values,
     "go_json": go_json_object,
     "go_json_array": go_json_array,
+    "go_reverse": go_reverse,
+    "go_join": go_join,
     "go_print": go_print,
     "go_print_spaced": go_print_spaced,
     "go_html": go_html,
