@@ -506,12 +506,19 @@ class Emitter:
                 raise self.fail(ident.pos, "not takes one argument")
             return _Result(f"(not {codes[0]})", "bool")
         if name in ("eq", "ne", "lt", "le", "gt", "ge"):
-            if name == "eq" and len(args) >= 2:
+            if len(args) != 2 and not (name == "eq" and len(args) > 2):
+                raise self.fail(ident.pos, f"{name} takes two arguments")
+            # Python's operators where both kinds are known to be the same; else Go's rules
+            # (mixed kinds are an error there, not false): runtime.go_eq and friends.
+            types = {a.type for a in args}
+            same = len(types) == 1 and types <= ({"str", "int", "float", "bool"} if name in (
+                "eq", "ne") else {"str", "int", "float"})
+            if not same:
+                return _Result(f"go_{name}({', '.join(codes)})", "bool")
+            if name == "eq":
                 return _Result("(" + " or ".join(f"{codes[0]} == {c}" for c in codes[1:]) + ")",
                                "bool")
-            if len(args) != 2:
-                raise self.fail(ident.pos, f"{name} takes two arguments")
-            op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
+            op = {"ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
             return _Result(f"({codes[0]} {op} {codes[1]})", "bool")
         if name == "len":
             if len(args) != 1:

@@ -192,6 +192,75 @@ def go_join(values: Any, sep: str) -> str:
     return sep.join(values)
 
 
+# ---- comparisons -------------------------------------------------------------------------
+# text/template's eq/ne/lt/le/gt/ge (Go 1.19): operands of different basic kinds are an error,
+# not false (`eq "8080" 8080`, `eq 1 1.0` where a JSON number is a float64); a nil operand (a
+# missing map entry) is unequal to anything but nil; lists and maps cannot be compared.
+# The converter calls these only where it cannot tell the kinds are the same.
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "invalid"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | dict) or (isinstance(value, tuple)
+                                          and not hasattr(value, "_fields")):
+        return "uncomparable"
+    return "struct"
+
+
+def go_eq(first: Any, *others: Any) -> bool:
+    if not others:
+        raise TemplateFunctionError("missing argument for comparison")
+    k1 = _kind(first)
+    for other in others:
+        k2 = _kind(other)
+        if k1 != k2:
+            if first is not None and other is not None:
+                raise TemplateFunctionError("error calling eq: incompatible types for comparison")
+            continue
+        if k2 == "uncomparable":
+            raise TemplateFunctionError("error calling eq: invalid type for comparison")
+        if first == other:
+            return True
+    return False
+
+
+def go_ne(first: Any, second: Any) -> bool:
+    return not go_eq(first, second)
+
+
+def go_lt(first: Any, second: Any) -> bool:
+    k1, k2 = _kind(first), _kind(second)
+    if k1 not in ("int", "float", "string", "bool") or k2 not in ("int", "float", "string",
+                                                                  "bool"):
+        raise TemplateFunctionError("error calling lt: invalid type for comparison")
+    if k1 != k2:
+        raise TemplateFunctionError("error calling lt: incompatible types for comparison")
+    if k1 == "bool":
+        raise TemplateFunctionError("error calling lt: invalid type for comparison")
+    return bool(first < second)
+
+
+def go_le(first: Any, second: Any) -> bool:
+    return go_lt(first, second) or go_eq(first, second)
+
+
+def go_gt(first: Any, second: Any) -> bool:
+    return not go_le(first, second)
+
+
+def go_ge(first: Any, second: Any) -> bool:
+    return not go_lt(first, second)
+
+
 def _print_operands(args: tuple[Any, ...], spaced: bool) -> str:
     out: list[str] = []
     for i, arg in enumerate(args):
@@ -556,6 +625,12 @@ RUNTIME_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "go_json": go_json_object,
     "go_json_array": go_json_array,
     "go_reverse": go_reverse,
+    "go_eq": go_eq,
+    "go_ne": go_ne,
+    "go_lt": go_lt,
+    "go_le": go_le,
+    "go_gt": go_gt,
+    "go_ge": go_ge,
     "go_join": go_join,
     "go_print": go_print,
     "go_print_spaced": go_print_spaced,

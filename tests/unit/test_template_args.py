@@ -80,6 +80,13 @@ WRONG = {
     "go_json_array": ("{{ go_json_array(5) }}", "go_json_array: argument 1 (text) must be a "
                                                 "string"),
     "go_printf": ("{{ go_printf(5) }}", "go_printf: argument 1 (fmt) must be a string, got int"),
+    "go_eq": ("{{ go_eq(1, '1') }}", "go_eq: error calling eq: incompatible types for "
+                                     "comparison"),
+    "go_ne": ("{{ go_ne(1, 1.0) }}", "go_ne: error calling eq: incompatible types"),
+    "go_lt": ("{{ go_lt(1, '1') }}", "go_lt: error calling lt: incompatible types"),
+    "go_le": ("{{ go_le([], 1) }}", "go_le: error calling lt: invalid type for comparison"),
+    "go_gt": ("{{ go_gt(true, false) }}", "go_gt: error calling lt: invalid type"),
+    "go_ge": ("{{ go_ge(none, 1) }}", "go_ge: error calling lt: invalid type"),
     "go_join": ("{{ go_join(5, ',') }}", "go_join: wrong type for value; expected []string; "
                                          "got int"),
 }
