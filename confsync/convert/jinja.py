@@ -450,8 +450,8 @@ class Emitter:
 
     def field(self, base: _Result, name: str, pos: g.Pos) -> tuple[str, str]:
         if base.type == "nil":
-            raise self.fail(pos, f"field .{name} of confd's nil data (the dot is nil outside "
-                            "range/with)")
+            raise self.fail(pos, f"field .{name} of confd's nil data (refused: the dot is "
+                            "nil outside range/with; confd prints <no value>)")
         known = _FIELDS.get(base.type)
         if known is not None:
             if name not in known:
