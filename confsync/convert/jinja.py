@@ -550,9 +550,24 @@ class Emitter:
         if name not in _FUNCS:
             raise self.fail(ident.pos, f"function {name!r} is not a confd function")
         jname, type_ = _FUNCS[name]
+        if name in _INT_PARAMS:
+            codes = [_integral(a) for a in args]
         if type_ == "same":
             type_ = args[0].type if args else "any"
         return _Result(f"{jname}({', '.join(codes)})", type_)
+
+
+# confd functions whose parameters are Go ints: Go passes a literal such as `2.0` or `1e3` to
+# them as the int it equals (evalInteger takes any NumberNode that IsInt), Python would not.
+_INT_PARAMS = frozenset({"add", "sub", "mul", "div", "mod", "seq"})
+
+
+def _integral(arg: _Result) -> str:
+    if arg.type == "float" and re.fullmatch(r"-?[0-9.e+]+", arg.code):
+        value = float(arg.code)
+        if value.is_integer() and abs(value) < 2**63:
+            return str(int(value))
+    return arg.code
 
 
 def to_jinja(parsed: g.ParsedTemplate) -> str:
