@@ -264,9 +264,17 @@ def base64_decode(text: str) -> str:
     try:
         # Go's StdEncoding skips line breaks (a PEM-style wrapped value decodes)
         data = text.replace("\r", "").replace("\n", "")
-        return base64.b64decode(data.encode(), validate=True).decode("utf-8", "replace")
+        decoded = base64.b64decode(data.encode(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise TemplateFunctionError(f"illegal base64 data: {exc}") from None
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        # confd writes the raw bytes; a rendered file is text here, and U+FFFD in their place
+        # (as before) silently wrote something else
+        raise TemplateFunctionError(f"the decoded bytes are not UTF-8 text (byte "
+                                    f"{decoded[0:1].hex() if decoded else ''}...); confsync "
+                                    "writes text files") from None
 
 
 def reverse(items: list[Any]) -> list[Any]:
