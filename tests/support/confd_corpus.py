@@ -478,6 +478,51 @@ HOSTILE_CASES: dict[str, str] = {
     "gets_escape": '{{range gets "/h/percent\\\\%s"}}{{.Value}}{{end}}',
 }
 
+# ---- a mixed round: what real templates combine ------------------------------------------
+
+MIXED: dict[str, str] = {
+    "mixed_1": '{{range $i, $c := split "a,b,c" ","}}{{if $i}},{{end}}{{$c}}{{end}}',
+    "mixed_2": '{{$x := 1}}{{$x = "s"}}{{$x}}',
+    "mixed_3": '{{len ""}} {{index "ab" 1}}',
+    "mixed_4": '{{and (exists "/top") (getv "/top")}}|{{or (exists "/nope") "d"}}',
+    "mixed_5": '{{- if true -}}\n x \n{{- end -}}\n',
+    "mixed_6": '{{print (json "{}")}} {{json "{}"}}',
+    "mixed_7": '{{printf "%d" (len (gets "/num/*"))}} {{add (len "abc") 1}}',
+    "mixed_8": '{{mul (atoi "3") 2.0}}',
+    "mixed_9": '{{seq 1 (atoi "3")}}',
+    "mixed_10": '{{base64Decode "////"}}',
+    "mixed_11": '{{index (json (getv "/app/json")) "c"}}',
+    "mixed_12": '{{range $k, $v := json (getv "/app/json")}}{{if eq $k "a"}}{{$v}}{{end}}{{end}}',
+    "mixed_13": '{{range json (getv "/app/json")}}{{printf "%T" .}}{{end}}',
+    "mixed_14": '{{with $j := json (getv "/app/json")}}{{$j.b}}{{end}}',
+    "mixed_15": '{{$j := json (getv "/app/json")}}{{if $j.d.f}}yes{{end}}{{if $j.missing}}m{{else}}nm{{end}}',
+    "mixed_16": '{{(index (gets "/num/*") 0).Key}}',
+    "mixed_17": '{{range gets "/num/*"}}{{printf "%-8s=%5s;" .Key .Value}}{{end}}',
+    "mixed_18": '{{$l := getvs "/num/*"}}{{index $l (sub (len $l) 1)}}',
+    "mixed_19": '{{contains (getv "/app/uni") "☃"}} {{replace (getv "/app/uni") "ö" "o" -1}}',
+    "mixed_20": '{{printf "%s" (json (getv "/app/jsonarr"))}}',
+    "mixed_21": '{{jsonArray "[1, 2]" | len}}',
+    "mixed_22": '{{html (json (getv "/app/jsonarr"))}} {{urlquery (seq 1 2)}}',
+    "mixed_23": '{{ "x" | printf "%q" }}{{ 1 | add 2 }}',
+    "mixed_24": '{{range $i, $e := getvs "/hosts/*"}}{{if gt $i 2}}{{break}}{{end}}{{end}}x',
+    "mixed_25": '{{$v := index (jsonArray "[1.5, \\"2\\"]") 0}}{{$v}} {{printf "%.1f" $v}} {{printf "%d" $v}}',
+    "mixed_26": '{{eq (index (jsonArray "[\\"a\\"]") 0) "a"}}',
+    "mixed_27": '{{lt (len (getvs "/num/*")) 5}} {{eq (len "ab") 2}}',
+    "mixed_28": '{{ne (getv "/app/port") "80"}} {{eq .  nil}}',
+    "mixed_29": '{{index (map "a" (seq 1 3)) "a" 1}}',
+    "mixed_30": '{{println (getv "/top") 1}}{{print "a" nil "b"}}',
+    "mixed_31": '{{ datetime | printf "%T" }}',
+    "mixed_32": '{{range $i, $x := seq 1 3}}{{$i}}{{end}}{{range $x := json "{\\"b\\":1,\\"a\\":2}"}}{{$x}}{{end}}',
+    "mixed_33": '{{getv "/app/float" | printf "%v"}} {{printf "%v" 3.0}} {{3.0}} {{printf "%v" 1e6}} {{1e6}} {{0.1}}',
+    "mixed_34": '{{printf "%5.1q|%-5q|%05s" "abc" "é" "x"}}',
+    "mixed_35": '{{printf "%x %X %o %b %c" 255 255 8 5 9731}}',
+    "mixed_36": '{{printf "%08.3f|%-8.2f|%+.1e|% .2f" 3.14159 2.5 12345.678 1.0}}',
+    "mixed_37": '{{printf "%v %v" (index (json (getv "/app/json")) "int") (index (json (getv "/app/json")) "small")}}',
+    "mixed_38": '{{toUpper (getv "/app/quote")}} {{toLower "ǅ"}}',
+    "mixed_39": '{{split "a.b" "."}} {{split "a" "a"}} {{split "aaa" "aa"}}',
+    "mixed_40": '{{dir "/a/b/"}} {{base "/a/b/"}} {{dir "a"}}',
+}
+
 # ---- YAML scalars: how each side's file backend turns them into text -------------------------------
 
 YAML_DATA = """\
@@ -520,6 +565,7 @@ CASE_SETS: dict[str, tuple[str, dict[str, str]]] = {
     "printf": (flat_yaml(MAIN), PRINTF),
     "comparisons": (flat_yaml(MAIN), COMPARISONS),
     "control": (flat_yaml(MAIN), CONTROL),
+    "mixed": (flat_yaml(MAIN), MIXED),
     "hostile": (flat_yaml(HOSTILE), HOSTILE_CASES),
     "yaml": (YAML_DATA, YAML_CASES),
 }

@@ -62,8 +62,9 @@ def run_confd(binary: Path, data_yaml: str, cases: dict[str, str]) -> dict[str, 
         subprocess.run([str(binary), "-onetime", "-backend", "file", "-file",
                         str(root / "data.yaml"), "-confdir", str(root), "-log-level", "panic"],
                        capture_output=True, timeout=60, check=False)
-        return {name: (out / name).read_bytes().decode() if (out / name).exists() else None
-                for name in cases}
+        # bytes that are not UTF-8 (base64Decode of binary) shown as \xff: never equal to ours
+        return {name: (out / name).read_bytes().decode(errors="backslashreplace")
+                if (out / name).exists() else None for name in cases}
 
 
 def render_ours(template: str, mirror: Mirror, name: str) -> Ours:

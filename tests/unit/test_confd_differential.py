@@ -32,8 +32,9 @@ DOCUMENTED = {
 }
 # Why confsync may fail where confd renders: a value with a line break or control character
 # (confsync refuses to write it unless the template says `| multiline`), and the constructs
-# the converter refuses by name (js, slice, break/continue, %T, %#v, ...).
-LOUD = re.compile(r"line break or control character|refused|not reproduced")
+# the converter refuses by name (js, slice, break/continue, %T, %#v, ...), base64Decode of
+# bytes that are not UTF-8 (confd writes them raw; confsync writes text).
+LOUD = re.compile(r"line break or control character|refused|not reproduced|not UTF-8 text")
 
 
 def _compare(set_name: str, confd: dict[str, str | None]) -> list[str]:
