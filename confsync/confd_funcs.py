@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from confsync.gosort import go_sort
 from confsync.template_args import TemplateFunctionError, checked_all, got
 
 
@@ -284,12 +285,13 @@ def reverse(items: list[Any]) -> list[Any]:
 
 
 def sort_by_length(items: list[str]) -> list[str]:
-    items.sort(key=len)
+    """In place, by length in bytes, in the order Go's (unstable) sort.Sort leaves equals."""
+    go_sort(items, lambda text: len(text.encode()))
     return items
 
 
 def sort_kv_by_length(items: list[Any]) -> list[Any]:
-    items.sort(key=lambda kv: len(kv.key))
+    go_sort(items, lambda kv: len(kv.key.encode()))
     return items
 
 
