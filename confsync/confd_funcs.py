@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from confsync.gosort import go_sort
 from confsync.template_args import TemplateFunctionError, checked_all, got
 
 
@@ -48,19 +49,24 @@ def _ints(*values: Any) -> list[int]:
     return out
 
 
+def _int64(value: int) -> int:
+    """Go's int on the 64-bit platforms confd runs on wraps around (MaxInt64 + 1 is MinInt64)."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def add(a: int, b: int) -> int:
     x, y = _ints(a, b)
-    return x + y
+    return _int64(x + y)
 
 
 def sub(a: int, b: int) -> int:
     x, y = _ints(a, b)
-    return x - y
+    return _int64(x - y)
 
 
 def mul(a: int, b: int) -> int:
     x, y = _ints(a, b)
-    return x * y
+    return _int64(x * y)
 
 
 def div(a: int, b: int) -> int:
@@ -69,7 +75,7 @@ def div(a: int, b: int) -> int:
     if y == 0:
         raise TemplateFunctionError("integer divide by zero")
     quotient = abs(x) // abs(y)
-    return quotient if (x >= 0) == (y >= 0) else -quotient
+    return _int64(quotient if (x >= 0) == (y >= 0) else -quotient)
 
 
 def mod(a: int, b: int) -> int:
@@ -77,7 +83,7 @@ def mod(a: int, b: int) -> int:
     x, y = _ints(a, b)
     if y == 0:
         raise TemplateFunctionError("integer divide by zero")
-    return x - div(x, y) * y
+    return _int64(x - div(x, y) * y)
 
 
 # The longest list seq() makes. The list is built in one C call, which no render_timeout
@@ -146,11 +152,34 @@ def trim_prefix(text: str, prefix: str) -> str:
 
 
 def to_upper(text: str) -> str:
-    return text.upper()
+    """Go's strings.ToUpper: one rune to one rune (unicode.ToUpper), so "ß" stays "ß" and "ﬁ"
+    "ﬁ" where Python's full case mapping writes "SS" and "FI"."""
+    if text.isascii():
+        return text.upper()
+    return "".join(_simple_upper(ch) for ch in text)
+
+
+def _simple_upper(ch: str) -> str:
+    upper = ch.upper()
+    if len(upper) == 1:
+        return upper
+    title = ch.title()  # "ᾳ": the simple uppercase is the one-rune titlecase "ᾼ"
+    return title if len(title) == 1 else ch
 
 
 def to_lower(text: str) -> str:
-    return text.lower()
+    """Go's strings.ToLower: rune by rune, so U+0130 is "i" (not "i" and a combining dot) and a
+    word-final capital sigma is U+03C3 (Python's context-sensitive lowering writes U+03C2)."""
+    if text.isascii():
+        return text.lower()
+    return "".join(_simple_lower(ch) for ch in text)
+
+
+def _simple_lower(ch: str) -> str:
+    lower = ch.lower()
+    if len(lower) == 1:
+        return lower
+    return "i" if ch == "\u0130" else ch
 
 
 def contains(text: str, sub_text: str) -> bool:
@@ -234,9 +263,19 @@ def base64_encode(text: str) -> str:
 
 def base64_decode(text: str) -> str:
     try:
-        return base64.b64decode(text.encode(), validate=True).decode("utf-8", "replace")
+        # Go's StdEncoding skips line breaks (a PEM-style wrapped value decodes)
+        data = text.replace("\r", "").replace("\n", "")
+        decoded = base64.b64decode(data.encode(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise TemplateFunctionError(f"illegal base64 data: {exc}") from None
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        # confd writes the raw bytes; a rendered file is text here, and U+FFFD in their place
+        # (as before) silently wrote something else
+        raise TemplateFunctionError(f"the decoded bytes are not UTF-8 text (byte "
+                                    f"{decoded[0:1].hex() if decoded else ''}...); confsync "
+                                    "writes text files") from None
 
 
 def reverse(items: list[Any]) -> list[Any]:
@@ -246,12 +285,13 @@ def reverse(items: list[Any]) -> list[Any]:
 
 
 def sort_by_length(items: list[str]) -> list[str]:
-    items.sort(key=len)
+    """In place, by length in bytes, in the order Go's (unstable) sort.Sort leaves equals."""
+    go_sort(items, lambda text: len(text.encode()))
     return items
 
 
 def sort_kv_by_length(items: list[Any]) -> list[Any]:
-    items.sort(key=lambda kv: len(kv.key))
+    go_sort(items, lambda kv: len(kv.key.encode()))
     return items
 
 

@@ -114,19 +114,20 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         elif c == "\\" and i + 1 < len(pattern):
             i += 1
             out.append(re.escape(pattern[i]))
+        elif c == "\\" or (c == "[" and pattern.find("]", i + 2) < 0):
+            # Go's path.Match: ErrBadPattern, so confd's gets/getvs fail (they matched nothing)
+            what = "an unclosed [" if c == "[" else "a trailing backslash"
+            raise RenderFailure(f"syntax error in pattern {pattern!r}: {what}")
         elif c == "[":
             end = pattern.find("]", i + 2)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:end]
-                if body.startswith("^"):
-                    body = "!" + body[1:]
-                negate = body.startswith("!")
-                body = body[1:] if negate else body
-                body = body.replace("\\", "\\\\")
-                out.append(f"[{'^/' if negate else ''}{body}]")
-                i = end
+            body = pattern[i + 1:end]
+            if body.startswith("^"):
+                body = "!" + body[1:]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            body = body.replace("\\", "\\\\")
+            out.append(f"[{'^/' if negate else ''}{body}]")
+            i = end
         else:
             out.append(re.escape(c))
         i += 1

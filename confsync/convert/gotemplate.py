@@ -417,7 +417,8 @@ class Parser:
             rest = end_seg.tokens[1:]
             if rest:
                 nested_word = rest[0].text
-                if word == "range" or nested_word != word:
+                # `else with` is Go 1.23's; confd's Go (1.19) refuses the template
+                if word in ("range", "with") or nested_word != word:
                     raise self.fail(end_seg.pos, f"{{{{else {nested_word}}}}} inside {word} "
                                     f"(refused: not supported)")
                 # `else if` / `else with`: a nested control that shares our {{end}}
@@ -582,6 +583,9 @@ class _PipeParser:
                 node = Number(tok.pos, _number(tok.text), tok.text)
             except ValueError as exc:
                 raise self.fail(tok.pos, f"number {tok.text} (refused: {exc})") from None
+            if isinstance(node.value, int) and not -(2**63) <= node.value < 2**63:
+                # Go: "... overflows int" when the template runs (Python would print it)
+                raise self.fail(tok.pos, f"number {tok.text} overflows int")
         else:
             raise self.fail(tok.pos, f"unexpected {tok.text!r}")
         nxt = self.peek()

@@ -28,7 +28,7 @@ _FUNCS: dict[str, tuple[str, str]] = {
     "getvs": ("getvs", "list_str"), "exists": ("exists", "bool"), "ls": ("ls", "list_str"),
     "lsdir": ("lsdir", "list_str"), "json": ("go_json", "map"),
     "jsonArray": ("go_json_array", "list"), "base": ("base", "str"), "dir": ("dir", "str"),
-    "split": ("split", "list_str"), "join": ("join", "str"), "map": ("map", "map"),
+    "split": ("split", "list_str"), "join": ("go_join", "str"), "map": ("map", "map"),
     "getenv": ("getenv", "str"), "datetime": ("datetime", "time"), "toUpper": ("toUpper", "str"),
     "toLower": ("toLower", "str"), "contains": ("contains", "bool"),
     "replace": ("replace", "str"), "trimSuffix": ("trimSuffix", "str"),
@@ -36,7 +36,7 @@ _FUNCS: dict[str, tuple[str, str]] = {
     "lookupIPV4": ("lookupIPV4", "list_str"), "lookupIPV6": ("lookupIPV6", "list_str"),
     "lookupSRV": ("lookupSRV", "list_srv"), "fileExists": ("fileExists", "bool"),
     "base64Encode": ("base64Encode", "str"), "base64Decode": ("base64Decode", "str"),
-    "parseBool": ("parseBool", "bool"), "reverse": ("reverse", "same"),
+    "parseBool": ("parseBool", "bool"), "reverse": ("go_reverse", "same"),
     "sortByLength": ("sortByLength", "list_str"), "sortKVByLength": ("sortKVByLength", "list_kv"),
     "add": ("add", "int"), "sub": ("sub", "int"), "div": ("div", "int"), "mod": ("mod", "int"),
     "mul": ("mul", "int"), "seq": ("seq", "list_int"), "atoi": ("atoi", "int"),
@@ -418,6 +418,9 @@ class Emitter:
             if piped is not None:
                 args.append(piped)
             return self.call(head, args)
+        if isinstance(head, g.Nil):
+            # Go fails `{{nil}}`, `{{with nil}}`, `{{range nil}}` at run time
+            raise self.fail(head.pos, "nil is not a command")
         if rest or piped is not None:
             # a method call: `.Format "x"`, `datetime.Format "x"`, `$t.Format "x"`
             fields = getattr(head, "fields", None)
@@ -447,8 +450,8 @@ class Emitter:
 
     def field(self, base: _Result, name: str, pos: g.Pos) -> tuple[str, str]:
         if base.type == "nil":
-            raise self.fail(pos, f"field .{name} of confd's nil data (the dot is nil outside "
-                            "range/with)")
+            raise self.fail(pos, f"field .{name} of confd's nil data (refused: the dot is "
+                            "nil outside range/with; confd prints <no value>)")
         known = _FIELDS.get(base.type)
         if known is not None:
             if name not in known:
@@ -503,12 +506,19 @@ class Emitter:
                 raise self.fail(ident.pos, "not takes one argument")
             return _Result(f"(not {codes[0]})", "bool")
         if name in ("eq", "ne", "lt", "le", "gt", "ge"):
-            if name == "eq" and len(args) >= 2:
+            if len(args) != 2 and not (name == "eq" and len(args) > 2):
+                raise self.fail(ident.pos, f"{name} takes two arguments")
+            # Python's operators where both kinds are known to be the same; else Go's rules
+            # (mixed kinds are an error there, not false): runtime.go_eq and friends.
+            types = {a.type for a in args}
+            same = len(types) == 1 and types <= ({"str", "int", "float", "bool"} if name in (
+                "eq", "ne") else {"str", "int", "float"})
+            if not same:
+                return _Result(f"go_{name}({', '.join(codes)})", "bool")
+            if name == "eq":
                 return _Result("(" + " or ".join(f"{codes[0]} == {c}" for c in codes[1:]) + ")",
                                "bool")
-            if len(args) != 2:
-                raise self.fail(ident.pos, f"{name} takes two arguments")
-            op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
+            op = {"ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
             return _Result(f"({codes[0]} {op} {codes[1]})", "bool")
         if name == "len":
             if len(args) != 1:
@@ -540,9 +550,24 @@ class Emitter:
         if name not in _FUNCS:
             raise self.fail(ident.pos, f"function {name!r} is not a confd function")
         jname, type_ = _FUNCS[name]
+        if name in _INT_PARAMS:
+            codes = [_integral(a) for a in args]
         if type_ == "same":
             type_ = args[0].type if args else "any"
         return _Result(f"{jname}({', '.join(codes)})", type_)
+
+
+# confd functions whose parameters are Go ints: Go passes a literal such as `2.0` or `1e3` to
+# them as the int it equals (evalInteger takes any NumberNode that IsInt), Python would not.
+_INT_PARAMS = frozenset({"add", "sub", "mul", "div", "mod", "seq"})
+
+
+def _integral(arg: _Result) -> str:
+    if arg.type == "float" and re.fullmatch(r"-?[0-9.e+]+", arg.code):
+        value = float(arg.code)
+        if value.is_integer() and abs(value) < 2**63:
+            return str(int(value))
+    return arg.code
 
 
 def to_jinja(parsed: g.ParsedTemplate) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from confsync.confd_funcs import clean
 from confsync.errors import StoreUnavailable
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 
@@ -29,13 +32,20 @@ MAX_KEYS = 1_000_000
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, bytes]:
-    """Nested mappings and lists to flat keys; scalars as text (true/false, like confd).
+    """Nested mappings and lists to flat keys; scalars as text as confd's file backend writes
+    them (true/false, floats without exponent, nulls left out).
 
     ValueError when the data nests deeper than MAX_DEPTH or flattens to over MAX_KEYS keys.
     """
     out: dict[str, bytes] = {}
     _flatten(data, prefix, out, 0)
     return out
+
+
+def _join(prefix: str, key: object) -> str:
+    """Go's path.Join(prefix, key), as confd's file backend joins keys: a mapping key may be a
+    path itself (`/app/port: 80` at the top is /app/port, not //app/port; `a/: x` is /a)."""
+    return clean(f"{prefix or '/'}/{key}")
 
 
 def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
@@ -45,21 +55,51 @@ def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
                          f"inside itself?)")
     if isinstance(data, dict):
         for key, value in data.items():
-            _flatten(value, f"{prefix}/{key}", out, depth + 1)
+            _flatten(value, _join(prefix, key), out, depth + 1)
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            _flatten(value, f"{prefix}/{index}", out, depth + 1)
+            _flatten(value, _join(prefix, index), out, depth + 1)
     else:
         if len(out) >= MAX_KEYS:
             raise ValueError(f"more than {MAX_KEYS} keys (YAML aliases used over and over?)")
         if data is None:
-            out[prefix or "/"] = b""
-        elif isinstance(data, bool):
+            return  # confd's file backend skips a null (`key:`, `~`): the key does not exist
+        if isinstance(data, bool):
             out[prefix or "/"] = b"true" if data else b"false"
         elif isinstance(data, bytes):  # YAML's !!binary: the bytes, as etcd would hold them
             out[prefix or "/"] = data
+        elif isinstance(data, float):
+            out[prefix or "/"] = _go_float_text(data).encode()
         else:
             out[prefix or "/"] = str(data).encode("utf-8")
+
+
+def _go_float_text(value: float) -> str:
+    """strconv.FormatFloat(value, 'f', -1, 64), as confd's file backend writes a YAML float:
+    never an exponent, no `.0` (1.0 is "1", 1e20 is "100000000000000000000")."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    text = format(Decimal(repr(value)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" and not repr(value).startswith("-") else text
+
+
+def _yaml_load(raw: bytes) -> Any:
+    """PyYAML's safe loading, plus the floats Go's yaml.v2 (confd's) reads and PyYAML's YAML 1.1
+    resolver leaves as text: an exponent without a dot (`1e20` is a number to confd)."""
+    import yaml  # lazy: only the file backend pays for it
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+    return yaml.load(raw, Loader=Loader)  # a SafeLoader
 
 
 def read_data_file(path: Path) -> dict[str, bytes]:
@@ -73,9 +113,7 @@ def read_data_file(path: Path) -> dict[str, bytes]:
         elif path.suffix == ".toml":
             data = tomllib.loads(raw.decode("utf-8"))
         else:
-            import yaml  # lazy: only the file backend pays for it
-
-            data = yaml.safe_load(raw)
+            data = _yaml_load(raw)
         return flatten(data) if data is not None else {}
     except Exception as exc:  # any parser's error is a bad data file, reported with its path
         raise StoreUnavailable(f"file backend: cannot parse {path}: {exc}") from None

@@ -357,3 +357,13 @@ def test_render_limits_settings_and_resource_fields(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"template\.max_output_size"):
         parse_resource(tmp_path / "r.toml", {"template": {**table, "max_output_size": "lots"}},
                        tmp_path)
+
+
+@pytest.mark.parametrize("pattern", ["/hosts/[a", "/hosts/a\\"])
+def test_a_malformed_pattern_fails_as_in_confd(pattern: str) -> None:
+    # Before: matched nothing, so `gets "/hosts/[a"` rendered [] where confd fails
+    # (path.Match's ErrBadPattern).
+    from confsync.renderer import RenderFailure
+
+    with pytest.raises(RenderFailure, match="syntax error in pattern"):
+        glob_regex(pattern)

@@ -80,10 +80,20 @@ WRONG = {
     "go_json_array": ("{{ go_json_array(5) }}", "go_json_array: argument 1 (text) must be a "
                                                 "string"),
     "go_printf": ("{{ go_printf(5) }}", "go_printf: argument 1 (fmt) must be a string, got int"),
+    "go_eq": ("{{ go_eq(1, '1') }}", "go_eq: error calling eq: incompatible types for "
+                                     "comparison"),
+    "go_ne": ("{{ go_ne(1, 1.0) }}", "go_ne: error calling eq: incompatible types"),
+    "go_lt": ("{{ go_lt(1, '1') }}", "go_lt: error calling lt: incompatible types"),
+    "go_le": ("{{ go_le([], 1) }}", "go_le: error calling lt: invalid type for comparison"),
+    "go_gt": ("{{ go_gt(true, false) }}", "go_gt: error calling lt: invalid type"),
+    "go_ge": ("{{ go_ge(none, 1) }}", "go_ge: error calling lt: invalid type"),
+    "go_join": ("{{ go_join(5, ',') }}", "go_join: wrong type for value; expected []string; "
+                                         "got int"),
 }
 # Go prints any value: these have no wrong argument (shown here with an odd one).
 ANY_VALUE = {"go_print": "{{ go_print({}) }}", "go_print_spaced": "{{ go_print_spaced([]) }}",
-             "go_html": "{{ go_html(none) }}", "go_urlquery": "{{ go_urlquery(1) }}"}
+             "go_html": "{{ go_html(none) }}", "go_urlquery": "{{ go_urlquery(1) }}",
+             "go_reverse": "{{ go_reverse(1) }}"}  # confd's Reverse returns what it can't
 FILTERS = {  # the renderer's own filters of the same kind
     "base filter": ("{{ 5 | base }}", "base: argument 1 (path) must be a string, got int 5"),
     "dirname filter": ("{{ [] | dirname }}", "dirname: argument 1 (path) must be a string"),
