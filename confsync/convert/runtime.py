@@ -292,7 +292,8 @@ def go_urlquery(*args: Any) -> str:
 
 # ---- printf ------------------------------------------------------------------------------
 #
-# A port of Go's fmt (print.go, format.go as of Go 1.19, confd's) for the values a converted
+# Go's fmt behaviour (as its package documentation gives it, Go 1.19, confd's; checked against
+# confd's output by tests/unit/test_confd_differential.py) for the values a converted
 # template holds: a verb that does not fit the operand's type prints `%!verb(type=value)` with
 # the operand printed by %v *under the same flags, width and precision*; a list, map or KV is
 # printed element by element with the verb (`%6v` pads each element, `%d` of a map of strings

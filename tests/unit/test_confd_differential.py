@@ -27,6 +27,8 @@ DOCUMENTED = {
     # confd's ls "/" lists only top-level keys, lsdir "/" nothing, ls of a key its own name
     # (memkv's path terms of "/" are ["", ""]): a confd bug
     "functions/ls_root", "functions/lsdir_root", "functions/ls_leaf",
+    # sortByLength is stable; Go's sort.Sort is not past 12 items
+    "functions/sortByLength_many", "hostile/many_sortbylength",
 }
 # Why confsync may fail where confd renders: a value with a line break or control character
 # (confsync refuses to write it unless the template says `| multiline`), and the constructs
