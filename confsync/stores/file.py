@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import threading
 import tomllib
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confsync.confd_funcs import clean
 from confsync.errors import StoreUnavailable
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 
@@ -45,7 +44,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, bytes]:
 def _join(prefix: str, key: object) -> str:
     """Go's path.Join(prefix, key), as confd's file backend joins keys: a mapping key may be a
     path itself (`/app/port: 80` at the top is /app/port, not //app/port; `a/: x` is /a)."""
-    return clean(f"{prefix or '/'}/{key}")
+    # normpath is Go's path.Clean for a rooted path, but for POSIX's leading "//".
+    return "/" + posixpath.normpath(f"{prefix or '/'}/{key}").lstrip("/")
 
 
 def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
@@ -81,6 +81,8 @@ def _go_float_text(value: float) -> str:
         return "NaN"
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"
+    from decimal import Decimal  # lazy: only a data file with floats pays for it
+
     text = format(Decimal(repr(value)), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
