@@ -1,7 +1,8 @@
 """Prometheus metrics and /health, /ready for `confsync register` (served by MetricsServer).
 
-Own registry, like confsync.ops.metrics. Ready means: etcd reachable, no key held by another host,
-not stopping. Healthy means: the loop beat within HEALTH_MAX_AGE.
+Own registry, like confsync.ops.metrics. Ready means: etcd reachable, no key held by another host
+(or by another live registrar with our host name: a clone), not stopping. Healthy means: the
+loop beat within HEALTH_MAX_AGE.
 """
 
 from __future__ import annotations

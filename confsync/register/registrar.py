@@ -7,6 +7,14 @@ names our host (a registrar restarted on this host takes its key over at once), 
 another host's live key. When etcd is back after an outage, or the lease was lost (expired,
 revoked, etcd recreated), a new lease is granted and every key written again.
 
+A value of our host on another lease is taken over only by a key's first write: then it is
+most often an earlier run of this host, whose lease lives on until its TTL. Once this process
+has written the key, a value of our host on another lease etcd still holds is another live
+registrar with our host name (a cloned image, two containers given one --hostname): the key
+is neither overwritten nor deleted while that lease lives, and reported as a conflict. Both
+took it back at every read-back before, so the published value flipped between the two hosts
+every ttl/3 for good, and the loser's failing check deleted the winner's healthy key.
+
 The lease never keeps a stale key alive. When a key etcd holds says what is no longer wanted
 and the change cannot be written (etcd refuses: a write permission revoked, credentials
 refused), the lease is left to lapse and its keys go with it: a "ready" must not outlive the
@@ -41,6 +49,8 @@ from confsync.errors import AuthenticationFailed, StoreUnavailable, describe_err
 log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.2
+CLONE_REMEDY = "two hosts share a host name (a cloned image?); give each a distinct " \
+    "--hostname or id"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class RegistrarEvent:
     key: str = ""
     detail: str = ""
     value: dict[str, Any] | None = None
+    # A conflict with another live registrar of our host name (a clone): its lease.
+    lease: int = 0
 
 
 def owner_of(raw: bytes) -> str:
@@ -110,6 +122,11 @@ class Registrar:
         # host's value in a recreated etcd, whose revisions start again from 1.
         self._revision: dict[str, tuple[int, bytes]] = {}
         self._conflicts: dict[str, str] = {}
+        # Keys this process has written: a value of our host on another live lease is an
+        # earlier run's only before that (taken over at once), a clone's after it (left).
+        self._held: set[str] = set()
+        # Leases of this process given up (lapsed by our count): still etcd's, they are ours.
+        self._past_leases: set[int] = set()
         # When each key another host holds is tried again (monotonic). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
         # change (a check down, a drain, an exec child gone) waited too.
@@ -366,6 +383,8 @@ class Registrar:
         self._next_keepalive = now + max(ttl / 3, 0.2)
 
     def _forget_lease(self) -> None:
+        if self._lease is not None:
+            self._past_leases.add(self._lease)
         self._lease = None
         with self._lock:
             self._written.clear()
@@ -439,6 +458,9 @@ class Registrar:
                     continue
                 del self._written[key]
             self._revision.pop(key, None)
+            if raw is not None and meta is not None and owner_of(raw) == self.host \
+                    and int(meta.lease_id) not in (0, self._lease):
+                continue  # our host name on another lease: `_write` tells a clone (left)
             log.warning("register: %s %s; writing it again", key,
                         "was deleted" if raw is None else "was changed under us")
 
@@ -521,6 +543,8 @@ class Registrar:
                     if owner_of(raw) != self.host:
                         self._not_ours(key, owner_of(raw) or _no_owner(raw))
                         return
+                    if self._other_registrar(key, meta, value):
+                        return
                     last = (int(meta.mod_revision), raw)
                 ok, responses = c.transaction(
                     compare=[t.mod(key) == last[0], t.value(key) == last[1]],
@@ -545,8 +569,33 @@ class Registrar:
                 else:
                     self._conflict(key, owner or _no_owner(raw))
                 return
+            if self._other_registrar(key, meta, value):
+                return
             last = (int(meta.mod_revision), raw)  # ours (an earlier run of this host)
         raise StoreUnavailable(f"{key}: changed under us five times in a row")
+
+    def _other_registrar(self, key: str, meta: Any, value: bytes | None) -> bool:
+        """Our host's value is there on another lease etcd still holds: True when it is left
+        alone (neither overwritten nor deleted). A key's first write takes it over (an earlier
+        run of this host, killed: its lease lives until its TTL, and a restart must register
+        at once); after that the lease is another live registrar's with our host name (a
+        clone), and a conflict. A delete never takes a key from a live lease: an earlier
+        run's goes with it (as in `_verify_absent`)."""
+        lease = int(meta.lease_id)
+        first = key not in self._held
+        if not lease or lease == self._lease or lease in self._past_leases \
+                or (first and value is not None):
+            return False
+        if int(self._client.get_lease_info(lease).TTL) <= 0:
+            return False  # lapsed: the key goes (or went) with it
+        if first:
+            log.info("register: %s holds this host's value on lease %x (an earlier run's); "
+                     "left to go with that lease", key, lease)
+            self._done(key, None, None)
+        else:
+            self._conflict(key, f"another registrar with host name {self.host!r} on lease "
+                           f"{lease:x}", lease)
+        return True
 
     def _done(self, key: str, value: bytes | None, revision: int | None) -> None:
         with self._lock:
@@ -557,6 +606,7 @@ class Registrar:
             self._revision.pop(key, None)
         else:
             self._revision[key] = (revision, value)
+            self._held.add(key)
         if conflict is not None:
             log.info("register: %s is ours again (was held by %s)", key, conflict)
         self._report(RegistrarEvent("written", key=key,
@@ -571,14 +621,15 @@ class Registrar:
         log.info("register: %s is registered by host %r; not ours to delete", key, owner)
         self._done(key, None, None)
 
-    def _conflict(self, key: str, owner: str) -> None:
+    def _conflict(self, key: str, owner: str, lease: int = 0) -> None:
+        """`lease`: the other live lease of a registrar with our host name (a clone)."""
         with self._lock:
             known = self._conflicts.get(key)
             self._conflicts[key] = owner
             self._conflict_retry[key] = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
         self._revision.pop(key, None)
         if known != owner:
-            self._report(RegistrarEvent("conflict", key=key, detail=owner))
+            self._report(RegistrarEvent("conflict", key=key, detail=owner, lease=lease))
 
     def _lease_gone(self) -> None:
         """A write on our lease was refused because etcd no longer has it (revoked from

@@ -38,7 +38,7 @@ from confsync.register.address import (
 from confsync.register.checks import CheckRunner, Result
 from confsync.register.config import Registration, load_registrations
 from confsync.register.metrics import RegisterMetrics
-from confsync.register.registrar import Registrar, RegistrarEvent
+from confsync.register.registrar import CLONE_REMEDY, Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
 from confsync.settings import REGISTER_HOSTNAME_ENV, Settings
 from confsync.stores.etcd import EtcdStore, token_expired
@@ -223,6 +223,8 @@ class RegisterLoop:
             log.info("register: %s", event.detail)
         elif event.kind == "keepalive_failed":
             self.metrics.keepalive_failures.inc()
+        elif event.kind == "conflict" and state is not None and event.lease:
+            self._clone(name, event)
         elif event.kind == "conflict" and state is not None:
             self.metrics.conflict(name, event.detail)
             log.error("register: %s: %s is registered by host %r (this host is %r); not "
@@ -232,6 +234,15 @@ class RegisterLoop:
         elif event.kind == "written" and state is not None:
             self.metrics.conflict(name, None)
             log.debug("register: %s %s", "wrote" if event.value else "deleted", event.key)
+
+    def _clone(self, name: str, event: RegistrarEvent) -> None:
+        """Another live registrar publishes our key under our host name: a configuration
+        error only an operator can fix (the registrar leaves the key to it, retrying every
+        ttl/3), so /ready says so (503) along with what to do, and the log once."""
+        self.metrics.conflict(name, f"{event.detail}: {CLONE_REMEDY}")
+        log.error("register: another registrar with host name %r publishes %s on lease %x: %s",
+                  self.host, event.key, event.lease, CLONE_REMEDY,
+                  extra={"key": event.key, "owner": self.host, "lease": f"{event.lease:x}"})
 
     def _detected_keys(self) -> list[str]:
         return [s.registration.key for s in self.instances.values()

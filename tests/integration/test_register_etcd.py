@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -1037,3 +1038,113 @@ def test_a_sighup_while_starting_does_not_end_the_registrar(
              timeout=15, what="registration")
     assert proc.proc.poll() is None, f"exited with {proc.proc.returncode}:\n{proc.output()}"
     wait_for(lambda: "SIGHUP ignored" in proc.output(), 10, what="the held SIGHUP taken")
+
+
+CLONE_REASON = "two hosts share a host name (a cloned image?); give each a distinct " \
+    "--hostname or id"
+
+
+def _clone(procs: list[RegisterProcess], tmp_path: Path, etcd: EtcdMember, prefix: str,
+           name: str, address: str) -> tuple[RegisterProcess, int]:
+    """A registrar for host "node-a" publishing `address` (so whose value is published can be
+    told), with an exec check that fails while tmp_path/sick-`name` exists."""
+    write_registration(tmp_path / name, "web", _registration(
+        80, address=address, ttl="3s", checks=(
+            f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick-{name}"]'
+            '\ninterval = "100ms"\nrise = 1\nfall = 1\n')))
+    metrics = free_port()
+    proc = RegisterProcess(tmp_path / name, etcd.endpoint, "--prefix", prefix, "--hostname",
+                           "node-a", "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc, metrics
+
+
+def _published_address(c: Any, key: str) -> str | None:
+    return (published(c, key) or {}).get("address")
+
+
+def _two_clones(procs: list[RegisterProcess], tmp_path: Path, etcd: EtcdMember,
+               prefix: str) -> tuple[Any, tuple[RegisterProcess, int],
+                                     tuple[RegisterProcess, int]]:
+    """Two registrars with the same host name and registration, the second started once the
+    first has registered: it takes the key over at its start (as a restarted registrar must)."""
+    c = client(etcd.endpoint)
+    key = _key(prefix)
+    first = _clone(procs, tmp_path, etcd, prefix, "a", "10.0.0.1")
+    wait_for(lambda: _published_address(c, key) == "10.0.0.1", timeout=15,
+             what="the first clone registered")
+    second = _clone(procs, tmp_path, etcd, prefix, "b", "10.0.0.2")
+    wait_for(lambda: _published_address(c, key) == "10.0.0.2", timeout=15,
+             what="the second clone took the key over at its start")
+    return c, first, second
+
+
+def _sample(c: Any, key: str, seconds: float) -> list[str | None]:
+    """The published address every 50 ms for `seconds`."""
+    values = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        values.append(_published_address(c, key))
+        time.sleep(0.05)
+    return values
+
+
+def test_two_hosts_sharing_a_host_name_publish_one_stable_value(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """A cloned VM image, or two containers given the same --hostname: both registrars took
+    the key for theirs, found it "changed under us" at every keepalive (the other wrote it on
+    its own lease) and wrote it back, so the published address flipped between the two every
+    ttl/3 forever, while /ready said 200 on both."""
+    from tests.support.http_probe import ready
+
+    c, (first, first_metrics), (second, second_metrics) = _two_clones(procs, tmp_path, etcd,
+                                                                      prefix)
+    key = _key(prefix)
+    # Sampled for five keepalive periods (ttl/3 = 1 s): the value flipped at every one.
+    values = _sample(c, key, 5.0)
+    changes = sum(a != b for a, b in itertools.pairwise(values))
+    assert changes <= 1, (f"{changes} changes of the published value: {values}\n"
+                          f"{first.output()[-2000:]}\n{second.output()[-2000:]}")
+    assert values[-1] == "10.0.0.2", "the second (which took the key at its start) keeps it"
+    # The first, finding it on another live lease, backs off and says why.
+    wait_for(lambda: ready(first_metrics)[0] == 503, timeout=10,
+             what=f"the first clone's /ready 503: {ready(first_metrics)}")
+    assert ready(second_metrics)[0] == 200, ready(second_metrics)
+    lease = c.get(key)[1].lease_id
+    reasons = ready(first_metrics)[1]["reasons"]
+    assert any(CLONE_REASON in r and f"{lease:x}" in r for r in reasons), reasons
+    line = (f"ERROR register: another registrar with host name 'node-a' publishes {key} on "
+            f"lease {lease:x}: {CLONE_REASON}")
+    time.sleep(2.0)  # more retries (every ttl/3): said once
+    assert first.output().count(line) == 1, first.output()[-3000:]
+    # The winner stops (drains, deletes its key): the first registers within about a ttl.
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=20) == 0
+    stopped = time.monotonic()
+    wait_for(lambda: _published_address(c, key) == "10.0.0.1", timeout=10, interval=0.05,
+             what=f"the first clone registered again\n{first.output()[-2000:]}")
+    assert time.monotonic() - stopped < 3 + 1, "within the ttl (3 s), with slack"
+    assert c.get(key)[1].lease_id not in (0, lease)
+    wait_for(lambda: ready(first_metrics)[0] == 200, timeout=5,
+             what=f"/ready 200 again: {ready(first_metrics)}")
+    assert f"{key} is ours again (was held by another registrar" in first.output()
+    assert first.proc.poll() is None
+
+
+def test_a_clone_whose_check_fails_never_deletes_the_others_key(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """The losing clone's check goes down: its delete, guarded by this host name's value,
+    took away the other clone's healthy key."""
+    c, (first, _), (second, _) = _two_clones(procs, tmp_path, etcd, prefix)
+    key = _key(prefix)
+    time.sleep(2.0)  # the first has found the key on the second's lease (at a read-back)
+    (tmp_path / "sick-a").touch()
+    wait_for(lambda: "check 0 down" in first.output(), timeout=10, what="the check down")
+    values = _sample(c, key, 4.0)  # read-backs and retries: four keepalive periods
+    assert None not in values, f"{values}\n{first.output()[-3000:]}"
+    assert set(values) == {"10.0.0.2"}, f"{values}\n{first.output()[-3000:]}"
+    # And its stop deletes nothing of the other's either.
+    assert first.stop() == 0
+    assert _published_address(c, key) == "10.0.0.2"
+    assert second.proc.poll() is None

@@ -117,3 +117,47 @@ def test_reconnect_drops_the_client_and_makes_a_new_one_at_once() -> None:
         assert closed == [made[0]]
     finally:
         registrar.close(timeout=2)
+
+
+class _Meta:
+    def __init__(self, lease: int) -> None:
+        self.lease_id = lease
+
+
+class _Leases:
+    """get_lease_info of a fake etcd: the TTL left of each lease (-1: gone)."""
+
+    def __init__(self, ttls: dict[int, int]) -> None:
+        self.ttls = ttls
+
+    def get_lease_info(self, lease: int) -> Any:
+        return type("Info", (), {"TTL": self.ttls.get(lease, -1)})()
+
+
+@pytest.mark.parametrize(("lease", "held", "value", "left", "conflict"), [
+    (0, True, b"v", False, False),     # no lease: taken back (a restored backup, a hand edit)
+    (7, True, b"v", False, False),     # our own lease
+    (8, True, b"v", False, False),     # a lease of ours given up (still etcd's)
+    (9, False, b"v", False, False),    # first write: an earlier run of this host, taken over
+    (9, True, b"v", True, True),       # written before: a clone's live lease, left
+    (9, True, None, True, True),       # ... and never deleted
+    (9, False, None, True, False),     # an earlier run's key is left to its lease, no conflict
+    (10, True, b"v", False, False),    # a lapsed lease: its key goes (or went) with it
+])
+def test_a_value_of_our_host_on_another_live_lease_is_left_once_the_key_was_written(
+        lease: int, held: bool, value: bytes | None, left: bool, conflict: bool) -> None:
+    """Two hosts with one host name (a cloned image): each took the key back from the other at
+    every read-back, so the published value flipped every ttl/3 forever."""
+    events: list[RegistrarEvent] = []
+    registrar = Registrar(lambda: None, "node-a", 3, events.append)
+    registrar._client = _Leases({7: 3, 8: 3, 9: 3, 10: -1})
+    registrar._lease = 8
+    registrar._forget_lease()  # 8: given up by our count
+    registrar._lease = 7
+    if held:
+        registrar._held.add("/k")
+    assert registrar._other_registrar("/k", _Meta(lease), value) is left
+    conflicts = [e for e in events if e.kind == "conflict"]
+    assert bool(conflicts) is conflict
+    if conflict:
+        assert conflicts[0].lease == 9 and "host name 'node-a' on lease 9" in conflicts[0].detail
