@@ -231,7 +231,8 @@ class Metrics(Observer):
             if self._exec is not None and self._ready_seen and not self._exec.running:
                 reasons.append("exec child not running")
             elif self._exec is not None and self._exec.reload_held:
-                reasons.append("exec child starting: its reload waits until it handles "
+                reasons.append("exec child starting or reloading: its reload waits until it "
+                               "handles "
                                f"{self._exec.policy.reload_signal.name}")
             detail: dict[str, Any] = {"revision": self._applied_revision,
                                       "resources": len(self._resources), "reasons": reasons}

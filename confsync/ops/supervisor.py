@@ -46,18 +46,23 @@ _HARMLESS_BY_DEFAULT = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGURG,
 
 
 def handles(pid: int, signum: int) -> bool:
-    """Whether `pid` catches or ignores `signum` (/proc/PID/status SigCgt, SigIgn).
+    """Whether `pid` catches `signum` now (/proc/PID/status SigCgt): whether a signal sent now
+    reaches a handler.
 
     A process that is still starting (HAProxy parsing its configuration, an interpreter before
     its first line, a shell before its `exec`) has the default action, which for SIGHUP, SIGUSR1
-    and SIGUSR2 is to terminate. True when it cannot be told (no /proc): sent as before.
+    and SIGUSR2 is to terminate. An ignored signal (SigIgn) is not handled either: it is
+    dropped, and HAProxy's master ignores its reload signals for the end of each reload (on
+    2.6, after re-executing blocked, which also discards one that was pending): a reload sent
+    then was lost, and HAProxy served the previous file until the next change. True when it
+    cannot be told (no /proc): sent as before.
     """
     if signum in _HARMLESS_BY_DEFAULT:
         return True
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
-        mask = int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)
+        mask = int(fields["SigCgt"], 16)
     except (OSError, KeyError, ValueError):
         return True
     return bool(mask >> (signum - 1) & 1)
@@ -120,9 +125,11 @@ class Supervisor(Observer):
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
-        # A reload due while the child could not take it yet (still starting): sent by poll()
-        # once it handles the signal; dropped if it dies (its successor reads the files).
+        # A reload due while the child could not take it yet (starting, or reloading): sent
+        # by poll() once it handles the signal; dropped if it dies (its successor reads the
+        # files). `_held_since`: when it was first held (the clock's time).
         self.reload_held = False
+        self._held_since = 0.0
         # Called once when the crash-loop limit is hit (or the command cannot start): the
         # daemon should stop. `ops` sends confsync itself SIGTERM, which the loop handles.
         self.on_give_up = on_give_up
@@ -157,14 +164,16 @@ class Supervisor(Observer):
     def reload(self) -> bool:
         """Send the reload signal; False when no child runs (it will read the new files).
 
-        A child that does not handle the signal yet is still starting: the signal would kill
-        it (the default action), so the reload is held until it does (see poll()).
+        A child that does not handle the signal now is starting (the signal would kill it:
+        the default action) or reloading (HAProxy's master ignores it meanwhile: it would be
+        lost), so the reload is held until it does (see poll()).
         """
         if self.running and self.proc is not None and \
                 not handles(self.proc.pid, self.policy.reload_signal):
             if not self.reload_held:
-                log.info("exec: pid %d does not handle %s yet (starting); reload held until it "
-                         "does", self.proc.pid, self.policy.reload_signal.name)
+                log.info("exec: pid %d does not handle %s now (starting or reloading); reload "
+                         "held until it does", self.proc.pid, self.policy.reload_signal.name)
+                self._held_since = self._clock()
             self.reload_held = True
             return True
         self.reload_held = False
@@ -249,19 +258,21 @@ class Supervisor(Observer):
         return False
 
     def _send_held_reload(self) -> None:
-        """A held reload goes out once the child handles the signal, or once it has run for
-        stable_after without a handler: then it never will, and the signal ends it as it
-        always did, to be restarted on the new files (held for good, the new files never went
-        live: a service that takes no reload signal was never told)."""
+        """A held reload goes out once the child handles the signal, or once it has been held
+        for stable_after: then the child never will, and the signal ends it as it always did,
+        to be restarted on the new files (held for good, the new files never went live: a
+        service that takes no reload signal was never told). Counted from the hold, not from
+        the child's start: a child that ran for days and is mid-reload (HAProxy's master
+        re-executing) got it at once, and lost it."""
         if not self.reload_held or not self.running or self.proc is None:
             return
         if handles(self.proc.pid, self.policy.reload_signal):
             self.reload()
-        elif self._clock() - self._started_at >= self.policy.stable_after:
+        elif self._clock() - self._held_since >= self.policy.stable_after:
             log.warning("exec: pid %d still does not handle %s after %.0fs; sending it anyway "
-                        "(it ends the child, which is restarted on the new files)",
+                        "(a child without a handler ends, and is restarted on the new files)",
                         self.proc.pid, self.policy.reload_signal.name,
-                        self._clock() - self._started_at)
+                        self._clock() - self._held_since)
             self.reload_held = False
             self.forward(self.policy.reload_signal)
 

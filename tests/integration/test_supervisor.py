@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ from confsync.errors import ResourceError
 from confsync.ops.supervisor import ExecPolicy, Supervisor
 from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.resources import Resource
+from tests.support.etcd_server import free_port
 
 CHILD = textwrap.dedent("""
     import os, signal, subprocess, sys, time
@@ -422,3 +424,112 @@ def test_a_child_that_dies_on_its_own_takes_its_group_along_before_the_restart(
         with contextlib.suppress(ProcessLookupError):
             os.kill(helper, signal.SIGKILL)
         sup.stop(timeout=2)
+
+
+def _haproxy_config(path: Path, port: int, version: int) -> None:
+    """A config that answers `v<version>`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("global\n  master-worker\ndefaults\n  mode http\n  timeout client 5s\n"
+                   "  timeout server 5s\n  timeout connect 1s\nfrontend f\n"
+                   f"  bind 127.0.0.1:{port}\n"
+                   f"  http-request return status 200 content-type text/plain string v{version}\n")
+    os.replace(tmp, path)
+
+
+def _padding(path: Path) -> None:
+    """A second file of 3,000 regex ACLs, read after the first: each (re)load takes tens of
+    milliseconds, as a real config's does, and its reading shows the first one was read."""
+    acls = "".join(f"  acl a{i} path_reg ^/x{i}[a-z]+$\n" for i in range(3000))
+    path.write_text(f"backend padding\n{acls}")
+
+
+def _reading(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path)
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    return False
+
+
+def _served(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().read().decode()
+    except OSError as exc:
+        return str(exc)
+    finally:
+        conn.close()
+
+
+def _disposition(pid: int, signum: int) -> str:
+    """'caught', 'ignored' or 'default' (the signal's action in `pid` right now)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    bit = 1 << (signum - 1)
+    if int(fields["SigCgt"], 16) & bit:
+        return "caught"
+    return "ignored" if int(fields["SigIgn"], 16) & bit else "default"
+
+
+@pytest.mark.parametrize("phase", ["ignored", "default"])
+def test_a_reload_due_while_haproxy_reloads_is_not_lost(haproxy_binary: str, tmp_path: Path,
+                                                        phase: str) -> None:
+    """HAProxy's master re-executes for a reload with the signals blocked, then sets them to
+    SIG_IGN (which discards a pending one) before it catches them again (measured on 2.6). A
+    reload signal sent meanwhile was lost: one counted as handled because it was ignored
+    (`ignored`), or a held one sent at the next poll because the long-lived child "never
+    handles it" (`default`). HAProxy kept serving the previous file until the next change."""
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    _haproxy_config(cfg, port, 0)
+    padding = tmp_path / "padding.cfg"
+    _padding(padding)
+    offset = [0.0]  # the child has run for long (stable_after passed) once this is set
+    sup = Supervisor(ExecPolicy(argv=(haproxy_binary, "-W", "-db", "-f", str(cfg),
+                                      "-f", str(padding)),
+                                reload_signal=signal.SIGUSR2),
+                     clock=lambda: time.monotonic() + offset[0])
+    sup.start()
+    try:
+        wait_for(lambda: _served(port) == "v0", timeout=10)
+        offset[0] = 3600.0
+        pid = sup.pid
+        assert pid is not None
+
+        def served(version: int) -> bool:
+            """Polls as the daemon's loop does until HAProxy serves `version` and its master
+            is done reloading (it catches the signal again, nothing held), 5 s at most."""
+            deadline = time.monotonic() + 5
+            while (_served(port) != f"v{version}" or sup.reload_held
+                   or _disposition(pid, signal.SIGUSR2) != "caught") and (
+                    time.monotonic() < deadline):
+                sup.poll()
+                time.sleep(0.02)
+            return _served(port) == f"v{version}"
+
+        caught = 0
+        for version in range(1, 11, 2):
+            _haproxy_config(cfg, port, version)
+            sup.reload()
+            # The phase, and for `default` (re-executed, loading) the first file read already:
+            # the master no longer takes what is written now for the reload under way.
+
+            def there() -> bool:
+                return _disposition(pid, signal.SIGUSR2) == phase and (
+                    phase == "ignored" or _reading(pid, padding))
+
+            deadline = time.monotonic() + 2
+            while not there() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if there():
+                caught += 1
+                version += 1
+                _haproxy_config(cfg, port, version)  # the next batch, mid-reload
+                sup.reload()
+            assert served(version), (
+                f"the reload sent while HAProxy's master had SIGUSR2 {phase} was lost")
+            assert sup.running and not sup.reload_held
+        if not caught:
+            pytest.skip(f"never saw the master with SIGUSR2 {phase} (machine too loaded)")
+    finally:
+        sup.stop(timeout=5)
