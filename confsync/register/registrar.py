@@ -35,6 +35,7 @@ unreachable" and back.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -126,7 +127,8 @@ class Registrar:
         # earlier run's only before that (taken over at once), a clone's after it (left).
         self._held: set[str] = set()
         # Leases of this process given up (lapsed by our count): still etcd's, they are ours.
-        self._past_leases: set[int] = set()
+        # The last few only: one per outage over months, and each lapses within its TTL.
+        self._past_leases: collections.deque[int] = collections.deque(maxlen=16)
         # When each key another host holds is tried again (monotonic). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
         # change (a check down, a drain, an exec child gone) waited too.
@@ -384,7 +386,7 @@ class Registrar:
 
     def _forget_lease(self) -> None:
         if self._lease is not None:
-            self._past_leases.add(self._lease)
+            self._past_leases.append(self._lease)
         self._lease = None
         with self._lock:
             self._written.clear()
