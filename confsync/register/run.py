@@ -406,6 +406,8 @@ class RegisterLoop:
 
     def _beat(self) -> None:
         self.metrics.beat()
+        if self.notifier is not None:
+            self.notifier.flush()  # a READY=1 a full socket refused goes as soon as it can
         now = time.monotonic()
         if self.watchdog is not None and now - self._last_ping >= self.watchdog:
             self._notify("WATCHDOG=1")

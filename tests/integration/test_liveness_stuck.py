@@ -5,17 +5,71 @@ converge, nor leave /health and /ready saying what is no longer true (real `conf
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.etcd_server import EtcdMember
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, reads, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
-from tests.support.register import RegisterProcess, write_registration
+from tests.support.http_probe import probe
+from tests.support.register import RegisterProcess, published, write_registration
 
 pytestmark = [pytest.mark.etcd]
+
+
+@pytest.fixture
+def unread_notify_socket(tmp_path: Path) -> Iterator[Path]:
+    """A NOTIFY_SOCKET whose reader has stopped reading (PID 1 busy in a long daemon-reload, a
+    container runtime's notify proxy that hangs), its queue full already (it holds
+    net.unix.max_dgram_qlen datagrams: 10 by default in the kernel, 512 where systemd sets it)."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reader, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+        reader.bind(str(path))
+        for _ in range(100_000):
+            try:
+                other.sendto(b"STATUS=another sender", socket.MSG_DONTWAIT, str(path))
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the notify socket never filled")
+        yield path
+
+
+def test_a_notify_socket_nobody_reads_never_stops_the_watch(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, unread_notify_socket: Path) -> None:
+    """sd_notify is best effort. Before, each datagram was a blocking sendto: with the
+    socket's queue full, the loop blocked in it (here at its first STATUS=, before the first
+    render) for as long as nobody read: no change reached the files, and /health went 503 (a
+    liveness probe restarted confsync, which blocked again)."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "0")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "v={{ getv('/k/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]\n')
+    port = free_port()
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log",
+                     env={"NOTIFY_SOCKET": str(unread_notify_socket),
+                          "WATCHDOG_USEC": "200000"})
+    try:
+        wait_for(lambda: read(dest) == "v=0\n", 30, what="first render")
+        for value in range(1, 4):
+            c.put(prefix + "/k/v", str(value))
+            wait_for(functools.partial(reads, dest, f"v={value}\n"), 20,
+                     what=f"v={value} rendered\n{w.output()[-2000:]}")
+        assert probe(f"http://127.0.0.1:{port}", "/health")[0] == 200
+        assert probe(f"http://127.0.0.1:{port}", "/ready")[0] == 200
+    finally:
+        w.stop()
 
 
 def _web_registration(tmp_path: Path, port: int) -> None:
@@ -50,3 +104,33 @@ def test_register_pings_systemds_watchdog(etcd: EtcdMember, prefix: str,
         proc.stop()
         backend.stop()
         listener.close()
+
+
+def test_a_notify_socket_nobody_reads_never_stops_the_registrar(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, unread_notify_socket: Path) -> None:
+    """The same for `confsync register`: its loop blocked in the sendto (here at READY=1,
+    before it registered anything; later, a service that went down stayed registered "ready",
+    its lease renewed by the etcd thread meanwhile)."""
+    backend = HTTPBackend("web").start()
+    _web_registration(tmp_path, backend.port)
+    port = free_port()
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{port}",
+                           log=tmp_path / "register.log",
+                           env={"NOTIFY_SOCKET": str(unread_notify_socket),
+                                "WATCHDOG_USEC": "200000"})
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    backend_up = True
+    try:
+        wait_for(lambda: (published(c, key) or {}).get("state") == "ready", 30,
+                 what=f"registered\n{proc.output()[-2000:]}")
+        backend.stop()
+        backend_up = False
+        wait_for(lambda: published(c, key) is None, 20,
+                 what=f"the key gone with the service\n{proc.output()[-2000:]}")
+        assert probe(f"http://127.0.0.1:{port}", "/health")[0] == 200
+    finally:
+        proc.stop()
+        if backend_up:
+            backend.stop()
