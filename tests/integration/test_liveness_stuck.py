@@ -20,6 +20,7 @@ from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import probe
 from tests.support.register import RegisterProcess, published, write_registration
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.etcd]
 
@@ -128,6 +129,71 @@ def test_a_notify_socket_nobody_reads_never_stops_the_registrar(
         backend.stop()
         backend_up = False
         wait_for(lambda: published(c, key) is None, 20,
+                 what=f"the key gone with the service\n{proc.output()[-2000:]}")
+        assert probe(f"http://127.0.0.1:{port}", "/health")[0] == 200
+    finally:
+        proc.stop()
+        if backend_up:
+            backend.stop()
+
+
+# ---- half-open connections to etcd (found bounded: guards, they passed before)
+
+
+@pytest.fixture
+def proxy(etcd: EtcdMember) -> Iterator[TcpProxy]:
+    p = TcpProxy(etcd.client_port)
+    yield p
+    p.close()
+
+
+def test_a_watch_whose_connection_goes_silent_reconnects_and_converges(
+        etcd: EtcdMember, proxy: TcpProxy, prefix: str, tmp_path: Path) -> None:
+    """The connection to etcd stops carrying anything, without a FIN or a RST (a NAT entry
+    lost, a route gone), while etcd serves new connections: the gRPC keepalive (10 s + 5 s)
+    and the position check's deadline end the stream, and the watch resumes on a new one."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "v={{ getv('/k/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]\n')
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", proxy.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: probe(base, "/ready")[0] == 200, 30, what="ready")
+        proxy.stall(new_connections=False)
+        c.put(prefix + "/k/v", "2")
+        wait_for(lambda: read(dest) == "v=2\n", 45, interval=0.5,
+                 what=f"v=2 over a new connection\n{w.output()[-2000:]}")
+        wait_for(lambda: probe(base, "/ready")[0] == 200, 10, what="ready again")
+        assert probe(base, "/health")[0] == 200
+    finally:
+        w.stop()
+
+
+def test_a_registrar_whose_connection_goes_silent_reconnects_and_converges(
+        etcd: EtcdMember, proxy: TcpProxy, prefix: str, tmp_path: Path) -> None:
+    """The same for `register`: every call has a deadline (ttl/3 at most), the next client
+    moves on, and a registration whose service went down meanwhile is deleted."""
+    backend = HTTPBackend("web").start()
+    _web_registration(tmp_path, backend.port)
+    port = free_port()
+    proc = RegisterProcess(tmp_path / "conf", proxy.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{port}",
+                           log=tmp_path / "register.log")
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    backend_up = True
+    try:
+        wait_for(lambda: (published(c, key) or {}).get("state") == "ready", 30,
+                 what=f"registered\n{proc.output()[-2000:]}")
+        proxy.stall(new_connections=False)
+        backend.stop()
+        backend_up = False
+        wait_for(lambda: published(c, key) is None, 30, interval=0.2,
                  what=f"the key gone with the service\n{proc.output()[-2000:]}")
         assert probe(f"http://127.0.0.1:{port}", "/health")[0] == 200
     finally:
