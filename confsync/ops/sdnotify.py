@@ -2,7 +2,13 @@
 
 The protocol is newline-separated KEY=VALUE pairs in one AF_UNIX datagram (sd_notify(3)). A
 leading '@' in the address means the Linux abstract namespace. Every send is best effort: a
-missing or full socket must never stop the watch loop, so errors are logged, not raised.
+missing or full socket must never stop the watch loop, so errors are logged, not raised, and a
+send never waits. A datagram socket's queue is short (net.unix.max_dgram_qlen: 10, or 512 where
+systemd sets it), and PID 1 busy in a long daemon-reload or a container runtime's notify proxy
+that hangs stops reading: a blocking sendto held the loop there, files stale and /health 503,
+for as long as nobody read. What a full socket refuses is dropped, except the messages that
+change the service's state (READY=1, RELOADING=1, STOPPING=1): those are owed, and sent in
+order before anything else once the socket takes datagrams again.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +32,10 @@ log = logging.getLogger(__name__)
 # What systemd hands the main process; children (exec mode) must not inherit them, or their
 # own sd_notify would talk for us (NotifyAccess=main drops that, but it is noise in the journal).
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# Messages that change the unit's state in systemd: refused by a full socket, they are sent
+# again later (a lost READY=1 fails the start, or leaves a reload that never ends).
+STATE_FIELDS = ("READY=", "RELOADING=", "STOPPING=")
+OWED_LIMIT = 32  # state messages kept while nobody reads (a SIGHUP a minute for half an hour)
 
 
 def _address(raw: str) -> str | bytes | None:
@@ -42,6 +53,7 @@ class Notifier:
         self.address = address
         self._target = _address(address)
         self._sock: socket.socket | None = None
+        self._owed: deque[bytes] = deque(maxlen=OWED_LIMIT)
         if self._target is None:
             log.warning("NOTIFY_SOCKET=%r is not a unix socket path; sd_notify disabled", address)
 
@@ -57,15 +69,36 @@ class Notifier:
         return cls(address) if address else None
 
     def send(self, *fields: str) -> bool:
+        """Send now, without waiting; False when it did not go out (a state message is then
+        owed: see `flush`)."""
         if self._target is None:
             return False
         message = "\n".join(fields).encode()
+        if self.flush() and self._send(message):
+            return True
+        if any(field.startswith(STATE_FIELDS) for field in fields):
+            self._owed.append(message)
+        return False
+
+    def flush(self) -> bool:
+        """Send the state messages a full socket refused, oldest first; True when none is
+        left. Every send calls it first, so systemd sees the states in their order."""
+        while self._owed:
+            if not self._send(self._owed[0]):
+                return False
+            self._owed.popleft()
+        return True
+
+    def _send(self, message: bytes) -> bool:
+        if self._target is None:
+            return False
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(message, self._target)
+            # MSG_DONTWAIT: a full queue is EAGAIN, never a wait (see the module docstring).
+            self._sock.sendto(message, socket.MSG_DONTWAIT, self._target)
         except OSError as exc:
-            log.debug("sd_notify %s to %s failed: %s", fields, self.address, exc)
+            log.debug("sd_notify %r to %s failed: %s", message, self.address, exc)
             return False
         return True
 
@@ -170,6 +203,7 @@ class SystemdNotify(Observer):
         self._update_status("READY=1")
 
     def heartbeat(self) -> None:
+        self.notifier.flush()  # a READY=1 a full socket refused goes as soon as it can
         if self.watchdog_seconds is None:
             return
         now = self._clock()

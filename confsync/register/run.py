@@ -68,7 +68,9 @@ def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
 class RegisterLoop:
     def __init__(self, settings: Settings, registrations: list[Registration], host: str,
                  metrics: RegisterMetrics, supervisor: Supervisor | None,
-                 notifier: Notifier | None) -> None:
+                 notifier: Notifier | None, watchdog: float | None = None) -> None:
+        """`watchdog`: seconds between WATCHDOG=1 pings (`watchdog_interval()`, read before
+        `Notifier.from_environ` unsets WATCHDOG_USEC)."""
         self.settings = settings
         self.host = host
         self.instances = {r.name: InstanceState(r) for r in registrations}
@@ -76,7 +78,7 @@ class RegisterLoop:
         self.metrics = metrics
         self.supervisor = supervisor
         self.notifier = notifier
-        self.watchdog = watchdog_interval() if notifier is not None else None
+        self.watchdog = watchdog if notifier is not None else None
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         ttl = min(r.ttl for r in registrations)
         # Calls must give up well within the lease's keepalive period.
@@ -415,6 +417,8 @@ class RegisterLoop:
 
     def _beat(self) -> None:
         self.metrics.beat()
+        if self.notifier is not None:
+            self.notifier.flush()  # a READY=1 a full socket refused goes as soon as it can
         now = time.monotonic()
         if self.watchdog is not None and now - self._last_ping >= self.watchdog:
             self._notify("WATCHDOG=1")
@@ -437,6 +441,10 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     # Asked once for every file that names no address: they all publish the same one.
     registrations = load_registrations(settings.confdir, settings.prefix, host,
                                        functools.cache(lambda: default_address(settings.etcd)))
+    # Read before from_environ() unsets WATCHDOG_USEC: read after, it was always unset, so no
+    # WATCHDOG=1 was ever sent: systemd killed the registrar (and an --exec child with it)
+    # every WatchdogSec, 30 s in the shipped unit.
+    watchdog = watchdog_interval()
     notifier = Notifier.from_environ()  # before the child starts: it must not inherit it
     metrics = RegisterMetrics(registrations)
     server = None
@@ -446,7 +454,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     if settings.exec.command:
         policy = dataclasses.replace(policy_from_settings(settings.exec), restart=False)
         supervisor = Supervisor(policy)
-    loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier)
+    loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier, watchdog)
     try:
         loop.refuse_conflicts()
         try:

@@ -157,3 +157,25 @@ def test_a_reload_before_the_first_render_sends_no_ready(listener: Listener) -> 
     assert listener.messages()[-1]["RELOADING"] == "1"
     obs.config_reloaded(True, "1 resources")
     assert listener.messages()[-1]["READY"] == "1"
+
+
+def test_a_full_socket_never_blocks_and_state_messages_are_sent_once_it_reads(
+        listener: Listener) -> None:
+    """A reader that stopped reading (PID 1 busy) fills the socket's short queue: a send
+    returns at once; a refused READY=1 or RELOADING=1 is owed and goes first, in order, once
+    the socket takes datagrams again; a refused WATCHDOG=1 or STATUS= is dropped."""
+    notifier = Notifier(listener.address)
+    sent = 0
+    started = time.monotonic()
+    while notifier.send("STATUS=filling"):
+        sent += 1
+        assert sent < 100_000, "the socket never filled"
+    assert time.monotonic() - started < 5
+    assert not notifier.send("RELOADING=1", "STATUS=reloading")
+    assert not notifier.send("WATCHDOG=1")
+    assert not notifier.send("READY=1", "STATUS=watching")
+    assert not notifier.flush()
+    assert len(listener.messages()) == sent  # the reader is back
+    assert notifier.send("WATCHDOG=1")
+    assert listener.messages() == [{"RELOADING": "1", "STATUS": "reloading"},
+                                   {"READY": "1", "STATUS": "watching"}, {"WATCHDOG": "1"}]
