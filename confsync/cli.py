@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("info", "text")
         log.error("configuration: %s", exc)
         return EXIT_BAD_CONFIG
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format,
+                  background=args.command in LONG_RUNNING_COMMANDS)
     for name, near in unknown_environment():
         log.warning("environment: %s is not a confsync setting, ignored%s", name,
                     f" (did you mean {near}?)" if near else "")

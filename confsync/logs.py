@@ -6,8 +6,10 @@ code path logged them: a library's error message or a traceback is as dangerous 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import sys
 import threading
 import time
@@ -107,12 +109,87 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Formats in the thread that logs, writes on a thread of its own: logging never waits.
+
+    A daemon's stderr is a pipe to journald or a container runtime's log driver. When that
+    reader stalls (journald restarting or wedged, a log driver behind a full disk), a write
+    blocks once the pipe's 64 KiB are full, and every thread that logs stopped with it: the
+    watch loop, the registrar's etcd thread, the checks, while nothing said why. Lines now wait
+    in a bounded queue; past QUEUED they are dropped and counted, and the count is logged once
+    the stream takes lines again. Formatting stays in the caller (its record, its secrets).
+    """
+
+    QUEUED = 10_000
+    FLUSH_WAIT = 2.0  # at exit, the longest wait for queued lines to be written
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._lines: queue.Queue[str | None] = queue.Queue(self.QUEUED)
+        self._dropped_lock = threading.Lock()
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write_lines, name="confsync-log-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            with self._dropped_lock:
+                self._dropped += 1
+
+    def _write_lines(self) -> None:
+        while True:
+            line = self._lines.get()
+            try:
+                if line is None:
+                    return
+                with self._dropped_lock:
+                    dropped, self._dropped = self._dropped, 0
+                if dropped:
+                    self.stream.write(self.format(logging.LogRecord(
+                        "confsync", logging.WARNING, __file__, 0,
+                        "%d log lines dropped: stderr took none for a while", (dropped,),
+                        None)) + self.terminator)
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr closed or gone: there is nowhere else to say it
+            finally:
+                self._lines.task_done()
+
+    def flush(self) -> None:
+        """Wait (FLUSH_WAIT at most) for the lines queued so far to be written."""
+        deadline = time.monotonic() + self.FLUSH_WAIT
+        while self._lines.unfinished_tasks and time.monotonic() < deadline \
+                and self._writer.is_alive():
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.flush()
+        with contextlib.suppress(queue.Full):  # (else the writer is stuck on the stream)
+            self._lines.put_nowait(None)
+        super().close()
+
+
+def setup_logging(level: str, fmt: str, background: bool = False) -> None:
+    """Log to stderr; `background` (the long-running commands): through a writer thread, so
+    a stalled reader of stderr never stops the daemon (BackgroundStreamHandler)."""
+    handler = BackgroundStreamHandler(sys.stderr) if background else \
+        logging.StreamHandler(sys.stderr)
     inner = JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(levelname)s %(message)s")
     handler.setFormatter(RedactingFormatter(inner))
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, BackgroundStreamHandler):
+            old.close()  # set up again in one process (tests): its writer ends
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 

@@ -200,3 +200,50 @@ def test_a_registrar_whose_connection_goes_silent_reconnects_and_converges(
         proc.stop()
         if backend_up:
             backend.stop()
+
+
+def test_a_stderr_nobody_reads_never_stops_the_watch(
+        etcd: EtcdMember, prefix: str, tmp_path: Path) -> None:
+    """journald restarting or wedged, or a container log driver behind a full disk: stderr's
+    pipe fills (64 KiB) and a write to it blocks. Every thread that logged blocked with it
+    before: here the loop, at its few hundredth render, and the file stopped following etcd."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.cli import REPO
+
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "r", "{{ getv('/k/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]')
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "first")
+    reader, writer = os.pipe()  # the reader is never read: a stalled journald
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "confsync", "watch", "--confdir", str(tmp_path / "cd"),
+         "--endpoints", etcd.endpoint, "--prefix", prefix, "--wait-min", "0",
+         "--log-level", "debug"], stdout=writer, stderr=writer, env=env, cwd=REPO)
+    os.close(writer)
+    try:
+        wait_for(lambda: read(dest) == "first\n", 20, what="first render")
+        # Several lines per change: far more than the pipe holds.
+        for i in range(1500):
+            c.put(prefix + "/k/v", f"value-{i:04d}-" + "x" * 40)
+        c.put(prefix + "/k/v", "last")
+        wait_for(lambda: read(dest) == "last\n" or proc.poll() is not None, 60,
+                 what=f"the last value rendered (dest: {read(dest)[:60]!r})")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        # Reading lets a blocked process run to its exit; what it wrote is not checked.
+        os.set_blocking(reader, False)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 16)
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        os.close(reader)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from confsync.provenance import show_key
@@ -60,3 +63,50 @@ def test_repeats_lets_a_message_through_once_per_period() -> None:
         now[0] += 1.0
         repeats.due(f"error {i}")
     assert len(repeats._logged) <= 301
+
+
+class _StalledStream:
+    """A stderr whose reader stopped: each write waits until `reading` is set."""
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.reading.wait()
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_logging_never_waits_for_a_stalled_stderr_and_counts_what_it_dropped() -> None:
+    from confsync.logs import BackgroundStreamHandler, TextFormatter
+
+    class Small(BackgroundStreamHandler):
+        QUEUED = 5
+        FLUSH_WAIT = 5.0
+
+    stream = _StalledStream()
+    handler = Small(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test-stalled-stderr")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        started = time.monotonic()
+        for i in range(100):
+            logger.warning("line %d", i)
+        assert time.monotonic() - started < 2.0  # none waited for the stream
+        stream.reading.set()
+        handler.flush()
+        assert any("log lines dropped: stderr took none for a while" in line
+                   for line in stream.lines)
+        kept = [line for line in stream.lines if "dropped" not in line]
+        assert 1 <= len(kept) <= 6 and kept[-1].startswith("WARNING line ")
+        logger.warning("after")
+        handler.flush()
+        assert stream.lines[-1] == "WARNING after\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
