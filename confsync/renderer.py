@@ -44,7 +44,7 @@ from confsync.render_limits import (
     join_capped,
 )
 from confsync.resources import Resource, join_key
-from confsync.template_args import TemplateFunctionError, checked, wrong_argument
+from confsync.template_args import TemplateFunctionError, checked_method, wrong_argument
 
 if TYPE_CHECKING:
     import jinja2
@@ -297,10 +297,15 @@ class TemplateData:
     def functions(self) -> dict[str, Callable[..., Any]]:
         """What templates call by name; `Renderer.functions` hooks can add more. A wrong
         argument (`getv(["/a"])`) fails naming the function and the argument."""
-        return {name: checked(name, function) for name, function in (
-            ("getv", self.getv), ("get", self.get), ("exists", self.exists),
-            ("gets", self.gets), ("getvs", self.getvs), ("ls", self.ls), ("lsdir", self.lsdir),
-            ("fromjson", self.fromjson), ("json", self.fromjson))}  # `json` is confd's name
+        return {name: types.MethodType(call, self) for name, call in _DATA_FUNCTIONS.items()}
+
+
+# TemplateData's template functions, checked once for the class (see `checked_method`).
+_DATA_FUNCTIONS = {name: checked_method(name, method) for name, method in (
+    ("getv", TemplateData.getv), ("get", TemplateData.get), ("exists", TemplateData.exists),
+    ("gets", TemplateData.gets), ("getvs", TemplateData.getvs), ("ls", TemplateData.ls),
+    ("lsdir", TemplateData.lsdir), ("fromjson", TemplateData.fromjson),
+    ("json", TemplateData.fromjson))}  # `json` is confd's name
 
 
 def _finalize(value: Any) -> Any:
