@@ -328,10 +328,15 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
             raise ResourceError(resource.name, "install",
                                 f"cannot set owner {target.uid}:{target.gid} and mode "
                                 f"{target.mode:04o}: {reason}") from None
+        held = _hold(path)
         try:
             os.replace(staged, path)
-        except OSError as exc:
-            raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
+        except BaseException as exc:
+            if held is not None:
+                os.close(held)
+            if isinstance(exc, OSError):
+                raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
+            raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
@@ -341,7 +346,59 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
     except OSError as exc:
         raise NotDurable(resource.name, "install",
                          f"renamed, but cannot fsync {directory}: {exc.strerror}") from None
+    finally:
+        if held is not None:
+            os.close(held)  # the replaced file's inode is freed here, after the rename
     return check_seconds
+
+
+# Local filesystems, where a replaced file held open is freed at its close. A network one
+# (NFS, SMB) "silly-renames" a replaced file that is open instead: one more round trip before
+# the rename, and a .nfsXXXX file beside dest until the close.
+_DEFERRED_FREE_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
+_fs_types: dict[int, str] = {}  # st_dev -> filesystem type ("" unknown)
+
+
+def _hold(path: Path) -> int | None:
+    """An O_PATH descriptor of the file a rename is about to replace on a local filesystem
+    (None: nothing there, or another filesystem).
+
+    Held across the rename, it keeps the old inode alive, so freeing it (its blocks and
+    inode, journaled: ~60 us warm on ext4, ~150 us at a watch's pace, most of the rename)
+    happens at the close after the directory fsync instead of inside the rename: the new
+    file is in place that much sooner. O_PATH opens nothing (a FIFO or a device alike) and
+    needs no read permission.
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        dev = os.fstat(fd).st_dev
+        fs = _fs_types.get(dev)
+        if fs is None:
+            fs = _fs_types[dev] = _fs_type(dev)
+    except OSError:
+        fs = ""
+    if fs in _DEFERRED_FREE_FS:
+        return fd
+    os.close(fd)
+    return None
+
+
+def _fs_type(dev: int) -> str:
+    """The type of the filesystem mounted from device `dev` ("" when not found), from
+    /proc/self/mountinfo (field 3 is the device as major:minor; the type follows " - ")."""
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split(" ")
+                if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split(" ", 1)[0]
+    except OSError:
+        pass
+    return ""
 
 
 def _mount_points() -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -27,6 +28,24 @@ def test_install_sets_mode_and_leaves_no_staged_file(tmp_path: Path) -> None:
     assert res.dest.read_bytes() == b"new\n"
     assert res.dest.stat().st_mode & 0o7777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_the_replaced_file_held_across_the_rename_is_let_go(tmp_path: Path) -> None:
+    # The old file is held open (O_PATH) across the rename, so its inode is freed after it:
+    # never a descriptor left behind, whether the rename works or fails.
+    res = resource(tmp_path)
+    res.dest.write_bytes(b"old\n")
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(3):
+        install(res, target(f"new {n}\n".encode()))
+    assert res.dest.read_bytes() == b"new 2\n"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x").write_bytes(b"")
+    with pytest.raises(ResourceError) as err:
+        install(dataclasses.replace(res, dest=tmp_path / "dir"), target(b"new\n"))
+    assert err.value.step == "install"
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "dir"]
 
 
 @pytest.mark.parametrize("check", [("false",), ("sleep", "5"), ("/nonexistent/tool",)])
