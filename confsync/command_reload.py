@@ -59,8 +59,9 @@ class CommandReloader(ReloadTarget):
             return ("signal", r.reload_signal, r.pidfile, r.process)
         return ("none", r.name)
 
-    def probe(self, since: float | None, quick: bool = False) -> Probe:
+    def probe(self, since: float | None, quick: bool = False, compare: bool = False) -> Probe:
         """A signal target is looked up as for a reload; a reload command cannot be asked.
+        Nothing tells which file a process read (`compare` asks in vain): never STALE.
 
         The process found last is checked first (one /proc read); a `process` name is not
         searched for in a `quick` probe (a scan of every process, each second while it is

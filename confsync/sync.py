@@ -350,14 +350,16 @@ class Syncer:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
 
-    def _ask(self, target: ReloadTarget, group: Sequence[Outcome], quick: bool = False) -> Probe:
+    def _ask(self, target: ReloadTarget, group: Sequence[Outcome], quick: bool = False,
+             compare: bool = False) -> Probe:
         """The target's probe for the group's files (an error is an unknown answer)."""
         since = max(self.in_place.get(o.resource.dest, boot_clock()) for o in group)
         probe = getattr(target, "probe", None)  # a duck-typed target may lack it
         if probe is None:
             return UNKNOWN_PROBE
         try:
-            found: Probe = probe(since, quick=True) if quick else probe(since)
+            found: Probe = (probe(since, quick=True) if quick
+                            else probe(since, compare=True) if compare else probe(since))
         except Exception as exc:  # a probe must never fail an apply, nor the daemon
             log.warning("resource %s: cannot ask its reload target whether it runs: %s",
                         group[0].resource.name,
@@ -373,12 +375,15 @@ class Syncer:
         place: it read this file, nothing to reload (an outage of the target costs no reload).
         It runs, at the first look: in step, as far as anyone can tell. It runs but may have
         started before the file was in place after finding nothing (or cannot say), or it
-        loaded its configuration before the file was written (STALE: a confsync killed between
-        installing and reloading, at the first look): reload.
+        loaded its configuration before the file was written, or runs other HAProxy servers
+        than it names (STALE: a confsync killed between installing and reloading or sending
+        runtime commands, found at the first look, which compares): reload.
         """
         names = {o.resource.name for o in group}
         recovering = bool(names & self.not_running)
-        found = self._ask(target, group)
+        # Recovering, a target that runs is reloaded whatever a comparison would say (a change
+        # made while it was not running may have been structural): not compared.
+        found = self._ask(target, group, compare=not recovering)
         self.asked |= names
         if found.liveness is Liveness.DOWN:
             self.not_running |= names
@@ -389,11 +394,12 @@ class Syncer:
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
         elif recovering or found.liveness is Liveness.STALE:  # make this one live
-            log.warning("resource %s: %s; reloading", group[0].resource.name,
+            log.warning("resource %s: %s; making the file live", group[0].resource.name,
                         found.detail or "its reload target may run an older file")
             for outcome in group:
                 outcome.status = UPDATED
-            # What it runs is not the previous file: no runtime-API shortcut, a full reload.
+            # What it runs is not the previous file: a full reload (HAProxy's runtime strategy
+            # may bring its servers in step instead, where its probe found only those differ).
             self._reload(target, group, beat, runs_previous=False)
 
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:

@@ -91,12 +91,15 @@ class ReloadTarget(Protocol):
         ReloadFailed."""
         ...
 
-    def probe(self, since: float | None, quick: bool = False) -> Probe:
+    def probe(self, since: float | None, quick: bool = False, compare: bool = False) -> Probe:
         """Ask whether the target runs, sending it nothing that changes it (no reload, no
         runtime command). `since`: a `processes.boot_clock()` time at which the installed file
         was in place; STARTED_SINCE says the target started after it, so it read that file.
-        `quick`: one look, no waiting out a busy socket (a DOWN may then be wrong). Default:
-        UNKNOWN (the caller then reloads where it needs to be sure)."""
+        `quick`: one look, no waiting out a busy socket (a DOWN may then be wrong). `compare`:
+        the first look at a file found in place, also tell whether what runs is that file
+        (STALE if surely not); may cost more than a look (HAProxy: `show servers state`), so
+        the looks between applies, which only ask whether it runs, do not. Default: UNKNOWN
+        (the caller then reloads where it needs to be sure)."""
         return UNKNOWN_PROBE
 
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:

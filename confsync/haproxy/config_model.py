@@ -41,6 +41,17 @@ class Backend:
     balance: str = "roundrobin"
     default_server: tuple[str, ...] = ()
     servers: dict[str, Server] = field(default_factory=dict)
+    # `server-template <prefix> <num | first-last>` lines: (prefix, first, last). The slots
+    # (prefix1, prefix2, ...) are filled at runtime by someone else, never ours to change.
+    templates: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def is_slot(self, name: str) -> bool:
+        """True when `name` is a server the backend's `server-template` lines create."""
+        for prefix, first, last in self.templates:
+            number = name[len(prefix):]
+            if name.startswith(prefix) and number.isdigit() and first <= int(number) <= last:
+                return True
+        return False
 
 
 @dataclass
@@ -95,6 +106,16 @@ def _parse_server(tokens: list[str]) -> Server | None:
     return Server(tokens[1], where[0], where[1], weight, disabled, tuple(options))
 
 
+def _template_range(token: str) -> tuple[int, int] | None:
+    """`server-template`'s `<num>` (1 to num) or `<first>-<last>`; None for anything else."""
+    first, sep, last = token.partition("-")
+    if not sep:
+        first, last = "1", token
+    if not (first.isdigit() and last.isdigit()):
+        return None
+    return int(first), int(last)
+
+
 def parse(text: str) -> HAProxyConfig:
     config = HAProxyConfig()
     section: tuple[str, str] = ("", "")
@@ -124,6 +145,10 @@ def parse(text: str) -> HAProxyConfig:
                 backend.balance = tokens[1]
             elif tokens[0] == "default-server":
                 backend.default_server = tuple(tokens[1:])
+            elif tokens[0] == "server-template" and len(tokens) > 2:
+                numbers = _template_range(tokens[2])
+                if numbers is not None:
+                    backend.templates.append((tokens[1], *numbers))
         elif kind in ("frontend", "listen") and tokens[0] == "bind" and len(tokens) > 1:
             config.binds.append(tokens[1])
         elif kind == "global":

@@ -29,6 +29,7 @@ from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
     drop_server_state,
+    pool_differences,
     reconcile,
     save_server_state,
 )
@@ -219,6 +220,10 @@ class HAProxyController(ReloadTarget):
         # The master last seen answering: (pid, start time). A master that lives on while its
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
+        # The file at dest when the last probe found HAProxy's servers differ from it in
+        # nothing a reload is needed for: the reload that follows for these very bytes brings
+        # the servers in step through the runtime API instead (`reload`).
+        self._drifted: bytes | None = None
 
     def take_over(self, earlier: ReloadTarget) -> None:
         """Servers `earlier` parked are this resource's to delete still, when both drive the
@@ -256,12 +261,14 @@ class HAProxyController(ReloadTarget):
         self._master = (pid, started) if started is not None else None
         return started
 
-    def probe(self, since: float | None, quick: bool = False) -> Probe:
+    def probe(self, since: float | None, quick: bool = False, compare: bool = False) -> Probe:
         """`show proc` on the master CLI (no reload, nothing sent to the workers). A master
-        that started after `since` read the file in place then."""
+        that started after `since` read the file in place then. `compare`: also tell whether a
+        master that started before runs the file (STALE if not)."""
+        self._drifted = None
         master = self.settings.master_socket
         if master is None:
-            return self.fallback.probe(since, quick)
+            return self.fallback.probe(since, quick, compare)
         try:
             status = show_proc(master, retry_for=0.0 if quick else 0.5, timeout=ASK_TIMEOUT)
         except SocketUnavailable as exc:
@@ -290,9 +297,12 @@ class HAProxyController(ReloadTarget):
             return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
                          "after the file was in place")
         # With the runtime strategy a file newer than the worker is the rule (changes applied
-        # without a reload), so only the reload strategy can tell a file never loaded.
-        stale = None if quick or self.settings.strategy is not Strategy.RELOAD else (
-            self._stale(status.worker))
+        # without a reload): there the servers HAProxy runs are compared with the file's.
+        stale = None
+        if compare and self.settings.strategy is Strategy.RELOAD:
+            stale = self._stale(status.worker)
+        elif compare:
+            stale = self._servers_differ()
         if stale is not None:
             return Probe(Liveness.STALE, stale)
         return Probe(Liveness.RUNNING, f"HAProxy master pid {status.pid} answers on {master}")
@@ -317,6 +327,43 @@ class HAProxyController(ReloadTarget):
         return (f"HAProxy worker pid {worker} loaded its configuration "
                 f"{written - started:.1f}s before {self.resource.dest} was written")
 
+    def _servers_differ(self) -> str | None:
+        """How the servers HAProxy runs in the backends of the file at dest differ from the
+        file's (names, addresses, ports), else None; None too when HAProxy cannot be asked (the
+        probe does not fail for that: it answers as before).
+
+        With the runtime strategy a pass killed between installing the file and sending its
+        runtime commands leaves HAProxy on the old pool, and the file current: nothing would
+        change it until the pool changes again. Weight and admin state are not compared: an
+        operator's `disable server` is no difference (nor a reason to undo it)."""
+        try:
+            content = self.resource.dest.read_bytes()
+        except OSError:
+            return None
+        new = parse(content.decode("utf-8", "replace"))
+        admin = self._admin(new, timeout=ASK_TIMEOUT)
+        if admin is None:
+            return None
+        try:
+            plan = pool_differences(admin, new, self.parked)
+        except RuntimeApplyFailed as exc:
+            log.debug("resource %s: cannot compare HAProxy's servers with the file: %s",
+                      self.resource.name, exc)
+            return None
+        if not plan.differences and plan.reload is None:
+            return None
+        if plan.reload is None:
+            self._drifted = content
+        shown = "; ".join(plan.differences[:3]) + (
+            f" (and {len(plan.differences) - 3} more)" if len(plan.differences) > 3 else "")
+        return f"HAProxy's servers are not the file's: {shown or plan.reload}"
+
+    def _admin(self, new: HAProxyConfig, timeout: float = 5.0) -> AdminSocket | None:
+        """The admin socket: `runtime_socket`, else the `stats socket` of the file."""
+        path = self.settings.runtime_socket or (
+            Path(new.stats_socket) if new.stats_socket else None)
+        return AdminSocket(path, timeout) if path is not None else None
+
     def may_skip_check(self, previous: bytes, content: bytes, checked: bytes) -> bool:
         if self.settings.check_server_changes or self.settings.strategy is not Strategy.RUNTIME:
             return False
@@ -334,13 +381,16 @@ class HAProxyController(ReloadTarget):
                 raise ReloadFailed(f"cannot read {resource.dest}: {exc.strerror}") from None
         new = parse(content.decode("utf-8", "replace"))
         old = parse(previous.decode("utf-8", "replace")) if previous is not None else None
-        admin_path = self.settings.runtime_socket or (
-            Path(new.stats_socket) if new.stats_socket else None)
-        admin = AdminSocket(admin_path) if admin_path is not None else None
+        admin = self._admin(new)
         runtime = self.settings.strategy is Strategy.RUNTIME
         why = "structural change" if runtime else "reload strategy"
-        if runtime and old is not None and admin is not None:
-            if runtime_changes(old, new) is not None:
+        # What HAProxy runs is unknown, but the probe just now found its servers differ from
+        # this very file only where the runtime API can bring them in step (`_servers_differ`):
+        # so it does, against HAProxy's own servers, rather than a reload.
+        drifted, self._drifted = self._drifted, None
+        heal = old is None and drifted is not None and drifted == content
+        if runtime and (old is not None or heal) and admin is not None:
+            if old is None or runtime_changes(old, new) is not None:
                 try:
                     sent = reconcile(admin, old, new, self.parked)
                 except RuntimeApplyFailed as exc:

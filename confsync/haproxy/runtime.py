@@ -13,10 +13,10 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from confsync.haproxy.config_model import DYNAMIC_BALANCE, HAProxyConfig, Server
+from confsync.haproxy.config_model import DYNAMIC_BALANCE, Backend, HAProxyConfig, Server
 from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class LiveServer:
     weight: int
     maint: bool
     drain: bool
+
+    @property
+    def addr_port(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else \
+            f"{self.address}:{self.port}"
 
 
 def _servers_state(admin: AdminSocket, retry_for: float) -> list[str]:
@@ -115,60 +120,115 @@ def managed(old: HAProxyConfig, parked: Iterable[str] = ()) -> set[str]:
     return {f"{b.name}/{name}" for b in old.backends.values() for name in b.servers} | set(parked)
 
 
-def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
-                   removable: set[str]) -> tuple[list[str], list[str]] | None:
-    """Commands that bring the running servers to what `new` says, or None if only a reload can.
+def running_ours(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
+                 parked: Iterable[str] = ()) -> set[str]:
+    """What `managed` is when the file HAProxy runs is unknown (a pass killed after installing
+    `new`, before its runtime commands): every server HAProxy runs in a backend of `new`.
 
-    Returns (commands, removals): the commands add and update servers; `removals` are servers to
-    take out (maintenance, then `del server`), done last so a pool never empties on the way;
-    only servers in `removable` (see `managed`) are ever taken out.
+    Except `server-template` slots of `new`, servers `parked`, and any other server in
+    maintenance: it serves nothing, and it is one parked by a confsync that is gone as likely
+    as someone else's. A server someone else added at runtime and left serving counts (it
+    cannot be told from one of ours the killed pass was to remove; a reload drops it anyway).
+    """
+    return {f"{name}/{server}" for name, backend in new.backends.items()
+            for server, now in live.get(name, {}).items()
+            if not (backend.is_slot(server) or now.maint)} - set(parked)
+
+
+@dataclass
+class Plan:
+    """What brings HAProxy's servers to a file (see `plan_reconcile`)."""
+
+    commands: list[str] = field(default_factory=list)  # adds and updates, in order
+    removals: list[str] = field(default_factory=list)  # "backend/server", done last
+    # How HAProxy's servers differ from the file in names, addresses and ports, for people.
+    differences: list[str] = field(default_factory=list)
+    reload: str | None = None  # why only a reload can do it (the first reason found)
+
+    def needs_reload(self, why: str) -> None:
+        self.reload = self.reload or why
+
+
+def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
+                   removable: set[str], admin_state: bool = True) -> Plan:
+    """Commands that bring the running servers to what `new` says, or why only a reload can.
+
+    The commands add and update servers; `removals` are servers to take out (maintenance, then
+    `del server`), done last so a pool never empties on the way; only servers in `removable`
+    (see `managed`) are ever taken out. `admin_state` false leaves the weight and state of a
+    server HAProxy runs as they are (an operator's `disable server`): only names, addresses
+    and ports are brought in step.
     Reconciling against the live state rather than the previous file also heals drift (a
     runtime edit by someone else, a pass interrupted after the file was written).
     """
-    commands: list[str] = []
-    removals: list[str] = []
+    plan = Plan()
     for name, backend in new.backends.items():
         running = live.get(name)
         if running is None:
-            return None
+            plan.differences.append(f"backend {name} is not in HAProxy")
+            plan.needs_reload(f"backend {name} is not in HAProxy")
+            continue
         dynamic = backend.balance in DYNAMIC_BALANCE
         for server in backend.servers.values():
-            ref = f"{name}/{server.name}"
-            now = running.get(server.name)
-            if now is None:
-                if not dynamic:
-                    return None
-                commands.append(_add_command(name, server, backend.default_server))
-                if "check" in server.options:
-                    commands.append(f"enable health {ref}")
-                if not server.disabled:
-                    commands.append(f"set server {ref} state ready")
-                continue
-            if server.disabled and not now.maint:
-                commands.append(f"set server {ref} state maint")
-            if (now.address, now.port) != (server.address, server.port):
-                commands.append(f"set server {ref} addr {server.address} port {server.port}")
-            if now.weight != server.weight:
-                commands.append(f"set server {ref} weight {server.weight}")
-            if not server.disabled and (now.maint or now.drain):
-                commands.append(f"set server {ref} state ready")
+            _plan_server(plan, backend, server, running.get(server.name), admin_state)
         for server_name in running:
-            if server_name not in backend.servers and f"{name}/{server_name}" in removable:
+            ref = f"{name}/{server_name}"
+            if server_name not in backend.servers and ref in removable:
+                plan.differences.append(f"HAProxy runs {ref}, the file does not")
                 if not dynamic:
-                    return None
-                removals.append(f"{name}/{server_name}")
-    return commands, removals
+                    plan.needs_reload(f"{ref} removed, balance {backend.balance}")
+                plan.removals.append(ref)
+    return plan
 
 
-def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
+def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer | None,
+                 admin_state: bool) -> None:
+    ref = f"{backend.name}/{server.name}"
+    commands = plan.commands
+    if now is None:
+        plan.differences.append(f"{ref} is not in HAProxy")
+        if backend.balance not in DYNAMIC_BALANCE:
+            plan.needs_reload(f"{ref} added, balance {backend.balance}")
+        commands.append(_add_command(backend.name, server, backend.default_server))
+        if "check" in server.options:
+            commands.append(f"enable health {ref}")
+        if not server.disabled:
+            commands.append(f"set server {ref} state ready")
+        return
+    if admin_state and server.disabled and not now.maint:
+        commands.append(f"set server {ref} state maint")
+    if (now.address, now.port) != (server.address, server.port):
+        plan.differences.append(f"HAProxy runs {ref} at {now.addr_port}, the file has "
+                                f"{server.addr_port}")
+        commands.append(f"set server {ref} addr {server.address} port {server.port}")
+    if admin_state and now.weight != server.weight:
+        commands.append(f"set server {ref} weight {server.weight}")
+    if admin_state and not server.disabled and (now.maint or now.drain):
+        commands.append(f"set server {ref} state ready")
+
+
+def pool_differences(admin: AdminSocket, new: HAProxyConfig,
+                     parked: Iterable[str] = ()) -> Plan:
+    """How the servers HAProxy runs differ from `new` in names, addresses and ports (not in
+    weight or admin state: an operator's `disable server` is none), `running_ours` standing
+    for the file it runs; with what would bring them in step. Asks nothing but `show servers
+    state`; RuntimeApplyFailed when HAProxy does not answer it."""
+    live = live_servers(admin)
+    return plan_reconcile(new, live, running_ours(new, live, parked), admin_state=False)
+
+
+def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
               parked: set[str]) -> list[str] | None:
     """Apply `plan_reconcile`; return the commands sent, or None when a reload is needed.
 
-    `old` is the file HAProxy runs. A removed server goes to maintenance at once (no new
-    traffic) and is deleted when HAProxy allows it, which it does not while the server has
-    connections, idle ones of the reuse pool included: then it stays in maintenance, out of the
-    file, recorded in `parked`, and a later pass deletes it (or brings it back if the same
-    instance returns). A reload drops it in any case.
+    `old` is the file HAProxy runs. None: unknown, and `pool_differences` found HAProxy's
+    servers differ from `new` (a pass killed after installing it): what it tells is brought in
+    step, HAProxy's own servers standing for `old` (`running_ours`), weights and admin states
+    left as they are. A removed server goes to maintenance at once (no new traffic) and is
+    deleted when HAProxy allows it, which it does not while the server has connections, idle
+    ones of the reuse pool included: then it stays in maintenance, out of the file, recorded
+    in `parked`, and a later pass deletes it (or brings it back if the same instance returns).
+    A reload drops it in any case.
     Raises RuntimeApplyFailed when a command fails.
     """
     live = live_servers(admin)
@@ -177,17 +237,19 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig, new: HAProxyConfig,
     # else's runtime `add server` would count as ours to remove.
     parked.intersection_update(f"{name}/{server}" for name, servers in live.items()
                                for server in servers)
-    plan = plan_reconcile(new, live, managed(old, parked))
-    if plan is None:
+    if old is None:
+        plan = plan_reconcile(new, live, running_ours(new, live, parked), admin_state=False)
+    else:
+        plan = plan_reconcile(new, live, managed(old, parked))
+    if plan.reload is not None:
         return None
-    commands, removals = plan
     parked.difference_update(f"{name}/{server}" for name, backend in new.backends.items()
                              for server in backend.servers)
     sent: list[str] = []
-    for command in commands:
+    for command in plan.commands:
         admin.command(command)
         sent.append(command)
-    for ref in removals:
+    for ref in plan.removals:
         backend, _, name = ref.partition("/")
         if not live[backend][name].maint:
             admin.command(f"set server {ref} state maint")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.cli import REPO
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
@@ -278,5 +279,121 @@ def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
         time.sleep(1.5)  # a heartbeat's probe too
         assert stack.status().reloads == 0 and _reloads(metrics) == 0
         assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    finally:
+        watch.stop()
+
+
+# ---- the runtime strategy's first look compares HAProxy's servers with the file
+
+
+@pytest.fixture
+def shipped(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    """The shipped resource: runtime strategy, proven server-only changes skip `haproxy -c`."""
+    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
+                     check_server_changes=False)
+    yield s
+    s.stop()
+
+
+def _pool(stack: HAProxyStack) -> dict[str, tuple[int, bool]]:
+    """be_web's servers as HAProxy runs them: name -> (port, in maintenance)."""
+    live = live_servers(AdminSocket(stack.admin)).get("be_web", {})
+    return {name: (server.port, server.maint) for name, server in live.items()}
+
+
+def _serve_pool_through_watch(stack: HAProxyStack, backends: dict[str, HTTPBackend],
+                              tmp_path: Path) -> None:
+    """a, b and x served through `confsync watch`; an operator then disables a by hand.
+    Returns with that watch killed by SIGKILL (no cleanup: as the OOM killer does it)."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    tmp_path.mkdir()
+    watch, _ = _watch(stack, tmp_path)
+    try:
+        watch.wait_log("watching /", timeout=15)
+        stack.put_instance("web", "b", backends["b"].port)
+        stack.put_instance("web", "x", backends["c"].port)
+        wait_for(lambda: set(spread(stack.port, 6)) == {"a", "b", "c"}, timeout=10)
+        assert "runtime API" in watch.output()
+        assert stack.admin_command("disable server be_web/a").strip() == ""
+        wait_for(lambda: set(spread(stack.port, 6)) == {"b", "c"}, timeout=5)
+    finally:
+        watch.proc.kill()
+        watch.proc.wait(timeout=10)
+        watch.stop()
+
+
+def test_a_start_brings_haproxys_servers_in_step_with_a_file_installed_before_a_kill(
+        shipped: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """Runtime strategy, confsync killed between installing a pool change and sending its
+    runtime commands: the file is current, HAProxy runs the old pool. The next `watch` finds
+    the difference at its first look and applies it through the runtime API (no reload),
+    and an operator's `disable server` on a server the change left alone survives."""
+    stack = shipped
+    _serve_pool_through_watch(stack, backends, tmp_path / "first")
+    port = {name: backend.port for name, backend in backends.items()}
+    assert _pool(stack) == {"a": (port["a"], True), "b": (port["b"], False),
+                            "x": (port["c"], False)}
+    reloads = stack.status().reloads
+    # The kill window: the change is rendered and installed, no runtime command is sent. The
+    # same resource without its [haproxy] table (no reload step) writes the file.
+    txn = stack.client.transactions
+    stack.client.transaction(compare=[], failure=[], success=[
+        txn.delete(f"{stack.prefix}/services/web/instances/x"),  # removed
+        txn.put(f"{stack.prefix}/services/web/instances/b",  # moved
+                json.dumps({"address": "127.0.0.1", "port": port["c"]})),
+        txn.put(f"{stack.prefix}/services/web/instances/y",  # added
+                json.dumps({"address": "127.0.0.1", "port": port["c"]}))])
+    elsewhere = tmp_path / "confdir"
+    shutil.copytree(stack.confdir, elsewhere)
+    toml = elsewhere / "conf.d" / "haproxy.toml"
+    toml.write_text(toml.read_text().partition("[haproxy]")[0])
+    args = stack.cli_args()
+    args[args.index("--confdir") + 1] = str(elsewhere)
+    once = subprocess.run([sys.executable, "-m", "confsync", "once", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert once.returncode == 0, once.stderr
+    text = stack.cfg.read_text()
+    assert "server y " in text and "server x " not in text
+    assert set(_pool(stack)) == {"a", "b", "x"} and set(spread(stack.port, 6)) == {"b", "c"}
+
+    (tmp_path / "second").mkdir()
+    watch, metrics = _watch(stack, tmp_path / "second")
+    try:
+        wait_for(lambda: _pool(stack) == {"a": (port["a"], True), "b": (port["c"], False),
+                                          "y": (port["c"], False)}, timeout=15)
+        wait_for(lambda: spread(stack.port, 6) == {"c": 6}, timeout=10)  # a stays disabled
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=10)
+        assert stack.status().reloads == reloads and _reloads(metrics) == 0  # no reload
+        output = watch.output()
+        assert (f"HAProxy runs be_web/b at 127.0.0.1:{port['b']}, the file has "
+                f"127.0.0.1:{port['c']}") in output, output
+        assert "runtime API" in output and "Traceback" not in output
+    finally:
+        watch.stop()
+
+
+def test_a_plain_restart_of_watch_changes_nothing_in_haproxy(
+        shipped: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
+    """File and HAProxy in step (an operator's `disable server` aside, which is no
+    difference): a restarted `watch` sends nothing, neither a reload nor a runtime command."""
+    stack = shipped
+    _serve_pool_through_watch(stack, backends, tmp_path / "first")
+    before = _pool(stack)
+    reloads = stack.status().reloads
+    (tmp_path / "second").mkdir()
+    watch, metrics = _watch(stack, tmp_path / "second")
+    try:
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        time.sleep(1.5)  # a heartbeat's probe too
+        assert stack.status().reloads == reloads and _reloads(metrics) == 0
+        assert _pool(stack) == before
+        output = watch.output()
+        assert "runtime API" not in output and "HAProxy runs" not in output, output
+        assert "wrote" not in output and "Traceback" not in output
+        assert set(spread(stack.port, 6)) == {"b", "c"}
     finally:
         watch.stop()

@@ -147,8 +147,8 @@ def test_reconcile_plans_against_the_live_servers() -> None:
         "slot1": LiveServer("10.0.0.30", 80, 1, maint=False, drain=False),  # server-template
     }}
     plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
-    assert plan is not None
-    commands, removals = plan
+    assert plan.reload is None
+    commands, removals = plan.commands, plan.removals
     assert commands == [
         "set server be_web/a addr 10.0.0.1 port 80",
         "set server be_web/a state ready",
@@ -158,9 +158,55 @@ def test_reconcile_plans_against_the_live_servers() -> None:
         "set server be_web/c state ready",
     ]
     assert removals == ["be_web/z"]  # never slot1: not a server line confsync wrote
-    assert plan_reconcile(new, {}, set()) is None  # a backend HAProxy does not have: reload
+    # a backend HAProxy does not have: reload
+    assert plan_reconcile(new, {}, set()).reload == "backend be_web is not in HAProxy"
     static = parse(cfg("server a 10.0.0.1:80 weight 10 check", balance="static-rr"))
-    assert plan_reconcile(static, {"be_web": {}}, set()) is None  # no add server with static-rr
+    assert plan_reconcile(static, {"be_web": {}}, set()).reload  # no add server with static-rr
+
+
+def test_without_the_previous_file_only_names_addresses_and_ports_count() -> None:
+    """What a start compares (a pass killed between installing the file and its runtime
+    commands): HAProxy's own servers stand for the file it runs, less server-template slots,
+    parked servers and any in maintenance; weight and admin state are no difference."""
+    from confsync.haproxy.runtime import LiveServer, plan_reconcile, running_ours
+
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check",
+                    "server b 10.0.0.2:80 weight 10 check",
+                    "server c 10.0.0.3:80 weight 10 check",
+                    "server-template slot 1-3 10.0.0.9:80 disabled",
+                    "server-template spare 2 10.0.0.9:80 disabled"))
+    live = {"be_web": {
+        "a": LiveServer("10.0.0.1", 80, 1, maint=True, drain=False),  # disabled by hand
+        "b": LiveServer("10.0.0.2", 81, 10, maint=False, drain=False),  # moved
+        "old": LiveServer("10.0.0.4", 80, 10, maint=False, drain=False),  # removed
+        "gone": LiveServer("10.0.0.5", 80, 10, maint=True, drain=False),  # parked earlier
+        "parked": LiveServer("10.0.0.6", 80, 10, maint=False, drain=False),
+        "slot2": LiveServer("10.0.0.30", 80, 1, maint=False, drain=False),  # filled slot
+        "spare1": LiveServer("10.0.0.31", 80, 1, maint=False, drain=False),
+        "slot4": LiveServer("10.0.0.32", 80, 1, maint=False, drain=False),  # no slot of ours
+    }}
+    ours = running_ours(new, live, {"be_web/parked"})
+    assert ours == {"be_web/b", "be_web/old", "be_web/slot4"}
+    plan = plan_reconcile(new, live, ours, admin_state=False)
+    assert plan.reload is None
+    assert plan.differences == [
+        "HAProxy runs be_web/b at 10.0.0.2:81, the file has 10.0.0.2:80",
+        "be_web/c is not in HAProxy",
+        "HAProxy runs be_web/old, the file does not",
+        "HAProxy runs be_web/slot4, the file does not",
+    ]
+    assert plan.commands == [
+        "set server be_web/b addr 10.0.0.2 port 80",
+        "add server be_web/c 10.0.0.3:80 inter 2s fall 3 rise 2 weight 10 check",
+        "enable health be_web/c",
+        "set server be_web/c state ready",
+    ]  # a stays in maintenance with its weight
+    assert plan.removals == ["be_web/old", "be_web/slot4"]
+    in_step = {"be_web": {name: live["be_web"][name] for name in ("a", "gone", "slot2")}
+               | {"b": LiveServer("10.0.0.2", 80, 3, maint=False, drain=True),
+                  "c": LiveServer("10.0.0.3", 80, 10, maint=False, drain=False)}}
+    plan = plan_reconcile(new, in_step, running_ours(new, in_step), admin_state=False)
+    assert (plan.differences, plan.commands, plan.removals) == ([], [], [])
 
 
 def test_only_server_lines_and_parked_servers_are_managed() -> None:

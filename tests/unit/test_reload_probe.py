@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 import confsync
+from confsync.haproxy import control, runtime
+from confsync.haproxy.master_cli import MasterStatus
+from confsync.haproxy.runtime import LiveServer, RuntimeApplyFailed
+from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.outcome import UNCHANGED, UPDATED
 from confsync.processes import boot_clock, started_at
@@ -19,7 +23,7 @@ from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
 from confsync.sync import Syncer
-from confsync.targets import Liveness, Probe, ReloadKind, ReloadResult
+from confsync.targets import Liveness, PluginConfig, Probe, ReloadKind, ReloadResult
 
 
 class FakeTarget:
@@ -29,12 +33,14 @@ class FakeTarget:
         self.liveness = liveness
         self.reloads = 0
         self.probes: list[float | None] = []
+        self.compared: list[bool] = []
 
     def key(self) -> Hashable:
         return "fake"
 
-    def probe(self, since: float | None, quick: bool = False) -> Probe:
+    def probe(self, since: float | None, quick: bool = False, compare: bool = False) -> Probe:
         self.probes.append(since)
+        self.compared.append(compare)
         return Probe(self.liveness, f"fake {self.liveness.value}")
 
     def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
@@ -153,6 +159,75 @@ def test_check_targets_reports_a_stop_and_a_start(tmp_path: Path) -> None:
     target.liveness = Liveness.STARTED_SINCE
     assert syncer.check_targets([res]) == ([], [res])  # the next apply settles it
     assert target.reloads == 0
+
+
+def test_only_the_first_look_compares_what_runs_with_the_file(tmp_path: Path) -> None:
+    """A comparison may cost more than a look (HAProxy: `show servers state`): the apply's
+    probe of a file found in place asks for it, the looks between applies do not, nor the
+    probe of a target found again (it is reloaded whatever it runs)."""
+    syncer, res, target, _ = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    syncer.apply([res])
+    syncer.check_targets([res])
+    assert target.compared == [True, False]
+    syncer.not_running.add(res.name)
+    syncer.apply([res])
+    assert target.compared == [True, False, False] and target.reloads == 1
+
+
+def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> tuple[control.HAProxyController, Resource, list[tuple[object, ...]]]:
+    """An HAProxyController (runtime strategy) whose master answers (`show proc`), on a file
+    with a pool; the calls of `reconcile` and of a full reload are recorded, nothing is sent
+    anywhere."""
+    settings = HAProxySettings(master_socket=tmp_path / "master.sock",
+                               strategy=Strategy.RUNTIME)
+    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=tmp_path / "t",
+                        dest=tmp_path / "haproxy.cfg", keys=("/x",), prefix="",
+                        plugin=PluginConfig("haproxy", settings))
+    resource.dest.write_text(f"global\n    stats socket {tmp_path / 'admin.sock'} level admin\n"
+                             "backend be_web\n    server a 10.0.0.1:80 weight 10 check\n")
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(control, "show_proc", lambda *a, **k: MasterStatus(1, 0, 0, None))
+    monkeypatch.setattr(control, "reconcile", lambda admin, old, new, parked: (
+        calls.append(("reconcile", old)) or ["set server be_web/a addr 10.0.0.1 port 80"]))
+    monkeypatch.setattr(control.HAProxyController, "_reload", lambda self, *a: (
+        calls.append(("reload",)) or ReloadResult(ReloadKind.CONFIRMED, "reloaded")))
+    return control.HAProxyController(resource, settings), resource, calls
+
+
+def test_runtime_probe_compares_haproxys_servers_and_brings_them_in_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, resource, calls = _controller(tmp_path, monkeypatch)
+    live = {"be_web": {"a": LiveServer("10.0.0.9", 80, 10, maint=True, drain=False)}}
+    monkeypatch.setattr(runtime, "live_servers", lambda admin: live)
+    content = resource.dest.read_bytes()
+    assert controller.probe(None).liveness is Liveness.RUNNING  # no comparison asked
+    found = controller.probe(None, compare=True)
+    assert found.liveness is Liveness.STALE
+    assert "HAProxy runs be_web/a at 10.0.0.9:80, the file has 10.0.0.1:80" in found.detail
+    done = controller.reload(None, content)  # the reload that follows: runtime, no reload
+    assert done.kind is ReloadKind.RUNTIME and calls == [("reconcile", None)]
+    # Only for the bytes compared, and only right after: else a full reload, as before.
+    controller.probe(None, compare=True)
+    controller.reload(None, content + b"\n")
+    controller.reload(None, content)
+    assert calls[1:] == [("reload",), ("reload",)]
+    # In step but for admin state (disabled by hand): RUNNING.
+    live["be_web"]["a"] = LiveServer("10.0.0.1", 80, 1, maint=True, drain=False)
+    assert controller.probe(None, compare=True).liveness is Liveness.RUNNING
+    # A backend HAProxy lacks: STALE, and a full reload.
+    live.clear()
+    found = controller.probe(None, compare=True)
+    assert found.liveness is Liveness.STALE and "be_web is not in HAProxy" in found.detail
+    controller.reload(None, content)
+    assert calls[-1] == ("reload",)
+
+    def fails(admin: object) -> object:
+        raise RuntimeApplyFailed("admin socket: connection refused")
+
+    monkeypatch.setattr(runtime, "live_servers", fails)  # HAProxy cannot be asked: as before
+    assert controller.probe(None, compare=True).liveness is Liveness.RUNNING
 
 
 def test_started_at_is_on_the_boot_clock() -> None:
