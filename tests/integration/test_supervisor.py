@@ -30,6 +30,10 @@ CHILD = textwrap.dedent("""
     log = open(sys.argv[1], "a", buffering=1)
     mode = sys.argv[2] if len(sys.argv) > 2 else "serve"
     log.write(f"start {os.getpid()} {time.monotonic()}\\n")
+    # As `confsync watch` starts it: every signal confsync handles is caught there, so at
+    # the default here. (Started from a test under `nohup`, SIGHUP would be inherited ignored.)
+    for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_DFL)
     if mode.startswith("exit"):
         sys.exit(int(mode[4:]))
     while mode == "gated" and not os.path.exists(sys.argv[1] + ".go"):  # still starting
