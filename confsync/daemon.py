@@ -702,9 +702,9 @@ class Daemon:
         the refused ones have replaced, so it is dropped too and the running set's own
         follower comes back. (It was left pending, its follower, watching the other prefixes,
         in charge: their events were dropped and nothing rendered until a good reload.)"""
-        if self.pending is not None:
-            self._drop_pending()
-            self._replace_follower(self.store, self.state.prefixes, "resume")
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._abandon(pending)
 
     def _drop_pending(self) -> None:
         pending, self.pending = self.pending, None
