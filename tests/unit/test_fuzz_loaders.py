@@ -1,0 +1,79 @@
+"""Inputs found by fuzzing the loaders (confsync.toml, CONFSYNC_*, conf.d, register.d, file
+backend data) that escaped as something other than a clean error: a traceback out of `once`,
+`register` or the start of `watch`, a SIGHUP refused with "unexpected error", or a hang. Each is
+now an error that names the file and the key, and the other resources go on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from confsync.errors import ConfigError
+from confsync.register.config import load_registrations
+from confsync.resources import load_resources
+from confsync.settings import load_settings
+
+NO_USER = "~confsyncnosuchuser"  # a `~user` this system has no entry for
+
+
+def _resources(tmp_path: Path, body: str, extra: str = "") -> tuple[list[str], tuple[str, ...]]:
+    """Load conf.d with one file `bad.toml` ([template] + `body`, then `extra`) and a good one."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n{body}\n{extra}')
+    (tmp_path / "conf.d" / "good.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/good"\nkeys = ["/b"]\n')
+    loaded = load_resources(tmp_path)
+    return [r.name for r in loaded.resources], loaded.errors
+
+
+def _register(tmp_path: Path, body: str) -> None:
+    (tmp_path / "register.d").mkdir()
+    (tmp_path / "register.d" / "web.toml").write_text(
+        f'service = "web"\nport = 8080\naddress = "10.0.0.1"\n{body}\n')
+    load_registrations(tmp_path, "", "h1", lambda: "10.0.0.1")
+
+
+# -- `~user` of a user the system does not have ---------------------------------------------
+
+
+@pytest.mark.parametrize("toml,env,key", [
+    (f'confdir = "{NO_USER}/etc"', {}, "confdir"),
+    (f'[etcd]\nca_cert = "{NO_USER}/ca.pem"', {}, "etcd.ca_cert"),
+    (f'[etcd]\npassword_file = "{NO_USER}/pw"', {}, "etcd.password_file"),
+    ("", {"CONFSYNC_FILE_PATHS": f"/tmp/a.yaml,{NO_USER}/b.yaml"}, "CONFSYNC_FILE_PATHS"),
+])
+def test_settings_with_an_unknown_users_home_are_config_errors(tmp_path: Path, toml: str,
+                                                               env: dict[str, str],
+                                                               key: str) -> None:
+    # Before: RuntimeError "Could not determine home directory." out of load_settings: a
+    # traceback at start, and at SIGHUP a reload refused as an "unexpected error".
+    cfg = tmp_path / "confsync.toml"
+    cfg.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=rf"{key}: cannot expand '{NO_USER}': no such user"):
+        load_settings({"config": str(cfg)}, env)
+
+
+@pytest.mark.parametrize("body,extra,key", [
+    (f'reload_signal = "HUP"\npidfile = "{NO_USER}/app.pid"', "", "template.pidfile"),
+    ("", f'[haproxy]\nmaster_socket = "{NO_USER}/m.sock"', "haproxy.master_socket"),
+    ("", f'[haproxy]\nmaster_socket = "/m.sock"\nruntime_socket = "{NO_USER}/s"',
+     "haproxy.runtime_socket"),
+])
+def test_resource_paths_with_an_unknown_users_home_fail_that_file_only(
+        tmp_path: Path, body: str, extra: str, key: str) -> None:
+    # Before: the RuntimeError left load_resources: no resource rendered at all.
+    names, errors = _resources(tmp_path, body, extra)
+    assert names == ["good"]
+    (error,) = errors
+    assert f"bad.toml: {key}: cannot expand '{NO_USER}': no such user" in error
+
+
+def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(
+        tmp_path: Path) -> None:
+    # Before: RuntimeError traceback out of `confsync register`.
+    with pytest.raises(ConfigError, match=rf"web\.toml: maintenance_file: cannot expand"):
+        _register(tmp_path, f'maintenance_file = "{NO_USER}/m"')
