@@ -6,6 +6,7 @@ now an error that names the file and the key, and the other resources go on."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,49 @@ def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(
     # Before: RuntimeError traceback out of `confsync register`.
     with pytest.raises(ConfigError, match=rf"web\.toml: maintenance_file: cannot expand"):
         _register(tmp_path, f'maintenance_file = "{NO_USER}/m"')
+
+
+# -- a path the OS refuses to look up (ENAMETOOLONG; EACCES alike for a non-root confsync) ----
+
+LONG = "n" * 300  # over NAME_MAX (255): stat() fails with ENAMETOOLONG, not ENOENT
+
+
+def test_a_template_name_too_long_fails_that_resource_only(tmp_path: Path) -> None:
+    # Before: OSError "File name too long" out of load_resources (pathlib's is_file() passes on
+    # only ENOENT-like errors): `once` a traceback with nothing rendered, a SIGHUP refused.
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_text(
+        f'[template]\nsrc = "{LONG}"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n')
+    (tmp_path / "conf.d" / "good.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/good"\nkeys = ["/b"]\n')
+    loaded = load_resources(tmp_path)
+    assert [r.name for r in loaded.resources] == ["good"]
+    (error,) = loaded.errors
+    assert "bad.toml: template.src: cannot look up template file" in error
+    assert "File name too long" in error
+
+
+@pytest.mark.parametrize("load,match", [
+    (lambda d: load_settings({"config": f"{d}/{LONG}"}, {}),
+     "cannot look up the config file: File name too long"),
+    (lambda d: load_settings({}, {"CONFSYNC_CONFIG": f"{d}/{LONG}"}),
+     "cannot look up the config file: File name too long"),
+    (lambda d: load_resources(d / LONG), "conf.d: cannot look up the conf.d directory"),
+    (lambda d: load_registrations(d / LONG, "", "h1", lambda: "10.0.0.1"),
+     "register.d: cannot look it up: File name too long"),
+])
+def test_a_config_location_too_long_is_a_config_error(tmp_path: Path, load: Any,
+                                                      match: str) -> None:
+    # Before: OSError tracebacks out of load_settings / load_resources / load_registrations.
+    with pytest.raises(ConfigError, match=match):
+        load(tmp_path)
+
+
+def test_a_check_ca_file_name_too_long_is_a_config_error(tmp_path: Path) -> None:
+    # Before: OSError traceback out of `confsync register`.
+    with pytest.raises(ConfigError, match=r"web\.toml: check\[0\]\.ca_file: .*cannot look it "
+                                          r"up: File name too long"):
+        _register(tmp_path, f'[[check]]\ntype = "http"\nurl = "https://h/"\n'
+                            f'ca_file = "/{LONG}"')
