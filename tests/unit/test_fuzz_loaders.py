@@ -124,3 +124,23 @@ def test_a_check_ca_file_name_too_long_is_a_config_error(tmp_path: Path) -> None
                                           r"up: File name too long"):
         _register(tmp_path, f'[[check]]\ntype = "http"\nurl = "https://h/"\n'
                             f'ca_file = "/{LONG}"')
+
+
+# -- register.d: [extra] values that JSON has no form for -----------------------------------
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("1979-05-27", "a date (1979-05-27)"),
+    ("07:32:00", "a time (07:32:00)"),
+    ("1979-05-27T07:32:00Z", "a datetime (1979-05-27 07:32:00+00:00)"),
+    ("[1979-05-27]", "a list ([datetime.date(1979, 5, 27)])"),
+    ('{ a = 1 }', '{"a": 1}'),  # JSON-able, as before
+])
+def test_an_extra_value_that_is_no_json_scalar_is_a_config_error(tmp_path: Path, value: str,
+                                                                 shown: str) -> None:
+    # Before: `when = 1979-05-27` under [extra] was "TypeError: Object of type date is not
+    # JSON serializable" out of `confsync register` (while building the refusal's message).
+    with pytest.raises(ConfigError, match=r"web\.toml: extra\.when: .*when: expected a string, "
+                                          r"number, boolean or null, found ") as info:
+        _register(tmp_path, f"[extra]\nwhen = {value}")
+    assert str(info.value).endswith(shown)
