@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, StoreUnavailable
 from confsync.register.config import load_registrations
 from confsync.resources import load_resources
 from confsync.settings import load_settings
+from confsync.stores.file import read_data_file
 
 NO_USER = "~confsyncnosuchuser"  # a `~user` this system has no entry for
 
@@ -144,3 +145,30 @@ def test_an_extra_value_that_is_no_json_scalar_is_a_config_error(tmp_path: Path,
                                           r"number, boolean or null, found ") as info:
         _register(tmp_path, f"[extra]\nwhen = {value}")
     assert str(info.value).endswith(shown)
+
+
+# -- file backend: YAML aliases of values that make no key ----------------------------------
+
+
+def _bomb(leaf: str) -> str:
+    """Nine lines that expand to 10**8 copies of `leaf` (a null or an empty list or table)."""
+    return f"a: &a [{', '.join([leaf] * 10)}]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+        for i in range(7))
+
+
+@pytest.mark.parametrize("leaf", ["~", "[]"])
+def test_aliases_of_nulls_or_empty_lists_cannot_hang_the_file_backend(tmp_path: Path,
+                                                                      leaf: str) -> None:
+    # Before: MAX_KEYS counted keys only, and these make none: read_data_file walked 10**8
+    # values (minutes of CPU: `once` hung, and under `watch` the file watch's thread with it).
+    data = tmp_path / "data.yaml"
+    data.write_text(_bomb(leaf))
+    with pytest.raises(StoreUnavailable, match=r"data\.yaml: .*more than 2000000 values"):
+        read_data_file(data)
+
+
+def test_many_nulls_and_empty_lists_below_the_limit_still_load(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("a: [~, [], {}]\nb: 1\n")
+    assert read_data_file(data) == {"/b": b"1"}
