@@ -77,7 +77,7 @@ def test_resource_paths_with_an_unknown_users_home_fail_that_file_only(
 def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(
         tmp_path: Path) -> None:
     # Before: RuntimeError traceback out of `confsync register`.
-    with pytest.raises(ConfigError, match=rf"web\.toml: maintenance_file: cannot expand"):
+    with pytest.raises(ConfigError, match=r"web\.toml: maintenance_file: cannot expand"):
         _register(tmp_path, f'maintenance_file = "{NO_USER}/m"')
 
 
