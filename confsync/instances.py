@@ -57,8 +57,17 @@ def validate_instance(key: str, value: Mapping[str, Any]) -> dict[str, Any]:
                                    f"{MAX_EXTRA_TEXT} characters, found {extra[:60]!r}", extra)
         elif extra is not None and not isinstance(extra, bool | int | float):
             raise InvalidValue(f"{name}: expected a string, number, boolean or null, found "
-                               f"{json.dumps(extra)[:60]}", extra)
+                               f"{_shown(extra)}", extra)
     return dict(value)
+
+
+def _shown(value: object) -> str:
+    """A refused extra value as JSON; a TOML date or time, which JSON has no form for (and
+    json.dumps raised TypeError for), as its type and text."""
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return f"a {type(value).__name__} ({value})"[:60]
 
 
 def _field(name: str, check: Any, value: object) -> None:

@@ -144,7 +144,12 @@ def parse_resource(
 
     src = Path(tv.convert(where, "template.src", tv.nonempty_path_text, table["src"]))
     src = absolute(src if src.is_absolute() else templates_dir / src)
-    if not src.is_file():
+    try:
+        found = src.is_file()
+    except OSError as exc:  # a name too long, a directory on the way not searchable: no ENOENT
+        raise ConfigError(where, f"cannot look up template file {src}: {exc.strerror}",
+                          "template.src") from None
+    if not found:
         raise ConfigError(where, f"template file {src} does not exist", "template.src")
     dest = Path(tv.convert(where, "template.dest", tv.nonempty_path_text, table["dest"]))
     dest = absolute(dest)
@@ -257,7 +262,12 @@ class ResourceSet:
 def load_resources(confdir: Path, global_prefix: str = "") -> ResourceSet:
     """Read every `conf.d/*.toml`. A bad file is reported, never fatal to the good ones."""
     confd = confdir / "conf.d"
-    if not confd.is_dir():
+    try:
+        found = confd.is_dir()
+    except OSError as exc:  # a name too long, a directory on the way not searchable
+        raise ConfigError(str(confd), f"cannot look up the conf.d directory: {exc.strerror}") \
+            from None
+    if not found:
         raise ConfigError(str(confd), "conf.d directory does not exist")
     templates_dir = confdir / "templates"
     resources: list[Resource] = []

@@ -201,8 +201,13 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     values: dict[str, Any] = {}
     config_arg = cli.get("config") or environ.get("CONFSYNC_CONFIG")
     config_path = absolute(Path(config_arg)) if config_arg else DEFAULT_CONFIG
-    if config_path.exists() or config_arg:
-        if not config_path.exists():
+    try:
+        config_exists = config_path.exists()
+    except OSError as exc:  # a name too long, /etc/confsync not searchable: not "no file"
+        raise ConfigError(str(config_path), f"cannot look up the config file: "
+                          f"{exc.strerror}") from None
+    if config_exists or config_arg:
+        if not config_exists:
             raise ConfigError(str(config_path), "config file does not exist")
         _from_file(config_path, values)
     for attr, table, key, convert in _SCHEMA:
@@ -223,7 +228,7 @@ def load_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = No
     exec_settings = ExecSettings(**{k.split(".", 1)[1]: v for k, v in values.items()
                                     if k.startswith("exec.")})
     top = {k: v for k, v in values.items() if "." not in k}
-    settings = Settings(config_path=config_path if config_path.exists() else None,
+    settings = Settings(config_path=config_path if config_exists else None,
                         etcd=etcd, watch=watch, exec=exec_settings, **top)
     if etcd.srv_domain and "etcd.endpoints" in values:
         # SRV records replace endpoints: one set on the command line to point at another

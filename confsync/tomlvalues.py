@@ -109,6 +109,16 @@ def path_text(text: str) -> str:
     return text
 
 
+def expanduser(path: Path) -> Path:
+    """`~` and `~user` expanded; a user this system does not know is a ValueError here (pathlib
+    raises RuntimeError, which no loader expects: `~nobodyhere/pid` was a traceback)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {path.parts[0]!r}: no such user, or no home directory, "
+                         f"on this system: {str(path)!r}") from None
+
+
 def nonempty_path_text(value: Any) -> str:
     """A non-empty path as written (no ~ expansion, not made absolute)."""
     return path_text(nonempty(value))
@@ -116,11 +126,11 @@ def nonempty_path_text(value: Any) -> str:
 
 def path(value: Any) -> Path:
     """A file or directory; a relative one is taken from the directory confsync started in."""
-    return absolute(Path(path_text(string(value))).expanduser())
+    return absolute(expanduser(Path(path_text(string(value)))))
 
 
 def nonempty_path(value: Any) -> Path:
-    return Path(path_text(nonempty(value))).expanduser()
+    return expanduser(Path(path_text(nonempty(value))))
 
 
 def string_list(value: Any) -> tuple[str, ...]:
@@ -135,7 +145,7 @@ def string_list(value: Any) -> tuple[str, ...]:
 
 
 def paths(value: Any) -> tuple[Path, ...]:
-    return tuple(absolute(Path(path_text(p)).expanduser()) for p in string_list(value))
+    return tuple(absolute(expanduser(Path(path_text(p)))) for p in string_list(value))
 
 
 # Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,

@@ -210,8 +210,14 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
             raise reader.error(key, "only for an https:// url")
         if spec["ca_file"] and spec["tls_skip_verify"]:
             raise reader.error("tls_skip_verify", "give ca_file or tls_skip_verify, not both")
-        if spec["ca_file"] is not None and not spec["ca_file"].is_file():
-            raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
+        if spec["ca_file"] is not None:
+            try:
+                found = spec["ca_file"].is_file()
+            except OSError as exc:  # a name too long, a directory on the way not searchable
+                raise reader.error("ca_file", f"{spec['ca_file']}: cannot look it up: "
+                                   f"{exc.strerror}") from None
+            if not found:
+                raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
     elif kind == "tcp":
         spec["host"] = reader.get("host", tv.nonempty, address)
         spec["follows_address"] = "host" not in reader.table
@@ -302,7 +308,11 @@ def load_registrations(confdir: Path, prefix: str, hostname: str,
     """Every `register.d/*.toml`, sorted by name. The first bad file raises ConfigError; keys
     claimed twice are an error too (one owner per key)."""
     directory = confdir / "register.d"
-    if not directory.is_dir():
+    try:
+        found_dir = directory.is_dir()
+    except OSError as exc:  # a name too long, a directory on the way not searchable
+        raise ConfigError(str(directory), f"cannot look it up: {exc.strerror}") from None
+    if not found_dir:
         raise ConfigError(str(directory), "no such directory: put one <name>.toml per "
                           "registration there")
     found: list[Registration] = []

@@ -28,16 +28,20 @@ log = logging.getLogger(__name__)
 # the limits make either a bad data file instead of a hang or a RecursionError.
 MAX_DEPTH = 200
 MAX_KEYS = 1_000_000
+# Values walked, keys or not: aliases of nulls or empty lists/tables (`[~, ~, ...]`, `[[], ...]`)
+# make no key, so MAX_KEYS alone never stopped eight levels of them (10**8 values, minutes).
+MAX_VALUES = 2 * MAX_KEYS
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, bytes]:
     """Nested mappings and lists to flat keys; scalars as text as confd's file backend writes
     them (true/false, floats without exponent, nulls left out).
 
-    ValueError when the data nests deeper than MAX_DEPTH or flattens to over MAX_KEYS keys.
+    ValueError when the data nests deeper than MAX_DEPTH, flattens to over MAX_KEYS keys or
+    holds over MAX_VALUES values.
     """
     out: dict[str, bytes] = {}
-    _flatten(data, prefix, out, 0)
+    _flatten(data, prefix, out, 0, [MAX_VALUES])
     return out
 
 
@@ -48,17 +52,22 @@ def _join(prefix: str, key: object) -> str:
     return "/" + posixpath.normpath(f"{prefix or '/'}/{key}").lstrip("/")
 
 
-def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int) -> None:
+def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int,
+             budget: list[int]) -> None:
+    budget[0] -= 1  # values left to walk, shared by the whole walk
+    if budget[0] < 0:
+        raise ValueError(f"more than {MAX_VALUES} values (YAML aliases of nulls or empty "
+                         f"lists used over and over?)")
     if depth > MAX_DEPTH:
         where = prefix if len(prefix) <= 60 else prefix[:60] + "..."
         raise ValueError(f"{where}: nested more than {MAX_DEPTH} levels deep (a YAML alias "
                          f"inside itself?)")
     if isinstance(data, dict):
         for key, value in data.items():
-            _flatten(value, _join(prefix, key), out, depth + 1)
+            _flatten(value, _join(prefix, key), out, depth + 1, budget)
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            _flatten(value, _join(prefix, index), out, depth + 1)
+            _flatten(value, _join(prefix, index), out, depth + 1, budget)
     else:
         if len(out) >= MAX_KEYS:
             raise ValueError(f"more than {MAX_KEYS} keys (YAML aliases used over and over?)")

@@ -1,0 +1,174 @@
+"""Inputs found by fuzzing the loaders (confsync.toml, CONFSYNC_*, conf.d, register.d, file
+backend data) that escaped as something other than a clean error: a traceback out of `once`,
+`register` or the start of `watch`, a SIGHUP refused with "unexpected error", or a hang. Each is
+now an error that names the file and the key, and the other resources go on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from confsync.errors import ConfigError, StoreUnavailable
+from confsync.register.config import load_registrations
+from confsync.resources import load_resources
+from confsync.settings import load_settings
+from confsync.stores.file import read_data_file
+
+NO_USER = "~confsyncnosuchuser"  # a `~user` this system has no entry for
+
+
+def _resources(tmp_path: Path, body: str, extra: str = "") -> tuple[list[str], tuple[str, ...]]:
+    """Load conf.d with one file `bad.toml` ([template] + `body`, then `extra`) and a good one."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n{body}\n{extra}')
+    (tmp_path / "conf.d" / "good.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/good"\nkeys = ["/b"]\n')
+    loaded = load_resources(tmp_path)
+    return [r.name for r in loaded.resources], loaded.errors
+
+
+def _register(tmp_path: Path, body: str) -> None:
+    (tmp_path / "register.d").mkdir()
+    (tmp_path / "register.d" / "web.toml").write_text(
+        f'service = "web"\nport = 8080\naddress = "10.0.0.1"\n{body}\n')
+    load_registrations(tmp_path, "", "h1", lambda: "10.0.0.1")
+
+
+# -- `~user` of a user the system does not have ---------------------------------------------
+
+
+@pytest.mark.parametrize("toml,env,key", [
+    (f'confdir = "{NO_USER}/etc"', {}, "confdir"),
+    (f'[etcd]\nca_cert = "{NO_USER}/ca.pem"', {}, "etcd.ca_cert"),
+    (f'[etcd]\npassword_file = "{NO_USER}/pw"', {}, "etcd.password_file"),
+    ("", {"CONFSYNC_FILE_PATHS": f"/tmp/a.yaml,{NO_USER}/b.yaml"}, "CONFSYNC_FILE_PATHS"),
+])
+def test_settings_with_an_unknown_users_home_are_config_errors(tmp_path: Path, toml: str,
+                                                               env: dict[str, str],
+                                                               key: str) -> None:
+    # Before: RuntimeError "Could not determine home directory." out of load_settings: a
+    # traceback at start, and at SIGHUP a reload refused as an "unexpected error".
+    cfg = tmp_path / "confsync.toml"
+    cfg.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=rf"{key}: cannot expand '{NO_USER}': no such user"):
+        load_settings({"config": str(cfg)}, env)
+
+
+@pytest.mark.parametrize("body,extra,key", [
+    (f'reload_signal = "HUP"\npidfile = "{NO_USER}/app.pid"', "", "template.pidfile"),
+    ("", f'[haproxy]\nmaster_socket = "{NO_USER}/m.sock"', "haproxy.master_socket"),
+    ("", f'[haproxy]\nmaster_socket = "/m.sock"\nruntime_socket = "{NO_USER}/s"',
+     "haproxy.runtime_socket"),
+])
+def test_resource_paths_with_an_unknown_users_home_fail_that_file_only(
+        tmp_path: Path, body: str, extra: str, key: str) -> None:
+    # Before: the RuntimeError left load_resources: no resource rendered at all.
+    names, errors = _resources(tmp_path, body, extra)
+    assert names == ["good"]
+    (error,) = errors
+    assert f"bad.toml: {key}: cannot expand '{NO_USER}': no such user" in error
+
+
+def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(
+        tmp_path: Path) -> None:
+    # Before: RuntimeError traceback out of `confsync register`.
+    with pytest.raises(ConfigError, match=r"web\.toml: maintenance_file: cannot expand"):
+        _register(tmp_path, f'maintenance_file = "{NO_USER}/m"')
+
+
+# -- a path the OS refuses to look up (ENAMETOOLONG; EACCES alike for a non-root confsync) ----
+
+LONG = "n" * 300  # over NAME_MAX (255): stat() fails with ENAMETOOLONG, not ENOENT
+
+
+def test_a_template_name_too_long_fails_that_resource_only(tmp_path: Path) -> None:
+    # Before: OSError "File name too long" out of load_resources (pathlib's is_file() passes on
+    # only ENOENT-like errors): `once` a traceback with nothing rendered, a SIGHUP refused.
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "bad.toml").write_text(
+        f'[template]\nsrc = "{LONG}"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n')
+    (tmp_path / "conf.d" / "good.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/good"\nkeys = ["/b"]\n')
+    loaded = load_resources(tmp_path)
+    assert [r.name for r in loaded.resources] == ["good"]
+    (error,) = loaded.errors
+    assert "bad.toml: template.src: cannot look up template file" in error
+    assert "File name too long" in error
+
+
+@pytest.mark.parametrize("load,match", [
+    (lambda d: load_settings({"config": f"{d}/{LONG}"}, {}),
+     "cannot look up the config file: File name too long"),
+    (lambda d: load_settings({}, {"CONFSYNC_CONFIG": f"{d}/{LONG}"}),
+     "cannot look up the config file: File name too long"),
+    (lambda d: load_resources(d / LONG), "conf.d: cannot look up the conf.d directory"),
+    (lambda d: load_registrations(d / LONG, "", "h1", lambda: "10.0.0.1"),
+     "register.d: cannot look it up: File name too long"),
+])
+def test_a_config_location_too_long_is_a_config_error(tmp_path: Path, load: Any,
+                                                      match: str) -> None:
+    # Before: OSError tracebacks out of load_settings / load_resources / load_registrations.
+    with pytest.raises(ConfigError, match=match):
+        load(tmp_path)
+
+
+def test_a_check_ca_file_name_too_long_is_a_config_error(tmp_path: Path) -> None:
+    # Before: OSError traceback out of `confsync register`.
+    with pytest.raises(ConfigError, match=r"web\.toml: check\[0\]\.ca_file: .*cannot look it "
+                                          r"up: File name too long"):
+        _register(tmp_path, f'[[check]]\ntype = "http"\nurl = "https://h/"\n'
+                            f'ca_file = "/{LONG}"')
+
+
+# -- register.d: [extra] values that JSON has no form for -----------------------------------
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("1979-05-27", "a date (1979-05-27)"),
+    ("07:32:00", "a time (07:32:00)"),
+    ("1979-05-27T07:32:00Z", "a datetime (1979-05-27 07:32:00+00:00)"),
+    ("[1979-05-27]", "a list ([datetime.date(1979, 5, 27)])"),
+    ('{ a = 1 }', '{"a": 1}'),  # JSON-able, as before
+])
+def test_an_extra_value_that_is_no_json_scalar_is_a_config_error(tmp_path: Path, value: str,
+                                                                 shown: str) -> None:
+    # Before: `when = 1979-05-27` under [extra] was "TypeError: Object of type date is not
+    # JSON serializable" out of `confsync register` (while building the refusal's message).
+    with pytest.raises(ConfigError, match=r"web\.toml: extra\.when: .*when: expected a string, "
+                                          r"number, boolean or null, found ") as info:
+        _register(tmp_path, f"[extra]\nwhen = {value}")
+    assert str(info.value).endswith(shown)
+
+
+# -- file backend: YAML aliases of values that make no key ----------------------------------
+
+
+def _bomb(leaf: str) -> str:
+    """Nine lines that expand to 10**8 copies of `leaf` (a null or an empty list or table)."""
+    return f"a: &a [{', '.join([leaf] * 10)}]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+        for i in range(7))
+
+
+@pytest.mark.parametrize("leaf", ["~", "[]"])
+def test_aliases_of_nulls_or_empty_lists_cannot_hang_the_file_backend(tmp_path: Path,
+                                                                      leaf: str) -> None:
+    # Before: MAX_KEYS counted keys only, and these make none: read_data_file walked 10**8
+    # values (minutes of CPU: `once` hung, and under `watch` the file watch's thread with it).
+    data = tmp_path / "data.yaml"
+    data.write_text(_bomb(leaf))
+    with pytest.raises(StoreUnavailable, match=r"data\.yaml: .*more than 2000000 values"):
+        read_data_file(data)
+
+
+def test_many_nulls_and_empty_lists_below_the_limit_still_load(tmp_path: Path) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("a: [~, [], {}]\nb: 1\n")
+    assert read_data_file(data) == {"/b": b"1"}
