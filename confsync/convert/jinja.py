@@ -178,6 +178,20 @@ class Emitter:
                 out.append(ch)
         self.s.out.append("".join(out))
 
+    def comment(self, text: str) -> None:
+        """A Go comment as an inert Jinja comment. Its text can neither end the comment early
+        (`#}`, or U+E001, which _finish turns into `#}`: the rest would run as Jinja code) nor
+        act as a whitespace control: a space keeps a leading `-`/`+` from reading as `{#-`
+        and a trailing `-` from reading as `-#}`."""
+        for marker in ("#}", _TAG_END, _COMMENT_END):
+            text = text.replace(marker, " ")
+        if text[:1] in ("-", "+"):
+            text = " " + text
+        if text[-1:] in ("-", "+"):
+            text += " "
+        opener = "{#+" if self._needs_lstrip_guard() else "{#"
+        self.s.out.append(f"{opener}{text}{_COMMENT_END}")
+
     def lookup(self, name: str, pos: g.Pos) -> _Var:
         for scope in reversed(self.s.scopes[self.s.barrier:]):
             if name in scope:
@@ -227,8 +241,7 @@ class Emitter:
         if isinstance(node, g.Text):
             self.text(node.text)
         elif isinstance(node, g.Comment):
-            opener = "{#+" if self._needs_lstrip_guard() else "{#"
-            self.s.out.append(f"{opener}{node.text.replace('#}', '# }')}{_COMMENT_END}")
+            self.comment(node.text)
         elif isinstance(node, g.Action):
             self._action(node, ctx)
         elif isinstance(node, g.If):

@@ -1,0 +1,48 @@
+"""Inputs a fuzzer of the converter found mishandled (Go templates made of random text, actions,
+literals, comments and trim markers, and mutations of them). Each expected output is what confd
+0.17 (Go 1.19) rendered for the template; each refusal is one confd fails too. The converter must
+give confd's bytes or refuse by file, line and construct: never a traceback, never a Jinja
+template that fails to compile, never template text run as Jinja code."""
+
+from __future__ import annotations
+
+import pytest
+
+from confsync.convert.gotemplate import GoTemplateError
+from confsync.convert.jinja import convert_template
+from tests.support.gorender import convert_and_render
+
+DATA = {"/app/name": "confsync"}
+
+# (id, Go template, confd's output)
+RENDERS = [
+    # Comments: their text never runs, and never trims the text around them.
+    ("comment_private_use_end_marker",
+     'a {{/*\ue001{{ cycler.__init__.__globals__.os.popen("id").read() }}*/}} b', "a  b"),
+    ("comment_markers_and_jinja_ends", "{{/*\ue000%}\ue001#}*/}}z", "z"),
+    ("comment_leading_dash", "x {{/*- c */}} y", "x  y"),
+    ("comment_trailing_dash", "x {{/* c -*/}} y", "x  y"),
+    ("comment_plus_both_ends", "x {{/*+ c +*/}} y\n", "x  y\n"),
+    ("comment_dashes_indented", "  {{/*- c -*/}}\n  y", "  \n  y"),
+    ("comment_hash_then_brace", "x{{/*#*/}}}y", "x}y"),
+]
+
+
+@pytest.mark.parametrize("go, expected", [(c[1], c[2]) for c in RENDERS],
+                         ids=[c[0] for c in RENDERS])
+def test_renders_as_confd_does(go: str, expected: str) -> None:
+    assert convert_and_render(go, DATA) == expected
+
+
+# (id, Go template, what the refusal names)
+REFUSALS: list[tuple[str, str, str]] = [
+]
+
+
+@pytest.mark.parametrize("go, message", [(c[1], c[2]) for c in REFUSALS],
+                         ids=[c[0] for c in REFUSALS])
+def test_refused_by_name_and_position(go: str, message: str) -> None:
+    with pytest.raises(GoTemplateError) as caught:
+        convert_template("t.tmpl", go)
+    assert caught.value.filename == "t.tmpl" and caught.value.line >= 1
+    assert message in caught.value.message
