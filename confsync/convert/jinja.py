@@ -165,15 +165,19 @@ class Emitter:
         self.s.out.append(f"{opener}{body} {_TAG_END}")
 
     def text(self, text: str) -> None:
-        if _TAG_END in text or _COMMENT_END in text:
-            raise ValueError("private-use characters U+E000/U+E001 in template text")
         out: list[str] = []
         for i, ch in enumerate(text):
             nxt = text[i + 1] if i + 1 < len(text) else ""
-            if ch == "{" and (nxt in "{%#" or nxt == ""):
+            # a "{" before anything written as an expression below (or before the next tag)
+            # would open a Jinja tag with it: `{\r` became `{{{ "\r" ...` and failed to compile
+            if ch == "{" and (nxt in "{%#\r" + _TAG_END + _COMMENT_END or nxt == ""):
                 out.append('{{ "{" }}')
             elif ch == "\r":
                 out.append('{{ "\\r" | multiline }}')
+            elif ch in (_TAG_END, _COMMENT_END):
+                # our own tag-end markers (replaced by `%}`/`#}` in _finish): written as an
+                # expression, as ASCII escapes, so that the text keeps its bytes
+                out.append(f"{{{{ {_literal(ch)} }}}}")
             else:
                 out.append(ch)
         self.s.out.append("".join(out))

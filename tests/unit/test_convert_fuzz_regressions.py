@@ -25,6 +25,9 @@ RENDERS = [
     ("comment_plus_both_ends", "x {{/*+ c +*/}} y\n", "x  y\n"),
     ("comment_dashes_indented", "  {{/*- c -*/}}\n  y", "  \n  y"),
     ("comment_hash_then_brace", "x{{/*#*/}}}y", "x}y"),
+    # Text: our private-use tag-end markers, and a "{" before a carriage return.
+    ("text_private_use", "a\ue000b{\ue001c{\ue000", "a\ue000b{\ue001c{\ue000"),
+    ("text_brace_before_cr", "a{\rb", "a{\rb"),
 ]
 
 
