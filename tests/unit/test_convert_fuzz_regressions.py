@@ -28,6 +28,11 @@ RENDERS = [
     # Text: our private-use tag-end markers, and a "{" before a carriage return.
     ("text_private_use", "a\ue000b{\ue001c{\ue000", "a\ue000b{\ue001c{\ue000"),
     ("text_brace_before_cr", "a{\rb", "a{\rb"),
+    # String literals: \xNN and octal escapes are bytes, as in Go.
+    ("string_hex_bytes_utf8", '{{"\\xc3\\xa9"}}', "é"),
+    ("string_octal_bytes_utf8", '{{"\\303\\251"}}', "é"),
+    ("string_hex_bytes_len", '{{len "\\xc3\\xa9"}}', "2"),
+    ("char_hex_byte", "{{'\\xff'}}", "255"),
 ]
 
 
@@ -39,6 +44,18 @@ def test_renders_as_confd_does(go: str, expected: str) -> None:
 
 # (id, Go template, what the refusal names)
 REFUSALS: list[tuple[str, str, str]] = [
+    # String and character literals Go refuses (they were tracebacks in template names, or
+    # converted with a wrong value).
+    ("define_name_unknown_escape", '{{define "\\z"}}{{end}}', 'bad template name "\\z"'),
+    ("template_name_short_hex", '{{template "\\x"}}', "\\x needs 2 hex digits"),
+    ("block_name_past_unicode", '{{block "\\U00110000" .}}{{end}}', "not a valid code point"),
+    ("string_short_hex", '{{"\\x4"}}', "\\x needs 2 hex digits"),
+    ("string_short_u", '{{"\\u26"}}', "\\u needs 4 hex digits"),
+    ("string_surrogate", '{{"\\ud800"}}', "not a valid code point"),
+    ("char_surrogate", "{{'\\ud800'}}", "bad character literal"),
+    ("string_octal_past_byte", '{{"\\400"}}', "at most \\377"),
+    ("string_other_quote_escaped", '{{"\\\'"}}', "unknown escape"),
+    ("string_not_utf8", '{{"\\xff"}}', "not UTF-8"),
 ]
 
 
