@@ -33,6 +33,16 @@ RENDERS = [
     ("string_octal_bytes_utf8", '{{"\\303\\251"}}', "é"),
     ("string_hex_bytes_len", '{{len "\\xc3\\xa9"}}', "2"),
     ("char_hex_byte", "{{'\\xff'}}", "255"),
+    # html and urlquery print a nil operand as <no value> (text/template's evalArgs).
+    ("html_nil", "{{html nil}}", "&lt;no value&gt;"),
+    ("html_dot_nil", "{{html .}}", "&lt;no value&gt;"),
+    ("html_piped_root", "{{$ | html}}", "&lt;no value&gt;"),
+    ("html_nil_then_int", "{{html $ 1}}", "&lt;no value&gt;1"),
+    ("html_string_then_nil", '{{html "a" nil}}', "a&lt;no value&gt;"),
+    ("html_missing_json_field", '{{html (index (json `{"a":1}`) "zz")}}', "&lt;no value&gt;"),
+    ("urlquery_root", "{{urlquery $}}", "%3Cno+value%3E"),
+    ("urlquery_two_nils", "{{urlquery nil nil}}", "%3Cno+value%3E%3Cno+value%3E"),
+    ("print_nil_unchanged", "{{print nil}}", "<nil>"),
 ]
 
 
