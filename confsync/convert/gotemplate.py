@@ -187,7 +187,8 @@ _TOKEN = re.compile(r"""
   | (?P<raw>`[^`]*`)
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<char>'(?:[^'\\\n]|\\.)+')
-  | (?P<number>[+-]?(?:0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+
+  | (?P<number>[+-]?(?:0[xX](?:[0-9a-fA-F_]+\.?[0-9a-fA-F_]*|\.[0-9a-fA-F_]+)[pP][+-]?[0-9_]+
+        |0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+
         |(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?)i?)
   | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
   | (?P<dot>\.)
@@ -379,7 +380,17 @@ def _number(text: str) -> int | float:
         pass
     if re.fullmatch(r"[+-]?0[0-7]+", clean):
         return int(clean, 8)
-    return float(clean)
+    try:
+        if re.match(r"[+-]?0[xX]", clean):  # a hex float, 0x1p-2 (the lexer saw its p exponent)
+            value = float.fromhex(clean)
+        else:
+            value = float(clean)
+    except OverflowError:
+        value = float("inf")
+    if value in (float("inf"), float("-inf")):
+        # Go: "... out of range" when the template is parsed (Python would emit `inf`)
+        raise ValueError("out of range of float64")
+    return value
 
 
 # ---- parsing -----------------------------------------------------------------------------

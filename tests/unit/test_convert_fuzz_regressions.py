@@ -43,6 +43,16 @@ RENDERS = [
     ("urlquery_root", "{{urlquery $}}", "%3Cno+value%3E"),
     ("urlquery_two_nils", "{{urlquery nil nil}}", "%3Cno+value%3E%3Cno+value%3E"),
     ("print_nil_unchanged", "{{print nil}}", "<nil>"),
+    # Hex floats are Go number literals.
+    ("hex_float_integral", "{{0x1P+4}}", "16"),
+    ("hex_float_fraction", "{{0x1p-2}}", "0.25"),
+    ("hex_float_mantissa_point", "{{0x1.8p1}}", "3"),
+    ("hex_float_leading_point", "{{0x.8p1}}", "1"),
+    ("hex_float_underscore", "{{0x_1p4}}", "16"),
+    ("hex_float_negative", "{{-0x1p-2}}", "-0.25"),
+    ("hex_float_int_param", "{{add 0x1p4 1}}", "17"),
+    ("hex_float_big", "{{0x1p+4_0}}", "1.099511627776e+12"),
+    ("float_underflow_is_zero", "{{1e-99999}}", "0"),
 ]
 
 
@@ -66,6 +76,10 @@ REFUSALS: list[tuple[str, str, str]] = [
     ("string_octal_past_byte", '{{"\\400"}}', "at most \\377"),
     ("string_other_quote_escaped", '{{"\\\'"}}', "unknown escape"),
     ("string_not_utf8", '{{"\\xff"}}', "not UTF-8"),
+    # Numbers past float64 (an OverflowError traceback for hex, `inf` emitted for decimal).
+    ("hex_float_overflow", "{{0x1p1024}}", "number 0x1p1024 (refused: out of range"),
+    ("float_overflow", "{{1e309}}", "number 1e309 (refused: out of range"),
+    ("float_overflow_negative", "{{-1e309}}", "out of range"),
 ]
 
 
