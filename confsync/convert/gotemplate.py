@@ -381,10 +381,8 @@ def _number(text: str) -> int | float:
     if re.fullmatch(r"[+-]?0[0-7]+", clean):
         return int(clean, 8)
     try:
-        if re.match(r"[+-]?0[xX]", clean):  # a hex float, 0x1p-2 (the lexer saw its p exponent)
-            value = float.fromhex(clean)
-        else:
-            value = float(clean)
+        # a hex float, 0x1p-2, when it starts 0x (the lexer saw its p exponent)
+        value = float.fromhex(clean) if re.match(r"[+-]?0[xX]", clean) else float(clean)
     except OverflowError:
         value = float("inf")
     if value in (float("inf"), float("-inf")):
