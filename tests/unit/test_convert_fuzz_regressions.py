@@ -6,8 +6,11 @@ template that fails to compile, never template text run as Jinja code."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from confsync.convert.confdir import ConvertError, convert_confdir
 from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
 from tests.support.gorender import convert_and_render
@@ -90,3 +93,37 @@ def test_refused_by_name_and_position(go: str, message: str) -> None:
         convert_template("t.tmpl", go)
     assert caught.value.filename == "t.tmpl" and caught.value.line >= 1
     assert message in caught.value.message
+
+
+# (id, confd.toml, conf.d/r.toml, what the refusal names): values of a type confd does not take
+# for the field were TypeError/ValueError tracebacks.
+CONFDIRS = [
+    ("resource_field_table", None, '[template]\nsrc = "t.tmpl"\nowner = {a = 1}\n',
+     "r.toml: template.owner: cannot write {'a': 1}"),
+    ("resource_field_date", None, '[template]\nsrc = "t.tmpl"\nkeys = 1979-05-27T07:32:00Z\n',
+     "template.keys: cannot write datetime"),
+    ("resource_command_table", None, '[template]\nsrc = "t.tmpl"\nreload_cmd = {a = 1}\n',
+     "template.reload_cmd"),
+    ("main_field_table", 'username = {a = 1}\n', '[template]\nsrc = "t.tmpl"\n',
+     "confd.toml: username: cannot write {'a': 1}"),
+    ("main_prefix_date", "prefix = 1979-05-27T07:32:00Z\n", '[template]\nsrc = "t.tmpl"\n',
+     "confd.toml: prefix: cannot write datetime"),
+    ("src_with_nul", None, '[template]\nsrc = "t\\u0000.tmpl"\n', "cannot read"),
+]
+
+
+@pytest.mark.parametrize("main, resource, message", [c[1:] for c in CONFDIRS],
+                         ids=[c[0] for c in CONFDIRS])
+def test_confdir_with_wrong_types_is_refused(main: str | None, resource: str, message: str,
+                                              tmp_path: Path) -> None:
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "templates" / "t.tmpl").write_text('{{getv "/a"}}\n')
+    (old / "conf.d" / "r.toml").write_text(resource)
+    if main is not None:
+        (old / "confd.toml").write_text(main)
+    with pytest.raises(ConvertError) as caught:
+        convert_confdir(old, tmp_path / "new")
+    assert message in str(caught.value)
+    assert not (tmp_path / "new").exists()
