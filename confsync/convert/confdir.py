@@ -84,15 +84,20 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
     lines = ["[template]"]
     for key, value in table.items():
         where = f"{path.name}: template.{key}"
-        if key in ("check_cmd", "reload_cmd"):
-            lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
-        elif key == "prefix" and global_prefix:
-            report.notes.append(f"{where}: dropped; confd replaces a resource prefix with the "
-                                f"global prefix {global_prefix!r}, which confsync.toml keeps")
-        elif key in _RESOURCE_FIELDS:
-            lines.append(f"{key} = {_toml_value(value)}")
-        else:
-            report.notes.append(f"{where}: no counterpart in confsync, dropped")
+        try:
+            if key in ("check_cmd", "reload_cmd"):
+                lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
+            elif key == "prefix" and global_prefix:
+                report.notes.append(f"{where}: dropped; confd replaces a resource prefix with "
+                                    f"the global prefix {global_prefix!r}, which confsync.toml "
+                                    "keeps")
+            elif key in _RESOURCE_FIELDS:
+                lines.append(f"{key} = {_toml_value(value)}")
+            else:
+                report.notes.append(f"{where}: no counterpart in confsync, dropped")
+        except TypeError as exc:  # a table or a date where confd takes a string, number, list
+            raise ConvertError(f"{path}: template.{key}: {exc} (confd does not take it "
+                               "either)") from None
     for extra in set(data) - {"template"}:
         report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
     return "\n".join(lines) + "\n", str(table["src"])
@@ -123,61 +128,65 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
         raise ConvertError(f"{path}: nodes: expected a list of strings such as "
                            f"[\"127.0.0.1:2379\"], found {raw_nodes!r}")
     nodes = [v if "://" in v else f"http://{v}" for v in raw_nodes]
-    for key, value in conf.items():
-        where = f"confd.toml: {key}"
-        if key in ("backend", "confdir"):
-            continue
-        if key == "prefix":
-            if value:
-                top.append(f"prefix = {_toml_value(value)}")
-        elif key == "nodes":
-            if backend == "etcdv3" and conf.get("srv_domain"):
-                report.notes.append(f"{where}: dropped: confd used srv_domain's SRV records "
-                                    "instead, and so does confsync (the two together are an "
-                                    "error there)")
-            elif backend == "etcdv3":
-                etcd.append(f"endpoints = {_toml_value(nodes)}")
-        elif key == "srv_domain":
-            if value:
-                etcd.append(f"srv_domain = {_toml_value(value)}")
-                report.notes.append(f"{where}: confsync asks _etcd-client-ssl._tcp and "
-                                    f"_etcd-client._tcp, then confd's _etcdv3._tcp under it "
-                                    "(https for that one when ca_cert or cert is set)")
-        elif key == "scheme":
-            if str(value).lower() == "https" and not (conf.get("client_cakeys")
-                                                      or conf.get("client_cert")):
-                report.notes.append(f"{where}: confsync takes https for SRV endpoints when "
-                                    "ca_cert or cert is set; set ca_cert (system CAs: give "
-                                    "their bundle)")
-        elif key in ("client_cert", "client_key", "client_cakeys"):
-            name = {"client_cert": "cert", "client_key": "key", "client_cakeys": "ca_cert"}[key]
-            etcd.append(f"{name} = {_toml_value(value)}")
-        elif key == "username":
-            etcd.append(f"user = {_toml_value(value)}")
-        elif key == "password":
-            secret = out_dir / "etcd-password"
-            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(value))
-            etcd.append(f"password_file = {_toml_value(str(new_confdir / 'etcd-password'))}")
-            report.notes.append(f"{where}: moved to {new_confdir / 'etcd-password'} (mode 0600); "
-                                "confsync never keeps a password in its config")
-        elif key == "file" and backend == "file":
-            file_paths = value if isinstance(value, list) else [value]
-        elif key == "log-level":
-            level = _LOG_LEVELS.get(str(value).lower())
-            if level:
-                top.append(f'log_level = "{level}"')
+    try:
+        for key, value in conf.items():
+            where = f"confd.toml: {key}"
+            if key in ("backend", "confdir"):
+                continue
+            if key == "prefix":
+                if value:
+                    top.append(f"prefix = {_toml_value(value)}")
+            elif key == "nodes":
+                if backend == "etcdv3" and conf.get("srv_domain"):
+                    report.notes.append(f"{where}: dropped: confd used srv_domain's SRV records "
+                                        "instead, and so does confsync (the two together are an "
+                                        "error there)")
+                elif backend == "etcdv3":
+                    etcd.append(f"endpoints = {_toml_value(nodes)}")
+            elif key == "srv_domain":
+                if value:
+                    etcd.append(f"srv_domain = {_toml_value(value)}")
+                    report.notes.append(f"{where}: confsync asks _etcd-client-ssl._tcp and "
+                                        f"_etcd-client._tcp, then confd's _etcdv3._tcp under it "
+                                        "(https for that one when ca_cert or cert is set)")
+            elif key == "scheme":
+                if str(value).lower() == "https" and not (conf.get("client_cakeys")
+                                                          or conf.get("client_cert")):
+                    report.notes.append(f"{where}: confsync takes https for SRV endpoints when "
+                                        "ca_cert or cert is set; set ca_cert (system CAs: give "
+                                        "their bundle)")
+            elif key in ("client_cert", "client_key", "client_cakeys"):
+                name = {"client_cert": "cert", "client_key": "key",
+                        "client_cakeys": "ca_cert"}[key]
+                etcd.append(f"{name} = {_toml_value(value)}")
+            elif key == "username":
+                etcd.append(f"user = {_toml_value(value)}")
+            elif key == "password":
+                secret = out_dir / "etcd-password"
+                fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(str(value))
+                etcd.append(f"password_file = {_toml_value(str(new_confdir / 'etcd-password'))}")
+                report.notes.append(f"{where}: moved to {new_confdir / 'etcd-password'} "
+                                    "(mode 0600); confsync never keeps a password in its config")
+            elif key == "file" and backend == "file":
+                file_paths = value if isinstance(value, list) else [value]
+            elif key == "log-level":
+                level = _LOG_LEVELS.get(str(value).lower())
+                if level:
+                    top.append(f'log_level = "{level}"')
+                else:
+                    report.notes.append(f"{where}: {value!r} has no counterpart, dropped")
+            elif key == "interval":
+                report.notes.append(f"{where}: confsync watches etcd instead of polling; "
+                                    "[watch] interval is only a safety resync (off by default)")
+            elif key == "watch":
+                report.notes.append(f"{where}: confsync always watches under `confsync watch`; "
+                                    "`confsync once` is confd -onetime")
             else:
-                report.notes.append(f"{where}: {value!r} has no counterpart, dropped")
-        elif key == "interval":
-            report.notes.append(f"{where}: confsync watches etcd instead of polling; "
-                                "[watch] interval is only a safety resync (off by default)")
-        elif key == "watch":
-            report.notes.append(f"{where}: confsync always watches under `confsync watch`; "
-                                "`confsync once` is confd -onetime")
-        else:
-            report.notes.append(f"{where}: no counterpart in confsync, dropped")
+                report.notes.append(f"{where}: no counterpart in confsync, dropped")
+    except TypeError as exc:  # a table or a date where confd takes a string, number, list
+        raise ConvertError(f"{path}: {key}: {exc} (confd does not take it either)") from None
     if conf.get("username") and conf.get("password") and not conf.get("client_cakeys") and \
             not any(n.lower().startswith("https://") for n in nodes):
         # confd sent the password in clear text; confsync refuses to (exit 2 until fixed).
@@ -224,7 +233,7 @@ def convert_confdir(old: Path, new: Path) -> Report:
                 continue
             try:
                 source = template.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
                 report.refusals.append(f"{template}: cannot read: {exc}")
                 continue
             try:

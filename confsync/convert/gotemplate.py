@@ -10,6 +10,7 @@ Go would output.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
 
 
@@ -186,7 +187,8 @@ _TOKEN = re.compile(r"""
   | (?P<raw>`[^`]*`)
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<char>'(?:[^'\\\n]|\\.)+')
-  | (?P<number>[+-]?(?:0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+
+  | (?P<number>[+-]?(?:0[xX](?:[0-9a-fA-F_]+\.?[0-9a-fA-F_]*|\.[0-9a-fA-F_]+)[pP][+-]?[0-9_]+
+        |0[xX][0-9a-fA-F_]+|0[bB][01_]+|0[oO][0-7_]+
         |(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?)i?)
   | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
   | (?P<dot>\.)
@@ -300,32 +302,72 @@ class _Lexer:
 # ---- literal decoding --------------------------------------------------------------------
 
 _ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-            "\\": "\\", "'": "'", '"': '"'}
+            "\\": "\\"}
+_HEX_WIDTH = {"x": 2, "u": 4, "U": 8}
 
 
-def _unquote(body: str) -> str:
-    out: list[str] = []
+def _pieces(body: str, quote: str) -> list[int | bytes]:
+    """Go's strconv.UnquoteChar over a literal's body: code points (ints) and, for `\\xNN` and
+    octal escapes, single bytes. Raises ValueError where Go refuses the literal: an unknown
+    escape, the other quote escaped, too few digits, a surrogate or a code point past
+    U+10FFFF, an octal value past 0377."""
+    out: list[int | bytes] = []
     i = 0
     while i < len(body):
         c = body[i]
         if c != "\\":
-            out.append(c)
+            out.append(ord(c))
             i += 1
             continue
-        e = body[i + 1]
+        e = body[i + 1:i + 2]
         if e in _ESCAPES:
-            out.append(_ESCAPES[e])
+            out.append(ord(_ESCAPES[e]))
             i += 2
-        elif e in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[e]
-            out.append(chr(int(body[i + 2:i + 2 + width], 16)))
-            i += 2 + width
-        elif e in "01234567":
-            out.append(chr(int(body[i + 1:i + 4], 8)))
+        elif e == quote:
+            out.append(ord(e))
+            i += 2
+        elif e in _HEX_WIDTH:
+            digits = body[i + 2:i + 2 + _HEX_WIDTH[e]]
+            if len(digits) != _HEX_WIDTH[e] or not all(d in string.hexdigits for d in digits):
+                raise ValueError(f"\\{e} needs {_HEX_WIDTH[e]} hex digits")
+            value = int(digits, 16)
+            if e == "x":
+                out.append(bytes([value]))
+            elif value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+                raise ValueError(f"\\{e}{digits} is not a valid code point")
+            else:
+                out.append(value)
+            i += 2 + _HEX_WIDTH[e]
+        elif e and e in "01234567":
+            digits = body[i + 1:i + 4]
+            if len(digits) != 3 or not all(d in "01234567" for d in digits) \
+                    or int(digits, 8) > 0o377:
+                raise ValueError(f"octal escape \\{digits} (needs three digits, at most \\377)")
+            out.append(bytes([int(digits, 8)]))
             i += 4
         else:
             raise ValueError(f"unknown escape \\{e}")
-    return "".join(out)
+    return out
+
+
+def _unquote(body: str) -> str:
+    """A double-quoted literal's value. `\\xNN` and octal escapes are bytes in Go ("\\xc3\\xa9" is
+    "é"); text that is not UTF-8 is refused: confsync writes text."""
+    data = b"".join(p if isinstance(p, bytes) else chr(p).encode() for p in _pieces(body, '"'))
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"bytes that are not UTF-8 ({data!r}; refused: confsync writes "
+                         "text)") from None
+
+
+def _char(body: str) -> int:
+    """A character literal's value: one code point, or the byte value of `\\xNN`/octal."""
+    pieces = _pieces(body, "'")
+    if len(pieces) != 1:
+        raise ValueError("not exactly one character")
+    only = pieces[0]
+    return only[0] if isinstance(only, bytes) else only
 
 
 def _number(text: str) -> int | float:
@@ -338,7 +380,15 @@ def _number(text: str) -> int | float:
         pass
     if re.fullmatch(r"[+-]?0[0-7]+", clean):
         return int(clean, 8)
-    return float(clean)
+    try:
+        # a hex float, 0x1p-2, when it starts 0x (the lexer saw its p exponent)
+        value = float.fromhex(clean) if re.match(r"[+-]?0[xX]", clean) else float(clean)
+    except OverflowError:
+        value = float("inf")
+    if value in (float("inf"), float("-inf")):
+        # Go: "... out of range" when the template is parsed (Python would emit `inf`)
+        raise ValueError("out of range of float64")
+    return value
 
 
 # ---- parsing -----------------------------------------------------------------------------
@@ -449,7 +499,7 @@ class Parser:
                 raise self.fail(seg.pos, "define is allowed only at the top level")
             if len(toks) != 1 or toks[0].kind not in ("string", "raw"):
                 raise self.fail(seg.pos, "define needs one quoted name")
-            name = _string_value(toks[0].text)
+            name = self._name(toks[0])
             pipe = None
         else:
             name, pipe = self._template_args(seg, toks)
@@ -469,9 +519,17 @@ class Parser:
     def _template_args(self, seg: _Segment, toks: list[_Token]) -> tuple[str, Pipeline | None]:
         if not toks or toks[0].kind not in ("string", "raw"):
             raise self.fail(seg.pos, "template needs a quoted name")
-        name = _string_value(toks[0].text)
+        name = self._name(toks[0])
         pipe = _PipeParser(self, seg.pos, toks[1:]).pipeline(False) if len(toks) > 1 else None
         return name, pipe
+
+
+    def _name(self, tok: _Token) -> str:
+        """A define/template/block name: a string literal, checked as Go checks one."""
+        try:
+            return _string_value(tok.text)
+        except ValueError as exc:
+            raise self.fail(tok.pos, f"bad template name {tok.text}: {exc}") from None
 
 
 def _string_value(text: str) -> str:
@@ -568,16 +626,14 @@ class _PipeParser:
         elif tok.kind in ("string", "raw"):
             try:
                 node = String(tok.pos, _string_value(tok.text))
-            except (ValueError, IndexError) as exc:
-                raise self.fail(tok.pos, f"bad string literal: {exc}") from None
+            except ValueError as exc:
+                raise self.fail(tok.pos, f"bad string literal {tok.text}: {exc}") from None
         elif tok.kind == "char":
             try:
-                value = _unquote(tok.text[1:-1])
-            except (ValueError, IndexError) as exc:
-                raise self.fail(tok.pos, f"bad character literal: {exc}") from None
-            if len(value) != 1:
-                raise self.fail(tok.pos, f"bad character literal {tok.text}")
-            node = Number(tok.pos, ord(value), tok.text)
+                value = _char(tok.text[1:-1])
+            except ValueError as exc:
+                raise self.fail(tok.pos, f"bad character literal {tok.text}: {exc}") from None
+            node = Number(tok.pos, value, tok.text)
         elif tok.kind == "number":
             try:
                 node = Number(tok.pos, _number(tok.text), tok.text)

@@ -165,18 +165,36 @@ class Emitter:
         self.s.out.append(f"{opener}{body} {_TAG_END}")
 
     def text(self, text: str) -> None:
-        if _TAG_END in text or _COMMENT_END in text:
-            raise ValueError("private-use characters U+E000/U+E001 in template text")
         out: list[str] = []
         for i, ch in enumerate(text):
             nxt = text[i + 1] if i + 1 < len(text) else ""
-            if ch == "{" and (nxt in "{%#" or nxt == ""):
+            # a "{" before anything written as an expression below (or before the next tag)
+            # would open a Jinja tag with it: `{\r` became `{{{ "\r" ...` and failed to compile
+            if ch == "{" and (nxt in "{%#\r" + _TAG_END + _COMMENT_END or nxt == ""):
                 out.append('{{ "{" }}')
             elif ch == "\r":
                 out.append('{{ "\\r" | multiline }}')
+            elif ch in (_TAG_END, _COMMENT_END):
+                # our own tag-end markers (replaced by `%}`/`#}` in _finish): written as an
+                # expression, as ASCII escapes, so that the text keeps its bytes
+                out.append(f"{{{{ {_literal(ch)} }}}}")
             else:
                 out.append(ch)
         self.s.out.append("".join(out))
+
+    def comment(self, text: str) -> None:
+        """A Go comment as an inert Jinja comment. Its text can neither end the comment early
+        (`#}`, or U+E001, which _finish turns into `#}`: the rest would run as Jinja code) nor
+        act as a whitespace control: a space keeps a leading `-`/`+` from reading as `{#-`
+        and a trailing `-` from reading as `-#}`."""
+        for marker in ("#}", _TAG_END, _COMMENT_END):
+            text = text.replace(marker, " ")
+        if text[:1] in ("-", "+"):
+            text = " " + text
+        if text[-1:] in ("-", "+"):
+            text += " "
+        opener = "{#+" if self._needs_lstrip_guard() else "{#"
+        self.s.out.append(f"{opener}{text}{_COMMENT_END}")
 
     def lookup(self, name: str, pos: g.Pos) -> _Var:
         for scope in reversed(self.s.scopes[self.s.barrier:]):
@@ -227,8 +245,7 @@ class Emitter:
         if isinstance(node, g.Text):
             self.text(node.text)
         elif isinstance(node, g.Comment):
-            opener = "{#+" if self._needs_lstrip_guard() else "{#"
-            self.s.out.append(f"{opener}{node.text.replace('#}', '# }')}{_COMMENT_END}")
+            self.comment(node.text)
         elif isinstance(node, g.Action):
             self._action(node, ctx)
         elif isinstance(node, g.If):

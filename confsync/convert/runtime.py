@@ -280,14 +280,21 @@ def go_print_spaced(*args: Any) -> str:
     return _print_operands(args, spaced=True)
 
 
+def _eval_args(args: tuple[Any, ...]) -> str:
+    """text/template's evalArgs, the text html and urlquery escape: fmt.Sprint of the
+    operands, a nil one first turned into the string "<no value>" (so `html nil` is
+    &lt;no value&gt;, not &lt;nil&gt;, and no space is put next to it)."""
+    return go_print(*("<no value>" if arg is None else arg for arg in args))
+
+
 def go_html(*args: Any) -> str:
-    text = go_print(*args)
+    text = _eval_args(args)
     return (text.replace("&", "&amp;").replace("'", "&#39;").replace("<", "&lt;")
             .replace(">", "&gt;").replace('"', "&#34;").replace("\x00", "\ufffd"))
 
 
 def go_urlquery(*args: Any) -> str:
-    return urllib.parse.quote_plus(go_print(*args), safe="-_.~")
+    return urllib.parse.quote_plus(_eval_args(args), safe="-_.~")
 
 
 # ---- printf ------------------------------------------------------------------------------
