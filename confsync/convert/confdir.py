@@ -231,6 +231,14 @@ def convert_confdir(old: Path, new: Path) -> Report:
                 report.notes.append(f"{resource}: template {src} is absolute; converted copy "
                                     "not written (convert it with its own confdir)")
                 continue
+            target = Path(os.path.normpath(work / "templates" / src))
+            if not target.is_relative_to(work):
+                # `../../x` from templates/: confd reads it there, but a converted copy is only
+                # ever written inside NEW_CONFDIR (it would have replaced any file above it).
+                report.notes.append(f"{resource}: template {src} leads outside the confdir; "
+                                    "converted copy not written (convert it with its own "
+                                    "confdir)")
+                continue
             try:
                 source = template.read_text()
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
@@ -241,7 +249,6 @@ def convert_confdir(old: Path, new: Path) -> Report:
             except GoTemplateError as exc:
                 report.refusals.append(str(exc))
                 continue
-            target = work / "templates" / src
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(jinja)
             report.converted.append(f"templates/{src}")

@@ -121,3 +121,28 @@ def test_malformed_confd_files_are_refused_not_a_traceback(tmp_path: Path, confd
     with pytest.raises(ConvertError, match=what):
         convert_confdir(old, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_template_src_leading_out_of_the_confdir_is_never_written_there(
+        tmp_path: Path) -> None:
+    """confd reads `templates/<src>` wherever `..` leads; the converted copy was written at
+    the same place relative to NEW_CONFDIR's templates/, so `../../x` replaced a file beside
+    (or above) NEW_CONFDIR. One that stays inside is converted where it leads."""
+    old = tmp_path / "a" / "b" / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "shared").mkdir()
+    (old / "conf.d" / "out.toml").write_text(
+        '[template]\nsrc = "../../escape.tmpl"\ndest = "/tmp/x"\nkeys = ["/a"]\n')
+    (old / "conf.d" / "in.toml").write_text(
+        '[template]\nsrc = "../shared/in.tmpl"\ndest = "/tmp/y"\nkeys = ["/a"]\n')
+    (old.parent / "escape.tmpl").write_text('{{getv "/a"}}\n')
+    (old / "shared" / "in.tmpl").write_text('{{getv "/a"}}\n')
+    victim = tmp_path / "out" / "escape.tmpl"  # where ../../ leads from the new templates/
+    victim.parent.mkdir()
+    victim.write_text("not the converter's\n")
+    new = tmp_path / "out" / "new"
+    report = convert_confdir(old, new)
+    assert victim.read_text() == "not the converter's\n"
+    assert any("../../escape.tmpl leads outside the confdir" in note for note in report.notes)
+    assert 'getv("/a")' in (new / "shared" / "in.tmpl").read_text()
