@@ -519,7 +519,7 @@ class Daemon:
         syncer = self.syncer
         resources = [r for r in self.state.resources
                      if r.name in syncer.not_running or not self.planner.retrying(r.name)]
-        down, up = syncer.check_targets(resources)
+        down, up = syncer.check_targets(resources, heartbeat=self.observers.heartbeat)
         for resource, found in down:
             delay = self.planner.retry(resource, now)
             log.warning("resource %s: its reload target stopped (%s); the file is current, "

@@ -412,15 +412,19 @@ class Syncer:
         for outcome in group:
             outcome.reload = done
 
-    def check_targets(self, resources: Iterable[Resource]
+    def check_targets(self, resources: Iterable[Resource],
+                      heartbeat: Callable[[], None] | None = None
                       ) -> tuple[list[tuple[Resource, Probe]], list[Resource]]:
         """Between applies, ask each resource's target whether it runs: nothing else would
         notice a service stopped, or started, by someone else.
 
         Returns the resources whose target stopped (`not_running` from now on) and those whose
         target was not running and now answers (a quick look: the next apply asks properly,
-        against the time its file was in place, and settles it).
+        against the time its file was in place, and settles it). `heartbeat` is called after
+        each target's answer, as between the steps of `apply`: a frozen HAProxy takes a probe's
+        whole timeout, and several in a row made /health late.
         """
+        beat = heartbeat or _no_beat
         probes: dict[tuple[bool, Hashable], tuple[ReloadTarget, list[Outcome]]] = {}
         for resource in resources:
             name = resource.name
@@ -433,6 +437,7 @@ class Syncer:
         up: list[Resource] = []
         for (was_down, _), (target, group) in probes.items():
             found = self._ask(target, group, quick=was_down)
+            beat()
             if was_down and found.liveness not in (Liveness.DOWN, Liveness.UNKNOWN):
                 up.extend(o.resource for o in group)
             elif not was_down and found.liveness is Liveness.DOWN:

@@ -293,3 +293,24 @@ def test_a_signal_target_is_probed_through_its_pidfile_and_a_command_is_not(
                        dest=tmp_path / "cmd.cfg", keys=("/app",), prefix="",
                        reload_cmd=("true",))
     assert CommandReloader(command).probe(since).liveness is Liveness.UNKNOWN
+
+
+def test_check_targets_beats_after_each_targets_answer(tmp_path: Path) -> None:
+    """A frozen HAProxy's probe takes its whole timeout: several in a row without a beat made
+    /health late (and a liveness probe restart a daemon that was only asking)."""
+    syncer, res, _, _ = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+
+    class Other(FakeTarget):
+        def key(self) -> Hashable:
+            return "other"
+
+    other_res = Resource(name="other", source=tmp_path / "other.toml", src=res.src,
+                         dest=tmp_path / "other.cfg", keys=("/pool",), prefix="",
+                         reload_cmd=("true",))
+    other_res.dest.write_text("server 10.0.0.1:80\n")
+    syncer._targets[other_res] = Other(Liveness.RUNNING)
+    syncer.apply([res, other_res])
+    beats: list[float] = []
+    assert syncer.check_targets([res, other_res], heartbeat=lambda: beats.append(1)) == ([], [])
+    assert len(beats) == 2
