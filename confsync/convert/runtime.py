@@ -78,7 +78,12 @@ def go_len(value: Any) -> int:
     if isinstance(value, str):
         return len(value.encode())
     if value is None:
-        return 0
+        # confd executes templates with nil data, so `len $` (and `len .` outside range/with,
+        # `len nil`, a missing key) has no value to measure: Go 1.19 fails the template with a
+        # reflect panic rather than answering 0 (measured with confd 0.17)
+        raise TemplateFunctionError("error calling len: len of untyped nil (confd's data `$` "
+                                    "is nil, as is a missing key; confd fails: reflect: call "
+                                    "of reflect.Value.Type on zero Value)")
     return len(value)
 
 

@@ -184,3 +184,26 @@ def test_nesting_too_deep_to_convert_is_a_refusal_not_a_recursion_error(go: str)
     # Found by fuzzing: a RecursionError traceback out of `confsync convert`.
     with pytest.raises(GoTemplateError, match=r"t\.tmpl:1:1: .*nested too deeply"):
         convert_template("t.tmpl", go)
+
+
+# (Go template, what the render failure names): templates confd 0.17 (Go 1.19) fails to
+# execute, measured with its binary; confsync must fail the render too, never print a value.
+RENDER_FAILURES = [
+    # confd executes templates with nil data: `$` (and `.` outside range/with) is nil
+    ('{{ len $ }}', "len of untyped nil"),
+    ('{{ len . }}', "len of untyped nil"),
+    ('{{ $ | len }}', "len of untyped nil"),
+    ('{{ len nil }}', "len of untyped nil"),
+    ('{{ $x := $ }}{{ len $x }}', "len of untyped nil"),
+    ('{{ len (index (json "{}") "missing") }}', "len of untyped nil"),
+    ('{{ len (index (jsonArray "[null]") 0) }}', "len of untyped nil"),
+]
+
+
+@pytest.mark.parametrize("go, message", RENDER_FAILURES, ids=[r[0] for r in RENDER_FAILURES])
+def test_render_fails_where_confd_fails(go: str, message: str) -> None:
+    from confsync.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=message) as caught:
+        convert_and_render(go, DATA)
+    assert "TypeError" not in str(caught.value)
