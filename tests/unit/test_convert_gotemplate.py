@@ -208,6 +208,16 @@ RENDER_FAILURES = [
     ('{{ $x := $ }}{{ len $x }}', "len of untyped nil"),
     ('{{ len (index (json "{}") "missing") }}', "len of untyped nil"),
     ('{{ len (index (jsonArray "[null]") 0) }}', "len of untyped nil"),
+    # Go's len takes strings, lists and maps only: a Python TypeError was the message
+    ('{{ len 3 }}', r"error calling len: len of type int \(value 3\)"),
+    ('{{ len -1.5 }}', r"error calling len: len of type float64 \(value -1.5\)"),
+    ('{{ len true }}', r"error calling len: len of type bool \(value true\)"),
+    ('{{ len (add 1 2) }}', r"len of type int \(value 3\)"),
+    ('{{ len (index (jsonArray "[1e6]") 0) }}', r"len of type float64 \(value 1e\+06\)"),
+    ('{{ $j := json (getv "/j") }}{{ len $j.n }}', r"len of type float64 \(value 8080\)"),
+    ('{{ with $x := 1 }}{{ len $x }}{{ end }}', r"len of type int \(value 1\)"),
+    ('{{ len (get "/a") }}', r"len of type memkv.KVPair \(value \{/a x\}\)"),
+    ('{{ len datetime }}', r"len of type time.Time"),
 ]
 
 
