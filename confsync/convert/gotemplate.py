@@ -405,6 +405,9 @@ class Parser:
         self.index = 0
         self.defines: dict[str, list[Node]] = {}
         self.define_pos: dict[str, Pos] = {}
+        # ranges open around the action being parsed (Go's Tree.rangeDepth): {{break}} and
+        # {{continue}} outside one are refused when parsed, even in a define never called
+        self.range_depth = 0
 
     def fail(self, pos: Pos, message: str) -> GoTemplateError:
         return GoTemplateError(self.filename, pos.line, pos.col, message)
@@ -447,9 +450,7 @@ class Parser:
                 name, pipe = self._template_args(seg, toks[1:])
                 nodes.append(TemplateCall(seg.pos, name, pipe))
             elif word in ("break", "continue"):
-                if len(toks) != 1:
-                    raise self.fail(seg.pos, f"unexpected tokens after {word}")
-                nodes.append(LoopControl(seg.pos, word))
+                nodes.append(self._loop_control(seg, word))
             else:
                 nodes.append(Action(seg.pos, _PipeParser(self, seg.pos, toks).pipeline(True)))
         if not top:
@@ -457,9 +458,23 @@ class Parser:
             raise self.fail(pos, f"unexpected EOF: this {{{{{word}}}}} has no {{{{end}}}}")
         return nodes, None
 
+    def _loop_control(self, seg: _Segment, word: str) -> LoopControl:
+        # Go 1.19's checks, in its order (parse.go breakControl/continueControl)
+        if len(seg.tokens) != 1:
+            raise self.fail(seg.pos, f"unexpected \"{seg.tokens[1].text}\" in {{{{{word}}}}}")
+        if self.range_depth == 0:
+            raise self.fail(seg.pos, f"{{{{{word}}}}} outside {{{{range}}}}")
+        return LoopControl(seg.pos, word)
+
     def _control(self, seg: _Segment, word: str) -> Node:
         pipe = _PipeParser(self, seg.pos, seg.tokens[1:]).pipeline(True, allow_range=word)
-        body, end = self._list(opener=(seg.pos, word))
+        # only the body is inside the range: Go refuses a break in its {{else}}
+        depth = self.range_depth
+        self.range_depth += word == "range"
+        try:
+            body, end = self._list(opener=(seg.pos, word))
+        finally:
+            self.range_depth = depth
         assert end is not None
         orelse: list[Node] | None = None
         end_seg, kind = end
@@ -503,7 +518,12 @@ class Parser:
             pipe = None
         else:
             name, pipe = self._template_args(seg, toks)
-        body, end = self._list(opener=(seg.pos, word))
+        # Go parses a define's or a block's body as a tree of its own, outside any range
+        depth, self.range_depth = self.range_depth, 0
+        try:
+            body, end = self._list(opener=(seg.pos, word))
+        finally:
+            self.range_depth = depth
         assert end is not None
         if end[1] != "end":
             raise self.fail(end[0].pos, f"unexpected {{{{else}}}} in {word}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from confsync.confd_funcs import GoMap
+from confsync.confd_funcs import GoMap, GoTime
 from confsync.template_args import TemplateFunctionError, checked, checked_all
 
 
@@ -74,12 +74,24 @@ def go_str(value: Any) -> str:
 
 
 def go_len(value: Any) -> int:
-    """Go's len: a string's length in bytes."""
+    """Go's len: a string's length in bytes, a list's or a map's entries; of anything else
+    (a number, a bool, a KV pair, nil) it fails the render as in confd."""
     if isinstance(value, str):
         return len(value.encode())
     if value is None:
-        return 0
-    return len(value)
+        # confd executes templates with nil data, so `len $` (and `len .` outside range/with,
+        # `len nil`, a missing key) has no value to measure: Go 1.19 fails the template with a
+        # reflect panic rather than answering 0 (measured with confd 0.17)
+        raise TemplateFunctionError("error calling len: len of untyped nil (confd's data `$` "
+                                    "is nil, as is a missing key; confd fails: reflect: call "
+                                    "of reflect.Value.Type on zero Value)")
+    if isinstance(value, dict | list) or (isinstance(value, tuple)
+                                          and not hasattr(value, "_fields")):
+        return len(value)
+    # Go's len takes strings, slices, arrays, maps and channels only; name the operand as
+    # Go does (a KV pair is a struct to Go, though a Python tuple has a length)
+    raise TemplateFunctionError(f"error calling len: len of type {_go_type(value)} "
+                                f"(value {go_str(value)[:60]})", value)
 
 
 def go_index(value: Any, *keys: Any) -> Any:
@@ -344,6 +356,8 @@ def _go_type(value: Any) -> str:
         return "memkv.KVPair" if type(value).__name__ == "KV" else "net.SRV"
     if isinstance(value, GoList):
         return "[]interface {}"
+    if isinstance(value, GoTime):
+        return "time.Time"
     if isinstance(value, list | tuple):
         if value and all(isinstance(v, str) for v in value):
             return "[]string"

@@ -142,6 +142,17 @@ def test_expected_output_is_gos(name: str, go: str, output: str, gotmpl: Path) -
 REFUSALS = [
     ('a\n  {{ call .X }}\n', 2, 6, "call (refused"),
     ('{{ range getvs "/l/*" }}{{ break }}{{ end }}', 1, 25, "{{break}} (refused"),
+    # Go 1.19 refuses {{break}}/{{continue}} outside a range when it parses the template, so
+    # confd refuses the whole file even where the action never runs (measured with confd 0.17)
+    ('{{ define "x" }}{{ break }}{{ end }}ok', 1, 17, "{{break}} outside {{range}}"),
+    ('{{ define "x" }}\n{{ range ls "/" }}{{ end }}{{ continue }}{{ end }}ok', 2, 28,
+     "{{continue}} outside {{range}}"),
+    ('a\n{{ continue }}', 2, 1, "{{continue}} outside {{range}}"),
+    ('{{ if false }}{{ break }}{{ end }}', 1, 15, "{{break}} outside {{range}}"),
+    ('{{ range ls "/" }}{{ else }}{{ break }}{{ end }}', 1, 29, "{{break}} outside {{range}}"),
+    ('{{ range ls "/" }}{{ block "b" . }}{{ continue }}{{ end }}{{ end }}', 1, 36,
+     "{{continue}} outside {{range}}"),
+    ('{{ range ls "/" }}{{ break 1 }}{{ end }}', 1, 19, 'unexpected "1" in {{break}}'),
     ('x\n\n{{ printf "%[1]s" "a" }}', 3, 4, "printf verb %[n]"),
     ('{{ printf "%p" "a" }}', 1, 4, "printf verb %p"),
     ('{{ nosuch "a" }}', 1, 4, "function 'nosuch' is not a confd function"),
@@ -184,3 +195,36 @@ def test_nesting_too_deep_to_convert_is_a_refusal_not_a_recursion_error(go: str)
     # Found by fuzzing: a RecursionError traceback out of `confsync convert`.
     with pytest.raises(GoTemplateError, match=r"t\.tmpl:1:1: .*nested too deeply"):
         convert_template("t.tmpl", go)
+
+
+# (Go template, what the render failure names): templates confd 0.17 (Go 1.19) fails to
+# execute, measured with its binary; confsync must fail the render too, never print a value.
+RENDER_FAILURES = [
+    # confd executes templates with nil data: `$` (and `.` outside range/with) is nil
+    ('{{ len $ }}', "len of untyped nil"),
+    ('{{ len . }}', "len of untyped nil"),
+    ('{{ $ | len }}', "len of untyped nil"),
+    ('{{ len nil }}', "len of untyped nil"),
+    ('{{ $x := $ }}{{ len $x }}', "len of untyped nil"),
+    ('{{ len (index (json "{}") "missing") }}', "len of untyped nil"),
+    ('{{ len (index (jsonArray "[null]") 0) }}', "len of untyped nil"),
+    # Go's len takes strings, lists and maps only: a Python TypeError was the message
+    ('{{ len 3 }}', r"error calling len: len of type int \(value 3\)"),
+    ('{{ len -1.5 }}', r"error calling len: len of type float64 \(value -1.5\)"),
+    ('{{ len true }}', r"error calling len: len of type bool \(value true\)"),
+    ('{{ len (add 1 2) }}', r"len of type int \(value 3\)"),
+    ('{{ len (index (jsonArray "[1e6]") 0) }}', r"len of type float64 \(value 1e\+06\)"),
+    ('{{ $j := json (getv "/j") }}{{ len $j.n }}', r"len of type float64 \(value 8080\)"),
+    ('{{ with $x := 1 }}{{ len $x }}{{ end }}', r"len of type int \(value 1\)"),
+    ('{{ len (get "/a") }}', r"len of type memkv.KVPair \(value \{/a x\}\)"),
+    ('{{ len datetime }}', r"len of type time.Time"),
+]
+
+
+@pytest.mark.parametrize("go, message", RENDER_FAILURES, ids=[r[0] for r in RENDER_FAILURES])
+def test_render_fails_where_confd_fails(go: str, message: str) -> None:
+    from confsync.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=message) as caught:
+        convert_and_render(go, DATA)
+    assert "TypeError" not in str(caught.value)

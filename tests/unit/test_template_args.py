@@ -72,7 +72,7 @@ WRONG = {
     "json": ("{{ json({}) }}", "json: argument 1 (text) must be a string, got dict {}"),
     # the runtime of converted templates
     "go_str": ("{{ go_str() }}", "go_str: missing a required argument: 'value'"),
-    "go_len": ("{{ go_len(5) }}", "go_len(5): TypeError: object of type 'int' has no len()"),
+    "go_len": ("{{ go_len(5) }}", "go_len: error calling len: len of type int (value 5)"),
     "go_index": ("{{ go_index(5, 1) }}", "go_index: can't index item of type int"),
     "go_items": ("{{ go_items(5) }}", "go_items: range can't iterate over 5"),
     "go_values": ("{{ go_values(5) }}", "go_values: range can't iterate over 5"),
