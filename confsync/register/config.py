@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
-from confsync.filters import InvalidValue, identifier, port
+from confsync.filters import InvalidValue, addrport, identifier, port
 from confsync.instances import SCHEMA_FIELDS, instance_key, validate_instance
 from confsync.resources import join_key
 
@@ -148,6 +148,15 @@ def _unknown(reader: _Reader, known: set[str]) -> None:
             raise reader.error(key, "unknown key")
 
 
+def _address(value: Any) -> str:
+    """`address` as written, refused where it is read when the published value could not hold
+    it (the template's own check, `addrport`): an http check's url is built from it, and its
+    error blamed the check's `path` ("expected a host in the URL" for an empty address)."""
+    text: str = tv.string(value)
+    addrport(text, 1)  # raises InvalidValue (a ValueError): "expected an IP address, ..."
+    return text
+
+
 def _http_url(address: str, port_number: int, path: str) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{port_number}{path}"
@@ -248,7 +257,7 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
             instance_id = identifier(f"{hostname}-{port_number}")
         except InvalidValue as exc:
             raise r.error("id", f"the default <hostname>-<port> is not usable: {exc}") from None
-    address = r.get("address", tv.string)
+    address = r.get("address", _address)
     detected = address is None
     if address is None:
         address = local_address()

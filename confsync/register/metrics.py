@@ -30,6 +30,7 @@ class RegisterMetrics:
         self._beat = clock()
         self._connected = False
         self._why = ""
+        self._refused = ""  # the keys etcd refuses us to write, and why; "" while none
         self._stopping = False
         self._conflicts: dict[str, str] = {}
         self._states = {r.name: "absent" for r in registrations}
@@ -58,6 +59,9 @@ class RegisterMetrics:
                                  "key", ["registration"], namespace=ns, registry=r)
         self.connected = Gauge("etcd_connected", "1 while etcd answers", namespace=ns,
                                registry=r)
+        self.writes_refused = Gauge("etcd_writes_refused", "1 while etcd answers but refuses "
+                                    "the registrar's writes for lack of permission",
+                                    namespace=ns, registry=r)
         self.heartbeat = Gauge("heartbeat_timestamp_seconds", "Unix time of the loop's last "
                                "heartbeat", namespace=ns, registry=r)
         for reg in registrations:
@@ -100,6 +104,14 @@ class RegisterMetrics:
             self._why = why
         self.connected.set(1 if connected else 0)
 
+    def refused(self, keys: str, why: str) -> None:
+        """etcd refuses writing `keys` (permission denied); `keys` "" when that is over. Its own
+        reason in /ready: it answers, so "etcd not connected" sent operators to the network."""
+        with self._lock:
+            self._refused = f"etcd refuses writing {keys} (permission denied): {why}" \
+                if keys else ""
+        self.writes_refused.set(1 if keys else 0)
+
     def conflict(self, registration: str, owner: str | None) -> None:
         with self._lock:
             if owner is None:
@@ -124,6 +136,8 @@ class RegisterMetrics:
             reasons = []
             if not self._connected:
                 reasons.append("etcd not connected" + (f": {self._why}" if self._why else ""))
+            if self._refused:
+                reasons.append(self._refused)
             for name, owner in sorted(self._conflicts.items()):
                 reasons.append(f"{name}: key held by {owner}")
             if self._stopping:

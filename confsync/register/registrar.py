@@ -66,7 +66,8 @@ class Conflict:
 @dataclass(frozen=True)
 class RegistrarEvent:
     """What the registrar tells the loop: kind is connected, lost, written, conflict,
-    keepalive_failed or lease_granted."""
+    keepalive_failed, lease_granted, refused (key: the keys etcd refuses to let us write,
+    detail: its answer) or accepted (the writes refused before went through)."""
 
     kind: str
     key: str = ""
@@ -74,6 +75,16 @@ class RegistrarEvent:
     value: dict[str, Any] | None = None
     # A conflict with another live registrar of our host name (a clone): its lease.
     lease: int = 0
+
+
+class WriteRefused(Exception):
+    """etcd refused writes of `keys` for lack of permission. It answered: an outage it is not,
+    and /ready must not say "etcd not connected" (an operator looked for a network fault)."""
+
+    def __init__(self, keys: Sequence[str], cause: BaseException) -> None:
+        self.keys = list(keys)
+        self.detail = describe_error(cause)
+        super().__init__(f"{', '.join(self.keys)}: {self.detail}")
 
 
 def owner_of(raw: bytes) -> str:
@@ -146,6 +157,7 @@ class Registrar:
         # refused) never reported one, so /ready said "etcd not connected" without a reason
         # and the log said nothing at all.
         self._said_lost = False
+        self._refused_said = ""  # the refusal reported (keys and etcd's answer); "" for none
         self._reauthenticated = False
         self._regranted = False
         self.keepalive_failures = 0
@@ -183,6 +195,11 @@ class Registrar:
         with self._lock:
             self._reconnect = True
         self._wake.set()
+
+    @property
+    def writes_refused(self) -> bool:
+        """etcd answers but refuses a write of ours (permission denied)."""
+        return bool(self._refused_said)
 
     def settled(self) -> bool:
         """True when etcd holds what is wanted (as far as this registrar knows)."""
@@ -285,10 +302,14 @@ class Registrar:
                             and not self._regranted:
                         self._lease_gone()
                         continue
-                    self._lost(exc)
+                    if isinstance(exc, WriteRefused):
+                        self._write_refused(exc)
+                    else:
+                        self._lost(exc)
                 else:
                     self._reauthenticated = False
                     self._regranted = False
+                    self._writes_accepted()
             now = time.monotonic()
             with self._lock:
                 retries = list(self._conflict_retry.values())
@@ -356,7 +377,7 @@ class Registrar:
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
-        self._connected()  # (only now: a refused write is no connection to report)
+        self._connected()  # (a refused write reports its own: `_write_refused`)
 
     def _still_held(self) -> bool:
         """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
@@ -506,7 +527,8 @@ class Registrar:
                     if (self._written.get(k) != v or k in self._conflicts)
                     and self._conflict_retry.get(k, 0.0) <= now
                     and (v is None or self._lease is not None)]
-        refused: Exception | None = None
+        refused: list[str] = []
+        cause: Exception | None = None
         for key, value in todo:
             try:
                 self._write(key, value)
@@ -517,9 +539,10 @@ class Registrar:
                 # later) were never registered, nor their changes ever written.
                 if not _permission_denied(exc):
                     raise
-                refused = refused or exc
-        if refused is not None:
-            raise refused
+                refused.append(key)
+                cause = cause or exc
+        if cause is not None:
+            raise WriteRefused(refused, cause)
 
     def _write(self, key: str, value: bytes | None) -> None:
         c = self._client
@@ -651,8 +674,29 @@ class Registrar:
         self._reauthenticated = True
         self._drop_client()
 
+    def _write_refused(self, exc: WriteRefused) -> None:
+        """etcd answers but refuses our writes (the role may not write the prefix): connected,
+        and the refusal reported by itself, naming the keys. The client and the endpoint are
+        kept (every member refuses alike); retried with the outage's backoff, so a permission
+        granted again is used within ttl/3. Keepalives do not hide a stale key meanwhile:
+        `_step` converges (and fails) before renewing, so the lease lapses with it."""
+        self._connected()
+        said = str(exc)
+        if said != self._refused_said:
+            self._refused_said = said
+            self._report(RegistrarEvent("refused", key=", ".join(exc.keys),
+                                        detail=exc.detail))
+        self._retry_at = time.monotonic() + self._retry.next()
+
+    def _writes_accepted(self) -> None:
+        """A step went through: a refusal reported before is over."""
+        if self._refused_said:
+            self._refused_said = ""
+            self._report(RegistrarEvent("accepted"))
+
     def _lost(self, exc: BaseException) -> None:
         reason = describe_error(exc)
+        self._refused_said = ""  # (unreachable now: what it refused is told again when back)
         if not self._said_lost:
             self.connected = False
             self._said_lost = True

@@ -218,8 +218,17 @@ class RegisterLoop:
             log.info("register: etcd connected")
         elif event.kind == "lost":
             self.metrics.etcd(False, event.detail)
+            self.metrics.refused("", "")
             log.warning("register: etcd unreachable (%s); checks go on, registering again when "
                         "it is back", event.detail)
+        elif event.kind == "refused":
+            self.metrics.refused(event.key, event.detail)
+            log.error("register: etcd refuses writing %s for lack of permission (%s); the "
+                      "role may not write there. Checks go on, retrying", event.key,
+                      event.detail, extra={"key": event.key})
+        elif event.kind == "accepted":
+            self.metrics.refused("", "")
+            log.info("register: etcd accepts our writes again")
         elif event.kind == "lease_granted":
             self.metrics.leases.inc()
             log.info("register: %s", event.detail)
@@ -390,7 +399,9 @@ class RegisterLoop:
     def _stopped(self) -> bool:
         if any(s.published != ABSENT for s in self.instances.values()):
             return False
-        if self.registrar.settled() or not self.registrar.connected:
+        # (writes refused: waiting for the deadline cannot help, as with etcd unreachable)
+        if self.registrar.settled() or not self.registrar.connected \
+                or self.registrar.writes_refused:
             return True
         return time.monotonic() >= self._stop_deadline
 

@@ -363,7 +363,13 @@ def test_register_lets_a_stale_key_lapse_when_etcd_refuses_the_change(
 
     wait_for(lapsed, REG_TTL + 2, what="the stale key lapsing")
     assert registered.proc.proc.poll() is None
-    assert (503, "etcd not connected: PERMISSION_DENIED: etcdserver: permission denied") in seen
+    # Said as a refusal naming the key, not as an outage: etcd answers (it said "etcd not
+    # connected" and logged "etcd unreachable").
+    assert (503, f"etcd refuses writing {REG_KEY} (permission denied): PERMISSION_DENIED: "
+            "etcdserver: permission denied") in seen, seen
+    assert registered.metric("confsync_register_etcd_connected") == 1
+    assert "etcd unreachable" not in registered.proc.output()
+    assert f"etcd refuses writing {REG_KEY} for lack of permission" in registered.proc.output()
     etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite", "/reg/")
     wait_for(lambda: registered.ready()[0] == 200, 10, what="ready with the permission back")
     assert registered.key() is None  # (the check is still down)

@@ -275,3 +275,17 @@ def test_a_reload_action_removed_by_a_config_reload_is_no_target_not_running(m: 
     assert ok, detail
     assert 'confsync_reload_target_up{resource="web"}' not in \
         generate_latest(m.registry).decode()
+
+
+def test_ready_names_a_write_refused_for_permission_not_etcd_unreachable() -> None:
+    from confsync.register.metrics import RegisterMetrics
+
+    metrics = RegisterMetrics([])
+    metrics.etcd(True)
+    metrics.refused("/reg/web-1", "PERMISSION_DENIED: etcdserver: permission denied")
+    ready, body = metrics.readiness()
+    assert not ready
+    assert body["reasons"] == ["etcd refuses writing /reg/web-1 (permission denied): "
+                               "PERMISSION_DENIED: etcdserver: permission denied"]
+    metrics.refused("", "")
+    assert metrics.readiness()[0]

@@ -157,3 +157,15 @@ def test_on_unhealthy_maint_is_absent_until_the_checks_have_been_up_once() -> No
     assert s.desired(0)[0] == "ready"
     s.observe(_result(False))
     assert s.desired(0) == ("maint", "check 0 down: GET /: 500")
+
+
+@pytest.mark.parametrize("address", ["", "10.0.0.1 extra", " "])
+def test_a_bad_address_with_an_http_check_is_refused_naming_address_not_path(
+        address: str) -> None:
+    """An http check's url is built from `address`: its error blamed the check's `path`
+    ("check[0].path: expected a host in the URL"), a key that was fine."""
+    with pytest.raises(ConfigError) as caught:
+        _parse({"service": "web", "port": 80, "address": address,
+                "check": [{"type": "http", "path": "/healthz"}]})
+    assert caught.value.key == "address", caught.value
+    assert "expected an IP address" in str(caught.value)

@@ -161,3 +161,57 @@ def test_a_value_of_our_host_on_another_live_lease_is_left_once_the_key_was_writ
     assert bool(conflicts) is conflict
     if conflict:
         assert conflicts[0].lease == 9 and "host name 'node-a' on lease 9" in conflicts[0].detail
+
+
+class _Denied(Exception):
+    """etcd's answer to a write the role may not make, as describe_error words it."""
+
+    def code(self) -> Any:
+        return type("Status", (), {"name": "PERMISSION_DENIED"})()
+
+    def details(self) -> str:
+        return "etcdserver: permission denied"
+
+
+class _ReadOnlyClient(_Client):
+    """An etcd that answers everything but refuses every write (a role with read only)."""
+
+    transactions = type("T", (), {"version": staticmethod(lambda key: _Compare()),
+                                  "put": staticmethod(lambda *a, **k: None),
+                                  "get": staticmethod(lambda key: None)})()
+
+    def lease(self, ttl: int) -> Any:
+        return type("Lease", (), {"id": 7, "ttl": ttl})()
+
+    def refresh_lease(self, lease: int) -> Any:
+        return [type("Answer", (), {"TTL": 30})()]
+
+    def transaction(self, **kwargs: Any) -> Any:
+        raise _Denied()
+
+
+class _Compare:
+    def __eq__(self, other: object) -> Any:  # (builds a compare, as the library's does)
+        return self
+
+    __hash__ = object.__hash__
+
+
+def test_writes_refused_for_permission_are_reported_as_such_not_as_etcd_unreachable() -> None:
+    """etcd answers and refuses the write: the registrar is connected and says which key is
+    refused and why. It reported "lost" (etcd unreachable, /ready "etcd not connected")."""
+    up = threading.Event()
+    up.set()
+    events: list[RegistrarEvent] = []
+    registrar = Registrar(lambda: _ReadOnlyClient(up), "node-a", 30, events.append)
+    registrar.want("/reg/web-1", {"state": "ready"})
+    registrar.start()
+    try:
+        assert _wait(lambda: any(e.kind == "refused" for e in events)), events
+        refused = next(e for e in events if e.kind == "refused")
+        assert refused.key == "/reg/web-1"
+        assert refused.detail == "PERMISSION_DENIED: etcdserver: permission denied"
+        assert registrar.connected and registrar.writes_refused
+        assert not any(e.kind == "lost" for e in events), events
+    finally:
+        registrar.close(timeout=2)
