@@ -432,7 +432,9 @@ def test_a_registration_etcd_refuses_does_not_hold_back_the_others(
         wait_for(lambda: running.key() is not None, 15, what="web registered")
         assert running.key() == ("ready", running.key()[1])  # type: ignore[index]
         wait_for(lambda: "permission denied" in running.reasons(), 10, what="/ready says why")
-        assert "WARNING register: etcd unreachable (PERMISSION_DENIED" in running.proc.output()
+        wait_for(lambda: "ERROR register: etcd refuses writing /reg/services/api/instances/"
+                 "api-1 for lack of permission" in running.proc.output(), 10, what="the log")
+        assert "etcd unreachable" not in running.proc.output()
         assert not etcd.ctl("get", "/reg/services/api/instances/api-1")
         running.check_down()
         wait_for(lambda: running.key() is None, 10, what="web deleted with its check down")
