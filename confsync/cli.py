@@ -211,6 +211,34 @@ ONE_SHOT_COMMANDS = ("once", "check")
 LONG_RUNNING_COMMANDS = ("watch", "register")
 
 
+def _open_standard_streams() -> None:
+    """Give a closed stdin, stdout or stderr /dev/null, as daemons do (OpenSSH's
+    sanitise_stdfd).
+
+    Started with one of them closed (`confsync once >&-`, a supervisor that closes them), the
+    next file opened takes that number: a staged config, a socket to etcd. Children inherit
+    fds 1 and 2 (HAProxy under exec mode writes its warnings to 2), so their output went into
+    whatever held the number; and Python left sys.stdout None, so `once` failed (exit 1) on
+    flushing it after every resource had been written.
+    """
+    if sys.stdin is not None and sys.stdout is not None and sys.stderr is not None:
+        return  # (the interpreter sets a stream None exactly when its fd was closed at start)
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's stream, never closed)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+
+
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -220,6 +248,7 @@ def entry() -> NoReturn:
     ~10 ms of a ~0.1 s `once` (issue 11). main() itself never exits, so it stays callable
     in-process; an exception out of it takes the normal path (traceback, exit 1).
     """
+    _open_standard_streams()
     argv = sys.argv[1:]
     one_shot = bool(argv) and argv[0] in ONE_SHOT_COMMANDS
     if one_shot:

@@ -66,7 +66,7 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     logged, at most every 5 minutes per pidfile and pid.
     """
     try:
-        text = pidfile.read_text().split()
+        text = pidfile.read_text(encoding="utf-8").split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return None

@@ -250,7 +250,7 @@ def convert_confdir(old: Path, new: Path) -> Report:
                 report.refusals.append(str(exc))
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(jinja)
+            target.write_text(jinja, encoding="utf-8")
             report.converted.append(f"templates/{src}")
         if report.refusals:
             raise ConvertError("refused, nothing written:\n  " + "\n  ".join(report.refusals))

@@ -112,10 +112,10 @@ def _master_started(pid: int) -> float | None:
     """When the HAProxy master `pid` started (`boot_clock()` seconds); None when that pid is not
     an HAProxy process here (another PID namespace: `show proc` gives the pid HAProxy sees)."""
     try:
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        name = Path(f"/proc/{pid}/comm").read_bytes()  # (any bytes: a process names itself)
     except OSError:
         return None
-    return started_at(pid) if name.startswith("haproxy") else None
+    return started_at(pid) if name.startswith(b"haproxy") else None
 
 
 def find_master(master_socket: Path) -> int | None:
