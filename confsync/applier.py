@@ -21,6 +21,7 @@ from pathlib import Path
 from confsync.commands import run_command, substitute
 from confsync.errors import ResourceError
 from confsync.resources import Resource
+from confsync.running_copy import keep_running, reloaded
 
 DEFAULT_MODE = 0o644
 log = logging.getLogger(__name__)
@@ -299,9 +300,10 @@ def run_check(resource: Resource, staged: Path) -> float | None:
     return result.seconds
 
 
-def install(resource: Resource, target: Target, check: bool = True) -> float | None:
+def install(resource: Resource, target: Target, check: bool = True,
+            keep: bool = False) -> float | None:
     """Stage, check, chown/chmod, rename over `dest` (over its target when it is a link),
-    fsync the directory.
+    fsync the directory. `keep`: the file replaced is kept until the reload (running_copy).
 
     Returns the check's duration (None when there was none).
     """
@@ -328,12 +330,15 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
             raise ResourceError(resource.name, "install",
                                 f"cannot set owner {target.uid}:{target.gid} and mode "
                                 f"{target.mode:04o}: {reason}") from None
+        copied = keep and keep_running(path)
         held = _hold(path)
         try:
             os.replace(staged, path)
         except BaseException as exc:
             if held is not None:
                 os.close(held)
+            if copied:
+                reloaded(path)  # still the file the service runs: nothing owed
             if isinstance(exc, OSError):
                 raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
             raise

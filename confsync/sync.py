@@ -7,6 +7,7 @@ fails on its own; the others go on. Reloads go through the `ReloadTarget` interf
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -33,6 +34,7 @@ from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
+from confsync.running_copy import kept, reloaded, running_copy
 from confsync.targets import (
     UNKNOWN_PROBE,
     Liveness,
@@ -80,6 +82,12 @@ class Syncer:
         self._targets: dict[Resource, ReloadTarget | None] = {}
         self._dests_of: dict[str, Path] = {}  # resource name -> dest, as last applied
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
+        # Dests looked at for a running copy a predecessor left (running_copy.py); those with
+        # one kept now (by us or it); what their service runs, where a predecessor kept it
+        # (None: unknown) until the reload owed is done.
+        self._looked: set[Path] = set()
+        self._kept: set[Path] = set()
+        self._running: dict[Path, FileState | None] = {}
 
     def successor(self, renderer: Renderer, mirror: Mirror,
                   resources: Sequence[Resource]) -> Syncer:
@@ -119,6 +127,9 @@ class Syncer:
                 if take_over is not None:
                     take_over(earlier)
         new._dests_of = {n: d for n, d in self._dests_of.items() if n in names}
+        new._looked = self._looked & dests
+        new._kept = self._kept & dests
+        new._running = {d: f for d, f in self._running.items() if d in dests}
         return new
 
     def target(self, resource: Resource) -> ReloadTarget | None:
@@ -245,15 +256,19 @@ class Syncer:
         try:
             current = self.dests.current(resource.dest)
             seen = boot_clock()  # the file read (or known unchanged) is in place since
+            has_target = self.target(resource) is not None
+            if has_target and resource.dest not in self._looked:
+                self._look_for_running_copy(resource)
             step = "render"
             content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 self.in_place.setdefault(resource.dest, seen)
-                has_target = self.target(resource) is not None
                 if resource.name in self.reload_owed and has_target:
-                    # Installed earlier, never made live: reload it (as a new file).
+                    # Installed earlier, never made live: reload it (as a new file, or from
+                    # what a predecessor's running copy says the service runs).
                     return Outcome(resource, UPDATED, seconds=time.monotonic() - start,
+                                   previous=self._running.get(resource.dest),
                                    content=content, warnings=warnings)
                 # Never asked in this process (a start that finds the file current), or nothing
                 # ran to reload: ask the target whether it runs, and whether it read this file.
@@ -266,7 +281,7 @@ class Syncer:
             step = "install"
             check = self._needs_check(resource, current, content)
             try:
-                check_seconds = install(resource, target, check=check)
+                check_seconds = install(resource, target, check=check, keep=has_target)
             except NotDurable:
                 # The file is live on disk but its target never reloaded into it: without
                 # this the retry would find the file "up to date" and never reload.
@@ -279,13 +294,18 @@ class Syncer:
             self.installed[resource.dest] = content
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
                                                          target.gid))
+            if has_target:
+                self._kept.add(resource.dest)
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start,
                            warnings=warnings)
         except Exception as exc:  # OSError (dest is a directory...) or anything unexpected
             return Outcome(resource, FAILED, _unexpected(resource, step, exc),
                            seconds=time.monotonic() - start, warnings=warnings)
-        return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=current,
+        # What the service runs: the file replaced, unless a predecessor's reload is still
+        # owed (then what its running copy holds; None: unknown, a full reload).
+        previous = self._running.get(resource.dest, current)
+        return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=previous,
                        content=content, check_seconds=check_seconds, warnings=warnings)
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
@@ -344,11 +364,39 @@ class Syncer:
                           else _unexpected(first, "reload", again).reason)
             return
         self.reload_owed -= names
+        for outcome in group:
+            self._reloaded(outcome.resource.dest)
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         for outcome in group:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
+
+    def _look_for_running_copy(self, resource: Resource) -> None:
+        """At the first apply of a dest: a running copy kept beside it means a predecessor
+        installed the file and stopped before its reload was done (running_copy.py)."""
+        self._looked.add(resource.dest)
+        try:
+            path = written_path(resource.dest)
+            if not kept(path):
+                return
+            running = FileState.read(running_copy(path))
+        except OSError:
+            return  # a link not followed, a directory there: the apply reports what matters
+        self._kept.add(resource.dest)
+        self.reload_owed.add(resource.name)
+        self._running[resource.dest] = running if running.content else None
+        log.warning("resource %s: the reload of %s was still owed when confsync stopped "
+                    "(%s is what the service ran); making the file live", resource.name,
+                    resource.dest, running_copy(path).name)
+
+    def _reloaded(self, dest: Path) -> None:
+        """The service runs the file at `dest`: drop its running copy."""
+        self._running.pop(dest, None)
+        if dest in self._kept:
+            self._kept.discard(dest)
+            with contextlib.suppress(OSError):  # (a link no longer followed: reloaded again)
+                reloaded(written_path(dest))
 
     def _ask(self, target: ReloadTarget, group: Sequence[Outcome], quick: bool = False,
              compare: bool = False) -> Probe:
