@@ -342,19 +342,23 @@ class Syncer:
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
             # Roll the whole group back to what the target was running, and reload into that.
+            restored = []
             for outcome in group:
                 rolled_back = "previous file restored"
                 if outcome.previous is not None:
                     try:
                         restore(outcome.resource, outcome.previous)
+                        restored.append(outcome.resource.dest)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
                         rolled_back = "the previous file could not be restored"
                 outcome.status = FAILED
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
-            if exc.untouched:
-                return  # the target never saw the new file: nothing to reload back
+            if exc.untouched:  # the target never saw the new file: nothing to reload back
+                for dest in restored:
+                    self._reloaded(dest)  # it runs what is at dest again
+                return
             beat()
             try:
                 target.reload(content, previous)
@@ -362,6 +366,9 @@ class Syncer:
                 log.error("resource %s: reload after rollback failed too: %s", first.name,
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
+            else:
+                for dest in restored:
+                    self._reloaded(dest)
             return
         self.reload_owed -= names
         for outcome in group:
