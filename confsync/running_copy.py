@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,27 @@ def keep_running(path: Path) -> bool:
     return True
 
 
-def kept(path: Path) -> bool:
-    """Whether a copy of what the service runs is kept for `path` (its reload is owed)."""
-    return os.path.lexists(running_copy(path))
+def read_kept(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """What a predecessor kept for `path` (content, status), or None when nothing is kept.
+
+    Only a regular file of confsync's own user counts, opened without following a link: in a
+    directory others can write, someone must not get confsync to take the file of their
+    choice for "what the service ran" (a failed reload puts that back at dest)."""
+    copy = running_copy(path)
+    try:
+        fd = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symbolic link
+        log.warning("%s is not a file confsync kept (%s); ignored", copy, exc.strerror)
+        return None
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            log.warning("%s is not a file confsync kept (owner uid %d, not a regular file or "
+                        "not ours); ignored", copy, info.st_uid)
+            return None
+        return fh.read(), info
 
 
 def reloaded(path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -34,7 +35,7 @@ from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.renderer import Renderer, RenderWarning
 from confsync.resources import Resource
-from confsync.running_copy import kept, reloaded, running_copy
+from confsync.running_copy import read_kept, reloaded, running_copy
 from confsync.targets import (
     UNKNOWN_PROBE,
     Liveness,
@@ -385,14 +386,16 @@ class Syncer:
         self._looked.add(resource.dest)
         try:
             path = written_path(resource.dest)
-            if not kept(path):
-                return
-            running = FileState.read(running_copy(path))
+            found = read_kept(path)
         except OSError:
-            return  # a link not followed, a directory there: the apply reports what matters
+            return  # a link not followed, an unreadable copy: the apply reports what matters
+        if found is None:
+            return
+        content, info = found
         self._kept.add(resource.dest)
         self.reload_owed.add(resource.name)
-        self._running[resource.dest] = running if running.content else None
+        self._running[resource.dest] = FileState(
+            content, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) if content else None
         log.warning("resource %s: the reload of %s was still owed when confsync stopped "
                     "(%s is what the service ran); making the file live", resource.name,
                     resource.dest, running_copy(path).name)

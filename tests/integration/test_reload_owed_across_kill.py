@@ -88,7 +88,7 @@ def test_nothing_is_kept_once_reloads_are_done(etcd: EtcdMember, tmp_path: Path,
                                                prefix: str) -> None:
     """The running copy lives only from the rename to the reload: no file is left beside dest,
     and a plain restart reloads nothing."""
-    confdir, dest, live = _confdir(tmp_path)
+    confdir, _, live = _confdir(tmp_path)
     kv = client(etcd.endpoint)
     kv.put(prefix + "/app/port", "1")
     watch = _watch(confdir, etcd, prefix, tmp_path / "first.log")
