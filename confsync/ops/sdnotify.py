@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from confsync.ops.events import Observer
 
 if TYPE_CHECKING:
+    from confsync.ops.supervisor import Supervisor
     from confsync.outcome import Outcome
     from confsync.resources import Resource
 
@@ -141,6 +142,7 @@ class SystemdNotify(Observer):
         self._failed: set[str] = set()
         self._status = ""
         self._ready = False
+        self._exec: Supervisor | None = None  # exec mode: the child's state is in STATUS
 
     @classmethod
     def from_environ(cls, environ: MutableMapping[str, str] | None = None) -> SystemdNotify | None:
@@ -150,12 +152,23 @@ class SystemdNotify(Observer):
         notifier = Notifier.from_environ(env, unset=True)
         return cls(notifier, interval) if notifier is not None else None
 
+    def track_exec(self, supervisor: Supervisor) -> None:
+        """Exec mode: `systemctl status` says when the child is down or being restarted
+        (it said "watching" while HAProxy crash-looped), as /ready does."""
+        self._exec = supervisor
+
     # ---- helpers
 
     def _status_text(self) -> str:
         state = f"degraded: {self._degraded}" if self._degraded else (
             "watching" if self._ready else "starting")
         text = f"{state}; revision {self._revision}"
+        child = self._exec
+        if child is not None and self._ready:
+            if child.gave_up is not None:
+                text += f"; exec child given up: {child.gave_up}"
+            elif not child.running:
+                text += "; exec child not running (restarting)"
         if self._failed:
             names = sorted(self._failed)
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -204,6 +217,8 @@ class SystemdNotify(Observer):
 
     def heartbeat(self) -> None:
         self.notifier.flush()  # a READY=1 a full socket refused goes as soon as it can
+        if self._exec is not None:
+            self._update_status()  # (sent only when the text changed)
         if self.watchdog_seconds is None:
             return
         now = self._clock()

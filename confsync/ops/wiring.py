@@ -51,6 +51,8 @@ class Ops:
             supervisor.install_signal_handlers()
             if metrics is not None:
                 metrics.track_exec(supervisor)
+            if notify is not None:
+                notify.track_exec(supervisor)
         return cls(notify, metrics, server, supervisor)
 
     @property

@@ -179,3 +179,30 @@ def test_a_full_socket_never_blocks_and_state_messages_are_sent_once_it_reads(
     assert notifier.send("WATCHDOG=1")
     assert listener.messages() == [{"RELOADING": "1", "STATUS": "reloading"},
                                    {"READY": "1", "STATUS": "watching"}, {"WATCHDOG": "1"}]
+
+
+def test_status_says_when_the_exec_child_is_down(listener: Listener) -> None:
+    """Exec mode: `systemctl status` said "watching" while the child (HAProxy) was dead and
+    being restarted, or given up on; /ready said so, STATUS did not."""
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
+
+    supervisor = Supervisor(ExecPolicy(argv=("sleep", "30"), restart_delay=60.0))
+    obs = SystemdNotify(Notifier(listener.address), watchdog_seconds=None)
+    obs.track_exec(supervisor)
+    try:
+        supervisor.start()
+        obs.ready(7)
+        assert listener.messages()[-1]["STATUS"] == "watching; revision 7"
+        assert supervisor.proc is not None
+        supervisor.proc.kill()
+        supervisor.proc.wait()
+        supervisor.poll()
+        obs.heartbeat()
+        assert listener.messages()[-1]["STATUS"] == \
+            "watching; revision 7; exec child not running (restarting)"
+        supervisor.gave_up = "5 deaths within 60s"
+        obs.heartbeat()
+        assert listener.messages()[-1]["STATUS"].endswith("exec child given up: 5 deaths "
+                                                          "within 60s")
+    finally:
+        supervisor.stop(timeout=5)
