@@ -128,6 +128,7 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
 
     resource_set, syncer = prepared
     outcomes = syncer.plan(resource_set.resources)
+    owed = False
     for outcome in outcomes:
         name = outcome.resource.name
         for warning in outcome.warnings:
@@ -138,9 +139,14 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
             out.write(f"# {name}: would change {outcome.resource.dest}\n")
             if show_diff:
                 out.write(outcome.diff or "(mode or owner only)\n")
+        elif syncer.reload_left_owed(outcome.resource):
+            owed = True
+            out.write(f"# {name}: {outcome.resource.dest} is up to date, but its reload is "
+                      "owed (confsync stopped before it was done); `once` or `watch` will "
+                      "reload it\n")
         else:
             out.write(f"# {name}: {outcome.resource.dest} is up to date\n")
     code = _exit_code(resource_set, outcomes)
-    if code == EXIT_OK and any(o.status == UPDATED for o in outcomes):
+    if code == EXIT_OK and (owed or any(o.status == UPDATED for o in outcomes)):
         return EXIT_WOULD_CHANGE  # scripts and CI tell "pending changes" from "in step"
     return code

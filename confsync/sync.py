@@ -400,6 +400,16 @@ class Syncer:
                     "(%s is what the service ran); making the file live", resource.name,
                     resource.dest, running_copy(path).name)
 
+    def reload_left_owed(self, resource: Resource) -> bool:
+        """Whether a predecessor installed `resource`'s file and stopped before its reload
+        (`check` reports it: the next `once` or `watch` reloads)."""
+        if self.target(resource) is None:
+            return False
+        try:
+            return read_kept(written_path(resource.dest)) is not None
+        except OSError:
+            return False
+
     def _reloaded(self, dest: Path) -> None:
         """The service runs the file at `dest`: drop its running copy."""
         self._running.pop(dest, None)

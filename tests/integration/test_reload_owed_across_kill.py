@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
@@ -72,6 +72,11 @@ def test_a_reload_owed_when_watch_was_killed_is_done_by_the_next_watch(
     running = tmp_path / ".app.conf.confsync-running"
     assert running.read_text() == "port 1\n"  # what the service still runs
     (tmp_path / "flag").unlink()
+    check = confsync("check", "--confdir", str(confdir), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix)
+    assert check.returncode == 4, check.stdout + check.stderr  # pending: a reload
+    assert "app.conf is up to date, but its reload is owed" in check.stdout
+    assert running.exists() and read(live) == "port 1\n"  # `check` changes nothing
 
     second = _watch(confdir, etcd, prefix, tmp_path / "second.log")
     try:
