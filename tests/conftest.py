@@ -12,6 +12,7 @@ import pytest
 from tests.support.daemon import WatchProcess, wait_for
 from tests.support.etcd_client import has_quorum
 from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
+from tests.support.haproxy import HAProxyStack
 from tests.support.http_backends import HTTPBackend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,16 @@ def backends() -> Iterator[dict[str, HTTPBackend]]:
     yield servers
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture
+def shipped(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    """HAProxy with the shipped resource: runtime strategy, proven server-only changes skip
+    `haproxy -c`."""
+    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
+                     check_server_changes=False)
+    yield s
+    s.stop()
 
 
 @pytest.fixture

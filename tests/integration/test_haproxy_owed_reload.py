@@ -15,14 +15,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess
-from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 
@@ -32,14 +30,6 @@ BLOCKING_CHECK = """#!/bin/sh
 if [ -e "$1/flag" ]; then echo $$ > "$1/check.pid"; sleep 30; fi
 exit 0
 """
-
-
-@pytest.fixture
-def shipped(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
-    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
-                     check_server_changes=False)
-    yield s
-    s.stop()
 
 
 def _watch(stack: HAProxyStack, log: Path) -> WatchProcess:

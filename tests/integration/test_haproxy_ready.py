@@ -286,15 +286,6 @@ def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
 # ---- the runtime strategy's first look compares HAProxy's servers with the file
 
 
-@pytest.fixture
-def shipped(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
-    """The shipped resource: runtime strategy, proven server-only changes skip `haproxy -c`."""
-    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
-                     check_server_changes=False)
-    yield s
-    s.stop()
-
-
 def _pool(stack: HAProxyStack) -> dict[str, tuple[int, bool]]:
     """be_web's servers as HAProxy runs them: name -> (port, in maintenance)."""
     live = live_servers(AdminSocket(stack.admin)).get("be_web", {})
