@@ -3,8 +3,10 @@ exec child's life into what each registration publishes.
 
 One thread (this one) owns all state. Check threads, the registrar's etcd thread, the child
 watcher and signal handlers only put items on a SimpleQueue (safe from a signal handler), so a
-decision never races another. Exit: 0 after a drained stop, 2 for a bad registration or a key
-another host holds at start, the child's status in exec mode.
+decision never races another (a stop signal during the final revoke also sets the registrar's
+`hurry` flag: the loop reads no queue then). Exit: 0 after a drained stop, 3 when no etcd
+member removed our keys at the stop, 2 for a bad registration or a key another host holds at
+start, the child's status in exec mode.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import time
 
 from confsync import children
-from confsync.errors import ConfigError, StoreUnavailable
+from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, ConfigError, StoreUnavailable
 from confsync.instances import validate_instance
 from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
@@ -46,7 +48,11 @@ from confsync.stores.etcd import EtcdStore, token_expired
 log = logging.getLogger("confsync.register")
 
 TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
-STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
+STOP_GRACE = 5.0  # after the drain, how long deregistering may take before exiting anyway
+# After the drain, how long the deletes may take before the lease is revoked (which takes the
+# keys too) through any member: a delete stuck on a member that hangs is not waited out.
+SETTLE_WAIT = 1.0
+HURRY = 1.0  # a second stop signal: deregistering gets at most this long from then
 # The loop polls every TICK; a gap this long means the process was not running (SIGSTOP, a VM
 # paused for live migration, a debugger): every thread was stopped, the probes included.
 PAUSE_GAP = 1.0
@@ -89,7 +95,9 @@ class RegisterLoop:
             self.store.new_client, host, ttl, self.events.put,
             endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,
             keepalive_client=functools.partial(self.store.new_client, authenticate=False),
-            learn_members=self.store.learn_members)
+            learn_members=self.store.learn_members,
+            stop_client=lambda timeout: self.store.new_client(timeout=timeout),
+            endpoint_count=self._endpoint_count)
         # Every key is wanted absent until its checks pass: a value of this host's left there
         # on no lease is deleted by the registrar's read-back (see Registrar._verify_absent).
         for key in self.by_key:
@@ -106,6 +114,8 @@ class RegisterLoop:
         self._init = children.is_init()
         self.stopping = False
         self._stop_deadline = 0.0
+        self._absent_since: float | None = None  # stopping: when every key was let go
+        self._deregistering = False  # in `_finish`: the lease revoke under way
         self._last_ping = 0.0
         self._last_poll = time.monotonic()
         self._status = ""
@@ -146,7 +156,7 @@ class RegisterLoop:
             warn_if_loopback(self.address.current, self._detected_keys())
             self.address.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda s, f: self.events.put(("signal", s)))
+            signal.signal(signum, lambda s, f: self._on_stop_signal(s))
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
         for held in held_signals.take():  # a SIGHUP while confsync was starting
             self.events.put(("hup", held))
@@ -155,6 +165,19 @@ class RegisterLoop:
         self._notify("READY=1")
         log.info("register: %d registration(s) for host %s: %s", len(self.instances), self.host,
                  ", ".join(f"{i.registration.key}" for i in self.instances.values()))
+
+    def _on_stop_signal(self, signum: int) -> None:
+        """In the signal handler: the loop is told; and while it revokes the lease (blocked
+        in etcd calls, so it reads no event) no further try starts."""
+        if self._deregistering:
+            self.registrar.hurry()
+        self.events.put(("signal", signum))
+
+    def _endpoint_count(self) -> int:
+        try:
+            return len(self.store.endpoint_urls())
+        except Exception:  # (SRV records that cannot be read now: one try at a time)
+            return 1
 
     # ---- loop
 
@@ -198,9 +221,11 @@ class RegisterLoop:
             self._address_changed(item)
         elif isinstance(item, tuple) and item[0] == "signal":
             if self.stopping:
-                log.info("register: second stop signal: deleting now, no more drain")
+                log.info("register: second stop signal: deregistering now, no more drain; "
+                         "exiting within %.0fs whatever etcd does", HURRY)
                 for state in self.instances.values():
                     state.drain_until = 0.0
+                self._stop_deadline = min(self._stop_deadline, time.monotonic() + HURRY)
             else:
                 self._stop(f"{signal.Signals(item[1]).name}")
         elif isinstance(item, tuple) and item[0] == "hup":
@@ -399,13 +424,21 @@ class RegisterLoop:
     def _stopped(self) -> bool:
         if any(s.published != ABSENT for s in self.instances.values()):
             return False
+        now = time.monotonic()
+        if self._absent_since is None:
+            self._absent_since = now
         # (writes refused: waiting for the deadline cannot help, as with etcd unreachable)
         if self.registrar.settled() or not self.registrar.connected \
                 or self.registrar.writes_refused:
             return True
-        return time.monotonic() >= self._stop_deadline
+        return now >= min(self._stop_deadline, self._absent_since + SETTLE_WAIT)
 
     def _finish(self) -> int:
+        """Deregistered first (the lease revoked through any member, within the stop's
+        deadline), then the child stopped. Exit status: the child's, else 3 when etcd may
+        still hold a key of ours (until the lease's TTL), else 0."""
+        self._deregistering = True
+        removed = self.registrar.close(timeout=max(0.0, self._stop_deadline - time.monotonic()))
         status = 0
         if self.supervisor is not None:
             status = self.supervisor.stop()
@@ -414,11 +447,7 @@ class RegisterLoop:
             runner.stop()
         if self.address is not None:
             self.address.stop()
-        self.registrar.close(timeout=self.store_timeout())
-        return status
-
-    def store_timeout(self) -> float:
-        return min(self.settings.etcd.timeout, STOP_GRACE) + 1.0
+        return status or (EXIT_OK if removed else EXIT_STORE_UNAVAILABLE)
 
     # ---- sd_notify
 
