@@ -270,13 +270,14 @@ class Registrar:
         return True
 
     def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
-                  waiting: Callable[[], None] = lambda: None) -> list[Conflict]:
+                  waiting: Callable[[], None] = lambda: None,
+                  stopped: Callable[[], bool] = lambda: False) -> list[Conflict]:
         """Keys held by another host now (a read, at start). Raises StoreUnavailable.
 
         With `wait_out_leases`, keys that all live on leases get one lease TTL (plus a second)
         to lapse first, re-read every 0.5 s on the same client: a host that died or was
         replaced leaves its key until then. `waiting` is called at each re-read (the caller's
-        heartbeat: the wait is work, not a hang).
+        heartbeat: the wait is work, not a hang); `stopped` ends the wait (a stop signal).
         """
         client = self._new_client()
         try:
@@ -287,9 +288,11 @@ class Registrar:
                             "its lease to lapse (a host that is gone stops renewing it)",
                             found[0].key, found[0].owner, wait)
                 deadline = time.monotonic() + wait
-                while found and time.monotonic() < deadline:
+                while found and time.monotonic() < deadline and not stopped():
                     waiting()
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    until = min(deadline, time.monotonic() + 0.5)
+                    while time.monotonic() < until and not stopped():
+                        time.sleep(0.05)
                     found = self._held_by_others(client, keys)
             return found
         except Exception as exc:

@@ -116,11 +116,21 @@ class RegisterLoop:
         self._stop_deadline = 0.0
         self._absent_since: float | None = None  # stopping: when every key was let go
         self._deregistering = False  # in `_finish`: the lease revoke under way
+        self._stop_signal: int | None = None  # the first stop signal
         self._last_ping = 0.0
         self._last_poll = time.monotonic()
         self._status = ""
 
     # ---- start
+
+    def listen_for_stop(self) -> None:
+        """Stop signals are the loop's from before the start's checks, which may wait out
+        another host's lease for its whole TTL: without a handler, a SIGTERM then killed the
+        process, and as PID 1 (a container without an init, which ignores what it does not
+        handle) it was lost: the registrar registered once that lease lapsed, though told to
+        stop, until the SIGKILL."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, f: self._on_stop_signal(s))
 
     def refuse_conflicts(self) -> None:
         """A key another host holds is exit 2 at start (never a silent overwrite), once it is
@@ -130,13 +140,16 @@ class RegisterLoop:
         try:
             # /health beats through the wait (a lease TTL, maybe long): it once went 503
             # after 10 s, and a liveness probe restarted a registrar that was only waiting.
-            conflicts = self.registrar.conflicts(list(self.by_key), wait_out_leases=True,
-                                                 waiting=self.metrics.beat)
+            conflicts = self.registrar.conflicts(
+                list(self.by_key), wait_out_leases=True, waiting=self.metrics.beat,
+                stopped=lambda: self._stop_signal is not None)
         except StoreUnavailable as exc:
+            if self._stop_signal is not None:
+                return
             log.warning("register: etcd unreachable at start (%s); registering when it is "
                         "back", exc)
             return
-        if conflicts:
+        if conflicts and self._stop_signal is None:
             c = conflicts[0]
             source = self.by_key[c.key].registration.source
             raise ConfigError(str(source), f"{c.key} is registered by host {c.owner!r} (this "
@@ -155,8 +168,7 @@ class RegisterLoop:
         if self.address is not None:
             warn_if_loopback(self.address.current, self._detected_keys())
             self.address.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda s, f: self._on_stop_signal(s))
+        self.listen_for_stop()
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
         for held in held_signals.take():  # a SIGHUP while confsync was starting
             self.events.put(("hup", held))
@@ -171,6 +183,8 @@ class RegisterLoop:
         in etcd calls, so it reads no event) no further try starts."""
         if self._deregistering:
             self.registrar.hurry()
+        if self._stop_signal is None:
+            self._stop_signal = signum
         self.events.put(("signal", signum))
 
     def _endpoint_count(self) -> int:
@@ -182,6 +196,10 @@ class RegisterLoop:
     # ---- loop
 
     def run(self) -> int:
+        if self._stop_signal is not None:  # (nothing is started yet: no child, no thread)
+            log.info("register: %s while starting: nothing registered; exiting",
+                     signal.Signals(self._stop_signal).name)
+            return EXIT_OK
         self.start()
         while True:
             try:
@@ -496,6 +514,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
         supervisor = Supervisor(policy)
     loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier, watchdog)
     try:
+        loop.listen_for_stop()
         loop.refuse_conflicts()
         try:
             return loop.run()

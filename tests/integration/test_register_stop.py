@@ -3,12 +3,17 @@ answers, within the stop's bound, and the exit status says whether they went."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.daemon import wait_for
@@ -21,6 +26,18 @@ from tests.support.tcp_proxy import TcpProxy
 pytestmark = [pytest.mark.etcd]
 
 TTL = 30  # far beyond every bound asserted here: a key that outlives the stop waits this long
+# PID 1 of a PID namespace: a container without an init (test_pid1.py)
+AS_INIT = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=TERM")
+
+
+def _pid_namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        return subprocess.run([*AS_INIT, "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 @pytest.fixture
@@ -48,13 +65,13 @@ def _key(prefix: str) -> str:
 
 
 def _start(procs: list[RegisterProcess], tmp_path: Path, endpoints: list[str], prefix: str,
-           port: int, drain: str = "0s") -> RegisterProcess:
+           port: int, drain: str = "0s", wrapper: tuple[str, ...] = ()) -> RegisterProcess:
     write_registration(tmp_path / "conf", "web",
                        f'service = "web"\nport = {port}\nid = "web-1"\nttl = "{TTL}s"\n'
                        f'address = "127.0.0.1"\ndrain = "{drain}"\n'
                        '[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n')
     proc = RegisterProcess(tmp_path / "conf", ",".join(endpoints), "--prefix", prefix,
-                           log=tmp_path / "r.log")
+                           log=tmp_path / "r.log", wrapper=wrapper)
     procs.append(proc)
     return proc
 
@@ -195,3 +212,35 @@ def test_a_second_signal_during_the_revoke_exits_at_once(
         etcd_private.thaw()
     assert status == 3 and exited < 0.5, (status, exited, proc.output()[-3000:])
     assert "a second stop signal: not waiting for etcd" in proc.output()
+
+
+@pytest.mark.parametrize("as_init", [False, True], ids=["process", "pid1"])
+def test_a_stop_signal_while_another_hosts_lease_is_waited_out_ends_the_start(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess], as_init: bool) -> None:
+    """At start a key another host holds on a lease gets that lease's TTL to lapse, and no
+    stop signal had a handler yet: as PID 1 (a container without an init) SIGTERM was
+    ignored, so the registrar registered once the other lease lapsed, stopped or not, until
+    the SIGKILL; elsewhere it died of the signal. Now: out at once, status 0, nothing
+    registered."""
+    if as_init and not _pid_namespaces_work():
+        pytest.skip("cannot create a PID namespace here (unshare --pid needs root)")
+    c = client(etcd.endpoint)
+    other = c.lease(4)
+    c.put(_key(prefix), json.dumps({"host": "another-host"}), lease=other)
+    proc = _start(procs, tmp_path, [etcd.endpoint], prefix, backend.port,
+                  wrapper=AS_INIT if as_init else ())
+    wait_for(lambda: "waiting up to" in proc.output(), timeout=10, what="the wait")
+    pid = proc.proc.pid
+    if as_init:
+        pid = psutil.Process(pid).children()[0].pid
+    os.kill(pid, signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        status = proc.wait(timeout=6)  # past the other lease: registered meanwhile, before
+    except subprocess.TimeoutExpired:
+        status = None
+    exited = time.monotonic() - sent
+    assert status == 0 and exited < 1, (status, exited, proc.output()[-3000:])
+    assert "SIGTERM while starting: nothing registered; exiting" in proc.output()
+    assert published(c, _key(prefix)) == {"host": "another-host"}
