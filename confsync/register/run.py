@@ -131,6 +131,8 @@ class RegisterLoop:
         stop, until the SIGKILL."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, f: self._on_stop_signal(s))
+        for held in held_signals.take(held_signals.STOP):  # a SIGTERM during start-up
+            self._on_stop_signal(held)
 
     def refuse_conflicts(self) -> None:
         """A key another host holds is exit 2 at start (never a silent overwrite), once it is

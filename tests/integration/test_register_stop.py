@@ -244,3 +244,39 @@ def test_a_stop_signal_while_another_hosts_lease_is_waited_out_ends_the_start(
     assert status == 0 and exited < 1, (status, exited, proc.output()[-3000:])
     assert "SIGTERM while starting: nothing registered; exiting" in proc.output()
     assert published(c, _key(prefix)) == {"host": "another-host"}
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """The process has a handler for `signum` (SigCgt in /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def test_a_sigterm_to_pid1_during_its_start_up_ends_it_before_it_registers(
+        etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """PID 1 ignores a signal it has no handler for, and the stop handler came only after the
+    imports, the settings and the start's checks: a SIGTERM then (a pod deleted as it starts)
+    was lost, and the registrar registered the node until the SIGKILL. It is held from the
+    first line of confsync's code now (with SIGHUP), and taken when the loop's handler is
+    installed."""
+    if not _pid_namespaces_work():
+        pytest.skip("cannot create a PID namespace here (unshare --pid needs root)")
+    proc = _start(procs, tmp_path, [etcd.endpoint], prefix, backend.port, wrapper=AS_INIT)
+    wait_for(lambda: psutil.Process(proc.proc.pid).children(), 5, what="the namespace's init")
+    init = psutil.Process(proc.proc.pid).children()[0].pid
+    wait_for(lambda: _catches(init, signal.SIGHUP), 10, interval=0.001,
+             what="confsync's entry (SIGHUP held)")
+    assert "registration(s) for host" not in proc.output(), "still starting"
+    os.kill(init, signal.SIGTERM)
+    try:
+        status = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        status = None
+    assert status == 0, (status, proc.output()[-3000:])
+    assert "SIGTERM while starting: nothing registered; exiting" in proc.output()
+    assert published(client(etcd.endpoint), _key(prefix)) is None
