@@ -181,8 +181,8 @@ class RegisterLoop:
                  ", ".join(f"{i.registration.key}" for i in self.instances.values()))
 
     def _on_stop_signal(self, signum: int) -> None:
-        """In the signal handler: the loop is told; and while it revokes the lease (blocked
-        in etcd calls, so it reads no event) no further try starts."""
+        """In the signal handler: the loop is told; and while it waits for the lease's revoke
+        (reading no event then) a second one ends that wait."""
         if self._deregistering:
             self.registrar.hurry()
         if self._stop_signal is None:
