@@ -7,14 +7,20 @@ reloader sidecar reacting to a mounted ConfigMap) ended confsync with status 129
 holds it from the start; the loop takes what was held when it installs its own handler and
 reloads then, since the edit that caused the SIGHUP may have come after the settings were read.
 A Python handler (not SIG_IGN) so that exec'd children still start with the default action.
+
+`register` holds SIGTERM too: as PID 1 of a container without an init, which ignores a signal
+it has no handler for, a stop during its start-up (a pod deleted as it starts) was lost, and it
+went on to register the node until the SIGKILL. (`watch` takes what is held as SIGHUPs.)
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Collection
 from types import FrameType
 
 HELD = (signal.SIGHUP,)
+STOP = (signal.SIGTERM,)
 
 _held: list[int] = []
 
@@ -23,14 +29,17 @@ def _record(signum: int, frame: FrameType | None) -> None:
     _held.append(signum)
 
 
-def hold() -> None:
-    """Record HELD signals until a daemon installs its own handlers and calls take()."""
-    for signum in HELD:
+def hold(stop: bool = False) -> None:
+    """Record HELD signals (and STOP ones with `stop`) until a daemon installs its own handlers
+    and calls take(). STOP first: once SIGHUP is held, so is SIGTERM."""
+    for signum in (*(STOP if stop else ()), *HELD):
         signal.signal(signum, _record)
 
 
-def take() -> list[int]:
-    """The signals held so far, oldest first; call right after installing the real handlers."""
+def take(signums: Collection[int] = HELD) -> list[int]:
+    """The signals of `signums` held so far, oldest first; call right after installing the real
+    handlers for them. The others stay held."""
     taken = list(_held)
     del _held[:len(taken)]
-    return taken
+    _held[:0] = [s for s in taken if s not in signums]  # (one step: a handler may append)
+    return [s for s in taken if s in signums]

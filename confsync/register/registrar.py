@@ -46,10 +46,12 @@ from typing import Any
 
 from confsync.backoff import Backoff
 from confsync.errors import AuthenticationFailed, StoreUnavailable, describe_error
+from confsync.register.revoke import StopRevoke, lease_not_found
 
 log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.2
+CLOSE_JOIN = 0.2  # `close` waits this long for the thread before revoking
 CLONE_REMEDY = "two hosts share a host name (a cloned image?); give each a distinct " \
     "--hostname or id"
 
@@ -106,8 +108,15 @@ class Registrar:
                  token_expired: Callable[[BaseException], bool] = lambda exc: False,
                  keepalive_client: Callable[[], Any] | None = None,
                  learn_members: Callable[[Any, bool], None] = lambda client, fresh: None,
+                 stop_client: Callable[[float], Any] | None = None,
+                 endpoint_count: Callable[[], int] = lambda: 1,
                  ) -> None:
         self._new_client = new_client
+        # For `close`: a new client whose calls (its login too) give up within the seconds
+        # given, and how many endpoints there are to try.
+        self._stop_client = stop_client or (lambda timeout: new_client())
+        self._endpoint_count = endpoint_count
+        self._hurried = False
         # Given the client after each keepalive: the store learns the cluster's members
         # (rate-limited there), so replaced members do not leave it with no endpoint.
         self._learn_members = learn_members
@@ -216,21 +225,59 @@ class Registrar:
             time.sleep(0.01)
         return self.settled()
 
-    def close(self, timeout: float) -> None:
-        """Stop the thread and revoke the lease (best effort): keys still on it go at once."""
+    def hurry(self) -> None:
+        """A second stop signal: `close` stops waiting for etcd. Safe in a signal handler
+        (one assignment, no lock)."""
+        self._hurried = True
+
+    def close(self, timeout: float) -> bool:
+        """Stop the thread, then revoke the lease (its keys go with it) through any member
+        that answers, within `timeout` (`StopRevoke`; its first try always runs). True when
+        nothing of ours is left on it: revoked, gone already, or no key of ours on it.
+
+        The revoke does not wait for the thread: it may be stuck in a call to a member that
+        hangs (frozen, black-holed) for the whole call timeout, and its own final revoke came
+        after that, on that member, or never (the process had exited): a stopped node's key
+        stayed for its lease's TTL and proxies sent it traffic. The tries run on a thread of
+        their own, so that `hurry` ends the wait at once, even in the middle of a call."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = True
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(min(CLOSE_JOIN, timeout))  # an idle thread ends at once
+        lease = self._lease
+        if lease is None:
+            log.info("register: no lease held; nothing to revoke")
+            return True
+        revoke = StopRevoke(self._stop_client, self._endpoint_failed, self._endpoint_count())
+        done: list[bool] = []
+        worker = threading.Thread(target=lambda: done.append(revoke.run(lease, deadline)),
+                                  daemon=True, name="registrar-stop")
+        worker.start()
+        while worker.is_alive() and not self._hurried:
+            worker.join(0.05)
+        if done and done[0]:
+            return True
+        with self._lock:
+            held = sorted(k for k, v in self._written.items() if v is not None)
+        why = revoke.why() if done else "a second stop signal: not waiting for etcd"
+        if held:
+            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
+                        "when it lapses: %s", lease, why, self.ttl, ", ".join(held))
+            return False
+        log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
+                 "it lapses within %ss", lease, why, self.ttl)
+        return True
 
     def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
-                  waiting: Callable[[], None] = lambda: None) -> list[Conflict]:
+                  waiting: Callable[[], None] = lambda: None,
+                  stopped: Callable[[], bool] = lambda: False) -> list[Conflict]:
         """Keys held by another host now (a read, at start). Raises StoreUnavailable.
 
         With `wait_out_leases`, keys that all live on leases get one lease TTL (plus a second)
         to lapse first, re-read every 0.5 s on the same client: a host that died or was
         replaced leaves its key until then. `waiting` is called at each re-read (the caller's
-        heartbeat: the wait is work, not a hang).
+        heartbeat: the wait is work, not a hang); `stopped` ends the wait (a stop signal).
         """
         client = self._new_client()
         try:
@@ -241,9 +288,11 @@ class Registrar:
                             "its lease to lapse (a host that is gone stops renewing it)",
                             found[0].key, found[0].owner, wait)
                 deadline = time.monotonic() + wait
-                while found and time.monotonic() < deadline:
+                while found and time.monotonic() < deadline and not stopped():
                     waiting()
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    until = min(deadline, time.monotonic() + 0.5)
+                    while time.monotonic() < until and not stopped():
+                        time.sleep(0.05)
                     found = self._held_by_others(client, keys)
             return found
         except Exception as exc:
@@ -281,8 +330,8 @@ class Registrar:
         while True:
             with self._lock:
                 closing = self._closing
-            if closing:
-                self._shutdown()
+            if closing:  # (`close` revokes the lease)
+                self._drop_client()
                 return
             with self._lock:
                 reconnect, self._reconnect = self._reconnect, False
@@ -298,7 +347,7 @@ class Registrar:
                     if self._token_expired(exc) and not self._reauthenticated:
                         self._reauthenticate()
                         continue
-                    if _lease_not_found(exc) and self._lease is not None \
+                    if lease_not_found(exc) and self._lease is not None \
                             and not self._regranted:
                         self._lease_gone()
                         continue
@@ -714,51 +763,6 @@ class Registrar:
                 client.close()
             except Exception as close_exc:
                 log.debug("closing etcd client: %s", close_exc)
-
-    def _shutdown(self) -> None:
-        """Revoke the lease: whatever is still registered goes with it.
-
-        A lease etcd no longer has (revoked from outside, expired while the process was
-        stopped, etcd recreated) took its keys with it: that is said as such, not as a failure
-        (it was a WARNING that the keys would go after the TTL, on every such stop). A revoke
-        that fails while keys of ours are on the lease is one; with none left it is not."""
-        if self._lease is None:
-            return
-        for attempt in (1, 2):  # the second after an expired token: a stop is often idle long
-            try:
-                if self._client is None:
-                    self._client = self._new_client()
-                self._client.revoke_lease(self._lease)
-                log.info("register: lease %x revoked", self._lease)
-                break
-            except Exception as exc:
-                self._drop_client()
-                if attempt == 1 and self._token_expired(exc):
-                    continue
-                self._not_revoked(exc)
-                break
-        self._drop_client()
-
-    def _not_revoked(self, exc: BaseException) -> None:
-        if _lease_not_found(exc):
-            log.info("register: lease %x was gone already (revoked from outside, expired, or "
-                     "etcd recreated); nothing is left on it", self._lease)
-            return
-        with self._lock:
-            held = sorted(k for k, v in self._written.items() if v is not None)
-        if held:
-            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
-                        "when it lapses: %s", self._lease, describe_error(exc), self.ttl,
-                        ", ".join(held))
-        else:
-            log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
-                     "it lapses within %ss", self._lease, describe_error(exc), self.ttl)
-
-
-def _lease_not_found(exc: BaseException) -> bool:
-    """etcd's answer to a put on a lease it does not have (NOT_FOUND)."""
-    return "requested lease not found" in describe_error(exc)
-
 
 def _permission_denied(exc: BaseException) -> bool:
     """etcd's answer to a write the role may not make (PERMISSION_DENIED): about one key."""

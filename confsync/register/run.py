@@ -3,8 +3,10 @@ exec child's life into what each registration publishes.
 
 One thread (this one) owns all state. Check threads, the registrar's etcd thread, the child
 watcher and signal handlers only put items on a SimpleQueue (safe from a signal handler), so a
-decision never races another. Exit: 0 after a drained stop, 2 for a bad registration or a key
-another host holds at start, the child's status in exec mode.
+decision never races another (a stop signal during the final revoke also sets the registrar's
+`hurry` flag: the loop reads no queue then). Exit: 0 after a drained stop, 3 when no etcd
+member removed our keys at the stop, 2 for a bad registration or a key another host holds at
+start, the child's status in exec mode.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import time
 
 from confsync import children
-from confsync.errors import ConfigError, StoreUnavailable
+from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, ConfigError, StoreUnavailable
 from confsync.instances import validate_instance
 from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
@@ -46,7 +48,11 @@ from confsync.stores.etcd import EtcdStore, token_expired
 log = logging.getLogger("confsync.register")
 
 TICK = 0.1  # maintenance file and child polls; check results and signals wake the loop at once
-STOP_GRACE = 5.0  # after the drain, how long deletes may take before exiting anyway
+STOP_GRACE = 5.0  # after the drain, how long deregistering may take before exiting anyway
+# After the drain, how long the deletes may take before the lease is revoked (which takes the
+# keys too) through any member: a delete stuck on a member that hangs is not waited out.
+SETTLE_WAIT = 1.0
+HURRY = 1.0  # a second stop signal: deregistering gets at most this long from then
 # The loop polls every TICK; a gap this long means the process was not running (SIGSTOP, a VM
 # paused for live migration, a debugger): every thread was stopped, the probes included.
 PAUSE_GAP = 1.0
@@ -89,7 +95,9 @@ class RegisterLoop:
             self.store.new_client, host, ttl, self.events.put,
             endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,
             keepalive_client=functools.partial(self.store.new_client, authenticate=False),
-            learn_members=self.store.learn_members)
+            learn_members=self.store.learn_members,
+            stop_client=lambda timeout: self.store.new_client(timeout=timeout),
+            endpoint_count=self._endpoint_count)
         # Every key is wanted absent until its checks pass: a value of this host's left there
         # on no lease is deleted by the registrar's read-back (see Registrar._verify_absent).
         for key in self.by_key:
@@ -106,11 +114,25 @@ class RegisterLoop:
         self._init = children.is_init()
         self.stopping = False
         self._stop_deadline = 0.0
+        self._absent_since: float | None = None  # stopping: when every key was let go
+        self._deregistering = False  # in `_finish`: the lease revoke under way
+        self._stop_signal: int | None = None  # the first stop signal
         self._last_ping = 0.0
         self._last_poll = time.monotonic()
         self._status = ""
 
     # ---- start
+
+    def listen_for_stop(self) -> None:
+        """Stop signals are the loop's from before the start's checks, which may wait out
+        another host's lease for its whole TTL: without a handler, a SIGTERM then killed the
+        process, and as PID 1 (a container without an init, which ignores what it does not
+        handle) it was lost: the registrar registered once that lease lapsed, though told to
+        stop, until the SIGKILL."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, f: self._on_stop_signal(s))
+        for held in held_signals.take(held_signals.STOP):  # a SIGTERM during start-up
+            self._on_stop_signal(held)
 
     def refuse_conflicts(self) -> None:
         """A key another host holds is exit 2 at start (never a silent overwrite), once it is
@@ -120,13 +142,16 @@ class RegisterLoop:
         try:
             # /health beats through the wait (a lease TTL, maybe long): it once went 503
             # after 10 s, and a liveness probe restarted a registrar that was only waiting.
-            conflicts = self.registrar.conflicts(list(self.by_key), wait_out_leases=True,
-                                                 waiting=self.metrics.beat)
+            conflicts = self.registrar.conflicts(
+                list(self.by_key), wait_out_leases=True, waiting=self.metrics.beat,
+                stopped=lambda: self._stop_signal is not None)
         except StoreUnavailable as exc:
+            if self._stop_signal is not None:
+                return
             log.warning("register: etcd unreachable at start (%s); registering when it is "
                         "back", exc)
             return
-        if conflicts:
+        if conflicts and self._stop_signal is None:
             c = conflicts[0]
             source = self.by_key[c.key].registration.source
             raise ConfigError(str(source), f"{c.key} is registered by host {c.owner!r} (this "
@@ -145,8 +170,7 @@ class RegisterLoop:
         if self.address is not None:
             warn_if_loopback(self.address.current, self._detected_keys())
             self.address.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda s, f: self.events.put(("signal", s)))
+        self.listen_for_stop()
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
         for held in held_signals.take():  # a SIGHUP while confsync was starting
             self.events.put(("hup", held))
@@ -156,9 +180,28 @@ class RegisterLoop:
         log.info("register: %d registration(s) for host %s: %s", len(self.instances), self.host,
                  ", ".join(f"{i.registration.key}" for i in self.instances.values()))
 
+    def _on_stop_signal(self, signum: int) -> None:
+        """In the signal handler: the loop is told; and while it waits for the lease's revoke
+        (reading no event then) a second one ends that wait."""
+        if self._deregistering:
+            self.registrar.hurry()
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self.events.put(("signal", signum))
+
+    def _endpoint_count(self) -> int:
+        try:
+            return len(self.store.endpoint_urls())
+        except Exception:  # (SRV records that cannot be read now: one try at a time)
+            return 1
+
     # ---- loop
 
     def run(self) -> int:
+        if self._stop_signal is not None:  # (nothing is started yet: no child, no thread)
+            log.info("register: %s while starting: nothing registered; exiting",
+                     signal.Signals(self._stop_signal).name)
+            return EXIT_OK
         self.start()
         while True:
             try:
@@ -198,9 +241,11 @@ class RegisterLoop:
             self._address_changed(item)
         elif isinstance(item, tuple) and item[0] == "signal":
             if self.stopping:
-                log.info("register: second stop signal: deleting now, no more drain")
+                log.info("register: second stop signal: deregistering now, no more drain; "
+                         "exiting within %.0fs whatever etcd does", HURRY)
                 for state in self.instances.values():
                     state.drain_until = 0.0
+                self._stop_deadline = min(self._stop_deadline, time.monotonic() + HURRY)
             else:
                 self._stop(f"{signal.Signals(item[1]).name}")
         elif isinstance(item, tuple) and item[0] == "hup":
@@ -399,13 +444,21 @@ class RegisterLoop:
     def _stopped(self) -> bool:
         if any(s.published != ABSENT for s in self.instances.values()):
             return False
+        now = time.monotonic()
+        if self._absent_since is None:
+            self._absent_since = now
         # (writes refused: waiting for the deadline cannot help, as with etcd unreachable)
         if self.registrar.settled() or not self.registrar.connected \
                 or self.registrar.writes_refused:
             return True
-        return time.monotonic() >= self._stop_deadline
+        return now >= min(self._stop_deadline, self._absent_since + SETTLE_WAIT)
 
     def _finish(self) -> int:
+        """Deregistered first (the lease revoked through any member, within the stop's
+        deadline), then the child stopped. Exit status: the child's, else 3 when etcd may
+        still hold a key of ours (until the lease's TTL), else 0."""
+        self._deregistering = True
+        removed = self.registrar.close(timeout=max(0.0, self._stop_deadline - time.monotonic()))
         status = 0
         if self.supervisor is not None:
             status = self.supervisor.stop()
@@ -414,11 +467,7 @@ class RegisterLoop:
             runner.stop()
         if self.address is not None:
             self.address.stop()
-        self.registrar.close(timeout=self.store_timeout())
-        return status
-
-    def store_timeout(self) -> float:
-        return min(self.settings.etcd.timeout, STOP_GRACE) + 1.0
+        return status or (EXIT_OK if removed else EXIT_STORE_UNAVAILABLE)
 
     # ---- sd_notify
 
@@ -467,6 +516,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
         supervisor = Supervisor(policy)
     loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier, watchdog)
     try:
+        loop.listen_for_stop()
         loop.refuse_conflicts()
         try:
             return loop.run()

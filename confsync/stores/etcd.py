@@ -299,10 +299,12 @@ class EtcdStore:
                 creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
         return endpoints
 
-    def new_client(self, authenticate: bool = True) -> MultiEndpointEtcd3Client:
+    def new_client(self, authenticate: bool = True,
+                   timeout: float | None = None) -> MultiEndpointEtcd3Client:
         """A fresh client (and so a fresh auth token and fresh endpoint state; no token while
         etcd's auth is switched off, or with `authenticate=False`: etcd serves lease keepalives
         without one). Raises AuthenticationFailed when etcd refuses the user and password.
+        `timeout`: a shorter limit for its calls, login included, than `etcd.timeout`.
 
         It starts at the endpoint after the last one that failed (`endpoint_failed`): a
         reconnect after a member died or lost its leader moves on instead of picking the dead
@@ -317,16 +319,17 @@ class EtcdStore:
             first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]
         user = self._settings.user if password is not None else None
+        limit = self._settings.timeout if timeout is None else min(timeout,
+                                                                   self._settings.timeout)
         try:
             try:
-                client = _Client(endpoints=ordered, timeout=self._settings.timeout, user=user,
+                client = _Client(endpoints=ordered, timeout=limit, user=user,
                                  password=password, failover=True)
             except grpc.RpcError as exc:
                 if user is None or not auth_not_enabled(exc):
                     raise
                 log.debug("etcd auth is disabled; connecting without a token")
-                client = _Client(endpoints=ordered, timeout=self._settings.timeout,
-                                 failover=True)
+                client = _Client(endpoints=ordered, timeout=limit, failover=True)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
             self.endpoint_failed()
             refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
