@@ -256,7 +256,7 @@ def entry() -> NoReturn:
     elif argv and argv[0] in LONG_RUNNING_COMMANDS:
         from confsync.ops import held_signals
 
-        held_signals.hold(stop=argv[0] == "register")
+        held_signals.hold(stop=True)
     code = main(argv)
     if not one_shot:
         sys.exit(code)

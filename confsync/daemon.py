@@ -588,7 +588,9 @@ class Daemon:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, handler)
-        for held in held_signals.take():  # a SIGHUP while confsync was starting
+        # A SIGHUP or SIGTERM while confsync was starting (PID 1 ignores what it has no
+        # handler for: a pod deleted as it started ran on until the SIGKILL).
+        for held in held_signals.take((*held_signals.HELD, *held_signals.STOP)):
             handler(held, None)
 
     def _on_signal(self, signum: int) -> None:

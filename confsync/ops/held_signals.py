@@ -8,9 +8,10 @@ holds it from the start; the loop takes what was held when it installs its own h
 reloads then, since the edit that caused the SIGHUP may have come after the settings were read.
 A Python handler (not SIG_IGN) so that exec'd children still start with the default action.
 
-`register` holds SIGTERM too: as PID 1 of a container without an init, which ignores a signal
-it has no handler for, a stop during its start-up (a pod deleted as it starts) was lost, and it
-went on to register the node until the SIGKILL. (`watch` takes what is held as SIGHUPs.)
+SIGTERM is held too: as PID 1 of a container without an init, which ignores a signal it has no
+handler for, a stop during start-up (a pod deleted as it starts) was lost: `register` went on
+to register the node, and `watch` ran, until the SIGKILL. The start-up before the handlers is
+bounded (no wait on etcd there), so a held SIGTERM is acted on within it.
 """
 
 from __future__ import annotations

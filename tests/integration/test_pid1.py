@@ -4,6 +4,7 @@ status (a failing check still fails)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from tests.support.cli import write_resource
-from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.daemon import WatchProcess, catches, read, wait_for
 
 AS_INIT = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=TERM")
 
@@ -61,5 +62,31 @@ def test_watch_as_pid1_reaps_orphans_and_a_failing_check_still_fails(tmp_path: P
         assert read(dest) == "v8\n"
         init.send_signal(signal.SIGTERM)
         assert w.proc.wait(timeout=15) == 0
+    finally:
+        w.stop()
+
+
+@pytest.mark.skipif(not _pid_namespaces_work(),
+                    reason="cannot create a PID namespace here (unshare --pid needs root)")
+def test_a_sigterm_to_watch_as_pid1_during_its_start_up_stops_it(tmp_path: Path) -> None:
+    """PID 1 ignores a signal it has no handler for, and `watch`'s handler came only after its
+    imports, settings and resources: a SIGTERM then (a pod deleted as it starts) was lost, and
+    it ran until the SIGKILL. It is held from confsync's first line now, and acted on once the
+    loop's handler is in place."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: v0\n")
+    write_resource(tmp_path / "cd", "app", "{{ getv('/app/v') }}\n",
+                   f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file", "--file",
+                     str(data), log=tmp_path / "watch.log", wrapper=AS_INIT)
+    try:
+        wait_for(lambda: psutil.Process(w.proc.pid).children(), 10, what="the namespace's init")
+        init = psutil.Process(w.proc.pid).children()[0].pid
+        wait_for(lambda: catches(init, signal.SIGHUP), 10, interval=0.001,
+                 what="confsync's entry (signals held)")
+        os.kill(init, signal.SIGTERM)
+        assert "watching with" not in w.output(), "the handler was in place already"
+        assert w.proc.wait(timeout=10) == 0, w.output()[-3000:]
+        assert "SIGTERM: finishing and exiting" in w.output()
     finally:
         w.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.daemon import wait_for
+from tests.support.daemon import catches, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 from tests.support.http_backends import HTTPBackend
@@ -246,16 +246,6 @@ def test_a_stop_signal_while_another_hosts_lease_is_waited_out_ends_the_start(
     assert published(c, _key(prefix)) == {"host": "another-host"}
 
 
-def _catches(pid: int, signum: int) -> bool:
-    """The process has a handler for `signum` (SigCgt in /proc/<pid>/status)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt"))
-    return bool(int(caught, 16) >> (signum - 1) & 1)
-
-
 def test_a_sigterm_to_pid1_during_its_start_up_ends_it_before_it_registers(
         etcd: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -269,7 +259,7 @@ def test_a_sigterm_to_pid1_during_its_start_up_ends_it_before_it_registers(
     proc = _start(procs, tmp_path, [etcd.endpoint], prefix, backend.port, wrapper=AS_INIT)
     wait_for(lambda: psutil.Process(proc.proc.pid).children(), 5, what="the namespace's init")
     init = psutil.Process(proc.proc.pid).children()[0].pid
-    wait_for(lambda: _catches(init, signal.SIGHUP), 10, interval=0.001,
+    wait_for(lambda: catches(init, signal.SIGHUP), 10, interval=0.001,
              what="confsync's entry (SIGHUP held)")
     assert "registration(s) for host" not in proc.output(), "still starting"
     os.kill(init, signal.SIGTERM)

@@ -35,6 +35,16 @@ def reads(path: Path, text: str) -> bool:
     return read(path) == text
 
 
+def catches(pid: int, signum: int) -> bool:
+    """The process has a handler for `signum` (SigCgt in /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
 class WatchProcess:
     def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None,
                  wrapper: Sequence[str] = (), cwd: Path | None = None) -> None:
