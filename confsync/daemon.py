@@ -58,6 +58,12 @@ PENDING_PATIENCE = 15.0
 EXIT_INTERNAL_ERROR = 70
 LOOP_ERROR_LIMIT = 5  # unexpected loop errors within LOOP_ERROR_WINDOW before exiting
 LOOP_ERROR_WINDOW = 60.0
+# etcd sends one revision that touches several watched prefixes (a txn) as one response per
+# watch, back to back on the stream. Before applying, the loop waits until the queue is quiet
+# this long or brings a later revision, so a render never sees half of a revision...
+BATCH_SETTLE = 0.01
+# ...but never longer than this (a stream that keeps bringing one revision's responses).
+BATCH_SETTLE_MAX = 0.25
 PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
 # Failed steps retried with backoff: their cause is outside the data (a check that depends on
 # the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
@@ -130,6 +136,10 @@ class Daemon:
         self._init = children.is_init()  # PID 1 of a container: orphans are ours to reap
         self.mirror = Mirror()
         self.snapshot_floor = 0  # batches at or below the last snapshot's revision are in it
+        # The revision of the last batch applied in this drain (0: none), and a later batch
+        # taken off the queue to end the settle wait, applied first in the next drain.
+        self._drained_revision = 0
+        self._carried: object | None = None
         self.stopping = False
         self.exit_code = EXIT_OK
         self.ready = False
@@ -236,12 +246,15 @@ class Daemon:
                                                              self.next_interval_at) if settled
                                                             else ())) if d is not None]
         timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
+        self._drained_revision = 0
         try:
-            self._handle(self.events.get(timeout=timeout))
+            carried, self._carried = self._carried, None
+            self._handle(carried if carried is not None else self.events.get(timeout=timeout))
             while not self.stopping:  # drain: everything already queued joins this batch
                 self._handle(self.events.get_nowait())
         except queue.Empty:
             pass
+        self._settle()
         if self.stopping:
             return
         now = time.monotonic()
@@ -263,6 +276,28 @@ class Daemon:
                 self._check_targets(now)
             self.observers.heartbeat()
             self._last_beat = now
+
+    def _settle(self) -> None:
+        """Complete the last revision drained before anything renders.
+
+        Watches of several prefixes share one stream, and etcd sends a txn that touches two of
+        them as two responses; the loop took the first and rendered before the second was
+        queued (a file that mixed two revisions, which no state of etcd ever was). Wait until
+        the queue is quiet for BATCH_SETTLE, or brings a batch of a later revision (kept for
+        the next drain: etcd sent every part of the earlier one before it)."""
+        if not self._drained_revision or len(self.state.prefixes) < 2:
+            return
+        deadline = time.monotonic() + BATCH_SETTLE_MAX
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=min(BATCH_SETTLE, left))
+            except queue.Empty:
+                return
+            if (isinstance(event, BatchReceived) and event.generation == self.generation
+                    and event.batch.revision > self._drained_revision):
+                self._carried = event
+                return
+            self._handle(event)
 
     def _reload_deadline(self) -> float | None:
         """When the requested config reload runs. One that finds an earlier reload still
@@ -324,6 +359,7 @@ class Daemon:
         if batch.revision <= self.snapshot_floor:
             return  # already part of the snapshot the mirror holds
         changed = self.mirror.apply(batch)
+        self._drained_revision = max(self._drained_revision, batch.revision)
         if changed:
             self.observers.changes_received(batch.revision, len(changed))
             self._touch_covering(changed)

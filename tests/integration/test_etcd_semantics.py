@@ -1,0 +1,44 @@
+"""etcd's event semantics as `confsync watch` sees them over months, against a real etcd:
+transactions, lease expiry, big values and prefixes, prefix boundaries, idle prefixes beside
+busy ones, hot keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+
+
+def _watch(watchers: list[WatchProcess], tmp_path: Path, endpoint: str, prefix: str,
+           *extra: str) -> WatchProcess:
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", endpoint,
+                     "--prefix", prefix, *extra, log=tmp_path / "watch.log")
+    watchers.append(w)
+    return w
+
+
+def test_a_txn_over_two_prefixes_of_one_resource_is_rendered_whole(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """Each txn sets /a/n and /b/n to the same value in one revision: every file written
+    (recorded by its reload) has them equal; a half-applied txn never existed in etcd."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/a/n", "0")
+    c.put(prefix + "/b/n", "0")
+    dest = tmp_path / "out"
+    seen = tmp_path / "seen"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    _watch(watchers, tmp_path, etcd.endpoint, prefix, "--wait-min", "0")
+    wait_for(lambda: read(dest) == "0 0\n", what="first render")
+    for i in range(1, 201):
+        c.transaction(compare=[], success=[c.transactions.put(prefix + "/a/n", str(i)),
+                                           c.transactions.put(prefix + "/b/n", str(i))],
+                      failure=[])
+    wait_for(lambda: read(dest) == "200 200\n", timeout=15, what="the last txn")
+    lines = read(seen).splitlines()
+    mixed = [line for line in lines if len(set(line.split())) != 1]
+    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
