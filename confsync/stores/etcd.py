@@ -84,6 +84,9 @@ POSITION_CHECK_SECONDS = 10.0
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
 MEMBERS_REFRESH_SECONDS = 10.0
+# A snapshot whose revision is compacted between two of its ranges is read again this many
+# times in all before the read counts as failed.
+SNAPSHOT_COMPACTED_RETRIES = 3
 
 
 class WatchCanceled(Exception):
@@ -160,6 +163,12 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
 
 def _range_end(prefix: bytes) -> bytes:
     return bytes(pyetcd.utils.prefix_range_end(prefix))
+
+
+def _compacted(exc: grpc.RpcError) -> bool:
+    """etcd's "mvcc: required revision has been compacted" (a read at an old revision)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(exc)
 
 
 def token_expired(exc: BaseException) -> bool:
@@ -390,6 +399,21 @@ class EtcdStore:
                                f"read failed: {'; '.join(dict.fromkeys(failures))}")
 
     def _read(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str]) -> Snapshot:
+        """One revision for every prefix. A compaction past it between two ranges (a busy
+        cluster compacting while a big snapshot reads) starts the read over at the new
+        revision: the member is fine, so it is neither a failed endpoint nor a lost stream."""
+        for attempt in range(SNAPSHOT_COMPACTED_RETRIES):
+            try:
+                return self._read_at_one_revision(client, prefixes)
+            except grpc.RpcError as exc:
+                if not _compacted(exc) or attempt == SNAPSHOT_COMPACTED_RETRIES - 1:
+                    raise
+                log.info("etcd compacted past the snapshot's revision while it was read; "
+                         "reading again")
+        raise AssertionError("unreachable")
+
+    def _read_at_one_revision(self, client: MultiEndpointEtcd3Client,
+                              prefixes: Sequence[str]) -> Snapshot:
         # Linearizable ranges (the library's default, serializable=False): the member confirms
         # with the leader that it has applied everything committed before answering.
         values: dict[str, bytes] = {}

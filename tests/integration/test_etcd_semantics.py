@@ -5,6 +5,10 @@ busy ones, hot keys."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from confsync.settings import EtcdSettings
+from confsync.stores.etcd import EtcdStore
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -42,3 +46,35 @@ def test_a_txn_over_two_prefixes_of_one_resource_is_rendered_whole(
     lines = read(seen).splitlines()
     mixed = [line for line in lines if len(set(line.split())) != 1]
     assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
+
+
+def test_a_compaction_between_the_ranges_of_a_snapshot_reads_again_at_one_revision(
+        etcd_private: EtcdMember) -> None:
+    """The first range fixes the snapshot's revision; etcd compacts past it before the second
+    (a busy cluster, a big first prefix). The read starts over at a newer revision: no failed
+    endpoint, no lost stream (it was `read failed: OUT_OF_RANGE ... compacted`)."""
+    c = client(etcd_private.endpoint)
+    c.put("/a/x", "1")
+    c.put("/b/y", "old")
+    store = EtcdStore(EtcdSettings(endpoints=(etcd_private.endpoint,), timeout=5.0))
+    try:
+        shared = store._shared_client()
+        read_range = shared.get_range_response
+        calls: list[bytes] = []
+
+        def range_then_compact(key: bytes, *args: Any, **kwargs: Any) -> Any:
+            response = read_range(key, *args, **kwargs)
+            if not calls:  # between the first range and the second
+                c.put("/b/y", "new")
+                c.compact(c.get_response("/b/y").header.revision, physical=True)
+            calls.append(key)
+            return response
+
+        shared.get_range_response = range_then_compact
+        snapshot = store.snapshot(["/a", "/b"])
+        assert snapshot.values == {"/a/x": b"1", "/b/y": b"new"}
+        assert snapshot.revision == c.get_response("/b/y").header.revision
+        assert store._rotation == 0  # the member was never taken for a failed one
+        assert calls == [b"/a", b"/a", b"/b"]  # /b failed once, then both again
+    finally:
+        store.close()
