@@ -4,6 +4,7 @@ busy ones, hot keys."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,77 @@ def test_a_compaction_between_the_ranges_of_a_snapshot_reads_again_at_one_revisi
         assert calls == [b"/a", b"/a", b"/b"]  # /b failed once, then both again
     finally:
         store.close()
+
+
+def test_keys_of_an_expired_lease_arrive_as_deletes_and_the_pool_shrinks(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A registrar that dies stops its keepalives: etcd deletes its keys when the lease runs
+    out, in one revision, as delete events (no put or watch of ours is involved)."""
+    c = client(etcd.endpoint)
+    lease = c.lease(2)
+    for name in ("a", "b", "c"):
+        c.put(f"{prefix}/pool/{name}", f"10.0.0.{ord(name)}", lease=lease)
+    c.put(prefix + "/pool/static", "10.0.0.1")
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "pool",
+                   "{% for kv in gets('/pool/*') %}{{ kv.key | base }}\n{% endfor %}",
+                   f'dest = "{dest}"\nkeys = ["/pool"]')
+    w = _watch(watchers, tmp_path, etcd.endpoint, prefix, "--wait-min", "0")
+    wait_for(lambda: read(dest) == "a\nb\nc\nstatic\n", what="first render")
+    wait_for(lambda: read(dest) == "static\n", timeout=15,
+             what=f"the lease's keys gone from the file\n{w.output()[-2000:]}")
+    assert w.proc.poll() is None
+
+
+def test_one_key_changed_10000_times_ends_at_its_last_value(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """10,000 puts of one key from four writers: the file ends equal to the value of etcd's
+    last revision, after a handful of renders (coalesced, not one per put)."""
+    c = client(etcd.endpoint)
+    key = prefix + "/hot/n"
+    c.put(key, "start")
+    dest = tmp_path / "out"
+    renders = tmp_path / "renders"
+    write_resource(tmp_path / "cd", "hot", "{{ getv('/hot/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/hot"]\n'
+                   f'reload_cmd = ["sh", "-c", "echo r >> {renders}"]')
+    w = _watch(watchers, tmp_path, etcd.endpoint, prefix, "--wait-min", "20ms",
+               "--wait-max", "500ms")
+    wait_for(lambda: read(dest) == "start\n", what="first render")
+
+    def writer(n: int) -> None:
+        mine = client(etcd.endpoint)
+        for i in range(2500):
+            mine.put(key, f"{n}-{i}")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    value, _ = c.get(key)
+    assert value is not None and value.decode().endswith("-2499")
+    wait_for(lambda: read(dest) == value.decode() + "\n", timeout=15,
+             what=f"the last value\n{w.output()[-2000:]}")
+    assert read(renders).count("r") < 200  # coalesced: each a render of all queued puts
+    assert w.proc.poll() is None
+
+
+def test_a_sibling_that_starts_alike_does_not_disarm_the_empty_pool_guard(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """keys = ["/pool"] beside /pool-canary/x: every /pool key deleted at once (a wipe, a
+    blip) keeps the last good file. /pool-canary/x was counted as one of the pool's keys, so
+    the guard let an empty pool through."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/pool/a", "1")
+    c.put(prefix + "/pool/b", "2")
+    c.put(prefix + "/pool-canary/x", "3")
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "pool",
+                   "{% for kv in gets('/pool/*') %}{{ kv.key }}\n{% endfor %}",
+                   f'dest = "{dest}"\nkeys = ["/pool"]')
+    w = _watch(watchers, tmp_path, etcd.endpoint, prefix, "--wait-min", "0")
+    wait_for(lambda: read(dest) == "/pool/a\n/pool/b\n", what="first render")
+    c.delete_prefix(prefix + "/pool/")
+    w.wait_log("vanished", timeout=10)
+    assert read(dest) == "/pool/a\n/pool/b\n"

@@ -56,6 +56,28 @@ def test_keys_outside_the_resource_prefixes_are_invisible(tmp_path: Path) -> Non
         render(tmp_path, "{{ getv('/other/x') }}", DATA, keys=("/app",))
 
 
+def test_a_key_covers_itself_and_its_subtree_not_names_that_start_alike(
+        tmp_path: Path) -> None:
+    """confd 0.17's rule: keys = ["/app"] reads /app and /app/..., never /application/y
+    (measured: `exists "/application/y"` is false there, `ls "/"` lists only app)."""
+    data = {"/app": "self", "/app/x": "X", "/application/y": "Y", "/apps": "S"}
+    out = render(tmp_path, (
+        "{{ getv('/app') }} {{ getv('/app/x') }} {{ exists('/application/y') }} "
+        "{{ exists('/apps') }} {{ getv('/application/y', '-') }}|"
+        "{{ ls('/') | join(',') }}|{{ lsdir('/') | join(',') }}|{{ ls('/app') | join(',') }}|"
+        "{% for kv in gets('/app*') %}{{ kv.key }},{% endfor %}|{{ getvs('/*/y') }}\n"),
+        data, keys=("/app",))
+    assert out == "self X False False -|app|app|x|/app,|[]\n"
+    # A key given with its slash is a directory: the key of that name itself is not in it.
+    out = render(tmp_path, "{{ exists('/app') }} {{ getv('/app/x') }}\n", data,
+                 keys=("/app/",))
+    assert out == "False X\n"
+    # A deeper key makes its parents listable, as the keys under it are.
+    out = render(tmp_path, "{{ ls('/') | join(',') }}|{{ lsdir('/') | join(',') }}\n",
+                 {"/app/db/host": "h", "/app/dbx/y": "n"}, keys=("/app/db",))
+    assert out == "app|app\n"
+
+
 def test_glob_never_crosses_slash() -> None:
     assert glob_regex("/a/*").match("/a/b")
     assert not glob_regex("/a/*").match("/a/b/c")
