@@ -4,17 +4,26 @@ busy ones, hot keys."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from confsync.settings import EtcdSettings
-from confsync.stores.etcd import EtcdStore
+import pytest
 
+from confsync import watcher
+from confsync.settings import EtcdSettings
+from confsync.stores import Change
+from confsync.stores.etcd import EtcdStore
+from confsync.watcher import BatchReceived, SnapshotTaken, StoreFollower, StreamState
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, start_single
+from tests.support.tcp_proxy import TcpProxy
 
 
 def _watch(watchers: list[WatchProcess], tmp_path: Path, endpoint: str, prefix: str,
@@ -153,3 +162,117 @@ def test_a_sibling_that_starts_alike_does_not_disarm_the_empty_pool_guard(
     c.delete_prefix(prefix + "/pool/")
     w.wait_log("vanished", timeout=10)
     assert read(dest) == "/pool/a\n/pool/b\n"
+
+
+@pytest.fixture
+def etcd_big(etcd_binary: str, tmp_path: Path) -> Iterator[EtcdMember]:
+    """A server of the test's own that takes requests up to 4 MiB (etcd's default: 1.5 MiB)."""
+    member = start_single(etcd_binary, tmp_path / "etcd",
+                          extra_args=["--max-request-bytes", str(4 << 20)])
+    yield member
+    member.stop()
+
+
+def test_a_value_of_1_5_mib_is_written_whole_and_followed(
+        etcd_big: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    c = client(etcd_big.endpoint)
+    size = 3 << 19  # 1.5 MiB
+    c.put("/big/v", "a" * size)
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "big", "{{ getv('/big/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/big"]')
+    w = _watch(watchers, tmp_path, etcd_big.endpoint, "", "--wait-min", "0")
+    wait_for(lambda: read(dest) == "a" * size + "\n", timeout=15, what="first render")
+    c.put("/big/v", "b" * size)
+    wait_for(lambda: read(dest) == "b" * size + "\n", timeout=15,
+             what=f"the new value\n{w.output()[-2000:]}")
+    assert w.proc.poll() is None
+
+
+def test_100000_keys_are_read_and_deleted_in_one_revision_rendered_once(
+        etcd_big: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """100,000 keys in the first snapshot; then one DeleteRange removes them all in one
+    revision: one watch response of 100,000 events, one render of the empty set."""
+    c = client(etcd_big.endpoint, timeout=30)
+    for start in range(0, 100_000, 128):  # etcd's --max-txn-ops
+        c.transaction(compare=[], failure=[], success=[
+            c.transactions.put(f"/many/k{i:06d}", "x" * 20)
+            for i in range(start, min(start + 128, 100_000))])
+    dest = tmp_path / "out"
+    renders = tmp_path / "renders"
+    write_resource(tmp_path / "cd", "many", "{{ gets('/many/*') | length }}\n",
+                   f'dest = "{dest}"\nkeys = ["/many"]\nmin_keys = 0\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {renders}"]')
+    w = _watch(watchers, tmp_path, etcd_big.endpoint, "", "--wait-min", "0")
+    wait_for(lambda: read(dest) == "100000\n", timeout=20, what="first render")
+    c.delete_prefix("/many/")
+    wait_for(lambda: read(renders) == "100000\n0\n", timeout=20,
+             what=f"the delete, in one render\n{w.output()[-2000:]}")
+    assert w.proc.poll() is None
+
+
+def _events_until(out: queue.SimpleQueue[object], done: Callable[[list[object]], bool],
+                  timeout: float) -> list[object]:
+    events: list[object] = []
+    deadline = time.monotonic() + timeout
+    while not done(events):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out; events so far: {events}"
+        with contextlib.suppress(queue.Empty):
+            events.append(out.get(timeout=min(left, 0.2)))
+    return events
+
+
+def _has_change(events: list[object], key: str, value: bytes) -> bool:
+    return any(isinstance(e, BatchReceived) and Change(key, value) in e.batch.changes
+               for e in events)
+
+
+def test_an_idle_prefix_beside_a_busy_compacted_one_misses_nothing_and_rereads_once(
+        etcd_private: EtcdMember, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/idle gets no event while /busy is written and compacted past /idle's last revision.
+    A live watch is not touched by compaction; a stream broken then resumes from /idle's old
+    revision, which is compacted: one fresh snapshot (it holds what /idle got meanwhile), then
+    the watch follows both prefixes again, without another snapshot."""
+    monkeypatch.setattr(watcher, "RESNAPSHOT_JITTER", 0.0)
+    c = client(etcd_private.endpoint)
+    c.put("/idle/k", "1")
+    c.put("/busy/n", "0")
+    proxy = TcpProxy(etcd_private.client_port)
+    store = EtcdStore(EtcdSettings(endpoints=(proxy.endpoint,), timeout=2.0))
+    out: queue.SimpleQueue[object] = queue.SimpleQueue()
+    follower = StoreFollower(store, ["/busy", "/idle"], out)
+    follower.start()
+    try:
+        _events_until(out, lambda ev: any(isinstance(e, StreamState) and e.connected
+                                          for e in ev), 10)
+        for i in range(1, 101):
+            c.put("/busy/n", str(i))
+        c.compact(c.get_response("/busy/n").header.revision, physical=True)
+        events = _events_until(out, lambda ev: _has_change(ev, "/busy/n", b"100"), 10)
+        assert not any(isinstance(e, SnapshotTaken) for e in events)  # live: untouched
+
+        proxy.close()  # the stream breaks; meanwhile both prefixes change, and etcd compacts
+        c.put("/idle/k", "2")
+        for i in range(101, 201):
+            c.put("/busy/n", str(i))
+        c.compact(c.get_response("/busy/n").header.revision, physical=True)
+        proxy = TcpProxy(etcd_private.client_port, port=proxy.port)
+        # (etcd accepts the watch, then cancels it as compacted: connected, lost, snapshot)
+        events = _events_until(out, lambda ev: any(
+            isinstance(e, SnapshotTaken) for e in ev) and isinstance(ev[-1], StreamState)
+            and ev[-1].connected, 20)
+        snapshots = [e for e in events if isinstance(e, SnapshotTaken)]
+        assert [s.reason for s in snapshots] == ["compacted"], events
+        assert snapshots[0].snapshot.values == {"/idle/k": b"2", "/busy/n": b"200"}
+
+        c.put("/idle/k", "3")
+        c.put("/busy/n", "201")
+        events = _events_until(out, lambda ev: _has_change(ev, "/idle/k", b"3")
+                               and _has_change(ev, "/busy/n", b"201"), 10)
+        assert not any(isinstance(e, SnapshotTaken) for e in events)
+    finally:
+        follower.stop()
+        follower.join(timeout=10)
+        store.close()
+        proxy.close()
