@@ -17,6 +17,7 @@ import pytest
 from confsync import watcher
 from confsync.settings import EtcdSettings
 from confsync.stores import Change
+from confsync.stores import etcd as etcd_store
 from confsync.stores.etcd import EtcdStore
 from confsync.watcher import BatchReceived, SnapshotTaken, StoreFollower, StreamState
 from tests.support.cli import write_resource
@@ -36,23 +37,29 @@ def _watch(watchers: list[WatchProcess], tmp_path: Path, endpoint: str, prefix: 
 
 def test_a_txn_over_two_prefixes_of_one_resource_is_rendered_whole(
         etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
-    """Each txn sets /a/n and /b/n to the same value in one revision: every file written
-    (recorded by its reload) has them equal; a half-applied txn never existed in etcd."""
+    """Each txn sets /a/n and /b/n to the same value and moves /a/m/<i> on, in one revision:
+    every file written (recorded by its reload) has them equal and one /a/m key; a
+    half-applied txn never existed in etcd."""
     c = client(etcd.endpoint)
     c.put(prefix + "/a/n", "0")
     c.put(prefix + "/b/n", "0")
+    c.put(prefix + "/a/m/0", "")
     dest = tmp_path / "out"
     seen = tmp_path / "seen"
-    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+    write_resource(tmp_path / "cd", "ab",
+                   "{{ getv('/a/n') }} {{ getv('/b/n') }} "
+                   "{{ gets('/a/m/*') | map(attribute='key') | map('base') | join(' ') }}\n",
                    f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
                    f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
     _watch(watchers, tmp_path, etcd.endpoint, prefix, "--wait-min", "0")
-    wait_for(lambda: read(dest) == "0 0\n", what="first render")
+    wait_for(lambda: read(dest) == "0 0 0\n", what="first render")
     for i in range(1, 201):
-        c.transaction(compare=[], success=[c.transactions.put(prefix + "/a/n", str(i)),
-                                           c.transactions.put(prefix + "/b/n", str(i))],
-                      failure=[])
-    wait_for(lambda: read(dest) == "200 200\n", timeout=15, what="the last txn")
+        c.transaction(compare=[], failure=[], success=[
+            c.transactions.put(prefix + "/a/n", str(i)),
+            c.transactions.put(prefix + "/b/n", str(i)),
+            c.transactions.delete(f"{prefix}/a/m/{i - 1}"),
+            c.transactions.put(f"{prefix}/a/m/{i}", "")])
+    wait_for(lambda: read(dest) == "200 200 200\n", timeout=15, what="the last txn")
     lines = read(seen).splitlines()
     mixed = [line for line in lines if len(set(line.split())) != 1]
     assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
@@ -276,3 +283,77 @@ def test_an_idle_prefix_beside_a_busy_compacted_one_misses_nothing_and_rereads_o
         follower.join(timeout=10)
         store.close()
         proxy.close()
+
+
+def test_a_replay_larger_than_a_grpc_message_catches_up_by_snapshot(
+        etcd_big: EtcdMember, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd replays a resumed watch's missed revisions in one response (up to 1,000 of them),
+    which can pass the client's message limit (512 MiB; 4 MiB here) where no single value
+    does. The stream then failed at every resume from the same revision, for good: the files
+    never followed again. Now that replay is skipped for a fresh snapshot."""
+    monkeypatch.setattr(watcher, "RESNAPSHOT_JITTER", 0.0)
+    monkeypatch.setattr(etcd_store, "GRPC_OPTIONS", [
+        (name, 4 << 20 if name == "grpc.max_receive_message_length" else value)
+        for name, value in etcd_store.GRPC_OPTIONS])
+    c = client(etcd_big.endpoint)
+    c.put("/big/v", "0")
+    proxy = TcpProxy(etcd_big.client_port)
+    store = EtcdStore(EtcdSettings(endpoints=(proxy.endpoint,), timeout=2.0))
+    out: queue.SimpleQueue[object] = queue.SimpleQueue()
+    follower = StoreFollower(store, ["/big"], out)
+    follower.start()
+    try:
+        _events_until(out, lambda ev: any(isinstance(e, StreamState) and e.connected
+                                          for e in ev), 10)
+        proxy.close()
+        for letter in "abcd":  # 4 x 1.5 MiB missed: 6 MiB to replay
+            c.put("/big/v", letter * (3 << 19))
+        proxy = TcpProxy(etcd_big.client_port, port=proxy.port)
+        events = _events_until(out, lambda ev: any(
+            isinstance(e, SnapshotTaken) for e in ev) and isinstance(ev[-1], StreamState)
+            and ev[-1].connected, 20)
+        snapshot = next(e for e in events if isinstance(e, SnapshotTaken)).snapshot
+        assert snapshot.values == {"/big/v": b"d" * (3 << 19)}
+        c.put("/big/v", "e")
+        _events_until(out, lambda ev: _has_change(ev, "/big/v", b"e"), 10)
+    finally:
+        follower.stop()
+        follower.join(timeout=10)
+        store.close()
+        proxy.close()
+
+
+def test_a_snapshot_bigger_than_a_grpc_message_is_read_in_pages_at_one_revision(
+        etcd_big: EtcdMember, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four 1.5 MiB values under one prefix, a client limit of 4 MiB (512 MiB in production):
+    one range for the prefix failed at every try, so `watch` never started. It is read in
+    pages, and a write between two pages is not in the snapshot (all pages at one revision)."""
+    monkeypatch.setattr(etcd_store, "GRPC_OPTIONS", [
+        (name, 4 << 20 if name == "grpc.max_receive_message_length" else value)
+        for name, value in etcd_store.GRPC_OPTIONS])
+    c = client(etcd_big.endpoint)
+    big = {f"/big/{letter}": letter.encode() * (3 << 19) for letter in "abcd"}
+    for key, value in big.items():
+        c.put(key, value)
+    revision = c.get_response("/big/a").header.revision
+    store = EtcdStore(EtcdSettings(endpoints=(etcd_big.endpoint,), timeout=5.0))
+    try:
+        shared = store._shared_client()
+        read_range = shared.get_range_response
+        pages: list[int] = []
+
+        def range_then_write(*args: Any, **kwargs: Any) -> Any:
+            response = read_range(*args, **kwargs)
+            if not pages:  # between the first page and the next
+                c.put("/big/d", "changed")
+                c.put("/big/e", "new")
+            pages.append(len(response.kvs))
+            return response
+
+        shared.get_range_response = range_then_write
+        snapshot = store.snapshot(["/big"])
+        assert snapshot.revision == revision
+        assert snapshot.values == big
+        assert len(pages) > 1 and sum(pages) == 4, pages
+    finally:
+        store.close()
