@@ -64,6 +64,13 @@ LOOP_ERROR_WINDOW = 60.0
 BATCH_SETTLE = 0.01
 # ...but never longer than this (a stream that keeps bringing one revision's responses).
 BATCH_SETTLE_MAX = 0.25
+# After a (re)connect, etcd replays each watch's missed revisions from its loop for lagging
+# watches (every 100 ms), and each watch of the stream is created a round trip after the
+# previous one: the replays of two prefixes can come 100 ms and more apart. Renders wait until
+# no batch came for this long after the watch is back...
+CATCH_UP_QUIET = 0.3
+# ...and at most this long after it is back (or after the first replayed batch).
+CATCH_UP_MAX = 3.0
 PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
 # Failed steps retried with backoff: their cause is outside the data (a check that depends on
 # the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
@@ -140,6 +147,11 @@ class Daemon:
         # taken off the queue to end the settle wait, applied first in the next drain.
         self._drained_revision = 0
         self._carried: object | None = None
+        # A (re)connect's replay may still be arriving (since when), when the watch was back,
+        # and when the last batch came: renders wait for it (`_replay_hold`).
+        self._catch_up_since: float | None = None
+        self._connected_at = 0.0
+        self._last_batch_at = 0.0
         self.stopping = False
         self.exit_code = EXIT_OK
         self.ready = False
@@ -242,9 +254,13 @@ class Daemon:
         # Nothing renders before the mirror holds a snapshot of the running set's prefixes, so
         # render deadlines only count once it does (a passed one would spin the loop).
         settled = self.ready and self.pending is None
-        deadlines = [d for d in (self._reload_deadline(), *((self.planner.next_deadline(),
-                                                             self.next_interval_at) if settled
-                                                            else ())) if d is not None]
+        render_at = self.planner.next_deadline()
+        hold = self._replay_hold(now)
+        if render_at is not None and hold is not None:
+            render_at = max(render_at, hold)
+        deadlines = [d for d in (self._reload_deadline(), *((render_at, self.next_interval_at)
+                                                            if settled else ()))
+                     if d is not None]
         timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
         self._drained_revision = 0
         try:
@@ -266,7 +282,7 @@ class Daemon:
         if settled and self.next_interval_at is not None and now >= self.next_interval_at:
             self.next_interval_at = now + self.state.settings.watch.interval
             self._touch_all(repair=True)
-        due = self.planner.due(now) if settled else []
+        due = self.planner.due(now) if settled and self._replay_hold(now) is None else []
         if due:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
@@ -298,6 +314,24 @@ class Daemon:
                 self._carried = event
                 return
             self._handle(event)
+
+    def _replay_hold(self, now: float) -> float | None:
+        """Until when renders wait for the rest of a resumed watch's replay; None: no wait.
+
+        The replay of one prefix rendered beside another's old value a state etcd never
+        held (a txn over both, during the outage: every reconnect over a 25 ms link did)."""
+        since = self._catch_up_since
+        if since is None or len(self.state.prefixes) < 2:
+            return None
+        if self.connected:
+            until = min(max(self._connected_at, self._last_batch_at) + CATCH_UP_QUIET,
+                        self._connected_at + CATCH_UP_MAX)
+        else:  # replayed batches while the next prefix's watch is being created
+            until = since + CATCH_UP_MAX
+        if now >= until:
+            self._catch_up_since = None
+            return None
+        return until
 
     def _reload_deadline(self) -> float | None:
         """When the requested config reload runs. One that finds an earlier reload still
@@ -360,6 +394,9 @@ class Daemon:
             return  # already part of the snapshot the mirror holds
         changed = self.mirror.apply(batch)
         self._drained_revision = max(self._drained_revision, batch.revision)
+        self._last_batch_at = time.monotonic()
+        if not self.connected and self._catch_up_since is None:
+            self._catch_up_since = self._last_batch_at  # a replay before the watch is back
         if changed:
             self.observers.changes_received(batch.revision, len(changed))
             self._touch_covering(changed)
@@ -413,6 +450,9 @@ class Daemon:
             if not self.connected:
                 log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
                          event.revision + 1)
+                self._connected_at = time.monotonic()
+                if self._catch_up_since is None:
+                    self._catch_up_since = self._connected_at
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()

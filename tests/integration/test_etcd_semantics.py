@@ -357,3 +357,38 @@ def test_a_snapshot_bigger_than_a_grpc_message_is_read_in_pages_at_one_revision(
         assert len(pages) > 1 and sum(pages) == 4, pages
     finally:
         store.close()
+
+
+def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """While the stream is down, txns set /a/n and /b/n alike. On the resume etcd replays each
+    prefix's missed revisions from its loop for lagging watches (every 100 ms), and the watch
+    of /b is only created a round trip after /a's (25 ms each way here): /a's replay could be
+    rendered alone, beside /b's old value."""
+    c = client(etcd_private.endpoint)
+    c.put("/a/n", "0")
+    c.put("/b/n", "0")
+    dest = tmp_path / "out"
+    seen = tmp_path / "seen"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    proxy = TcpProxy(etcd_private.client_port, delay=0.025)
+    try:
+        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        for outage in range(1, 4):
+            w.wait_log("watching /a, /b", count=outage, timeout=15)
+            proxy.close()
+            w.wait_log("degraded", count=outage, timeout=15)
+            for i in range(outage * 10 - 9, outage * 10 + 1):
+                c.transaction(compare=[], failure=[], success=[
+                    c.transactions.put("/a/n", str(i)), c.transactions.put("/b/n", str(i))])
+            proxy = TcpProxy(etcd_private.client_port, port=proxy.port, delay=0.025)
+            wait_for(lambda o=outage: read(dest) == f"{o * 10} {o * 10}\n", timeout=20,
+                     what=f"the replay after outage {outage}\n{w.output()[-2000:]}")
+    finally:
+        proxy.close()
+    lines = read(seen).splitlines()
+    mixed = [line for line in lines if len(set(line.split())) != 1]
+    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
