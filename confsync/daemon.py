@@ -58,6 +58,19 @@ PENDING_PATIENCE = 15.0
 EXIT_INTERNAL_ERROR = 70
 LOOP_ERROR_LIMIT = 5  # unexpected loop errors within LOOP_ERROR_WINDOW before exiting
 LOOP_ERROR_WINDOW = 60.0
+# etcd sends one revision that touches several watched prefixes (a txn) as one response per
+# watch, back to back on the stream. Before applying, the loop waits until the queue is quiet
+# this long or brings a later revision, so a render never sees half of a revision...
+BATCH_SETTLE = 0.01
+# ...but never longer than this (a stream that keeps bringing one revision's responses).
+BATCH_SETTLE_MAX = 0.25
+# After a (re)connect, etcd replays each watch's missed revisions from its loop for lagging
+# watches (every 100 ms), and each watch of the stream is created a round trip after the
+# previous one: the replays of two prefixes can come 100 ms and more apart. Renders wait until
+# no batch came for this long after the watch is back...
+CATCH_UP_QUIET = 0.3
+# ...and at most this long after it is back (or after the first replayed batch).
+CATCH_UP_MAX = 3.0
 PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
 # Failed steps retried with backoff: their cause is outside the data (a check that depends on
 # the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
@@ -130,6 +143,15 @@ class Daemon:
         self._init = children.is_init()  # PID 1 of a container: orphans are ours to reap
         self.mirror = Mirror()
         self.snapshot_floor = 0  # batches at or below the last snapshot's revision are in it
+        # The revision of the last batch applied in this drain (0: none), and a later batch
+        # taken off the queue to end the settle wait, applied first in the next drain.
+        self._drained_revision = 0
+        self._carried: object | None = None
+        # A (re)connect's replay may still be arriving (since when), when the watch was back,
+        # and when the last batch came: renders wait for it (`_replay_hold`).
+        self._catch_up_since: float | None = None
+        self._connected_at = 0.0
+        self._last_batch_at = 0.0
         self.stopping = False
         self.exit_code = EXIT_OK
         self.ready = False
@@ -232,16 +254,23 @@ class Daemon:
         # Nothing renders before the mirror holds a snapshot of the running set's prefixes, so
         # render deadlines only count once it does (a passed one would spin the loop).
         settled = self.ready and self.pending is None
-        deadlines = [d for d in (self._reload_deadline(), *((self.planner.next_deadline(),
-                                                             self.next_interval_at) if settled
-                                                            else ())) if d is not None]
+        render_at = self.planner.next_deadline()
+        hold = self._replay_hold(now)
+        if render_at is not None and hold is not None:
+            render_at = max(render_at, hold)
+        deadlines = [d for d in (self._reload_deadline(), *((render_at, self.next_interval_at)
+                                                            if settled else ()))
+                     if d is not None]
         timeout = min([HEARTBEAT_SECONDS, *(max(0.0, d - now) for d in deadlines)])
+        self._drained_revision = 0
         try:
-            self._handle(self.events.get(timeout=timeout))
+            carried, self._carried = self._carried, None
+            self._handle(carried if carried is not None else self.events.get(timeout=timeout))
             while not self.stopping:  # drain: everything already queued joins this batch
                 self._handle(self.events.get_nowait())
         except queue.Empty:
             pass
+        self._settle()
         if self.stopping:
             return
         now = time.monotonic()
@@ -253,7 +282,7 @@ class Daemon:
         if settled and self.next_interval_at is not None and now >= self.next_interval_at:
             self.next_interval_at = now + self.state.settings.watch.interval
             self._touch_all(repair=True)
-        due = self.planner.due(now) if settled else []
+        due = self.planner.due(now) if settled and self._replay_hold(now) is None else []
         if due:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
@@ -263,6 +292,46 @@ class Daemon:
                 self._check_targets(now)
             self.observers.heartbeat()
             self._last_beat = now
+
+    def _settle(self) -> None:
+        """Complete the last revision drained before anything renders.
+
+        Watches of several prefixes share one stream, and etcd sends a txn that touches two of
+        them as two responses; the loop took the first and rendered before the second was
+        queued (a file that mixed two revisions, which no state of etcd ever was). Wait until
+        the queue is quiet for BATCH_SETTLE, or brings a batch of a later revision (kept for
+        the next drain: etcd sent every part of the earlier one before it)."""
+        if not self._drained_revision or len(self.state.prefixes) < 2:
+            return
+        deadline = time.monotonic() + BATCH_SETTLE_MAX
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=min(BATCH_SETTLE, left))
+            except queue.Empty:
+                return
+            if (isinstance(event, BatchReceived) and event.generation == self.generation
+                    and event.batch.revision > self._drained_revision):
+                self._carried = event
+                return
+            self._handle(event)
+
+    def _replay_hold(self, now: float) -> float | None:
+        """Until when renders wait for the rest of a resumed watch's replay; None: no wait.
+
+        The replay of one prefix rendered beside another's old value a state etcd never
+        held (a txn over both, during the outage: every reconnect over a 25 ms link did)."""
+        since = self._catch_up_since
+        if since is None or len(self.state.prefixes) < 2:
+            return None
+        if self.connected:
+            until = min(max(self._connected_at, self._last_batch_at) + CATCH_UP_QUIET,
+                        self._connected_at + CATCH_UP_MAX)
+        else:  # replayed batches while the next prefix's watch is being created
+            until = since + CATCH_UP_MAX
+        if now >= until:
+            self._catch_up_since = None
+            return None
+        return until
 
     def _reload_deadline(self) -> float | None:
         """When the requested config reload runs. One that finds an earlier reload still
@@ -324,6 +393,10 @@ class Daemon:
         if batch.revision <= self.snapshot_floor:
             return  # already part of the snapshot the mirror holds
         changed = self.mirror.apply(batch)
+        self._drained_revision = max(self._drained_revision, batch.revision)
+        self._last_batch_at = time.monotonic()
+        if not self.connected and self._catch_up_since is None:
+            self._catch_up_since = self._last_batch_at  # a replay before the watch is back
         if changed:
             self.observers.changes_received(batch.revision, len(changed))
             self._touch_covering(changed)
@@ -377,6 +450,9 @@ class Daemon:
             if not self.connected:
                 log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
                          event.revision + 1)
+                self._connected_at = time.monotonic()
+                if self._catch_up_since is None:
+                    self._catch_up_since = self._connected_at
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()

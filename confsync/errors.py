@@ -55,6 +55,17 @@ class RevisionCompacted(ConfsyncError):
         super().__init__(f"revision compacted up to {compacted_revision}")
 
 
+class ReplayTooLarge(RevisionCompacted):
+    """etcd replays the revisions a resumed watch missed in one message (up to 1,000 of them),
+    and that message passed the client's limit: resuming again fails the same way, so the
+    follower takes a fresh snapshot instead, as after a compaction."""
+
+    def __init__(self, detail: str) -> None:
+        ConfsyncError.__init__(self, f"the replay of the revisions missed does not fit in one "
+                                     f"message ({detail})")
+        self.compacted_revision = 0
+
+
 class StoreReset(ConfsyncError):
     """The store is not the history we followed: another cluster (recreated etcd), or a revision
     below one we already saw (restored from an older backup). Resuming would wait for revisions

@@ -163,6 +163,7 @@ class TemplateData:
         # Only keys under the resource's own prefixes are visible: anything else would not
         # re-render it when it changes.
         self._visible = resource.covers
+        self._dirs = resource.key_dirs
         self._roots = resource.watched_prefixes
         self.attributing = attributing
         self.last_key: str | None = None
@@ -197,7 +198,7 @@ class TemplateData:
         regex = glob_regex(full_pattern)
         literal = literal_prefix(full_pattern)
         keys = self._mirror.keys_with_prefix(literal)
-        if self._visible(literal):  # every match is under one of our roots
+        if literal.startswith(self._dirs):  # every match is inside one of our directories
             return [k for k in keys if regex.match(k)]
         return [k for k in keys if regex.match(k) and self._visible(k)]
 
@@ -256,10 +257,21 @@ class TemplateData:
         if not any(base.startswith(r) or r.startswith(base) for r in self._roots):
             return []
         names = [(name, is_dir) for name, is_dir in self._mirror.child_names(base)
-                 if name and self._visible(base + name + ("/" if is_dir else ""))]
+                 if name and (self._dir_visible(base + name + "/") if is_dir
+                              else self._visible(base + name))]
         if self.attributing:
             return [(tag(name, base + name), is_dir) for name, is_dir in names]
         return names
+
+    def _dir_visible(self, directory: str) -> bool:
+        """A directory is listed when a key in it is visible: it is one of ours, or it holds
+        one of our roots that has keys (keys = ["/app/db"] lists "app" under "/")."""
+        if self._visible(directory):
+            return True
+        mirror = self._mirror
+        return any(root.startswith(directory) and (
+            mirror.get(root) is not None or mirror.count((root.rstrip("/") + "/",)) > 0)
+            for root in self._roots)
 
     def ls(self, directory: str) -> list[str]:
         return [name for name, _ in self._children(directory)]
@@ -703,7 +715,8 @@ class Renderer:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = [show_key(key) for prefix in resource.watched_prefixes
-                   for key in mirror.keys_with_prefix(prefix) if not plain_key(key)]
+                   for key in mirror.keys_with_prefix(prefix)
+                   if resource.covers(key) and not plain_key(key)]
             raise ResourceError(resource.name, "render",
                                 f"rendered text is not UTF-8 at character {exc.start} (a "
                                 f"'multiline' value holds bytes of a key that is not UTF-8; "

@@ -12,6 +12,7 @@ import grp
 import logging
 import pwd
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,31 @@ class Resource:
     max_output_size: int | None = None
     # Absolute store prefixes this resource reads; derived once, used on every change.
     watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # What they cover, by confd's rule: "/app" is the key /app and the directory "/app/",
+    # never /application (a key written with its slash, "/app/", is the directory alone).
+    key_dirs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    key_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "watched_prefixes",
-                           tuple(join_key(self.prefix, k) for k in self.keys))
+        watched = tuple(join_key(self.prefix, k) for k in self.keys)
+        object.__setattr__(self, "watched_prefixes", watched)
+        dirs = merge_dirs(p if p.endswith("/") else p + "/" for p in watched)
+        object.__setattr__(self, "key_dirs", dirs)
+        object.__setattr__(self, "key_names", tuple(sorted(
+            {p for p in watched if not p.endswith("/") and not p.startswith(dirs)})))
 
     def covers(self, key: str) -> bool:
         """True when a change to absolute `key` can change this resource's output."""
-        return key.startswith(self.watched_prefixes)
+        return key.startswith(self.key_dirs) or key in self.key_names
+
+
+def merge_dirs(dirs: Iterable[str]) -> tuple[str, ...]:
+    """Drop directories inside another one, so no key is counted twice."""
+    merged: list[str] = []
+    for directory in sorted(set(dirs)):
+        if not (merged and directory.startswith(merged[-1])):
+            merged.append(directory)
+    return tuple(merged)
 
 
 def normalise_prefix(prefix: str) -> str:

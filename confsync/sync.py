@@ -198,7 +198,8 @@ class Syncer:
         The guard keeps the last good file when the data looks like a blip: fewer keys than
         `min_keys`, or (by default) none at all where the last render had some.
         """
-        count = self.mirror.count(resource.watched_prefixes)
+        count = self.mirror.count(resource.key_dirs) + sum(
+            1 for key in resource.key_names if self.mirror.get(key) is not None)
         where = ", ".join(resource.watched_prefixes)
         if resource.min_keys is not None and count < resource.min_keys:
             raise ResourceError(resource.name, "guard",

@@ -23,7 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from confsync.backoff import Backoff
-from confsync.errors import ConfigError, RevisionCompacted, StoreReset, StoreUnavailable
+from confsync.errors import (
+    ConfigError,
+    ReplayTooLarge,
+    RevisionCompacted,
+    StoreReset,
+    StoreUnavailable,
+)
 from confsync.logs import Repeats
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
@@ -136,7 +142,7 @@ class StoreFollower(threading.Thread):
 
     def _snapshot(self, reason: str) -> Snapshot | None:
         """Post a snapshot; on failure post the lost stream and return None (no waiting)."""
-        if reason in ("compacted", "reset"):
+        if reason in ("compacted", "reset", "replay too large"):
             delay = random.uniform(0, RESNAPSHOT_JITTER)
             if self._stop_event.wait(delay):
                 return None
@@ -158,6 +164,15 @@ class StoreFollower(threading.Thread):
             self._resync_answered = max(self._resync_answered, answers)
             self.out.put(SnapshotTaken(snapshot, reason, self.generation, cause=cause))
         return snapshot
+
+    def _catch_up(self, error: RevisionCompacted, start: int) -> str:
+        """The watch cannot replay from `start`: log why; the reason of the snapshot taken."""
+        if isinstance(error, ReplayTooLarge):
+            log.warning("watch from revision %d: %s; taking a fresh snapshot", start, error)
+            return "replay too large"
+        log.warning("watch from revision %d: compacted (up to %d); taking a fresh snapshot",
+                    start, error.compacted_revision)
+        return "compacted"
 
     def _on_reset(self, reset: StoreReset) -> str:
         log.warning("watch: %s; taking a fresh snapshot", reset)
@@ -202,9 +217,7 @@ class StoreFollower(threading.Thread):
             try:
                 handle = self.store.watch(self.prefixes, start, self._sink)
             except RevisionCompacted as exc:
-                log.warning("watch from revision %d: compacted (up to %d); taking a fresh "
-                            "snapshot", start, exc.compacted_revision)
-                self._first_snapshot = "compacted"
+                self._first_snapshot = self._catch_up(exc, start)
                 continue
             except StoreReset as exc:
                 self._first_snapshot = self._on_reset(exc)
@@ -220,9 +233,7 @@ class StoreFollower(threading.Thread):
                 return
             self.reconnects += 1
             if isinstance(error, RevisionCompacted):
-                log.warning("watch: revision compacted (up to %d); taking a fresh snapshot",
-                            error.compacted_revision)
-                self._first_snapshot = "compacted"
+                self._first_snapshot = self._catch_up(error, start)
             elif isinstance(error, StoreReset):
                 self._first_snapshot = self._on_reset(error)
             else:

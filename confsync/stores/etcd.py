@@ -40,6 +40,7 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from confsync.errors import (
     AuthenticationFailed,
     ConfigError,
+    ReplayTooLarge,
     RevisionCompacted,
     StoreReset,
     StoreUnavailable,
@@ -84,6 +85,12 @@ POSITION_CHECK_SECONDS = 10.0
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
 MEMBERS_REFRESH_SECONDS = 10.0
+# A snapshot whose revision is compacted between two of its ranges is read again this many
+# times in all before the read counts as failed.
+SNAPSHOT_COMPACTED_RETRIES = 3
+# A snapshot reads each prefix in pages of this many keys (fewer where a page of big values
+# passes the gRPC message limit), all at one revision.
+SNAPSHOT_PAGE_KEYS = 10_000
 
 
 class WatchCanceled(Exception):
@@ -160,6 +167,18 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
 
 def _range_end(prefix: bytes) -> bytes:
     return bytes(pyetcd.utils.prefix_range_end(prefix))
+
+
+def _compacted(exc: grpc.RpcError) -> bool:
+    """etcd's "mvcc: required revision has been compacted" (a read at an old revision)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(exc)
+
+
+def _too_large(exc: BaseException) -> bool:
+    """A message over GRPC_OPTIONS' receive limit ("Received message larger than max")."""
+    code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(exc)
 
 
 def token_expired(exc: BaseException) -> bool:
@@ -393,21 +412,49 @@ class EtcdStore:
                                f"read failed: {'; '.join(dict.fromkeys(failures))}")
 
     def _read(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str]) -> Snapshot:
+        """One revision for every prefix. A compaction past it between two ranges (a busy
+        cluster compacting while a big snapshot reads) starts the read over at the new
+        revision: the member is fine, so it is neither a failed endpoint nor a lost stream."""
+        for attempt in range(SNAPSHOT_COMPACTED_RETRIES):
+            try:
+                return self._read_at_one_revision(client, prefixes)
+            except grpc.RpcError as exc:
+                if not _compacted(exc) or attempt == SNAPSHOT_COMPACTED_RETRIES - 1:
+                    raise
+                log.info("etcd compacted past the snapshot's revision while it was read; "
+                         "reading again")
+        raise AssertionError("unreachable")
+
+    def _read_at_one_revision(self, client: MultiEndpointEtcd3Client,
+                              prefixes: Sequence[str]) -> Snapshot:
         # Linearizable ranges (the library's default, serializable=False): the member confirms
         # with the leader that it has applied everything committed before answering.
+        # Pages of at most `page` keys, each read at the first one's revision: one response
+        # for a whole prefix could pass the gRPC message limit (then every retry failed alike).
         values: dict[str, bytes] = {}
         revision = cluster_id = 0
+        page = SNAPSHOT_PAGE_KEYS
         for prefix in prefixes:
-            key = prefix.encode()
-            kwargs: dict[str, Any] = {"serializable": False}  # explicit: never stale
-            if revision:
-                kwargs["revision"] = revision
-            response = client.get_range_response(key, _range_end(key), **kwargs)
-            if not revision:
-                revision = int(response.header.revision)
-                cluster_id = int(response.header.cluster_id)
-            for kv in response.kvs:
-                values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
+            key, end = prefix.encode(), _range_end(prefix.encode())
+            while True:
+                kwargs: dict[str, Any] = {"serializable": False}  # explicit: never stale
+                if revision:
+                    kwargs["revision"] = revision
+                try:
+                    response = client.get_range_response(key, end, limit=page, **kwargs)
+                except grpc.RpcError as exc:
+                    if not _too_large(exc) or page == 1:
+                        raise
+                    page = max(1, page // 4)  # big values: fewer keys a page
+                    continue
+                if not revision:
+                    revision = int(response.header.revision)
+                    cluster_id = int(response.header.cluster_id)
+                for kv in response.kvs:
+                    values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
+                if not response.more or not response.kvs:
+                    break
+                key = bytes(response.kvs[-1].key) + b"\0"
         if not prefixes:
             cluster_id, revision = self._current_position(client)
         self._adopt(cluster_id, revision)
@@ -521,6 +568,8 @@ class _EtcdWatch:
             raise
         except Exception as exc:
             self.cancel()
+            if _too_large(exc):  # a replay that came while the next prefix's watch was added
+                raise ReplayTooLarge(describe_error(exc)) from None
             store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
                                    f"{describe_error(exc)}") from None
@@ -588,6 +637,9 @@ class _EtcdWatch:
         self._last_heard[prefix] = time.monotonic()
         if isinstance(response, pyetcd.exceptions.RevisionCompactedError):
             self._report(RevisionCompacted(int(response.compacted_revision)))
+        elif response is not None and _too_large(response):
+            # Resuming from the same revision would get the same replay: not a lost stream.
+            self._report(ReplayTooLarge(describe_error(response)))
         elif response is None or isinstance(response, BaseException):
             why = describe_error(response) if response is not None else "stream ended"
             self._report(StoreUnavailable(f"etcd {self._endpoints}: watch lost: {why}"))

@@ -6,7 +6,8 @@ lost in a NAT or a firewall that starts dropping packets look like to both ends.
 RST: only timeouts and keepalives can tell. `flow()` resumes forwarding; what was sent
 meanwhile waits in the kernel's buffers and arrives then, as after a healed partition.
 `stall(new_connections=False)` stalls only the connections open now: a half-open flow while
-the server is fine for anyone who connects again.
+the server is fine for anyone who connects again. `delay` holds every chunk that long before
+it is passed on: a WAN's round trip on loopback.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class _Pair:
 
 
 class TcpProxy:
-    def __init__(self, upstream_port: int, port: int | None = None) -> None:
+    def __init__(self, upstream_port: int, port: int | None = None, delay: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.delay = delay
         self.port = port or free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.2)
@@ -105,6 +107,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if self.delay:
+                        time.sleep(self.delay)
                     peers[sock].sendall(data)
         except OSError:
             return

@@ -56,6 +56,28 @@ def test_keys_outside_the_resource_prefixes_are_invisible(tmp_path: Path) -> Non
         render(tmp_path, "{{ getv('/other/x') }}", DATA, keys=("/app",))
 
 
+def test_a_key_covers_itself_and_its_subtree_not_names_that_start_alike(
+        tmp_path: Path) -> None:
+    """confd 0.17's rule: keys = ["/app"] reads /app and /app/..., never /application/y
+    (measured: `exists "/application/y"` is false there, `ls "/"` lists only app)."""
+    data = {"/app": "self", "/app/x": "X", "/application/y": "Y", "/apps": "S"}
+    out = render(tmp_path, (
+        "{{ getv('/app') }} {{ getv('/app/x') }} {{ exists('/application/y') }} "
+        "{{ exists('/apps') }} {{ getv('/application/y', '-') }}|"
+        "{{ ls('/') | join(',') }}|{{ lsdir('/') | join(',') }}|{{ ls('/app') | join(',') }}|"
+        "{% for kv in gets('/app*') %}{{ kv.key }},{% endfor %}|{{ getvs('/*/y') }}\n"),
+        data, keys=("/app",))
+    assert out == "self X False False -|app|app|x|/app,|[]\n"
+    # A key given with its slash is a directory: the key of that name itself is not in it.
+    out = render(tmp_path, "{{ exists('/app') }} {{ getv('/app/x') }}\n", data,
+                 keys=("/app/",))
+    assert out == "False X\n"
+    # A deeper key makes its parents listable, as the keys under it are.
+    out = render(tmp_path, "{{ ls('/') | join(',') }}|{{ lsdir('/') | join(',') }}\n",
+                 {"/app/db/host": "h", "/app/dbx/y": "n"}, keys=("/app/db",))
+    assert out == "app|app\n"
+
+
 def test_glob_never_crosses_slash() -> None:
     assert glob_regex("/a/*").match("/a/b")
     assert not glob_regex("/a/*").match("/a/b/c")
@@ -121,6 +143,28 @@ def test_mirror_apply_incremental(tmp_path: Path) -> None:
     assert mirror.revision == 6
     assert renderer.render(res, mirror) == "2,3"
     assert mirror.apply(ChangeBatch(7, (Change("/s/zz", None),))) == set()
+
+
+def test_a_big_batch_keeps_the_keys_sorted_and_costs_no_quadratic_time() -> None:
+    """One DeleteRange of 300,000 keys is one batch: deleting them one by one from the sorted
+    key list moved its tail each time and held the loop about 4 s (0.5 s at 100,000)."""
+    keys = [f"/p/k{i:06d}" for i in range(300_000)]
+    mirror = Mirror()
+    mirror.load(Snapshot(1, dict.fromkeys(keys, b"x")))
+    started = time.perf_counter()
+    changed = mirror.apply(ChangeBatch(2, tuple(Change(key, None) for key in keys)))
+    assert time.perf_counter() - started < 2.0
+    assert len(changed) == 300_000 and len(mirror) == 0 and list(mirror.keys_with_prefix("/")) == []
+    # A bulk batch that adds, deletes, re-adds and rewrites: the same view as one change a time.
+    batch = ChangeBatch(3, (*(Change(f"/q/{i:04d}", b"1") for i in range(999, -1, -1)),
+                            Change("/q/0005", None), Change("/q/0007", None),
+                            Change("/q/0007", b"again"), Change("/q/0009", b"2")))
+    mirror.apply(batch)
+    one_by_one = Mirror()
+    for change in batch.changes:
+        one_by_one.apply(ChangeBatch(3, (change,)))
+    assert list(mirror.keys_with_prefix("/q/")) == list(one_by_one.keys_with_prefix("/q/"))
+    assert len(mirror) == 999 and mirror.get("/q/0007") == "again" and mirror.get("/q/0009") == "2"
 
 
 def test_child_names_jump_subtrees_and_see_leaf_and_dir_of_same_name(tmp_path: Path) -> None:
