@@ -1,0 +1,94 @@
+"""Endpoint and check host names whose DNS resolution hangs or fails for now.
+
+`getaddrinfo` has no timeout of its own: with a name server that never answers, glibc waits
+its own `timeout` x `attempts` (here 30 s x 5), whatever `etcd.timeout` says. Each process
+under test gets a resolv.conf naming a test name server (its own mount namespace: root only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confsync.errors import EXIT_OK
+from tests.support.cli import confsync, write_resource
+from tests.support.daemon import read, wait_for
+from tests.support.dns_server import NameServer, resolv_wrapper_works
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+from tests.support.http_backends import HTTPBackend
+from tests.support.register import RegisterProcess, published, write_registration
+
+pytestmark = [pytest.mark.etcd,
+              pytest.mark.skipif(not resolv_wrapper_works(),
+                                 reason="needs root and unshare --mount")]
+
+NAME = "etcd.dns.test"
+
+
+@pytest.fixture
+def dns(etcd: EtcdMember) -> Iterator[NameServer]:
+    with NameServer({NAME: ["127.0.0.1"]}) as server:
+        yield server
+
+
+def test_once_gives_a_hung_endpoint_name_one_timeout_and_reads_the_next(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path) -> None:
+    """The gateway read connected with socket.create_connection, whose lookup is unbounded:
+    `once` hung for minutes past `etcd.timeout` on the first endpoint's name."""
+    client(etcd.endpoint).put(prefix + "/k", "v")
+    write_resource(tmp_path, "r", "{{ getv('/k') }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/k"]\nprefix = "{prefix}"')
+    dns.hang = True
+    hung = f"http://{NAME}:{etcd.endpoint.rsplit(':', 1)[1]}"
+    start = time.monotonic()
+    done = confsync("once", "--confdir", str(tmp_path), "--endpoints", f"{hung},{etcd.endpoint}",
+                    env={"CONFSYNC_ETCD_TIMEOUT": "1s"}, timeout=20, wrapper=dns.wrapper(tmp_path))
+    elapsed = time.monotonic() - start
+    assert done.returncode == EXIT_OK, done.stderr
+    assert read(tmp_path / "out") == "v\n"
+    assert f"{hung}: resolving {NAME}: no answer from DNS within 1s); trying the next " \
+           "endpoint" in done.stderr
+    assert elapsed < 4.0, done.stderr
+    assert dns.queries  # it did ask the test's name server
+
+
+def test_register_waits_for_dns_to_tell_its_address_instead_of_exiting(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path) -> None:
+    """A registration without `address` publishes the one used to reach etcd, found at start
+    by resolving the endpoint's name. DNS failing for now there (SERVFAIL: a resolver not up
+    yet at boot) was exit 2, "set `address`", which the unit does not restart: the node never
+    registered. Now it asks again, through a resolver that does not answer at all too (each
+    lookup bounded by `etcd.timeout`), and registers once DNS answers."""
+    backend = HTTPBackend("web").start()
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "3s"\ndrain = "0s"\n'
+                       '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
+    key = f"{prefix}/services/web/instances/web-1"
+    dns.servfail = True
+    port = etcd.endpoint.rsplit(":", 1)[1]
+    proc = RegisterProcess(tmp_path / "conf", f"http://{NAME}:{port}", "--prefix", prefix,
+                           log=tmp_path / "register.log", env={"CONFSYNC_ETCD_TIMEOUT": "1s"},
+                           wrapper=dns.wrapper(tmp_path))
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: "cannot tell the local address used to reach etcd yet" in
+                 proc.output() or proc.proc.poll() is not None, 10, what="the first lookup")
+        assert proc.proc.poll() is None, proc.output()
+        dns.servfail, dns.hang = False, True
+        asked = dns.queries
+        wait_for(lambda: dns.queries > asked, 10, what="a lookup DNS does not answer")
+        time.sleep(1.5)
+        assert proc.proc.poll() is None, proc.output()
+        dns.hang = False
+        wait_for(lambda: published(c, key) is not None, 15, what="registered")
+        value = published(c, key)
+        assert value is not None and value["address"] == "127.0.0.1"
+        assert proc.output().count("cannot tell the local address") == 1  # said once
+    finally:
+        proc.stop()
+        c.close()
+        backend.stop()
