@@ -3,11 +3,12 @@
 `socket.getaddrinfo` has no timeout of its own: with a DNS server that never answers, glibc
 waits `timeout` x `attempts` per server of resolv.conf (up to 30 s x 5 each), whatever timeout
 the caller meant to keep, and a render's deadline (an asynchronous exception) cannot stop a
-thread inside a C call. So lookups run on daemon threads and the caller waits, in short
-slices, until its deadline. Callers of one name share its lookups: a new one starts only when
-none in flight is younger than the caller's timeout (DNS may answer a fresh query while an old
-one still waits out its retries), and never more than MAX_IN_FLIGHT per name, so asking again
-every few seconds while DNS hangs cannot pile up stuck threads.
+thread inside a C call. So lookups run on daemon threads and the caller waits, in short slices
+on a lock of its own (never inside a Condition, whose state an asynchronous exception could
+leave broken), until its deadline. Callers of one name share its lookups: a new one starts
+only when none in flight started within the last FRESH seconds (DNS that answers again answers
+a new query at once, while an old one waits out its retries), and never more than
+MAX_IN_FLIGHT per name, so asking again and again while DNS hangs cannot pile up threads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 AddrInfo = list[tuple[Any, ...]]
 
-MAX_IN_FLIGHT = 4  # stuck lookups per name at most
+MAX_IN_FLIGHT = 16  # stuck lookups per name at most
+FRESH = 1.0  # seconds a lookup in flight is joined rather than asked again
 SLICE = 0.1  # a waiter wakes this often: a render's timeout exception lands meanwhile
 
 
@@ -38,14 +40,13 @@ class _Name:
 
     def __init__(self) -> None:
         self.started: list[float] = []
-        self.waiters = 0
+        self.waiters: list[threading.Lock] = []  # held until an answer releases them
         self.answers = 0
         self.result: AddrInfo | None = None
         self.error: BaseException | None = None
 
 
 _lock = threading.Lock()
-_answered = threading.Condition(_lock)
 _names: dict[tuple[Any, ...], _Name] = {}
 
 
@@ -60,9 +61,11 @@ def _run(key: tuple[Any, ...], name: _Name, started: float) -> None:
         name.started.remove(started)
         name.answers += 1
         name.result, name.error = result, error
+        for waiter in name.waiters:
+            if waiter.locked():
+                waiter.release()
         if not name.started and not name.waiters:
             _names.pop(key, None)
-        _answered.notify_all()
 
 
 def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
@@ -72,24 +75,29 @@ def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
     key = (host, port, family, type, proto)
     now = time.monotonic()
     deadline = now + timeout
+    waiter = threading.Lock()
+    waiter.acquire()
     with _lock:
         name = _names.setdefault(key, _Name())
-        if len(name.started) < MAX_IN_FLIGHT and all(now - t >= timeout for t in name.started):
+        fresh = min(timeout, FRESH)
+        if len(name.started) < MAX_IN_FLIGHT and all(now - t >= fresh for t in name.started):
             name.started.append(now)
             threading.Thread(target=_run, args=(key, name, now), daemon=True,
                              name="resolve").start()
         seen = name.answers
-        name.waiters += 1
-        try:
-            while name.answers == seen:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    label = host.decode(errors="replace") if isinstance(host, bytes) else host
-                    raise LookupTimeout(str(label), timeout)
-                _answered.wait(min(remaining, SLICE))
+        name.waiters.append(waiter)
+    try:
+        while name.answers == seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                label = host.decode(errors="replace") if isinstance(host, bytes) else host
+                raise LookupTimeout(str(label), timeout)
+            waiter.acquire(timeout=min(remaining, SLICE))
+        with _lock:
             result, error = name.result, name.error
-        finally:
-            name.waiters -= 1
+    finally:
+        with _lock:
+            name.waiters.remove(waiter)
             if not name.started and not name.waiters:
                 _names.pop(key, None)
     if error is not None:

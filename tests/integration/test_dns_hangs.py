@@ -15,7 +15,7 @@ import pytest
 
 from confsync.errors import EXIT_OK
 from tests.support.cli import confsync, write_resource
-from tests.support.daemon import read, wait_for
+from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.dns_server import NameServer, resolv_wrapper_works
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
@@ -92,3 +92,36 @@ def test_register_waits_for_dns_to_tell_its_address_instead_of_exiting(
         proc.stop()
         c.close()
         backend.stop()
+
+
+def test_a_template_lookup_dns_never_answers_holds_neither_the_loop_nor_the_file(
+        dns: NameServer, tmp_path: Path) -> None:
+    """lookupIP called getaddrinfo on the loop's thread, where render_timeout (an exception
+    raised into the thread) cannot stop a C call: a silent name server held every resource
+    and the heartbeat for the resolver's retries (here 150 s). Now the lookup fails for now
+    within render_timeout; the file stays, the other resource is written."""
+    dns.hosts["db.dns.test"] = ["10.0.0.1"]
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  port: 5432\n")
+    write_resource(tmp_path / "cd", "a_db",
+                   "{% for ip in lookupIP('db.dns.test') %}server {{ ip }}:"
+                   "{{ getv('/app/port') }}\n{% endfor %}",
+                   f'dest = "{tmp_path}/db"\nkeys = ["/app"]\n')
+    write_resource(tmp_path / "cd", "z_plain", "port {{ getv('/app/port') }}\n",
+                   f'dest = "{tmp_path}/plain"\nkeys = ["/app"]\n')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--backend", "file", "--file",
+                     str(data), "--wait-min", "0", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_RENDER_TIMEOUT": "300ms"}, wrapper=dns.wrapper(tmp_path))
+    try:
+        wait_for(lambda: read(tmp_path / "db") == "server 10.0.0.1:5432\n", 20,
+                 what="first render")
+        dns.hang = True
+        data.write_text("app:\n  port: 5433\n")
+        wait_for(lambda: read(tmp_path / "plain") == "port 5433\n", 5,
+                 what="the other resource, while DNS hangs")
+        assert read(tmp_path / "db") == "server 10.0.0.1:5432\n"
+        dns.hang = False
+        wait_for(lambda: read(tmp_path / "db") == "server 10.0.0.1:5433\n", 10,
+                 what="the retry once DNS answers")
+    finally:
+        assert w.stop() == 0
