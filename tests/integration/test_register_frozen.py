@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,3 +114,28 @@ def test_a_stop_longer_than_the_lease_registers_again_at_once(
     finally:
         proc.stop()
         c.close()
+
+
+def test_a_start_that_waited_for_etcd_is_not_taken_for_a_stop(tmp_path: Path) -> None:
+    """The start reads the keys (refuse_conflicts) before the loop runs; with etcd not
+    answering that takes etcd's timeout, and the loop's first tick took the gap for a stop of
+    the whole process: a WARNING "did not run for 1.5s (stopped: SIGSTOP, a paused VM?)" at
+    every start while etcd was away, and the checks' silence excused for nothing."""
+    with socket.socket() as silent:  # accepts (the kernel does) but never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        write_registration(tmp_path / "conf", "web",
+                           'service = "web"\nport = 1\nid = "web-1"\naddress = "127.0.0.1"\n'
+                           '[[check]]\ntype = "tcp"\ninterval = "200ms"\n')
+        proc = RegisterProcess(tmp_path / "conf", endpoint, log=tmp_path / "register.log",
+                               env={"CONFSYNC_ETCD_TIMEOUT": "1500ms"})
+        try:
+            wait_for(lambda: "registration(s) for host" in proc.output(), timeout=15,
+                     what="the loop started")
+            time.sleep(0.5)  # several ticks
+            out = proc.output()
+            assert "etcd unreachable at start" in out, out
+            assert "did not run for" not in out, out
+        finally:
+            proc.stop()
