@@ -33,6 +33,9 @@ class LookupTimeout(socket.gaierror):
         super().__init__(socket.EAI_AGAIN, f"resolving {host}: no answer from DNS within "
                                            f"{seconds:.3g}s")
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # (not "[Errno -3] ...": it says what happened)
+
 
 class _Name:
     """The lookups of one (host, port, family, type, proto): the start times of those in
@@ -108,7 +111,7 @@ def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
 
 def create_connection(address: tuple[Any, int], timeout: float) -> socket.socket:
     """socket.create_connection with `timeout` bounding the name's lookup too: the lookup
-    takes what it needs of it, and each connect the rest."""
+    takes what it needs of it, and the connects the rest. The socket keeps `timeout`."""
     deadline = time.monotonic() + timeout
     host, port = address
     infos = getaddrinfo(host, port, 0, socket.SOCK_STREAM, timeout=timeout)
@@ -121,6 +124,7 @@ def create_connection(address: tuple[Any, int], timeout: float) -> socket.socket
         try:
             sock.settimeout(remaining)
             sock.connect(sockaddr)
+            sock.settimeout(timeout)  # each later read gets it all, as with the socket module's
             return sock
         except OSError as exc:
             sock.close()

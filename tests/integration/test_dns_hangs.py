@@ -125,3 +125,47 @@ def test_a_template_lookup_dns_never_answers_holds_neither_the_loop_nor_the_file
                  what="the retry once DNS answers")
     finally:
         assert w.stop() == 0
+
+
+def test_a_check_on_a_name_dns_stops_answering_says_so_and_recovers_at_once(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path) -> None:
+    """A probe sat in getaddrinfo for the resolver's retries: reported only as "stuck", and
+    the instance stayed out of the pool until the stuck lookup's next retry (20 s measured
+    here) after DNS answered again. The check's timeout now bounds the lookup too: the reason
+    names DNS, and the key is back within a few intervals. The other registration's key,
+    on the same lease, never moves."""
+    backend = HTTPBackend("web").start()
+    dns.hosts["web.dns.test"] = ["127.0.0.1"]
+    common = f'port = {backend.port}\nttl = "3s"\naddress = "127.0.0.1"\ndrain = "0s"\n'
+    write_registration(tmp_path / "conf", "a",
+                       f'service = "a"\nid = "a-1"\n{common}[[check]]\ntype = "http"\n'
+                       f'url = "http://web.dns.test:{backend.port}/"\ninterval = "300ms"\n'
+                       'timeout = "300ms"\nrise = 1\nfall = 1\n')
+    write_registration(tmp_path / "conf", "b",
+                       f'service = "b"\nid = "b-1"\n{common}[[check]]\ntype = "tcp"\n'
+                       'interval = "300ms"\nrise = 1\n')
+    a, b = (f"{prefix}/services/{s}/instances/{s}-1" for s in "ab")
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
+                           log=tmp_path / "register.log", wrapper=dns.wrapper(tmp_path))
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: published(c, a) is not None and published(c, b) is not None, 15,
+                 what="both registered")
+        _, meta = c.get(b)
+        created = int(meta.create_revision)
+        dns.hang = True
+        wait_for(lambda: published(c, a) is None, 5, what="a down while DNS hangs")
+        time.sleep(1.0)
+        out = proc.output()
+        assert "a check 0 down: GET http://web.dns.test:" in out, out
+        assert "resolving web.dns.test: no answer from DNS within 0.3s" in out, out
+        dns.hang = False
+        resumed = time.monotonic()
+        wait_for(lambda: published(c, a) is not None, 10, what="a back once DNS answers")
+        assert time.monotonic() - resumed < 3.0
+        _, meta = c.get(b)
+        assert int(meta.create_revision) == created
+    finally:
+        proc.stop()
+        c.close()
+        backend.stop()
