@@ -327,6 +327,7 @@ class RegisterLoop:
                 self._stall_reported[runner] = now
                 self._handle(stalled)
         self.registrar.revive()
+        self.metrics.lease_until(self.registrar.lease_until())
         if self.address is not None:
             self.address.revive()
         for state in self.instances.values():
