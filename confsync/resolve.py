@@ -82,8 +82,7 @@ def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
     waiter.acquire()
     with _lock:
         name = _names.setdefault(key, _Name())
-        fresh = min(timeout, FRESH)
-        if len(name.started) < MAX_IN_FLIGHT and all(now - t >= fresh for t in name.started):
+        if len(name.started) < MAX_IN_FLIGHT and all(now - t >= FRESH for t in name.started):
             name.started.append(now)
             threading.Thread(target=_run, args=(key, name, now), daemon=True,
                              name="resolve").start()

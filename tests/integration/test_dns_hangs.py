@@ -7,6 +7,8 @@ under test gets a resolv.conf naming a test name server (its own mount namespace
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from confsync.errors import EXIT_OK
-from tests.support.cli import confsync, write_resource
+from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.dns_server import NameServer, resolv_wrapper_works
 from tests.support.etcd_client import client
@@ -169,3 +171,26 @@ def test_a_check_on_a_name_dns_stops_answering_says_so_and_recovers_at_once(
         proc.stop()
         c.close()
         backend.stop()
+
+
+def test_asking_again_while_dns_hangs_does_not_pile_up_lookups(
+        dns: NameServer, tmp_path: Path) -> None:
+    """Every caller gives up at its deadline, but its lookup's thread waits for the resolver
+    (150 s here): a caller asking every 50 ms must not leave a thread per ask behind."""
+    dns.hang = True
+    script = ("import threading, time\n"
+              "from confsync import resolve\n"
+              "failed = 0\n"
+              "for _ in range(40):\n"
+              "    try:\n"
+              "        resolve.getaddrinfo('stuck.dns.test', 80, timeout=0.05)\n"
+              "    except OSError as exc:\n"
+              "        failed += 1\n"
+              "        why = str(exc)\n"
+              "print(failed, sum(t.name == 'resolve' for t in threading.enumerate()), why)\n")
+    done = subprocess.run([*dns.wrapper(tmp_path), sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    failed, threads, why = done.stdout.split(" ", 2)
+    assert failed == "40", done.stderr
+    assert 1 <= int(threads) <= 3, done.stdout  # one per FRESH second, not one per ask
+    assert why.strip() == "resolving stuck.dns.test: no answer from DNS within 0.05s"
