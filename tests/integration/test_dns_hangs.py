@@ -194,3 +194,32 @@ def test_asking_again_while_dns_hangs_does_not_pile_up_lookups(
     assert failed == "40", done.stderr
     assert 1 <= int(threads) <= 3, done.stdout  # one per FRESH second, not one per ask
     assert why.strip() == "resolving stuck.dns.test: no answer from DNS within 0.05s"
+
+
+def test_an_endpoint_name_dns_fails_is_named_in_the_error(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path) -> None:
+    """The etcd client replaces gRPC's error with its own, "ConnectionFailedError: etcd
+    connection failed", which said nothing of the resolver; gRPC's words now follow it.
+    And once DNS answers, the registrar registers."""
+    write_registration(tmp_path / "conf", "web",
+                       'service = "web"\nport = 1\nid = "web-1"\naddress = "127.0.0.1"\n'
+                       'ttl = "3s"\ndrain = "0s"\n[[check]]\ntype = "exec"\n'
+                       'command = ["true"]\ninterval = "200ms"\nrise = 1\n')
+    key = f"{prefix}/services/web/instances/web-1"
+    dns.servfail = True
+    port = etcd.endpoint.rsplit(":", 1)[1]
+    proc = RegisterProcess(tmp_path / "conf", f"http://{NAME}:{port}", "--prefix", prefix,
+                           log=tmp_path / "register.log", wrapper=dns.wrapper(tmp_path))
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: "etcd unreachable at start" in proc.output(), 10,
+                 what="the start's read failed")
+        line = next(line for line in proc.output().splitlines()
+                    if "etcd unreachable at start" in line)
+        assert "etcd connection failed (UNAVAILABLE: " in line, line
+        assert f"resolving {NAME}" in line, line
+        dns.servfail = False
+        wait_for(lambda: published(c, key) is not None, 10, what="registered once DNS answers")
+    finally:
+        proc.stop()
+        c.close()
