@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from confsync import resolve
 from confsync.template_args import TemplateFunctionError, checked_all, got
 
 
@@ -306,11 +307,19 @@ _NO_ADDRESS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NO
                         if hasattr(socket, name))
 
 
+# A lookup DNS has not answered by then failed for now. getaddrinfo has no timeout, and a
+# render's deadline cannot stop a thread inside it: a name server that never answered held the
+# watch loop (every other resource, the heartbeat) for the resolver's own retries, minutes.
+LOOKUP_TIMEOUT = 5.0
+
+
 def lookup_ip(name: str) -> list[str]:
     """Addresses of `name`, sorted as strings; [] when it does not resolve (as in confd).
-    LookupUnavailable when the resolver failed (confd: []): see that class."""
+    LookupUnavailable when the resolver failed or gave no answer within LOOKUP_TIMEOUT
+    (confd: []): see that class."""
     try:
-        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+        infos = resolve.getaddrinfo(name, None, proto=socket.IPPROTO_TCP,
+                                    timeout=LOOKUP_TIMEOUT)
     except UnicodeError:  # not a name any resolver takes
         return []
     except OSError as exc:

@@ -36,7 +36,8 @@ class AuthenticationFailed(StoreUnavailable):
 def describe_error(exc: BaseException) -> str:
     """One line for an operator: our own errors as they are, a gRPC error as its status and
     etcd's words ("PERMISSION_DENIED: etcdserver: permission denied"; its repr spans lines and
-    repeats them), anything else as its type and text."""
+    repeats them), anything else as its type and text (and, for the etcd client's own errors,
+    the gRPC error they replaced)."""
     if isinstance(exc, ConfsyncError):
         return str(exc)
     code, details = getattr(exc, "code", None), getattr(exc, "details", None)
@@ -44,7 +45,14 @@ def describe_error(exc: BaseException) -> str:
         status = code()
         return f"{getattr(status, 'name', status)}: {details()}"
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    # The etcd client turns gRPC's errors into its own, without their words: "etcd connection
+    # failed" said nothing of a name DNS cannot resolve, or of a port that refuses.
+    cause = exc.__cause__ or exc.__context__
+    if type(exc).__module__.startswith("pyetcd") and cause is not None \
+            and callable(getattr(cause, "details", None)):
+        return f"{described} ({describe_error(cause)})"
+    return described
 
 
 class RevisionCompacted(ConfsyncError):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from confsync import resolve
 from confsync.backoff import Backoff
 from confsync.errors import ConfigError
 from confsync.settings import EtcdSettings
@@ -38,17 +39,27 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
 
 
-def source_address(endpoints: Sequence[str]) -> str:
+class LookupFailing(OSError):
+    """No endpoint name could be resolved for now (DNS silent past the deadline, or
+    EAI_AGAIN): a failure of the moment, not of the configuration."""
+
+
+def source_address(endpoints: Sequence[str], timeout: float = 5.0) -> str:
     """The source address the kernel picks to reach the first resolvable etcd endpoint (a UDP
-    connect sends nothing). Raises OSError naming the last endpoint tried and why not."""
+    connect sends nothing). Each name's lookup is given `timeout` (getaddrinfo has no bound of
+    its own). Raises OSError naming the last endpoint tried and why not; LookupFailing when
+    a lookup failed only for now."""
     problem = "no endpoints"
+    transient = False
     for url in endpoints:
         parts = urlsplit(url if "://" in url else "http://" + url)
         try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 2379,
-                                       type=socket.SOCK_DGRAM)
+            infos = resolve.getaddrinfo(parts.hostname, parts.port or 2379,
+                                        type=socket.SOCK_DGRAM, timeout=timeout)
         except (OSError, UnicodeError) as exc:
             problem = f"{url}: {exc}"
+            transient = transient or (isinstance(exc, socket.gaierror)
+                                      and exc.errno == socket.EAI_AGAIN)
             continue
         for family, _, _, _, address in infos:
             with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -58,23 +69,34 @@ def source_address(endpoints: Sequence[str]) -> str:
                     problem = f"{url}: {exc.strerror or exc}"
                     continue
                 return str(sock.getsockname()[0])
-    raise OSError(f"no route to etcd: {problem}")
+    raise (LookupFailing if transient else OSError)(f"no route to etcd: {problem}")
 
 
 def detect_address(etcd: EtcdSettings) -> str:
     """The address a registration publishes when it names none: the one this host uses to
     reach etcd, whose endpoints may come from DNS SRV records (the static `endpoints` then
     still hold their loopback default, which would publish 127.0.0.1 to every consumer)."""
-    return source_address(endpoint_urls(etcd))
+    return source_address(endpoint_urls(etcd), etcd.timeout)
 
 
 def default_address(etcd: EtcdSettings) -> str:
-    """detect_address at start, where no answer is a configuration error (exit 2)."""
-    try:
-        return detect_address(etcd)
-    except OSError as exc:
-        raise ConfigError("register", f"cannot tell the local address used to reach etcd "
-                          f"({exc}); set `address` in the registration", "address") from None
+    """detect_address at start, where no answer is a configuration error (exit 2), except
+    an endpoint name DNS cannot resolve for now: asked again (1 s, doubling to 10 s) until it
+    answers. A resolver not up yet at boot made exit 2, which the unit does not restart (the
+    node was never registered), and one that never answered held the start for minutes."""
+    waits = Backoff(1.0, POLL_INTERVAL)
+    while True:
+        try:
+            return detect_address(etcd)
+        except LookupFailing as exc:
+            if waits.attempts == 0:
+                log.warning("register: cannot tell the local address used to reach etcd yet "
+                            "(%s); asking again until DNS answers (or set `address`)", exc)
+            time.sleep(waits.next())
+        except OSError as exc:
+            raise ConfigError("register", f"cannot tell the local address used to reach etcd "
+                              f"({exc}); set `address` in the registration",
+                              "address") from None
 
 
 def is_loopback(address: str) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from confsync import resolve
 from confsync.commands import run_command
 from confsync.fileversion import FileVersion, file_version
 from confsync.register.config import CheckSpec
@@ -66,6 +67,7 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
                                            context=_tls_context(spec, file_version(spec.ca_file)))
     else:
         conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
+    conn._create_connection = _connect  # type: ignore[attr-defined]
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", path, headers={"User-Agent": "confsync-register",
@@ -93,9 +95,18 @@ def _tls_context(spec: CheckSpec, ca_version: FileVersion | None) -> ssl.SSLCont
     return context
 
 
+def _connect(address: tuple[str, int], timeout: float,
+             source_address: object = None) -> socket.socket:
+    """Connect within `timeout`, the name's lookup included. getaddrinfo has no timeout:
+    a probe of a name DNS did not answer sat in it for the resolver's retries (up to
+    30 s x 5), reported only as "stuck", and the instance stayed down that long after DNS
+    answered again."""
+    return resolve.create_connection(address, timeout)
+
+
 def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:
     try:
-        with socket.create_connection((spec.host, spec.port), timeout=spec.timeout):
+        with _connect((spec.host, spec.port), spec.timeout):
             return True, f"connect {spec.target}: ok"
     except OSError as exc:
         return False, f"connect {spec.target}: {exc.strerror or exc}"

@@ -32,6 +32,8 @@ class RegisterMetrics:
         self._why = ""
         self._refused = ""  # the keys etcd refuses us to write, and why; "" while none
         self._stopping = False
+        # Until when the values to publish can be on etcd (Registrar.lease_until).
+        self._lease_until = float("inf")
         self._conflicts: dict[str, str] = {}
         self._states = {r.name: "absent" for r in registrations}
         self._why_state = {r.name: "no check result yet" for r in registrations}
@@ -124,6 +126,12 @@ class RegisterMetrics:
         with self._lock:
             self._stopping = True
 
+    def lease_until(self, deadline: float) -> None:
+        """Values to publish can be on etcd until `deadline` (this clock; see
+        Registrar.lease_until). /ready compares it with the time of each request."""
+        with self._lock:
+            self._lease_until = deadline
+
     # ---- probes
 
     def health(self, max_age: float = HEALTH_MAX_AGE) -> tuple[bool, dict[str, Any]]:
@@ -142,6 +150,16 @@ class RegisterMetrics:
                 reasons.append(f"{name}: key held by {owner}")
             if self._stopping:
                 reasons.append("stopping")
+            # Compared here, at the request: after a stop of the process (SIGSTOP, a paused
+            # VM) longer than the TTL the keys are gone, and until the registrar had learned
+            # it and failed to register again (up to twice etcd's timeout, etcd away) /ready
+            # said 200.
+            if self._lease_until == float("-inf"):
+                reasons.append("not registered: no lease holds the values to publish")
+            elif self._clock() >= self._lease_until:
+                reasons.append(f"not registered: lease not renewed for its TTL "
+                               f"({self._clock() - self._lease_until:.1f}s past); its keys "
+                               "are gone or going")
             # Why each registration is in its state ("check 1 down: ..."): an instance held
             # back by its own checks is the registrar working, not a reason for 503.
             return not reasons, {"registrations": dict(self._states), "reasons": reasons,

@@ -205,6 +205,18 @@ class Registrar:
             self._reconnect = True
         self._wake.set()
 
+    def lease_until(self) -> float:
+        """Until when (monotonic) a value to publish can be on etcd: the lease's TTL from its
+        last renewal; -inf with a value to publish and no lease (lost, or not granted yet);
+        inf with nothing to publish (or only keys another host holds)."""
+        with self._lock:
+            wanted = any(v is not None and k not in self._conflicts
+                         for k, v in self._wanted.items())
+        lease, expires = self._lease, self._lease_expires
+        if not wanted:
+            return float("inf")
+        return expires if lease is not None else float("-inf")
+
     @property
     def writes_refused(self) -> bool:
         """etcd answers but refuses a write of ours (permission denied)."""

@@ -177,6 +177,10 @@ class RegisterLoop:
         if self.supervisor is not None:
             self.supervisor.install_signal_handlers()
         self._notify("READY=1")
+        # The pause detector counts from here: the start's wait for etcd (refuse_conflicts:
+        # a timeout, or a lease TTL) was taken for a stop of the process, with a WARNING
+        # "did not run for 1.0s (stopped: SIGSTOP...)" whenever etcd was away at start.
+        self._last_poll = time.monotonic()
         log.info("register: %d registration(s) for host %s: %s", len(self.instances), self.host,
                  ", ".join(f"{i.registration.key}" for i in self.instances.values()))
 
@@ -368,6 +372,7 @@ class RegisterLoop:
                 self._stall_reported[runner] = now
                 self._handle(stalled)
         self.registrar.revive()
+        self.metrics.lease_until(self.registrar.lease_until())
         if self.address is not None:
             self.address.revive()
         for state in self.instances.values():

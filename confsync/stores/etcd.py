@@ -91,6 +91,8 @@ SNAPSHOT_COMPACTED_RETRIES = 3
 # A snapshot reads each prefix in pages of this many keys (fewer where a page of big values
 # passes the gRPC message limit), all at one revision.
 SNAPSHOT_PAGE_KEYS = 10_000
+# A position check's wait that ends this much later than asked means the process was stopped.
+STOPPED_GAP = 1.0
 
 
 class WatchCanceled(Exception):
@@ -580,7 +582,11 @@ class _EtcdWatch:
         silence_limit = self._store._settings.silence_limit
         period = min(POSITION_CHECK_SECONDS, silence_limit / 2 or POSITION_CHECK_SECONDS)
         self._store.learn_members(self._check_client, fresh=True)
-        while not self._closed.wait(period):
+        while True:
+            asked = time.monotonic()
+            if self._closed.wait(period):
+                return
+            self._not_counting_a_stop(time.monotonic() - asked - period)
             prefix, heard = min(self._last_heard.items(), key=lambda item: item[1],
                                 default=("", time.monotonic()))
             silent = time.monotonic() - heard
@@ -610,6 +616,17 @@ class _EtcdWatch:
             with self._lock:
                 if self._dead:
                     return
+
+    def _not_counting_a_stop(self, late: float) -> None:
+        """A wait that ended `late` seconds after its time: the process was stopped (SIGSTOP,
+        a paused VM, a debugger), and the monotonic clock ran on meanwhile. That time is not
+        etcd's silence: every watch's last word is moved on by it (else, on SIGCONT, a watch
+        whose queued notifications were not read yet was reported silent and reopened)."""
+        if late < STOPPED_GAP:
+            return
+        now = time.monotonic()
+        for prefix, heard in list(self._last_heard.items()):
+            self._last_heard[prefix] = min(heard + late, now)
 
     def _renew_check_client(self) -> None:
         log.debug("etcd auth token of the position check expired; authenticating again")

@@ -45,6 +45,7 @@ from io import BufferedReader
 from typing import TYPE_CHECKING, Any
 
 from confsync.errors import ConfigError, StoreUnavailable
+from confsync.resolve import create_connection
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores.base import Snapshot
 from confsync.stores.endpoints import (
@@ -157,8 +158,10 @@ class _Connection:
     def _connect(self, remaining: float) -> tuple[socket.socket, BufferedReader]:
         # An ASCII host as bytes (getaddrinfo takes both): it then skips the idna codec,
         # whose import (stringprep, unicodedata) costs ~5 ms of a one-shot run.
+        # The lookup is bounded too: getaddrinfo has no timeout of its own, and a DNS server
+        # that never answers held `once` for minutes past `etcd.timeout`.
         host: Any = self.host.encode() if self.host.isascii() else self.host
-        sock = socket.create_connection((host, self.port), timeout=remaining)
+        sock = create_connection((host, self.port), timeout=remaining)
         try:
             if self.context is not None:
                 sock = self.context.wrap_socket(sock, server_hostname=self.host)

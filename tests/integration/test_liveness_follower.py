@@ -309,3 +309,35 @@ def test_progress_notifications_keep_a_quiet_watch_open(etcd_binary: str,
         code = w.stop()
         member.stop()
     assert code == 0, w.output()[-2000:]
+
+
+def test_a_stop_of_the_process_is_not_taken_for_a_silent_watch(etcd_binary: str,
+                                                              tmp_path: Path) -> None:
+    """The silence limit counted the monotonic clock, which runs on while the process is
+    stopped (SIGSTOP, a paused VM, a debugger): on SIGCONT the position check, waking before
+    the notifications queued meanwhile were read, found the watch "silent" for the whole stop,
+    logged etcd as starving it, reported the watch lost (/ready 503) and reopened it."""
+    from tests.support.etcd_server import start_single
+
+    member = start_single(etcd_binary, tmp_path / "etcd",
+                          ["--experimental-watch-progress-notify-interval", "300ms"])
+    write_resource(tmp_path / "cd", "a", "{{ getv('/a', 'none') }}\n",
+                   f'dest = "{tmp_path / "a"}.out"\nkeys = ["/a"]')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", member.endpoint,
+                     "--prefix", "/quiet", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_ETCD_SILENCE_LIMIT": "1.5s"})
+    try:
+        wait_for(lambda: read(tmp_path / "a.out") == "none\n", 20, what="first render")
+        w.wait_log(" from revision ")
+        w.signal(signal.SIGSTOP)
+        time.sleep(2.5)
+        w.signal(signal.SIGCONT)
+        time.sleep(1.0)
+        assert "silent for" not in w.output(), w.output()[-2000:]
+        assert w.output().count(" from revision ") == 1, w.output()[-2000:]
+        client(member.endpoint).put("/quiet/a", "x")
+        wait_for(lambda: read(tmp_path / "a.out") == "x\n", 10, what="the watch still follows")
+    finally:
+        code = w.stop()
+        member.stop()
+    assert code == 0, w.output()[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ import pytest
 
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import ready
 from tests.support.register import RegisterProcess, published, write_registration
 
 pytestmark = [pytest.mark.etcd]
@@ -111,5 +113,72 @@ def test_a_stop_longer_than_the_lease_registers_again_at_once(
         assert published(c, key) is not None
         assert "Traceback" not in proc.output()
     finally:
+        proc.stop()
+        c.close()
+
+
+def test_a_start_that_waited_for_etcd_is_not_taken_for_a_stop(tmp_path: Path) -> None:
+    """The start reads the keys (refuse_conflicts) before the loop runs; with etcd not
+    answering that takes etcd's timeout, and the loop's first tick took the gap for a stop of
+    the whole process: a WARNING "did not run for 1.5s (stopped: SIGSTOP, a paused VM?)" at
+    every start while etcd was away, and the checks' silence excused for nothing."""
+    with socket.socket() as silent:  # accepts (the kernel does) but never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        write_registration(tmp_path / "conf", "web",
+                           'service = "web"\nport = 1\nid = "web-1"\naddress = "127.0.0.1"\n'
+                           '[[check]]\ntype = "tcp"\ninterval = "200ms"\n')
+        proc = RegisterProcess(tmp_path / "conf", endpoint, log=tmp_path / "register.log",
+                               env={"CONFSYNC_ETCD_TIMEOUT": "1500ms"})
+        try:
+            wait_for(lambda: "registration(s) for host" in proc.output(), timeout=15,
+                     what="the loop started")
+            time.sleep(0.5)  # several ticks
+            out = proc.output()
+            assert "etcd unreachable at start" in out, out
+            assert "did not run for" not in out, out
+        finally:
+            proc.stop()
+
+
+def test_ready_is_not_200_while_a_lease_the_stop_outlived_is_not_renewed(
+        etcd_private: EtcdMember, backend: HTTPBackend, tmp_path: Path) -> None:
+    """Stopped past the lease's TTL, with etcd away when it runs again: its keys are gone,
+    and /ready said 200 ("web": "ready") until a keepalive and a new grant had both failed,
+    up to twice etcd's timeout. It is 503 from the first request after SIGCONT now (compared
+    with the lease's TTL at the request), and 200 again once the key is back."""
+    prefix = f"/rf{uuid.uuid4().hex[:10]}"
+    key = f"{prefix}/services/web/instances/web-1"
+    port = free_port()
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "3s"\n'
+                       'address = "127.0.0.1"\ndrain = "0s"\n[[check]]\ntype = "tcp"\n'
+                       'interval = "200ms"\nrise = 1\n')
+    proc = RegisterProcess(tmp_path / "conf", etcd_private.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{port}",
+                           log=tmp_path / "register.log")
+    c = client(etcd_private.endpoint)
+    try:
+        wait_for(lambda: published(c, key) is not None and ready(port)[0] == 200, timeout=15,
+                 what="registered and ready")
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: published(c, key) is None, timeout=8, what="the lease lapsed")
+            etcd_private.freeze()
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        answers = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            answers.append(ready(port))
+            time.sleep(0.05)
+        assert all(status == 503 for status, _ in answers), answers
+        assert "not registered" in " ".join(answers[0][1]["reasons"]), answers[0]
+        etcd_private.thaw()
+        wait_for(lambda: published(c, key) is not None and ready(port)[0] == 200, timeout=10,
+                 what="registered again, and ready")
+    finally:
+        etcd_private.thaw()
         proc.stop()
         c.close()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def confsync(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+             cwd: Path | None = None,
+             wrapper: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`wrapper`: a command prefix, e.g. NameServer.wrapper (another resolv.conf)."""
     import os
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "confsync", *args], capture_output=True,
+    return subprocess.run([*wrapper, sys.executable, "-m", "confsync", *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
 
 
