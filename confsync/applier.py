@@ -140,9 +140,10 @@ class Target:
     @classmethod
     def for_resource(cls, resource: Resource, content: bytes, current: FileState) -> Target:
         # Unset mode/owner keep what the file has (or defaults for a new file), like confd.
+        # Mode 0 is a mode to keep (`chmod 000`), not a missing one.
         return cls(
             content,
-            resource.mode if resource.mode is not None else (current.mode or DEFAULT_MODE),
+            resource.mode if resource.mode is not None else _mode_or_default(current.mode),
             resource.uid if resource.uid is not None else (
                 current.uid if current.uid is not None else os.geteuid()),
             resource.gid if resource.gid is not None else (
@@ -152,6 +153,10 @@ class Target:
     def matches(self, current: FileState) -> bool:
         return (current.content == self.content and current.mode == self.mode
                 and current.uid == self.uid and current.gid == self.gid)
+
+
+def _mode_or_default(mode: int | None) -> int:
+    return DEFAULT_MODE if mode is None else mode
 
 
 def written_path(dest: Path) -> Path:
@@ -452,7 +457,7 @@ def restore(resource: Resource, previous: FileState) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(written_path(resource.dest))  # a link stays, dangling as it was
         return
-    install(resource, Target(previous.content, previous.mode or DEFAULT_MODE,
+    install(resource, Target(previous.content, _mode_or_default(previous.mode),
                              previous.uid if previous.uid is not None else os.geteuid(),
                              previous.gid if previous.gid is not None else os.getegid()),
             check=False)
