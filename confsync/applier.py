@@ -264,6 +264,39 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     return removed
 
 
+# Staged files this process could not remove when their apply failed: the filesystem went
+# read-only (or the directory immutable) between staging and the cleanup. Removed by a later
+# apply, once the fault has passed; the start-up sweep only takes files of dead writers.
+_undeleted: set[Path] = set()
+
+
+def _discard_staged(staged: Path) -> None:
+    """Remove a staged file after a failed apply. One that cannot be removed now is kept in
+    mind for `remove_undeleted`, and the apply's own error (why it failed) is what is raised."""
+    try:
+        os.unlink(staged)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        _undeleted.add(staged)
+        log.warning("cannot remove staged file %s now (%s); removing it at a later apply",
+                    staged, exc.strerror)
+
+
+def remove_undeleted() -> None:
+    """Remove the staged files an earlier failed apply could not (see `_discard_staged`)."""
+    for path in list(_undeleted):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # still read-only: the next apply tries again
+        else:
+            log.info("removed staged file %s left by an earlier failed apply", path)
+        _undeleted.discard(path)
+
+
 def write_staged(dest: Path, directory: Path, content: bytes) -> Path:
     """Write `content` to a new 0600 file in `directory` named after `dest`, data synced;
     return its path.
@@ -284,7 +317,7 @@ def write_staged(dest: Path, directory: Path, content: bytes) -> Path:
         os.fdatasync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(name)
+        _discard_staged(name)
         raise
     os.close(fd)
     return name
@@ -343,8 +376,7 @@ def install(resource: Resource, target: Target, check: bool = True) -> float | N
                 raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
             raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)
+        _discard_staged(staged)
         raise
     try:
         _fsync_dir(directory)

@@ -20,6 +20,7 @@ from confsync.applier import (
     Target,
     install,
     remove_stale_staged,
+    remove_undeleted,
     restore,
     run_check,
     unreplaceable,
@@ -140,7 +141,9 @@ class Syncer:
         return bound
 
     def _sweep(self, resources: Iterable[Resource]) -> None:
-        """Remove staged files a killed run left beside each dest, the first time we see it."""
+        """Remove staged files a killed run left beside each dest, the first time we see it,
+        and those an earlier failed apply of this process could not remove."""
+        remove_undeleted()
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
