@@ -114,6 +114,42 @@ def test_without_inotify_the_daemon_polls_instead_of_exiting(tmp_path: Path) -> 
     assert code == 0, w.output()[-2000:]
 
 
+def _inotify_watches(budget: int) -> tuple[str, ...]:
+    """A user namespace whose user may hold `budget` inotify watches (max_user_watches)."""
+    return ("unshare", "--user", "--map-root-user", "sh", "-c",
+            f'echo {budget} > /proc/sys/user/max_inotify_watches && exec "$@"', "sh")
+
+
+@pytest.mark.skipif(not _no_inotify_available(),
+                    reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
+def test_a_directory_made_once_inotify_watches_ran_out_is_polled_not_missed(
+        tmp_path: Path) -> None:
+    """Exactly the watches the start needs (conf.d, templates, the data file's directory),
+    then templates/sub is made. watchdog could not watch it and only logged so, and an edit
+    of a template there was never seen: no reload, nothing in /ready, for good. Now a new
+    directory starts the watcher again, which polls when inotify cannot watch all of it."""
+    config, data, cd = _watched_file_backend(
+        tmp_path, '{% include "sub/inc.tmpl" ignore missing %}a {{ getv("/app/v") }}\n')
+    out = tmp_path / "out"
+    w = WatchProcess("--config", str(config), log=tmp_path / "watch.log",
+                     wrapper=_inotify_watches(3))
+    try:
+        wait_for(lambda: read(out) == "a one\n", 20, what="first render")
+        assert "cannot watch with inotify" not in w.output()  # the start fits the budget
+        (cd / "templates" / "sub").mkdir()
+        w.wait_log("configuration reloaded")  # the new directory, itself seen
+        (cd / "templates" / "sub" / "inc.tmpl").write_text("included\n")
+        wait_for(lambda: read(out) == "included\na one\n", 10,
+                 what=f"the edit in the new directory\n{w.output()[-2000:]}")
+        (cd / "templates" / "sub" / "inc.tmpl").write_text("again\n")  # and from now on
+        wait_for(lambda: read(out) == "again\na one\n", 10, what="a second edit there")
+        data.write_text("app:\n  v: two\n")  # the data is still followed
+        wait_for(lambda: read(out) == "again\na two\n", 10, what="data change")
+    finally:
+        code = w.stop()
+    assert code == 0, w.output()[-2000:]
+
+
 def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> None:
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers.polling import PollingObserver
