@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import REPO, write_resource
 from tests.support.configmap import swap_data
 from tests.support.daemon import WatchProcess, read, reads, wait_for
 
@@ -148,6 +149,44 @@ def test_a_directory_made_once_inotify_watches_ran_out_is_polled_not_missed(
     finally:
         code = w.stop()
     assert code == 0, w.output()[-2000:]
+
+
+_COUNT_INOTIFY = """
+import os
+from watchdog.events import FileSystemEventHandler
+from confsync.fswatch import start_observer
+
+def inotify_descriptors():
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except OSError:
+            pass  # the listing's own descriptor
+    return count
+
+before = inotify_descriptors()
+for _ in range(100):
+    observer = start_observer(FileSystemEventHandler(), [os.environ["WATCHED"]],
+                              recursive=True, what="test")
+    observer.stop()
+    observer.join()
+print(type(observer).__name__, before, inotify_descriptors())
+"""
+
+
+@pytest.mark.skipif(not _no_inotify_available(),
+                    reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
+def test_falling_back_to_polling_leaks_no_inotify_instance(tmp_path: Path) -> None:
+    """With no inotify watches left, watchdog's failed start left its inotify descriptor open
+    about every other time (its reader thread could end before closing it): an instance of
+    the user's budget and two pipes per restart of a watcher (a ConfigMap update, a new
+    directory), for the daemon's life. The budget is now tried on an instance of our own."""
+    done = subprocess.run([*_inotify_watches(0), sys.executable, "-c", _COUNT_INOTIFY],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "WATCHED": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["PollingObserver", "0", "0"], done.stdout
 
 
 def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> None:
