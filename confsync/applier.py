@@ -226,6 +226,12 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+# Staged files this process could not remove: one whose apply failed after the filesystem
+# went read-only (or its directory immutable) during it, or a dead writer's found by the
+# start-up sweep on a read-only filesystem. Removed by a later pass once it is writable.
+_undeleted: set[Path] = set()
+
+
 def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
@@ -256,18 +262,16 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
                         pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
                     continue
                 os.unlink(path)
-            except OSError as exc:
-                log.warning("cannot remove stale staged file %s: %s", path, exc.strerror)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # read-only for now: a later pass removes it
+                log.warning("cannot remove stale staged file %s now (%s); removing it later",
+                            path, exc.strerror)
+                _undeleted.add(path)
                 continue
             log.info("removed stale staged file %s (its writer, pid %d, is gone)", path, pid)
             removed.append(path)
     return removed
-
-
-# Staged files this process could not remove when their apply failed: the filesystem went
-# read-only (or the directory immutable) between staging and the cleanup. Removed by a later
-# apply, once the fault has passed; the start-up sweep only takes files of dead writers.
-_undeleted: set[Path] = set()
 
 
 def _discard_staged(staged: Path) -> None:
@@ -284,7 +288,7 @@ def _discard_staged(staged: Path) -> None:
 
 
 def remove_undeleted() -> None:
-    """Remove the staged files an earlier failed apply could not (see `_discard_staged`)."""
+    """Remove the staged files this process could not remove earlier (see `_undeleted`)."""
     for path in list(_undeleted):
         try:
             os.unlink(path)
@@ -293,7 +297,7 @@ def remove_undeleted() -> None:
         except OSError:
             continue  # still read-only: the next apply tries again
         else:
-            log.info("removed staged file %s left by an earlier failed apply", path)
+            log.info("removed staged file %s (it could not be removed before)", path)
         _undeleted.discard(path)
 
 

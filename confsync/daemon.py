@@ -260,6 +260,7 @@ class Daemon:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
+            self.syncer.tidy()
             if settled:
                 self._check_dests(now)
                 self._check_targets(now)

@@ -164,6 +164,11 @@ class Syncer:
                                 f"allows rendering from no keys)")
         return content, warnings
 
+    def tidy(self) -> None:
+        """Remove staged files that could not be removed earlier (a read-only filesystem), at
+        each heartbeat: once it is writable again they go, with no apply needed."""
+        remove_undeleted()
+
     def drifted(self, resources: Iterable[Resource]) -> list[Resource]:
         """Resources whose dest someone else changed since this Syncer last looked at it."""
         return [r for r in resources if self.dests.changed(r.dest)]

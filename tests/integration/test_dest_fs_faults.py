@@ -160,3 +160,29 @@ def test_a_mode_0000_set_by_hand_is_kept(etcd: EtcdMember, tmp_path: Path, prefi
     assert os.stat(dest).st_mode & 0o7777 == 0o000
     assert "differed from its render" not in w.output()
     assert _ready(base)[0] == 200
+
+
+def test_a_stale_staged_file_on_a_read_only_filesystem_at_start_is_removed_once_writable(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, disk: Path,
+        watchers: list[WatchProcess]) -> None:
+    """A killed run's staged file, found by the start-up sweep while the filesystem is
+    read-only, could not be removed, and was never looked for again: it stayed beside dest
+    for the daemon's life (dest was up to date, so no apply came by). Now the heartbeat
+    removes it once the filesystem is writable again."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = disk / "out.conf"
+    dest.write_text("value=1\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = disk / f".out.conf.{dead.pid}.0.confsync"
+    stale.write_text("value=half a fil")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w, base = _watch(watchers, tmp_path, etcd, prefix)
+    w.wait_log(f"cannot remove stale staged file {stale}", timeout=20)
+    assert "Read-only file system" in w.output()
+    wait_for(lambda: _ready(base)[0] == 200, 10, what="ready: dest is up to date")
+    subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    wait_for(lambda: not stale.exists(), 5, what=f"the stale file removed\n{w.output()}")
+    assert read(dest) == "value=1\n"
