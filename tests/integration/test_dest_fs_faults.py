@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
@@ -108,6 +108,31 @@ def test_full_disk_read_only_remount_and_immutable_dest_are_retried_until_they_p
         wait_for(lambda: _ready(base)[0] == 200, 10, what="ready again")
     assert sorted(p.name for p in disk.iterdir()) == ["out.conf"]
     assert w.proc.poll() is None
+
+
+def test_once_on_a_full_or_read_only_disk_fails_that_resource_alone(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, disk: Path) -> None:
+    """`confsync once`: exit 1 with the resource, step and reason, dest as it was and nothing
+    staged beside it; a resource on another filesystem is still written."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, other = disk / "out.conf", tmp_path / "other.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    write_resource(tmp_path / "cd", "other", TEMPLATE, f'dest = "{other}"\nkeys = ["/k"]\n')
+    args = ("once", "--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+            "--prefix", prefix)
+    assert confsync(*args).returncode == 0
+    _fill(disk / "filler")
+    for n, why in ((2, "No space left on device"), (3, "Read-only file system")):
+        if n == 3:
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        c.put(prefix + "/k/v", str(n) * 3000)
+        done = confsync(*args)
+        assert done.returncode == 1, done.stderr
+        assert (f"resource app: stage failed: cannot write a staged file in {disk}: {why}"
+                in done.stderr), done.stderr
+        assert read(dest) == "value=1\n" and read(other) == "value=" + str(n) * 3000 + "\n"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "out.conf"]
 
 
 def test_a_filesystem_gone_read_only_during_the_check_leaves_no_staged_file_behind(
