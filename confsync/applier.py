@@ -283,7 +283,7 @@ def _discard_staged(staged: Path) -> None:
         pass
     except OSError as exc:
         _undeleted.add(staged)
-        log.warning("cannot remove staged file %s now (%s); removing it at a later apply",
+        log.warning("cannot remove staged file %s now (%s); removing it later",
                     staged, exc.strerror)
 
 
@@ -295,7 +295,7 @@ def remove_undeleted() -> None:
         except FileNotFoundError:
             pass
         except OSError:
-            continue  # still read-only: the next apply tries again
+            continue  # still read-only: the next pass tries again
         else:
             log.info("removed staged file %s (it could not be removed before)", path)
         _undeleted.discard(path)
