@@ -141,9 +141,10 @@ class Target:
     @classmethod
     def for_resource(cls, resource: Resource, content: bytes, current: FileState) -> Target:
         # Unset mode/owner keep what the file has (or defaults for a new file), like confd.
+        # Mode 0 is a mode to keep (`chmod 000`), not a missing one.
         return cls(
             content,
-            resource.mode if resource.mode is not None else (current.mode or DEFAULT_MODE),
+            resource.mode if resource.mode is not None else _mode_or_default(current.mode),
             resource.uid if resource.uid is not None else (
                 current.uid if current.uid is not None else os.geteuid()),
             resource.gid if resource.gid is not None else (
@@ -153,6 +154,10 @@ class Target:
     def matches(self, current: FileState) -> bool:
         return (current.content == self.content and current.mode == self.mode
                 and current.uid == self.uid and current.gid == self.gid)
+
+
+def _mode_or_default(mode: int | None) -> int:
+    return DEFAULT_MODE if mode is None else mode
 
 
 def written_path(dest: Path) -> Path:
@@ -222,6 +227,12 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+# Staged files this process could not remove: one whose apply failed after the filesystem
+# went read-only (or its directory immutable) during it, or a dead writer's found by the
+# start-up sweep on a read-only filesystem. Removed by a later pass once it is writable.
+_undeleted: set[Path] = set()
+
+
 def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
@@ -252,12 +263,43 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
                         pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
                     continue
                 os.unlink(path)
-            except OSError as exc:
-                log.warning("cannot remove stale staged file %s: %s", path, exc.strerror)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # read-only for now: a later pass removes it
+                log.warning("cannot remove stale staged file %s now (%s); removing it later",
+                            path, exc.strerror)
+                _undeleted.add(path)
                 continue
             log.info("removed stale staged file %s (its writer, pid %d, is gone)", path, pid)
             removed.append(path)
     return removed
+
+
+def _discard_staged(staged: Path) -> None:
+    """Remove a staged file after a failed apply. One that cannot be removed now is kept in
+    mind for `remove_undeleted`, and the apply's own error (why it failed) is what is raised."""
+    try:
+        os.unlink(staged)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        _undeleted.add(staged)
+        log.warning("cannot remove staged file %s now (%s); removing it later",
+                    staged, exc.strerror)
+
+
+def remove_undeleted() -> None:
+    """Remove the staged files this process could not remove earlier (see `_undeleted`)."""
+    for path in list(_undeleted):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # still read-only: the next pass tries again
+        else:
+            log.info("removed staged file %s (it could not be removed before)", path)
+        _undeleted.discard(path)
 
 
 def write_staged(dest: Path, directory: Path, content: bytes) -> Path:
@@ -280,7 +322,7 @@ def write_staged(dest: Path, directory: Path, content: bytes) -> Path:
         os.fdatasync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(name)
+        _discard_staged(name)
         raise
     os.close(fd)
     return name
@@ -343,8 +385,7 @@ def install(resource: Resource, target: Target, check: bool = True,
                 raise ResourceError(resource.name, "install", _rename_failed(path, exc)) from None
             raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)
+        _discard_staged(staged)
         raise
     try:
         _fsync_dir(directory)
@@ -457,7 +498,7 @@ def restore(resource: Resource, previous: FileState) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(written_path(resource.dest))  # a link stays, dangling as it was
         return
-    install(resource, Target(previous.content, previous.mode or DEFAULT_MODE,
+    install(resource, Target(previous.content, _mode_or_default(previous.mode),
                              previous.uid if previous.uid is not None else os.geteuid(),
                              previous.gid if previous.gid is not None else os.getegid()),
             check=False)

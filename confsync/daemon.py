@@ -87,6 +87,7 @@ class SignalReceived:
 @dataclass(frozen=True)
 class LocalFilesChanged:
     path: str
+    new_directory: bool = False  # the watcher is started again for it (see _check_local_files)
 
 
 @dataclass
@@ -167,6 +168,7 @@ class Daemon:
         self.generation = 0
         self._local_observer: Any = None
         self._local_paths: tuple[str, ...] = ()
+        self._local_tree_grew = False  # a directory appeared under conf.d/ or templates/
         # Resources re-rendered because their dest may differ from the render (the interval,
         # or a dest someone else changed): a rewrite without a data change is reported.
         self._repairing: set[str] = set()
@@ -287,6 +289,7 @@ class Daemon:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
+            self.syncer.tidy()
             if settled:
                 self._check_dests(now)
                 self._check_targets(now)
@@ -387,6 +390,7 @@ class Daemon:
             self._on_signal(event.signum)
         elif isinstance(event, LocalFilesChanged):
             self.reload_config_at = time.monotonic() + LOCAL_CHANGE_QUIET
+            self._local_tree_grew |= event.new_directory
 
     def _on_batch(self, event: BatchReceived) -> None:
         batch = event.batch
@@ -888,22 +892,35 @@ class Daemon:
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type not in ("opened", "closed_no_write"):
-                    events.put(LocalFilesChanged(str(event.src_path)))
+                    events.put(LocalFilesChanged(str(event.src_path), event.is_directory and
+                                                 event.event_type in ("created", "moved")))
 
         self._local_paths = self._local_dirs()
         self._local_observer = start_observer(Handler(), self._local_paths, recursive=True,
                                               what="conf.d/templates watcher")
 
     def _check_local_files(self) -> None:
-        """Restart the conf.d/templates watcher when it (or one of its emitters) died, or when
-        a directory came or went; a reload follows, as edits may have been missed."""
+        """Restart the conf.d/templates watcher when it (or one of its emitters) died, when
+        a directory came or went, or when a directory appeared inside; a reload follows, as
+        edits may have been missed.
+
+        A new directory inside gets its inotify watch from watchdog as it goes, and when the
+        user's watches are used up watchdog only logs that it cannot, and edits there are
+        missed for good. A start is all or nothing (inotify for every directory, or polling:
+        fswatch.py), so the watcher starts again."""
         observer = self._local_observer
         alive = observer is not None and observer.is_alive() and all(
             e.is_alive() for e in observer.emitters)
-        if alive and self._local_dirs() == self._local_paths:
+        grew, self._local_tree_grew = self._local_tree_grew, False
+        same = self._local_dirs() == self._local_paths
+        if alive and same and not grew:
             return
         if observer is None:  # turned on by a config reload ([watch] confdir = true)
             log.info("conf.d/templates watcher started ([watch] confdir = true)")
+        elif alive and same:
+            log.info("conf.d/templates watcher: a new directory; starting it again to watch "
+                     "all of it")
+            observer.stop()
         else:
             log.warning("conf.d/templates watcher %s; restarting it",
                         "stopped" if not alive else "sees a directory come or go")

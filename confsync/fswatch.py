@@ -4,12 +4,19 @@ inotify instances are a per-user budget (`fs.inotify.max_user_instances`, 128 by
 with every other program of the same user, and watches another (`max_user_watches`). On a busy
 host either runs out, and watchdog then raises OSError at start. A sidecar must not exit for
 that: it falls back to polling the same directories, which sees the same edits a second later.
+
+watchdog's own failed start can leak its inotify descriptor (its reader thread may end before
+it closes it): an instance of that same budget, and two pipe descriptors, at each attempt. So
+the budget is tried first on an inotify instance of our own, closed here.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -22,18 +29,67 @@ def start_observer(handler: Any, paths: Sequence[str], *, recursive: bool,
     """A started, daemonic observer calling `handler` for events under `paths`.
 
     `native` is the observer class to try first (watchdog's platform default when None)."""
+    short = None
     if native is None:
         from watchdog.observers import Observer as native
-    try:
-        return _start(native(), handler, paths, recursive)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        raise  # polling cannot watch what is not there either: the caller says what is missing
-    except OSError as exc:
-        from watchdog.observers.polling import PollingObserver
+        short = _inotify_short(paths, recursive)
+    if short is None:
+        try:
+            return _start(native(), handler, paths, recursive)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            raise  # polling cannot watch what is not there either: the caller says what is missing
+        except OSError as exc:
+            short = exc
+    from watchdog.observers.polling import PollingObserver
 
-        log.warning("%s: cannot watch with inotify (%s); polling every %.0fs instead",
-                    what, exc.strerror or exc, POLL_INTERVAL)
-        return _start(PollingObserver(timeout=POLL_INTERVAL), handler, paths, recursive)
+    log.warning("%s: cannot watch with inotify (%s); polling every %.0fs instead",
+                what, short.strerror or short, POLL_INTERVAL)
+    return _start(PollingObserver(timeout=POLL_INTERVAL), handler, paths, recursive)
+
+
+# The errors that mean the budget is used up, in watchdog's words.
+_SHORT = {
+    errno.ENOSPC: "inotify watch limit reached",
+    errno.EMFILE: "inotify instance limit reached",
+    errno.ENOMEM: os.strerror(errno.ENOMEM),
+}
+
+
+def _inotify_short(paths: Sequence[str], recursive: bool) -> OSError | None:
+    """Why inotify cannot watch every directory under `paths` now (None: it can, or this is
+    no Linux), tried on an instance of our own that is closed before returning."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "inotify_init1"):
+        return None
+    fd = libc.inotify_init1(os.O_CLOEXEC)  # IN_CLOEXEC is O_CLOEXEC
+    try:
+        if fd < 0:
+            return _short(ctypes.get_errno())
+        for directory in _directories(paths, recursive):
+            if libc.inotify_add_watch(fd, os.fsencode(directory), 0x100) < 0:  # IN_CREATE
+                short = _short(ctypes.get_errno())
+                if short is not None:
+                    return short  # anything else (gone, unreadable) is for watchdog to say
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _short(number: int) -> OSError | None:
+    return OSError(number, _SHORT[number]) if number in _SHORT else None
+
+
+def _directories(paths: Sequence[str], recursive: bool) -> Iterator[str]:
+    """The directories a watch of `paths` takes, as watchdog's inotify observer counts them
+    (links to directories are not followed)."""
+    for path in paths:
+        yield path
+        if recursive:
+            for root, names, _ in os.walk(path):
+                for name in names:
+                    if not os.path.islink(os.path.join(root, name)):
+                        yield os.path.join(root, name)
 
 
 def _start(observer: Any, handler: Any, paths: Sequence[str], recursive: bool) -> Any:

@@ -22,6 +22,7 @@ from confsync.applier import (
     Target,
     install,
     remove_stale_staged,
+    remove_undeleted,
     restore,
     run_check,
     unreplaceable,
@@ -152,7 +153,9 @@ class Syncer:
         return bound
 
     def _sweep(self, resources: Iterable[Resource]) -> None:
-        """Remove staged files a killed run left beside each dest, the first time we see it."""
+        """Remove staged files a killed run left beside each dest, the first time we see it,
+        and those an earlier failed apply of this process could not remove."""
+        remove_undeleted()
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
@@ -172,6 +175,11 @@ class Syncer:
                                 f"{resource.dest} is not empty; keeping it (min_keys = 0 "
                                 f"allows rendering from no keys)")
         return content, warnings
+
+    def tidy(self) -> None:
+        """Remove staged files that could not be removed earlier (a read-only filesystem), at
+        each heartbeat: once it is writable again they go, with no apply needed."""
+        remove_undeleted()
 
     def drifted(self, resources: Iterable[Resource]) -> list[Resource]:
         """Resources whose dest someone else changed since this Syncer last looked at it."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import write_resource
+from tests.support.cli import REPO, write_resource
 from tests.support.configmap import swap_data
 from tests.support.daemon import WatchProcess, read, reads, wait_for
 
@@ -112,6 +113,80 @@ def test_without_inotify_the_daemon_polls_instead_of_exiting(tmp_path: Path) -> 
     finally:
         code = w.stop()
     assert code == 0, w.output()[-2000:]
+
+
+def _inotify_watches(budget: int) -> tuple[str, ...]:
+    """A user namespace whose user may hold `budget` inotify watches (max_user_watches)."""
+    return ("unshare", "--user", "--map-root-user", "sh", "-c",
+            f'echo {budget} > /proc/sys/user/max_inotify_watches && exec "$@"', "sh")
+
+
+@pytest.mark.skipif(not _no_inotify_available(),
+                    reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
+def test_a_directory_made_once_inotify_watches_ran_out_is_polled_not_missed(
+        tmp_path: Path) -> None:
+    """Exactly the watches the start needs (conf.d, templates, the data file's directory),
+    then templates/sub is made. watchdog could not watch it and only logged so, and an edit
+    of a template there was never seen: no reload, nothing in /ready, for good. Now a new
+    directory starts the watcher again, which polls when inotify cannot watch all of it."""
+    config, data, cd = _watched_file_backend(
+        tmp_path, '{% include "sub/inc.tmpl" ignore missing %}a {{ getv("/app/v") }}\n')
+    out = tmp_path / "out"
+    w = WatchProcess("--config", str(config), log=tmp_path / "watch.log",
+                     wrapper=_inotify_watches(3))
+    try:
+        wait_for(lambda: read(out) == "a one\n", 20, what="first render")
+        assert "cannot watch with inotify" not in w.output()  # the start fits the budget
+        (cd / "templates" / "sub").mkdir()
+        w.wait_log("configuration reloaded")  # the new directory, itself seen
+        (cd / "templates" / "sub" / "inc.tmpl").write_text("included\n")
+        wait_for(lambda: read(out) == "included\na one\n", 10,
+                 what=f"the edit in the new directory\n{w.output()[-2000:]}")
+        (cd / "templates" / "sub" / "inc.tmpl").write_text("again\n")  # and from now on
+        wait_for(lambda: read(out) == "again\na one\n", 10, what="a second edit there")
+        data.write_text("app:\n  v: two\n")  # the data is still followed
+        wait_for(lambda: read(out) == "again\na two\n", 10, what="data change")
+    finally:
+        code = w.stop()
+    assert code == 0, w.output()[-2000:]
+
+
+_COUNT_INOTIFY = """
+import os
+from watchdog.events import FileSystemEventHandler
+from confsync.fswatch import start_observer
+
+def inotify_descriptors():
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except OSError:
+            pass  # the listing's own descriptor
+    return count
+
+before = inotify_descriptors()
+for _ in range(100):
+    observer = start_observer(FileSystemEventHandler(), [os.environ["WATCHED"]],
+                              recursive=True, what="test")
+    observer.stop()
+    observer.join()
+print(type(observer).__name__, before, inotify_descriptors())
+"""
+
+
+@pytest.mark.skipif(not _no_inotify_available(),
+                    reason="needs unshare --user and a per-namespace inotify limit (Linux 5.11+)")
+def test_falling_back_to_polling_leaks_no_inotify_instance(tmp_path: Path) -> None:
+    """With no inotify watches left, watchdog's failed start left its inotify descriptor open
+    about every other time (its reader thread could end before closing it): an instance of
+    the user's budget and two pipes per restart of a watcher (a ConfigMap update, a new
+    directory), for the daemon's life. The budget is now tried on an instance of our own."""
+    done = subprocess.run([*_inotify_watches(0), sys.executable, "-c", _COUNT_INOTIFY],
+                          capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "WATCHED": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["PollingObserver", "0", "0"], done.stdout
 
 
 def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> None:

@@ -97,6 +97,20 @@ def test_restore_previous_and_absent(tmp_path: Path) -> None:
     assert not res.dest.exists()
 
 
+def test_a_file_s_mode_0000_is_kept_like_any_other_mode(tmp_path: Path) -> None:
+    """A resource without `mode` keeps the file's: `chmod 000` too. Mode 0 was read as no
+    mode and the file written (or rolled back) with 0644, readable by everyone."""
+    res = resource(tmp_path)
+    res.dest.write_bytes(b"old\n")
+    os.chmod(res.dest, 0o000)
+    current = FileState.read(res.dest)
+    assert Target.for_resource(res, b"old\n", current).matches(current)
+    install(res, Target.for_resource(res, b"new\n", current))
+    assert res.dest.stat().st_mode & 0o7777 == 0o000
+    restore(res, current)
+    assert res.dest.read_bytes() == b"old\n" and res.dest.stat().st_mode & 0o7777 == 0o000
+
+
 def test_a_dangling_link_gets_its_target_and_a_restore_keeps_the_link(tmp_path: Path) -> None:
     """A dest linking to a file not yet there: the target is created (a chain of links is
     followed to its end); rolling back to "no file" removes the target, never the link."""
