@@ -75,6 +75,10 @@ def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
                 proto: int = 0, timeout: float = 5.0) -> AddrInfo:
     """socket.getaddrinfo(host, port, family, type, proto), given up after `timeout` seconds
     with LookupTimeout (a socket.gaierror, EAI_AGAIN)."""
+    try:  # an address, not a name: no DNS, and no thread (`once` reads 127.0.0.1 often)
+        return socket.getaddrinfo(host, port, family, type, proto, socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
     key = (host, port, family, type, proto)
     now = time.monotonic()
     deadline = now + timeout
