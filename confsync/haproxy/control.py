@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from confsync import resolve
 from confsync.command_reload import CommandReloader, process_probe
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 # answer: a master that runs answers in milliseconds; a stopped one (SIGSTOP, a paused VM)
 # accepts the connection and never does, and the probe runs on the daemon's loop every second.
 ASK_TIMEOUT = 1.0
+BIND_LOOKUP = 5.0  # seconds a `bind` host name's lookup may take
 _STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
 # A state file that cannot be saved is so at every pass: said once every 5 minutes.
 _STATE_WARNINGS = Repeats()
@@ -70,12 +72,12 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
     first, _, last = ports.partition("-")
     if not first.isdigit() or (last and not last.isdigit()):
         return []
-    numbers = range(int(first), int(last or first) + 1)
-    out: list[tuple[int, str, int]] = []
-    for port in list(numbers)[:256]:
-        for info in socket.getaddrinfo(host, port, family, socket.SOCK_STREAM):
-            out.append((info[0], str(info[4][0]), port))
-    return out
+    numbers = list(range(int(first), int(last or first) + 1))[:256]
+    # One lookup per bind, bounded: getaddrinfo has no timeout, and a bind's host name with a
+    # name server that never answers held the watch loop for the resolver's retries per port.
+    infos = resolve.getaddrinfo(host, None, family, socket.SOCK_STREAM, timeout=BIND_LOOKUP)
+    addresses = dict.fromkeys((info[0], str(info[4][0])) for info in infos)
+    return [(fam, address, port) for port in numbers for fam, address in addresses]
 
 
 def _port_holder(port: int) -> tuple[int | None, str]:

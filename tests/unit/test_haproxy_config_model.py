@@ -90,6 +90,54 @@ def test_bind_tokens() -> None:
     assert _bind_endpoints("/run/x.sock") == []
 
 
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, name: str, delay: float,
+              answer: bool) -> list[object]:
+    """socket.getaddrinfo for `name`: `delay` seconds, then 127.0.0.1 or a temporary failure.
+    (Faked: glibc has no per-process way to use a test name server.)"""
+    import time
+
+    real, asked = socket.getaddrinfo, []
+
+    def dns(host: object, port: object = None, *args: object, **kwargs: object) -> object:
+        numeric = len(args) > 3 and int(args[3]) & socket.AI_NUMERICHOST  # type: ignore[call-overload]
+        if host not in (name, name.encode()) or numeric:
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        asked.append(port)
+        time.sleep(delay)
+        if not answer:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    return asked
+
+
+def test_a_bind_host_name_dns_does_not_answer_is_refused_in_bounded_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """getaddrinfo has no timeout: a `bind` host name with a name server that does not answer
+    held the watch loop for the resolver's retries (glibc: 5 s x 2 per name server)."""
+    import time
+
+    from confsync.haproxy import control
+
+    _fake_dns(monkeypatch, "lb.example", delay=3.0, answer=False)
+    monkeypatch.setattr(control, "BIND_LOOKUP", 0.3, raising=False)
+    model = parse(cfg().replace("127.0.0.1:8080", "lb.example:8080"))
+    started = time.monotonic()
+    with pytest.raises(ReloadFailed, match=r"bind lb\.example:8080: cannot resolve"):
+        check_binds_free(None, model, master_pid=None)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_bind_host_name_is_looked_up_once_for_its_port_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _fake_dns(monkeypatch, "lb2.example", delay=0.0, answer=True)
+    endpoints = _bind_endpoints("lb2.example:8080-8099")
+    assert [p for _, _, p in endpoints] == list(range(8080, 8100))
+    assert {a for _, a, _ in endpoints} == {"127.0.0.1"}
+    assert len(asked) == 1  # was one per port: 20 slow lookups for a range
+
+
 def test_bind_on_a_port_held_elsewhere_is_refused() -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
