@@ -8,7 +8,9 @@ fails on its own; the others go on. Reloads go through the `ReloadTarget` interf
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import stat
 import tempfile
 import time
@@ -557,12 +559,30 @@ class Syncer:
                            seconds=time.monotonic() - start)
         target = Target.for_resource(resource, content, current)
         status = UNCHANGED if target.matches(current) else UPDATED
+        unwritable = _unwritable(directory) if status is UPDATED else None
+        if unwritable is not None:  # `once` would fail at staging
+            return Outcome(resource, FAILED, ResourceError(
+                resource.name, "stage", f"cannot write a staged file in {directory}: "
+                f"{unwritable}"), seconds=time.monotonic() - start)
         refused = unreplaceable(resource.dest) if status is UPDATED else None
         if refused is not None:  # `once` would fail at its rename
             return Outcome(resource, FAILED, ResourceError(resource.name, "install", refused),
                            seconds=time.monotonic() - start)
         return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
                        content=content, warnings=warnings)
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why a file cannot be created in `directory` (for `check`, which writes nothing there):
+    a read-only filesystem, or no write permission; None when it can, or cannot be told."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except OSError:
+        return None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return os.strerror(errno.EACCES)
+    return None
 
 
 def _beside(dest: Path) -> set[Path]:

@@ -133,6 +133,11 @@ def test_once_on_a_full_or_read_only_disk_fails_that_resource_alone(
                 in done.stderr), done.stderr
         assert read(dest) == "value=1\n" and read(other) == "value=" + str(n) * 3000 + "\n"
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "out.conf"]
+    # `check` tells the same in advance (it said "would change", exit 4, where `once` fails)
+    checked = confsync("check", *args[1:])
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert (f"app: FAILED: resource app: stage failed: cannot write a staged file in {disk}: "
+            "Read-only file system") in checked.stdout, checked.stdout
 
 
 def test_a_filesystem_gone_read_only_during_the_check_leaves_no_staged_file_behind(
