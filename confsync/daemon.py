@@ -151,6 +151,9 @@ class Daemon:
         # A (re)connect's replay may still be arriving (since when), when the watch was back,
         # and when the last batch came: renders wait for it (`_replay_hold`).
         self._catch_up_since: float | None = None
+        # A stream lost after the start: its resume replays what it missed (the start's
+        # watch begins at its snapshot's revision, with nothing of note to replay).
+        self._resuming = False
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -399,7 +402,7 @@ class Daemon:
         changed = self.mirror.apply(batch)
         self._drained_revision = max(self._drained_revision, batch.revision)
         self._last_batch_at = time.monotonic()
-        if not self.connected and self._catch_up_since is None:
+        if not self.connected and self._resuming and self._catch_up_since is None:
             self._catch_up_since = self._last_batch_at  # a replay before the watch is back
         if changed:
             self.observers.changes_received(batch.revision, len(changed))
@@ -455,8 +458,9 @@ class Daemon:
                 log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
                          event.revision + 1)
                 self._connected_at = time.monotonic()
-                if self._catch_up_since is None:
+                if self._resuming and self._catch_up_since is None:
                     self._catch_up_since = self._connected_at
+                self._resuming = False
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()
@@ -467,6 +471,7 @@ class Daemon:
             # at most every 5 minutes, not at each retry for as long as etcd stays away.)
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
+        self._resuming = self._resuming or self.ready
         self.observers.watch_lost(event.reason)
 
     def _touch_covering(self, changed: set[str]) -> None:
