@@ -31,7 +31,7 @@ from typing import Any
 from confsync import children
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
-from confsync.fswatch import start_observer
+from confsync.fswatch import start_observer, stop_observer
 from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
@@ -245,7 +245,7 @@ class Daemon:
             self.observers.stopping()
             self.follower.stop()
             if self._local_observer is not None:
-                self._local_observer.stop()
+                stop_observer(self._local_observer)
             self.follower.join(timeout=5)
             self.store.close()
             if self.pending is not None and self.pending.store is not self.store:
@@ -561,7 +561,7 @@ class Daemon:
         elif self._local_observer is not None:
             # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
             # watcher used to go on reloading at every edit, its inotify watches held).
-            self._local_observer.stop()
+            stop_observer(self._local_observer)
             self._local_observer, self._local_paths = None, ()
             self._part_recovered("local-files")
             log.info("conf.d/templates watcher stopped ([watch] confdir = false)")
@@ -925,11 +925,11 @@ class Daemon:
         elif alive and same:
             log.info("conf.d/templates watcher: a new directory; starting it again to watch "
                      "all of it")
-            observer.stop()
+            stop_observer(observer)
         else:
             log.warning("conf.d/templates watcher %s; restarting it",
                         "stopped" if not alive else "sees a directory come or go")
-            observer.stop()
+            stop_observer(observer)
         self._watch_local_files()
         self.events.put(LocalFilesChanged("(watcher restarted)"))
 

@@ -234,5 +234,7 @@ class _ObserverHandle:
         self._observer = observer
 
     def cancel(self) -> None:
-        self._observer.stop()
+        from confsync.fswatch import stop_observer
+
+        stop_observer(self._observer)
         self._observer.join(timeout=5)
