@@ -14,6 +14,7 @@ from tests.support.etcd_client import has_quorum
 from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
 from tests.support.haproxy import HAProxyStack
 from tests.support.http_backends import HTTPBackend
+from tests.support.register import RegisterProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,23 @@ def backends() -> Iterator[dict[str, HTTPBackend]]:
     yield servers
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[HTTPBackend]:
+    """One small HTTP server on loopback (the registered service), answering "web"."""
+    server = HTTPBackend("web").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[RegisterProcess]]:
+    """`confsync register` processes a test starts; every one is stopped after the test."""
+    started: list[RegisterProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture

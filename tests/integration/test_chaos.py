@@ -27,6 +27,7 @@ import pytest
 from tests.support.chaos import inject_faults
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.disk import fill
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
@@ -114,14 +115,7 @@ class Chaos:
         if filler.exists():
             filler.unlink()
             return
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"x" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill(filler)
 
     def toggle_flag(self) -> None:
         flag = self.flag(self.rng.choice(["check", "reload"]))

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.disk import fill
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
@@ -52,18 +53,6 @@ def _ready(base: str) -> tuple[int, list[str]]:
     return status, body.get("reasons", [])
 
 
-def _fill(path: Path) -> None:
-    """Write until the filesystem is full (unbuffered: nothing left to flush at close)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _failing_honestly(base: str) -> bool:
     """/ready 503 naming the resource, /health 200: the daemon is fine, the file is not."""
     status, reasons = _ready(base)
@@ -84,7 +73,7 @@ def test_full_disk_read_only_remount_and_immutable_dest_are_retried_until_they_p
     wait_for(lambda: read(dest) == "value=1\n" and _ready(base)[0] == 200, 20, what="first")
     filler = disk / "filler"
     faults = [
-        (lambda: _fill(filler), filler.unlink,
+        (lambda: fill(filler), filler.unlink,
          f"resource app: stage failed: cannot write a staged file in {disk}: No space left"),
         (lambda: subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True),
          lambda: subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True),
@@ -122,7 +111,7 @@ def test_once_on_a_full_or_read_only_disk_fails_that_resource_alone(
     args = ("once", "--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
             "--prefix", prefix)
     assert confsync(*args).returncode == 0
-    _fill(disk / "filler")
+    fill(disk / "filler")
     for n, why in ((2, "No space left on device"), (3, "Read-only file system")):
         if n == 3:
             subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)

@@ -3,7 +3,6 @@ re-renders every resource (issue 13, item 7), against real etcd and the real `co
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.disk import fill
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe, ready
@@ -104,18 +104,6 @@ def test_interval_repairs_a_hand_edited_dest(etcd: EtcdMember, tmp_path: Path, p
     dest.write_text("value=edited by hand\n")
     wait_for(lambda: read(dest) == "value=1\n", 20, what=f"repair\n{w.output()[-2000:]}")
     w.wait_log("edited outside confsync", timeout=5)
-
-
-def fill(path: Path) -> None:
-    """Write until the file system is full (unbuffered: nothing left to flush at close)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def test_full_disk_is_retried_once_space_is_back(etcd: EtcdMember, tmp_path: Path, prefix: str,

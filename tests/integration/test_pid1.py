@@ -5,9 +5,7 @@ status (a failing check still fails)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,21 +14,10 @@ import pytest
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, catches, read, wait_for
-
-AS_INIT = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=TERM")
-
-
-def _pid_namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        return subprocess.run([*AS_INIT, "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+from tests.support.pidns import AS_INIT, pid_namespaces_work
 
 
-@pytest.mark.skipif(not _pid_namespaces_work(),
+@pytest.mark.skipif(not pid_namespaces_work(),
                     reason="cannot create a PID namespace here (unshare --pid needs root)")
 def test_watch_as_pid1_reaps_orphans_and_a_failing_check_still_fails(tmp_path: Path) -> None:
     data = tmp_path / "data.yaml"
@@ -66,7 +53,7 @@ def test_watch_as_pid1_reaps_orphans_and_a_failing_check_still_fails(tmp_path: P
         w.stop()
 
 
-@pytest.mark.skipif(not _pid_namespaces_work(),
+@pytest.mark.skipif(not pid_namespaces_work(),
                     reason="cannot create a PID namespace here (unshare --pid needs root)")
 def test_a_sigterm_to_watch_as_pid1_during_its_start_up_stops_it(tmp_path: Path) -> None:
     """PID 1 ignores a signal it has no handler for, and `watch`'s handler came only after its

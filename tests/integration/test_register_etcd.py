@@ -34,21 +34,6 @@ def prefix() -> str:
     return f"/r{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def backend() -> Iterator[HTTPBackend]:
-    server = HTTPBackend("web").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[RegisterProcess]]:
-    started: list[RegisterProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def _registration(port: int, **fields: Any) -> str:
     checks = fields.pop("checks", '[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n')
     settings = {"service": "web", "port": port, "id": "web-1", "ttl": "2s", "drain": "1s",

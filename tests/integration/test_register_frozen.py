@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ from tests.support.http_probe import ready
 from tests.support.register import RegisterProcess, published, write_registration
 
 pytestmark = [pytest.mark.etcd]
-
-
-@pytest.fixture
-def backend() -> Iterator[HTTPBackend]:
-    server = HTTPBackend("web").start()
-    yield server
-    server.stop()
 
 
 def _start(tmp_path: Path, etcd: EtcdMember, prefix: str, port: int, ttl: str,

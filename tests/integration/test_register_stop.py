@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,44 +18,16 @@ from tests.support.daemon import catches, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 from tests.support.http_backends import HTTPBackend
+from tests.support.pidns import AS_INIT, pid_namespaces_work
 from tests.support.register import RegisterProcess, published, write_registration
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.etcd]
 
 TTL = 30  # far beyond every bound asserted here: a key that outlives the stop waits this long
-# PID 1 of a PID namespace: a container without an init (test_pid1.py)
-AS_INIT = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child=TERM")
-
-
-def _pid_namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        return subprocess.run([*AS_INIT, "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture
 def prefix() -> str:
     return f"/s{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def backend() -> Iterator[HTTPBackend]:
-    server = HTTPBackend("web").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[RegisterProcess]]:
-    started: list[RegisterProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def _key(prefix: str) -> str:
@@ -223,7 +193,7 @@ def test_a_stop_signal_while_another_hosts_lease_is_waited_out_ends_the_start(
     ignored, so the registrar registered once the other lease lapsed, stopped or not, until
     the SIGKILL; elsewhere it died of the signal. Now: out at once, status 0, nothing
     registered."""
-    if as_init and not _pid_namespaces_work():
+    if as_init and not pid_namespaces_work():
         pytest.skip("cannot create a PID namespace here (unshare --pid needs root)")
     c = client(etcd.endpoint)
     other = c.lease(4)
@@ -254,7 +224,7 @@ def test_a_sigterm_to_pid1_during_its_start_up_ends_it_before_it_registers(
     was lost, and the registrar registered the node until the SIGKILL. It is held from the
     first line of confsync's code now (with SIGHUP), and taken when the loop's handler is
     installed."""
-    if not _pid_namespaces_work():
+    if not pid_namespaces_work():
         pytest.skip("cannot create a PID namespace here (unshare --pid needs root)")
     proc = _start(procs, tmp_path, [etcd.endpoint], prefix, backend.port, wrapper=AS_INIT)
     wait_for(lambda: psutil.Process(proc.proc.pid).children(), 5, what="the namespace's init")
