@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -20,22 +17,6 @@ from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs of the test's own, unmounted after."""
-    path = tmp_path / "disk"
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _watch(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember,
