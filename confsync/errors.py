@@ -44,6 +44,8 @@ def describe_error(exc: BaseException) -> str:
     if callable(code) and callable(details):
         status = code()
         return f"{getattr(status, 'name', status)}: {details()}"
+    if type(exc).__name__ == "NoServerAvailableError":  # (its words: "No endpoint available
+        return "no etcd endpoint answers: each one failed at its last try"  # and not failed")
     text = str(exc)
     described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     # The etcd client turns gRPC's errors into its own, without their words: "etcd connection

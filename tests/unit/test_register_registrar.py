@@ -215,3 +215,14 @@ def test_writes_refused_for_permission_are_reported_as_such_not_as_etcd_unreacha
         assert not any(e.kind == "lost" for e in events), events
     finally:
         registrar.close(timeout=2)
+
+
+def test_no_endpoint_left_is_said_in_words() -> None:
+    """/ready said "NoServerAvailableError: No endpoint available and not failed" after a lease
+    lapsed with etcd away."""
+    import pyetcd.exceptions
+
+    from confsync.errors import describe_error
+
+    error = pyetcd.exceptions.NoServerAvailableError("No endpoint available and not failed")
+    assert describe_error(error) == "no etcd endpoint answers: each one failed at its last try"
