@@ -383,11 +383,10 @@ class Syncer:
                     self._reloaded(dest)
             return
         self.reload_owed -= names
-        for outcome in group:
-            self._reloaded(outcome.resource.dest)
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         for outcome in group:
+            self._reloaded(outcome.resource.dest)
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
 
@@ -395,14 +394,10 @@ class Syncer:
         """At the first apply of a dest: a running copy kept beside it means a predecessor
         installed the file and stopped before its reload was done (running_copy.py)."""
         self._looked.add(resource.dest)
-        try:
-            path = written_path(resource.dest)
-            found = read_kept(path)
-        except OSError:
-            return  # a link not followed, an unreadable copy: the apply reports what matters
+        found = _kept_for(resource)
         if found is None:
             return
-        content, info = found
+        path, (content, info) = found
         self._kept.add(resource.dest)
         self.reload_owed.add(resource.name)
         self._running[resource.dest] = FileState(
@@ -414,12 +409,7 @@ class Syncer:
     def reload_left_owed(self, resource: Resource) -> bool:
         """Whether a predecessor installed `resource`'s file and stopped before its reload
         (`check` reports it: the next `once` or `watch` reloads)."""
-        if self.target(resource) is None:
-            return False
-        try:
-            return read_kept(written_path(resource.dest)) is not None
-        except OSError:
-            return False
+        return self.target(resource) is not None and _kept_for(resource) is not None
 
     def _reloaded(self, dest: Path) -> None:
         """The service runs the file at `dest`: drop its running copy."""
@@ -570,6 +560,16 @@ class Syncer:
                            seconds=time.monotonic() - start)
         return Outcome(resource, status, seconds=time.monotonic() - start, previous=current,
                        content=content, warnings=warnings)
+
+
+def _kept_for(resource: Resource) -> tuple[Path, tuple[bytes, os.stat_result]] | None:
+    """The file `resource.dest` is written to and the running copy kept beside it, if any."""
+    try:
+        path = written_path(resource.dest)
+        found = read_kept(path)
+    except OSError:
+        return None  # a link not followed, an unreadable copy: the apply reports what matters
+    return (path, found) if found is not None else None
 
 
 def _unwritable(directory: Path) -> str | None:
