@@ -117,6 +117,12 @@ def measure(endpoint: str, base: Path, resources: int, keys: int, shared: int) -
                   f" s, apply {spent.get('apply', 0):.2f} s), longest heartbeat gap "
                   f"{beats.gap:.2f} s")
 
+        cpu = time.thread_time()
+        idle_end = time.perf_counter() + 5.0
+        run_until(daemon, lambda: time.perf_counter() > idle_end)
+        print(f"{label}: idle loop CPU {(time.thread_time() - cpu) / 5.0 * 100:.2f} % of a core "
+              f"(heartbeat checks of every dest)")
+
         dest = base / "out" / "r0007.conf"
         lat = []
         for i in range(20):

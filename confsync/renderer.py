@@ -100,7 +100,10 @@ class KV(NamedTuple):
         return self.value
 
 
-@functools.lru_cache(maxsize=512)
+# Bounded (patterns may come from data), but above what a big node's resource set uses: each
+# resource's patterns are their own (its prefix is in them), and past the cache's size every
+# full pass (start, SIGHUP, interval) compiled each of them again (LRU, taken in turn: no hit).
+@functools.lru_cache(maxsize=4096)
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """confd's path.Match: `*` and `?` never cross a '/', `[...]` classes, `\\` escapes."""
     out: list[str] = []
