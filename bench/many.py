@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.common import put_many, start_etcd
 from confsync.daemon import Daemon
 from confsync.ops.events import Observer
@@ -101,8 +103,9 @@ def measure(endpoint: str, base: Path, resources: int, keys: int, shared: int) -
     try:
         beats.reset()
         run_until(daemon, lambda: daemon.ready)
+        rss = psutil.Process().memory_info().rss / 2**20
         print(f"{label}: start -> ready {time.perf_counter() - start:.2f} s, longest heartbeat "
-              f"gap {beats.gap:.2f} s")
+              f"gap {beats.gap:.2f} s, RSS of this process {rss:.0f} MB")
 
         for what, edit in (("SIGHUP, nothing changed", None),
                            ("SIGHUP, one resource edited", confdir / "conf.d" / "r0001.toml")):
