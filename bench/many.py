@@ -107,10 +107,14 @@ def measure(endpoint: str, base: Path, resources: int, keys: int, shared: int) -
         print(f"{label}: start -> ready {time.perf_counter() - start:.2f} s, longest heartbeat "
               f"gap {beats.gap:.2f} s, RSS of this process {rss:.0f} MB")
 
-        for what, edit in (("SIGHUP, nothing changed", None),
-                           ("SIGHUP, one resource edited", confdir / "conf.d" / "r0001.toml")):
-            if edit is not None:
-                edit.write_text(edit.read_text().replace("[template]", "[template]\nmode = 0o640"))
+        for what, name, old, new in (
+                ("SIGHUP, nothing changed", "", "", ""),
+                ("SIGHUP, one resource edited", "r0001", "[template]", "[template]\nmode = 0o640"),
+                ("SIGHUP, a new prefix (a snapshot read first)", "r0002", 'prefix = "/g0002"',
+                 'prefix = "/new"')):
+            if name:
+                edit = confdir / "conf.d" / f"{name}.toml"
+                edit.write_text(edit.read_text().replace(old, new))
             spent.clear()
             beats.reset()
             daemon.reload_config_at = time.monotonic()
