@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from confsync import children
+from confsync.coverage import Coverage
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
@@ -98,6 +99,7 @@ class ResourceSetState:
     resources: tuple[Resource, ...]
     renderer: Renderer
     prefixes: tuple[str, ...]
+    coverage: Coverage  # changed keys -> the resources they touch
 
 
 @dataclass
@@ -119,7 +121,8 @@ def build_state(settings: Settings) -> tuple[ResourceSetState, tuple[str, ...]]:
     renderer = Renderer(settings.confdir / "templates", render_timeout=settings.render_timeout,
                         max_output_size=settings.max_output_size)
     prefixes = merge_prefixes(p for r in loaded.resources for p in r.watched_prefixes)
-    return ResourceSetState(settings, loaded.resources, renderer, prefixes), loaded.errors
+    return ResourceSetState(settings, loaded.resources, renderer, prefixes,
+                            Coverage(loaded.resources)), loaded.errors
 
 
 def _renders(renderer: Renderer, resource: Resource, mirror: Mirror) -> bool:
@@ -476,11 +479,9 @@ class Daemon:
 
     def _touch_covering(self, changed: set[str]) -> None:
         affected = []
-        for resource in self.state.resources:
-            keys = {k for k in changed if resource.covers(k)}
-            if keys:
-                self.pending_keys.setdefault(resource.name, set()).update(keys)
-                affected.append(resource)
+        for resource, keys in self.state.coverage.touched(changed):
+            self.pending_keys.setdefault(resource.name, set()).update(keys)
+            affected.append(resource)
         self.planner.touch(affected, time.monotonic())
 
     def _touch_all(self, repair: bool = False) -> None:

@@ -411,3 +411,23 @@ def test_a_malformed_pattern_fails_as_in_confd(pattern: str) -> None:
 
     with pytest.raises(RenderFailure, match="syntax error in pattern"):
         glob_regex(pattern)
+
+
+def test_resources_of_one_prefix_share_their_items_and_each_sees_its_own_keys(
+        tmp_path: Path) -> None:
+    # One item cache per resource held resources x keys items (1,000 resources reading 10
+    # prefixes of 5,000 keys: 850 MB); a KV depends on the key, the prefix and the value only.
+    renderer, first, mirror = make(tmp_path, "{% for kv in gets('/*/*') %}{{ kv.key }}="
+                                   "{{ kv.value }},{% endfor %}", DATA, prefix="/app",
+                                   keys=("/db",))
+    second = dataclasses.replace(first, name="s", keys=("/db", "/upstreams"))
+    other = dataclasses.replace(first, name="o", prefix="", keys=("/app/db",))
+    assert renderer.render(first, mirror) == "/db/host=10.0.0.1,/db/port=5432,"
+    assert renderer.render(second, mirror) == ("/db/host=10.0.0.1,/db/port=5432,"
+                                               "/upstreams/a=1,/upstreams/b=2,")
+    assert renderer.render(other, mirror) == ""  # its keys are 3 deep, '/*/*' is 2
+    mirror.apply(ChangeBatch(6, (Change("/app/db/port", b"6432"),)))
+    assert renderer.render(second, mirror) == ("/db/host=10.0.0.1,/db/port=6432,"
+                                               "/upstreams/a=1,/upstreams/b=2,")
+    assert renderer.render(first, mirror) == "/db/host=10.0.0.1,/db/port=6432,"
+    assert sorted(renderer._kv_caches) == ["", "/app"]  # one per prefix, not per resource
