@@ -219,6 +219,9 @@ class EtcdStore:
         self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
+        # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
+        self._srv_last: tuple[str, ...] = ()
+        self._srv_failing = False
 
     # ---- clients
 
@@ -249,10 +252,33 @@ class EtcdStore:
     def endpoint_urls(self) -> tuple[str, ...]:
         """The configured endpoints, or those DNS SRV records name now (`srv_domain`); then
         the members etcd listed that they do not name (`learn_members`)."""
-        urls = endpoint_urls(self._settings)
+        urls = self._srv_urls() if self._settings.srv_domain else self._settings.endpoints
         with self._members_lock:
             members = self._members
         return urls + tuple(url for url in members if url not in urls)
+
+    def _srv_urls(self) -> tuple[str, ...]:
+        """The endpoints the SRV records name now; their last answer while DNS fails for now.
+        A reconnect asks again, and DNS down must not cut it off from members that are up."""
+        from confsync.stores.srv import SrvLookupFailed
+
+        try:
+            urls = endpoint_urls(self._settings)
+        except SrvLookupFailed as exc:
+            with self._members_lock:
+                last, first = self._srv_last, not self._srv_failing
+                self._srv_failing = True
+            if not last:
+                raise
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "%s; using its last answer: %s", exc, ", ".join(last))
+            return last
+        with self._members_lock:
+            recovered, self._srv_failing = self._srv_failing and bool(self._srv_last), False
+            self._srv_last = urls
+        if recovered:
+            log.info("DNS SRV records of %s answer again", self._settings.srv_domain)
+        return urls
 
     def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
         """Ask the cluster for its members' client URLs, to try after the configured
