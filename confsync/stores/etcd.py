@@ -59,6 +59,7 @@ from confsync.stores.endpoints import (
     refuse_clear_credentials,
     split_endpoint,
 )
+from confsync.stores.last_address import LastAddresses
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ class EtcdStore:
         self._members: tuple[str, ...] = ()
         self._members_asked = -MEMBERS_REFRESH_SECONDS
         self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
+        # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
+        self._last_addresses = LastAddresses()
+        # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
+        self._srv_last: tuple[str, ...] = ()
+        self._srv_failing = False
 
     # ---- clients
 
@@ -246,10 +252,33 @@ class EtcdStore:
     def endpoint_urls(self) -> tuple[str, ...]:
         """The configured endpoints, or those DNS SRV records name now (`srv_domain`); then
         the members etcd listed that they do not name (`learn_members`)."""
-        urls = endpoint_urls(self._settings)
+        urls = self._srv_urls() if self._settings.srv_domain else self._settings.endpoints
         with self._members_lock:
             members = self._members
         return urls + tuple(url for url in members if url not in urls)
+
+    def _srv_urls(self) -> tuple[str, ...]:
+        """The endpoints the SRV records name now; their last answer while DNS fails for now.
+        A reconnect asks again, and DNS down must not cut it off from members that are up."""
+        from confsync.stores.srv import SrvLookupFailed
+
+        try:
+            urls = endpoint_urls(self._settings)
+        except SrvLookupFailed as exc:
+            with self._members_lock:
+                last, first = self._srv_last, not self._srv_failing
+                self._srv_failing = True
+            if not last:
+                raise
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "%s; using its last answer: %s", exc, ", ".join(last))
+            return last
+        with self._members_lock:
+            recovered, self._srv_failing = self._srv_failing and bool(self._srv_last), False
+            self._srv_last = urls
+        if recovered:
+            log.info("DNS SRV records of %s answer again", self._settings.srv_domain)
+        return urls
 
     def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
         """Ask the cluster for its members' client URLs, to try after the configured
@@ -310,14 +339,24 @@ class EtcdStore:
     def _describe_endpoints(self) -> str:
         return describe_endpoints(self._settings)
 
-    def _endpoints(self, urls: Sequence[str]) -> list[Endpoint]:
-        endpoints = []
+    def _endpoints(self, urls: Sequence[str], timeout: float) -> list[Endpoint]:
+        """One Endpoint per URL; a name DNS cannot resolve for now is dialled at its last
+        good address, with the name kept for TLS verification and the :authority header."""
         credentials = self._credentials(urls)
-        for url in urls:
-            host, port = split_endpoint(url)
+        names = [split_endpoint(url) for url in urls]
+        fallback = self._last_addresses.targets(names, timeout)
+        endpoints = []
+        for host, port in names:
+            address = fallback.get((host, port))
+            options = GRPC_OPTIONS
+            if address is not None:
+                options = [*GRPC_OPTIONS, ("grpc.default_authority", f"{host}:{port}")]
+                if credentials is not None:
+                    options.append(("grpc.ssl_target_name_override", host))
+            dial = host if address is None else (f"[{address}]" if ":" in address else address)
             endpoints.append(Endpoint(
-                host, port, secure=credentials is not None,
-                creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=GRPC_OPTIONS))
+                dial, port, secure=credentials is not None,
+                creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=options))
         return endpoints
 
     def new_client(self, authenticate: bool = True,
@@ -335,13 +374,13 @@ class EtcdStore:
         if authenticate:
             refuse_clear_credentials(self._settings, urls)
         password = read_password(self._settings) if authenticate else None
-        endpoints = self._endpoints(urls)
+        limit = self._settings.timeout if timeout is None else min(timeout,
+                                                                   self._settings.timeout)
+        endpoints = self._endpoints(urls, limit)
         with self._rotation_lock:
             first = endpoints[self._rotation % len(endpoints)]
         ordered = [first] + [e for e in endpoints if e is not first]
         user = self._settings.user if password is not None else None
-        limit = self._settings.timeout if timeout is None else min(timeout,
-                                                                   self._settings.timeout)
         try:
             try:
                 client = _Client(endpoints=ordered, timeout=limit, user=user,

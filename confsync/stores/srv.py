@@ -15,6 +15,12 @@ import dns.resolver
 from confsync.errors import StoreUnavailable
 from confsync.settings import parse_host_port
 
+
+class SrvLookupFailed(StoreUnavailable):
+    """DNS could not be asked for now (no answer in time, SERVFAIL, no server answering): not
+    an answer that the records are gone."""
+
+
 # (service, scheme); None: https with TLS files, else http (confd's record carries no scheme).
 SERVICES: tuple[tuple[str, str | None], ...] = (
     ("_etcd-client-ssl", "https"), ("_etcd-client", "http"), ("_etcdv3", None))
@@ -35,8 +41,8 @@ def resolve_endpoints(domain: str, nameserver: str = "", timeout: float = 5.0,
                       tls: bool = False) -> tuple[str, ...]:
     """Endpoint URLs ordered by SRV priority, then weight (highest first).
 
-    Raises StoreUnavailable when DNS cannot be asked or neither record exists: like an
-    unreachable etcd, the daemon stays degraded and retries.
+    Raises StoreUnavailable when DNS cannot be asked (SrvLookupFailed) or neither record
+    exists: like an unreachable etcd, the daemon stays degraded and retries.
     """
     resolver = _resolver(nameserver, timeout)
     domain = domain.strip().rstrip(".")
@@ -48,7 +54,7 @@ def resolve_endpoints(domain: str, nameserver: str = "", timeout: float = 5.0,
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             continue
         except dns.exception.DNSException as exc:
-            raise StoreUnavailable(f"DNS SRV lookup of {name} failed: {exc}") from None
+            raise SrvLookupFailed(f"DNS SRV lookup of {name} failed: {exc}") from None
         records = sorted(answer, key=lambda r: (r.priority, -r.weight))
         return tuple(f"{scheme}://{r.target.to_text(omit_final_dot=True)}:{r.port}"
                      for r in records)

@@ -223,3 +223,141 @@ def test_an_endpoint_name_dns_fails_is_named_in_the_error(
     finally:
         proc.stop()
         c.close()
+
+
+@pytest.mark.parametrize("outage", ["servfail", "hang"])
+def test_a_dns_outage_longer_than_the_lease_keeps_the_key_through_reconnects(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path, outage: str) -> None:
+    """Each reconnect builds a new channel, which resolved the endpoint's name again: with DNS
+    down (etcd fine), every one failed, the lease lapsed and the node left its pools. A
+    reconnect now dials the name's last good address while a fresh lookup fails."""
+    from tests.support.tcp_proxy import TcpProxy
+
+    write_registration(tmp_path / "conf", "web",
+                       'service = "web"\nport = 1\nid = "web-1"\naddress = "127.0.0.1"\n'
+                       'ttl = "3s"\ndrain = "0s"\n[[check]]\ntype = "exec"\n'
+                       'command = ["true"]\ninterval = "200ms"\nrise = 1\n')
+    key = f"{prefix}/services/web/instances/web-1"
+    proxy = TcpProxy(etcd.client_port)
+    proc = RegisterProcess(tmp_path / "conf", f"http://{NAME}:{proxy.port}", "--prefix", prefix,
+                           log=tmp_path / "register.log", env={"CONFSYNC_ETCD_TIMEOUT": "1s"},
+                           wrapper=dns.wrapper(tmp_path))
+    c = client(etcd.endpoint)
+    try:
+        wait_for(lambda: published(c, key) is not None, 15, what="registered")
+        _, meta = c.get(key)
+        created = int(meta.create_revision)
+        setattr(dns, outage, True)
+        # The open connection goes silent (gRPC would carry on through a reset with the
+        # address it has): the registrar must make a new one.
+        proxy.stall(new_connections=False)
+        time.sleep(4.5)  # past the 3 s lease
+        _, meta = c.get(key)
+        assert meta is not None and int(meta.create_revision) == created, proc.output()
+        assert proc.proc.poll() is None, proc.output()
+        assert f"etcd endpoint {NAME}:{proxy.port}: DNS fails for now" in proc.output()
+        # DNS answers again, with a new address (etcd moved; nothing at the old one): a fresh
+        # answer wins.
+        dns.hosts[NAME] = [dns.ip]
+        setattr(dns, outage, False)
+        proxy.close()
+        proxy = TcpProxy(etcd.client_port, port=proxy.port, host=dns.ip)
+        wait_for(lambda: "DNS answers again" in proc.output(), 10, what="dialled by name")
+        time.sleep(3.5)
+        _, meta = c.get(key)
+        assert meta is not None and int(meta.create_revision) == created, proc.output()
+        assert proxy.connections(), "not dialled at the new address"
+    finally:
+        proc.stop()
+        proxy.close()
+        c.close()
+
+
+# Connects a fresh client to each endpoint per line read, and prints what came of it.
+_CONNECT = """
+import sys
+from pathlib import Path
+from confsync.settings import EtcdSettings
+from confsync.stores.etcd import EtcdStore
+stores = [EtcdStore(EtcdSettings(endpoints=(url,), ca_cert=Path(sys.argv[1]), timeout=2.0))
+          for url in sys.argv[2:]]
+for _ in sys.stdin:
+    outcomes = []
+    for store in stores:
+        try:
+            client = store.new_client()
+            client.get(b"k")
+            client.close()
+            outcomes.append("ok")
+        except Exception as exc:
+            outcomes.append("failed")
+    print(" ".join(outcomes), flush=True)
+"""
+
+
+def test_the_last_address_is_dialled_with_tls_verifying_the_name(
+        etcd_binary: str, dns: NameServer, tmp_path: Path) -> None:
+    """The server certificate names only etcd.dns.test (not 127.0.0.1): a client dialling
+    the last address while DNS fails connects only if TLS checks the name it was given; a
+    name the certificate does not cover is refused alike with DNS up or down."""
+    from tests.support.certs import make_pki
+    from tests.support.etcd_server import start_single
+
+    pki = make_pki(tmp_path / "pki", server_names=(NAME,))
+    member = start_single(etcd_binary, tmp_path / "etcd", scheme="https", extra_args=[
+        "--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key)])
+    dns.hosts["other.dns.test"] = ["127.0.0.1"]
+    urls = [f"https://{host}:{member.client_port}" for host in (NAME, "other.dns.test")]
+    proc = subprocess.Popen([*dns.wrapper(tmp_path), sys.executable, "-c", _CONNECT,
+                             str(pki.ca_cert), *urls], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env={"PYTHONPATH": str(REPO)})
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def connect() -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    try:
+        assert connect() == "ok failed"  # DNS up: by name
+        time.sleep(0.3)  # (the name's address is kept by a lookup beside the connect)
+        dns.servfail = True
+        assert connect() == "ok failed"  # DNS down: the last address, the same verdicts
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        member.stop()
+    assert "DNS fails for now" in err, err
+
+
+def test_watch_reconnects_through_the_last_address_while_dns_fails(
+        etcd: EtcdMember, dns: NameServer, prefix: str, tmp_path: Path) -> None:
+    """A watch lost (every connection reset) made a new client that resolved the name again:
+    with DNS failing and etcd fine, `watch` stayed degraded and the file stale until DNS came
+    back. It now resumes at the name's last address."""
+    from tests.support.tcp_proxy import TcpProxy
+
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k", "one")
+    write_resource(tmp_path / "cd", "r", "{{ getv('/k') }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/k"]\nprefix = "{prefix}"')
+    proxy = TcpProxy(etcd.client_port)
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints",
+                     f"http://{NAME}:{proxy.port}", "--wait-min", "0",
+                     log=tmp_path / "watch.log", env={"CONFSYNC_ETCD_TIMEOUT": "1s"},
+                     wrapper=dns.wrapper(tmp_path))
+    try:
+        wait_for(lambda: read(tmp_path / "out") == "one\n", 15, what="first render")
+        time.sleep(0.3)  # (the name's address is kept by a lookup beside the connect)
+        dns.servfail = True
+        proxy.close()
+        proxy = TcpProxy(etcd.client_port, port=proxy.port)
+        c.put(prefix + "/k", "two")
+        wait_for(lambda: read(tmp_path / "out") == "two\n", 8,
+                 what="the change, while DNS fails")
+    finally:
+        assert w.stop() == 0
+        proxy.close()
+        c.close()

@@ -126,3 +126,33 @@ def test_grpc_snapshot_tries_every_member_the_records_name(etcd: EtcdMember,
         assert store.snapshot([prefix + "/"]).values == {prefix + "/k/a": b"second member"}
     finally:
         store.close()
+
+
+def test_a_reconnect_while_dns_fails_uses_the_records_last_answer(etcd: EtcdMember,
+                                                                  dns: SrvServer) -> None:
+    """Every new client asked for the SRV records again: with DNS failing (SERVFAIL) and etcd
+    fine, every reconnect failed (a registrar's lease lapsed). Their last answer serves now;
+    a fresh answer wins again, and records that are gone (NXDOMAIN) are no failure for now."""
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    dns.resolver.records[PLAIN] = [(10, 10, etcd.client_port, "localhost.")]
+    store = EtcdStore(EtcdSettings(srv_domain=DOMAIN, srv_nameserver=dns.address, timeout=1.0))
+    try:
+        store.new_client().close()
+        dns.resolver.servfail = True
+        fresh = store.new_client()
+        fresh.get(b"k")
+        fresh.close()
+        moved = free_port()
+        dns.resolver.records[PLAIN] = [(10, 10, moved, "localhost.")]
+        dns.resolver.servfail = False
+        assert store.endpoint_urls() == (f"http://localhost:{moved}",)
+        from confsync.stores.srv import SrvLookupFailed
+
+        del dns.resolver.records[PLAIN]
+        with pytest.raises(StoreUnavailable) as raised:
+            store.endpoint_urls()
+        assert not isinstance(raised.value, SrvLookupFailed)
+    finally:
+        store.close()

@@ -70,9 +70,9 @@ def _issue(ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, common_name: 
 
 
 def make_pki(directory: Path, client_name: str = "confsync-client", days: int = 2,
-             server_client_auth: bool = True) -> Pki:
-    """Write ca.pem, server.pem/-key.pem (127.0.0.1, ::1, localhost), client.pem/-key.pem,
-    and client-nocn.pem/-key.pem (no CommonName)."""
+             server_client_auth: bool = True, server_names: tuple[str, ...] = ()) -> Pki:
+    """Write ca.pem, server.pem/-key.pem (127.0.0.1, ::1, localhost; or `server_names`
+    only), client.pem/-key.pem, and client-nocn.pem/-key.pem (no CommonName)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("confsync test CA")
@@ -100,6 +100,7 @@ def make_pki(directory: Path, client_name: str = "confsync-client", days: int = 
         ca_key, ca_name, "127.0.0.1",
         [ExtendedKeyUsageOID.SERVER_AUTH,
          *([ExtendedKeyUsageOID.CLIENT_AUTH] if server_client_auth else [])],
+        [x509.DNSName(name) for name in server_names] or
         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
          x509.IPAddress(ipaddress.ip_address("::1")), x509.DNSName("localhost")], days)
     client, client_key = _issue(ca_key, ca_name, client_name, [ExtendedKeyUsageOID.CLIENT_AUTH],

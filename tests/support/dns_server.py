@@ -19,12 +19,15 @@ def free_udp_port() -> int:
 class _SrvResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self, records: dict[str, list[tuple[int, int, int, str]]]) -> None:
         self.records = records
+        self.servfail = False  # answer SERVFAIL to everything (a resolver failing for now)
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         reply = request.reply()
         name = str(request.q.qname).rstrip(".")
         found = self.records.get(name)
-        if found is None:
+        if self.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+        elif found is None:
             reply.header.rcode = RCODE.NXDOMAIN
         elif request.q.qtype == QTYPE.SRV:
             for priority, weight, port, target in found:

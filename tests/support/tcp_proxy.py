@@ -29,11 +29,13 @@ class _Pair:
 
 
 class TcpProxy:
-    def __init__(self, upstream_port: int, port: int | None = None, delay: float = 0.0) -> None:
+    def __init__(self, upstream_port: int, port: int | None = None, delay: float = 0.0,
+                 host: str = "127.0.0.1") -> None:
         self.upstream_port = upstream_port
+        self.host = host
         self.delay = delay
         self.port = port or free_port()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = socket.create_server((host, self.port))
         self._listener.settimeout(0.2)
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
@@ -44,7 +46,7 @@ class TcpProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def connections(self) -> int:
         with self._lock:
