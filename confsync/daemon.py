@@ -668,8 +668,16 @@ class Daemon:
     # ---- signals and configuration reloads
 
     def _install_signal_handlers(self) -> None:
+        stops: list[int] = []
+
         def handler(signum: int, frame: FrameType | None) -> None:
-            # Only enqueue: the apply in flight finishes before the loop looks at this.
+            # Only enqueue: the apply in flight finishes before the loop looks at this. A
+            # second stop signal cuts the waits of the stop itself (the exec child's
+            # stop_timeout), which run after the loop has stopped reading its queue.
+            if signum != signal.SIGHUP:
+                stops.append(signum)
+                if len(stops) > 1:
+                    self.observers.hurry()
             self.events.put(SignalReceived(signum))
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -6,6 +6,7 @@ Listeners must be quick and must not raise: they run on the loop's thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -60,6 +61,10 @@ class Observer:
 
     def stopping(self) -> None:
         """SIGTERM/SIGINT: the apply in flight finishes, then the loop exits."""
+
+    def hurry(self) -> None:
+        """A second SIGTERM/SIGINT while stopping: cut what the stop still waits for. Called
+        in the signal handler: set a flag, nothing more (no locks, no logging)."""
 
     def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
                     new_revision: int) -> None:
@@ -133,6 +138,11 @@ class Observers(Observer):
 
     def stopping(self) -> None:
         self._each("stopping")
+
+    def hurry(self) -> None:
+        for observer in self.observers:  # (in a signal handler: no logging on failure)
+            with contextlib.suppress(Exception):
+                observer.hurry()
 
     def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
                     new_revision: int) -> None:

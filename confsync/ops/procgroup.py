@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from confsync import children
 
@@ -30,10 +31,11 @@ def exited(pid: int) -> bool:
         return True
 
 
-def wait_exited(pid: int, deadline: float) -> bool:
-    """Wait (not reap) until `pid` exits or `deadline` (monotonic) passes."""
+def wait_exited(pid: int, deadline: float,
+                cut: Callable[[], bool] = lambda: False) -> bool:
+    """Wait (not reap) until `pid` exits, `deadline` (monotonic) passes or `cut()` is true."""
     while not exited(pid):
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or cut():
             return False
         time.sleep(POLL)
     return True
@@ -60,14 +62,15 @@ def killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def stop_leftovers(leader: int, signum: int, deadline: float) -> list[int]:
+def stop_leftovers(leader: int, signum: int, deadline: float,
+                   cut: Callable[[], bool] = lambda: False) -> list[int]:
     """The leader has exited (unreaped): send `signum` to what is left of its group, wait
-    until `deadline`, SIGKILL what remains. Returns the pids that were left."""
+    until `deadline` (or `cut()`), SIGKILL what remains. Returns the pids that were left."""
     left = members(leader, leader)
     if not left:
         return []
     killpg(leader, signum)
-    while members(leader, leader) and time.monotonic() < deadline:
+    while members(leader, leader) and time.monotonic() < deadline and not cut():
         if children.is_init():
             children.reap_orphans()  # as PID 1 the leftovers are ours to reap
         time.sleep(POLL)

@@ -119,6 +119,7 @@ class Supervisor(Observer):
         self._restart_at: float | None = None
         self._stopping = False
         self._stop_sent: tuple[int, float] | None = None  # (pid, when) of the stop signal
+        self._hurried = False  # a second stop signal: SIGKILL without waiting out stop_timeout
         # When a child that died on its own was found to leave processes in its group.
         self._leftovers_since: float | None = None
         self.last_status: int | None = None
@@ -325,15 +326,21 @@ class Supervisor(Observer):
             sent_at = self._send_stop(signum)
             deadline = sent_at + timeout
             # Waited for without reaping: until reaped, its pid names its process group.
-            if procgroup.wait_exited(proc.pid, deadline):
-                left = procgroup.stop_leftovers(proc.pid, signum, deadline)
+            if procgroup.wait_exited(proc.pid, deadline, self._is_hurried):
+                left = procgroup.stop_leftovers(proc.pid, signum, deadline,
+                                                 self._is_hurried)
                 if left:
                     log.warning("exec: pid %d exited leaving %d process(es) of its group "
                                 "(%s); sent them %s, SIGKILL after the stop timeout", proc.pid,
                                 len(left), " ".join(map(str, left)), signal.Signals(signum).name)
             else:
-                log.warning("exec: pid %d still running after %.0fs; SIGKILL to its process "
-                            "group", proc.pid, timeout)
+                if self._hurried:
+                    log.warning("exec: a second stop signal; SIGKILL to pid %d's process "
+                                "group now (%.1fs of its %.0fs stop timeout used)", proc.pid,
+                                time.monotonic() - sent_at, timeout)
+                else:
+                    log.warning("exec: pid %d still running after %.0fs; SIGKILL to its "
+                                "process group", proc.pid, timeout)
                 procgroup.killpg(proc.pid, signal.SIGKILL)
                 proc.kill()  # in case it left its group
             proc.wait()
@@ -356,6 +363,8 @@ class Supervisor(Observer):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signum)
             self._stop_sent = (proc.pid, time.monotonic())
+            log.info("exec: sent %s to pid %d; SIGKILL after %gs (or at a second stop signal)",
+                     signal.Signals(signum).name, proc.pid, self.policy.stop_timeout)
         return self._stop_sent[1]
 
     # ---- observer: the daemon can simply add the supervisor to its observers
@@ -366,6 +375,17 @@ class Supervisor(Observer):
         join alone may take 5 s against an unanswering etcd), it came that much later, and
         `docker stop`'s 10 s grace ran out before the child's own."""
         self._send_stop(self.policy.stop_signal)
+
+    def hurry(self) -> None:
+        """A stop signal while the child is being stopped (an operator's second ^C, `kill`
+        again): SIGKILL now instead of waiting out stop_timeout. Not before the child had its
+        own stop signal (`register`'s second one ends the drain, and the child still gets its
+        chance). In the signal handler: a flag only; stop() acts on it."""
+        if self._stop_sent is not None:
+            self._hurried = True
+
+    def _is_hurried(self) -> bool:
+        return self._hurried
 
     def ready(self, revision: int) -> None:
         """The first full render of a set: start the child. Not one that died and waits out

@@ -191,6 +191,8 @@ class RegisterLoop:
             self.registrar.hurry()
         if self._stop_signal is None:
             self._stop_signal = signum
+        elif self.supervisor is not None:  # a second one: the child's stop_timeout is cut too
+            self.supervisor.hurry()
         self.events.put(("signal", signum))
 
     def _endpoint_count(self) -> int:
