@@ -168,6 +168,33 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
                         call_credentials=self.call_credentials, metadata=self.metadata)
 
 
+class _Endpoint(Endpoint):  # type: ignore[misc]
+    """The library's endpoint, whose channel may dial a gRPC target other than `host:port`
+    (a name's last addresses); `netloc` still names the endpoint as configured."""
+
+    def __init__(self, host: str, port: int, target: str | None = None,
+                 **kwargs: Any) -> None:
+        self._target = target
+        super().__init__(host, port, **kwargs)
+
+    def _mkchannel(self, opts: Any) -> grpc.Channel:
+        if self._target is None:
+            return super()._mkchannel(opts)
+        if self.secure:
+            return grpc.secure_channel(self._target, self.credentials, options=opts)
+        return grpc.insecure_channel(self._target, options=opts)
+
+
+def _address_target(addresses: Sequence[str], port: int) -> str:
+    """A gRPC target of these addresses, tried in this order (pick_first): `ipv4:a:p,b:p`,
+    or `ipv6:` with IPv4 addresses mapped when the families are mixed."""
+    if all(":" not in address for address in addresses):
+        return "ipv4:" + ",".join(f"{address}:{port}" for address in addresses)
+    return "ipv6:" + ",".join(
+        f"[{address if ':' in address else '::ffff:' + address}]:{port}"
+        for address in addresses)
+
+
 def _range_end(prefix: bytes) -> bytes:
     return bytes(pyetcd.utils.prefix_range_end(prefix))
 
@@ -341,22 +368,23 @@ class EtcdStore:
 
     def _endpoints(self, urls: Sequence[str], timeout: float) -> list[Endpoint]:
         """One Endpoint per URL; a name DNS cannot resolve for now is dialled at its last
-        good address, with the name kept for TLS verification and the :authority header."""
+        good addresses (gRPC tries them in turn), with the name kept for TLS verification and
+        the :authority header."""
         credentials = self._credentials(urls)
         names = [split_endpoint(url) for url in urls]
         fallback = self._last_addresses.targets(names, timeout)
         endpoints = []
         for host, port in names:
-            address = fallback.get((host, port))
+            addresses = fallback.get((host, port))
             options = GRPC_OPTIONS
-            if address is not None:
+            if addresses:
                 options = [*GRPC_OPTIONS, ("grpc.default_authority", f"{host}:{port}")]
                 if credentials is not None:
                     options.append(("grpc.ssl_target_name_override", host))
-            dial = host if address is None else (f"[{address}]" if ":" in address else address)
-            endpoints.append(Endpoint(
-                dial, port, secure=credentials is not None,
-                creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=options))
+            endpoints.append(_Endpoint(
+                host, port, target=_address_target(addresses, port) if addresses else None,
+                secure=credentials is not None, creds=credentials,
+                time_retry=ENDPOINT_RETRY_SECONDS, opts=options))
         return endpoints
 
     def new_client(self, authenticate: bool = True,
