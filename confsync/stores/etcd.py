@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -60,6 +60,9 @@ from confsync.stores.endpoints import (
     split_endpoint,
 )
 from confsync.stores.last_address import LastAddresses
+
+if TYPE_CHECKING:
+    from confsync.stores.srv import LastAnswer
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +250,13 @@ class EtcdStore:
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
         # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
-        self._srv_last: tuple[str, ...] = ()
-        self._srv_failing = False
+        self._srv_answer: LastAnswer | None = None
+        if settings.srv_domain:
+            from confsync.stores.srv import LastAnswer
+
+            self._srv_answer = LastAnswer(settings.srv_domain,
+                                          functools.partial(endpoint_urls, settings),
+                                          settings.timeout)
 
     # ---- clients
 
@@ -287,25 +295,8 @@ class EtcdStore:
     def _srv_urls(self) -> tuple[str, ...]:
         """The endpoints the SRV records name now; their last answer while DNS fails for now.
         A reconnect asks again, and DNS down must not cut it off from members that are up."""
-        from confsync.stores.srv import SrvLookupFailed
-
-        try:
-            urls = endpoint_urls(self._settings)
-        except SrvLookupFailed as exc:
-            with self._members_lock:
-                last, first = self._srv_last, not self._srv_failing
-                self._srv_failing = True
-            if not last:
-                raise
-            log.log(logging.WARNING if first else logging.DEBUG,
-                    "%s; using its last answer: %s", exc, ", ".join(last))
-            return last
-        with self._members_lock:
-            recovered, self._srv_failing = self._srv_failing and bool(self._srv_last), False
-            self._srv_last = urls
-        if recovered:
-            log.info("DNS SRV records of %s answer again", self._settings.srv_domain)
-        return urls
+        assert self._srv_answer is not None
+        return self._srv_answer.endpoints()
 
     def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
         """Ask the cluster for its members' client URLs, to try after the configured

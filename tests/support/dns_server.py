@@ -6,7 +6,7 @@ import socket
 from types import TracebackType
 from typing import Any
 
-from dnslib import QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SRV, DNSError, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -20,8 +20,13 @@ class _SrvResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self, records: dict[str, list[tuple[int, int, int, str]]]) -> None:
         self.records = records
         self.servfail = False  # answer SERVFAIL to everything (a resolver failing for now)
+        self.hang = False  # answer nothing at all (a resolver gone silent)
+        self.queries = 0
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
+        self.queries += 1
+        if self.hang:
+            raise DNSError("silent")  # the server's handler sends no reply
         reply = request.reply()
         name = str(request.q.qname).rstrip(".")
         found = self.records.get(name)
