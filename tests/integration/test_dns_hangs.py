@@ -363,6 +363,23 @@ def test_every_address_of_the_last_answer_is_dialled_while_dns_fails(
     assert "dialling its last addresses in turn" in err, err
 
 
+def test_a_last_answer_of_both_families_is_dialled_in_turn(
+        etcd: EtcdMember, dns: NameServer, tmp_path: Path) -> None:
+    """A name with IPv6 and IPv4 addresses (etcd listening on the IPv4 one only): while DNS
+    fails, its last answer is dialled as one target of both families, in turn."""
+    dns.hosts[NAME] = ["::1", "127.0.0.1"]
+    connector = _Connector(dns, tmp_path, "-", f"http://{NAME}:{etcd.client_port}")
+    try:
+        assert connector.connect() == "ok"  # DNS up: by name
+        time.sleep(0.3)  # (the name's addresses are kept by a lookup beside the connect)
+        dns.servfail = True
+        assert connector.connect() == "ok"
+    finally:
+        err = connector.stop()
+    assert "dialling its last addresses in turn" in err, err
+    assert "::1" in err and "127.0.0.1" in err, err
+
+
 def test_the_last_address_is_dialled_with_tls_verifying_the_name(
         etcd_binary: str, dns: NameServer, tmp_path: Path) -> None:
     """The server certificate names only etcd.dns.test (not 127.0.0.1): a client dialling
