@@ -128,3 +128,29 @@ def test_register_with_srv_waits_for_dns_failing_at_start(
     finally:
         proc.stop()
         c.close()
+
+
+@pytest.mark.etcd
+def test_register_follows_the_records_to_another_cluster(
+        etcd_binary: str, etcd_private: EtcdMember, dns: SrvServer, tmp_path: Path) -> None:
+    """The records move to a member of another cluster (etcd rebuilt elsewhere) and the old
+    one stops: the registrar's lease is unknown there, so it grants a new one and registers."""
+    dns.resolver.records[PLAIN] = [(10, 10, etcd_private.client_port, "localhost.")]
+    proc = _srv_registrar(tmp_path, dns, "/p")
+    key = "/p/services/web/instances/web-1"
+    (tmp_path / "other").mkdir()
+    other = EtcdMember(etcd_binary, tmp_path / "other" / "data", token="other")
+    other.start()
+    old, new = client(etcd_private.endpoint), client(other.endpoint)
+    try:
+        wait_for(lambda: published(old, key) is not None, 15, what="registered")
+        dns.resolver.records[PLAIN] = [(10, 10, other.client_port, "localhost.")]
+        etcd_private.stop()
+        wait_for(lambda: published(new, key) is not None, 10,
+                 what=f"registered in the other cluster\n{proc.output()[-3000:]}")
+    finally:
+        proc.stop()
+        old.close()
+        new.close()
+        other.stop()
+
