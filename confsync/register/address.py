@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from confsync import resolve
 from confsync.backoff import Backoff
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, StoreUnavailable
 from confsync.settings import EtcdSettings
 from confsync.stores.endpoints import endpoint_urls
 
@@ -75,8 +75,16 @@ def source_address(endpoints: Sequence[str], timeout: float = 5.0) -> str:
 def detect_address(etcd: EtcdSettings) -> str:
     """The address a registration publishes when it names none: the one this host uses to
     reach etcd, whose endpoints may come from DNS SRV records (the static `endpoints` then
-    still hold their loopback default, which would publish 127.0.0.1 to every consumer)."""
-    return source_address(endpoint_urls(etcd), etcd.timeout)
+    still hold their loopback default, which would publish 127.0.0.1 to every consumer).
+    SRV records DNS cannot give for now are LookupFailing, as an endpoint name's lookup."""
+    try:
+        urls = endpoint_urls(etcd)
+    except StoreUnavailable as exc:  # (only with srv_domain: static endpoints need no DNS)
+        from confsync.stores.srv import SrvLookupFailed
+
+        raise (LookupFailing if isinstance(exc, SrvLookupFailed) else OSError)(
+            f"no route to etcd: {exc}") from None
+    return source_address(urls, etcd.timeout)
 
 
 def default_address(etcd: EtcdSettings) -> str:

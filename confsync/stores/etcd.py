@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -60,6 +60,9 @@ from confsync.stores.endpoints import (
     split_endpoint,
 )
 from confsync.stores.last_address import LastAddresses
+
+if TYPE_CHECKING:
+    from confsync.stores.srv import LastAnswer
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,33 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
                         call_credentials=self.call_credentials, metadata=self.metadata)
 
 
+class _Endpoint(Endpoint):  # type: ignore[misc]
+    """The library's endpoint, whose channel may dial a gRPC target other than `host:port`
+    (a name's last addresses); `netloc` still names the endpoint as configured."""
+
+    def __init__(self, host: str, port: int, target: str | None = None,
+                 **kwargs: Any) -> None:
+        self._target = target
+        super().__init__(host, port, **kwargs)
+
+    def _mkchannel(self, opts: Any) -> grpc.Channel:
+        if self._target is None:
+            return super()._mkchannel(opts)
+        if self.secure:
+            return grpc.secure_channel(self._target, self.credentials, options=opts)
+        return grpc.insecure_channel(self._target, options=opts)
+
+
+def _address_target(addresses: Sequence[str], port: int) -> str:
+    """A gRPC target of these addresses, tried in this order (pick_first): `ipv4:a:p,b:p`,
+    or `ipv6:` with IPv4 addresses mapped when the families are mixed."""
+    if all(":" not in address for address in addresses):
+        return "ipv4:" + ",".join(f"{address}:{port}" for address in addresses)
+    return "ipv6:" + ",".join(
+        f"[{address if ':' in address else '::ffff:' + address}]:{port}"
+        for address in addresses)
+
+
 def _range_end(prefix: bytes) -> bytes:
     return bytes(pyetcd.utils.prefix_range_end(prefix))
 
@@ -220,8 +250,13 @@ class EtcdStore:
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
         # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
-        self._srv_last: tuple[str, ...] = ()
-        self._srv_failing = False
+        self._srv_answer: LastAnswer | None = None
+        if settings.srv_domain:
+            from confsync.stores.srv import LastAnswer
+
+            self._srv_answer = LastAnswer(settings.srv_domain,
+                                          functools.partial(endpoint_urls, settings),
+                                          settings.timeout)
 
     # ---- clients
 
@@ -260,25 +295,8 @@ class EtcdStore:
     def _srv_urls(self) -> tuple[str, ...]:
         """The endpoints the SRV records name now; their last answer while DNS fails for now.
         A reconnect asks again, and DNS down must not cut it off from members that are up."""
-        from confsync.stores.srv import SrvLookupFailed
-
-        try:
-            urls = endpoint_urls(self._settings)
-        except SrvLookupFailed as exc:
-            with self._members_lock:
-                last, first = self._srv_last, not self._srv_failing
-                self._srv_failing = True
-            if not last:
-                raise
-            log.log(logging.WARNING if first else logging.DEBUG,
-                    "%s; using its last answer: %s", exc, ", ".join(last))
-            return last
-        with self._members_lock:
-            recovered, self._srv_failing = self._srv_failing and bool(self._srv_last), False
-            self._srv_last = urls
-        if recovered:
-            log.info("DNS SRV records of %s answer again", self._settings.srv_domain)
-        return urls
+        assert self._srv_answer is not None
+        return self._srv_answer.endpoints()
 
     def learn_members(self, client: MultiEndpointEtcd3Client, fresh: bool = False) -> None:
         """Ask the cluster for its members' client URLs, to try after the configured
@@ -341,22 +359,23 @@ class EtcdStore:
 
     def _endpoints(self, urls: Sequence[str], timeout: float) -> list[Endpoint]:
         """One Endpoint per URL; a name DNS cannot resolve for now is dialled at its last
-        good address, with the name kept for TLS verification and the :authority header."""
+        good addresses (gRPC tries them in turn), with the name kept for TLS verification and
+        the :authority header."""
         credentials = self._credentials(urls)
         names = [split_endpoint(url) for url in urls]
         fallback = self._last_addresses.targets(names, timeout)
         endpoints = []
         for host, port in names:
-            address = fallback.get((host, port))
+            addresses = fallback.get((host, port))
             options = GRPC_OPTIONS
-            if address is not None:
+            if addresses:
                 options = [*GRPC_OPTIONS, ("grpc.default_authority", f"{host}:{port}")]
                 if credentials is not None:
                     options.append(("grpc.ssl_target_name_override", host))
-            dial = host if address is None else (f"[{address}]" if ":" in address else address)
-            endpoints.append(Endpoint(
-                dial, port, secure=credentials is not None,
-                creds=credentials, time_retry=ENDPOINT_RETRY_SECONDS, opts=options))
+            endpoints.append(_Endpoint(
+                host, port, target=_address_target(addresses, port) if addresses else None,
+                secure=credentials is not None, creds=credentials,
+                time_retry=ENDPOINT_RETRY_SECONDS, opts=options))
         return endpoints
 
     def new_client(self, authenticate: bool = True,

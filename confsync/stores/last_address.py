@@ -1,5 +1,5 @@
 """Where to dial an etcd endpoint given by name: the name itself while DNS answers, its last
-good address while DNS fails for now.
+good addresses while DNS fails for now.
 
 A new etcd client is a new gRPC channel, which resolves its endpoint names again. Every
 reconnect after any error (a member restarted, a connection reset) does so, and while DNS is
@@ -7,8 +7,10 @@ down (SERVFAIL, or silence) each one failed although etcd was up at the address 
 moment before: a registrar's lease lapsed and the node left every pool. So each new client
 first looks its names up (bounded, `confsync/resolve.py`); a name whose lookup answers is
 dialled by name (gRPC resolves it itself, and an etcd that moved is followed), one whose lookup
-fails for now is dialled at the address it last had. TLS still verifies the host name (the
-channel's target name override), so an address reused by another host is refused.
+fails for now is dialled at every address of its last answer, in that answer's order, as gRPC
+dials a name's addresses (only the first was kept: with its member down during a DNS outage,
+the name's other members were never tried). TLS still verifies the host name (the channel's
+target name override), so an address reused by another host is refused.
 """
 
 from __future__ import annotations
@@ -43,41 +45,45 @@ def is_address(host: str) -> bool:
 
 
 class LastAddresses:
-    """The last address each (host, port) resolved to, and which ones are dialled by it now."""
+    """The addresses each (host, port) last resolved to, and which names are dialled by them
+    now."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[tuple[str, int], str] = {}
+        self._known: dict[tuple[str, int], tuple[str, ...]] = {}
         self._falling_back: set[tuple[str, int]] = set()
 
     def targets(self, names: Iterable[tuple[str, int]],
-                timeout: float) -> dict[tuple[str, int], str]:
+                timeout: float) -> dict[tuple[str, int], tuple[str, ...]]:
         """Look each name up again (in parallel, each lookup within `timeout`); return the
-        address to dial instead, for the names that resolved before and whose lookup fails
-        for now or gives no answer within FALLBACK_WAIT. Names absent from the result are
-        dialled by name; a name never resolved yet is not waited for."""
+        addresses to dial instead (all of the last answer, in its order), for the names that
+        resolved before and whose lookup fails for now or gives no answer within
+        FALLBACK_WAIT. Names absent from the result are dialled by name; a name never
+        resolved yet is not waited for."""
         pending = {name: _Lookup(self, name, timeout) for name in dict.fromkeys(names)
                    if not is_address(name[0])}
         with self._lock:
             known = dict(self._known)
         deadline = time.monotonic() + min(timeout / 4, FALLBACK_WAIT)
-        fallback: dict[tuple[str, int], str] = {}
+        fallback: dict[tuple[str, int], tuple[str, ...]] = {}
         for name, lookup in pending.items():
-            address = known.get(name)
-            if address is None:  # nothing to fall back on: gRPC resolves it; the lookup
+            addresses = known.get(name)
+            if not addresses:  # nothing to fall back on: gRPC resolves it; the lookup
                 continue  # goes on in the background and its answer is kept
             lookup.done.wait(max(0.0, deadline - time.monotonic()))
             why = lookup.failure()
             if why is None:
                 self._recovered(name)
                 continue
-            fallback[name] = address
+            fallback[name] = addresses
             with self._lock:
                 first = name not in self._falling_back
                 self._falling_back.add(name)
             log.log(logging.WARNING if first else logging.DEBUG,
-                    "etcd endpoint %s:%d: DNS fails for now (%s); dialling its last address %s "
-                    "(TLS still verifies %s)", name[0], name[1], why, address, name[0])
+                    "etcd endpoint %s:%d: DNS fails for now (%s); dialling its last %s %s "
+                    "(TLS still verifies %s)", name[0], name[1], why,
+                    "address" if len(addresses) == 1 else "addresses in turn",
+                    ", ".join(addresses), name[0])
         return fallback
 
     def _recovered(self, name: tuple[str, int]) -> None:
@@ -87,9 +93,9 @@ class LastAddresses:
         if was:
             log.info("etcd endpoint %s:%d: DNS answers again; dialling it by name", *name)
 
-    def _learn(self, name: tuple[str, int], address: str) -> None:
+    def _learn(self, name: tuple[str, int], addresses: tuple[str, ...]) -> None:
         with self._lock:
-            self._known[name] = address
+            self._known[name] = addresses
 
     def _forget(self, name: tuple[str, int]) -> None:
         with self._lock:
@@ -110,8 +116,9 @@ class _Lookup:
         try:
             infos = resolve.getaddrinfo(host, port, 0, socket.SOCK_STREAM,
                                         timeout=self._timeout)
-            if infos:
-                self._owner._learn(self._name, str(infos[0][4][0]))
+            addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+            if addresses:
+                self._owner._learn(self._name, addresses)
         except BaseException as exc:  # reported by failure(), never lost on this thread
             self.error = exc
             if isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME:

@@ -279,7 +279,8 @@ import sys
 from pathlib import Path
 from confsync.settings import EtcdSettings
 from confsync.stores.etcd import EtcdStore
-stores = [EtcdStore(EtcdSettings(endpoints=(url,), ca_cert=Path(sys.argv[1]), timeout=2.0))
+ca_cert = Path(sys.argv[1]) if sys.argv[1] != "-" else None  # "-": no TLS
+stores = [EtcdStore(EtcdSettings(endpoints=(url,), ca_cert=ca_cert, timeout=2.0))
           for url in sys.argv[2:]]
 for _ in sys.stdin:
     outcomes = []
@@ -293,6 +294,90 @@ for _ in sys.stdin:
             outcomes.append("failed")
     print(" ".join(outcomes), flush=True)
 """
+
+
+class _Connector:
+    """A process (resolving through `dns`) that connects a fresh client per `connect()`."""
+
+    def __init__(self, dns: NameServer, directory: Path, ca_cert: str, *urls: str) -> None:
+        self.proc = subprocess.Popen([*dns.wrapper(directory), sys.executable, "-c", _CONNECT,
+                                      ca_cert, *urls], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=REPO, env={"PYTHONPATH": str(REPO)})
+
+    def connect(self) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def stop(self) -> str:
+        """Its stderr."""
+        self.proc.kill()
+        return self.proc.communicate(timeout=10)[1]
+
+
+def _loopback_addresses(count: int) -> list[str]:
+    """Distinct random 127/8 addresses (apart from other tests' and from 127.0.0.1)."""
+    import random
+
+    base = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}."
+    return [base + str(last) for last in random.sample(range(1, 255), count)]
+
+
+@pytest.mark.parametrize("down", ["refused", "silent"])
+def test_every_address_of_the_last_answer_is_dialled_while_dns_fails(
+        etcd: EtcdMember, dns: NameServer, tmp_path: Path, down: str) -> None:
+    """Only the first address of a name's last answer was kept: during a DNS outage with the
+    member at that address down (refused, or silent), the name's other members were never
+    tried and every reconnect failed. Each address of the last answer is dialled in turn
+    now, whichever of the two is down."""
+    from tests.support.tcp_proxy import TcpProxy
+
+    first, second = _loopback_addresses(2)
+    proxies = {first: TcpProxy(etcd.client_port, host=first)}
+    port = proxies[first].port
+    proxies[second] = TcpProxy(etcd.client_port, port=port, host=second)
+    dns.hosts[NAME] = [first, second]
+    connector = _Connector(dns, tmp_path, "-", f"http://{NAME}:{port}")
+    try:
+        assert connector.connect() == "ok"  # DNS up: by name
+        time.sleep(0.3)  # (the name's addresses are kept by a lookup beside the connect)
+        dns.servfail = True
+        for dead, live in ((first, second), (second, first)):
+            if down == "refused":
+                proxies[dead].close()
+            else:
+                proxies[dead].stall()
+            before = proxies[live].accepted
+            start = time.monotonic()
+            assert connector.connect() == "ok", f"{dead} down"
+            assert time.monotonic() - start < 2.0
+            assert proxies[live].accepted > before
+            proxies[dead].close()
+            proxies[dead] = TcpProxy(etcd.client_port, port=port, host=dead)
+    finally:
+        err = connector.stop()
+        for proxy in proxies.values():
+            proxy.close()
+    assert "dialling its last addresses in turn" in err, err
+
+
+def test_a_last_answer_of_both_families_is_dialled_in_turn(
+        etcd: EtcdMember, dns: NameServer, tmp_path: Path) -> None:
+    """A name with IPv6 and IPv4 addresses (etcd listening on the IPv4 one only): while DNS
+    fails, its last answer is dialled as one target of both families, in turn."""
+    dns.hosts[NAME] = ["::1", "127.0.0.1"]
+    connector = _Connector(dns, tmp_path, "-", f"http://{NAME}:{etcd.client_port}")
+    try:
+        assert connector.connect() == "ok"  # DNS up: by name
+        time.sleep(0.3)  # (the name's addresses are kept by a lookup beside the connect)
+        dns.servfail = True
+        assert connector.connect() == "ok"
+    finally:
+        err = connector.stop()
+    assert "dialling its last addresses in turn" in err, err
+    assert "::1" in err and "127.0.0.1" in err, err
 
 
 def test_the_last_address_is_dialled_with_tls_verifying_the_name(

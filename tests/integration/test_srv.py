@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,92 @@ def test_a_reconnect_while_dns_fails_uses_the_records_last_answer(etcd: EtcdMemb
         assert not isinstance(raised.value, SrvLookupFailed)
     finally:
         store.close()
+
+
+def test_records_gone_are_not_replaced_by_their_last_answer_when_dns_then_fails(
+        etcd: EtcdMember, dns: SrvServer) -> None:
+    """DNS answering that the records are gone (NXDOMAIN) left their last answer in memory:
+    when DNS then failed for now, a reconnect dialled the removed members again."""
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    dns.resolver.records[PLAIN] = [(10, 10, etcd.client_port, "localhost.")]
+    store = EtcdStore(EtcdSettings(srv_domain=DOMAIN, srv_nameserver=dns.address, timeout=1.0))
+    try:
+        store.new_client().close()
+        del dns.resolver.records[PLAIN]
+        with pytest.raises(StoreUnavailable, match="no _etcd-client-ssl"):
+            store.new_client()
+        dns.resolver.servfail = True
+        with pytest.raises(StoreUnavailable, match=r"SERVFAIL|answered"):
+            store.new_client()
+    finally:
+        store.close()
+
+
+def test_a_silent_dns_costs_a_reconnect_a_short_wait_not_the_timeout(
+        etcd: EtcdMember, dns: SrvServer) -> None:
+    """With the records' last answer in hand and a resolver that never answers, each new client
+    waited out the whole lookup (`etcd.timeout`, here 2 s; a snapshot two) before using that
+    answer, while a lease's TTL ran. Now it waits FALLBACK_WAIT at most (the lookup goes on
+    in the background, one at a time), and an answer once DNS is back is taken."""
+    from confsync.settings import EtcdSettings
+    from confsync.stores.etcd import EtcdStore
+
+    prefix = f"/srv-{uuid.uuid4().hex[:8]}"
+    client(etcd.endpoint).put(prefix + "/k/a", "v")
+    dns.resolver.records[PLAIN] = [(10, 10, etcd.client_port, "localhost.")]
+    store = EtcdStore(EtcdSettings(srv_domain=DOMAIN, srv_nameserver=dns.address, timeout=2.0))
+    try:
+        store.new_client().close()
+        dns.resolver.hang = True
+        for _ in range(3):
+            start = time.monotonic()
+            fresh = store.new_client()
+            fresh.get(b"k")
+            fresh.close()
+            assert time.monotonic() - start < 1.0
+        start = time.monotonic()
+        assert store.snapshot([prefix + "/"]).values == {prefix + "/k/a": b"v"}
+        assert time.monotonic() - start < 1.5
+        moved = free_port()
+        dns.resolver.records[PLAIN] = [(10, 10, moved, "localhost.")]
+        dns.resolver.hang = False
+        deadline = time.monotonic() + 5.0
+        while store.endpoint_urls() != (f"http://localhost:{moved}",):
+            assert time.monotonic() < deadline, "the fresh answer was never taken"
+            time.sleep(0.1)
+    finally:
+        store.close()
+
+
+def test_watch_fails_over_at_once_while_dns_is_silent(
+        etcd: EtcdMember, dns: SrvServer, tmp_path: Path) -> None:
+    """The member a watch uses goes away while the resolver is silent: the reconnect asked
+    for the records and waited out `etcd.timeout` (5 s by default; 5.4 s measured, and as
+    much again for the snapshot) before using their last answer, the file stale meanwhile.
+    It waits 0.5 s now and resumes through the other member the records named."""
+    from tests.support.tcp_proxy import TcpProxy
+
+    prefix = f"/srv-{uuid.uuid4().hex[:8]}"
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/a", "one")
+    first, second = TcpProxy(etcd.client_port), TcpProxy(etcd.client_port)
+    dns.resolver.records[PLAIN] = [(10, 10, first.port, "localhost."),
+                                   (20, 10, second.port, "localhost.")]
+    dest = resource(tmp_path, prefix)
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--srv-domain", DOMAIN, "--wait-min",
+                     "0", log=tmp_path / "watch.log",
+                     env={"CONFSYNC_ETCD_SRV_NAMESERVER": dns.address})
+    try:
+        wait_for(lambda: read(dest) == "one\n", timeout=15, what="first render")
+        dns.resolver.hang = True
+        first.close()
+        c.put(prefix + "/k/a", "two")
+        wait_for(lambda: read(dest) == "two\n", timeout=3,
+                 what=f"the change through the other member\n{w.output()[-3000:]}")
+    finally:
+        w.stop()
+        first.close()
+        second.close()
+        c.close()

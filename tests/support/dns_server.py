@@ -6,7 +6,7 @@ import socket
 from types import TracebackType
 from typing import Any
 
-from dnslib import QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SRV, DNSError, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -20,8 +20,13 @@ class _SrvResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self, records: dict[str, list[tuple[int, int, int, str]]]) -> None:
         self.records = records
         self.servfail = False  # answer SERVFAIL to everything (a resolver failing for now)
+        self.hang = False  # answer nothing at all (a resolver gone silent)
+        self.queries = 0
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
+        self.queries += 1
+        if self.hang:
+            raise DNSError("silent")  # the server's handler sends no reply
         reply = request.reply()
         name = str(request.q.qname).rstrip(".")
         found = self.records.get(name)
@@ -76,7 +81,7 @@ def resolv_wrapper_works() -> bool:
 
 
 class NameServer:
-    """Answers A queries for `hosts` (name -> [IPv4]) on `ip`:53; never answers while `hang`
+    """Answers A and AAAA queries for `hosts` (name -> [IPv4 or IPv6]) on `ip`:53; never answers while `hang`
     is set (a resolver gone silent), answers SERVFAIL while `servfail` is. Port 53 because glibc's resolv.conf
     takes no port, so a process reaches it only through `resolv_wrapper` (its own mount
     namespace with a resolv.conf naming `ip`; root only). A random 127/8 address keeps
@@ -106,7 +111,7 @@ class NameServer:
         self._thread = threading.Thread(target=self._serve, daemon=True, name="nameserver")
 
     def _serve(self) -> None:
-        from dnslib import A
+        from dnslib import AAAA, A
 
         while not self._stop.is_set():
             try:
@@ -127,9 +132,12 @@ class NameServer:
                 reply.header.rcode = RCODE.SERVFAIL
             elif found is None:
                 reply.header.rcode = RCODE.NXDOMAIN
-            elif request.q.qtype == QTYPE.A:
+            elif request.q.qtype in (QTYPE.A, QTYPE.AAAA):
+                six = request.q.qtype == QTYPE.AAAA
                 for ip in found:
-                    reply.add_answer(RR(DNSLabel(name + "."), QTYPE.A, ttl=0, rdata=A(ip)))
+                    if (":" in ip) == six:
+                        reply.add_answer(RR(DNSLabel(name + "."), request.q.qtype, ttl=0,
+                                            rdata=AAAA(ip) if six else A(ip)))
             self._sock.sendto(reply.pack(), peer)
 
     def resolv_conf(self, directory: Any) -> str:

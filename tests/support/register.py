@@ -32,15 +32,17 @@ def published(client: Any, key: str) -> dict[str, Any] | None:
 class RegisterProcess:
     """`confsync register` in its own process group (an --exec child dies with it in cleanup)."""
 
-    def __init__(self, confdir: Path, endpoint: str, *args: str, log: Path,
+    def __init__(self, confdir: Path, endpoint: str | None, *args: str, log: Path,
                  env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> None:
+        """`endpoint` None: none on the command line (`srv_domain` in `env` instead)."""
         self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
         full_env.update(env or {})
         self._log_fh = log.open("ab")
         self.proc = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "confsync", "register", "--confdir", str(confdir),
-             "--endpoints", endpoint, "--log-level", "debug", *args],
+             *(("--endpoints", endpoint) if endpoint is not None else ()),
+             "--log-level", "debug", *args],
             stdout=self._log_fh, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
             start_new_session=True)
 

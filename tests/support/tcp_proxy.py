@@ -39,6 +39,7 @@ class TcpProxy:
         self._listener.settimeout(0.2)
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
+        self.accepted = 0  # connections accepted since the start (open or closed since)
         self._stall_new = False
         self._closing = threading.Event()
         self._accepter = threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")
@@ -89,6 +90,7 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                self.accepted += 1
                 pair = _Pair(client, upstream)
                 pair.stalled = self._stall_new
                 self._pairs.append(pair)
