@@ -6,7 +6,7 @@ differed (another `--prefix`, another version) each took the other's file for an
 and put its own back, for good (8 flips and 12 reloads in 20 s), one of them saying ready.
 `watch` holds an exclusive lock for its life; `once` holds a shared one while it runs, so it
 never races a daemon, and a daemon starting meanwhile waits for it. `check` writes nothing and
-takes none.
+takes none. `register` holds a shared one on register.d, only to name another registrar there.
 
 The lock is on the directory's own descriptor (opened read-only, O_CLOEXEC: an exec child
 never inherits it), so it needs no file of its own (a read-only ConfigMap mount works), it

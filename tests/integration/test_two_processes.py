@@ -1,7 +1,7 @@
 """Two confsync processes on one confdir (confsync/confdir_lock.py): a second `watch` refuses
 to start, naming the first; `once` beside a `watch` writes nothing; a `watch` started while a
 `once` runs waits for it; `check` runs beside either; confdirs of their own may share a dest
-directory. Real processes, a real etcd."""
+directory; two `register` of one register.d name each other. Real processes, a real etcd."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pathlib import Path
 from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.http_backends import HTTPBackend
+from tests.support.register import RegisterProcess, published, write_registration
 
 
 def _resource(confdir: Path, dest: Path, prefix: str, extra: str = "") -> None:
@@ -229,3 +231,39 @@ def test_a_sighup_to_a_confdir_another_watch_keeps_is_refused(
         wait_for(lambda n=name: read(out / f"{n}.conf") == "port 8082\n", what=f"{name}.conf")
     assert all(w.proc.poll() is None for w in watchers)
 
+
+def test_two_registrars_of_one_register_d_name_each_other(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, backend: HTTPBackend,
+        procs: list[RegisterProcess]) -> None:
+    """A second `register` with the same config on the same host: the second takes the key
+    over and the first backs off (no flip-flop, /ready 503 on the first), but the first said
+    "two hosts share a host name (a cloned image?)", sending the operator to look for a
+    clone; now each names the other process."""
+    from tests.support.http_probe import ready
+
+    confdir = tmp_path / "conf"
+    write_registration(confdir, "web", f'service = "web"\nport = {backend.port}\nid = "web-1"\n'
+                       'ttl = "3s"\ndrain = "0s"\n[[check]]\ntype = "tcp"\n'
+                       'interval = "100ms"\nrise = 1\n')
+    key = f"{prefix}/services/web/instances/web-1"
+    c = client(etcd.endpoint)
+    metrics = free_port()
+    first = RegisterProcess(confdir, etcd.endpoint, "--prefix", prefix, "--hostname", "n1",
+                            "--metrics-address", f"127.0.0.1:{metrics}",
+                            log=tmp_path / "first.log")
+    procs.append(first)
+    wait_for(lambda: published(c, key) is not None, timeout=15, what="the first registered")
+    lease = c.get(key)[1].lease_id
+    second = RegisterProcess(confdir, etcd.endpoint, "--prefix", prefix, "--hostname", "n1",
+                             log=tmp_path / "second.log")
+    procs.append(second)
+    wait_for(lambda: c.get(key)[1].lease_id not in (0, lease), timeout=15,
+             what="the second took the key over")
+    wait_for(lambda: f"pid {second.proc.pid}: " in first.output(), timeout=10,
+             what=f"the first names the second:\n{first.output()[-2000:]}")
+    assert "another `confsync register` on this host reading the same register.d" \
+        in first.output()
+    assert "cloned image" not in first.output()
+    status, body = ready(metrics)
+    assert status == 503 and any(f"pid {second.proc.pid}: " in r for r in body["reasons"]), body
+    assert f"pid {first.proc.pid}: " in second.output(), second.output()[-2000:]
