@@ -118,6 +118,21 @@ def same_directory(fd: int | None, directory: Path) -> bool:
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
+def daemon_holding(directory: Path) -> str:
+    """Who holds `directory`'s exclusive lock (a running `watch`), described; "" when nobody
+    does, or it cannot be told. Takes no lock (`check`, which writes nothing)."""
+    try:
+        fd = _open(directory)
+    except OSError:
+        return ""
+    try:
+        return ", ".join(h.describe() for h in holders_of(fd) if h.exclusive)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
 def holders_of(fd: int) -> tuple[Holder, ...]:
     """The granted flock locks on `fd`'s inode, from /proc/locks (empty when unreadable).
 

@@ -91,6 +91,30 @@ def test_once_beside_a_running_watch_writes_nothing_and_says_why(
     assert w.proc.poll() is None
 
 
+def test_check_beside_a_watch_mid_reload_names_it_and_not_a_stopped_confsync(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """`check` while the daemon's reload runs found the running copy and said "its reload is
+    owed (confsync stopped before it was done); `once` or `watch` will reload it": confsync
+    had not stopped, and `once` refuses beside a `watch`."""
+    c = client(etcd.endpoint)
+    c.put(f"{prefix}/app/port", "8080")
+    confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
+    reloading, live = tmp_path / "reloading", tmp_path / "live"
+    _resource(confdir, dest, prefix, f'reload_cmd = ["sh", "-c", "touch {reloading}; '
+              f'sleep 2; cp {dest} {live}; rm {reloading}"]')
+    w = _watch(confdir, etcd, tmp_path / "watch.log")
+    watchers.append(w)
+    wait_for(lambda: read(live) == "port 8080\n", what="the first reload")
+    c.put(f"{prefix}/app/port", "8081")
+    wait_for(reloading.exists, what="the second reload under way")
+    checked = confsync("check", "--confdir", str(confdir), "--endpoints", etcd.endpoint)
+    assert reloading.exists(), "the check ran while the reload did"
+    assert checked.returncode == 4, checked.stdout + checked.stderr  # not live yet
+    assert "confsync stopped" not in checked.stdout, checked.stdout
+    assert f"the running `confsync watch` (pid {w.proc.pid}: " in checked.stdout, checked.stdout
+    wait_for(lambda: read(live) == "port 8081\n", what="the reload done")
+
+
 def test_a_watch_started_while_once_runs_waits_for_it(
         etcd: EtcdMember, prefix: str, tmp_path: Path, watchers: list[WatchProcess]) -> None:
     """A unit starting while a cron `once` runs must not refuse (exit 2 is not restarted):
