@@ -232,7 +232,7 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
 
     def waiting(held: confdir_lock.Held) -> None:
         log.info("waiting for `confsync once` (%s) to finish with %s before starting",
-                 ", ".join(h.describe() for h in held.holders), confdir)
+                 held.describe(), confdir)
 
     try:
         if command == "watch":
@@ -240,7 +240,7 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
             return (EXIT_OK, -1) if fd is None else (None, fd)
         return None, confdir_lock.try_lock(confdir, exclusive=False)
     except confdir_lock.Held as held:
-        who = ", ".join(h.describe() for h in held.holders) or "another process"
+        who = held.describe()
         if command == "watch":
             log.error("confdir %s is already kept by another `confsync watch` (%s); not "
                       "starting a second one, which would write and reload the same files. "

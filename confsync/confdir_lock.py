@@ -42,20 +42,17 @@ class Holder:
 
 
 class Held(Exception):
-    """The lock is held by someone else; `holders` say who (empty: could not tell)."""
+    """The lock is held by someone else: `by_daemon`, exclusively (a `watch`), else only
+    shared (`once` runs); `holders` say who (empty: could not tell)."""
 
-    def __init__(self, directory: Path, holders: tuple[Holder, ...]) -> None:
+    def __init__(self, directory: Path, holders: tuple[Holder, ...], by_daemon: bool) -> None:
         self.directory = directory
         self.holders = holders
+        self.by_daemon = by_daemon
         super().__init__(f"{directory} is locked by {self.describe()}")
 
     def describe(self) -> str:
         return ", ".join(h.describe() for h in self.holders) or "another process"
-
-    @property
-    def by_daemon(self) -> bool:
-        """An exclusive holder (a `watch`), or one that cannot be told apart from one."""
-        return not self.holders or any(h.exclusive for h in self.holders)
 
 
 def _open(directory: Path) -> int:
@@ -70,9 +67,14 @@ def try_lock(directory: Path, exclusive: bool) -> int:
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
-        holders = holders_of(fd)
-        os.close(fd)
-        raise Held(directory, holders) from None
+        try:
+            # Refused a shared lock: an exclusive holder. Refused an exclusive one: asked
+            # for a shared one, the kernel tells, where /proc/locks may not (it hides the
+            # locks of processes outside this PID namespace: a `once` in another container).
+            raise Held(directory, holders_of(fd),
+                       not exclusive or _exclusive_held(directory)) from None
+        finally:
+            os.close(fd)
     except OSError as exc:
         os.close(fd)
         if exc.errno == errno.ENOLCK:  # a filesystem without flock (rare): run unlocked
@@ -101,6 +103,21 @@ def lock_daemon(directory: Path, waiting: Callable[[Held], None],
         time.sleep(poll)
 
 
+def _exclusive_held(directory: Path) -> bool:
+    """Whether someone holds `directory`'s lock exclusively (a shared one is refused)."""
+    try:
+        fd = _open(directory)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (a shared lock taken here goes with it)
+    return False
+
+
 def release(fd: int | None) -> None:
     if fd is not None and fd >= 0:
         with contextlib.suppress(OSError):
@@ -120,13 +137,16 @@ def same_directory(fd: int | None, directory: Path) -> bool:
 
 def daemon_holding(directory: Path) -> str:
     """Who holds `directory`'s exclusive lock (a running `watch`), described; "" when nobody
-    does, or it cannot be told. Takes no lock (`check`, which writes nothing)."""
+    does. Holds no lock after (`check`, which writes nothing)."""
     try:
         fd = _open(directory)
     except OSError:
         return ""
     try:
-        return ", ".join(h.describe() for h in holders_of(fd) if h.exclusive)
+        if not _exclusive_held(directory):
+            return ""
+        return ", ".join(h.describe() for h in holders_of(fd) if h.exclusive) \
+            or Holder(None, True).describe()
     except OSError:
         return ""
     finally:

@@ -13,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+import pytest
+
 from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
+from tests.support.pidns import AS_INIT, pid_namespaces_work
 from tests.support.register import RegisterProcess, published, write_registration
 
 
@@ -144,6 +148,39 @@ def test_a_watch_started_while_once_runs_waits_for_it(
         once.wait()
         if once.stderr:
             once.stderr.close()
+
+
+@pytest.mark.skipif(not pid_namespaces_work(), reason="needs unshare --pid (root)")
+def test_a_watch_in_its_own_pid_namespace_waits_for_a_once_it_cannot_see(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """/proc/locks hides the locks of processes outside the reader's PID namespace: a `watch`
+    in a container, starting while a `once` of another container held the confdir, found no
+    holder, took it for another daemon and exited 2 (not restarted). The kernel tells a
+    shared holder from an exclusive one; the watch waits."""
+    c = client(etcd.endpoint)
+    c.put(f"{prefix}/app/port", "8080")
+    confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
+    checking = tmp_path / "checking"
+    _resource(confdir, dest, prefix, f'check_cmd = ["sh", "-c", "touch {checking}; sleep 1.5"]')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    once = subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir", str(confdir),
+                             "--endpoints", etcd.endpoint], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(checking.exists, timeout=10, what="`once` in its check")
+        w = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--wait-min",
+                         "0", log=tmp_path / "watch.log", wrapper=AS_INIT)
+        watchers.append(w)
+        w.wait_log("waiting for `confsync once` (another process)", timeout=10)
+        assert once.wait(timeout=15) == 0
+        c.put(f"{prefix}/app/port", "8081")
+        wait_for(lambda: read(dest) == "port 8081\n", what="the watch started after the once")
+        init = psutil.Process(w.proc.pid).children()[0]  # (unshare passes no SIGTERM on)
+        init.send_signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=10) == 0
+    finally:
+        once.kill()
+        once.wait()
 
 
 def test_a_watch_stopped_while_waiting_for_once_exits_0(
