@@ -188,12 +188,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             from confsync.daemon import run_daemon
             from confsync.ops.wiring import Ops
 
-            with Ops.from_settings(settings) as ops:
-                return ops.exit_code(run_daemon(settings, _cli_values(args), ops.observers))
+            refused, lock = _lock_confdir(settings.confdir, "watch")
+            if refused is not None:
+                return refused
+            try:
+                ops = Ops.from_settings(settings)
+            except BaseException:
+                _release(lock)
+                raise
+            with ops:  # (run_daemon releases the lock)
+                return ops.exit_code(run_daemon(settings, _cli_values(args), ops.observers,
+                                                lock=lock))
         from confsync.oneshot import run_check, run_once
 
         if args.command == "once":
-            return run_once(settings)
+            refused, lock = _lock_confdir(settings.confdir, "once")
+            if refused is not None:
+                return refused
+            try:
+                return run_once(settings)
+            finally:
+                _release(lock)
         return run_check(settings, show_diff=args.diff, data=args.data, out=sys.stdout)
     except ConfigError as exc:
         log.error("configuration: %s", exc)
@@ -203,6 +218,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STORE_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_RESOURCE_FAILED
+
+
+def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
+    """(An exit code to end with now, or None; the descriptor holding the lock, -1 for none).
+
+    `watch`: the confdir's exclusive lock (confdir_lock.py), waiting for `once` runs to end
+    (exit 0 when stopped meanwhile). `once`: its shared lock, held until the process ends.
+    Exit 2 when a `watch` holds it, saying which. A confdir that cannot be opened is not
+    locked: loading it says why."""
+    from confsync import confdir_lock
+    from confsync.ops import held_signals
+
+    def waiting(held: confdir_lock.Held) -> None:
+        log.info("waiting for `confsync once` (%s) to finish with %s before starting",
+                 held.describe(), confdir)
+
+    try:
+        if command == "watch":
+            fd = confdir_lock.lock_daemon(confdir, waiting, held_signals.stop_held)
+            return (EXIT_OK, -1) if fd is None else (None, fd)
+        return None, confdir_lock.try_lock(confdir, exclusive=False)
+    except confdir_lock.Held as held:
+        who = held.describe()
+        if command == "watch":
+            log.error("confdir %s is already kept by another `confsync watch` (%s); not "
+                      "starting a second one, which would write and reload the same files. "
+                      "Stop that one first, or give this one its own confdir", confdir, who)
+        else:
+            log.error("confdir %s is kept by a running `confsync watch` (%s); `once` would "
+                      "write and reload the same files beside it, so it does nothing. The "
+                      "daemon keeps them in step already: send it SIGHUP (`systemctl reload "
+                      "confsync`) to render everything again, run `confsync check` to see "
+                      "what would change, or stop it first", confdir, who)
+        return EXIT_BAD_CONFIG, -1
+    except OSError:
+        return None, -1
+
+
+def _release(fd: int) -> None:
+    from confsync import confdir_lock
+
+    confdir_lock.release(fd)
 
 
 # Commands that do a fixed amount of work and exit: no collector, no interpreter teardown.

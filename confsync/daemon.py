@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confsync import children
+from confsync import children, confdir_lock
 from confsync.coverage import Coverage
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
@@ -135,8 +135,11 @@ def _renders(renderer: Renderer, resource: Resource, mirror: Mirror) -> bool:
 
 class Daemon:
     def __init__(self, settings: Settings, cli_values: Mapping[str, Any] | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), lock: int = -1) -> None:
         self.cli_values = dict(cli_values or {})
+        # Descriptors holding the lock of the confdir run (and of one a reload is switching
+        # to): confdir_lock.py. None when started without one (in-process, tests).
+        self._locks: list[int] = [lock] if lock >= 0 else []
         if settings.config_path is not None and not self.cli_values.get("config"):
             # The file found at the default place is this daemon's config from now on: should
             # it vanish (a package upgrade half done), a reload is refused, not run on defaults.
@@ -716,6 +719,8 @@ class Daemon:
         self.observers.reloading_config()
         try:
             settings = load_settings(self.cli_values)
+            if not self._lock_confdir(settings.confdir):
+                return False
             state, errors = build_state(settings)
             if errors:
                 raise ConfigError(str(settings.confdir), "; ".join(errors))
@@ -751,6 +756,38 @@ class Daemon:
                 "configuration reload: reading a snapshot of %s before switching",
                 ", ".join(state.prefixes))
         return True
+
+    def _lock_confdir(self, confdir: Path) -> bool:
+        """A reload that moves to another confdir takes its lock first (confdir_lock.py): held
+        by another `watch`, the reload is refused; by a `once`, tried again shortly. The old
+        confdir's lock goes once the new set runs."""
+        if not self._locks or any(confdir_lock.same_directory(fd, confdir)
+                                  for fd in self._locks):
+            return True  # (started unlocked, or already ours)
+        try:
+            self._locks.append(confdir_lock.try_lock(confdir, exclusive=True))
+        except confdir_lock.Held as held:
+            why = f"{confdir} is kept by another confsync process ({held.describe()})"
+            if held.by_daemon:
+                self._reload_retry.reset()
+                self._refuse(f"{why}; not switching to it")
+            else:
+                self._refuse_for_now(why)
+            self._keep_running_set()
+            return False
+        except OSError:
+            pass  # loading it says why
+        return True
+
+    def _release_other_confdirs(self) -> None:
+        """Keep only the lock of the confdir run now (and of one a pending reload reads)."""
+        keep = [self.state.settings.confdir]
+        if self.pending is not None:
+            keep.append(self.pending.state.settings.confdir)
+        for fd in list(self._locks):
+            if not any(confdir_lock.same_directory(fd, d) for d in keep):
+                self._locks.remove(fd)
+                confdir_lock.release(fd)
 
     def _on_pending_event(self, event: object) -> None:
         assert self.pending is not None
@@ -791,6 +828,7 @@ class Daemon:
         (a change made while the reload was pending is not lost)."""
         if pending.store is not self.store:
             pending.store.close()
+        self._release_other_confdirs()
         self._replace_follower(self.store, self.state.prefixes, "resume")
 
     def _keep_running_set(self) -> None:
@@ -814,6 +852,7 @@ class Daemon:
         log.log(logging.ERROR if logged else logging.DEBUG,
                 "configuration reload refused, the running set stays: %s", reason)
         self.observers.config_reloaded(False, reason)
+        self._release_other_confdirs()
 
     def _judge(self, state: ResourceSetState,
                mirror: Mirror) -> tuple[str | None, bool, list[str]]:
@@ -855,6 +894,7 @@ class Daemon:
                 self._refuse(refused)
             return False
         self.state = state
+        self._release_other_confdirs()
         if store is not None and store is not self.store:
             self.store.close()
             self.store = store
@@ -953,10 +993,16 @@ def _log_thread_death(args: threading.ExceptHookArgs) -> None:
 
 
 def run_daemon(settings: Settings, cli_values: Mapping[str, Any] | None = None,
-               observers: Sequence[Observer] = ()) -> int:
+               observers: Sequence[Observer] = (), lock: int = -1) -> int:
+    """`lock`: the descriptor holding the start confdir's lock (confdir_lock.py; -1 none),
+    the daemon's from here on (a reload may move it to another confdir). Held until the
+    process ends, so a successor never starts while this one still stops its exec child."""
     try:
-        daemon = Daemon(settings, cli_values, observers)
-    except ConfigError as exc:
+        daemon = Daemon(settings, cli_values, observers, lock)
+    except BaseException as exc:
+        confdir_lock.release(lock)
+        if not isinstance(exc, ConfigError):
+            raise
         log.error("configuration: %s", exc)
         return EXIT_BAD_CONFIG
     log.info("confsync %s watching with %s backend, pid %d",

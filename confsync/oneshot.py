@@ -129,6 +129,7 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
     resource_set, syncer = prepared
     outcomes = syncer.plan(resource_set.resources)
     owed = False
+    daemon: str | None = None  # the `watch` keeping the confdir, looked up when needed
     for outcome in outcomes:
         name = outcome.resource.name
         for warning in outcome.warnings:
@@ -141,9 +142,18 @@ def run_check(settings: Settings, show_diff: bool, data: Path | None, out: TextI
                 out.write(outcome.diff or "(mode or owner only)\n")
         elif syncer.reload_left_owed(outcome.resource):
             owed = True
-            out.write(f"# {name}: {outcome.resource.dest} is up to date, but its reload is "
-                      "owed (confsync stopped before it was done); `once` or `watch` will "
-                      "reload it\n")
+            if daemon is None:
+                from confsync.confdir_lock import daemon_holding
+
+                daemon = daemon_holding(settings.confdir)
+            if daemon:  # its reload under way, or retried: not a stopped confsync's
+                out.write(f"# {name}: {outcome.resource.dest} is up to date, but not live yet: "
+                          f"the running `confsync watch` ({daemon}) is making it live (its "
+                          "reload is under way or being retried)\n")
+            else:
+                out.write(f"# {name}: {outcome.resource.dest} is up to date, but its reload "
+                          "is owed (confsync stopped before it was done); `once` or `watch` "
+                          "will reload it\n")
         else:
             out.write(f"# {name}: {outcome.resource.dest} is up to date\n")
     code = _exit_code(resource_set, outcomes)

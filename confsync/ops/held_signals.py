@@ -44,3 +44,8 @@ def take(signums: Collection[int] = HELD) -> list[int]:
     del _held[:len(taken)]
     _held[:0] = [s for s in taken if s not in signums]  # (one step: a handler may append)
     return [s for s in taken if s in signums]
+
+
+def stop_held() -> bool:
+    """A STOP signal is held (for a start-up step that waits, e.g. for a `once` to finish)."""
+    return any(s in STOP for s in _held)

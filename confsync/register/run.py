@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from confsync import children
+from confsync import children, confdir_lock
 from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, ConfigError, StoreUnavailable
 from confsync.instances import validate_instance
 from confsync.ops import held_signals
@@ -120,6 +120,9 @@ class RegisterLoop:
         self._last_ping = 0.0
         self._last_poll = time.monotonic()
         self._status = ""
+        # A shared lock on register.d (never refused): how a registrar tells that another one on
+        # this host reads the same registrations, and names it (confdir_lock.py). -1: none.
+        self.register_d = -1
 
     # ---- start
 
@@ -300,11 +303,41 @@ class RegisterLoop:
     def _clone(self, name: str, event: RegistrarEvent) -> None:
         """Another live registrar publishes our key under our host name: a configuration
         error only an operator can fix (the registrar leaves the key to it, retrying every
-        ttl/3), so /ready says so (503) along with what to do, and the log once."""
-        self.metrics.conflict(name, f"{event.detail}: {CLONE_REMEDY}")
+        ttl/3), so /ready says so (503) along with what to do, and the log once. When that
+        is a registrar on this host reading the same register.d (a second `register` started
+        by hand), it is named: "a cloned image?" sent the operator looking elsewhere."""
+        remedy = CLONE_REMEDY
+        here = self.other_registrars()
+        if here:
+            remedy = (f"it is another `confsync register` on this host reading the same "
+                      f"register.d ({here}); this one leaves the key to it until it stops: "
+                      f"stop one of them")
+        self.metrics.conflict(name, f"{event.detail}: {remedy}")
         log.error("register: another registrar with host name %r publishes %s on lease %x: %s",
-                  self.host, event.key, event.lease, CLONE_REMEDY,
+                  self.host, event.key, event.lease, remedy,
                   extra={"key": event.key, "owner": self.host, "lease": f"{event.lease:x}"})
+
+    def hold_register_d(self) -> None:
+        """Take the shared lock on register.d; say so when another registrar here has it (this
+        one takes their common keys over, and that one backs off)."""
+        with contextlib.suppress(OSError, confdir_lock.Held):  # (shared: never held off)
+            self.register_d = confdir_lock.try_lock(self.settings.confdir / "register.d",
+                                                    exclusive=False)
+        here = self.other_registrars()
+        if here:
+            log.warning("register: another `confsync register` on this host reads the same "
+                        "register.d (%s); this one takes over the keys both publish, and that "
+                        "one leaves them to it until this one stops", here)
+
+    def other_registrars(self) -> str:
+        """The other processes of this host holding register.d's lock ("" none)."""
+        if self.register_d < 0:
+            return ""
+        try:
+            holders = confdir_lock.holders_of(self.register_d)
+        except OSError:
+            return ""
+        return ", ".join(h.describe() for h in holders if h.pid != os.getpid())
 
     def _detected_keys(self) -> list[str]:
         return [s.registration.key for s in self.instances.values()
@@ -524,6 +557,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier, watchdog)
     try:
         loop.listen_for_stop()
+        loop.hold_register_d()
         loop.refuse_conflicts()
         try:
             return loop.run()
