@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from confsync import __version__
+from confsync import __version__, utf8mode
 from confsync.errors import (
     EXIT_BAD_CONFIG,
     EXIT_OK,
@@ -248,6 +248,8 @@ def entry() -> NoReturn:
     ~10 ms of a ~0.1 s `once` (issue 11). main() itself never exits, so it stays callable
     in-process; an exception out of it takes the normal path (traceback, exit 1).
     """
+    if utf8mode.needs_reexec():  # a locale that is not UTF-8: see utf8mode
+        utf8mode.reexec_in_utf8_mode()
     _open_standard_streams()
     argv = sys.argv[1:]
     one_shot = bool(argv) and argv[0] in ONE_SHOT_COMMANDS
@@ -257,6 +259,7 @@ def entry() -> NoReturn:
         from confsync.ops import held_signals
 
         held_signals.hold(stop=True)
+    utf8mode.unblock_after_reexec()
     code = main(argv)
     if not one_shot:
         sys.exit(code)

@@ -164,7 +164,7 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
             elif key == "password":
                 secret = out_dir / "etcd-password"
                 fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(str(value))
                 etcd.append(f"password_file = {_toml_value(str(new_confdir / 'etcd-password'))}")
                 report.notes.append(f"{where}: moved to {new_confdir / 'etcd-password'} "
@@ -217,12 +217,12 @@ def convert_confdir(old: Path, new: Path) -> Report:
         global_prefix = None
         if (old / "confd.toml").is_file():
             text, global_prefix = convert_main_config(old / "confd.toml", new, work, report)
-            (work / "confsync.toml").write_text(text)
+            (work / "confsync.toml").write_text(text, "utf-8")
             report.converted.append("confd.toml -> confsync.toml")
         sources: dict[str, str] = {}
         for path in sorted((old / "conf.d").glob("*.toml")):
             text, src = convert_resource(path, global_prefix, report)
-            (work / "conf.d" / path.name).write_text(text)
+            (work / "conf.d" / path.name).write_text(text, "utf-8")
             sources.setdefault(src, path.name)
             report.converted.append(f"conf.d/{path.name}")
         for src, resource in sources.items():
@@ -240,7 +240,7 @@ def convert_confdir(old: Path, new: Path) -> Report:
                                     "confdir)")
                 continue
             try:
-                source = template.read_text()
+                source = template.read_text("utf-8")
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
                 report.refusals.append(f"{template}: cannot read: {exc}")
                 continue
