@@ -171,7 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("environment: %s is not a confsync setting, ignored%s", name,
                     f" (did you mean {near}?)" if near else "")
     if args.command in LONG_RUNNING_COMMANDS:
+        from confsync.fdlimit import raise_soft_limit
         from confsync.preload import preload_lazy_modules
+
+        raised = raise_soft_limit()
+        if raised is not None:
+            log.info("open-file limit raised from %d to its hard limit, %d", *raised)
 
         try:
             preload_lazy_modules()

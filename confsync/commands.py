@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from confsync import children
+from confsync.fdlimit import describe
 
 _PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
@@ -125,7 +126,7 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
                                   stdout=out if out is not None else subprocess.DEVNULL,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            return CommandResult(False, None, f"cannot run `{argv[0]}`: {exc.strerror}",
+            return CommandResult(False, None, f"cannot run `{argv[0]}`: {describe(exc)}",
                                  time.monotonic() - start)
         try:
             proc.wait(timeout=timeout)

@@ -1,0 +1,53 @@
+"""Out of file descriptors (EMFILE): each step's error names the resource, the step and the
+open-file limit, and dest stays as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confsync.applier import Target, install
+from confsync.commands import run_command
+from confsync.errors import ResourceError
+from confsync.resources import Resource
+
+
+@contextlib.contextmanager
+def no_free_descriptor() -> Iterator[int]:
+    """This process's soft RLIMIT_NOFILE lowered to its lowest free descriptor, so the next
+    open fails with EMFILE; restored after. Yields the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest = os.dup(0)
+    os.close(lowest)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+    try:
+        yield lowest
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_command_that_cannot_start_names_the_open_file_limit() -> None:
+    with no_free_descriptor() as limit:
+        result = run_command(["true"], 5)
+    assert not result.ok
+    assert result.output.startswith("cannot run `true`: Too many open files")
+    assert f"open-file limit, RLIMIT_NOFILE, is {limit}" in result.output  # was only strerror
+
+
+def test_a_stage_without_a_descriptor_names_the_resource_step_and_limit(tmp_path: Path) -> None:
+    dest = tmp_path / "app.conf"
+    dest.write_bytes(b"old\n")
+    res = Resource(name="app", source=tmp_path / "app.toml", src=tmp_path / "t", dest=dest,
+                   keys=("/",), prefix="")
+    with no_free_descriptor() as limit, pytest.raises(ResourceError) as raised:
+        install(res, Target(b"new\n", 0o644, os.geteuid(), os.getegid()))
+    assert (raised.value.resource, raised.value.step) == ("app", "stage")
+    assert f"Too many open files (confsync's open-file limit, RLIMIT_NOFILE, is {limit}" in str(
+        raised.value)
+    assert dest.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]
