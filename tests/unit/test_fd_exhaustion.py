@@ -22,7 +22,7 @@ def no_free_descriptor() -> Iterator[int]:
     """This process's soft RLIMIT_NOFILE lowered to its lowest free descriptor, so the next
     open fails with EMFILE; restored after. Yields the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    lowest = os.dup(0)
+    lowest = os.open(os.devnull, os.O_RDONLY)  # the lowest free number
     os.close(lowest)
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
     try:
