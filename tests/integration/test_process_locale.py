@@ -129,3 +129,24 @@ def test_watch_in_a_latin1_locale_follows_etcd_and_leaves_no_signal_blocked(
     assert w.stop() == 0
     assert "café-☃.conf" in w.output()
     assert "Traceback" not in w.output() and "UnicodeEncodeError" not in w.output()
+
+
+def test_a_sighup_during_the_utf8_re_exec_is_held_not_fatal(
+        latin1: dict[str, str], etcd: EtcdMember, prefix: str, tmp_path: Path,
+        watchers: list[WatchProcess]) -> None:
+    """SIGHUP's default action ends a process: one sent while the re-executed interpreter
+    starts (before it holds SIGHUP) must wait for it, as one sent during a plain start does."""
+    etcd_client.client(etcd.endpoint).put(f"{prefix}/app/name", "x")
+    confdir = _confdir(tmp_path, prefix, etcd.endpoint)
+    env = {k: v for k, v in latin1.items() if k in ("LC_ALL", "LOCPATH")}
+    w = WatchProcess("--config", str(confdir / "confsync.toml"), "--confdir", str(confdir),
+                     log=tmp_path / "watch.log",
+                     env={**env, **{k: "" for k in _LOCALE_VARS if k not in env}})
+    watchers.append(w)
+    cmdline = Path(f"/proc/{w.proc.pid}/cmdline")
+    wait_for(lambda: b"\0-X\0utf8\0" in cmdline.read_bytes(), timeout=10, interval=0.001,
+             what="the re-exec")
+    w.signal(signal.SIGHUP)  # the new interpreter is starting: tens of ms before it holds it
+    w.wait_log("SIGHUP: reloading configuration")
+    assert w.proc.poll() is None
+    assert w.stop() == 0
