@@ -6,14 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from confsync.applier import Target, install
 from confsync.commands import run_command
 from confsync.errors import ResourceError
+from confsync.ops.http import MetricsServer
 from confsync.resources import Resource
 
 
@@ -51,3 +56,31 @@ def test_a_stage_without_a_descriptor_names_the_resource_step_and_limit(tmp_path
         raised.value)
     assert dest.read_bytes() == b"old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]
+
+
+class _Healthy:
+    registry = CollectorRegistry()
+
+    def health(self, max_age: float = 0) -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+
+def test_the_metrics_server_out_of_descriptors_waits_instead_of_spinning() -> None:
+    server = MetricsServer(_Healthy(), "127.0.0.1:0").start()
+    client = socket.socket()
+    client.settimeout(5)
+    try:
+        with no_free_descriptor():
+            client.connect(("127.0.0.1", server.port))  # waits in the backlog
+            before = time.process_time()
+            time.sleep(1.0)
+            spent = time.process_time() - before
+        assert spent < 0.3, spent  # was ~0.96 s: accept() failed and was retried at once
+        client.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        assert client.recv(100).startswith(b"HTTP/1.0 200")  # answered once there is one
+    finally:
+        client.close()
+        server.close()
