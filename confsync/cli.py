@@ -5,6 +5,7 @@ are pending."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import gc
 import logging
 import os
@@ -244,6 +245,17 @@ def _open_standard_streams() -> None:
         sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
+def _stdout_never_raises() -> None:
+    """A character stdout cannot encode is escaped, never an error. UTF-8 mode makes stdout
+    UTF-8, but PYTHONIOENCODING (a legacy profile's `latin-1`) overrides it with strict errors:
+    `confsync check` ended in a UnicodeEncodeError traceback (exit 1) at the first dest
+    name or diff line it could not encode."""
+    stdout = sys.stdout
+    if getattr(stdout, "errors", None) == "strict" and hasattr(stdout, "reconfigure"):
+        utf8 = codecs.lookup(stdout.encoding).name == "utf-8"  # (as in UTF-8 mode: raw bytes)
+        stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -256,6 +268,7 @@ def entry() -> NoReturn:
     if utf8mode.needs_reexec():  # a locale that is not UTF-8: see utf8mode
         utf8mode.reexec_in_utf8_mode()
     _open_standard_streams()
+    _stdout_never_raises()
     argv = sys.argv[1:]
     one_shot = bool(argv) and argv[0] in ONE_SHOT_COMMANDS
     if one_shot:

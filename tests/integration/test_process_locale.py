@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import etcd_client
-from tests.support.cli import REPO
+from tests.support.cli import REPO, write_resource
 from tests.support.daemon import WatchProcess, reads, wait_for
 from tests.support.etcd_server import EtcdMember
 
@@ -150,3 +150,20 @@ def test_a_sighup_during_the_utf8_re_exec_is_held_not_fatal(
     w.wait_log("SIGHUP: reloading configuration")
     assert w.proc.poll() is None
     assert w.stop() == 0
+
+
+def test_check_with_a_pythonioencoding_that_cannot_encode_the_output_escapes_it(
+        tmp_path: Path) -> None:
+    """PYTHONIOENCODING overrides UTF-8 mode's stdout, with strict errors."""
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  name: 'naïve'\n", encoding="utf-8")
+    write_resource(tmp_path, "app", "name {{ getv('/app/name') }}\n",
+                   f'dest = "{tmp_path / "café-☃.conf"}"\nkeys = ["/app"]')
+    done = subprocess.run([sys.executable, "-m", "confsync", "check", "--diff", "--confdir",
+                           str(tmp_path), "--backend", "file", "--file", str(data)],
+                          env=_env(LC_ALL="C.UTF-8", PYTHONIOENCODING="ascii"), cwd=REPO,
+                          capture_output=True, timeout=60)
+    # Was 1: a UnicodeEncodeError traceback at the first line naming the dest.
+    assert done.returncode == 4, done.stderr.decode("utf-8", "replace")
+    assert b"# app: would change " + str(tmp_path).encode() + b"/caf\\xe9-\\u2603.conf" in done.stdout
+    assert b"+name na\\xefve" in done.stdout
