@@ -605,7 +605,7 @@ def _unexpected(resource: Resource, step: str, exc: Exception) -> ResourceError:
     the pass (and the daemon) goes on."""
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        reason = f"{where}{exc.strerror}"
+        reason = f"{where}{describe(exc)}"
     else:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     log.debug("resource %s: %s step raised", resource.name, step, exc_info=exc)

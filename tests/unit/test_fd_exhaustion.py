@@ -18,8 +18,13 @@ from prometheus_client import CollectorRegistry
 from confsync.applier import Target, install
 from confsync.commands import run_command
 from confsync.errors import ResourceError
+from confsync.mirror import Mirror
 from confsync.ops.http import MetricsServer
+from confsync.outcome import FAILED
+from confsync.renderer import Renderer
 from confsync.resources import Resource
+from confsync.stores import Snapshot
+from confsync.sync import Syncer
 
 
 @contextlib.contextmanager
@@ -84,3 +89,21 @@ def test_the_metrics_server_out_of_descriptors_waits_instead_of_spinning() -> No
     finally:
         client.close()
         server.close()
+
+
+def test_a_dest_that_cannot_be_read_for_want_of_a_descriptor_names_the_limit(
+        tmp_path: Path) -> None:
+    (tmp_path / "t.tmpl").write_text("port {{ getv('/app/port') }}\n")
+    res = Resource(name="app", source=tmp_path / "app.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "app.conf", keys=("/app",), prefix="")
+    res.dest.write_bytes(b"port 1\n")
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {"/app/port": b"8080"}))
+    syncer = Syncer(Renderer(tmp_path), mirror)
+    with no_free_descriptor() as limit:
+        (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and outcome.error is not None
+    # Was "resource app: stage failed: <dest>: Too many open files".
+    assert f"{res.dest}: Too many open files (confsync's open-file limit, RLIMIT_NOFILE, is " \
+           f"{limit}" in str(outcome.error)
+    assert res.dest.read_bytes() == b"port 1\n"
