@@ -45,7 +45,7 @@ def test_register_raises_a_low_open_file_limit_and_its_checks_stay_up(
         write_registration(tmp_path / "conf", f"r{i}", "".join(
             f"{k} = {json.dumps(v)}\n" for k, v in {
                 "service": "web", "id": f"web-{i}", "port": backend.port,
-                "address": "127.0.0.1", "ttl": "5s"}.items())
+                "address": "127.0.0.1", "ttl": "5s", "drain": "0s"}.items())
             + '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\nfall = 1\n'
             + '[[check]]\ntype = "exec"\ncommand = ["true"]\ninterval = "200ms"\nrise = 1\n'
               'fall = 1\n')
