@@ -17,8 +17,8 @@ import os
 import signal
 import sys
 
-# -X options of the re-executed interpreter: UTF-8 mode, and "the parent blocked these signals
-# across the exec" (see blocked_across_exec).
+# -X options of the re-executed interpreter: UTF-8 mode, and "re-executed; these signals were
+# blocked for the exec" (REEXEC_MARK=1,15: see unblock_after_reexec).
 REEXEC_MARK = "confsync_reexec"
 _BLOCKED = (signal.SIGHUP, signal.SIGTERM)
 
@@ -42,8 +42,10 @@ def reexec_in_utf8_mode() -> None:
     """
     if not sys.executable:
         return  # (an embedded interpreter: nothing to execute)
-    argv = [sys.executable, "-X", "utf8", "-X", REEXEC_MARK, *sys.orig_argv[1:]]
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    blocked = ",".join(str(int(s)) for s in _BLOCKED if s not in old)  # (not those given so)
+    argv = [sys.executable, "-X", "utf8", "-X", f"{REEXEC_MARK}={blocked}",
+            *sys.orig_argv[1:]]
     try:
         os.execv(sys.executable, argv)
     except OSError as exc:
@@ -59,5 +61,6 @@ def unblock_after_reexec() -> None:
     """Unblock what reexec_in_utf8_mode blocked, in every command (children inherit the mask:
     a check_cmd with SIGTERM blocked could not be stopped); a daemon calls it once the signals
     are held, so one sent during the exec is delivered to held_signals now."""
-    if REEXEC_MARK in sys._xoptions:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
+    blocked = sys._xoptions.get(REEXEC_MARK)
+    if isinstance(blocked, str) and blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {int(s) for s in blocked.split(",")})
