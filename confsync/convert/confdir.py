@@ -254,6 +254,11 @@ def convert_confdir(old: Path, new: Path) -> Report:
             report.converted.append(f"templates/{src}")
         if report.refusals:
             raise ConvertError("refused, nothing written:\n  " + "\n  ".join(report.refusals))
+        # Modes never the umask's: under `umask 000` conf.d (whose check_cmd and reload_cmd a
+        # root `watch` runs) and templates/ were world-writable, 0777 and 0666.
+        for path in work.rglob("*"):
+            if path != work / "etcd-password":  # (0600 already)
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
         # mkdtemp made it 0700; a confdir holding an etcd password stays private to the group
         os.chmod(work, 0o750 if (work / "etcd-password").exists() else 0o755)
         if new.exists():

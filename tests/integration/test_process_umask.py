@@ -72,3 +72,25 @@ def test_the_haproxy_server_state_file_mode_is_not_the_umasks(
     assert done.returncode == 0 and "runtime API" in done.stderr, done.stderr
     assert _mode(stack.state) == 0o640
     assert not list(stack.base.glob(".server-state*"))
+
+
+def test_convert_under_umask_000_writes_no_world_writable_file(tmp_path: Path) -> None:
+    """conf.d names commands a root `watch` runs: a world-writable conf.d is anyone's root."""
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates" / "sub").mkdir(parents=True)
+    (old / "conf.d" / "app.toml").write_text(
+        '[template]\nsrc = "sub/app.tmpl"\ndest = "/etc/app.conf"\nkeys = ["/app"]\n'
+        'check_cmd = "true {{.src}}"\n')
+    (old / "templates" / "sub" / "app.tmpl").write_text('{{getv "/app/x"}}\n')
+    (old / "confd.toml").write_text('backend = "etcdv3"\nnodes = ["https://127.0.0.1:2379"]\n'
+                                    'username = "u"\npassword = "p"\n')
+    new = tmp_path / "confsync"
+    done = confsync("convert", str(old), str(new), wrapper=_umask("000"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    modes = {str(p.relative_to(new)): _mode(p) for p in new.rglob("*")}
+    # Were 0777 (directories) and 0666 (files).
+    assert modes == {"conf.d": 0o755, "conf.d/app.toml": 0o644, "templates": 0o755,
+                     "templates/sub": 0o755, "templates/sub/app.tmpl": 0o644,
+                     "confsync.toml": 0o644, "etcd-password": 0o600}
+    assert _mode(new) == 0o750
