@@ -209,7 +209,10 @@ def convert_confdir(old: Path, new: Path) -> Report:
     if new.exists() and (not new.is_dir() or any(new.iterdir())):
         raise ConvertError(f"{new}: exists and is not empty; choose a new directory")
     report = Report()
-    new.parent.mkdir(parents=True, exist_ok=True)
+    for parent in reversed([new.parent, *new.parent.parents]):
+        if not parent.is_dir():  # 0755, not mkdir -p's umask modes (0777 under umask 000)
+            parent.mkdir(mode=0o755)
+            os.chmod(parent, 0o755)
     work = Path(tempfile.mkdtemp(prefix=f".{new.name}.", dir=new.parent))
     try:
         (work / "conf.d").mkdir()

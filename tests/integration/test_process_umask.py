@@ -85,7 +85,7 @@ def test_convert_under_umask_000_writes_no_world_writable_file(tmp_path: Path) -
     (old / "templates" / "sub" / "app.tmpl").write_text('{{getv "/app/x"}}\n')
     (old / "confd.toml").write_text('backend = "etcdv3"\nnodes = ["https://127.0.0.1:2379"]\n'
                                     'username = "u"\npassword = "p"\n')
-    new = tmp_path / "confsync"
+    new = tmp_path / "etc" / "confsync"  # its parent made too
     done = confsync("convert", str(old), str(new), wrapper=_umask("000"))
     assert done.returncode == 0, done.stderr + done.stdout
     modes = {str(p.relative_to(new)): _mode(p) for p in new.rglob("*")}
@@ -93,4 +93,4 @@ def test_convert_under_umask_000_writes_no_world_writable_file(tmp_path: Path) -
     assert modes == {"conf.d": 0o755, "conf.d/app.toml": 0o644, "templates": 0o755,
                      "templates/sub": 0o755, "templates/sub/app.tmpl": 0o644,
                      "confsync.toml": 0o644, "etcd-password": 0o600}
-    assert _mode(new) == 0o750
+    assert (_mode(new), _mode(new.parent)) == (0o750, 0o755)
