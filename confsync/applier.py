@@ -20,6 +20,7 @@ from pathlib import Path
 
 from confsync.commands import run_command, substitute
 from confsync.errors import ResourceError
+from confsync.fdlimit import describe
 from confsync.resources import Resource
 from confsync.running_copy import keep_running, reloaded
 
@@ -359,7 +360,8 @@ def install(resource: Resource, target: Target, check: bool = True,
         staged = write_staged(path, directory, target.content)
     except OSError as exc:
         raise ResourceError(resource.name, "stage",
-                            f"cannot write a staged file in {directory}: {exc.strerror}") from None
+                            f"cannot write a staged file in {directory}: {describe(exc)}"
+                            ) from None
     try:
         if check:
             check_seconds = run_check(resource, staged)

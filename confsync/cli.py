@@ -5,6 +5,7 @@ are pending."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import gc
 import logging
 import os
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from confsync import __version__
+from confsync import __version__, utf8mode
 from confsync.errors import (
     EXIT_BAD_CONFIG,
     EXIT_OK,
@@ -171,7 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("environment: %s is not a confsync setting, ignored%s", name,
                     f" (did you mean {near}?)" if near else "")
     if args.command in LONG_RUNNING_COMMANDS:
+        from confsync.fdlimit import raise_soft_limit
         from confsync.preload import preload_lazy_modules
+
+        raised = raise_soft_limit()
+        if raised is not None:
+            log.info("open-file limit raised from %d to its hard limit, %d", *raised)
 
         try:
             preload_lazy_modules()
@@ -296,6 +302,17 @@ def _open_standard_streams() -> None:
         sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
+def _stdout_never_raises() -> None:
+    """A character stdout cannot encode is escaped, never an error. UTF-8 mode makes stdout
+    UTF-8, but PYTHONIOENCODING (a legacy profile's `latin-1`) overrides it with strict errors:
+    `confsync check` ended in a UnicodeEncodeError traceback (exit 1) at the first dest
+    name or diff line it could not encode."""
+    stdout = sys.stdout
+    if getattr(stdout, "errors", None) == "strict" and hasattr(stdout, "reconfigure"):
+        utf8 = codecs.lookup(stdout.encoding).name == "utf-8"  # (as in UTF-8 mode: raw bytes)
+        stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -305,7 +322,10 @@ def entry() -> NoReturn:
     ~10 ms of a ~0.1 s `once` (issue 11). main() itself never exits, so it stays callable
     in-process; an exception out of it takes the normal path (traceback, exit 1).
     """
+    if utf8mode.needs_reexec():  # a locale that is not UTF-8: see utf8mode
+        utf8mode.reexec_in_utf8_mode()
     _open_standard_streams()
+    _stdout_never_raises()
     argv = sys.argv[1:]
     one_shot = bool(argv) and argv[0] in ONE_SHOT_COMMANDS
     if one_shot:
@@ -314,6 +334,7 @@ def entry() -> NoReturn:
         from confsync.ops import held_signals
 
         held_signals.hold(stop=True)
+    utf8mode.unblock_after_reexec()
     code = main(argv)
     if not one_shot:
         sys.exit(code)

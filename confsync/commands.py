@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from confsync import children
+from confsync.fdlimit import describe
 
 _PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
@@ -110,6 +112,26 @@ def _output_file(program: str) -> IO[bytes] | None:
         return None
 
 
+# Where programs that PATH lacks often are: cron's PATH is /usr/bin:/bin, and haproxy, nginx,
+# sshd and the like live in an sbin.
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def cannot_run(program: str, exc: OSError, path: str | None = None) -> str:
+    """Why `program` did not start. A bare name missing from PATH (`path`, else confsync's
+    own) names that PATH and, when an sbin has it, the absolute path to give instead: under
+    cron's or a container's PATH=/usr/bin:/bin, `haproxy -c` failed as "cannot run `haproxy`:
+    No such file or directory" while /usr/sbin/haproxy was there."""
+    if isinstance(exc, FileNotFoundError) and "/" not in program:
+        search = os.environ.get("PATH", os.defpath) if path is None else path
+        found = shutil.which(program, path=os.pathsep.join(
+            d for d in _SBIN if d not in search.split(os.pathsep)))
+        return (f"cannot run `{program}`: not found in PATH ({search})"
+                + (f"; {found} exists: write that path in the command, or add "
+                   f"{os.path.dirname(found)} to confsync's PATH" if found else ""))
+    return f"cannot run `{program}`: {describe(exc)}"
+
+
 def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     """Run with stdin closed, stdout+stderr captured; on timeout kill its whole process group.
 
@@ -125,7 +147,7 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
                                   stdout=out if out is not None else subprocess.DEVNULL,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            return CommandResult(False, None, f"cannot run `{argv[0]}`: {exc.strerror}",
+            return CommandResult(False, None, cannot_run(argv[0], exc),
                                  time.monotonic() - start)
         try:
             proc.wait(timeout=timeout)

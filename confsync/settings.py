@@ -249,7 +249,7 @@ def read_password(settings: EtcdSettings) -> str | None:
     if settings.password_file is None:
         return None
     try:
-        password = settings.password_file.read_text().rstrip("\n")
+        password = settings.password_file.read_text("utf-8").rstrip("\n")
     except OSError as exc:
         raise ConfigError(str(settings.password_file), f"cannot read password: {exc.strerror}",
                           "etcd.password_file") from None

@@ -32,6 +32,7 @@ from confsync.applier import (
     written_path,
 )
 from confsync.errors import ResourceError
+from confsync.fdlimit import describe
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
@@ -539,7 +540,13 @@ class Syncer:
             step = "render"
             content, warnings = self._render_against(resource, current)
             step = "stage"
-            staged = write_staged(resource.dest, tmp, content)
+            try:
+                staged = write_staged(resource.dest, tmp, content)
+            except OSError as exc:  # said as such: `once` stages beside dest, not in TMPDIR
+                raise ResourceError(resource.name, "stage", (
+                    f"cannot write the copy to check in {tmp.parent} (the temporary "
+                    f"directory: TMPDIR, else /tmp; `once` stages beside dest instead): "
+                    f"{describe(exc)}")) from None
             step = "check"
             run_check(resource, staged)
         except ResourceError as exc:
@@ -598,7 +605,7 @@ def _unexpected(resource: Resource, step: str, exc: Exception) -> ResourceError:
     the pass (and the daemon) goes on."""
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        reason = f"{where}{exc.strerror}"
+        reason = f"{where}{describe(exc)}"
     else:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     log.debug("resource %s: %s step raised", resource.name, step, exc_info=exc)

@@ -25,7 +25,7 @@ def check_conversion(confdir: Path, data: Path, expect: Path | None, out: TextIO
     prefix = ""
     main = confdir / "confsync.toml"
     if main.is_file():
-        prefix = str(tomllib.loads(main.read_text()).get("prefix", ""))
+        prefix = str(tomllib.loads(main.read_text("utf-8")).get("prefix", ""))
     loaded = load_resources(confdir, prefix)
     failures = len(loaded.errors)
     for error in loaded.errors:
@@ -45,7 +45,7 @@ def check_conversion(confdir: Path, data: Path, expect: Path | None, out: TextIO
             continue
         expected_path = expect / resource.dest.name
         try:
-            expected = expected_path.read_text()
+            expected = expected_path.read_text("utf-8")
         except OSError as exc:
             out.write(f"FAIL {resource.name}: no expected file {expected_path}: {exc.strerror}\n")
             failures += 1

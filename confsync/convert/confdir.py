@@ -164,7 +164,7 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
             elif key == "password":
                 secret = out_dir / "etcd-password"
                 fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(str(value))
                 etcd.append(f"password_file = {_toml_value(str(new_confdir / 'etcd-password'))}")
                 report.notes.append(f"{where}: moved to {new_confdir / 'etcd-password'} "
@@ -209,7 +209,10 @@ def convert_confdir(old: Path, new: Path) -> Report:
     if new.exists() and (not new.is_dir() or any(new.iterdir())):
         raise ConvertError(f"{new}: exists and is not empty; choose a new directory")
     report = Report()
-    new.parent.mkdir(parents=True, exist_ok=True)
+    for parent in reversed([new.parent, *new.parent.parents]):
+        if not parent.is_dir():  # 0755, not mkdir -p's umask modes (0777 under umask 000)
+            parent.mkdir(mode=0o755)
+            os.chmod(parent, 0o755)
     work = Path(tempfile.mkdtemp(prefix=f".{new.name}.", dir=new.parent))
     try:
         (work / "conf.d").mkdir()
@@ -217,12 +220,12 @@ def convert_confdir(old: Path, new: Path) -> Report:
         global_prefix = None
         if (old / "confd.toml").is_file():
             text, global_prefix = convert_main_config(old / "confd.toml", new, work, report)
-            (work / "confsync.toml").write_text(text)
+            (work / "confsync.toml").write_text(text, "utf-8")
             report.converted.append("confd.toml -> confsync.toml")
         sources: dict[str, str] = {}
         for path in sorted((old / "conf.d").glob("*.toml")):
             text, src = convert_resource(path, global_prefix, report)
-            (work / "conf.d" / path.name).write_text(text)
+            (work / "conf.d" / path.name).write_text(text, "utf-8")
             sources.setdefault(src, path.name)
             report.converted.append(f"conf.d/{path.name}")
         for src, resource in sources.items():
@@ -240,7 +243,7 @@ def convert_confdir(old: Path, new: Path) -> Report:
                                     "confdir)")
                 continue
             try:
-                source = template.read_text()
+                source = template.read_text("utf-8")
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
                 report.refusals.append(f"{template}: cannot read: {exc}")
                 continue
@@ -254,6 +257,11 @@ def convert_confdir(old: Path, new: Path) -> Report:
             report.converted.append(f"templates/{src}")
         if report.refusals:
             raise ConvertError("refused, nothing written:\n  " + "\n  ".join(report.refusals))
+        # Modes never the umask's: under `umask 000` conf.d (whose check_cmd and reload_cmd a
+        # root `watch` runs) and templates/ were world-writable, 0777 and 0666.
+        for path in work.rglob("*"):
+            if path != work / "etcd-password":  # (0600 already)
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
         # mkdtemp made it 0700; a confdir holding an etcd password stays private to the group
         os.chmod(work, 0o750 if (work / "etcd-password").exists() else 0o755)
         if new.exists():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,10 +308,36 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
             continue
         kept.append(line)
         count += 1
-    tmp = state_file.with_name(f".{state_file.name}.confsync")
-    tmp.write_text("\n".join(kept) + "\n")
-    os.replace(tmp, state_file)
+    _replace(state_file, ("\n".join(kept) + "\n").encode())
     return count
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Put `content` at `path` through a temporary file beside it, with the mode the file had
+    (0644 for a new one), never the umask's: under `umask 000` the file HAProxy loads server
+    addresses from was left world-writable (0666), under `umask 077` unreadable to an HAProxy
+    of another user."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    tmp = path.with_name(f".{path.name}.confsync")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a killed run, with its own mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def drop_server_state(state_file: Path) -> None:

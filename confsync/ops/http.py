@@ -23,6 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from confsync.errors import ConfigError
+from confsync.fdlimit import exhausted
 from confsync.settings import parse_host_port as parse_address
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 HEALTH_MAX_AGE = 10.0  # /health fails when the loop has not beaten for this long
 # Both daemons' duration histograms (renders, checks, reloads, probes): one scale on a dashboard.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
+EXHAUSTED_PAUSE = 0.1  # seconds between accepts while out of file descriptors
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -74,6 +75,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Out of descriptors, accept() fails at once while the connection stays queued, so
+        # serve_forever found the socket readable again and spun a core (96% CPU for as long
+        # as the process was out). A pause lets the loop's own work free some; the client
+        # waits in the backlog and is answered then.
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exhausted(exc):
+                time.sleep(EXHAUSTED_PAUSE)
+            raise
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr for every client that timed out or

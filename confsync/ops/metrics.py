@@ -62,7 +62,7 @@ class Metrics(Observer):
         self._wall = wall
         self._lock = threading.Lock()
         self._resources: dict[str, Resource] = {}
-        self._failing: set[str] = set()
+        self._failing: dict[str, str] = {}  # name -> why its last apply failed
         # resource -> keys its last render left out (refused instance values): /ready detail.
         self._left_out: dict[str, list[str]] = {}
         # resource -> why its last reload step found nothing running (file current, not served).
@@ -238,6 +238,8 @@ class Metrics(Observer):
                                       "resources": len(self._resources), "reasons": reasons}
             if self._left_out:  # reported, not failing: the rest of the file is current
                 detail["left_out"] = {name: list(keys) for name, keys in self._left_out.items()}
+            if self._failing:  # why, as the log said it (the names alone sent operators there)
+                detail["failing"] = dict(sorted(self._failing.items()))
             if not self._connected and self._lost_reason:
                 detail["watch_lost"] = self._lost_reason
             return not reasons, detail
@@ -252,7 +254,7 @@ class Metrics(Observer):
         with self._lock:
             removed = set(self._resources) - {r.name for r in resources}
             self._resources = {r.name: r for r in resources}
-            self._failing &= set(self._resources)
+            self._failing = {n: w for n, w in self._failing.items() if n in self._resources}
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
             # One that reloads nothing now (its reload action removed by a config reload) has
             # no target that could be down: nothing would ever ask it again to clear this.
@@ -348,9 +350,11 @@ class Metrics(Observer):
         failed = outcome.status is Status.FAILED
         with self._lock:
             if failed:
-                self._failing.add(name)
+                error = outcome.error
+                self._failing[name] = (f"{error.step} failed: {error.reason}" if error is not None
+                                       else "failed")
             else:
-                self._failing.discard(name)
+                self._failing.pop(name, None)
             # What the file in place left out: a failed apply left the previous file.
             if not failed and outcome.warnings:
                 self._left_out[name] = [show_key(w.key) for w in outcome.warnings]

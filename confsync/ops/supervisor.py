@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from confsync import children
 from confsync.backoff import Backoff
+from confsync.commands import cannot_run
 from confsync.ops import procgroup
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
@@ -162,6 +163,10 @@ class Supervisor(Observer):
         log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
                  extra={"pid": self.proc.pid})
 
+    def _cannot_run(self, exc: OSError) -> str:
+        # (Popen looks the program up in the child's PATH: the environment it is given.)
+        return cannot_run(self.policy.argv[0], exc, self._env.get("PATH", os.defpath))
+
     def reload(self) -> bool:
         """Send the reload signal; False when no child runs (it will read the new files).
 
@@ -223,7 +228,7 @@ class Supervisor(Observer):
                 # be started again (fork's EAGAIN, its binary mid-upgrade) backs off as a quick
                 # death does, instead of a reset backoff per attempt.
                 self._started_at = self._clock()
-                self._died(127, f"cannot start: {exc.strerror}")
+                self._died(127, f"cannot start: {self._cannot_run(exc)}")
 
     def _reap(self) -> None:
         proc = self.proc
@@ -398,7 +403,7 @@ class Supervisor(Observer):
             self.start()
         except OSError as exc:  # a missing binary is a configuration error: fail fast
             self.last_status = 127
-            self._give_up(f"cannot start `{self.policy.argv[0]}`: {exc.strerror}")
+            self._give_up(f"cannot start: {self._cannot_run(exc)}")
 
     def batch_applied(self, revision: int, changed_keys: Sequence[str],
                       outcomes: Sequence[Outcome]) -> None:

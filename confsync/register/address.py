@@ -188,12 +188,15 @@ class AddressFollower:
 
     def _run(self) -> None:
         events = _address_events() if self._netlink else None
+        poller = select.poll()  # (not select: no limit on the descriptor's number, see fdlimit)
+        if events is not None:
+            poller.register(events, select.POLLIN)
         try:
             delay = self.interval
             while not self._stop.is_set():
                 if events is None:
                     self._stop.wait(delay)
-                elif select.select([events], [], [], delay)[0]:
+                elif poller.poll(delay * 1000):
                     _drain(events)
                     # The rest of the burst comes meanwhile; and never more often than MIN_GAP.
                     self._stop.wait(max(SETTLE, self._last_check + MIN_GAP - time.monotonic()))

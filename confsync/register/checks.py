@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from confsync import resolve
 from confsync.commands import run_command
+from confsync.fdlimit import describe, exhausted
 from confsync.fileversion import FileVersion, file_version
 from confsync.register.config import CheckSpec
 
@@ -76,6 +77,8 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
         response.read(65536)
         status = response.status
     except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, OSError) and exhausted(exc):
+            return False, f"GET {spec.url}: {describe(exc)}"
         return False, f"GET {spec.url}: {type(exc).__name__}: {exc}"
     finally:
         conn.close()
@@ -109,7 +112,7 @@ def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:
         with _connect((spec.host, spec.port), spec.timeout):
             return True, f"connect {spec.target}: ok"
     except OSError as exc:
-        return False, f"connect {spec.target}: {exc.strerror or exc}"
+        return False, f"connect {spec.target}: {describe(exc)}"
 
 
 def probe_exec(spec: CheckSpec) -> tuple[bool, str]:

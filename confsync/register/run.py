@@ -65,7 +65,12 @@ def _watch_child(pid: int, events: queue.SimpleQueue[object]) -> None:
     except OSError:
         return  # no pidfd (old kernel): the loop's tick notices within TICK
     try:
-        select.select([fd], [], [])
+        # poll, not select: select refuses a descriptor numbered 1024 or more, and the
+        # open-file limit is raised at start (fdlimit), so a child restarted while many checks
+        # hold descriptors gets such a number.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()
     finally:
         os.close(fd)
     events.put(("child",))
