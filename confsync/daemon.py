@@ -319,9 +319,11 @@ class Daemon:
             except queue.Empty:
                 return
             if (isinstance(event, BatchReceived) and event.generation == self.generation
-                    and event.batch.revision > self._drained_revision):
+                    and event.batch and event.first_revision > self._drained_revision):
                 self._carried = event
                 return
+            # (A batch merged while the loop was busy may hold the rest of the drained
+            # revision and later ones: it is applied, and the wait goes on for the newest.)
             self._handle(event)
 
     def _replay_hold(self, now: float) -> float | None:
@@ -401,7 +403,9 @@ class Daemon:
     def _on_batch(self, event: BatchReceived) -> None:
         batch = event.batch
         if batch.revision <= self.snapshot_floor:
-            return  # already part of the snapshot the mirror holds
+            # Already part of the snapshot the mirror holds; or dropped by a backlog that
+            # passed its cap (revision 0: the snapshot that replaces it is on its way).
+            return
         changed = self.mirror.apply(batch)
         self._drained_revision = max(self._drained_revision, batch.revision)
         self._last_batch_at = time.monotonic()
@@ -418,6 +422,8 @@ class Daemon:
                       event.reason, snapshot.revision, self.mirror.revision)
             return
         first = not self.ready
+        if event.reason == "backlog":
+            self.observers.backlog_dropped()
         if event.cause is not None:  # "reset": loaded even below the mirror's revision
             self._on_store_reset(event)
         changed = self.mirror.load(snapshot)
