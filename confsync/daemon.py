@@ -157,9 +157,11 @@ class Daemon:
         # A (re)connect's replay may still be arriving (since when), when the watch was back,
         # and when the last batch came: renders wait for it (`_replay_hold`).
         self._catch_up_since: float | None = None
-        # A stream lost after the start: its resume replays what it missed (the start's
-        # watch begins at its snapshot's revision, with nothing of note to replay).
+        # A stream lost after the start: its resume replays what it missed.
         self._resuming = False
+        # A snapshot was read and the follower creates its watches from the revision after
+        # it (`_new_watch_session`): their replays may come too, until it says it is back.
+        self._awaiting_watch = False
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -322,9 +324,11 @@ class Daemon:
             except queue.Empty:
                 return
             if (isinstance(event, BatchReceived) and event.generation == self.generation
-                    and event.batch.revision > self._drained_revision):
+                    and event.batch and event.first_revision > self._drained_revision):
                 self._carried = event
                 return
+            # (A batch merged while the loop was busy may hold the rest of the drained
+            # revision and later ones: it is applied, and the wait goes on for the newest.)
             self._handle(event)
 
     def _replay_hold(self, now: float) -> float | None:
@@ -335,7 +339,7 @@ class Daemon:
         since = self._catch_up_since
         if since is None or len(self.state.prefixes) < 2:
             return None
-        if self.connected:
+        if self.connected and not self._awaiting_watch:
             until = min(max(self._connected_at, self._last_batch_at) + CATCH_UP_QUIET,
                         self._connected_at + CATCH_UP_MAX)
         else:  # replayed batches while the next prefix's watch is being created
@@ -404,7 +408,9 @@ class Daemon:
     def _on_batch(self, event: BatchReceived) -> None:
         batch = event.batch
         if batch.revision <= self.snapshot_floor:
-            return  # already part of the snapshot the mirror holds
+            # Already part of the snapshot the mirror holds; or dropped by a backlog that
+            # passed its cap (revision 0: the snapshot that replaces it is on its way).
+            return
         changed = self.mirror.apply(batch)
         self._drained_revision = max(self._drained_revision, batch.revision)
         self._last_batch_at = time.monotonic()
@@ -421,6 +427,10 @@ class Daemon:
                       event.reason, snapshot.revision, self.mirror.revision)
             return
         first = not self.ready
+        if event.reason != "resync" or not self.connected:
+            self._new_watch_session()
+        if event.reason == "backlog":
+            self.observers.backlog_dropped()
         if event.cause is not None:  # "reset": loaded even below the mirror's revision
             self._on_store_reset(event)
         changed = self.mirror.load(snapshot)
@@ -458,15 +468,26 @@ class Daemon:
         self.ready = True
         self.observers.ready(snapshot.revision)
 
+    def _new_watch_session(self) -> None:
+        """The follower read a snapshot and now creates its watches from the revision after
+        it, one prefix a round trip after the other. A change made meanwhile reaches the
+        later ones as etcd's replay of lagging watches (every 100 ms) while the first has it
+        live: at the start over a 25 ms link, 5-7 of 7-16 renders mixed a txn's /a with
+        /b's value of before. Renders wait as after a resume (`_replay_hold`)."""
+        self._awaiting_watch = True
+        if self._catch_up_since is None:
+            self._catch_up_since = time.monotonic()
+
     def _on_stream_state(self, event: StreamState) -> None:
         if event.connected:
-            if not self.connected:
-                log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
-                         event.revision + 1)
+            if not self.connected or self._awaiting_watch:
+                if not self.connected:
+                    log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
+                             event.revision + 1)
                 self._connected_at = time.monotonic()
-                if self._resuming and self._catch_up_since is None:
+                if (self._resuming or self._awaiting_watch) and self._catch_up_since is None:
                     self._catch_up_since = self._connected_at
-                self._resuming = False
+                self._resuming = self._awaiting_watch = False
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()
@@ -901,6 +922,7 @@ class Daemon:
         if snapshot is not None:
             self.mirror = mirror
             self.snapshot_floor = snapshot.revision
+            self._new_watch_session()  # (the new follower's watches come after its snapshot)
         names = {r.name for r in state.resources}
         self.syncer = self.syncer.successor(state.renderer, self.mirror, state.resources)
         self.planner.wait_min = state.settings.watch.wait_min

@@ -30,6 +30,7 @@ from confsync.errors import (
     StoreReset,
     StoreUnavailable,
 )
+from confsync.handoff import Backlog, BacklogDropped, BatchReceived
 from confsync.logs import Repeats
 from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
 
@@ -49,12 +50,6 @@ class SnapshotTaken:
     reason: str  # "start", "compacted", "resync", "resume", "reset"
     generation: int = 0
     cause: StoreReset | None = None  # for "reset": old and new cluster id and revisions
-
-
-@dataclass(frozen=True)
-class BatchReceived:
-    batch: ChangeBatch
-    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +76,9 @@ class StoreFollower(threading.Thread):
         self.store = store
         self.prefixes = tuple(prefixes)
         self.out = out
+        # Batches of a prefix the loop has not taken yet merge, and past a cap are dropped
+        # for a snapshot: a loop held for minutes must not hold every event meanwhile.
+        self._backlog = Backlog(out, generation)
         self.resync_interval = resync_interval
         self.backoff = backoff or Backoff()
         self.generation = generation
@@ -101,6 +99,7 @@ class StoreFollower(threading.Thread):
         self.reconnects = 0
         self.internal_errors = 0  # unexpected exceptions survived (each logged with traceback)
         self._config_errors = Repeats()  # (an unreadable password_file fails every retry)
+        self._drops = Repeats()  # (a loop held again and again: one warning per 5 minutes)
 
     def positions(self) -> dict[str, int]:
         """The last revision delivered per prefix (what a successor resumes from)."""
@@ -132,7 +131,11 @@ class StoreFollower(threading.Thread):
                 return  # replayed by a resume: already delivered
             for key in keys:
                 self._last[key] = max(self._last.get(key, 0), item.revision)
-            self.out.put(BatchReceived(item, self.generation))
+            if not self._backlog.put_batch(item):
+                # The loop never gets what was dropped: a successor of this follower owes
+                # it a snapshot too, not a resume from the positions that count it.
+                self._resync_requests += 1
+                self._errors.put(BacklogDropped(self._backlog.limit))
 
     # ---- the thread
 
@@ -162,7 +165,7 @@ class StoreFollower(threading.Thread):
             for prefix in self.prefixes:
                 self._last[prefix] = max(self._last.get(prefix, 0), snapshot.revision)
             self._resync_answered = max(self._resync_answered, answers)
-            self.out.put(SnapshotTaken(snapshot, reason, self.generation, cause=cause))
+            self._backlog.put(SnapshotTaken(snapshot, reason, self.generation, cause=cause))
         return snapshot
 
     def _catch_up(self, error: RevisionCompacted, start: int) -> str:
@@ -174,6 +177,16 @@ class StoreFollower(threading.Thread):
                     start, error.compacted_revision)
         return "compacted"
 
+    def _after_drop(self, error: BacklogDropped) -> str:
+        """The loop was held while changes passed the backlog's cap, and they were dropped:
+        wait (watching nothing) until it has taken what is queued, then re-read. A snapshot
+        read sooner would wait in the queue too, and a watch resumed meanwhile fill it again."""
+        level = logging.WARNING if self._drops.due("backlog") else logging.INFO
+        log.log(level, "watch: %s; a fresh snapshot follows once the loop is free", error)
+        if self._backlog.wait_taken(self._stop_event):
+            self._backlog.resume()
+        return "backlog"
+
     def _on_reset(self, reset: StoreReset) -> str:
         log.warning("watch: %s; taking a fresh snapshot", reset)
         with self._lock:
@@ -181,7 +194,8 @@ class StoreFollower(threading.Thread):
         return "reset"
 
     def _lost(self, reason: str) -> None:
-        self.out.put(StreamState(False, self._resume_revision() - 1, reason, self.generation))
+        self._backlog.put(StreamState(False, self._resume_revision() - 1, reason,
+                                      self.generation))
 
     def _degraded(self, reason: str) -> None:
         self._lost(reason)
@@ -227,12 +241,14 @@ class StoreFollower(threading.Thread):
                     log.error("store follower: %s; retrying", exc)
                 self._degraded(str(exc))
                 continue
-            self.out.put(StreamState(True, start - 1, generation=self.generation))
+            self._backlog.put(StreamState(True, start - 1, generation=self.generation))
             error = self._follow(handle)
             if error is None:
                 return
             self.reconnects += 1
-            if isinstance(error, RevisionCompacted):
+            if isinstance(error, BacklogDropped):
+                self._first_snapshot = self._after_drop(error)
+            elif isinstance(error, RevisionCompacted):
                 self._first_snapshot = self._catch_up(error, start)
             elif isinstance(error, StoreReset):
                 self._first_snapshot = self._on_reset(error)
@@ -269,8 +285,8 @@ class StoreFollower(threading.Thread):
                     if resync_failed:
                         resync_failed = False
                         resync_backoff.reset()
-                        self.out.put(StreamState(True, snapshot.revision,
-                                                 generation=self.generation))
+                        self._backlog.put(StreamState(True, snapshot.revision,
+                                                      generation=self.generation))
                     next_resync = time.monotonic() + interval if interval else None
                     continue
                 if error is None or self._stop_event.is_set():

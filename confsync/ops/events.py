@@ -71,6 +71,10 @@ class Observer:
         """The store was recreated or restored; a snapshot of the new history replaces the
         mirror (revisions may go down)."""
 
+    def backlog_dropped(self) -> None:
+        """Changes queued for a loop that was held passed the cap and were dropped; the
+        snapshot that replaces them is being loaded."""
+
     def part_failed(self, part: str, reason: str) -> None:
         """A thread of the daemon (`follower`, `local-files`) died; the loop restarts it."""
 
@@ -147,6 +151,9 @@ class Observers(Observer):
     def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
                     new_revision: int) -> None:
         self._each("store_reset", old_cluster, new_cluster, old_revision, new_revision)
+
+    def backlog_dropped(self) -> None:
+        self._each("backlog_dropped")
 
     def part_failed(self, part: str, reason: str) -> None:
         self._each("part_failed", part, reason)

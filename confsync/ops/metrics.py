@@ -154,6 +154,9 @@ class Metrics(Observer):
         self.store_resets = Counter(
             "store_resets", "Store resets seen: another cluster id, or revisions gone back "
             "(recreated or restored etcd); each replaced the mirror", namespace=ns, registry=r)
+        self.backlog_drops = Counter(
+            "watch_backlog_dropped", "Times changes queued for a held loop passed the cap and "
+            "were dropped for a fresh snapshot", namespace=ns, registry=r)
         self.current_revision = Gauge(
             "store_revision", "Newest store revision seen", namespace=ns, registry=r)
         self.applied_revision = Gauge(
@@ -296,6 +299,9 @@ class Metrics(Observer):
     def snapshot_loaded(self, revision: int, keys: int) -> None:
         self.snapshots.inc()
         self._revision_seen(revision)
+
+    def backlog_dropped(self) -> None:
+        self.backlog_drops.inc()
 
     def store_reset(self, old_cluster: int, new_cluster: int, old_revision: int,
                     new_revision: int) -> None:

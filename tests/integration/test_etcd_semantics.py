@@ -65,6 +65,37 @@ def test_a_txn_over_two_prefixes_of_one_resource_is_rendered_whole(
     assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
 
 
+def test_txns_over_two_prefixes_right_after_the_start_are_rendered_whole(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """The start's watches are created from the snapshot's revision, /b's a round trip after
+    /a's (25 ms each way here): txns made meanwhile reached /b as etcd's replay for lagging
+    watches, after /a had them live, and the loop rendered /a's new value beside /b's old
+    one (5-7 of 7-16 renders). Renders now wait for a new watch session as for a resume."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/a/n", "0")
+    c.put(prefix + "/b/n", "0")
+    dest = tmp_path / "out"
+    seen = tmp_path / "seen"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    proxy = TcpProxy(etcd.client_port, delay=0.025)
+    try:
+        w = _watch(watchers, tmp_path, proxy.endpoint, prefix, "--wait-min", "0")
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, interval=0.002, what="first render")
+        for i in range(1, 101):
+            c.transaction(compare=[], failure=[], success=[
+                c.transactions.put(prefix + "/a/n", str(i)),
+                c.transactions.put(prefix + "/b/n", str(i))])
+            time.sleep(0.003)
+        wait_for(lambda: read(dest) == "100 100\n", timeout=20, what=w.output()[-2000:])
+    finally:
+        proxy.close()
+    lines = read(seen).splitlines()
+    mixed = [line for line in lines if len(set(line.split())) != 1]
+    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
+
+
 def test_a_compaction_between_the_ranges_of_a_snapshot_reads_again_at_one_revision(
         etcd_private: EtcdMember) -> None:
     """The first range fixes the snapshot's revision; etcd compacts past it before the second
