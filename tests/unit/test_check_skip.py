@@ -13,6 +13,7 @@ from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
 from confsync.sync import Syncer
 from confsync.targets import PluginConfig
+from tests.support.etcd_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates/haproxy/templates/haproxy.cfg.tmpl"
@@ -32,7 +33,10 @@ def setup(tmp_path: Path, opt_out: bool) -> tuple[Syncer, Resource, Path]:
                    check_cmd=("sh", "-c", f"echo c >> {count}"))
     mirror = Mirror()
     mirror.load(Snapshot(1, {"/services/web/instances/a": server(10),
-                             "/haproxy/frontends/main": b'{"bind": ["127.0.0.1:8080"]}'}))
+                             # (a free port: the reload step refuses a bind another
+                             # process holds, and this machine may run anything on 8080)
+                             "/haproxy/frontends/main": json.dumps(
+                                 {"bind": [f"127.0.0.1:{free_port()}"]}).encode()}))
     return Syncer(Renderer(TEMPLATE.parent), mirror), res, count
 
 
