@@ -30,6 +30,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from confsync import __version__
+from confsync.logs import redact
 from confsync.ops.events import Observer
 from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE, MetricsServer
 from confsync.outcome import Status
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from confsync.resources import Resource
 
 log = logging.getLogger(__name__)
+REASON_CAP = 500  # characters of a failing resource's reason in /ready
 M = TypeVar("M", bound=MetricWrapperBase)
 
 # Steps at which an apply can fail (ResourceError.step), in pipeline order.
@@ -357,8 +359,9 @@ class Metrics(Observer):
         with self._lock:
             if failed:
                 error = outcome.error
-                self._failing[name] = (f"{error.step} failed: {error.reason}" if error is not None
-                                       else "failed")
+                # (masked as log lines are: /ready may be read by more than the journal)
+                self._failing[name] = (redact(f"{error.step} failed: {error.reason}")[:REASON_CAP]
+                                       if error is not None else "failed")
             else:
                 self._failing.pop(name, None)
             # What the file in place left out: a failed apply left the previous file.
