@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,10 +343,16 @@ def run_check(resource: Resource, staged: Path) -> float | None:
     return result.seconds
 
 
-def install(resource: Resource, target: Target, check: bool = True,
-            keep: bool = False) -> float | None:
+def _no_progress(step: str, extra: float) -> None:
+    pass
+
+
+def install(resource: Resource, target: Target, check: bool = True, keep: bool = False,
+            progress: Callable[[str, float], None] = _no_progress) -> float | None:
     """Stage, check, chown/chmod, rename over `dest` (over its target when it is a link),
     fsync the directory. `keep`: the file replaced is kept until the reload (running_copy).
+    `progress(step, extra)` is told when check_cmd starts (it may take `extra` seconds more
+    than a file step) and ends, for a caller that waits with a deadline (dest_io.py).
 
     Returns the check's duration (None when there was none).
     """
@@ -363,8 +369,10 @@ def install(resource: Resource, target: Target, check: bool = True,
                             f"cannot write a staged file in {directory}: {describe(exc)}"
                             ) from None
     try:
-        if check:
+        if check and resource.check_cmd:
+            progress("check", resource.check_timeout)
             check_seconds = run_check(resource, staged)
+            progress("install", 0.0)
         try:
             if (target.uid, target.gid) != (os.geteuid(), os.getegid()):
                 os.chown(staged, target.uid, target.gid)

@@ -30,6 +30,7 @@ from typing import Any
 
 from confsync import children, confdir_lock
 from confsync.coverage import Coverage
+from confsync.dest_io import DestIo, IoStuck
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
@@ -89,6 +90,13 @@ class SignalReceived:
 class LocalFilesChanged:
     path: str
     new_directory: bool = False  # the watcher is started again for it (see _check_local_files)
+
+
+@dataclass(frozen=True)
+class IoReturned:
+    """A dest's file call that was left running, stuck (dest_io.py), returned."""
+
+    dest: Path
 
 
 @dataclass
@@ -188,6 +196,9 @@ class Daemon:
         # Resources whose dest another writer changed and whose repair waits its turn: /ready
         # says so meanwhile (the service may be running the other writer's file).
         self._drift_held: frozenset[str] = frozenset()
+        # Resources whose dest's file work does not return (a frozen filesystem): /ready says
+        # so; they are applied again when it returns (IoReturned).
+        self._io_stuck: frozenset[str] = frozenset()
         self._loop_errors: collections.deque[float] = collections.deque()
         self._follower_restart_at: float | None = None
         self._follower_deaths = 0
@@ -203,7 +214,8 @@ class Daemon:
         if not state.resources:
             raise ConfigError(str(settings.confdir), "no valid template resources to run")
         self.state = state
-        self.syncer = Syncer(state.renderer, self.mirror, probe=True)
+        self.syncer = Syncer(state.renderer, self.mirror, probe=True,
+                             io=DestIo(on_return=lambda dest: self.events.put(IoReturned(dest))))
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
         self.store: Store = open_store(settings)
         self.follower = self._new_follower(self.store, state.prefixes)
@@ -304,6 +316,7 @@ class Daemon:
             if settled:
                 self._check_dests(now)
                 self._check_targets(now)
+                self._note_stuck()
             self.observers.heartbeat()
             self._last_beat = now
 
@@ -401,6 +414,8 @@ class Daemon:
             self._on_stream_state(event)
         elif isinstance(event, SignalReceived):
             self._on_signal(event.signum)
+        elif isinstance(event, IoReturned):
+            self._io_returned(event.dest)
         elif isinstance(event, LocalFilesChanged):
             self.reload_config_at = time.monotonic() + LOCAL_CHANGE_QUIET
             self._local_tree_grew |= event.new_directory
@@ -516,7 +531,35 @@ class Daemon:
 
     # ---- render, check, swap, reload
 
+    def _io_returned(self, dest: Path) -> None:
+        """A stuck file call on `dest` returned (thawed): judge its resources again against
+        the mirror of now (what the call did, if anything, is read back from the file)."""
+        done = self.syncer.io.release(dest) if self.syncer.io is not None else None
+        if done is None:
+            return
+        step, seconds = done
+        resources = [r for r in self.state.resources if r.dest == dest]
+        log.info("%s: the %s of %s returned after %.1fs; applying again",
+                 ", ".join(r.name for r in resources) or dest, step, dest, seconds,
+                 extra={"step": step, "seconds": round(seconds, 2)})
+        # What it wrote late is confsync's own file, not another writer's edit.
+        self._repairing.difference_update(r.name for r in resources)
+        self.planner.touch(resources, time.monotonic())
+        self._note_stuck()
+
+    def _note_stuck(self) -> None:
+        """Tell the observers which resources' file work is stuck, when that changed."""
+        stuck = frozenset(r.name for r in self.state.resources if self.syncer.io_stuck(r))
+        if stuck != self._io_stuck:
+            self._io_stuck = stuck
+            self.observers.io_stuck(sorted(stuck))
+
     def apply(self, resources: list[Resource]) -> list[Outcome]:
+        # A resource whose file work is stuck waits for it to return (it is touched then):
+        # another try would only fail at once, or start a second blocked call on its dest.
+        resources = [r for r in resources if not self.syncer.io_stuck(r)]
+        if not resources:
+            return []
         try:
             outcomes = self.syncer.apply(resources, heartbeat=self.observers.heartbeat)
         except Exception:
@@ -541,8 +584,10 @@ class Daemon:
                     log.warning("resource %s: %s differed from its render without a data change"
                                 " (edited outside confsync?); rewritten", name,
                                 outcome.resource.dest, extra={"resource": name})
-            if outcome.error is not None and (outcome.error.step in RETRY_STEPS
-                                              or outcome.error.retry):
+            if isinstance(outcome.error, IoStuck):
+                self.planner.settled(name)  # applied again once the call returns
+            elif outcome.error is not None and (outcome.error.step in RETRY_STEPS
+                                                or outcome.error.retry):
                 delay = self.planner.retry(outcome.resource, now,
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
                 log.info("resource %s: trying again in %.1fs", name, delay,
@@ -556,6 +601,7 @@ class Daemon:
             else:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
+        self._note_stuck()
         return outcomes
 
     def _apply_alone(self, resource: Resource) -> Outcome:
@@ -596,8 +642,8 @@ class Daemon:
         edit, a deletion) is rendered again, so the service is not left on a file that is not
         etcd's until the next data change; one stat per resource. See drift.py."""
         planner = self.planner
-        resources = [r for r in self.state.resources
-                     if not planner.retrying(r.name) and not planner.pending(r.name)]
+        resources = [r for r in self.state.resources if not planner.retrying(r.name)
+                     and not planner.pending(r.name) and not self.syncer.io_stuck(r)]
         repair = []
         held = set()
         for resource in self.syncer.drifted(resources):
@@ -936,6 +982,7 @@ class Daemon:
         self._repairing.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
+        self._io_stuck &= names
         self._started()  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))

@@ -7,8 +7,8 @@ fails on its own; the others go on. Reloads go through the `ReloadTarget` interf
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from confsync.applier import (
     DestCache,
@@ -31,6 +32,7 @@ from confsync.applier import (
     write_staged,
     written_path,
 )
+from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
 from confsync.mirror import Mirror
@@ -51,6 +53,7 @@ from confsync.targets import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _no_beat() -> None:
@@ -59,9 +62,13 @@ def _no_beat() -> None:
 
 class Syncer:
     def __init__(self, renderer: Renderer, mirror: Mirror,
-                 last_counts: dict[str, int] | None = None, probe: bool = False) -> None:
+                 last_counts: dict[str, int] | None = None, probe: bool = False,
+                 io: DestIo | None = None) -> None:
         self.renderer = renderer
         self.mirror = mirror
+        # The daemon's file work on a dest runs with a deadline (dest_io.py); `once` and
+        # `check` call it directly.
+        self.io = io
         # The daemon's Syncer (`probe`) asks the target of a file found current at its first
         # apply whether it runs (`once` reloads only what it wrote, and asks nothing).
         self.probe_first = probe
@@ -114,7 +121,7 @@ class Syncer:
         names = {r.name for r in resources}
         dests = {r.dest for r in resources}
         new = Syncer(renderer, mirror, {n: c for n, c in self.last_counts.items() if n in names},
-                     probe=self.probe_first)
+                     probe=self.probe_first, io=self.io)
         owed_dests = {self._dests_of[n] for n in self.reload_owed if n in self._dests_of}
         new.reload_owed = {r.name for r in resources
                            if r.name in self.reload_owed or r.dest in owed_dests}
@@ -150,7 +157,8 @@ class Syncer:
         bound = 0.0
         for resource in resources:
             render = resource.render_timeout or self.renderer.render_timeout
-            bound = max(bound, render + (resource.check_timeout if resource.check_cmd else 0.0))
+            bound = max(bound, render + (resource.check_timeout if resource.check_cmd else 0.0)
+                        + (2 * self.io.patience if self.io is not None else 0.0))
             if self.target(resource) is not None:
                 bound = max(bound, resource.reload_timeout)
         return bound
@@ -184,17 +192,36 @@ class Syncer:
         each heartbeat: once it is writable again they go, with no apply needed."""
         remove_undeleted()
 
+    def _io(self, resource: Resource, step: str, fn: Callable[[Progress], T]) -> T:
+        """fn on the dest's worker, with a deadline (raises IoStuck past it); directly when
+        this Syncer has no DestIo."""
+        if self.io is None:
+            return fn(no_progress)
+        return self.io.call(resource.name, resource.dest, step, fn)
+
+    def io_stuck(self, resource: Resource) -> bool:
+        """Whether file work on the resource's dest was left running, stuck (dest_io.py)."""
+        return self.io is not None and self.io.stuck(resource.dest)
+
     def drifted(self, resources: Iterable[Resource]) -> list[Resource]:
-        """Resources whose dest someone else changed since this Syncer last looked at it."""
-        return [r for r in resources if self.dests.changed(r.dest)]
+        """Resources whose dest someone else changed since this Syncer last looked at it
+        (a dest whose stat does not return is stuck, not drifted)."""
+        resources = list(resources)
+        if self.io is None:
+            return [r for r in resources if self.dests.changed(r.dest)]
+        changed, stuck = self.io.each([(r.name, r.dest) for r in resources], "stat",
+                                      self.dests.changed)
+        if stuck is not None:
+            log.error("%s", stuck, extra={"resource": stuck.resource, "step": stuck.step})
+        return [r for r in resources if changed.get(r.dest)]
 
     def foreign(self, resource: Resource) -> bool:
         """Its dest is not what this Syncer last left there, as the resource sees it: other
         bytes, or a mode or owner it sets (a touch, or a chmod of a mode it leaves alone, is
         not); one read. How a drifted dest whose repair has to wait is told apart."""
         try:
-            last, now = self.dests.peek(resource.dest)
-        except OSError:
+            last, now = self._io(resource, "stat", lambda _: self.dests.peek(resource.dest))
+        except (OSError, IoStuck):
             return True
         if last is None or last.content is None:
             return True
@@ -267,11 +294,13 @@ class Syncer:
         warnings: tuple[RenderWarning, ...] = ()
         self._dests_of[resource.name] = resource.dest
         try:
-            current = self.dests.current(resource.dest)
-            seen = boot_clock()  # the file read (or known unchanged) is in place since
             has_target = self.target(resource) is not None
-            if has_target and resource.dest not in self._looked:
-                self._look_for_running_copy(resource)
+            first_look = has_target and resource.dest not in self._looked
+            current, kept = self._io(resource, "stage", functools.partial(
+                self._read_dest, resource, first_look))
+            if first_look:
+                self._look_for_running_copy(resource, kept)
+            seen = boot_clock()  # the file read (or known unchanged) is in place since
             step = "render"
             content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
@@ -294,7 +323,15 @@ class Syncer:
             step = "install"
             check = self._needs_check(resource, current, content)
             try:
-                check_seconds = install(resource, target, check=check, keep=has_target)
+                check_seconds = self._io(resource, "stage", lambda progress: install(
+                    resource, target, check=check, keep=has_target, progress=progress))
+            except IoStuck:
+                # It may yet rename the file into place (at thaw) with nobody to reload it:
+                # owe the reload, and drop the running copy it may keep, as if it had.
+                if has_target:
+                    self.reload_owed.add(resource.name)
+                    self._kept.add(resource.dest)
+                raise
             except NotDurable:
                 # The file is live on disk but its target never reloaded into it: without
                 # this the retry would find the file "up to date" and never reload.
@@ -320,6 +357,12 @@ class Syncer:
         previous = self._running.get(resource.dest, current)
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=previous,
                        content=content, check_seconds=check_seconds, warnings=warnings)
+
+    def _read_dest(self, resource: Resource, first_look: bool, _: Progress
+                   ) -> tuple[FileState, tuple[Path, tuple[bytes, os.stat_result]] | None]:
+        """What is at dest now, and, at a first look, any running copy a predecessor left
+        (read on a worker: only the loop's thread changes this Syncer's state)."""
+        return self.dests.current(resource.dest), _kept_for(resource) if first_look else None
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:
         """Always, unless the reload target proves `content` valid from the last file that
@@ -360,8 +403,9 @@ class Syncer:
                 rolled_back = "previous file restored"
                 if outcome.previous is not None:
                     try:
-                        restore(outcome.resource, outcome.previous)
-                        restored.append(outcome.resource.dest)
+                        self._io(outcome.resource, "reload", functools.partial(
+                            _restore, outcome.resource, outcome.previous))
+                        restored.append(outcome.resource)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
                         rolled_back = "the previous file could not be restored"
@@ -369,8 +413,8 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
             if exc.untouched:  # the target never saw the new file: nothing to reload back
-                for dest in restored:
-                    self._reloaded(dest)  # it runs what is at dest again
+                for resource in restored:
+                    self._reloaded(resource)  # it runs what is at dest again
                 return
             beat()
             try:
@@ -380,22 +424,23 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             else:
-                for dest in restored:
-                    self._reloaded(dest)
+                for resource in restored:
+                    self._reloaded(resource)
             return
         self.reload_owed -= names
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         for outcome in group:
-            self._reloaded(outcome.resource.dest)
+            self._reloaded(outcome.resource)
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
 
-    def _look_for_running_copy(self, resource: Resource) -> None:
-        """At the first apply of a dest: a running copy kept beside it means a predecessor
-        installed the file and stopped before its reload was done (running_copy.py)."""
+    def _look_for_running_copy(self, resource: Resource,
+                               found: tuple[Path, tuple[bytes, os.stat_result]] | None) -> None:
+        """At the first apply of a dest: a running copy kept beside it (`found`) means a
+        predecessor installed the file and stopped before its reload was done
+        (running_copy.py)."""
         self._looked.add(resource.dest)
-        found = _kept_for(resource)
         if found is None:
             return
         path, (content, info) = found
@@ -412,13 +457,18 @@ class Syncer:
         (`check` reports it: the next `once` or `watch` reloads)."""
         return self.target(resource) is not None and _kept_for(resource) is not None
 
-    def _reloaded(self, dest: Path) -> None:
-        """The service runs the file at `dest`: drop its running copy."""
+    def _reloaded(self, resource: Resource) -> None:
+        """The service runs the file at its dest: drop its running copy."""
+        dest = resource.dest
         self._running.pop(dest, None)
         if dest in self._kept:
             self._kept.discard(dest)
-            with contextlib.suppress(OSError):  # (a link no longer followed: reloaded again)
-                reloaded(written_path(dest))
+            try:
+                self._io(resource, "reload", lambda _: reloaded(written_path(dest)))
+            except OSError:
+                pass  # a link no longer followed: reloaded again
+            except IoStuck as exc:  # it is removed when the call returns
+                log.error("%s", exc, extra={"resource": resource.name, "step": exc.step})
 
     def _ask(self, target: ReloadTarget, group: Sequence[Outcome], quick: bool = False,
              compare: bool = False) -> Probe:
@@ -577,6 +627,10 @@ def _kept_for(resource: Resource) -> tuple[Path, tuple[bytes, os.stat_result]] |
     except OSError:
         return None  # a link not followed, an unreadable copy: the apply reports what matters
     return (path, found) if found is not None else None
+
+
+def _restore(resource: Resource, previous: FileState, _: Progress) -> None:
+    restore(resource, previous)
 
 
 def _unwritable(directory: Path) -> str | None:

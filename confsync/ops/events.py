@@ -85,6 +85,10 @@ class Observer:
         """These resources' dests hold another writer's file until their spaced repair (all
         of them: an empty list means none)."""
 
+    def io_stuck(self, names: Sequence[str]) -> None:
+        """These resources' file work on their dest has not returned in time (a frozen or
+        hung filesystem; all of them: an empty list means none)."""
+
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         """Between applies, the resource's reload target was found not running (NO_TARGET:
         stopped by someone else); applies report what they find in their outcomes."""
@@ -163,6 +167,9 @@ class Observers(Observer):
 
     def drift_held(self, names: Sequence[str]) -> None:
         self._each("drift_held", names)
+
+    def io_stuck(self, names: Sequence[str]) -> None:
+        self._each("io_stuck", names)
 
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         self._each("target_probed", resource, result)

@@ -76,6 +76,7 @@ class Metrics(Observer):
         self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
         # Resources whose dest holds another writer's file while its repair waits (drift.py).
         self._drift_held: list[str] = []
+        self._io_stuck: list[str] = []  # resources whose file work on dest does not return
         self._connections = 0
         self._last_beat = clock()
         self._step_bound = 0.0  # how late a beat may be while one bounded step runs
@@ -131,6 +132,10 @@ class Metrics(Observer):
         self.resource_ok = self._labelled(Gauge,
             "resource_ok", "1 when the resource's last apply succeeded", ["resource"],
             namespace=ns, registry=r)
+        self.dest_io_stuck = self._labelled(Gauge,
+            "dest_io_stuck", "1 while the resource's file work on its dest has not returned "
+            "in time (a filesystem frozen by fsfreeze, a hung network mount); it is applied "
+            "again when it returns", ["resource"], namespace=ns, registry=r)
         self.target_up = self._labelled(Gauge,
             "reload_target_up", "0 when the resource's last reload step found nothing running "
             "to reload (the file is current but not served), 1 when it found it",
@@ -231,6 +236,9 @@ class Metrics(Observer):
             if self._drift_held:
                 reasons.append("changed by someone else, repair waiting: "
                                + ", ".join(self._drift_held))
+            if self._io_stuck:
+                reasons.append("stuck on I/O (filesystem frozen or hung?): "
+                               + ", ".join(self._io_stuck))
             # In exec mode confsync is the service's supervisor: files in place while the
             # service is down (restarting after a crash) is not ready.
             if self._exec is not None and self._ready_seen and not self._exec.running:
@@ -267,6 +275,7 @@ class Metrics(Observer):
             self._not_running = {n: w for n, w in self._not_running.items()
                                  if n in self._resources and n not in untargeted}
             self._drift_held = [n for n in self._drift_held if n in self._resources]
+            self._io_stuck = [n for n in self._io_stuck if n in self._resources]
         # A resource dropped by a config reload leaves no series: a stale `resource_ok 0` or
         # an ageing last-success timestamp would alert forever on a file nobody manages any
         # more, and its counters and histograms (about 40 lines per resource) made /metrics
@@ -446,6 +455,15 @@ class Metrics(Observer):
     def drift_held(self, names: Sequence[str]) -> None:
         with self._lock:
             self._drift_held = list(names)
+        self._update_ready()
+
+    def io_stuck(self, names: Sequence[str]) -> None:
+        with self._lock:
+            was, self._io_stuck = set(self._io_stuck), list(names)
+        for name in was - set(names):
+            self.dest_io_stuck.labels(name).set(0)
+        for name in names:
+            self.dest_io_stuck.labels(name).set(1)
         self._update_ready()
 
 

@@ -1,0 +1,101 @@
+"""DestIo: a dest's file call past its patience is left running, stuck, alone on its dest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from confsync.dest_io import DestIo, IoStuck, Progress
+
+A, B, C = Path("/d/a"), Path("/d/b"), Path("/d/c")
+
+
+def _blocked(gate: threading.Event, calls: list[Path], dest: Path) -> bool:
+    calls.append(dest)
+    gate.wait(10)
+    return True
+
+
+def test_a_call_past_its_patience_is_stuck_and_its_dest_gets_no_second_call() -> None:
+    returned: list[Path] = []
+    io = DestIo(patience=0.2, on_return=returned.append)
+    gate, calls = threading.Event(), []
+    try:
+        began = time.monotonic()
+        with pytest.raises(IoStuck) as stuck:
+            io.call("app", A, "stage", lambda _: _blocked(gate, calls, A))
+        assert 0.2 <= time.monotonic() - began < 2
+        assert stuck.value.step == "stage" and "stuck on I/O" in str(stuck.value)
+        assert io.stuck(A) and not io.stuck(B)
+        threads = threading.active_count()
+        for _ in range(5):  # refused at once: no second call, no second thread
+            with pytest.raises(IoStuck, match="an earlier stage"):
+                io.call("app", A, "stage", lambda _: _blocked(gate, calls, A))
+        assert calls == [A] and threading.active_count() == threads
+        assert io.call("other", B, "stage", lambda _: 7) == 7  # another dest goes on
+        assert io.release(A) is None  # not returned yet
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5
+    while not returned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert returned == [A] and io.stuck(A)  # stuck until the loop releases it
+    step, seconds = io.release(A) or ("", 0.0)
+    assert step == "stage" and seconds >= 0.2 and not io.stuck(A)
+    assert io.call("app", A, "stage", lambda _: 1) == 1
+
+
+def test_progress_gives_a_check_its_own_time_and_errors_reach_the_caller() -> None:
+    io = DestIo(patience=0.2)
+
+    def slow_check(progress: Progress) -> str:
+        progress("check", 1.0)
+        time.sleep(0.5)
+        progress("install", 0.0)
+        return "done"
+
+    assert io.call("app", A, "stage", slow_check) == "done"
+
+    def fails(_: Progress) -> None:
+        raise PermissionError(13, "Permission denied", str(A))
+
+    with pytest.raises(PermissionError):
+        io.call("app", A, "stage", fails)
+    assert not io.stuck(A)
+
+
+def test_each_stats_every_dest_in_one_call_and_stops_at_a_stuck_one() -> None:
+    io = DestIo(patience=0.2)
+    gate, calls = threading.Event(), []
+    try:
+        results, stuck = io.each([("a", A), ("b", B), ("c", C)], "stat",
+                                 lambda d: d != B or _blocked(gate, calls, d))
+        assert results == {A: True} and stuck is not None
+        assert stuck.resource == "b" and stuck.dest == B and io.stuck(B)
+        results, stuck = io.each([("a", A), ("b", B), ("c", C)], "stat", lambda d: False)
+        assert results == {A: False, C: False} and stuck is None  # b skipped, still stuck
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5
+    while io.stuck(B) and time.monotonic() < deadline:  # no on_return: released at next use
+        io.each([("b", B)], "stat", lambda d: False)
+        time.sleep(0.01)
+    assert not io.stuck(B) and calls == [B]
+
+
+def test_a_dest_beside_a_stuck_one_is_given_up_on_sooner() -> None:
+    """Same directory, same filesystem: ten dests in a frozen directory must not hold the
+    loop ten patiences; a dest elsewhere still gets the whole patience."""
+    io = DestIo(patience=1.0)
+    gate, calls = threading.Event(), []
+    try:
+        for dest, within in ((A, (1.0, 2.5)), (B, (0.2, 0.8)), (Path("/e/c"), (1.0, 2.5))):
+            began = time.monotonic()
+            with pytest.raises(IoStuck):
+                io.call("r", dest, "stage", lambda _, d=dest: _blocked(gate, calls, d))
+            assert within[0] <= time.monotonic() - began < within[1], dest
+    finally:
+        gate.set()
