@@ -541,7 +541,7 @@ class RegisterLoop:
 def run_register(settings: Settings, hostname: str | None = None) -> int:
     if settings.backend != "etcd":
         raise ConfigError("backend", f"confsync register writes to etcd; backend is "
-                          f"{settings.backend!r}", "backend")
+                          f"{settings.backend!r}")
     host = hostname or os.environ.get(REGISTER_HOSTNAME_ENV) or socket.gethostname()
     # Asked once for every file that names no address: they all publish the same one.
     registrations = load_registrations(settings.confdir, settings.prefix, host,

@@ -169,3 +169,14 @@ def test_a_bad_address_with_an_http_check_is_refused_naming_address_not_path(
                 "check": [{"type": "http", "path": "/healthz"}]})
     assert caught.value.key == "address", caught.value
     assert "expected an IP address" in str(caught.value)
+
+
+def test_a_backend_other_than_etcd_is_refused_naming_the_setting_once() -> None:
+    """`confsync register --backend file` is exit 2 with one readable line (it said
+    `backend: backend: confsync register writes to etcd; ...`)."""
+    from confsync.register.run import run_register
+    from confsync.settings import Settings
+
+    with pytest.raises(ConfigError) as caught:
+        run_register(Settings(backend="file"))
+    assert str(caught.value) == "backend: confsync register writes to etcd; backend is 'file'"

@@ -43,6 +43,18 @@ def test_contract_directives(name: str) -> None:
         assert one["ExecStart"].endswith("--config /etc/confsync/%i/confsync.toml")
 
 
+@pytest.mark.parametrize("name", ["confsync.service", "confsync@.service"])
+def test_shipped_haproxy_resource_can_write_what_it_writes(name: str) -> None:
+    """`confsync@haproxy` (README: `cp -r templates/haproxy /etc/confsync/haproxy`) writes
+    /etc/haproxy/haproxy.cfg and, before every reload, the template's server-state file
+    /var/lib/haproxy/server-state: ProtectSystem=strict must leave both writable, as in
+    confsync.service (without it every pool change warned `cannot save HAProxy's server state`
+    and servers' health was not carried across reloads)."""
+    paths = {p.lstrip("-").replace("%i", "haproxy")
+             for p in directives(UNITS / name)["ReadWritePaths"]}
+    assert {"/etc/haproxy", "/var/lib/haproxy"} <= paths
+
+
 def test_register_unit_contract() -> None:
     d = directives(UNITS / "confsync-register.service")
     one = {k: v[-1] for k, v in d.items()}
