@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,22 +311,26 @@ class HAProxyController(ReloadTarget):
     def _stale(self, worker: int | None) -> str | None:
         """Why HAProxy surely runs a configuration older than the file at dest, else None.
 
-        Its current worker is forked after the configuration is loaded, at every start and
-        reload: a worker that started more than a second before dest was last written never
-        read it (a confsync killed between installing a file and reloading, say). The margin
-        covers turning the file's wall-clock mtime into boot-clock time."""
-        started = _master_started(worker) if worker is not None else None
-        if started is None:
+        The master binds its CLI socket anew at every start and reload, just after reading the
+        configuration: a socket file older than dest's last write means HAProxy never read it
+        (a confsync killed between installing a file and reloading, say). Both are stamps of
+        one clock, the file system's, set when each happened: a wall-clock step since changes
+        neither's order (the worker's start on the boot clock against the file's mtime, turned
+        into boot-clock time with today's wall clock, made an extra reload or missed a needed
+        one after a step). `worker`: the current one; None (the last reload failed, the old
+        workers serve) answers None, as the socket was bound by that failed reload."""
+        master = self.settings.master_socket
+        if worker is None or master is None:
             return None
         try:
-            mtime = self.resource.dest.stat().st_mtime
+            loaded = master.stat().st_mtime_ns
+            written = self.resource.dest.stat().st_mtime_ns
         except OSError:
             return None
-        written = boot_clock() - (time.time() - mtime)  # wall clock: a file's mtime's age
-        if started >= written - 1.0:
+        if loaded >= written:
             return None
-        return (f"HAProxy worker pid {worker} loaded its configuration "
-                f"{written - started:.1f}s before {self.resource.dest} was written")
+        return (f"HAProxy (worker pid {worker}) loaded its configuration "
+                f"{(written - loaded) / 1e9:.1f}s before {self.resource.dest} was written")
 
     def _servers_differ(self) -> str | None:
         """How the servers HAProxy runs in the backends of the file at dest differ from the
