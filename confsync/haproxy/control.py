@@ -268,7 +268,7 @@ class HAProxyController(ReloadTarget):
         elif len(old) > OLD_WORKERS_WARN and not warned:
             warned = True
             log.warning("resource %s: %d old HAProxy workers still run (pids %s): connections "
-                        "held open across reloads keep each alive with its memory; set "
+                        "held open across reloads keep each alive with its memory; set or lower "
                         "`hard-stop-after` in HAProxy's global section (the shipped template: "
                         "\"hard_stop_after\" in /haproxy/global) to end them", self.resource.name,
                         len(old), " ".join(map(str, sorted(old)[:5])) + (
