@@ -676,6 +676,7 @@ class Daemon:
         resources = [r for r in self.state.resources
                      if r.name in syncer.not_running or not self.planner.retrying(r.name)]
         down, up = syncer.check_targets(resources, heartbeat=self.observers.heartbeat)
+        self.observers.target_gauges(syncer.gauges(self.state.resources))
         for resource, found in down:
             delay = self.planner.retry(resource, now)
             log.warning("resource %s: its reload target stopped (%s); the file is current, "

@@ -50,6 +50,7 @@ from confsync.targets import (
     ReloadKind,
     ReloadResult,
     ReloadTarget,
+    TargetGauge,
 )
 
 log = logging.getLogger(__name__)
@@ -531,6 +532,17 @@ class Syncer:
         self.asked |= names
         for outcome in group:
             outcome.reload = done
+
+    def gauges(self, resources: Iterable[Resource]) -> dict[str, tuple[TargetGauge, ...]]:
+        """What each resource's reload target measured when last asked (HAProxy's old
+        workers), for /metrics; a target that measures nothing is left out."""
+        found = {}
+        for resource in resources:
+            measure = getattr(self.target(resource), "gauges", None)  # (duck-typed targets)
+            values = tuple(measure()) if measure is not None else ()
+            if values:
+                found[resource.name] = values
+        return found
 
     def check_targets(self, resources: Iterable[Resource],
                       heartbeat: Callable[[], None] | None = None

@@ -69,6 +69,15 @@ class Probe:
 UNKNOWN_PROBE = Probe(Liveness.UNKNOWN, "")
 
 
+@dataclass(frozen=True)
+class TargetGauge:
+    """A figure a target measured when last asked, exported as `confsync_<name>{resource}`."""
+
+    name: str  # e.g. "haproxy_old_workers"
+    help: str
+    value: float
+
+
 class ReloadFailed(Exception):
     """The reload failed. `untouched`: nothing was sent to the target (it still runs the
     previous file), so restoring the file needs no second reload."""
@@ -106,6 +115,11 @@ class ReloadTarget(Protocol):
         """True when `content` is proven valid without `check_cmd`: `checked` passed the check
         in this process and `previous` is the file installed after it. Default: never."""
         return False
+
+    def gauges(self) -> tuple[TargetGauge, ...]:
+        """What the target's last probe or reload measured, for /metrics (read every
+        heartbeat: no I/O here). Default: nothing."""
+        return ()
 
     def take_over(self, earlier: ReloadTarget) -> None:
         """Take what `earlier`, the target of this resource before its definition was edited

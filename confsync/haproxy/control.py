@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,12 @@ from typing import TYPE_CHECKING
 from confsync import resolve
 from confsync.command_reload import CommandReloader, process_probe
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
-from confsync.haproxy.master_cli import ReloadNotConfirmed, reload_confirmed, show_proc
+from confsync.haproxy.master_cli import (
+    MasterStatus,
+    ReloadNotConfirmed,
+    reload_confirmed,
+    show_proc,
+)
 from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
@@ -38,7 +42,15 @@ from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
 from confsync.logs import Repeats
 from confsync.processes import boot_clock, find_process, started_at, state
-from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult, ReloadTarget
+from confsync.targets import (
+    Liveness,
+    Probe,
+    ReloadFailed,
+    ReloadKind,
+    ReloadResult,
+    ReloadTarget,
+    TargetGauge,
+)
 
 if TYPE_CHECKING:
     from confsync.resources import Resource
@@ -53,6 +65,13 @@ BIND_LOOKUP = 5.0  # seconds a `bind` host name's lookup may take
 _STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
 # A state file that cannot be saved is so at every pass: said once every 5 minutes.
 _STATE_WARNINGS = Repeats()
+# Old workers (left from reloads, serving the connections they hold) past which confsync warns
+# once; again only after their number fell to half. Each holds its memory and connections; a
+# month of reloads under long-lived connections without `hard-stop-after` piles them up.
+OLD_WORKERS_WARN = 20
+# Master socket -> (old worker pids when last asked, warned): one master's, whichever of the
+# resources it serves asked (each has a target of its own; a SIGHUP makes new ones).
+_OLD_WORKERS: dict[str, tuple[tuple[int, ...], bool]] = {}
 
 
 def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
@@ -227,6 +246,35 @@ class HAProxyController(ReloadTarget):
         # the servers in step through the runtime API instead (`reload`).
         self._drifted: bytes | None = None
 
+    def gauges(self) -> tuple[TargetGauge, ...]:
+        seen = _OLD_WORKERS.get(str(self.settings.master_socket))
+        if seen is None:
+            return ()
+        return (TargetGauge("haproxy_old_workers", "HAProxy workers left from earlier "
+                            "reloads, still serving their connections (`show proc`)",
+                            len(seen[0])),)
+
+    def _count_old(self, status: MasterStatus | None) -> None:
+        """Keep the master's old workers for the gauge (None: no master answers); warn once
+        when they pile up."""
+        where = str(self.settings.master_socket)
+        if status is None:
+            _OLD_WORKERS.pop(where, None)
+            return
+        old = status.old_workers
+        warned = _OLD_WORKERS.get(where, ((), False))[1]
+        if len(old) <= OLD_WORKERS_WARN // 2:
+            warned = False
+        elif len(old) > OLD_WORKERS_WARN and not warned:
+            warned = True
+            log.warning("resource %s: %d old HAProxy workers still run (pids %s): connections "
+                        "held open across reloads keep each alive with its memory; set or lower "
+                        "`hard-stop-after` in HAProxy's global section (the shipped template: "
+                        "\"hard_stop_after\" in /haproxy/global) to end them", self.resource.name,
+                        len(old), " ".join(map(str, sorted(old)[:5])) + (
+                            " ..." if len(old) > 5 else ""))
+        _OLD_WORKERS[where] = (old, warned)
+
     def take_over(self, earlier: ReloadTarget) -> None:
         """Servers `earlier` parked are this resource's to delete still, when both drive the
         same HAProxy (same sockets): a SIGHUP that edited the resource (a timeout, its check)
@@ -291,9 +339,11 @@ class HAProxyController(ReloadTarget):
                                                    self.resource.process), "HAProxy", since)
                 if found.liveness is not Liveness.DOWN:
                     return found
+            self._count_old(None)
             return Probe(Liveness.DOWN, f"no HAProxy master on {master}")
         except ReloadNotConfirmed as exc:  # something answers, not as a master would
             return Probe(Liveness.RUNNING, str(exc))
+        self._count_old(status)
         started = self._seen(status.pid)
         if since is not None and started is not None and started > since:
             return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
@@ -312,22 +362,26 @@ class HAProxyController(ReloadTarget):
     def _stale(self, worker: int | None) -> str | None:
         """Why HAProxy surely runs a configuration older than the file at dest, else None.
 
-        Its current worker is forked after the configuration is loaded, at every start and
-        reload: a worker that started more than a second before dest was last written never
-        read it (a confsync killed between installing a file and reloading, say). The margin
-        covers turning the file's wall-clock mtime into boot-clock time."""
-        started = _master_started(worker) if worker is not None else None
-        if started is None:
+        The master binds its CLI socket anew at every start and reload, just after reading the
+        configuration: a socket file older than dest's last write means HAProxy never read it
+        (a confsync killed between installing a file and reloading, say). Both are stamps of
+        one clock, the file system's, set when each happened: a wall-clock step since changes
+        neither's order (the worker's start on the boot clock against the file's mtime, turned
+        into boot-clock time with today's wall clock, made an extra reload or missed a needed
+        one after a step). `worker`: the current one; None (the last reload failed, the old
+        workers serve) answers None, as the socket was bound by that failed reload."""
+        master = self.settings.master_socket
+        if worker is None or master is None:
             return None
         try:
-            mtime = self.resource.dest.stat().st_mtime
+            loaded = master.stat().st_mtime_ns
+            written = self.resource.dest.stat().st_mtime_ns
         except OSError:
             return None
-        written = boot_clock() - (time.time() - mtime)  # wall clock: a file's mtime's age
-        if started >= written - 1.0:
+        if loaded >= written:
             return None
-        return (f"HAProxy worker pid {worker} loaded its configuration "
-                f"{written - started:.1f}s before {self.resource.dest} was written")
+        return (f"HAProxy (worker pid {worker}) loaded its configuration "
+                f"{(written - loaded) / 1e9:.1f}s before {self.resource.dest} was written")
 
     def _servers_differ(self) -> str | None:
         """How the servers HAProxy runs in the backends of the file at dest differ from the
@@ -426,7 +480,8 @@ class HAProxyController(ReloadTarget):
         master_pid = None
         if master is not None:
             try:
-                master_pid = show_proc(master, retry_for=0.5, timeout=ASK_TIMEOUT).pid
+                master_status = show_proc(master, retry_for=0.5, timeout=ASK_TIMEOUT)
+                master_pid = master_status.pid
             except SocketUnavailable as exc:
                 # Alive but not answering: re-executing for a reload (someone else's), or
                 # stopped (below). Ours waits for its CLI (reload_confirmed), rather than find
@@ -450,6 +505,7 @@ class HAProxyController(ReloadTarget):
                 raise ReloadFailed(str(exc)) from None
             else:
                 self._seen(master_pid)
+                self._count_old(master_status)
             started = _master_started(master_pid) if master_pid is not None else None
             if started is not None and started > entered:
                 # Started (by someone else) while this step ran: it read this very file.
@@ -470,6 +526,7 @@ class HAProxyController(ReloadTarget):
             raise ReloadFailed(str(exc), untouched=True) from None
         except ReloadNotConfirmed as exc:
             raise ReloadFailed(str(exc)) from None
+        self._count_old(status)
         return ReloadResult(ReloadKind.CONFIRMED,
                             f"reloaded HAProxy ({why}) by {how}, confirmed in "
                             f"{seconds * 1000:.0f} ms (reload #{status.reloads}, failed "

@@ -34,6 +34,9 @@ class MasterStatus:
     failed: int
     # The worker forked at the last (re)load: the one that has seen no reload (0), if listed.
     worker: int | None = None
+    # Workers left from earlier reloads ("# old workers"): alive while connections they
+    # accepted stay open, or until `hard-stop-after`.
+    old_workers: tuple[int, ...] = ()
 
 
 def show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> MasterStatus:
@@ -44,9 +47,11 @@ def show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> Maste
     match = _MASTER_LINE.search(text)
     if match is None:
         raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
-    current = [int(w[1]) for w in _WORKER_LINE.finditer(text) if w[2] == "0"]
+    workers = [(int(w[1]), int(w[2])) for w in _WORKER_LINE.finditer(text)]
+    current = [pid for pid, reloads in workers if reloads == 0]
     return MasterStatus(int(match[1]), int(match[2]), int(match[3]),
-                        max(current) if current else None)
+                        max(current) if current else None,
+                        tuple(pid for pid, reloads in workers if reloads > 0))
 
 
 def _lock(path: Path) -> threading.Lock:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from confsync.outcome import Outcome
     from confsync.resources import Resource
-    from confsync.targets import ReloadResult
+    from confsync.targets import ReloadResult, TargetGauge
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class Observer:
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         """Between applies, the resource's reload target was found not running (NO_TARGET:
         stopped by someone else); applies report what they find in their outcomes."""
+
+    def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
+        """Every heartbeat: what each resource's reload target measured when last asked
+        (resource name -> its gauges; a resource left out has none now)."""
 
 
 class Observers(Observer):
@@ -173,3 +177,6 @@ class Observers(Observer):
 
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         self._each("target_probed", resource, result)
+
+    def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
+        self._each("target_gauges", gauges)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import (
@@ -36,7 +36,7 @@ from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE, MetricsServer
 from confsync.outcome import Status
 from confsync.provenance import show_key
 from confsync.reload import has_reload_action
-from confsync.targets import ReloadKind, ReloadResult
+from confsync.targets import ReloadKind, ReloadResult, TargetGauge
 
 if TYPE_CHECKING:
 
@@ -70,6 +70,8 @@ class Metrics(Observer):
         # resource -> why its last reload step found nothing running (file current, not served).
         self._not_running: dict[str, str] = {}
         self._ready_seen = False
+        # resource -> what its reload target last measured (`confsync_haproxy_old_workers`).
+        self._target_gauges: dict[str, tuple[TargetGauge, ...]] = {}
         self._exec: Supervisor | None = None  # exec mode: the child is part of being ready
         self._connected = False
         self._lost_reason = ""
@@ -179,6 +181,7 @@ class Metrics(Observer):
         self.heartbeat_ts = Gauge(
             "heartbeat_timestamp_seconds", "Unix time of the loop's last heartbeat",
             namespace=ns, registry=r)
+        r.register(_TargetCollector(self))
 
     def track_exec(self, supervisor: Supervisor) -> None:
         """Export the exec-mode child's state, read at scrape time."""
@@ -276,6 +279,8 @@ class Metrics(Observer):
                                  if n in self._resources and n not in untargeted}
             self._drift_held = [n for n in self._drift_held if n in self._resources]
             self._io_stuck = [n for n in self._io_stuck if n in self._resources]
+            self._target_gauges = {n: g for n, g in self._target_gauges.items()
+                                   if n in self._resources}
         # A resource dropped by a config reload leaves no series: a stale `resource_ok 0` or
         # an ageing last-success timestamp would alert forever on a file nobody manages any
         # more, and its counters and histograms (about 40 lines per resource) made /metrics
@@ -428,6 +433,15 @@ class Metrics(Observer):
         self._target_seen(resource.name, result)
         self._update_ready()
 
+    def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
+        with self._lock:
+            self._target_gauges = {name: tuple(values) for name, values in gauges.items()
+                                   if name in self._resources}
+
+    def target_figures(self) -> dict[str, tuple[TargetGauge, ...]]:
+        with self._lock:
+            return dict(self._target_gauges)
+
     def ready(self, revision: int) -> None:
         with self._lock:
             self._ready_seen = True
@@ -465,6 +479,27 @@ class Metrics(Observer):
         for name in names:
             self.dest_io_stuck.labels(name).set(1)
         self._update_ready()
+
+
+class _TargetCollector(Collector):
+    """The reload targets' own gauges, one family per name, labelled by resource."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # names known only once targets report (a plugin's own)
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for resource, gauges in sorted(self.metrics.target_figures().items()):
+            for gauge in gauges:
+                family = families.get(gauge.name)
+                if family is None:
+                    family = families[gauge.name] = GaugeMetricFamily(
+                        f"confsync_{gauge.name}", gauge.help, labels=["resource"])
+                family.add_metric([resource], gauge.value)
+        yield from families.values()
 
 
 class _ExecCollector(Collector):

@@ -261,6 +261,43 @@ def test_a_start_reloads_an_haproxy_that_never_loaded_the_current_file(
         watch.stop()
 
 
+@pytest.mark.parametrize("stack", ["reload"], indirect=True)
+@pytest.mark.parametrize("step", [3600.0, -3600.0], ids=["forward", "backward"])
+def test_a_clock_step_changes_neither_whether_haproxy_runs_the_file(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, step: float) -> None:
+    """Whether HAProxy loaded the file at dest is decided on one clock. The wall clock stepped
+    (NTP at boot, a VM resumed) after the file was written: a file HAProxy never read is still
+    STALE (it was taken for loaded after a step forward), one it read is still RUNNING (a step
+    back made it look stale: one extra reload at every start)."""
+    from types import SimpleNamespace
+
+    from confsync.haproxy import control
+    from confsync.haproxy.settings import HAProxySettings
+    from confsync.resources import Resource
+    from confsync.targets import Liveness, PluginConfig
+
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.sync_ok()
+    stack.start()
+    settings = HAProxySettings(master_socket=stack.master)
+    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=stack.cfg,
+                        dest=stack.cfg, keys=("/x",), prefix="", reload_timeout=10.0,
+                        plugin=PluginConfig("haproxy", settings))
+    controller = control.HAProxyController(resource, settings)
+    stepped = SimpleNamespace(**{**vars(time), "time": lambda: time.time() + step})
+    monkeypatch.setattr(control, "time", stepped, raising=False)
+    # Written after HAProxy loaded it, by more than the second the old comparison allowed for.
+    time.sleep(1.1)
+    stack.cfg.write_bytes(stack.cfg.read_bytes())
+    found = controller.probe(None, compare=True)
+    assert found.liveness is Liveness.STALE and "loaded its configuration" in found.detail, found
+    stack.reload_by_signal()  # now it has
+    found = controller.probe(None, compare=True)
+    assert found.liveness is Liveness.RUNNING, found
+
+
 @pytest.mark.parametrize("stack", ["runtime"], indirect=True)
 def test_a_restart_of_watch_after_runtime_changes_reloads_nothing(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], tmp_path: Path) -> None:
