@@ -98,7 +98,10 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
             if status.failed > before.failed:
                 raise ReloadNotConfirmed(
                     f"HAProxy rejected the new configuration (reload failed, reloads "
-                    f"{status.reloads}, failed {status.failed}); the old workers keep serving")
+                    f"{status.reloads}, failed {status.failed}); the old workers keep serving. "
+                    "HAProxy's master logs why to its own stderr (`journalctl -u haproxy`); "
+                    "what `haproxy -c` accepts fails there most often on a bind or on its "
+                    "file-descriptor limit (about twice maxconn)")
             if status.reloads > before.reloads:
                 return status, time.monotonic() - start
             if time.monotonic() >= deadline:
