@@ -73,6 +73,12 @@ BATCH_SETTLE_MAX = 0.25
 CATCH_UP_QUIET = 0.3
 # ...and at most this long after it is back (or after the first replayed batch).
 CATCH_UP_MAX = 3.0
+# After a snapshot the new watches start at its revision: only what changed while they were
+# being created is replayed, by etcd's next pass over lagging watches (every 100 ms). Renders
+# wait this long after the watch is back, whatever comes meanwhile: CATCH_UP_QUIET's "until
+# quiet" held every change for CATCH_UP_MAX after each start while etcd was busy (pool churn:
+# p99 put -> served 350 ms, and joins that left again unseen).
+SESSION_HOLD = 0.3
 PART_RESTART_LIMIT = 5  # a dead follower restarted this often without connecting: exit
 # Failed steps retried with backoff: their cause is outside the data (a check that depends on
 # the machine, a full disk, a service that refused to reload, a bug). Render and guard failures
@@ -170,6 +176,7 @@ class Daemon:
         # A snapshot was read and the follower creates its watches from the revision after
         # it (`_new_watch_session`): their replays may come too, until it says it is back.
         self._awaiting_watch = False
+        self._catch_up_max = CATCH_UP_MAX  # SESSION_HOLD after a snapshot's new watches
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -354,7 +361,7 @@ class Daemon:
             return None
         if self.connected and not self._awaiting_watch:
             until = min(max(self._connected_at, self._last_batch_at) + CATCH_UP_QUIET,
-                        self._connected_at + CATCH_UP_MAX)
+                        self._connected_at + self._catch_up_max)
         else:  # replayed batches while the next prefix's watch is being created
             until = since + CATCH_UP_MAX
         if now >= until:
@@ -502,6 +509,7 @@ class Daemon:
                 self._connected_at = time.monotonic()
                 if (self._resuming or self._awaiting_watch) and self._catch_up_since is None:
                     self._catch_up_since = self._connected_at
+                self._catch_up_max = CATCH_UP_MAX if self._resuming else SESSION_HOLD
                 self._resuming = self._awaiting_watch = False
             self.connected = True
             self._follower_deaths = 0
