@@ -119,6 +119,27 @@ def test_check_beside_a_watch_mid_reload_names_it_and_not_a_stopped_confsync(
     wait_for(lambda: read(live) == "port 8081\n", what="the reload done")
 
 
+def _once_in_its_check(confdir: Path, dest: Path, prefix: str, etcd: EtcdMember, tmp_path: Path,
+                       seconds: float, stderr: int | None = subprocess.DEVNULL
+                       ) -> subprocess.Popen[str]:
+    """A `once` whose check_cmd takes `seconds`, returned once it is in that check (it holds
+    the confdir's shared lock meanwhile)."""
+    checking = tmp_path / "checking"
+    _resource(confdir, dest, prefix,
+              f'check_cmd = ["sh", "-c", "touch {checking}; sleep {seconds:g}"]')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    once = subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir", str(confdir),
+                             "--endpoints", etcd.endpoint], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        wait_for(checking.exists, timeout=10, what="`once` in its check")
+    except BaseException:
+        once.kill()
+        once.wait()
+        raise
+    return once
+
+
 def test_a_watch_started_while_once_runs_waits_for_it(
         etcd: EtcdMember, prefix: str, tmp_path: Path, watchers: list[WatchProcess]) -> None:
     """A unit starting while a cron `once` runs must not refuse (exit 2 is not restarted):
@@ -126,15 +147,8 @@ def test_a_watch_started_while_once_runs_waits_for_it(
     c = client(etcd.endpoint)
     c.put(f"{prefix}/app/port", "8080")
     confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
-    checking = tmp_path / "checking"
-    _resource(confdir, dest, prefix,
-              f'check_cmd = ["sh", "-c", "touch {checking}; sleep 1.5"]')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
-    once = subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir", str(confdir),
-                             "--endpoints", etcd.endpoint], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    once = _once_in_its_check(confdir, dest, prefix, etcd, tmp_path, 1.5, subprocess.PIPE)
     try:
-        wait_for(checking.exists, timeout=10, what="`once` in its check")
         w = _watch(confdir, etcd, tmp_path / "watch.log")
         watchers.append(w)
         w.wait_log(f"waiting for `confsync once` (pid {once.pid}: ", timeout=10)
@@ -160,14 +174,8 @@ def test_a_watch_in_its_own_pid_namespace_waits_for_a_once_it_cannot_see(
     c = client(etcd.endpoint)
     c.put(f"{prefix}/app/port", "8080")
     confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
-    checking = tmp_path / "checking"
-    _resource(confdir, dest, prefix, f'check_cmd = ["sh", "-c", "touch {checking}; sleep 1.5"]')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
-    once = subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir", str(confdir),
-                             "--endpoints", etcd.endpoint], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    once = _once_in_its_check(confdir, dest, prefix, etcd, tmp_path, 1.5)
     try:
-        wait_for(checking.exists, timeout=10, what="`once` in its check")
         w = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--wait-min",
                          "0", log=tmp_path / "watch.log", wrapper=AS_INIT)
         watchers.append(w)
@@ -188,14 +196,8 @@ def test_a_watch_stopped_while_waiting_for_once_exits_0(
     c = client(etcd.endpoint)
     c.put(f"{prefix}/app/port", "8080")
     confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
-    checking = tmp_path / "checking"
-    _resource(confdir, dest, prefix, f'check_cmd = ["sh", "-c", "touch {checking}; sleep 3"]')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
-    once = subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir", str(confdir),
-                             "--endpoints", etcd.endpoint], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    once = _once_in_its_check(confdir, dest, prefix, etcd, tmp_path, 3)
     try:
-        wait_for(checking.exists, timeout=10, what="`once` in its check")
         w = _watch(confdir, etcd, tmp_path / "watch.log")
         watchers.append(w)
         w.wait_log("waiting for `confsync once`", timeout=10)
