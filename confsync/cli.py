@@ -234,7 +234,6 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
     Exit 2 when a `watch` holds it, saying which. A confdir that cannot be opened is not
     locked: loading it says why."""
     from confsync import confdir_lock
-    from confsync.ops import held_signals
 
     def waiting(held: confdir_lock.Held) -> None:
         log.info("waiting for `confsync once` (%s) to finish with %s before starting",
@@ -242,6 +241,8 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
 
     try:
         if command == "watch":
+            from confsync.ops import held_signals
+
             fd = confdir_lock.lock_daemon(confdir, waiting, held_signals.stop_held)
             return (EXIT_OK, -1) if fd is None else (None, fd)
         return None, confdir_lock.try_lock(confdir, exclusive=False)

@@ -23,16 +23,18 @@ import fcntl
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class Holder:
-    """A process holding a lock on the confdir, as /proc/locks shows it."""
+    """A process holding a lock on the confdir, as /proc/locks shows it. (A plain class: a
+    dataclass cost every `once` its creation, for a conflict that rarely happens.)"""
 
-    pid: int | None  # None: not visible from here (another PID namespace)
-    exclusive: bool
+    __slots__ = ("exclusive", "pid")
+
+    def __init__(self, pid: int | None, exclusive: bool) -> None:
+        self.pid = pid  # None: not visible from here (another PID namespace)
+        self.exclusive = exclusive
 
     def describe(self) -> str:
         if self.pid is None:

@@ -15,11 +15,12 @@ LimitNOFILE=.
 from __future__ import annotations
 
 import errno
-import resource
 
 
 def raise_soft_limit() -> tuple[int, int] | None:
     """Set the soft open-file limit to the hard one; (old, new) when it changed, else None."""
+    import resource  # (lazy, as in describe: a one-shot run never needs it)
+
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # (An unlimited hard limit is left alone: no soft limit above fs.nr_open is taken.)
@@ -40,6 +41,8 @@ def describe(exc: OSError) -> str:
     """`exc.strerror`, with the open-file limit when it is EMFILE (or ENFILE, the system's)."""
     reason = exc.strerror or str(exc)
     if exc.errno == errno.EMFILE:
+        import resource
+
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         return (f"{reason} (confsync's open-file limit, RLIMIT_NOFILE, is {soft}"
                 + (f", hard limit {hard}" if hard != soft else "") + ")")
