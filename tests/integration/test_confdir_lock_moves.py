@@ -1,13 +1,14 @@
 """The confdir lock follows the directory the confdir's path names now (confsync/confdir_lock.py):
 a confdir deleted and made again, or a `current` symlink a deploy moves, left a running
 `watch` locking the old inode, and a second `watch` (or a `once`) on the new one ran beside it.
-Real processes, a real etcd."""
+A confdir that cannot be locked is said to be. Real processes, a real etcd."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,3 +82,38 @@ def test_a_confdir_made_anew_under_a_running_watch_stays_locked_by_it(
     c.put(f"{prefix}/app/port", "8081")
     wait_for(lambda: read(dest) == "port 8081\n", what="the first watch goes on")
     assert first.proc.poll() is None
+
+
+def test_a_watch_that_cannot_lock_its_confdir_says_so(tmp_path: Path,
+                                                       watchers: list[WatchProcess]) -> None:
+    """A confdir its user may enter but not read (mode 0711, root's) cannot be opened to lock
+    (nor can one on NFS, where flock's exclusive lock needs a file open for writing): the
+    watch ran unlocked without a word, and so did a second one."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as nobody")
+    base = Path(tempfile.mkdtemp(prefix="confsync-lock-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        confdir, out = base / "cd", base / "out"
+        _make_confdir(confdir, out / "app.conf", "")
+        (confdir / "conf.d" / "app.toml").write_text(
+            (confdir / "conf.d" / "app.toml").read_text().replace('prefix = ""\n', ""))
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        (base / "data.yaml").write_text("app:\n  port: '8080'\n")
+        for path in base.rglob("*"):
+            if path.is_file():
+                path.chmod(0o644)
+        confdir.chmod(0o711)
+        w = WatchProcess("--confdir", str(confdir), "--backend", "file", "--file",
+                         str(base / "data.yaml"), log=tmp_path / "watch.log",
+                         env={"CONFSYNC_CONFIG": "/dev/null"},
+                         wrapper=[setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        watchers.append(w)
+        wait_for(lambda: read(out / "app.conf") == "port 8080\n",
+                 what=f"the render; log:\n{w.output()[-2000:]}")
+        assert f"confdir {confdir} cannot be locked (Permission denied" in w.output(), \
+            w.output()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
