@@ -884,7 +884,8 @@ class Daemon:
             return  # (a filesystem without flock)
         self._locks.append(fd)
         log.warning("confdir %s is now another directory (made anew, or its symlink moved): "
-                    "its lock taken; send SIGHUP to load its files", confdir)
+                    "its lock taken%s", confdir, "" if self.state.settings.watch.confdir
+                    else "; send SIGHUP to load its files")
         self._release_other_confdirs()
 
     def _release_other_confdirs(self) -> None:
