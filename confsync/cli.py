@@ -244,6 +244,8 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
             from confsync.ops import held_signals
 
             fd = confdir_lock.lock_daemon(confdir, waiting, held_signals.stop_held)
+            if fd == -1:
+                _unlocked(confdir, "the filesystem has no flock")
             return (EXIT_OK, -1) if fd is None else (None, fd)
         return None, confdir_lock.try_lock(confdir, exclusive=False)
     except confdir_lock.Held as held:
@@ -259,8 +261,18 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
                       "confsync`) to render everything again, run `confsync check` to see "
                       "what would change, or stop it first", confdir, who)
         return EXIT_BAD_CONFIG, -1
-    except OSError:
+    except OSError as exc:
+        if command == "watch" and confdir.is_dir():  # (one that is not: loading says why)
+            _unlocked(confdir, exc.strerror or str(exc))
         return None, -1
+
+
+def _unlocked(confdir: Path, why: str) -> None:
+    """A `watch` that runs without the lock says so: a confdir it can read but not open
+    (mode 0711, another user's), or on NFS (flock's exclusive lock needs a file open for
+    writing there: EBADF), ran silently unlocked, and a second `watch` on it ran too."""
+    log.warning("confdir %s cannot be locked (%s; a network filesystem?): a second `confsync "
+                "watch` on it is not refused, so make sure only one runs", confdir, why)
 
 
 def _release(fd: int) -> None:

@@ -154,6 +154,9 @@ class Daemon:
         # Descriptors holding the lock of the confdir run (and of one a reload is switching
         # to): confdir_lock.py. None when started without one (in-process, tests).
         self._locks: list[int] = [lock] if lock >= 0 else []
+        # Whether this daemon locks its confdir at all: every lock may be let go of for a while
+        # (a confdir gone when a reload was refused) and taken again (_follow_confdir_lock).
+        self._locking = lock >= 0
         if settings.config_path is not None and not self.cli_values.get("config"):
             # The file found at the default place is this daemon's config from now on: should
             # it vanish (a package upgrade half done), a reload is refused, not run on defaults.
@@ -629,6 +632,7 @@ class Daemon:
             children.reap_orphans()
         if not self.follower.is_alive() and not self.stopping:
             self._follower_dead(now)
+        self._follow_confdir_lock()
         if self.state.settings.watch.confdir:
             try:
                 self._check_local_files()
@@ -837,8 +841,8 @@ class Daemon:
         """A reload that moves to another confdir takes its lock first (confdir_lock.py): held
         by another `watch`, the reload is refused; by a `once`, tried again shortly. The old
         confdir's lock goes once the new set runs."""
-        if not self._locks or any(confdir_lock.same_directory(fd, confdir)
-                                  for fd in self._locks):
+        if not self._locking or any(confdir_lock.same_directory(fd, confdir)
+                                    for fd in self._locks):
             return True  # (started unlocked, or already ours)
         try:
             self._locks.append(confdir_lock.try_lock(confdir, exclusive=True))
@@ -854,6 +858,35 @@ class Daemon:
         except OSError:
             pass  # loading it says why
         return True
+
+    def _follow_confdir_lock(self) -> None:
+        """Every heartbeat: the lock stays on the directory the confdir's path names now. One
+        deleted and made again (`rm -r` and a copy), or a `current` symlink a deploy moved,
+        left it on the old inode, and a second `watch` or a `once` on the new one ran beside
+        this one, both writing and reloading; and one gone when a reload was refused left it
+        unlocked for good. The files loaded stay those of the old one until a SIGHUP (or
+        `[watch] confdir`) loads them."""
+        confdir = self.state.settings.confdir
+        if not self._locking or self.stopping or any(
+                confdir_lock.same_directory(fd, confdir) for fd in self._locks):
+            return
+        try:
+            fd = confdir_lock.try_lock(confdir, exclusive=True)
+        except confdir_lock.Held as held:  # a `once` ends soon: tried again at the next beat
+            if held.by_daemon and self._reload_warnings.due(f"lock {held.describe()}"):
+                log.error("confdir %s is now another directory, kept by another `confsync "
+                          "watch` (%s): both write and reload its files; stop one of them",
+                          confdir, held.describe())
+            return
+        except OSError:
+            return  # (gone for now: between its deletion and its new copy)
+        if fd < 0:
+            return  # (a filesystem without flock)
+        self._locks.append(fd)
+        log.warning("confdir %s is now another directory (made anew, or its symlink moved): "
+                    "its lock taken%s", confdir, "" if self.state.settings.watch.confdir
+                    else "; send SIGHUP to load its files")
+        self._release_other_confdirs()
 
     def _release_other_confdirs(self) -> None:
         """Keep only the lock of the confdir run now (and of one a pending reload reads)."""
