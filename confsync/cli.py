@@ -236,8 +236,8 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
     from confsync import confdir_lock
 
     def waiting(held: confdir_lock.Held) -> None:
-        log.info("waiting for `confsync once` (%s) to finish with %s before starting",
-                 held.describe(), confdir)
+        log.info("waiting for `confsync once` or a stopping `confsync watch` (%s) to finish "
+                 "with %s before starting", held.describe(), confdir)
 
     try:
         if command == "watch":

@@ -87,9 +87,9 @@ def try_lock(directory: Path, exclusive: bool) -> int:
 
 def lock_daemon(directory: Path, waiting: Callable[[Held], None],
                 stop: Callable[[], bool], poll: float = 0.1) -> int | None:
-    """The exclusive lock of a `watch`. While only `once` runs hold it (shared), wait for them
-    (`waiting` is told once); another daemon raises Held at once. None: `stop()` came true while
-    waiting."""
+    """The exclusive lock of a `watch`. While only `once` runs or a stopping `watch` hold it
+    (shared), wait for them (`waiting` is told once); another daemon raises Held at once.
+    None: `stop()` came true while waiting."""
     told = False
     while True:
         try:
@@ -118,6 +118,15 @@ def _exclusive_held(directory: Path) -> bool:
     finally:
         os.close(fd)  # (a shared lock taken here goes with it)
     return False
+
+
+def step_down(fd: int) -> None:
+    """A stopping `watch` keeps its lock shared only: a `watch` started meanwhile (a restart
+    that does not wait, a DaemonSet's next pod) waits for this process to end, as for a
+    `once`, instead of refusing (exit 2, not restarted) while the exec child is stopped."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
 
 
 def release(fd: int | None) -> None:

@@ -272,6 +272,8 @@ class Daemon:
                 except Exception:
                     self._loop_failed()
         finally:
+            for fd in self._locks:  # (a successor waits for this process's end now)
+                confdir_lock.step_down(fd)
             self.observers.stopping()
             self.follower.stop()
             if self._local_observer is not None:

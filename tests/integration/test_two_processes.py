@@ -151,7 +151,8 @@ def test_a_watch_started_while_once_runs_waits_for_it(
     try:
         w = _watch(confdir, etcd, tmp_path / "watch.log")
         watchers.append(w)
-        w.wait_log(f"waiting for `confsync once` (pid {once.pid}: ", timeout=10)
+        w.wait_log(f"waiting for `confsync once` or a stopping `confsync watch` (pid {once.pid}: ",
+                   timeout=10)
         assert once.wait(timeout=15) == 0, once.stderr.read() if once.stderr else ""
         c.put(f"{prefix}/app/port", "8081")
         wait_for(lambda: read(dest) == "port 8081\n", what="the watch started after the once")
@@ -179,7 +180,7 @@ def test_a_watch_in_its_own_pid_namespace_waits_for_a_once_it_cannot_see(
         w = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--wait-min",
                          "0", log=tmp_path / "watch.log", wrapper=AS_INIT)
         watchers.append(w)
-        w.wait_log("waiting for `confsync once` (another process)", timeout=10)
+        w.wait_log("a stopping `confsync watch` (another process)", timeout=10)
         assert once.wait(timeout=15) == 0
         c.put(f"{prefix}/app/port", "8081")
         wait_for(lambda: read(dest) == "port 8081\n", what="the watch started after the once")
@@ -330,3 +331,33 @@ def test_two_registrars_of_one_register_d_name_each_other(
     status, body = ready(metrics)
     assert status == 503 and any(f"pid {second.proc.pid}: " in r for r in body["reasons"]), body
     assert f"pid {first.proc.pid}: " in second.output(), second.output()[-2000:]
+
+
+def test_a_watch_started_while_another_stops_its_exec_child_waits_for_it(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """A stopping `watch` waits out its exec child's stop_timeout; a `watch` started then (a
+    restart that does not wait, a DaemonSet's next pod) exited 2, which the units do not
+    restart. Now the stopping one holds its lock shared, and the new one waits for it."""
+    c = client(etcd.endpoint)
+    c.put(f"{prefix}/app/port", "8080")
+    confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
+    _resource(confdir, dest, prefix)
+    child, ignoring = tmp_path / "child.py", tmp_path / "ignoring"
+    child.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                     f"open({str(ignoring)!r}, 'w').close()\n"
+                     "for _ in range(300):\n    time.sleep(0.1)\n")
+    old = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--wait-min",
+                       "0", "--exec", f"{sys.executable} {child}", log=tmp_path / "old.log",
+                       env={"CONFSYNC_EXEC_STOP_TIMEOUT": "3s"})
+    watchers.append(old)
+    wait_for(lambda: read(dest) == "port 8080\n", what="the first watch's render")
+    wait_for(ignoring.exists, what="the exec child ignoring SIGTERM")
+    old.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "confsync stopped" in old.output(), what="the first watch stopping")
+    new = _watch(confdir, etcd, tmp_path / "new.log")
+    watchers.append(new)
+    new.wait_log("a stopping `confsync watch`", timeout=10)
+    assert new.proc.poll() is None, new.output()
+    assert old.proc.wait(timeout=15) == 128 + signal.SIGKILL  # (its child, at stop_timeout)
+    c.put(f"{prefix}/app/port", "8081")
+    wait_for(lambda: read(dest) == "port 8081\n", what="the new watch, started after the old")
