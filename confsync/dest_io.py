@@ -11,6 +11,7 @@ tells the loop when it did, so the resource is judged again against the data of 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from confsync.errors import ResourceError
+
+log = logging.getLogger(__name__)
 
 IO_PATIENCE = 3.0  # seconds a dest's file step may take before it counts as stuck
 # ... when a call on another dest in the same directory (so the same filesystem) is stuck
@@ -147,6 +150,7 @@ class DestIo:
         self._workers = _Workers()
         self._stuck: dict[Path, _Call[object]] = {}
         self._lock = threading.Lock()
+        self._background: set[str] = set()  # keys of `background` calls not returned yet
 
     def stuck(self, dest: Path) -> bool:
         """Whether a call on `dest` was left running and is not released yet."""
@@ -218,6 +222,27 @@ class DestIo:
         if job.error is not None:
             raise job.error
         return results, None
+
+    def background(self, key: str, fn: Callable[[], object]) -> None:
+        """fn() on a worker, waited for by nobody: file work no dest's apply needs (removing
+        staged files left behind), which must not block the loop either. At most one per
+        `key` at a time (a call not returned yet makes this a no-op); what it raises is
+        logged."""
+        with self._lock:
+            if key in self._background:
+                return
+            self._background.add(key)
+
+        def job() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: unexpected error on a file worker", key)
+            finally:
+                with self._lock:
+                    self._background.discard(key)
+
+        self._workers.submit(job)
 
     def _blocked(self) -> frozenset[Path]:
         """Directories holding a dest whose stuck call has not returned."""
