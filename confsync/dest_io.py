@@ -11,7 +11,9 @@ tells the loop when it did, so the resource is judged again against the data of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,6 +30,13 @@ IO_PATIENCE = 3.0  # seconds a dest's file step may take before it counts as stu
 # already: ten dests in a frozen /etc/haproxy would otherwise hold the loop 30 s.
 NEIGHBOUR_PATIENCE = 0.2
 _LATE_GRACE = 0.05  # one more look past the deadline: a process stopped (SIGSTOP) woke late
+# A call past its patience on a disk that is completing writes is slow, not stuck (an fsync
+# behind a large dirty page cache, or behind a `dd` hammering the same disk, takes 3-5 s and
+# more): it is waited for in steps of this long, each while the disk goes on writing...
+SLOW_STEP = 1.0
+# ...up to this long in all (a busy disk must not hold the loop for good either). A frozen
+# filesystem's device writes nothing: given up on at the patience, as before.
+SLOW_LIMIT = 15.0
 _IDLE_SECONDS = 30.0  # an idle worker thread ends after this long
 
 T = TypeVar("T")
@@ -69,12 +78,15 @@ class _Call(Generic[T]):
         self.error: BaseException | None = None
         self.ended = 0.0
         self.stuck_step = step  # the step it was at when the loop left it
+        self.writes: tuple[int, int] | None = None  # its disk's writes at the last look
+        self.slow_from: float | None = None  # when its deadline was first moved for a slow disk
         self.begin(resource, dest, step, patience)
 
     def begin(self, resource: str, dest: Path, step: str, patience: float) -> None:
         self.resource, self.dest, self.step, self.patience = resource, dest, step, patience
         self.started = time.monotonic()
         self.deadline = self.started + patience
+        self.writes = self.slow_from = None
 
     def progress(self, step: str, extra: float) -> None:
         self.step = step
@@ -144,9 +156,14 @@ class DestIo:
     """Runs each dest's file work with a deadline; remembers the dests whose call is stuck."""
 
     def __init__(self, patience: float = IO_PATIENCE,
-                 on_return: Callable[[Path], None] | None = None) -> None:
+                 on_return: Callable[[Path], None] | None = None,
+                 on_slow: Callable[[], None] | None = None) -> None:
         self.patience = patience
         self._on_return = on_return
+        # Called at each step of waiting for a slow disk (the daemon's heartbeat: the loop is
+        # alive, waiting on a disk that works).
+        self._on_slow = on_slow
+        self._devices: dict[Path, int] = {}  # directory -> its filesystem's device
         self._workers = _Workers()
         self._stuck: dict[Path, _Call[object]] = {}
         self._lock = threading.Lock()
@@ -188,7 +205,13 @@ class DestIo:
         does not return within the patience (it runs on), or an earlier call on `dest` has
         not: never two calls on one dest at a time."""
         self._free(resource, dest)
-        job: _Call[T] = _Call(fn, resource, dest, step, self._patience(dest, self._blocked()))
+
+        def noted(progress: Progress) -> T:
+            self._note_device(dest)
+            return fn(progress)
+
+        job: _Call[T] = _Call(noted, resource, dest, step,
+                              self._patience(dest, self._blocked()))
         self._wait(job)
         if job.error is not None:
             raise job.error
@@ -212,6 +235,7 @@ class DestIo:
                     if job.abandoned:
                         return
                     job.begin(name, dest, step, self._patience(dest, blocked))
+                self._note_device(dest)
                 results[dest] = fn(dest)
 
         job: _Call[None] = _Call(run, *todo[0], step, self._patience(todo[0][1], blocked))
@@ -251,19 +275,58 @@ class DestIo:
         return frozenset(dest.parent for dest, call in list(self._stuck.items())
                          if not call.done.is_set())
 
+    def _note_device(self, dest: Path) -> None:
+        """Remember the device of `dest`'s filesystem (on the worker: a stat of a hung mount
+        blocks), so that the loop can tell a slow disk from a frozen one (`_slow`)."""
+        if dest.parent not in self._devices:
+            with contextlib.suppress(OSError):
+                self._devices[dest.parent] = os.stat(dest.parent).st_dev
+
+    def _slow(self, job: _Call[T]) -> bool:
+        """At `job`'s deadline: whether its disk is slow rather than stuck, and so worth
+        SLOW_STEP more (it moves the deadline on). Slow: the block device of the dest's
+        filesystem completed writes since the last look (the call's start), or has I/O in
+        flight. Not a block device (NFS, tmpfs, overlayfs), or beside a dest stuck already:
+        not slow. With no earlier look (the device was not known yet), one step to compare."""
+        if job.patience < self.patience:
+            return False
+        writes = _device_writes(self._devices.get(job.dest.parent))
+        if writes is None:
+            return False
+        now = time.monotonic()
+        with job.lock:
+            if job.done.is_set():
+                return True
+            last, job.writes = job.writes, writes
+            if job.slow_from is None:
+                job.slow_from = now
+            elif now - job.slow_from >= SLOW_LIMIT - self.patience:
+                return False
+            if last is not None and writes[0] == last[0] and not writes[1]:
+                return False  # nothing written since the last look, nothing under way
+            job.deadline = now + SLOW_STEP
+        if self._on_slow is not None:
+            self._on_slow()
+        return True
+
     def _patience(self, dest: Path, blocked: frozenset[Path]) -> float:
         return min(self.patience, NEIGHBOUR_PATIENCE) if dest.parent in blocked \
             else self.patience
 
     def _wait(self, job: _Call[T]) -> None:
         """Run `job` on a worker and wait for it up to its deadline (which progress moves);
-        past it, leave it running, stuck on its dest, and raise IoStuck."""
+        past it, leave it running, stuck on its dest, and raise IoStuck (unless its disk is
+        slow: `_slow`)."""
+        if job.patience >= self.patience:  # what its disk has written so far (`_slow`)
+            job.writes = _device_writes(self._devices.get(job.dest.parent))
         self._workers.submit(lambda: job.run(self._returned))
         while not job.done.wait(max(0.0, job.deadline - time.monotonic())):
             if time.monotonic() < job.deadline:
                 continue  # moved on by progress (check_cmd started, the next dest)
             if job.done.wait(_LATE_GRACE):
                 return
+            if self._slow(job):
+                continue
             with job.lock:
                 if job.done.is_set():
                     return
@@ -279,3 +342,20 @@ class DestIo:
     def _returned(self, dest: Path) -> None:
         if self._on_return is not None:
             self._on_return(dest)
+
+
+def _device_writes(device: int | None) -> tuple[int, int] | None:
+    """(Writes completed, writes in flight) of block device `device`, from sysfs (reads do
+    not count: a frozen filesystem still serves them); None when it is no block device
+    (tmpfs, NFS, overlayfs, btrfs) or cannot be read."""
+    if device is None or not os.major(device):
+        return None
+    where = f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"
+    try:
+        with open(f"{where}/stat") as fh:
+            completed = int(fh.read().split()[4])  # (Documentation/block/stat.rst)
+        with open(f"{where}/inflight") as fh:
+            in_flight = int(fh.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return completed, in_flight
