@@ -34,8 +34,11 @@ _LATE_GRACE = 0.05  # one more look past the deadline: a process stopped (SIGSTO
 # behind a large dirty page cache, or behind a `dd` hammering the same disk, takes 3-5 s and
 # more): it is waited for in steps of this long, each while the disk goes on writing...
 SLOW_STEP = 1.0
-# ...up to this long in all (a busy disk must not hold the loop for good either). A frozen
-# filesystem's device writes nothing: given up on at the patience, as before.
+# The first look has nothing to compare with (a look at each call's start cost the hot path
+# as much as its thread hop): it waits this long for a second one. A frozen filesystem is
+# given up on after its patience plus this.
+SLOW_FIRST_LOOK = 0.5
+# ...up to this long in all (a busy disk must not hold the loop for good either).
 SLOW_LIMIT = 15.0
 _IDLE_SECONDS = 30.0  # an idle worker thread ends after this long
 
@@ -285,9 +288,9 @@ class DestIo:
     def _slow(self, job: _Call[T]) -> bool:
         """At `job`'s deadline: whether its disk is slow rather than stuck, and so worth
         SLOW_STEP more (it moves the deadline on). Slow: the block device of the dest's
-        filesystem completed writes since the last look (the call's start), or has I/O in
-        flight. Not a block device (NFS, tmpfs, overlayfs), or beside a dest stuck already:
-        not slow. With no earlier look (the device was not known yet), one step to compare."""
+        filesystem completed writes since the last look, or has writes in flight. Not a block
+        device (NFS, tmpfs, overlayfs), or beside a dest stuck already: not slow. A frozen
+        filesystem writes nothing: stuck after the first look's SLOW_FIRST_LOOK."""
         if job.patience < self.patience:
             return False
         writes = _device_writes(self._devices.get(job.dest.parent))
@@ -304,7 +307,7 @@ class DestIo:
                 return False
             if last is not None and writes[0] == last[0] and not writes[1]:
                 return False  # nothing written since the last look, nothing under way
-            job.deadline = now + SLOW_STEP
+            job.deadline = now + (SLOW_STEP if last is not None else SLOW_FIRST_LOOK)
         if self._on_slow is not None:
             self._on_slow()
         return True
@@ -315,10 +318,8 @@ class DestIo:
 
     def _wait(self, job: _Call[T]) -> None:
         """Run `job` on a worker and wait for it up to its deadline (which progress moves);
-        past it, leave it running, stuck on its dest, and raise IoStuck (unless its disk is
-        slow: `_slow`)."""
-        if job.patience >= self.patience:  # what its disk has written so far (`_slow`)
-            job.writes = _device_writes(self._devices.get(job.dest.parent))
+        past it (and past `_slow`'s looks at its disk), leave it running, stuck on its dest,
+        and raise IoStuck."""
         self._workers.submit(lambda: job.run(self._returned))
         while not job.done.wait(max(0.0, job.deadline - time.monotonic())):
             if time.monotonic() < job.deadline:
