@@ -11,6 +11,7 @@ tells the loop when it did, so the resource is judged again against the data of 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -38,8 +39,11 @@ SLOW_STEP = 1.0
 # as much as its thread hop): it waits this long for a second one. A frozen filesystem is
 # given up on after its patience plus this.
 SLOW_FIRST_LOOK = 0.5
-# ...up to this long in all (a busy disk must not hold the loop for good either).
+# ...up to this long in all per SLOW_WINDOW, whatever the number of calls: ten dests on a disk
+# whose fsync takes 10 s must not hold the loop (and every other resource) 100 s. Past it, a
+# call is stuck at its patience as on a frozen filesystem, and returns as such.
 SLOW_LIMIT = 15.0
+SLOW_WINDOW = 30.0
 _IDLE_SECONDS = 30.0  # an idle worker thread ends after this long
 
 T = TypeVar("T")
@@ -82,14 +86,13 @@ class _Call(Generic[T]):
         self.ended = 0.0
         self.stuck_step = step  # the step it was at when the loop left it
         self.writes: tuple[int, int] | None = None  # its disk's writes at the last look
-        self.slow_from: float | None = None  # when its deadline was first moved for a slow disk
         self.begin(resource, dest, step, patience)
 
     def begin(self, resource: str, dest: Path, step: str, patience: float) -> None:
         self.resource, self.dest, self.step, self.patience = resource, dest, step, patience
         self.started = time.monotonic()
         self.deadline = self.started + patience
-        self.writes = self.slow_from = None
+        self.writes = None
 
     def progress(self, step: str, extra: float) -> None:
         self.step = step
@@ -160,8 +163,11 @@ class DestIo:
 
     def __init__(self, patience: float = IO_PATIENCE,
                  on_return: Callable[[Path], None] | None = None,
-                 on_slow: Callable[[], None] | None = None) -> None:
+                 on_slow: Callable[[], None] | None = None,
+                 slow_limit: float = SLOW_LIMIT) -> None:
         self.patience = patience
+        self.slow_limit = slow_limit
+        self._slow_spent: collections.deque[tuple[float, float]] = collections.deque()
         self._on_return = on_return
         # Called at each step of waiting for a slow disk (the daemon's heartbeat: the loop is
         # alive, waiting on a disk that works).
@@ -287,27 +293,32 @@ class DestIo:
 
     def _slow(self, job: _Call[T]) -> bool:
         """At `job`'s deadline: whether its disk is slow rather than stuck, and so worth
-        SLOW_STEP more (it moves the deadline on). Slow: the block device of the dest's
-        filesystem completed writes since the last look, or has writes in flight. Not a block
-        device (NFS, tmpfs, overlayfs), or beside a dest stuck already: not slow. A frozen
-        filesystem writes nothing: stuck after the first look's SLOW_FIRST_LOOK."""
+        SLOW_STEP more (it moves the deadline on), within `slow_limit` per SLOW_WINDOW.
+        Slow: the block device of the dest's filesystem completed writes since the last look,
+        or has writes in flight. Not a block device (NFS, tmpfs, overlayfs), or beside a dest
+        stuck already: not slow. A frozen filesystem writes nothing: stuck after the first
+        look's SLOW_FIRST_LOOK. (The loop's thread only: the budget has no lock.)"""
         if job.patience < self.patience:
             return False
         writes = _device_writes(self._devices.get(job.dest.parent))
         if writes is None:
             return False
         now = time.monotonic()
+        spent = self._slow_spent
+        while spent and spent[0][0] < now - SLOW_WINDOW:
+            spent.popleft()
+        left = self.slow_limit - sum(seconds for _, seconds in spent)
+        if left <= 0:
+            return False
         with job.lock:
             if job.done.is_set():
                 return True
             last, job.writes = job.writes, writes
-            if job.slow_from is None:
-                job.slow_from = now
-            elif now - job.slow_from >= SLOW_LIMIT - self.patience:
-                return False
             if last is not None and writes[0] == last[0] and not writes[1]:
                 return False  # nothing written since the last look, nothing under way
-            job.deadline = now + (SLOW_STEP if last is not None else SLOW_FIRST_LOOK)
+            step = min(left, SLOW_STEP if last is not None else SLOW_FIRST_LOOK)
+            job.deadline = now + step
+        spent.append((now, step))
         if self._on_slow is not None:
             self._on_slow()
         return True

@@ -5,12 +5,14 @@ root or cgroup v1 blkio."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from confsync.dest_io import DestIo, IoStuck, Progress
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import hammered, loop_ext4
@@ -69,3 +71,31 @@ def test_a_dest_on_a_slow_disk_is_slow_not_stuck(
     assert not not_ready, not_ready[:3]
     assert read(served).count("r") == reloads + 1, w.output()[-3000:]
     assert w.proc.poll() is None
+
+
+def _writes_for(seconds: float, where: Path) -> Callable[[Progress], float]:
+    """A file step that keeps its disk writing (write, fsync) for `seconds`: slow, not stuck."""
+    def step(_: Progress) -> float:
+        began = time.monotonic()
+        with (where / "busy").open("wb") as fh:
+            while time.monotonic() - began < seconds:
+                fh.write(b"x" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return time.monotonic() - began
+    return step
+
+
+def test_slow_disks_hold_the_loop_only_so_long_in_all(slow_fs: Path) -> None:
+    """A call whose disk completes writes is waited for past its patience; but the waiting
+    has a budget over all calls (SLOW_LIMIT per SLOW_WINDOW): ten dests on a disk whose fsync
+    takes 10 s must not hold the loop, and every other resource, 100 s. Past the budget a call
+    is stuck at its patience as on a frozen filesystem."""
+    returned: list[Path] = []
+    io = DestIo(patience=0.3, slow_limit=1.5, on_return=returned.append)
+    assert io.call("a", slow_fs / "a.conf", "stage", _writes_for(1.0, slow_fs)) >= 1.0
+    began = time.monotonic()
+    with pytest.raises(IoStuck):
+        io.call("b", slow_fs / "b.conf", "stage", _writes_for(2.0, slow_fs))
+    assert time.monotonic() - began < 1.0  # its patience: the budget was spent on a
+    wait_for(lambda: returned, 5, what="the stuck call's return")  # (before the unmount)
