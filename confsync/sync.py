@@ -28,6 +28,7 @@ from confsync.applier import (
     remove_undeleted,
     restore,
     run_check,
+    undeleted_waiting,
     unreplaceable,
     write_staged,
     written_path,
@@ -198,7 +199,7 @@ class Syncer:
         run on a worker, one at a time and waited for by nobody (it may block: frozen)."""
         if self.io is None:
             remove_undeleted()
-        else:
+        elif undeleted_waiting():
             self.io.background("tidy", remove_undeleted)
 
     def _io(self, resource: Resource, step: str, fn: Callable[[Progress], T]) -> T:
