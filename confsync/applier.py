@@ -289,6 +289,12 @@ def _discard_staged(staged: Path) -> None:
                     staged, exc.strerror)
 
 
+def undeleted_waiting() -> bool:
+    """Whether staged files wait for `remove_undeleted` (nearly never: it is looked at at each
+    heartbeat and apply, and a call on a worker costs a thread hop)."""
+    return bool(_undeleted)
+
+
 def remove_undeleted() -> None:
     """Remove the staged files this process could not remove earlier (see `_undeleted`)."""
     for path in list(_undeleted):

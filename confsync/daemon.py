@@ -225,7 +225,8 @@ class Daemon:
             raise ConfigError(str(settings.confdir), "no valid template resources to run")
         self.state = state
         self.syncer = Syncer(state.renderer, self.mirror, probe=True,
-                             io=DestIo(on_return=lambda dest: self.events.put(IoReturned(dest))))
+                             io=DestIo(on_return=lambda dest: self.events.put(IoReturned(dest)),
+                                       on_slow=self.observers.heartbeat))
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
         self.store: Store = open_store(settings)
         self.follower = self._new_follower(self.store, state.prefixes)

@@ -11,6 +11,10 @@ tells the loop when it did, so the resource is judged again against the data of 
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
+import os
 import queue
 import threading
 import time
@@ -20,11 +24,26 @@ from typing import Generic, TypeVar
 
 from confsync.errors import ResourceError
 
+log = logging.getLogger(__name__)
+
 IO_PATIENCE = 3.0  # seconds a dest's file step may take before it counts as stuck
 # ... when a call on another dest in the same directory (so the same filesystem) is stuck
 # already: ten dests in a frozen /etc/haproxy would otherwise hold the loop 30 s.
 NEIGHBOUR_PATIENCE = 0.2
 _LATE_GRACE = 0.05  # one more look past the deadline: a process stopped (SIGSTOP) woke late
+# A call past its patience on a disk that is completing writes is slow, not stuck (an fsync
+# behind a large dirty page cache, or behind a `dd` hammering the same disk, takes 3-5 s and
+# more): it is waited for in steps of this long, each while the disk goes on writing...
+SLOW_STEP = 1.0
+# The first look has nothing to compare with (a look at each call's start cost the hot path
+# as much as its thread hop): it waits this long for a second one. A frozen filesystem is
+# given up on after its patience plus this.
+SLOW_FIRST_LOOK = 0.5
+# ...up to this long in all per SLOW_WINDOW, whatever the number of calls: ten dests on a disk
+# whose fsync takes 10 s must not hold the loop (and every other resource) 100 s. Past it, a
+# call is stuck at its patience as on a frozen filesystem, and returns as such.
+SLOW_LIMIT = 15.0
+SLOW_WINDOW = 30.0
 _IDLE_SECONDS = 30.0  # an idle worker thread ends after this long
 
 T = TypeVar("T")
@@ -66,12 +85,14 @@ class _Call(Generic[T]):
         self.error: BaseException | None = None
         self.ended = 0.0
         self.stuck_step = step  # the step it was at when the loop left it
+        self.writes: tuple[int, int] | None = None  # its disk's writes at the last look
         self.begin(resource, dest, step, patience)
 
     def begin(self, resource: str, dest: Path, step: str, patience: float) -> None:
         self.resource, self.dest, self.step, self.patience = resource, dest, step, patience
         self.started = time.monotonic()
         self.deadline = self.started + patience
+        self.writes = None
 
     def progress(self, step: str, extra: float) -> None:
         self.step = step
@@ -141,12 +162,21 @@ class DestIo:
     """Runs each dest's file work with a deadline; remembers the dests whose call is stuck."""
 
     def __init__(self, patience: float = IO_PATIENCE,
-                 on_return: Callable[[Path], None] | None = None) -> None:
+                 on_return: Callable[[Path], None] | None = None,
+                 on_slow: Callable[[], None] | None = None,
+                 slow_limit: float = SLOW_LIMIT) -> None:
         self.patience = patience
+        self.slow_limit = slow_limit
+        self._slow_spent: collections.deque[tuple[float, float]] = collections.deque()
         self._on_return = on_return
+        # Called at each step of waiting for a slow disk (the daemon's heartbeat: the loop is
+        # alive, waiting on a disk that works).
+        self._on_slow = on_slow
+        self._devices: dict[Path, int] = {}  # directory -> its filesystem's device
         self._workers = _Workers()
         self._stuck: dict[Path, _Call[object]] = {}
         self._lock = threading.Lock()
+        self._background: set[str] = set()  # keys of `background` calls not returned yet
 
     def stuck(self, dest: Path) -> bool:
         """Whether a call on `dest` was left running and is not released yet."""
@@ -184,7 +214,13 @@ class DestIo:
         does not return within the patience (it runs on), or an earlier call on `dest` has
         not: never two calls on one dest at a time."""
         self._free(resource, dest)
-        job: _Call[T] = _Call(fn, resource, dest, step, self._patience(dest, self._blocked()))
+
+        def noted(progress: Progress) -> T:
+            self._note_device(dest)
+            return fn(progress)
+
+        job: _Call[T] = _Call(noted, resource, dest, step,
+                              self._patience(dest, self._blocked()))
         self._wait(job)
         if job.error is not None:
             raise job.error
@@ -208,6 +244,7 @@ class DestIo:
                     if job.abandoned:
                         return
                     job.begin(name, dest, step, self._patience(dest, blocked))
+                self._note_device(dest)
                 results[dest] = fn(dest)
 
         job: _Call[None] = _Call(run, *todo[0], step, self._patience(todo[0][1], blocked))
@@ -219,6 +256,27 @@ class DestIo:
             raise job.error
         return results, None
 
+    def background(self, key: str, fn: Callable[[], object]) -> None:
+        """fn() on a worker, waited for by nobody: file work no dest's apply needs (removing
+        staged files left behind), which must not block the loop either. At most one per
+        `key` at a time (a call not returned yet makes this a no-op); what it raises is
+        logged."""
+        with self._lock:
+            if key in self._background:
+                return
+            self._background.add(key)
+
+        def job() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: unexpected error on a file worker", key)
+            finally:
+                with self._lock:
+                    self._background.discard(key)
+
+        self._workers.submit(job)
+
     def _blocked(self) -> frozenset[Path]:
         """Directories holding a dest whose stuck call has not returned."""
         if not self._stuck:
@@ -226,19 +284,61 @@ class DestIo:
         return frozenset(dest.parent for dest, call in list(self._stuck.items())
                          if not call.done.is_set())
 
+    def _note_device(self, dest: Path) -> None:
+        """Remember the device of `dest`'s filesystem (on the worker: a stat of a hung mount
+        blocks), so that the loop can tell a slow disk from a frozen one (`_slow`)."""
+        if dest.parent not in self._devices:
+            with contextlib.suppress(OSError):
+                self._devices[dest.parent] = os.stat(dest.parent).st_dev
+
+    def _slow(self, job: _Call[T]) -> bool:
+        """At `job`'s deadline: whether its disk is slow rather than stuck, and so worth
+        SLOW_STEP more (it moves the deadline on), within `slow_limit` per SLOW_WINDOW.
+        Slow: the block device of the dest's filesystem completed writes since the last look,
+        or has writes in flight. Not a block device (NFS, tmpfs, overlayfs), or beside a dest
+        stuck already: not slow. A frozen filesystem writes nothing: stuck after the first
+        look's SLOW_FIRST_LOOK. (The loop's thread only: the budget has no lock.)"""
+        if job.patience < self.patience:
+            return False
+        writes = _device_writes(self._devices.get(job.dest.parent))
+        if writes is None:
+            return False
+        now = time.monotonic()
+        spent = self._slow_spent
+        while spent and spent[0][0] < now - SLOW_WINDOW:
+            spent.popleft()
+        left = self.slow_limit - sum(seconds for _, seconds in spent)
+        if left <= 0:
+            return False
+        with job.lock:
+            if job.done.is_set():
+                return True
+            last, job.writes = job.writes, writes
+            if last is not None and writes[0] == last[0] and not writes[1]:
+                return False  # nothing written since the last look, nothing under way
+            step = min(left, SLOW_STEP if last is not None else SLOW_FIRST_LOOK)
+            job.deadline = now + step
+        spent.append((now, step))
+        if self._on_slow is not None:
+            self._on_slow()
+        return True
+
     def _patience(self, dest: Path, blocked: frozenset[Path]) -> float:
         return min(self.patience, NEIGHBOUR_PATIENCE) if dest.parent in blocked \
             else self.patience
 
     def _wait(self, job: _Call[T]) -> None:
         """Run `job` on a worker and wait for it up to its deadline (which progress moves);
-        past it, leave it running, stuck on its dest, and raise IoStuck."""
+        past it (and past `_slow`'s looks at its disk), leave it running, stuck on its dest,
+        and raise IoStuck."""
         self._workers.submit(lambda: job.run(self._returned))
         while not job.done.wait(max(0.0, job.deadline - time.monotonic())):
             if time.monotonic() < job.deadline:
                 continue  # moved on by progress (check_cmd started, the next dest)
             if job.done.wait(_LATE_GRACE):
                 return
+            if self._slow(job):
+                continue
             with job.lock:
                 if job.done.is_set():
                     return
@@ -254,3 +354,20 @@ class DestIo:
     def _returned(self, dest: Path) -> None:
         if self._on_return is not None:
             self._on_return(dest)
+
+
+def _device_writes(device: int | None) -> tuple[int, int] | None:
+    """(Writes completed, writes in flight) of block device `device`, from sysfs (reads do
+    not count: a frozen filesystem still serves them); None when it is no block device
+    (tmpfs, NFS, overlayfs, btrfs) or cannot be read."""
+    if device is None or not os.major(device):
+        return None
+    where = f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"
+    try:
+        with open(f"{where}/stat") as fh:
+            completed = int(fh.read().split()[4])  # (Documentation/block/stat.rst)
+        with open(f"{where}/inflight") as fh:
+            in_flight = int(fh.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return completed, in_flight

@@ -28,6 +28,7 @@ from confsync.applier import (
     remove_undeleted,
     restore,
     run_check,
+    undeleted_waiting,
     unreplaceable,
     write_staged,
     written_path,
@@ -166,8 +167,12 @@ class Syncer:
 
     def _sweep(self, resources: Iterable[Resource]) -> None:
         """Remove staged files a killed run left beside each dest, the first time we see it,
-        and those an earlier failed apply of this process could not remove."""
-        remove_undeleted()
+        and those an earlier failed apply of this process could not remove. With a DestIo
+        that is the dest's file work (a removal on a frozen filesystem blocks): done by the
+        first read of each dest (`_read_dest`), and the leftovers on a worker (`tidy`)."""
+        self.tidy()
+        if self.io is not None:
+            return
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
@@ -190,8 +195,12 @@ class Syncer:
 
     def tidy(self) -> None:
         """Remove staged files that could not be removed earlier (a read-only filesystem), at
-        each heartbeat: once it is writable again they go, with no apply needed."""
-        remove_undeleted()
+        each heartbeat: once it is writable again they go, with no apply needed. The daemon's
+        run on a worker, one at a time and waited for by nobody (it may block: frozen)."""
+        if self.io is None:
+            remove_undeleted()
+        elif undeleted_waiting():
+            self.io.background("tidy", remove_undeleted)
 
     def _io(self, resource: Resource, step: str, fn: Callable[[Progress], T]) -> T:
         """fn on the dest's worker, with a deadline (raises IoStuck past it); directly when
@@ -297,8 +306,10 @@ class Syncer:
         try:
             has_target = self.target(resource) is not None
             first_look = has_target and resource.dest not in self._looked
+            sweep = self.io is not None and resource.dest not in self._swept
+            self._swept.add(resource.dest)  # (a sweep left stuck finishes when it returns)
             current, kept = self._io(resource, "stage", functools.partial(
-                self._read_dest, resource, first_look))
+                self._read_dest, resource, first_look, sweep))
             if first_look:
                 self._look_for_running_copy(resource, kept)
             seen = boot_clock()  # the file read (or known unchanged) is in place since
@@ -359,10 +370,13 @@ class Syncer:
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=previous,
                        content=content, check_seconds=check_seconds, warnings=warnings)
 
-    def _read_dest(self, resource: Resource, first_look: bool, _: Progress
+    def _read_dest(self, resource: Resource, first_look: bool, sweep: bool, _: Progress
                    ) -> tuple[FileState, tuple[Path, tuple[bytes, os.stat_result]] | None]:
         """What is at dest now, and, at a first look, any running copy a predecessor left
-        (read on a worker: only the loop's thread changes this Syncer's state)."""
+        (read on a worker: only the loop's thread changes this Syncer's state). `sweep`: first
+        remove the staged files a killed run left beside it (see `_sweep`)."""
+        if sweep:
+            remove_stale_staged(_beside(resource.dest))
         return self.dests.current(resource.dest), _kept_for(resource) if first_look else None
 
     def _needs_check(self, resource: Resource, current: FileState, content: bytes) -> bool:

@@ -4,6 +4,7 @@ only, /health stays 200, /ready names it, and it converges once thawed. Skipped 
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,4 +83,89 @@ def test_a_frozen_dest_holds_its_resource_alone_and_converges_at_thaw(
     assert "returned after" in w.output()
     assert _metric(base, 'confsync_dest_io_stuck{resource="app"} 0.0')
     assert sorted(p.name for p in frozen_fs.iterdir()) == ["lost+found", "out.conf"]
+    assert w.proc.poll() is None
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a writer killed mid-write, long gone)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_stale_staged_file_on_a_frozen_fs_at_start_holds_its_resource_alone(
+        watchers: list[WatchProcess], frozen_fs: Path, etcd: EtcdMember, tmp_path: Path,
+        prefix: str) -> None:
+    """A run killed mid-write left a staged file beside dest; the filesystem is frozen when
+    `watch` starts (a snapshot, or a hung mount). Removing that file blocks: it used to run on
+    the loop's thread, so nothing rendered and /health went 503 for as long as it was frozen.
+    Now it is the dest's file work like any other: the other resource renders, and the stale
+    file goes at thaw."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    c.put(prefix + "/o/v", "1")
+    dest, other = frozen_fs / "out.conf", tmp_path / "other.conf"
+    dest.write_text("value=1\n")
+    stale = frozen_fs / f".out.conf.{_dead_pid()}.0.confsync"
+    stale.write_text("half")
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
+                   f'dest = "{other}"\nkeys = ["/o"]\n')
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    freeze(frozen_fs)
+    try:
+        w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                         "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                         f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+        watchers.append(w)
+        wait_for(lambda: read(other) == "other=1\n", 10,
+                 what=f"the other resource while a stale file waits\n{w.output()[-2000:]}")
+        c.put(prefix + "/o/v", "2")
+        wait_for(lambda: read(other) == "other=2\n", 5, what="a change, still frozen")
+        assert probe(base, "/health")[0] == 200
+        assert stale.exists()
+    finally:
+        thaw(frozen_fs)
+    wait_for(lambda: not stale.exists() and probe(base, "/ready")[0] == 200, 10,
+             what=f"the stale file removed at thaw\n{w.output()[-2000:]}")
+    assert read(dest) == "value=1\n"
+    assert w.proc.poll() is None
+
+
+def test_a_staged_file_left_for_later_does_not_hold_the_loop_once_frozen(
+        watchers: list[WatchProcess], frozen_fs: Path, etcd: EtcdMember, tmp_path: Path,
+        prefix: str) -> None:
+    """A stale staged file found on a read-only filesystem is removed later, by a try at each
+    heartbeat. Made writable and frozen right away (a snapshot), that try blocks: it ran on
+    the loop's thread, and held every resource until thaw. Now it waits on a worker."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    c.put(prefix + "/o/v", "1")
+    dest, other = frozen_fs / "out.conf", tmp_path / "other.conf"
+    dest.write_text("value=1\n")
+    stale = frozen_fs / f".out.conf.{_dead_pid()}.0.confsync"
+    stale.write_text("half")
+    subprocess.run(["mount", "-o", "remount,ro", str(frozen_fs)], check=True, timeout=10)
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
+                   f'dest = "{other}"\nkeys = ["/o"]\n')
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+    watchers.append(w)
+    w.wait_log("removing it later", timeout=10)
+    wait_for(lambda: read(other) == "other=1\n", 5, what="the first render")
+    try:
+        subprocess.run(f"mount -o remount,rw {frozen_fs} && fsfreeze -f {frozen_fs}",
+                       shell=True, check=True, timeout=10)
+        c.put(prefix + "/o/v", "2")
+        wait_for(lambda: read(other) == "other=2\n", 5,
+                 what=f"a change while the leftover's removal blocks\n{w.output()[-2000:]}")
+        assert probe(base, "/health")[0] == 200
+    finally:
+        thaw(frozen_fs)
+    wait_for(lambda: not stale.exists(), 5, what="the leftover removed at thaw")
     assert w.proc.poll() is None

@@ -53,3 +53,40 @@ def freeze(path: Path) -> None:
 def thaw(path: Path) -> None:
     """fsfreeze -u (harmless on a filesystem that is not frozen)."""
     subprocess.run(["fsfreeze", "-u", str(path)], capture_output=True, timeout=10)
+
+
+BLKIO = Path("/sys/fs/cgroup/blkio")
+
+
+@contextlib.contextmanager
+def hammered(path: Path, iops: int = 3, writers: int = 12) -> Iterator[Path]:
+    """A slow but healthy disk: the loop-mounted filesystem at `path` limited to `iops`
+    writes a second (a cgroup v1 blkio throttle of its device), which `writers` `dd`s keep
+    busy with direct writes. A process moved into the returned cgroup (its `cgroup.procs`)
+    shares that disk: each of its fsyncs waits behind theirs (~4 s with the defaults), while
+    the device goes on completing writes. Skips without cgroup v1 blkio. Everything is
+    stopped and removed after."""
+    if not (BLKIO / "blkio.throttle.write_iops_device").exists():
+        pytest.skip("no cgroup v1 blkio throttle to make a slow disk with")
+    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    device = os.stat(source).st_rdev
+    group = BLKIO / f"confsync-test-{os.getpid()}-{path.name}"
+    group.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        (group / "blkio.throttle.write_iops_device").write_text(
+            f"{os.major(device)}:{os.minor(device)} {iops}")
+        for n in range(writers):
+            procs.append(subprocess.Popen(
+                ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec dd if=/dev/zero '
+                 f'of={path}/.hammer{n} bs=4k count=100000 oflag=direct status=none']))
+        yield group
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
+        for pid in (group / "cgroup.procs").read_text().split():  # (a test's own process)
+            (BLKIO / "cgroup.procs").write_text(pid)
+        group.rmdir()

@@ -99,3 +99,30 @@ def test_a_dest_beside_a_stuck_one_is_given_up_on_sooner() -> None:
             assert within[0] <= time.monotonic() - began < within[1], dest
     finally:
         gate.set()
+
+
+def test_a_background_call_runs_one_at_a_time_and_its_error_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """File work nobody waits for (removing leftovers at each heartbeat): a call that has not
+    returned makes the next a no-op (one blocked thread, not one per heartbeat), and what it
+    raises is logged, not lost with its thread."""
+    io = DestIo(patience=0.2)
+    gate, calls = threading.Event(), []
+    io.background("tidy", lambda: _blocked(gate, calls, A))
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads = threading.active_count()
+    for _ in range(5):
+        io.background("tidy", lambda: _blocked(gate, calls, A))
+    assert calls == [A] and threading.active_count() == threads
+    gate.set()
+
+    def fails() -> None:
+        raise OSError("boom")
+
+    deadline = time.monotonic() + 5
+    while "boom" not in caplog.text and time.monotonic() < deadline:
+        io.background("tidy", fails)
+        time.sleep(0.01)
+    assert "tidy: unexpected error on a file worker" in caplog.text and calls == [A]
