@@ -166,6 +166,9 @@ class Registrar:
         # refused) never reported one, so /ready said "etcd not connected" without a reason
         # and the log said nothing at all.
         self._said_lost = False
+        # Calls failed in a row, each on the next endpoint: etcd is unreachable once every
+        # endpoint failed in turn, not at the first member that did.
+        self._failed_in_row = 0
         self._refused_said = ""  # the refusal reported (keys and etcd's answer); "" for none
         self._reauthenticated = False
         self._regranted = False
@@ -370,6 +373,7 @@ class Registrar:
                 else:
                     self._reauthenticated = False
                     self._regranted = False
+                    self._failed_in_row = 0
                     self._writes_accepted()
             now = time.monotonic()
             with self._lock:
@@ -756,6 +760,18 @@ class Registrar:
             self._report(RegistrarEvent("accepted"))
 
     def _lost(self, exc: BaseException) -> None:
+        self._failed_in_row += 1
+        if self._failed_in_row < self._endpoint_count():
+            # One member failed (restarted by an upgrade, rebooted, cut off): the next is asked
+            # at once. Reported after one failure, every member restart of a rolling upgrade
+            # said "etcd unreachable" (a WARNING, /ready 503) while a quorum served.
+            log.debug("register: etcd call failed (%s); trying the next endpoint",
+                      describe_error(exc))
+            self._drop_client()
+            if not isinstance(exc, StoreUnavailable):
+                self._endpoint_failed()
+            self._retry_at = 0.0
+            return
         reason = describe_error(exc)
         self._refused_said = ""  # (unreachable now: what it refused is told again when back)
         if not self._said_lost:
