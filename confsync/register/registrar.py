@@ -138,6 +138,9 @@ class Registrar:
         self._reconnect = False
         self._wanted: dict[str, bytes | None] = {}
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
+        # Keys a value was sent for on the current lease, answered or not: one whose answer was
+        # lost (etcd killed as it committed) may be there. The stop's warning names them.
+        self._sent: set[str] = set()
         # Per key, the mod revision and value of our last write (or of this host's value read
         # to take over). Writes are guarded by both: a revision alone also matched another
         # host's value in a recreated etcd, whose revisions start again from 1.
@@ -274,7 +277,9 @@ class Registrar:
         if done and done[0]:
             return True
         with self._lock:
-            held = sorted(k for k, v in self._written.items() if v is not None)
+            # (and what was sent without an answer: a put etcd committed as it died is there)
+            held = sorted({k for k, v in self._written.items() if v is not None}
+                          | {k for k in self._sent if k not in self._written})
         why = revoke.why() if done else "a second stop signal: not waiting for etcd"
         if held:
             log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
@@ -428,6 +433,7 @@ class Registrar:
             self._renewed(granted)
             with self._lock:
                 self._written.clear()  # keys on an old lease are gone or about to go
+                self._sent.clear()
             self._report(RegistrarEvent("lease_granted", detail=f"lease {self._lease:x}, "
                                         f"ttl {granted}s"))
         elif now >= self._next_keepalive:
@@ -476,6 +482,7 @@ class Registrar:
         self._lease = None
         with self._lock:
             self._written.clear()
+            self._sent.clear()
 
     def _renew_without_token(self, now: float) -> None:
         """Credentials refused: renew the lease anyway while no key it holds is stale."""
@@ -617,6 +624,8 @@ class Registrar:
             if value is not None:
                 guard = [t.mod(key) == last[0], t.value(key) == last[1]] if last else [
                     t.version(key) == 0]
+                with self._lock:
+                    self._sent.add(key)
                 ok, responses = c.transaction(compare=guard,
                                               success=[t.put(key, value, lease=self._lease)],
                                               failure=[t.get(key)])
