@@ -180,6 +180,9 @@ class Daemon:
         # it (`_new_watch_session`): their replays may come too, until it says it is back.
         self._awaiting_watch = False
         self._catch_up_max = CATCH_UP_MAX  # SESSION_HOLD after a snapshot's new watches
+        # The store's revision when the watch came back: later batches are live, and do not
+        # keep the replay hold waiting (0: unknown, every batch counts).
+        self._replay_until = 0
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -441,7 +444,10 @@ class Daemon:
             return
         changed = self.mirror.apply(batch)
         self._drained_revision = max(self._drained_revision, batch.revision)
-        self._last_batch_at = time.monotonic()
+        if not self._replay_until or event.first_revision <= self._replay_until:
+            # (A live batch does not count: under steady writes the replay hold waited for a
+            # quiet that never came, CATCH_UP_MAX, 3 s behind etcd at every member restart.)
+            self._last_batch_at = time.monotonic()
         if not self.connected and self._resuming and self._catch_up_since is None:
             self._catch_up_since = self._last_batch_at  # a replay before the watch is back
         if changed:
@@ -517,6 +523,7 @@ class Daemon:
                     self._catch_up_since = self._connected_at
                 self._catch_up_max = CATCH_UP_MAX if self._resuming else SESSION_HOLD
                 self._resuming = self._awaiting_watch = False
+            self._replay_until = event.replay_until
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()
@@ -527,6 +534,7 @@ class Daemon:
             # at most every 5 minutes, not at each retry for as long as etcd stays away.)
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
+        self._replay_until = 0  # (what comes before the watch is back is replay)
         self._resuming = self._resuming or self.ready
         self.observers.watch_lost(event.reason)
 

@@ -58,6 +58,9 @@ class StreamState:
     revision: int
     reason: str = ""
     generation: int = 0
+    # Connected: the store's revision as the watches were created (0: not known). Batches up
+    # to it are a replay of what the stream missed; later ones are live.
+    replay_until: int = 0
 
 
 _RESYNC_NOW = object()  # wakes `_follow` for an immediate resync snapshot
@@ -241,7 +244,8 @@ class StoreFollower(threading.Thread):
                     log.error("store follower: %s; retrying", exc)
                 self._degraded(str(exc))
                 continue
-            self._backlog.put(StreamState(True, start - 1, generation=self.generation))
+            self._backlog.put(StreamState(True, start - 1, generation=self.generation,
+                                          replay_until=getattr(handle, "replay_until", 0)))
             error = self._follow(handle)
             if error is None:
                 return

@@ -553,11 +553,12 @@ class EtcdStore:
             return None
 
     def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int,
-                       key: bytes) -> None:
+                       key: bytes) -> int:
         """Raise StoreReset unless the server is the cluster we followed and has every revision
         we delivered (`start_revision - 1`) or saw. A recreated etcd (new cluster id) or one
         restored from an older backup (revision back in time) would otherwise accept a watch
-        "from revision N+1" and stay silent until its own history passed N."""
+        "from revision N+1" and stay silent until its own history passed N. Returns the
+        server's revision."""
         cluster_id, revision = self._current_position(client, key)
         reset = self._saw(cluster_id, revision)
         if reset is not None:
@@ -568,6 +569,7 @@ class EtcdStore:
             with self._lock:
                 self._reset_pending = True
             raise StoreReset(cluster_id, cluster_id, highest, revision)
+        return revision
 
     # ---- watch
 
@@ -608,8 +610,13 @@ class _EtcdWatch:
         started = time.monotonic()
         self._last_heard = dict.fromkeys(prefixes, started)
         self._position_key = prefixes[0].encode() if prefixes else b"\0"
+        # The server's revision before the watches exist: what they bring up to it is etcd's
+        # replay of what this session missed, what comes after is live (the loop waits for
+        # the replay alone: `replay_until`).
+        self.replay_until = 0
         try:
-            store.check_position(self._client, start_revision, self._position_key)
+            self.replay_until = store.check_position(self._client, start_revision,
+                                                     self._position_key)
             for prefix in prefixes:
                 key = prefix.encode()
                 try:

@@ -423,3 +423,52 @@ def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
     lines = read(seen).splitlines()
     mixed = [line for line in lines if len(set(line.split())) != 1]
     assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
+
+
+def test_after_a_reconnect_under_steady_writes_the_file_catches_up_at_once(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """The replay hold after a resume waited for 0.3 s without a batch: under steady writes
+    (a pool's churn, here a put every 50 ms) that quiet never came, and every reconnect (a
+    member restarted by an upgrade) left the file 3 s (CATCH_UP_MAX) behind etcd. Only the
+    replay (batches up to the revision the server had as the watch came back) counts now."""
+    c = client(etcd_private.endpoint)
+    c.put("/a/n", "0")
+    c.put("/b/n", "0")
+    dest = tmp_path / "out"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n')
+    written = [0]
+    stop = threading.Event()
+
+    def writer() -> None:
+        for i in range(1, 600):  # (bounded: 30 s at most)
+            if stop.wait(0.05):
+                return
+            c.put("/a/n", str(i))
+            written[0] = i
+
+    proxy = TcpProxy(etcd_private.client_port)
+    thread = threading.Thread(target=writer, daemon=True)
+    try:
+        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w.wait_log("watching /a, /b", timeout=15)
+        thread.start()
+        proxy.close()
+        w.wait_log("degraded", timeout=15)
+        time.sleep(0.3)
+        proxy = TcpProxy(etcd_private.client_port, port=proxy.port)
+        w.wait_log("watching /a, /b", count=2, timeout=15)
+        back, target = time.monotonic(), written[0] + 5  # (a value put after the resume)
+
+        def caught_up() -> bool:
+            text = read(dest).split()
+            return bool(text) and int(text[0]) >= target
+
+        wait_for(caught_up, timeout=10, interval=0.01, what="the file to catch up")
+        took = time.monotonic() - back
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        proxy.close()
+    assert took < 1.5, f"{took:.2f}s behind etcd after the watch was back"
