@@ -34,6 +34,17 @@ def _metric(base: str, line: str) -> bool:
         return line in response.read().decode()
 
 
+def _watch(tmp_path: Path, etcd: EtcdMember, prefix: str,
+           watchers: list[WatchProcess]) -> tuple[WatchProcess, str]:
+    """`watch` of the confdir at tmp_path/cd with a metrics port; (it, the metrics URL)."""
+    port = free_port()
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+    watchers.append(w)
+    return w, f"http://127.0.0.1:{port}"
+
+
 def test_a_frozen_dest_holds_its_resource_alone_and_converges_at_thaw(
         watchers: list[WatchProcess], frozen_fs: Path, etcd: EtcdMember, tmp_path: Path,
         prefix: str) -> None:
@@ -50,12 +61,7 @@ def test_a_frozen_dest_holds_its_resource_alone_and_converges_at_thaw(
                    f'reload_cmd = ["sh", "-c", "cat {dest} >> {served}"]\n')
     write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
                    f'dest = "{other}"\nkeys = ["/o"]\n')
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-    watchers.append(w)
+    w, base = _watch(tmp_path, etcd, prefix, watchers)
     wait_for(lambda: read(dest) == "value=1\n" and read(other) == "other=1\n"
              and probe(base, "/ready")[0] == 200, 20, what="first render")
     freeze(frozen_fs)
@@ -111,14 +117,9 @@ def test_a_stale_staged_file_on_a_frozen_fs_at_start_holds_its_resource_alone(
     write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
     write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
                    f'dest = "{other}"\nkeys = ["/o"]\n')
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     freeze(frozen_fs)
     try:
-        w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                         "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                         f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-        watchers.append(w)
+        w, base = _watch(tmp_path, etcd, prefix, watchers)
         wait_for(lambda: read(other) == "other=1\n", 10,
                  what=f"the other resource while a stale file waits\n{w.output()[-2000:]}")
         c.put(prefix + "/o/v", "2")
@@ -150,12 +151,7 @@ def test_a_staged_file_left_for_later_does_not_hold_the_loop_once_frozen(
     write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
     write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
                    f'dest = "{other}"\nkeys = ["/o"]\n')
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-    watchers.append(w)
+    w, base = _watch(tmp_path, etcd, prefix, watchers)
     w.wait_log("removing it later", timeout=10)
     wait_for(lambda: read(other) == "other=1\n", 5, what="the first render")
     try:
