@@ -22,7 +22,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -144,6 +144,41 @@ def same_directory(fd: int | None, directory: Path) -> bool:
     except OSError:
         return False
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+class DaemonLocks:
+    """The confdir locks a running `watch` holds: its confdir's, and, while a reload moves
+    to another confdir, that one's too. `active` says whether it locks at all (started
+    without a lock: in-process runs, tests), which stays so while every lock may be let go of
+    for a while (a confdir gone when a reload was refused) and taken again."""
+
+    def __init__(self, fd: int) -> None:
+        self.active = fd >= 0
+        self._fds: list[int] = [fd] if fd >= 0 else []
+
+    def holds(self, directory: Path) -> bool:
+        """Whether `directory` is locked by us (always true when not `active`)."""
+        return not self.active or any(same_directory(fd, directory) for fd in self._fds)
+
+    def take(self, directory: Path) -> int:
+        """Lock `directory` exclusively too; its descriptor, -1 on a filesystem without
+        flock. Raises Held, or OSError when it cannot be opened."""
+        fd = try_lock(directory, exclusive=True)
+        if fd >= 0:
+            self._fds.append(fd)
+        return fd
+
+    def keep_only(self, directories: Sequence[Path]) -> None:
+        """Let go of the locks of every directory but these."""
+        for fd in list(self._fds):
+            if not any(same_directory(fd, d) for d in directories):
+                self._fds.remove(fd)
+                release(fd)
+
+    def step_down(self) -> None:
+        """Stopping: hold every lock shared only (`step_down`)."""
+        for fd in self._fds:
+            step_down(fd)
 
 
 def daemon_holding(directory: Path) -> str:

@@ -151,12 +151,8 @@ class Daemon:
     def __init__(self, settings: Settings, cli_values: Mapping[str, Any] | None = None,
                  observers: Sequence[Observer] = (), lock: int = -1) -> None:
         self.cli_values = dict(cli_values or {})
-        # Descriptors holding the lock of the confdir run (and of one a reload is switching
-        # to): confdir_lock.py. None when started without one (in-process, tests).
-        self._locks: list[int] = [lock] if lock >= 0 else []
-        # Whether this daemon locks its confdir at all: every lock may be let go of for a while
-        # (a confdir gone when a reload was refused) and taken again (_follow_confdir_lock).
-        self._locking = lock >= 0
+        # The lock of the confdir run (and of one a reload is switching to): confdir_lock.py.
+        self._locks = confdir_lock.DaemonLocks(lock)
         if settings.config_path is not None and not self.cli_values.get("config"):
             # The file found at the default place is this daemon's config from now on: should
             # it vanish (a package upgrade half done), a reload is refused, not run on defaults.
@@ -276,8 +272,7 @@ class Daemon:
                 except Exception:
                     self._loop_failed()
         finally:
-            for fd in self._locks:  # (a successor waits for this process's end now)
-                confdir_lock.step_down(fd)
+            self._locks.step_down()  # (a successor waits for this process's end now)
             self.observers.stopping()
             self.follower.stop()
             if self._local_observer is not None:
@@ -852,11 +847,10 @@ class Daemon:
         """A reload that moves to another confdir takes its lock first (confdir_lock.py): held
         by another `watch`, the reload is refused; by a `once`, tried again shortly. The old
         confdir's lock goes once the new set runs."""
-        if not self._locking or any(confdir_lock.same_directory(fd, confdir)
-                                    for fd in self._locks):
-            return True  # (started unlocked, or already ours)
+        if self._locks.holds(confdir):
+            return True  # (already ours, or started unlocked)
         try:
-            self._locks.append(confdir_lock.try_lock(confdir, exclusive=True))
+            self._locks.take(confdir)
         except confdir_lock.Held as held:
             why = f"{confdir} is kept by another confsync process ({held.describe()})"
             if held.by_daemon:
@@ -878,11 +872,10 @@ class Daemon:
         unlocked for good. The files loaded stay those of the old one until a SIGHUP (or
         `[watch] confdir`) loads them."""
         confdir = self.state.settings.confdir
-        if not self._locking or self.stopping or any(
-                confdir_lock.same_directory(fd, confdir) for fd in self._locks):
+        if self.stopping or self._locks.holds(confdir):
             return
         try:
-            fd = confdir_lock.try_lock(confdir, exclusive=True)
+            fd = self._locks.take(confdir)
         except confdir_lock.Held as held:  # a `once` ends soon: tried again at the next beat
             if held.by_daemon and self._reload_warnings.due(f"lock {held.describe()}"):
                 log.error("confdir %s is now another directory, kept by another `confsync "
@@ -893,7 +886,6 @@ class Daemon:
             return  # (gone for now: between its deletion and its new copy)
         if fd < 0:
             return  # (a filesystem without flock)
-        self._locks.append(fd)
         log.warning("confdir %s is now another directory (made anew, or its symlink moved): "
                     "its lock taken%s", confdir, "" if self.state.settings.watch.confdir
                     else "; send SIGHUP to load its files")
@@ -904,10 +896,7 @@ class Daemon:
         keep = [self.state.settings.confdir]
         if self.pending is not None:
             keep.append(self.pending.state.settings.confdir)
-        for fd in list(self._locks):
-            if not any(confdir_lock.same_directory(fd, d) for d in keep):
-                self._locks.remove(fd)
-                confdir_lock.release(fd)
+        self._locks.keep_only(keep)
 
     def _on_pending_event(self, event: object) -> None:
         assert self.pending is not None
