@@ -277,12 +277,15 @@ class DestIo:
 
         self._workers.submit(job)
 
-    def _blocked(self) -> frozenset[Path]:
-        """Directories holding a dest whose stuck call has not returned."""
+    def _blocked(self) -> frozenset[Path | int]:
+        """Directories holding a dest whose stuck call has not returned, and the devices of
+        their filesystems where known (a frozen filesystem holds every directory on it)."""
         if not self._stuck:
             return frozenset()
-        return frozenset(dest.parent for dest, call in list(self._stuck.items())
-                         if not call.done.is_set())
+        directories = {dest.parent for dest, call in list(self._stuck.items())
+                       if not call.done.is_set()}
+        return frozenset(directories | {self._devices[d] for d in directories
+                                        if d in self._devices})
 
     def _note_device(self, dest: Path) -> None:
         """Remember the device of `dest`'s filesystem (on the worker: a stat of a hung mount
@@ -323,9 +326,12 @@ class DestIo:
             self._on_slow()
         return True
 
-    def _patience(self, dest: Path, blocked: frozenset[Path]) -> float:
-        return min(self.patience, NEIGHBOUR_PATIENCE) if dest.parent in blocked \
-            else self.patience
+    def _patience(self, dest: Path, blocked: frozenset[Path | int]) -> float:
+        """Shorter beside a stuck call: in its directory, or on its filesystem (its device,
+        as noted by an earlier call: a stat here would block on a hung mount). Dests in ten
+        directories of one frozen filesystem paid the whole patience each."""
+        near = dest.parent in blocked or self._devices.get(dest.parent, -1) in blocked
+        return min(self.patience, NEIGHBOUR_PATIENCE) if near else self.patience
 
     def _wait(self, job: _Call[T]) -> None:
         """Run `job` on a worker and wait for it up to its deadline (which progress moves);

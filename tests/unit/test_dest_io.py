@@ -101,6 +101,31 @@ def test_a_dest_beside_a_stuck_one_is_given_up_on_sooner() -> None:
         gate.set()
 
 
+def test_a_dest_on_the_filesystem_of_a_stuck_one_is_given_up_on_sooner(tmp_path: Path) -> None:
+    """Another directory of the same filesystem (known by its device from an earlier call)
+    is as frozen as the stuck dest's: it no longer costs the whole patience. A dest on
+    another filesystem (/dev/shm, a tmpfs) still gets it."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    io = DestIo(patience=1.0)
+    for dest in (one / "a", two / "b", other / "c"):
+        assert io.call("r", dest, "stage", lambda _: 1) == 1  # (devices noted)
+    gate, calls = threading.Event(), []
+    try:
+        for dest, within in ((one / "a", (1.0, 2.5)), (two / "b", (0.2, 0.8)),
+                             (other / "c", (1.0, 2.5))):
+            began = time.monotonic()
+            with pytest.raises(IoStuck):
+                io.call("r", dest, "stage", lambda _, d=dest: _blocked(gate, calls, d))
+            assert within[0] <= time.monotonic() - began < within[1], dest
+    finally:
+        gate.set()
+
+
 def test_a_background_call_runs_one_at_a_time_and_its_error_is_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """File work nobody waits for (removing leftovers at each heartbeat): a call that has not
