@@ -86,19 +86,26 @@ def test_each_stats_every_dest_in_one_call_and_stops_at_a_stuck_one() -> None:
     assert not io.stuck(B) and calls == [B]
 
 
-def test_a_dest_beside_a_stuck_one_is_given_up_on_sooner() -> None:
-    """Same directory, same filesystem: ten dests in a frozen directory must not hold the
-    loop ten patiences; a dest elsewhere still gets the whole patience."""
-    io = DestIo(patience=1.0)
-    gate, calls = threading.Event(), []
+def _stuck_within(io: DestIo, first: Path, neighbour: Path, elsewhere: Path) -> None:
+    """Blocked calls on `first`, then `neighbour`, then `elsewhere` (patience 1 s): the
+    neighbour of the stuck one is given up on within NEIGHBOUR_PATIENCE, the others not."""
+    gate: threading.Event = threading.Event()
+    calls: list[Path] = []
     try:
-        for dest, within in ((A, (1.0, 2.5)), (B, (0.2, 0.8)), (Path("/e/c"), (1.0, 2.5))):
+        for dest, within in ((first, (1.0, 2.5)), (neighbour, (0.2, 0.8)),
+                             (elsewhere, (1.0, 2.5))):
             began = time.monotonic()
             with pytest.raises(IoStuck):
                 io.call("r", dest, "stage", lambda _, d=dest: _blocked(gate, calls, d))
             assert within[0] <= time.monotonic() - began < within[1], dest
     finally:
         gate.set()
+
+
+def test_a_dest_beside_a_stuck_one_is_given_up_on_sooner() -> None:
+    """Same directory, same filesystem: ten dests in a frozen directory must not hold the
+    loop ten patiences; a dest elsewhere still gets the whole patience."""
+    _stuck_within(DestIo(patience=1.0), A, B, Path("/e/c"))
 
 
 def test_a_dest_on_the_filesystem_of_a_stuck_one_is_given_up_on_sooner(tmp_path: Path) -> None:
@@ -114,16 +121,7 @@ def test_a_dest_on_the_filesystem_of_a_stuck_one_is_given_up_on_sooner(tmp_path:
     io = DestIo(patience=1.0)
     for dest in (one / "a", two / "b", other / "c"):
         assert io.call("r", dest, "stage", lambda _: 1) == 1  # (devices noted)
-    gate, calls = threading.Event(), []
-    try:
-        for dest, within in ((one / "a", (1.0, 2.5)), (two / "b", (0.2, 0.8)),
-                             (other / "c", (1.0, 2.5))):
-            began = time.monotonic()
-            with pytest.raises(IoStuck):
-                io.call("r", dest, "stage", lambda _, d=dest: _blocked(gate, calls, d))
-            assert within[0] <= time.monotonic() - began < within[1], dest
-    finally:
-        gate.set()
+    _stuck_within(io, one / "a", two / "b", other / "c")
 
 
 def test_a_background_call_runs_one_at_a_time_and_its_error_is_logged(
