@@ -8,6 +8,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,15 +100,10 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_stale_staged_file_on_a_frozen_fs_at_start_holds_its_resource_alone(
-        watchers: list[WatchProcess], frozen_fs: Path, etcd: EtcdMember, tmp_path: Path,
-        prefix: str) -> None:
-    """A run killed mid-write left a staged file beside dest; the filesystem is frozen when
-    `watch` starts (a snapshot, or a hung mount). Removing that file blocks: it used to run on
-    the loop's thread, so nothing rendered and /health went 503 for as long as it was frozen.
-    Now it is the dest's file work like any other: the other resource renders, and the stale
-    file goes at thaw."""
-    c = client(etcd.endpoint)
+def _stale_beside_dest(c: Any, frozen_fs: Path, tmp_path: Path,
+                       prefix: str) -> tuple[Path, Path, Path]:
+    """Resources `app` (dest on `frozen_fs`, its file current, with a killed writer's staged
+    file beside it) and `other` (dest in tmp_path); (dest, other's dest, the staged file)."""
     c.put(prefix + "/k/v", "1")
     c.put(prefix + "/o/v", "1")
     dest, other = frozen_fs / "out.conf", tmp_path / "other.conf"
@@ -117,6 +113,19 @@ def test_a_stale_staged_file_on_a_frozen_fs_at_start_holds_its_resource_alone(
     write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
     write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
                    f'dest = "{other}"\nkeys = ["/o"]\n')
+    return dest, other, stale
+
+
+def test_a_stale_staged_file_on_a_frozen_fs_at_start_holds_its_resource_alone(
+        watchers: list[WatchProcess], frozen_fs: Path, etcd: EtcdMember, tmp_path: Path,
+        prefix: str) -> None:
+    """A run killed mid-write left a staged file beside dest; the filesystem is frozen when
+    `watch` starts (a snapshot, or a hung mount). Removing that file blocks: it used to run on
+    the loop's thread, so nothing rendered and /health went 503 for as long as it was frozen.
+    Now it is the dest's file work like any other: the other resource renders, and the stale
+    file goes at thaw."""
+    c = client(etcd.endpoint)
+    dest, other, stale = _stale_beside_dest(c, frozen_fs, tmp_path, prefix)
     freeze(frozen_fs)
     try:
         w, base = _watch(tmp_path, etcd, prefix, watchers)
@@ -141,16 +150,8 @@ def test_a_staged_file_left_for_later_does_not_hold_the_loop_once_frozen(
     heartbeat. Made writable and frozen right away (a snapshot), that try blocks: it ran on
     the loop's thread, and held every resource until thaw. Now it waits on a worker."""
     c = client(etcd.endpoint)
-    c.put(prefix + "/k/v", "1")
-    c.put(prefix + "/o/v", "1")
-    dest, other = frozen_fs / "out.conf", tmp_path / "other.conf"
-    dest.write_text("value=1\n")
-    stale = frozen_fs / f".out.conf.{_dead_pid()}.0.confsync"
-    stale.write_text("half")
+    _, other, stale = _stale_beside_dest(c, frozen_fs, tmp_path, prefix)
     subprocess.run(["mount", "-o", "remount,ro", str(frozen_fs)], check=True, timeout=10)
-    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
-    write_resource(tmp_path / "cd", "other", "other={{ getv('/o/v') }}\n",
-                   f'dest = "{other}"\nkeys = ["/o"]\n')
     w, base = _watch(tmp_path, etcd, prefix, watchers)
     w.wait_log("removing it later", timeout=10)
     wait_for(lambda: read(other) == "other=1\n", 5, what="the first render")

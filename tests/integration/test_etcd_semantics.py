@@ -27,6 +27,13 @@ from tests.support.etcd_server import EtcdMember, start_single
 from tests.support.tcp_proxy import TcpProxy
 
 
+def _assert_none_mixed(seen: Path) -> None:
+    """Every render the reload command recorded shows one revision ("n n")."""
+    lines = read(seen).splitlines()
+    mixed = [line for line in lines if len(set(line.split())) != 1]
+    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
+
+
 def _watch(watchers: list[WatchProcess], tmp_path: Path, endpoint: str, prefix: str,
            *extra: str) -> WatchProcess:
     w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", endpoint,
@@ -60,9 +67,7 @@ def test_a_txn_over_two_prefixes_of_one_resource_is_rendered_whole(
             c.transactions.delete(f"{prefix}/a/m/{i - 1}"),
             c.transactions.put(f"{prefix}/a/m/{i}", "")])
     wait_for(lambda: read(dest) == "200 200 200\n", timeout=15, what="the last txn")
-    lines = read(seen).splitlines()
-    mixed = [line for line in lines if len(set(line.split())) != 1]
-    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed[:5]}"
+    _assert_none_mixed(seen)
 
 
 def test_txns_over_two_prefixes_right_after_the_start_are_rendered_whole(
@@ -91,9 +96,7 @@ def test_txns_over_two_prefixes_right_after_the_start_are_rendered_whole(
         wait_for(lambda: read(dest) == "100 100\n", timeout=20, what=w.output()[-2000:])
     finally:
         proxy.close()
-    lines = read(seen).splitlines()
-    mixed = [line for line in lines if len(set(line.split())) != 1]
-    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
+    _assert_none_mixed(seen)
 
 
 def test_a_compaction_between_the_ranges_of_a_snapshot_reads_again_at_one_revision(
@@ -420,9 +423,7 @@ def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
                      what=f"the replay after outage {outage}\n{w.output()[-2000:]}")
     finally:
         proxy.close()
-    lines = read(seen).splitlines()
-    mixed = [line for line in lines if len(set(line.split())) != 1]
-    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
+    _assert_none_mixed(seen)
 
 
 def test_after_a_reconnect_under_steady_writes_the_file_catches_up_at_once(
