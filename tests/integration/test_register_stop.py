@@ -65,6 +65,18 @@ def _gone_after(proc: RegisterProcess, endpoints: list[str], key: str, sent: flo
     return time.monotonic() - sent
 
 
+def _stop_deregisters_promptly(proc: RegisterProcess, endpoints: list[str], key: str) -> None:
+    """SIGTERM: `key` is gone from the `endpoints` within 4 s, and the process exits 0 within
+    5 s."""
+    proc.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    took = _gone_after(proc, endpoints, key, sent, timeout=TTL)
+    status = proc.wait(timeout=15)
+    exited = time.monotonic() - sent
+    assert took < 4, f"deregistered after {took:.1f}s\n{proc.output()[-3000:]}"
+    assert status == 0 and exited < 5, (status, exited, proc.output()[-3000:])
+
+
 def test_a_stop_with_the_first_member_frozen_deregisters_through_another(
         cluster: list[EtcdMember], prefix: str, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -77,15 +89,9 @@ def test_a_stop_with_the_first_member_frozen_deregisters_through_another(
              what="registered")
     a.freeze()
     try:
-        proc.signal(signal.SIGTERM)
-        sent = time.monotonic()
-        took = _gone_after(proc, [b.endpoint, c.endpoint], _key(prefix), sent, timeout=TTL)
-        status = proc.wait(timeout=15)
-        exited = time.monotonic() - sent
+        _stop_deregisters_promptly(proc, [b.endpoint, c.endpoint], _key(prefix))
     finally:
         a.thaw()
-    assert took < 4, f"deregistered after {took:.1f}s\n{proc.output()[-3000:]}"
-    assert status == 0 and exited < 5, (status, exited, proc.output()[-3000:])
     assert "revoked through 127.0.0.1:" in proc.output()
 
 
@@ -102,15 +108,9 @@ def test_a_stop_with_the_first_endpoint_black_holed_deregisters_through_another(
         wait_for(lambda: published(client(b.endpoint), _key(prefix)) is not None, timeout=15,
                  what="registered")
         proxy.stall()
-        proc.signal(signal.SIGTERM)
-        sent = time.monotonic()
-        took = _gone_after(proc, [b.endpoint, c.endpoint], _key(prefix), sent, timeout=TTL)
-        status = proc.wait(timeout=15)
-        exited = time.monotonic() - sent
+        _stop_deregisters_promptly(proc, [b.endpoint, c.endpoint], _key(prefix))
     finally:
         proxy.close()
-    assert took < 4, f"deregistered after {took:.1f}s\n{proc.output()[-3000:]}"
-    assert status == 0 and exited < 5, (status, exited, proc.output()[-3000:])
 
 
 def _registered_then_frozen(procs: list[RegisterProcess], tmp_path: Path, etcd: EtcdMember,
