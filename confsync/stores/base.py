@@ -45,6 +45,10 @@ WatchSink = Callable[[ChangeBatch | Exception], None]
 
 
 class WatchHandle(Protocol):
+    """A running watch. A handle may also carry `replay_until: int`, the store's revision as
+    the watch was created (etcd's: what comes up to it is a replay of what was missed); the
+    follower reads it with a default of 0, unknown, so stores without revisions need none."""
+
     def cancel(self) -> None: ...
 
 
