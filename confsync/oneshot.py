@@ -15,12 +15,14 @@ from confsync.errors import (
     EXIT_WOULD_CHANGE,
 )
 from confsync.mirror import Mirror
+from confsync.render_memo import RenderMemo
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
 from confsync.stores import Store, merge_prefixes, open_snapshot_store
 
 if TYPE_CHECKING:
     from confsync.outcome import Outcome
+    from confsync.renderer import Renderer
     from confsync.sync import Syncer
 
 T = TypeVar("T")
@@ -79,32 +81,45 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
 
     The snapshot is read on a thread while this one imports and sets up the render path
     (Jinja2 and our renderer, ~30 ms): etcd's answer costs no extra wall time up to that.
-    None when no resource loaded at all (the errors are already logged).
+    Unless the render memo expects to stand in for every render (the same code, templates and
+    resources as at the last run: render_memo.py): the render path is then set up only if the
+    data turns out to have changed. None when no resource loaded at all (the errors are
+    already logged).
     """
     resource_set = load_resource_set(settings)
     if not resource_set.resources:
         return None
+    templates = settings.confdir / "templates"
     if data is not None:
         from confsync.stores.file import FileStore
 
         store: Store = FileStore([data])
     else:
         store = open_snapshot_store(settings)
+
+    def make_renderer() -> Renderer:
+        from confsync.renderer import Renderer
+
+        return Renderer(templates, render_timeout=settings.render_timeout,
+                        max_output_size=settings.max_output_size)
+
+    renderer: Renderer | Callable[[], Renderer] = make_renderer
     try:
         reading = _Background(lambda: snapshot_mirror(store, resource_set.resources))
         try:
-            from confsync.renderer import Renderer
             from confsync.sync import Syncer
 
-            renderer = Renderer(settings.confdir / "templates",
-                                render_timeout=settings.render_timeout,
-                                max_output_size=settings.max_output_size)
+            memo = RenderMemo.open(templates, resource_set.resources,
+                                   (settings.render_timeout, settings.max_output_size)) \
+                if settings.render_memo else None
+            if memo is None or not all(memo.expects(r) for r in resource_set.resources):
+                renderer = make_renderer()
         finally:
             reading.join()  # the store is never closed under a read
         mirror = reading.result()
     finally:
         store.close()
-    return resource_set, Syncer(renderer, mirror)
+    return resource_set, Syncer(renderer, mirror, memo=memo)
 
 
 def run_once(settings: Settings) -> int:

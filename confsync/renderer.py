@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import re
-import stat
 import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -43,8 +41,10 @@ from confsync.render_limits import (
     RenderTimeout,
     join_capped,
 )
+from confsync.render_purity import mark_impure
 from confsync.resources import Resource, join_key
 from confsync.template_args import TemplateFunctionError, checked_method, wrong_argument
+from confsync.template_files import read_templates
 
 if TYPE_CHECKING:
     import jinja2
@@ -439,38 +439,6 @@ def _failure_key(exc: BaseException) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def read_templates(directory: Path) -> dict[str, bytes | OSError]:
-    """Every file under `directory` (following links to directories, each directory once), by
-    its template name ('sub/x.tmpl'): the bytes, or why they could not be read.
-
-    Read when a Renderer is made, so that one resource set renders the templates as they were
-    when it was loaded: an `{% include %}` that a render had not needed yet used to be read
-    from disk at its first use, and so could be an edit waiting for its SIGHUP, or one that a
-    SIGHUP had refused as broken, beside a main template of the running set.
-    """
-    files: dict[str, bytes | OSError] = {}
-    seen: set[str] = set()
-    for root, dirs, names in os.walk(directory, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree
-            dirs[:] = []
-            continue
-        seen.add(real)
-        relative = Path(root).relative_to(directory)
-        for name in names:
-            path = Path(root) / name
-            try:
-                if not stat.S_ISREG(path.stat().st_mode):
-                    continue  # a FIFO would block the read; a device is no template
-                data: bytes | OSError = path.read_bytes()
-            except FileNotFoundError:
-                continue  # a dangling link, or gone meanwhile
-            except OSError as exc:
-                data = exc
-            files[(relative / name).as_posix()] = data
-    return files
-
-
 def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) -> Any:
     """Templates are code: serve the templates directory (no absolute names, no '..'), as read
     when the loader was made, and the absolute `src` files that resources name explicitly,
@@ -558,6 +526,8 @@ class Renderer:
         self.env.filters["dirname"] = _dirname
         register_confd_functions(self.env)
         register_converted_runtime(self.env)
+        mark_impure(self.env.globals)  # (the render memo's purity: render_purity.py)
+        mark_impure(self.env.filters)
         # Extra template functions (each called with the render's TemplateData).
         self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()

@@ -99,6 +99,8 @@ class Settings:
     # Render limits for every resource (a resource's own `render_timeout`/`max_output_size` win).
     render_timeout: float = DEFAULT_RENDER_TIMEOUT
     max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    # `once` and `check` skip a render whose inputs a render before had (render_memo.py).
+    render_memo: bool = True
 
 
 # (attribute path, TOML table, TOML key, converter). The env name is CONFSYNC_<TABLE>_<KEY>.
@@ -111,6 +113,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("metrics_address", "", "metrics_address", tv.listen_address),
     ("render_timeout", "", "render_timeout", tv.positive_duration),
     ("max_output_size", "", "max_output_size", parse_size),
+    ("render_memo", "", "render_memo", tv.flag),
     ("etcd.endpoints", "etcd", "endpoints", tv.string_list),
     ("etcd.ca_cert", "etcd", "ca_cert", tv.path),
     ("etcd.cert", "etcd", "cert", tv.path),

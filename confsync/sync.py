@@ -16,8 +16,9 @@ import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from confsync import render_purity
 from confsync.applier import (
     DestCache,
     FileState,
@@ -40,7 +41,7 @@ from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
 from confsync.reload import target_for
-from confsync.renderer import Renderer, RenderWarning
+from confsync.render_memo import data_digest
 from confsync.resources import Resource
 from confsync.running_copy import read_kept, reloaded, running_copy
 from confsync.targets import (
@@ -55,6 +56,10 @@ from confsync.targets import (
 )
 
 log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from confsync.render_memo import RenderMemo
+    from confsync.renderer import Renderer, RenderWarning
+
 T = TypeVar("T")
 
 
@@ -63,11 +68,14 @@ def _no_beat() -> None:
 
 
 class Syncer:
-    def __init__(self, renderer: Renderer, mirror: Mirror,
+    def __init__(self, renderer: Renderer | Callable[[], Renderer], mirror: Mirror,
                  last_counts: dict[str, int] | None = None, probe: bool = False,
-                 io: DestIo | None = None) -> None:
-        self.renderer = renderer
+                 io: DestIo | None = None, memo: RenderMemo | None = None) -> None:
+        # A Renderer, or what makes one at the first render: `once` with a render memo that
+        # stands in for every render never imports Jinja2 (render_memo.py).
+        self._renderer = renderer
         self.mirror = mirror
+        self.memo = memo
         # The daemon's file work on a dest runs with a deadline (dest_io.py); `once` and
         # `check` call it directly.
         self.io = io
@@ -102,6 +110,12 @@ class Syncer:
         self._looked: set[Path] = set()
         self._kept: set[Path] = set()
         self._running: dict[Path, FileState | None] = {}
+
+    @property
+    def renderer(self) -> Renderer:
+        if callable(self._renderer):
+            self._renderer = self._renderer()
+        return self._renderer
 
     def successor(self, renderer: Renderer, mirror: Mirror,
                   resources: Sequence[Resource]) -> Syncer:
@@ -183,7 +197,7 @@ class Syncer:
         """render(); with no memory of an earlier render (`once`, `check`, a daemon's start),
         the file at dest is the memory: zero keys may not replace a non-empty file."""
         remembered = resource.name in self.last_counts
-        content, warnings = self.render_with_warnings(resource)
+        content, warnings = self.render_with_warnings(resource, current.content)
         if (not remembered and resource.min_keys is None and self.last_counts[resource.name] == 0
                 and current.content and content != current.content):
             del self.last_counts[resource.name]
@@ -240,11 +254,14 @@ class Syncer:
     def render(self, resource: Resource) -> bytes:
         return self.render_with_warnings(resource)[0]
 
-    def render_with_warnings(self, resource: Resource) -> tuple[bytes, tuple[RenderWarning, ...]]:
+    def render_with_warnings(self, resource: Resource, dest_content: bytes | None = None,
+                             ) -> tuple[bytes, tuple[RenderWarning, ...]]:
         """Render and guard; raise ResourceError naming the step.
 
         The guard keeps the last good file when the data looks like a blip: fewer keys than
-        `min_keys`, or (by default) none at all where the last render had some.
+        `min_keys`, or (by default) none at all where the last render had some. With a render
+        memo, `dest_content` (the bytes at dest) is the output when a render with the same
+        inputs wrote it.
         """
         count = self.mirror.count(resource.key_dirs) + sum(
             1 for key in resource.key_names if self.mirror.get(key) is not None)
@@ -257,8 +274,21 @@ class Syncer:
             raise ResourceError(resource.name, "guard",
                                 f"all {self.last_counts[resource.name]} keys under {where} "
                                 f"vanished; keeping the last good file (min_keys = 0 allows it)")
-        rendered = self.renderer.render_result(resource, self.mirror)
-        content = rendered.text.encode("utf-8")
+        if self.memo is None:
+            rendered = self.renderer.render_result(resource, self.mirror)
+            content = rendered.text.encode("utf-8")
+        else:
+            data = data_digest(self.mirror, resource)
+            if self.memo.stands_for(resource, data, dest_content):
+                log.debug("%s: %s holds what a render would write (a render with the same "
+                          "inputs wrote it: render memo)", resource.name, resource.dest)
+                self.last_counts[resource.name] = count
+                return dest_content or b"", ()
+            impure = render_purity.calls()
+            rendered = self.renderer.render_result(resource, self.mirror)
+            content = rendered.text.encode("utf-8")
+            if not rendered.warnings and render_purity.calls() == impure:
+                self.memo.record(resource, data, content)
         self.last_counts[resource.name] = count
         return content, rendered.warnings
 

@@ -1,0 +1,232 @@
+"""`once` and `check` skip a render whose inputs are those of a render before it.
+
+Jinja2's import and the render are a third of a one-shot run (~25 of ~75 ms at 5,000 keys),
+and a `once` from cron or a systemd timer finds the same data nearly every time. A render's
+output is a function of: confsync's, Jinja2's and Python's code; the template files; the
+resource's definition and the render limits; and the keys and values the resource can see.
+Unless it called a function that reads the world (render_purity.py): those renders are never
+memoized, nor one that left a value out.
+
+After a render, the digest of those inputs and the digest of its output are kept, per
+resource. A later run whose inputs have the same digest, and whose dest holds bytes with that
+output digest, takes dest's bytes as the render's output: the file already is what the render
+would write. Nothing rendered is kept (dest may hold secrets): digests only, in a directory of
+the user's own (`$TMPDIR/confsync-memo-<uid>`, mode 0700, owned by the user: else no memo).
+Everything here is best effort: a memo that cannot be read or written is a render, never an
+error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from confsync.mirror import Mirror
+from confsync.resources import Resource
+from confsync.template_files import read_templates
+
+try:  # what hashlib.blake2b is, without hashlib's loading of OpenSSL (2.6 ms of a `once`)
+    from _blake2 import blake2b
+except ImportError:  # (another Python)
+    from hashlib import blake2b
+
+log = logging.getLogger(__name__)
+
+FORMAT = "confsync-render-memo-1"
+# Code that shapes a render: confsync's own, the template engine's, and the standard library's
+# (by the interpreter's version). By each file's size and mtime, so that an upgrade in place, or
+# an edited checkout at the same version number, never meets a memo of the code before.
+_CODE_PACKAGES = ("confsync", "jinja2", "markupsafe")
+
+
+def _digest(*parts: bytes) -> str:
+    h = blake2b(digest_size=20)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _package_dir(name: str) -> Path | None:
+    """Where package `name` would be imported from, without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def code_identity() -> bytes:
+    """Every Python file of the packages that shape a render, by path, size and mtime."""
+    entries: list[str] = [sys.version]
+    for package in _CODE_PACKAGES:
+        directory = _package_dir(package)
+        if directory is None:
+            entries.append(f"{package}: none")
+        else:
+            _code_files(str(directory), entries)
+    return "\n".join(entries).encode("utf-8", "surrogateescape")
+
+
+def _code_files(directory: str, entries: list[str]) -> None:
+    try:
+        found = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in found:
+        try:
+            if entry.is_dir():
+                if entry.name != "__pycache__":
+                    _code_files(entry.path, entries)
+            elif entry.name.endswith((".py", ".so")):
+                st = entry.stat()
+                entries.append(f"{entry.path} {st.st_size} {st.st_mtime_ns}")
+        except OSError:
+            continue
+
+
+def templates_identity(templates_dir: Path, explicit: Iterable[Path]) -> bytes:
+    """The template files a render can load: the templates directory, and the `src` files
+    resources name outside it (a render reads nothing else)."""
+    files = read_templates(templates_dir)
+    parts = [FORMAT.encode()]
+    for name in sorted(files):
+        data = files[name]
+        parts.append(name.encode("utf-8", "surrogateescape"))
+        parts.append(data if isinstance(data, bytes) else f"unreadable {data!r}".encode())
+    for path in sorted(set(explicit)):
+        parts.append(str(path).encode("utf-8", "surrogateescape"))
+        try:
+            parts.append(path.read_bytes())
+        except OSError as exc:
+            parts.append(f"unreadable {exc.errno}".encode())
+    return _digest(*parts).encode()
+
+
+def data_digest(mirror: Mirror, resource: Resource) -> str:
+    """The keys and values `resource` can see (TemplateData shows it nothing else). By their
+    repr, which tells every str and bytes apart (a BadValue's is its bytes'): one digest of
+    one string, 1 ms for 5,000 keys where one update per key and value took 2."""
+    get = mirror.get
+    seen = [(key, get(key)) for directory in resource.key_dirs
+            for key in mirror.keys_with_prefix(directory)]
+    seen.extend((key, value) for key in resource.key_names
+                if (value := get(key)) is not None)
+    return _digest(repr(seen).encode())
+
+
+class RenderMemo:
+    """The digests of the last memoizable render of each resource, kept between runs."""
+
+    def __init__(self, directory: Path, templates_dir: Path, resources: Sequence[Resource],
+                 limits: tuple[float, int]) -> None:
+        self.directory = directory
+        self._common = _digest(code_identity(), templates_identity(
+            templates_dir, (r.src for r in resources if not _inside(r.src, templates_dir))),
+            repr(limits).encode())
+
+    @classmethod
+    def open(cls, templates_dir: Path, resources: Sequence[Resource],
+             limits: tuple[float, int]) -> RenderMemo | None:
+        """The memo of this user, or None when there is no private directory to keep it in."""
+        directory = _private_directory()
+        if directory is None:
+            return None
+        try:
+            return cls(directory, templates_dir, resources, limits)
+        except OSError as exc:
+            log.debug("render memo not used: %s", exc)
+            return None
+
+    def _inputs(self, resource: Resource) -> str:
+        return _digest(self._common.encode(), repr(resource).encode("utf-8", "surrogateescape"))
+
+    def _entry(self, resource: Resource) -> Path:
+        return self.directory / _digest(resource.name.encode(), bytes(resource.dest))
+
+    def _read(self, resource: Resource) -> list[str] | None:
+        try:
+            fd = os.open(self._entry(resource), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with open(fd, "rb") as fh:
+            fields = fh.read(512).decode("ascii", "replace").split()
+        return fields if len(fields) == 4 and fields[0] == FORMAT else None
+
+    def expects(self, resource: Resource) -> bool:
+        """Whether the last render of `resource` had these inputs but for the data: the memo
+        may stand in for this run's render (`once` then does not set up the render path while
+        it waits for etcd)."""
+        fields = self._read(resource)
+        return fields is not None and fields[1] == self._inputs(resource)
+
+    def stands_for(self, resource: Resource, data: str, dest_content: bytes | None) -> bool:
+        """Whether a render of `resource` with `data` (data_digest) would write exactly
+        `dest_content`, the bytes at its dest: a render with the same inputs wrote them."""
+        if dest_content is None:
+            return False
+        fields = self._read(resource)
+        return (fields is not None and fields[1] == self._inputs(resource) and fields[2] == data
+                and fields[3] == _digest(dest_content))
+
+    def record(self, resource: Resource, data: str, output: bytes) -> None:
+        """Keep the digests of a render of `resource` that read nothing but its inputs."""
+        entry = self._entry(resource)
+        line = f"{FORMAT} {self._inputs(resource)} {data} {_digest(output)}\n".encode()
+        staged = entry.with_name(f".{entry.name}.{os.getpid()}")
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+            os.replace(staged, entry)
+        except OSError as exc:
+            log.debug("render memo of %s not kept: %s", resource.name, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path.is_relative_to(directory)
+
+
+def _private_directory() -> Path | None:
+    """`$TMPDIR/confsync-memo-<uid>`, made 0700 if missing; None unless it is a directory that
+    this user owns and nobody else may write to (not a link another user planted)."""
+    import tempfile
+
+    uid = os.geteuid()
+    try:
+        base = tempfile.gettempdir()
+    except OSError:  # (no usable temporary directory at all)
+        return None
+    if base == os.getcwd() and os.environ.get("TMPDIR") != base:
+        return None  # tempfile's last resort: never a memo in the directory `once` ran from
+    directory = Path(base) / f"confsync-memo-{uid}"
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.debug("render memo not used: %s", exc)
+        return None
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        log.debug("render memo not used: %s is not a private directory of uid %d", directory,
+                  uid)
+        return None
+    return directory

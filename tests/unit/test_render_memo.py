@@ -1,0 +1,168 @@
+"""`once`'s render memo stands in for a render only when every input is the same.
+
+Each test runs `confsync once` (file backend) as a process, with its own TMPDIR (where the memo
+lives), and reads from the debug log whether the memo stood in for the render. The danger is a
+memo that keeps a stale file, so most tests change one input and check the file follows it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from confsync import render_purity
+from confsync.convert.runtime import RUNTIME_FUNCTIONS
+from confsync.filters import VALIDATING_FILTERS
+from confsync.renderer import Renderer
+from tests.support.cli import REPO, write_resource
+
+MEMO = "a render with the same inputs wrote it"
+TEMPLATE = "{% for kv in gets('/svc/*') %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}"
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, template: str = TEMPLATE, body: str = "") -> None:
+        self.confdir = tmp_path / "cd"
+        self.dest = tmp_path / "out.conf"
+        self.data = tmp_path / "data.yaml"
+        self.tmpdir = tmp_path / "tmp"
+        self.tmpdir.mkdir()
+        self.data.write_text("svc:\n  a: 10.0.0.1:80\n  b: 10.0.0.2:80\n")
+        write_resource(self.confdir, "pool", template,
+                       f'dest = "{self.dest}"\nkeys = ["/svc"]\n{body}')
+
+    def once(self, *extra: str, env: dict[str, str] | None = None) -> tuple[int, bool]:
+        """Run `once`: its exit status, and whether the memo stood in for the render."""
+        done = subprocess.run(
+            [sys.executable, "-m", "confsync", "once", "--confdir", str(self.confdir),
+             "--backend", "file", "--file", str(self.data), "--log-level", "debug", *extra],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+            env={**os.environ, "TMPDIR": str(self.tmpdir), **(env or {})})
+        return done.returncode, MEMO in done.stderr
+
+
+def test_the_same_inputs_again_skip_the_render_and_leave_the_file_as_it_is(
+        tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    assert s.once() == (0, False)
+    written = s.dest.read_bytes()
+    assert written == b"server a 10.0.0.1:80\nserver b 10.0.0.2:80\n"
+    assert s.once() == (0, True)
+    assert s.dest.read_bytes() == written
+    entries = list((s.tmpdir / f"confsync-memo-{os.geteuid()}").iterdir())
+    assert len(entries) == 1 and written not in entries[0].read_bytes()  # digests only
+    assert s.once(env={"CONFSYNC_RENDER_MEMO": "false"}) == (0, False)
+
+
+def test_changed_data_is_rendered(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.once()
+    s.data.write_text("svc:\n  a: 10.0.0.1:80\n  b: 10.0.0.9:80\n")
+    assert s.once() == (0, False)
+    assert s.dest.read_text() == "server a 10.0.0.1:80\nserver b 10.0.0.9:80\n"
+
+
+def test_an_edited_template_or_included_file_is_rendered(tmp_path: Path) -> None:
+    s = Setup(tmp_path, "{% include 'part.tmpl' %}" + TEMPLATE)
+    (s.confdir / "templates" / "part.tmpl").write_text("# one\n")
+    s.once()
+    (s.confdir / "templates" / "part.tmpl").write_text("# two\n")  # same size
+    assert s.once() == (0, False)
+    assert s.dest.read_text().startswith("# two\n")
+    (s.confdir / "templates" / "pool.tmpl").write_text("{% include 'part.tmpl' %}end\n")
+    assert s.once() == (0, False)
+    assert s.dest.read_text() == "# two\nend\n"
+
+
+def test_an_edited_resource_or_global_setting_is_rendered(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.once()
+    (s.confdir / "conf.d" / "pool.toml").write_text(
+        f'[template]\nsrc = "pool.tmpl"\ndest = "{s.dest}"\nkeys = ["/svc/a"]\n')
+    assert s.once() == (0, False)
+    assert s.dest.read_text() == "server a 10.0.0.1:80\n"
+    assert s.once() == (0, True)
+    assert s.once(env={"CONFSYNC_MAX_OUTPUT_SIZE": "1MiB"}) == (0, False)
+
+
+def test_a_dest_changed_by_hand_is_rendered_again(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.once()
+    written = s.dest.read_bytes()
+    s.dest.write_bytes(written.replace(b"10.0.0.2", b"10.6.6.6"))
+    assert s.once() == (0, False)
+    assert s.dest.read_bytes() == written
+
+
+def test_a_render_that_reads_the_environment_is_never_memoized(tmp_path: Path) -> None:
+    s = Setup(tmp_path, "{{ getenv('ZONE') }}\n")
+    assert s.once(env={"ZONE": "eu"}) == (0, False)
+    assert s.once(env={"ZONE": "eu"}) == (0, False)
+    assert s.once(env={"ZONE": "us"}) == (0, False)
+    assert s.dest.read_text() == "us\n"
+
+
+def test_a_render_that_left_a_value_out_is_never_memoized(tmp_path: Path) -> None:
+    s = Setup(tmp_path, "{% for kv in gets('/svc/*', skip_invalid=True) %}"
+                        "{{ kv.value | hostport }}\n{% endfor %}")
+    s.data.write_text("svc:\n  a: 10.0.0.1:80\n  b: 'not an address'\n")
+    assert s.once() == (0, False)
+    assert s.once() == (0, False)
+    assert s.dest.read_text() == "10.0.0.1:80\n"
+
+
+@pytest.mark.parametrize("spoil", ["mode", "link", "garbage"])
+def test_a_memo_that_is_not_private_or_not_readable_is_a_render(tmp_path: Path,
+                                                                spoil: str) -> None:
+    s = Setup(tmp_path)
+    s.once()
+    memo = s.tmpdir / f"confsync-memo-{os.geteuid()}"
+    if spoil == "mode":
+        memo.chmod(0o777)  # anyone could write entries
+    elif spoil == "link":
+        other = tmp_path / "elsewhere"
+        memo.rename(other)
+        memo.symlink_to(other)
+    else:
+        for entry in memo.iterdir():
+            entry.write_text("confsync-render-memo-1 x y z\n")
+    s.dest.write_text("edited\n")
+    assert s.once() == (0, False)
+    assert s.dest.read_text().startswith("server a")
+    assert s.once() == (0, spoil == "garbage")  # a good one is written again over garbage
+
+
+# Every function a template can call is either a function of its arguments (a render using
+# only these is a function of its inputs) or counted as impure (render_purity.py). A new
+# function must be put in one of the two.
+PURE = {
+    # Jinja's own
+    "abs", "attr", "batch", "d", "capitalize", "center", "count", "cycler", "default", "dict",
+    "dictsort", "e", "escape", "filesizeformat", "first", "float", "forceescape", "format",
+    "groupby", "indent", "int", "items", "join", "joiner", "last", "length", "list", "lower",
+    "map", "max", "min", "namespace", "pprint", "range", "reject", "rejectattr", "replace",
+    "reverse", "round", "safe", "select", "selectattr", "slice", "sort", "string", "striptags",
+    "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "urlencode", "urlize",
+    "wordcount", "wordwrap", "xmlattr",
+    # confd's
+    "base", "dir", "split", "jsonArray", "toUpper", "toLower", "contains", "trimSuffix",
+    "base64Encode", "base64Decode", "parseBool", "sortByLength", "sortKVByLength", "add", "sub",
+    "div", "mod", "mul", "seq", "atoi", "trimPrefix", "toJson", "sha256sum",
+    # confsync's
+    "fromjson", "multiline", "dirname",
+}
+
+
+def test_every_template_function_is_known_pure_or_counted_as_impure(tmp_path: Path) -> None:
+    env = Renderer(tmp_path).env
+    known = PURE | set(VALIDATING_FILTERS) | set(RUNTIME_FUNCTIONS) | {"go_str"} | \
+        render_purity.IMPURE_FUNCTIONS
+    assert set(env.globals) | set(env.filters) <= known, \
+        sorted((set(env.globals) | set(env.filters)) - known)
+    before = render_purity.calls()
+    env.from_string("{{ getenv('HOME') }}{{ [1, 2] | random }}{{ 'a' | upper }}").render()
+    assert render_purity.calls() == before + 2
