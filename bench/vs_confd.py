@@ -1,7 +1,10 @@
 """confsync beside confd 0.17 on the same etcd (issue 11), one table.
 
 (a) `once`: 5,000 keys -> a 5,000-line file; wall and peak RSS of the process alone, median of
-    --runs (each run writes the file: dest removed first). The two renders are compared.
+    --runs, three ways: "writes" (dest removed first: a render and a write), "unchanged"
+    (dest in place and etcd unchanged since the last run: confsync's render memo stands in for
+    the render) and "one key changed" (a put before each run: the render and a write). The
+    renders are compared.
 (b) `watch`, small template, wait_min 0: put -> file renamed into place, p50/p99.
 (c) `watch`, 5,000 servers: confsync renders the shipped, validating HAProxy template; confd a
     plain Go template of the same 5,000 server lines (confd cannot run the Jinja one).
@@ -100,15 +103,20 @@ def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
                               "--log-level", "error"], mine)}
     if confd:
         commands["confd"] = (confd_argv(confd, endpoint, cd_dir, "/o", "-onetime"), theirs)
-    walls: dict[str, list[float]] = {name: [] for name in commands}
-    rss: dict[str, list[int]] = {name: [] for name in commands}
-    for _ in range(runs):  # alternating, so both see the same noise
-        for name, (argv, dest) in commands.items():
-            dest.unlink(missing_ok=True)
-            seconds, peak, code = run_measured(argv)
-            assert code == 0, f"{name} once exited {code}"
-            walls[name].append(seconds)
-            rss[name].append(peak)
+    cases = ("writes", "unchanged", "one key changed")
+    walls: dict[tuple[str, str], list[float]] = {(c, n): [] for c in cases for n in commands}
+    rss: dict[tuple[str, str], list[int]] = {(c, n): [] for c in cases for n in commands}
+    for run in range(runs):  # alternating, so both see the same noise
+        for case in cases:
+            if case == "one key changed":
+                put_many(endpoint, [("/o/svc/k00000", f"10.0.0.{run % 200 + 2}:8080")])
+            for name, (argv, dest) in commands.items():
+                if case == "writes":
+                    dest.unlink(missing_ok=True)
+                seconds, peak, code = run_measured(argv)
+                assert code == 0, f"{name} once exited {code}"
+                walls[case, name].append(seconds)
+                rss[case, name].append(peak)
     lines = mine.read_text().count("\n")
     assert lines == keys, f"confsync rendered {lines} lines"
     if confd:
@@ -116,8 +124,10 @@ def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
     startup, _, _ = run_measured([sys.executable, "-c", "pass"])
     print(f"(a) once, {keys} keys -> {lines}-line file, {runs} runs each "
           f"(python -c pass: {startup:.3f} s)")
-    return {name: f"{statistics.median(walls[name]):.3f} s (min {min(walls[name]):.3f}), "
-                  f"{statistics.median(rss[name]) / 1024:.0f} MB" for name in commands}
+    return {f"{name}, {case}": f"{statistics.median(walls[case, name]):.3f} s (min "
+                               f"{min(walls[case, name]):.3f}), "
+                               f"{statistics.median(rss[case, name]) / 1024:.0f} MB"
+            for case in cases for name in commands}
 
 
 # ---- (b), (c) watch
@@ -255,7 +265,7 @@ def main() -> None:
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, load average {load:.2f}")
     for name, results in rows:
         for column, text in results.items():
-            print(f"  {name:<13} {column:<14} {text}")
+            print(f"  {name:<13} {column:<27} {text}")
 
 
 if __name__ == "__main__":

@@ -163,11 +163,15 @@ class RenderMemo:
         return fields if len(fields) == 4 and fields[0] == FORMAT else None
 
     def expects(self, resource: Resource) -> bool:
-        """Whether the last render of `resource` had these inputs but for the data: the memo
-        may stand in for this run's render (`once` then does not set up the render path while
-        it waits for etcd)."""
+        """Whether the last render of `resource` had these inputs but for the data, and its
+        dest still holds that render's output: the memo stands in for this run's render unless
+        the data changed (`once` then does not set up the render path while it waits for
+        etcd)."""
         fields = self._read(resource)
-        return fields is not None and fields[1] == self._inputs(resource)
+        if fields is None or fields[1] != self._inputs(resource):
+            return False
+        content = _regular_file(resource.dest)
+        return content is not None and _digest(content) == fields[3]
 
     def stands_for(self, resource: Resource, data: str, dest_content: bytes | None) -> bool:
         """Whether a render of `resource` with `data` (data_digest) would write exactly
@@ -195,6 +199,19 @@ class RenderMemo:
             log.debug("render memo of %s not kept: %s", resource.name, exc)
             with contextlib.suppress(OSError):
                 os.unlink(staged)
+
+
+def _regular_file(path: Path) -> bytes | None:
+    """The bytes of `path` if it is a regular file (a FIFO at dest must not block the read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as fh:
+        try:
+            return fh.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
 
 
 def _inside(path: Path, directory: Path) -> bool:
