@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confsync.commands import run_command, substitute
+from confsync.commands import run_command
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
+from confsync.placeholders import substitute
 from confsync.resources import Resource
 from confsync.running_copy import keep_running, reloaded
 

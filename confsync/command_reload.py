@@ -12,7 +12,8 @@ import os
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from confsync.commands import run_command, substitute
+from confsync.commands import run_command
+from confsync.placeholders import substitute
 from confsync.processes import find_process, started_at
 from confsync.targets import (
     NO_RELOAD,

@@ -1,7 +1,7 @@
 """Run an operator's check or reload command: argv only, never a shell, always a timeout.
 
-Only `{{src}}` and `{{dest}}` (or confd's spelling, `{{.src}}` and `{{.dest}}`) are substituted,
-and only whole argv elements change, so nothing from the data can ever reach a command line.
+Only `{{src}}` and `{{dest}}` are substituted into it (placeholders.py), so nothing from the data
+can ever reach a command line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,14 +17,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 from confsync import children
 from confsync.fdlimit import describe
 
-_PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
-_ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 MAX_OUTPUT = 4000  # characters of command output kept in an error
 # The most a command (and whatever it leaves running) may write to its output file, which is
 # memory (see _output_file). Writes past it fail (EPERM).
@@ -48,20 +44,6 @@ class CommandResult:
             if self.output:
                 head += f": {self.output}"
         return head
-
-
-def substitute(argv: Sequence[str], src: Path, dest: Path) -> list[str]:
-    values = {"src": str(src), "dest": str(dest)}
-    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in argv]
-
-
-def unknown_placeholder(arg: str) -> str | None:
-    """The first `{{...}}` in `arg` that is not a src/dest placeholder (checked at load time, so
-    a confd command using other template syntax is an error, not a literal argument)."""
-    for match in _ANY_PLACEHOLDER.finditer(arg):
-        if not _PLACEHOLDER.fullmatch(match.group()):
-            return match.group()
-    return None
 
 
 def _tail(data: bytes) -> str:

@@ -17,7 +17,7 @@ import importlib
 # before they start, and a broken installation is an error at start, not days later.
 # tests/unit/test_lazy_imports.py fails when a function-level import on a daemon path is missing.
 LAZY_MODULES = (
-    # confsync's own: plugins (by [table] name, confsync.targets) and the stores a SIGHUP can
+    # confsync's own: plugins (by [table] name, confsync.plugins) and the stores a SIGHUP can
     # switch to
     "confsync.haproxy.plugin",
     "confsync.stores.env",

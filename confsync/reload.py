@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from confsync.command_reload import CommandReloader
-from confsync.targets import ReloadFailed, ReloadTarget, plugin
+from confsync.plugins import plugin
+from confsync.targets import ReloadFailed, ReloadTarget
 
 if TYPE_CHECKING:
     from confsync.resources import Resource

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from confsync import tomlvalues as tv
-from confsync.commands import unknown_placeholder
 from confsync.errors import ConfigError
 from confsync.paths import absolute
+from confsync.placeholders import unknown_placeholder
+from confsync.plugins import PluginConfig, legacy_keys, plugin, plugin_tables
 from confsync.render_limits import parse_size
-from confsync.targets import PluginConfig, legacy_keys, plugin, plugin_tables
 
 log = logging.getLogger(__name__)
 

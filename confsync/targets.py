@@ -8,7 +8,6 @@ when a resource uses it, so nothing in the pipeline imports a plugin.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -131,14 +130,6 @@ class ReloadTarget(Protocol):
 # ---- plugins: a resource-file table of their own, and the target built from it
 
 
-@dataclass(frozen=True)
-class PluginConfig:
-    """A plugin's parsed table, carried on the Resource (settings must be hashable)."""
-
-    table: str
-    settings: Hashable
-
-
 class TargetPlugin(Protocol):
     def parse(self, source: str, table: Mapping[str, Any], template: Mapping[str, Any],
               where: str) -> Hashable:
@@ -149,30 +140,3 @@ class TargetPlugin(Protocol):
 
     def target(self, resource: Resource) -> ReloadTarget:
         ...
-
-
-# table name -> (module holding `PLUGIN`, keys once spelt in [template], still accepted)
-_PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "haproxy": ("confsync.haproxy.plugin",
-                ("master_socket", "reload_strategy", "check_server_changes", "runtime_socket")),
-}
-
-
-def plugin_tables() -> tuple[str, ...]:
-    return tuple(_PLUGINS)
-
-
-def plugin_modules() -> tuple[str, ...]:
-    """The modules `plugin()` imports by name (the long-running commands import them at start)."""
-    return tuple(module for module, _ in _PLUGINS.values())
-
-
-def legacy_keys() -> dict[str, str]:
-    """`[template]` key -> the plugin table it belongs to now."""
-    return {key: table for table, (_, keys) in _PLUGINS.items() for key in keys}
-
-
-def plugin(table: str) -> TargetPlugin:
-    module = importlib.import_module(_PLUGINS[table][0])
-    found: TargetPlugin = module.PLUGIN
-    return found

@@ -188,8 +188,9 @@ def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
 
     from confsync.haproxy import control
     from confsync.haproxy.settings import HAProxySettings
+    from confsync.plugins import PluginConfig
     from confsync.resources import Resource
-    from confsync.targets import PluginConfig, ReloadKind
+    from confsync.targets import ReloadKind
 
     stack.put_basics()
     stack.put_instance("web", "a", backends["a"].port)
@@ -274,8 +275,9 @@ def test_a_clock_step_changes_neither_whether_haproxy_runs_the_file(
 
     from confsync.haproxy import control
     from confsync.haproxy.settings import HAProxySettings
+    from confsync.plugins import PluginConfig
     from confsync.resources import Resource
-    from confsync.targets import Liveness, PluginConfig
+    from confsync.targets import Liveness
 
     stack.put_basics()
     stack.put_instance("web", "a", backends["a"].port)

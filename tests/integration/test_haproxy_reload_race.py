@@ -24,8 +24,9 @@ from confsync.haproxy import master_cli
 from confsync.haproxy.control import HAProxyController
 from confsync.haproxy.master_cli import MasterStatus, show_proc
 from confsync.haproxy.settings import HAProxySettings
+from confsync.plugins import PluginConfig
 from confsync.resources import Resource
-from confsync.targets import PluginConfig, ReloadKind
+from confsync.targets import ReloadKind
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, wait_for

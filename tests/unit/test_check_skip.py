@@ -8,11 +8,11 @@ from pathlib import Path
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.outcome import UPDATED
+from confsync.plugins import PluginConfig
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
 from confsync.sync import Syncer
-from confsync.targets import PluginConfig
 from tests.support.etcd_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from confsync.commands import substitute
+from confsync.placeholders import substitute
 from confsync.resources import load_resources
 
 

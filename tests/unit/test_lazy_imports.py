@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import confsync
+from confsync.plugins import plugin_modules
 from confsync.preload import LAZY_MODULES
-from confsync.targets import plugin_modules
 
 PACKAGE = Path(confsync.__file__).parent
 REPO = PACKAGE.parent
@@ -148,7 +148,7 @@ def test_every_lazy_import_on_a_daemon_path_is_imported_at_start() -> None:
 def test_modules_imported_by_name_are_the_plugins_and_are_imported_at_start() -> None:
     dynamic = sorted((imp.module, imp.line) for imp in daemon_imports()
                      if imp.dynamic and imp.module not in START_UP_ONLY)
-    assert [module for module, _ in dynamic] == ["confsync.targets"], (
+    assert [module for module, _ in dynamic] == ["confsync.plugins"], (
         f"an import by a computed name on a daemon path: {dynamic}; list what it can load in "
         "confsync.preload.LAZY_MODULES and teach this test about it")
     assert set(plugin_modules()) <= set(LAZY_MODULES)

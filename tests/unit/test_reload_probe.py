@@ -18,12 +18,13 @@ from confsync.haproxy.runtime import LiveServer, RuntimeApplyFailed
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.outcome import UNCHANGED, UPDATED
+from confsync.plugins import PluginConfig
 from confsync.processes import boot_clock, started_at
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
 from confsync.sync import Syncer
-from confsync.targets import Liveness, PluginConfig, Probe, ReloadKind, ReloadResult
+from confsync.targets import Liveness, Probe, ReloadKind, ReloadResult
 
 
 class FakeTarget:

@@ -11,11 +11,11 @@ import pytest
 from confsync.haproxy.settings import HAProxySettings
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED
+from confsync.plugins import PluginConfig
 from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
 from confsync.sync import Syncer
-from confsync.targets import PluginConfig
 
 
 def _setup(tmp_path: Path, data: dict[str, bytes], **kw: object) -> tuple[Syncer, Resource]:
