@@ -145,7 +145,9 @@ class RenderMemo:
             return cls(directory, templates_dir, resources, limits)
         except OSError as exc:
             log.debug("render memo not used: %s", exc)
-            return None
+        except Exception:  # a defect here must not stop a render: it only costs time
+            log.warning("render memo not used: unexpected error", exc_info=True)
+        return None
 
     def _inputs(self, resource: Resource) -> str:
         return _digest(self._common.encode(), repr(resource).encode("utf-8", "surrogateescape"))
@@ -156,10 +158,10 @@ class RenderMemo:
     def _read(self, resource: Resource) -> list[str] | None:
         try:
             fd = os.open(self._entry(resource), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                fields = fh.read(512).decode("ascii", "replace").split()
         except OSError:
             return None
-        with open(fd, "rb") as fh:
-            fields = fh.read(512).decode("ascii", "replace").split()
         return fields if len(fields) == 4 and fields[0] == FORMAT else None
 
     def expects(self, resource: Resource) -> bool:
