@@ -166,3 +166,44 @@ def test_every_template_function_is_known_pure_or_counted_as_impure(tmp_path: Pa
     before = render_purity.calls()
     env.from_string("{{ getenv('HOME') }}{{ [1, 2] | random }}{{ 'a' | upper }}").render()
     assert render_purity.calls() == before + 2
+
+
+def test_the_code_is_known_by_every_file_of_its_packages(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade in place, or an edit of a checkout at the same version, is other code."""
+    from confsync import render_memo
+
+    package = tmp_path / "fakepkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    module = package / "sub" / "filters.py"
+    module.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(render_memo, "_CODE_PACKAGES", ("fakepkg",))
+    before = render_memo.code_identity()
+    assert str(module).encode() in before
+    module.write_text("X = 2\n")  # same size
+    os.utime(module, ns=(1, 1))
+    assert render_memo.code_identity() != before
+
+
+def test_data_digests_tell_text_from_bytes_and_keys_from_values() -> None:
+    from confsync.mirror import Mirror
+    from confsync.render_memo import data_digest
+    from confsync.resources import Resource
+    from confsync.stores.base import Snapshot
+
+    resource = Resource(name="r", source=Path("/c/r.toml"), src=Path("/t"), dest=Path("/d"),
+                        keys=("/a",), prefix="")
+
+    def digest(values: dict[str, bytes]) -> str:
+        mirror = Mirror()
+        mirror.load(Snapshot(1, values, 0))
+        return data_digest(mirror, resource)
+
+    seen = {digest({"/a/x": b"1", "/a/y": b"2"}), digest({"/a/x": b"12"}),
+            digest({"/a/x1": b"2"}), digest({"/a/x": b"\xff"}), digest({"/a/x": b"\\xff"}),
+            digest({})}
+    assert len(seen) == 6
+    assert digest({"/a/x": b"1", "/a/y": b"2", "/b": b"3"}) == \
+        digest({"/a/x": b"1", "/a/y": b"2"})  # a key it cannot see is no input of it
