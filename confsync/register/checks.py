@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from confsync import resolve
 from confsync.commands import run_command
@@ -70,8 +70,7 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
         conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
     conn._create_connection = _connect  # type: ignore[attr-defined]
     try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", path, headers={"User-Agent": "confsync-register",
+        conn.request("GET", _request_target(parts), headers={"User-Agent": "confsync-register",
                                            "Connection": "close"})
         response = conn.getresponse()
         response.read(65536)
@@ -84,6 +83,14 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
         conn.close()
     ok = status in spec.expect_status if spec.expect_status else 200 <= status < 400
     return ok, f"GET {spec.url}: {status}"
+
+
+def _request_target(parts: SplitResult) -> str:
+    """The path and query to GET, non-ASCII characters percent-encoded as UTF-8 (as a browser
+    sends them): http.client refused them at every probe (UnicodeEncodeError), so a check of
+    /santé, accepted at load, never passed and its instance was never registered."""
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return "".join(c if c.isascii() else quote(c, safe="") for c in target)
 
 
 @functools.lru_cache(maxsize=64)

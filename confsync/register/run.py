@@ -39,6 +39,7 @@ from confsync.register.address import (
 )
 from confsync.register.checks import CheckRunner, Result
 from confsync.register.config import Registration, load_registrations
+from confsync.register.maintenance import STUCK, MaintenanceLookup
 from confsync.register.metrics import RegisterMetrics
 from confsync.register.registrar import CLONE_REMEDY, Registrar, RegistrarEvent
 from confsync.register.state import ABSENT, InstanceState
@@ -109,6 +110,9 @@ class RegisterLoop:
             self.registrar.want(key, None)
         self.runners = [CheckRunner(r.name, i, spec, self.events.put)
                         for r in registrations for i, spec in enumerate(r.checks)]
+        # Looked up off the loop: on a hung mount, a stat held the loop (see maintenance.py).
+        self.maintenance = {r.name: MaintenanceLookup(r.maintenance_file)
+                            for r in registrations if r.maintenance_file is not None}
         # Registrations that name no address publish this host's, and follow it.
         detected = [r.address for r in registrations if r.address_detected]
         self.address: AddressFollower | None = None
@@ -174,6 +178,11 @@ class RegisterLoop:
                              daemon=True, name="child-watch").start()
         for runner in self.runners:
             runner.start()
+        for lookup in self.maintenance.values():
+            lookup.start()
+        deadline = time.monotonic() + STUCK
+        for lookup in self.maintenance.values():
+            lookup.first(max(0.0, deadline - time.monotonic()))
         self.registrar.start()
         if self.address is not None:
             warn_if_loopback(self.address.current, self._detected_keys())
@@ -415,8 +424,9 @@ class RegisterLoop:
         self.metrics.lease_until(self.registrar.lease_until())
         if self.address is not None:
             self.address.revive()
-        for state in self.instances.values():
-            self._look_for_maintenance(state)
+        for name, lookup in self.maintenance.items():
+            lookup.revive()
+            self._look_for_maintenance(self.instances[name], lookup, now)
         sup = self.supervisor
         if sup is not None:
             sup.poll()
@@ -427,19 +437,16 @@ class RegisterLoop:
                     self._stop("exec child exited")
 
     @staticmethod
-    def _look_for_maintenance(state: InstanceState) -> None:
+    def _look_for_maintenance(state: InstanceState, lookup: MaintenanceLookup,
+                              now: float) -> None:
         """A maintenance file that cannot be looked up (its directory made unreadable to us:
-        the shipped unit runs without CAP_DAC_OVERRIDE) keeps the last known state, said once.
-        The stat's error went out of the loop: the registrar died at every start and the
-        healthy instance fell out of the pool over a directory's mode."""
-        path = state.registration.maintenance_file
-        if path is None:
-            return
-        try:
-            state.maintenance = path.exists()
-            error = None
-        except OSError as exc:
-            error = exc.strerror or str(exc)
+        the shipped unit runs without CAP_DAC_OVERRIDE; a hung mount) keeps the last known
+        state, said once. The stat's error went out of the loop: the registrar died at every
+        start and the healthy instance fell out of the pool over a directory's mode."""
+        path = lookup.path
+        exists, error = lookup.look(now)
+        if exists is not None:
+            state.maintenance = exists
         if error == state.maintenance_error:
             return
         if error is not None:
@@ -510,6 +517,8 @@ class RegisterLoop:
             log.info("exec: child exited with status %d", status, extra={"status": status})
         for runner in self.runners:
             runner.stop()
+        for lookup in self.maintenance.values():
+            lookup.stop()
         if self.address is not None:
             self.address.stop()
         return status or (EXIT_OK if removed else EXIT_STORE_UNAVAILABLE)

@@ -90,3 +90,27 @@ def hammered(path: Path, iops: int = 3, writers: int = 12) -> Iterator[Path]:
         for pid in (group / "cgroup.procs").read_text().split():  # (a test's own process)
             (BLKIO / "cgroup.procs").write_text(pid)
         group.rmdir()
+
+
+@contextlib.contextmanager
+def hung_mount(path: Path) -> Iterator[Path]:
+    """A FUSE filesystem mounted over the directory `path` whose server never answers (a hung
+    NFS or FUSE mount, as far as a caller sees): every lookup under it blocks, killably, until
+    the end, when the connection is aborted and the mount lazily detached. Skips without root
+    or /dev/fuse."""
+    import ctypes
+
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        pytest.skip(f"no /dev/fuse to make a hung mount with: {exc}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    if libc.mount(b"confsync-test-hung", str(path).encode(), b"fuse", 0, options) != 0:
+        os.close(fd)
+        pytest.skip(f"cannot mount FUSE (needs root): {os.strerror(ctypes.get_errno())}")
+    try:
+        yield path
+    finally:
+        os.close(fd)  # aborts the connection: whatever waited on it fails at once
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
