@@ -99,6 +99,11 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
         except TypeError as exc:  # a table or a date where confd takes a string, number, list
             raise ConvertError(f"{path}: template.{key}: {exc} (confd does not take it "
                                "either)") from None
+    if "keys" not in table:
+        # confd gives such a template no keys at all; confsync wants that said.
+        lines.append("keys = []")
+        report.notes.append(f"{path.name}: no keys: written as keys = [] (the template reads "
+                            "no keys; it renders at start and on [watch] interval)")
     for extra in set(data) - {"template"}:
         report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
     return "\n".join(lines) + "\n", str(table["src"])
