@@ -73,6 +73,19 @@ def _command(value: Any, where: str, report: Report) -> Any:
     return text
 
 
+def _note_mode(value: Any, where: str, report: Report) -> None:
+    """confd parses mode with Go's ParseUint(mode, 0, 32): "644" is decimal there (0204 on
+    disk), where confsync reads octal digits as octal. Said, since the file's mode changes."""
+    text = value if isinstance(value, str) else None
+    if not text or not text.isdigit() or text.startswith("0") or "8" in text or "9" in text:
+        return
+    confd_mode = int(text) & 0o777
+    if confd_mode != int(text, 8) & 0o777:
+        report.notes.append(f"{where}: {text!r} is decimal to confd (it wrote files mode "
+                            f"{confd_mode:04o}); confsync reads it as octal {int(text, 8):04o}, "
+                            "as you meant: the file's mode changes")
+
+
 def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
     """(new TOML text, template src) for one confd resource file."""
     try:
@@ -94,6 +107,8 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
                                     "keeps")
             elif key in _RESOURCE_FIELDS:
                 lines.append(f"{key} = {_toml_value(value)}")
+                if key == "mode":
+                    _note_mode(value, where, report)
             else:
                 report.notes.append(f"{where}: no counterpart in confsync, dropped")
         except TypeError as exc:  # a table or a date where confd takes a string, number, list

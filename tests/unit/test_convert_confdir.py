@@ -179,3 +179,20 @@ def test_two_resources_flattened_to_one_name_are_refused(tmp_path: Path) -> None
                                            r"both be written as conf\.d/x-y\.toml"):
         convert_confdir(old, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("mode,note", [
+    ('"644"', "'644' is decimal to confd (it wrote files mode 0204); confsync reads it as "
+              "octal 0644"),
+    ('"0644"', None), ('"0755"', None), ('"000"', None),
+])
+def test_a_mode_confd_read_as_decimal_is_noted(tmp_path: Path, mode: str,
+                                               note: str | None) -> None:
+    """confd parses mode with ParseUint(mode, 0, 32): mode = "644" gave files mode 0204 (seen
+    with confd 0.17). confsync reads 0644, as meant, but the file's mode changes on the switch:
+    convert said nothing of it."""
+    old = _confd(tmp_path, "", f"mode = {mode}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    notes = [n for n in report.notes if "template.mode" in n]
+    assert notes == ([f"a.toml: template.mode: {note}, as you meant: the file's mode changes"]
+                     if note else [])
