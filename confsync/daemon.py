@@ -511,7 +511,8 @@ class Daemon:
         if event.connected:
             if not self.connected or self._awaiting_watch:
                 if not self.connected:
-                    log.info("watching %s from revision %d", ", ".join(self.state.prefixes),
+                    log.info("watching %s from revision %d",
+                             ", ".join(self.state.prefixes) or "no keys",
                              event.revision + 1)
                 self._connected_at = time.monotonic()
                 if (self._resuming or self._awaiting_watch) and self._catch_up_since is None:

@@ -277,7 +277,17 @@ class TemplateData:
             for root in self._roots)
 
     def ls(self, directory: str) -> list[str]:
-        return [name for name, _ in self._children(directory)]
+        """Names under `directory`; and, as confd's memkv List does, the name of a key that
+        is `directory` itself: `{{if ls $key}}` is how real templates test that a key is
+        there (Calico's route-reflector template), so without it they rendered nothing."""
+        names = [name for name, _ in self._children(directory)]
+        if directory.endswith("/") or not self.exists(directory):
+            return names
+        full = self._full(directory)
+        own = full.rsplit("/", 1)[1]
+        if not own or own in names:
+            return names
+        return sorted([*names, tag(own, full) if self.attributing else own])
 
     def lsdir(self, directory: str) -> list[str]:
         return [name for name, is_dir in self._children(directory) if is_dir]

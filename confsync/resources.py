@@ -175,9 +175,10 @@ def parse_resource(
     keys = table["keys"]
     if isinstance(keys, str):
         keys = [keys]
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-        raise ConfigError(where, f"expected a non-empty list of key prefixes, found {keys!r}",
-                          "template.keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        # `[]`: a template that reads no keys (getenv, lookups), as confd allows.
+        raise ConfigError(where, f"expected a list of key prefixes ([] for none), found "
+                          f"{keys!r}", "template.keys")
     own_prefix = table.get("prefix", "")
     if not isinstance(own_prefix, str):
         raise ConfigError(where, f"expected a string, found {own_prefix!r}", "template.prefix")

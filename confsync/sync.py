@@ -198,7 +198,8 @@ class Syncer:
         the file at dest is the memory: zero keys may not replace a non-empty file."""
         remembered = resource.name in self.last_counts
         content, warnings = self.render_with_warnings(resource, current.content)
-        if (not remembered and resource.min_keys is None and self.last_counts[resource.name] == 0
+        if (not remembered and resource.min_keys is None and resource.keys
+                and self.last_counts[resource.name] == 0
                 and current.content and content != current.content):
             del self.last_counts[resource.name]
             raise ResourceError(resource.name, "guard",

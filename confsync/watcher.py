@@ -92,8 +92,10 @@ class StoreFollower(threading.Thread):
         # stream but are not ordered against each other, so each resumes from its own point.
         self._last: dict[str, int] = {p: r for p, r in (resume or {}).items()
                                       if p in self.prefixes and r > 0}
+        # (No prefixes at all, every resource keys = []: nothing to resume, and the snapshot
+        # is what renders them.)
         self._first_snapshot: str | None = (
-            None if set(self._last) == set(self.prefixes) else first_snapshot)
+            None if self._last and set(self._last) == set(self.prefixes) else first_snapshot)
         self._pending_reset: StoreReset | None = None
         # Resyncs requested, and the last request a taken snapshot answers (read after it):
         # a request left unanswered by a follower that died is owed by its successor.

@@ -8,6 +8,7 @@ nothing half-converted. What has no counterpart is reported, never silently drop
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -72,6 +73,19 @@ def _command(value: Any, where: str, report: Report) -> Any:
     return text
 
 
+def _note_mode(value: Any, where: str, report: Report) -> None:
+    """confd parses mode with Go's ParseUint(mode, 0, 32): "644" is decimal there (0204 on
+    disk), where confsync reads octal digits as octal. Said, since the file's mode changes."""
+    text = value if isinstance(value, str) else None
+    if not text or not text.isdigit() or text.startswith("0") or "8" in text or "9" in text:
+        return
+    confd_mode = int(text) & 0o777
+    if confd_mode != int(text, 8) & 0o777:
+        report.notes.append(f"{where}: {text!r} is decimal to confd (it wrote files mode "
+                            f"{confd_mode:04o}); confsync reads it as octal {int(text, 8):04o}, "
+                            "as you meant: the file's mode changes")
+
+
 def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
     """(new TOML text, template src) for one confd resource file."""
     try:
@@ -93,11 +107,18 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
                                     "keeps")
             elif key in _RESOURCE_FIELDS:
                 lines.append(f"{key} = {_toml_value(value)}")
+                if key == "mode":
+                    _note_mode(value, where, report)
             else:
                 report.notes.append(f"{where}: no counterpart in confsync, dropped")
         except TypeError as exc:  # a table or a date where confd takes a string, number, list
             raise ConvertError(f"{path}: template.{key}: {exc} (confd does not take it "
                                "either)") from None
+    if "keys" not in table:
+        # confd gives such a template no keys at all; confsync wants that said.
+        lines.append("keys = []")
+        report.notes.append(f"{path.name}: no keys: written as keys = [] (the template reads "
+                            "no keys; it renders at start and on [watch] interval)")
     for extra in set(data) - {"template"}:
         report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
     return "\n".join(lines) + "\n", str(table["src"])
@@ -201,6 +222,22 @@ def convert_main_config(path: Path, new_confdir: Path, out_dir: Path,
     return text, prefix
 
 
+def confd_resource_files(confd_dir: Path) -> list[Path]:
+    """The resource files confd 0.17 reads: every file under conf.d, at any depth, whose name
+    matches `*toml` (its RecursiveFilesLookup: symlinked directories are not entered)."""
+    found: list[Path] = []
+    for top, _dirs, files in os.walk(confd_dir):
+        found.extend(Path(top) / name for name in files if fnmatch.fnmatchcase(name, "*toml"))
+    return sorted(found)
+
+
+def flat_resource_name(rel: str) -> str:
+    """conf.d/<rel> as a file name directly in conf.d/ ending in `.toml`, which is all confsync
+    reads: `tnt/config.toml` becomes `tnt-config.toml`."""
+    name = rel.replace("/", "-")
+    return name if name.endswith(".toml") else name + ".toml"
+
+
 def convert_confdir(old: Path, new: Path) -> Report:
     """Convert everything or nothing. Raises ConvertError listing every refusal."""
     old, new = old.absolute(), new.absolute()
@@ -223,11 +260,22 @@ def convert_confdir(old: Path, new: Path) -> Report:
             (work / "confsync.toml").write_text(text, "utf-8")
             report.converted.append("confd.toml -> confsync.toml")
         sources: dict[str, str] = {}
-        for path in sorted((old / "conf.d").glob("*.toml")):
+        written: dict[str, str] = {}
+        for path in confd_resource_files(old / "conf.d"):
+            rel = path.relative_to(old / "conf.d").as_posix()
+            name = flat_resource_name(rel)
+            if name in written:
+                report.refusals.append(f"conf.d/{written[name]} and conf.d/{rel} would both be "
+                                       f"written as conf.d/{name}; rename one of them")
+                continue
+            written[name] = rel
             text, src = convert_resource(path, global_prefix, report)
-            (work / "conf.d" / path.name).write_text(text, "utf-8")
-            sources.setdefault(src, path.name)
-            report.converted.append(f"conf.d/{path.name}")
+            (work / "conf.d" / name).write_text(text, "utf-8")
+            sources.setdefault(src, name)
+            if name != rel:
+                report.notes.append(f"conf.d/{rel}: written as conf.d/{name} (confd reads conf.d "
+                                    "and its subdirectories, confsync conf.d/*.toml alone)")
+            report.converted.append(f"conf.d/{rel}")
         for src, resource in sources.items():
             template = Path(src) if Path(src).is_absolute() else old / "templates" / src
             if Path(src).is_absolute():

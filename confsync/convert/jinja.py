@@ -467,8 +467,11 @@ class Emitter:
 
     def field(self, base: _Result, name: str, pos: g.Pos) -> tuple[str, str]:
         if base.type == "nil":
+            # Seen in real confdirs: templates of confd before 0.6, which gave keys as fields
+            # (.deis_router_gzip); 0.17 prints <no value> there. Say what works instead.
             raise self.fail(pos, f"field .{name} of confd's nil data (refused: the dot is "
-                            "nil outside range/with; confd prints <no value>)")
+                            "nil outside range/with; confd prints <no value>); to read a key "
+                            "write getv \"/key\" (confd before 0.6 gave keys as fields)")
         known = _FIELDS.get(base.type)
         if known is not None:
             if name not in known:

@@ -90,3 +90,28 @@ def test_check_compares_with_confds_output(tmp_path: Path) -> None:
                        "--expect", str(expect), env={"HOSTNAME": "localhost"})
     assert differs.returncode == 1
     assert "DIFF pool" in differs.stdout and "+    server 10.0.1.10:8080 max_fails=3;" in differs.stdout
+
+
+def test_a_resource_without_keys_converts_and_renders_from_etcd(
+        etcd: EtcdMember, tmp_path: Path) -> None:
+    """confd's own Tomcat sample has a resource with no `keys` (its template reads only
+    getenv). confd renders it; the converted file had no keys, so `check` and `once` refused
+    it (exit 2), and keys = [] was refused too. It converts to keys = [] and renders, over a
+    file that differs (no empty-pool guard: there is no pool)."""
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "templates" / "server.xml.tmpl").write_text(
+        '<Engine name="Catalina" jvmRoute="{{getenv "JVM_ROUTE"}}">\n')
+    dest = tmp_path / "server.xml"
+    dest.write_text('<Engine name="Catalina" jvmRoute="old">\n')
+    (old / "conf.d" / "server.xml.toml").write_text(
+        f'[template]\nsrc = "server.xml.tmpl"\ndest = "{dest}"\n')
+    (old / "confd.toml").write_text(f'backend = "etcdv3"\nnodes = ["{etcd.endpoint}"]\n')
+    new = tmp_path / "confsync"
+    converted = confsync("convert", str(old), str(new))
+    assert converted.returncode == 0, converted.stderr
+    assert "server.xml.toml: no keys: written as keys = []" in converted.stdout
+    once = confsync("once", "--config", str(new / "confsync.toml"), env={"JVM_ROUTE": "node7"})
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert dest.read_text() == '<Engine name="Catalina" jvmRoute="node7">\n'

@@ -251,6 +251,22 @@ def test_guard_keeps_last_good_file_when_data_vanishes(
     assert read(dest).count("server") == 2
 
 
+def test_a_confdir_whose_resources_read_no_keys_renders_at_start(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """keys = [] everywhere (confd resources without keys, converted): nothing to watch, and
+    the follower, finding every one of no prefixes "resumed", took no first snapshot, so
+    nothing was ever rendered and /ready said "first render not finished" for good."""
+    dest = tmp_path / "route.out"
+    dest.write_text("route=old\n")
+    write_resource(tmp_path / "cd", "route", "route={{ getenv('JVM_ROUTE') }}\n",
+                   f'dest = "{dest}"\nkeys = []')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, log=tmp_path / "watch.log", env={"JVM_ROUTE": "n7"})
+    watchers.append(w)
+    wait_for(lambda: read(dest) == "route=n7\n", what="first render")
+    w.wait_log("watching no keys from revision")
+
+
 def test_hanging_reload_times_out_and_watching_goes_on(
         etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
     c = client(etcd.endpoint)

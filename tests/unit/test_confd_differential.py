@@ -24,9 +24,9 @@ DOCUMENTED = {
     # confsync's keys are relative to the resource prefix, with or without a leading slash;
     # confd finds no key not starting with "/"
     "functions/getv_no_slash", "functions/gets_no_slash", "functions/exists_no_slash",
-    # confd's ls "/" lists only top-level keys, lsdir "/" nothing, ls of a key its own name
-    # (memkv's path terms of "/" are ["", ""]): a confd bug
-    "functions/ls_root", "functions/lsdir_root", "functions/ls_leaf",
+    # confd's ls "/" lists only top-level keys, lsdir "/" nothing (memkv's path terms of "/"
+    # are ["", ""]): a confd bug
+    "functions/ls_root", "functions/lsdir_root",
     # sortByLength is stable; Go's sort.Sort is not past 12 items
     "functions/sortByLength_many", "hostile/many_sortbylength",
 }
@@ -78,3 +78,14 @@ def test_the_corpus_is_large_and_mostly_identical() -> None:
     rendered_by_confd = sum(v is not None for name in CASE_SETS
                             for v in load_golden(name).values())
     assert rendered_by_confd >= 1000
+
+
+def test_ls_of_a_key_lists_its_own_name_as_confd_does() -> None:
+    """memkv's List gives a key's own name for `ls` of that key, and templates test a key with
+    `{{if ls $key}}` (Calico's route reflector: its whole BGP config sits under one). confsync
+    listed nothing, so the file rendered without it, silently. Expected bytes from confd 0.17."""
+    mirror = load_mirror("rr:\n  10.0.0.5: x\n  10.0.0.6: y\n")
+    template = ('{{if ls "/rr/10.0.0.5"}}peer{{else}}none{{end}} {{ls "/rr/10.0.0.5"}} '
+                '{{ls "/rr/missing"}} {{ls "/rr/10.0.0.5/"}} {{ls "/rr"}}\n')
+    ours = render_ours(template, mirror, "ls_key")
+    assert ours.text == "peer [10.0.0.5] [] [] [10.0.0.5 10.0.0.6]\n", ours

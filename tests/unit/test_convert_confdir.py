@@ -146,3 +146,53 @@ def test_a_template_src_leading_out_of_the_confdir_is_never_written_there(
     assert victim.read_text() == "not the converter's\n"
     assert any("../../escape.tmpl leads outside the confdir" in note for note in report.notes)
     assert 'getv("/a")' in (new / "shared" / "in.tmpl").read_text()
+
+
+def test_resources_in_conf_d_subdirectories_are_converted_as_confd_reads_them(
+        tmp_path: Path) -> None:
+    """confd 0.17 reads every `*toml` file under conf.d at any depth; convert read conf.d/*.toml
+    only, so a resource kept in a subdirectory was dropped without a word (and `check` then
+    found no resources). It is written flat, where confsync reads it, and said so."""
+    old = _confd(tmp_path, "", "")
+    (old / "conf.d" / "sub" / "deeper").mkdir(parents=True)
+    (old / "conf.d" / "sub" / "b.toml").write_text(
+        f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/b.conf"\nkeys = ["/a"]\n')
+    (old / "conf.d" / "sub" / "deeper" / "c.toml").write_text(
+        f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/c.conf"\nkeys = ["/a"]\n')
+    (old / "conf.d" / "sub" / "README").write_text("not a resource\n")
+    new = tmp_path / "new"
+    report = convert_confdir(old, new)
+    loaded = load_resources(new)
+    assert loaded.errors == ()
+    assert sorted(r.name for r in loaded.resources) == ["a", "sub-b", "sub-deeper-c"]
+    assert any("conf.d/sub/deeper/c.toml: written as conf.d/sub-deeper-c.toml" in note
+               for note in report.notes), report.notes
+
+
+def test_two_resources_flattened_to_one_name_are_refused(tmp_path: Path) -> None:
+    old = _confd(tmp_path, "", "")
+    (old / "conf.d" / "x").mkdir()
+    for name in ("x/y.toml", "x-y.toml"):
+        (old / "conf.d" / name).write_text(
+            f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path}/{name[-6]}.conf"\nkeys = ["/a"]\n')
+    with pytest.raises(ConvertError, match=r"conf\.d/x/y\.toml and conf\.d/x-y\.toml would "
+                                           r"both be written as conf\.d/x-y\.toml"):
+        convert_confdir(old, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("mode,note", [
+    ('"644"', "'644' is decimal to confd (it wrote files mode 0204); confsync reads it as "
+              "octal 0644"),
+    ('"0644"', None), ('"0755"', None), ('"000"', None),
+])
+def test_a_mode_confd_read_as_decimal_is_noted(tmp_path: Path, mode: str,
+                                               note: str | None) -> None:
+    """confd parses mode with ParseUint(mode, 0, 32): mode = "644" gave files mode 0204 (seen
+    with confd 0.17). confsync reads 0644, as meant, but the file's mode changes on the switch:
+    convert said nothing of it."""
+    old = _confd(tmp_path, "", f"mode = {mode}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    notes = [n for n in report.notes if "template.mode" in n]
+    assert notes == ([f"a.toml: template.mode: {note}, as you meant: the file's mode changes"]
+                     if note else [])

@@ -157,6 +157,9 @@ REFUSALS = [
     ('{{ printf "%p" "a" }}', 1, 4, "printf verb %p"),
     ('{{ nosuch "a" }}', 1, 4, "function 'nosuch' is not a confd function"),
     ('{{ .Key }}', 1, 4, "field .Key of confd's nil data"),
+    # confd < 0.6 spelling (real deis templates): the refusal says what to write instead
+    ('gzip {{ .deis_router_gzip }};', 1, 9,
+     'to read a key write getv "/key" (confd before 0.6 gave keys as fields)'),
     ('{{ template "missing" }}', 1, 1, "template 'missing' is not defined"),
     ('{{ define "r" }}{{ template "r" }}{{ end }}{{ template "r" }}', 1, 17, "calls itself"),
     ('x\n{{ if true }}unclosed', 2, 1, "this {{if}} has no {{end}}"),

@@ -207,3 +207,15 @@ def test_a_dest_that_is_a_fifo_fails_its_resource_and_never_blocks_the_others(
     assert second.status == UPDATED  # type: ignore[attr-defined]
     assert (tmp_path / "other.cfg").read_text() == "server 10.0.0.2:80\n"
     assert stat.S_ISFIFO(os.lstat(res.dest).st_mode)
+
+
+def test_a_resource_without_keys_is_not_held_by_the_empty_pool_guard(tmp_path: Path) -> None:
+    """keys = [] (a confd resource without keys, converted): it never has keys, so the guard
+    against zero keys replacing a non-empty file held it forever at every start."""
+    (tmp_path / "t.tmpl").write_text("route={{ getenv('JVM_ROUTE', 'none') }}\n")
+    res = Resource(name="route", source=tmp_path / "route.toml", src=tmp_path / "t.tmpl",
+                   dest=tmp_path / "route.cfg", keys=(), prefix="")
+    res.dest.write_text("route=old\n")
+    syncer = Syncer(Renderer(tmp_path), Mirror())
+    assert [o.status for o in syncer.apply([res])] == [UPDATED]
+    assert res.dest.read_text() == "route=none\n"
