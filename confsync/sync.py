@@ -322,7 +322,9 @@ class Syncer:
         for key, (target, group) in probes.items():
             reloaded = groups.get(key)
             done = reloaded[1][0].reload if reloaded is not None else None
-            if done is not None:  # the same target was just reloaded: that is the answer
+            # The same target was just reloaded, or found not running: that is the answer.
+            # Not a runtime pass on another file of it: that says nothing of this one.
+            if done is not None and (done.kind.reloaded or done.kind is ReloadKind.NO_TARGET):
                 self._settle(group, done)
             else:
                 self._probe(target, group, beat)
@@ -557,6 +559,9 @@ class Syncer:
         elif found.liveness is Liveness.STARTED_SINCE:
             self._settle(group, ReloadResult(
                 ReloadKind.IN_STEP, f"{found.detail}; it read this file, nothing to reload"))
+        elif not recovering and len(group) > 1 and found.liveness in (Liveness.RUNNING,
+                                                                      Liveness.STALE):
+            self._compare_each(target, group, found, beat)
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
         elif recovering or found.liveness is Liveness.STALE:  # make this one live
@@ -567,6 +572,31 @@ class Syncer:
             # What it runs is not the previous file: a full reload (HAProxy's runtime strategy
             # may bring its servers in step instead, where its probe found only those differ).
             self._reload(target, group, beat, runs_previous=False)
+
+    def _compare_each(self, target: ReloadTarget, group: list[Outcome], found: Probe,
+                      beat: Callable[[], None]) -> None:
+        """A first look at several files of one target (`haproxy -f a.cfg -f b.cfg`), which
+        runs (`found`, the group's target's answer about the first file alone). Each file is
+        compared by its own resource's target, and one it runs stale is made live on its own
+        (as `_probe` does a group), until a reload made them all live: comparing the first
+        alone left a second file changed while confsync was down unloaded, `/ready` 200."""
+        done = ReloadResult(ReloadKind.IN_STEP, found.detail)
+        made_live = []
+        for outcome in group:
+            own = self.target(outcome.resource)
+            answer = found if own is target or own is None else self._ask(
+                own, [outcome], compare=True)
+            if answer.liveness is not Liveness.STALE or own is None:
+                continue
+            log.warning("resource %s: %s; making the file live", outcome.resource.name,
+                        answer.detail or "its reload target may run an older file")
+            outcome.status = UPDATED
+            made_live.append(outcome)
+            self._reload(own, [outcome], beat, runs_previous=False)
+            if outcome.reload is not None and outcome.reload.kind.reloaded:
+                done = outcome.reload  # every file was read again
+                break
+        self._settle([o for o in group if all(o is not m for m in made_live)], done)
 
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
         names = {o.resource.name for o in group}

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 _MAINT_BITS = 0x01 | 0x02 | 0x20
 # Admin-state bits that mean drain (forced, inherited).
 _DRAIN_BITS = 0x08 | 0x10
+# The admin-state bit of a server `disabled` in the configuration HAProxy loaded (CMAINT).
+_CONFIG_MAINT = 0x04
 # Columns of `show servers state` (version 1), as HAProxy 2.6 prints them.
-_BE_NAME, _SRV_NAME, _SRV_ADDR, _ADMIN, _UWEIGHT, _PORT = 1, 3, 4, 6, 7, 18
+_BE_NAME, _SRV_NAME, _SRV_ADDR, _ADMIN, _UWEIGHT, _IWEIGHT, _PORT = 1, 3, 4, 6, 7, 8, 18
 
 
 # What 2.6 answers on success (`set server ... weight/state` and `enable health` say nothing).
@@ -151,14 +153,18 @@ class Plan:
 
 
 def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
-                   removable: set[str], admin_state: bool = True) -> Plan:
+                   removable: set[str], admin_state: bool = True,
+                   old: HAProxyConfig | None = None) -> Plan:
     """Commands that bring the running servers to what `new` says, or why only a reload can.
 
     The commands add and update servers; `removals` are servers to take out (maintenance, then
     `del server`), done last so a pool never empties on the way; only servers in `removable`
     (see `managed`) are ever taken out. `admin_state` false leaves the weight and state of a
     server HAProxy runs as they are (an operator's `disable server`): only names, addresses
-    and ports are brought in step.
+    and ports are brought in step. `old` (the file HAProxy runs) narrows the admin state to
+    the servers etcd changed (added, or another line in `new`): that of a server whose line is
+    the same in both is HAProxy's, an operator's `disable server` for work on that box, which
+    no pool change elsewhere may undo.
     Reconciling against the live state rather than the previous file also heals drift (a
     runtime edit by someone else, a pass interrupted after the file was written).
     """
@@ -170,8 +176,11 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
             plan.needs_reload(f"backend {name} is not in HAProxy")
             continue
         dynamic = backend.balance in DYNAMIC_BALANCE
+        before = old.backends.get(name) if old is not None else None
         for server in backend.servers.values():
-            _plan_server(plan, backend, server, running.get(server.name), admin_state)
+            same = before is not None and before.servers.get(server.name) == server
+            _plan_server(plan, backend, server, running.get(server.name), admin_state,
+                         admin_state and not same)
         for server_name in running:
             ref = f"{name}/{server_name}"
             if server_name not in backend.servers and ref in removable:
@@ -183,7 +192,7 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
 
 
 def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer | None,
-                 admin_state: bool) -> None:
+                 weight: bool, admin_state: bool) -> None:
     ref = f"{backend.name}/{server.name}"
     commands = plan.commands
     if now is None:
@@ -202,7 +211,7 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
         plan.differences.append(f"HAProxy runs {ref} at {now.addr_port}, the file has "
                                 f"{server.addr_port}")
         commands.append(f"set server {ref} addr {server.address} port {server.port}")
-    if admin_state and now.weight != server.weight:
+    if weight and now.weight != server.weight:
         commands.append(f"set server {ref} weight {server.weight}")
     if admin_state and not server.disabled and (now.maint or now.drain):
         commands.append(f"set server {ref} state ready")
@@ -241,7 +250,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     if old is None:
         plan = plan_reconcile(new, live, running_ours(new, live, parked), admin_state=False)
     else:
-        plan = plan_reconcile(new, live, managed(old, parked))
+        plan = plan_reconcile(new, live, managed(old, parked), old=old)
     if plan.reload is not None:
         return None
     parked.difference_update(f"{name}/{server}" for name, backend in new.backends.items()
@@ -275,9 +284,11 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
     config (measured), so for a server of ours (a `server` line) a line is kept only where the
     new config agrees on address, port, weight and maintenance: what it carries across the
-    reload is the health-check state. A server that is no `server` line of either file (a
-    `server-template` slot filled at runtime, a server of another file HAProxy loads) keeps
-    its whole state: it is not ours to reset.
+    reload is the health-check state. Except a server whose line `old` and `new` share (etcd
+    did not change it): its admin state is HAProxy's (an operator's `disable server`) and is
+    kept too, with the file's weight (`_as_configured`). A server that is no `server` line of
+    either file (a `server-template` slot filled at runtime, a server of another file HAProxy
+    loads) keeps its whole state: it is not ours to reset.
     """
     ours = managed(old, parked) if old is not None else set(parked)
     # Backends of other files HAProxy loads (`-f ours.cfg -f theirs.cfg`) are in neither of our
@@ -302,14 +313,34 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
                 kept.append(line)  # not ours (a server-template slot, a server of another
                 count += 1  # file): its state stays
             continue
-        maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
-        if (fields[_SRV_ADDR], fields[_PORT], fields[_UWEIGHT], maint) != (
-                server.address, str(server.port), str(server.weight), server.disabled):
+        if (fields[_SRV_ADDR], fields[_PORT]) != (server.address, str(server.port)):
             continue
-        kept.append(line)
+        maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
+        before = old.backends.get(fields[_BE_NAME]) if old is not None else None
+        if (fields[_UWEIGHT], maint) == (str(server.weight), server.disabled):
+            kept.append(line)
+        elif maint is not None and before is not None and before.servers.get(
+                server.name) == server:  # etcd left it alone: the admin state is HAProxy's
+            kept.append(_as_configured(fields, server))
+        else:
+            continue
         count += 1
     _replace(state_file, ("\n".join(kept) + "\n").encode())
     return count
+
+
+def _as_configured(fields: list[str], server: Server) -> str:
+    """A state line with the admin state HAProxy runs and `server`'s weight, which HAProxy
+    applies over `server`'s line.
+
+    HAProxy takes a saved admin state only where the config's `disabled` is what it was when
+    the state was saved (as loaded at its last reload, which runtime passes have moved on from
+    since): a server loaded `disabled` and set ready since would count as a config change and
+    lose an operator's maintenance. Said to be `server`'s own, it is restored.
+    """
+    admin = int(fields[_ADMIN]) & ~_CONFIG_MAINT | (_CONFIG_MAINT if server.disabled else 0)
+    weight = str(server.weight)
+    return " ".join([*fields[:_ADMIN], str(admin), weight, weight, *fields[_IWEIGHT + 1:]])
 
 
 def _replace(path: Path, content: bytes) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, readonly_wrapper, spread, wait_for
 from tests.support.http_backends import HTTPBackend
@@ -351,3 +352,39 @@ def test_drift_behind_confsyncs_back_is_healed_at_the_next_change(
     assert "runtime API" in stack.sync_ok()
     assert spread(stack.port, 9) == {"a": 3, "b": 3, "c": 3}  # b re-added, a's weight reset
     assert stack.status().reloads == reloads
+
+
+def _in_maint(stack: HAProxyStack) -> dict[str, bool]:
+    """be_web's servers as HAProxy runs them: name -> in maintenance."""
+    live = live_servers(AdminSocket(stack.admin)).get("be_web", {})
+    return {name: server.maint for name, server in live.items()}
+
+
+def test_an_operators_maintenance_survives_confsyncs_runtime_passes_and_reloads(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """`disable server` for work on a box stays through pool changes elsewhere, runtime or
+    reload (both used to bring it back into rotation), also on a server HAProxy loaded
+    `disabled` and etcd set ready since; a change etcd makes to that server wins."""
+    stack.put_basics()
+    stack.put_instance("web", "a", backends["a"].port)
+    stack.put_instance("web", "b", backends["b"].port, state="maint")  # loaded `disabled`
+    stack.sync_ok()
+    stack.start()
+    stack.put_instance("web", "b", backends["b"].port)
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 4) == {"a": 2, "b": 2}
+    for name in ("a", "b"):
+        assert stack.admin_command(f"disable server be_web/{name}").strip() == ""
+    stack.put_instance("web", "c", backends["c"].port)
+    assert "runtime API" in stack.sync_ok()
+    assert _in_maint(stack) == {"a": True, "b": True, "c": False}
+    reloads = stack.status().reloads
+    stack.put_instance("api", "d", backends["c"].port)  # a backend added: a reload
+    assert "reloaded HAProxy" in stack.sync_ok()
+    assert stack.status().reloads == reloads + 1
+    assert _in_maint(stack) == {"a": True, "b": True, "c": False}
+    assert spread(stack.port, 4) == {"c": 4}
+    stack.put_instance("web", "a", backends["a"].port, weight=50)  # etcd changes a
+    assert "runtime API" in stack.sync_ok()
+    assert _in_maint(stack) == {"a": False, "b": True, "c": False}
+    assert set(spread(stack.port, 6)) == {"a", "c"}
