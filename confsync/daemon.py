@@ -1017,6 +1017,8 @@ class Daemon:
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval
         self.next_interval_at = time.monotonic() + interval if interval else None
+        if self.follower.resync_interval != interval:  # (kept, or started for the old set)
+            self.follower.set_resync_interval(interval)
         # Pending renders hold the old Resource objects; every resource is rendered anew below
         # (or after the first snapshot), so nothing pending may fire with an old definition.
         self.planner.clear()
