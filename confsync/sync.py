@@ -422,7 +422,10 @@ class Syncer:
             # Roll the whole group back to what the target was running, and reload into that.
             restored = []
             for outcome in group:
-                rolled_back = "previous file restored"
+                # (None: what the service runs is unknown, an owed reload's: nothing to put
+                # back, and it said "previous file restored" all the same.)
+                rolled_back = ("previous file restored" if outcome.previous is not None else
+                               "the file stays in place, its reload owed")
                 if outcome.previous is not None:
                     try:
                         self._io(outcome.resource, "reload", functools.partial(
