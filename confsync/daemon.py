@@ -1045,7 +1045,11 @@ class Daemon:
         self._started()  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
-        if self.ready:
+        if self.ready and snapshot is None and self._replay_hold(time.monotonic()) is not None:
+            # A resumed watch's replay is under way: the mirror may hold one prefix's half of
+            # a txn (the files rendered a state etcd never held); rendered once it is whole.
+            self.planner.touch(state.resources, time.monotonic())
+        elif self.ready:
             self.apply(list(state.resources))
         elif snapshot is not None:
             self._first_render(snapshot)
