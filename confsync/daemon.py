@@ -254,6 +254,9 @@ class Daemon:
         self.follower = self._new_follower(store, prefixes, first_snapshot=first_snapshot)
         self._follower_restart_at = None
         self.follower.start()
+        # One that had died and waited for its restart is replaced too: only that restart
+        # said so, and /health stayed 503 for good after a SIGHUP came first.
+        self._part_recovered("follower")
 
     # ---- the loop
 
