@@ -53,6 +53,10 @@ log = logging.getLogger("confsync")
 
 HEARTBEAT_SECONDS = 1.0
 LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit before reloading
+# ...but no later than this after the first edit not loaded yet: a file there that changes more
+# often than the quiet (a generator's output, an editor's swap file) put every reload off, a
+# SIGHUP's too, for as long as it went on.
+LOCAL_CHANGE_MAX = 3.0
 # A reload requested while an earlier one reads its new prefixes waits at most this long for
 # that read to end, rather than stop its follower mid-read (which blocks the loop).
 PENDING_PATIENCE = 15.0
@@ -187,6 +191,7 @@ class Daemon:
         self.connected = False
         self.pending_keys: dict[str, set[str]] = {}
         self.reload_config_at: float | None = None
+        self._local_since: float | None = None  # the first conf.d/templates edit not loaded
         # A reload whose new prefixes could not be read (etcd away) is tried again: refusing it
         # for good would leave the files' new definition unapplied once etcd is back.
         self._reload_retry = Backoff(base=1.0, cap=30.0)
@@ -249,6 +254,9 @@ class Daemon:
         self.follower = self._new_follower(store, prefixes, first_snapshot=first_snapshot)
         self._follower_restart_at = None
         self.follower.start()
+        # One that had died and waited for its restart is replaced too: only that restart
+        # said so, and /health stayed 503 for good after a SIGHUP came first.
+        self._part_recovered("follower")
 
     # ---- the loop
 
@@ -312,7 +320,7 @@ class Daemon:
         now = time.monotonic()
         deadline = self._reload_deadline()
         if deadline is not None and now >= deadline:
-            self.reload_config_at = None
+            self.reload_config_at = self._local_since = None
             self.reload_config()
         settled = self.ready and self.pending is None
         if settled and self.next_interval_at is not None and now >= self.next_interval_at:
@@ -428,8 +436,18 @@ class Daemon:
         elif isinstance(event, IoReturned):
             self._io_returned(event.dest)
         elif isinstance(event, LocalFilesChanged):
-            self.reload_config_at = time.monotonic() + LOCAL_CHANGE_QUIET
+            self._local_changed()
             self._local_tree_grew |= event.new_directory
+
+    def _local_changed(self) -> None:
+        """An edit under conf.d/templates: reload once they are quiet for LOCAL_CHANGE_QUIET,
+        within LOCAL_CHANGE_MAX of the first; a reload already due (a SIGHUP) is not put off."""
+        now = time.monotonic()
+        if self.reload_config_at is not None and self.reload_config_at <= now:
+            return
+        if self._local_since is None:
+            self._local_since = now
+        self.reload_config_at = min(now + LOCAL_CHANGE_QUIET, self._local_since + LOCAL_CHANGE_MAX)
 
     def _on_batch(self, event: BatchReceived) -> None:
         batch = event.batch
@@ -1018,6 +1036,8 @@ class Daemon:
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval
         self.next_interval_at = time.monotonic() + interval if interval else None
+        if self.follower.resync_interval != interval:  # (kept, or started for the old set)
+            self.follower.set_resync_interval(interval)
         # Pending renders hold the old Resource objects; every resource is rendered anew below
         # (or after the first snapshot), so nothing pending may fire with an old definition.
         self.planner.clear()
@@ -1029,7 +1049,11 @@ class Daemon:
         self._started()  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))
-        if self.ready:
+        if self.ready and snapshot is None and self._replay_hold(time.monotonic()) is not None:
+            # A resumed watch's replay is under way: the mirror may hold one prefix's half of
+            # a txn (the files rendered a state etcd never held); rendered once it is whole.
+            self.planner.touch(state.resources, time.monotonic())
+        elif self.ready:
             self.apply(list(state.resources))
         elif snapshot is not None:
             self._first_render(snapshot)

@@ -94,6 +94,11 @@ class Syncer:
         # Resources whose last reload found nothing running (the target reads the installed
         # file when it starts): the next apply asks the target again, against that file.
         self.not_running: set[str] = set()
+        # Of those, the ones whose target answered a quick look since (`check_targets`): the
+        # next apply asks it properly. Until an apply gets that far (one failing before the
+        # reload step, on its check or its data, never does), it is not reported back again:
+        # it was at every heartbeat, each report an apply, so a failing check ran every second.
+        self.answered: set[str] = set()
         # dest -> the bytes this process installed last (checked or proven).
         self.installed: dict[Path, bytes] = {}
         # dest -> `boot_clock()` time since which it holds what this process installed (or
@@ -144,6 +149,7 @@ class Syncer:
         # Still nothing running: the next apply asks again, against the time each file has
         # been in place (not reloading what the service read when it started).
         new.not_running = self.not_running & names
+        new.answered = self.answered & names
         new.in_place = {d: t for d, t in self.in_place.items() if d in dests}
         new._targets = {r: t for r, t in self._targets.items() if r in kept}
         by_dest = {r.dest: t for r, t in self._targets.items() if r not in kept}
@@ -436,6 +442,7 @@ class Syncer:
         started = time.monotonic()
         names = {o.resource.name for o in group}
         self.not_running -= names
+        self.answered -= names
         self.asked |= names
         try:
             done = target.reload(previous, content)
@@ -448,7 +455,10 @@ class Syncer:
             # Roll the whole group back to what the target was running, and reload into that.
             restored = []
             for outcome in group:
-                rolled_back = "previous file restored"
+                # (None: what the service runs is unknown, an owed reload's: nothing to put
+                # back, and it said "previous file restored" all the same.)
+                rolled_back = ("previous file restored" if outcome.previous is not None else
+                               "the file stays in place, its reload owed")
                 if outcome.previous is not None:
                     try:
                         self._io(outcome.resource, "reload", functools.partial(
@@ -600,6 +610,7 @@ class Syncer:
 
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
         names = {o.resource.name for o in group}
+        self.answered -= names
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         else:
@@ -636,7 +647,8 @@ class Syncer:
         for resource in resources:
             name = resource.name
             target = self.target(resource)
-            if target is None or name not in self.asked or name in self.reload_owed:
+            if (target is None or name not in self.asked or name in self.reload_owed
+                    or name in self.answered):
                 continue
             probes.setdefault((name in self.not_running, target.key()),
                               (target, []))[1].append(Outcome(resource, UNCHANGED))
@@ -647,6 +659,7 @@ class Syncer:
             beat()
             if was_down and found.liveness not in (Liveness.DOWN, Liveness.UNKNOWN):
                 up.extend(o.resource for o in group)
+                self.answered |= {o.resource.name for o in group}
             elif not was_down and found.liveness is Liveness.DOWN:
                 self.not_running |= {o.resource.name for o in group}
                 down.extend((o.resource, found) for o in group)

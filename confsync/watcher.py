@@ -64,6 +64,7 @@ class StreamState:
 
 
 _RESYNC_NOW = object()  # wakes `_follow` for an immediate resync snapshot
+_NEW_INTERVAL = object()  # wakes `_follow` to resync at `resync_interval` from now on
 
 
 class StoreFollower(threading.Thread):
@@ -116,6 +117,14 @@ class StoreFollower(threading.Thread):
         with self._lock:
             self._resync_requests += 1
         self._errors.put(_RESYNC_NOW)
+
+    def set_resync_interval(self, seconds: float) -> None:
+        """Re-read a snapshot every `seconds` (0: never) from now on: a config reload changed
+        `[watch] interval` and kept this follower (same prefixes and store). It went on at the
+        interval it was started with, so a SIGHUP that set one re-rendered at it but never
+        re-read etcd."""
+        self.resync_interval = seconds
+        self._errors.put(_NEW_INTERVAL)
 
     def resync_owed(self) -> bool:
         """Whether a requested resync has no snapshot read after it yet (a successor of a dead
@@ -280,6 +289,13 @@ class StoreFollower(threading.Thread):
                     error = self._errors.get(timeout=timeout)
                 except queue.Empty:
                     error = _RESYNC_NOW
+                if error is _NEW_INTERVAL:
+                    interval = self.resync_interval
+                    resync_backoff = Backoff(base=min(1.0, interval or 1.0),
+                                             cap=max(interval, 1.0))
+                    if not resync_failed:  # (a failed one is retried on its own backoff)
+                        next_resync = time.monotonic() + interval if interval else None
+                    continue
                 if error is _RESYNC_NOW:
                     snapshot = self._snapshot("resync")
                     if snapshot is None:

@@ -8,6 +8,7 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -252,5 +253,44 @@ def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path
             wait_for(functools.partial(reads, dest, f"{version} x\n"), 10,
                      what=f"the update to {version}\n{w.output()[-2000:]}")
     finally:
+        code = w.stop()
+    assert code == 0
+
+
+def test_edits_are_loaded_while_another_file_under_templates_keeps_changing(
+        tmp_path: Path) -> None:
+    """Each edit under conf.d/templates moved the reload 0.5 s on, with no bound: a file there
+    written more often than that (a generator's output, an editor's swap file) held every
+    reload, a SIGHUP's too, for as long as it went on."""
+    import threading
+
+    config, _, cd = _watched_file_backend(tmp_path, "{{ getv('/app/v') }}\n")
+    w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
+    done = threading.Event()
+
+    def churn() -> None:
+        noise = cd / "templates" / "notes.txt"
+        for i in range(100):  # 20 s at most
+            noise.write_text(f"{i}\n")
+            if done.wait(0.2):
+                return
+
+    writer = threading.Thread(target=churn, daemon=True)
+    try:
+        wait_for(lambda: read(tmp_path / "out") == "one\n", 20, what="first render")
+        writer.start()
+        time.sleep(0.5)
+        (cd / "templates" / "app.tmpl").write_text("v={{ getv('/app/v') }}\n")
+        began = time.monotonic()
+        wait_for(lambda: read(tmp_path / "out") == "v=one\n", 8,
+                 what=f"the edit reloaded\n{w.output()[-2000:]}")
+        assert time.monotonic() - began < 6
+        (cd / "templates" / "app.tmpl").write_text("w={{ getv('/app/v') }}\n")
+        w.signal(signal.SIGHUP)  # a SIGHUP is not put off by the edits either
+        wait_for(lambda: read(tmp_path / "out") == "w=one\n", 3,
+                 what=f"the SIGHUP's reload\n{w.output()[-2000:]}")
+    finally:
+        done.set()
+        writer.join(timeout=5) if writer.is_alive() else None
         code = w.stop()
     assert code == 0

@@ -3,6 +3,7 @@ re-renders every resource (issue 13, item 7), against real etcd and the real `co
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,3 +153,40 @@ def test_health_stays_up_through_a_check_that_takes_longer_than_its_max_age(
     assert read(dest) == "value=2\n"
     assert any(at > 10.5 for at, _ in statuses), statuses  # asked past the 10 s max age
     assert all(status == 200 for _, status in statuses), statuses
+
+
+def test_a_target_back_while_its_resource_fails_costs_one_look_not_one_per_second(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A reload target that comes back while its resource fails before the reload step (a
+    check that fails) was found "back" at every heartbeat, and each time rendered and checked
+    the resource at once: check_cmd ran every second for as long as it failed, the retry
+    backoff bypassed, and "answers again" logged each time."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, flag, runs = tmp_path / "out.conf", tmp_path / "check-fails", tmp_path / "runs"
+    pidfile = tmp_path / "app.pid"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\nreload_signal = "SIGWINCH"\n'
+                   f'pidfile = "{pidfile}"\n'
+                   f'check_cmd = ["sh", "-c", "echo >> {runs}; test ! -e {flag}"]')
+    w = start(watchers, tmp_path, etcd, prefix)
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")  # nothing runs yet
+    flag.touch()
+    c.put(prefix + "/k/v", "2")
+    w.wait_log("check failed", timeout=20)
+    service = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile.write_text(f"{service.pid}\n")
+        w.wait_log("reload target answers again", timeout=10)
+        checks = read(runs).count("\n")
+        time.sleep(4)
+        output = w.output()
+        assert output.count("reload target answers again") == 1, output[-3000:]
+        assert read(runs).count("\n") - checks <= 3, output[-3000:]  # the backoff's pace
+        flag.unlink()  # the check passes: installed and reloaded (SIGWINCH: ignored by sleep)
+        c.put(prefix + "/k/v", "3")  # (sooner than the retry, its backoff grown meanwhile)
+        wait_for(lambda: read(dest) == "value=3\n", 20, what=f"the change\n{w.output()[-2000:]}")
+        w.wait_log("sent SIGWINCH", timeout=10)
+    finally:
+        service.kill()
+        service.wait()

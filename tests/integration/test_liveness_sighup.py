@@ -6,12 +6,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, free_port
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 
@@ -240,3 +241,47 @@ def test_a_sighup_while_starting_is_held_and_taken_as_a_reload(
     assert w.proc.poll() is None, f"exited with {w.proc.returncode}:\n{w.output()[-2000:]}"
     w.wait_log("SIGHUP: reloading configuration")
     assert w.stop() == 0
+
+
+def _snapshots(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("confsync_snapshots_total "):
+                return float(line.split()[1])
+    return float("nan")
+
+
+def test_a_sighup_that_sets_watch_interval_also_rereads_the_snapshot_at_it(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """`[watch] interval` re-reads a snapshot and re-renders; a SIGHUP that set it (same
+    prefixes, same store: the follower goes on) re-rendered at it, but the follower kept the
+    interval it was started with: no re-read, the stream's safety net off until a restart."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    cd, dest, config = tmp_path / "cd", tmp_path / "out", tmp_path / "confsync.toml"
+    write_resource(cd, "app", LIST, f'dest = "{dest}"\nkeys = ["/k"]')
+    port = free_port()
+
+    def settings(interval: str) -> None:
+        config.write_text(f'confdir = "{cd}"\nprefix = "{prefix}"\n[etcd]\nendpoints = '
+                          f'["{etcd.endpoint}"]\n[watch]\nwait_min = "0s"\n'
+                          f'interval = "{interval}"\n')
+
+    settings("0s")
+    w = WatchProcess("--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                     log=tmp_path / "watch.log")
+    watchers.append(w)
+    wait_for(lambda: read(dest) == "/k/v=1\n", 20, what="first render")
+    settings("1s")
+    w.signal(signal.SIGHUP)
+    w.wait_log("configuration reloaded")
+    before = _snapshots(port)
+    time.sleep(2.5)
+    assert _snapshots(port) - before >= 1, w.output()[-2000:]
+    settings("0s")  # and off again: no more re-reads
+    w.signal(signal.SIGHUP)
+    w.wait_log("configuration reloaded", count=2)
+    time.sleep(1.2)  # (one due before the reload may still come)
+    before = _snapshots(port)
+    time.sleep(1.5)
+    assert _snapshots(port) == before, w.output()[-2000:]

@@ -24,7 +24,7 @@ from confsync.renderer import Renderer
 from confsync.resources import Resource
 from confsync.stores import Snapshot
 from confsync.sync import Syncer
-from confsync.targets import Liveness, Probe, ReloadKind, ReloadResult
+from confsync.targets import Liveness, Probe, ReloadFailed, ReloadKind, ReloadResult
 
 
 class FakeTarget:
@@ -315,3 +315,21 @@ def test_check_targets_beats_after_each_targets_answer(tmp_path: Path) -> None:
     beats: list[float] = []
     assert syncer.check_targets([res, other_res], heartbeat=lambda: beats.append(1)) == ([], [])
     assert len(beats) == 2
+
+
+def test_a_failed_owed_reload_does_not_claim_a_file_it_never_restored(tmp_path: Path) -> None:
+    """A reload owed (installed earlier, never made live) has no previous file to put back:
+    its failure said "previous file restored" while the new file stayed, as it should."""
+    syncer, res, target, _ = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    syncer.reload_owed.add(res.name)
+
+    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
+        raise ReloadFailed("refused")
+
+    target.reload = reload  # type: ignore[method-assign]
+    (outcome,) = syncer.apply([res])
+    assert outcome.error is not None and outcome.error.step == "reload"
+    assert "restored" not in outcome.error.reason, outcome.error.reason
+    assert "stays" in outcome.error.reason, outcome.error.reason
+    assert res.dest.read_text() == "server 10.0.0.1:80\n" and res.name in syncer.reload_owed
