@@ -76,6 +76,19 @@ class ReplayTooLarge(RevisionCompacted):
         self.compacted_revision = 0
 
 
+class LongReplay(RevisionCompacted):
+    """A resume of several prefixes missed more revisions than etcd replays in one response per
+    watch: etcd would send each prefix's replay in parts of 1,000 revisions, 100 ms apart and
+    unordered against the other prefixes', and a render between two parts would mix two
+    revisions. The follower reads every prefix at one revision instead."""
+
+    def __init__(self, missed: int) -> None:
+        ConfsyncError.__init__(self, f"{missed} revisions missed, more than etcd replays at "
+                                     f"once")
+        self.compacted_revision = 0
+        self.missed = missed
+
+
 class StoreReset(ConfsyncError):
     """The store is not the history we followed: another cluster (recreated etcd), or a revision
     below one we already saw (restored from an older backup). Resuming would wait for revisions

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from confsync.backoff import Backoff
 from confsync.errors import (
     ConfigError,
+    LongReplay,
     ReplayTooLarge,
     RevisionCompacted,
     StoreReset,
@@ -47,7 +48,7 @@ RESNAPSHOT_JITTER = 4.0
 @dataclass(frozen=True)
 class SnapshotTaken:
     snapshot: Snapshot
-    reason: str  # "start", "compacted", "resync", "resume", "reset"
+    reason: str  # "start", "compacted", "resync", "resume", "reset", "long replay", ...
     generation: int = 0
     cause: StoreReset | None = None  # for "reset": old and new cluster id and revisions
 
@@ -159,7 +160,7 @@ class StoreFollower(threading.Thread):
 
     def _snapshot(self, reason: str) -> Snapshot | None:
         """Post a snapshot; on failure post the lost stream and return None (no waiting)."""
-        if reason in ("compacted", "reset", "replay too large"):
+        if reason in ("compacted", "reset", "replay too large", "long replay"):
             delay = random.uniform(0, RESNAPSHOT_JITTER)
             if self._stop_event.wait(delay):
                 return None
@@ -184,6 +185,10 @@ class StoreFollower(threading.Thread):
 
     def _catch_up(self, error: RevisionCompacted, start: int) -> str:
         """The watch cannot replay from `start`: log why; the reason of the snapshot taken."""
+        if isinstance(error, LongReplay):
+            log.info("watch from revision %d: %s; reading every prefix at one revision "
+                     "instead", start, error)
+            return "long replay"
         if isinstance(error, ReplayTooLarge):
             log.warning("watch from revision %d: %s; taking a fresh snapshot", start, error)
             return "replay too large"

@@ -40,6 +40,7 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from confsync.errors import (
     AuthenticationFailed,
     ConfigError,
+    LongReplay,
     ReplayTooLarge,
     RevisionCompacted,
     StoreReset,
@@ -85,6 +86,11 @@ REQUIRE_LEADER = ("hasleader", "true")
 # linearizable read). A gRPC proxy that reconnects upstream to a recreated etcd keeps our stream
 # open and silent; so does a member whose leader loss the proxy does not report.
 POSITION_CHECK_SECONDS = 10.0
+# etcd replays a watch's missed revisions in parts of 1,000 (of its prefix), one part per pass
+# over lagging watches (every 100 ms), unordered against the other watches of the stream: a
+# resume of several prefixes that missed more than this many revisions reads a snapshot instead
+# (`LongReplay`). Half of etcd's 1,000 leaves room for what is written while the watches are made.
+REPLAY_REVISIONS_MAX = 500
 # A running watch or registrar asks for the cluster's members on each new connection and at
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
@@ -241,6 +247,9 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
+        # A LongReplay was raised: the watch after the snapshot it asked for is not checked
+        # again (writes faster than a snapshot read would otherwise never let a watch start).
+        self._long_replay_read = False
         # A follower retrying its snapshot while etcd is away would warn per endpoint per try.
         self._read_warnings = Repeats()
         # The cluster's members' client URLs, as etcd last listed them (`learn_members`).
@@ -573,6 +582,20 @@ class EtcdStore:
 
     # ---- watch
 
+    def check_replay(self, prefixes: int, missed: int) -> None:
+        """Raise LongReplay when a watch of `prefixes` that missed `missed` revisions would get
+        its replay in parts, unless it follows the snapshot an earlier LongReplay asked for.
+
+        The replay hold (daemon) waited for a quiet between parts: a part later than that
+        (a long replay, a busy etcd, a stalled link) was rendered beside the other prefixes'
+        newer values, a state etcd never held. One prefix's parts are states it really held."""
+        if self._long_replay_read:
+            self._long_replay_read = False
+            return
+        if prefixes > 1 and missed > REPLAY_REVISIONS_MAX:
+            self._long_replay_read = True
+            raise LongReplay(missed)
+
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
         """One client, one gRPC stream, one watch per (merged) prefix.
 
@@ -617,6 +640,7 @@ class _EtcdWatch:
         try:
             self.replay_until = store.check_position(self._client, start_revision,
                                                      self._position_key)
+            store.check_replay(len(prefixes), self.replay_until - (start_revision - 1))
             for prefix in prefixes:
                 key = prefix.encode()
                 try:
@@ -630,7 +654,7 @@ class _EtcdWatch:
         except pyetcd.exceptions.RevisionCompactedError as exc:
             self.cancel()
             raise RevisionCompacted(int(exc.compacted_revision)) from None
-        except (StoreReset, StoreUnavailable):
+        except (StoreReset, StoreUnavailable, LongReplay):
             self.cancel()
             raise
         except Exception as exc:

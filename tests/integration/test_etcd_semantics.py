@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -473,3 +474,58 @@ def test_after_a_reconnect_under_steady_writes_the_file_catches_up_at_once(
         thread.join(timeout=5)
         proxy.close()
     assert took < 1.5, f"{took:.2f}s behind etcd after the watch was back"
+
+
+def test_a_long_replay_of_two_prefixes_is_never_rendered_in_parts(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """While the stream is down, 8,000 revisions change /a, and every 100th is a txn that sets
+    /a/n and /b/n alike. etcd replays /a's in parts of 1,000 revisions, one per 100 ms, and
+    /b's 80 at once: the replay hold waited for 0.3 s without a part, and an etcd that paused
+    longer than that during the replay (here SIGSTOP) let every later part of /a be rendered
+    beside /b's newest value (5-7 of 7-9 files like "68 80"). Such a resume now reads both at
+    one revision."""
+    c = client(etcd_private.endpoint)
+    c.put("/a/n", "0")
+    c.put("/b/n", "0")
+    dest = tmp_path / "out"
+    seen = tmp_path / "seen"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+
+    def writer(part: int) -> None:
+        own = client(etcd_private.endpoint)
+        for i in range(part * 2000, part * 2000 + 2000):
+            if i % 100 == 0:
+                own.transaction(compare=[], failure=[], success=[
+                    own.transactions.put("/a/n", str(i // 100 + 1)),
+                    own.transactions.put("/b/n", str(i // 100 + 1))])
+            own.put(f"/a/other/{i % 40}", str(i))
+
+    proxy = TcpProxy(etcd_private.client_port)
+    try:
+        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w.wait_log("watching /a, /b", timeout=15)
+        proxy.close()
+        w.wait_log("degraded", timeout=15)
+        threads = [threading.Thread(target=writer, args=(part,)) for part in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        last = c.get("/a/n")[0].decode()  # (the four writers' last txn: any of theirs)
+        proxy = TcpProxy(etcd_private.client_port, port=proxy.port)
+        w.wait_log("watching /a, /b", count=2, timeout=20)
+        assert etcd_private.proc is not None
+        time.sleep(0.1)  # (the replay's first parts are on their way)
+        etcd_private.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(0.45)
+        finally:
+            etcd_private.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: read(dest) == f"{last} {last}\n", timeout=20,
+                 what=f"the file to catch up\n{w.output()[-2000:]}")
+    finally:
+        proxy.close()
+    _assert_none_mixed(seen)
