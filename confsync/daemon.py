@@ -34,6 +34,7 @@ from confsync.dest_io import DestIo, IoStuck
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
+from confsync.judged_renders import JudgedRenders
 from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
@@ -982,10 +983,11 @@ class Daemon:
         self.observers.config_reloaded(False, reason)
         self._release_other_confdirs()
 
-    def _judge(self, state: ResourceSetState,
-               mirror: Mirror) -> tuple[str | None, bool, list[str]]:
+    def _judge(self, state: ResourceSetState, mirror: Mirror,
+               judged: JudgedRenders) -> tuple[str | None, bool, list[str]]:
         """(why the new set is refused or None, whether that may pass, names failing on their
-        data)."""
+        data). `judged` keeps the digests of its renders: the apply after the switch takes
+        a dest that already holds one as its render (judged_renders.py), not rendering twice."""
         if not self.ready:
             return None, False, []  # no data yet to judge against: the first snapshot renders
         running = {r.name: r for r in self.state.resources}
@@ -996,7 +998,7 @@ class Daemon:
             # without a beat turned /health 503, and had systemd's watchdog kill confsync.
             self.observers.heartbeat()
             try:
-                state.renderer.render(resource, mirror)
+                judged.render(state.renderer, resource, mirror)
             except ResourceError as exc:
                 self.observers.heartbeat()
                 old = running.get(resource.name)
@@ -1014,7 +1016,8 @@ class Daemon:
     def _judge_and_switch(self, state: ResourceSetState, mirror: Mirror,
                           store: Store | None = None, snapshot: Snapshot | None = None) -> bool:
         began = time.monotonic()
-        refused, for_now, data_failures = self._judge(state, mirror)
+        judged = JudgedRenders()
+        refused, for_now, data_failures = self._judge(state, mirror, judged)
         if refused is not None:
             if for_now:
                 self._refuse_for_now(refused, time.monotonic() - began)
@@ -1031,7 +1034,8 @@ class Daemon:
             self.snapshot_floor = snapshot.revision
             self._new_watch_session()  # (the new follower's watches come after its snapshot)
         names = {r.name for r in state.resources}
-        self.syncer = self.syncer.successor(state.renderer, self.mirror, state.resources)
+        self.syncer = self.syncer.successor(state.renderer, self.mirror, state.resources,
+                                            judged)
         self.planner.wait_min = state.settings.watch.wait_min
         self.planner.wait_max = state.settings.watch.wait_max
         interval = state.settings.watch.interval

@@ -48,6 +48,10 @@ def prefix_end(prefix: str) -> str:
 class Mirror:
     def __init__(self) -> None:
         self.revision = 0
+        # Bumped by every load and by every apply that changed a value: one Mirror at one
+        # version holds one state (its revision alone does not say it: a store reset loads a
+        # lower one, and the revisions of the new store may reach the old number).
+        self.version = 0
         self._values: dict[str, Value] = {}
         self._keys: list[str] = []
 
@@ -62,6 +66,7 @@ class Mirror:
         self._values = new
         self._keys = sorted(new)
         self.revision = snapshot.revision
+        self.version += 1
         return changed
 
     def apply(self, batch: ChangeBatch) -> set[str]:
@@ -98,6 +103,8 @@ class Mirror:
             changed.add(change.key)
         if resort:
             self._keys = sorted(self._values)
+        if changed:
+            self.version += 1
         self.revision = max(self.revision, batch.revision)
         return changed
 

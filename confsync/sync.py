@@ -37,6 +37,7 @@ from confsync.applier import (
 from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
+from confsync.judged_renders import JudgedRenders
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
@@ -76,6 +77,8 @@ class Syncer:
         self._renderer = renderer
         self.mirror = mirror
         self.memo = memo
+        # The renders that judged this Syncer's resource set (a SIGHUP), for its first apply.
+        self.judged = JudgedRenders()
         # The daemon's file work on a dest runs with a deadline (dest_io.py); `once` and
         # `check` call it directly.
         self.io = io
@@ -122,10 +125,11 @@ class Syncer:
             self._renderer = self._renderer()
         return self._renderer
 
-    def successor(self, renderer: Renderer, mirror: Mirror,
-                  resources: Sequence[Resource]) -> Syncer:
+    def successor(self, renderer: Renderer, mirror: Mirror, resources: Sequence[Resource],
+                  judged: JudgedRenders | None = None) -> Syncer:
         """The Syncer of a new resource set (a config reload), carrying over what is still
-        true of `resources` and nothing of a resource that is gone.
+        true of `resources` and nothing of a resource that is gone. `judged`: the renders that
+        judged the set, standing in for its first apply's renders where sound.
 
         Kept: the guard's memory by name; owed reloads by name and by dest (a resource renamed,
         or its file moved to another conf.d file, while its reload was owed still owes it: the
@@ -143,6 +147,8 @@ class Syncer:
         dests = {r.dest for r in resources}
         new = Syncer(renderer, mirror, {n: c for n, c in self.last_counts.items() if n in names},
                      probe=self.probe_first, io=self.io)
+        if judged is not None:
+            new.judged = judged
         owed_dests = {self._dests_of[n] for n in self.reload_owed if n in self._dests_of}
         new.reload_owed = {r.name for r in resources
                            if r.name in self.reload_owed or r.dest in owed_dests}
@@ -281,6 +287,13 @@ class Syncer:
             raise ResourceError(resource.name, "guard",
                                 f"all {self.last_counts[resource.name]} keys under {where} "
                                 f"vanished; keeping the last good file (min_keys = 0 allows it)")
+        reused = self.judged.take(resource, self.renderer, self.mirror, dest_content) \
+            if self.judged else None
+        if reused is not None:
+            log.debug("%s: %s holds what the render that judged the new resource set gave, "
+                      "from the same data: not rendered again", resource.name, resource.dest)
+            self.last_counts[resource.name] = count
+            return reused, ()
         if self.memo is None:
             rendered = self.renderer.render_result(resource, self.mirror)
             content = rendered.text.encode("utf-8")
@@ -312,6 +325,7 @@ class Syncer:
         for resource in resources:
             outcomes.append(self._apply_one(resource))
             beat()
+        self.judged.clear()  # (they stand in for the apply that follows the switch only)
         groups: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         probes: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         for outcome in outcomes:

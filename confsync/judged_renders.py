@@ -1,0 +1,76 @@
+"""The renders that judged a new resource set, by digest, for the apply that follows the switch.
+
+A SIGHUP renders every resource of the new set against the live data before switching to it
+(daemon.py `_judge`), and the switched set is then applied, each resource rendered again from
+the same mirror by the same templates: 1,000 resources reading 10 prefixes of 5,000 keys held
+the loop 7 s, half of it rendering twice. Keeping the judged outputs would cost their size
+(~150 MB there); their digests cost nothing. Most files are already what the new set renders,
+so the apply takes the bytes at dest as its render's output when they have the digest of the
+judge's render, and that render was of the same resource definition, by the same Renderer (its
+compiled templates), from the same Mirror unchanged since (`Mirror.version`), and read nothing
+but its data (no impure function, no value left out: as `once`'s render memo, render_memo.py).
+Anything else renders again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from confsync import render_purity
+from confsync.mirror import Mirror
+from confsync.resources import Resource
+
+try:  # what hashlib.blake2b is, without hashlib's loading of OpenSSL
+    from _blake2 import blake2b
+except ImportError:  # (another Python)
+    from hashlib import blake2b
+
+if TYPE_CHECKING:
+    from confsync.renderer import Renderer
+
+
+def _digest(content: bytes) -> bytes:
+    return blake2b(content, digest_size=20).digest()
+
+
+class _Judged(NamedTuple):
+    resource: Resource
+    renderer: Renderer
+    mirror: Mirror
+    version: int
+    digest: bytes
+
+
+class JudgedRenders:
+    """Per resource name, the digest of the judge's render and what it was rendered from."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, _Judged] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def render(self, renderer: Renderer, resource: Resource, mirror: Mirror) -> None:
+        """Render `resource` as the judge does (raises ResourceError), keeping the digest of
+        a render that read nothing but its data."""
+        self._by_name.pop(resource.name, None)
+        impure = render_purity.calls()
+        rendered = renderer.render_result(resource, mirror)
+        if not rendered.warnings and render_purity.calls() == impure:
+            self._by_name[resource.name] = _Judged(resource, renderer, mirror, mirror.version,
+                                                   _digest(rendered.text.encode("utf-8")))
+
+    def take(self, resource: Resource, renderer: Renderer, mirror: Mirror,
+             dest_content: bytes | None) -> bytes | None:
+        """`dest_content` when it is what a render of `resource` by `renderer` from `mirror`
+        would give (the judge's render of the same inputs had its digest), else None; each
+        judged render stands in once."""
+        judged = self._by_name.pop(resource.name, None)
+        if (judged is None or dest_content is None or judged.renderer is not renderer
+                or judged.mirror is not mirror or judged.version != mirror.version
+                or judged.resource != resource or judged.digest != _digest(dest_content)):
+            return None
+        return dest_content
+
+    def clear(self) -> None:
+        self._by_name.clear()
