@@ -394,13 +394,10 @@ def test_a_snapshot_bigger_than_a_grpc_message_is_read_in_pages_at_one_revision(
         store.close()
 
 
-def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
-        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
-    """While the stream is down, txns set /a/n and /b/n alike. On the resume etcd replays each
-    prefix's missed revisions from its loop for lagging watches (every 100 ms), and the watch
-    of /b is only created a round trip after /a's (25 ms each way here): /a's replay could be
-    rendered alone, beside /b's old value."""
-    c = client(etcd_private.endpoint)
+def _two_prefixes_at_zero(etcd: EtcdMember, tmp_path: Path) -> tuple[Any, Path, Path]:
+    """/a/n and /b/n at 0, and a resource rendering both whose reload appends each file it
+    installs to `seen`: (a client, dest, seen)."""
+    c = client(etcd.endpoint)
     c.put("/a/n", "0")
     c.put("/b/n", "0")
     dest = tmp_path / "out"
@@ -408,6 +405,16 @@ def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
     write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
                    f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
                    f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    return c, dest, seen
+
+
+def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """While the stream is down, txns set /a/n and /b/n alike. On the resume etcd replays each
+    prefix's missed revisions from its loop for lagging watches (every 100 ms), and the watch
+    of /b is only created a round trip after /a's (25 ms each way here): /a's replay could be
+    rendered alone, beside /b's old value."""
+    c, dest, seen = _two_prefixes_at_zero(etcd_private, tmp_path)
     proxy = TcpProxy(etcd_private.client_port, delay=0.025)
     try:
         w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
@@ -484,14 +491,7 @@ def test_a_long_replay_of_two_prefixes_is_never_rendered_in_parts(
     longer than that during the replay (here SIGSTOP) let every later part of /a be rendered
     beside /b's newest value (5-7 of 7-9 files like "68 80"). Such a resume now reads both at
     one revision."""
-    c = client(etcd_private.endpoint)
-    c.put("/a/n", "0")
-    c.put("/b/n", "0")
-    dest = tmp_path / "out"
-    seen = tmp_path / "seen"
-    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
-                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    c, dest, seen = _two_prefixes_at_zero(etcd_private, tmp_path)
 
     def writer(part: int) -> None:
         own = client(etcd_private.endpoint)
