@@ -66,7 +66,9 @@ def _package_dir(name: str) -> Path | None:
 
 
 def code_identity() -> bytes:
-    """Every Python file of the packages that shape a render, by path, size and mtime."""
+    """Every Python file of the packages that shape a render, by path, size and mtime, and
+    the installed distribution's RECORD (each file's sha256) where there is one: an upgrade
+    built reproducibly can keep a file's size and mtime (SOURCE_DATE_EPOCH)."""
     entries: list[str] = [sys.version]
     for package in _CODE_PACKAGES:
         directory = _package_dir(package)
@@ -74,7 +76,20 @@ def code_identity() -> bytes:
             entries.append(f"{package}: none")
         else:
             _code_files(str(directory), entries)
+            entries.append(_record(directory))
     return "\n".join(entries).encode("utf-8", "surrogateescape")
+
+
+def _record(directory: Path) -> str:
+    """The RECORD of the distribution installed beside package `directory`, "" if none."""
+    prefix = f"{directory.name.lower()}-"
+    try:
+        found = [e for e in os.listdir(directory.parent)
+                 if e.lower().startswith(prefix) and e.endswith(".dist-info")]
+        return "".join((directory.parent / e / "RECORD").read_text("utf-8", "replace")
+                       for e in sorted(found))
+    except OSError:
+        return ""
 
 
 def _code_files(directory: str, entries: list[str]) -> None:
