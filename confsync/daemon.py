@@ -40,6 +40,7 @@ from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
 from confsync.outcome import FAILED, UPDATED, Outcome
+from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
@@ -189,7 +190,7 @@ class Daemon:
         self.exit_code = EXIT_OK
         self.ready = False
         self.connected = False
-        self.pending_keys: dict[str, set[str]] = {}
+        self.pending_keys = PendingKeys()  # bounded: a dest stuck for months (pending_keys.py)
         self.reload_config_at: float | None = None
         self._local_since: float | None = None  # the first conf.d/templates edit not loaded
         # A reload whose new prefixes could not be read (etcd away) is tried again: refusing it
@@ -555,7 +556,7 @@ class Daemon:
     def _touch_covering(self, changed: set[str]) -> None:
         affected = []
         for resource, keys in self.state.coverage.touched(changed):
-            self.pending_keys.setdefault(resource.name, set()).update(keys)
+            self.pending_keys.add(resource.name, keys)
             affected.append(resource)
         self.planner.touch(affected, time.monotonic())
 
@@ -611,9 +612,9 @@ class Daemon:
         changed_keys: set[str] = set()
         for outcome in outcomes:
             name = outcome.resource.name
-            keys = self.pending_keys.pop(name, set())
+            keys, count = self.pending_keys.take(name)
             changed_keys |= keys
-            report(outcome, revision, sorted(keys))
+            report(outcome, revision, sorted(keys), count)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:

@@ -11,15 +11,18 @@ from confsync.provenance import show_key
 log = logging.getLogger("confsync")
 
 
-def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
-    """One log event per resource and apply, with the fields a collector wants."""
+def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
+           changed_count: int | None = None) -> None:
+    """One log event per resource and apply, with the fields a collector wants.
+
+    `changed_count`: the changes in all, when more than `changed_keys` names."""
     res = outcome.resource
     fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
                                  "revision": revision, "outcome": outcome.status.value,
                                  "seconds": round(outcome.seconds, 4)}
     if changed_keys:
         fields["changed_keys"] = list(changed_keys[:20])
-        fields["changed_count"] = len(changed_keys)
+        fields["changed_count"] = max(len(changed_keys), changed_count or 0)
     if outcome.status is Status.UPDATED:
         fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
         if outcome.reload is not None:
