@@ -203,6 +203,9 @@ class Daemon:
         self._local_observer: Any = None
         self._local_paths: tuple[str, ...] = ()
         self._local_tree_grew = False  # a directory appeared under conf.d/ or templates/
+        # Why its last start failed (None: it runs); said once, then at most every 5 minutes.
+        self._local_failure: str | None = None
+        self._local_warnings = Repeats()
         # Resources re-rendered because their dest may differ from the render (the interval,
         # or a dest someone else changed): a rewrite without a data change is reported.
         self._repairing: set[str] = set()
@@ -663,17 +666,35 @@ class Daemon:
             try:
                 self._check_local_files()
             except Exception as exc:
-                log.exception("conf.d/templates watcher: cannot restart it")
-                self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
+                self._local_failed(exc)
             else:
+                if self._local_failure is not None:
+                    self._local_failure = None
+                    log.info("conf.d/templates watcher runs again")
                 self._part_recovered("local-files")
-        elif self._local_observer is not None:
+        elif self._local_observer is not None or self._local_failure is not None:
             # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
             # watcher used to go on reloading at every edit, its inotify watches held).
-            stop_observer(self._local_observer)
+            if self._local_observer is not None:
+                stop_observer(self._local_observer)
             self._local_observer, self._local_paths = None, ()
+            self._local_failure = None
             self._part_recovered("local-files")
             log.info("conf.d/templates watcher stopped ([watch] confdir = false)")
+
+    def _local_failed(self, exc: Exception) -> None:
+        """The conf.d/templates watcher cannot start: /health names it, and the next heartbeat
+        tries again. Each try failing the same way logged a traceback and two warnings every
+        second, for as long as the cause lasted (an unreadable conf.d, no threads left)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        self._local_failure = reason
+        if self._local_warnings.due(reason):
+            log.error("conf.d/templates watcher: cannot start it (%s); edits there are not "
+                      "followed until it runs (SIGHUP still reloads), trying again every "
+                      "second", reason, exc_info=exc)
+        else:
+            log.debug("conf.d/templates watcher: cannot start it: %s", reason)
+        self._part_failed("local-files", reason)
 
     def _check_dests(self, now: float) -> None:
         """Every heartbeat: a dest someone else changed (a package upgrade's own file, a hand
@@ -1106,8 +1127,9 @@ class Daemon:
         same = self._local_dirs() == self._local_paths
         if alive and same and not grew:
             return
-        if observer is None:  # turned on by a config reload ([watch] confdir = true)
-            log.info("conf.d/templates watcher started ([watch] confdir = true)")
+        if observer is None:  # turned on by a config reload, or its last start failed
+            if self._local_failure is None:
+                log.info("conf.d/templates watcher started ([watch] confdir = true)")
         elif alive and same:
             log.info("conf.d/templates watcher: a new directory; starting it again to watch "
                      "all of it")
@@ -1116,6 +1138,7 @@ class Daemon:
             log.warning("conf.d/templates watcher %s; restarting it",
                         "stopped" if not alive else "sees a directory come or go")
             stop_observer(observer)
+        self._local_observer = None  # (stopped: a start that fails leaves none to stop again)
         self._watch_local_files()
         self.events.put(LocalFilesChanged("(watcher restarted)"))
 
