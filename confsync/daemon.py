@@ -225,6 +225,9 @@ class Daemon:
         self._last_beat = 0.0
         self._degraded_warnings = Repeats()
         self._reload_warnings = Repeats()
+        # A reload target down for months is asked every 30 s: what each ask found (the file
+        # current, nothing running) is said once, then at most every 5 minutes.
+        self._no_target_said = Repeats()
         state, errors = build_state(settings)
         if errors:
             for error in errors:
@@ -617,7 +620,11 @@ class Daemon:
             name = outcome.resource.name
             keys, count = self.pending_keys.take(name)
             changed_keys |= keys
-            report(outcome, revision, sorted(keys), count)
+            no_target = outcome.reload is not None and \
+                outcome.reload.kind is ReloadKind.NO_TARGET
+            quiet = no_target and outcome.status is not UPDATED and outcome.error is None and \
+                not self._no_target_said.due(f"{name}: {outcome.reload}")
+            report(outcome, revision, sorted(keys), count, quiet)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -632,12 +639,14 @@ class Daemon:
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
                 log.info("resource %s: trying again in %.1fs", name, delay,
                          extra={"resource": name, "retry_in": round(delay, 2)})
-            elif outcome.reload is not None and outcome.reload.kind is ReloadKind.NO_TARGET:
+            elif no_target:
                 # Nothing tells us when the service starts: ask again (backoff, capped), so
                 # /ready turns true and the target is checked against the file once it runs.
+                # (Said after a write; each ask's own event says what it found.)
                 delay = self.planner.retry(outcome.resource, now)
-                log.info("resource %s: nothing running to reload; asking again in %.1fs", name,
-                         delay, extra={"resource": name, "retry_in": round(delay, 2)})
+                log.log(logging.INFO if outcome.status is UPDATED else logging.DEBUG,
+                        "resource %s: nothing running to reload; asking again in %.1fs", name,
+                        delay, extra={"resource": name, "retry_in": round(delay, 2)})
             else:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
