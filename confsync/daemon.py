@@ -34,7 +34,7 @@ from confsync.dest_io import DestIo, IoStuck
 from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
-from confsync.logs import Repeats
+from confsync.logs import Repeats, change_logging
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
@@ -1052,6 +1052,11 @@ class Daemon:
             else:
                 self._refuse(refused)
             return False
+        old = self.state.settings
+        if (old.log_level, old.log_format) != (state.settings.log_level,
+                                               state.settings.log_format):
+            # A SIGHUP reloads the main config: these were read at the start only.
+            change_logging(state.settings.log_level, state.settings.log_format)
         self.state = state
         self._release_other_confdirs()
         if store is not None and store is not self.store:
