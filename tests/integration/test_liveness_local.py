@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,11 @@ def test_edits_are_loaded_while_another_file_under_templates_keeps_changing(
     assert code == 0
 
 
+def _scrape(base: str, line: str) -> bool:
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        return line in response.read().decode()
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not _no_inotify_available(),
                     reason="needs root, unshare --user and a per-namespace inotify limit")
 def test_a_watcher_that_cannot_restart_says_so_once_and_in_health(tmp_path: Path) -> None:
@@ -327,9 +333,11 @@ def test_a_watcher_that_cannot_restart_says_so_once_and_in_health(tmp_path: Path
         assert failing.count("Traceback") <= 1, failing
         status, body = probe(base, "/health")
         assert status == 503 and "PermissionError" in body["failed_parts"]["local-files"]
+        assert _scrape(base, 'confsync_part_failed{part="local-files"} 1.0')
         os.chown(confd, 0, 0)
         wait_for(lambda: probe(base, "/health")[0] == 200, 10,
                  what=f"/health once it runs again\n{w.output()[-2000:]}")
+        assert _scrape(base, 'confsync_part_failed{part="local-files"} 0.0')
         (cd / "templates" / "app.tmpl").write_text("two {{ getv('/app/v') }}\n")
         wait_for(lambda: read(tmp_path / "out") == "two one\n", 10,
                  what=f"a template edit, followed again\n{w.output()[-2000:]}")
