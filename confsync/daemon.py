@@ -35,12 +35,13 @@ from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
 from confsync.judged_renders import JudgedRenders
-from confsync.logs import Repeats
+from confsync.logs import Repeats, change_logging
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
 from confsync.outcome import FAILED, UPDATED, Outcome
+from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
 from confsync.resources import Resource, load_resources
@@ -190,7 +191,7 @@ class Daemon:
         self.exit_code = EXIT_OK
         self.ready = False
         self.connected = False
-        self.pending_keys: dict[str, set[str]] = {}
+        self.pending_keys = PendingKeys()  # bounded: a dest stuck for months (pending_keys.py)
         self.reload_config_at: float | None = None
         self._local_since: float | None = None  # the first conf.d/templates edit not loaded
         # A reload whose new prefixes could not be read (etcd away) is tried again: refusing it
@@ -203,6 +204,9 @@ class Daemon:
         self._local_observer: Any = None
         self._local_paths: tuple[str, ...] = ()
         self._local_tree_grew = False  # a directory appeared under conf.d/ or templates/
+        # Why its last start failed (None: it runs); said once, then at most every 5 minutes.
+        self._local_failure: str | None = None
+        self._local_warnings = Repeats()
         # Resources re-rendered because their dest may differ from the render (the interval,
         # or a dest someone else changed): a rewrite without a data change is reported.
         self._repairing: set[str] = set()
@@ -222,6 +226,9 @@ class Daemon:
         self._last_beat = 0.0
         self._degraded_warnings = Repeats()
         self._reload_warnings = Repeats()
+        # A reload target down for months is asked every 30 s: what each ask found (the file
+        # current, nothing running) is said once, then at most every 5 minutes.
+        self._no_target_said = Repeats()
         state, errors = build_state(settings)
         if errors:
             for error in errors:
@@ -556,7 +563,7 @@ class Daemon:
     def _touch_covering(self, changed: set[str]) -> None:
         affected = []
         for resource, keys in self.state.coverage.touched(changed):
-            self.pending_keys.setdefault(resource.name, set()).update(keys)
+            self.pending_keys.add(resource.name, keys)
             affected.append(resource)
         self.planner.touch(affected, time.monotonic())
 
@@ -612,9 +619,13 @@ class Daemon:
         changed_keys: set[str] = set()
         for outcome in outcomes:
             name = outcome.resource.name
-            keys = self.pending_keys.pop(name, set())
+            keys, count = self.pending_keys.take(name)
             changed_keys |= keys
-            report(outcome, revision, sorted(keys))
+            no_target = outcome.reload is not None and \
+                outcome.reload.kind is ReloadKind.NO_TARGET
+            quiet = no_target and outcome.status is not UPDATED and outcome.error is None and \
+                not self._no_target_said.due(f"{name}: {outcome.reload}")
+            report(outcome, revision, sorted(keys), count, quiet)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -629,12 +640,14 @@ class Daemon:
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
                 log.info("resource %s: trying again in %.1fs", name, delay,
                          extra={"resource": name, "retry_in": round(delay, 2)})
-            elif outcome.reload is not None and outcome.reload.kind is ReloadKind.NO_TARGET:
+            elif no_target:
                 # Nothing tells us when the service starts: ask again (backoff, capped), so
                 # /ready turns true and the target is checked against the file once it runs.
+                # (Said after a write; each ask's own event says what it found.)
                 delay = self.planner.retry(outcome.resource, now)
-                log.info("resource %s: nothing running to reload; asking again in %.1fs", name,
-                         delay, extra={"resource": name, "retry_in": round(delay, 2)})
+                log.log(logging.INFO if outcome.status is UPDATED else logging.DEBUG,
+                        "resource %s: nothing running to reload; asking again in %.1fs", name,
+                        delay, extra={"resource": name, "retry_in": round(delay, 2)})
             else:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
@@ -663,17 +676,35 @@ class Daemon:
             try:
                 self._check_local_files()
             except Exception as exc:
-                log.exception("conf.d/templates watcher: cannot restart it")
-                self._part_failed("local-files", f"{type(exc).__name__}: {exc}")
+                self._local_failed(exc)
             else:
+                if self._local_failure is not None:
+                    self._local_failure = None
+                    log.info("conf.d/templates watcher runs again")
                 self._part_recovered("local-files")
-        elif self._local_observer is not None:
+        elif self._local_observer is not None or self._local_failure is not None:
             # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
             # watcher used to go on reloading at every edit, its inotify watches held).
-            stop_observer(self._local_observer)
+            if self._local_observer is not None:
+                stop_observer(self._local_observer)
             self._local_observer, self._local_paths = None, ()
+            self._local_failure = None
             self._part_recovered("local-files")
             log.info("conf.d/templates watcher stopped ([watch] confdir = false)")
+
+    def _local_failed(self, exc: Exception) -> None:
+        """The conf.d/templates watcher cannot start: /health names it, and the next heartbeat
+        tries again. Each try failing the same way logged a traceback and two warnings every
+        second, for as long as the cause lasted (an unreadable conf.d, no threads left)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        self._local_failure = reason
+        if self._local_warnings.due(reason):
+            log.error("conf.d/templates watcher: cannot start it (%s); edits there are not "
+                      "followed until it runs (SIGHUP still reloads), trying again every "
+                      "second", reason, exc_info=exc)
+        else:
+            log.debug("conf.d/templates watcher: cannot start it: %s", reason)
+        self._part_failed("local-files", reason)
 
     def _check_dests(self, now: float) -> None:
         """Every heartbeat: a dest someone else changed (a package upgrade's own file, a hand
@@ -1024,6 +1055,11 @@ class Daemon:
             else:
                 self._refuse(refused)
             return False
+        old = self.state.settings
+        if (old.log_level, old.log_format) != (state.settings.log_level,
+                                               state.settings.log_format):
+            # A SIGHUP reloads the main config: these were read at the start only.
+            change_logging(state.settings.log_level, state.settings.log_format)
         self.state = state
         self._release_other_confdirs()
         if store is not None and store is not self.store:
@@ -1109,8 +1145,9 @@ class Daemon:
         same = self._local_dirs() == self._local_paths
         if alive and same and not grew:
             return
-        if observer is None:  # turned on by a config reload ([watch] confdir = true)
-            log.info("conf.d/templates watcher started ([watch] confdir = true)")
+        if observer is None:  # turned on by a config reload, or its last start failed
+            if self._local_failure is None:
+                log.info("conf.d/templates watcher started ([watch] confdir = true)")
         elif alive and same:
             log.info("conf.d/templates watcher: a new directory; starting it again to watch "
                      "all of it")
@@ -1119,6 +1156,7 @@ class Daemon:
             log.warning("conf.d/templates watcher %s; restarting it",
                         "stopped" if not alive else "sees a directory come or go")
             stop_observer(observer)
+        self._local_observer = None  # (stopped: a start that fails leaves none to stop again)
         self._watch_local_files()
         self.events.put(LocalFilesChanged("(watcher restarted)"))
 

@@ -21,7 +21,11 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from confsync.logs import Repeats
+
 log = logging.getLogger(__name__)
+# A watcher started again and again (each failing) said it polls once, not at each start.
+_polling_said = Repeats()
 
 POLL_INTERVAL = 1.0  # seconds between scans when inotify is not available
 
@@ -44,8 +48,10 @@ def start_observer(handler: Any, paths: Sequence[str], *, recursive: bool,
             short = exc
     from watchdog.observers.polling import PollingObserver
 
-    log.warning("%s: cannot watch with inotify (%s); polling every %.0fs instead",
-                what, short.strerror or short, POLL_INTERVAL)
+    reason = short.strerror or str(short)
+    log.log(logging.WARNING if _polling_said.due(f"{what}: {reason}") else logging.DEBUG,
+            "%s: cannot watch with inotify (%s); polling every %.0fs instead", what, reason,
+            POLL_INTERVAL)
     return _start(PollingObserver(timeout=POLL_INTERVAL), handler, paths, recursive)
 
 

@@ -178,14 +178,17 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
+def _formatter(fmt: str) -> RedactingFormatter:
+    return RedactingFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
+        "%(asctime)s %(levelname)s %(message)s"))
+
+
 def setup_logging(level: str, fmt: str, background: bool = False) -> None:
     """Log to stderr; `background` (the long-running commands): through a writer thread, so
     a stalled reader of stderr never stops the daemon (BackgroundStreamHandler)."""
     handler = BackgroundStreamHandler(sys.stderr) if background else \
         logging.StreamHandler(sys.stderr)
-    inner = JsonFormatter() if fmt == "json" else TextFormatter(
-        "%(asctime)s %(levelname)s %(message)s")
-    handler.setFormatter(RedactingFormatter(inner))
+    handler.setFormatter(_formatter(fmt))
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, BackgroundStreamHandler):
@@ -193,3 +196,14 @@ def setup_logging(level: str, fmt: str, background: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
+
+
+def change_logging(level: str, fmt: str) -> None:
+    """Apply a reloaded `log_level` and `log_format` to what `setup_logging` set up, in place:
+    its handler, its writer thread and the lines waiting in it stay (a new handler would
+    start a second writer, and drop or reorder the lines the old one still held)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in root.handlers:
+        if isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(_formatter(fmt))

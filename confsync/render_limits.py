@@ -59,20 +59,30 @@ class OutputTooLarge(Exception):
 
 
 class Deadline:
-    """Arm before a render, disarm after; `RenderTimeout` is raised into the armed thread.
+    """Arm before a render, disarm after; `RenderTimeout` is raised into the armed thread,
+    from the moment `arm` has armed it (arm inside the `try` that handles it) until `disarm`
+    returns.
 
     One per process (`DEADLINE`), one watchdog thread for all renderers and threads.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # A plain lock, which `with` takes and releases in C. The rendering thread took a
+        # Condition's (an RLock behind Python's __enter__): a RenderTimeout fired as a render
+        # ended (its disarm waiting for the lock while the watchdog held it to fire) landed
+        # in that __enter__ after the lock was taken, which was then never released, and no
+        # deadline of the process fired again. Only the watchdog, which no RenderTimeout
+        # reaches, uses the Condition's Python code (`wait`); `notify` runs under the lock,
+        # where nothing can fire.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._armed: dict[int, list[Any]] = {}  # thread id -> [due, fired]
         self._sleeping_until = float("inf")
         self._watchdog: threading.Thread | None = None
 
     def arm(self, seconds: float) -> None:
         due = time.monotonic() + seconds
-        with self._cond:
+        with self._lock:
             self._armed[threading.get_ident()] = [due, False]
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, daemon=True,
@@ -84,7 +94,7 @@ class Deadline:
     def disarm(self) -> bool:
         """True when the deadline fired; a timeout not yet delivered is cancelled."""
         thread_id = threading.get_ident()
-        with self._cond:
+        with self._lock:
             entry = self._armed.pop(thread_id, None)
             if entry is not None and entry[1]:
                 _set_async_exc(thread_id, None)

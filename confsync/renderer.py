@@ -600,9 +600,12 @@ class Renderer:
         """Render, with the values left out (see `gets(..., skip_invalid=True)`) as warnings."""
         template = self.compile(resource)
         timeout = resource.render_timeout or self.render_timeout
-        self._deadline.arm(timeout)
         try:
             try:
+                # Armed inside the `try`: a timeout that fires as `arm` returns (a near-zero
+                # one, a thread pre-empted there) is this render's failure too; armed before
+                # it, RenderTimeout escaped into the watch loop.
+                self._deadline.arm(timeout)
                 return self._render_leaving_out(template, resource, mirror)
             finally:
                 self._deadline.disarm()

@@ -176,6 +176,11 @@ class Metrics(Observer):
             ["outcome"], namespace=ns, registry=r)
         self.resources_gauge = Gauge(
             "resources", "Resources loaded", namespace=ns, registry=r)
+        self.parts_failed = Gauge(
+            "part_failed", "1 while a thread of the daemon is dead or cannot start, and is "
+            "being restarted (follower: the store follower; local-files: the conf.d/templates "
+            "watcher, edits there not followed); /health is 503 meanwhile", ["part"],
+            namespace=ns, registry=r)
         self.ready_gauge = Gauge(
             "ready", "1 when /ready answers 200", namespace=ns, registry=r)
         self.heartbeat_ts = Gauge(
@@ -461,10 +466,12 @@ class Metrics(Observer):
     def part_failed(self, part: str, reason: str) -> None:
         with self._lock:
             self._failed_parts[part] = reason
+        self.parts_failed.labels(part).set(1)
 
     def part_recovered(self, part: str) -> None:
         with self._lock:
             self._failed_parts.pop(part, None)
+        self.parts_failed.labels(part).set(0)
 
     def drift_held(self, names: Sequence[str]) -> None:
         with self._lock:

@@ -11,15 +11,19 @@ from confsync.provenance import show_key
 log = logging.getLogger("confsync")
 
 
-def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) -> None:
-    """One log event per resource and apply, with the fields a collector wants."""
+def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
+           changed_count: int | None = None, quiet: bool = False) -> None:
+    """One log event per resource and apply, with the fields a collector wants.
+
+    `changed_count`: the changes in all, when more than `changed_keys` names. `quiet`: a file
+    found up to date is a DEBUG event (a retry that finds what the last one found)."""
     res = outcome.resource
     fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
                                  "revision": revision, "outcome": outcome.status.value,
                                  "seconds": round(outcome.seconds, 4)}
     if changed_keys:
         fields["changed_keys"] = list(changed_keys[:20])
-        fields["changed_count"] = len(changed_keys)
+        fields["changed_count"] = max(len(changed_keys), changed_count or 0)
     if outcome.status is Status.UPDATED:
         fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
         if outcome.reload is not None:
@@ -42,5 +46,5 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = ()) ->
         done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
         if done:
             fields["reload"] = outcome.reload.kind.value if outcome.reload else ""
-        log.info("resource %s: %s is up to date%s", res.name, res.dest,
-                 f" ({done})" if done else "", extra=fields)
+        log.log(logging.DEBUG if quiet else logging.INFO, "resource %s: %s is up to date%s",
+                res.name, res.dest, f" ({done})" if done else "", extra=fields)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import pytest
 from tests.support.cli import REPO, write_resource
 from tests.support.configmap import swap_data
 from tests.support.daemon import WatchProcess, read, reads, wait_for
+from tests.support.etcd_server import free_port
+from tests.support.http_probe import probe
 
 
 def _watched_file_backend(tmp_path: Path, template: str) -> tuple[Path, Path, Path]:
@@ -294,3 +297,51 @@ def test_edits_are_loaded_while_another_file_under_templates_keeps_changing(
         writer.join(timeout=5) if writer.is_alive() else None
         code = w.stop()
     assert code == 0
+
+
+def _scrape(base: str, line: str) -> bool:
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        return line in response.read().decode()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _no_inotify_available(),
+                    reason="needs root, unshare --user and a per-namespace inotify limit")
+def test_a_watcher_that_cannot_restart_says_so_once_and_in_health(tmp_path: Path) -> None:
+    """Polling (no inotify left), conf.d/ made unreadable to confsync (a deploy's wrong
+    owner), and a directory made in templates/: the watcher starts again to watch it, and
+    each start fails. That logged a traceback, and the warnings around it, every heartbeat:
+    over 10,000 lines a day for as long as it lasted. Now once (then at most every 5
+    minutes); /health names the part until it runs again."""
+    config, _, cd = _watched_file_backend(tmp_path, "{{ getv('/app/v') }}\n")
+    port = free_port()
+    w = WatchProcess("--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                     log=tmp_path / "watch.log", wrapper=NO_INOTIFY)
+    confd = cd / "conf.d"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: read(tmp_path / "out") == "one\n" and probe(base, "/health")[0] == 200,
+                 20, what="first render")
+        os.chown(confd, 65534, 65534)  # nobody: not mapped into the watcher's namespace
+        confd.chmod(0o700)
+        (cd / "templates" / "sub").mkdir()
+        wait_for(lambda: "local-files" in probe(base, "/health")[1].get("failed_parts", {}),
+                 10, what=f"/health naming the watcher\n{w.output()[-2000:]}")
+        failing = w.output()
+        time.sleep(4)  # four heartbeats, each a failed start
+        later = w.output()[len(failing):]
+        assert "conf.d/templates watcher" not in later and "Traceback" not in later, later
+        assert failing.count("Traceback") <= 1, failing
+        status, body = probe(base, "/health")
+        assert status == 503 and "PermissionError" in body["failed_parts"]["local-files"]
+        assert _scrape(base, 'confsync_part_failed{part="local-files"} 1.0')
+        os.chown(confd, 0, 0)
+        wait_for(lambda: probe(base, "/health")[0] == 200, 10,
+                 what=f"/health once it runs again\n{w.output()[-2000:]}")
+        assert _scrape(base, 'confsync_part_failed{part="local-files"} 0.0')
+        (cd / "templates" / "app.tmpl").write_text("two {{ getv('/app/v') }}\n")
+        wait_for(lambda: read(tmp_path / "out") == "two one\n", 10,
+                 what=f"a template edit, followed again\n{w.output()[-2000:]}")
+    finally:
+        code = w.stop()
+    assert code == 0, w.output()[-2000:]
+

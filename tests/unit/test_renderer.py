@@ -11,7 +11,7 @@ import pytest
 
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
-from confsync.render_limits import parse_size
+from confsync.render_limits import DEADLINE, parse_size
 from confsync.renderer import Renderer, glob_regex
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
@@ -269,6 +269,48 @@ def test_the_timeout_never_fires_after_a_render_finished(tmp_path: Path) -> None
     while time.monotonic() < deadline:  # renders that end just around their deadline
         assert renderer.render(res, mirror) == "1"
         time.sleep(0.01)
+
+
+def test_a_timeout_that_fires_as_it_is_armed_is_a_render_failure_never_an_escape(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline was armed before the `try` that turns RenderTimeout into the resource's
+    render failure: one that fired in between (a near-zero timeout, the thread pre-empted
+    right after arming on a loaded machine) came out of the render as RenderTimeout, a
+    BaseException that no handler of the watch loop takes."""
+    renderer, res, mirror = _limited(tmp_path, "{{ getv('/a') }}", render_timeout=1e-9)
+    arm = DEADLINE.arm
+
+    def preempted(seconds: float) -> None:
+        arm(seconds)
+        time.sleep(0.002)  # the watchdog fires meanwhile: delivered as this returns
+
+    monkeypatch.setattr(DEADLINE, "arm", preempted)
+    for _ in range(100):
+        with pytest.raises(ResourceError, match=r"render_timeout \(1e-09s\)") as failed:
+            renderer.render(res, mirror)
+        assert failed.value.step == "render"
+    monkeypatch.undo()
+    time.sleep(0.05)  # nothing lands later either
+    assert _limited(tmp_path, "{{ getv('/a') }}")[0].render(res, mirror) == "1"
+
+
+def test_a_render_stopped_as_it_ended_leaves_the_timeout_working(tmp_path: Path) -> None:
+    """A render that ends as its deadline passes: its disarm waits for the deadline's lock
+    while the watchdog holds it to fire, and the RenderTimeout landed in the Python code of
+    the lock's `with`, after the lock was taken: it was never released, and no render of the
+    process was stopped again (a runaway template then held the watch loop for good)."""
+    renderer, res, mirror = _limited(tmp_path, "{{ getv('/a') }}", render_timeout=1e-9)
+    fired, until = 0, time.monotonic() + 3
+    while fired < 3 and time.monotonic() < until:
+        try:
+            renderer.render(res, mirror)
+        except ResourceError:
+            fired += 1
+    assert fired
+    runaway, res, mirror = _limited(tmp_path, "{% for i in range(10**8) %}{% endfor %}",
+                                    render_timeout=0.2)
+    with pytest.raises(ResourceError, match=r"render_timeout \(0.2s\)"):
+        runaway.render(res, mirror)
 
 
 def test_output_cap(tmp_path: Path) -> None:
