@@ -285,3 +285,4 @@ def test_parked_servers_haproxy_no_longer_has_are_forgotten(
     parked = {"be_web/b", "be_web/gone1", "be_web/gone2", "be_other/x"}
     sent_now = reconcile(AdminSocket(Path("/nonexistent")), config, config, parked)
     assert sent_now == ["del server be_web/b"] and parked == set()
+
