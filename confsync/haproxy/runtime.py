@@ -329,9 +329,21 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
 def _admin_kept(admin_state: int, server: Server, unchanged: bool | None) -> bool:
     """Whether HAProxy's admin state of `server` (at the file's address and port) is carried
     across the reload rather than the file's. `unchanged`: whether its line is the same in
-    the file HAProxy ran (None: unknown). Known unchanged: etcd left it alone, the admin
-    state is HAProxy's (an operator's)."""
-    return bool(unchanged)
+    the file HAProxy ran (None: unknown).
+
+    Known unchanged: etcd left it alone, the admin state is HAProxy's (an operator's). Unknown
+    (a repair at a start, a reload owed with no copy of what ran): a maintenance or drain set
+    at runtime on a server the file has ready, as the start's comparison keeps it; not a
+    maintenance HAProxy loaded from a `disabled` in the config (etcd has lifted it since), and
+    never a readiness where the file says `disabled` (a server etcd put in maintenance is
+    never served on a guess).
+    """
+    if unchanged is not None:
+        return unchanged
+    if server.disabled:
+        return bool(admin_state & _MAINT_BITS)  # only the weight differs
+    return bool(admin_state & _DRAIN_BITS) or (
+        bool(admin_state & _MAINT_BITS) and not admin_state & _CONFIG_MAINT)
 
 
 def _as_configured(fields: list[str], server: Server) -> str:

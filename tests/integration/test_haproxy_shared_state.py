@@ -1,22 +1,32 @@
 """The state of every server of an HAProxy that loads several files confsync writes
-(`haproxy -f haproxy.cfg -f two.cfg`), across passes that change more than one file.
+(`haproxy -f haproxy.cfg -f two.cfg`), across passes that change more than one file and
+across a start's repair.
 
 A pass that changed both files reloaded once with neither previous file known: the saved
 server state kept the first file's servers only where they agreed with the file (an
 operator's maintenance was lost) and dropped every line of the second file (its servers known
 DOWN took traffic again, its operator's maintenance too); a pool change in both files, which
-the runtime API can make, was a reload. A pass of the second file alone saved no state.
+the runtime API can make, was a reload. A repair at a start (a file changed while confsync was
+down) lost the same.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from confsync.haproxy.runtime import AdminSocket, live_servers
-from tests.support.cli import write_resource
+from tests.support.cli import REPO, write_resource
+from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -90,6 +100,48 @@ def test_a_pass_that_changes_both_files_keeps_every_servers_state(
         assert set(spread(stack.port, 6)) == {"b", "c"}
         assert set(spread(two_port, 9)) == {"a", "b", "c"}  # y, z, w; not x, not dead
         assert spread(stack.port, 2, path="/api/x") == {"c": 2}
+    finally:
+        stack.stop()
+
+
+def test_a_repair_at_start_keeps_an_operators_maintenance_and_the_other_files_state(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    two_port = free_port()
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint)
+    try:
+        _shared(stack, backends, two_port)
+        reloads = stack.status().reloads
+        # confsync is down; a structural change is written by a pass with no reload step.
+        time.sleep(0.05)
+        _structural(stack, backends)
+        elsewhere = tmp_path / "confdir"
+        (elsewhere / "conf.d").mkdir(parents=True)
+        resource = (stack.confdir / "conf.d" / "haproxy.toml").read_text()
+        (elsewhere / "conf.d" / "haproxy.toml").write_text(resource.split("[haproxy]")[0])
+        once = subprocess.run([sys.executable, "-m", "confsync", "once", "--confdir",
+                               str(elsewhere), *stack.cli_args()[2:]], cwd=REPO,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert once.returncode == 0, once.stderr
+        assert "be_api" in stack.cfg.read_text()
+
+        metrics = free_port()
+        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
+                             "--metrics-address", f"127.0.0.1:{metrics}",
+                             log=tmp_path / "watch.log")
+        try:
+            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+            wait_for(lambda: spread(stack.port, 2, path="/api/x") == {"c": 2}, timeout=5)
+            output = watch.output()
+            assert "making the file live" in output and "Traceback" not in output, output
+            assert stack.status().reloads == reloads + 1
+            assert _kept(stack) == {"be_web/a": True, "be_two/x": True, "be_two/y": False}
+            assert DEAD in stack.admin_command("show servers state be_two")
+            assert spread(stack.port, 4) == {"b": 4}
+            assert spread(two_port, 4) == {"c": 4}
+        finally:
+            watch.stop()
     finally:
         stack.stop()
 
