@@ -167,3 +167,47 @@ def test_a_runtime_pass_on_the_second_file_is_saved_for_the_next_reload(
         assert spread(stack.port, 2) == {"b": 2}  # not c either
     finally:
         stack.stop()
+
+
+def test_txns_over_both_files_keep_every_servers_state_under_watch(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """The same as `once` above through the daemon. (etcd answers each watch of a txn on its
+    own: the loop may apply the two files in one pass or, under load, in two; either keeps
+    every server's state.)"""
+    two_port = free_port()
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint)
+    try:
+        _shared(stack, backends, two_port)
+        metrics = free_port()
+        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
+                             "--metrics-address", f"127.0.0.1:{metrics}",
+                             log=tmp_path / "watch.log")
+        try:
+            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+            reloads = stack.status().reloads
+            c = stack.client
+            c.transaction(compare=[], failure=[], success=[
+                c.transactions.put(f"{stack.prefix}/services/web/instances/c",
+                                   f'{{"address": "127.0.0.1", "port": {backends["c"].port}}}'),
+                c.transactions.put(f"{stack.prefix}/two/servers/z", str(backends["a"].port))])
+            wait_for(lambda: {"c", "z"} <= set(live_servers(AdminSocket(stack.admin))["be_web"])
+                     | set(live_servers(AdminSocket(stack.admin))["be_two"]), timeout=5)
+            assert stack.status().reloads == reloads, watch.output()
+            assert _kept(stack) == {"be_web/a": True, "be_two/x": True, "be_two/y": False}
+            c.transaction(compare=[], failure=[], success=[
+                c.transactions.put(f"{stack.prefix}/services/api/config",
+                                   '{"path_prefix": "/api", "check_path": "/"}'),
+                c.transactions.put(f"{stack.prefix}/services/api/instances/d",
+                                   f'{{"address": "127.0.0.1", "port": {backends["c"].port}}}'),
+                c.transactions.put(f"{stack.prefix}/two/servers/w", str(backends["b"].port))])
+            wait_for(lambda: "w" in live_servers(AdminSocket(stack.admin))["be_two"]
+                     and stack.status().reloads == reloads + 1, timeout=5)
+            assert _kept(stack) == {"be_web/a": True, "be_two/x": True, "be_two/y": False}
+            assert DEAD in stack.admin_command("show servers state be_two")
+            assert set(spread(two_port, 9)) == {"a", "b", "c"}
+            assert "Traceback" not in watch.output()
+        finally:
+            watch.stop()
+    finally:
+        stack.stop()
