@@ -120,6 +120,11 @@ class DestCache:
         known = self._known.get(path)
         return (known[1] if known is not None else None), _read_with_signature(path)[1]
 
+    def last(self, path: Path) -> FileState | None:
+        """What was seen at `path` last (None: never looked at); no I/O."""
+        known = self._known.get(path)
+        return known[1] if known is not None else None
+
     def remember(self, path: Path, state: FileState) -> None:
         try:
             self._known[path] = (_signature(os.stat(path)), state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 from confsync.commands import run_command
@@ -24,6 +24,7 @@ from confsync.targets import (
     ReloadKind,
     ReloadResult,
     ReloadTarget,
+    Sibling,
 )
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ class CommandReloader(ReloadTarget):
         self._last = (pid, started) if pid is not None and started is not None else None
         return process_probe(pid, target, since)
 
-    def reload(self, previous: bytes | None = None,
-               content: bytes | None = None) -> ReloadResult:
+    def reload(self, previous: bytes | None = None, content: bytes | None = None,
+               siblings: Sequence[Sibling] = ()) -> ReloadResult:
         resource = self.resource
         if resource.reload_cmd:
             argv = substitute(resource.reload_cmd, resource.dest, resource.dest)

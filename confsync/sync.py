@@ -53,6 +53,7 @@ from confsync.targets import (
     ReloadKind,
     ReloadResult,
     ReloadTarget,
+    Sibling,
     TargetGauge,
 )
 
@@ -448,18 +449,21 @@ class Syncer:
     def _reload(self, target: ReloadTarget, group: list[Outcome],
                 beat: Callable[[], None], runs_previous: bool = True) -> None:
         first = group[0].resource
-        # A lone resource tells the target what changed (HAProxy runtime updates, bind checks);
-        # not when what the target runs is unknown (`runs_previous` false: a full reload).
-        previous = group[0].previous.content if (
-            runs_previous and len(group) == 1 and group[0].previous) else None
-        content = group[0].content if len(group) == 1 else None
+        # Each file tells the target what changed (HAProxy runtime updates, bind checks, the
+        # state kept across the reload); not when what the target runs is unknown
+        # (`runs_previous` false: a full reload).
+        previous = group[0].previous.content if runs_previous and group[0].previous else None
+        content = group[0].content
+        siblings = self._siblings(target, group, runs_previous)
         started = time.monotonic()
         names = {o.resource.name for o in group}
         self.not_running -= names
         self.answered -= names
         self.asked |= names
         try:
-            done = target.reload(previous, content)
+            # (only given when there are some: duck-typed targets may not take them)
+            done = target.reload(previous, content, siblings) if siblings else target.reload(
+                previous, content)
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
@@ -489,8 +493,10 @@ class Syncer:
                     self._reloaded(resource)  # it runs what is at dest again
                 return
             beat()
+            back = [(now, before if before is not None else now) for before, now in siblings]
             try:
-                target.reload(content, previous)
+                target.reload(content, previous, back) if back else target.reload(
+                    content, previous)
             except Exception as again:
                 log.error("resource %s: reload after rollback failed too: %s", first.name,
                           again if isinstance(again, ReloadFailed)
@@ -506,6 +512,33 @@ class Syncer:
             self._reloaded(outcome.resource)
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
+
+    def _siblings(self, target: ReloadTarget, group: Sequence[Outcome],
+                  runs_previous: bool) -> list[Sibling]:
+        """The files of `target` besides the group's first: the rest of the group, then those
+        of other resources sharing it (`haproxy -f a.cfg -f b.cfg`) as last seen at their dest
+        (no I/O: one never seen by this Syncer is left out), taken for what the target runs
+        unless their reload is owed. (One changed while confsync was down and not yet compared
+        is brought in step too, where the target compares with what runs: HAProxy's runtime
+        pass.)"""
+        files: list[Sibling] = []
+        for outcome in group[1:]:
+            if outcome.content is not None:
+                ran = outcome.previous.content if runs_previous and outcome.previous else None
+                files.append((ran, outcome.content))
+        grouped = {o.resource for o in group}
+        key = None
+        for resource, other in self._targets.items():
+            if other is None or resource in grouped:
+                continue
+            key = target.key() if key is None else key
+            if other.key() != key:
+                continue
+            last = self.dests.last(resource.dest)
+            if last is not None and last.content is not None:
+                live = runs_previous and resource.name not in self.reload_owed
+                files.append((last.content if live else None, last.content))
+        return files
 
     def _look_for_running_copy(self, resource: Resource,
                                found: tuple[Path, tuple[bytes, os.stat_result]] | None) -> None:

@@ -8,7 +8,7 @@ when a resource uses it, so nothing in the pipeline imports a plugin.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,6 +77,10 @@ class TargetGauge:
     value: float
 
 
+# Another file of the same target: (what the target runs, None when unknown; what is installed).
+Sibling = tuple[bytes | None, bytes]
+
+
 class ReloadFailed(Exception):
     """The reload failed. `untouched`: nothing was sent to the target (it still runs the
     previous file), so restoring the file needs no second reload."""
@@ -93,10 +97,13 @@ class ReloadTarget(Protocol):
         """Resources whose reload is the same action share one reload per batch."""
         ...
 
-    def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
-        """Make the installed file live. `previous` is what the target ran and `content` the
-        file just installed (None: unknown, several resources share the reload). Raises
-        ReloadFailed."""
+    def reload(self, previous: bytes | None, content: bytes | None,
+               siblings: Sequence[Sibling] = ()) -> ReloadResult:
+        """Make the installed file live. `previous` is what the target ran (None: unknown) and
+        `content` the file just installed (None: read it). `siblings`: the other files of this
+        target that confsync writes (`haproxy -f a.cfg -f b.cfg`), those that changed with it
+        and those that did not, so one reload can keep what the target knows of all of them.
+        Raises ReloadFailed."""
         ...
 
     def probe(self, since: float | None, quick: bool = False, compare: bool = False) -> Probe:

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,7 @@ from confsync.targets import (
     ReloadKind,
     ReloadResult,
     ReloadTarget,
+    Sibling,
     TargetGauge,
 )
 
@@ -195,6 +196,11 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",
                 untouched=True)
+
+
+def _joined(files: Sequence[bytes | None]) -> str:
+    """Several files as the one configuration HAProxy makes of them (read in that order)."""
+    return "\n".join((text or b"").decode("utf-8", "replace") for text in files)
 
 
 def server_only_change(checked: bytes | None, content: bytes) -> bool:
@@ -425,9 +431,13 @@ class HAProxyController(ReloadTarget):
             return False
         return server_only_change(checked, content)
 
-    def reload(self, previous: bytes | None, content: bytes | None) -> ReloadResult:
+    def reload(self, previous: bytes | None, content: bytes | None,
+               siblings: Sequence[Sibling] = ()) -> ReloadResult:
         """Make the file at `dest` (== `content`) live. `previous`: what HAProxy ran (None:
-        unknown)."""
+        unknown). `siblings`: the other files of this HAProxy (`-f a.cfg -f b.cfg`) that
+        confsync writes; everything below sees all files as one configuration, as HAProxy
+        does, so that a runtime pass or the state file saved for a reload covers every
+        server (saved for the first file alone, a reload dropped the state of the others')."""
         resource = self.resource
         entered = boot_clock()  # the file is in place: a master started after this read it
         if content is None:
@@ -435,8 +445,9 @@ class HAProxyController(ReloadTarget):
                 content = resource.dest.read_bytes()
             except OSError as exc:
                 raise ReloadFailed(f"cannot read {resource.dest}: {exc.strerror}") from None
-        new = parse(content.decode("utf-8", "replace"))
-        old = parse(previous.decode("utf-8", "replace")) if previous is not None else None
+        new = parse(_joined([content, *(now for _, now in siblings)]))
+        ran = [previous, *(before for before, _ in siblings)]
+        old = parse(_joined(ran)) if all(text is not None for text in ran) else None
         admin = self._admin(new)
         runtime = self.settings.strategy is Strategy.RUNTIME
         why = "structural change" if runtime else "reload strategy"

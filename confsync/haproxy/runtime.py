@@ -284,16 +284,13 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     HAProxy 2.6 lets the state file override a server's address, port and admin state from the
     config (measured), so for a server of ours (a `server` line) a line is kept only where the
     new config agrees on address, port, weight and maintenance: what it carries across the
-    reload is the health-check state. Except a server whose line `old` and `new` share (etcd
-    did not change it): its admin state is HAProxy's (an operator's `disable server`) and is
-    kept too, with the file's weight (`_as_configured`). A server that is no `server` line of
-    either file (a `server-template` slot filled at runtime, a server of another file HAProxy
-    loads) keeps its whole state: it is not ours to reset.
+    reload is the health-check state. Except a server whose admin state is HAProxy's
+    (`_admin_kept`: an operator's `disable server`): kept too, with the file's weight
+    (`_as_configured`). A server that is no `server` line of ours (a `server-template` slot
+    filled at runtime, a server of another file HAProxy loads) keeps its whole state: it is
+    not ours to reset. (A line of a backend or server the reload drops is ignored by HAProxy.)
     """
     ours = managed(old, parked) if old is not None else set(parked)
-    # Backends of other files HAProxy loads (`-f ours.cfg -f theirs.cfg`) are in neither of our
-    # files. Not known without the previous file: a backend this change removed looks the same.
-    known = set(old.backends) | set(new.backends) if old is not None else None
     lines = _servers_state(admin, retry_for=0.5)
     kept = [lines[0]]
     count = 0
@@ -307,26 +304,46 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
         backend = new.backends.get(fields[_BE_NAME])
         server = backend.servers.get(fields[_SRV_NAME]) if backend else None
         if server is None:
-            if f"{fields[_BE_NAME]}/{fields[_SRV_NAME]}" not in ours and (
-                    backend is not None or (known is not None
-                                            and fields[_BE_NAME] not in known)):
+            if f"{fields[_BE_NAME]}/{fields[_SRV_NAME]}" not in ours:
                 kept.append(line)  # not ours (a server-template slot, a server of another
                 count += 1  # file): its state stays
             continue
         if (fields[_SRV_ADDR], fields[_PORT]) != (server.address, str(server.port)):
             continue
-        maint = bool(int(fields[_ADMIN]) & _MAINT_BITS) if fields[_ADMIN].isdigit() else None
+        admin_state = int(fields[_ADMIN]) if fields[_ADMIN].isdigit() else None
+        maint = bool(admin_state & _MAINT_BITS) if admin_state is not None else None
         before = old.backends.get(fields[_BE_NAME]) if old is not None else None
         if (fields[_UWEIGHT], maint) == (str(server.weight), server.disabled):
             kept.append(line)
-        elif maint is not None and before is not None and before.servers.get(
-                server.name) == server:  # etcd left it alone: the admin state is HAProxy's
+        elif admin_state is not None and _admin_kept(
+                admin_state, server, None if old is None else
+                before is not None and before.servers.get(server.name) == server):
             kept.append(_as_configured(fields, server))
         else:
             continue
         count += 1
     _replace(state_file, ("\n".join(kept) + "\n").encode())
     return count
+
+
+def _admin_kept(admin_state: int, server: Server, unchanged: bool | None) -> bool:
+    """Whether HAProxy's admin state of `server` (at the file's address and port) is carried
+    across the reload rather than the file's. `unchanged`: whether its line is the same in
+    the file HAProxy ran (None: unknown).
+
+    Known unchanged: etcd left it alone, the admin state is HAProxy's (an operator's). Unknown
+    (a repair at a start, a reload owed with no copy of what ran): a maintenance or drain set
+    at runtime on a server the file has ready, as the start's comparison keeps it; not a
+    maintenance HAProxy loaded from a `disabled` in the config (etcd has lifted it since), and
+    never a readiness where the file says `disabled` (a server etcd put in maintenance is
+    never served on a guess).
+    """
+    if unchanged is not None:
+        return unchanged
+    if server.disabled:
+        return bool(admin_state & _MAINT_BITS)  # only the weight differs
+    return bool(admin_state & _DRAIN_BITS) or (
+        bool(admin_state & _MAINT_BITS) and not admin_state & _CONFIG_MAINT)
 
 
 def _as_configured(fields: list[str], server: Server) -> str:

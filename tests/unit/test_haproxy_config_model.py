@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -285,3 +286,29 @@ def test_parked_servers_haproxy_no_longer_has_are_forgotten(
     parked = {"be_web/b", "be_web/gone1", "be_web/gone2", "be_other/x"}
     sent_now = reconcile(AdminSocket(Path("/nonexistent")), config, config, parked)
     assert sent_now == ["del server be_web/b"] and parked == set()
+
+
+def test_state_saved_for_a_reload_into_an_unknown_previous_file_keeps_runtime_maintenance(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the file HAProxy ran (a start's repair), a maintenance or drain set at runtime
+    on a server the file has ready is kept (an operator's, as the start's comparison keeps
+    it); one HAProxy loaded from `disabled`, or a readiness where the file says `disabled`, is
+    the file's; a backend of no file of ours (another file's) keeps its lines."""
+    from confsync.haproxy import runtime
+
+    def line(backend: str, name: str, port: int, admin: int) -> str:
+        return (f"3 {backend} 1 {name} 10.0.0.1 2 {admin} 10 10 0 1 0 2 6 0 0 0 - {port} - 0 0"
+                " - - 0")
+
+    state = ["1", "# be_id be_name ...",
+             line("be_web", "op", 81, 1), line("be_web", "loaded", 82, 5),
+             line("be_web", "lifted", 83, 0), line("be_web", "drained", 84, 8),
+             line("be_two", "x", 85, 1)]
+    monkeypatch.setattr(runtime, "_servers_state", lambda admin, retry_for: state)
+    new = parse(cfg(*(f"server {name} 10.0.0.1:{port} weight 10" for name, port in
+                      (("op", 81), ("loaded", 82), ("drained", 84))),
+                    "server lifted 10.0.0.1:83 weight 10 disabled"))
+    path = tmp_path / "state"
+    runtime.save_server_state(runtime.AdminSocket(Path("/nonexistent")), path, None, new)
+    saved = {fields[3]: fields[6] for fields in map(str.split, path.read_text().splitlines()[2:])}
+    assert saved == {"op": "1", "drained": "8", "x": "1"}
