@@ -105,7 +105,8 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
         # and its output kept as the output of the templates before it.
         return Renderer(templates, render_timeout=settings.render_timeout,
                         max_output_size=settings.max_output_size,
-                        sources=memo.sources if memo is not None else None)
+                        sources=memo.sources if memo is not None else None,
+                        srcs=[r.src for r in resource_set.resources])
 
     renderer: Renderer | Callable[[], Renderer] = make_renderer
     try:

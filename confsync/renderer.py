@@ -20,7 +20,7 @@ import functools
 import json
 import re
 import types
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -494,7 +494,10 @@ class Renderer:
 
     def __init__(self, templates_dir: Path, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT,
                  max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
-                 sources: TemplateSources | None = None) -> None:
+                 sources: TemplateSources | None = None, srcs: Iterable[Path] = ()) -> None:
+        """`srcs`: the set's resources' `src` files, served from the start: a template may
+        include another resource's (README), and it was served only once that resource's
+        render had compiled it (a `once` whose memo stood in for it failed the includer)."""
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
 
         self._jinja = jinja2
@@ -502,6 +505,8 @@ class Renderer:
         self.render_timeout = render_timeout
         self.max_output_size = max_output_size
         self._explicit: dict[str, Path] = {}
+        for src in srcs:
+            self._name(src)
         self.env = jinja2.Environment(
             loader=_rooted_loader(jinja2, self.templates_dir, self._explicit, sources),
             undefined=jinja2.StrictUndefined,

@@ -246,3 +246,25 @@ def test_a_template_edited_during_a_run_never_leaves_a_memo_of_another_template(
     template.write_text(TEMPLATE)  # rolled back
     assert oneshot.run_once(settings) == 0
     assert s.dest.read_text() == "server a 10.0.0.1:80\nserver b 10.0.0.9:80\n"
+
+
+@pytest.mark.parametrize("included", ["a", "z"])
+def test_an_include_of_another_resources_src_renders_whichever_render_was_skipped(
+        tmp_path: Path, included: str) -> None:
+    """Templates may load the absolute `src` files resources name (README), an include of one
+    too: it was served only once that resource's own render had compiled it, so a memo that
+    stood in for that render (or a resource named after the includer) failed the includer:
+    `once` exited 1 and left its file stale."""
+    s = Setup(tmp_path)
+    part = tmp_path / "part.tmpl"
+    part.write_text("part {{ getv('/x/v') }}\n")
+    (s.confdir / "conf.d" / f"{included}.toml").write_text(
+        f'[template]\nsrc = "{part}"\ndest = "{tmp_path / "part.out"}"\nkeys = ["/x"]\n')
+    (s.confdir / "templates" / "pool.tmpl").write_text(f'{{% include "{part}" %}}{TEMPLATE}')
+    (s.confdir / "conf.d" / "pool.toml").write_text(
+        f'[template]\nsrc = "pool.tmpl"\ndest = "{s.dest}"\nkeys = ["/svc", "/x"]\n')
+    s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.1:80\n")
+    assert s.once()[0] == 0
+    s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.2:80\n")  # part's data unchanged
+    assert s.once()[0] == 0
+    assert s.dest.read_text() == "part 1\nserver a 10.0.0.2:80\n"
