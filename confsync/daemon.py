@@ -139,7 +139,8 @@ def build_state(settings: Settings) -> tuple[ResourceSetState, tuple[str, ...]]:
     """Load conf.d and templates; return the state and the per-file errors."""
     loaded = load_resources(settings.confdir, settings.prefix)
     renderer = Renderer(settings.confdir / "templates", render_timeout=settings.render_timeout,
-                        max_output_size=settings.max_output_size)
+                        max_output_size=settings.max_output_size,
+                        srcs=[r.src for r in loaded.resources])
     prefixes = merge_prefixes(p for r in loaded.resources for p in r.watched_prefixes)
     return ResourceSetState(settings, loaded.resources, renderer, prefixes,
                             Coverage(loaded.resources)), loaded.errors

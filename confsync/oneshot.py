@@ -96,12 +96,17 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
         store: Store = FileStore([data])
     else:
         store = open_snapshot_store(settings)
+    memo: RenderMemo | None = None
 
     def make_renderer() -> Renderer:
         from confsync.renderer import Renderer
 
+        # With a memo, the templates it digested: read again, a deploy since would be rendered
+        # and its output kept as the output of the templates before it.
         return Renderer(templates, render_timeout=settings.render_timeout,
-                        max_output_size=settings.max_output_size)
+                        max_output_size=settings.max_output_size,
+                        sources=memo.sources if memo is not None else None,
+                        srcs=[r.src for r in resource_set.resources])
 
     renderer: Renderer | Callable[[], Renderer] = make_renderer
     try:

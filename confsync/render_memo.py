@@ -23,12 +23,12 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from confsync.mirror import Mirror
 from confsync.resources import Resource
-from confsync.template_files import read_templates
+from confsync.template_files import TemplateSources
 
 try:  # what hashlib.blake2b is, without hashlib's loading of OpenSSL (2.6 ms of a `once`)
     from _blake2 import blake2b
@@ -109,21 +109,18 @@ def _code_files(directory: str, entries: list[str]) -> None:
             continue
 
 
-def templates_identity(templates_dir: Path, explicit: Iterable[Path]) -> bytes:
+def templates_identity(sources: TemplateSources) -> bytes:
     """The template files a render can load: the templates directory, and the `src` files
     resources name outside it (a render reads nothing else)."""
-    files = read_templates(templates_dir)
     parts = [FORMAT.encode()]
-    for name in sorted(files):
-        data = files[name]
+    for name in sorted(sources.files):
+        data = sources.files[name]
         parts.append(name.encode("utf-8", "surrogateescape"))
         parts.append(data if isinstance(data, bytes) else f"unreadable {data!r}".encode())
-    for path in sorted(set(explicit)):
+    for path in sorted(sources.explicit):
+        found = sources.explicit[path]
         parts.append(str(path).encode("utf-8", "surrogateescape"))
-        try:
-            parts.append(path.read_bytes())
-        except OSError as exc:
-            parts.append(f"unreadable {exc.errno}".encode())
+        parts.append(found if isinstance(found, bytes) else f"unreadable {found.errno}".encode())
     return _digest(*parts).encode()
 
 
@@ -145,9 +142,11 @@ class RenderMemo:
     def __init__(self, directory: Path, templates_dir: Path, resources: Sequence[Resource],
                  limits: tuple[float, int]) -> None:
         self.directory = directory
-        self._common = _digest(code_identity(), templates_identity(
-            templates_dir, (r.src for r in resources if not _inside(r.src, templates_dir))),
-            repr(limits).encode())
+        # What this run's Renderer is to render (`Renderer(sources=...)`): the bytes digested.
+        self.sources = TemplateSources.read(
+            templates_dir, (r.src for r in resources if not _inside(r.src, templates_dir)))
+        self._common = _digest(code_identity(), templates_identity(self.sources),
+                               repr(limits).encode())
 
     @classmethod
     def open(cls, templates_dir: Path, resources: Sequence[Resource],

@@ -20,7 +20,7 @@ import functools
 import json
 import re
 import types
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -44,7 +44,7 @@ from confsync.render_limits import (
 from confsync.render_purity import mark_impure
 from confsync.resources import Resource, join_key
 from confsync.template_args import TemplateFunctionError, checked_method, wrong_argument
-from confsync.template_files import read_templates
+from confsync.template_files import TemplateSources, read_templates
 
 if TYPE_CHECKING:
     import jinja2
@@ -449,13 +449,16 @@ def _failure_key(exc: BaseException) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) -> Any:
+def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path],
+                   sources: TemplateSources | None) -> Any:
     """Templates are code: serve the templates directory (no absolute names, no '..'), as read
     when the loader was made, and the absolute `src` files that resources name explicitly,
-    nothing else on the filesystem."""
+    nothing else on the filesystem. `sources`: those files as read already (`once`'s render
+    memo digested them), served instead of reading them again."""
     from jinja2.loaders import split_template_path
 
-    files = read_templates(templates_dir)
+    files = read_templates(templates_dir) if sources is None else sources.files
+    read = {} if sources is None else sources.explicit
 
     class RootedLoader(jinja2.BaseLoader):  # type: ignore[misc]
         def get_source(self, environment: Any, template: str) -> tuple[str, str, Any]:
@@ -469,7 +472,10 @@ def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path]) 
                     raise OSError(found.errno, found.strerror, found.filename)
                 return found.decode("utf-8"), str(templates_dir / name), lambda: True
             try:
-                source = path.read_text("utf-8")
+                data = read.get(path)
+                if isinstance(data, OSError):
+                    raise data
+                source = path.read_text("utf-8") if data is None else data.decode("utf-8")
             except FileNotFoundError:
                 raise jinja2.TemplateNotFound(template) from None
             return source, str(path), lambda: True
@@ -487,7 +493,11 @@ class Renderer:
     MAX_NEW_LEFT_OUT = 32
 
     def __init__(self, templates_dir: Path, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT,
-                 max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE) -> None:
+                 max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
+                 sources: TemplateSources | None = None, srcs: Iterable[Path] = ()) -> None:
+        """`srcs`: the set's resources' `src` files, served from the start: a template may
+        include another resource's (README), and it was served only once that resource's
+        render had compiled it (a `once` whose memo stood in for it failed the includer)."""
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
 
         self._jinja = jinja2
@@ -495,8 +505,10 @@ class Renderer:
         self.render_timeout = render_timeout
         self.max_output_size = max_output_size
         self._explicit: dict[str, Path] = {}
+        for src in srcs:
+            self._name(src)
         self.env = jinja2.Environment(
-            loader=_rooted_loader(jinja2, self.templates_dir, self._explicit),
+            loader=_rooted_loader(jinja2, self.templates_dir, self._explicit, sources),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,

@@ -8,7 +8,28 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
+
+
+class TemplateSources(NamedTuple):
+    """The template files a render can load, read at one time: `once`'s render memo digests
+    these very bytes and its Renderer renders them (read twice, a deploy between the two reads
+    left the memo saying the old templates had written the new ones' output)."""
+
+    files: dict[str, bytes | OSError]  # the templates directory's, by template name
+    explicit: dict[Path, bytes | OSError]  # each `src` outside it, by its path
+
+    @classmethod
+    def read(cls, directory: Path, explicit: Iterable[Path]) -> TemplateSources:
+        found: dict[Path, bytes | OSError] = {}
+        for path in sorted(set(explicit)):
+            try:
+                found[path] = path.read_bytes()
+            except OSError as exc:
+                found[path] = exc
+        return cls(read_templates(directory), found)
 
 
 def read_templates(directory: Path) -> dict[str, bytes | OSError]:

@@ -601,7 +601,15 @@ class EtcdStore:
 
         Raises StoreUnavailable or RevisionCompacted when the watch cannot be created.
         """
-        return _EtcdWatch(self, prefixes, start_revision, sink)
+        try:
+            return _EtcdWatch(self, prefixes, start_revision, sink)
+        except LongReplay:
+            raise
+        except BaseException:
+            # The watch after a long replay's snapshot was this one, failed before its check:
+            # the next is checked (etcd away for minutes of writes: its replay comes in parts).
+            self._long_replay_read = False
+            raise
 
     def close(self) -> None:
         self._drop_client()

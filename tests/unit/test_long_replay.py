@@ -28,3 +28,22 @@ def test_the_watch_after_a_long_replays_snapshot_starts_whatever_it_missed() -> 
     store.check_replay(3, 10 * REPLAY_REVISIONS_MAX)  # the watch after that snapshot
     with pytest.raises(LongReplay):  # a later resume is checked again
         store.check_replay(3, 10 * REPLAY_REVISIONS_MAX)
+
+
+def test_the_exemption_goes_to_the_first_watch_after_the_snapshot_even_one_that_fails() -> None:
+    """The watch after a long replay's snapshot that etcd does not answer (this host cut off
+    from the cluster) used up no exemption: the one made when etcd was back, minutes of writes
+    later, was let through unchecked and its replay came in parts, rendered mixed."""
+    from confsync.errors import StoreUnavailable
+
+    store = EtcdStore(EtcdSettings(endpoints=("http://127.0.0.1:1",), timeout=0.5))
+    try:
+        with pytest.raises(LongReplay):
+            store.check_replay(2, 10 * REPLAY_REVISIONS_MAX)
+        # (the snapshot is read; then the watch after it finds etcd away)
+        with pytest.raises(StoreUnavailable):
+            store.watch(["/a/", "/b/"], 1000, lambda *_: None)  # type: ignore[arg-type]
+        with pytest.raises(LongReplay):  # back, long after: checked again
+            store.check_replay(2, 10 * REPLAY_REVISIONS_MAX)
+    finally:
+        store.close()

@@ -207,3 +207,64 @@ def test_data_digests_tell_text_from_bytes_and_keys_from_values() -> None:
     assert len(seen) == 6
     assert digest({"/a/x": b"1", "/a/y": b"2", "/b": b"3"}) == \
         digest({"/a/x": b"1", "/a/y": b"2"})  # a key it cannot see is no input of it
+
+
+@pytest.mark.parametrize("where", ["templates", "outside"])
+def test_a_template_edited_during_a_run_never_leaves_a_memo_of_another_template(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A deploy while `once` waits for etcd: the render used the templates the memo digested.
+    It read them again later (lazily, after etcd answered) and kept the new template's output
+    under the old one's digest: rolled back before the next run, the file stayed the new one's,
+    "up to date"."""
+    import tempfile
+
+    from confsync import oneshot
+    from confsync.render_memo import RenderMemo
+    from confsync.settings import Settings
+
+    s = Setup(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(s.tmpdir))
+    settings = Settings(confdir=s.confdir, backend="file", file_paths=(s.data,))
+    template = s.confdir / "templates" / "pool.tmpl"
+    if where == "outside":  # a `src` outside templates/, read when its template is loaded
+        template = tmp_path / "pool.tmpl"
+        template.write_text(TEMPLATE)
+        (s.confdir / "conf.d" / "pool.toml").write_text(
+            f'[template]\nsrc = "{template}"\ndest = "{s.dest}"\nkeys = ["/svc"]\n')
+    assert oneshot.run_once(settings) == 0
+    s.data.write_text("svc:\n  a: 10.0.0.1:80\n  b: 10.0.0.9:80\n")
+    opened = RenderMemo.open
+
+    def open_then_deploy(*args: object) -> RenderMemo | None:
+        memo = opened(*args)  # type: ignore[arg-type]
+        template.write_text(TEMPLATE.replace("server", "backend"))  # lands mid-run
+        return memo
+
+    monkeypatch.setattr(RenderMemo, "open", open_then_deploy)
+    assert oneshot.run_once(settings) == 0
+    monkeypatch.setattr(RenderMemo, "open", opened)
+    template.write_text(TEMPLATE)  # rolled back
+    assert oneshot.run_once(settings) == 0
+    assert s.dest.read_text() == "server a 10.0.0.1:80\nserver b 10.0.0.9:80\n"
+
+
+@pytest.mark.parametrize("included", ["a", "z"])
+def test_an_include_of_another_resources_src_renders_whichever_render_was_skipped(
+        tmp_path: Path, included: str) -> None:
+    """Templates may load the absolute `src` files resources name (README), an include of one
+    too: it was served only once that resource's own render had compiled it, so a memo that
+    stood in for that render (or a resource named after the includer) failed the includer:
+    `once` exited 1 and left its file stale."""
+    s = Setup(tmp_path)
+    part = tmp_path / "part.tmpl"
+    part.write_text("part {{ getv('/x/v') }}\n")
+    (s.confdir / "conf.d" / f"{included}.toml").write_text(
+        f'[template]\nsrc = "{part}"\ndest = "{tmp_path / "part.out"}"\nkeys = ["/x"]\n')
+    (s.confdir / "templates" / "pool.tmpl").write_text(f'{{% include "{part}" %}}{TEMPLATE}')
+    (s.confdir / "conf.d" / "pool.toml").write_text(
+        f'[template]\nsrc = "pool.tmpl"\ndest = "{s.dest}"\nkeys = ["/svc", "/x"]\n')
+    s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.1:80\n")
+    assert s.once()[0] == 0
+    s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.2:80\n")  # part's data unchanged
+    assert s.once()[0] == 0
+    assert s.dest.read_text() == "part 1\nserver a 10.0.0.2:80\n"
