@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,44 @@ def find_etcd() -> str | None:
     return shutil.which("etcd")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out below the kernel's ephemeral range: a port from bind(0) is free when it is
+# picked, but until the server binds it, the kernel may give it to any outgoing connection as
+# its source port (a test's client, etcd's own peers), and the server then fails ("port held
+# by python"). Below the range only a listener takes a port. Each xdist worker draws from its
+# own slice, from a random start (pytest runs side by side: CI and a targeted run).
+_PORT_FLOOR = 10000
+_WORKER_SLICES = 8
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    low = _ephemeral_low()
+    if low - _PORT_FLOOR < 1000:  # (a machine whose ephemeral range starts low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    size = (low - _PORT_FLOOR) // _WORKER_SLICES
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = _PORT_FLOOR + (int(worker) % _WORKER_SLICES if worker.isdigit() else 0) * size
+    if not _next_port:
+        _next_port.append(random.randrange(size))
+    for _ in range(size):
+        port = start + _next_port[0] % size
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # held: by another test's server, or a service of this machine
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + size - 1}")
 
 
 def _port_open(port: int) -> bool:

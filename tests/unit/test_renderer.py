@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -282,7 +283,13 @@ def test_a_timeout_that_fires_as_it_is_armed_is_a_render_failure_never_an_escape
 
     def preempted(seconds: float) -> None:
         arm(seconds)
-        time.sleep(0.002)  # the watchdog fires meanwhile: delivered as this returns
+        # Pre-empted until the watchdog has fired (not a fixed sleep: on a loaded machine it
+        # may take longer to run): the timeout is delivered here, before arm's caller goes on.
+        armed = DEADLINE._armed[threading.get_ident()]
+        until = time.monotonic() + 5
+        while not armed[1] and time.monotonic() < until:
+            time.sleep(0.0005)
+        time.sleep(0.001)  # (delivered at the next bytecode boundary, if not already)
 
     monkeypatch.setattr(DEADLINE, "arm", preempted)
     for _ in range(100):
