@@ -480,7 +480,7 @@ class Syncer:
                 if outcome.previous is not None:
                     try:
                         self._io(outcome.resource, "reload", functools.partial(
-                            _restore, outcome.resource, outcome.previous))
+                            _restore, outcome.resource, outcome.previous, self.dests))
                         restored.append(outcome.resource)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
@@ -776,8 +776,12 @@ def _kept_for(resource: Resource) -> tuple[Path, tuple[bytes, os.stat_result]] |
     return (path, found) if found is not None else None
 
 
-def _restore(resource: Resource, previous: FileState, _: Progress) -> None:
+def _restore(resource: Resource, previous: FileState, dests: DestCache, _: Progress) -> None:
+    """Put `previous` back at dest, and remember it there: the other files of a shared target
+    are given to its passes as last seen (`Syncer._siblings`), and a pass of another file was
+    checked, and refused, against the file this rollback took away."""
     restore(resource, previous)
+    dests.remember(resource.dest, previous)
 
 
 def _unwritable(directory: Path) -> str | None:
