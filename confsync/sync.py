@@ -489,8 +489,7 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
             if exc.untouched:  # the target never saw the new file: nothing to reload back
-                for resource in restored:
-                    self._reloaded(resource)  # it runs what is at dest again
+                self._rolled_back(restored)
                 return
             beat()
             back = [(now, before if before is not None else now) for before, now in siblings]
@@ -502,8 +501,7 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             else:
-                for resource in restored:
-                    self._reloaded(resource)
+                self._rolled_back(restored)
             return
         self.reload_owed -= names
         if done.kind is ReloadKind.NO_TARGET:
@@ -512,6 +510,15 @@ class Syncer:
             self._reloaded(outcome.resource)
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
+
+    def _rolled_back(self, restored: Sequence[Resource]) -> None:
+        """The target runs what is at these dests again (the file it ran, put back): no
+        reload is owed for them. Left owed, a shared HAProxy's passes of its other files took
+        what it runs of them for unknown, and with it the whole configuration: a maintenance
+        etcd had set at runtime and lifted since was kept as if an operator's, for good."""
+        for resource in restored:
+            self._reloaded(resource)
+            self.reload_owed.discard(resource.name)
 
     def _siblings(self, target: ReloadTarget, group: Sequence[Outcome],
                   runs_previous: bool) -> list[Sibling]:
