@@ -467,6 +467,7 @@ class Syncer:
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
+            owed = names & self.reload_owed  # (before: what runs may not be what was at dest)
             self.reload_owed.update(names)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
@@ -489,7 +490,7 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
             if exc.untouched:  # the target never saw the new file: nothing to reload back
-                self._rolled_back(restored)
+                self._rolled_back(restored, owed)
                 return
             beat()
             back = [(now, before if before is not None else now) for before, now in siblings]
@@ -501,7 +502,7 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             else:
-                self._rolled_back(restored)
+                self._rolled_back(restored, owed)
             return
         self.reload_owed -= names
         if done.kind is ReloadKind.NO_TARGET:
@@ -511,14 +512,17 @@ class Syncer:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
 
-    def _rolled_back(self, restored: Sequence[Resource]) -> None:
+    def _rolled_back(self, restored: Sequence[Resource], owed: set[str]) -> None:
         """The target runs what is at these dests again (the file it ran, put back): no
         reload is owed for them. Left owed, a shared HAProxy's passes of its other files took
         what it runs of them for unknown, and with it the whole configuration: a maintenance
-        etcd had set at runtime and lifted since was kept as if an operator's, for good."""
+        etcd had set at runtime and lifted since was kept as if an operator's, for good.
+        (Not one whose reload was `owed` before the pass: the file put back is one the target
+        may never have loaded.)"""
         for resource in restored:
             self._reloaded(resource)
-            self.reload_owed.discard(resource.name)
+            if resource.name not in owed:
+                self.reload_owed.discard(resource.name)
 
     def _siblings(self, target: ReloadTarget, group: Sequence[Outcome],
                   runs_previous: bool) -> list[Sibling]:
