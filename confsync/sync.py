@@ -457,6 +457,9 @@ class Syncer:
         siblings = self._siblings(target, group, runs_previous)
         started = time.monotonic()
         names = {o.resource.name for o in group}
+        # Those whose file the target surely runs once a rollback puts it back: what it ran
+        # was the previous file, and this Syncer has seen it run their dest (asked, not owed).
+        settled = (names & self.asked) - self.reload_owed if runs_previous else set()
         self.not_running -= names
         self.answered -= names
         self.asked |= names
@@ -467,7 +470,6 @@ class Syncer:
         except Exception as raised:  # a socket timeout or refusal must not kill the daemon
             exc = raised if isinstance(raised, ReloadFailed) else ReloadFailed(
                 _unexpected(first, "reload", raised).reason)
-            owed = names & self.reload_owed  # (before: what runs may not be what was at dest)
             self.reload_owed.update(names)
             for outcome in group:
                 outcome.reload_seconds = time.monotonic() - started
@@ -490,7 +492,7 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
             if exc.untouched:  # the target never saw the new file: nothing to reload back
-                self._rolled_back(restored, owed)
+                self._rolled_back(restored, settled)
                 return
             beat()
             back = [(now, before if before is not None else now) for before, now in siblings]
@@ -502,7 +504,7 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             else:
-                self._rolled_back(restored, owed)
+                self._rolled_back(restored, settled)
             return
         self.reload_owed -= names
         if done.kind is ReloadKind.NO_TARGET:
@@ -512,16 +514,16 @@ class Syncer:
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
 
-    def _rolled_back(self, restored: Sequence[Resource], owed: set[str]) -> None:
-        """The target runs what is at these dests again (the file it ran, put back): no
-        reload is owed for them. Left owed, a shared HAProxy's passes of its other files took
-        what it runs of them for unknown, and with it the whole configuration: a maintenance
-        etcd had set at runtime and lifted since was kept as if an operator's, for good.
-        (Not one whose reload was `owed` before the pass: the file put back is one the target
-        may never have loaded.)"""
+    def _rolled_back(self, restored: Sequence[Resource], settled: set[str]) -> None:
+        """The target runs what is at these dests again (the file it ran, put back): of those
+        `settled` (known to run the file put back), no reload is owed. Left owed, a shared
+        HAProxy's passes of its other files took what it runs of them for unknown, and with it
+        the whole configuration: a maintenance etcd had set at runtime and lifted since was
+        kept as if an operator's, for good. Any other (owed before the pass, never seen
+        running its dest, or stale) may never have loaded the file put back: still owed."""
         for resource in restored:
             self._reloaded(resource)
-            if resource.name not in owed:
+            if resource.name in settled:
                 self.reload_owed.discard(resource.name)
 
     def _siblings(self, target: ReloadTarget, group: Sequence[Outcome],
