@@ -457,6 +457,9 @@ class Syncer:
         siblings = self._siblings(target, group, runs_previous)
         started = time.monotonic()
         names = {o.resource.name for o in group}
+        # Those whose file the target surely runs once a rollback puts it back: what it ran
+        # was the previous file, and this Syncer has seen it run their dest (asked, not owed).
+        settled = (names & self.asked) - self.reload_owed if runs_previous else set()
         self.not_running -= names
         self.answered -= names
         self.asked |= names
@@ -480,7 +483,7 @@ class Syncer:
                 if outcome.previous is not None:
                     try:
                         self._io(outcome.resource, "reload", functools.partial(
-                            _restore, outcome.resource, outcome.previous))
+                            _restore, outcome.resource, outcome.previous, self.dests))
                         restored.append(outcome.resource)
                     except (ResourceError, OSError) as rexc:
                         log.error("%s (while rolling back)", rexc)
@@ -489,8 +492,7 @@ class Syncer:
                 outcome.error = ResourceError(outcome.resource.name, "reload",
                                               f"{exc}; {rolled_back}")
             if exc.untouched:  # the target never saw the new file: nothing to reload back
-                for resource in restored:
-                    self._reloaded(resource)  # it runs what is at dest again
+                self._rolled_back(restored, settled)
                 return
             beat()
             back = [(now, before if before is not None else now) for before, now in siblings]
@@ -502,8 +504,7 @@ class Syncer:
                           again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
             else:
-                for resource in restored:
-                    self._reloaded(resource)
+                self._rolled_back(restored, settled)
             return
         self.reload_owed -= names
         if done.kind is ReloadKind.NO_TARGET:
@@ -512,6 +513,18 @@ class Syncer:
             self._reloaded(outcome.resource)
             outcome.reload = done
             outcome.reload_seconds = time.monotonic() - started
+
+    def _rolled_back(self, restored: Sequence[Resource], settled: set[str]) -> None:
+        """The target runs what is at these dests again (the file it ran, put back): of those
+        `settled` (known to run the file put back), no reload is owed. Left owed, a shared
+        HAProxy's passes of its other files took what it runs of them for unknown, and with it
+        the whole configuration: a maintenance etcd had set at runtime and lifted since was
+        kept as if an operator's, for good. Any other (owed before the pass, never seen
+        running its dest, or stale) may never have loaded the file put back: still owed."""
+        for resource in restored:
+            self._reloaded(resource)
+            if resource.name in settled:
+                self.reload_owed.discard(resource.name)
 
     def _siblings(self, target: ReloadTarget, group: Sequence[Outcome],
                   runs_previous: bool) -> list[Sibling]:
@@ -776,8 +789,12 @@ def _kept_for(resource: Resource) -> tuple[Path, tuple[bytes, os.stat_result]] |
     return (path, found) if found is not None else None
 
 
-def _restore(resource: Resource, previous: FileState, _: Progress) -> None:
+def _restore(resource: Resource, previous: FileState, dests: DestCache, _: Progress) -> None:
+    """Put `previous` back at dest, and remember it there: the other files of a shared target
+    are given to its passes as last seen (`Syncer._siblings`), and a pass of another file was
+    checked, and refused, against the file this rollback took away."""
     restore(resource, previous)
+    dests.remember(resource.dest, previous)
 
 
 def _unwritable(directory: Path) -> str | None:

@@ -333,3 +333,62 @@ def test_a_failed_owed_reload_does_not_claim_a_file_it_never_restored(tmp_path: 
     assert "restored" not in outcome.error.reason, outcome.error.reason
     assert "stays" in outcome.error.reason, outcome.error.reason
     assert res.dest.read_text() == "server 10.0.0.1:80\n" and res.name in syncer.reload_owed
+
+
+@pytest.mark.parametrize("before", ["running it", "owed", "never asked"])
+def test_a_rollback_owes_a_reload_only_where_the_file_put_back_may_not_run(
+        tmp_path: Path, before: str) -> None:
+    """A reload refused before the target saw anything (`untouched`) leaves it running the
+    file put back, which it was found running: no reload is owed for it (owed, a shared
+    HAProxy's other passes took the whole configuration for unknown). Unless one was owed
+    already, or the target was never asked (a start that finds the file changed): the file put
+    back may be one it never loaded, and data back to it must still make it live."""
+    syncer, res, target, mirror = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    if before != "never asked":
+        (outcome,) = syncer.apply([res])  # found running it
+        assert outcome.status == UNCHANGED and target.probes
+    if before == "owed":
+        syncer.reload_owed.add(res.name)
+    refused = True
+
+    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
+        if refused:
+            raise ReloadFailed("a bind on a port held by someone else", untouched=True)
+        target.reloads += 1
+        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
+
+    target.reload = reload  # type: ignore[method-assign]
+    mirror.load(Snapshot(2, {"/pool/a": b"10.0.0.2:80"}))
+    (outcome,) = syncer.apply([res])
+    assert outcome.error is not None and "previous file restored" in outcome.error.reason
+    assert res.dest.read_text() == "server 10.0.0.1:80\n"
+    owes = before != "running it"
+    assert (res.name in syncer.reload_owed) is owes
+    refused = False
+    mirror.load(Snapshot(3, {"/pool/a": b"10.0.0.1:80"}))  # the data as the file put back
+    (outcome,) = syncer.apply([res])
+    assert outcome.error is None and target.reloads == owes
+    assert res.name not in syncer.reload_owed
+
+
+def test_a_stale_target_whose_reload_was_refused_untouched_is_reloaded_by_the_retry(
+        tmp_path: Path) -> None:
+    """The file was current but the target ran an older one (STALE): its reload refused
+    before anything was sent leaves it on that older file, so the reload stays owed."""
+    syncer, res, target, _ = _setup(tmp_path, Liveness.STALE)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    refused = True
+
+    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
+        if refused:
+            raise ReloadFailed("a bind on a port held by someone else", untouched=True)
+        target.reloads += 1
+        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
+
+    target.reload = reload  # type: ignore[method-assign]
+    (outcome,) = syncer.apply([res])
+    assert outcome.error is not None and res.name in syncer.reload_owed
+    refused = False
+    (outcome,) = syncer.apply([res])  # the retry
+    assert outcome.error is None and target.reloads == 1 and res.name not in syncer.reload_owed
