@@ -49,7 +49,14 @@ from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
 from confsync.sync import Syncer
 from confsync.targets import ReloadKind, ReloadResult
-from confsync.watcher import Backoff, BatchReceived, SnapshotTaken, StoreFollower, StreamState
+from confsync.watcher import (
+    Backoff,
+    BatchReceived,
+    ReplayArrived,
+    SnapshotTaken,
+    StoreFollower,
+    StreamState,
+)
 
 log = logging.getLogger("confsync")
 
@@ -77,7 +84,9 @@ BATCH_SETTLE_MAX = 0.25
 # previous one: the replays of two prefixes can come 100 ms and more apart. Renders wait until
 # no batch came for this long after the watch is back...
 CATCH_UP_QUIET = 0.3
-# ...and at most this long after it is back (or after the first replayed batch).
+# ...and at most this long after it is back (or after the first replayed batch). A store
+# that says when every prefix's replay has arrived (etcd: `ReplayArrived`) is waited for
+# instead, up to this long; past it, every prefix is read at one revision.
 CATCH_UP_MAX = 3.0
 # After a snapshot the new watches start at its revision: only what changed while they were
 # being created is replayed, by etcd's next pass over lagging watches (every 100 ms). Renders
@@ -186,6 +195,15 @@ class Daemon:
         # The store's revision when the watch came back: later batches are live, and do not
         # keep the replay hold waiting (0: unknown, every batch counts).
         self._replay_until = 0
+        # The store tells when the replay has arrived (`ReplayArrived`): renders wait for it,
+        # not for a quiet. Waiting: the watch is back and the replay is not; arrived: it came
+        # (maybe before the watch said it was back); resync: it was overdue, and the snapshot
+        # that replaces it is on its way.
+        self._replay_known = False
+        self._replay_waiting = False
+        self._replay_arrived = False
+        self._replay_resync = False
+        self._connected_revision = 0  # (told to the observers once the replay is in)
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -378,9 +396,22 @@ class Daemon:
         The replay of one prefix rendered beside another's old value a state etcd never
         held (a txn over both, during the outage: every reconnect over a 25 ms link did)."""
         since = self._catch_up_since
-        if since is None or len(self.state.prefixes) < 2:
+        if len(self.state.prefixes) < 2:
             return None
-        if self.connected and not self._awaiting_watch:
+        if self._replay_resync:  # (the snapshot, or the lost stream, wakes the loop)
+            return now + CATCH_UP_MAX
+        if self.connected and not self._awaiting_watch and self._replay_waiting:
+            if now < self._connected_at + CATCH_UP_MAX:
+                return self._connected_at + CATCH_UP_MAX
+            self._replay_overdue()
+            return now + CATCH_UP_MAX
+        if since is None:
+            return None
+        if self.connected and not self._awaiting_watch and self._replay_known:
+            # The replay is in: what is left is a live write that reaches a prefix whose
+            # watch etcd has not synced yet (its next pass, 100 ms) after the others.
+            until = self._connected_at + SESSION_HOLD
+        elif self.connected and not self._awaiting_watch:
             until = min(max(self._connected_at, self._last_batch_at) + CATCH_UP_QUIET,
                         self._connected_at + self._catch_up_max)
         else:  # replayed batches while the next prefix's watch is being created
@@ -389,6 +420,25 @@ class Daemon:
             self._catch_up_since = None
             return None
         return until
+
+    def _replay_overdue(self) -> None:
+        """etcd did not send a changed prefix's replay within CATCH_UP_MAX (a stalled link or
+        member): read every prefix at one revision rather than render parts or wait for good."""
+        log.warning("the replay of the resumed watch did not arrive within %gs; reading every "
+                    "prefix at one revision instead", CATCH_UP_MAX)
+        self._replay_waiting = False
+        self._replay_resync = True
+        self.follower.request_resync()
+
+    def _forget_replay(self) -> None:
+        """A replay awaited, arrived or replaced belongs to the watch that just ended."""
+        self._replay_waiting = self._replay_arrived = self._replay_resync = False
+
+    def _on_replay_arrived(self) -> None:
+        self._replay_arrived = True
+        if self._replay_waiting:
+            self._replay_waiting = False
+            self.observers.watch_connected(self._connected_revision)
 
     def _reload_deadline(self) -> float | None:
         """When the requested config reload runs. One that finds an earlier reload still
@@ -440,6 +490,8 @@ class Daemon:
             self._on_snapshot(event)
         elif isinstance(event, StreamState):
             self._on_stream_state(event)
+        elif isinstance(event, ReplayArrived):
+            self._on_replay_arrived()
         elif isinstance(event, SignalReceived):
             self._on_signal(event.signum)
         elif isinstance(event, IoReturned):
@@ -478,6 +530,9 @@ class Daemon:
 
     def _on_snapshot(self, event: SnapshotTaken) -> None:
         snapshot = event.snapshot
+        if self._replay_resync:  # it replaces an overdue replay: the files may follow it
+            self._replay_resync = False
+            self.observers.watch_connected(snapshot.revision)
         if event.reason in ("resync", "resume") and snapshot.revision < self.mirror.revision:
             log.debug("%s snapshot at %d is older than the mirror (%d); skipped",
                       event.reason, snapshot.revision, self.mirror.revision)
@@ -531,6 +586,7 @@ class Daemon:
         live: at the start over a 25 ms link, 5-7 of 7-16 renders mixed a txn's /a with
         /b's value of before. Renders wait as after a resume (`_replay_hold`)."""
         self._awaiting_watch = True
+        self._forget_replay()
         if self._catch_up_since is None:
             self._catch_up_since = time.monotonic()
 
@@ -546,10 +602,17 @@ class Daemon:
                     self._catch_up_since = self._connected_at
                 self._catch_up_max = CATCH_UP_MAX if self._resuming else SESSION_HOLD
                 self._resuming = self._awaiting_watch = False
+                self._replay_known = event.replay_pending is not None
+                self._replay_waiting = (bool(event.replay_pending) and not self._replay_arrived
+                                        and len(self.state.prefixes) > 1)
             self._replay_until = event.replay_until
             self.connected = True
             self._follower_deaths = 0
             self._part_backoff.reset()
+            if self._replay_waiting:
+                # /ready says "not connected" until the files can follow etcd again.
+                self._connected_revision = event.revision
+                return
             self.observers.watch_connected(event.revision)
             return
         if self.connected or (not self.ready and self._degraded_warnings.due(event.reason)):
@@ -557,6 +620,7 @@ class Daemon:
             # at most every 5 minutes, not at each retry for as long as etcd stays away.)
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
+        self._forget_replay()
         self._replay_until = 0  # (what comes before the watch is back is replay)
         self._resuming = self._resuming or self.ready
         self.observers.watch_lost(event.reason)
@@ -764,6 +828,7 @@ class Daemon:
             reason = "the store follower thread died"
             self._part_failed("follower", reason)
             self.connected = False
+            self._forget_replay()
             self.observers.watch_lost(reason)
             if self._follower_deaths > PART_RESTART_LIMIT:
                 log.critical("%s %d times without connecting; exiting with status %d",

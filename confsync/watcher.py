@@ -33,11 +33,12 @@ from confsync.errors import (
 )
 from confsync.handoff import Backlog, BacklogDropped, BatchReceived
 from confsync.logs import Repeats
-from confsync.stores import ChangeBatch, Snapshot, Store, WatchHandle
+from confsync.stores import ChangeBatch, ReplayComplete, Snapshot, Store, WatchHandle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "BatchReceived", "SnapshotTaken", "StoreFollower", "StreamState"]
+__all__ = ["Backoff", "BatchReceived", "ReplayArrived", "SnapshotTaken", "StoreFollower",
+           "StreamState"]
 
 # A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
 # moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
@@ -62,6 +63,16 @@ class StreamState:
     # Connected: the store's revision as the watches were created (0: not known). Batches up
     # to it are a replay of what the stream missed; later ones are live.
     replay_until: int = 0
+    # Connected: whether a ReplayArrived follows (some prefix changed by `replay_until`; it
+    # may also have come already); None: the store cannot tell.
+    replay_pending: bool | None = None
+
+
+@dataclass(frozen=True)
+class ReplayArrived:
+    """Every prefix's replay up to the connected StreamState's `replay_until` is queued."""
+
+    generation: int = 0
 
 
 _RESYNC_NOW = object()  # wakes `_follow` for an immediate resync snapshot
@@ -136,9 +147,12 @@ class StoreFollower(threading.Thread):
 
     # ---- called from the store's thread
 
-    def _sink(self, item: ChangeBatch | Exception) -> None:
+    def _sink(self, item: ChangeBatch | ReplayComplete | Exception) -> None:
         if isinstance(item, Exception):
             self._errors.put(item)
+            return
+        if isinstance(item, ReplayComplete):
+            self._backlog.put(ReplayArrived(self.generation))
             return
         with self._lock:
             keys = [item.prefix] if item.prefix else list(self._last)
@@ -261,7 +275,9 @@ class StoreFollower(threading.Thread):
                 self._degraded(str(exc))
                 continue
             self._backlog.put(StreamState(True, start - 1, generation=self.generation,
-                                          replay_until=getattr(handle, "replay_until", 0)))
+                                          replay_until=getattr(handle, "replay_until", 0),
+                                          replay_pending=getattr(handle, "replay_pending",
+                                                                 None)))
             error = self._follow(handle)
             if error is None:
                 return

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from confsync.stores.base import (
     Change,
     ChangeBatch,
+    ReplayComplete,
     Snapshot,
     Store,
     WatchHandle,
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from confsync.settings import Settings
 
 
-__all__ = ["Change", "ChangeBatch", "Snapshot", "Store", "WatchHandle", "WatchSink",
-           "merge_prefixes", "open_snapshot_store", "open_store"]
+__all__ = ["Change", "ChangeBatch", "ReplayComplete", "Snapshot", "Store", "WatchHandle",
+           "WatchSink", "merge_prefixes", "open_snapshot_store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

@@ -38,16 +38,27 @@ class ChangeBatch:
     prefix: str = ""
 
 
-# The watch sink gets batches in revision order, or one exception after which the watch is dead:
-# StoreUnavailable (resume from last revision + 1), RevisionCompacted (take a fresh snapshot) or
-# StoreReset (another cluster, or revisions went back: a fresh snapshot replaces the mirror).
-WatchSink = Callable[[ChangeBatch | Exception], None]
+@dataclass(frozen=True)
+class ReplayComplete:
+    """Every prefix that changed while a watch was away has sent its replay up to `revision`
+    (the handle's `replay_until`): the prefixes' replays are unordered against each other, so
+    until then the mirror may hold one prefix's half of a txn."""
+
+    revision: int
+
+
+# The watch sink gets batches in revision order (and at most one ReplayComplete, after the
+# batches it covers), or one exception after which the watch is dead: StoreUnavailable (resume
+# from last revision + 1), RevisionCompacted (take a fresh snapshot) or StoreReset (another
+# cluster, or revisions went back: a fresh snapshot replaces the mirror).
+WatchSink = Callable[[ChangeBatch | ReplayComplete | Exception], None]
 
 
 class WatchHandle(Protocol):
     """A running watch. A handle may also carry `replay_until: int`, the store's revision as
     the watch was created (etcd's: what comes up to it is a replay of what was missed); the
-    follower reads it with a default of 0, unknown, so stores without revisions need none."""
+    follower reads it with a default of 0, unknown, so stores without revisions need none; and
+    `replay_pending: bool`, whether a ReplayComplete follows (absent: not known)."""
 
     def cancel(self) -> None: ...
 

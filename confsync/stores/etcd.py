@@ -50,7 +50,14 @@ from confsync.errors import (
 from confsync.fileversion import FileVersion, file_version
 from confsync.logs import Repeats
 from confsync.settings import EtcdSettings, read_password
-from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+from confsync.stores.base import (
+    Change,
+    ChangeBatch,
+    ReplayComplete,
+    Snapshot,
+    WatchHandle,
+    WatchSink,
+)
 from confsync.stores.endpoints import (
     auth_not_enabled,
     check_client_pair,
@@ -91,6 +98,9 @@ POSITION_CHECK_SECONDS = 10.0
 # resume of several prefixes that missed more than this many revisions reads a snapshot instead
 # (`LongReplay`). Half of etcd's 1,000 leaves room for what is written while the watches are made.
 REPLAY_REVISIONS_MAX = 500
+# etcd's watchBatchMaxRevs: a replay response with this many revisions may be one part of
+# several (its header says the server's revision all the same), so it does not end a replay.
+REPLAY_PART_REVISIONS = 1000
 # A running watch or registrar asks for the cluster's members on each new connection and at
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
@@ -596,6 +606,39 @@ class EtcdStore:
             self._long_replay_read = True
             raise LongReplay(missed)
 
+    def changed_prefixes(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str],
+                         start_revision: int, until: int) -> set[str]:
+        """The prefixes that changed in [start_revision, until], by one txn of ranges. A
+        prefix with no key written since `start_revision` at `until` and as many keys as at
+        `start_revision - 1` holds the same keys and values (a range cannot see deletions:
+        a deleted key lowers the count). (etcd counts before a min_mod_revision filter, so
+        that range asks for one key instead.)"""
+        rpc = pyetcd.etcdrpc
+        ops = []
+        for prefix in prefixes:
+            key = prefix.encode()
+            end = _range_end(key)
+            ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
+                        key=key, range_end=end, count_only=True,
+                        revision=max(start_revision - 1, 1))),
+                    rpc.RequestOp(request_range=rpc.RangeRequest(
+                        key=key, range_end=end, keys_only=True, limit=1, revision=until,
+                        min_mod_revision=start_revision)),
+                    rpc.RequestOp(request_range=rpc.RangeRequest(
+                        key=key, range_end=end, count_only=True, revision=until))]
+        response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
+                                     credentials=client.call_credentials,
+                                     metadata=client.metadata)
+        ranges = [op.response_range for op in response.responses]
+        changed = set()
+        for index, prefix in enumerate(prefixes):
+            before, written, now = ranges[3 * index:3 * index + 3]
+            # (Revision 0 would be read as "now": nothing was there before revision 1.)
+            count_before = int(before.count) if start_revision > 1 else 0
+            if written.kvs or int(now.count) != count_before:
+                changed.add(prefix)
+        return changed
+
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
         """One client, one gRPC stream, one watch per (merged) prefix.
 
@@ -645,10 +688,18 @@ class _EtcdWatch:
         # replay of what this session missed, what comes after is live (the loop waits for
         # the replay alone: `replay_until`).
         self.replay_until = 0
+        # The prefixes whose replay has not fully arrived: each watch is created after
+        # `replay_until`, so the first response of one that changed by then, unless a part,
+        # carries all of it. A ReplayComplete follows when none is left (`replay_pending`).
+        self._replaying: set[str] = set()
+        self.replay_pending = False
         try:
             self.replay_until = store.check_position(self._client, start_revision,
                                                      self._position_key)
             store.check_replay(len(prefixes), self.replay_until - (start_revision - 1))
+            if len(prefixes) > 1 and self.replay_until >= start_revision:
+                self._replaying = self._changed(prefixes, start_revision)
+                self.replay_pending = bool(self._replaying)
             for prefix in prefixes:
                 key = prefix.encode()
                 try:
@@ -662,7 +713,7 @@ class _EtcdWatch:
         except pyetcd.exceptions.RevisionCompactedError as exc:
             self.cancel()
             raise RevisionCompacted(int(exc.compacted_revision)) from None
-        except (StoreReset, StoreUnavailable, LongReplay):
+        except (StoreReset, StoreUnavailable, LongReplay, RevisionCompacted):
             self.cancel()
             raise
         except Exception as exc:
@@ -674,6 +725,16 @@ class _EtcdWatch:
                                    f"{describe_error(exc)}") from None
         threading.Thread(target=self._check_position, name="confsync-etcd-check",
                          daemon=True).start()
+
+    def _changed(self, prefixes: Sequence[str], start_revision: int) -> set[str]:
+        """`changed_prefixes` up to `replay_until`; a compacted start is the watch's own."""
+        try:
+            return self._store.changed_prefixes(self._client, prefixes, start_revision,
+                                                self.replay_until)
+        except Exception as exc:
+            if "compacted" in describe_error(exc):
+                raise RevisionCompacted(start_revision - 1) from None
+            raise
 
     def _check_position(self) -> None:
         silence_limit = self._store._settings.silence_limit
@@ -736,7 +797,7 @@ class _EtcdWatch:
         if closed:  # cancelled meanwhile: cancel() may have missed the new one
             _close_quietly(fresh)
 
-    def _report(self, item: ChangeBatch | Exception) -> None:
+    def _report(self, item: ChangeBatch | ReplayComplete | Exception) -> None:
         with self._lock:
             if self._dead:
                 return
@@ -770,6 +831,20 @@ class _EtcdWatch:
             revision = max((int(ev.mod_revision) for ev in response.events),
                            default=int(response.header.revision))
             self._report(ChangeBatch(revision, changes, prefix))
+            if self._replaying and self._replay_arrived(prefix, response):
+                self._report(ReplayComplete(self.replay_until))
+
+    def _replay_arrived(self, prefix: str, response: Any) -> bool:
+        """Whether this response ends the last replay still on its way."""
+        if (int(response.header.revision) < self.replay_until
+                or len({int(ev.mod_revision) for ev in response.events})
+                >= REPLAY_PART_REVISIONS):
+            return False
+        with self._lock:
+            if prefix not in self._replaying:
+                return False
+            self._replaying.discard(prefix)
+            return not self._replaying
 
     def cancel(self) -> None:
         self._closed.set()

@@ -529,3 +529,65 @@ def test_a_long_replay_of_two_prefixes_is_never_rendered_in_parts(
     finally:
         proxy.close()
     _assert_none_mixed(seen)
+
+
+def test_a_short_replay_of_two_prefixes_behind_a_stalled_link_is_rendered_whole(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """While the stream is down, 400 revisions change /a (under the 500 that read a snapshot
+    instead), and every 10th is a txn that sets /a/n and /b/n alike. Over a 25 ms link that
+    stalls for 0.45 s as the watch comes back, /a's replay came 0.3 s after the last batch
+    and /b's later: the quiet-based hold rendered "40 0", a state etcd never held."""
+    c, dest, seen = _two_prefixes_at_zero(etcd_private, tmp_path)
+    proxy = TcpProxy(etcd_private.client_port, delay=0.025)
+    try:
+        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        for outage in range(1, 4):
+            w.wait_log("watching /a, /b", count=outage, timeout=15)
+            proxy.close()
+            w.wait_log("degraded", count=outage, timeout=15)
+            for i in range(400):
+                if i % 10 == 0:
+                    n = str(outage * 40 + i // 10 - 39)
+                    c.transaction(compare=[], failure=[], success=[
+                        c.transactions.put("/a/n", n), c.transactions.put("/b/n", n)])
+                else:
+                    c.put(f"/a/other/{i % 40}", str(i))
+            proxy = TcpProxy(etcd_private.client_port, port=proxy.port, delay=0.025)
+            w.wait_log("watching /a, /b", count=outage + 1, timeout=15)
+            proxy.stall()
+            time.sleep(0.45)
+            proxy.flow()
+            wait_for(lambda o=outage: read(dest) == f"{o * 40} {o * 40}\n", timeout=20,
+                     what=f"the replay after outage {outage}\n{w.output()[-2000:]}")
+    finally:
+        proxy.close()
+    _assert_none_mixed(seen)
+    assert "did not arrive" not in w.output()  # (the replay itself, not a fallback read)
+
+
+def test_a_resume_knows_which_prefixes_changed_deletions_included(etcd: EtcdMember) -> None:
+    """Renders after a resume wait for the replay of every prefix that changed while the
+    watch was away, and only those (a quiet one sends nothing). A range sees no deleted key,
+    and etcd counts keys before a min_mod_revision filter: a prefix whose only change was a
+    deletion, or one with nothing written, must still be told apart."""
+    c = client(etcd.endpoint)
+    base = f"/changed{time.time_ns()}"
+    prefixes = [f"{base}/{name}/" for name in ("quiet", "deleted", "put", "swapped")]
+    for prefix in prefixes:
+        c.put(prefix + "k", "0")
+    c.put(f"{base}/deleted/gone", "0")
+    c.put(f"{base}/swapped/old", "0")
+    start = int(c.get_response(prefixes[0] + "k").header.revision) + 1
+    c.delete(f"{base}/deleted/gone")
+    c.put(f"{base}/put/k", "1")
+    c.delete(f"{base}/swapped/old")
+    c.put(f"{base}/swapped/new", "0")
+    until = int(c.put(f"{base}/outside", "0").header.revision)
+    c.put(f"{base}/quiet/k", "later")  # (after `until`: not part of the replay)
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,)))
+    try:
+        changed = store.changed_prefixes(store.new_client(), prefixes, start, until)
+    finally:
+        store.close()
+    assert changed == set(prefixes[1:])

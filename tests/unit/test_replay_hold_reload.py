@@ -10,7 +10,7 @@ from confsync.daemon import Daemon
 from confsync.handoff import BatchReceived
 from confsync.settings import Settings, WatchSettings
 from confsync.stores import Change, ChangeBatch, Snapshot
-from confsync.watcher import SnapshotTaken, StreamState
+from confsync.watcher import ReplayArrived, SnapshotTaken, StreamState
 from tests.support.cli import write_resource
 
 
@@ -44,6 +44,66 @@ def test_a_sighup_during_a_replay_renders_no_half_of_a_txn(tmp_path: Path) -> No
         later = time.monotonic() + 5  # past the replay hold
         assert daemon._replay_hold(later) is None
         daemon.apply(daemon.planner.due(later))
+        assert dest.read_text() == "1 1\n"
+    finally:
+        daemon.store.close()
+
+
+def _two_prefix_daemon(tmp_path: Path) -> tuple[Daemon, Path]:
+    data = tmp_path / "data.yaml"
+    data.write_text("a:\n  n: '0'\nb:\n  n: '0'\n")
+    dest, confdir = tmp_path / "out", tmp_path / "cd"
+    write_resource(confdir, "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]')
+    daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,),
+                             watch=WatchSettings(wait_min=0, wait_max=0)),
+                    {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
+                     "watch.wait_min": "0s", "watch.wait_max": "0s"})
+    daemon._handle(SnapshotTaken(Snapshot(5, {"/a/n": b"0", "/b/n": b"0"}), "start"))
+    daemon._handle(StreamState(True, 5))
+    assert dest.read_text() == "0 0\n"
+    daemon._handle(StreamState(False, 5, "lost"))
+    return daemon, dest
+
+
+def test_renders_wait_for_every_changed_prefix_s_replay_not_for_a_quiet(
+        tmp_path: Path) -> None:
+    """The hold waited for 0.3 s without a replayed batch: a link that stalled longer as
+    the watch came back let /a's replay be rendered beside /b's old value ("40 0" over a
+    25 ms link, 2 of 3 runs). etcd's store says which prefixes changed, and when all of
+    their replays are in (`ReplayArrived`): renders wait for that."""
+    daemon, dest = _two_prefix_daemon(tmp_path)
+    try:
+        daemon._handle(StreamState(True, 5, replay_until=6, replay_pending=True))
+        back = time.monotonic()
+        daemon._handle(_batch(6, "/a/n", b"1"))
+        assert daemon._replay_hold(back + 1.0) is not None  # (a quiet is no end)
+        daemon._handle(_batch(6, "/b/n", b"1"))
+        daemon._handle(ReplayArrived())
+        assert daemon._replay_hold(back + 1.0) is None
+        daemon.apply(daemon.planner.due(back + 1.0))
+        assert dest.read_text() == "1 1\n"
+    finally:
+        daemon.store.close()
+
+
+def test_a_replay_that_never_arrives_is_replaced_by_a_snapshot(tmp_path: Path) -> None:
+    """etcd that never sends a changed prefix's replay (a stalled member) must not hold the
+    files for good: past CATCH_UP_MAX every prefix is read at one revision instead."""
+    daemon, dest = _two_prefix_daemon(tmp_path)
+    asked = []
+    daemon.follower.request_resync = lambda: asked.append(True)  # type: ignore[method-assign]
+    try:
+        daemon._handle(StreamState(True, 5, replay_until=6, replay_pending=True))
+        back = time.monotonic()
+        daemon._handle(_batch(6, "/a/n", b"1"))
+        assert daemon._replay_hold(back + 1.0) is not None
+        assert not asked
+        assert daemon._replay_hold(back + 3.5) is not None  # the snapshot is on its way
+        assert asked == [True]
+        daemon._handle(SnapshotTaken(Snapshot(6, {"/a/n": b"1", "/b/n": b"1"}), "resync"))
+        assert daemon._replay_hold(back + 3.5) is None
+        daemon.apply(daemon.planner.due(back + 3.5))
         assert dest.read_text() == "1 1\n"
     finally:
         daemon.store.close()
