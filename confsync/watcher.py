@@ -261,8 +261,10 @@ class StoreFollower(threading.Thread):
                     continue
                 self._first_snapshot = None
             start = self._resume_revision()
+            with self._lock:  # (each prefix from its own point; `start` is the lowest)
+                starts = {p: r + 1 for p, r in self._last.items()}
             try:
-                handle = self.store.watch(self.prefixes, start, self._sink)
+                handle = self.store.watch(self.prefixes, start, self._sink, starts)
             except RevisionCompacted as exc:
                 self._first_snapshot = self._catch_up(exc, start)
                 continue

@@ -5,7 +5,7 @@ are the one place that knows the backends, and the arrows stay one way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,8 +68,11 @@ class Store(Protocol):
 
     def snapshot(self, prefixes: Sequence[str]) -> Snapshot: ...
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
-        """Start delivering changes after `start_revision - 1` to `sink` from a store thread.
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: Mapping[str, int] | None = None) -> WatchHandle:
+        """Start delivering changes after `start_revision - 1` to `sink` from a store thread;
+        `starts`: a later start for some prefixes (each resumes from its own last revision: a
+        store may use it, and need not).
 
         Raises StoreUnavailable, RevisionCompacted, or StoreReset when the store is no longer
         the history `start_revision` belongs to. The sink must only enqueue: rendering on the

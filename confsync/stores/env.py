@@ -29,7 +29,8 @@ class EnvStore:
                 values[key] = value.encode("utf-8", "surrogateescape")
         return Snapshot(revision=1, values=values)
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: Mapping[str, int] | None = None) -> WatchHandle:
         return _NoWatch()
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -606,16 +606,18 @@ class EtcdStore:
             self._long_replay_read = True
             raise LongReplay(missed)
 
-    def changed_prefixes(self, client: MultiEndpointEtcd3Client, prefixes: Sequence[str],
-                         start_revision: int, until: int) -> set[str]:
-        """The prefixes that changed in [start_revision, until], by one txn of ranges. A
-        prefix with no key written since `start_revision` at `until` and as many keys as at
-        `start_revision - 1` holds the same keys and values (a range cannot see deletions:
-        a deleted key lowers the count). (etcd counts before a min_mod_revision filter, so
+    def changed_prefixes(self, client: MultiEndpointEtcd3Client, starts: Mapping[str, int],
+                         until: int) -> set[str]:
+        """The prefixes (of `starts`) that changed in [their start, until], by one txn of
+        ranges. A prefix with no key written since its start at `until` and as many keys as
+        at its start - 1 holds the same keys and values (a range cannot see deletions: a
+        deleted key lowers the count). (etcd counts before a min_mod_revision filter, so
         that range asks for one key instead.)"""
         rpc = pyetcd.etcdrpc
         ops = []
+        prefixes = list(starts)
         for prefix in prefixes:
+            start_revision = starts[prefix]
             key = prefix.encode()
             end = _range_end(key)
             ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
@@ -634,18 +636,20 @@ class EtcdStore:
         for index, prefix in enumerate(prefixes):
             before, written, now = ranges[3 * index:3 * index + 3]
             # (Revision 0 would be read as "now": nothing was there before revision 1.)
-            count_before = int(before.count) if start_revision > 1 else 0
+            count_before = int(before.count) if starts[prefix] > 1 else 0
             if written.kvs or int(now.count) != count_before:
                 changed.add(prefix)
         return changed
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
-        """One client, one gRPC stream, one watch per (merged) prefix.
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: Mapping[str, int] | None = None) -> WatchHandle:
+        """One client, one gRPC stream, one watch per (merged) prefix, each from its own
+        start where `starts` gives a later one than `start_revision`.
 
         Raises StoreUnavailable or RevisionCompacted when the watch cannot be created.
         """
         try:
-            return _EtcdWatch(self, prefixes, start_revision, sink)
+            return _EtcdWatch(self, prefixes, start_revision, sink, starts or {})
         except LongReplay:
             raise
         except BaseException:
@@ -666,7 +670,7 @@ class _EtcdWatch:
     """
 
     def __init__(self, store: EtcdStore, prefixes: Sequence[str], start_revision: int,
-                 sink: WatchSink) -> None:
+                 sink: WatchSink, starts: Mapping[str, int]) -> None:
         self._sink = sink
         self._lock = threading.Lock()
         self._dead = False
@@ -693,19 +697,27 @@ class _EtcdWatch:
         # carries all of it. A ReplayComplete follows when none is left (`replay_pending`).
         self._replaying: set[str] = set()
         self.replay_pending = False
+        # Each prefix resumes from its own last revision: from the lowest of them, a prefix
+        # quiet since the last snapshot held every other one's resume there, and etcd sent
+        # all they had delivered since again (a day of a busy prefix's events, for nothing).
+        own = {p: max(start_revision, starts.get(p, start_revision)) for p in prefixes}
         try:
             self.replay_until = store.check_position(self._client, start_revision,
                                                      self._position_key)
-            store.check_replay(len(prefixes), self.replay_until - (start_revision - 1))
+            missed = 0
             if len(prefixes) > 1 and self.replay_until >= start_revision:
-                self._replaying = self._changed(prefixes, start_revision)
+                self._replaying = self._changed(own)
                 self.replay_pending = bool(self._replaying)
+                # Only a prefix with something to replay can get it in parts.
+                missed = max((self.replay_until - (own[p] - 1) for p in self._replaying),
+                             default=0)
+            store.check_replay(len(prefixes), missed)
             for prefix in prefixes:
                 key = prefix.encode()
                 try:
                     self._client.add_watch_callback(
                         key, functools.partial(self._on_response, prefix),
-                        range_end=_range_end(key), start_revision=start_revision,
+                        range_end=_range_end(key), start_revision=own[prefix],
                         progress_notify=True)
                 except WatchCanceled as exc:
                     raise StoreUnavailable(f"etcd {self._endpoints}: watch of {prefix} "
@@ -726,14 +738,13 @@ class _EtcdWatch:
         threading.Thread(target=self._check_position, name="confsync-etcd-check",
                          daemon=True).start()
 
-    def _changed(self, prefixes: Sequence[str], start_revision: int) -> set[str]:
+    def _changed(self, starts: Mapping[str, int]) -> set[str]:
         """`changed_prefixes` up to `replay_until`; a compacted start is the watch's own."""
         try:
-            return self._store.changed_prefixes(self._client, prefixes, start_revision,
-                                                self.replay_until)
+            return self._store.changed_prefixes(self._client, starts, self.replay_until)
         except Exception as exc:
             if "compacted" in describe_error(exc):
-                raise RevisionCompacted(start_revision - 1) from None
+                raise RevisionCompacted(min(starts.values()) - 1) from None
             raise
 
     def _check_position(self) -> None:

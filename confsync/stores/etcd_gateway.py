@@ -39,7 +39,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from io import BufferedReader
 from typing import TYPE_CHECKING, Any
@@ -458,8 +458,8 @@ class EtcdGatewayStore:
         finally:
             store.close()
 
-    def watch(self, prefixes: Sequence[str], start_revision: int,
-              sink: WatchSink) -> WatchHandle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: Mapping[str, int] | None = None) -> WatchHandle:
         """Not this store's job: a watch is a gRPC stream (open_store gives EtcdStore)."""
         raise NotImplementedError("EtcdGatewayStore reads snapshots only; watch with EtcdStore")
 

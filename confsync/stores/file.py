@@ -13,7 +13,7 @@ import posixpath
 import re
 import threading
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,8 @@ class FileStore:
         return Snapshot(revision, {k: v for k, v in values.items()
                                    if any(k.startswith(p) for p in prefixes)})
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: Mapping[str, int] | None = None) -> WatchHandle:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
         from confsync.fswatch import start_observer

@@ -107,7 +107,7 @@ def test_a_dead_follower_thread_is_noticed_restarted_and_resumed(tmp_path: Path)
     class DyingOnce(FileStore):
         died = False
 
-        def watch(self, prefixes, start_revision, sink):  # type: ignore[no-untyped-def]
+        def watch(self, prefixes, start_revision, sink, starts=None):  # type: ignore[no-untyped-def]
             if not DyingOnce.died:
                 DyingOnce.died = True
                 raise Fatal("boom")

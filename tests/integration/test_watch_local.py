@@ -66,7 +66,8 @@ def test_confdir_watching_reloads_resources_on_edit(tmp_path: Path) -> None:
 class DeafFileStore(FileStore):
     """A file store whose watch never delivers: only the periodic resync can see changes."""
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> WatchHandle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: object = None) -> WatchHandle:
         class Nothing:
             def cancel(self) -> None:
                 return None

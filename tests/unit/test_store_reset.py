@@ -33,7 +33,8 @@ class FakeStore:
     def snapshot(self, prefixes: Sequence[str]) -> Snapshot:
         return self.snapshots.pop(0)
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> _Handle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: object = None) -> _Handle:
         self.watch_starts.append(start_revision)
         if len(self.watch_starts) == 1:
             raise StoreReset(1, 2, start_revision - 1, 3)
@@ -83,7 +84,8 @@ class _CountingStore:
         self.revision += 1
         return Snapshot(self.revision, {"/k/a": b"v"})
 
-    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink) -> _Handle:
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: object = None) -> _Handle:
         return _Handle()
 
     def close(self) -> None:
