@@ -53,6 +53,7 @@ from confsync.watcher import (
     Backoff,
     BatchReceived,
     ReplayArrived,
+    ReplayBegan,
     SnapshotTaken,
     StoreFollower,
     StreamState,
@@ -204,6 +205,9 @@ class Daemon:
         self._replay_arrived = False
         self._replay_resync = False
         self._connected_revision = 0  # (told to the observers once the replay is in)
+        # A live watch got a lagging one's replay (a gRPC proxy resumed upstream by itself):
+        # since when renders wait for the other prefixes' parts (`ReplayArrived`).
+        self._lag_since: float | None = None
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -400,6 +404,14 @@ class Daemon:
             return None
         if self._replay_resync:  # (the snapshot, or the lost stream, wakes the loop)
             return now + CATCH_UP_MAX
+        if self._lag_since is not None:
+            if not self.connected or self._awaiting_watch:
+                return now + CATCH_UP_MAX  # (its StreamState, either way, wakes the loop)
+            since_lag = max(self._lag_since, self._connected_at)
+            if now < since_lag + CATCH_UP_MAX:
+                return since_lag + CATCH_UP_MAX
+            self._replay_overdue()
+            return now + CATCH_UP_MAX
         if self.connected and not self._awaiting_watch and self._replay_waiting:
             if now < self._connected_at + CATCH_UP_MAX:
                 return self._connected_at + CATCH_UP_MAX
@@ -427,15 +439,18 @@ class Daemon:
         log.warning("the replay of the resumed watch did not arrive within %gs; reading every "
                     "prefix at one revision instead", CATCH_UP_MAX)
         self._replay_waiting = False
+        self._lag_since = None
         self._replay_resync = True
         self.follower.request_resync()
 
     def _forget_replay(self) -> None:
         """A replay awaited, arrived or replaced belongs to the watch that just ended."""
         self._replay_waiting = self._replay_arrived = self._replay_resync = False
+        self._lag_since = None
 
     def _on_replay_arrived(self) -> None:
         self._replay_arrived = True
+        self._lag_since = None
         if self._replay_waiting:
             self._replay_waiting = False
             self.observers.watch_connected(self._connected_revision)
@@ -492,6 +507,8 @@ class Daemon:
             self._on_stream_state(event)
         elif isinstance(event, ReplayArrived):
             self._on_replay_arrived()
+        elif isinstance(event, ReplayBegan):
+            self._lag_since = time.monotonic()
         elif isinstance(event, SignalReceived):
             self._on_signal(event.signum)
         elif isinstance(event, IoReturned):

@@ -33,12 +33,19 @@ from confsync.errors import (
 )
 from confsync.handoff import Backlog, BacklogDropped, BatchReceived
 from confsync.logs import Repeats
-from confsync.stores import ChangeBatch, ReplayComplete, Snapshot, Store, WatchHandle
+from confsync.stores import (
+    ChangeBatch,
+    ReplayComplete,
+    ReplayStarted,
+    Snapshot,
+    Store,
+    WatchHandle,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "BatchReceived", "ReplayArrived", "SnapshotTaken", "StoreFollower",
-           "StreamState"]
+__all__ = ["Backoff", "BatchReceived", "ReplayArrived", "ReplayBegan", "SnapshotTaken",
+           "StoreFollower", "StreamState"]
 
 # A compaction or a store reset sends every sidecar of a fleet back to a full read at the same
 # moment (a gRPC proxy even cancels all their watches at once): each waits a random part of
@@ -71,6 +78,14 @@ class StreamState:
 @dataclass(frozen=True)
 class ReplayArrived:
     """Every prefix's replay up to the connected StreamState's `replay_until` is queued."""
+
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class ReplayBegan:
+    """A live watch got a lagging one's replay (a gRPC proxy resumed upstream by itself): a
+    ReplayArrived follows once every prefix's part up to it is queued."""
 
     generation: int = 0
 
@@ -147,9 +162,12 @@ class StoreFollower(threading.Thread):
 
     # ---- called from the store's thread
 
-    def _sink(self, item: ChangeBatch | ReplayComplete | Exception) -> None:
+    def _sink(self, item: ChangeBatch | ReplayComplete | ReplayStarted | Exception) -> None:
         if isinstance(item, Exception):
             self._errors.put(item)
+            return
+        if isinstance(item, ReplayStarted):
+            self._backlog.put(ReplayBegan(self.generation))
             return
         if isinstance(item, ReplayComplete):
             self._backlog.put(ReplayArrived(self.generation))

@@ -14,6 +14,7 @@ from confsync.stores.base import (
     Change,
     ChangeBatch,
     ReplayComplete,
+    ReplayStarted,
     Snapshot,
     Store,
     WatchHandle,
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from confsync.settings import Settings
 
 
-__all__ = ["Change", "ChangeBatch", "ReplayComplete", "Snapshot", "Store", "WatchHandle",
-           "WatchSink", "merge_prefixes", "open_snapshot_store", "open_store"]
+__all__ = ["Change", "ChangeBatch", "ReplayComplete", "ReplayStarted", "Snapshot", "Store",
+           "WatchHandle", "WatchSink", "merge_prefixes", "open_snapshot_store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

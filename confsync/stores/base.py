@@ -47,11 +47,22 @@ class ReplayComplete:
     revision: int
 
 
-# The watch sink gets batches in revision order (and at most one ReplayComplete, after the
-# batches it covers), or one exception after which the watch is dead: StoreUnavailable (resume
-# from last revision + 1), RevisionCompacted (take a fresh snapshot) or StoreReset (another
-# cluster, or revisions went back: a fresh snapshot replaces the mirror).
-WatchSink = Callable[[ChangeBatch | ReplayComplete | Exception], None]
+@dataclass(frozen=True)
+class ReplayStarted:
+    """A replay up to `revision` is on its way: said before a resume's watches are created
+    (the first one's replay can come while the next is), or when a live watch got a lagging
+    one's replay (several revisions in one response, or older than the server's: a gRPC proxy
+    resumed its upstream watches itself, one after the other). A ReplayComplete follows once
+    every changed prefix has sent its part; until then the mirror may hold half of a txn."""
+
+    revision: int
+
+
+# The watch sink gets batches in revision order (and a ReplayComplete after the batches it
+# covers, each ReplayStarted followed by one), or one exception after which the watch is dead:
+# StoreUnavailable (resume from last revision + 1), RevisionCompacted (take a fresh snapshot) or
+# StoreReset (another cluster, or revisions went back: a fresh snapshot replaces the mirror).
+WatchSink = Callable[[ChangeBatch | ReplayComplete | ReplayStarted | Exception], None]
 
 
 class WatchHandle(Protocol):

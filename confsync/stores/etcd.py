@@ -54,6 +54,7 @@ from confsync.stores.base import (
     Change,
     ChangeBatch,
     ReplayComplete,
+    ReplayStarted,
     Snapshot,
     WatchHandle,
     WatchSink,
@@ -701,6 +702,9 @@ class _EtcdWatch:
         # quiet since the last snapshot held every other one's resume there, and etcd sent
         # all they had delivered since again (a day of a busy prefix's events, for nothing).
         own = {p: max(start_revision, starts.get(p, start_revision)) for p in prefixes}
+        # The last revision each prefix delivered in this session (a lagging one's replay is
+        # checked against the others': `_check_lag`).
+        self._heard = {p: own[p] - 1 for p in prefixes}
         try:
             self.replay_until = store.check_position(self._client, start_revision,
                                                      self._position_key)
@@ -712,6 +716,10 @@ class _EtcdWatch:
                 missed = max((self.replay_until - (own[p] - 1) for p in self._replaying),
                              default=0)
             store.check_replay(len(prefixes), missed)
+            if self._replaying:
+                # Said before the watches exist: the first one's replay can come while the
+                # next is created (a slow link, a proxy), and must not render alone.
+                self._report(ReplayStarted(self.replay_until))
             for prefix in prefixes:
                 key = prefix.encode()
                 try:
@@ -808,7 +816,7 @@ class _EtcdWatch:
         if closed:  # cancelled meanwhile: cancel() may have missed the new one
             _close_quietly(fresh)
 
-    def _report(self, item: ChangeBatch | ReplayComplete | Exception) -> None:
+    def _report(self, item: ChangeBatch | ReplayComplete | ReplayStarted | Exception) -> None:
         with self._lock:
             if self._dead:
                 return
@@ -839,11 +847,44 @@ class _EtcdWatch:
                 Change(ev.key.decode("utf-8", "surrogateescape"),
                        None if isinstance(ev, pyetcd.events.DeleteEvent) else bytes(ev.value))
                 for ev in response.events)
-            revision = max((int(ev.mod_revision) for ev in response.events),
-                           default=int(response.header.revision))
+            revisions = {int(ev.mod_revision) for ev in response.events}
+            revision = max(revisions, default=int(header.revision))
+            # etcd sends a live change as one revision, at the server's revision: anything
+            # else is a lagging watch's replay (a gRPC proxy that resumed its upstream
+            # watches itself, one after the other), and the other prefixes' parts may follow.
+            lagging = (len(self._heard) > 1 and bool(revisions) and not self._replaying
+                       and (len(revisions) > 1 or int(header.revision) > revision))
+            if lagging:
+                self._report(ReplayStarted(int(header.revision)))
             self._report(ChangeBatch(revision, changes, prefix))
-            if self._replaying and self._replay_arrived(prefix, response):
+            self._heard[prefix] = max(self._heard[prefix], revision)
+            if lagging:
+                self._check_lag(prefix, response)
+            elif self._replaying and self._replay_arrived(prefix, response):
                 self._report(ReplayComplete(self.replay_until))
+
+    def _check_lag(self, prefix: str, response: Any) -> None:
+        """After a lagging replay of `prefix`: which other prefixes changed between what they
+        delivered and its revision (one txn, as at a resume); a ReplayComplete follows once
+        each has sent its part. A failed check ends the watch: the resume knows its replay."""
+        until = int(response.header.revision)
+        others = {p: heard + 1 for p, heard in self._heard.items()
+                  if p != prefix and heard < until}
+        try:
+            changed = (self._store.changed_prefixes(self._client, others, until)
+                       if others else set())
+        except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
+            if not self._closed.is_set():
+                self._report(StoreUnavailable(f"etcd {self._endpoints}: replay check "
+                                              f"failed: {describe_error(exc)}"))
+            return
+        if len({int(ev.mod_revision) for ev in response.events}) >= REPLAY_PART_REVISIONS:
+            changed.add(prefix)  # (a part: the rest of its replay follows)
+        with self._lock:
+            self.replay_until = until
+            self._replaying = changed
+        if not changed:
+            self._report(ReplayComplete(until))
 
     def _replay_arrived(self, prefix: str, response: Any) -> bool:
         """Whether this response ends the last replay still on its way."""

@@ -624,3 +624,29 @@ def test_a_prefix_quiet_since_the_snapshot_does_not_make_a_resume_replay_everyth
             w.output()[-2000:]
     finally:
         proxy.close()
+
+
+def test_a_resume_says_a_replay_is_coming_before_its_first_part(etcd: EtcdMember) -> None:
+    """The replay hold before the watch is back was timed from the snapshot (3 s): a watch
+    creation slower than that (a gRPC proxy reconnecting upstream as confsync resumed) let
+    the first prefix's replay render alone, "10 0". The follower now says a replay is
+    coming (ReplayBegan) before any part of it, and that it has arrived after the last."""
+    c = client(etcd.endpoint)
+    base = f"/begin{time.time_ns()}"
+    a, b = f"{base}/a/", f"{base}/b/"
+    last = int(c.put(a + "n", "0").header.revision)
+    c.transaction(compare=[], failure=[], success=[c.transactions.put(a + "n", "1"),
+                                                   c.transactions.put(b + "n", "1")])
+    store = EtcdStore(EtcdSettings(endpoints=(etcd.endpoint,), timeout=5.0))
+    out: queue.SimpleQueue[object] = queue.SimpleQueue()
+    follower = StoreFollower(store, [a, b], out, resume={a: last, b: last})
+    follower.start()
+    try:
+        events = _events_until(out, lambda ev: any(isinstance(e, watcher.ReplayArrived)
+                                                   for e in ev), 10)
+    finally:
+        follower.stop()
+        follower.join(timeout=10)
+        store.close()
+    kinds = [type(e).__name__ for e in events if not isinstance(e, StreamState)]
+    assert kinds == ["ReplayBegan", "BatchReceived", "BatchReceived", "ReplayArrived"], events

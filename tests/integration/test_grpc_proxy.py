@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.grpc_proxy import GrpcProxy
+from tests.support.tcp_proxy import TcpProxy
 
 LIST = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 
@@ -178,3 +180,46 @@ def test_register_through_the_proxy_keeps_its_lease_and_survives_a_proxy_restart
         assert time.monotonic() - killed <= 2 + 1 + 0.5, "ttl (2s) + 1s, with polling slack"
     finally:
         reg.stop()
+
+
+def test_a_txn_over_two_prefixes_replayed_by_the_proxy_itself_is_rendered_whole(
+        etcd_binary: str, etcd_private: EtcdMember, tmp_path: Path,
+        watchers: list[WatchProcess]) -> None:
+    """The link between the proxy and etcd breaks while txns set /a/n and /b/n alike. The
+    proxy keeps confsync's watches open and resumes its upstream ones itself, one after the
+    other: etcd replays /a's missed revisions, then /b's 100 ms later, to a watch confsync
+    took for live. 1-3 of 5-7 renders mixed two revisions ("20 10"). A response of several
+    revisions is now known for a replay, and renders wait for the other prefix's part."""
+    c = client(etcd_private.endpoint)
+    c.put("/a/n", "0")
+    c.put("/b/n", "0")
+    dest, seen = tmp_path / "out", tmp_path / "seen"
+    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
+                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+    link = TcpProxy(etcd_private.client_port, delay=0.025)
+    upstream = SimpleNamespace(client_port=link.port)  # (the proxy reaches etcd through it)
+    proxy = GrpcProxy(etcd_binary, [upstream], tmp_path / "proxy.log")  # type: ignore[list-item]
+    proxy.start()
+    try:
+        w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", proxy.endpoint,
+                         "--prefix", "", "--wait-min", "0", log=tmp_path / "watch.log")
+        watchers.append(w)
+        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w.wait_log("watching /a, /b", timeout=15)
+        for outage in range(1, 4):
+            link.close()
+            time.sleep(0.3)
+            for i in range(outage * 10 - 9, outage * 10 + 1):
+                c.transaction(compare=[], failure=[], success=[
+                    c.transactions.put("/a/n", str(i)), c.transactions.put("/b/n", str(i))])
+            link = TcpProxy(etcd_private.client_port, port=link.port, delay=0.025)
+            wait_for(lambda o=outage: read(dest) == f"{o * 10} {o * 10}\n", timeout=20,
+                     what=f"the proxy's replay {outage}\n{w.output()[-2000:]}")
+        assert "degraded" not in w.output()  # (confsync's own watch never broke)
+    finally:
+        link.close()
+        proxy.stop()
+    lines = read(seen).splitlines()
+    mixed = [line for line in lines if len(set(line.split())) != 1]
+    assert not mixed, f"{len(mixed)} of {len(lines)} renders mixed two revisions: {mixed}"
