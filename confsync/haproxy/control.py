@@ -37,6 +37,7 @@ from confsync.haproxy.runtime import (
     pool_differences,
     reconcile,
     save_server_state,
+    update_saved_state,
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
@@ -563,8 +564,19 @@ class HAProxyController(ReloadTarget):
             kept = save_server_state(admin, state_file, old, new, self.parked)
             log.debug("resource %s: saved state of %d server(s) to %s", name, kept, state_file)
             return
-        except RuntimeApplyFailed as exc:  # HAProxy does not answer: nothing to save
-            log.debug("resource %s: no server state saved (%s)", name, exc)
+        except RuntimeApplyFailed as exc:  # HAProxy does not answer (stopped, say)
+            log.debug("resource %s: no server state from HAProxy (%s)", name, exc)
+            try:
+                # Its next start loads the file saved last: kept but for the servers etcd
+                # changed (an operator's maintenance survives a stop, as without confsync).
+                updated = update_saved_state(state_file, old, new, self.parked)
+                log.debug("resource %s: kept the state of %s server(s) in %s", name, updated,
+                          state_file)
+                return
+            except RuntimeApplyFailed as exc:  # not a state file
+                log.debug("resource %s: %s", name, exc)
+            except OSError as exc:
+                unwritable = exc.strerror or str(exc)
         except OSError as exc:  # a read-only /var/lib/haproxy (ProtectSystem=strict), say
             unwritable = exc.strerror or str(exc)
         # A stale state file would override addresses from the new config: remove it. Neither
