@@ -521,8 +521,9 @@ class HAProxyController(ReloadTarget):
             started = _master_started(master_pid) if master_pid is not None else None
             if started is not None and started > entered:
                 # Started (by someone else) while this step ran: it read this very file.
-                return ReloadResult(ReloadKind.IN_STEP, f"HAProxy master pid {master_pid} "
-                                    "started after the file was in place; nothing to reload")
+                done = self._started_in_step(admin, old, new, master_pid)
+                if done is not None:
+                    return done
         check_binds_free(old, new, master_pid)
         self._save_state(admin, old, new)
         if master is None:
@@ -543,6 +544,36 @@ class HAProxyController(ReloadTarget):
                             f"reloaded HAProxy ({why}) by {how}, confirmed in "
                             f"{seconds * 1000:.0f} ms (reload #{status.reloads}, failed "
                             f"{status.failed})")
+
+    def _started_in_step(self, admin: AdminSocket | None, old: HAProxyConfig | None,
+                         new: HAProxyConfig, pid: int | None) -> ReloadResult | None:
+        """HAProxy (master `pid`) started during this step read the new file, but perhaps
+        with the server state saved for the previous one (this step had not brought it to
+        the new file yet), which 2.6 lets override a server's address, port and maintenance:
+        a server etcd moved was served at its old address until it changed again. Its
+        servers are brought in step with the file through the runtime API, as a runtime pass
+        from `old` would (an operator's maintenance of a server etcd left alone stays), and
+        the state saved for `new`. None when that fails: the caller reloads."""
+        done = f"HAProxy master pid {pid} started after the file was in place"
+        if not new.state_file:
+            return ReloadResult(ReloadKind.IN_STEP, f"{done}; nothing to reload")
+        if admin is None:
+            return None
+        try:
+            sent = reconcile(admin, old, new, self.parked)
+        except RuntimeApplyFailed as exc:
+            log.warning("resource %s: %s; its servers cannot be compared with the file (%s): "
+                        "reloading", self.resource.name, done, exc)
+            return None
+        if sent is None:
+            return None
+        self._save_state(admin, old, new)
+        if sent:
+            log.warning("resource %s: %s with a server state saved for the previous one; "
+                        "brought in step: %s", self.resource.name, done, "; ".join(sent[:5]))
+            return ReloadResult(ReloadKind.RUNTIME, f"{done}; runtime API: {len(sent)} "
+                                f"command(s) on {admin.path}, no reload")
+        return ReloadResult(ReloadKind.IN_STEP, f"{done}; nothing to reload")
 
     def _save_state(self, admin: AdminSocket | None, old: HAProxyConfig | None,
                     new: HAProxyConfig) -> None:
