@@ -37,6 +37,7 @@ from confsync.haproxy.runtime import (
     pool_differences,
     reconcile,
     save_server_state,
+    update_saved_state,
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
@@ -520,8 +521,9 @@ class HAProxyController(ReloadTarget):
             started = _master_started(master_pid) if master_pid is not None else None
             if started is not None and started > entered:
                 # Started (by someone else) while this step ran: it read this very file.
-                return ReloadResult(ReloadKind.IN_STEP, f"HAProxy master pid {master_pid} "
-                                    "started after the file was in place; nothing to reload")
+                done = self._started_in_step(admin, old, new, master_pid)
+                if done is not None:
+                    return done
         check_binds_free(old, new, master_pid)
         self._save_state(admin, old, new)
         if master is None:
@@ -543,6 +545,36 @@ class HAProxyController(ReloadTarget):
                             f"{seconds * 1000:.0f} ms (reload #{status.reloads}, failed "
                             f"{status.failed})")
 
+    def _started_in_step(self, admin: AdminSocket | None, old: HAProxyConfig | None,
+                         new: HAProxyConfig, pid: int | None) -> ReloadResult | None:
+        """HAProxy (master `pid`) started during this step read the new file, but perhaps
+        with the server state saved for the previous one (this step had not brought it to
+        the new file yet), which 2.6 lets override a server's address, port and maintenance:
+        a server etcd moved was served at its old address until it changed again. Its
+        servers are brought in step with the file through the runtime API, as a runtime pass
+        from `old` would (an operator's maintenance of a server etcd left alone stays), and
+        the state saved for `new`. None when that fails: the caller reloads."""
+        done = f"HAProxy master pid {pid} started after the file was in place"
+        if not new.state_file:
+            return ReloadResult(ReloadKind.IN_STEP, f"{done}; nothing to reload")
+        if admin is None:
+            return None
+        try:
+            sent = reconcile(admin, old, new, self.parked)
+        except RuntimeApplyFailed as exc:
+            log.warning("resource %s: %s; its servers cannot be compared with the file (%s): "
+                        "reloading", self.resource.name, done, exc)
+            return None
+        if sent is None:
+            return None
+        self._save_state(admin, old, new)
+        if sent:
+            log.warning("resource %s: %s with a server state saved for the previous one; "
+                        "brought in step: %s", self.resource.name, done, "; ".join(sent[:5]))
+            return ReloadResult(ReloadKind.RUNTIME, f"{done}; runtime API: {len(sent)} "
+                                f"command(s) on {admin.path}, no reload")
+        return ReloadResult(ReloadKind.IN_STEP, f"{done}; nothing to reload")
+
     def _save_state(self, admin: AdminSocket | None, old: HAProxyConfig | None,
                     new: HAProxyConfig) -> None:
         """Make the server-state file agree with `new` (and keep what HAProxy knows of health).
@@ -563,8 +595,19 @@ class HAProxyController(ReloadTarget):
             kept = save_server_state(admin, state_file, old, new, self.parked)
             log.debug("resource %s: saved state of %d server(s) to %s", name, kept, state_file)
             return
-        except RuntimeApplyFailed as exc:  # HAProxy does not answer: nothing to save
-            log.debug("resource %s: no server state saved (%s)", name, exc)
+        except RuntimeApplyFailed as exc:  # HAProxy does not answer (stopped, say)
+            log.debug("resource %s: no server state from HAProxy (%s)", name, exc)
+            try:
+                # Its next start loads the file saved last: kept but for the servers etcd
+                # changed (an operator's maintenance survives a stop, as without confsync).
+                updated = update_saved_state(state_file, old, new, self.parked)
+                log.debug("resource %s: kept the state of %s server(s) in %s", name, updated,
+                          state_file)
+                return
+            except RuntimeApplyFailed as exc:  # not a state file
+                log.debug("resource %s: %s", name, exc)
+            except OSError as exc:
+                unwritable = exc.strerror or str(exc)
         except OSError as exc:  # a read-only /var/lib/haproxy (ProtectSystem=strict), say
             unwritable = exc.strerror or str(exc)
         # A stale state file would override addresses from the new config: remove it. Neither

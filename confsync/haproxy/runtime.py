@@ -290,8 +290,40 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     filled at runtime, a server of another file HAProxy loads) keeps its whole state: it is
     not ours to reset. (A line of a backend or server the reload drops is ignored by HAProxy.)
     """
+    content, count = _kept(_servers_state(admin, retry_for=0.5), old, new, parked)
+    _replace(state_file, content)
+    return count
+
+
+def update_saved_state(state_file: Path, old: HAProxyConfig | None, new: HAProxyConfig,
+                       parked: Iterable[str] = ()) -> int | None:
+    """With no HAProxy to ask (stopped for an upgrade, a reboot): bring the state file its
+    next start loads to `new` as `save_server_state` would, from the lines saved last; return
+    lines kept, None when there is no file. RuntimeApplyFailed when it is no state file,
+    OSError when it cannot be read or written.
+
+    Removing it (as before) made that start forget what a plain stop and start keeps: an
+    operator's maintenance, servers known DOWN. Only the lines of servers etcd changed or
+    removed go, so those start as the config says.
+    """
+    try:
+        raw = state_file.read_bytes()
+    except FileNotFoundError:
+        return None
+    lines = raw.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        raise RuntimeApplyFailed(f"{state_file} is no `show servers state` output")
+    content, count = _kept(lines, old, new, parked)
+    if content != raw:  # (nothing written when nothing changes: a read-only dir)
+        _replace(state_file, content)
+    return count
+
+
+def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
+          parked: Iterable[str]) -> tuple[bytes, int]:
+    """The `show servers state` `lines` that agree with `new` (`save_server_state`), as the
+    file's content; with how many server lines that is."""
     ours = managed(old, parked) if old is not None else set(parked)
-    lines = _servers_state(admin, retry_for=0.5)
     kept = [lines[0]]
     count = 0
     for line in lines[1:]:
@@ -322,8 +354,7 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
         else:
             continue
         count += 1
-    _replace(state_file, ("\n".join(kept) + "\n").encode())
-    return count
+    return ("\n".join(kept) + "\n").encode(), count
 
 
 def _admin_kept(admin_state: int, server: Server, unchanged: bool | None) -> bool:

@@ -312,3 +312,36 @@ def test_state_saved_for_a_reload_into_an_unknown_previous_file_keeps_runtime_ma
     runtime.save_server_state(runtime.AdminSocket(Path("/nonexistent")), path, None, new)
     saved = {fields[3]: fields[6] for fields in map(str.split, path.read_text().splitlines()[2:])}
     assert saved == {"op": "1", "drained": "8", "x": "1"}
+
+
+def test_with_haproxy_stopped_the_saved_state_is_kept_but_for_servers_etcd_changed(
+        tmp_path: Path) -> None:
+    """No HAProxy to ask: the file its next start loads keeps an operator's maintenance and
+    health of the servers etcd left alone; a server etcd changed or removed loses its line
+    (the config wins); a server of no file of ours keeps it. Nothing is written when nothing
+    changes (a read-only directory is no failure then), nor made when there is no file."""
+    from confsync.haproxy.runtime import RuntimeApplyFailed, update_saved_state
+
+    def line(name: str, port: int, admin: int, backend: str = "be_web") -> str:
+        return (f"3 {backend} 1 {name} 10.0.0.1 0 {admin} 10 10 0 1 0 2 6 0 0 0 - {port} - 0 0"
+                " - - 0")
+
+    old = parse(cfg(*(f"server {n} 10.0.0.1:{p} weight 10 check"
+                      for n, p in (("kept", 81), ("moved", 82), ("gone", 83)))))
+    new = parse(cfg("server kept 10.0.0.1:81 weight 10 check",
+                    "server moved 10.0.0.1:92 weight 10 check"))
+    path = tmp_path / "state"
+    assert update_saved_state(path, old, new) is None and not path.exists()
+    path.write_text("\n".join(["1", "# be_id be_name ...", line("kept", 81, 1),
+                               line("moved", 82, 1), line("gone", 83, 0),
+                               line("x", 85, 1, backend="be_two")]) + "\n")
+    assert update_saved_state(path, old, new) == 2
+    saved = {fields[3]: fields[6] for fields in map(str.split, path.read_text().splitlines()[2:])}
+    assert saved == {"kept": "1", "x": "1"}
+    written = path.stat()
+    assert update_saved_state(path, new, new) == 2  # nothing to change: nothing written
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (written.st_ino,
+                                                             written.st_mtime_ns)
+    path.write_text("garbage\n")
+    with pytest.raises(RuntimeApplyFailed):
+        update_saved_state(path, old, new)
