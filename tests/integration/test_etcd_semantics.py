@@ -394,18 +394,35 @@ def test_a_snapshot_bigger_than_a_grpc_message_is_read_in_pages_at_one_revision(
         store.close()
 
 
-def _two_prefixes_at_zero(etcd: EtcdMember, tmp_path: Path) -> tuple[Any, Path, Path]:
-    """/a/n and /b/n at 0, and a resource rendering both whose reload appends each file it
-    installs to `seen`: (a client, dest, seen)."""
+def _two_prefixes_at_zero(etcd: EtcdMember, tmp_path: Path,
+                          record: bool = True) -> tuple[Any, Path, Path]:
+    """/a/n and /b/n at 0, and a resource rendering both whose reload (unless not `record`)
+    appends each file it installs to `seen`: (a client, dest, seen)."""
     c = client(etcd.endpoint)
     c.put("/a/n", "0")
     c.put("/b/n", "0")
     dest = tmp_path / "out"
     seen = tmp_path / "seen"
+    reload = f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]' if record else ""
     write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n'
-                   f'reload_cmd = ["sh", "-c", "cat {dest} >> {seen}"]')
+                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n' + reload)
     return c, dest, seen
+
+
+def _watch_first_render(watchers: list[WatchProcess], tmp_path: Path, proxy: TcpProxy,
+                        dest: Path) -> WatchProcess:
+    """A watch of the two prefixes through `proxy`, once it has rendered "0 0"."""
+    w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
+    wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+    return w
+
+
+def _cut(w: WatchProcess, proxy: TcpProxy, outage: int = 1) -> None:
+    """Close `proxy` once the watch of /a and /b is up for the `outage`th time, and wait until
+    the watch knows it is down."""
+    w.wait_log("watching /a, /b", count=outage, timeout=15)
+    proxy.close()
+    w.wait_log("degraded", count=outage, timeout=15)
 
 
 def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
@@ -417,12 +434,9 @@ def test_the_replays_of_two_prefixes_after_a_reconnect_are_rendered_together(
     c, dest, seen = _two_prefixes_at_zero(etcd_private, tmp_path)
     proxy = TcpProxy(etcd_private.client_port, delay=0.025)
     try:
-        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
-        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w = _watch_first_render(watchers, tmp_path, proxy, dest)
         for outage in range(1, 4):
-            w.wait_log("watching /a, /b", count=outage, timeout=15)
-            proxy.close()
-            w.wait_log("degraded", count=outage, timeout=15)
+            _cut(w, proxy, outage)
             for i in range(outage * 10 - 9, outage * 10 + 1):
                 c.transaction(compare=[], failure=[], success=[
                     c.transactions.put("/a/n", str(i)), c.transactions.put("/b/n", str(i))])
@@ -440,12 +454,7 @@ def test_after_a_reconnect_under_steady_writes_the_file_catches_up_at_once(
     (a pool's churn, here a put every 50 ms) that quiet never came, and every reconnect (a
     member restarted by an upgrade) left the file 3 s (CATCH_UP_MAX) behind etcd. Only the
     replay (batches up to the revision the server had as the watch came back) counts now."""
-    c = client(etcd_private.endpoint)
-    c.put("/a/n", "0")
-    c.put("/b/n", "0")
-    dest = tmp_path / "out"
-    write_resource(tmp_path / "cd", "ab", "{{ getv('/a/n') }} {{ getv('/b/n') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/a", "/b"]\n')
+    c, dest, _ = _two_prefixes_at_zero(etcd_private, tmp_path, record=False)
     written = [0]
     stop = threading.Event()
 
@@ -459,8 +468,7 @@ def test_after_a_reconnect_under_steady_writes_the_file_catches_up_at_once(
     proxy = TcpProxy(etcd_private.client_port)
     thread = threading.Thread(target=writer, daemon=True)
     try:
-        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
-        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w = _watch_first_render(watchers, tmp_path, proxy, dest)
         w.wait_log("watching /a, /b", timeout=15)
         thread.start()
         proxy.close()
@@ -504,11 +512,8 @@ def test_a_long_replay_of_two_prefixes_is_never_rendered_in_parts(
 
     proxy = TcpProxy(etcd_private.client_port)
     try:
-        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
-        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
-        w.wait_log("watching /a, /b", timeout=15)
-        proxy.close()
-        w.wait_log("degraded", timeout=15)
+        w = _watch_first_render(watchers, tmp_path, proxy, dest)
+        _cut(w, proxy)
         threads = [threading.Thread(target=writer, args=(part,)) for part in range(4)]
         for thread in threads:
             thread.start()
@@ -540,12 +545,9 @@ def test_a_short_replay_of_two_prefixes_behind_a_stalled_link_is_rendered_whole(
     c, dest, seen = _two_prefixes_at_zero(etcd_private, tmp_path)
     proxy = TcpProxy(etcd_private.client_port, delay=0.025)
     try:
-        w = _watch(watchers, tmp_path, proxy.endpoint, "", "--wait-min", "0")
-        wait_for(lambda: read(dest) == "0 0\n", timeout=15, what="first render")
+        w = _watch_first_render(watchers, tmp_path, proxy, dest)
         for outage in range(1, 4):
-            w.wait_log("watching /a, /b", count=outage, timeout=15)
-            proxy.close()
-            w.wait_log("degraded", count=outage, timeout=15)
+            _cut(w, proxy, outage)
             for i in range(400):
                 if i % 10 == 0:
                     n = str(outage * 40 + i // 10 - 39)
