@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ast
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import pytest
@@ -335,6 +335,21 @@ def test_a_failed_owed_reload_does_not_claim_a_file_it_never_restored(tmp_path: 
     assert res.dest.read_text() == "server 10.0.0.1:80\n" and res.name in syncer.reload_owed
 
 
+def _refuse_untouched(target: FakeTarget) -> Callable[[], None]:
+    """Make `target`'s reloads fail before it saw anything (`untouched`) until the function
+    returned is called; from then on each is confirmed and counted in `target.reloads`."""
+    refused = [True]
+
+    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
+        if refused:
+            raise ReloadFailed("a bind on a port held by someone else", untouched=True)
+        target.reloads += 1
+        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
+
+    target.reload = reload  # type: ignore[method-assign]
+    return refused.clear
+
+
 @pytest.mark.parametrize("before", ["running it", "owed", "never asked"])
 def test_a_rollback_owes_a_reload_only_where_the_file_put_back_may_not_run(
         tmp_path: Path, before: str) -> None:
@@ -350,22 +365,14 @@ def test_a_rollback_owes_a_reload_only_where_the_file_put_back_may_not_run(
         assert outcome.status == UNCHANGED and target.probes
     if before == "owed":
         syncer.reload_owed.add(res.name)
-    refused = True
-
-    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
-        if refused:
-            raise ReloadFailed("a bind on a port held by someone else", untouched=True)
-        target.reloads += 1
-        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
-
-    target.reload = reload  # type: ignore[method-assign]
+    accept = _refuse_untouched(target)
     mirror.load(Snapshot(2, {"/pool/a": b"10.0.0.2:80"}))
     (outcome,) = syncer.apply([res])
     assert outcome.error is not None and "previous file restored" in outcome.error.reason
     assert res.dest.read_text() == "server 10.0.0.1:80\n"
     owes = before != "running it"
     assert (res.name in syncer.reload_owed) is owes
-    refused = False
+    accept()
     mirror.load(Snapshot(3, {"/pool/a": b"10.0.0.1:80"}))  # the data as the file put back
     (outcome,) = syncer.apply([res])
     assert outcome.error is None and target.reloads == owes
@@ -378,17 +385,9 @@ def test_a_stale_target_whose_reload_was_refused_untouched_is_reloaded_by_the_re
     before anything was sent leaves it on that older file, so the reload stays owed."""
     syncer, res, target, _ = _setup(tmp_path, Liveness.STALE)
     res.dest.write_text("server 10.0.0.1:80\n")
-    refused = True
-
-    def reload(previous: bytes | None, content: bytes | None) -> ReloadResult:
-        if refused:
-            raise ReloadFailed("a bind on a port held by someone else", untouched=True)
-        target.reloads += 1
-        return ReloadResult(ReloadKind.CONFIRMED, "reloaded")
-
-    target.reload = reload  # type: ignore[method-assign]
+    accept = _refuse_untouched(target)
     (outcome,) = syncer.apply([res])
     assert outcome.error is not None and res.name in syncer.reload_owed
-    refused = False
+    accept()
     (outcome,) = syncer.apply([res])  # the retry
     assert outcome.error is None and target.reloads == 1 and res.name not in syncer.reload_owed
