@@ -8,39 +8,25 @@ without a reload step, here) was never made live, with `/ready` 200 on the stale
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import REPO, write_resource
-from tests.support.daemon import WatchProcess
+from tests.support.cli import write_resource
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.haproxy_files import TWO, once_in, watching
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
-
-TWO = """frontend fe_two
-    bind 127.0.0.1:{port}
-    default_backend be_two
-
-backend be_two
-    balance roundrobin
-{{% for kv in gets("/two/servers/*") %}}    server {{{{ kv.key | base | identifier }}}} \
-127.0.0.1:{{{{ kv.value | port }}}}
-{{% endfor %}}"""
 
 
 def _two(confdir: Path, stack: HAProxyStack, port: int, strategy: str, reload: bool) -> Path:
     """The second resource (its own frontend and backend) in `confdir`; `reload` false: no
     [haproxy] table, so a pass writes the file and makes nothing live."""
     dest = stack.base / "two.cfg"
-    write_resource(confdir, "two", TWO.format(port=port),
+    write_resource(confdir, "two", TWO.format(port=port, options=""),
                    f'dest = "{dest}"\nkeys = ["/two"]\n' + (
                        f'[haproxy]\nreload_strategy = "{strategy}"\n'
                        f'master_socket = "{stack.master}"\nruntime_socket = "{stack.admin}"\n'
@@ -75,22 +61,13 @@ def test_a_second_file_changed_while_watch_was_down_is_made_live_at_its_start(
         elsewhere = tmp_path / "confdir"
         elsewhere.mkdir()
         _two(elsewhere, stack, two_port, strategy, reload=False)
-        once = subprocess.run([sys.executable, "-m", "confsync", "once", "--confdir",
-                               str(elsewhere), *stack.cli_args()[2:]], cwd=REPO,
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert once.returncode == 0, once.stderr
+        once_in(elsewhere, stack)
         assert f":{backends['c'].port}" in stack.others[0].read_text()
         assert spread(two_port, 4) == {"b": 4}  # HAProxy runs the old two.cfg
         if first_too:
             stack.put_instance("web", "b", backends["b"].port)
 
-        metrics = free_port()
-        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
-                             "--metrics-address", f"127.0.0.1:{metrics}",
-                             log=tmp_path / "watch.log")
-        try:
-            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        with watching(stack, tmp_path) as watch:
             wait_for(lambda: spread(two_port, 4) == {"c": 4}, timeout=5)
             if first_too:
                 assert spread(stack.port, 4) == {"a": 2, "b": 2}
@@ -100,7 +77,5 @@ def test_a_second_file_changed_while_watch_was_down_is_made_live_at_its_start(
                 assert "resource two:" in output and "making the file live" in output, output
             assert "Traceback" not in output
             assert stack.status().reloads == reloads + (strategy == "reload")
-        finally:
-            watch.stop()
     finally:
         stack.stop()

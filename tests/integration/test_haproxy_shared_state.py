@@ -12,33 +12,20 @@ down) lost the same.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from confsync.haproxy.runtime import AdminSocket, live_servers
-from tests.support.cli import REPO, write_resource
-from tests.support.daemon import WatchProcess
+from tests.support.cli import write_resource
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.haproxy_files import TWO, once_in, watching
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
-TWO = """frontend fe_two
-    bind 127.0.0.1:{port}
-    default_backend be_two
-
-backend be_two
-    balance roundrobin
-{{% for kv in gets("/two/servers/*") %}}    server {{{{ kv.key | base | identifier }}}} \
-127.0.0.1:{{{{ kv.value | port }}}} weight 10 check inter 100ms fall 2
-{{% endfor %}}"""
 DEAD = " dead 127.0.0.1 0 "  # srv_name srv_addr srv_op_state=STOPPED (known DOWN)
 
 
@@ -46,7 +33,8 @@ def _shared(stack: HAProxyStack, backends: dict[str, HTTPBackend], two_port: int
     """be_web (a, b) in haproxy.cfg and be_two (x, y, a dead one) in two.cfg, both resources
     of one HAProxy, running; an operator has put be_web/a and be_two/x in maintenance."""
     dest = stack.base / "two.cfg"
-    write_resource(stack.confdir, "two", TWO.format(port=two_port),
+    write_resource(stack.confdir, "two",
+                   TWO.format(port=two_port, options=" weight 10 check inter 100ms fall 2"),
                    f'dest = "{dest}"\nkeys = ["/two"]\n[haproxy]\n'
                    f'reload_strategy = "{stack.strategy}"\n'
                    f'master_socket = "{stack.master}"\nruntime_socket = "{stack.admin}"\n')
@@ -124,19 +112,10 @@ def test_a_repair_at_start_keeps_an_operators_maintenance_and_the_other_files_st
         (elsewhere / "conf.d").mkdir(parents=True)
         resource = (stack.confdir / "conf.d" / "haproxy.toml").read_text()
         (elsewhere / "conf.d" / "haproxy.toml").write_text(resource.split("[haproxy]")[0])
-        once = subprocess.run([sys.executable, "-m", "confsync", "once", "--confdir",
-                               str(elsewhere), *stack.cli_args()[2:]], cwd=REPO,
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert once.returncode == 0, once.stderr
+        once_in(elsewhere, stack)
         assert "be_api" in stack.cfg.read_text()
 
-        metrics = free_port()
-        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
-                             "--metrics-address", f"127.0.0.1:{metrics}",
-                             log=tmp_path / "watch.log")
-        try:
-            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        with watching(stack, tmp_path) as watch:
             wait_for(lambda: spread(stack.port, 2, path="/api/x") == {"c": 2}, timeout=5)
             output = watch.output()
             assert "making the file live" in output and "Traceback" not in output, output
@@ -145,8 +124,6 @@ def test_a_repair_at_start_keeps_an_operators_maintenance_and_the_other_files_st
             assert DEAD in stack.admin_command("show servers state be_two")
             assert spread(stack.port, 4) == {"b": 4}
             assert spread(two_port, 4) == {"c": 4}
-        finally:
-            watch.stop()
     finally:
         stack.stop()
 
@@ -184,12 +161,7 @@ def test_txns_over_both_files_keep_every_servers_state_under_watch(
     stack = HAProxyStack(haproxy_binary, etcd.endpoint)
     try:
         _shared(stack, backends, two_port)
-        metrics = free_port()
-        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
-                             "--metrics-address", f"127.0.0.1:{metrics}",
-                             log=tmp_path / "watch.log")
-        try:
-            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        with watching(stack, tmp_path) as watch:
             reloads = stack.status().reloads
             c = stack.client
             c.transaction(compare=[], failure=[], success=[
@@ -212,7 +184,5 @@ def test_txns_over_both_files_keep_every_servers_state_under_watch(
             assert DEAD in stack.admin_command("show servers state be_two")
             assert set(spread(two_port, 9)) == {"a", "b", "c"}
             assert "Traceback" not in watch.output()
-        finally:
-            watch.stop()
     finally:
         stack.stop()
