@@ -13,7 +13,8 @@ it the whole configuration (see the maintenance test).
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.haproxy_files import watching
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -43,9 +44,8 @@ backend be_two
 {{% endfor %}}"""
 
 
-def _watching(stack: HAProxyStack, backends: dict[str, HTTPBackend],
-              tmp_path: Path) -> WatchProcess:
-    """haproxy.cfg (be_web: a) and two.cfg (be_two: x) of one HAProxy, under `watch`."""
+def _two_files(stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """haproxy.cfg (be_web: a) and two.cfg (be_two: x) of one HAProxy, running."""
     dest = stack.base / "two.cfg"
     write_resource(stack.confdir, "two", TWO.format(port=free_port()),
                    f'dest = "{dest}"\nkeys = ["/two"]\n[haproxy]\n'
@@ -56,11 +56,21 @@ def _watching(stack: HAProxyStack, backends: dict[str, HTTPBackend],
     stack.put("/two/servers/x", str(backends["b"].port))
     stack.sync_ok()
     stack.start()
-    metrics = free_port()
-    watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
-                         "--metrics-address", f"127.0.0.1:{metrics}", log=tmp_path / "watch.log")
-    wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
-    return watch
+
+
+@contextmanager
+def _watching(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+              tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess, socket.socket]]:
+    """`_two_files` under `watch`, and a socket to hold a port with: (stack, watch, held)."""
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint)
+    held = socket.socket()
+    try:
+        _two_files(stack, backends)
+        with watching(stack, tmp_path) as watch:
+            yield stack, watch, held
+    finally:
+        held.close()
+        stack.stop()
 
 
 def _refused(stack: HAProxyStack, watch: WatchProcess, held: socket.socket,
@@ -96,25 +106,16 @@ def test_a_rolled_back_file_does_not_hold_back_the_other_files_changes(
         tmp_path: Path) -> None:
     """The other file's pool change is made live (it was refused with two.cfg's `bind`), and
     what two.cfg's rollback took away is not: not its server z either."""
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint)
-    held = socket.socket()
-    try:
-        watch = _watching(stack, backends, tmp_path)
-        try:
-            port = _refused(stack, watch, held, server=backends["c"].port)
-            stack.put_instance("web", "c", backends["c"].port)  # haproxy.cfg: a pool change
-            _until(lambda: "c" in _web(stack), watch)
-            # (nor is the refused two.cfg's server sent through the runtime API by that pass)
-            assert set(live_servers(AdminSocket(stack.admin))["be_two"]) == {"x"}
-            held.close()  # the fault stops: two.cfg is made live by its retry
-            _until(lambda: http_get(port)[0] == 200, watch, timeout=10)
-            assert set(live_servers(AdminSocket(stack.admin))["be_two"]) == {"x", "z"}
-            assert "Traceback" not in watch.output()
-        finally:
-            watch.stop()
-    finally:
-        held.close()
-        stack.stop()
+    with _watching(haproxy_binary, etcd, backends, tmp_path) as (stack, watch, held):
+        port = _refused(stack, watch, held, server=backends["c"].port)
+        stack.put_instance("web", "c", backends["c"].port)  # haproxy.cfg: a pool change
+        _until(lambda: "c" in _web(stack), watch)
+        # (nor is the refused two.cfg's server sent through the runtime API by that pass)
+        assert set(live_servers(AdminSocket(stack.admin))["be_two"]) == {"x"}
+        held.close()  # the fault stops: two.cfg is made live by its retry
+        _until(lambda: http_get(port)[0] == 200, watch, timeout=10)
+        assert set(live_servers(AdminSocket(stack.admin))["be_two"]) == {"x", "z"}
+        assert "Traceback" not in watch.output()
 
 
 def test_a_maintenance_etcd_lifts_beside_a_rolled_back_file_is_lifted(
@@ -124,23 +125,14 @@ def test_a_maintenance_etcd_lifts_beside_a_rolled_back_file_is_lifted(
     unknown, and with it the whole configuration: the maintenance etcd had set at runtime on a
     server of the other file, lifted now, was kept as if an operator's (server out of rotation,
     and for good: later passes found its line unchanged)."""
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint)
-    held = socket.socket()
-    try:
-        watch = _watching(stack, backends, tmp_path)
-        try:
-            stack.put_instance("web", "a", backends["a"].port, state="maint")
-            _until(lambda: _web(stack)["a"].maint, watch)
-            port = _refused(stack, watch, held)
-            stack.put_instance("web", "a", backends["a"].port)  # etcd: back in rotation
-            _until(lambda: not _web(stack)["a"].maint, watch)
-            held.close()
-            _until(lambda: http_get(port)[0] == 200, watch, timeout=10)
-            assert not _web(stack)["a"].maint
-            assert spread(stack.port, 2) == {"a": 2}
-            assert "Traceback" not in watch.output()
-        finally:
-            watch.stop()
-    finally:
+    with _watching(haproxy_binary, etcd, backends, tmp_path) as (stack, watch, held):
+        stack.put_instance("web", "a", backends["a"].port, state="maint")
+        _until(lambda: _web(stack)["a"].maint, watch)
+        port = _refused(stack, watch, held)
+        stack.put_instance("web", "a", backends["a"].port)  # etcd: back in rotation
+        _until(lambda: not _web(stack)["a"].maint, watch)
         held.close()
-        stack.stop()
+        _until(lambda: http_get(port)[0] == 200, watch, timeout=10)
+        assert not _web(stack)["a"].maint
+        assert spread(stack.port, 2) == {"a": 2}
+        assert "Traceback" not in watch.output()
