@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from tests.support.cli import REPO
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.haproxy_race import started_in_the_reload_step
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import haproxy_not_running, ready
 
@@ -186,31 +186,14 @@ def test_haproxy_started_while_the_reload_step_runs_is_not_reloaded(
     """HAProxy started (by someone else) after the file was installed, while confsync's reload
     step looks for its master: it read the new file, so the step reloads nothing."""
 
-    from confsync.haproxy import control
     from confsync.haproxy.settings import HAProxySettings
-    from confsync.plugins import PluginConfig
-    from confsync.resources import Resource
     from confsync.targets import ReloadKind
 
     stack.put_basics()
     stack.put_instance("web", "a", backends["a"].port)
     stack.sync_ok()  # installed while nothing runs
     settings = HAProxySettings(master_socket=stack.master)
-    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=stack.cfg,
-                        dest=stack.cfg, keys=("/x",), prefix="", reload_timeout=10.0,
-                        plugin=PluginConfig("haproxy", settings))
-    controller = control.HAProxyController(resource, settings)
-    real = control.show_proc
-    started: list[bool] = []
-
-    def start_then_show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> Any:
-        if not started:
-            started.append(True)
-            time.sleep(0.03)  # a clock tick (10 ms) later: within one, it cannot be told apart
-            stack.start()
-        return real(path, retry_for=retry_for, timeout=timeout)
-
-    monkeypatch.setattr(control, "show_proc", start_then_show_proc)
+    controller, started = started_in_the_reload_step(stack, tmp_path, settings, monkeypatch)
     content = stack.cfg.read_bytes()
     result = controller.reload(None, content)
     assert started and result.kind is ReloadKind.IN_STEP, result

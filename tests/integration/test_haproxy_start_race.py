@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from confsync.haproxy import control
 from confsync.haproxy.runtime import AdminSocket, live_servers
 from confsync.haproxy.settings import HAProxySettings, Strategy
-from confsync.plugins import PluginConfig
-from confsync.resources import Resource
 from confsync.targets import ReloadKind
 from tests.support.cli import REPO
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, spread
+from tests.support.haproxy_race import started_in_the_reload_step
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -72,21 +68,7 @@ def test_haproxy_started_in_the_reload_step_serves_etcds_pool_and_an_operators_m
 
     strategy = Strategy.RUNTIME if stack.strategy == "runtime" else Strategy.RELOAD
     settings = HAProxySettings(master_socket=stack.master, strategy=strategy)
-    resource = Resource(name="haproxy", source=tmp_path / "haproxy.toml", src=stack.cfg,
-                        dest=stack.cfg, keys=("/x",), prefix="", reload_timeout=10.0,
-                        plugin=PluginConfig("haproxy", settings))
-    controller = control.HAProxyController(resource, settings)
-    real = control.show_proc
-    started: list[bool] = []
-
-    def start_then_show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> Any:
-        if not started:
-            started.append(True)
-            time.sleep(0.03)  # a clock tick later, as in test_haproxy_ready
-            stack.start()
-        return real(path, retry_for=retry_for, timeout=timeout)
-
-    monkeypatch.setattr(control, "show_proc", start_then_show_proc)
+    controller, started = started_in_the_reload_step(stack, tmp_path, settings, monkeypatch)
     result = controller.reload(previous, content)
     assert started and result.kind is not ReloadKind.NO_TARGET, result
     assert spread(stack.port, 4) == {"c": 4}  # b at its new port; a still in maintenance
