@@ -18,19 +18,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from confsync import render_purity
 from confsync.mirror import Mirror
+from confsync.render_memo import output_digest
 from confsync.resources import Resource
-
-try:  # what hashlib.blake2b is, without hashlib's loading of OpenSSL
-    from _blake2 import blake2b
-except ImportError:  # (another Python)
-    from hashlib import blake2b
 
 if TYPE_CHECKING:
     from confsync.renderer import Renderer
-
-
-def _digest(content: bytes) -> bytes:
-    return blake2b(content, digest_size=20).digest()
 
 
 class _Judged(NamedTuple):
@@ -38,7 +30,7 @@ class _Judged(NamedTuple):
     renderer: Renderer
     mirror: Mirror
     version: int
-    digest: bytes
+    digest: str
 
 
 class JudgedRenders:
@@ -54,11 +46,11 @@ class JudgedRenders:
         """Render `resource` as the judge does (raises ResourceError), keeping the digest of
         a render that read nothing but its data."""
         self._by_name.pop(resource.name, None)
-        impure = render_purity.calls()
-        rendered = renderer.render_result(resource, mirror)
-        if not rendered.warnings and render_purity.calls() == impure:
+        rendered, pure = render_purity.counting(
+            lambda: renderer.render_result(resource, mirror))
+        if pure and not rendered.warnings:
             self._by_name[resource.name] = _Judged(resource, renderer, mirror, mirror.version,
-                                                   _digest(rendered.text.encode("utf-8")))
+                                                   output_digest(rendered.text.encode("utf-8")))
 
     def take(self, resource: Resource, renderer: Renderer, mirror: Mirror,
              dest_content: bytes | None) -> bytes | None:
@@ -68,7 +60,7 @@ class JudgedRenders:
         judged = self._by_name.pop(resource.name, None)
         if (judged is None or dest_content is None or judged.renderer is not renderer
                 or judged.mirror is not mirror or judged.version != mirror.version
-                or judged.resource != resource or judged.digest != _digest(dest_content)):
+                or judged.resource != resource or judged.digest != output_digest(dest_content)):
             return None
         return dest_content
 

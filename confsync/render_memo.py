@@ -44,6 +44,11 @@ FORMAT = "confsync-render-memo-1"
 _CODE_PACKAGES = ("confsync", "jinja2", "markupsafe")
 
 
+def output_digest(content: bytes) -> str:
+    """The digest a render's output is known by (here and in SIGHUP's judged renders)."""
+    return _digest(content)
+
+
 def _digest(*parts: bytes) -> str:
     h = blake2b(digest_size=20)
     for part in parts:
@@ -187,7 +192,7 @@ class RenderMemo:
         if fields is None or fields[1] != self._inputs(resource):
             return False
         content = _regular_file(resource.dest)
-        return content is not None and _digest(content) == fields[3]
+        return content is not None and output_digest(content) == fields[3]
 
     def stands_for(self, resource: Resource, data: str, dest_content: bytes | None) -> bool:
         """Whether a render of `resource` with `data` (data_digest) would write exactly
@@ -196,12 +201,12 @@ class RenderMemo:
             return False
         fields = self._read(resource)
         return (fields is not None and fields[1] == self._inputs(resource) and fields[2] == data
-                and fields[3] == _digest(dest_content))
+                and fields[3] == output_digest(dest_content))
 
     def record(self, resource: Resource, data: str, output: bytes) -> None:
         """Keep the digests of a render of `resource` that read nothing but its inputs."""
         entry = self._entry(resource)
-        line = f"{FORMAT} {self._inputs(resource)} {data} {_digest(output)}\n".encode()
+        line = f"{FORMAT} {self._inputs(resource)} {data} {output_digest(output)}\n".encode()
         staged = entry.with_name(f".{entry.name}.{os.getpid()}")
         try:
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 # confd's functions (and Jinja's) whose answer is not a function of their arguments.
 IMPURE_FUNCTIONS = frozenset({
@@ -40,6 +41,14 @@ def impure(function: F) -> F:
         return function(*args, **kwargs)
 
     return counted  # type: ignore[return-value]
+
+
+def counting(render: Callable[[], R]) -> tuple[R, bool]:
+    """`render()`'s result, and whether it called no impure function on the way (so that its
+    output is a function of its inputs: the memo and SIGHUP's judged renders may keep it)."""
+    before = _calls
+    result = render()
+    return result, _calls == before
 
 
 def mark_impure(functions: dict[str, Any]) -> None:

@@ -305,10 +305,10 @@ class Syncer:
                           "inputs wrote it: render memo)", resource.name, resource.dest)
                 self.last_counts[resource.name] = count
                 return dest_content or b"", ()
-            impure = render_purity.calls()
-            rendered = self.renderer.render_result(resource, self.mirror)
+            rendered, pure = render_purity.counting(
+                lambda: self.renderer.render_result(resource, self.mirror))
             content = rendered.text.encode("utf-8")
-            if not rendered.warnings and render_purity.calls() == impure:
+            if pure and not rendered.warnings:
                 self.memo.record(resource, data, content)
         self.last_counts[resource.name] = count
         return content, rendered.warnings
