@@ -149,7 +149,7 @@ class RenderMemo:
         self.directory = directory
         # What this run's Renderer is to render (`Renderer(sources=...)`): the bytes digested.
         self.sources = TemplateSources.read(
-            templates_dir, (r.src for r in resources if not _inside(r.src, templates_dir)))
+            templates_dir, (r.src for r in resources if not r.src.is_relative_to(templates_dir)))
         self._common = _digest(code_identity(), templates_identity(self.sources),
                                repr(limits).encode())
 
@@ -233,10 +233,6 @@ def _regular_file(path: Path) -> bytes | None:
             return fh.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
         except OSError:
             return None
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    return path.is_relative_to(directory)
 
 
 def _private_directory() -> Path | None:
