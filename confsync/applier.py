@@ -21,6 +21,7 @@ from pathlib import Path
 from confsync.commands import run_command
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
+from confsync.owners import UnknownName, group_id, user_id
 from confsync.placeholders import substitute
 from confsync.resources import Resource
 from confsync.running_copy import keep_running, reloaded
@@ -147,14 +148,21 @@ class Target:
 
     @classmethod
     def for_resource(cls, resource: Resource, content: bytes, current: FileState) -> Target:
+        """Raises ResourceError (step "owner", to be tried again) for an owner or group name
+        the system does not know (yet)."""
         # Unset mode/owner keep what the file has (or defaults for a new file), like confd.
         # Mode 0 is a mode to keep (`chmod 000`), not a missing one.
+        try:
+            uid = resource.uid if resource.owner is None else user_id(resource.owner)
+            gid = resource.gid if resource.group is None else group_id(resource.group)
+        except UnknownName as exc:
+            raise ResourceError(resource.name, "owner", str(exc), retry=True) from None
         return cls(
             content,
             resource.mode if resource.mode is not None else _mode_or_default(current.mode),
-            resource.uid if resource.uid is not None else (
+            uid if uid is not None else (
                 current.uid if current.uid is not None else os.geteuid()),
-            resource.gid if resource.gid is not None else (
+            gid if gid is not None else (
                 current.gid if current.gid is not None else os.getegid()),
         )
 

@@ -8,9 +8,7 @@ this module hands that table to the plugin and keeps what it returns, knowing no
 
 from __future__ import annotations
 
-import grp
 import logging
-import pwd
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +38,8 @@ class Resource:
     mode: int | None = None
     uid: int | None = None
     gid: int | None = None
+    owner: str | None = None  # a user name, looked up at each write until found (owners.py)
+    group: str | None = None  # a group name, likewise
     check_cmd: tuple[str, ...] = ()
     reload_cmd: tuple[str, ...] = ()
     check_timeout: float = 30.0
@@ -106,24 +106,15 @@ def _parse_id(source: str, key: str, value: int) -> int:
     return value
 
 
-def _parse_user(source: str, key: str, value: Any) -> int:
+def _parse_owner(source: str, key: str, value: Any, kind: str) -> int | str:
+    """A numeric id, or a name kept as written: it is looked up when the file is written
+    (confsync/owners.py), so a user the system does not know yet fails that write, not conf.d."""
     if isinstance(value, int) and not isinstance(value, bool):
         return _parse_id(source, key, value)
     name = tv.convert(source, key, tv.nonempty, value)
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except (KeyError, ValueError):  # ValueError: a NUL in the name, which no name has
-        raise ConfigError(source, f"no such user {name!r} on this system", key) from None
-
-
-def _parse_group(source: str, key: str, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _parse_id(source, key, value)
-    name = tv.convert(source, key, tv.nonempty, value)
-    try:
-        return grp.getgrnam(name).gr_gid
-    except (KeyError, ValueError):  # ValueError: a NUL in the name, which no name has
-        raise ConfigError(source, f"no such group {name!r} on this system", key) from None
+    if "\0" in name:  # no name has one: a mistake in the file, not a user still to come
+        raise ConfigError(source, f"no such {kind} {name!r} on this system", key)
+    return name
 
 
 _KNOWN_KEYS = frozenset(
@@ -191,12 +182,11 @@ def parse_resource(
         raise ConfigError(where, "give owner or uid, not both", "template.uid")
     if "gid" in table and "group" in table:
         raise ConfigError(where, "give group or gid, not both", "template.gid")
-    for key in ("owner", "uid"):
-        if key in table:
-            kwargs["uid"] = _parse_user(where, f"template.{key}", table[key])
-    for key in ("group", "gid"):
-        if key in table:
-            kwargs["gid"] = _parse_group(where, f"template.{key}", table[key])
+    for key, kind in (("owner", "user"), ("uid", "user"), ("group", "group"), ("gid", "group")):
+        if key in table:  # an id goes to uid/gid, a name to owner/group
+            parsed = _parse_owner(where, f"template.{key}", table[key], kind)
+            number, name = ("uid", "owner") if kind == "user" else ("gid", "group")
+            kwargs[number if isinstance(parsed, int) else name] = parsed
     for key in ("check_cmd", "reload_cmd"):
         if key in table:
             raw = table[key]

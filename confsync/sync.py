@@ -263,7 +263,10 @@ class Syncer:
             return True
         if last is None or last.content is None:
             return True
-        return not Target.for_resource(resource, last.content, now).matches(now)
+        try:
+            return not Target.for_resource(resource, last.content, now).matches(now)
+        except ResourceError:  # an owner not known now: the apply that repairs it says so
+            return True
 
     def render(self, resource: Resource) -> bytes:
         return self.render_with_warnings(resource)[0]
@@ -759,12 +762,12 @@ class Syncer:
                     f"{describe(exc)}")) from None
             step = "check"
             run_check(resource, staged)
+            target = Target.for_resource(resource, content, current)
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
         except Exception as exc:  # OSError (dest is a directory, temp dir full...) or unexpected
             return Outcome(resource, FAILED, _unexpected(resource, step, exc),
                            seconds=time.monotonic() - start)
-        target = Target.for_resource(resource, content, current)
         status = UNCHANGED if target.matches(current) else UPDATED
         unwritable = _unwritable(directory) if status is UPDATED else None
         if unwritable is not None:  # `once` would fail at staging

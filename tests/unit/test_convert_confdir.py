@@ -196,3 +196,22 @@ def test_a_mode_confd_read_as_decimal_is_noted(tmp_path: Path, mode: str,
     notes = [n for n in report.notes if "template.mode" in n]
     assert notes == ([f"a.toml: template.mode: {note}, as you meant: the file's mode changes"]
                      if note else [])
+
+
+def test_check_renders_a_resource_whose_owner_this_machine_does_not_have(
+        tmp_path: Path) -> None:
+    """`convert --check` runs on a build machine, which has not the production's users: a
+    resource with `owner = "haproxy"` failed to load there ("no such user"), so it could not be
+    checked at all. Names are looked up when a file is written, so it renders."""
+    import io
+
+    from confsync.convert.check import check_conversion
+
+    old = _confd(tmp_path, "", 'owner = "cs-not-here"\ngroup = "cs-not-here"\n')
+    new = tmp_path / "new"
+    convert_confdir(old, new)
+    data = tmp_path / "data.yaml"
+    data.write_text("a: x\n")
+    out = io.StringIO()
+    assert check_conversion(new, data, None, out) == 0, out.getvalue()
+    assert "ok   a: renders" in out.getvalue()
