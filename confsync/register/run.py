@@ -157,7 +157,9 @@ class RegisterLoop:
             conflicts = self.registrar.conflicts(
                 list(self.by_key), wait_out_leases=True, waiting=self.metrics.beat,
                 stopped=lambda: self._stop_signal is not None)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, ConfigError) as exc:
+            # ConfigError: a TLS or password file not there (yet) at boot; each connection
+            # reads them again (exit 2 here would never be restarted by the unit).
             if self._stop_signal is not None:
                 return
             log.warning("register: etcd unreachable at start (%s); registering when it is "

@@ -250,8 +250,16 @@ class EtcdStore:
         # again by the next client, so a months-long daemon never needs a restart for them.
         self._credentials_cache: dict[tuple[FileVersion | None, ...],
                                       grpc.ChannelCredentials | None] = {}
+        check_client_pair(settings)  # TLS settings that can never work fail at start
         if not settings.srv_domain:
-            self._credentials(settings.endpoints)  # bad TLS settings fail at start
+            try:
+                self._credentials(settings.endpoints)
+            except ConfigError as exc:
+                # A TLS file not there yet is a state of the machine, not of the settings:
+                # at boot, vault-agent or cert-manager may write it after we start, and an
+                # exit 2 is one systemd does not restart (RestartPreventExitStatus=2). Each
+                # connection reads the files again, and is refused, until they can be read.
+                log.error("%s; connecting once it can be read", exc)
         self._rotation = 0  # after a failure, the next client starts at the next endpoint
         self._rotation_lock = threading.Lock()
         # The history followed: cluster id and the highest revision seen in any response.

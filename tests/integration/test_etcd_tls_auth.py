@@ -355,3 +355,93 @@ def test_watch_through_tls_auth_across_token_expiry_and_etcd_restart(
     output = text(log)
     assert "Traceback" not in output, output
     assert PASSWORD not in output
+
+
+def test_watch_started_before_its_tls_files_exist_connects_once_they_do(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """At boot, vault-agent or cert-manager may write the client certificate after confsync
+    starts. A missing TLS file at start was exit 2, which the shipped units never restart
+    (RestartPreventExitStatus=2): the node stayed unmanaged. Now `watch` runs, says which file
+    it cannot read (/ready too), and connects once the files are there."""
+    import shutil
+
+    from tests.support.http_probe import probe
+
+    late = tmp_path / "late"
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
+             pki.client_key: late / "client-key.pem"}
+    config = _config(tmp_path, secure_etcd, secure_etcd.password_file)
+    text_ = config.read_text()
+    for have, want in files.items():
+        text_ = text_.replace(f'"{have}"', f'"{want}"')
+    config.write_text(text_.replace('log_format = "json"', 'log_format = "text"'))
+    from tests.support.etcd_server import free_port
+
+    port = free_port()
+    log = tmp_path / "watch.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "confsync", "watch", "--config",
+                                 str(config), "--metrics-address", f"127.0.0.1:{port}"],
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "cannot read CA certificate" in text(log), "the missing file said")
+        wait_for(lambda: "cannot read CA certificate" in probe(
+            f"http://127.0.0.1:{port}", "/ready")[1].get("watch_lost", ""), "/ready says why")
+        assert proc.poll() is None, text(log)
+        assert not (tmp_path / "out.txt").exists()
+        late.mkdir()
+        for have, want in files.items():
+            shutil.copy(have, want)
+        wait_for(lambda: "b=10.0.0.2:80" in text(tmp_path / "out.txt"), "render once there",
+                 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """As for `watch`: a registrar whose certificate is written after it starts (at boot) was
+    exit 2, never restarted by its unit, and the instance never joined its pool."""
+    import shutil
+    import socket
+
+    from tests.support.register import RegisterProcess, published, write_registration
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    password = tmp_path / "root-password"
+    password.write_text(ROOT.split(":", 1)[1] + "\n")
+    password.chmod(0o600)
+    late = tmp_path / "late"
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
+             pki.client_key: late / "client-key.pem"}
+    config = tmp_path / "confsync.toml"
+    config.write_text(
+        f'[etcd]\nca_cert = "{files[pki.ca_cert]}"\ncert = "{files[pki.client_cert]}"\n'
+        f'key = "{files[pki.client_key]}"\nuser = "root"\npassword_file = "{password}"\n')
+    write_registration(tmp_path / "conf", "web", (
+        f'service = "web"\nid = "web-1"\nport = {listener.getsockname()[1]}\nttl = "9s"\n'
+        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
+    proc = RegisterProcess(tmp_path / "conf", secure_etcd.member.endpoint, "--config",
+                           str(config), "--prefix", "/tls-late", "--hostname", "node-a",
+                           log=tmp_path / "r.log")
+    key = "/tls-late/services/web/instances/web-1"
+    store = EtcdStore(secure_etcd.settings(user="root", password_file=password))
+    client = store.new_client()
+    try:
+        wait_for(lambda: "cannot read CA certificate" in proc.output(), "the missing file said")
+        assert proc.proc.poll() is None, proc.output()[-2000:]
+        late.mkdir()
+        for have, want in files.items():
+            shutil.copy(have, want)
+        wait_for(lambda: published(client, key) is not None, what="registered", timeout=20)
+    finally:
+        client.close()
+        store.close()
+        proc.stop()
+        listener.close()
