@@ -10,6 +10,7 @@ changed. The loop then moves the registrations (`moved`) and republishes them.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import select
@@ -41,7 +42,7 @@ RTMGRP_IPV6_IFADDR = 0x100
 
 class LookupFailing(OSError):
     """No endpoint name could be resolved for now (DNS silent past the deadline, or
-    EAI_AGAIN): a failure of the moment, not of the configuration."""
+    EAI_AGAIN), or no route to etcd yet: a failure of the moment, not of the configuration."""
 
 
 def source_address(endpoints: Sequence[str], timeout: float = 5.0) -> str:
@@ -67,8 +68,16 @@ def source_address(endpoints: Sequence[str], timeout: float = 5.0) -> str:
                     sock.connect(address)
                 except OSError as exc:
                     problem = f"{url}: {exc.strerror or exc}"
+                    # No route yet: the network is still coming up (boot, a NIC attached late).
+                    transient = transient or exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
                     continue
-                return str(sock.getsockname()[0])
+                source = str(sock.getsockname()[0])
+            if ipaddress.ip_address(source.split("%", 1)[0]).is_unspecified:
+                # A route with no address of this host on it (an interface still unnumbered):
+                # 0.0.0.0 must never be published.
+                problem, transient = f"{url}: no local address on the route yet", True
+                continue
+            return source
     raise (LookupFailing if transient else OSError)(f"no route to etcd: {problem}")
 
 
@@ -99,7 +108,8 @@ def default_address(etcd: EtcdSettings) -> str:
         except LookupFailing as exc:
             if waits.attempts == 0:
                 log.warning("register: cannot tell the local address used to reach etcd yet "
-                            "(%s); asking again until DNS answers (or set `address`)", exc)
+                            "(%s); asking again until DNS answers and a route exists (or set "
+                            "`address`)", exc)
             time.sleep(waits.next())
         except OSError as exc:
             raise ConfigError("register", f"cannot tell the local address used to reach etcd "
