@@ -64,8 +64,12 @@ def probe_http(spec: CheckSpec) -> tuple[bool, str]:
     host = parts.hostname or "127.0.0.1"
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
+        try:
+            context = _tls_context(spec, file_version(spec.ca_file))
+        except OSError as exc:  # (ssl.SSLError too: a CA file half written, or not PEM)
+            return False, f"GET {spec.url}: cannot read ca_file {spec.ca_file}: {describe(exc)}"
         conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=spec.timeout,
-                                           context=_tls_context(spec, file_version(spec.ca_file)))
+                                           context=context)
     else:
         conn = http.client.HTTPConnection(host, parts.port or 80, timeout=spec.timeout)
     conn._create_connection = _connect  # type: ignore[attr-defined]

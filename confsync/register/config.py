@@ -220,13 +220,14 @@ def _check(reader: _Reader, address: str, port_number: int) -> CheckSpec:
         if spec["ca_file"] and spec["tls_skip_verify"]:
             raise reader.error("tls_skip_verify", "give ca_file or tls_skip_verify, not both")
         if spec["ca_file"] is not None:
+            # A file not there (yet) is no error here: cert-manager or vault-agent may write
+            # it after the registrar starts at boot, and exit 2 is never restarted. The check
+            # fails, saying so, until it can be read.
             try:
-                found = spec["ca_file"].is_file()
+                spec["ca_file"].is_file()
             except OSError as exc:  # a name too long, a directory on the way not searchable
                 raise reader.error("ca_file", f"{spec['ca_file']}: cannot look it up: "
                                    f"{exc.strerror}") from None
-            if not found:
-                raise reader.error("ca_file", f"{spec['ca_file']}: no such file")
     elif kind == "tcp":
         spec["host"] = reader.get("host", tv.nonempty, address)
         spec["follows_address"] = "host" not in reader.table

@@ -52,3 +52,21 @@ def test_https_check_verifies_by_default_then_by_ca_file_or_not_at_all(
     assert ok and detail.endswith(": 204"), detail
     ok, detail = probe_http(CheckSpec("http", timeout=5, url=url, tls_skip_verify=True))
     assert ok and detail.endswith(": 204"), detail
+
+
+def test_a_ca_file_written_after_the_start_fails_the_check_until_it_is_there(
+        https: tuple[Pki, int], tmp_path: Path) -> None:
+    """Missing, then half written, then whole: the check says why it fails, then passes
+    without a restart (the context follows the file's version)."""
+    pki, port = https
+    ca = tmp_path / "late-ca.pem"
+    spec = CheckSpec("http", timeout=5, url=f"https://127.0.0.1:{port}/healthz", ca_file=ca)
+    ok, detail = probe_http(spec)
+    assert not ok and f"cannot read ca_file {ca}: No such file or directory" in detail, detail
+    whole = pki.ca_cert.read_bytes()
+    ca.write_bytes(whole[: len(whole) // 2])
+    ok, detail = probe_http(spec)
+    assert not ok and f"cannot read ca_file {ca}" in detail, detail
+    ca.write_bytes(whole)
+    ok, detail = probe_http(spec)
+    assert ok and detail.endswith(": 204"), detail
