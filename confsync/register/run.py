@@ -103,7 +103,8 @@ class RegisterLoop:
             keepalive_client=functools.partial(self.store.new_client, authenticate=False),
             learn_members=self.store.learn_members,
             stop_client=lambda timeout: self.store.new_client(timeout=timeout),
-            endpoint_count=self._endpoint_count)
+            endpoint_count=self._endpoint_count,
+            still_connecting=self.store.still_connecting, connect_budget=settings.etcd.timeout)
         # Every key is wanted absent until its checks pass: a value of this host's left there
         # on no lease is deleted by the registrar's read-back (see Registrar._verify_absent).
         for key in self.by_key:
