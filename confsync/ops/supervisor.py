@@ -127,6 +127,9 @@ class Supervisor(Observer):
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
+        # Forward signals that came while the child was being started (see start()).
+        self._starting = False
+        self._pending: list[int] = []
         # A reload due while the child could not take it yet (starting, or reloading): sent
         # by poll() once it handles the signal; dropped if it dies (its successor reads the
         # files). `_held_since`: when it was first held (the clock's time).
@@ -156,12 +159,19 @@ class Supervisor(Observer):
             return
         # Own process group: a terminal's ^C reaches confsync once, and we decide what the
         # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).
-        self.proc = children.start(self.policy.argv, env=self._env,
-                                   stdin=subprocess.DEVNULL, process_group=0)
+        self._starting = True
+        try:
+            self.proc = children.start(self.policy.argv, env=self._env,
+                                       stdin=subprocess.DEVNULL, process_group=0)
+        finally:
+            self._starting = False
         self._started_at = self._clock()
         self._restart_at = None
         log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
                  extra={"pid": self.proc.pid})
+        pending, self._pending = self._pending, []
+        for signum in pending:
+            self.forward(signum)
 
     def _cannot_run(self, exc: OSError) -> str:
         # (Popen looks the program up in the child's PATH: the environment it is given.)
@@ -196,7 +206,14 @@ class Supervisor(Observer):
         return True
 
     def _relay(self, signum: int, frame: object) -> None:
-        """Signal handler: os.kill only; no locks, no logging (see the module docstring)."""
+        """Signal handler: os.kill only; no locks, no logging (see the module docstring).
+
+        One that comes while the child is being started is kept for start() to send: the
+        child runs (and may signal confsync itself) before Popen has returned its pid, and
+        such a signal was dropped (no child yet), or went to the dead previous one."""
+        if self._starting:
+            self._pending.append(signum)
+            return
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

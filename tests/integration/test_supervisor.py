@@ -537,3 +537,47 @@ def test_a_reload_due_while_haproxy_reloads_is_not_lost(haproxy_binary: str, tmp
             pytest.skip(f"never saw the master with SIGUSR2 {phase} (machine too loaded)")
     finally:
         sup.stop(timeout=5)
+
+
+STARTS_SIGNALLED = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
+    out = sys.argv[1]
+    # A busy thread and a long switch interval: after the child runs, the loop thread waits
+    # for the GIL inside Popen, as on a loaded host, so the child's signal lands there.
+    sys.setswitchinterval(0.05)
+    busy = True
+    def spin():
+        while busy:
+            pass
+    threading.Thread(target=spin, daemon=True).start()
+    got = []
+    for i in range(3):
+        mark = f"{out}.{i}"
+        sup = Supervisor(ExecPolicy(argv=("sh", "-c", f"trap 'echo usr2 > {mark}; exit 0' "
+                                          "USR2; kill -USR2 $PPID; sleep 3 & wait"),
+                                    forward_signals=(signal.SIGUSR2,), stop_timeout=1))
+        sup.install_signal_handlers()
+        sup.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not os.path.exists(mark):
+            time.sleep(0.01)
+        got.append(os.path.exists(mark))
+        sup.stop()
+    busy = False
+    print(json.dumps(got))
+""")
+
+
+def test_a_forward_signal_while_the_child_starts_reaches_it(tmp_path: Path) -> None:
+    """The child runs before Popen has returned its pid: a forward signal then (the child
+    signalling confsync as it starts, an operator's `kill -USR2` right after a restart) was
+    dropped, no child being known yet (a restart: sent to the dead one). It is sent once the
+    child is known."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(STARTS_SIGNALLED)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, str(driver), str(tmp_path / "got")],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True], done.stderr
