@@ -153,9 +153,20 @@ class Supervisor(Observer):
         return proc is not None and proc.returncode is None and not (
             self._leftovers_since is not None and procgroup.exited(proc.pid))
 
+    @property
+    def alive(self) -> bool:
+        """The child runs now, as /ready, the metrics and the status line must say (any
+        thread): `running`, and not exited. The loop reaps a dead child at its next tick only,
+        which a long render, check or reload puts off: /ready said 200 for as long as a 4 s
+        check_cmd ran after the child had died."""
+        proc = self.proc
+        return self.running and proc is not None and not procgroup.exited(proc.pid)
+
     def start(self) -> None:
-        """Start the child (a no-op if it runs). Raises OSError if it cannot be executed."""
-        if self.running or self.gave_up is not None:
+        """Start the child (a no-op if one is not reaped yet: alive, or dead with its group
+        being cleaned up). Raises OSError if it cannot be executed."""
+        proc = self.proc
+        if (proc is not None and proc.returncode is None) or self.gave_up is not None:
             return
         # Own process group: a terminal's ^C reaches confsync once, and we decide what the
         # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).

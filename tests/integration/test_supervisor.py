@@ -581,3 +581,30 @@ def test_a_forward_signal_while_the_child_starts_reaches_it(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True], done.stderr
+
+
+def test_a_sets_first_render_does_not_start_a_second_child_beside_a_dead_one(
+        child: tuple[Path, Path]) -> None:
+    """A child that died on its own stays unreaped while its group is cleaned up (up to
+    stop_timeout). A SIGHUP's first render of a new set then (`ready`) started a second child
+    at once: no backoff, not counted, and the first one never reaped (a zombie for good)."""
+    script, log = child
+    sup = Supervisor(policy(script, log, "stubborn-family", stop_timeout=2.0,
+                            restart_delay=0.05))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    helper = int(next(x for x in lines(log) if x.startswith("helper")).split()[1])
+    first = sup.pid
+    try:
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: (sup.poll(), not sup.running)[1])  # its group being cleaned up
+        sup.ready(2)
+        assert sup.pid == first and sup.restarts == 0, "a second child beside the dead one"
+        wait_for(lambda: (sup.poll(), sup.restarts == 1)[1], timeout=10)
+        assert not psutil.pid_exists(first) or \
+            psutil.Process(first).status() != psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
+        sup.stop(timeout=2)
