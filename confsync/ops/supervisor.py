@@ -176,11 +176,11 @@ class Supervisor(Observer):
                                        stdin=subprocess.DEVNULL, process_group=0)
         finally:
             self._starting = False
+            pending, self._pending = self._pending, []  # (a start that failed: no child)
         self._started_at = self._clock()
         self._restart_at = None
         log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
                  extra={"pid": self.proc.pid})
-        pending, self._pending = self._pending, []
         for signum in pending:
             self.forward(signum)
 
