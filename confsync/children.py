@@ -17,13 +17,19 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from confsync import fdlimit
+
 # Held while starting a process and while reaping: a child is never seen before it is ours.
 _lock = threading.Lock()
 _ours: set[int] = set()
 
 
 def start(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
-    """subprocess.Popen, registered as ours until `done(proc)`."""
+    """subprocess.Popen, registered as ours until `done(proc)`; with the open-file limit
+    confsync was started with (see fdlimit.for_children)."""
+    restore = fdlimit.for_children()
+    if restore is not None:
+        popen.setdefault("preexec_fn", restore)
     with _lock:
         proc: subprocess.Popen[bytes] = subprocess.Popen(list(argv), **popen)
         _ours.add(proc.pid)

@@ -249,7 +249,7 @@ class Metrics(Observer):
                                + ", ".join(self._io_stuck))
             # In exec mode confsync is the service's supervisor: files in place while the
             # service is down (restarting after a crash) is not ready.
-            if self._exec is not None and self._ready_seen and not self._exec.running:
+            if self._exec is not None and self._ready_seen and not self._exec.alive:
                 reasons.append("exec child not running")
             elif self._exec is not None and self._exec.reload_held:
                 reasons.append("exec child starting or reloading: its reload waits until it "
@@ -519,7 +519,7 @@ class _ExecCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         sup = self.supervisor
         yield GaugeMetricFamily("confsync_exec_child_up", "1 while the exec-mode child runs",
-                                value=1 if sup.running else 0)
+                                value=1 if sup.alive else 0)
         yield CounterMetricFamily("confsync_exec_restarts", "Exec-mode child restarts",
                                   value=sup.restarts)
         yield GaugeMetricFamily("confsync_exec_crash_loop",

@@ -167,7 +167,7 @@ class SystemdNotify(Observer):
         if child is not None and self._ready:
             if child.gave_up is not None:
                 text += f"; exec child given up: {child.gave_up}"
-            elif not child.running:
+            elif not child.alive:
                 text += "; exec child not running (restarting)"
         if self._failed:
             names = sorted(self._failed)

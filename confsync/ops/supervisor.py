@@ -127,6 +127,9 @@ class Supervisor(Observer):
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
         self.restarts = 0
+        # Forward signals that came while the child was being started (see start()).
+        self._starting = False
+        self._pending: list[int] = []
         # A reload due while the child could not take it yet (starting, or reloading): sent
         # by poll() once it handles the signal; dropped if it dies (its successor reads the
         # files). `_held_since`: when it was first held (the clock's time).
@@ -150,18 +153,36 @@ class Supervisor(Observer):
         return proc is not None and proc.returncode is None and not (
             self._leftovers_since is not None and procgroup.exited(proc.pid))
 
+    @property
+    def alive(self) -> bool:
+        """The child runs now, as /ready, the metrics and the status line must say (any
+        thread): `running`, and not exited. The loop reaps a dead child at its next tick only,
+        which a long render, check or reload puts off: /ready said 200 for as long as a 4 s
+        check_cmd ran after the child had died."""
+        proc = self.proc
+        return self.running and proc is not None and not procgroup.exited(proc.pid)
+
     def start(self) -> None:
-        """Start the child (a no-op if it runs). Raises OSError if it cannot be executed."""
-        if self.running or self.gave_up is not None:
+        """Start the child (a no-op if one is not reaped yet: alive, or dead with its group
+        being cleaned up). Raises OSError if it cannot be executed."""
+        proc = self.proc
+        if (proc is not None and proc.returncode is None) or self.gave_up is not None:
             return
         # Own process group: a terminal's ^C reaches confsync once, and we decide what the
         # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).
-        self.proc = children.start(self.policy.argv, env=self._env,
-                                   stdin=subprocess.DEVNULL, process_group=0)
+        self._starting = True
+        try:
+            self.proc = children.start(self.policy.argv, env=self._env,
+                                       stdin=subprocess.DEVNULL, process_group=0)
+        finally:
+            self._starting = False
+            pending, self._pending = self._pending, []  # (a start that failed: no child)
         self._started_at = self._clock()
         self._restart_at = None
         log.info("exec: started `%s` as pid %d", " ".join(self.policy.argv), self.proc.pid,
                  extra={"pid": self.proc.pid})
+        for signum in pending:
+            self.forward(signum)
 
     def _cannot_run(self, exc: OSError) -> str:
         # (Popen looks the program up in the child's PATH: the environment it is given.)
@@ -196,7 +217,14 @@ class Supervisor(Observer):
         return True
 
     def _relay(self, signum: int, frame: object) -> None:
-        """Signal handler: os.kill only; no locks, no logging (see the module docstring)."""
+        """Signal handler: os.kill only; no locks, no logging (see the module docstring).
+
+        One that comes while the child is being started is kept for start() to send: the
+        child runs (and may signal confsync itself) before Popen has returned its pid, and
+        such a signal was dropped (no child yet), or went to the dead previous one."""
+        if self._starting:
+            self._pending.append(signum)
+            return
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -110,6 +110,8 @@ class Registrar:
                  learn_members: Callable[[Any, bool], None] = lambda client, fresh: None,
                  stop_client: Callable[[float], Any] | None = None,
                  endpoint_count: Callable[[], int] = lambda: 1,
+                 still_connecting: Callable[[Any], bool] = lambda client: False,
+                 connect_budget: float = 5.0,
                  ) -> None:
         self._new_client = new_client
         # For `close`: a new client whose calls (its login too) give up within the seconds
@@ -129,6 +131,12 @@ class Registrar:
         # Told on every failure, so the next client starts at the next endpoint: a member that
         # hangs must not take every retry (and with them the lease) down with it.
         self._endpoint_failed = endpoint_failed
+        # A new client's connection gets `connect_budget` (etcd's own timeout) to come up while
+        # its calls still time out at theirs (see `_drop_client_unless_connecting`).
+        self._still_connecting = still_connecting
+        self._connect_budget = connect_budget
+        self._client_since = 0.0  # when the client was made (monotonic)
+        self._client_answered = False  # a step went through on it
         self.host = host
         self.ttl = ttl
         self._report = report
@@ -376,6 +384,7 @@ class Registrar:
                     else:
                         self._lost(exc)
                 else:
+                    self._client_answered = True
                     self._reauthenticated = False
                     self._regranted = False
                     self._failed_in_row = 0
@@ -402,6 +411,8 @@ class Registrar:
                 self._renew_without_token(now)
                 raise
             self._client_fresh = True
+            self._client_since = time.monotonic()
+            self._client_answered = False
         if self._lease is not None and now >= self._lease_expires \
                 and not self._still_held() and self._lease is not None:
             # Not renewed for its whole TTL (keepalives failing, or etcd refusing what the
@@ -776,7 +787,7 @@ class Registrar:
             # said "etcd unreachable" (a WARNING, /ready 503) while a quorum served.
             log.debug("register: etcd call failed (%s); trying the next endpoint",
                       describe_error(exc))
-            self._drop_client()
+            self._drop_client_unless_connecting()
             if not isinstance(exc, StoreUnavailable):
                 self._endpoint_failed()
             self._retry_at = 0.0
@@ -787,10 +798,27 @@ class Registrar:
             self.connected = False
             self._said_lost = True
             self._report(RegistrarEvent("lost", detail=reason))
-        self._drop_client()
+        self._drop_client_unless_connecting()
         if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
             self._endpoint_failed()
         self._retry_at = time.monotonic() + self._retry.next()
+
+    def _drop_client_unless_connecting(self) -> None:
+        """After a failed call: a new client, unless this one's connection is still being made
+        (or was made since) and has had less than `connect_budget`. Over a slow link (a
+        round trip of 0.5 s, a lease TTL of 2 s: calls time out at ttl/3) a connection takes
+        longer to come up than a call may take; made anew after every failure, it never came
+        up, and the registrar never registered ("etcd unreachable"). The failure still counts
+        (reported, the next endpoint asked: the client moves on by itself), so a dead link
+        or a frozen member is said and left as fast as before; a client that has answered
+        once is replaced at once, as before (a half-open connection, a NAT that forgot it)."""
+        if (self._client is not None and not self._client_answered
+                and time.monotonic() - self._client_since < self._connect_budget
+                and self._still_connecting(self._client)):
+            log.debug("register: keeping the etcd connection being made (%.1fs of its %gs)",
+                      time.monotonic() - self._client_since, self._connect_budget)
+            return
+        self._drop_client()
 
     def _drop_client(self) -> None:
         """Close the client (best effort); the next step makes a new one."""

@@ -103,7 +103,8 @@ class RegisterLoop:
             keepalive_client=functools.partial(self.store.new_client, authenticate=False),
             learn_members=self.store.learn_members,
             stop_client=lambda timeout: self.store.new_client(timeout=timeout),
-            endpoint_count=self._endpoint_count)
+            endpoint_count=self._endpoint_count,
+            still_connecting=self.store.still_connecting, connect_budget=settings.etcd.timeout)
         # Every key is wanted absent until its checks pass: a value of this host's left there
         # on no lease is deleted by the registrar's read-back (see Registrar._verify_absent).
         for key in self.by_key:
@@ -174,6 +175,9 @@ class RegisterLoop:
 
     def start(self) -> None:
         if self.supervisor is not None:
+            # Relays first: a forward signal (SIGUSR1/2) between the child's start and these
+            # took its default action on confsync, which died and left the child orphaned.
+            self.supervisor.install_signal_handlers()
             self.supervisor.start()
             assert self.supervisor.pid is not None
             threading.Thread(target=_watch_child, args=(self.supervisor.pid, self.events),
@@ -193,8 +197,6 @@ class RegisterLoop:
         signal.signal(signal.SIGHUP, lambda s, f: self.events.put(("hup", s)))
         for held in held_signals.take():  # a SIGHUP while confsync was starting
             self.events.put(("hup", held))
-        if self.supervisor is not None:
-            self.supervisor.install_signal_handlers()
         self._notify("READY=1")
         # The pause detector counts from here: the start's wait for etcd (refuse_conflicts:
         # a timeout, or a lease TTL) was taken for a stop of the process, with a WARNING

@@ -84,6 +84,9 @@ GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
 ]
+# gRPC's connectivity states (grpc._cython.cygrpc.ConnectivityState) of a channel whose
+# connection is being made, and made.
+_CONNECTING, _READY = 1, 2
 # After an error an endpoint is skipped this long; the client's default is 300 s.
 ENDPOINT_RETRY_SECONDS = 1.0
 # etcd's WithRequireLeader: the server refuses calls, and cancels open watch streams a few
@@ -445,6 +448,30 @@ class EtcdStore:
                 f"{describe_error(exc)}") from None
         client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
+
+    @staticmethod
+    def still_connecting(client: MultiEndpointEtcd3Client) -> bool:
+        """Whether the connection of `client`'s endpoint in use is being made or was made
+        since (gRPC CONNECTING or READY): a call that timed out on it met a slow link, not a
+        refusal, and a new client would start that connection over (over a link that takes
+        longer than a call's timeout to connect, every try did, and it never registered).
+        When every endpoint of the client is marked failed, those still connecting are
+        unmarked, so its next call goes on with them rather than failing at once."""
+        connecting = []
+        for endpoint in client.endpoints.values():
+            try:
+                state = endpoint.channel._channel.check_connectivity_state(False)
+            except Exception:  # (a gRPC without it: a new client, as before)
+                return False
+            if state in (_CONNECTING, _READY):
+                connecting.append(endpoint)
+        in_use = client.endpoint_in_use
+        if in_use is None or in_use not in connecting:
+            return False
+        if all(e.is_failed() for e in client.endpoints.values()):
+            for endpoint in connecting:
+                endpoint.last_failed = 0
+        return True
 
     def endpoint_failed(self) -> None:
         """The endpoint in use failed: the next client starts at the next one."""

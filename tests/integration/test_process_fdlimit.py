@@ -1,5 +1,6 @@
 """A low soft open-file limit (64, as containers and old init scripts give) under a higher hard
-one: the daemons raise it at start, so many checks never run out of descriptors."""
+one: the daemons raise it at start, so many checks never run out of descriptors; their
+children get the limit confsync was started with."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import etcd_client
-from tests.support.daemon import wait_for
+from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_server import EtcdMember
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess, write_registration
-
-pytestmark = [pytest.mark.etcd]
 
 
 def rlimit_wrapper(soft: int, hard: int) -> list[str]:
@@ -33,6 +32,7 @@ def _soft_limit(pid: int) -> int:
     return int(line.split()[3])
 
 
+@pytest.mark.etcd
 def test_register_raises_a_low_open_file_limit_and_its_checks_stay_up(
         etcd: EtcdMember, backend: HTTPBackend, tmp_path: Path,
         procs: list[RegisterProcess]) -> None:
@@ -61,3 +61,29 @@ def test_register_raises_a_low_open_file_limit_and_its_checks_stay_up(
     time.sleep(1.5)  # some 7 rounds of every check
     assert "Too many open files" not in proc.output()
     assert "open-file limit raised from 64 to its hard limit, 4096" in proc.output()
+
+
+def test_children_get_the_open_file_limit_confsync_was_started_with(tmp_path: Path) -> None:
+    """`watch --exec` under 64:4096 raises its own limit; the exec child and a check_cmd
+    inherited 4096 (under systemd's 1024:524288, 524288: programs that select() past
+    FD_SETSIZE or close every descriptor up to the soft limit broke or crawled)."""
+    confdir = tmp_path / "conf"
+    (confdir / "conf.d").mkdir(parents=True)
+    (confdir / "templates").mkdir()
+    (confdir / "templates" / "a.tmpl").write_text("a {{ getv('/a') }}\n")
+    check_limit, child_limit = tmp_path / "check.limit", tmp_path / "child.limit"
+    (confdir / "conf.d" / "a.toml").write_text(
+        f'[template]\nsrc = "a.tmpl"\ndest = "{tmp_path / "a.conf"}"\nkeys = ["/a"]\n'
+        f'check_cmd = ["sh", "-c", "ulimit -Sn > {check_limit}"]\n')
+    data = tmp_path / "data.yaml"
+    data.write_text("a: 1\n")
+    w = WatchProcess("--confdir", str(confdir), "--backend", "file", "--file", str(data),
+                     "--exec", f"sh -c 'ulimit -Sn > {child_limit}; exec sleep 30'",
+                     log=tmp_path / "watch.log", wrapper=rlimit_wrapper(64, 4096))
+    try:
+        wait_for(lambda: read(child_limit).strip() and read(check_limit).strip(), timeout=10,
+                 what=f"both limits; log:\n{w.output()[-2000:]}")
+        assert _soft_limit(w.proc.pid) == 4096  # confsync's own, raised
+        assert (read(check_limit).strip(), read(child_limit).strip()) == ("64", "64")
+    finally:
+        w.stop()

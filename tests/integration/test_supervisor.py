@@ -537,3 +537,74 @@ def test_a_reload_due_while_haproxy_reloads_is_not_lost(haproxy_binary: str, tmp
             pytest.skip(f"never saw the master with SIGUSR2 {phase} (machine too loaded)")
     finally:
         sup.stop(timeout=5)
+
+
+STARTS_SIGNALLED = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    from confsync.ops.supervisor import ExecPolicy, Supervisor
+    out = sys.argv[1]
+    # A busy thread and a long switch interval: after the child runs, the loop thread waits
+    # for the GIL inside Popen, as on a loaded host, so the child's signal lands there.
+    sys.setswitchinterval(0.05)
+    busy = True
+    def spin():
+        while busy:
+            pass
+    threading.Thread(target=spin, daemon=True).start()
+    got = []
+    for i in range(3):
+        mark = f"{out}.{i}"
+        sup = Supervisor(ExecPolicy(argv=("sh", "-c", f"trap 'echo usr2 > {mark}; exit 0' "
+                                          "USR2; kill -USR2 $PPID; sleep 3 & wait"),
+                                    forward_signals=(signal.SIGUSR2,), stop_timeout=1))
+        sup.install_signal_handlers()
+        sup.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not os.path.exists(mark):
+            time.sleep(0.01)
+        got.append(os.path.exists(mark))
+        sup.stop()
+    busy = False
+    print(json.dumps(got))
+""")
+
+
+def test_a_forward_signal_while_the_child_starts_reaches_it(tmp_path: Path) -> None:
+    """The child runs before Popen has returned its pid: a forward signal then (the child
+    signalling confsync as it starts, an operator's `kill -USR2` right after a restart) was
+    dropped, no child being known yet (a restart: sent to the dead one). It is sent once the
+    child is known."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(STARTS_SIGNALLED)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, str(driver), str(tmp_path / "got")],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True], done.stderr
+
+
+def test_a_sets_first_render_does_not_start_a_second_child_beside_a_dead_one(
+        child: tuple[Path, Path]) -> None:
+    """A child that died on its own stays unreaped while its group is cleaned up (up to
+    stop_timeout). A SIGHUP's first render of a new set then (`ready`) started a second child
+    at once: no backoff, not counted, and the first one never reaped (a zombie for good)."""
+    script, log = child
+    sup = Supervisor(policy(script, log, "stubborn-family", stop_timeout=2.0,
+                            restart_delay=0.05))
+    sup.start()
+    wait_for(lambda: "ready" in lines(log))
+    helper = int(next(x for x in lines(log) if x.startswith("helper")).split()[1])
+    first = sup.pid
+    try:
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: (sup.poll(), not sup.running)[1])  # its group being cleaned up
+        sup.ready(2)
+        assert sup.pid == first and sup.restarts == 0, "a second child beside the dead one"
+        wait_for(lambda: (sup.poll(), sup.restarts == 1)[1], timeout=10)
+        assert not psutil.pid_exists(first) or \
+            psutil.Process(first).status() != psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGKILL)
+        sup.stop(timeout=2)

@@ -12,6 +12,7 @@ it is passed on: a WAN's round trip on loopback.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import select
 import socket
@@ -30,10 +31,11 @@ class _Pair:
 
 class TcpProxy:
     def __init__(self, upstream_port: int, port: int | None = None, delay: float = 0.0,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", latency: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.host = host
         self.delay = delay
+        self.latency = latency
         self.port = port or free_port()
         self._listener = socket.create_server((host, self.port))
         self._listener.settimeout(0.2)
@@ -94,8 +96,13 @@ class TcpProxy:
                 pair = _Pair(client, upstream)
                 pair.stalled = self._stall_new
                 self._pairs.append(pair)
-            threading.Thread(target=self._pump, args=(pair,), daemon=True,
-                             name="tcp-proxy-pump").start()
+            if self.latency:
+                for src, dst in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._carry, args=(pair, src, dst), daemon=True,
+                                     name="tcp-proxy-carry").start()
+            else:
+                threading.Thread(target=self._pump, args=(pair,), daemon=True,
+                                 name="tcp-proxy-pump").start()
 
     def _pump(self, pair: _Pair) -> None:
         peers = {pair.client: pair.upstream, pair.upstream: pair.client}
@@ -121,5 +128,33 @@ class TcpProxy:
                 if pair in self._pairs:
                     self._pairs.remove(pair)
             for sock in peers:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _carry(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+        """One direction with `latency`: each chunk goes on `latency` after it was read."""
+        queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        try:
+            while not self._closing.is_set():
+                wait = 0.1 if not queue else max(0.0, queue[0][0] - time.monotonic())
+                readable = []
+                if not pair.stalled:
+                    readable, _, _ = select.select([src], [], [], min(wait, 0.1))
+                elif wait:
+                    time.sleep(min(wait, 0.05))
+                if readable:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    queue.append((time.monotonic() + self.latency, data))
+                while queue and queue[0][0] <= time.monotonic() and not pair.stalled:
+                    dst.sendall(queue.popleft()[1])
+        except (OSError, ValueError):  # (ValueError: the other direction closed the socket)
+            return
+        finally:
+            with self._lock:
+                if pair in self._pairs:
+                    self._pairs.remove(pair)
+            for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.close()
