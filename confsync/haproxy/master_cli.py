@@ -34,12 +34,7 @@ class ReloadNotConfirmed(Exception):
 
 class MasterGone(Exception):
     """The master stopped (its process gone, or another master in its place) before the
-    reload was confirmed: nothing is left to confirm it, and what starts next reads the file.
-    `sent`: the reload was sent first."""
-
-    def __init__(self, message: str, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
+    reload was confirmed: nothing is left to confirm it, and what starts next reads the file."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
             except SocketUnavailable:
                 if runs is not None and not runs():
                     raise MasterGone("HAProxy's master stopped before the reload was "
-                                     f"{'confirmed' if sent else 'sent'}", sent) from None
+                                     f"{'confirmed' if sent else 'sent'}") from None
                 if time.monotonic() >= until:
                     raise
 
@@ -130,8 +125,7 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
             except ProcessLookupError:  # the process signalled is gone
                 if runs is None or runs():
                     raise
-                raise MasterGone("HAProxy's master stopped before the reload was sent",
-                                 False) from None
+                raise MasterGone("HAProxy's master stopped before the reload was sent") from None
         while True:
             try:
                 status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
@@ -140,7 +134,7 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
                                          "reload") from None
             if status.pid != before.pid:  # (a reload keeps the pid: the master re-executes)
                 raise MasterGone(f"HAProxy's master stopped before the reload was confirmed "
-                                 f"(pid {status.pid} answers now, not {before.pid})", True)
+                                 f"(pid {status.pid} answers now, not {before.pid})")
             if status.failed > before.failed:
                 raise ReloadNotConfirmed(
                     f"HAProxy rejected the new configuration (reload failed, reloads "
