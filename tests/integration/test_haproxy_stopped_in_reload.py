@@ -25,6 +25,7 @@ import pytest
 from confsync.haproxy import control, master_cli
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.plugins import PluginConfig
+from confsync.processes import state
 from confsync.resources import Resource
 from confsync.targets import ReloadKind
 from tests.support.cli import write_resource
@@ -68,15 +69,20 @@ def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
     s.stop()
 
 
-def _stop(stack: HAProxyStack, how: str) -> None:
+def _stop(stack: HAProxyStack, how: str, exited: bool = False) -> None:
     """Stop HAProxy as `systemctl stop` does (SIGTERM to its group), or kill its master
-    (SIGKILL, an OOM kill); its workers follow it. Not waited for: a master that is this
-    process's child stays a zombie until `halt`, as HAProxy under `confsync watch --exec`."""
+    (SIGKILL, an OOM kill); its workers follow it. `exited`: wait until the master has (a
+    SIGTERM-ed master may still answer, and reload, for a few ms). Not reaped: a master that
+    is this process's child stays a zombie until `halt`, as HAProxy under `confsync watch
+    --exec`."""
     assert stack.proc is not None
+    pid = stack.proc.pid
     if how == "sigterm":
-        os.killpg(stack.proc.pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     else:
-        os.kill(stack.proc.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    if exited:
+        wait_for(lambda: state(pid) in ("Z", None), timeout=5, interval=0.005)
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
@@ -110,7 +116,7 @@ def test_a_master_stopped_around_its_reload_is_not_running_at_once(
 
         def show_proc_then_stop(*args: Any, **kwargs: Any) -> master_cli.MasterStatus:
             status = real_show_proc(*args, **kwargs)
-            _stop(stack, how)
+            _stop(stack, how, exited=True)
             return status
 
         monkeypatch.setattr(control, "show_proc", show_proc_then_stop)
