@@ -398,14 +398,14 @@ class Syncer:
                 # It may yet rename the file into place (at thaw) with nobody to reload it:
                 # owe the reload, and drop the running copy it may keep, as if it had.
                 if has_target:
-                    self.reload_owed.add(resource.name)
+                    self._owe(resource, current)
                     self._kept.add(resource.dest)
                 raise
             except NotDurable:
                 # The file is live on disk but its target never reloaded into it: without
                 # this the retry would find the file "up to date" and never reload.
                 self.in_place[resource.dest] = boot_clock()
-                self.reload_owed.add(resource.name)
+                self._owe(resource, current)
                 raise
             self.in_place[resource.dest] = boot_clock()
             if check:
@@ -426,6 +426,16 @@ class Syncer:
         previous = self._running.get(resource.dest, current)
         return Outcome(resource, UPDATED, seconds=time.monotonic() - start, previous=previous,
                        content=content, check_seconds=check_seconds, warnings=warnings)
+
+    def _owe(self, resource: Resource, current: FileState) -> None:
+        """Owe the reload of a file whose install may land (or landed) unreloaded: the target
+        still runs `current`, the file replaced, where it ran it (no reload owed before), and
+        it is kept as what it runs (`_running`). Not kept, a shared HAProxy's passes of its
+        other files took this one for unknown, and with it the whole configuration: a
+        maintenance etcd lifted on a server of another file was kept as an operator's."""
+        if resource.name not in self.reload_owed:
+            self._running.setdefault(resource.dest, current)
+        self.reload_owed.add(resource.name)
 
     def _read_dest(self, resource: Resource, first_look: bool, sweep: bool, _: Progress
                    ) -> tuple[FileState, tuple[Path, tuple[bytes, os.stat_result]] | None]:
@@ -534,9 +544,10 @@ class Syncer:
         """The files of `target` besides the group's first: the rest of the group, then those
         of other resources sharing it (`haproxy -f a.cfg -f b.cfg`) as last seen at their dest
         (no I/O: one never seen by this Syncer is left out), taken for what the target runs
-        unless their reload is owed. (One changed while confsync was down and not yet compared
-        is brought in step too, where the target compares with what runs: HAProxy's runtime
-        pass.)"""
+        unless their reload is owed: then what is known it runs (`_running`: a predecessor's
+        running copy, the file a stuck install was to replace), else unknown. (One changed
+        while confsync was down and not yet compared is brought in step too, where the target
+        compares with what runs: HAProxy's runtime pass.)"""
         files: list[Sibling] = []
         for outcome in group[1:]:
             if outcome.content is not None:
@@ -553,7 +564,9 @@ class Syncer:
             last = self.dests.last(resource.dest)
             if last is not None and last.content is not None:
                 live = runs_previous and resource.name not in self.reload_owed
-                files.append((last.content if live else None, last.content))
+                running = self._running.get(resource.dest) if runs_previous else None
+                ran = last.content if live else running.content if running else None
+                files.append((ran, last.content))
         return files
 
     def _look_for_running_copy(self, resource: Resource,

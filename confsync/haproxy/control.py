@@ -25,6 +25,7 @@ from confsync import resolve
 from confsync.command_reload import CommandReloader, process_probe
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import (
+    MasterGone,
     MasterStatus,
     ReloadNotConfirmed,
     reload_confirmed,
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 1.0
 BIND_LOOKUP = 5.0  # seconds a `bind` host name's lookup may take
 _STOPPED = ("T", "t")  # the kernel's states of a stopped (SIGSTOP) or traced process
+_GONE = ("Z", "X", None)  # a zombie, a dead one, none
 # A state file that cannot be saved is so at every pass: said once every 5 minutes.
 _STATE_WARNINGS = Repeats()
 # Old workers (left from reloads, serving the connections they hold) past which confsync warns
@@ -311,6 +313,15 @@ class HAProxyController(ReloadTarget):
             self._seen(pid)
         return pid
 
+    def _runs(self, pid: int) -> bool:
+        """False when the master `pid`, seen here, surely no longer runs: no such process, a
+        zombie (confsync's own child under `--exec`), or another process with its pid. True
+        when that cannot be told (a master in another PID namespace)."""
+        seen = self._master
+        if seen is None or seen[0] != pid:
+            return True
+        return _master_started(pid) == seen[1] and state(pid) not in _GONE
+
     def _seen(self, pid: int) -> float | None:
         started = _master_started(pid)
         if self._master is not None and (pid, started) != self._master:
@@ -533,10 +544,21 @@ class HAProxyController(ReloadTarget):
                         "will read it when it starts", resource.name, master)
             return ReloadResult(ReloadKind.NO_TARGET, f"no HAProxy master on {master}")
         trigger, how = self._trigger()
+        pid: int = master_pid
         try:
-            status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout)
+            status, seconds = reload_confirmed(master, trigger, timeout=resource.reload_timeout,
+                                               runs=lambda: self._runs(pid))
         except SocketUnavailable as exc:  # no answer before anything was sent
             raise ReloadFailed(str(exc), untouched=True) from None
+        except MasterGone as exc:
+            # Stopped (`systemctl stop`, a crash) around our reload: like no master at all.
+            # The file stays (it was checked), nothing is rolled back, and whatever starts
+            # next reads it; the probe reports `not running` until then.
+            self._master = None
+            self._count_old(None)
+            log.warning("resource %s: %s (pid %d); file updated, HAProxy will read it when it "
+                        "starts", resource.name, exc, pid)
+            return ReloadResult(ReloadKind.NO_TARGET, f"{exc} (pid {pid})")
         except ReloadNotConfirmed as exc:
             raise ReloadFailed(str(exc)) from None
         self._count_old(status)

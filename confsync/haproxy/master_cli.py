@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from confsync.haproxy.sockets import SocketUnavailable, query
 
@@ -21,10 +22,19 @@ _MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.M
 _WORKER_LINE = re.compile(r"^(\d+)\s+worker\s+(\d+)\s", re.MULTILINE)
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
+# While the master CLI does not answer during a confirmed reload, whether the master still runs
+# is asked this often (a reload keeps it refusing for up to a second or so; a stop for good).
+WAIT_SLICE = 0.1
+T = TypeVar("T")
 
 
 class ReloadNotConfirmed(Exception):
     """The reload failed, or was not seen to finish in time."""
+
+
+class MasterGone(Exception):
+    """The master stopped (its process gone, or another master in its place) before the
+    reload was confirmed: nothing is left to confirm it, and what starts next reads the file."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +70,14 @@ def _lock(path: Path) -> threading.Lock:
 
 
 def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
-                     timeout: float = 30.0) -> tuple[MasterStatus, float]:
+                     timeout: float = 30.0,
+                     runs: Callable[[], bool] | None = None) -> tuple[MasterStatus, float]:
     """Reload (by `trigger`, default `reload` on the master CLI) and wait until it is confirmed.
 
     Returns the master's status after the reload and the seconds it took. Raises
     SocketUnavailable when no master answers (nothing was sent), ReloadNotConfirmed when the
-    reload failed or did not finish within `timeout`. One reload per master at a time within
-    this process.
+    reload failed or did not finish within `timeout`, MasterGone when the master stopped
+    first. One reload per master at a time within this process.
 
     A reload by someone else (`systemctl reload`: SIGUSR2 to the master) may be under way: the
     master CLI then refuses connections while the new process loads the configuration, for as
@@ -74,27 +85,56 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
     `timeout` (not a fixed half second, which failed our reload on a slow-loading file).
     A stopped master (SIGSTOP, a paused VM) is waited for the same way: it is found by its
     process, and its CLI answers once it runs again.
+
+    `runs()`: False when the caller's master surely no longer runs (its process is gone). While
+    the CLI does not answer it is asked every WAIT_SLICE: a master stopped (`systemctl stop`,
+    a crash) just before or after the reload was sent cost the whole `timeout` of waiting for
+    an answer that could not come, then a failed reload and a rollback of a good file.
     """
+
+    def wait(ask: Callable[[float], T], least: float, sent: bool) -> T:
+        """ask(retry_for) until it answers, `timeout` runs out (SocketUnavailable), or the
+        master is gone (MasterGone)."""
+        until = max(deadline, time.monotonic() + least)
+        while True:
+            left = until - time.monotonic()
+            try:
+                return ask(min(left, WAIT_SLICE) if runs is not None else max(left, 0.0))
+            except SocketUnavailable:
+                if runs is not None and not runs():
+                    raise MasterGone("HAProxy's master stopped before the reload was "
+                                     f"{'confirmed' if sent else 'sent'}") from None
+                if time.monotonic() >= until:
+                    raise
+
     with _lock(path):
         deadline = time.monotonic() + timeout
-        before = show_proc(path, retry_for=max(2.0, timeout))
+        before = wait(lambda retry: show_proc(path, retry_for=retry), max(2.0, timeout), False)
         start = time.monotonic()
         if trigger is None:
             # The master re-executes and may drop the connection: expected.
             try:
                 with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                    query(path, "reload", retry_for=max(0.5, deadline - time.monotonic()),
-                          idempotent=False)
+                    wait(lambda retry: query(path, "reload", retry_for=retry, idempotent=False),
+                         0.5, False)
             except TimeoutError as exc:  # sent; whether the master read it, nobody knows
                 raise ReloadNotConfirmed(str(exc)) from None
         else:
-            trigger()
+            try:
+                trigger()
+            except ProcessLookupError:  # the process signalled is gone
+                if runs is None or runs():
+                    raise
+                raise MasterGone("HAProxy's master stopped before the reload was sent") from None
         while True:
             try:
-                status = show_proc(path, retry_for=max(0.1, deadline - time.monotonic()))
+                status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
             except SocketUnavailable:
                 raise ReloadNotConfirmed(f"master CLI {path} stopped answering after the "
                                          "reload") from None
+            if status.pid != before.pid:  # (a reload keeps the pid: the master re-executes)
+                raise MasterGone(f"HAProxy's master stopped before the reload was confirmed "
+                                 f"(pid {status.pid} answers now, not {before.pid})")
             if status.failed > before.failed:
                 raise ReloadNotConfirmed(
                     f"HAProxy rejected the new configuration (reload failed, reloads "
