@@ -817,14 +817,18 @@ class _EtcdWatch:
             _close_quietly(fresh)
 
     def _report(self, item: ChangeBatch | ReplayComplete | ReplayStarted | Exception) -> None:
+        """Hand `item` over unless the watch is dead. The sink runs under the lock, as does
+        `cancel`: a report that passed the check is handed over before another thread's error
+        (or the follower's cancel) is, so nothing of a dead watch follows its lost stream (a
+        dying watch's ReplayComplete came after it, and the next session took it for its own)."""
         with self._lock:
             if self._dead:
                 return
             if isinstance(item, Exception):
                 self._dead = True
-        if isinstance(item, StoreUnavailable):
-            self._store.endpoint_failed()
-        self._sink(item)
+            if isinstance(item, StoreUnavailable):
+                self._store.endpoint_failed()
+            self._sink(item)
 
     def _on_response(self, prefix: str, response: Any) -> None:
         # Runs on the client's callback thread: convert and hand over, nothing more.
