@@ -102,6 +102,9 @@ REPLAY_REVISIONS_MAX = 500
 # etcd's watchBatchMaxRevs: a replay response with this many revisions may be one part of
 # several (its header says the server's revision all the same), so it does not end a replay.
 REPLAY_PART_REVISIONS = 1000
+# etcd's default --max-txn-ops, rounded down to whole checks of three ranges: at most this
+# many ranges in one txn of a resume's check (`_txn_ranges`).
+TXN_OPS_MAX = 126
 # A running watch or registrar asks for the cluster's members on each new connection and at
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
@@ -258,6 +261,9 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
+        # Ranges per txn of a resume's check (`_txn_ranges`): etcd's default --max-txn-ops,
+        # fewer once etcd refused that many.
+        self._txn_ops = TXN_OPS_MAX
         # A LongReplay was raised: the watch after the snapshot it asked for is not checked
         # again (writes faster than a snapshot read would otherwise never let a watch start).
         self._long_replay_read = False
@@ -609,38 +615,61 @@ class EtcdStore:
 
     def changed_prefixes(self, client: MultiEndpointEtcd3Client, starts: Mapping[str, int],
                          until: int) -> set[str]:
-        """The prefixes (of `starts`) that changed in [their start, until], by one txn of
-        ranges. A prefix with no key written since its start at `until` and as many keys as
-        at its start - 1 holds the same keys and values (a range cannot see deletions: a
-        deleted key lowers the count). (etcd counts before a min_mod_revision filter, so
-        that range asks for one key instead.)"""
+        """The prefixes (of `starts`) that changed in [their start, until]."""
+        same = self._unchanged(client, [(p, start, until) for p, start in starts.items()])
+        return {prefix for prefix, unchanged in zip(starts, same, strict=True)
+                if not unchanged}
+
+    def _unchanged(self, client: MultiEndpointEtcd3Client,
+                   checks: Sequence[tuple[str, int, int]]) -> list[bool]:
+        """For each (prefix, start, at): whether the prefix held at `at` the keys and values it
+        held at start - 1. So it did when no key has been written since its start at `at` and
+        it has as many keys as at start - 1 (a range cannot see deletions: a deleted key
+        lowers the count). (etcd counts before a min_mod_revision filter, so that range asks
+        for one key instead.) Three ranges a check, in txns of at most `_txn_ops` ranges:
+        every range names its revision, so the txns agree however they are cut (one txn of
+        every prefix's ranges passed etcd's --max-txn-ops, 128 by default, from 43 prefixes
+        on: every resume failed, for good)."""
         rpc = pyetcd.etcdrpc
         ops = []
-        prefixes = list(starts)
-        for prefix in prefixes:
-            start_revision = starts[prefix]
+        for prefix, start, at in checks:
             key = prefix.encode()
             end = _range_end(key)
             ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True,
-                        revision=max(start_revision - 1, 1))),
+                        key=key, range_end=end, count_only=True, revision=max(start - 1, 1))),
                     rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, keys_only=True, limit=1, revision=until,
-                        min_mod_revision=start_revision)),
+                        key=key, range_end=end, keys_only=True, limit=1, revision=at,
+                        min_mod_revision=start)),
                     rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True, revision=until))]
-        response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
-                                     credentials=client.call_credentials,
-                                     metadata=client.metadata)
-        ranges = [op.response_range for op in response.responses]
-        changed = set()
-        for index, prefix in enumerate(prefixes):
+                        key=key, range_end=end, count_only=True, revision=at))]
+        ranges = [op.response_range for op in self._txn_ranges(client, ops)]
+        same = []
+        for index, (_, start, _) in enumerate(checks):
             before, written, now = ranges[3 * index:3 * index + 3]
             # (Revision 0 would be read as "now": nothing was there before revision 1.)
-            count_before = int(before.count) if starts[prefix] > 1 else 0
-            if written.kvs or int(now.count) != count_before:
-                changed.add(prefix)
-        return changed
+            count_before = int(before.count) if start > 1 else 0
+            same.append(not written.kvs and int(now.count) == count_before)
+        return same
+
+    def _txn_ranges(self, client: MultiEndpointEtcd3Client, ops: Sequence[Any]) -> list[Any]:
+        """The responses of `ops` (ranges at fixed revisions), in txns etcd accepts: at most
+        `_txn_ops` each, fewer for good once etcd says "too many operations" (a cluster run
+        with a --max-txn-ops under the default)."""
+        rpc = pyetcd.etcdrpc
+        responses: list[Any] = []
+        while len(responses) < len(ops):
+            part = ops[len(responses):len(responses) + self._txn_ops]
+            try:
+                response = client.kvstub.Txn(rpc.TxnRequest(success=part), client.timeout,
+                                             credentials=client.call_credentials,
+                                             metadata=client.metadata)
+            except grpc.RpcError as exc:
+                if "too many operations" not in str(exc) or self._txn_ops <= 3:
+                    raise
+                self._txn_ops = max(3, self._txn_ops // 2 // 3 * 3)
+                continue
+            responses += response.responses
+        return responses
 
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
               starts: Mapping[str, int] | None = None) -> WatchHandle:

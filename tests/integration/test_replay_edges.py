@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from pathlib import Path
 
 from confsync.settings import EtcdSettings
 from confsync.stores import ReplayComplete
 from confsync.stores.etcd import EtcdStore
-from confsync.watcher import ReplayArrived, StoreFollower, StreamState
+from confsync.watcher import BatchReceived, ReplayArrived, StoreFollower, StreamState
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember
+from tests.support.etcd_server import EtcdMember, start_single
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -85,3 +86,45 @@ def test_a_dying_watch_s_replay_arrived_never_lands_after_its_lost_stream(
                 if isinstance(e, StreamState) and not e.connected)
     late = [e for e in events[lost:] if isinstance(e, ReplayArrived)]
     assert not late, f"a ReplayArrived after the lost stream: {events}"
+
+
+def test_a_resume_of_more_prefixes_than_one_txn_takes_comes_back(etcd_binary: str,
+                                                                 tmp_path: Path) -> None:
+    """A resume asks which prefixes changed in one txn, three ranges a prefix: past etcd's
+    --max-txn-ops (128 by default: from 43 prefixes on; 40 here: from 14) etcd refused it ("too many
+    operations in txn request"), and every resume failed the same way, for good: `/ready`
+    503 and files stale until a restart. The ranges now go in txns etcd accepts."""
+    member = start_single(etcd_binary, tmp_path / "etcd", extra_args=["--max-txn-ops", "40"])
+    try:
+        c = client(member.endpoint)
+        prefixes = [f"/many/p{i:02d}/" for i in range(50)]
+        for prefix in prefixes:
+            c.put(prefix + "k", "0")
+        last = int(c.put("/many/p00/k", "0").header.revision)
+        c.transaction(compare=[], failure=[], success=[c.transactions.put(prefixes[7] + "k", "1"),
+                                                       c.transactions.put(prefixes[42] + "k", "1")])
+        store = EtcdStore(EtcdSettings(endpoints=(member.endpoint,), timeout=5.0))
+        out: queue.SimpleQueue[object] = queue.SimpleQueue()
+        follower = StoreFollower(store, prefixes, out, resume=dict.fromkeys(prefixes, last))
+        follower.start()
+        events: list[object] = []
+        try:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and not any(
+                    isinstance(e, (ReplayArrived, StreamState)) for e in events):
+                with contextlib.suppress(queue.Empty):
+                    events.append(out.get(timeout=0.1))
+            with contextlib.suppress(queue.Empty):
+                while not any(isinstance(e, ReplayArrived) for e in events):
+                    events.append(out.get(timeout=2))
+        finally:
+            follower.stop()
+            follower.join(timeout=10)
+            store.close()
+    finally:
+        member.stop()
+    states = [e for e in events if isinstance(e, StreamState)]
+    assert states and all(s.connected for s in states), events
+    batches = {e.batch.prefix for e in events if isinstance(e, BatchReceived)}
+    assert batches == {prefixes[7], prefixes[42]}, events
+    assert any(isinstance(e, ReplayArrived) for e in events), events
