@@ -633,16 +633,20 @@ class EtcdStore:
         own revisions it missed. Starting where it holds what the mirror holds skips no
         change: the mirror's state of it is etcd's at that revision (what it did in between
         and undid, a key made and deleted, leaves nothing to render; its replay was never
-        waited for either)."""
-        far = [prefix for prefix, start in starts.items()
-               if until - start + 1 > REPLAY_REVISIONS_MAX]
-        checks = [(prefix, start, until) for prefix, start in starts.items()]
-        checks += [(prefix, starts[prefix], until - REPLAY_REVISIONS_MAX) for prefix in far]
+        waited for either). The look 500 back is a second round trip, for a prefix that
+        changed and is that far behind only: each look reads every key of the prefix."""
         chosen = dict(starts)
-        for (prefix, _, at), same in zip(checks, self._unchanged(client, checks),
-                                         strict=True):
+        for prefix, same in zip(starts, self._unchanged(
+                client, [(prefix, start, until) for prefix, start in starts.items()]),
+                strict=True):
             if same:
-                chosen[prefix] = max(chosen[prefix], at + 1)
+                chosen[prefix] = until + 1
+        back = until - REPLAY_REVISIONS_MAX
+        far = [prefix for prefix, start in chosen.items() if back >= start]
+        for prefix, same in zip(far, self._unchanged(
+                client, [(prefix, starts[prefix], back) for prefix in far]), strict=True):
+            if same:
+                chosen[prefix] = back + 1
         return chosen
 
     def _unchanged(self, client: MultiEndpointEtcd3Client,
