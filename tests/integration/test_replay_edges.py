@@ -42,8 +42,9 @@ def test_a_dying_watch_s_replay_arrived_never_lands_after_its_lost_stream(
     """The stream is cut as the watch hands its "replay arrived" over, and the position check
     reports the lost stream meanwhile. The check's report passed the watch's "dead?" test
     first and reached the loop first: a ReplayArrived of the dead session came after its
-    lost stream, and the next session's renders took it for their own replay (no wait: half
-    of a txn rendered). What a watch reports now reaches the follower in the order decided."""
+    lost stream, and the next session took it for its own (`/ready` 200 before its replay
+    was in; landing later still, half of a txn rendered). What a watch reports now reaches
+    the follower in the order it was decided, and nothing after its cancel."""
     c = client(etcd.endpoint)
     base = f"/dying{time.time_ns()}"
     a, b = f"{base}/a/", f"{base}/b/"
