@@ -294,6 +294,7 @@ class StoreFollower(threading.Thread):
                     log.error("store follower: %s; retrying", exc)
                 self._degraded(str(exc))
                 continue
+            self._skip_to(getattr(handle, "delivered", {}))
             self._backlog.put(StreamState(True, start - 1, generation=self.generation,
                                           replay_until=getattr(handle, "replay_until", 0),
                                           replay_pending=getattr(handle, "replay_pending",
@@ -310,6 +311,14 @@ class StoreFollower(threading.Thread):
                 self._first_snapshot = self._on_reset(error)
             else:
                 self._degraded(str(error))
+
+    def _skip_to(self, delivered: Mapping[str, int]) -> None:
+        """The store found that these prefixes hold at these revisions what they held at
+        their resume points (and watches them from there): a later resume starts there too."""
+        with self._lock:
+            for prefix, revision in delivered.items():
+                if prefix in self._last:
+                    self._last[prefix] = max(self._last[prefix], revision)
 
     def _follow(self, handle: WatchHandle) -> Exception | None:
         """Block until the watch fails (return its error) or we are stopped (return None).

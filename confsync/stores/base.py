@@ -69,7 +69,9 @@ class WatchHandle(Protocol):
     """A running watch. A handle may also carry `replay_until: int`, the store's revision as
     the watch was created (etcd's: what comes up to it is a replay of what was missed); the
     follower reads it with a default of 0, unknown, so stores without revisions need none; and
-    `replay_pending: bool`, whether a ReplayComplete follows (absent: not known)."""
+    `replay_pending: bool`, whether a ReplayComplete follows (absent: not known); and
+    `delivered: dict[str, int]`, revisions up to which prefixes are known to hold what they
+    held at their resume points (their watches start after them, and so does a later resume)."""
 
     def cancel(self) -> None: ...
 

@@ -105,6 +105,9 @@ REPLAY_REVISIONS_MAX = 500
 # etcd's watchBatchMaxRevs: a replay response with this many revisions may be one part of
 # several (its header says the server's revision all the same), so it does not end a replay.
 REPLAY_PART_REVISIONS = 1000
+# etcd's default --max-txn-ops, rounded down to whole checks of three ranges: at most this
+# many ranges in one txn of a resume's check (`_txn_ranges`).
+TXN_OPS_MAX = 126
 # A running watch or registrar asks for the cluster's members on each new connection and at
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
@@ -269,6 +272,9 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
+        # Ranges per txn of a resume's check (`_txn_ranges`): etcd's default --max-txn-ops,
+        # fewer once etcd refused that many.
+        self._txn_ops = TXN_OPS_MAX
         # A LongReplay was raised: the watch after the snapshot it asked for is not checked
         # again (writes faster than a snapshot read would otherwise never let a watch start).
         self._long_replay_read = False
@@ -644,38 +650,90 @@ class EtcdStore:
 
     def changed_prefixes(self, client: MultiEndpointEtcd3Client, starts: Mapping[str, int],
                          until: int) -> set[str]:
-        """The prefixes (of `starts`) that changed in [their start, until], by one txn of
-        ranges. A prefix with no key written since its start at `until` and as many keys as
-        at its start - 1 holds the same keys and values (a range cannot see deletions: a
-        deleted key lowers the count). (etcd counts before a min_mod_revision filter, so
-        that range asks for one key instead.)"""
+        """The prefixes (of `starts`) that changed in [their start, until]."""
+        same = self._unchanged(client, [(p, start, until) for p, start in starts.items()])
+        return {prefix for prefix, unchanged in zip(starts, same, strict=True)
+                if not unchanged}
+
+    def replay_starts(self, client: MultiEndpointEtcd3Client, starts: Mapping[str, int],
+                      until: int) -> dict[str, int]:
+        """Where each prefix's watch may start so that it replays what it missed up to
+        `until`: where it holds at `until` the keys and values it held at start - 1, at
+        until + 1 (nothing to replay); where it does at until - REPLAY_REVISIONS_MAX, at the
+        revision after (a replay of that many revisions at most); else at its own start.
+
+        A prefix resumes from its last event, so one quiet for long was as many revisions
+        behind as were written elsewhere since, and the first txn that touched it after that
+        made the resume a long one (a snapshot, 0-4 s of jitter late), however few of its
+        own revisions it missed. Starting where it holds what the mirror holds skips no
+        change: the mirror's state of it is etcd's at that revision (what it did in between
+        and undid, a key made and deleted, leaves nothing to render; its replay was never
+        waited for either). The look 500 back is a second round trip, for a prefix that
+        changed and is that far behind only: each look reads every key of the prefix."""
+        chosen = dict(starts)
+        for prefix, same in zip(starts, self._unchanged(
+                client, [(prefix, start, until) for prefix, start in starts.items()]),
+                strict=True):
+            if same:
+                chosen[prefix] = until + 1
+        back = until - REPLAY_REVISIONS_MAX
+        far = [prefix for prefix, start in chosen.items() if back >= start]
+        for prefix, same in zip(far, self._unchanged(
+                client, [(prefix, starts[prefix], back) for prefix in far]), strict=True):
+            if same:
+                chosen[prefix] = back + 1
+        return chosen
+
+    def _unchanged(self, client: MultiEndpointEtcd3Client,
+                   checks: Sequence[tuple[str, int, int]]) -> list[bool]:
+        """For each (prefix, start, at): whether the prefix held at `at` the keys and values it
+        held at start - 1. So it did when no key has been written since its start at `at` and
+        it has as many keys as at start - 1 (a range cannot see deletions: a deleted key
+        lowers the count). (etcd counts before a min_mod_revision filter, so that range asks
+        for one key instead.) Three ranges a check, in txns of at most `_txn_ops` ranges:
+        every range names its revision, so the txns agree however they are cut (one txn of
+        every prefix's ranges passed etcd's --max-txn-ops, 128 by default, from 43 prefixes
+        on: every resume failed, for good)."""
         rpc = pyetcd.etcdrpc
         ops = []
-        prefixes = list(starts)
-        for prefix in prefixes:
-            start_revision = starts[prefix]
+        for prefix, start, at in checks:
             key = prefix.encode()
             end = _range_end(key)
             ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True,
-                        revision=max(start_revision - 1, 1))),
+                        key=key, range_end=end, count_only=True, revision=max(start - 1, 1))),
                     rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, keys_only=True, limit=1, revision=until,
-                        min_mod_revision=start_revision)),
+                        key=key, range_end=end, keys_only=True, limit=1, revision=at,
+                        min_mod_revision=start)),
                     rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True, revision=until))]
-        response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
-                                     credentials=client.call_credentials,
-                                     metadata=client.metadata)
-        ranges = [op.response_range for op in response.responses]
-        changed = set()
-        for index, prefix in enumerate(prefixes):
+                        key=key, range_end=end, count_only=True, revision=at))]
+        ranges = [op.response_range for op in self._txn_ranges(client, ops)]
+        same = []
+        for index, (_, start, _) in enumerate(checks):
             before, written, now = ranges[3 * index:3 * index + 3]
             # (Revision 0 would be read as "now": nothing was there before revision 1.)
-            count_before = int(before.count) if starts[prefix] > 1 else 0
-            if written.kvs or int(now.count) != count_before:
-                changed.add(prefix)
-        return changed
+            count_before = int(before.count) if start > 1 else 0
+            same.append(not written.kvs and int(now.count) == count_before)
+        return same
+
+    def _txn_ranges(self, client: MultiEndpointEtcd3Client, ops: Sequence[Any]) -> list[Any]:
+        """The responses of `ops` (ranges at fixed revisions), in txns etcd accepts: at most
+        `_txn_ops` each, fewer for good once etcd says "too many operations" (a cluster run
+        with a --max-txn-ops under the default)."""
+        rpc = pyetcd.etcdrpc
+        responses: list[Any] = []
+        while len(responses) < len(ops):
+            part = ops[len(responses):len(responses) + self._txn_ops]
+            try:
+                response = client.kvstub.Txn(rpc.TxnRequest(success=part), client.timeout,
+                                             credentials=client.call_credentials,
+                                             metadata=client.metadata)
+            except grpc.RpcError as exc:
+                if "too many operations" not in str(exc) or self._txn_ops <= 3:
+                    raise
+                self._txn_ops = max(3, self._txn_ops // 2 // 3 * 3)
+                continue
+            responses += response.responses
+        return responses
 
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
               starts: Mapping[str, int] | None = None) -> WatchHandle:
@@ -740,12 +798,18 @@ class _EtcdWatch:
         # The last revision each prefix delivered in this session (a lagging one's replay is
         # checked against the others': `_check_lag`).
         self._heard = {p: own[p] - 1 for p in prefixes}
+        # Each prefix's revision up to which etcd's history showed nothing to replay (its
+        # watch starts after it): the follower resumes it from there next time.
+        self.delivered: dict[str, int] = {}
         try:
             self.replay_until = store.check_position(self._client, start_revision,
                                                      self._position_key)
             missed = 0
             if len(prefixes) > 1 and self.replay_until >= start_revision:
-                self._replaying = self._changed(own)
+                own = self._replay_starts(own)
+                self.delivered = {p: own[p] - 1 for p in prefixes}
+                self._heard = dict(self.delivered)
+                self._replaying = {p for p in prefixes if own[p] <= self.replay_until}
                 self.replay_pending = bool(self._replaying)
                 # Only a prefix with something to replay can get it in parts.
                 missed = max((self.replay_until - (own[p] - 1) for p in self._replaying),
@@ -781,10 +845,10 @@ class _EtcdWatch:
         threading.Thread(target=self._check_position, name="confsync-etcd-check",
                          daemon=True).start()
 
-    def _changed(self, starts: Mapping[str, int]) -> set[str]:
-        """`changed_prefixes` up to `replay_until`; a compacted start is the watch's own."""
+    def _replay_starts(self, starts: Mapping[str, int]) -> dict[str, int]:
+        """`replay_starts` up to `replay_until`; a compacted start is the watch's own."""
         try:
-            return self._store.changed_prefixes(self._client, starts, self.replay_until)
+            return self._store.replay_starts(self._client, starts, self.replay_until)
         except Exception as exc:
             if "compacted" in describe_error(exc):
                 raise RevisionCompacted(min(starts.values()) - 1) from None
@@ -852,14 +916,18 @@ class _EtcdWatch:
             _close_quietly(fresh)
 
     def _report(self, item: ChangeBatch | ReplayComplete | ReplayStarted | Exception) -> None:
+        """Hand `item` over unless the watch is dead. The sink runs under the lock, as does
+        `cancel`: a report that passed the check is handed over before another thread's error
+        (or the follower's cancel) is, so nothing of a dead watch follows its lost stream (a
+        dying watch's ReplayComplete came after it, and the next session took it for its own)."""
         with self._lock:
             if self._dead:
                 return
             if isinstance(item, Exception):
                 self._dead = True
-        if isinstance(item, StoreUnavailable):
-            self._store.endpoint_failed()
-        self._sink(item)
+            if isinstance(item, StoreUnavailable):
+                self._store.endpoint_failed()
+            self._sink(item)
 
     def _on_response(self, prefix: str, response: Any) -> None:
         # Runs on the client's callback thread: convert and hand over, nothing more.
