@@ -68,6 +68,7 @@ from confsync.stores.endpoints import (
     refuse_clear_credentials,
     split_endpoint,
 )
+from confsync.stores.history_mark import HistoryMark
 from confsync.stores.last_address import LastAddresses
 
 if TYPE_CHECKING:
@@ -231,6 +232,12 @@ def _too_large(exc: BaseException) -> bool:
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(exc)
 
 
+def _permission_denied(exc: BaseException) -> bool:
+    """etcd refuses the role (a read of a prefix it may no longer read)."""
+    code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+    return code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in str(exc)
+
+
 def token_expired(exc: BaseException) -> bool:
     """UNAUTHENTICATED ("invalid auth token"): the token timed out (--auth-token-ttl) or etcd
     restarted and forgot it. A fresh client authenticates again."""
@@ -258,6 +265,9 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
+        # The newest write seen (snapshot or watch): read back at its revision by each
+        # position check, it tells another history that has passed our revisions.
+        self._mark: HistoryMark | None = None
         # A LongReplay was raised: the watch after the snapshot it asked for is not checked
         # again (writes faster than a snapshot read would otherwise never let a watch start).
         self._long_replay_read = False
@@ -514,6 +524,7 @@ class EtcdStore:
         values: dict[str, bytes] = {}
         revision = cluster_id = 0
         page = SNAPSHOT_PAGE_KEYS
+        mark: HistoryMark | None = None
         for prefix in prefixes:
             key, end = prefix.encode(), _range_end(prefix.encode())
             while True:
@@ -532,12 +543,13 @@ class EtcdStore:
                     cluster_id = int(response.header.cluster_id)
                 for kv in response.kvs:
                     values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
+                mark = HistoryMark.latest(response.kvs, mark)
                 if not response.more or not response.kvs:
                     break
                 key = bytes(response.kvs[-1].key) + b"\0"
         if not prefixes:
             cluster_id, revision = self._current_position(client)
-        self._adopt(cluster_id, revision)
+        self._adopt(cluster_id, revision, mark)
         return Snapshot(revision, values, cluster_id)
 
     def _current_position(self, client: MultiEndpointEtcd3Client,
@@ -547,19 +559,62 @@ class EtcdStore:
         response = client.get_response(key)
         return int(response.header.cluster_id), int(response.header.revision)
 
+    def _position_and_history(self, client: MultiEndpointEtcd3Client,
+                              key: bytes) -> tuple[int, int, str | None]:
+        """`_current_position`, and in the same linearizable txn the mark's key read at its
+        revision: how the server's history differs from ours there (None: it does not, or
+        cannot tell: no mark, or compacted past it, or a revision the server does not have
+        yet, which the revision comparison reports)."""
+        with self._lock:
+            mark = self._mark
+        if mark is None:
+            return (*self._current_position(client, key), None)
+        rpc = pyetcd.etcdrpc
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
+               rpc.RequestOp(request_range=rpc.RangeRequest(key=mark.key,
+                                                            revision=mark.mod_revision))]
+        try:
+            response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
+                                         credentials=client.call_credentials,
+                                         metadata=client.metadata)
+        except grpc.RpcError as exc:
+            # (Through a gRPC proxy these come as UNKNOWN: known by their text.)
+            why = describe_error(exc)
+            if "future revision" not in why and "compacted" not in why \
+                    and not _permission_denied(exc):
+                raise
+            if "future revision" not in why:  # it cannot tell any more; a newer write will
+                with self._lock:
+                    if self._mark is mark:
+                        self._mark = None
+            return (*self._current_position(client, key), None)
+        kvs = response.responses[1].response_range.kvs
+        return (int(response.header.cluster_id), int(response.header.revision),
+                mark.differs(kvs[0] if kvs else None))
+
     # ---- the history followed
 
-    def _adopt(self, cluster_id: int, revision: int) -> None:
+    def _adopt(self, cluster_id: int, revision: int, mark: HistoryMark | None = None) -> None:
         """A snapshot's position becomes the history followed: the first one, the one after a
         StoreReset (a lower revision must not keep the old high-water mark), or one that agrees
         with it. One that disagrees otherwise changes nothing: the watch's next position check
-        raises the StoreReset, so the follower also replaces its resume points."""
+        raises the StoreReset, so the follower also replaces its resume points. `mark`: the
+        snapshot's newest write."""
         with self._lock:
             if self._reset_pending or not self._cluster_id:
                 self._cluster_id, self._highest_revision = cluster_id, revision
                 self._reset_pending = False
+                self._mark = mark
             elif cluster_id in (0, self._cluster_id) and revision >= self._highest_revision:
                 self._highest_revision = revision
+                if mark is not None:
+                    self._mark = HistoryMark.latest([mark], self._mark)
+
+    def _saw_write(self, kv: Any) -> None:
+        """A watch delivered this write (the newest of its response): the mark moves on."""
+        with self._lock:
+            if not self._reset_pending:
+                self._mark = HistoryMark.latest([kv], self._mark)
 
     def _saw(self, cluster_id: int, revision: int) -> StoreReset | None:
         """Record a response header; a StoreReset when it belongs to another history."""
@@ -575,20 +630,24 @@ class EtcdStore:
     def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int,
                        key: bytes) -> int:
         """Raise StoreReset unless the server is the cluster we followed and has every revision
-        we delivered (`start_revision - 1`) or saw. A recreated etcd (new cluster id) or one
-        restored from an older backup (revision back in time) would otherwise accept a watch
-        "from revision N+1" and stay silent until its own history passed N. Returns the
-        server's revision."""
-        cluster_id, revision = self._current_position(client, key)
+        we delivered (`start_revision - 1`) or saw, in our history (the mark). A recreated etcd
+        (new cluster id) or one restored from an older backup (revision back in time) would
+        otherwise accept a watch "from revision N+1" and stay silent until its own history
+        passed N; one past N already (same cluster id) would send its later writes on top of
+        a mirror of ours. Returns the server's revision."""
+        with self._lock:
+            seen = self._highest_revision
+        cluster_id, revision, history = self._position_and_history(client, key)
         reset = self._saw(cluster_id, revision)
         if reset is not None:
             raise reset
         with self._lock:
             highest = max(self._highest_revision, start_revision - 1)
-        if revision < highest:
+        if revision < highest or history is not None:
             with self._lock:
                 self._reset_pending = True
-            raise StoreReset(cluster_id, cluster_id, highest, revision)
+            raise StoreReset(cluster_id, cluster_id, max(seen, start_revision - 1), revision,
+                             history="" if revision < highest else history or "")
         return revision
 
     # ---- watch
@@ -849,6 +908,9 @@ class _EtcdWatch:
                 for ev in response.events)
             revisions = {int(ev.mod_revision) for ev in response.events}
             revision = max(revisions, default=int(header.revision))
+            puts = [ev for ev in response.events if isinstance(ev, pyetcd.events.PutEvent)]
+            if puts:
+                self._store._saw_write(max(puts, key=lambda ev: int(ev.mod_revision)))
             # etcd sends a live change as one revision, at the server's revision: anything
             # else is a lagging watch's replay (a gRPC proxy that resumed its upstream
             # watches itself, one after the other), and the other prefixes' parts may follow.
