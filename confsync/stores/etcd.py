@@ -265,9 +265,13 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
-        # The newest write seen (snapshot or watch): read back at its revision by each
-        # position check, it tells another history that has passed our revisions.
+        # The newest write seen (snapshot or watch), and the newest one a position check had
+        # seen when it found our history (at first the first one seen): each check reads both
+        # back at their revisions, which tells another history that has passed our revisions.
+        # (A gRPC proxy resumes its upstream watch on that history by itself: our newest write
+        # is then its own.)
         self._mark: HistoryMark | None = None
+        self._verified: HistoryMark | None = None
         # A LongReplay was raised: the watch after the snapshot it asked for is not checked
         # again (writes faster than a snapshot read would otherwise never let a watch start).
         self._long_replay_read = False
@@ -561,18 +565,21 @@ class EtcdStore:
 
     def _position_and_history(self, client: MultiEndpointEtcd3Client,
                               key: bytes) -> tuple[int, int, str | None]:
-        """`_current_position`, and in the same linearizable txn the mark's key read at its
-        revision: how the server's history differs from ours there (None: it does not, or
-        cannot tell: no mark, or compacted past it, or a revision the server does not have
-        yet, which the revision comparison reports)."""
+        """`_current_position`, and in the same linearizable txn the marks' keys read at
+        their revisions: how the server's history differs from ours there (None: it does
+        not, or cannot tell: no mark, or compacted past one, or a revision the server does
+        not have yet, which the revision comparison reports). The newest write seen then
+        counts as checked by the next call."""
         with self._lock:
-            mark = self._mark
-        if mark is None:
+            newest = self._mark
+            marks = [m for m in dict.fromkeys((self._verified, newest)) if m is not None]
+        if not marks:
             return (*self._current_position(client, key), None)
         rpc = pyetcd.etcdrpc
-        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
-               rpc.RequestOp(request_range=rpc.RangeRequest(key=mark.key,
-                                                            revision=mark.mod_revision))]
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
+        ops += [rpc.RequestOp(request_range=rpc.RangeRequest(key=m.key,
+                                                             revision=m.mod_revision))
+                for m in marks]
         try:
             response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
                                          credentials=client.call_credentials,
@@ -583,14 +590,20 @@ class EtcdStore:
             if "future revision" not in why and "compacted" not in why \
                     and not _permission_denied(exc):
                 raise
-            if "future revision" not in why:  # it cannot tell any more; a newer write will
+            if "future revision" not in why:  # they cannot tell any more; newer writes will
                 with self._lock:
-                    if self._mark is mark:
+                    self._verified = None
+                    if self._mark is newest:
                         self._mark = None
             return (*self._current_position(client, key), None)
-        kvs = response.responses[1].response_range.kvs
-        return (int(response.header.cluster_id), int(response.header.revision),
-                mark.differs(kvs[0] if kvs else None))
+        differs = next((why for why in (
+            m.differs(r.response_range.kvs[0] if r.response_range.kvs else None)
+            for m, r in zip(marks, response.responses[1:], strict=True)) if why), None)
+        if differs is None:
+            with self._lock:
+                if not self._reset_pending:
+                    self._verified = newest
+        return int(response.header.cluster_id), int(response.header.revision), differs
 
     # ---- the history followed
 
@@ -604,17 +617,19 @@ class EtcdStore:
             if self._reset_pending or not self._cluster_id:
                 self._cluster_id, self._highest_revision = cluster_id, revision
                 self._reset_pending = False
-                self._mark = mark
+                self._mark = self._verified = mark
             elif cluster_id in (0, self._cluster_id) and revision >= self._highest_revision:
                 self._highest_revision = revision
                 if mark is not None:
                     self._mark = HistoryMark.latest([mark], self._mark)
+                    self._verified = self._verified or self._mark
 
     def _saw_write(self, kv: Any) -> None:
         """A watch delivered this write (the newest of its response): the mark moves on."""
         with self._lock:
             if not self._reset_pending:
                 self._mark = HistoryMark.latest([kv], self._mark)
+                self._verified = self._verified or self._mark  # (the first one: ours)
 
     def _saw(self, cluster_id: int, revision: int) -> StoreReset | None:
         """Record a response header; a StoreReset when it belongs to another history."""
