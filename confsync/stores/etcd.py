@@ -577,9 +577,8 @@ class EtcdStore:
             return (*self._current_position(client, key), None)
         rpc = pyetcd.etcdrpc
         ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
-        ops += [rpc.RequestOp(request_range=rpc.RangeRequest(key=m.key,
-                                                             revision=m.mod_revision))
-                for m in marks]
+        ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
+                    key=m.key, revision=m.mod_revision, keys_only=True)) for m in marks]
         try:
             response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
                                          credentials=client.call_credentials,

@@ -9,25 +9,25 @@ import pyetcd
 from confsync.stores.history_mark import HistoryMark
 
 
-def _kvs(*writes: tuple[bytes, int, bytes]) -> Any:
+def _kvs(*writes: tuple[bytes, int, int]) -> Any:
+    """(key, mod_revision, version) each, created at revision 2."""
     response = pyetcd.etcdrpc.RangeResponse()
-    for key, revision, value in writes:
+    for key, revision, version in writes:
         kv = response.kvs.add()
-        kv.key, kv.mod_revision, kv.create_revision, kv.version, kv.value = (
-            key, revision, 2, 1, value)
+        kv.key, kv.mod_revision, kv.create_revision, kv.version = key, revision, 2, version
     return response.kvs
 
 
 def test_the_newest_write_is_the_mark_and_only_the_same_write_matches_it() -> None:
-    kvs = _kvs((b"/a", 5, b"x"), (b"/b", 9, b"y"), (b"/c", 2, b"z"))
+    kvs = _kvs((b"/a", 5, 1), (b"/b", 9, 3), (b"/c", 2, 1))
     mark = HistoryMark.latest(kvs, None)
     assert mark is not None and (mark.key, mark.mod_revision) == (b"/b", 9)
-    assert HistoryMark.latest(_kvs((b"/d", 3, b"w")), mark) is mark  # an older one: kept
-    same, = _kvs((b"/b", 9, b"y"))
+    assert HistoryMark.latest(_kvs((b"/d", 3, 1)), mark) is mark  # an older one: kept
+    same, = _kvs((b"/b", 9, 3))
     assert mark.differs(same) is None
-    other_value, = _kvs((b"/b", 9, b"other"))
-    older, = _kvs((b"/b", 4, b"y"))
-    assert mark.differs(other_value) == ("/b at revision 9 is another write (modified at 9, "
-                                         "version 1)")
+    other_version, = _kvs((b"/b", 9, 1))
+    older, = _kvs((b"/b", 4, 2))
+    assert mark.differs(other_version) == ("/b at revision 9 is another write (modified at "
+                                           "9, version 1)")
     assert mark.differs(older) is not None
     assert mark.differs(None) == "/b, written at revision 9, is not there at it"
