@@ -95,13 +95,17 @@ class StoreReset(ConfsyncError):
     that mean something else, so a fresh snapshot replaces the mirror."""
 
     def __init__(self, old_cluster: int, new_cluster: int, old_revision: int,
-                 new_revision: int) -> None:
+                 new_revision: int, history: str = "") -> None:
+        """`history`: how the server's history differs at a revision we saw, when neither
+        the cluster id nor the revision tells (recreated or restored, then written past it)."""
         self.old_cluster = old_cluster
         self.new_cluster = new_cluster
         self.old_revision = old_revision
         self.new_revision = new_revision
         what = (f"cluster id changed from {old_cluster:x} to {new_cluster:x}"
                 if old_cluster and new_cluster and old_cluster != new_cluster
+                else f"cluster {new_cluster:x} holds another history ({history}; recreated "
+                     f"or restored from a backup?)" if history
                 else f"cluster {new_cluster:x} is at revision {new_revision}, below revision "
                      f"{old_revision} already seen (restored from an older backup?)")
         super().__init__(f"store reset: {what}; revision {old_revision} -> {new_revision}")

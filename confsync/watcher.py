@@ -308,6 +308,10 @@ class StoreFollower(threading.Thread):
             elif isinstance(error, RevisionCompacted):
                 self._first_snapshot = self._catch_up(error, start)
             elif isinstance(error, StoreReset):
+                # Found on a live stream (the position check, a proxy's other cluster): the
+                # mirror is another history's until the jittered snapshot is in, so the
+                # stream counts as lost meanwhile (/ready said 200 for those 0-4 s).
+                self._lost(str(error))
                 self._first_snapshot = self._on_reset(error)
             else:
                 self._degraded(str(error))

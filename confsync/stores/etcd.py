@@ -68,6 +68,7 @@ from confsync.stores.endpoints import (
     refuse_clear_credentials,
     split_endpoint,
 )
+from confsync.stores.history_mark import HistoryMark
 from confsync.stores.last_address import LastAddresses
 
 if TYPE_CHECKING:
@@ -237,6 +238,12 @@ def _too_large(exc: BaseException) -> bool:
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(exc)
 
 
+def _permission_denied(exc: BaseException) -> bool:
+    """etcd refuses the role (a read of a prefix it may no longer read)."""
+    code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+    return code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in str(exc)
+
+
 def token_expired(exc: BaseException) -> bool:
     """UNAUTHENTICATED ("invalid auth token"): the token timed out (--auth-token-ttl) or etcd
     restarted and forgot it. A fresh client authenticates again."""
@@ -275,6 +282,13 @@ class EtcdStore:
         # Ranges per txn of a resume's check (`_txn_ranges`): etcd's default --max-txn-ops,
         # fewer once etcd refused that many.
         self._txn_ops = TXN_OPS_MAX
+        # The newest write seen (snapshot or watch), and the newest one a position check had
+        # seen when it found our history (at first the first one seen): each check reads both
+        # back at their revisions, which tells another history that has passed our revisions.
+        # (A gRPC proxy resumes its upstream watch on that history by itself: our newest write
+        # is then its own.)
+        self._mark: HistoryMark | None = None
+        self._verified: HistoryMark | None = None
         # A LongReplay was raised: the watch after the snapshot it asked for is not checked
         # again (writes faster than a snapshot read would otherwise never let a watch start).
         self._long_replay_read = False
@@ -555,6 +569,7 @@ class EtcdStore:
         values: dict[str, bytes] = {}
         revision = cluster_id = 0
         page = SNAPSHOT_PAGE_KEYS
+        mark: HistoryMark | None = None
         for prefix in prefixes:
             key, end = prefix.encode(), _range_end(prefix.encode())
             while True:
@@ -573,12 +588,13 @@ class EtcdStore:
                     cluster_id = int(response.header.cluster_id)
                 for kv in response.kvs:
                     values[kv.key.decode("utf-8", "surrogateescape")] = bytes(kv.value)
+                mark = HistoryMark.latest(response.kvs, mark)
                 if not response.more or not response.kvs:
                     break
                 key = bytes(response.kvs[-1].key) + b"\0"
         if not prefixes:
             cluster_id, revision = self._current_position(client)
-        self._adopt(cluster_id, revision)
+        self._adopt(cluster_id, revision, mark)
         return Snapshot(revision, values, cluster_id)
 
     def _current_position(self, client: MultiEndpointEtcd3Client,
@@ -588,19 +604,72 @@ class EtcdStore:
         response = client.get_response(key)
         return int(response.header.cluster_id), int(response.header.revision)
 
+    def _position_and_history(self, client: MultiEndpointEtcd3Client,
+                              key: bytes) -> tuple[int, int, str | None]:
+        """`_current_position`, and in the same linearizable txn the marks' keys read at
+        their revisions: how the server's history differs from ours there (None: it does
+        not, or cannot tell: no mark, or compacted past one, or a revision the server does
+        not have yet, which the revision comparison reports). The newest write seen then
+        counts as checked by the next call."""
+        with self._lock:
+            newest = self._mark
+            marks = [m for m in dict.fromkeys((self._verified, newest)) if m is not None]
+        if not marks:
+            return (*self._current_position(client, key), None)
+        rpc = pyetcd.etcdrpc
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
+        ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
+                    key=m.key, revision=m.mod_revision, keys_only=True)) for m in marks]
+        try:
+            response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
+                                         credentials=client.call_credentials,
+                                         metadata=client.metadata)
+        except grpc.RpcError as exc:
+            # (Through a gRPC proxy these come as UNKNOWN: known by their text.)
+            why = describe_error(exc)
+            if "future revision" not in why and "compacted" not in why \
+                    and not _permission_denied(exc):
+                raise
+            if "future revision" not in why:  # they cannot tell any more; newer writes will
+                with self._lock:
+                    self._verified = None
+                    if self._mark is newest:
+                        self._mark = None
+            return (*self._current_position(client, key), None)
+        differs = next((why for why in (
+            m.differs(r.response_range.kvs[0] if r.response_range.kvs else None)
+            for m, r in zip(marks, response.responses[1:], strict=True)) if why), None)
+        if differs is None:
+            with self._lock:
+                if not self._reset_pending:
+                    self._verified = newest
+        return int(response.header.cluster_id), int(response.header.revision), differs
+
     # ---- the history followed
 
-    def _adopt(self, cluster_id: int, revision: int) -> None:
+    def _adopt(self, cluster_id: int, revision: int, mark: HistoryMark | None = None) -> None:
         """A snapshot's position becomes the history followed: the first one, the one after a
         StoreReset (a lower revision must not keep the old high-water mark), or one that agrees
         with it. One that disagrees otherwise changes nothing: the watch's next position check
-        raises the StoreReset, so the follower also replaces its resume points."""
+        raises the StoreReset, so the follower also replaces its resume points. `mark`: the
+        snapshot's newest write."""
         with self._lock:
             if self._reset_pending or not self._cluster_id:
                 self._cluster_id, self._highest_revision = cluster_id, revision
                 self._reset_pending = False
+                self._mark = self._verified = mark
             elif cluster_id in (0, self._cluster_id) and revision >= self._highest_revision:
                 self._highest_revision = revision
+                if mark is not None:
+                    self._mark = HistoryMark.latest([mark], self._mark)
+                    self._verified = self._verified or self._mark
+
+    def _saw_write(self, kv: Any) -> None:
+        """A watch delivered this write (the newest of its response): the mark moves on."""
+        with self._lock:
+            if not self._reset_pending:
+                self._mark = HistoryMark.latest([kv], self._mark)
+                self._verified = self._verified or self._mark  # (the first one: ours)
 
     def _saw(self, cluster_id: int, revision: int) -> StoreReset | None:
         """Record a response header; a StoreReset when it belongs to another history."""
@@ -616,20 +685,24 @@ class EtcdStore:
     def check_position(self, client: MultiEndpointEtcd3Client, start_revision: int,
                        key: bytes) -> int:
         """Raise StoreReset unless the server is the cluster we followed and has every revision
-        we delivered (`start_revision - 1`) or saw. A recreated etcd (new cluster id) or one
-        restored from an older backup (revision back in time) would otherwise accept a watch
-        "from revision N+1" and stay silent until its own history passed N. Returns the
-        server's revision."""
-        cluster_id, revision = self._current_position(client, key)
+        we delivered (`start_revision - 1`) or saw, in our history (the mark). A recreated etcd
+        (new cluster id) or one restored from an older backup (revision back in time) would
+        otherwise accept a watch "from revision N+1" and stay silent until its own history
+        passed N; one past N already (same cluster id) would send its later writes on top of
+        a mirror of ours. Returns the server's revision."""
+        with self._lock:
+            seen = self._highest_revision
+        cluster_id, revision, history = self._position_and_history(client, key)
         reset = self._saw(cluster_id, revision)
         if reset is not None:
             raise reset
         with self._lock:
             highest = max(self._highest_revision, start_revision - 1)
-        if revision < highest:
+        if revision < highest or history is not None:
             with self._lock:
                 self._reset_pending = True
-            raise StoreReset(cluster_id, cluster_id, highest, revision)
+            raise StoreReset(cluster_id, cluster_id, max(seen, start_revision - 1), revision,
+                             history="" if revision < highest else history or "")
         return revision
 
     # ---- watch
@@ -952,6 +1025,9 @@ class _EtcdWatch:
                 for ev in response.events)
             revisions = {int(ev.mod_revision) for ev in response.events}
             revision = max(revisions, default=int(header.revision))
+            puts = [ev for ev in response.events if isinstance(ev, pyetcd.events.PutEvent)]
+            if puts:
+                self._store._saw_write(max(puts, key=lambda ev: int(ev.mod_revision)))
             # etcd sends a live change as one revision, at the server's revision: anything
             # else is a lagging watch's replay (a gRPC proxy that resumed its upstream
             # watches itself, one after the other), and the other prefixes' parts may follow.

@@ -4,6 +4,7 @@ start again), a member cut off from its quorum, and snapshots that must be linea
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -132,24 +133,15 @@ def _etcd_tool(etcd_binary: str, name: str) -> str:
     return found
 
 
-def test_restore_from_older_snapshot_without_bump_revision(
-        etcd_binary: str, etcd_private: EtcdMember, tmp_path: Path, prefix: str,
-        watchers: list[WatchProcess]) -> None:
-    m = etcd_private
-    c = client(m.endpoint)
-    c.put(prefix + "/k/a", "1")
-    c.put(prefix + "/k/b", "1")
-    backup = tmp_path / "backup.db"
+def _backup(etcd_binary: str, m: EtcdMember, path: Path) -> Path:
     subprocess.run([_etcd_tool(etcd_binary, "etcdctl"), "--endpoints", m.endpoint,
-                    "snapshot", "save", str(backup)], check=True, capture_output=True)
-    for i in range(20):  # history the restore will forget
-        c.put(prefix + "/k/a", f"after{i}")
-    c.delete(prefix + "/k/b")
-    c.put(prefix + "/k/c", "after")
-    lst, _ = resources(tmp_path)
-    w = start_watch(watchers, tmp_path, m.endpoint, prefix)
-    wait_for(lambda: read(lst) == "/k/a=after19\n/k/c=after\n", what="first render")
+                    "snapshot", "save", str(path)], check=True, capture_output=True)
+    return path
 
+
+def _restore(etcd_binary: str, m: EtcdMember, backup: Path) -> None:
+    """`m` killed, its data dir replaced by `backup` (same name, token, ports: same cluster
+    id), and started again."""
     m.kill()
     shutil.rmtree(m.data_dir)
     restore = [_etcd_tool(etcd_binary, "etcdutl") if Path(etcd_binary).with_name(
@@ -160,12 +152,82 @@ def test_restore_from_older_snapshot_without_bump_revision(
         "--initial-cluster-token", m.token or f"confsync-test-{m.peer_port}"]
     subprocess.run(restore, check=True, capture_output=True)
     m.start()
+
+
+def test_restore_from_older_snapshot_without_bump_revision(
+        etcd_binary: str, etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    m = etcd_private
+    c = client(m.endpoint)
+    c.put(prefix + "/k/a", "1")
+    c.put(prefix + "/k/b", "1")
+    backup = _backup(etcd_binary, m, tmp_path / "backup.db")
+    for i in range(20):  # history the restore will forget
+        c.put(prefix + "/k/a", f"after{i}")
+    c.delete(prefix + "/k/b")
+    c.put(prefix + "/k/c", "after")
+    lst, _ = resources(tmp_path)
+    w = start_watch(watchers, tmp_path, m.endpoint, prefix)
+    wait_for(lambda: read(lst) == "/k/a=after19\n/k/c=after\n", what="first render")
+
+    _restore(etcd_binary, m, backup)
     wait_for(lambda: read(lst) == "/k/a=1\n/k/b=1\n", timeout=20,
              what=f"the restored state\n{w.output()[-3000:]}")
     w.wait_log("store reset")
     client(m.endpoint).put(prefix + "/k/d", "new")
     wait_for(lambda: read(lst) == "/k/a=1\n/k/b=1\n/k/d=new\n", timeout=10,
              what="following the restored cluster")
+
+
+@pytest.mark.parametrize("how", ["restored", "recreated"])
+def test_same_cluster_id_written_past_our_revision_while_stopped_is_another_history(
+        how: str, etcd_binary: str, etcd_private: EtcdMember, tmp_path: Path, prefix: str,
+        watchers: list[WatchProcess]) -> None:
+    """confsync frozen (SIGSTOP) while etcd is restored from an older backup, or recreated,
+    with the same configuration (same cluster id), and written past every revision confsync
+    saw. Neither the id nor the revision tells; the quiet prefix (/g, resume point at the
+    first snapshot) and the busy one (/k) resumed "from their revisions" on another history:
+    its later writes went on top of the old values (/k/a=busy29 and /g/a=old beside the new
+    keys), /ready 200, no store reset. The last write seen, read back at its revision, tells."""
+    m = etcd_private
+    c = client(m.endpoint)
+    c.put(prefix + "/k/a", "backup")
+    c.put(prefix + "/g/a", "backup")
+    backup = _backup(etcd_binary, m, tmp_path / "backup.db")
+    c.put(prefix + "/g/a", "old")
+    lst, pool = resources(tmp_path)
+    port = free_port()
+    w = start_watch(watchers, tmp_path, m.endpoint, prefix,
+                    "--metrics-address", f"127.0.0.1:{port}")
+    wait_for(lambda: read(lst) == "/k/a=backup\n" and read(pool) == "/g/a=old\n",
+             what="first render")
+    for i in range(30):
+        c.put(prefix + "/k/a", f"busy{i}")
+    wait_for(lambda: read(lst) == "/k/a=busy29\n", what="the busy prefix followed")
+    seen = int(c.get_response(prefix + "/k/a").header.revision)
+
+    w.signal(signal.SIGSTOP)
+    try:
+        if how == "restored":
+            _restore(etcd_binary, m, backup)
+        else:
+            m.kill()
+            shutil.rmtree(m.data_dir)
+            m.start()
+        c = client(m.endpoint)
+        while int(c.get_response("/").header.revision) <= seen:  # (bounded: ~40 puts)
+            c.put(prefix + "/other", "x")
+        c.put(prefix + "/k/new", "1")
+        c.put(prefix + "/g/new", "1")
+    finally:
+        w.signal(signal.SIGCONT)
+    old = "/k/a=backup\n" if how == "restored" else ""
+    wait_for(lambda: read(lst) == old + "/k/new=1\n"
+             and read(pool) == old.replace("/k/", "/g/") + "/g/new=1\n", timeout=15,
+             what=f"the {how} cluster's state\n{w.output()[-3000:]}")
+    assert "holds another history" in w.output()
+    assert metric(port, "confsync_store_resets_total") == 1
+    assert http_status(f"http://127.0.0.1:{port}/ready") == 200
 
 
 def _is_leader(member: EtcdMember) -> bool:

@@ -4,6 +4,7 @@ proxy restarts, and a fresh snapshot when etcd compacted meanwhile."""
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -135,6 +136,37 @@ def test_etcd_recreated_behind_the_proxy(etcd_private: EtcdMember, proxy: GrpcPr
     wait_for(lambda: read(dest) == "/k/b=new\n", timeout=30,
              what=f"following the recreated etcd behind the proxy\n{w.output()[-3000:]}")
     assert "store reset" in w.output()
+
+
+def test_etcd_recreated_and_written_past_us_behind_the_proxy_while_stopped(
+        etcd_private: EtcdMember, proxy: GrpcProxy, prefix: str,
+        watch: tuple[WatchProcess, Path, int]) -> None:
+    """Recreated (same id) and written past our revision while confsync was stopped: the
+    proxy resumes its upstream watch on the new history by itself, and its writes reach
+    confsync as live events, so the newest write seen is the new history's own. Checked
+    against that one alone, /k/a (gone there) stayed in the file, /ready 200."""
+    w, dest, port = watch
+    c = client(etcd_private.endpoint)
+    for i in range(20):
+        c.put(prefix + "/k/a", str(i))
+    wait_for(lambda: read(dest) == "/k/a=19\n", timeout=15, what="first render")
+    seen = int(c.get_response(prefix + "/k/a").header.revision)
+    w.signal(signal.SIGSTOP)
+    try:
+        etcd_private.kill()
+        shutil.rmtree(etcd_private.data_dir)
+        etcd_private.start()
+        c = client(etcd_private.endpoint)
+        while int(c.put(prefix + "/other", "x").header.revision) <= seen:  # (~20 puts)
+            pass
+        c.put(prefix + "/k/b", "new")
+        time.sleep(1.0)  # the proxy's upstream watch brings it
+    finally:
+        w.signal(signal.SIGCONT)
+    wait_for(lambda: read(dest) == "/k/b=new\n", timeout=20,
+             what=f"the recreated etcd's state\n{w.output()[-3000:]}")
+    assert "holds another history" in w.output()
+    assert metric(port, "confsync_store_resets_total") == 1
 
 
 def test_register_through_the_proxy_keeps_its_lease_and_survives_a_proxy_restart(

@@ -143,3 +143,37 @@ def test_the_successor_of_a_dead_follower_that_owed_a_resync_starts_with_a_snaps
             successor.join(timeout=5)
         while not daemon.events.empty():
             daemon.events.get_nowait()
+
+
+class _LiveResetStore(FakeStore):
+    """The watch opens; its position check then finds another history on the live stream."""
+
+    def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
+              starts: object = None) -> _Handle:
+        self.watch_starts.append(start_revision)
+        if len(self.watch_starts) == 1:
+            sink(StoreReset(1, 2, start_revision - 1, 3))
+        return _Handle()
+
+
+def test_a_reset_found_on_a_live_stream_is_a_lost_stream_until_the_snapshot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a gRPC proxy the stream stays open and the 10 s position check finds the
+    reset: /ready said 200 for the 0-4 s of jitter and the read, with the old history's
+    files (no StreamState between the watch and the reset's snapshot)."""
+    monkeypatch.setattr(watcher, "RESNAPSHOT_JITTER", 0.0)
+    store = _LiveResetStore()
+    out: queue.SimpleQueue[object] = queue.SimpleQueue()
+    follower = StoreFollower(store, ["/k/"], out)
+    follower.start()
+    try:
+        events = [out.get(timeout=5) for _ in range(4)]
+    finally:
+        follower.stop()
+        follower.join(timeout=5)
+    start, connected, lost, reset = events
+    assert isinstance(start, SnapshotTaken) and start.reason == "start"
+    assert isinstance(connected, StreamState) and connected.connected
+    assert isinstance(lost, StreamState) and not lost.connected
+    assert "store reset" in lost.reason
+    assert isinstance(reset, SnapshotTaken) and reset.reason == "reset"
