@@ -405,7 +405,10 @@ class Syncer:
                 # The file is live on disk but its target never reloaded into it: without
                 # this the retry would find the file "up to date" and never reload.
                 self.in_place[resource.dest] = boot_clock()
-                self._owe(resource, current)
+                if has_target:
+                    self._owe(resource, current)
+                else:  # (nothing runs it: no running file to keep, nothing pops it)
+                    self.reload_owed.add(resource.name)
                 raise
             self.in_place[resource.dest] = boot_clock()
             if check:

@@ -45,6 +45,10 @@ class LookupFailing(OSError):
     EAI_AGAIN), or no route to etcd yet: a failure of the moment, not of the configuration."""
 
 
+class StoppedWaiting(Exception):
+    """A stop signal came while the start waited for DNS or a route (`default_address`)."""
+
+
 def source_address(endpoints: Sequence[str], timeout: float = 5.0) -> str:
     """The source address the kernel picks to reach the first resolvable etcd endpoint (a UDP
     connect sends nothing). Each name's lookup is given `timeout` (getaddrinfo has no bound of
@@ -96,11 +100,14 @@ def detect_address(etcd: EtcdSettings) -> str:
     return source_address(urls, etcd.timeout)
 
 
-def default_address(etcd: EtcdSettings) -> str:
+def default_address(etcd: EtcdSettings, stopped: Callable[[], bool] = lambda: False) -> str:
     """detect_address at start, where no answer is a configuration error (exit 2), except
     an endpoint name DNS cannot resolve for now: asked again (1 s, doubling to 10 s) until it
     answers. A resolver not up yet at boot made exit 2, which the unit does not restart (the
-    node was never registered), and one that never answered held the start for minutes."""
+    node was never registered), and one that never answered held the start for minutes.
+
+    Raises StoppedWaiting once `stopped()` (a held SIGTERM): this wait has no end, and the
+    stop signal's handler comes after it (a `systemctl stop` at boot waited for SIGKILL)."""
     waits = Backoff(1.0, POLL_INTERVAL)
     while True:
         try:
@@ -110,7 +117,11 @@ def default_address(etcd: EtcdSettings) -> str:
                 log.warning("register: cannot tell the local address used to reach etcd yet "
                             "(%s); asking again until DNS answers and a route exists (or set "
                             "`address`)", exc)
-            time.sleep(waits.next())
+            until = time.monotonic() + waits.next()
+            while not stopped() and time.monotonic() < until:
+                time.sleep(min(0.1, max(0.0, until - time.monotonic())))
+            if stopped():
+                raise StoppedWaiting from None
         except OSError as exc:
             raise ConfigError("register", f"cannot tell the local address used to reach etcd "
                               f"({exc}); set `address` in the registration",

@@ -33,6 +33,7 @@ from confsync.ops.supervisor import Supervisor, policy_from_settings
 from confsync.register.address import (
     AddressChanged,
     AddressFollower,
+    StoppedWaiting,
     default_address,
     detect_address,
     warn_if_loopback,
@@ -557,8 +558,14 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
                           f"{settings.backend!r}")
     host = hostname or os.environ.get(REGISTER_HOSTNAME_ENV) or socket.gethostname()
     # Asked once for every file that names no address: they all publish the same one.
-    registrations = load_registrations(settings.confdir, settings.prefix, host,
-                                       functools.cache(lambda: default_address(settings.etcd)))
+    try:
+        registrations = load_registrations(
+            settings.confdir, settings.prefix, host, functools.cache(
+                lambda: default_address(settings.etcd, held_signals.stop_held)))
+    except StoppedWaiting:
+        log.info("register: stopped while waiting to tell the local address; nothing was "
+                 "registered")
+        return EXIT_OK
     # Read before from_environ() unsets WATCHDOG_USEC: read after, it was always unset, so no
     # WATCHDOG=1 was ever sent: systemd killed the registrar (and an --exec child with it)
     # every WatchdogSec, 30 s in the shipped unit.

@@ -10,6 +10,7 @@ old address and dies with it, as on a real host.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -258,3 +259,27 @@ def test_a_route_with_no_local_address_is_not_an_address_to_publish() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("failing no route to etcd: http://10.255.0.1:2379: no local "
                                   "address on the route yet"), done.stdout
+
+
+def test_a_stop_while_waiting_for_a_route_at_start_ends_the_registrar(tmp_path: Path) -> None:
+    """SIGTERM is held through start-up (held_signals: its handler comes later), on the word
+    that start-up never waits long. The wait for a route to etcd (or for DNS) has no end: a
+    `systemctl stop` or a shutdown at boot then waited for the unit's SIGKILL. It ends the
+    registrar now, status 0, nothing registered."""
+    conf = tmp_path / "conf"
+    write_registration(conf, "web", 'service = "web"\nport = 8080\nid = "web-1"\n')
+    # A network namespace of its own with no route anywhere: ENETUNREACH, as at boot.
+    registrar = RegisterProcess(conf, "http://10.77.0.1:2379", log=tmp_path / "register.log",
+                                wrapper=["unshare", "--net"])
+    try:
+        wait_for(lambda: "cannot tell the local address used to reach etcd yet" in
+                 registrar.output() or registrar.proc.poll() is not None, 10,
+                 what="the wait for a route")
+        registrar.signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        wait_for(lambda: registrar.proc.poll() is not None, 5,
+                 what="the registrar ending on SIGTERM")
+        assert time.monotonic() - stopped < 2.0
+        assert registrar.proc.returncode == 0, registrar.output()[-2000:]
+    finally:
+        registrar.stop()

@@ -219,3 +219,31 @@ def test_a_resource_without_keys_is_not_held_by_the_empty_pool_guard(tmp_path: P
     syncer = Syncer(Renderer(tmp_path), Mirror())
     assert [o.status for o in syncer.apply([res])] == [UPDATED]
     assert res.dest.read_text() == "route=none\n"
+
+
+def test_a_file_without_a_reload_compares_with_what_is_on_disk_after_a_failed_dir_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No reload action: nothing runs the file, so nothing owes it a reload. A directory fsync
+    that failed once kept the file it replaced as "what runs" for good: every later write was
+    logged (diff, line counts, "already wrote") against that old file, not what was on disk."""
+    from confsync import applier
+
+    syncer, res = _setup(tmp_path, {"/pool/a": b"10.0.0.2:80"})
+    res.dest.write_text("server 10.0.0.1:80\n")
+    real_fsync_dir = applier._fsync_dir
+
+    def failing_fsync_dir(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(applier, "_fsync_dir", failing_fsync_dir)
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == FAILED and res.dest.read_text() == "server 10.0.0.2:80\n"
+    monkeypatch.setattr(applier, "_fsync_dir", real_fsync_dir)
+    syncer.mirror.load(Snapshot(2, {"/pool/a": b"10.0.0.3:80"}))
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UPDATED and outcome.previous is not None
+    assert outcome.previous.content == b"server 10.0.0.2:80\n", outcome.diff
+    syncer.mirror.load(Snapshot(3, {"/pool/a": b"10.0.0.1:80"}))
+    (outcome,) = syncer.apply([res])
+    assert outcome.previous is not None
+    assert outcome.previous.content == b"server 10.0.0.3:80\n", outcome.diff
