@@ -24,7 +24,14 @@ import threading
 import time
 
 from confsync import children, confdir_lock
-from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, ConfigError, StoreUnavailable
+from confsync.commands import cannot_run
+from confsync.errors import (
+    EXIT_CANNOT_RUN,
+    EXIT_OK,
+    EXIT_STORE_UNAVAILABLE,
+    ConfigError,
+    StoreUnavailable,
+)
 from confsync.instances import validate_instance
 from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
@@ -581,8 +588,13 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
             return loop.run()
         except OSError as exc:
             if supervisor is not None and supervisor.pid is None:
-                raise ConfigError("exec", f"cannot start `{settings.exec.command[0]}`: "
-                                  f"{exc.strerror}", "command") from None
+                # Nothing registered. Not exit 2 ("fix the configuration"), which the unit
+                # never restarts: a program not installed yet (a package still to come at
+                # boot, a volume not mounted) is there at a later start. 127 as `watch
+                # --exec` and a shell exit with; the unit starts it again.
+                log.error("exec: %s; nothing registered",
+                          cannot_run(settings.exec.command[0], exc))
+                return EXIT_CANNOT_RUN
             raise
     finally:
         if supervisor is not None and supervisor.running:
