@@ -25,6 +25,7 @@ import time
 
 from confsync import children, confdir_lock
 from confsync.commands import cannot_run
+from confsync.confdir_wait import wait_until_filled
 from confsync.errors import (
     EXIT_CANNOT_RUN,
     EXIT_OK,
@@ -562,6 +563,8 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     if settings.backend != "etcd":
         raise ConfigError("backend", f"confsync register writes to etcd; backend is "
                           f"{settings.backend!r}")
+    if not wait_until_filled(settings.confdir, "register.d", held_signals.stop_held):
+        return EXIT_OK  # (stopped while waiting: nothing registered)
     host = hostname or os.environ.get(REGISTER_HOSTNAME_ENV) or socket.gethostname()
     # Asked once for every file that names no address: they all publish the same one.
     registrations = load_registrations(settings.confdir, settings.prefix, host,
