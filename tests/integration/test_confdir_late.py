@@ -49,7 +49,32 @@ def _bind(source: Path, point: Path, mounts: list[Path]) -> None:
 def test_watch_on_a_mount_point_not_mounted_yet_starts_once_it_is(
         etcd: EtcdMember, tmp_path: Path, prefix: str, mounts: list[Path],
         watchers: list[WatchProcess]) -> None:
+    """As the shipped unit runs it: `--config /etc/confsync/confsync.toml`, the config and
+    the confdir both on the mount."""
     client(etcd.endpoint).put(prefix + "/k/v", "1")
+    point, volume, dest = tmp_path / "confsync", tmp_path / "volume", tmp_path / "app.conf"
+    point.mkdir()
+    write_resource(volume, "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    (volume / "confsync.toml").write_text(
+        f'confdir = "{point}"\nprefix = "{prefix}"\n[etcd]\nendpoints = ["{etcd.endpoint}"]\n')
+    watch = WatchProcess("--config", str(point / "confsync.toml"), log=tmp_path / "w.log")
+    watchers.append(watch)
+    watch.wait_log(f"config file {point / 'confsync.toml'} is not there and {point} is empty")
+    assert watch.proc.poll() is None, watch.output()[-2000:]
+    _bind(volume, point, mounts)
+    wait_for(lambda: read(dest) == "v=1\n", what=f"rendered; log:\n{watch.output()[-2000:]}")
+    # The lock is the mounted confdir's: a second `watch` on it is refused, naming the first.
+    second = confsync("watch", "--confdir", str(point), "--endpoints", etcd.endpoint,
+                      timeout=20)
+    assert second.returncode == 2 and "already kept by another" in second.stderr, \
+        second.stderr
+    assert watch.stop() == 0, watch.output()[-2000:]
+
+
+def test_watch_on_an_empty_confdir_locks_and_loads_the_mounted_one(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, mounts: list[Path],
+        watchers: list[WatchProcess]) -> None:
+    client(etcd.endpoint).put(prefix + "/k/v", "3")
     point, volume, dest = tmp_path / "confsync", tmp_path / "volume", tmp_path / "app.conf"
     point.mkdir()
     write_resource(volume, "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
@@ -59,12 +84,9 @@ def test_watch_on_a_mount_point_not_mounted_yet_starts_once_it_is(
     watch.wait_log(f"confdir {point} is empty (a mount not made yet?)")
     assert watch.proc.poll() is None, watch.output()[-2000:]
     _bind(volume, point, mounts)
-    wait_for(lambda: read(dest) == "v=1\n", what=f"rendered; log:\n{watch.output()[-2000:]}")
-    # The lock is the mounted confdir's: a second `watch` on it is refused, naming the first.
-    second = confsync("watch", "--confdir", str(point), "--endpoints", etcd.endpoint,
-                      timeout=20)
-    assert second.returncode == 2 and "already kept by another" in second.stderr, \
-        second.stderr
+    wait_for(lambda: read(dest) == "v=3\n", what=f"rendered; log:\n{watch.output()[-2000:]}")
+    # Locked anew at start (the mount point under it was): not found moved later.
+    watch.wait_log("watching")
     assert "send SIGHUP to load its files" not in watch.output()
     assert watch.stop() == 0, watch.output()[-2000:]
 
