@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from confsync.logs import setup_logging
     from confsync.settings import load_settings, unknown_environment
 
+    if args.command in LONG_RUNNING_COMMANDS and not _wait_for_config(args.config):
+        return EXIT_OK  # (stopped while waiting)
     try:
         settings = load_settings(_cli_values(args))
     except ConfigError as exc:
@@ -197,6 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             refused, lock = _lock_confdir(settings.confdir, "watch")
             if refused is not None:
                 return refused
+            if not _wait_for_files(settings.confdir, "conf.d"):
+                _release(lock)
+                return EXIT_OK
+            if not _still_locked(lock, settings.confdir):  # (mounted over while waiting)
+                _release(lock)
+                refused, lock = _lock_confdir(settings.confdir, "watch")
+                if refused is not None:
+                    return refused
             try:
                 ops = Ops.from_settings(settings)
             except BaseException:
@@ -265,6 +275,38 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
         if command == "watch" and confdir.is_dir():  # (one that is not: loading says why)
             _unlocked(confdir, exc.strerror or str(exc))
         return None, -1
+
+
+def _wait_for_files(confdir: Path, subdir: str) -> bool:
+    """Wait while the confdir or its `subdir` is empty (confdir_wait.py); False: stopped."""
+    from confsync.confdir_wait import wait_until_filled
+    from confsync.ops import held_signals
+
+    return wait_until_filled(confdir, subdir, held_signals.stop_held)
+
+
+def _wait_for_config(config: str | None) -> bool:
+    """Wait while the config file named is missing from an empty directory (a mount not
+    made yet at boot: confdir_wait.py); False: stopped meanwhile."""
+    from confsync.confdir_wait import config_not_there_yet, wait_until
+    from confsync.logs import setup_logging
+    from confsync.ops import held_signals
+    from confsync.paths import absolute
+
+    named = config or os.environ.get("CONFSYNC_CONFIG")
+    if not named:
+        return True
+    path = absolute(Path(named))
+    if config_not_there_yet(path) is None:
+        return True
+    setup_logging("info", "text")  # (the settings, with their log format, are not read yet)
+    return wait_until(lambda: config_not_there_yet(path), held_signals.stop_held)
+
+
+def _still_locked(fd: int, confdir: Path) -> bool:
+    from confsync import confdir_lock
+
+    return fd < 0 or confdir_lock.same_directory(fd, confdir)
 
 
 def _unlocked(confdir: Path, why: str) -> None:

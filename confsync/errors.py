@@ -7,6 +7,7 @@ EXIT_RESOURCE_FAILED = 1
 EXIT_BAD_CONFIG = 2
 EXIT_STORE_UNAVAILABLE = 3
 EXIT_WOULD_CHANGE = 4  # `confsync check` only: everything renders and checks, some dest differs
+EXIT_CANNOT_RUN = 127  # exec mode: the child's program could not be started (a shell's status)
 
 
 class ConfsyncError(Exception):

@@ -8,6 +8,7 @@ A small threaded WSGI server built on prometheus-client's own WSGI app, so conte
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -18,10 +19,11 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from confsync.backoff import Backoff
 from confsync.errors import ConfigError
 from confsync.fdlimit import exhausted
 from confsync.settings import parse_host_port as parse_address
@@ -35,6 +37,11 @@ HEALTH_MAX_AGE = 10.0  # /health fails when the loop has not beaten for this lon
 # Both daemons' duration histograms (renders, checks, reloads, probes): one scale on a dashboard.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 EXHAUSTED_PAUSE = 0.1  # seconds between accepts while out of file descriptors
+# Why an address cannot be bound now but may be later, by itself: the port is held by the
+# previous instance still stopping (a registrar's hand-over, a drain), the address is not on an
+# interface yet at boot, its name does not resolve yet.
+PASSING_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, socket.EAI_AGAIN})
+BIND_RETRY = (0.5, 5.0)  # first wait, longest wait (seconds) between tries to bind
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -116,8 +123,11 @@ class MetricsServer:
     """`/metrics`, `/health`, `/ready` on one address, served from a daemon thread."""
 
     def __init__(self, metrics: HealthSource, address: str,
-                 health_max_age: float = HEALTH_MAX_AGE) -> None:
+                 health_max_age: float = HEALTH_MAX_AGE, bind: bool = True) -> None:
+        """Bound at once (an OSError when it cannot be), or with `bind` False by the serving
+        thread, tried again until it is."""
         self.metrics = metrics
+        self.address = address
         host, port = parse_address(address)
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._routes = {
@@ -127,19 +137,44 @@ class MetricsServer:
             "/readyz": metrics.readiness,
         }
         server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-        self._server = make_server(host, port, self._app, server_class, _QuietHandler)
+        self._server = server_class((host, port), _QuietHandler, bind_and_activate=False)
+        self._server.set_app(self._app)
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._bound = False
+        self._bind_lock = threading.Lock()  # (close() and the thread's late bind)
+        if bind:
+            self._bind()
+
+    def _bind(self) -> None:
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()  # (a new socket for the next try)
+            self._server.socket = socket.socket(self._server.address_family,
+                                                self._server.socket_type)
+            raise
+        self._bound = True
 
     @classmethod
     def listen(cls, metrics: HealthSource, address: str) -> MetricsServer:
-        """Bound and serving, or a ConfigError (exit 2): better to fail at start than to run
-        unobserved."""
+        """Serving, or a ConfigError (exit 2) for an address that can never be bound (no
+        permission for the port, a name that does not exist): better to fail at start than to
+        run unobserved. One that may be bound later (PASSING_BIND_ERRORS) is tried again until
+        it is, saying so: exit 2 there is one the shipped units never restart, and a
+        registrar started to take over from the one still draining on that port, or a
+        daemon started before its address is up at boot, stayed down for good."""
         try:
             return cls(metrics, address).start()
         except OSError as exc:
-            raise ConfigError("metrics_address", f"cannot listen on {address}: "
-                              f"{exc.strerror}") from None
+            if exc.errno not in PASSING_BIND_ERRORS:
+                raise ConfigError("metrics_address", f"cannot listen on {address}: "
+                                  f"{exc.strerror}") from None
+            log.error("metrics: cannot listen on %s yet (%s); /metrics, /health and /ready are "
+                      "served once it can be bound, trying again meanwhile", address,
+                      exc.strerror)
+        return cls(metrics, address, bind=False).start()
 
     @property
     def port(self) -> int:
@@ -160,13 +195,39 @@ class MetricsServer:
                         ("Content-Length", str(len(body)))])
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
+    def _bind_late(self) -> bool:
+        """Bind, trying again with a backoff until bound (True) or closed (False)."""
+        waits = Backoff(*BIND_RETRY)
+        said = ""
+        while True:
+            with self._bind_lock:
+                if self._closing:
+                    return False
+                try:
+                    self._bind()
+                except OSError as exc:
+                    why = exc.strerror or str(exc)
+                else:
+                    log.info("metrics on http://%s:%d/metrics (bound now)",
+                             *self._server.server_address[:2])
+                    return True
+            if why != said:
+                if said:
+                    log.error("metrics: cannot listen on %s yet (%s)", self.address, why)
+                said = why
+            time.sleep(waits.next())
+
     def _serve(self) -> None:
         """serve_forever, started again if it ever raises (a bug must not end /health)."""
-        while not self._closing:
+        if not self._bound and not self._bind_late():
+            return
+        while True:  # (once at least: a close() already waiting for it returns then)
             try:
                 self._server.serve_forever(0.1)
                 return
             except Exception:
+                if self._closing:
+                    return
                 log.exception("metrics server failed; serving again in 1s")
                 time.sleep(1.0)
 
@@ -175,12 +236,16 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._serve, name="confsync-metrics",
                                         daemon=True)
         self._thread.start()
-        log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
+        if self._bound:
+            log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
         return self
 
     def close(self) -> None:
-        self._closing = True
-        self._server.shutdown()
+        with self._bind_lock:
+            self._closing = True
+            bound = self._bound
+        if bound:  # (shutdown() waits for a serve_forever that never ran otherwise)
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -24,7 +24,15 @@ import threading
 import time
 
 from confsync import children, confdir_lock
-from confsync.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, ConfigError, StoreUnavailable
+from confsync.commands import cannot_run
+from confsync.confdir_wait import wait_until_filled
+from confsync.errors import (
+    EXIT_CANNOT_RUN,
+    EXIT_OK,
+    EXIT_STORE_UNAVAILABLE,
+    ConfigError,
+    StoreUnavailable,
+)
 from confsync.instances import validate_instance
 from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
@@ -556,6 +564,8 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
     if settings.backend != "etcd":
         raise ConfigError("backend", f"confsync register writes to etcd; backend is "
                           f"{settings.backend!r}")
+    if not wait_until_filled(settings.confdir, "register.d", held_signals.stop_held):
+        return EXIT_OK  # (stopped while waiting: nothing registered)
     host = hostname or os.environ.get(REGISTER_HOSTNAME_ENV) or socket.gethostname()
     # Asked once for every file that names no address: they all publish the same one.
     try:
@@ -588,8 +598,13 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
             return loop.run()
         except OSError as exc:
             if supervisor is not None and supervisor.pid is None:
-                raise ConfigError("exec", f"cannot start `{settings.exec.command[0]}`: "
-                                  f"{exc.strerror}", "command") from None
+                # Nothing registered. Not exit 2 ("fix the configuration"), which the unit
+                # never restarts: a program not installed yet (a package still to come at
+                # boot, a volume not mounted) is there at a later start. 127 as `watch
+                # --exec` and a shell exit with; the unit starts it again.
+                log.error("exec: %s; nothing registered",
+                          cannot_run(settings.exec.command[0], exc))
+                return EXIT_CANNOT_RUN
             raise
     finally:
         if supervisor is not None and supervisor.running:

@@ -721,6 +721,20 @@ def test_exec_child_death_deregisters_at_once_and_passes_its_status(
     assert "deregistering now" in proc.output() and "draining for" not in proc.output()
 
 
+def test_exec_program_not_installed_yet_is_not_exit_2(
+        etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """A program not installed yet (a package still to come at boot) was exit 2, "fix the
+    configuration", which the unit never restarts: the node never joined its pool. Now 127,
+    as `watch --exec` and a shell say it; the unit starts it again."""
+    port = free_port()
+    write_registration(tmp_path / "conf", "web", _registration(port))
+    missing = tmp_path / "not-yet" / "web"
+    proc = _start(procs, tmp_path, etcd, prefix, "--exec", f"{missing} --port {port}")
+    assert proc.wait() == 127, proc.output()[-2000:]
+    assert f"cannot run `{missing}`: No such file or directory" in proc.output()
+    assert list(client(etcd.endpoint).get_prefix(prefix)) == []
+
+
 def test_exec_sigterm_drains_before_stopping_the_child(
         etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
     port = free_port()

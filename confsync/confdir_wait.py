@@ -1,0 +1,78 @@
+"""A daemon started before its confdir's files are there waits for them.
+
+At boot the confdir (or its `conf.d/`, `register.d/`) may be a mount point not mounted yet (NFS,
+a volume attached late), which shows as an empty directory; config management may not have
+filled `conf.d/` yet. Loading it then found nothing and exited 2, which the shipped units never
+restart (RestartPreventExitStatus=2): the node stayed unmanaged. An empty directory is a state
+of the machine, so `watch` and `register` wait for it to fill, and for a `--config` file
+missing from an empty directory (the shipped units name /etc/confsync/confsync.toml); a path
+that does not exist (a typo), or a directory holding other files, is left to the loaders to
+refuse at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("confsync")
+
+POLL = 1.0  # seconds between looks
+
+
+def _empty(directory: Path) -> bool:
+    """An existing directory with nothing in it but hidden names (`.gitkeep`)."""
+    try:
+        return directory.is_dir() and not any(not p.name.startswith(".")
+                                              for p in directory.iterdir())
+    except OSError:  # unreadable: the loader says why
+        return False
+
+
+def not_there_yet(confdir: Path, subdir: str) -> str | None:
+    """Why `confdir`'s files cannot be loaded *yet*; None when there is nothing to wait for."""
+    if _empty(confdir):
+        return f"confdir {confdir} is empty (a mount not made yet?)"
+    if _empty(confdir / subdir):
+        return f"{confdir / subdir} is empty (a mount not made yet, or nothing deployed yet?)"
+    return None
+
+
+def config_not_there_yet(path: Path) -> str | None:
+    """Why the config file `path` cannot be read *yet*: it is missing from an empty directory
+    (its mount not made yet). None otherwise (a wrong path is the loader's to refuse)."""
+    try:
+        if path.exists():
+            return None
+    except OSError:
+        return None
+    if _empty(path.parent):
+        return f"config file {path} is not there and {path.parent} is empty (a mount not made yet?)"
+    return None
+
+
+def wait_until(why_not: Callable[[], str | None], stop: Callable[[], bool],
+               poll: float = POLL) -> bool:
+    """Return once `why_not()` is None (True), or when `stop()` came true (False)."""
+    why = why_not()
+    if why is None:
+        return True
+    log.warning("%s: waiting for its files, starting once they are there", why)
+    while why is not None:
+        if stop():
+            return False
+        time.sleep(poll)
+        why = why_not()
+    log.info("the files are there now: starting")
+    return True
+
+
+def wait_until_filled(confdir: Path, subdir: str, stop: Callable[[], bool],
+                      poll: float = POLL) -> bool:
+    """`wait_until` the confdir and its `subdir` are not empty."""
+    return wait_until(lambda: not_there_yet(confdir, subdir), stop, poll)
+
+
+__all__ = ["config_not_there_yet", "not_there_yet", "wait_until", "wait_until_filled"]

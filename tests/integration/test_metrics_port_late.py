@@ -1,0 +1,82 @@
+"""A `--metrics-address` that cannot be bound at start, but will be: the port still held by
+the instance being replaced (a registrar's hand-over, a drain), an address not up yet at boot.
+
+It was exit 2 ("cannot listen on ..."), which the shipped units never restart
+(RestartPreventExitStatus=2): the node stayed unmanaged (or out of its pool) for good. Now the
+daemon runs, says why, and serves /health and /ready once the address can be bound. Real etcd,
+real processes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+from tests.support.http_probe import probe
+from tests.support.register import RegisterProcess, published, write_registration
+
+
+@pytest.fixture
+def held() -> Iterator[socket.socket]:
+    """A listening socket on a free loopback port: the previous instance's /metrics."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def _served_by_us(port: int) -> bool:
+    status, body = probe(f"http://127.0.0.1:{port}", "/health", timeout=1.0)
+    return status == 200 and bool(body.get("ok"))
+
+
+def test_watch_serves_its_probes_once_the_port_is_free(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, held: socket.socket,
+        watchers: list[WatchProcess]) -> None:
+    client(etcd.endpoint).put(prefix + "/k/v", "1")
+    dest = tmp_path / "app.conf"
+    write_resource(tmp_path / "cd", "app", "v={{ getv('/k/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]\n')
+    port = held.getsockname()[1]
+    watch = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                         "--prefix", prefix, "--metrics-address", f"127.0.0.1:{port}",
+                         log=tmp_path / "w.log")
+    watchers.append(watch)
+    watch.wait_log(f"cannot listen on 127.0.0.1:{port} yet")
+    wait_for(lambda: read(dest) == "v=1\n", what="rendered meanwhile")
+    assert watch.proc.poll() is None, watch.output()[-2000:]
+    held.close()  # the previous instance is gone
+    wait_for(lambda: _served_by_us(port), timeout=8, what="/health served once bound")
+    assert watch.stop() == 0, watch.output()[-2000:]
+
+
+def test_registrar_taking_over_registers_and_serves_once_the_port_is_free(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, held: socket.socket,
+        procs: list[RegisterProcess]) -> None:
+    service = socket.create_server(("127.0.0.1", 0))
+    try:
+        write_registration(tmp_path / "cd", "web", (
+            f'service = "web"\nid = "web-1"\nport = {service.getsockname()[1]}\n'
+            'address = "127.0.0.1"\nttl = "5s"\ndrain = "100ms"\n'
+            '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
+        port = held.getsockname()[1]
+        reg = RegisterProcess(tmp_path / "cd", etcd.endpoint, "--prefix", prefix,
+                              "--hostname", "node-a", "--metrics-address", f"127.0.0.1:{port}",
+                              log=tmp_path / "r.log")
+        procs.append(reg)
+        etcd_client = client(etcd.endpoint)
+        key = prefix + "/services/web/instances/web-1"
+        wait_for(lambda: published(etcd_client, key) is not None, timeout=10,
+                 what=f"registered meanwhile; log:\n{reg.output()[-2000:]}")
+        assert f"cannot listen on 127.0.0.1:{port} yet" in reg.output()
+        held.close()
+        wait_for(lambda: _served_by_us(port), timeout=8, what="/health served once bound")
+        assert reg.stop() == 0, reg.output()[-2000:]
+    finally:
+        service.close()
