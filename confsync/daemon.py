@@ -253,6 +253,9 @@ class Daemon:
         # current, nothing running) is said once, then at most every 5 minutes.
         self._no_target_said = Repeats()
         state, errors = build_state(settings)
+        # Files left out of the running set: said in /ready and a gauge as long as they are,
+        # not only in one log line at start.
+        self._load_errors = tuple(errors)
         if errors:
             for error in errors:
                 log.error("configuration: %s", error)
@@ -294,6 +297,7 @@ class Daemon:
     def _started(self) -> None:
         """Tell the observers what now runs, and how late a heartbeat may be on its account."""
         self.observers.started(self.state.resources)
+        self.observers.config_errors(self._load_errors)
         self.observers.step_bound(self.syncer.step_bound(self.state.resources))
 
     def run(self) -> int:
@@ -1169,6 +1173,7 @@ class Daemon:
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
         self._io_stuck &= names
+        self._load_errors = ()  # (a set with any is refused)
         self._started()  # observers forget resources that are gone
         if snapshot is not None:
             self.observers.snapshot_loaded(snapshot.revision, len(self.mirror))

@@ -59,6 +59,10 @@ class Observer:
     def config_reloaded(self, ok: bool, message: str) -> None:
         """The new resource set replaced the old one (ok) or was refused (the old one runs on)."""
 
+    def config_errors(self, errors: Sequence[str]) -> None:
+        """The resource files of conf.d that did not load when the running set was loaded
+        (the others run); empty: none. Said with `started`."""
+
     def stopping(self) -> None:
         """SIGTERM/SIGINT: the apply in flight finishes, then the loop exits."""
 
@@ -116,6 +120,9 @@ class Observers(Observer):
 
     def started(self, resources: Sequence[Resource]) -> None:
         self._each("started", resources)
+
+    def config_errors(self, errors: Sequence[str]) -> None:
+        self._each("config_errors", errors)
 
     def snapshot_loaded(self, revision: int, keys: int) -> None:
         self._each("snapshot_loaded", revision, keys)

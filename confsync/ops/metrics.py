@@ -76,6 +76,9 @@ class Metrics(Observer):
         self._connected = False
         self._lost_reason = ""
         self._failed_parts: dict[str, str] = {}  # daemon threads that died, and why
+        # conf.d files left out of the running set, and why the last reload was refused.
+        self._config_errors: tuple[str, ...] = ()
+        self._reload_refused: str | None = None
         # Resources whose dest holds another writer's file while its repair waits (drift.py).
         self._drift_held: list[str] = []
         self._io_stuck: list[str] = []  # resources whose file work on dest does not return
@@ -174,6 +177,10 @@ class Metrics(Observer):
         self.config_reloads = Counter(
             "config_reloads", "Configuration reloads (SIGHUP) per outcome (ok, refused)",
             ["outcome"], namespace=ns, registry=r)
+        self.config_errors_gauge = Gauge(
+            "config_errors", "Resource files of conf.d that did not load when the running "
+            "set did, plus 1 while the last configuration reload is refused (what runs is not "
+            "what conf.d holds)", namespace=ns, registry=r)
         self.resources_gauge = Gauge(
             "resources", "Resources loaded", namespace=ns, registry=r)
         self.parts_failed = Gauge(
@@ -263,6 +270,12 @@ class Metrics(Observer):
                 detail["failing"] = dict(sorted(self._failing.items()))
             if not self._connected and self._lost_reason:
                 detail["watch_lost"] = self._lost_reason
+            # Reported, not failing: the resources that loaded are current, and one bad file
+            # rolled out everywhere must not take every instance out of service.
+            if self._config_errors:
+                detail["config_errors"] = list(self._config_errors)
+            if self._reload_refused is not None:
+                detail["config_reload_refused"] = self._reload_refused
             return not reasons, detail
 
     def _update_ready(self) -> None:
@@ -462,6 +475,19 @@ class Metrics(Observer):
 
     def config_reloaded(self, ok: bool, message: str) -> None:
         self.config_reloads.labels("ok" if ok else "refused").inc()
+        with self._lock:
+            self._reload_refused = None if ok else message
+        self._update_config_errors()
+
+    def config_errors(self, errors: Sequence[str]) -> None:
+        with self._lock:
+            self._config_errors = tuple(errors)
+        self._update_config_errors()
+
+    def _update_config_errors(self) -> None:
+        with self._lock:
+            count = len(self._config_errors) + (self._reload_refused is not None)
+        self.config_errors_gauge.set(count)
 
     def part_failed(self, part: str, reason: str) -> None:
         with self._lock:
