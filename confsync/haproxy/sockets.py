@@ -61,6 +61,12 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
         except BaseException:
             sock.close()
             raise
+        if not idempotent:
+            # Once sent it is not sent again, so its answer gets all of `timeout`, not what
+            # is left of a short `retry_for` (reload_confirmed asks in 0.1 s slices): a master
+            # that took the connection as it came back from someone else's reload, and
+            # answered 0.1 s later, failed our reload as "no answer within 0.05s".
+            sock.settimeout(timeout)
         with sock:
             try:
                 sock.sendall(command.encode() + b"\n")

@@ -88,3 +88,29 @@ def test_a_socket_that_accepts_and_never_answers_is_unavailable_in_bounded_time(
         assert 0.5 <= time.monotonic() - started < 0.8  # retry_for: a retry gets what is left
         with pytest.raises(TimeoutError, match=re.escape(f"{path}: no answer to `reload`")):
             query(path, "reload", timeout=0.2, idempotent=False)
+
+
+def test_a_command_sent_on_a_retry_gets_its_whole_timeout_for_the_answer(
+        sockdir: Path) -> None:
+    """reload_confirmed asks in 0.1 s slices (retry_for) so that it can look whether the master
+    still runs. A `reload` sent on a retry (the master CLI back from someone else's reload)
+    was given only what was left of the slice to answer (0.05 s), and a master answering later
+    failed a good reload; once sent, a command that is not idempotent waits its `timeout`."""
+    path = sockdir / "m.sock"
+
+    def run() -> None:
+        time.sleep(0.03)  # refused (missing) at first, as while the master re-executes
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+            server.listen()
+            conn, _ = server.accept()
+            with conn:
+                while conn.recv(1024):
+                    pass
+                time.sleep(0.3)  # answers after the slice is long over
+                conn.sendall(b"Success=1\n")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert query(path, "reload", timeout=2.0, retry_for=0.1, idempotent=False) == "Success=1\n"
+    thread.join(2)
