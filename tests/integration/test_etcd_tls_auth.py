@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -267,28 +268,40 @@ def test_position_checks_outlive_the_token_and_the_watch_stays_up(
         store.close()
 
 
-def test_registrar_renews_an_expired_token_without_an_outage(
-        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
-    """Keepalives every 3 s, tokens that expire after 2 s unused: every keepalive meets an
-    expired token. That is renewed quietly, never reported as etcd unreachable."""
+
+def _root_registrar(etcd: SecureEtcd, tmp_path: Path, prefix: str,
+                    tls: tuple[Path, ...]) -> tuple[Any, Any, Path]:
+    """`confsync register` as root through TLS files `tls` (CA, certificate, key), with one
+    registration whose tcp check passes: (process, the listener it checks, password file)."""
     import socket
 
-    from tests.support.register import RegisterProcess, published, write_registration
+    from tests.support.register import RegisterProcess, write_registration
 
     listener = socket.create_server(("127.0.0.1", 0))
     password = tmp_path / "root-password"
     password.write_text(ROOT.split(":", 1)[1] + "\n")
     password.chmod(0o600)
+    ca, cert, key = tls
     config = tmp_path / "confsync.toml"
-    config.write_text(
-        f'[etcd]\nca_cert = "{secure_etcd.pki.ca_cert}"\ncert = "{secure_etcd.pki.client_cert}"\n'
-        f'key = "{secure_etcd.pki.client_key}"\nuser = "root"\npassword_file = "{password}"\n')
+    config.write_text(f'[etcd]\nca_cert = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+                      f'user = "root"\npassword_file = "{password}"\n')
     write_registration(tmp_path / "conf", "web", (
         f'service = "web"\nid = "web-1"\nport = {listener.getsockname()[1]}\nttl = "9s"\n'
         '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
-    proc = RegisterProcess(tmp_path / "conf", secure_etcd.member.endpoint, "--config",
-                           str(config), "--prefix", "/tls-reg", "--hostname", "node-a",
-                           log=tmp_path / "r.log")
+    proc = RegisterProcess(tmp_path / "conf", etcd.member.endpoint, "--config", str(config),
+                           "--prefix", prefix, "--hostname", "node-a", log=tmp_path / "r.log")
+    return proc, listener, password
+
+
+def test_registrar_renews_an_expired_token_without_an_outage(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """Keepalives every 3 s, tokens that expire after 2 s unused: every keepalive meets an
+    expired token. That is renewed quietly, never reported as etcd unreachable."""
+    from tests.support.register import published
+
+    pki = secure_etcd.pki
+    proc, listener, password = _root_registrar(secure_etcd, tmp_path, "/tls-reg",
+                                               (pki.ca_cert, pki.client_cert, pki.client_key))
     key = "/tls-reg/services/web/instances/web-1"
     try:
         store = EtcdStore(secure_etcd.settings(user="root", password_file=password))
@@ -408,28 +421,15 @@ def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
     """As for `watch`: a registrar whose certificate is written after it starts (at boot) was
     exit 2, never restarted by its unit, and the instance never joined its pool."""
     import shutil
-    import socket
 
-    from tests.support.register import RegisterProcess, published, write_registration
+    from tests.support.register import published
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    password = tmp_path / "root-password"
-    password.write_text(ROOT.split(":", 1)[1] + "\n")
-    password.chmod(0o600)
     late = tmp_path / "late"
     pki = secure_etcd.pki
     files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
              pki.client_key: late / "client-key.pem"}
-    config = tmp_path / "confsync.toml"
-    config.write_text(
-        f'[etcd]\nca_cert = "{files[pki.ca_cert]}"\ncert = "{files[pki.client_cert]}"\n'
-        f'key = "{files[pki.client_key]}"\nuser = "root"\npassword_file = "{password}"\n')
-    write_registration(tmp_path / "conf", "web", (
-        f'service = "web"\nid = "web-1"\nport = {listener.getsockname()[1]}\nttl = "9s"\n'
-        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
-    proc = RegisterProcess(tmp_path / "conf", secure_etcd.member.endpoint, "--config",
-                           str(config), "--prefix", "/tls-late", "--hostname", "node-a",
-                           log=tmp_path / "r.log")
+    proc, listener, password = _root_registrar(secure_etcd, tmp_path, "/tls-late",
+                                               tuple(files.values()))
     key = "/tls-late/services/web/instances/web-1"
     store = EtcdStore(secure_etcd.settings(user="root", password_file=password))
     client = store.new_client()
