@@ -300,7 +300,8 @@ def _wait_for_config(config: str | None) -> bool:
     if config_not_there_yet(path) is None:
         return True
     setup_logging("info", "text")  # (the settings, with their log format, are not read yet)
-    return wait_until(lambda: config_not_there_yet(path), held_signals.stop_held)
+    return wait_until(lambda: config_not_there_yet(path), held_signals.stop_held,
+                      settle=path.parent)
 
 
 def _still_locked(fd: int, confdir: Path) -> bool:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,27 @@ def test_register_with_register_d_not_filled_yet_registers_once_it_is(
         assert reg.stop() == 0, reg.output()[-2000:]
     finally:
         service.close()
+
+
+def test_a_deploy_writing_conf_d_before_its_templates_is_waited_out_not_exit_2(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """Config management fills an empty confdir file by file: the wait ended at the first
+    file (conf.d/app.toml), its template not there yet: no valid resource, exit 2, never
+    restarted. Started once the confdir has been quiet for a moment."""
+    client(etcd.endpoint).put(prefix + "/k/v", "4")
+    confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
+    (confdir / "conf.d").mkdir(parents=True)
+    (confdir / "templates").mkdir()
+    watch = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--prefix",
+                         prefix, log=tmp_path / "w.log")
+    watchers.append(watch)
+    watch.wait_log("conf.d is empty")
+    (confdir / "conf.d" / "app.toml").write_text(
+        f'[template]\nsrc = "app.tmpl"\ndest = "{dest}"\nkeys = ["/k"]\n')
+    time.sleep(1.5)  # (the wait looks every second: it has seen conf.d filled)
+    (confdir / "templates" / "app.tmpl").write_text(TEMPLATE)
+    wait_for(lambda: watch.proc.poll() is not None or read(dest) == "v=4\n", timeout=10,
+             what=f"rendered; log:\n{watch.output()[-2000:]}")
+    assert watch.proc.poll() is None, watch.output()[-2000:]
+    assert read(dest) == "v=4\n"
+    assert watch.stop() == 0, watch.output()[-2000:]
