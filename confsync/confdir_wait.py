@@ -25,6 +25,9 @@ POLL = 1.0  # seconds between looks
 # first file alone loaded as "no valid template resources", exit 2, never restarted.
 SETTLE = 2.0
 SETTLE_MAX = 60.0  # a directory that never stops changing is loaded after this all the same
+# The wait is said again this often: a typo'd path to an empty directory, where no unit's
+# TimeoutStartSec ends it (a container), waited for good after one line at start.
+SAY_AGAIN = 300.0
 
 
 def _empty(directory: Path) -> bool:
@@ -94,11 +97,16 @@ def wait_until(why_not: Callable[[], str | None], stop: Callable[[], bool],
     if why is None:
         return True
     log.warning("%s: waiting for its files, starting once they are there", why)
+    began = said = time.monotonic()
     while why is not None:
         if stop():
             return False
         time.sleep(poll)
         why = why_not()
+        if why is not None and time.monotonic() - said >= SAY_AGAIN:
+            said = time.monotonic()
+            log.warning("%s: still waiting for its files (%.0fs now); is the path right?", why,
+                        said - began)
     if settle is not None and not _settle(settle, stop, poll):
         return False
     log.info("the files are there now: starting")
