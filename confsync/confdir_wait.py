@@ -24,7 +24,7 @@ POLL = 1.0  # seconds between looks
 # config management fills it file by file (conf.d/app.toml, then its template), and the
 # first file alone loaded as "no valid template resources", exit 2, never restarted.
 SETTLE = 2.0
-SETTLE_MAX = 60.0  # a directory that never stops changing is loaded after this all the same
+SETTLE_MAX = 30.0  # a directory that never stops changing is loaded after this all the same
 # The wait is said again this often: a typo'd path to an empty directory, where no unit's
 # TimeoutStartSec ends it (a container), waited for good after one line at start.
 SAY_AGAIN = 300.0
@@ -62,15 +62,20 @@ def config_not_there_yet(path: Path) -> str | None:
 
 
 def _fingerprint(directory: Path) -> frozenset[tuple[str, int, int]]:
-    """The names, sizes and mtimes under `directory`, two levels deep (conf.d/, templates/)."""
+    """The names, sizes and mtimes under `directory`, two levels deep (conf.d/, templates/);
+    what cannot be read counts as such (the loader says why)."""
     seen = set()
     try:
-        for entry in directory.iterdir():
+        entries = list(directory.iterdir())
+    except OSError:
+        return frozenset()
+    for entry in entries:
+        try:
             for path in (entry, *(entry.iterdir() if entry.is_dir() else ())):
                 info = path.lstat()
                 seen.add((str(path), info.st_size, info.st_mtime_ns))
-    except OSError:  # (changing under us: a change)
-        seen.add(("", -1, time.monotonic_ns()))
+        except OSError:  # (unreadable, or gone meanwhile: the next look tells)
+            seen.add((str(entry), -1, -1))
     return frozenset(seen)
 
 
