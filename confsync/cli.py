@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from confsync import __version__, utf8mode
 from confsync.errors import (
@@ -23,6 +23,9 @@ from confsync.errors import (
     ConfigError,
     StoreUnavailable,
 )
+
+if TYPE_CHECKING:
+    from confsync.settings import Settings
 
 log = logging.getLogger("confsync")
 
@@ -191,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "register":
             from confsync.register.run import run_register
 
+            if settings.backend == "etcd":  # (else refused at once by run_register)
+                filled = _wait_for_files(args, settings, "register.d")
+                if filled is None:
+                    return EXIT_OK
+                settings = filled
             return run_register(settings, args.hostname)
         if args.command == "watch":
             from confsync.daemon import run_daemon
@@ -199,9 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             refused, lock = _lock_confdir(settings.confdir, "watch")
             if refused is not None:
                 return refused
-            if not _wait_for_files(settings.confdir, "conf.d"):
+            filled = _wait_for_files(args, settings, "conf.d")
+            if filled is None:
                 _release(lock)
                 return EXIT_OK
+            settings = filled
             if not _still_locked(lock, settings.confdir):  # (mounted over while waiting)
                 _release(lock)
                 refused, lock = _lock_confdir(settings.confdir, "watch")
@@ -277,12 +287,24 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
         return None, -1
 
 
-def _wait_for_files(confdir: Path, subdir: str) -> bool:
-    """Wait while the confdir or its `subdir` is empty (confdir_wait.py); False: stopped."""
-    from confsync.confdir_wait import wait_until_filled
-    from confsync.ops import held_signals
+def _wait_for_files(args: argparse.Namespace, settings: Settings,
+                    subdir: str) -> Settings | None:
+    """Wait while the confdir or its `subdir` is empty (confdir_wait.py); None: stopped.
 
-    return wait_until_filled(confdir, subdir, held_signals.stop_held)
+    After a wait the settings are read again: a confsync.toml at its default place on that
+    mount was not there when they were read, and `watch` and `register` ran on the built-in
+    defaults (etcd on 127.0.0.1, no prefix), not on what the file said."""
+    from confsync.confdir_wait import not_there_yet, wait_until_filled
+    from confsync.logs import change_logging
+    from confsync.ops import held_signals
+    from confsync.settings import load_settings
+
+    while not_there_yet(settings.confdir, subdir) is not None:
+        if not wait_until_filled(settings.confdir, subdir, held_signals.stop_held):
+            return None
+        settings = load_settings(_cli_values(args))
+        change_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 def _wait_for_config(config: str | None) -> bool:
@@ -300,7 +322,8 @@ def _wait_for_config(config: str | None) -> bool:
     if config_not_there_yet(path) is None:
         return True
     setup_logging("info", "text")  # (the settings, with their log format, are not read yet)
-    return wait_until(lambda: config_not_there_yet(path), held_signals.stop_held)
+    return wait_until(lambda: config_not_there_yet(path), held_signals.stop_held,
+                      settle=path.parent)
 
 
 def _still_locked(fd: int, confdir: Path) -> bool:

@@ -20,6 +20,14 @@ from pathlib import Path
 log = logging.getLogger("confsync")
 
 POLL = 1.0  # seconds between looks
+# Once files appear, the directory is given this long without a change before it is loaded:
+# config management fills it file by file (conf.d/app.toml, then its template), and the
+# first file alone loaded as "no valid template resources", exit 2, never restarted.
+SETTLE = 2.0
+SETTLE_MAX = 30.0  # a directory that never stops changing is loaded after this all the same
+# The wait is said again this often: a typo'd path to an empty directory, where no unit's
+# TimeoutStartSec ends it (a container), waited for good after one line at start.
+SAY_AGAIN = 300.0
 
 
 def _empty(directory: Path) -> bool:
@@ -53,18 +61,59 @@ def config_not_there_yet(path: Path) -> str | None:
     return None
 
 
+def _fingerprint(directory: Path) -> frozenset[tuple[str, int, int]]:
+    """The names, sizes and mtimes under `directory`, two levels deep (conf.d/, templates/);
+    what cannot be read counts as such (the loader says why)."""
+    seen = set()
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return frozenset()
+    for entry in entries:
+        try:
+            for path in (entry, *(entry.iterdir() if entry.is_dir() else ())):
+                info = path.lstat()
+                seen.add((str(path), info.st_size, info.st_mtime_ns))
+        except OSError:  # (unreadable, or gone meanwhile: the next look tells)
+            seen.add((str(entry), -1, -1))
+    return frozenset(seen)
+
+
+def _settle(directory: Path, stop: Callable[[], bool], poll: float) -> bool:
+    """Wait until nothing under `directory` changed for SETTLE (at most SETTLE_MAX); False:
+    stopped meanwhile."""
+    began = quiet_since = time.monotonic()
+    last = _fingerprint(directory)
+    while time.monotonic() - quiet_since < SETTLE and time.monotonic() - began < SETTLE_MAX:
+        if stop():
+            return False
+        time.sleep(min(poll, SETTLE / 4))
+        now = _fingerprint(directory)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+    return True
+
+
 def wait_until(why_not: Callable[[], str | None], stop: Callable[[], bool],
-               poll: float = POLL) -> bool:
-    """Return once `why_not()` is None (True), or when `stop()` came true (False)."""
+               poll: float = POLL, settle: Path | None = None) -> bool:
+    """Return once `why_not()` is None (True), or when `stop()` came true (False). After a
+    wait, once `settle` (the directory filled) has stopped changing."""
     why = why_not()
     if why is None:
         return True
     log.warning("%s: waiting for its files, starting once they are there", why)
+    began = said = time.monotonic()
     while why is not None:
         if stop():
             return False
         time.sleep(poll)
         why = why_not()
+        if why is not None and time.monotonic() - said >= SAY_AGAIN:
+            said = time.monotonic()
+            log.warning("%s: still waiting for its files (%.0fs now); is the path right?", why,
+                        said - began)
+    if settle is not None and not _settle(settle, stop, poll):
+        return False
     log.info("the files are there now: starting")
     return True
 
@@ -72,7 +121,7 @@ def wait_until(why_not: Callable[[], str | None], stop: Callable[[], bool],
 def wait_until_filled(confdir: Path, subdir: str, stop: Callable[[], bool],
                       poll: float = POLL) -> bool:
     """`wait_until` the confdir and its `subdir` are not empty."""
-    return wait_until(lambda: not_there_yet(confdir, subdir), stop, poll)
+    return wait_until(lambda: not_there_yet(confdir, subdir), stop, poll, settle=confdir)
 
 
 __all__ = ["config_not_there_yet", "not_there_yet", "wait_until", "wait_until_filled"]

@@ -42,6 +42,9 @@ EXHAUSTED_PAUSE = 0.1  # seconds between accepts while out of file descriptors
 # interface yet at boot, its name does not resolve yet.
 PASSING_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, socket.EAI_AGAIN})
 BIND_RETRY = (0.5, 5.0)  # first wait, longest wait (seconds) between tries to bind
+# A port that stays held (another daemon given the same metrics_address, whose /health and
+# /ready then answer for this one) is said again this often, not only once at start.
+BIND_SAY_AGAIN = 300.0
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -198,7 +201,7 @@ class MetricsServer:
     def _bind_late(self) -> bool:
         """Bind, trying again with a backoff until bound (True) or closed (False)."""
         waits = Backoff(*BIND_RETRY)
-        said = ""
+        said, said_at, began = "", time.monotonic(), time.monotonic()
         while True:
             with self._bind_lock:
                 if self._closing:
@@ -211,10 +214,12 @@ class MetricsServer:
                     log.info("metrics on http://%s:%d/metrics (bound now)",
                              *self._server.server_address[:2])
                     return True
-            if why != said:
-                if said:
-                    log.error("metrics: cannot listen on %s yet (%s)", self.address, why)
-                said = why
+            if why != said or time.monotonic() - said_at >= BIND_SAY_AGAIN:
+                if said:  # (the first: listen() said it)
+                    log.error("metrics: cannot listen on %s yet (%s; %.0fs now): /metrics, "
+                              "/health and /ready are not served", self.address, why,
+                              time.monotonic() - began)
+                said, said_at = why, time.monotonic()
             time.sleep(waits.next())
 
     def _serve(self) -> None:

@@ -14,12 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import confsync, write_resource
+from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
@@ -143,3 +144,53 @@ def test_register_with_register_d_not_filled_yet_registers_once_it_is(
         assert reg.stop() == 0, reg.output()[-2000:]
     finally:
         service.close()
+
+
+def test_a_deploy_writing_conf_d_before_its_templates_is_waited_out_not_exit_2(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """Config management fills an empty confdir file by file: the wait ended at the first
+    file (conf.d/app.toml), its template not there yet: no valid resource, exit 2, never
+    restarted. Started once the confdir has been quiet for a moment."""
+    client(etcd.endpoint).put(prefix + "/k/v", "4")
+    confdir, dest = tmp_path / "cd", tmp_path / "app.conf"
+    (confdir / "conf.d").mkdir(parents=True)
+    (confdir / "templates").mkdir()
+    watch = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--prefix",
+                         prefix, log=tmp_path / "w.log")
+    watchers.append(watch)
+    watch.wait_log("conf.d is empty")
+    (confdir / "conf.d" / "app.toml").write_text(
+        f'[template]\nsrc = "app.tmpl"\ndest = "{dest}"\nkeys = ["/k"]\n')
+    time.sleep(1.5)  # (the wait looks every second: it has seen conf.d filled)
+    (confdir / "templates" / "app.tmpl").write_text(TEMPLATE)
+    wait_for(lambda: watch.proc.poll() is not None or read(dest) == "v=4\n", timeout=10,
+             what=f"rendered; log:\n{watch.output()[-2000:]}")
+    assert watch.proc.poll() is None, watch.output()[-2000:]
+    assert read(dest) == "v=4\n"
+    assert watch.stop() == 0, watch.output()[-2000:]
+
+
+def test_a_config_file_at_its_default_place_on_the_late_mount_is_read(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """No --config: confsync.toml is read from its default place if it exists. With the
+    confdir a mount not made yet, it did not at start; the wait then loaded conf.d and ran
+    on the built-in defaults (etcd on 127.0.0.1:2379, no prefix), never what the file on the
+    mount said. The settings are read again once the confdir is there."""
+    client(etcd.endpoint).put(prefix + "/k/v", "5")
+    point, dest, site = tmp_path / "confsync", tmp_path / "app.conf", tmp_path / "site"
+    point.mkdir()
+    site.mkdir()
+    # (DEFAULT_CONFIG is /etc/confsync/confsync.toml: moved here for this process only)
+    (site / "sitecustomize.py").write_text(
+        "from pathlib import Path\nimport confsync.settings as s\n"
+        f"s.DEFAULT_CONFIG = Path({str(point / 'confsync.toml')!r})\n")
+    watch = WatchProcess("--confdir", str(point), log=tmp_path / "w.log",
+                         env={"PYTHONPATH": f"{site}{os.pathsep}{REPO}"})
+    watchers.append(watch)
+    watch.wait_log(f"confdir {point} is empty")
+    (point / "confsync.toml").write_text(
+        f'prefix = "{prefix}"\n[etcd]\nendpoints = ["{etcd.endpoint}"]\n')
+    write_resource(point, "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    wait_for(lambda: read(dest) == "v=5\n", timeout=10,
+             what=f"rendered from the file's etcd and prefix; log:\n{watch.output()[-2000:]}")
+    assert watch.stop() == 0, watch.output()[-2000:]

@@ -9,7 +9,9 @@ real processes.
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +82,28 @@ def test_registrar_taking_over_registers_and_serves_once_the_port_is_free(
         assert reg.stop() == 0, reg.output()[-2000:]
     finally:
         service.close()
+
+
+def test_a_port_that_stays_held_is_said_again(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A metrics_address another daemon keeps (watch and register both given it by one
+    confsync.toml): its /health and /ready answer for this one, which said so once at start,
+    then never again."""
+    from confsync.ops import http
+    from confsync.ops.metrics import Metrics
+
+    monkeypatch.setattr(http, "BIND_RETRY", (0.02, 0.05))
+    monkeypatch.setattr(http, "BIND_SAY_AGAIN", 0.2, raising=False)
+    holder = socket.create_server(("127.0.0.1", 0))
+    server = None
+    try:
+        with caplog.at_level(logging.ERROR, logger="confsync"):
+            server = http.MetricsServer.listen(Metrics(),
+                                               f"127.0.0.1:{holder.getsockname()[1]}")
+            time.sleep(1.0)
+        said = [r for r in caplog.records if "cannot listen on" in r.getMessage()]
+        assert len(said) >= 3, [r.getMessage() for r in said]
+    finally:
+        if server is not None:
+            server.close()
+        holder.close()
