@@ -40,7 +40,12 @@ EXHAUSTED_PAUSE = 0.1  # seconds between accepts while out of file descriptors
 # Why an address cannot be bound now but may be later, by itself: the port is held by the
 # previous instance still stopping (a registrar's hand-over, a drain), the address is not on an
 # interface yet at boot, its name does not resolve yet.
-PASSING_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, socket.EAI_AGAIN})
+PASSING_BIND_ERRORS = frozenset({errno.EADDRNOTAVAIL, socket.EAI_AGAIN})
+# A port in use is waited for this long at start (the instance being replaced still draining:
+# a DaemonSet's surge, a registrar's hand-over), then exit 2: held for longer, it is another
+# daemon given the same address (`watch` and `register` both read confsync.toml's
+# metrics_address), whose /health and /ready would answer for this one.
+IN_USE_WAIT = 30.0
 BIND_RETRY = (0.5, 5.0)  # first wait, longest wait (seconds) between tries to bind
 # A port that stays held (another daemon given the same metrics_address, whose /health and
 # /ready then answer for this one) is said again this often, not only once at start.
@@ -171,6 +176,8 @@ class MetricsServer:
         try:
             return cls(metrics, address).start()
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return cls._when_free(metrics, address)
             if exc.errno not in PASSING_BIND_ERRORS:
                 raise ConfigError("metrics_address", f"cannot listen on {address}: "
                                   f"{exc.strerror}") from None
@@ -178,6 +185,34 @@ class MetricsServer:
                       "served once it can be bound, trying again meanwhile", address,
                       exc.strerror)
         return cls(metrics, address, bind=False).start()
+
+    @classmethod
+    def _when_free(cls, metrics: HealthSource, address: str) -> MetricsServer:
+        """Bound once the port is free, within IN_USE_WAIT; else ConfigError (exit 2). A stop
+        signal meanwhile (held until the daemon's handler exists) ends the wait: the daemon
+        then stops at its first look."""
+        from confsync.ops import held_signals
+
+        log.warning("metrics: %s is in use; waiting up to %.0fs for it to be free (the "
+                    "instance being replaced still stopping?)", address, IN_USE_WAIT)
+        waits = Backoff(0.05, 1.0, jitter=False)
+        deadline = time.monotonic() + IN_USE_WAIT
+        while True:
+            try:
+                return cls(metrics, address).start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError("metrics_address", f"cannot listen on {address}: "
+                                      f"{exc.strerror}") from None
+            if held_signals.stop_held():
+                return cls(metrics, address, bind=False).start()
+            if time.monotonic() >= deadline:
+                raise ConfigError("metrics_address", (
+                    f"cannot listen on {address}: still in use after {IN_USE_WAIT:.0f}s: "
+                    "another process keeps it (`watch` and `register` both read "
+                    "confsync.toml's metrics_address: give each its own, e.g. "
+                    "--metrics-address in the register unit)"))
+            time.sleep(waits.next())
 
     @property
     def port(self) -> int:
