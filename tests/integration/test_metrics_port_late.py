@@ -99,8 +99,8 @@ def test_a_port_held_past_the_wait_is_exit_2_naming_the_likely_cause(
     monkeypatch.setattr(http, "IN_USE_WAIT", 0.3)
     holder = socket.create_server(("127.0.0.1", 0))
     try:
-        with pytest.raises(ConfigError, match="still in use after 0s: another process keeps "
-                           "it .*give each its own"):
+        with pytest.raises(ConfigError, match=r"still in use after 0s: another process keeps "
+                           r"it .*give each its own"):
             http.MetricsServer.listen(Metrics(), f"127.0.0.1:{holder.getsockname()[1]}")
     finally:
         holder.close()
