@@ -208,6 +208,11 @@ class Daemon:
         # A live watch got a lagging one's replay (a gRPC proxy resumed upstream by itself):
         # since when renders wait for the other prefixes' parts (`ReplayArrived`).
         self._lag_since: float | None = None
+        # The stream was lost while the revision just drained was settling (`_settle`): etcd
+        # may have sent that revision's part of one prefix and not yet another's (a member
+        # stopped between the responses of one txn). Renders wait for the resume, whose
+        # check finds the missing part and waits for its replay, or for a snapshot.
+        self._cut = False
         self._connected_at = 0.0
         self._last_batch_at = 0.0
         self.stopping = False
@@ -406,6 +411,8 @@ class Daemon:
         since = self._catch_up_since
         if len(self.state.prefixes) < 2:
             return None
+        if self._cut:  # (the StreamState or snapshot that ends it wakes the loop)
+            return now + CATCH_UP_MAX
         if self._replay_resync:  # (the snapshot, or the lost stream, wakes the loop)
             return now + CATCH_UP_MAX
         if self._lag_since is not None:
@@ -607,6 +614,7 @@ class Daemon:
         live: at the start over a 25 ms link, 5-7 of 7-16 renders mixed a txn's /a with
         /b's value of before. Renders wait as after a resume (`_replay_hold`)."""
         self._awaiting_watch = True
+        self._cut = False  # (the mirror now holds one revision)
         self._forget_replay()
         if self._catch_up_since is None:
             self._catch_up_since = time.monotonic()
@@ -623,6 +631,7 @@ class Daemon:
                     self._catch_up_since = self._connected_at
                 self._catch_up_max = CATCH_UP_MAX if self._resuming else SESSION_HOLD
                 self._resuming = self._awaiting_watch = False
+                self._cut = False  # (the resume's replay hold takes over)
                 self._replay_known = event.replay_pending is not None
                 self._replay_waiting = (bool(event.replay_pending) and not self._replay_arrived
                                         and len(self.state.prefixes) > 1)
@@ -642,6 +651,10 @@ class Daemon:
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
         self.connected = False
         self._forget_replay()
+        if self._drained_revision and not self._cut:
+            self._cut = True
+            log.debug("watch lost as revision %d came in: renders wait for the resume",
+                      self._drained_revision)
         self._replay_until = 0  # (what comes before the watch is back is replay)
         self._resuming = self._resuming or self.ready
         self.observers.watch_lost(event.reason)

@@ -95,3 +95,41 @@ def test_a_replay_that_never_arrives_is_replaced_by_a_snapshot(tmp_path: Path) -
         assert dest.read_text() == "1 1\n"
     finally:
         daemon.store.close()
+
+
+def test_a_stream_lost_between_the_parts_of_a_txn_renders_no_half_of_it(
+        tmp_path: Path) -> None:
+    """etcd sends a txn over /a and /b as one response per watch; a member stopped between
+    the two (the etcd upgrade bench: the first txn after a pause met the member's restart)
+    sent /b's alone, and the lost stream ended the settle's wait: the loop rendered "0 1",
+    a state etcd never held, before the resume brought /a's part."""
+    daemon, dest = _two_prefix_daemon(tmp_path)
+    try:
+        daemon._handle(StreamState(True, 5))
+        assert daemon._replay_hold(time.monotonic() + 5) is None  # live for a while
+        daemon.events.put(_batch(6, "/b/n", b"1"))
+        daemon.events.put(StreamState(False, 5, "lost"))
+        daemon._last_beat = time.monotonic()  # (no heartbeat: no follower runs here)
+        daemon._iterate()
+        assert dest.read_text() == "0 0\n"  # not "0 1"
+        assert daemon._replay_hold(time.monotonic() + 60) is not None  # for the outage
+        # The resume's check finds /a changed at 6 and waits for its replay.
+        daemon._handle(StreamState(True, 5, replay_until=6, replay_pending=True))
+        daemon._handle(_batch(6, "/a/n", b"1"))
+        daemon._handle(ReplayArrived())
+        later = time.monotonic() + 5  # past the replay hold
+        assert daemon._replay_hold(later) is None
+        daemon.apply(daemon.planner.due(later))
+        assert dest.read_text() == "1 1\n"
+    finally:
+        daemon.store.close()
+
+
+def test_a_stream_lost_with_nothing_settling_holds_no_render(tmp_path: Path) -> None:
+    """Only a loss that meets a revision coming in holds the files: etcd away after a quiet
+    leaves renders (a retry, a dest put back) as they were."""
+    daemon, _ = _two_prefix_daemon(tmp_path)
+    try:
+        assert daemon._replay_hold(time.monotonic() + 60) is None
+    finally:
+        daemon.store.close()
