@@ -25,6 +25,7 @@ _LOCKS_GUARD = threading.Lock()
 # While the master CLI does not answer during a confirmed reload, whether the master still runs
 # is asked this often (a reload keeps it refusing for up to a second or so; a stop for good).
 WAIT_SLICE = 0.1
+ANSWER_MIN = 5.0  # the least a `reload` sent is given to answer
 T = TypeVar("T")
 
 
@@ -112,11 +113,14 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
         before = wait(lambda retry: show_proc(path, retry_for=retry), max(2.0, timeout), False)
         start = time.monotonic()
         if trigger is None:
-            # The master re-executes and may drop the connection: expected.
+            # The master re-executes and may drop the connection: expected. HAProxy 2.7 and
+            # later answer only once the new configuration is loaded: the answer may take up
+            # to the whole `timeout` (a fixed 5 s failed, and rolled back, a slow-loading one).
             try:
                 with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                    wait(lambda retry: query(path, "reload", retry_for=retry, idempotent=False),
-                         0.5, False)
+                    wait(lambda retry: query(
+                        path, "reload", timeout=max(ANSWER_MIN, deadline - time.monotonic()),
+                        retry_for=retry, idempotent=False), 0.5, False)
             except TimeoutError as exc:  # sent; whether the master read it, nobody knows
                 raise ReloadNotConfirmed(str(exc)) from None
         else:

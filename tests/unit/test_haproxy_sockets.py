@@ -114,3 +114,34 @@ def test_a_command_sent_on_a_retry_gets_its_whole_timeout_for_the_answer(
     thread.start()
     assert query(path, "reload", timeout=2.0, retry_for=0.1, idempotent=False) == "Success=1\n"
     thread.join(2)
+
+
+def test_a_reload_answered_only_once_loaded_is_waited_for_up_to_its_timeout(
+        sockdir: Path) -> None:
+    """HAProxy 2.7 and later answer `reload` on the master CLI only once the new configuration
+    is loaded. The answer was given a fixed 5 s: a configuration taking longer to load (big
+    ACL or map files) failed the reload, and the good file was rolled back, though
+    reload_timeout allowed it."""
+    from confsync.haproxy.master_cli import reload_confirmed
+
+    path = sockdir / "m.sock"
+    after = SHOW_PROC.replace("master          3 [failed: 1]", "master          4 [failed: 1]")
+
+    def run() -> None:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+            server.listen()
+            for answer, delay in ((SHOW_PROC, 0.0), ("Success=1\n", 5.6), (after, 0.0)):
+                conn, _ = server.accept()
+                with conn:
+                    while conn.recv(1024):
+                        pass
+                    time.sleep(delay)  # loading the new configuration
+                    conn.sendall(answer.encode())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    status, seconds = reload_confirmed(path, timeout=10.0)
+    thread.join(2)
+    assert status.reloads == 4 and 5.5 < seconds < 9.0
