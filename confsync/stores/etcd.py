@@ -106,9 +106,9 @@ REPLAY_REVISIONS_MAX = 500
 # etcd's watchBatchMaxRevs: a replay response with this many revisions may be one part of
 # several (its header says the server's revision all the same), so it does not end a replay.
 REPLAY_PART_REVISIONS = 1000
-# etcd's default --max-txn-ops, rounded down to whole checks of three ranges: at most this
-# many ranges in one txn of a resume's check (`_txn_ranges`).
-TXN_OPS_MAX = 126
+# Ranges of a check sent at once (`_read_ranges`): one round trip for most checks, without
+# a fleet resuming together putting hundreds each on etcd at the same moment.
+RANGES_IN_FLIGHT = 32
 # A running watch or registrar asks for the cluster's members on each new connection and at
 # most this often while connected (one MemberList call, which a member answers from memory);
 # their client URLs are tried after the configured endpoints.
@@ -251,6 +251,26 @@ def token_expired(exc: BaseException) -> bool:
     return code == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in str(exc)
 
 
+def _read_ranges(client: MultiEndpointEtcd3Client, requests: Sequence[Any]) -> list[Any]:
+    """The responses of `requests`, each range on its own call, never one read-only txn: etcd
+    before 3.5.5 panics, and the member exits, when a read-only txn's client goes away (a
+    timeout, a closed connection) while the txn runs (etcd-io/etcd#14110); a range returns
+    the error. Every range that must agree with the others names its revision, so a txn's
+    atomicity adds nothing. Up to RANGES_IN_FLIGHT at once."""
+    responses: list[Any] = []
+    for first in range(0, len(requests), RANGES_IN_FLIGHT):
+        calls = [client.kvstub.Range.future(r, client.timeout,
+                                            credentials=client.call_credentials,
+                                            metadata=client.metadata)
+                 for r in requests[first:first + RANGES_IN_FLIGHT]]
+        try:
+            responses += [call.result() for call in calls]
+        finally:
+            for call in calls:
+                call.cancel()  # (done ones ignore it; after a failure, the rest)
+    return responses
+
+
 class EtcdStore:
     name = "etcd"
 
@@ -279,9 +299,6 @@ class EtcdStore:
         self._cluster_id = 0
         self._highest_revision = 0
         self._reset_pending = False  # a StoreReset was raised: the next snapshot is the truth
-        # Ranges per txn of a resume's check (`_txn_ranges`): etcd's default --max-txn-ops,
-        # fewer once etcd refused that many.
-        self._txn_ops = TXN_OPS_MAX
         # The newest write seen (snapshot or watch), and the newest one a position check had
         # seen when it found our history (at first the first one seen): each check reads both
         # back at their revisions, which tells another history that has passed our revisions.
@@ -617,13 +634,11 @@ class EtcdStore:
         if not marks:
             return (*self._current_position(client, key), None)
         rpc = pyetcd.etcdrpc
-        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))]
-        ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
-                    key=m.key, revision=m.mod_revision, keys_only=True)) for m in marks]
+        requests = [rpc.RangeRequest(key=key)]
+        requests += [rpc.RangeRequest(key=m.key, revision=m.mod_revision, keys_only=True)
+                     for m in marks]
         try:
-            response = client.kvstub.Txn(rpc.TxnRequest(success=ops), client.timeout,
-                                         credentials=client.call_credentials,
-                                         metadata=client.metadata)
+            responses = _read_ranges(client, requests)
         except grpc.RpcError as exc:
             # (Through a gRPC proxy these come as UNKNOWN: known by their text.)
             why = describe_error(exc)
@@ -637,13 +652,14 @@ class EtcdStore:
                         self._mark = None
             return (*self._current_position(client, key), None)
         differs = next((why for why in (
-            m.differs(r.response_range.kvs[0] if r.response_range.kvs else None)
-            for m, r in zip(marks, response.responses[1:], strict=True)) if why), None)
+            m.differs(r.kvs[0] if r.kvs else None)
+            for m, r in zip(marks, responses[1:], strict=True)) if why), None)
         if differs is None:
             with self._lock:
                 if not self._reset_pending:
                     self._verified = newest
-        return int(response.header.cluster_id), int(response.header.revision), differs
+        header = responses[0].header
+        return int(header.cluster_id), int(header.revision), differs
 
     # ---- the history followed
 
@@ -763,23 +779,21 @@ class EtcdStore:
         held at start - 1. So it did when no key has been written since its start at `at` and
         it has as many keys as at start - 1 (a range cannot see deletions: a deleted key
         lowers the count). (etcd counts before a min_mod_revision filter, so that range asks
-        for one key instead.) Three ranges a check, in txns of at most `_txn_ops` ranges:
-        every range names its revision, so the txns agree however they are cut (one txn of
-        every prefix's ranges passed etcd's --max-txn-ops, 128 by default, from 43 prefixes
-        on: every resume failed, for good)."""
+        for one key instead.) Three ranges a check, each naming its revision, so they agree
+        however they are sent (`_read_ranges`: one txn of every prefix's ranges also passed
+        etcd's --max-txn-ops, 128 by default, from 43 prefixes on)."""
         rpc = pyetcd.etcdrpc
-        ops = []
+        requests = []
         for prefix, start, at in checks:
             key = prefix.encode()
             end = _range_end(key)
-            ops += [rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True, revision=max(start - 1, 1))),
-                    rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, keys_only=True, limit=1, revision=at,
-                        min_mod_revision=start)),
-                    rpc.RequestOp(request_range=rpc.RangeRequest(
-                        key=key, range_end=end, count_only=True, revision=at))]
-        ranges = [op.response_range for op in self._txn_ranges(client, ops)]
+            requests += [rpc.RangeRequest(key=key, range_end=end, count_only=True,
+                                          revision=max(start - 1, 1)),
+                         rpc.RangeRequest(key=key, range_end=end, keys_only=True, limit=1,
+                                          revision=at, min_mod_revision=start),
+                         rpc.RangeRequest(key=key, range_end=end, count_only=True,
+                                          revision=at)]
+        ranges = _read_ranges(client, requests)
         same = []
         for index, (_, start, _) in enumerate(checks):
             before, written, now = ranges[3 * index:3 * index + 3]
@@ -787,26 +801,6 @@ class EtcdStore:
             count_before = int(before.count) if start > 1 else 0
             same.append(not written.kvs and int(now.count) == count_before)
         return same
-
-    def _txn_ranges(self, client: MultiEndpointEtcd3Client, ops: Sequence[Any]) -> list[Any]:
-        """The responses of `ops` (ranges at fixed revisions), in txns etcd accepts: at most
-        `_txn_ops` each, fewer for good once etcd says "too many operations" (a cluster run
-        with a --max-txn-ops under the default)."""
-        rpc = pyetcd.etcdrpc
-        responses: list[Any] = []
-        while len(responses) < len(ops):
-            part = ops[len(responses):len(responses) + self._txn_ops]
-            try:
-                response = client.kvstub.Txn(rpc.TxnRequest(success=part), client.timeout,
-                                             credentials=client.call_credentials,
-                                             metadata=client.metadata)
-            except grpc.RpcError as exc:
-                if "too many operations" not in str(exc) or self._txn_ops <= 3:
-                    raise
-                self._txn_ops = max(3, self._txn_ops // 2 // 3 * 3)
-                continue
-            responses += response.responses
-        return responses
 
     def watch(self, prefixes: Sequence[str], start_revision: int, sink: WatchSink,
               starts: Mapping[str, int] | None = None) -> WatchHandle:

@@ -5,9 +5,10 @@ than reading 5,000 keys. etcd serves the same API as JSON over HTTP/1.1 on its c
 (grpc-gateway, on by default in etcd 3.5), which the standard library speaks.
 
 What it keeps from the gRPC store (`etcd.py`):
-- **One revision for all prefixes, in one round trip**: one `POST /v3/kv/txn` whose success
-  branch holds one RangeRequest per merged prefix. A txn is atomic, so every range is read at
-  the txn's revision (more than MAX_TXN_OPS prefixes: further txns read at that revision).
+- **One revision for all prefixes**: one `POST /v3/kv/range` per merged prefix, the first
+  fixing the revision the others are read at. Not one read-only txn, which would be one round
+  trip: etcd before 3.5.5 panics (the member exits) when a read-only txn's client goes away
+  while it runs (etcd-io/etcd#14110), and a `once` killed or timing out mid-read crashed it.
 - **Never stale**: the ranges are linearizable (the gateway's default, `serializable` unset),
   and every request carries `Grpc-Metadata-Hasleader: true`, which the gateway passes on as
   gRPC metadata `hasleader=true`: a member cut off from its quorum answers "no leader" at once
@@ -17,9 +18,8 @@ What it keeps from the gRPC store (`etcd.py`):
   endpoints tried in turn (or from DNS SRV), StoreUnavailable (exit 3) naming each endpoint
   and why, ConfigError (exit 2) for unusable TLS files.
 - **Reads while etcd's NOSPACE alarm is raised.** A full backend quota makes etcd (3.5) refuse
-  every txn, a read-only one too, while it still serves ranges: then each prefix is read with
-  its own `POST /v3/kv/range`, the first fixing the revision the others are read at (still one
-  revision, a round trip per prefix). `once` exited 3, "store unavailable", with etcd serving.
+  every txn, a read-only one too, while it still serves ranges (a txn read made `once` exit 3,
+  "store unavailable", with etcd serving).
 - **Cluster identity**: the snapshot carries the header's cluster id. A one-shot run has no
   earlier history to compare it with, so the store-reset check of the watch does not apply.
 
@@ -65,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# etcd's default --max-txn-ops. More merged prefixes than this take several txns.
-MAX_TXN_OPS = 128
 # grpc-gateway passes `Grpc-Metadata-<name>` headers on as gRPC metadata: etcd's require-leader.
 REQUIRE_LEADER_HEADER = ("Grpc-Metadata-Hasleader", "true")
 # HTTP statuses that mean "no gateway here" (grpc-proxy answers 404 to every /v3 path).
@@ -401,32 +399,11 @@ class EtcdGatewayStore:
 
     @staticmethod
     def _ranges(connection: _Connection, prefixes: Sequence[str]) -> Snapshot:
-        values: dict[str, bytes] = {}
-        revision = cluster_id = 0
-        # No prefix at all still takes one (empty) txn: the snapshot's revision and cluster.
-        for start in range(0, max(1, len(prefixes)), MAX_TXN_OPS):
-            chunk = prefixes[start:start + MAX_TXN_OPS]
-            try:
-                answer = connection.post("/v3/kv/txn", {"success": range_ops(chunk, revision)})
-            except _NoSpace:
-                log.debug("etcd %s: txn refused (NOSPACE alarm); reading range by range",
-                          connection.url)
-                return EtcdGatewayStore._ranges_one_by_one(connection, prefixes)
-            if not revision:
-                header = answer["header"]
-                revision = int(header.get("revision", 0))
-                cluster_id = int(header.get("cluster_id", 0))
-            responses = answer.get("responses", ())
-            if len(responses) != len(chunk):
-                raise _EndpointFailed(f"txn answered {len(responses)} ranges for {len(chunk)}")
-            for response in responses:
-                _take_kvs(response.get("response_range", {}), values)
-        return Snapshot(revision, values, cluster_id)
-
-    @staticmethod
-    def _ranges_one_by_one(connection: _Connection, prefixes: Sequence[str]) -> Snapshot:
-        """The same snapshot without a txn (refused under the NOSPACE alarm): one range per
-        prefix, the first fixing the revision that the others are read at."""
+        """One range per prefix, the first fixing the revision that the others are read at
+        (one revision for all, as one txn would give). Never a read-only txn: etcd before
+        3.5.5 panics, and the member exits, when such a txn's client goes away while it runs
+        (etcd-io/etcd#14110): a `once` killed or timing out mid-read of 5,000 keys crashed
+        it. Ranges are also served while the NOSPACE alarm refuses every txn."""
         values: dict[str, bytes] = {}
         revision = cluster_id = 0
         # No prefix: one key's range, for the revision and the cluster id alone.
