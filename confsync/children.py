@@ -24,10 +24,16 @@ _lock = threading.Lock()
 _ours: set[int] = set()
 
 
-def start(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
-    """subprocess.Popen, registered as ours until `done(proc)`; with the open-file limit
-    confsync was started with (see fdlimit.for_children)."""
-    restore = fdlimit.for_children()
+def start(argv: Sequence[str], own_fd_limit: bool = False,
+          **popen: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen, registered as ours until `done(proc)`; with `own_fd_limit` (the
+    exec-mode service), with the open-file limit confsync was started with
+    (fdlimit.for_children). Not for checks and reloads: the preexec_fn it takes makes
+    subprocess fork holding the GIL, where it vforks without one; 40 registrations with an
+    exec check every 200 ms (200 forks a second) then starved the registrar's etcd calls on
+    a loaded host, and a short-lived check is not what select() or a close-everything
+    start-up breaks on."""
+    restore = fdlimit.for_children() if own_fd_limit else None
     if restore is not None:
         popen.setdefault("preexec_fn", restore)
     with _lock:

@@ -9,11 +9,11 @@ registrations with a tcp and an exec check under a soft limit of 64 failed their
 (the lease at risk), while the hard limit allowed thousands. A process may raise its own soft
 limit up to the hard one, as Go programs (consul-template, confd) do at start.
 
-Children (checks, reloads, exec mode's service, the registrar's exec checks and child) get the
-soft limit confsync was started with, as Go's os/exec gives them: inherited, the raised one
-(524288 under systemd's default 1024:524288) broke programs that select() on descriptors past
-FD_SETSIZE (1024) or that size per-descriptor tables, or close every descriptor, up to the
-soft limit.
+The exec-mode service (`watch --exec`, `register --exec`) gets the soft limit confsync was
+started with: inherited, the raised one (524288 under systemd's default 1024:524288) broke
+services that select() on descriptors past FD_SETSIZE (1024) or that size per-descriptor
+tables, or close every descriptor, up to the soft limit. Checks and reloads inherit the raised
+one (children.start says why).
 """
 
 from __future__ import annotations

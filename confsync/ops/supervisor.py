@@ -172,7 +172,7 @@ class Supervisor(Observer):
         # child gets. stdin closed; stdout/stderr shared with confsync (the journal, docker logs).
         self._starting = True
         try:
-            self.proc = children.start(self.policy.argv, env=self._env,
+            self.proc = children.start(self.policy.argv, own_fd_limit=True, env=self._env,
                                        stdin=subprocess.DEVNULL, process_group=0)
         finally:
             self._starting = False
