@@ -73,9 +73,6 @@ NO_GATEWAY_STATUSES = frozenset({404, 405, 501})
 ETCD_ERRORS = ("etcdserver:", "auth:", "mvcc:")
 # gRPC status UNAUTHENTICATED: the token is unknown (expired, or the member restarted).
 UNAUTHENTICATED = 16
-# gRPC status RESOURCE_EXHAUSTED with this message: the NOSPACE alarm (a full backend quota).
-RESOURCE_EXHAUSTED = 8
-NO_SPACE = "database space exceeded"
 
 
 class _NoGateway(Exception):
@@ -89,10 +86,6 @@ class _EndpointFailed(Exception):
 
 class _InvalidToken(_EndpointFailed):
     pass
-
-
-class _NoSpace(_EndpointFailed):
-    """etcd's NOSPACE alarm refused a txn: it refuses every txn, but still serves ranges."""
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -268,8 +261,6 @@ def _answer(path: str, status: int, body: bytes) -> dict[str, Any]:
         code, message = _error_text(status, body)
         if code == UNAUTHENTICATED:
             raise _InvalidToken(message)
-        if code == RESOURCE_EXHAUSTED and NO_SPACE in message:
-            raise _NoSpace(message)
         if message.startswith(ETCD_ERRORS):
             raise _EndpointFailed(message)  # etcd's own answer: gRPC would get the same
         # The gateway itself refused or failed: a client certificate with a CommonName under
