@@ -432,16 +432,20 @@ def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
                                                tuple(files.values()))
     key = "/tls-late/services/web/instances/web-1"
     store = EtcdStore(secure_etcd.settings(user="root", password_file=password))
-    client = store.new_client()
     try:
         wait_for(lambda: "cannot read CA certificate" in proc.output(), "the missing file said")
         assert proc.proc.poll() is None, proc.output()[-2000:]
         late.mkdir()
         for have, want in files.items():
             shutil.copy(have, want)
-        wait_for(lambda: published(client, key) is not None, what="registered", timeout=20)
+        # the test's own client only now: a token unused for TOKEN_TTL s expires (a loaded
+        # machine took longer than that to see the missing file said)
+        client = store.new_client()
+        try:
+            wait_for(lambda: published(client, key) is not None, what="registered", timeout=20)
+        finally:
+            client.close()
     finally:
-        client.close()
         store.close()
         proc.stop()
         listener.close()
