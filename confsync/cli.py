@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("confsync")
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _common_options(confdir_holds: str = "conf.d/ and templates/") -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--config", metavar="PATH",
                    help="main config file (default /etc/confsync/confsync.toml, if present)")
-    g.add_argument("--confdir", metavar="DIR", help="directory holding conf.d/ and templates/")
+    g.add_argument("--confdir", metavar="DIR", help=f"directory holding {confdir_holds}")
     g.add_argument("--backend", choices=("etcd", "file", "env"))
     g.add_argument("--endpoints", metavar="URL,...", help="etcd endpoints, comma-separated")
     g.add_argument("--srv-domain", metavar="DOMAIN",
@@ -110,7 +110,8 @@ def _add_watch(sub: Any) -> None:
 
 
 def _add_register(sub: Any) -> None:
-    register = sub.add_parser("register", parents=[_common_options()], help=_HELP["register"])
+    register = sub.add_parser("register", parents=[_common_options("register.d/")],
+                              help=_HELP["register"])
     register.add_argument("--exec", metavar="COMMAND", dest="exec_command",
                           help="run the service as a child: registered once its checks pass, "
                                "drained before it is stopped, deregistered when it dies; "

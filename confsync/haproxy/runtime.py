@@ -74,12 +74,13 @@ class LiveServer:
             f"{self.address}:{self.port}"
 
 
-def _servers_state(admin: AdminSocket, retry_for: float) -> list[str]:
-    """The lines of `show servers state` (the version first); RuntimeApplyFailed when HAProxy
-    does not answer or answers something else (an error text, a level too low)."""
+def _servers_state(admin: AdminSocket, retry_for: float, also: str = "") -> list[str]:
+    """The lines of `show servers state` (the version first), followed by the answer to `also`
+    when given (sent in the same connection); RuntimeApplyFailed when HAProxy does not answer
+    or answers something else (an error text, a level too low)."""
+    command = f"show servers state; {also}" if also else "show servers state"
     try:
-        text = query(admin.path, "show servers state", timeout=admin.timeout,
-                     retry_for=retry_for)
+        text = query(admin.path, command, timeout=admin.timeout, retry_for=retry_for)
     except OSError as exc:
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
     lines = text.splitlines()
@@ -89,11 +90,21 @@ def _servers_state(admin: AdminSocket, retry_for: float) -> list[str]:
 
 
 def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
-    """Every backend's servers as HAProxy runs them now, in one `show servers state`."""
-    lines = _servers_state(admin, retry_for=0.2)
+    """Every backend's servers as HAProxy runs them now, in one `show servers state`, and
+    every backend it runs: one without servers (a pool before its first instance, or after
+    its last left) is only in `show backend`, and taken for a missing one it made the first
+    instance of a pool a reload instead of an `add server`."""
+    lines = _servers_state(admin, retry_for=0.2, also="show backend")
     backends: dict[str, dict[str, LiveServer]] = {}
+    names = False  # in the answer to `show backend`: one backend name a line
     for line in lines[1:]:
         fields = line.split()
+        if line.startswith("# name"):
+            names = True
+        elif names and len(fields) == 1:
+            backends.setdefault(fields[0], {})
+        if names:
+            continue
         if line.startswith("#") or len(fields) <= _PORT:
             continue
         try:

@@ -67,6 +67,10 @@ class RegisterMetrics:
         self.heartbeat = Gauge("heartbeat_timestamp_seconds", "Unix time of the loop's last "
                                "heartbeat", namespace=ns, registry=r)
         for reg in registrations:
+            # Counters at 0 from the start: a series that appears at 1 hides its first
+            # increase from `increase()` and `rate()` (a conflict alert would miss it).
+            self.conflicts.labels(reg.name)
+            self.state_changes.labels(reg.name)
             for state in STATES:
                 self.state.labels(reg.name, reg.service, reg.instance_id, state).set(
                     1 if state == "absent" else 0)

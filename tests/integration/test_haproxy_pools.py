@@ -69,6 +69,24 @@ def test_put_instance_takes_traffic_delete_stops_it_without_reload(
     assert spread(stack.port, 3) == {"status:503": 3}  # an empty pool answers 503
 
 
+def test_first_instance_of_an_empty_pool_joins_without_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """A backend without servers is missing from `show servers state`: taken for a backend
+    HAProxy lacks, the first instance of a pool (a new service, or one scaled to zero and
+    back) was a reload, where the README promises the runtime API."""
+    _running(stack, backends)  # the default service's backend, no instance yet
+    assert spread(stack.port, 2) == {"status:503": 2}
+    reloads = stack.status().reloads
+    for _ in range(2):  # from a pool that never had an instance, then from one emptied
+        stack.put_instance("web", "a", backends["a"].port)
+        assert "runtime API" in stack.sync_ok()
+        assert spread(stack.port, 3) == {"a": 3}
+        stack.delete("/services/web/instances/a")
+        assert "runtime API" in stack.sync_ok()
+        assert spread(stack.port, 2) == {"status:503": 2}
+    assert stack.status().reloads == reloads
+
+
 def test_address_change_moves_traffic_without_reload(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     _running(stack, backends, "a")

@@ -90,3 +90,27 @@ def test_watch_reloads_once_for_a_structural_change(
     daemon.wait_log("reloaded HAProxy")
     after = stack.status()
     assert (after.reloads, after.failed) == (before.reloads + 1, before.failed)
+
+
+def test_watch_starting_on_an_empty_pool_leaves_haproxy_alone(
+        haproxy_binary: str, etcd: EtcdMember, tmp_path: Path) -> None:
+    """A start compares HAProxy's servers with the file: a backend without servers (no
+    instance registered yet) is missing from `show servers state`, and was taken for one
+    HAProxy lacks: a WARNING that HAProxy's servers are not the file's and a reload at every
+    start of `confsync watch` while a pool was empty."""
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime")
+    daemon: WatchProcess | None = None
+    try:
+        stack.put_basics()  # the default service's backend, no instance
+        stack.sync_ok()
+        stack.start()
+        reloads = stack.status().reloads
+        daemon = WatchProcess(*stack.cli_args(), log=tmp_path / "watch.log")
+        daemon.wait_log(f"watching {stack.prefix}", timeout=15)  # after the first pass
+        assert "is up to date" in daemon.output()
+        assert "not the file's" not in daemon.output()
+        assert stack.status().reloads == reloads
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        stack.stop()

@@ -289,3 +289,20 @@ def test_ready_names_a_write_refused_for_permission_not_etcd_unreachable() -> No
                                "PERMISSION_DENIED: etcdserver: permission denied"]
     metrics.refused("", "")
     assert metrics.readiness()[0]
+
+
+def test_register_counters_are_exported_at_zero_from_the_start() -> None:
+    """The README's `confsync_register_conflicts_total` was absent until the first conflict:
+    nothing to alert on, and `increase()` misses a series that appears at 1."""
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    from confsync.register.config import parse_registration
+    from confsync.register.metrics import RegisterMetrics
+
+    web = parse_registration(Path("web.toml"), {"service": "web", "port": 8080}, "", "n1",
+                             lambda: "10.0.0.1")
+    text = generate_latest(RegisterMetrics([web]).registry).decode()
+    assert 'confsync_register_conflicts_total{registration="web"} 0.0' in text
+    assert 'confsync_register_state_changes_total{registration="web"} 0.0' in text

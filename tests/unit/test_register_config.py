@@ -186,3 +186,15 @@ def test_a_check_ca_file_not_there_yet_loads() -> None:
     r = _parse({"service": "web", "port": 80, "check": [
         {"type": "http", "url": "https://127.0.0.1/", "ca_file": "/nonexistent/ca.pem"}]})
     assert str(r.checks[0].ca_file) == "/nonexistent/ca.pem"
+
+
+def test_register_help_says_its_confdir_holds_register_d(capsys: pytest.CaptureFixture[str]) -> None:
+    """`register --help` said --confdir holds conf.d/ and templates/: register reads only
+    register.d/ there, and a new user pointed it at the wrong directory."""
+    from confsync.cli import build_parser
+
+    for command, holds in (("register", "register.d/"), ("watch", "conf.d/ and templates/")):
+        with pytest.raises(SystemExit):
+            build_parser(command).parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"--confdir DIR directory holding {holds}" in text
