@@ -44,6 +44,7 @@ from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
+from confsync.repeated_failures import RepeatedFailures
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
@@ -257,6 +258,9 @@ class Daemon:
         # A reload target down for months is asked every 30 s: what each ask found (the file
         # current, nothing running) is said once, then at most every 5 minutes.
         self._no_target_said = Repeats()
+        # A resource failing for days is retried all along: each such failure is logged once,
+        # then at most every 5 minutes (repeated_failures.py).
+        self._failures = RepeatedFailures()
         state, errors = build_state(settings)
         # Files left out of the running set: said in /ready and a gauge as long as they are,
         # not only in one log line at start.
@@ -724,7 +728,13 @@ class Daemon:
                 outcome.reload.kind is ReloadKind.NO_TARGET
             quiet = no_target and outcome.status is not UPDATED and outcome.error is None and \
                 not self._no_target_said.due(f"{name}: {outcome.reload}")
-            report(outcome, revision, sorted(keys), count, quiet)
+            unsaid: int | None = 0
+            if outcome.error is not None:
+                unsaid = self._failures.failed(name, str(outcome.error),
+                                               retry=not count)
+            else:
+                self._failures.succeeded(name)
+            report(outcome, revision, sorted(keys), count, quiet, unsaid)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -737,8 +747,9 @@ class Daemon:
                                                 or outcome.error.retry):
                 delay = self.planner.retry(outcome.resource, now,
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
-                log.info("resource %s: trying again in %.1fs", name, delay,
-                         extra={"resource": name, "retry_in": round(delay, 2)})
+                log.log(logging.DEBUG if unsaid is None else logging.INFO,
+                        "resource %s: trying again in %.1fs", name, delay,
+                        extra={"resource": name, "retry_in": round(delay, 2)})
             elif no_target:
                 # Nothing tells us when the service starts: ask again (backoff, capped), so
                 # /ready turns true and the target is checked against the file once it runs.
@@ -1183,6 +1194,7 @@ class Daemon:
         self.planner.clear()
         self.pending_keys.clear()
         self._repairing.clear()
+        self._failures.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
         self._io_stuck &= names

@@ -12,11 +12,14 @@ log = logging.getLogger("confsync")
 
 
 def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
-           changed_count: int | None = None, quiet: bool = False) -> None:
+           changed_count: int | None = None, quiet: bool = False,
+           unsaid: int | None = 0) -> None:
     """One log event per resource and apply, with the fields a collector wants.
 
     `changed_count`: the changes in all, when more than `changed_keys` names. `quiet`: a file
-    found up to date is a DEBUG event (a retry that finds what the last one found)."""
+    found up to date is a DEBUG event (a retry that finds what the last one found). `unsaid`
+    (a failure, see repeated_failures.py): None, a DEBUG event (a retry failing as the last
+    one did); else how many such retries were not logged since it was."""
     res = outcome.resource
     fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
                                  "revision": revision, "outcome": outcome.status.value,
@@ -32,7 +35,14 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
         log.warning("resource %s: %s", res.name, warning,
                     extra={**fields, "step": "render", "key": show_key(warning.key)})
     if outcome.status is Status.FAILED and outcome.error is not None:
-        log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
+        fields["step"] = outcome.error.step
+        if unsaid is None:
+            log.debug("%s (failed as before)", outcome.error, extra=fields)
+        elif unsaid:
+            log.error("%s (and %d retries failed so since it was last logged)", outcome.error,
+                      unsaid, extra={**fields, "unsaid_retries": unsaid})
+        else:
+            log.error("%s", outcome.error, extra=fields)
     elif outcome.status is Status.UPDATED:
         done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
         # Equal bytes: the file was in place already and only its target was asked again.

@@ -34,7 +34,7 @@ def test_failed_check_is_retried_until_it_passes(etcd: EtcdMember, tmp_path: Pat
     write_resource(tmp_path / "cd", "app", TEMPLATE,
                    f'dest = "{dest}"\nkeys = ["/k"]\n'
                    f'check_cmd = ["sh", "-c", "test ! -e {flag}"]')
-    w = start(watchers, tmp_path, etcd, prefix)
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
     flag.touch()
     c.put(prefix + "/k/v", "2")
@@ -53,7 +53,7 @@ def test_failed_reload_is_retried_until_the_file_is_live(
     write_resource(tmp_path / "cd", "app", TEMPLATE,
                    f'dest = "{dest}"\nkeys = ["/k"]\n'
                    f'reload_cmd = ["sh", "-c", "test ! -e {flag} && cp {dest} {live}"]')
-    w = start(watchers, tmp_path, etcd, prefix)
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(live) == "value=1\n", 20, what="first render and reload")
     flag.touch()
     c.put(prefix + "/k/v", "2")
@@ -77,7 +77,8 @@ def test_a_render_stopped_by_render_timeout_is_retried_without_a_data_change(
                    f"{{% endif %}}{TEMPLATE}",
                    f'dest = "{dest}"\nkeys = ["/k"]\nrender_timeout = "0.3s"')
     port = free_port()
-    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
+    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}",
+              "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(dest) == "value=1\n" and ready(port)[0] == 200, 20,
              what="first render, ready")
     slow.touch()
@@ -190,3 +191,43 @@ def test_a_target_back_while_its_resource_fails_costs_one_look_not_one_per_secon
     finally:
         service.kill()
         service.wait()
+
+
+def test_a_resource_failing_for_good_logs_its_failure_once_not_at_every_retry(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A check or reload that fails for days is retried every 15-30 s, and each try logged
+    an ERROR (and a reload its failed reload back) with its "trying again" line: ~500 lines an
+    hour for one resource, forever. Now a retry failing as the one before did is logged once
+    every 5 minutes, with /ready and the metrics saying it all along; a data change's failure
+    is logged as before."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    checks, reloads = tmp_path / "checks", tmp_path / "reloads"
+    # A new number in every failure's output, as HAProxy's pid or the staged file's name.
+    write_resource(tmp_path / "cd", "checked", TEMPLATE,
+                   f'dest = "{tmp_path}/checked.conf"\nkeys = ["/k"]\n'
+                   f'check_cmd = ["sh", "-c", "echo >> {checks}; echo bad $$ >&2; exit 1"]')
+    write_resource(tmp_path / "cd", "reloaded", TEMPLATE,
+                   f'dest = "{tmp_path}/reloaded.conf"\nkeys = ["/k"]\n'
+                   f'reload_cmd = ["sh", "-c", "echo >> {reloads}; echo down $$ >&2; exit 1"]')
+    port = free_port()
+    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
+
+    def runs(path: Path) -> int:
+        return read(path).count("\n")
+
+    # The first try and three retries of each (backoff 1, 2, 4 s, jittered).
+    wait_for(lambda: runs(checks) >= 4 and runs(reloads) >= 8, 40,
+             what=f"three retries\n{w.output()[-3000:]}")
+    status, body = ready(port)
+    assert status == 503 and "failing: checked, reloaded" in body["reasons"], body
+    output = w.output()
+    assert output.count("ERROR resource checked: check failed") == 1, output
+    assert output.count("ERROR resource reloaded: reload failed") == 1, output
+    assert output.count("reload after rollback failed too") == 1, output
+    assert output.count("trying again in") == 2, output  # (one after each failure said)
+
+    c.put(prefix + "/k/v", "2")  # a data change: its failure is news
+    w.wait_log("ERROR resource checked: check failed", timeout=20, count=2)
+    w.wait_log("ERROR resource reloaded: reload failed", timeout=20, count=2)
+    assert w.proc.poll() is None

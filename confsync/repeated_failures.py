@@ -1,0 +1,71 @@
+"""Which failed retries of a resource to log.
+
+A check_cmd or reload_cmd that fails for days is retried every 15-30 s (planner.py), and each
+try logged an ERROR, its "trying again" line and, for a reload, the failed reload back into
+the previous file: about 500 lines an hour for one resource, 12,000 a day, into the journal
+of a host whose operator already knows (the first failure was logged; /ready and the
+`confsync_applies{outcome="failed"}` counter say it as long as it lasts).
+
+A retry that fails the way the try before it failed is now logged at most once every `every`
+seconds, saying how many tries were not; every other failure is logged: the first, one after
+a data change (the render of new keys: which change failed is news), and one with another
+reason. Digits do not make a reason another one: a check's output names the staged file (a
+new attempt number each try) and HAProxy's messages its pid.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+EVERY = 300.0  # seconds between two logs of the same failure of one resource
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def shape(reason: str) -> str:
+    """`reason` with its numbers blanked: what two tries' messages must share to be one."""
+    return _DIGITS.sub("#", reason)
+
+
+@dataclass
+class _Said:
+    shape: str
+    at: float  # when it was last logged
+    unsaid: int = 0  # retries that failed the same way since
+
+
+class RepeatedFailures:
+    """Per resource, the failure last logged. Used by the watch loop's thread only."""
+
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._said: dict[str, _Said] = {}  # only resources failing now: bounded by the set
+
+    def failed(self, name: str, reason: str, retry: bool) -> int | None:
+        """A try of `name` failed with `reason`; `retry`: no data change caused it. Returns
+        None when it is not to be logged, else how many tries failed the same way unlogged
+        since it was last logged (0: a new failure)."""
+        now, new = self._clock(), shape(reason)
+        said = self._said.get(name)
+        if said is None or said.shape != new or not retry:
+            self._said[name] = _Said(new, now)
+            return 0
+        if now - said.at >= self.every:
+            unsaid, said.at, said.unsaid = said.unsaid, now, 0
+            return unsaid
+        said.unsaid += 1
+        return None
+
+    def succeeded(self, name: str) -> None:
+        """An apply of `name` went through: its next failure is a new one."""
+        self._said.pop(name, None)
+
+    def clear(self) -> None:
+        """A configuration reload: every resource's first failure under it is said again."""
+        self._said.clear()
+
+    def __len__(self) -> int:
+        return len(self._said)
