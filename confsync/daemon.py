@@ -258,8 +258,8 @@ class Daemon:
         # A reload target down for months is asked every 30 s: what each ask found (the file
         # current, nothing running) is said once, then at most every 5 minutes.
         self._no_target_said = Repeats()
-        # A resource failing for days is retried all along: each such failure is logged once,
-        # then at most every 5 minutes (repeated_failures.py).
+        # A resource failing for days fails at every retry and data change: the same failure
+        # is logged once, then at most every 5 minutes (repeated_failures.py).
         self._failures = RepeatedFailures()
         state, errors = build_state(settings)
         # Files left out of the running set: said in /ready and a gauge as long as they are,
@@ -730,8 +730,7 @@ class Daemon:
                 not self._no_target_said.due(f"{name}: {outcome.reload}")
             unsaid: int | None = 0
             if outcome.error is not None:
-                unsaid = self._failures.failed(name, str(outcome.error),
-                                               retry=not count)
+                unsaid = self._failures.failed(name, str(outcome.error))
             else:
                 self._failures.succeeded(name)
             report(outcome, revision, sorted(keys), count, quiet, unsaid)

@@ -1,16 +1,16 @@
-"""Which failed retries of a resource to log.
+"""Which failures of a resource to log.
 
 A check_cmd or reload_cmd that fails for days is retried every 15-30 s (planner.py), and each
 try logged an ERROR, its "trying again" line and, for a reload, the failed reload back into
-the previous file: about 500 lines an hour for one resource, 12,000 a day, into the journal
-of a host whose operator already knows (the first failure was logged; /ready and the
-`confsync_applies{outcome="failed"}` counter say it as long as it lasts).
+the previous file: about 800 lines an hour for one failing check and one failing reload. A
+template broken for good under keys that churn (per-request or per-deploy keys) failed at
+every render, one ERROR per wait_max (2 s): 28,800 lines an hour. The operator knows after
+the first: /ready and `confsync_applies{outcome="failed"}` say it as long as it lasts.
 
-A retry that fails the way the try before it failed is now logged at most once every `every`
-seconds, saying how many tries were not; every other failure is logged: the first, one after
-a data change (the render of new keys: which change failed is news), and one with another
-reason. Digits do not make a reason another one: a check's output names the staged file (a
-new attempt number each try) and HAProxy's messages its pid.
+A failure like the one last logged for the resource is now logged at most once every `every`
+seconds, saying how many were not (DEBUG lines in between); the first failure and one with
+another reason are logged at once. Digits do not make a reason another one: a check's
+output names the staged file (a new attempt number each try) and HAProxy's messages its pid.
 """
 
 from __future__ import annotations
@@ -44,13 +44,12 @@ class RepeatedFailures:
         self._clock = clock
         self._said: dict[str, _Said] = {}  # only resources failing now: bounded by the set
 
-    def failed(self, name: str, reason: str, retry: bool) -> int | None:
-        """A try of `name` failed with `reason`; `retry`: no data change caused it. Returns
-        None when it is not to be logged, else how many tries failed the same way unlogged
-        since it was last logged (0: a new failure)."""
+    def failed(self, name: str, reason: str) -> int | None:
+        """An apply of `name` failed with `reason`. Returns None when it is not to be logged,
+        else how many applies failed the same way unlogged since it last was (0: new)."""
         now, new = self._clock(), shape(reason)
         said = self._said.get(name)
-        if said is None or said.shape != new or not retry:
+        if said is None or said.shape != new:
             self._said[name] = _Said(new, now)
             return 0
         if now - said.at >= self.every:

@@ -18,8 +18,8 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
 
     `changed_count`: the changes in all, when more than `changed_keys` names. `quiet`: a file
     found up to date is a DEBUG event (a retry that finds what the last one found). `unsaid`
-    (a failure, see repeated_failures.py): None, a DEBUG event (a retry failing as the last
-    one did); else how many such retries were not logged since it was."""
+    (a failure, see repeated_failures.py): None, a DEBUG event (failing as the one last
+    logged did); else how many such failures were not logged since it was."""
     res = outcome.resource
     fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
                                  "revision": revision, "outcome": outcome.status.value,
@@ -39,8 +39,8 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
         if unsaid is None:
             log.debug("%s (failed as before)", outcome.error, extra=fields)
         elif unsaid:
-            log.error("%s (and %d retries failed so since it was last logged)", outcome.error,
-                      unsaid, extra={**fields, "unsaid_retries": unsaid})
+            log.error("%s (and %d more times since it was last logged)", outcome.error,
+                      unsaid, extra={**fields, "unlogged_failures": unsaid})
         else:
             log.error("%s", outcome.error, extra=fields)
     elif outcome.status is Status.UPDATED:

@@ -1,4 +1,4 @@
-"""Which failed retries are logged: the first, changes, then the same one every 5 minutes."""
+"""Which failures are logged: the first, a new reason, then the same one every 5 minutes."""
 
 from __future__ import annotations
 
@@ -17,28 +17,28 @@ CHECK = "resource app: check failed: `haproxy -c -f /etc/.haproxy.cfg.{pid}.{n}.
         "exited 1: [ALERT] ({pid}) : config : parsing [/etc/.haproxy.cfg.{pid}.{n}.confsync:4]"
 
 
-def test_a_retry_failing_the_same_way_is_logged_every_five_minutes_with_the_count() -> None:
+def test_the_same_failure_is_logged_every_five_minutes_with_the_count() -> None:
     clock = Clock()
     failures = RepeatedFailures(every=300, clock=clock)
-    assert failures.failed("app", CHECK.format(pid=7, n=1), retry=False) == 0
+    assert failures.failed("app", CHECK.format(pid=7, n=1)) == 0
     said = []
     for n in range(2, 42):  # ten minutes of retries every 15 s, each with a new attempt, pid
         clock.now += 15
-        said.append(failures.failed("app", CHECK.format(pid=100 + n, n=n), retry=True))
+        said.append(failures.failed("app", CHECK.format(pid=100 + n, n=n)))
     assert [s for s in said if s is not None] == [19, 19]  # at 300 s and 600 s
     assert said.count(None) == 38
 
 
-def test_a_new_reason_a_data_change_and_a_success_are_said_at_once() -> None:
+def test_a_new_reason_another_resource_and_a_success_are_said_at_once() -> None:
     clock = Clock()
     failures = RepeatedFailures(every=300, clock=clock)
-    assert failures.failed("app", "check failed: exited 1", retry=False) == 0
-    assert failures.failed("app", "check failed: exited 1", retry=True) is None
-    assert failures.failed("app", "reload failed: exited 1", retry=True) == 0  # another reason
-    assert failures.failed("app", "reload failed: exited 1", retry=False) == 0  # a data change
-    assert failures.failed("other", "reload failed: exited 1", retry=True) == 0  # per resource
+    assert failures.failed("app", "check failed: exited 1") == 0
+    assert failures.failed("app", "check failed: exited 1") is None
+    assert failures.failed("app", "reload failed: exited 1") == 0  # another reason
+    assert failures.failed("app", "reload failed: exited 1") is None
+    assert failures.failed("other", "reload failed: exited 1") == 0  # per resource
     failures.succeeded("app")
-    assert failures.failed("app", "reload failed: exited 1", retry=True) == 0
+    assert failures.failed("app", "reload failed: exited 1") == 0
     failures.succeeded("app")
     failures.succeeded("other")
     assert len(failures) == 0  # nothing kept of a resource that is not failing
@@ -46,7 +46,7 @@ def test_a_new_reason_a_data_change_and_a_success_are_said_at_once() -> None:
 
 def test_a_configuration_reload_says_each_failure_again() -> None:
     failures = RepeatedFailures(every=300, clock=Clock())
-    failures.failed("app", "check failed", retry=False)
-    assert failures.failed("app", "check failed", retry=True) is None
+    failures.failed("app", "check failed")
+    assert failures.failed("app", "check failed") is None
     failures.clear()
-    assert failures.failed("app", "check failed", retry=True) == 0
+    assert failures.failed("app", "check failed") == 0
