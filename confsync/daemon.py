@@ -44,7 +44,7 @@ from confsync.outcome import FAILED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
-from confsync.repeated_failures import RepeatedFailures
+from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
@@ -261,6 +261,7 @@ class Daemon:
         # A resource failing for days fails at every retry and data change: the same failure
         # is logged once, then at most every 5 minutes (repeated_failures.py).
         self._failures = RepeatedFailures()
+        self._left_out_said = RepeatedWarnings()  # (values left out of a pool, likewise)
         state, errors = build_state(settings)
         # Files left out of the running set: said in /ready and a gauge as long as they are,
         # not only in one log line at start.
@@ -733,7 +734,10 @@ class Daemon:
                 unsaid = self._failures.failed(name, str(outcome.error))
             else:
                 self._failures.succeeded(name)
-            report(outcome, revision, sorted(keys), count, quiet, unsaid)
+            warn: list[bool] = []
+            if outcome.error is None or outcome.error.step not in ("render", "guard"):
+                warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
+            report(outcome, revision, sorted(keys), count, quiet, unsaid, warn)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -1194,6 +1198,7 @@ class Daemon:
         self.pending_keys.clear()
         self._repairing.clear()
         self._failures.clear()
+        self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
         self._io_stuck &= names

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EVERY = 300.0  # seconds between two logs of the same failure of one resource
@@ -68,3 +68,40 @@ class RepeatedFailures:
 
     def __len__(self) -> int:
         return len(self._said)
+
+
+class RepeatedWarnings:
+    """Per resource, the warnings its last render gave (values `skip_invalid` left out) and
+    when each was last logged. One bad instance in a pool that keeps changing was warned
+    about at every render: 24,000 lines an hour under per-request keys. A warning that stays
+    is logged every `every` seconds; one gone (the value fixed) and back is new. Bounded by
+    the warnings of the last renders. Used by the watch loop's thread only."""
+
+    def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._said: dict[str, dict[str, float]] = {}  # resource -> warning -> when logged
+
+    def due(self, name: str, warnings: Sequence[str]) -> list[bool]:
+        """`name` rendered, giving `warnings`: for each, whether to log it now."""
+        now, before = self._clock(), self._said.pop(name, {})
+        after: dict[str, float] = {}
+        due = []
+        for warning in warnings:
+            at = after.get(warning, before.get(warning))
+            if at is not None and now - at < self.every:
+                due.append(False)
+                after[warning] = at
+            else:
+                due.append(True)
+                after[warning] = now
+        if after:
+            self._said[name] = after
+        return due
+
+    def clear(self) -> None:
+        """A configuration reload: every warning is said again."""
+        self._said.clear()
+
+    def __len__(self) -> int:
+        return sum(len(said) for said in self._said.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from confsync.repeated_failures import RepeatedFailures
+from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 
 
 class Clock:
@@ -50,3 +50,32 @@ def test_a_configuration_reload_says_each_failure_again() -> None:
     assert failures.failed("app", "check failed") is None
     failures.clear()
     assert failures.failed("app", "check failed") == 0
+
+
+BAD = "key /s/b: expected a port number 1-65535, found 0; left out"
+WORSE = "key /s/d: not JSON; left out"
+
+
+def test_a_value_left_out_render_after_render_is_warned_about_every_five_minutes() -> None:
+    clock = Clock()
+    said = RepeatedWarnings(every=300, clock=clock)
+    assert said.due("pool", [BAD]) == [True]
+    logged = []
+    for _ in range(40):  # a pool that changes every 15 s for ten minutes, /s/b bad all along
+        clock.now += 15
+        logged += said.due("pool", [BAD])
+    assert logged.count(True) == 2  # at 300 s and 600 s
+    assert said.due("other", [BAD]) == [True]  # per resource
+
+
+def test_a_value_fixed_and_broken_again_or_a_new_one_is_warned_about_at_once() -> None:
+    clock = Clock()
+    said = RepeatedWarnings(every=300, clock=clock)
+    assert said.due("pool", [BAD]) == [True]
+    assert said.due("pool", [BAD, WORSE]) == [False, True]
+    assert said.due("pool", [WORSE]) == [False]  # /s/b fixed: forgotten
+    assert said.due("pool", [BAD, WORSE]) == [True, False]
+    assert said.due("pool", []) == [] and len(said) == 0  # nothing kept of a clean render
+    said.due("pool", [BAD])
+    said.clear()  # a configuration reload
+    assert said.due("pool", [BAD]) == [True]
