@@ -40,7 +40,7 @@ from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
-from confsync.outcome import FAILED, UPDATED, Outcome
+from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
@@ -727,16 +727,7 @@ class Daemon:
             changed_keys |= keys
             no_target = outcome.reload is not None and \
                 outcome.reload.kind is ReloadKind.NO_TARGET
-            quiet = no_target and outcome.status is not UPDATED and outcome.error is None and \
-                not self._no_target_said.due(f"{name}: {outcome.reload}")
-            unsaid: int | None = 0
-            if outcome.error is not None:
-                unsaid = self._failures.failed(name, str(outcome.error))
-            else:
-                self._failures.succeeded(name)
-            warn: list[bool] = []
-            if outcome.error is None or outcome.error.step not in ("render", "guard"):
-                warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
+            quiet, unsaid, warn = self._how_said(outcome, count, no_target)
             report(outcome, revision, sorted(keys), count, quiet, unsaid, warn)
             if name in self._repairing:
                 self._repairing.discard(name)
@@ -766,6 +757,30 @@ class Daemon:
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
         self._note_stuck()
         return outcomes
+
+    def _how_said(self, outcome: Outcome, changes: int, no_target: bool,
+                  ) -> tuple[bool, int | None, list[bool]]:
+        """How loud `outcome`'s report is (`report`'s quiet, unsaid, warn): what a resource
+        repeats for months must not fill the journal. `changes`: the data changes it applied."""
+        name, error = outcome.resource.name, outcome.error
+        detail = outcome.reload is not None and bool(outcome.reload.detail)
+        quiet = no_target and outcome.status is not UPDATED and error is None and \
+            not self._no_target_said.due(f"{name}: {outcome.reload}")
+        # Found current, nothing reloaded, at an interval or drift repair or after a change
+        # its output does not show (another key under its prefix): one INFO line per resource
+        # and interval, or per key of a prefix with per-request keys. (The start and a SIGHUP
+        # still say it.)
+        quiet = quiet or (outcome.status is UNCHANGED and error is None and not detail
+                          and (changes > 0 or name in self._repairing))
+        unsaid: int | None = 0
+        if error is not None:
+            unsaid = self._failures.failed(name, str(error))
+        else:
+            self._failures.succeeded(name)
+        warn: list[bool] = []
+        if error is None or error.step not in ("render", "guard"):
+            warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
+        return quiet, unsaid, warn
 
     def _apply_alone(self, resource: Resource) -> Outcome:
         try:

@@ -3,9 +3,11 @@ re-renders every resource (issue 13, item 7), against real etcd and the real `co
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -103,6 +105,41 @@ def test_interval_repairs_a_hand_edited_dest(etcd: EtcdMember, tmp_path: Path, p
     dest.write_text("value=edited by hand\n")
     wait_for(lambda: read(dest) == "value=1\n", 20, what=f"repair\n{w.output()[-2000:]}")
     w.wait_log("edited outside confsync", timeout=5)
+
+
+def test_an_interval_or_a_change_that_leaves_the_file_as_it_was_logs_no_info_line(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """Each interval pass logged "is up to date" at INFO for every resource (20 resources at
+    a 60 s interval: 29,000 lines a day saying nothing happened), and so did each change of a
+    key under a resource's prefix that its file does not show (per-request keys: one a
+    change). Now DEBUG; a write, a repair and the start still say what they did."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w = start(watchers, tmp_path, etcd, prefix, {"CONFSYNC_WATCH_INTERVAL": "1s"},
+              "--log-level", "debug", "--log-format", "json")  # (to see every pass)
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in w.output().splitlines() if line.startswith("{")]
+
+    def current(change: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in records() if r.get("resource") == "app"
+                and r.get("outcome") == "unchanged"
+                and (change is None or change in r.get("changed_keys", []))]
+
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    wait_for(lambda: len(current()) >= 2, 20, what="two interval passes")
+    c.put(prefix + "/k/unrelated", "x")
+    wait_for(lambda: current(prefix + "/k/unrelated"), 20, what="the change applied")
+    c.put(prefix + "/k/v", "2")
+    wait_for(lambda: read(dest) == "value=2\n", 20, what="a change it shows")
+    dest.write_text("value=edited by hand\n")
+    w.wait_log("edited outside confsync", timeout=20)
+    assert all(r["level"] == "debug" for r in current()), current()
+    said = [r["message"] for r in records() if r.get("resource") == "app"
+            and r["level"] != "debug"]
+    assert len(said) == 4 and all(" wrote " in m for m in said[:3]), said  # start, v=2, repair
 
 
 def test_full_disk_is_retried_once_space_is_back(etcd: EtcdMember, tmp_path: Path, prefix: str,
