@@ -40,10 +40,11 @@ from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
 from confsync.ops.report import report
-from confsync.outcome import FAILED, UPDATED, Outcome
+from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
+from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
@@ -257,6 +258,10 @@ class Daemon:
         # A reload target down for months is asked every 30 s: what each ask found (the file
         # current, nothing running) is said once, then at most every 5 minutes.
         self._no_target_said = Repeats()
+        # A resource failing for days fails at every retry and data change: the same failure
+        # is logged once, then at most every 5 minutes (repeated_failures.py).
+        self._failures = RepeatedFailures()
+        self._left_out_said = RepeatedWarnings()  # (values left out of a pool, likewise)
         state, errors = build_state(settings)
         # Files left out of the running set: said in /ready and a gauge as long as they are,
         # not only in one log line at start.
@@ -722,9 +727,8 @@ class Daemon:
             changed_keys |= keys
             no_target = outcome.reload is not None and \
                 outcome.reload.kind is ReloadKind.NO_TARGET
-            quiet = no_target and outcome.status is not UPDATED and outcome.error is None and \
-                not self._no_target_said.due(f"{name}: {outcome.reload}")
-            report(outcome, revision, sorted(keys), count, quiet)
+            quiet, unsaid, warn = self._how_said(outcome, count, no_target)
+            report(outcome, revision, sorted(keys), count, quiet, unsaid, warn)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -737,8 +741,9 @@ class Daemon:
                                                 or outcome.error.retry):
                 delay = self.planner.retry(outcome.resource, now,
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
-                log.info("resource %s: trying again in %.1fs", name, delay,
-                         extra={"resource": name, "retry_in": round(delay, 2)})
+                log.log(logging.DEBUG if unsaid is None else logging.INFO,
+                        "resource %s: trying again in %.1fs", name, delay,
+                        extra={"resource": name, "retry_in": round(delay, 2)})
             elif no_target:
                 # Nothing tells us when the service starts: ask again (backoff, capped), so
                 # /ready turns true and the target is checked against the file once it runs.
@@ -752,6 +757,30 @@ class Daemon:
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
         self._note_stuck()
         return outcomes
+
+    def _how_said(self, outcome: Outcome, changes: int, no_target: bool,
+                  ) -> tuple[bool, int | None, list[bool]]:
+        """How loud `outcome`'s report is (`report`'s quiet, unsaid, warn): what a resource
+        repeats for months must not fill the journal. `changes`: the data changes it applied."""
+        name, error = outcome.resource.name, outcome.error
+        detail = outcome.reload is not None and bool(outcome.reload.detail)
+        quiet = no_target and outcome.status is not UPDATED and error is None and \
+            not self._no_target_said.due(f"{name}: {outcome.reload}")
+        # Found current, nothing reloaded, at an interval or drift repair or after a change
+        # its output does not show (another key under its prefix): one INFO line per resource
+        # and interval, or per key of a prefix with per-request keys. (The start and a SIGHUP
+        # still say it.)
+        quiet = quiet or (outcome.status is UNCHANGED and error is None and not detail
+                          and (changes > 0 or name in self._repairing))
+        unsaid: int | None = 0
+        if error is not None:
+            unsaid = self._failures.failed(name, str(error))
+        else:
+            self._failures.succeeded(name)
+        warn: list[bool] = []
+        if error is None or error.step not in ("render", "guard"):
+            warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
+        return quiet, unsaid, warn
 
     def _apply_alone(self, resource: Resource) -> Outcome:
         try:
@@ -1183,6 +1212,8 @@ class Daemon:
         self.planner.clear()
         self.pending_keys.clear()
         self._repairing.clear()
+        self._failures.clear()
+        self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
         self._io_stuck &= names

@@ -38,11 +38,13 @@ from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
 from confsync.judged_renders import JudgedRenders
+from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.render_memo import data_digest
+from confsync.repeated_failures import shape
 from confsync.resources import Resource
 from confsync.running_copy import read_kept, reloaded, running_copy
 from confsync.targets import (
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
     from confsync.renderer import Renderer, RenderWarning
 
 T = TypeVar("T")
+# A reload that keeps failing fails back into the previous file at each retry too: said once,
+# then at most every 5 minutes (the failure itself is rate-limited by the daemon).
+_ROLLBACK_FAILURES = Repeats()
 
 
 def _no_beat() -> None:
@@ -516,9 +521,11 @@ class Syncer:
                 target.reload(content, previous, back) if back else target.reload(
                     content, previous)
             except Exception as again:
-                log.error("resource %s: reload after rollback failed too: %s", first.name,
-                          again if isinstance(again, ReloadFailed)
+                why = str(again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
+                log.log(logging.ERROR if _ROLLBACK_FAILURES.due(shape(f"{first.name}: {why}"))
+                        else logging.DEBUG,
+                        "resource %s: reload after rollback failed too: %s", first.name, why)
             else:
                 self._rolled_back(restored, settled)
             return

@@ -12,11 +12,16 @@ log = logging.getLogger("confsync")
 
 
 def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
-           changed_count: int | None = None, quiet: bool = False) -> None:
+           changed_count: int | None = None, quiet: bool = False,
+           unsaid: int | None = 0, warn: Sequence[bool] = ()) -> None:
     """One log event per resource and apply, with the fields a collector wants.
 
     `changed_count`: the changes in all, when more than `changed_keys` names. `quiet`: a file
-    found up to date is a DEBUG event (a retry that finds what the last one found)."""
+    found up to date is a DEBUG event (a retry that finds what the last one found). `unsaid`
+    (a failure, see repeated_failures.py): None, a DEBUG event (failing as the one last
+    logged did); else how many such failures were not logged since it was. `warn`: for
+    each of the outcome's warnings, whether it is a WARNING (the others are DEBUG: said
+    before, see RepeatedWarnings); all of them when empty."""
     res = outcome.resource
     fields: dict[str, object] = {"resource": res.name, "dest": str(res.dest),
                                  "revision": revision, "outcome": outcome.status.value,
@@ -28,11 +33,19 @@ def report(outcome: Outcome, revision: int, changed_keys: Sequence[str] = (),
         fields["lines_added"], fields["lines_removed"] = outcome.line_changes()
         if outcome.reload is not None:
             fields["reload"] = outcome.reload.kind.value
-    for warning in outcome.warnings:
-        log.warning("resource %s: %s", res.name, warning,
-                    extra={**fields, "step": "render", "key": show_key(warning.key)})
+    for warning, due in zip(outcome.warnings, warn or [True] * len(outcome.warnings),
+                            strict=True):
+        log.log(logging.WARNING if due else logging.DEBUG, "resource %s: %s", res.name, warning,
+                extra={**fields, "step": "render", "key": show_key(warning.key)})
     if outcome.status is Status.FAILED and outcome.error is not None:
-        log.error("%s", outcome.error, extra={**fields, "step": outcome.error.step})
+        fields["step"] = outcome.error.step
+        if unsaid is None:
+            log.debug("%s (failed as before)", outcome.error, extra=fields)
+        elif unsaid:
+            log.error("%s (and %d more times since it was last logged)", outcome.error,
+                      unsaid, extra={**fields, "unlogged_failures": unsaid})
+        else:
+            log.error("%s", outcome.error, extra=fields)
     elif outcome.status is Status.UPDATED:
         done = str(outcome.reload) if outcome.reload is not None and outcome.reload.detail else ""
         # Equal bytes: the file was in place already and only its target was asked again.

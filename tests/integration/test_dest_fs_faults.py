@@ -20,11 +20,11 @@ TEMPLATE = "value={{ getv('/k/v') }}\n"
 
 
 def _watch(watchers: list[WatchProcess], tmp_path: Path, etcd: EtcdMember,
-           prefix: str) -> tuple[WatchProcess, str]:
+           prefix: str, *extra: str) -> tuple[WatchProcess, str]:
     port = free_port()
     w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
                      "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+                     f"127.0.0.1:{port}", *extra, log=tmp_path / "watch.log")
     watchers.append(w)
     return w, f"http://127.0.0.1:{port}"
 
@@ -50,7 +50,8 @@ def test_full_disk_read_only_remount_and_immutable_dest_are_retried_until_they_p
     c.put(prefix + "/k/v", "1")
     dest = disk / "out.conf"
     write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
-    w, base = _watch(watchers, tmp_path, etcd, prefix)
+    w, base = _watch(watchers, tmp_path, etcd, prefix, "--log-level",
+                     "debug")  # (a retry failing as before is a DEBUG line)
     wait_for(lambda: read(dest) == "value=1\n" and _ready(base)[0] == 200, 20, what="first")
     filler = disk / "filler"
     faults = [

@@ -3,9 +3,11 @@ re-renders every resource (issue 13, item 7), against real etcd and the real `co
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
@@ -34,7 +36,7 @@ def test_failed_check_is_retried_until_it_passes(etcd: EtcdMember, tmp_path: Pat
     write_resource(tmp_path / "cd", "app", TEMPLATE,
                    f'dest = "{dest}"\nkeys = ["/k"]\n'
                    f'check_cmd = ["sh", "-c", "test ! -e {flag}"]')
-    w = start(watchers, tmp_path, etcd, prefix)
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
     flag.touch()
     c.put(prefix + "/k/v", "2")
@@ -53,7 +55,7 @@ def test_failed_reload_is_retried_until_the_file_is_live(
     write_resource(tmp_path / "cd", "app", TEMPLATE,
                    f'dest = "{dest}"\nkeys = ["/k"]\n'
                    f'reload_cmd = ["sh", "-c", "test ! -e {flag} && cp {dest} {live}"]')
-    w = start(watchers, tmp_path, etcd, prefix)
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(live) == "value=1\n", 20, what="first render and reload")
     flag.touch()
     c.put(prefix + "/k/v", "2")
@@ -77,7 +79,8 @@ def test_a_render_stopped_by_render_timeout_is_retried_without_a_data_change(
                    f"{{% endif %}}{TEMPLATE}",
                    f'dest = "{dest}"\nkeys = ["/k"]\nrender_timeout = "0.3s"')
     port = free_port()
-    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}")
+    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}",
+              "--log-level", "debug")  # (the retries)
     wait_for(lambda: read(dest) == "value=1\n" and ready(port)[0] == 200, 20,
              what="first render, ready")
     slow.touch()
@@ -102,6 +105,41 @@ def test_interval_repairs_a_hand_edited_dest(etcd: EtcdMember, tmp_path: Path, p
     dest.write_text("value=edited by hand\n")
     wait_for(lambda: read(dest) == "value=1\n", 20, what=f"repair\n{w.output()[-2000:]}")
     w.wait_log("edited outside confsync", timeout=5)
+
+
+def test_an_interval_or_a_change_that_leaves_the_file_as_it_was_logs_no_info_line(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """Each interval pass logged "is up to date" at INFO for every resource (20 resources at
+    a 60 s interval: 29,000 lines a day saying nothing happened), and so did each change of a
+    key under a resource's prefix that its file does not show (per-request keys: one a
+    change). Now DEBUG; a write, a repair and the start still say what they did."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w = start(watchers, tmp_path, etcd, prefix, {"CONFSYNC_WATCH_INTERVAL": "1s"},
+              "--log-level", "debug", "--log-format", "json")  # (to see every pass)
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in w.output().splitlines() if line.startswith("{")]
+
+    def current(change: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in records() if r.get("resource") == "app"
+                and r.get("outcome") == "unchanged"
+                and (change is None or change in r.get("changed_keys", []))]
+
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    wait_for(lambda: len(current()) >= 2, 20, what="two interval passes")
+    c.put(prefix + "/k/unrelated", "x")
+    wait_for(lambda: current(prefix + "/k/unrelated"), 20, what="the change applied")
+    c.put(prefix + "/k/v", "2")
+    wait_for(lambda: read(dest) == "value=2\n", 20, what="a change it shows")
+    dest.write_text("value=edited by hand\n")
+    w.wait_log("edited outside confsync", timeout=20)
+    assert all(r["level"] == "debug" for r in current()), current()
+    said = [r["message"] for r in records() if r.get("resource") == "app"
+            and r["level"] != "debug"]
+    assert len(said) == 4 and all(" wrote " in m for m in said[:3]), said  # start, v=2, repair
 
 
 def test_full_disk_is_retried_once_space_is_back(etcd: EtcdMember, tmp_path: Path, prefix: str,
@@ -190,3 +228,47 @@ def test_a_target_back_while_its_resource_fails_costs_one_look_not_one_per_secon
     finally:
         service.kill()
         service.wait()
+
+
+def test_a_resource_failing_for_good_logs_its_failure_once_not_at_every_try(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A check or reload that fails for days is retried every 15-30 s, and each try logged
+    an ERROR (and a reload its failed reload back) with its "trying again" line: ~800 lines
+    an hour for two resources, forever; a template broken for good logged an ERROR at every
+    data change (28,800 an hour under per-request keys). Now a failure like the last one
+    logged is a DEBUG line, logged again once every 5 minutes; /ready says it all along."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    checks, reloads = tmp_path / "checks", tmp_path / "reloads"
+    # A new number in every failure's output, as HAProxy's pid or the staged file's name.
+    write_resource(tmp_path / "cd", "checked", TEMPLATE,
+                   f'dest = "{tmp_path}/checked.conf"\nkeys = ["/k"]\n'
+                   f'check_cmd = ["sh", "-c", "echo >> {checks}; echo bad $$ >&2; exit 1"]')
+    write_resource(tmp_path / "cd", "reloaded", TEMPLATE,
+                   f'dest = "{tmp_path}/reloaded.conf"\nkeys = ["/k"]\n'
+                   f'reload_cmd = ["sh", "-c", "echo >> {reloads}; echo down $$ >&2; exit 1"]')
+    write_resource(tmp_path / "cd", "broken", "{{ getv('/k/missing') }}{{ getv('/k/v') }}\n",
+                   f'dest = "{tmp_path}/broken.conf"\nkeys = ["/k"]\n')
+    port = free_port()
+    w = start(watchers, tmp_path, etcd, prefix, None, "--metrics-address", f"127.0.0.1:{port}",
+              "--log-level", "debug")  # (to see the failures not logged at ERROR)
+
+    def runs(path: Path) -> int:
+        return read(path).count("\n")
+
+    # The first try and three retries of each (backoff 1, 2, 4 s, jittered) ...
+    wait_for(lambda: runs(checks) >= 4 and runs(reloads) >= 8, 40,
+             what=f"three retries\n{w.output()[-3000:]}")
+    for n in range(2, 5):  # ... and three data changes
+        c.put(prefix + "/k/v", str(n))
+        w.wait_log("resource broken: render failed", timeout=20, count=n)
+    status, body = ready(port)
+    assert status == 503 and "failing: broken, checked, reloaded" in body["reasons"], body
+    output = w.output()
+    for failure in ("checked: check failed", "reloaded: reload failed",
+                    "broken: render failed", "reloaded: reload after rollback failed too",
+                    "checked: trying again in"):
+        assert output.count(f"ERROR resource {failure}") + output.count(
+            f"INFO resource {failure}") == 1, f"{failure}:\n{output}"
+    assert output.count("DEBUG resource broken: render failed") >= 3, output
+    assert w.proc.poll() is None

@@ -193,6 +193,17 @@ def test_watch_bad_instance_is_left_out_reported_and_others_keep_updating(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         assert 'confsync_values_left_out{resource="pool"} 1.0' in resp.read().decode()
 
+    # The pool keeps changing, b still bad: warned about once (it was at every render, 24,000
+    # lines an hour under per-request keys), /ready and the gauge saying it all along.
+    for n in range(4, 8):
+        c.put(prefix + f"/s/{n}", json.dumps({"port": 80 + n}))
+        wait_for(lambda: f"{n} {80 + n}\n" in read(out), what=f"{n} joins",  # noqa: B023
+                 timeout=20)
+    assert w.output().count(f"{prefix}/s/b: expected a port") == 1, w.output()
+    for n in range(4, 8):
+        c.delete(prefix + f"/s/{n}")
+    wait_for(lambda: read(out) == "a 81\nc 83\n", what="4-7 leave", timeout=20)
+
     c.put(prefix + "/s/b", json.dumps({"port": 82}))
     wait_for(lambda: read(out) == "a 81\nb 82\nc 83\n", what="b fixed", timeout=20)
     wait_for(lambda: "left_out" not in ready(), what="/ready cleared", timeout=20)

@@ -189,7 +189,8 @@ def test_a_dest_that_is_a_mount_point_says_so_and_is_retried_until_the_mount_is_
     file is touched, /ready says failing, and the retry installs the file once the operator
     mounts it differently (here: unmounts it), with no data change."""
     data, confdir, dest, mounted, namespace = _dest_under_a_mount(tmp_path)
-    w, base = _start(tmp_path, confdir, data, wrapper=namespace)
+    w, base = _start(tmp_path, confdir, data, "--log-level", "debug",  # (the retry's line)
+                     wrapper=namespace)
     try:
         w.wait_log(f"cannot rename into {dest}: it is a mount point", count=2)  # and a retry
         assert "Mount its directory" in w.output()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -85,8 +86,8 @@ def test_once_with_an_unusable_master_socket_path_fails_the_resource(
 def test_watch_survives_a_hung_master_socket(stack: HAProxyStack, tmp_path: Path) -> None:
     before = stack.cfg.read_bytes()
     with hung_socket(stack.master):
-        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms",
-                              log=tmp_path / "watch.log")
+        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--log-level", "debug",
+                              log=tmp_path / "watch.log")  # (the second failure is DEBUG)
         try:
             daemon.wait_log("watching ", timeout=20)
             stack.put_instance("web", "b", 18002)
@@ -100,7 +101,9 @@ def test_watch_survives_a_hung_master_socket(stack: HAProxyStack, tmp_path: Path
         finally:
             code = daemon.stop(timeout=30)
     assert code == 0, daemon.output()[-3000:]
-    assert "Traceback" not in daemon.output(), daemon.output()
+    # (DEBUG records carry the tracebacks of the reload step's errors, deliberately.)
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\d )", daemon.output())
+    assert not [r for r in records if "Traceback" in r and " DEBUG " not in r.partition("\n")[0]]
     wait_for(lambda: stack.cfg.read_bytes() == before, timeout=5)
 
 

@@ -275,10 +275,11 @@ def test_hanging_reload_times_out_and_watching_goes_on(
     write_resource(tmp_path / "cd", "hang", LIST_TEMPLATE,
                    f'dest = "{dest}"\nkeys = ["/k"]\nreload_cmd = "sleep 60"\n'
                    f'reload_timeout = "300ms"')
-    w = start_watch(watchers, tmp_path, etcd.endpoint, prefix)
+    w = start_watch(watchers, tmp_path, etcd.endpoint, prefix, "--log-level", "debug")
     w.wait_log("timed out after 0.3s")
     c.put(prefix + "/k/a", "2")
-    # The reload failed, so the file is rolled back; but the loop kept going and tried again.
+    # The reload failed, so the file is rolled back; but the loop kept going and tried again
+    # (failing the same way: a DEBUG line).
     w.wait_log("timed out after 0.3s", count=2)
     assert w.proc.poll() is None
     assert w.stop() == 0
