@@ -21,6 +21,7 @@ from confsync.errors import (
     EXIT_RESOURCE_FAILED,
     EXIT_STORE_UNAVAILABLE,
     ConfigError,
+    FileNotReadable,
     StoreUnavailable,
 )
 
@@ -236,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 _release(lock)
         return run_check(settings, show_diff=args.diff, data=args.data, out=sys.stdout)
+    except FileNotReadable as exc:  # (what `watch` waits for: transient, as etcd being away)
+        log.error("store unavailable: %s", exc)
+        return EXIT_STORE_UNAVAILABLE
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return EXIT_BAD_CONFIG

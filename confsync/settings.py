@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from confsync import tomlvalues as tv
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, FileNotReadable
 from confsync.logs import register_secret
 from confsync.paths import absolute
 from confsync.render_limits import DEFAULT_MAX_OUTPUT_SIZE, DEFAULT_RENDER_TIMEOUT, parse_size
@@ -254,7 +254,7 @@ def read_password(settings: EtcdSettings) -> str | None:
     try:
         password = settings.password_file.read_text("utf-8").rstrip("\n")
     except OSError as exc:
-        raise ConfigError(str(settings.password_file), f"cannot read password: {exc.strerror}",
+        raise FileNotReadable(str(settings.password_file), f"cannot read password: {exc.strerror}",
                           "etcd.password_file") from None
     register_secret(password)
     return password

@@ -416,6 +416,44 @@ def test_watch_started_before_its_tls_files_exist_connects_once_they_do(
             proc.wait()
 
 
+def test_once_and_check_before_their_tls_files_exist_exit_3_and_render_once_they_do(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """What `watch` waits for is transient for the one-shot commands too: a TLS or password
+    file not there yet was exit 2 ("bad configuration"), which a container's retry loop or
+    the shipped units take as for good. Exit 3, as for etcd away; a pair that can never work
+    (a cert without its key) stays 2."""
+    import shutil
+
+    late = tmp_path / "late"
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
+             pki.client_key: late / "client-key.pem",
+             secure_etcd.password_file: late / "password"}
+    config = _config(tmp_path, secure_etcd, secure_etcd.password_file)
+    text_ = config.read_text()
+    for have, want in files.items():
+        text_ = text_.replace(f'"{have}"', f'"{want}"')
+    config.write_text(text_)
+    for command in ("once", "check"):
+        done = subprocess.run([sys.executable, "-m", "confsync", command, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, (command, done.stderr)
+        assert "cannot read CA certificate" in done.stderr, done.stderr
+    late.mkdir()
+    for have, want in list(files.items())[:3]:
+        shutil.copy(have, want)
+    done = _once(config)  # the password file still missing: the same
+    assert done.returncode == 3 and "cannot read password" in done.stderr, done.stderr
+    shutil.copy(secure_etcd.password_file, files[secure_etcd.password_file])
+    done = _once(config)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_text() == "a=10.0.0.1:80\nb=10.0.0.2:80\n"
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.startswith("key = ")) + "\n")
+    done = _once(config)
+    assert done.returncode == 2 and "give both cert and key" in done.stderr, done.stderr
+
+
 def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
         secure_etcd: SecureEtcd, tmp_path: Path) -> None:
     """As for `watch`: a registrar whose certificate is written after it starts (at boot) was
