@@ -24,6 +24,7 @@ from confsync.errors import (
     FileNotReadable,
     StoreUnavailable,
 )
+from confsync.start import LONG_RUNNING_COMMANDS
 
 if TYPE_CHECKING:
     from confsync.settings import Settings
@@ -352,8 +353,8 @@ def _release(fd: int) -> None:
 
 # Commands that do a fixed amount of work and exit: no collector, no interpreter teardown.
 ONE_SHOT_COMMANDS = ("once", "check")
-# Commands that run for months: they import up front what they could need later (preload.py).
-LONG_RUNNING_COMMANDS = ("watch", "register")
+# Commands that run for months (LONG_RUNNING_COMMANDS): they import up front what they could
+# need later (preload.py); start.py holds their signals before this module is imported.
 
 
 def _open_standard_streams() -> None:
