@@ -212,7 +212,7 @@ def parse_resource(
             raise ConfigError(where, "reload_signal needs pidfile or process to find the target",
                               "template.reload_signal")
     if "pidfile" in table:
-        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_path,
+        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_late_user_path,
                                        table["pidfile"])
     if "process" in table:
         kwargs["process"] = tv.convert(where, "template.process", tv.nonempty, table["process"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from confsync.errors import ConfigError, FileNotReadable
+from confsync.paths import expand_user
 from confsync.settings import CLEAR_CREDENTIALS, EtcdSettings
 
 # etcd's answer to Authenticate while its auth is off (`etcdctl auth disable`). It then serves
@@ -71,6 +72,8 @@ def read_tls_file(path: Path | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        return expand_user(path).read_bytes()
+    except ValueError as exc:  # a `~user` not known yet: waited for as a file not there yet
+        raise FileNotReadable(str(path), f"cannot read {what}: {exc}") from None
     except OSError as exc:
         raise FileNotReadable(str(path), f"cannot read {what}: {exc.strerror}") from None

@@ -454,6 +454,61 @@ def test_once_and_check_before_their_tls_files_exist_exit_3_and_render_once_they
     assert done.returncode == 2 and "give both cert and key" in done.stderr, done.stderr
 
 
+def test_tls_files_under_a_user_not_known_yet_are_waited_for(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """`ca_cert = "~confsync/ca.pem"` for a user a package creates after confsync starts (or
+    LDAP serves once sssd is up) was exit 2 at load, for `watch` too, never restarted by the
+    units. The path is kept as written and expanded at each read: `once` exits 3 and `watch`
+    waits, saying why, until the user exists; then it connects."""
+    import shutil
+    import uuid
+
+    from tests.support.http_probe import probe
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    name = f"cst{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "home"
+    home.mkdir()
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: "ca.pem", pki.client_cert: "client.pem",
+             pki.client_key: "client-key.pem", secure_etcd.password_file: "password"}
+    for have, want in files.items():
+        shutil.copy(have, home / want)
+    config = _config(tmp_path, secure_etcd, secure_etcd.password_file)
+    text_ = config.read_text().replace('log_format = "json"', 'log_format = "text"')
+    for have, want in files.items():
+        text_ = text_.replace(f'"{have}"', f'"~{name}/{want}"')
+    config.write_text(text_)
+    done = _once(config)
+    assert done.returncode == 3, done.stderr
+    assert f"cannot expand '~{name}': no such user on this system (yet?)" in done.stderr
+    from tests.support.etcd_server import free_port
+
+    port = free_port()
+    log = tmp_path / "watch.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "confsync", "watch", "--config",
+                                 str(config), "--metrics-address", f"127.0.0.1:{port}"],
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: f"'~{name}': no such user" in probe(
+            f"http://127.0.0.1:{port}", "/ready")[1].get("watch_lost", ""), "/ready says why",
+            20)
+        assert proc.poll() is None and not (tmp_path / "out.txt").exists(), text(log)
+        subprocess.run(["useradd", "-M", "-N", "-d", str(home), "-s", "/usr/sbin/nologin",
+                        name], check=True)
+        wait_for(lambda: "b=10.0.0.2:80" in text(tmp_path / "out.txt"),
+                 "render once the user exists", 45)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["userdel", name], capture_output=True)
+
+
 def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
         secure_etcd: SecureEtcd, tmp_path: Path) -> None:
     """As for `watch`: a registrar whose certificate is written after it starts (at boot) was
