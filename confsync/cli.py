@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from confsync import __version__, utf8mode
+from confsync.command_kinds import LONG_RUNNING_COMMANDS, ONE_SHOT_COMMANDS
 from confsync.errors import (
     EXIT_BAD_CONFIG,
     EXIT_OK,
@@ -24,7 +25,6 @@ from confsync.errors import (
     FileNotReadable,
     StoreUnavailable,
 )
-from confsync.start import LONG_RUNNING_COMMANDS
 
 if TYPE_CHECKING:
     from confsync.settings import Settings
@@ -349,12 +349,6 @@ def _release(fd: int) -> None:
     from confsync import confdir_lock
 
     confdir_lock.release(fd)
-
-
-# Commands that do a fixed amount of work and exit: no collector, no interpreter teardown.
-ONE_SHOT_COMMANDS = ("once", "check")
-# Commands that run for months (LONG_RUNNING_COMMANDS): they import up front what they could
-# need later (preload.py); start.py holds their signals before this module is imported.
 
 
 def _open_standard_streams() -> None:

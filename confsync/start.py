@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-LONG_RUNNING_COMMANDS = ("watch", "register")
+from confsync.command_kinds import LONG_RUNNING_COMMANDS
 
 
 def entry() -> None:  # (never returns: `typing` is not imported for saying so)
