@@ -1,3 +1,3 @@
-from confsync.cli import entry
+from confsync.start import entry
 
 entry()

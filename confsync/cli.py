@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from confsync import __version__, utf8mode
+from confsync.command_kinds import LONG_RUNNING_COMMANDS, ONE_SHOT_COMMANDS
 from confsync.errors import (
     EXIT_BAD_CONFIG,
     EXIT_OK,
     EXIT_RESOURCE_FAILED,
     EXIT_STORE_UNAVAILABLE,
     ConfigError,
+    FileNotReadable,
     StoreUnavailable,
 )
 
@@ -237,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 _release(lock)
         return run_check(settings, show_diff=args.diff, data=args.data, out=sys.stdout)
+    except FileNotReadable as exc:  # (what `watch` waits for: transient, as etcd being away)
+        log.error("store unavailable: %s", exc)
+        return EXIT_STORE_UNAVAILABLE
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return EXIT_BAD_CONFIG
@@ -345,12 +350,6 @@ def _release(fd: int) -> None:
     from confsync import confdir_lock
 
     confdir_lock.release(fd)
-
-
-# Commands that do a fixed amount of work and exit: no collector, no interpreter teardown.
-ONE_SHOT_COMMANDS = ("once", "check")
-# Commands that run for months: they import up front what they could need later (preload.py).
-LONG_RUNNING_COMMANDS = ("watch", "register")
 
 
 def _open_standard_streams() -> None:

@@ -993,7 +993,13 @@ class Daemon:
             if not state.resources:
                 raise ConfigError(str(settings.confdir), "no template resources")
             for resource in state.resources:
-                state.renderer.compile(resource)  # a syntax error is a configuration error
+                try:
+                    state.renderer.compile(resource)  # a syntax error is a configuration error
+                except ResourceError as exc:
+                    if not exc.retry:
+                        raise
+                    # A template not there yet: judged below like a failing render, and
+                    # retried by the running set until it appears.
             store_changed = _store_identity(settings) != _store_identity(self.state.settings)
             new_store = open_store(settings) if store_changed else self.store
         except (ConfigError, ResourceError) as exc:

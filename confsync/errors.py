@@ -24,6 +24,14 @@ class ConfigError(ConfsyncError):
         super().__init__(f"{where}: {message}")
 
 
+class FileNotReadable(ConfigError):
+    """A file the settings name for reaching the store (an etcd TLS file, the password file)
+    that cannot be read now: machine state that may be fixed (vault-agent or cert-manager
+    writing it a second after we started). `watch` and `register` retry it as for etcd being
+    away; `once` and `check` exit 3, the transient status a retry loop retries (exit 2 is the
+    one the shipped units never restart)."""
+
+
 class StoreUnavailable(ConfsyncError):
     """The data source could not be reached (or answered with an error). Exit code 3."""
 

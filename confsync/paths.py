@@ -23,6 +23,19 @@ def _start_directory() -> str | None:
 START_DIRECTORY = _start_directory()
 
 
+def expand_user(path: Path) -> Path:
+    """`path` with a leading `~user` expanded (made absolute), as each use of a path kept as
+    written needs it (tomlvalues.late_user_path); a ValueError while this system does not know
+    that user (yet)."""
+    if not path.parts or not path.parts[0].startswith("~"):
+        return path
+    try:
+        return absolute(path.expanduser())
+    except RuntimeError:
+        raise ValueError(f"cannot expand {path.parts[0]!r}: no such user on this system "
+                         "(yet?)") from None
+
+
 def absolute(path: Path) -> Path:
     """`path` made absolute against the start directory, normalised like os.path.abspath."""
     if path.is_absolute():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from confsync.logs import Repeats
+from confsync.paths import expand_user
 
 log = logging.getLogger(__name__)
 _stale = Repeats()
@@ -66,7 +67,8 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     logged, at most every 5 minutes per pidfile and pid.
     """
     try:
-        text = pidfile.read_text(encoding="utf-8").split()
+        # (A `~user` not known yet, ValueError: as a pidfile not there yet.)
+        text = expand_user(pidfile).read_text(encoding="utf-8").split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return None

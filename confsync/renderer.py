@@ -450,11 +450,12 @@ def _failure_key(exc: BaseException) -> str | None:
 
 
 def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path],
-                   sources: TemplateSources | None) -> Any:
+                   sources: TemplateSources | None, late: Collection[str] = ()) -> Any:
     """Templates are code: serve the templates directory (no absolute names, no '..'), as read
     when the loader was made, and the absolute `src` files that resources name explicitly,
     nothing else on the filesystem. `sources`: those files as read already (`once`'s render
-    memo digested them), served instead of reading them again."""
+    memo digested them), served instead of reading them again. `late`: the names of the set's
+    own templates, read when they appear if they were not there (the only files read late)."""
     from jinja2.loaders import split_template_path
 
     files = read_templates(templates_dir) if sources is None else sources.files
@@ -466,6 +467,15 @@ def _rooted_loader(jinja2: Any, templates_dir: Path, explicit: dict[str, Path],
             if path is None:
                 name = "/".join(split_template_path(template))  # refuses '..'
                 found = files.get(name)
+                if found is None and sources is None and name in late:
+                    # A set's own template not there when it loaded (a deploy writing conf.d/
+                    # before templates/), read once it is, with the files that came with it
+                    # (its includes); a file the set read keeps its bytes until a reload.
+                    now = read_templates(templates_dir)
+                    if name in now:
+                        for other, bytes_or_error in now.items():
+                            files.setdefault(other, bytes_or_error)
+                        found = files[name]
                 if found is None:
                     raise jinja2.TemplateNotFound(template)
                 if isinstance(found, OSError):
@@ -505,10 +515,9 @@ class Renderer:
         self.render_timeout = render_timeout
         self.max_output_size = max_output_size
         self._explicit: dict[str, Path] = {}
-        for src in srcs:
-            self._name(src)
+        own = {self._name(src) for src in srcs}
         self.env = jinja2.Environment(
-            loader=_rooted_loader(jinja2, self.templates_dir, self._explicit, sources),
+            loader=_rooted_loader(jinja2, self.templates_dir, self._explicit, sources, own),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
@@ -589,9 +598,13 @@ class Renderer:
             raise ResourceError(resource.name, "render",
                                 f"{exc.filename or resource.src}:{exc.lineno}: template "
                                 f"syntax error: {exc.message}") from None
-        except jinja2.TemplateNotFound as exc:
+        except jinja2.TemplateNotFound:
+            # Retried: the file is machine state still to come (a deploy half done, a
+            # template deleted before its conf.d file); left out of the set, it waited for a
+            # SIGHUP that nothing sent.
             raise ResourceError(resource.name, "render",
-                                f"template {resource.src} not found ({exc.name})") from None
+                                f"template file {resource.src} does not exist (yet?)",
+                                retry=True) from None
         except OSError as exc:
             raise ResourceError(resource.name, "render",
                                 f"cannot read template {resource.src}: {exc.strerror}") from None

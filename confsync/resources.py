@@ -154,12 +154,12 @@ def parse_resource(
     src = Path(tv.convert(where, "template.src", tv.nonempty_path_text, table["src"]))
     src = absolute(src if src.is_absolute() else templates_dir / src)
     try:
-        found = src.is_file()
+        # Not there yet is no error (a deploy writing conf.d/ before templates/): the render
+        # fails saying so, and is retried until the file appears (renderer.py).
+        src.is_file()
     except OSError as exc:  # a name too long, a directory on the way not searchable: no ENOENT
         raise ConfigError(where, f"cannot look up template file {src}: {exc.strerror}",
                           "template.src") from None
-    if not found:
-        raise ConfigError(where, f"template file {src} does not exist", "template.src")
     dest = Path(tv.convert(where, "template.dest", tv.nonempty_path_text, table["dest"]))
     dest = absolute(dest)
 
@@ -212,7 +212,7 @@ def parse_resource(
             raise ConfigError(where, "reload_signal needs pidfile or process to find the target",
                               "template.reload_signal")
     if "pidfile" in table:
-        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_path,
+        kwargs["pidfile"] = tv.convert(where, "template.pidfile", tv.nonempty_late_user_path,
                                        table["pidfile"])
     if "process" in table:
         kwargs["process"] = tv.convert(where, "template.process", tv.nonempty, table["process"])

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from confsync import tomlvalues as tv
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, FileNotReadable
 from confsync.logs import register_secret
-from confsync.paths import absolute
+from confsync.paths import absolute, expand_user
 from confsync.render_limits import DEFAULT_MAX_OUTPUT_SIZE, DEFAULT_RENDER_TIMEOUT, parse_size
 from confsync.tomlvalues import parse_host_port
 
@@ -115,11 +115,11 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("max_output_size", "", "max_output_size", parse_size),
     ("render_memo", "", "render_memo", tv.flag),
     ("etcd.endpoints", "etcd", "endpoints", tv.string_list),
-    ("etcd.ca_cert", "etcd", "ca_cert", tv.path),
-    ("etcd.cert", "etcd", "cert", tv.path),
-    ("etcd.key", "etcd", "key", tv.path),
+    ("etcd.ca_cert", "etcd", "ca_cert", tv.late_user_path),
+    ("etcd.cert", "etcd", "cert", tv.late_user_path),
+    ("etcd.key", "etcd", "key", tv.late_user_path),
     ("etcd.user", "etcd", "user", tv.string),
-    ("etcd.password_file", "etcd", "password_file", tv.path),
+    ("etcd.password_file", "etcd", "password_file", tv.late_user_path),
     ("etcd.timeout", "etcd", "timeout", tv.duration),
     ("etcd.srv_domain", "etcd", "srv_domain", tv.string),
     ("etcd.srv_nameserver", "etcd", "srv_nameserver", tv.listen_address),
@@ -252,9 +252,12 @@ def read_password(settings: EtcdSettings) -> str | None:
     if settings.password_file is None:
         return None
     try:
-        password = settings.password_file.read_text("utf-8").rstrip("\n")
+        password = expand_user(settings.password_file).read_text("utf-8").rstrip("\n")
+    except ValueError as exc:  # a `~user` not known yet: waited for as a file not there yet
+        raise FileNotReadable(str(settings.password_file), f"cannot read password: {exc}",
+                              "etcd.password_file") from None
     except OSError as exc:
-        raise ConfigError(str(settings.password_file), f"cannot read password: {exc.strerror}",
+        raise FileNotReadable(str(settings.password_file), f"cannot read password: {exc.strerror}",
                           "etcd.password_file") from None
     register_secret(password)
     return password

@@ -133,6 +133,22 @@ def nonempty_path(value: Any) -> Path:
     return expanduser(Path(path_text(nonempty(value))))
 
 
+def late_user_path(value: Any) -> Path:
+    """As `path`, but `~user/...` for a user this system does not know yet (one a package
+    creates after confsync starts, one LDAP serves once sssd is up) is kept as written and
+    expanded where it is used (paths.expand_user), failing that use until the user exists,
+    instead of the whole configuration."""
+    raw = Path(path_text(string(value)))
+    try:
+        return absolute(raw.expanduser())
+    except RuntimeError:
+        return raw
+
+
+def nonempty_late_user_path(value: Any) -> Path:
+    return late_user_path(nonempty(value))
+
+
 def string_list(value: Any) -> tuple[str, ...]:
     """A TOML list of strings, or one comma-separated string (the environment's form)."""
     if isinstance(value, str):

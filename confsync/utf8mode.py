@@ -20,7 +20,7 @@ import sys
 # -X options of the re-executed interpreter: UTF-8 mode, and "re-executed; these signals were
 # blocked for the exec" (REEXEC_MARK=1,15: see unblock_after_reexec).
 REEXEC_MARK = "confsync_reexec"
-_BLOCKED = (signal.SIGHUP, signal.SIGTERM)
+_BLOCKED = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def needs_reexec() -> bool:
@@ -35,10 +35,10 @@ def needs_reexec() -> bool:
 def reexec_in_utf8_mode() -> None:
     """Replace this process (same pid, arguments, environment and fds) by one in UTF-8 mode.
 
-    SIGHUP and SIGTERM are blocked across the exec (their default action would end the
-    process): the new interpreter holds them (held_signals) before it unblocks them, so one
-    sent meanwhile is pending, not lost. Returns only when the exec fails (the interpreter
-    gone in an upgrade): the run goes on in the locale's encoding, with a warning.
+    SIGHUP, SIGTERM, SIGUSR1 and SIGUSR2 are blocked across the exec (their default action
+    would end the process): the new interpreter holds them (held_signals) before it unblocks
+    them, so one sent meanwhile is pending, not lost. Returns only when the exec fails (the
+    interpreter gone in an upgrade): the run goes on in the locale's encoding, with a warning.
     """
     if not sys.executable:
         return  # (an embedded interpreter: nothing to execute)

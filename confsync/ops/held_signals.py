@@ -8,6 +8,11 @@ holds it from the start; the loop takes what was held when it installs its own h
 reloads then, since the edit that caused the SIGHUP may have come after the settings were read.
 A Python handler (not SIG_IGN) so that exec'd children still start with the default action.
 
+SIGUSR1 and SIGUSR2 end a process without a handler too: a logrotate-style `kill -USR1`, or a
+signal meant for the service sent to the unit's main process, ended confsync. They mean nothing
+to confsync itself: ignored from the start (exec mode relays them to its child once it runs,
+`forward_signals`), again by a Python handler so that children start with the default action.
+
 SIGTERM is held too: as PID 1 of a container without an init, which ignores a signal it has no
 handler for, a stop during start-up (a pod deleted as it starts) was lost: `register` went on
 to register the node, and `watch` ran, until the SIGKILL. The start-up before the handlers is
@@ -22,6 +27,7 @@ from types import FrameType
 
 HELD = (signal.SIGHUP,)
 STOP = (signal.SIGTERM,)
+IGNORED = (signal.SIGUSR1, signal.SIGUSR2)  # (until exec mode relays them: supervisor.py)
 
 _held: list[int] = []
 
@@ -30,9 +36,16 @@ def _record(signum: int, frame: FrameType | None) -> None:
     _held.append(signum)
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do: not SIG_IGN, which children would inherit."""
+
+
 def hold(stop: bool = False) -> None:
     """Record HELD signals (and STOP ones with `stop`) until a daemon installs its own handlers
-    and calls take(). STOP first: once SIGHUP is held, so is SIGTERM."""
+    and calls take(); ignore IGNORED ones for good. STOP first: once SIGHUP is held, so is
+    SIGTERM."""
+    for signum in IGNORED:
+        signal.signal(signum, _ignore)
     for signum in (*(STOP if stop else ()), *HELD):
         signal.signal(signum, _record)
 

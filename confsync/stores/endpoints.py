@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from confsync.errors import ConfigError
+from confsync.errors import ConfigError, FileNotReadable
+from confsync.paths import expand_user
 from confsync.settings import CLEAR_CREDENTIALS, EtcdSettings
 
 # etcd's answer to Authenticate while its auth is off (`etcdctl auth disable`). It then serves
@@ -66,10 +67,13 @@ def check_client_pair(settings: EtcdSettings) -> None:
 
 
 def read_tls_file(path: Path | None, what: str) -> bytes | None:
-    """A CA, certificate or key file's bytes; an unreadable one is a configuration error."""
+    """A CA, certificate or key file's bytes; an unreadable one is FileNotReadable (not there
+    yet, its permissions not set yet: waited for)."""
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        return expand_user(path).read_bytes()
+    except ValueError as exc:  # a `~user` not known yet: waited for as a file not there yet
+        raise FileNotReadable(str(path), f"cannot read {what}: {exc}") from None
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read {what}: {exc.strerror}") from None
+        raise FileNotReadable(str(path), f"cannot read {what}: {exc.strerror}") from None

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ from confsync.errors import (
 )
 from confsync.fileversion import FileVersion, file_version
 from confsync.logs import Repeats
+from confsync.paths import expand_user
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores.base import (
     Change,
@@ -271,6 +273,14 @@ def _read_ranges(client: MultiEndpointEtcd3Client, requests: Sequence[Any]) -> l
     return responses
 
 
+
+def _tls_file_version(path: Path | None) -> FileVersion | None:
+    """A TLS file's version, its `~user` expanded now (None while the user is not known)."""
+    try:
+        return file_version(None if path is None else expand_user(path))
+    except ValueError:
+        return None
+
 class EtcdStore:
     name = "etcd"
 
@@ -341,7 +351,7 @@ class EtcdStore:
 
     def _tls_files_identity(self) -> tuple[FileVersion | None, ...]:
         s = self._settings
-        return tuple(file_version(path) for path in (s.ca_cert, s.cert, s.key))
+        return tuple(_tls_file_version(path) for path in (s.ca_cert, s.cert, s.key))
 
     def _build_credentials(self) -> grpc.ChannelCredentials:
         s = self._settings

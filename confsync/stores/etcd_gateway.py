@@ -45,6 +45,7 @@ from io import BufferedReader
 from typing import TYPE_CHECKING, Any
 
 from confsync.errors import ConfigError, StoreUnavailable
+from confsync.paths import expand_user
 from confsync.resolve import create_connection
 from confsync.settings import EtcdSettings, read_password
 from confsync.stores.base import Snapshot
@@ -317,7 +318,7 @@ class EtcdGatewayStore:
             read_tls_file(s.cert, "client certificate")  # the same error as gRPC's when unreadable
             read_tls_file(s.key, "client key")
             try:
-                context.load_cert_chain(s.cert, s.key)
+                context.load_cert_chain(expand_user(s.cert), expand_user(s.key))
             except (ssl.SSLError, OSError) as exc:
                 raise ConfigError(str(s.cert), f"client certificate and key {s.key} are not "
                                   f"a usable pair: {exc}") from None

@@ -156,6 +156,44 @@ def _once(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
                            *extra], capture_output=True, text=True, timeout=60)
 
 
+def _config_naming(tmp_path: Path, etcd: SecureEtcd, files: dict[Path, str]) -> Path:
+    """`_config` with each file of `files` named as given instead (text logs)."""
+    config = _config(tmp_path, etcd, etcd.password_file)
+    text_ = config.read_text().replace('log_format = "json"', 'log_format = "text"')
+    for have, want in files.items():
+        text_ = text_.replace(f'"{have}"', f'"{want}"')
+    config.write_text(text_)
+    return config
+
+
+def _watch_waits_then_renders(tmp_path: Path, config: Path, why: str,
+                              mend: Callable[[], object]) -> None:
+    """A `watch` that cannot connect runs, /ready saying `why`, until `mend()`; then renders."""
+    from tests.support.etcd_server import free_port
+    from tests.support.http_probe import probe
+
+    port = free_port()
+    log = tmp_path / "watch.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "confsync", "watch", "--config",
+                                 str(config), "--metrics-address", f"127.0.0.1:{port}"],
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: why in text(log), "the reason logged", 20)
+        wait_for(lambda: why in probe(f"http://127.0.0.1:{port}", "/ready")[1].get(
+            "watch_lost", ""), "/ready says why", 20)
+        assert proc.poll() is None and not (tmp_path / "out.txt").exists(), text(log)
+        mend()
+        wait_for(lambda: "b=10.0.0.2:80" in text(tmp_path / "out.txt"), "render once mended",
+                 45)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_once_renders_through_tls_and_password_file(secure_etcd: SecureEtcd,
                                                     tmp_path: Path) -> None:
     done = _once(_config(tmp_path, secure_etcd, secure_etcd.password_file))
@@ -378,42 +416,85 @@ def test_watch_started_before_its_tls_files_exist_connects_once_they_do(
     it cannot read (/ready too), and connects once the files are there."""
     import shutil
 
-    from tests.support.http_probe import probe
-
     late = tmp_path / "late"
     pki = secure_etcd.pki
     files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
              pki.client_key: late / "client-key.pem"}
-    config = _config(tmp_path, secure_etcd, secure_etcd.password_file)
-    text_ = config.read_text()
-    for have, want in files.items():
-        text_ = text_.replace(f'"{have}"', f'"{want}"')
-    config.write_text(text_.replace('log_format = "json"', 'log_format = "text"'))
-    from tests.support.etcd_server import free_port
+    config = _config_naming(tmp_path, secure_etcd, {k: str(v) for k, v in files.items()})
 
-    port = free_port()
-    log = tmp_path / "watch.log"
-    with log.open("ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "confsync", "watch", "--config",
-                                 str(config), "--metrics-address", f"127.0.0.1:{port}"],
-                                stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "cannot read CA certificate" in text(log), "the missing file said")
-        wait_for(lambda: "cannot read CA certificate" in probe(
-            f"http://127.0.0.1:{port}", "/ready")[1].get("watch_lost", ""), "/ready says why")
-        assert proc.poll() is None, text(log)
-        assert not (tmp_path / "out.txt").exists()
+    def mend() -> None:
         late.mkdir()
         for have, want in files.items():
             shutil.copy(have, want)
-        wait_for(lambda: "b=10.0.0.2:80" in text(tmp_path / "out.txt"), "render once there",
-                 20)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+
+    _watch_waits_then_renders(tmp_path, config, "cannot read CA certificate", mend)
+
+
+def test_once_and_check_before_their_tls_files_exist_exit_3_and_render_once_they_do(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """What `watch` waits for is transient for the one-shot commands too: a TLS or password
+    file not there yet was exit 2 ("bad configuration"), which a container's retry loop or
+    the shipped units take as for good. Exit 3, as for etcd away; a pair that can never work
+    (a cert without its key) stays 2."""
+    import shutil
+
+    late = tmp_path / "late"
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: late / "ca.pem", pki.client_cert: late / "client.pem",
+             pki.client_key: late / "client-key.pem",
+             secure_etcd.password_file: late / "password"}
+    config = _config_naming(tmp_path, secure_etcd, {k: str(v) for k, v in files.items()})
+    for command in ("once", "check"):
+        done = subprocess.run([sys.executable, "-m", "confsync", command, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, (command, done.stderr)
+        assert "cannot read CA certificate" in done.stderr, done.stderr
+    late.mkdir()
+    for have, want in list(files.items())[:3]:
+        shutil.copy(have, want)
+    done = _once(config)  # the password file still missing: the same
+    assert done.returncode == 3 and "cannot read password" in done.stderr, done.stderr
+    shutil.copy(secure_etcd.password_file, files[secure_etcd.password_file])
+    done = _once(config)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_text() == "a=10.0.0.1:80\nb=10.0.0.2:80\n"
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.startswith("key = ")) + "\n")
+    done = _once(config)
+    assert done.returncode == 2 and "give both cert and key" in done.stderr, done.stderr
+
+
+def test_tls_files_under_a_user_not_known_yet_are_waited_for(
+        secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    """`ca_cert = "~confsync/ca.pem"` for a user a package creates after confsync starts (or
+    LDAP serves once sssd is up) was exit 2 at load, for `watch` too, never restarted by the
+    units. The path is kept as written and expanded at each read: `once` exits 3 and `watch`
+    waits, saying why, until the user exists; then it connects."""
+    import shutil
+    import uuid
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    name = f"cst{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "home"
+    home.mkdir()
+    pki = secure_etcd.pki
+    files = {pki.ca_cert: "ca.pem", pki.client_cert: "client.pem",
+             pki.client_key: "client-key.pem", secure_etcd.password_file: "password"}
+    for have, want in files.items():
+        shutil.copy(have, home / want)
+    config = _config_naming(tmp_path, secure_etcd,
+                            {have: f"~{name}/{want}" for have, want in files.items()})
+    done = _once(config)
+    assert done.returncode == 3, done.stderr
+    assert f"cannot expand '~{name}': no such user on this system (yet?)" in done.stderr
+    try:
+        _watch_waits_then_renders(
+            tmp_path, config, f"'~{name}': no such user",
+            lambda: subprocess.run(["useradd", "-M", "-N", "-d", str(home), "-s",
+                                    "/usr/sbin/nologin", name], check=True))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(

@@ -1,5 +1,5 @@
 """conf.d files left out of the running set are said in /ready and a gauge, not only in one
-log line at start: a resource whose template was missing at start (or a reload refused) ran
+log line at start: a resource file with a bad value at start (or a reload refused) ran
 for months unnoticed behind a green /ready. Reported, not failing: the loaded resources are
 current, and one bad file rolled out to every instance must not take them all out of service.
 """
@@ -34,8 +34,7 @@ def test_files_left_out_and_a_refused_reload_are_in_ready_until_mended(
     confdir = tmp_path / "cd"
     good, late = tmp_path / "good.conf", tmp_path / "late.conf"
     write_resource(confdir, "good", TEMPLATE, f'dest = "{good}"\nkeys = ["/k"]\n')
-    (confdir / "conf.d" / "late.toml").write_text(
-        f'[template]\nsrc = "late.tmpl"\ndest = "{late}"\nkeys = ["/k"]\n')
+    write_resource(confdir, "late", TEMPLATE, f'dest = "{late}"\nkeys = ["/k"]\nmode = "999"\n')
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     w = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint, "--prefix",
@@ -47,10 +46,10 @@ def test_files_left_out_and_a_refused_reload_are_in_ready_until_mended(
     status, body = probe(base, "/ready")
     assert status == 200  # reported, not failing
     (error,) = body["config_errors"]
-    assert "late.toml" in error and "late.tmpl" in error, body
+    assert "late.toml" in error and "template.mode" in error, body
     assert _gauge(base) == 1
 
-    (confdir / "templates" / "late.tmpl").write_text(TEMPLATE)
+    write_resource(confdir, "late", TEMPLATE, f'dest = "{late}"\nkeys = ["/k"]\n')
     w.signal(signal.SIGHUP)
     wait_for(lambda: read(late) == "value=1\n", 20, what="the mended file loaded")
     wait_for(lambda: "config_errors" not in probe(base, "/ready")[1], 10, what="cleared")

@@ -44,8 +44,6 @@ def _register(tmp_path: Path, body: str) -> None:
 
 @pytest.mark.parametrize("toml,env,key", [
     (f'confdir = "{NO_USER}/etc"', {}, "confdir"),
-    (f'[etcd]\nca_cert = "{NO_USER}/ca.pem"', {}, "etcd.ca_cert"),
-    (f'[etcd]\npassword_file = "{NO_USER}/pw"', {}, "etcd.password_file"),
     ("", {"CONFSYNC_FILE_PATHS": f"/tmp/a.yaml,{NO_USER}/b.yaml"}, "CONFSYNC_FILE_PATHS"),
 ])
 def test_settings_with_an_unknown_users_home_are_config_errors(tmp_path: Path, toml: str,
@@ -60,7 +58,6 @@ def test_settings_with_an_unknown_users_home_are_config_errors(tmp_path: Path, t
 
 
 @pytest.mark.parametrize("body,extra,key", [
-    (f'reload_signal = "HUP"\npidfile = "{NO_USER}/app.pid"', "", "template.pidfile"),
     ("", f'[haproxy]\nmaster_socket = "{NO_USER}/m.sock"', "haproxy.master_socket"),
     ("", f'[haproxy]\nmaster_socket = "/m.sock"\nruntime_socket = "{NO_USER}/s"',
      "haproxy.runtime_socket"),
@@ -72,6 +69,38 @@ def test_resource_paths_with_an_unknown_users_home_fail_that_file_only(
     assert names == ["good"]
     (error,) = errors
     assert f"bad.toml: {key}: cannot expand '{NO_USER}': no such user" in error
+
+
+def test_files_read_to_reach_etcd_under_a_user_not_known_yet_are_read_late(
+        tmp_path: Path) -> None:
+    """A TLS or password file under `~user` for a user not known yet (created by a package
+    after confsync started, served by LDAP once sssd is up): kept as written, and each read
+    fails as a file not there yet (`watch` waits, `once` exits 3) until the user exists."""
+    from confsync.errors import FileNotReadable
+    from confsync.settings import read_password
+    from confsync.stores.endpoints import read_tls_file
+
+    cfg = tmp_path / "confsync.toml"
+    cfg.write_text(f'[etcd]\nca_cert = "{NO_USER}/ca.pem"\npassword_file = "{NO_USER}/pw"\n'
+                   'cert = "~root/c.pem"\nkey = "~root/k.pem"\n')
+    etcd = load_settings({"config": str(cfg)}, {}).etcd
+    assert etcd.ca_cert == Path(f"{NO_USER}/ca.pem")
+    assert etcd.cert == Path("~root").expanduser() / "c.pem"  # a known user: expanded at load
+    with pytest.raises(FileNotReadable, match=rf"cannot expand '{NO_USER}': no such user"):
+        read_tls_file(etcd.ca_cert, "CA certificate")
+    with pytest.raises(FileNotReadable, match=r"cannot read password: cannot expand"):
+        read_password(etcd)
+
+
+def test_a_pidfile_under_a_user_not_known_yet_is_no_target_until_it_is(
+        tmp_path: Path) -> None:
+    """It failed its conf.d file at load (left out of `watch` until a SIGHUP); now the
+    resource runs and its target is not found (asked again) until the user exists."""
+    from confsync.processes import pidfile_pid
+
+    names, errors = _resources(tmp_path, f'reload_signal = "HUP"\npidfile = "{NO_USER}/a.pid"')
+    assert names == ["bad", "good"] and errors == ()
+    assert pidfile_pid(Path(f"{NO_USER}/a.pid"), None) is None
 
 
 def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(

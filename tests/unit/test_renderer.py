@@ -483,3 +483,23 @@ def test_resources_of_one_prefix_share_their_items_and_each_sees_its_own_keys(
                                                "/upstreams/a=1,/upstreams/b=2,")
     assert renderer.render(first, mirror) == "/db/host=10.0.0.1,/db/port=6432,"
     assert sorted(renderer._kv_caches) == ["", "/app"]  # one per prefix, not per resource
+
+
+def test_a_template_not_there_when_the_set_loaded_is_read_once_it_is(tmp_path: Path) -> None:
+    """A deploy that wrote conf.d/ before templates/: the render fails for now (retried by
+    `watch`), and renders once the file is there; a file the set read keeps its bytes."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "kept.tmpl").write_text("kept\n")
+    late = Resource(name="late", source=tmp_path / "late.toml", src=templates / "late.tmpl",
+                    dest=tmp_path / "late.out", keys=("/a",), prefix="")
+    kept = dataclasses.replace(late, name="kept", src=templates / "kept.tmpl")
+    renderer = Renderer(templates, srcs=[late.src, kept.src])
+    with pytest.raises(ResourceError, match=r"template file .*late\.tmpl does not exist") as exc:
+        renderer.render(late, Mirror())
+    assert exc.value.retry
+    (templates / "part.tmpl").write_text("its include\n")  # written before it, by the deploy
+    (templates / "late.tmpl").write_text("{% include 'part.tmpl' %}late\n")
+    (templates / "kept.tmpl").write_text("edited, waiting for a reload\n")
+    assert renderer.render(late, Mirror()) == "its include\nlate\n"
+    assert renderer.render(kept, Mirror()) == "kept\n"

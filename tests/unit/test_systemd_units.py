@@ -120,3 +120,26 @@ def test_hardening_score_stays_ok(unit_dir: Path, unit: str) -> None:
         pytest.skip("systemd-analyze security --offline needs systemd 250+")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     assert "Overall exposure level" in done.stdout
+
+
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "min": 60, "h": 3600}
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix):
+            return float(value[:-len(suffix)]) * units[suffix]
+    return float(value)
+
+
+@pytest.mark.parametrize("name", ["confsync.service", "confsync@.service",
+                                  "confsync-register.service"])
+def test_a_unit_never_gives_up_on_a_transient_failure(name: str) -> None:
+    """10 failed starts in 5 minutes (RestartSec=2s: ~30 s of exit 127 for an --exec program
+    not installed yet, exit 3, a crash) left the unit failed for good, the node unmanaged.
+    Restarts can never reach the start limit now; exit 2 alone is never restarted."""
+    one = {k: v[-1] for k, v in directives(UNITS / name).items()}
+    assert one["Restart"] == "on-failure" and one["RestartPreventExitStatus"] == "2"
+    restart = _seconds(one["RestartSec"])
+    assert restart >= 5, "a start that keeps failing must not be a hot loop"
+    interval = _seconds(one.get("StartLimitIntervalSec", "10s"))  # systemd's defaults
+    burst = int(one.get("StartLimitBurst", "5"))
+    assert interval == 0 or interval / restart < burst, (interval, burst, restart)
