@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from confsync import resolve
 from confsync.backoff import Backoff
 from confsync.errors import ConfigError, StoreUnavailable
+from confsync.register import lease_clock
 from confsync.settings import EtcdSettings
 from confsync.stores.endpoints import endpoint_urls
 
@@ -117,9 +118,9 @@ def default_address(etcd: EtcdSettings, stopped: Callable[[], bool] = lambda: Fa
                 log.warning("register: cannot tell the local address used to reach etcd yet "
                             "(%s); asking again until DNS answers and a route exists (or set "
                             "`address`)", exc)
-            until = time.monotonic() + waits.next()
-            while not stopped() and time.monotonic() < until:
-                time.sleep(min(0.1, max(0.0, until - time.monotonic())))
+            until = lease_clock.now() + waits.next()
+            while not stopped() and lease_clock.now() < until:
+                time.sleep(min(0.1, max(0.0, until - lease_clock.now())))
             if stopped():
                 raise StoppedWaiting from None
         except OSError as exc:
@@ -191,7 +192,7 @@ class AddressFollower:
 
     def check(self) -> float:
         """One detection; the seconds until the next one."""
-        self._last_check = time.monotonic()
+        self._last_check = lease_clock.now()
         try:
             new = self._detect()
         except Exception as exc:  # DNS, no route, a bug: keep publishing the last address
@@ -220,7 +221,7 @@ class AddressFollower:
                 elif poller.poll(delay * 1000):
                     _drain(events)
                     # The rest of the burst comes meanwhile; and never more often than MIN_GAP.
-                    self._stop.wait(max(SETTLE, self._last_check + MIN_GAP - time.monotonic()))
+                    self._stop.wait(max(SETTLE, self._last_check + MIN_GAP - lease_clock.now()))
                     _drain(events)
                 if not self._stop.is_set():
                     delay = self.check()

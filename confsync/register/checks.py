@@ -13,7 +13,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urlsplit
@@ -22,6 +21,7 @@ from confsync import resolve
 from confsync.commands import run_command
 from confsync.fdlimit import describe, exhausted
 from confsync.fileversion import FileVersion, file_version
+from confsync.register import lease_clock
 from confsync.register.config import CheckSpec
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,8 @@ class CheckRunner:
         self._report = report
         self._stop = threading.Event()
         self._thread = self._new_thread()
-        self._last_result = time.monotonic()  # read by the loop thread (a float: atomic)
-        # Silence before this (monotonic) time is not the probe's: the whole process was
+        self._last_result = lease_clock.now()  # read by the loop thread (a float: atomic)
+        # Silence before this (lease_clock) time is not the probe's: the whole process was
         # stopped (see `excuse`). Written by the loop thread only.
         self._excused = 0.0
 
@@ -171,7 +171,7 @@ class CheckRunner:
                                 name=f"check-{self.registration}-{self.index}")
 
     def start(self) -> CheckRunner:
-        self._last_result = time.monotonic()  # silence is counted from the start, not from
+        self._last_result = lease_clock.now()  # silence is counted from the start, not from
         self._thread.start()                  # construction (a start may wait for a lease)
         return self
 
@@ -188,18 +188,18 @@ class CheckRunner:
 
     def _run(self) -> None:
         probe = PROBES[self.spec.type]
-        next_at = time.monotonic()
+        next_at = lease_clock.now()
         while not self._stop.is_set():
-            started = time.monotonic()
+            started = lease_clock.now()
             try:
                 ok, detail = probe(self.spec)
             except Exception as exc:  # a probe bug must not kill the check thread
                 ok, detail = False, f"probe failed: {type(exc).__name__}: {exc}"
-            self._last_result = time.monotonic()
+            self._last_result = lease_clock.now()
             self._report(Result(self.registration, self.index, ok,
                                 self._last_result - started, detail))
-            next_at = max(next_at + self.spec.interval, time.monotonic())
-            self._stop.wait(next_at - time.monotonic())
+            next_at = max(next_at + self.spec.interval, lease_clock.now())
+            self._stop.wait(next_at - lease_clock.now())
 
     def excuse(self, now: float) -> None:
         """The whole process was stopped until `now` (SIGSTOP, a paused VM, a debugger): the

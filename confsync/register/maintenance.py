@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
+
+from confsync.register import lease_clock
 
 log = logging.getLogger("confsync.register")
 
@@ -31,7 +32,7 @@ class MaintenanceLookup:
         self.interval = interval
         self._lock = threading.Lock()
         self._answer: tuple[bool | None, str | None] = (None, None)
-        self._asking_since: float | None = None  # monotonic: the lookup under way
+        self._asking_since: float | None = None  # lease_clock: the lookup under way
         self._answered = threading.Event()
         self._stop = threading.Event()
         self._thread = self._new_thread()
@@ -74,7 +75,7 @@ class MaintenanceLookup:
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                self._asking_since = time.monotonic()
+                self._asking_since = lease_clock.now()
             try:
                 answer: tuple[bool | None, str | None] = (self.path.exists(), None)
             except (OSError, ValueError) as exc:  # a directory on the way we may not search

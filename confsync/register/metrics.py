@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from confsync import __version__
 from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE
+from confsync.register import lease_clock
 from confsync.register.config import Registration
 
 STATES = ("absent", "ready", "drain", "maint")
@@ -23,7 +24,7 @@ STATES = ("absent", "ready", "drain", "maint")
 
 class RegisterMetrics:
     def __init__(self, registrations: Sequence[Registration],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = lease_clock.now) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._lock = threading.Lock()

@@ -46,6 +46,7 @@ from typing import Any
 
 from confsync.backoff import Backoff
 from confsync.errors import AuthenticationFailed, StoreUnavailable, describe_error
+from confsync.register import lease_clock
 from confsync.register.revoke import StopRevoke, lease_not_found
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Registrar:
         # its calls still time out at theirs (see `_drop_client_unless_connecting`).
         self._still_connecting = still_connecting
         self._connect_budget = connect_budget
-        self._client_since = 0.0  # when the client was made (monotonic)
+        self._client_since = 0.0  # when the client was made (lease_clock)
         self._client_answered = False  # a step went through on it
         self.host = host
         self.ttl = ttl
@@ -160,13 +161,13 @@ class Registrar:
         # Leases of this process given up (lapsed by our count): still etcd's, they are ours.
         # The last few only: one per outage over months, and each lapses within its TTL.
         self._past_leases: collections.deque[int] = collections.deque(maxlen=16)
-        # When each key another host holds is tried again (monotonic). Per key: a conflict
+        # When each key another host holds is tried again (lease_clock). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
         # change (a check down, a drain, an exec child gone) waited too.
         self._conflict_retry: dict[str, float] = {}
         self._client: Any = None
         self._lease: int | None = None  # its id
-        self._lease_expires = 0.0  # monotonic: the last renewal (or the grant) plus its TTL
+        self._lease_expires = 0.0  # lease_clock: the last renewal (or the grant) plus its TTL
         self._next_keepalive = 0.0
         self._retry_at = 0.0
         # Jittered: after an etcd outage a fleet's registrars must not retry in lockstep.
@@ -220,7 +221,7 @@ class Registrar:
         self._wake.set()
 
     def lease_until(self) -> float:
-        """Until when (monotonic) a value to publish can be on etcd: the lease's TTL from its
+        """Until when (lease_clock) a value to publish can be on etcd: the lease's TTL from its
         last renewal; -inf with a value to publish and no lease (lost, or not granted yet);
         inf with nothing to publish (or only keys another host holds)."""
         with self._lock:
@@ -243,8 +244,8 @@ class Registrar:
                        if k not in self._conflicts)
 
     def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = lease_clock.now() + timeout
+        while lease_clock.now() < deadline:
             if self.settled():
                 return True
             self._wake.set()
@@ -266,7 +267,7 @@ class Registrar:
         after that, on that member, or never (the process had exited): a stopped node's key
         stayed for its lease's TTL and proxies sent it traffic. The tries run on a thread of
         their own, so that `hurry` ends the wait at once, even in the middle of a call."""
-        deadline = time.monotonic() + timeout
+        deadline = lease_clock.now() + timeout
         with self._lock:
             self._closing = True
         self._wake.set()
@@ -315,11 +316,11 @@ class Registrar:
                 log.warning("register: %s is registered by host %r; waiting up to %.0fs for "
                             "its lease to lapse (a host that is gone stops renewing it)",
                             found[0].key, found[0].owner, wait)
-                deadline = time.monotonic() + wait
-                while found and time.monotonic() < deadline and not stopped():
+                deadline = lease_clock.now() + wait
+                while found and lease_clock.now() < deadline and not stopped():
                     waiting()
-                    until = min(deadline, time.monotonic() + 0.5)
-                    while time.monotonic() < until and not stopped():
+                    until = min(deadline, lease_clock.now() + 0.5)
+                    while lease_clock.now() < until and not stopped():
                         time.sleep(0.05)
                     found = self._held_by_others(client, keys)
             return found
@@ -366,7 +367,7 @@ class Registrar:
             if reconnect:  # (a retry waiting for its backoff goes now, too)
                 self._drop_client()
                 self._retry_at = 0.0
-            now = time.monotonic()
+            now = lease_clock.now()
             if now >= self._retry_at:
                 try:
                     self._step(now)
@@ -389,7 +390,7 @@ class Registrar:
                     self._regranted = False
                     self._failed_in_row = 0
                     self._writes_accepted()
-            now = time.monotonic()
+            now = lease_clock.now()
             with self._lock:
                 retries = list(self._conflict_retry.values())
             if self._retry_at > now:
@@ -411,7 +412,7 @@ class Registrar:
                 self._renew_without_token(now)
                 raise
             self._client_fresh = True
-            self._client_since = time.monotonic()
+            self._client_since = lease_clock.now()
             self._client_answered = False
         if self._lease is not None and now >= self._lease_expires \
                 and not self._still_held() and self._lease is not None:
@@ -452,7 +453,7 @@ class Registrar:
                 self._converge()  # a stale key that cannot be fixed is not kept alive
             self._keepalive(self._client)
             if self._lease is None:  # it had expired or was revoked: register again at once
-                self._step(time.monotonic())
+                self._step(lease_clock.now())
                 return
             self._verify()
             self._verify_absent()
@@ -483,7 +484,7 @@ class Registrar:
         return True
 
     def _renewed(self, ttl: int) -> None:
-        now = time.monotonic()
+        now = lease_clock.now()
         self._lease_expires = now + ttl
         self._next_keepalive = now + max(ttl / 3, 0.2)
 
@@ -604,7 +605,7 @@ class Registrar:
         to publish when this step began) a value wanted meanwhile waits for the next step,
         which grants one (want() wakes it). It was put on no lease, to be put again on a new
         one a moment later; a registrar killed in between left a key that never goes."""
-        now = time.monotonic()
+        now = lease_clock.now()
         with self._lock:
             todo = [(k, v) for k, v in self._wanted.items()
                     if (self._written.get(k) != v or k in self._conflicts)
@@ -736,7 +737,7 @@ class Registrar:
         with self._lock:
             known = self._conflicts.get(key)
             self._conflicts[key] = owner
-            self._conflict_retry[key] = time.monotonic() + max(self.ttl / 3, RETRY_MIN)
+            self._conflict_retry[key] = lease_clock.now() + max(self.ttl / 3, RETRY_MIN)
         self._revision.pop(key, None)
         if known != owner:
             self._report(RegistrarEvent("conflict", key=key, detail=owner, lease=lease))
@@ -771,7 +772,7 @@ class Registrar:
             self._refused_said = said
             self._report(RegistrarEvent("refused", key=", ".join(exc.keys),
                                         detail=exc.detail))
-        self._retry_at = time.monotonic() + self._retry.next()
+        self._retry_at = lease_clock.now() + self._retry.next()
 
     def _writes_accepted(self) -> None:
         """A step went through: a refusal reported before is over."""
@@ -801,7 +802,7 @@ class Registrar:
         self._drop_client_unless_connecting()
         if not isinstance(exc, StoreUnavailable):  # (the store moved on already)
             self._endpoint_failed()
-        self._retry_at = time.monotonic() + self._retry.next()
+        self._retry_at = lease_clock.now() + self._retry.next()
 
     def _drop_client_unless_connecting(self) -> None:
         """After a failed call: a new client, unless this one's connection is still being made
@@ -813,10 +814,10 @@ class Registrar:
         or a frozen member is said and left as fast as before; a client that has answered
         once is replaced at once, as before (a half-open connection, a NAT that forgot it)."""
         if (self._client is not None and not self._client_answered
-                and time.monotonic() - self._client_since < self._connect_budget
+                and lease_clock.now() - self._client_since < self._connect_budget
                 and self._still_connecting(self._client)):
             log.debug("register: keeping the etcd connection being made (%.1fs of its %gs)",
-                      time.monotonic() - self._client_since, self._connect_budget)
+                      lease_clock.now() - self._client_since, self._connect_budget)
             return
         self._drop_client()
 

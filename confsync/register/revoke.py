@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confsync.errors import StoreUnavailable, describe_error
+from confsync.register import lease_clock
 
 log = logging.getLogger("confsync.register.registrar")
 
@@ -45,13 +46,13 @@ class StopRevoke:
     def run(self, lease: int, deadline: float) -> bool:
         """True once etcd has no such lease (revoked now, or gone already)."""
         while True:
-            left = deadline - time.monotonic()
+            left = deadline - lease_clock.now()
             if self.tries:
                 if left < 0.05:
                     return False
                 if self.tries % self._endpoints == 0:
                     time.sleep(min(ROUND_PAUSE, left))
-                    left = deadline - time.monotonic()
+                    left = deadline - lease_clock.now()
             share = max(left / self._endpoints, MIN_TRY)
             if self.tries:
                 share = min(share, max(left, 0.05))

@@ -21,7 +21,6 @@ import select
 import signal
 import socket
 import threading
-import time
 
 from confsync import children, confdir_lock
 from confsync.commands import cannot_run
@@ -38,6 +37,7 @@ from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
 from confsync.ops.supervisor import Supervisor, policy_from_settings
+from confsync.register import lease_clock
 from confsync.register.address import (
     AddressChanged,
     AddressFollower,
@@ -137,7 +137,7 @@ class RegisterLoop:
         self._deregistering = False  # in `_finish`: the lease revoke under way
         self._stop_signal: int | None = None  # the first stop signal
         self._last_ping = 0.0
-        self._last_poll = time.monotonic()
+        self._last_poll = lease_clock.now()
         self._status = ""
         # A shared lock on register.d (never refused): how a registrar tells that another one on
         # this host reads the same registrations, and names it (confdir_lock.py). -1: none.
@@ -195,9 +195,9 @@ class RegisterLoop:
             runner.start()
         for lookup in self.maintenance.values():
             lookup.start()
-        deadline = time.monotonic() + STUCK
+        deadline = lease_clock.now() + STUCK
         for lookup in self.maintenance.values():
-            lookup.first(max(0.0, deadline - time.monotonic()))
+            lookup.first(max(0.0, deadline - lease_clock.now()))
         self.registrar.start()
         if self.address is not None:
             warn_if_loopback(self.address.current, self._detected_keys())
@@ -210,7 +210,7 @@ class RegisterLoop:
         # The pause detector counts from here: the start's wait for etcd (refuse_conflicts:
         # a timeout, or a lease TTL) was taken for a stop of the process, with a WARNING
         # "did not run for 1.0s (stopped: SIGSTOP...)" whenever etcd was away at start.
-        self._last_poll = time.monotonic()
+        self._last_poll = lease_clock.now()
         log.info("register: %d registration(s) for host %s: %s", len(self.instances), self.host,
                  ", ".join(f"{i.registration.key}" for i in self.instances.values()))
 
@@ -281,7 +281,7 @@ class RegisterLoop:
                          "exiting within %.0fs whatever etcd does", HURRY)
                 for state in self.instances.values():
                     state.drain_until = 0.0
-                self._stop_deadline = min(self._stop_deadline, time.monotonic() + HURRY)
+                self._stop_deadline = min(self._stop_deadline, lease_clock.now() + HURRY)
             else:
                 self._stop(f"{signal.Signals(item[1]).name}")
         elif isinstance(item, tuple) and item[0] == "hup":
@@ -407,7 +407,7 @@ class RegisterLoop:
         self.stopping = True
         self.metrics.stopping()
         self._notify("STOPPING=1")
-        now = time.monotonic()
+        now = lease_clock.now()
         for state in self.instances.values():
             state.start_drain(now)
         # An instance whose exec child is gone leaves at once (nothing serves to drain).
@@ -420,7 +420,7 @@ class RegisterLoop:
             log.info("register: %s: deregistering now", why)
 
     def _poll(self) -> None:
-        now = time.monotonic()
+        now = lease_clock.now()
         self._paused(now)
         if self._init:
             children.reap_orphans()  # PID 1 of a container inherits every orphan
@@ -474,10 +474,11 @@ class RegisterLoop:
     def _paused(self, now: float) -> None:
         """After a stop of the whole process, a check's silence is not a stuck probe.
 
-        The monotonic clock runs on while the process is stopped, so on SIGCONT every check
-        looked silent for the whole stop, and the loop (usually first to wake) reported each
-        as stuck before its thread could probe: with `fall = 1` a healthy instance was
-        deleted and written again, a flap every consumer saw, though its lease was alive."""
+        The registrar's clock (`lease_clock`) runs on while the process is stopped or the host
+        suspended, so on SIGCONT or a resume every check looked silent for the whole stop, and
+        the loop (usually first to wake) reported each as stuck before its thread could probe:
+        with `fall = 1` a healthy instance was deleted and written again, a flap every
+        consumer saw, though its lease was alive."""
         gap, self._last_poll = now - self._last_poll, now
         if gap < PAUSE_GAP:
             return
@@ -488,7 +489,7 @@ class RegisterLoop:
             runner.excuse(now)
 
     def _publish(self) -> None:
-        now = time.monotonic()
+        now = lease_clock.now()
         for state in self.instances.values():
             target, why = state.desired(now)
             self.metrics.explain(state.registration.name, why)
@@ -509,7 +510,7 @@ class RegisterLoop:
     def _stopped(self) -> bool:
         if any(s.published != ABSENT for s in self.instances.values()):
             return False
-        now = time.monotonic()
+        now = lease_clock.now()
         if self._absent_since is None:
             self._absent_since = now
         # (writes refused: waiting for the deadline cannot help, as with etcd unreachable)
@@ -523,7 +524,7 @@ class RegisterLoop:
         deadline), then the child stopped. Exit status: the child's, else 3 when etcd may
         still hold a key of ours (until the lease's TTL), else 0."""
         self._deregistering = True
-        removed = self.registrar.close(timeout=max(0.0, self._stop_deadline - time.monotonic()))
+        removed = self.registrar.close(timeout=max(0.0, self._stop_deadline - lease_clock.now()))
         status = 0
         if self.supervisor is not None:
             status = self.supervisor.stop()
@@ -546,7 +547,7 @@ class RegisterLoop:
         self.metrics.beat()
         if self.notifier is not None:
             self.notifier.flush()  # a READY=1 a full socket refused goes as soon as it can
-        now = time.monotonic()
+        now = lease_clock.now()
         if self.watchdog is not None and now - self._last_ping >= self.watchdog:
             self._notify("WATCHDOG=1")
             self._last_ping = now

@@ -28,3 +28,24 @@ def test_only_timestamps_read_the_wall_clock() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if WALL_CLOCK.search(line.split("#", 1)[0]) and "# wall clock: " not in line)
     assert not offenders, "use time.monotonic() for timers:\n" + "\n".join(offenders)
+
+
+def test_leases_are_timed_on_a_clock_that_counts_a_suspend() -> None:
+    """etcd's lease TTL runs on through a suspend of the registrar's host; CLOCK_MONOTONIC does
+    not, so a lease timed on it looked alive after a resume (/ready 200, keys gone) until the
+    next keepalive came due. The registrar and its /ready time leases on CLOCK_BOOTTIME."""
+    import time
+
+    from confsync.register import lease_clock
+    from confsync.register.metrics import RegisterMetrics
+
+    root = Path(confsync.__file__).parent / "register"
+    for path in root.glob("*.py"):  # one clock: times are compared across its modules
+        if path.name == "lease_clock.py":  # (where there is no CLOCK_BOOTTIME)
+            continue
+        code = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        assert "time.monotonic" not in code, f"register/{path.name} times on CLOCK_MONOTONIC"
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        assert boot <= lease_clock.now() <= time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert RegisterMetrics([])._clock is lease_clock.now
