@@ -180,7 +180,8 @@ def test_a_second_signal_during_the_revoke_exits_at_once(
         exited = time.monotonic() - sent
     finally:
         etcd_private.thaw()
-    assert status == 3 and exited < 0.5, (status, exited, proc.output()[-3000:])
+    # at once: well before the revoke's try would end (about 3 s more); a loaded CI took 0.6 s
+    assert status == 3 and exited < 1.5, (status, exited, proc.output()[-3000:])
     assert "a second stop signal: not waiting for etcd" in proc.output()
 
 
