@@ -43,8 +43,9 @@ LAZY_MODULES = (
     "dns.rdtypes.IN.AAAA",
     "dns.rdtypes.ANY.CNAME",
     # the standard library's: a render_timeout that fires, diffs and suggestions, TLS
-    # endpoints, host names given to socket calls
+    # endpoints, host names given to socket calls, a float in a converted template's printf
     "ctypes",
+    "decimal",
     "difflib",
     "ssl",
     "encodings.idna",
