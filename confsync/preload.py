@@ -20,6 +20,7 @@ LAZY_MODULES = (
     # confsync's own: plugins (by [table] name, confsync.plugins) and the stores a SIGHUP can
     # switch to
     "confsync.haproxy.plugin",
+    "confsync.command_reload",  # a resource's reload_cmd or reload_signal (confsync.reload)
     "confsync.stores.env",
     "confsync.stores.etcd",
     "confsync.stores.etcd_gateway",
