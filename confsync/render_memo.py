@@ -37,7 +37,7 @@ except ImportError:  # (another Python)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "confsync-render-memo-1"
+FORMAT = "confsync-render-memo-2"  # -2: the store revision the data was read at (a hint)
 # Code that shapes a render: confsync's own, the template engine's, and the standard library's
 # (by the interpreter's version). By each file's size and mtime, so that an upgrade in place, or
 # an edited checkout at the same version number, never meets a memo of the code before.
@@ -184,7 +184,7 @@ class RenderMemo:
                 fields = fh.read(512).decode("ascii", "replace").split()
         except OSError:
             return None
-        return fields if len(fields) == 4 and fields[0] == FORMAT else None
+        return fields if len(fields) == 5 and fields[0] == FORMAT else None
 
     def expects(self, resource: Resource) -> bool:
         """Whether the last render of `resource` had these inputs but for the data, and its
@@ -206,10 +206,18 @@ class RenderMemo:
         return (fields is not None and fields[1] == self._inputs(resource) and fields[2] == data
                 and fields[3] == output_digest(dest_content))
 
-    def record(self, resource: Resource, data: str, output: bytes) -> None:
-        """Keep the digests of a render of `resource` that read nothing but its inputs."""
+    def revision(self, resource: Resource) -> int | None:
+        """The store revision the data of the kept render was read at (by the last run it
+        stood in for, or its render): a hint of whether the data moved since, never proof."""
+        fields = self._read(resource)
+        return int(fields[4]) if fields is not None and fields[4].isdigit() else None
+
+    def record(self, resource: Resource, data: str, output: bytes, revision: int = 0) -> None:
+        """Keep the digests of a render of `resource` that read nothing but its inputs, and
+        the store revision its data was read at."""
         entry = self._entry(resource)
-        line = f"{FORMAT} {self._inputs(resource)} {data} {output_digest(output)}\n".encode()
+        line = (f"{FORMAT} {self._inputs(resource)} {data} {output_digest(output)} "
+                f"{revision}\n").encode()
         staged = entry.with_name(f".{entry.name}.{os.getpid()}")
         try:
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
