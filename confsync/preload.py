@@ -20,6 +20,7 @@ LAZY_MODULES = (
     # confsync's own: plugins (by [table] name, confsync.plugins) and the stores a SIGHUP can
     # switch to
     "confsync.haproxy.plugin",
+    "confsync.command_reload",  # a resource's reload_cmd or reload_signal (confsync.reload)
     "confsync.stores.env",
     "confsync.stores.etcd",
     "confsync.stores.etcd_gateway",
@@ -43,8 +44,9 @@ LAZY_MODULES = (
     "dns.rdtypes.IN.AAAA",
     "dns.rdtypes.ANY.CNAME",
     # the standard library's: a render_timeout that fires, diffs and suggestions, TLS
-    # endpoints, host names given to socket calls
+    # endpoints, host names given to socket calls, a float in a converted template's printf
     "ctypes",
+    "decimal",
     "difflib",
     "ssl",
     "encodings.idna",

@@ -7,13 +7,13 @@ plugin table, else a `CommandReloader` (confsync/command_reload.py) for `reload_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from confsync.command_reload import CommandReloader
 from confsync.plugins import plugin
 from confsync.targets import ReloadFailed, ReloadTarget
 
 if TYPE_CHECKING:
+    from confsync.command_reload import CommandReloader
     from confsync.resources import Resource
 
 __all__ = ["CommandReloader", "ReloadFailed", "has_reload_action", "target_for"]
@@ -30,5 +30,18 @@ def target_for(resource: Resource) -> ReloadTarget | None:
     if resource.plugin is not None:
         return plugin(resource.plugin.table).target(resource)
     if resource.reload_cmd or resource.reload_signal is not None:
+        # Imported for a resource that reloads: a `once` with none never loads the command
+        # runner and `subprocess` (the daemon preloads it: LAZY_MODULES).
+        from confsync.command_reload import CommandReloader
+
         return CommandReloader(resource)
     return None
+
+
+def __getattr__(name: str) -> Any:
+    """`confsync.reload.CommandReloader`, imported when asked for (see `target_for`)."""
+    if name == "CommandReloader":
+        from confsync.command_reload import CommandReloader
+
+        return CommandReloader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

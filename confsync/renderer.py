@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import re
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -144,6 +145,10 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
+# KV((key, value)) without NamedTuple's __new__, a Python function per item.
+_new_kv = functools.partial(tuple.__new__, KV)
+_TEXT = frozenset((str,))  # the type of every value a template may be handed as it is
+
 _MISSING = object()
 _JSON_KINDS: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list,
                                                    "string": str, "number": (int, float)}
@@ -202,7 +207,7 @@ class TemplateData:
         literal = literal_prefix(full_pattern)
         keys = self._mirror.keys_with_prefix(literal)
         if literal.startswith(self._dirs):  # every match is inside one of our directories
-            return [k for k in keys if regex.match(k)]
+            return list(filter(regex.match, keys))
         return [k for k in keys if regex.match(k) and self._visible(k)]
 
     def getv(self, key: str, default: str | None = None) -> str:
@@ -224,12 +229,16 @@ class TemplateData:
         return self._visible(full) and self._mirror.get(full) is not None
 
     def _values(self, keys: list[str]) -> list[str]:
-        get = self._mirror.get
-        # keys come from _matching: visible and present
-        values = [self._checked(key, get(key)) for key in keys]  # type: ignore[arg-type]
+        # keys come from _matching: visible and present. All text (nothing to refuse or tag):
+        # one C loop, as a 5,000-item `gets` is a fifth of its render.
+        values = self._mirror.values_of(keys)
+        if self.attributing or not _TEXT.issuperset(map(type, values)):
+            checked = [self._checked(key, value) for key, value in zip(keys, values, strict=True)]
+        else:
+            checked = values  # type: ignore[assignment]  # each one a str: nothing to check
         if keys:
             self.last_key = keys[-1]
-        return values
+        return checked
 
     def gets(self, pattern: str, skip_invalid: bool = False) -> list[KV]:
         """Items whose keys match; with `skip_invalid`, an item whose value a filter refuses
@@ -244,8 +253,14 @@ class TemplateData:
             return [KV(tag(key[cut:], key), value)
                     for key, value in zip(keys, self._values(keys), strict=True)]
         cache = self.kv_cache
+        values = self._values(keys)
+        if not cache:  # a first render (every `once`): no item to reuse, C builds them all
+            items = list(map(_new_kv, zip(map(operator.itemgetter(slice(cut, None)), keys),
+                                          values, strict=True)))
+            cache.update(zip(keys, items, strict=True))
+            return items
         items = []
-        for key, value in zip(keys, self._values(keys), strict=True):
+        for key, value in zip(keys, values, strict=True):
             kv = cache.get(key)
             if kv is None or kv[1] is not value:
                 kv = cache[key] = KV(key[cut:], value)

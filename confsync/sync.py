@@ -311,13 +311,16 @@ class Syncer:
             if self.memo.stands_for(resource, data, dest_content):
                 log.debug("%s: %s holds what a render would write (a render with the same "
                           "inputs wrote it: render memo)", resource.name, resource.dest)
+                if self.memo.revision(resource) != self.mirror.revision:
+                    # Other keys moved the store on: the next run's hint compares with this.
+                    self.memo.record(resource, data, dest_content or b"", self.mirror.revision)
                 self.last_counts[resource.name] = count
                 return dest_content or b"", ()
             rendered, pure = render_purity.counting(
                 lambda: self.renderer.render_result(resource, self.mirror))
             content = rendered.text.encode("utf-8")
             if pure and not rendered.warnings:
-                self.memo.record(resource, data, content)
+                self.memo.record(resource, data, content, self.mirror.revision)
         self.last_counts[resource.name] = count
         return content, rendered.warnings
 

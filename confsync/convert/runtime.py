@@ -12,7 +12,6 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from confsync.confd_funcs import GoMap, GoTime
@@ -33,6 +32,8 @@ def go_float(value: float) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "-0" if str(value).startswith("-") else "0"
+    from decimal import Decimal  # here: 1.5 ms of every render path's import, for printf's %v
+
     sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
     digits = "".join(map(str, digit_tuple))
     exp = len(digits) + int(exponent) - 1  # decimal exponent of the first digit
