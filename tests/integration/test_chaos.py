@@ -4,8 +4,11 @@ the faults stop every dest equals a render of etcd's final state.
 
 Faults: etcd SIGKILL + restart, SIGSTOP/SIGCONT, compaction, non-UTF-8 keys and values, bad
 values, a full disk under one dest (a 64 KiB tmpfs; skipped when it cannot be mounted), failing
-checks and reloads (flag files), and SIGHUPs that edit the resource set (one edit changes the
-watched prefixes). `CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on;
+checks and reloads (flag files), SIGHUPs that edit the resource set (one edit changes the
+watched prefixes), a template edited to a syntax error and back (with a SIGHUP or not), a
+dest's directory removed and made again, a dest replaced by someone else's file (drift) and an
+etcd defragmentation. Half the seeds also run with `[watch] confdir = true`, so those edits are
+loaded without a SIGHUP. `CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on;
 `CONFSYNC_CHAOS_SEED` replays a run.
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,6 +40,13 @@ from tests.support.http_probe import probe
 pytestmark = pytest.mark.etcd
 
 CHAOS_SECONDS = float(os.environ.get("CONFSYNC_CHAOS_SECONDS", "45"))
+# A resource's dest is replaced by someone else at most this often per run: the daemon spaces
+# the repairs of a dest that keeps changing by a doubling delay (1 s, 2 s, 4 s, ... 5 min), and
+# a longer run must not outgrow the minute and a half it has to converge.
+DRIFTS_PER_DEST = 3
+PORTS_TEMPLATE = ("{% for kv in gets('/p/*') %}server {{ kv.key | base }} "
+                  "127.0.0.1:{{ kv.value | port }}\n{% endfor %}")
+BROKEN_TEMPLATE = "{% for kv in gets('/p/*') %}server {{ kv.key | base }\n"  # no endfor, no }}
 LIST_VARIANTS = {
     "eq": "{% for kv in gets('/k/*') %}{{ kv.key | base }}={{ kv.value }}\n{% endfor %}",
     "colon": "{% for kv in gets('/k/*') %}{{ kv.key | base }}: {{ kv.value }}\n{% endfor %}",
@@ -51,6 +63,7 @@ class Chaos:
     actions: list[str] = field(default_factory=list)
     down: list[tuple[float, float]] = field(default_factory=list)  # etcd killed, not yet back
     variant: str = "eq"
+    drifts: dict[str, int] = field(default_factory=dict)  # dest name -> times replaced
 
     @property
     def cd(self) -> Path:
@@ -124,6 +137,50 @@ class Chaos:
         else:
             flag.touch()
 
+    @property
+    def dest_dir(self) -> Path:
+        """The directory of the `raw` resource's dest, which a fault removes and makes again."""
+        return self.tmp / "dd"
+
+    def template(self, w: WatchProcess) -> None:
+        """Someone edits the ports template to a syntax error, or back to what it was; and
+        sends a SIGHUP, or not (the edit is then loaded only by `[watch] confdir`, or by a
+        later SIGHUP). A broken set must be refused, the running one kept."""
+        src = self.cd / "templates" / "ports.tmpl"
+        src.write_text(PORTS_TEMPLATE if src.read_text() == BROKEN_TEMPLATE
+                       else BROKEN_TEMPLATE)
+        if self.rng.random() < 0.5:
+            w.signal(signal.SIGHUP)
+
+    def remove_dest_dir(self) -> None:
+        """The dest's directory goes (confsync never makes it) and comes back, empty."""
+        if self.dest_dir.exists():
+            shutil.rmtree(self.dest_dir)
+        else:
+            self.dest_dir.mkdir()
+
+    def drift(self) -> None:
+        """Someone else's file in place of a dest: replaced (as dpkg does) or edited in place."""
+        dests = [p for p in (self.tmp / "list.out", self.tmp / "ports.out",
+                             self.dest_dir / "raw.out", self.tmp / "extra.out")
+                 if p.exists() and self.drifts.get(p.name, 0) < DRIFTS_PER_DEST]
+        if not dests:
+            return
+        dest = self.rng.choice(dests)
+        self.drifts[dest.name] = self.drifts.get(dest.name, 0) + 1
+        with contextlib.suppress(FileNotFoundError):  # its directory went meanwhile
+            if self.rng.random() < 0.5:
+                staged = dest.with_name(dest.name + ".dpkg-new")
+                staged.write_text("# the package's own file\n")
+                os.replace(staged, dest)
+            else:
+                with dest.open("a") as f:
+                    f.write("# a hand edit\n")
+
+    def defrag(self) -> None:
+        with contextlib.suppress(Exception):
+            client(self.etcd.endpoint, timeout=5).defragment()
+
     def sighup(self, w: WatchProcess) -> None:
         extra = self.cd / "conf.d" / "extra.toml"
         if self.rng.random() < 0.5:
@@ -145,6 +202,8 @@ class Chaos:
             self.etcd.start()
         for name in ("check", "reload"):
             self.flag(name).unlink(missing_ok=True)
+        self.dest_dir.mkdir(exist_ok=True)
+        (self.cd / "templates" / "ports.tmpl").write_text(PORTS_TEMPLATE)
         if self.disk is not None:
             (self.disk / "filler").unlink(missing_ok=True)
         deadline = time.monotonic() + 30
@@ -166,15 +225,38 @@ class Chaos:
 def make_confdir(chaos: Chaos) -> None:
     chaos.write_list()
     disk_dir = chaos.disk if chaos.disk is not None else chaos.tmp
-    write_resource(chaos.cd, "ports", "{% for kv in gets('/p/*') %}server {{ kv.key | base }} "
-                   "127.0.0.1:{{ kv.value | port }}\n{% endfor %}",
+    write_resource(chaos.cd, "ports", PORTS_TEMPLATE,
                    f'dest = "{chaos.tmp / "ports.out"}"\nkeys = ["/p"]\nmin_keys = 0')
     write_resource(chaos.cd, "disk", "{% for kv in gets('/d/*') %}{{ kv.key | base }} "
                    "{{ kv.value }} {{ 'x' * 2000 }}\n{% endfor %}",
                    f'dest = "{disk_dir / "disk.out"}"\nkeys = ["/d"]\nmin_keys = 0')
     write_resource(chaos.cd, "raw", "{% for kv in gets('/n/*') %}{{ kv.key | base }}="
                    "{{ kv.value }}\n{% endfor %}",
-                   f'dest = "{chaos.tmp / "raw.out"}"\nkeys = ["/n"]\nmin_keys = 0')
+                   f'dest = "{chaos.dest_dir / "raw.out"}"\nkeys = ["/n"]\nmin_keys = 0')
+
+
+# What a dest may hold at any moment: lines of a render of some state etcd held (the values
+# `good_values`, `bad_value`, `compact` and `heal` put, through each template), or lines
+# someone else's file brought (`drift`, all comments). Never a line of a broken template.
+DEST_LINE = {
+    "list.out": re.compile(r"(s\d|compact|final)(=|: )[0-9.]+|# .*"),
+    "ports.out": re.compile(r"server s\d 127\.0\.0\.1:\d{1,5}|# .*"),
+}
+
+
+def strays(chaos: Chaos) -> list[str]:
+    """The lines of the watched dests that no render of etcd's states could have written."""
+    found = []
+    for name, line_re in DEST_LINE.items():
+        try:
+            text = (chaos.tmp / name).read_text()
+        except FileNotFoundError:  # (gone only while `drift` replaces it)
+            continue
+        if text and not text.endswith("\n"):
+            found.append(f"{name}: no final newline: {text[-80:]!r}")
+        found += [f"{name}: {line!r}" for line in text.splitlines()
+                  if not line_re.fullmatch(line)]
+    return found
 
 
 def expected_list(chaos: Chaos) -> str:
@@ -210,6 +292,9 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         disk = None
     chaos = Chaos(tmp_path, etcd_private, f"/chaos-{uuid.uuid4().hex[:6]}", random.Random(seed),
                   disk)
+    confdir_watch = chaos.rng.random() < 0.5
+    print(f"[watch] confdir = {str(confdir_watch).lower()}")
+    chaos.dest_dir.mkdir()
     for section in ("k", "d", "e", "p"):
         for i in range(3):
             chaos.put(f"/{section}/s{i}", str(8000 + i))
@@ -220,14 +305,17 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     w = WatchProcess("--confdir", str(chaos.cd), "--endpoints", etcd_private.endpoint,
                      "--prefix", chaos.prefix, "--wait-min", "50ms", "--wait-max", "1s",
                      "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "watch.log",
-                     env={"CONFSYNC_ETCD_TIMEOUT": "2s", "CONFSYNC_WATCH_INTERVAL": "10s"})
+                     env={"CONFSYNC_ETCD_TIMEOUT": "2s", "CONFSYNC_WATCH_INTERVAL": "10s",
+                          "CONFSYNC_WATCH_CONFDIR": str(confdir_watch).lower()})
     samples: list[tuple[float, int, int]] = []
+    stray: list[str] = []  # lines in a dest no state of etcd renders to
     stop_sampling = threading.Event()
 
     def sampler() -> None:
         while not stop_sampling.is_set():
             now = time.monotonic()
             samples.append((now, probe(base, "/health", 3)[0], probe(base, "/ready", 3)[0]))
+            stray.extend(strays(chaos))
             stop_sampling.wait(0.3)
 
     sampling = threading.Thread(target=sampler, daemon=True)
@@ -238,10 +326,12 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
             "kill": chaos.kill_restart, "freeze": chaos.freeze, "compact": chaos.compact,
             "raw": chaos.raw_keys, "bad": chaos.bad_value, "good": chaos.good_values,
             "disk": chaos.full_disk, "flag": chaos.toggle_flag,
-            "sighup": lambda: chaos.sighup(w),
+            "sighup": lambda: chaos.sighup(w), "template": lambda: chaos.template(w),
+            "rmdir": chaos.remove_dest_dir, "drift": chaos.drift, "defrag": chaos.defrag,
         }
         weights = {"kill": 1, "freeze": 1, "compact": 1, "raw": 1, "bad": 2, "good": 6,
-                   "disk": 1, "flag": 2, "sighup": 2}
+                   "disk": 1, "flag": 2, "sighup": 2, "template": 1, "rmdir": 1, "drift": 1,
+                   "defrag": 1}
 
         def alive() -> None:
             chaos.good_values()
@@ -278,6 +368,7 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     assert code == 0, w.output()[-4000:]
     output = w.output()
     # /health: the loop and its threads lived through it all.
+    assert not stray, f"dests held what no state of etcd renders to: {stray[:10]}"
     assert samples and all(h == 200 for _, h, _ in samples), \
         [s for s in samples if s[1] != 200][:10]
     # /ready: never 200 while etcd was down (after a grace for the stream to notice).
