@@ -8,8 +8,15 @@ checks and reloads (flag files), SIGHUPs that edit the resource set (one edit ch
 watched prefixes), a template edited to a syntax error and back (with a SIGHUP or not), a
 dest's directory removed and made again, a dest replaced by someone else's file (drift) and an
 etcd defragmentation. Half the seeds also run with `[watch] confdir = true`, so those edits are
-loaded without a SIGHUP. `CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on;
-`CONFSYNC_CHAOS_SEED` replays a run.
+loaded without a SIGHUP.
+
+Half the seeds run against a 3-member cluster instead of one member (`CONFSYNC_CHAOS_CLUSTER`
+= 1 or 0 forces it): the kills and freezes then hit one member (the cluster keeps its quorum),
+and a further fault stops two members for a while. The one left has no leader: /ready must
+say so, nothing may be written from it, and the daemon must resume once quorum is back.
+
+`CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on; `CONFSYNC_CHAOS_SEED`
+replays a run.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,13 +42,18 @@ from tests.support.chaos import inject_faults
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import fill
-from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_server import EtcdMember, free_port, start_cluster, start_single
 from tests.support.http_probe import probe
 
 pytestmark = pytest.mark.etcd
 
 CHAOS_SECONDS = float(os.environ.get("CONFSYNC_CHAOS_SECONDS", "45"))
+# etcd gone this long and /ready must say so: a stream that sees its member die at once...
+KILL_GRACE = 3.0
+# ... and one whose member lost its leader: etcd cancels a require-leader watch only after
+# some election timeouts without one (measured 3-5 s), then the reconnect's timeout.
+QUORUM_GRACE = 10.0
 # A resource's dest is replaced by someone else at most this often per run: the daemon spaces
 # the repairs of a dest that keeps changing by a doubling delay (1 s, 2 s, 4 s, ... 5 min), and
 # a longer run must not outgrow the minute and a half it has to converge.
@@ -56,12 +70,13 @@ LIST_VARIANTS = {
 @dataclass
 class Chaos:
     tmp: Path
-    etcd: EtcdMember
+    members: list[EtcdMember]
     prefix: str
     rng: random.Random
     disk: Path | None
     actions: list[str] = field(default_factory=list)
-    down: list[tuple[float, float]] = field(default_factory=list)  # etcd killed, not yet back
+    # etcd unusable (its one member killed, or the cluster without quorum): from, to, grace
+    down: list[tuple[float, float, float]] = field(default_factory=list)
     variant: str = "eq"
     drifts: dict[str, int] = field(default_factory=dict)  # dest name -> times replaced
 
@@ -72,10 +87,23 @@ class Chaos:
     def flag(self, name: str) -> Path:
         return self.tmp / f"{name}.flag"
 
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def call(self, fn: Callable[[Any], object], timeout: float = 2) -> None:
+        """`fn(client)` through the first member that takes it; nothing when none does (etcd
+        down, frozen or without quorum: that is the point)."""
+        for m in self.members:
+            try:
+                fn(client(m.endpoint, timeout=timeout))
+                return
+            except Exception:
+                continue
+
     def put(self, key: str | bytes, value: str | bytes) -> None:
         full = (self.prefix.encode() + key) if isinstance(key, bytes) else self.prefix + key
-        with contextlib.suppress(Exception):  # etcd is down or frozen: that is the point
-            client(self.etcd.endpoint, timeout=2).put(full, value)
+        self.call(lambda c: c.put(full, value))
 
     def write_list(self) -> None:
         write_resource(self.cd, "list", LIST_VARIANTS[self.variant],
@@ -86,24 +114,40 @@ class Chaos:
     # ---- the faults; each leaves things as they were or heals later
 
     def kill_restart(self) -> None:
-        self.etcd.kill()
+        """One member SIGKILLed and started again (in a cluster the others keep quorum)."""
+        member = self.rng.choice(self.members)
+        member.kill()
         down_at = time.monotonic()
         time.sleep(self.rng.uniform(0.2, 4.0))
-        self.etcd.start()
-        self.down.append((down_at, time.monotonic()))
+        member.start()
+        if len(self.members) == 1:
+            self.down.append((down_at, time.monotonic(), KILL_GRACE))
 
     def freeze(self) -> None:
-        self.etcd.freeze()
+        member = self.rng.choice(self.members)
+        member.freeze()
         try:
             time.sleep(self.rng.uniform(0.5, 3.0))
         finally:
-            self.etcd.thaw()
+            member.thaw()
+
+    def lose_quorum(self) -> None:
+        """Two of the three members stop: the one left has no leader, then they come back."""
+        stopped = self.rng.sample(self.members, 2)
+        for m in stopped:
+            m.kill()
+        down_at = time.monotonic()
+        time.sleep(self.rng.uniform(1.0, 10.0))
+        for m in stopped:
+            m.start(wait=False)
+        for m in stopped:
+            m.wait_ready()
+        self.down.append((down_at, time.monotonic(), QUORUM_GRACE))
 
     def compact(self) -> None:
-        with contextlib.suppress(Exception):
-            c = client(self.etcd.endpoint, timeout=2)
-            revision = c.put(self.prefix + "/k/compact", str(time.time())).header.revision
-            c.compact(revision)
+        def compact(c: Any) -> None:
+            c.compact(c.put(self.prefix + "/k/compact", str(time.time())).header.revision)
+        self.call(compact)
 
     def raw_keys(self) -> None:
         n = self.rng.randrange(5)
@@ -178,8 +222,9 @@ class Chaos:
                     f.write("# a hand edit\n")
 
     def defrag(self) -> None:
+        """A member's defragmentation (it stops serving while it runs)."""
         with contextlib.suppress(Exception):
-            client(self.etcd.endpoint, timeout=5).defragment()
+            client(self.rng.choice(self.members).endpoint, timeout=5).defragment()
 
     def sighup(self, w: WatchProcess) -> None:
         extra = self.cd / "conf.d" / "extra.toml"
@@ -197,9 +242,10 @@ class Chaos:
 
     def heal(self) -> None:
         """Faults stop: etcd up, flags gone, disk free, the bad and raw keys replaced."""
-        self.etcd.thaw()
-        if self.etcd.proc is None or self.etcd.proc.poll() is not None:
-            self.etcd.start()
+        for m in self.members:
+            m.thaw()
+            if m.proc is None or m.proc.poll() is not None:
+                m.start()
         for name in ("check", "reload"):
             self.flag(name).unlink(missing_ok=True)
         self.dest_dir.mkdir(exist_ok=True)
@@ -209,7 +255,7 @@ class Chaos:
         deadline = time.monotonic() + 30
         while True:
             try:
-                c = client(self.etcd.endpoint, timeout=3)
+                c = client(self.rng.choice(self.members).endpoint, timeout=3)
                 c.delete_prefix(self.prefix + "/n/")
                 for i in range(4):
                     c.put(f"{self.prefix}/p/s{i}", str(8000 + i))
@@ -260,7 +306,7 @@ def strays(chaos: Chaos) -> list[str]:
 
 
 def expected_list(chaos: Chaos) -> str:
-    c = client(chaos.etcd.endpoint)
+    c = client(chaos.members[0].endpoint)
     items = sorted((m.key.decode().rpartition("/")[2], v.decode())
                    for v, m in c.get_prefix(chaos.prefix + "/k/"))
     sep = "=" if chaos.variant == "eq" else ": "
@@ -270,7 +316,7 @@ def expected_list(chaos: Chaos) -> str:
 def converged(chaos: Chaos) -> tuple[bool, str]:
     """`confsync check` renders etcd's state with the same conf.d: nothing would change."""
     done = confsync("check", "--no-diff", "--confdir", str(chaos.cd), "--endpoints",
-                    chaos.etcd.endpoint, "--prefix", chaos.prefix, timeout=60)
+                    chaos.endpoints, "--prefix", chaos.prefix, timeout=60)
     lines = [line for line in done.stdout.splitlines() if line.startswith("# ")]
     resources = len(list((chaos.cd / "conf.d").glob("*.toml")))
     ok = (len(lines) == resources and all(line.endswith("is up to date") for line in lines)
@@ -280,9 +326,23 @@ def converged(chaos: Chaos) -> tuple[bool, str]:
 
 # The faults, then up to a minute to converge and the checks: a longer run gets a longer limit.
 @pytest.mark.timeout(CHAOS_SECONDS + 120)
-def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
+def test_chaos(etcd_binary: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("CONFSYNC_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"chaos seed {seed} (CONFSYNC_CHAOS_SEED={seed} replays it)")
+    rng = random.Random(seed)
+    cluster = bool(int(os.environ.get("CONFSYNC_CHAOS_CLUSTER", str(int(rng.random() < 0.5)))))
+    print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
+    members = (start_cluster(etcd_binary, tmp_path / "cluster") if cluster
+               else [start_single(etcd_binary, tmp_path / "etcd")])
+    try:
+        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
+        run_chaos(members, rng, tmp_path)
+    finally:
+        for m in members:
+            m.stop()
+
+
+def run_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> None:
     disk: Path | None = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
@@ -290,8 +350,7 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     if mounted.returncode != 0:
         print(f"full-disk faults skipped: cannot mount a tmpfs ({mounted.stderr.strip()})")
         disk = None
-    chaos = Chaos(tmp_path, etcd_private, f"/chaos-{uuid.uuid4().hex[:6]}", random.Random(seed),
-                  disk)
+    chaos = Chaos(tmp_path, members, f"/chaos-{uuid.uuid4().hex[:6]}", rng, disk)
     confdir_watch = chaos.rng.random() < 0.5
     print(f"[watch] confdir = {str(confdir_watch).lower()}")
     chaos.dest_dir.mkdir()
@@ -302,7 +361,7 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     make_confdir(chaos)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(chaos.cd), "--endpoints", etcd_private.endpoint,
+    w = WatchProcess("--confdir", str(chaos.cd), "--endpoints", chaos.endpoints,
                      "--prefix", chaos.prefix, "--wait-min", "50ms", "--wait-max", "1s",
                      "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "watch.log",
                      env={"CONFSYNC_ETCD_TIMEOUT": "2s", "CONFSYNC_WATCH_INTERVAL": "10s",
@@ -328,10 +387,11 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
             "disk": chaos.full_disk, "flag": chaos.toggle_flag,
             "sighup": lambda: chaos.sighup(w), "template": lambda: chaos.template(w),
             "rmdir": chaos.remove_dest_dir, "drift": chaos.drift, "defrag": chaos.defrag,
+            "quorum": chaos.lose_quorum,
         }
         weights = {"kill": 1, "freeze": 1, "compact": 1, "raw": 1, "bad": 2, "good": 6,
                    "disk": 1, "flag": 2, "sighup": 2, "template": 1, "rmdir": 1, "drift": 1,
-                   "defrag": 1}
+                   "defrag": 1, "quorum": 1 if len(members) > 1 else 0}
 
         def alive() -> None:
             chaos.good_values()
@@ -372,11 +432,15 @@ def test_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     assert samples and all(h == 200 for _, h, _ in samples), \
         [s for s in samples if s[1] != 200][:10]
     # /ready: never 200 while etcd was down (after a grace for the stream to notice).
-    for start, end in chaos.down:
-        lying = [s for s in samples if start + 3.0 < s[0] < end and s[2] == 200]
+    for start, end, grace in chaos.down:
+        lying = [s for s in samples if start + grace < s[0] < end and s[2] == 200]
         assert not lying, f"/ready 200 while etcd was down: {lying}"
+    noticed = [min((s[0] - start for s in samples if start < s[0] < end and s[2] != 200),
+                   default=float("nan")) for start, end, _ in chaos.down]
     assert "Traceback" not in output or "UnicodeEncodeError" in output, output[-4000:]
     print(f"chaos: {len(chaos.actions)} actions "
           f"({', '.join(f'{n} {chaos.actions.count(n)}' for n in sorted(set(chaos.actions)))}),"
-          f" {len(samples)} health/ready samples, converged {convergence:.1f} s after the "
+          f" {len(samples)} health/ready samples, /ready 503 after "
+          f"{', '.join(f'{n:.1f}' for n in noticed) or '-'} s of an outage, converged "
+          f"{convergence:.1f} s after the "
           f"faults stopped")
