@@ -33,6 +33,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -67,6 +68,7 @@ INTRUDER = "node-x"
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    allow_reuse_port = True  # so that Service can hold its port while it is down
     mode = "ok"  # ok | fail (500) | hang (trickles its answer until the mode changes)
     closing: threading.Event
 
@@ -95,18 +97,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Service:
-    """A local service the checks probe: up or down (its port closed), ok, failing or hung."""
+    """A local service the checks probe: up or down (its port refusing), ok, failing or hung.
+
+    Down, it keeps its port with a bound socket that does not listen: connections are
+    refused, and nobody else can listen there (another test's etcd or server, which
+    free_port may give the port to, made a tcp check pass that had to fail). The socket
+    sets SO_REUSEPORT and not SO_REUSEADDR: only our own servers, which set SO_REUSEPORT
+    too, may bind beside it (a listener that goes leaves TIME_WAIT connections behind)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.mode = "ok"
         self._server: _Server | None = None
+        self._holder: socket.socket | None = None
         self.up()
 
     def up(self) -> None:
         if self._server is not None:
             return
-        for _ in range(50):  # the port was ours a moment ago; TIME_WAIT is reused
+        for _ in range(50):  # (a port of free_port's can be taken before we bind it)
             try:
                 server = _Server(("127.0.0.1", self.port), _Handler)
                 break
@@ -114,6 +123,9 @@ class Service:
                 time.sleep(0.1)
         else:
             raise RuntimeError(f"cannot listen on {self.port} again")
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
         server.mode, server.closing = self.mode, threading.Event()
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
@@ -122,9 +134,19 @@ class Service:
     def down(self) -> None:
         server, self._server = self._server, None
         if server is not None:
+            holder = socket.socket()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.bind(("127.0.0.1", self.port))  # beside the listener, before it goes
+            self._holder = holder
             server.closing.set()
             server.shutdown()
             server.server_close()
+
+    def close(self) -> None:
+        self.down()
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode
@@ -689,7 +711,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         codes = {r.host: r.proc.stop() if r.proc is not None else None
                  for r in chaos.registrars.values()}
         for svc in services.values():
-            svc.down()
+            svc.close()
     for r in chaos.registrars.values():
         out = r.all_output()
         assert alive[r.host], out[-4000:]
@@ -722,3 +744,27 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     print(f"register chaos: {len(chaos.actions)} actions "
           f"({', '.join(f'{n} {chaos.actions.count(n)}' for n in sorted(set(chaos.actions)))}),"
           f" {len(samples)} samples, converged {convergence:.1f} s after the faults stopped")
+
+
+def test_a_service_that_is_down_keeps_its_port() -> None:
+    """A down service refuses connections on its port and nobody else can listen there: a
+    port given back was taken by another test's etcd or server (free_port hands it out
+    again), a tcp check then passed that the test said must fail (seen: a 150 s run with
+    another run beside it)."""
+    svc = Service()
+    try:
+        svc.down()
+        other = socket.socket()
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as etcd (Go) and
+        try:                                                         # socketserver do
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", svc.port))
+                other.listen()
+        finally:
+            other.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", svc.port), timeout=5).close()
+        svc.up()
+        socket.create_connection(("127.0.0.1", svc.port), timeout=5).close()
+    finally:
+        svc.close()
