@@ -16,8 +16,12 @@ absent, or with another host's); services down/up, failing (500) and hanging (a 
 answer, an exec probe that sleeps); maintenance files and a failing exec check toggled;
 register.d edits (added, removed, ttl, weight, port) with SIGHUP, which is documented as
 ignored: applied at the next restart; restarts (SIGTERM: exit 0; SIGKILL); a registrar
-SIGSTOPped (shorter and longer than its lease). A 1-node etcd cannot lose its leader, so that
-fault is not here (test_register_etcd.py freezes a member of a cluster).
+SIGSTOPped (shorter and longer than its lease).
+
+Half the seeds run against a 3-member cluster instead (`CONFSYNC_REGISTER_CHAOS_CLUSTER` = 1 or
+0 forces it): etcd is then away when two members stop (the one left has no leader: no lease
+can be kept or granted), a member killed or frozen alone leaves the cluster serving (the
+registrars fail over), and etcd is never recreated.
 
 `CONFSYNC_REGISTER_CHAOS_SECONDS` (default 30) sets how long the faults go on;
 `CONFSYNC_REGISTER_CHAOS_SEED` replays a run.
@@ -25,7 +29,6 @@ fault is not here (test_register_etcd.py freezes a member of a cluster).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -48,8 +51,8 @@ import pytest
 
 from tests.support.chaos import inject_faults
 from tests.support.daemon import wait_for
-from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_server import EtcdMember, free_port, start_cluster, start_single
 from tests.support.http_probe import probe
 from tests.support.register import RegisterProcess, write_registration
 
@@ -62,6 +65,9 @@ CONVERGE_SECONDS = 40.0
 # etcd gone this long and /ready must have noticed: a keepalive period (ttl/3, at most 5/3 s),
 # a call's timeout (at most ttl/3), the retry's jitter, and slack.
 READY_GRACE = 4.5
+# A cluster that lost its quorum: the member left keeps its port open and learns it has no
+# leader only after some election timeouts; the registrar's next keepalive then fails.
+QUORUM_GRACE = 10.0
 INTRUDER = "node-x"
 
 
@@ -249,13 +255,15 @@ class Registrar:
 @dataclass
 class Chaos:
     tmp: Path
-    etcd: EtcdMember
+    members: list[EtcdMember]
     prefix: str
     rng: random.Random
     services: dict[str, Service]
     registrars: dict[str, Registrar]
     actions: list[str] = field(default_factory=list)
-    etcd_away: list[tuple[float, float]] = field(default_factory=list)
+    # etcd away (its one member down, or the cluster without quorum): from, to, /ready's grace
+    etcd_away: list[tuple[float, float, float]] = field(default_factory=list)
+    member_away: list[tuple[float, float]] = field(default_factory=list)  # one of a cluster
     intruders: set[str] = field(default_factory=set)
     trampled: list[str] = field(default_factory=list)  # other hosts' values we did not keep
     intruded: dict[str, str] = field(default_factory=dict)  # key -> when
@@ -267,11 +275,29 @@ class Chaos:
     def key(self, reg: Reg) -> str:
         return f"{self.prefix}/services/{reg.service}/instances/{reg.instance_id}"
 
+    @property
+    def etcd(self) -> EtcdMember:
+        """The only member (faults that recreate etcd run against one member only)."""
+        assert len(self.members) == 1
+        return self.members[0]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
     def etcd_call(self, fn: Callable[[Any], object]) -> None:
-        with contextlib.suppress(Exception):  # etcd is down or frozen: that is the point
-            c = client(self.etcd.endpoint, timeout=2)
+        """`fn(client)` through the first member that answers (nothing when etcd is down or
+        frozen: that is the point)."""
+        for m in self.members:
+            try:
+                c = client(m.endpoint, timeout=2)
+            except Exception:
+                continue
             try:
                 fn(c)
+                return
+            except Exception:
+                continue
             finally:
                 c.close()
 
@@ -303,22 +329,60 @@ class Chaos:
             self.down = False
 
     def kill_etcd(self) -> None:
+        """etcd's member SIGKILLed; in a cluster, one member (the others keep quorum)."""
+        if len(self.members) > 1:
+            self.member_fault(freeze=False)
+            return
         self.etcd.kill()
         away = time.monotonic()
         try:
             self.away()
         finally:
             self.etcd.start()
-        self.etcd_away.append((away, time.monotonic()))
+        self.etcd_away.append((away, time.monotonic(), READY_GRACE))
 
     def freeze_etcd(self) -> None:
+        if len(self.members) > 1:
+            self.member_fault(freeze=True)
+            return
         self.etcd.freeze()
         away = time.monotonic()
         try:
             self.away()
         finally:
             self.etcd.thaw()
-        self.etcd_away.append((away, time.monotonic()))
+        self.etcd_away.append((away, time.monotonic(), READY_GRACE))
+
+    def member_fault(self, freeze: bool) -> None:
+        """One member of the cluster killed or frozen, shorter or longer than the leases:
+        the registrars on it fail over, and nothing they publish may change meanwhile."""
+        member = self.rng.choice(self.members)
+        (member.freeze if freeze else member.kill)()
+        away = time.monotonic()
+        try:
+            time.sleep(self.rng.choice([self.rng.uniform(0.2, 2.0), self.rng.uniform(3.0, 7.0)]))
+        finally:
+            if freeze:
+                member.thaw()
+            else:
+                member.start()
+        self.member_away.append((away, time.monotonic()))
+
+    def lose_quorum(self) -> None:
+        """Two of the three members stop: the one left has no leader (no lease is kept or
+        granted through it) until they are back."""
+        stopped = self.rng.sample(self.members, 2)
+        for m in stopped:
+            m.kill()
+        away = time.monotonic()
+        try:
+            self.away()
+        finally:
+            for m in stopped:
+                m.start(wait=False)
+            for m in stopped:
+                m.wait_ready()
+        self.etcd_away.append((away, time.monotonic(), QUORUM_GRACE))
 
     def wipe_etcd(self) -> None:
         """etcd recreated (a new data dir: a new cluster id, revisions from 1, no leases)."""
@@ -330,7 +394,7 @@ class Chaos:
             self.away()
         finally:
             self.etcd.start()
-        self.etcd_away.append((away, time.monotonic()))
+        self.etcd_away.append((away, time.monotonic(), READY_GRACE))
 
     def compact(self) -> None:
         def go(c: Any) -> None:
@@ -484,7 +548,7 @@ class Chaos:
                         and json.loads(raw)["host"] == r.host:
                     c.delete(key)
             self.etcd_call(clean)
-        r.start(self.etcd.endpoint, self.prefix)
+        r.start(self.endpoints, self.prefix)
         wait_for(lambda: probe(r.base, "/health", 1)[0] == 200, 30,
                  what=f"{r.host} serving /health again:\n{r.output()[-3000:]}")
         r.paused.append((began, time.monotonic()))
@@ -516,9 +580,11 @@ class Chaos:
         """Faults stop. The services, flags and files are left in a random final state (that
         is what the registrars must converge to); etcd is up, no registrar is stopped, no
         other host holds our keys."""
-        self.etcd.thaw()
-        if self.etcd.proc is None or self.etcd.proc.poll() is not None:
-            self.etcd.start()
+        for m in self.members:
+            m.thaw()
+            if m.proc is None or m.proc.poll() is not None:
+                m.start()
+        wait_for(lambda: has_quorum(self.members[0].endpoint), 30, what="etcd quorum")
         for r in self.registrars.values():
             if r.proc is not None:
                 r.proc.signal(signal.SIGCONT)
@@ -558,7 +624,7 @@ def mismatches(chaos: Chaos) -> list[str]:
     """What differs from `expected`, in etcd and in each registrar's /ready ([] when none)."""
     want = expected(chaos)
     problems: list[str] = []
-    c = client(chaos.etcd.endpoint, timeout=5)
+    c = client(chaos.members[0].endpoint, timeout=5)
     try:
         held = {m.key.decode(): (json.loads(v), int(m.lease_id))
                 for v, m in c.get_prefix(chaos.prefix + "/services/")}
@@ -634,12 +700,26 @@ def make_registrars(chaos: Chaos) -> None:
 
 # The faults, then up to CONVERGE_SECONDS and the checks: a longer run gets a longer limit.
 @pytest.mark.timeout(CHAOS_SECONDS + 180)
-def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
+def test_register_chaos(etcd_binary: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("CONFSYNC_REGISTER_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"register chaos seed {seed} (CONFSYNC_REGISTER_CHAOS_SEED={seed} replays it)")
+    rng = random.Random(seed)
+    cluster = bool(int(os.environ.get("CONFSYNC_REGISTER_CHAOS_CLUSTER",
+                                      str(int(rng.random() < 0.5)))))
+    print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
+    members = (start_cluster(etcd_binary, tmp_path / "cluster") if cluster
+               else [start_single(etcd_binary, tmp_path / "etcd")])
+    try:
+        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
+        run_register_chaos(members, rng, tmp_path)
+    finally:
+        for m in members:
+            m.stop()
+
+
+def run_register_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> None:
     services = {name: Service() for name in ("web", "api", "bweb")}
-    chaos = Chaos(tmp_path, etcd_private, f"/rc-{uuid.uuid4().hex[:6]}", random.Random(seed),
-                  services, {})
+    chaos = Chaos(tmp_path, members, f"/rc-{uuid.uuid4().hex[:6]}", rng, services, {})
     make_registrars(chaos)
     samples: list[tuple[str, float, float, int, int]] = []  # host, start, end, health, ready
     stop_sampling = threading.Event()
@@ -656,19 +736,21 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
     sampling = threading.Thread(target=sampler, daemon=True)
     try:
         for r in chaos.registrars.values():
-            r.start(etcd_private.endpoint, chaos.prefix)
+            r.start(chaos.endpoints, chaos.prefix)
         converge(chaos, 30, "first registration")
         sampling.start()
         faults: dict[str, Callable[[], None]] = {
             "kill": chaos.kill_etcd, "freeze": chaos.freeze_etcd, "wipe": chaos.wipe_etcd,
-            "compact": chaos.compact,
+            "compact": chaos.compact, "quorum": chaos.lose_quorum,
             "revoke": chaos.revoke, "delete": chaos.delete_key, "stale": chaos.overwrite_own,
             "intrude": chaos.intrude, "evict": chaos.evict_intruders,
             "updown": chaos.service_updown, "mode": chaos.service_mode,
             "flag": chaos.toggle_flag, "edit": chaos.edit, "restart": chaos.restart,
             "stop": chaos.freeze_registrar, "settle": chaos.settle,
         }
-        weights = {"kill": 1, "freeze": 1, "wipe": 1, "compact": 1, "revoke": 2, "delete": 2, "stale": 2,
+        clustered = len(members) > 1
+        weights = {"kill": 1, "freeze": 1, "wipe": 0 if clustered else 1, "compact": 1,
+                   "quorum": 1 if clustered else 0, "revoke": 2, "delete": 2, "stale": 2,
                    "intrude": 1, "evict": 1, "updown": 3, "mode": 3, "flag": 4, "edit": 1,
                    "restart": 1, "stop": 1, "settle": 1}
 
@@ -695,7 +777,7 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
             r, name = chaos.rng.choice(registered)
             key = chaos.key(r.loaded[name])
             chaos.intruders.add(key)
-            client(etcd_private.endpoint).put(key, json.dumps({
+            client(members[0].endpoint).put(key, json.dumps({
                 "address": "10.9.9.9", "port": 80, "weight": 1, "state": "ready",
                 "host": INTRUDER}))
             wait_for(lambda: probe(r.base, "/ready")[0] == 503, 15, what="/ready 503 on a "
@@ -723,17 +805,22 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
         assert not sick, f"{r.host} /health: {sick[:10]}"
     assert not chaos.trampled, f"another host's value deleted or replaced: {chaos.trampled}"
     # /ready: never 200 while etcd was away (after the grace to notice).
-    for start, stop in chaos.etcd_away:
-        lying = [s for s in samples if start + READY_GRACE < s[1] and s[2] < stop
+    for start, stop, grace in chaos.etcd_away:
+        lying = [s for s in samples if start + grace < s[1] and s[2] < stop
                  and s[4] == 200]
         assert not lying, f"/ready 200 while etcd was away ({stop - start:.1f}s): {lying}"
+    # How soon each registrar's /ready said so, per outage longer than the grace (a figure).
+    noticed = [min((s[1] - start for s in samples if s[0] == r.host and start < s[1] < stop
+                    and s[4] != 200), default=float("nan"))
+               for start, stop, grace in chaos.etcd_away if stop - start > grace
+               for r in chaos.registrars.values()]
     # "etcd unreachable" only when it was (or the registrar itself was stopped meanwhile):
     # etcd refusing one call is not an outage. A call that timed out is not a refusal: on a
     # loaded machine a live etcd can miss the call timeout (seen in CI: a registrar restarted
     # by the test timed out reading its keys at start).
     offset = time.time() - time.monotonic()
     for r in chaos.registrars.values():
-        windows = [*chaos.etcd_away, *r.paused]
+        windows = [*((a, b) for a, b, _ in chaos.etcd_away), *chaos.member_away, *r.paused]
         for stamp, line in re.findall(r"^(\S+ \S+) WARNING (register: etcd unreachable.*)$",
                                       r.all_output(), re.MULTILINE):
             if "timeout" in line.lower() or "DEADLINE_EXCEEDED" in line:
@@ -743,7 +830,8 @@ def test_register_chaos(etcd_private: EtcdMember, tmp_path: Path) -> None:
                 f"{r.host} at {stamp}, etcd up: {line}"
     print(f"register chaos: {len(chaos.actions)} actions "
           f"({', '.join(f'{n} {chaos.actions.count(n)}' for n in sorted(set(chaos.actions)))}),"
-          f" {len(samples)} samples, converged {convergence:.1f} s after the faults stopped")
+          f" {len(samples)} samples, /ready 503 after {max(noticed, default=0):.1f} s of an "
+          f"outage at most, converged {convergence:.1f} s after the faults stopped")
 
 
 def test_a_service_that_is_down_keeps_its_port() -> None:
