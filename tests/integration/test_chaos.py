@@ -12,8 +12,10 @@ loaded without a SIGHUP.
 
 Half the seeds run against a 3-member cluster instead of one member (`CONFSYNC_CHAOS_CLUSTER`
 = 1 or 0 forces it): the kills and freezes then hit one member (the cluster keeps its quorum),
-and a further fault stops two members for a while. The one left has no leader: /ready must
-say so, nothing may be written from it, and the daemon must resume once quorum is back.
+a further fault stops two members for a while (the one left has no leader: /ready must say
+so, nothing may be written from it, and the daemon must resume once quorum is back), and
+another replaces a member by a new one on new ports (`etcdctl member remove`, `member add`):
+after a few, none of the endpoints `watch` was started with is left.
 
 `CONFSYNC_CHAOS_SECONDS` (default 45) sets how long faults go on; `CONFSYNC_CHAOS_SEED`
 replays a run.
@@ -38,12 +40,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.chaos import inject_faults
+from tests.support.chaos import chaos_etcd, inject_faults
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import fill
-from tests.support.etcd_client import client, has_quorum
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster, start_single
+from tests.support.etcd_client import client
+from tests.support.etcd_members import find_etcdctl, replace_member
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 
 pytestmark = pytest.mark.etcd
@@ -79,6 +82,7 @@ class Chaos:
     down: list[tuple[float, float, float]] = field(default_factory=list)
     variant: str = "eq"
     drifts: dict[str, int] = field(default_factory=dict)  # dest name -> times replaced
+    replaced: int = 0  # members replaced by new ones
 
     @property
     def cd(self) -> Path:
@@ -143,6 +147,17 @@ class Chaos:
         for m in stopped:
             m.wait_ready()
         self.down.append((down_at, time.monotonic(), QUORUM_GRACE))
+
+    def replace_member(self) -> None:
+        """A member removed from the cluster and a new one added in its place (new name,
+        ports and data dir), as an operator replaces a failed machine."""
+        etcdctl = find_etcdctl(self.members[0].binary)
+        if etcdctl is None:
+            return
+        i = self.rng.randrange(len(self.members))
+        self.replaced += 1
+        self.members[i] = replace_member(etcdctl, self.members[i], self.members,
+                                         f"r{self.replaced}")
 
     def compact(self) -> None:
         def compact(c: Any) -> None:
@@ -330,17 +345,8 @@ def test_chaos(etcd_binary: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("CONFSYNC_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"chaos seed {seed} (CONFSYNC_CHAOS_SEED={seed} replays it)")
     rng = random.Random(seed)
-    cluster = bool(int(os.environ.get("CONFSYNC_CHAOS_CLUSTER", str(int(rng.random() < 0.5)))))
-    print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
-    members = (start_cluster(etcd_binary, tmp_path / "cluster") if cluster
-               else [start_single(etcd_binary, tmp_path / "etcd")])
-    try:
-        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
+    with chaos_etcd(etcd_binary, tmp_path, rng, "CONFSYNC_CHAOS_CLUSTER") as members:
         run_chaos(members, rng, tmp_path)
-    finally:
-        for m in members:
-            m.stop()
-
 
 def run_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> None:
     disk: Path | None = tmp_path / "disk"
@@ -387,11 +393,12 @@ def run_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> 
             "disk": chaos.full_disk, "flag": chaos.toggle_flag,
             "sighup": lambda: chaos.sighup(w), "template": lambda: chaos.template(w),
             "rmdir": chaos.remove_dest_dir, "drift": chaos.drift, "defrag": chaos.defrag,
-            "quorum": chaos.lose_quorum,
+            "quorum": chaos.lose_quorum, "replace": chaos.replace_member,
         }
         weights = {"kill": 1, "freeze": 1, "compact": 1, "raw": 1, "bad": 2, "good": 6,
                    "disk": 1, "flag": 2, "sighup": 2, "template": 1, "rmdir": 1, "drift": 1,
-                   "defrag": 1, "quorum": 1 if len(members) > 1 else 0}
+                   "defrag": 1, "quorum": 1 if len(members) > 1 else 0,
+                   "replace": 1 if len(members) > 1 else 0}
 
         def alive() -> None:
             chaos.good_values()

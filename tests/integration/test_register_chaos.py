@@ -49,10 +49,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.chaos import inject_faults
+from tests.support.chaos import chaos_etcd, inject_faults
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster, start_single
+from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 from tests.support.register import RegisterProcess, write_registration
 
@@ -704,18 +704,8 @@ def test_register_chaos(etcd_binary: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("CONFSYNC_REGISTER_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"register chaos seed {seed} (CONFSYNC_REGISTER_CHAOS_SEED={seed} replays it)")
     rng = random.Random(seed)
-    cluster = bool(int(os.environ.get("CONFSYNC_REGISTER_CHAOS_CLUSTER",
-                                      str(int(rng.random() < 0.5)))))
-    print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
-    members = (start_cluster(etcd_binary, tmp_path / "cluster") if cluster
-               else [start_single(etcd_binary, tmp_path / "etcd")])
-    try:
-        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
+    with chaos_etcd(etcd_binary, tmp_path, rng, "CONFSYNC_REGISTER_CHAOS_CLUSTER") as members:
         run_register_chaos(members, rng, tmp_path)
-    finally:
-        for m in members:
-            m.stop()
-
 
 def run_register_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> None:
     services = {name: Service() for name in ("web", "api", "bweb")}
