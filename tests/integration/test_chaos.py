@@ -45,7 +45,7 @@ from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import fill
 from tests.support.etcd_client import client
-from tests.support.etcd_members import find_etcdctl, replace_member
+from tests.support.etcd_members import replace_in_place
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 
@@ -151,13 +151,9 @@ class Chaos:
     def replace_member(self) -> None:
         """A member removed from the cluster and a new one added in its place (new name,
         ports and data dir), as an operator replaces a failed machine."""
-        etcdctl = find_etcdctl(self.members[0].binary)
-        if etcdctl is None:
-            return
-        i = self.rng.randrange(len(self.members))
         self.replaced += 1
-        self.members[i] = replace_member(etcdctl, self.members[i], self.members,
-                                         f"r{self.replaced}")
+        replace_in_place(self.members, self.rng.randrange(len(self.members)),
+                         f"r{self.replaced}")
 
     def compact(self) -> None:
         def compact(c: Any) -> None:

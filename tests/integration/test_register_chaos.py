@@ -21,7 +21,8 @@ SIGSTOPped (shorter and longer than its lease).
 Half the seeds run against a 3-member cluster instead (`CONFSYNC_REGISTER_CHAOS_CLUSTER` = 1 or
 0 forces it): etcd is then away when two members stop (the one left has no leader: no lease
 can be kept or granted), a member killed or frozen alone leaves the cluster serving (the
-registrars fail over), and etcd is never recreated.
+registrars fail over), a member is replaced by a new one on new ports (`etcdctl member
+remove`, `member add`), and etcd is never recreated.
 
 `CONFSYNC_REGISTER_CHAOS_SECONDS` (default 30) sets how long the faults go on;
 `CONFSYNC_REGISTER_CHAOS_SEED` replays a run.
@@ -52,6 +53,7 @@ import pytest
 from tests.support.chaos import chaos_etcd, inject_faults
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_members import replace_in_place
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 from tests.support.register import RegisterProcess, write_registration
@@ -264,6 +266,7 @@ class Chaos:
     # etcd away (its one member down, or the cluster without quorum): from, to, /ready's grace
     etcd_away: list[tuple[float, float, float]] = field(default_factory=list)
     member_away: list[tuple[float, float]] = field(default_factory=list)  # one of a cluster
+    replaced: int = 0  # members replaced by new ones
     intruders: set[str] = field(default_factory=set)
     trampled: list[str] = field(default_factory=list)  # other hosts' values we did not keep
     intruded: dict[str, str] = field(default_factory=dict)  # key -> when
@@ -367,6 +370,15 @@ class Chaos:
             else:
                 member.start()
         self.member_away.append((away, time.monotonic()))
+
+    def replace_member(self) -> None:
+        """A member removed and a new one added in its place (new name, ports, data dir): a
+        registrar on it fails over, and restarted ones get the members of now."""
+        self.replaced += 1
+        began = time.monotonic()
+        replace_in_place(self.members, self.rng.randrange(len(self.members)),
+                         f"r{self.replaced}")
+        self.member_away.append((began, time.monotonic()))
 
     def lose_quorum(self) -> None:
         """Two of the three members stop: the one left has no leader (no lease is kept or
@@ -732,6 +744,7 @@ def run_register_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: 
         faults: dict[str, Callable[[], None]] = {
             "kill": chaos.kill_etcd, "freeze": chaos.freeze_etcd, "wipe": chaos.wipe_etcd,
             "compact": chaos.compact, "quorum": chaos.lose_quorum,
+            "replace": chaos.replace_member,
             "revoke": chaos.revoke, "delete": chaos.delete_key, "stale": chaos.overwrite_own,
             "intrude": chaos.intrude, "evict": chaos.evict_intruders,
             "updown": chaos.service_updown, "mode": chaos.service_mode,
@@ -740,7 +753,7 @@ def run_register_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: 
         }
         clustered = len(members) > 1
         weights = {"kill": 1, "freeze": 1, "wipe": 0 if clustered else 1, "compact": 1,
-                   "quorum": 1 if clustered else 0, "revoke": 2, "delete": 2, "stale": 2,
+                   "quorum": 1 if clustered else 0, "replace": 1 if clustered else 0, "revoke": 2, "delete": 2, "stale": 2,
                    "intrude": 1, "evict": 1, "updown": 3, "mode": 3, "flag": 4, "edit": 1,
                    "restart": 1, "stop": 1, "settle": 1}
 

@@ -56,3 +56,13 @@ def replace_member(etcdctl: str, victim: EtcdMember, members: list[EtcdMember],
     new.extra_args = ["--initial-cluster-state", "existing"]  # (the last one given wins)
     new.start()
     return new
+
+
+def replace_in_place(members: list[EtcdMember], i: int, name: str) -> bool:
+    """`replace_member` of `members[i]`, the new member put in its place in the list; False
+    (nothing done) without an etcdctl."""
+    etcdctl = find_etcdctl(members[i].binary)
+    if etcdctl is None:
+        return False
+    members[i] = replace_member(etcdctl, members[i], members, name)
+    return True
