@@ -84,6 +84,9 @@ class Chaos:
     variant: str = "eq"
     drifts: dict[str, int] = field(default_factory=dict)  # dest name -> times replaced
     replaced: int = 0  # members replaced by new ones
+    # Every (key, value) ever put (text ones), recorded before the put is sent: a value in a
+    # dest that is not here is one etcd never held.
+    written: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def cd(self) -> Path:
@@ -107,6 +110,8 @@ class Chaos:
                 continue
 
     def put(self, key: str | bytes, value: str | bytes) -> None:
+        if isinstance(key, str) and isinstance(value, str):
+            self.written.add((key, value))
         full = (self.prefix.encode() + key) if isinstance(key, bytes) else self.prefix + key
         self.call(lambda c: c.put(full, value))
 
@@ -158,7 +163,9 @@ class Chaos:
 
     def compact(self) -> None:
         def compact(c: Any) -> None:
-            c.compact(c.put(self.prefix + "/k/compact", str(time.time())).header.revision)
+            value = str(time.time())
+            self.written.add(("/k/compact", value))
+            c.compact(c.put(self.prefix + "/k/compact", value).header.revision)
         self.call(compact)
 
     def raw_keys(self) -> None:
@@ -269,6 +276,8 @@ class Chaos:
             try:
                 c = client(self.rng.choice(self.members).endpoint, timeout=3)
                 c.delete_prefix(self.prefix + "/n/")
+                self.written.update({*((f"/p/s{i}", str(8000 + i)) for i in range(4)),
+                                     ("/n/ok", "fine"), ("/k/final", "1")})
                 for i in range(4):
                     c.put(f"{self.prefix}/p/s{i}", str(8000 + i))
                 c.put(self.prefix + "/n/ok", "fine")
@@ -293,27 +302,32 @@ def make_confdir(chaos: Chaos) -> None:
                    f'dest = "{chaos.dest_dir / "raw.out"}"\nkeys = ["/n"]\nmin_keys = 0')
 
 
-# What a dest may hold at any moment: lines of a render of some state etcd held (the values
-# `good_values`, `bad_value`, `compact` and `heal` put, through each template), or lines
-# someone else's file brought (`drift`, all comments). Never a line of a broken template.
+# What a dest may hold at any moment: lines of a render of some state etcd held (through
+# each template: the key and value of a line are one that was put), or lines someone else's
+# file brought (`drift`, all comments). Never a line of a broken template, or a value from
+# another key.
 DEST_LINE = {
-    "list.out": re.compile(r"(s\d|compact|final)(=|: )[0-9.]+|# .*"),
-    "ports.out": re.compile(r"server s\d 127\.0\.0\.1:\d{1,5}|# .*"),
+    "list.out": (re.compile(r"(?P<key>s\d|compact|final)(=|: )(?P<value>[0-9.]+)|# .*"), "/k/"),
+    "ports.out": (re.compile(r"server (?P<key>s\d) 127\.0\.0\.1:(?P<value>\d{1,5})|# .*"),
+                  "/p/"),
 }
 
 
 def strays(chaos: Chaos) -> list[str]:
     """The lines of the watched dests that no render of etcd's states could have written."""
     found = []
-    for name, line_re in DEST_LINE.items():
+    for name, (line_re, section) in DEST_LINE.items():
         try:
             text = (chaos.tmp / name).read_text()
         except FileNotFoundError:  # (gone only while `drift` replaces it)
             continue
         if text and not text.endswith("\n"):
             found.append(f"{name}: no final newline: {text[-80:]!r}")
-        found += [f"{name}: {line!r}" for line in text.splitlines()
-                  if not line_re.fullmatch(line)]
+        for line in text.splitlines():
+            match = line_re.fullmatch(line)
+            if match is None or (match["key"] is not None and (
+                    section + match["key"], match["value"]) not in chaos.written):
+                found.append(f"{name}: {line!r}")
     return found
 
 
