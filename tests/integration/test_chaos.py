@@ -437,6 +437,15 @@ def run_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> 
         wait_for(lambda: probe(base, "/ready")[0] == 200, 30,
                  what=f"/ready 200 after convergence: {probe(base, '/ready')}")
         assert probe(base, "/health")[0] == 200
+        # And it stays so: no late retry, repair or reload rewrites a converged dest.
+        dests = sorted({*chaos.tmp.glob("*.out"), *chaos.dest_dir.glob("*.out"),
+                        *(chaos.disk.glob("*.out") if chaos.disk is not None else ())})
+        before = {d: (d.stat().st_ino, d.stat().st_mtime_ns) for d in dests}
+        time.sleep(3.0)
+        rewritten = [d.name for d in dests if (d.stat().st_ino, d.stat().st_mtime_ns)
+                     != before[d]]
+        assert not rewritten, f"rewritten after convergence: {rewritten}\n{w.output()[-3000:]}"
+        assert converged(chaos)[0] and probe(base, "/ready")[0] == 200
     finally:
         stop_sampling.set()
         if sampling.is_alive():
