@@ -230,6 +230,13 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         convergence = time.monotonic() - healed
         wait_for(lambda: probe(base, "/ready")[0] == 200, timeout=30)
         chaos.file_checks()
+        # And it stays so: no late retry or repair rewrites the file or reloads HAProxy.
+        stat, reloads = stack.cfg.stat(), stack.status().reloads
+        time.sleep(3.0)
+        assert (stack.cfg.stat().st_ino, stack.cfg.stat().st_mtime_ns) == (
+            stat.st_ino, stat.st_mtime_ns), f"rewritten after convergence:\n{watch.output()[-3000:]}"
+        assert stack.status().reloads == reloads, watch.output()[-3000:]
+        assert chaos.served() == chaos.expected()
     finally:
         stop_sampling.set()
         if sampling.is_alive():
