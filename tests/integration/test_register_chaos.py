@@ -69,7 +69,7 @@ CONVERGE_SECONDS = 40.0
 READY_GRACE = 4.5
 # A cluster that lost its quorum: the member left keeps its port open and learns it has no
 # leader only after some election timeouts; the registrar's next keepalive then fails.
-QUORUM_GRACE = 8.0
+QUORUM_GRACE = 10.0
 INTRUDER = "node-x"
 
 
@@ -390,7 +390,7 @@ class Chaos:
         try:
             self.away()
             # Sometimes past the grace, so that what /ready says then is checked too.
-            time.sleep(self.rng.choice([0.0, self.rng.uniform(6.0, 10.0)]))
+            time.sleep(self.rng.choice([0.0, self.rng.uniform(8.0, 12.0)]))
         finally:
             for m in stopped:
                 m.start(wait=False)
