@@ -104,11 +104,14 @@ class Chaos:
         """`fn(client)` through the first member that takes it; nothing when none does (etcd
         down, frozen or without quorum: that is the point)."""
         for m in self.members:
+            c = client(m.endpoint, timeout=timeout)
             try:
-                fn(client(m.endpoint, timeout=timeout))
+                fn(c)
                 return
             except Exception:
                 continue
+            finally:
+                c.close()
 
     def put(self, key: str | bytes, value: str | bytes) -> None:
         if isinstance(key, str) and isinstance(value, str):
