@@ -45,7 +45,7 @@ from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import fill
 from tests.support.etcd_client import client
-from tests.support.etcd_members import replace_in_place
+from tests.support.etcd_members import learned, replace_in_place
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 
@@ -85,6 +85,10 @@ class Chaos:
     variant: str = "eq"
     drifts: dict[str, int] = field(default_factory=dict)  # dest name -> times replaced
     replaced: int = 0  # members replaced by new ones
+    # `watch`'s log, for `replace_member` to see it learn a new member; and whether it did
+    # (a replacement after one it has not learned could leave it no member it knows).
+    watch_output: Callable[[], str] = str
+    may_replace: bool = True
     # Every (key, value) ever put (text ones), recorded before the put is sent: a value in a
     # dest that is not here is one etcd never held.
     written: set[tuple[str, str]] = field(default_factory=set)
@@ -161,9 +165,18 @@ class Chaos:
     def replace_member(self) -> None:
         """A member removed from the cluster and a new one added in its place (new name,
         ports and data dir), as an operator replaces a failed machine."""
+        if not self.may_replace:
+            self.actions.append("(no replace: the last new member not learned)")
+            return
         self.replaced += 1
-        replace_in_place(self.members, self.rng.randrange(len(self.members)),
-                         f"r{self.replaced}")
+        i = self.rng.randrange(len(self.members))
+        replace_in_place(self.members, i, f"r{self.replaced}")
+        url = self.members[i].endpoint
+        try:
+            wait_for(lambda: learned(self.watch_output(), url), 30, interval=0.5,
+                     what=f"watch learning the new member {url}")
+        except AssertionError:
+            self.may_replace = False
 
     def compact(self) -> None:
         def compact(c: Any) -> None:
@@ -387,6 +400,7 @@ def run_chaos(members: list[EtcdMember], rng: random.Random, tmp_path: Path) -> 
                      "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "watch.log",
                      env={"CONFSYNC_ETCD_TIMEOUT": "2s", "CONFSYNC_WATCH_INTERVAL": "10s",
                           "CONFSYNC_WATCH_CONFDIR": str(confdir_watch).lower()})
+    chaos.watch_output = w.output
     samples: list[tuple[float, int, int, bool]] = []  # at, /health, /ready, "not connected"
     stray: list[str] = []  # lines in a dest no state of etcd renders to
     stop_sampling = threading.Event()

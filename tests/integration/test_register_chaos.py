@@ -53,7 +53,7 @@ import pytest
 from tests.support.chaos import chaos_etcd, inject_faults
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
-from tests.support.etcd_members import replace_in_place
+from tests.support.etcd_members import learned, replace_in_place
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_probe import probe
 from tests.support.register import RegisterProcess, write_registration
@@ -207,6 +207,7 @@ class Registrar:
     loaded: dict[str, Reg] = field(default_factory=dict)
     proc: RegisterProcess | None = None
     incarnation: int = 0
+    started_with: str = ""  # the endpoints of its current incarnation
     logs: list[Path] = field(default_factory=list)
     # (start, end) of times it was stopped or restarting: /health cannot answer then.
     paused: list[tuple[float, float]] = field(default_factory=list)
@@ -225,6 +226,7 @@ class Registrar:
             write_registration(self.confdir, reg.name, reg.text())
 
     def start(self, endpoint: str, prefix: str) -> None:
+        self.started_with = endpoint
         self.write_files()
         self.loaded = dict(self.files)
         self.incarnation += 1
@@ -267,6 +269,7 @@ class Chaos:
     etcd_away: list[tuple[float, float, float]] = field(default_factory=list)
     member_away: list[tuple[float, float]] = field(default_factory=list)  # one of a cluster
     replaced: int = 0  # members replaced by new ones
+    may_replace: bool = True  # every registrar knew the last new member
     intruders: set[str] = field(default_factory=set)
     trampled: list[str] = field(default_factory=list)  # other hosts' values we did not keep
     intruded: dict[str, str] = field(default_factory=dict)  # key -> when
@@ -374,11 +377,22 @@ class Chaos:
     def replace_member(self) -> None:
         """A member removed and a new one added in its place (new name, ports, data dir): a
         registrar on it fails over, and restarted ones get the members of now."""
+        if not self.may_replace:
+            self.actions.append("(no replace: the last new member not learned)")
+            return
         self.replaced += 1
         began = time.monotonic()
-        replace_in_place(self.members, self.rng.randrange(len(self.members)),
-                         f"r{self.replaced}")
+        i = self.rng.randrange(len(self.members))
+        replace_in_place(self.members, i, f"r{self.replaced}")
         self.member_away.append((began, time.monotonic()))
+        # The next only once every registrar knows this one (see `learned`).
+        url = self.members[i].endpoint
+        try:
+            wait_for(lambda: all(url in r.started_with.split(",") or learned(r.output(), url)
+                                 for r in self.registrars.values()), 30, interval=0.5,
+                     what=f"the registrars learning the new member {url}")
+        except AssertionError:
+            self.may_replace = False
 
     def lose_quorum(self) -> None:
         """Two of the three members stop: the one left has no leader (no lease is kept or

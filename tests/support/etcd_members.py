@@ -66,3 +66,12 @@ def replace_in_place(members: list[EtcdMember], i: int, name: str) -> bool:
         return False
     members[i] = replace_member(etcdctl, members[i], members, name)
     return True
+
+
+def learned(output: str, url: str) -> bool:
+    """Whether a daemon's log says it knows `url` as a member (its last "etcd members not in
+    etcd.endpoints" line names it). A daemon that knows no member any more cannot find the
+    cluster again (nothing can): a test replaces the next member only once it knows this one,
+    as an operator replacing members one by one with the fleet keeping up."""
+    lines = [line for line in output.splitlines() if "etcd members not in etcd.endpoints:" in line]
+    return bool(lines) and url in lines[-1].split("etcd.endpoints:", 1)[1].split(" (", 1)[0]
