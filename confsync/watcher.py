@@ -249,8 +249,13 @@ class StoreFollower(threading.Thread):
                                       self.generation))
 
     def _degraded(self, reason: str) -> None:
+        """Report the stream lost and wait out the backoff. Each try says why at debug: the
+        loop warns on the first loss only, and a watch down longer than its outage was
+        otherwise a blank in every log (a retry that failed, or one that never ran?)."""
         self._lost(reason)
-        self._stop_event.wait(self.backoff.next())
+        delay = self.backoff.next()
+        log.debug("store follower: %s; trying again in %.1fs", reason, delay)
+        self._stop_event.wait(delay)
 
     def _resume_revision(self) -> int:
         with self._lock:

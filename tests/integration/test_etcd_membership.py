@@ -9,10 +9,7 @@ after the configured ones.
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
+from tests.support.etcd_members import find_etcdctl, remove_member
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess, published, write_registration
@@ -29,29 +27,10 @@ pytestmark = [pytest.mark.etcd]
 
 
 def _etcdctl(etcd_binary: str) -> str:
-    tool = Path(etcd_binary).with_name("etcdctl")
-    found = str(tool) if tool.is_file() else shutil.which("etcdctl")
+    found = find_etcdctl(etcd_binary)
     if found is None:
         pytest.skip(f"no etcdctl next to {etcd_binary}")
     return found
-
-
-def remove_member(etcdctl: str, victim: EtcdMember, through: EtcdMember) -> None:
-    """`etcdctl member remove`, retried while etcd refuses it as unsafe ("unhealthy
-    cluster": its members have not been connected for 5 s yet)."""
-    listed = subprocess.run([etcdctl, "--endpoints", through.endpoint, "member", "list",
-                             "-w", "json"], capture_output=True, text=True, timeout=10, check=True)
-    member_id = next(m["ID"] for m in json.loads(listed.stdout)["members"]
-                     if m["name"] == victim.name)
-    deadline = time.monotonic() + 15
-    while True:
-        done = subprocess.run([etcdctl, "--endpoints", through.endpoint, "member", "remove",
-                               format(member_id, "x")], capture_output=True, text=True,
-                              timeout=10)
-        if done.returncode == 0:
-            return
-        assert time.monotonic() < deadline, done.stderr
-        time.sleep(0.3)
 
 
 def _put(member: EtcdMember, key: str, value: str) -> bool:

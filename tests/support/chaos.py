@@ -1,11 +1,19 @@
 """The seeded fault loop of the chaos tests (`watch`'s and `register`'s): pick a fault by
-weight, inject it, then pause and check the process under test, until the time is up."""
+weight, inject it, then pause and check the process under test, until the time is up; and the
+etcd they run against, one member or a 3-member cluster, picked by the seed."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from tests.support.daemon import wait_for
+from tests.support.etcd_client import has_quorum
+from tests.support.etcd_server import EtcdMember, start_cluster, start_single
 
 
 def inject_faults(rng: random.Random, faults: Mapping[str, Callable[[], object]],
@@ -21,3 +29,21 @@ def inject_faults(rng: random.Random, faults: Mapping[str, Callable[[], object]]
         actions.append(name)
         faults[name]()
         after_each()
+
+
+@contextlib.contextmanager
+def chaos_etcd(binary: str, base: Path, rng: random.Random,
+               cluster_env: str) -> Iterator[list[EtcdMember]]:
+    """One member or a 3-member cluster, half the seeds each (`cluster_env` = 1 or 0 forces
+    it), serving; every member in the list when it ends is stopped (a fault may replace
+    members in it)."""
+    cluster = bool(int(os.environ.get(cluster_env, str(int(rng.random() < 0.5)))))
+    print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
+    members = (start_cluster(binary, base / "cluster") if cluster
+               else [start_single(binary, base / "etcd")])
+    try:
+        wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
+        yield members
+    finally:
+        for m in members:
+            m.stop()
