@@ -770,13 +770,16 @@ class Daemon:
         # its output does not show (another key under its prefix): one INFO line per resource
         # and interval, or per key of a prefix with per-request keys. (The start and a SIGHUP
         # still say it.)
-        quiet = quiet or (outcome.status is UNCHANGED and error is None and not detail
-                          and (changes > 0 or name in self._repairing))
+        # A recovery is said though: a render that failed on a bad value, then found the file
+        # as it was once the value is fixed, left the failure as the journal's last word.
         unsaid: int | None = 0
+        recovered = False
         if error is not None:
             unsaid = self._failures.failed(name, str(error))
         else:
-            self._failures.succeeded(name)
+            recovered = self._failures.succeeded(name)
+        quiet = (quiet or (outcome.status is UNCHANGED and error is None and not detail
+                           and (changes > 0 or name in self._repairing))) and not recovered
         warn: list[bool] = []
         if error is None or error.step not in ("render", "guard"):
             warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])

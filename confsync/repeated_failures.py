@@ -65,9 +65,10 @@ class RepeatedFailures:
         said.unsaid += 1
         return None
 
-    def succeeded(self, name: str) -> None:
-        """An apply of `name` went through: its next failure is a new one."""
-        self._said.pop(name, None)
+    def succeeded(self, name: str) -> bool:
+        """An apply of `name` went through: its next failure is a new one. Whether it was
+        failing (its recovery is to be said, whatever it found)."""
+        return self._said.pop(name, None) is not None
 
     def clear(self) -> None:
         """A configuration reload: every resource's first failure under it is said again."""

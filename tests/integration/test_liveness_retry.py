@@ -272,3 +272,34 @@ def test_a_resource_failing_for_good_logs_its_failure_once_not_at_every_try(
             f"INFO resource {failure}") == 1, f"{failure}:\n{output}"
     assert output.count("DEBUG resource broken: render failed") >= 3, output
     assert w.proc.poll() is None
+
+
+def test_a_recovery_that_finds_the_file_as_it_was_is_said(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A bad value fails the render (ERROR); the value put back renders the file already in
+    place. That "up to date" was a DEBUG line (a change its file does not show), so the
+    journal's last word on the resource stayed the failure while it was well again."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app",
+                   "{% if getv('/k/v') == 'bad' %}{{ getv('/k/missing') }}{% endif %}"
+                   + TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug",
+              "--log-format", "json")
+
+    def records() -> list[dict[str, Any]]:
+        return [r for r in (json.loads(line) for line in w.output().splitlines()
+                            if line.startswith("{")) if r.get("resource") == "app"]
+
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    c.put(prefix + "/k/v", "bad")
+    wait_for(lambda: any(r.get("outcome") == "failed" for r in records()), 20,
+             what="the failure")
+    c.put(prefix + "/k/v", "1")
+    wait_for(lambda: records()[-1].get("outcome") == "unchanged", 20, what="the recovery")
+    failed = max(i for i, r in enumerate(records()) if r.get("outcome") == "failed")
+    after = [r for r in records()[failed + 1:] if r.get("outcome") == "unchanged"]
+    assert after and after[0]["level"] == "info", after
+    assert read(dest) == "value=1\n"
+    assert w.stop() == 0
