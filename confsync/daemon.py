@@ -48,7 +48,7 @@ from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
-from confsync.sync import Syncer
+from confsync.sync import Syncer, rollback_failures_forgotten
 from confsync.targets import ReloadKind, ReloadResult
 from confsync.watcher import (
     Backoff,
@@ -778,6 +778,8 @@ class Daemon:
             unsaid = self._failures.failed(name, str(error))
         else:
             recovered = self._failures.succeeded(name)
+            if recovered:
+                rollback_failures_forgotten(name)
         quiet = (quiet or (outcome.status is UNCHANGED and error is None and not detail
                            and (changes > 0 or name in self._repairing))) and not recovered
         warn: list[bool] = []
@@ -1222,6 +1224,7 @@ class Daemon:
         self.pending_keys.clear()
         self._repairing.clear()
         self._failures.clear()
+        rollback_failures_forgotten()
         self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
