@@ -48,7 +48,7 @@ from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
-from confsync.sync import Syncer
+from confsync.sync import Syncer, rollback_failures_forgotten
 from confsync.targets import ReloadKind, ReloadResult
 from confsync.watcher import (
     Backoff,
@@ -770,13 +770,18 @@ class Daemon:
         # its output does not show (another key under its prefix): one INFO line per resource
         # and interval, or per key of a prefix with per-request keys. (The start and a SIGHUP
         # still say it.)
-        quiet = quiet or (outcome.status is UNCHANGED and error is None and not detail
-                          and (changes > 0 or name in self._repairing))
+        # A recovery is said though: a render that failed on a bad value, then found the file
+        # as it was once the value is fixed, left the failure as the journal's last word.
         unsaid: int | None = 0
+        recovered = False
         if error is not None:
             unsaid = self._failures.failed(name, str(error))
         else:
-            self._failures.succeeded(name)
+            recovered = self._failures.succeeded(name)
+            if recovered:
+                rollback_failures_forgotten(name)
+        quiet = (quiet or (outcome.status is UNCHANGED and error is None and not detail
+                           and (changes > 0 or name in self._repairing))) and not recovered
         warn: list[bool] = []
         if error is None or error.step not in ("render", "guard"):
             warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
@@ -1219,6 +1224,7 @@ class Daemon:
         self.pending_keys.clear()
         self._repairing.clear()
         self._failures.clear()
+        rollback_failures_forgotten()
         self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)

@@ -132,3 +132,15 @@ class ResourceError(ConfsyncError):
         # daemon tries again, as it does a failed check or reload.
         self.retry = retry
         super().__init__(f"resource {resource}: {step} failed: {reason}")
+
+
+class TemplateMissing(ResourceError):
+    """A resource's template file is not there (yet?): a deploy writing conf.d/ before
+    templates/, or a typo in `src` rolled out to every instance. Retried until it appears,
+    and in /ready a configuration error of its file (reported, counted by
+    confsync_config_errors, not failing) as a template with a syntax error is: a typo must
+    not take every instance out of service. `once` and `check` fail the resource (exit 1)."""
+
+    def __init__(self, resource: str, src: str) -> None:
+        super().__init__(resource, "render", f"template file {src} does not exist (yet?)",
+                         retry=True)

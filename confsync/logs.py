@@ -91,6 +91,12 @@ class Repeats:
             self._logged[message] = now
             return True
 
+    def forget(self, prefix: str = "") -> None:
+        """Said anew: the messages starting with `prefix` (all of them by default)."""
+        with self._lock:
+            for message in [m for m in self._logged if m.startswith(prefix)]:
+                del self._logged[message]
+
 
 def escape_controls(text: str) -> str:
     """`text` with every character that is not printable written as its escape (\\n, \\x1b)."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from confsync.confd_funcs import LookupUnavailable, not_json
 from confsync.confd_funcs import register as register_confd_functions
 from confsync.convert.runtime import register as register_converted_runtime
-from confsync.errors import ResourceError
+from confsync.errors import ResourceError, TemplateMissing
 from confsync.filters import VALIDATING_FILTERS, InvalidValue, show_value
 from confsync.mirror import BadValue, Mirror, Value
 from confsync.paths import absolute
@@ -617,9 +617,7 @@ class Renderer:
             # Retried: the file is machine state still to come (a deploy half done, a
             # template deleted before its conf.d file); left out of the set, it waited for a
             # SIGHUP that nothing sent.
-            raise ResourceError(resource.name, "render",
-                                f"template file {resource.src} does not exist (yet?)",
-                                retry=True) from None
+            raise TemplateMissing(resource.name, str(resource.src)) from None
         except OSError as exc:
             raise ResourceError(resource.name, "render",
                                 f"cannot read template {resource.src}: {exc.strerror}") from None

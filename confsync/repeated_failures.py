@@ -9,8 +9,11 @@ the first: /ready and `confsync_applies{outcome="failed"}` say it as long as it 
 
 A failure like the one last logged for the resource is now logged at most once every `every`
 seconds, saying how many were not (DEBUG lines in between); the first failure and one with
-another reason are logged at once. Digits do not make a reason another one: a check's
-output names the staged file (a new attempt number each try) and HAProxy's messages its pid.
+another reason are logged at once. A number standing alone does not make a reason another
+one (a pid, a count, a duration: HAProxy's messages name its pid), nor the pid and attempt
+number of a staged file's name (a check's output names it, a new attempt each try); a number
+that is part of a name does: a key, a server, a host or an address differing only in its
+digits (`server-1`, `server-2`; 10.0.0.1, 10.0.0.2) is another cause, said at once.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EVERY = 300.0  # seconds between two logs of the same failure of one resource
-_DIGITS = re.compile(r"[0-9]+")
+# A staged file's pid and attempt number (applier._staged_name: `.haproxy.cfg.812.37.confsync`).
+_STAGED = re.compile(r"\.[0-9]+\.[0-9]+(?=\.confsync\b)")
+# A number standing alone, with a unit perhaps (`pid 812`, `(812)`, `#3`, `12.5s`, `exited 1`),
+# not one inside a name, path or address (`server-2`, `/pool/2`, `10.0.0.2`, `host:8080`).
+_ALONE = re.compile(r"(?<![\w./:@-])[0-9]+(?:\.[0-9]+)?(?:ms|s)?(?![\w/:@-]|\.[0-9A-Za-z])")
 
 
 def shape(reason: str) -> str:
-    """`reason` with its numbers blanked: what two tries' messages must share to be one."""
-    return _DIGITS.sub("#", reason)
+    """`reason` with its noise blanked: what two tries' messages must share to be one."""
+    return _ALONE.sub("#", _STAGED.sub(".#.#", reason))
 
 
 @dataclass
@@ -58,9 +65,10 @@ class RepeatedFailures:
         said.unsaid += 1
         return None
 
-    def succeeded(self, name: str) -> None:
-        """An apply of `name` went through: its next failure is a new one."""
-        self._said.pop(name, None)
+    def succeeded(self, name: str) -> bool:
+        """An apply of `name` went through: its next failure is a new one. Whether it was
+        failing (its recovery is to be said, whatever it found)."""
+        return self._said.pop(name, None) is not None
 
     def clear(self) -> None:
         """A configuration reload: every resource's first failure under it is said again."""

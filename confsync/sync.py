@@ -66,8 +66,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 # A reload that keeps failing fails back into the previous file at each retry too: said once,
-# then at most every 5 minutes (the failure itself is rate-limited by the daemon).
+# then at most every 5 minutes (the failure itself is rate-limited by the daemon), and anew
+# once the resource went through or the set was reloaded (rollback_failures_forgotten).
 _ROLLBACK_FAILURES = Repeats()
+
+
+def rollback_failures_forgotten(name: str | None = None) -> None:
+    """`name` (every resource by default) applied, or a new set: its next failed reload back
+    into the previous file is said at once, as its failure is (repeated_failures.py)."""
+    _ROLLBACK_FAILURES.forget("" if name is None else f"{name}\0")
 
 
 def _no_beat() -> None:
@@ -526,7 +533,7 @@ class Syncer:
             except Exception as again:
                 why = str(again if isinstance(again, ReloadFailed)
                           else _unexpected(first, "reload", again).reason)
-                log.log(logging.ERROR if _ROLLBACK_FAILURES.due(shape(f"{first.name}: {why}"))
+                log.log(logging.ERROR if _ROLLBACK_FAILURES.due(f"{first.name}\0{shape(why)}")
                         else logging.DEBUG,
                         "resource %s: reload after rollback failed too: %s", first.name, why)
             else:

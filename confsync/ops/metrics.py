@@ -30,6 +30,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from confsync import __version__
+from confsync.errors import TemplateMissing
 from confsync.logs import redact
 from confsync.ops.events import Observer
 from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE, MetricsServer
@@ -65,6 +66,8 @@ class Metrics(Observer):
         self._lock = threading.Lock()
         self._resources: dict[str, Resource] = {}
         self._failing: dict[str, str] = {}  # name -> why its last apply failed
+        # name -> its template file not there (yet?): a config error of its file, not failing.
+        self._template_missing: dict[str, str] = {}
         # resource -> keys its last render left out (refused instance values): /ready detail.
         self._left_out: dict[str, list[str]] = {}
         # resource -> why its last reload step found nothing running (file current, not served).
@@ -272,8 +275,9 @@ class Metrics(Observer):
                 detail["watch_lost"] = self._lost_reason
             # Reported, not failing: the resources that loaded are current, and one bad file
             # rolled out everywhere must not take every instance out of service.
-            if self._config_errors:
-                detail["config_errors"] = list(self._config_errors)
+            if self._config_errors or self._template_missing:
+                detail["config_errors"] = [*self._config_errors,
+                                           *sorted(self._template_missing.values())]
             if self._reload_refused is not None:
                 detail["config_reload_refused"] = self._reload_refused
             return not reasons, detail
@@ -289,6 +293,8 @@ class Metrics(Observer):
             removed = set(self._resources) - {r.name for r in resources}
             self._resources = {r.name: r for r in resources}
             self._failing = {n: w for n, w in self._failing.items() if n in self._resources}
+            self._template_missing = {n: w for n, w in self._template_missing.items()
+                                      if n in self._resources}
             self._left_out = {n: k for n, k in self._left_out.items() if n in self._resources}
             # One that reloads nothing now (its reload action removed by a config reload) has
             # no target that could be down: nothing would ever ask it again to clear this.
@@ -311,6 +317,7 @@ class Metrics(Observer):
             with contextlib.suppress(KeyError):
                 self.target_up.remove(name)
         self.resources_gauge.set(len(resources))
+        self._update_config_errors()  # (a template missing of a resource removed)
         self._update_ready()
 
     def _labelled(self, kind: type[M], name: str, documentation: str, labelnames: list[str],
@@ -389,13 +396,23 @@ class Metrics(Observer):
         self.apply_seconds.labels(name).observe(outcome.seconds)
         failed = outcome.status is Status.FAILED
         with self._lock:
-            if failed:
+            missing = len(self._template_missing)
+            if failed and isinstance(outcome.error, TemplateMissing):
+                # A template not there (yet?): reported as a config error of its file, not
+                # failing, as one with a syntax error is (TemplateMissing).
+                self._template_missing[name] = redact(
+                    f"{resource.source}: {outcome.error.reason}")[:REASON_CAP]
+                self._failing.pop(name, None)
+            elif failed:
+                self._template_missing.pop(name, None)
                 error = outcome.error
                 # (masked as log lines are: /ready may be read by more than the journal)
                 self._failing[name] = (redact(f"{error.step} failed: {error.reason}")[:REASON_CAP]
                                        if error is not None else "failed")
             else:
+                self._template_missing.pop(name, None)
                 self._failing.pop(name, None)
+            missing_changed = missing != len(self._template_missing)
             # What the file in place left out: a failed apply left the previous file.
             if not failed and outcome.warnings:
                 self._left_out[name] = [show_key(w.key) for w in outcome.warnings]
@@ -403,6 +420,8 @@ class Metrics(Observer):
                 self._left_out.pop(name, None)
         if not failed:
             self.values_left_out.labels(name).set(len(outcome.warnings))
+        if missing_changed:
+            self._update_config_errors()
         if failed:
             self.failures.labels(name, step or "unknown").inc()
             self.resource_ok.labels(name).set(0)
@@ -486,7 +505,8 @@ class Metrics(Observer):
 
     def _update_config_errors(self) -> None:
         with self._lock:
-            count = len(self._config_errors) + (self._reload_refused is not None)
+            count = len(self._config_errors) + (self._reload_refused is not None) + \
+                len(self._template_missing)
         self.config_errors_gauge.set(count)
 
     def part_failed(self, part: str, reason: str) -> None:

@@ -272,3 +272,69 @@ def test_a_resource_failing_for_good_logs_its_failure_once_not_at_every_try(
             f"INFO resource {failure}") == 1, f"{failure}:\n{output}"
     assert output.count("DEBUG resource broken: render failed") >= 3, output
     assert w.proc.poll() is None
+
+
+def test_a_recovery_that_finds_the_file_as_it_was_is_said(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A bad value fails the render (ERROR); the value put back renders the file already in
+    place. That "up to date" was a DEBUG line (a change its file does not show), so the
+    journal's last word on the resource stayed the failure while it was well again."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app",
+                   "{% if getv('/k/v') == 'bad' %}{{ getv('/k/missing') }}{% endif %}"
+                   + TEMPLATE, f'dest = "{dest}"\nkeys = ["/k"]\n')
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug",
+              "--log-format", "json")
+
+    def records() -> list[dict[str, Any]]:
+        return [r for r in (json.loads(line) for line in w.output().splitlines()
+                            if line.startswith("{")) if r.get("resource") == "app"]
+
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    c.put(prefix + "/k/v", "bad")
+    wait_for(lambda: any(r.get("outcome") == "failed" for r in records()), 20,
+             what="the failure")
+    c.put(prefix + "/k/v", "1")
+    wait_for(lambda: records()[-1].get("outcome") == "unchanged", 20, what="the recovery")
+    failed = max(i for i, r in enumerate(records()) if r.get("outcome") == "failed")
+    after = [r for r in records()[failed + 1:] if r.get("outcome") == "unchanged"]
+    assert after and after[0]["level"] == "info", after
+    assert read(dest) == "value=1\n"
+    assert w.stop() == 0
+
+
+def test_a_failed_reload_back_is_said_again_when_the_resource_fails_anew(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A reload that fails, and fails again reloading the previous file, leaves the service
+    on neither file: "reload after rollback failed too" is an ERROR. It was rate-limited per
+    resource for 5 minutes whatever happened between, so a resource that recovered and
+    failed that way again within 5 minutes said its new failure, and hid that the reload
+    back failed too (a DEBUG line)."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest, flag, live = tmp_path / "out.conf", tmp_path / "reload-fails", tmp_path / "live"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\n'
+                   f'reload_cmd = ["sh", "-c", "test ! -e {flag} && cp {dest} {live}"]')
+    w = start(watchers, tmp_path, etcd, prefix, None, "--log-level", "debug",
+              "--log-format", "json")
+
+    def back_failed() -> list[str]:
+        return [r["level"] for r in (json.loads(line) for line in w.output().splitlines()
+                                     if line.startswith("{"))
+                if "reload after rollback failed too" in r.get("message", "")]
+
+    wait_for(lambda: read(live) == "value=1\n", 20, what="first render and reload")
+    first_of_each = []
+    for value in ("2", "3"):
+        before = len(back_failed())
+        flag.touch()
+        c.put(prefix + "/k/v", value)
+        wait_for(lambda: len(back_failed()) > before,  # noqa: B023 (waited for here)
+                 20, what="the reload back failing")
+        first_of_each.append(back_failed()[before])
+        flag.unlink()
+        wait_for(lambda: read(live) == f"value={value}\n", 45, what="recovered")  # noqa: B023
+    assert first_of_each == ["error", "error"], back_failed()

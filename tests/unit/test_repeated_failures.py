@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 
 
@@ -79,3 +81,26 @@ def test_a_value_fixed_and_broken_again_or_a_new_one_is_warned_about_at_once() -
     said.due("pool", [BAD])
     said.clear()  # a configuration reload
     assert said.due("pool", [BAD]) == [True]
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    ("render failed: key /svc/pool/server-1: not JSON", "render failed: key /svc/pool/server-2: not JSON"),
+    ("check failed: server 10.0.0.1 cannot be resolved", "check failed: server 10.0.0.2 cannot be resolved"),
+    ("reload failed: /etc/haproxy/pool1.cfg missing", "reload failed: /etc/haproxy/pool2.cfg missing"),
+    ("check failed: cannot bind 127.0.0.1:8080", "check failed: cannot bind 127.0.0.1:8081"),
+])
+def test_a_cause_differing_only_in_the_digits_of_a_name_is_said_at_once(first: str,
+                                                                         then: str) -> None:
+    """The operator fixes server-1: the failure that goes on is server-2's, not the same."""
+    failures = RepeatedFailures(every=300, clock=Clock())
+    assert failures.failed("app", first) == 0
+    assert failures.failed("app", first) is None
+    assert failures.failed("app", then) == 0
+
+
+def test_pids_counts_and_durations_alone_do_not_make_another_failure() -> None:
+    failures = RepeatedFailures(every=300, clock=Clock())
+    assert failures.failed("app", "reload failed: pid 812 exited (reload #3, failed 1) "
+                                  "after 12.5s") == 0
+    assert failures.failed("app", "reload failed: pid 4431 exited (reload #4, failed 2) "
+                                  "after 9.75s") is None

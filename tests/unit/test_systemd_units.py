@@ -143,3 +143,28 @@ def test_a_unit_never_gives_up_on_a_transient_failure(name: str) -> None:
     interval = _seconds(one.get("StartLimitIntervalSec", "10s"))  # systemd's defaults
     burst = int(one.get("StartLimitBurst", "5"))
     assert interval == 0 or interval / restart < burst, (interval, burst, restart)
+
+
+def _drop_in_example(path: Path) -> dict[str, list[str]]:
+    """The directives of the drop-in a unit's header comment suggests (`#   Key=value`)."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        text = line[1:].strip() if line.startswith("#   ") else ""
+        if text and not text.startswith(("#", "[")) and "=" in text:
+            key, value = text.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_register_exec_drop_in_restarts_a_child_killed_outside_a_stop() -> None:
+    """In exec mode `register` exits with its child's status. SuccessExitStatus=143 keeps a
+    `systemctl stop` (the child dies of SIGTERM) from leaving the unit failed, but alone it
+    also made a child SIGTERMed by anyone else a clean exit that Restart=on-failure never
+    restarts: the service down and deregistered for good. Every status made a success must
+    be one that still forces a restart (systemd never restarts a unit asked to stop)."""
+    example = _drop_in_example(UNITS / "confsync-register.service")
+    assert any("--exec" in e for e in example["ExecStart"]), example
+    success = {s for v in example.get("SuccessExitStatus", []) for s in v.split()}
+    forced = {s for v in example.get("RestartForceExitStatus", []) for s in v.split()}
+    assert "143" in success
+    assert success <= forced, (success, forced)
