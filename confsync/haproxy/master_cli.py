@@ -177,8 +177,14 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
             if _IN_PROGRESS not in said:
                 why = _failure(said)
                 break
-            # Refused (3.1+): a reload started after `before` loads. It may have read the
-            # file before it was in place: ours is sent again once that one is done.
+            # Refused (3.1+): another reload loads. One counted after `before` (read after the
+            # file was in place and nothing loaded) began after it, and its worker loads this
+            # file: it is confirmed as ours would be, once loaded. (Sending ours again once it
+            # is done lost to a steady stream of reloads, each sent the moment the last one
+            # had loaded.) One counted before is waited for, then ours is sent again.
+            if wait(lambda retry: show_proc(path, retry_for=retry), 0.1,
+                    True).reloads > before.reloads:
+                break
             if time.monotonic() >= deadline:
                 raise ReloadNotConfirmed(f"reload not sent within {timeout:.0f}s: HAProxy "
                                          "said another reload was still in progress")

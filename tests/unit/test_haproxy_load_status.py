@@ -76,9 +76,12 @@ class Master31:
     """HAProxy 3.1+: `reload` counts at once; the worker is ready `load` seconds later
     (`fails`: it exits instead, and the failed counter goes up then)."""
 
-    def __init__(self, load: float, fails: bool = False, busy_until: float = 0.0) -> None:
+    def __init__(self, load: float, fails: bool = False, busy_until: float = 0.0,
+                 outside_after_show: int = 0) -> None:
         self.reloads, self.failed, self.load, self.fails = 0, 0, load, fails
         self.loaded_at = busy_until  # a reload already loading until then (someone else's)
+        self.outside_after_show = outside_after_show  # someone's SIGUSR2 after that `show proc`
+        self.shows = 0
         self.lock = threading.Lock()
 
     def _settle(self) -> None:
@@ -95,7 +98,12 @@ class Master31:
         with self.lock:
             self._settle()
             if command == "show proc":
-                return show_proc(self.reloads, self.failed)
+                answer = show_proc(self.reloads, self.failed)
+                self.shows += 1
+                if self.shows == self.outside_after_show:
+                    self.reloads += 1
+                    self.loaded_at = time.monotonic() + self.load
+                return answer
             if command == "reload":
                 if time.monotonic() < self.loaded_at:
                     return "Success=0\n--\nAnother reload is still in progress.\n"
@@ -147,6 +155,22 @@ def test_a_reload_under_way_is_waited_for_and_ours_is_still_sent(sockdir: Path) 
         status, _ = reload_confirmed(fake.path, timeout=10.0)
         assert status.reloads == 1 and "reload" in fake.commands
         assert time.monotonic() >= master.loaded_at
+    finally:
+        fake.close()
+
+
+def test_a_reload_refused_for_one_begun_after_the_counters_is_confirmed_by_it(
+        sockdir: Path) -> None:
+    """Someone's reload begins between confsync's reading of the counters and its `reload`,
+    which 3.1+ refuses. That reload began after the file was in place, so it loads it: it is
+    waited for and confirms, and no reload of confsync's is left to come. (Sending ours again
+    once it was done never got through a steady stream of outside reloads.)"""
+    master = Master31(load=0.4, outside_after_show=1)
+    fake = FakeMaster(sockdir / "m.sock", master)
+    try:
+        status, _ = reload_confirmed(fake.path, timeout=10.0)
+        assert time.monotonic() >= master.loaded_at
+        assert status.reloads == 1 and fake.commands.count("reload") == 1
     finally:
         fake.close()
 
