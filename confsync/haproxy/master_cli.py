@@ -11,7 +11,8 @@ confirmed reloads the old file was still serving (and that then failed). So a re
 only once the master's `_loadstatus` (the command behind `reload`'s own answer, since 2.7; it
 waits while a new worker starts) says the load finished; 2.6 does not know it, and needs no
 wait: its master answers only once loaded. A `reload` sent while another one loads is refused
-there ("Another reload is still in progress"): it is sent again once that one is done.
+there ("Another reload is still in progress"): that one confirms it if it began after the file
+was in place, else ours is sent again once it is done.
 """
 
 from __future__ import annotations
