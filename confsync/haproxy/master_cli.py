@@ -37,6 +37,7 @@ _LOCKS_GUARD = threading.Lock()
 # is asked this often (a reload keeps it refusing for up to a second or so; a stop for good).
 WAIT_SLICE = 0.1
 ANSWER_MIN = 5.0  # the least a `reload` sent is given to answer
+REFUSAL_WAIT = 2.0  # how long a `reload`'s answer is read (3.1+ refuses at once; else it acts)
 T = TypeVar("T")
 
 
@@ -145,12 +146,18 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
                 if time.monotonic() >= until:
                     raise
 
-    def answer() -> float:  # what a command that waits for a load may take to answer
+    def answer() -> float:  # what `reload`, once sent, may take to answer (it may have acted)
         return max(ANSWER_MIN, deadline - time.monotonic())
+
+    def loaded(least: float) -> str | None:
+        """load_status, within `timeout` (it only asks: no floor, which held the step, and
+        the daemon's loop, 5 s past reload_timeout per wait)."""
+        return wait(lambda retry: load_status(
+            path, retry_for=retry, timeout=max(0.05, deadline - time.monotonic())), least, sent)
 
     def settled() -> MasterStatus:
         """The counters once no reload is loading (3.1+: one loading is not counted yet)."""
-        wait(lambda retry: load_status(path, retry_for=retry, timeout=answer()), 0.1, sent)
+        loaded(0.1)
         return wait(lambda retry: show_proc(path, retry_for=retry), 0.1, sent)
 
     with _lock(path):
@@ -158,22 +165,23 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
         sent, why = False, None
         # A reload under way (someone else's) is waited for first: 3.1 and later count it
         # before its worker has loaded, and refuse another `reload` until then.
-        wait(lambda retry: load_status(path, retry_for=retry, timeout=answer()),
-             max(2.0, timeout), False)
+        loaded(max(2.0, timeout))
         before = wait(lambda retry: show_proc(path, retry_for=retry), max(2.0, timeout), False)
         start = time.monotonic()
         while trigger is None:
             # The master re-executes and may drop the connection: expected. HAProxy 2.7 and
             # later answer only once the new configuration is loaded: the answer may take up
             # to the whole `timeout` (a fixed 5 s failed, and rolled back, a slow-loading one).
+            # Its answer is not waited for past REFUSAL_WAIT: a refusal comes at once, and what
+            # else it says the counters and `_loadstatus` say too. On 3.1+ an outside reload
+            # landing while ours loads re-executes the master and the answer never comes: it
+            # failed (and rolled back) a reload that the other one, counted after `before`,
+            # loaded. Sent, whether read or not: the counters tell, within `timeout`.
             said = ""
-            try:
-                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                    said = wait(lambda retry: query(
-                        path, "reload", timeout=answer(), retry_for=retry,
-                        idempotent=False), 0.5, False)
-            except TimeoutError as exc:  # sent; whether the master read it, nobody knows
-                raise ReloadNotConfirmed(str(exc)) from None
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError, TimeoutError):
+                said = wait(lambda retry: query(
+                    path, "reload", timeout=min(answer(), REFUSAL_WAIT), retry_for=retry,
+                    idempotent=False), 0.5, False)
             sent = True
             if _IN_PROGRESS not in said:
                 why = _failure(said)
@@ -203,12 +211,12 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
                 status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
                 if status.reloads > before.reloads and status.failed == before.failed:
                     # Counted; on 3.1+ perhaps still loading: confirmed once it has loaded.
-                    why = wait(lambda retry: load_status(path, retry_for=retry,
-                                                         timeout=answer()), 0.1, True) or why
+                    why = loaded(0.1) or why
                     status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
             except SocketUnavailable:
-                raise ReloadNotConfirmed(f"master CLI {path} stopped answering after the "
-                                         "reload") from None
+                raise ReloadNotConfirmed(f"reload not confirmed within {timeout:.0f}s: master "
+                                         f"CLI {path} stopped answering, or HAProxy was still "
+                                         "loading") from None
             if status.pid != before.pid:  # (a reload keeps the pid: the master re-executes)
                 raise MasterGone(f"HAProxy's master stopped before the reload was confirmed "
                                  f"(pid {status.pid} answers now, not {before.pid})")
