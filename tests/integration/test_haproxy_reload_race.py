@@ -195,8 +195,19 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
     patterns = tmp_path / "hosts.lst"
     patterns.write_text("".join(f"^host{i}[a-z]+\\.example\\.(com|org)$\n"
                                 for i in range(PATTERNS // 2)))
+    # This host's time to load the file (a check parses it as a load does): under the
+    # suite's load, HAProxy 3.x's loads (two at once when an outside reload lands during
+    # confsync's) took longer than the fixed 10 s and 15 s allowed.
+    probe = tmp_path / "probe.cfg"
+    probe.write_text("defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n"
+                     f"    timeout connect 1s\nfrontend main\n    bind 127.0.0.1:{free_port()}\n"
+                     f"    http-request deny if {{ hdr(host) -m reg -f {patterns} }}\n")
+    began = time.monotonic()
+    subprocess.run([haproxy_binary, "-c", "-q", "-f", str(probe)], check=True, timeout=120)
+    budget = max(15.0, 12 * (time.monotonic() - began))
     template = tmp_path / "slow.cfg.tmpl"
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", template=template)
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", template=template,
+                         reload_timeout=budget * 2 / 3)
     template.write_text(
         "global\n"
         f"    stats socket {stack.admin} level admin\n"
@@ -242,7 +253,7 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
         thread.start()
         for generation in range(1, 5):
             stack.put("/haproxy/generation", str(generation))
-            watch.wait_log("confirmed in", count=generation, timeout=15)
+            watch.wait_log("confirmed in", count=generation, timeout=budget)
             time.sleep(0.3)
         storm.set()
         thread.join()

@@ -106,6 +106,7 @@ class HAProxyStack:
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     template: Path = TEMPLATE  # the shipped one; tests of other template shapes pass their own
     others: tuple[Path, ...] = ()  # more files HAProxy loads (`-f`) that confsync does not write
+    reload_timeout: float = 10.0  # the resource's, in seconds
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -131,7 +132,7 @@ class HAProxyStack:
             + (f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
                if self.check else "")
             + (f'reload_signal = "SIGUSR2"\npidfile = "{self.pidfile}"\n' if self.signal else "")
-            + 'reload_timeout = "10s"\n'
+            + f'reload_timeout = "{self.reload_timeout:.0f}s"\n'
             "min_keys = 1\n"
             "[haproxy]\n"
             + ("check_server_changes = false\n" if not self.check_server_changes else "")
