@@ -204,7 +204,7 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
                      f"    http-request deny if {{ hdr(host) -m reg -f {patterns} }}\n")
     began = time.monotonic()
     subprocess.run([haproxy_binary, "-c", "-q", "-f", str(probe)], check=True, timeout=120)
-    budget = max(15.0, 12 * (time.monotonic() - began))
+    budget = max(20.0, 25 * (time.monotonic() - began))
     template = tmp_path / "slow.cfg.tmpl"
     stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", template=template,
                          reload_timeout=budget * 2 / 3)
