@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 from tests.support.daemon import WatchProcess, wait_for
 from tests.support.etcd_client import has_quorum
 from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
-from tests.support.haproxy import HAProxyStack
+from tests.support.haproxy import HAProxyStack, find_haproxy
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess
 
@@ -59,10 +58,10 @@ def etcd_private(etcd_binary: str, tmp_path: Path) -> Iterator[EtcdMember]:
 
 @pytest.fixture(scope="session")
 def haproxy_binary() -> str:
-    binary = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    binary = find_haproxy()
     if binary is None:
-        pytest.fail("no haproxy binary: `apt-get install haproxy` (the CI script does)")
+        pytest.fail("no haproxy binary: `apt-get install haproxy` (the CI script does), or "
+                    "CONFSYNC_TEST_HAPROXY names one that is not executable")
     return binary
 
 

@@ -3,11 +3,22 @@
 Measured on 2.6: signals sent while a reload runs can be lost, so reloads are serialised and each
 one is confirmed (the master's reload counter goes up, its failed counter does not) before the
 next is sent. A failed reload (a config that passed `-c` but cannot bind) keeps the old workers.
+
+Since 3.1 the master no longer loads the configuration: it re-executes in milliseconds and counts
+the reload, then the new worker loads the file (seconds for a big one) while the old workers
+serve the old one, and a worker that fails counts as a failed reload only then. The counter alone
+confirmed reloads the old file was still serving (and that then failed). So a reload is confirmed
+only once the master's `_loadstatus` (the command behind `reload`'s own answer, since 2.7; it
+waits while a new worker starts) says the load finished; 2.6 does not know it, and needs no
+wait: its master answers only once loaded. A `reload` sent while another one loads is refused
+there ("Another reload is still in progress"): that one confirms it if it began after the file
+was in place, else ours is sent again once it is done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import threading
 import time
@@ -26,6 +37,7 @@ _LOCKS_GUARD = threading.Lock()
 # is asked this often (a reload keeps it refusing for up to a second or so; a stop for good).
 WAIT_SLICE = 0.1
 ANSWER_MIN = 5.0  # the least a `reload` sent is given to answer
+REFUSAL_WAIT = 2.0  # how long a `reload`'s answer is read (3.1+ refuses at once; else it acts)
 T = TypeVar("T")
 
 
@@ -48,6 +60,32 @@ class MasterStatus:
     # Workers left from earlier reloads ("# old workers"): alive while connections they
     # accepted stay open, or until `hard-stop-after`.
     old_workers: tuple[int, ...] = ()
+
+
+_IN_PROGRESS = "Another reload is still in progress"
+
+
+def _failure(answer: str) -> str | None:
+    """What a `reload` or `_loadstatus` answer (2.7+: `Success=0|1`, `--`, the startup log)
+    says went wrong; None for a success or any other answer."""
+    first, _, log = answer.lstrip().partition("\n")
+    if first.strip() != "Success=0":
+        return None
+    alerts = [line.strip() for line in log.splitlines() if "[ALERT]" in line]
+    return "; ".join(alerts[-3:]) or "the new worker failed to start"
+
+
+def load_status(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> str | None:
+    """Wait until the master's last (re)load has finished: None when it loaded, or when this
+    HAProxy cannot say (2.6, whose master answers only once loaded); else what its startup log
+    says went wrong. On 3.1 and later the answer comes only once the new worker is ready or
+    has failed: `timeout` must allow for loading the configuration. Raises SocketUnavailable
+    as `show_proc` does, also when the master closes without answering (it stopped)."""
+    text = query(path, "_loadstatus", timeout=timeout, retry_for=retry_for)
+    if text.startswith(("Success=", "Unknown command")):
+        return _failure(text)
+    raise SocketUnavailable(errno.ECONNRESET, f"{path}: no answer to `_loadstatus` (master "
+                            f"stopped?): {text[:100]!r}")
 
 
 def show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> MasterStatus:
@@ -108,34 +146,77 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
                 if time.monotonic() >= until:
                     raise
 
+    def answer() -> float:  # what `reload`, once sent, may take to answer (it may have acted)
+        return max(ANSWER_MIN, deadline - time.monotonic())
+
+    def loaded(least: float) -> str | None:
+        """load_status, within `timeout` (it only asks: no floor, which held the step, and
+        the daemon's loop, 5 s past reload_timeout per wait)."""
+        return wait(lambda retry: load_status(
+            path, retry_for=retry, timeout=max(0.05, deadline - time.monotonic())), least, sent)
+
+    def settled() -> MasterStatus:
+        """The counters once no reload is loading (3.1+: one loading is not counted yet)."""
+        loaded(0.1)
+        return wait(lambda retry: show_proc(path, retry_for=retry), 0.1, sent)
+
     with _lock(path):
         deadline = time.monotonic() + timeout
+        sent, why = False, None
+        # A reload under way (someone else's) is waited for first: 3.1 and later count it
+        # before its worker has loaded, and refuse another `reload` until then.
+        loaded(max(2.0, timeout))
         before = wait(lambda retry: show_proc(path, retry_for=retry), max(2.0, timeout), False)
         start = time.monotonic()
-        if trigger is None:
+        while trigger is None:
             # The master re-executes and may drop the connection: expected. HAProxy 2.7 and
             # later answer only once the new configuration is loaded: the answer may take up
             # to the whole `timeout` (a fixed 5 s failed, and rolled back, a slow-loading one).
-            try:
-                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                    wait(lambda retry: query(
-                        path, "reload", timeout=max(ANSWER_MIN, deadline - time.monotonic()),
-                        retry_for=retry, idempotent=False), 0.5, False)
-            except TimeoutError as exc:  # sent; whether the master read it, nobody knows
-                raise ReloadNotConfirmed(str(exc)) from None
-        else:
+            # Its answer is not waited for past REFUSAL_WAIT: a refusal comes at once, and what
+            # else it says the counters and `_loadstatus` say too. On 3.1+ an outside reload
+            # landing while ours loads re-executes the master and the answer never comes: it
+            # failed (and rolled back) a reload that the other one, counted after `before`,
+            # loaded. Sent, whether read or not: the counters tell, within `timeout`.
+            said = ""
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError, TimeoutError):
+                said = wait(lambda retry: query(
+                    path, "reload", timeout=min(answer(), REFUSAL_WAIT), retry_for=retry,
+                    idempotent=False), 0.5, False)
+            sent = True
+            if _IN_PROGRESS not in said:
+                why = _failure(said)
+                break
+            # Refused (3.1+): another reload loads. One counted after `before` (read after the
+            # file was in place and nothing loaded) began after it, and its worker loads this
+            # file: it is confirmed as ours would be, once loaded. (Sending ours again once it
+            # is done lost to a steady stream of reloads, each sent the moment the last one
+            # had loaded.) One counted before is waited for, then ours is sent again.
+            if wait(lambda retry: show_proc(path, retry_for=retry), 0.1,
+                    True).reloads > before.reloads:
+                break
+            if time.monotonic() >= deadline:
+                raise ReloadNotConfirmed(f"reload not sent within {timeout:.0f}s: HAProxy "
+                                         "said another reload was still in progress")
+            before = settled()
+        if trigger is not None:
             try:
                 trigger()
             except ProcessLookupError:  # the process signalled is gone
                 if runs is None or runs():
                     raise
                 raise MasterGone("HAProxy's master stopped before the reload was sent") from None
+            sent = True
         while True:
             try:
                 status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
+                if status.reloads > before.reloads and status.failed == before.failed:
+                    # Counted; on 3.1+ perhaps still loading: confirmed once it has loaded.
+                    why = loaded(0.1) or why
+                    status = wait(lambda retry: show_proc(path, retry_for=retry), 0.1, True)
             except SocketUnavailable:
-                raise ReloadNotConfirmed(f"master CLI {path} stopped answering after the "
-                                         "reload") from None
+                raise ReloadNotConfirmed(f"reload not confirmed within {timeout:.0f}s: master "
+                                         f"CLI {path} stopped answering, or HAProxy was still "
+                                         "loading") from None
             if status.pid != before.pid:  # (a reload keeps the pid: the master re-executes)
                 raise MasterGone(f"HAProxy's master stopped before the reload was confirmed "
                                  f"(pid {status.pid} answers now, not {before.pid})")
@@ -143,6 +224,7 @@ def reload_confirmed(path: Path, trigger: Callable[[], None] | None = None,
                 raise ReloadNotConfirmed(
                     f"HAProxy rejected the new configuration (reload failed, reloads "
                     f"{status.reloads}, failed {status.failed}); the old workers keep serving. "
+                    + (f"HAProxy said: {why}. " if why else "") +
                     "HAProxy's master logs why to its own stderr (`journalctl -u haproxy`); "
                     "what `haproxy -c` accepts fails there most often on a bind or on its "
                     "file-descriptor limit (about twice maxconn)")

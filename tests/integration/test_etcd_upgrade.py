@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bench import etcd_upgrade
 from tests.support.etcd_server import find_etcd
+from tests.support.haproxy import find_haproxy
 
 OLD = os.environ.get("CONFSYNC_TEST_ETCD_OLD", "/usr/bin/etcd")
 NEW = find_etcd() or ""
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+HAPROXY = find_haproxy() or "/usr/sbin/haproxy"
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CONFSYNC_TEST_ETCD_UPGRADE")

@@ -26,12 +26,22 @@ from typing import Any
 
 import pyetcd
 
-from confsync.haproxy.master_cli import MasterStatus, show_proc
+from confsync.haproxy.master_cli import MasterStatus, load_status, show_proc
 from confsync.haproxy.sockets import query
 from tests.support.etcd_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates" / "haproxy" / "templates" / "haproxy.cfg.tmpl"
+
+
+def find_haproxy() -> str | None:
+    """The HAProxy the tests run: `CONFSYNC_TEST_HAPROXY` (to verify another version, say a
+    3.2 built in /tmp: README "Running the tests"), else `haproxy` on PATH, else Debian's."""
+    chosen = os.environ.get("CONFSYNC_TEST_HAPROXY")
+    if chosen:
+        return chosen if os.access(chosen, os.X_OK) else None
+    return shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
 
 
 def http_get(port: int, path: str = "/", host: str | None = None,
@@ -96,6 +106,7 @@ class HAProxyStack:
     signal: bool = False  # trigger reloads by SIGUSR2 to the master (pidfile), not `reload`
     template: Path = TEMPLATE  # the shipped one; tests of other template shapes pass their own
     others: tuple[Path, ...] = ()  # more files HAProxy loads (`-f`) that confsync does not write
+    reload_timeout: float = 10.0  # the resource's, in seconds
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hx")))
     prefix: str = field(default_factory=lambda: f"/t{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
@@ -121,7 +132,7 @@ class HAProxyStack:
             + (f'check_cmd = ["{self.haproxy}", "-c", "-q", "-f", "{{{{src}}}}"]\n'
                if self.check else "")
             + (f'reload_signal = "SIGUSR2"\npidfile = "{self.pidfile}"\n' if self.signal else "")
-            + 'reload_timeout = "10s"\n'
+            + f'reload_timeout = "{self.reload_timeout:.0f}s"\n'
             "min_keys = 1\n"
             "[haproxy]\n"
             + ("check_server_changes = false\n" if not self.check_server_changes else "")
@@ -215,10 +226,13 @@ class HAProxyStack:
         self.start()
 
     def reload_by_signal(self) -> None:
-        """SIGUSR2 to the master, as `systemctl reload haproxy` sends; wait until it took."""
+        """SIGUSR2 to the master, as `systemctl reload haproxy` sends; wait until it took: the
+        counter went up and (3.1+, which counts it before the new worker has loaded) the new
+        worker has loaded."""
         before = self.status()
         os.kill(before.pid, signal.SIGUSR2)
         wait_for(lambda: self.status().reloads > before.reloads, timeout=10)
+        assert load_status(self.master, timeout=10) is None, self.log()
 
     def stop(self) -> None:
         self.halt()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -121,23 +122,31 @@ def test_a_reload_answered_only_once_loaded_is_waited_for_up_to_its_timeout(
     """HAProxy 2.7 and later answer `reload` on the master CLI only once the new configuration
     is loaded. The answer was given a fixed 5 s: a configuration taking longer to load (big
     ACL or map files) failed the reload, and the good file was rolled back, though
-    reload_timeout allowed it."""
+    reload_timeout allowed it. (The answer is now read for REFUSAL_WAIT only; the counters
+    confirm the reload, within reload_timeout.)"""
     from confsync.haproxy.master_cli import reload_confirmed
 
     path = sockdir / "m.sock"
     after = SHOW_PROC.replace("master          3 [failed: 1]", "master          4 [failed: 1]")
+    answers = {"show proc": [SHOW_PROC, after], "reload": ["Success=1\n"],
+               "_loadstatus": ["Success=1\n"]}
 
     def run() -> None:
         with socket.socket(socket.AF_UNIX) as server:
             server.bind(str(path))
             server.listen()
-            for answer, delay in ((SHOW_PROC, 0.0), ("Success=1\n", 5.6), (after, 0.0)):
+            while answers["show proc"]:
                 conn, _ = server.accept()
                 with conn:
-                    while conn.recv(1024):
-                        pass
-                    time.sleep(delay)  # loading the new configuration
-                    conn.sendall(answer.encode())
+                    data = b""
+                    while chunk := conn.recv(1024):
+                        data += chunk
+                    command = data.decode().strip()
+                    if command == "reload":
+                        time.sleep(5.6)  # loading the new configuration
+                    queue = answers[command]
+                    with contextlib.suppress(OSError):  # (confsync stopped reading it)
+                        conn.sendall((queue.pop(0) if len(queue) > 1 else queue[0]).encode())
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
