@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chaos import chaos_etcd, inject_faults
+from tests.support.chaos import call_any, chaos_etcd, inject_faults
 from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.disk import fill
@@ -105,17 +105,7 @@ class Chaos:
         return ",".join(m.endpoint for m in self.members)
 
     def call(self, fn: Callable[[Any], object], timeout: float = 2) -> None:
-        """`fn(client)` through the first member that takes it; nothing when none does (etcd
-        down, frozen or without quorum: that is the point)."""
-        for m in self.members:
-            c = client(m.endpoint, timeout=timeout)
-            try:
-                fn(c)
-                return
-            except Exception:
-                continue
-            finally:
-                c.close()
+        call_any(self.members, fn, timeout)
 
     def put(self, key: str | bytes, value: str | bytes) -> None:
         if isinstance(key, str) and isinstance(value, str):

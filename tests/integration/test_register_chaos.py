@@ -50,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chaos import chaos_etcd, inject_faults
+from tests.support.chaos import call_any, chaos_etcd, inject_faults
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
 from tests.support.etcd_members import learned, replace_in_place
@@ -292,20 +292,7 @@ class Chaos:
         return ",".join(m.endpoint for m in self.members)
 
     def etcd_call(self, fn: Callable[[Any], object]) -> None:
-        """`fn(client)` through the first member that answers (nothing when etcd is down or
-        frozen: that is the point)."""
-        for m in self.members:
-            try:
-                c = client(m.endpoint, timeout=2)
-            except Exception:
-                continue
-            try:
-                fn(c)
-                return
-            except Exception:
-                continue
-            finally:
-                c.close()
+        call_any(self.members, fn)
 
     def pick_key(self) -> str:
         regs = [(r, reg) for r in self.registrars.values() for reg in r.loaded.values()]

@@ -8,11 +8,12 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.support.daemon import wait_for
-from tests.support.etcd_client import has_quorum
+from tests.support.etcd_client import client, has_quorum
 from tests.support.etcd_server import EtcdMember, start_cluster, start_single
 
 
@@ -47,3 +48,21 @@ def chaos_etcd(binary: str, base: Path, rng: random.Random,
     finally:
         for m in members:
             m.stop()
+
+
+def call_any(members: Sequence[EtcdMember], fn: Callable[[Any], object],
+             timeout: float = 2) -> None:
+    """`fn(client)` through the first member that takes it; nothing when none does (etcd
+    down, frozen or without quorum: that is the point of a chaos run)."""
+    for m in members:
+        try:
+            c = client(m.endpoint, timeout=timeout)
+        except Exception:
+            continue
+        try:
+            fn(c)
+            return
+        except Exception:
+            continue
+        finally:
+            c.close()
