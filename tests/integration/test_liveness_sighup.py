@@ -77,7 +77,9 @@ def test_an_edit_that_breaks_a_rendering_resource_is_refused(
     write_resource(cd, "b", "port {{ getv('/b/port') | port }}\n", f'dest = "{b}"\nkeys = ["/b"]')
     write_resource(cd, "c", "{% if %}\n", f'dest = "{new}"\nkeys = ["/c"]')
     w.signal(signal.SIGHUP)
-    w.wait_log("configuration reload refused", count=2)
+    # (30 s: a loaded CI once saw no line for 10 s: the refusal before joins the follower of
+    # the new prefixes, up to 10 s, before the loop takes the next signal)
+    w.wait_log("configuration reload refused", count=2, timeout=30)
     assert "syntax error" in w.output().split("configuration reload refused")[-1]
     # The running set still follows its data.
     c.put(prefix + "/b/port", "9090")

@@ -6,26 +6,16 @@ current, and one bad file rolled out to every instance must not take them all ou
 
 from __future__ import annotations
 
-import re
 import signal
-import urllib.request
 from pathlib import Path
 
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.http_probe import probe
+from tests.support.http_probe import config_errors_gauge, probe
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
-
-
-def _gauge(base: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(r"^confsync_config_errors (\S+)$", text, re.M)
-    assert found, text[-2000:]
-    return float(found.group(1))
 
 
 def test_files_left_out_and_a_refused_reload_are_in_ready_until_mended(
@@ -47,22 +37,22 @@ def test_files_left_out_and_a_refused_reload_are_in_ready_until_mended(
     assert status == 200  # reported, not failing
     (error,) = body["config_errors"]
     assert "late.toml" in error and "template.mode" in error, body
-    assert _gauge(base) == 1
+    assert config_errors_gauge(base) == 1
 
     write_resource(confdir, "late", TEMPLATE, f'dest = "{late}"\nkeys = ["/k"]\n')
     w.signal(signal.SIGHUP)
     wait_for(lambda: read(late) == "value=1\n", 20, what="the mended file loaded")
     wait_for(lambda: "config_errors" not in probe(base, "/ready")[1], 10, what="cleared")
-    assert _gauge(base) == 0
+    assert config_errors_gauge(base) == 0
 
     (confdir / "conf.d" / "bad.toml").write_text("[template\n")
     w.signal(signal.SIGHUP)
     wait_for(lambda: "bad.toml" in probe(base, "/ready")[1].get("config_reload_refused", ""),
              10, what="the refused reload said")
-    assert probe(base, "/ready")[0] == 200 and _gauge(base) == 1
+    assert probe(base, "/ready")[0] == 200 and config_errors_gauge(base) == 1
     (confdir / "conf.d" / "bad.toml").unlink()
     w.signal(signal.SIGHUP)
     wait_for(lambda: "config_reload_refused" not in probe(base, "/ready")[1], 10,
              what="cleared by a good reload")
-    assert _gauge(base) == 0
+    assert config_errors_gauge(base) == 0
     assert w.proc.poll() is None

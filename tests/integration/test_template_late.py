@@ -13,9 +13,7 @@ real `confsync` process.
 
 from __future__ import annotations
 
-import re
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,17 +22,9 @@ from tests.support.cli import confsync, write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.http_probe import probe
+from tests.support.http_probe import config_errors_gauge, probe
 
 TEMPLATE = "value={{ getv('/k/v') }}\n"
-
-
-def _gauge(base: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(r"^confsync_config_errors (\S+)$", text, re.M)
-    assert found, text[-2000:]
-    return float(found.group(1))
 
 
 def _confdir(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -71,7 +61,7 @@ def test_watch_renders_a_template_that_appears_after_start_without_a_sighup(
 
     wait_for(reported_not_failing, 20,
              what=f"/ready 200 with late in config_errors\n{w.output()[-2000:]}")
-    assert _gauge(base) == 1
+    assert config_errors_gauge(base) == 1
     assert probe(base, "/health")[0] == 200 and not late.exists()
 
     (confdir / "templates" / "late.tmpl").write_text(TEMPLATE)
@@ -79,7 +69,7 @@ def test_watch_renders_a_template_that_appears_after_start_without_a_sighup(
     wait_for(lambda: read(late) == "value=1\n", 45,
              what=f"the late template rendered\n{w.output()[-2000:]}")
     wait_for(lambda: probe(base, "/ready")[0] == 200, 10, what="ready")
-    assert "config_errors" not in probe(base, "/ready")[1] and _gauge(base) == 0
+    assert "config_errors" not in probe(base, "/ready")[1] and config_errors_gauge(base) == 0
     client(etcd.endpoint).put(prefix + "/k/v", "2")  # a resource of the set like any other
     wait_for(lambda: read(late) == "value=2\n" and read(good) == "value=2\n", 20,
              what="both follow etcd")

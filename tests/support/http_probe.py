@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -29,3 +30,12 @@ def haproxy_not_running(port: int) -> bool:
     status, body = ready(port)
     return status == 503 and any(str(r).startswith("not running: haproxy")
                                  for r in body.get("reasons", []))
+
+
+def config_errors_gauge(base: str) -> float:
+    """`confsync_config_errors` on /metrics: the conf.d files left out of the running set."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^confsync_config_errors (\S+)$", text, re.M)
+    assert found, text[-2000:]
+    return float(found.group(1))
