@@ -409,9 +409,14 @@ def entry() -> NoReturn:
     if one_shot:
         gc.disable()
     elif argv and argv[0] in LONG_RUNNING_COMMANDS:
+        import faulthandler
+
         from confsync.ops import held_signals
 
         held_signals.hold(stop=True)
+        # A crash in a C extension (gRPC's, see _Client in stores/etcd.py) ended `watch`
+        # without a line: now every thread's stack is in the journal, with the exit status.
+        faulthandler.enable()
     utf8mode.unblock_after_reexec()
     code = main(argv)
     if not one_shot:

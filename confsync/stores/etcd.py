@@ -154,14 +154,54 @@ class _Watcher(pyetcd.watch.Watcher):  # type: ignore[misc]
             callback(error)
 
 
+CLOSED_CHANNEL = "Cannot invoke RPC on closed channel!"  # (gRPC's own words for a call)
+
+
+def _guarded_stub(name: str, stub_class: type) -> property:
+    """The library's lazy stub property, made on an open channel only (see _Client)."""
+
+    def get(self: _Client) -> Any:
+        with self._stubs_lock:
+            stub = self._stubs.get(name)
+            if stub is None:
+                if self.closed:
+                    raise ValueError(CLOSED_CHANNEL)
+                stub = self._stubs[name] = stub_class(self.channel)
+            return stub
+
+    return property(get)
+
+
 class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
     """The library's client with the require-leader metadata on every call, watches included
-    (its watcher takes the client's `metadata`), and a watcher that reports cancelled watches."""
+    (its watcher takes the client's `metadata`), a watcher that reports cancelled watches, and
+    stubs made on an open channel only.
+
+    The library makes each stub at its first use (again after a failover), and gRPC (1.85)
+    ends the process with SIGSEGV when a generated stub is made on a closed channel (a call
+    on one is a ValueError). A thread of a watch session (its position check asking for the
+    members) made its first stub as the main loop closed the session's client: `watch`
+    died, without a line, on a SIGHUP refused while the new prefixes were read. Stubs are
+    made under a lock that close() takes before closing the channels: after it, a ValueError,
+    as a call on a closed channel gives."""
+
+    authstub = _guarded_stub("authstub", pyetcd.etcdrpc.AuthStub)
+    kvstub = _guarded_stub("kvstub", pyetcd.etcdrpc.KVStub)
+    clusterstub = _guarded_stub("clusterstub", pyetcd.etcdrpc.ClusterStub)
+    leasestub = _guarded_stub("leasestub", pyetcd.etcdrpc.LeaseStub)
+    maintenancestub = _guarded_stub("maintenancestub", pyetcd.etcdrpc.MaintenanceStub)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stubs_lock = threading.RLock()  # (the library authenticates in __init__)
+        self.closed = False
         super().__init__(*args, **kwargs)
         token: tuple[tuple[str, str], ...] = getattr(self, "metadata", None) or ()
         self.metadata = (*token, REQUIRE_LEADER)
+
+    def close(self) -> None:
+        with self._stubs_lock:
+            self.closed = True
+        super().close()
 
     def refresh_lease(self, lease_id: int) -> Iterator[Any]:
         """One lease keepalive: the first answer, then the call is cancelled.
@@ -193,8 +233,12 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
             yield response
 
     def get_watcher(self) -> pyetcd.watch.Watcher:
-        return _Watcher(pyetcd.etcdrpc.WatchStub(self.channel), timeout=self.timeout,
-                        call_credentials=self.call_credentials, metadata=self.metadata)
+        with self._stubs_lock:
+            if self.closed:
+                raise ValueError(CLOSED_CHANNEL)
+            stub = pyetcd.etcdrpc.WatchStub(self.channel)
+        return _Watcher(stub, timeout=self.timeout, call_credentials=self.call_credentials,
+                        metadata=self.metadata)
 
 
 class _Endpoint(Endpoint):  # type: ignore[misc]
