@@ -23,6 +23,7 @@ from confsync.errors import (
     EXIT_STORE_UNAVAILABLE,
     ConfigError,
     FileNotReadable,
+    Stopped,
     StoreUnavailable,
 )
 
@@ -391,6 +392,22 @@ def _stdout_never_raises() -> None:
         stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
+def _end_by(signum: int) -> NoReturn:
+    """End the process as the signal's default action would have (a parent sees it killed by
+    `signum`; a shell's status 128+signum), once what was under way has unwound. As PID 1 the
+    kernel does not act on a signal it sent itself without a handler: exit 128+signum then."""
+    import contextlib
+    import signal
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
+
+
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -418,7 +435,10 @@ def entry() -> NoReturn:
         # without a line: now every thread's stack is in the journal, with the exit status.
         faulthandler.enable()
     utf8mode.unblock_after_reexec()
-    code = main(argv)
+    try:
+        code = main(argv)
+    except Stopped as stop:  # stopped while a command ran, which was stopped with us
+        _end_by(stop.signum)
     if not one_shot:
         sys.exit(code)
     logging.shutdown()
