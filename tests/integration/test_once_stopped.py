@@ -59,11 +59,18 @@ def _start(command: str, confdir: Path, etcd: EtcdMember, prefix: str,
                             env=full_env, cwd=REPO)
 
 
-def _slow_script(tmp_path: Path) -> tuple[Path, Path]:
-    script = tmp_path / "slow.sh"
+def _slow_resource(etcd: EtcdMember, tmp_path: Path, prefix: str, dest: Path,
+                   step: str) -> tuple[Path, Path]:
+    """conf.d/app.toml whose `<step>_cmd` (check or reload) is SLOW, and etcd data that
+    renders other than "port 80\n"; (the script, the file it writes its pid to)."""
+    client(etcd.endpoint).put(prefix + "/app/port", "8080")
+    script, pidfile = tmp_path / "slow.sh", tmp_path / "command.pid"
     script.write_text(SLOW)
     script.chmod(0o755)
-    return script, tmp_path / "command.pid"
+    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/app"]\n{step}_cmd = "{script} {pidfile}"\n'
+                   f'{step}_timeout = "10m"')
+    return script, pidfile
 
 
 def _stop_while_running(proc: subprocess.Popen[str], pidfile: Path, signum: int,
@@ -87,15 +94,11 @@ def _staged(directory: Path) -> list[str]:
 def test_once_stopped_in_its_check_takes_the_check_along(
         etcd: EtcdMember, tmp_path: Path, prefix: str, signum: signal.Signals,
         groups: list[int]) -> None:
-    client(etcd.endpoint).put(prefix + "/app/port", "8080")
-    script, pidfile = _slow_script(tmp_path)
     dests = tmp_path / "etc"
     dests.mkdir()
     dest = dests / "app.conf"
     dest.write_text("port 80\n")
-    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/app"]\ncheck_cmd = "{script} {pidfile}"\n'
-                   "check_timeout = \"10m\"")
+    script, pidfile = _slow_resource(etcd, tmp_path, prefix, dest, "check")
     proc = _start("once", tmp_path / "cd", etcd, prefix)
     command, kid, err = _stop_while_running(proc, pidfile, signum, groups)
     assert proc.returncode == -signum, err  # ended by the signal: a shell's 128+signal
@@ -107,14 +110,10 @@ def test_once_stopped_in_its_check_takes_the_check_along(
 
 def test_check_stopped_in_its_check_takes_the_check_along(
         etcd: EtcdMember, tmp_path: Path, prefix: str, groups: list[int]) -> None:
-    client(etcd.endpoint).put(prefix + "/app/port", "8080")
-    script, pidfile = _slow_script(tmp_path)
     temp = tmp_path / "tmp"
     temp.mkdir()
     dest = tmp_path / "app.conf"
-    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/app"]\ncheck_cmd = "{script} {pidfile}"\n'
-                   "check_timeout = \"10m\"")
+    _, pidfile = _slow_resource(etcd, tmp_path, prefix, dest, "check")
     proc = _start("check", tmp_path / "cd", etcd, prefix, env={"TMPDIR": str(temp)})
     command, kid, err = _stop_while_running(proc, pidfile, signal.SIGTERM, groups)
     assert proc.returncode == -signal.SIGTERM, err
@@ -125,13 +124,9 @@ def test_check_stopped_in_its_check_takes_the_check_along(
 
 def test_once_stopped_in_its_reload_takes_the_reload_along_and_owes_it(
         etcd: EtcdMember, tmp_path: Path, prefix: str, groups: list[int]) -> None:
-    client(etcd.endpoint).put(prefix + "/app/port", "8080")
-    script, pidfile = _slow_script(tmp_path)
     dest = tmp_path / "app.conf"
     dest.write_text("port 80\n")
-    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/app"]\nreload_cmd = "{script} {pidfile}"\n'
-                   "reload_timeout = \"10m\"")
+    _, pidfile = _slow_resource(etcd, tmp_path, prefix, dest, "reload")
     proc = _start("once", tmp_path / "cd", etcd, prefix)
     command, kid, err = _stop_while_running(proc, pidfile, signal.SIGTERM, groups)
     assert proc.returncode == -signal.SIGTERM, err
