@@ -208,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from confsync.daemon import run_daemon
             from confsync.ops.wiring import Ops
 
+            if _user_not_known(settings.confdir):  # no directory to lock yet: wait first
+                waited = _wait_for_files(args, settings, "conf.d")
+                if waited is None:
+                    return EXIT_OK
+                settings = waited
             refused, lock = _lock_confdir(settings.confdir, "watch")
             if refused is not None:
                 return refused
@@ -231,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 lock=lock))
         from confsync.oneshot import run_check, run_once
 
+        if _user_not_known(settings.confdir, log_it=True):
+            return EXIT_STORE_UNAVAILABLE  # (transient: tried again by a retry loop)
         if args.command == "once":
             refused, lock = _lock_confdir(settings.confdir, "once")
             if refused is not None:
@@ -312,6 +319,21 @@ def _wait_for_files(args: argparse.Namespace, settings: Settings,
         settings = load_settings(_cli_values(args))
         change_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _user_not_known(confdir: Path, log_it: bool = False) -> bool:
+    """Whether `confdir` is under `~user/` of a user this system does not know yet: `watch`
+    and `register` wait for it (`_wait_for_files`); `once` and `check` exit 3, as for a TLS
+    file not there yet (`log_it`: say so)."""
+    if not str(confdir).startswith("~"):  # expanded at load (the usual case: no import)
+        return False
+    from confsync.confdir_wait import user_not_known
+
+    why = user_not_known(confdir)
+    if why is not None and log_it:
+        log.error("%s; `once` and `check` exit 3 until it does (`watch` and `register` wait "
+                  "for it)", why)
+    return why is not None
 
 
 def _wait_for_config(config: str | None) -> bool:

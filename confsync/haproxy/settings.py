@@ -47,7 +47,7 @@ def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str,
     kwargs: dict[str, Any] = {}
     if "master_socket" in table:
         kwargs["master_socket"] = tv.convert(source, f"{where}.master_socket",
-                                             tv.nonempty_path, table["master_socket"])
+                                             tv.nonempty_late_user_path, table["master_socket"])
         if template.get("reload_cmd"):
             raise ConfigError(source, "give reload_cmd or master_socket, not both (the "
                               "master CLI reloads HAProxy itself)", f"{where}.master_socket")
@@ -60,7 +60,7 @@ def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str,
                                                     tv.boolean, table["check_server_changes"])
     if "runtime_socket" in table:
         kwargs["runtime_socket"] = tv.convert(source, f"{where}.runtime_socket",
-                                              tv.nonempty_path, table["runtime_socket"])
+                                              tv.nonempty_late_user_path, table["runtime_socket"])
     settings = HAProxySettings(**kwargs)
     if (settings.master_socket is None and not template.get("reload_cmd")
             and template.get("reload_signal") is None):
