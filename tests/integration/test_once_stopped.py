@@ -23,6 +23,7 @@ from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import read, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
+from tests.support.pidns import AS_INIT, pid_namespaces_work
 
 pytestmark = pytest.mark.etcd
 
@@ -136,3 +137,37 @@ def test_once_stopped_in_its_reload_takes_the_reload_along_and_owes_it(
     owed = confsync("check", "--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
                     "--prefix", prefix)
     assert owed.returncode == 4 and "its reload is owed" in owed.stdout, owed.stdout + owed.stderr
+
+
+@pytest.mark.skipif(not pid_namespaces_work(),
+                    reason="cannot create a PID namespace here (unshare --pid needs root)")
+def test_once_as_pid1_stopped_in_its_check_exits_143(etcd: EtcdMember, tmp_path: Path,
+                                                     prefix: str) -> None:
+    """As PID 1 of a container without an init the kernel ignores a signal with no handler:
+    a `docker stop` of a `once` in its check waited for the check (or the SIGKILL). Caught
+    while the check runs, it stops; a signal sent to itself is ignored there as well, so it
+    exits 128+15. (The namespace's end takes every process in it: nothing to look for.)"""
+    import psutil
+
+    dest = tmp_path / "app.conf"
+    dest.write_text("port 80\n")
+    _, pidfile = _slow_resource(etcd, tmp_path, prefix, dest, "check")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    proc = subprocess.Popen([*AS_INIT, sys.executable, "-m", "confsync", "once", "--confdir",
+                             str(tmp_path / "cd"), "--endpoints", etcd.endpoint, "--prefix",
+                             prefix], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    init: psutil.Process | None = None
+    try:
+        wait_for(lambda: pidfile.exists() or proc.poll() is not None, 60, what="the check")
+        (init,) = psutil.Process(proc.pid).children()
+        init.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # (PID 1 ignoring SIGTERM outlives unshare's --kill-child)
+            if init is not None:
+                init.kill()
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert dest.read_text() == "port 80\n" and _staged(tmp_path) == [], err
