@@ -131,6 +131,16 @@ def nonempty_late_user_path(value: Any) -> Path:
     return late_user_path(nonempty(value))
 
 
+def nonempty_late_user_path_as_written(value: Any) -> Path:
+    """As `nonempty_late_user_path`, but a relative path stays relative: an HAProxy socket,
+    compared with the `-S` argument HAProxy was started with."""
+    raw = Path(path_text(nonempty(value)))
+    try:
+        return raw.expanduser()
+    except RuntimeError:
+        return raw
+
+
 def string_list(value: Any) -> tuple[str, ...]:
     """A TOML list of strings, or one comma-separated string (the environment's form)."""
     if isinstance(value, str):

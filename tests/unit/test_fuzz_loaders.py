@@ -123,6 +123,12 @@ def test_haproxy_sockets_under_home_are_expanded_at_load(
     assert getattr(settings, key) == tmp_path / "home/run/admin.sock"
 
 
+def test_a_relative_haproxy_socket_stays_as_written(tmp_path: Path) -> None:
+    """(Compared with the `-S` argument HAProxy was started with: not made absolute.)"""
+    _resources(tmp_path, "", '[haproxy]\nmaster_socket = "run/m.sock"')
+    assert _haproxy(load_resources(tmp_path).resources[0]).master_socket == Path("run/m.sock")
+
+
 def test_files_read_to_reach_etcd_under_a_user_not_known_yet_are_read_late(
         tmp_path: Path) -> None:
     """A TLS or password file under `~user` for a user not known yet (created by a package
