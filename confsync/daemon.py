@@ -993,7 +993,7 @@ class Daemon:
             settings = load_settings(self.cli_values)
             unknown = user_not_known(settings.confdir)
             if unknown is not None:  # (a user gone since the start waited for it)
-                raise ConfigError(str(settings.confdir), unknown)
+                raise ConfigError("settings", unknown)
             if not self._lock_confdir(settings.confdir):
                 return False
             state, errors = build_state(settings)

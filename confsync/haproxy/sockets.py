@@ -27,7 +27,7 @@ class SocketUnavailable(OSError):
 
 def _address(path: Path | str) -> str:
     """The socket's path as used now: a `[haproxy]` socket under `~user/` of a user not known
-    yet (kept as written: tomlvalues.late_user_path) is a socket not there yet."""
+    yet (kept as written: haproxy/settings.py) is a socket not there yet."""
     try:
         return str(expand_user(Path(path)))
     except ValueError as exc:
