@@ -83,3 +83,24 @@ def test_watch_with_a_confdir_under_a_user_not_known_yet_starts_once_it_is(
         assert watch.stop() == 0, watch.output()[-2000:]
     finally:
         subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_a_sighup_to_a_confdir_of_a_user_not_known_keeps_the_running_set(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload whose confdir names a user not known (any more) is refused before anything
+    uses the path as written (a relative `~user/...` under the working directory)."""
+    from confsync.daemon import Daemon
+    from confsync.settings import Settings
+
+    data = tmp_path / "data.yaml"
+    data.write_text("k:\n  v: '1'\n")
+    confdir = tmp_path / "cd"
+    write_resource(confdir, "app", TEMPLATE, f'dest = "{tmp_path}/app.conf"\nkeys = ["/k"]\n')
+    daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,)),
+                    {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)]})
+    user = f"cst{uuid.uuid4().hex[:8]}"
+    daemon.cli_values["confdir"] = f"~{user}/cd"
+    assert daemon.reload_config() is False
+    assert daemon.state.settings.confdir == confdir
+    assert (f"configuration reload refused, the running set stays: settings: confdir "
+            f"~{user}/cd: cannot expand '~{user}': no such user") in caplog.text
