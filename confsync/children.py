@@ -11,6 +11,7 @@ the others are reaped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -46,6 +47,20 @@ def done(proc: subprocess.Popen[bytes]) -> None:
     """Its owner has waited for it (or given it up): no longer protected from reaping."""
     with _lock:
         _ours.discard(proc.pid)
+
+
+def exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, without reaping it (it keeps naming its group)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def killpg(pgid: int, signum: int) -> None:
+    """Signal a process group that may be gone (or, set-uid, not ours to signal)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 def is_init() -> bool:

@@ -23,6 +23,7 @@ from confsync.errors import (
     EXIT_STORE_UNAVAILABLE,
     ConfigError,
     FileNotReadable,
+    Stopped,
     StoreUnavailable,
 )
 
@@ -207,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from confsync.daemon import run_daemon
             from confsync.ops.wiring import Ops
 
+            if _user_not_known(settings.confdir):  # no directory to lock yet: wait first
+                waited = _wait_for_files(args, settings, "conf.d")
+                if waited is None:
+                    return EXIT_OK
+                settings = waited
             refused, lock = _lock_confdir(settings.confdir, "watch")
             if refused is not None:
                 return refused
@@ -230,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 lock=lock))
         from confsync.oneshot import run_check, run_once
 
+        if _user_not_known(settings.confdir, log_it=True):
+            return EXIT_STORE_UNAVAILABLE  # (transient: tried again by a retry loop)
         if args.command == "once":
             refused, lock = _lock_confdir(settings.confdir, "once")
             if refused is not None:
@@ -313,6 +321,21 @@ def _wait_for_files(args: argparse.Namespace, settings: Settings,
     return settings
 
 
+def _user_not_known(confdir: Path, log_it: bool = False) -> bool:
+    """Whether `confdir` is under `~user/` of a user this system does not know yet: `watch`
+    and `register` wait for it (`_wait_for_files`); `once` and `check` exit 3, as for a TLS
+    file not there yet (`log_it`: say so)."""
+    if not str(confdir).startswith("~"):  # expanded at load (the usual case: no import)
+        return False
+    from confsync.confdir_wait import user_not_known
+
+    why = user_not_known(confdir)
+    if why is not None and log_it:
+        log.error("%s; `once` and `check` exit 3 until it does (`watch` and `register` wait "
+                  "for it)", why)
+    return why is not None
+
+
 def _wait_for_config(config: str | None) -> bool:
     """Wait while the config file named is missing from an empty directory (a mount not
     made yet at boot: confdir_wait.py); False: stopped meanwhile."""
@@ -391,6 +414,22 @@ def _stdout_never_raises() -> None:
         stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
+def _end_by(signum: int) -> NoReturn:
+    """End the process as the signal's default action would have (a parent sees it killed by
+    `signum`; a shell's status 128+signum), once what was under way has unwound. As PID 1 the
+    kernel does not act on a signal it sent itself without a handler: exit 128+signum then."""
+    import contextlib
+    import signal
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
+
+
 def entry() -> NoReturn:
     """The process's entry point (the console script and `python -m confsync`).
 
@@ -418,7 +457,10 @@ def entry() -> NoReturn:
         # without a line: now every thread's stack is in the journal, with the exit status.
         faulthandler.enable()
     utf8mode.unblock_after_reexec()
-    code = main(argv)
+    try:
+        code = main(argv)
+    except Stopped as stop:  # stopped while a command ran, which was stopped with us
+        _end_by(stop.signum)
     if not one_shot:
         sys.exit(code)
     logging.shutdown()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from confsync import children
+from confsync import children, stop_along
 from confsync.fdlimit import describe
 
 MAX_OUTPUT = 4000  # characters of command output kept in an error
@@ -124,15 +124,25 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     start = time.monotonic()
     out = _output_file(argv[0])
     try:
+        with stop_along.guard() as stop:
+            return _run(argv, timeout, out, start, stop)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _run(argv: Sequence[str], timeout: float, out: IO[bytes] | None, start: float,
+         stop: stop_along.Guard | None) -> CommandResult:
+    try:
+        proc = children.start(argv, stdin=subprocess.DEVNULL,
+                              stdout=out if out is not None else subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return CommandResult(False, None, cannot_run(argv[0], exc), time.monotonic() - start)
+    try:
         try:
-            proc = children.start(argv, stdin=subprocess.DEVNULL,
-                                  stdout=out if out is not None else subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as exc:
-            return CommandResult(False, None, cannot_run(argv[0], exc),
-                                 time.monotonic() - start)
-        try:
-            proc.wait(timeout=timeout)
+            with stop.running(proc, argv) if stop is not None else contextlib.nullcontext():
+                proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -142,11 +152,8 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
                                  f"`{' '.join(argv)}` timed out after {timeout:g}s and was killed"
                                  + (f"; output: {output}" if output else ""),
                                  time.monotonic() - start)
-        finally:
-            children.done(proc)
-        output = _tail(_read_tail(out)) if out is not None else ""
-        return CommandResult(proc.returncode == 0, proc.returncode, output,
-                             time.monotonic() - start)
     finally:
-        if out is not None:
-            out.close()
+        children.done(proc)
+    output = _tail(_read_tail(out)) if out is not None else ""
+    return CommandResult(proc.returncode == 0, proc.returncode, output,
+                         time.monotonic() - start)

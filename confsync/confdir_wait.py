@@ -4,8 +4,9 @@ At boot the confdir (or its `conf.d/`, `register.d/`) may be a mount point not m
 a volume attached late), which shows as an empty directory; config management may not have
 filled `conf.d/` yet. Loading it then found nothing and exited 2, which the shipped units never
 restart (RestartPreventExitStatus=2): the node stayed unmanaged. An empty directory is a state
-of the machine, so `watch` and `register` wait for it to fill, and for a `--config` file
-missing from an empty directory (the shipped units name /etc/confsync/confsync.toml); a path
+of the machine, so `watch` and `register` wait for it to fill, for a `--config` file missing
+from an empty directory (the shipped units name /etc/confsync/confsync.toml), and for the user
+of a confdir under `~user/` the system does not know yet (a package or LDAP adds it); a path
 that does not exist (a typo), or a directory holding other files, is left to the loaders to
 refuse at once.
 """
@@ -16,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from confsync.paths import expand_user
 
 log = logging.getLogger("confsync")
 
@@ -39,8 +42,21 @@ def _empty(directory: Path) -> bool:
         return False
 
 
+def user_not_known(confdir: Path) -> str | None:
+    """Why `confdir` names no directory *yet*: it is under `~user/` of a user this system does
+    not know yet (kept as written: tomlvalues.late_user_path). None when it names one."""
+    try:
+        expand_user(confdir)
+    except ValueError as exc:
+        return f"confdir {confdir}: {exc}"
+    return None
+
+
 def not_there_yet(confdir: Path, subdir: str) -> str | None:
     """Why `confdir`'s files cannot be loaded *yet*; None when there is nothing to wait for."""
+    why = user_not_known(confdir)
+    if why is not None:
+        return why
     if _empty(confdir):
         return f"confdir {confdir} is empty (a mount not made yet?)"
     if _empty(confdir / subdir):
@@ -124,4 +140,5 @@ def wait_until_filled(confdir: Path, subdir: str, stop: Callable[[], bool],
     return wait_until(lambda: not_there_yet(confdir, subdir), stop, poll, settle=confdir)
 
 
-__all__ = ["config_not_there_yet", "not_there_yet", "wait_until", "wait_until_filled"]
+__all__ = ["config_not_there_yet", "not_there_yet", "user_not_known", "wait_until",
+           "wait_until_filled"]

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from confsync import children, confdir_lock
+from confsync.confdir_wait import user_not_known
 from confsync.coverage import Coverage
 from confsync.dest_io import DestIo, IoStuck
 from confsync.drift import DriftGuard
@@ -990,6 +991,9 @@ class Daemon:
         self.observers.reloading_config()
         try:
             settings = load_settings(self.cli_values)
+            unknown = user_not_known(settings.confdir)
+            if unknown is not None:  # (a user gone since the start waited for it)
+                raise ConfigError("settings", unknown)
             if not self._lock_confdir(settings.confdir):
                 return False
             state, errors = build_state(settings)

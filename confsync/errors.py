@@ -32,6 +32,18 @@ class FileNotReadable(ConfigError):
     one the shipped units never restart)."""
 
 
+class Stopped(BaseException):
+    """A signal that ends confsync by its default action arrived while a command ran
+    (confsync/stop_along.py): the command was stopped with it, and this unwinds what was
+    under way (a staged file removed, the confdir lock released) before the CLI ends the
+    process by the same signal. A BaseException, as KeyboardInterrupt: no `except Exception`
+    that turns a failure into a resource's error may keep it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StoreUnavailable(ConfsyncError):
     """The data source could not be reached (or answered with an error). Exit code 3."""
 

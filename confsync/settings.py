@@ -105,7 +105,7 @@ class Settings:
 
 # (attribute path, TOML table, TOML key, converter). The env name is CONFSYNC_<TABLE>_<KEY>.
 _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
-    ("confdir", "", "confdir", tv.path),
+    ("confdir", "", "confdir", tv.late_user_path),
     ("backend", "", "backend", tv.choice(*BACKENDS)),
     ("prefix", "", "prefix", tv.string),
     ("log_level", "", "log_level", tv.choice(*LOG_LEVELS)),
@@ -124,7 +124,7 @@ _SCHEMA: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
     ("etcd.srv_domain", "etcd", "srv_domain", tv.string),
     ("etcd.srv_nameserver", "etcd", "srv_nameserver", tv.listen_address),
     ("etcd.silence_limit", "etcd", "silence_limit", tv.duration),
-    ("file_paths", "file", "paths", tv.paths),
+    ("file_paths", "file", "paths", tv.late_user_paths),
     ("watch.wait_min", "watch", "wait_min", tv.duration),
     ("watch.wait_max", "watch", "wait_max", tv.duration),
     ("watch.interval", "watch", "interval", tv.duration),

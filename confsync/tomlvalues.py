@@ -109,35 +109,17 @@ def path_text(text: str) -> str:
     return text
 
 
-def expanduser(path: Path) -> Path:
-    """`~` and `~user` expanded; a user this system does not know is a ValueError here (pathlib
-    raises RuntimeError, which no loader expects: `~nobodyhere/pid` was a traceback)."""
-    try:
-        return path.expanduser()
-    except RuntimeError:
-        raise ValueError(f"cannot expand {path.parts[0]!r}: no such user, or no home directory, "
-                         f"on this system: {str(path)!r}") from None
-
-
 def nonempty_path_text(value: Any) -> str:
     """A non-empty path as written (no ~ expansion, not made absolute)."""
     return path_text(nonempty(value))
 
 
-def path(value: Any) -> Path:
-    """A file or directory; a relative one is taken from the directory confsync started in."""
-    return absolute(expanduser(Path(path_text(string(value)))))
-
-
-def nonempty_path(value: Any) -> Path:
-    return expanduser(Path(path_text(nonempty(value))))
-
-
 def late_user_path(value: Any) -> Path:
-    """As `path`, but `~user/...` for a user this system does not know yet (one a package
-    creates after confsync starts, one LDAP serves once sssd is up) is kept as written and
-    expanded where it is used (paths.expand_user), failing that use until the user exists,
-    instead of the whole configuration."""
+    """A file or directory; a relative one is taken from the directory confsync started in.
+    `~` and `~user/...` are expanded, but for a user this system does not know yet (one a
+    package creates after confsync starts, one LDAP serves once sssd is up) the path is kept
+    as written and expanded where it is used (paths.expand_user), failing that use until the
+    user exists, instead of the whole configuration."""
     raw = Path(path_text(string(value)))
     try:
         return absolute(raw.expanduser())
@@ -147,6 +129,16 @@ def late_user_path(value: Any) -> Path:
 
 def nonempty_late_user_path(value: Any) -> Path:
     return late_user_path(nonempty(value))
+
+
+def nonempty_late_user_path_as_written(value: Any) -> Path:
+    """As `nonempty_late_user_path`, but a relative path stays relative: an HAProxy socket,
+    compared with the `-S` argument HAProxy was started with."""
+    raw = Path(path_text(nonempty(value)))
+    try:
+        return raw.expanduser()
+    except RuntimeError:
+        return raw
 
 
 def string_list(value: Any) -> tuple[str, ...]:
@@ -160,8 +152,9 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(v for v in items if v)
 
 
-def paths(value: Any) -> tuple[Path, ...]:
-    return tuple(absolute(expanduser(Path(path_text(p)))) for p in string_list(value))
+def late_user_paths(value: Any) -> tuple[Path, ...]:
+    """A list of `late_user_path`s (TOML list, or comma-separated)."""
+    return tuple(late_user_path(p) for p in string_list(value))
 
 
 # Characters a shell treats as operators when unquoted (lists, pipes, redirections, `$(`...`)`,

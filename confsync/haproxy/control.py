@@ -43,6 +43,7 @@ from confsync.haproxy.runtime import (
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable
 from confsync.logs import Repeats
+from confsync.paths import expand_user
 from confsync.processes import boot_clock, find_process, started_at, state
 from confsync.targets import (
     Liveness,
@@ -150,7 +151,10 @@ def find_master(master_socket: Path) -> int | None:
     100,000 regular expressions). None when no such process runs."""
     import psutil
 
-    wanted = str(master_socket)
+    try:
+        wanted = str(expand_user(master_socket))
+    except ValueError:  # a `~user` not known yet: no master can run on a socket there
+        return None
     found = []
     for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid"]):
         info = proc.info
@@ -392,9 +396,9 @@ class HAProxyController(ReloadTarget):
         if worker is None or master is None:
             return None
         try:
-            loaded = master.stat().st_mtime_ns
+            loaded = expand_user(master).stat().st_mtime_ns
             written = self.resource.dest.stat().st_mtime_ns
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: a `~user` not known yet)
             return None
         if loaded >= written:
             return None

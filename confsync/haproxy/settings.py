@@ -35,6 +35,8 @@ class HAProxySettings:
 
 
 _KEYS = ("master_socket", "reload_strategy", "check_server_changes", "runtime_socket")
+# `~user/` of a user not known yet is kept as written: a socket not there yet (sockets.py).
+_SOCKET = tv.nonempty_late_user_path_as_written
 
 
 def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str, Any],
@@ -46,8 +48,8 @@ def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str,
                               f"{where}.{key}")
     kwargs: dict[str, Any] = {}
     if "master_socket" in table:
-        kwargs["master_socket"] = tv.convert(source, f"{where}.master_socket",
-                                             tv.nonempty_path, table["master_socket"])
+        kwargs["master_socket"] = tv.convert(source, f"{where}.master_socket", _SOCKET,
+                                             table["master_socket"])
         if template.get("reload_cmd"):
             raise ConfigError(source, "give reload_cmd or master_socket, not both (the "
                               "master CLI reloads HAProxy itself)", f"{where}.master_socket")
@@ -59,8 +61,8 @@ def parse_settings(source: str, table: Mapping[str, Any], template: Mapping[str,
         kwargs["check_server_changes"] = tv.convert(source, f"{where}.check_server_changes",
                                                     tv.boolean, table["check_server_changes"])
     if "runtime_socket" in table:
-        kwargs["runtime_socket"] = tv.convert(source, f"{where}.runtime_socket",
-                                              tv.nonempty_path, table["runtime_socket"])
+        kwargs["runtime_socket"] = tv.convert(source, f"{where}.runtime_socket", _SOCKET,
+                                              table["runtime_socket"])
     settings = HAProxySettings(**kwargs)
     if (settings.master_socket is None and not template.get("reload_cmd")
             and template.get("reload_signal") is None):

@@ -18,10 +18,20 @@ import time
 from pathlib import Path
 
 from confsync.backoff import Backoff
+from confsync.paths import expand_user
 
 
 class SocketUnavailable(OSError):
     """Nothing answered on the socket within the retry window (HAProxy not running?)."""
+
+
+def _address(path: Path | str) -> str:
+    """The socket's path as used now: a `[haproxy]` socket under `~user/` of a user not known
+    yet (kept as written: haproxy/settings.py) is a socket not there yet."""
+    try:
+        return str(expand_user(Path(path)))
+    except ValueError as exc:
+        raise FileNotFoundError(errno.ENOENT, str(exc)) from None
 
 
 def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float = 2.0,
@@ -45,7 +55,7 @@ def query(path: Path | str, command: str, timeout: float = 5.0, retry_for: float
                                                   max(0.05, deadline - time.monotonic())))
         first = False
         try:
-            sock.connect(str(path))
+            sock.connect(_address(path))
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             sock.close()
             if time.monotonic() >= deadline:

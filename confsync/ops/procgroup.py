@@ -12,23 +12,15 @@ names the group until then, so it cannot be a new process's pid that happens to 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 from collections.abc import Callable
 
 from confsync import children
+from confsync.children import exited, killpg
 
 POLL = 0.02
-
-
-def exited(pid: int) -> bool:
-    """Whether our child `pid` has exited, without reaping it (it keeps naming its group)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 def wait_exited(pid: int, deadline: float,
@@ -55,11 +47,6 @@ def members(pgid: int, leader: int) -> list[int]:
         except (OSError, psutil.Error):
             continue
     return found
-
-
-def killpg(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 def stop_leftovers(leader: int, signum: int, deadline: float,

@@ -151,7 +151,7 @@ class Supervisor(Observer):
         cleaned up (see _reap)."""
         proc = self.proc
         return proc is not None and proc.returncode is None and not (
-            self._leftovers_since is not None and procgroup.exited(proc.pid))
+            self._leftovers_since is not None and children.exited(proc.pid))
 
     @property
     def alive(self) -> bool:
@@ -160,7 +160,7 @@ class Supervisor(Observer):
         which a long render, check or reload puts off: /ready said 200 for as long as a 4 s
         check_cmd ran after the child had died."""
         proc = self.proc
-        return self.running and proc is not None and not procgroup.exited(proc.pid)
+        return self.running and proc is not None and not children.exited(proc.pid)
 
     def start(self) -> None:
         """Start the child (a no-op if one is not reaped yet: alive, or dead with its group
@@ -262,7 +262,7 @@ class Supervisor(Observer):
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        if not self._stopping and procgroup.exited(proc.pid) and not self._group_gone(proc.pid):
+        if not self._stopping and children.exited(proc.pid) and not self._group_gone(proc.pid):
             return  # reaped once what it left in its group is gone
         proc.poll()  # waitpid(child, WNOHANG)
         if proc.returncode is not None:
@@ -284,9 +284,9 @@ class Supervisor(Observer):
             log.warning("exec: pid %d exited leaving %d process(es) of its group (%s); sending "
                         "them %s before it is restarted", pid, len(left),
                         " ".join(map(str, left)), self.policy.stop_signal.name)
-            procgroup.killpg(pid, self.policy.stop_signal)
+            children.killpg(pid, self.policy.stop_signal)
         elif now - self._leftovers_since >= self.policy.stop_timeout:
-            procgroup.killpg(pid, signal.SIGKILL)
+            children.killpg(pid, signal.SIGKILL)
         if children.is_init():
             children.reap_orphans()  # as PID 1 the leftovers are ours to reap
         return False
@@ -374,7 +374,7 @@ class Supervisor(Observer):
                 else:
                     log.warning("exec: pid %d still running after %.0fs; SIGKILL to its "
                                 "process group", proc.pid, timeout)
-                procgroup.killpg(proc.pid, signal.SIGKILL)
+                children.killpg(proc.pid, signal.SIGKILL)
                 proc.kill()  # in case it left its group
             proc.wait()
         if proc is not None and proc.returncode is not None:

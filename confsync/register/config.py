@@ -277,7 +277,7 @@ def parse_registration(path: Path, data: dict[str, Any], prefix: str, hostname: 
         if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN/Infinity
             raise r.error(f"extra.{name}", f"expected a finite number, found {value!r}")
     # "" would be the start directory, which exists: maintenance for good.
-    maintenance = r.get("maintenance_file", lambda v: tv.path(tv.nonempty(v)))
+    maintenance = r.get("maintenance_file", tv.nonempty_late_user_path)
     checks_raw = data.get("check", [])
     if not isinstance(checks_raw, list) or not all(isinstance(c, dict) for c in checks_raw):
         raise r.error("check", "expected [[check]] tables")

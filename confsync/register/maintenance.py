@@ -15,6 +15,7 @@ import logging
 import threading
 from pathlib import Path
 
+from confsync.paths import expand_user
 from confsync.register import lease_clock
 
 log = logging.getLogger("confsync.register")
@@ -77,7 +78,9 @@ class MaintenanceLookup:
             with self._lock:
                 self._asking_since = lease_clock.now()
             try:
-                answer: tuple[bool | None, str | None] = (self.path.exists(), None)
+                # (A `~user` not known yet, ValueError: cannot be told, as an unsearchable
+                # directory; the file may be in a home directory LDAP cannot name for now.)
+                answer: tuple[bool | None, str | None] = (expand_user(self.path).exists(), None)
             except (OSError, ValueError) as exc:  # a directory on the way we may not search
                 answer = (None, getattr(exc, "strerror", None) or str(exc))
             with self._lock:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from confsync.errors import StoreUnavailable
+from confsync.paths import expand_user
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,18 @@ def _yaml_load(raw: bytes) -> Any:
     return yaml.load(raw, Loader=Loader)  # a SafeLoader
 
 
+def _expanded(path: Path) -> Path:
+    """A data file's path as used now: `~user` of a user not known yet (kept as written by
+    tomlvalues.late_user_path) is a file that cannot be read yet, as a missing one."""
+    try:
+        return expand_user(path)
+    except ValueError as exc:
+        raise StoreUnavailable(f"file backend: cannot read {path}: {exc}") from None
+
+
 def read_data_file(path: Path) -> dict[str, bytes]:
     try:
-        raw = path.read_bytes()
+        raw = _expanded(path).read_bytes()
     except OSError as exc:
         raise StoreUnavailable(f"file backend: cannot read {path}: {exc.strerror}") from None
     try:
@@ -170,7 +180,7 @@ class FileStore:
         # ..data to a directory that each update replaces (a new one, a rename of ..data, the
         # old one deleted), so a watch of the resolved directory goes deaf after one update.
         # A symlink to a file elsewhere gets that directory watched as well.
-        given = {Path(os.path.abspath(p)) for p in self._paths}
+        given = {Path(os.path.abspath(_expanded(p))) for p in self._paths}
         named = {str(p.parent) for p in given}
         directories = named | {
             str(p.resolve().parent) for p in given if p.resolve().parent.is_dir()}

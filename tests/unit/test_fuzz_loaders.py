@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from confsync.errors import ConfigError, StoreUnavailable
+from confsync.haproxy.settings import HAProxySettings
 from confsync.register.config import load_registrations
-from confsync.resources import load_resources
+from confsync.resources import Resource, load_resources
 from confsync.settings import load_settings
 from confsync.stores.file import read_data_file
 
@@ -32,6 +33,11 @@ def _resources(tmp_path: Path, body: str, extra: str = "") -> tuple[list[str], t
     return [r.name for r in loaded.resources], loaded.errors
 
 
+def _haproxy(resource: Resource) -> HAProxySettings:
+    assert resource.plugin is not None and isinstance(resource.plugin.settings, HAProxySettings)
+    return resource.plugin.settings
+
+
 def _register(tmp_path: Path, body: str) -> None:
     (tmp_path / "register.d").mkdir()
     (tmp_path / "register.d" / "web.toml").write_text(
@@ -42,33 +48,85 @@ def _register(tmp_path: Path, body: str) -> None:
 # -- `~user` of a user the system does not have ---------------------------------------------
 
 
-@pytest.mark.parametrize("toml,env,key", [
-    (f'confdir = "{NO_USER}/etc"', {}, "confdir"),
-    ("", {"CONFSYNC_FILE_PATHS": f"/tmp/a.yaml,{NO_USER}/b.yaml"}, "CONFSYNC_FILE_PATHS"),
+@pytest.mark.parametrize("toml,env", [
+    (f'confdir = "{NO_USER}/etc"', {}),
+    ("", {"CONFSYNC_FILE_PATHS": f"/tmp/a.yaml,{NO_USER}/b.yaml"}),
 ])
-def test_settings_with_an_unknown_users_home_are_config_errors(tmp_path: Path, toml: str,
-                                                               env: dict[str, str],
-                                                               key: str) -> None:
-    # Before: RuntimeError "Could not determine home directory." out of load_settings: a
-    # traceback at start, and at SIGHUP a reload refused as an "unexpected error".
+def test_settings_with_an_unknown_users_home_load(tmp_path: Path, toml: str,
+                                                  env: dict[str, str]) -> None:
+    # Before: a RuntimeError traceback out of load_settings, then a ConfigError (exit 2,
+    # never restarted). Now kept as written, for each use to expand (tests below).
     cfg = tmp_path / "confsync.toml"
     cfg.write_text(toml + "\n")
-    with pytest.raises(ConfigError, match=rf"{key}: cannot expand '{NO_USER}': no such user"):
-        load_settings({"config": str(cfg)}, env)
+    settings = load_settings({"config": str(cfg)}, env)
+    assert NO_USER in (str(settings.confdir) if toml else str(settings.file_paths[1]))
 
 
-@pytest.mark.parametrize("body,extra,key", [
-    ("", f'[haproxy]\nmaster_socket = "{NO_USER}/m.sock"', "haproxy.master_socket"),
-    ("", f'[haproxy]\nmaster_socket = "/m.sock"\nruntime_socket = "{NO_USER}/s"',
-     "haproxy.runtime_socket"),
-])
-def test_resource_paths_with_an_unknown_users_home_fail_that_file_only(
-        tmp_path: Path, body: str, extra: str, key: str) -> None:
-    # Before: the RuntimeError left load_resources: no resource rendered at all.
-    names, errors = _resources(tmp_path, body, extra)
-    assert names == ["good"]
-    (error,) = errors
-    assert f"bad.toml: {key}: cannot expand '{NO_USER}': no such user" in error
+def test_a_confdir_under_a_user_not_known_yet_is_waited_for(tmp_path: Path) -> None:
+    """`watch` and `register` wait for it as for a confdir not mounted yet; `once` exits 3."""
+    from confsync.confdir_wait import not_there_yet
+
+    cfg = tmp_path / "confsync.toml"
+    cfg.write_text(f'confdir = "{NO_USER}/etc"\n')
+    confdir = load_settings({"config": str(cfg)}, {}).confdir
+    assert confdir == Path(f"{NO_USER}/etc")
+    why = not_there_yet(confdir, "conf.d")
+    assert why == f"confdir {NO_USER}/etc: cannot expand '{NO_USER}': no such user on this " \
+                  "system (yet?)"
+
+
+def test_a_data_file_under_a_user_not_known_yet_cannot_be_read_yet(tmp_path: Path) -> None:
+    """As a data file not there yet: the store is unavailable (`watch` retries, `once` 3)."""
+    from confsync.stores.file import FileStore
+
+    with pytest.raises(StoreUnavailable, match=rf"cannot read {NO_USER}/b.yaml: cannot expand "
+                                               rf"'{NO_USER}': no such user"):
+        FileStore([Path(f"{NO_USER}/b.yaml")]).snapshot(["/"])
+
+
+def test_haproxy_sockets_under_a_user_not_known_yet_are_sockets_not_there_yet(
+        tmp_path: Path) -> None:
+    # Before: that conf.d file failed to load (left out of `watch` until a SIGHUP).
+    import errno
+
+    from confsync.haproxy.control import find_master
+    from confsync.haproxy.sockets import SocketUnavailable, query
+
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "t.tmpl").write_text("x\n")
+    (tmp_path / "conf.d" / "h.toml").write_text(
+        f'[template]\nsrc = "t.tmpl"\ndest = "{tmp_path}/out"\nkeys = ["/a"]\n'
+        f'[haproxy]\nmaster_socket = "{NO_USER}/m.sock"\nruntime_socket = "{NO_USER}/s"\n')
+    loaded = load_resources(tmp_path)
+    assert loaded.errors == ()
+    (resource,) = loaded.resources
+    settings = _haproxy(resource)
+    assert (settings.master_socket, settings.runtime_socket) == (
+        Path(f"{NO_USER}/m.sock"), Path(f"{NO_USER}/s"))
+    with pytest.raises(SocketUnavailable, match=rf"cannot expand '{NO_USER}'") as raised:
+        query(settings.master_socket, "show proc", retry_for=0.0)
+    assert raised.value.errno == errno.ENOENT
+    assert find_master(settings.master_socket) is None
+
+
+@pytest.mark.parametrize("key", ["master_socket", "runtime_socket"])
+def test_haproxy_sockets_under_home_are_expanded_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    names, errors = _resources(tmp_path, "", f'[haproxy]\nmaster_socket = "/m.sock"\n'
+                               f'{key} = "~/run/admin.sock"'
+                               if key == "runtime_socket" else
+                               f'[haproxy]\n{key} = "~/run/admin.sock"')
+    assert names == ["bad", "good"] and errors == ()
+    settings = _haproxy(load_resources(tmp_path).resources[0])
+    assert getattr(settings, key) == tmp_path / "home/run/admin.sock"
+
+
+def test_a_relative_haproxy_socket_stays_as_written(tmp_path: Path) -> None:
+    """(Compared with the `-S` argument HAProxy was started with: not made absolute.)"""
+    _resources(tmp_path, "", '[haproxy]\nmaster_socket = "run/m.sock"')
+    assert _haproxy(load_resources(tmp_path).resources[0]).master_socket == Path("run/m.sock")
 
 
 def test_files_read_to_reach_etcd_under_a_user_not_known_yet_are_read_late(
@@ -103,11 +161,25 @@ def test_a_pidfile_under_a_user_not_known_yet_is_no_target_until_it_is(
     assert pidfile_pid(Path(f"{NO_USER}/a.pid"), None) is None
 
 
-def test_a_maintenance_file_under_an_unknown_users_home_is_a_config_error(
+def test_a_maintenance_file_under_a_user_not_known_yet_cannot_be_told(
         tmp_path: Path) -> None:
-    # Before: RuntimeError traceback out of `confsync register`.
-    with pytest.raises(ConfigError, match=r"web\.toml: maintenance_file: cannot expand"):
-        _register(tmp_path, f'maintenance_file = "{NO_USER}/m"')
+    """Before: a configuration error (exit 2). Now the registration loads, and whether the file
+    exists cannot be told until the user does, as for a directory that cannot be searched:
+    the last known state is kept, and the registration's state says why."""
+    from confsync.register.maintenance import MaintenanceLookup
+
+    (tmp_path / "register.d").mkdir()
+    (tmp_path / "register.d" / "web.toml").write_text(
+        f'service = "web"\nport = 8080\naddress = "10.0.0.1"\nmaintenance_file = "{NO_USER}/m"\n')
+    (registration,) = load_registrations(tmp_path, "", "h1", lambda: "10.0.0.1")
+    assert registration.maintenance_file == Path(f"{NO_USER}/m")
+    lookup = MaintenanceLookup(registration.maintenance_file).start()
+    try:
+        lookup.first(30)
+        assert lookup.look(0.0) == (None, f"cannot expand '{NO_USER}': no such user on this "
+                                          "system (yet?)")
+    finally:
+        lookup.stop()
 
 
 # -- a path the OS refuses to look up (ENAMETOOLONG; EACCES alike for a non-root confsync) ----
