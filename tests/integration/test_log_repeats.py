@@ -1,0 +1,70 @@
+"""What a real `confsync watch` logs of a failure that changes cause and of a flapping value,
+against real etcd (the pure logic: tests/unit/test_repeated_failures.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.etcd_client import client
+from tests.support.etcd_server import EtcdMember
+
+# `bad`: a missing key; `worse`: a value its filter refuses; anything else renders.
+TEMPLATE = ("{% set v = getv('/k/v') %}{% if v == 'bad' %}{{ getv('/k/missing') }}"
+            "{% elif v == 'worse' %}{{ v | port }}{% endif %}value={{ v }}\n")
+
+
+def test_a_new_cause_says_the_old_ones_count_and_a_flapping_value_is_summarized(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A failure that changed cause dropped the count of the old one's unlogged repeats; a
+    value flapping between good and bad logged an ERROR and an INFO at every flap, forever.
+    Now the new cause's line says the old count, and past three failures in five minutes a
+    summary is logged, then nothing more at INFO or above while the flapping goes on."""
+    c = client(etcd.endpoint)
+    c.put(prefix + "/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\nwait_min = "0s"\n')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--log-level", "debug", "--log-format", "json",
+                     log=tmp_path / "watch.log")
+    watchers.append(w)
+
+    def records() -> list[dict[str, Any]]:
+        return [r for r in (json.loads(line) for line in w.output().splitlines()
+                            if line.startswith("{"))
+                if r.get("resource") == "app" and "outcome" in r]
+
+    def put(key: str, value: str) -> dict[str, Any]:
+        """Put, and wait for the apply it causes: its record."""
+        before = len(records())
+        c.put(prefix + key, value)
+        wait_for(lambda: len(records()) > before, 20, what=f"the apply of {key}={value}\n"
+                 f"{w.output()[-3000:]}")
+        return records()[-1]
+
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    assert put("/k/v", "bad")["level"] == "error"
+    for n in range(2):  # the same failure at two more data changes: not logged
+        assert put("/k/other", str(n))["level"] == "debug"
+    worse = put("/k/v", "worse")
+    assert worse["level"] == "error" and worse["previous_unlogged_failures"] == 2, worse
+    assert "(the previous failure, render failed:" in worse["message"], worse
+    assert "/k/missing not found" in worse["message"], worse
+    assert "repeated 2 times unlogged)" in worse["message"], worse
+
+    levels = []
+    for _ in range(6):  # a value flapping: good, bad, good, bad ...
+        levels += [put("/k/v", "1")["level"], put("/k/v", "bad")["level"]]
+    # The failures at "bad" and "worse" switched once (the first recovery is the flap's
+    # first); then two more recoveries and failures are said, the next is the summary ...
+    assert levels[:6] == ["info", "error", "info", "error", "info", "error"], levels
+    summary = records()[-7]
+    assert "failing intermittently: 4 failures, 3 recoveries in the last" in \
+        summary["message"] and "last: render failed:" in summary["message"], summary
+    # ... and nothing more at INFO or above while it goes on (it was 2 lines a flap).
+    assert levels[6:] == ["debug"] * 6, levels
+    assert w.proc.poll() is None
