@@ -1234,7 +1234,7 @@ class Daemon:
         self.planner.clear()
         self.pending_keys.clear()
         self._repairing.clear()
-        self._failures.clear()
+        self._failures.clear(names)
         rollback_failures_forgotten()
         self._left_out_said.clear()
         self.drift.keep(names)

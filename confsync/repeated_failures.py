@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 EVERY = 300.0  # seconds between two logs of the same failure of one resource
@@ -70,6 +70,7 @@ class _Said:
     reason: str
     at: float  # when it was last logged
     unsaid: int = 0  # retries that failed the same way since
+    again: bool = False  # a configuration reload: its next failure is said, whatever it is
 
 
 @dataclass
@@ -128,6 +129,10 @@ class RepeatedFailures:
             if state.flap is not None:
                 said.shape, said.reason = new, reason
                 return None  # (a failure that lasts is said by `settled`)
+            if said.again:
+                state.failing = _Said(new, reason, now)
+                return Said(said.unsaid) if said.shape == new else \
+                    Said(before=said.reason, before_unsaid=said.unsaid)
             if said.shape != new:
                 state.failing = _Said(new, reason, now)
                 return Said(before=said.reason, before_unsaid=said.unsaid) if said.unsaid \
@@ -179,9 +184,17 @@ class RepeatedFailures:
                 del self._state[name]
         return out
 
-    def clear(self) -> None:
-        """A configuration reload: every resource's first failure under it is said again."""
-        self._state.clear()
+    def clear(self, keep: Collection[str] = ()) -> None:
+        """A configuration reload: every resource's first failure under it is said again
+        (a flapping one's as a summary: the switches of the last `every` of those in `keep`,
+        the new set, are kept, or each SIGHUP of a deploy would say three flaps one by one
+        again)."""
+        for name in [n for n in self._state if n not in keep]:
+            del self._state[name]
+        for state in self._state.values():
+            state.flap = None
+            if state.failing is not None:
+                state.failing.again = True
 
     def __len__(self) -> int:
         return len(self._state)

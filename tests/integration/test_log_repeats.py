@@ -4,6 +4,7 @@ against real etcd (the pure logic: tests/unit/test_repeated_failures.py)."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -67,4 +68,11 @@ def test_a_new_cause_says_the_old_ones_count_and_a_flapping_value_is_summarized(
         summary["message"] and "last: render failed:" in summary["message"], summary
     # ... and nothing more at INFO or above while it goes on (it was 2 lines a flap).
     assert levels[6:] == ["debug"] * 6, levels
+    # A SIGHUP (a deploy) says the next failure again at once, as a summary: not as three
+    # more flaps one by one.
+    w.signal(signal.SIGHUP)
+    w.wait_log("configuration reloaded", timeout=20)
+    put("/k/v", "1")
+    again = put("/k/v", "bad")
+    assert again["level"] == "error" and "failing intermittently" in again["message"], again
     assert w.proc.poll() is None

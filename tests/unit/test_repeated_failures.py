@@ -52,9 +52,29 @@ def test_a_new_reason_another_resource_and_a_success_are_said_at_once() -> None:
 def test_a_configuration_reload_says_each_failure_again() -> None:
     failures = RepeatedFailures(every=300, clock=Clock())
     failures.failed("app", "check failed")
+    failures.failed("gone", "check failed")
     assert failures.failed("app", "check failed") is None
-    failures.clear()
-    assert failures.failed("app", "check failed") == FIRST
+    failures.clear(keep={"app"})
+    assert len(failures) == 1  # nothing kept of a resource the new set has not
+    assert failures.failed("app", "check failed") == Said(1)  # with the count not logged
+    assert failures.failed("app", "check failed") is None
+    failures.clear(keep={"app"})
+    assert failures.failed("app", "reload failed") == Said(before="check failed",
+                                                           before_unsaid=1)
+    failures.clear(keep={"app"})
+    assert failures.succeeded("app") is True  # the reload fixed it: said
+
+
+def test_a_configuration_reload_says_a_flapping_failure_again_as_a_summary() -> None:
+    """A SIGHUP (a deploy) while a value flaps: the switches of the last five minutes are
+    kept, so the first failure under the new set is said at once as a summary, not as three
+    more failures and recoveries one by one."""
+    clock = Clock()
+    failures = RepeatedFailures(every=300, clock=clock, flaps=3, settle=30)
+    flap(failures, clock, 6)
+    failures.clear(keep={"app"})
+    assert flap(failures, clock, 2) == [Said(failures=7, recoveries=6, over=12.0), False,
+                                        None, False]
 
 
 BAD = "key /s/b: expected a port number 1-65535, found 0; left out"
