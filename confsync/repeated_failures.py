@@ -81,11 +81,15 @@ class _Flap:
     since: float
     failures: int
     recoveries: int
+    due: bool = False  # said at its next failure, whenever (a configuration reload)
 
     def said(self, now: float) -> Said:
         said = Said(failures=self.failures, recoveries=self.recoveries, over=now - self.since)
-        self.since, self.failures, self.recoveries = now, 0, 0
+        self.since, self.failures, self.recoveries, self.due = now, 0, 0, False
         return said
+
+    def said_if_due(self, now: float, every: float) -> Said | None:
+        return self.said(now) if self.due or now - self.since >= every else None
 
 
 @dataclass
@@ -128,7 +132,8 @@ class RepeatedFailures:
         if said is not None:  # failing still: a retry, or a data change
             if state.flap is not None:
                 said.shape, said.reason = new, reason
-                return None  # (a failure that lasts is said by `settled`)
+                # (A failure that lasts is said by `settled`.)
+                return state.flap.said(now) if state.flap.due else None
             if said.again:
                 state.failing = _Said(new, reason, now)
                 return Said(said.unsaid) if said.shape == new else \
@@ -149,7 +154,7 @@ class RepeatedFailures:
         state.onsets.append(now)
         if state.flap is not None:
             state.flap.failures += 1
-            return state.flap.said(now) if now - state.flap.since >= self.every else None
+            return state.flap.said_if_due(now, self.every)
         if len(state.onsets) > self.flaps:
             state.flap = _Flap(state.onsets[0], len(state.onsets), len(state.onsets) - 1)
             return state.flap.said(now)
@@ -185,15 +190,16 @@ class RepeatedFailures:
         return out
 
     def clear(self, keep: Collection[str] = ()) -> None:
-        """A configuration reload: every resource's first failure under it is said again
-        (a flapping one's as a summary: the switches of the last `every` of those in `keep`,
-        the new set, are kept, or each SIGHUP of a deploy would say three flaps one by one
-        again)."""
+        """A configuration reload: every resource's first failure under it is said again,
+        a flapping one's as a summary (its switches are kept, or each SIGHUP of a deploy
+        would say three flaps one by one again, and each recovery between). Resources not in
+        `keep`, the new set, are forgotten."""
         for name in [n for n in self._state if n not in keep]:
             del self._state[name]
         for state in self._state.values():
-            state.flap = None
-            if state.failing is not None:
+            if state.flap is not None:
+                state.flap.due = True
+            elif state.failing is not None:
                 state.failing.again = True
 
     def __len__(self) -> int:

@@ -69,8 +69,8 @@ def failure_line(error: str, prefix: str, said: Said) -> tuple[str, dict[str, ob
     """A failure's line (`error` starts with `prefix`, the resource's name) and the event
     fields that say the same."""
     if said.failures:
-        return (f"{prefix}failing intermittently: {said.failures} failures, {said.recoveries} "
-                f"recoveries in the last {span(said.over)}; last: {error.removeprefix(prefix)}"
+        return (f"{prefix}failing intermittently: {switches(said)}; last: "
+                f"{error.removeprefix(prefix)}"
                 " (said at most every 5 minutes until it stays well or failing)",
                 {"intermittent_failures": said.failures,
                  "intermittent_recoveries": said.recoveries})
@@ -82,6 +82,12 @@ def failure_line(error: str, prefix: str, said: Said) -> tuple[str, dict[str, ob
         return (f"{error} (and {said.unsaid} more times since it was last logged)",
                 {"unlogged_failures": said.unsaid})
     return error, {}
+
+
+def switches(said: Said) -> str:
+    """An intermittent failure's counts: `3 failures, 1 recovery in the last 4m10s`."""
+    return (f"{said.failures} failure{'s' * (said.failures != 1)}, {said.recoveries} "
+            f"recover{'ies' if said.recoveries != 1 else 'y'} in the last {span(said.over)}")
 
 
 def span(seconds: float) -> str:
@@ -98,11 +104,9 @@ def shorten(text: str, limit: int = 160) -> str:
 def settled_line(name: str, reason: str | None, said: Said) -> tuple[str, dict[str, object]]:
     """The end of an intermittent failure: `name` stayed well (`reason` None) or failing."""
     prefix = f"resource {name}: "
-    switches = (f"{said.failures} failures, {said.recoveries} recoveries in the last "
-                f"{span(said.over)}")
     extra: dict[str, object] = {"intermittent_failures": said.failures,
                                 "intermittent_recoveries": said.recoveries}
     if reason is None:
-        return f"{prefix}recovered: no longer failing intermittently ({switches})", extra
+        return f"{prefix}recovered: no longer failing intermittently ({switches(said)})", extra
     return (f"{prefix}failing, no longer intermittently: {reason.removeprefix(prefix)} "
-            f"({switches})", extra)
+            f"({switches(said)})", extra)

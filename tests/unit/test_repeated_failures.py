@@ -71,10 +71,16 @@ def test_a_configuration_reload_says_a_flapping_failure_again_as_a_summary() -> 
     more failures and recoveries one by one."""
     clock = Clock()
     failures = RepeatedFailures(every=300, clock=clock, flaps=3, settle=30)
-    flap(failures, clock, 6)
+    flap(failures, clock, 6)  # (summarized at the fourth failure, t=6)
     failures.clear(keep={"app"})
-    assert flap(failures, clock, 2) == [Said(failures=7, recoveries=6, over=12.0), False,
+    assert flap(failures, clock, 2) == [Said(failures=3, recoveries=3, over=6.0), False,
                                         None, False]
+    flap(failures, clock, 1)
+    failures.failed("app", "render failed: key /f/v: bad")
+    failures.clear(keep={"app"})  # failing as the set is reloaded: its render says it again
+    assert failures.failed("app", "render failed: key /f/v: bad") == Said(
+        failures=3, recoveries=3, over=6.0)  # (since the last summary, t=12)
+    assert failures.succeeded("app") is False  # (still intermittent)
 
 
 BAD = "key /s/b: expected a port number 1-65535, found 0; left out"
