@@ -27,6 +27,7 @@ seconds (RepeatedFailures).
 from __future__ import annotations
 
 import collections
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 
 EVERY = 300.0  # seconds between two logs of the same failure of one resource
 FLAPS = 3  # switches to failing within EVERY said one by one; more: failing intermittently
+MAX_SHAPES = 16  # causes an intermittent failure tells apart (each said at once)
 SETTLE = 30.0  # an intermittent failure's end: the resource stayed well (or failing) this long
 # A staged file's pid and attempt number (applier._staged_name: `.haproxy.cfg.812.37.confsync`).
 _STAGED = re.compile(r"\.[0-9]+\.[0-9]+(?=\.confsync\b)")
@@ -81,6 +83,7 @@ class _Flap:
     since: float
     failures: int
     recoveries: int
+    shapes: set[str]  # the causes it has failed with: another is said at once
     due: bool = False  # said at its next failure, whenever (a configuration reload)
 
     def said(self, now: float) -> Said:
@@ -88,8 +91,13 @@ class _Flap:
         self.since, self.failures, self.recoveries, self.due = now, 0, 0, False
         return said
 
-    def said_if_due(self, now: float, every: float) -> Said | None:
-        return self.said(now) if self.due or now - self.since >= every else None
+    def said_if_due(self, now: float, every: float, shape: str) -> Said | None:
+        """A failure with `shape`: said with the counts when it is time to, or a new cause
+        (one of the first MAX_SHAPES: a cause made anew at each try must not grow it)."""
+        new = shape not in self.shapes and len(self.shapes) < MAX_SHAPES
+        if new:
+            self.shapes.add(shape)
+        return self.said(now) if new or self.due or now - self.since >= every else None
 
 
 @dataclass
@@ -108,9 +116,10 @@ class RepeatedFailures:
     other time) was two lines a flap, forever. The first FLAPS switches to failing within
     `every` are said one by one, as is any failure after a quiet `every`; past that the
     resource fails intermittently: one summary at once, then at most one every `every` while
-    it goes on, and its end is said once the resource has stayed well (or failing) SETTLE
-    seconds (`settled`). So an outage and its recovery are never hidden: a failure is only
-    kept quiet while the one before it ended less than SETTLE seconds ago."""
+    it goes on (and at once when it fails with another cause), and its end is said once the
+    resource has stayed well (or failing) SETTLE seconds (`settled`). So an outage and its
+    recovery are never hidden: a failure is only kept quiet while the one before it ended
+    less than SETTLE seconds ago, and failed the same way as one said."""
 
     def __init__(self, every: float = EVERY, clock: Callable[[], float] = time.monotonic,
                  flaps: int = FLAPS, settle: float = SETTLE) -> None:
@@ -133,7 +142,7 @@ class RepeatedFailures:
             if state.flap is not None:
                 said.shape, said.reason = new, reason
                 # (A failure that lasts is said by `settled`.)
-                return state.flap.said(now) if state.flap.due else None
+                return state.flap.said_if_due(now, math.inf, new)
             if said.again:
                 state.failing = _Said(new, reason, now)
                 return Said(said.unsaid) if said.shape == new else \
@@ -154,9 +163,9 @@ class RepeatedFailures:
         state.onsets.append(now)
         if state.flap is not None:
             state.flap.failures += 1
-            return state.flap.said_if_due(now, self.every)
+            return state.flap.said_if_due(now, self.every, new)
         if len(state.onsets) > self.flaps:
-            state.flap = _Flap(state.onsets[0], len(state.onsets), len(state.onsets) - 1)
+            state.flap = _Flap(state.onsets[0], len(state.onsets), len(state.onsets) - 1, {new})
             return state.flap.said(now)
         return Said()
 

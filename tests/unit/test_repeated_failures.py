@@ -216,3 +216,14 @@ def test_slow_switches_are_each_said() -> None:
     clock = Clock()
     failures = RepeatedFailures(every=300, clock=clock, flaps=3, settle=30)
     assert flap(failures, clock, 20, period=120.0) == [FIRST, True] * 20
+
+
+def test_another_cause_while_failing_intermittently_is_said_at_once() -> None:
+    clock = Clock()
+    failures = RepeatedFailures(every=300, clock=clock, flaps=3, settle=30)
+    flap(failures, clock, 5)
+    assert failures.failed("app", "check failed: server-2 down") == Said(
+        failures=2, recoveries=2, over=4.0)  # a new cause: the summary, with it as the last
+    assert failures.failed("app", "check failed: server-2 down") is None
+    assert failures.failed("app", "render failed: key /f/v: bad") is None  # seen: counted
+    assert failures.failed("app", "check failed: server-3 down") == Said(over=0.0)
