@@ -78,3 +78,54 @@ def test_a_new_cause_says_the_old_ones_count_and_a_flapping_value_is_summarized(
     assert "failing intermittently: 3 failures, 3 recoveries" in again[0]["message"], again
     assert [put("/k/v", "1")["level"], put("/k/v", "bad")["level"]] == ["debug", "debug"]
     assert w.proc.poll() is None
+
+
+def test_a_reread_retried_while_cut_off_from_etcd_is_said_once_then_its_outcome(
+        etcd_private: EtcdMember, tmp_path: Path, watchers: list[WatchProcess]) -> None:
+    """A compaction the watch missed, then etcd gone while the re-read waits its jitter:
+    each retry of the re-read logged "re-reading every key (compacted)" at INFO (~10 s apart
+    once the backoff grew) for as long as etcd stayed away. Now the first try is INFO, the
+    others DEBUG with their count, and the re-read that works says so at INFO."""
+    etcd = etcd_private
+    client(etcd.endpoint).put("/k/v", "1")
+    dest = tmp_path / "out.conf"
+    write_resource(tmp_path / "cd", "app", "value={{ getv('/k/v') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/k"]\nwait_min = "0s"\n')
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--log-level", "debug", log=tmp_path / "watch.log")
+    watchers.append(w)
+    wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+
+    def rereads() -> list[str]:
+        return [line for line in w.output().splitlines() if "re-reading every key" in line]
+
+    for n in range(2, 5):  # (a re-read that beats the kill, its jitter ~0 s, goes again)
+        compactions = w.output().count("compacted (up to")
+        w.signal(signal.SIGSTOP)  # the watch sees none of what follows until etcd is gone
+        try:
+            etcd.kill()
+            etcd.start()
+            c = client(etcd.endpoint)
+            c.put("/k/v", str(n))
+            c.put("/k/other", str(n))
+            c.compact(c.get("/k/other")[1].mod_revision)
+        finally:
+            w.signal(signal.SIGCONT)
+        w.wait_log("compacted (up to", timeout=30, count=compactions + 1)
+        etcd.kill()
+        tried = len(rereads())
+        wait_for(lambda: len(rereads()) >= tried + 2 or read(dest) == f"value={n}\n", 30,  # noqa: B023
+                 what=f"re-reads that fail\n{w.output()[-3000:]}")
+        if read(dest) != f"value={n}\n":
+            break
+        etcd.start()
+    else:
+        raise AssertionError(f"every re-read beat the kill\n{w.output()[-3000:]}")
+    etcd.start()
+    wait_for(lambda: read(dest) == f"value={n}\n", 60, what=f"the re-read\n{w.output()[-3000:]}")
+    cycle = w.output().rsplit("compacted (up to", 1)[1]  # this cycle's tries
+    these = [line for line in cycle.splitlines() if "re-reading every key" in line]
+    assert " INFO re-reading every key (compacted) after " in these[0], these
+    assert len(these) >= 3 and all(" DEBUG " in line for line in these[1:]), these
+    w.wait_log("re-read every key (compacted) at revision", timeout=10)
+    assert w.proc.poll() is None
