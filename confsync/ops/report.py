@@ -106,7 +106,9 @@ def settled_line(name: str, reason: str | None, said: Said) -> tuple[str, dict[s
     prefix = f"resource {name}: "
     extra: dict[str, object] = {"intermittent_failures": said.failures,
                                 "intermittent_recoveries": said.recoveries}
+    since = f" ({switches(said)})" if said.failures or said.recoveries \
+        else ""
     if reason is None:
-        return f"{prefix}recovered: no longer failing intermittently ({switches(said)})", extra
-    return (f"{prefix}failing, no longer intermittently: {reason.removeprefix(prefix)} "
-            f"({switches(said)})", extra)
+        return f"{prefix}recovered: no longer failing intermittently{since}", extra
+    return f"{prefix}failing, no longer intermittently: {reason.removeprefix(prefix)}{since}", \
+        extra

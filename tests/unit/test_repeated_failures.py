@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import types
+
 import pytest
 
+from confsync.daemon import Daemon
 from confsync.repeated_failures import FIRST, RepeatedFailures, RepeatedWarnings, Said
 
 
@@ -227,3 +231,23 @@ def test_another_cause_while_failing_intermittently_is_said_at_once() -> None:
     assert failures.failed("app", "check failed: server-2 down") is None
     assert failures.failed("app", "render failed: key /f/v: bad") is None  # seen: counted
     assert failures.failed("app", "check failed: server-3 down") == Said(over=0.0)
+
+
+def test_the_watch_loop_says_the_end_of_an_intermittent_failure_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What the loop's heartbeat logs of `settled` (Daemon._say_settled, on a stand-in)."""
+    clock = Clock()
+    failures = RepeatedFailures(every=300, clock=clock, flaps=3, settle=30)
+    flap(failures, clock, 5, name="well")
+    flap(failures, clock, 5, name="down")
+    failures.failed("down", "resource down: check failed: exited 1")
+    clock.now += 30
+    caplog.set_level(logging.DEBUG, logger="confsync")
+    loop = types.SimpleNamespace(_failures=failures)
+    Daemon._say_settled(loop)  # type: ignore[arg-type]
+    Daemon._say_settled(loop)  # type: ignore[arg-type]
+    said = sorted((r.levelname, r.getMessage()) for r in caplog.records)
+    assert said == [  # ("down" was said as its cause changed: nothing since)
+        ("ERROR", "resource down: failing, no longer intermittently: check failed: exited 1"),
+        ("INFO", "resource well: recovered: no longer failing intermittently (1 failure, 2 "
+                 "recoveries in the last 44s)")], said
