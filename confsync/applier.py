@@ -44,6 +44,7 @@ class FileState:
 
 
 Signature = tuple[int, ...]
+_NOT_SEEN: Signature = ()  # matches no file's: read it at the next look
 
 
 def _signature(st: os.stat_result) -> Signature:
@@ -126,10 +127,17 @@ class DestCache:
         return known[1] if known is not None else None
 
     def remember(self, path: Path, state: FileState) -> None:
+        """`state` was just put at `path`. What another writer put there since (between our
+        rename and this stat) is not taken for ours: it was, and with its signature, so the
+        edit was never repaired (each look found "ours", each render "up to date"). A size
+        that is not ours' makes the next look read the file (and `changed` say so)."""
         try:
-            self._known[path] = (_signature(os.stat(path)), state)
+            st = os.stat(path)
         except FileNotFoundError:
             self._known.pop(path, None)
+            return
+        ours = state.content is not None and st.st_size == len(state.content)
+        self._known[path] = (_signature(st) if ours else _NOT_SEEN, state)
 
 
 class NotDurable(ResourceError):

@@ -40,12 +40,12 @@ from confsync.logs import Repeats, change_logging
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
-from confsync.ops.report import report
+from confsync.ops.report import report, settled_line
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
-from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
+from confsync.repeated_failures import FIRST, RepeatedFailures, RepeatedWarnings, Said
 from confsync.resources import Resource, load_resources
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
@@ -377,6 +377,7 @@ class Daemon:
             self.apply(due)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
+            self._say_settled()
             self.syncer.tidy()
             if settled:
                 self._check_dests(now)
@@ -728,8 +729,8 @@ class Daemon:
             changed_keys |= keys
             no_target = outcome.reload is not None and \
                 outcome.reload.kind is ReloadKind.NO_TARGET
-            quiet, unsaid, warn = self._how_said(outcome, count, no_target)
-            report(outcome, revision, sorted(keys), count, quiet, unsaid, warn)
+            quiet, said, warn = self._how_said(outcome, count, no_target)
+            report(outcome, revision, sorted(keys), count, quiet, said, warn)
             if name in self._repairing:
                 self._repairing.discard(name)
                 if outcome.status == UPDATED and not keys:
@@ -742,7 +743,7 @@ class Daemon:
                                                 or outcome.error.retry):
                 delay = self.planner.retry(outcome.resource, now,
                                            outcome.seconds + (outcome.reload_seconds or 0.0))
-                log.log(logging.DEBUG if unsaid is None else logging.INFO,
+                log.log(logging.DEBUG if said is None else logging.INFO,
                         "resource %s: trying again in %.1fs", name, delay,
                         extra={"resource": name, "retry_in": round(delay, 2)})
             elif no_target:
@@ -760,8 +761,8 @@ class Daemon:
         return outcomes
 
     def _how_said(self, outcome: Outcome, changes: int, no_target: bool,
-                  ) -> tuple[bool, int | None, list[bool]]:
-        """How loud `outcome`'s report is (`report`'s quiet, unsaid, warn): what a resource
+                  ) -> tuple[bool, Said | None, list[bool]]:
+        """How loud `outcome`'s report is (`report`'s quiet, said, warn): what a resource
         repeats for months must not fill the journal. `changes`: the data changes it applied."""
         name, error = outcome.resource.name, outcome.error
         detail = outcome.reload is not None and bool(outcome.reload.detail)
@@ -773,10 +774,10 @@ class Daemon:
         # still say it.)
         # A recovery is said though: a render that failed on a bad value, then found the file
         # as it was once the value is fixed, left the failure as the journal's last word.
-        unsaid: int | None = 0
+        said: Said | None = FIRST
         recovered = False
         if error is not None:
-            unsaid = self._failures.failed(name, str(error))
+            said = self._failures.failed(name, str(error))
         else:
             recovered = self._failures.succeeded(name)
             if recovered:
@@ -786,7 +787,17 @@ class Daemon:
         warn: list[bool] = []
         if error is None or error.step not in ("render", "guard"):
             warn = self._left_out_said.due(name, [str(w) for w in outcome.warnings])
-        return quiet, unsaid, warn
+        return quiet, said, warn
+
+    def _say_settled(self) -> None:
+        """Say the end of each intermittent failure: the resource stayed well, or failing,
+        for a while (repeated_failures.SETTLE)."""
+        for name, reason, said in self._failures.settled():
+            if reason is None:
+                rollback_failures_forgotten(name)
+            line, extra = settled_line(name, reason, said)
+            log.log(logging.INFO if reason is None else logging.ERROR, "%s", line,
+                    extra={"resource": name, **extra})
 
     def _apply_alone(self, resource: Resource) -> Outcome:
         try:
@@ -1227,7 +1238,7 @@ class Daemon:
         self.planner.clear()
         self.pending_keys.clear()
         self._repairing.clear()
-        self._failures.clear()
+        self._failures.clear(names)
         rollback_failures_forgotten()
         self._left_out_said.clear()
         self.drift.keep(names)

@@ -98,6 +98,47 @@ class Repeats:
                 del self._logged[message]
 
 
+class Rereads:
+    """Says the full re-reads (a compaction, a reset) a store follower tries: the first at
+    INFO, the retries of one that fails at DEBUG with their count (INFO again every `every`
+    seconds), and the one that finally works at INFO. Cut off from etcd after a compaction,
+    each retry (every ~10 s) was an INFO line for as long as the outage lasted."""
+
+    def __init__(self, every: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._reason = ""
+        self._tries = 0
+        self._said_at = 0.0
+
+    def trying(self, reason: str, delay: float) -> None:
+        """A re-read for `reason` starts, after `delay` seconds of jitter."""
+        now = self._clock()
+        if reason != self._reason:
+            self._reason, self._tries = reason, 0
+        self._tries += 1
+        said = self._tries == 1 or now - self._said_at >= self.every
+        if said:
+            self._said_at = now
+        log = logging.getLogger("confsync.watcher")
+        if self._tries == 1:
+            log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
+        else:
+            log.log(logging.INFO if said else logging.DEBUG, "re-reading every key (%s) after "
+                    "%.2fs of jitter: try %d (the earlier ones failed)", reason,
+                    delay, self._tries)
+
+    def done(self, reason: str, revision: int) -> None:
+        """The re-read for `reason` (if any) worked: said when tries failed before it."""
+        if reason == self._reason and self._tries > 1:
+            logging.getLogger("confsync.watcher").info(
+                "re-read every key (%s) at revision %d after %d tries", reason, revision,
+                self._tries)
+        if reason == self._reason:
+            self._reason, self._tries = "", 0
+
+
 def escape_controls(text: str) -> str:
     """`text` with every character that is not printable written as its escape (\\n, \\x1b)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

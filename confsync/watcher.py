@@ -32,7 +32,7 @@ from confsync.errors import (
     StoreUnavailable,
 )
 from confsync.handoff import Backlog, BacklogDropped, BatchReceived
-from confsync.logs import Repeats
+from confsync.logs import Repeats, Rereads
 from confsync.stores import (
     ChangeBatch,
     ReplayComplete,
@@ -133,6 +133,7 @@ class StoreFollower(threading.Thread):
         self.internal_errors = 0  # unexpected exceptions survived (each logged with traceback)
         self._config_errors = Repeats()  # (an unreadable password_file fails every retry)
         self._drops = Repeats()  # (a loop held again and again: one warning per 5 minutes)
+        self._rereads = Rereads()  # (a re-read retried while etcd stays away)
 
     def positions(self) -> dict[str, int]:
         """The last revision delivered per prefix (what a successor resumes from)."""
@@ -196,7 +197,7 @@ class StoreFollower(threading.Thread):
             delay = random.uniform(0, RESNAPSHOT_JITTER)
             if self._stop_event.wait(delay):
                 return None
-            log.info("re-reading every key (%s) after %.2fs of jitter", reason, delay)
+            self._rereads.trying(reason, delay)
         with self._lock:
             answers = self._resync_requests
         try:
@@ -204,6 +205,7 @@ class StoreFollower(threading.Thread):
         except (StoreUnavailable, ConfigError) as exc:
             self._lost(str(exc))
             return None
+        self._rereads.done(reason, snapshot.revision)
         with self._lock:
             cause, self._pending_reset = self._pending_reset, None
             if reason == "reset":

@@ -87,6 +87,23 @@ def test_dest_cache_notices_an_outside_edit(tmp_path: Path) -> None:
     assert cache.current(res.dest).content is None
 
 
+def test_an_edit_made_as_confsync_installs_the_file_is_not_taken_for_its_own(
+        tmp_path: Path) -> None:
+    """Someone rewrote the dest between confsync's rename and its stat of the new file: that
+    stat, the other writer's, was remembered as confsync's file, so the heartbeat never saw
+    the edit and every render found the dest "up to date" (a hand edit made just after a
+    write, never repaired: test_an_interval_or_a_change_that_leaves_the_file_as_it_was...
+    timed out on a loaded machine)."""
+    res = resource(tmp_path)
+    cache = DestCache()
+    install(res, target(b"ours\n"))
+    res.dest.write_bytes(b"edited by hand\n")  # (in the window)
+    cache.remember(res.dest, FileState(b"ours\n", 0o640, os.geteuid(), os.getegid()))
+    assert cache.changed(res.dest)
+    assert cache.current(res.dest).content == b"edited by hand\n"
+    assert not cache.changed(res.dest)  # (now seen)
+
+
 def test_restore_previous_and_absent(tmp_path: Path) -> None:
     res = resource(tmp_path)
     install(res, target(b"new\n"))
