@@ -18,7 +18,10 @@ Static endpoints outlive the members they name: an operator replaces members one
 (`member remove`, `member add` on new hosts), and once every configured one is gone a
 daemon would be cut off from a healthy cluster for good, its registrations lapsed. So a
 running watch or registrar asks the cluster for its members' client URLs (MemberList, every
-MEMBERS_REFRESH_SECONDS) and tries them after the configured endpoints.
+MEMBERS_REFRESH_SECONDS) and tries them after the configured endpoints. A new client uses
+the first endpoint whose connection comes up (one that does not costs CONNECT_SECONDS, not a
+call timeout), and a watch or snapshot whose call fails goes on to the next endpoint at once:
+dead members must not cost a backoff step each.
 """
 
 from __future__ import annotations
@@ -411,8 +414,10 @@ class EtcdStore:
         self._members: tuple[str, ...] = ()
         self._members_asked = -MEMBERS_REFRESH_SECONDS
         self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
-        # When each endpoint's (URL's) connection last failed to come up (`_first_up`).
+        # When each endpoint's (URL's) connection last failed to come up (`_first_up`), and
+        # the endpoints the last client was made with (counted without another SRV lookup).
         self._down: dict[str, float] = {}
+        self._last_urls: tuple[str, ...] = ()
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
         # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
@@ -563,6 +568,7 @@ class EtcdStore:
         limit = self._settings.timeout if timeout is None else min(timeout,
                                                                    self._settings.timeout)
         endpoints = self._endpoints(urls, limit)
+        self._last_urls = tuple(urls)
         user = self._settings.user if password is not None else None
         try:
             first = self._first_up(endpoints, urls, min(limit, CONNECT_SECONDS))
@@ -594,7 +600,8 @@ class EtcdStore:
 
         A member that is gone cost a whole follower backoff step, and a silent one its call
         timeout on top: with a few dead endpoints listed first, or members replaced one by
-        one, a watch took 28-40 s to find a live member (README, "etcd disasters")."""
+        one, a watch took 20-40 s to find a live member (README: "A reconnect passes dead
+        and silent endpoints")."""
         with self._rotation_lock:
             start = self._rotation % len(endpoints)
         rotated = [*range(start, len(endpoints)), *range(start)]
@@ -632,7 +639,7 @@ class EtcdStore:
     def _all_down(self) -> bool:
         """Whether no endpoint's connection came up at the last try of each (`_first_up`):
         trying the next one at once is of no use, the follower's backoff is."""
-        return set(self.endpoint_urls()) <= self._down_now()
+        return set(self._last_urls) <= self._down_now()
 
     def _use(self, index: int) -> None:
         """The next client starts at endpoint `index` (until one fails)."""
@@ -967,8 +974,9 @@ class EtcdStore:
         connect; one that fails a call, a member without a leader, passes to the next): one
         failed endpoint cost the follower a backoff step.
         """
-        turns = max(1, len(self.endpoint_urls()))
-        for turn in range(1, turns + 1):
+        turn = 0
+        while True:
+            turn += 1
             try:
                 return _EtcdWatch(self, prefixes, start_revision, sink, starts or {})
             except LongReplay:
@@ -978,10 +986,10 @@ class EtcdStore:
                 # check: the next is checked (etcd away for minutes of writes: its replay
                 # comes in parts).
                 self._long_replay_read = False
-                if not isinstance(exc, _EndpointFailed) or turn == turns or self._all_down():
+                if (not isinstance(exc, _EndpointFailed) or turn >= len(self._last_urls)
+                        or self._all_down()):
                     raise
                 log.debug("%s; trying the next endpoint", exc)
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._drop_client()
