@@ -306,7 +306,8 @@ def _connection(channel: grpc.Channel, wait: float) -> int | None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            core.watch_connectivity_state(state, time.time() + min(left, 0.1))
+            until = time.time() + min(left, 0.1)  # wall clock: gRPC's deadline is absolute
+            core.watch_connectivity_state(state, until)
             state = int(core.check_connectivity_state(False))
         return state
     except Exception:  # (a gRPC without it: the calls find out, as before)
