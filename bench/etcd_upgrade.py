@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.daemon import WatchProcess, wait_for  # noqa: E402
 from tests.support.etcd_client import client  # noqa: E402
+from tests.support.etcd_members import member_in_use  # noqa: E402
 from tests.support.etcd_server import EtcdMember, find_etcd, free_port, start_cluster  # noqa: E402
 from tests.support.haproxy import HAProxyStack  # noqa: E402
 from tests.support.register import RegisterProcess, write_registration  # noqa: E402
@@ -234,14 +235,6 @@ def histories_never_held(history: Path) -> list[str]:
         if a != b:
             bad.append(block)
     return bad
-
-
-def member_in_use(pid: int, members: list[EtcdMember]) -> EtcdMember | None:
-    ports = {m.client_port: m for m in members}
-    for conn in psutil.Process(pid).net_connections(kind="tcp"):
-        if conn.raddr and conn.raddr.port in ports and conn.status == "ESTABLISHED":
-            return ports[conn.raddr.port]
-    return None
 
 
 def resources(pid: int) -> tuple[int, int]:

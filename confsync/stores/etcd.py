@@ -18,7 +18,10 @@ Static endpoints outlive the members they name: an operator replaces members one
 (`member remove`, `member add` on new hosts), and once every configured one is gone a
 daemon would be cut off from a healthy cluster for good, its registrations lapsed. So a
 running watch or registrar asks the cluster for its members' client URLs (MemberList, every
-MEMBERS_REFRESH_SECONDS) and tries them after the configured endpoints.
+MEMBERS_REFRESH_SECONDS) and tries them after the configured endpoints. A new client uses
+the first endpoint whose connection comes up (one that does not costs CONNECT_SECONDS, not a
+call timeout), and a watch or snapshot whose call fails goes on to the next endpoint at once:
+dead members must not cost a backoff step each.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import grpc
 import pyetcd
 import pyetcd.exceptions
 import pyetcd.watch
-from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+from pyetcd.client import Endpoint, EtcdTokenCallCredentials, MultiEndpointEtcd3Client
 
 from confsync.errors import (
     AuthenticationFailed,
@@ -88,10 +91,18 @@ GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
 ]
 # gRPC's connectivity states (grpc._cython.cygrpc.ConnectivityState) of a channel whose
-# connection is being made, and made.
-_CONNECTING, _READY = 1, 2
+# connection is being made, made, refused (or lost), and closed.
+_CONNECTING, _READY, _TRANSIENT_FAILURE, _SHUTDOWN = 1, 2, 3, 4
 # After an error an endpoint is skipped this long; the client's default is 300 s.
 ENDPOINT_RETRY_SECONDS = 1.0
+# A new client waits this long (at most its calls' timeout) for each endpoint's connection, in
+# turn, before it passes on to the next. A refused one fails at once; a black-holed address or
+# a frozen member (TCP accepted, no HTTP/2 answer) cost every reconnect its whole call
+# timeout (etcd.timeout), one endpoint per follower backoff step.
+CONNECT_SECONDS = 1.0
+# An endpoint whose connection did not come up is tried after the others for this long: a
+# member removed or a host switched off costs its connect wait once, not at every reconnect.
+DOWN_SECONDS = 60.0
 # etcd's WithRequireLeader: the server refuses calls, and cancels open watch streams a few
 # election timeouts after the member lost its leader (a partitioned member otherwise serves a
 # watch that will never see another event).
@@ -191,10 +202,21 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
     leasestub = _guarded_stub("leasestub", pyetcd.etcdrpc.LeaseStub)
     maintenancestub = _guarded_stub("maintenancestub", pyetcd.etcdrpc.MaintenanceStub)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._stubs_lock = threading.RLock()  # (the library authenticates in __init__)
+    def __init__(self, endpoints: Sequence[Endpoint], timeout: float,
+                 user: str | None = None, password: str | None = None,
+                 failover: bool = True) -> None:
+        self._stubs_lock = threading.RLock()
         self.closed = False
-        super().__init__(*args, **kwargs)
+        super().__init__(endpoints=endpoints, timeout=timeout, failover=failover)
+        # The first endpoint is the one to use (the library picks one at random, and logged
+        # in there: a dead one failed the connection however many members were up).
+        self._current_endpoint_label = endpoints[0].netloc
+        if user is not None and password is not None:  # the library's login, on that one
+            response = self.authstub.Authenticate(
+                pyetcd.etcdrpc.AuthenticateRequest(name=user, password=password), timeout)
+            self.metadata: tuple[tuple[str, str], ...] = (("token", response.token),)
+            self.call_credentials = grpc.metadata_call_credentials(
+                EtcdTokenCallCredentials(response.token))
         token: tuple[tuple[str, str], ...] = getattr(self, "metadata", None) or ()
         self.metadata = (*token, REQUIRE_LEADER)
 
@@ -266,6 +288,30 @@ def _address_target(addresses: Sequence[str], port: int) -> str:
     return "ipv6:" + ",".join(
         f"[{address if ':' in address else '::ffff:' + address}]:{port}"
         for address in addresses)
+
+
+class _EndpointFailed(StoreUnavailable):
+    """The endpoint in use failed a call (or the login): the next one may serve."""
+
+
+def _connection(channel: grpc.Channel, wait: float) -> int | None:
+    """The state `channel`'s connection reaches within `wait` seconds: READY, TRANSIENT_FAILURE
+    (refused, unreachable, TLS refused), or still CONNECTING at the end (a black-holed
+    address, a frozen member); None without gRPC's state API (the endpoint is used as is)."""
+    try:
+        core = channel._channel
+        state = int(core.check_connectivity_state(True))
+        deadline = time.monotonic() + wait
+        while state not in (_READY, _TRANSIENT_FAILURE, _SHUTDOWN):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            until = time.time() + min(left, 0.1)  # wall clock: gRPC's deadline is absolute
+            core.watch_connectivity_state(state, until)
+            state = int(core.check_connectivity_state(False))
+        return state
+    except Exception:  # (a gRPC without it: the calls find out, as before)
+        return None
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -369,6 +415,10 @@ class EtcdStore:
         self._members: tuple[str, ...] = ()
         self._members_asked = -MEMBERS_REFRESH_SECONDS
         self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
+        # When each endpoint's (URL's) connection last failed to come up (`_first_up`), and
+        # the endpoints the last client was made with (counted without another SRV lookup).
+        self._down: dict[str, float] = {}
+        self._last_urls: tuple[str, ...] = ()
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
         # The last endpoints the SRV records named (`srv_domain`), used while DNS fails.
@@ -507,9 +557,10 @@ class EtcdStore:
         without one). Raises AuthenticationFailed when etcd refuses the user and password.
         `timeout`: a shorter limit for its calls, login included, than `etcd.timeout`.
 
-        It starts at the endpoint after the last one that failed (`endpoint_failed`): a
-        reconnect after a member died or lost its leader moves on instead of picking the dead
-        one at random, and while nothing fails every client talks to the same member.
+        It uses the first endpoint whose connection comes up (`_first_up`), from the one after
+        the last that failed (`endpoint_failed`): a reconnect after a member died or lost its
+        leader moves on instead of picking the dead one at random, and while nothing fails
+        every client talks to the same member.
         """
         urls = self.endpoint_urls()
         if authenticate:
@@ -518,27 +569,83 @@ class EtcdStore:
         limit = self._settings.timeout if timeout is None else min(timeout,
                                                                    self._settings.timeout)
         endpoints = self._endpoints(urls, limit)
-        with self._rotation_lock:
-            first = endpoints[self._rotation % len(endpoints)]
-        ordered = [first] + [e for e in endpoints if e is not first]
+        self._last_urls = tuple(urls)
         user = self._settings.user if password is not None else None
         try:
+            first = self._first_up(endpoints, urls, min(limit, CONNECT_SECONDS))
+            ordered = [first] + [e for e in endpoints if e is not first]
             try:
-                client = _Client(endpoints=ordered, timeout=limit, user=user,
-                                 password=password, failover=True)
+                client = _Client(ordered, limit, user=user, password=password)
             except grpc.RpcError as exc:
                 if user is None or not auth_not_enabled(exc):
                     raise
                 log.debug("etcd auth is disabled; connecting without a token")
-                client = _Client(endpoints=ordered, timeout=limit, failover=True)
+                client = _Client(ordered, limit)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
+            _close_endpoints(endpoints)
             self.endpoint_failed()
             refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
-            raise (AuthenticationFailed if refused else StoreUnavailable)(
+            raise (AuthenticationFailed if refused else _EndpointFailed)(
                 f"etcd {self._describe_endpoints()}: cannot connect: "
                 f"{describe_error(exc)}") from None
-        client._current_endpoint_label = first.netloc  # the client picks at random otherwise
         return client
+
+    def _first_up(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
+                  wait: float) -> Endpoint:
+        """The first endpoint, from the rotation's, whose connection comes up within `wait`;
+        those whose connection did not within DOWN_SECONDS come last. Each one passed is
+        marked failed in the client (its failover skips it) and remembered as down. When
+        none came up: the first one still connecting (a slow link: its calls' own timeout
+        may finish the connection), else the first one (its calls fail with gRPC's words:
+        refused, a name DNS cannot resolve); `_all_down` then says so.
+
+        A member that is gone cost a whole follower backoff step, and a silent one its call
+        timeout on top: with a few dead endpoints listed first, or members replaced one by
+        one, a watch took 20-40 s to find a live member (README: "A reconnect passes dead
+        and silent endpoints")."""
+        with self._rotation_lock:
+            start = self._rotation % len(endpoints)
+        rotated = [*range(start, len(endpoints)), *range(start)]
+        down = self._down_now()
+        order = ([i for i in rotated if urls[i] not in down]
+                 + [i for i in rotated if urls[i] in down])
+        slow: int | None = None
+        for i in order:
+            state = _connection(endpoints[i].channel, wait)
+            if state is None or state == _READY:
+                with self._members_lock:
+                    self._down.pop(urls[i], None)
+                self._use(i)
+                return endpoints[i]
+            log.debug("etcd %s: %s in %gs; trying the next endpoint", urls[i],
+                      "refused" if state == _TRANSIENT_FAILURE else "no connection", wait)
+            with self._members_lock:
+                self._down[urls[i]] = time.monotonic()
+            endpoints[i].fail()
+            if slow is None and state != _TRANSIENT_FAILURE:
+                slow = i
+        chosen = order[0] if slow is None else slow
+        endpoints[chosen].last_failed = 0
+        self._use(chosen)
+        return endpoints[chosen]
+
+    def _down_now(self) -> set[str]:
+        """The endpoints whose connection did not come up within DOWN_SECONDS (older ones
+        are forgotten: members replaced over months leave no trail)."""
+        now = time.monotonic()
+        with self._members_lock:
+            self._down = {url: at for url, at in self._down.items() if now - at < DOWN_SECONDS}
+            return set(self._down)
+
+    def _all_down(self) -> bool:
+        """Whether no endpoint's connection came up at the last try of each (`_first_up`):
+        trying the next one at once is of no use, the follower's backoff is."""
+        return set(self._last_urls) <= self._down_now()
+
+    def _use(self, index: int) -> None:
+        """The next client starts at endpoint `index` (until one fails)."""
+        with self._rotation_lock:
+            self._rotation = index
 
     @staticmethod
     def still_connecting(client: MultiEndpointEtcd3Client) -> bool:
@@ -610,6 +717,8 @@ class EtcdStore:
                     self.endpoint_failed()
                 failures.append(str(exc) if isinstance(exc, StoreUnavailable)
                                 else describe_error(exc))
+                if self._all_down():
+                    break  # (every endpoint was tried, none connects)
                 if len(failures) < endpoints:
                     message = f"etcd read failed ({failures[-1]}); trying the next endpoint"
                     log.log(logging.WARNING if self._read_warnings.due(message)
@@ -862,16 +971,26 @@ class EtcdStore:
         start where `starts` gives a later one than `start_revision`.
 
         Raises StoreUnavailable or RevisionCompacted when the watch cannot be created.
+        Each endpoint gets its turn before it gives up (`_first_up` passes those that do not
+        connect; one that fails a call, a member without a leader, passes to the next): one
+        failed endpoint cost the follower a backoff step.
         """
-        try:
-            return _EtcdWatch(self, prefixes, start_revision, sink, starts or {})
-        except LongReplay:
-            raise
-        except BaseException:
-            # The watch after a long replay's snapshot was this one, failed before its check:
-            # the next is checked (etcd away for minutes of writes: its replay comes in parts).
-            self._long_replay_read = False
-            raise
+        turn = 0
+        while True:
+            turn += 1
+            try:
+                return _EtcdWatch(self, prefixes, start_revision, sink, starts or {})
+            except LongReplay:
+                raise
+            except BaseException as exc:
+                # The watch after a long replay's snapshot was this one, failed before its
+                # check: the next is checked (etcd away for minutes of writes: its replay
+                # comes in parts).
+                self._long_replay_read = False
+                if (not isinstance(exc, _EndpointFailed) or turn >= len(self._last_urls)
+                        or self._all_down()):
+                    raise
+                log.debug("%s; trying the next endpoint", exc)
 
     def close(self) -> None:
         self._drop_client()
@@ -961,8 +1080,8 @@ class _EtcdWatch:
             if _too_large(exc):  # a replay that came while the next prefix's watch was added
                 raise ReplayTooLarge(describe_error(exc)) from None
             store.endpoint_failed()
-            raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
-                                   f"{describe_error(exc)}") from None
+            raise _EndpointFailed(f"etcd {self._endpoints}: watch failed: "
+                                  f"{describe_error(exc)}") from None
         threading.Thread(target=self._check_position, name="confsync-etcd-check",
                          daemon=True).start()
 
@@ -1139,6 +1258,15 @@ def _netloc(url: str) -> tuple[str, str]:
     """(scheme, host:port) of an endpoint URL, for telling the same endpoint spelled apart."""
     parts = urlsplit(url if "://" in url else "http://" + url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _close_endpoints(endpoints: Sequence[Endpoint]) -> None:
+    """Close the channels of a client that was not made (each would keep connecting)."""
+    for endpoint in endpoints:
+        try:
+            endpoint.close()
+        except Exception as exc:
+            log.debug("closing etcd channel: %s", describe_error(exc))
 
 
 def _close_quietly(client: MultiEndpointEtcd3Client) -> None:

@@ -26,7 +26,7 @@ from confsync.settings import EtcdSettings
 from confsync.stores import ChangeBatch
 from confsync.stores.etcd import EtcdStore
 from tests.support.certs import Pki, make_pki
-from tests.support.etcd_server import EtcdMember, start_single
+from tests.support.etcd_server import EtcdMember, free_port, start_single
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -530,3 +530,21 @@ def test_registrar_started_before_its_tls_files_exist_registers_once_they_do(
         store.close()
         proc.stop()
         listener.close()
+
+
+def test_the_login_goes_to_the_endpoint_in_use_never_a_dead_one(
+        secure_etcd: SecureEtcd) -> None:
+    """The library logged in on an endpoint picked at random: with a dead one listed, a
+    connection failed however many members were up (half the time here)."""
+    dead = f"https://127.0.0.1:{free_port()}"  # nothing listens
+    store = EtcdStore(secure_etcd.settings(endpoints=(dead, secure_etcd.member.endpoint)))
+    try:
+        for _ in range(8):
+            client = store.new_client()
+            try:
+                assert client._current_endpoint_label == f"127.0.0.1:{secure_etcd.member.client_port}"
+                assert client.get_response(b"/tls/backend/a").kvs
+            finally:
+                client.close()
+    finally:
+        store.close()

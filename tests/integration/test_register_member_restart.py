@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_members import member_in_use
 from tests.support.etcd_server import EtcdMember, free_port, start_cluster
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import ready
@@ -29,14 +29,6 @@ def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
     yield members
     for m in members:
         m.stop()
-
-
-def _member_in_use(pid: int, members: list[EtcdMember]) -> EtcdMember | None:
-    ports = {m.client_port: m for m in members}
-    for conn in psutil.Process(pid).net_connections(kind="tcp"):
-        if conn.raddr and conn.raddr.port in ports and conn.status == "ESTABLISHED":
-            return ports[conn.raddr.port]
-    return None
 
 
 def test_the_member_in_use_restarting_is_not_etcd_unreachable(
@@ -56,8 +48,8 @@ def test_the_member_in_use_restarting_is_not_etcd_unreachable(
                            log=tmp_path / "r.log")
     procs.append(proc)
     wait_for(lambda: ready(metrics)[0] == 200, timeout=15, what="registered and ready")
-    wait_for(lambda: _member_in_use(proc.proc.pid, cluster) is not None, what="its member")
-    used = _member_in_use(proc.proc.pid, cluster)
+    wait_for(lambda: member_in_use(proc.proc.pid, cluster) is not None, what="its member")
+    used = member_in_use(proc.proc.pid, cluster)
     assert used is not None
     other = client(next(m for m in cluster if m is not used).endpoint)
     seen: list[tuple[int, object]] = []

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.support.etcd_server import EtcdMember
 
 
@@ -75,3 +77,12 @@ def learned(output: str, url: str) -> bool:
     as an operator replacing members one by one with the fleet keeping up."""
     lines = [line for line in output.splitlines() if "etcd members not in etcd.endpoints:" in line]
     return bool(lines) and url in lines[-1].split("etcd.endpoints:", 1)[1].split(" (", 1)[0]
+
+
+def member_in_use(pid: int, members: list[EtcdMember]) -> EtcdMember | None:
+    """The member process `pid` has a connection to (the first one found), if any."""
+    ports = {m.client_port: m for m in members}
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.raddr and conn.raddr.port in ports and conn.status == "ESTABLISHED":
+            return ports[conn.raddr.port]
+    return None

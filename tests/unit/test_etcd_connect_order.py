@@ -1,0 +1,99 @@
+"""Which endpoint a new etcd client uses (`EtcdStore._first_up`), against fake connection
+states: the first that connects from the rotation's, refused and silent ones passed in one
+go, and those that did not connect tried after the others while they stay down."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from confsync.settings import EtcdSettings
+from confsync.stores import etcd
+from confsync.stores.etcd import EtcdStore
+
+A, B, C, D = (f"http://10.0.0.{i}:2379" for i in range(1, 5))
+URLS = (A, B, C, D)
+REFUSED, SILENT, UP = etcd._TRANSIENT_FAILURE, etcd._CONNECTING, etcd._READY
+
+
+class _Endpoint:
+    def __init__(self, url: str) -> None:
+        self.channel = url  # (what the fake `_connection` is asked about)
+        self.last_failed = 0.0
+
+    def fail(self) -> None:
+        self.last_failed = time.time()
+
+
+@pytest.fixture
+def states(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[str]]:
+    """Each endpoint's connection state, and the endpoints asked in order."""
+    state = dict.fromkeys(URLS, UP)
+    asked: list[str] = []
+
+    def connection(channel: str, wait: float) -> int:
+        asked.append(channel)
+        return state[channel]
+
+    monkeypatch.setattr(etcd, "_connection", connection)
+    return state, asked
+
+
+def _store() -> tuple[EtcdStore, list[_Endpoint]]:
+    store = EtcdStore(EtcdSettings(endpoints=URLS))
+    store._last_urls = URLS  # (what new_client records)
+    return store, [_Endpoint(u) for u in URLS]
+
+
+def test_dead_and_silent_endpoints_are_passed_in_one_go_and_tried_last_after(
+        states: tuple[dict[str, int], list[str]]) -> None:
+    state, asked = states
+    state[A], state[B] = REFUSED, SILENT
+    store, endpoints = _store()
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[2]
+    assert asked == [A, B, C]
+    assert endpoints[0].last_failed and endpoints[1].last_failed  # (the client skips them)
+    asked.clear()
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[2]  # (the one in use)
+    assert asked == [C]
+    asked.clear()
+    store.endpoint_failed()  # C failed a call: the next client starts at D
+    state[D] = REFUSED
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[2]
+    assert asked == [D, C]  # (A and B, down a moment ago, come after C: not waited for)
+    assert not store._all_down()
+
+
+def test_when_none_connects_the_first_still_connecting_is_used_else_the_first(
+        states: tuple[dict[str, int], list[str]]) -> None:
+    state, _ = states
+    state.update({A: REFUSED, B: SILENT, C: REFUSED, D: SILENT})
+    store, endpoints = _store()
+    chosen = store._first_up(endpoints, URLS, 1.0)
+    assert chosen is endpoints[1] and chosen.last_failed == 0  # (a slow link may finish it)
+    assert store._all_down()  # (the watch and the snapshot stop: the backoff is next)
+    state.update({B: REFUSED, D: REFUSED})
+    store, endpoints = _store()
+    chosen = store._first_up(endpoints, URLS, 1.0)
+    assert chosen is endpoints[0] and chosen.last_failed == 0  # (its calls say why)
+    assert store._all_down()
+
+
+def test_an_endpoint_that_connects_again_is_no_longer_down(
+        states: tuple[dict[str, int], list[str]]) -> None:
+    state, asked = states
+    state[A] = REFUSED
+    store, endpoints = _store()
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[1]
+    state[A] = UP
+    store._use(0)
+    asked.clear()
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[1]  # (A down: tried last)
+    assert asked == [B]
+    store._down.clear()  # (DOWN_SECONDS later)
+    asked.clear()
+    store._use(0)
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[0]
+    assert asked == [A]
+    assert A not in store._down_now()
