@@ -27,7 +27,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -944,7 +944,7 @@ class _EtcdWatch:
                 key = prefix.encode()
                 try:
                     self._client.add_watch_callback(
-                        key, functools.partial(self._on_response, prefix),
+                        key, functools.partial(self._ending_on_a_bug(self._on_response), prefix),
                         range_end=_range_end(key), start_revision=own[prefix],
                         progress_notify=True)
                 except WatchCanceled as exc:
@@ -963,8 +963,8 @@ class _EtcdWatch:
             store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
                                    f"{describe_error(exc)}") from None
-        threading.Thread(target=self._check_position, name="confsync-etcd-check",
-                         daemon=True).start()
+        threading.Thread(target=self._ending_on_a_bug(self._check_position),
+                         name="confsync-etcd-check", daemon=True).start()
 
     def _replay_starts(self, starts: Mapping[str, int]) -> dict[str, int]:
         """`replay_starts` up to `replay_until`; a compacted start is the watch's own."""
@@ -974,6 +974,26 @@ class _EtcdWatch:
             if "compacted" in describe_error(exc):
                 raise RevisionCompacted(min(starts.values()) - 1) from None
             raise
+
+    def _ending_on_a_bug(self, work: Callable[..., None]) -> Callable[..., None]:
+        """`work`, a session's thread's (the position check) or callback's (the watch's), with
+        an exception nothing expected ending the session as a lost stream: the follower opens
+        a new one from what it has delivered. The check thread died alone before, and the
+        watch went on without its silence limit and its reset checks, under a green /ready;
+        the library's callback thread logs a callback's exception and drops the response:
+        the change was never rendered, nor read again."""
+
+        @functools.wraps(work)
+        def guarded(*args: Any) -> None:
+            try:
+                work(*args)
+            except Exception as exc:
+                log.error("etcd watch session: unexpected error in %s; reopening the watch",
+                          threading.current_thread().name, exc_info=True)
+                self._report(StoreUnavailable(f"etcd {self._endpoints}: internal error: "
+                                              f"{describe_error(exc)}"))
+
+        return guarded
 
     def _check_position(self) -> None:
         silence_limit = self._store._settings.silence_limit
