@@ -139,6 +139,17 @@ class _Watcher(pyetcd.watch.Watcher):  # type: ignore[misc]
     drops every later cancel: the prefix would stay silently unwatched under a connected stream.
     """
 
+    def _run(self) -> None:
+        """The library's, except that a stream the client was closed before it began (a
+        session cancelled as it was made) ends as a lost stream, which the library's own
+        `finally` has reported, not as a thread death (an ERROR and a traceback)."""
+        try:
+            super()._run()
+        except ValueError as exc:  # gRPC's "Cannot invoke RPC: Channel closed!"
+            if "closed" not in str(exc):
+                raise
+            log.debug("etcd watch stream not begun: %s", exc)
+
     def _handle_response(self, rs: Any) -> None:
         if not rs.canceled or rs.compact_revision:  # (compaction: the library reports it)
             super()._handle_response(rs)
