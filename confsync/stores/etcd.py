@@ -358,6 +358,7 @@ class EtcdStore:
                 # exit 2 is one systemd does not restart (RestartPreventExitStatus=2). Each
                 # connection reads the files again, and is refused, until they can be read.
                 log.error("%s; connecting once it can be read", exc)
+        self._closed = False  # (`close`)
         self._rotation = 0  # after a failure, the next client starts at the next endpoint
         self._rotation_lock = threading.Lock()
         # The history followed: cluster id and the highest revision seen in any response.
@@ -522,6 +523,8 @@ class EtcdStore:
         reconnect after a member died or lost its leader moves on instead of picking the dead
         one at random, and while nothing fails every client talks to the same member.
         """
+        if self._closed:
+            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
         urls = self.endpoint_urls()
         if authenticate:
             refuse_clear_credentials(self._settings, urls)
@@ -613,6 +616,9 @@ class EtcdStore:
                 self._drop_client()
                 if isinstance(exc, ConfigError):
                     raise
+                if self._closed:  # (its call was cancelled by `close`: no next endpoint)
+                    raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store "
+                                           f"closed") from None
                 if not reauthenticated and token_expired(exc):
                     reauthenticated = True
                     log.info("etcd auth token expired or revoked; authenticating again")
@@ -885,6 +891,11 @@ class EtcdStore:
             raise
 
     def close(self) -> None:
+        """No new client from now on: a follower still reading (a reload abandoned while its
+        snapshot hung on a member that does not answer) has its call cancelled here and
+        must not go on to the next endpoint with a client of a store nobody closes again.
+        It did, and held the loop's join of that follower for another whole timeout."""
+        self._closed = True
         self._drop_client()
 
 
