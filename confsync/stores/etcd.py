@@ -985,8 +985,8 @@ class _EtcdWatch:
             store.endpoint_failed()
             raise StoreUnavailable(f"etcd {self._endpoints}: watch failed: "
                                    f"{describe_error(exc)}") from None
-        threading.Thread(target=self._ending_on_a_bug(self._check_position),
-                         name="confsync-etcd-check", daemon=True).start()
+        threading.Thread(target=self._check_position, name="confsync-etcd-check",
+                         daemon=True).start()
 
     def _replay_starts(self, starts: Mapping[str, int]) -> dict[str, int]:
         """`replay_starts` up to `replay_until`; a compacted start is the watch's own."""
@@ -1018,6 +1018,10 @@ class _EtcdWatch:
         return guarded
 
     def _check_position(self) -> None:
+        """The position check's thread (`_position_check_loop`), a bug in it a lost stream."""
+        self._ending_on_a_bug(self._position_check_loop)()
+
+    def _position_check_loop(self) -> None:
         silence_limit = self._store._settings.silence_limit
         period = min(POSITION_CHECK_SECONDS, silence_limit / 2 or POSITION_CHECK_SECONDS)
         self._store.learn_members(self._check_client, fresh=True)
