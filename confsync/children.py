@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confsync import fdlimit
+from confsync import fdlimit, grpc_fork
 
 # Held while starting a process and while reaping: a child is never seen before it is ours.
 _lock = threading.Lock()
@@ -35,6 +35,7 @@ def start(argv: Sequence[str], own_fd_limit: bool = False,
     a loaded host, and a short-lived check is not what select() or a close-everything
     start-up breaks on."""
     restore = fdlimit.for_children() if own_fd_limit else None
+    popen["env"] = grpc_fork.child_env(popen.get("env"))
     if restore is not None:
         popen.setdefault("preexec_fn", restore)
     with _lock:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from confsync import __version__, utf8mode
+from confsync import __version__, grpc_fork, utf8mode
 from confsync.command_kinds import LONG_RUNNING_COMMANDS, ONE_SHOT_COMMANDS
 from confsync.errors import (
     EXIT_BAD_CONFIG,
@@ -441,6 +441,7 @@ def entry() -> NoReturn:
     """
     if utf8mode.needs_reexec():  # a locale that is not UTF-8: see utf8mode
         utf8mode.reexec_in_utf8_mode()
+    grpc_fork.turn_off()  # (after the re-exec, which would pass our value on; before gRPC)
     _open_standard_streams()
     _stdout_never_raises()
     argv = sys.argv[1:]

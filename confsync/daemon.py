@@ -36,7 +36,7 @@ from confsync.drift import DriftGuard
 from confsync.errors import EXIT_BAD_CONFIG, EXIT_OK, ConfigError, ResourceError
 from confsync.fswatch import start_observer, stop_observer
 from confsync.judged_renders import JudgedRenders
-from confsync.logs import Repeats, change_logging
+from confsync.logs import Repeats, change_logging, log_thread_death
 from confsync.mirror import Mirror
 from confsync.ops import held_signals
 from confsync.ops.events import Observer, Observers
@@ -314,7 +314,7 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         previous_hook = threading.excepthook
-        threading.excepthook = _log_thread_death
+        threading.excepthook = log_thread_death
         self._started()
         if self.state.settings.watch.confdir:
             self._watch_local_files()
@@ -1318,15 +1318,6 @@ class Daemon:
         self._local_observer = None  # (stopped: a start that fails leaves none to stop again)
         self._watch_local_files()
         self.events.put(LocalFilesChanged("(watcher restarted)"))
-
-
-def _log_thread_death(args: threading.ExceptHookArgs) -> None:
-    """A thread ended by an exception: log it with its traceback (the loop restarts the part)."""
-    if args.exc_type is SystemExit:
-        return
-    name = args.thread.name if args.thread is not None else "?"
-    log.error("thread %s died: %s", name, args.exc_value,
-              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def run_daemon(settings: Settings, cli_values: Mapping[str, Any] | None = None,

@@ -225,6 +225,19 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
+def log_thread_death(args: threading.ExceptHookArgs) -> None:
+    """`threading.excepthook` of the long-running commands: a thread ended by an exception is
+    one ERROR with its traceback, in the log's format (its part is restarted by the loop).
+    Python's own hook writes the traceback to stderr itself, beside the log writer: `register`
+    cut JSON lines in two with it, and a collector took each traceback line for an entry."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("confsync").error(
+        "thread %s died: %s", name, args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
 def _formatter(fmt: str) -> RedactingFormatter:
     return RedactingFormatter(JsonFormatter() if fmt == "json" else TextFormatter(
         "%(asctime)s %(levelname)s %(message)s"))

@@ -351,9 +351,8 @@ class Registrar:
     def _run(self) -> None:
         try:
             self._loop()
-        except BaseException:
+        except Exception:  # (`revive` starts it again; said once, not again as a thread death)
             log.exception("register: the etcd thread failed")
-            raise
 
     def _loop(self) -> None:
         while True:

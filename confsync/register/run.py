@@ -33,6 +33,7 @@ from confsync.errors import (
     StoreUnavailable,
 )
 from confsync.instances import validate_instance
+from confsync.logs import log_thread_death
 from confsync.ops import held_signals
 from confsync.ops.http import MetricsServer
 from confsync.ops.sdnotify import Notifier, watchdog_interval
@@ -591,6 +592,7 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
         policy = dataclasses.replace(policy_from_settings(settings.exec), restart=False)
         supervisor = Supervisor(policy)
     loop = RegisterLoop(settings, registrations, host, metrics, supervisor, notifier, watchdog)
+    previous_hook, threading.excepthook = threading.excepthook, log_thread_death
     try:
         loop.listen_for_stop()
         loop.hold_register_d()
@@ -616,3 +618,4 @@ def run_register(settings: Settings, hostname: str | None = None) -> int:
             notifier.close()
         with contextlib.suppress(Exception):
             loop.store.close()
+        threading.excepthook = previous_hook

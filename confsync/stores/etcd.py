@@ -30,7 +30,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -149,6 +149,17 @@ class _Watcher(pyetcd.watch.Watcher):  # type: ignore[misc]
     for a created watch (under the watch id it asked for, 0, which may be another watch's) and
     drops every later cancel: the prefix would stay silently unwatched under a connected stream.
     """
+
+    def _run(self) -> None:
+        """The library's, except that a stream the client was closed before it began (a
+        session cancelled as it was made) ends as a lost stream, which the library's own
+        `finally` has reported, not as a thread death (an ERROR and a traceback)."""
+        try:
+            super()._run()
+        except ValueError as exc:  # gRPC's "Cannot invoke RPC: Channel closed!"
+            if "closed" not in str(exc):
+                raise
+            log.debug("etcd watch stream not begun: %s", exc)
 
     def _handle_response(self, rs: Any) -> None:
         if not rs.canceled or rs.compact_revision:  # (compaction: the library reports it)
@@ -393,6 +404,7 @@ class EtcdStore:
                 # exit 2 is one systemd does not restart (RestartPreventExitStatus=2). Each
                 # connection reads the files again, and is refused, until they can be read.
                 log.error("%s; connecting once it can be read", exc)
+        self._closed = False  # (`close`)
         self._rotation = 0  # after a failure, the next client starts at the next endpoint
         self._rotation_lock = threading.Lock()
         # The history followed: cluster id and the highest revision seen in any response.
@@ -562,6 +574,8 @@ class EtcdStore:
         leader moves on instead of picking the dead one at random, and while nothing fails
         every client talks to the same member.
         """
+        if self._closed:
+            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
         urls = self.endpoint_urls()
         if authenticate:
             refuse_clear_credentials(self._settings, urls)
@@ -709,6 +723,9 @@ class EtcdStore:
                 self._drop_client()
                 if isinstance(exc, ConfigError):
                     raise
+                if self._closed:  # (its call was cancelled by `close`: no next endpoint)
+                    raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store "
+                                           f"closed") from None
                 if not reauthenticated and token_expired(exc):
                     reauthenticated = True
                     log.info("etcd auth token expired or revoked; authenticating again")
@@ -993,6 +1010,11 @@ class EtcdStore:
                 log.debug("%s; trying the next endpoint", exc)
 
     def close(self) -> None:
+        """No new client from now on: a follower still reading (a reload abandoned while its
+        snapshot hung on a member that does not answer) has its call cancelled here and
+        must not go on to the next endpoint with a client of a store nobody closes again.
+        It did, and held the loop's join of that follower for another whole timeout."""
+        self._closed = True
         self._drop_client()
 
 
@@ -1063,7 +1085,7 @@ class _EtcdWatch:
                 key = prefix.encode()
                 try:
                     self._client.add_watch_callback(
-                        key, functools.partial(self._on_response, prefix),
+                        key, functools.partial(self._ending_on_a_bug(self._on_response), prefix),
                         range_end=_range_end(key), start_revision=own[prefix],
                         progress_notify=True)
                 except WatchCanceled as exc:
@@ -1094,7 +1116,31 @@ class _EtcdWatch:
                 raise RevisionCompacted(min(starts.values()) - 1) from None
             raise
 
+    def _ending_on_a_bug(self, work: Callable[..., None]) -> Callable[..., None]:
+        """`work`, a session's thread's (the position check) or callback's (the watch's), with
+        an exception nothing expected ending the session as a lost stream: the follower opens
+        a new one from what it has delivered. The check thread died alone before, and the
+        watch went on without its silence limit and its reset checks, under a green /ready;
+        the library's callback thread logs a callback's exception and drops the response:
+        the change was never rendered, nor read again."""
+
+        @functools.wraps(work)
+        def guarded(*args: Any) -> None:
+            try:
+                work(*args)
+            except Exception as exc:
+                log.error("etcd watch session: unexpected error in %s; reopening the watch",
+                          threading.current_thread().name, exc_info=True)
+                self._report(StoreUnavailable(f"etcd {self._endpoints}: internal error: "
+                                              f"{describe_error(exc)}"))
+
+        return guarded
+
     def _check_position(self) -> None:
+        """The position check's thread (`_position_check_loop`), a bug in it a lost stream."""
+        self._ending_on_a_bug(self._position_check_loop)()
+
+    def _position_check_loop(self) -> None:
         silence_limit = self._store._settings.silence_limit
         period = min(POSITION_CHECK_SECONDS, silence_limit / 2 or POSITION_CHECK_SECONDS)
         self._store.learn_members(self._check_client, fresh=True)

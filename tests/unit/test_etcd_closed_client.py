@@ -77,3 +77,23 @@ def test_close_racing_the_first_stub_never_kills_the_process() -> None:
         """)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("ok")
+
+
+def test_a_watch_whose_client_closed_before_its_stream_began_is_no_thread_death() -> None:
+    """A session cancelled as it was made: the library's watch thread died of gRPC's
+    ValueError, and `watch` logged it as a thread death with a traceback (ERROR)."""
+    done = run("""
+        deaths = []
+        threading.excepthook = lambda args: deaths.append(repr(args.exc_value))
+        c = client()
+        w = c.get_watcher()
+        c.close()
+        try:
+            w.add_callback(b"/a", lambda response: None, range_end=b"/b")
+        except Exception:
+            pass  # (the library says WatchTimedOut at once)
+        w._callback_thread.join(10)
+        print("deaths", deaths)
+        """)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "deaths []", done.stdout
