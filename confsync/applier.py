@@ -128,16 +128,20 @@ class DestCache:
 
     def remember(self, path: Path, state: FileState) -> None:
         """`state` was just put at `path`. What another writer put there since (between our
-        rename and this stat) is not taken for ours: it was, and with its signature, so the
-        edit was never repaired (each look found "ours", each render "up to date"). A size
-        that is not ours' makes the next look read the file (and `changed` say so)."""
+        rename and this look) is not taken for ours: it was, and with its signature, so the
+        edit was never repaired (each look found "ours", each render "up to date"). The file
+        is read back once (an install, not a heartbeat): a size alone let an edit of the same
+        size (`port 80` -> `port 81`) or a chmod pass for ours. Anything but `state` makes
+        the next look read the file (and `changed` say so)."""
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
+            signature, seen = _read_with_signature(path)
+        except OSError:  # (not a regular file now, unreadable: the next look says why)
+            signature, seen = None, None
+        if signature is None and seen is not None:  # (nothing there)
             self._known.pop(path, None)
             return
-        ours = state.content is not None and st.st_size == len(state.content)
-        self._known[path] = (_signature(st) if ours else _NOT_SEEN, state)
+        self._known[path] = (signature if seen == state and signature is not None
+                             else _NOT_SEEN, state)
 
 
 class NotDurable(ResourceError):
