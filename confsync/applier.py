@@ -126,22 +126,33 @@ class DestCache:
         known = self._known.get(path)
         return known[1] if known is not None else None
 
-    def remember(self, path: Path, state: FileState) -> None:
+    def remember(self, path: Path, state: FileState, seen: Seen | None = None) -> None:
         """`state` was just put at `path`. What another writer put there since (between our
-        rename and this look) is not taken for ours: it was, and with its signature, so the
+        rename and the look) is not taken for ours: it was, and with its signature, so the
         edit was never repaired (each look found "ours", each render "up to date"). The file
         is read back once (an install, not a heartbeat): a size alone let an edit of the same
         size (`port 80` -> `port 81`) or a chmod pass for ours. Anything but `state` makes
-        the next look read the file (and `changed` say so)."""
-        try:
-            signature, seen = _read_with_signature(path)
-        except OSError:  # (not a regular file now, unreadable: the next look says why)
-            signature, seen = None, None
-        if signature is None and seen is not None:  # (nothing there)
+        the next look read the file (and `changed` say so). `seen`: that read-back, done by
+        the caller where its file work runs (`look`); else it is done here."""
+        signature, found = look(path) if seen is None else seen
+        if signature is None and found is not None:  # (nothing there)
             self._known.pop(path, None)
             return
-        self._known[path] = (signature if seen == state and signature is not None
+        self._known[path] = (signature if found == state and signature is not None
                              else _NOT_SEEN, state)
+
+
+# What `look` found: (its signature, None when nothing is there; what is there, None when it
+# cannot be read).
+Seen = tuple[Signature | None, FileState | None]
+
+
+def look(path: Path) -> Seen:
+    """The file at `path` as DestCache.remember compares it with what was put there."""
+    try:
+        return _read_with_signature(path)
+    except OSError:  # (not a regular file now, unreadable: the next look says why)
+        return None, None
 
 
 class NotDurable(ResourceError):

@@ -196,3 +196,35 @@ def test_a_link_owned_by_another_user_is_not_followed(tmp_path: Path) -> None:
     os.lchown(res.dest, 0, 0)  # the same link, owned by root: followed
     install(res, target(b"new\n"))
     assert victim.read_bytes() == b"new\n" and res.dest.is_symlink()
+
+
+def test_a_syncer_finds_an_edit_made_just_after_its_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the Syncer: an edit of the same size lands right after the rename (before
+    the file is remembered); the next drift look finds it, and the next apply repairs it."""
+    import confsync.sync as sync
+    from confsync.mirror import Mirror
+    from confsync.outcome import UPDATED
+    from confsync.renderer import Renderer
+    from confsync.stores import Snapshot
+
+    (tmp_path / "t").write_text("port {{ getv('/port') }}\n")
+    res = Resource(name="r", source=tmp_path / "r.toml", src=tmp_path / "t",
+                   dest=tmp_path / "d", keys=("/port",), prefix="")
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {"/port": b"80"}))
+    syncer = sync.Syncer(Renderer(tmp_path), mirror)
+    real = sync.install
+
+    def install_then_edit(*args: object, **kw: object) -> float | None:
+        took = real(*args, **kw)  # type: ignore[arg-type]
+        res.dest.write_bytes(b"port 81\n")  # (someone else, in the window)
+        return took
+
+    monkeypatch.setattr(sync, "install", install_then_edit)
+    assert syncer.apply([res])[0].status == UPDATED
+    monkeypatch.setattr(sync, "install", real)
+    assert syncer.drifted([res]) == [res]
+    assert syncer.apply([res])[0].status == UPDATED
+    assert res.dest.read_bytes() == b"port 80\n"
+    assert syncer.drifted([res]) == []
