@@ -131,15 +131,17 @@ class DestCache:
         rename and the look) is not taken for ours: it was, and with its signature, so the
         edit was never repaired (each look found "ours", each render "up to date"). The file
         is read back once (an install, not a heartbeat): a size alone let an edit of the same
-        size (`port 80` -> `port 81`) or a chmod pass for ours. Anything but `state` makes
-        the next look read the file (and `changed` say so). `seen`: that read-back, done by
-        the caller where its file work runs (`look`); else it is done here."""
+        size (`port 80` -> `port 81`) pass for ours. Other bytes than `state`'s make the next
+        look read the file (and `changed` say so). Only the bytes: the kernel may give the
+        file another group (a setgid directory) or mode bits than asked, and a heartbeat took
+        that for an outside edit after every install. `seen`: that read-back, done by the
+        caller where its file work runs (`look`); else it is done here."""
         signature, found = look(path) if seen is None else seen
         if signature is None and found is not None:  # (nothing there)
             self._known.pop(path, None)
             return
-        self._known[path] = (signature if found == state and signature is not None
-                             else _NOT_SEEN, state)
+        ours = found is not None and found.content == state.content
+        self._known[path] = (signature if ours and signature is not None else _NOT_SEEN, state)
 
 
 # What `look` found: (its signature, None when nothing is there; what is there, None when it
