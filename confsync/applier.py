@@ -126,18 +126,35 @@ class DestCache:
         known = self._known.get(path)
         return known[1] if known is not None else None
 
-    def remember(self, path: Path, state: FileState) -> None:
+    def remember(self, path: Path, state: FileState, seen: Seen | None = None) -> None:
         """`state` was just put at `path`. What another writer put there since (between our
-        rename and this stat) is not taken for ours: it was, and with its signature, so the
-        edit was never repaired (each look found "ours", each render "up to date"). A size
-        that is not ours' makes the next look read the file (and `changed` say so)."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        rename and the look) is not taken for ours: it was, and with its signature, so the
+        edit was never repaired (each look found "ours", each render "up to date"). The file
+        is read back once (an install, not a heartbeat): a size alone let an edit of the same
+        size (`port 80` -> `port 81`) pass for ours. Other bytes than `state`'s make the next
+        look read the file (and `changed` say so). Only the bytes: the kernel may give the
+        file another group (a setgid directory) or mode bits than asked, and a heartbeat took
+        that for an outside edit after every install. `seen`: that read-back, done by the
+        caller where its file work runs (`look`); else it is done here."""
+        signature, found = look(path) if seen is None else seen
+        if signature is None and found is not None:  # (nothing there)
             self._known.pop(path, None)
             return
-        ours = state.content is not None and st.st_size == len(state.content)
-        self._known[path] = (_signature(st) if ours else _NOT_SEEN, state)
+        ours = found is not None and found.content == state.content
+        self._known[path] = (signature if ours and signature is not None else _NOT_SEEN, state)
+
+
+# What `look` found: (its signature, None when nothing is there; what is there, None when it
+# cannot be read).
+Seen = tuple[Signature | None, FileState | None]
+
+
+def look(path: Path) -> Seen:
+    """The file at `path` as DestCache.remember compares it with what was put there."""
+    try:
+        return _read_with_signature(path)
+    except OSError:  # (not a regular file now, unreadable: the next look says why)
+        return None, None
 
 
 class NotDurable(ResourceError):

@@ -257,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("store unavailable: %s", exc)
         return EXIT_STORE_UNAVAILABLE
     except KeyboardInterrupt:
+        if args.command in ONE_SHOT_COMMANDS:
+            # Ended by SIGINT, as within a command (stop_along.py) and as a shell expects
+            # (130): exit 1 said "a resource failed", and a shell loop went on to its next run.
+            import signal
+
+            raise Stopped(signal.SIGINT) from None
         return EXIT_RESOURCE_FAILED
 
 

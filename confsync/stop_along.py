@@ -30,6 +30,7 @@ from typing import Any
 
 from confsync import children
 from confsync.errors import Stopped
+from confsync.ops import procgroup
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # How long the command's group has to end on the signal before SIGKILL: a reload script's trap
@@ -93,7 +94,11 @@ def stop_group(proc: Popen[bytes], signum: int, argv: Sequence[str]) -> None:
         deadline = time.monotonic() + GRACE
         while not children.exited(proc.pid) and time.monotonic() < deadline:
             time.sleep(_POLL)
-        children.killpg(proc.pid, signal.SIGKILL)  # (what ignored it, or outlived its leader)
+        # What it started has the same grace: a shell leader ends at once, and its helper's
+        # trap (a cleanup) was cut by the SIGKILL a poll later.
+        while time.monotonic() < deadline and procgroup.members(proc.pid, proc.pid):
+            time.sleep(procgroup.POLL)
+        children.killpg(proc.pid, signal.SIGKILL)  # (what ignored it, or outlived the grace)
     proc.wait()
 
 

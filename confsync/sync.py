@@ -25,6 +25,7 @@ from confsync.applier import (
     NotDurable,
     Target,
     install,
+    look,
     remove_stale_staged,
     remove_undeleted,
     restore,
@@ -407,8 +408,10 @@ class Syncer:
             step = "install"
             check = self._needs_check(resource, current, content)
             try:
-                check_seconds = self._io(resource, "stage", lambda progress: install(
-                    resource, target, check=check, keep=has_target, progress=progress))
+                # (The file read back on the worker too: DestCache.remember.)
+                check_seconds, read_back = self._io(resource, "stage", lambda progress: (
+                    install(resource, target, check=check, keep=has_target,
+                            progress=progress), look(resource.dest)))
             except IoStuck:
                 # It may yet rename the file into place (at thaw) with nobody to reload it:
                 # owe the reload, and drop the running copy it may keep, as if it had.
@@ -430,7 +433,7 @@ class Syncer:
                 self.checked[resource.dest] = content
             self.installed[resource.dest] = content
             self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
-                                                         target.gid))
+                                                         target.gid), read_back)
             if has_target:
                 self._kept.add(resource.dest)
         except ResourceError as exc:

@@ -54,7 +54,7 @@ def _start(command: str, confdir: Path, etcd: EtcdMember, prefix: str,
            env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
     full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "confsync", command, "--confdir",
+    return subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir",
                              str(confdir), "--endpoints", etcd.endpoint, "--prefix", prefix],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=REPO)
@@ -171,3 +171,36 @@ def test_once_as_pid1_stopped_in_its_check_exits_143(etcd: EtcdMember, tmp_path:
             proc.wait()
     assert proc.returncode == 143, err
     assert dest.read_text() == "port 80\n" and _staged(tmp_path) == [], err
+
+
+def test_once_interrupted_outside_a_command_ends_by_sigint(tmp_path: Path, prefix: str) -> None:
+    """Ctrl-C while `once` (or `check`) waits for etcd (no command running) ended it with
+    exit 1, "a resource failed", and no line; a shell loop around it went on to its next run.
+    It ends by SIGINT now, as in a command (the README's 130). (It still lets the read in
+    flight end first, within etcd.timeout: the store is never closed under a read.)"""
+    import socket
+    import threading
+
+    write_resource(tmp_path / "cd", "app", "port {{ getv('/app/port') }}\n",
+                   f'dest = "{tmp_path / "app.conf"}"\nkeys = ["/app"]\n')
+    mute = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    accepted: list[socket.socket] = []
+    waiter = threading.Thread(target=lambda: accepted.append(mute.accept()[0]), daemon=True)
+    waiter.start()
+    try:
+        port = mute.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "confsync", "once", "--confdir", str(tmp_path / "cd"),
+             "--endpoints", f"http://127.0.0.1:{port}", "--prefix", prefix],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")},
+                 "CONFSYNC_ETCD_TIMEOUT": "3s"})
+        wait_for(lambda: accepted or proc.poll() is not None, 60, what="confsync asking etcd")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGINT, err
+    finally:
+        mute.close()
+        for conn in accepted:
+            conn.close()

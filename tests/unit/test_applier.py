@@ -104,6 +104,45 @@ def test_an_edit_made_as_confsync_installs_the_file_is_not_taken_for_its_own(
     assert not cache.changed(res.dest)  # (now seen)
 
 
+def test_an_edit_of_the_same_size_as_confsync_installs_is_not_taken_for_its_own(
+        tmp_path: Path) -> None:
+    """As above, but the edit kept the size (`port 80` -> `port 81`, `weight 10` -> `20`):
+    the size alone took it for confsync's file, never repaired."""
+    res = resource(tmp_path)
+    cache = DestCache()
+    install(res, target(b"port 80\n"))
+    res.dest.write_bytes(b"port 81\n")  # (in the window)
+    cache.remember(res.dest, FileState(b"port 80\n", 0o640, os.geteuid(), os.getegid()))
+    assert cache.changed(res.dest)
+    assert cache.current(res.dest).content == b"port 81\n"
+    assert not cache.changed(res.dest)  # (now seen)
+
+
+def test_a_group_the_kernel_gave_the_file_is_no_outside_edit(tmp_path: Path) -> None:
+    """A dest in a setgid directory gets the directory's group, not the one asked for: the
+    file is still confsync's (a read-back comparing owners took it for an outside edit
+    after every install, and the heartbeat repaired it in a loop)."""
+    res = resource(tmp_path)
+    cache = DestCache()
+    install(res, target(b"port 80\n"))
+    cache.remember(res.dest, FileState(b"port 80\n", 0o640, os.geteuid(), os.getegid() + 1))
+    assert not cache.changed(res.dest)
+
+
+def test_the_file_confsync_installed_is_remembered_without_a_read_at_the_next_look(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steady state: after remember, a look stats the file and reads nothing."""
+    import confsync.applier as applier
+
+    res = resource(tmp_path)
+    cache = DestCache()
+    install(res, target(b"port 80\n"))
+    cache.remember(res.dest, FileState(b"port 80\n", 0o640, os.geteuid(), os.getegid()))
+    monkeypatch.setattr(applier, "_read_with_signature", lambda path: pytest.fail("read"))
+    assert not cache.changed(res.dest)
+    assert cache.current(res.dest).content == b"port 80\n"
+
+
 def test_restore_previous_and_absent(tmp_path: Path) -> None:
     res = resource(tmp_path)
     install(res, target(b"new\n"))
@@ -162,3 +201,35 @@ def test_a_link_owned_by_another_user_is_not_followed(tmp_path: Path) -> None:
     os.lchown(res.dest, 0, 0)  # the same link, owned by root: followed
     install(res, target(b"new\n"))
     assert victim.read_bytes() == b"new\n" and res.dest.is_symlink()
+
+
+def test_a_syncer_finds_an_edit_made_just_after_its_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the Syncer: an edit of the same size lands right after the rename (before
+    the file is remembered); the next drift look finds it, and the next apply repairs it."""
+    import confsync.sync as sync
+    from confsync.mirror import Mirror
+    from confsync.outcome import UPDATED
+    from confsync.renderer import Renderer
+    from confsync.stores import Snapshot
+
+    (tmp_path / "t").write_text("port {{ getv('/port') }}\n")
+    res = Resource(name="r", source=tmp_path / "r.toml", src=tmp_path / "t",
+                   dest=tmp_path / "d", keys=("/port",), prefix="")
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {"/port": b"80"}))
+    syncer = sync.Syncer(Renderer(tmp_path), mirror)
+    real = sync.install
+
+    def install_then_edit(*args: object, **kw: object) -> float | None:
+        took = real(*args, **kw)  # type: ignore[arg-type]
+        res.dest.write_bytes(b"port 81\n")  # (someone else, in the window)
+        return took
+
+    monkeypatch.setattr(sync, "install", install_then_edit)
+    assert syncer.apply([res])[0].status == UPDATED
+    monkeypatch.setattr(sync, "install", real)
+    assert syncer.drifted([res]) == [res]
+    assert syncer.apply([res])[0].status == UPDATED
+    assert res.dest.read_bytes() == b"port 80\n"
+    assert syncer.drifted([res]) == []

@@ -51,6 +51,23 @@ def test_what_ignores_the_signal_is_killed_after_the_grace(tmp_path: Path,
     wait_for(lambda: _gone(int(kid.read_text())), 30, what="its group killed")
 
 
+def test_what_the_command_started_has_the_grace_too(tmp_path: Path) -> None:
+    """A shell leader ends at once on SIGTERM; the helper it started traps it to clean up
+    (0.5 s). Its group was SIGKILLed as soon as the leader was gone, the cleanup cut: the
+    README promises the group SIGKILL only after the grace (2 s)."""
+    kid, cleaned = tmp_path / "kid", tmp_path / "cleaned"
+    helper = f"trap 'sleep 0.5; echo done > {cleaned}; exit 0' TERM; echo $$ > {kid}; " \
+             "while :; do sleep 0.05; done"
+    proc = _start(f"sh -c \"{helper}\" & wait")
+    wait_for(lambda: kid.exists() and kid.read_text().strip(), 30, what="the helper")
+    guard = stop_along.Guard()
+    with pytest.raises(Stopped), guard.running(proc, ["sh"]):
+        guard.handle(signal.SIGTERM, None)
+    assert proc.returncode == -signal.SIGTERM
+    wait_for(lambda: _gone(int(kid.read_text())), 30, what="the helper gone")
+    assert cleaned.exists()  # its trap ran to the end
+
+
 def test_a_second_signal_does_not_cut_the_stop_short() -> None:
     guard = stop_along.Guard()
     proc = _start("exec sleep 60")
