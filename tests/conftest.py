@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,13 @@ from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, star
 from tests.support.haproxy import HAProxyStack, find_haproxy
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess
+
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`) ignores
+# SIGINT, and so would every process it starts: tests of what SIGINT does to confsync and its
+# commands then tested an ignored signal (they failed only in such runs). Python's own handler
+# here; a process the tests start gets SIGINT's default action, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -54,7 +54,7 @@ def _start(command: str, confdir: Path, etcd: EtcdMember, prefix: str,
            env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
     full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "confsync", "once", "--confdir",
+    return subprocess.Popen([sys.executable, "-m", "confsync", command, "--confdir",
                              str(confdir), "--endpoints", etcd.endpoint, "--prefix", prefix],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=REPO)
