@@ -54,16 +54,22 @@ def _put(endpoint: str, key: str, value: str) -> None:
             time.sleep(0.2)
 
 
-def hunt_watch(base: Path, seconds: float, rnd: random.Random, proxy: bool,
-               endpoints_change: bool) -> None:
+def _etcd(base: Path, proxy: bool) -> tuple[Any, list[Any]]:
+    """(what confsync talks to, what the hunt kills): etcd, or a gRPC proxy in front of it."""
     binary = find_etcd()
     assert binary is not None
     etcd = start_single(binary, base / "etcd")
     faulty: list[Any] = [etcd]
-    target: Any = etcd
-    if proxy:
-        target = GrpcProxy(binary, [etcd], base / "proxy.log").start()
-        faulty.append(target)
+    if not proxy:
+        return etcd, faulty
+    target = GrpcProxy(binary, [etcd], base / "proxy.log").start()
+    faulty.append(target)
+    return target, faulty
+
+
+def hunt_watch(base: Path, seconds: float, rnd: random.Random, proxy: bool,
+               endpoints_change: bool) -> None:
+    target, faulty = _etcd(base, proxy)
     port = target.endpoint.rsplit(":", 1)[1]
     for p in range(6):
         _put(target.endpoint, f"/p{p}/app/v", f"v{p}")
@@ -113,14 +119,7 @@ def hunt_watch(base: Path, seconds: float, rnd: random.Random, proxy: bool,
 
 
 def hunt_register(base: Path, seconds: float, rnd: random.Random, proxy: bool) -> None:
-    binary = find_etcd()
-    assert binary is not None
-    etcd = start_single(binary, base / "etcd")
-    faulty: list[Any] = [etcd]
-    target: Any = etcd
-    if proxy:
-        target = GrpcProxy(binary, [etcd], base / "proxy.log").start()
-        faulty.append(target)
+    target, faulty = _etcd(base, proxy)
     for n in range(3):
         write_registration(base / "conf", f"web{n}",
                            f'service = "web"\nport = {20000 + n}\nid = "web-{n}"\nttl = "3s"\n'
