@@ -103,3 +103,36 @@ def test_a_registrar_keeps_its_lease_through_silent_endpoints_after_its_member_d
             assert since < 12, f"not renewed in {since:.1f}s\n{r.output()[-3000:]}"
             time.sleep(0.1)
         print(f"lease renewed {since:.2f}s after the kill")
+
+
+def test_a_registrar_with_a_short_lease_keeps_it_through_silent_endpoints(
+        cluster: list[EtcdMember], backend: HTTPBackend, tmp_path: Path,
+        procs: list[RegisterProcess]) -> None:
+    """A 3 s lease: calls, the connect wait included, are limited to ttl/3 = 1 s. The silent
+    endpoints after the member that died cost 1 s each, waited for in turn, and the lease
+    lapsed 3.4 s after the kill; their connections are now begun at once and cost the wait
+    once."""
+    leader = client(cluster[0].endpoint).status().leader.name
+    used = next(m for m in cluster if m.name != leader)  # (see above)
+    others = [m for m in cluster if m is not used]
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "3s"\n'
+                       '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
+    key = "/services/web/instances/web-1"
+    c = client(others[0].endpoint)
+    with black_holes(2) as silent:
+        r = RegisterProcess(tmp_path / "conf",
+                            ",".join([used.endpoint, *silent, *(m.endpoint for m in others)]),
+                            "--hostname", "node-a", log=tmp_path / "reg.log")
+        procs.append(r)
+        wait_for(lambda: c.get(key)[0] is not None, timeout=20, what="registered")
+        lease = c.get(key)[1].lease_id
+        wait_for(lambda: member_in_use(r.proc.pid, cluster) is used, timeout=10,
+                 what="the registrar on the first endpoint")
+        used.kill()
+        killed = time.monotonic()
+        while (since := time.monotonic() - killed) < 8:  # (the lease renewed throughout)
+            value, meta = c.get(key)
+            assert value is not None and meta.lease_id == lease, \
+                f"the registration lapsed {since:.1f}s after the kill\n{r.output()[-3000:]}"
+            time.sleep(0.1)
