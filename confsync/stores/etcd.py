@@ -26,6 +26,7 @@ dead members must not cost a backoff step each.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -100,6 +101,11 @@ ENDPOINT_RETRY_SECONDS = 1.0
 # a frozen member (TCP accepted, no HTTP/2 answer) cost every reconnect its whole call
 # timeout (etcd.timeout), one endpoint per follower backoff step.
 CONNECT_SECONDS = 1.0
+# The first endpoint's connection is waited for alone this long (a live member's comes up in
+# milliseconds); then the others' are begun too, and the first in turn that comes up within
+# CONNECT_SECONDS is used: silent endpoints listed first cost the connect wait once, not once
+# each (a registrar's 3 s lease, its calls limited to ttl/3 = 1 s, lapsed behind two).
+HEAD_START_SECONDS = 0.25
 # An endpoint whose connection did not come up is tried after the others for this long: a
 # member removed or a host switched off costs its connect wait once, not at every reconnect.
 DOWN_SECONDS = 60.0
@@ -278,10 +284,20 @@ class _Endpoint(Endpoint):  # type: ignore[misc]
     """The library's endpoint, whose channel may dial a gRPC target other than `host:port`
     (a name's last addresses); `netloc` still names the endpoint as configured."""
 
+    channel: grpc.Channel
+
     def __init__(self, host: str, port: int, target: str | None = None,
                  **kwargs: Any) -> None:
         self._target = target
+        self._opts = kwargs.get("opts")
         super().__init__(host, port, **kwargs)
+
+    def idle_again(self) -> None:
+        """A new channel, not connected, in place of one whose connection was begun for a
+        client that uses another endpoint (the client's failover connects it when needed):
+        one connection a client, not one to every member."""
+        old, self.channel = self.channel, self._mkchannel(self._opts)
+        old.close()
 
     def _mkchannel(self, opts: Any) -> grpc.Channel:
         if self._target is None:
@@ -303,6 +319,12 @@ def _address_target(addresses: Sequence[str], port: int) -> str:
 
 class _EndpointFailed(StoreUnavailable):
     """The endpoint in use failed a call (or the login): the next one may serve."""
+
+
+def _begin_connection(channel: grpc.Channel) -> None:
+    """Start `channel`'s connection now (gRPC makes it at the first call otherwise)."""
+    with contextlib.suppress(Exception):  # (a gRPC without it: `_connection` says None)
+        channel._channel.check_connectivity_state(True)
 
 
 def _connection(channel: grpc.Channel, wait: float) -> int | None:
@@ -616,21 +638,46 @@ class EtcdStore:
         A member that is gone cost a whole follower backoff step, and a silent one its call
         timeout on top: with a few dead endpoints listed first, or members replaced one by
         one, a watch took 20-40 s to find a live member (README: "A reconnect passes dead
-        and silent endpoints")."""
+        and silent endpoints").
+
+        `wait` is the wait of them all: when the first has not come up within
+        HEAD_START_SECONDS, the others' connections are begun too (and those not used are
+        made idle again after)."""
         with self._rotation_lock:
             start = self._rotation % len(endpoints)
         rotated = [*range(start, len(endpoints)), *range(start)]
         down = self._down_now()
         order = ([i for i in rotated if urls[i] not in down]
                  + [i for i in rotated if urls[i] in down])
+        deadline = time.monotonic() + wait
+        head = _connection(endpoints[order[0]].channel, min(wait, HEAD_START_SECONDS))
+        begun = head not in (None, _READY)
+        if begun:  # (slow, silent or refused: the others connect meanwhile)
+            for i in order[1:]:
+                _begin_connection(endpoints[i].channel)
+        chosen = self._first_in_turn(endpoints, urls, order, head, deadline, wait)
+        if begun:
+            for i in order:
+                if i != chosen:
+                    endpoints[i].idle_again()
+        self._use(chosen)
+        return endpoints[chosen]
+
+    def _first_in_turn(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
+                       order: Sequence[int], head: int | None, deadline: float,
+                       wait: float) -> int:
+        """`_first_up`'s choice, the first endpoint's state after its head start `head`."""
         slow: int | None = None
         for i in order:
-            state = _connection(endpoints[i].channel, wait)
+            if i == order[0] and head in (None, _READY, _TRANSIENT_FAILURE, _SHUTDOWN):
+                state = head
+            else:
+                state = _connection(endpoints[i].channel,
+                                    max(0.0, deadline - time.monotonic()))
             if state is None or state == _READY:
                 with self._members_lock:
                     self._down.pop(urls[i], None)
-                self._use(i)
-                return endpoints[i]
+                return i
             log.debug("etcd %s: %s in %gs; trying the next endpoint", urls[i],
                       "refused" if state == _TRANSIENT_FAILURE else "no connection", wait)
             with self._members_lock:
@@ -640,8 +687,7 @@ class EtcdStore:
                 slow = i
         chosen = order[0] if slow is None else slow
         endpoints[chosen].last_failed = 0
-        self._use(chosen)
-        return endpoints[chosen]
+        return chosen
 
     def _down_now(self) -> set[str]:
         """The endpoints whose connection did not come up within DOWN_SECONDS (older ones

@@ -21,6 +21,10 @@ class _Endpoint:
     def __init__(self, url: str) -> None:
         self.channel = url  # (what the fake `_connection` is asked about)
         self.last_failed = 0.0
+        self.idled = False
+
+    def idle_again(self) -> None:
+        self.idled = True
 
     def fail(self) -> None:
         self.last_failed = time.time()
@@ -97,3 +101,41 @@ def test_an_endpoint_that_connects_again_is_no_longer_down(
     assert store._first_up(endpoints, URLS, 1.0) is endpoints[0]
     assert asked == [A]
     assert A not in store._down_now()
+
+
+
+def test_silent_endpoints_listed_first_cost_the_connect_wait_once_not_once_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two silent endpoints before a live one, waited for in turn, cost a registrar with a
+    3 s lease (its calls, connect wait included, limited to 1 s) 2 s, and its lease lapsed.
+    The first one's connection gets a head start; then every other one's is begun too, and
+    the wait is shared. Those not used are made idle again (one connection a client)."""
+    state = {A: SILENT, B: SILENT, C: UP, D: UP}
+    begun: list[str] = []
+    waits: list[float] = []
+
+    def connection(channel: str, wait: float) -> int:
+        waits.append(wait)
+        if state[channel] == SILENT:
+            time.sleep(wait)  # (what a silent one costs: the whole wait)
+        return state[channel]
+
+    monkeypatch.setattr(etcd, "_connection", connection)
+    monkeypatch.setattr(etcd, "_begin_connection", begun.append, raising=False)
+    store, endpoints = _store()
+    started = time.monotonic()
+    assert store._first_up(endpoints, URLS, 0.5) is endpoints[2]
+    spent = time.monotonic() - started
+    assert sum(waits) <= 0.5 + 0.01 and spent < 0.8, (waits, spent)
+    assert begun == [B, C, D]
+    assert [e.idled for e in endpoints] == [True, True, False, True]
+
+
+def test_a_first_endpoint_that_connects_is_the_only_connection_made(
+        states: tuple[dict[str, int], list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, asked = states
+    begun: list[str] = []
+    monkeypatch.setattr(etcd, "_begin_connection", begun.append, raising=False)
+    store, endpoints = _store()
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[0]
+    assert asked == [A] and begun == [] and not any(e.idled for e in endpoints)
