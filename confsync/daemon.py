@@ -255,6 +255,7 @@ class Daemon:
         self._failed_parts: set[str] = set()
         self._last_beat = 0.0
         self._degraded_warnings = Repeats()
+        self._loss_said = False  # (a warning said since the watch was last connected)
         self._reload_warnings = Repeats()
         # A reload target down for months is asked every 30 s: what each ask found (the file
         # current, nothing running) is said once, then at most every 5 minutes.
@@ -644,6 +645,7 @@ class Daemon:
                                         and len(self.state.prefixes) > 1)
             self._replay_until = event.replay_until
             self.connected = True
+            self._loss_said = False
             self._follower_deaths = 0
             self._part_backoff.reset()
             if self._replay_waiting:
@@ -652,10 +654,15 @@ class Daemon:
                 return
             self.observers.watch_connected(event.revision)
             return
-        if self.connected or (not self.ready and self._degraded_warnings.due(event.reason)):
-            # (Before the first snapshot every retry fails anew: the same reason is repeated
-            # at most every 5 minutes, not at each retry for as long as etcd stays away.)
+        # A loss is said when the watch goes (`connected`). Before the first snapshot every
+        # retry fails anew: the same reason is repeated at most every 5 minutes, not at each
+        # retry for as long as etcd stays away. After it, a watch that never connected (etcd
+        # gone between the snapshot and the watch) had no loss to say: not a line, for as
+        # long as etcd stayed away; its first failure is said, then quiet as after a loss.
+        unsaid = not self.ready or not self._loss_said
+        if self.connected or (unsaid and self._degraded_warnings.due(event.reason)):
             log.warning("degraded: %s; keeping the last good files and retrying", event.reason)
+            self._loss_said = True
         self.connected = False
         self._forget_replay()
         if self._drained_revision and not self._cut:
