@@ -156,6 +156,20 @@ class Chaos:
         return set(spread(self.stack.port, 4 * len(NAMES)))
 
 
+def _serving_state(stack: HAProxyStack) -> str:
+    """What answers on the frontend's port, for a failed convergence: the file's servers,
+    HAProxy's runtime view of them, and every process listening there (a CI run once found
+    a backend served that neither the file nor HAProxy's runtime state named)."""
+    listening = subprocess.run(["ss", "-ltnpH", f"sport = :{stack.port}"],
+                               capture_output=True, text=True, check=False).stdout
+    try:
+        runtime = stack.admin_command("show servers state")
+    except OSError as exc:
+        runtime = f"({exc})"
+    servers = [line for line in stack.cfg.read_text().splitlines() if "server " in line]
+    return (f"file: {servers}\nruntime: {runtime}\nlistening on :{stack.port}:\n{listening}")
+
+
 def applied_revision(base: str) -> int:
     """`confsync_applied_revision` on /metrics: the store revision of the last batch applied."""
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
@@ -244,7 +258,8 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         except AssertionError:
             raise AssertionError(
                 f"HAProxy serves {chaos.served()}, etcd says {chaos.expected()} "
-                f"({chaos.pool}) after {chaos.actions}:\n{watch.output()[-4000:]}") from None
+                f"({chaos.pool}) after {chaos.actions}:\n{watch.output()[-4000:]}\n"
+                f"{_serving_state(stack)}") from None
         # Traffic alone can agree early (two instances on one backend): the change etcd
         # made last must be applied too before the file is expected to stay as it is.
         latest = stack.client.get_response(stack.prefix + "/").header.revision
