@@ -256,6 +256,7 @@ class Daemon:
         self._last_beat = 0.0
         self._degraded_warnings = Repeats()
         self._loss_said = False  # (a warning said since the watch was last connected)
+        self._unchanged_revision = 0  # (a batch that changed no value: `_note_current`)
         self._reload_warnings = Repeats()
         # A reload target down for months is asked every 30 s: what each ask found (the file
         # current, nothing running) is said once, then at most every 5 minutes.
@@ -376,6 +377,8 @@ class Daemon:
         due = self.planner.due(now) if settled and self._replay_hold(now) is None else []
         if due:
             self.apply(due)
+        if settled:
+            self._note_current(now)
         if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._check_parts(now)
             self._say_settled()
@@ -563,6 +566,19 @@ class Daemon:
         if changed:
             self.observers.changes_received(batch.revision, len(changed))
             self._touch_covering(changed)
+        else:
+            # Nothing changed (a put of the value already there, a delete of nothing): the
+            # files reflect this revision too once nothing else waits (`_note_current`).
+            # /ready's revision and confsync_applied_revision stayed behind etcd's for good.
+            self._unchanged_revision = max(self._unchanged_revision, batch.revision)
+
+    def _note_current(self, now: float) -> None:
+        """Say a revision that changed nothing is reflected by the files, once no render,
+        retry or replay waits (else the files may still be behind it)."""
+        if (self._unchanged_revision and self.planner.next_deadline() is None
+                and self._replay_hold(now) is None):
+            self.observers.revision_current(self._unchanged_revision)
+            self._unchanged_revision = 0
 
     def _on_snapshot(self, event: SnapshotTaken) -> None:
         snapshot = event.snapshot

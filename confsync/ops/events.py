@@ -44,6 +44,10 @@ class Observer:
     def ready(self, revision: int) -> None:
         """The first full render finished (every resource tried once)."""
 
+    def revision_current(self, revision: int) -> None:
+        """The files reflect the store at `revision`, though no batch was applied for it (its
+        changes left every value as it was, and nothing else waits)."""
+
     def heartbeat(self) -> None:
         """The loop is alive; called at least once a second, and after every step of an
         apply."""
@@ -142,6 +146,9 @@ class Observers(Observer):
 
     def ready(self, revision: int) -> None:
         self._each("ready", revision)
+
+    def revision_current(self, revision: int) -> None:
+        self._each("revision_current", revision)
 
     def heartbeat(self) -> None:
         self._each("heartbeat")

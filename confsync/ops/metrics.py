@@ -388,6 +388,13 @@ class Metrics(Observer):
             self._count(outcome, now)
         self._update_ready()
 
+    def revision_current(self, revision: int) -> None:
+        self._revision_seen(revision)
+        with self._lock:
+            self._applied_revision = max(self._applied_revision, revision)
+            applied = self._applied_revision
+        self.applied_revision.set(applied)
+
     def _count(self, outcome: Outcome, now: float) -> None:
         resource = outcome.resource
         name = resource.name

@@ -263,7 +263,13 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         # Traffic alone can agree early (two instances on one backend): the change etcd
         # made last must be applied too before the file is expected to stay as it is.
         latest = stack.client.get_response(stack.prefix + "/").header.revision
-        wait_for(lambda: applied_revision(base) >= latest, timeout=30)
+        try:
+            wait_for(lambda: applied_revision(base) >= latest, timeout=30)
+        except AssertionError:
+            raise AssertionError(
+                f"applied revision {applied_revision(base)}, etcd's {latest} after "
+                f"{chaos.actions}; /ready {probe(base, '/ready')}:\n"
+                f"{watch.output()[-4000:]}") from None
         convergence = time.monotonic() - healed
         wait_for(lambda: probe(base, "/ready")[0] == 200, timeout=30)
         chaos.file_checks()
