@@ -12,25 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from confsync.daemon import Daemon
-from confsync.settings import Settings, WatchSettings
-from confsync.stores import Snapshot
-from confsync.watcher import SnapshotTaken, StreamState
-from tests.support.cli import write_resource
-
-
-def _daemon(tmp_path: Path) -> Daemon:
-    data = tmp_path / "data.yaml"
-    data.write_text("a:\n  n: '0'\n")
-    dest, confdir = tmp_path / "out", tmp_path / "cd"
-    write_resource(confdir, "a", "{{ getv('/a/n') }}\n", f'dest = "{dest}"\nkeys = ["/a"]')
-    daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,),
-                             watch=WatchSettings(wait_min=0, wait_max=0)),
-                    {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
-                     "watch.wait_min": "0s", "watch.wait_max": "0s"})
-    daemon._handle(SnapshotTaken(Snapshot(5, {"/a/n": b"0"}), "start"))
-    assert dest.read_text() == "0\n"
-    return daemon
+from confsync.watcher import StreamState
+from tests.support.loop_daemon import one_key_daemon
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -40,7 +23,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_a_watch_that_never_connects_after_the_snapshot_says_so_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    daemon = _daemon(tmp_path)
+    daemon = one_key_daemon(tmp_path)
     with caplog.at_level(logging.INFO, logger="confsync"):
         for _ in range(5):
             daemon._handle(StreamState(False, 5, "etcd: connection refused"))
@@ -50,7 +33,7 @@ def test_a_watch_that_never_connects_after_the_snapshot_says_so_once(
 
 def test_a_loss_after_a_connection_is_said_once_and_again_after_the_next(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    daemon = _daemon(tmp_path)
+    daemon = one_key_daemon(tmp_path)
     with caplog.at_level(logging.INFO, logger="confsync"):
         daemon._handle(StreamState(True, 5))
         for _ in range(3):

@@ -14,10 +14,9 @@ from pathlib import Path
 from confsync.daemon import Daemon
 from confsync.handoff import BatchReceived
 from confsync.ops.events import Observer
-from confsync.settings import Settings, WatchSettings
-from confsync.stores import Change, ChangeBatch, Snapshot
-from confsync.watcher import SnapshotTaken, StreamState
-from tests.support.cli import write_resource
+from confsync.stores import Change, ChangeBatch
+from confsync.watcher import StreamState
+from tests.support.loop_daemon import one_key_daemon
 
 
 class Seen(Observer):
@@ -29,17 +28,9 @@ class Seen(Observer):
 
 
 def _daemon(tmp_path: Path) -> tuple[Daemon, Seen]:
-    data = tmp_path / "data.yaml"
-    data.write_text("a:\n  n: '0'\n")
-    dest, confdir = tmp_path / "out", tmp_path / "cd"
-    write_resource(confdir, "a", "{{ getv('/a/n') }}\n", f'dest = "{dest}"\nkeys = ["/a"]')
-    daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,),
-                             watch=WatchSettings(wait_min=0, wait_max=0)),
-                    {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
-                     "watch.wait_min": "0s", "watch.wait_max": "0s"})
+    daemon = one_key_daemon(tmp_path)
     seen = Seen()
     daemon.observers.add(seen)
-    daemon._handle(SnapshotTaken(Snapshot(5, {"/a/n": b"0"}), "start"))
     daemon._handle(StreamState(True, 5))
     return daemon, seen
 
