@@ -87,34 +87,23 @@ def test_dest_cache_notices_an_outside_edit(tmp_path: Path) -> None:
     assert cache.current(res.dest).content is None
 
 
+@pytest.mark.parametrize(("ours", "edited"), [(b"ours\n", b"edited by hand\n"),
+                                               (b"port 80\n", b"port 81\n")])
 def test_an_edit_made_as_confsync_installs_the_file_is_not_taken_for_its_own(
-        tmp_path: Path) -> None:
+        tmp_path: Path, ours: bytes, edited: bytes) -> None:
     """Someone rewrote the dest between confsync's rename and its stat of the new file: that
     stat, the other writer's, was remembered as confsync's file, so the heartbeat never saw
     the edit and every render found the dest "up to date" (a hand edit made just after a
     write, never repaired: test_an_interval_or_a_change_that_leaves_the_file_as_it_was...
-    timed out on a loaded machine)."""
+    timed out on a loaded machine). An edit that kept the size (`port 80` -> `port 81`) was
+    still taken for confsync's file by its size alone."""
     res = resource(tmp_path)
     cache = DestCache()
-    install(res, target(b"ours\n"))
-    res.dest.write_bytes(b"edited by hand\n")  # (in the window)
-    cache.remember(res.dest, FileState(b"ours\n", 0o640, os.geteuid(), os.getegid()))
+    install(res, target(ours))
+    res.dest.write_bytes(edited)  # (in the window)
+    cache.remember(res.dest, FileState(ours, 0o640, os.geteuid(), os.getegid()))
     assert cache.changed(res.dest)
-    assert cache.current(res.dest).content == b"edited by hand\n"
-    assert not cache.changed(res.dest)  # (now seen)
-
-
-def test_an_edit_of_the_same_size_as_confsync_installs_is_not_taken_for_its_own(
-        tmp_path: Path) -> None:
-    """As above, but the edit kept the size (`port 80` -> `port 81`, `weight 10` -> `20`):
-    the size alone took it for confsync's file, never repaired."""
-    res = resource(tmp_path)
-    cache = DestCache()
-    install(res, target(b"port 80\n"))
-    res.dest.write_bytes(b"port 81\n")  # (in the window)
-    cache.remember(res.dest, FileState(b"port 80\n", 0o640, os.geteuid(), os.getegid()))
-    assert cache.changed(res.dest)
-    assert cache.current(res.dest).content == b"port 81\n"
+    assert cache.current(res.dest).content == edited
     assert not cache.changed(res.dest)  # (now seen)
 
 
