@@ -796,9 +796,12 @@ class Syncer:
                     f"cannot write the copy to check in {tmp.parent} (the temporary "
                     f"directory: TMPDIR, else /tmp; `once` stages beside dest instead): "
                     f"{describe(exc)}")) from None
+            # The owner first, as `once` looks it up before it checks: a name the system does
+            # not know fails at step "owner" in both, not at "check" here and "owner" there.
+            step = "owner"
+            target = Target.for_resource(resource, content, current)
             step = "check"
             run_check(resource, staged)
-            target = Target.for_resource(resource, content, current)
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start)
         except Exception as exc:  # OSError (dest is a directory, temp dir full...) or unexpected

@@ -37,6 +37,25 @@ def test_check_reports_failures_and_exits_1(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_check_names_the_step_once_fails_at_for_an_unknown_owner(tmp_path: Path) -> None:
+    """The README's first example, pasted as it is, names a user `app` that does not exist and a
+    check command that fails: `check` ran the check first and said "check failed" where `once`
+    says "owner failed"; both must name the owner."""
+    data = tmp_path / "d.yaml"
+    data.write_text("app:\n  v: 1\n")
+    write_resource(tmp_path, "app", "v={{ getv('/app/v') }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/app"]\nowner = "cs-nobody-like-this"\n'
+                   'check_cmd = "false {{src}}"')
+    planned = confsync("check", "--confdir", str(tmp_path), "--backend", "file",
+                       "--file", str(data))
+    done = confsync("once", "--confdir", str(tmp_path), "--backend", "file", "--file", str(data))
+    assert done.returncode == planned.returncode == 1, (done.stderr, planned.stdout)
+    said = "resource app: owner failed: no such user 'cs-nobody-like-this'"
+    assert said in done.stderr
+    assert said in planned.stdout, planned.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_diff_larger_than_a_pipe_arrives_whole(tmp_path: Path) -> None:
     """One-shot commands leave with os._exit (no interpreter teardown): what they printed must
     still be flushed, the short last line included, well past a pipe's 64 KiB buffer, and the
