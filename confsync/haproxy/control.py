@@ -104,6 +104,25 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
     return [(fam, address, port) for port in numbers for fam, address in addresses]
 
 
+# A bind confsync's probe is refused for lack of a privilege HAProxy has (or a seccomp filter).
+_NOT_OURS_TO_BIND = (errno.EACCES, errno.EPERM)
+
+
+def _listening(address: str, port: int) -> bool:
+    """Whether a TCP socket listens on `port` where a bind of `address` would clash (the same
+    address, or a wildcard on either side), from the socket table: no privilege needed."""
+    import psutil  # lazy, as in _port_holder
+
+    wildcards = ("0.0.0.0", "::")
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return True  # cannot tell: refuse, as before
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)
+               for c in connections)
+
+
 def _port_holder(port: int) -> tuple[int | None, str]:
     """Pid and name of the process listening on TCP `port`, as far as psutil can tell."""
     import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
@@ -192,7 +211,13 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                     probe.bind((address, port))
                     continue
                 except OSError as exc:
-                    if exc.errno != errno.EADDRINUSE:
+                    if exc.errno in _NOT_OURS_TO_BIND:
+                        # HAProxy may bind what confsync may not (a port below 1024 under
+                        # the shipped unit, which has no CAP_NET_BIND_SERVICE): the socket
+                        # table says whether someone holds it.
+                        if not _listening(address, port):
+                            continue
+                    elif exc.errno != errno.EADDRINUSE:
                         raise ReloadFailed(f"bind {token}: {exc.strerror}",
                                            untouched=True) from None
             pid, name = _port_holder(port)

@@ -7,6 +7,9 @@ HTTP backends that answer with their own name. Updates are driven by `stack.sync
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.haproxy import HAProxyStack, http_get, readonly_wrapper, spread, wait_for
+from tests.support.haproxy import REPO, HAProxyStack, http_get, readonly_wrapper, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -231,6 +234,58 @@ def test_bind_on_a_held_port_is_refused_and_the_file_restored(
     assert stack.cfg.read_bytes() == before
     assert (stack.status().reloads, stack.status().failed) == (status.reloads, status.failed)
     assert http_get(stack.port) == (200, "a")
+
+
+def _unit_capabilities() -> list[str] | None:
+    """A command prefix that runs confsync with the capability bounding set of the shipped
+    `systemd/confsync.service` (root, but without CAP_NET_BIND_SERVICE); None where this
+    process cannot (not root, no setpriv)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        return None
+    unit = (REPO / "systemd" / "confsync.service").read_text()
+    line = next(x for x in unit.splitlines() if x.startswith("CapabilityBoundingSet="))
+    caps = [c.lower().removeprefix("cap_") for c in line.split("=", 1)[1].split()]
+    return [setpriv, "--bounding-set", ",".join(["-all", *(f"+{c}" for c in caps)])]
+
+
+def _free_low_port() -> int:
+    """A port below 1024 free on 127.0.0.1 (binding it needs root)."""
+    for port in random.sample(range(600, 1000), 400):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+def test_a_new_bind_below_1024_reloads_under_the_units_capabilities(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The README's frontend binds port 80; confsync.service gives confsync no
+    CAP_NET_BIND_SERVICE (HAProxy, its own service, has it). The check for a held port tried
+    to bind the new port itself, was refused (EACCES) and failed every such reload ("bind ...:
+    Permission denied"). A port nobody holds goes live; one someone holds is still refused."""
+    wrapper = _unit_capabilities()
+    if wrapper is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_NET_BIND_SERVICE")
+    _running(stack, backends, "a")
+    low = _free_low_port()
+    front = {"bind": [f"127.0.0.1:{stack.port}"], "default_service": "web"}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", low))
+        squatter.listen()
+        stack.put("/haproxy/frontends/main", {**front, "bind": [*front["bind"],
+                                                                 f"127.0.0.1:{low}"]})
+        held = stack.sync(wrapper)
+    assert held.returncode == 1, held.stderr
+    assert f"port {low} is held by" in held.stderr, held.stderr
+    reloads = stack.status().reloads
+    result = stack.sync(wrapper)
+    assert result.returncode == 0, result.stderr
+    assert stack.status().reloads == reloads + 1
+    assert wait_for(lambda: http_get(low) == (200, "a"), timeout=10)
 
 
 def test_removed_instance_coming_back_is_served_again_without_reload(
