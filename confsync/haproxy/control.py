@@ -15,6 +15,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Callable, Hashable, Sequence
@@ -41,7 +42,7 @@ from confsync.haproxy.runtime import (
     update_saved_state,
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
-from confsync.haproxy.sockets import SocketUnavailable
+from confsync.haproxy.sockets import SocketUnavailable, query
 from confsync.logs import Repeats
 from confsync.paths import expand_user
 from confsync.processes import boot_clock, find_process, started_at, state
@@ -141,6 +142,22 @@ def _port_holder(port: int) -> tuple[int | None, str]:
     return None, "unknown process"
 
 
+_LISTENER_PORT = re.compile(r"\bl\.st=\S+.*?\blport=(\d+)")
+
+
+def _haproxy_ports(admin: AdminSocket | None) -> set[int]:
+    """The TCP ports HAProxy's worker listens on, from `show fd` on its admin socket: whose a
+    port is when the socket table names no process (confsync under the shipped unit may not
+    look into HAProxy's file descriptors, so its own ports looked like a stranger's)."""
+    if admin is None:
+        return set()
+    try:
+        text = query(admin.path, "show fd", timeout=ASK_TIMEOUT, retry_for=0.5)
+    except (OSError, ValueError):
+        return set()
+    return {int(port) for port in _LISTENER_PORT.findall(text)}
+
+
 def _family(master_pid: int | None) -> set[int]:
     if master_pid is None:
         return set()
@@ -190,13 +207,14 @@ def find_master(master_socket: Path) -> int | None:
 
 
 def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
-                     master_pid: int | None) -> None:
+                     master_pid: int | None, admin: AdminSocket | None = None) -> None:
     """Raise ReloadFailed if a `bind` of `new` is on a port another process holds.
 
     `haproxy -c` passes such a config, and the reload then pauses every listener for about 2 s
     and fails (measured on 2.6). Ports held by this HAProxy itself are fine.
     """
     ours: set[int] | None = None
+    own_ports: set[int] | None = None
     for token in new.binds:
         if old is not None and token in old.binds:
             continue  # the running config binds it already
@@ -224,6 +242,10 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
             ours = _family(master_pid) if ours is None else ours
             if pid is not None and pid in ours:
                 continue  # moved from another frontend, or the previous file is unknown
+            if pid is None:
+                own_ports = _haproxy_ports(admin) if own_ports is None else own_ports
+                if port in own_ports:
+                    continue  # HAProxy's own, the holder's pid hidden from confsync
             raise ReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",
@@ -564,7 +586,7 @@ class HAProxyController(ReloadTarget):
                 done = self._started_in_step(admin, old, new, master_pid)
                 if done is not None:
                     return done
-        check_binds_free(old, new, master_pid)
+        check_binds_free(old, new, master_pid, admin)
         self._save_state(admin, old, new)
         if master is None:
             return self.fallback.reload(None, None)

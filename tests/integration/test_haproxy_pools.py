@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,6 +287,53 @@ def test_a_new_bind_below_1024_reloads_under_the_units_capabilities(
     assert result.returncode == 0, result.stderr
     assert stack.status().reloads == reloads + 1
     assert wait_for(lambda: http_get(low) == (200, "a"), timeout=10)
+
+
+# A bind spelled from a key as it is: `ipv4@127.0.0.1:P` is the port HAProxy holds already
+# as `127.0.0.1:P`, under another spelling (the shipped template's `0.0.0.0:80` joined by
+# `[::]:80` is the same case on a dual-stack port).
+RESPELLED = """\
+global
+    stats socket @ADMIN@ mode 600 level admin
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend main
+    bind {{ getv("/haproxy/bind") }}
+    default_backend be_web
+backend be_web
+    server a 127.0.0.1:{{ getv("/haproxy/backend") | port }}
+"""
+
+
+def test_a_port_haproxy_holds_under_a_new_spelling_reloads_under_the_units_capabilities(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """Under the shipped unit confsync may not look into HAProxy's file descriptors, so the
+    socket table names no process for HAProxy's own port: a new bind token on it ("[::]:80"
+    beside "0.0.0.0:80") was refused as "held by unknown process", at every retry. HAProxy's
+    `show fd` says which ports it listens on."""
+    wrapper = _unit_capabilities()
+    if wrapper is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_SYS_PTRACE")
+    template = tmp_path / "respelled.tmpl"
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="reload", template=template)
+    template.write_text(RESPELLED.replace("@ADMIN@", str(stack.admin)))
+    try:
+        stack.put("/haproxy/backend", str(backends["a"].port))
+        stack.put("/haproxy/bind", f"127.0.0.1:{stack.port}")
+        stack.sync_ok()
+        stack.start()
+        reloads = stack.status().reloads
+        stack.put("/haproxy/bind", f"ipv4@127.0.0.1:{stack.port}")
+        result = stack.sync(wrapper)
+        assert result.returncode == 0, result.stderr
+        assert stack.status().reloads == reloads + 1
+        assert http_get(stack.port) == (200, "a")
+    finally:
+        stack.stop()
 
 
 def test_removed_instance_coming_back_is_served_again_without_reload(
