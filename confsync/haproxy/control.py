@@ -146,9 +146,9 @@ _LISTENER_PORT = re.compile(r"\bl\.st=\S+.*?\blport=(\d+)")
 
 
 def _haproxy_ports(admin: AdminSocket | None) -> set[int]:
-    """The TCP ports HAProxy's worker listens on, from `show fd` on its admin socket: whose a
-    port is when the socket table names no process (confsync under the shipped unit may not
-    look into HAProxy's file descriptors, so its own ports looked like a stranger's)."""
+    """The TCP ports HAProxy's worker listens on, from `show fd` on its admin socket; asked
+    when the socket table names no process for a port (confsync under the shipped unit may
+    not look into HAProxy's file descriptors, so HAProxy's own ports looked like a stranger's)."""
     if admin is None:
         return set()
     try:
