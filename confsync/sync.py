@@ -796,10 +796,16 @@ class Syncer:
                     f"cannot write the copy to check in {tmp.parent} (the temporary "
                     f"directory: TMPDIR, else /tmp; `once` stages beside dest instead): "
                     f"{describe(exc)}")) from None
-            # The owner first, as `once` looks it up before it checks: a name the system does
-            # not know fails at step "owner" in both, not at "check" here and "owner" there.
+            # In `once`'s order, so that both name the same step: the owner is looked up and
+            # the file staged beside dest before the check runs (a name the system does not
+            # know, or a read-only dest directory, said "check failed" here).
             step = "owner"
             target = Target.for_resource(resource, content, current)
+            status = UNCHANGED if target.matches(current) else UPDATED
+            unwritable = _unwritable(directory) if status is UPDATED else None
+            if unwritable is not None:  # `once` would fail at staging
+                raise ResourceError(resource.name, "stage", f"cannot write a staged file in "
+                                    f"{directory}: {unwritable}")
             step = "check"
             run_check(resource, staged)
         except ResourceError as exc:
@@ -807,12 +813,6 @@ class Syncer:
         except Exception as exc:  # OSError (dest is a directory, temp dir full...) or unexpected
             return Outcome(resource, FAILED, _unexpected(resource, step, exc),
                            seconds=time.monotonic() - start)
-        status = UNCHANGED if target.matches(current) else UPDATED
-        unwritable = _unwritable(directory) if status is UPDATED else None
-        if unwritable is not None:  # `once` would fail at staging
-            return Outcome(resource, FAILED, ResourceError(
-                resource.name, "stage", f"cannot write a staged file in {directory}: "
-                f"{unwritable}"), seconds=time.monotonic() - start)
         refused = unreplaceable(resource.dest) if status is UPDATED else None
         if refused is not None:  # `once` would fail at its rename
             return Outcome(resource, FAILED, ResourceError(resource.name, "install", refused),

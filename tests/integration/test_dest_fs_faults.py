@@ -111,6 +111,26 @@ def test_once_on_a_full_or_read_only_disk_fails_that_resource_alone(
             "Read-only file system") in checked.stdout, checked.stdout
 
 
+def test_check_names_the_read_only_disk_once_fails_at_not_a_failing_check(
+        tmp_path: Path, disk: Path) -> None:
+    """A dest on a read-only filesystem with a check that fails too: `once` stages before it
+    checks and fails at "stage"; `check` ran the check first and said "check failed"."""
+    data = tmp_path / "d.yaml"
+    data.write_text("k:\n  v: 2\n")
+    dest = disk / "out.conf"
+    dest.write_text("value=1\n")
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{dest}"\nkeys = ["/k"]\ncheck_cmd = "false {{{{src}}}}"')
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    args = ("--confdir", str(tmp_path / "cd"), "--backend", "file", "--file", str(data))
+    done, planned = confsync("once", *args), confsync("check", *args)
+    said = f"resource app: stage failed: cannot write a staged file in {disk}: Read-only"
+    assert done.returncode == planned.returncode == 1, (done.stderr, planned.stdout)
+    assert said in done.stderr, done.stderr
+    assert said in planned.stdout, planned.stdout
+    assert read(dest) == "value=1\n"
+
+
 def test_a_filesystem_gone_read_only_during_the_check_leaves_no_staged_file_behind(
         etcd: EtcdMember, tmp_path: Path, prefix: str, disk: Path,
         watchers: list[WatchProcess]) -> None:
