@@ -1,12 +1,13 @@
 """A signal that ends confsync while one of its commands runs takes the command along.
 
-`once` and `check` keep SIGTERM's, SIGINT's and SIGHUP's default action: they must stay
-stoppable wherever they are (start.py holds nothing for them). But a check or reload command
-runs in a session of its own (commands.run_command: its timeout kills its whole group), so a
-`once` stopped during a 30 s check_cmd (a `docker stop`, a systemd stop, Ctrl-C) ended alone:
-the command ran on, orphaned, and the staged file stayed beside dest.
+`once` and `check` keep the default action of SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2
+(each ends a process): they must stay stoppable wherever they are (start.py holds nothing for
+them). But a check or reload command runs in a session of its own (commands.run_command: its
+timeout kills its whole group), so a `once` stopped during a 30 s check_cmd (a `docker stop`,
+a systemd stop, Ctrl-C) ended alone: the command ran on, orphaned, and the staged file stayed
+beside dest.
 
-So while a command runs on the main thread, those of the three signals left at their default
+So while a command runs on the main thread, those of the five signals left at their default
 action are caught: the command's process group gets the signal, then SIGKILL after GRACE, and
 errors.Stopped unwinds what was under way (the staged file removed, the confdir lock released)
 for the CLI to end the process by the same signal (a shell's status 128+signal). Outside that
@@ -32,7 +33,9 @@ from confsync import children
 from confsync.errors import Stopped
 from confsync.ops import procgroup
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# SIGUSR1/SIGUSR2 too: a logrotate-style `kill -USR1` ended `once` alone (138), the command
+# orphaned and the staged file left.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # How long the command's group has to end on the signal before SIGKILL: a reload script's trap
 # may clean up, and a container's stop gives confsync 10 s in all.
 GRACE = 2.0

@@ -91,7 +91,7 @@ def _staged(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.endswith(".confsync")]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_once_stopped_in_its_check_takes_the_check_along(
         etcd: EtcdMember, tmp_path: Path, prefix: str, signum: signal.Signals,
         groups: list[int]) -> None:
