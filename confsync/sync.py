@@ -605,8 +605,9 @@ class Syncer:
         self.reload_owed.add(resource.name)
         self._running[resource.dest] = FileState(
             content, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) if content else None
-        log.warning("resource %s: the reload of %s was still owed when confsync stopped "
-                    "(%s is what the service ran); making the file live", resource.name,
+        log.warning("resource %s: the reload of %s was still owed by an earlier run (it "
+                    "stopped first, or its reload and rollback failed; %s is what the service "
+                    "ran); making the file live", resource.name,
                     resource.dest, running_copy(path).name)
 
     def reload_left_owed(self, resource: Resource) -> bool:
