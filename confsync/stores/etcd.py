@@ -448,7 +448,7 @@ class EtcdStore:
         # The cluster's members' client URLs, as etcd last listed them (`learn_members`).
         self._members: tuple[str, ...] = ()
         self._members_asked = -MEMBERS_REFRESH_SECONDS
-        self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
+        self._members_lock = threading.Lock()
         # When each endpoint's (URL's) connection last failed to come up (`_first_up`), and
         # the endpoints the last client was made with (counted without another SRV lookup).
         self._down: dict[str, float] = {}
@@ -737,13 +737,30 @@ class EtcdStore:
             self._rotation += 1
 
     def _shared_client(self) -> MultiEndpointEtcd3Client:
+        """The snapshot's client, made outside the lock: its connect wait (up to
+        CONNECT_SECONDS, a login on top) held the watch's callback (`_saw`), the position
+        check and `close()` for all of it. A client made meanwhile by another thread wins;
+        one made for a store closed meanwhile is closed, never installed."""
         with self._lock:
-            if self._client is None:
-                self._client = self.new_client()
-            return self._client
+            if self._client is not None:
+                return self._client
+        fresh = self.new_client()
+        with self._lock:
+            closed, installed = self._closed, self._client
+            if not closed and installed is None:
+                self._client = fresh
+                return fresh
+        _close_quietly(fresh)
+        if closed or installed is None:
+            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
+        return installed
 
-    def _drop_client(self) -> None:
+    def _drop_client(self, client: MultiEndpointEtcd3Client | None = None) -> None:
+        """Close the shared client (only if it is still `client`, when given: another
+        thread's fresh one stays)."""
         with self._lock:
+            if client is not None and self._client is not client:
+                return
             client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -763,10 +780,13 @@ class EtcdStore:
         reauthenticated = False
         failures: list[str] = []
         while len(failures) < max(1, endpoints):
+            client = None
             try:
-                return self._read(self._shared_client(), prefixes)
+                client = self._shared_client()
+                return self._read(client, prefixes)
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
-                self._drop_client()
+                if client is not None:
+                    self._drop_client(client)
                 if isinstance(exc, ConfigError):
                     raise
                 if self._closed:  # (its call was cancelled by `close`: no next endpoint)
@@ -1060,7 +1080,8 @@ class EtcdStore:
         snapshot hung on a member that does not answer) has its call cancelled here and
         must not go on to the next endpoint with a client of a store nobody closes again.
         It did, and held the loop's join of that follower for another whole timeout."""
-        self._closed = True
+        with self._lock:  # (`_shared_client` installs under it: closed, or dropped here)
+            self._closed = True
         self._drop_client()
 
 
