@@ -31,7 +31,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -108,6 +108,9 @@ CONNECT_SECONDS = 1.0
 HEAD_START_SECONDS = 0.25
 # An endpoint whose connection did not come up is tried after the others for this long: a
 # member removed or a host switched off costs its connect wait once, not at every reconnect.
+# One whose connection, used when none came up, had still not come up when its client was
+# closed, etcd.timeout or more after it began (`_judge_fallbacks`), is silent, not slow: as
+# long, it is not used that way again (a call on it only times out).
 DOWN_SECONDS = 60.0
 # etcd's WithRequireLeader: the server refuses calls, and cancels open watch streams a few
 # election timeouts after the member lost its leader (a partitioned member otherwise serves a
@@ -221,9 +224,11 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
 
     def __init__(self, endpoints: Sequence[Endpoint], timeout: float,
                  user: str | None = None, password: str | None = None,
-                 failover: bool = True) -> None:
+                 failover: bool = True,
+                 on_close: Callable[[Iterable[Endpoint]], None] | None = None) -> None:
         self._stubs_lock = threading.RLock()
         self.closed = False
+        self._on_close = on_close
         super().__init__(endpoints=endpoints, timeout=timeout, failover=failover)
         # The first endpoint is the one to use (the library picks one at random, and logged
         # in there: a dead one failed the connection however many members were up).
@@ -238,8 +243,14 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
         self.metadata = (*token, REQUIRE_LEADER)
 
     def close(self) -> None:
+        """Close the channels, `on_close` first (it reads their states)."""
         with self._stubs_lock:
-            self.closed = True
+            first, self.closed = not self.closed, True
+        if first and self._on_close is not None:
+            try:
+                self._on_close(self.endpoints.values())
+            except Exception:  # (a judgement must never keep a client open)
+                log.debug("etcd client close hook failed", exc_info=True)
         super().close()
 
     def refresh_lease(self, lease_id: int) -> Iterator[Any]:
@@ -285,6 +296,9 @@ class _Endpoint(Endpoint):  # type: ignore[misc]
     (a name's last addresses); `netloc` still names the endpoint as configured."""
 
     channel: grpc.Channel
+    # (url, when its connection began) of one a client uses though it had not come up
+    # (`_first_in_turn`); judged when the client is closed (`_judge_fallbacks`).
+    fallback: tuple[str, float] | None = None
 
     def __init__(self, host: str, port: int, target: str | None = None,
                  **kwargs: Any) -> None:
@@ -319,6 +333,10 @@ def _address_target(addresses: Sequence[str], port: int) -> str:
 
 class _EndpointFailed(StoreUnavailable):
     """The endpoint in use failed a call (or the login): the next one may serve."""
+
+
+class _AllSilent(ValueError):
+    """No endpoint's connection came up, and each one was found silent lately."""
 
 
 def _begin_connection(channel: grpc.Channel) -> None:
@@ -452,6 +470,8 @@ class EtcdStore:
         # When each endpoint's (URL's) connection last failed to come up (`_first_up`), and
         # the endpoints the last client was made with (counted without another SRV lookup).
         self._down: dict[str, float] = {}
+        # When each endpoint was last found silent (`_judge_fallbacks`), under _members_lock.
+        self._silent: dict[str, float] = {}
         self._last_urls: tuple[str, ...] = ()
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
@@ -611,19 +631,21 @@ class EtcdStore:
             first = self._first_up(endpoints, urls, min(limit, CONNECT_SECONDS))
             ordered = [first] + [e for e in endpoints if e is not first]
             try:
-                client = _Client(ordered, limit, user=user, password=password)
+                client = _Client(ordered, limit, user=user, password=password,
+                                 on_close=self._judge_fallbacks)
             except grpc.RpcError as exc:
                 if user is None or not auth_not_enabled(exc):
                     raise
                 log.debug("etcd auth is disabled; connecting without a token")
-                client = _Client(ordered, limit)
+                client = _Client(ordered, limit, on_close=self._judge_fallbacks)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
+            self._judge_fallbacks(endpoints)  # (a login that timed out on one)
             _close_endpoints(endpoints)
             self.endpoint_failed()
             refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
             raise (AuthenticationFailed if refused else _EndpointFailed)(
                 f"etcd {self._describe_endpoints()}: cannot connect: "
-                f"{describe_error(exc)}") from None
+                f"{exc if isinstance(exc, _AllSilent) else describe_error(exc)}") from None
         return client
 
     def _first_up(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
@@ -666,8 +688,17 @@ class EtcdStore:
     def _first_in_turn(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
                        order: Sequence[int], head: int | None, deadline: float,
                        wait: float) -> int:
-        """`_first_up`'s choice, the first endpoint's state after its head start `head`."""
+        """`_first_up`'s choice, the first endpoint's state after its head start `head`.
+
+        When none came up: the first still connecting, unless found silent lately (a slow
+        link's connection comes up within its calls' timeout; a silent one's never does, and
+        each attempt waited that timeout on it: 1 s + 5 s a try, while a refused one fails
+        at once). Else the first refused (its calls say why); when each one is silent,
+        _AllSilent (no call can be answered)."""
+        started = deadline - wait
+        silent = self._silent_now()
         slow: int | None = None
+        refused: int | None = None
         for i in order:
             if i == order[0] and head in (None, _READY, _TRANSIENT_FAILURE, _SHUTDOWN):
                 state = head
@@ -677,17 +708,57 @@ class EtcdStore:
             if state is None or state == _READY:
                 with self._members_lock:
                     self._down.pop(urls[i], None)
+                    self._silent.pop(urls[i], None)
                 return i
             log.debug("etcd %s: %s in %gs; trying the next endpoint", urls[i],
                       "refused" if state == _TRANSIENT_FAILURE else "no connection", wait)
             with self._members_lock:
                 self._down[urls[i]] = time.monotonic()
             endpoints[i].fail()
-            if slow is None and state != _TRANSIENT_FAILURE:
+            if state == _TRANSIENT_FAILURE:
+                refused = i if refused is None else refused
+            elif slow is None and urls[i] not in silent:
                 slow = i
-        chosen = order[0] if slow is None else slow
+        if slow is None and refused is None:
+            raise _AllSilent(f"no connection in {wait:g}s; each endpoint is silent (not up "
+                             f"within etcd.timeout at its last try either)")
+        if slow is not None:
+            # (Begun at the start, or after the first one's head start at the latest.)
+            begun = started if slow == order[0] else started + min(wait, HEAD_START_SECONDS)
+            endpoints[slow].fallback = (urls[slow], begun)
+        chosen = refused if slow is None else slow
+        assert chosen is not None
         endpoints[chosen].last_failed = 0
         return chosen
+
+    def _judge_fallbacks(self, endpoints: Iterable[Endpoint]) -> None:
+        """A client is closed: an endpoint it used though its connection had not come up
+        (`_first_in_turn`), and still CONNECTING etcd.timeout or more after it began, is
+        silent (a black-holed address, a frozen member), not slow: a slow link's connection
+        comes up within that (the budget a registrar keeps a connecting client for). One
+        that came up is READY or IDLE after; a refused one is TRANSIENT_FAILURE."""
+        now = time.monotonic()
+        for endpoint in endpoints:
+            fallback = getattr(endpoint, "fallback", None)
+            if fallback is None or now - fallback[1] < self._settings.timeout:
+                continue
+            try:
+                state = int(endpoint.channel._channel.check_connectivity_state(False))
+            except Exception:  # (a gRPC without it: not judged)
+                continue
+            if state == _CONNECTING:
+                log.debug("etcd %s: no connection in %.1fs; silent", fallback[0],
+                          now - fallback[1])
+                with self._members_lock:
+                    self._silent[fallback[0]] = now
+
+    def _silent_now(self) -> set[str]:
+        """The endpoints found silent within DOWN_SECONDS (`_judge_fallbacks`)."""
+        now = time.monotonic()
+        with self._members_lock:
+            self._silent = {url: at for url, at in self._silent.items()
+                            if now - at < DOWN_SECONDS}
+            return set(self._silent)
 
     def _down_now(self) -> set[str]:
         """The endpoints whose connection did not come up within DOWN_SECONDS (older ones

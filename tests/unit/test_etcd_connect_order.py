@@ -22,6 +22,7 @@ class _Endpoint:
         self.channel = url  # (what the fake `_connection` is asked about)
         self.last_failed = 0.0
         self.idled = False
+        self.fallback: tuple[str, float] | None = None
 
     def idle_again(self) -> None:
         self.idled = True
@@ -82,6 +83,30 @@ def test_when_none_connects_the_first_still_connecting_is_used_else_the_first(
     chosen = store._first_up(endpoints, URLS, 1.0)
     assert chosen is endpoints[0] and chosen.last_failed == 0  # (its calls say why)
     assert store._all_down()
+
+
+def test_an_endpoint_found_silent_is_no_fallback_a_refused_one_is(
+        states: tuple[dict[str, int], list[str]]) -> None:
+    """Found silent (its connection not up within etcd.timeout when its client closed): a
+    call on it only times out. The first refused one is used (it fails at once, saying
+    why); with none, the client is not made; once it connects it is no longer silent."""
+    state, _ = states
+    state.update({A: SILENT, B: REFUSED, C: SILENT, D: REFUSED})
+    store, endpoints = _store()
+    store._silent = {A: time.monotonic()}
+    chosen = store._first_up(endpoints, URLS, 1.0)
+    assert chosen is endpoints[2] and chosen.fallback == (C, pytest.approx(time.monotonic(),
+                                                                           abs=1))
+    store._silent[C] = time.monotonic()
+    store._use(0)
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[1]  # (refused: fails at once)
+    state.update({B: SILENT, D: SILENT})
+    store._silent.update(dict.fromkeys((B, D), time.monotonic()))
+    with pytest.raises(etcd._AllSilent):
+        store._first_up(endpoints, URLS, 1.0)
+    state[C] = UP
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[2]
+    assert C not in store._silent_now()
 
 
 def test_an_endpoint_that_connects_again_is_no_longer_down(
