@@ -425,8 +425,12 @@ def _tls_file_version(path: Path | None) -> FileVersion | None:
 class EtcdStore:
     name = "etcd"
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, connect_budget: float | None = None) -> None:
+        """`connect_budget`: how long a connection may take to come up over a slow link
+        (`etcd.timeout` by default; a registrar's calls time out sooner, at ttl/3, and it
+        keeps a connecting client for the configured etcd.timeout: see `_judge_fallbacks`)."""
         self._settings = settings
+        self._connect_budget = settings.timeout if connect_budget is None else connect_budget
         self._lock = threading.Lock()
         self._client: MultiEndpointEtcd3Client | None = None
         # Built credentials by the TLS files' identity: certificates rotated on disk (a short-
@@ -733,14 +737,15 @@ class EtcdStore:
 
     def _judge_fallbacks(self, endpoints: Iterable[Endpoint]) -> None:
         """A client is closed: an endpoint it used though its connection had not come up
-        (`_first_in_turn`), and still CONNECTING etcd.timeout or more after it began, is
-        silent (a black-holed address, a frozen member), not slow: a slow link's connection
-        comes up within that (the budget a registrar keeps a connecting client for). One
-        that came up is READY or IDLE after; a refused one is TRANSIENT_FAILURE."""
+        (`_first_in_turn`), and still CONNECTING `connect_budget` (etcd.timeout) or more
+        after it began, is silent (a black-holed address, a frozen member), not slow: a slow
+        link's connection comes up within that (the budget a registrar keeps a connecting
+        client for). One that came up is READY or IDLE after; a refused one is
+        TRANSIENT_FAILURE."""
         now = time.monotonic()
         for endpoint in endpoints:
             fallback = getattr(endpoint, "fallback", None)
-            if fallback is None or now - fallback[1] < self._settings.timeout:
+            if fallback is None or now - fallback[1] < self._connect_budget:
                 continue
             try:
                 state = int(endpoint.channel._channel.check_connectivity_state(False))

@@ -164,3 +164,33 @@ def test_a_first_endpoint_that_connects_is_the_only_connection_made(
     store, endpoints = _store()
     assert store._first_up(endpoints, URLS, 1.0) is endpoints[0]
     assert asked == [A] and begun == [] and not any(e.idled for e in endpoints)
+
+
+class _Channel:
+    """A gRPC channel's core, as `_judge_fallbacks` reads it."""
+
+    def __init__(self, state: int) -> None:
+        self._channel = self
+        self.state = state
+
+    def check_connectivity_state(self, try_to_connect: bool) -> int:
+        return self.state
+
+
+def test_a_fallback_is_silent_only_when_still_connecting_after_the_connect_budget() -> None:
+    """A registrar's calls time out at ttl/3 (its store's etcd.timeout), and it keeps a
+    connecting client for the configured etcd.timeout: a link slower than ttl/3 to connect
+    is slow, not silent, until that budget has passed."""
+    store = EtcdStore(EtcdSettings(endpoints=URLS, timeout=0.7), connect_budget=5.0)
+    endpoint = _Endpoint(A)
+    endpoint.channel = _Channel(SILENT)  # type: ignore[assignment]
+    endpoint.fallback = (A, time.monotonic() - 2.0)
+    store._judge_fallbacks([endpoint])
+    assert not store._silent_now()  # (2 s: more than its calls' 0.7 s, within 5 s)
+    endpoint.channel.state = UP  # type: ignore[attr-defined]
+    endpoint.fallback = (A, time.monotonic() - 6.0)
+    store._judge_fallbacks([endpoint])
+    assert not store._silent_now()  # (it came up: slow)
+    endpoint.channel.state = SILENT  # type: ignore[attr-defined]
+    store._judge_fallbacks([endpoint])
+    assert store._silent_now() == {A}
