@@ -76,11 +76,11 @@ def test_when_every_endpoint_is_silent_a_try_ends_after_the_connect_wait(
 
 def test_a_link_slower_than_the_connect_wait_is_not_taken_for_a_silent_one(
         etcd: EtcdMember) -> None:
-    """A round trip of 1.5 s: the connection comes up after the connect wait, within the
-    calls' timeout. Its client, closed after etcd.timeout, finds it up: not silent, and
+    """A round trip of 1.2 s: the connection comes up after the 1 s connect wait, within
+    the calls' timeout. Its client, closed after etcd.timeout, finds it up: not silent, and
     every new client uses it again (one found silent alone would fail after the wait)."""
     timeout = 4.0
-    proxy = TcpProxy(etcd.client_port, latency=0.75)
+    proxy = TcpProxy(etcd.client_port, latency=0.6)
     store = EtcdStore(EtcdSettings(endpoints=(proxy.endpoint,), timeout=timeout))
     try:
         for _ in range(2):
