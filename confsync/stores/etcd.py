@@ -345,17 +345,19 @@ def _begin_connection(channel: grpc.Channel) -> None:
         channel._channel.check_connectivity_state(True)
 
 
-def _connection(channel: grpc.Channel, wait: float) -> int | None:
+def _connection(channel: grpc.Channel, wait: float,
+                stop: Callable[[], bool] = lambda: False) -> int | None:
     """The state `channel`'s connection reaches within `wait` seconds: READY, TRANSIENT_FAILURE
     (refused, unreachable, TLS refused), or still CONNECTING at the end (a black-holed
-    address, a frozen member); None without gRPC's state API (the endpoint is used as is)."""
+    address, a frozen member); None without gRPC's state API (the endpoint is used as is).
+    The wait ends early (within 0.1 s) once `stop()` says so (the store was closed)."""
     try:
         core = channel._channel
         state = int(core.check_connectivity_state(True))
         deadline = time.monotonic() + wait
         while state not in (_READY, _TRANSIENT_FAILURE, _SHUTDOWN):
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stop():
                 break
             until = time.time() + min(left, 0.1)  # wall clock: gRPC's deadline is absolute
             core.watch_connectivity_state(state, until)
@@ -633,6 +635,9 @@ class EtcdStore:
         user = self._settings.user if password is not None else None
         try:
             first = self._first_up(endpoints, urls, min(limit, CONNECT_SECONDS))
+            if self._closed:  # (`close` ended the wait: an abandoned reload's join)
+                _close_endpoints(endpoints)
+                raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
             ordered = [first] + [e for e in endpoints if e is not first]
             try:
                 client = _Client(ordered, limit, user=user, password=password,
@@ -676,7 +681,8 @@ class EtcdStore:
         order = ([i for i in rotated if urls[i] not in down]
                  + [i for i in rotated if urls[i] in down])
         deadline = time.monotonic() + wait
-        head = _connection(endpoints[order[0]].channel, min(wait, HEAD_START_SECONDS))
+        head = _connection(endpoints[order[0]].channel, min(wait, HEAD_START_SECONDS),
+                           self._is_closed)
         begun = head not in (None, _READY)
         if begun:  # (slow, silent or refused: the others connect meanwhile)
             for i in order[1:]:
@@ -708,7 +714,7 @@ class EtcdStore:
                 state = head
             else:
                 state = _connection(endpoints[i].channel,
-                                    max(0.0, deadline - time.monotonic()))
+                                    max(0.0, deadline - time.monotonic()), self._is_closed)
             if state is None or state == _READY:
                 with self._members_lock:
                     self._down.pop(urls[i], None)
@@ -764,6 +770,9 @@ class EtcdStore:
             self._silent = {url: at for url, at in self._silent.items()
                             if now - at < DOWN_SECONDS}
             return set(self._silent)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _down_now(self) -> set[str]:
         """The endpoints whose connection did not come up within DOWN_SECONDS (older ones

@@ -37,7 +37,7 @@ def states(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[str]]:
     state = dict.fromkeys(URLS, UP)
     asked: list[str] = []
 
-    def connection(channel: str, wait: float) -> int:
+    def connection(channel: str, wait: float, stop: object = None) -> int:
         asked.append(channel)
         return state[channel]
 
@@ -139,7 +139,7 @@ def test_silent_endpoints_listed_first_cost_the_connect_wait_once_not_once_each(
     begun: list[str] = []
     waits: list[float] = []
 
-    def connection(channel: str, wait: float) -> int:
+    def connection(channel: str, wait: float, stop: object = None) -> int:
         waits.append(wait)
         if state[channel] == SILENT:
             time.sleep(wait)  # (what a silent one costs: the whole wait)
