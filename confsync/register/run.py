@@ -106,7 +106,7 @@ class RegisterLoop:
         # Calls must give up well within the lease's keepalive period.
         etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
                                                               max(ttl / 3, 0.5)))
-        self.store = EtcdStore(etcd)
+        self.store = EtcdStore(etcd, connect_budget=settings.etcd.timeout)
         self.registrar = Registrar(
             self.store.new_client, host, ttl, self.events.put,
             endpoint_failed=self.store.endpoint_failed, token_expired=token_expired,

@@ -31,7 +31,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -108,6 +108,9 @@ CONNECT_SECONDS = 1.0
 HEAD_START_SECONDS = 0.25
 # An endpoint whose connection did not come up is tried after the others for this long: a
 # member removed or a host switched off costs its connect wait once, not at every reconnect.
+# One whose connection, used when none came up, had still not come up when its client was
+# closed, etcd.timeout or more after it began (`_judge_fallbacks`), is silent, not slow: as
+# long, it is not used that way again (a call on it only times out).
 DOWN_SECONDS = 60.0
 # etcd's WithRequireLeader: the server refuses calls, and cancels open watch streams a few
 # election timeouts after the member lost its leader (a partitioned member otherwise serves a
@@ -221,9 +224,11 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
 
     def __init__(self, endpoints: Sequence[Endpoint], timeout: float,
                  user: str | None = None, password: str | None = None,
-                 failover: bool = True) -> None:
+                 failover: bool = True,
+                 on_close: Callable[[Iterable[Endpoint]], None] | None = None) -> None:
         self._stubs_lock = threading.RLock()
         self.closed = False
+        self._on_close = on_close
         super().__init__(endpoints=endpoints, timeout=timeout, failover=failover)
         # The first endpoint is the one to use (the library picks one at random, and logged
         # in there: a dead one failed the connection however many members were up).
@@ -238,8 +243,14 @@ class _Client(MultiEndpointEtcd3Client):  # type: ignore[misc]
         self.metadata = (*token, REQUIRE_LEADER)
 
     def close(self) -> None:
+        """Close the channels, `on_close` first (it reads their states)."""
         with self._stubs_lock:
-            self.closed = True
+            first, self.closed = not self.closed, True
+        if first and self._on_close is not None:
+            try:
+                self._on_close(self.endpoints.values())
+            except Exception:  # (a judgement must never keep a client open)
+                log.debug("etcd client close hook failed", exc_info=True)
         super().close()
 
     def refresh_lease(self, lease_id: int) -> Iterator[Any]:
@@ -285,6 +296,9 @@ class _Endpoint(Endpoint):  # type: ignore[misc]
     (a name's last addresses); `netloc` still names the endpoint as configured."""
 
     channel: grpc.Channel
+    # (url, when its connection began) of one a client uses though it had not come up
+    # (`_first_in_turn`); judged when the client is closed (`_judge_fallbacks`).
+    fallback: tuple[str, float] | None = None
 
     def __init__(self, host: str, port: int, target: str | None = None,
                  **kwargs: Any) -> None:
@@ -321,23 +335,29 @@ class _EndpointFailed(StoreUnavailable):
     """The endpoint in use failed a call (or the login): the next one may serve."""
 
 
+class _AllSilent(ValueError):
+    """No endpoint's connection came up, and each one was found silent lately."""
+
+
 def _begin_connection(channel: grpc.Channel) -> None:
     """Start `channel`'s connection now (gRPC makes it at the first call otherwise)."""
     with contextlib.suppress(Exception):  # (a gRPC without it: `_connection` says None)
         channel._channel.check_connectivity_state(True)
 
 
-def _connection(channel: grpc.Channel, wait: float) -> int | None:
+def _connection(channel: grpc.Channel, wait: float,
+                stop: Callable[[], bool] = lambda: False) -> int | None:
     """The state `channel`'s connection reaches within `wait` seconds: READY, TRANSIENT_FAILURE
     (refused, unreachable, TLS refused), or still CONNECTING at the end (a black-holed
-    address, a frozen member); None without gRPC's state API (the endpoint is used as is)."""
+    address, a frozen member); None without gRPC's state API (the endpoint is used as is).
+    The wait ends early (within 0.1 s) once `stop()` says so (the store was closed)."""
     try:
         core = channel._channel
         state = int(core.check_connectivity_state(True))
         deadline = time.monotonic() + wait
         while state not in (_READY, _TRANSIENT_FAILURE, _SHUTDOWN):
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stop():
                 break
             until = time.time() + min(left, 0.1)  # wall clock: gRPC's deadline is absolute
             core.watch_connectivity_state(state, until)
@@ -407,8 +427,12 @@ def _tls_file_version(path: Path | None) -> FileVersion | None:
 class EtcdStore:
     name = "etcd"
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, connect_budget: float | None = None) -> None:
+        """`connect_budget`: how long a connection may take to come up over a slow link
+        (`etcd.timeout` by default; a registrar's calls time out sooner, at ttl/3, and it
+        keeps a connecting client for the configured etcd.timeout: see `_judge_fallbacks`)."""
         self._settings = settings
+        self._connect_budget = settings.timeout if connect_budget is None else connect_budget
         self._lock = threading.Lock()
         self._client: MultiEndpointEtcd3Client | None = None
         # Built credentials by the TLS files' identity: certificates rotated on disk (a short-
@@ -448,10 +472,12 @@ class EtcdStore:
         # The cluster's members' client URLs, as etcd last listed them (`learn_members`).
         self._members: tuple[str, ...] = ()
         self._members_asked = -MEMBERS_REFRESH_SECONDS
-        self._members_lock = threading.Lock()  # (not _lock: _shared_client holds it to connect)
+        self._members_lock = threading.Lock()
         # When each endpoint's (URL's) connection last failed to come up (`_first_up`), and
         # the endpoints the last client was made with (counted without another SRV lookup).
         self._down: dict[str, float] = {}
+        # When each endpoint was last found silent (`_judge_fallbacks`), under _members_lock.
+        self._silent: dict[str, float] = {}
         self._last_urls: tuple[str, ...] = ()
         # Each endpoint name's last address, dialled while DNS fails for now (`last_address`).
         self._last_addresses = LastAddresses()
@@ -609,21 +635,26 @@ class EtcdStore:
         user = self._settings.user if password is not None else None
         try:
             first = self._first_up(endpoints, urls, min(limit, CONNECT_SECONDS))
+            if self._closed:  # (`close` ended the wait: an abandoned reload's join)
+                _close_endpoints(endpoints)
+                raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
             ordered = [first] + [e for e in endpoints if e is not first]
             try:
-                client = _Client(ordered, limit, user=user, password=password)
+                client = _Client(ordered, limit, user=user, password=password,
+                                 on_close=self._judge_fallbacks)
             except grpc.RpcError as exc:
                 if user is None or not auth_not_enabled(exc):
                     raise
                 log.debug("etcd auth is disabled; connecting without a token")
-                client = _Client(ordered, limit)
+                client = _Client(ordered, limit, on_close=self._judge_fallbacks)
         except (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, ValueError) as exc:
+            self._judge_fallbacks(endpoints)  # (a login that timed out on one)
             _close_endpoints(endpoints)
             self.endpoint_failed()
             refused = isinstance(exc, grpc.RpcError) and "authentication failed" in str(exc)
             raise (AuthenticationFailed if refused else _EndpointFailed)(
                 f"etcd {self._describe_endpoints()}: cannot connect: "
-                f"{describe_error(exc)}") from None
+                f"{exc if isinstance(exc, _AllSilent) else describe_error(exc)}") from None
         return client
 
     def _first_up(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
@@ -650,7 +681,8 @@ class EtcdStore:
         order = ([i for i in rotated if urls[i] not in down]
                  + [i for i in rotated if urls[i] in down])
         deadline = time.monotonic() + wait
-        head = _connection(endpoints[order[0]].channel, min(wait, HEAD_START_SECONDS))
+        head = _connection(endpoints[order[0]].channel, min(wait, HEAD_START_SECONDS),
+                           self._is_closed)
         begun = head not in (None, _READY)
         if begun:  # (slow, silent or refused: the others connect meanwhile)
             for i in order[1:]:
@@ -666,28 +698,81 @@ class EtcdStore:
     def _first_in_turn(self, endpoints: Sequence[Endpoint], urls: Sequence[str],
                        order: Sequence[int], head: int | None, deadline: float,
                        wait: float) -> int:
-        """`_first_up`'s choice, the first endpoint's state after its head start `head`."""
+        """`_first_up`'s choice, the first endpoint's state after its head start `head`.
+
+        When none came up: the first still connecting, unless found silent lately (a slow
+        link's connection comes up within its calls' timeout; a silent one's never does, and
+        each attempt waited that timeout on it: 1 s + 5 s a try, while a refused one fails
+        at once). Else the first refused (its calls say why); when each one is silent,
+        _AllSilent (no call can be answered)."""
+        started = deadline - wait
+        silent = self._silent_now()
         slow: int | None = None
+        refused: int | None = None
         for i in order:
             if i == order[0] and head in (None, _READY, _TRANSIENT_FAILURE, _SHUTDOWN):
                 state = head
             else:
                 state = _connection(endpoints[i].channel,
-                                    max(0.0, deadline - time.monotonic()))
+                                    max(0.0, deadline - time.monotonic()), self._is_closed)
             if state is None or state == _READY:
                 with self._members_lock:
                     self._down.pop(urls[i], None)
+                    self._silent.pop(urls[i], None)
                 return i
             log.debug("etcd %s: %s in %gs; trying the next endpoint", urls[i],
                       "refused" if state == _TRANSIENT_FAILURE else "no connection", wait)
             with self._members_lock:
                 self._down[urls[i]] = time.monotonic()
             endpoints[i].fail()
-            if slow is None and state != _TRANSIENT_FAILURE:
+            if state == _TRANSIENT_FAILURE:
+                refused = i if refused is None else refused
+            elif slow is None and urls[i] not in silent:
                 slow = i
-        chosen = order[0] if slow is None else slow
+        if slow is None and refused is None:
+            raise _AllSilent(f"no connection in {wait:g}s; each endpoint is silent (not up "
+                             f"within etcd.timeout at its last try either)")
+        if slow is not None:
+            # (Begun at the start, or after the first one's head start at the latest.)
+            begun = started if slow == order[0] else started + min(wait, HEAD_START_SECONDS)
+            endpoints[slow].fallback = (urls[slow], begun)
+        chosen = refused if slow is None else slow
+        assert chosen is not None
         endpoints[chosen].last_failed = 0
         return chosen
+
+    def _judge_fallbacks(self, endpoints: Iterable[Endpoint]) -> None:
+        """A client is closed: an endpoint it used though its connection had not come up
+        (`_first_in_turn`), and still CONNECTING `connect_budget` (etcd.timeout) or more
+        after it began, is silent (a black-holed address, a frozen member), not slow: a slow
+        link's connection comes up within that (the budget a registrar keeps a connecting
+        client for). One that came up is READY or IDLE after; a refused one is
+        TRANSIENT_FAILURE."""
+        now = time.monotonic()
+        for endpoint in endpoints:
+            fallback = getattr(endpoint, "fallback", None)
+            if fallback is None or now - fallback[1] < self._connect_budget:
+                continue
+            try:
+                state = int(endpoint.channel._channel.check_connectivity_state(False))
+            except Exception:  # (a gRPC without it: not judged)
+                continue
+            if state == _CONNECTING:
+                log.debug("etcd %s: no connection in %.1fs; silent", fallback[0],
+                          now - fallback[1])
+                with self._members_lock:
+                    self._silent[fallback[0]] = now
+
+    def _silent_now(self) -> set[str]:
+        """The endpoints found silent within DOWN_SECONDS (`_judge_fallbacks`)."""
+        now = time.monotonic()
+        with self._members_lock:
+            self._silent = {url: at for url, at in self._silent.items()
+                            if now - at < DOWN_SECONDS}
+            return set(self._silent)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _down_now(self) -> set[str]:
         """The endpoints whose connection did not come up within DOWN_SECONDS (older ones
@@ -737,13 +822,30 @@ class EtcdStore:
             self._rotation += 1
 
     def _shared_client(self) -> MultiEndpointEtcd3Client:
+        """The snapshot's client, made outside the lock: its connect wait (up to
+        CONNECT_SECONDS, a login on top) held the watch's callback (`_saw`), the position
+        check and `close()` for all of it. A client made meanwhile by another thread wins;
+        one made for a store closed meanwhile is closed, never installed."""
         with self._lock:
-            if self._client is None:
-                self._client = self.new_client()
-            return self._client
+            if self._client is not None:
+                return self._client
+        fresh = self.new_client()
+        with self._lock:
+            closed, installed = self._closed, self._client
+            if not closed and installed is None:
+                self._client = fresh
+                return fresh
+        _close_quietly(fresh)
+        if closed or installed is None:
+            raise StoreUnavailable(f"etcd {self._describe_endpoints()}: store closed")
+        return installed
 
-    def _drop_client(self) -> None:
+    def _drop_client(self, client: MultiEndpointEtcd3Client | None = None) -> None:
+        """Close the shared client (only if it is still `client`, when given: another
+        thread's fresh one stays)."""
         with self._lock:
+            if client is not None and self._client is not client:
+                return
             client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -763,10 +865,13 @@ class EtcdStore:
         reauthenticated = False
         failures: list[str] = []
         while len(failures) < max(1, endpoints):
+            client = None
             try:
-                return self._read(self._shared_client(), prefixes)
+                client = self._shared_client()
+                return self._read(client, prefixes)
             except Exception as exc:  # the client raises grpc, pyetcd and ValueError alike
-                self._drop_client()
+                if client is not None:
+                    self._drop_client(client)
                 if isinstance(exc, ConfigError):
                     raise
                 if self._closed:  # (its call was cancelled by `close`: no next endpoint)
@@ -1060,7 +1165,8 @@ class EtcdStore:
         snapshot hung on a member that does not answer) has its call cancelled here and
         must not go on to the next endpoint with a client of a store nobody closes again.
         It did, and held the loop's join of that follower for another whole timeout."""
-        self._closed = True
+        with self._lock:  # (`_shared_client` installs under it: closed, or dropped here)
+            self._closed = True
         self._drop_client()
 
 

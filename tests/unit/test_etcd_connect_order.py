@@ -22,6 +22,7 @@ class _Endpoint:
         self.channel = url  # (what the fake `_connection` is asked about)
         self.last_failed = 0.0
         self.idled = False
+        self.fallback: tuple[str, float] | None = None
 
     def idle_again(self) -> None:
         self.idled = True
@@ -36,7 +37,7 @@ def states(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[str]]:
     state = dict.fromkeys(URLS, UP)
     asked: list[str] = []
 
-    def connection(channel: str, wait: float) -> int:
+    def connection(channel: str, wait: float, stop: object = None) -> int:
         asked.append(channel)
         return state[channel]
 
@@ -84,6 +85,30 @@ def test_when_none_connects_the_first_still_connecting_is_used_else_the_first(
     assert store._all_down()
 
 
+def test_an_endpoint_found_silent_is_no_fallback_a_refused_one_is(
+        states: tuple[dict[str, int], list[str]]) -> None:
+    """Found silent (its connection not up within etcd.timeout when its client closed): a
+    call on it only times out. The first refused one is used (it fails at once, saying
+    why); with none, the client is not made; once it connects it is no longer silent."""
+    state, _ = states
+    state.update({A: SILENT, B: REFUSED, C: SILENT, D: REFUSED})
+    store, endpoints = _store()
+    store._silent = {A: time.monotonic()}
+    chosen = store._first_up(endpoints, URLS, 1.0)
+    assert chosen is endpoints[2] and chosen.fallback == (C, pytest.approx(time.monotonic(),
+                                                                           abs=1))
+    store._silent[C] = time.monotonic()
+    store._use(0)
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[1]  # (refused: fails at once)
+    state.update({B: SILENT, D: SILENT})
+    store._silent.update(dict.fromkeys((B, D), time.monotonic()))
+    with pytest.raises(etcd._AllSilent):
+        store._first_up(endpoints, URLS, 1.0)
+    state[C] = UP
+    assert store._first_up(endpoints, URLS, 1.0) is endpoints[2]
+    assert C not in store._silent_now()
+
+
 def test_an_endpoint_that_connects_again_is_no_longer_down(
         states: tuple[dict[str, int], list[str]]) -> None:
     state, asked = states
@@ -114,7 +139,7 @@ def test_silent_endpoints_listed_first_cost_the_connect_wait_once_not_once_each(
     begun: list[str] = []
     waits: list[float] = []
 
-    def connection(channel: str, wait: float) -> int:
+    def connection(channel: str, wait: float, stop: object = None) -> int:
         waits.append(wait)
         if state[channel] == SILENT:
             time.sleep(wait)  # (what a silent one costs: the whole wait)
@@ -139,3 +164,33 @@ def test_a_first_endpoint_that_connects_is_the_only_connection_made(
     store, endpoints = _store()
     assert store._first_up(endpoints, URLS, 1.0) is endpoints[0]
     assert asked == [A] and begun == [] and not any(e.idled for e in endpoints)
+
+
+class _Channel:
+    """A gRPC channel's core, as `_judge_fallbacks` reads it."""
+
+    def __init__(self, state: int) -> None:
+        self._channel = self
+        self.state = state
+
+    def check_connectivity_state(self, try_to_connect: bool) -> int:
+        return self.state
+
+
+def test_a_fallback_is_silent_only_when_still_connecting_after_the_connect_budget() -> None:
+    """A registrar's calls time out at ttl/3 (its store's etcd.timeout), and it keeps a
+    connecting client for the configured etcd.timeout: a link slower than ttl/3 to connect
+    is slow, not silent, until that budget has passed."""
+    store = EtcdStore(EtcdSettings(endpoints=URLS, timeout=0.7), connect_budget=5.0)
+    endpoint = _Endpoint(A)
+    endpoint.channel = _Channel(SILENT)  # type: ignore[assignment]
+    endpoint.fallback = (A, time.monotonic() - 2.0)
+    store._judge_fallbacks([endpoint])
+    assert not store._silent_now()  # (2 s: more than its calls' 0.7 s, within 5 s)
+    endpoint.channel.state = UP  # type: ignore[attr-defined]
+    endpoint.fallback = (A, time.monotonic() - 6.0)
+    store._judge_fallbacks([endpoint])
+    assert not store._silent_now()  # (it came up: slow)
+    endpoint.channel.state = SILENT  # type: ignore[attr-defined]
+    store._judge_fallbacks([endpoint])
+    assert store._silent_now() == {A}
