@@ -563,7 +563,9 @@ class Registrar:
                 if intact:
                     continue
                 del self._written[key]
-            self._revision.pop(key, None)
+            last = self._revision.pop(key, None)
+            if last is not None and meta is not None:
+                self._went_back(key, meta, last[0])
             if raw is not None and meta is not None and owner_of(raw) == self.host \
                     and int(meta.lease_id) not in (0, self._lease):
                 continue  # our host name on another lease: `_write` tells a clone (left)
@@ -679,6 +681,8 @@ class Registrar:
                 else:
                     self._conflict(key, owner or _no_owner(raw))
                 return
+            if last is not None:
+                self._went_back(key, meta, last[0])
             if self._other_registrar(key, meta, value):
                 return
             last = (int(meta.mod_revision), raw)  # ours (an earlier run of this host)
@@ -706,6 +710,20 @@ class Registrar:
             self._conflict(key, f"another registrar with host name {self.host!r} on lease "
                            f"{lease:x}", lease)
         return True
+
+    def _went_back(self, key: str, meta: Any, ours: int) -> None:
+        """`key` was last modified before our own write of it, at revision `ours`: etcd's
+        history went back (restored from a backup, a VM snapshot rolled back, or recreated),
+        which no writer can do. What it holds of our host is then an earlier run's (a restored
+        lease gets its whole TTL again, and nobody renews it): taken over, as by a first
+        write. It was taken for a clone's live lease: an ERROR "two hosts share a host name",
+        /ready 503, and the key left to a lease that lapsed with it."""
+        if int(meta.mod_revision) >= ours or key not in self._held:
+            return
+        self._held.discard(key)
+        log.warning("register: etcd's history went back (restored from a backup?): %s was last "
+                    "modified at revision %s, before our write at %s; this host's value there "
+                    "is an earlier run's, taken over", key, int(meta.mod_revision), ours)
 
     def _done(self, key: str, value: bytes | None, revision: int | None) -> None:
         with self._lock:
