@@ -300,17 +300,24 @@ class RegisterLoop:
             log.info("register: etcd connected")
         elif event.kind == "lost":
             self.metrics.etcd(False, event.detail)
-            self.metrics.refused("", "")
+            self.metrics.refused("", "", verb="")
             log.warning("register: etcd unreachable (%s); checks go on, registering again when "
                         "it is back", event.detail)
+        elif event.kind == "refused" and event.verb == "reading":
+            self.metrics.refused(event.key, event.detail, event.verb)
+            log.error("register: etcd refuses reading %s for lack of permission (%s); the "
+                      "role may write there but not read: a key deleted or changed under us "
+                      "goes unnoticed, and a change cannot be written (its transaction "
+                      "compares). Retrying", event.key, event.detail, extra={"key": event.key})
         elif event.kind == "refused":
             self.metrics.refused(event.key, event.detail)
             log.error("register: etcd refuses writing %s for lack of permission (%s); the "
                       "role may not write there. Checks go on, retrying", event.key,
                       event.detail, extra={"key": event.key})
         elif event.kind == "accepted":
-            self.metrics.refused("", "")
-            log.info("register: etcd accepts our writes again")
+            self.metrics.refused("", "", event.verb)
+            log.info("register: etcd accepts our %s again",
+                     "reads" if event.verb == "reading" else "writes")
         elif event.kind == "lease_granted":
             self.metrics.leases.inc()
             log.info("register: %s", event.detail)
