@@ -64,7 +64,8 @@ class RegisterMetrics:
         self.connected = Gauge("etcd_connected", "1 while etcd answers", namespace=ns,
                                registry=r)
         self.writes_refused = Gauge("etcd_writes_refused", "1 while etcd answers but refuses "
-                                    "the registrar's writes for lack of permission",
+                                    "the registrar's writes (for lack of permission, or its "
+                                    "NOSPACE alarm)",
                                     namespace=ns, registry=r)
         self.reads_refused = Gauge("etcd_reads_refused", "1 while etcd answers but refuses the "
                                    "registrar's read-back of its keys for lack of permission",
@@ -115,14 +116,16 @@ class RegisterMetrics:
             self._why = why
         self.connected.set(1 if connected else 0)
 
-    def refused(self, keys: str, why: str, verb: str = "writing") -> None:
-        """etcd refuses `verb` (writing, reading) `keys` (permission denied); `keys` "" when
-        that is over, and `verb` "" for every verb (etcd unreachable). Its own reason in
-        /ready: it answers, so "etcd not connected" sent operators to the network."""
+    def refused(self, keys: str, why: str, verb: str = "writing",
+                label: str = "permission denied") -> None:
+        """etcd refuses `verb` (writing, reading) `keys` (`label`: permission denied, or its
+        NOSPACE alarm); `keys` "" when that is over, and `verb` "" for every verb (etcd
+        unreachable). Its own reason in /ready: it answers, so "etcd not connected" sent
+        operators to the network."""
         with self._lock:
             for v in (verb,) if verb else ("writing", "reading"):
                 if keys:
-                    self._refused[v] = f"etcd refuses {v} {keys} (permission denied): {why}"
+                    self._refused[v] = f"etcd refuses {v} {keys} ({label}): {why}"
                 else:
                     self._refused.pop(v, None)
             writing, reading = "writing" in self._refused, "reading" in self._refused

@@ -80,6 +80,7 @@ class RegistrarEvent:
     # A conflict with another live registrar of our host name (a clone): its lease.
     lease: int = 0
     verb: str = "writing"  # refused, accepted: "writing" or "reading"
+    nospace: bool = False  # refused: by etcd's NOSPACE alarm (its quota full), not a role
 
 
 class WriteRefused(Exception):
@@ -91,6 +92,7 @@ class WriteRefused(Exception):
     def __init__(self, keys: Sequence[str], cause: BaseException) -> None:
         self.keys = list(keys)
         self.detail = describe_error(cause)
+        self.nospace = _nospace(cause)
         super().__init__(f"{', '.join(self.keys)}: {self.detail}")
 
 
@@ -464,7 +466,14 @@ class Registrar:
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
                 return
-            lease = self._client.lease(self.ttl)
+            try:
+                lease = self._client.lease(self.ttl)
+            except Exception as exc:
+                if _nospace(exc):  # (etcd answers: a refusal, said as such, not an outage)
+                    with self._lock:
+                        keys = sorted(k for k, v in self._wanted.items() if v is not None)
+                    raise WriteRefused(keys, exc) from None
+                raise
             self._lease, granted = int(lease.id), int(lease.ttl)
             self._renewed(granted)
             with self._lock:
@@ -657,7 +666,7 @@ class Registrar:
                 # others: they are written all the same, then the refusal is reported. It
                 # used to end the step at every try, and the keys after it (a file sorted
                 # later) were never registered, nor their changes ever written.
-                if not _permission_denied(exc):
+                if not _permission_denied(exc) and not _nospace(exc):
                     raise
                 refused.append(key)
                 cause = cause or exc
@@ -827,7 +836,8 @@ class Registrar:
             else:
                 self._refused_said = said
             self._report(RegistrarEvent("refused", key=", ".join(exc.keys),
-                                        detail=exc.detail, verb=exc.verb))
+                                        detail=exc.detail, verb=exc.verb,
+                                        nospace=exc.nospace))
         self._retry_at = lease_clock.now() + self._retry.next()
 
     def _writes_accepted(self) -> None:
@@ -897,6 +907,14 @@ class Registrar:
 def _permission_denied(exc: BaseException) -> bool:
     """etcd's answer to a write the role may not make (PERMISSION_DENIED): about one key."""
     return "PERMISSION_DENIED" in describe_error(exc)
+
+
+def _nospace(exc: BaseException) -> bool:
+    """etcd's NOSPACE alarm is raised (its backend quota is full: months of growth without
+    compaction): it refuses puts, transactions and lease grants, and serves reads and
+    keepalives. It answers: said as "etcd unreachable" with etcd_connected 0, it sent
+    operators after a network fault."""
+    return "database space exceeded" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:

@@ -309,6 +309,13 @@ class RegisterLoop:
                       "role may write there but not read: a key deleted or changed under us "
                       "goes unnoticed, and a change cannot be written (its transaction "
                       "compares). Retrying", event.key, event.detail, extra={"key": event.key})
+        elif event.kind == "refused" and event.nospace:
+            self.metrics.refused(event.key, event.detail, label="etcd's NOSPACE alarm")
+            log.error("register: etcd refuses writing %s: its NOSPACE alarm is raised (%s); "
+                      "its space quota is full until an operator compacts, defragments and "
+                      "disarms it. Checks go on, retrying; a key whose change cannot be "
+                      "written goes with the lease", event.key, event.detail,
+                      extra={"key": event.key})
         elif event.kind == "refused":
             self.metrics.refused(event.key, event.detail)
             log.error("register: etcd refuses writing %s for lack of permission (%s); the "
