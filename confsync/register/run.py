@@ -6,7 +6,8 @@ watcher and signal handlers only put items on a SimpleQueue (safe from a signal 
 decision never races another (a stop signal during the final revoke also sets the registrar's
 `hurry` flag: the loop reads no queue then). Exit: 0 after a drained stop, 3 when no etcd
 member removed our keys at the stop, 2 for a bad registration or a key another host holds at
-start, the child's status in exec mode.
+start, the child's status in exec mode (3 in place of its 0, or of its death by the stop
+signal we sent, when our keys stayed).
 """
 
 from __future__ import annotations
@@ -544,6 +545,11 @@ class RegisterLoop:
         if self.supervisor is not None:
             status = self.supervisor.stop()
             log.info("exec: child exited with status %d", status, extra={"status": status})
+            if status == 128 + self.supervisor.policy.stop_signal and not removed:
+                # Ended by the stop we sent it: its status says nothing, and the unit counts
+                # it a success (SuccessExitStatus=143), so a stop that left our keys in etcd
+                # until their TTL looked clean. Said as without --exec: 3.
+                status = 0
         for runner in self.runners:
             runner.stop()
         for lookup in self.maintenance.values():
