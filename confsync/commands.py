@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import IO
 
 from confsync import children, stop_along
 from confsync.fdlimit import describe
+from confsync.ops import procgroup
 
 MAX_OUTPUT = 4000  # characters of command output kept in an error
 # The most a command (and whatever it leaves running) may write to its output file, which is
@@ -44,6 +46,34 @@ class CommandResult:
             if self.output:
                 head += f": {self.output}"
         return head
+
+
+def _wait_then_end_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for `proc` to exit, SIGKILL what is left of its process group, then reap it.
+
+    The group is killed while its leader is a zombie, not yet reaped: until then its pid names
+    that group and no other. A check like `sh -c "probe & ..."` left a process behind at each
+    run (10 a second at interval 100ms), outliving the registrar: within hours the unit's
+    TasksMax refused every fork, every exec check failed and the node left its pools."""
+    if not _exited_within(proc.pid, timeout):
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    children.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _exited_within(pid: int, timeout: float) -> bool:
+    """Whether child `pid` exits within `timeout`, without reaping it (a pidfd wakes us at
+    its exit; without one, waitid(WNOWAIT) is polled)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # (no pidfd: an old kernel, a seccomp filter)
+        return procgroup.wait_exited(pid, time.monotonic() + timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(timeout, 0.0) * 1000))
+    finally:
+        os.close(fd)
 
 
 def _tail(data: bytes) -> str:
@@ -114,25 +144,29 @@ def cannot_run(program: str, exc: OSError, path: str | None = None) -> str:
     return f"cannot run `{program}`: {describe(exc)}"
 
 
-def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
+def run_command(argv: Sequence[str], timeout: float,
+                end_group: bool = False) -> CommandResult:
     """Run with stdin closed, stdout+stderr captured; on timeout kill its whole process group.
 
     Output goes to an anonymous file (see _output_file), not a pipe: a command that leaves a
     daemonized child holding its stdout would otherwise block us until that child exits. Only
     the command's own exit is waited for, and its status decides.
+
+    `end_group`: what the command leaves running in its process group when it exits is
+    killed too (a probe's work ends with its exit; a reload may start a daemon there).
     """
     start = time.monotonic()
     out = _output_file(argv[0])
     try:
         with stop_along.guard() as stop:
-            return _run(argv, timeout, out, start, stop)
+            return _run(argv, timeout, out, start, stop, end_group)
     finally:
         if out is not None:
             out.close()
 
 
 def _run(argv: Sequence[str], timeout: float, out: IO[bytes] | None, start: float,
-         stop: stop_along.Guard | None) -> CommandResult:
+         stop: stop_along.Guard | None, end_group: bool = False) -> CommandResult:
     try:
         proc = children.start(argv, stdin=subprocess.DEVNULL,
                               stdout=out if out is not None else subprocess.DEVNULL,
@@ -142,7 +176,10 @@ def _run(argv: Sequence[str], timeout: float, out: IO[bytes] | None, start: floa
     try:
         try:
             with stop.running(proc, argv) if stop is not None else contextlib.nullcontext():
-                proc.wait(timeout=timeout)
+                if end_group:
+                    _wait_then_end_group(proc, timeout)
+                else:
+                    proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

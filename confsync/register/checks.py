@@ -129,8 +129,10 @@ def probe_tcp(spec: CheckSpec) -> tuple[bool, str]:
 def probe_exec(spec: CheckSpec) -> tuple[bool, str]:
     """The command's own exit status decides, as for a resource's check or reload command (the
     same runner: argv only, a timeout that kills its process group, and output in a file, so
-    a probe that leaves a daemonized child holding stderr cannot hang the check forever)."""
-    result = run_command(spec.command, spec.timeout)
+    a probe that leaves a daemonized child holding stderr cannot hang the check forever).
+    What it leaves running in its process group is killed at its exit: a probe per interval
+    for months must not pile up processes."""
+    result = run_command(spec.command, spec.timeout, end_group=True)
     if result.ok:
         return True, f"`{spec.target}` exited 0"
     if result.returncode is None:  # timed out (and killed) or could not start

@@ -31,7 +31,8 @@ class RegisterMetrics:
         self._beat = clock()
         self._connected = False
         self._why = ""
-        self._refused = ""  # the keys etcd refuses us to write, and why; "" while none
+        # Per verb (writing, reading): the keys etcd refuses us, and why; absent while none.
+        self._refused: dict[str, str] = {}
         self._stopping = False
         # Until when the values to publish can be on etcd (Registrar.lease_until).
         self._lease_until = float("inf")
@@ -63,8 +64,12 @@ class RegisterMetrics:
         self.connected = Gauge("etcd_connected", "1 while etcd answers", namespace=ns,
                                registry=r)
         self.writes_refused = Gauge("etcd_writes_refused", "1 while etcd answers but refuses "
-                                    "the registrar's writes for lack of permission",
+                                    "the registrar's writes (for lack of permission, or its "
+                                    "NOSPACE alarm)",
                                     namespace=ns, registry=r)
+        self.reads_refused = Gauge("etcd_reads_refused", "1 while etcd answers but refuses the "
+                                   "registrar's read-back of its keys for lack of permission",
+                                   namespace=ns, registry=r)
         self.heartbeat = Gauge("heartbeat_timestamp_seconds", "Unix time of the loop's last "
                                "heartbeat", namespace=ns, registry=r)
         for reg in registrations:
@@ -111,13 +116,21 @@ class RegisterMetrics:
             self._why = why
         self.connected.set(1 if connected else 0)
 
-    def refused(self, keys: str, why: str) -> None:
-        """etcd refuses writing `keys` (permission denied); `keys` "" when that is over. Its own
-        reason in /ready: it answers, so "etcd not connected" sent operators to the network."""
+    def refused(self, keys: str, why: str, verb: str = "writing",
+                label: str = "permission denied") -> None:
+        """etcd refuses `verb` (writing, reading) `keys` (`label`: permission denied, or its
+        NOSPACE alarm); `keys` "" when that is over, and `verb` "" for every verb (etcd
+        unreachable). Its own reason in /ready: it answers, so "etcd not connected" sent
+        operators to the network."""
         with self._lock:
-            self._refused = f"etcd refuses writing {keys} (permission denied): {why}" \
-                if keys else ""
-        self.writes_refused.set(1 if keys else 0)
+            for v in (verb,) if verb else ("writing", "reading"):
+                if keys:
+                    self._refused[v] = f"etcd refuses {v} {keys} ({label}): {why}"
+                else:
+                    self._refused.pop(v, None)
+            writing, reading = "writing" in self._refused, "reading" in self._refused
+        self.writes_refused.set(1 if writing else 0)
+        self.reads_refused.set(1 if reading else 0)
 
     def conflict(self, registration: str, owner: str | None) -> None:
         with self._lock:
@@ -149,8 +162,7 @@ class RegisterMetrics:
             reasons = []
             if not self._connected:
                 reasons.append("etcd not connected" + (f": {self._why}" if self._why else ""))
-            if self._refused:
-                reasons.append(self._refused)
+            reasons.extend(self._refused[v] for v in sorted(self._refused, reverse=True))
             for name, owner in sorted(self._conflicts.items()):
                 reasons.append(f"{name}: key held by {owner}")
             if self._stopping:

@@ -69,8 +69,9 @@ class Conflict:
 @dataclass(frozen=True)
 class RegistrarEvent:
     """What the registrar tells the loop: kind is connected, lost, written, conflict,
-    keepalive_failed, lease_granted, refused (key: the keys etcd refuses to let us write,
-    detail: its answer) or accepted (the writes refused before went through)."""
+    keepalive_failed, lease_granted, refused (key: the keys etcd refuses to let us write or
+    read, `verb`, detail: its answer) or accepted (what was refused before, `verb`, went
+    through)."""
 
     kind: str
     key: str = ""
@@ -78,16 +79,30 @@ class RegistrarEvent:
     value: dict[str, Any] | None = None
     # A conflict with another live registrar of our host name (a clone): its lease.
     lease: int = 0
+    verb: str = "writing"  # refused, accepted: "writing" or "reading"
+    nospace: bool = False  # refused: by etcd's NOSPACE alarm (its quota full), not a role
 
 
 class WriteRefused(Exception):
     """etcd refused writes of `keys` for lack of permission. It answered: an outage it is not,
     and /ready must not say "etcd not connected" (an operator looked for a network fault)."""
 
+    verb = "writing"
+
     def __init__(self, keys: Sequence[str], cause: BaseException) -> None:
         self.keys = list(keys)
         self.detail = describe_error(cause)
+        self.nospace = _nospace(cause)
         super().__init__(f"{', '.join(self.keys)}: {self.detail}")
+
+
+class ReadRefused(WriteRefused):
+    """etcd refused reading back a key of ours (a role that may write the prefix but not read
+    it). Not an outage either: it was reported as "etcd unreachable" after every keepalive,
+    and "connected" again at the next call, so /ready and etcd_connected flapped every ttl/3
+    for as long as the role stayed so, two log lines each time."""
+
+    verb = "reading"
 
 
 def owner_of(raw: bytes) -> str:
@@ -182,6 +197,8 @@ class Registrar:
         # endpoint failed in turn, not at the first member that did.
         self._failed_in_row = 0
         self._refused_said = ""  # the refusal reported (keys and etcd's answer); "" for none
+        self._read_refused_said = ""  # the same for reads: cleared only by a read that passes
+        self._reread = False  # a refused read-back was tried again on a new client
         self._reauthenticated = False
         self._regranted = False
         self.keepalive_failures = 0
@@ -379,7 +396,16 @@ class Registrar:
                             and not self._regranted:
                         self._lease_gone()
                         continue
-                    if isinstance(exc, WriteRefused):
+                    if isinstance(exc, ReadRefused):
+                        # A client made while auth was off has no token, and once it is on
+                        # again etcd refuses its reads: a new client authenticates. Asked
+                        # again at once, keepalive and read-back, before it is said.
+                        self._drop_client()
+                        if not self._reread:
+                            self._reread = True
+                            self._next_keepalive = 0.0
+                            continue
+                    if isinstance(exc, WriteRefused):  # (a ReadRefused too)
                         self._write_refused(exc)
                     else:
                         self._lost(exc)
@@ -430,6 +456,7 @@ class Registrar:
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
                     self._verify_absent()
+                    self._reads_accepted()
                     # The members too, as after a keepalive: an instance whose checks stay
                     # down for months holds no lease, and its configured members may all be
                     # replaced meanwhile (it could never register once its checks passed).
@@ -439,7 +466,14 @@ class Registrar:
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
                 return
-            lease = self._client.lease(self.ttl)
+            try:
+                lease = self._client.lease(self.ttl)
+            except Exception as exc:
+                if _nospace(exc):  # (etcd answers: a refusal, said as such, not an outage)
+                    with self._lock:
+                        keys = sorted(k for k, v in self._wanted.items() if v is not None)
+                    raise WriteRefused(keys, exc) from None
+                raise
             self._lease, granted = int(lease.id), int(lease.ttl)
             self._renewed(granted)
             with self._lock:
@@ -456,6 +490,7 @@ class Registrar:
                 return
             self._verify()
             self._verify_absent()
+            self._reads_accepted()
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
@@ -553,7 +588,7 @@ class Registrar:
             keys = [k for k, v in self._written.items() if v is not None]
         for key in keys:
             # One linearizable range per key (see the module docstring: no transaction).
-            raw, meta = self._client.get(key, serializable=False)
+            raw, meta = self._read(key)
             with self._lock:
                 expected = self._written.get(key)
                 if expected is None:
@@ -563,7 +598,9 @@ class Registrar:
                 if intact:
                     continue
                 del self._written[key]
-            self._revision.pop(key, None)
+            last = self._revision.pop(key, None)
+            if last is not None and meta is not None:
+                self._went_back(key, meta, last[0])
             if raw is not None and meta is not None and owner_of(raw) == self.host \
                     and int(meta.lease_id) not in (0, self._lease):
                 continue  # our host name on another lease: `_write` tells a clone (left)
@@ -584,7 +621,7 @@ class Registrar:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
-            raw, meta = self._client.get(key, serializable=False)
+            raw, meta = self._read(key)
             if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
             lease = int(meta.lease_id)
@@ -598,6 +635,15 @@ class Registrar:
             log.warning("register: %s holds this host's value on %s, but it is not registered "
                         "now; deleting it", key, "no lease" if not lease else
                         "our lease (a write whose answer was lost)")
+
+    def _read(self, key: str) -> tuple[bytes | None, Any]:
+        """A read-back of `key`; ReadRefused when the role may not read it."""
+        try:
+            return self._client.get(key, serializable=False)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if _permission_denied(exc):
+                raise ReadRefused([key], exc) from None
+            raise
 
     def _converge(self) -> None:
         """Write what differs. A value only ever goes on the lease: with none held (nothing was
@@ -620,7 +666,7 @@ class Registrar:
                 # others: they are written all the same, then the refusal is reported. It
                 # used to end the step at every try, and the keys after it (a file sorted
                 # later) were never registered, nor their changes ever written.
-                if not _permission_denied(exc):
+                if not _permission_denied(exc) and not _nospace(exc):
                     raise
                 refused.append(key)
                 cause = cause or exc
@@ -679,6 +725,8 @@ class Registrar:
                 else:
                     self._conflict(key, owner or _no_owner(raw))
                 return
+            if last is not None:
+                self._went_back(key, meta, last[0])
             if self._other_registrar(key, meta, value):
                 return
             last = (int(meta.mod_revision), raw)  # ours (an earlier run of this host)
@@ -706,6 +754,20 @@ class Registrar:
             self._conflict(key, f"another registrar with host name {self.host!r} on lease "
                            f"{lease:x}", lease)
         return True
+
+    def _went_back(self, key: str, meta: Any, ours: int) -> None:
+        """`key` was last modified before our own write of it, at revision `ours`: etcd's
+        history went back (restored from a backup, a VM snapshot rolled back, or recreated),
+        which no writer can do. What it holds of our host is then an earlier run's (a restored
+        lease gets its whole TTL again, and nobody renews it): taken over, as by a first
+        write. It was taken for a clone's live lease: an ERROR "two hosts share a host name",
+        /ready 503, and the key left to a lease that lapsed with it."""
+        if int(meta.mod_revision) >= ours or key not in self._held:
+            return
+        self._held.discard(key)
+        log.warning("register: etcd's history went back (restored from a backup?): %s was last "
+                    "modified at revision %s, before our write at %s; this host's value there "
+                    "is an earlier run's, taken over", key, int(meta.mod_revision), ours)
 
     def _done(self, key: str, value: bytes | None, revision: int | None) -> None:
         with self._lock:
@@ -767,17 +829,29 @@ class Registrar:
         `_step` converges (and fails) before renewing, so the lease lapses with it."""
         self._connected()
         said = str(exc)
-        if said != self._refused_said:
-            self._refused_said = said
+        reading = isinstance(exc, ReadRefused)
+        if said != (self._read_refused_said if reading else self._refused_said):
+            if reading:
+                self._read_refused_said = said
+            else:
+                self._refused_said = said
             self._report(RegistrarEvent("refused", key=", ".join(exc.keys),
-                                        detail=exc.detail))
+                                        detail=exc.detail, verb=exc.verb,
+                                        nospace=exc.nospace))
         self._retry_at = lease_clock.now() + self._retry.next()
 
     def _writes_accepted(self) -> None:
-        """A step went through: a refusal reported before is over."""
+        """A step went through: a write refusal reported before is over. (A read refusal is
+        over only once the read-back passes: most steps read nothing.)"""
         if self._refused_said:
             self._refused_said = ""
             self._report(RegistrarEvent("accepted"))
+
+    def _reads_accepted(self) -> None:
+        self._reread = False
+        if self._read_refused_said:
+            self._read_refused_said = ""
+            self._report(RegistrarEvent("accepted", verb="reading"))
 
     def _lost(self, exc: BaseException) -> None:
         self._failed_in_row += 1
@@ -793,7 +867,8 @@ class Registrar:
             self._retry_at = 0.0
             return
         reason = describe_error(exc)
-        self._refused_said = ""  # (unreachable now: what it refused is told again when back)
+        # (unreachable now: what it refused is told again when back)
+        self._refused_said = self._read_refused_said = ""
         if not self._said_lost:
             self.connected = False
             self._said_lost = True
@@ -832,6 +907,14 @@ class Registrar:
 def _permission_denied(exc: BaseException) -> bool:
     """etcd's answer to a write the role may not make (PERMISSION_DENIED): about one key."""
     return "PERMISSION_DENIED" in describe_error(exc)
+
+
+def _nospace(exc: BaseException) -> bool:
+    """etcd's NOSPACE alarm is raised (its backend quota is full: months of growth without
+    compaction): it refuses puts, transactions and lease grants, and serves reads and
+    keepalives. It answers: said as "etcd unreachable" with etcd_connected 0, it sent
+    operators after a network fault."""
+    return "database space exceeded" in describe_error(exc)
 
 
 def _no_owner(raw: bytes) -> str:

@@ -6,7 +6,8 @@ watcher and signal handlers only put items on a SimpleQueue (safe from a signal 
 decision never races another (a stop signal during the final revoke also sets the registrar's
 `hurry` flag: the loop reads no queue then). Exit: 0 after a drained stop, 3 when no etcd
 member removed our keys at the stop, 2 for a bad registration or a key another host holds at
-start, the child's status in exec mode.
+start, the child's status in exec mode (3 in place of its 0, or of its death by the stop
+signal we sent, when our keys stayed).
 """
 
 from __future__ import annotations
@@ -300,17 +301,31 @@ class RegisterLoop:
             log.info("register: etcd connected")
         elif event.kind == "lost":
             self.metrics.etcd(False, event.detail)
-            self.metrics.refused("", "")
+            self.metrics.refused("", "", verb="")
             log.warning("register: etcd unreachable (%s); checks go on, registering again when "
                         "it is back", event.detail)
+        elif event.kind == "refused" and event.verb == "reading":
+            self.metrics.refused(event.key, event.detail, event.verb)
+            log.error("register: etcd refuses reading %s for lack of permission (%s); the "
+                      "role may write there but not read: a key deleted or changed under us "
+                      "goes unnoticed, and a change cannot be written (its transaction "
+                      "compares). Retrying", event.key, event.detail, extra={"key": event.key})
+        elif event.kind == "refused" and event.nospace:
+            self.metrics.refused(event.key, event.detail, label="etcd's NOSPACE alarm")
+            log.error("register: etcd refuses writing %s: its NOSPACE alarm is raised (%s); "
+                      "its space quota is full until an operator compacts, defragments and "
+                      "disarms it. Checks go on, retrying; a key whose change cannot be "
+                      "written goes with the lease", event.key, event.detail,
+                      extra={"key": event.key})
         elif event.kind == "refused":
             self.metrics.refused(event.key, event.detail)
             log.error("register: etcd refuses writing %s for lack of permission (%s); the "
                       "role may not write there. Checks go on, retrying", event.key,
                       event.detail, extra={"key": event.key})
         elif event.kind == "accepted":
-            self.metrics.refused("", "")
-            log.info("register: etcd accepts our writes again")
+            self.metrics.refused("", "", event.verb)
+            log.info("register: etcd accepts our %s again",
+                     "reads" if event.verb == "reading" else "writes")
         elif event.kind == "lease_granted":
             self.metrics.leases.inc()
             log.info("register: %s", event.detail)
@@ -530,6 +545,11 @@ class RegisterLoop:
         if self.supervisor is not None:
             status = self.supervisor.stop()
             log.info("exec: child exited with status %d", status, extra={"status": status})
+            if status == 128 + self.supervisor.policy.stop_signal and not removed:
+                # Ended by the stop we sent it: its status says nothing, and the unit counts
+                # it a success (SuccessExitStatus=143), so a stop that left our keys in etcd
+                # until their TTL looked clean. Said as without --exec: 3.
+                status = 0
         for runner in self.runners:
             runner.stop()
         for lookup in self.maintenance.values():

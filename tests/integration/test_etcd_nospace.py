@@ -107,3 +107,62 @@ def test_once_and_check_read_through_a_nospace_alarm(small_etcd: EtcdMember,
             capture_output=True, text=True, cwd=REPO, timeout=30)
         assert done.returncode == status, (command, done.stdout, done.stderr)
     assert read(dest) == "/k/a=1\n/j/b=2\n"
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_a_change_the_nospace_alarm_refuses_is_said_as_a_refusal_not_an_outage(
+        small_etcd: EtcdMember, tmp_path: Path) -> None:
+    """The alarm refuses the registrar's writes (a check went down: the delete; up again: the
+    lease grant). etcd answers all the while, yet that was said as "etcd unreachable", /ready
+    "etcd not connected" and confsync_register_etcd_connected 0, sending operators after a
+    network fault. The stale key still goes with the lease, and once an operator frees space
+    and disarms the alarm, the instance registers again by itself."""
+    sick = tmp_path / "sick"
+    port = free_port()
+    write_registration(tmp_path / "conf", "web", (
+        'service = "web"\nport = 80\nid = "web-1"\naddress = "10.0.0.1"\nttl = "3s"\n'
+        f'drain = "0s"\n[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{sick}"]\n'
+        'interval = "100ms"\nrise = 1\nfall = 1\n'))
+    proc = RegisterProcess(tmp_path / "conf", small_etcd.endpoint, "--hostname", "node-a",
+                           "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "reg.log")
+    key = "/services/web/instances/web-1"
+    refusal = f"etcd refuses writing {key} (etcd's NOSPACE alarm): RESOURCE_EXHAUSTED"
+    try:
+        c = client(small_etcd.endpoint)
+        wait_for(lambda: published(c, key) is not None, timeout=15, what="registration")
+        fill_up(small_etcd)
+        sick.write_text("")
+        # The delete is refused: the key goes with the lease, which is not renewed.
+        wait_for(lambda: published(c, key) is None, timeout=3 + 3, interval=0.1,
+                 what=f"the stale key gone with its lease\n{proc.output()[-2000:]}")
+        sick.unlink()  # up again: the lease grant is refused
+        wait_for(lambda: "registrations\": {\"web\": \"ready\"" in ready(port)[1], timeout=10,
+                 what="ready to publish")
+        for _ in range(20):  # two seconds: steadily said so
+            status, body = ready(port)
+            assert status == 503 and refusal in body, body
+            assert _metric(port, "confsync_register_etcd_connected") == 1
+            time.sleep(0.1)
+        assert _metric(port, "confsync_register_etcd_writes_refused") == 1
+        assert "etcd unreachable" not in proc.output(), proc.output()[-3000:]
+        assert "its NOSPACE alarm is raised" in proc.output()
+        # An operator frees space and disarms the alarm.
+        c.delete_prefix("/fill/")
+        c.compact(int(c.get_response("/fill/").header.revision), physical=True)
+        c.defragment()
+        for alarm in c.list_alarms():  # (member 0 disarms nothing: each member's, as etcdctl)
+            c.disarm_alarm(alarm.member_id)
+        assert not list(c.list_alarms())
+        wait_for(lambda: published(c, key) is not None, timeout=10,
+                 what=f"registered again\n{proc.output()[-2000:]}")
+        wait_for(lambda: ready(port)[0] == 200, timeout=10, what="ready again")
+        assert "etcd accepts our writes again" in proc.output()
+    finally:
+        proc.stop()

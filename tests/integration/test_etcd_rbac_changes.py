@@ -9,11 +9,13 @@ roles back as it found them, so the module's etcd can be shared.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -254,7 +256,7 @@ class Registered:
 
     def __init__(self, etcd: SecureEtcd, tmp_path: Path) -> None:
         self.etcd = etcd
-        self.listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self.listener: socket.socket | None = _accepting(socket.create_server(("127.0.0.1", 0)))
         self.port = self.listener.getsockname()[1]
         self.password_file = tmp_path / "registrar-password"
         self.password_file.write_text(REG_PASSWORD + "\n")
@@ -296,11 +298,26 @@ class Registered:
 
     def check_down(self) -> None:
         assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread)
         self.listener.close()
         self.listener = None
 
     def check_up(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener = _accepting(socket.create_server(("127.0.0.1", self.port)))
+
+
+def _accepting(listener: socket.socket) -> socket.socket:
+    """Accept (and close) the check's connections: never accepted, they filled the listen
+    backlog (128) in 12.8 s at interval 100ms, and the check then timed out, so a test that
+    ran longer saw the instance go down."""
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # (closed: check_down)
+            while True:
+                listener.accept()[0].close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
 
 
 @pytest.fixture
@@ -378,13 +395,50 @@ def test_register_lets_a_stale_key_lapse_when_etcd_refuses_the_change(
     assert registered.key() == ("ready", registered.key()[1])  # type: ignore[index]
 
 
+def test_register_says_steadily_that_etcd_refuses_its_read_back(
+        registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
+    """The role may write its keys but no longer read them (a "least privilege" change): the
+    read-back after each keepalive is refused. That was said as "etcd unreachable" and then
+    "etcd connected" at the next call: /ready and etcd_connected flapped every ttl/3, two log
+    lines each time, for as long as the role stayed so. Now one ERROR naming the key, /ready
+    503 with the reason throughout, etcd_connected 1, and the healthy key kept on its lease."""
+    etcd = secure_etcd
+    _, lease = registered.key() or ("", 0)
+    etcd.ctl("role", "revoke-permission", "registrar", "/reg/", "--prefix=true")
+    etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "write", "/reg/")
+    refusal = f"etcd refuses reading {REG_KEY} (permission denied)"
+    try:
+        wait_for(lambda: refusal in registered.reasons(), REG_TTL + 2, what="/ready says why")
+        seen = []
+        until = time.monotonic() + 2 * REG_TTL  # six keepalives
+        while time.monotonic() < until:
+            seen.append((registered.ready()[0], registered.metric(
+                "confsync_register_etcd_connected")))
+            time.sleep(0.1)
+        assert set(seen) == {(503, 1.0)}, seen
+        assert refusal in registered.reasons()
+        assert registered.metric("confsync_register_etcd_reads_refused") == 1
+        out = registered.proc.output()
+        assert "etcd unreachable" not in out, out[-3000:]
+        assert out.count(f"ERROR register: etcd refuses reading {REG_KEY}") == 1, out[-3000:]
+        assert registered.key() == ("ready", lease)
+    finally:
+        etcd.ctl("role", "grant-permission", "registrar", "--prefix=true", "readwrite", "/reg/")
+    wait_for(lambda: registered.ready()[0] == 200, 10, what="ready with the permission back")
+    assert registered.metric("confsync_register_etcd_reads_refused") == 0
+    assert "etcd accepts our reads again" in registered.proc.output()
+    assert registered.key() == ("ready", lease)
+
+
 def test_register_registers_again_at_once_after_an_admin_revokes_its_lease(
         registered: Registered, secure_etcd: SecureEtcd) -> None:  # noqa: F811
     """`etcdctl lease revoke` deletes the key at once: the next keepalive (within ttl/3)
     finds the lease gone, and the key is back under a new lease; the metrics count both."""
     _, lease = registered.key() or ("", 0)
     secure_etcd.ctl("lease", "revoke", f"{lease:x}")
-    assert registered.key() is None
+    # Gone with its lease (or already back on a new one: a keepalive can come between the
+    # revoke and the read, each an etcdctl run of 0.1-0.3 s on a loaded host).
+    assert (registered.key() or ("", 0))[1] != lease
     wait_for(lambda: registered.key() is not None, REG_TTL / 3 + 1.5,
              what="registered again under a new lease")
     state, new_lease = registered.key() or ("", 0)

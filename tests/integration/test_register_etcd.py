@@ -190,14 +190,18 @@ def test_a_stop_after_the_lease_was_revoked_from_outside_is_no_failure(
     assert "could not revoke" not in proc.output()
 
 
+@pytest.mark.parametrize("exec_mode", [False, True], ids=["plain", "exec"])
 def test_a_stop_with_etcd_gone_warns_which_keys_outlive_it(
         etcd_private: EtcdMember, prefix: str, backend: HTTPBackend, tmp_path: Path,
-        procs: list[RegisterProcess]) -> None:
+        procs: list[RegisterProcess], exec_mode: bool) -> None:
     """A revoke that really fails while a key is on the lease still warns, naming the key,
-    and the exit status says so (3: it was 0, as after a clean deregistration)."""
+    and the exit status says so (3: it was 0, as after a clean deregistration). In exec mode
+    too: it was the child's death by our SIGTERM, 143, a success for the shipped unit
+    (SuccessExitStatus=143), so a `systemctl stop` that left the key looked clean."""
     write_registration(tmp_path / "conf", "web",
                        _registration(backend.port, ttl="30s", drain="0s"))
-    proc = _start(procs, tmp_path, etcd_private, prefix)
+    proc = _start(procs, tmp_path, etcd_private, prefix,
+                  *(("--exec", "sleep 600") if exec_mode else ()))
     c = client(etcd_private.endpoint)
     wait_for(lambda: published(c, _key(prefix)) is not None, timeout=15, what="registered")
     c.close()
