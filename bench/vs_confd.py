@@ -85,22 +85,27 @@ def ms(values: list[float]) -> str:
 
 
 def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
-               runs: int, confsync: list[str]) -> dict[str, str]:
+               runs: int, confsyncs: dict[str, list[str]]) -> dict[str, str]:
+    """`confsyncs`: name -> command, each timed in turn within every run (builds compared in
+    the same noise)."""
     put_many(endpoint, ((f"/o/svc/k{i:05d}", f"10.{i >> 8 & 255}.{i & 255}.1:8080")
                         for i in range(keys)))
-    mine, theirs = base / "once-confsync.conf", base / "once-confd.conf"
-    cs_dir, cd_dir = base / "once-cs", base / "once-cd"
-    (cs_dir / "conf.d").mkdir(parents=True)
-    (cs_dir / "templates").mkdir()
-    (cs_dir / "templates" / "list.tmpl").write_text(
-        "{% for kv in gets('/svc/*') %}server {{ kv.key | base }} {{ kv.value }}\n{% endfor %}")
-    (cs_dir / "conf.d" / "list.toml").write_text(
-        f'[template]\nsrc = "list.tmpl"\ndest = "{mine}"\nkeys = ["/svc"]\n')
+    theirs, cd_dir = base / "once-confd.conf", base / "once-cd"
+    commands: dict[str, tuple[list[str], Path]] = {}
+    for n, (name, confsync) in enumerate(confsyncs.items()):
+        # A confdir and dest each: one build's render memo never meets another's.
+        mine, cs_dir = base / f"once-confsync-{n}.conf", base / f"once-cs-{n}"
+        (cs_dir / "conf.d").mkdir(parents=True)
+        (cs_dir / "templates").mkdir()
+        (cs_dir / "templates" / "list.tmpl").write_text(
+            "{% for kv in gets('/svc/*') %}server {{ kv.key | base }} {{ kv.value }}\n"
+            "{% endfor %}")
+        (cs_dir / "conf.d" / "list.toml").write_text(
+            f'[template]\nsrc = "list.tmpl"\ndest = "{mine}"\nkeys = ["/svc"]\n')
+        commands[name] = ([*confsync, "once", "--confdir", str(cs_dir), "--endpoints", endpoint,
+                           "--prefix", "/o", "--log-level", "error"], mine)
     confd_resource(cd_dir, "list", '{{range gets "/svc/*"}}server {{base .Key}} {{.Value}}\n'
                    "{{end}}", theirs, ["/svc"])
-    commands = {"confsync": ([*confsync, "once", "--confdir",
-                              str(cs_dir), "--endpoints", endpoint, "--prefix", "/o",
-                              "--log-level", "error"], mine)}
     if confd:
         commands["confd"] = (confd_argv(confd, endpoint, cd_dir, "/o", "-onetime"), theirs)
     cases = ("writes", "unchanged", "one key changed")
@@ -117,10 +122,11 @@ def bench_once(base: Path, endpoint: str, confd: str | None, keys: int,
                 assert code == 0, f"{name} once exited {code}"
                 walls[case, name].append(seconds)
                 rss[case, name].append(peak)
+    mine = commands[next(iter(confsyncs))][1]
     lines = mine.read_text().count("\n")
     assert lines == keys, f"confsync rendered {lines} lines"
-    if confd:
-        assert theirs.read_text() == mine.read_text(), "confd and confsync rendered differently"
+    for name, (_, dest) in commands.items():
+        assert dest.read_text() == mine.read_text(), f"{name} rendered differently"
     startup, _, _ = run_measured([sys.executable, "-c", "pass"])
     print(f"(a) once, {keys} keys -> {lines}-line file, {runs} runs each "
           f"(python -c pass: {startup:.3f} s)")
@@ -227,9 +233,10 @@ def main() -> None:
     parser.add_argument("--haproxy-seconds", type=float, default=20.0)
     parser.add_argument("--wait-min", action="append", dest="wait_mins",
                         help="(d) daemon --wait-min values (default: 10ms and 0)")
-    parser.add_argument("--confsync", help="(a) a confsync executable to time, e.g. the "
-                        "console script of a regular (not editable) install; default: this "
-                        "checkout through `python -m confsync`")
+    parser.add_argument("--confsync", action="append", help="(a) a confsync executable to "
+                        "time, e.g. the console script of a regular (not editable) install; "
+                        "repeatable, the runs interleaved (old and new builds side by side); "
+                        "default: this checkout through `python -m confsync`")
     parser.add_argument("--only", choices=("once", "small", "5000", "haproxy"), action="append",
                         help="run only these figures (repeatable)")
     args = parser.parse_args()
@@ -246,10 +253,15 @@ def main() -> None:
         etcd = start_etcd(base / "etcd")
         try:
             if "once" in only:
-                confsync = [args.confsync] if args.confsync else [sys.executable, "-m",
-                                                                  "confsync"]
+                paths = args.confsync or []
+                confsyncs = {f"confsync {i + 1}" if len(paths) > 1 else "confsync": [path]
+                             for i, path in enumerate(paths)} \
+                    or {"confsync": [sys.executable, "-m", "confsync"]}
+                if len(confsyncs) > 1:
+                    for name, (path,) in confsyncs.items():
+                        print(f"{name}: {path}")
                 rows.append(("once", bench_once(base, etcd.endpoint, confd, args.keys,
-                                                args.runs, confsync)))
+                                                args.runs, confsyncs)))
             if "small" in only:
                 rows.append(("watch small", bench_small(base, etcd.endpoint, confd,
                                                         args.samples)))

@@ -15,8 +15,8 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
@@ -29,8 +29,9 @@ DEFAULT_MODE = 0o644
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FileState:
+# A NamedTuple, not a dataclass: one `exec` to create, where a frozen dataclass's six (one
+# per generated method, Python 3.11) were ~0.3 ms of every one-shot run (issue 11).
+class FileState(NamedTuple):
     """What is at `dest` now: its bytes and metadata, or nothing."""
 
     content: bytes | None
@@ -161,8 +162,7 @@ class NotDurable(ResourceError):
     """The new file is in place (renamed over `dest`), but its directory could not be synced."""
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """The desired file: content plus the metadata it must end up with."""
 
     content: bytes

@@ -45,8 +45,9 @@ from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome
 from confsync.pending_keys import PendingKeys
 from confsync.planner import RETRY_SHARE, Planner
 from confsync.renderer import Renderer
-from confsync.repeated_failures import FIRST, RepeatedFailures, RepeatedWarnings, Said
+from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
 from confsync.resources import Resource, load_resources
+from confsync.said import FIRST, Said
 from confsync.settings import Settings, load_settings
 from confsync.stores import Snapshot, Store, merge_prefixes, open_store
 from confsync.sync import Syncer, rollback_failures_forgotten

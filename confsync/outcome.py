@@ -8,7 +8,6 @@ supervisor, never loads it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -31,22 +30,39 @@ class Status(StrEnum):
 UNCHANGED, UPDATED, FAILED = Status.UNCHANGED, Status.UPDATED, Status.FAILED
 
 
-@dataclass
 class Outcome:
-    resource: Resource
-    status: Status
-    error: ResourceError | None = None
-    reload: ReloadResult | None = None  # what the reload step did (None: no reload ran)
-    seconds: float = 0.0
-    previous: FileState | None = field(default=None, repr=False)
-    content: bytes | None = field(default=None, repr=False)  # what was rendered
-    check_seconds: float | None = None
-    reload_seconds: float | None = None
-    # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
-    warnings: tuple[RenderWarning, ...] = ()
-    # The file was in place already, and its target is to be asked whether it runs (probed,
-    # not reloaded): at its first apply in this process, and while it found nothing running.
-    probe: bool = field(default=False, repr=False)
+    """What one apply did to one resource; the sync step fills it in as it goes.
+
+    A plain class, not a dataclass: the one-shot path has no dataclass left, so it does not
+    import `dataclasses` and `inspect` (~4 ms of `once`, issue 11)."""
+
+    __slots__ = ("check_seconds", "content", "error", "previous", "probe", "reload",
+                 "reload_seconds", "resource", "seconds", "status", "warnings")
+
+    def __init__(self, resource: Resource, status: Status, error: ResourceError | None = None,
+                 reload: ReloadResult | None = None, seconds: float = 0.0,
+                 previous: FileState | None = None, content: bytes | None = None,
+                 check_seconds: float | None = None, reload_seconds: float | None = None,
+                 warnings: tuple[RenderWarning, ...] = (), probe: bool = False) -> None:
+        self.resource = resource
+        self.status = status
+        self.error = error
+        self.reload = reload  # what the reload step did (None: no reload ran)
+        self.seconds = seconds
+        self.previous = previous
+        self.content = content  # what was rendered
+        self.check_seconds = check_seconds
+        self.reload_seconds = reload_seconds
+        # Values the render left out (refused items of `gets(..., skip_invalid=True)`).
+        self.warnings = warnings
+        # The file was in place already, and its target is to be asked whether it runs
+        # (probed, not reloaded): at its first apply in this process, and while it found
+        # nothing running.
+        self.probe = probe
+
+    def __repr__(self) -> str:  # (for test failures and debugging)
+        return (f"Outcome({self.resource.name!r}, {self.status.value}, error={self.error!r}, "
+                f"reload={self.reload!r}, seconds={self.seconds!r})")
 
     @property
     def diff(self) -> str:

@@ -22,7 +22,6 @@ import operator
 import re
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -59,9 +58,9 @@ class RenderFailure(Exception):
         self.key = key
 
 
-@dataclass(frozen=True)
-class RenderWarning:
-    """A value left out of a render (its item skipped), and why."""
+class RenderWarning(NamedTuple):
+    """A value left out of a render (its item skipped), and why. (A NamedTuple, not a
+    dataclass: the render path of `once` creates no dataclass, issue 11.)"""
 
     key: str
     reason: str

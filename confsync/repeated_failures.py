@@ -28,44 +28,16 @@ from __future__ import annotations
 
 import collections
 import math
-import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+
+from confsync.said import Said, shape
 
 EVERY = 300.0  # seconds between two logs of the same failure of one resource
 FLAPS = 3  # switches to failing within EVERY said one by one; more: failing intermittently
 MAX_SHAPES = 16  # causes an intermittent failure tells apart (each said at once)
 SETTLE = 30.0  # an intermittent failure's end: the resource stayed well (or failing) this long
-# A staged file's pid and attempt number (applier._staged_name: `.haproxy.cfg.812.37.confsync`).
-_STAGED = re.compile(r"\.[0-9]+\.[0-9]+(?=\.confsync\b)")
-# A number standing alone, with a unit perhaps (`pid 812`, `(812)`, `#3`, `12.5s`, `exited 1`),
-# not one inside a name, path or address (`server-2`, `/pool/2`, `10.0.0.2`, `host:8080`).
-_ALONE = re.compile(r"(?<![\w./:@-])[0-9]+(?:\.[0-9]+)?(?:ms|s)?(?![\w/:@-]|\.[0-9A-Za-z])")
-
-
-def shape(reason: str) -> str:
-    """`reason` with its noise blanked: what two tries' messages must share to be one."""
-    return _ALONE.sub("#", _STAGED.sub(".#.#", reason))
-
-
-@dataclass(frozen=True)
-class Said:
-    """How a failure that is logged now is said (`failed`'s answer, `report`'s argument)."""
-
-    unsaid: int = 0  # failures like it that were not logged since it last was
-    before: str = ""  # the cause it replaces, when that one failed again unlogged ...
-    before_unsaid: int = 0  # ... this many times (else it was lost with the change of cause)
-    # Failing intermittently (more than FLAPS switches to failing within `every`): failures
-    # and recoveries in the last `over` seconds, said as one summary.
-    failures: int = 0
-    recoveries: int = 0
-    over: float = 0.0
-
-
-FIRST = Said()  # a failure said as it is: the first of its kind
-
-
 @dataclass
 class _Said:
     shape: str

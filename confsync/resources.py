@@ -8,12 +8,12 @@ this module hands that table to the plugin and keeps what it returns, knowing no
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confsync import tomlvalues as tv
 from confsync.errors import ConfigError
@@ -25,9 +25,8 @@ from confsync.render_limits import parse_size
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Resource:
-    """One template resource, validated and normalised."""
+class _ResourceFields(NamedTuple):
+    """A resource's settings, as its file gave them (Resource adds what they imply)."""
 
     name: str
     source: Path  # the .toml file it came from, for error messages
@@ -55,20 +54,33 @@ class Resource:
     # Render limits; None: the global defaults (settings `render_timeout`, `max_output_size`).
     render_timeout: float | None = None
     max_output_size: int | None = None
-    # Absolute store prefixes this resource reads; derived once, used on every change.
-    watched_prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    # What they cover, by confd's rule: "/app" is the key /app and the directory "/app/",
-    # never /application (a key written with its slash, "/app/", is the directory alone).
-    key_dirs: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    key_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        watched = tuple(join_key(self.prefix, k) for k in self.keys)
-        object.__setattr__(self, "watched_prefixes", watched)
-        dirs = merge_dirs(p if p.endswith("/") else p + "/" for p in watched)
-        object.__setattr__(self, "key_dirs", dirs)
-        object.__setattr__(self, "key_names", tuple(sorted(
-            {p for p in watched if not p.endswith("/") and not p.startswith(dirs)})))
+
+class Resource(_ResourceFields):
+    """One template resource, validated and normalised; equal, hashed and shown by its fields.
+
+    A NamedTuple, not a frozen dataclass: one `exec` to create, where the dataclass's six (one
+    per generated method, Python 3.11) cost every one-shot run ~0.5 ms, and with the other
+    records of that path gone, importing `dataclasses` (and `inspect`) ~4 ms (issue 11).
+    Change one with `_replace`; what the fields imply is derived at its first use.
+    """
+
+    @functools.cached_property
+    def watched_prefixes(self) -> tuple[str, ...]:
+        """Absolute store prefixes this resource reads; derived once, used on every change."""
+        return tuple(join_key(self.prefix, k) for k in self.keys)
+
+    @functools.cached_property
+    def key_dirs(self) -> tuple[str, ...]:
+        """What they cover, by confd's rule: "/app" is the key /app and the directory "/app/",
+        never /application (a key written with its slash, "/app/", is the directory alone)."""
+        return merge_dirs(p if p.endswith("/") else p + "/" for p in self.watched_prefixes)
+
+    @functools.cached_property
+    def key_names(self) -> tuple[str, ...]:
+        dirs = self.key_dirs
+        return tuple(sorted({p for p in self.watched_prefixes
+                             if not p.endswith("/") and not p.startswith(dirs)}))
 
     def covers(self, key: str) -> bool:
         """True when a change to absolute `key` can change this resource's output."""
@@ -260,8 +272,9 @@ def _parse_plugin(where: str, data: dict[str, Any], table: dict[str, Any],
     return PluginConfig(name, settings)
 
 
-@dataclass(frozen=True)
-class ResourceSet:
+# A NamedTuple, not a dataclass: one `exec` to create, where a frozen dataclass's six (one
+# per generated method, Python 3.11) were ~0.3 ms of every one-shot run (issue 11).
+class ResourceSet(NamedTuple):
     """The resources that loaded, and an error line for each file that did not."""
 
     resources: tuple[Resource, ...]

@@ -45,9 +45,9 @@ from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
 from confsync.reload import target_for
 from confsync.render_memo import data_digest
-from confsync.repeated_failures import shape
 from confsync.resources import Resource
 from confsync.running_copy import read_kept, reloaded, running_copy
+from confsync.said import shape
 from confsync.targets import (
     UNKNOWN_PROBE,
     Liveness,

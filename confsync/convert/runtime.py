@@ -11,8 +11,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confsync.confd_funcs import GoMap, GoTime
 from confsync.template_args import TemplateFunctionError, checked, checked_all
@@ -325,9 +324,9 @@ SUPPORTED_VERBS = frozenset("vsdqxXfFeEgGtcobU%")
 _SHARP_VERBS = frozenset("xXobq")  # `#` elsewhere (%#v is Go syntax) is refused
 
 
-@dataclass
-class _Fmt:
-    """One verb's flags, as Go's fmt.fmt holds them (`zero` is dropped by `-`, as in Go)."""
+class _Fmt(NamedTuple):
+    """One verb's flags, as Go's fmt.fmt holds them (`zero` is dropped by `-`, as in Go). A
+    NamedTuple, not a dataclass: the render path of `once` creates no dataclass (issue 11)."""
 
     minus: bool = False
     plus: bool = False
@@ -620,12 +619,12 @@ def go_printf(fmt: str, *args: Any) -> str:
         if arg_index >= len(args):
             out.append(f"%!{verb}(MISSING)")
             continue
-        f = _Fmt(minus="-" in flags, plus="+" in flags, sharp="#" in flags,
+        plus = "+" in flags
+        f = _Fmt(minus="-" in flags, plus=plus and verb != "v", sharp="#" in flags,
                  space=" " in flags, zero="0" in flags and "-" not in flags,
                  wid=int(width) if width else None,
-                 prec=(int(prec) if prec else 0) if prec is not None else None)
-        if verb == "v":
-            f.plus_v, f.plus = f.plus, False
+                 prec=(int(prec) if prec else 0) if prec is not None else None,
+                 plus_v=plus and verb == "v")
         if verb not in SUPPORTED_VERBS and verb.isalpha():  # %T, %p, ...: not reproduced
             raise GoFormatError(f"printf verb %{verb} is not supported by the converter")
         out.append(_print_value(f, args[arg_index], verb, 0))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from confsync.outcome import Outcome, Status
 from confsync.provenance import show_key
-from confsync.repeated_failures import FIRST, Said
+from confsync.said import FIRST, Said
 
 log = logging.getLogger("confsync")
 

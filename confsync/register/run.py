@@ -105,8 +105,7 @@ class RegisterLoop:
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         ttl = min(r.ttl for r in registrations)
         # Calls must give up well within the lease's keepalive period.
-        etcd = dataclasses.replace(settings.etcd, timeout=min(settings.etcd.timeout,
-                                                              max(ttl / 3, 0.5)))
+        etcd = settings.etcd._replace(timeout=min(settings.etcd.timeout, max(ttl / 3, 0.5)))
         self.store = EtcdStore(etcd, connect_budget=settings.etcd.timeout)
         self.registrar = Registrar(
             self.store.new_client, host, ttl, self.events.put,

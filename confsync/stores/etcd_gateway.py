@@ -40,7 +40,6 @@ import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from io import BufferedReader
 from typing import TYPE_CHECKING, Any
 
@@ -442,7 +441,7 @@ class EtcdGatewayStore:
         log.debug("etcd JSON gateway not served by %s; reading through gRPC", ", ".join(urls))
         from confsync.stores.etcd import EtcdStore
 
-        store = EtcdStore(replace(self._settings, endpoints=tuple(urls), srv_domain=""))
+        store = EtcdStore(self._settings._replace(endpoints=tuple(urls), srv_domain=""))
         try:
             return store.snapshot(prefixes)
         except StoreUnavailable as exc:

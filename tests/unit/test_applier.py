@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def test_the_replaced_file_held_across_the_rename_is_let_go(tmp_path: Path) -> N
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "x").write_bytes(b"")
     with pytest.raises(ResourceError) as err:
-        install(dataclasses.replace(res, dest=tmp_path / "dir"), target(b"new\n"))
+        install(res._replace(dest=tmp_path / "dir"), target(b"new\n"))
     assert err.value.step == "install"
     assert len(os.listdir("/proc/self/fd")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "dir"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 import time
@@ -260,7 +259,7 @@ def test_a_per_resource_timeout_wins_and_loops_in_filters_stop_too(tmp_path: Pat
     renderer, res, mirror = _limited(
         tmp_path, "{% for i in range(10**12) %}{{ (i % 65535 + 1) | string | port }}{% endfor %}",
         render_timeout=3600)
-    res = dataclasses.replace(res, render_timeout=0.2)
+    res = res._replace(render_timeout=0.2)
     with pytest.raises(ResourceError, match=r"render_timeout \(0.2s\)"):
         renderer.render(res, mirror)
 
@@ -326,7 +325,7 @@ def test_output_cap(tmp_path: Path) -> None:
                                      "{% endfor %}", max_output_size=100_000)
     with pytest.raises(ResourceError, match=r"exceeds max_output_size \(100000 bytes\)"):
         renderer.render(res, mirror)
-    small = dataclasses.replace(res, max_output_size=2 * 1024 * 1024)
+    small = res._replace(max_output_size=2 * 1024 * 1024)
     renderer, res, mirror = _limited(tmp_path, "{{ 'x' * 2097152 }}")
     assert len(renderer.render(small, mirror)) == 2 * 1024 * 1024
 
@@ -364,7 +363,7 @@ def test_includes_inside_the_directory_and_an_absolute_src_work(tmp_path: Path) 
     outside = tmp_path / "elsewhere" / "own.tmpl"
     outside.parent.mkdir()
     outside.write_text('{% include "parts/head.tmpl" %}+own')
-    own = dataclasses.replace(res, name="own", src=outside)
+    own = res._replace(name="own", src=outside)
     assert renderer.render(own, mirror) == "head+own"
 
 
@@ -472,8 +471,8 @@ def test_resources_of_one_prefix_share_their_items_and_each_sees_its_own_keys(
     renderer, first, mirror = make(tmp_path, "{% for kv in gets('/*/*') %}{{ kv.key }}="
                                    "{{ kv.value }},{% endfor %}", DATA, prefix="/app",
                                    keys=("/db",))
-    second = dataclasses.replace(first, name="s", keys=("/db", "/upstreams"))
-    other = dataclasses.replace(first, name="o", prefix="", keys=("/app/db",))
+    second = first._replace(name="s", keys=("/db", "/upstreams"))
+    other = first._replace(name="o", prefix="", keys=("/app/db",))
     assert renderer.render(first, mirror) == "/db/host=10.0.0.1,/db/port=5432,"
     assert renderer.render(second, mirror) == ("/db/host=10.0.0.1,/db/port=5432,"
                                                "/upstreams/a=1,/upstreams/b=2,")
@@ -493,7 +492,7 @@ def test_a_template_not_there_when_the_set_loaded_is_read_once_it_is(tmp_path: P
     (templates / "kept.tmpl").write_text("kept\n")
     late = Resource(name="late", source=tmp_path / "late.toml", src=templates / "late.tmpl",
                     dest=tmp_path / "late.out", keys=("/a",), prefix="")
-    kept = dataclasses.replace(late, name="kept", src=templates / "kept.tmpl")
+    kept = late._replace(name="kept", src=templates / "kept.tmpl")
     renderer = Renderer(templates, srcs=[late.src, kept.src])
     with pytest.raises(ResourceError, match=r"template file .*late\.tmpl does not exist") as exc:
         renderer.render(late, Mirror())

@@ -8,7 +8,8 @@ import types
 import pytest
 
 from confsync.daemon import Daemon
-from confsync.repeated_failures import FIRST, RepeatedFailures, RepeatedWarnings, Said
+from confsync.repeated_failures import RepeatedFailures, RepeatedWarnings
+from confsync.said import FIRST, Said
 
 
 class Clock:

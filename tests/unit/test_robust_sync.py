@@ -128,7 +128,6 @@ def test_a_reload_owed_survives_a_rename_of_its_resource(
     SIGHUP renamed the resource (pool.toml -> web.toml, same dest). The successor used to carry
     owed reloads by name only: the renamed resource found its render equal to the file and
     never reloaded, so the service ran the old file while /ready said all was well."""
-    import dataclasses
 
     from confsync import sync
 
@@ -145,7 +144,7 @@ def test_a_reload_owed_survives_a_rename_of_its_resource(
     assert outcome.status == FAILED and res.dest.read_text() == "server 10.0.0.2:80\n"
     monkeypatch.undo()
     (tmp_path / "ok").touch()
-    renamed = dataclasses.replace(res, name="web", source=tmp_path / "web.toml")
+    renamed = res._replace(name="web", source=tmp_path / "web.toml")
     after = syncer.successor(syncer.renderer, syncer.mirror, [renamed])
     reloads.unlink()
     (outcome,) = after.apply([renamed])
