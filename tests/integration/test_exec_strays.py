@@ -9,13 +9,15 @@ import os
 import signal
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.support.daemon import WatchProcess, read, wait_for
-from tests.support.etcd_server import free_port
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.register import RegisterProcess, write_registration
 
 # Holds the port, as the service's own daemonized worker would; ignores SIGTERM (SIGKILL after
 # stop_timeout); bounded: 60 s at most.
@@ -167,6 +169,38 @@ def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: 
         assert not _zombies(w.proc.pid)
     finally:
         w.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.etcd
+def test_register_exec_child_death_takes_its_setsid_descendant_along(
+        etcd: EtcdMember, tmp_path: Path) -> None:
+    """`register --exec` (no restarts: it exits when the child dies) shares the supervisor: the
+    port holder the dead child left out of its group outlived confsync."""
+    log, port = tmp_path / "server.log", free_port()
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nport = {port}\nid = "web-0"\nttl = "10s"\n'
+                       'address = "127.0.0.1"\ndrain = "0s"\n')
+    (tmp_path / "server.py").write_text(SERVER)
+    script = tmp_path / "svc.sh"
+    script.write_text(WRAPPER.format(start=WRAPPERS["setsid"].format(python=sys.executable)))
+    script.chmod(0o755)
+    proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix",
+                           f"/rx{uuid.uuid4().hex[:10]}", "--exec", f"{script} {tmp_path} {port}",
+                           log=tmp_path / "register.log",
+                           env={"CONFSYNC_EXEC_STOP_TIMEOUT": "1s"})
+    pids: list[int] = []
+    try:
+        wait_for(lambda: len(_servers(log)) == 1, timeout=15, what="the server")
+        pids.append(int(_servers(log)[0].split()[1]))
+        (tmp_path / "crash").touch()
+        assert proc.wait(timeout=20) == 3, proc.output()[-2000:]
+        wait_for(lambda: not _alive(pids[0]), timeout=5,
+                 what="the stray gone when register exits")
+    finally:
+        proc.stop()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
