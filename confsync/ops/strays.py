@@ -23,8 +23,9 @@ import signal
 import time
 
 from confsync.ops.procgroup import send
+from confsync.settings import EXEC_MARK_ENV
 
-MARK = "CONFSYNC_EXEC_ID"
+MARK = EXEC_MARK_ENV
 POLL = 0.02
 
 
