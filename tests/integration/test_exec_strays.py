@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -95,6 +96,19 @@ def _servers(log: Path) -> list[str]:
     return read(log).splitlines()
 
 
+@contextlib.contextmanager
+def _stopped(proc: WatchProcess | RegisterProcess) -> Iterator[list[int]]:
+    """confsync stopped, and the pids the test collects killed (left by the old code)."""
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        proc.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
 def test_a_setsid_descendant_goes_with_the_child_at_its_death_and_at_stop(
         tmp_path: Path, wrapper: str) -> None:
@@ -102,8 +116,7 @@ def test_a_setsid_descendant_goes_with_the_child_at_its_death_and_at_stop(
     ended confsync), and it outlived confsync's stop."""
     log, port = tmp_path / "server.log", free_port()
     w = _watch(tmp_path, _confdir(tmp_path), wrapper, port)
-    pids: list[int] = []
-    try:
+    with _stopped(w) as pids:
         wait_for(lambda: len(_servers(log)) == 1, timeout=15, what="the first server")
         first = _servers(log)[0].split()
         assert first[0] == "bound" and first[1] == first[2], "a session of its own"
@@ -120,11 +133,6 @@ def test_a_setsid_descendant_goes_with_the_child_at_its_death_and_at_stop(
         assert _alive(pids[1])
         assert w.stop() == 128 + signal.SIGTERM  # the wrapper's own status
         wait_for(lambda: not _alive(pids[1]), timeout=5, what="the stray gone at stop")
-    finally:
-        w.stop()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_setsid_descendant_goes_with_confsync_at_stop(tmp_path: Path) -> None:
@@ -132,17 +140,11 @@ def test_a_setsid_descendant_goes_with_confsync_at_stop(tmp_path: Path) -> None:
     or cgroup cleans up."""
     log, port = tmp_path / "server.log", free_port()
     w = _watch(tmp_path, _confdir(tmp_path), "double-fork", port)
-    pids: list[int] = []
-    try:
+    with _stopped(w) as pids:
         wait_for(lambda: len(_servers(log)) == 1, timeout=15, what="the server")
         pids.append(int(_servers(log)[0].split()[1]))
         w.stop()
         wait_for(lambda: not _alive(pids[0]), timeout=5, what="the stray gone at stop")
-    finally:
-        w.stop()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: Path) -> None:
@@ -153,8 +155,7 @@ def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: 
     check = f'["sh", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {bg}"]'
     log, port = tmp_path / "server.log", free_port()
     w = _watch(tmp_path, _confdir(tmp_path, check), "setsid", port)
-    pids: list[int] = []
-    try:
+    with _stopped(w) as pids:
         wait_for(lambda: read(bg).strip() and len(_servers(log)) == 1, timeout=15,
                  what="the check's background child and the server")
         pids += [int(read(bg)), int(_servers(log)[0].split()[1])]
@@ -167,11 +168,6 @@ def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: 
         wait_for(lambda: not psutil.pid_exists(pids[0]), timeout=5,
                  what="the check's background child reaped")
         assert not _zombies(w.proc.pid)
-    finally:
-        w.stop()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.etcd
@@ -191,16 +187,10 @@ def test_register_exec_child_death_takes_its_setsid_descendant_along(
                            f"/rx{uuid.uuid4().hex[:10]}", "--exec", f"{script} {tmp_path} {port}",
                            log=tmp_path / "register.log",
                            env={"CONFSYNC_EXEC_STOP_TIMEOUT": "1s"})
-    pids: list[int] = []
-    try:
+    with _stopped(proc) as pids:
         wait_for(lambda: len(_servers(log)) == 1, timeout=15, what="the server")
         pids.append(int(_servers(log)[0].split()[1]))
         (tmp_path / "crash").touch()
         assert proc.wait(timeout=20) == 3, proc.output()[-2000:]
         wait_for(lambda: not _alive(pids[0]), timeout=5,
                  what="the stray gone when register exits")
-    finally:
-        proc.stop()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
