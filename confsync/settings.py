@@ -150,7 +150,10 @@ def env_name(table: str, key: str) -> str:
 # Register's owner host name (read by register/run.py), and with the config file's path the
 # variables that are no setting of the schema.
 REGISTER_HOSTNAME_ENV = "CONFSYNC_REGISTER_HOSTNAME"
-OTHER_ENVIRONMENT = ("CONFSYNC_CONFIG", REGISTER_HOSTNAME_ENV)
+# In an exec child's environment (ops/strays.py): a confsync the child runs (a wrapper's
+# `confsync once`, a nested `register --exec`) has it, and must not call it misspelt.
+EXEC_MARK_ENV = "CONFSYNC_EXEC_ID"
+OTHER_ENVIRONMENT = ("CONFSYNC_CONFIG", REGISTER_HOSTNAME_ENV, EXEC_MARK_ENV)
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

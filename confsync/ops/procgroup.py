@@ -12,6 +12,7 @@ names the group until then, so it cannot be a new process's pid that happens to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -50,17 +51,37 @@ def members(pgid: int, leader: int) -> list[int]:
 
 
 def stop_leftovers(leader: int, signum: int, deadline: float,
-                   cut: Callable[[], bool] = lambda: False) -> list[int]:
-    """The leader has exited (unreaped): send `signum` to what is left of its group, wait
-    until `deadline` (or `cut()`), SIGKILL what remains. Returns the pids that were left."""
-    left = members(leader, leader)
-    if not left:
+                   cut: Callable[[], bool] = lambda: False,
+                   strays: Callable[[], list[int]] = list) -> list[int]:
+    """The leader has exited (unreaped): send `signum` to what is left of its group and to
+    `strays()` (its descendants that left the group: ops/strays.py, each signalled once, also
+    one found later), wait until `deadline` (or `cut()`), SIGKILL what remains. Returns the pids
+    that were left."""
+    left, out = members(leader, leader), strays()
+    if not left and not out:
         return []
-    killpg(leader, signum)
-    while members(leader, leader) and time.monotonic() < deadline and not cut():
-        if children.is_init():
-            children.reap_orphans()  # as PID 1 the leftovers are ours to reap
+    if left:
+        killpg(leader, signum)
+    sent = set(out)
+    send(out, signum)
+    while time.monotonic() < deadline and not cut():
+        if children.adopts():
+            children.reap_orphans()  # PID 1 or a subreaper: the leftovers are ours to reap
+        group, out = members(leader, leader), strays()
+        if not group and not out:
+            return left + sorted(sent)
+        send([pid for pid in out if pid not in sent], signum)
+        sent.update(out)
         time.sleep(POLL)
     if members(leader, leader):
         killpg(leader, signal.SIGKILL)
-    return left
+    out = strays()
+    send(out, signal.SIGKILL)
+    return left + sorted(sent | set(out))
+
+
+def send(pids: list[int], signum: int) -> None:
+    """Signal processes that may be gone (or, set-uid, not ours to signal)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)

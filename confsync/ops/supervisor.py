@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from confsync import children
 from confsync.backoff import Backoff
 from confsync.commands import cannot_run
-from confsync.ops import procgroup
+from confsync.ops import procgroup, strays
 from confsync.ops.events import Observer
 from confsync.ops.sdnotify import NOTIFY_ENV
 from confsync.outcome import Status
@@ -111,6 +111,14 @@ class Supervisor(Observer):
         self.policy = policy
         base = dict(os.environ if env is None else env)
         self._env = {k: v for k, v in base.items() if k not in NOTIFY_ENV}
+        # What the child starts inherits it, also out of its process group (ops/strays.py).
+        self._mark = strays.new_mark()
+        self._env[strays.MARK] = self._mark
+        # From now on, not at the child's start: a check command of the first render (before
+        # it) would leave a background child to init, and another one later to confsync.
+        if not children.become_subreaper():
+            log.debug("exec: cannot become a child subreaper; what the child's descendants "
+                      "start out of its process group escapes its stop once orphaned")
         self._clock = clock
         self.proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
@@ -121,8 +129,10 @@ class Supervisor(Observer):
         self._stopping = False
         self._stop_sent: tuple[int, float] | None = None  # (pid, when) of the stop signal
         self._hurried = False  # a second stop signal: SIGKILL without waiting out stop_timeout
-        # When a child that died on its own was found to leave processes in its group.
+        # When a child that died on its own was found to leave processes in its group (or
+        # out of it: strays), and the strays sent stop_signal since.
         self._leftovers_since: float | None = None
+        self._strays_signalled: set[int] = set()
         self.last_status: int | None = None
         self.gave_up: str | None = None  # set when the crash-loop limit was hit
         self.exited = False  # the child died and policy.restart is off
@@ -242,6 +252,8 @@ class Supervisor(Observer):
 
     def poll(self) -> None:
         """Reap, notice a dead child, restart it when its backoff has passed."""
+        if children.adopts() and not children.is_init():
+            children.reap_orphans()  # a subreaper (as PID 1, the daemons' loops reap)
         self._reap()
         if self.proc is not None and self.proc.returncode is not None and not self._stopping:
             self._died(self.proc.returncode)
@@ -271,24 +283,34 @@ class Supervisor(Observer):
     def _group_gone(self, pid: int) -> bool:
         """The child died on its own: what it started in its group (a wrapper's service, helpers)
         goes before it is reaped and restarted, or they keep its ports and every restart fails
-        to bind (a crash loop, and confsync gave up). Meanwhile the dead child stays unreaped,
-        so its pid still names its group and cannot be anyone else's: stop_signal at once,
+        to bind (a crash loop, and confsync gave up); so do its descendants that left the group
+        (ops/strays.py). Meanwhile the dead child stays unreaped, so its pid still names its
+        group and cannot be anyone else's: stop_signal at once (a stray found later: then),
         SIGKILL after stop_timeout, checked on every poll without waiting."""
         left = procgroup.members(pid, pid)
+        out = strays.find(self._mark, pid)
         now = self._clock()
-        if not left:
+        if not left and not out:
             self._leftovers_since = None
+            self._strays_signalled.clear()
             return True
         if self._leftovers_since is None:
             self._leftovers_since = now
-            log.warning("exec: pid %d exited leaving %d process(es) of its group (%s); sending "
-                        "them %s before it is restarted", pid, len(left),
-                        " ".join(map(str, left)), self.policy.stop_signal.name)
-            children.killpg(pid, self.policy.stop_signal)
-        elif now - self._leftovers_since >= self.policy.stop_timeout:
+            log.warning("exec: pid %d exited leaving %d process(es) of its group (%s) and %d "
+                        "that left it (%s); sending them %s before it is restarted", pid,
+                        len(left), " ".join(map(str, left)) or "-", len(out),
+                        " ".join(map(str, out)) or "-", self.policy.stop_signal.name)
+            if left:
+                children.killpg(pid, self.policy.stop_signal)
+        if now - self._leftovers_since >= self.policy.stop_timeout:
             children.killpg(pid, signal.SIGKILL)
-        if children.is_init():
-            children.reap_orphans()  # as PID 1 the leftovers are ours to reap
+            procgroup.send(out, signal.SIGKILL)
+        else:
+            procgroup.send([p for p in out if p not in self._strays_signalled],
+                           self.policy.stop_signal)
+            self._strays_signalled.update(out)
+        if children.adopts():
+            children.reap_orphans()  # as PID 1 or a subreaper the leftovers are ours to reap
         return False
 
     def _send_held_reload(self) -> None:
@@ -360,12 +382,14 @@ class Supervisor(Observer):
             deadline = sent_at + timeout
             # Waited for without reaping: until reaped, its pid names its process group.
             if procgroup.wait_exited(proc.pid, deadline, self._is_hurried):
-                left = procgroup.stop_leftovers(proc.pid, signum, deadline,
-                                                 self._is_hurried)
+                left = procgroup.stop_leftovers(
+                    proc.pid, signum, deadline, self._is_hurried,
+                    lambda: strays.find(self._mark, proc.pid))
                 if left:
-                    log.warning("exec: pid %d exited leaving %d process(es) of its group "
-                                "(%s); sent them %s, SIGKILL after the stop timeout", proc.pid,
-                                len(left), " ".join(map(str, left)), signal.Signals(signum).name)
+                    log.warning("exec: pid %d exited leaving %d process(es) in or out of its "
+                                "group (%s); sent them %s, SIGKILL after the stop timeout",
+                                proc.pid, len(left), " ".join(map(str, left)),
+                                signal.Signals(signum).name)
             else:
                 if self._hurried:
                     log.warning("exec: a second stop signal; SIGKILL to pid %d's process "
@@ -375,6 +399,7 @@ class Supervisor(Observer):
                     log.warning("exec: pid %d still running after %.0fs; SIGKILL to its "
                                 "process group", proc.pid, timeout)
                 children.killpg(proc.pid, signal.SIGKILL)
+                strays.kill(self._mark, proc.pid)
                 proc.kill()  # in case it left its group
             proc.wait()
         if proc is not None and proc.returncode is not None:

@@ -141,6 +141,8 @@ def test_a_misspelt_environment_variable_is_reported_with_the_likely_one() -> No
     assert unknown_environment(env) == [("CONFSYNC_ETCD_ENDPOINT", "CONFSYNC_ETCD_ENDPOINTS"),
                                         ("CONFSYNC_SOMETHING_ELSE", None)]
     assert unknown_environment({"CONFSYNC_PREFIX": "/p"}) == []
+    # set by `watch --exec` in its child's environment: a confsync the child runs has it
+    assert unknown_environment({"CONFSYNC_EXEC_ID": "5f0c9e3a1b2d4c6e"}) == []
 
 
 def test_the_cli_warns_of_a_misspelt_variable(tmp_path: Path) -> None:
