@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from confsync import children
 from tests.support.daemon import WatchProcess, wait_for
 from tests.support.etcd_client import has_quorum
 from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
@@ -25,6 +26,20 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_subreaper_left() -> Iterator[None]:
+    """A test that makes a Supervisor in this process makes the pytest worker a child subreaper
+    (ops/strays.py): every later test's orphans would become its children and stay zombies,
+    unreaped (alive to `kill(pid, 0)`). Undone after that test."""
+    yield
+    if children._subreaper:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(children.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        children._subreaper = False
+        children.reap_orphans()
 
 
 @pytest.fixture(scope="session")
