@@ -385,7 +385,10 @@ def run_check(resource: Resource, staged: Path) -> float | None:
     from confsync.commands import run_command
 
     argv = substitute(resource.check_cmd, staged, resource.dest)
-    result = run_command(argv, resource.check_timeout)
+    # What it leaves in its process group goes at its exit: a check's work ends with it, and a
+    # helper left at each render piled up in a watch for months (a reload may start a daemon:
+    # not there).
+    result = run_command(argv, resource.check_timeout, end_group=True)
     if not result.ok:
         raise ResourceError(resource.name, "check", result.describe(argv))
     return result.seconds

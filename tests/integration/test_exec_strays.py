@@ -151,8 +151,14 @@ def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: 
     """Not the exec child's (no mark in its environment): never stopped with it. confsync, a
     subreaper while it runs a child, inherits it once its check has exited, and reaps it when
     it ends."""
-    bg = tmp_path / "bg.pid"
-    check = f'["sh", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {bg}"]'
+    bg, starter = tmp_path / "bg.pid", tmp_path / "start_bg.py"
+    # In a session of its own before the check exits (Popen returns after the exec): what is
+    # left in the check's group goes at its exit (applier.run_check).
+    starter.write_text("import subprocess, sys\n"
+                       "p = subprocess.Popen(['sleep', '30'], start_new_session=True,\n"
+                       "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+                       "open(sys.argv[1], 'w').write(str(p.pid))\n")
+    check = f'["{sys.executable}", "{starter}", "{bg}"]'
     log, port = tmp_path / "server.log", free_port()
     w = _watch(tmp_path, _confdir(tmp_path, check), "setsid", port)
     with _stopped(w) as pids:
