@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -109,19 +110,45 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
 _NOT_OURS_TO_BIND = (errno.EACCES, errno.EPERM)
 
 
-def _listening(address: str, port: int) -> bool:
-    """Whether a TCP socket listens on `port` where a bind of `address` would clash (the same
-    address, or a wildcard on either side), from the socket table: no privilege needed."""
+def _clashing(address: str, port: int) -> set[str] | None:
+    """The addresses of the TCP sockets listening on `port` where a bind of `address` would
+    clash (the same address, or a wildcard on either side), from the socket table: no
+    privilege needed. None when the table cannot be read."""
     import psutil  # lazy, as in _port_holder
 
     wildcards = ("0.0.0.0", "::")
     try:
         connections = psutil.net_connections(kind="tcp")
     except psutil.Error:
-        return True  # cannot tell: refuse, as before
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)
-               for c in connections)
+        return None
+    return {c.laddr.ip for c in connections
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)}
+
+
+def _listening(address: str, port: int) -> bool:
+    """Whether a TCP socket listens where a bind of `address`:`port` would clash (True when
+    the socket table cannot tell: refused, as before)."""
+    clashing = _clashing(address, port)
+    return clashing is None or bool(clashing)
+
+
+def _held_by_running_binds(address: str, port: int, old: HAProxyConfig | None) -> bool:
+    """Whether every listener a bind of `address`:`port` clashes with is one of the running
+    config's own binds. `show fd` gives a listener's port, not its address: HAProxy on
+    127.0.0.1:P made a stranger's 127.0.0.2:P look like HAProxy's, and the reload that could
+    not bind it went ahead and failed. True when the running config is unknown (the port is
+    all there is to go by)."""
+    if old is None:
+        return True
+    clashing = _clashing(address, port)
+    if not clashing:
+        return False  # (unreadable, or gone meanwhile: the bind probe failed all the same)
+    own: set[tuple[str, int]] = set()
+    for token in old.binds:
+        with contextlib.suppress(OSError):
+            own.update((a, p) for _, a, p in _bind_endpoints(token) if p == port)
+    return all((ip, port) in own for ip in clashing)
 
 
 def _port_holder(port: int) -> tuple[int | None, str]:
@@ -244,7 +271,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                 continue  # moved from another frontend, or the previous file is unknown
             if pid is None:
                 own_ports = _haproxy_ports(admin) if own_ports is None else own_ports
-                if port in own_ports:
+                if port in own_ports and _held_by_running_binds(address, port, old):
                     continue  # HAProxy's own, the holder's pid hidden from confsync
             raise ReloadFailed(
                 f"bind {token}: port {port} is held by {name}"

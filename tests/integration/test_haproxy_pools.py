@@ -336,6 +336,32 @@ def test_a_port_haproxy_holds_under_a_new_spelling_reloads_under_the_units_capab
         stack.stop()
 
 
+def test_a_strangers_listener_on_haproxys_port_at_another_address_is_refused_under_the_unit(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """Under the shipped unit the socket table names no process for HAProxy's listeners nor a
+    stranger's, and `show fd` gives a listener's port, not its address: a new bind on
+    127.0.0.2:P, held by a stranger while HAProxy holds 127.0.0.1:P, was taken for HAProxy's
+    own port, and the reload that could not bind it went ahead (and failed)."""
+    wrapper = _unit_capabilities()
+    if wrapper is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_SYS_PTRACE")
+    _running(stack, backends, "a")
+    before = stack.cfg.read_bytes()
+    status = stack.status()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", stack.port))
+        squatter.listen()
+        stack.put("/haproxy/frontends/main", {"bind": [f"127.0.0.1:{stack.port}",
+                                                       f"127.0.0.2:{stack.port}"],
+                                              "default_service": "web"})
+        result = stack.sync(wrapper)
+    assert result.returncode == 1, result.stderr
+    assert f"port {stack.port} is held by" in result.stderr, result.stderr
+    assert stack.cfg.read_bytes() == before
+    assert (stack.status().reloads, stack.status().failed) == (status.reloads, status.failed)
+    assert http_get(stack.port) == (200, "a")
+
+
 def test_removed_instance_coming_back_is_served_again_without_reload(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     _running(stack, backends, "a", "b")
