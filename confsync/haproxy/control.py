@@ -110,63 +110,46 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
 _NOT_OURS_TO_BIND = (errno.EACCES, errno.EPERM)
 
 
-def _clashing(address: str, port: int) -> set[str] | None:
-    """The addresses of the TCP sockets listening on `port` where a bind of `address` would
+def _listeners(address: str, port: int) -> list[tuple[str, int | None]] | None:
+    """(address, pid) of each TCP socket listening on `port` where a bind of `address` would
     clash (the same address, or a wildcard on either side), from the socket table: no
-    privilege needed. None when the table cannot be read."""
-    import psutil  # lazy, as in _port_holder
+    privilege needed (the pid is None where confsync may not see the holder's descriptors).
+    None when the table cannot be read."""
+    import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
 
     wildcards = ("0.0.0.0", "::")
     try:
         connections = psutil.net_connections(kind="tcp")
     except psutil.Error:
         return None
-    return {c.laddr.ip for c in connections
+    return [(c.laddr.ip, c.pid) for c in connections
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-            and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)}
+            and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)]
 
 
 def _listening(address: str, port: int) -> bool:
     """Whether a TCP socket listens where a bind of `address`:`port` would clash (True when
     the socket table cannot tell: refused, as before)."""
-    clashing = _clashing(address, port)
-    return clashing is None or bool(clashing)
+    found = _listeners(address, port)
+    return found is None or bool(found)
 
 
-def _held_by_running_binds(address: str, port: int, old: HAProxyConfig | None) -> bool:
-    """Whether every listener a bind of `address`:`port` clashes with is one of the running
-    config's own binds. `show fd` gives a listener's port, not its address: HAProxy on
-    127.0.0.1:P made a stranger's 127.0.0.2:P look like HAProxy's, and the reload that could
-    not bind it went ahead and failed. True when the running config is unknown (the port is
-    all there is to go by)."""
-    if old is None:
-        return True
-    clashing = _clashing(address, port)
-    if not clashing:
-        return False  # (unreadable, or gone meanwhile: the bind probe failed all the same)
-    own: set[tuple[str, int]] = set()
-    for token in old.binds:
-        with contextlib.suppress(OSError):
-            own.update((a, p) for _, a, p in _bind_endpoints(token) if p == port)
-    return all((ip, port) in own for ip in clashing)
-
-
-def _port_holder(port: int) -> tuple[int | None, str]:
-    """Pid and name of the process listening on TCP `port`, as far as psutil can tell."""
-    import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
+def _process_name(pid: int) -> str:
+    import psutil
 
     try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                if conn.pid is None:
-                    return None, "unknown process"
-                try:
-                    return conn.pid, psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    return conn.pid, "?"
+        return str(psutil.Process(pid).name())
     except psutil.Error:
-        pass
-    return None, "unknown process"
+        return "?"
+
+
+def _bound_by(old: HAProxyConfig, port: int) -> set[str]:
+    """The addresses the running config's binds take `port` at."""
+    found: set[str] = set()
+    for token in old.binds:
+        with contextlib.suppress(OSError):
+            found.update(a for _, a, p in _bind_endpoints(token) if p == port)
+    return found
 
 
 _LISTENER_PORT = re.compile(r"\bl\.st=\S+.*?\blport=(\d+)")
@@ -265,14 +248,23 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                     elif exc.errno != errno.EADDRINUSE:
                         raise ReloadFailed(f"bind {token}: {exc.strerror}",
                                            untouched=True) from None
-            pid, name = _port_holder(port)
+            # Each listener the bind clashes with (the address matters: HAProxy's 127.0.0.1:P
+            # vouched for a stranger's 127.0.0.2:P, and the reload went ahead and failed).
+            holders = _listeners(address, port) or [(address, None)]  # (unknown: a stranger)
             ours = _family(master_pid) if ours is None else ours
-            if pid is not None and pid in ours:
-                continue  # moved from another frontend, or the previous file is unknown
-            if pid is None:
+            strangers = [(ip, pid) for ip, pid in holders if pid is None or pid not in ours]
+            if any(pid is None for _, pid in strangers):
+                # A holder whose pid confsync may not see (HAProxy, under the shipped unit) is
+                # HAProxy's own when `show fd` lists the port (it gives no address) and the
+                # running config, when known, binds the port at that address.
                 own_ports = _haproxy_ports(admin) if own_ports is None else own_ports
-                if port in own_ports and _held_by_running_binds(address, port, old):
-                    continue  # HAProxy's own, the holder's pid hidden from confsync
+                bound = None if old is None else _bound_by(old, port)
+                strangers = [(ip, pid) for ip, pid in strangers if pid is not None
+                             or port not in own_ports or (bound is not None and ip not in bound)]
+            if not strangers:
+                continue  # moved from another frontend, or the previous file is unknown
+            pid = strangers[0][1]
+            name = "unknown process" if pid is None else _process_name(pid)
             raise ReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",
