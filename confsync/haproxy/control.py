@@ -110,21 +110,37 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
 _NOT_OURS_TO_BIND = (errno.EACCES, errno.EPERM)
 
 
+def _clashes(listener: str, address: str) -> bool:
+    """Whether a socket listening at `listener` keeps a bind of `address` (the same port) from
+    binding: the same address, or a wildcard of the same family on either side; across
+    families only `::`, taken to be dual-stack (the socket table cannot show v6only). An IPv6
+    socket on an IPv4-mapped address is on that IPv4 address. (A wildcard of either family
+    clashed with everything: a listener on [::1]:80 refused every reload adding *:80.)"""
+    if listener.lower().startswith("::ffff:") and "." in listener:
+        listener = listener[len("::ffff:"):]  # (as the kernel's table shows one)
+    if listener == address:
+        return True
+    if (":" in listener) == (":" in address):
+        return listener in _WILDCARDS or address in _WILDCARDS
+    return "::" in (listener, address)
+
+
+_WILDCARDS = ("0.0.0.0", "::")
+
+
 def _listeners(address: str, port: int) -> list[tuple[str, int | None]] | None:
     """(address, pid) of each TCP socket listening on `port` where a bind of `address` would
-    clash (the same address, or a wildcard on either side), from the socket table: no
-    privilege needed (the pid is None where confsync may not see the holder's descriptors).
-    None when the table cannot be read."""
+    clash (`_clashes`), from the socket table: no privilege needed (the pid is None where
+    confsync may not see the holder's descriptors). None when the table cannot be read."""
     import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
 
-    wildcards = ("0.0.0.0", "::")
     try:
         connections = psutil.net_connections(kind="tcp")
     except psutil.Error:
         return None
     return [(c.laddr.ip, c.pid) for c in connections
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-            and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)]
+            and _clashes(c.laddr.ip, address)]
 
 
 def _listening(address: str, port: int) -> bool:
