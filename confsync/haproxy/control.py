@@ -128,26 +128,37 @@ def _clashes(listener: str, address: str) -> bool:
 _WILDCARDS = ("0.0.0.0", "::")
 
 
-def _listeners(address: str, port: int) -> list[tuple[str, int | None]] | None:
-    """(address, pid) of each TCP socket listening on `port` where a bind of `address` would
-    clash (`_clashes`), from the socket table: no privilege needed (the pid is None where
-    confsync may not see the holder's descriptors). None when the table cannot be read."""
-    import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
+class _SocketTable:
+    """The TCP listeners, read at the first question of one held-port check and kept for the
+    rest of it: psutil reads the table by mapping every process's descriptors (~30 ms on a
+    quiet host, far more on a busy one), and each port of a new bind confsync may not bind
+    itself (a range below 1024 under the shipped unit) read it again."""
 
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except psutil.Error:
-        return None
-    return [(c.laddr.ip, c.pid) for c in connections
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-            and _clashes(c.laddr.ip, address)]
+    def __init__(self) -> None:
+        self._rows: list[tuple[str, int, int | None]] | None = None
+        self._read = False
 
+    def listeners(self, address: str, port: int) -> list[tuple[str, int | None]] | None:
+        """(address, pid) of each TCP socket listening on `port` where a bind of `address`
+        would clash (`_clashes`): no privilege needed (the pid is None where confsync may not
+        see the holder's descriptors). None when the table cannot be read."""
+        if not self._read:
+            self._read = True
+            import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
 
-def _listening(address: str, port: int) -> bool:
-    """Whether a TCP socket listens where a bind of `address`:`port` would clash (True when
-    the socket table cannot tell: refused, as before)."""
-    found = _listeners(address, port)
-    return found is None or bool(found)
+            with contextlib.suppress(psutil.Error):
+                self._rows = [(c.laddr.ip, c.laddr.port, c.pid)
+                              for c in psutil.net_connections(kind="tcp")
+                              if c.status == psutil.CONN_LISTEN and c.laddr]
+        if self._rows is None:
+            return None
+        return [(ip, pid) for ip, at, pid in self._rows if at == port and _clashes(ip, address)]
+
+    def listening(self, address: str, port: int) -> bool:
+        """Whether a TCP socket listens where a bind of `address`:`port` would clash (True when
+        the table cannot tell: refused, as before)."""
+        found = self.listeners(address, port)
+        return found is None or bool(found)
 
 
 def _process_name(pid: int) -> str:
@@ -241,6 +252,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
     """
     ours: set[int] | None = None
     own_ports: set[int] | None = None
+    table = _SocketTable()
     for token in new.binds:
         if old is not None and token in old.binds:
             continue  # the running config binds it already
@@ -259,14 +271,14 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                         # HAProxy may bind what confsync may not (a port below 1024 under
                         # the shipped unit, which has no CAP_NET_BIND_SERVICE): the socket
                         # table says whether someone holds it.
-                        if not _listening(address, port):
+                        if not table.listening(address, port):
                             continue
                     elif exc.errno != errno.EADDRINUSE:
                         raise ReloadFailed(f"bind {token}: {exc.strerror}",
                                            untouched=True) from None
             # Each listener the bind clashes with (the address matters: HAProxy's 127.0.0.1:P
             # vouched for a stranger's 127.0.0.2:P, and the reload went ahead and failed).
-            holders = _listeners(address, port) or [(address, None)]  # (unknown: a stranger)
+            holders = table.listeners(address, port) or [(address, None)]  # (unknown: a stranger)
             ours = _family(master_pid) if ours is None else ours
             strangers = [(ip, pid) for ip, pid in holders if pid is None or pid not in ours]
             if any(pid is None for _, pid in strangers):

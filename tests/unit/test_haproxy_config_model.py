@@ -366,7 +366,10 @@ def test_the_socket_table_finds_a_clash_by_address_family() -> None:
     the socket table. A wildcard of either family clashed there with every listener on the
     port: one on [::1]:80 refused a new `*:80` at every retry. Across families only `::` (taken
     to be dual-stack) clashes; an IPv4-mapped listener is on its IPv4 address."""
-    from confsync.haproxy.control import _listening
+    from confsync.haproxy.control import _SocketTable
+
+    def _listening(address: str, port: int) -> bool:
+        return _SocketTable().listening(address, port)  # (read now: one per listener)
 
     with _listener(socket.AF_INET6, "::1") as v6:
         port = v6.getsockname()[1]
