@@ -11,9 +11,11 @@ Two things find them. confsync makes itself a child subreaper when it starts a c
 (children.become_subreaper), so they stay its descendants once their parents are gone. And the
 child's environment carries MARK, with a value drawn per Supervisor (after those of the
 exec-mode confsyncs above: `joined`), which what the child starts inherits across fork, setsid
-and exec: it tells the child's family from what confsync's
-own check and reload commands and probes leave behind, which never get it and are not the
-child's to stop. A process that clears its environment (`env -i`, sudo) is not recognised.
+and exec: it tells the child's family from what confsync's own check and reload commands and
+probes leave behind, which never get it and are not the child's to stop. A process that
+clears its environment (`env -i`, sudo) is not recognised, nor one of another user where
+confsync lacks CAP_SYS_PTRACE (the shipped unit, Docker's default capabilities): its
+environment cannot be read.
 """
 
 from __future__ import annotations
