@@ -224,15 +224,24 @@ def test_a_nested_exec_confsyncs_descendants_go_with_it_when_it_dies(tmp_path: P
                      log=tmp_path / "watch.log",
                      env={"CONFSYNC_EXEC_STOP_TIMEOUT": "1s",
                           "CONFSYNC_EXEC_RESTART_DELAY": "100ms"})
-    with _stopped(w) as pids:
-        wait_for(lambda: len(_servers(log)) == 1, timeout=20, what="the first server")
-        pids.append(int(_servers(log)[0].split()[1]))
-        nested = [c for c in psutil.Process(w.proc.pid).children() if "confsync" in c.cmdline()]
-        assert len(nested) == 1, nested
-        pids += [p.pid for p in nested[0].children(recursive=True)]
-        nested[0].kill()
-        wait_for(lambda: not _alive(pids[0]), timeout=10,
-                 what=f"the inner child's stray gone; log:\n{w.output()[-2000:]}")
-        wait_for(lambda: len(_servers(log)) >= 2, timeout=20, what="the restart's server")
-        assert _servers(log)[1].split()[0] == "bound", _servers(log)
-        pids.append(int(_servers(log)[1].split()[1]))
+    left: list[psutil.Process] = []  # (psutil: never a pid reused since)
+    try:
+        with _stopped(w) as pids:
+            wait_for(lambda: len(_servers(log)) == 1, timeout=20, what="the first server")
+            pids.append(int(_servers(log)[0].split()[1]))
+            nested = [c for c in psutil.Process(w.proc.pid).children()
+                      if "confsync" in c.cmdline()]
+            assert len(nested) == 1, nested
+            left += nested[0].children()  # the inner child (the wrapper, a loop until killed)
+            nested[0].kill()
+            wait_for(lambda: not _alive(pids[0]), timeout=15,
+                     what=f"the inner child's stray gone; log:\n{w.output()[-2000:]}")
+            wait_for(lambda: len(_servers(log)) >= 2, timeout=20, what="the restart's server")
+            assert _servers(log)[1].split()[0] == "bound", _servers(log)
+            pids.append(int(_servers(log)[1].split()[1]))
+            assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                           for p in left), "the inner child outlived its confsync"
+    finally:
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
