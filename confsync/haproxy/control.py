@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -109,37 +110,73 @@ def _bind_endpoints(token: str) -> list[tuple[int, str, int]]:
 _NOT_OURS_TO_BIND = (errno.EACCES, errno.EPERM)
 
 
-def _listening(address: str, port: int) -> bool:
-    """Whether a TCP socket listens on `port` where a bind of `address` would clash (the same
-    address, or a wildcard on either side), from the socket table: no privilege needed."""
-    import psutil  # lazy, as in _port_holder
+def _clashes(listener: str, address: str) -> bool:
+    """Whether a socket listening at `listener` keeps a bind of `address` (the same port) from
+    binding: the same address, or a wildcard of the same family on either side; across
+    families only `::`, taken to be dual-stack (the socket table cannot show v6only). An IPv6
+    socket on an IPv4-mapped address is on that IPv4 address. (A wildcard of either family
+    clashed with everything: a listener on [::1]:80 refused every reload adding *:80.)"""
+    if listener.lower().startswith("::ffff:") and "." in listener:
+        listener = listener[len("::ffff:"):]  # (as the kernel's table shows one)
+    if listener == address:
+        return True
+    if (":" in listener) == (":" in address):
+        return listener in _WILDCARDS or address in _WILDCARDS
+    return "::" in (listener, address)
 
-    wildcards = ("0.0.0.0", "::")
+
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+class _SocketTable:
+    """The TCP listeners, read at the first question of one held-port check and kept for the
+    rest of it: psutil reads the table by mapping every process's descriptors (~30 ms on a
+    quiet host, far more on a busy one), and each port of a new bind confsync may not bind
+    itself (a range below 1024 under the shipped unit) read it again."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[str, int, int | None]] | None = None
+        self._read = False
+
+    def listeners(self, address: str, port: int) -> list[tuple[str, int | None]] | None:
+        """(address, pid) of each TCP socket listening on `port` where a bind of `address`
+        would clash (`_clashes`): no privilege needed (the pid is None where confsync may not
+        see the holder's descriptors). None when the table cannot be read."""
+        if not self._read:
+            self._read = True
+            import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
+
+            with contextlib.suppress(psutil.Error):
+                self._rows = [(c.laddr.ip, c.laddr.port, c.pid)
+                              for c in psutil.net_connections(kind="tcp")
+                              if c.status == psutil.CONN_LISTEN and c.laddr]
+        if self._rows is None:
+            return None
+        return [(ip, pid) for ip, at, pid in self._rows if at == port and _clashes(ip, address)]
+
+    def listening(self, address: str, port: int) -> bool:
+        """Whether a TCP socket listens where a bind of `address`:`port` would clash (True when
+        the table cannot tell: refused, as before)."""
+        found = self.listeners(address, port)
+        return found is None or bool(found)
+
+
+def _process_name(pid: int) -> str:
+    import psutil
+
     try:
-        connections = psutil.net_connections(kind="tcp")
+        return str(psutil.Process(pid).name())
     except psutil.Error:
-        return True  # cannot tell: refuse, as before
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               and (c.laddr.ip == address or c.laddr.ip in wildcards or address in wildcards)
-               for c in connections)
+        return "?"
 
 
-def _port_holder(port: int) -> tuple[int | None, str]:
-    """Pid and name of the process listening on TCP `port`, as far as psutil can tell."""
-    import psutil  # lazy: only a reload that meets a taken port asks; `once` should not pay
-
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                if conn.pid is None:
-                    return None, "unknown process"
-                try:
-                    return conn.pid, psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    return conn.pid, "?"
-    except psutil.Error:
-        pass
-    return None, "unknown process"
+def _bound_by(old: HAProxyConfig, port: int) -> set[str]:
+    """The addresses the running config's binds take `port` at."""
+    found: set[str] = set()
+    for token in old.binds:
+        with contextlib.suppress(OSError):
+            found.update(a for _, a, p in _bind_endpoints(token) if p == port)
+    return found
 
 
 _LISTENER_PORT = re.compile(r"\bl\.st=\S+.*?\blport=(\d+)")
@@ -215,6 +252,7 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
     """
     ours: set[int] | None = None
     own_ports: set[int] | None = None
+    table = _SocketTable()
     for token in new.binds:
         if old is not None and token in old.binds:
             continue  # the running config binds it already
@@ -233,19 +271,28 @@ def check_binds_free(old: HAProxyConfig | None, new: HAProxyConfig,
                         # HAProxy may bind what confsync may not (a port below 1024 under
                         # the shipped unit, which has no CAP_NET_BIND_SERVICE): the socket
                         # table says whether someone holds it.
-                        if not _listening(address, port):
+                        if not table.listening(address, port):
                             continue
                     elif exc.errno != errno.EADDRINUSE:
                         raise ReloadFailed(f"bind {token}: {exc.strerror}",
                                            untouched=True) from None
-            pid, name = _port_holder(port)
+            # Each listener the bind clashes with (the address matters: HAProxy's 127.0.0.1:P
+            # vouched for a stranger's 127.0.0.2:P, and the reload went ahead and failed).
+            holders = table.listeners(address, port) or [(address, None)]  # (unknown: a stranger)
             ours = _family(master_pid) if ours is None else ours
-            if pid is not None and pid in ours:
-                continue  # moved from another frontend, or the previous file is unknown
-            if pid is None:
+            strangers = [(ip, pid) for ip, pid in holders if pid is None or pid not in ours]
+            if any(pid is None for _, pid in strangers):
+                # A holder whose pid confsync may not see (HAProxy, under the shipped unit) is
+                # HAProxy's own when `show fd` lists the port (it gives no address) and the
+                # running config, when known, binds the port at that address.
                 own_ports = _haproxy_ports(admin) if own_ports is None else own_ports
-                if port in own_ports:
-                    continue  # HAProxy's own, the holder's pid hidden from confsync
+                bound = None if old is None else _bound_by(old, port)
+                strangers = [(ip, pid) for ip, pid in strangers if pid is not None
+                             or port not in own_ports or (bound is not None and ip not in bound)]
+            if not strangers:
+                continue  # moved from another frontend, or the previous file is unknown
+            pid = strangers[0][1]
+            name = "unknown process" if pid is None else _process_name(pid)
             raise ReloadFailed(
                 f"bind {token}: port {port} is held by {name}"
                 f"{f' (pid {pid})' if pid is not None else ''}; refusing to reload into it",

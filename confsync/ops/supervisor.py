@@ -113,7 +113,7 @@ class Supervisor(Observer):
         self._env = {k: v for k, v in base.items() if k not in NOTIFY_ENV}
         # What the child starts inherits it, also out of its process group (ops/strays.py).
         self._mark = strays.new_mark()
-        self._env[strays.MARK] = self._mark
+        self._env[strays.MARK] = strays.joined(self._env.get(strays.MARK), self._mark)
         # From now on, not at the child's start: a check command of the first render (before
         # it) would leave a background child to init, and another one later to confsync.
         if not children.become_subreaper():

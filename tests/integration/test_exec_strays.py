@@ -200,3 +200,48 @@ def test_register_exec_child_death_takes_its_setsid_descendant_along(
         assert proc.wait(timeout=20) == 3, proc.output()[-2000:]
         wait_for(lambda: not _alive(pids[0]), timeout=5,
                  what="the stray gone when register exits")
+
+
+def test_a_nested_exec_confsyncs_descendants_go_with_it_when_it_dies(tmp_path: Path) -> None:
+    """`watch --exec "confsync register --exec ..."` (the settings name a nested confsync): the
+    inner one gave its child its own mark in place of the outer one's. Killed (a crash, or the
+    outer's SIGKILL after stop_timeout while it drained), it left its child's service and that
+    one's setsid port holder to the outer confsync, which did not know them: they lived on, and
+    every restart of the inner one failed to bind."""
+    log, port = tmp_path / "server.log", free_port()
+    (tmp_path / "server.py").write_text(SERVER)
+    script = tmp_path / "svc.sh"
+    script.write_text(WRAPPER.format(start=WRAPPERS["setsid"].format(python=sys.executable)))
+    script.chmod(0o755)
+    inner_conf = _confdir(tmp_path / "inner")
+    inner = tmp_path / "inner.sh"
+    inner.write_text(f'#!/bin/sh\nexec {sys.executable} -m confsync watch --confdir {inner_conf} '
+                     f'--backend file --file {tmp_path / "inner" / "data.yaml"} '
+                     f'--exec "{script} {tmp_path} {port}"\n')
+    inner.chmod(0o755)
+    w = WatchProcess("--confdir", str(_confdir(tmp_path)), "--backend", "file",
+                     "--file", str(tmp_path / "data.yaml"), "--exec", str(inner),
+                     log=tmp_path / "watch.log",
+                     env={"CONFSYNC_EXEC_STOP_TIMEOUT": "1s",
+                          "CONFSYNC_EXEC_RESTART_DELAY": "100ms"})
+    left: list[psutil.Process] = []  # (psutil: never a pid reused since)
+    try:
+        with _stopped(w) as pids:
+            wait_for(lambda: len(_servers(log)) == 1, timeout=20, what="the first server")
+            pids.append(int(_servers(log)[0].split()[1]))
+            nested = [c for c in psutil.Process(w.proc.pid).children()
+                      if "confsync" in c.cmdline()]
+            assert len(nested) == 1, nested
+            left += nested[0].children()  # the inner child (the wrapper, a loop until killed)
+            nested[0].kill()
+            wait_for(lambda: not _alive(pids[0]), timeout=15,
+                     what=f"the inner child's stray gone; log:\n{w.output()[-2000:]}")
+            wait_for(lambda: len(_servers(log)) >= 2, timeout=20, what="the restart's server")
+            assert _servers(log)[1].split()[0] == "bound", _servers(log)
+            pids.append(int(_servers(log)[1].split()[1]))
+            assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                           for p in left), "the inner child outlived its confsync"
+    finally:
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

@@ -345,3 +345,46 @@ def test_with_haproxy_stopped_the_saved_state_is_kept_but_for_servers_etcd_chang
     path.write_text("garbage\n")
     with pytest.raises(RuntimeApplyFailed):
         update_saved_state(path, old, new)
+
+
+def _listener(family: socket.AddressFamily, address: str,
+              v6only: bool | None = None) -> socket.socket:
+    sock = socket.socket(family)
+    if v6only is not None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+    try:
+        sock.bind((address, 0))
+    except OSError as exc:
+        sock.close()
+        pytest.skip(f"cannot bind {address}: {exc}")
+    sock.listen()
+    return sock
+
+
+def test_the_socket_table_finds_a_clash_by_address_family() -> None:
+    """A port confsync may not bind itself (below 1024 under the shipped unit) is looked up in
+    the socket table. A wildcard of either family clashed there with every listener on the
+    port: one on [::1]:80 refused a new `*:80` at every retry. Across families only `::` (taken
+    to be dual-stack) clashes; an IPv4-mapped listener is on its IPv4 address."""
+    from confsync.haproxy.control import _SocketTable
+
+    def _listening(address: str, port: int) -> bool:
+        return _SocketTable().listening(address, port)  # (read now: one per listener)
+
+    with _listener(socket.AF_INET6, "::1") as v6:
+        port = v6.getsockname()[1]
+        assert not _listening("0.0.0.0", port)
+        assert not _listening("127.0.0.1", port)
+        assert _listening("::", port) and _listening("::1", port)
+    with _listener(socket.AF_INET, "127.0.0.1") as v4:
+        port = v4.getsockname()[1]
+        assert not _listening("::1", port)
+        assert _listening("::", port) and _listening("0.0.0.0", port)
+        assert not _listening("127.0.0.2", port)
+    with _listener(socket.AF_INET6, "::", v6only=False) as dual:
+        port = dual.getsockname()[1]
+        assert _listening("127.0.0.1", port) and _listening("0.0.0.0", port)
+    with _listener(socket.AF_INET6, "::ffff:127.0.0.1", v6only=False) as mapped:
+        port = mapped.getsockname()[1]
+        assert _listening("127.0.0.1", port) and _listening("0.0.0.0", port)
+        assert not _listening("127.0.0.2", port) and not _listening("::1", port)
