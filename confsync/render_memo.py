@@ -13,7 +13,7 @@ output digest, takes dest's bytes as the render's output: the file already is wh
 would write. Nothing rendered is kept (dest may hold secrets): digests only, in a directory of
 the user's own (`$TMPDIR/confsync-memo-<uid>`, mode 0700, owned by the user: else no memo).
 Everything here is best effort: a memo that cannot be read or written is a render, never an
-error.
+error. Entries of resources renamed or removed since are swept after a week (cache_prune.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from confsync import cache_prune
 from confsync.mirror import Mirror, Value
 from confsync.resources import Resource
 from confsync.template_files import TemplateSources
@@ -182,6 +183,7 @@ class RenderMemo:
             fd = os.open(self._entry(resource), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with open(fd, "rb") as fh:
                 fields = fh.read(512).decode("ascii", "replace").split()
+                cache_prune.refresh(fd)  # in use: not swept
         except OSError:
             return None
         return fields if len(fields) == 5 and fields[0] == FORMAT else None
@@ -231,6 +233,17 @@ class RenderMemo:
             log.debug("render memo of %s not kept: %s", resource.name, exc)
             with contextlib.suppress(OSError):
                 os.unlink(staged)
+        cache_prune.maybe_sweep(str(self.directory), _is_entry, _is_staged)
+
+
+def _is_entry(name: str) -> bool:
+    """A memo entry's name: `_digest`'s 40 hex digits."""
+    return len(name) == 40 and name.isalnum()
+
+
+def _is_staged(name: str) -> bool:
+    """An entry being written (`.<entry>.<pid>`), or left by a writer killed before its rename."""
+    return name.startswith(".") and _is_entry(name[1:41])
 
 
 def _regular_file(path: Path) -> bytes | None:

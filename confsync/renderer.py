@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import operator
+import os
 import re
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -359,31 +360,48 @@ def _finalize(value: Any) -> Any:
 
 
 def _bytecode_cache(jinja2: Any) -> Any:
-    """Compiled templates cached by source checksum in a private per-user temp directory, so
+    """Compiled templates cached by template path in a private per-user temp directory, so
     repeated `confsync once` runs skip compilation. Strictly best effort: a read-only or full
-    /tmp means no cache, never a failed render."""
+    /tmp means no cache, and a cache file that cannot be read (truncated, or zeros after a
+    power cut) means a compile, never a failed render. Swept as it grows (cache_prune.py)."""
+    from confsync import __version__, cache_prune
+
+    prefix = f"__confsync_{__version__}_jinja2_{jinja2.__version__}_"
+
+    def is_entry(name: str) -> bool:  # any confsync's and Jinja2's: an upgrade leaves the old
+        return name.startswith("__confsync_") and name.endswith(".cache")
+
+    def is_staged(name: str) -> bool:  # Jinja2 writes `<entry><random>.tmp`, then renames it
+        return name.startswith("__confsync_") and name.endswith(".tmp")
 
     class BestEffortCache(jinja2.FileSystemBytecodeCache):  # type: ignore[misc]
-        def load_bytecode(self, bucket: Any) -> None:
+        def load_bytecode(self, bucket: Any) -> None:  # Jinja2's, and the use marked
             try:
-                super().load_bytecode(bucket)
-            except (OSError, EOFError, ValueError):
+                fd = os.open(self._get_cache_filename(bucket),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return
+            try:
+                with open(fd, "rb") as fh:
+                    bucket.load_bytecode(fh)
+                    if bucket.code is not None:
+                        cache_prune.refresh(fh.fileno())
+            except Exception:  # pickle.UnpicklingError, EOFError, ValueError, OSError, ...
                 bucket.reset()
 
         def dump_bytecode(self, bucket: Any) -> None:
             with contextlib.suppress(OSError):
                 super().dump_bytecode(bucket)
-
-    from confsync import __version__
+            # (also when /tmp is full: what it frees is the remedy)
+            cache_prune.maybe_sweep(self.directory, is_entry, is_staged)
 
     try:
         # Our own file names, with our version and Jinja2's: the cache key is the template's
-        # name and source only, and this Environment's options (finalize, trim_blocks, ...) and
+        # name and path only, and this Environment's options (finalize, trim_blocks, ...) and
         # Jinja2's code generator shape the compiled code, so another Jinja user, another
         # confsync or an upgraded Jinja2 (whose bytecode format number rarely moves) must never
         # load ours.
-        return BestEffortCache(
-            pattern=f"__confsync_{__version__}_jinja2_{jinja2.__version__}_%s.cache")
+        return BestEffortCache(pattern=f"{prefix}%s.cache")
     except (OSError, RuntimeError):
         return None
 
