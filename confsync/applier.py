@@ -253,7 +253,7 @@ _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 _IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
 
 
-def _pid_exists(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
     """psutil.pid_exists without importing psutil (every `once` runs this): signal 0 tells."""
     if pid <= 0:
         return True  # never a writer of ours; leave its file alone
@@ -293,7 +293,7 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             if match is None or match[1] not in names:
                 continue
             pid = int(match[2])
-            if pid != os.getpid() and _pid_exists(pid):
+            if pid != os.getpid() and pid_exists(pid):
                 continue
             path = directory / entry
             try:

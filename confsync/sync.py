@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from confsync.applier import (
     write_staged,
     written_path,
 )
+from confsync.check_dirs import make_check_dir, remove_dead_check_dirs
 from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
@@ -769,8 +769,9 @@ class Syncer:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""
         resources = list(resources)
         self._sweep(resources)
+        remove_dead_check_dirs()
         try:
-            tmp = tempfile.TemporaryDirectory(prefix="confsync-check-")
+            tmp = make_check_dir()
         except OSError as exc:
             return [Outcome(r, FAILED, ResourceError(
                 r.name, "check", f"cannot create a temporary directory: {exc.strerror}"))

@@ -1,0 +1,75 @@
+"""A `check` killed while its `check_cmd` runs leaves its temporary directory, with the rendered
+file (secrets included) in it: the next `check` removes it, and only what is provably its."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.cli import REPO, write_resource
+from tests.support.daemon import wait_for
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_a_killed_checks_directory_is_removed_by_the_next_check(tmp_path: Path) -> None:
+    tmpdir, started, fast = tmp_path / "tmp", tmp_path / "started", tmp_path / "fast"
+    tmpdir.mkdir()
+    script = tmp_path / "slowcheck"
+    script.write_text(f"#!/bin/sh\ntouch {started}\n[ -e {fast} ] || sleep 120\n")
+    script.chmod(0o755)
+    data = tmp_path / "d.yaml"
+    data.write_text("a: s3cret\n")
+    write_resource(tmp_path / "cd", "r", "password {{ getv('/a') }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/a"]\ncheck_cmd = "{script} {{{{src}}}}"')
+    argv = [sys.executable, "-m", "confsync", "check", "--confdir", str(tmp_path / "cd"),
+            "--backend", "file", "--file", str(data)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")}
+    env["TMPDIR"] = str(tmpdir)
+    killed = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: started.exists() or killed.poll() is not None, timeout=60,
+                 what="the check_cmd running")
+        assert killed.poll() is None
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    (left,) = tmpdir.glob("confsync-check-*")
+    assert [f.read_text() for f in left.iterdir()] == ["password s3cret\n"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("x")
+    dead = _dead_pid()
+    kept = [tmpdir / f"confsync-check-{os.getpid()}-abcdefgh",  # a live check's
+            tmpdir / "confsync-check-zyxwvuts"]  # an older confsync's, running (unnamed: by age)
+    for path in kept:
+        path.mkdir()
+    (tmpdir / f"confsync-check-{dead}-linkedxx").symlink_to(elsewhere)  # planted
+    kept.append(tmpdir / f"confsync-check-{dead}-linkedxx")
+    if os.geteuid() == 0:
+        kept.append(tmpdir / f"confsync-check-{dead}-otheruse")  # another user's
+        kept[-1].mkdir()
+        os.chown(kept[-1], 65534, 65534)
+    gone = tmpdir / "confsync-check-0ld_0ne_"
+    gone.mkdir()
+    (gone / ".out.1.0.confsync").write_text("password old\n")
+    then = time.time() - 2 * 86400
+    os.utime(gone, (then, then))
+
+    fast.touch()
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4, done.stderr  # (dest missing: it would change)
+    assert not left.exists() and not gone.exists()
+    assert all(path.exists() or path.is_symlink() for path in kept)
+    assert (elsewhere / "keep").exists()
+    assert sorted(tmpdir.glob("confsync-check-*")) == sorted(kept)
