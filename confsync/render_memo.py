@@ -28,6 +28,7 @@ from pathlib import Path
 
 from confsync import cache_prune
 from confsync.mirror import Mirror, Value
+from confsync.private_tmp import private_directory
 from confsync.resources import Resource
 from confsync.template_files import TemplateSources
 
@@ -260,31 +261,5 @@ def _regular_file(path: Path) -> bytes | None:
 
 
 def _private_directory() -> Path | None:
-    """`$TMPDIR/confsync-memo-<uid>`, made 0700 if missing; None unless it is a directory that
-    this user owns and nobody else may write to (not a link another user planted)."""
-    import tempfile
-
-    uid = os.geteuid()
-    try:
-        base = tempfile.gettempdir()
-    except OSError:  # (no usable temporary directory at all)
-        return None
-    if base == os.getcwd() and os.environ.get("TMPDIR") != base:
-        return None  # tempfile's last resort: never a memo in the directory `once` ran from
-    directory = Path(base) / f"confsync-memo-{uid}"
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        log.debug("render memo not used: %s", exc)
-        return None
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        log.debug("render memo not used: %s is not a private directory of uid %d", directory,
-                  uid)
-        return None
-    return directory
+    """`$TMPDIR/confsync-memo-<uid>` (private_tmp.py), None when it is not private."""
+    return private_directory(f"confsync-memo-{os.geteuid()}")

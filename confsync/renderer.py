@@ -362,9 +362,11 @@ def _finalize(value: Any) -> Any:
 def _bytecode_cache(jinja2: Any) -> Any:
     """Compiled templates cached by template path in a private per-user temp directory, so
     repeated `confsync once` runs skip compilation. Strictly best effort: a read-only or full
-    /tmp means no cache, and a cache file that cannot be read (truncated, or zeros after a
-    power cut) means a compile, never a failed render. Swept as it grows (cache_prune.py)."""
+    /tmp, or a directory there that is not private, means no cache; a cache file that cannot
+    be read (truncated, or zeros after a power cut) means a compile, never a failed render.
+    Swept as it grows (cache_prune.py)."""
     from confsync import __version__, cache_prune
+    from confsync.private_tmp import private_directory
 
     prefix = f"__confsync_{__version__}_jinja2_{jinja2.__version__}_"
 
@@ -401,7 +403,11 @@ def _bytecode_cache(jinja2: Any) -> Any:
         # Jinja2's code generator shape the compiled code, so another Jinja user, another
         # confsync or an upgraded Jinja2 (whose bytecode format number rarely moves) must never
         # load ours.
-        return BestEffortCache(pattern=f"{prefix}%s.cache")
+        # In a directory we made or checked ourselves (Jinja2's default chmods through a link).
+        directory = private_directory(f"_jinja2-cache-{os.geteuid()}")
+        if directory is None:
+            return None
+        return BestEffortCache(directory=str(directory), pattern=f"{prefix}%s.cache")
     except (OSError, RuntimeError):
         return None
 

@@ -144,3 +144,22 @@ def test_a_bytecode_cache_file_that_cannot_be_read_is_a_compile_not_a_failed_ren
     (cached,) = tmp_path.glob("_jinja2-cache-*/__confsync_*.cache")
     cached.write_bytes(bc_magic + {b"": b"", b"zeros": b"\0" * 4096}.get(spoil, b"\x80\x04junk"))
     assert Renderer(renderer.templates_dir).render(res, mirror) == "ok"
+
+
+def test_a_link_planted_where_the_bytecode_cache_goes_is_never_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jinja2's own choice of directory chmods `$TMPDIR/_jinja2-cache-<uid>` to 0700 through
+    whatever is there: another user's link made a root confsync chmod the directory of their
+    choice (where fs.protected_symlinks is off, or TMPDIR is not sticky)."""
+    from tests.unit.test_renderer import make
+
+    tmpdir, victim = tmp_path / "tmp", tmp_path / "victim"
+    tmpdir.mkdir()
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    (tmpdir / f"_jinja2-cache-{os.geteuid()}").symlink_to(victim)
+    monkeypatch.setattr("tempfile.tempdir", str(tmpdir))
+    renderer, res, mirror = make(tmp_path, "{{ getv('/a') }}", {"/a": "ok"})
+    assert renderer.render(res, mirror) == "ok"
+    assert renderer.env.bytecode_cache is None
+    assert victim.stat().st_mode & 0o777 == 0o755 and list(victim.iterdir()) == []
