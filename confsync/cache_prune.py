@@ -5,10 +5,10 @@ each release adds one per release) and the render memo (one file per resource na
 renamed or removed resources leave theirs) were never pruned, nor were the staged files of a
 writer killed before its rename. So each time an entry is written (the only time a cache
 grows), and at most once an hour (one `stat` of a marker file otherwise), the directory is
-swept: entries not used for a week go, then the least recently used beyond a cap, and staged
-files older than an hour. A use refreshes an entry's mtime at most once a day (the kernel's
-atime is not reliable: noatime, relatime). Strictly best effort: a cache that cannot be swept
-only keeps its files, it never fails a render.
+swept: entries not used for a week go, then the least recently used beyond a cap (never one
+used within the day), and staged files older than an hour. A use refreshes an entry's mtime
+at most once a day (the kernel's atime is not reliable: noatime, relatime). Strictly best
+effort: a cache that cannot be swept only keeps its files, it never fails a render.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 SWEEP_EVERY = 3600.0  # seconds between sweeps of one directory
 MAX_AGE = 7 * 86400.0  # an entry unused this long goes (it costs one render or compile)
-MAX_ENTRIES = 1000  # the most recently used entries kept, whatever their age
+MAX_ENTRIES = 1000  # beyond this, the least recently used go (but none used within the day)
 LEFTOVER_AGE = 3600.0  # a staged file this old has no writer (a writer takes milliseconds)
 MAX_UNLINKS = 500  # per sweep: a first sweep of a huge directory must not stall a render
 REFRESH_AFTER = 86400.0  # an entry's mtime is moved on by a use at most this often
@@ -61,7 +61,8 @@ def sweep(directory: str, is_entry: Callable[[str], bool], is_staged: Callable[[
           now: float) -> bool:
     """Remove stale entries and staged leftovers; True when nothing was left to remove (a
     sweep stops at MAX_UNLINKS, and the next write goes on with it)."""
-    entries: list[tuple[float, str]] = []
+    entries: list[tuple[float, str]] = []  # those not used within the day
+    live = 0
     doomed: list[str] = []
     with os.scandir(directory) as found:
         for entry in found:
@@ -78,11 +79,14 @@ def sweep(directory: str, is_entry: Callable[[str], bool], is_staged: Callable[[
                     doomed.append(name)
             elif now - mtime > MAX_AGE:
                 doomed.append(name)
-            else:
+            elif now - mtime > REFRESH_AFTER:
                 entries.append((mtime, name))
-    if len(entries) > MAX_ENTRIES:
+            else:
+                live += 1
+    excess = live + len(entries) - MAX_ENTRIES
+    if excess > 0:  # never one used within the day: a confdir of 2,000 templates keeps them
         entries.sort()
-        doomed.extend(name for _, name in entries[:len(entries) - MAX_ENTRIES])
+        doomed.extend(name for _, name in entries[:excess])
     for name in doomed[:MAX_UNLINKS]:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, name))

@@ -126,6 +126,12 @@ def test_a_sweep_keeps_the_most_recently_used_beyond_the_cap_and_runs_once_an_ho
     _age(tmp_path / cache_prune.MARKER, 2 / 24)
     sweep()
     assert left() == [f"e{i:02}" for i in range(7, 26)] + ["e99"]
+    for i in range(20, 46):  # used within the day: kept beyond the cap, the others go first
+        _plant(tmp_path / f"e{i:02}", 0.5)
+    _age(tmp_path / cache_prune.MARKER, 2 / 24)
+    for _ in range(4):  # 13 to go, 4 a sweep
+        sweep()
+    assert left() == [f"e{i:02}" for i in range(20, 46)] + ["e99"]
 
 
 @pytest.mark.parametrize("spoil", [b"", b"zeros", b"garbage"])
