@@ -27,6 +27,9 @@ PREFIX = "confsync-check-"
 # Ours (pid, then tempfile's 8 random characters), or an older confsync's (no pid).
 _OURS = re.compile(rf"{PREFIX}(?:([0-9]+)-)?[a-z0-9_]{{8}}")
 _UNNAMED_AGE = 86400.0  # no check runs a day: an unnamed one this old has no writer
+# Never one younger: a `check` in another pid namespace sharing TMPDIR (two containers of a pod
+# with one /tmp volume) has a pid this one cannot see, and its directory must outlive its run.
+_MIN_AGE = 3600.0
 
 
 def make_check_dir() -> tempfile.TemporaryDirectory[str]:
@@ -53,6 +56,8 @@ def remove_dead_check_dirs() -> list[str]:
         except OSError:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            continue
+        if time.time() - info.st_mtime < _MIN_AGE:
             continue
         if match[1] is not None:
             pid = int(match[1])

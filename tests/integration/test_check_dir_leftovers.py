@@ -50,6 +50,8 @@ def test_a_killed_checks_directory_is_removed_by_the_next_check(tmp_path: Path) 
                 os.kill(int(started.read_text()), signal.SIGKILL)
     (left,) = tmpdir.glob("confsync-check-*")
     assert [f.read_text() for f in left.iterdir()] == ["password s3cret\n"]
+    hour_ago = time.time() - 3700  # (younger, a dead pid may be another pid namespace's)
+    os.utime(left, (hour_ago, hour_ago))
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -59,6 +61,9 @@ def test_a_killed_checks_directory_is_removed_by_the_next_check(tmp_path: Path) 
             tmpdir / "confsync-check-zyxwvuts"]  # an older confsync's, running (unnamed: by age)
     for path in kept:
         path.mkdir()
+    young = tmpdir / f"confsync-check-{dead}-youngxxx"  # a dead pid, or another namespace's
+    young.mkdir()
+    kept.append(young)
     (tmpdir / f"confsync-check-{dead}-linkedxx").symlink_to(elsewhere)  # planted
     kept.append(tmpdir / f"confsync-check-{dead}-linkedxx")
     if os.geteuid() == 0:
