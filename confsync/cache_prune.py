@@ -30,7 +30,7 @@ MARKER = "confsync-swept"  # its mtime: when the directory was last swept in ful
 def refresh(fd: int) -> None:
     """Mark the entry open at `fd` as used now, unless that was done less than a day ago."""
     with contextlib.suppress(OSError):
-        if time.time() - os.fstat(fd).st_mtime > REFRESH_AFTER:
+        if time.time() - os.fstat(fd).st_mtime > REFRESH_AFTER:  # wall clock: file ages (mtimes)
             os.utime(fd)
 
 
@@ -40,7 +40,7 @@ def maybe_sweep(directory: str, is_entry: Callable[[str], bool],
     or `is_staged` accepts are ever removed (the Jinja2 directory is shared with other users
     of Jinja2)."""
     marker = os.path.join(directory, MARKER)
-    now = time.time()
+    now = time.time()  # wall clock: file ages (mtimes)
     try:
         if now - os.stat(marker, follow_symlinks=False).st_mtime < SWEEP_EVERY:
             return

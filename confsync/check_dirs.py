@@ -57,13 +57,13 @@ def remove_dead_check_dirs() -> list[str]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             continue
-        if time.time() - info.st_mtime < _MIN_AGE:
+        if time.time() - info.st_mtime < _MIN_AGE:  # wall clock: file ages (mtimes)
             continue
         if match[1] is not None:
             pid = int(match[1])
             if pid == os.getpid() or pid_exists(pid):
                 continue
-        elif time.time() - info.st_mtime < _UNNAMED_AGE:
+        elif time.time() - info.st_mtime < _UNNAMED_AGE:  # wall clock: file ages (mtimes)
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(path)  # (fd-based: a link planted inside is removed, not followed)
