@@ -64,10 +64,12 @@ def test_registration_appears_with_the_template_schema_and_owner(
     assert value == {"address": "127.0.0.1", "port": backend.port, "weight": 50,
                      "state": "ready", "host": "node-a"}
     # Detected from an etcd on this host: published, with a warning that only this host
-    # can reach it.
-    assert (f"WARNING register: publishing 127.0.0.1, a loopback address (the one this host "
-            f"uses to reach etcd), for {_key(prefix)}: only consumers on this host can reach "
-            "it; set `address` in the registration") in proc.output()
+    # can reach it (the log's writer thread may write it after the key is in etcd).
+    warning = (f"WARNING register: publishing 127.0.0.1, a loopback address (the one this "
+               f"host uses to reach etcd), for {_key(prefix)}: only consumers on this host can "
+               "reach it; set `address` in the registration")
+    wait_for(lambda: warning in proc.output(), timeout=10,
+             what=f"the loopback warning\n{proc.output()[-2000:]}")
     validate_instance("/services/web/instances/web-1", value)
     _raw, meta = c.get(_key(prefix))
     assert meta.lease_id != 0, "the key lives on a lease"
