@@ -80,6 +80,9 @@ OLD_WORKERS_WARN = 20
 # A server parked this long (seconds) is warned about, once; HAProxy's `hard-stop-after` instead
 # when the file sets it: a reload would have ended its connections by then.
 PARKED_WARN_AFTER = 600.0
+# At most one such warning this often (seconds): under WebSockets every removed server may be
+# one, and a scale-down of 50 would be 50 lines.
+PARKED_WARN_EVERY = 300.0
 # Master socket -> (old worker pids when last asked, warned): one master's, whichever of the
 # resources it serves asked (each has a target of its own; a SIGHUP makes new ones).
 _OLD_WORKERS: dict[str, tuple[tuple[int, ...], bool]] = {}
@@ -353,6 +356,7 @@ class HAProxyController(ReloadTarget):
         # held too long: both follow `parked`, never every name ever parked.
         self._parked_since: dict[str, float] = {}
         self._parked_warned: set[str] = set()
+        self._parked_warned_at: float | None = None  # time.monotonic() of the last warning
         # The admin socket and `hard-stop-after` of the file last applied (`_sweep_parked`).
         self._parked_admin: AdminSocket | None = None
         self._hard_stop_after: float | None = None
@@ -415,13 +419,20 @@ class HAProxyController(ReloadTarget):
         self._track_parked()
         limit = self._hard_stop_after or PARKED_WARN_AFTER
         now = time.monotonic()
-        for ref, since in sorted(self._parked_since.items()):
-            if ref not in self._parked_warned and now - since >= limit:
-                self._parked_warned.add(ref)
-                log.warning("resource %s: %s left the pool %.0fs ago and still has connections "
-                            "(kept in maintenance until they close; a reload would have ended "
-                            "them after %.0fs): `shutdown sessions server %s` on the admin "
-                            "socket ends them", self.resource.name, ref, now - since, limit, ref)
+        overdue = sorted((since, ref) for ref, since in self._parked_since.items()
+                         if now - since >= limit)
+        last = self._parked_warned_at
+        if not {ref for _, ref in overdue} - self._parked_warned or (
+                last is not None and now - last < PARKED_WARN_EVERY):
+            return
+        self._parked_warned.update(ref for _, ref in overdue)
+        self._parked_warned_at = now
+        since, ref = overdue[0]
+        more = f" (and {len(overdue) - 1} more)" if len(overdue) > 1 else ""
+        log.warning("resource %s: %s left the pool %.0fs ago and still has connections%s (kept "
+                    "in maintenance until they close; a reload would have ended them after "
+                    "%.0fs): `shutdown sessions server %s` on the admin socket ends them",
+                    self.resource.name, ref, now - since, more, limit, ref)
 
     def _count_old(self, status: MasterStatus | None) -> None:
         """Keep the master's old workers for the gauge (None: no master answers); warn once
