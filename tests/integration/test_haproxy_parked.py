@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +16,7 @@ from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, wait_for
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready
+from tests.support.http_probe import ready, series_value
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -76,11 +75,7 @@ def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
 
 
 def _gauge(port: int) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith(GAUGE + " "):
-                return float(line.rpartition(" ")[2])
-    return None
+    return series_value(port, GAUGE)
 
 
 def _servers(stack: HAProxyStack) -> set[str]:
