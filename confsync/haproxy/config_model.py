@@ -65,6 +65,7 @@ class HAProxyConfig:
     binds: list[str] = field(default_factory=list)
     stats_socket: str | None = None
     state_file: str | None = None
+    hard_stop_after: float | None = None  # seconds, from the global section
     # Server lines the model could not read (a hostname, an unknown option shape): structural.
     opaque: list[str] = field(default_factory=list)
 
@@ -104,6 +105,20 @@ def _parse_server(tokens: list[str]) -> Server | None:
         else:
             options.append(token)
     return Server(tokens[1], where[0], where[1], weight, disabled, tuple(options))
+
+
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+               "d": 86400.0}
+
+
+def haproxy_seconds(token: str) -> float | None:
+    """An HAProxy time (`500`, `30s`, `5m`, `1h`...: milliseconds without a unit) in seconds;
+    None for anything else."""
+    digits = token.rstrip("usmhd")
+    unit = token[len(digits):]
+    if not digits.isdigit() or unit not in _TIME_UNITS:
+        return None
+    return int(digits) * _TIME_UNITS[unit]
 
 
 def _template_range(token: str) -> tuple[int, int] | None:
@@ -156,6 +171,8 @@ def parse(text: str) -> HAProxyConfig:
                 config.stats_socket = tokens[2]
             elif tokens[0] == "server-state-file" and len(tokens) > 1:
                 config.state_file = tokens[1]
+            elif tokens[0] == "hard-stop-after" and len(tokens) > 1:
+                config.hard_stop_after = haproxy_seconds(tokens[1])
         config.skeleton.append(line)
     return config
 

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,6 +77,12 @@ _STATE_WARNINGS = Repeats()
 # once; again only after their number fell to half. Each holds its memory and connections; a
 # month of reloads under long-lived connections without `hard-stop-after` piles them up.
 OLD_WORKERS_WARN = 20
+# A server parked this long (seconds) is warned about, once; HAProxy's `hard-stop-after` instead
+# when the file sets it: a reload would have ended its connections by then.
+PARKED_WARN_AFTER = 600.0
+# At most one such warning this often (seconds): under WebSockets every removed server may be
+# one, and a scale-down of 50 would be 50 lines.
+PARKED_WARN_EVERY = 300.0
 # Master socket -> (old worker pids when last asked, warned): one master's, whichever of the
 # resources it serves asked (each has a target of its own; a SIGHUP makes new ones).
 _OLD_WORKERS: dict[str, tuple[tuple[int, ...], bool]] = {}
@@ -345,6 +352,14 @@ class HAProxyController(ReloadTarget):
         # Servers this target removed from the file but HAProxy could not delete yet (open
         # connections): parked in maintenance, deleted by a later pass. "backend/server".
         self.parked: set[str] = set()
+        # When each parked server was parked (time.monotonic()), and those warned about as
+        # held too long: both follow `parked`, never every name ever parked.
+        self._parked_since: dict[str, float] = {}
+        self._parked_warned: set[str] = set()
+        self._parked_warned_at: float | None = None  # time.monotonic() of the last warning
+        # The admin socket and `hard-stop-after` of the file last applied (`_sweep_parked`).
+        self._parked_admin: AdminSocket | None = None
+        self._hard_stop_after: float | None = None
         # The master last seen answering: (pid, start time). A master that lives on while its
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
@@ -354,12 +369,70 @@ class HAProxyController(ReloadTarget):
         self._drifted: bytes | None = None
 
     def gauges(self) -> tuple[TargetGauge, ...]:
+        found = []
+        if self.settings.strategy is Strategy.RUNTIME:
+            found.append(TargetGauge("haproxy_parked_servers", "Servers removed from the file "
+                                     "that HAProxy keeps in maintenance until their "
+                                     "connections close", len(self.parked)))
         seen = _OLD_WORKERS.get(str(self.settings.master_socket))
-        if seen is None:
-            return ()
-        return (TargetGauge("haproxy_old_workers", "HAProxy workers left from earlier "
-                            "reloads, still serving their connections (`show proc`)",
-                            len(seen[0])),)
+        if seen is not None:
+            found.append(TargetGauge("haproxy_old_workers", "HAProxy workers left from earlier "
+                                     "reloads, still serving their connections (`show proc`)",
+                                     len(seen[0])))
+        return tuple(found)
+
+    def _track_parked(self, admin: AdminSocket | None = None,
+                      new: HAProxyConfig | None = None) -> None:
+        """Bring the parked servers' times in step with `parked` (after a pass: `admin` and
+        `new` are its socket and file)."""
+        if admin is not None and new is not None:
+            self._parked_admin = AdminSocket(admin.path, ASK_TIMEOUT)
+            self._hard_stop_after = new.hard_stop_after
+        now = time.monotonic()
+        self._parked_since = {ref: self._parked_since.get(ref, now) for ref in self.parked}
+        self._parked_warned &= self.parked
+
+    def _sweep_parked(self) -> None:
+        """Every heartbeat (from `probe`): delete the parked servers whose connections have
+        closed since, and warn once about each one held longer than a reload would have let
+        its connections live.
+
+        Deleted only by the next pass, a parked server stayed in HAProxy for as long as the
+        pool did not change again; one whose connection never ends (a stuck websocket) stayed
+        until a reload with nothing said but a DEBUG line.
+        """
+        admin = self._parked_admin
+        if admin is None:
+            return
+        for ref in sorted(self.parked):
+            try:
+                admin.command(f"del server {ref}")
+            except RuntimeApplyFailed as exc:
+                if "connection" in str(exc).lower():
+                    continue  # still busy
+                # HAProxy does not answer, or the server is not what it was (gone, or set
+                # ready by someone): the next pass compares with what HAProxy runs.
+                log.debug("resource %s: parked %s not deleted: %s", self.resource.name, ref, exc)
+                break
+            self.parked.discard(ref)
+            log.debug("resource %s: deleted %s, its connections closed", self.resource.name, ref)
+        self._track_parked()
+        limit = self._hard_stop_after or PARKED_WARN_AFTER
+        now = time.monotonic()
+        overdue = sorted((since, ref) for ref, since in self._parked_since.items()
+                         if now - since >= limit)
+        last = self._parked_warned_at
+        if not {ref for _, ref in overdue} - self._parked_warned or (
+                last is not None and now - last < PARKED_WARN_EVERY):
+            return
+        self._parked_warned.update(ref for _, ref in overdue)
+        self._parked_warned_at = now
+        since, ref = overdue[0]
+        more = f" (and {len(overdue) - 1} more)" if len(overdue) > 1 else ""
+        log.warning("resource %s: %s left the pool %.0fs ago and still has connections%s (kept "
+                    "in maintenance until they close; a reload would have ended them after "
+                    "%.0fs): `shutdown sessions server %s` on the admin socket ends them",
+                    self.resource.name, ref, now - since, more, limit, ref)
 
     def _count_old(self, status: MasterStatus | None) -> None:
         """Keep the master's old workers for the gauge (None: no master answers); warn once
@@ -391,6 +464,9 @@ class HAProxyController(ReloadTarget):
                 != (self.settings.master_socket, self.settings.runtime_socket)):
             return
         self.parked |= earlier.parked
+        self._parked_since = {**earlier._parked_since, **self._parked_since}
+        self._parked_admin = self._parked_admin or earlier._parked_admin
+        self._hard_stop_after = self._hard_stop_after or earlier._hard_stop_after
         self._master = self._master or earlier._master
 
     def key(self) -> Hashable:
@@ -464,6 +540,8 @@ class HAProxyController(ReloadTarget):
         if since is not None and started is not None and started > since:
             return Probe(Liveness.STARTED_SINCE, f"HAProxy master pid {status.pid} started "
                          "after the file was in place")
+        if self.parked:
+            self._sweep_parked()
         # With the runtime strategy a file newer than the worker is the rule (changes applied
         # without a reload): there the servers HAProxy runs are compared with the file's.
         stale = None
@@ -574,6 +652,7 @@ class HAProxyController(ReloadTarget):
                     why = f"runtime API failed ({exc})"
                     log.warning("resource %s: %s; reloading instead", resource.name, why)
                 else:
+                    self._track_parked(admin, new)
                     if sent is not None:
                         self._save_state(admin, old, new)
                     if sent:
@@ -592,6 +671,7 @@ class HAProxyController(ReloadTarget):
                 raise ReloadFailed(str(exc)) from None  # some runtime commands went through
             raise
         self.parked.clear()  # a reload drops every server the file does not name
+        self._track_parked()
         return result
 
     def _reload(self, old: HAProxyConfig | None, new: HAProxyConfig,
@@ -685,6 +765,7 @@ class HAProxyController(ReloadTarget):
             log.warning("resource %s: %s; its servers cannot be compared with the file (%s): "
                         "reloading", self.resource.name, done, exc)
             return None
+        self._track_parked(admin, new)
         if sent is None:
             return None
         self._save_state(admin, old, new)

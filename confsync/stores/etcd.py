@@ -1043,8 +1043,11 @@ class EtcdStore:
         reset = self._saw(cluster_id, revision)
         if reset is not None:
             raise reset
-        with self._lock:
-            highest = max(self._highest_revision, start_revision - 1)
+        # What was seen before asking, not since: the watch goes on meanwhile, and a revision
+        # it delivered after the server answered is newer than that answer. (Compared with the
+        # high-water mark after it, a busy pool's writes made a periodic check a false "below
+        # revision N already seen": a degraded watch, a full re-read and four WARNINGs.)
+        highest = max(seen, start_revision - 1)
         if revision < highest or history is not None:
             with self._lock:
                 self._reset_pending = True

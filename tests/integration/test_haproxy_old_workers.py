@@ -4,7 +4,6 @@ from `show proc` and exported; their pile-up is warned about once, naming `hard-
 from __future__ import annotations
 
 import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, wait_for
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready
+from tests.support.http_probe import ready, series_value
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -30,11 +29,7 @@ def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
 
 
 def _gauge(port: int) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith(GAUGE + " "):
-                return float(line.rpartition(" ")[2])
-    return None
+    return series_value(port, GAUGE)
 
 
 def test_old_workers_are_a_gauge_and_their_pile_up_one_warning(

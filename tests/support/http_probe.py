@@ -39,3 +39,13 @@ def config_errors_gauge(base: str) -> float:
     found = re.search(r"^confsync_config_errors (\S+)$", text, re.M)
     assert found, text[-2000:]
     return float(found.group(1))
+
+
+def series_value(port: int, series: str) -> float | None:
+    """The value of one `/metrics` series (`name{labels}` as exported) of a watch whose metrics
+    server listens on 127.0.0.1:`port`; None while it is not exported."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rpartition(" ")[2])
+    return None

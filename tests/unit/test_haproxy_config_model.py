@@ -388,3 +388,11 @@ def test_the_socket_table_finds_a_clash_by_address_family() -> None:
         port = mapped.getsockname()[1]
         assert _listening("127.0.0.1", port) and _listening("0.0.0.0", port)
         assert not _listening("127.0.0.2", port) and not _listening("::1", port)
+
+
+def test_hard_stop_after_is_read_in_seconds_from_haproxy_times() -> None:
+    assert parse("global\n    hard-stop-after 30s\n").hard_stop_after == 30.0
+    assert parse("global\n    hard-stop-after 2m\n").hard_stop_after == 120.0
+    assert parse("global\n    hard-stop-after 1500\n").hard_stop_after == 1.5  # ms
+    assert parse("global\n    hard-stop-after soon\n").hard_stop_after is None
+    assert parse("global\n    maxconn 10\n").hard_stop_after is None

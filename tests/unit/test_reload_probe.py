@@ -391,3 +391,43 @@ def test_a_stale_target_whose_reload_was_refused_untouched_is_reloaded_by_the_re
     accept()
     (outcome,) = syncer.apply([res])  # the retry
     assert outcome.error is None and target.reloads == 1 and res.name not in syncer.reload_owed
+
+
+def test_parked_servers_held_too_long_are_one_warning_per_5_minutes_and_forgotten_when_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    ctl, _, _ = _controller(tmp_path, monkeypatch)
+    now = [1000.0]
+    monkeypatch.setattr(control, "time", type("Clock", (), {"monotonic": lambda: now[0]}))
+    busy = {"be_web/x", "be_web/y", "be_web/z"}
+    sent: list[str] = []
+
+    class Admin:
+        def command(self, command: str) -> str:
+            sent.append(command)
+            if command.rpartition(" ")[2] in busy:
+                raise RuntimeApplyFailed("Server still has connections attached to it")
+            return "Server deleted."
+
+    ctl._parked_admin = Admin()  # type: ignore[assignment]
+    ctl._hard_stop_after = 10.0
+    ctl.parked.update({"be_web/x", "be_web/y"})
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    ctl._sweep_parked()
+    now[0] += 11
+    ctl.parked.add("be_web/z")  # parked by a later pass
+    ctl._sweep_parked()
+    assert len(warnings()) == 1 and "be_web/x left the pool 11s ago" in warnings()[0]
+    assert "(and 1 more)" in warnings()[0]
+    now[0] += 20  # z is overdue too, but within 5 minutes of the last line
+    ctl._sweep_parked()
+    assert len(warnings()) == 1
+    now[0] += control.PARKED_WARN_EVERY
+    ctl._sweep_parked()
+    assert len(warnings()) == 2 and "(and 2 more)" in warnings()[1]
+    busy.clear()  # their connections close: deleted at the next sweep, nothing kept of them
+    ctl._sweep_parked()
+    assert ctl.parked == set() and ctl._parked_since == {} and ctl._parked_warned == set()
+    assert "del server be_web/z" in sent and ctl.gauges()[0].value == 0

@@ -1,0 +1,122 @@
+"""Servers removed while they hold connections (parked in maintenance) under the runtime
+strategy: counted in a gauge, deleted as soon as their connections close (no further pool
+change needed), and one held past `hard-stop-after` (a stuck websocket) said once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import WatchProcess
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, wait_for
+from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import ready, series_value
+
+pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+GAUGE = 'confsync_haproxy_parked_servers{resource="haproxy"}'
+WARNING = "left the pool"
+
+
+class _Holding(ThreadingHTTPServer):
+    """Answers at once, except /ws: held until `release` is set, then answered and its
+    connection closed."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HoldHandler)
+        self.release = threading.Event()
+        self.held = threading.Event()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
+class _HoldHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Holding
+
+    def do_GET(self) -> None:
+        if self.path == "/ws":
+            self.server.held.set()
+            self.server.release.wait(60)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def holding() -> Iterator[_Holding]:
+    server = _Holding()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
+    s = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime")
+    yield s
+    s.stop()
+
+
+def _gauge(port: int) -> float | None:
+    return series_value(port, GAUGE)
+
+
+def _servers(stack: HAProxyStack) -> set[str]:
+    lines = stack.admin_command("show servers state be_web").splitlines()
+    return {line.split()[3] for line in lines[1:] if line and not line.startswith("#")}
+
+
+def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+        tmp_path: Path) -> None:
+    stack.put_basics(balance="roundrobin")
+    stack.put("/haproxy/global", {"admin_socket": str(stack.admin), "maxconn": 200,
+                                  "state_file": str(stack.state), "hard_stop_after": "2s"})
+    stack.put_instance("web", "stuck", holding.server_address[1])
+    stack.sync_ok()
+    stack.start()
+    metrics = free_port()
+    watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                         "--metrics-address", f"127.0.0.1:{metrics}", log=tmp_path / "w.log")
+    client = None
+    try:
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        wait_for(lambda: _gauge(metrics) == 0, timeout=5)
+        # A request the only server holds (a websocket that never ends, as far as this test
+        # is concerned), then the instance leaves the pool for another.
+        client = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+        client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert holding.held.wait(10)
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.delete("/services/web/instances/stuck")
+        wait_for(lambda: _servers(stack) == {"a", "stuck"} and _gauge(metrics) == 1,
+                 timeout=15)
+        # Held past hard-stop-after: said once, with the command that ends it.
+        watch.wait_log(WARNING, timeout=15)
+        assert "shutdown sessions server be_web/stuck" in watch.output()
+        # The connection ends; with no further change in etcd the server goes.
+        holding.release.set()
+        wait_for(lambda: _servers(stack) == {"a"} and _gauge(metrics) == 0, timeout=15)
+        assert watch.output().count(WARNING) == 1
+        assert stack.status().reloads == 0
+    finally:
+        if client is not None:
+            client.close()
+        assert watch.stop() == 0
