@@ -25,12 +25,17 @@ LEFTOVER_AGE = 3600.0  # a staged file this old has no writer (a writer takes mi
 MAX_UNLINKS = 500  # per sweep: a first sweep of a huge directory must not stall a render
 REFRESH_AFTER = 86400.0  # an entry's mtime is moved on by a use at most this often
 MARKER = "confsync-swept"  # its mtime: when the directory was last swept in full
+# An mtime further ahead than this was written by a clock that was wrong (a VM booted with a
+# bad RTC, set right later): taken as "long ago", or a marker and the entries of that time
+# would count as "swept within the hour" and "used within the day" until the clock caught up.
+AHEAD = 3600.0
 
 
 def refresh(fd: int) -> None:
     """Mark the entry open at `fd` as used now, unless that was done less than a day ago."""
     with contextlib.suppress(OSError):
-        if time.time() - os.fstat(fd).st_mtime > REFRESH_AFTER:  # wall clock: file ages (mtimes)
+        age = time.time() - os.fstat(fd).st_mtime  # wall clock: file ages (mtimes)
+        if age > REFRESH_AFTER or age < -AHEAD:
             os.utime(fd)
 
 
@@ -42,7 +47,7 @@ def maybe_sweep(directory: str, is_entry: Callable[[str], bool],
     marker = os.path.join(directory, MARKER)
     now = time.time()  # wall clock: file ages (mtimes)
     try:
-        if now - os.stat(marker, follow_symlinks=False).st_mtime < SWEEP_EVERY:
+        if -AHEAD <= now - os.stat(marker, follow_symlinks=False).st_mtime < SWEEP_EVERY:
             return
     except FileNotFoundError:
         pass
@@ -77,7 +82,7 @@ def sweep(directory: str, is_entry: Callable[[str], bool], is_staged: Callable[[
             if staged:
                 if now - mtime > LEFTOVER_AGE:
                     doomed.append(name)
-            elif now - mtime > MAX_AGE:
+            elif now - mtime > MAX_AGE or now - mtime < -AHEAD:
                 doomed.append(name)
             elif now - mtime > REFRESH_AFTER:
                 entries.append((mtime, name))

@@ -42,6 +42,7 @@ from confsync.haproxy.runtime import (
     reconcile,
     save_server_state,
     update_saved_state,
+    worker_pid,
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable, query
@@ -360,6 +361,11 @@ class HAProxyController(ReloadTarget):
         # The admin socket and `hard-stop-after` of the file last applied (`_sweep_parked`).
         self._parked_admin: AdminSocket | None = None
         self._hard_stop_after: float | None = None
+        # The worker the parked servers are in (`show info`'s pid; None: not known). A reload
+        # by someone else (`systemctl reload`: same master) drops them with it, and a server
+        # of the same name in the new worker is someone else's: a runtime `add server` comes
+        # in maintenance, which `del server` accepts.
+        self._parked_worker: int | None = None
         # The master last seen answering: (pid, start time). A master that lives on while its
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
@@ -388,9 +394,31 @@ class HAProxyController(ReloadTarget):
         if admin is not None and new is not None:
             self._parked_admin = AdminSocket(admin.path, ASK_TIMEOUT)
             self._hard_stop_after = new.hard_stop_after
+            self._parked_worker = None
+            if self.parked:
+                with contextlib.suppress(RuntimeApplyFailed):
+                    self._parked_worker = worker_pid(self._parked_admin)
+        if not self.parked:
+            self._parked_worker = None
         now = time.monotonic()
         self._parked_since = {ref: self._parked_since.get(ref, now) for ref in self.parked}
         self._parked_warned &= self.parked
+
+    def _forget_gone_parked(self, admin: AdminSocket) -> None:
+        """Forget the parked servers when the worker answering on `admin` is not the one
+        they were parked in: they went with it, and their names are nobody's to delete."""
+        if not self.parked or self._parked_worker is None:
+            return
+        try:
+            pid = worker_pid(admin)
+        except RuntimeApplyFailed:
+            return  # (the caller's own commands fail the same way)
+        if pid is not None and pid != self._parked_worker:
+            log.debug("resource %s: HAProxy was reloaded (worker %d, not %d): its parked "
+                      "servers went with the old worker", self.resource.name, pid,
+                      self._parked_worker)
+            self.parked.clear()
+            self._track_parked()
 
     def _sweep_parked(self) -> None:
         """Every heartbeat (from `probe`): delete the parked servers whose connections have
@@ -404,6 +432,7 @@ class HAProxyController(ReloadTarget):
         admin = self._parked_admin
         if admin is None:
             return
+        self._forget_gone_parked(admin)
         for ref in sorted(self.parked):
             try:
                 admin.command(f"del server {ref}")
@@ -467,6 +496,7 @@ class HAProxyController(ReloadTarget):
         self._parked_since = {**earlier._parked_since, **self._parked_since}
         self._parked_admin = self._parked_admin or earlier._parked_admin
         self._hard_stop_after = self._hard_stop_after or earlier._hard_stop_after
+        self._parked_worker = self._parked_worker or earlier._parked_worker
         self._master = self._master or earlier._master
 
     def key(self) -> Hashable:
@@ -646,6 +676,7 @@ class HAProxyController(ReloadTarget):
         heal = old is None and drifted is not None and drifted == content
         if runtime and (old is not None or heal) and admin is not None:
             if old is None or runtime_changes(old, new) is not None:
+                self._forget_gone_parked(admin)
                 try:
                     sent = reconcile(admin, old, new, self.parked)
                 except RuntimeApplyFailed as exc:
@@ -759,6 +790,7 @@ class HAProxyController(ReloadTarget):
             return ReloadResult(ReloadKind.IN_STEP, f"{done}; nothing to reload")
         if admin is None:
             return None
+        self._forget_gone_parked(admin)
         try:
             sent = reconcile(admin, old, new, self.parked)
         except RuntimeApplyFailed as exc:

@@ -89,6 +89,20 @@ def _servers_state(admin: AdminSocket, retry_for: float, also: str = "") -> list
     return lines
 
 
+def worker_pid(admin: AdminSocket) -> int | None:
+    """The pid of the worker answering on the admin socket (`show info`): servers parked in
+    one are gone with it (a reload forks a new one). None when it does not say."""
+    try:
+        text = query(admin.path, "show info", timeout=admin.timeout, retry_for=0.2)
+    except OSError as exc:
+        raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Pid" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
 def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
     """Every backend's servers as HAProxy runs them now, in one `show servers state`, and
     every backend it runs: one without servers (a pool before its first instance, or after

@@ -120,3 +120,43 @@ def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
         if client is not None:
             client.close()
         assert watch.stop() == 0
+
+
+def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+        tmp_path: Path) -> None:
+    """A reload drops the parked servers with the worker that held them: a server of the same
+    name in the new worker is someone else's (a runtime `add server` comes in maintenance,
+    which `del server` accepts), never deleted by the heartbeat's sweep."""
+    stack.put_basics(balance="roundrobin")
+    stack.put("/haproxy/global", {"admin_socket": str(stack.admin), "maxconn": 200,
+                                  "state_file": str(stack.state)})
+    stack.put_instance("web", "stuck", holding.server_address[1])
+    stack.sync_ok()
+    stack.start()
+    metrics = free_port()
+    watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                         "--metrics-address", f"127.0.0.1:{metrics}", log=tmp_path / "w.log")
+    client = None
+    try:
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        client = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+        client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert holding.held.wait(10)
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.delete("/services/web/instances/stuck")
+        wait_for(lambda: _servers(stack) == {"a", "stuck"} and _gauge(metrics) == 1,
+                 timeout=15)
+        # `systemctl reload haproxy` (same master), then someone else's server of that name.
+        stack.reload_by_signal()
+        stack.admin_command(f"add server be_web/stuck 127.0.0.1:{backends['b'].port}")
+        assert _servers(stack) == {"a", "stuck"}
+        wait_for(lambda: _gauge(metrics) == 0, timeout=15)
+        # A later pass too leaves it alone (in maintenance: not one of ours).
+        stack.put_instance("web", "b", backends["b"].port)
+        wait_for(lambda: "b" in _servers(stack), timeout=15)
+        assert _servers(stack) == {"a", "b", "stuck"}
+    finally:
+        if client is not None:
+            client.close()
+        assert watch.stop() == 0

@@ -169,3 +169,19 @@ def test_a_link_planted_where_the_bytecode_cache_goes_is_never_followed(
     assert renderer.render(res, mirror) == "ok"
     assert renderer.env.bytecode_cache is None
     assert victim.stat().st_mode & 0o777 == 0o755 and list(victim.iterdir()) == []
+
+
+def test_a_clock_that_was_ahead_never_stops_the_sweeps(tmp_path: Path) -> None:
+    """A marker or entry written while the clock ran a year ahead (a VM booted with a wrong
+    RTC, set right by NTP later) is not "swept within the hour" nor "used within the day" for
+    a year: the directory grew meanwhile."""
+    stale = _plant(tmp_path / "old", 8)
+    ahead = _plant(tmp_path / "ahead", -365)  # unused since, at a wrong time
+    _plant(tmp_path / cache_prune.MARKER, -365, b"")
+    cache_prune.maybe_sweep(str(tmp_path), lambda n: n in ("old", "ahead"), lambda n: False)
+    assert not stale.exists() and not ahead.exists()
+    assert abs(time.time() - (tmp_path / cache_prune.MARKER).stat().st_mtime) < 3600
+    used = _plant(tmp_path / "used", -365)
+    with open(used, "rb") as fh:  # a use brings it back to now
+        cache_prune.refresh(fh.fileno())
+    assert abs(time.time() - used.stat().st_mtime) < 3600
