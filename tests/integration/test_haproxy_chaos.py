@@ -35,6 +35,7 @@ from tests.support.chaos import inject_faults
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.haproxy_listeners import describe, report, strays
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import probe
 
@@ -57,6 +58,8 @@ class Chaos:
     pool: dict[str, tuple[str, str]] = field(default_factory=dict)
     stopped: list[tuple[float, float]] = field(default_factory=list)  # HAProxy not running
     bad_files: list[str] = field(default_factory=list)
+    # Listeners on the frontend's port not of the running master, when first seen, by fault.
+    strays: dict[int, str] = field(default_factory=dict)
 
     def etcd_call(self, fn: Callable[[], object]) -> None:
         with contextlib.suppress(Exception):  # etcd is down or frozen: that is the point
@@ -156,18 +159,46 @@ class Chaos:
         return set(spread(self.stack.port, 4 * len(NAMES)))
 
 
-def _serving_state(stack: HAProxyStack) -> str:
+def _lb_view(stack: HAProxyStack) -> str:
+    """`show stat` of the backend's servers: what the load balancer does with each (status,
+    weight it balances by, times it picked the server), next to what `show servers state`
+    says of them (a server picked whose requests all went elsewhere shows as retries and
+    redispatches), and its connections (`show servers conn`: idle ones of an address the
+    server no longer has)."""
+    try:
+        rows = stack.admin_command("show stat").splitlines()
+    except OSError as exc:
+        return f"({exc})"
+    head = rows[0].lstrip("# ").split(",") if rows else []
+    wanted = ("svname", "addr", "status", "weight", "lbtot", "stot", "wretr", "wredis", "econ",
+              "eresp", "check_status")
+    out = []
+    for row in rows[1:]:
+        cells = dict(zip(head, row.split(","), strict=False))
+        if cells.get("pxname") == "be_web":
+            out.append(" ".join(f"{k}={cells.get(k, '?')}" for k in wanted))
+    try:
+        out.append(stack.admin_command("show servers conn be_web").strip())
+    except OSError as exc:
+        out.append(f"({exc})")
+    return "\n".join(out)
+
+
+def _serving_state(stack: HAProxyStack, keep: Path) -> str:
     """What answers on the frontend's port, for a failed convergence: the file's servers,
-    HAProxy's runtime view of them, and every process listening there (a CI run once found
-    a backend served that neither the file nor HAProxy's runtime state named)."""
-    listening = subprocess.run(["ss", "-ltnpH", f"sport = :{stack.port}"],
-                               capture_output=True, text=True, check=False).stdout
+    HAProxy's runtime view of them and its load balancer's, and every process listening
+    there (a CI run once found a backend served that neither the file nor HAProxy's runtime
+    state named). HAProxy's whole log is kept in `keep`."""
     try:
         runtime = stack.admin_command("show servers state")
     except OSError as exc:
         runtime = f"({exc})"
     servers = [line for line in stack.cfg.read_text().splitlines() if "server " in line]
-    return (f"file: {servers}\nruntime: {runtime}\nlistening on :{stack.port}:\n{listening}")
+    keep.write_text(stack.log())
+    return (f"file: {servers}\nruntime: {runtime}\nload balancer:\n{_lb_view(stack)}\n"
+            f"listening on :{stack.port} (masters started: {stack.masters}):\n"
+            f"{report(stack.port, stack.masters)}\nHAProxy's log (whole: {keep}):\n"
+            f"{stack.log()[-3000:]}")
 
 
 def applied_revision(base: str) -> int:
@@ -231,6 +262,9 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         def after_each() -> None:
             time.sleep(chaos.rng.uniform(0.05, 0.5))
             chaos.file_checks()
+            for pid in strays(stack.port, stack.masters):
+                chaos.strays.setdefault(pid, f"after {chaos.actions[-4:]}: "
+                                        f"{describe(pid, stack.masters)}")
             assert watch.proc.poll() is None, \
                 f"confsync exited after {chaos.actions[-10:]}:\n{watch.output()[-4000:]}"
 
@@ -259,7 +293,8 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
             raise AssertionError(
                 f"HAProxy serves {chaos.served()}, etcd says {chaos.expected()} "
                 f"({chaos.pool}) after {chaos.actions}:\n{watch.output()[-4000:]}\n"
-                f"{_serving_state(stack)}") from None
+                f"{_serving_state(stack, tmp_path / 'haproxy.log')}\n"
+                f"stray listeners seen during the faults: {chaos.strays}") from None
         # Traffic alone can agree early (two instances on one backend): the change etcd
         # made last must be applied too before the file is expected to stay as it is.
         latest = stack.client.get_response(stack.prefix + "/").header.revision
@@ -292,6 +327,8 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
     assert alive and code == 0, output[-4000:]
     assert "Traceback" not in output, output[output.index("Traceback") - 2000:][:6000]
     assert not chaos.bad_files, chaos.bad_files
+    assert not chaos.strays, f"processes listening on HAProxy's port {stack.port} that are not " \
+        f"the running master's: {chaos.strays}"
     assert samples and all(s[1] == 200 for s in samples), [s for s in samples if s[1] != 200]
     for start, end in chaos.stopped:
         lying = [s for s in samples if start + STOPPED_GRACE < s[0] < end and not s[3]]
