@@ -159,6 +159,39 @@ class Chaos:
         return set(spread(self.stack.port, 4 * len(NAMES)))
 
 
+def _verdict(chaos: Chaos, served: set[str], expected: set[str]) -> str:
+    """The cause of a failed convergence in one line, from what answered and what HAProxy
+    says it balances over: a backend no serving server of HAProxy points at answered over a
+    connection kept to a server's earlier address, or through another process listening on
+    the port; one missing is a server HAProxy does not pick."""
+    by_port = {backend.port: name for name, backend in chaos.backends.items()}
+    try:
+        state = chaos.stack.admin_command("show servers state be_web").splitlines()
+    except OSError as exc:
+        return f"VERDICT: HAProxy's admin socket does not answer ({exc})"
+    balanced = set()
+    for line in state:
+        fields = line.split()
+        if len(fields) > 18 and fields[1] == "be_web" and fields[5] == "2" \
+                and not int(fields[6]) & 0x23 and int(fields[7]) > 0:
+            balanced.add(by_port.get(int(fields[18]), fields[18]))
+    if chaos.strays:
+        return f"VERDICT: another process listens on the frontend's port: {chaos.strays}"
+    errors = sorted(s for s in served if s.startswith("status:"))
+    if errors and not balanced:
+        return f"VERDICT: HAProxy balances over no server ({errors}): see its state below"
+    extra = served - balanced - set(errors)
+    if extra:
+        return (f"VERDICT: {sorted(extra)} answered though no server HAProxy balances over "
+                f"({sorted(balanced)}) points there: connections HAProxy kept to a server's "
+                "earlier address (`show servers conn` below), or a listener not HAProxy's")
+    if balanced != expected:
+        return (f"VERDICT: HAProxy balances over {sorted(balanced)}, etcd says "
+                f"{sorted(expected)}: confsync did not apply the last change (revisions below)")
+    return (f"VERDICT: HAProxy balances over {sorted(balanced)} as etcd says, yet "
+            f"{sorted(expected - served)} never answered: its load balancer skips them")
+
+
 def _lb_view(stack: HAProxyStack) -> str:
     """`show stat` of the backend's servers: what the load balancer does with each (status,
     weight it balances by, times it picked the server), next to what `show servers state`
@@ -290,11 +323,13 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         try:
             wait_for(lambda: chaos.served() == chaos.expected(), timeout=60, interval=0.5)
         except AssertionError:
+            served, expected = chaos.served(), chaos.expected()
             raise AssertionError(
-                f"HAProxy serves {chaos.served()}, etcd says {chaos.expected()} "
-                f"({chaos.pool}) after {chaos.actions}:\n{watch.output()[-4000:]}\n"
-                f"{_serving_state(stack, tmp_path / 'haproxy.log')}\n"
-                f"stray listeners seen during the faults: {chaos.strays}") from None
+                f"HAProxy serves {served}, etcd says {expected} ({chaos.pool})\n"
+                f"{_verdict(chaos, served, expected)}\nafter {chaos.actions}:\n"
+                f"{watch.output()[-4000:]}\n{_serving_state(stack, tmp_path / 'haproxy.log')}\n"
+                f"applied revision {applied_revision(base)}, etcd's "
+                f"{stack.client.get_response(stack.prefix + '/').header.revision}") from None
         # Traffic alone can agree early (two instances on one backend): the change etcd
         # made last must be applied too before the file is expected to stay as it is.
         latest = stack.client.get_response(stack.prefix + "/").header.revision
