@@ -1,7 +1,8 @@
 """The HAProxy reload target: how a new config goes live (runtime API, confirmed reload).
 
-- `reload_strategy = "runtime"` and only servers changed inside existing backends: apply them
-  on the admin socket, no reload (the file is written all the same).
+- `reload_strategy = "runtime"` and only servers added, removed or changed in weight or state
+  inside existing backends: apply them on the admin socket, no reload (the file is written all
+  the same). A server moved to another address reloads (2.6 reuses connections to the old one).
 - Otherwise, or when a runtime command fails: refuse binds on ports another process holds, save
   the server state for the new config, reload through the master CLI (or SIGUSR2 to the master)
   and wait for `show proc` to confirm it.
@@ -692,7 +693,8 @@ class HAProxyController(ReloadTarget):
                     if sent is not None:
                         return ReloadResult(ReloadKind.IN_STEP, "servers already as in the "
                                             "file; nothing to reload")
-                    why = "servers added or removed where the balance algorithm needs a reload"
+                    why = ("servers added or removed where the balance algorithm needs a reload, "
+                           "or moved to another address")
         elif runtime:
             why = "no previous file or admin socket"
         try:

@@ -1,9 +1,11 @@
 """Pool changes through the admin socket's runtime API, and server state kept across reloads.
 
 Measured on 2.6: `set server` / `add server` / `del server` take effect for the next request
-without a reload. Dynamic servers do not inherit `default-server` (so its options are repeated),
-start in maintenance with health checks off, and can only be deleted in maintenance once their
-connections are gone. Runtime changes vanish at the next reload unless the config says the same
+without a reload; but after `set server addr` new requests went on reusing the server's
+connections to its old address, so a moved server is a reload (`_plan_server`). Dynamic
+servers do not inherit `default-server` (so its options are repeated), start in maintenance
+with health checks off, and can only be deleted in maintenance once their connections are
+gone. Runtime changes vanish at the next reload unless the config says the same
 (we always write the file too) and `show servers state` is saved just before reloading.
 """
 
@@ -235,7 +237,13 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
     if (now.address, now.port) != (server.address, server.port):
         plan.differences.append(f"HAProxy runs {ref} at {now.addr_port}, the file has "
                                 f"{server.addr_port}")
-        commands.append(f"set server {ref} addr {server.address} port {server.port}")
+        # Not `set server addr`: HAProxy 2.6 keeps the server's idle connections to the old
+        # address and reuses them for new requests, so under steady traffic the old address
+        # went on answering a share of the server's requests for as long as they stayed busy
+        # (measured on 2.6.12: still 3-15 of 20 after 5 s; 3.2.0 none). A reload starts a
+        # worker with no connections.
+        plan.needs_reload(f"{ref} moved from {now.addr_port} to {server.addr_port} (HAProxy "
+                          "would reuse connections to the old address)")
     if weight and now.weight != server.weight:
         commands.append(f"set server {ref} weight {server.weight}")
     if admin_state and not server.disabled and (now.maint or now.drain):

@@ -35,6 +35,7 @@ from tests.support.chaos import inject_faults
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, spread, wait_for
+from tests.support.haproxy_listeners import describe, report, strays
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import probe
 
@@ -57,6 +58,8 @@ class Chaos:
     pool: dict[str, tuple[str, str]] = field(default_factory=dict)
     stopped: list[tuple[float, float]] = field(default_factory=list)  # HAProxy not running
     bad_files: list[str] = field(default_factory=list)
+    # Listeners on the frontend's port not of the running master, when first seen, by fault.
+    strays: dict[int, str] = field(default_factory=dict)
 
     def etcd_call(self, fn: Callable[[], object]) -> None:
         with contextlib.suppress(Exception):  # etcd is down or frozen: that is the point
@@ -156,18 +159,79 @@ class Chaos:
         return set(spread(self.stack.port, 4 * len(NAMES)))
 
 
-def _serving_state(stack: HAProxyStack) -> str:
+def _verdict(chaos: Chaos, served: set[str], expected: set[str]) -> str:
+    """The cause of a failed convergence in one line, from what answered and what HAProxy
+    says it balances over: a backend no serving server of HAProxy points at answered over a
+    connection kept to a server's earlier address, or through another process listening on
+    the port; one missing is a server HAProxy does not pick."""
+    by_port = {backend.port: name for name, backend in chaos.backends.items()}
+    try:
+        state = chaos.stack.admin_command("show servers state be_web").splitlines()
+    except OSError as exc:
+        return f"VERDICT: HAProxy's admin socket does not answer ({exc})"
+    balanced = set()
+    for line in state:
+        fields = line.split()
+        if len(fields) > 18 and fields[1] == "be_web" and fields[5] == "2" \
+                and not int(fields[6]) & 0x23 and int(fields[7]) > 0:
+            balanced.add(by_port.get(int(fields[18]), fields[18]))
+    if chaos.strays:
+        return f"VERDICT: another process listens on the frontend's port: {chaos.strays}"
+    errors = sorted(s for s in served if s.startswith("status:"))
+    if errors and not balanced:
+        return f"VERDICT: HAProxy balances over no server ({errors}): see its state below"
+    extra = served - balanced - set(errors)
+    if extra:
+        return (f"VERDICT: {sorted(extra)} answered though no server HAProxy balances over "
+                f"({sorted(balanced)}) points there: connections HAProxy kept to a server's "
+                "earlier address (`show servers conn` below), or a listener not HAProxy's")
+    if balanced != expected:
+        return (f"VERDICT: HAProxy balances over {sorted(balanced)}, etcd says "
+                f"{sorted(expected)}: confsync did not apply the last change (revisions below)")
+    return (f"VERDICT: HAProxy balances over {sorted(balanced)} as etcd says, yet "
+            f"{sorted(expected - served)} never answered: its load balancer skips them")
+
+
+def _lb_view(stack: HAProxyStack) -> str:
+    """`show stat` of the backend's servers: what the load balancer does with each (status,
+    weight it balances by, times it picked the server), next to what `show servers state`
+    says of them (a server picked whose requests all went elsewhere shows as retries and
+    redispatches), and its connections (`show servers conn`: idle ones of an address the
+    server no longer has)."""
+    try:
+        rows = stack.admin_command("show stat").splitlines()
+    except OSError as exc:
+        return f"({exc})"
+    head = rows[0].lstrip("# ").split(",") if rows else []
+    wanted = ("svname", "addr", "status", "weight", "lbtot", "stot", "wretr", "wredis", "econ",
+              "eresp", "check_status")
+    out = []
+    for row in rows[1:]:
+        cells = dict(zip(head, row.split(","), strict=False))
+        if cells.get("pxname") == "be_web":
+            out.append(" ".join(f"{k}={cells.get(k, '?')}" for k in wanted))
+    try:
+        out.append(stack.admin_command("show servers conn be_web").strip())
+    except OSError as exc:
+        out.append(f"({exc})")
+    return "\n".join(out)
+
+
+def _serving_state(stack: HAProxyStack, keep: Path) -> str:
     """What answers on the frontend's port, for a failed convergence: the file's servers,
-    HAProxy's runtime view of them, and every process listening there (a CI run once found
-    a backend served that neither the file nor HAProxy's runtime state named)."""
-    listening = subprocess.run(["ss", "-ltnpH", f"sport = :{stack.port}"],
-                               capture_output=True, text=True, check=False).stdout
+    HAProxy's runtime view of them and its load balancer's, and every process listening
+    there (a CI run once found a backend served that neither the file nor HAProxy's runtime
+    state named). HAProxy's whole log is kept in `keep`."""
     try:
         runtime = stack.admin_command("show servers state")
     except OSError as exc:
         runtime = f"({exc})"
     servers = [line for line in stack.cfg.read_text().splitlines() if "server " in line]
-    return (f"file: {servers}\nruntime: {runtime}\nlistening on :{stack.port}:\n{listening}")
+    keep.write_text(stack.log())
+    return (f"file: {servers}\nruntime: {runtime}\nload balancer:\n{_lb_view(stack)}\n"
+            f"listening on :{stack.port} (masters started: {stack.masters}):\n"
+            f"{report(stack.port, stack.masters)}\nHAProxy's log (whole: {keep}):\n"
+            f"{stack.log()[-3000:]}")
 
 
 def applied_revision(base: str) -> int:
@@ -231,6 +295,9 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         def after_each() -> None:
             time.sleep(chaos.rng.uniform(0.05, 0.5))
             chaos.file_checks()
+            for pid in strays(stack.port, stack.masters):
+                chaos.strays.setdefault(pid, f"after {chaos.actions[-4:]}: "
+                                        f"{describe(pid, stack.masters)}")
             assert watch.proc.poll() is None, \
                 f"confsync exited after {chaos.actions[-10:]}:\n{watch.output()[-4000:]}"
 
@@ -256,10 +323,13 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
         try:
             wait_for(lambda: chaos.served() == chaos.expected(), timeout=60, interval=0.5)
         except AssertionError:
+            served, expected = chaos.served(), chaos.expected()
             raise AssertionError(
-                f"HAProxy serves {chaos.served()}, etcd says {chaos.expected()} "
-                f"({chaos.pool}) after {chaos.actions}:\n{watch.output()[-4000:]}\n"
-                f"{_serving_state(stack)}") from None
+                f"HAProxy serves {served}, etcd says {expected} ({chaos.pool})\n"
+                f"{_verdict(chaos, served, expected)}\nafter {chaos.actions}:\n"
+                f"{watch.output()[-4000:]}\n{_serving_state(stack, tmp_path / 'haproxy.log')}\n"
+                f"applied revision {applied_revision(base)}, etcd's "
+                f"{stack.client.get_response(stack.prefix + '/').header.revision}") from None
         # Traffic alone can agree early (two instances on one backend): the change etcd
         # made last must be applied too before the file is expected to stay as it is.
         latest = stack.client.get_response(stack.prefix + "/").header.revision
@@ -292,6 +362,8 @@ def test_haproxy_chaos(stack: HAProxyStack, etcd_private: EtcdMember, tmp_path: 
     assert alive and code == 0, output[-4000:]
     assert "Traceback" not in output, output[output.index("Traceback") - 2000:][:6000]
     assert not chaos.bad_files, chaos.bad_files
+    assert not chaos.strays, f"processes listening on HAProxy's port {stack.port} that are not " \
+        f"the running master's: {chaos.strays}"
     assert samples and all(s[1] == 200 for s in samples), [s for s in samples if s[1] != 200]
     for start, end in chaos.stopped:
         lying = [s for s in samples if start + STOPPED_GRACE < s[0] < end and not s[3]]

@@ -41,8 +41,9 @@ def test_runtime_changes_survive_a_reload_or_restart_by_someone_else(
     stack.start()
     stack.put("/services/web/config", {"check_path": "/healthz", "check_interval": "1s"})
     assert "reloaded HAProxy" in stack.sync_ok()  # our reload saves the server-state file
-    # Runtime-only changes: b moves to another address, a goes to maintenance.
+    # b moves to another address (a reload of ours), then a goes to maintenance (runtime).
     stack.put_instance("web", "b", backends["c"].port)
+    assert "reloaded HAProxy" in stack.sync_ok()
     stack.put_instance("web", "a", backends["a"].port, state="maint")
     assert "runtime API" in stack.sync_ok()
     reloads = stack.status().reloads

@@ -7,13 +7,17 @@ HTTP backends that answer with their own name. Updates are driven by `stack.sync
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +97,48 @@ def test_first_instance_of_an_empty_pool_joins_without_reload(
     assert stack.status().reloads == reloads
 
 
-def test_address_change_moves_traffic_without_reload(
+@contextmanager
+def steady_traffic(port: int, clients: int = 3, limit: float = 60.0) -> Iterator[None]:
+    """`clients` threads sending requests to `port`, each on a new connection, one after the
+    other, until the block ends (or `limit` seconds): HAProxy's connections to the servers are
+    busy and reused the while, as in production."""
+    stop = threading.Event()
+    deadline = time.monotonic() + limit
+
+    def send() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            http_get(port)
+
+    threads = [threading.Thread(target=send, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def test_address_change_moves_all_traffic_under_load(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """An instance that moves (same id, new address or port) is served at its new address
+    only, also while requests flow. `set server addr` left HAProxy 2.6 reusing its
+    connections to the old address: under steady traffic the old one went on answering a
+    share of the server's requests (measured: 3-15 of 20 still 5 s later, in 7 moves of 10;
+    the HAProxy chaos test saw it for a whole minute). A move is a reload now."""
     _running(stack, backends, "a")
     reloads = stack.status().reloads
-    stack.put_instance("web", "a", backends["c"].port)  # same instance id, new port
-    assert "runtime API" in stack.sync_ok()
-    assert spread(stack.port, 4) == {"c": 4}
-    assert stack.status().reloads == reloads
+    moves = list(itertools.pairwise("abcabca"))
+    served, outputs = [], []
+    with steady_traffic(stack.port):
+        for _, new in moves:
+            stack.put_instance("web", "a", backends[new].port)  # same instance id, new port
+            outputs.append(stack.sync_ok())
+            served.append(dict(spread(stack.port, 20)))
+    assert served == [{new: 20} for _, new in moves], (served, outputs)
+    assert all("reloaded HAProxy" in out for out in outputs), outputs
+    assert stack.status().reloads == reloads + len(moves)
 
 
 def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:

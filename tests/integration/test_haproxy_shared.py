@@ -55,9 +55,9 @@ def test_a_second_file_changed_while_watch_was_down_is_made_live_at_its_start(
         stack.start()
         assert spread(two_port, 4) == {"b": 4}
         reloads = stack.status().reloads
-        # confsync is down; etcd moves x, and a pass without a reload step writes two.cfg.
+        # confsync is down; etcd adds y, and a pass without a reload step writes two.cfg.
         time.sleep(0.05)  # (the file's mtime after the master socket's, on any clock grain)
-        stack.put("/two/servers/x", str(backends["c"].port))
+        stack.put("/two/servers/y", str(backends["c"].port))
         elsewhere = tmp_path / "confdir"
         elsewhere.mkdir()
         _two(elsewhere, stack, two_port, strategy, reload=False)
@@ -68,7 +68,7 @@ def test_a_second_file_changed_while_watch_was_down_is_made_live_at_its_start(
             stack.put_instance("web", "b", backends["b"].port)
 
         with watching(stack, tmp_path) as watch:
-            wait_for(lambda: spread(two_port, 4) == {"c": 4}, timeout=5)
+            wait_for(lambda: spread(two_port, 4) == {"b": 2, "c": 2}, timeout=5)
             if first_too:
                 assert spread(stack.port, 4) == {"a": 2, "b": 2}
             output = watch.output()

@@ -113,6 +113,8 @@ class HAProxyStack:
     proc: subprocess.Popen[bytes] | None = None
     client: Any = None
     last_sync: subprocess.CompletedProcess[str] | None = None
+    # Every master `start` began, oldest first (what a failure names a stray listener by).
+    masters: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.confdir = self.base / "confdir"
@@ -192,6 +194,7 @@ class HAProxyStack:
              *(arg for other in self.others for arg in ("-f", str(other))),
              "-p", str(self.pidfile)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.masters.append(self.proc.pid)
         log.close()
         try:
             wait_for(lambda: self.proc is not None and self.proc.poll() is None

@@ -200,13 +200,13 @@ def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_runtime_probe_compares_haproxys_servers_and_brings_them_in_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     controller, resource, calls = _controller(tmp_path, monkeypatch)
-    live = {"be_web": {"a": LiveServer("10.0.0.9", 80, 10, maint=True, drain=False)}}
+    live: dict[str, dict[str, LiveServer]] = {"be_web": {}}
     monkeypatch.setattr(runtime, "live_servers", lambda admin: live)
     content = resource.dest.read_bytes()
     assert controller.probe(None).liveness is Liveness.RUNNING  # no comparison asked
     found = controller.probe(None, compare=True)
     assert found.liveness is Liveness.STALE
-    assert "HAProxy runs be_web/a at 10.0.0.9:80, the file has 10.0.0.1:80" in found.detail
+    assert "be_web/a is not in HAProxy" in found.detail
     done = controller.reload(None, content)  # the reload that follows: runtime, no reload
     assert done.kind is ReloadKind.RUNTIME and calls == [("reconcile", None)]
     # Only for the bytes compared, and only right after: else a full reload, as before.
@@ -214,6 +214,14 @@ def test_runtime_probe_compares_haproxys_servers_and_brings_them_in_step(
     controller.reload(None, content + b"\n")
     controller.reload(None, content)
     assert calls[1:] == [("reload",), ("reload",)]
+    # A server at another address: STALE, and a full reload (HAProxy 2.6 would go on
+    # reusing connections to the old address after `set server addr`).
+    live["be_web"]["a"] = LiveServer("10.0.0.9", 80, 10, maint=True, drain=False)
+    found = controller.probe(None, compare=True)
+    assert found.liveness is Liveness.STALE
+    assert "HAProxy runs be_web/a at 10.0.0.9:80, the file has 10.0.0.1:80" in found.detail
+    controller.reload(None, content)
+    assert calls[-1] == ("reload",)
     # In step but for admin state (disabled by hand): RUNNING.
     live["be_web"]["a"] = LiveServer("10.0.0.1", 80, 1, maint=True, drain=False)
     assert controller.probe(None, compare=True).liveness is Liveness.RUNNING
