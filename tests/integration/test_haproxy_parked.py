@@ -4,6 +4,7 @@ change needed), and one held past `hard-stop-after` (a stuck websocket) said onc
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -83,12 +84,15 @@ def _servers(stack: HAProxyStack) -> set[str]:
     return {line.split()[3] for line in lines[1:] if line and not line.startswith("#")}
 
 
-def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
-        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
-        tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _stuck_parked(stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+                  tmp_path: Path, **global_settings: object) -> Iterator[tuple[WatchProcess, int]]:
+    """A watch over a pool whose only server, `stuck`, holds a request (a websocket that never
+    ends, as far as these tests are concerned) when it leaves the pool for `a`: parked.
+    Yields the watch and its metrics port; the watch must stop cleanly after."""
     stack.put_basics(balance="roundrobin")
     stack.put("/haproxy/global", {"admin_socket": str(stack.admin), "maxconn": 200,
-                                  "state_file": str(stack.state), "hard_stop_after": "2s"})
+                                  "state_file": str(stack.state), **global_settings})
     stack.put_instance("web", "stuck", holding.server_address[1])
     stack.sync_ok()
     stack.start()
@@ -99,8 +103,6 @@ def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
     try:
         wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
         wait_for(lambda: _gauge(metrics) == 0, timeout=5)
-        # A request the only server holds (a websocket that never ends, as far as this test
-        # is concerned), then the instance leaves the pool for another.
         client = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
         client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
         assert holding.held.wait(10)
@@ -108,6 +110,18 @@ def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
         stack.delete("/services/web/instances/stuck")
         wait_for(lambda: _servers(stack) == {"a", "stuck"} and _gauge(metrics) == 1,
                  timeout=15)
+        yield watch, metrics
+    finally:
+        if client is not None:
+            client.close()
+        assert watch.stop() == 0
+
+
+def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+        tmp_path: Path) -> None:
+    parked = _stuck_parked(stack, backends, holding, tmp_path, hard_stop_after="2s")
+    with parked as (watch, metrics):
         # Held past hard-stop-after: said once, with the command that ends it.
         watch.wait_log(WARNING, timeout=15)
         assert "shutdown sessions server be_web/stuck" in watch.output()
@@ -116,10 +130,6 @@ def test_a_parked_server_is_reported_and_deleted_once_its_connection_closes(
         wait_for(lambda: _servers(stack) == {"a"} and _gauge(metrics) == 0, timeout=15)
         assert watch.output().count(WARNING) == 1
         assert stack.status().reloads == 0
-    finally:
-        if client is not None:
-            client.close()
-        assert watch.stop() == 0
 
 
 def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
@@ -128,25 +138,7 @@ def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
     """A reload drops the parked servers with the worker that held them: a server of the same
     name in the new worker is someone else's (a runtime `add server` comes in maintenance,
     which `del server` accepts), never deleted by the heartbeat's sweep."""
-    stack.put_basics(balance="roundrobin")
-    stack.put("/haproxy/global", {"admin_socket": str(stack.admin), "maxconn": 200,
-                                  "state_file": str(stack.state)})
-    stack.put_instance("web", "stuck", holding.server_address[1])
-    stack.sync_ok()
-    stack.start()
-    metrics = free_port()
-    watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
-                         "--metrics-address", f"127.0.0.1:{metrics}", log=tmp_path / "w.log")
-    client = None
-    try:
-        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
-        client = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
-        client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert holding.held.wait(10)
-        stack.put_instance("web", "a", backends["a"].port)
-        stack.delete("/services/web/instances/stuck")
-        wait_for(lambda: _servers(stack) == {"a", "stuck"} and _gauge(metrics) == 1,
-                 timeout=15)
+    with _stuck_parked(stack, backends, holding, tmp_path) as (_watch, metrics):
         # `systemctl reload haproxy` (same master), then someone else's server of that name.
         stack.reload_by_signal()
         stack.admin_command(f"add server be_web/stuck 127.0.0.1:{backends['b'].port}")
@@ -156,7 +148,3 @@ def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
         stack.put_instance("web", "b", backends["b"].port)
         wait_for(lambda: "b" in _servers(stack), timeout=15)
         assert _servers(stack) == {"a", "b", "stuck"}
-    finally:
-        if client is not None:
-            client.close()
-        assert watch.stop() == 0
