@@ -8,15 +8,7 @@ import signal
 from pathlib import Path
 
 from tests.support.cli import confsync, write_resource
-from tests.support.daemon import wait_for
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, or a pid gone, is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+from tests.support.daemon import running, wait_for
 
 
 def test_what_a_check_cmd_leaves_in_its_group_is_killed_at_its_exit(tmp_path: Path) -> None:
@@ -33,7 +25,7 @@ def test_what_a_check_cmd_leaves_in_its_group_is_killed_at_its_exit(tmp_path: Pa
     try:
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "out").read_text() == "v=1\n"
-        wait_for(lambda: not _alive(helper), timeout=10, what="the check's helper gone")
+        wait_for(lambda: not running(helper), timeout=10, what="the check's helper gone")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(helper, signal.SIGKILL)

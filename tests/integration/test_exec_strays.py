@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.daemon import WatchProcess, read, wait_for
+from tests.support.daemon import WatchProcess, read, running, wait_for
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.register import RegisterProcess, write_registration
 
@@ -49,14 +49,6 @@ while [ ! -e "$1/crash" ]; do sleep 0.05; done
 rm -f "$1/crash"
 exit 3
 """
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie is gone: whoever inherited it reaps it)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _zombies(pid: int) -> list[int]:
@@ -127,12 +119,12 @@ def test_a_setsid_descendant_goes_with_the_child_at_its_death_and_at_stop(
         second = _servers(log)[1].split()
         assert second[0] == "bound", f"the restart could not bind: {_servers(log)}"
         pids.append(int(second[1]))
-        assert not _alive(pids[0])
+        assert not running(pids[0])
         assert "1 that left it" in w.output()
         wait_for(lambda: not _zombies(w.proc.pid), timeout=5, what="the stray reaped")
-        assert _alive(pids[1])
+        assert running(pids[1])
         assert w.stop() == 128 + signal.SIGTERM  # the wrapper's own status
-        wait_for(lambda: not _alive(pids[1]), timeout=5, what="the stray gone at stop")
+        wait_for(lambda: not running(pids[1]), timeout=5, what="the stray gone at stop")
 
 
 def test_a_setsid_descendant_goes_with_confsync_at_stop(tmp_path: Path) -> None:
@@ -144,7 +136,7 @@ def test_a_setsid_descendant_goes_with_confsync_at_stop(tmp_path: Path) -> None:
         wait_for(lambda: len(_servers(log)) == 1, timeout=15, what="the server")
         pids.append(int(_servers(log)[0].split()[1]))
         w.stop()
-        wait_for(lambda: not _alive(pids[0]), timeout=5, what="the stray gone at stop")
+        wait_for(lambda: not running(pids[0]), timeout=5, what="the stray gone at stop")
 
 
 def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: Path) -> None:
@@ -169,7 +161,7 @@ def test_a_check_commands_background_child_is_left_running_and_reaped(tmp_path: 
         assert background.ppid() == w.proc.pid, "adopted by confsync, the subreaper"
         (tmp_path / "crash").touch()
         wait_for(lambda: len(_servers(log)) >= 2, timeout=15, what="the restart's server")
-        assert not _alive(pids[1]) and _alive(pids[0]), "the check's child is not the child's"
+        assert not running(pids[1]) and running(pids[0]), "the check's child is not the child's"
         background.kill()
         wait_for(lambda: not psutil.pid_exists(pids[0]), timeout=5,
                  what="the check's background child reaped")
@@ -198,7 +190,7 @@ def test_register_exec_child_death_takes_its_setsid_descendant_along(
         pids.append(int(_servers(log)[0].split()[1]))
         (tmp_path / "crash").touch()
         assert proc.wait(timeout=20) == 3, proc.output()[-2000:]
-        wait_for(lambda: not _alive(pids[0]), timeout=5,
+        wait_for(lambda: not running(pids[0]), timeout=5,
                  what="the stray gone when register exits")
 
 
@@ -234,7 +226,7 @@ def test_a_nested_exec_confsyncs_descendants_go_with_it_when_it_dies(tmp_path: P
             assert len(nested) == 1, nested
             left += nested[0].children()  # the inner child (the wrapper, a loop until killed)
             nested[0].kill()
-            wait_for(lambda: not _alive(pids[0]), timeout=15,
+            wait_for(lambda: not running(pids[0]), timeout=15,
                      what=f"the inner child's stray gone; log:\n{w.output()[-2000:]}")
             wait_for(lambda: len(_servers(log)) >= 2, timeout=20, what="the restart's server")
             assert _servers(log)[1].split()[0] == "bound", _servers(log)

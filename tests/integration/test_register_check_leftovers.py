@@ -11,20 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import wait_for
+from tests.support.daemon import running, wait_for
 from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 from tests.support.register import RegisterProcess, published, write_registration
 
 pytestmark = [pytest.mark.etcd]
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, or a pid gone, is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def test_what_an_exec_check_leaves_running_is_killed_at_its_exit(
@@ -52,7 +44,7 @@ def test_what_an_exec_check_leaves_running_is_killed_at_its_exit(
                  what="20 runs of the check")
         time.sleep(0.3)  # (the helper of a run under way may be alive for now)
         started = [int(p) for p in pids.read_text().split()]
-        alive = [pid for pid in started if _alive(pid)]
+        alive = [pid for pid in started if running(pid)]
         # At most the run under way's; before, every run's helper (20 and counting).
         assert len(alive) <= 1, f"{len(alive)} of {len(started)} helpers left running"
         assert published(c, key)["state"] == "ready"  # type: ignore[index]

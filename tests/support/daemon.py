@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from confsync.processes import state
 from tests.support.cli import REPO
 
 
@@ -33,6 +34,12 @@ def read(path: Path) -> str:
 def reads(path: Path, text: str) -> bool:
     """For wait_for(functools.partial(reads, dest, expected)) inside a loop."""
     return read(path) == text
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (ended, its parent or adopter yet to reap it) or no such
+    process does not."""
+    return state(pid) not in (None, "Z")
 
 
 def catches(pid: int, signum: int) -> bool:
