@@ -91,8 +91,16 @@ def load_status(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> str
 def show_proc(path: Path, retry_for: float = 2.0, timeout: float = 5.0) -> MasterStatus:
     """The master's counters. Raises SocketUnavailable when no master answers within
     `retry_for` (each wait for an answer bounded by `timeout`: a stopped master accepts
-    connections and never answers)."""
-    text = query(path, "show proc", timeout=timeout, retry_for=retry_for)
+    connections and never answers), also when it closes without a word: 2.6's master does
+    that now and then during a reload (seen under load), which failed the reload confirmed
+    and rolled back a good file."""
+    deadline = time.monotonic() + retry_for
+    while not (text := query(path, "show proc", timeout=timeout,
+                             retry_for=max(0.0, deadline - time.monotonic()))).strip():
+        if time.monotonic() >= deadline:
+            raise SocketUnavailable(errno.ECONNRESET, f"{path}: closed without answering "
+                                    "`show proc` (reloading or stopping?)")
+        time.sleep(0.005)
     match = _MASTER_LINE.search(text)
     if match is None:
         raise ReloadNotConfirmed(f"unexpected `show proc` answer from {path}: {text[:200]!r}")
