@@ -250,7 +250,7 @@ _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 # When this module was imported (wall clock, as file times are): every staged file this
 # process writes is written later. One named with our own pid but older is a predecessor's
 # that had the same pid (a container's PID 1 started again after a SIGKILL), not ours.
-_IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
+IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
 
 
 def pid_exists(pid: int) -> bool:
@@ -299,7 +299,7 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             try:
                 info = os.lstat(path)
                 if not stat.S_ISREG(info.st_mode) or (
-                        pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
+                        pid == os.getpid() and info.st_mtime >= IMPORTED_AT):
                     continue
                 os.unlink(path)
             except FileNotFoundError:

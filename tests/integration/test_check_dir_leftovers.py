@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.cli import REPO, write_resource
+import pytest
+
+from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import wait_for
+from tests.support.pidns import AS_INIT, pid_namespaces_work
 
 
 def _dead_pid() -> int:
@@ -83,3 +86,26 @@ def test_a_killed_checks_directory_is_removed_by_the_next_check(tmp_path: Path) 
     assert all(path.exists() or path.is_symlink() for path in kept)
     assert (elsewhere / "keep").exists()
     assert sorted(tmpdir.glob("confsync-check-*")) == sorted(kept)
+
+
+@pytest.mark.skipif(not pid_namespaces_work(),
+                    reason="cannot create a PID namespace here (unshare --pid needs root)")
+def test_a_killed_pid1_checks_directory_is_removed_by_the_next_pid1_check(tmp_path: Path) -> None:
+    """`docker run` makes every `check` PID 1: the directory of one killed in a container that
+    is started again (its /tmp kept) carries the next one's own pid, and was kept for good."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    data = tmp_path / "d.yaml"
+    data.write_text("a: s3cret\n")
+    write_resource(tmp_path / "cd", "r", "password {{ getv('/a') }}\n",
+                   f'dest = "{tmp_path}/out"\nkeys = ["/a"]')
+    left = tmpdir / "confsync-check-1-abcdefgh"  # a PID 1 check's, SIGKILLed two hours ago
+    left.mkdir()
+    (left / ".out.1.0.confsync").write_text("password old\n")
+    then = time.time() - 7200
+    os.utime(left, (then, then))
+    done = confsync("check", "--confdir", str(tmp_path / "cd"), "--backend", "file",
+                    "--file", str(data), env={"TMPDIR": str(tmpdir)}, wrapper=AS_INIT)
+    assert done.returncode == 4, done.stderr  # (dest missing: it would change)
+    assert not left.exists(), done.stderr
+    assert list(tmpdir.glob("confsync-check-*")) == []
