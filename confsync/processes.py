@@ -7,9 +7,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confsync.logs import Repeats
 from confsync.paths import expand_user
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 _stale = Repeats()
@@ -62,9 +66,11 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     container, where pids are small, almost at once. A signal sent there (SIGHUP, SIGUSR2)
     reloads or kills the wrong program. So the pid is refused when it is confsync itself, a
     zombie, or, with `process` set too, a process of another name (start-stop-daemon's
-    --pidfile with --name). confsync's parent is not refused as such: an HAProxy master that
-    runs confsync in a `program` section is its parent and the right target. Each refusal is
-    logged, at most every 5 minutes per pidfile and pid.
+    --pidfile with --name); and when another user (not root, not ours) owns the pidfile or a
+    link to it, one that user could not signal itself (`_not_theirs`). confsync's parent is
+    not refused as such: an HAProxy master that runs confsync in a `program` section is its
+    parent and the right target. Each refusal is logged, at most every 5 minutes per pidfile
+    and pid.
     """
     try:
         # (A `~user` not known yet, ValueError: as a pidfile not there yet.)
@@ -78,7 +84,7 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
 
     why = None
     if pid == os.getpid():
-        why = "confsync itself"
+        why = "confsync itself: a stale pidfile"
     else:
         try:
             proc = psutil.Process(pid)
@@ -89,13 +95,35 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         except psutil.Error:
             return None  # gone
         if process is not None and not _is_named(process, name, cmdline):
-            why = f"{name!r}, not {process!r}"
+            why = f"{name!r}, not {process!r}: a stale pidfile"
+        else:
+            why = _not_theirs(pidfile, proc)
     if why is None:
         return pid
-    message = f"{pidfile} names pid {pid}, which is {why}: a stale pidfile, not used"
+    message = f"{pidfile} names pid {pid}, which is {why}, not used"
     if _stale.due(message):
         log.warning("%s", message)
     return None
+
+
+def _not_theirs(pidfile: Path, proc: psutil.Process) -> str | None:
+    """Why the process named by `pidfile` is not one its writers could signal themselves, or
+    None: a user other than root and ours who owns the pidfile (or a link on the way to it)
+    chose the number, and only their own processes may get our signal (path_writers.py)."""
+    import psutil
+
+    from confsync.path_writers import untrusted_writers
+
+    try:
+        writers = untrusted_writers(str(expand_user(pidfile)))
+        real, _, saved = proc.uids()
+    except (OSError, ValueError, psutil.Error):
+        return "a process whose owner, or its pidfile's, cannot be told"
+    others = sorted(uid for uid in writers if uid not in (real, saved))
+    if not others:
+        return None
+    return (f"a process of uid {real}, while uid {others[0]} owns the pidfile or a link to "
+            f"it (and so chose the number)")
 
 
 def find_process(pidfile: Path | None, process: str | None) -> int | None:
