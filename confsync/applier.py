@@ -272,12 +272,13 @@ def pid_exists(pid: int) -> bool:
 _undeleted: set[Path] = set()
 
 
-def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
+def remove_stale_staged(dests: Iterable[Path], min_age: float = 0.0) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
     A SIGKILL between staging and rename leaves one behind; nothing else ever removes it.
     Only exact matches of our naming are touched, and never a file of a live pid (our own pid
-    only for a file older than this process). Returns the files removed.
+    only for a file older than this process), nor one modified within `min_age` seconds (a
+    writer of another pid namespace has a pid we cannot see). Returns the files removed.
     """
     by_directory: dict[Path, set[str]] = {}
     for dest in dests:
@@ -300,6 +301,8 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
                 info = os.lstat(path)
                 if not stat.S_ISREG(info.st_mode) or (
                         pid == os.getpid() and info.st_mtime >= IMPORTED_AT):
+                    continue
+                if min_age and time.time() - info.st_mtime < min_age:  # wall clock: file ages
                     continue
                 os.unlink(path)
             except FileNotFoundError:

@@ -29,7 +29,8 @@ _OURS = re.compile(rf"{PREFIX}(?:([0-9]+)-)?[a-z0-9_]{{8}}")
 _UNNAMED_AGE = 86400.0  # no check runs a day: an unnamed one this old has no writer
 # Never one younger: a `check` in another pid namespace sharing TMPDIR (two containers of a pod
 # with one /tmp volume) has a pid this one cannot see, and its directory must outlive its run.
-_MIN_AGE = 3600.0
+# (Nor a staged file beside a dest, for `check`: sync.plan.)
+MIN_AGE = 3600.0
 
 
 def make_check_dir() -> tempfile.TemporaryDirectory[str]:
@@ -57,7 +58,7 @@ def remove_dead_check_dirs() -> list[str]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             continue
-        if time.time() - info.st_mtime < _MIN_AGE:  # wall clock: file ages (mtimes)
+        if time.time() - info.st_mtime < MIN_AGE:  # wall clock: file ages (mtimes)
             continue
         if match[1] is not None:
             pid = int(match[1])
