@@ -127,7 +127,8 @@ def _not_theirs(pidfile: Path, proc: psutil.Process) -> str | None:
 
 
 def find_process(pidfile: Path | None, process: str | None) -> int | None:
-    """The target pid: from a pidfile, else the oldest process whose name or argv[0] matches.
+    """The target pid: from a pidfile, else the oldest process whose name or argv[0] matches
+    (root's or confsync's user's first).
 
     Oldest, because for a master-worker daemon (HAProxy, nginx) the master is the one that
     started first and the one that must get the signal. A pidfile that is stale (see
@@ -142,12 +143,18 @@ def find_process(pidfile: Path | None, process: str | None) -> int | None:
     import psutil  # lazy: only resources that find their target by name pay for it
 
     candidates = []
-    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status"]):
+    trusted = (0, os.geteuid())
+    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status",
+                                     "uids"]):
         info = proc.info
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if _is_named(process, info["name"], info["cmdline"] or []):
-            candidates.append((info["create_time"] or 0.0, proc.pid, info["ppid"]))
-    pids = {pid for _, pid, _ in candidates}
-    roots = [c for c in candidates if c[2] not in pids]  # skip workers of a matching master
-    return min(roots or candidates)[1] if candidates else None
+            # Another user's only where no process of root's or ours has the name: anyone may
+            # name a program `nginx`, and an older one took the reloads meant for the real one
+            # after its restart (which then never reloaded, while confsync said it did).
+            stranger = info["uids"] is None or info["uids"].real not in trusted
+            candidates.append((stranger, info["create_time"] or 0.0, proc.pid, info["ppid"]))
+    pids = {c[2] for c in candidates}
+    roots = [c for c in candidates if c[3] not in pids]  # skip workers of a matching master
+    return min(roots or candidates)[2] if candidates else None

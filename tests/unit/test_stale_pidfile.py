@@ -191,3 +191,24 @@ def test_a_root_pidfile_reached_through_no_link_of_another_user_is_trusted(
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user's process")
+def test_a_name_search_takes_roots_process_before_an_older_one_of_another_user(
+        tmp_path: Path) -> None:
+    """Anyone may name a program `nginx`: a user's, started before the real one restarted, was
+    the oldest of the name and took every reload signal (the real one never reloaded)."""
+    name = f"cs-named-{os.getpid()}"
+    theirs = subprocess.Popen([name, "30"], executable="/bin/sleep", user=NOBODY)
+    try:
+        assert find_process(None, name) == theirs.pid  # the only one: a service of its user
+        time.sleep(0.05)  # (start times count clock ticks: the next one is younger for sure)
+        rooted = subprocess.Popen([name, "30"], executable="/bin/sleep")
+        try:
+            assert find_process(None, name) == rooted.pid
+        finally:
+            rooted.kill()
+            rooted.wait()
+    finally:
+        theirs.kill()
+        theirs.wait()
