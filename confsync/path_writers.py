@@ -16,9 +16,11 @@ import stat
 _MAX_LINKS = 40  # as the kernel's ELOOP
 
 
-def untrusted_writers(path: str) -> set[int]:
-    """The owners, other than root and our effective uid, of the file at `path` and of every
-    symbolic link met on the way to it. Raises OSError as opening it would."""
+def untrusted_writers(path: str, opened: os.stat_result) -> set[int]:
+    """The owners, other than root and our effective uid, of the file `opened` (its fstat) and
+    of every symbolic link met on the way to it from `path`. Raises OSError as opening it
+    would, and ValueError when `path` no longer leads to that file (replaced since: whoever
+    did so may have chosen both)."""
     owners: set[int] = set()
     todo = os.path.join(os.getcwd(), path).split("/")  # (not abspath: `..` after a link)
     current, links = "/", 0
@@ -42,5 +44,8 @@ def untrusted_writers(path: str) -> set[int]:
         if target.startswith("/"):
             current = "/"
         todo[:0] = target.split("/")
-    owners.add(os.stat(current).st_uid)
+    found = os.stat(current)
+    if (found.st_dev, found.st_ino) != (opened.st_dev, opened.st_ino):
+        raise ValueError(f"{path} was replaced")
+    owners.add(opened.st_uid)
     return owners - {0, os.geteuid()}

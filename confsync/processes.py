@@ -73,8 +73,12 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     and pid.
     """
     try:
-        # (A `~user` not known yet, ValueError: as a pidfile not there yet.)
-        text = expand_user(pidfile).read_text(encoding="utf-8").split()
+        # (A `~user` not known yet, ValueError: as a pidfile not there yet.) Non-blocking and
+        # bounded: a FIFO or a link to /dev/zero there must not hold or fill confsync.
+        fd = os.open(expand_user(pidfile), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            opened = os.fstat(fd)
+            text = fh.read(4096).decode("utf-8").split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return None
@@ -97,7 +101,7 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         if process is not None and not _is_named(process, name, cmdline):
             why = f"{name!r}, not {process!r}: a stale pidfile"
         else:
-            why = _not_theirs(pidfile, proc)
+            why = _not_theirs(pidfile, opened, proc)
     if why is None:
         return pid
     message = f"{pidfile} names pid {pid}, which is {why}, not used"
@@ -106,18 +110,19 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     return None
 
 
-def _not_theirs(pidfile: Path, proc: psutil.Process) -> str | None:
-    """Why the process named by `pidfile` is not one its writers could signal themselves, or
-    None: a user other than root and ours who owns the pidfile (or a link on the way to it)
-    chose the number, and only their own processes may get our signal (path_writers.py)."""
+def _not_theirs(pidfile: Path, opened: os.stat_result, proc: psutil.Process) -> str | None:
+    """Why the process named by `pidfile` (read as `opened`) is not one its writers could
+    signal themselves, or None: a user other than root and ours who owns the pidfile (or a
+    link on the way to it) chose the number, and only their own processes may get our signal
+    (path_writers.py)."""
     import psutil
 
     from confsync.path_writers import untrusted_writers
 
     try:
-        writers = untrusted_writers(str(expand_user(pidfile)))
+        writers = untrusted_writers(str(expand_user(pidfile)), opened)
         real, _, saved = proc.uids()
-    except (OSError, ValueError, psutil.Error):
+    except (OSError, ValueError, psutil.Error):  # (ValueError: replaced since it was read)
         return "a process whose owner, or its pidfile's, cannot be told"
     others = sorted(uid for uid in writers if uid not in (real, saved))
     if not others:

@@ -212,3 +212,12 @@ def test_a_name_search_takes_roots_process_before_an_older_one_of_another_user(
     finally:
         theirs.kill()
         theirs.wait()
+
+
+def test_a_fifo_or_an_endless_file_as_pidfile_names_nothing(tmp_path: Path) -> None:
+    """Read without blocking and bounded: a FIFO held the reload (and a probe) for good."""
+    fifo = tmp_path / "app.pid"
+    os.mkfifo(fifo)
+    assert find_process(fifo, None) is None
+    (tmp_path / "zero.pid").symlink_to("/dev/zero")
+    assert find_process(tmp_path / "zero.pid", None) is None
