@@ -250,7 +250,7 @@ _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 # When this module was imported (wall clock, as file times are): every staged file this
 # process writes is written later. One named with our own pid but older is a predecessor's
 # that had the same pid (a container's PID 1 started again after a SIGKILL), not ours.
-_IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
+IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
 
 
 def pid_exists(pid: int) -> bool:
@@ -272,12 +272,13 @@ def pid_exists(pid: int) -> bool:
 _undeleted: set[Path] = set()
 
 
-def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
+def remove_stale_staged(dests: Iterable[Path], min_age: float = 0.0) -> list[Path]:
     """Delete staged files (`.<name>.<pid>.<n>.confsync`) beside `dests` whose writer is dead.
 
     A SIGKILL between staging and rename leaves one behind; nothing else ever removes it.
     Only exact matches of our naming are touched, and never a file of a live pid (our own pid
-    only for a file older than this process). Returns the files removed.
+    only for a file older than this process), nor one modified within `min_age` seconds (a
+    writer of another pid namespace has a pid we cannot see). Returns the files removed.
     """
     by_directory: dict[Path, set[str]] = {}
     for dest in dests:
@@ -299,7 +300,9 @@ def remove_stale_staged(dests: Iterable[Path]) -> list[Path]:
             try:
                 info = os.lstat(path)
                 if not stat.S_ISREG(info.st_mode) or (
-                        pid == os.getpid() and info.st_mtime >= _IMPORTED_AT):
+                        pid == os.getpid() and info.st_mtime >= IMPORTED_AT):
+                    continue
+                if min_age and time.time() - info.st_mtime < min_age:  # wall clock: file ages
                     continue
                 os.unlink(path)
             except FileNotFoundError:

@@ -19,7 +19,7 @@ import stat
 import tempfile
 import time
 
-from confsync.applier import pid_exists
+from confsync.applier import IMPORTED_AT, pid_exists
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ _OURS = re.compile(rf"{PREFIX}(?:([0-9]+)-)?[a-z0-9_]{{8}}")
 _UNNAMED_AGE = 86400.0  # no check runs a day: an unnamed one this old has no writer
 # Never one younger: a `check` in another pid namespace sharing TMPDIR (two containers of a pod
 # with one /tmp volume) has a pid this one cannot see, and its directory must outlive its run.
-_MIN_AGE = 3600.0
+# (Nor a staged file beside a dest, for `check`: sync.plan.)
+MIN_AGE = 3600.0
 
 
 def make_check_dir() -> tempfile.TemporaryDirectory[str]:
@@ -57,11 +58,14 @@ def remove_dead_check_dirs() -> list[str]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             continue
-        if time.time() - info.st_mtime < _MIN_AGE:  # wall clock: file ages (mtimes)
+        if time.time() - info.st_mtime < MIN_AGE:  # wall clock: file ages (mtimes)
             continue
         if match[1] is not None:
             pid = int(match[1])
-            if pid == os.getpid() or pid_exists(pid):
+            # Our own pid on one older than this process: a predecessor's that had our pid
+            # (every `check` a container runs is its PID 1); it was kept for good.
+            alive = info.st_mtime >= IMPORTED_AT if pid == os.getpid() else pid_exists(pid)
+            if alive:
                 continue
         elif time.time() - info.st_mtime < _UNNAMED_AGE:  # wall clock: file ages (mtimes)
             continue

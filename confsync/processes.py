@@ -7,9 +7,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confsync.logs import Repeats
 from confsync.paths import expand_user
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 _stale = Repeats()
@@ -62,13 +66,19 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     container, where pids are small, almost at once. A signal sent there (SIGHUP, SIGUSR2)
     reloads or kills the wrong program. So the pid is refused when it is confsync itself, a
     zombie, or, with `process` set too, a process of another name (start-stop-daemon's
-    --pidfile with --name). confsync's parent is not refused as such: an HAProxy master that
-    runs confsync in a `program` section is its parent and the right target. Each refusal is
-    logged, at most every 5 minutes per pidfile and pid.
+    --pidfile with --name); and when another user (not root, not ours) owns the pidfile or a
+    link to it, one that user could not signal itself (`_not_theirs`). confsync's parent is
+    not refused as such: an HAProxy master that runs confsync in a `program` section is its
+    parent and the right target. Each refusal is logged, at most every 5 minutes per pidfile
+    and pid.
     """
     try:
-        # (A `~user` not known yet, ValueError: as a pidfile not there yet.)
-        text = expand_user(pidfile).read_text(encoding="utf-8").split()
+        # (A `~user` not known yet, ValueError: as a pidfile not there yet.) Non-blocking and
+        # bounded: a FIFO or a link to /dev/zero there must not hold or fill confsync.
+        fd = os.open(expand_user(pidfile), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            opened = os.fstat(fd)
+            text = fh.read(4096).decode("utf-8").split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return None
@@ -78,7 +88,7 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
 
     why = None
     if pid == os.getpid():
-        why = "confsync itself"
+        why = "confsync itself: a stale pidfile"
     else:
         try:
             proc = psutil.Process(pid)
@@ -89,17 +99,41 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         except psutil.Error:
             return None  # gone
         if process is not None and not _is_named(process, name, cmdline):
-            why = f"{name!r}, not {process!r}"
+            why = f"{name!r}, not {process!r}: a stale pidfile"
+        else:
+            why = _not_theirs(pidfile, opened, proc)
     if why is None:
         return pid
-    message = f"{pidfile} names pid {pid}, which is {why}: a stale pidfile, not used"
+    message = f"{pidfile} names pid {pid}, which is {why}, not used"
     if _stale.due(message):
         log.warning("%s", message)
     return None
 
 
+def _not_theirs(pidfile: Path, opened: os.stat_result, proc: psutil.Process) -> str | None:
+    """Why the process named by `pidfile` (read as `opened`) is not one its writers could
+    signal themselves, or None: a user other than root and ours who owns the pidfile (or a
+    link on the way to it) chose the number, and only their own processes may get our signal
+    (path_writers.py)."""
+    import psutil
+
+    from confsync.path_writers import untrusted_writers
+
+    try:
+        writers = untrusted_writers(str(expand_user(pidfile)), opened)
+        real, _, saved = proc.uids()
+    except (OSError, ValueError, psutil.Error):  # (ValueError: replaced since it was read)
+        return "a process whose owner, or its pidfile's, cannot be told"
+    others = sorted(uid for uid in writers if uid not in (real, saved))
+    if not others:
+        return None
+    return (f"a process of uid {real}, while uid {others[0]} owns the pidfile or a link to "
+            f"it (and so chose the number)")
+
+
 def find_process(pidfile: Path | None, process: str | None) -> int | None:
-    """The target pid: from a pidfile, else the oldest process whose name or argv[0] matches.
+    """The target pid: from a pidfile, else the oldest process whose name or argv[0] matches
+    (root's or confsync's user's first).
 
     Oldest, because for a master-worker daemon (HAProxy, nginx) the master is the one that
     started first and the one that must get the signal. A pidfile that is stale (see
@@ -114,12 +148,18 @@ def find_process(pidfile: Path | None, process: str | None) -> int | None:
     import psutil  # lazy: only resources that find their target by name pay for it
 
     candidates = []
-    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status"]):
+    trusted = (0, os.geteuid())
+    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status",
+                                     "uids"]):
         info = proc.info
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if _is_named(process, info["name"], info["cmdline"] or []):
-            candidates.append((info["create_time"] or 0.0, proc.pid, info["ppid"]))
-    pids = {pid for _, pid, _ in candidates}
-    roots = [c for c in candidates if c[2] not in pids]  # skip workers of a matching master
-    return min(roots or candidates)[1] if candidates else None
+            # Another user's only where no process of root's or ours has the name: anyone may
+            # name a program `nginx`, and an older one took the reloads meant for the real one
+            # after its restart (which then never reloaded, while confsync said it did).
+            stranger = info["uids"] is None or info["uids"].real not in trusted
+            candidates.append((stranger, info["create_time"] or 0.0, proc.pid, info["ppid"]))
+    pids = {c[2] for c in candidates}
+    roots = [c for c in candidates if c[3] not in pids]  # skip workers of a matching master
+    return min(roots or candidates)[2] if candidates else None

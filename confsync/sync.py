@@ -34,7 +34,7 @@ from confsync.applier import (
     write_staged,
     written_path,
 )
-from confsync.check_dirs import make_check_dir, remove_dead_check_dirs
+from confsync.check_dirs import MIN_AGE, make_check_dir, remove_dead_check_dirs
 from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
@@ -205,18 +205,19 @@ class Syncer:
                 bound = max(bound, resource.reload_timeout)
         return bound
 
-    def _sweep(self, resources: Iterable[Resource]) -> None:
+    def _sweep(self, resources: Iterable[Resource], min_age: float = 0.0) -> None:
         """Remove staged files a killed run left beside each dest, the first time we see it,
         and those an earlier failed apply of this process could not remove. With a DestIo
         that is the dest's file work (a removal on a frozen filesystem blocks): done by the
-        first read of each dest (`_read_dest`), and the leftovers on a worker (`tidy`)."""
+        first read of each dest (`_read_dest`), and the leftovers on a worker (`tidy`).
+        `min_age`: only files at least that old (remove_stale_staged)."""
         self.tidy()
         if self.io is not None:
             return
         new = [r.dest for r in resources if r.dest not in self._swept]
         if new:
             self._swept.update(new)
-            remove_stale_staged({path for dest in new for path in _beside(dest)})
+            remove_stale_staged({path for dest in new for path in _beside(dest)}, min_age)
 
     def _render_against(self, resource: Resource,
                         current: FileState) -> tuple[bytes, tuple[RenderWarning, ...]]:
@@ -768,7 +769,10 @@ class Syncer:
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""
         resources = list(resources)
-        self._sweep(resources)
+        # Only leftovers an hour old: `check` writes nothing beside dests, and may run in
+        # another container than the `watch` that does (one dest volume, pids apart), whose
+        # staged file under its check_cmd has a pid we cannot see.
+        self._sweep(resources, MIN_AGE)
         remove_dead_check_dirs()
         try:
             tmp = make_check_dir()

@@ -133,3 +133,91 @@ def test_a_refused_pidfile_is_logged_once_per_pid(
         for _ in range(5):
             assert find_process(pidfile, None) is None
     assert caplog.text.count("a stale pidfile") == 1
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user's pidfile and process")
+@pytest.mark.parametrize("planted", ["file", "link", "directory link"])
+def test_another_users_pidfile_gets_only_that_users_processes_signalled(
+        tmp_path: Path, planted: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A service's own pidfile (or a link to one, on the way to it) is written by its user:
+    its number made a root confsync signal any process (here a root one, ended by SIGUSR1)."""
+    rooted = subprocess.Popen(["sleep", "30"])  # root's: SIGUSR1 ends a sleep
+    theirs = subprocess.Popen(["sleep", "30"], user=NOBODY)
+    pidfile = tmp_path / "app.pid"
+    try:
+        if planted == "file":
+            pidfile.write_text(f"{rooted.pid}\n")
+            os.chown(pidfile, NOBODY, NOBODY)
+        elif planted == "link":  # root's own file, reached through the user's link
+            (tmp_path / "root.pid").write_text(f"{rooted.pid}\n")
+            pidfile.symlink_to(tmp_path / "root.pid")
+            os.lchown(pidfile, NOBODY, NOBODY)
+        else:  # root's own file, through the user's link to a directory
+            (tmp_path / "root.pid").write_text(f"{rooted.pid}\n")
+            (tmp_path / "run").symlink_to(".")
+            os.lchown(tmp_path / "run", NOBODY, NOBODY)
+            pidfile = tmp_path / "run" / "root.pid"
+        with caplog.at_level(logging.WARNING, logger="confsync.processes"):
+            result = CommandReloader(resource(tmp_path, pidfile)).reload()
+        assert result.kind is ReloadKind.NO_TARGET, result.detail
+        assert f"uid {NOBODY} owns the pidfile or a link to it" in caplog.text
+        with pytest.raises(subprocess.TimeoutExpired):
+            rooted.wait(timeout=0.2)  # (a signal would end it at once: no race to lose)
+
+        target = pidfile if planted == "file" else tmp_path / "root.pid"
+        target.write_text(f"{theirs.pid}\n")  # one of their own: theirs to signal anyway
+        result = CommandReloader(resource(tmp_path, pidfile)).reload()
+        assert result.kind is ReloadKind.SIGNAL, result.detail
+        assert theirs.wait(timeout=5) == -signal.SIGUSR1
+    finally:
+        for proc in (rooted, theirs):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_root_pidfile_reached_through_no_link_of_another_user_is_trusted(
+        tmp_path: Path) -> None:
+    """Ours and root's pidfiles (and links) name any process, as before."""
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "real.pid").write_text(f"{other.pid}\n")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "up").symlink_to("..")
+        assert find_process(tmp_path / "sub" / "up" / "sub" / ".." / "real.pid",
+                            None) == other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user's process")
+def test_a_name_search_takes_roots_process_before_an_older_one_of_another_user(
+        tmp_path: Path) -> None:
+    """Anyone may name a program `nginx`: a user's, started before the real one restarted, was
+    the oldest of the name and took every reload signal (the real one never reloaded)."""
+    name = f"cs-named-{os.getpid()}"
+    theirs = subprocess.Popen([name, "30"], executable="/bin/sleep", user=NOBODY)
+    try:
+        assert find_process(None, name) == theirs.pid  # the only one: a service of its user
+        time.sleep(0.05)  # (start times count clock ticks: the next one is younger for sure)
+        rooted = subprocess.Popen([name, "30"], executable="/bin/sleep")
+        try:
+            assert find_process(None, name) == rooted.pid
+        finally:
+            rooted.kill()
+            rooted.wait()
+    finally:
+        theirs.kill()
+        theirs.wait()
+
+
+def test_a_fifo_or_an_endless_file_as_pidfile_names_nothing(tmp_path: Path) -> None:
+    """Read without blocking and bounded: a FIFO held the reload (and a probe) for good."""
+    fifo = tmp_path / "app.pid"
+    os.mkfifo(fifo)
+    assert find_process(fifo, None) is None
+    (tmp_path / "zero.pid").symlink_to("/dev/zero")
+    assert find_process(tmp_path / "zero.pid", None) is None
