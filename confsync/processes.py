@@ -149,16 +149,19 @@ def find_process(pidfile: Path | None, process: str | None) -> int | None:
 
     candidates = []
     trusted = (0, os.geteuid())
-    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status",
-                                     "uids"]):
+    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid", "status"]):
         info = proc.info
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if _is_named(process, info["name"], info["cmdline"] or []):
             # Another user's only where no process of root's or ours has the name: anyone may
             # name a program `nginx`, and an older one took the reloads meant for the real one
-            # after its restart (which then never reloaded, while confsync said it did).
-            stranger = info["uids"] is None or info["uids"].real not in trusted
+            # after its restart (which then never reloaded, while confsync said it did). (Owners
+            # asked of matches only: the scan runs each second while the target is down.)
+            try:
+                stranger = proc.uids().real not in trusted
+            except psutil.Error:
+                stranger = True
             candidates.append((stranger, info["create_time"] or 0.0, proc.pid, info["ppid"]))
     pids = {c[2] for c in candidates}
     roots = [c for c in candidates if c[3] not in pids]  # skip workers of a matching master
