@@ -21,6 +21,7 @@ LAZY_MODULES = (
     # switch to
     "confsync.haproxy.plugin",
     "confsync.command_reload",  # a resource's reload_cmd or reload_signal (confsync.reload)
+    "confsync.check_dirs",  # Syncer.plan (`check`)
     "confsync.stores.env",
     "confsync.stores.etcd",
     "confsync.stores.etcd_gateway",
