@@ -48,7 +48,6 @@ LAZY_MODULES = (
     # endpoints, host names given to socket calls, a float in a converted template's printf
     "ctypes",
     "decimal",
-    "tomllib",  # a confsync.toml, conf.d or register.d file parsed for the first time
     "difflib",
     "ssl",
     "encodings.idna",

@@ -17,8 +17,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_found: str | None = None  # temporary_directory()'s answer, once found
-
 
 def temporary_directory() -> str:
     """`tempfile.gettempdir()`, found as tempfile finds it, without importing tempfile when it
@@ -28,12 +26,9 @@ def temporary_directory() -> str:
     The first of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp and the working directory in
     which a file can be created (and is removed at once); FileNotFoundError when none can.
     """
-    global _found
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None:  # (its answer, kept from its first call, or set by a caller)
         return str(tempfile.gettempdir())
-    if _found is not None:  # (kept from the first call, as tempfile keeps its own)
-        return _found
     candidates = [d for d in map(os.environ.get, ("TMPDIR", "TEMP", "TMP")) if d]
     candidates += ["/tmp", "/var/tmp", "/usr/tmp"]
     try:
@@ -55,7 +50,6 @@ def temporary_directory() -> str:
                         os.close(fd)
                 finally:
                     os.unlink(probe)
-                _found = directory
                 return directory
             except FileExistsError:
                 continue

@@ -13,11 +13,11 @@ import os
 import shlex
 import signal
 import stat
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confsync import toml_cache
 from confsync.durations import parse_duration
 from confsync.errors import ConfigError
 from confsync.paths import absolute
@@ -68,17 +68,10 @@ def parse_toml(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    kept = toml_cache.load(raw)
-    if kept is not None:
-        return kept
-    import tomllib  # (not for bytes parsed before: toml_cache.py)
-
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except RecursionError:
         raise ValueError("arrays or tables nested too deeply") from None
-    toml_cache.keep(raw, data)
-    return data
 
 
 def positive_duration(value: Any) -> float:

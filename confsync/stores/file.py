@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import threading
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,6 @@ def read_data_file(path: Path) -> dict[str, bytes]:
         if path.suffix == ".json":
             data = json.loads(raw)
         elif path.suffix == ".toml":
-            import tomllib  # (a TOML data file's: tomllib is not imported for the others)
-
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             data = _yaml_load(raw)
