@@ -49,7 +49,7 @@ GRPC_SNAPSHOT = EtcdStore.snapshot  # the reference, whatever no_grpc_fallback p
 HEAVY = ("grpc", "pyetcd", "google", "psutil", "prometheus_client", "watchdog", "dns",
          "http", "email", "ssl")  # the last three: 13 ms a plain-HTTP run does without
 # ... and a run with nothing changed (issue 11): tests/unit/test_lazy_imports.py has the others
-UNUSED_WHEN_UNCHANGED = ("base64", "struct", "jinja2", "tomllib", "tempfile", "argparse")
+UNUSED_WHEN_UNCHANGED = ("base64", "struct", "jinja2", "tempfile", "argparse")
 
 
 @pytest.fixture
@@ -507,9 +507,8 @@ def test_once_and_check_end_to_end_without_grpc(etcd: EtcdMember, tmp_path: Path
     assert result == {"code": EXIT_OK, "heavy": []}, done.stderr
     assert read(dest) == "name web\nserver 10.0.0.0:80\nserver 10.0.0.1:80\nserver 10.0.0.2:80\n"
     assert confsync("check", *args).returncode == EXIT_OK
-    # Nothing changed since (twice, with caches of its own: the first run fills them): the
-    # render memo stands in, and neither a render's imports nor those of a first parse of
-    # the TOML files are made.
+    # Nothing changed since (twice, with a memo of its own: the first run fills it): the
+    # render memo stands in, and none of a render's imports are made for the read either.
     unchanged = probe.replace(repr(HEAVY), repr((*HEAVY, *UNUSED_WHEN_UNCHANGED)))
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     for _ in range(2):
