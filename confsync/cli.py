@@ -166,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     # The command is the first word (top-level options are --help and --version alone).
-    args = parse_plain(argv) or build_parser(
-        argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
-    if args.command == "convert":
-        from confsync.convert.cli import run as run_convert
+    args: argparse.Namespace | SimpleNamespace | None = parse_plain(argv)
+    if args is None:
+        parsed = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
+        if parsed.command == "convert":
+            from confsync.convert.cli import run as run_convert
 
-        return run_convert(args)
+            return run_convert(parsed)
+        args = parsed
 
     from confsync.logs import setup_logging
     from confsync.settings import load_settings, unknown_environment

@@ -17,6 +17,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_found: str | None = None  # temporary_directory()'s answer, once found
+
 
 def temporary_directory() -> str:
     """`tempfile.gettempdir()`, found as tempfile finds it, without importing tempfile when it
@@ -26,9 +28,12 @@ def temporary_directory() -> str:
     The first of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp and the working directory in
     which a file can be created (and is removed at once); FileNotFoundError when none can.
     """
+    global _found
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None:  # (its answer, kept from its first call, or set by a caller)
         return str(tempfile.gettempdir())
+    if _found is not None:  # (kept from the first call, as tempfile keeps its own)
+        return _found
     candidates = [d for d in map(os.environ.get, ("TMPDIR", "TEMP", "TMP")) if d]
     candidates += ["/tmp", "/var/tmp", "/usr/tmp"]
     try:
@@ -50,6 +55,7 @@ def temporary_directory() -> str:
                         os.close(fd)
                 finally:
                     os.unlink(probe)
+                _found = directory
                 return directory
             except FileExistsError:
                 continue
