@@ -4,7 +4,6 @@ are pending."""
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import gc
 import logging
@@ -26,14 +25,20 @@ from confsync.errors import (
     Stopped,
     StoreUnavailable,
 )
+from confsync.fast_argv import parse_plain
 
 if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+
     from confsync.settings import Settings
 
 log = logging.getLogger("confsync")
 
 
 def _common_options(confdir_holds: str = "conf.d/ and templates/") -> argparse.ArgumentParser:
+    import argparse
+
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--config", metavar="PATH",
@@ -59,8 +64,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     Every command is still listed (usage, errors and `--help` stay whole), but the options of
     the four not run are left out: building them all, five copies of the common ones and
-    `convert`'s import, was 3 ms of a 70 ms `once` (issue 11).
+    `convert`'s import, was 3 ms of a 70 ms `once` (issue 11). A plain `once` or `check`
+    command line builds none of it (fast_argv.py).
     """
+    import argparse  # (not imported for a plain `once` or `check`: fast_argv.py)
+
     parser = argparse.ArgumentParser(
         prog="confsync", description="Keep local configuration files in step with etcd.")
     parser.add_argument("--version", action="version", version=f"confsync {__version__}")
@@ -136,7 +144,7 @@ _ADD_COMMAND = {"once": _add_once, "check": _add_check, "watch": _add_watch,
                 "register": _add_register, "convert": _add_convert}
 
 
-def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+def _cli_values(args: argparse.Namespace | SimpleNamespace) -> dict[str, Any]:
     return {
         "config": args.config,
         "confdir": args.confdir,
@@ -158,11 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     # The command is the first word (top-level options are --help and --version alone).
-    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
-    if args.command == "convert":
-        from confsync.convert.cli import run as run_convert
+    args: argparse.Namespace | SimpleNamespace | None = parse_plain(argv)
+    if args is None:
+        parsed = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
+        if parsed.command == "convert":
+            from confsync.convert.cli import run as run_convert
 
-        return run_convert(args)
+            return run_convert(parsed)
+        args = parsed
 
     from confsync.logs import setup_logging
     from confsync.settings import load_settings, unknown_environment
@@ -307,7 +318,7 @@ def _lock_confdir(confdir: Path, command: str) -> tuple[int | None, int]:
         return None, -1
 
 
-def _wait_for_files(args: argparse.Namespace, settings: Settings,
+def _wait_for_files(args: argparse.Namespace | SimpleNamespace, settings: Settings,
                     subdir: str) -> Settings | None:
     """Wait while the confdir or its `subdir` is empty (confdir_wait.py); None: stopped.
 

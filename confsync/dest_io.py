@@ -15,14 +15,16 @@ import collections
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from confsync.errors import ResourceError
+
+if TYPE_CHECKING:
+    import queue
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +144,18 @@ class _Workers:
 
 class _Worker(threading.Thread):
     def __init__(self, pool: _Workers) -> None:
+        import queue  # (here: `once` and `check` do their file work in place, without it)
+
         super().__init__(name="confsync-dest-io", daemon=True)
         self.pool = pool
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._empty = queue.Empty
 
     def run(self) -> None:
         while True:
             try:
                 job = self.jobs.get(timeout=_IDLE_SECONDS)
-            except queue.Empty:
+            except self._empty:
                 if self.pool.retire(self):
                     return
                 continue  # taken just now: its job is on the way

@@ -10,7 +10,7 @@ import re
 MAX_DURATION = 365 * 24 * 3600.0
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h)"  # (compiled at first use, by re's cache: issue 11)
 
 
 def parse_duration(value: object) -> float:
@@ -46,7 +46,7 @@ def _parse(value: object) -> float:
         return seconds
     pos = 0
     total = 0.0
-    for match in _PART.finditer(text):
+    for match in re.finditer(_PART, text):
         if match.start() != pos:
             break
         total += float(match.group(1)) * _UNITS[match.group(2)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import queue
 
 MASK = "********"
 _secrets: set[str] = set()
@@ -171,8 +173,11 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     FLUSH_WAIT = 2.0  # at exit, the longest wait for queued lines to be written
 
     def __init__(self, stream: Any) -> None:
+        import queue  # (here: a one-shot command's log, written in place, does without it)
+
         super().__init__(stream)
         self._lines: queue.Queue[str | None] = queue.Queue(self.QUEUED)
+        self._full = queue.Full
         self._dropped_lock = threading.Lock()
         self._dropped = 0
         self._writer = threading.Thread(target=self._write_lines, name="confsync-log-writer",
@@ -187,7 +192,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         try:
             self._lines.put_nowait(line)
-        except queue.Full:
+        except self._full:
             with self._dropped_lock:
                 self._dropped += 1
 
@@ -220,7 +225,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         self.flush()
-        with contextlib.suppress(queue.Full):  # (else the writer is stuck on the stream)
+        with contextlib.suppress(self._full):  # (else the writer is stuck on the stream)
             self._lines.put_nowait(None)
         super().close()
 

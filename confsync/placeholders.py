@@ -12,19 +12,20 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-_PLACEHOLDER = re.compile(r"\{\{\s*\.?(src|dest)\s*\}\}")
-_ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+# (patterns compiled at first use, by re's cache: a run with no command never compiles them)
+_PLACEHOLDER = r"\{\{\s*\.?(src|dest)\s*\}\}"
+_ANY_PLACEHOLDER = r"\{\{.*?\}\}"
 
 
 def substitute(argv: Sequence[str], src: Path, dest: Path) -> list[str]:
     values = {"src": str(src), "dest": str(dest)}
-    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in argv]
+    return [re.sub(_PLACEHOLDER, lambda m: values[m.group(1)], arg) for arg in argv]
 
 
 def unknown_placeholder(arg: str) -> str | None:
     """The first `{{...}}` in `arg` that is not a src/dest placeholder (checked at load time, so
     a confd command using other template syntax is an error, not a literal argument)."""
-    for match in _ANY_PLACEHOLDER.finditer(arg):
-        if not _PLACEHOLDER.fullmatch(match.group()):
+    for match in re.finditer(_ANY_PLACEHOLDER, arg):
+        if not re.fullmatch(_PLACEHOLDER, match.group()):
             return match.group()
     return None

@@ -22,6 +22,7 @@ LAZY_MODULES = (
     "confsync.haproxy.plugin",
     "confsync.command_reload",  # a resource's reload_cmd or reload_signal (confsync.reload)
     "confsync.path_writers",  # who may have written a reload_signal's pidfile (processes)
+    "confsync.check_dirs",  # Syncer.plan (`check`)
     "confsync.stores.env",
     "confsync.stores.etcd",
     "confsync.stores.etcd_gateway",

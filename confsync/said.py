@@ -11,15 +11,16 @@ import re
 from typing import NamedTuple
 
 # A staged file's pid and attempt number (applier._staged_name: `.haproxy.cfg.812.37.confsync`).
-_STAGED = re.compile(r"\.[0-9]+\.[0-9]+(?=\.confsync\b)")
+# (patterns compiled at first use, by re's cache: a run where nothing fails never compiles them)
+_STAGED = r"\.[0-9]+\.[0-9]+(?=\.confsync\b)"
 # A number standing alone, with a unit perhaps (`pid 812`, `(812)`, `#3`, `12.5s`, `exited 1`),
 # not one inside a name, path or address (`server-2`, `/pool/2`, `10.0.0.2`, `host:8080`).
-_ALONE = re.compile(r"(?<![\w./:@-])[0-9]+(?:\.[0-9]+)?(?:ms|s)?(?![\w/:@-]|\.[0-9A-Za-z])")
+_ALONE = r"(?<![\w./:@-])[0-9]+(?:\.[0-9]+)?(?:ms|s)?(?![\w/:@-]|\.[0-9A-Za-z])"
 
 
 def shape(reason: str) -> str:
     """`reason` with its noise blanked: what two tries' messages must share to be one."""
-    return _ALONE.sub("#", _STAGED.sub(".#.#", reason))
+    return re.sub(_ALONE, "#", re.sub(_STAGED, ".#.#", reason))
 
 
 class Said(NamedTuple):

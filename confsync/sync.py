@@ -34,7 +34,6 @@ from confsync.applier import (
     write_staged,
     written_path,
 )
-from confsync.check_dirs import MIN_AGE, make_check_dir, remove_dead_check_dirs
 from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
@@ -768,6 +767,9 @@ class Syncer:
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""
+        # (only `check` needs these, and tempfile with them: not imported for `once`)
+        from confsync.check_dirs import MIN_AGE, make_check_dir, remove_dead_check_dirs
+
         resources = list(resources)
         # Only leftovers an hour old: `check` writes nothing beside dests, and may run in
         # another container than the `watch` that does (one dest volume, pids apart), whose

@@ -33,7 +33,6 @@ own gRPC connection to etcd fails (its server certificate lacks the clientAuth u
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -102,7 +101,9 @@ def _range_end(prefix: bytes) -> bytes:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # (base64.b64encode's own call: the `base64` module, and the `struct` it imports, are not
+    # loaded for it)
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def range_ops(prefixes: Sequence[str], revision: int = 0) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -47,6 +48,8 @@ pytestmark = pytest.mark.etcd
 GRPC_SNAPSHOT = EtcdStore.snapshot  # the reference, whatever no_grpc_fallback patches
 HEAVY = ("grpc", "pyetcd", "google", "psutil", "prometheus_client", "watchdog", "dns",
          "http", "email", "ssl")  # the last three: 13 ms a plain-HTTP run does without
+# ... and a run with nothing changed (issue 11): tests/unit/test_lazy_imports.py has the others
+UNUSED_WHEN_UNCHANGED = ("base64", "struct", "jinja2", "tempfile", "argparse")
 
 
 @pytest.fixture
@@ -504,6 +507,15 @@ def test_once_and_check_end_to_end_without_grpc(etcd: EtcdMember, tmp_path: Path
     assert result == {"code": EXIT_OK, "heavy": []}, done.stderr
     assert read(dest) == "name web\nserver 10.0.0.0:80\nserver 10.0.0.1:80\nserver 10.0.0.2:80\n"
     assert confsync("check", *args).returncode == EXIT_OK
+    # Nothing changed since (twice, with a memo of its own: the first run fills it): the
+    # render memo stands in, and none of a render's imports are made for the read either.
+    unchanged = probe.replace(repr(HEAVY), repr((*HEAVY, *UNUSED_WHEN_UNCHANGED)))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for _ in range(2):
+        again = subprocess.run([sys.executable, "-c", unchanged, "once", *args], env=env,
+                               capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert json.loads(again.stdout.splitlines()[-1]) == {"code": EXIT_OK, "heavy": []}, \
+        again.stderr
 
 
 def test_a_read_given_up_mid_way_never_crashes_etcd(etcd_private: EtcdMember,

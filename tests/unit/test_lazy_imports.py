@@ -231,3 +231,31 @@ def test_a_one_shot_run_creates_no_dataclass(tmp_path: Path) -> None:
         [0, ["jinja2"]],  # the first run renders
         [0, []]], [done.stderr for done in runs]  # the second: the memo's render is in place
     assert (tmp_path / "a.conf").read_text() == "1\n"
+
+
+# Standard-library modules a one-shot run does without (issue 11), by what brought them in:
+# argparse (and the gettext and locale its messages go through) for a plain command line
+# (fast_argv.py); the log writer's queue; tempfile, and the shutil, bz2 and lzma it imports,
+# for the memo's directory (private_tmp.py: a render imports them anyway, with Jinja2).
+NOT_FOR_A_PLAIN_RUN = ("argparse", "gettext", "locale", "queue")
+NOT_WHEN_THE_MEMO_STANDS_IN = (*NOT_FOR_A_PLAIN_RUN, "tempfile", "shutil", "bz2", "lzma")
+
+
+def test_a_one_shot_run_leaves_out_the_standard_library_it_does_not_use(tmp_path: Path) -> None:
+    one_shot_confdir(tmp_path)
+    code = ("import json, sys\n"
+            "from confsync.cli import main\n"
+            "code = main(sys.argv[1:])\n"
+            f"print(json.dumps([code, [m for m in {NOT_WHEN_THE_MEMO_STANDS_IN!r} "
+            "if m in sys.modules]]))\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONFSYNC_")},
+           "TMPDIR": str(tmp_path)}  # (a render memo of this test's own)
+    runs = [subprocess.run([sys.executable, "-c", code, "once", "--confdir", str(tmp_path),
+                            "--backend", "file", "--file", str(tmp_path / "data.json"),
+                            "--log-level", "info"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+            for _ in range(2)]
+    first, second = (json.loads(done.stdout.splitlines()[-1]) for done in runs)
+    assert first[0] == 0 and not set(first[1]) & set(NOT_FOR_A_PLAIN_RUN), runs[0].stderr
+    assert second == [0, []], runs[1].stderr  # the memo's render is in place
+    assert (tmp_path / "a.conf").read_text() == "1\n"
