@@ -22,7 +22,9 @@ def untrusted_writers(path: str, opened: os.stat_result) -> set[int]:
     would, and ValueError when `path` no longer leads to that file (replaced since: whoever
     did so may have chosen both)."""
     owners: set[int] = set()
-    todo = os.path.join(os.getcwd(), path).split("/")  # (not abspath: `..` after a link)
+    # (Not abspath: `..` after a link. The working directory only for a relative path: a
+    # daemon's may have been removed, and getcwd() then fails for every absolute pidfile.)
+    todo = (path if path.startswith("/") else os.path.join(os.getcwd(), path)).split("/")
     current, links = "/", 0
     while todo:
         name = todo.pop(0)

@@ -78,7 +78,8 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         fd = os.open(expand_user(pidfile), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, "rb") as fh:
             opened = os.fstat(fd)
-            text = fh.read(4096).decode("utf-8").split()
+            # (None: a FIFO whose writer has written nothing yet, as an empty pidfile)
+            text = (fh.read(4096) or b"").decode("utf-8").split()
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return None

@@ -221,3 +221,38 @@ def test_a_fifo_or_an_endless_file_as_pidfile_names_nothing(tmp_path: Path) -> N
     assert find_process(fifo, None) is None
     (tmp_path / "zero.pid").symlink_to("/dev/zero")
     assert find_process(tmp_path / "zero.pid", None) is None
+
+
+def test_a_fifo_with_a_silent_writer_names_nothing(tmp_path: Path) -> None:
+    """A FIFO held open by a writer that wrote nothing reads as None (no data yet), not b"":
+    it raised AttributeError out of the reload and the probe."""
+    fifo = tmp_path / "app.pid"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        assert find_process(fifo, None) is None
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+def test_a_removed_working_directory_refuses_no_absolute_pidfile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A daemon started in a directory removed since (a deploy's release directory): getcwd()
+    fails, which refused every pidfile ("cannot be told") and so every reload, for good."""
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile = tmp_path / "app.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        gone = tmp_path / "release"
+        gone.mkdir()
+        monkeypatch.chdir(gone)
+        gone.rmdir()
+        with caplog.at_level(logging.WARNING, logger="confsync.processes"):
+            assert find_process(pidfile, None) == other.pid
+        assert "cannot be told" not in caplog.text
+    finally:
+        other.kill()
+        other.wait()
