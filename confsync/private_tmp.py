@@ -72,7 +72,11 @@ def private_directory(name: str) -> Path | None:
         base = temporary_directory()
     except OSError:  # (no usable temporary directory at all)
         return None
-    if base == os.getcwd() and os.environ.get("TMPDIR") != base:
+    try:
+        cwd = os.getcwd()
+    except OSError:  # (removed since we started there: a deploy's old release directory)
+        cwd = os.curdir
+    if base in (cwd, os.curdir) and os.environ.get("TMPDIR") != base:
         return None  # tempfile's last resort: never a cache in the directory we ran from
     directory = Path(base) / name
     try:

@@ -62,3 +62,18 @@ def test_tempfiles_own_answer_once_it_is_imported(tmp_path: Path,
     """Set by a caller (tests) or kept from its first call: the process has one answer."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert temporary_directory() == str(tmp_path)
+
+
+def test_a_removed_working_directory_still_finds_the_private_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`once` run from a directory removed since (a deploy's old release): getcwd() raised
+    FileNotFoundError out of the render memo, and the run ended in a traceback, nothing
+    written."""
+    from confsync.private_tmp import private_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = tmp_path / "release"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert private_directory("cs-private") == tmp_path / "cs-private"
