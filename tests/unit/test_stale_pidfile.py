@@ -256,3 +256,40 @@ def test_a_removed_working_directory_refuses_no_absolute_pidfile(
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another user's directory")
+def test_root_pidfile_linked_into_another_users_directory_names_only_their_processes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With fs.protected_hardlinks=0 anyone may hard-link root's pidfile of another service
+    into a directory of theirs: a file of root's, reached through no link, was trusted. (Root
+    makes the link here: what that user could.) One name only, as a root daemon writes in its
+    user's /run/<app>/, it still is."""
+    rooted = subprocess.Popen(["sleep", "30"])  # root's: SIGUSR1 ends a sleep
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, NOBODY, NOBODY)
+    try:
+        (tmp_path / "other.pid").write_text(f"{rooted.pid}\n")
+        os.link(tmp_path / "other.pid", run / "app.pid")
+        with caplog.at_level(logging.WARNING, logger="confsync.processes"):
+            result = CommandReloader(resource(tmp_path, run / "app.pid")).reload()
+        assert result.kind is ReloadKind.NO_TARGET, result.detail
+        assert f"uid {NOBODY} owns the pidfile or a link to it" in caplog.text
+        with pytest.raises(subprocess.TimeoutExpired):
+            rooted.wait(timeout=0.2)  # (a signal would end it at once: no race to lose)
+
+        shared = tmp_path / "shared"  # root's, but anyone may add names (as /tmp)
+        shared.mkdir()
+        shared.chmod(0o1777)
+        os.link(tmp_path / "other.pid", shared / "app.pid")
+        assert find_process(shared / "app.pid", None) is None
+
+        (run / "app.pid").unlink()
+        (run / "app.pid").write_text(f"{rooted.pid}\n")  # root's own, one name
+        result = CommandReloader(resource(tmp_path, run / "app.pid")).reload()
+        assert result.kind is ReloadKind.SIGNAL, result.detail
+        assert rooted.wait(timeout=5) == -signal.SIGUSR1
+    finally:
+        rooted.kill()
+        rooted.wait()
