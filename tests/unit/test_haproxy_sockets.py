@@ -158,12 +158,14 @@ def test_a_reload_answered_only_once_loaded_is_waited_for_up_to_its_timeout(
 
 def _serve(path: Path, answers: dict[str, list[str]], count: int) -> threading.Thread:
     """A UNIX server answering `count` connections from per-command queues (the last answer
-    repeats); an empty answer closes the connection without a word."""
+    repeats); an empty answer closes the connection without a word. Listening on return (a
+    thread that had not bound yet, on a loaded machine, failed a `retry_for=0` ask)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
 
     def run() -> None:
-        with socket.socket(socket.AF_UNIX) as server:
-            server.bind(str(path))
-            server.listen()
+        with server:
             for _ in range(count):
                 conn, _ = server.accept()
                 with conn:
@@ -187,12 +189,10 @@ def test_a_master_closing_without_a_word_is_asked_again_not_taken_for_a_stranger
     now no answer: asked again within `retry_for`, else SocketUnavailable."""
     path = sockdir / "m.sock"
     thread = _serve(path, {"show proc": ["", "", SHOW_PROC]}, count=3)
-    time.sleep(0.05)
     assert show_proc(path, retry_for=2.0).reloads == 3
     thread.join(2)
     other = sockdir / "n.sock"
     thread = _serve(other, {"show proc": [""]}, count=1)
-    time.sleep(0.05)
     with pytest.raises(SocketUnavailable, match="closed without answering"):
         show_proc(other, retry_for=0.0)
     thread.join(2)
@@ -206,7 +206,6 @@ def test_a_reload_whose_counters_are_met_by_a_closed_connection_is_still_confirm
     after = SHOW_PROC.replace("master          3 [failed: 1]", "master          4 [failed: 1]")
     thread = _serve(path, {"show proc": [SHOW_PROC, "", "", after], "reload": [""],
                            "_loadstatus": ["Unknown command\n"]}, count=8)
-    time.sleep(0.05)
     status, _ = reload_confirmed(path, timeout=5.0)
     thread.join(2)
     assert (status.reloads, status.failed) == (4, 1)
