@@ -74,8 +74,12 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     """
     try:
         # (A `~user` not known yet, ValueError: as a pidfile not there yet.) Non-blocking and
-        # bounded: a FIFO or a link to /dev/zero there must not hold or fill confsync.
-        fd = os.open(expand_user(pidfile), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # bounded: a FIFO or a link to /dev/zero there must not hold or fill confsync. Nor
+        # may a terminal become ours: a session leader (a systemd service, a container's PID
+        # 1) opening a user's pty through their link had it as controlling terminal, and
+        # their Ctrl-C stopped confsync.
+        fd = os.open(expand_user(pidfile),
+                     os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         with open(fd, "rb") as fh:
             opened = os.fstat(fd)
             # (None: a FIFO whose writer has written nothing yet, as an empty pidfile)

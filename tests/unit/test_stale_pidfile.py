@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,13 @@ from types import FrameType
 
 import pytest
 
+import confsync
 from confsync.command_reload import CommandReloader
 from confsync.processes import find_process, state
 from confsync.resources import Resource
 from confsync.targets import ReloadKind
+
+REPO = Path(confsync.__file__).parent.parent
 
 
 def resource(tmp_path: Path, pidfile: Path, process: str | None = None) -> Resource:
@@ -293,3 +297,30 @@ def test_root_pidfile_linked_into_another_users_directory_names_only_their_proce
     finally:
         rooted.kill()
         rooted.wait()
+
+
+def test_a_terminal_as_pidfile_does_not_become_confsyncs_controlling_terminal(
+        tmp_path: Path) -> None:
+    """A session leader without a terminal (a systemd service, a container's PID 1) that
+    opened a pty named by a pidfile (a user's link to their own terminal) took it as its
+    controlling terminal: their Ctrl-C then sent SIGINT to confsync."""
+    master, slave = os.openpty()
+    try:
+        (tmp_path / "app.pid").symlink_to(os.ttyname(slave))
+        code = ("import os, sys\n"
+                "from pathlib import Path\n"
+                "from confsync.processes import find_process\n"
+                "assert find_process(Path(sys.argv[1]), None) is None\n"
+                "try:\n"
+                "    os.close(os.open('/dev/tty', os.O_RDONLY))\n"
+                "except OSError:\n"
+                "    print('no controlling terminal')\n"
+                "else:\n"
+                "    print('controlling terminal acquired')\n")
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "app.pid")],
+                              start_new_session=True, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.stdout.strip() == "no controlling terminal", done.stdout + done.stderr
+    finally:
+        os.close(slave)
+        os.close(master)
