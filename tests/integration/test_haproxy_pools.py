@@ -136,7 +136,7 @@ def test_address_change_moves_all_traffic_under_load(
     moves = list(itertools.pairwise("acacaca"))  # instance a, between a's and c's ports
     served, outputs, statuses = [], [], []
     with steady_traffic(stack.port, statuses=statuses):
-        for old, new in moves:
+        for _, new in moves:
             stack.put_instance("web", "a", backends[new].port)  # same instance id, new port
             outputs.append(stack.sync_ok())
             served.append(dict(spread(stack.port, 20)))
