@@ -8,8 +8,6 @@ end and closes without a word, as that worker does.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,48 +17,25 @@ from confsync.haproxy.sockets import query
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, spread
 from tests.support.http_backends import HTTPBackend
+from tests.support.unix_cli import UnixCLI
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
 
-class LosingRelay:
+class LosingRelay(UnixCLI):
     """A UNIX socket at `path` that passes each command on to `target` and its answer back,
     but the first command starting with `lose`: read, dropped, the connection closed."""
 
     def __init__(self, path: Path, target: Path, lose: str) -> None:
         self.target, self.lose = target, lose
         self.lost: list[str] = []
-        self._path = path
-        self._closing = False
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.bind(str(path))
-        self._sock.listen()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(path, self._relay)
 
-    def _serve(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                command = data.decode().strip()
-                if command.startswith(self.lose) and not self.lost:
-                    self.lost.append(command)
-                    continue
-                if command:
-                    conn.sendall(query(self.target, command, retry_for=1.0).encode())
-
-    def close(self) -> None:
-        self._closing = True
-        with socket.socket(socket.AF_UNIX) as wake:  # (accept() does not see a close)
-            wake.connect(str(self._path))
-        self._thread.join(5)
-        self._sock.close()
+    def _relay(self, command: str) -> str | None:
+        if command.startswith(self.lose) and not self.lost:
+            self.lost.append(command)
+            return None
+        return query(self.target, command, retry_for=1.0)
 
 
 @pytest.fixture

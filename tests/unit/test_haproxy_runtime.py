@@ -8,9 +8,7 @@ does.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from confsync.haproxy.config_model import parse
 from confsync.haproxy.runtime import AdminSocket, RuntimeApplyFailed, reconcile
+from tests.support.unix_cli import UnixCLI
 
 CONFIG = """global
     stats socket /run/a.sock mode 600 level admin
@@ -41,30 +40,11 @@ class FakeAdmin:
         self.servers = dict(servers)  # name -> (address, port, admin state, weight)
         self.lose = lose
         self.lost: list[str] = []
-        self._path = path
-        self._closing = False
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.bind(str(path))
-        self._sock.listen()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.cli = UnixCLI(path, self._answers)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            if self._closing:
-                conn.close()
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                answers = [self._answer(c.strip()) for c in data.decode().strip().split(";")]
-                if None not in answers:
-                    conn.sendall("".join(a or "" for a in answers).encode())
+    def _answers(self, data: str) -> str | None:
+        answers = [self._answer(command.strip()) for command in data.split(";")]
+        return None if None in answers else "".join(a or "" for a in answers)
 
     def _answer(self, command: str) -> str | None:
         words = command.split()
@@ -99,11 +79,7 @@ class FakeAdmin:
         return "Unknown command.\n"
 
     def close(self) -> None:
-        self._closing = True
-        with socket.socket(socket.AF_UNIX) as wake:  # (accept() does not see a close)
-            wake.connect(str(self._path))
-        self._thread.join(2)
-        self._sock.close()
+        self.cli.close()
 
 
 @pytest.fixture
