@@ -65,8 +65,9 @@ class AdminSocket:
         except OSError as exc:
             raise RuntimeApplyFailed(f"admin socket {self.path}: {exc}") from None
         if not answer and not _SILENT.match(command):
-            raise RuntimeApplyFailed(f"`{command}` -> no answer (the connection closed unread: "
-                                     "a worker stopping?)")
+            # (not "connection" in the text: `del server` takes that for one still busy)
+            raise RuntimeApplyFailed(f"`{command}` -> no answer (closed unread: a worker "
+                                     "stopping?)")
         if answer and not any(ok in answer for ok in _SUCCESS):
             raise RuntimeApplyFailed(f"`{command}` -> {answer[:300]}")
         return answer

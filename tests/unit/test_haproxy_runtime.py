@@ -135,3 +135,17 @@ def test_no_answer_to_a_command_that_always_answers_is_a_failure(sockdir: Path) 
             AdminSocket(sockdir / "admin.sock", timeout=2.0).command("del server be_web/a")
     finally:
         fake.close()
+
+
+def test_a_del_server_that_got_no_answer_is_no_busy_server_to_park(sockdir: Path) -> None:
+    """`reconcile` parks a server whose `del server` HAProxy refuses for its connections; a
+    `del server` nobody answered is a failure (the reload), not a busy server."""
+    fake = FakeAdmin(sockdir / "admin.sock", RUNNING, lose="del server be_web/b")
+    parked: set[str] = set()
+    try:
+        with pytest.raises(RuntimeApplyFailed, match="no answer"):
+            reconcile(AdminSocket(sockdir / "admin.sock", timeout=2.0), OLD,
+                      parse(cfg("server a 10.0.0.1:80 weight 10")), parked)
+        assert parked == set()
+    finally:
+        fake.close()
