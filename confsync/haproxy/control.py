@@ -1,8 +1,10 @@
 """The HAProxy reload target: how a new config goes live (runtime API, confirmed reload).
 
-- `reload_strategy = "runtime"` and only servers added, removed or changed in weight or state
-  inside existing backends: apply them on the admin socket, no reload (the file is written all
-  the same). A server moved to another address reloads (2.6 reuses connections to the old one).
+- `reload_strategy = "runtime"` and only servers added, removed, moved or changed in weight or
+  state inside existing backends: apply them on the admin socket, no reload (the file is written
+  all the same), then read back `show servers state` once. A server moves in steps that leave no
+  connection to its old address (`move_server`), while other servers serve; the only server
+  serving a backend reloads to move (the steps take it out of the pool for 30-80 ms).
 - Otherwise, or when a runtime command fails: refuse binds on ports another process holds, save
   the server state for the new config, reload through the master CLI (or SIGUSR2 to the master)
   and wait for `show proc` to confirm it.
@@ -694,7 +696,7 @@ class HAProxyController(ReloadTarget):
                         return ReloadResult(ReloadKind.IN_STEP, "servers already as in the "
                                             "file; nothing to reload")
                     why = ("servers added or removed where the balance algorithm needs a reload, "
-                           "or moved to another address")
+                           "or the only server serving a backend moved")
         elif runtime:
             why = "no previous file or admin socket"
         try:

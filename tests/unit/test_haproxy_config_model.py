@@ -184,7 +184,7 @@ def test_deleting_a_server_still_referenced_is_never_proven(reference: str) -> N
 
 
 def test_reconcile_plans_against_the_live_servers() -> None:
-    from confsync.haproxy.runtime import LiveServer, plan_reconcile
+    from confsync.haproxy.runtime import LiveServer, Move, plan_reconcile
 
     new = parse(cfg("server a 10.0.0.1:80 weight 10 check",
                     "server b 10.0.0.2:80 weight 10 check disabled",
@@ -195,11 +195,11 @@ def test_reconcile_plans_against_the_live_servers() -> None:
         "z": LiveServer("10.0.0.26", 80, 10, maint=True, drain=False),  # left over
         "slot1": LiveServer("10.0.0.30", 80, 1, maint=False, drain=False),  # server-template
     }}
-    # A moved server is a reload: `set server addr` left HAProxy 2.6 reusing connections to
-    # the old address.
+    # A moved server moves in steps (`move_server`), then takes the file's state.
     plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
-    assert plan.reload == ("be_web/a moved from 10.0.0.9:80 to 10.0.0.1:80 (HAProxy would "
-                           "reuse connections to the old address)")
+    assert plan.reload is None
+    assert plan.moves == [Move("be_web/a", "10.0.0.1", 80, "ready")]
+    assert "set server be_web/a state ready" not in plan.commands  # (the move's last step)
     live["be_web"]["a"] = LiveServer("10.0.0.1", 80, 10, maint=False, drain=True)  # drained
     plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
     assert plan.reload is None
@@ -216,6 +216,45 @@ def test_reconcile_plans_against_the_live_servers() -> None:
     assert plan_reconcile(new, {}, set()).reload == "backend be_web is not in HAProxy"
     static = parse(cfg("server a 10.0.0.1:80 weight 10 check", balance="static-rr"))
     assert plan_reconcile(static, {"be_web": {}}, set()).reload  # no add server with static-rr
+
+
+def test_a_move_is_runtime_while_another_server_serves() -> None:
+    """The steps of a move take the server out of the pool for tens of milliseconds: fine
+    while another server of the backend serves where it is, a 503 for every request
+    meanwhile when none does (measured), so then the move is a reload."""
+    from confsync.haproxy.runtime import LiveServer, Move, plan_reconcile
+
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 7",
+                    "server c 10.0.0.3:80 weight 10 check disabled"))
+
+    def live(**servers: LiveServer) -> dict[str, dict[str, LiveServer]]:
+        return {"be_web": servers}
+
+    at = {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False),
+          "b": LiveServer("10.0.0.2", 80, 7, maint=False, drain=False),
+          "c": LiveServer("10.0.0.3", 80, 10, maint=True, drain=False)}
+    moved_a = LiveServer("10.0.0.9", 81, 5, maint=False, drain=False)
+    plan = plan_reconcile(new, live(**{**at, "a": moved_a}), set())
+    assert (plan.reload, plan.moves) == (None, [Move("be_web/a", "10.0.0.1", 80, "ready")])
+    assert plan.commands == ["set server be_web/a weight 10"]
+    # no other server serving where it is: b drained, moving too, or with weight 0
+    for b in (LiveServer("10.0.0.2", 80, 7, maint=False, drain=True),
+              LiveServer("10.0.0.8", 80, 7, maint=False, drain=False),
+              LiveServer("10.0.0.2", 80, 0, maint=False, drain=False)):
+        plan = plan_reconcile(new, live(**{**at, "a": moved_a, "b": b}), set())
+        assert plan.reload == ("be_web/a moved from 10.0.0.9:81 to 10.0.0.1:80 with no other "
+                               "server to serve meanwhile")
+    # a server that serves nothing now moves at runtime all the same, into the file's state
+    lone = live(a=LiveServer("10.0.0.1", 80, 10, maint=False, drain=True),
+                b=LiveServer("10.0.0.2", 80, 7, maint=True, drain=False),
+                c=LiveServer("10.0.0.4", 80, 10, maint=True, drain=False))
+    plan = plan_reconcile(new, lone, set(), admin_state=False)
+    assert (plan.reload, plan.moves) == (None, [Move("be_web/c", "10.0.0.3", 80, "maint")])
+    # HAProxy's own admin state is kept where the file's is not applied (an operator's drain)
+    plan = plan_reconcile(new, live(**{**at, "a": LiveServer("10.0.0.9", 81, 5, maint=False,
+                                                              drain=True)}),
+                          set(), admin_state=False)
+    assert (plan.reload, plan.moves) == (None, [Move("be_web/a", "10.0.0.1", 80, "drain")])
 
 
 def test_without_the_previous_file_only_names_addresses_and_ports_count() -> None:

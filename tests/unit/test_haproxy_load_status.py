@@ -10,9 +10,7 @@ and 3.2.0); the real ones are in tests/integration/test_haproxy_reload_race.py.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from confsync.haproxy.master_cli import ReloadNotConfirmed, load_status, reload_confirmed
+from tests.support.unix_cli import UnixCLI
 
 UNKNOWN = "Unknown command, but maybe one of the following ones is a better match:\n  ...\n"
 
@@ -33,38 +32,18 @@ def show_proc(reloads: int, failed: int = 0) -> str:
             "     3.2.0\n")
 
 
-class FakeMaster:
+class FakeMaster(UnixCLI):
     """A master CLI on a UNIX socket: `answer(command)` -> text, called as each command
     comes (it may sleep: HAProxy answers `_loadstatus` only once the worker has loaded)."""
 
     def __init__(self, path: Path, answer: Callable[[str], str]) -> None:
-        self.path, self.answer, self.commands = path, answer, []  # type: list[str]
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(str(path))
-        self.server.listen(16)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.commands: list[str] = []
 
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while chunk := conn.recv(1024):
-                data += chunk
-            command = data.decode().strip()
+        def record(command: str) -> str:
             self.commands.append(command)
-            with contextlib.suppress(OSError):  # the client gave up (its timeout)
-                conn.sendall(self.answer(command).encode())
+            return answer(command)
 
-    def close(self) -> None:
-        self.server.close()
+        super().__init__(path, record)
 
 
 @pytest.fixture

@@ -214,12 +214,17 @@ def test_runtime_probe_compares_haproxys_servers_and_brings_them_in_step(
     controller.reload(None, content + b"\n")
     controller.reload(None, content)
     assert calls[1:] == [("reload",), ("reload",)]
-    # A server at another address: STALE, and a full reload (HAProxy 2.6 would go on
-    # reusing connections to the old address after `set server addr`).
+    # A server at another address: STALE; moved at runtime when it serves nothing now (in
+    # maintenance), a full reload when it is the only one serving (a move's steps take it out
+    # of the pool).
     live["be_web"]["a"] = LiveServer("10.0.0.9", 80, 10, maint=True, drain=False)
     found = controller.probe(None, compare=True)
     assert found.liveness is Liveness.STALE
     assert "HAProxy runs be_web/a at 10.0.0.9:80, the file has 10.0.0.1:80" in found.detail
+    controller.reload(None, content)
+    assert calls[-1] == ("reconcile", None)
+    live["be_web"]["a"] = LiveServer("10.0.0.9", 80, 10, maint=False, drain=False)
+    assert controller.probe(None, compare=True).liveness is Liveness.STALE
     controller.reload(None, content)
     assert calls[-1] == ("reload",)
     # In step but for admin state (disabled by hand): RUNNING.
