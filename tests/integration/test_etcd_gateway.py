@@ -39,7 +39,7 @@ from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import read, wait_for
 from tests.support.dns_server import SrvServer
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster
+from tests.support.etcd_server import EtcdMember, discard, free_port, start_cluster
 from tests.support.grpc_proxy import GrpcProxy
 
 pytestmark = pytest.mark.etcd
@@ -207,8 +207,7 @@ def leaderless(etcd_binary: str, tmp_path: Path) -> Iterator[EtcdMember]:
         members[2].stop()
         yield a
     finally:
-        for m in members:
-            m.stop()
+        discard(members)
 
 
 def _serves(member: EtcdMember) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from tests.support.cli import write_resource
 from tests.support.daemon import WatchProcess, read, wait_for
 from tests.support.etcd_client import client, has_quorum
-from tests.support.etcd_server import EtcdMember, start_cluster
+from tests.support.etcd_server import EtcdMember, discard, start_cluster
 
 LIST_TEMPLATE = "{% for kv in gets('/k/*') %}{{ kv.key }}={{ kv.value }}\n{% endfor %}"
 
@@ -143,8 +143,7 @@ def cluster(etcd_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     members = start_cluster(etcd_binary, tmp_path_factory.mktemp("cluster"))
     wait_for(lambda: has_quorum(members[0].endpoint), timeout=20, what="cluster quorum")
     yield members
-    for m in members:
-        m.stop()
+    discard(members)
 
 
 def _member_in_use(pid: int, members: list[EtcdMember]) -> EtcdMember:
