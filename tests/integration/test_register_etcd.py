@@ -1180,7 +1180,10 @@ def test_a_clone_whose_check_fails_never_deletes_the_others_key(
     took away the other clone's healthy key."""
     c, (first, _), (second, _) = _two_clones(procs, tmp_path, etcd, prefix)
     key = _key(prefix)
-    time.sleep(2.0)  # the first has found the key on the second's lease (at a read-back)
+    # The first has found the key on the second's lease (at a read-back, within ttl/3) and
+    # said so: waited for, not slept for.
+    wait_for(lambda: "another registrar with host name 'node-a'" in first.output(), timeout=10,
+             what=f"the first clone finding the key on another lease\n{first.output()[-2000:]}")
     (tmp_path / "sick-a").touch()
     wait_for(lambda: "check 0 down" in first.output(), timeout=10, what="the check down")
     values = _sample(c, key, 4.0)  # read-backs and retries: four keepalive periods
