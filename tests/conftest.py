@@ -13,7 +13,7 @@ import pytest
 from confsync import children
 from tests.support.daemon import WatchProcess, wait_for
 from tests.support.etcd_client import has_quorum
-from tests.support.etcd_server import EtcdMember, find_etcd, start_cluster, start_single
+from tests.support.etcd_server import EtcdMember, discard, find_etcd, start_cluster, start_single
 from tests.support.haproxy import HAProxyStack, find_haproxy
 from tests.support.http_backends import HTTPBackend
 from tests.support.register import RegisterProcess
@@ -67,8 +67,7 @@ def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
         wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="cluster quorum")
         yield members
     finally:
-        for m in members:
-            m.stop()
+        discard(members)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from tests.support.cli import REPO, confsync, write_resource
 from tests.support.daemon import read, wait_for
 from tests.support.dns_server import SrvServer
 from tests.support.etcd_client import client
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster
+from tests.support.etcd_server import EtcdMember, discard, free_port, start_cluster
 from tests.support.grpc_proxy import GrpcProxy
 
 pytestmark = pytest.mark.etcd
@@ -210,8 +210,7 @@ def leaderless(etcd_binary: str, tmp_path: Path) -> Iterator[EtcdMember]:
         members[2].stop()
         yield a
     finally:
-        for m in members:
-            m.stop()
+        discard(members)
 
 
 def _serves(member: EtcdMember) -> bool:
@@ -312,7 +311,9 @@ def web_page() -> Iterator[tuple[str, list[str]]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # (a short poll_interval: shutdown() waits up to one, 0.5 s by default)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", asked
     server.shutdown()
     server.server_close()

@@ -53,6 +53,7 @@ def test_watch_and_register_outlive_the_removal_of_their_only_configured_member(
     backend = HTTPBackend("web").start()
     write_registration(tmp_path / "conf", "web",
                        f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "2s"\n'
+                       'drain = "0s"\n'  # (no drain: a stop at the end deregisters at once)
                        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
     c = client(m1.endpoint)
     c.put("/k/a", "1")
@@ -94,6 +95,7 @@ def test_a_registrar_with_nothing_registered_outlives_the_removal_of_its_only_me
     port = free_port()  # nothing listens yet: the tcp check is down
     write_registration(tmp_path / "conf", "web",
                        f'service = "web"\nport = {port}\nid = "web-1"\nttl = "2s"\n'
+                       'drain = "0s"\n'  # (no drain: a stop at the end deregisters at once)
                        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
     r = RegisterProcess(tmp_path / "conf", gone.endpoint, "--hostname", "node-a",
                         log=tmp_path / "reg.log")

@@ -68,6 +68,7 @@ def test_a_registration_is_kept_alive_quietly_through_a_nospace_alarm(
     port = free_port()
     write_registration(tmp_path / "conf", "web",
                        f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "2s"\n'
+                       'drain = "0s"\n'  # (no drain: the stop at the end deregisters at once)
                        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
     proc = RegisterProcess(tmp_path / "conf", small_etcd.endpoint, "--hostname", "node-a",
                            "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "reg.log")

@@ -83,6 +83,7 @@ def _member_killed_under_a_registrar(
     others = [m for m in cluster if m is not used]
     write_registration(tmp_path / "conf", "web",
                        f'service = "web"\nport = {backend.port}\nid = "web-1"\nttl = "{ttl}s"\n'
+                       'drain = "0s"\n'  # (no drain: the stop at the end deregisters at once)
                        '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n')
     key = "/services/web/instances/web-1"
     c = client(others[0].endpoint)

@@ -325,6 +325,7 @@ def _root_registrar(etcd: SecureEtcd, tmp_path: Path, prefix: str,
                       f'user = "root"\npassword_file = "{password}"\n')
     write_registration(tmp_path / "conf", "web", (
         f'service = "web"\nid = "web-1"\nport = {listener.getsockname()[1]}\nttl = "9s"\n'
+        'drain = "0s"\n'  # (no drain: the stop at the end deregisters at once)
         '[[check]]\ntype = "tcp"\ninterval = "200ms"\nrise = 1\n'))
     proc = RegisterProcess(tmp_path / "conf", etcd.member.endpoint, "--config", str(config),
                            "--prefix", prefix, "--hostname", "node-a", log=tmp_path / "r.log")

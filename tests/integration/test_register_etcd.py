@@ -35,8 +35,10 @@ def prefix() -> str:
 
 
 def _registration(port: int, **fields: Any) -> str:
+    """No drain unless asked for: most tests stop their registrar only to clean up, and a
+    drain there is a second of waiting (the tests of the stop path set it)."""
     checks = fields.pop("checks", '[[check]]\ntype = "tcp"\ninterval = "100ms"\nrise = 1\n')
-    settings = {"service": "web", "port": port, "id": "web-1", "ttl": "2s", "drain": "1s",
+    settings = {"service": "web", "port": port, "id": "web-1", "ttl": "2s", "drain": "0s",
                 **fields}
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()) + checks
 
@@ -712,7 +714,8 @@ def test_hostile_registration_values_are_refused_exit_2(
 def test_exec_child_death_deregisters_at_once_and_passes_its_status(
         etcd: EtcdMember, prefix: str, tmp_path: Path, procs: list[RegisterProcess]) -> None:
     port = free_port()
-    write_registration(tmp_path / "conf", "web", _registration(port, ttl="30s"))
+    # (a drain set, which the child's death must skip)
+    write_registration(tmp_path / "conf", "web", _registration(port, ttl="30s", drain="1s"))
     child = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
     proc = _start(procs, tmp_path, etcd, prefix, "--exec", child)
     c = client(etcd.endpoint)
@@ -1088,7 +1091,7 @@ def _clone(procs: list[RegisterProcess], tmp_path: Path, etcd: EtcdMember, prefi
     """A registrar for host "node-a" publishing `address` (so whose value is published can be
     told), with an exec check that fails while tmp_path/sick-`name` exists."""
     write_registration(tmp_path / name, "web", _registration(
-        80, address=address, ttl="3s", checks=(
+        80, address=address, ttl="3s", drain="1s", checks=(
             f'[[check]]\ntype = "exec"\ncommand = ["test", "!", "-e", "{tmp_path}/sick-{name}"]'
             '\ninterval = "100ms"\nrise = 1\nfall = 1\n')))
     metrics = free_port()
@@ -1177,7 +1180,10 @@ def test_a_clone_whose_check_fails_never_deletes_the_others_key(
     took away the other clone's healthy key."""
     c, (first, _), (second, _) = _two_clones(procs, tmp_path, etcd, prefix)
     key = _key(prefix)
-    time.sleep(2.0)  # the first has found the key on the second's lease (at a read-back)
+    # The first has found the key on the second's lease (at a read-back, within ttl/3) and
+    # said so: waited for, not slept for.
+    wait_for(lambda: "another registrar with host name 'node-a'" in first.output(), timeout=10,
+             what=f"the first clone finding the key on another lease\n{first.output()[-2000:]}")
     (tmp_path / "sick-a").touch()
     wait_for(lambda: "check 0 down" in first.output(), timeout=10, what="the check down")
     values = _sample(c, key, 4.0)  # read-backs and retries: four keepalive periods

@@ -14,7 +14,7 @@ import pytest
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
 from tests.support.etcd_members import member_in_use
-from tests.support.etcd_server import EtcdMember, free_port, start_cluster
+from tests.support.etcd_server import EtcdMember, discard, free_port, start_cluster
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import ready
 from tests.support.register import RegisterProcess, write_registration
@@ -27,8 +27,7 @@ def cluster(etcd_binary: str, tmp_path: Path) -> Iterator[list[EtcdMember]]:
     members = start_cluster(etcd_binary, tmp_path / "cluster")
     wait_for(lambda: has_quorum(members[0].endpoint), timeout=20, what="cluster quorum")
     yield members
-    for m in members:
-        m.stop()
+    discard(members)
 
 
 def test_the_member_in_use_restarting_is_not_etcd_unreachable(

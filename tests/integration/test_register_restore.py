@@ -68,6 +68,9 @@ def test_a_backup_holding_an_earlier_runs_key_is_taken_over_not_called_a_clone(
     earlier.signal(signal.SIGKILL)
     earlier.wait()
     c = client(etcd_private.endpoint)
+    # Its lease revoked, as its TTL would run out (the restart gave it its whole TTL again):
+    # the key goes with it now, not a TTL later. The backup keeps both.
+    c.revoke_lease(earlier_lease)
     wait_for(lambda: published(c, key) is None, timeout=TTL + 10, what="the earlier run's key gone")
     proc, metrics = _start(procs, tmp_path, etcd_private, prefix, "now")
     wait_for(lambda: published(c, key) is not None, timeout=15, what="registered")

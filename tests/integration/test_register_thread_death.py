@@ -49,7 +49,7 @@ def test_dead_threads_are_logged_as_json_and_started_again(
     prefix = f"/d{uuid.uuid4().hex[:8]}"
     write_registration(tmp_path / "conf", "web",
                        'service = "web"\nport = 20001\nid = "web-1"\nttl = "10s"\n'
-                       'address = "127.0.0.1"\n[[check]]\ntype = "exec"\ncommand = ["true"]\n'
+                       'address = "127.0.0.1"\ndrain = "0s"\n[[check]]\ntype = "exec"\ncommand = ["true"]\n'
                        'interval = "100ms"\nrise = 1\n')
     proc = RegisterProcess(tmp_path / "conf", etcd.endpoint, "--prefix", prefix,
                            "--log-format", "json", log=tmp_path / "r.log",

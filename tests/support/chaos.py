@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.support.daemon import wait_for
 from tests.support.etcd_client import client, has_quorum
-from tests.support.etcd_server import EtcdMember, start_cluster, start_single
+from tests.support.etcd_server import EtcdMember, discard, start_cluster, start_single
 
 
 def inject_faults(rng: random.Random, faults: Mapping[str, Callable[[], object]],
@@ -36,7 +36,7 @@ def inject_faults(rng: random.Random, faults: Mapping[str, Callable[[], object]]
 def chaos_etcd(binary: str, base: Path, rng: random.Random,
                cluster_env: str) -> Iterator[list[EtcdMember]]:
     """One member or a 3-member cluster, half the seeds each (`cluster_env` = 1 or 0 forces
-    it), serving; every member in the list when it ends is stopped (a fault may replace
+    it), serving; every member in the list when it ends is killed (a fault may replace
     members in it)."""
     cluster = bool(int(os.environ.get(cluster_env, str(int(rng.random() < 0.5)))))
     print(f"etcd: {'a 3-member cluster' if cluster else 'one member'}")
@@ -46,8 +46,7 @@ def chaos_etcd(binary: str, base: Path, rng: random.Random,
         wait_for(lambda: has_quorum(members[0].endpoint), timeout=30, what="etcd quorum")
         yield members
     finally:
-        for m in members:
-            m.stop()
+        discard(members)
 
 
 def call_any(members: Sequence[EtcdMember], fn: Callable[[Any], object],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -56,12 +57,17 @@ class SrvServer:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> SrvServer:
-        self._server.start_thread()
+        # dnslib's start_thread() serves with socketserver's default poll_interval, 0.5 s:
+        # each stop (its shutdown()) waited up to that long.
+        self._thread = threading.Thread(target=self._server.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._server.stop()
+        self._thread.join(5)
         self._server.server.server_close()
 
 
@@ -89,7 +95,6 @@ class NameServer:
 
     def __init__(self, hosts: dict[str, list[str]]) -> None:
         import random
-        import threading
 
         self.hosts = hosts
         self.hang = False
