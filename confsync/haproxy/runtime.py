@@ -498,8 +498,10 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
             continue
         admin_state = int(fields[_ADMIN]) if fields[_ADMIN].isdigit() else None
         maint = bool(admin_state & _MAINT_BITS) if admin_state is not None else None
+        # (a file never says drain: a drain is HAProxy's, an operator's or a move's step)
+        drain = bool(admin_state & _DRAIN_BITS) if admin_state is not None else None
         before = old.backends.get(fields[_BE_NAME]) if old is not None else None
-        if (fields[_UWEIGHT], maint) == (str(server.weight), server.disabled):
+        if (fields[_UWEIGHT], maint, drain) == (str(server.weight), server.disabled, False):
             kept.append(line)
         elif admin_state is not None and _admin_kept(
                 admin_state, server, None if old is None else

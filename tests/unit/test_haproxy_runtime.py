@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from confsync.haproxy.config_model import parse
-from confsync.haproxy.runtime import AdminSocket, RuntimeApplyFailed, reconcile
+from confsync.haproxy.runtime import AdminSocket, RuntimeApplyFailed, reconcile, update_saved_state
 from tests.support.unix_cli import UnixCLI
 
 CONFIG = """global
@@ -149,3 +149,20 @@ def test_a_del_server_that_got_no_answer_is_no_busy_server_to_park(sockdir: Path
         assert parked == set()
     finally:
         fake.close()
+
+
+def test_a_move_cut_short_leaves_no_drain_for_the_reload(tmp_path: Path) -> None:
+    """A move whose requests in flight outlast MOVE_WAIT reloads with the server in drain (the
+    move's first step) at its new address. Kept in the state file, the drain came back in the
+    new worker and, the server's line unchanged since, later passes took it for an operator's:
+    the instance never served again (measured on 2.6.12: admin state 8 after the reload). A
+    drain on a server etcd changed is not carried; one on a server it left alone still is."""
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 10"))
+    new = parse(cfg("server a 10.0.0.9:80 weight 10 check", "server b 10.0.0.2:80 weight 10"))
+    state = tmp_path / "state"
+    state.write_text("1\n# be_id be_name srv_id srv_name srv_addr ...\n" + "".join(
+        f"3 be_web {i} {n} {a} 2 8 10 10 0 1 0 0 0 0 0 0 - 80 - 0 0 - - 0\n"
+        for i, (n, a) in enumerate([("a", "10.0.0.9"), ("b", "10.0.0.2")], 1)))
+    assert update_saved_state(state, old, new) == 1
+    kept = [line.split() for line in state.read_text().splitlines()[2:]]
+    assert [(f[3], f[6]) for f in kept] == [("b", "8")]  # b: an operator's drain
