@@ -4,17 +4,28 @@ it ends in a reload, and what it sends traffic to. Each test takes seconds."""
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from confsync.haproxy.runtime import AdminSocket, live_servers
-from tests.support.etcd_server import EtcdMember
-from tests.support.haproxy import HAProxyStack, http_get, spread
+from tests.integration.test_haproxy_pools import _running, steady_traffic
+from tests.support.etcd_server import EtcdMember, free_port
+from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
+
+
+def _op_state(stack: HAProxyStack, server: str) -> int:
+    """The srv_op_state of be_web/`server` (0: DOWN, 2: UP)."""
+    for line in stack.admin_command("show servers state be_web").splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[3] == server:
+            return int(fields[5])
+    raise AssertionError(f"no server {server}")
 
 
 @pytest.fixture
@@ -94,3 +105,38 @@ def test_a_move_its_requests_in_flight_outlast_ends_in_a_reload_that_serves_it(
     assert stack.status().reloads == reloads + 1
     assert not live_servers(AdminSocket(stack.admin))["be_web"]["a"].drain
     assert spread(stack.port, 10) == {"b": 5, "c": 5}
+
+
+def test_a_checked_server_moved_serves_once_its_check_passes_at_the_new_address(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """Leaving maintenance (the move's last step), HAProxy marks a checked server UP at once:
+    the new address took requests before any check of it (a dead one until its first check
+    failed). It now serves there once `rise` checks pass (inter 2s, rise 2: not within the
+    first requests after the pass)."""
+    _running(stack, backends, "a", "b")
+    reloads = stack.status().reloads
+    stack.put_instance("web", "a", backends["c"].port)
+    assert "runtime API" in stack.sync_ok()
+    assert _op_state(stack, "a") == 0  # DOWN (2.6.12, 3.2.0 had 2: UP)
+    assert spread(stack.port, 6) == {"b": 6}
+    wait_for(lambda: "c" in spread(stack.port, 2), timeout=15)
+    assert spread(stack.port, 6) == {"b": 3, "c": 3}
+    assert stack.status().reloads == reloads
+
+
+def test_a_move_while_the_other_server_is_down_by_its_check_is_a_reload(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The other server of the pool is DOWN by its health check: it serves nothing while a
+    moves, so the move is a reload, and no request fails."""
+    _running(stack, backends, "a", "b", check_interval="100ms")
+    stack.put_instance("web", "b", free_port())  # nothing listens: DOWN after 3 checks
+    stack.sync_ok()
+    wait_for(lambda: _op_state(stack, "b") == 0, timeout=10)
+    reloads = stack.status().reloads
+    statuses: list[int] = []
+    with steady_traffic(stack.port, statuses=statuses):
+        stack.put_instance("web", "a", backends["c"].port)
+        assert "reloaded HAProxy" in stack.sync_ok()
+        assert spread(stack.port, 6) == {"c": 6}
+    assert stack.status().reloads == reloads + 1
+    assert statuses and set(statuses) == {200}, Counter(statuses)
