@@ -140,3 +140,25 @@ def test_a_move_while_the_other_server_is_down_by_its_check_is_a_reload(
         assert spread(stack.port, 6) == {"c": 6}
     assert stack.status().reloads == reloads + 1
     assert statuses and set(statuses) == {200}, Counter(statuses)
+
+
+def test_a_pool_rolled_two_at_a_time_then_all_at_once_fails_no_request(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """A StatefulSet rolled: two of three servers move in one pass (runtime: the third serves
+    meanwhile), then all three (a reload: none would serve during the steps)."""
+    _running(stack, backends, "a", "b", "c", check_interval="100ms")
+    reloads = stack.status().reloads
+    statuses: list[int] = []
+    with HTTPBackend("d") as d, HTTPBackend("e") as e, HTTPBackend("f") as f, \
+            steady_traffic(stack.port, statuses=statuses):
+        stack.put_instance("web", "a", d.port)
+        stack.put_instance("web", "b", e.port)
+        assert "runtime API" in stack.sync_ok()
+        wait_for(lambda: {"c", "d", "e"} == set(spread(stack.port, 6)), timeout=10)
+        assert stack.status().reloads == reloads
+        for name, backend in zip("abc", (backends["a"], backends["b"], f), strict=True):
+            stack.put_instance("web", name, backend.port)
+        assert "reloaded HAProxy" in stack.sync_ok()
+        assert set(spread(stack.port, 6)) == {"a", "b", "f"}
+    assert stack.status().reloads == reloads + 1
+    assert statuses and set(statuses) == {200}, Counter(statuses)
