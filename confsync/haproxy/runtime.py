@@ -36,6 +36,13 @@ _DRAIN_BITS = 0x08 | 0x10
 _CONFIG_MAINT = 0x04
 # Columns of `show servers state` (version 1), as HAProxy 2.6 prints them.
 _BE_NAME, _SRV_NAME, _SRV_ADDR, _ADMIN, _UWEIGHT, _IWEIGHT, _PORT = 1, 3, 4, 6, 7, 8, 18
+_OP_STATE, _CHECK_STATE = 5, 13
+# Operational states that take traffic: starting (slowstart), running (not stopped by its
+# health check, not stopping).
+_SERVING = (1, 2)
+# The bit of srv_check_state that means the health check is on (CHK_ST_ENABLED; 2.6 and 3.2
+# print 6 for a check that runs, 14 paused in maintenance, 2 after `disable health`).
+_CHECK_ENABLED = 0x04
 
 
 # What 2.6 answers on success (`set server ... weight/state` and `enable health` say nothing).
@@ -43,10 +50,14 @@ _SUCCESS = ("New server registered", "Server deleted", "changed from", "no need 
 # The commands HAProxy answers with nothing when they succeed. Any other command answered with
 # nothing failed: a worker that closes the connection unread (stopping for a reload) says
 # nothing too. What these did is read back (`_verify`).
-_SILENT = re.compile(r"set server \S+ (state|weight) |(enable|disable) health ")
+_SILENT = re.compile(r"set server \S+ (state|weight|health) |(enable|disable) health ")
 # How long a moving server's requests in flight to its old address may take to end (seconds);
 # past it the move is a reload (the old worker finishes them).
 MOVE_WAIT = 2.0
+# How long the moves of one pass may wait in all (seconds), their two waits each: the daemon's
+# loop waits with them (other resources' renders, the heartbeat). Waited one move after the
+# other, each within MOVE_WAIT twice, a pass could hold it up to 4 s a server (40 s for 10).
+MOVES_WAIT = 2 * MOVE_WAIT
 
 
 class RuntimeApplyFailed(Exception):
@@ -82,6 +93,8 @@ class LiveServer:
     weight: int
     maint: bool
     drain: bool
+    up: bool = True  # its operational state takes traffic (not DOWN by its health check)
+    checked: bool = False  # its health check is on
 
     @property
     def addr_port(self) -> str:
@@ -139,7 +152,9 @@ def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
         try:
             admin_state = int(fields[_ADMIN])
             server = LiveServer(fields[_SRV_ADDR], int(fields[_PORT]), int(fields[_UWEIGHT]),
-                                bool(admin_state & _MAINT_BITS), bool(admin_state & _DRAIN_BITS))
+                                bool(admin_state & _MAINT_BITS), bool(admin_state & _DRAIN_BITS),
+                                int(fields[_OP_STATE]) in _SERVING,
+                                bool(int(fields[_CHECK_STATE]) & _CHECK_ENABLED))
         except ValueError:
             continue
         backends.setdefault(fields[_BE_NAME], {})[fields[_SRV_NAME]] = server
@@ -186,6 +201,7 @@ class Move:
     address: str
     port: int
     state: str  # "ready", "drain" or "maint"
+    checked: bool = False  # health-checked: it serves at its new address once its check passes
 
 
 @dataclass
@@ -228,11 +244,14 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
             continue
         dynamic = backend.balance in DYNAMIC_BALANCE
         before = old.backends.get(name) if old is not None else None
-        # Servers that serve (live) and stay where they are: while one moves, they serve.
+        # Servers that serve (live: not DOWN by their health check, as one moved a moment
+        # ago is until its check passes) and stay where they are, serving (the file's weight
+        # too: the commands run before the moves): while one moves, they serve.
         staying = {n for n, s in running.items() if not (s.maint or s.drain) and s.weight > 0
-                   and (n in backend.servers and not backend.servers[n].disabled
-                        and (s.address, s.port) == (backend.servers[n].address,
-                                                    backend.servers[n].port))}
+                   and s.up and (n in backend.servers and not backend.servers[n].disabled
+                                 and backend.servers[n].weight > 0
+                                 and (s.address, s.port) == (backend.servers[n].address,
+                                                             backend.servers[n].port))}
         for server in backend.servers.values():
             same = before is not None and before.servers.get(server.name) == server
             _plan_server(plan, backend, server, running.get(server.name), admin_state,
@@ -264,7 +283,7 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
     if (now.address, now.port) != (server.address, server.port):
         plan.differences.append(f"HAProxy runs {ref} at {now.addr_port}, the file has "
                                 f"{server.addr_port}")
-        if not others_serve and not (now.maint or now.drain) and now.weight > 0:
+        if not others_serve and not (now.maint or now.drain) and now.weight > 0 and now.up:
             # A move takes the server out of the pool for its steps: with no other server
             # serving, that is a 503 for each request meanwhile (measured). A reload starts a
             # worker with no connections to the old address.
@@ -274,7 +293,7 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
             state = "maint" if server.disabled else "ready"
         else:  # (as HAProxy has it: an operator's)
             state = "maint" if now.maint else "drain" if now.drain else "ready"
-        plan.moves.append(Move(ref, server.address, server.port, state))
+        plan.moves.append(Move(ref, server.address, server.port, state, now.checked))
         if weight and now.weight != server.weight:
             commands.append(f"set server {ref} weight {server.weight}")
         return
@@ -307,7 +326,8 @@ def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, in
                              f"{text[:200]!r}")
 
 
-def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT) -> list[str]:
+def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
+                until: float | None = None) -> list[str]:
     """Serve `move.ref` at its new address with no connection left to the old one; return the
     commands sent. RuntimeApplyFailed when that cannot be made sure of (the caller reloads).
 
@@ -318,6 +338,7 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT) -> list
     until no request is in flight, maintenance (closes every idle connection: none can be in
     use), then the state the file says. Measured under steady traffic: 0 requests answered by
     the old address in 20 moves on 2.6.12 and on 3.2.0, 0 failed, 30-80 ms a move.
+    `until`: a time.monotonic() no wait goes past (the pass's budget for its moves).
     """
     ref = move.ref
     backend, _, name = ref.partition("/")
@@ -326,23 +347,38 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT) -> list
             f"set server {ref} addr {move.address} port {move.port}"]
     for command in sent:
         admin.command(command)
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = min(started + wait, until if until is not None else float("inf"))
     while (conns := server_conns(admin, backend, name))[0]:
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: {conns[0]} request(s) still in flight to its old "
-                                     f"address after {wait:g}s (moving to {address}:{move.port})")
+                                     f"address after {time.monotonic() - started:.1f}s (moving "
+                                     f"to {address}:{move.port})")
         time.sleep(0.005)
     admin.command(f"set server {ref} state maint")
     sent.append(f"set server {ref} state maint")
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = min(started + wait, until if until is not None else float("inf"))
     while server_conns(admin, backend, name) != (0, 0):  # (closed by a task of each thread)
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: connections to its old address left after "
-                                     f"{wait:g}s in maintenance")
+                                     f"{time.monotonic() - started:.1f}s in maintenance")
         time.sleep(0.005)
-    if move.state != "maint":
-        admin.command(f"set server {ref} state {move.state}")
-        sent.append(f"set server {ref} state {move.state}")
+    if move.state == "maint":
+        return sent
+    if move.checked:
+        # Leaving maintenance, HAProxy (2.6.12, 3.2.0) marks a checked server UP at once, as
+        # if its last check had passed: at the new address nothing was checked yet (a dead
+        # one took requests until its first check failed). Leave maintenance for drain (no
+        # new request), mark it DOWN: it serves once `rise` checks pass at the new address.
+        steps = [f"set server {ref} state drain", f"set server {ref} health down"]
+        if move.state == "ready":
+            steps.append(f"set server {ref} state ready")
+    else:
+        steps = [f"set server {ref} state {move.state}"]
+    for command in steps:
+        admin.command(command)
+        sent.append(command)
     return sent
 
 
@@ -388,8 +424,9 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     for command in plan.commands:
         admin.command(command)
         sent.append(command)
+    until = time.monotonic() + MOVES_WAIT
     for move in plan.moves:
-        sent.extend(move_server(admin, move))
+        sent.extend(move_server(admin, move, until=until))
     for ref in plan.removals:
         backend, _, name = ref.partition("/")
         if not live[backend][name].maint:
@@ -498,8 +535,10 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
             continue
         admin_state = int(fields[_ADMIN]) if fields[_ADMIN].isdigit() else None
         maint = bool(admin_state & _MAINT_BITS) if admin_state is not None else None
+        # (a file never says drain: a drain is HAProxy's, an operator's or a move's step)
+        drain = bool(admin_state & _DRAIN_BITS) if admin_state is not None else None
         before = old.backends.get(fields[_BE_NAME]) if old is not None else None
-        if (fields[_UWEIGHT], maint) == (str(server.weight), server.disabled):
+        if (fields[_UWEIGHT], maint, drain) == (str(server.weight), server.disabled, False):
             kept.append(line)
         elif admin_state is not None and _admin_kept(
                 admin_state, server, None if old is None else

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from confsync.haproxy.runtime import AdminSocket, live_servers
 from confsync.haproxy.sockets import query
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, spread
@@ -67,5 +68,31 @@ def test_a_state_ready_the_worker_dropped_ends_in_a_reload_that_serves_the_insta
         assert "reloaded HAProxy" in out, out
         assert stack.status().reloads == reloads + 1
         assert spread(stack.port, 9) == {"a": 3, "b": 3, "c": 3}
+    finally:
+        relay.close()
+
+
+def test_a_move_cut_off_after_its_drain_ends_in_a_reload_that_serves_the_file(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The admin socket fails a move midway (its `set server addr` read and dropped, the
+    server drained): the reload that follows serves the server at its new address, ready."""
+    relay_path = stack.base / "relay.sock"
+    toml = stack.confdir / "conf.d" / "haproxy.toml"
+    toml.write_text(toml.read_text() + f'runtime_socket = "{relay_path}"\n')  # ([haproxy])
+    stack.put_basics()
+    for name in ("a", "b"):
+        stack.put_instance("web", name, backends[name].port)
+    stack.sync_ok()
+    stack.start()
+    relay = LosingRelay(relay_path, stack.admin, "set server be_web/a addr")
+    try:
+        reloads = stack.status().reloads
+        stack.put_instance("web", "a", backends["c"].port)
+        out = stack.sync_ok()
+        assert relay.lost and "reloaded HAProxy" in out, out
+        assert stack.status().reloads == reloads + 1
+        assert spread(stack.port, 6) == {"b": 3, "c": 3}
+        a = live_servers(AdminSocket(stack.admin))["be_web"]["a"]
+        assert (a.port, a.maint, a.drain) == (backends["c"].port, False, False)
     finally:
         relay.close()

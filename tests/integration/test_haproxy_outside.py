@@ -45,6 +45,7 @@ def test_runtime_changes_survive_a_reload_or_restart_by_someone_else(
     # moves; the state file is saved after each pass).
     stack.put_instance("web", "b", backends["c"].port)
     assert "runtime API" in stack.sync_ok()
+    wait_for(lambda: "c" in spread(stack.port, 2), timeout=10)  # (once its check passes there)
     stack.put_instance("web", "a", backends["a"].port, state="maint")
     assert "runtime API" in stack.sync_ok()
     reloads = stack.status().reloads

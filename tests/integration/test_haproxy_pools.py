@@ -130,16 +130,26 @@ def test_address_change_moves_all_traffic_under_load(
     only, also while requests flow, and without a reload. A bare `set server addr` left
     HAProxy 2.6 reusing its connections to the old address: under steady traffic the old one
     went on answering a share of the server's requests (measured: 3-15 of 20 still 5 s later,
-    in 7 moves of 10; the HAProxy chaos test saw it for a whole minute)."""
-    _running(stack, backends, "a", "b")
+    in 7 moves of 10; the HAProxy chaos test saw it for a whole minute). A moved server is
+    served once its health check passes at the new address (`move_server`)."""
+    _running(stack, backends, "a", "b", check_interval="100ms")
     reloads = stack.status().reloads
     moves = list(itertools.pairwise("acacaca"))  # instance a, between a's and c's ports
-    served, outputs, statuses = [], [], []
+    served: list[Counter[str]] = []
+    outputs, statuses = [], []
     with steady_traffic(stack.port, statuses=statuses):
         for _, new in moves:
             stack.put_instance("web", "a", backends[new].port)  # same instance id, new port
             outputs.append(stack.sync_ok())
-            served.append(dict(spread(stack.port, 20)))
+            seen: Counter[str] = Counter()
+
+            def new_serves(new: str = new, seen: Counter[str] = seen) -> bool:
+                seen.update(spread(stack.port, 2))
+                return new in seen
+
+            wait_for(new_serves, timeout=10)
+            seen.update(spread(stack.port, 20))
+            served.append(seen)
     assert [set(s) - {"b"} for s in served] == [{new} for _, new in moves], (served, outputs)
     assert all("runtime API" in out for out in outputs), outputs
     assert stack.status().reloads == reloads

@@ -140,9 +140,14 @@ def test_a_runtime_pass_on_the_second_file_is_saved_for_the_next_reload(
         stack.put_instance("web", "c", backends["c"].port)  # a pass of the first file saves
         assert "runtime API" in stack.sync_ok()
         assert stack.admin_command("disable server be_web/c").strip() == ""
-        stack.put("/two/servers/y", str(backends["a"].port))  # y moves from c to a
-        assert "runtime API" in stack.sync_ok()  # (x serves while y moves)
-        assert spread(two_port, 4) == {"a": 4}
+        # z joins, and serves while y moves from c to a (x is in maintenance, dead is DOWN:
+        # with no other server serving, a move is a reload)
+        stack.put("/two/servers/z", str(backends["a"].port))
+        assert "runtime API" in stack.sync_ok()
+        stack.put("/two/servers/y", str(backends["a"].port))
+        assert "runtime API" in stack.sync_ok()
+        wait_for(lambda: spread(two_port, 4) == {"a": 4}, timeout=10)
+        wait_for(lambda: live_servers(AdminSocket(stack.admin))["be_two"]["y"].up, timeout=10)
         stack.reload_by_signal()
         assert spread(two_port, 4) == {"a": 4}
         assert _kept(stack) == {"be_web/a": True, "be_two/x": True, "be_two/y": False}

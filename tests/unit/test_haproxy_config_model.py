@@ -439,3 +439,23 @@ def test_hard_stop_after_is_read_in_seconds_from_haproxy_times() -> None:
     assert parse("global\n    hard-stop-after 1500\n").hard_stop_after == 1.5  # ms
     assert parse("global\n    hard-stop-after soon\n").hard_stop_after is None
     assert parse("global\n    maxconn 10\n").hard_stop_after is None
+
+
+def test_a_move_counts_only_servers_that_will_serve_meanwhile() -> None:
+    """Servers DOWN by their health check (as one moved a moment ago is until its check at the
+    new address passes) serve nothing, nor one the same batch sets to weight 0 (the commands
+    run before the moves): counted as serving, the move took the backend's last serving
+    server out of the pool, a 503 for every request meanwhile. A server DOWN itself loses
+    nothing by moving at runtime."""
+    from confsync.haproxy.runtime import LiveServer, plan_reconcile
+
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 7"))
+    a = LiveServer("10.0.0.9", 80, 10, maint=False, drain=False)
+    b = LiveServer("10.0.0.2", 80, 7, maint=False, drain=False)
+    assert plan_reconcile(new, {"be_web": {"a": a, "b": b}}, set()).reload is None
+    zero = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 0"))
+    assert plan_reconcile(zero, {"be_web": {"a": a, "b": b}}, set()).reload
+    down = LiveServer("10.0.0.2", 80, 7, maint=False, drain=False, up=False)
+    assert plan_reconcile(new, {"be_web": {"a": a, "b": down}}, set()).reload
+    a_down = LiveServer("10.0.0.9", 80, 10, maint=False, drain=False, up=False)
+    assert plan_reconcile(new, {"be_web": {"a": a_down, "b": down}}, set()).reload is None
