@@ -46,10 +46,10 @@ def stack(haproxy_binary: str, etcd: EtcdMember) -> Iterator[HAProxyStack]:
     s.stop()
 
 
-def test_a_state_ready_the_worker_dropped_ends_in_a_reload_that_serves_the_instance(
-        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
-    """Taken for done, the lost `state ready` left the new instance in maintenance: the file
-    said it served, HAProxy did not, and the probe (names, addresses, ports) saw nothing."""
+def _serving_a_and_b_through(stack: HAProxyStack, backends: dict[str, HTTPBackend],
+                             lost: str) -> LosingRelay:
+    """HAProxy serving instances a and b, confsync's runtime socket a relay that drops the
+    first command starting with `lost` (read, never passed on, no answer)."""
     relay_path = stack.base / "relay.sock"
     toml = stack.confdir / "conf.d" / "haproxy.toml"
     toml.write_text(toml.read_text() + f'runtime_socket = "{relay_path}"\n')  # ([haproxy])
@@ -58,7 +58,14 @@ def test_a_state_ready_the_worker_dropped_ends_in_a_reload_that_serves_the_insta
         stack.put_instance("web", name, backends[name].port)
     stack.sync_ok()
     stack.start()
-    relay = LosingRelay(relay_path, stack.admin, "set server be_web/c state ready")
+    return LosingRelay(relay_path, stack.admin, lost)
+
+
+def test_a_state_ready_the_worker_dropped_ends_in_a_reload_that_serves_the_instance(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """Taken for done, the lost `state ready` left the new instance in maintenance: the file
+    said it served, HAProxy did not, and the probe (names, addresses, ports) saw nothing."""
+    relay = _serving_a_and_b_through(stack, backends, "set server be_web/c state ready")
     try:
         reloads = stack.status().reloads
         stack.put_instance("web", "c", backends["c"].port)
@@ -76,15 +83,7 @@ def test_a_move_cut_off_after_its_drain_ends_in_a_reload_that_serves_the_file(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     """The admin socket fails a move midway (its `set server addr` read and dropped, the
     server drained): the reload that follows serves the server at its new address, ready."""
-    relay_path = stack.base / "relay.sock"
-    toml = stack.confdir / "conf.d" / "haproxy.toml"
-    toml.write_text(toml.read_text() + f'runtime_socket = "{relay_path}"\n')  # ([haproxy])
-    stack.put_basics()
-    for name in ("a", "b"):
-        stack.put_instance("web", name, backends[name].port)
-    stack.sync_ok()
-    stack.start()
-    relay = LosingRelay(relay_path, stack.admin, "set server be_web/a addr")
+    relay = _serving_a_and_b_through(stack, backends, "set server be_web/a addr")
     try:
         reloads = stack.status().reloads
         stack.put_instance("web", "a", backends["c"].port)
