@@ -48,6 +48,10 @@ def test_a_new_cause_says_the_old_ones_count_and_a_flapping_value_is_summarized(
         return records()[-1]
 
     wait_for(lambda: read(dest) == "value=1\n", 20, what="first render")
+    # ... and its record: written by the log's own thread, it came after a put's count of
+    # records once (at -n 6), and was taken for that put's apply.
+    wait_for(lambda: len(records()) >= 1, 20, what=f"the first render's record\n"
+             f"{w.output()[-3000:]}")
     assert put("/k/v", "bad")["level"] == "error"
     for n in range(2):  # the same failure at two more data changes: not logged
         assert put("/k/other", str(n))["level"] == "debug"
