@@ -19,6 +19,7 @@ from confsync.errors import StoreUnavailable
 from confsync.settings import EtcdSettings
 from confsync.stores.etcd import EtcdStore
 from tests.support.black_hole import black_holes
+from tests.support.etcd_client import client
 from tests.support.etcd_server import EtcdMember
 from tests.support.tcp_proxy import TcpProxy
 
@@ -38,6 +39,19 @@ def _failed_try(store: EtcdStore) -> tuple[float, str]:
     return time.monotonic() - started, str(failed.value)
 
 
+def _serves_within(endpoint: str, seconds: float) -> float:
+    """Seconds until a plain client of its own reads from `endpoint`."""
+    started = time.monotonic()
+    while True:
+        try:
+            client(endpoint, timeout=2.0).get("/silent/x")
+            return time.monotonic() - started
+        except Exception:
+            if time.monotonic() - started >= seconds:
+                raise
+            time.sleep(0.2)
+
+
 def _snapshot_within(store: EtcdStore, seconds: float) -> int:
     """The revision of the first snapshot read within `seconds` (StoreUnavailable if none)."""
     deadline = time.monotonic() + seconds
@@ -52,6 +66,10 @@ def _snapshot_within(store: EtcdStore, seconds: float) -> int:
 
 def test_a_silent_endpoint_costs_its_timeout_once_while_the_others_refuse(
         etcd_private: EtcdMember, tmp_path: Path) -> None:
+    # Serving first: the fixture returns once the port is open, and an etcd killed before it
+    # had bootstrapped its new data directory came back taking connections and answering
+    # none, for good (at load 4; CI failed twice on it).
+    _serves_within(etcd_private.endpoint, 30.0)
     etcd_private.kill()  # (refused: nothing listens)
     with black_holes(1) as silent:
         store = EtcdStore(EtcdSettings(endpoints=(*silent, etcd_private.endpoint),
@@ -66,8 +84,10 @@ def test_a_silent_endpoint_costs_its_timeout_once_while_the_others_refuse(
                 assert took < KNOWN_SILENT_MAX, f"a try took {took:.2f}s: {error}"
                 assert "refused" in error.lower() or "failed to connect" in error, error
             etcd_private.start()
-            # Back once etcd serves (its port opens before it has elected itself: a read in
-            # between timed out in CI at load 3), not after the silent one's 60 s.
+            # Back once etcd serves again (its port opens before it has elected itself), not
+            # after the silent one's 60 s.
+            served = _serves_within(etcd_private.endpoint, 30.0)
+            print(f"etcd served again {served:.1f}s after its restart")
             assert _snapshot_within(store, 20.0) >= 1
         finally:
             store.close()
