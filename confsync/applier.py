@@ -250,7 +250,7 @@ _STAGED = re.compile(rf"\.(.+)\.([0-9]+)\.[0-9]+{re.escape(STAGED_SUFFIX)}")
 # When this module was imported (wall clock, as file times are): every staged file this
 # process writes is written later. One named with our own pid but older is a predecessor's
 # that had the same pid (a container's PID 1 started again after a SIGKILL), not ours.
-IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
+_IMPORTED_AT = time.time()  # wall clock: compared with file mtimes
 
 
 def pid_exists(pid: int) -> bool:
@@ -264,6 +264,16 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True  # alive, another user's
     return True
+
+
+def writer_alive(pid: int, mtime: float) -> bool:
+    """Whether the writer a file's (or directory's) name carries, `pid`, may still use it,
+    modified at `mtime`: any other pid while it runs; our own only for one not older than
+    this process (an older one is a predecessor's that had our pid). Staged files and
+    `check`'s directories (check_dirs.py) are judged alike."""
+    if pid == os.getpid():
+        return mtime >= _IMPORTED_AT
+    return pid_exists(pid)
 
 
 # Staged files this process could not remove: one whose apply failed after the filesystem
@@ -294,13 +304,10 @@ def remove_stale_staged(dests: Iterable[Path], min_age: float = 0.0) -> list[Pat
             if match is None or match[1] not in names:
                 continue
             pid = int(match[2])
-            if pid != os.getpid() and pid_exists(pid):
-                continue
             path = directory / entry
             try:
                 info = os.lstat(path)
-                if not stat.S_ISREG(info.st_mode) or (
-                        pid == os.getpid() and info.st_mtime >= IMPORTED_AT):
+                if not stat.S_ISREG(info.st_mode) or writer_alive(pid, info.st_mtime):
                     continue
                 if min_age and time.time() - info.st_mtime < min_age:  # wall clock: file ages
                     continue

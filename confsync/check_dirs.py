@@ -19,7 +19,7 @@ import stat
 import tempfile
 import time
 
-from confsync.applier import IMPORTED_AT, pid_exists
+from confsync.applier import writer_alive
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,9 @@ def remove_dead_check_dirs() -> list[str]:
         if time.time() - info.st_mtime < MIN_AGE:  # wall clock: file ages (mtimes)
             continue
         if match[1] is not None:
-            pid = int(match[1])
-            # Our own pid on one older than this process: a predecessor's that had our pid
-            # (every `check` a container runs is its PID 1); it was kept for good.
-            alive = info.st_mtime >= IMPORTED_AT if pid == os.getpid() else pid_exists(pid)
-            if alive:
+            # (Our own pid on one older than this process: a predecessor's that had our pid;
+            # every `check` a container runs is its PID 1.)
+            if writer_alive(int(match[1]), info.st_mtime):
                 continue
         elif time.time() - info.st_mtime < _UNNAMED_AGE:  # wall clock: file ages (mtimes)
             continue
