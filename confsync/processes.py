@@ -78,7 +78,8 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         # may a terminal become ours: a session leader (a systemd service, a container's PID
         # 1) opening a user's pty through their link had it as controlling terminal, and
         # their Ctrl-C stopped confsync.
-        fd = os.open(expand_user(pidfile),
+        path = expand_user(pidfile)
+        fd = os.open(path,
                      os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         with open(fd, "rb") as fh:
             opened = os.fstat(fd)
@@ -106,7 +107,7 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
         if process is not None and not _is_named(process, name, cmdline):
             why = f"{name!r}, not {process!r}: a stale pidfile"
         else:
-            why = _not_theirs(pidfile, opened, proc)
+            why = _not_theirs(path, opened, proc)
     if why is None:
         return pid
     message = f"{pidfile} names pid {pid}, which is {why}, not used"
@@ -115,8 +116,8 @@ def pidfile_pid(pidfile: Path, process: str | None) -> int | None:
     return None
 
 
-def _not_theirs(pidfile: Path, opened: os.stat_result, proc: psutil.Process) -> str | None:
-    """Why the process named by `pidfile` (read as `opened`) is not one its writers could
+def _not_theirs(path: Path, opened: os.stat_result, proc: psutil.Process) -> str | None:
+    """Why the process the pidfile at `path` (read as `opened`) names is not one its writers could
     signal themselves, or None: a user other than root and ours who owns the pidfile (or a
     link on the way to it) chose the number, and only their own processes may get our signal
     (path_writers.py)."""
@@ -125,7 +126,7 @@ def _not_theirs(pidfile: Path, opened: os.stat_result, proc: psutil.Process) -> 
     from confsync.path_writers import untrusted_writers
 
     try:
-        writers = untrusted_writers(str(expand_user(pidfile)), opened)
+        writers = untrusted_writers(str(path), opened)
         real, _, saved = proc.uids()
     except (OSError, ValueError, psutil.Error):  # (ValueError: replaced since it was read)
         return "a process whose owner, or its pidfile's, cannot be told"
