@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def free_port() -> int:
                 continue  # held: by another test's server, or a service of this machine
             return port
     raise RuntimeError(f"no free port in {start}-{start + size - 1}")
+
+
+def _serving(endpoint: str) -> bool:
+    """etcd's /health says true: it has a leader and answers reads. (Its client port opens
+    before that: a test that kills or freezes a member just started could meet one that never
+    served, and a first request then waited out an election.)"""
+    try:
+        with urllib.request.urlopen(f"{endpoint}/health", timeout=1) as response:
+            return b'"true"' in response.read()
+    except (OSError, ValueError):
+        return False
 
 
 def _port_open(port: int) -> bool:
@@ -130,6 +142,15 @@ class EtcdMember:
             time.sleep(0.05)
         raise RuntimeError(f"etcd {self.name} did not listen on {self.client_port} in {timeout}s")
 
+    def wait_serving(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not _serving(self.endpoint):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd {self.name} did not report healthy in {timeout}s")
+            time.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self.proc is not None and self.proc.poll() is None:
@@ -174,6 +195,9 @@ def _start(members: list[EtcdMember]) -> RuntimeError | None:
             m.start(wait=False)
         for m in members:
             m.wait_ready()
+        for m in members:
+            if m.scheme == "http":  # (a TLS member's /health needs its certificates)
+                m.wait_serving()
         return None
     except RuntimeError as exc:
         for m in members:
