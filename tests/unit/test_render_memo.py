@@ -35,13 +35,15 @@ class Setup:
         write_resource(self.confdir, "pool", template,
                        f'dest = "{self.dest}"\nkeys = ["/svc"]\n{body}')
 
-    def once(self, *extra: str, env: dict[str, str] | None = None) -> tuple[int, bool]:
+    def once(self, *extra: str, env: dict[str, str] | None = None,
+             cwd: Path = REPO) -> tuple[int, bool]:
         """Run `once`: its exit status, and whether the memo stood in for the render."""
         done = subprocess.run(
             [sys.executable, "-m", "confsync", "once", "--confdir", str(self.confdir),
              "--backend", "file", "--file", str(self.data), "--log-level", "debug", *extra],
-            capture_output=True, text=True, cwd=REPO, timeout=60,
-            env={**os.environ, "TMPDIR": str(self.tmpdir), **(env or {})})
+            capture_output=True, text=True, cwd=cwd, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(self.tmpdir),
+                 **(env or {})})
         return done.returncode, MEMO in done.stderr
 
 
@@ -57,6 +59,20 @@ def test_the_same_inputs_again_skip_the_render_and_leave_the_file_as_it_is(
                if p.name != cache_prune.MARKER]
     assert len(entries) == 1 and written not in entries[0].read_bytes()  # digests only
     assert s.once(env={"CONFSYNC_RENDER_MEMO": "false"}) == (0, False)
+
+
+@pytest.mark.parametrize("variable", ["TMPDIR", "TEMP"])
+def test_run_from_the_temporary_directory_the_memo_is_used(tmp_path: Path,
+                                                            variable: str) -> None:
+    """`cd /tmp && confsync once` (a cron job, a container whose WORKDIR is /tmp; here TEMP
+    names it, as /tmp names itself): the working directory is the temporary directory that
+    was asked for, not tempfile's last resort, yet the memo was refused and every run
+    rendered."""
+    s = Setup(tmp_path)
+    env = {"TMPDIR": "", variable: str(s.tmpdir)}  # (an empty TMPDIR is passed over)
+    assert s.once(env=env, cwd=s.tmpdir) == (0, False)
+    assert s.once(env=env, cwd=s.tmpdir) == (0, True)
+    assert s.dest.read_text() == "server a 10.0.0.1:80\nserver b 10.0.0.2:80\n"
 
 
 def test_changed_data_is_rendered(tmp_path: Path) -> None:
