@@ -220,8 +220,9 @@ def test_data_digests_tell_text_from_bytes_and_keys_from_values() -> None:
 
     seen = {digest({"/a/x": b"1", "/a/y": b"2"}), digest({"/a/x": b"12"}),
             digest({"/a/x1": b"2"}), digest({"/a/x": b"\xff"}), digest({"/a/x": b"\\xff"}),
-            digest({})}
-    assert len(seen) == 6
+            digest({}), digest({"/a": b"1"}), digest({"/a": b"1", "/a/x": b"2"}),
+            digest({"/a": b"2", "/a/x": b"1"})}  # ("/a" itself is a key it reads)
+    assert len(seen) == 9
     assert digest({"/a/x": b"1", "/a/y": b"2", "/b": b"3"}) == \
         digest({"/a/x": b"1", "/a/y": b"2"})  # a key it cannot see is no input of it
 
@@ -285,3 +286,32 @@ def test_an_include_of_another_resources_src_renders_whichever_render_was_skippe
     s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.2:80\n")  # part's data unchanged
     assert s.once()[0] == 0
     assert s.dest.read_text() == "part 1\nserver a 10.0.0.2:80\n"
+
+
+def test_a_dest_written_after_the_memo_looked_is_rendered_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest of dest's bytes that `expects` took (before etcd answered) stands for those
+    bytes only: a dest written between that look and the apply is never taken for the last
+    render's output."""
+    import tempfile
+
+    from confsync import oneshot
+    from confsync.render_memo import RenderMemo
+    from confsync.resources import Resource
+    from confsync.settings import Settings
+
+    s = Setup(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(s.tmpdir))
+    settings = Settings(confdir=s.confdir, backend="file", file_paths=(s.data,))
+    assert oneshot.run_once(settings) == 0
+    rendered = s.dest.read_text()
+    looked = RenderMemo.expects
+
+    def look_then_write(memo: RenderMemo, resource: Resource) -> bool:
+        expected = looked(memo, resource)
+        s.dest.write_text("written by hand\n")
+        return expected
+
+    monkeypatch.setattr(RenderMemo, "expects", look_then_write)
+    assert oneshot.run_once(settings) == 0
+    assert s.dest.read_text() == rendered
