@@ -282,3 +282,15 @@ def test_the_records_made_before_the_read_compile_no_annotation() -> None:
             compiled = [field for field, annotation in record.__annotations__.items()
                         if isinstance(annotation, typing.ForwardRef)]
             assert not compiled, f"{name}.{record.__name__}: {compiled}"
+
+
+def test_the_memo_and_the_sync_step_load_after_the_read_starts() -> None:
+    """`prepare` starts the read of etcd, then loads these while the answer is awaited: as
+    imports of `oneshot` itself they would delay the request (issue 11)."""
+    code = ("import json, sys\n"
+            "import confsync.oneshot\n"
+            "print(json.dumps([m for m in ('confsync.render_memo', 'confsync.template_files', "
+            "'confsync.sync', 'confsync.targets') if m in sys.modules]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, check=True)
+    assert json.loads(done.stdout) == []
