@@ -290,7 +290,8 @@ def test_the_memo_and_the_sync_step_load_after_the_read_starts() -> None:
     code = ("import json, sys\n"
             "import confsync.oneshot\n"
             "print(json.dumps([m for m in ('confsync.render_memo', 'confsync.template_files', "
-            "'confsync.sync', 'confsync.targets') if m in sys.modules]))\n")
+            "'confsync.cache_prune', 'confsync.private_tmp', '_blake2', 'confsync.sync', "
+            "'confsync.targets') if m in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO, check=True)
     assert json.loads(done.stdout) == []
