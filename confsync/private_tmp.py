@@ -71,9 +71,9 @@ def temporary_directory() -> str:
 
 
 def _named(directory: str) -> bool:
-    """Whether `directory` is one of tempfile's named candidates: run from /tmp (a cron job, a
-    container whose WORKDIR is /tmp), the working directory is TMPDIR's answer, not the last
-    resort."""
+    """Whether `directory` is one of tempfile's named candidates (TMPDIR, TEMP, TMP, /tmp, ...),
+    not its last resort: run from /tmp (a cron job, a container whose WORKDIR is /tmp), the
+    working directory is also the temporary directory asked for."""
     try:
         return directory in map(os.path.abspath, _named_candidates())
     except OSError:  # (a relative TMPDIR under a working directory removed since)

@@ -122,17 +122,21 @@ def needed(imp: Import) -> list[str]:
     return [imp.target, *(f"{imp.target}.{n}" for n in imp.names if is_module(f"{imp.target}.{n}"))]
 
 
+def loaded_by(code: str) -> frozenset[str]:
+    """sys.modules of a fresh interpreter that ran `code`."""
+    done = subprocess.run([sys.executable, "-c", f"import json, sys\n{code}\n"
+                           "print(json.dumps(sorted(sys.modules)))\n"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
+    return frozenset(json.loads(done.stdout))
+
+
 @functools.cache
 def loaded_after_preload() -> frozenset[str]:
     """sys.modules of a fresh interpreter that did what `watch` and `register` do at start."""
-    code = ("import json, sys\n"
-            "import confsync.cli, confsync.daemon, confsync.ops.wiring, confsync.register.run\n"
-            "import confsync.preload\n"
-            "confsync.preload.preload_lazy_modules()\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=REPO, check=True)
-    return frozenset(json.loads(done.stdout))
+    return loaded_by("import confsync.cli, confsync.daemon, confsync.ops.wiring, "
+                     "confsync.register.run\n"
+                     "import confsync.preload\n"
+                     "confsync.preload.preload_lazy_modules()")
 
 
 def test_every_lazy_import_on_a_daemon_path_is_imported_at_start() -> None:
@@ -287,11 +291,6 @@ def test_the_records_made_before_the_read_compile_no_annotation() -> None:
 def test_the_memo_and_the_sync_step_load_after_the_read_starts() -> None:
     """`prepare` starts the read of etcd, then loads these while the answer is awaited: as
     imports of `oneshot` itself they would delay the request (issue 11)."""
-    code = ("import json, sys\n"
-            "import confsync.oneshot\n"
-            "print(json.dumps([m for m in ('confsync.render_memo', 'confsync.template_files', "
-            "'confsync.cache_prune', 'confsync.private_tmp', '_blake2', 'confsync.sync', "
-            "'confsync.targets') if m in sys.modules]))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=REPO, check=True)
-    assert json.loads(done.stdout) == []
+    assert not loaded_by("import confsync.oneshot") & {
+        "confsync.render_memo", "confsync.template_files", "confsync.cache_prune",
+        "confsync.private_tmp", "_blake2", "confsync.sync", "confsync.targets"}
