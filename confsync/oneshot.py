@@ -15,13 +15,13 @@ from confsync.errors import (
     EXIT_WOULD_CHANGE,
 )
 from confsync.mirror import Mirror
+from confsync.render_memo import RenderMemo
 from confsync.resources import Resource, ResourceSet, load_resources
 from confsync.settings import Settings
 from confsync.stores import Store, merge_prefixes, open_snapshot_store
 
 if TYPE_CHECKING:
     from confsync.outcome import Outcome
-    from confsync.render_memo import RenderMemo
     from confsync.renderer import Renderer
     from confsync.sync import Syncer
 
@@ -129,10 +129,7 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
         try:
             # First what waits on files and on etcd, the sync step's imports after: the reader
             # takes the GIL while this thread waits, so its request goes out sooner (a thread
-            # that holds the GIL in pure Python hands it over only every 5 ms). The memo's
-            # modules too are loaded here, not before the reader starts (~0.9 ms).
-            from confsync.render_memo import RenderMemo
-
+            # that holds the GIL in pure Python hands it over only every 5 ms).
             memo = RenderMemo.open(templates, resource_set.resources,
                                    (settings.render_timeout, settings.max_output_size)) \
                 if settings.render_memo else None
