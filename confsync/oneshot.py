@@ -127,14 +127,16 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
     try:
         reading = _Background(lambda: snapshot_mirror(store, resource_set.resources))
         try:
-            from confsync.sync import Syncer
-
+            # First what waits on files and on etcd, the sync step's imports after: the reader
+            # takes the GIL while this thread waits, so its request goes out sooner (a thread
+            # that holds the GIL in pure Python hands it over only every 5 ms).
             memo = RenderMemo.open(templates, resource_set.resources,
                                    (settings.render_timeout, settings.max_output_size)) \
                 if settings.render_memo else None
             if memo is None or not all(memo.expects(r) for r in resource_set.resources) \
                     or _data_moved(store, memo, resource_set.resources):
                 renderer = make_renderer()
+            from confsync.sync import Syncer
         finally:
             reading.join()  # the store is never closed under a read
         mirror = reading.result()

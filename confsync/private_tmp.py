@@ -18,6 +18,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _found: str | None = None  # temporary_directory()'s answer, once found
+_FIXED = ("/tmp", "/var/tmp", "/usr/tmp")  # tempfile's candidates on POSIX after the variables
+
+
+def _named_candidates() -> list[str]:
+    """tempfile's candidates before its last resort, the working directory: TMPDIR, TEMP, TMP
+    (those set) and the fixed directories."""
+    return [d for d in map(os.environ.get, ("TMPDIR", "TEMP", "TMP")) if d] + list(_FIXED)
 
 
 def temporary_directory() -> str:
@@ -34,8 +41,7 @@ def temporary_directory() -> str:
         return str(tempfile.gettempdir())
     if _found is not None:  # (kept from the first call, as tempfile keeps its own)
         return _found
-    candidates = [d for d in map(os.environ.get, ("TMPDIR", "TEMP", "TMP")) if d]
-    candidates += ["/tmp", "/var/tmp", "/usr/tmp"]
+    candidates = _named_candidates()
     try:
         candidates.append(os.getcwd())
     except OSError:
@@ -64,6 +70,16 @@ def temporary_directory() -> str:
     raise FileNotFoundError(f"No usable temporary directory found in {candidates}")
 
 
+def _named(directory: str) -> bool:
+    """Whether `directory` is one of tempfile's named candidates (TMPDIR, TEMP, TMP, /tmp, ...),
+    not its last resort: run from /tmp (a cron job, a container whose WORKDIR is /tmp), the
+    working directory is also the temporary directory asked for."""
+    try:
+        return directory in map(os.path.abspath, _named_candidates())
+    except OSError:  # (a relative TMPDIR under a working directory removed since)
+        return False
+
+
 def private_directory(name: str) -> Path | None:
     """`$TMPDIR/<name>`, made 0700 if missing; None unless it is a directory that this user
     owns and nobody else may write to (not a link another user planted)."""
@@ -76,7 +92,7 @@ def private_directory(name: str) -> Path | None:
         cwd = os.getcwd()
     except OSError:  # (removed since we started there: a deploy's old release directory)
         cwd = os.curdir
-    if base in (cwd, os.curdir) and os.environ.get("TMPDIR") != base:
+    if base in (cwd, os.curdir) and not _named(base):
         return None  # tempfile's last resort: never a cache in the directory we ran from
     directory = Path(base) / name
     try:

@@ -4,8 +4,9 @@ One schema table drives all three sources so a setting cannot exist in one and b
 another, and every error names where the bad value came from.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it makes each NamedTuple field's annotation a
+# string, which typing compiles (a ForwardRef per field) as the class is made, on every run;
+# the records of the one-shot path before etcd is asked cost 0.2 ms more so (issue 11).
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence

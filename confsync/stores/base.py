@@ -3,8 +3,9 @@ the watch sink. Backends import only this module, so the package's factories (co
 are the one place that knows the backends, and the arrows stay one way.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it makes each NamedTuple field's annotation a
+# string, which typing compiles (a ForwardRef per field) as the class is made, on every run;
+# the records of the one-shot path before etcd is asked cost 0.06 ms more so (issue 11).
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 

@@ -35,13 +35,15 @@ class Setup:
         write_resource(self.confdir, "pool", template,
                        f'dest = "{self.dest}"\nkeys = ["/svc"]\n{body}')
 
-    def once(self, *extra: str, env: dict[str, str] | None = None) -> tuple[int, bool]:
+    def once(self, *extra: str, env: dict[str, str] | None = None,
+             cwd: Path = REPO) -> tuple[int, bool]:
         """Run `once`: its exit status, and whether the memo stood in for the render."""
         done = subprocess.run(
             [sys.executable, "-m", "confsync", "once", "--confdir", str(self.confdir),
              "--backend", "file", "--file", str(self.data), "--log-level", "debug", *extra],
-            capture_output=True, text=True, cwd=REPO, timeout=60,
-            env={**os.environ, "TMPDIR": str(self.tmpdir), **(env or {})})
+            capture_output=True, text=True, cwd=cwd, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(self.tmpdir),
+                 **(env or {})})
         return done.returncode, MEMO in done.stderr
 
 
@@ -57,6 +59,20 @@ def test_the_same_inputs_again_skip_the_render_and_leave_the_file_as_it_is(
                if p.name != cache_prune.MARKER]
     assert len(entries) == 1 and written not in entries[0].read_bytes()  # digests only
     assert s.once(env={"CONFSYNC_RENDER_MEMO": "false"}) == (0, False)
+
+
+@pytest.mark.parametrize("variable", ["TMPDIR", "TEMP"])
+def test_run_from_the_temporary_directory_the_memo_is_used(tmp_path: Path,
+                                                            variable: str) -> None:
+    """`cd /tmp && confsync once` (a cron job, a container whose WORKDIR is /tmp; here TEMP
+    names it, as /tmp names itself): the working directory is the temporary directory that
+    was asked for, not tempfile's last resort, yet the memo was refused and every run
+    rendered."""
+    s = Setup(tmp_path)
+    env = {"TMPDIR": "", variable: str(s.tmpdir)}  # (an empty TMPDIR is passed over)
+    assert s.once(env=env, cwd=s.tmpdir) == (0, False)
+    assert s.once(env=env, cwd=s.tmpdir) == (0, True)
+    assert s.dest.read_text() == "server a 10.0.0.1:80\nserver b 10.0.0.2:80\n"
 
 
 def test_changed_data_is_rendered(tmp_path: Path) -> None:
@@ -204,8 +220,9 @@ def test_data_digests_tell_text_from_bytes_and_keys_from_values() -> None:
 
     seen = {digest({"/a/x": b"1", "/a/y": b"2"}), digest({"/a/x": b"12"}),
             digest({"/a/x1": b"2"}), digest({"/a/x": b"\xff"}), digest({"/a/x": b"\\xff"}),
-            digest({})}
-    assert len(seen) == 6
+            digest({}), digest({"/a": b"1"}), digest({"/a": b"1", "/a/x": b"2"}),
+            digest({"/a": b"2", "/a/x": b"1"})}  # ("/a" itself is a key it reads)
+    assert len(seen) == 9
     assert digest({"/a/x": b"1", "/a/y": b"2", "/b": b"3"}) == \
         digest({"/a/x": b"1", "/a/y": b"2"})  # a key it cannot see is no input of it
 
@@ -269,3 +286,32 @@ def test_an_include_of_another_resources_src_renders_whichever_render_was_skippe
     s.data.write_text("x:\n  v: '1'\nsvc:\n  a: 10.0.0.2:80\n")  # part's data unchanged
     assert s.once()[0] == 0
     assert s.dest.read_text() == "part 1\nserver a 10.0.0.2:80\n"
+
+
+def test_a_dest_written_after_the_memo_looked_is_rendered_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest of dest's bytes that `expects` took (before etcd answered) stands for those
+    bytes only: a dest written between that look and the apply is never taken for the last
+    render's output."""
+    import tempfile
+
+    from confsync import oneshot
+    from confsync.render_memo import RenderMemo
+    from confsync.resources import Resource
+    from confsync.settings import Settings
+
+    s = Setup(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(s.tmpdir))
+    settings = Settings(confdir=s.confdir, backend="file", file_paths=(s.data,))
+    assert oneshot.run_once(settings) == 0
+    rendered = s.dest.read_text()
+    looked = RenderMemo.expects
+
+    def look_then_write(memo: RenderMemo, resource: Resource) -> bool:
+        expected = looked(memo, resource)
+        s.dest.write_text("written by hand\n")
+        return expected
+
+    monkeypatch.setattr(RenderMemo, "expects", look_then_write)
+    assert oneshot.run_once(settings) == 0
+    assert s.dest.read_text() == rendered

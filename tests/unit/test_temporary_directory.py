@@ -77,3 +77,32 @@ def test_a_removed_working_directory_still_finds_the_private_directory(
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert private_directory("cs-private") == tmp_path / "cs-private"
+
+
+LAST_RESORT = ("import json, sys\n"
+               "from confsync import private_tmp\n"
+               "private_tmp._FIXED = tuple(sys.argv[1:])  # (/tmp and the like, unusable)\n"
+               "found = private_tmp.private_directory('cs-private')\n"
+               "print(json.dumps([private_tmp.temporary_directory(), found and str(found)]))\n")
+
+
+@pytest.mark.parametrize("case", ["last resort", "named"])
+def test_only_the_last_resort_is_refused_for_the_private_directory(tmp_path: Path,
+                                                                   case: str) -> None:
+    """The working directory is taken when nothing named is usable: never a cache there. But
+    the working directory may also BE the one named (`cd /tmp && confsync once`, here with
+    TEMP naming it); that one is the temporary directory asked for, and was refused too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    named = {"last resort": {}, "named": {"TEMP": str(run)}}[case]
+    clean = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")}
+    done = subprocess.run([sys.executable, "-c", LAST_RESORT, str(tmp_path / "gone")],
+                          capture_output=True, text=True, timeout=60, cwd=run, check=True,
+                          env={**clean, "PYTHONPATH": str(REPO), **named})
+    base, found = json.loads(done.stdout)
+    assert base == str(run)
+    if case == "last resort":
+        assert found is None
+        assert list(run.iterdir()) == []
+    else:
+        assert found == str(run / "cs-private")
