@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confsync import children, confdir_lock
+from confsync import children, confdir_lock, owners
 from confsync.confdir_wait import user_not_known
 from confsync.coverage import Coverage
 from confsync.dest_io import DestIo, IoStuck
@@ -386,6 +386,7 @@ class Daemon:
             self.syncer.tidy()
             if settled:
                 self._check_dests(now)
+                self._check_owners(now)
                 self._check_targets(now)
                 self._note_stuck()
             self.observers.heartbeat()
@@ -904,6 +905,20 @@ class Daemon:
             self._repairing.update(r.name for r in repair)
             planner.touch(repair, now)
 
+    def _check_owners(self, now: float) -> None:
+        """Every heartbeat (a lookup per name every owners.REFRESH seconds): a user or group
+        whose id moved (deleted and made again) or that is gone has the files of the resources
+        naming it written again; they kept the old id for the process's life."""
+        moved = owners.changed()
+        if not moved:
+            return
+        affected = [r for r in self.state.resources
+                    if ("user", r.owner) in moved or ("group", r.group) in moved]
+        for what in moved.values():
+            log.warning("%s: applying again the resources that name it%s", what,
+                        f" ({', '.join(r.name for r in affected)})" if affected else "")
+        self.planner.touch(affected, now)
+
     def _check_targets(self, now: float) -> None:
         """Every heartbeat: ask each reload target whether it runs (one `show proc` for
         HAProxy). Stopped by someone else, nothing else would notice: /ready would say 200
@@ -1264,6 +1279,7 @@ class Daemon:
         self._repairing.clear()
         self._failures.clear(names)
         rollback_failures_forgotten()
+        owners.forget()  # (a user made again since gets its new id at this reload's apply)
         self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
