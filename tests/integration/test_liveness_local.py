@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -265,7 +266,6 @@ def test_edits_are_loaded_while_another_file_under_templates_keeps_changing(
     """Each edit under conf.d/templates moved the reload 0.5 s on, with no bound: a file there
     written more often than that (a generator's output, an editor's swap file) held every
     reload, a SIGHUP's too, for as long as it went on."""
-    import threading
 
     config, _, cd = _watched_file_backend(tmp_path, "{{ getv('/app/v') }}\n")
     w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
@@ -345,3 +345,62 @@ def test_a_watcher_that_cannot_restart_says_so_once_and_in_health(tmp_path: Path
         code = w.stop()
     assert code == 0, w.output()[-2000:]
 
+
+
+def test_configmap_updates_are_no_dead_watcher_in_health(tmp_path: Path) -> None:
+    """A ConfigMap update replaces conf.d's and templates' directory; one replaced while the
+    watcher started on it (the path resolved, then deleted) was a start that failed: an ERROR
+    with a traceback, and /health 503 naming `local-files` until the next heartbeat, at about
+    one update in ten (a liveness probe's failure). Updates come back to back here."""
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    dest = tmp_path / "out"
+
+    def publish(version: int) -> None:
+        target = cm / f"..2026_{version}"
+        write_resource(target, "app", f"{version} {{{{ getv('/app/v') }}}}\n",
+                       f'dest = "{dest}"\nkeys = ["/app"]')
+        swap_data(cm, target)
+
+    publish(0)
+    (cm / "conf.d").symlink_to("..data/conf.d")
+    (cm / "templates").symlink_to("..data/templates")
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  v: x\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "confsync.toml"
+    config.write_text(f'confdir = "{cm}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
+                      f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    w = WatchProcess("--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                     log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: read(dest) == "0 x\n" and probe(base, "/health")[0] == 200, 20,
+                 what="first render, healthy")
+        unhealthy: list[dict[str, object]] = []
+        updating = threading.Event()
+        updating.set()
+
+        def watch_health() -> None:
+            while updating.is_set():
+                status, body = probe(base, "/health")
+                if status != 200:
+                    unhealthy.append(body)
+                time.sleep(0.02)
+
+        prober = threading.Thread(target=watch_health, daemon=True)
+        prober.start()
+        version = 0
+        end = time.monotonic() + 5
+        while time.monotonic() < end:  # (about a hundred a second)
+            version += 1
+            publish(version)
+        updating.clear()
+        prober.join(timeout=10)
+        wait_for(functools.partial(reads, dest, f"{version} x\n"), 20,
+                 what=f"the last update\n{w.output()[-2000:]}")
+        assert unhealthy == []
+        assert "cannot start it" not in w.output(), w.output()[-3000:]
+    finally:
+        code = w.stop()
+    assert code == 0
