@@ -21,10 +21,8 @@ from confsync.daemon import Daemon
 from confsync.errors import ResourceError
 from confsync.outcome import Outcome
 from confsync.resources import Resource
-from confsync.settings import Settings, WatchSettings
-from confsync.stores import Snapshot
-from confsync.watcher import SnapshotTaken, StreamState
-from tests.support.cli import write_resource
+from confsync.watcher import StreamState
+from tests.support.loop_daemon import one_key_daemon
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another id needs root")
 
@@ -43,18 +41,9 @@ def ids(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 def _daemon(tmp_path: Path) -> tuple[Daemon, Path]:
-    data = tmp_path / "data.yaml"
-    data.write_text("a:\n  n: '0'\n")
-    dest, confdir = tmp_path / "out", tmp_path / "cd"
-    write_resource(confdir, "a", "{{ getv('/a/n') }}\n",
-                   f'dest = "{dest}"\nkeys = ["/a"]\nowner = "svc"')
-    daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,),
-                             watch=WatchSettings(wait_min=0, wait_max=0)),
-                    {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
-                     "watch.wait_min": "0s", "watch.wait_max": "0s"})
-    daemon._handle(SnapshotTaken(Snapshot(5, {"/a/n": b"0"}), "start"))
+    daemon = one_key_daemon(tmp_path, 'owner = "svc"\n')
     daemon._handle(StreamState(True, 5))
-    return daemon, dest
+    return daemon, tmp_path / "out"
 
 
 def _heartbeats_until(daemon: Daemon, done: Callable[[], object], what: str) -> None:
