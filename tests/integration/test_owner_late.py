@@ -62,17 +62,23 @@ def late_user() -> Iterator[str]:
     subprocess.run(["groupdel", name], capture_output=True)
 
 
+def _watch(etcd: EtcdMember, tmp_path: Path, prefix: str,
+           watchers: list[WatchProcess]) -> tuple[WatchProcess, str]:
+    """`watch` of tmp_path/cd, and the base URL of its /ready."""
+    port = free_port()
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+    watchers.append(w)
+    return w, f"http://127.0.0.1:{port}"
+
+
 def test_watch_writes_the_file_once_the_user_exists(
         etcd: EtcdMember, tmp_path: Path, prefix: str, late_user: str,
         watchers: list[WatchProcess]) -> None:
     client(etcd.endpoint).put(prefix + "/k/v", "1")
     app, other = _resources(tmp_path / "cd", tmp_path, late_user)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-    watchers.append(w)
+    w, base = _watch(etcd, tmp_path, prefix, watchers)
     wait_for(lambda: read(other) == "value=1\n", 20, what="the other resource")
     w.wait_log(f"resource app: owner failed: no such user '{late_user}'", timeout=10)
 
@@ -123,12 +129,7 @@ def test_a_user_made_again_with_another_id_gets_its_file_at_a_sighup(
     app = tmp_path / "app.conf"
     write_resource(tmp_path / "cd", "app", TEMPLATE,
                    f'dest = "{app}"\nkeys = ["/k"]\nowner = "{late_user}"\n')
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-    watchers.append(w)
+    w, base = _watch(etcd, tmp_path, prefix, watchers)
     wait_for(lambda: read(app) == "value=1\n" and probe(base, "/ready")[0] == 200, 20,
              what="the file written, ready")
     assert app.stat().st_uid == first
