@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confsync import children, confdir_lock
+from confsync import children, confdir_lock, owners
 from confsync.confdir_wait import user_not_known
 from confsync.coverage import Coverage
 from confsync.dest_io import DestIo, IoStuck
@@ -70,6 +70,9 @@ LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit befor
 # often than the quiet (a generator's output, an editor's swap file) put every reload off, a
 # SIGHUP's too, for as long as it went on.
 LOCAL_CHANGE_MAX = 3.0
+# Heartbeats in a row whose start of the conf.d/templates watcher met its directories being
+# replaced (ConfigMap updates) before that is reported as a watcher that cannot start.
+LOCAL_MOVES_LIMIT = 30
 # A reload requested while an earlier one reads its new prefixes waits at most this long for
 # that read to end, rather than stop its follower mid-read (which blocks the loop).
 PENDING_PATIENCE = 15.0
@@ -235,6 +238,7 @@ class Daemon:
         self._local_observer: Any = None
         self._local_paths: tuple[str, ...] = ()
         self._local_tree_grew = False  # a directory appeared under conf.d/ or templates/
+        self._local_moved = 0  # starts in a row that met their directories being replaced
         # Why its last start failed (None: it runs); said once, then at most every 5 minutes.
         self._local_failure: str | None = None
         self._local_warnings = Repeats()
@@ -386,6 +390,7 @@ class Daemon:
             self.syncer.tidy()
             if settled:
                 self._check_dests(now)
+                self._check_owners(now)
                 self._check_targets(now)
                 self._note_stuck()
             self.observers.heartbeat()
@@ -904,6 +909,20 @@ class Daemon:
             self._repairing.update(r.name for r in repair)
             planner.touch(repair, now)
 
+    def _check_owners(self, now: float) -> None:
+        """Every heartbeat (a lookup per name every owners.REFRESH seconds): a user or group
+        whose id moved (deleted and made again) or that is gone has the files of the resources
+        naming it written again; they kept the old id for the process's life."""
+        moved = owners.changed()
+        if not moved:
+            return
+        affected = [r for r in self.state.resources
+                    if ("user", r.owner) in moved or ("group", r.group) in moved]
+        for what in moved.values():
+            log.warning("%s: applying again the resources that name it%s", what,
+                        f" ({', '.join(r.name for r in affected)})" if affected else "")
+        self.planner.touch(affected, now)
+
     def _check_targets(self, now: float) -> None:
         """Every heartbeat: ask each reload target whether it runs (one `show proc` for
         HAProxy). Stopped by someone else, nothing else would notice: /ready would say 200
@@ -1264,6 +1283,7 @@ class Daemon:
         self._repairing.clear()
         self._failures.clear(names)
         rollback_failures_forgotten()
+        owners.forget()  # (a user made again since gets its new id at this reload's apply)
         self._left_out_said.clear()
         self.drift.keep(names)
         self._drift_held &= names  # as the observers' own copy (`started` below)
@@ -1296,8 +1316,10 @@ class Daemon:
         return tuple(os.path.realpath(confdir / sub) for sub in ("conf.d", "templates")
                      if (confdir / sub).is_dir())
 
-    def _watch_local_files(self) -> None:
-        """Treat edits under conf.d/ and templates/ like a SIGHUP (after a short quiet)."""
+    def _watch_local_files(self) -> bool:
+        """Treat edits under conf.d/ and templates/ like a SIGHUP (after a short quiet).
+        False: not started, its directories were replaced meanwhile (the next heartbeat
+        starts it)."""
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
         events = self.events
@@ -1309,8 +1331,22 @@ class Daemon:
                                                  event.event_type in ("created", "moved")))
 
         self._local_paths = self._local_dirs()
-        self._local_observer = start_observer(Handler(), self._local_paths, recursive=True,
-                                              what="conf.d/templates watcher")
+        try:
+            self._local_observer = start_observer(Handler(), self._local_paths,
+                                                  recursive=True, what="conf.d/templates watcher")
+        except (FileNotFoundError, NotADirectoryError):
+            # Replaced as the watch started (a ConfigMap update: `..data` moved to a new
+            # directory and the old one deleted): started on the new one at the next
+            # heartbeat. Reported, this race was /health 503 (a dead part) and an ERROR with
+            # a traceback (13 of 100 updates a second apart).
+            self._local_moved += 1
+            if self._local_dirs() == self._local_paths or self._local_moved > LOCAL_MOVES_LIMIT:
+                raise
+            log.debug("conf.d/templates watcher: %s replaced as it started; starting it on "
+                      "the new directory at the next heartbeat", ", ".join(self._local_paths))
+            return False
+        self._local_moved = 0
+        return True
 
     def _check_local_files(self) -> None:
         """Restart the conf.d/templates watcher when it (or one of its emitters) died, when
@@ -1329,19 +1365,22 @@ class Daemon:
         if alive and same and not grew:
             return
         if observer is None:  # turned on by a config reload, or its last start failed
-            if self._local_failure is None:
+            if self._local_failure is None and not self._local_moved:
                 log.info("conf.d/templates watcher started ([watch] confdir = true)")
         elif alive and same:
             log.info("conf.d/templates watcher: a new directory; starting it again to watch "
                      "all of it")
             stop_observer(observer)
+        elif not same:  # (its emitters end when their directory is deleted: no failure)
+            log.info("conf.d/templates watcher: its directories changed (replaced by a deploy "
+                     "or a ConfigMap update, or one came or went); watching them anew")
+            stop_observer(observer)
         else:
-            log.warning("conf.d/templates watcher %s; restarting it",
-                        "stopped" if not alive else "sees a directory come or go")
+            log.warning("conf.d/templates watcher stopped; restarting it")
             stop_observer(observer)
         self._local_observer = None  # (stopped: a start that fails leaves none to stop again)
-        self._watch_local_files()
-        self.events.put(LocalFilesChanged("(watcher restarted)"))
+        if self._watch_local_files():
+            self.events.put(LocalFilesChanged("(watcher restarted)"))
 
 
 def run_daemon(settings: Settings, cli_values: Mapping[str, Any] | None = None,

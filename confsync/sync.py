@@ -7,6 +7,7 @@ fails on its own; the others go on. Reloads go through the `ReloadTarget` interf
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -42,7 +43,7 @@ from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
-from confsync.reload import target_for
+from confsync.reload import has_reload_action, target_for
 from confsync.render_memo import data_digest
 from confsync.resources import Resource
 from confsync.running_copy import read_kept, reloaded, running_copy
@@ -181,9 +182,28 @@ class Syncer:
                     take_over(earlier)
         new._dests_of = {n: d for n, d in self._dests_of.items() if n in names}
         new._looked = self._looked & dests
-        new._kept = self._kept & dests
+        reloading = {r.dest for r in resources if has_reload_action(r)}
+        new._kept = self._kept & reloading
+        for dest in self._kept - reloading:
+            new._drop_running_copy(dest)
         new._running = {d: f for d, f in self._running.items() if d in dests}
         return new
+
+    def _drop_running_copy(self, dest: Path) -> None:
+        """Remove the running copy (running_copy.py) beside a dest whose owed reload no
+        resource will make any more (removed, moved to another dest, or reloading nothing
+        now). It stayed for good: a hard link of an old file beside the old dest, and any
+        later run with a resource on that dest reloaded for it and took its months-old content
+        for what the service ran (`check`: exit 4, "a reload still owed"). On a worker,
+        waited for by nobody (the dest's filesystem may be frozen)."""
+        def drop() -> None:
+            with contextlib.suppress(OSError):  # (a link no longer followed: left as it is)
+                reloaded(written_path(dest))
+
+        if self.io is None:
+            drop()
+        else:
+            self.io.background(f"running copy of {dest}", drop)
 
     def target(self, resource: Resource) -> ReloadTarget | None:
         """The resource's reload target, kept for the life of this Syncer (targets hold state,

@@ -101,6 +101,44 @@ def test_a_resource_added_back_is_judged_as_at_a_start(
     assert read(tmp_path / "keep.out") == "/x/1=one\n"
 
 
+def test_an_owed_reload_no_resource_will_make_leaves_no_running_copy(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """While a reload is owed, the file the service still runs is kept beside dest
+    (`.<dest>.confsync-running`, running_copy.py). A resource removed, moved to another dest
+    or left with nothing to reload while its reload was owed left that copy for good: a hard
+    link of an old file beside the old dest, which any later run with a resource there took
+    for an owed reload and for what the service ran (`check` exit 4)."""
+    client(etcd.endpoint).put(f"{prefix}/x/1", "one")
+    confdir, old, new = tmp_path / "confdir", tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    up = tmp_path / "up"  # the reloads fail until it exists
+    for name in ("removed", "moved", "unreloaded"):
+        (old / name).write_text("before\n")
+        write_resource(confdir, name, LIST, f'dest = "{old / name}"\nkeys = ["/x"]\n'
+                       f'reload_cmd = "test -e {up}"\n')
+    process = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint,
+                           "--prefix", prefix, "--wait-min", "0s", log=tmp_path / "watch.log")
+    watchers.append(process)
+
+    def kept() -> list[str]:
+        return sorted(p.name for p in old.iterdir() if p.name.endswith(".confsync-running"))
+
+    wait_for(lambda: len(kept()) == 3, 20, what=f"reloads owed\n{process.output()[-2000:]}")
+    (confdir / "conf.d" / "removed.toml").unlink()
+    write_resource(confdir, "moved", LIST, f'dest = "{new / "moved"}"\nkeys = ["/x"]\n'
+                   f'reload_cmd = "test -e {up}"\n')
+    write_resource(confdir, "unreloaded", LIST, f'dest = "{old / "unreloaded"}"\n'
+                   'keys = ["/x"]\n')
+    process.signal(signal.SIGHUP)
+    process.wait_log("configuration reloaded: 2 resources")
+    up.touch()
+    wait_for(lambda: kept() == [] and read(new / "moved") == "/x/1=one\n", 20,
+             what=f"no running copy left\n{kept()}\n{process.output()[-2000:]}")
+    assert read(old / "removed") == "before\n"  # (a removed dest is left alone)
+    assert sorted(p.name for p in new.iterdir()) == ["moved"]
+
+
 class _Holding(BaseHTTPRequestHandler):
     """Answers health checks; holds any other request until `release` is set, then closes
     (HTTP/1.0): a server with a request in flight, which HAProxy refuses to delete."""

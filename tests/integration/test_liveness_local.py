@@ -11,8 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -226,21 +228,21 @@ def test_an_observer_that_cannot_start_falls_back_to_polling(tmp_path: Path) -> 
         observer.stop()
 
 
-def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path: Path) -> None:
-    """conf.d -> ..data/conf.d and templates -> ..data/templates, ..data swapped to a new
-    directory by each update (the kubelet's atomic writer), the old one deleted. The watcher
-    followed the deleted directory and every update after the first start was missed."""
+def _configmap_watch(tmp_path: Path, first: str) -> tuple[Path, Callable[[str], None]]:
+    """(config, publish): conf.d -> ..data/conf.d and templates -> ..data/templates of a
+    ConfigMap volume, `watch.confdir` on, resource `app` rendering `<version> <value>` of
+    /app/v = x (file backend) into tmp_path/out; `publish(version)` is an update as the
+    kubelet's atomic writer makes it (`first` is published)."""
     cm = tmp_path / "cm"
     cm.mkdir()
-    dest = tmp_path / "out"
 
     def publish(version: str) -> None:
         target = cm / f"..2026_{version}"
         write_resource(target, "app", f"{version} {{{{ getv('/app/v') }}}}\n",
-                       f'dest = "{dest}"\nkeys = ["/app"]')
+                       f'dest = "{tmp_path / "out"}"\nkeys = ["/app"]')
         swap_data(cm, target)
 
-    publish("one")
+    publish(first)
     (cm / "conf.d").symlink_to("..data/conf.d")
     (cm / "templates").symlink_to("..data/templates")
     data = tmp_path / "data.yaml"
@@ -248,6 +250,15 @@ def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path
     config = tmp_path / "confsync.toml"
     config.write_text(f'confdir = "{cm}"\nbackend = "file"\n[file]\npaths = ["{data}"]\n'
                       f'[watch]\nconfdir = true\nwait_min = "0s"\n')
+    return config, publish
+
+
+def test_conf_d_and_templates_mounted_as_a_configmap_follow_its_updates(tmp_path: Path) -> None:
+    """conf.d -> ..data/conf.d and templates -> ..data/templates, ..data swapped to a new
+    directory by each update (the kubelet's atomic writer), the old one deleted. The watcher
+    followed the deleted directory and every update after the first start was missed."""
+    config, publish = _configmap_watch(tmp_path, "one")
+    dest = tmp_path / "out"
     w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
     try:
         wait_for(lambda: read(dest) == "one x\n", 20, what="first render")
@@ -265,7 +276,6 @@ def test_edits_are_loaded_while_another_file_under_templates_keeps_changing(
     """Each edit under conf.d/templates moved the reload 0.5 s on, with no bound: a file there
     written more often than that (a generator's output, an editor's swap file) held every
     reload, a SIGHUP's too, for as long as it went on."""
-    import threading
 
     config, _, cd = _watched_file_backend(tmp_path, "{{ getv('/app/v') }}\n")
     w = WatchProcess("--config", str(config), log=tmp_path / "watch.log")
@@ -345,3 +355,47 @@ def test_a_watcher_that_cannot_restart_says_so_once_and_in_health(tmp_path: Path
         code = w.stop()
     assert code == 0, w.output()[-2000:]
 
+
+
+def test_configmap_updates_are_no_dead_watcher_in_health(tmp_path: Path) -> None:
+    """A ConfigMap update replaces conf.d's and templates' directory; one replaced while the
+    watcher started on it (the path resolved, then deleted) was a start that failed: an ERROR
+    with a traceback, and /health 503 naming `local-files` until the next heartbeat, at an
+    update that came as the watcher (re)started (a liveness probe's failure). Updates come
+    back to back here."""
+    config, publish = _configmap_watch(tmp_path, "0")
+    dest = tmp_path / "out"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    w = WatchProcess("--config", str(config), "--metrics-address", f"127.0.0.1:{port}",
+                     log=tmp_path / "watch.log")
+    try:
+        wait_for(lambda: read(dest) == "0 x\n" and probe(base, "/health")[0] == 200, 20,
+                 what="first render, healthy")
+        unhealthy: list[dict[str, object]] = []
+        updating = threading.Event()
+        updating.set()
+
+        def watch_health() -> None:
+            while updating.is_set():
+                status, body = probe(base, "/health")
+                if status != 200:
+                    unhealthy.append(body)
+                time.sleep(0.02)
+
+        prober = threading.Thread(target=watch_health, daemon=True)
+        prober.start()
+        version = 0
+        end = time.monotonic() + 5
+        while time.monotonic() < end:  # (about a hundred a second)
+            version += 1
+            publish(str(version))
+        updating.clear()
+        prober.join(timeout=10)
+        wait_for(functools.partial(reads, dest, f"{version} x\n"), 20,
+                 what=f"the last update\n{w.output()[-2000:]}")
+        assert unhealthy == []
+        assert "cannot start it" not in w.output(), w.output()[-3000:]
+    finally:
+        code = w.stop()
+    assert code == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -61,17 +62,23 @@ def late_user() -> Iterator[str]:
     subprocess.run(["groupdel", name], capture_output=True)
 
 
+def _watch(etcd: EtcdMember, tmp_path: Path, prefix: str,
+           watchers: list[WatchProcess]) -> tuple[WatchProcess, str]:
+    """`watch` of tmp_path/cd, and the base URL of its /ready."""
+    port = free_port()
+    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
+                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
+                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
+    watchers.append(w)
+    return w, f"http://127.0.0.1:{port}"
+
+
 def test_watch_writes_the_file_once_the_user_exists(
         etcd: EtcdMember, tmp_path: Path, prefix: str, late_user: str,
         watchers: list[WatchProcess]) -> None:
     client(etcd.endpoint).put(prefix + "/k/v", "1")
     app, other = _resources(tmp_path / "cd", tmp_path, late_user)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    w = WatchProcess("--confdir", str(tmp_path / "cd"), "--endpoints", etcd.endpoint,
-                     "--prefix", prefix, "--wait-min", "0", "--metrics-address",
-                     f"127.0.0.1:{port}", log=tmp_path / "watch.log")
-    watchers.append(w)
+    w, base = _watch(etcd, tmp_path, prefix, watchers)
     wait_for(lambda: read(other) == "value=1\n", 20, what="the other resource")
     w.wait_log(f"resource app: owner failed: no such user '{late_user}'", timeout=10)
 
@@ -92,3 +99,54 @@ def test_watch_writes_the_file_once_the_user_exists(
     assert (st.st_uid, st.st_gid) == (user.pw_uid, user.pw_gid)
     wait_for(lambda: probe(base, "/ready")[0] == 200, 10, what="ready")
     assert w.proc.poll() is None
+
+
+def _free_uids(count: int) -> list[int]:
+    """Ids no user or group has (useradd would give a user made again its old one)."""
+    free: list[int] = []
+    for uid in range(47000 + os.getpid() % 1000 * 50, 2**31):
+        try:
+            pwd.getpwuid(uid)
+            continue
+        except KeyError:
+            pass
+        free.append(uid)
+        if len(free) == count:
+            return free
+    raise AssertionError("no free uid")
+
+
+def test_a_user_made_again_with_another_id_gets_its_file_at_a_sighup(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, late_user: str,
+        watchers: list[WatchProcess]) -> None:
+    """A user deleted and made again (a package purged and installed again, a move to LDAP)
+    has another id. The id found first was kept for the process's life: the file stayed the
+    old id's through SIGHUPs and data changes, and after the user was gone, /ready 200."""
+    first, second = _free_uids(2)
+    subprocess.run(["useradd", "-M", "-N", "-u", str(first), "-s", "/usr/sbin/nologin",
+                    late_user], check=True)
+    client(etcd.endpoint).put(prefix + "/k/v", "1")
+    app = tmp_path / "app.conf"
+    write_resource(tmp_path / "cd", "app", TEMPLATE,
+                   f'dest = "{app}"\nkeys = ["/k"]\nowner = "{late_user}"\n')
+    w, base = _watch(etcd, tmp_path, prefix, watchers)
+    wait_for(lambda: read(app) == "value=1\n" and probe(base, "/ready")[0] == 200, 20,
+             what="the file written, ready")
+    assert app.stat().st_uid == first
+
+    subprocess.run(["userdel", late_user], check=True)
+    subprocess.run(["useradd", "-M", "-N", "-u", str(second), "-s", "/usr/sbin/nologin",
+                    late_user], check=True)
+    w.signal(signal.SIGHUP)
+    wait_for(lambda: app.stat().st_uid == second, 20,
+             what=f"the file given the new id\n{w.output()[-2000:]}")
+    assert read(app) == "value=1\n"
+    wait_for(lambda: probe(base, "/ready")[0] == 200, 10, what="ready")
+
+    subprocess.run(["userdel", late_user], check=True)
+    w.signal(signal.SIGHUP)
+    w.wait_log(f"resource app: owner failed: no such user '{late_user}'", timeout=20)
+    status, body = probe(base, "/ready")
+    assert status == 503 and "failing: app" in body["reasons"], body
+    assert probe(base, "/health")[0] == 200
+    assert app.stat().st_uid == second  # (left as it was: nothing chowned to a gone id)

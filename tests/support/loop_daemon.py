@@ -11,13 +11,14 @@ from confsync.watcher import SnapshotTaken
 from tests.support.cli import write_resource
 
 
-def one_key_daemon(tmp_path: Path) -> Daemon:
-    """Resource `a` (`/a/n` into tmp_path/out), its first snapshot (revision 5, n = 0) taken
-    and rendered."""
+def one_key_daemon(tmp_path: Path, more: str = "") -> Daemon:
+    """Resource `a` (`/a/n` into tmp_path/out; `more`: more of its conf.d lines), its first
+    snapshot (revision 5, n = 0) taken and rendered."""
     data = tmp_path / "data.yaml"
     data.write_text("a:\n  n: '0'\n")
     dest, confdir = tmp_path / "out", tmp_path / "cd"
-    write_resource(confdir, "a", "{{ getv('/a/n') }}\n", f'dest = "{dest}"\nkeys = ["/a"]')
+    write_resource(confdir, "a", "{{ getv('/a/n') }}\n",
+                   f'dest = "{dest}"\nkeys = ["/a"]\n{more}')
     daemon = Daemon(Settings(confdir=confdir, backend="file", file_paths=(data,),
                              watch=WatchSettings(wait_min=0, wait_max=0)),
                     {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
