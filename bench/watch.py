@@ -72,13 +72,35 @@ def put_to_file(endpoint: str, key: str, make_value, dest: Path, samples: int) -
     return put_to_files(endpoint, [(key, make_value, dest)], samples)[0]
 
 
-def put_to_files(endpoint: str, targets: list[tuple[str, Callable[[int], str], Path]],
+class KeyWatch:
+    """The floor beside the daemons: put -> the event in a bare pyetcd watch of `key` (a client
+    of its own) in this process, stamped in its callback."""
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        self._client = client(endpoint)
+        self.events: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self._id = self._client.add_watch_callback(
+            key, lambda response: self.events.put(time.perf_counter()))
+
+    def drain(self) -> None:
+        while not self.events.empty():
+            self.events.get_nowait()
+
+    def stop(self) -> None:
+        self._client.cancel_watch(self._id)
+        self._client.close()
+
+
+def put_to_files(endpoint: str, targets: list[tuple[str, Callable[[int], str], Path | None]],
                  samples: int) -> list[list[float]]:
     """put -> rename onto dest for each (key, make_value, dest), `samples` rounds, the targets
     taken in turn within each round (each daemon its own key: watchers compared in the same
-    noise), every other round in reverse order (neither always goes first)."""
+    noise), every other round in reverse order (neither always goes first). A dest of None:
+    put -> the event in a bare watch of the key (`KeyWatch`, the floor)."""
     c = client(endpoint)
-    watches = [RenameWatch(dest) for _, _, dest in targets]
+    watches: list[RenameWatch | KeyWatch] = [
+        RenameWatch(dest) if dest is not None else KeyWatch(endpoint, key)
+        for key, _, dest in targets]
     out: list[list[float]] = [[] for _ in targets]
     try:
         for i in range(samples):
