@@ -383,15 +383,16 @@ class Syncer:
             sweep = self.io is not None and resource.dest not in self._swept
             self._swept.add(resource.dest)  # (a sweep left stuck finishes when it returns)
             # What this Syncer last left at dest (or found there): rendered against first, so
-            # that a change is read and installed in one call on the dest's worker.
+            # that a change is read and installed in one call on the dest's worker. (The
+            # render does not depend on the file here: the resource rendered before, and no
+            # judged render or memo stands in for one.)
             last = (self.dests.last(resource.dest) if self.io is not None and not first_look
-                    and not sweep and not self.judged and resource.name in self.last_counts
-                    else None)
-            rendered: tuple[FileState, bytes, tuple[RenderWarning, ...]] | None = None
+                    and not sweep and not self.judged and self.memo is None
+                    and resource.name in self.last_counts else None)
+            rendered: tuple[bytes, tuple[RenderWarning, ...]] | None = None
             if last is not None:
                 step = "render"
-                content, warnings = self._render_against(resource, last)
-                rendered = last, content, warnings
+                content, warnings = rendered = self._render_against(resource, last)
                 target = Target.for_resource(resource, content, last)
                 if not target.matches(last):
                     step = "install"
@@ -407,8 +408,8 @@ class Syncer:
                 self._look_for_running_copy(resource, kept)
             seen = boot_clock()  # the file read (or known unchanged) is in place since
             step = "render"
-            if rendered is not None and rendered[0] is current:  # (the render above stands)
-                content, warnings = rendered[1:]
+            if rendered is not None:  # (the render above stands)
+                content, warnings = rendered
             else:
                 content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)

@@ -95,3 +95,19 @@ def test_a_render_equal_to_the_file_renders_once_and_writes_nothing(
     assert syncer.apply([res])[0].status is UNCHANGED
     assert renders.calls == 1
     assert res.dest.stat().st_ino == inode
+
+
+def test_a_dest_changed_behind_our_back_is_rendered_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncer, res, mirror = _setup(tmp_path)
+    renders = _Counted(syncer.renderer, "render_result", monkeypatch)
+    res.dest.write_text("edited\n")  # no data change: a drift repair
+    assert syncer.apply([res])[0].status is UPDATED
+    assert res.dest.read_text() == "value = 1\n"
+    _put(mirror, b"2")
+    other = tmp_path / "other"
+    other.write_text("edited again\n")
+    os.replace(other, res.dest)
+    assert syncer.apply([res])[0].status is UPDATED
+    assert res.dest.read_text() == "value = 2\n"
+    assert renders.calls == 2
