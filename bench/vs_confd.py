@@ -18,6 +18,7 @@ confd columns are skipped when --confd does not name an executable. Loopback onl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from bench.common import (
     run_measured,
     start_etcd,
 )
-from bench.watch import put_to_file, small_resource, start_confsync, wait_until
+from bench.watch import put_to_file, put_to_files, small_resource, start_confsync, wait_until
 
 CONFD_FIVE_THOUSAND = (
     '{{range gets "/services/web/instances/*"}}{{$i := json .Value}}'
@@ -78,7 +79,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def ms(values: list[float]) -> str:
-    return f"p50 {statistics.median(values) * 1000:.1f} ms, p99 {pct(values, 99) * 1000:.1f} ms"
+    return f"p50 {statistics.median(values) * 1000:.2f} ms, p99 {pct(values, 99) * 1000:.1f} ms"
 
 
 # ---- (a) once
@@ -155,25 +156,52 @@ def measure_watch(start: Callable[[], subprocess.Popen[bytes]], dest: Path, endp
         stop(proc)
 
 
-def bench_small(base: Path, endpoint: str, confd: str | None, samples: int) -> dict[str, str]:
-    put_many(endpoint, [("/s/small/v", "init")])
-    out: dict[str, str] = {}
-    cs, cd = base / "small-cs", base / "small-cd"
-    dest_cs, dest_cd = cs / "out" / "small.conf", cd / "out" / "small.conf"
-    dest_cs.parent.mkdir(parents=True)
-    dest_cd.parent.mkdir(parents=True)
-    small_resource(cs, dest_cs, cs / "reloads")
-    out["confsync"] = ms(measure_watch(
-        lambda: start_confsync(cs, endpoint, "/s", base / "small-cs.log", "--wait-min", "0"),
-        dest_cs, endpoint, "/s/small/v", lambda i: f"v{i}", samples))
+def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
+                trees: list[str]) -> dict[str, str]:
+    """Every daemon resident at once on its own key and dest, the puts taken in turn (one run
+    of one after the other compared two different minutes of a shared machine: p50 ratios of
+    0.92-1.4x between runs of the same code). `trees`: other confsync checkouts run beside
+    this one (old and new code in the same noise)."""
+    daemons: list[tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]] = []
+    for n, tree in enumerate([str(REPO), *trees]):
+        name = "confsync" if n == 0 else f"confsync {tree}"
+        cs = base / f"small-cs{n}"
+        dest = cs / "out" / "small.conf"
+        dest.parent.mkdir(parents=True)
+        small_resource(cs, dest, cs / "reloads")
+        put_many(endpoint, [(f"/s{n}/small/v", "init")])
+        daemons.append((name, functools.partial(
+            start_confsync, cs, endpoint, f"/s{n}", base / f"small-cs{n}.log", "--wait-min", "0",
+            tree=Path(tree)), f"/s{n}/small/v", dest))
     if confd:
-        confd_resource(cd, "small", 'value = {{getv "/small/v"}}\n', dest_cd, ["/small"],
+        cd = base / "small-cd"
+        dest = cd / "out" / "small.conf"
+        dest.parent.mkdir(parents=True)
+        confd_resource(cd, "small", 'value = {{getv "/small/v"}}\n', dest, ["/small"],
                        f"sh -c 'echo r >> {cd / 'reloads'}'")
-        out["confd"] = ms(measure_watch(
-            lambda: start_confd(confd_argv(confd, endpoint, cd, "/s", "-watch"),
-                                base / "small-cd.log"),
-            dest_cd, endpoint, "/s/small/v", lambda i: f"w{i}", samples))
-    print(f"(b) watch, small template, put -> file, {samples} samples")
+        put_many(endpoint, [("/c/small/v", "init")])
+        daemons.append(("confd", functools.partial(
+            start_confd, confd_argv(confd, endpoint, cd, "/c", "-watch"), base / "small-cd.log"),
+            "/c/small/v", dest))
+    procs = []
+    try:
+        for _, start, _, dest in daemons:
+            procs.append(start())
+            wait_until(dest.exists, timeout=60)
+        targets: list[tuple[str, Callable[[int], str], Path | None]] = [
+            (key, (lambda i: f"v{i}"), dest) for _, _, key, dest in daemons]
+        targets.append(("/f/small/v", lambda i: f"v{i}", None))  # the floor, in turn too
+        put_to_files(endpoint, targets, 5)  # warm-up, not counted
+        *results, floor = put_to_files(endpoint, targets, samples)
+    finally:
+        for proc in procs:
+            stop(proc)
+    out = {name: ms(values) for (name, _, _, _), values in zip(daemons, results, strict=True)}
+    out["put -> event (pyetcd, floor)"] = ms(floor)
+    if confd:
+        ratio = statistics.median(results[0]) / statistics.median(results[-1])
+        out["confsync / confd, p50"] = f"{ratio:.2f}x"
+    print(f"(b) watch, small template, put -> file, {samples} samples each, interleaved")
     return out
 
 
@@ -241,6 +269,9 @@ def main() -> None:
                         "time, e.g. the console script of a regular (not editable) install; "
                         "repeatable, the runs interleaved (old and new builds side by side); "
                         "default: this checkout through `python -m confsync`")
+    parser.add_argument("--tree", action="append", help="(b) another confsync checkout whose "
+                        "`watch` runs beside this one's, interleaved (old and new code in the "
+                        "same noise); repeatable")
     parser.add_argument("--only", choices=("once", "small", "5000", "haproxy"), action="append",
                         help="run only these figures (repeatable)")
     args = parser.parse_args()
@@ -268,7 +299,7 @@ def main() -> None:
                                                 args.runs, confsyncs)))
             if "small" in only:
                 rows.append(("watch small", bench_small(base, etcd.endpoint, confd,
-                                                        args.samples)))
+                                                        args.samples, args.tree or [])))
             if "5000" in only:
                 rows.append(("watch 5,000", bench_five_thousand(base, etcd.endpoint, confd,
                                                                 args.samples)))

@@ -5,7 +5,7 @@
 - 50 sequential puts with wait_min=100ms -> reloads; 1,000-put burst -> reloads, time to final
 - CPU seconds per 1,000 rendered changes; CPU over an idle period (no polling: ~0)
 - RSS with 100,000 keys and 200 resources; a one-key change re-renders only its resource
-The file is timed with inotify (watchdog), not by polling. Loopback only, bounded loops.
+The file is timed with inotify (bench/renames.py), not by polling. Loopback only, bounded loops.
 Usage: python bench/watch.py [--samples 200] [--idle 60]
 """
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from bench.common import (
     REPO,
@@ -32,34 +32,17 @@ from bench.common import (
     start_etcd,
     summary,
 )
-
-
-class RenameWatch(FileSystemEventHandler):
-    """Timestamps every rename onto `dest` (confsync's atomic swap)."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = str(dest)
-        self.events: queue.Queue[float] = queue.Queue()
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if str(event.dest_path) == self.dest:
-            self.events.put(time.perf_counter())
-
-
-def watch_file(dest: Path) -> tuple[RenameWatch, Observer]:  # type: ignore[valid-type]
-    handler = RenameWatch(dest)
-    observer = Observer()
-    observer.schedule(handler, str(dest.parent))
-    observer.start()
-    return handler, observer
+from bench.renames import RenameWatch
 
 
 def start_confsync(confdir: Path, endpoint: str, prefix: str, log: Path,
-                   *extra: str) -> subprocess.Popen[bytes]:
+                   *extra: str, tree: Path = REPO) -> subprocess.Popen[bytes]:
+    """`tree`: the checkout whose code runs (another one than this: first on the path)."""
+    env = None if tree == REPO else {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.Popen(
         [sys.executable, "-m", "confsync", "watch", "--confdir", str(confdir), "--endpoints",
          endpoint, "--prefix", prefix, *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        cwd=REPO)
+        cwd=tree, env=env)
 
 
 def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -86,20 +69,52 @@ def floor_latency(endpoint: str, samples: int) -> list[float]:
 
 
 def put_to_file(endpoint: str, key: str, make_value, dest: Path, samples: int) -> list[float]:  # type: ignore[no-untyped-def]
+    return put_to_files(endpoint, [(key, make_value, dest)], samples)[0]
+
+
+class KeyWatch:
+    """The floor beside the daemons: put -> the event in a bare pyetcd watch of `key` (a client
+    of its own) in this process, stamped in its callback."""
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        self._client = client(endpoint)
+        self.events: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self._id = self._client.add_watch_callback(
+            key, lambda response: self.events.put(time.perf_counter()))
+
+    def drain(self) -> None:
+        while not self.events.empty():
+            self.events.get_nowait()
+
+    def stop(self) -> None:
+        self._client.cancel_watch(self._id)
+        self._client.close()
+
+
+def put_to_files(endpoint: str, targets: list[tuple[str, Callable[[int], str], Path | None]],
+                 samples: int) -> list[list[float]]:
+    """put -> rename onto dest for each (key, make_value, dest), `samples` rounds, the targets
+    taken in turn within each round (each daemon its own key: watchers compared in the same
+    noise), every other round in reverse order (neither always goes first). A dest of None:
+    put -> the event in a bare watch of the key (`KeyWatch`, the floor)."""
     c = client(endpoint)
-    handler, observer = watch_file(dest)
-    out = []
+    watches: list[RenameWatch | KeyWatch] = [
+        RenameWatch(dest) if dest is not None else KeyWatch(endpoint, key)
+        for key, _, dest in targets]
+    out: list[list[float]] = [[] for _ in targets]
     try:
         for i in range(samples):
-            while not handler.events.empty():
-                handler.events.get_nowait()
-            start = time.perf_counter()
-            c.put(key, make_value(i))
-            out.append(handler.events.get(timeout=10) - start)
-            time.sleep(0.01)
+            order = range(len(targets)) if i % 2 == 0 else reversed(range(len(targets)))
+            for n in order:
+                key, make_value, _ = targets[n]
+                watches[n].drain()
+                start = time.perf_counter()
+                c.put(key, make_value(i))
+                out[n].append(watches[n].events.get(timeout=10) - start)
+                time.sleep(0.01)
     finally:
-        observer.stop()
-        observer.join()
+        for watch in watches:
+            watch.stop()
     return out
 
 

@@ -4,9 +4,10 @@ The deadline must stop a plain `{% for i in range(10**12) %}` too, which no coop
 confsync's own functions would see. A single watchdog thread raises `RenderTimeout` *inside* the
 rendering thread (CPython's `PyThreadState_SetAsyncExc`) once the deadline passes; it lands at
 the next bytecode boundary, so any Python-level loop stops. The happy path costs one lock round
-trip per render: the watchdog sleeps until the earliest deadline and is woken only when a new
-deadline is earlier than the one it sleeps towards. A template stuck inside one long C call (a
-catastrophic regex, `"x" * 10**10`) is not interrupted: templates are trusted like code.
+trip per render: the watchdog sleeps until the earliest deadline (idle, for _IDLE_WAKE) and is
+woken only when a new deadline is earlier than its next wake, so a render with the default 30 s
+never wakes it. A template stuck inside one long C call (a catastrophic regex,
+`"x" * 10**10`) is not interrupted: templates are trusted like code.
 
 The deadline counts the time the process runs: while a render is armed the watchdog wakes every
 quarter second, and a wake-up much later than asked for (the process was stopped: SIGSTOP, a
@@ -31,6 +32,11 @@ DEFAULT_MAX_OUTPUT_SIZE = 64 * 1024 * 1024
 # that time is not counted against it.
 _TICK = 0.25
 _LATE = 0.5
+# With nothing armed the watchdog wakes this often instead of sleeping until an `arm` wakes
+# it: an arm due after its next wake leaves it asleep. Woken by every render, it took the
+# GIL just as the render handed the file to its worker (~30-50 us of a watch's put -> file
+# of a small template, ~2.5 ms); a wake every few seconds of an idle process costs nothing.
+_IDLE_WAKE = 5.0
 
 def _set_async_exc(thread_id: int, exc_class: int | None) -> None:
     """Raise the class whose id is `exc_class` in thread `thread_id` (None: cancel it).
@@ -121,13 +127,10 @@ class Deadline:
                         _set_async_exc(thread_id, id(RenderTimeout))
                     else:
                         next_due = min(next_due, due)
-                self._sleeping_until = next_due
-                if next_due == float("inf"):
-                    wake_at = None
-                    self._cond.wait()
-                else:
-                    wake_at = min(next_due, now + _TICK)
-                    self._cond.wait(wake_at - now)
+                wake_at = now + _IDLE_WAKE if next_due == float("inf") else min(next_due,
+                                                                                 now + _TICK)
+                self._sleeping_until = wake_at  # (an arm due earlier wakes it: `arm`)
+                self._cond.wait(wake_at - now)
 
 
 DEADLINE = Deadline()

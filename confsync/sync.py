@@ -23,6 +23,7 @@ from confsync.applier import (
     DestCache,
     FileState,
     NotDurable,
+    Seen,
     Target,
     install,
     look,
@@ -401,13 +402,36 @@ class Syncer:
             first_look = has_target and resource.dest not in self._looked
             sweep = self.io is not None and resource.dest not in self._swept
             self._swept.add(resource.dest)  # (a sweep left stuck finishes when it returns)
+            # What this Syncer last left at dest (or found there): rendered against first, so
+            # that a change is read and installed in one call on the dest's worker. (The
+            # render does not depend on the file here: the resource rendered before, and no
+            # judged render or memo stands in for one.)
+            last = (self.dests.last(resource.dest) if self.io is not None and not first_look
+                    and not sweep and not self.judged and self.memo is None
+                    and resource.name in self.last_counts else None)
+            rendered: tuple[bytes, tuple[RenderWarning, ...]] | None = None
+            if last is not None:
+                step = "render"
+                content, warnings = rendered = self._render_against(resource, last)
+                target = Target.for_resource(resource, content, last)
+                if not target.matches(last):
+                    step = "install"
+                    done = self._install(resource, target, last, has_target, start, warnings,
+                                         expected=last)
+                    if done is not None:
+                        return done
+                    # (Changed behind our back since: read, and judged from it, below.)
+                step = "stage"
             current, kept = self._io(resource, "stage", functools.partial(
                 self._read_dest, resource, first_look, sweep))
             if first_look:
                 self._look_for_running_copy(resource, kept)
             seen = boot_clock()  # the file read (or known unchanged) is in place since
             step = "render"
-            content, warnings = self._render_against(resource, current)
+            if rendered is not None:  # (the render above stands)
+                content, warnings = rendered
+            else:
+                content, warnings = self._render_against(resource, current)
             target = Target.for_resource(resource, content, current)
             if target.matches(current):
                 self.in_place.setdefault(resource.dest, seen)
@@ -426,42 +450,66 @@ class Syncer:
                                content=content if probe else None, warnings=warnings,
                                probe=probe)
             step = "install"
-            check = self._needs_check(resource, current, content)
-            try:
-                # (The file read back on the worker too: DestCache.remember.)
-                check_seconds, read_back = self._io(resource, "stage", lambda progress: (
-                    install(resource, target, check=check, keep=has_target,
-                            progress=progress), look(resource.dest)))
-            except IoStuck:
-                # It may yet rename the file into place (at thaw) with nobody to reload it:
-                # owe the reload, and drop the running copy it may keep, as if it had.
-                if has_target:
-                    self._owe(resource, current)
-                    self._kept.add(resource.dest)
-                raise
-            except NotDurable:
-                # The file is live on disk but its target never reloaded into it: without
-                # this the retry would find the file "up to date" and never reload.
-                self.in_place[resource.dest] = boot_clock()
-                if has_target:
-                    self._owe(resource, current)
-                else:  # (nothing runs it: no running file to keep, nothing pops it)
-                    self.reload_owed.add(resource.name)
-                raise
-            self.in_place[resource.dest] = boot_clock()
-            if check:
-                self.checked[resource.dest] = content
-            self.installed[resource.dest] = content
-            self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
-                                                         target.gid), read_back)
-            if has_target:
-                self._kept.add(resource.dest)
+            installed = self._install(resource, target, current, has_target, start, warnings)
+            assert installed is not None  # (nothing expected: installed, or raised)
+            return installed
         except ResourceError as exc:
             return Outcome(resource, FAILED, exc, seconds=time.monotonic() - start,
                            warnings=warnings)
         except Exception as exc:  # OSError (dest is a directory...) or anything unexpected
             return Outcome(resource, FAILED, _unexpected(resource, step, exc),
                            seconds=time.monotonic() - start, warnings=warnings)
+
+    def _install(self, resource: Resource, target: Target, current: FileState,
+                 has_target: bool, start: float, warnings: tuple[RenderWarning, ...],
+                 expected: FileState | None = None) -> Outcome | None:
+        """Install `target` over `current` on the dest's worker; the UPDATED outcome of an
+        apply begun at `start`. `expected`: only if dest still holds it, read in the same call
+        (one thread hop instead of two for a watch's change); None when it does not (nothing
+        written)."""
+        content = target.content
+        check = self._needs_check(resource, current, content)
+
+        def work(progress: Progress) -> tuple[float | None, Seen] | None:
+            if expected is not None:
+                try:
+                    if self.dests.current(resource.dest) is not expected:
+                        return None
+                except OSError:
+                    return None  # (the caller's read says why)
+            # (The file read back on the worker too: DestCache.remember.)
+            return (install(resource, target, check=check, keep=has_target, progress=progress),
+                    look(resource.dest))
+
+        try:
+            done = self._io(resource, "stage", work)
+        except IoStuck:
+            # It may yet rename the file into place (at thaw) with nobody to reload it:
+            # owe the reload, and drop the running copy it may keep, as if it had.
+            if has_target:
+                self._owe(resource, current)
+                self._kept.add(resource.dest)
+            raise
+        except NotDurable:
+            # The file is live on disk but its target never reloaded into it: without
+            # this the retry would find the file "up to date" and never reload.
+            self.in_place[resource.dest] = boot_clock()
+            if has_target:
+                self._owe(resource, current)
+            else:  # (nothing runs it: no running file to keep, nothing pops it)
+                self.reload_owed.add(resource.name)
+            raise
+        if done is None:
+            return None
+        check_seconds, read_back = done
+        self.in_place[resource.dest] = boot_clock()
+        if check:
+            self.checked[resource.dest] = content
+        self.installed[resource.dest] = content
+        self.dests.remember(resource.dest, FileState(content, target.mode, target.uid,
+                                                     target.gid), read_back)
+        if has_target:
+            self._kept.add(resource.dest)
         # What the service runs: the file replaced, unless a predecessor's reload is still
         # owed (then what its running copy holds; None: unknown, a full reload).
         previous = self._running.get(resource.dest, current)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from confsync import render_limits
 from confsync.errors import ResourceError
 from confsync.mirror import Mirror
-from confsync.render_limits import DEADLINE, parse_size
+from confsync.render_limits import DEADLINE, Deadline, RenderTimeout, parse_size
 from confsync.renderer import Renderer, glob_regex
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch, Snapshot
@@ -502,3 +503,46 @@ def test_a_template_not_there_when_the_set_loaded_is_read_once_it_is(tmp_path: P
     (templates / "kept.tmpl").write_text("edited, waiting for a reload\n")
     assert renderer.render(late, Mirror()) == "its include\nlate\n"
     assert renderer.render(kept, Mirror()) == "kept\n"
+
+
+class _CountedCondition(threading.Condition):
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_a_render_does_not_wake_the_idle_deadline_watchdog() -> None:
+    """Woken by every arm (it slept without end when idle), the watchdog took the GIL in the
+    middle of each render's hand-off to the file worker: part of every put -> file. A deadline
+    due after its next wake leaves it asleep."""
+    deadline = Deadline()
+    cond = deadline._cond = _CountedCondition(deadline._lock)
+    for _ in range(30):
+        deadline.arm(30.0)
+        assert not deadline.disarm()
+        time.sleep(0.01)  # (the old watchdog went back to sleep here, to be woken again)
+    # The first wait, and a tick or two where it found a render armed, at most.
+    assert cond.waits <= 5, cond.waits
+
+
+def test_a_deadline_past_the_idle_wake_fires_all_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arm that does not wake the watchdog is found at its next wake, and fires on time."""
+    monkeypatch.setattr(render_limits, "_IDLE_WAKE", 0.05)
+    deadline = Deadline()
+    deadline.arm(30.0)
+    deadline.disarm()  # the watchdog runs now, asleep for _IDLE_WAKE at a time
+    started = time.monotonic()
+    fired = False
+    try:
+        deadline.arm(0.3)
+        while time.monotonic() - started < 20:  # generous: a loaded machine
+            sum(range(100))
+    except RenderTimeout:
+        fired = True
+    finally:
+        deadline.disarm()
+    assert fired
+    assert time.monotonic() - started >= 0.3
