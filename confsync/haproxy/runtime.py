@@ -266,16 +266,28 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
     return plan
 
 
+def health_checked(backend: Backend, server: Server) -> bool:
+    """Whether the file has HAProxy health-check `server`: `check` on its line or on the
+    backend's `default-server` (which a dynamic server repeats: `_add_command`), the last of
+    `check` and `no-check` winning."""
+    wanted = False
+    for token in (*backend.default_server, *server.options):
+        if token in ("check", "no-check"):
+            wanted = token == "check"
+    return wanted
+
+
 def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer | None,
                  weight: bool, admin_state: bool, others_serve: bool) -> None:
     ref = f"{backend.name}/{server.name}"
     commands = plan.commands
+    checked = health_checked(backend, server)
     if now is None:
         plan.differences.append(f"{ref} is not in HAProxy")
         if backend.balance not in DYNAMIC_BALANCE:
             plan.needs_reload(f"{ref} added, balance {backend.balance}")
         commands.append(_add_command(backend.name, server, backend.default_server))
-        if "check" in server.options:
+        if checked:
             commands.append(f"enable health {ref}")
         if not server.disabled:
             commands.append(f"set server {ref} state ready")
@@ -293,16 +305,29 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
             state = "maint" if server.disabled else "ready"
         else:  # (as HAProxy has it: an operator's)
             state = "maint" if now.maint else "drain" if now.drain else "ready"
-        plan.moves.append(Move(ref, server.address, server.port, state, now.checked))
+        _plan_health(commands, ref, now, checked, admin_state)
+        plan.moves.append(Move(ref, server.address, server.port, state,
+                               checked if admin_state else now.checked))
         if weight and now.weight != server.weight:
             commands.append(f"set server {ref} weight {server.weight}")
         return
+    _plan_health(commands, ref, now, checked, admin_state)
     if admin_state and server.disabled and not now.maint:
         commands.append(f"set server {ref} state maint")
     if weight and now.weight != server.weight:
         commands.append(f"set server {ref} weight {server.weight}")
     if admin_state and not server.disabled and (now.maint or now.drain):
         commands.append(f"set server {ref} state ready")
+
+
+def _plan_health(commands: list[str], ref: str, now: LiveServer, checked: bool,
+                 admin_state: bool) -> None:
+    """The health check of a server etcd changed (`admin_state`) is the file's: a dynamic
+    server starts with it off, and a lost `enable health` (answered with nothing when it
+    works) left an instance serving unchecked, which the read-back must see. That of a server
+    etcd left alone is HAProxy's, as its admin state is (an operator's `disable health`)."""
+    if admin_state and checked != now.checked:
+        commands.append(f"{'enable' if checked else 'disable'} health {ref}")
 
 
 def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, int]:
@@ -538,7 +563,13 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
         # (a file never says drain: a drain is HAProxy's, an operator's or a move's step)
         drain = bool(admin_state & _DRAIN_BITS) if admin_state is not None else None
         before = old.backends.get(fields[_BE_NAME]) if old is not None else None
-        if (fields[_UWEIGHT], maint, drain) == (str(server.weight), server.disabled, False):
+        # (the health check too: a lost `enable health` saved here outlived the reload meant
+        # to repair it, HAProxy loading the check's state from the file)
+        checked = bool(int(fields[_CHECK_STATE]) & _CHECK_ENABLED) if fields[
+            _CHECK_STATE].isdigit() else None
+        if (fields[_UWEIGHT], maint, drain, checked) == (
+                str(server.weight), server.disabled, False,
+                backend is not None and health_checked(backend, server)):
             kept.append(line)
         elif admin_state is not None and _admin_kept(
                 admin_state, server, None if old is None else
