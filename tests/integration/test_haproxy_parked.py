@@ -148,3 +148,27 @@ def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
         stack.put_instance("web", "b", backends["b"].port)
         wait_for(lambda: "b" in _servers(stack), timeout=15)
         assert _servers(stack) == {"a", "b", "stuck"}
+
+
+def test_a_restarted_watch_takes_over_the_servers_parked_before_it(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+        tmp_path: Path) -> None:
+    """A `confsync watch` restarted (an upgrade, a crash) while HAProxy runs on: the server its
+    predecessor parked is found in HAProxy (in maintenance, with its connection, not in the
+    file), counted, and deleted once its connection closes. Forgotten, it stayed in HAProxy
+    until the next reload, uncounted and never warned about."""
+    with _stuck_parked(stack, backends, holding, tmp_path) as (watch, _metrics):
+        assert watch.stop() == 0
+        metrics = free_port()
+        again = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                             "--metrics-address", f"127.0.0.1:{metrics}",
+                             log=tmp_path / "w2.log")
+        try:
+            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+            wait_for(lambda: _gauge(metrics) == 1, timeout=5)
+            assert _servers(stack) == {"a", "stuck"}
+            holding.release.set()
+            wait_for(lambda: _servers(stack) == {"a"} and _gauge(metrics) == 0, timeout=15)
+            assert stack.status().reloads == 0
+        finally:
+            assert again.stop() == 0
