@@ -373,6 +373,8 @@ class HAProxyController(ReloadTarget):
         # Whether HAProxy was searched for servers parked by an earlier confsync
         # (`_adopt_parked`): once, at the first look or pass that reaches its admin socket.
         self._adopted = False
+        # SIGTERM or SIGINT arrived: a move stops waiting for its requests in flight.
+        self._stopping = False
         # The master last seen answering: (pid, start time). A master that lives on while its
         # CLI does not answer is reloading, not gone; a new one has no parked servers.
         self._master: tuple[int, float] | None = None
@@ -526,7 +528,14 @@ class HAProxyController(ReloadTarget):
         self._hard_stop_after = self._hard_stop_after or earlier._hard_stop_after
         self._parked_worker = self._parked_worker or earlier._parked_worker
         self._adopted = self._adopted or earlier._adopted
+        self._stopping = self._stopping or earlier._stopping
         self._master = self._master or earlier._master
+
+    def stop_asked(self) -> None:
+        self._stopping = True
+
+    def _stop_asked(self) -> bool:
+        return self._stopping
 
     def key(self) -> Hashable:
         if self.settings.master_socket is not None:
@@ -709,7 +718,7 @@ class HAProxyController(ReloadTarget):
                 self._adopt_parked(admin, new)
                 self._forget_gone_parked(admin)
                 try:
-                    sent = reconcile(admin, old, new, self.parked)
+                    sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)
                 except RuntimeApplyFailed as exc:
                     why = f"runtime API failed ({exc})"
                     log.warning("resource %s: %s; reloading instead", resource.name, why)
@@ -824,7 +833,7 @@ class HAProxyController(ReloadTarget):
             return None
         self._forget_gone_parked(admin)
         try:
-            sent = reconcile(admin, old, new, self.parked)
+            sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)
         except RuntimeApplyFailed as exc:
             log.warning("resource %s: %s; its servers cannot be compared with the file (%s): "
                         "reloading", self.resource.name, done, exc)

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -387,7 +387,8 @@ def parked_earlier(admin: AdminSocket, new: HAProxyConfig) -> set[str]:
 
 
 def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
-                until: float | None = None) -> list[str]:
+                until: float | None = None,
+                stop: Callable[[], bool] = lambda: False) -> list[str]:
     """Serve `move.ref` at its new address with no connection left to the old one; return the
     commands sent. RuntimeApplyFailed when that cannot be made sure of (the caller reloads).
 
@@ -398,7 +399,9 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     until no request is in flight, maintenance (closes every idle connection: none can be in
     use), then the state the file says. Measured under steady traffic: 0 requests answered by
     the old address in 20 moves on 2.6.12 and on 3.2.0, 0 failed, 30-80 ms a move.
-    `until`: a time.monotonic() no wait goes past (the pass's budget for its moves).
+    `until`: a time.monotonic() no wait goes past (the pass's budget for its moves). `stop`:
+    true once confsync is asked to stop: the waits end there, as at their deadline (the
+    caller's reload finishes the requests in the old worker), rather than hold the stop.
     """
     ref = move.ref
     backend, _, name = ref.partition("/")
@@ -410,6 +413,10 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     started = time.monotonic()
     deadline = min(started + wait, until if until is not None else float("inf"))
     while (conns := server_conns(admin, backend, name))[0]:
+        if stop():
+            raise RuntimeApplyFailed(f"{ref}: {conns[0]} request(s) in flight to its old "
+                                     "address when confsync was asked to stop (moving to "
+                                     f"{address}:{move.port})")
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: {conns[0]} request(s) still in flight to its old "
                                      f"address after {time.monotonic() - started:.1f}s (moving "
@@ -420,6 +427,9 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     started = time.monotonic()
     deadline = min(started + wait, until if until is not None else float("inf"))
     while server_conns(admin, backend, name) != (0, 0):  # (closed by a task of each thread)
+        if stop():
+            raise RuntimeApplyFailed(f"{ref}: connections to its old address left in "
+                                     "maintenance when confsync was asked to stop")
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: connections to its old address left after "
                                      f"{time.monotonic() - started:.1f}s in maintenance")
@@ -453,7 +463,7 @@ def pool_differences(admin: AdminSocket, new: HAProxyConfig,
 
 
 def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
-              parked: set[str]) -> list[str] | None:
+              parked: set[str], stop: Callable[[], bool] = lambda: False) -> list[str] | None:
     """Apply `plan_reconcile`; return the commands sent, or None when a reload is needed.
 
     `old` is the file HAProxy runs. None: unknown, and `pool_differences` found HAProxy's
@@ -463,7 +473,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     deleted when HAProxy allows it, which it does not while the server has connections, idle
     ones of the reuse pool included: then it stays in maintenance, out of the file, recorded
     in `parked`, and a later pass deletes it (or brings it back if the same instance returns).
-    A reload drops it in any case.
+    A reload drops it in any case. `stop`: see `move_server`.
     Raises RuntimeApplyFailed when a command fails.
     """
     live = live_servers(admin)
@@ -486,7 +496,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
         sent.append(command)
     until = time.monotonic() + MOVES_WAIT
     for move in plan.moves:
-        sent.extend(move_server(admin, move, until=until))
+        sent.extend(move_server(admin, move, until=until, stop=stop))
     for ref in plan.removals:
         backend, _, name = ref.partition("/")
         if not live[backend][name].maint:
