@@ -715,7 +715,9 @@ class HAProxyController(ReloadTarget):
         heal = old is None and drifted is not None and drifted == content
         if runtime and (old is not None or heal) and admin is not None:
             if old is None or runtime_changes(old, new) is not None:
-                self._adopt_parked(admin, new)
+                if not self._adopted:  # (this resource's own file: a shared HAProxy's other
+                    # files are other targets', each finding its own)
+                    self._adopt_parked(admin, parse(content.decode("utf-8", "replace")))
                 self._forget_gone_parked(admin)
                 try:
                     sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)
