@@ -16,6 +16,7 @@ daemon exits with EXIT_INTERNAL_ERROR so the service manager starts it afresh.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -1007,6 +1008,11 @@ class Daemon:
                 stops.append(signum)
                 if len(stops) > 1:
                     self.observers.hurry()
+                # A wait of the apply in flight that only spares a fallback (an HAProxy move
+                # waiting for its requests in flight, up to 4 s) ends now: the stop is not
+                # held for it.
+                with contextlib.suppress(Exception):  # (in a signal handler: no logging)
+                    self.syncer.stop_asked()
             self.events.put(SignalReceived(signum))
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -213,6 +213,14 @@ class Syncer:
             self._targets[resource] = target_for(resource)
         return self._targets[resource]
 
+    def stop_asked(self) -> None:
+        """A stop signal arrived: tell every target (see `ReloadTarget.stop_asked`). Called in
+        the signal handler."""
+        for target in list(self._targets.values()):
+            stop_asked = getattr(target, "stop_asked", None)  # duck-typed targets may lack it
+            if stop_asked is not None:
+                stop_asked()
+
     def step_bound(self, resources: Iterable[Resource]) -> float:
         """The longest step between two heartbeats of `apply` by the timeouts that bound it:
         a resource's render and check, or one reload."""

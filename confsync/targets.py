@@ -127,6 +127,12 @@ class ReloadTarget(Protocol):
         heartbeat: no I/O here). Default: nothing."""
         return ()
 
+    def stop_asked(self) -> None:
+        """SIGTERM or SIGINT arrived (called in the signal handler: set a flag, nothing more):
+        a wait of the reload in flight that only spares a fallback, the target cuts short.
+        Default: nothing."""
+        return None
+
     def take_over(self, earlier: ReloadTarget) -> None:
         """Take what `earlier`, the target of this resource before its definition was edited
         (same dest), knows about the running service and nothing else can tell (HAProxy

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,16 +266,28 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
     return plan
 
 
+def health_checked(backend: Backend, server: Server) -> bool:
+    """Whether the file has HAProxy health-check `server`: `check` on its line or on the
+    backend's `default-server` (which a dynamic server repeats: `_add_command`), the last of
+    `check` and `no-check` winning."""
+    wanted = False
+    for token in (*backend.default_server, *server.options):
+        if token in ("check", "no-check"):
+            wanted = token == "check"
+    return wanted
+
+
 def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer | None,
                  weight: bool, admin_state: bool, others_serve: bool) -> None:
     ref = f"{backend.name}/{server.name}"
     commands = plan.commands
+    checked = health_checked(backend, server)
     if now is None:
         plan.differences.append(f"{ref} is not in HAProxy")
         if backend.balance not in DYNAMIC_BALANCE:
             plan.needs_reload(f"{ref} added, balance {backend.balance}")
         commands.append(_add_command(backend.name, server, backend.default_server))
-        if "check" in server.options:
+        if checked:
             commands.append(f"enable health {ref}")
         if not server.disabled:
             commands.append(f"set server {ref} state ready")
@@ -293,10 +305,13 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
             state = "maint" if server.disabled else "ready"
         else:  # (as HAProxy has it: an operator's)
             state = "maint" if now.maint else "drain" if now.drain else "ready"
-        plan.moves.append(Move(ref, server.address, server.port, state, now.checked))
+        _plan_health(commands, ref, now, checked, admin_state)
+        plan.moves.append(Move(ref, server.address, server.port, state,
+                               checked if admin_state else now.checked))
         if weight and now.weight != server.weight:
             commands.append(f"set server {ref} weight {server.weight}")
         return
+    _plan_health(commands, ref, now, checked, admin_state)
     if admin_state and server.disabled and not now.maint:
         commands.append(f"set server {ref} state maint")
     if weight and now.weight != server.weight:
@@ -305,9 +320,19 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
         commands.append(f"set server {ref} state ready")
 
 
-def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, int]:
-    """(connections in use, idle connections) HAProxy holds to `backend/server` (`show servers
-    conn`); RuntimeApplyFailed when it does not say."""
+def _plan_health(commands: list[str], ref: str, now: LiveServer, checked: bool,
+                 admin_state: bool) -> None:
+    """The health check of a server etcd changed (`admin_state`) is the file's: a dynamic
+    server starts with it off, and a lost `enable health` (answered with nothing when it
+    works) left an instance serving unchecked, which the read-back must see. That of a server
+    etcd left alone is HAProxy's, as its admin state is (an operator's `disable health`)."""
+    if admin_state and checked != now.checked:
+        commands.append(f"{'enable' if checked else 'disable'} health {ref}")
+
+
+def backend_conns(admin: AdminSocket, backend: str) -> dict[str, tuple[int, int]]:
+    """Server name -> (connections in use, idle connections) HAProxy holds to each server of
+    `backend` (`show servers conn`); RuntimeApplyFailed when it does not answer so."""
     try:
         text = query(admin.path, f"show servers conn {backend}", timeout=admin.timeout,
                      retry_for=0.2)
@@ -315,19 +340,55 @@ def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, in
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
     lines = text.splitlines()
     header = lines[0].lstrip("#").split() if lines and lines[0].startswith("#") else []
-    if "used_cur" in header and "idle_cur" in header:
-        used, idle = header.index("used_cur"), header.index("idle_cur")
-        for line in lines[1:]:
-            fields = line.split()
-            if len(fields) > max(used, idle) and fields[0] == f"{backend}/{server}":
-                with contextlib.suppress(ValueError):
-                    return int(fields[used]), int(fields[idle])
-    raise RuntimeApplyFailed(f"`show servers conn {backend}` says nothing of {server}: "
-                             f"{text[:200]!r}")
+    if "used_cur" not in header or "idle_cur" not in header:
+        raise RuntimeApplyFailed(f"unexpected `show servers conn {backend}` answer: "
+                                 f"{text[:200]!r}")
+    used, idle = header.index("used_cur"), header.index("idle_cur")
+    found = {}
+    for line in lines[1:]:
+        fields = line.split()
+        name = fields[0].partition("/")[2] if fields else ""
+        if len(fields) > max(used, idle) and fields[0] == f"{backend}/{name}":
+            with contextlib.suppress(ValueError):
+                found[name] = (int(fields[used]), int(fields[idle]))
+    return found
+
+
+def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, int]:
+    """(connections in use, idle connections) HAProxy holds to `backend/server`;
+    RuntimeApplyFailed when it does not say."""
+    conns = backend_conns(admin, backend).get(server)
+    if conns is None:
+        raise RuntimeApplyFailed(f"`show servers conn {backend}` says nothing of {server}")
+    return conns
+
+
+def parked_earlier(admin: AdminSocket, new: HAProxyConfig) -> set[str]:
+    """"backend/server" of the servers a confsync before this one parked (`reconcile`), as the
+    running HAProxy shows them against `new`: in a backend of `new`, no `server` line of it
+    nor a `server-template` slot, in maintenance, and still holding connections.
+
+    Kept in memory only, they were forgotten by a restart of confsync (an upgrade, a crash)
+    while HAProxy ran on: left in HAProxy until its next reload, uncounted, never said to be
+    held too long. A server with no connection is left alone: it was never parked (confsync
+    parks only what `del server` refuses for its connections), or someone else's added at
+    runtime (which comes in maintenance). RuntimeApplyFailed when HAProxy does not answer."""
+    live = live_servers(admin)
+    found: set[str] = set()
+    for name, backend in new.backends.items():
+        leftover = [server for server, now in live.get(name, {}).items()
+                    if now.maint and server not in backend.servers
+                    and not backend.is_slot(server)]
+        if leftover:
+            conns = backend_conns(admin, name)
+            found.update(f"{name}/{server}" for server in leftover
+                         if sum(conns.get(server, (0, 0))) > 0)
+    return found
 
 
 def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
-                until: float | None = None) -> list[str]:
+                until: float | None = None,
+                stop: Callable[[], bool] = lambda: False) -> list[str]:
     """Serve `move.ref` at its new address with no connection left to the old one; return the
     commands sent. RuntimeApplyFailed when that cannot be made sure of (the caller reloads).
 
@@ -338,7 +399,9 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     until no request is in flight, maintenance (closes every idle connection: none can be in
     use), then the state the file says. Measured under steady traffic: 0 requests answered by
     the old address in 20 moves on 2.6.12 and on 3.2.0, 0 failed, 30-80 ms a move.
-    `until`: a time.monotonic() no wait goes past (the pass's budget for its moves).
+    `until`: a time.monotonic() no wait goes past (the pass's budget for its moves). `stop`:
+    true once confsync is asked to stop: the waits end there, as at their deadline (the
+    caller's reload finishes the requests in the old worker), rather than hold the stop.
     """
     ref = move.ref
     backend, _, name = ref.partition("/")
@@ -350,6 +413,10 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     started = time.monotonic()
     deadline = min(started + wait, until if until is not None else float("inf"))
     while (conns := server_conns(admin, backend, name))[0]:
+        if stop():
+            raise RuntimeApplyFailed(f"{ref}: {conns[0]} request(s) in flight to its old "
+                                     "address when confsync was asked to stop (moving to "
+                                     f"{address}:{move.port})")
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: {conns[0]} request(s) still in flight to its old "
                                      f"address after {time.monotonic() - started:.1f}s (moving "
@@ -360,6 +427,9 @@ def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,
     started = time.monotonic()
     deadline = min(started + wait, until if until is not None else float("inf"))
     while server_conns(admin, backend, name) != (0, 0):  # (closed by a task of each thread)
+        if stop():
+            raise RuntimeApplyFailed(f"{ref}: connections to its old address left in "
+                                     "maintenance when confsync was asked to stop")
         if time.monotonic() >= deadline:
             raise RuntimeApplyFailed(f"{ref}: connections to its old address left after "
                                      f"{time.monotonic() - started:.1f}s in maintenance")
@@ -393,7 +463,7 @@ def pool_differences(admin: AdminSocket, new: HAProxyConfig,
 
 
 def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
-              parked: set[str]) -> list[str] | None:
+              parked: set[str], stop: Callable[[], bool] = lambda: False) -> list[str] | None:
     """Apply `plan_reconcile`; return the commands sent, or None when a reload is needed.
 
     `old` is the file HAProxy runs. None: unknown, and `pool_differences` found HAProxy's
@@ -403,7 +473,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     deleted when HAProxy allows it, which it does not while the server has connections, idle
     ones of the reuse pool included: then it stays in maintenance, out of the file, recorded
     in `parked`, and a later pass deletes it (or brings it back if the same instance returns).
-    A reload drops it in any case.
+    A reload drops it in any case. `stop`: see `move_server`.
     Raises RuntimeApplyFailed when a command fails.
     """
     live = live_servers(admin)
@@ -426,7 +496,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
         sent.append(command)
     until = time.monotonic() + MOVES_WAIT
     for move in plan.moves:
-        sent.extend(move_server(admin, move, until=until))
+        sent.extend(move_server(admin, move, until=until, stop=stop))
     for ref in plan.removals:
         backend, _, name = ref.partition("/")
         if not live[backend][name].maint:
@@ -538,7 +608,13 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
         # (a file never says drain: a drain is HAProxy's, an operator's or a move's step)
         drain = bool(admin_state & _DRAIN_BITS) if admin_state is not None else None
         before = old.backends.get(fields[_BE_NAME]) if old is not None else None
-        if (fields[_UWEIGHT], maint, drain) == (str(server.weight), server.disabled, False):
+        # (the health check too: a lost `enable health` saved here outlived the reload meant
+        # to repair it, HAProxy loading the check's state from the file)
+        checked = bool(int(fields[_CHECK_STATE]) & _CHECK_ENABLED) if fields[
+            _CHECK_STATE].isdigit() else None
+        if (fields[_UWEIGHT], maint, drain, checked) == (
+                str(server.weight), server.disabled, False,
+                backend is not None and health_checked(backend, server)):
             kept.append(line)
         elif admin_state is not None and _admin_kept(
                 admin_state, server, None if old is None else

@@ -95,3 +95,21 @@ def test_a_move_cut_off_after_its_drain_ends_in_a_reload_that_serves_the_file(
         assert (a.port, a.maint, a.drain) == (backends["c"].port, False, False)
     finally:
         relay.close()
+
+
+def test_an_enable_health_the_worker_dropped_ends_in_a_reload_that_checks_the_instance(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """A dynamic server starts with its health check off; the `enable health` after its `add
+    server` answers nothing when it works. Lost, the instance served unchecked (a dead one
+    would take requests) and the read-back, which compared no health-check state, said done."""
+    relay = _serving_a_and_b_through(stack, backends, "enable health be_web/c")
+    try:
+        reloads = stack.status().reloads
+        stack.put_instance("web", "c", backends["c"].port)
+        out = stack.sync_ok()
+        assert relay.lost == ["enable health be_web/c"]
+        assert "not the file's after the runtime commands" in out, out
+        assert stack.status().reloads == reloads + 1
+        assert live_servers(AdminSocket(stack.admin))["be_web"]["c"].checked
+    finally:
+        relay.close()

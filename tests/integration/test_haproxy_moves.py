@@ -3,18 +3,22 @@ it ends in a reload, and what it sends traffic to. Each test takes seconds."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.integration.test_haproxy_pools import _running, steady_traffic
+from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
 from tests.support.http_backends import HTTPBackend
+from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -162,3 +166,46 @@ def test_a_pool_rolled_two_at_a_time_then_all_at_once_fails_no_request(
         assert set(spread(stack.port, 6)) == {"a", "b", "f"}
     assert stack.status().reloads == reloads + 1
     assert statuses and set(statuses) == {200}, Counter(statuses)
+
+
+def test_a_stop_during_a_move_waits_for_no_request_in_flight(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], held: _Held,
+        tmp_path: Path) -> None:
+    """SIGTERM to `confsync watch` while a move waits for a request in flight to the old
+    address: the stop waited out MOVE_WAIT (2 s, 4 s with the idle connections' wait) before
+    the reload the move ends in. The move now ends at once in that reload, and confsync exits
+    with HAProxy serving the file, the request finished by the old worker."""
+    stack.put_basics()
+    stack.put_instance("web", "a", held.server_address[1])
+    stack.put_instance("web", "b", backends["b"].port)
+    stack.sync_ok()
+    stack.start()
+    metrics = free_port()
+    watch = WatchProcess(*stack.cli_args(), "--wait-min", "0ms", "--metrics-address",
+                         f"127.0.0.1:{metrics}", log=tmp_path / "w.log")
+    answers: list[tuple[int, str]] = []
+    clients = [threading.Thread(target=lambda: answers.append(http_get(stack.port, "/held",
+                                                                       timeout=30)))
+               for _ in range(2)]  # (round robin: one of them reaches a)
+    try:
+        wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
+        for client in clients:
+            client.start()
+        assert held.entered.wait(10)
+        reloads = stack.status().reloads
+        stack.put_instance("web", "a", backends["c"].port)
+        wait_for(lambda: live_servers(AdminSocket(stack.admin))["be_web"]["a"].drain,
+                 timeout=10)  # (the move's first step: it waits for the request now)
+        watch.signal(signal.SIGTERM)
+        assert watch.proc.wait(15) == 0
+        assert "in flight to its old address when confsync was asked to stop" in \
+            watch.output(), watch.output()
+        assert stack.status().reloads == reloads + 1
+        assert spread(stack.port, 6) == {"b": 3, "c": 3}
+    finally:
+        held.release.set()
+        for client in clients:
+            if client.ident is not None:  # (started)
+                client.join(10)
+        watch.stop()
+    assert sorted(answers) == [(200, "b"), (200, "held")]

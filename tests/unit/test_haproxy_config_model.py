@@ -190,17 +190,19 @@ def test_reconcile_plans_against_the_live_servers() -> None:
                     "server b 10.0.0.2:80 weight 10 check disabled",
                     "server c 10.0.0.3:80 weight 10 check"))
     live = {"be_web": {
-        "a": LiveServer("10.0.0.9", 80, 10, maint=False, drain=True),  # moved, drained by hand
-        "b": LiveServer("10.0.0.2", 80, 10, maint=False, drain=False),
+        "a": LiveServer("10.0.0.9", 80, 10, maint=False, drain=True,  # moved, drained by hand
+                        checked=True),
+        "b": LiveServer("10.0.0.2", 80, 10, maint=False, drain=False, checked=True),
         "z": LiveServer("10.0.0.26", 80, 10, maint=True, drain=False),  # left over
         "slot1": LiveServer("10.0.0.30", 80, 1, maint=False, drain=False),  # server-template
     }}
     # A moved server moves in steps (`move_server`), then takes the file's state.
     plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
     assert plan.reload is None
-    assert plan.moves == [Move("be_web/a", "10.0.0.1", 80, "ready")]
+    assert plan.moves == [Move("be_web/a", "10.0.0.1", 80, "ready", checked=True)]
     assert "set server be_web/a state ready" not in plan.commands  # (the move's last step)
-    live["be_web"]["a"] = LiveServer("10.0.0.1", 80, 10, maint=False, drain=True)  # drained
+    live["be_web"]["a"] = LiveServer("10.0.0.1", 80, 10, maint=False, drain=True,  # drained
+                                     checked=True)
     plan = plan_reconcile(new, live, {"be_web/a", "be_web/b", "be_web/z"})
     assert plan.reload is None
     commands, removals = plan.commands, plan.removals
@@ -230,12 +232,13 @@ def test_a_move_is_runtime_while_another_server_serves() -> None:
     def live(**servers: LiveServer) -> dict[str, dict[str, LiveServer]]:
         return {"be_web": servers}
 
-    at = {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False),
+    at = {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False, checked=True),
           "b": LiveServer("10.0.0.2", 80, 7, maint=False, drain=False),
-          "c": LiveServer("10.0.0.3", 80, 10, maint=True, drain=False)}
-    moved_a = LiveServer("10.0.0.9", 81, 5, maint=False, drain=False)
+          "c": LiveServer("10.0.0.3", 80, 10, maint=True, drain=False, checked=True)}
+    moved_a = LiveServer("10.0.0.9", 81, 5, maint=False, drain=False, checked=True)
     plan = plan_reconcile(new, live(**{**at, "a": moved_a}), set())
-    assert (plan.reload, plan.moves) == (None, [Move("be_web/a", "10.0.0.1", 80, "ready")])
+    assert (plan.reload, plan.moves) == (None, [Move("be_web/a", "10.0.0.1", 80, "ready",
+                                                     checked=True)])
     assert plan.commands == ["set server be_web/a weight 10"]
     # no other server serving where it is: b drained, moving too, or with weight 0
     for b in (LiveServer("10.0.0.2", 80, 7, maint=False, drain=True),
@@ -255,6 +258,27 @@ def test_a_move_is_runtime_while_another_server_serves() -> None:
                                                               drain=True)}),
                           set(), admin_state=False)
     assert (plan.reload, plan.moves) == (None, [Move("be_web/a", "10.0.0.1", 80, "drain")])
+
+
+def test_the_health_check_of_a_server_etcd_changed_is_the_files() -> None:
+    """A dynamic server starts with its check off (`enable health` answers nothing when it
+    works, so a lost one shows only here, read back); that of a server etcd left alone is
+    HAProxy's (an operator's `disable health`), as its admin state is."""
+    from confsync.haproxy.runtime import LiveServer, plan_reconcile
+
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 10"))
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server b 10.0.0.2:80 weight 10",
+                    "server c 10.0.0.3:80 weight 10 check"))
+    off = {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False),  # disabled by hand
+           "b": LiveServer("10.0.0.2", 80, 10, maint=False, drain=False),
+           "c": LiveServer("10.0.0.3", 80, 10, maint=False, drain=False)}  # `enable health` lost
+    plan = plan_reconcile(new, {"be_web": off}, {"be_web/a", "be_web/b"}, old=old)
+    assert plan.commands == ["enable health be_web/c"]
+    # default-server's `check` counts (a dynamic server repeats it), `no-check` after it wins
+    both = parse(cfg("default-server check", "server a 10.0.0.1:80 weight 10",
+                     "server b 10.0.0.2:80 weight 10 no-check"))
+    plan = plan_reconcile(both, {"be_web": {}}, set())
+    assert [c for c in plan.commands if "health" in c] == ["enable health be_web/a"]
 
 
 def test_without_the_previous_file_only_names_addresses_and_ports_count() -> None:

@@ -184,6 +184,24 @@ def test_a_move_cut_short_leaves_no_drain_for_the_reload(tmp_path: Path) -> None
     assert [(f[3], f[6]) for f in kept] == [("b", "8")]  # b: an operator's drain
 
 
+def test_a_health_check_left_off_is_kept_only_for_a_server_etcd_left_alone(
+        tmp_path: Path) -> None:
+    """HAProxy loads a server's check state from the state file: saved off for a server etcd
+    added (its `enable health` lost), the reload meant to repair it kept it unchecked. Off on
+    a server whose line etcd did not change, it is an operator's `disable health`: kept."""
+    old = parse(cfg("server a 10.0.0.1:80 weight 10 check"))
+    new = parse(cfg("server a 10.0.0.1:80 weight 10 check", "server c 10.0.0.3:80 weight 10 check"))
+    state = tmp_path / "state"
+    state.write_text("1\n# be_id be_name srv_id srv_name srv_addr ...\n" + "".join(
+        f"3 be_web {i} {n} {a} 2 0 10 10 0 1 0 0 {check} 0 0 0 - 80 - 0 0 - - 0\n"
+        for i, (n, a, check) in enumerate([("a", "10.0.0.1", 2), ("c", "10.0.0.3", 2)], 1)))
+    assert update_saved_state(state, old, new) == 1
+    assert [line.split()[3] for line in state.read_text().splitlines()[2:]] == ["a"]
+    state.write_text(state.read_text() + "3 be_web 2 c 10.0.0.3 2 0 10 10 0 1 0 0 6 0 0 0 - 80 "
+                     "- 0 0 - - 0\n")  # (checked, as the file says: kept)
+    assert update_saved_state(state, old, new) == 2
+
+
 def test_the_moves_of_a_pass_wait_in_all_no_longer_than_moves_wait(
         sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each move waits for its requests in flight (up to MOVE_WAIT), one move after the other,

@@ -190,7 +190,7 @@ def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                              "backend be_web\n    server a 10.0.0.1:80 weight 10 check\n")
     calls: list[tuple[object, ...]] = []
     monkeypatch.setattr(control, "show_proc", lambda *a, **k: MasterStatus(1, 0, 0, None))
-    monkeypatch.setattr(control, "reconcile", lambda admin, old, new, parked: (
+    monkeypatch.setattr(control, "reconcile", lambda admin, old, new, parked, **_: (
         calls.append(("reconcile", old)) or ["set server be_web/a addr 10.0.0.1 port 80"]))
     monkeypatch.setattr(control.HAProxyController, "_reload", lambda self, *a: (
         calls.append(("reload",)) or ReloadResult(ReloadKind.CONFIRMED, "reloaded")))
