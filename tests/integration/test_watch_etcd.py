@@ -94,23 +94,27 @@ def test_etcd_sigkill_restart_while_writing(
 
     def writer() -> None:
         n = 0
+        c = None
         while not stop.is_set() and n < 3000:
             n += 1
             try:
-                client(etcd_private.endpoint, timeout=1).put(f"{prefix}/k/{n % 37}", str(n))
+                c = c or client(etcd_private.endpoint, timeout=1)
+                c.put(f"{prefix}/k/{n % 37}", str(n))
                 written.append(n)
             except Exception:
+                c = None  # (a new client after the kill: one per put made 19 in CI's load)
                 time.sleep(0.05)
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(written) >= 10, timeout=20, what="writes before the kill")
         etcd_private.kill()
         time.sleep(0.5)
         etcd_private.start()
         w.wait_log("degraded", timeout=10)
-        time.sleep(1.0)
+        after = len(written)
+        wait_for(lambda: len(written) >= after + 10, timeout=20, what="writes after the restart")
     finally:
         stop.set()
         thread.join()
