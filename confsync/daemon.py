@@ -404,13 +404,21 @@ class Daemon:
         them as two responses; the loop took the first and rendered before the second was
         queued (a file that mixed two revisions, which no state of etcd ever was). Wait until
         the queue is quiet for BATCH_SETTLE, or brings a batch of a later revision (kept for
-        the next drain: etcd sent every part of the earlier one before it)."""
+        the next drain: etcd sent every part of the earlier one before it).
+
+        The resources due then are rendered first, during the wait (renders_ahead.py): a
+        quiet queue afterwards (only this loop takes from it) means nothing came all along,
+        and the apply takes those renders; anything that came is handled, and the wait goes
+        on for BATCH_SETTLE from there, as before."""
         if not self._drained_revision or len(self.state.prefixes) < 2:
             return
-        deadline = time.monotonic() + BATCH_SETTLE_MAX
-        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+        start = time.monotonic()
+        deadline = start + BATCH_SETTLE_MAX
+        self._render_ahead(start)
+        quiet_until = start + BATCH_SETTLE
+        while not self.stopping and (left := deadline - (now := time.monotonic())) > 0:
             try:
-                event = self.events.get(timeout=min(BATCH_SETTLE, left))
+                event = self.events.get(timeout=max(0.0, min(quiet_until - now, left)))
             except queue.Empty:
                 return
             if (isinstance(event, BatchReceived) and event.generation == self.generation
@@ -420,6 +428,19 @@ class Daemon:
             # (A batch merged while the loop was busy may hold the rest of the drained
             # revision and later ones: it is applied, and the wait goes on for the newest.)
             self._handle(event)
+            quiet_until = time.monotonic() + BATCH_SETTLE
+
+    def _render_ahead(self, start: float) -> None:
+        """Render what the apply after this wait will render, while the queue stays quiet
+        and the wait lasts (each render is kept only while the mirror stays as it was)."""
+        if not self.ready or self.pending is not None or self._replay_hold(start) is not None:
+            return
+        for resource in self.planner.due_by(start + BATCH_SETTLE):
+            if (not self.events.empty() or self.stopping
+                    or time.monotonic() - start >= BATCH_SETTLE):
+                return
+            if not self.syncer.io_stuck(resource):
+                self.syncer.render_ahead(resource)
 
     def _replay_hold(self, now: float) -> float | None:
         """Until when renders wait for the rest of a resumed watch's replay; None: no wait.

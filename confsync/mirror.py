@@ -8,6 +8,7 @@ than scans: a 5,000-server template reads its keys in one range walk.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
@@ -39,6 +40,8 @@ def decode(raw: bytes) -> Value:
 # the key list anew rather than inserting and deleting one key at a time.
 BULK_CHANGES = 256
 BULK_SHARE = 32
+# Glob matches remembered per key set (`keys_matching`); past this many, forgotten at once.
+MATCHES_MAX = 1024
 
 
 def prefix_end(prefix: str) -> str:
@@ -55,6 +58,8 @@ class Mirror:
         self.version = 0
         self._values: dict[str, Value] = {}
         self._keys: list[str] = []
+        # (prefix, pattern) -> the keys it matches, while the key set stays as it is.
+        self._matches: dict[tuple[str, re.Pattern[str]], list[str]] = {}
 
     def __len__(self) -> int:
         return len(self._values)
@@ -76,6 +81,7 @@ class Mirror:
             changed = set(new)
         self._values = new
         self._keys = sorted(new)
+        self._matches.clear()
         self.revision = snapshot.revision
         self.version += 1
         return changed
@@ -97,6 +103,7 @@ class Mirror:
                 if old is None:
                     continue
                 del self._values[change.key]
+                self._matches.clear()
                 if bulk:
                     resort = True
                 else:
@@ -106,6 +113,7 @@ class Mirror:
                 if old == value:
                     continue
                 if old is None:
+                    self._matches.clear()
                     if bulk:
                         resort = True
                     else:
@@ -131,6 +139,18 @@ class Mirror:
         lo = bisect.bisect_left(self._keys, prefix)
         hi = bisect.bisect_left(self._keys, prefix_end(prefix), lo)
         return iter(self._keys[lo:hi])
+
+    def keys_matching(self, prefix: str, regex: re.Pattern[str]) -> list[str]:
+        """The keys under `prefix` that `regex` matches, in order: a shared list, never to be
+        changed. Remembered until a key is added or removed (a value changed in place keeps
+        it): a 5,000-item `gets` matched every key again at every render (~1 ms)."""
+        found = self._matches.get((prefix, regex))
+        if found is None:
+            if len(self._matches) >= MATCHES_MAX:
+                self._matches.clear()
+            found = self._matches[prefix, regex] = list(
+                filter(regex.match, self.keys_with_prefix(prefix)))
+        return found
 
     def child_names(self, base: str) -> Iterator[tuple[str, bool]]:
         """(name, has_children) for each direct child of `base` (which ends with '/').

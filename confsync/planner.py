@@ -108,6 +108,11 @@ class Planner:
                 fired.at = float("inf")  # keeps its backoff until `retry` or `settled`
         return list(ready.values())
 
+    def due_by(self, when: float) -> list[Resource]:
+        """The resources with a change whose debounce deadline is `when` or earlier, left
+        pending (what `due` will return then, retries aside)."""
+        return [p.resource for p in self._pending.values() if self._deadline(p) <= when]
+
     def next_deadline(self) -> float | None:
         deadlines = [self._deadline(p) for p in self._pending.values()]
         # A retry of a resource with a change pending fires with that change (`due`): its own

@@ -205,9 +205,9 @@ class TemplateData:
         full_pattern = self._full(pattern)
         regex = glob_regex(full_pattern)
         literal = literal_prefix(full_pattern)
-        keys = self._mirror.keys_with_prefix(literal)
         if literal.startswith(self._dirs):  # every match is inside one of our directories
-            return list(filter(regex.match, keys))
+            return self._mirror.keys_matching(literal, regex)  # (shared: never changed here)
+        keys = self._mirror.keys_with_prefix(literal)
         return [k for k in keys if regex.match(k) and self._visible(k)]
 
     def getv(self, key: str, default: str | None = None) -> str:

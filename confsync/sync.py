@@ -46,6 +46,7 @@ from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
 from confsync.processes import boot_clock
 from confsync.reload import has_reload_action, target_for
 from confsync.render_memo import data_digest
+from confsync.renders_ahead import RendersAhead
 from confsync.resources import Resource
 from confsync.running_copy import read_kept, reloaded, running_copy
 from confsync.said import shape
@@ -94,6 +95,8 @@ class Syncer:
         self.memo = memo
         # The renders that judged this Syncer's resource set (a SIGHUP), for its first apply.
         self.judged = JudgedRenders()
+        # Renders made while the daemon waited for the rest of a revision, for the next apply.
+        self.ahead = RendersAhead()
         # The daemon's file work on a dest runs with a deadline (dest_io.py); `once` and
         # `check` call it directly.
         self.io = io
@@ -341,6 +344,12 @@ class Syncer:
             self.last_counts[resource.name] = count
             return reused, ()
         if self.memo is None:
+            taken = self.ahead.take(resource, self.renderer, self.mirror) if self.ahead else None
+            if taken is not None:
+                log.debug("%s: rendered while the revision settled, from the same data: not "
+                          "rendered again", resource.name)
+                self.last_counts[resource.name] = count
+                return taken
             rendered = self.renderer.render_result(resource, self.mirror)
             content = rendered.text.encode("utf-8")
         else:
@@ -361,6 +370,13 @@ class Syncer:
         self.last_counts[resource.name] = count
         return content, rendered.warnings
 
+    def render_ahead(self, resource: Resource) -> None:
+        """Render `resource` now for the next apply, which takes the output if the mirror
+        has not changed since (renders_ahead.py); the daemon's, while it waits for the rest of
+        a revision. Nothing is written or reported here."""
+        if self.memo is None:
+            self.ahead.render(self.renderer, resource, self.mirror)
+
     def apply(self, resources: Sequence[Resource],
               heartbeat: Callable[[], None] | None = None) -> list[Outcome]:
         """Write what changed, then reload each affected target once.
@@ -375,6 +391,7 @@ class Syncer:
             outcomes.append(self._apply_one(resource))
             beat()
         self.judged.clear()  # (they stand in for the apply that follows the switch only)
+        self.ahead.clear()  # (and these for the apply that follows the wait only)
         groups: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         probes: dict[Hashable, tuple[ReloadTarget, list[Outcome]]] = {}
         for outcome in outcomes:
