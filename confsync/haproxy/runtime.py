@@ -161,9 +161,24 @@ def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
     return backends
 
 
+# `default-server` options of name resolution, each with its argument: `add server` refuses
+# them (2.6.12: "'init-addr' option is not accepted for dynamic server"), and a server line
+# confsync parses has an IP address (a `defaults` section's `init-addr last,libc,none`).
+_RESOLUTION = frozenset({"init-addr", "resolvers", "resolve-prefer", "resolve-opts",
+                         "resolve-net"})
+
+
 def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) -> str:
     # Dynamic servers ignore default-server: repeat its options; the server's own come last.
-    options = [o for o in default_server if o not in ("disabled", "enabled")]
+    options: list[str] = []
+    skip = False
+    for option in default_server:
+        if skip:
+            skip = False
+        elif option in _RESOLUTION:
+            skip = True
+        elif option not in ("disabled", "enabled"):
+            options.append(option)
     return " ".join([f"add server {backend}/{server.name} {server.addr_port}", *options,
                      "weight", str(server.weight), *server.options])
 

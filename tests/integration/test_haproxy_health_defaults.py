@@ -28,7 +28,7 @@ defaults
     timeout connect 2s
     timeout client 10s
     timeout server 10s
-    default-server check inter 1s
+    default-server check inter 1s init-addr last,libc,none
 frontend main
     bind {{ getv("/haproxy/bind") }}
     default_backend be_web
