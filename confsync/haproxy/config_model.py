@@ -39,8 +39,13 @@ class Server:
 class Backend:
     name: str
     balance: str = "roundrobin"
+    # The `default-server` options in force at the backend's end: its `defaults` section's,
+    # then each of its own lines' (they add up, later options winning).
     default_server: tuple[str, ...] = ()
     servers: dict[str, Server] = field(default_factory=dict)
+    # Those in force at each `server` line: HAProxy applies a `default-server` line only to
+    # the servers after it.
+    server_defaults: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # `server-template <prefix> <num | first-last>` lines: (prefix, first, last). The slots
     # (prefix1, prefix2, ...) are filled at runtime by someone else, never ours to change.
     templates: list[tuple[str, int, int]] = field(default_factory=list)
@@ -52,6 +57,11 @@ class Backend:
             if name.startswith(prefix) and number.isdigit() and first <= int(number) <= last:
                 return True
         return False
+
+    def defaults_for(self, server: str) -> tuple[str, ...]:
+        """The `default-server` options HAProxy gave `server` from the file (those at the end
+        of the backend for a server it does not have)."""
+        return self.server_defaults.get(server, self.default_server)
 
 
 @dataclass
@@ -134,15 +144,26 @@ def _template_range(token: str) -> tuple[int, int] | None:
 def parse(text: str) -> HAProxyConfig:
     config = HAProxyConfig()
     section: tuple[str, str] = ("", "")
+    # `default-server` options of the `defaults` sections: the last one (what a proxy without
+    # `from` takes), and the named ones (`from <name>`). A `defaults` section starts afresh.
+    last_defaults: list[str] = []
+    named_defaults: dict[str, list[str]] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         tokens = line.split()
         if not raw[:1].isspace() and tokens[0] in SECTION_KEYWORDS:
-            section = (tokens[0], tokens[1] if len(tokens) > 1 else "")
-            if section[0] == "backend":
-                config.backends[section[1]] = Backend(section[1])
+            section = (tokens[0], tokens[1] if len(tokens) > 1 and tokens[1] != "from" else "")
+            parent = tokens[tokens.index("from") + 1] if "from" in tokens[:-1] else None
+            inherited = named_defaults.get(parent, []) if parent is not None else last_defaults
+            if section[0] == "defaults":
+                last_defaults = list(named_defaults.get(parent, [])) if parent else []
+                if section[1]:
+                    named_defaults[section[1]] = last_defaults
+            elif section[0] == "backend":
+                config.backends[section[1]] = Backend(section[1],
+                                                      default_server=tuple(inherited))
             config.skeleton.append(line)
             continue
         kind, name = section
@@ -155,15 +176,18 @@ def parse(text: str) -> HAProxyConfig:
                     config.skeleton.append(line)
                 else:
                     backend.servers[server.name] = server
+                    backend.server_defaults[server.name] = backend.default_server
                 continue
             if tokens[0] == "balance" and len(tokens) > 1:
                 backend.balance = tokens[1]
             elif tokens[0] == "default-server":
-                backend.default_server = tuple(tokens[1:])
+                backend.default_server += tuple(tokens[1:])
             elif tokens[0] == "server-template" and len(tokens) > 2:
                 numbers = _template_range(tokens[2])
                 if numbers is not None:
                     backend.templates.append((tokens[1], *numbers))
+        elif kind == "defaults" and tokens[0] == "default-server":
+            last_defaults.extend(tokens[1:])
         elif kind in ("frontend", "listen") and tokens[0] == "bind" and len(tokens) > 1:
             config.binds.append(tokens[1])
         elif kind == "global":

@@ -161,9 +161,24 @@ def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
     return backends
 
 
+# `default-server` options of name resolution, each with its argument: `add server` refuses
+# them (2.6.12: "'init-addr' option is not accepted for dynamic server"), and a server line
+# confsync parses has an IP address (a `defaults` section's `init-addr last,libc,none`).
+_RESOLUTION = frozenset({"init-addr", "resolvers", "resolve-prefer", "resolve-opts",
+                         "resolve-net"})
+
+
 def _add_command(backend: str, server: Server, default_server: tuple[str, ...]) -> str:
     # Dynamic servers ignore default-server: repeat its options; the server's own come last.
-    options = [o for o in default_server if o not in ("disabled", "enabled")]
+    options: list[str] = []
+    skip = False
+    for option in default_server:
+        if skip:
+            skip = False
+        elif option in _RESOLUTION:
+            skip = True
+        elif option not in ("disabled", "enabled"):
+            options.append(option)
     return " ".join([f"add server {backend}/{server.name} {server.addr_port}", *options,
                      "weight", str(server.weight), *server.options])
 
@@ -267,11 +282,12 @@ def plan_reconcile(new: HAProxyConfig, live: dict[str, dict[str, LiveServer]],
 
 
 def health_checked(backend: Backend, server: Server) -> bool:
-    """Whether the file has HAProxy health-check `server`: `check` on its line or on the
-    backend's `default-server` (which a dynamic server repeats: `_add_command`), the last of
-    `check` and `no-check` winning."""
+    """Whether the file has HAProxy health-check `server`: `check` on its line or in the
+    `default-server` options HAProxy gives it (its `defaults` section's and its backend's
+    above it: `Backend.defaults_for`, which a dynamic server repeats: `_add_command`), the
+    last of `check` and `no-check` winning."""
     wanted = False
-    for token in (*backend.default_server, *server.options):
+    for token in (*backend.defaults_for(server.name), *server.options):
         if token in ("check", "no-check"):
             wanted = token == "check"
     return wanted
@@ -286,7 +302,7 @@ def _plan_server(plan: Plan, backend: Backend, server: Server, now: LiveServer |
         plan.differences.append(f"{ref} is not in HAProxy")
         if backend.balance not in DYNAMIC_BALANCE:
             plan.needs_reload(f"{ref} added, balance {backend.balance}")
-        commands.append(_add_command(backend.name, server, backend.default_server))
+        commands.append(_add_command(backend.name, server, backend.defaults_for(server.name)))
         if checked:
             commands.append(f"enable health {ref}")
         if not server.disabled:

@@ -483,3 +483,27 @@ def test_a_move_counts_only_servers_that_will_serve_meanwhile() -> None:
     assert plan_reconcile(new, {"be_web": {"a": a, "b": down}}, set()).reload
     a_down = LiveServer("10.0.0.9", 80, 10, maint=False, drain=False, up=False)
     assert plan_reconcile(new, {"be_web": {"a": a_down, "b": down}}, set()).reload is None
+
+
+def test_default_server_options_are_those_haproxy_gives_each_server() -> None:
+    """As HAProxy 2.6 was seen to run it (`show servers state`): a `defaults` section's
+    `default-server` reaches the backends after it, a new `defaults` section starts afresh,
+    `from <name>` takes a named one, and a backend's `default-server` line adds to them for
+    the servers below it only."""
+    from confsync.haproxy.runtime import health_checked
+
+    text = "\n".join([
+        "defaults checked", "    default-server check inter 1s",
+        "defaults", "    mode http",
+        "backend be_web", "    server a 10.0.0.1:80", "    default-server check",
+        "    server b 10.0.0.2:80", "    default-server inter 2s", "    server c 10.0.0.3:80",
+        "backend be_api from checked", "    server d 10.0.0.4:80",
+        "    server e 10.0.0.5:80 no-check", ""])
+    model = parse(text)
+    web, api = model.backends["be_web"], model.backends["be_api"]
+    assert {n: health_checked(web, s) for n, s in web.servers.items()} == {
+        "a": False, "b": True, "c": True}
+    assert web.defaults_for("c") == ("check", "inter", "2s")
+    assert {n: health_checked(api, s) for n, s in api.servers.items()} == {
+        "d": True, "e": False}
+    assert api.defaults_for("d") == ("check", "inter", "1s")
