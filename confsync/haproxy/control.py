@@ -41,7 +41,6 @@ from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
     drop_server_state,
-    parked_earlier,
     pool_differences,
     reconcile,
     save_server_state,
@@ -370,9 +369,6 @@ class HAProxyController(ReloadTarget):
         # of the same name in the new worker is someone else's: a runtime `add server` comes
         # in maintenance, which `del server` accepts.
         self._parked_worker: int | None = None
-        # Whether HAProxy was searched for servers parked by an earlier confsync
-        # (`_adopt_parked`): once, at the first look or pass that reaches its admin socket.
-        self._adopted = False
         # SIGTERM or SIGINT arrived: a move stops waiting for its requests in flight.
         self._stopping = False
         # The master last seen answering: (pid, start time). A master that lives on while its
@@ -412,27 +408,6 @@ class HAProxyController(ReloadTarget):
         now = time.monotonic()
         self._parked_since = {ref: self._parked_since.get(ref, now) for ref in self.parked}
         self._parked_warned &= self.parked
-
-    def _adopt_parked(self, admin: AdminSocket, new: HAProxyConfig) -> None:
-        """Take as this target's the servers an earlier confsync parked in the running HAProxy
-        (`parked_earlier`): deleted by the heartbeat once their connections close, counted
-        and warned about as if parked here (held since now, as far as this process knows)."""
-        if self._adopted:
-            return
-        try:
-            found = parked_earlier(admin, new) - self.parked
-        except RuntimeApplyFailed as exc:
-            log.debug("resource %s: cannot look for servers parked before this start: %s",
-                      self.resource.name, exc)
-            return  # (asked again at the next pass)
-        self._adopted = True
-        if found:
-            log.info("resource %s: %d server(s) the file does not have are parked in HAProxy "
-                     "(in maintenance, with connections: an earlier run's); deleted once their "
-                     "connections close: %s", self.resource.name, len(found),
-                     ", ".join(sorted(found)[:5]) + (" ..." if len(found) > 5 else ""))
-            self.parked |= found
-            self._track_parked(admin, new)
 
     def _forget_gone_parked(self, admin: AdminSocket) -> None:
         """Forget the parked servers when the worker answering on `admin` is not the one
@@ -527,7 +502,6 @@ class HAProxyController(ReloadTarget):
         self._parked_admin = self._parked_admin or earlier._parked_admin
         self._hard_stop_after = self._hard_stop_after or earlier._hard_stop_after
         self._parked_worker = self._parked_worker or earlier._parked_worker
-        self._adopted = self._adopted or earlier._adopted
         self._stopping = self._stopping or earlier._stopping
         self._master = self._master or earlier._master
 
@@ -662,7 +636,6 @@ class HAProxyController(ReloadTarget):
         admin = self._admin(new, timeout=ASK_TIMEOUT)
         if admin is None:
             return None
-        self._adopt_parked(admin, new)
         try:
             plan = pool_differences(admin, new, self.parked)
         except RuntimeApplyFailed as exc:
@@ -715,9 +688,6 @@ class HAProxyController(ReloadTarget):
         heal = old is None and drifted is not None and drifted == content
         if runtime and (old is not None or heal) and admin is not None:
             if old is None or runtime_changes(old, new) is not None:
-                if not self._adopted:  # (this resource's own file: a shared HAProxy's other
-                    # files are other targets', each finding its own)
-                    self._adopt_parked(admin, parse(content.decode("utf-8", "replace")))
                 self._forget_gone_parked(admin)
                 try:
                     sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)

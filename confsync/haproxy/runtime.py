@@ -346,9 +346,9 @@ def _plan_health(commands: list[str], ref: str, now: LiveServer, checked: bool,
         commands.append(f"{'enable' if checked else 'disable'} health {ref}")
 
 
-def backend_conns(admin: AdminSocket, backend: str) -> dict[str, tuple[int, int]]:
-    """Server name -> (connections in use, idle connections) HAProxy holds to each server of
-    `backend` (`show servers conn`); RuntimeApplyFailed when it does not answer so."""
+def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, int]:
+    """(connections in use, idle connections) HAProxy holds to `backend/server` (`show servers
+    conn`); RuntimeApplyFailed when it does not say."""
     try:
         text = query(admin.path, f"show servers conn {backend}", timeout=admin.timeout,
                      retry_for=0.2)
@@ -356,50 +356,15 @@ def backend_conns(admin: AdminSocket, backend: str) -> dict[str, tuple[int, int]
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
     lines = text.splitlines()
     header = lines[0].lstrip("#").split() if lines and lines[0].startswith("#") else []
-    if "used_cur" not in header or "idle_cur" not in header:
-        raise RuntimeApplyFailed(f"unexpected `show servers conn {backend}` answer: "
-                                 f"{text[:200]!r}")
-    used, idle = header.index("used_cur"), header.index("idle_cur")
-    found = {}
-    for line in lines[1:]:
-        fields = line.split()
-        name = fields[0].partition("/")[2] if fields else ""
-        if len(fields) > max(used, idle) and fields[0] == f"{backend}/{name}":
-            with contextlib.suppress(ValueError):
-                found[name] = (int(fields[used]), int(fields[idle]))
-    return found
-
-
-def server_conns(admin: AdminSocket, backend: str, server: str) -> tuple[int, int]:
-    """(connections in use, idle connections) HAProxy holds to `backend/server`;
-    RuntimeApplyFailed when it does not say."""
-    conns = backend_conns(admin, backend).get(server)
-    if conns is None:
-        raise RuntimeApplyFailed(f"`show servers conn {backend}` says nothing of {server}")
-    return conns
-
-
-def parked_earlier(admin: AdminSocket, new: HAProxyConfig) -> set[str]:
-    """"backend/server" of the servers a confsync before this one parked (`reconcile`), as the
-    running HAProxy shows them against `new`: in a backend of `new`, no `server` line of it
-    nor a `server-template` slot, in maintenance, and still holding connections.
-
-    Kept in memory only, they were forgotten by a restart of confsync (an upgrade, a crash)
-    while HAProxy ran on: left in HAProxy until its next reload, uncounted, never said to be
-    held too long. A server with no connection is left alone: it was never parked (confsync
-    parks only what `del server` refuses for its connections), or someone else's added at
-    runtime (which comes in maintenance). RuntimeApplyFailed when HAProxy does not answer."""
-    live = live_servers(admin)
-    found: set[str] = set()
-    for name, backend in new.backends.items():
-        leftover = [server for server, now in live.get(name, {}).items()
-                    if now.maint and server not in backend.servers
-                    and not backend.is_slot(server)]
-        if leftover:
-            conns = backend_conns(admin, name)
-            found.update(f"{name}/{server}" for server in leftover
-                         if sum(conns.get(server, (0, 0))) > 0)
-    return found
+    if "used_cur" in header and "idle_cur" in header:
+        used, idle = header.index("used_cur"), header.index("idle_cur")
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) > max(used, idle) and fields[0] == f"{backend}/{server}":
+                with contextlib.suppress(ValueError):
+                    return int(fields[used]), int(fields[idle])
+    raise RuntimeApplyFailed(f"`show servers conn {backend}` says nothing of {server}: "
+                             f"{text[:200]!r}")
 
 
 def move_server(admin: AdminSocket, move: Move, wait: float = MOVE_WAIT,

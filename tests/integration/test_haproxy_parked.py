@@ -148,32 +148,3 @@ def test_a_parked_name_is_forgotten_when_someone_else_reloads_haproxy(
         stack.put_instance("web", "b", backends["b"].port)
         wait_for(lambda: "b" in _servers(stack), timeout=15)
         assert _servers(stack) == {"a", "b", "stuck"}
-
-
-@pytest.mark.parametrize("changed", [False, True], ids=["quiet", "pool-changed-meanwhile"])
-def test_a_restarted_watch_takes_over_the_servers_parked_before_it(
-        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
-        tmp_path: Path, changed: bool) -> None:
-    """A `confsync watch` restarted (an upgrade, a crash) while HAProxy runs on: the server its
-    predecessor parked is found in HAProxy (in maintenance, with its connection, not in the
-    file), counted, and deleted once its connection closes. Forgotten, it stayed in HAProxy
-    until the next reload, uncounted and never warned about. Found by the start's comparison
-    (quiet), or by its first runtime pass (the pool changed while confsync was down)."""
-    with _stuck_parked(stack, backends, holding, tmp_path) as (watch, _metrics):
-        assert watch.stop() == 0
-        if changed:
-            stack.put_instance("web", "b", backends["b"].port)
-        metrics = free_port()
-        again = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
-                             "--metrics-address", f"127.0.0.1:{metrics}",
-                             log=tmp_path / "w2.log")
-        try:
-            wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
-            pool = {"a", "b"} if changed else {"a"}
-            wait_for(lambda: _servers(stack) == pool | {"stuck"} and _gauge(metrics) == 1,
-                     timeout=10)
-            holding.release.set()
-            wait_for(lambda: _servers(stack) == pool and _gauge(metrics) == 0, timeout=15)
-            assert stack.status().reloads == 0
-        finally:
-            assert again.stop() == 0
