@@ -25,11 +25,29 @@ if TYPE_CHECKING:
     from confsync.renderer import Renderer
 
 
-class _Judged(NamedTuple):
+class RenderInputs(NamedTuple):
+    """What a render kept for a later apply was made from. It stands in for that apply's
+    render only from the same inputs: the same resource definition, the same Renderer (its
+    compiled templates), the same Mirror unchanged since (`Mirror.version`). (The renders
+    kept are pure ones: render_purity.py.) Shared with renders_ahead.py."""
+
     resource: Resource
     renderer: Renderer
     mirror: Mirror
     version: int
+
+    @classmethod
+    def of(cls, resource: Resource, renderer: Renderer, mirror: Mirror) -> RenderInputs:
+        return cls(resource, renderer, mirror, mirror.version)
+
+    def still(self, resource: Resource, renderer: Renderer, mirror: Mirror) -> bool:
+        """Whether a render of `resource` by `renderer` from `mirror` now has these inputs."""
+        return (self.renderer is renderer and self.mirror is mirror
+                and self.version == mirror.version and self.resource == resource)
+
+
+class _Judged(NamedTuple):
+    inputs: RenderInputs
     digest: str
 
 
@@ -49,7 +67,7 @@ class JudgedRenders:
         rendered, pure = render_purity.counting(
             lambda: renderer.render_result(resource, mirror))
         if pure and not rendered.warnings:
-            self._by_name[resource.name] = _Judged(resource, renderer, mirror, mirror.version,
+            self._by_name[resource.name] = _Judged(RenderInputs.of(resource, renderer, mirror),
                                                    output_digest(rendered.text.encode("utf-8")))
 
     def take(self, resource: Resource, renderer: Renderer, mirror: Mirror,
@@ -58,9 +76,9 @@ class JudgedRenders:
         would give (the judge's render of the same inputs had its digest), else None; each
         judged render stands in once."""
         judged = self._by_name.pop(resource.name, None)
-        if (judged is None or dest_content is None or judged.renderer is not renderer
-                or judged.mirror is not mirror or judged.version != mirror.version
-                or judged.resource != resource or judged.digest != output_digest(dest_content)):
+        if (judged is None or dest_content is None
+                or not judged.inputs.still(resource, renderer, mirror)
+                or judged.digest != output_digest(dest_content)):
             return None
         return dest_content
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from confsync import render_purity
+from confsync.judged_renders import RenderInputs
 from confsync.mirror import Mirror
 from confsync.resources import Resource
 
@@ -23,10 +24,7 @@ if TYPE_CHECKING:
 
 
 class _Ahead(NamedTuple):
-    resource: Resource
-    renderer: Renderer
-    mirror: Mirror
-    version: int
+    inputs: RenderInputs
     content: bytes
     warnings: tuple[RenderWarning, ...]
 
@@ -50,7 +48,7 @@ class RendersAhead:
         except Exception:  # (ResourceError, or a bug: the apply's own render says which)
             return
         if pure:
-            self._by_name[resource.name] = _Ahead(resource, renderer, mirror, mirror.version,
+            self._by_name[resource.name] = _Ahead(RenderInputs.of(resource, renderer, mirror),
                                                   rendered.text.encode("utf-8"),
                                                   rendered.warnings)
 
@@ -59,8 +57,7 @@ class RendersAhead:
         """The output and warnings a render of `resource` by `renderer` from `mirror` would
         give now, when rendered ahead from the same inputs, else None; each stands in once."""
         ahead = self._by_name.pop(resource.name, None)
-        if (ahead is None or ahead.renderer is not renderer or ahead.mirror is not mirror
-                or ahead.version != mirror.version or ahead.resource != resource):
+        if ahead is None or not ahead.inputs.still(resource, renderer, mirror):
             return None
         return ahead.content, ahead.warnings
 
