@@ -874,10 +874,15 @@ class Daemon:
             except Exception as exc:
                 self._local_failed(exc)
             else:
-                if self._local_failure is not None:
-                    self._local_failure = None
-                    log.info("conf.d/templates watcher runs again")
-                self._part_recovered("local-files")
+                # Recovered only once a watcher runs: a start that met its directory replaced
+                # leaves none until the next heartbeat, and after a failed start that said
+                # "runs again" and /health 200 with no watcher (a deploy's edits meanwhile
+                # missed with nothing saying so); a failure stays until a start succeeds.
+                if self._local_observer is not None:
+                    if self._local_failure is not None:
+                        self._local_failure = None
+                        log.info("conf.d/templates watcher runs again")
+                    self._part_recovered("local-files")
         elif self._local_observer is not None or self._local_failure is not None:
             # `[watch] confdir` turned off by a reload: edits wait for a SIGHUP from now on (the
             # watcher used to go on reloading at every edit, its inotify watches held).
