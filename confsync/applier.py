@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
-from confsync.owners import UnknownName, group_id, user_id
+from confsync.owners import NotAnswered, UnknownName, group_id, user_id
 from confsync.placeholders import substitute
 from confsync.resources import Resource
 from confsync.running_copy import keep_running, reloaded
@@ -173,13 +173,13 @@ class Target(NamedTuple):
     @classmethod
     def for_resource(cls, resource: Resource, content: bytes, current: FileState) -> Target:
         """Raises ResourceError (step "owner", to be tried again) for an owner or group name
-        the system does not know (yet)."""
+        the system does not know (yet), or whose lookup has not returned in time (owners.py)."""
         # Unset mode/owner keep what the file has (or defaults for a new file), like confd.
         # Mode 0 is a mode to keep (`chmod 000`), not a missing one.
         try:
             uid = resource.uid if resource.owner is None else user_id(resource.owner)
             gid = resource.gid if resource.group is None else group_id(resource.group)
-        except UnknownName as exc:
+        except (UnknownName, NotAnswered) as exc:
             raise ResourceError(resource.name, "owner", str(exc), retry=True) from None
         return cls(
             content,

@@ -14,6 +14,18 @@ giving its files the old id, through SIGHUPs and after the name was gone (the se
 could not read its file, or another user who got the old id could), `/ready` 200. A config
 reload forgets every id (`forget`), and the watch loop looks each again every REFRESH seconds
 (`changed`) and rewrites the files of a name whose id moved or that is gone.
+
+A lookup runs on a thread of its own, waited for at most LOOKUP_PATIENCE: with LDAP or sssd
+down, getpwnam() can block for minutes or for good, and on the watch loop's thread it stopped
+every resource, the heartbeat, /health and systemd's watchdog ping (the restart then blocked
+again at the same lookup). A name not answered in time fails that write at step `owner`
+(`NotAnswered`; dest is left as it is and the write is tried again); its lookup runs on, and
+its answer, when it comes, is kept for the next try. A name has at most one lookup under way:
+a try while one has not returned waits for that one, so a hung directory service holds one
+thread per name, whatever the number of tries. A lookup that answers after a write gave up on
+it tells the loop (`listen`), which tries that write again at once, not at its backoff. The
+10-minute look again (`changed`) waits for no lookup at all: one not answered yet is asked
+about at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -25,14 +37,65 @@ import time
 from collections.abc import Callable
 
 REFRESH = 600.0  # seconds an id found is used before the name is looked up again
+# Seconds a write waits for a name's lookup (a local file answers in microseconds, LDAP through
+# sssd in milliseconds; 5 s is under /health's heartbeat allowance and far under WatchdogSec).
+LOOKUP_PATIENCE = 5.0
+# ... while another name's lookup has not answered within its patience: the directory service
+# is hung for every name, and twenty names must not hold the loop 5 s each.
+STUCK_PATIENCE = 0.2
 
 # (kind, name) -> (its id, time.monotonic() when it was looked up)
 _known: dict[tuple[str, str], tuple[int, float]] = {}
+# (kind, name) -> its lookup under way (at most one a name); removed by the lookup as it returns
+_asked: dict[tuple[str, str], _Lookup] = {}
+# (kind, name) -> the id it had, for a name `changed` looks up again
+_refreshing: dict[tuple[str, str], tuple[int, _Lookup]] = {}
 _lock = threading.Lock()
+# Told (kind, name) when a lookup a write gave up on has answered (the watch loop's queue).
+_on_late_answer: Callable[[str, str], None] | None = None
 
 
 class UnknownName(LookupError):
     """No such user or group on this system, for now."""
+
+
+class NotAnswered(LookupError):
+    """The system's lookup of a name (NSS: LDAP, sssd...) has not returned in time."""
+
+
+class _Lookup:
+    """One name's lookup on its own thread; its answer kept once it returns."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.found: int | None = None
+        self.error: BaseException | None = None
+        self.given_up = False  # a write stopped waiting for it (NotAnswered)
+        threading.Thread(target=self._run, name=f"confsync-{kind}-lookup",
+                         daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.found = _find(self.kind, self.name)
+        except BaseException as exc:  # handed to whoever waits, or to the next try
+            self.error = exc
+        with _lock:
+            if _asked.get((self.kind, self.name)) is self:
+                del _asked[self.kind, self.name]
+            if self.found is not None:  # a late answer is kept for the next try
+                _known.setdefault((self.kind, self.name), (self.found, time.monotonic()))
+            self.done.set()
+            tell = _on_late_answer if self.given_up else None
+        if tell is not None:
+            tell(self.kind, self.name)
+
+    def answer(self) -> int:
+        if self.error is not None:
+            raise self.error
+        assert self.found is not None
+        return self.found
 
 
 def user_id(name: str) -> int:
@@ -51,41 +114,73 @@ def _find(kind: str, name: str) -> int:
                           "each try)") from None
 
 
+def _ask(kind: str, name: str) -> _Lookup:
+    """The name's lookup under way, or a new one (the caller holds _lock)."""
+    lookup = _asked.get((kind, name))
+    if lookup is None:
+        lookup = _asked[kind, name] = _Lookup(kind, name)
+    return lookup
+
+
 def _lookup(kind: str, name: str) -> int:
+    """The name's id: known, or looked up, waiting at most the patience; raises UnknownName,
+    or NotAnswered (its lookup runs on)."""
     with _lock:
         known = _known.get((kind, name))
-    if known is not None:
-        return known[0]
-    found = _find(kind, name)
-    with _lock:
-        _known[kind, name] = (found, time.monotonic())
-    return found
+        if known is not None:
+            return known[0]
+        lookup = _ask(kind, name)
+        now = time.monotonic()
+        hung = any(now - other.started >= LOOKUP_PATIENCE for other in _asked.values()
+                   if other is not lookup)
+    patience = min(LOOKUP_PATIENCE, STUCK_PATIENCE) if hung else LOOKUP_PATIENCE
+    if not lookup.done.wait(max(0.0, lookup.started + patience - time.monotonic())):
+        with _lock:
+            lookup.given_up = not lookup.done.is_set()
+        if not lookup.given_up:  # (answered just now)
+            return lookup.answer()
+        waited = time.monotonic() - lookup.started
+        raise NotAnswered(f"looking up {kind} {name!r} has not returned after {waited:.1f}s "
+                          "(the system's user database: LDAP or sssd down?); dest is left as "
+                          "it is, and it is tried again (one lookup at a time)")
+    return lookup.answer()
+
+
+def listen(on_late_answer: Callable[[str, str], None] | None) -> None:
+    """Have `on_late_answer(kind, name)` called (on the lookup's thread) when a lookup that a
+    write gave up on answers; None: nobody is told."""
+    global _on_late_answer
+    _on_late_answer = on_late_answer
 
 
 def forget() -> None:
     """Look every name up again at its next write (a configuration reload)."""
     with _lock:
         _known.clear()
+        _refreshing.clear()
 
 
 def changed(clock: Callable[[], float] = time.monotonic) -> dict[tuple[str, str], str]:
-    """Look up again each name found more than REFRESH seconds ago; returns those whose id
-    moved or that are gone, (kind, name) -> what happened. A gone name is forgotten, so its
-    next write fails at step `owner`, as at a start."""
+    """Look up again each name found more than REFRESH seconds ago, waiting for none (a name
+    whose lookup has not returned keeps its id, and is asked about at the next call);
+    returns those whose id moved or that are gone, (kind, name) -> what happened. A gone name
+    is forgotten, so its next write fails at step `owner`, as at a start."""
     now = clock()
-    with _lock:
-        due = [(key, found) for key, (found, at) in _known.items() if now - at >= REFRESH]
     moved: dict[tuple[str, str], str] = {}
-    for (kind, name), was in due:
-        try:
-            found = _find(kind, name)
-        except UnknownName:
-            with _lock:
+    with _lock:
+        for key, (found, at) in _known.items():
+            if now - at >= REFRESH and key not in _refreshing:
+                _known[key] = (found, now)  # (not due again while this lookup is under way)
+                _refreshing[key] = (found, _ask(*key))
+        answered = [(key, was, lookup) for key, (was, lookup) in _refreshing.items()
+                    if lookup.done.is_set()]
+        for (kind, name), was, lookup in answered:
+            del _refreshing[kind, name]
+            if isinstance(lookup.error, UnknownName):
                 _known.pop((kind, name), None)
-            moved[kind, name] = f"{kind} {name!r} is gone (it was id {was})"
-            continue
-        with _lock:
-            _known[kind, name] = (found, now)
-        if found != was:
-            moved[kind, name] = f"{kind} {name!r} is now id {found} (it was {was})"
+                moved[kind, name] = f"{kind} {name!r} is gone (it was id {was})"
+            elif lookup.found is not None:
+                _known[kind, name] = (lookup.found, now)
+                if lookup.found != was:
+                    moved[kind, name] = f"{kind} {name!r} is now id {lookup.found} (it was {was})"
     return moved
