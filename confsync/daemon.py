@@ -349,6 +349,7 @@ class Daemon:
             if self._local_observer is not None:
                 stop_observer(self._local_observer)
             self.follower.join(timeout=5)
+            self.syncer.drop_left()
             self.store.close()
             if self.pending is not None and self.pending.store is not self.store:
                 self.pending.store.close()

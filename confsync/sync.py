@@ -40,6 +40,7 @@ from confsync.dest_io import DestIo, IoStuck, Progress, no_progress
 from confsync.errors import ResourceError
 from confsync.fdlimit import describe
 from confsync.judged_renders import JudgedRenders
+from confsync.left_copies import LeftCopies
 from confsync.logs import Repeats
 from confsync.mirror import Mirror
 from confsync.outcome import FAILED, UNCHANGED, UPDATED, Outcome, Status
@@ -136,6 +137,8 @@ class Syncer:
         self._looked: set[Path] = set()
         self._kept: set[Path] = set()
         self._running: dict[Path, FileState | None] = {}
+        # Kept copies whose resource a config reload took away, for one to come back.
+        self._left = LeftCopies()
 
     @property
     def renderer(self) -> Renderer:
@@ -185,29 +188,40 @@ class Syncer:
                 if take_over is not None:
                     take_over(earlier)
         new._dests_of = {n: d for n, d in self._dests_of.items() if n in names}
-        new._looked = self._looked & dests
         reloading = {r.dest for r in resources if has_reload_action(r)}
+        # A resource back on a dest whose owed reload lost its resource: its first apply
+        # finds the copy (left_copies.py).
+        back = self._left.back(reloading)
+        new._looked = (self._looked & dests) - back
         new._kept = self._kept & reloading
-        for dest in self._kept - reloading:
-            new._drop_running_copy(dest)
+        new._left = self._left.carried(self._kept - reloading, reloading, time.monotonic())
+        for dest in sorted(back):
+            log.info("%s: a resource reloads it again while the reload of its earlier one is "
+                     "owed; making that reload", dest)
         new._running = {d: f for d, f in self._running.items() if d in dests}
         return new
 
-    def _drop_running_copy(self, dest: Path) -> None:
+    def _drop_running_copy(self, dest: Path, wait: bool = False) -> None:
         """Remove the running copy (running_copy.py) beside a dest whose owed reload no
-        resource will make any more (removed, moved to another dest, or reloading nothing
-        now). It stayed for good: a hard link of an old file beside the old dest, and any
-        later run with a resource on that dest reloaded for it and took its months-old content
-        for what the service ran (`check`: exit 4, "a reload still owed"). On a worker,
-        waited for by nobody (the dest's filesystem may be frozen)."""
-        def drop() -> None:
+        resource made within LEFT_GRACE (removed, moved to another dest, or reloading nothing
+        now: left_copies.py). On a worker (the dest's filesystem may be frozen), waited for
+        by nobody, or with the dest's deadline (`wait`: at a stop, before the process ends)."""
+        def drop(_: Progress | None = None) -> None:
             with contextlib.suppress(OSError):  # (a link no longer followed: left as it is)
                 reloaded(written_path(dest))
 
         if self.io is None:
             drop()
+        elif wait:
+            with contextlib.suppress(IoStuck):  # (left: a successor ignores it, or owes it)
+                self.io.call("(removed)", dest, "reload", drop)
         else:
             self.io.background(f"running copy of {dest}", drop)
+
+    def drop_left(self) -> None:
+        """At a stop: remove the copies no resource of this run took up again."""
+        for dest in self._left.take_all():
+            self._drop_running_copy(dest, wait=True)
 
     def target(self, resource: Resource) -> ReloadTarget | None:
         """The resource's reload target, kept for the life of this Syncer (targets hold state,
@@ -274,6 +288,8 @@ class Syncer:
             remove_undeleted()
         elif undeleted_waiting():
             self.io.background("tidy", remove_undeleted)
+        for dest in self._left.expired(time.monotonic()):
+            self._drop_running_copy(dest)
 
     def _io(self, resource: Resource, step: str, fn: Callable[[Progress], T]) -> T:
         """fn on the dest's worker, with a deadline (raises IoStuck past it); directly when
@@ -689,7 +705,7 @@ class Syncer:
                                found: tuple[Path, tuple[bytes, os.stat_result]] | None) -> None:
         """At the first apply of a dest: a running copy kept beside it (`found`) means a
         predecessor installed the file and stopped before its reload was done
-        (running_copy.py)."""
+        (running_copy.py), or a resource removed since owed it (left_copies.py)."""
         self._looked.add(resource.dest)
         if found is None:
             return
@@ -699,8 +715,9 @@ class Syncer:
         self._running[resource.dest] = FileState(
             content, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) if content else None
         log.warning("resource %s: the reload of %s was still owed by an earlier run (it "
-                    "stopped first, or its reload and rollback failed; %s is what the service "
-                    "ran); making the file live", resource.name,
+                    "stopped first, or its reload and rollback failed, or its resource was "
+                    "removed since; %s is what the service ran); making the file live",
+                    resource.name,
                     resource.dest, running_copy(path).name)
 
     def reload_left_owed(self, resource: Resource) -> bool:

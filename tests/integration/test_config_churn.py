@@ -134,11 +134,50 @@ def test_an_owed_reload_no_resource_will_make_leaves_no_running_copy(
     process.wait_log("configuration reloaded: 2 resources")
     up.touch()
     # (the moved resource's own copy at its new dest goes when its reload, retried, passes)
-    wait_for(lambda: kept() == [] and read(new / "moved") == "/x/1=one\n"
+    wait_for(lambda: read(new / "moved") == "/x/1=one\n"
              and sorted(p.name for p in new.iterdir()) == ["moved"], 20,
-             what=f"no running copy left\n{kept()} {sorted(new.iterdir())}\n"
+             what=f"the moved resource's reload\n{sorted(new.iterdir())}\n"
                   f"{process.output()[-2000:]}")
+    # The old dests' copies are kept for a resource to come back (left_copies.py) while the
+    # process runs, at most LEFT_GRACE (tests/unit/test_left_copies.py); gone at its stop.
+    assert process.stop() == 0
+    assert kept() == []
     assert read(old / "removed") == "before\n"  # (a removed dest is left alone)
+
+
+def test_an_owed_reload_is_made_when_its_resource_comes_back(
+        etcd: EtcdMember, tmp_path: Path, prefix: str, watchers: list[WatchProcess]) -> None:
+    """A resource removed while its reload was owed, then added back (a config-management run
+    deleting conf.d files and writing them again, a SIGHUP or the conf.d watcher in between):
+    its file was current, so nothing reloaded it, and its service ran the old file until the
+    next change in etcd. Its running copy is now kept a while for it: the reload is made.
+    Owed here as a killed run leaves it: the file installed (there was none before) and an
+    empty running copy beside it; the service is down (its reload fails) until `up`."""
+    client(etcd.endpoint).put(f"{prefix}/x/1", "one")
+    confdir, app = tmp_path / "confdir", tmp_path / "app.conf"
+    app.write_text("/x/1=one\n")
+    copy = tmp_path / ".app.conf.confsync-running"
+    copy.touch(mode=0o600)
+    up, reloads = tmp_path / "up", tmp_path / "reloads"
+    script = tmp_path / "reload.sh"
+    script.write_text(f'test -e "{up}" && echo reloaded >> "{reloads}"\n')
+    definition = f'dest = "{app}"\nkeys = ["/x"]\nreload_cmd = "/bin/sh {script}"\n'
+    write_resource(confdir, "app", LIST, definition)
+    write_resource(confdir, "keep", LIST, f'dest = "{tmp_path / "keep.out"}"\nkeys = ["/x"]\n')
+    process = WatchProcess("--confdir", str(confdir), "--endpoints", etcd.endpoint,
+                           "--prefix", prefix, "--wait-min", "0s", log=tmp_path / "watch.log")
+    watchers.append(process)
+    process.wait_log("resource app: reload failed")
+    (confdir / "conf.d" / "app.toml").unlink()
+    process.signal(signal.SIGHUP)
+    process.wait_log("configuration reloaded: 1 resources")
+    write_resource(confdir, "app", LIST, definition)
+    process.signal(signal.SIGHUP)
+    process.wait_log("configuration reloaded: 2 resources")
+    up.touch()
+    wait_for(lambda: read(reloads) == "reloaded\n" and not copy.exists(), 30,
+             what=f"the owed reload\n{process.output()[-2000:]}")
+    assert read(app) == "/x/1=one\n"
 
 
 class _Holding(BaseHTTPRequestHandler):
