@@ -23,11 +23,11 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from confsync import children, confdir_lock, owners
 from confsync.confdir_wait import user_not_known
@@ -64,6 +64,7 @@ from confsync.watcher import (
 )
 
 log = logging.getLogger("confsync")
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 1.0
 LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit before reloading
@@ -126,6 +127,10 @@ class IoReturned:
     """A dest's file call that was left running, stuck (dest_io.py), returned."""
 
     dest: Path
+
+
+class ConfdirStuck(OSError):
+    """A look at the confdir at a heartbeat has not returned within its deadline."""
 
 
 @dataclass(frozen=True)
@@ -752,8 +757,9 @@ class Daemon:
             return
         step, seconds = done
         resources = [r for r in self.state.resources if r.dest == dest]
-        log.info("%s: the %s of %s returned after %.1fs; applying again",
+        log.info("%s: the %s of %s returned after %.1fs%s",
                  ", ".join(r.name for r in resources) or dest, step, dest, seconds,
+                 "; applying again" if resources else "",  # (none: the confdir's look)
                  extra={"step": step, "seconds": round(seconds, 2)})
         # What it wrote late is confsync's own file, not another writer's edit.
         self._repairing.difference_update(r.name for r in resources)
@@ -1175,7 +1181,14 @@ class Daemon:
         unlocked for good. The files loaded stay those of the old one until a SIGHUP (or
         `[watch] confdir`) loads them."""
         confdir = self.state.settings.confdir
-        if self.stopping or self._locks.holds(confdir):
+        if self.stopping:
+            return
+        try:
+            if self._confdir_look("lock's stat", lambda: self._locks.holds(confdir)):
+                return
+        except ConfdirStuck as exc:
+            if self._reload_warnings.due(str(exc)):
+                log.error("%s", exc)
             return
         try:
             fd = self._locks.take(confdir)
@@ -1363,6 +1376,24 @@ class Daemon:
 
     # ---- conf.d and templates
 
+    def _confdir_look(self, what: str, look: Callable[[], T]) -> T:
+        """`look` (stats under the confdir, at a heartbeat) on a file worker, with the dests'
+        deadline: a confdir on a network mount whose server died held the loop's thread in
+        the kernel, and with it every resource, the heartbeat and systemd's watchdog ping.
+        Raises ConfdirStuck past it; the call is left running, and no other is made on the
+        confdir until it returns (dest_io.py: one blocked thread at most)."""
+        io = self.syncer.io
+        if io is None:
+            return look()
+        confdir = Path(self.state.settings.confdir)
+        try:
+            return io.call("(confdir)", confdir, what, lambda _: look())
+        except IoStuck:
+            raise ConfdirStuck(f"confdir {confdir}: its filesystem does not answer (its "
+                               f"{what} has not returned: a hung network mount?); its files "
+                               "are not followed until it does, the resources loaded go "
+                               "on") from None
+
     def _local_dirs(self) -> tuple[str, ...]:
         """conf.d and templates, resolved: a Kubernetes ConfigMap links them through ..data to
         a directory each update replaces, and a watch follows the directory, not the link."""
@@ -1415,7 +1446,7 @@ class Daemon:
         alive = observer is not None and observer.is_alive() and all(
             e.is_alive() for e in observer.emitters)
         grew, self._local_tree_grew = self._local_tree_grew, False
-        same = self._local_dirs() == self._local_paths
+        same = self._confdir_look("stat", self._local_dirs) == self._local_paths
         if alive and same and not grew:
             return
         if observer is None:  # turned on by a config reload, or its last start failed
