@@ -298,7 +298,7 @@ class Daemon:
                              io=DestIo(on_return=lambda dest: self.events.put(IoReturned(dest)),
                                        on_slow=self.observers.heartbeat))
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
-        owners.listen(lambda kind, name: self.events.put(OwnerAnswered(kind, name)))
+        owners.bound_lookups(lambda kind, name: self.events.put(OwnerAnswered(kind, name)))
         self.store: Store = open_store(settings)
         self.follower = self._new_follower(self.store, state.prefixes)
         interval = settings.watch.interval

@@ -58,6 +58,7 @@ def users(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUsers]:
     monkeypatch.setattr(owners, "_asked", {}, raising=False)
     monkeypatch.setattr(owners, "_refreshing", {}, raising=False)
     monkeypatch.setattr(owners, "LOOKUP_PATIENCE", 0.5, raising=False)
+    monkeypatch.setattr(owners, "_bounded", True, raising=False)  # (as `watch` sets it)
     monkeypatch.setattr(owners.pwd, "getpwnam", fake.getpwnam)
     yield fake
     fake.release()  # the lookup threads left hanging end, before the next test's names
