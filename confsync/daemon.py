@@ -339,7 +339,12 @@ class Daemon:
         threading.excepthook = log_thread_death
         self._started()
         if self.state.settings.watch.confdir:
-            self._watch_local_files()
+            try:
+                self._watch_local_files()
+            except Exception as exc:  # (conf.d removed or unreadable since it was loaded)
+                # Raised here, it ended the daemon before its first heartbeat (a traceback,
+                # exit 1); the heartbeat that follows tries again, as for any failed start.
+                self._local_failed(exc)
         self.follower.start()
         try:
             while not self.stopping:

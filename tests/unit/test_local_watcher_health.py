@@ -84,3 +84,29 @@ def test_a_start_that_met_its_directory_replaced_is_no_recovery(
         if daemon._local_observer is not None:
             daemon_module.stop_observer(daemon._local_observer)
         daemon.store.close()
+
+
+def test_a_watcher_that_cannot_start_with_the_daemon_does_not_end_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """conf.d unreadable (or removed) between its load and the watcher's start: the start
+    raised out of `run()` before the loop began, a traceback and exit 1, where every later
+    start failing the same way is a failed part the heartbeat tries again."""
+    data, confdir = tmp_path / "data.yaml", tmp_path / "cd"
+    data.write_text("a:\n  n: '0'\n")
+    write_resource(confdir, "a", "{{ getv('/a/n') }}\n",
+                   f'dest = "{tmp_path / "out"}"\nkeys = ["/a"]\n')
+    parts = Parts()
+    daemon = daemon_module.Daemon(
+        Settings(confdir=confdir, backend="file", file_paths=(data,),
+                 watch=WatchSettings(wait_min=0, wait_max=0, confdir=True)),
+        {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
+         "watch.confdir": True}, observers=[parts])
+
+    def unreadable(handler: Any, paths: Sequence[str], **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", paths[0])
+
+    monkeypatch.setattr(daemon_module, "start_observer", unreadable)
+    monkeypatch.setattr(daemon, "_install_signal_handlers", lambda: None)  # (pytest's own)
+    daemon.stopping = True  # the loop itself is not under test: only what comes before it
+    assert daemon.run() == 0
+    assert "Permission denied" in parts.failed.get("local-files", "")
