@@ -616,7 +616,10 @@ class Registrar:
         restart does not take a healthy instance out while its checks rise again; another
         host's value is not ours to touch. One on our own lease is a write that etcd committed
         but whose answer was lost (a timeout): never recorded, so never deleted, it was kept
-        alive by our keepalives for as long as the checks stayed down."""
+        alive by our keepalives for as long as the checks stayed down. One on a lease of ours
+        given up (`_past_leases`) is ours too: etcd kept that lease (no leader for longer than
+        its TTL, then extended by a whole TTL at the election; a restored backup), and the
+        "ready" of an instance whose checks went down meanwhile was served for that TTL."""
         with self._lock:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
@@ -625,16 +628,19 @@ class Registrar:
             if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
             lease = int(meta.lease_id)
-            if lease and lease != self._lease:
+            given_up = lease in self._past_leases
+            if lease and lease != self._lease and not given_up:
                 continue  # an earlier run's lease: the key goes with it
             with self._lock:
                 if key not in self._wanted or self._wanted[key] is not None:
                     continue  # wanted meanwhile: `_converge` takes it over
                 self._written[key] = raw  # stale: `_converge` deletes it
             self._revision[key] = (int(meta.mod_revision), raw)
+            on = ("no lease" if not lease else
+                  f"lease {lease:x}, one of ours given up (etcd kept it)" if given_up else
+                  "our lease (a write whose answer was lost)")
             log.warning("register: %s holds this host's value on %s, but it is not registered "
-                        "now; deleting it", key, "no lease" if not lease else
-                        "our lease (a write whose answer was lost)")
+                        "now; deleting it", key, on)
 
     def _read(self, key: str) -> tuple[bytes | None, Any]:
         """A read-back of `key`; ReadRefused when the role may not read it."""

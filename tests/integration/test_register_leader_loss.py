@@ -1,0 +1,64 @@
+"""`confsync register` while its etcd cluster has no leader for longer than the lease's TTL.
+
+Without a leader etcd expires no lease: the registrar gives its lease up by its own count
+(it cannot renew it), and the new leader extends every lease by a whole TTL when it is
+elected. A key of ours left on that lease, whose checks went down meanwhile, stayed "ready"
+for that TTL: consumers sent traffic to an instance known to be down.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import wait_for
+from tests.support.etcd_client import client, has_quorum
+from tests.support.etcd_server import EtcdMember
+from tests.support.register import RegisterProcess, published, write_registration
+
+pytestmark = [pytest.mark.etcd]
+
+
+def test_a_key_left_on_a_lease_given_up_without_a_leader_is_deleted_when_etcd_is_back(
+        cluster: list[EtcdMember], tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    prefix = f"/r{uuid.uuid4().hex[:10]}"
+    key = f"{prefix}/services/web/instances/web-1"
+    up = tmp_path / "up"
+    up.write_text("")
+    write_registration(tmp_path / "conf", "web",
+                       f'service = "web"\nid = "web-1"\nport = 8080\naddress = "127.0.0.1"\n'
+                       f'ttl = "4s"\ndrain = "0s"\n[[check]]\ntype = "exec"\n'
+                       f'command = ["test", "-e", {json.dumps(str(up))}]\n'
+                       'interval = "200ms"\nrise = 1\nfall = 1\n')
+    proc = RegisterProcess(tmp_path / "conf", cluster[0].endpoint, "--prefix", prefix,
+                           log=tmp_path / "r.log")
+    procs.append(proc)
+    c = client(cluster[0].endpoint)
+    try:
+        wait_for(lambda: published(c, key) is not None, timeout=15, what="registered")
+        _, meta = c.get(key)
+        lease = int(meta.lease_id)
+    finally:
+        c.close()
+    cluster[1].kill()
+    cluster[2].kill()  # cluster[0] is left without a leader: no lease expires, none is renewed
+    wait_for(lambda: f"lease {lease:x} lapsed" in proc.output(), timeout=15,
+             what=f"the registrar giving its lease up\n{proc.output()[-3000:]}")
+    up.unlink()
+    wait_for(lambda: "ready -> absent" in proc.output(), timeout=10, what="the check down")
+    cluster[1].start()
+    cluster[2].start()
+    wait_for(lambda: has_quorum(cluster[0].endpoint), timeout=30, what="a leader again")
+    c = client(cluster[0].endpoint)
+    try:
+        raw, meta = c.get(key)
+        # (the new leader extended the lease: etcd holds the "ready" of a down instance)
+        assert raw is None or int(meta.lease_id) == lease, (raw, meta)
+        wait_for(lambda: published(c, key) is None, timeout=15, what="the stale key gone")
+        # Deleted by the registrar, not expired with that lease a TTL later.
+        assert int(c.get_lease_info(lease).TTL) > 0, proc.output()[-3000:]
+    finally:
+        c.close()
