@@ -176,6 +176,12 @@ class Registrar:
         # Leases of this process given up (lapsed by our count): still etcd's, they are ours.
         # The last few only: one per outage over months, and each lapses within its TTL.
         self._past_leases: collections.deque[int] = collections.deque(maxlen=16)
+        # Of those, the ones given up by our own count (not renewed for their TTL) that etcd
+        # may hold still, with the keys that may be on them: etcd expires no lease while it
+        # has no leader, and a new leader extends every lease by a whole TTL. Forgotten once a
+        # read-back found none of our keys left on them; revoked by `close` until then (a stop
+        # said "no lease held; nothing to revoke", exit 0, and the key stayed).
+        self._given_up: collections.deque[tuple[int, list[str]]] = collections.deque(maxlen=16)
         # When each key another host holds is tried again (lease_clock). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
         # change (a check down, a drain, an exec child gone) waited too.
@@ -290,30 +296,53 @@ class Registrar:
         self._wake.set()
         self._thread.join(min(CLOSE_JOIN, timeout))  # an idle thread ends at once
         lease = self._lease
-        if lease is None:
+        given_up = list(self._given_up)
+        if lease is None and not given_up:
             log.info("register: no lease held; nothing to revoke")
             return True
-        revoke = StopRevoke(self._stop_client, self._endpoint_failed, self._endpoint_count())
+        leases = ([lease] if lease is not None else []) + [g for g, _ in given_up]
+        revokes = [StopRevoke(self._stop_client, self._endpoint_failed,
+                              self._endpoint_count()) for _ in leases]
         done: list[bool] = []
-        worker = threading.Thread(target=lambda: done.append(revoke.run(lease, deadline)),
-                                  daemon=True, name="registrar-stop")
+
+        def revoke_each() -> None:
+            for each, revoke in zip(leases, revokes, strict=True):
+                # (the first try always runs; a lease after it, only within the deadline)
+                done.append(bool(not done or lease_clock.now() < deadline)
+                            and revoke.run(each, deadline))
+
+        worker = threading.Thread(target=revoke_each, daemon=True, name="registrar-stop")
         worker.start()
         while worker.is_alive() and not self._hurried:
             worker.join(0.05)
-        if done and done[0]:
-            return True
-        with self._lock:
-            # (and what was sent without an answer: a put etcd committed as it died is there)
-            held = sorted({k for k, v in self._written.items() if v is not None}
-                          | {k for k in self._sent if k not in self._written})
-        why = revoke.why() if done else "a second stop signal: not waiting for etcd"
-        if held:
-            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
-                        "when it lapses: %s", lease, why, self.ttl, ", ".join(held))
-            return False
-        log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
-                 "it lapses within %ss", lease, why, self.ttl)
-        return True
+        removed = True
+        for i, each in enumerate(leases):
+            if i < len(done) and done[i]:
+                continue
+            why = revokes[i].why() if i < len(done) else \
+                "a second stop signal: not waiting for etcd"
+            if each == lease:
+                with self._lock:
+                    # (and what was sent without an answer: a put etcd committed as it died
+                    # is there)
+                    held = sorted({k for k, v in self._written.items() if v is not None}
+                                  | {k for k in self._sent if k not in self._written})
+                if held:
+                    log.warning("register: could not revoke lease %x (%s); its keys go within "
+                                "%ss, when it lapses: %s", each, why, self.ttl, ", ".join(held))
+                    removed = False
+                else:
+                    log.info("register: could not revoke lease %x (%s); no key of ours is on "
+                             "it, and it lapses within %ss", each, why, self.ttl)
+                continue
+            keys = dict(given_up)[each]
+            if keys:
+                log.warning("register: could not revoke lease %x, given up when it could not "
+                            "be renewed (%s); etcd may hold it still (a cluster without a "
+                            "leader expires no lease), and its keys with it until %ss after "
+                            "etcd has a leader: %s", each, why, self.ttl, ", ".join(keys))
+                removed = False
+        return removed
 
     def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
                   waiting: Callable[[], None] = lambda: None,
@@ -446,7 +475,8 @@ class Registrar:
             # now: etcd said it is gone, and `_keepalive` said so.)
             log.warning("register: lease %x lapsed (not renewed for its TTL); starting over "
                         "with a new lease", self._lease)
-            self._forget_lease()
+            self._forget_lease(given_up=True)
+        read_back = False  # every key read back: none of ours left on a lease given up
         if self._lease is None:
             if not self._has_work():  # nothing to publish: no lease needed yet
                 if not self.connected or now >= self._next_keepalive:
@@ -456,6 +486,7 @@ class Registrar:
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
                     self._verify_absent()
+                    read_back = True
                     self._reads_accepted()
                     # The members too, as after a keepalive: an instance whose checks stay
                     # down for months holds no lease, and its configured members may all be
@@ -465,6 +496,7 @@ class Registrar:
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
+                self._read_back(read_back)
                 return
             try:
                 lease = self._client.lease(self.ttl)
@@ -490,11 +522,22 @@ class Registrar:
                 return
             self._verify()
             self._verify_absent()
+            read_back = True
             self._reads_accepted()
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
+        self._read_back(read_back)
         self._connected()  # (a refused write reports its own: `_write_refused`)
+
+    def _read_back(self, done: bool) -> None:
+        """After a step that read every key back and wrote what differed: what is wanted is on
+        the current lease, and what is not was deleted, so a lease given up holds nothing of
+        ours any more (`close` need not revoke it)."""
+        if done and self._given_up:
+            log.debug("register: nothing of ours left on lease(s) given up: %s",
+                      ", ".join(f"{lease:x}" for lease, _ in self._given_up))
+            self._given_up.clear()
 
     def _still_held(self) -> bool:
         """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
@@ -522,9 +565,15 @@ class Registrar:
         self._lease_expires = now + ttl
         self._next_keepalive = now + max(ttl / 3, 0.2)
 
-    def _forget_lease(self) -> None:
+    def _forget_lease(self, given_up: bool = False) -> None:
+        """`given_up`: by our own count, not because etcd said it is gone (see `_given_up`)."""
         if self._lease is not None:
             self._past_leases.append(self._lease)
+            if given_up:
+                with self._lock:
+                    keys = sorted({k for k, v in self._written.items() if v is not None}
+                                  | self._sent)
+                self._given_up.append((self._lease, keys))
         self._lease = None
         with self._lock:
             self._written.clear()

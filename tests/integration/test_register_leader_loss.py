@@ -2,13 +2,15 @@
 
 Without a leader etcd expires no lease: the registrar gives its lease up by its own count
 (it cannot renew it), and the new leader extends every lease by a whole TTL when it is
-elected. A key of ours left on that lease, whose checks went down meanwhile, stayed "ready"
-for that TTL: consumers sent traffic to an instance known to be down.
+elected. A key of ours left on that lease is still ours: one whose checks went down meanwhile
+stayed "ready" for that TTL (consumers sent traffic to an instance known to be down), and a
+stop meanwhile said "nothing to revoke", exit 0, with the key left in etcd.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from pathlib import Path
 
@@ -60,5 +62,47 @@ def test_a_key_left_on_a_lease_given_up_without_a_leader_is_deleted_when_etcd_is
         wait_for(lambda: published(c, key) is None, timeout=15, what="the stale key gone")
         # Deleted by the registrar, not expired with that lease a TTL later.
         assert int(c.get_lease_info(lease).TTL) > 0, proc.output()[-3000:]
+    finally:
+        c.close()
+
+
+def test_a_stop_without_a_leader_after_the_lease_was_given_up_says_its_key_may_stay(
+        cluster: list[EtcdMember], tmp_path: Path, procs: list[RegisterProcess]) -> None:
+    """The stop found no lease (given up by the registrar's own count) and said "no lease
+    held; nothing to revoke", exit 0, while etcd held the key on that lease, "ready", for a
+    whole TTL after a leader came back: a clean stop, to the unit, of a node left in its pool.
+    It now tries that lease's revoke too, and says what may be left (exit 3)."""
+    prefix = f"/r{uuid.uuid4().hex[:10]}"
+    key = f"{prefix}/services/web/instances/web-1"
+    write_registration(tmp_path / "conf", "web",
+                       'service = "web"\nid = "web-1"\nport = 8080\naddress = "127.0.0.1"\n'
+                       'ttl = "3s"\ndrain = "0s"\n[[check]]\ntype = "exec"\ncommand = ["true"]\n'
+                       'interval = "200ms"\nrise = 1\n')
+    proc = RegisterProcess(tmp_path / "conf", cluster[0].endpoint, "--prefix", prefix,
+                           log=tmp_path / "r.log")
+    procs.append(proc)
+    c = client(cluster[0].endpoint)
+    try:
+        wait_for(lambda: published(c, key) is not None, timeout=15, what="registered")
+        lease = int(c.get(key)[1].lease_id)
+    finally:
+        c.close()
+    cluster[1].kill()
+    cluster[2].kill()
+    wait_for(lambda: f"lease {lease:x} lapsed" in proc.output(), timeout=15,
+             what=f"the registrar giving its lease up\n{proc.output()[-3000:]}")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 3, proc.output()[-3000:]
+    out = proc.output()
+    assert f"could not revoke lease {lease:x}" in out and key in out.split(
+        f"could not revoke lease {lease:x}")[1], out[-3000:]
+    cluster[1].start()
+    cluster[2].start()
+    wait_for(lambda: has_quorum(cluster[0].endpoint), timeout=30, what="a leader again")
+    c = client(cluster[0].endpoint)
+    try:
+        # What the warning said: the key was there, on that lease, after the stop.
+        raw, meta = c.get(key)
+        assert raw is None or int(meta.lease_id) == lease
     finally:
         c.close()
