@@ -282,8 +282,9 @@ class Registrar:
 
     def close(self, timeout: float) -> bool:
         """Stop the thread, then revoke the lease (its keys go with it) through any member
-        that answers, within `timeout` (`StopRevoke`; its first try always runs). True when
-        nothing of ours is left on it: revoked, gone already, or no key of ours on it.
+        that answers, within `timeout` (`StopRevoke`; its first try always runs), and each
+        lease given up that may still hold a key of ours (`_given_up`). True when nothing of
+        ours is left on them: revoked, gone already, or no key of ours on them.
 
         The revoke does not wait for the thread: it may be stuck in a call to a member that
         hangs (frozen, black-holed) for the whole call timeout, and its own final revoke came
@@ -296,18 +297,19 @@ class Registrar:
         self._wake.set()
         self._thread.join(min(CLOSE_JOIN, timeout))  # an idle thread ends at once
         lease = self._lease
-        given_up = list(self._given_up)
+        with self._lock:  # (the thread may still be in a step that ends with it)
+            given_up = {g: keys for g, keys in self._given_up if keys and g != lease}
         if lease is None and not given_up:
             log.info("register: no lease held; nothing to revoke")
             return True
-        leases = ([lease] if lease is not None else []) + [g for g, _ in given_up]
+        leases = ([lease] if lease is not None else []) + list(given_up)
         revokes = [StopRevoke(self._stop_client, self._endpoint_failed,
                               self._endpoint_count()) for _ in leases]
         done: list[bool] = []
 
         def revoke_each() -> None:
             for each, revoke in zip(leases, revokes, strict=True):
-                # (the first try always runs; a lease after it, only within the deadline)
+                # (the first try always runs; the next lease's, only within the deadline)
                 done.append(bool(not done or lease_clock.now() < deadline)
                             and revoke.run(each, deadline))
 
@@ -319,30 +321,33 @@ class Registrar:
         for i, each in enumerate(leases):
             if i < len(done) and done[i]:
                 continue
-            why = revokes[i].why() if i < len(done) else \
-                "a second stop signal: not waiting for etcd"
+            why = ("a second stop signal: not waiting for etcd" if i >= len(done) else
+                   revokes[i].why() if revokes[i].tries else "no time left")
             if each == lease:
-                with self._lock:
-                    # (and what was sent without an answer: a put etcd committed as it died
-                    # is there)
-                    held = sorted({k for k, v in self._written.items() if v is not None}
-                                  | {k for k in self._sent if k not in self._written})
-                if held:
-                    log.warning("register: could not revoke lease %x (%s); its keys go within "
-                                "%ss, when it lapses: %s", each, why, self.ttl, ", ".join(held))
-                    removed = False
-                else:
-                    log.info("register: could not revoke lease %x (%s); no key of ours is on "
-                             "it, and it lapses within %ss", each, why, self.ttl)
-                continue
-            keys = dict(given_up)[each]
-            if keys:
+                removed = self._left_on_lease(lease, why) and removed
+            else:
                 log.warning("register: could not revoke lease %x, given up when it could not "
                             "be renewed (%s); etcd may hold it still (a cluster without a "
                             "leader expires no lease), and its keys with it until %ss after "
-                            "etcd has a leader: %s", each, why, self.ttl, ", ".join(keys))
+                            "etcd has a leader: %s", each, why, self.ttl,
+                            ", ".join(given_up[each]))
                 removed = False
         return removed
+
+    def _left_on_lease(self, lease: int, why: str) -> bool:
+        """The current lease could not be revoked: says which keys of ours it keeps until
+        its TTL; True when there are none."""
+        with self._lock:
+            # (and what was sent without an answer: a put etcd committed as it died is there)
+            held = sorted({k for k, v in self._written.items() if v is not None}
+                          | {k for k in self._sent if k not in self._written})
+        if held:
+            log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
+                        "when it lapses: %s", lease, why, self.ttl, ", ".join(held))
+            return False
+        log.info("register: could not revoke lease %x (%s); no key of ours is on it, and "
+                 "it lapses within %ss", lease, why, self.ttl)
+        return True
 
     def conflicts(self, keys: Sequence[str], wait_out_leases: bool = False,
                   waiting: Callable[[], None] = lambda: None,
@@ -534,10 +539,14 @@ class Registrar:
         """After a step that read every key back and wrote what differed: what is wanted is on
         the current lease, and what is not was deleted, so a lease given up holds nothing of
         ours any more (`close` need not revoke it)."""
-        if done and self._given_up:
-            log.debug("register: nothing of ours left on lease(s) given up: %s",
-                      ", ".join(f"{lease:x}" for lease, _ in self._given_up))
+        if not done:
+            return
+        with self._lock:
+            given_up = list(self._given_up)
             self._given_up.clear()
+        if given_up:
+            log.debug("register: nothing of ours left on lease(s) given up: %s",
+                      ", ".join(f"{lease:x}" for lease, _ in given_up))
 
     def _still_held(self) -> bool:
         """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
@@ -573,7 +582,7 @@ class Registrar:
                 with self._lock:
                     keys = sorted({k for k, v in self._written.items() if v is not None}
                                   | self._sent)
-                self._given_up.append((self._lease, keys))
+                    self._given_up.append((self._lease, keys))
         self._lease = None
         with self._lock:
             self._written.clear()
