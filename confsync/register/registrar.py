@@ -638,6 +638,19 @@ class Registrar:
             return
         self._renewed(ttl)
 
+    def _keep_alive_if_due(self, progress: bool = False) -> None:
+        """Renew the lease when it is due in the middle of a step, whose calls go one key at a
+        time: with many registrations over a slow link (60 keys, 50 ms of round trip, ttl 3s)
+        writing them all outlasted the lease, which lapsed before the step's end and its
+        keepalive, again at every try, so they were never all registered. Not while a key etcd
+        holds under it is stale, unless the step has just written one (fixing, not refused:
+        a key whose write is refused is still never kept alive)."""
+        if self._lease is None or lease_clock.now() < self._next_keepalive:
+            return
+        if self._stale() and not progress:
+            return
+        self._keepalive(self._client)
+
     def _verify(self) -> None:
         """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
         if self._lease is None:
@@ -645,6 +658,7 @@ class Registrar:
         with self._lock:
             keys = [k for k, v in self._written.items() if v is not None]
         for key in keys:
+            self._keep_alive_if_due()
             # One linearizable range per key (see the module docstring: no transaction).
             raw, meta = self._read(key)
             with self._lock:
@@ -682,6 +696,7 @@ class Registrar:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
+            self._keep_alive_if_due()
             raw, meta = self._read(key)
             if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
@@ -722,9 +737,15 @@ class Registrar:
                     and (v is None or self._lease is not None)]
         refused: list[str] = []
         cause: Exception | None = None
+        wrote = False
         for key, value in todo:
+            # (a key being fixed is progress; one refused is not kept alive by it)
+            self._keep_alive_if_due(progress=wrote and not refused)
+            if value is not None and self._lease is None:
+                continue  # the lease was gone: the next step grants one and writes it
             try:
                 self._write(key, value)
+                wrote = True
             except Exception as exc:
                 # etcd refusing this key (the role may not write it) says nothing about the
                 # others: they are written all the same, then the refusal is reported. It
