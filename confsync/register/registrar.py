@@ -161,6 +161,9 @@ class Registrar:
         self._closing = False
         self._reconnect = False
         self._wanted: dict[str, bytes | None] = {}
+        # Counts `want` changes; `_converge` notes the count it wrote for (see `_between_keys`).
+        self._wants_changed = 0
+        self._wants_written = 0
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
         # Keys a value was sent for on the current lease, answered or not: one whose answer was
         # lost (etcd killed as it committed) may be there. The stop's warning names them.
@@ -233,6 +236,7 @@ class Registrar:
                 return
             self._wanted[key] = encoded
             self._conflict_retry.pop(key, None)  # another value: tried at once
+            self._wants_changed += 1
         self._wake.set()
 
     def reconnect(self) -> None:
@@ -651,6 +655,18 @@ class Registrar:
             return
         self._keepalive(self._client)
 
+    def _between_keys(self) -> None:
+        """Between two read-backs: the lease renewed when due, and a change the loop asked for
+        meanwhile written at once. A read-back of many keys over a slow link lasts seconds (60
+        keys, 50 ms of round trip: 4.5 s, and one began every ttl/3), and a check gone down
+        waited for its end: the key of an instance known to be down stayed "ready" that long,
+        where one registration's goes within a round trip."""
+        self._keep_alive_if_due()
+        with self._lock:
+            changed = self._wants_changed != self._wants_written
+        if changed:
+            self._converge()
+
     def _verify(self) -> None:
         """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
         if self._lease is None:
@@ -658,7 +674,7 @@ class Registrar:
         with self._lock:
             keys = [k for k, v in self._written.items() if v is not None]
         for key in keys:
-            self._keep_alive_if_due()
+            self._between_keys()
             # One linearizable range per key (see the module docstring: no transaction).
             raw, meta = self._read(key)
             with self._lock:
@@ -696,7 +712,7 @@ class Registrar:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
-            self._keep_alive_if_due()
+            self._between_keys()
             raw, meta = self._read(key)
             if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
@@ -731,6 +747,7 @@ class Registrar:
         one a moment later; a registrar killed in between left a key that never goes."""
         now = lease_clock.now()
         with self._lock:
+            self._wants_written = self._wants_changed
             todo = [(k, v) for k, v in self._wanted.items()
                     if (self._written.get(k) != v or k in self._conflicts)
                     and self._conflict_retry.get(k, 0.0) <= now
