@@ -249,15 +249,18 @@ class Registrar:
 
     def lease_until(self) -> float:
         """Until when (lease_clock) a value to publish can be on etcd: the lease's TTL from its
-        last renewal; -inf with a value to publish and no lease (lost, or not granted yet);
-        inf with nothing to publish (or only keys another host holds)."""
+        last renewal; -inf with a value to publish and no lease (lost, or not granted yet), or
+        a key to publish not written on it yet (none there: /ready said 200 while 60 keys
+        over a slow link were written, one after another, for seconds); inf with nothing to
+        publish (or only keys another host holds)."""
         with self._lock:
-            wanted = any(v is not None and k not in self._conflicts
-                         for k, v in self._wanted.items())
+            wanted = [k for k, v in self._wanted.items()
+                      if v is not None and k not in self._conflicts]
+            unwritten = any(self._written.get(k) is None for k in wanted)
         lease, expires = self._lease, self._lease_expires
         if not wanted:
             return float("inf")
-        return expires if lease is not None else float("-inf")
+        return expires if lease is not None and not unwritten else float("-inf")
 
     @property
     def writes_refused(self) -> bool:
