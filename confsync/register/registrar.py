@@ -161,6 +161,9 @@ class Registrar:
         self._closing = False
         self._reconnect = False
         self._wanted: dict[str, bytes | None] = {}
+        # Counts `want` changes; `_converge` notes the count it wrote for (see `_between_keys`).
+        self._wants_changed = 0
+        self._wants_written = 0
         self._written: dict[str, bytes | None] = {}  # what etcd holds from us (under the lease)
         # Keys a value was sent for on the current lease, answered or not: one whose answer was
         # lost (etcd killed as it committed) may be there. The stop's warning names them.
@@ -176,6 +179,12 @@ class Registrar:
         # Leases of this process given up (lapsed by our count): still etcd's, they are ours.
         # The last few only: one per outage over months, and each lapses within its TTL.
         self._past_leases: collections.deque[int] = collections.deque(maxlen=16)
+        # Of those, the ones given up by our own count (not renewed for their TTL) that etcd
+        # may hold still, with the keys that may be on them: etcd expires no lease while it
+        # has no leader, and a new leader extends every lease by a whole TTL. Forgotten once a
+        # read-back found none of our keys left on them; revoked by `close` until then (a stop
+        # said "no lease held; nothing to revoke", exit 0, and the key stayed).
+        self._given_up: collections.deque[tuple[int, list[str]]] = collections.deque(maxlen=16)
         # When each key another host holds is tried again (lease_clock). Per key: a conflict
         # used to hold the whole registrar back for ttl/3, so every other registration's
         # change (a check down, a drain, an exec child gone) waited too.
@@ -227,6 +236,7 @@ class Registrar:
                 return
             self._wanted[key] = encoded
             self._conflict_retry.pop(key, None)  # another value: tried at once
+            self._wants_changed += 1
         self._wake.set()
 
     def reconnect(self) -> None:
@@ -239,15 +249,18 @@ class Registrar:
 
     def lease_until(self) -> float:
         """Until when (lease_clock) a value to publish can be on etcd: the lease's TTL from its
-        last renewal; -inf with a value to publish and no lease (lost, or not granted yet);
-        inf with nothing to publish (or only keys another host holds)."""
+        last renewal; -inf with a value to publish and no lease (lost, or not granted yet), or
+        a key to publish not written on it yet (none there: /ready said 200 while 60 keys
+        over a slow link were written, one after another, for seconds); inf with nothing to
+        publish (or only keys another host holds)."""
         with self._lock:
-            wanted = any(v is not None and k not in self._conflicts
-                         for k, v in self._wanted.items())
+            wanted = [k for k, v in self._wanted.items()
+                      if v is not None and k not in self._conflicts]
+            unwritten = any(self._written.get(k) is None for k in wanted)
         lease, expires = self._lease, self._lease_expires
         if not wanted:
             return float("inf")
-        return expires if lease is not None else float("-inf")
+        return expires if lease is not None and not unwritten else float("-inf")
 
     @property
     def writes_refused(self) -> bool:
@@ -276,8 +289,9 @@ class Registrar:
 
     def close(self, timeout: float) -> bool:
         """Stop the thread, then revoke the lease (its keys go with it) through any member
-        that answers, within `timeout` (`StopRevoke`; its first try always runs). True when
-        nothing of ours is left on it: revoked, gone already, or no key of ours on it.
+        that answers, within `timeout` (`StopRevoke`; its first try always runs), and each
+        lease given up that may still hold a key of ours (`_given_up`). True when nothing of
+        ours is left on them: revoked, gone already, or no key of ours on them.
 
         The revoke does not wait for the thread: it may be stuck in a call to a member that
         hangs (frozen, black-holed) for the whole call timeout, and its own final revoke came
@@ -290,23 +304,50 @@ class Registrar:
         self._wake.set()
         self._thread.join(min(CLOSE_JOIN, timeout))  # an idle thread ends at once
         lease = self._lease
-        if lease is None:
+        with self._lock:  # (the thread may still be in a step that ends with it)
+            given_up = {g: keys for g, keys in self._given_up if keys and g != lease}
+        if lease is None and not given_up:
             log.info("register: no lease held; nothing to revoke")
             return True
-        revoke = StopRevoke(self._stop_client, self._endpoint_failed, self._endpoint_count())
+        leases = ([lease] if lease is not None else []) + list(given_up)
+        revokes = [StopRevoke(self._stop_client, self._endpoint_failed,
+                              self._endpoint_count()) for _ in leases]
         done: list[bool] = []
-        worker = threading.Thread(target=lambda: done.append(revoke.run(lease, deadline)),
-                                  daemon=True, name="registrar-stop")
+
+        def revoke_each() -> None:
+            for each, revoke in zip(leases, revokes, strict=True):
+                # (the first try always runs; the next lease's, only within the deadline)
+                done.append(bool(not done or lease_clock.now() < deadline)
+                            and revoke.run(each, deadline))
+
+        worker = threading.Thread(target=revoke_each, daemon=True, name="registrar-stop")
         worker.start()
         while worker.is_alive() and not self._hurried:
             worker.join(0.05)
-        if done and done[0]:
-            return True
+        removed = True
+        for i, each in enumerate(leases):
+            if i < len(done) and done[i]:
+                continue
+            why = ("a second stop signal: not waiting for etcd" if i >= len(done) else
+                   revokes[i].why() if revokes[i].tries else "no time left")
+            if each == lease:
+                removed = self._left_on_lease(lease, why) and removed
+            else:
+                log.warning("register: could not revoke lease %x, given up when it could not "
+                            "be renewed (%s); etcd may hold it still (a cluster without a "
+                            "leader expires no lease), and its keys with it until %ss after "
+                            "etcd has a leader: %s", each, why, self.ttl,
+                            ", ".join(given_up[each]))
+                removed = False
+        return removed
+
+    def _left_on_lease(self, lease: int, why: str) -> bool:
+        """The current lease could not be revoked: says which keys of ours it keeps until
+        its TTL; True when there are none."""
         with self._lock:
             # (and what was sent without an answer: a put etcd committed as it died is there)
             held = sorted({k for k, v in self._written.items() if v is not None}
                           | {k for k in self._sent if k not in self._written})
-        why = revoke.why() if done else "a second stop signal: not waiting for etcd"
         if held:
             log.warning("register: could not revoke lease %x (%s); its keys go within %ss, "
                         "when it lapses: %s", lease, why, self.ttl, ", ".join(held))
@@ -446,7 +487,8 @@ class Registrar:
             # now: etcd said it is gone, and `_keepalive` said so.)
             log.warning("register: lease %x lapsed (not renewed for its TTL); starting over "
                         "with a new lease", self._lease)
-            self._forget_lease()
+            self._forget_lease(given_up=True)
+        read_back = False  # every key read back: none of ours left on a lease given up
         if self._lease is None:
             if not self._has_work():  # nothing to publish: no lease needed yet
                 if not self.connected or now >= self._next_keepalive:
@@ -456,6 +498,7 @@ class Registrar:
                     # was reported connected (/ready 200) for as long as it stayed away.
                     self._client.status()
                     self._verify_absent()
+                    read_back = True
                     self._reads_accepted()
                     # The members too, as after a keepalive: an instance whose checks stay
                     # down for months holds no lease, and its configured members may all be
@@ -465,6 +508,7 @@ class Registrar:
                     self._next_keepalive = now + max(self.ttl / 3, 0.2)
                     self._connected()
                 self._converge()  # a stale value of ours to delete; conflicts to clear
+                self._read_back(read_back)
                 return
             try:
                 lease = self._client.lease(self.ttl)
@@ -490,11 +534,26 @@ class Registrar:
                 return
             self._verify()
             self._verify_absent()
+            read_back = True
             self._reads_accepted()
             self._learn_members(self._client, self._client_fresh)
             self._client_fresh = False
         self._converge()
+        self._read_back(read_back)
         self._connected()  # (a refused write reports its own: `_write_refused`)
+
+    def _read_back(self, done: bool) -> None:
+        """After a step that read every key back and wrote what differed: what is wanted is on
+        the current lease, and what is not was deleted, so a lease given up holds nothing of
+        ours any more (`close` need not revoke it)."""
+        if not done:
+            return
+        with self._lock:
+            given_up = list(self._given_up)
+            self._given_up.clear()
+        if given_up:
+            log.debug("register: nothing of ours left on lease(s) given up: %s",
+                      ", ".join(f"{lease:x}" for lease, _ in given_up))
 
     def _still_held(self) -> bool:
         """Past its TTL by our clock, is the lease still etcd's? A new leader extends every
@@ -522,9 +581,15 @@ class Registrar:
         self._lease_expires = now + ttl
         self._next_keepalive = now + max(ttl / 3, 0.2)
 
-    def _forget_lease(self) -> None:
+    def _forget_lease(self, given_up: bool = False) -> None:
+        """`given_up`: by our own count, not because etcd said it is gone (see `_given_up`)."""
         if self._lease is not None:
             self._past_leases.append(self._lease)
+            if given_up:
+                with self._lock:
+                    keys = sorted({k for k, v in self._written.items() if v is not None}
+                                  | self._sent)
+                    self._given_up.append((self._lease, keys))
         self._lease = None
         with self._lock:
             self._written.clear()
@@ -580,6 +645,31 @@ class Registrar:
             return
         self._renewed(ttl)
 
+    def _keep_alive_if_due(self, progress: bool = False) -> None:
+        """Renew the lease when it is due in the middle of a step, whose calls go one key at a
+        time: with many registrations over a slow link (60 keys, 50 ms of round trip, ttl 3s)
+        writing them all outlasted the lease, which lapsed before the step's end and its
+        keepalive, again at every try, so they were never all registered. Not while a key etcd
+        holds under it is stale, unless the step has just written one (fixing, not refused:
+        a key whose write is refused is still never kept alive)."""
+        if self._lease is None or lease_clock.now() < self._next_keepalive:
+            return
+        if self._stale() and not progress:
+            return
+        self._keepalive(self._client)
+
+    def _between_keys(self) -> None:
+        """Between two read-backs: the lease renewed when due, and a change the loop asked for
+        meanwhile written at once. A read-back of many keys over a slow link lasts seconds (60
+        keys, 50 ms of round trip: 4.5 s, and one began every ttl/3), and a check gone down
+        waited for its end: the key of an instance known to be down stayed "ready" that long,
+        where one registration's goes within a round trip."""
+        self._keep_alive_if_due()
+        with self._lock:
+            changed = self._wants_changed != self._wants_written
+        if changed:
+            self._converge()
+
     def _verify(self) -> None:
         """Read back what we wrote; forget (so `_converge` rewrites) whatever etcd lost."""
         if self._lease is None:
@@ -587,6 +677,7 @@ class Registrar:
         with self._lock:
             keys = [k for k, v in self._written.items() if v is not None]
         for key in keys:
+            self._between_keys()
             # One linearizable range per key (see the module docstring: no transaction).
             raw, meta = self._read(key)
             with self._lock:
@@ -616,25 +707,32 @@ class Registrar:
         restart does not take a healthy instance out while its checks rise again; another
         host's value is not ours to touch. One on our own lease is a write that etcd committed
         but whose answer was lost (a timeout): never recorded, so never deleted, it was kept
-        alive by our keepalives for as long as the checks stayed down."""
+        alive by our keepalives for as long as the checks stayed down. One on a lease of ours
+        given up (`_past_leases`) is ours too: etcd kept that lease (no leader for longer than
+        its TTL, then extended by a whole TTL at the election; a restored backup), and the
+        "ready" of an instance whose checks went down meanwhile was served for that TTL."""
         with self._lock:
             keys = [k for k, v in self._wanted.items() if v is None
                     and k not in self._conflicts and self._written.get(k) is None]
         for key in keys:
+            self._between_keys()
             raw, meta = self._read(key)
             if raw is None or meta is None or owner_of(raw) != self.host:
                 continue
             lease = int(meta.lease_id)
-            if lease and lease != self._lease:
+            given_up = lease in self._past_leases
+            if lease and lease != self._lease and not given_up:
                 continue  # an earlier run's lease: the key goes with it
             with self._lock:
                 if key not in self._wanted or self._wanted[key] is not None:
                     continue  # wanted meanwhile: `_converge` takes it over
                 self._written[key] = raw  # stale: `_converge` deletes it
             self._revision[key] = (int(meta.mod_revision), raw)
+            on = ("no lease" if not lease else
+                  f"lease {lease:x}, one of ours given up (etcd kept it)" if given_up else
+                  "our lease (a write whose answer was lost)")
             log.warning("register: %s holds this host's value on %s, but it is not registered "
-                        "now; deleting it", key, "no lease" if not lease else
-                        "our lease (a write whose answer was lost)")
+                        "now; deleting it", key, on)
 
     def _read(self, key: str) -> tuple[bytes | None, Any]:
         """A read-back of `key`; ReadRefused when the role may not read it."""
@@ -652,15 +750,22 @@ class Registrar:
         one a moment later; a registrar killed in between left a key that never goes."""
         now = lease_clock.now()
         with self._lock:
+            self._wants_written = self._wants_changed
             todo = [(k, v) for k, v in self._wanted.items()
                     if (self._written.get(k) != v or k in self._conflicts)
                     and self._conflict_retry.get(k, 0.0) <= now
                     and (v is None or self._lease is not None)]
         refused: list[str] = []
         cause: Exception | None = None
+        wrote = False
         for key, value in todo:
+            # (a key being fixed is progress; one refused is not kept alive by it)
+            self._keep_alive_if_due(progress=wrote and not refused)
+            if value is not None and self._lease is None:
+                continue  # the lease was gone: the next step grants one and writes it
             try:
                 self._write(key, value)
+                wrote = True
             except Exception as exc:
                 # etcd refusing this key (the role may not write it) says nothing about the
                 # others: they are written all the same, then the refusal is reported. It

@@ -648,6 +648,8 @@ def mismatches(chaos: Chaos) -> list[str]:
         for lease in leases.values():
             if lease is not None:
                 alive[lease] = int(c.get_lease_info(lease).TTL)
+    except Exception as exc:  # ("leader changed" just after a member came back: ask again)
+        return [f"reading etcd: {type(exc).__name__}: {exc}"]
     finally:
         c.close()
     for key in sorted(set(held) | set(want)):

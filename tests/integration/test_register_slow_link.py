@@ -76,3 +76,51 @@ def test_a_dead_link_is_still_said_at_once(etcd: EtcdMember, backend: HTTPBacken
     finally:
         proc.stop()
         proxy.close()
+
+
+def test_many_registrations_over_a_slow_link_all_stay_registered(etcd: EtcdMember,
+                                                                  tmp_path: Path) -> None:
+    """40 registrations, 25 ms each way, ttl 2 s: the step that writes the keys (one call
+    each) outlasted the lease, which lapsed before the keepalive that came after it; the next
+    lease lapsed the same way, so never more than about half were in etcd at once, for good.
+    The lease is now renewed in the middle of the step when it is due, and /ready is not 200
+    before every key is written (it said 200 once the lease was granted)."""
+    prefix = f"/many{uuid.uuid4().hex[:10]}"
+    count = 40
+    for i in range(count):
+        write_registration(tmp_path / "conf", f"web{i:02d}",
+                           f'service = "web"\nport = {8000 + i}\nid = "web-{i}"\nttl = "2s"\n'
+                           'address = "127.0.0.1"\ndrain = "0s"\n')
+    proxy = TcpProxy(etcd.client_port, latency=0.025)
+    metrics = free_port()
+    proc = RegisterProcess(tmp_path / "conf", proxy.endpoint, "--prefix", prefix,
+                           "--metrics-address", f"127.0.0.1:{metrics}",
+                           log=tmp_path / "register.log")
+    c = client(etcd.endpoint)
+    ready_early: list[int] = []
+
+    def leases() -> set[int]:
+        return {int(meta.lease_id) for _, meta in c.get_prefix(prefix)}
+
+    def all_registered() -> bool:
+        said = ready(metrics)[0]  # (asked first: a 200 says every key was in etcd by then)
+        present = len(list(c.get_prefix(prefix)))
+        if said == 200 and present < count:
+            ready_early.append(present)  # /ready 200 with keys still to be written
+        return present == count
+
+    try:
+        wait_for(all_registered, timeout=40,
+                 what=f"all {count} registered\n{proc.output()[-2000:]}")
+        assert not ready_early, f"/ready 200 with only {ready_early} keys in etcd"
+        held = leases()
+        assert len(held) == 1, held
+        until = time.monotonic() + 4.0  # 2 TTLs: every key kept, on the same lease
+        while time.monotonic() < until:
+            assert len(list(c.get_prefix(prefix))) == count, proc.output()[-3000:]
+            time.sleep(0.2)
+        assert leases() == held, proc.output()[-3000:]
+    finally:
+        proc.stop()
+        proxy.close()
+        c.close()
