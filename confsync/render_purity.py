@@ -11,7 +11,7 @@ named pure or impure.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,7 +51,8 @@ def counting(render: Callable[[], R]) -> tuple[R, bool]:
     return result, _calls == before
 
 
-def mark_impure(functions: dict[str, Any]) -> None:
-    """Wrap, in place, the entries of a Jinja globals or filters dict named in IMPURE_FUNCTIONS."""
-    for name in IMPURE_FUNCTIONS & functions.keys():
+def mark_impure(functions: dict[str, Any], pure: Collection[str] = ()) -> None:
+    """Wrap, in place, the entries of a Jinja globals or filters dict named in IMPURE_FUNCTIONS,
+    but those named in `pure` (a validating filter may have the name of an impure function)."""
+    for name in (IMPURE_FUNCTIONS & functions.keys()).difference(pure):
         functions[name] = impure(functions[name])

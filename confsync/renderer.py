@@ -596,7 +596,7 @@ class Renderer:
         register_confd_functions(self.env)
         register_converted_runtime(self.env)
         mark_impure(self.env.globals)  # (the render memo's purity: render_purity.py)
-        mark_impure(self.env.filters)
+        mark_impure(self.env.filters, pure=VALIDATING_FILTERS)  # (`hostname` checks a name)
         # Extra template functions (each called with the render's TemplateData).
         self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()
