@@ -40,7 +40,13 @@ def impure(function: F) -> F:
         _calls += 1
         return function(*args, **kwargs)
 
+    counted.confsync_impure = True  # type: ignore[attr-defined]
     return counted  # type: ignore[return-value]
+
+
+def is_impure(function: object) -> bool:
+    """Whether `function` is one `impure` counts (a `{% memo %}` block may not call it)."""
+    return getattr(function, "confsync_impure", False) is True
 
 
 def counting(render: Callable[[], R]) -> tuple[R, bool]:

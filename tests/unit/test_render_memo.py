@@ -171,6 +171,8 @@ PURE = {
     "div", "mod", "mul", "seq", "atoi", "trimPrefix", "toJson", "sha256sum",
     # confsync's
     "fromjson", "multiline", "dirname",
+    # what a `{% memo %}` block calls (block_memo.py): outputs by the exact inputs
+    "memo:lookup", "memo:keep",
 }
 
 
