@@ -156,13 +156,34 @@ def measure_watch(start: Callable[[], subprocess.Popen[bytes]], dest: Path, endp
         stop(proc)
 
 
+# A daemon run beside others: (name, its start, the key it watches, its dest).
+Resident = tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]
+
+
+def puts_in_turn(endpoint: str, daemons: list[Resident],
+                 targets: list[tuple[str, Callable[[int], str], Path | None]],
+                 samples: int) -> list[list[float]]:
+    """Start every daemon (each up to its first file), then time the puts to `targets`, taken
+    in turn (`put_to_files`); every daemon stopped after."""
+    procs = []
+    try:
+        for _, start, _, dest in daemons:
+            procs.append(start())
+            wait_until(dest.exists, timeout=60)
+        put_to_files(endpoint, targets, 5)  # warm-up, not counted
+        return put_to_files(endpoint, targets, samples)
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
                 trees: list[str]) -> dict[str, str]:
     """Every daemon resident at once on its own key and dest, the puts taken in turn (one run
     of one after the other compared two different minutes of a shared machine: p50 ratios of
     0.92-1.4x between runs of the same code). `trees`: other confsync checkouts run beside
     this one (old and new code in the same noise)."""
-    daemons: list[tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]] = []
+    daemons: list[Resident] = []
     for n, tree in enumerate([str(REPO), *trees]):
         name = "confsync" if n == 0 else f"confsync {tree}"
         cs = base / f"small-cs{n}"
@@ -183,19 +204,10 @@ def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
         daemons.append(("confd", functools.partial(
             start_confd, confd_argv(confd, endpoint, cd, "/c", "-watch"), base / "small-cd.log"),
             "/c/small/v", dest))
-    procs = []
-    try:
-        for _, start, _, dest in daemons:
-            procs.append(start())
-            wait_until(dest.exists, timeout=60)
-        targets: list[tuple[str, Callable[[int], str], Path | None]] = [
-            (key, (lambda i: f"v{i}"), dest) for _, _, key, dest in daemons]
-        targets.append(("/f/small/v", lambda i: f"v{i}", None))  # the floor, in turn too
-        put_to_files(endpoint, targets, 5)  # warm-up, not counted
-        *results, floor = put_to_files(endpoint, targets, samples)
-    finally:
-        for proc in procs:
-            stop(proc)
+    targets: list[tuple[str, Callable[[int], str], Path | None]] = [
+        (key, (lambda i: f"v{i}"), dest) for _, _, key, dest in daemons]
+    targets.append(("/f/small/v", lambda i: f"v{i}", None))  # the floor, in turn too
+    *results, floor = puts_in_turn(endpoint, daemons, targets, samples)
     out = {name: ms(values) for (name, _, _, _), values in zip(daemons, results, strict=True)}
     out["put -> event (pyetcd, floor)"] = ms(floor)
     if confd:
@@ -215,7 +227,7 @@ def bench_five_thousand(base: Path, endpoint: str, confd: str | None,
                            "weight": 100, "state": "ready"})
 
     out: dict[str, str] = {}
-    daemons: list[tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]] = []
+    daemons: list[Resident] = []
     for n, tree in enumerate([str(REPO), *trees]):
         prefix = "/h" if n == 0 else f"/h{n}"
         load_instances(endpoint, prefix, 5000)
@@ -225,18 +237,8 @@ def bench_five_thousand(base: Path, endpoint: str, confd: str | None,
         daemons.append(("confsync" if n == 0 else f"confsync {tree}", functools.partial(
             start_confsync, cs, endpoint, prefix, base / f"h-cs{n}.log", "--wait-min", "0",
             tree=Path(tree)), f"{prefix}/services/web/instances/i00042", dest_cs))
-    procs = []
-    try:
-        for _, start, _, dest in daemons:
-            procs.append(start())
-            wait_until(dest.exists, timeout=60)
-        targets: list[tuple[str, Callable[[int], str], Path | None]] = [
-            (key, value, dest) for _, _, key, dest in daemons]
-        put_to_files(endpoint, targets, 5)  # warm-up, not counted
-        results = put_to_files(endpoint, targets, samples)
-    finally:
-        for proc in procs:
-            stop(proc)
+    results = puts_in_turn(endpoint, daemons, [(key, value, dest) for _, _, key, dest in daemons],
+                           samples)
     for (name, _, _, _), values in zip(daemons, results, strict=True):
         out[name] = ms(values)
     if len(results) > 1:
