@@ -54,11 +54,13 @@ def load_instances(endpoint: str, prefix: str, count: int, service: str = "web")
           for i in range(count))])
 
 
-def haproxy_confdir(base: Path, dest: Path, extra: str = "") -> Path:
+def haproxy_confdir(base: Path, dest: Path, extra: str = "", tree: Path = REPO) -> Path:
+    """A confdir with the shipped HAProxy template of `tree` (a checkout's code and its own
+    template go together)."""
     confdir = base / "confdir"
     (confdir / "conf.d").mkdir(parents=True, exist_ok=True)
     (confdir / "conf.d" / "haproxy.toml").write_text(
-        f'[template]\nsrc = "{REPO}/templates/haproxy/templates/haproxy.cfg.tmpl"\n'
+        f'[template]\nsrc = "{tree}/templates/haproxy/templates/haproxy.cfg.tmpl"\n'
         f'dest = "{dest}"\nkeys = ["/services", "/haproxy"]\n{extra}\n')
     return confdir
 

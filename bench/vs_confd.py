@@ -156,13 +156,34 @@ def measure_watch(start: Callable[[], subprocess.Popen[bytes]], dest: Path, endp
         stop(proc)
 
 
+# A daemon run beside others: (name, its start, the key it watches, its dest).
+Resident = tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]
+
+
+def puts_in_turn(endpoint: str, daemons: list[Resident],
+                 targets: list[tuple[str, Callable[[int], str], Path | None]],
+                 samples: int) -> list[list[float]]:
+    """Start every daemon (each up to its first file), then time the puts to `targets`, taken
+    in turn (`put_to_files`); every daemon stopped after."""
+    procs = []
+    try:
+        for _, start, _, dest in daemons:
+            procs.append(start())
+            wait_until(dest.exists, timeout=60)
+        put_to_files(endpoint, targets, 5)  # warm-up, not counted
+        return put_to_files(endpoint, targets, samples)
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
                 trees: list[str]) -> dict[str, str]:
     """Every daemon resident at once on its own key and dest, the puts taken in turn (one run
     of one after the other compared two different minutes of a shared machine: p50 ratios of
     0.92-1.4x between runs of the same code). `trees`: other confsync checkouts run beside
     this one (old and new code in the same noise)."""
-    daemons: list[tuple[str, Callable[[], subprocess.Popen[bytes]], str, Path]] = []
+    daemons: list[Resident] = []
     for n, tree in enumerate([str(REPO), *trees]):
         name = "confsync" if n == 0 else f"confsync {tree}"
         cs = base / f"small-cs{n}"
@@ -183,19 +204,10 @@ def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
         daemons.append(("confd", functools.partial(
             start_confd, confd_argv(confd, endpoint, cd, "/c", "-watch"), base / "small-cd.log"),
             "/c/small/v", dest))
-    procs = []
-    try:
-        for _, start, _, dest in daemons:
-            procs.append(start())
-            wait_until(dest.exists, timeout=60)
-        targets: list[tuple[str, Callable[[int], str], Path | None]] = [
-            (key, (lambda i: f"v{i}"), dest) for _, _, key, dest in daemons]
-        targets.append(("/f/small/v", lambda i: f"v{i}", None))  # the floor, in turn too
-        put_to_files(endpoint, targets, 5)  # warm-up, not counted
-        *results, floor = put_to_files(endpoint, targets, samples)
-    finally:
-        for proc in procs:
-            stop(proc)
+    targets: list[tuple[str, Callable[[int], str], Path | None]] = [
+        (key, (lambda i: f"v{i}"), dest) for _, _, key, dest in daemons]
+    targets.append(("/f/small/v", lambda i: f"v{i}", None))  # the floor, in turn too
+    *results, floor = puts_in_turn(endpoint, daemons, targets, samples)
     out = {name: ms(values) for (name, _, _, _), values in zip(daemons, results, strict=True)}
     out["put -> event (pyetcd, floor)"] = ms(floor)
     if confd:
@@ -206,21 +218,32 @@ def bench_small(base: Path, endpoint: str, confd: str | None, samples: int,
 
 
 def bench_five_thousand(base: Path, endpoint: str, confd: str | None,
-                        samples: int) -> dict[str, str]:
-    load_instances(endpoint, "/h", 5000)
-    key = "/h/services/web/instances/i00042"
-
+                        samples: int, trees: list[str]) -> dict[str, str]:
+    """`trees`: other confsync checkouts whose `watch` runs beside this one's, each on 5,000
+    instances of its own prefix, the puts taken in turn (old and new code in the same noise,
+    as `bench_small`)."""
     def value(i: int) -> str:
         return json.dumps({"address": f"10.200.{i // 250}.{i % 250}", "port": 8080,
                            "weight": 100, "state": "ready"})
 
     out: dict[str, str] = {}
-    dest_cs = base / "h-cs" / "haproxy.cfg"
-    dest_cs.parent.mkdir()
-    cs = haproxy_confdir(base / "h-cs", dest_cs)
-    out["confsync"] = ms(measure_watch(
-        lambda: start_confsync(cs, endpoint, "/h", base / "h-cs.log", "--wait-min", "0"),
-        dest_cs, endpoint, key, value, samples))
+    daemons: list[Resident] = []
+    for n, tree in enumerate([str(REPO), *trees]):
+        prefix = "/h" if n == 0 else f"/h{n}"
+        load_instances(endpoint, prefix, 5000)
+        dest_cs = base / f"h-cs{n}" / "haproxy.cfg"
+        dest_cs.parent.mkdir()
+        cs = haproxy_confdir(base / f"h-cs{n}", dest_cs, tree=Path(tree))
+        daemons.append(("confsync" if n == 0 else f"confsync {tree}", functools.partial(
+            start_confsync, cs, endpoint, prefix, base / f"h-cs{n}.log", "--wait-min", "0",
+            tree=Path(tree)), f"{prefix}/services/web/instances/i00042", dest_cs))
+    results = puts_in_turn(endpoint, daemons, [(key, value, dest) for _, _, key, dest in daemons],
+                           samples)
+    for (name, _, _, _), values in zip(daemons, results, strict=True):
+        out[name] = ms(values)
+    if len(results) > 1:
+        ratio = statistics.median(results[0]) / statistics.median(results[1])
+        out["this / the other tree, p50"] = f"{ratio:.2f}x"
     if confd:
         dest_cd = base / "h-cd" / "haproxy.cfg"
         dest_cd.parent.mkdir()
@@ -229,7 +252,8 @@ def bench_five_thousand(base: Path, endpoint: str, confd: str | None,
         out["confd"] = ms(measure_watch(
             lambda: start_confd(confd_argv(confd, endpoint, cd, "/h", "-watch"),
                                 base / "h-cd.log"),
-            dest_cd, endpoint, key, lambda i: value(i + 1000), samples))
+            dest_cd, endpoint, "/h/services/web/instances/i00042", lambda i: value(i + 1000),
+            samples))
     print(f"(c) watch, 5,000 servers, put -> file, {samples} samples (confsync: shipped HAProxy "
           f"template; confd: Go template of the server lines)")
     return out
@@ -269,7 +293,7 @@ def main() -> None:
                         "time, e.g. the console script of a regular (not editable) install; "
                         "repeatable, the runs interleaved (old and new builds side by side); "
                         "default: this checkout through `python -m confsync`")
-    parser.add_argument("--tree", action="append", help="(b) another confsync checkout whose "
+    parser.add_argument("--tree", action="append", help="(b), (c) another confsync checkout whose "
                         "`watch` runs beside this one's, interleaved (old and new code in the "
                         "same noise); repeatable")
     parser.add_argument("--only", choices=("once", "small", "5000", "haproxy"), action="append",
@@ -302,7 +326,7 @@ def main() -> None:
                                                         args.samples, args.tree or [])))
             if "5000" in only:
                 rows.append(("watch 5,000", bench_five_thousand(base, etcd.endpoint, confd,
-                                                                args.samples)))
+                                                                args.samples, args.tree or [])))
         finally:
             etcd.stop()
     if "haproxy" in only:

@@ -121,7 +121,7 @@ def prepare(settings: Settings, data: Path | None = None) -> tuple[ResourceSet, 
         return Renderer(templates, render_timeout=settings.render_timeout,
                         max_output_size=settings.max_output_size,
                         sources=memo.sources if memo is not None else None,
-                        srcs=[r.src for r in resource_set.resources])
+                        srcs=[r.src for r in resource_set.resources], reuse_blocks=False)
 
     renderer: Renderer | Callable[[], Renderer] = make_renderer
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import StrEnum
+from itertools import compress, count
+from operator import ne
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -76,9 +78,24 @@ class Outcome:
         """(lines added, lines removed), as a multiset difference: O(n), no diff alignment."""
         if self.content is None:
             return 0, 0
-        old = Counter((self.previous.content or b"").splitlines()) if self.previous else Counter()
-        new = Counter(self.content.splitlines())
-        return sum((new - old).values()), sum((old - new).values())
+        old = (self.previous.content or b"").splitlines() if self.previous else []
+        return multiset_changes(old, self.content.splitlines())
+
+
+def multiset_changes(old: list[bytes], new: list[bytes]) -> tuple[int, int]:
+    """(lines of `new` not in `old`, lines of `old` not in `new`), counted as multisets.
+
+    The lines both share at their start and at their end count nowhere, so only what lies
+    between is counted: the comparisons run in C, where counting both 5,000-line files of a
+    one-server change (two Counters and their differences, Python loops) took ~3 ms of the
+    loop's thread after each write."""
+    shortest = min(len(old), len(new))
+    head = next(compress(count(), map(ne, old, new)), shortest)
+    tail = min(next(compress(count(), map(ne, reversed(old), reversed(new))), shortest),
+               shortest - head)
+    old_between = Counter(old[head:len(old) - tail])
+    new_between = Counter(new[head:len(new) - tail])
+    return sum((new_between - old_between).values()), sum((old_between - new_between).values())
 
 
 def _diff(resource: Resource, old: bytes | None, new: bytes) -> str:

@@ -29,6 +29,7 @@ LAZY_MODULES = (
     "confsync.stores.file",
     "confsync.stores.srv",
     "confsync.fswatch",
+    "confsync.block_memo",  # the renderer's `{% memo %}` (with jinja2.ext), imported with Jinja2
     # the first failing render or template syntax error (Jinja2 imports this inside a function)
     "jinja2",
     "jinja2.debug",

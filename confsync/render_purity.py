@@ -11,7 +11,7 @@ named pure or impure.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +40,13 @@ def impure(function: F) -> F:
         _calls += 1
         return function(*args, **kwargs)
 
+    counted.confsync_impure = True  # type: ignore[attr-defined]
     return counted  # type: ignore[return-value]
+
+
+def is_impure(function: object) -> bool:
+    """Whether `function` is one `impure` counts (a `{% memo %}` block may not call it)."""
+    return getattr(function, "confsync_impure", False) is True
 
 
 def counting(render: Callable[[], R]) -> tuple[R, bool]:
@@ -51,7 +57,8 @@ def counting(render: Callable[[], R]) -> tuple[R, bool]:
     return result, _calls == before
 
 
-def mark_impure(functions: dict[str, Any]) -> None:
-    """Wrap, in place, the entries of a Jinja globals or filters dict named in IMPURE_FUNCTIONS."""
-    for name in IMPURE_FUNCTIONS & functions.keys():
+def mark_impure(functions: dict[str, Any], pure: Collection[str] = ()) -> None:
+    """Wrap, in place, the entries of a Jinja globals or filters dict named in IMPURE_FUNCTIONS,
+    but those named in `pure` (a validating filter may have the name of an impure function)."""
+    for name in (IMPURE_FUNCTIONS & functions.keys()).difference(pure):
         functions[name] = impure(functions[name])

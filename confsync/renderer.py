@@ -539,14 +539,22 @@ class Renderer:
     # past it the render fails, and the next one goes on from there: items left out are
     # remembered while their value stays the same.
     MAX_NEW_LEFT_OUT = 32
+    # `{% memo %}` outputs kept: twice the mirror's keys, and at least this many.
+    MIN_BLOCK_OUTPUTS = 1024
 
     def __init__(self, templates_dir: Path, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT,
                  max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
-                 sources: TemplateSources | None = None, srcs: Iterable[Path] = ()) -> None:
+                 sources: TemplateSources | None = None, srcs: Iterable[Path] = (),
+                 reuse_blocks: bool = True) -> None:
         """`srcs`: the set's resources' `src` files, served from the start: a template may
         include another resource's (README), and it was served only once that resource's
-        render had compiled it (a `once` whose memo stood in for it failed the includer)."""
+        render had compiled it (a `once` whose memo stood in for it failed the includer).
+        `reuse_blocks`: keep `{% memo %}` outputs for later renders (a one-shot run renders
+        each template once: keeping them would only cost time)."""
         import jinja2  # lazy: ~25 ms of import that `confsync --version` should not pay
+
+        from confsync.block_memo import BlockOutputs
+        from confsync.block_memo import install as install_block_memo
 
         self._jinja = jinja2
         self.templates_dir = absolute(templates_dir)
@@ -567,6 +575,10 @@ class Renderer:
             bytecode_cache=_bytecode_cache(jinja2),
         )
         self.env.filters.update(VALIDATING_FILTERS)
+        # `{% memo %}` blocks' outputs, reused while their keys are the same (block_memo.py).
+        self._block_outputs = BlockOutputs((str, KV), Multiline)
+        self._reuse_blocks = reuse_blocks
+        install_block_memo(self.env, self._block_outputs)
         self._attributing_filters = {name: _attributing(check)
                                      for name, check in VALIDATING_FILTERS.items()}
 
@@ -596,7 +608,7 @@ class Renderer:
         register_confd_functions(self.env)
         register_converted_runtime(self.env)
         mark_impure(self.env.globals)  # (the render memo's purity: render_purity.py)
-        mark_impure(self.env.filters)
+        mark_impure(self.env.filters, pure=VALIDATING_FILTERS)  # (`hostname` checks a name)
         # Extra template functions (each called with the render's TemplateData).
         self.function_hooks: list[FunctionsHook] = []
         self._template_files: set[str] = set()
@@ -676,6 +688,7 @@ class Renderer:
             self.env.filters.update(VALIDATING_FILTERS)
             self.env.filters["fromjson"] = _fromjson_outside_render
             self.env.undefined = self._jinja.StrictUndefined
+            self._block_outputs.end()
             # Retried: how long a render takes depends on the machine too (a loaded host, a
             # big template), not only on the data; without a retry the file stayed stale, and
             # /ready 503, until the next data change.
@@ -730,7 +743,13 @@ class Renderer:
             while True:
                 data = self._data(resource, mirror, left_out, attributing=False)
                 try:
-                    text = self._run(template, data, limit)
+                    # (Off again before an attribution render: its values are tagged.)
+                    if self._reuse_blocks:
+                        self._block_outputs.begin(2 * len(mirror) + self.MIN_BLOCK_OUTPUTS)
+                    try:
+                        text = self._run(template, data, limit)
+                    finally:
+                        self._block_outputs.end()
                 except OutputTooLarge as exc:
                     raise ResourceError(resource.name, "render",
                                         f"{template.filename or resource.src}: {exc}") from None

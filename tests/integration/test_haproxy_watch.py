@@ -7,11 +7,16 @@ for the traffic to show the change.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from confsync.mirror import Mirror
+from confsync.renderer import Renderer
+from confsync.resources import load_resources
+from confsync.stores import Snapshot
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
@@ -75,6 +80,41 @@ def test_watch_reports_hostile_value_and_traffic_goes_on(
     assert "server b " not in stack.cfg.read_text()
     stack.put_instance("web", "b", backends["b"].port)  # fixed: applied as usual
     wait_for(lambda: _served_by(stack.port, "b"), timeout=10)
+
+
+def _rendered_afresh(stack: HAProxyStack) -> str:
+    """What a Renderer of its own (no output kept from an earlier render) makes of etcd now."""
+    mirror = Mirror()
+    mirror.load(Snapshot(1, {m.key.decode(): v for v, m in stack.client.get_prefix(stack.prefix)}))
+    [resource] = load_resources(stack.confdir, stack.prefix).resources
+    return Renderer(stack.confdir / "templates").render(resource, mirror)
+
+
+def test_server_lines_kept_from_earlier_renders_are_what_a_render_afresh_writes(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend],
+        haproxy_binary: str) -> None:
+    """The shipped template keeps each server's line while its key and value stay (`memo`):
+    through values seen before, a refused one, a delete and a return, the daemon's file is
+    what a render from scratch writes, HAProxy accepts it and serves its pool."""
+    stack, daemon = watched
+    b = {"address": "127.0.0.1", "port": backends["b"].port}
+    steps: list[tuple[str, dict[str, object] | None]] = [
+        ("b", b), ("b", {**b, "state": "drain"}), ("b", b), ("c", {**b, "port": backends["c"].port}),
+        ("b", {**b, "address": "127.0.0.1\n    server x 1.2.3.4:1"}), ("a", None),
+        ("b", {**b, "weight": 7}), ("a", {**b, "port": backends["a"].port}), ("b", b)]
+    for name, value in steps:
+        if value is None:
+            stack.delete(f"/services/web/instances/{name}")
+        else:
+            stack.put(f"/services/web/instances/{name}", value)
+        wait_for(lambda: stack.cfg.read_text() == _rendered_afresh(stack), timeout=10)
+    assert "server x" not in stack.cfg.read_text()
+    assert "key " + stack.prefix + "/services/web/instances/b: expected an IP address" \
+        in daemon.output()
+    check = subprocess.run([haproxy_binary, "-c", "-q", "-f", str(stack.cfg)],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    wait_for(lambda: spread(stack.port, 6) == {"a": 2, "b": 2, "c": 2}, timeout=10)
 
 
 def test_watch_reloads_once_for_a_structural_change(

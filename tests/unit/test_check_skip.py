@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from confsync.haproxy import control
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.outcome import UPDATED
@@ -85,3 +88,25 @@ def test_proofs_are_anchored_on_the_last_checked_file(tmp_path: Path) -> None:
     syncer.apply([res])
     assert checks(count) == 1  # proven against the anchor again
     assert syncer.checked[res.dest] == anchor
+
+
+def test_the_last_checked_file_is_parsed_once_for_all_the_proofs_made_from_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proof parses the checked file and the new one; the checked one stays the base until
+    the next check, and was parsed again at every server-only change (5,000 servers: ~35 ms
+    of CPU each, before the file is written)."""
+    syncer, res, count = setup(tmp_path, opt_out=True)
+    assert syncer.apply([res])[0].status == UPDATED
+    parsed: list[str] = []
+    real = control.parse
+    monkeypatch.setattr(control, "parse", lambda text: parsed.append(text) or real(text))
+    checked = res.dest.read_text()
+    times: list[int] = []
+    for rev, weight in enumerate((20, 30, 40, 50), start=2):
+        change(syncer, rev, "/services/web/instances/a", server(weight))
+        assert syncer.apply([res])[0].status == UPDATED
+        times.append(parsed.count(checked))
+    assert checks(count) == 1  # every one proven from the first file
+    # (the first change's proof, and its reload, which reads what HAProxy ran: that file)
+    assert times == [2, 2, 2, 2]
+    assert "weight 50 " in res.dest.read_text()

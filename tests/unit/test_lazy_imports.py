@@ -194,8 +194,8 @@ def one_shot_confdir(tmp_path: Path) -> None:
 
 
 def test_one_shot_commands_stay_lazy(tmp_path: Path) -> None:
-    """`once` imports none of it but what its run needs (Jinja2 to render, the file backend it
-    reads): its start-up time is the point of the laziness."""
+    """`once` imports none of it but what its run needs (Jinja2 and the renderer's `memo` tag
+    to render, the file backend it reads): its start-up time is the point of the laziness."""
     one_shot_confdir(tmp_path)
     code = ("import json, sys\n"
             "from confsync.cli import main\n"
@@ -209,7 +209,7 @@ def test_one_shot_commands_stay_lazy(tmp_path: Path) -> None:
                           env={k: v for k, v in os.environ.items()
                                if not k.startswith("CONFSYNC_")})
     assert json.loads(done.stdout.splitlines()[-1]) == [
-        0, ["confsync.stores.file", "jinja2"]], done.stderr
+        0, ["confsync.stores.file", "confsync.block_memo", "jinja2"]], done.stderr
     assert (tmp_path / "a.conf").read_text() == "1\n"
 
 

@@ -171,6 +171,8 @@ PURE = {
     "div", "mod", "mul", "seq", "atoi", "trimPrefix", "toJson", "sha256sum",
     # confsync's
     "fromjson", "multiline", "dirname",
+    # what a `{% memo %}` block calls (block_memo.py): outputs by the exact inputs
+    "memo:lookup", "memo:keep",
 }
 
 
@@ -183,6 +185,19 @@ def test_every_template_function_is_known_pure_or_counted_as_impure(tmp_path: Pa
     before = render_purity.calls()
     env.from_string("{{ getenv('HOME') }}{{ [1, 2] | random }}{{ 'a' | upper }}").render()
     assert render_purity.calls() == before + 2
+
+
+def test_the_hostname_filter_checks_a_name_and_counts_as_pure(tmp_path: Path) -> None:
+    """The validating `hostname` filter (a DNS name or an address) is not confd's `hostname()`
+    (this host's name): counted as impure, a template that checked a name with it was never
+    kept (the render memo, the renders made during the settle wait, SIGHUP's judged renders),
+    and no `{% memo %}` block could use it."""
+    env = Renderer(tmp_path).env
+    before = render_purity.calls()
+    assert env.from_string("{{ 'a.example' | hostname }}").render() == "a.example"
+    assert render_purity.calls() == before
+    env.from_string("{{ hostname() }}").render()
+    assert render_purity.calls() == before + 1
 
 
 def test_the_code_is_known_by_every_file_of_its_packages(tmp_path: Path,

@@ -4,13 +4,15 @@ when it is not (a `once --log-level error` of 5,000 lines spent ~2 ms counting t
 from __future__ import annotations
 
 import logging
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from confsync.applier import FileState
 from confsync.ops.report import report
-from confsync.outcome import UPDATED, Outcome
+from confsync.outcome import UPDATED, Outcome, multiset_changes
 from confsync.resources import Resource
 
 
@@ -36,3 +38,26 @@ def test_an_unlogged_write_counts_no_lines(caplog: pytest.LogCaptureFixture,
     with caplog.at_level(logging.ERROR, logger="confsync"):
         report(_written(), 7)
     assert caplog.records == []
+
+
+def test_lines_shared_at_the_start_and_end_count_as_in_a_count_of_every_line() -> None:
+    """Counting only what lies between the lines both files share at their start and end
+    gives what two Counters of every line give: files with repeated lines, overlapping
+    shared parts (a line dropped from a run of equal ones), empty files, reorders."""
+    rng = random.Random(5)
+    for _ in range(3000):
+        old = [bytes([rng.choice(b"abcd")]) for _ in range(rng.randrange(12))]
+        new = list(old)
+        for _ in range(rng.randrange(4)):
+            roll = rng.random()
+            if roll < 0.3 and new:
+                del new[rng.randrange(len(new))]
+            elif roll < 0.6:
+                new.insert(rng.randrange(len(new) + 1), bytes([rng.choice(b"abcde")]))
+            elif new:
+                new[rng.randrange(len(new))] = bytes([rng.choice(b"abcde")])
+        if rng.random() < 0.1:
+            rng.shuffle(new)
+        both = Counter(old), Counter(new)
+        assert multiset_changes(old, new) == (sum((both[1] - both[0]).values()),
+                                              sum((both[0] - both[1]).values())), (old, new)
