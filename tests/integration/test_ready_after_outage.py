@@ -3,8 +3,8 @@
 A watch that comes back from an outage brings what it missed (a snapshot after a compaction,
 a replay), and its renders wait for their debounce (`wait_min`) and, with several prefixes,
 the replay hold. /ready said 200 as soon as the stream was back: for that wait it vouched for
-files as old as the outage (measured with the default `wait_min`: 0.3-0.5 s after each of 3
-of 3 outages under a chaos proxy, files 150-250 revisions behind). As at the start ("first
+files as old as the outage (measured with the default `wait_min`: 0.3-0.5 s, caught 3 times in
+two 300 s runs of a chaos proxy, files 150-250 writes behind). As at the start ("first
 render not finished"), /ready now waits for those renders.
 """
 
