@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from confsync import children, confdir_lock, owners
+from confsync.catch_up import CatchUp
 from confsync.confdir_wait import user_not_known
 from confsync.coverage import Coverage
 from confsync.dest_io import DestIo, IoStuck
@@ -259,6 +260,8 @@ class Daemon:
         # Resources re-rendered because their dest may differ from the render (the interval,
         # or a dest someone else changed): a rewrite without a data change is reported.
         self._repairing: set[str] = set()
+        # The renders a watch back from an outage left due: /ready waits for them.
+        self._catch_up = CatchUp()
         self.drift = DriftGuard()
         self._drift_warnings = Repeats()
         # Resources whose dest another writer changed and whose repair waits its turn: /ready
@@ -523,7 +526,7 @@ class Daemon:
         self._lag_since = None
         if self._replay_waiting:
             self._replay_waiting = False
-            self.observers.watch_connected(self._connected_revision)
+            self._watch_back(self._connected_revision)
 
     def _reload_deadline(self) -> float | None:
         """When the requested config reload runs. One that finds an earlier reload still
@@ -631,10 +634,16 @@ class Daemon:
             self._unchanged_revision = 0
 
     def _on_snapshot(self, event: SnapshotTaken) -> None:
+        if not self._replay_resync:
+            self._load_snapshot(event)
+            return
+        # It replaces an overdue replay: the files may follow it once its changes are due.
+        self._replay_resync = False
+        self._load_snapshot(event)
+        self._watch_back(event.snapshot.revision)
+
+    def _load_snapshot(self, event: SnapshotTaken) -> None:
         snapshot = event.snapshot
-        if self._replay_resync:  # it replaces an overdue replay: the files may follow it
-            self._replay_resync = False
-            self.observers.watch_connected(snapshot.revision)
         if event.reason in ("resync", "resume") and snapshot.revision < self.mirror.revision:
             log.debug("%s snapshot at %d is older than the mirror (%d); skipped",
                       event.reason, snapshot.revision, self.mirror.revision)
@@ -718,7 +727,7 @@ class Daemon:
                 # /ready says "not connected" until the files can follow etcd again.
                 self._connected_revision = event.revision
                 return
-            self.observers.watch_connected(event.revision)
+            self._watch_back(event.revision)
             return
         # A loss is said when the watch goes (`connected`). Before the first snapshot every
         # retry fails anew: the same reason is repeated at most every 5 minutes, not at each
@@ -738,6 +747,17 @@ class Daemon:
         self._replay_until = 0  # (what comes before the watch is back is replay)
         self._resuming = self._resuming or self.ready
         self.observers.watch_lost(event.reason)
+        if self._catch_up.clear():
+            self.observers.catching_up(())
+
+    def _watch_back(self, revision: int) -> None:
+        """Tell the observers the watch is open again, and which renders of what it brought
+        (a snapshot, a replay) are still due: /ready waits for them (catch_up.py), as it
+        waits for the first render at the start."""
+        self.observers.watch_connected(revision)
+        if self.ready and self._catch_up.owe(r.name for r in self.state.resources
+                                             if self.planner.pending(r.name)):
+            self.observers.catching_up(self._catch_up.owed)
 
     def _touch_covering(self, changed: set[str]) -> None:
         affected = []
@@ -831,6 +851,8 @@ class Daemon:
             else:
                 self.planner.settled(name)
         self.observers.batch_applied(revision, sorted(changed_keys), outcomes)
+        if self._catch_up.applied(o.resource.name for o in outcomes):
+            self.observers.catching_up(())
         self._note_stuck()
         return outcomes
 
@@ -1358,6 +1380,8 @@ class Daemon:
         owners.forget()  # (a user made again since gets its new id at this reload's apply)
         self._left_out_said.clear()
         self.drift.keep(names)
+        if self._catch_up.keep(names):  # (a removed resource owes nothing)
+            self.observers.catching_up(())
         self._drift_held &= names  # as the observers' own copy (`started` below)
         self._io_stuck &= names
         self._load_errors = ()  # (a set with any is refused)

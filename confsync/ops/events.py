@@ -34,6 +34,10 @@ class Observer:
     def watch_lost(self, reason: str) -> None:
         """The stream broke; the loop backs off and resumes. Until then: degraded."""
 
+    def catching_up(self, names: Sequence[str]) -> None:
+        """The watch is back, and these resources' renders of what it caught up with are
+        still due (all of them: an empty list means the files hold it; catch_up.py)."""
+
     def changes_received(self, revision: int, keys: int) -> None:
         """A watch batch changed `keys` keys of the mirror (before debouncing)."""
 
@@ -136,6 +140,9 @@ class Observers(Observer):
 
     def watch_lost(self, reason: str) -> None:
         self._each("watch_lost", reason)
+
+    def catching_up(self, names: Sequence[str]) -> None:
+        self._each("catching_up", names)
 
     def changes_received(self, revision: int, keys: int) -> None:
         self._each("changes_received", revision, keys)

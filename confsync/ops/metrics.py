@@ -85,6 +85,8 @@ class Metrics(Observer):
         # Resources whose dest holds another writer's file while its repair waits (drift.py).
         self._drift_held: list[str] = []
         self._io_stuck: list[str] = []  # resources whose file work on dest does not return
+        # Resources whose render of what a watch back from an outage brought is still due.
+        self._catching_up: list[str] = []
         self._connections = 0
         self._last_beat = clock()
         self._step_bound = 0.0  # how late a beat may be while one bounded step runs
@@ -244,6 +246,9 @@ class Metrics(Observer):
                 reasons.append("first render not finished")
             if not self._connected:
                 reasons.append("watch not connected")
+            elif self._catching_up:
+                reasons.append("catching up after the watch came back: "
+                               + ", ".join(self._catching_up))
             if self._failing:
                 reasons.append("failing: " + ", ".join(sorted(self._failing)))
             # Like the exec child: a current file that nothing serves is not ready.
@@ -360,6 +365,11 @@ class Metrics(Observer):
                 self.watch_reconnects.inc()
             self._connected = True
         self.watch_up.set(1)
+        self._update_ready()
+
+    def catching_up(self, names: Sequence[str]) -> None:
+        with self._lock:
+            self._catching_up = list(names)
         self._update_ready()
 
     def watch_lost(self, reason: str) -> None:

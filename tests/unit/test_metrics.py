@@ -151,6 +151,21 @@ def test_readiness(m: Metrics) -> None:
     assert m.readiness()[0] is True
 
 
+def test_ready_waits_for_the_renders_a_watch_back_from_an_outage_left_due(m: Metrics) -> None:
+    a = resource("a")
+    m.started([a])
+    m.ready(3)
+    m.watch_connected(3)
+    m.watch_lost("etcd gone")
+    m.watch_connected(9)
+    m.catching_up(["a"])
+    ok, detail = m.readiness()
+    assert not ok and detail["reasons"] == ["catching up after the watch came back: a"]
+    assert v(m, "confsync_ready") == 0 and v(m, "confsync_watch_connected") == 1
+    m.catching_up([])
+    assert m.readiness()[0] is True and v(m, "confsync_ready") == 1
+
+
 def test_health_follows_heartbeats(m: Metrics, clock: Clock) -> None:
     m.heartbeat()
     assert m.health(10.0)[0] is True
