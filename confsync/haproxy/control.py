@@ -469,6 +469,9 @@ class HAProxyController(ReloadTarget):
             log.info("resource %s: %s ignored: %s", name, self._record, why)
         elif found is not None:
             taken = still_parked(found, live, own) - self.parked
+            # (written again only when it says something else: a `once` that takes it over
+            # and changes nothing leaves it as it is)
+            self._record_saved, self._record_handed = found, True
             if taken:
                 log.info("resource %s: %d server(s) an earlier run parked are in maintenance "
                          "still, in the same HAProxy worker (pid %d); deleted once their "
