@@ -152,19 +152,20 @@ def read_record(path: Path) -> ParkedRecord | None:
 
 
 class _Writer:
-    """One thread writing every record of this process: the latest content of each path
-    (None: remove it). A write that blocks (a frozen filesystem) holds this thread alone."""
+    """One thread writing every record of this process: the latest of each path (None: remove
+    it), encoded there too (5,000 names: 1.6 ms). A write that blocks (a frozen filesystem)
+    holds this thread alone."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._due: dict[Path, bytes | None] = {}
+        self._due: dict[Path, ParkedRecord | None] = {}
         self._busy = False  # a write is under way
         self._thread: threading.Thread | None = None
         self._at_exit = False
 
-    def put(self, path: Path, content: bytes | None) -> None:
+    def put(self, path: Path, record: ParkedRecord | None) -> None:
         with self._cond:
-            self._due[path] = content
+            self._due[path] = record
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="confsync-parked-record")
@@ -188,9 +189,9 @@ class _Writer:
                     self._thread = None
                     return
                 path = next(iter(self._due))
-                content = self._due.pop(path)
+                record = self._due.pop(path)
                 self._busy = True
-            _write(path, content)
+            _write(path, None if record is None else record.encode())
 
 
 def _write(path: Path, content: bytes | None) -> None:
@@ -216,7 +217,7 @@ _WRITER = _Writer()
 
 def save(path: Path, record: ParkedRecord | None) -> None:
     """Have `record` written at `path` (None: removed) soon, off the caller's thread."""
-    _WRITER.put(path, None if record is None else record.encode())
+    _WRITER.put(path, record)
 
 
 def flush(timeout: float) -> bool:
