@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import WatchProcess
+from tests.support.cli import write_resource
+from tests.support.daemon import WatchProcess, read
+from tests.support.disk import freeze, loop_ext4, thaw
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, wait_for
 from tests.support.http_backends import HTTPBackend
-from tests.support.http_probe import ready, series_value
+from tests.support.http_probe import probe, ready, series_value
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 
@@ -283,3 +285,36 @@ def test_a_recorded_server_etcd_wants_back_is_served_again(
             assert stack.status().reloads == 0
         finally:
             assert again.stop() == 0
+
+
+def test_a_record_the_disk_holds_up_holds_up_nothing_else(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend], holding: _Holding,
+        tmp_path: Path) -> None:
+    """The file (and so the record beside it) on a filesystem frozen (`fsfreeze`: a snapshot)
+    when the parked server's connection closes: the heartbeat deletes it, and the record's
+    removal waits for the thaw on a thread of its own, while the loop goes on (another
+    resource follows etcd, /health 200). Skipped without root."""
+    with loop_ext4(tmp_path / "fs") as frozen:
+        conf = stack.confdir / "conf.d" / "haproxy.toml"
+        conf.write_text(conf.read_text().replace(f'dest = "{stack.cfg}"',
+                                                 f'dest = "{frozen / "haproxy.cfg"}"'))
+        stack.cfg = frozen / "haproxy.cfg"  # (what HAProxy starts on)
+        other = tmp_path / "other.conf"
+        write_resource(stack.confdir, "other", "other={{ getv('/o/v') }}\n",
+                       f'dest = "{other}"\nkeys = ["/o"]\n')
+        stack.put("/o/v", "1")
+        with _stuck_parked(stack, backends, holding, tmp_path) as (watch, metrics):
+            base = f"http://127.0.0.1:{metrics}"
+            wait_for(lambda: (frozen / RECORD).exists(), timeout=5)
+            freeze(frozen)
+            try:
+                holding.release.set()
+                wait_for(lambda: _servers(stack) == {"a"} and _gauge(metrics) == 0, timeout=15)
+                stack.put("/o/v", "2")
+                wait_for(lambda: read(other) == "other=2\n", timeout=10)
+                assert probe(base, "/health")[0] == 200
+                assert (frozen / RECORD).exists()  # (its removal is blocked: the test holds)
+            finally:
+                thaw(frozen)
+            wait_for(lambda: not (frozen / RECORD).exists(), timeout=10)
+            assert watch.output().count("Traceback") == 0
