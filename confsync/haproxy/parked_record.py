@@ -191,7 +191,10 @@ class _Writer:
                 path = next(iter(self._due))
                 record = self._due.pop(path)
                 self._busy = True
-            _write(path, None if record is None else record.encode())
+            try:
+                _write(path, None if record is None else record.encode())
+            except Exception:  # (never the end of this thread: later records wait on it)
+                log.exception("cannot write %s", path)
 
 
 def _write(path: Path, content: bytes | None) -> None:
