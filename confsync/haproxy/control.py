@@ -37,15 +37,24 @@ from confsync.haproxy.master_cli import (
     reload_confirmed,
     show_proc,
 )
+from confsync.haproxy.parked_record import (
+    ParkedRecord,
+    read_record,
+    record_path,
+    save,
+    still_parked,
+)
 from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
+    Worker,
     drop_server_state,
+    live_servers,
     pool_differences,
     reconcile,
     save_server_state,
     update_saved_state,
-    worker_pid,
+    worker_identity,
 )
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable, query
@@ -381,11 +390,18 @@ class HAProxyController(ReloadTarget):
         # The admin socket and `hard-stop-after` of the file last applied (`_sweep_parked`).
         self._parked_admin: AdminSocket | None = None
         self._hard_stop_after: float | None = None
-        # The worker the parked servers are in (`show info`'s pid; None: not known). A reload
-        # by someone else (`systemctl reload`: same master) drops them with it, and a server
-        # of the same name in the new worker is someone else's: a runtime `add server` comes
-        # in maintenance, which `del server` accepts.
-        self._parked_worker: int | None = None
+        # The worker the parked servers are in (`show info`'s pid and start time; None: not
+        # known). A reload by someone else (`systemctl reload`: same master) drops them with
+        # it, and a server of the same name in the new worker is someone else's: a runtime
+        # `add server` comes in maintenance, which `del server` accepts.
+        self._parked_worker: Worker | None = None
+        # The record of the parked servers a successor takes over (parked_record.py): where it
+        # is kept, whether the one an earlier run left has been judged (once, when HAProxy's
+        # worker first answers), and what was last handed to its writer (once anything was).
+        self._record = record_path(resource.dest)
+        self._record_judged = False
+        self._record_saved: ParkedRecord | None = None
+        self._record_handed = False
         # SIGTERM or SIGINT arrived: a move stops waiting for its requests in flight.
         self._stopping = False
         # The master last seen answering: (pid, start time). A master that lives on while its
@@ -421,12 +437,67 @@ class HAProxyController(ReloadTarget):
             self._parked_worker = None
             if self.parked:
                 with contextlib.suppress(RuntimeApplyFailed):
-                    self._parked_worker = worker_pid(self._parked_admin)
+                    self._parked_worker = worker_identity(self._parked_admin)
         if not self.parked:
             self._parked_worker = None
         now = time.monotonic()
         self._parked_since = {ref: self._parked_since.get(ref, now) for ref in self.parked}
         self._parked_warned &= self.parked
+        self._save_record()
+
+    def _save_record(self) -> None:
+        """Have the record say what is parked now, in which worker (removed when nothing is,
+        or the worker is not known): written off the loop, only when that changed, and not
+        before the record an earlier run left was judged (`_adopt_recorded`)."""
+        if not self._record_judged:
+            return
+        admin, worker = self._parked_admin, self._parked_worker
+        record = None
+        if self.parked and admin is not None and worker is not None and (
+                worker.started is not None):
+            record = ParkedRecord(str(admin.path), worker, frozenset(self.parked))
+        if self._record_handed and record == self._record_saved:
+            return
+        save(self._record, record)
+        self._record_saved, self._record_handed = record, True
+
+    def _adopt_recorded(self, admin: AdminSocket, own: HAProxyConfig) -> None:
+        """Once, at the first look or pass that reaches HAProxy's worker: take over the servers
+        an earlier run recorded as parked in that very worker that are parked still
+        (`still_parked`: in maintenance, no server of `own`, this resource's file): counted,
+        deleted by the heartbeat once their connections close, a successor's record again.
+
+        Forgotten by a restart, they stayed in HAProxy until its next reload; taken from
+        HAProxy alone (every server in maintenance the file does not name), an operator's
+        runtime-added server was deleted too. A record of another worker (HAProxy reloaded or
+        restarted since), another socket, or unreadable is ignored, with one log line."""
+        if self._record_judged:
+            return
+        name = self.resource.name
+        try:
+            worker = worker_identity(admin)
+            live = live_servers(admin)
+        except RuntimeApplyFailed as exc:
+            log.debug("resource %s: cannot look for servers an earlier run parked: %s", name,
+                      exc)
+            return  # (asked again at the next pass)
+        self._record_judged = True
+        found = read_record(self._record)
+        why = found.ignored_because(str(admin.path), worker) if found is not None else None
+        if why is not None:
+            log.info("resource %s: %s ignored: %s", name, self._record, why)
+        elif found is not None:
+            taken = still_parked(found, live, own) - self.parked
+            # (written again only when it says something else: a `once` that takes it over
+            # and changes nothing leaves it as it is)
+            self._record_saved, self._record_handed = found, True
+            if taken:
+                log.info("resource %s: %d server(s) an earlier run parked are in maintenance "
+                         "still, in the same HAProxy worker (pid %d); deleted once their "
+                         "connections close: %s", name, len(taken), found.worker.pid,
+                         ", ".join(sorted(taken)[:5]) + (" ..." if len(taken) > 5 else ""))
+                self.parked |= taken
+        self._track_parked(admin, own)
 
     def _forget_gone_parked(self, admin: AdminSocket) -> None:
         """Forget the parked servers when the worker answering on `admin` is not the one
@@ -434,13 +505,13 @@ class HAProxyController(ReloadTarget):
         if not self.parked or self._parked_worker is None:
             return
         try:
-            pid = worker_pid(admin)
+            worker = worker_identity(admin)
         except RuntimeApplyFailed:
             return  # (the caller's own commands fail the same way)
-        if pid is not None and pid != self._parked_worker:
+        if worker is not None and worker != self._parked_worker:
             log.debug("resource %s: HAProxy was reloaded (worker %d, not %d): its parked "
-                      "servers went with the old worker", self.resource.name, pid,
-                      self._parked_worker)
+                      "servers went with the old worker", self.resource.name, worker.pid,
+                      self._parked_worker.pid)
             self.parked.clear()
             self._track_parked()
 
@@ -521,6 +592,12 @@ class HAProxyController(ReloadTarget):
         self._parked_admin = self._parked_admin or earlier._parked_admin
         self._hard_stop_after = self._hard_stop_after or earlier._hard_stop_after
         self._parked_worker = self._parked_worker or earlier._parked_worker
+        self._record_judged = self._record_judged or earlier._record_judged
+        if earlier._record == self._record:
+            self._record_saved = earlier._record_saved
+            self._record_handed = earlier._record_handed
+        elif earlier._record_saved is not None:  # (moved to another dest: recorded there)
+            save(earlier._record, None)
         self._stopping = self._stopping or earlier._stopping
         self._master = self._master or earlier._master
 
@@ -559,8 +636,9 @@ class HAProxyController(ReloadTarget):
 
     def _seen(self, pid: int) -> float | None:
         started = _master_started(pid)
-        if self._master is not None and (pid, started) != self._master:
+        if self._master is not None and (pid, started) != self._master and self.parked:
             self.parked.clear()  # another master: it started from the file, without them
+            self._track_parked()
         self._master = (pid, started) if started is not None else None
         return started
 
@@ -655,6 +733,7 @@ class HAProxyController(ReloadTarget):
         admin = self._admin(new, timeout=ASK_TIMEOUT)
         if admin is None:
             return None
+        self._adopt_recorded(admin, new)
         try:
             plan = pool_differences(admin, new, self.parked)
         except RuntimeApplyFailed as exc:
@@ -710,6 +789,9 @@ class HAProxyController(ReloadTarget):
         heal = old is None and drifted is not None and drifted == content
         if runtime and (old is not None or heal) and admin is not None:
             if old is None or runtime_changes(old, new) is not None:
+                if not self._record_judged:  # (this resource's own file: a shared HAProxy's
+                    # other files are other targets', each judging its own record)
+                    self._adopt_recorded(admin, parse(content.decode("utf-8", "replace")))
                 self._forget_gone_parked(admin)
                 try:
                     sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from confsync.haproxy.config_model import DYNAMIC_BALANCE, Backend, HAProxyConfig, Server
 from confsync.haproxy.sockets import query
@@ -117,18 +118,30 @@ def _servers_state(admin: AdminSocket, retry_for: float, also: str = "") -> list
     return lines
 
 
-def worker_pid(admin: AdminSocket) -> int | None:
-    """The pid of the worker answering on the admin socket (`show info`): servers parked in
-    one are gone with it (a reload forks a new one). None when it does not say."""
+class Worker(NamedTuple):
+    """An HAProxy worker process as its `show info` names it: servers parked in one are gone
+    with it (a reload forks a new one, a restart starts another). Its pid alone may come back
+    after a restart (a container's, every time): the start time tells them apart."""
+
+    pid: int
+    started: int | None  # `Start_time_sec` (wall clock, 2.6 and later); None: not said
+
+
+def worker_identity(admin: AdminSocket) -> Worker | None:
+    """The worker answering on the admin socket (`show info`); None when it does not say its
+    pid. RuntimeApplyFailed when it does not answer."""
     try:
         text = query(admin.path, "show info", timeout=admin.timeout, retry_for=0.2)
     except OSError as exc:
         raise RuntimeApplyFailed(f"admin socket {admin.path}: {exc}") from None
+    fields = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key == "Pid" and value.strip().isdigit():
-            return int(value.strip())
-    return None
+        if key in ("Pid", "Start_time_sec") and value.strip().isdigit():
+            fields[key] = int(value.strip())
+    if "Pid" not in fields:
+        return None
+    return Worker(fields["Pid"], fields.get("Start_time_sec"))
 
 
 def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
@@ -533,7 +546,7 @@ def save_server_state(admin: AdminSocket, state_file: Path, old: HAProxyConfig |
     not ours to reset. (A line of a backend or server the reload drops is ignored by HAProxy.)
     """
     content, count = _kept(_servers_state(admin, retry_for=0.5), old, new, parked)
-    _replace(state_file, content)
+    replace_file(state_file, content)
     return count
 
 
@@ -557,7 +570,7 @@ def update_saved_state(state_file: Path, old: HAProxyConfig | None, new: HAProxy
         raise RuntimeApplyFailed(f"{state_file} is no `show servers state` output")
     content, count = _kept(lines, old, new, parked)
     if content != raw:  # (nothing written when nothing changes: a read-only dir)
-        _replace(state_file, content)
+        replace_file(state_file, content)
     return count
 
 
@@ -641,15 +654,15 @@ def _as_configured(fields: list[str], server: Server) -> str:
     return " ".join([*fields[:_ADMIN], str(admin), weight, weight, *fields[_IWEIGHT + 1:]])
 
 
-def _replace(path: Path, content: bytes) -> None:
+def replace_file(path: Path, content: bytes, new_mode: int = 0o644) -> None:
     """Put `content` at `path` through a temporary file beside it, with the mode the file had
-    (0644 for a new one), never the umask's: under `umask 000` the file HAProxy loads server
-    addresses from was left world-writable (0666), under `umask 077` unreadable to an HAProxy
-    of another user."""
+    (`new_mode` for a new one), never the umask's: under `umask 000` the file HAProxy loads
+    server addresses from was left world-writable (0666), under `umask 077` unreadable to an
+    HAProxy of another user."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        mode = 0o644
+        mode = new_mode
     tmp = path.with_name(f".{path.name}.confsync")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()  # a leftover of a killed run, with its own mode
