@@ -39,22 +39,33 @@ class Parts(Observer):
         self.failed.pop(part, None)
 
 
-def test_a_start_that_met_its_directory_replaced_is_no_recovery(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _confdir(tmp_path: Path) -> tuple[Path, Path]:
+    """(data file, confdir) of one resource rendering /a/n, with the file backend."""
     data, confdir = tmp_path / "data.yaml", tmp_path / "cd"
     data.write_text("a:\n  n: '0'\n")
     write_resource(confdir, "a", "{{ getv('/a/n') }}\n",
                    f'dest = "{tmp_path / "out"}"\nkeys = ["/a"]\n')
+    return data, confdir
+
+
+def _daemon(data: Path, confdir: Path, parts: Parts) -> daemon_module.Daemon:
+    """A daemon with `[watch] confdir` on, its parts' health told to `parts`."""
+    return daemon_module.Daemon(
+        Settings(confdir=confdir, backend="file", file_paths=(data,),
+                 watch=WatchSettings(wait_min=0, wait_max=0, confdir=True)),
+        {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
+         "watch.confdir": True}, observers=[parts])
+
+
+def test_a_start_that_met_its_directory_replaced_is_no_recovery(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, confdir = _confdir(tmp_path)
     # conf.d as a ConfigMap mounts it: a link to a directory that each update replaces
     (tmp_path / "v1").mkdir()
     (confdir / "conf.d").rename(tmp_path / "v1" / "conf.d")
     (confdir / "conf.d").symlink_to(tmp_path / "v1" / "conf.d")
     parts = Parts()
-    daemon = daemon_module.Daemon(
-        Settings(confdir=confdir, backend="file", file_paths=(data,),
-                 watch=WatchSettings(wait_min=0, wait_max=0, confdir=True)),
-        {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
-         "watch.confdir": True}, observers=[parts])
+    daemon = _daemon(data, confdir, parts)
     starts: list[str] = []
 
     def failing_then_replaced(handler: Any, paths: Sequence[str], **kwargs: Any) -> Any:
@@ -91,16 +102,9 @@ def test_a_watcher_that_cannot_start_with_the_daemon_does_not_end_it(
     """conf.d unreadable (or removed) between its load and the watcher's start: the start
     raised out of `run()` before the loop began, a traceback and exit 1, where every later
     start failing the same way is a failed part the heartbeat tries again."""
-    data, confdir = tmp_path / "data.yaml", tmp_path / "cd"
-    data.write_text("a:\n  n: '0'\n")
-    write_resource(confdir, "a", "{{ getv('/a/n') }}\n",
-                   f'dest = "{tmp_path / "out"}"\nkeys = ["/a"]\n')
+    data, confdir = _confdir(tmp_path)
     parts = Parts()
-    daemon = daemon_module.Daemon(
-        Settings(confdir=confdir, backend="file", file_paths=(data,),
-                 watch=WatchSettings(wait_min=0, wait_max=0, confdir=True)),
-        {"confdir": str(confdir), "backend": "file", "file_paths": [str(data)],
-         "watch.confdir": True}, observers=[parts])
+    daemon = _daemon(data, confdir, parts)
 
     def unreadable(handler: Any, paths: Sequence[str], **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", paths[0])
