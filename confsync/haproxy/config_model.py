@@ -90,10 +90,20 @@ def split_addr_port(token: str) -> tuple[str, int] | None:
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    address = canonical_address(host)
+    return None if address is None else (address, int(port))
+
+
+def canonical_address(text: str) -> str | None:
+    """An IP address in the one spelling the file and HAProxy's answers are compared in (the
+    file's, Python's): HAProxy prints `::ffff:127.0.0.1` for the file's `::ffff:7f00:1`, and
+    compared as text the same address was a move, then a reload, at every pass. None for
+    anything else, an IPv6 zone (`fe80::1%eth0`) too: HAProxy cannot load one."""
     try:
-        return str(ipaddress.ip_address(host)), int(port)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    return None if getattr(ip, "scope_id", None) else str(ip)
 
 
 def _parse_server(tokens: list[str]) -> Server | None:

@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confsync.haproxy.config_model import DYNAMIC_BALANCE, Backend, HAProxyConfig, Server
+from confsync.haproxy.config_model import (
+    DYNAMIC_BALANCE,
+    Backend,
+    HAProxyConfig,
+    Server,
+    canonical_address,
+)
 from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,12 @@ def _servers_state(admin: AdminSocket, retry_for: float, also: str = "") -> list
     return lines
 
 
+def _address(fields: list[str]) -> str:
+    """The server address of a `show servers state` line, spelt as the file's are
+    (`canonical_address`; as HAProxy prints it when it is no IP)."""
+    return canonical_address(fields[_SRV_ADDR]) or fields[_SRV_ADDR]
+
+
 def worker_pid(admin: AdminSocket) -> int | None:
     """The pid of the worker answering on the admin socket (`show info`): servers parked in
     one are gone with it (a reload forks a new one). None when it does not say."""
@@ -151,7 +163,7 @@ def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
             continue
         try:
             admin_state = int(fields[_ADMIN])
-            server = LiveServer(fields[_SRV_ADDR], int(fields[_PORT]), int(fields[_UWEIGHT]),
+            server = LiveServer(_address(fields), int(fields[_PORT]), int(fields[_UWEIGHT]),
                                 bool(admin_state & _MAINT_BITS), bool(admin_state & _DRAIN_BITS),
                                 int(fields[_OP_STATE]) in _SERVING,
                                 bool(int(fields[_CHECK_STATE]) & _CHECK_ENABLED))
@@ -582,7 +594,7 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
                 kept.append(line)  # not ours (a server-template slot, a server of another
                 count += 1  # file): its state stays
             continue
-        if (fields[_SRV_ADDR], fields[_PORT]) != (server.address, str(server.port)):
+        if (_address(fields), fields[_PORT]) != (server.address, str(server.port)):
             continue
         admin_state = int(fields[_ADMIN]) if fields[_ADMIN].isdigit() else None
         maint = bool(admin_state & _MAINT_BITS) if admin_state is not None else None

@@ -213,6 +213,26 @@ def test_hostile_instance_is_left_out_reported_and_the_pool_goes_on(
     assert stack.status().reloads == reloads  # runtime API: b out, c in
 
 
+def test_an_ipv4_mapped_address_joins_and_stays_by_the_runtime_api(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The file says `[::ffff:7f00:1]:P` (Python's spelling), `show servers state` says
+    `::ffff:127.0.0.1`: compared as text, every pass moved the server in steps, found it
+    still elsewhere and reloaded (0 reloads promised), and dropped its saved health state."""
+    _running(stack, backends, "a")
+    reloads = stack.status().reloads
+
+    stack.put("/services/web/instances/b", {"address": "::ffff:127.0.0.1",
+                                            "port": backends["b"].port})
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}
+    stack.put_instance("web", "c", backends["c"].port)  # a later pass leaves b where it is
+    stderr = stack.sync_ok()
+    assert "runtime API" in stderr and "move" not in stderr, stderr
+    assert spread(stack.port, 6) == {"a": 2, "b": 2, "c": 2}
+    assert stack.status().reloads == reloads
+    assert " b ::ffff:127.0.0.1 " in stack.state.read_text()  # its health state is kept
+
+
 def test_hostile_structural_value_changes_nothing_and_is_reported(
         stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
     _running(stack, backends, "a", "b")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
@@ -75,6 +76,28 @@ def test_watch_reports_hostile_value_and_traffic_goes_on(
     assert "server b " not in stack.cfg.read_text()
     stack.put_instance("web", "b", backends["b"].port)  # fixed: applied as usual
     wait_for(lambda: _served_by(stack.port, "b"), timeout=10)
+
+
+def test_watch_leaves_out_an_address_with_an_ipv6_zone_and_the_pools_go_on(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend]) -> None:
+    """`fe80::1%lo` passed the address filter (Python keeps the zone). HAProxy cannot load it:
+    with `haproxy -c` every later file failed its check, so one registration froze every
+    pool; with the check proven unneeded (the shipped setting) the file went live, the
+    runtime API took the server at another address, and HAProxy refused the reload."""
+    stack, daemon = watched
+    stack.put("/services/web/config", {"check_path": "/healthz", "check_interval": "1s"})
+    daemon.wait_log("reloaded HAProxy", timeout=10)  # a checked file: the proofs' base
+    before = stack.status()
+
+    stack.put("/services/web/instances/b", {"address": "fe80::1%lo", "port": 8080})
+    stack.put_instance("web", "c", backends["c"].port)  # b stays bad: the pool still updates
+    wait_for(lambda: any(http_get(stack.port)[1] == "c" for _ in range(4)), timeout=10)
+    daemon.wait_log(f"key {stack.prefix}/services/web/instances/b: expected an IP address "
+                    "without an IPv6 zone")
+    assert "%" not in stack.cfg.read_text()
+    after = stack.status()
+    assert (after.reloads, after.failed) == (before.reloads, before.failed)
+    assert set(live_servers(AdminSocket(stack.admin))["be_web"]) == {"a", "c"}
 
 
 def test_watch_reloads_once_for_a_structural_change(
