@@ -37,6 +37,7 @@ from confsync.haproxy.master_cli import (
     reload_confirmed,
     show_proc,
 )
+from confsync.haproxy.pass_worker import worker_left
 from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
@@ -529,6 +530,10 @@ class HAProxyController(ReloadTarget):
             self._seen(pid)
         return pid
 
+    def _master_stopped(self) -> bool:
+        """The master last seen is stopped (SIGSTOP, a debugger): its CLI would not answer."""
+        return self._master is not None and state(self._master[0]) in _STOPPED
+
     def _runs(self, pid: int) -> bool:
         """False when the master `pid`, seen here, surely no longer runs: no such process, a
         zombie (confsync's own child under `--exec`), or another process with its pid. True
@@ -690,22 +695,30 @@ class HAProxyController(ReloadTarget):
             if old is None or runtime_changes(old, new) is not None:
                 self._forget_gone_parked(admin)
                 try:
+                    worker = worker_pid(admin)
                     sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)
                 except RuntimeApplyFailed as exc:
                     why = f"runtime API failed ({exc})"
                     log.warning("resource %s: %s; reloading instead", resource.name, why)
                 else:
                     self._track_parked(admin, new)
+                    why = ("servers added or removed where the balance algorithm needs a reload, "
+                           "or the only server serving a backend moved")
                     if sent is not None:
                         self._save_state(admin, old, new)
+                        # (an outside reload whose worker may not have what the pass did)
+                        left = worker_left(admin, worker, self.settings.master_socket,
+                                           self._master_stopped, ASK_TIMEOUT)
+                        if left is not None:
+                            sent, why = None, left
+                            log.warning("resource %s: %s; reloading to make the file live",
+                                        resource.name, why)
                     if sent:
                         return ReloadResult(ReloadKind.RUNTIME, f"runtime API: {len(sent)} "
                                             f"command(s) on {admin.path}, no reload")
                     if sent is not None:
                         return ReloadResult(ReloadKind.IN_STEP, "servers already as in the "
                                             "file; nothing to reload")
-                    why = ("servers added or removed where the balance algorithm needs a reload, "
-                           "or the only server serving a backend moved")
         elif runtime:
             why = "no previous file or admin socket"
         try:

@@ -192,6 +192,9 @@ def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(control, "show_proc", lambda *a, **k: MasterStatus(1, 0, 0, None))
     monkeypatch.setattr(control, "reconcile", lambda admin, old, new, parked, **_: (
         calls.append(("reconcile", old)) or ["set server be_web/a addr 10.0.0.1 port 80"]))
+    # (one worker took the pass and serves on: no reload by someone else meanwhile)
+    monkeypatch.setattr(control, "worker_pid", lambda admin: 7)
+    monkeypatch.setattr(control, "worker_left", lambda *a: None)
     monkeypatch.setattr(control.HAProxyController, "_reload", lambda self, *a: (
         calls.append(("reload",)) or ReloadResult(ReloadKind.CONFIRMED, "reloaded")))
     return control.HAProxyController(resource, settings), resource, calls
