@@ -106,8 +106,13 @@ def canonical_address(text: str) -> str | None:
     return None if getattr(ip, "scope_id", None) else str(ip)
 
 
+# A server name HAProxy accepts (its `invalid_char`): any other is refused by `haproxy -c`, and
+# a `;` in one splits a runtime command in two.
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]+\Z")
+
+
 def _parse_server(tokens: list[str]) -> Server | None:
-    if len(tokens) < 3:
+    if len(tokens) < 3 or not _SERVER_NAME.match(tokens[1]):
         return None
     where = split_addr_port(tokens[2])
     if where is None:

@@ -76,7 +76,11 @@ class AdminSocket:
     timeout: float = 5.0
 
     def command(self, command: str) -> str:
-        """Run one command; any answer but a known success raises RuntimeApplyFailed."""
+        """Run one command; any answer but a known success raises RuntimeApplyFailed.
+        Never one holding a `;`: HAProxy would run what follows it as a command of its own."""
+        if ";" in command:
+            raise RuntimeApplyFailed(f"refusing to send `{command[:300]}`: `;` would start "
+                                     "another command")
         try:
             answer = query(self.path, command, timeout=self.timeout, retry_for=0.2).strip()
         except OSError as exc:

@@ -174,6 +174,22 @@ def test_a_server_at_an_ipv6_zone_is_never_proven() -> None:
     assert "server b [fe80::1%lo]:80 weight 10 check" in parse(zoned).opaque
 
 
+@pytest.mark.parametrize("name", ["x;help", "é", "a/b", "a#b"])
+def test_a_server_name_haproxy_refuses_is_never_proven_nor_sent(name: str) -> None:
+    """A template that renders a key's name unfiltered: `haproxy -c` refuses the name, but
+    the proof did not look at names, so the file went live unchecked, HAProxy's reload
+    failed, and `add server be_web/x;help ...` ran `help ...` as a second command."""
+    from confsync.haproxy.control import server_only_change
+    from confsync.haproxy.runtime import AdminSocket, RuntimeApplyFailed
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    new = cfg("server a 10.0.0.1:80 weight 10 check", f"server {name} 10.0.0.2:80 weight 10 check")
+    assert not server_only_change(old, new.encode())
+    assert name not in parse(new).backends["be_web"].servers
+    with pytest.raises(RuntimeApplyFailed, match="another command"):
+        AdminSocket(Path("/nonexistent.sock")).command("del server be_web/x;help")
+
+
 def test_haproxys_spelling_of_an_address_is_the_files() -> None:
     """HAProxy prints the file's `::ffff:7f00:1` as `::ffff:127.0.0.1`: compared as text, that
     server moved, then reloaded, at every pass, and lost its saved health state."""
