@@ -531,8 +531,10 @@ class HAProxyController(ReloadTarget):
         return pid
 
     def _master_stopped(self) -> bool:
-        """The master last seen is stopped (SIGSTOP, a debugger): its CLI would not answer."""
-        return self._master is not None and state(self._master[0]) in _STOPPED
+        """The master is stopped (SIGSTOP, a debugger): its CLI would not answer. The one last
+        seen, else the one found in the process table (`once`: then it is the one seen)."""
+        pid = self._alive_master()
+        return pid is not None and state(pid) in _STOPPED
 
     def _runs(self, pid: int) -> bool:
         """False when the master `pid`, seen here, surely no longer runs: no such process, a

@@ -45,6 +45,8 @@ def worker_left(admin: AdminSocket, before: int | None, master: Path | None,
     try:
         status = show_proc(master, retry_for=0.0, timeout=timeout)
     except SocketUnavailable:
+        if master_stopped():  # (stopped while asked)
+            return None
         return "HAProxy is being reloaded (its master CLI does not answer)"
     except ReloadNotConfirmed:
         return None  # (something answers there, not as a master: the reload path says so)
