@@ -51,6 +51,7 @@ def worker_left(admin: AdminSocket, before: int | None, master: Path | None,
     except ReloadNotConfirmed:
         return None  # (something answers there, not as a master: the reload path says so)
     if status.worker is not None and status.worker != after:
-        return (f"HAProxy is being reloaded (worker {status.worker} starts; worker {after} "
-                "took the runtime commands)")
+        return (f"HAProxy's master runs worker {status.worker}, not worker {after} that took "
+                "the runtime commands (a reload under way, or an admin socket of another "
+                "HAProxy)")
     return None

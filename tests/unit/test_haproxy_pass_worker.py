@@ -31,7 +31,7 @@ def _haproxy(monkeypatch: pytest.MonkeyPatch, admin: int | Exception,
 @pytest.mark.parametrize("admin,master,said", [
     (7, MasterStatus(1, 3, 0, worker=7), None),
     (8, MasterStatus(1, 4, 0, worker=8), "worker 7 took them, worker 8 answers now"),
-    (7, MasterStatus(1, 4, 0, worker=9, old_workers=(7,)), "worker 9 starts"),
+    (7, MasterStatus(1, 4, 0, worker=9, old_workers=(7,)), "master runs worker 9, not"),
     (7, SocketUnavailable(errno.ECONNREFUSED, "refused"), "master CLI does not answer"),
     (RuntimeApplyFailed("refused"), MasterStatus(1, 3, 0, worker=7), "stopped answering"),
 ], ids=["same", "reloaded", "loading-3.x", "loading-2.6", "admin-gone"])
