@@ -86,7 +86,10 @@ def _aging_cache(function: Callable[..., T], typed: bool = False) -> Callable[..
     return cached
 
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# ASCII digits only: `\d` matches any Unicode digit, and `127.0.0.` + ARABIC-INDIC DIGIT ONE
+# passed this fast path as it was, into a file HAProxy refuses (every pool frozen for one
+# registration).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}\Z")
 
 

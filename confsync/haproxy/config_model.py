@@ -80,13 +80,18 @@ class HAProxyConfig:
     opaque: list[str] = field(default_factory=list)
 
 
+def _number(text: str) -> bool:
+    """ASCII digits: `str.isdigit` takes `8\u0660` for 80, which HAProxy refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def split_addr_port(token: str) -> tuple[str, int] | None:
     """'10.0.0.1:80' / '[2001:db8::1]:80' -> (address, port); None for anything else.
 
     Host names are not modelled: `set server ... addr` takes an IP, and names resolve at start.
     """
     host, sep, port = token.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not _number(port):
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -122,7 +127,7 @@ def _parse_server(tokens: list[str]) -> Server | None:
     for token in rest:
         if token == "weight":
             value = next(rest, "")
-            if not value.isdigit():
+            if not _number(value):
                 return None
             weight = int(value)
         elif token == "disabled":

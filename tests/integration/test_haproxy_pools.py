@@ -190,12 +190,13 @@ def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBa
     assert "disabled" in stack.cfg.read_text()
 
 
-# End to end for three shapes; tests/unit/test_haproxy_template.py covers every field.
+# End to end for some shapes; tests/unit/test_haproxy_template.py covers every field.
 @pytest.mark.parametrize("hostile", [
     {"address": "127.0.0.1\n    server evil 127.0.0.1:1", "port": 80},
     {"address": "127.0.0.1", "port": "80 # comment"},
     {"address": "1" * 200_000, "port": 80},
-], ids=["newline", "hash", "huge"])
+    {"address": "127.0.0.\u0661", "port": 80},  # an Arabic-Indic digit one
+], ids=["newline", "hash", "huge", "unicode-digit"])
 def test_hostile_instance_is_left_out_reported_and_the_pool_goes_on(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], hostile: dict[str, object]) -> None:
     _running(stack, backends, "a", "b")

@@ -25,7 +25,7 @@ def test_valid(fn, value, expected) -> None:  # type: ignore[no-untyped-def]
 
 HOSTILE = ["10.0.0.1\nserver x 1.2.3.4:80", "10.0.0.1 backup", "10.0.0.1#x", "", " 80",
            "x" * 10_000, "-rf", "a;b", "../etc", "80\n", "fe80::1%eth0", "fe80::1%x;y #z",
-           "[fe80::1%lo]:80"]
+           "[fe80::1%lo]:80", "127.0.0.\u0661", "1\u0662.0.0.1"]
 
 
 @pytest.mark.parametrize("fn", [filters.ipaddr, filters.port, filters.identifier,

@@ -174,6 +174,16 @@ def test_a_server_at_an_ipv6_zone_is_never_proven() -> None:
     assert "server b [fe80::1%lo]:80 weight 10 check" in parse(zoned).opaque
 
 
+@pytest.mark.parametrize("line", ["server b 10.0.0.2:8\u0660 weight 10 check",
+                                  "server b 10.0.0.2:80 weight 1\u0660 check"])
+def test_a_port_or_weight_of_unicode_digits_is_never_proven(line: str) -> None:
+    """`str.isdigit` takes `8\u0660` for 80: proven, a file HAProxy refuses skipped its check."""
+    from confsync.haproxy.control import server_only_change
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    assert not server_only_change(old, cfg("server a 10.0.0.1:80 weight 10 check", line).encode())
+
+
 @pytest.mark.parametrize("name", ["x;help", "é", "a/b", "a#b"])
 def test_a_server_name_haproxy_refuses_is_never_proven_nor_sent(name: str) -> None:
     """A template that renders a key's name unfiltered: `haproxy -c` refuses the name, but
