@@ -482,6 +482,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     if old is None:
         plan = plan_reconcile(new, live, running_ours(new, live, parked), admin_state=False)
     else:
+        _say_drift(admin, old, live)
         plan = plan_reconcile(new, live, managed(old, parked), old=old)
     if plan.reload is not None:
         return None
@@ -511,6 +512,21 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     if sent:
         _verify(admin, old, new, parked)
     return sent
+
+
+def _say_drift(admin: AdminSocket, old: HAProxyConfig,
+               live: dict[str, dict[str, LiveServer]]) -> None:
+    """Warn when HAProxy's servers are not those of `old`, the file it runs, in names,
+    addresses or ports (a runtime edit by someone else: `set server ... addr`, `del server`):
+    the pass brings them back to the file, which it did without a word. Weight and admin
+    state are not drift (an operator's `disable server` stays), nor servers that are no
+    `server` line of `old` (parked ones, someone else's)."""
+    drift = plan_reconcile(old, live, managed(old), admin_state=False).differences
+    if drift:
+        log.warning("HAProxy on %s had servers other than the file it runs (changed at runtime "
+                    "by someone else?): %s%s; brought in step with the file", admin.path,
+                    "; ".join(drift[:3]), f" (and {len(drift) - 3} more)" if len(drift) > 3
+                    else "")
 
 
 def _verify(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,

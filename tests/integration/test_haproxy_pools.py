@@ -644,9 +644,13 @@ def test_drift_behind_confsyncs_back_is_healed_at_the_next_change(
     stack.admin_command("set server be_web/a weight 1")
     reloads = stack.status().reloads
     stack.put_instance("web", "c", backends["c"].port)
-    assert "runtime API" in stack.sync_ok()
+    said = stack.sync_ok()
+    assert "runtime API" in said
     assert spread(stack.port, 9) == {"a": 3, "b": 3, "c": 3}  # b re-added, a's weight reset
     assert stack.status().reloads == reloads
+    # and it says so (b's removal by hand; a weight is no drift, nor c, etcd's change)
+    assert "had servers other than the file it runs" in said and "be_web/b is not" in said
+    assert "be_web/a" not in said and "be_web/c" not in said
 
 
 def _in_maint(stack: HAProxyStack) -> dict[str, bool]:
