@@ -86,7 +86,10 @@ def _aging_cache(function: Callable[..., T], typed: bool = False) -> Callable[..
     return cached
 
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# ASCII digits only: `\d` matches any Unicode digit, and `127.0.0.` + ARABIC-INDIC DIGIT ONE
+# passed this fast path as it was, into a file HAProxy refuses (every pool frozen for one
+# registration).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}\Z")
 
 
@@ -94,9 +97,13 @@ def _parse_ip(text: str) -> str | None:
     if _IPV4.match(text):  # already canonical: the fast path for the common case
         return text
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # Python takes an IPv6 zone (`fe80::1%eth0`, any text but `%` after it: spaces, `;`, `#`)
+    # as part of the address; HAProxy 2.6 cannot load one (`could not resolve address`), and
+    # the whole file then failed its check, freezing every pool for one registration.
+    return None if getattr(ip, "scope_id", None) else str(ip)
 
 
 _ip = _aging_cache(_parse_ip)
@@ -107,7 +114,8 @@ def ipaddr(value: object) -> str:
     text = _text(value, "an IP address")
     ip = _ip(text)
     if ip is None:
-        raise InvalidValue(f"expected an IP address, found {_show(value)}", value)
+        zone = " without an IPv6 zone (%...)" if "%" in text else ""
+        raise InvalidValue(f"expected an IP address{zone}, found {_show(value)}", value)
     return ip
 
 

@@ -80,24 +80,44 @@ class HAProxyConfig:
     opaque: list[str] = field(default_factory=list)
 
 
+def _number(text: str) -> bool:
+    """ASCII digits: `str.isdigit` takes `8\u0660` for 80, which HAProxy refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def split_addr_port(token: str) -> tuple[str, int] | None:
     """'10.0.0.1:80' / '[2001:db8::1]:80' -> (address, port); None for anything else.
 
     Host names are not modelled: `set server ... addr` takes an IP, and names resolve at start.
     """
     host, sep, port = token.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not _number(port):
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    address = canonical_address(host)
+    return None if address is None else (address, int(port))
+
+
+def canonical_address(text: str) -> str | None:
+    """An IP address in the one spelling the file and HAProxy's answers are compared in (the
+    file's, Python's): HAProxy prints `::ffff:127.0.0.1` for the file's `::ffff:7f00:1`, and
+    compared as text the same address was a move, then a reload, at every pass. None for
+    anything else, an IPv6 zone (`fe80::1%eth0`) too: HAProxy cannot load one."""
     try:
-        return str(ipaddress.ip_address(host)), int(port)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    return None if getattr(ip, "scope_id", None) else str(ip)
+
+
+# A server name HAProxy accepts (its `invalid_char`): any other is refused by `haproxy -c`, and
+# a `;` in one splits a runtime command in two.
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]+\Z")
 
 
 def _parse_server(tokens: list[str]) -> Server | None:
-    if len(tokens) < 3:
+    if len(tokens) < 3 or not _SERVER_NAME.match(tokens[1]):
         return None
     where = split_addr_port(tokens[2])
     if where is None:
@@ -107,7 +127,7 @@ def _parse_server(tokens: list[str]) -> Server | None:
     for token in rest:
         if token == "weight":
             value = next(rest, "")
-            if not value.isdigit():
+            if not _number(value):
                 return None
             weight = int(value)
         elif token == "disabled":

@@ -44,6 +44,7 @@ from confsync.haproxy.parked_record import (
     save,
     still_parked,
 )
+from confsync.haproxy.pass_worker import worker_left
 from confsync.haproxy.runtime import (
     AdminSocket,
     RuntimeApplyFailed,
@@ -625,6 +626,12 @@ class HAProxyController(ReloadTarget):
             self._seen(pid)
         return pid
 
+    def _master_stopped(self) -> bool:
+        """The master is stopped (SIGSTOP, a debugger): its CLI would not answer. The one last
+        seen, else the one found in the process table (`once`: then it is the one seen)."""
+        pid = self._alive_master()
+        return pid is not None and state(pid) in _STOPPED
+
     def _runs(self, pid: int) -> bool:
         """False when the master `pid`, seen here, surely no longer runs: no such process, a
         zombie (confsync's own child under `--exec`), or another process with its pid. True
@@ -794,22 +801,30 @@ class HAProxyController(ReloadTarget):
                     self._adopt_recorded(admin, parse(content.decode("utf-8", "replace")))
                 self._forget_gone_parked(admin)
                 try:
+                    worker = worker_identity(admin)
                     sent = reconcile(admin, old, new, self.parked, stop=self._stop_asked)
                 except RuntimeApplyFailed as exc:
                     why = f"runtime API failed ({exc})"
                     log.warning("resource %s: %s; reloading instead", resource.name, why)
                 else:
                     self._track_parked(admin, new)
+                    why = ("servers added or removed where the balance algorithm needs a reload, "
+                           "or the only server serving a backend moved")
                     if sent is not None:
                         self._save_state(admin, old, new)
+                        # (an outside reload whose worker may not have what the pass did)
+                        left = worker_left(admin, worker, self.settings.master_socket,
+                                           self._master_stopped, ASK_TIMEOUT)
+                        if left is not None:
+                            sent, why = None, left
+                            log.warning("resource %s: %s; reloading to make the file live",
+                                        resource.name, why)
                     if sent:
                         return ReloadResult(ReloadKind.RUNTIME, f"runtime API: {len(sent)} "
                                             f"command(s) on {admin.path}, no reload")
                     if sent is not None:
                         return ReloadResult(ReloadKind.IN_STEP, "servers already as in the "
                                             "file; nothing to reload")
-                    why = ("servers added or removed where the balance algorithm needs a reload, "
-                           "or the only server serving a backend moved")
         elif runtime:
             why = "no previous file or admin socket"
         try:

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from confsync.haproxy.config_model import DYNAMIC_BALANCE, Backend, HAProxyConfig, Server
+from confsync.haproxy.config_model import (
+    DYNAMIC_BALANCE,
+    Backend,
+    HAProxyConfig,
+    Server,
+    canonical_address,
+)
 from confsync.haproxy.sockets import query
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,11 @@ class AdminSocket:
     timeout: float = 5.0
 
     def command(self, command: str) -> str:
-        """Run one command; any answer but a known success raises RuntimeApplyFailed."""
+        """Run one command; any answer but a known success raises RuntimeApplyFailed.
+        Never one holding a `;`: HAProxy would run what follows it as a command of its own."""
+        if ";" in command:
+            raise RuntimeApplyFailed(f"refusing to send `{command[:300]}`: `;` would start "
+                                     "another command")
         try:
             answer = query(self.path, command, timeout=self.timeout, retry_for=0.2).strip()
         except OSError as exc:
@@ -116,6 +126,12 @@ def _servers_state(admin: AdminSocket, retry_for: float, also: str = "") -> list
     if not lines or not lines[0].strip().isdigit():
         raise RuntimeApplyFailed(f"unexpected `show servers state` answer: {text[:200]!r}")
     return lines
+
+
+def _address(fields: list[str]) -> str:
+    """The server address of a `show servers state` line, spelt as the file's are
+    (`canonical_address`; as HAProxy prints it when it is no IP)."""
+    return canonical_address(fields[_SRV_ADDR]) or fields[_SRV_ADDR]
 
 
 class Worker(NamedTuple):
@@ -164,7 +180,7 @@ def live_servers(admin: AdminSocket) -> dict[str, dict[str, LiveServer]]:
             continue
         try:
             admin_state = int(fields[_ADMIN])
-            server = LiveServer(fields[_SRV_ADDR], int(fields[_PORT]), int(fields[_UWEIGHT]),
+            server = LiveServer(_address(fields), int(fields[_PORT]), int(fields[_UWEIGHT]),
                                 bool(admin_state & _MAINT_BITS), bool(admin_state & _DRAIN_BITS),
                                 int(fields[_OP_STATE]) in _SERVING,
                                 bool(int(fields[_CHECK_STATE]) & _CHECK_ENABLED))
@@ -479,6 +495,7 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     if old is None:
         plan = plan_reconcile(new, live, running_ours(new, live, parked), admin_state=False)
     else:
+        _say_drift(admin, old, live)
         plan = plan_reconcile(new, live, managed(old, parked), old=old)
     if plan.reload is not None:
         return None
@@ -508,6 +525,21 @@ def reconcile(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
     if sent:
         _verify(admin, old, new, parked)
     return sent
+
+
+def _say_drift(admin: AdminSocket, old: HAProxyConfig,
+               live: dict[str, dict[str, LiveServer]]) -> None:
+    """Warn when HAProxy's servers are not those of `old`, the file it runs, in names,
+    addresses or ports (a runtime edit by someone else: `set server ... addr`, `del server`):
+    the pass brings them back to the file, which it did without a word. Weight and admin
+    state are not drift (an operator's `disable server` stays), nor servers that are no
+    `server` line of `old` (parked ones, someone else's)."""
+    drift = plan_reconcile(old, live, managed(old), admin_state=False).differences
+    if drift:
+        log.warning("HAProxy on %s had servers other than the file it runs (changed at runtime "
+                    "by someone else?): %s%s; brought in step with the file", admin.path,
+                    "; ".join(drift[:3]), f" (and {len(drift) - 3} more)" if len(drift) > 3
+                    else "")
 
 
 def _verify(admin: AdminSocket, old: HAProxyConfig | None, new: HAProxyConfig,
@@ -595,7 +627,7 @@ def _kept(lines: list[str], old: HAProxyConfig | None, new: HAProxyConfig,
                 kept.append(line)  # not ours (a server-template slot, a server of another
                 count += 1  # file): its state stays
             continue
-        if (fields[_SRV_ADDR], fields[_PORT]) != (server.address, str(server.port)):
+        if (_address(fields), fields[_PORT]) != (server.address, str(server.port)):
             continue
         admin_state = int(fields[_ADMIN]) if fields[_ADMIN].isdigit() else None
         maint = bool(admin_state & _MAINT_BITS) if admin_state is not None else None

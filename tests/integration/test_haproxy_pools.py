@@ -190,12 +190,13 @@ def test_weights_drain_and_maint(stack: HAProxyStack, backends: dict[str, HTTPBa
     assert "disabled" in stack.cfg.read_text()
 
 
-# End to end for three shapes; tests/unit/test_haproxy_template.py covers every field.
+# End to end for some shapes; tests/unit/test_haproxy_template.py covers every field.
 @pytest.mark.parametrize("hostile", [
     {"address": "127.0.0.1\n    server evil 127.0.0.1:1", "port": 80},
     {"address": "127.0.0.1", "port": "80 # comment"},
     {"address": "1" * 200_000, "port": 80},
-], ids=["newline", "hash", "huge"])
+    {"address": "127.0.0.\u0661", "port": 80},  # an Arabic-Indic digit one
+], ids=["newline", "hash", "huge", "unicode-digit"])
 def test_hostile_instance_is_left_out_reported_and_the_pool_goes_on(
         stack: HAProxyStack, backends: dict[str, HTTPBackend], hostile: dict[str, object]) -> None:
     _running(stack, backends, "a", "b")
@@ -211,6 +212,26 @@ def test_hostile_instance_is_left_out_reported_and_the_pool_goes_on(
     assert "server b " not in text and "evil" not in text and "server c " in text
     assert spread(stack.port, 10) == {"a": 5, "c": 5}
     assert stack.status().reloads == reloads  # runtime API: b out, c in
+
+
+def test_an_ipv4_mapped_address_joins_and_stays_by_the_runtime_api(
+        stack: HAProxyStack, backends: dict[str, HTTPBackend]) -> None:
+    """The file says `[::ffff:7f00:1]:P` (Python's spelling), `show servers state` says
+    `::ffff:127.0.0.1`: compared as text, every pass moved the server in steps, found it
+    still elsewhere and reloaded (0 reloads promised), and dropped its saved health state."""
+    _running(stack, backends, "a")
+    reloads = stack.status().reloads
+
+    stack.put("/services/web/instances/b", {"address": "::ffff:127.0.0.1",
+                                            "port": backends["b"].port})
+    assert "runtime API" in stack.sync_ok()
+    assert spread(stack.port, 6) == {"a": 3, "b": 3}
+    stack.put_instance("web", "c", backends["c"].port)  # a later pass leaves b where it is
+    stderr = stack.sync_ok()
+    assert "runtime API" in stderr and "move" not in stderr, stderr
+    assert spread(stack.port, 6) == {"a": 2, "b": 2, "c": 2}
+    assert stack.status().reloads == reloads
+    assert " b ::ffff:127.0.0.1 " in stack.state.read_text()  # its health state is kept
 
 
 def test_hostile_structural_value_changes_nothing_and_is_reported(
@@ -623,9 +644,13 @@ def test_drift_behind_confsyncs_back_is_healed_at_the_next_change(
     stack.admin_command("set server be_web/a weight 1")
     reloads = stack.status().reloads
     stack.put_instance("web", "c", backends["c"].port)
-    assert "runtime API" in stack.sync_ok()
+    said = stack.sync_ok()
+    assert "runtime API" in said
     assert spread(stack.port, 9) == {"a": 3, "b": 3, "c": 3}  # b re-added, a's weight reset
     assert stack.status().reloads == reloads
+    # and it says so (b's removal by hand; a weight is no drift, nor c, etcd's change)
+    assert "had servers other than the file it runs" in said and "be_web/b is not" in said
+    assert "be_web/a" not in said and "be_web/c" not in said
 
 
 def _in_maint(stack: HAProxyStack) -> dict[str, bool]:

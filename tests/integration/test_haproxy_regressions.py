@@ -148,6 +148,43 @@ def test_check_skip_never_proves_removing_a_referenced_server(
         stack.stop()
 
 
+def test_check_skip_never_proves_a_server_name_haproxy_refuses(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """A template that renders an instance's key name without `identifier` (the shipped one
+    filters it): `x;help` is a name `haproxy -c` refuses, but the proof re-validated addresses,
+    ports and weights, not names. Proven, the file went live unchecked, `add server
+    be_web/x;help ...` ran `help ...` as a command of its own, and HAProxy refused the
+    reload. Now the line is checked like any the proof cannot read: the check refuses it,
+    and nothing is sent or reloaded."""
+    stack = custom_stack(haproxy_binary, etcd, strategy="runtime", check_server_changes=False)
+    template = stack.confdir / "templates" / "custom.tmpl"
+    template.write_text(template.read_text().replace("kv.key | base | identifier",
+                                                     "kv.key | base"))
+    daemon: WatchProcess | None = None
+    try:
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.sync_ok()
+        stack.start()
+        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                              log=tmp_path / "watch.log")
+        daemon.wait_log("watching /", timeout=15)
+        stack.put("/haproxy/maxconn", "2001")  # one checked change: the proofs' anchor
+        daemon.wait_log("reloaded HAProxy", timeout=10)
+        before = stack.status()
+
+        stack.put_instance("web", "x;help", backends["b"].port)
+        daemon.wait_log("resource haproxy: check failed", timeout=15)
+        assert "x;help" not in stack.cfg.read_text()  # the last good file stays
+        after = stack.status()
+        assert (after.reloads, after.failed) == (before.reloads, before.failed)
+        assert spread(stack.port, 2) == {"a": 2}
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        stack.stop()
+
+
 def test_exec_mode_sends_no_signal_on_top_of_the_plugins_reload(
         haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
         tmp_path: Path) -> None:

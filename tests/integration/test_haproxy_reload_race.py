@@ -24,18 +24,26 @@ from confsync.haproxy import master_cli
 from confsync.haproxy.control import HAProxyController
 from confsync.haproxy.master_cli import MasterStatus, load_status, show_proc
 from confsync.haproxy.settings import HAProxySettings
+from confsync.haproxy.sockets import SocketUnavailable
 from confsync.plugins import PluginConfig
 from confsync.resources import Resource
 from confsync.targets import ReloadKind
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
-from tests.support.haproxy import HAProxyStack, http_get, wait_for
+from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import ready
 
 pytestmark = [pytest.mark.haproxy, pytest.mark.etcd]
 
 PATTERNS = 200_000
+
+
+def write_patterns(path: Path, count: int = PATTERNS) -> Path:
+    """A file of `count` regular expressions (`-f` of a `-m reg` ACL): HAProxy compiles them
+    as it loads the configuration, about 1 s for 200,000 here."""
+    path.write_text("".join(f"^host{i}[a-z]+\\.example\\.(com|org)$\n" for i in range(count)))
+    return path
 
 
 class SlowHAProxy:
@@ -46,9 +54,7 @@ class SlowHAProxy:
         self.port = free_port()
         self.cfg = base / "haproxy.cfg"
         self.master = base / "master.sock"
-        self.patterns = base / "hosts.lst"
-        self.patterns.write_text("".join(f"^host{i}[a-z]+\\.example\\.(com|org)$\n"
-                                         for i in range(PATTERNS)))
+        self.patterns = write_patterns(base / "hosts.lst")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def text(self, generation: int) -> str:
@@ -197,9 +203,7 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
     fails or is rolled back, and the last generation is served with /ready 200. (A guard of
     the daemon's path: the code before the fix got through it too on most runs; the cases
     above are the ones that fail it.)"""
-    patterns = tmp_path / "hosts.lst"
-    patterns.write_text("".join(f"^host{i}[a-z]+\\.example\\.(com|org)$\n"
-                                for i in range(PATTERNS // 2)))
+    patterns = write_patterns(tmp_path / "hosts.lst", PATTERNS // 2)
     # This host's time to load the file (a check parses it as a load does): under the
     # suite's load, HAProxy 3.x's loads (two at once when an outside reload lands during
     # confsync's) took longer than the fixed 10 s and 15 s allowed.
@@ -275,6 +279,67 @@ def test_confsync_watch_reloads_through_a_storm_of_outside_reloads(
         stack.stop()
 
 
+
+
+def _answers(stack: HAProxyStack) -> MasterStatus | None:
+    """The master's counters, None while its CLI refuses (loading a reload)."""
+    with contextlib.suppress(SocketUnavailable):
+        return show_proc(stack.master, retry_for=0.0)
+    return None
+
+
+def _reads(pid: int, path: Path) -> bool:
+    """Process `pid` has `path` open (HAProxy reading a pattern file as it loads)."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
+
+
+def test_a_runtime_pass_during_an_outside_reload_of_the_file_before_it_is_made_live(
+        haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
+        tmp_path: Path) -> None:
+    """`systemctl reload haproxy` (a certificate renewal's hook, say) whose new worker read
+    haproxy.cfg just before confsync installed a new pool, and loads for a while (a large
+    pattern file): confsync's runtime commands, and their read-back, went to the worker being
+    replaced. The new one ran the older pool, an instance etcd added was never served, and
+    nothing noticed until that pool changed again. Now the pass sees the worker change (or
+    the master reloading) and makes the file live by a confirmed reload."""
+    patterns = write_patterns(tmp_path / "hosts.lst")
+    slow = tmp_path / "slow.cfg"  # a second file HAProxy loads after confsync's
+    frontend = (f"frontend slow\n    mode http\n    bind 127.0.0.1:{free_port()}\n"
+                "    timeout client 5s\n")
+    slow.write_text(frontend)  # (loaded in a moment: a start must not wait for it)
+    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
+                         check_server_changes=False, others=(slow,), reload_timeout=60)
+    watch: WatchProcess | None = None
+    try:
+        stack.put_basics()
+        stack.put_instance("web", "a", backends["a"].port)
+        stack.sync_ok()
+        stack.start()
+        watch = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
+                             log=tmp_path / "watch.log")
+        watch.wait_log("watching /", timeout=30)
+        slow.write_text(frontend + f"    http-request deny if {{ hdr(host) -m reg -f {patterns} }}\n")
+        before = stack.status()
+        os.kill(before.pid, signal.SIGUSR2)  # the outside reload
+        # Its master reads haproxy.cfg first, then the pattern file (for about a second).
+        wait_for(lambda: _reads(before.pid, patterns), timeout=30, interval=0.001)
+        stack.put_instance("web", "b", backends["b"].port)
+        # (the worker being replaced serves b until then)
+        wait_for(lambda: (_answers(stack) or before).reloads > before.reloads, timeout=60)
+        wait_for(lambda: spread(stack.port, 4) == {"a": 2, "b": 2}, timeout=60, interval=0.2)
+        after = wait_for(lambda: _answers(stack), timeout=60)  # (refused while it loads)
+        assert after.failed == before.failed
+        assert "reloading to make the file live" in watch.output()
+    finally:
+        if watch is not None:
+            watch.stop()
+        stack.stop()
 
 
 def _generation(port: int) -> str | None:

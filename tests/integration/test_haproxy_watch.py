@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from confsync.haproxy.runtime import AdminSocket, live_servers
 from confsync.mirror import Mirror
 from confsync.renderer import Renderer
 from confsync.resources import load_resources
@@ -115,6 +116,28 @@ def test_server_lines_kept_from_earlier_renders_are_what_a_render_afresh_writes(
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     wait_for(lambda: spread(stack.port, 6) == {"a": 2, "b": 2, "c": 2}, timeout=10)
+
+
+def test_watch_leaves_out_an_address_with_an_ipv6_zone_and_the_pools_go_on(
+        watched: tuple[HAProxyStack, WatchProcess], backends: dict[str, HTTPBackend]) -> None:
+    """`fe80::1%lo` passed the address filter (Python keeps the zone). HAProxy cannot load it:
+    with `haproxy -c` every later file failed its check, so one registration froze every
+    pool; with the check proven unneeded (the shipped setting) the file went live, the
+    runtime API took the server at another address, and HAProxy refused the reload."""
+    stack, daemon = watched
+    stack.put("/services/web/config", {"check_path": "/healthz", "check_interval": "1s"})
+    daemon.wait_log("reloaded HAProxy", timeout=10)  # a checked file: the proofs' base
+    before = stack.status()
+
+    stack.put("/services/web/instances/b", {"address": "fe80::1%lo", "port": 8080})
+    stack.put_instance("web", "c", backends["c"].port)  # b stays bad: the pool still updates
+    wait_for(lambda: any(http_get(stack.port)[1] == "c" for _ in range(4)), timeout=10)
+    daemon.wait_log(f"key {stack.prefix}/services/web/instances/b: expected an IP address "
+                    "without an IPv6 zone")
+    assert "%" not in stack.cfg.read_text()
+    after = stack.status()
+    assert (after.reloads, after.failed) == (before.reloads, before.failed)
+    assert set(live_servers(AdminSocket(stack.admin))["be_web"]) == {"a", "c"}
 
 
 def test_watch_reloads_once_for_a_structural_change(

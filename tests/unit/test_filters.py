@@ -24,7 +24,8 @@ def test_valid(fn, value, expected) -> None:  # type: ignore[no-untyped-def]
 
 
 HOSTILE = ["10.0.0.1\nserver x 1.2.3.4:80", "10.0.0.1 backup", "10.0.0.1#x", "", " 80",
-           "x" * 10_000, "-rf", "a;b", "../etc", "80\n"]
+           "x" * 10_000, "-rf", "a;b", "../etc", "80\n", "fe80::1%eth0", "fe80::1%x;y #z",
+           "[fe80::1%lo]:80", "127.0.0.\u0661", "1\u0662.0.0.1"]
 
 
 @pytest.mark.parametrize("fn", [filters.ipaddr, filters.port, filters.identifier,
@@ -33,6 +34,15 @@ HOSTILE = ["10.0.0.1\nserver x 1.2.3.4:80", "10.0.0.1 backup", "10.0.0.1#x", "",
 def test_hostile_values_rejected(fn, value: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidValue, match="expected"):
         fn(value)
+
+
+def test_an_ipv6_zone_is_refused_saying_so() -> None:
+    """Python's ipaddress keeps a zone (any text but `%`, spaces and `;` too) as part of the
+    address; HAProxy 2.6 cannot load one, so one registration failed the whole file."""
+    for fn in (filters.ipaddr, lambda v: filters.addrport(v, 80)):
+        with pytest.raises(InvalidValue, match="without an IPv6 zone"):
+            fn("fe80::1%eth0")
+    assert filters.ipaddr("fe80::1") == "fe80::1"
 
 
 def test_port_range_and_bounds() -> None:

@@ -163,6 +163,60 @@ def test_server_only_change_allows_skipping_the_check_only_when_safe() -> None:
     assert not server_only_change(old, old.replace(b"8080", b"8081"))
 
 
+def test_a_server_at_an_ipv6_zone_is_never_proven() -> None:
+    """HAProxy 2.6 cannot load `[fe80::1%lo]:80` (`could not resolve address`), while Python
+    parses it: proven, the file skipped `haproxy -c`, went live, and HAProxy's reload failed."""
+    from confsync.haproxy.control import server_only_change
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    zoned = cfg("server a 10.0.0.1:80 weight 10 check", "server b [fe80::1%lo]:80 weight 10 check")
+    assert not server_only_change(old, zoned.encode())
+    assert "server b [fe80::1%lo]:80 weight 10 check" in parse(zoned).opaque
+
+
+@pytest.mark.parametrize("line", ["server b 10.0.0.2:8\u0660 weight 10 check",
+                                  "server b 10.0.0.2:80 weight 1\u0660 check"])
+def test_a_port_or_weight_of_unicode_digits_is_never_proven(line: str) -> None:
+    """`str.isdigit` takes `8\u0660` for 80: proven, a file HAProxy refuses skipped its check."""
+    from confsync.haproxy.control import server_only_change
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    assert not server_only_change(old, cfg("server a 10.0.0.1:80 weight 10 check", line).encode())
+
+
+@pytest.mark.parametrize("name", ["x;help", "é", "a/b", "a#b"])
+def test_a_server_name_haproxy_refuses_is_never_proven_nor_sent(name: str) -> None:
+    """A template that renders a key's name unfiltered: `haproxy -c` refuses the name, but
+    the proof did not look at names, so the file went live unchecked, HAProxy's reload
+    failed, and `add server be_web/x;help ...` ran `help ...` as a second command."""
+    from confsync.haproxy.control import server_only_change
+    from confsync.haproxy.runtime import AdminSocket, RuntimeApplyFailed
+
+    old = cfg("server a 10.0.0.1:80 weight 10 check").encode()
+    new = cfg("server a 10.0.0.1:80 weight 10 check", f"server {name} 10.0.0.2:80 weight 10 check")
+    assert not server_only_change(old, new.encode())
+    assert name not in parse(new).backends["be_web"].servers
+    with pytest.raises(RuntimeApplyFailed, match="another command"):
+        AdminSocket(Path("/nonexistent.sock")).command("del server be_web/x;help")
+
+
+def test_haproxys_spelling_of_an_address_is_the_files() -> None:
+    """HAProxy prints the file's `::ffff:7f00:1` as `::ffff:127.0.0.1`: compared as text, that
+    server moved, then reloaded, at every pass, and lost its saved health state."""
+    from confsync.haproxy import runtime
+
+    new = parse(cfg("server a [::ffff:127.0.0.1]:80 weight 10 check"))
+    line = "3 be_web 1 a ::ffff:127.0.0.1 2 0 10 10 0 15 3 4 6 0 0 0 - 80 - 0 0 - - 0"
+    fields = line.split()
+    assert runtime._address(fields) == new.backends["be_web"].servers["a"].address
+    content, kept = runtime._kept(["1", line], new, new, ())
+    assert kept == 1 and line.encode() in content
+    live = runtime.LiveServer(runtime._address(fields), 80, 10, maint=False, drain=False,
+                              checked=True)
+    plan = runtime.plan_reconcile(new, {"be_web": {"a": live}}, {"be_web/a"}, old=new)
+    assert (plan.moves, plan.differences, plan.reload) == ([], [], None)
+
+
 @pytest.mark.parametrize("reference", [
     "use-server a if { path_beg /a }",
     "http-request set-var(txn.n) srv_conn(be_web/a)",

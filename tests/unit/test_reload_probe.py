@@ -14,7 +14,7 @@ import pytest
 import confsync
 from confsync.haproxy import control, runtime
 from confsync.haproxy.master_cli import MasterStatus
-from confsync.haproxy.runtime import LiveServer, RuntimeApplyFailed
+from confsync.haproxy.runtime import LiveServer, RuntimeApplyFailed, Worker
 from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.mirror import Mirror
 from confsync.outcome import UNCHANGED, UPDATED
@@ -192,6 +192,9 @@ def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(control, "show_proc", lambda *a, **k: MasterStatus(1, 0, 0, None))
     monkeypatch.setattr(control, "reconcile", lambda admin, old, new, parked, **_: (
         calls.append(("reconcile", old)) or ["set server be_web/a addr 10.0.0.1 port 80"]))
+    # (one worker took the pass and serves on: no reload by someone else meanwhile)
+    monkeypatch.setattr(control, "worker_identity", lambda admin: Worker(7, 100))
+    monkeypatch.setattr(control, "worker_left", lambda *a: None)
     monkeypatch.setattr(control.HAProxyController, "_reload", lambda self, *a: (
         calls.append(("reload",)) or ReloadResult(ReloadKind.CONFIRMED, "reloaded")))
     return control.HAProxyController(resource, settings), resource, calls
