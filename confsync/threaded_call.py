@@ -17,7 +17,9 @@ T = TypeVar("T")
 
 
 class ThreadedCall(Generic[T]):
-    """fn() started on a daemon thread at once; `wait` for it, then `answer`."""
+    """fn() started on a daemon thread at once; `wait` for it, then `answer`. `on_end(call)`
+    runs on that thread once fn returned, before the call is `done` (keep it short: a waiter
+    giving up waits for it)."""
 
     def __init__(self, fn: Callable[[], T], name: str,
                  on_end: Callable[[ThreadedCall[T]], None] | None = None) -> None:
@@ -35,10 +37,10 @@ class ThreadedCall(Generic[T]):
             self._result = self._fn()
         except BaseException as exc:  # handed to whoever waits, or to the next caller
             self._error = exc
-        with self._lock:
+        with self._lock:  # (given_up is final here: a waiter gives up only before `done`)
+            if self._on_end is not None:  # before `done`: who sees it done sees what it kept
+                self._on_end(self)
             self.done.set()
-        if self._on_end is not None:
-            self._on_end(self)
 
     def wait(self, patience: float) -> bool:
         """Whether it returned within `patience` seconds of its start; if not, it counts as
@@ -48,6 +50,11 @@ class ThreadedCall(Generic[T]):
         with self._lock:
             self.given_up = not self.done.is_set()
             return not self.given_up
+
+    @property
+    def error(self) -> BaseException | None:
+        """What the call raised (None: it returned, or has not yet)."""
+        return self._error
 
     def answer(self) -> T:
         """What the call returned, or raises what it raised (only once `done`)."""
