@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from confsync import children, confdir_lock, owners
+from confsync import children, confdir_lock, owners, processes
 from confsync.catch_up import CatchUp
 from confsync.confdir_wait import user_not_known
 from confsync.coverage import Coverage
@@ -302,6 +302,7 @@ class Daemon:
                                        on_slow=self.observers.heartbeat))
         self.planner = Planner(settings.watch.wait_min, settings.watch.wait_max)
         owners.bound_lookups(lambda kind, name: self.events.put(OwnerAnswered(kind, name)))
+        processes.bound_searches()  # a /proc read behind a process stuck on a hung mount
         self.store: Store = open_store(settings)
         self.follower = self._new_follower(self.store, state.prefixes)
         interval = settings.watch.interval

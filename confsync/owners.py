@@ -38,6 +38,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from confsync.threaded_call import ThreadedCall
+
 REFRESH = 600.0  # seconds an id found is used before the name is looked up again
 # Seconds a write waits for a name's lookup (a local file answers in microseconds, LDAP through
 # sssd in milliseconds; 5 s is under /health's heartbeat allowance and far under WatchdogSec).
@@ -68,38 +70,43 @@ class NotAnswered(LookupError):
 
 
 class _Lookup:
-    """One name's lookup on its own thread; its answer kept once it returns."""
+    """One name's lookup on its own thread (threaded_call.py); its answer kept once it
+    returns."""
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
-        self.started = time.monotonic()
-        self.done = threading.Event()
-        self.found: int | None = None
-        self.error: BaseException | None = None
-        self.given_up = False  # a write stopped waiting for it (NotAnswered)
-        threading.Thread(target=self._run, name=f"confsync-{kind}-lookup",
-                         daemon=True).start()
+        self.call: ThreadedCall[int] = ThreadedCall(
+            lambda: _find(kind, name), f"confsync-{kind}-lookup", on_end=self._returned)
+        self.started, self.done = self.call.started, self.call.done
 
-    def _run(self) -> None:
-        try:
-            self.found = _find(self.kind, self.name)
-        except BaseException as exc:  # handed to whoever waits, or to the next try
-            self.error = exc
+    @property
+    def found(self) -> int | None:
+        return _found(self.call) if self.call.done.is_set() else None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.call.error if self.call.done.is_set() else None
+
+    def _returned(self, call: ThreadedCall[int]) -> None:
+        """(On the lookup's thread, before it is `done`; `self.call` is perhaps not assigned
+        yet: `call` is it.)"""
+        found = _found(call)
         with _lock:
             if _asked.get((self.kind, self.name)) is self:
                 del _asked[self.kind, self.name]
-            if self.found is not None:  # a late answer is kept for the next try
-                _known.setdefault((self.kind, self.name), (self.found, time.monotonic()))
-            self.done.set()
-            tell = _on_late_answer if self.given_up else None
+            if found is not None:  # a late answer is kept for the next try
+                _known.setdefault((self.kind, self.name), (found, time.monotonic()))
+            tell = _on_late_answer if call.given_up else None
         if tell is not None:
             tell(self.kind, self.name)
 
     def answer(self) -> int:
-        if self.error is not None:
-            raise self.error
-        assert self.found is not None
-        return self.found
+        return self.call.answer()
+
+
+def _found(call: ThreadedCall[int]) -> int | None:
+    """The id a lookup that returned found (None: it raised)."""
+    return call.answer() if call.error is None else None
 
 
 def user_id(name: str) -> int:
@@ -149,11 +156,7 @@ def _bounded_lookup(kind: str, name: str) -> int:
         hung = any(now - other.started >= LOOKUP_PATIENCE for other in _asked.values()
                    if other is not lookup)
     patience = min(LOOKUP_PATIENCE, STUCK_PATIENCE) if hung else LOOKUP_PATIENCE
-    if not lookup.done.wait(max(0.0, lookup.started + patience - time.monotonic())):
-        with _lock:
-            lookup.given_up = not lookup.done.is_set()
-        if not lookup.given_up:  # (answered just now)
-            return lookup.answer()
+    if not lookup.call.wait(patience):
         waited = time.monotonic() - lookup.started
         raise NotAnswered(f"looking up {kind} {name!r} has not returned after {waited:.1f}s "
                           "(the system's user database: LDAP or sssd down?); dest is left as "

@@ -73,6 +73,9 @@ T = TypeVar("T")
 # then at most every 5 minutes (the failure itself is rate-limited by the daemon), and anew
 # once the resource went through or the set was reloaded (rollback_failures_forgotten).
 _ROLLBACK_FAILURES = Repeats()
+# A probe that cannot ask (a process table that does not answer: processes.py) is asked again
+# each heartbeat: said once, then at most every 5 minutes.
+_PROBE_FAILURES = Repeats()
 
 
 def rollback_failures_forgotten(name: str | None = None) -> None:
@@ -749,9 +752,12 @@ class Syncer:
             found: Probe = (probe(since, quick=True) if quick
                             else probe(since, compare=True) if compare else probe(since))
         except Exception as exc:  # a probe must never fail an apply, nor the daemon
-            log.warning("resource %s: cannot ask its reload target whether it runs: %s",
-                        group[0].resource.name,
-                        _unexpected(group[0].resource, "reload", exc).reason)
+            reason = (str(exc) if isinstance(exc, ReloadFailed)
+                      else _unexpected(group[0].resource, "reload", exc).reason)
+            message = (f"resource {group[0].resource.name}: cannot ask its reload target "
+                       f"whether it runs: {reason}")
+            if _PROBE_FAILURES.due(message):
+                log.warning("%s", message)
             return UNKNOWN_PROBE
         return found
 

@@ -61,7 +61,15 @@ from confsync.haproxy.settings import HAProxySettings, Strategy
 from confsync.haproxy.sockets import SocketUnavailable, query
 from confsync.logs import Repeats
 from confsync.paths import expand_user
-from confsync.processes import boot_clock, find_process, started_at, state
+from confsync.processes import (
+    argv,
+    boot_clock,
+    find_process,
+    search,
+    started_at,
+    state,
+    table,
+)
 from confsync.targets import (
     Liveness,
     Probe,
@@ -242,22 +250,23 @@ def find_master(master_socket: Path) -> int | None:
     """The pid of the HAProxy master started with `-S <master_socket>`, from the process table:
     for when its CLI does not answer, which it does not while it re-executes for a reload
     (measured on 2.6: refused for the whole load of the new configuration, 0.7 s for one with
-    100,000 regular expressions). None when no such process runs."""
-    import psutil
-
+    100,000 regular expressions). None when no such process runs. Only `haproxy*` processes'
+    arguments are read, bounded in `watch` (processes.search); raises TableNotAnswered."""
     try:
         wanted = str(expand_user(master_socket))
     except ValueError:  # a `~user` not known yet: no master can run on a socket there
         return None
+    return search(f"the HAProxy master of {master_socket}", lambda: _master_of(wanted))
+
+
+def _master_of(wanted: str) -> int | None:
     found = []
-    for proc in psutil.process_iter(["name", "cmdline", "create_time", "ppid"]):
-        info = proc.info
-        argv = info["cmdline"] or []
-        if not argv or not (info["name"] or "").startswith("haproxy"):
+    for pid, name, ppid, start in table():
+        if not name.startswith("haproxy"):
             continue
-        for flag, value in itertools.pairwise(argv):
+        for flag, value in itertools.pairwise(argv(pid)):
             if flag == "-S" and value.split(",")[0] == wanted:
-                found.append((info["create_time"] or 0.0, proc.pid, info["ppid"]))
+                found.append((start, pid, ppid))
                 break
     pids = {pid for _, pid, _ in found}
     masters = [f for f in found if f[2] not in pids]  # the workers share the master's argv
