@@ -731,7 +731,8 @@ class EtcdStore:
                 slow = i
         if slow is None and refused is None:
             raise _AllSilent(f"no connection in {wait:g}s; each endpoint is silent (not up "
-                             f"within etcd.timeout at its last try either)")
+                             f"within etcd.timeout at its last try either; over a link slower "
+                             f"than that, raise etcd.timeout)")
         if slow is not None:
             # (Begun at the start, or after the first one's head start at the latest.)
             begun = started if slow == order[0] else started + min(wait, HEAD_START_SECONDS)
