@@ -5,6 +5,7 @@ at new ports and decommissioned later): both follow the records, not the old con
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,3 +87,43 @@ def test_watch_and_register_follow_records_moved_while_the_old_cluster_serves(
              what="web-1's key left in the old cluster lapsed")
     new_client.put(prefix + "/services/web/instances/later", "{}")
     wait_for(lambda: read(out) == "later\nnew\nweb-1\n", timeout=10, what="followed there")
+
+
+def _metric(port: int, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def test_records_moved_to_another_member_of_the_same_cluster_resume_exactly(
+        cluster: list[EtcdMember], dns: SrvServer, tmp_path: Path,
+        watchers: list[WatchProcess]) -> None:
+    """Members replaced at new ports, the old ones switched off later: the watch moves to a
+    member the records name before that, and resumes there from its revision (the same
+    cluster: no store reset, no second snapshot, nothing lost)."""
+    a, b, _ = cluster
+    prefix = "/q"
+    c = client(b.endpoint)
+    c.put(prefix + "/services/web/instances/one", "{}")
+    dns.resolver.records[PLAIN] = [(10, 10, a.client_port, "localhost.")]
+    out = tmp_path / "pool.out"
+    write_resource(tmp_path / "cd", "pool", POOL,
+                   f'dest = "{out}"\nkeys = ["/services"]\nmin_keys = 0')
+    port = free_port()
+    watch = WatchProcess("--confdir", str(tmp_path / "cd"), "--prefix", prefix, "--wait-min",
+                         "0", "--metrics-address", f"127.0.0.1:{port}", log=tmp_path / "w.log",
+                         env={"CONFSYNC_ETCD_SRV_DOMAIN": DOMAIN,
+                              "CONFSYNC_ETCD_SRV_NAMESERVER": dns.address})
+    watchers.append(watch)
+    wait_for(lambda: read(out) == "one\n", timeout=20, what="first render")
+
+    dns.resolver.records[PLAIN] = [(10, 10, b.client_port, "localhost.")]
+    watch.wait_log(f"watching {prefix}/services from revision", timeout=30, count=2)
+    assert f"localhost:{a.client_port} is no longer named" in watch.output()
+    a.stop()  # decommissioned: the watch left it already
+    c.put(prefix + "/services/web/instances/two", "{}")
+    wait_for(lambda: read(out) == "one\ntwo\n", timeout=10, what="followed on the new member")
+    assert "store reset" not in watch.output()
+    assert _metric(port, "confsync_snapshots_total") == 1
