@@ -54,6 +54,12 @@ class AuthenticationFailed(StoreUnavailable):
     until the credentials are fixed."""
 
 
+class EndpointNotNamed(StoreUnavailable):
+    """The etcd member in use is no longer one the DNS SRV records name (they moved to new
+    members, or to a rebuilt cluster, while the old one still serves): a connection to it
+    would follow the old cluster for good. The caller reconnects to the members named now."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for an operator: our own errors as they are, a gRPC error as its status and
     etcd's words ("PERMISSION_DENIED: etcdserver: permission denied"; its repr spans lines and

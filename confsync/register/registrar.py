@@ -45,7 +45,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from confsync.backoff import Backoff
-from confsync.errors import AuthenticationFailed, StoreUnavailable, describe_error
+from confsync.errors import (
+    AuthenticationFailed,
+    EndpointNotNamed,
+    StoreUnavailable,
+    describe_error,
+)
 from confsync.register import lease_clock
 from confsync.register.revoke import StopRevoke, lease_not_found
 
@@ -436,6 +441,12 @@ class Registrar:
                     if lease_not_found(exc) and self._lease is not None \
                             and not self._regranted:
                         self._lease_gone()
+                        continue
+                    if isinstance(exc, EndpointNotNamed):
+                        # The SRV records moved (new members, a rebuilt cluster): the next
+                        # step connects to those named now; not an unreachable etcd.
+                        log.warning("register: %s", exc)
+                        self._drop_client()
                         continue
                     if isinstance(exc, ReadRefused):
                         # A client made while auth was off has no token, and once it is on

@@ -45,6 +45,7 @@ from pyetcd.client import Endpoint, EtcdTokenCallCredentials, MultiEndpointEtcd3
 from confsync.errors import (
     AuthenticationFailed,
     ConfigError,
+    EndpointNotNamed,
     LongReplay,
     ReplayTooLarge,
     RevisionCompacted,
@@ -536,18 +537,21 @@ class EtcdStore:
         with no endpoint that is still a member. `fresh`: a new connection (after a failure
         the membership may just have changed); else at most every MEMBERS_REFRESH_SECONDS.
 
-        Only with static endpoints (DNS SRV records follow the cluster already), and only URLs
-        of the configured scheme: an http:// member must not turn the channel's TLS off, nor
-        carry a password in clear. Only a list that names an endpoint in use (configured or
-        learned before): a gRPC proxy may pass etcd's own list on. Best effort: a failure is
-        logged at debug and changes nothing (a role may not be allowed to list members)."""
-        if self._settings.srv_domain:
-            return
+        With `srv_domain` the records are asked again instead (`_check_records`: raises
+        EndpointNotNamed when they moved away from the member in use). Only URLs of the
+        configured scheme: an http:// member must not turn the channel's TLS off, nor carry a
+        password in clear. Only a list that names an endpoint in use (configured or learned
+        before): a gRPC proxy may pass etcd's own list on. Best effort: a failure is logged
+        at debug and changes nothing (a role may not be allowed to list members)."""
         now = time.monotonic()
         with self._members_lock:
             if not fresh and now - self._members_asked < MEMBERS_REFRESH_SECONDS:
                 return
             self._members_asked = now
+        if self._settings.srv_domain:
+            if not fresh:  # (a new client was made from the records' answer of the moment)
+                self._check_records(client)
+            return
         configured = self._settings.endpoints
         schemes = {urlsplit(url).scheme.lower() for url in configured}
         try:
@@ -585,6 +589,31 @@ class EtcdStore:
                 "configured endpoints (update etcd.endpoints)",
                 ", ".join(url for url in urls if url not in configured),
                 f" (configured but no member any more: {', '.join(gone)})" if gone else "")
+
+    def _check_records(self, client: MultiEndpointEtcd3Client) -> None:
+        """Raise EndpointNotNamed when the SRV records now name other members than the one
+        `client` uses. Records moved to new members or a rebuilt cluster while the old member
+        kept serving left a running watch and registrar on the old cluster for good (a new
+        client follows the records; a connection that never fails never made one): files
+        stale, registrars started since rendered nowhere, /ready 200. Best effort: DNS failing
+        or saying the records are gone changes nothing (a DNS fault must not cut a working
+        connection)."""
+        in_use = client.endpoint_in_use
+        assert self._srv_answer is not None
+        try:
+            urls = self._srv_answer.endpoints()
+        except Exception as exc:  # StoreUnavailable, or dnspython's own errors alike
+            log.debug("DNS SRV records not checked: %s", describe_error(exc))
+            return
+        named = {"{}:{}".format(*split_endpoint(url)).lower() for url in urls}
+        if in_use is None or not named or str(in_use.netloc).lower() in named:
+            return
+        # The snapshots' client too: kept while it answers, it read the old cluster's state,
+        # which the watch on the new one took for another store reset, again and again.
+        self._drop_client()
+        raise EndpointNotNamed(
+            f"etcd {in_use.netloc} is no longer named by the DNS SRV records of "
+            f"{self._settings.srv_domain} (now: {', '.join(urls)}); connecting to those")
 
     def _describe_endpoints(self) -> str:
         return describe_endpoints(self._settings)
@@ -1330,7 +1359,10 @@ class _EtcdWatch:
                     self._report(StoreUnavailable(f"etcd {self._endpoints}: position check "
                                                   f"failed: {describe_error(exc)}"))
             else:
-                self._store.learn_members(self._check_client)
+                try:
+                    self._store.learn_members(self._check_client)
+                except EndpointNotNamed as exc:  # (SRV records moved: reconnect to them)
+                    self._report(exc)
             with self._lock:
                 if self._dead:
                     return

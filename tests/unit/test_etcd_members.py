@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
+from confsync.errors import EndpointNotNamed, StoreUnavailable
 from confsync.settings import EtcdSettings
 from confsync.stores.etcd import EtcdStore
 
@@ -88,3 +91,36 @@ def test_not_with_srv_records() -> None:
     store = EtcdStore(EtcdSettings(srv_domain="example.com"))
     store.learn_members(_Client(A, B), fresh=True)
     assert store._members == ()
+
+
+class _Records:
+    """The SRV records' answer (`LastAnswer`): the URLs they name now, or a failed lookup."""
+
+    def __init__(self, *urls: str) -> None:
+        self.urls = urls
+
+    def endpoints(self) -> tuple[str, ...]:
+        if not self.urls:
+            raise StoreUnavailable("DNS SRV lookup failed")
+        return self.urls
+
+
+class _InUse:
+    def __init__(self, netloc: str) -> None:
+        self.endpoint_in_use = type("E", (), {"netloc": netloc})()
+
+
+def _srv_store(*urls: str) -> EtcdStore:
+    store = EtcdStore(EtcdSettings(srv_domain="etcd.example"))
+    store._srv_answer = _Records(*urls)  # type: ignore[assignment]
+    return store
+
+
+def test_records_that_moved_away_from_the_member_in_use_say_so() -> None:
+    """Records moved to other members while the one in use still serves: a connection that
+    never fails would follow it for good."""
+    with pytest.raises(EndpointNotNamed, match="is no longer named by the DNS SRV records"):
+        _srv_store(B, C).learn_members(_InUse("10.0.0.1:2379"))
+    _srv_store(B, A).learn_members(_InUse("10.0.0.1:2379"))  # still named
+    _srv_store(B).learn_members(_InUse("10.0.0.1:2379"), fresh=True)  # made from them just now
+    _srv_store().learn_members(_InUse("10.0.0.1:2379"))  # DNS failing cuts no connection
