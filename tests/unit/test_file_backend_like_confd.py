@@ -21,3 +21,18 @@ def test_floats_and_nulls_are_written_as_confd_writes_them(tmp_path: Path) -> No
     data.write_text("f1: 1.0\nf2: 1e20\nf3: 0.0001\nn1: null\nn2: ~\nn3:\ni: 8080\n")
     assert read_data_file(data) == {"/f1": b"1", "/f2": b"100000000000000000000",
                                    "/f3": b"0.0001", "/i": b"8080"}
+
+
+def test_plain_scalars_resolve_as_yaml_v2_does(tmp_path: Path) -> None:
+    # Before: PyYAML's resolver. `y` stayed "y" (confd: "true"), `08` "08" (confd: "8"),
+    # `0o17` "0o17" (15), `1:20` was 80 (confd: "1:20"), a timestamp was re-spelt, a uint64
+    # was written (confd leaves the key out) and a number past it kept all its digits (confd
+    # reads a float64). Expected texts from confd 0.17 -backend file.
+    data = tmp_path / "data.yaml"
+    data.write_text("y: y\nN: N\no: 0o17\nd: 08\ns: 1:20\nt: 2001-12-14t21:59:43.10-05:00\n"
+                    "u: 18446744073709551615\nb: 18446744073709551616\nm: -9223372036854775809\n"
+                    "f: .5_0\nx: 1e400\nq: '08'\n")
+    assert read_data_file(data) == {
+        "/y": b"true", "/N": b"false", "/o": b"15", "/d": b"8", "/s": b"1:20",
+        "/t": b"2001-12-14t21:59:43.10-05:00", "/b": b"18446744073709552000",
+        "/m": b"-9223372036854776000", "/f": b"0.5", "/x": b"1e400", "/q": b"08"}
