@@ -6,7 +6,6 @@ each re-read that changes anything bumps a local revision.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
@@ -19,7 +18,7 @@ from typing import Any
 from confsync.errors import StoreUnavailable
 from confsync.paths import expand_user
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
-from confsync.stores.goyaml import DROPPED, PlainScalar, resolve_plain
+from confsync.stores.goyaml import DROPPED, PlainScalar, load_json, resolve_plain
 from confsync.stores.goyaml import load as load_yaml
 
 log = logging.getLogger(__name__)
@@ -118,11 +117,15 @@ def read_data_file(path: Path) -> dict[str, bytes]:
         raise StoreUnavailable(f"file backend: cannot read {path}: {exc.strerror}") from None
     try:
         if path.suffix == ".json":
-            data = json.loads(raw)
+            data = load_json(raw)
         elif path.suffix == ".toml":
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             data = load_yaml(raw)
+        if data is not None and not isinstance(data, dict):
+            # confd's yaml.Unmarshal into a map fails the same way: no key would be /0 or /
+            raise ValueError(f"its top level is a {type(data).__name__}, not a mapping "
+                             "(confd cannot read it either)")
         return flatten(data) if data is not None else {}
     except Exception as exc:  # any parser's error is a bad data file, reported with its path
         raise StoreUnavailable(f"file backend: cannot parse {path}: {exc}") from None

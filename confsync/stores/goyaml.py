@@ -1,4 +1,4 @@
-"""Plain YAML scalars read as confd reads them: Go's gopkg.in/yaml.v2 (v2.4.0, vendored by
+"""Data files' plain scalars read as confd reads them: Go's gopkg.in/yaml.v2 (v2.4.0, vendored by
 confd 0.17) resolves them with YAML 1.1's booleans but Go's number syntax, and confd's file
 backend then writes ints, bools and float64s as text and skips every other type.
 
@@ -11,6 +11,7 @@ anchors, merges and nulls stay PyYAML's, which agree with yaml.v2 there.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from typing import Any
 
@@ -141,7 +142,15 @@ def _loader() -> Any:
 
 
 def load(raw: bytes) -> Any:
-    """Parse YAML with PyYAML's safe loader, plain scalars left as PlainScalar."""
+    """Parse YAML with PyYAML's safe loader, plain scalars left as PlainScalar. Of several
+    documents only the first is read, as yaml.v2's Unmarshal does (the rest are not parsed)."""
     import yaml
 
-    return yaml.load(raw, Loader=_loader())  # a SafeLoader
+    return next(iter(yaml.load_all(raw, Loader=_loader())), None)  # a SafeLoader
+
+
+def load_json(raw: bytes) -> Any:
+    """A JSON data file as confd reads it, with yaml.v2 (JSON is YAML): its numbers, and
+    NaN/Infinity, are plain scalars to resolve; `1e400` stays text, a uint64 drops its key."""
+    return json.loads(raw, parse_int=resolve_plain, parse_float=resolve_plain,
+                      parse_constant=resolve_plain)

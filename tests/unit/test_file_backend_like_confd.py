@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from confsync.errors import StoreUnavailable
 from confsync.stores.file import read_data_file
 
 
@@ -36,3 +39,34 @@ def test_plain_scalars_resolve_as_yaml_v2_does(tmp_path: Path) -> None:
         "/y": b"true", "/N": b"false", "/o": b"15", "/d": b"8", "/s": b"1:20",
         "/t": b"2001-12-14t21:59:43.10-05:00", "/b": b"18446744073709552000",
         "/m": b"-9223372036854776000", "/f": b"0.5", "/x": b"1e400", "/q": b"08"}
+
+
+def test_json_numbers_are_plain_scalars_as_confd_reads_them(tmp_path: Path) -> None:
+    # confd reads a .json data file with yaml.v2. Before: json.loads made 1e400 "+Inf",
+    # Infinity "+Inf", wrote a uint64 (confd drops its key) and kept a long integer's digits.
+    data = tmp_path / "data.json"
+    data.write_text('{"app": {"a": 1e400, "b": 18446744073709551615, "c": 1.0, "e": '
+                    '12345678901234567890123, "i": "08", "n": Infinity, "z": -0.0}}')
+    assert read_data_file(data) == {
+        "/app/a": b"1e400", "/app/c": b"1", "/app/e": b"12345678901234568000000",
+        "/app/i": b"08", "/app/n": b"Infinity", "/app/z": b"-0"}
+
+
+def test_only_the_first_yaml_document_is_read_as_by_confd(tmp_path: Path) -> None:
+    # Before: a second document failed the whole file ("expected a single document").
+    data = tmp_path / "data.yaml"
+    data.write_text("app:\n  a: 1\n---\napp:\n  b: 2\n")
+    assert read_data_file(data) == {"/app/a": b"1"}
+
+
+@pytest.mark.parametrize(("name", "text"), [("data.yaml", "- a\n- b\n"),
+                                            ("data.yaml", "hello\n"),
+                                            ("data.json", "[1, 2]")])
+def test_a_top_level_that_is_no_mapping_is_refused_as_by_confd(
+        tmp_path: Path, name: str, text: str) -> None:
+    # confd: "cannot unmarshal !!seq into map[interface {}]interface {}", nothing rendered.
+    # Before: keys /0 and /1 (or a key "/"), rendered.
+    data = tmp_path / name
+    data.write_text(text)
+    with pytest.raises(StoreUnavailable, match="not a mapping"):
+        read_data_file(data)
