@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from confsync import tomlvalues as tv
+from confsync.convert import resource_spelling as spelling
 from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
 from confsync.errors import ConfigError
@@ -73,33 +74,32 @@ def _command(value: Any, where: str, report: Report) -> Any:
     return text
 
 
-def _note_mode(value: Any, where: str, report: Report) -> None:
-    """confd parses mode with Go's ParseUint(mode, 0, 32): "644" is decimal there (0204 on
-    disk), where confsync reads octal digits as octal. Said, since the file's mode changes."""
-    text = value if isinstance(value, str) else None
-    if not text or not text.isdigit() or text.startswith("0") or "8" in text or "9" in text:
-        return
-    confd_mode = int(text) & 0o777
-    if confd_mode != int(text, 8) & 0o777:
-        report.notes.append(f"{where}: {text!r} is decimal to confd (it wrote files mode "
-                            f"{confd_mode:04o}); confsync reads it as octal {int(text, 8):04o}, "
-                            "as you meant: the file's mode changes")
-
-
 def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
     """(new TOML text, template src) for one confd resource file."""
     try:
         data = tv.read_toml(path)
     except ConfigError as exc:  # unreadable, not UTF-8, not TOML, nested too deeply
         raise ConvertError(str(exc)) from None
-    table = data.get("template")
-    if not isinstance(table, dict) or "src" not in table:
+    table = spelling.template_table(data)
+    try:
+        table = spelling.fold_fields(table) if isinstance(table, dict) else None
+    except spelling.SpellingError as exc:
+        raise ConvertError(f"{path}: {exc}") from None
+    if table is None or "src" not in table:
         raise ConvertError(f"{path}: no [template] table with src")
     lines = ["[template]"]
     for key, value in table.items():
         where = f"{path.name}: template.{key}"
         try:
-            if key in ("check_cmd", "reload_cmd"):
+            if key == "mode" and isinstance(value, str):
+                mode, note = spelling.confd_mode(value)
+                if note:
+                    report.notes.append(f"{where}: {note}")
+                if mode:
+                    lines.append(f"mode = {_toml_value(mode)}")
+            elif spelling.unset_id(key, value):
+                report.notes.append(f"{where}: -1 is unset to confd (its own id); dropped")
+            elif key in ("check_cmd", "reload_cmd"):
                 lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
             elif key == "prefix" and global_prefix:
                 report.notes.append(f"{where}: dropped; confd replaces a resource prefix with "
@@ -107,8 +107,6 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
                                     "keeps")
             elif key in _RESOURCE_FIELDS:
                 lines.append(f"{key} = {_toml_value(value)}")
-                if key == "mode":
-                    _note_mode(value, where, report)
             else:
                 report.notes.append(f"{where}: no counterpart in confsync, dropped")
         except TypeError as exc:  # a table or a date where confd takes a string, number, list
@@ -119,7 +117,7 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
         lines.append("keys = []")
         report.notes.append(f"{path.name}: no keys: written as keys = [] (the template reads "
                             "no keys; it renders at start and on [watch] interval)")
-    for extra in set(data) - {"template"}:
+    for extra in spelling.other_tables(data):
         report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
     return "\n".join(lines) + "\n", str(table["src"])
 

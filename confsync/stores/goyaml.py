@@ -44,8 +44,9 @@ class Dropped:
 DROPPED = Dropped()
 
 
-def _parse_uint(text: str, base: int) -> int | None:
-    """strconv.ParseUint(text, base, 64); base 0 takes Go's 0x/0o/0b/0 prefixes."""
+def parse_uint(text: str, base: int, bit_size: int = 64) -> int | None:
+    """strconv.ParseUint(text, base, bit_size) of text without underscores; base 0 takes
+    Go's 0x/0o/0b/0 prefixes."""
     if not text:
         return None
     if base == 0:
@@ -59,13 +60,13 @@ def _parse_uint(text: str, base: int) -> int | None:
     if not all(c.isascii() and c.isalnum() and int(c, 36) < base for c in text):
         return None
     value = int(text, base) if text else 0  # "0" is base 8 with no digits left: zero
-    return value if value < 1 << 64 else None
+    return value if value < 1 << bit_size else None
 
 
 def _parse_int(text: str, base: int) -> int | None:
     """strconv.ParseInt(text, base, 64)."""
     negative = text[:1] == "-"
-    magnitude = _parse_uint(text[1:] if text[:1] in "+-" else text, base)
+    magnitude = parse_uint(text[1:] if text[:1] in "+-" else text, base)
     if magnitude is None or magnitude > _INT64 or (magnitude == _INT64 and not negative):
         return None
     return -magnitude if negative else magnitude
@@ -93,7 +94,7 @@ def resolve_plain(text: str) -> Any:
     number = _parse_int(plain, 0)
     if number is not None:
         return number
-    if text[0] not in "+-" and _parse_uint(plain, 0) is not None:
+    if text[0] not in "+-" and parse_uint(plain, 0) is not None:
         return DROPPED
     if _YAML_STYLE_FLOAT.fullmatch(plain):
         real = _parse_float(plain)
@@ -104,7 +105,7 @@ def resolve_plain(text: str) -> Any:
         number = _parse_int(digits, 2)
         if number is not None:
             return number
-        if plain[0] == "0" and _parse_uint(digits, 2) is not None:
+        if plain[0] == "0" and parse_uint(digits, 2) is not None:
             return DROPPED
     return text
 

@@ -215,3 +215,51 @@ def test_check_renders_a_resource_whose_owner_this_machine_does_not_have(
     out = io.StringIO()
     assert check_conversion(new, data, None, out) == 0, out.getvalue()
     assert "ok   a: renders" in out.getvalue()
+
+
+@pytest.mark.parametrize("mode,written,note", [
+    # confd 0.17 wrote these files mode 0640, 0640, 0755, 0644 (measured): its
+    # os.FileMode(ParseUint(mode, 0, 32)) takes Go's prefixes, and os.Chmod only the
+    # permission bits (Go's setuid is another bit). Before: "0o640" and "" were load
+    # errors after conversion, and "04755" made a setuid file.
+    ('"0o640"', "0640", None), ('"0x1a0"', "0640", None),
+    ('"04755"', "0755", "'04755': confd applies only the permission bits (its files were "
+                        "mode 0755); written as \"0755\""),
+    ('""', None, "empty: confd leaves the mode unset (the file's, else 0644); dropped"),
+])
+def test_a_mode_is_written_as_the_mode_confd_applied(tmp_path: Path, mode: str,
+                                                     written: str | None,
+                                                     note: str | None) -> None:
+    old = _confd(tmp_path, "", f"mode = {mode}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table.get("mode") == written
+    assert [n for n in report.notes if "template.mode" in n] == (
+        [f"a.toml: template.mode: {note}"] if note else [])
+    assert load_resources(tmp_path / "new").errors == ()  # and confsync loads it
+
+
+def test_confds_unset_ids_and_any_case_of_a_field_convert(tmp_path: Path) -> None:
+    """confd's TOML decoder matches names case-insensitively ([Template], Src, Check_Cmd all
+    worked) and takes uid/gid -1 as unset. Before: "no [template] table with src", and a
+    uid of -1 failed confsync's load."""
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "templates" / "a.tmpl").write_text("x\n")
+    (old / "conf.d" / "a.toml").write_text(
+        f'[Template]\nSrc = "a.tmpl"\nDEST = "{tmp_path}/a.conf"\nKeys = ["/a"]\n'
+        'uid = -1\ngid = -1\nCheck_Cmd = "test -s {{.src}}"\n')
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table == {"src": "a.tmpl", "dest": f"{tmp_path}/a.conf", "keys": ["/a"],
+                     "check_cmd": "test -s {{src}}"}
+    assert "a.toml: template.uid: -1 is unset to confd (its own id); dropped" in report.notes
+    (resource,) = load_resources(tmp_path / "new").resources
+    assert resource.uid is None and resource.gid is None
+
+
+def test_two_spellings_of_one_field_are_refused(tmp_path: Path) -> None:
+    old = _confd(tmp_path, "", 'Dest = "/elsewhere"\n')
+    with pytest.raises(ConvertError, match=r"template\.dest and template\.Dest are one field"):
+        convert_confdir(old, tmp_path / "new")
