@@ -56,11 +56,14 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _command(value: Any, where: str, report: Report) -> Any:
+def _command(value: Any, key: str, where: str, report: Report) -> Any:
     """confd runs commands with `sh -c`; confsync splits them and runs no shell. A command that
     uses shell syntax keeps working as an explicit `["sh", "-c", ...]`."""
     if not isinstance(value, str):
         return value
+    note = spelling.unsubstituted_note(key, value)
+    if note:
+        report.notes.append(f"{where}: {note}")
     text = _CONFD_SRC.sub(lambda m: "{{" + m.group(1) + "}}", value)
     if _SHELL_SYNTAX.search(text):
         report.notes.append(f"{where}: uses shell syntax; kept as [\"sh\", \"-c\", ...] "
@@ -100,7 +103,7 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
             elif spelling.unset_id(key, value):
                 report.notes.append(f"{where}: -1 is unset to confd (its own id); dropped")
             elif key in ("check_cmd", "reload_cmd"):
-                lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
+                lines.append(f"{key} = {_toml_value(_command(value, key, where, report))}")
             elif key == "prefix" and global_prefix:
                 report.notes.append(f"{where}: dropped; confd replaces a resource prefix with "
                                     f"the global prefix {global_prefix!r}, which confsync.toml "

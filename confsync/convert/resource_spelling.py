@@ -10,6 +10,7 @@ written as the value confd used, and said when that is not what the file says.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from confsync.stores.goyaml import parse_uint
@@ -85,3 +86,22 @@ def decimal_note(text: str) -> str | None:
 def unset_id(key: str, value: Any) -> bool:
     """confd's uid/gid -1: unset (confd's own user or group), which confsync's absent key is."""
     return key in ("uid", "gid") and value == -1 and not isinstance(value, bool)
+
+
+# What confd 0.17 substitutes in each command: check_cmd is a Go template over {"src": ...}
+# (so {{.dest}} is "<no value>"); reload_cmd goes to `sh -c` as written.
+_SUBSTITUTED = {"check_cmd": ("src",), "reload_cmd": ()}
+_PLACEHOLDER = re.compile(r"\{\{\s*\.(src|dest)\s*\}\}")
+
+
+def unsubstituted_note(key: str, command: str) -> str | None:
+    """A note when the command names a placeholder confd left alone there, which confsync
+    fills in: the converted command does what was meant, not what confd did."""
+    names = sorted({m.group(1) for m in _PLACEHOLDER.finditer(command)}
+                   - set(_SUBSTITUTED.get(key, ("src", "dest"))))
+    if not names:
+        return None
+    left = "<no value>" if key == "check_cmd" else "the text as written, to sh"
+    spelt = ", ".join("{{." + n + "}}" for n in names)
+    return (f"{spelt}: confd 0.17 does not fill this in {key} (it ran {left}); confsync "
+            "does: review")

@@ -263,3 +263,17 @@ def test_two_spellings_of_one_field_are_refused(tmp_path: Path) -> None:
     old = _confd(tmp_path, "", 'Dest = "/elsewhere"\n')
     with pytest.raises(ConvertError, match=r"template\.dest and template\.Dest are one field"):
         convert_confdir(old, tmp_path / "new")
+
+
+def test_placeholders_confd_left_alone_are_noted(tmp_path: Path) -> None:
+    """confd 0.17 fills in only check_cmd's {{.src}}: its check_cmd's {{.dest}} ran as
+    `<no value>` and reload_cmd went to sh as written (`touch {{.dest}}.reloaded` made a file
+    named so in confd's directory, measured). confsync fills both in: said, not silent."""
+    old = _confd(tmp_path, "", 'check_cmd = "cmp {{.src}} {{.dest}}"\n'
+                               'reload_cmd = "touch {{.dest}}.reloaded"\n')
+    report = convert_confdir(old, tmp_path / "new")
+    assert [n for n in report.notes if "fill" in n] == [
+        "a.toml: template.check_cmd: {{.dest}}: confd 0.17 does not fill this in check_cmd "
+        "(it ran <no value>); confsync does: review",
+        "a.toml: template.reload_cmd: {{.dest}}: confd 0.17 does not fill this in reload_cmd "
+        "(it ran the text as written, to sh); confsync does: review"]
