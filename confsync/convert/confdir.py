@@ -292,7 +292,8 @@ def convert_confdir(old: Path, new: Path) -> Report:
                                     "confdir)")
                 continue
             try:
-                source = template.read_text("utf-8")
+                # not read_text: its newline translation turned confd's CRLF into LF
+                source = template.read_bytes().decode("utf-8")
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
                 report.refusals.append(f"{template}: cannot read: {exc}")
                 continue

@@ -2,8 +2,8 @@
 `confsync convert` + `confsync once --backend file` on the same data file. Every dest must
 have the same bytes and mode, a failing resource must leave its dest untouched on both sides,
 and both must exit 1. Covers what the template corpus (test_confd_differential.py) does not:
-conf.d spelling (prefixes, keys, mode forms, uid -1, any case of a field), the data file as
-confd's yaml.v2 reads it, and failures. Needs a confd binary (CONFD_BIN, /tmp/confd-bin/confd).
+conf.d spelling (prefixes, keys, mode forms, uid -1, any case of a field), template files
+read as bytes (CRLF), the data file as confd's yaml.v2 reads it, and failures. Needs a confd binary (CONFD_BIN, /tmp/confd-bin/confd).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ RESOURCES = {
     "mode_empty": ('keys = ["/app"]\nmode = ""\nuid = -1\ngid = -1\n', "m\n"),
     "caps": ('Keys = ["/svc"]\nMode = "0600"\nCheck_Cmd = "test -s {{.src}}"\n',
              '{{len (ls "/svc/web")}}\n'),
+    "crlf": ('keys = ["/app"]\n', 'a\r\n{{getv "/app/name"}}\r\n{{- if true}}\r\nz\r\n{{end}}\r'),
     "missing_key": ('keys = ["/app"]\n', 'never {{getv "/app/nope"}}\n'),
     "check_fails": ('keys = ["/app"]\ncheck_cmd = "false {{.src}}"\n', "new\n"),
 }
@@ -69,7 +70,7 @@ def _confd_confdir(root: Path, out: Path) -> Path:
         if name == "caps":
             head = head.replace("[template]", "[Template]").replace("src =", "Src =")
         (root / "conf.d" / f"{name}.toml").write_text(head + fields)
-        (root / "templates" / f"{name}.tmpl").write_text(template)
+        (root / "templates" / f"{name}.tmpl").write_bytes(template.encode())
     return root
 
 

@@ -277,3 +277,27 @@ def test_placeholders_confd_left_alone_are_noted(tmp_path: Path) -> None:
         "(it ran <no value>); confsync does: review",
         "a.toml: template.reload_cmd: {{.dest}}: confd 0.17 does not fill this in reload_cmd "
         "(it ran the text as written, to sh); confsync does: review"]
+
+
+def test_a_crlf_template_keeps_its_crlf_and_check_compares_bytes(tmp_path: Path) -> None:
+    """confd writes a CRLF template's CRs (measured: `a\\r\\n{{getv}}\\r\\n` gave
+    `a\\r\\nx\\r\\n`). convert read templates with read_text, whose newline translation dropped
+    every CR, and `--check --expect` read confd's file the same way, so the two agreed on the
+    wrong bytes: no difference was shown."""
+    import io
+
+    from confsync.convert.check import check_conversion
+
+    old = _confd(tmp_path, "", "")
+    (old / "templates" / "a.tmpl").write_bytes(b'a\r\n{{ getv "/a" }}\r\n')
+    new = tmp_path / "new"
+    convert_confdir(old, new)
+    data = tmp_path / "data.yaml"
+    data.write_text("a: x\n")
+    expect = tmp_path / "expect"
+    expect.mkdir()
+    (expect / "a.conf").write_bytes(b"a\r\nx\r\n")
+    out = io.StringIO()
+    assert check_conversion(new, data, expect, out) == 0, out.getvalue()
+    (expect / "a.conf").write_bytes(b"a\nx\n")
+    assert check_conversion(new, data, expect, io.StringIO()) == 1
