@@ -59,6 +59,8 @@ def parse_uint(text: str, base: int, bit_size: int = 64) -> int | None:
                 base, text = 8, text[1:]
     if not all(c.isascii() and c.isalnum() and int(c, 36) < base for c in text):
         return None
+    if len(text.lstrip("0")) > bit_size:  # out of range in any base (and no int() of 5,000
+        return None                       # digits, which Python refuses)
     value = int(text, base) if text else 0  # "0" is base 8 with no digits left: zero
     return value if value < 1 << bit_size else None
 

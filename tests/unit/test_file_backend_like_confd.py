@@ -70,3 +70,13 @@ def test_a_top_level_that_is_no_mapping_is_refused_as_by_confd(
     data.write_text(text)
     with pytest.raises(StoreUnavailable, match="not a mapping"):
         read_data_file(data)
+
+
+def test_an_integer_of_thousands_of_digits_is_text_as_to_confd(tmp_path: Path) -> None:
+    # yaml.v2: no int, no uint, a float64 that overflows: the text (measured with confd 0.17).
+    # Before: Python's int() refused its 5,000 digits, failing the whole data file.
+    data = tmp_path / "data.yaml"
+    data.write_text(f"big: {'1' * 5000}\nf300: {'9' * 300}\n")
+    values = read_data_file(data)
+    assert values["/big"] == b"1" * 5000
+    assert values["/f300"] == b"1" + b"0" * 300
