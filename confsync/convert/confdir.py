@@ -25,8 +25,17 @@ from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
 from confsync.errors import ConfigError
 
-# Characters that mean confd's `sh -c` did real shell work in a command.
-_SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~]|\[\[")
+# Characters that mean confd's `sh -c` did real shell work in a command (a line break
+# separates commands there; shlex took it for a space, so `true\nfalse` passed).
+_SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~\n]|\[\[|(?:^|\s)#")
+# First words only sh runs: an assignment (`LC_ALL=C nginx -t`), a builtin with no program of
+# its name, a keyword. Without sh they failed as programs not found (measured against confd).
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_SHELL_WORDS = frozenset((
+    "!", ":", ".", "alias", "break", "case", "cd", "continue", "do", "done", "elif", "else",
+    "esac", "eval", "exec", "exit", "export", "fi", "for", "function", "getopts", "if", "local",
+    "read", "readonly", "return", "set", "shift", "source", "then", "time", "times", "trap",
+    "ulimit", "umask", "unset", "until", "wait", "while", "{", "}"))
 _RESOURCE_FIELDS = ("src", "dest", "keys", "prefix", "mode", "uid", "gid", "owner", "group")
 _CONFD_SRC = re.compile(r"\{\{\s*\.(src|dest)\s*\}\}")
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning",
@@ -70,9 +79,14 @@ def _command(value: Any, key: str, where: str, report: Report) -> Any:
                             "(confsync runs no shell otherwise); review it")
         return ["sh", "-c", text]
     try:
-        shlex.split(text)
+        words = shlex.split(text)
     except ValueError:
         report.notes.append(f"{where}: cannot be split like a shell would; kept under sh -c")
+        return ["sh", "-c", text]
+    if words and (_ASSIGNMENT.match(words[0]) or words[0] in _SHELL_WORDS):
+        report.notes.append(f"{where}: starts with {words[0]!r}, which only a shell runs; kept "
+                            "as [\"sh\", \"-c\", ...] (confsync runs no shell otherwise); "
+                            "review it")
         return ["sh", "-c", text]
     return text
 

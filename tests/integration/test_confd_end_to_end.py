@@ -2,7 +2,8 @@
 `confsync convert` + `confsync once --backend file` on the same data file. Every dest must
 have the same bytes and mode, a failing resource must leave its dest untouched on both sides,
 and both must exit 1. Covers what the template corpus (test_confd_differential.py) does not:
-conf.d spelling (prefixes, keys, mode forms, uid -1, any case of a field), template files
+conf.d spelling (prefixes, keys, mode forms, uid -1, any case of a field, commands only sh
+runs), template files
 read as bytes (CRLF), the data file as confd's yaml.v2 reads it, and failures. Needs a confd binary (CONFD_BIN, /tmp/confd-bin/confd).
 """
 
@@ -57,6 +58,8 @@ RESOURCES = {
     "caps": ('Keys = ["/svc"]\nMode = "0600"\nCheck_Cmd = "test -s {{.src}}"\n',
              '{{len (ls "/svc/web")}}\n'),
     "crlf": ('keys = ["/app"]\n', 'a\r\n{{getv "/app/name"}}\r\n{{- if true}}\r\nz\r\n{{end}}\r'),
+    "needs_sh": ('keys = ["/app"]\ncheck_cmd = "LC_ALL=C test -s {{.src}} # staged"\n', "sh\n"),
+    "two_lines": ('keys = ["/app"]\ncheck_cmd = "true\\nfalse"\n', "new\n"),
     "missing_key": ('keys = ["/app"]\n', 'never {{getv "/app/nope"}}\n'),
     "check_fails": ('keys = ["/app"]\ncheck_cmd = "false {{.src}}"\n', "new\n"),
 }
@@ -82,7 +85,7 @@ def _dests(out: Path) -> dict[str, tuple[bytes, str]]:
 def _outdir(tmp_path: Path, side: str) -> Path:
     out = tmp_path / f"out-{side}"
     out.mkdir()
-    for name in ("missing_key", "check_fails"):  # a failing render must leave these alone
+    for name in ("missing_key", "check_fails", "two_lines"):  # failing: left alone
         (out / name).write_text("old\n")
         os.chmod(out / name, 0o644)
     return out
@@ -105,7 +108,9 @@ def test_confd_and_confsync_write_the_same_files_and_fail_the_same(tmp_path: Pat
                     "--file", str(data))
     theirs, ours = _dests(confd_out), _dests(ours_out)
     assert ours == theirs, f"confd: {confd_run.stderr}\nconfsync: {once.stderr}"
-    assert theirs["missing_key"] == theirs["check_fails"] == (b"old\n", "0o644")
+    assert theirs["missing_key"] == theirs["check_fails"] == theirs["two_lines"] \
+        == (b"old\n", "0o644")
+    assert theirs["needs_sh"] == (b"sh\n", "0o644")
     assert b"/app/yes_word=[true]" in theirs["values"][0]
     assert b"/app/uint64" not in theirs["values"][0]  # yaml.v2 gives a uint64: no key
     assert (confd_run.returncode, once.returncode) == (1, 1)  # a resource failed: both say so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import tomllib
 from pathlib import Path
@@ -301,3 +302,27 @@ def test_a_crlf_template_keeps_its_crlf_and_check_compares_bytes(tmp_path: Path)
     assert check_conversion(new, data, expect, out) == 0, out.getvalue()
     (expect / "a.conf").write_bytes(b"a\nx\n")
     assert check_conversion(new, data, expect, io.StringIO()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    "LC_ALL=C nginx -t -c {{src}}", "! grep -q bad {{src}}", "exit 0", ": nothing to check",
+    "export X=1", "nginx -t -c {{src}} # the staged file", "true\nfalse"])
+def test_a_command_only_a_shell_runs_keeps_its_shell(tmp_path: Path, command: str) -> None:
+    """confd runs every command with `sh -c`. These have no `|&;<>$...` but still need sh: an
+    assignment, `!`, a builtin, a comment, a second line. Before: split and run without a
+    shell, they failed ("cannot run `LC_ALL=C`: not found in PATH", `test: extra argument
+    '#'`) where confd passed, and `true\\nfalse` passed (shlex took the line break for a
+    space) where confd failed (measured against confd 0.17)."""
+    old = _confd(tmp_path, "", f"check_cmd = {json.dumps(command)}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table["check_cmd"] == ["sh", "-c", command]
+    assert any("template.check_cmd" in n and "review it" in n for n in report.notes)
+
+
+def test_a_plain_command_is_still_run_without_a_shell(tmp_path: Path) -> None:
+    # an `=` past the first word, a `#` inside one: no shell needed, none used
+    old = _confd(tmp_path, "", 'check_cmd = "env X=1 nginx -t -c {{.src}} -g \'a#b\'"\n')
+    convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table["check_cmd"] == "env X=1 nginx -t -c {{src}} -g 'a#b'"
