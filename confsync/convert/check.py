@@ -45,12 +45,15 @@ def check_conversion(confdir: Path, data: Path, expect: Path | None, out: TextIO
             continue
         expected_path = expect / resource.dest.name
         try:
-            expected = expected_path.read_text("utf-8")
+            # bytes as confd wrote them: read_text's newline translation made a CRLF file
+            # equal to ours in LF (and a file that is not UTF-8 raised)
+            expected_bytes = expected_path.read_bytes()
         except OSError as exc:
             out.write(f"FAIL {resource.name}: no expected file {expected_path}: {exc.strerror}\n")
             failures += 1
             continue
-        if expected == text:
+        expected = expected_bytes.decode("utf-8", errors="backslashreplace")
+        if expected_bytes == text.encode():
             out.write(f"same {resource.name}: byte-identical to {expected_path}\n")
             continue
         failures += 1

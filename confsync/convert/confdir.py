@@ -20,12 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from confsync import tomlvalues as tv
+from confsync.convert import resource_spelling as spelling
 from confsync.convert.gotemplate import GoTemplateError
 from confsync.convert.jinja import convert_template
 from confsync.errors import ConfigError
 
-# Characters that mean confd's `sh -c` did real shell work in a command.
-_SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~]|\[\[")
+# Characters that mean confd's `sh -c` did real shell work in a command (a line break
+# separates commands there; shlex took it for a space, so `true\nfalse` passed).
+_SHELL_SYNTAX = re.compile(r"[|&;<>()$`*?~\n]|\[\[|(?:^|\s)#")
+# First words only sh runs: an assignment (`LC_ALL=C nginx -t`), a builtin with no program of
+# its name, a keyword. Without sh they failed as programs not found (measured against confd).
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_SHELL_WORDS = frozenset((
+    "!", ":", ".", "alias", "break", "case", "cd", "continue", "do", "done", "elif", "else",
+    "esac", "eval", "exec", "exit", "export", "fi", "for", "function", "getopts", "if", "local",
+    "read", "readonly", "return", "set", "shift", "source", "then", "time", "times", "trap",
+    "ulimit", "umask", "unset", "until", "wait", "while", "{", "}"))
 _RESOURCE_FIELDS = ("src", "dest", "keys", "prefix", "mode", "uid", "gid", "owner", "group")
 _CONFD_SRC = re.compile(r"\{\{\s*\.(src|dest)\s*\}\}")
 _LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning",
@@ -55,35 +65,30 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _command(value: Any, where: str, report: Report) -> Any:
+def _command(value: Any, key: str, where: str, report: Report) -> Any:
     """confd runs commands with `sh -c`; confsync splits them and runs no shell. A command that
     uses shell syntax keeps working as an explicit `["sh", "-c", ...]`."""
     if not isinstance(value, str):
         return value
+    note = spelling.unsubstituted_note(key, value)
+    if note:
+        report.notes.append(f"{where}: {note}")
     text = _CONFD_SRC.sub(lambda m: "{{" + m.group(1) + "}}", value)
     if _SHELL_SYNTAX.search(text):
         report.notes.append(f"{where}: uses shell syntax; kept as [\"sh\", \"-c\", ...] "
                             "(confsync runs no shell otherwise); review it")
         return ["sh", "-c", text]
     try:
-        shlex.split(text)
+        words = shlex.split(text)
     except ValueError:
         report.notes.append(f"{where}: cannot be split like a shell would; kept under sh -c")
         return ["sh", "-c", text]
+    if words and (_ASSIGNMENT.match(words[0]) or words[0] in _SHELL_WORDS):
+        report.notes.append(f"{where}: starts with {words[0]!r}, which only a shell runs; kept "
+                            "as [\"sh\", \"-c\", ...] (confsync runs no shell otherwise); "
+                            "review it")
+        return ["sh", "-c", text]
     return text
-
-
-def _note_mode(value: Any, where: str, report: Report) -> None:
-    """confd parses mode with Go's ParseUint(mode, 0, 32): "644" is decimal there (0204 on
-    disk), where confsync reads octal digits as octal. Said, since the file's mode changes."""
-    text = value if isinstance(value, str) else None
-    if not text or not text.isdigit() or text.startswith("0") or "8" in text or "9" in text:
-        return
-    confd_mode = int(text) & 0o777
-    if confd_mode != int(text, 8) & 0o777:
-        report.notes.append(f"{where}: {text!r} is decimal to confd (it wrote files mode "
-                            f"{confd_mode:04o}); confsync reads it as octal {int(text, 8):04o}, "
-                            "as you meant: the file's mode changes")
 
 
 def convert_resource(path: Path, global_prefix: str | None, report: Report) -> tuple[str, str]:
@@ -92,23 +97,33 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
         data = tv.read_toml(path)
     except ConfigError as exc:  # unreadable, not UTF-8, not TOML, nested too deeply
         raise ConvertError(str(exc)) from None
-    table = data.get("template")
-    if not isinstance(table, dict) or "src" not in table:
+    table = spelling.template_table(data)
+    try:
+        table = spelling.fold_fields(table) if isinstance(table, dict) else None
+    except spelling.SpellingError as exc:
+        raise ConvertError(f"{path}: {exc}") from None
+    if table is None or "src" not in table:
         raise ConvertError(f"{path}: no [template] table with src")
     lines = ["[template]"]
     for key, value in table.items():
         where = f"{path.name}: template.{key}"
         try:
-            if key in ("check_cmd", "reload_cmd"):
-                lines.append(f"{key} = {_toml_value(_command(value, where, report))}")
+            if key == "mode" and isinstance(value, str):
+                mode, note = spelling.confd_mode(value)
+                if note:
+                    report.notes.append(f"{where}: {note}")
+                if mode:
+                    lines.append(f"mode = {_toml_value(mode)}")
+            elif spelling.unset_id(key, value):
+                report.notes.append(f"{where}: -1 is unset to confd (its own id); dropped")
+            elif key in ("check_cmd", "reload_cmd"):
+                lines.append(f"{key} = {_toml_value(_command(value, key, where, report))}")
             elif key == "prefix" and global_prefix:
                 report.notes.append(f"{where}: dropped; confd replaces a resource prefix with "
                                     f"the global prefix {global_prefix!r}, which confsync.toml "
                                     "keeps")
             elif key in _RESOURCE_FIELDS:
                 lines.append(f"{key} = {_toml_value(value)}")
-                if key == "mode":
-                    _note_mode(value, where, report)
             else:
                 report.notes.append(f"{where}: no counterpart in confsync, dropped")
         except TypeError as exc:  # a table or a date where confd takes a string, number, list
@@ -119,7 +134,7 @@ def convert_resource(path: Path, global_prefix: str | None, report: Report) -> t
         lines.append("keys = []")
         report.notes.append(f"{path.name}: no keys: written as keys = [] (the template reads "
                             "no keys; it renders at start and on [watch] interval)")
-    for extra in set(data) - {"template"}:
+    for extra in spelling.other_tables(data):
         report.notes.append(f"{path.name}: table [{extra}] has no counterpart, dropped")
     return "\n".join(lines) + "\n", str(table["src"])
 
@@ -291,7 +306,8 @@ def convert_confdir(old: Path, new: Path) -> Report:
                                     "confdir)")
                 continue
             try:
-                source = template.read_text("utf-8")
+                # not read_text: its newline translation turned confd's CRLF into LF
+                source = template.read_bytes().decode("utf-8")
             except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in src
                 report.refusals.append(f"{template}: cannot read: {exc}")
                 continue

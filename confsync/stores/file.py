@@ -6,11 +6,9 @@ each re-read that changes anything bumps a local revision.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
-import re
 import threading
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -20,6 +18,8 @@ from typing import Any
 from confsync.errors import StoreUnavailable
 from confsync.paths import expand_user
 from confsync.stores.base import Change, ChangeBatch, Snapshot, WatchHandle, WatchSink
+from confsync.stores.goyaml import DROPPED, PlainScalar, load_json, resolve_plain
+from confsync.stores.goyaml import load as load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ def _flatten(data: Any, prefix: str, out: dict[str, bytes], depth: int,
     else:
         if len(out) >= MAX_KEYS:
             raise ValueError(f"more than {MAX_KEYS} keys (YAML aliases used over and over?)")
-        if data is None:
-            return  # confd's file backend skips a null (`key:`, `~`): the key does not exist
+        if isinstance(data, PlainScalar):
+            data = resolve_plain(data)
+        if data is None or data is DROPPED:
+            return  # confd's file backend skips a null (`key:`, `~`) and a uint64: no key
         if isinstance(data, bool):
             out[prefix or "/"] = b"true" if data else b"false"
         elif isinstance(data, bytes):  # YAML's !!binary: the bytes, as etcd would hold them
@@ -99,21 +101,6 @@ def _go_float_text(value: float) -> str:
     return "0" if text == "-0" and not repr(value).startswith("-") else text
 
 
-def _yaml_load(raw: bytes) -> Any:
-    """PyYAML's safe loading, plus the floats Go's yaml.v2 (confd's) reads and PyYAML's YAML 1.1
-    resolver leaves as text: an exponent without a dot (`1e20` is a number to confd)."""
-    import yaml  # lazy: only the file backend pays for it
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."))
-    return yaml.load(raw, Loader=Loader)  # a SafeLoader
-
-
 def _expanded(path: Path) -> Path:
     """A data file's path as used now: `~user` of a user not known yet (kept as written by
     tomlvalues.late_user_path) is a file that cannot be read yet, as a missing one."""
@@ -130,11 +117,15 @@ def read_data_file(path: Path) -> dict[str, bytes]:
         raise StoreUnavailable(f"file backend: cannot read {path}: {exc.strerror}") from None
     try:
         if path.suffix == ".json":
-            data = json.loads(raw)
+            data = load_json(raw)
         elif path.suffix == ".toml":
             data = tomllib.loads(raw.decode("utf-8"))
         else:
-            data = _yaml_load(raw)
+            data = load_yaml(raw)
+        if data is not None and not isinstance(data, dict):
+            # confd's yaml.Unmarshal into a map fails the same way: no key would be /0 or /
+            raise ValueError(f"its top level is a {type(data).__name__}, not a mapping "
+                             "(confd cannot read it either)")
         return flatten(data) if data is not None else {}
     except Exception as exc:  # any parser's error is a bad data file, reported with its path
         raise StoreUnavailable(f"file backend: cannot parse {path}: {exc}") from None

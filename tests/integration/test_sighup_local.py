@@ -159,7 +159,7 @@ def test_a_reload_renders_a_file_the_judge_found_in_step_once(
             renders.clear()
 
     data = tmp_path / "data.yaml"
-    data.write_text("app:\n  v: one\nnew:\n  v: n\n")
+    data.write_text("app:\n  v: one\nnew:\n  v: nv\n")  # (a bare n is false, as to confd)
     confdir = tmp_path / "cd"
     dest = {name: tmp_path / f"{name}.conf" for name in ("same", "edited", "moved")}
     for name in dest:
@@ -189,4 +189,4 @@ def test_a_reload_renders_a_file_the_judge_found_in_step_once(
     assert not thread.is_alive()
     assert reloads == [(True, {"same": 1, "edited": 2, "moved": 1}),
                        (True, {"same": 1, "edited": 1, "moved": 2})]
-    assert [read(d) for d in dest.values()] == ["one\n", "edited one\n", "one n\n"]
+    assert [read(d) for d in dest.values()] == ["one\n", "edited one\n", "one nv\n"]

@@ -547,12 +547,32 @@ app:
   list: [a, 1, true]
   nested:
     k: v
+  bool_y: y
+  bool_N: N
+  octal_o: 0o17
+  dec_08: 08
+  dec_0999: 0999
+  sexagesimal: 1:20
+  timestamp: 2001-12-14t21:59:43.10-05:00
+  int64_max: 9223372036854775807
+  uint64: 9223372036854775808
+  uint64_max: 18446744073709551615
+  beyond_uint64: 18446744073709551616
+  neg_beyond_int64: -9223372036854775809
+  dot_underscore: .5_0
+  float_overflow: 1e400
+  binary_plus: 0b+101
+  equals: =
 """
 YAML_CASES: dict[str, str] = {
     name: f'{{{{getv "/app/{name}" "<absent>"}}}}'
     for name in ("int", "float", "float_int", "float_exp", "float_small", "octal", "hex",
                  "bool_yes", "bool_true", "bool_on", "null_value", "tilde", "empty", "date",
-                 "string", "plain", "neg")
+                 "string", "plain", "neg",
+                 # yaml.v2's resolution, not PyYAML's (YAML 1.1 words, Go's number syntax)
+                 "bool_y", "bool_N", "octal_o", "dec_08", "dec_0999", "sexagesimal", "timestamp",
+                 "int64_max", "uint64", "uint64_max", "beyond_uint64", "neg_beyond_int64",
+                 "dot_underscore", "float_overflow", "binary_plus", "equals")
 }
 YAML_CASES.update({
     "list": '{{range gets "/app/list/*"}}{{.Key}}={{.Value}} {{end}}',

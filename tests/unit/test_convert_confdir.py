@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import tomllib
 from pathlib import Path
@@ -215,3 +216,113 @@ def test_check_renders_a_resource_whose_owner_this_machine_does_not_have(
     out = io.StringIO()
     assert check_conversion(new, data, None, out) == 0, out.getvalue()
     assert "ok   a: renders" in out.getvalue()
+
+
+@pytest.mark.parametrize("mode,written,note", [
+    # confd 0.17 wrote these files mode 0640, 0640, 0755, 0644 (measured): its
+    # os.FileMode(ParseUint(mode, 0, 32)) takes Go's prefixes, and os.Chmod only the
+    # permission bits (Go's setuid is another bit). Before: "0o640" and "" were load
+    # errors after conversion, and "04755" made a setuid file.
+    ('"0o640"', "0640", None), ('"0x1a0"', "0640", None),
+    ('"04755"', "0755", "'04755': confd applies only the permission bits (its files were "
+                        "mode 0755); written as \"0755\""),
+    ('""', None, "empty: confd leaves the mode unset (the file's, else 0644); dropped"),
+])
+def test_a_mode_is_written_as_the_mode_confd_applied(tmp_path: Path, mode: str,
+                                                     written: str | None,
+                                                     note: str | None) -> None:
+    old = _confd(tmp_path, "", f"mode = {mode}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table.get("mode") == written
+    assert [n for n in report.notes if "template.mode" in n] == (
+        [f"a.toml: template.mode: {note}"] if note else [])
+    assert load_resources(tmp_path / "new").errors == ()  # and confsync loads it
+
+
+def test_confds_unset_ids_and_any_case_of_a_field_convert(tmp_path: Path) -> None:
+    """confd's TOML decoder matches names case-insensitively ([Template], Src, Check_Cmd all
+    worked) and takes uid/gid -1 as unset. Before: "no [template] table with src", and a
+    uid of -1 failed confsync's load."""
+    old = tmp_path / "confd"
+    (old / "conf.d").mkdir(parents=True)
+    (old / "templates").mkdir()
+    (old / "templates" / "a.tmpl").write_text("x\n")
+    (old / "conf.d" / "a.toml").write_text(
+        f'[Template]\nSrc = "a.tmpl"\nDEST = "{tmp_path}/a.conf"\nKeys = ["/a"]\n'
+        'uid = -1\ngid = -1\nCheck_Cmd = "test -s {{.src}}"\n')
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table == {"src": "a.tmpl", "dest": f"{tmp_path}/a.conf", "keys": ["/a"],
+                     "check_cmd": "test -s {{src}}"}
+    assert "a.toml: template.uid: -1 is unset to confd (its own id); dropped" in report.notes
+    (resource,) = load_resources(tmp_path / "new").resources
+    assert resource.uid is None and resource.gid is None
+
+
+def test_two_spellings_of_one_field_are_refused(tmp_path: Path) -> None:
+    old = _confd(tmp_path, "", 'Dest = "/elsewhere"\n')
+    with pytest.raises(ConvertError, match=r"template\.dest and template\.Dest are one field"):
+        convert_confdir(old, tmp_path / "new")
+
+
+def test_placeholders_confd_left_alone_are_noted(tmp_path: Path) -> None:
+    """confd 0.17 fills in only check_cmd's {{.src}}: its check_cmd's {{.dest}} ran as
+    `<no value>` and reload_cmd went to sh as written (`touch {{.dest}}.reloaded` made a file
+    named so in confd's directory, measured). confsync fills both in: said, not silent."""
+    old = _confd(tmp_path, "", 'check_cmd = "cmp {{.src}} {{.dest}}"\n'
+                               'reload_cmd = "touch {{.dest}}.reloaded"\n')
+    report = convert_confdir(old, tmp_path / "new")
+    assert [n for n in report.notes if "fill" in n] == [
+        "a.toml: template.check_cmd: {{.dest}}: confd 0.17 does not fill this in check_cmd "
+        "(it ran <no value>); confsync does: review",
+        "a.toml: template.reload_cmd: {{.dest}}: confd 0.17 does not fill this in reload_cmd "
+        "(it ran the text as written, to sh); confsync does: review"]
+
+
+def test_a_crlf_template_keeps_its_crlf_and_check_compares_bytes(tmp_path: Path) -> None:
+    """confd writes a CRLF template's CRs (measured: `a\\r\\n{{getv}}\\r\\n` gave
+    `a\\r\\nx\\r\\n`). convert read templates with read_text, whose newline translation dropped
+    every CR, and `--check --expect` read confd's file the same way, so the two agreed on the
+    wrong bytes: no difference was shown."""
+    import io
+
+    from confsync.convert.check import check_conversion
+
+    old = _confd(tmp_path, "", "")
+    (old / "templates" / "a.tmpl").write_bytes(b'a\r\n{{ getv "/a" }}\r\n')
+    new = tmp_path / "new"
+    convert_confdir(old, new)
+    data = tmp_path / "data.yaml"
+    data.write_text("a: x\n")
+    expect = tmp_path / "expect"
+    expect.mkdir()
+    (expect / "a.conf").write_bytes(b"a\r\nx\r\n")
+    out = io.StringIO()
+    assert check_conversion(new, data, expect, out) == 0, out.getvalue()
+    (expect / "a.conf").write_bytes(b"a\nx\n")
+    assert check_conversion(new, data, expect, io.StringIO()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    "LC_ALL=C nginx -t -c {{src}}", "! grep -q bad {{src}}", "exit 0", ": nothing to check",
+    "export X=1", "nginx -t -c {{src}} # the staged file", "true\nfalse"])
+def test_a_command_only_a_shell_runs_keeps_its_shell(tmp_path: Path, command: str) -> None:
+    """confd runs every command with `sh -c`. These have no `|&;<>$...` but still need sh: an
+    assignment, `!`, a builtin, a comment, a second line. Before: split and run without a
+    shell, they failed ("cannot run `LC_ALL=C`: not found in PATH", `test: extra argument
+    '#'`) where confd passed, and `true\\nfalse` passed (shlex took the line break for a
+    space) where confd failed (measured against confd 0.17)."""
+    old = _confd(tmp_path, "", f"check_cmd = {json.dumps(command)}\n")
+    report = convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table["check_cmd"] == ["sh", "-c", command]
+    assert any("template.check_cmd" in n and "review it" in n for n in report.notes)
+
+
+def test_a_plain_command_is_still_run_without_a_shell(tmp_path: Path) -> None:
+    # an `=` past the first word, a `#` inside one: no shell needed, none used
+    old = _confd(tmp_path, "", 'check_cmd = "env X=1 nginx -t -c {{.src}} -g \'a#b\'"\n')
+    convert_confdir(old, tmp_path / "new")
+    table = tomllib.loads((tmp_path / "new" / "conf.d" / "a.toml").read_text())["template"]
+    assert table["check_cmd"] == "env X=1 nginx -t -c {{src}} -g 'a#b'"
