@@ -128,6 +128,10 @@ class Syncer:
         self.in_place: dict[Path, float] = {}
         # Resources whose target this Syncer asked (reloaded or probed) at least once.
         self.asked: set[str] = set()
+        # Of those, the ones whose target a comparison between applies found running other
+        # than their file (`compare_targets`): the next apply asks it as at a first look, and
+        # its probe's STALE makes the file live (HAProxy: its servers brought in step).
+        self.found_stale: set[str] = set()
         self._targets: dict[Resource, ReloadTarget | None] = {}
         self._dests_of: dict[str, Path] = {}  # resource name -> dest, as last applied
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
@@ -484,7 +488,8 @@ class Syncer:
                                    content=content, warnings=warnings)
                 # Never asked in this process (a start that finds the file current), or nothing
                 # ran to reload: ask the target whether it runs, and whether it read this file.
-                probe = has_target and (resource.name in self.not_running or (
+                probe = has_target and (resource.name in self.not_running
+                                        or resource.name in self.found_stale or (
                     self.probe_first and resource.name not in self.asked))
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
                                previous=current if probe else None,
@@ -605,6 +610,7 @@ class Syncer:
         settled = (names & self.asked) - self.reload_owed if runs_previous else set()
         self.not_running -= names
         self.answered -= names
+        self.found_stale -= names  # (a pass compares with what runs: brings drift in step)
         self.asked |= names
         try:
             # (only given when there are some: duck-typed targets may not take them)
@@ -769,6 +775,9 @@ class Syncer:
         """
         names = {o.resource.name for o in group}
         recovering = bool(names & self.not_running)
+        # Found drifted between applies: the daemon said so already (once an episode).
+        said = bool(names & self.found_stale)
+        self.found_stale -= names
         # Recovering, a target that runs is reloaded whatever a comparison would say (a change
         # made while it was not running may have been structural): not compared.
         found = self._ask(target, group, compare=not recovering)
@@ -785,8 +794,9 @@ class Syncer:
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
         elif recovering or found.liveness is Liveness.STALE:  # make this one live
-            log.warning("resource %s: %s; making the file live", group[0].resource.name,
-                        found.detail or "its reload target may run an older file")
+            log.log(logging.INFO if said else logging.WARNING,
+                    "resource %s: %s; making the file live", group[0].resource.name,
+                    found.detail or "its reload target may run an older file")
             for outcome in group:
                 outcome.status = UPDATED
             # What it runs is not the previous file: a full reload (HAProxy's runtime strategy
@@ -821,6 +831,7 @@ class Syncer:
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
         names = {o.resource.name for o in group}
         self.answered -= names
+        self.found_stale -= names
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         else:
@@ -874,6 +885,35 @@ class Syncer:
                 self.not_running |= {o.resource.name for o in group}
                 down.extend((o.resource, found) for o in group)
         return down, up
+
+    def compare_targets(self, resources: Iterable[Resource],
+                        heartbeat: Callable[[], None] | None = None
+                        ) -> list[tuple[Resource, Probe]]:
+        """Between applies, ask each resource's own target whether what it runs is its file
+        (`probe(compare=True)`: HAProxy's `show servers state` against the file's servers).
+
+        A `del server` or `set server ... addr` by hand was otherwise undone only at the next
+        pool change, days later for a stable pool, while /ready said 200. Returns the
+        resources found STALE: `found_stale` from now on, so the next apply makes their file live
+        (as a start that finds HAProxy's servers other than the file's does). Only targets
+        asked, running, owing nothing and not already drifted are compared; `heartbeat` is
+        called after each answer, as in `check_targets`.
+        """
+        beat = heartbeat or _no_beat
+        found: list[tuple[Resource, Probe]] = []
+        for resource in resources:
+            name = resource.name
+            target = self.target(resource)
+            if (target is None or name not in self.asked or name in self.reload_owed
+                    or name in self.not_running or name in self.answered
+                    or name in self.found_stale):
+                continue
+            answer = self._ask(target, [Outcome(resource, UNCHANGED)], compare=True)
+            beat()
+            if answer.liveness is Liveness.STALE:
+                self.found_stale.add(name)
+                found.append((resource, answer))
+        return found
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""

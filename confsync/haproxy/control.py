@@ -731,14 +731,19 @@ class HAProxyController(ReloadTarget):
         With the runtime strategy a pass killed between installing the file and sending its
         runtime commands leaves HAProxy on the old pool, and the file current: nothing would
         change it until the pool changes again. Weight and admin state are not compared: an
-        operator's `disable server` is no difference (nor a reason to undo it)."""
+        operator's `disable server` is no difference (nor a reason to undo it). The daemon
+        asks this every few seconds too (`Syncer.compare_targets`): drift by hand between
+        pool changes is healed as the next change would heal it. A file with server lines
+        the model cannot read is not compared."""
         try:
             content = self.resource.dest.read_bytes()
         except OSError:
             return None
         new = parse(content.decode("utf-8", "replace"))
         admin = self._admin(new, timeout=ASK_TIMEOUT)
-        if admin is None:
+        if admin is None or new.opaque:
+            # (A server line the model cannot read, a host name's, would be a server HAProxy
+            # runs that the file lacks: compared every few seconds, deleted by hand's repair.)
             return None
         self._adopt_recorded(admin, new)
         try:
