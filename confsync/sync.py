@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -775,8 +775,8 @@ class Syncer:
         """
         names = {o.resource.name for o in group}
         recovering = bool(names & self.not_running)
-        # Found drifted between applies: the daemon said so already (once an episode).
-        said = bool(names & self.found_stale)
+        # Found drifted by a comparison between applies: the daemon said so already.
+        said = names & self.found_stale
         self.found_stale -= names
         # Recovering, a target that runs is reloaded whatever a comparison would say (a change
         # made while it was not running may have been structural): not compared.
@@ -790,7 +790,7 @@ class Syncer:
                 ReloadKind.IN_STEP, f"{found.detail}; it read this file, nothing to reload"))
         elif not recovering and len(group) > 1 and found.liveness in (Liveness.RUNNING,
                                                                       Liveness.STALE):
-            self._compare_each(target, group, found, beat)
+            self._compare_each(target, group, found, beat, said)
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
         elif recovering or found.liveness is Liveness.STALE:  # make this one live
@@ -804,7 +804,7 @@ class Syncer:
             self._reload(target, group, beat, runs_previous=False)
 
     def _compare_each(self, target: ReloadTarget, group: list[Outcome], found: Probe,
-                      beat: Callable[[], None]) -> None:
+                      beat: Callable[[], None], said: Collection[str] = ()) -> None:
         """A first look at several files of one target (`haproxy -f a.cfg -f b.cfg`), which
         runs (`found`, the group's target's answer about the first file alone). Each file is
         compared by its own resource's target, and one it runs stale is made live on its own
@@ -818,8 +818,9 @@ class Syncer:
                 own, [outcome], compare=True)
             if answer.liveness is not Liveness.STALE or own is None:
                 continue
-            log.warning("resource %s: %s; making the file live", outcome.resource.name,
-                        answer.detail or "its reload target may run an older file")
+            log.log(logging.INFO if outcome.resource.name in said else logging.WARNING,
+                    "resource %s: %s; making the file live", outcome.resource.name,
+                    answer.detail or "its reload target may run an older file")
             outcome.status = UPDATED
             made_live.append(outcome)
             self._reload(own, [outcome], beat, runs_previous=False)

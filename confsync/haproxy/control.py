@@ -743,7 +743,7 @@ class HAProxyController(ReloadTarget):
         admin = self._admin(new, timeout=ASK_TIMEOUT)
         if admin is None or new.opaque:
             # (A server line the model cannot read, a host name's, would be a server HAProxy
-            # runs that the file lacks: compared every few seconds, deleted by hand's repair.)
+            # runs that the file lacks: compared every few seconds, deleted by each repair.)
             return None
         self._adopt_recorded(admin, new)
         try:
