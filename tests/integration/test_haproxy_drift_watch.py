@@ -160,3 +160,24 @@ def test_an_operators_disable_server_stays(
     assert series_value(metrics, DRIFTS) == 1.0
     assert ready(metrics)[0] == 200
     assert http_get(stack.port)[0] == 200
+
+
+def test_the_only_server_moved_by_hand_is_moved_back_by_a_confirmed_reload(
+        watched: tuple[HAProxyStack, WatchProcess, int],
+        backends: dict[str, HTTPBackend]) -> None:
+    """Where the runtime API cannot heal (the only server serving its pool: a move's steps
+    take it out of the pool, a 503 a request), a confirmed reload does, as at a pool change."""
+    stack, daemon, metrics = watched
+    stack.delete("/services/web/instances/b")
+    stack.delete("/services/web/instances/c")
+    wait_for(lambda: set(_servers(stack)) == {"a"}, timeout=15)
+    reloads = stack.status().reloads
+    stack.admin_command(f"set server be_web/a addr 127.0.0.1 port {backends['b'].port}")
+    assert spread(stack.port, 3) == {"b": 3}
+    wait_for(lambda: stack.status().reloads > reloads, timeout=HEALED_WITHIN)
+    wait_for(lambda: spread(stack.port, 3) == {"a": 3}, timeout=HEALED_WITHIN)
+    assert _servers(stack)["a"] == ("127.0.0.1", backends["a"].port, False)
+    daemon.wait_log(WARNED)
+    assert "reloaded HAProxy" in daemon.output()
+    assert stack.status().reloads == reloads + 1
+    assert ready(metrics)[0] == 200
