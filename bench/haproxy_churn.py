@@ -283,7 +283,8 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
             log = daemon.output()
             print(f"reloads done:        {reloads} (confsync watch --wait-min {args.wait_min}: "
                   f"{log.count('runtime API: ')} runtime updates, "
-                  f"{log.count('reloaded HAProxy')} reloads, {log.count(' failed: ')} failures)")
+                  f"{log.count('reloaded HAProxy')} reloads, {log.count(' failed: ')} failures, "
+                  f"{log.count('bringing it in step with the file')} drift repairs)")
         print(f"put -> first served: p50 {_pct(latencies, 0.5)}, p99 {_pct(latencies, 0.99)}, "
               f"max {_pct(latencies, 1.0)} ({len(latencies)} of {changes} joins observed; "
               f"mean {statistics.fmean(latencies) * 1000 if latencies else 0:.1f} ms)")

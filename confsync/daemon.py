@@ -68,6 +68,10 @@ log = logging.getLogger("confsync")
 T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 1.0
+# How often (seconds) each running reload target is asked whether what it runs is its file
+# (HAProxy: one `show servers state` against the file's servers): drift by hand between pool
+# changes is found within this, not at the next change.
+TARGET_COMPARE_SECONDS = 5.0
 LOCAL_CHANGE_QUIET = 0.5  # seconds of quiet after a conf.d/templates edit before reloading
 # ...but no later than this after the first edit not loaded yet: a file there that changes more
 # often than the quiet (a generator's output, an editor's swap file) put every reload off, a
@@ -267,6 +271,10 @@ class Daemon:
         # Resources whose dest another writer changed and whose repair waits its turn: /ready
         # says so meanwhile (the service may be running the other writer's file).
         self._drift_held: frozenset[str] = frozenset()
+        # Drift of a reload target from its file (`_compare_targets`): each difference a
+        # WARNING, the same one again within 5 minutes INFO (a script undoing the repair).
+        self._target_drift_warnings = Repeats()
+        self._compare_at = 0.0  # time.monotonic() of the next comparison
         # Resources whose dest's file work does not return (a frozen filesystem): /ready says
         # so; they are applied again when it returns (IoReturned).
         self._io_stuck: frozenset[str] = frozenset()
@@ -417,6 +425,9 @@ class Daemon:
                 self._check_dests(now)
                 self._check_owners(now)
                 self._check_targets(now)
+                if now >= self._compare_at:
+                    self._compare_at = now + TARGET_COMPARE_SECONDS
+                    self._compare_targets(now)
                 self._note_stuck()
             self.observers.heartbeat()
             self._last_beat = now
@@ -1027,6 +1038,29 @@ class Daemon:
         if up:  # started: the apply path asks it properly (did it read the current file?)
             log.info("%s: reload target answers again", ", ".join(r.name for r in up))
             self.planner.touch(up, now)
+
+    def _compare_targets(self, now: float) -> None:
+        """Every TARGET_COMPARE_SECONDS: is what each reload target runs its file? HAProxy's
+        servers changed by hand (`del server`, `set server ... addr`, a server added in a
+        backend of the file) were otherwise brought in step only by the next pool change, while
+        /ready said 200. Weight and admin state are no difference (an operator's `disable
+        server` stays). One found drifted is applied again now, its probe making the file live
+        (runtime API, else a confirmed reload; a failure is the resource's, in /ready). One
+        WARNING a difference: the same one found again within 5 minutes (a script that
+        undoes the repair) is INFO."""
+        planner = self.planner
+        resources = [r for r in self.state.resources if not planner.retrying(r.name)
+                     and not planner.pending(r.name) and not self.syncer.io_stuck(r)]
+        found = self.syncer.compare_targets(resources, heartbeat=self.observers.heartbeat)
+        for resource, probe in found:
+            self.observers.target_drifted(resource, probe)
+            detail = probe.detail or "its reload target runs other than the file"
+            level = (logging.WARNING if self._target_drift_warnings.due(
+                f"{resource.name}\0{detail}") else logging.INFO)
+            log.log(level, "resource %s: %s (changed by hand?); bringing it in step with the "
+                    "file", resource.name, detail, extra={"resource": resource.name})
+        if found:
+            planner.touch([r for r, _ in found], now)
 
     def _follower_dead(self, now: float) -> None:
         if self._follower_restart_at is None:

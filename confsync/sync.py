@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -131,6 +131,10 @@ class Syncer:
         self.in_place: dict[Path, float] = {}
         # Resources whose target this Syncer asked (reloaded or probed) at least once.
         self.asked: set[str] = set()
+        # Of those, the ones whose target a comparison between applies found running other
+        # than their file (`compare_targets`): the next apply asks it as at a first look, and
+        # its probe's STALE makes the file live (HAProxy: its servers brought in step).
+        self.found_stale: set[str] = set()
         self._targets: dict[Resource, ReloadTarget | None] = {}
         self._dests_of: dict[str, Path] = {}  # resource name -> dest, as last applied
         self._swept: set[Path] = set()  # dests whose stale staged files were looked for
@@ -487,7 +491,8 @@ class Syncer:
                                    content=content, warnings=warnings)
                 # Never asked in this process (a start that finds the file current), or nothing
                 # ran to reload: ask the target whether it runs, and whether it read this file.
-                probe = has_target and (resource.name in self.not_running or (
+                probe = has_target and (resource.name in self.not_running
+                                        or resource.name in self.found_stale or (
                     self.probe_first and resource.name not in self.asked))
                 return Outcome(resource, UNCHANGED, seconds=time.monotonic() - start,
                                previous=current if probe else None,
@@ -608,6 +613,7 @@ class Syncer:
         settled = (names & self.asked) - self.reload_owed if runs_previous else set()
         self.not_running -= names
         self.answered -= names
+        self.found_stale -= names  # (a pass compares with what runs: brings drift in step)
         self.asked |= names
         try:
             # (only given when there are some: duck-typed targets may not take them)
@@ -775,6 +781,9 @@ class Syncer:
         """
         names = {o.resource.name for o in group}
         recovering = bool(names & self.not_running)
+        # Found drifted by a comparison between applies: the daemon said so already.
+        said = names & self.found_stale
+        self.found_stale -= names
         # Recovering, a target that runs is reloaded whatever a comparison would say (a change
         # made while it was not running may have been structural): not compared.
         found = self._ask(target, group, compare=not recovering)
@@ -787,12 +796,13 @@ class Syncer:
                 ReloadKind.IN_STEP, f"{found.detail}; it read this file, nothing to reload"))
         elif not recovering and len(group) > 1 and found.liveness in (Liveness.RUNNING,
                                                                       Liveness.STALE):
-            self._compare_each(target, group, found, beat)
+            self._compare_each(target, group, found, beat, said)
         elif not recovering and found.liveness is Liveness.RUNNING:
             self._settle(group, ReloadResult(ReloadKind.IN_STEP, found.detail))
         elif recovering or found.liveness is Liveness.STALE:  # make this one live
-            log.warning("resource %s: %s; making the file live", group[0].resource.name,
-                        found.detail or "its reload target may run an older file")
+            log.log(logging.INFO if said else logging.WARNING,
+                    "resource %s: %s; making the file live", group[0].resource.name,
+                    found.detail or "its reload target may run an older file")
             for outcome in group:
                 outcome.status = UPDATED
             # What it runs is not the previous file: a full reload (HAProxy's runtime strategy
@@ -800,7 +810,7 @@ class Syncer:
             self._reload(target, group, beat, runs_previous=False)
 
     def _compare_each(self, target: ReloadTarget, group: list[Outcome], found: Probe,
-                      beat: Callable[[], None]) -> None:
+                      beat: Callable[[], None], said: Collection[str] = ()) -> None:
         """A first look at several files of one target (`haproxy -f a.cfg -f b.cfg`), which
         runs (`found`, the group's target's answer about the first file alone). Each file is
         compared by its own resource's target, and one it runs stale is made live on its own
@@ -814,8 +824,9 @@ class Syncer:
                 own, [outcome], compare=True)
             if answer.liveness is not Liveness.STALE or own is None:
                 continue
-            log.warning("resource %s: %s; making the file live", outcome.resource.name,
-                        answer.detail or "its reload target may run an older file")
+            log.log(logging.INFO if outcome.resource.name in said else logging.WARNING,
+                    "resource %s: %s; making the file live", outcome.resource.name,
+                    answer.detail or "its reload target may run an older file")
             outcome.status = UPDATED
             made_live.append(outcome)
             self._reload(own, [outcome], beat, runs_previous=False)
@@ -827,6 +838,7 @@ class Syncer:
     def _settle(self, group: Sequence[Outcome], done: ReloadResult) -> None:
         names = {o.resource.name for o in group}
         self.answered -= names
+        self.found_stale -= names
         if done.kind is ReloadKind.NO_TARGET:
             self.not_running |= names
         else:
@@ -880,6 +892,35 @@ class Syncer:
                 self.not_running |= {o.resource.name for o in group}
                 down.extend((o.resource, found) for o in group)
         return down, up
+
+    def compare_targets(self, resources: Iterable[Resource],
+                        heartbeat: Callable[[], None] | None = None
+                        ) -> list[tuple[Resource, Probe]]:
+        """Between applies, ask each resource's own target whether what it runs is its file
+        (`probe(compare=True)`: HAProxy's `show servers state` against the file's servers).
+
+        A `del server` or `set server ... addr` by hand was otherwise undone only at the next
+        pool change, days later for a stable pool, while /ready said 200. Returns the
+        resources found STALE: `found_stale` from now on, so the next apply makes their file live
+        (as a start that finds HAProxy's servers other than the file's does). Only targets
+        asked, running, owing nothing and not already drifted are compared; `heartbeat` is
+        called after each answer, as in `check_targets`.
+        """
+        beat = heartbeat or _no_beat
+        found: list[tuple[Resource, Probe]] = []
+        for resource in resources:
+            name = resource.name
+            target = self.target(resource)
+            if (target is None or name not in self.asked or name in self.reload_owed
+                    or name in self.not_running or name in self.answered
+                    or name in self.found_stale):
+                continue
+            answer = self._ask(target, [Outcome(resource, UNCHANGED)], compare=True)
+            beat()
+            if answer.liveness is Liveness.STALE:
+                self.found_stale.add(name)
+                found.append((resource, answer))
+        return found
 
     def plan(self, resources: Iterable[Resource]) -> list[Outcome]:
         """Render to a temporary place, run the check there, diff against `dest`; write nothing."""

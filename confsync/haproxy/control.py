@@ -423,6 +423,9 @@ class HAProxyController(ReloadTarget):
         self._drifted: bytes | None = None
         # The last checked file, parsed: the base of the proofs (`may_skip_check`).
         self._checked: CheckedBase | None = None
+        # The file at dest when last compared with HAProxy's servers, parsed: the daemon
+        # compares every few seconds, and a 5,000-server file took ~40 ms to parse.
+        self._compared: tuple[bytes, HAProxyConfig] | None = None
 
     def gauges(self) -> tuple[TargetGauge, ...]:
         found = []
@@ -740,14 +743,21 @@ class HAProxyController(ReloadTarget):
         With the runtime strategy a pass killed between installing the file and sending its
         runtime commands leaves HAProxy on the old pool, and the file current: nothing would
         change it until the pool changes again. Weight and admin state are not compared: an
-        operator's `disable server` is no difference (nor a reason to undo it)."""
+        operator's `disable server` is no difference (nor a reason to undo it). The daemon
+        asks this every few seconds too (`Syncer.compare_targets`): drift by hand between
+        pool changes is healed as the next change would heal it. A file with server lines
+        the model cannot read is not compared."""
         try:
             content = self.resource.dest.read_bytes()
         except OSError:
             return None
-        new = parse(content.decode("utf-8", "replace"))
+        if self._compared is None or self._compared[0] != content:
+            self._compared = (content, parse(content.decode("utf-8", "replace")))
+        new = self._compared[1]
         admin = self._admin(new, timeout=ASK_TIMEOUT)
-        if admin is None:
+        if admin is None or new.opaque:
+            # (A server line the model cannot read, a host name's, would be a server HAProxy
+            # runs that the file lacks: compared every few seconds, deleted by each repair.)
             return None
         self._adopt_recorded(admin, new)
         try:

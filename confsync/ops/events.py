@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from confsync.outcome import Outcome
     from confsync.resources import Resource
-    from confsync.targets import ReloadResult, TargetGauge
+    from confsync.targets import Probe, ReloadResult, TargetGauge
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,10 @@ class Observer:
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         """Between applies, the resource's reload target was found not running (NO_TARGET:
         stopped by someone else); applies report what they find in their outcomes."""
+
+    def target_drifted(self, resource: Resource, found: Probe) -> None:
+        """Between applies, the resource's reload target was found running other than its
+        file (HAProxy's servers changed by hand); the file is being made live again."""
 
     def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
         """Every heartbeat: what each resource's reload target measured when last asked
@@ -198,6 +202,9 @@ class Observers(Observer):
 
     def target_probed(self, resource: Resource, result: ReloadResult) -> None:
         self._each("target_probed", resource, result)
+
+    def target_drifted(self, resource: Resource, found: Probe) -> None:
+        self._each("target_drifted", resource, found)
 
     def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
         self._each("target_gauges", gauges)

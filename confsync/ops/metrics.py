@@ -37,7 +37,7 @@ from confsync.ops.http import DURATION_BUCKETS, HEALTH_MAX_AGE, MetricsServer
 from confsync.outcome import Status
 from confsync.provenance import show_key
 from confsync.reload import has_reload_action
-from confsync.targets import ReloadKind, ReloadResult, TargetGauge
+from confsync.targets import Probe, ReloadKind, ReloadResult, TargetGauge
 
 if TYPE_CHECKING:
 
@@ -150,6 +150,10 @@ class Metrics(Observer):
             "reload_target_up", "0 when the resource's last reload step found nothing running "
             "to reload (the file is current but not served), 1 when it found it",
             ["resource"], namespace=ns, registry=r)
+        self.target_drifts = self._labelled(Counter,
+            "reload_target_drifts", "Times the resource's reload target was found, between "
+            "applies, running other than its file (HAProxy servers deleted, moved or added by "
+            "hand) and the file was made live again", ["resource"], namespace=ns, registry=r)
         self.batches = Counter(
             "batches", "Debounced batches applied", namespace=ns, registry=r)
         self.debounced_changes = Counter(
@@ -486,6 +490,12 @@ class Metrics(Observer):
                 return  # dropped by a configuration reload meanwhile
         self._target_seen(resource.name, result)
         self._update_ready()
+
+    def target_drifted(self, resource: Resource, found: Probe) -> None:
+        with self._lock:
+            if resource.name not in self._resources:
+                return  # dropped by a configuration reload meanwhile
+        self.target_drifts.labels(resource.name).inc()
 
     def target_gauges(self, gauges: Mapping[str, Sequence[TargetGauge]]) -> None:
         with self._lock:

@@ -176,6 +176,32 @@ def test_only_the_first_look_compares_what_runs_with_the_file(tmp_path: Path) ->
     assert target.compared == [True, False, False] and target.reloads == 1
 
 
+def test_compare_targets_finds_drift_once_and_the_next_apply_makes_the_file_live(
+        tmp_path: Path) -> None:
+    """Between applies the daemon asks, every few seconds, whether what a target runs is its
+    file (HAProxy's servers changed by hand). One found STALE is reported once; the next apply
+    of its unchanged file asks it as at a first look and, still STALE, makes the file live
+    (a reload of a target whose previous file is unknown); then it is compared again."""
+    syncer, res, target, _ = _setup(tmp_path, Liveness.RUNNING)
+    res.dest.write_text("server 10.0.0.1:80\n")
+    syncer.apply([res])
+    assert syncer.compare_targets([res]) == [] and target.compared == [True, True]
+    target.liveness = Liveness.STALE
+    [(found, probe)] = syncer.compare_targets([res])
+    assert found is res and probe.liveness is Liveness.STALE
+    assert syncer.compare_targets([res]) == []  # said once, until an apply took it
+    assert target.compared == [True, True, True]
+    (outcome,) = syncer.apply([res])
+    assert outcome.status == UPDATED and outcome.reload is not None
+    assert outcome.reload.kind is ReloadKind.CONFIRMED and target.reloads == 1
+    target.liveness = Liveness.RUNNING
+    assert syncer.compare_targets([res]) == [] and target.compared[-1] is True
+    # Nothing asked of a target not running or owing a reload: the apply path has those.
+    syncer.not_running.add(res.name)
+    calls = len(target.compared)
+    assert syncer.compare_targets([res]) == [] and len(target.compared) == calls
+
+
 def _controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 ) -> tuple[control.HAProxyController, Resource, list[tuple[object, ...]]]:
     """An HAProxyController (runtime strategy) whose master answers (`show proc`), on a file
@@ -244,6 +270,20 @@ def test_runtime_probe_compares_haproxys_servers_and_brings_them_in_step(
         raise RuntimeApplyFailed("admin socket: connection refused")
 
     monkeypatch.setattr(runtime, "live_servers", fails)  # HAProxy cannot be asked: as before
+    assert controller.probe(None, compare=True).liveness is Liveness.RUNNING
+
+
+def test_a_file_with_a_server_line_the_model_cannot_read_is_not_compared(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server at a host name is no server of the model: HAProxy's `web1` would be one the
+    file lacks, deleted by the repair of the comparison the daemon makes every few seconds
+    (and brought back by the next reload)."""
+    controller, resource, _ = _controller(tmp_path, monkeypatch)
+    resource.dest.write_text(resource.dest.read_text()
+                             + "    server web1 web1.example.internal:80 check\n")
+    live = {"be_web": {"a": LiveServer("10.0.0.1", 80, 10, maint=False, drain=False),
+                       "web1": LiveServer("10.0.0.7", 80, 1, maint=False, drain=False)}}
+    monkeypatch.setattr(runtime, "live_servers", lambda admin: live)
     assert controller.probe(None, compare=True).liveness is Liveness.RUNNING
 
 
