@@ -243,9 +243,13 @@ def runtime_changes(old: HAProxyConfig, new: HAProxyConfig) -> list[ServerChange
     changes: list[ServerChange] = []
     for name, backend in new.backends.items():
         before = old.backends[name]
+        if before is backend:
+            continue  # (one model made from the other: `proof_delta` shares what it kept)
         dynamic = backend.balance in DYNAMIC_BALANCE
         for server in backend.servers.values():
             previous = before.servers.get(server.name)
+            if previous is server:
+                continue
             if previous is None:
                 if not dynamic:
                     return None
