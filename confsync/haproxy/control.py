@@ -9,7 +9,7 @@
   the server state for the new config, reload through the master CLI (or SIGUSR2 to the master)
   and wait for `show proc` to confirm it.
 - With `check_server_changes = false`, `may_skip_check` proves a file valid from the last file
-  that passed `haproxy -c`.
+  that passed `haproxy -c`, at the cost of the lines that changed (`proof_delta.py`).
 """
 
 from __future__ import annotations
@@ -345,8 +345,8 @@ class _Models:
 
 class CheckedBase(NamedTuple):
     """The last file that passed the check, as proofs read it. Every proof until the next
-    check starts from it, so a controller parses it once (5,000 servers: ~35 ms of CPU, half
-    of each proof, on the loop's thread before the file is written)."""
+    check is taken against it, so a controller parses it once (5,000 servers: ~35 ms of CPU,
+    half of a full proof, on the loop's thread before the file is written)."""
 
     content: bytes
     model: HAProxyConfig
