@@ -1,6 +1,7 @@
 """Pool churn through HAProxy: bounded loopback load while the pool changes every 100 ms in etcd.
 
     python bench/haproxy_churn.py [--seconds 30] [--strategy runtime|reload|both]
+                                  [--idle-servers 5000]
 
 Starts its own etcd (free loopback ports), a master-worker HAProxy, and small HTTP backends that
 answer with their own name. Every `--interval` one instance joins the pool (an etcd put) and the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import multiprocessing as mp
 import queue
 import re
@@ -229,6 +231,13 @@ def run(strategy: str, etcd_endpoint: str, haproxy: str, args: argparse.Namespac
         pool = names[:args.pool]
         for name in pool:
             stack.put_instance("web", name, ports[name])
+        if args.idle_servers:  # (a large pool: servers in maintenance, which take no traffic)
+            from bench.common import put_many
+
+            put_many(etcd_endpoint, (
+                (f"{stack.prefix}/services/web/instances/z{n:05d}", json.dumps(
+                    {"address": f"127.1.{n // 256 % 256}.{n % 256}", "port": 9,
+                     "state": "maint"})) for n in range(args.idle_servers)))
         if args.driver == "daemon":
             stack.sync_ok()
             stack.start()
@@ -335,6 +344,9 @@ def main() -> int:
                              "server-only changes proven equivalent to a checked file")
     parser.add_argument("--backends", type=int, default=8)
     parser.add_argument("--pool", type=int, default=4)
+    parser.add_argument("--idle-servers", type=int, default=0,
+                        help="also this many servers in maintenance in the pool's backend (a "
+                             "large pool: each change's render, proof and runtime pass see them)")
     args = parser.parse_args()
     if args.seconds > 600 or args.max_requests > 5_000_000:
         parser.error("bounded benchmark: at most 600 s and 5,000,000 requests")

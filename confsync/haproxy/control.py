@@ -9,7 +9,7 @@
   the server state for the new config, reload through the master CLI (or SIGUSR2 to the master)
   and wait for `show proc` to confirm it.
 - With `check_server_changes = false`, `may_skip_check` proves a file valid from the last file
-  that passed `haproxy -c`.
+  that passed `haproxy -c`, at the cost of the lines that changed (`proof_delta.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from confsync import resolve
 from confsync.command_reload import CommandReloader, process_probe
+from confsync.haproxy import proof_delta
 from confsync.haproxy.config_model import HAProxyConfig, mentions, parse, runtime_changes
 from confsync.haproxy.master_cli import (
     MasterGone,
@@ -334,18 +335,37 @@ def _joined(files: Sequence[bytes | None]) -> str:
     return "\n".join((text or b"").decode("utf-8", "replace") for text in files)
 
 
+class _Models:
+    """The models of the last few files parsed or proven, by their bytes (compared, not
+    hashed: equal bytes are one memcmp, others usually differ in length)."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[bytes, HAProxyConfig]] = []
+
+    def get(self, content: bytes) -> HAProxyConfig | None:
+        return next((model for kept, model in self._kept if kept == content), None)
+
+    def put(self, content: bytes, model: HAProxyConfig) -> None:
+        self._kept = [*((k, m) for k, m in self._kept if k != content)][-(self.KEEP - 1):]
+        self._kept.append((content, model))
+
+
 class CheckedBase(NamedTuple):
     """The last file that passed the check, as proofs read it. Every proof until the next
-    check starts from it, so a controller parses it once (5,000 servers: ~35 ms of CPU, half
-    of each proof, on the loop's thread before the file is written)."""
+    check is taken against it, so a controller parses it once (5,000 servers: ~35 ms of CPU,
+    half of a full proof, on the loop's thread before the file is written)."""
 
     content: bytes
     model: HAProxyConfig
     options: frozenset[tuple[str, ...]]  # those of its servers: a changed server must use one
 
     @classmethod
-    def of(cls, checked: bytes) -> CheckedBase:
-        model = parse(checked.decode("utf-8", "replace"))
+    def of(cls, checked: bytes, model: HAProxyConfig | None = None) -> CheckedBase:
+        """`model`: `checked`'s, when already parsed."""
+        if model is None:
+            model = parse(checked.decode("utf-8", "replace"))
         return cls(checked, model, frozenset(
             s.options for b in model.backends.values() for s in b.servers.values()))
 
@@ -364,21 +384,30 @@ def server_only_change(checked: bytes | None, content: bytes,
         return False
     if base is None or base.content != checked:
         base = CheckedBase.of(checked)
+    return _full_proof(base, content)[0]
+
+
+def _full_proof(base: CheckedBase, content: bytes
+                ) -> tuple[bool, HAProxyConfig, list[tuple[str, str]]]:
+    """`server_only_change` from the whole of `content`: (proven, its model, the servers of
+    the checked file it removes as (backend, name))."""
     text = content.decode("utf-8", "replace")
     new = parse(text)
     changes = runtime_changes(base.model, new)
     if changes is None:
-        return False
+        return False, new, []
+    removed = []
     for change in changes:
         server = change.new
         if server is None:
             if change.old is not None and mentions(text, change.old.name):
-                return False
+                return False, new, []
+            removed.append((change.backend, change.old.name if change.old else ""))
             continue
         if not (0 < server.port < 65536 and 0 <= server.weight <= 256) or (
                 server.options not in base.options):
-            return False
-    return True
+            return False, new, []
+    return True, new, removed
 
 
 class HAProxyController(ReloadTarget):
@@ -421,11 +450,13 @@ class HAProxyController(ReloadTarget):
         # nothing a reload is needed for: the reload that follows for these very bytes brings
         # the servers in step through the runtime API instead (`reload`).
         self._drifted: bytes | None = None
-        # The last checked file, parsed: the base of the proofs (`may_skip_check`).
+        # The last checked file, parsed: the base of the proofs (`may_skip_check`); the files
+        # proven from it that later proofs start from; the models of the files last parsed or
+        # proven, which the reload step and the drift comparison read (the same bytes, the same
+        # model).
         self._checked: CheckedBase | None = None
-        # The file at dest when last compared with HAProxy's servers, parsed: the daemon
-        # compares every few seconds, and a 5,000-server file took ~40 ms to parse.
-        self._compared: tuple[bytes, HAProxyConfig] | None = None
+        self._proven: list[proof_delta.Proven] = []
+        self._models = _Models()
 
     def gauges(self) -> tuple[TargetGauge, ...]:
         found = []
@@ -751,9 +782,7 @@ class HAProxyController(ReloadTarget):
             content = self.resource.dest.read_bytes()
         except OSError:
             return None
-        if self._compared is None or self._compared[0] != content:
-            self._compared = (content, parse(content.decode("utf-8", "replace")))
-        new = self._compared[1]
+        new = self._parsed(content)  # (the model a proof or the last comparison made)
         admin = self._admin(new, timeout=ASK_TIMEOUT)
         if admin is None or new.opaque:
             # (A server line the model cannot read, a host name's, would be a server HAProxy
@@ -785,8 +814,42 @@ class HAProxyController(ReloadTarget):
             return False
         base = self._checked
         if base is None or base.content != checked:
-            base = self._checked = CheckedBase.of(checked)
-        return server_only_change(checked, content, base)
+            model = self._models.get(checked)
+            base = self._checked = CheckedBase.of(checked, model)
+        # From the file being replaced, proven (or checked) here, at the cost of what changed;
+        # else (or when that is no simple server change) from the whole file.
+        start = next((p for p in self._proven if p.content == previous
+                      and p.checked is base.content), None)
+        if start is None and previous == checked:
+            start = proof_delta.start(base.content, base.model)
+        if start is not None:
+            proven = proof_delta.prove(start, base.model, base.options, content)
+            if proven is not None:
+                self._keep_proven(proven)
+                return True
+        ok, model, removed = _full_proof(base, content)
+        self._models.put(content, model)
+        if ok:
+            proven = proof_delta.after_full_proof(base.content, content, model, removed)
+            if proven is not None:
+                self._keep_proven(proven)
+        return ok
+
+    def _keep_proven(self, proven: proof_delta.Proven) -> None:
+        """Keep `proven` as a start of later proofs (the last two: the next proof starts from
+        the file installed, which is the newest unless its install failed), and its model for
+        the reload step."""
+        self._proven = [*(p for p in self._proven[-1:] if p.content != proven.content), proven]
+        self._models.put(proven.content, proven.model)
+
+    def _parsed(self, content: bytes) -> HAProxyConfig:
+        """`parse(content)`, from the model a proof or an earlier step made of these bytes when
+        there is one (5,000 servers: ~30 ms of CPU each)."""
+        model = self._models.get(content)
+        if model is None:
+            model = parse(content.decode("utf-8", "replace"))
+            self._models.put(content, model)
+        return model
 
     def reload(self, previous: bytes | None, content: bytes | None,
                siblings: Sequence[Sibling] = ()) -> ReloadResult:
@@ -802,9 +865,13 @@ class HAProxyController(ReloadTarget):
                 content = resource.dest.read_bytes()
             except OSError as exc:
                 raise ReloadFailed(f"cannot read {resource.dest}: {exc.strerror}") from None
-        new = parse(_joined([content, *(now for _, now in siblings)]))
-        ran = [previous, *(before for before, _ in siblings)]
-        old = parse(_joined(ran)) if all(text is not None for text in ran) else None
+        if siblings:
+            new = parse(_joined([content, *(now for _, now in siblings)]))
+            ran = [previous, *(before for before, _ in siblings)]
+            old = parse(_joined(ran)) if all(text is not None for text in ran) else None
+        else:  # (a file alone: as a proof or the last step read it, when one did)
+            new = self._parsed(content)
+            old = self._parsed(previous) if previous is not None else None
         admin = self._admin(new)
         runtime = self.settings.strategy is Strategy.RUNTIME
         why = "structural change" if runtime else "reload strategy"
@@ -817,7 +884,7 @@ class HAProxyController(ReloadTarget):
             if old is None or runtime_changes(old, new) is not None:
                 if not self._record_judged:  # (this resource's own file: a shared HAProxy's
                     # other files are other targets', each judging its own record)
-                    self._adopt_recorded(admin, parse(content.decode("utf-8", "replace")))
+                    self._adopt_recorded(admin, new if not siblings else self._parsed(content))
                 self._forget_gone_parked(admin)
                 try:
                     worker = worker_identity(admin)

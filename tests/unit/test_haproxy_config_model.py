@@ -561,3 +561,17 @@ def test_default_server_options_are_those_haproxy_gives_each_server() -> None:
     assert {n: health_checked(api, s) for n, s in api.servers.items()} == {
         "d": True, "e": False}
     assert api.defaults_for("d") == ("check", "inter", "1s")
+
+
+def test_an_address_read_again_is_not_parsed_again() -> None:
+    """A runtime pass reads each server's address from `show servers state` three times
+    (5,000 servers: ~15 ms of `ipaddress` each); the spelling is kept by its text, and the
+    same answers come back (a zone, a mapped IPv4, a non-ASCII digit)."""
+    from confsync.haproxy.config_model import canonical_address
+
+    texts = ["10.9.8.7", "::ffff:7f00:1", "fe80::1%eth0", "10.0.0.\u0661", "2001:DB8::1"]
+    first = [canonical_address(text) for text in texts]
+    hits = canonical_address.cache_info().hits
+    assert [canonical_address(text) for text in texts] == first == [
+        "10.9.8.7", "::ffff:7f00:1", None, None, "2001:db8::1"]
+    assert canonical_address.cache_info().hits == hits + len(texts)
