@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from confsync.daemon import Daemon
@@ -26,3 +29,16 @@ def one_key_daemon(tmp_path: Path, more: str = "") -> Daemon:
     daemon._handle(SnapshotTaken(Snapshot(5, {"/a/n": b"0"}), "start"))
     assert dest.read_text() == "0\n"
     return daemon
+
+
+def iterate_until(daemon: Daemon, done: Callable[[], object], what: str,
+                  timeout: float = 20.0) -> None:
+    """Loop iterations, each a heartbeat, until `done()` (retries come at their backoff, and
+    threads of the daemon answer meanwhile); AssertionError naming `what` past `timeout`."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        daemon._last_beat = 0.0
+        daemon._iterate()
+        pause.wait(0.05)

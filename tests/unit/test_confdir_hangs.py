@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from confsync import confdir_lock, dest_io
 from confsync.daemon import Daemon
 from confsync.handoff import BatchReceived
 from confsync.stores import Change, ChangeBatch
-from tests.support.loop_daemon import one_key_daemon
+from tests.support.loop_daemon import iterate_until, one_key_daemon
 
 HANG_LIMIT = 15.0  # the old code, which waited for the stat, goes on after this
 
@@ -64,13 +64,6 @@ def _beat(daemon: Daemon) -> None:
     daemon._iterate()
 
 
-def _iterate_until(daemon: Daemon, done: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        _beat(daemon)
-
-
 def test_a_confdir_that_stops_answering_holds_no_heartbeat(
         locked: tuple[Daemon, HungStat], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -81,10 +74,10 @@ def test_a_confdir_that_stops_answering_holds_no_heartbeat(
     assert beats and hung.hanging == 1, "the heartbeat waited for the hung stat"
     assert "confdir " in caplog.text and "does not answer" in caplog.text
     daemon._handle(BatchReceived(ChangeBatch(6, (Change("/a/n", b"1"),), "/a")))
-    _iterate_until(daemon, lambda: (tmp_path / "out").read_text() == "1\n", "the data change")
+    iterate_until(daemon, lambda: (tmp_path / "out").read_text() == "1\n", "the data change")
     for _ in range(3):  # more heartbeats while it hangs: no second stat, no second thread
         _beat(daemon)
     assert hung.calls == 1 and hung.hanging == 1 and len(beats) >= 4
     hung.released.set()
-    _iterate_until(daemon, lambda: hung.calls >= 2, "the stat again, once it returned")
+    iterate_until(daemon, lambda: hung.calls >= 2, "the stat again, once it returned")
     assert hung.hanging == 0

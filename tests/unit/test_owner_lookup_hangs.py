@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from confsync import owners
-from confsync.daemon import Daemon
 from confsync.errors import ResourceError
 from confsync.handoff import BatchReceived
 from confsync.outcome import Outcome, Status
 from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch
 from confsync.watcher import StreamState
-from tests.support.loop_daemon import one_key_daemon
+from tests.support.loop_daemon import iterate_until, one_key_daemon
 
 # How long the fake lookup hangs at most: the old code, which waited for it, gets its answer
 # after that (and so writes the file, where the test expects a failure) instead of hanging.
@@ -145,28 +144,16 @@ def test_the_loop_goes_on_while_an_owner_lookup_hangs(users: FakeUsers, tmp_path
     try:
         daemon.reload_config()
         daemon._handle(StreamState(True, 5))
-        _iterate_until(daemon, lambda: failed, "the failed apply")
+        iterate_until(daemon, lambda: failed, "the failed apply")
         assert [(e.resource, e.step) for e in failed] == [("svc", "owner")]
         assert "looking up user 'svc' has not returned after" in str(failed[0])
         assert dest.read_text() == "before\n"
         daemon._handle(BatchReceived(ChangeBatch(6, (Change("/a/n", b"1"),), "/a")))
-        _iterate_until(daemon, lambda: other.read_text() == "1\n", "the other resource")
+        iterate_until(daemon, lambda: other.read_text() == "1\n", "the other resource")
         assert not users.released.is_set()  # (the failures were not its late answer)
         assert dest.read_text() == "before\n" and users.calls == ["svc"]
         users.release()
-        _iterate_until(daemon, lambda: dest.read_text() == "1\n", "the retry, answered")
+        iterate_until(daemon, lambda: dest.read_text() == "1\n", "the retry, answered")
         assert dest.stat().st_uid == 47113 and users.calls == ["svc"]
     finally:
         daemon.store.close()
-
-
-def _iterate_until(daemon: Daemon, done: Callable[[], object], what: str) -> None:
-    """Loop iterations, each a heartbeat, until `done` (retries come at their backoff)."""
-    pause = threading.Event()
-    for _ in range(400):
-        if done():
-            return
-        daemon._last_beat = 0.0
-        daemon._iterate()
-        pause.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

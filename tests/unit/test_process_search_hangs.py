@@ -20,7 +20,6 @@ import pytest
 from psutil import _pslinux
 
 from confsync import processes
-from confsync.daemon import Daemon
 from confsync.errors import ResourceError
 from confsync.handoff import BatchReceived
 from confsync.outcome import Outcome, Status
@@ -28,7 +27,7 @@ from confsync.resources import Resource
 from confsync.stores import Change, ChangeBatch
 from confsync.targets import ReloadFailed
 from confsync.watcher import StreamState
-from tests.support.loop_daemon import one_key_daemon
+from tests.support.loop_daemon import iterate_until, one_key_daemon
 
 # How long the fake read hangs at most: the old code, which waited for it, gets its answer
 # after that (and so goes on, where the test expects a failure in time) instead of hanging.
@@ -149,32 +148,20 @@ def test_the_loop_goes_on_while_a_signal_targets_search_hangs(
     try:
         daemon.reload_config()  # (svc's first apply: its reload searches for the process)
         daemon._handle(StreamState(True, 5))
-        _iterate_until(daemon, lambda: failed, "the failed reload")
+        iterate_until(daemon, lambda: failed, "the failed reload")
         assert [(e.resource, e.step) for e in failed] == [("svc", "reload")]
         assert ("reload failed: the process table did not answer: searching /proc for the "
                 f"process named '{NOBODY}' has not returned after 0.5s") in str(failed[0])
         for n in (b"1", b"2"):  # the loop goes on: a's changes are written, svc fails again
             daemon._handle(BatchReceived(ChangeBatch(6, (Change("/a/n", n),), "/a")))
-            _iterate_until(daemon, lambda n=n: other.read_bytes() == n + b"\n",
+            iterate_until(daemon, lambda n=n: other.read_bytes() == n + b"\n",
                            "the other resource")
         assert len(failed) >= 2 and all("did not answer" in str(e) for e in failed)
         assert stuck.reads == 1 and _searches() == 1  # (the retries started no search)
         stuck.release()
         count = len(failed)
-        _iterate_until(daemon, lambda: written, "the retry, answered")
+        iterate_until(daemon, lambda: written, "the retry, answered")
         assert len(failed) == count and dest.exists()
         assert written[0].reload is not None and "no process for" in str(written[0].reload)
     finally:
         daemon.store.close()
-
-
-def _iterate_until(daemon: Daemon, done: Callable[[], object], what: str) -> None:
-    """Loop iterations, each a heartbeat, until `done` (retries come at their backoff)."""
-    pause = threading.Event()
-    for _ in range(400):
-        if done():
-            return
-        daemon._last_beat = 0.0
-        daemon._iterate()
-        pause.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
