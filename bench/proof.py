@@ -19,15 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.render import TEMPLATES, _instance
+from bench.render import TEMPLATES, _instance, pool_mirror
 from confsync.haproxy.config_model import parse, runtime_changes
 from confsync.haproxy.control import CheckedBase, HAProxyController, server_only_change
 from confsync.haproxy.settings import HAProxySettings, Strategy
-from confsync.mirror import Mirror
 from confsync.plugins import PluginConfig
 from confsync.renderer import Renderer
 from confsync.resources import Resource
-from confsync.stores import Change, ChangeBatch, Snapshot
+from confsync.stores import Change, ChangeBatch
 
 
 def _cpu(step: Callable[[], object]) -> float:
@@ -41,11 +40,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--changes", type=int, default=60)
     args = parser.parse_args()
-    data = {"/haproxy/frontends/main": b'{"bind": ["127.0.0.1:8080"], "default_service": "web"}'}
-    data.update({f"/services/web/instances/w{i:05d}": _instance(i)
-                 for i in range(args.instances)})
-    mirror = Mirror()
-    mirror.load(Snapshot(1, data))
+    mirror = pool_mirror(args.instances)
     src = TEMPLATES / "haproxy.cfg.tmpl"
     work = Path(tempfile.mkdtemp(prefix="bench-proof-"))
     settings = HAProxySettings(strategy=Strategy.RUNTIME, runtime_socket=work / "no.sock",

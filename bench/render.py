@@ -27,16 +27,21 @@ def _instance(i: int, port: int = 8080) -> bytes:
                        "weight": 100, "state": "ready"}).encode()
 
 
+def pool_mirror(instances: int) -> Mirror:
+    """A mirror at revision 1 of one frontend and `instances` servers of service `web`."""
+    data = {"/haproxy/frontends/main": b'{"bind": ["127.0.0.1:8080"], "default_service": "web"}'}
+    data.update({f"/services/web/instances/w{i:05d}": _instance(i) for i in range(instances)})
+    mirror = Mirror()
+    mirror.load(Snapshot(1, data))
+    return mirror
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
-    data = {"/haproxy/frontends/main": b'{"bind": ["127.0.0.1:8080"], "default_service": "web"}'}
-    data.update({f"/services/web/instances/w{i:05d}": _instance(i)
-                 for i in range(args.instances)})
-    mirror = Mirror()
-    mirror.load(Snapshot(1, data))
+    mirror = pool_mirror(args.instances)
     resource = parse_resource(Path("haproxy.toml"), {"template": {
         "src": "haproxy.cfg.tmpl", "dest": "/tmp/unused", "keys": ["/services", "/haproxy"]}},
         TEMPLATES)
