@@ -20,6 +20,7 @@ from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember, free_port
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.haproxy_watched import watched_haproxy
 from tests.support.http_backends import HTTPBackend
 from tests.support.http_probe import ready, series_value
 
@@ -36,27 +37,16 @@ HEALED_WITHIN = 45.0
 @pytest.fixture
 def watched(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
             tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess, int]]:
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
-                         check_server_changes=False)
-    daemon: WatchProcess | None = None
-    metrics = free_port()
-    try:
-        stack.put_basics()
+    def fill(stack: HAProxyStack) -> None:
         for name in ("a", "b", "c"):
             stack.put_instance("web", name, backends[name].port)
-        stack.sync_ok()
-        stack.start()
-        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
-                              "--metrics-address", f"127.0.0.1:{metrics}",
-                              log=tmp_path / "watch.log")
-        daemon.wait_log("watching ", timeout=15)
+
+    metrics = free_port()
+    with watched_haproxy(haproxy_binary, etcd.endpoint, tmp_path / "watch.log", fill,
+                         ("--metrics-address", f"127.0.0.1:{metrics}")) as (stack, daemon):
         wait_for(lambda: ready(metrics)[0] == 200, timeout=15)
         wait_for(lambda: set(spread(stack.port, 9)) == {"a", "b", "c"}, timeout=15)
         yield stack, daemon, metrics
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        stack.stop()
 
 
 def _servers(stack: HAProxyStack) -> dict[str, tuple[str, int, bool]]:

@@ -16,6 +16,7 @@ from confsync.haproxy.runtime import AdminSocket, live_servers
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.haproxy_watched import watched_haproxy
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -31,27 +32,17 @@ def _idle(n: int, port: int = 9) -> str:
 @pytest.fixture
 def large(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
           tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess]]:
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
-                         check_server_changes=False)
-    daemon: WatchProcess | None = None
-    try:
-        stack.put_basics()
+    def fill(stack: HAProxyStack) -> None:
         stack.put_instance("web", "a", backends["a"].port)
         client = stack.client
         for first in range(0, IDLE, 128):  # (etcd's --max-txn-ops)
             client.transaction(compare=[], failure=[], success=[
                 client.transactions.put(f"{stack.prefix}/services/web/instances/z{n:05d}",
                                         _idle(n)) for n in range(first, min(first + 128, IDLE))])
-        stack.sync_ok()
-        stack.start()
-        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
-                              log=tmp_path / "watch.log")
-        daemon.wait_log("watching ", timeout=30)
-        yield stack, daemon
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        stack.stop()
+
+    with watched_haproxy(haproxy_binary, etcd.endpoint, tmp_path / "watch.log", fill,
+                         start_timeout=30) as both:
+        yield both
 
 
 def _runs_the_file(stack: HAProxyStack) -> bool:

@@ -21,6 +21,7 @@ from confsync.stores import Snapshot
 from tests.support.daemon import WatchProcess
 from tests.support.etcd_server import EtcdMember
 from tests.support.haproxy import HAProxyStack, http_get, spread, wait_for
+from tests.support.haproxy_watched import watched_haproxy
 from tests.support.http_backends import HTTPBackend
 
 pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
@@ -30,22 +31,9 @@ pytestmark = [pytest.mark.etcd, pytest.mark.haproxy]
 def watched(haproxy_binary: str, etcd: EtcdMember, backends: dict[str, HTTPBackend],
             tmp_path: Path) -> Iterator[tuple[HAProxyStack, WatchProcess]]:
     # The shipped setting: proven server-only changes skip `haproxy -c`.
-    stack = HAProxyStack(haproxy_binary, etcd.endpoint, strategy="runtime",
-                         check_server_changes=False)
-    daemon: WatchProcess | None = None
-    try:
-        stack.put_basics()
-        stack.put_instance("web", "a", backends["a"].port)
-        stack.sync_ok()
-        stack.start()
-        daemon = WatchProcess(*stack.cli_args(), "--wait-min", "20ms", "--wait-max", "500ms",
-                              log=tmp_path / "watch.log")
-        daemon.wait_log("watching ", timeout=15)
-        yield stack, daemon
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        stack.stop()
+    with watched_haproxy(haproxy_binary, etcd.endpoint, tmp_path / "watch.log",
+                         lambda stack: stack.put_instance("web", "a", backends["a"].port)) as both:
+        yield both
 
 
 def _served_by(port: int, name: str) -> bool:
